@@ -1,0 +1,1 @@
+//! Conformance suites for the environment traits.

@@ -1,0 +1,34 @@
+//! The environment seam: everything a Larder process needs from the outside world.
+//!
+//! Nodes, centers, proxies and clients are generic over [`Env`]; the real environment lives in
+//! `larder_nodes::real` (tokio clock, tokio TCP, fjall), the simulated one in `larder_sim`
+//! (turmoil time and network, an in-memory disk with crash semantics). Nothing in between may
+//! reach around these traits for time, randomness, sockets or files: that is what makes a
+//! seeded simulation reproducible bit for bit.
+
+mod clock;
+mod disk;
+mod net;
+mod rng;
+
+pub use clock::{Clock, Elapsed, timeout};
+pub use disk::{Disk, DiskError, Space, WriteBatch, WriteOp, log_key, log_key_index};
+pub use net::{Handler, Net, NetError};
+pub use rng::{Rng, SeededRng, derive_seed};
+
+/// One process's environment: a clock, a network endpoint and a disk.
+///
+/// Randomness is handed out separately ([`SeededRng`]) because each task owns its generator
+/// (sharing one behind a lock would make draw order depend on scheduling).
+pub trait Env: Clone + Send + Sync + 'static {
+    type Clock: Clock;
+    type Net: Net;
+    type Disk: Disk;
+
+    fn clock(&self) -> &Self::Clock;
+    fn net(&self) -> &Self::Net;
+    fn disk(&self) -> &Self::Disk;
+    /// Seed for this process's random streams; derive per-purpose generators from it with
+    /// [`derive_seed`] so adding a consumer does not shift another consumer's draws.
+    fn seed(&self) -> u64;
+}

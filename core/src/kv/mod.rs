@@ -1,0 +1,45 @@
+//! The KV model: commands, replies, stored records, and the pure state-machine step.
+//!
+//! A replica applies a committed command with [`execute`]: a plain function of the command, the
+//! entry's timestamp and the current records of the keys it names, returning the reply and the
+//! records to write. It does no I/O and reads no clock, so every replica computes the same result
+//! from the same log, and the function can be tested exhaustively on its own.
+
+mod command;
+mod execute;
+mod record;
+
+pub use command::{Command, CommandError, Expiry, SetCondition};
+pub use execute::{Outcome, execute};
+pub use record::{Record, RecordError, Value};
+
+use bytes::Bytes;
+
+/// A reply in the shape of the Redis protocol, so the proxy can write it as RESP unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Reply {
+    /// `+OK`
+    Ok,
+    /// A simple status string (`+PONG`).
+    Status(String),
+    /// Null bulk string (missing key).
+    Nil,
+    Int(i64),
+    Bulk(Bytes),
+    Array(Vec<Reply>),
+    /// An error reply; the text starts with its Redis error code (`ERR`, `WRONGTYPE`, …).
+    Error(String),
+}
+
+impl Reply {
+    pub fn error(text: impl Into<String>) -> Self {
+        Reply::Error(text.into())
+    }
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(_))
+    }
+}
+
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+pub const OVERFLOW: &str = "ERR increment or decrement would overflow";

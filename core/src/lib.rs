@@ -1,0 +1,24 @@
+//! `larder-core`: the parts of Larder that every other crate shares and that never do I/O.
+//!
+//! It owns:
+//! - the **environment traits** ([`env::Clock`], [`env::Net`], [`env::Disk`], [`env::Rng`]) that
+//!   every node, center, proxy and client is generic over, so the same code runs on real time,
+//!   sockets and fjall, or inside the seeded simulator;
+//! - the shared **conformance suite** ([`conformance`]) that every implementation of those traits
+//!   must pass, real or simulated;
+//! - the **KV model**: commands, replies, records with TTL, and the pure state-machine step
+//!   ([`kv::execute`]) that a replica applies to committed log entries.
+//!
+//! It must not depend on: tokio, `std::time::{Instant, SystemTime}` (time only through
+//! [`env::Clock`]), sockets, `std::fs`, or any other Larder crate. `clippy.toml` enforces the
+//! time/rng/HashMap part; the dependency list enforces the rest.
+
+pub mod conformance;
+pub mod env;
+pub mod kv;
+
+/// Identifies a process in the cluster (storage node, center, proxy or client) on the [`env::Net`].
+pub type NodeId = u64;
+
+/// Identifies one Raft-replicated slot group (a set of slots with its own log).
+pub type GroupId = u64;

@@ -1,0 +1,353 @@
+//! `larder-faults`: fault plans as data.
+//!
+//! A [`FaultPlan`] is a time-ordered list of [`Fault`]s with the simulated (or real) time at
+//! which each is applied, followed by a heal point after which nothing is broken and the
+//! cluster must serve again (the liveness phase). Plans are plain serde data, so a failing run
+//! can print, save and replay its exact plan, and the same plan can later drive real processes.
+//!
+//! This crate decides *what* goes wrong and *when*; the simulator (and later the Jepsen-style
+//! runner) decides *how*. It must not depend on node internals.
+
+use larder_core::NodeId;
+use larder_core::env::{Rng, SeededRng, derive_seed};
+use serde::{Deserialize, Serialize};
+
+/// One thing that goes wrong (or is put right).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// No message crosses between the two sides, in either direction.
+    Partition {
+        side_a: Vec<NodeId>,
+        side_b: Vec<NodeId>,
+    },
+    /// Messages from `from` to `to` are lost; the other direction works.
+    PartitionOneWay { from: Vec<NodeId>, to: Vec<NodeId> },
+    /// Cut the current leader of the storage group off from every other process.
+    IsolateLeader,
+    /// Remove every partition.
+    HealPartitions,
+    /// Lose each message with this probability.
+    MessageLoss { rate: f64 },
+    /// Deliver each request twice with this probability.
+    MessageDuplication { rate: f64 },
+    /// Add a random extra delay of up to this much to each message (reorders them).
+    MessageDelay { delay_ms_max: u64 },
+    /// Back to a clean network (no loss, duplication or extra delay).
+    HealMessages,
+    /// Kill the process; writes its disk had not synced are lost.
+    Crash { node: NodeId },
+    /// Start a crashed process again from its disk.
+    Restart { node: NodeId },
+    /// Every disk operation of `node` takes up to this long.
+    SlowDisk { node: NodeId, latency_ms_max: u64 },
+    /// Disk operations of `node` fail with EIO at this rate.
+    DiskErrors { node: NodeId, rate: f64 },
+    /// `node`'s disk is healthy and fast again.
+    HealDisk { node: NodeId },
+    /// `node`'s wall clock is `offset_ms` away from true time.
+    ClockOffset { node: NodeId, offset_ms: i64 },
+    /// `node`'s clocks run fast (positive) or slow by `ppm` parts per million.
+    ClockDrift { node: NodeId, ppm: i64 },
+    /// `node`'s wall clock jumps by `jump_ms` (negative: backwards).
+    ClockJump { node: NodeId, jump_ms: i64 },
+    /// `node`'s clocks are true again.
+    HealClock { node: NodeId },
+}
+
+impl Fault {
+    /// A short stable name per kind, for counting faults by type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Partition { .. } => "partition",
+            Fault::PartitionOneWay { .. } => "partition_one_way",
+            Fault::IsolateLeader => "isolate_leader",
+            Fault::HealPartitions => "heal_partitions",
+            Fault::MessageLoss { .. } => "message_loss",
+            Fault::MessageDuplication { .. } => "message_duplication",
+            Fault::MessageDelay { .. } => "message_delay",
+            Fault::HealMessages => "heal_messages",
+            Fault::Crash { .. } => "crash",
+            Fault::Restart { .. } => "restart",
+            Fault::SlowDisk { .. } => "slow_disk",
+            Fault::DiskErrors { .. } => "disk_errors",
+            Fault::HealDisk { .. } => "heal_disk",
+            Fault::ClockOffset { .. } => "clock_offset",
+            Fault::ClockDrift { .. } => "clock_drift",
+            Fault::ClockJump { .. } => "clock_jump",
+            Fault::HealClock { .. } => "heal_clock",
+        }
+    }
+
+    /// True for the faults that repair something rather than break it.
+    pub fn is_heal(&self) -> bool {
+        matches!(
+            self,
+            Fault::HealPartitions
+                | Fault::HealMessages
+                | Fault::Restart { .. }
+                | Fault::HealDisk { .. }
+                | Fault::HealClock { .. }
+        )
+    }
+}
+
+/// A fault and when to apply it (milliseconds since the start of the run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledFault {
+    pub at_ms: u64,
+    pub fault: Fault,
+}
+
+/// A whole run's faults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultPlan {
+    /// Sorted by `at_ms`.
+    pub events: Vec<ScheduledFault>,
+    /// From here on nothing is broken: every crashed node is restarted, every partition and
+    /// message, disk and clock fault healed. The cluster must serve again within the run's
+    /// liveness bound.
+    pub heal_at_ms: u64,
+}
+
+/// Which kinds a generated plan may use, and how often faults start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanConfig {
+    pub partitions: bool,
+    pub crashes: bool,
+    pub disk: bool,
+    pub clocks: bool,
+    pub messages: bool,
+    /// Mean gap between the starts of two faults.
+    pub gap_ms_mean: u64,
+    /// Longest a single fault lasts before it is healed.
+    pub fault_ms_max: u64,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig {
+            partitions: true,
+            crashes: true,
+            disk: true,
+            clocks: true,
+            messages: true,
+            gap_ms_mean: 2500,
+            fault_ms_max: 4000,
+        }
+    }
+}
+
+impl FaultPlan {
+    /// No faults at all: the run only checks that a healthy cluster serves.
+    pub fn none(heal_at_ms: u64) -> Self {
+        FaultPlan {
+            events: Vec::new(),
+            heal_at_ms,
+        }
+    }
+
+    /// Kinds and how many times each appears (heals included).
+    pub fn counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for event in &self.events {
+            *counts.entry(event.fault.kind()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// A seeded plan over `nodes` for a run whose faults stop at `heal_at_ms`.
+    ///
+    /// Faults start at seeded intervals; each is healed after a seeded duration (and at the
+    /// latest at `heal_at_ms`). At most a minority of nodes is crashed at any moment, so the
+    /// plan never makes the group permanently unable to elect (it may still lose quorum through
+    /// partitions, which the liveness phase then heals).
+    pub fn generate(
+        seed: u64,
+        nodes: &[NodeId],
+        heal_at_ms: u64,
+        config: &PlanConfig,
+    ) -> FaultPlan {
+        let mut rng = SeededRng::new(derive_seed(seed, 0xfa_17));
+        let mut events = Vec::new();
+        let mut crashed: Vec<(NodeId, u64)> = Vec::new(); // (node, restart time)
+        let mut kinds: Vec<u8> = Vec::new();
+        for (enabled, kind) in [
+            (config.partitions, 0u8),
+            (config.crashes, 1),
+            (config.disk, 2),
+            (config.clocks, 3),
+            (config.messages, 4),
+        ] {
+            if enabled {
+                kinds.push(kind);
+            }
+        }
+        if kinds.is_empty() || nodes.is_empty() {
+            return FaultPlan::none(heal_at_ms);
+        }
+        let mut at = rng.range(500, config.gap_ms_mean.max(501));
+        // Bounded: each iteration advances `at` by at least 200 ms.
+        while at < heal_at_ms {
+            let length = rng.range(300, config.fault_ms_max.max(301));
+            let until = (at + length).min(heal_at_ms);
+            let node = nodes[rng.below(nodes.len() as u64) as usize];
+            let mut push = |at_ms: u64, fault: Fault| events.push(ScheduledFault { at_ms, fault });
+            match kinds[rng.below(kinds.len() as u64) as usize] {
+                0 => {
+                    let fault = match rng.below(3) {
+                        0 => Fault::IsolateLeader,
+                        1 => {
+                            let (side_a, side_b) = split(&mut rng, nodes);
+                            Fault::Partition { side_a, side_b }
+                        }
+                        _ => {
+                            let (from, to) = split(&mut rng, nodes);
+                            Fault::PartitionOneWay { from, to }
+                        }
+                    };
+                    push(at, fault);
+                    push(until, Fault::HealPartitions);
+                }
+                1 => {
+                    crashed.retain(|(_, restart)| *restart > at);
+                    let minority = nodes.len().saturating_sub(1) / 2;
+                    if crashed.len() < minority && !crashed.iter().any(|(n, _)| *n == node) {
+                        push(at, Fault::Crash { node });
+                        push(until, Fault::Restart { node });
+                        crashed.push((node, until));
+                    }
+                }
+                2 => {
+                    let fault = if rng.chance(0.7) {
+                        Fault::SlowDisk {
+                            node,
+                            latency_ms_max: rng.range(5, 80),
+                        }
+                    } else {
+                        Fault::DiskErrors {
+                            node,
+                            rate: 0.002 * (1 + rng.below(5)) as f64,
+                        }
+                    };
+                    push(at, fault);
+                    push(until, Fault::HealDisk { node });
+                }
+                3 => {
+                    let fault = match rng.below(3) {
+                        0 => Fault::ClockOffset {
+                            node,
+                            offset_ms: rng.range(0, 20_000) as i64 - 10_000,
+                        },
+                        1 => Fault::ClockDrift {
+                            node,
+                            ppm: rng.range(0, 200_000) as i64 - 100_000,
+                        },
+                        _ => Fault::ClockJump {
+                            node,
+                            jump_ms: rng.range(0, 60_000) as i64 - 30_000,
+                        },
+                    };
+                    push(at, fault);
+                    push(until, Fault::HealClock { node });
+                }
+                _ => {
+                    let fault = match rng.below(3) {
+                        0 => Fault::MessageLoss {
+                            rate: 0.01 * (1 + rng.below(10)) as f64,
+                        },
+                        1 => Fault::MessageDuplication {
+                            rate: 0.02 * (1 + rng.below(10)) as f64,
+                        },
+                        _ => Fault::MessageDelay {
+                            delay_ms_max: rng.range(5, 200),
+                        },
+                    };
+                    push(at, fault);
+                    push(until, Fault::HealMessages);
+                }
+            }
+            at += rng.range(200, 2 * config.gap_ms_mean.max(101));
+        }
+        // Stable sort keeps a fault before its own heal when both land on the same millisecond.
+        events.sort_by_key(|event| event.at_ms);
+        FaultPlan { events, heal_at_ms }
+    }
+}
+
+/// Splits `nodes` into two non-empty sides (when there are at least two nodes).
+fn split(rng: &mut SeededRng, nodes: &[NodeId]) -> (Vec<NodeId>, Vec<NodeId>) {
+    let mut shuffled = nodes.to_vec();
+    for i in (1..shuffled.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        shuffled.swap(i, j);
+    }
+    let cut = 1 + rng.below(shuffled.len().saturating_sub(1).max(1) as u64) as usize;
+    let side_b = shuffled.split_off(cut.min(shuffled.len()));
+    (shuffled, side_b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_plan() {
+        let config = PlanConfig::default();
+        let a = FaultPlan::generate(7, &[1, 2, 3], 60_000, &config);
+        let b = FaultPlan::generate(7, &[1, 2, 3], 60_000, &config);
+        assert_eq!(a, b);
+        assert_ne!(a, FaultPlan::generate(8, &[1, 2, 3], 60_000, &config));
+        assert!(
+            a.events.len() > 10,
+            "a minute of faults has more than a handful: {}",
+            a.events.len()
+        );
+    }
+
+    #[test]
+    fn plans_are_sorted_bounded_and_round_trip_as_json() {
+        for seed in 0..50 {
+            let plan = FaultPlan::generate(seed, &[1, 2, 3], 30_000, &PlanConfig::default());
+            assert!(plan.events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+            assert!(plan.events.iter().all(|e| e.at_ms <= plan.heal_at_ms));
+            let json = serde_json::to_string(&plan).expect("plan serializes");
+            let back: FaultPlan = serde_json::from_str(&json).expect("plan parses");
+            assert_eq!(back, plan);
+        }
+    }
+
+    #[test]
+    fn never_crashes_a_majority_at_once() {
+        for seed in 0..200 {
+            let plan = FaultPlan::generate(seed, &[1, 2, 3], 60_000, &PlanConfig::default());
+            let mut down = std::collections::BTreeSet::new();
+            for event in &plan.events {
+                match event.fault {
+                    Fault::Crash { node } => {
+                        assert!(down.insert(node), "seed {seed}: node {node} crashed twice");
+                        assert!(
+                            down.len() <= 1,
+                            "seed {seed}: two of three nodes down at {}",
+                            event.at_ms
+                        );
+                    }
+                    Fault::Restart { node } => {
+                        down.remove(&node);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_gives_two_non_empty_sides() {
+        let mut rng = SeededRng::new(1);
+        for _ in 0..100 {
+            let (a, b) = split(&mut rng, &[1, 2, 3]);
+            assert!(!a.is_empty() && !b.is_empty());
+            assert_eq!(a.len() + b.len(), 3);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! `larder`: the command-line entry point.
+//!
+//! - `larder sim --seed N`: one seeded simulation of a 3-node slot group under faults.
+//! - `larder sim --seeds A..B`: a sweep; exits non-zero if any seed fails.
+//! - `--check-determinism`: run each seed twice and compare the event traces.
+//!
+//! It lives in its own package (`nodes/cli`) because it needs both `larder-nodes` and
+//! `larder-sim`, and `larder-sim` depends on `larder-nodes`: cargo forbids the cycle a binary
+//! inside `larder-nodes` would create.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use larder_sim::{SimConfig, check_determinism, run};
+
+#[derive(Parser)]
+#[command(
+    name = "larder",
+    version,
+    about = "Larder: a Raft-replicated KV store and its deterministic simulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run seeded simulations of a 3-node slot group under faults.
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// The seed of a single run.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// A range of seeds to sweep, `A..B` (B exclusive) or `A..=B`.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Simulated duration of the workload (e.g. `20s`, `2m`).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Run each seed twice and fail on any difference in the event trace.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Run without injecting faults.
+    #[arg(long)]
+    no_faults: bool,
+    /// Print the deterministic JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Print the fault plan before running.
+    #[arg(long)]
+    print_plan: bool,
+}
+
+fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
+    let (start, end, inclusive) = if let Some((a, b)) = text.split_once("..=") {
+        (a, b, true)
+    } else if let Some((a, b)) = text.split_once("..") {
+        (a, b, false)
+    } else {
+        bail!("--seeds takes A..B or A..=B, got {text:?}");
+    };
+    let start: u64 = start
+        .trim()
+        .parse()
+        .with_context(|| format!("bad range start in {text:?}"))?;
+    let end: u64 = end
+        .trim()
+        .parse()
+        .with_context(|| format!("bad range end in {text:?}"))?;
+    let end = if inclusive {
+        end.saturating_add(1)
+    } else {
+        end
+    };
+    if start >= end {
+        bail!("--seeds {text:?} is empty");
+    }
+    Ok((start..end).collect())
+}
+
+fn replay_command(args: &SimArgs, seed: u64) -> String {
+    let mut command = format!(
+        "larder sim --seed {seed} --duration {}",
+        humantime::format_duration(args.duration)
+    );
+    if args.no_faults {
+        command.push_str(" --no-faults");
+    }
+    command
+}
+
+fn sim(args: SimArgs) -> anyhow::Result<bool> {
+    let seeds = match (&args.seed, &args.seeds) {
+        (Some(seed), _) => vec![*seed],
+        (None, Some(range)) => parse_seeds(range)?,
+        (None, None) => vec![0],
+    };
+    let mut failed = Vec::new();
+    for &seed in &seeds {
+        let mut config = SimConfig::new(seed, args.duration);
+        config.faults = !args.no_faults;
+        if args.print_plan {
+            println!("{}", serde_json::to_string_pretty(&config.plan())?);
+        }
+        let replay = replay_command(&args, seed);
+        let (report, divergence) = if args.check_determinism {
+            let (report, divergence) = check_determinism(&config)
+                .with_context(|| format!("seed {seed}; replay with: {replay}"))?;
+            (report, divergence)
+        } else {
+            (
+                run(&config).with_context(|| format!("seed {seed}; replay with: {replay}"))?,
+                None,
+            )
+        };
+        if args.json {
+            println!("{}", larder_reports::summary_json(&report));
+        } else {
+            print!("{}", larder_reports::summary_text(&report, &replay));
+        }
+        if args.check_determinism {
+            match &divergence {
+                None => println!(
+                    "determinism     same trace hash on both runs ({})",
+                    report.trace_hash
+                ),
+                Some(text) => println!(
+                    "determinism     FAIL: {text}\nreplay with     {replay} --check-determinism"
+                ),
+            }
+        }
+        if !report.passed() || divergence.is_some() {
+            failed.push(seed);
+        }
+        if seeds.len() > 1 {
+            println!();
+        }
+    }
+    if seeds.len() > 1 {
+        println!(
+            "{} seeds, {} failed{}",
+            seeds.len(),
+            failed.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(": {failed:?}")
+            }
+        );
+    }
+    Ok(failed.is_empty())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Sim(args) => sim(args),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The client SDK: sends commands to a slot group's replicas over [`Net`], follows leader
+//! hints, and never re-sends a write whose fate it cannot prove.
+
+use std::time::Duration;
+
+use larder_core::env::{Clock, Net, NetError};
+use larder_core::kv::{Command, Reply};
+use larder_core::{GroupId, NodeId};
+
+use crate::raft::SessionSeq;
+use crate::rpc::{ClientRequest, ClientResponse, Message, decode, encode};
+
+/// Why a command produced no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The command certainly did not take effect (no replica executed it).
+    #[error("unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// A write that may or may not have taken effect (timeout or lost connection after it was
+    /// sent). Re-sending it could apply it twice, so the client reports it instead.
+    #[error("indeterminate: {reason}")]
+    Indeterminate { reason: String },
+}
+
+/// Client settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Per-attempt deadline for one request to one node.
+    pub request_timeout: Duration,
+    /// Attempts (across nodes) before giving up on a command.
+    pub attempts_max: u32,
+    /// Pause between attempts after a node said it could not serve.
+    pub backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: Duration::from_secs(3),
+            attempts_max: 8,
+            backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A client of one slot group.
+pub struct Client<N: Net, C: Clock> {
+    net: N,
+    clock: C,
+    group: GroupId,
+    replicas: Vec<NodeId>,
+    config: ClientConfig,
+    leader: Option<NodeId>,
+    next: usize,
+    session: u64,
+    seq: u64,
+}
+
+impl<N: Net, C: Clock> Client<N, C> {
+    /// `session` must be unique among the group's clients (draw it from the environment's
+    /// seeded or OS randomness): the group deduplicates writes per session.
+    pub fn new(
+        net: N,
+        clock: C,
+        group: GroupId,
+        replicas: Vec<NodeId>,
+        config: ClientConfig,
+        session: u64,
+    ) -> Self {
+        assert!(
+            !replicas.is_empty(),
+            "a client needs at least one replica to talk to"
+        );
+        Client {
+            net,
+            clock,
+            group,
+            replicas,
+            config,
+            leader: None,
+            next: 0,
+            session,
+            seq: 0,
+        }
+    }
+
+    /// The node the client believes leads the group.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    fn target(&mut self) -> NodeId {
+        if let Some(leader) = self.leader {
+            return leader;
+        }
+        let node = self.replicas[self.next % self.replicas.len()];
+        self.next = self.next.wrapping_add(1);
+        node
+    }
+
+    fn forget_leader(&mut self) {
+        self.leader = None;
+    }
+
+    /// Executes `command`, retrying where that is safe.
+    pub async fn execute(&mut self, command: Command) -> Result<Reply, ClientError> {
+        let is_write = command.is_write();
+        let session = if is_write {
+            self.seq += 1;
+            Some(SessionSeq {
+                session: self.session,
+                seq: self.seq,
+            })
+        } else {
+            None
+        };
+        let request = encode(&Message::Client(ClientRequest {
+            group: self.group,
+            command,
+            session,
+        }));
+        let mut last_reason = String::from("no attempt made");
+        for attempt in 0..self.config.attempts_max {
+            if attempt > 0 {
+                self.clock.sleep(self.config.backoff).await;
+            }
+            let target = self.target();
+            let response = self
+                .net
+                .call(target, request.clone(), self.config.request_timeout)
+                .await;
+            match response.map(|bytes| decode::<ClientResponse>(&bytes)) {
+                Ok(Ok(ClientResponse::Reply(reply))) => {
+                    self.leader = Some(target);
+                    return Ok(reply);
+                }
+                Ok(Ok(ClientResponse::NotLeader { leader_hint })) => {
+                    self.leader =
+                        leader_hint.filter(|hint| *hint != target && self.replicas.contains(hint));
+                    last_reason = format!("node {target} is not the leader");
+                }
+                Ok(Ok(ClientResponse::Unavailable { reason })) => {
+                    self.forget_leader();
+                    last_reason = format!("node {target}: {reason}");
+                }
+                Ok(Ok(ClientResponse::Indeterminate { reason })) => {
+                    self.forget_leader();
+                    if is_write {
+                        return Err(ClientError::Indeterminate {
+                            reason: format!("node {target}: {reason}"),
+                        });
+                    }
+                    last_reason = reason;
+                }
+                Ok(Err(error)) => {
+                    // Garbage back from the node: whatever it did is unknown.
+                    self.forget_leader();
+                    if is_write {
+                        return Err(ClientError::Indeterminate {
+                            reason: format!("bad response: {error}"),
+                        });
+                    }
+                    last_reason = error.to_string();
+                }
+                Err(NetError::Unreachable { reason, .. }) => {
+                    // Never delivered: safe to try another node, write or not.
+                    self.forget_leader();
+                    last_reason = format!("node {target} unreachable: {reason}");
+                }
+                Err(error) => {
+                    self.forget_leader();
+                    if is_write {
+                        return Err(ClientError::Indeterminate {
+                            reason: error.to_string(),
+                        });
+                    }
+                    last_reason = error.to_string();
+                }
+            }
+        }
+        Err(ClientError::Unavailable {
+            reason: last_reason,
+        })
+    }
+}

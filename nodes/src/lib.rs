@@ -1,0 +1,17 @@
+//! `larder-nodes`: the processes of a Larder cluster, generic over the environment
+//! ([`larder_core::env::Env`]), and the real environment they run on in production.
+//!
+//! - [`node::StorageNode`]: hosts Raft-replicated slot groups (openraft over the `Disk` trait)
+//!   and serves peers and clients over the `Net` trait.
+//! - [`client::Client`]: the client SDK (leader following, safe retries).
+//! - [`rpc`]: the messages on the wire.
+//! - [`real`]: `TokioClock`, `TcpNet`, `FjallDisk`.
+//!
+//! It must not depend on `larder-sim`, and nothing outside [`real`] may touch real time, OS
+//! randomness, sockets or files: no `if simulated` branches, the environment decides.
+
+pub mod client;
+pub mod node;
+pub mod raft;
+pub mod real;
+pub mod rpc;

@@ -1,0 +1,156 @@
+//! The Raft log of one slot group, stored through [`Disk`].
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use larder_core::GroupId;
+use larder_core::env::Disk;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+
+use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
+
+/// openraft's log storage for group `group` on `disk`.
+///
+/// Appends are written with `sync: true` and reported flushed only after the sync returns: this
+/// is what makes an acknowledged write durable on a quorum. openraft hands over every entry that
+/// queued up while the previous append was syncing, so concurrent client writes share one
+/// append and one sync (group commit).
+#[derive(Clone)]
+pub struct DiskLogStore<D: Disk> {
+    disk: D,
+    group: GroupId,
+}
+
+impl<D: Disk> DiskLogStore<D> {
+    pub fn new(disk: D, group: GroupId) -> Self {
+        DiskLogStore { disk, group }
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(&i) => i.saturating_add(1),
+        Bound::Excluded(&i) => i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+impl<D: Disk> RaftLogReader<TypeConfig> for DiskLogStore<D> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (from, to) = bounds(&range);
+        let rows = self.disk.log_read(self.group, from, to, usize::MAX).await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut expected = from;
+        for (index, payload) in rows {
+            // A gap would mean the disk lost an entry in the middle of the log: never serve
+            // around it, openraft would replicate a hole.
+            if index != expected {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "group {} log has a gap: expected index {expected}, found {index}",
+                        self.group
+                    ),
+                ));
+            }
+            expected += 1;
+            entries.push(decode::<Entry>(&payload)?);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        match self.disk.read_vote(self.group).await? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let purged: Option<LogId> = match self.disk.log_purged_mark(self.group).await? {
+            Some(bytes) => Some(decode(&bytes)?),
+            None => None,
+        };
+        let last = match self.disk.log_last(self.group).await? {
+            Some((_, payload)) => Some(decode::<Entry>(&payload)?.log_id),
+            None => None,
+        };
+        // Entries at or below the purge mark may survive a crash in the middle of a purge;
+        // they are ignored (and purged again), so the last log id is never below the mark.
+        let last = match (last, purged.clone()) {
+            (Some(last), Some(purged)) if last.index() < purged.index() => Some(purged),
+            (None, purged) => purged,
+            (last, _) => last,
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.disk.save_vote(self.group, encode(vote)).await?;
+        Ok(())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+    {
+        let rows: Vec<(u64, bytes::Bytes)> = entries
+            .into_iter()
+            .map(|entry| (entry.log_id.index(), encode(&entry)))
+            .collect();
+        let result = self
+            .disk
+            .log_append(self.group, rows, true)
+            .await
+            .map_err(io::Error::from);
+        match result {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.io_completed(Err(io::Error::new(error.kind(), error.to_string())));
+                Err(error)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |log_id| log_id.index() + 1);
+        self.disk.log_truncate(self.group, from).await?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.disk
+            .log_purge(self.group, log_id.index(), encode(&log_id))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,525 @@
+//! The KV state machine of one slot group, stored through [`Disk`].
+//!
+//! Layout in [`Space::State`]: `group (8 bytes, big-endian) ++ user key` -> encoded
+//! [`Record`], so one group's data is one contiguous range (snapshots and, later, slot
+//! migration scan it). In [`Space::Meta`], `applied/<group>` holds [`AppliedState`].
+//!
+//! Crash consistency: each apply call writes its state changes **and** the new applied marker
+//! in one atomic, unsynced batch. A crash loses a suffix of such batches (the `Disk` contract),
+//! leaving state and marker consistent; openraft then re-applies the lost entries from the
+//! durable log. Installing a snapshot first stores the snapshot durably, then rewrites the
+//! group's range; [`DiskStateMachine::open`] finishes an install a crash cut short.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use larder_core::GroupId;
+use larder_core::env::{Disk, Space, WriteBatch};
+use larder_core::kv::{Command, Record, Reply, execute};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, decode, encode,
+};
+
+/// How many entries one apply batch may hold before it is written out, so a long backlog
+/// (a follower catching up) does not build one unbounded batch in memory.
+const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
+/// Rows per scan page when building a snapshot.
+const SNAPSHOT_SCAN_PAGE_MAX: usize = 4096;
+
+/// What the state machine has applied, persisted with every apply batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    /// The largest entry timestamp applied. Entries apply at `max(entry time, this)`, so a
+    /// leader whose clock is behind cannot make TTLs run backwards.
+    pub clock_ms: u64,
+}
+
+/// The last write a client session had applied, and its reply, so a duplicate of that write
+/// is answered from here instead of being applied again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEntry {
+    pub seq: u64,
+    pub reply: Reply,
+    /// Entry time of the session's last write; the least recently used session is forgotten
+    /// first when there are more than [`SESSIONS_MAX`].
+    pub last_ms: u64,
+}
+
+/// Sessions remembered per group. A forgotten session's late duplicate would apply again; at
+/// this bound that takes thousands of newer clients between a write and its duplicate.
+pub const SESSIONS_MAX: usize = 4096;
+
+/// The data part of a snapshot (openraft carries the metadata beside it).
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBody {
+    clock_ms: u64,
+    /// User key -> encoded record.
+    rows: Vec<(Bytes, Bytes)>,
+    sessions: Vec<(u64, SessionEntry)>,
+}
+
+/// A snapshot as stored in [`Space::Meta`].
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The state machine of `group` on `disk`. Cloning shares it: the node keeps a clone to serve
+/// linearizable reads.
+#[derive(Clone)]
+pub struct DiskStateMachine<D: Disk> {
+    disk: D,
+    group: GroupId,
+    applied: Arc<Mutex<AppliedState>>,
+    sessions: Arc<Mutex<BTreeMap<u64, SessionEntry>>>,
+    /// Serialises apply, snapshot build and install, so a snapshot's rows match its metadata.
+    exclusive: Arc<futures::lock::Mutex<()>>,
+}
+
+fn group_prefix(group: GroupId) -> [u8; 8] {
+    group.to_be_bytes()
+}
+
+fn state_key(group: GroupId, key: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&group_prefix(group));
+    out.extend_from_slice(key);
+    Bytes::from(out)
+}
+
+fn session_prefix(group: GroupId) -> Vec<u8> {
+    let mut key = b"session/".to_vec();
+    key.extend_from_slice(&group.to_be_bytes());
+    key
+}
+
+fn session_key(group: GroupId, session: u64) -> Vec<u8> {
+    let mut key = session_prefix(group);
+    key.extend_from_slice(&session.to_be_bytes());
+    key
+}
+
+fn session_end(group: GroupId) -> Vec<u8> {
+    let mut key = session_prefix(group);
+    key.push(0xff);
+    key.extend_from_slice(&[0xff; 8]);
+    key
+}
+
+fn applied_key(group: GroupId) -> Vec<u8> {
+    let mut key = b"applied/".to_vec();
+    key.extend_from_slice(&group.to_be_bytes());
+    key
+}
+
+/// End (exclusive) of `group`'s state range.
+fn group_end(group: GroupId) -> Vec<u8> {
+    match group.checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        // The last group's range ends past every 8-byte prefix.
+        None => vec![0xff; 9],
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.into())
+}
+
+impl<D: Disk> DiskStateMachine<D> {
+    /// Opens `group`'s state machine, finishing a snapshot install that a crash interrupted.
+    pub async fn open(disk: D, group: GroupId) -> Result<Self, io::Error> {
+        let applied: AppliedState = match disk.get(Space::Meta, &applied_key(group)).await? {
+            Some(bytes) => decode(&bytes)?,
+            None => AppliedState::default(),
+        };
+        let mut sessions = BTreeMap::new();
+        let prefix = session_prefix(group);
+        for (key, value) in disk
+            .scan(Space::Meta, &prefix, Some(&session_end(group)), usize::MAX)
+            .await?
+        {
+            let id = key
+                .get(prefix.len()..)
+                .and_then(|id| <[u8; 8]>::try_from(id).ok())
+                .map(u64::from_be_bytes);
+            let id =
+                id.ok_or_else(|| invalid(format!("bad session key of {} bytes", key.len())))?;
+            sessions.insert(id, decode(&value)?);
+        }
+        let machine = DiskStateMachine {
+            disk,
+            group,
+            applied: Arc::new(Mutex::new(applied.clone())),
+            sessions: Arc::new(Mutex::new(sessions)),
+            exclusive: Arc::new(futures::lock::Mutex::new(())),
+        };
+        if let Some(stored) = machine.stored_snapshot().await? {
+            if stored.meta.last_log_id > applied.last_applied {
+                tracing::info!(group, "finishing a snapshot install interrupted by a crash");
+                machine
+                    .rewrite_from_snapshot(&stored.meta, &stored.data)
+                    .await?;
+            }
+        }
+        Ok(machine)
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// What has been applied so far.
+    pub fn applied(&self) -> AppliedState {
+        self.applied.lock().expect("applied lock").clone()
+    }
+
+    /// Executes a read-only command against the applied state at wall time `now_ms`.
+    ///
+    /// Linearizable only when the caller has first confirmed leadership and waited for the
+    /// read index to be applied (`Raft::ensure_linearizable`).
+    pub async fn read(&self, command: &Command, now_ms: u64) -> Result<Reply, io::Error> {
+        debug_assert!(!command.is_write(), "writes go through the log");
+        let now_ms = now_ms.max(self.applied().clock_ms);
+        let stored = self.load(command, &BTreeMap::new()).await?;
+        Ok(execute(command, now_ms, &stored).reply)
+    }
+
+    /// Current records of the command's keys, with `overlay` (writes not yet on disk) on top.
+    async fn load(
+        &self,
+        command: &Command,
+        overlay: &BTreeMap<Bytes, Option<Record>>,
+    ) -> Result<BTreeMap<Bytes, Record>, io::Error> {
+        let mut stored = BTreeMap::new();
+        for key in command.keys() {
+            if stored.contains_key(key) {
+                continue;
+            }
+            let full_key = state_key(self.group, key);
+            let record = match overlay.get(&full_key) {
+                Some(pending) => pending.clone(),
+                None => match self.disk.get(Space::State, &full_key).await? {
+                    Some(bytes) => {
+                        Some(Record::decode(&bytes).map_err(|e| invalid(e.to_string()))?)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(record) = record {
+                stored.insert(key.clone(), record);
+            }
+        }
+        Ok(stored)
+    }
+
+    /// `(last applied index, FNV-1a hash of every state row of the group)`: replicas that
+    /// applied the same prefix of the log must agree on it.
+    pub async fn digest(&self) -> Result<(u64, u64), io::Error> {
+        let _exclusive = self.exclusive.lock().await;
+        let applied = self.applied().last_applied.map_or(0, |id| id.index());
+        let end = group_end(self.group);
+        let mut from = group_prefix(self.group).to_vec();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        loop {
+            let page = self
+                .disk
+                .scan(Space::State, &from, Some(&end), SNAPSHOT_SCAN_PAGE_MAX)
+                .await?;
+            let full = page.len() == SNAPSHOT_SCAN_PAGE_MAX;
+            for (key, value) in &page {
+                for byte in key.iter().chain(b"=").chain(value.iter()).chain(b";") {
+                    hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+            match page.last() {
+                Some((last, _)) if full => {
+                    from = last.to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((applied, hash)),
+            }
+        }
+    }
+
+    async fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, io::Error> {
+        match self.disk.read_snapshot(self.group).await? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the group's whole range with the snapshot's rows and marker.
+    async fn rewrite_from_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        data: &[u8],
+    ) -> Result<(), io::Error> {
+        let body: SnapshotBody = decode(data)?;
+        let applied = AppliedState {
+            last_applied: meta.last_log_id.clone(),
+            membership: meta.last_membership.clone(),
+            clock_ms: body.clock_ms,
+        };
+        // Sessions first: if a crash cuts this short, the old applied marker stays and `open`
+        // redoes the whole install.
+        self.disk
+            .delete_range_paged(
+                Space::Meta,
+                &session_prefix(self.group),
+                &session_end(self.group),
+                None,
+            )
+            .await?;
+        let mut fill = WriteBatch::new();
+        for (key, value) in body.rows {
+            fill.put(Space::State, state_key(self.group, &key), value);
+        }
+        for (id, entry) in &body.sessions {
+            fill.put(Space::Meta, session_key(self.group, *id), encode(entry));
+        }
+        fill.put(Space::Meta, applied_key(self.group), encode(&applied));
+        self.disk
+            .delete_range_paged(
+                Space::State,
+                &group_prefix(self.group),
+                &group_end(self.group),
+                Some(fill),
+            )
+            .await?;
+        *self.applied.lock().expect("applied lock") = applied;
+        *self.sessions.lock().expect("sessions lock") = body.sessions.into_iter().collect();
+        Ok(())
+    }
+}
+
+impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let _exclusive = self.exclusive.lock().await;
+        let applied = self.applied();
+        let start = group_prefix(self.group);
+        let end = group_end(self.group);
+        let mut rows = Vec::new();
+        let mut from = start.to_vec();
+        loop {
+            let page = self
+                .disk
+                .scan(Space::State, &from, Some(&end), SNAPSHOT_SCAN_PAGE_MAX)
+                .await?;
+            let full = page.len() == SNAPSHOT_SCAN_PAGE_MAX;
+            if let Some((last, _)) = page.last() {
+                from = last.to_vec();
+                from.push(0);
+            }
+            rows.extend(page.into_iter().map(|(key, value)| (key.slice(8..), value)));
+            if !full {
+                break;
+            }
+        }
+        let sessions = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .map(|(id, e)| (*id, e.clone()))
+            .collect();
+        let data = postcard::to_allocvec(&SnapshotBody {
+            clock_ms: applied.clock_ms,
+            rows,
+            sessions,
+        })
+        .map_err(|e| invalid(e.to_string()))?;
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied.clone(),
+            last_membership: applied.membership,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.disk.save_snapshot(self.group, encode(&stored)).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(stored.data),
+        })
+    }
+}
+
+impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied = self.applied();
+        Ok((applied.last_applied, applied.membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let _exclusive = self.exclusive.lock().await;
+        let mut applied = self.applied();
+        let mut overlay: BTreeMap<Bytes, Option<Record>> = BTreeMap::new();
+        let mut batch = WriteBatch::new();
+        let mut replies = Vec::new();
+        let mut pending = 0usize;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            debug_assert!(
+                entry.log_id.index() > applied.last_applied.as_ref().map_or(0, |id| id.index())
+                    || applied.last_applied.is_none()
+            );
+            applied.last_applied = Some(entry.log_id.clone());
+            let reply = match entry.payload {
+                EntryPayload::Blank => Reply::Ok,
+                EntryPayload::Normal(request) => {
+                    applied.clock_ms = applied.clock_ms.max(request.now_ms);
+                    if let Some(reply) = self.duplicate_reply(request.session) {
+                        reply
+                    } else {
+                        let stored = self.load(&request.command, &overlay).await?;
+                        let outcome = execute(&request.command, applied.clock_ms, &stored);
+                        for (key, record) in outcome.writes {
+                            let full_key = state_key(self.group, &key);
+                            match &record {
+                                Some(record) => {
+                                    batch.put(Space::State, full_key.clone(), record.encode())
+                                }
+                                None => batch.delete(Space::State, full_key.clone()),
+                            };
+                            overlay.insert(full_key, record);
+                        }
+                        if let Some(session) = request.session {
+                            self.remember(session, &outcome.reply, applied.clock_ms, &mut batch);
+                        }
+                        outcome.reply
+                    }
+                }
+                EntryPayload::Membership(membership) => {
+                    applied.membership =
+                        StoredMembership::new(Some(entry.log_id.clone()), membership);
+                    Reply::Ok
+                }
+            };
+            if let Some(responder) = responder {
+                replies.push((responder, reply));
+            }
+            pending += 1;
+            if pending >= APPLY_BATCH_ENTRIES_MAX {
+                self.flush(&mut batch, &applied, &mut overlay, &mut replies)
+                    .await?;
+                pending = 0;
+            }
+        }
+        self.flush(&mut batch, &applied, &mut overlay, &mut replies)
+            .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let _exclusive = self.exclusive.lock().await;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        // Durable first: if the rewrite below is cut short, `open` redoes it from here.
+        self.disk.save_snapshot(self.group, encode(&stored)).await?;
+        self.rewrite_from_snapshot(&stored.meta, &stored.data).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.stored_snapshot().await?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: std::io::Cursor::new(stored.data),
+        }))
+    }
+}
+
+impl<D: Disk> DiskStateMachine<D> {
+    /// The reply to send instead of applying, when `session` names a write already applied.
+    fn duplicate_reply(&self, session: Option<crate::raft::SessionSeq>) -> Option<Reply> {
+        let session = session?;
+        let sessions = self.sessions.lock().expect("sessions lock");
+        let entry = sessions.get(&session.session)?;
+        if session.seq == entry.seq {
+            Some(entry.reply.clone())
+        } else if session.seq < entry.seq {
+            // The client has moved on; nobody waits for this answer.
+            Some(Reply::error("ERR stale duplicate of an earlier request"))
+        } else {
+            None
+        }
+    }
+
+    /// Records a session's latest write (and evicts the least recently used session beyond
+    /// [`SESSIONS_MAX`]), in memory and in `batch`.
+    fn remember(
+        &self,
+        session: crate::raft::SessionSeq,
+        reply: &Reply,
+        now_ms: u64,
+        batch: &mut WriteBatch,
+    ) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let entry = SessionEntry {
+            seq: session.seq,
+            reply: reply.clone(),
+            last_ms: now_ms,
+        };
+        batch.put(
+            Space::Meta,
+            session_key(self.group, session.session),
+            encode(&entry),
+        );
+        sessions.insert(session.session, entry);
+        if sessions.len() > SESSIONS_MAX {
+            // Ties on time break by id: every replica evicts the same session.
+            let oldest = sessions
+                .iter()
+                .min_by_key(|(id, entry)| (entry.last_ms, **id))
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                sessions.remove(&oldest);
+                batch.delete(Space::Meta, session_key(self.group, oldest));
+            }
+        }
+    }
+
+    /// Writes the batch and the applied marker atomically, then answers the clients: a reply is
+    /// sent only once a read on this node would see its effect.
+    async fn flush(
+        &self,
+        batch: &mut WriteBatch,
+        applied: &AppliedState,
+        overlay: &mut BTreeMap<Bytes, Option<Record>>,
+        replies: &mut Vec<(openraft::storage::ApplyResponder<TypeConfig>, Reply)>,
+    ) -> Result<(), io::Error> {
+        let mut batch = std::mem::take(batch);
+        batch.put(Space::Meta, applied_key(self.group), encode(applied));
+        self.disk.write(batch, false).await?;
+        *self.applied.lock().expect("applied lock") = applied.clone();
+        overlay.clear();
+        for (responder, reply) in replies.drain(..) {
+            responder.send(reply);
+        }
+        Ok(())
+    }
+}

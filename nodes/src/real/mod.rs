@@ -1,0 +1,1 @@
+//! The real environment: tokio time, tokio TCP, fjall on the local file system.

@@ -1,0 +1,93 @@
+//! `larder-reports`: the artifacts of a run, rendered deterministically so two runs of the same
+//! seed produce byte-identical files (wall-clock figures are kept out of the JSON for that
+//! reason and printed only in the human summary).
+//!
+//! It depends on everything upstream and nothing depends on it.
+
+use std::fmt::Write as _;
+
+use larder_sim::RunReport;
+use serde::Serialize;
+
+/// The deterministic part of a run's report, as written to `summary.json`.
+#[derive(Debug, Serialize)]
+pub struct Summary<'a> {
+    pub seed: u64,
+    pub sim_seconds: f64,
+    pub ops: &'a larder_sim::run::OpCounts,
+    pub faults: &'a std::collections::BTreeMap<String, u64>,
+    pub trace_hash: &'a str,
+    pub trace_events: u64,
+    pub violations: &'a [String],
+    pub passed: bool,
+}
+
+pub fn summary(report: &RunReport) -> Summary<'_> {
+    Summary {
+        seed: report.seed,
+        sim_seconds: report.sim_seconds,
+        ops: &report.ops,
+        faults: &report.faults,
+        trace_hash: &report.trace_hash,
+        trace_events: report.trace_events,
+        violations: &report.violations,
+        passed: report.passed(),
+    }
+}
+
+/// Pretty JSON of [`summary`]; stable field order, no wall-clock values.
+pub fn summary_json(report: &RunReport) -> String {
+    serde_json::to_string_pretty(&summary(report)).expect("summary serializes")
+}
+
+/// The human-readable summary `larder sim` prints.
+pub fn summary_text(report: &RunReport, replay: &str) -> String {
+    let mut out = String::new();
+    let completed = report.ops.ok + report.ops.fail + report.ops.info;
+    let acceleration = if report.wall_seconds > 0.0 {
+        report.sim_seconds / report.wall_seconds
+    } else {
+        0.0
+    };
+    let _ = writeln!(out, "seed            {}", report.seed);
+    let _ = writeln!(out, "simulated       {:.3} s", report.sim_seconds);
+    let _ = writeln!(
+        out,
+        "wall            {:.3} s ({acceleration:.0}x faster than real time)",
+        report.wall_seconds
+    );
+    let _ = writeln!(
+        out,
+        "ops completed   {completed} (ok {}, fail {}, info {}); {:.0} ops/simulated s, {:.0} ops/wall s",
+        report.ops.ok,
+        report.ops.fail,
+        report.ops.info,
+        completed as f64 / report.sim_seconds.max(1e-9),
+        completed as f64 / report.wall_seconds.max(1e-9)
+    );
+    if report.faults.is_empty() {
+        let _ = writeln!(out, "faults          none");
+    } else {
+        let faults: Vec<String> = report
+            .faults
+            .iter()
+            .map(|(kind, count)| format!("{kind}={count}"))
+            .collect();
+        let _ = writeln!(out, "faults          {}", faults.join(" "));
+    }
+    let _ = writeln!(
+        out,
+        "trace           {} events, hash {}",
+        report.trace_events, report.trace_hash
+    );
+    if report.passed() {
+        let _ = writeln!(out, "verdict         PASS");
+    } else {
+        let _ = writeln!(out, "verdict         FAIL");
+        for violation in &report.violations {
+            let _ = writeln!(out, "  - {violation}");
+        }
+        let _ = writeln!(out, "replay with     {replay}");
+    }
+    out
+}

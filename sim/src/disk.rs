@@ -1,0 +1,293 @@
+//! `SimDisk`: the [`Disk`] trait in memory, with crash semantics and disk faults.
+//!
+//! Fault contract: writes without `sync` sit in an ordered queue of unsynced batches; a crash
+//! keeps a seeded *prefix* of that queue (possibly none of it) and drops the rest, as an engine
+//! journal that got partway would. A synced batch, and everything before it, always survives.
+//! Batches are atomic, as fjall's are (one journal record per batch); `tear_last_batch` can
+//! also keep a prefix of the first dropped batch's operations, for code that claims not to rely
+//! on atomic batches. Faults: seeded latency per operation (slow disk), `EIO` at a seeded rate,
+//! and a capacity beyond which writes fail with "disk full". A healthy node must never lose a
+//! synced write, and must recover to a consistent state from whatever prefix survived.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use larder_core::env::{Disk, DiskError, Rng, SeededRng, Space, WriteBatch, WriteOp};
+
+use crate::trace::{Trace, sim_now};
+
+type Tables = [BTreeMap<Bytes, Bytes>; 3];
+
+fn index(space: Space) -> usize {
+    match space {
+        Space::Log => 0,
+        Space::State => 1,
+        Space::Meta => 2,
+    }
+}
+
+fn apply(tables: &mut Tables, ops: &[WriteOp]) {
+    for op in ops {
+        match op {
+            WriteOp::Put { space, key, value } => {
+                tables[index(*space)].insert(key.clone(), value.clone());
+            }
+            WriteOp::Delete { space, key } => {
+                tables[index(*space)].remove(key);
+            }
+        }
+    }
+}
+
+/// Counters of what the disk did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    pub writes: u64,
+    pub syncs: u64,
+    pub reads: u64,
+    pub bytes_written: u64,
+    pub crashes: u64,
+    /// Unsynced batches dropped by crashes.
+    pub batches_lost: u64,
+    pub io_errors: u64,
+    pub full_errors: u64,
+}
+
+struct DiskState {
+    durable: Tables,
+    /// What reads see: `durable` with every unsynced batch applied.
+    current: Tables,
+    unsynced: VecDeque<WriteBatch>,
+    rng: SeededRng,
+    latency: (Duration, Duration),
+    error_rate: f64,
+    capacity_bytes: Option<u64>,
+    tear_last_batch: bool,
+    stats: DiskStats,
+    trace: Option<(Trace, String)>,
+}
+
+impl DiskState {
+    fn used_bytes(&self) -> u64 {
+        self.current
+            .iter()
+            .flat_map(|table| table.iter())
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    }
+
+    fn trace(&self, event: std::fmt::Arguments<'_>) {
+        if let Some((trace, actor)) = &self.trace {
+            trace.record(sim_now(), actor, event);
+        }
+    }
+}
+
+/// One node's disk. Cloning shares it: the harness keeps a clone so the disk outlives the
+/// node's crashes, and crashes it when the node crashes.
+#[derive(Clone)]
+pub struct SimDisk(Arc<Mutex<DiskState>>);
+
+impl std::fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDisk")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl SimDisk {
+    /// An empty, healthy disk whose fault draws come from `seed`.
+    pub fn new(seed: u64) -> Self {
+        SimDisk(Arc::new(Mutex::new(DiskState {
+            durable: Default::default(),
+            current: Default::default(),
+            unsynced: VecDeque::new(),
+            rng: SeededRng::new(seed),
+            latency: (Duration::ZERO, Duration::ZERO),
+            error_rate: 0.0,
+            capacity_bytes: None,
+            tear_last_batch: false,
+            stats: DiskStats::default(),
+            trace: None,
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, DiskState> {
+        self.0.lock().expect("disk lock")
+    }
+
+    /// Records writes, syncs and crashes on `trace` as `actor`.
+    pub fn set_trace(&self, trace: Trace, actor: String) {
+        self.state().trace = Some((trace, actor));
+    }
+
+    /// Every operation takes a seeded time in `[min, max]` (slow disk). `(0, 0)` heals.
+    pub fn set_latency(&self, min: Duration, max: Duration) {
+        self.state().latency = (min, max.max(min));
+    }
+
+    /// Operations fail with `EIO` at this rate (0 heals).
+    pub fn set_error_rate(&self, rate: f64) {
+        self.state().error_rate = rate;
+    }
+
+    /// Writes that would take the disk past `capacity` bytes fail (`None` heals).
+    pub fn set_capacity_bytes(&self, capacity: Option<u64>) {
+        self.state().capacity_bytes = capacity;
+    }
+
+    /// See the module doc: lets a crash keep part of a batch.
+    pub fn set_tear_last_batch(&self, tear: bool) {
+        self.state().tear_last_batch = tear;
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        self.state().stats.clone()
+    }
+
+    /// Number of unsynced batches a crash now could lose.
+    pub fn unsynced_batches(&self) -> usize {
+        self.state().unsynced.len()
+    }
+
+    /// The process died: keep the durable data and a seeded prefix of the unsynced batches.
+    pub fn crash(&self, rng: &mut impl Rng) {
+        let mut state = self.state();
+        let state = &mut *state;
+        let pending = state.unsynced.len();
+        let kept = rng.below(pending as u64 + 1) as usize;
+        for batch in state.unsynced.drain(..kept) {
+            apply(&mut state.durable, &batch.ops);
+        }
+        let mut torn_ops = 0;
+        if state.tear_last_batch {
+            if let Some(first_lost) = state.unsynced.front() {
+                torn_ops = rng.below(first_lost.ops.len() as u64 + 1) as usize;
+                let ops = first_lost.ops[..torn_ops].to_vec();
+                apply(&mut state.durable, &ops);
+            }
+        }
+        let lost = state.unsynced.len();
+        state.unsynced.clear();
+        state.current = state.durable.clone();
+        state.stats.crashes += 1;
+        state.stats.batches_lost += lost as u64;
+        state.trace(format_args!(
+            "disk crash: kept {kept} of {pending} unsynced batches, tore {torn_ops} ops"
+        ));
+    }
+
+    /// Applies the latency and error faults to one operation.
+    async fn fault(&self, what: &str) -> Result<(), DiskError> {
+        let delay = {
+            let mut state = self.state();
+            let (min, max) = state.latency;
+            let delay = if max.is_zero() {
+                Duration::ZERO
+            } else {
+                let span = (max - min).as_micros() as u64;
+                min + Duration::from_micros(state.rng.range(0, span + 1))
+            };
+            let rate = state.error_rate;
+            if state.rng.chance(rate) {
+                state.stats.io_errors += 1;
+                state.trace(format_args!("disk EIO on {what}"));
+                return Err(DiskError::Io {
+                    reason: format!("injected EIO on {what}"),
+                });
+            }
+            delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(())
+    }
+}
+
+impl Disk for SimDisk {
+    async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), DiskError> {
+        self.fault("write").await?;
+        let mut state = self.state();
+        let state = &mut *state;
+        if let Some(capacity) = state.capacity_bytes {
+            let used = state.used_bytes();
+            if used + batch.size_bytes() as u64 > capacity {
+                state.stats.full_errors += 1;
+                return Err(DiskError::Full {
+                    used_bytes: used,
+                    capacity_bytes: capacity,
+                });
+            }
+        }
+        apply(&mut state.current, &batch.ops);
+        state.stats.writes += 1;
+        state.stats.bytes_written += batch.size_bytes() as u64;
+        state.trace(format_args!(
+            "disk write {} ops {}B sync={sync}",
+            batch.len(),
+            batch.size_bytes()
+        ));
+        state.unsynced.push_back(batch);
+        if sync {
+            for batch in state.unsynced.drain(..) {
+                apply(&mut state.durable, &batch.ops);
+            }
+            state.stats.syncs += 1;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>, DiskError> {
+        self.fault("get").await?;
+        let mut state = self.state();
+        state.stats.reads += 1;
+        Ok(state.current[index(space)].get(key).cloned())
+    }
+
+    async fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
+        self.fault("scan").await?;
+        let mut state = self.state();
+        state.stats.reads += 1;
+        let upper = match end {
+            Some(end) if end <= start => return Ok(Vec::new()),
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        let table = &state.current[index(space)];
+        Ok(table
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn last(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Option<(Bytes, Bytes)>, DiskError> {
+        self.fault("last").await?;
+        if end <= start {
+            return Ok(None);
+        }
+        let mut state = self.state();
+        state.stats.reads += 1;
+        let table = &state.current[index(space)];
+        Ok(table
+            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+            .next_back()
+            .map(|(k, v)| (k.clone(), v.clone())))
+    }
+}

@@ -1,0 +1,25 @@
+//! `larder-sim`: the seeded simulator.
+//!
+//! It owns the simulated environment ([`SimClock`], [`SimNet`], [`SimDisk`]: the same traits
+//! as `larder_nodes::real`, on turmoil's simulated time and network), the harness that builds a
+//! cluster of real Larder nodes on it, runs clients and a fault plan ([`run::run`]), and the
+//! determinism check ([`run::check_determinism`]: hash the ordered event trace, run a seed
+//! twice, name the first divergent event).
+//!
+//! It must not depend on anything real-time: no `std::time::Instant` (except to report the wall
+//! time a run took), no OS randomness, no real sockets or files, no threads.
+
+pub mod clock;
+pub mod disk;
+pub mod env;
+pub mod net;
+pub mod run;
+pub mod scenario;
+pub mod trace;
+pub mod workload;
+
+pub use clock::SimClock;
+pub use disk::SimDisk;
+pub use env::SimEnv;
+pub use net::SimNet;
+pub use run::{RunReport, SimConfig, check_determinism, run};

@@ -1,0 +1,798 @@
+//! One seeded simulation run of a 3-node slot group: build it, drive clients and a fault plan,
+//! check the outcome, and report.
+//!
+//! The life of a run (see ARCHITECTURE.md): seed everything from the run seed -> register the
+//! node hosts and client hosts with turmoil -> step the simulation tick by tick, applying the
+//! fault plan at its times and restarting nodes whose Raft stopped on a disk error -> at the
+//! heal point repair everything -> after the workload, a checker client reads every key and
+//! every replica's state digest -> checks -> [`RunReport`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use larder_core::NodeId;
+use larder_core::env::{SeededRng, derive_seed};
+use larder_core::kv::{Command, Reply};
+use larder_faults::{Fault, FaultPlan, PlanConfig};
+use larder_nodes::client::Client;
+use larder_nodes::node::{NodeConfig, StorageNode};
+use serde::Serialize;
+
+use crate::clock::SimClock;
+use crate::disk::SimDisk;
+use crate::env::SimEnv;
+use crate::net::{NetFaults, SimNet, host_name};
+use crate::trace::{Trace, sim_now};
+use crate::workload::{
+    GROUP, History, OpKind, OpRecord, OpStatus, WorkloadConfig, client_id, counter_key,
+    register_key, run_client,
+};
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Simulated time the clients run for. Faults stop `liveness` before the end.
+    pub duration: Duration,
+    /// How long after the heal point the cluster has to serve again.
+    pub liveness: Duration,
+    pub nodes: u64,
+    /// The first `voters` nodes form the group; the rest start empty (spares for membership
+    /// changes).
+    pub voters: u64,
+    pub clients: u64,
+    pub workload: WorkloadConfig,
+    /// `None`: generate the plan from the seed with [`PlanConfig::default`].
+    pub plan: Option<FaultPlan>,
+    pub faults: bool,
+    /// Keep every trace event in memory (needed to name the first divergence).
+    pub keep_events: bool,
+    /// Per-node settings (ids are filled in per node).
+    pub node: NodeConfig,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64, duration: Duration) -> Self {
+        let mut node = NodeConfig::new(0, vec![GROUP]);
+        // Small snapshot interval so every run exercises snapshot build, install and purge.
+        node.snapshot_logs_since_last = 300;
+        node.snapshot_logs_kept = 50;
+        SimConfig {
+            seed,
+            duration,
+            liveness: Duration::from_secs(10).min(duration / 2),
+            nodes: 3,
+            voters: 3,
+            clients: 3,
+            workload: WorkloadConfig::default(),
+            plan: None,
+            faults: true,
+            keep_events: false,
+            node,
+        }
+    }
+
+    fn heal_at(&self) -> Duration {
+        self.duration.saturating_sub(self.liveness)
+    }
+
+    /// The plan this run applies.
+    pub fn plan(&self) -> FaultPlan {
+        let heal_at_ms = self.heal_at().as_millis() as u64;
+        match (&self.plan, self.faults) {
+            (_, false) => FaultPlan::none(heal_at_ms),
+            (Some(plan), true) => plan.clone(),
+            (None, true) => FaultPlan::generate(
+                self.seed,
+                &self.node_ids(),
+                heal_at_ms,
+                &PlanConfig::default(),
+            ),
+        }
+    }
+
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        (1..=self.nodes).collect()
+    }
+}
+
+/// Counts of operations by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OpCounts {
+    pub ok: u64,
+    pub fail: u64,
+    pub info: u64,
+}
+
+/// What a run did and found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub seed: u64,
+    pub sim_seconds: f64,
+    pub wall_seconds: f64,
+    pub ops: OpCounts,
+    /// Faults applied, by kind (including automatic restarts after a disk error stopped Raft).
+    pub faults: BTreeMap<String, u64>,
+    pub trace_hash: String,
+    pub trace_events: u64,
+    /// Broken invariants; empty for a passing run.
+    pub violations: Vec<String>,
+    #[serde(skip)]
+    pub events: Option<Vec<String>>,
+    #[serde(skip)]
+    pub history: Vec<OpRecord>,
+}
+
+impl RunReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("simulation failed at {at_ms} ms: {reason}")]
+    Turmoil { at_ms: u64, reason: String },
+}
+
+pub(crate) type NodeSlot = Arc<Mutex<Option<Arc<StorageNode<SimEnv>>>>>;
+
+/// What the checker client found after the workload.
+#[derive(Debug, Default)]
+struct Final {
+    values: BTreeMap<String, Option<String>>,
+    digests: BTreeMap<NodeId, (u64, u64)>,
+    first_success_ms: Option<u64>,
+    problems: Vec<String>,
+}
+
+/// Per-node handles the harness keeps across crashes: the disk and clock outlive the process.
+pub(crate) struct NodeParts {
+    pub(crate) id: NodeId,
+    pub(crate) disk: SimDisk,
+    pub(crate) clock: SimClock,
+    pub(crate) slot: NodeSlot,
+    pub(crate) up: bool,
+}
+
+/// Runs one seeded simulation.
+pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
+    #[allow(clippy::disallowed_methods)] // Wall time of the run, for the report only.
+    let wall_start = std::time::Instant::now();
+    let seed = config.seed;
+    larder_nodes::raft::runtime::seed_raft_rng(derive_seed(seed, 0x5eed_0f_4a_f7));
+    let trace = if config.keep_events {
+        Trace::keeping_events()
+    } else {
+        Trace::default()
+    };
+    let plan = config.plan();
+    let history = History::default();
+    let net_faults = NetFaults::default();
+    let final_state: Arc<Mutex<Final>> = Arc::default();
+    let node_ids = config.node_ids();
+    let client_ids: Vec<NodeId> = (0..config.clients).map(client_id).collect();
+
+    let mut sim = build_sim(config);
+
+    let mut parts = register_nodes(&mut sim, config, &trace, &net_faults);
+
+    for (index, &id) in client_ids.iter().enumerate() {
+        let net = SimNet::new(
+            id,
+            net_faults.clone(),
+            derive_seed(seed, id << 16),
+            trace.clone(),
+        );
+        let (replicas, workload, history, trace) = (
+            node_ids.clone(),
+            config.workload.clone(),
+            history.clone(),
+            trace.clone(),
+        );
+        let client_seed = derive_seed(seed, 500 + index as u64);
+        let until = config.duration;
+        sim.client(host_name(id), async move {
+            let clock = SimClock::new();
+            run_client(
+                id,
+                net,
+                clock,
+                replicas,
+                client_seed,
+                until,
+                workload,
+                history,
+                trace,
+            )
+            .await;
+            Ok(())
+        });
+    }
+
+    let checker_id = client_id(99);
+    {
+        let net = SimNet::new(
+            checker_id,
+            net_faults.clone(),
+            derive_seed(seed, checker_id << 16),
+            trace.clone(),
+        );
+        let slots: Vec<(NodeId, NodeSlot)> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
+        let (replicas, final_state, workload) = (
+            node_ids.clone(),
+            final_state.clone(),
+            config.workload.clone(),
+        );
+        let (heal_at, duration, liveness) = (config.heal_at(), config.duration, config.liveness);
+        sim.client(host_name(checker_id), async move {
+            let clock = SimClock::new();
+            check_final(
+                net,
+                clock,
+                replicas,
+                slots,
+                workload,
+                heal_at,
+                duration,
+                liveness,
+                final_state,
+            )
+            .await;
+            Ok(())
+        });
+    }
+
+    // Drive the simulation, applying faults on time.
+    let mut rng = SeededRng::new(derive_seed(seed, 2));
+    let mut events = plan.events.iter().peekable();
+    let mut healed = false;
+    let mut fault_counts: BTreeMap<String, u64> = BTreeMap::new();
+    let heal_at = config.heal_at();
+    loop {
+        let finished = sim.step().map_err(|e| SimError::Turmoil {
+            at_ms: sim.elapsed().as_millis() as u64,
+            reason: e.to_string(),
+        })?;
+        if finished {
+            break;
+        }
+        let now = sim.elapsed();
+        crate::trace::set_harness_now(now);
+        while let Some(event) =
+            events.next_if(|event| Duration::from_millis(event.at_ms) <= now && !healed)
+        {
+            let applied = apply_fault(
+                &mut sim,
+                &mut parts,
+                &net_faults,
+                &mut rng,
+                &event.fault,
+                &client_ids,
+            );
+            if applied {
+                *fault_counts
+                    .entry(event.fault.kind().to_string())
+                    .or_insert(0) += 1;
+                crate::trace_event!(trace, now, "sim", "fault {:?}", event.fault);
+            }
+        }
+        if !healed && now >= heal_at {
+            healed = true;
+            heal_everything(&mut sim, &mut parts, &net_faults);
+            crate::trace_event!(trace, now, "sim", "heal all");
+        }
+        // A disk error stops the group's Raft for good (as EIO would end a process): restart
+        // the node from its disk, as a supervisor would.
+        for part in parts.iter_mut() {
+            let fatal = part
+                .slot
+                .lock()
+                .expect("slot lock")
+                .as_ref()
+                .and_then(|node| node.fatal());
+            if let Some(reason) = fatal {
+                crate::trace_event!(
+                    trace,
+                    now,
+                    "sim",
+                    "restart n{} after fatal error: {reason}",
+                    part.id
+                );
+                crash(&mut sim, part, &mut rng);
+                sim.bounce(host_name(part.id));
+                part.up = true;
+                *fault_counts
+                    .entry("restart_after_fatal".into())
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+
+    let sim_elapsed = sim.elapsed();
+    let history_records = history.records();
+    let final_state = std::mem::take(&mut *final_state.lock().expect("final lock"));
+    let violations = check(config, &history_records, &final_state);
+    let mut ops = OpCounts::default();
+    for record in &history_records {
+        match record.status {
+            OpStatus::Ok => ops.ok += 1,
+            OpStatus::Fail => ops.fail += 1,
+            OpStatus::Info => ops.info += 1,
+        }
+    }
+    // Drop the nodes before the next run reuses this thread's state.
+    for part in &parts {
+        part.slot.lock().expect("slot lock").take();
+    }
+    drop(sim);
+    Ok(RunReport {
+        seed,
+        sim_seconds: sim_elapsed.as_secs_f64(),
+        wall_seconds: wall_start.elapsed().as_secs_f64(),
+        ops,
+        faults: fault_counts,
+        trace_hash: trace.hash(),
+        trace_events: trace.len(),
+        violations,
+        events: trace.events(),
+        history: history_records,
+    })
+}
+
+/// A turmoil simulation seeded from the run seed, with a 1 ms tick and LAN-like latency.
+pub(crate) fn build_sim<'a>(config: &SimConfig) -> turmoil::Sim<'a> {
+    turmoil::Builder::new()
+        .rng_seed(derive_seed(config.seed, 1))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(Duration::from_millis(5))
+        // The checker needs time after the workload; the cap only stops a wedged run.
+        .simulation_duration(config.duration + config.liveness + Duration::from_secs(120))
+        .build()
+}
+
+/// Registers one turmoil host per storage node. Each node's disk and clock are created here and
+/// outlive crashes; the host closure builds a fresh process around them on every (re)start.
+pub(crate) fn register_nodes(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    trace: &Trace,
+    net_faults: &NetFaults,
+) -> Vec<NodeParts> {
+    let seed = config.seed;
+    let node_ids = config.node_ids();
+    let mut parts = Vec::new();
+    for &id in &node_ids {
+        let disk = SimDisk::new(derive_seed(seed, 1000 + id));
+        disk.set_trace(trace.clone(), host_name(id));
+        let clock = SimClock::new();
+        let slot: NodeSlot = Arc::default();
+        let incarnation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let voters: BTreeSet<NodeId> = node_ids
+            .iter()
+            .copied()
+            .take(config.voters as usize)
+            .collect();
+        let mut node_config = config.node.clone();
+        node_config.id = id;
+        let (disk_h, clock_h, slot_h, faults_h, trace_h) = (
+            disk.clone(),
+            clock.clone(),
+            slot.clone(),
+            net_faults.clone(),
+            trace.clone(),
+        );
+        sim.host(host_name(id), move || {
+            let generation = incarnation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let env = SimEnv {
+                clock: clock_h.clone(),
+                net: SimNet::new(
+                    id,
+                    faults_h.clone(),
+                    derive_seed(seed, (id << 16) | generation),
+                    trace_h.clone(),
+                ),
+                disk: disk_h.clone(),
+                seed: derive_seed(seed, id),
+            };
+            let (node_config, voters, slot) = (node_config.clone(), voters.clone(), slot_h.clone());
+            async move {
+                let node = StorageNode::start(env, node_config).await?;
+                // Node 1 bootstraps the group on its first start; later starts find it
+                // initialized (the membership entry is in its log) and leave it alone.
+                if id == 1 && generation == 0 {
+                    node.initialize(GROUP, &voters).await?;
+                }
+                *slot.lock().expect("slot lock") = Some(node.clone());
+                node.serve().await?;
+                Ok(())
+            }
+        });
+        parts.push(NodeParts {
+            id,
+            disk,
+            clock,
+            slot,
+            up: true,
+        });
+    }
+    parts
+}
+
+/// The node that currently believes it leads the group, if any.
+pub(crate) fn current_leader(parts: &[NodeParts]) -> Option<NodeId> {
+    parts.iter().find_map(|p| {
+        let slot = p.slot.lock().expect("slot lock");
+        slot.as_ref()
+            .filter(|node| node.is_leader(GROUP))
+            .map(|node| node.id())
+    })
+}
+
+fn crash(sim: &mut turmoil::Sim<'_>, part: &mut NodeParts, rng: &mut SeededRng) {
+    sim.crash(host_name(part.id));
+    part.slot.lock().expect("slot lock").take();
+    part.disk.crash(rng);
+    part.up = false;
+}
+
+fn apply_fault(
+    sim: &mut turmoil::Sim<'_>,
+    parts: &mut [NodeParts],
+    net: &NetFaults,
+    rng: &mut SeededRng,
+    fault: &Fault,
+    clients: &[NodeId],
+) -> bool {
+    let part = |parts: &mut [NodeParts], node: NodeId| parts.iter_mut().position(|p| p.id == node);
+    match fault {
+        Fault::Partition { side_a, side_b } => net.update(|state| {
+            for &a in side_a {
+                for &b in side_b {
+                    state.blocked.insert((a, b));
+                    state.blocked.insert((b, a));
+                }
+            }
+        }),
+        Fault::PartitionOneWay { from, to } => net.update(|state| {
+            for &a in from {
+                for &b in to {
+                    state.blocked.insert((a, b));
+                }
+            }
+        }),
+        Fault::IsolateLeader => {
+            let Some(leader) = current_leader(parts) else {
+                return false;
+            };
+            let others: Vec<NodeId> = parts
+                .iter()
+                .map(|p| p.id)
+                .chain(clients.iter().copied())
+                .filter(|&id| id != leader)
+                .collect();
+            net.update(|state| {
+                for other in others {
+                    state.blocked.insert((leader, other));
+                    state.blocked.insert((other, leader));
+                }
+            });
+        }
+        Fault::HealPartitions => net.update(|state| state.blocked.clear()),
+        Fault::MessageLoss { rate } => net.update(|state| state.loss = *rate),
+        Fault::MessageDuplication { rate } => net.update(|state| state.duplicate = *rate),
+        Fault::MessageDelay { delay_ms_max } => {
+            net.update(|state| state.delay_ms_max = *delay_ms_max)
+        }
+        Fault::HealMessages => net.update(|state| {
+            state.loss = 0.0;
+            state.duplicate = 0.0;
+            state.delay_ms_max = 0;
+        }),
+        Fault::Crash { node } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            if !parts[index].up {
+                return false;
+            }
+            crash(sim, &mut parts[index], rng);
+        }
+        Fault::Restart { node } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            if parts[index].up {
+                return false;
+            }
+            sim.bounce(host_name(*node));
+            parts[index].up = true;
+        }
+        Fault::SlowDisk {
+            node,
+            latency_ms_max,
+        } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            parts[index]
+                .disk
+                .set_latency(Duration::ZERO, Duration::from_millis(*latency_ms_max));
+        }
+        Fault::DiskErrors { node, rate } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            parts[index].disk.set_error_rate(*rate);
+        }
+        Fault::HealDisk { node } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            heal_disk(&parts[index].disk);
+        }
+        Fault::ClockOffset { node, offset_ms } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            parts[index].clock.set_offset_ms(*offset_ms);
+        }
+        Fault::ClockDrift { node, ppm } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            parts[index].clock.set_drift_ppm(*ppm);
+        }
+        Fault::ClockJump { node, jump_ms } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            parts[index].clock.jump_wall_ms(*jump_ms);
+        }
+        Fault::HealClock { node } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            heal_clock(&parts[index].clock);
+        }
+    }
+    true
+}
+
+fn heal_disk(disk: &SimDisk) {
+    disk.set_latency(Duration::ZERO, Duration::ZERO);
+    disk.set_error_rate(0.0);
+}
+
+fn heal_clock(clock: &SimClock) {
+    clock.set_drift_ppm(0);
+    clock.set_offset_ms(0);
+}
+
+fn heal_everything(sim: &mut turmoil::Sim<'_>, parts: &mut [NodeParts], net: &NetFaults) {
+    net.update(|state| *state = Default::default());
+    for part in parts.iter_mut() {
+        heal_disk(&part.disk);
+        heal_clock(&part.clock);
+        if !part.up {
+            sim.bounce(host_name(part.id));
+            part.up = true;
+        }
+    }
+}
+
+/// The checker client: after the workload, read every key (measuring how soon after the heal
+/// point the cluster serves) and wait for every replica to apply the same log, then take their
+/// state digests.
+#[allow(clippy::too_many_arguments)]
+async fn check_final(
+    net: SimNet,
+    clock: SimClock,
+    replicas: Vec<NodeId>,
+    slots: Vec<(NodeId, NodeSlot)>,
+    workload: WorkloadConfig,
+    heal_at: Duration,
+    duration: Duration,
+    liveness: Duration,
+    final_state: Arc<Mutex<Final>>,
+) {
+    let mut client = Client::new(
+        net,
+        clock,
+        GROUP,
+        replicas,
+        larder_nodes::client::ClientConfig::default(),
+        derive_seed(0, 99),
+    );
+    tokio::time::sleep(heal_at).await;
+    // Liveness: a read must succeed within `liveness` of the heal point.
+    let probe = Command::Get {
+        key: Bytes::from_static(b"liveness-probe"),
+    };
+    let mut first_success = None;
+    while sim_now() < heal_at + liveness + Duration::from_secs(5) {
+        if client.execute(probe.clone()).await.is_ok() {
+            first_success = Some(sim_now().as_millis() as u64);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(duration.saturating_sub(sim_now()) + Duration::from_millis(500)).await;
+    let mut values = BTreeMap::new();
+    let mut problems = Vec::new();
+    let keys: Vec<String> = (0..workload.register_keys)
+        .map(register_key)
+        .chain((0..workload.counter_keys).map(counter_key))
+        .collect();
+    for key in keys {
+        let mut result = None;
+        for _ in 0..20 {
+            match client
+                .execute(Command::Get {
+                    key: Bytes::from(key.clone()),
+                })
+                .await
+            {
+                Ok(Reply::Bulk(bytes)) => {
+                    result = Some(Some(String::from_utf8_lossy(&bytes).into_owned()))
+                }
+                Ok(Reply::Nil) => result = Some(None),
+                Ok(other) => problems.push(format!("final read of {key} answered {other:?}")),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            break;
+        }
+        match result {
+            Some(value) => {
+                values.insert(key, value);
+            }
+            None => problems.push(format!("final read of {key} never succeeded")),
+        }
+    }
+    // Replicas converge: wait (bounded) until all report the same applied index.
+    let mut digests = BTreeMap::new();
+    for _ in 0..100 {
+        digests.clear();
+        for (id, slot) in &slots {
+            let node = slot.lock().expect("slot lock").clone();
+            if let Some(node) = node {
+                if let Ok(digest) = node.state_digest(GROUP).await {
+                    digests.insert(*id, digest);
+                }
+            }
+        }
+        let indexes: BTreeSet<u64> = digests.values().map(|(index, _)| *index).collect();
+        if digests.len() == slots.len() && indexes.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut state = final_state.lock().expect("final lock");
+    state.values = values;
+    state.digests = digests;
+    state.first_success_ms = first_success;
+    state.problems = problems;
+}
+
+/// The invariants a run must keep.
+fn check(config: &SimConfig, history: &[OpRecord], final_state: &Final) -> Vec<String> {
+    let mut violations = final_state.problems.clone();
+    let heal_ms = config.heal_at().as_millis() as u64;
+    match final_state.first_success_ms {
+        Some(at) if at <= heal_ms + config.liveness.as_millis() as u64 => {}
+        Some(at) => violations.push(format!(
+            "liveness: first read succeeded {} ms after healing (bound {} ms)",
+            at - heal_ms,
+            config.liveness.as_millis()
+        )),
+        None => violations.push("liveness: no read succeeded after healing".into()),
+    }
+    // Counters: the final value is the sum of acknowledged increments plus some of the
+    // indeterminate ones; definitely failed increments must not count.
+    for index in 0..config.workload.counter_keys {
+        let key = counter_key(index);
+        let ops = history
+            .iter()
+            .filter(|op| op.kind == OpKind::Incr && op.key == key);
+        let low: i64 = ops
+            .clone()
+            .filter(|op| op.status == OpStatus::Ok)
+            .map(|op| op.delta)
+            .sum();
+        let unknown: i64 = ops
+            .filter(|op| op.status == OpStatus::Info)
+            .map(|op| op.delta)
+            .sum();
+        let Some(value) = final_state.values.get(&key) else {
+            continue;
+        };
+        let value: i64 = value
+            .as_deref()
+            .map_or(Ok(0), str::parse)
+            .unwrap_or(i64::MIN);
+        if value < low || value > low + unknown {
+            violations.push(format!(
+                "counter {key}: final value {value} outside [{low}, {}] (acknowledged sum, plus indeterminate)",
+                low + unknown
+            ));
+        }
+    }
+    // Registers: the final value was written by a set that did not definitely fail.
+    for index in 0..config.workload.register_keys {
+        let key = register_key(index);
+        let Some(Some(value)) = final_state.values.get(&key) else {
+            continue;
+        };
+        let writer = history
+            .iter()
+            .find(|op| op.kind == OpKind::Set && op.key == key && op.value.as_ref() == Some(value));
+        match writer {
+            None => violations.push(format!("register {key}: final value {value:?} was never written")),
+            Some(op) if op.status == OpStatus::Fail => violations.push(format!(
+                "register {key}: final value {value:?} comes from a write reported as failed ({:?})",
+                op.error
+            )),
+            Some(_) => {}
+        }
+    }
+    // Replicas that applied the same log hold the same state.
+    let hashes: BTreeSet<u64> = final_state
+        .digests
+        .values()
+        .map(|(_, hash)| *hash)
+        .collect();
+    let indexes: BTreeSet<u64> = final_state
+        .digests
+        .values()
+        .map(|(index, _)| *index)
+        .collect();
+    if final_state.digests.len() != config.nodes as usize || indexes.len() != 1 {
+        violations.push(format!(
+            "replicas did not converge: {:?}",
+            final_state.digests
+        ));
+    } else if hashes.len() != 1 {
+        violations.push(format!(
+            "replicas diverged at the same applied index: {:?}",
+            final_state.digests
+        ));
+    }
+    violations
+}
+
+/// Runs `config` twice and compares the traces.
+pub fn check_determinism(config: &SimConfig) -> Result<(RunReport, Option<String>), SimError> {
+    let mut config = config.clone();
+    config.keep_events = true;
+    let first = run(&config)?;
+    let second = run(&config)?;
+    if first.trace_hash == second.trace_hash {
+        return Ok((first, None));
+    }
+    let a = first.events.clone().unwrap_or_default();
+    let b = second.events.clone().unwrap_or_default();
+    let index = a
+        .iter()
+        .zip(b.iter())
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let context: Vec<String> = a[index.saturating_sub(5)..index.min(a.len())]
+        .iter()
+        .map(|event| format!("\n  both:  {event}"))
+        .collect();
+    let divergence = format!(
+        "trace hashes differ ({} vs {}); first divergent event #{index}:{}\n  run 1: {}\n  run 2: {}",
+        first.trace_hash,
+        second.trace_hash,
+        context.concat(),
+        a.get(index).map_or("<end of trace>", String::as_str),
+        b.get(index).map_or("<end of trace>", String::as_str),
+    );
+    Ok((first, Some(divergence)))
+}

@@ -1,0 +1,343 @@
+//! Scripted scenarios: fixed fault sequences with precise expectations, for properties a random
+//! plan would only hit by chance.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use larder_core::NodeId;
+use larder_core::env::derive_seed;
+use larder_core::kv::{Command, Reply, SetCondition};
+use larder_nodes::client::{Client, ClientConfig, ClientError};
+
+use crate::clock::SimClock;
+use crate::net::{NetFaults, SimNet, host_name};
+use crate::run::{NodeParts, SimConfig, SimError, build_sim, current_leader, register_nodes};
+use crate::trace::{Trace, sim_now};
+use crate::workload::{GROUP, client_id};
+
+fn set(key: &str, value: &str) -> Command {
+    Command::Set {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        condition: SetCondition::Always,
+        expiry: None,
+        keep_ttl: false,
+    }
+}
+
+fn get(key: &str) -> Command {
+    Command::Get {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+    }
+}
+
+fn step_until(sim: &mut turmoil::Sim<'_>, at: Duration) -> Result<bool, SimError> {
+    while sim.elapsed() < at {
+        let finished = sim.step().map_err(|e| SimError::Turmoil {
+            at_ms: sim.elapsed().as_millis() as u64,
+            reason: e.to_string(),
+        })?;
+        crate::trace::set_harness_now(sim.elapsed());
+        if finished {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn finish(sim: &mut turmoil::Sim<'_>) -> Result<(), SimError> {
+    sim.run().map_err(|e| SimError::Turmoil {
+        at_ms: sim.elapsed().as_millis() as u64,
+        reason: e.to_string(),
+    })
+}
+
+/// What happened when the leader was cut off with one client on its side.
+#[derive(Debug, Clone, Default)]
+pub struct DeposedLeaderOutcome {
+    pub old_leader: Option<NodeId>,
+    /// A node of the majority side that led while the old leader was cut off.
+    pub new_leader: Option<NodeId>,
+    /// The write sent only to the old leader, during the partition.
+    pub minority_write: Option<Result<Reply, ClientError>>,
+    /// The write sent to the majority side, during the partition.
+    pub majority_write: Option<Result<Reply, ClientError>>,
+    /// The key's value read after healing.
+    pub final_value: Option<Result<Reply, ClientError>>,
+    pub trace_hash: String,
+}
+
+/// Partitions the leader (with one client) from the other two nodes (with another client):
+/// the majority must elect a new leader and accept writes; the old leader must not acknowledge
+/// any write; after healing the majority's write is the value.
+pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(20));
+    config.faults = false;
+    larder_nodes::raft::runtime::seed_raft_rng(derive_seed(seed, 0x5eed_0f_4a_f7));
+    let trace = Trace::default();
+    let faults = NetFaults::default();
+    let mut sim = build_sim(&config);
+    let parts = register_nodes(&mut sim, &config, &trace, &faults);
+    let nodes = config.node_ids();
+    let outcome: Arc<Mutex<DeposedLeaderOutcome>> = Arc::default();
+    let isolated: Arc<Mutex<Option<NodeId>>> = Arc::default();
+
+    let partition_at = Duration::from_secs(3);
+    let heal_at = Duration::from_secs(10);
+    let (minority_client, majority_client, reader) = (client_id(1), client_id(2), client_id(3));
+    let quick = ClientConfig {
+        request_timeout: Duration::from_millis(1500),
+        attempts_max: 2,
+        ..Default::default()
+    };
+    let patient = ClientConfig {
+        request_timeout: Duration::from_millis(1500),
+        attempts_max: 30,
+        backoff: Duration::from_millis(200),
+    };
+
+    {
+        let (net, isolated, outcome, quick) = (
+            SimNet::new(
+                minority_client,
+                faults.clone(),
+                derive_seed(seed, 11),
+                trace.clone(),
+            ),
+            isolated.clone(),
+            outcome.clone(),
+            quick.clone(),
+        );
+        sim.client(host_name(minority_client), async move {
+            tokio::time::sleep(partition_at + Duration::from_millis(200)).await;
+            let Some(old) = *isolated.lock().expect("isolated lock") else {
+                return Ok(());
+            };
+            let mut client = Client::new(
+                net,
+                SimClock::new(),
+                GROUP,
+                vec![old],
+                quick,
+                minority_client,
+            );
+            let result = client.execute(set("k", "minority")).await;
+            outcome.lock().expect("outcome lock").minority_write = Some(result);
+            Ok(())
+        });
+    }
+    {
+        let (net, isolated, outcome, nodes, patient) = (
+            SimNet::new(
+                majority_client,
+                faults.clone(),
+                derive_seed(seed, 12),
+                trace.clone(),
+            ),
+            isolated.clone(),
+            outcome.clone(),
+            nodes.clone(),
+            patient.clone(),
+        );
+        sim.client(host_name(majority_client), async move {
+            tokio::time::sleep(partition_at + Duration::from_millis(200)).await;
+            let Some(old) = *isolated.lock().expect("isolated lock") else {
+                return Ok(());
+            };
+            let others = nodes.into_iter().filter(|&id| id != old).collect();
+            let mut client = Client::new(
+                net,
+                SimClock::new(),
+                GROUP,
+                others,
+                patient,
+                majority_client,
+            );
+            let result = client.execute(set("k", "majority")).await;
+            outcome.lock().expect("outcome lock").majority_write = Some(result);
+            Ok(())
+        });
+    }
+    {
+        let (net, outcome, nodes) = (
+            SimNet::new(reader, faults.clone(), derive_seed(seed, 13), trace.clone()),
+            outcome.clone(),
+            nodes.clone(),
+        );
+        sim.client(host_name(reader), async move {
+            tokio::time::sleep(heal_at + Duration::from_secs(2)).await;
+            let mut client = Client::new(net, SimClock::new(), GROUP, nodes, patient, reader);
+            let result = client.execute(get("k")).await;
+            outcome.lock().expect("outcome lock").final_value = Some(result);
+            Ok(())
+        });
+    }
+
+    step_until(&mut sim, partition_at)?;
+    // Wait (bounded) for a stable leader, then cut it off with the minority client.
+    let mut old = current_leader(&parts);
+    while old.is_none() && sim.elapsed() < partition_at + Duration::from_secs(5) {
+        let next = sim.elapsed() + Duration::from_millis(10);
+        step_until(&mut sim, next)?;
+        old = current_leader(&parts);
+    }
+    *isolated.lock().expect("isolated lock") = old;
+    outcome.lock().expect("outcome lock").old_leader = old;
+    if let Some(old) = old {
+        faults.update(|state| {
+            for other in nodes
+                .iter()
+                .copied()
+                .filter(|&id| id != old)
+                .chain([majority_client, reader])
+            {
+                state.blocked.insert((old, other));
+                state.blocked.insert((other, old));
+            }
+            state.blocked.insert((minority_client, majority_client));
+            state.blocked.insert((majority_client, minority_client));
+        });
+    }
+    // During the partition, watch for a leader on the majority side.
+    while sim.elapsed() < heal_at {
+        let next = sim.elapsed() + Duration::from_millis(10);
+        step_until(&mut sim, next)?;
+        let new_leader = parts.iter().filter(|p| Some(p.id) != old).find_map(|p| {
+            let slot = p.slot.lock().expect("slot lock");
+            slot.as_ref()
+                .filter(|node| node.is_leader(GROUP))
+                .map(|node| node.id())
+        });
+        if new_leader.is_some() {
+            outcome.lock().expect("outcome lock").new_leader = new_leader;
+        }
+    }
+    faults.update(|state| state.blocked.clear());
+    finish(&mut sim)?;
+    drop_nodes(&parts);
+    let mut outcome = outcome.lock().expect("outcome lock").clone();
+    outcome.trace_hash = trace.hash();
+    Ok(outcome)
+}
+
+fn drop_nodes(parts: &[NodeParts]) {
+    for part in parts {
+        part.slot.lock().expect("slot lock").take();
+    }
+}
+
+/// What a learner-first membership change did.
+#[derive(Debug, Clone, Default)]
+pub struct MembershipOutcome {
+    pub replaced: Option<Result<(), String>>,
+    /// Voters after the change, as the leader sees them.
+    pub voters: Vec<NodeId>,
+    /// Writes acknowledged after the old voter was crashed.
+    pub writes_after_crash: u64,
+    /// (applied index, state hash) of every live replica at the end.
+    pub digests: BTreeMap<NodeId, (u64, u64)>,
+}
+
+/// Replaces voter 3 by the empty node 4 (learner first, promoted once caught up, which needs a
+/// snapshot since the log was purged), then crashes node 3: the group keeps serving on
+/// {1, 2, 4}, and node 4 ends with the same state as the others.
+pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(20));
+    config.faults = false;
+    config.nodes = 4;
+    config.voters = 3;
+    config.node.snapshot_logs_since_last = 50;
+    config.node.snapshot_logs_kept = 10;
+    larder_nodes::raft::runtime::seed_raft_rng(derive_seed(seed, 0x5eed_0f_4a_f7));
+    let trace = Trace::default();
+    let faults = NetFaults::default();
+    let mut sim = build_sim(&config);
+    let mut parts = register_nodes(&mut sim, &config, &trace, &faults);
+    let outcome: Arc<Mutex<MembershipOutcome>> = Arc::default();
+    let slots: Vec<_> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
+    let crash_at = Duration::from_secs(8);
+
+    let writer = client_id(1);
+    {
+        let net = SimNet::new(writer, faults.clone(), derive_seed(seed, 21), trace.clone());
+        let (outcome, slots) = (outcome.clone(), slots.clone());
+        sim.client(host_name(writer), async move {
+            let config = ClientConfig {
+                attempts_max: 30,
+                backoff: Duration::from_millis(200),
+                ..Default::default()
+            };
+            let mut client = Client::new(
+                net,
+                SimClock::new(),
+                GROUP,
+                vec![1, 2, 3, 4],
+                config,
+                writer,
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Enough writes that the log is purged behind a snapshot before node 4 joins.
+            for i in 0..200 {
+                let _ = client
+                    .execute(set(&format!("key-{i}"), &format!("value-{i}")))
+                    .await;
+            }
+            let leader = slots.iter().find_map(|(_, slot)| {
+                slot.lock()
+                    .expect("slot lock")
+                    .clone()
+                    .filter(|node| node.is_leader(GROUP))
+            });
+            if let Some(leader) = leader {
+                let result = leader
+                    .replace_voter(GROUP, 3, 4)
+                    .await
+                    .map_err(|e| e.to_string());
+                let voters = leader
+                    .raft(GROUP)
+                    .map(|raft| raft.voter_ids().collect())
+                    .unwrap_or_default();
+                let mut outcome = outcome.lock().expect("outcome lock");
+                outcome.replaced = Some(result);
+                outcome.voters = voters;
+            }
+            tokio::time::sleep(crash_at.saturating_sub(sim_now()) + Duration::from_millis(500))
+                .await;
+            let mut acknowledged = 0;
+            for i in 0..50 {
+                if client
+                    .execute(set(&format!("after-{i}"), "x"))
+                    .await
+                    .is_ok()
+                {
+                    acknowledged += 1;
+                }
+            }
+            outcome.lock().expect("outcome lock").writes_after_crash = acknowledged;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let mut digests = BTreeMap::new();
+            for (id, slot) in &slots {
+                let node = slot.lock().expect("slot lock").clone();
+                if let Some(node) = node {
+                    if let Ok(digest) = node.state_digest(GROUP).await {
+                        digests.insert(*id, digest);
+                    }
+                }
+            }
+            outcome.lock().expect("outcome lock").digests = digests;
+            Ok(())
+        });
+    }
+    step_until(&mut sim, crash_at)?;
+    sim.crash(host_name(3));
+    if let Some(part) = parts.iter_mut().find(|p| p.id == 3) {
+        part.slot.lock().expect("slot lock").take();
+        part.up = false;
+    }
+    finish(&mut sim)?;
+    drop_nodes(&parts);
+    let outcome = outcome.lock().expect("outcome lock").clone();
+    Ok(outcome)
+}
