@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::NodeId;
-use larder_core::env::{SeededRng, derive_seed};
+use larder_core::env::{Clock, SeededRng, derive_seed};
 use larder_core::kv::{Command, Reply};
 use larder_faults::{Fault, FaultPlan, PlanConfig};
 use larder_nodes::client::Client;
@@ -399,8 +399,24 @@ pub(crate) fn register_nodes(
                 seed: derive_seed(seed, id),
             };
             let (node_config, voters, slot) = (node_config.clone(), voters.clone(), slot_h.clone());
+            let trace_h2 = trace_h.clone();
             async move {
-                let node = StorageNode::start(env, node_config).await?;
+                // A start that fails on an injected disk error is retried after a pause, as a
+                // process supervisor would restart it; the disk keeps its faults meanwhile.
+                let node = loop {
+                    match StorageNode::start(env.clone(), node_config.clone()).await {
+                        Ok(node) => break node,
+                        Err(e) => {
+                            crate::trace_event!(
+                                trace_h2,
+                                sim_now(),
+                                &host_name(id),
+                                "start failed: {e}"
+                            );
+                            env.clock.sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                };
                 // Node 1 bootstraps the group on its first start; later starts find it
                 // initialized (the membership entry is in its log) and leave it alone.
                 if id == 1 && generation == 0 {

@@ -159,7 +159,12 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        // Injected faults make openraft log errors by design; they would drown the summary.
+        // RUST_LOG overrides this default.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
