@@ -1,0 +1,166 @@
+//! The shared conformance suite (`larder_core::conformance`) on the simulated environment, and
+//! the simulated disk's crash rules.
+
+use std::time::Duration;
+
+use larder_core::conformance::{EchoHandler, clock_suite, disk_suite, net_suite};
+use larder_core::env::{Disk, Net, SeededRng, Space, WriteBatch};
+use larder_sim::net::{NetFaults, host_name};
+use larder_sim::trace::Trace;
+use larder_sim::{SimClock, SimDisk, SimNet};
+use proptest::prelude::*;
+
+fn sim() -> turmoil::Sim<'static> {
+    turmoil::Builder::new()
+        .rng_seed(7)
+        .tick_duration(Duration::from_millis(1))
+        .simulation_duration(Duration::from_secs(600))
+        .build()
+}
+
+#[test]
+fn sim_clock_passes_the_clock_suite() {
+    let mut sim = sim();
+    sim.client("c", async {
+        clock_suite(&SimClock::new()).await;
+        Ok(())
+    });
+    sim.run().expect("clock suite");
+}
+
+#[test]
+fn skewed_sim_clock_passes_the_clock_suite() {
+    let mut sim = sim();
+    sim.client("c", async {
+        for (drift_ppm, offset_ms) in [(50_000, 3_600_000), (-50_000, -3_600_000)] {
+            let clock = SimClock::new();
+            clock.set_drift_ppm(drift_ppm);
+            clock.set_offset_ms(offset_ms);
+            clock_suite(&clock).await;
+        }
+        // A wall-clock jump moves wall time only; monotonic time keeps going forwards.
+        let clock = SimClock::new();
+        let (now, wall) = (
+            larder_core::env::Clock::now(&clock),
+            larder_core::env::Clock::wall_ms(&clock),
+        );
+        clock.jump_wall_ms(-60_000);
+        assert!(larder_core::env::Clock::wall_ms(&clock) + 59_000 < wall);
+        assert!(larder_core::env::Clock::now(&clock) >= now);
+        Ok(())
+    });
+    sim.run().expect("skewed clock suite");
+}
+
+#[test]
+fn sim_disk_passes_the_disk_suite() {
+    let mut sim = sim();
+    sim.client("c", async {
+        disk_suite(&SimDisk::new(1)).await;
+        // Also with latency: slow disks must keep the same meaning.
+        let slow = SimDisk::new(2);
+        slow.set_latency(Duration::from_micros(100), Duration::from_millis(3));
+        disk_suite(&slow).await;
+        Ok(())
+    });
+    sim.run().expect("disk suite");
+}
+
+#[test]
+fn sim_net_passes_the_net_suite() {
+    let mut sim = sim();
+    let faults = NetFaults::default();
+    let trace = Trace::default();
+    let (f, t) = (faults.clone(), trace.clone());
+    sim.host(host_name(1), move || {
+        let net = SimNet::new(1, f.clone(), 11, t.clone());
+        async move {
+            net.serve(EchoHandler {
+                clock: SimClock::new(),
+            })
+            .await?;
+            Ok(())
+        }
+    });
+    // Host 3 exists but never listens: calls to it must fail, not hang.
+    sim.host(host_name(3), || async {
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    sim.client(host_name(100), async move {
+        let net = SimNet::new(100, faults, 12, trace);
+        net_suite(&net, &SimClock::new(), 1, 3).await;
+        Ok(())
+    });
+    sim.run().expect("net suite");
+}
+
+/// One write of the crash property: a batch of puts, synced or not.
+#[derive(Debug, Clone)]
+struct Step {
+    keys: Vec<u8>,
+    sync: bool,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (
+            prop::collection::vec(0u8..8, 1..4),
+            prop::bool::weighted(0.2),
+        )
+            .prop_map(|(keys, sync)| Step { keys, sync }),
+        1..40,
+    )
+}
+
+/// The state of the disk after the first `n` steps plus the first `torn` ops of step `n`.
+fn model(steps: &[Step], n: usize, torn: usize) -> Vec<(u8, u32)> {
+    let mut state = std::collections::BTreeMap::new();
+    for (i, step) in steps.iter().enumerate().take(n + 1) {
+        let ops = if i < n {
+            step.keys.len()
+        } else {
+            torn.min(step.keys.len())
+        };
+        for &key in &step.keys[..ops] {
+            state.insert(key, i as u32);
+        }
+    }
+    state.into_iter().collect()
+}
+
+proptest! {
+    /// After a crash the disk holds exactly a prefix of the writes (optionally with a torn
+    /// last batch), and that prefix contains every write up to the last synced one.
+    #[test]
+    fn sim_disk_crash_keeps_a_prefix_with_every_synced_write(
+        steps in steps(),
+        crash_seed in any::<u64>(),
+        tear in any::<bool>(),
+    ) {
+        let disk = SimDisk::new(crash_seed);
+        disk.set_tear_last_batch(tear);
+        futures::executor::block_on(async {
+            for (i, step) in steps.iter().enumerate() {
+                let mut batch = WriteBatch::new();
+                for &key in &step.keys {
+                    batch.put(Space::State, vec![key], (i as u32).to_be_bytes().to_vec());
+                }
+                disk.write(batch, step.sync).await.expect("write");
+            }
+        });
+        disk.crash(&mut SeededRng::new(crash_seed));
+        let rows = futures::executor::block_on(disk.scan(Space::State, b"", None, usize::MAX))
+            .expect("scan");
+        let got: Vec<(u8, u32)> = rows
+            .iter()
+            .map(|(k, v)| (k[0], u32::from_be_bytes(v[..].try_into().expect("u32"))))
+            .collect();
+        let last_synced = steps.iter().rposition(|s| s.sync).map_or(0, |i| i + 1);
+        let explained = (last_synced..=steps.len()).any(|n| {
+            let max_torn = if tear && n < steps.len() { steps[n].keys.len() } else { 0 };
+            (0..=max_torn).any(|torn| model(&steps, n, torn) == got)
+        });
+        prop_assert!(explained, "crash state {got:?} is not a prefix containing every synced write");
+    }
+}
