@@ -24,8 +24,7 @@ use crate::trace::{Trace, sim_now};
 
 /// The port every simulated process listens on.
 pub const SIM_PORT: u16 = 7000;
-/// Largest frame accepted, as on the real network.
-pub const FRAME_BYTES_MAX: usize = 64 << 20;
+pub use larder_core::env::FRAME_BYTES_MAX;
 
 /// The turmoil host name of process `id`.
 pub fn host_name(id: NodeId) -> String {

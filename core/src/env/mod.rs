@@ -13,7 +13,7 @@ mod rng;
 
 pub use clock::{Clock, Elapsed, timeout};
 pub use disk::{Disk, DiskError, Space, WriteBatch, WriteOp, log_key, log_key_index};
-pub use net::{Handler, Net, NetError};
+pub use net::{FRAME_BYTES_MAX, Handler, Net, NetError};
 pub use rng::{Rng, SeededRng, derive_seed};
 
 /// One process's environment: a clock, a network endpoint and a disk.

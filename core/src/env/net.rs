@@ -5,6 +5,10 @@ use bytes::Bytes;
 
 use crate::NodeId;
 
+/// Largest message a [`Net`] carries, in bytes. Snapshots of a slot group travel as one message,
+/// so this bounds a group's snapshot size until snapshots are streamed in chunks.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+
 /// Why a [`Net::call`] produced no response.
 ///
 /// Only [`NetError::Unreachable`] proves the request was never handled; after
