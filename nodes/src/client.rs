@@ -37,8 +37,10 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             request_timeout: Duration::from_secs(3),
-            attempts_max: 8,
-            backoff: Duration::from_millis(50),
+            // Enough to ride out one leader election (election timeout 400-800 ms plus the
+            // vote round) before answering `Unavailable`.
+            attempts_max: 20,
+            backoff: Duration::from_millis(100),
         }
     }
 }
