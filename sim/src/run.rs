@@ -51,9 +51,14 @@ pub struct SimConfig {
     pub keep_events: bool,
     /// Per-node settings (ids are filled in per node).
     pub node: NodeConfig,
+    /// Simulated time per turmoil step: every step polls every host, so this sets the
+    /// simulator's speed against the resolution of message timing.
+    pub tick: Duration,
 }
 
 impl SimConfig {
+    pub const TICK_MS_DEFAULT: u64 = 1;
+
     pub fn new(seed: u64, duration: Duration) -> Self {
         let mut node = NodeConfig::new(0, vec![GROUP]);
         // Small snapshot interval so every run exercises snapshot build, install and purge.
@@ -71,6 +76,7 @@ impl SimConfig {
             faults: true,
             keep_events: false,
             node,
+            tick: Duration::from_millis(Self::TICK_MS_DEFAULT),
         }
     }
 
@@ -342,11 +348,11 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     })
 }
 
-/// A turmoil simulation seeded from the run seed, with a 1 ms tick and LAN-like latency.
+/// A turmoil simulation seeded from the run seed, with the configured tick and LAN-like latency.
 pub(crate) fn build_sim<'a>(config: &SimConfig) -> turmoil::Sim<'a> {
     turmoil::Builder::new()
         .rng_seed(derive_seed(config.seed, 1))
-        .tick_duration(Duration::from_millis(1))
+        .tick_duration(config.tick)
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(Duration::from_millis(5))
         // The checker needs time after the workload; the cap only stops a wedged run.

@@ -55,6 +55,10 @@ struct SimArgs {
     /// Print the fault plan before running.
     #[arg(long)]
     print_plan: bool,
+    /// Simulated time per simulator step, in milliseconds. Smaller is finer message timing,
+    /// larger is faster; a seed reproduces only with the same tick.
+    #[arg(long, default_value_t = SimConfig::TICK_MS_DEFAULT)]
+    tick_ms: u64,
 }
 
 fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
@@ -92,6 +96,9 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
     if args.no_faults {
         command.push_str(" --no-faults");
     }
+    if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
+        command.push_str(&format!(" --tick-ms {}", args.tick_ms));
+    }
     command
 }
 
@@ -105,6 +112,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
     for &seed in &seeds {
         let mut config = SimConfig::new(seed, args.duration);
         config.faults = !args.no_faults;
+        config.tick = Duration::from_millis(args.tick_ms.max(1));
         if args.print_plan {
             println!("{}", serde_json::to_string_pretty(&config.plan())?);
         }
