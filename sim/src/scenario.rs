@@ -75,7 +75,7 @@ pub struct DeposedLeaderOutcome {
 pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
     let mut config = SimConfig::new(seed, Duration::from_secs(20));
     config.faults = false;
-    larder_nodes::raft::runtime::seed_raft_rng(derive_seed(seed, 0x5eed_0f_4a_f7));
+    crate::run::reset_process_state(seed);
     let trace = Trace::default();
     let faults = NetFaults::default();
     let mut sim = build_sim(&config);
@@ -250,7 +250,7 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
     config.voters = 3;
     config.node.snapshot_logs_since_last = 50;
     config.node.snapshot_logs_kept = 10;
-    larder_nodes::raft::runtime::seed_raft_rng(derive_seed(seed, 0x5eed_0f_4a_f7));
+    crate::run::reset_process_state(seed);
     let trace = Trace::default();
     let faults = NetFaults::default();
     let mut sim = build_sim(&config);

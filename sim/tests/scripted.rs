@@ -1,0 +1,69 @@
+//! Scripted scenarios with exact expectations (`larder_sim::scenario`).
+
+use bytes::Bytes;
+use larder_core::kv::Reply;
+use larder_sim::scenario::{deposed_leader, replace_voter};
+
+fn check_deposed_leader(seed: u64) -> String {
+    let outcome = deposed_leader(seed).expect("scenario ran");
+    let old = outcome.old_leader.expect("a leader before the partition");
+    let new = outcome
+        .new_leader
+        .expect("the majority side elected a leader");
+    assert_ne!(new, old, "the cut-off leader cannot lead the majority");
+    let minority = outcome.minority_write.clone().expect("minority write ran");
+    assert!(
+        !matches!(minority, Ok(Reply::Ok)),
+        "the deposed leader acknowledged a write: {minority:?}"
+    );
+    assert_eq!(
+        outcome.majority_write.clone().expect("majority write ran"),
+        Ok(Reply::Ok),
+        "the majority side must accept writes"
+    );
+    assert_eq!(
+        outcome.final_value.clone().expect("read after healing"),
+        Ok(Reply::Bulk(Bytes::from_static(b"majority"))),
+        "after healing the majority's write must be the value"
+    );
+    outcome.trace_hash
+}
+
+#[test]
+fn majority_partition_elects_a_new_leader_and_the_old_one_cannot_acknowledge() {
+    for seed in [1, 2, 3] {
+        let first = check_deposed_leader(seed);
+        let second = check_deposed_leader(seed);
+        assert_eq!(first, second, "seed {seed}: scenario is not deterministic");
+    }
+}
+
+#[test]
+fn replacing_a_voter_goes_through_a_learner_and_keeps_serving() {
+    for seed in [1, 2] {
+        let outcome = replace_voter(seed).expect("scenario ran");
+        assert_eq!(
+            outcome.replaced,
+            Some(Ok(())),
+            "seed {seed}: membership change failed"
+        );
+        assert_eq!(
+            outcome.voters,
+            vec![1, 2, 4],
+            "seed {seed}: voters after the change"
+        );
+        assert_eq!(
+            outcome.writes_after_crash, 50,
+            "seed {seed}: the group must serve every write with node 3 gone"
+        );
+        let live: Vec<_> = [1u64, 2, 4]
+            .iter()
+            .map(|id| outcome.digests.get(id).copied())
+            .collect();
+        assert!(
+            live.iter().all(|d| d.is_some() && *d == live[0]),
+            "seed {seed}: replicas 1, 2 and 4 disagree: {:?}",
+            outcome.digests
+        );
+    }
+}
