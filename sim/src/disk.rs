@@ -164,12 +164,12 @@ impl SimDisk {
             apply(&mut state.durable, &batch.ops);
         }
         let mut torn_ops = 0;
-        if state.tear_last_batch {
-            if let Some(first_lost) = state.unsynced.front() {
-                torn_ops = rng.below(first_lost.ops.len() as u64 + 1) as usize;
-                let ops = first_lost.ops[..torn_ops].to_vec();
-                apply(&mut state.durable, &ops);
-            }
+        if state.tear_last_batch
+            && let Some(first_lost) = state.unsynced.front()
+        {
+            torn_ops = rng.below(first_lost.ops.len() as u64 + 1) as usize;
+            let ops = first_lost.ops[..torn_ops].to_vec();
+            apply(&mut state.durable, &ops);
         }
         let lost = state.unsynced.len();
         state.unsynced.clear();

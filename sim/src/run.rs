@@ -362,7 +362,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
 ///
 /// [`seed_raft_rng`]: larder_nodes::raft::runtime::seed_raft_rng
 pub(crate) fn reset_process_state(seed: u64) {
-    larder_nodes::raft::runtime::seed_raft_rng(derive_seed(seed, 0x5eed_0f_4a_f7));
+    larder_nodes::raft::runtime::seed_raft_rng(derive_seed(seed, 0x005e_ed0f_4af7));
     crate::trace::set_harness_now(Duration::ZERO);
     const ALIGN: u64 = 64;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -718,10 +718,10 @@ async fn check_final(
         digests.clear();
         for (id, slot) in &slots {
             let node = slot.lock().expect("slot lock").clone();
-            if let Some(node) = node {
-                if let Ok(digest) = node.state_digest(GROUP).await {
-                    digests.insert(*id, digest);
-                }
+            if let Some(node) = node
+                && let Ok(digest) = node.state_digest(GROUP).await
+            {
+                digests.insert(*id, digest);
             }
         }
         let indexes: BTreeSet<u64> = digests.values().map(|(index, _)| *index).collect();

@@ -320,10 +320,10 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
             let mut digests = BTreeMap::new();
             for (id, slot) in &slots {
                 let node = slot.lock().expect("slot lock").clone();
-                if let Some(node) = node {
-                    if let Ok(digest) = node.state_digest(GROUP).await {
-                        digests.insert(*id, digest);
-                    }
+                if let Some(node) = node
+                    && let Ok(digest) = node.state_digest(GROUP).await
+                {
+                    digests.insert(*id, digest);
                 }
             }
             outcome.lock().expect("outcome lock").digests = digests;

@@ -208,10 +208,8 @@ pub trait Disk: Clone + Send + Sync + 'static {
                 for (key, _) in rows {
                     batch.delete(space, key);
                 }
-                if !full {
-                    if let Some(then) = then.take() {
-                        batch.ops.extend(then.ops);
-                    }
+                if !full && let Some(then) = then.take() {
+                    batch.ops.extend(then.ops);
                 }
                 if !batch.is_empty() {
                     self.write(batch, false).await?;

@@ -159,7 +159,7 @@ impl Command {
                 })
             }
             "mset" => {
-                arity(!rest.is_empty() && rest.len() % 2 == 0)?;
+                arity(!rest.is_empty() && rest.len().is_multiple_of(2))?;
                 let pairs = rest
                     .chunks_exact(2)
                     .map(|pair| (pair[0].clone(), pair[1].clone()))

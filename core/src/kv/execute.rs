@@ -14,12 +14,6 @@ pub struct Outcome {
     pub writes: BTreeMap<Bytes, Option<Record>>,
 }
 
-impl Default for Reply {
-    fn default() -> Self {
-        Reply::Nil
-    }
-}
-
 /// A read view over the records the command named, with writes made so far layered on top, so
 /// that `MSET a 1 a 2` and similar behave as if executed one step at a time.
 struct View<'a> {

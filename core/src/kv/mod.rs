@@ -16,13 +16,14 @@ pub use record::{Record, RecordError, Value};
 use bytes::Bytes;
 
 /// A reply in the shape of the Redis protocol, so the proxy can write it as RESP unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Reply {
     /// `+OK`
     Ok,
     /// A simple status string (`+PONG`).
     Status(String),
     /// Null bulk string (missing key).
+    #[default]
     Nil,
     Int(i64),
     Bulk(Bytes),

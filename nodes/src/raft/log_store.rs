@@ -51,8 +51,7 @@ impl<D: Disk> RaftLogReader<TypeConfig> for DiskLogStore<D> {
         let (from, to) = bounds(&range);
         let rows = self.disk.log_read(self.group, from, to, usize::MAX).await?;
         let mut entries = Vec::with_capacity(rows.len());
-        let mut expected = from;
-        for (index, payload) in rows {
+        for (expected, (index, payload)) in (from..).zip(rows) {
             // A gap would mean the disk lost an entry in the middle of the log: never serve
             // around it, openraft would replicate a hole.
             if index != expected {
@@ -64,7 +63,6 @@ impl<D: Disk> RaftLogReader<TypeConfig> for DiskLogStore<D> {
                     ),
                 ));
             }
-            expected += 1;
             entries.push(decode::<Entry>(&payload)?);
         }
         Ok(entries)
@@ -92,7 +90,7 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
         };
         // Entries at or below the purge mark may survive a crash in the middle of a purge;
         // they are ignored (and purged again), so the last log id is never below the mark.
-        let last = match (last, purged.clone()) {
+        let last = match (last, purged) {
             (Some(last), Some(purged)) if last.index() < purged.index() => Some(purged),
             (None, purged) => purged,
             (last, _) => last,

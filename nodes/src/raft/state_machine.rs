@@ -163,13 +163,13 @@ impl<D: Disk> DiskStateMachine<D> {
             sessions: Arc::new(Mutex::new(sessions)),
             exclusive: Arc::new(futures::lock::Mutex::new(())),
         };
-        if let Some(stored) = machine.stored_snapshot().await? {
-            if stored.meta.last_log_id > applied.last_applied {
-                tracing::info!(group, "finishing a snapshot install interrupted by a crash");
-                machine
-                    .rewrite_from_snapshot(&stored.meta, &stored.data)
-                    .await?;
-            }
+        if let Some(stored) = machine.stored_snapshot().await?
+            && stored.meta.last_log_id > applied.last_applied
+        {
+            tracing::info!(group, "finishing a snapshot install interrupted by a crash");
+            machine
+                .rewrite_from_snapshot(&stored.meta, &stored.data)
+                .await?;
         }
         Ok(machine)
     }
@@ -266,7 +266,7 @@ impl<D: Disk> DiskStateMachine<D> {
     ) -> Result<(), io::Error> {
         let body: SnapshotBody = decode(data)?;
         let applied = AppliedState {
-            last_applied: meta.last_log_id.clone(),
+            last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             clock_ms: body.clock_ms,
         };
@@ -341,7 +341,7 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
         })
         .map_err(|e| invalid(e.to_string()))?;
         let meta = SnapshotMeta {
-            last_log_id: applied.last_applied.clone(),
+            last_log_id: applied.last_applied,
             last_membership: applied.membership,
         };
         let stored = StoredSnapshot {
@@ -380,7 +380,7 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                 entry.log_id.index() > applied.last_applied.as_ref().map_or(0, |id| id.index())
                     || applied.last_applied.is_none()
             );
-            applied.last_applied = Some(entry.log_id.clone());
+            applied.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
                 EntryPayload::Blank => Reply::Ok,
                 EntryPayload::Normal(request) => {
@@ -407,8 +407,7 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                     }
                 }
                 EntryPayload::Membership(membership) => {
-                    applied.membership =
-                        StoredMembership::new(Some(entry.log_id.clone()), membership);
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Reply::Ok
                 }
             };

@@ -52,12 +52,14 @@ pub struct TcpNet {
     inner: Arc<Inner>,
 }
 
+/// A peer's connection slot; the async lock serializes (re)connecting to that peer only.
+type PeerSlot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
 struct Inner {
     id: NodeId,
     book: AddressBook,
     listener: Mutex<Option<TcpListener>>,
-    /// One slot per peer; the async lock serializes (re)connecting to that peer only.
-    peers: Mutex<BTreeMap<NodeId, Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>>>,
+    peers: Mutex<BTreeMap<NodeId, PeerSlot>>,
     next_request: AtomicU64,
 }
 
