@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::Clock;
-use larder_core::kv::{Command, Reply, SetCondition};
+use larder_core::kv::{Command, Reply};
 use larder_nodes::client::{Client, ClientConfig};
 use larder_nodes::node::{NodeConfig, StorageNode};
 use larder_nodes::real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
@@ -50,22 +50,6 @@ fn start_node(id: NodeId, dir: &Path, address: SocketAddr, book: &AddressBook) -
     RunningNode { runtime, node }
 }
 
-fn set(key: &str, value: &str) -> Command {
-    Command::Set {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        condition: SetCondition::Always,
-        expiry: None,
-        keep_ttl: false,
-    }
-}
-
-fn get(key: &str) -> Command {
-    Command::Get {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-    }
-}
-
 fn bulk(value: &str) -> Reply {
     Reply::Bulk(Bytes::copy_from_slice(value.as_bytes()))
 }
@@ -101,7 +85,10 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
         )
     });
     client_runtime.block_on(async {
-        assert_eq!(client.execute(set("a", "1")).await.expect("set"), Reply::Ok);
+        assert_eq!(
+            client.execute(Command::set("a", "1")).await.expect("set"),
+            Reply::Ok
+        );
         for _ in 0..10 {
             client
                 .execute(Command::IncrBy {
@@ -111,8 +98,14 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
                 .await
                 .expect("incrby");
         }
-        assert_eq!(client.execute(get("a")).await.expect("get"), bulk("1"));
-        assert_eq!(client.execute(get("c")).await.expect("get"), bulk("50"));
+        assert_eq!(
+            client.execute(Command::get("a")).await.expect("get"),
+            bulk("1")
+        );
+        assert_eq!(
+            client.execute(Command::get("c")).await.expect("get"),
+            bulk("50")
+        );
     });
 
     // Kill the leader: its runtime stops, its sockets close, its unsynced memory is gone.
@@ -127,13 +120,19 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
         // The survivors elect a leader; the client finds it.
         assert_eq!(
             client
-                .execute(set("a", "2"))
+                .execute(Command::set("a", "2"))
                 .await
                 .expect("set after failover"),
             Reply::Ok
         );
-        assert_eq!(client.execute(get("a")).await.expect("get"), bulk("2"));
-        assert_eq!(client.execute(get("c")).await.expect("get"), bulk("50"));
+        assert_eq!(
+            client.execute(Command::get("a")).await.expect("get"),
+            bulk("2")
+        );
+        assert_eq!(
+            client.execute(Command::get("c")).await.expect("get"),
+            bulk("50")
+        );
     });
     assert!(
         nodes.iter().flatten().any(|n| n.node.is_leader(GROUP)),
@@ -149,7 +148,10 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
     ));
     client_runtime.block_on(async {
         assert_eq!(
-            client.execute(set("b", "after")).await.expect("set"),
+            client
+                .execute(Command::set("b", "after"))
+                .await
+                .expect("set"),
             Reply::Ok
         );
     });

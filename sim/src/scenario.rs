@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::derive_seed;
-use larder_core::kv::{Command, Reply, SetCondition};
+use larder_core::kv::{Command, Reply};
 use larder_nodes::client::{Client, ClientConfig, ClientError};
 
 use crate::clock::SimClock;
@@ -16,22 +15,6 @@ use crate::net::{NetFaults, SimNet, host_name};
 use crate::run::{NodeParts, SimConfig, SimError, build_sim, current_leader, register_nodes};
 use crate::trace::{Trace, sim_now};
 use crate::workload::{GROUP, client_id};
-
-fn set(key: &str, value: &str) -> Command {
-    Command::Set {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        condition: SetCondition::Always,
-        expiry: None,
-        keep_ttl: false,
-    }
-}
-
-fn get(key: &str) -> Command {
-    Command::Get {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-    }
-}
 
 fn step_until(sim: &mut turmoil::Sim<'_>, at: Duration) -> Result<bool, SimError> {
     while sim.elapsed() < at {
@@ -123,7 +106,7 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
                 quick,
                 minority_client,
             );
-            let result = client.execute(set("k", "minority")).await;
+            let result = client.execute(Command::set("k", "minority")).await;
             outcome.lock().expect("outcome lock").minority_write = Some(result);
             Ok(())
         });
@@ -155,7 +138,7 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
                 patient,
                 majority_client,
             );
-            let result = client.execute(set("k", "majority")).await;
+            let result = client.execute(Command::set("k", "majority")).await;
             outcome.lock().expect("outcome lock").majority_write = Some(result);
             Ok(())
         });
@@ -169,7 +152,7 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
         sim.client(host_name(reader), async move {
             tokio::time::sleep(heal_at + Duration::from_secs(2)).await;
             let mut client = Client::new(net, SimClock::new(), GROUP, nodes, patient, reader);
-            let result = client.execute(get("k")).await;
+            let result = client.execute(Command::get("k")).await;
             outcome.lock().expect("outcome lock").final_value = Some(result);
             Ok(())
         });
@@ -281,7 +264,7 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
             // Enough writes that the log is purged behind a snapshot before node 4 joins.
             for i in 0..200 {
                 let _ = client
-                    .execute(set(&format!("key-{i}"), &format!("value-{i}")))
+                    .execute(Command::set(format!("key-{i}"), format!("value-{i}")))
                     .await;
             }
             let leader = slots.iter().find_map(|(_, slot)| {
@@ -308,7 +291,7 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
             let mut acknowledged = 0;
             for i in 0..50 {
                 if client
-                    .execute(set(&format!("after-{i}"), "x"))
+                    .execute(Command::set(format!("after-{i}"), "x"))
                     .await
                     .is_ok()
                 {

@@ -94,6 +94,24 @@ fn parse_i64(arg: &[u8]) -> Result<i64, CommandError> {
 }
 
 impl Command {
+    /// `SET key value` with no condition or expiry.
+    pub fn set(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Command {
+        Command::Set {
+            key: Bytes::copy_from_slice(key.as_ref()),
+            value: Bytes::copy_from_slice(value.as_ref()),
+            condition: SetCondition::Always,
+            expiry: None,
+            keep_ttl: false,
+        }
+    }
+
+    /// `GET key`.
+    pub fn get(key: impl AsRef<[u8]>) -> Command {
+        Command::Get {
+            key: Bytes::copy_from_slice(key.as_ref()),
+        }
+    }
+
     /// Parses a command from its Redis arguments (`args[0]` is the name, any case).
     pub fn parse(args: &[Bytes]) -> Result<Command, CommandError> {
         let Some(name) = args.first() else {
