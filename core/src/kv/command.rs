@@ -68,6 +68,84 @@ pub enum Command {
         key: Bytes,
         millis: bool,
     },
+    // New variants go at the end: the log stores commands with their variant index.
+    /// `HSET key field value [field value ...]`: answers the number of fields added.
+    HSet {
+        key: Bytes,
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    /// `HSETNX key field value`: sets the field only if it is absent (answers 1 or 0).
+    HSetNx {
+        key: Bytes,
+        field: Bytes,
+        value: Bytes,
+    },
+    HGet {
+        key: Bytes,
+        field: Bytes,
+    },
+    /// `HMGET key field [field ...]`: nil for each missing field.
+    HMGet {
+        key: Bytes,
+        fields: Vec<Bytes>,
+    },
+    /// `HDEL key field [field ...]`: answers the number removed; removing the last field
+    /// deletes the key.
+    HDel {
+        key: Bytes,
+        fields: Vec<Bytes>,
+    },
+    /// `HGETALL key`: a flat array `field, value, …` in field order.
+    HGetAll {
+        key: Bytes,
+    },
+    HKeys {
+        key: Bytes,
+    },
+    HVals {
+        key: Bytes,
+    },
+    HLen {
+        key: Bytes,
+    },
+    HExists {
+        key: Bytes,
+        field: Bytes,
+    },
+    HStrLen {
+        key: Bytes,
+        field: Bytes,
+    },
+    /// `HINCRBY key field delta`: a missing field counts as 0.
+    HIncrBy {
+        key: Bytes,
+        field: Bytes,
+        delta: i64,
+    },
+    /// `TYPE key`: `string`, `hash` or `none`.
+    Type {
+        key: Bytes,
+    },
+    /// `KEYS pattern` ([`Scope::Group`]): the live keys matching a glob pattern
+    /// ([`super::glob_match`]).
+    Keys {
+        pattern: Bytes,
+    },
+    /// `DBSIZE` ([`Scope::Group`]): the number of live keys.
+    DbSize,
+    /// `FLUSHALL` / `FLUSHDB`, with or without `ASYNC`/`SYNC` ([`Scope::Group`]): deletes every
+    /// key.
+    FlushAll,
+}
+
+/// What a command acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The keys it names ([`Command::keys`]); applied with [`super::execute`].
+    Keys,
+    /// Every key of the slot group; the node applies it to its whole state (see
+    /// [`super::execute_group`]), and [`Command::keys`] is empty.
+    Group,
 }
 
 /// A command that cannot be executed as given. The texts follow Redis, since clients match on
@@ -87,10 +165,22 @@ pub enum CommandError {
 }
 
 fn parse_i64(arg: &[u8]) -> Result<i64, CommandError> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or(CommandError::NotInteger)
+    parse_integer(arg).ok_or(CommandError::NotInteger)
+}
+
+/// Parses a 64-bit integer exactly as Redis's `string2ll` does: optional `-`, no `+`, no
+/// leading zeros (except `0` itself, so `-0` is rejected), no spaces, within `i64`.
+pub(super) fn parse_integer(text: &[u8]) -> Option<i64> {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    let canonical = match digits {
+        [b'0'] => digits.len() == text.len(),
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 impl Command {
@@ -204,6 +294,81 @@ impl Command {
                     millis: name == "pttl",
                 })
             }
+            "hset" => {
+                arity(rest.len() >= 3 && rest.len() % 2 == 1)?;
+                Ok(Command::HSet {
+                    key: rest[0].clone(),
+                    pairs: rest[1..]
+                        .chunks_exact(2)
+                        .map(|pair| (pair[0].clone(), pair[1].clone()))
+                        .collect(),
+                })
+            }
+            "hsetnx" => {
+                arity(rest.len() == 3)?;
+                Ok(Command::HSetNx {
+                    key: rest[0].clone(),
+                    field: rest[1].clone(),
+                    value: rest[2].clone(),
+                })
+            }
+            "hget" | "hexists" | "hstrlen" => {
+                arity(rest.len() == 2)?;
+                let (key, field) = (rest[0].clone(), rest[1].clone());
+                Ok(match name.as_str() {
+                    "hget" => Command::HGet { key, field },
+                    "hexists" => Command::HExists { key, field },
+                    _ => Command::HStrLen { key, field },
+                })
+            }
+            "hmget" | "hdel" => {
+                arity(rest.len() >= 2)?;
+                let (key, fields) = (rest[0].clone(), rest[1..].to_vec());
+                Ok(if name == "hmget" {
+                    Command::HMGet { key, fields }
+                } else {
+                    Command::HDel { key, fields }
+                })
+            }
+            "hgetall" | "hkeys" | "hvals" | "hlen" | "type" => {
+                arity(rest.len() == 1)?;
+                let key = rest[0].clone();
+                Ok(match name.as_str() {
+                    "hgetall" => Command::HGetAll { key },
+                    "hkeys" => Command::HKeys { key },
+                    "hvals" => Command::HVals { key },
+                    "hlen" => Command::HLen { key },
+                    _ => Command::Type { key },
+                })
+            }
+            "hincrby" => {
+                arity(rest.len() == 3)?;
+                Ok(Command::HIncrBy {
+                    key: rest[0].clone(),
+                    field: rest[1].clone(),
+                    delta: parse_i64(&rest[2])?,
+                })
+            }
+            "keys" => {
+                arity(rest.len() == 1)?;
+                Ok(Command::Keys {
+                    pattern: rest[0].clone(),
+                })
+            }
+            "dbsize" => {
+                arity(rest.is_empty())?;
+                Ok(Command::DbSize)
+            }
+            "flushall" | "flushdb" => match rest {
+                [] => Ok(Command::FlushAll),
+                [mode]
+                    if mode.eq_ignore_ascii_case(b"async")
+                        || mode.eq_ignore_ascii_case(b"sync") =>
+                {
+                    Ok(Command::FlushAll)
+                }
+                _ => Err(CommandError::Syntax),
+            },
             _ => Err(CommandError::Unknown { name }),
         }
     }
@@ -253,21 +418,55 @@ impl Command {
                 | Command::Exists { .. }
                 | Command::MGet { .. }
                 | Command::Ttl { .. }
+                | Command::HGet { .. }
+                | Command::HMGet { .. }
+                | Command::HGetAll { .. }
+                | Command::HKeys { .. }
+                | Command::HVals { .. }
+                | Command::HLen { .. }
+                | Command::HExists { .. }
+                | Command::HStrLen { .. }
+                | Command::Type { .. }
+                | Command::Keys { .. }
+                | Command::DbSize
         )
     }
 
-    /// Every key the command reads or writes, in argument order (duplicates kept).
+    /// Whether the command acts on the keys it names or on a whole slot group.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Command::Keys { .. } | Command::DbSize | Command::FlushAll => Scope::Group,
+            _ => Scope::Keys,
+        }
+    }
+
+    /// Every key the command reads or writes, in argument order (duplicates kept). Empty for
+    /// [`Scope::Group`] commands, which name no keys.
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
             Command::Get { key }
             | Command::Set { key, .. }
             | Command::IncrBy { key, .. }
             | Command::Expire { key, .. }
-            | Command::Ttl { key, .. } => vec![key],
+            | Command::Ttl { key, .. }
+            | Command::HSet { key, .. }
+            | Command::HSetNx { key, .. }
+            | Command::HGet { key, .. }
+            | Command::HMGet { key, .. }
+            | Command::HDel { key, .. }
+            | Command::HGetAll { key }
+            | Command::HKeys { key }
+            | Command::HVals { key }
+            | Command::HLen { key }
+            | Command::HExists { key, .. }
+            | Command::HStrLen { key, .. }
+            | Command::HIncrBy { key, .. }
+            | Command::Type { key } => vec![key],
             Command::Del { keys } | Command::Exists { keys } | Command::MGet { keys } => {
                 keys.iter().collect()
             }
             Command::MSet { pairs } => pairs.iter().map(|(key, _)| key).collect(),
+            Command::Keys { .. } | Command::DbSize | Command::FlushAll => Vec::new(),
         }
     }
 
@@ -283,6 +482,22 @@ impl Command {
             Command::MSet { .. } => "mset",
             Command::Expire { .. } => "expire",
             Command::Ttl { .. } => "ttl",
+            Command::HSet { .. } => "hset",
+            Command::HSetNx { .. } => "hsetnx",
+            Command::HGet { .. } => "hget",
+            Command::HMGet { .. } => "hmget",
+            Command::HDel { .. } => "hdel",
+            Command::HGetAll { .. } => "hgetall",
+            Command::HKeys { .. } => "hkeys",
+            Command::HVals { .. } => "hvals",
+            Command::HLen { .. } => "hlen",
+            Command::HExists { .. } => "hexists",
+            Command::HStrLen { .. } => "hstrlen",
+            Command::HIncrBy { .. } => "hincrby",
+            Command::Type { .. } => "type",
+            Command::Keys { .. } => "keys",
+            Command::DbSize => "dbsize",
+            Command::FlushAll => "flushall",
         }
     }
 }
@@ -368,5 +583,221 @@ mod tests {
             }),
         );
         assert_eq!(Command::parse(&[]), Err(CommandError::Syntax));
+    }
+
+    fn arity(name: &str) -> Result<Command, CommandError> {
+        Err(CommandError::Arity { name: name.into() })
+    }
+
+    #[test]
+    fn parses_the_hash_commands() {
+        check(
+            "HSET h f1 v1 f2 v2",
+            Ok(Command::HSet {
+                key: b("h"),
+                pairs: vec![(b("f1"), b("v1")), (b("f2"), b("v2"))],
+            }),
+        );
+        check(
+            "hsetnx h f v",
+            Ok(Command::HSetNx {
+                key: b("h"),
+                field: b("f"),
+                value: b("v"),
+            }),
+        );
+        check(
+            "hget h f",
+            Ok(Command::HGet {
+                key: b("h"),
+                field: b("f"),
+            }),
+        );
+        check(
+            "hmget h a b a",
+            Ok(Command::HMGet {
+                key: b("h"),
+                fields: vec![b("a"), b("b"), b("a")],
+            }),
+        );
+        check(
+            "hdel h a b",
+            Ok(Command::HDel {
+                key: b("h"),
+                fields: vec![b("a"), b("b")],
+            }),
+        );
+        check("hgetall h", Ok(Command::HGetAll { key: b("h") }));
+        check("hkeys h", Ok(Command::HKeys { key: b("h") }));
+        check("hvals h", Ok(Command::HVals { key: b("h") }));
+        check("hlen h", Ok(Command::HLen { key: b("h") }));
+        check(
+            "hexists h f",
+            Ok(Command::HExists {
+                key: b("h"),
+                field: b("f"),
+            }),
+        );
+        check(
+            "hstrlen h f",
+            Ok(Command::HStrLen {
+                key: b("h"),
+                field: b("f"),
+            }),
+        );
+        check(
+            "HINCRBY h f -7",
+            Ok(Command::HIncrBy {
+                key: b("h"),
+                field: b("f"),
+                delta: -7,
+            }),
+        );
+        check("type k", Ok(Command::Type { key: b("k") }));
+    }
+
+    #[test]
+    fn rejects_bad_hash_commands() {
+        check("hset", arity("hset"));
+        check("hset h", arity("hset"));
+        check("hset h f", arity("hset"));
+        check("hset h f v g", arity("hset"));
+        check("hsetnx h f", arity("hsetnx"));
+        check("hsetnx h f v w", arity("hsetnx"));
+        check("hget h", arity("hget"));
+        check("hget h f g", arity("hget"));
+        check("hmget h", arity("hmget"));
+        check("hdel h", arity("hdel"));
+        check("hgetall", arity("hgetall"));
+        check("hgetall h x", arity("hgetall"));
+        check("hkeys", arity("hkeys"));
+        check("hvals h x", arity("hvals"));
+        check("hlen", arity("hlen"));
+        check("hexists h", arity("hexists"));
+        check("hstrlen h", arity("hstrlen"));
+        check("hincrby h f", arity("hincrby"));
+        check("hincrby h f 1 2", arity("hincrby"));
+        check("hincrby h f one", Err(CommandError::NotInteger));
+        check(
+            "hincrby h f 9223372036854775808",
+            Err(CommandError::NotInteger),
+        );
+        check("type", arity("type"));
+        check("type a b", arity("type"));
+    }
+
+    #[test]
+    fn parses_the_group_commands() {
+        check(
+            "KEYS user:*",
+            Ok(Command::Keys {
+                pattern: b("user:*"),
+            }),
+        );
+        check("dbsize", Ok(Command::DbSize));
+        for line in [
+            "flushall",
+            "FLUSHDB",
+            "flushall async",
+            "flushdb SYNC",
+            "FlushAll Async",
+        ] {
+            check(line, Ok(Command::FlushAll));
+        }
+        check("keys", arity("keys"));
+        check("keys a b", arity("keys"));
+        check("dbsize x", arity("dbsize"));
+        check("flushall now", Err(CommandError::Syntax));
+        check("flushdb async sync", Err(CommandError::Syntax));
+    }
+
+    #[test]
+    fn integers_parse_as_redis_string2ll_does() {
+        for (text, expected) in [
+            ("0", Some(0)),
+            ("7", Some(7)),
+            ("-7", Some(-7)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("-0", None),
+            ("+1", None),
+            ("01", None),
+            ("00", None),
+            (" 1", None),
+            ("1 ", None),
+            ("", None),
+            ("-", None),
+            ("1e3", None),
+            ("0x10", None),
+        ] {
+            assert_eq!(parse_integer(text.as_bytes()), expected, "{text:?}");
+        }
+        check("incrby k +5", Err(CommandError::NotInteger));
+        check("expire k 010", Err(CommandError::NotInteger));
+    }
+
+    #[test]
+    fn classifies_commands() {
+        let parse = |line: &str| Command::parse(&args(line)).expect("valid command");
+        let reads = [
+            "get k",
+            "exists k",
+            "mget k",
+            "ttl k",
+            "hget k f",
+            "hmget k f",
+            "hgetall k",
+            "hkeys k",
+            "hvals k",
+            "hlen k",
+            "hexists k f",
+            "hstrlen k f",
+            "type k",
+            "keys *",
+            "dbsize",
+        ];
+        let writes = [
+            "set k v",
+            "del k",
+            "incr k",
+            "mset k v",
+            "expire k 1",
+            "hset k f v",
+            "hsetnx k f v",
+            "hdel k f",
+            "hincrby k f 1",
+            "flushall",
+        ];
+        for (lines, write) in [(&reads[..], false), (&writes[..], true)] {
+            for line in lines {
+                let command = parse(line);
+                assert_eq!(command.is_write(), write, "{line}");
+                let name = line.split_whitespace().next().unwrap_or_default();
+                let expected_name = match name {
+                    "incr" => "incrby",
+                    other => other,
+                };
+                assert_eq!(command.name(), expected_name, "{line}");
+                let group = matches!(name, "keys" | "dbsize" | "flushall");
+                assert_eq!(
+                    command.scope(),
+                    if group { Scope::Group } else { Scope::Keys },
+                    "{line}"
+                );
+                let expected_keys: Vec<Bytes> = if group { vec![] } else { vec![b("k")] };
+                assert_eq!(
+                    command.keys().into_iter().cloned().collect::<Vec<_>>(),
+                    expected_keys,
+                    "{line}"
+                );
+            }
+        }
+        assert_eq!(parse("flushdb").name(), "flushall");
+        assert_eq!(
+            parse("hdel h a b a").keys(),
+            vec![&b("h")],
+            "fields are not keys"
+        );
     }
 }

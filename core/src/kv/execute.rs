@@ -2,9 +2,14 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use super::command::parse_integer;
 use super::{
-    Command, Expiry, NOT_INTEGER, OVERFLOW, Record, Reply, SetCondition, Value, WRONGTYPE,
+    Command, Expiry, HASH_NOT_INTEGER, NOT_INTEGER, OVERFLOW, Record, Reply, SetCondition, Value,
+    WRONGTYPE,
 };
+
+/// The fields of a missing hash.
+static NO_FIELDS: BTreeMap<Bytes, Bytes> = BTreeMap::new();
 
 /// What applying a command produced: the reply for the client and the records to store
 /// (`None` deletes the key). Writes are keyed, so a key written twice keeps its last value.
@@ -45,6 +50,40 @@ impl View<'_> {
         self.writes.insert(key.clone(), record);
     }
 
+    /// The fields of the hash at `key` (none when it is missing or expired); `WRONGTYPE` when the
+    /// key holds another type.
+    fn hash(&self, key: &Bytes) -> Result<&BTreeMap<Bytes, Bytes>, Reply> {
+        match self.get(key) {
+            None => Ok(&NO_FIELDS),
+            Some(Record {
+                value: Value::Hash(fields),
+                ..
+            }) => Ok(fields),
+            Some(_) => Err(Reply::error(WRONGTYPE)),
+        }
+    }
+
+    /// A copy of the hash at `key` to modify, with its expiry, which field writes keep; a
+    /// missing or expired key starts empty without expiry.
+    fn hash_to_modify(&self, key: &Bytes) -> Result<(BTreeMap<Bytes, Bytes>, Option<u64>), Reply> {
+        let expires_at_ms = self.get(key).and_then(|record| record.expires_at_ms);
+        Ok((self.hash(key)?.clone(), expires_at_ms))
+    }
+
+    /// Stores `fields` as the hash at `key`; an empty hash deletes the key, as in Redis.
+    fn put_hash(
+        &mut self,
+        key: &Bytes,
+        fields: BTreeMap<Bytes, Bytes>,
+        expires_at_ms: Option<u64>,
+    ) {
+        let record = (!fields.is_empty()).then_some(Record {
+            value: Value::Hash(fields),
+            expires_at_ms,
+        });
+        self.put(key, record);
+    }
+
     /// Absolute expiry for a relative one; `None` when it is already due (Redis deletes the key).
     fn deadline(&self, expiry: Expiry) -> Option<u64> {
         let millis = expiry.as_millis();
@@ -59,6 +98,9 @@ impl View<'_> {
 /// (only the keys the command names need to be present; absent means missing).
 ///
 /// Pure and deterministic: the same inputs give the same outcome on every replica.
+///
+/// [`Scope::Group`](super::Scope::Group) commands name no keys and answer an error here: the
+/// node applies them with [`execute_group`](super::execute_group).
 pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>) -> Outcome {
     let mut view = View {
         now_ms,
@@ -160,6 +202,80 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
             Reply::Int(deleted)
         }
         Command::IncrBy { key, delta } => incr_by(&mut view, key, *delta),
+        Command::Type { key } => Reply::Status(
+            match view.get(key) {
+                None => "none",
+                Some(Record {
+                    value: Value::Str(_),
+                    ..
+                }) => "string",
+                Some(Record {
+                    value: Value::Hash(_),
+                    ..
+                }) => "hash",
+            }
+            .to_string(),
+        ),
+        Command::HGet { key, field } => view
+            .hash(key)
+            .map(|fields| bulk_or_nil(fields.get(field)))
+            .unwrap_or_else(|error| error),
+        Command::HMGet { key, fields: names } => view
+            .hash(key)
+            .map(|fields| {
+                Reply::Array(
+                    names
+                        .iter()
+                        .map(|name| bulk_or_nil(fields.get(name)))
+                        .collect(),
+                )
+            })
+            .unwrap_or_else(|error| error),
+        Command::HGetAll { key } => view
+            .hash(key)
+            .map(|fields| {
+                Reply::Array(
+                    fields
+                        .iter()
+                        .flat_map(|(field, value)| {
+                            [Reply::Bulk(field.clone()), Reply::Bulk(value.clone())]
+                        })
+                        .collect(),
+                )
+            })
+            .unwrap_or_else(|error| error),
+        Command::HKeys { key } => view
+            .hash(key)
+            .map(|fields| Reply::Array(fields.keys().cloned().map(Reply::Bulk).collect()))
+            .unwrap_or_else(|error| error),
+        Command::HVals { key } => view
+            .hash(key)
+            .map(|fields| Reply::Array(fields.values().cloned().map(Reply::Bulk).collect()))
+            .unwrap_or_else(|error| error),
+        Command::HLen { key } => view
+            .hash(key)
+            .map(|fields| Reply::Int(fields.len() as i64))
+            .unwrap_or_else(|error| error),
+        Command::HExists { key, field } => view
+            .hash(key)
+            .map(|fields| Reply::Int(i64::from(fields.contains_key(field))))
+            .unwrap_or_else(|error| error),
+        Command::HStrLen { key, field } => view
+            .hash(key)
+            .map(|fields| Reply::Int(fields.get(field).map_or(0, |value| value.len() as i64)))
+            .unwrap_or_else(|error| error),
+        Command::HSet { key, pairs } => hset(&mut view, key, pairs).unwrap_or_else(|error| error),
+        Command::HSetNx { key, field, value } => {
+            hset_nx(&mut view, key, field, value).unwrap_or_else(|error| error)
+        }
+        Command::HDel { key, fields } => hdel(&mut view, key, fields).unwrap_or_else(|error| error),
+        Command::HIncrBy { key, field, delta } => {
+            hincr_by(&mut view, key, field, *delta).unwrap_or_else(|error| error)
+        }
+        Command::Keys { .. } | Command::DbSize | Command::FlushAll => Reply::error(format!(
+            "ERR '{}' acts on a whole slot group and cannot be executed on single keys",
+            command.name()
+        )),
         Command::Expire { key, expiry } => match view.get(key).cloned() {
             None => {
                 if view.is_stale(key) {
@@ -185,21 +301,71 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
     }
 }
 
+fn bulk_or_nil(value: Option<&Bytes>) -> Reply {
+    value.map_or(Reply::Nil, |value| Reply::Bulk(value.clone()))
+}
+
+fn hset(view: &mut View<'_>, key: &Bytes, pairs: &[(Bytes, Bytes)]) -> Result<Reply, Reply> {
+    let (mut fields, expires_at_ms) = view.hash_to_modify(key)?;
+    let mut added = 0;
+    for (field, value) in pairs {
+        if fields.insert(field.clone(), value.clone()).is_none() {
+            added += 1;
+        }
+    }
+    view.put_hash(key, fields, expires_at_ms);
+    Ok(Reply::Int(added))
+}
+
+fn hset_nx(view: &mut View<'_>, key: &Bytes, field: &Bytes, value: &Bytes) -> Result<Reply, Reply> {
+    let (mut fields, expires_at_ms) = view.hash_to_modify(key)?;
+    if fields.contains_key(field) {
+        return Ok(Reply::Int(0));
+    }
+    fields.insert(field.clone(), value.clone());
+    view.put_hash(key, fields, expires_at_ms);
+    Ok(Reply::Int(1))
+}
+
+fn hdel(view: &mut View<'_>, key: &Bytes, names: &[Bytes]) -> Result<Reply, Reply> {
+    let (mut fields, expires_at_ms) = view.hash_to_modify(key)?;
+    let removed = names
+        .iter()
+        .filter(|name| fields.remove(*name).is_some())
+        .count();
+    if removed > 0 {
+        // Removing the last field deletes the key.
+        view.put_hash(key, fields, expires_at_ms);
+    } else if view.is_stale(key) {
+        view.put(key, None);
+    }
+    Ok(Reply::Int(removed as i64))
+}
+
+fn hincr_by(view: &mut View<'_>, key: &Bytes, field: &Bytes, delta: i64) -> Result<Reply, Reply> {
+    let (mut fields, expires_at_ms) = view.hash_to_modify(key)?;
+    let current = match fields.get(field) {
+        None => 0,
+        Some(value) => parse_integer(value).ok_or_else(|| Reply::error(HASH_NOT_INTEGER))?,
+    };
+    let next = current
+        .checked_add(delta)
+        .ok_or_else(|| Reply::error(OVERFLOW))?;
+    fields.insert(field.clone(), Bytes::from(next.to_string()));
+    view.put_hash(key, fields, expires_at_ms);
+    Ok(Reply::Int(next))
+}
+
 fn incr_by(view: &mut View<'_>, key: &Bytes, delta: i64) -> Reply {
     let (current, expires_at_ms) = match view.get(key) {
         None => (0, None),
         Some(Record {
             value: Value::Str(value),
             expires_at_ms,
-        }) => {
-            match std::str::from_utf8(value)
-                .ok()
-                .and_then(|text| text.parse::<i64>().ok())
-            {
-                Some(number) => (number, *expires_at_ms),
-                None => return Reply::error(NOT_INTEGER),
-            }
-        }
+        }) => match parse_integer(value) {
+            Some(number) => (number, *expires_at_ms),
+            None => return Reply::error(NOT_INTEGER),
+        },
         Some(_) => return Reply::error(WRONGTYPE),
     };
     let Some(next) = current.checked_add(delta) else {
@@ -408,6 +574,487 @@ mod tests {
         assert_eq!(Record::decode(&record.encode()), Ok(record));
         assert!(Record::decode(&[]).is_err());
         assert!(Record::decode(&[99, 1, 2]).is_err());
+    }
+
+    fn bulks(items: &[&str]) -> Reply {
+        Reply::Array(items.iter().map(|item| Reply::Bulk(b(item))).collect())
+    }
+
+    fn status(text: &str) -> Reply {
+        Reply::Status(text.to_string())
+    }
+
+    #[test]
+    fn hash_commands() {
+        check(
+            &[
+                (0, "hset h b 2 a 1"),
+                (0, "hset h a 10 c 3 c 30"),
+                (0, "hget h a"),
+                (0, "hget h zz"),
+                (0, "hget missing a"),
+                (0, "hmget h a zz c"),
+                (0, "hmget missing a b"),
+                (0, "hgetall h"),
+                (0, "hkeys h"),
+                (0, "hvals h"),
+                (0, "hlen h"),
+                (0, "hexists h b"),
+                (0, "hexists h zz"),
+                (0, "hstrlen h a"),
+                (0, "hstrlen h zz"),
+                (0, "hsetnx h a 99"),
+                (0, "hsetnx h d 4"),
+                (0, "hdel h a zz a"),
+                (0, "hgetall h"),
+            ],
+            &[
+                Reply::Int(2),
+                Reply::Int(1),
+                Reply::Bulk(b("10")),
+                Reply::Nil,
+                Reply::Nil,
+                Reply::Array(vec![Reply::Bulk(b("10")), Reply::Nil, Reply::Bulk(b("30"))]),
+                Reply::Array(vec![Reply::Nil, Reply::Nil]),
+                bulks(&["a", "10", "b", "2", "c", "30"]),
+                bulks(&["a", "b", "c"]),
+                bulks(&["10", "2", "30"]),
+                Reply::Int(3),
+                Reply::Int(1),
+                Reply::Int(0),
+                Reply::Int(2),
+                Reply::Int(0),
+                Reply::Int(0),
+                Reply::Int(1),
+                Reply::Int(1),
+                bulks(&["b", "2", "c", "30", "d", "4"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn missing_hashes_read_as_empty() {
+        check(
+            &[
+                (0, "hgetall nope"),
+                (0, "hkeys nope"),
+                (0, "hvals nope"),
+                (0, "hlen nope"),
+                (0, "hexists nope f"),
+                (0, "hstrlen nope f"),
+                (0, "hdel nope f"),
+                (0, "exists nope"),
+            ],
+            &[
+                Reply::Array(vec![]),
+                Reply::Array(vec![]),
+                Reply::Array(vec![]),
+                Reply::Int(0),
+                Reply::Int(0),
+                Reply::Int(0),
+                Reply::Int(0),
+                Reply::Int(0),
+            ],
+        );
+    }
+
+    #[test]
+    fn hincrby_and_its_errors() {
+        check(
+            &[
+                (0, "hincrby h n 5"),
+                (0, "hincrby h n -8"),
+                (0, "hget h n"),
+                (0, "hset h s abc f 1.5 plus +1 zero 007"),
+                (0, "hincrby h s 1"),
+                (0, "hincrby h f 1"),
+                (0, "hincrby h plus 1"),
+                (0, "hincrby h zero 1"),
+                (
+                    0,
+                    "hset h big 9223372036854775807 small -9223372036854775808",
+                ),
+                (0, "hincrby h big 1"),
+                (0, "hincrby h small -1"),
+                (0, "hincrby h big -9223372036854775808"),
+                (0, "hget h big"),
+                (0, "hget h s"),
+            ],
+            &[
+                Reply::Int(5),
+                Reply::Int(-3),
+                Reply::Bulk(b("-3")),
+                Reply::Int(4),
+                Reply::error(HASH_NOT_INTEGER),
+                Reply::error(HASH_NOT_INTEGER),
+                Reply::error(HASH_NOT_INTEGER),
+                Reply::error(HASH_NOT_INTEGER),
+                Reply::Int(2),
+                Reply::error(OVERFLOW),
+                Reply::error(OVERFLOW),
+                Reply::Int(-1),
+                Reply::Bulk(b("-1")),
+                Reply::Bulk(b("abc")),
+            ],
+        );
+        let (_, replies) = run(&[
+            (0, parse("hset h f 9223372036854775807")),
+            (0, parse("hincrby h f 1")),
+        ]);
+        let mut stored = BTreeMap::new();
+        stored.insert(
+            b("h"),
+            Record {
+                value: Value::Hash(BTreeMap::from([(b("f"), b("x"))])),
+                expires_at_ms: None,
+            },
+        );
+        assert_eq!(replies[1], Reply::error(OVERFLOW));
+        assert!(
+            execute(&parse("hincrby h f 1"), 0, &stored)
+                .writes
+                .is_empty(),
+            "a failed HINCRBY changes nothing"
+        );
+    }
+
+    #[test]
+    fn deleting_the_last_field_deletes_the_key() {
+        let (state, replies) = run(&[
+            (0, parse("hset h a 1 b 2")),
+            (0, parse("hdel h a")),
+            (0, parse("hdel h b a")),
+            (0, parse("exists h")),
+            (0, parse("type h")),
+            (0, parse("hlen h")),
+        ]);
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Int(2),
+                Reply::Int(1),
+                Reply::Int(1),
+                Reply::Int(0),
+                status("none"),
+                Reply::Int(0),
+            ]
+        );
+        assert!(
+            state.is_empty(),
+            "the emptied hash must be removed: {state:?}"
+        );
+    }
+
+    #[test]
+    fn field_writes_keep_the_ttl() {
+        check(
+            &[
+                (1000, "hset h a 1"),
+                (1000, "expire h 10"),
+                (2000, "hset h b 2"),
+                (2000, "pttl h"),
+                (3000, "hincrby h a 1"),
+                (3000, "pttl h"),
+                (4000, "hsetnx h c 3"),
+                (4000, "pttl h"),
+                (5000, "hdel h a"),
+                (5000, "pttl h"),
+                (6000, "hdel h zz"),
+                (6000, "pttl h"),
+                (11_000, "hgetall h"),
+                (11_000, "type h"),
+                // A field write to an expired hash starts a new one, without the old TTL.
+                (11_000, "hset h z 26"),
+                (11_000, "hgetall h"),
+                (11_000, "ttl h"),
+            ],
+            &[
+                Reply::Int(1),
+                Reply::Int(1),
+                Reply::Int(1),
+                Reply::Int(9000),
+                Reply::Int(2),
+                Reply::Int(8000),
+                Reply::Int(1),
+                Reply::Int(7000),
+                Reply::Int(1),
+                Reply::Int(6000),
+                Reply::Int(0),
+                Reply::Int(5000),
+                Reply::Array(vec![]),
+                status("none"),
+                Reply::Int(1),
+                bulks(&["z", "26"]),
+                Reply::Int(-1),
+            ],
+        );
+    }
+
+    #[test]
+    fn hdel_on_an_expired_hash_removes_it() {
+        let (state, replies) = run(&[
+            (0, parse("hset h a 1")),
+            (0, parse("pexpire h 10")),
+            (20, parse("hdel h a")),
+        ]);
+        assert_eq!(replies[2], Reply::Int(0));
+        assert!(state.is_empty(), "{state:?}");
+    }
+
+    #[test]
+    fn type_names_the_value_kind() {
+        check(
+            &[
+                (0, "type k"),
+                (0, "set s v"),
+                (0, "hset h f v"),
+                (0, "type s"),
+                (0, "type h"),
+                (0, "set h v"),
+                (0, "type h"),
+            ],
+            &[
+                status("none"),
+                Reply::Ok,
+                Reply::Int(1),
+                status("string"),
+                status("hash"),
+                Reply::Ok,
+                status("string"),
+            ],
+        );
+    }
+
+    #[test]
+    fn hash_commands_on_a_string_are_wrongtype() {
+        let mut stored = BTreeMap::new();
+        stored.insert(b("s"), Record::string("v"));
+        for line in [
+            "hset s f v",
+            "hsetnx s f v",
+            "hget s f",
+            "hmget s f g",
+            "hdel s f",
+            "hgetall s",
+            "hkeys s",
+            "hvals s",
+            "hlen s",
+            "hexists s f",
+            "hstrlen s f",
+            "hincrby s f 1",
+        ] {
+            let outcome = execute(&parse(line), 0, &stored);
+            assert_eq!(outcome.reply, Reply::error(WRONGTYPE), "{line}");
+            assert!(outcome.writes.is_empty(), "{line} wrote");
+        }
+        // An expired string is no longer there to conflict with.
+        stored.insert(
+            b("s"),
+            Record {
+                value: Value::Str(b("v")),
+                expires_at_ms: Some(5),
+            },
+        );
+        assert_eq!(
+            execute(&parse("hset s f v"), 5, &stored).reply,
+            Reply::Int(1)
+        );
+    }
+
+    #[test]
+    fn string_commands_on_a_hash() {
+        check(
+            &[
+                (0, "hset h f v"),
+                (0, "get h"),
+                (0, "incr h"),
+                (0, "incrby h 5"),
+                (0, "mget h"),
+                (0, "exists h"),
+                (0, "set h v nx"),
+                (0, "hget h f"),
+                (0, "expire h 10"),
+                (0, "ttl h"),
+                // SET replaces a value of any type, as in Redis.
+                (0, "set h plain"),
+                (0, "get h"),
+                (0, "hget h f"),
+            ],
+            &[
+                Reply::Int(1),
+                Reply::error(WRONGTYPE),
+                Reply::error(WRONGTYPE),
+                Reply::error(WRONGTYPE),
+                Reply::Array(vec![Reply::Nil]),
+                Reply::Int(1),
+                Reply::Nil,
+                Reply::Bulk(b("v")),
+                Reply::Int(1),
+                Reply::Int(10),
+                Reply::Ok,
+                Reply::Bulk(b("plain")),
+                Reply::error(WRONGTYPE),
+            ],
+        );
+    }
+
+    #[test]
+    fn incr_parses_stored_values_strictly() {
+        check(
+            &[
+                (0, "set n +1"),
+                (0, "incr n"),
+                (0, "set n 01"),
+                (0, "incr n"),
+                (0, "set n -0"),
+                (0, "incr n"),
+            ],
+            &[
+                Reply::Ok,
+                Reply::error(NOT_INTEGER),
+                Reply::Ok,
+                Reply::error(NOT_INTEGER),
+                Reply::Ok,
+                Reply::error(NOT_INTEGER),
+            ],
+        );
+    }
+
+    #[test]
+    fn group_scope_commands_are_refused_per_key() {
+        for line in ["keys *", "dbsize", "flushall"] {
+            let command = parse(line);
+            let outcome = execute(&command, 0, &BTreeMap::new());
+            let Reply::Error(text) = &outcome.reply else {
+                panic!("{line} answered {:?}", outcome.reply);
+            };
+            assert!(
+                text.starts_with("ERR ") && text.contains(command.name()),
+                "{text}"
+            );
+            assert!(outcome.writes.is_empty());
+        }
+    }
+
+    /// What the model of [`matches_a_typed_model`] holds for a key.
+    #[derive(Debug, Clone)]
+    enum Held {
+        Int(i64),
+        Hash(BTreeMap<Bytes, i64>),
+    }
+
+    /// Applies one operation to the model and returns the reply Redis would give.
+    fn model_step(
+        model: &mut BTreeMap<Bytes, Held>,
+        kind: u8,
+        key: &Bytes,
+        field: &Bytes,
+        amount: i64,
+    ) -> Reply {
+        let wrongtype = Reply::error(WRONGTYPE);
+        match (kind, model.get_mut(key)) {
+            // SET k amount
+            (0, _) => {
+                model.insert(key.clone(), Held::Int(amount));
+                Reply::Ok
+            }
+            // DEL k
+            (1, held) => {
+                let existed = held.is_some();
+                model.remove(key);
+                Reply::Int(i64::from(existed))
+            }
+            // INCRBY k amount
+            (2, None) => {
+                model.insert(key.clone(), Held::Int(amount));
+                Reply::Int(amount)
+            }
+            (2, Some(Held::Int(n))) => {
+                *n += amount;
+                Reply::Int(*n)
+            }
+            // HSET k f amount / HSETNX k f amount / HINCRBY k f amount
+            (3 | 5 | 6, None) => {
+                model.insert(
+                    key.clone(),
+                    Held::Hash(BTreeMap::from([(field.clone(), amount)])),
+                );
+                Reply::Int(if kind == 5 { amount } else { 1 })
+            }
+            (3, Some(Held::Hash(fields))) => {
+                Reply::Int(i64::from(fields.insert(field.clone(), amount).is_none()))
+            }
+            (5, Some(Held::Hash(fields))) => {
+                let n = fields.entry(field.clone()).or_insert(0);
+                *n += amount;
+                Reply::Int(*n)
+            }
+            (6, Some(Held::Hash(fields))) => {
+                let added = !fields.contains_key(field);
+                fields.entry(field.clone()).or_insert(amount);
+                Reply::Int(i64::from(added))
+            }
+            // HDEL k f
+            (4, None) => Reply::Int(0),
+            (4, Some(Held::Hash(fields))) => {
+                let removed = fields.remove(field).is_some();
+                if fields.is_empty() {
+                    model.remove(key);
+                }
+                Reply::Int(i64::from(removed))
+            }
+            (2, Some(Held::Hash(_))) | (3..=6, Some(Held::Int(_))) => wrongtype,
+            _ => unreachable!("kind {kind}"),
+        }
+    }
+
+    proptest! {
+        /// Strings and hashes on a few keys (no expiry): every reply, and the full contents and
+        /// type of the key afterwards, match a plain typed model.
+        #[test]
+        fn matches_a_typed_model(
+            ops in proptest::collection::vec((0u8..7, 0u8..3, 0u8..3, -5i64..5), 1..80)
+        ) {
+            let mut model: BTreeMap<Bytes, Held> = BTreeMap::new();
+            let mut state: BTreeMap<Bytes, Record> = BTreeMap::new();
+            for (kind, key, field, amount) in ops {
+                let key = Bytes::from(format!("k{key}"));
+                let field = Bytes::from(format!("f{field}"));
+                let value = Bytes::from(amount.to_string());
+                let command = match kind {
+                    0 => Command::Set { key: key.clone(), value, condition: SetCondition::Always,
+                        expiry: None, keep_ttl: false },
+                    1 => Command::Del { keys: vec![key.clone()] },
+                    2 => Command::IncrBy { key: key.clone(), delta: amount },
+                    3 => Command::HSet { key: key.clone(), pairs: vec![(field.clone(), value)] },
+                    4 => Command::HDel { key: key.clone(), fields: vec![field.clone()] },
+                    5 => Command::HIncrBy { key: key.clone(), field: field.clone(), delta: amount },
+                    _ => Command::HSetNx { key: key.clone(), field: field.clone(), value },
+                };
+                let expected = model_step(&mut model, kind, &key, &field, amount);
+                let outcome = execute(&command, 0, &state);
+                prop_assert_eq!(&outcome.reply, &expected, "{:?}", command);
+                if outcome.reply.is_error() {
+                    prop_assert!(outcome.writes.is_empty());
+                }
+                for (k, record) in outcome.writes {
+                    match record { Some(r) => state.insert(k, r), None => state.remove(&k) };
+                }
+                let read = |command: Command| execute(&command, 0, &state).reply;
+                let (kind_name, get, getall) = match model.get(&key) {
+                    None => ("none", Reply::Nil, Reply::Array(vec![])),
+                    Some(Held::Int(n)) => ("string", Reply::Bulk(Bytes::from(n.to_string())),
+                        Reply::error(WRONGTYPE)),
+                    Some(Held::Hash(fields)) => ("hash", Reply::error(WRONGTYPE), Reply::Array(
+                        fields.iter().flat_map(|(f, n)| [Reply::Bulk(f.clone()),
+                            Reply::Bulk(Bytes::from(n.to_string()))]).collect())),
+                };
+                prop_assert_eq!(read(Command::Type { key: key.clone() }), status(kind_name));
+                prop_assert_eq!(read(Command::Get { key: key.clone() }), get);
+                prop_assert_eq!(read(Command::HGetAll { key: key.clone() }), getall);
+            }
+            prop_assert_eq!(state.len(), model.len(), "no empty hashes or strays stored");
+        }
     }
 
     proptest! {

@@ -4,13 +4,21 @@
 //! entry's timestamp and the current records of the keys it names, returning the reply and the
 //! records to write. It does no I/O and reads no clock, so every replica computes the same result
 //! from the same log, and the function can be tested exhaustively on its own.
+//!
+//! A few commands act on a whole slot group rather than on keys they name ([`Scope::Group`]:
+//! `KEYS`, `DBSIZE`, `FLUSHALL`); the node applies those to its entire state, with
+//! [`execute_group`].
 
 mod command;
 mod execute;
+mod glob;
+mod group;
 mod record;
 
-pub use command::{Command, CommandError, Expiry, SetCondition};
+pub use command::{Command, CommandError, Expiry, Scope, SetCondition};
 pub use execute::{Outcome, execute};
+pub use glob::{Glob, glob_match};
+pub use group::execute_group;
 pub use record::{Record, RecordError, Value};
 
 use bytes::Bytes;
@@ -44,3 +52,4 @@ impl Reply {
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
+pub const HASH_NOT_INTEGER: &str = "ERR hash value is not an integer";
