@@ -7,7 +7,11 @@
 //! - the shared **conformance suite** ([`conformance`]) that every implementation of those traits
 //!   must pass, real or simulated;
 //! - the **KV model**: commands, replies, records with TTL, and the pure state-machine step
-//!   ([`kv::execute`]) that a replica applies to committed log entries.
+//!   ([`kv::execute`]) that a replica applies to committed log entries;
+//! - **slots** ([`slots`]): key to slot mapping (CRC16 mod 16384 with `{hash tags}`), exactly as
+//!   Redis Cluster computes it;
+//! - the **routing table** ([`routing`]): slot -> group -> replicas, versioned by epoch;
+//! - the **RESP codec** ([`resp`]): RESP2/RESP3 request and reply parsing and encoding, no I/O.
 //!
 //! It must not depend on: tokio, `std::time::{Instant, SystemTime}` (time only through
 //! [`env::Clock`]), sockets, `std::fs`, or any other Larder crate. `clippy.toml` enforces the
@@ -16,6 +20,9 @@
 pub mod conformance;
 pub mod env;
 pub mod kv;
+pub mod resp;
+pub mod routing;
+pub mod slots;
 
 /// Identifies a process in the cluster (storage node, center, proxy or client) on the [`env::Net`].
 pub type NodeId = u64;
