@@ -91,6 +91,23 @@ impl<N: Net, C: Clock> Client<N, C> {
         self.leader
     }
 
+    /// Starts from `leader` (e.g. learned by another connection) instead of probing replicas.
+    pub fn set_leader_hint(&mut self, leader: Option<NodeId>) {
+        self.leader = leader.filter(|node| self.replicas.contains(node));
+    }
+
+    /// Carries on `old`'s write sequence (same session), so a client rebuilt for a new replica
+    /// list never reuses a sequence number the group may remember.
+    pub fn continue_sequence_of(&mut self, old: &Client<N, C>) {
+        debug_assert_eq!(self.session, old.session);
+        self.seq = self.seq.max(old.seq);
+    }
+
+    /// The replicas this client talks to.
+    pub fn replicas(&self) -> &[NodeId] {
+        &self.replicas
+    }
+
     fn target(&mut self) -> NodeId {
         if let Some(leader) = self.leader {
             return leader;

@@ -3,7 +3,10 @@
 //!
 //! - [`node::StorageNode`]: hosts Raft-replicated slot groups (openraft over the `Disk` trait)
 //!   and serves peers and clients over the `Net` trait.
-//! - [`client::Client`]: the client SDK (leader following, safe retries).
+//! - [`client::Client`]: the client SDK for one slot group (leader following, safe retries);
+//!   [`cluster::ClusterClient`]: for the whole cluster (slot routing, multi-key splitting).
+//! - [`proxy::Proxy`]: the RESP2/RESP3 server in front of the cluster.
+//! - [`local::LocalCluster`]: nodes and a proxy in one process on loopback (`larder up`).
 //! - [`rpc`]: the messages on the wire.
 //! - [`real`]: `TokioClock`, `TcpNet`, `FjallDisk`.
 //!
@@ -11,7 +14,10 @@
 //! randomness, sockets or files: no `if simulated` branches, the environment decides.
 
 pub mod client;
+pub mod cluster;
+pub mod local;
 pub mod node;
+pub mod proxy;
 pub mod raft;
 pub mod real;
 pub mod rpc;

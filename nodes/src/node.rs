@@ -15,6 +15,7 @@ use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 use openraft::{ChangeMembers, Config, EmptyNode, ServerState, SnapshotPolicy};
 
+use crate::raft::group_commit::GroupCommitDisk;
 use crate::raft::log_store::DiskLogStore;
 use crate::raft::network::RaftNet;
 use crate::raft::state_machine::DiskStateMachine;
@@ -89,6 +90,10 @@ pub enum NodeError {
     Net(#[from] NetError),
 }
 
+/// The disk every group of a node writes through: the environment's disk behind the node's
+/// group-commit task.
+pub type NodeDisk<E> = GroupCommitDisk<<E as Env>::Disk>;
+
 struct Group<D: Disk> {
     raft: Raft<D>,
     state: DiskStateMachine<D>,
@@ -98,7 +103,7 @@ struct Group<D: Disk> {
 pub struct StorageNode<E: Env> {
     env: E,
     config: NodeConfig,
-    groups: BTreeMap<GroupId, Group<E::Disk>>,
+    groups: BTreeMap<GroupId, Group<NodeDisk<E>>>,
     /// The last timestamp given to a log entry; stamps never go backwards on one leader even
     /// when its wall clock jumps back.
     last_stamp_ms: AtomicU64,
@@ -108,9 +113,11 @@ impl<E: Env> StorageNode<E> {
     /// Opens every group's log and state from the disk and starts its Raft.
     pub async fn start(env: E, config: NodeConfig) -> Result<Arc<Self>, NodeError> {
         let mut groups = BTreeMap::new();
+        // One committer for every group of the node: their log appends share syncs.
+        let shared = GroupCommitDisk::new(env.disk().clone());
         for &group in &config.groups {
             let raft_config = Arc::new(config.raft_config(group)?);
-            let disk = env.disk().clone();
+            let disk = shared.clone();
             let state = DiskStateMachine::open(disk.clone(), group)
                 .await
                 .map_err(|source| NodeError::Storage { group, source })?;
@@ -140,14 +147,14 @@ impl<E: Env> StorageNode<E> {
         &self.config
     }
 
-    fn group(&self, group: GroupId) -> Result<&Group<E::Disk>, NodeError> {
+    fn group(&self, group: GroupId) -> Result<&Group<NodeDisk<E>>, NodeError> {
         self.groups
             .get(&group)
             .ok_or(NodeError::UnknownGroup { group })
     }
 
     /// The Raft handle of `group` (metrics, membership).
-    pub fn raft(&self, group: GroupId) -> Result<&Raft<E::Disk>, NodeError> {
+    pub fn raft(&self, group: GroupId) -> Result<&Raft<NodeDisk<E>>, NodeError> {
         Ok(&self.group(group)?.raft)
     }
 

@@ -15,6 +15,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use larder_sim::{SimConfig, check_determinism, run};
 
+mod up;
+
 #[derive(Parser)]
 #[command(
     name = "larder",
@@ -30,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run seeded simulations of a 3-node slot group under faults.
     Sim(SimArgs),
+    /// Start a local cluster on loopback (3 storage nodes and a RESP proxy) until Ctrl-C.
+    Up(up::UpArgs),
 }
 
 #[derive(Args)]
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Sim(args) => sim(args),
+        Command::Up(args) => up::up(args),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use larder_core::GroupId;
 use larder_core::env::{Disk, Space, WriteBatch};
-use larder_core::kv::{Command, Record, Reply, execute};
+use larder_core::kv::{Command, Outcome, Record, Reply, Scope, execute, glob_match};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,11 @@ use super::{
 /// How many entries one apply batch may hold before it is written out, so a long backlog
 /// (a follower catching up) does not build one unbounded batch in memory.
 const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
+/// Rows per page when a command reads a whole group.
+const SCAN_PAGE_ROWS: usize = 1024;
+/// Most keys one `KEYS` reply of one group may hold: beyond that the reply would stall the
+/// node and the client; `SCAN` pages instead.
+const KEYS_REPLY_MAX: usize = 1_000_000;
 /// Rows per scan page when building a snapshot.
 const SNAPSHOT_SCAN_PAGE_MAX: usize = 4096;
 
@@ -190,8 +195,66 @@ impl<D: Disk> DiskStateMachine<D> {
     pub async fn read(&self, command: &Command, now_ms: u64) -> Result<Reply, io::Error> {
         debug_assert!(!command.is_write(), "writes go through the log");
         let now_ms = now_ms.max(self.applied().clock_ms);
+        if command.scope() == Scope::Group {
+            return self.read_group(command, now_ms).await;
+        }
         let stored = self.load(command, &BTreeMap::new()).await?;
         Ok(execute(command, now_ms, &stored).reply)
+    }
+
+    /// `KEYS pattern` and `DBSIZE` over the whole group: a paged scan of its state range,
+    /// skipping expired records (they are deleted lazily, so they may still be on disk).
+    async fn read_group(&self, command: &Command, now_ms: u64) -> Result<Reply, io::Error> {
+        let pattern = match command {
+            Command::Keys { pattern } => Some(pattern.clone()),
+            Command::DbSize => None,
+            other => {
+                return Ok(Reply::error(format!(
+                    "ERR '{}' is not a read of the whole group",
+                    other.name()
+                )));
+            }
+        };
+        let end = group_end(self.group);
+        let mut from = group_prefix(self.group).to_vec();
+        let mut keys = Vec::new();
+        let mut count = 0i64;
+        loop {
+            let rows = self
+                .disk
+                .scan(Space::State, &from, Some(&end), SCAN_PAGE_ROWS)
+                .await?;
+            let full = rows.len() == SCAN_PAGE_ROWS;
+            for (full_key, bytes) in &rows {
+                let record = Record::decode(bytes).map_err(|e| invalid(e.to_string()))?;
+                if record.is_expired(now_ms) {
+                    continue;
+                }
+                let key = full_key.slice(8..);
+                match &pattern {
+                    Some(pattern) if glob_match(pattern, &key) => {
+                        if keys.len() >= KEYS_REPLY_MAX {
+                            return Ok(Reply::error(format!(
+                                "ERR KEYS would return more than {KEYS_REPLY_MAX} keys of one slot group; use SCAN with MATCH"
+                            )));
+                        }
+                        keys.push(Reply::Bulk(key));
+                    }
+                    Some(_) => {}
+                    None => count += 1,
+                }
+            }
+            if !full {
+                break;
+            }
+            let (last, _) = rows.last().expect("a full page has rows");
+            from = last.to_vec();
+            from.push(0);
+        }
+        Ok(match pattern {
+            Some(_) => Reply::Array(keys),
+            None => Reply::Int(count),
+        })
     }
 
     /// Current records of the command's keys, with `overlay` (writes not yet on disk) on top.
@@ -376,6 +439,26 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
         let mut replies = Vec::new();
         let mut pending = 0usize;
         while let Some((entry, responder)) = entries.try_next().await? {
+            // FLUSHALL deletes the group's whole state range in pages, which cannot join the
+            // entry's batch: write what came before, then delete. A crash in between leaves
+            // the applied marker before this entry, so it is applied again (deleting is
+            // idempotent).
+            if let EntryPayload::Normal(request) = &entry.payload
+                && request.command == Command::FlushAll
+                && self.duplicate_reply(request.session).is_none()
+            {
+                self.flush(&mut batch, &applied, &mut overlay, &mut replies)
+                    .await?;
+                pending = 0;
+                self.disk
+                    .delete_range_paged(
+                        Space::State,
+                        &group_prefix(self.group),
+                        &group_end(self.group),
+                        None,
+                    )
+                    .await?;
+            }
             debug_assert!(
                 entry.log_id.index() > applied.last_applied.as_ref().map_or(0, |id| id.index())
                     || applied.last_applied.is_none()
@@ -388,8 +471,16 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                     if let Some(reply) = self.duplicate_reply(request.session) {
                         reply
                     } else {
-                        let stored = self.load(&request.command, &overlay).await?;
-                        let outcome = execute(&request.command, applied.clock_ms, &stored);
+                        let outcome = if request.command == Command::FlushAll {
+                            // The deletion already happened above.
+                            Outcome {
+                                reply: Reply::Ok,
+                                writes: BTreeMap::new(),
+                            }
+                        } else {
+                            let stored = self.load(&request.command, &overlay).await?;
+                            execute(&request.command, applied.clock_ms, &stored)
+                        };
                         for (key, record) in outcome.writes {
                             let full_key = state_key(self.group, &key);
                             match &record {

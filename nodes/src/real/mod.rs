@@ -41,3 +41,11 @@ impl Env for RealEnv {
         self.seed
     }
 }
+
+/// A seed from the OS for this process start: session ids and Raft jitter must differ between
+/// starts of a real server (a repeated session id would make a group drop new writes as
+/// duplicates). The simulator derives its seeds from the run seed instead.
+#[allow(clippy::disallowed_methods)]
+pub fn process_seed() -> u64 {
+    rand::random()
+}
