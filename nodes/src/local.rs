@@ -56,6 +56,8 @@ const PROXY_ID: u64 = 1001;
 pub struct LocalCluster {
     pub proxy_address: SocketAddr,
     nodes: Vec<Arc<StorageNode<RealEnv>>>,
+    /// Serving tasks (nodes, proxy); they hold the nodes, so they end before the data goes.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -86,6 +88,7 @@ impl LocalCluster {
         let groups: Vec<GroupId> = (1..=args.groups).collect();
         let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
         let mut nodes = Vec::new();
+        let mut tasks = Vec::new();
         for id in NODES {
             let path = dir.join(format!("node-{id}"));
             std::fs::create_dir_all(&path).map_err(|source| LocalError::Io {
@@ -107,11 +110,11 @@ impl LocalCluster {
                 .await
                 .map_err(|e| start_error(format!("node {id}: starting"), e))?;
             let serving = node.clone();
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 if let Err(error) = serving.serve().await {
                     tracing::error!(node = id, %error, "node stopped serving");
                 }
-            });
+            }));
             nodes.push(node);
         }
         let voters = NODES.into_iter().collect();
@@ -144,22 +147,29 @@ impl LocalCluster {
             what: "proxy: reading its address".into(),
             source,
         })?;
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             if let Err(error) = proxy.serve(listener).await {
                 tracing::error!(%error, "proxy stopped accepting");
             }
-        });
+        }));
         Ok(LocalCluster {
             proxy_address,
             nodes,
+            tasks,
             _temp: temp,
         })
     }
 
     /// Stops every group's Raft (the temporary directory, if any, goes with `self`).
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         for node in &self.nodes {
             node.shutdown().await;
         }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        // Close the engines before a temporary directory is removed under them.
+        self.nodes.clear();
     }
 }

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use larder_sim::{SimConfig, check_determinism, run};
 
+mod bench;
 mod up;
 
 #[derive(Parser)]
@@ -34,6 +35,8 @@ enum Command {
     Sim(SimArgs),
     /// Start a local cluster on loopback (3 storage nodes and a RESP proxy) until Ctrl-C.
     Up(up::UpArgs),
+    /// redis-benchmark against a local cluster and, side by side, against redis-server.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -183,6 +186,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Sim(args) => sim(args),
         Command::Up(args) => up::up(args),
+        Command::Bench(args) => bench::bench(args),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
