@@ -263,3 +263,15 @@ impl Net for SimNet {
         }
     }
 }
+
+/// A turmoil listener as the proxy's client-facing [`larder_nodes::proxy::Listener`].
+pub struct SimListener(pub turmoil::net::TcpListener);
+
+impl larder_nodes::proxy::Listener for SimListener {
+    type Stream = turmoil::net::TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<turmoil::net::TcpStream> {
+        let (stream, _) = self.0.accept().await?;
+        Ok(stream)
+    }
+}

@@ -11,12 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use larder_core::NodeId;
 use larder_core::env::{Clock, SeededRng, derive_seed};
 use larder_core::kv::{Command, Reply};
+use larder_core::routing::RoutingTable;
+use larder_core::{GroupId, NodeId};
 use larder_faults::{Fault, FaultPlan, PlanConfig};
-use larder_nodes::client::Client;
 use larder_nodes::node::{NodeConfig, StorageNode};
 use serde::Serialize;
 
@@ -26,9 +25,11 @@ use crate::env::SimEnv;
 use crate::net::{NetFaults, SimNet, host_name};
 use crate::trace::{Trace, sim_now};
 use crate::workload::{
-    GROUP, History, OpKind, OpRecord, OpStatus, WorkloadConfig, client_id, counter_key,
-    register_key, run_client,
+    GROUP, History, OpKind, OpRecord, OpStatus, PROXY_PORT, RespClient, WorkloadConfig, client_id,
+    cluster_client, counter_key, group_client, register_key, run_client,
 };
+use larder_nodes::cluster::{ClusterClient, SharedRouting};
+use larder_nodes::proxy::{Proxy, ProxyConfig};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,6 +55,11 @@ pub struct SimConfig {
     /// Simulated time per turmoil step: every step polls every host, so this sets the
     /// simulator's speed against the resolution of message timing.
     pub tick: Duration,
+    /// Slot groups. 1: the single group of `voters` nodes (spares host it empty). More: the
+    /// 16384 slots are spread over them and each has three replicas on distinct nodes.
+    pub groups: u64,
+    /// RESP proxies in front of the cluster. 0: clients use the client SDK directly.
+    pub proxies: u64,
 }
 
 impl SimConfig {
@@ -77,7 +83,53 @@ impl SimConfig {
             keep_events: false,
             node,
             tick: Duration::from_millis(Self::TICK_MS_DEFAULT),
+            groups: 1,
+            proxies: 0,
         }
+    }
+
+    /// A multi-group cluster behind RESP proxies: `nodes` storage nodes, `groups` slot groups
+    /// of three replicas each, `proxies` proxies, clients speaking RESP to the proxies.
+    pub fn cluster(seed: u64, duration: Duration, nodes: u64, groups: u64, proxies: u64) -> Self {
+        let mut config = SimConfig::new(seed, duration);
+        config.nodes = nodes.max(3);
+        config.voters = 3;
+        config.groups = groups.max(1);
+        config.proxies = proxies;
+        config.clients = 4;
+        config.workload.register_keys = 8;
+        config.workload.counter_keys = 4;
+        config
+    }
+
+    /// The replicas of `group`: the first `voters` nodes for the single-group setup, else three
+    /// consecutive nodes (round-robin), which keeps a group's replicas on distinct nodes.
+    pub fn replicas_of(&self, group: GroupId) -> Vec<NodeId> {
+        if self.groups <= 1 {
+            return self
+                .node_ids()
+                .into_iter()
+                .take(self.voters as usize)
+                .collect();
+        }
+        let nodes = self.nodes.max(3);
+        (0..3).map(|i| (group - 1 + i) % nodes + 1).collect()
+    }
+
+    /// The groups node `id` hosts (in the single-group setup every node hosts the group, the
+    /// ones beyond `voters` as empty spares).
+    pub fn groups_of(&self, id: NodeId) -> Vec<GroupId> {
+        if self.groups <= 1 {
+            return vec![GROUP];
+        }
+        (1..=self.groups)
+            .filter(|&group| self.replicas_of(group).contains(&id))
+            .collect()
+    }
+
+    /// The routing table clients and proxies use (static until the center arrives).
+    pub fn routing(&self) -> RoutingTable {
+        RoutingTable::even(self.groups.max(1), |group| self.replicas_of(group))
     }
 
     fn heal_at(&self) -> Duration {
@@ -149,7 +201,8 @@ pub(crate) type NodeSlot = Arc<Mutex<Option<Arc<StorageNode<SimEnv>>>>>;
 #[derive(Debug, Default)]
 struct Final {
     values: BTreeMap<String, Option<String>>,
-    digests: BTreeMap<NodeId, (u64, u64)>,
+    /// (group, replica) -> (applied index, state hash).
+    digests: BTreeMap<(GroupId, NodeId), (u64, u64)>,
     first_success_ms: Option<u64>,
     problems: Vec<String>,
 }
@@ -161,6 +214,11 @@ pub(crate) struct NodeParts {
     pub(crate) clock: SimClock,
     pub(crate) slot: NodeSlot,
     pub(crate) up: bool,
+}
+
+/// Node id of simulated proxy `index`.
+pub fn proxy_id(index: u64) -> NodeId {
+    200 + index
 }
 
 /// Runs one seeded simulation.
@@ -185,6 +243,39 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
 
     let mut parts = register_nodes(&mut sim, config, &trace, &net_faults);
 
+    let routing = config.routing();
+    for index in 0..config.proxies {
+        let id = proxy_id(index);
+        let (faults, trace, routing) = (net_faults.clone(), trace.clone(), routing.clone());
+        sim.host(host_name(id), move || {
+            let net = SimNet::new(
+                id,
+                faults.clone(),
+                derive_seed(seed, id << 16),
+                trace.clone(),
+            );
+            let proxy = Proxy::new(
+                net,
+                SimClock::new(),
+                derive_seed(seed, id),
+                ProxyConfig {
+                    client: larder_nodes::client::ClientConfig {
+                        request_timeout: Duration::from_millis(1500),
+                        attempts_max: 6,
+                        backoff: Duration::from_millis(50),
+                    },
+                    ..ProxyConfig::default()
+                },
+                SharedRouting::new(routing.clone()),
+            );
+            async move {
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PROXY_PORT)).await?;
+                proxy.serve(crate::net::SimListener(listener)).await?;
+                Ok(())
+            }
+        });
+    }
+
     for (index, &id) in client_ids.iter().enumerate() {
         let net = SimNet::new(
             id,
@@ -192,28 +283,27 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
             derive_seed(seed, id << 16),
             trace.clone(),
         );
-        let (replicas, workload, history, trace) = (
+        let (replicas, workload, history, trace, routing) = (
             node_ids.clone(),
             config.workload.clone(),
             history.clone(),
             trace.clone(),
+            routing.clone(),
         );
         let client_seed = derive_seed(seed, 500 + index as u64);
         let until = config.duration;
+        let (groups, proxies) = (config.groups, config.proxies);
         sim.client(host_name(id), async move {
-            let clock = SimClock::new();
-            run_client(
-                id,
-                net,
-                clock,
-                replicas,
-                client_seed,
-                until,
-                workload,
-                history,
-                trace,
-            )
-            .await;
+            if proxies > 0 {
+                let client = RespClient::new(proxy_id(index as u64 % proxies));
+                run_client(id, client, client_seed, until, workload, history, trace).await;
+            } else if groups > 1 {
+                let client = cluster_client(net, routing, client_seed);
+                run_client(id, client, client_seed, until, workload, history, trace).await;
+            } else {
+                let client = group_client(net, replicas, client_seed);
+                run_client(id, client, client_seed, until, workload, history, trace).await;
+            }
             Ok(())
         });
     }
@@ -227,26 +317,25 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
             trace.clone(),
         );
         let slots: Vec<(NodeId, NodeSlot)> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
-        let (replicas, final_state, workload) = (
-            node_ids.clone(),
+        let replicas: BTreeMap<GroupId, Vec<NodeId>> = (1..=config.groups.max(1))
+            .map(|group| (group, config.replicas_of(group)))
+            .collect();
+        let (final_state, workload, routing) = (
             final_state.clone(),
             config.workload.clone(),
+            routing.clone(),
         );
         let (heal_at, duration, liveness) = (config.heal_at(), config.duration, config.liveness);
         sim.client(host_name(checker_id), async move {
-            let clock = SimClock::new();
-            check_final(
+            let client = ClusterClient::new(
                 net,
-                clock,
-                replicas,
-                slots,
-                workload,
-                heal_at,
-                duration,
-                liveness,
-                final_state,
-            )
-            .await;
+                SimClock::new(),
+                SharedRouting::new(routing),
+                larder_nodes::client::ClientConfig::default(),
+                derive_seed(0, 99),
+            );
+            let timing = (heal_at, duration, liveness);
+            check_final(client, replicas, slots, workload, timing, final_state).await;
             Ok(())
         });
     }
@@ -412,13 +501,17 @@ pub(crate) fn register_nodes(
         let clock = SimClock::new();
         let slot: NodeSlot = Arc::default();
         let incarnation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let voters: BTreeSet<NodeId> = node_ids
-            .iter()
-            .copied()
-            .take(config.voters as usize)
+        // The groups this node forms on its first start: those it is the first replica of.
+        let forms: Vec<(GroupId, BTreeSet<NodeId>)> = config
+            .groups_of(id)
+            .into_iter()
+            .map(|group| (group, config.replicas_of(group)))
+            .filter(|(_, replicas)| replicas.first() == Some(&id))
+            .map(|(group, replicas)| (group, replicas.into_iter().collect()))
             .collect();
         let mut node_config = config.node.clone();
         node_config.id = id;
+        node_config.groups = config.groups_of(id);
         let (disk_h, clock_h, slot_h, faults_h, trace_h) = (
             disk.clone(),
             clock.clone(),
@@ -439,7 +532,7 @@ pub(crate) fn register_nodes(
                 disk: disk_h.clone(),
                 seed: derive_seed(seed, id),
             };
-            let (node_config, voters, slot) = (node_config.clone(), voters.clone(), slot_h.clone());
+            let (node_config, forms, slot) = (node_config.clone(), forms.clone(), slot_h.clone());
             let trace_h2 = trace_h.clone();
             async move {
                 // A start that fails on an injected disk error is retried after a pause, as a
@@ -458,10 +551,12 @@ pub(crate) fn register_nodes(
                         }
                     }
                 };
-                // Node 1 bootstraps the group on its first start; later starts find it
-                // initialized (the membership entry is in its log) and leave it alone.
-                if id == 1 && generation == 0 {
-                    node.initialize(GROUP, &voters).await?;
+                // A group's first replica bootstraps it on its first start; later starts find
+                // it initialized (the membership entry is in its log) and leave it alone.
+                if generation == 0 {
+                    for (group, voters) in &forms {
+                        node.initialize(*group, voters).await?;
+                    }
                 }
                 *slot.lock().expect("slot lock") = Some(node.clone());
                 node.serve().await?;
@@ -642,33 +737,19 @@ fn heal_everything(sim: &mut turmoil::Sim<'_>, parts: &mut [NodeParts], net: &Ne
 }
 
 /// The checker client: after the workload, read every key (measuring how soon after the heal
-/// point the cluster serves) and wait for every replica to apply the same log, then take their
-/// state digests.
-#[allow(clippy::too_many_arguments)]
+/// point the cluster serves) and wait for every group's replicas to apply the same log, then
+/// take their state digests.
 async fn check_final(
-    net: SimNet,
-    clock: SimClock,
-    replicas: Vec<NodeId>,
+    mut client: ClusterClient<SimNet, SimClock>,
+    replicas: BTreeMap<GroupId, Vec<NodeId>>,
     slots: Vec<(NodeId, NodeSlot)>,
     workload: WorkloadConfig,
-    heal_at: Duration,
-    duration: Duration,
-    liveness: Duration,
+    (heal_at, duration, liveness): (Duration, Duration, Duration),
     final_state: Arc<Mutex<Final>>,
 ) {
-    let mut client = Client::new(
-        net,
-        clock,
-        GROUP,
-        replicas,
-        larder_nodes::client::ClientConfig::default(),
-        derive_seed(0, 99),
-    );
     tokio::time::sleep(heal_at).await;
     // Liveness: a read must succeed within `liveness` of the heal point.
-    let probe = Command::Get {
-        key: Bytes::from_static(b"liveness-probe"),
-    };
+    let probe = Command::get("liveness-probe");
     let mut first_success = None;
     while sim_now() < heal_at + liveness + Duration::from_secs(5) {
         if client.execute(probe.clone()).await.is_ok() {
@@ -687,12 +768,7 @@ async fn check_final(
     for key in keys {
         let mut result = None;
         for _ in 0..20 {
-            match client
-                .execute(Command::Get {
-                    key: Bytes::from(key.clone()),
-                })
-                .await
-            {
+            match client.execute(Command::get(&key)).await {
                 Ok(Reply::Bulk(bytes)) => {
                     result = Some(Some(String::from_utf8_lossy(&bytes).into_owned()))
                 }
@@ -712,23 +788,35 @@ async fn check_final(
             None => problems.push(format!("final read of {key} never succeeded")),
         }
     }
-    // Replicas converge: wait (bounded) until all report the same applied index.
+    // Replicas converge: wait (bounded) until each group's replicas report one applied index.
+    let node = |id: NodeId| {
+        slots
+            .iter()
+            .find(|(node, _)| *node == id)
+            .and_then(|(_, slot)| slot.lock().expect("slot lock").clone())
+    };
     let mut digests = BTreeMap::new();
-    for _ in 0..100 {
-        digests.clear();
-        for (id, slot) in &slots {
-            let node = slot.lock().expect("slot lock").clone();
-            if let Some(node) = node
-                && let Ok(digest) = node.state_digest(GROUP).await
-            {
-                digests.insert(*id, digest);
+    for (&group, members) in &replicas {
+        for _ in 0..100 {
+            let mut found = BTreeMap::new();
+            for &id in members {
+                if let Some(node) = node(id)
+                    && let Ok(digest) = node.state_digest(group).await
+                {
+                    found.insert((group, id), digest);
+                }
+            }
+            let indexes: BTreeSet<u64> = found.values().map(|(index, _)| *index).collect();
+            let done = found.len() == members.len() && indexes.len() == 1;
+            if done || sim_now() > duration + liveness + Duration::from_secs(100) {
+                digests.extend(found);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if done {
+                break;
             }
         }
-        let indexes: BTreeSet<u64> = digests.values().map(|(index, _)| *index).collect();
-        if digests.len() == slots.len() && indexes.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut state = final_state.lock().expect("final lock");
     state.values = values;
@@ -798,27 +886,26 @@ fn check(config: &SimConfig, history: &[OpRecord], final_state: &Final) -> Vec<S
             Some(_) => {}
         }
     }
-    // Replicas that applied the same log hold the same state.
-    let hashes: BTreeSet<u64> = final_state
-        .digests
-        .values()
-        .map(|(_, hash)| *hash)
-        .collect();
-    let indexes: BTreeSet<u64> = final_state
-        .digests
-        .values()
-        .map(|(index, _)| *index)
-        .collect();
-    if final_state.digests.len() != config.nodes as usize || indexes.len() != 1 {
-        violations.push(format!(
-            "replicas did not converge: {:?}",
-            final_state.digests
-        ));
-    } else if hashes.len() != 1 {
-        violations.push(format!(
-            "replicas diverged at the same applied index: {:?}",
-            final_state.digests
-        ));
+    // Replicas of a group that applied the same log hold the same state.
+    for group in 1..=config.groups.max(1) {
+        let members = config.replicas_of(group);
+        let digests: BTreeMap<NodeId, (u64, u64)> = final_state
+            .digests
+            .iter()
+            .filter(|((g, _), _)| *g == group)
+            .map(|((_, node), digest)| (*node, *digest))
+            .collect();
+        let hashes: BTreeSet<u64> = digests.values().map(|(_, hash)| *hash).collect();
+        let indexes: BTreeSet<u64> = digests.values().map(|(index, _)| *index).collect();
+        if digests.len() != members.len() || indexes.len() != 1 {
+            violations.push(format!(
+                "group {group}: replicas did not converge: {digests:?}"
+            ));
+        } else if hashes.len() != 1 {
+            violations.push(format!(
+                "group {group}: replicas diverged at the same applied index: {digests:?}"
+            ));
+        }
     }
     violations
 }

@@ -2,6 +2,7 @@
 //! with every operation recorded as invoked and completed (`ok`, `fail` = certainly had no
 //! effect, `info` = may or may not have taken effect).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,8 +10,12 @@ use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Rng, SeededRng};
 use larder_core::kv::{Command, Reply, SetCondition};
+use larder_core::resp::{self, Frame};
+use larder_core::routing::RoutingTable;
 use larder_nodes::client::{Client, ClientConfig, ClientError};
+use larder_nodes::cluster::{ClusterClient, SharedRouting};
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::clock::SimClock;
 use crate::net::SimNet;
@@ -111,13 +116,170 @@ fn client_config() -> ClientConfig {
     }
 }
 
+/// How a workload client reaches the store: the one-group SDK, the cluster SDK, or RESP
+/// through a proxy. Errors keep the SDK's meaning: `Unavailable` had no effect,
+/// `Indeterminate` may have.
+pub trait Executor {
+    fn execute(&mut self, command: Command) -> impl Future<Output = Result<Reply, ClientError>>;
+}
+
+impl Executor for Client<SimNet, SimClock> {
+    async fn execute(&mut self, command: Command) -> Result<Reply, ClientError> {
+        Client::execute(self, command).await
+    }
+}
+
+impl Executor for ClusterClient<SimNet, SimClock> {
+    async fn execute(&mut self, command: Command) -> Result<Reply, ClientError> {
+        ClusterClient::execute(self, command).await
+    }
+}
+
+/// The SDK client of the single-group setup.
+pub fn group_client(net: SimNet, replicas: Vec<NodeId>, seed: u64) -> Client<SimNet, SimClock> {
+    Client::new(net, SimClock::new(), GROUP, replicas, client_config(), seed)
+}
+
+/// A cluster SDK client (routes by slot, splits multi-key commands).
+pub fn cluster_client(
+    net: SimNet,
+    routing: RoutingTable,
+    seed: u64,
+) -> ClusterClient<SimNet, SimClock> {
+    ClusterClient::new(
+        net,
+        SimClock::new(),
+        SharedRouting::new(routing),
+        client_config(),
+        seed,
+    )
+}
+
+/// A Redis client of one proxy over simulated TCP: one connection, reopened after a failure,
+/// one request at a time.
+pub struct RespClient {
+    proxy: String,
+    stream: Option<turmoil::net::TcpStream>,
+    buffer: Vec<u8>,
+}
+
+/// The port simulated proxies listen on.
+pub const PROXY_PORT: u16 = 6379;
+
+impl RespClient {
+    pub fn new(proxy: NodeId) -> Self {
+        RespClient {
+            proxy: crate::net::host_name(proxy),
+            stream: None,
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn round_trip(&mut self, request: &[u8]) -> std::io::Result<Frame> {
+        if self.stream.is_none() {
+            self.stream =
+                Some(turmoil::net::TcpStream::connect((self.proxy.as_str(), PROXY_PORT)).await?);
+            self.buffer.clear();
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        stream.write_all(request).await?;
+        loop {
+            match resp::parse_frame(&self.buffer) {
+                Ok(Some((frame, used))) => {
+                    self.buffer.drain(..used);
+                    return Ok(frame);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn reply_of(frame: Frame) -> Result<Reply, ClientError> {
+    Ok(match frame {
+        Frame::Simple(text) if text == "OK" => Reply::Ok,
+        Frame::Simple(text) => Reply::Status(text),
+        Frame::Error(text) if text.starts_with("TRYAGAIN") => {
+            return Err(ClientError::Unavailable { reason: text });
+        }
+        Frame::Error(text) if text.starts_with("ERR indeterminate") => {
+            return Err(ClientError::Indeterminate { reason: text });
+        }
+        Frame::Error(text) => Reply::Error(text),
+        Frame::Integer(n) => Reply::Int(n),
+        Frame::Bulk(Some(bytes)) => Reply::Bulk(bytes),
+        Frame::Bulk(None) | Frame::Null | Frame::Array(None) => Reply::Nil,
+        Frame::Array(Some(items)) => Reply::Array(
+            items
+                .into_iter()
+                .map(|item| reply_of(item).unwrap_or_else(|e| Reply::Error(e.to_string())))
+                .collect(),
+        ),
+        other => Reply::Error(format!("unexpected frame {other:?}")),
+    })
+}
+
+/// The Redis arguments of the workload's commands.
+fn args_of(command: &Command) -> Vec<Bytes> {
+    match command {
+        Command::Set { key, value, .. } => {
+            vec![Bytes::from_static(b"SET"), key.clone(), value.clone()]
+        }
+        Command::Get { key } => vec![Bytes::from_static(b"GET"), key.clone()],
+        Command::IncrBy { key, delta } => vec![
+            Bytes::from_static(b"INCRBY"),
+            key.clone(),
+            Bytes::from(delta.to_string()),
+        ],
+        other => vec![Bytes::from(other.name().to_string())],
+    }
+}
+
+impl Executor for RespClient {
+    async fn execute(&mut self, command: Command) -> Result<Reply, ClientError> {
+        let mut request = Vec::new();
+        resp::encode_request(&args_of(&command), &mut request);
+        // Longer than the proxy's own retries, so a timeout here means the proxy is cut off.
+        match tokio::time::timeout(Duration::from_secs(10), self.round_trip(&request)).await {
+            Ok(Ok(frame)) => reply_of(frame),
+            Ok(Err(error)) => {
+                self.stream = None;
+                Err(lost(
+                    &command,
+                    format!("connection to {}: {error}", self.proxy),
+                ))
+            }
+            Err(_) => {
+                self.stream = None;
+                Err(lost(
+                    &command,
+                    format!("no reply from {} in 10 s", self.proxy),
+                ))
+            }
+        }
+    }
+}
+
+/// A request whose reply never came: a write may have been applied, a read had no effect.
+fn lost(command: &Command, reason: String) -> ClientError {
+    if command.is_write() {
+        ClientError::Indeterminate { reason }
+    } else {
+        ClientError::Unavailable { reason }
+    }
+}
+
 /// Runs one client until simulated time `until`, recording every operation.
-#[allow(clippy::too_many_arguments)]
 pub async fn run_client(
     id: NodeId,
-    net: SimNet,
-    clock: SimClock,
-    replicas: Vec<NodeId>,
+    mut client: impl Executor,
     seed: u64,
     until: Duration,
     config: WorkloadConfig,
@@ -125,7 +287,6 @@ pub async fn run_client(
     trace: Trace,
 ) {
     let mut rng = SeededRng::new(seed);
-    let mut client = Client::new(net, clock, GROUP, replicas, client_config(), seed);
     let actor = format!("n{id}");
     let mut sequence = 0u64;
     // Bounded by simulated time: every iteration sleeps or waits on the network.

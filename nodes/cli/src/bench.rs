@@ -38,11 +38,14 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Runs redis-benchmark against `port`; returns (test, requests per second) and error lines.
-fn redis_benchmark(
-    args: &BenchArgs,
-    port: u16,
-) -> anyhow::Result<(Vec<(String, f64)>, Vec<String>)> {
+/// What one redis-benchmark run printed: requests per second by test, and any error lines.
+struct Measured {
+    rates: Vec<(String, f64)>,
+    errors: Vec<String>,
+}
+
+/// Runs redis-benchmark against `port`.
+fn redis_benchmark(args: &BenchArgs, port: u16) -> anyhow::Result<Measured> {
     let output = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-t", &args.tests])
@@ -61,16 +64,13 @@ fn redis_benchmark(
     let mut errors = Vec::new();
     for line in text.split(['\r', '\n']) {
         let line = line.trim();
-        if let Some((test, rest)) = line.split_once(": ") {
-            if let Some(rps) = rest
-                .strip_suffix(" requests per second")
-                .or_else(|| rest.split_once(" requests per second").map(|(rps, _)| rps))
-            {
-                if let Ok(rps) = rps.trim().parse::<f64>() {
-                    results.push((test.to_string(), rps));
-                    continue;
-                }
-            }
+        let rate = line.split_once(": ").and_then(|(test, rest)| {
+            let (rps, _) = rest.split_once(" requests per second")?;
+            Some((test.to_string(), rps.trim().parse::<f64>().ok()?))
+        });
+        if let Some(rate) = rate {
+            results.push(rate);
+            continue;
         }
         if line.contains("ERR") || line.contains("Error") {
             errors.push(line.to_string());
@@ -79,7 +79,10 @@ fn redis_benchmark(
     if !output.status.success() {
         bail!("redis-benchmark failed: {}", text.trim());
     }
-    Ok((results, errors))
+    Ok(Measured {
+        rates: results,
+        errors,
+    })
 }
 
 struct Peer {
@@ -148,7 +151,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         "redis-benchmark -t {} -n {} -c {} -P {}; Larder: 3 nodes, {} slot groups, 1 proxy, one process",
         args.tests, args.requests, args.clients, args.pipeline, args.groups
     );
-    let (larder, larder_errors) = redis_benchmark(&args, port)?;
+    let Measured {
+        rates: larder,
+        errors: larder_errors,
+    } = redis_benchmark(&args, port)?;
     runtime.block_on(cluster.stop());
     drop(runtime);
 
@@ -157,8 +163,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         let dir = tempfile::tempdir().context("temporary directory for redis-server")?;
         for (name, durable) in [("redis always", true), ("redis no-persist", false)] {
             let peer = start_redis(dir.path(), durable)?;
-            let (results, _) = redis_benchmark(&args, peer.port)?;
-            peers.push((name, results));
+            peers.push((name, redis_benchmark(&args, peer.port)?.rates));
         }
     }
 

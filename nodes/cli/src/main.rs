@@ -66,6 +66,10 @@ struct SimArgs {
     /// larger is faster; a seed reproduces only with the same tick.
     #[arg(long, default_value_t = SimConfig::TICK_MS_DEFAULT)]
     tick_ms: u64,
+    /// Simulate the multi-group cluster: 5 storage nodes, 8 slot groups of three replicas,
+    /// 2 RESP proxies, clients speaking RESP to the proxies.
+    #[arg(long)]
+    cluster: bool,
 }
 
 fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
@@ -103,6 +107,9 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
     if args.no_faults {
         command.push_str(" --no-faults");
     }
+    if args.cluster {
+        command.push_str(" --cluster");
+    }
     if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
         command.push_str(&format!(" --tick-ms {}", args.tick_ms));
     }
@@ -117,7 +124,11 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
     };
     let mut failed = Vec::new();
     for &seed in &seeds {
-        let mut config = SimConfig::new(seed, args.duration);
+        let mut config = if args.cluster {
+            SimConfig::cluster(seed, args.duration, 5, 8, 2)
+        } else {
+            SimConfig::new(seed, args.duration)
+        };
         config.faults = !args.no_faults;
         config.tick = Duration::from_millis(args.tick_ms.max(1));
         if args.print_plan {
