@@ -138,7 +138,36 @@ impl Default for PlanConfig {
     }
 }
 
+impl PlanConfig {
+    /// A **swarm** configuration: the seed picks which kinds of faults the run uses (each kind
+    /// with probability 0.6, at least one) and how dense and long they are. Runs that see only
+    /// a few kinds, often, reach states an even mix of everything rarely does (swarm testing,
+    /// Groce et al. 2012; FoundationDB's "buggify" profiles).
+    pub fn swarm(seed: u64) -> PlanConfig {
+        let mut rng = SeededRng::new(derive_seed(seed, 0x5_a4a));
+        let mut kinds = [(); 5].map(|()| rng.chance(0.6));
+        if !kinds.iter().any(|&on| on) {
+            kinds[rng.below(5) as usize] = true;
+        }
+        let [partitions, crashes, disk, clocks, messages] = kinds;
+        PlanConfig {
+            partitions,
+            crashes,
+            disk,
+            clocks,
+            messages,
+            gap_ms_mean: rng.range(600, 5000),
+            fault_ms_max: rng.range(800, 6000),
+        }
+    }
+}
+
 impl FaultPlan {
+    /// [`FaultPlan::generate`] with the seed's own [`PlanConfig::swarm`] mix.
+    pub fn swarm(seed: u64, nodes: &[NodeId], heal_at_ms: u64) -> FaultPlan {
+        FaultPlan::generate(seed, nodes, heal_at_ms, &PlanConfig::swarm(seed))
+    }
+
     /// No faults at all: the run only checks that a healthy cluster serves.
     pub fn none(heal_at_ms: u64) -> Self {
         FaultPlan {
@@ -289,6 +318,34 @@ fn split(rng: &mut SeededRng, nodes: &[NodeId]) -> (Vec<NodeId>, Vec<NodeId>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn swarm_seeds_pick_their_own_mix_deterministically() {
+        let configs: Vec<PlanConfig> = (0..64).map(PlanConfig::swarm).collect();
+        assert_eq!(
+            configs[7],
+            PlanConfig::swarm(7),
+            "a seed must always pick the same mix"
+        );
+        let distinct: std::collections::BTreeSet<String> =
+            configs.iter().map(|c| format!("{c:?}")).collect();
+        assert!(distinct.len() > 32, "swarm mixes should vary across seeds");
+        for config in &configs {
+            assert!(
+                config.partitions
+                    || config.crashes
+                    || config.disk
+                    || config.clocks
+                    || config.messages,
+                "every swarm mix enables at least one kind: {config:?}"
+            );
+        }
+        // Some seed runs without crashes and some without partitions: the point of swarm.
+        assert!(configs.iter().any(|c| !c.crashes));
+        assert!(configs.iter().any(|c| !c.partitions));
+        let plan = FaultPlan::swarm(7, &[1, 2, 3], 15_000);
+        assert_eq!(plan, FaultPlan::swarm(7, &[1, 2, 3], 15_000));
+    }
+
     use super::*;
 
     #[test]

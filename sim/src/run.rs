@@ -45,8 +45,11 @@ pub struct SimConfig {
     pub voters: u64,
     pub clients: u64,
     pub workload: WorkloadConfig,
-    /// `None`: generate the plan from the seed with [`PlanConfig::default`].
+    /// `None`: generate the plan from the seed with [`PlanConfig::default`] (or the seed's
+    /// swarm mix, with `swarm`).
     pub plan: Option<FaultPlan>,
+    /// Generate the plan with [`PlanConfig::swarm`]: each seed picks its own fault mix.
+    pub swarm: bool,
     pub faults: bool,
     /// Keep every trace event in memory (needed to name the first divergence).
     pub keep_events: bool,
@@ -79,6 +82,7 @@ impl SimConfig {
             clients: 3,
             workload: WorkloadConfig::default(),
             plan: None,
+            swarm: false,
             faults: true,
             keep_events: false,
             node,
@@ -142,12 +146,14 @@ impl SimConfig {
         match (&self.plan, self.faults) {
             (_, false) => FaultPlan::none(heal_at_ms),
             (Some(plan), true) => plan.clone(),
-            (None, true) => FaultPlan::generate(
-                self.seed,
-                &self.node_ids(),
-                heal_at_ms,
-                &PlanConfig::default(),
-            ),
+            (None, true) => {
+                let mix = if self.swarm {
+                    PlanConfig::swarm(self.seed)
+                } else {
+                    PlanConfig::default()
+                };
+                FaultPlan::generate(self.seed, &self.node_ids(), heal_at_ms, &mix)
+            }
         }
     }
 

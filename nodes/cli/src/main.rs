@@ -70,6 +70,9 @@ struct SimArgs {
     /// 2 RESP proxies, clients speaking RESP to the proxies.
     #[arg(long)]
     cluster: bool,
+    /// Swarm fault plans: each seed picks its own mix and rates of faults.
+    #[arg(long)]
+    swarm: bool,
 }
 
 fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
@@ -110,6 +113,9 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
     if args.cluster {
         command.push_str(" --cluster");
     }
+    if args.swarm {
+        command.push_str(" --swarm");
+    }
     if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
         command.push_str(&format!(" --tick-ms {}", args.tick_ms));
     }
@@ -130,6 +136,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
             SimConfig::new(seed, args.duration)
         };
         config.faults = !args.no_faults;
+        config.swarm = args.swarm;
         config.tick = Duration::from_millis(args.tick_ms.max(1));
         if args.print_plan {
             println!("{}", serde_json::to_string_pretty(&config.plan())?);
