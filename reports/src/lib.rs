@@ -4,6 +4,8 @@
 //!
 //! It depends on everything upstream and nothing depends on it.
 
+pub mod html;
+
 use std::fmt::Write as _;
 
 use larder_sim::RunReport;

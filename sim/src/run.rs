@@ -179,6 +179,8 @@ pub struct RunReport {
     pub ops: OpCounts,
     /// Faults applied, by kind (including automatic restarts after a disk error stopped Raft).
     pub faults: BTreeMap<String, u64>,
+    /// Every fault as applied: (simulated ms, kind, description), for timelines.
+    pub fault_log: Vec<(u64, String, String)>,
     pub trace_hash: String,
     pub trace_events: u64,
     /// Broken invariants; empty for a passing run.
@@ -351,6 +353,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let mut events = plan.events.iter().peekable();
     let mut healed = false;
     let mut fault_counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut fault_log: Vec<(u64, String, String)> = Vec::new();
     let heal_at = config.heal_at();
     loop {
         let finished = sim.step().map_err(|e| SimError::Turmoil {
@@ -377,12 +380,18 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
                 *fault_counts
                     .entry(event.fault.kind().to_string())
                     .or_insert(0) += 1;
+                fault_log.push((
+                    now.as_millis() as u64,
+                    event.fault.kind().to_string(),
+                    format!("{:?}", event.fault),
+                ));
                 crate::trace_event!(trace, now, "sim", "fault {:?}", event.fault);
             }
         }
         if !healed && now >= heal_at {
             healed = true;
             heal_everything(&mut sim, &mut parts, &net_faults);
+            fault_log.push((now.as_millis() as u64, "heal_all".into(), "heal all".into()));
             crate::trace_event!(trace, now, "sim", "heal all");
         }
         // A disk error stops the group's Raft for good (as EIO would end a process): restart
@@ -408,6 +417,11 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
                 *fault_counts
                     .entry("restart_after_fatal".into())
                     .or_insert(0) += 1;
+                fault_log.push((
+                    now.as_millis() as u64,
+                    "restart_after_fatal".into(),
+                    format!("restart n{} after: {reason}", part.id),
+                ));
             }
         }
     }
@@ -435,6 +449,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         wall_seconds: wall_start.elapsed().as_secs_f64(),
         ops,
         faults: fault_counts,
+        fault_log,
         trace_hash: trace.hash(),
         trace_events: trace.len(),
         violations,

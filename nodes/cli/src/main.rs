@@ -73,6 +73,9 @@ struct SimArgs {
     /// Swarm fault plans: each seed picks its own mix and rates of faults.
     #[arg(long)]
     swarm: bool,
+    /// Write each seed's HTML report, JSON summary and history.jsonl here, and an index page.
+    #[arg(long)]
+    report_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
@@ -128,7 +131,24 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
         (None, Some(range)) => parse_seeds(range)?,
         (None, None) => vec![0],
     };
+    let sweep = seeds.len() > 1;
+    if let Some(dir) = &args.report_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let progress = if sweep && !args.json {
+        let bar = indicatif::ProgressBar::new(seeds.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} seeds, {msg} [{elapsed_precise}, eta {eta}]",
+            )
+            .expect("progress template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut failed = Vec::new();
+    let mut index = Vec::new();
     for &seed in &seeds {
         let mut config = if args.cluster {
             SimConfig::cluster(seed, args.duration, 5, 8, 2)
@@ -139,43 +159,79 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
         config.swarm = args.swarm;
         config.tick = Duration::from_millis(args.tick_ms.max(1));
         if args.print_plan {
-            println!("{}", serde_json::to_string_pretty(&config.plan())?);
+            say(&progress, serde_json::to_string_pretty(&config.plan())?);
         }
         let replay = replay_command(&args, seed);
         let (report, divergence) = if args.check_determinism {
-            let (report, divergence) = check_determinism(&config)
-                .with_context(|| format!("seed {seed}; replay with: {replay}"))?;
-            (report, divergence)
+            check_determinism(&config)
+                .with_context(|| format!("seed {seed}; replay with: {replay}"))?
         } else {
             (
                 run(&config).with_context(|| format!("seed {seed}; replay with: {replay}"))?,
                 None,
             )
         };
+        let ok = report.passed() && divergence.is_none();
         if args.json {
             println!("{}", larder_reports::summary_json(&report));
+        } else if sweep {
+            let ops = report.ops.ok + report.ops.fail + report.ops.info;
+            say(
+                &progress,
+                format!(
+                    "seed {seed:>5} {} {ops:>6} ops, trace {}{}",
+                    if ok { "PASS" } else { "FAIL" },
+                    &report.trace_hash[..16],
+                    if ok {
+                        String::new()
+                    } else {
+                        format!("\n  {}\n  replay: {replay}", report.violations.join("\n  "))
+                    }
+                ),
+            );
         } else {
             print!("{}", larder_reports::summary_text(&report, &replay));
         }
         if args.check_determinism {
-            match &divergence {
-                None => println!(
+            let line = match &divergence {
+                None => format!(
                     "determinism     same trace hash on both runs ({})",
                     report.trace_hash
                 ),
-                Some(text) => println!(
+                Some(text) => format!(
                     "determinism     FAIL: {text}\nreplay with     {replay} --check-determinism"
                 ),
+            };
+            if !sweep || divergence.is_some() {
+                say(&progress, line);
             }
         }
-        if !report.passed() || divergence.is_some() {
+        if let Some(dir) = &args.report_dir {
+            write_reports(dir, &report, &replay)?;
+            index.push(larder_reports::html::IndexRow {
+                seed,
+                passed: ok,
+                ops: report.ops.ok + report.ops.fail + report.ops.info,
+                faults: report.faults.values().sum(),
+                trace_hash: report.trace_hash.clone(),
+                page: format!("seed-{seed}.html"),
+                violations: report.violations.clone(),
+            });
+        }
+        if !ok {
             failed.push(seed);
         }
-        if seeds.len() > 1 {
-            println!();
-        }
+        progress.inc(1);
+        progress.set_message(format!("{} failed", failed.len()));
     }
-    if seeds.len() > 1 {
+    progress.finish_and_clear();
+    if let Some(dir) = &args.report_dir {
+        let path = dir.join("index.html");
+        std::fs::write(&path, larder_reports::html::index_page(&index))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("reports in {}", path.display());
+    }
+    if sweep {
         println!(
             "{} seeds, {} failed{}",
             seeds.len(),
@@ -188,6 +244,39 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(failed.is_empty())
+}
+
+/// Prints a line above the progress bar (and also when stdout is not a terminal, where the
+/// bar itself is hidden).
+fn say(progress: &indicatif::ProgressBar, line: impl std::fmt::Display) {
+    progress.suspend(|| println!("{line}"));
+}
+
+/// `seed-N.html`, `seed-N.json` and `seed-N.history.jsonl` of one run.
+fn write_reports(
+    dir: &std::path::Path,
+    report: &larder_sim::RunReport,
+    replay: &str,
+) -> anyhow::Result<()> {
+    let seed = report.seed;
+    let write = |name: String, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    write(
+        format!("seed-{seed}.html"),
+        larder_reports::html::run_page(report, replay),
+    )?;
+    write(
+        format!("seed-{seed}.json"),
+        larder_reports::summary_json(report),
+    )?;
+    let mut history = String::new();
+    for op in &report.history {
+        history.push_str(&serde_json::to_string(op)?);
+        history.push('\n');
+    }
+    write(format!("seed-{seed}.history.jsonl"), history)
 }
 
 fn main() -> ExitCode {

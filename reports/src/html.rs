@@ -1,0 +1,321 @@
+//! The HTML report of a run (a self-contained page with inline SVG: no scripts, no external
+//! assets) and the index page of a sweep. Output is a function of the report alone, so the same
+//! seed renders byte-identical pages.
+
+use std::fmt::Write as _;
+
+use larder_sim::RunReport;
+use larder_sim::workload::{OpKind, OpRecord, OpStatus};
+
+const WIDTH: f64 = 1100.0;
+const LEFT: f64 = 70.0;
+const ROW: f64 = 16.0;
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn colour(status: &OpStatus) -> &'static str {
+    match status {
+        OpStatus::Ok => "#2e7d32",
+        OpStatus::Fail => "#9e9e9e",
+        OpStatus::Info => "#ef6c00",
+    }
+}
+
+/// Keys a violation names (`counter c:0: …`, `register r:1: …`), to highlight their ops.
+fn failing_keys(report: &RunReport) -> Vec<String> {
+    let mut keys = Vec::new();
+    for violation in &report.violations {
+        for prefix in ["counter ", "register "] {
+            if let Some(rest) = violation.strip_prefix(prefix)
+                && let Some((key, _)) = rest.split_once(": ")
+            {
+                keys.push(key.to_string());
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The page of one run.
+pub fn run_page(report: &RunReport, replay: &str) -> String {
+    let mut out = String::new();
+    let verdict = if report.passed() { "PASS" } else { "FAIL" };
+    let _ = write!(
+        out,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Larder seed {seed} {verdict}</title>\
+         <style>body{{font-family:sans-serif;margin:20px}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}.fail{{color:#c62828}}\
+         .pass{{color:#2e7d32}}code{{background:#f4f4f4;padding:1px 4px}}</style></head><body>",
+        seed = report.seed
+    );
+    let _ = write!(
+        out,
+        "<h1>Seed {} <span class=\"{}\">{verdict}</span></h1>",
+        report.seed,
+        verdict.to_lowercase()
+    );
+    let _ = write!(
+        out,
+        "<p>Replay: <code>{}</code></p><table>\
+         <tr><th>simulated</th><td>{:.3} s</td></tr>\
+         <tr><th>operations</th><td>ok {} · fail {} · info {}</td></tr>\
+         <tr><th>trace</th><td>{} events, hash <code>{}</code></td></tr></table>",
+        escape(replay),
+        report.sim_seconds,
+        report.ops.ok,
+        report.ops.fail,
+        report.ops.info,
+        report.trace_events,
+        escape(&report.trace_hash)
+    );
+    if !report.violations.is_empty() {
+        out.push_str("<h2 class=\"fail\">Violations</h2><ul>");
+        for violation in &report.violations {
+            let _ = write!(out, "<li class=\"fail\">{}</li>", escape(violation));
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("<h2>Faults</h2><table><tr><th>kind</th><th>count</th></tr>");
+    for (kind, count) in &report.faults {
+        let _ = write!(out, "<tr><td>{}</td><td>{count}</td></tr>", escape(kind));
+    }
+    out.push_str("</table>");
+    out.push_str("<h2>Timeline</h2><p>One row per client; a bar from invoke to completion: \
+                  <span style=\"color:#2e7d32\">ok</span>, <span style=\"color:#9e9e9e\">fail</span>, \
+                  <span style=\"color:#ef6c00\">info</span>. Red lines: faults (hover for details). \
+                  Ops on a key a violation names are outlined red, and their time span shaded.</p>");
+    out.push_str(&timeline(report));
+    out.push_str("<h2>Latency</h2><p>Completion time minus invoke time, by invoke time.</p>");
+    out.push_str(&latency_plot(&report.history));
+    out.push_str("</body></html>\n");
+    out
+}
+
+fn timeline(report: &RunReport) -> String {
+    let history = &report.history;
+    let end_ms = history
+        .iter()
+        .map(|op| op.complete_ms)
+        .chain(report.fault_log.iter().map(|(at, _, _)| *at))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let mut clients: Vec<u64> = history.iter().map(|op| op.client).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let height = 40.0 + ROW * clients.len() as f64;
+    let x = |ms: u64| LEFT + (WIDTH - LEFT - 10.0) * ms as f64 / end_ms;
+    let failing = failing_keys(report);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" style=\"border:1px solid #ddd\">"
+    );
+    // The failing window: from the first to the last op on a failing key.
+    let window: Vec<&OpRecord> = history
+        .iter()
+        .filter(|op| failing.contains(&op.key))
+        .collect();
+    if let (Some(start), Some(end)) = (
+        window.iter().map(|op| op.invoke_ms).min(),
+        window.iter().map(|op| op.complete_ms).max(),
+    ) {
+        let _ = write!(
+            svg,
+            "<rect x=\"{:.1}\" y=\"0\" width=\"{:.1}\" height=\"{height}\" fill=\"#ffebee\"/>",
+            x(start),
+            (x(end) - x(start)).max(1.0)
+        );
+    }
+    for (row, client) in clients.iter().enumerate() {
+        let y = 30.0 + ROW * row as f64;
+        let _ = write!(
+            svg,
+            "<text x=\"4\" y=\"{:.1}\" font-size=\"11\">n{client}</text>",
+            y + 10.0
+        );
+        for op in history.iter().filter(|op| op.client == *client) {
+            let stroke = if failing.contains(&op.key) {
+                " stroke=\"#c62828\" stroke-width=\"1\""
+            } else {
+                ""
+            };
+            let _ = write!(
+                svg,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"10\" fill=\"{}\"{stroke}><title>{}</title></rect>",
+                x(op.invoke_ms),
+                y + 2.0,
+                (x(op.complete_ms) - x(op.invoke_ms)).max(0.8),
+                colour(&op.status),
+                escape(&format!(
+                    "{:?} {} {:?} {} [{} .. {} ms] {:?} {}",
+                    op.kind,
+                    op.key,
+                    op.value,
+                    op.delta,
+                    op.invoke_ms,
+                    op.complete_ms,
+                    op.status,
+                    op.error.as_deref().unwrap_or("")
+                ))
+            );
+        }
+    }
+    for (at, kind, detail) in &report.fault_log {
+        let _ = write!(
+            svg,
+            "<line x1=\"{0:.1}\" y1=\"14\" x2=\"{0:.1}\" y2=\"{height}\" stroke=\"#c62828\" stroke-dasharray=\"3,2\"><title>{1} ms: {2}</title></line>\
+             <text x=\"{0:.1}\" y=\"11\" font-size=\"9\" fill=\"#c62828\">{3}</text>",
+            x(*at),
+            at,
+            escape(detail),
+            escape(kind)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn latency_plot(history: &[OpRecord]) -> String {
+    let height = 260.0;
+    let end_ms = history
+        .iter()
+        .map(|op| op.invoke_ms)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let max_latency = history
+        .iter()
+        .map(|op| op.complete_ms.saturating_sub(op.invoke_ms))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" style=\"border:1px solid #ddd\">\
+         <text x=\"4\" y=\"14\" font-size=\"11\">{max_latency:.0} ms</text>\
+         <text x=\"4\" y=\"{:.0}\" font-size=\"11\">0</text>",
+        height - 6.0
+    );
+    for op in history {
+        let latency = op.complete_ms.saturating_sub(op.invoke_ms) as f64;
+        let cx = LEFT + (WIDTH - LEFT - 10.0) * op.invoke_ms as f64 / end_ms;
+        let cy = height - 10.0 - (height - 30.0) * latency / max_latency;
+        let shape = match op.kind {
+            OpKind::Set => "#1565c0",
+            OpKind::Get => "#6a1b9a",
+            OpKind::Incr => "#00838f",
+        };
+        let fill = if op.status == OpStatus::Ok {
+            shape
+        } else {
+            colour(&op.status)
+        };
+        let _ = write!(
+            svg,
+            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"1.6\" fill=\"{fill}\"/>"
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// One row of a sweep's index page.
+pub struct IndexRow {
+    pub seed: u64,
+    pub passed: bool,
+    pub ops: u64,
+    pub faults: u64,
+    pub trace_hash: String,
+    pub page: String,
+    pub violations: Vec<String>,
+}
+
+/// The index page of a sweep: one row per seed, failures first.
+pub fn index_page(rows: &[IndexRow]) -> String {
+    let mut sorted: Vec<&IndexRow> = rows.iter().collect();
+    sorted.sort_by_key(|row| (row.passed, row.seed));
+    let failed = rows.iter().filter(|row| !row.passed).count();
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Larder sweep</title>\
+         <style>body{{font-family:sans-serif;margin:20px}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:2px 8px}}.fail{{color:#c62828}}.pass{{color:#2e7d32}}</style>\
+         </head><body><h1>Sweep: {} seeds, {failed} failed</h1><table>\
+         <tr><th>seed</th><th>verdict</th><th>ops</th><th>faults</th><th>trace hash</th><th>violations</th></tr>",
+        rows.len()
+    );
+    for row in sorted {
+        let (class, verdict) = if row.passed {
+            ("pass", "PASS")
+        } else {
+            ("fail", "FAIL")
+        };
+        let _ = write!(
+            out,
+            "<tr><td><a href=\"{}\">{}</a></td><td class=\"{class}\">{verdict}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            escape(&row.page),
+            row.seed,
+            row.ops,
+            row.faults,
+            escape(&row.trace_hash[..row.trace_hash.len().min(16)]),
+            escape(&row.violations.join("; "))
+        );
+    }
+    out.push_str("</table></body></html>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn index_lists_failures_first_and_links_pages() {
+        let row = |seed, passed| IndexRow {
+            seed,
+            passed,
+            ops: 10,
+            faults: 2,
+            trace_hash: "abcdef0123456789abcdef".into(),
+            page: format!("seed-{seed}.html"),
+            violations: if passed {
+                vec![]
+            } else {
+                vec!["counter c:0: <bad>".into()]
+            },
+        };
+        let page = index_page(&[row(1, true), row(2, false)]);
+        let failed = page.find("seed-2.html").expect("failed seed listed");
+        let passed = page.find("seed-1.html").expect("passed seed listed");
+        assert!(failed < passed, "failures come first");
+        assert!(page.contains("&lt;bad&gt;"), "violations are escaped");
+        assert!(page.contains("2 seeds, 1 failed"));
+    }
+}
