@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use larder_sim::{SimConfig, check_determinism, run};
 
 mod bench;
+mod serve;
 mod up;
 
 #[derive(Parser)]
@@ -37,6 +38,10 @@ enum Command {
     Up(up::UpArgs),
     /// redis-benchmark against a local cluster and, side by side, against redis-server.
     Bench(bench::BenchArgs),
+    /// Run a storage node process (TOML config).
+    Node(serve::ConfigArgs),
+    /// Run a RESP proxy process (TOML config).
+    Proxy(serve::ConfigArgs),
 }
 
 #[derive(Args)]
@@ -294,6 +299,8 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim(args),
         Command::Up(args) => up::up(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Node(args) => serve::node(args),
+        Command::Proxy(args) => serve::proxy(args),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
