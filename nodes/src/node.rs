@@ -38,6 +38,12 @@ pub struct NodeConfig {
     /// Longest a client command may take on this node before it answers
     /// `Unavailable`/`Indeterminate`.
     pub request_timeout_ms: u64,
+    /// **Deliberately broken, for testing the tests**: a node that believes it leads answers
+    /// reads from its local state without the read-index round, so a deposed leader serves
+    /// stale reads. The simulator's checker must catch this (`sim/tests/broken_variant.rs`).
+    /// Never set in production.
+    #[serde(default)]
+    pub unsafe_local_reads: bool,
 }
 
 impl NodeConfig {
@@ -51,6 +57,7 @@ impl NodeConfig {
             snapshot_logs_since_last: 2000,
             snapshot_logs_kept: 200,
             request_timeout_ms: 2000,
+            unsafe_local_reads: false,
         }
     }
 
@@ -300,7 +307,11 @@ impl<E: Env> StorageNode<E> {
                 },
             }
         } else {
+            let stale_ok = self.config.unsafe_local_reads && self.is_leader(group);
             let read = async {
+                if stale_ok {
+                    return Ok(());
+                }
                 handle
                     .raft
                     .ensure_linearizable(ReadPolicy::ReadIndex)

@@ -75,14 +75,16 @@ pub fn run_page(report: &RunReport, replay: &str) -> String {
         "<p>Replay: <code>{}</code></p><table>\
          <tr><th>simulated</th><td>{:.3} s</td></tr>\
          <tr><th>operations</th><td>ok {} · fail {} · info {}</td></tr>\
-         <tr><th>trace</th><td>{} events, hash <code>{}</code></td></tr></table>",
+         <tr><th>trace</th><td>{} events, hash <code>{}</code></td></tr>\
+         <tr><th>linearizability</th><td>{}</td></tr></table>",
         escape(replay),
         report.sim_seconds,
         report.ops.ok,
         report.ops.fail,
         report.ops.info,
         report.trace_events,
-        escape(&report.trace_hash)
+        escape(&report.trace_hash),
+        escape(report.linearizability.lines().next().unwrap_or(""))
     );
     if !report.violations.is_empty() {
         out.push_str("<h2 class=\"fail\">Violations</h2><ul>");

@@ -21,6 +21,7 @@ pub struct Summary<'a> {
     pub trace_hash: &'a str,
     pub trace_events: u64,
     pub violations: &'a [String],
+    pub linearizability: &'a str,
     pub passed: bool,
 }
 
@@ -33,6 +34,7 @@ pub fn summary(report: &RunReport) -> Summary<'_> {
         trace_hash: &report.trace_hash,
         trace_events: report.trace_events,
         violations: &report.violations,
+        linearizability: &report.linearizability,
         passed: report.passed(),
     }
 }
@@ -82,6 +84,8 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
         "trace           {} events, hash {}",
         report.trace_events, report.trace_hash
     );
+    let first_line = report.linearizability.lines().next().unwrap_or("");
+    let _ = writeln!(out, "checker         {first_line}");
     if report.passed() {
         let _ = writeln!(out, "verdict         PASS");
     } else {

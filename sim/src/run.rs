@@ -30,6 +30,7 @@ use crate::workload::{
 };
 use larder_nodes::cluster::{ClusterClient, SharedRouting};
 use larder_nodes::proxy::{Proxy, ProxyConfig};
+use larder_workloads::checker::{Budget, CheckConfig, check_history};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -185,6 +186,9 @@ pub struct RunReport {
     pub trace_events: u64,
     /// Broken invariants; empty for a passing run.
     pub violations: Vec<String>,
+    /// The linearizability checker's verdict on the history (`linearizable`,
+    /// `not linearizable …`, or `unknown …` when the search budget ran out).
+    pub linearizability: String,
     #[serde(skip)]
     pub events: Option<Vec<String>>,
     #[serde(skip)]
@@ -223,6 +227,9 @@ pub(crate) struct NodeParts {
     pub(crate) slot: NodeSlot,
     pub(crate) up: bool,
 }
+
+/// Search states the linearizability checker may explore per run before answering `unknown`.
+const LINEARIZABILITY_STATES_MAX: u64 = 20_000_000;
 
 /// Node id of simulated proxy `index`.
 pub fn proxy_id(index: u64) -> NodeId {
@@ -429,7 +436,26 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let sim_elapsed = sim.elapsed();
     let history_records = history.records();
     let final_state = std::mem::take(&mut *final_state.lock().expect("final lock"));
-    let violations = check(config, &history_records, &final_state);
+    let mut violations = check(config, &history_records, &final_state);
+    // Every key's history must be linearizable (WGL search per key). The budget counts
+    // states, not seconds, so the verdict is as deterministic as the run.
+    let budget = Budget::unlimited().with_states_max(LINEARIZABILITY_STATES_MAX);
+    let linearizability = match check_history(
+        &crate::workload::to_history(&history_records),
+        &CheckConfig::default(),
+        &budget,
+    ) {
+        Ok(report) => {
+            if report.is_not_linearizable() {
+                violations.push(format!("linearizability: {report}"));
+            }
+            report.to_string().trim_end().to_string()
+        }
+        Err(error) => {
+            violations.push(format!("history is malformed: {error}"));
+            format!("history is malformed: {error}")
+        }
+    };
     let mut ops = OpCounts::default();
     for record in &history_records {
         match record.status {
@@ -453,6 +479,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         trace_hash: trace.hash(),
         trace_events: trace.len(),
         violations,
+        linearizability,
         events: trace.events(),
         history: history_records,
     })

@@ -2,6 +2,7 @@
 //! with every operation recorded as invoked and completed (`ok`, `fail` = certainly had no
 //! effect, `info` = may or may not have taken effect).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -381,4 +382,59 @@ pub async fn run_client(
             tokio::time::sleep(Duration::from_millis(think)).await;
         }
     }
+}
+
+/// The run's operations as a Jepsen-style history (`larder_workloads::History`): an invocation
+/// and a completion event per operation, in real-time order, for the linearizability checker
+/// and `history.jsonl`.
+pub fn to_history(records: &[OpRecord]) -> larder_workloads::History {
+    use larder_workloads::{Function, Op, OpKind as Event, Value};
+    let mut by_process: BTreeMap<NodeId, Vec<&OpRecord>> = BTreeMap::new();
+    for record in records {
+        by_process.entry(record.client).or_default().push(record);
+    }
+    let mut events = Vec::with_capacity(records.len() * 2);
+    for (process, ops) in by_process {
+        // A process's operations are sequential; keep them in invocation order.
+        let mut ops = ops;
+        ops.sort_by_key(|op| (op.invoke_ms, op.complete_ms));
+        for op in ops {
+            let (f, input, output) = match op.kind {
+                OpKind::Set => {
+                    let value = op.value.clone().map_or(Value::Null, Value::from);
+                    (Function::Write, value.clone(), value)
+                }
+                OpKind::Get => (
+                    Function::Read,
+                    Value::Null,
+                    op.value.clone().map_or(Value::Null, Value::from),
+                ),
+                OpKind::Incr => (Function::Add, Value::Int(op.delta), Value::Int(op.delta)),
+            };
+            let kind = match op.status {
+                OpStatus::Ok => Event::Ok,
+                OpStatus::Fail => Event::Fail,
+                OpStatus::Info => Event::Info,
+            };
+            let event = |time_ms: u64, kind, value, error| Op {
+                index: 0,
+                time_ns: time_ms * 1_000_000,
+                process,
+                kind,
+                f,
+                key: op.key.clone(),
+                value,
+                error,
+            };
+            events.push(event(op.invoke_ms, Event::Invoke, input, None));
+            events.push(event(op.complete_ms, kind, output, op.error.clone()));
+        }
+    }
+    // Stable: at equal times a process's invocation stays before its completion.
+    events.sort_by_key(|op| op.time_ns);
+    let mut history = larder_workloads::History::new();
+    for event in events {
+        history.push(event);
+    }
+    history
 }

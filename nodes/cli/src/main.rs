@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use larder_sim::{SimConfig, check_determinism, run};
 
 mod bench;
+mod jepsen;
 mod serve;
 mod up;
 
@@ -38,10 +39,42 @@ enum Command {
     Up(up::UpArgs),
     /// redis-benchmark against a local cluster and, side by side, against redis-server.
     Bench(bench::BenchArgs),
+    /// A Jepsen-style run on real processes: kill -9, SIGSTOP, partitions through relays.
+    Jepsen(jepsen::JepsenArgs),
+    /// Check a history for linearizability (history.jsonl, Jepsen `INFO jepsen.util` logs,
+    /// Porcupine EDN kv logs).
+    Check(CheckArgs),
     /// Run a storage node process (TOML config).
     Node(serve::ConfigArgs),
     /// Run a RESP proxy process (TOML config).
     Proxy(serve::ConfigArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The history file.
+    path: std::path::PathBuf,
+    /// Give up after this long and answer "unknown" (never a false verdict).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    time_limit: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<bool> {
+    // Offline tooling: the user waits in real time.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let budget = larder_workloads::checker::Budget::until(started + args.time_limit);
+    let report = larder_workloads::check_file_with(&args.path, &budget)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+        println!("checked in {:.3} s", started.elapsed().as_secs_f64());
+    }
+    Ok(!report.is_not_linearizable())
 }
 
 #[derive(Args)]
@@ -276,11 +309,7 @@ fn write_reports(
         format!("seed-{seed}.json"),
         larder_reports::summary_json(report),
     )?;
-    let mut history = String::new();
-    for op in &report.history {
-        history.push_str(&serde_json::to_string(op)?);
-        history.push('\n');
-    }
+    let history = larder_sim::workload::to_history(&report.history).to_jsonl_string();
     write(format!("seed-{seed}.history.jsonl"), history)
 }
 
@@ -299,6 +328,8 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim(args),
         Command::Up(args) => up::up(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Jepsen(args) => jepsen::jepsen(args),
+        Command::Check(args) => check(args),
         Command::Node(args) => serve::node(args),
         Command::Proxy(args) => serve::proxy(args),
     };

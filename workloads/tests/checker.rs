@@ -1,0 +1,395 @@
+//! Hand-written linearizable and non-linearizable histories.
+
+mod common;
+
+use common::Ops;
+use larder_workloads::{
+    Budget, CheckConfig, KeyVerdict, Model, ModelKind, Outcome, Value, Verdict, check_operations,
+};
+
+fn assert_linearizable(ops: &Ops) {
+    let report = ops.check();
+    assert!(report.is_linearizable(), "{report}");
+}
+
+fn assert_not_linearizable(ops: &Ops) -> Verdict {
+    let report = ops.check();
+    assert!(report.is_not_linearizable(), "{report}");
+    report.verdict
+}
+
+#[test]
+fn sequential_write_then_read() {
+    let mut h = Ops::new();
+    h.read(1, "k", Value::Null, 0, 5)
+        .write(1, "k", 1, 10, 20)
+        .read(2, "k", 1, 30, 40)
+        .write(2, "k", "s", 50, 60)
+        .read(1, "k", "s", 70, 80);
+    assert_linearizable(&h);
+}
+
+#[test]
+fn read_of_never_written_key_is_null() {
+    let mut h = Ops::new();
+    h.read(1, "k", Value::Null, 0, 5);
+    assert_linearizable(&h);
+    let mut h = Ops::new();
+    h.read(1, "k", 0, 0, 5);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn stale_read_after_acknowledged_write() {
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .write(1, "k", 2, 20, 30)
+        .read(2, "k", 1, 40, 50);
+    let verdict = assert_not_linearizable(&h);
+    let Verdict::NotLinearizable {
+        key,
+        ops,
+        longest_linearizable_prefix,
+    } = verdict
+    else {
+        unreachable!()
+    };
+    assert_eq!(key, "k");
+    assert_eq!(ops.len(), 3);
+    let prefix = longest_linearizable_prefix.expect("prefix within an unlimited budget");
+    assert_eq!(prefix.completions, 2);
+    assert_eq!(prefix.linearization, vec![0, 1]);
+    assert_eq!(prefix.culprit.id, 2);
+}
+
+#[test]
+fn read_concurrent_with_write_may_see_either_value() {
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .write(1, "k", 2, 20, 40)
+        .read(2, "k", 1, 25, 30)
+        .read(3, "k", 2, 26, 35)
+        .read(2, "k", 2, 41, 50);
+    assert_linearizable(&h);
+    // but once a reader saw the new value, a later reader cannot see the old one
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .write(1, "k", 2, 20, 60)
+        .read(2, "k", 2, 25, 30)
+        .read(3, "k", 1, 35, 40);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn concurrent_writes_then_reads_in_conflicting_orders() {
+    // both writes overlap; afterwards readers must agree on the winner
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .write(2, "k", 2, 0, 10)
+        .read(3, "k", 1, 20, 30)
+        .read(4, "k", 1, 40, 50);
+    assert_linearizable(&h);
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .write(2, "k", 2, 0, 10)
+        .read(3, "k", 1, 20, 30)
+        .read(4, "k", 2, 40, 50);
+    assert_not_linearizable(&h);
+    // readers concurrent with both writes may see 1 then 2, but not 1, 2, 1
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 100)
+        .write(2, "k", 2, 0, 100)
+        .read(3, "k", 1, 10, 20)
+        .read(3, "k", 2, 30, 40);
+    assert_linearizable(&h);
+    h.read(3, "k", 1, 50, 60);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn cas_success_on_wrong_value() {
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .cas(2, "k", 1, 2, Outcome::Ok, 20, Some(30))
+        .read(1, "k", 2, 40, 50);
+    assert_linearizable(&h);
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .cas(2, "k", 3, 2, Outcome::Ok, 20, Some(30));
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn failed_cas_semantics() {
+    // a cas that failed its compare while the value was its `from`
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .cas(2, "k", 1, 2, Outcome::Fail, 20, Some(30));
+    // by default a failure only means "no effect": dropped
+    assert_linearizable(&h);
+    let strict = CheckConfig {
+        fail_cas_observes_mismatch: true,
+        ..CheckConfig::default()
+    };
+    assert!(h.check_with(&strict).is_not_linearizable());
+    // a failed compare concurrent with a write can fit before it
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10).write(1, "k", 5, 15, 40).cas(
+        2,
+        "k",
+        5,
+        2,
+        Outcome::Fail,
+        20,
+        Some(30),
+    );
+    assert!(h.check_with(&strict).is_linearizable());
+}
+
+#[test]
+fn indeterminate_cas() {
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .cas(2, "k", 1, 2, Outcome::Info, 20, None)
+        .read(1, "k", 1, 30, 40)
+        .read(1, "k", 2, 50, 60);
+    assert_linearizable(&h);
+    h.read(1, "k", 1, 70, 80);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn info_write_whose_value_is_later_read() {
+    let mut h = Ops::new();
+    h.write_info(1, "k", 5, 0)
+        .read(2, "k", Value::Null, 10, 20)
+        .read(2, "k", 5, 100, 110)
+        .read(3, "k", 5, 200, 210);
+    assert_linearizable(&h);
+    // an info write cannot take effect before it was invoked
+    let mut h = Ops::new();
+    h.read(2, "k", 5, 0, 10).write_info(1, "k", 5, 20);
+    assert_not_linearizable(&h);
+    // it takes effect once: after its value was read and overwritten, it cannot return
+    let mut h = Ops::new();
+    h.write_info(1, "k", 5, 0)
+        .read(2, "k", 5, 10, 20)
+        .write(2, "k", 6, 30, 40)
+        .read(2, "k", 5, 50, 60);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn info_write_that_never_happens() {
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .write_info(2, "k", 7, 5)
+        .read(1, "k", 1, 20, 30)
+        .read(1, "k", 1, 40, 50);
+    assert_linearizable(&h);
+}
+
+#[test]
+fn read_of_a_value_nobody_wrote() {
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .write_info(2, "k", 2, 0)
+        .read(3, "k", 3, 20, 30);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn failed_write_has_no_effect() {
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .write_fail(2, "k", 2, 20, 30)
+        .read(1, "k", 1, 40, 50);
+    assert_linearizable(&h);
+    h.read(1, "k", 2, 60, 70);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn counter_reads_return_the_sum() {
+    let mut h = Ops::new();
+    h.read(1, "c", Value::Null, 0, 1)
+        .add_ok(1, "c", 1, 10, 20)
+        .add_ok(2, "c", 2, 15, 25)
+        .read(3, "c", 1, 12, 18)
+        .read(3, "c", 3, 30, 40);
+    let report = h.check();
+    assert!(report.is_linearizable(), "{report}");
+    assert_eq!(report.keys[0].model, ModelKind::Counter);
+    h.read(3, "c", 4, 50, 60);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn counter_with_indeterminate_adds() {
+    let mut h = Ops::new();
+    h.add_ok(1, "c", 1, 0, 10)
+        .add_info(2, "c", 10, 5)
+        .add_info(3, "c", 100, 5)
+        .read(1, "c", 1, 20, 30)
+        .read(1, "c", 101, 40, 50)
+        .read(1, "c", 111, 60, 70);
+    assert_linearizable(&h);
+    // 11 was possible before the 101, but sums never go back
+    let mut h2 = Ops::new();
+    h2.ops = h.ops.clone();
+    h2.read(1, "c", 101, 80, 90);
+    assert_not_linearizable(&h2);
+    // a sum no subset of adds makes
+    let mut h3 = Ops::new();
+    h3.ops = h.ops[..3].to_vec();
+    h3.read(1, "c", 12, 20, 30);
+    assert_not_linearizable(&h3);
+}
+
+#[test]
+fn append_register() {
+    let mut h = Ops::new();
+    h.append(1, "l", "a", 0, 10)
+        .append(2, "l", "b", 5, 15)
+        .read(1, "l", "ab", 20, 30);
+    assert_linearizable(&h);
+    h.read(2, "l", "ba", 40, 50);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn keys_are_checked_independently_and_the_smallest_failure_is_reported() {
+    let mut h = Ops::new();
+    // key a: fine
+    h.write(1, "a", 1, 0, 10).read(2, "a", 1, 20, 30);
+    // key b: stale read, 4 operations
+    h.write(1, "b", 1, 0, 10)
+        .write(1, "b", 2, 20, 30)
+        .read(2, "b", 1, 40, 50)
+        .read(2, "b", 2, 60, 70);
+    // key c: read of a never-written value, 1 operation
+    h.read(3, "c", 9, 0, 10);
+    // the same history on one key would be fine only per key, so keys must not mix
+    let report = h.check();
+    let Verdict::NotLinearizable { key, ops, .. } = &report.verdict else {
+        panic!("{report}");
+    };
+    assert_eq!(key, "c");
+    assert_eq!(ops.len(), 1);
+    let verdicts: Vec<(&str, &KeyVerdict)> = report
+        .keys
+        .iter()
+        .map(|k| (k.key.as_str(), &k.verdict))
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            ("a", &KeyVerdict::Linearizable),
+            ("b", &KeyVerdict::NotLinearizable),
+            ("c", &KeyVerdict::NotLinearizable),
+        ]
+    );
+    assert_eq!(report.operations, 7);
+    let text = report.to_string();
+    assert!(text.starts_with("NOT linearizable"), "{text}");
+}
+
+#[test]
+fn failing_window_is_the_minimal_prefix() {
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10)
+        .read(2, "k", 1, 20, 30)
+        .write(1, "k", 2, 40, 50)
+        .read(2, "k", 1, 60, 70) // the first stale read
+        .write(1, "k", 3, 80, 90)
+        .read(2, "k", 3, 100, 110);
+    let Verdict::NotLinearizable {
+        ops,
+        longest_linearizable_prefix,
+        ..
+    } = h.check().verdict
+    else {
+        panic!()
+    };
+    assert_eq!(
+        ops.iter().map(|o| o.id).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    let prefix = longest_linearizable_prefix.unwrap();
+    assert_eq!(prefix.completions, 3);
+    assert_eq!(prefix.culprit.id, 3);
+    // the window on its own fails too
+    let window = Ops { ops };
+    assert!(window.check().is_not_linearizable());
+}
+
+#[test]
+fn model_mismatch_is_unknown_not_a_verdict() {
+    let mut h = Ops::new();
+    h.add_ok(1, "c", 1, 0, 10).write(1, "c", "text", 20, 30);
+    let report = h.check();
+    assert!(report.is_unknown(), "{report}");
+    let mut h = Ops::new();
+    h.add_ok(1, "c", 1, 0, 10);
+    let forced = CheckConfig {
+        model: Model::Register,
+        ..CheckConfig::default()
+    };
+    assert!(h.check_with(&forced).is_unknown());
+}
+
+#[test]
+fn unknown_keys_do_not_hide_failures() {
+    let mut h = Ops::new();
+    h.add_ok(1, "c", 1, 0, 10).write(1, "c", "text", 20, 30);
+    h.read(3, "r", 9, 0, 10);
+    assert!(h.check().is_not_linearizable());
+}
+
+#[test]
+fn budget_exhaustion_is_unknown() {
+    // many concurrent writes and a read of a value none of them wrote: the search must try
+    // every order before giving up
+    let mut h = Ops::new();
+    for p in 0..14 {
+        h.write(p, "k", p as i64, 0, 100);
+    }
+    h.read(99, "k", 1000, 200, 300);
+    let report = check_operations(
+        &h.ops,
+        &CheckConfig::default(),
+        &Budget::unlimited().with_states_max(500),
+    );
+    assert!(report.is_unknown(), "{report}");
+    assert!(matches!(report.keys[0].verdict, KeyVerdict::Unknown { .. }));
+    // a deadline that has already passed
+    let report = check_operations(&h.ops, &CheckConfig::default(), &Budget::deadline(|| true));
+    assert!(report.is_unknown(), "{report}");
+    // and unbounded, the verdict
+    assert!(h.check().is_not_linearizable());
+}
+
+#[test]
+fn deadline_instant_in_the_past() {
+    let mut h = Ops::new();
+    for p in 0..14 {
+        h.write(p, "k", p as i64, 0, 100);
+    }
+    h.read(99, "k", 1000, 200, 300);
+    // The instant is made by the test, not by the checker.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    let report = check_operations(&h.ops, &CheckConfig::default(), &Budget::until(now));
+    assert!(report.is_unknown(), "{report}");
+}
+
+#[test]
+fn report_serializes() {
+    let mut h = Ops::new();
+    h.write(1, "k", 1, 0, 10).read(2, "k", 2, 20, 30);
+    let report = h.check();
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(json.contains(r#""result":"not_linearizable""#), "{json}");
+    let back: larder_workloads::Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, report);
+}

@@ -1,0 +1,192 @@
+//! Shorthand for hand-written histories.
+#![allow(dead_code)]
+
+use larder_workloads::{
+    Budget, CheckConfig, Function, Operation, Outcome, Report, Value, check_operations,
+};
+
+/// Builds operations with ids in the order they are added.
+#[derive(Default)]
+pub struct Ops {
+    pub ops: Vec<Operation>,
+}
+
+impl Ops {
+    pub fn new() -> Self {
+        Ops::default()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        process: u64,
+        f: Function,
+        key: &str,
+        value: Value,
+        output: Value,
+        outcome: Outcome,
+        start: u64,
+        end: Option<u64>,
+    ) -> &mut Self {
+        let id = self.ops.len();
+        self.ops.push(Operation {
+            id,
+            process,
+            f,
+            key: key.to_string(),
+            value,
+            output,
+            outcome,
+            invoke_ns: start,
+            complete_ns: end,
+            invoke_index: 0,
+            complete_index: None,
+            error: None,
+        });
+        self
+    }
+
+    pub fn write(
+        &mut self,
+        p: u64,
+        key: &str,
+        v: impl Into<Value>,
+        start: u64,
+        end: u64,
+    ) -> &mut Self {
+        self.add(
+            p,
+            Function::Write,
+            key,
+            v.into(),
+            Value::Null,
+            Outcome::Ok,
+            start,
+            Some(end),
+        )
+    }
+
+    pub fn write_info(&mut self, p: u64, key: &str, v: impl Into<Value>, start: u64) -> &mut Self {
+        self.add(
+            p,
+            Function::Write,
+            key,
+            v.into(),
+            Value::Null,
+            Outcome::Info,
+            start,
+            None,
+        )
+    }
+
+    pub fn write_fail(
+        &mut self,
+        p: u64,
+        key: &str,
+        v: impl Into<Value>,
+        start: u64,
+        end: u64,
+    ) -> &mut Self {
+        self.add(
+            p,
+            Function::Write,
+            key,
+            v.into(),
+            Value::Null,
+            Outcome::Fail,
+            start,
+            Some(end),
+        )
+    }
+
+    pub fn read(
+        &mut self,
+        p: u64,
+        key: &str,
+        v: impl Into<Value>,
+        start: u64,
+        end: u64,
+    ) -> &mut Self {
+        self.add(
+            p,
+            Function::Read,
+            key,
+            Value::Null,
+            v.into(),
+            Outcome::Ok,
+            start,
+            Some(end),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn cas(
+        &mut self,
+        p: u64,
+        key: &str,
+        from: i64,
+        to: i64,
+        outcome: Outcome,
+        start: u64,
+        end: Option<u64>,
+    ) -> &mut Self {
+        let pair = Value::pair(from.into(), to.into());
+        self.add(
+            p,
+            Function::Cas,
+            key,
+            pair,
+            Value::Null,
+            outcome,
+            start,
+            end,
+        )
+    }
+
+    pub fn add_ok(&mut self, p: u64, key: &str, delta: i64, start: u64, end: u64) -> &mut Self {
+        self.add(
+            p,
+            Function::Add,
+            key,
+            delta.into(),
+            Value::Null,
+            Outcome::Ok,
+            start,
+            Some(end),
+        )
+    }
+
+    pub fn add_info(&mut self, p: u64, key: &str, delta: i64, start: u64) -> &mut Self {
+        self.add(
+            p,
+            Function::Add,
+            key,
+            delta.into(),
+            Value::Null,
+            Outcome::Info,
+            start,
+            None,
+        )
+    }
+
+    pub fn append(&mut self, p: u64, key: &str, s: &str, start: u64, end: u64) -> &mut Self {
+        self.add(
+            p,
+            Function::Append,
+            key,
+            s.into(),
+            Value::Null,
+            Outcome::Ok,
+            start,
+            Some(end),
+        )
+    }
+
+    pub fn check(&self) -> Report {
+        self.check_with(&CheckConfig::default())
+    }
+
+    pub fn check_with(&self, config: &CheckConfig) -> Report {
+        check_operations(&self.ops, config, &Budget::unlimited())
+    }
+}
