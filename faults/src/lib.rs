@@ -53,6 +53,11 @@ pub enum Fault {
     ClockJump { node: NodeId, jump_ms: i64 },
     /// `node`'s clocks are true again.
     HealClock { node: NodeId },
+    /// The process stops (SIGSTOP): nothing it sends or is sent moves until it resumes, then
+    /// everything held is delivered at once, late.
+    Pause { node: NodeId },
+    /// The paused process continues (SIGCONT).
+    Resume { node: NodeId },
 }
 
 impl Fault {
@@ -76,6 +81,8 @@ impl Fault {
             Fault::ClockDrift { .. } => "clock_drift",
             Fault::ClockJump { .. } => "clock_jump",
             Fault::HealClock { .. } => "heal_clock",
+            Fault::Pause { .. } => "pause",
+            Fault::Resume { .. } => "resume",
         }
     }
 
@@ -88,6 +95,7 @@ impl Fault {
                 | Fault::Restart { .. }
                 | Fault::HealDisk { .. }
                 | Fault::HealClock { .. }
+                | Fault::Resume { .. }
         )
     }
 }
@@ -122,6 +130,12 @@ pub struct PlanConfig {
     pub gap_ms_mean: u64,
     /// Longest a single fault lasts before it is healed.
     pub fault_ms_max: u64,
+    /// Process pauses (SIGSTOP/SIGCONT).
+    #[serde(default)]
+    pub pauses: bool,
+    /// Bridge partitions: two sides that cannot talk, and one node that talks to both.
+    #[serde(default)]
+    pub bridges: bool,
 }
 
 impl Default for PlanConfig {
@@ -134,6 +148,10 @@ impl Default for PlanConfig {
             messages: true,
             gap_ms_mean: 2500,
             fault_ms_max: 4000,
+            // Off by default so the default plans (and the regression seeds built on them)
+            // stay as they were; swarm plans draw them.
+            pauses: false,
+            bridges: false,
         }
     }
 }
@@ -158,6 +176,8 @@ impl PlanConfig {
             messages,
             gap_ms_mean: rng.range(600, 5000),
             fault_ms_max: rng.range(800, 6000),
+            pauses: rng.chance(0.5),
+            bridges: partitions && rng.chance(0.5),
         }
     }
 }
@@ -207,6 +227,7 @@ impl FaultPlan {
             (config.disk, 2),
             (config.clocks, 3),
             (config.messages, 4),
+            (config.pauses, 5),
         ] {
             if enabled {
                 kinds.push(kind);
@@ -224,15 +245,22 @@ impl FaultPlan {
             let mut push = |at_ms: u64, fault: Fault| events.push(ScheduledFault { at_ms, fault });
             match kinds[rng.below(kinds.len() as u64) as usize] {
                 0 => {
-                    let fault = match rng.below(3) {
+                    let fault = match rng.below(if config.bridges { 4 } else { 3 }) {
                         0 => Fault::IsolateLeader,
                         1 => {
                             let (side_a, side_b) = split(&mut rng, nodes);
                             Fault::Partition { side_a, side_b }
                         }
-                        _ => {
+                        2 => {
                             let (from, to) = split(&mut rng, nodes);
                             Fault::PartitionOneWay { from, to }
+                        }
+                        _ => {
+                            // The bridge belongs to neither side, so it still talks to both.
+                            let rest: Vec<NodeId> =
+                                nodes.iter().copied().filter(|&n| n != node).collect();
+                            let (side_a, side_b) = split(&mut rng, &rest);
+                            Fault::Partition { side_a, side_b }
                         }
                     };
                     push(at, fault);
@@ -279,6 +307,10 @@ impl FaultPlan {
                     };
                     push(at, fault);
                     push(until, Fault::HealClock { node });
+                }
+                5 => {
+                    push(at, Fault::Pause { node });
+                    push(until, Fault::Resume { node });
                 }
                 _ => {
                     let fault = match rng.below(3) {

@@ -355,6 +355,14 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         });
     }
 
+    // Every process that is not a storage node: clients, proxies and the checker.
+    let other_hosts: Vec<NodeId> = client_ids
+        .iter()
+        .copied()
+        .chain((0..config.proxies).map(proxy_id))
+        .chain([checker_id])
+        .collect();
+
     // Drive the simulation, applying faults on time.
     let mut rng = SeededRng::new(derive_seed(seed, 2));
     let mut events = plan.events.iter().peekable();
@@ -381,7 +389,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
                 &net_faults,
                 &mut rng,
                 &event.fault,
-                &client_ids,
+                &other_hosts,
             );
             if applied {
                 *fault_counts
@@ -397,7 +405,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         }
         if !healed && now >= heal_at {
             healed = true;
-            heal_everything(&mut sim, &mut parts, &net_faults);
+            heal_everything(&mut sim, &mut parts, &net_faults, &other_hosts);
             fault_log.push((now.as_millis() as u64, "heal_all".into(), "heal all".into()));
             crate::trace_event!(trace, now, "sim", "heal all");
         }
@@ -526,6 +534,9 @@ pub(crate) fn build_sim<'a>(config: &SimConfig) -> turmoil::Sim<'a> {
         .rng_seed(derive_seed(config.seed, 1))
         .tick_duration(config.tick)
         .min_message_latency(Duration::from_micros(200))
+        // turmoil panics (rather than refusing) when a listener's backlog overflows; a pause
+        // releases every held connection attempt at once, far beyond the default 64.
+        .tcp_capacity(4096)
         .max_message_latency(Duration::from_millis(5))
         // The checker needs time after the workload; the cap only stops a wedged run.
         .simulation_duration(config.duration + config.liveness + Duration::from_secs(120))
@@ -648,7 +659,29 @@ fn apply_fault(
     clients: &[NodeId],
 ) -> bool {
     let part = |parts: &mut [NodeParts], node: NodeId| parts.iter_mut().position(|p| p.id == node);
+    let others = |node: NodeId| -> Vec<String> {
+        parts
+            .iter()
+            .map(|p| p.id)
+            .chain(clients.iter().copied())
+            .filter(|&other| other != node)
+            .map(host_name)
+            .collect()
+    };
     match fault {
+        // turmoil holds the paused host's traffic in both directions and delivers it on
+        // release: to everyone else the process is frozen, and its backlog arrives late.
+        // (Its own timers keep running; a real SIGSTOP would freeze those too.)
+        Fault::Pause { node } => {
+            for other in others(*node) {
+                sim.hold(host_name(*node), other);
+            }
+        }
+        Fault::Resume { node } => {
+            for other in others(*node) {
+                sim.release(host_name(*node), other);
+            }
+        }
         Fault::Partition { side_a, side_b } => net.update(|state| {
             for &a in side_a {
                 for &b in side_b {
@@ -772,8 +805,24 @@ fn heal_clock(clock: &SimClock) {
     clock.set_offset_ms(0);
 }
 
-fn heal_everything(sim: &mut turmoil::Sim<'_>, parts: &mut [NodeParts], net: &NetFaults) {
+fn heal_everything(
+    sim: &mut turmoil::Sim<'_>,
+    parts: &mut [NodeParts],
+    net: &NetFaults,
+    clients: &[NodeId],
+) {
     net.update(|state| *state = Default::default());
+    // Resume any paused process (releasing a pair that is not held does nothing).
+    let hosts: Vec<NodeId> = parts
+        .iter()
+        .map(|p| p.id)
+        .chain(clients.iter().copied())
+        .collect();
+    for part in parts.iter() {
+        for &other in hosts.iter().filter(|&&other| other != part.id) {
+            sim.release(host_name(part.id), host_name(other));
+        }
+    }
     for part in parts.iter_mut() {
         heal_disk(&part.disk);
         heal_clock(&part.clock);

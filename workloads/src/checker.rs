@@ -113,6 +113,7 @@ impl Default for CheckConfig {
 pub struct Budget {
     expired: Option<Box<dyn Fn() -> bool + Send + Sync>>,
     states_max: Option<u64>,
+    memory_max: Option<usize>,
 }
 
 impl fmt::Debug for Budget {
@@ -120,6 +121,7 @@ impl fmt::Debug for Budget {
         f.debug_struct("Budget")
             .field("deadline", &self.expired.is_some())
             .field("states_max", &self.states_max)
+            .field("memory_max", &self.memory_max)
             .finish()
     }
 }
@@ -135,7 +137,7 @@ impl Budget {
     pub fn deadline(expired: impl Fn() -> bool + Send + Sync + 'static) -> Self {
         Budget {
             expired: Some(Box::new(expired)),
-            states_max: None,
+            ..Budget::default()
         }
     }
 
@@ -150,6 +152,14 @@ impl Budget {
     /// Also stop after exploring `states` configurations in total (deterministic).
     pub fn with_states_max(mut self, states: u64) -> Self {
         self.states_max = Some(states);
+        self
+    }
+
+    /// Also stop when one key's memo table grows past `bytes` (it holds a bitset of the
+    /// key's operations per explored configuration, so a long, contended key can take
+    /// gigabytes).
+    pub fn with_memory_max(mut self, bytes: usize) -> Self {
+        self.memory_max = Some(bytes);
         self
     }
 }
@@ -475,6 +485,16 @@ enum Step {
     CounterRead(i64),
 }
 
+impl Step {
+    /// The register value a step may write.
+    fn writes(self) -> Option<u64> {
+        match self {
+            Step::Write(v) | Step::Cas { to: v, .. } | Step::CasMaybe { to: v, .. } => Some(v),
+            _ => None,
+        }
+    }
+}
+
 /// One operation of a key, ready for the search.
 #[derive(Debug, Clone, Copy)]
 struct COp {
@@ -602,11 +622,47 @@ fn compile(kind: ModelKind, ops: &[&Operation], config: &CheckConfig) -> Result<
             definite,
         });
     }
+    if kind == ModelKind::Register {
+        drop_unobservable(&mut compiled);
+    }
     Ok(Compiled {
         ops: compiled,
         initial,
         interner,
     })
+}
+
+/// Drops indeterminate writes (and indeterminate cas) whose value nothing observes: no read
+/// returns it and no cas compares with it. Such an operation may as well never have
+/// happened: in a linearization that includes it, the operations up to the next write see
+/// its value, so none of them is a read or a successful cas (they would observe it), and an
+/// indeterminate cas among them did nothing (its `from` differs) and can be dropped with it.
+/// Not applied when the key has appends (they build on the value) or failed compares (they
+/// observe that the value is *not* something).
+fn drop_unobservable(ops: &mut Vec<COp>) {
+    if ops
+        .iter()
+        .any(|op| matches!(op.step, Step::Append(_) | Step::CasMismatch { .. }))
+    {
+        return;
+    }
+    let mut observed = std::collections::BTreeSet::new();
+    for op in ops.iter() {
+        match op.step {
+            Step::Read(v) => {
+                observed.insert(v);
+            }
+            Step::Cas { from, .. } | Step::CasMaybe { from, .. } => {
+                observed.insert(from);
+            }
+            _ => {}
+        }
+    }
+    ops.retain(|op| match op.step {
+        Step::Write(v) if !op.definite => observed.contains(&v),
+        Step::CasMaybe { to, .. } => observed.contains(&to),
+        _ => true,
+    });
 }
 
 fn apply(step: Step, state: u64, interner: &mut Interner) -> Option<u64> {
@@ -671,23 +727,123 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Seen configurations: (bitset of linearized operations, state), open addressing.
+/// The set of linearized operations of a search, with a compact canonical encoding for the
+/// memo table. Determinate operations are numbered in return order: every one returning
+/// before the first pending return is linearized, so their bitset is all ones up to a word
+/// `lo` and all zeros after a word `hi`; only the words in between are stored. Indeterminate
+/// operations (pending forever) get a bitset of their own, stored whole.
+struct Linearized {
+    /// Per operation: (determinate, bit position in its bitset).
+    position: Vec<(bool, u32)>,
+    det: Vec<u64>,
+    det_len: usize,
+    info: Vec<u64>,
+    /// First determinate word that is not full.
+    lo: usize,
+    /// One past the last non-zero determinate word.
+    hi: usize,
+    /// Scratch for the encoding.
+    key: Vec<u64>,
+}
+
+impl Linearized {
+    fn new(ops: &[COp]) -> Self {
+        let mut det: Vec<(u64, usize)> = Vec::new();
+        let mut info: Vec<(u64, usize)> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if op.definite {
+                det.push((op.ret, i));
+            } else {
+                info.push((op.call, i));
+            }
+        }
+        det.sort_unstable();
+        info.sort_unstable();
+        let mut position = vec![(false, 0u32); ops.len()];
+        for (k, &(_, i)) in det.iter().enumerate() {
+            position[i] = (true, k as u32);
+        }
+        for (k, &(_, i)) in info.iter().enumerate() {
+            position[i] = (false, k as u32);
+        }
+        Linearized {
+            position,
+            det: vec![0; det.len().div_ceil(64)],
+            det_len: det.len(),
+            info: vec![0; info.len().div_ceil(64)],
+            lo: 0,
+            hi: 0,
+            key: Vec::new(),
+        }
+    }
+
+    fn full(&self, word: usize) -> u64 {
+        let tail = self.det_len % 64;
+        if word + 1 == self.det.len() && tail != 0 {
+            (1u64 << tail) - 1
+        } else {
+            u64::MAX
+        }
+    }
+
+    fn set(&mut self, op: usize) {
+        let (definite, k) = self.position[op];
+        let (word, bit) = (k as usize / 64, k % 64);
+        if !definite {
+            self.info[word] |= 1 << bit;
+            return;
+        }
+        self.det[word] |= 1 << bit;
+        self.hi = self.hi.max(word + 1);
+        while self.lo < self.det.len() && self.det[self.lo] == self.full(self.lo) {
+            self.lo += 1;
+        }
+    }
+
+    fn clear(&mut self, op: usize) {
+        let (definite, k) = self.position[op];
+        let (word, bit) = (k as usize / 64, k % 64);
+        if !definite {
+            self.info[word] &= !(1 << bit);
+            return;
+        }
+        self.det[word] &= !(1 << bit);
+        self.lo = self.lo.min(word);
+        while self.hi > 0 && self.det[self.hi - 1] == 0 {
+            self.hi -= 1;
+        }
+    }
+
+    /// The canonical encoding: (`lo`, the words from `lo` to `hi`, then the indeterminate
+    /// bitset).
+    fn key(&mut self) -> (u32, &[u64]) {
+        self.key.clear();
+        if self.hi > self.lo {
+            self.key.extend_from_slice(&self.det[self.lo..self.hi]);
+        }
+        self.key.extend_from_slice(&self.info);
+        (self.lo as u32, &self.key)
+    }
+}
+
+/// Seen configurations (linearized set, state): open addressing over variable-length keys.
 struct Cache {
-    words: usize,
     slots: Vec<u32>,
     hashes: Vec<u64>,
     states: Vec<u64>,
-    bits: Vec<u64>,
+    /// Per entry: (`lo`, offset of its words, number of words).
+    meta: Vec<(u32, usize, u32)>,
+    words: Vec<u64>,
 }
 
 impl Cache {
-    fn new(words: usize) -> Self {
+    fn new() -> Self {
         Cache {
-            words,
             slots: vec![0; 1024],
             hashes: Vec::new(),
             states: Vec::new(),
-            bits: Vec::new(),
+            meta: Vec::new(),
+            words: Vec::new(),
         }
     }
 
@@ -695,8 +851,14 @@ impl Cache {
         self.hashes.len()
     }
 
+    fn bytes(&self) -> usize {
+        self.slots.capacity() * 4
+            + (self.hashes.capacity() + self.states.capacity() + self.words.capacity()) * 8
+            + self.meta.capacity() * std::mem::size_of::<(u32, usize, u32)>()
+    }
+
     /// Inserts the configuration; false if it was already there.
-    fn insert(&mut self, hash: u64, state: u64, bits: &[u64]) -> bool {
+    fn insert(&mut self, hash: u64, state: u64, (lo, key): (u32, &[u64])) -> bool {
         if (self.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
@@ -708,14 +870,17 @@ impl Cache {
                     self.slots[slot] = (self.len() + 1) as u32;
                     self.hashes.push(hash);
                     self.states.push(state);
-                    self.bits.extend_from_slice(bits);
+                    self.meta.push((lo, self.words.len(), key.len() as u32));
+                    self.words.extend_from_slice(key);
                     return true;
                 }
                 entry => {
                     let e = (entry - 1) as usize;
+                    let (e_lo, offset, len) = self.meta[e];
                     if self.hashes[e] == hash
                         && self.states[e] == state
-                        && self.bits[e * self.words..(e + 1) * self.words] == *bits
+                        && e_lo == lo
+                        && self.words[offset..offset + len as usize] == *key
                     {
                         return false;
                     }
@@ -788,14 +953,15 @@ fn search(
     let zobrist: Vec<u64> = (0..n as u64)
         .map(|i| splitmix(i ^ 0x5eed_1a2d_e400_0000))
         .collect();
-    let words = n.div_ceil(64);
-    let mut bits = vec![0u64; words];
+    let mut linearized = Linearized::new(ops);
     let mut hash = 0u64;
-    let mut cache = Cache::new(words);
+    let mut cache = Cache::new();
     let mut state = initial;
     let mut remaining = ops.iter().filter(|op| op.definite).count();
-    // (call entry, state before it)
-    let mut stack: Vec<(u32, u64)> = Vec::with_capacity(n);
+    let class: Vec<Class> = ops.iter().map(Class::of).collect();
+    let writes: Vec<Option<u64>> = ops.iter().map(|op| op.step.writes()).collect();
+    // (call entry, state before it, the pass that chose it, that pass's target)
+    let mut stack: Vec<(u32, u64, Pass, Option<u64>)> = Vec::with_capacity(n);
 
     let unlink = |next: &mut Vec<u32>, prev: &mut Vec<u32>, e: u32| {
         let (p, q) = (prev[e as usize], next[e as usize]);
@@ -812,13 +978,21 @@ fn search(
         }
     };
 
+    // The candidates of a configuration are the calls before the first pending return. They
+    // are scanned in passes, each from the head: reads (state-preserving), then operations
+    // writing the value the first pending return (a read) expects, then other determinate
+    // operations, then indeterminate ones (which can always wait: the end of the history is
+    // as good a place for them as any). The order changes which linearization is found
+    // first, not what is explored.
     let mut entry = next[HEAD as usize];
+    let mut pass = Pass::Read;
+    let mut target: Option<u64> = None;
     let states_before = meter.states;
     loop {
         if remaining == 0 {
             let order = stack
                 .iter()
-                .map(|&(call, _)| ops[entry_op[call as usize] as usize].op)
+                .map(|&(call, ..)| ops[entry_op[call as usize] as usize].op)
                 .collect();
             return Search::Linearizable(order);
         }
@@ -831,15 +1005,57 @@ fn search(
         if meter.states - states_before >= cap {
             return Search::Capped;
         }
-        debug_assert_ne!(entry, NIL, "a determinate return is always left");
-        let op = entry_op[entry as usize] as usize;
-        if is_call[entry as usize] {
-            if let Some(new_state) = apply(ops[op].step, state, interner) {
-                bits[op / 64] |= 1 << (op % 64);
+        if cache.len() >= (u32::MAX - 1) as usize
+            || meter
+                .budget
+                .memory_max
+                .is_some_and(|max| cache.bytes() > max)
+        {
+            return Search::Unknown(format!(
+                "memory budget exhausted after {} states on this key",
+                meter.states - states_before
+            ));
+        }
+        if entry == NIL || !is_call[entry as usize] {
+            // The first pending return: this pass has no candidate left.
+            match pass {
+                Pass::Read => {
+                    // A determinate return is always left, and it comes first.
+                    let op = entry_op[entry as usize] as usize;
+                    target = match ops[op].step {
+                        Step::Read(v) => Some(v),
+                        _ => None,
+                    };
+                    pass = if target.is_some() {
+                        Pass::Target
+                    } else {
+                        Pass::Update
+                    };
+                    entry = next[HEAD as usize];
+                    continue;
+                }
+                Pass::Target | Pass::Update => {
+                    pass = if pass == Pass::Target {
+                        Pass::Update
+                    } else {
+                        Pass::Info
+                    };
+                    entry = next[HEAD as usize];
+                    continue;
+                }
+                Pass::Info => {}
+            }
+        } else {
+            let op = entry_op[entry as usize] as usize;
+            let mut dead = false;
+            if pass.admits(class[op], writes[op], target)
+                && let Some(new_state) = apply(ops[op].step, state, interner)
+            {
+                linearized.set(op);
                 let new_hash = hash ^ zobrist[op];
-                if cache.insert(new_hash ^ splitmix(new_state), new_state, &bits) {
+                if cache.insert(new_hash ^ splitmix(new_state), new_state, linearized.key()) {
                     meter.states += 1;
-                    stack.push((entry, state));
+                    stack.push((entry, state, pass, target));
                     state = new_state;
                     hash = new_hash;
                     unlink(&mut next, &mut prev, entry);
@@ -848,26 +1064,85 @@ fn search(
                         remaining -= 1;
                     }
                     entry = next[HEAD as usize];
+                    pass = Pass::Read;
                     continue;
                 }
-                bits[op / 64] &= !(1 << (op % 64));
+                linearized.clear(op);
+                // A read that is legal now can be linearized now in any extension of this
+                // configuration (it changes nothing, and everything that must precede it
+                // already does); that configuration was explored and failed, so this one
+                // fails too.
+                dead = pass == Pass::Read;
             }
-            entry = next[entry as usize];
-        } else {
-            // The first pending return: the operations linearized so far cannot be extended.
-            let Some((call, previous)) = stack.pop() else {
+            if !dead {
+                entry = next[entry as usize];
+                continue;
+            }
+        }
+        // Backtrack: undo the last choice and try the candidate after it; a forced read
+        // had no alternative, so undo the one before it as well.
+        loop {
+            let Some((call, previous, chosen_in, chosen_for)) = stack.pop() else {
                 return Search::NotLinearizable;
             };
             let op = entry_op[call as usize] as usize;
             state = previous;
             hash ^= zobrist[op];
-            bits[op / 64] &= !(1 << (op % 64));
+            linearized.clear(op);
             relink(&mut next, &mut prev, return_of[op]);
             relink(&mut next, &mut prev, call);
             if ops[op].definite {
                 remaining += 1;
             }
-            entry = next[call as usize];
+            if chosen_in != Pass::Read {
+                entry = next[call as usize];
+                pass = chosen_in;
+                target = chosen_for;
+                break;
+            }
+        }
+    }
+}
+
+/// A scan over the candidates of a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Read,
+    /// Operations writing the value the first pending read expects.
+    Target,
+    Update,
+    Info,
+}
+
+impl Pass {
+    fn admits(self, class: Class, writes: Option<u64>, target: Option<u64>) -> bool {
+        let targeted = writes.is_some() && writes == target;
+        match self {
+            Pass::Read => class == Class::Read,
+            Pass::Target => class != Class::Read && targeted,
+            Pass::Update => class == Class::Update && !targeted,
+            Pass::Info => class == Class::Info && !targeted,
+        }
+    }
+}
+
+/// The scan pass an operation is a candidate in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Determinate and state-preserving: reads, failed compares.
+    Read,
+    /// Other determinate operations.
+    Update,
+    /// Indeterminate operations.
+    Info,
+}
+
+impl Class {
+    fn of(op: &COp) -> Class {
+        match op.step {
+            _ if !op.definite => Class::Info,
+            Step::Read(_) | Step::CounterRead(_) | Step::CasMismatch { .. } => Class::Read,
+            _ => Class::Update,
         }
     }
 }
@@ -969,15 +1244,76 @@ mod tests {
 
     #[test]
     fn cache_dedups_and_grows() {
-        let mut cache = Cache::new(1);
+        let mut cache = Cache::new();
         for i in 0..5000u64 {
-            assert!(cache.insert(splitmix(i), i, &[i]));
+            assert!(cache.insert(splitmix(i), i, (0, &[i])));
         }
         for i in 0..5000u64 {
-            assert!(!cache.insert(splitmix(i), i, &[i]));
+            assert!(!cache.insert(splitmix(i), i, (0, &[i])));
         }
-        assert!(cache.insert(splitmix(1), 1, &[2]));
-        assert_eq!(cache.len(), 5001);
+        assert!(cache.insert(splitmix(1), 1, (0, &[2])));
+        assert!(cache.insert(splitmix(1), 1, (1, &[1])));
+        assert!(cache.insert(splitmix(1), 1, (0, &[1, 0])));
+        assert_eq!(cache.len(), 5003);
+    }
+
+    #[test]
+    fn unobservable_indeterminate_writes_are_dropped() {
+        let mut h = History::new();
+        h.invoke(0, 1, Function::Write, "k", 1);
+        h.invoke(0, 2, Function::Write, "k", 2);
+        h.invoke(0, 3, Function::Cas, "k", Value::pair(1.into(), 3.into()));
+        h.invoke(0, 4, Function::Cas, "k", Value::pair(5.into(), 2.into()));
+        h.complete(1, 1, OpKind::Info, 1);
+        h.complete(1, 2, OpKind::Info, 2);
+        h.complete(1, 3, OpKind::Info, Value::Null);
+        h.complete(1, 4, OpKind::Info, Value::Null);
+        h.invoke(2, 1, Function::Read, "k", Value::Null);
+        h.complete(3, 1, OpKind::Ok, 1);
+        let ops = h.operations().unwrap();
+        let refs: Vec<&Operation> = ops.iter().collect();
+        let compiled = compile(ModelKind::Register, &refs, &CheckConfig::default()).unwrap();
+        // 1 is read (and compared with), 5 is compared with; 2 and 3 are never observed, so
+        // write 2, cas [1 3] and cas [5 2] go
+        let kept: Vec<usize> = compiled.ops.iter().map(|c| c.op).collect();
+        assert_eq!(kept, vec![0, 4]);
+        assert!(check(&h).is_linearizable());
+    }
+
+    #[test]
+    fn linearized_encoding_is_canonical() {
+        // 130 determinate operations returning in order, and 3 indeterminate ones
+        let ops: Vec<COp> = (0..133)
+            .map(|i| COp {
+                op: i,
+                call: i as u64,
+                ret: if i < 130 { 1000 + i as u64 } else { u64::MAX },
+                step: Step::Write(0),
+                definite: i < 130,
+            })
+            .collect();
+        let mut lin = Linearized::new(&ops);
+        assert_eq!(lin.key(), (0, &[0u64][..]));
+        for i in 0..64 {
+            lin.set(i);
+        }
+        assert_eq!(lin.key(), (1, &[0u64][..]));
+        lin.set(70);
+        lin.set(131);
+        assert_eq!(lin.key(), (1, &[1u64 << 6, 0b10][..]));
+        for i in 64..130 {
+            lin.set(i);
+        }
+        assert_eq!(lin.key(), (3, &[0b10u64][..]));
+        lin.clear(129);
+        assert_eq!(lin.key(), (2, &[(1u64 << 1) - 1, 0b10][..]));
+        lin.clear(128);
+        assert_eq!(lin.key(), (2, &[0b10u64][..]));
+        for i in (0..128).rev() {
+            lin.clear(i);
+        }
+        lin.clear(131);
+        assert_eq!(lin.key(), (0, &[0u64][..]));
     }
 
     #[test]

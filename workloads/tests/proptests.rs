@@ -176,7 +176,7 @@ fn strict() -> CheckConfig {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn executions_are_linearizable(steps in prop::collection::vec(step(), 1..80)) {
@@ -393,7 +393,7 @@ fn brute_force(ops: &[Operation], config: &CheckConfig, counter: bool) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 10000, ..ProptestConfig::default() })]
 
     #[test]
     fn agrees_with_brute_force(
