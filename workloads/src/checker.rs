@@ -960,6 +960,11 @@ fn search(
     let mut remaining = ops.iter().filter(|op| op.definite).count();
     let class: Vec<Class> = ops.iter().map(Class::of).collect();
     let writes: Vec<Option<u64>> = ops.iter().map(|op| op.step.writes()).collect();
+    // Values written by exactly one operation: a read of one names its write.
+    let mut writers: BTreeMap<u64, u32> = BTreeMap::new();
+    for v in writes.iter().flatten() {
+        *writers.entry(*v).or_default() += 1;
+    }
     // (call entry, state before it, the pass that chose it, that pass's target)
     let mut stack: Vec<(u32, u64, Pass, Option<u64>)> = Vec::with_capacity(n);
 
@@ -979,8 +984,10 @@ fn search(
     };
 
     // The candidates of a configuration are the calls before the first pending return. They
-    // are scanned in passes, each from the head: reads (state-preserving), then operations
-    // writing the value the first pending return (a read) expects, then other determinate
+    // are scanned in passes, each from the head: reads (state-preserving), then the one
+    // operation writing the value the first pending return (a read) expects, if only one
+    // writes it (with values written many times, guessing is worse than the order of the
+    // history), then other determinate
     // operations, then indeterminate ones (which can always wait: the end of the history is
     // as good a place for them as any). The order changes which linearization is found
     // first, not what is explored.
@@ -1023,7 +1030,7 @@ fn search(
                     // A determinate return is always left, and it comes first.
                     let op = entry_op[entry as usize] as usize;
                     target = match ops[op].step {
-                        Step::Read(v) => Some(v),
+                        Step::Read(v) if writers.get(&v) == Some(&1) => Some(v),
                         _ => None,
                     };
                     pass = if target.is_some() {
