@@ -224,6 +224,7 @@ fn latency_plot(history: &[OpRecord]) -> String {
             OpKind::Set => "#1565c0",
             OpKind::Get => "#6a1b9a",
             OpKind::Incr => "#00838f",
+            OpKind::Append => "#ad1457",
         };
         let fill = if op.status == OpStatus::Ok {
             shape

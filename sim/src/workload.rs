@@ -36,6 +36,8 @@ pub enum OpKind {
     Set,
     Get,
     Incr,
+    /// `APPEND` of a unique element to a list key (`log:N`); reads of list keys are `Get`s.
+    Append,
 }
 
 /// How an operation ended, in Jepsen's terms.
@@ -83,6 +85,9 @@ impl History {
 pub struct WorkloadConfig {
     pub register_keys: u64,
     pub counter_keys: u64,
+    /// List-append keys: every element appended is unique, so a read shows exactly which
+    /// acknowledged appends survived and in what order (checked as linearizable appends).
+    pub list_keys: u64,
     /// Pause between a client's operations, drawn from `[0, think_ms_max]`.
     pub think_ms_max: u64,
 }
@@ -92,6 +97,7 @@ impl Default for WorkloadConfig {
         WorkloadConfig {
             register_keys: 4,
             counter_keys: 2,
+            list_keys: 2,
             think_ms_max: 20,
         }
     }
@@ -103,6 +109,10 @@ pub fn register_key(index: u64) -> String {
 
 pub fn counter_key(index: u64) -> String {
     format!("ctr:{index}")
+}
+
+pub fn list_key(index: u64) -> String {
+    format!("log:{index}")
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -239,6 +249,9 @@ fn args_of(command: &Command) -> Vec<Bytes> {
             key.clone(),
             Bytes::from(delta.to_string()),
         ],
+        Command::Append { key, value } => {
+            vec![Bytes::from_static(b"APPEND"), key.clone(), value.clone()]
+        }
         other => vec![Bytes::from(other.name().to_string())],
     }
 }
@@ -293,8 +306,23 @@ pub async fn run_client(
     // Bounded by simulated time: every iteration sleeps or waits on the network.
     while sim_now() < until {
         sequence += 1;
-        let roll = rng.below(10);
-        let (kind, key, command, value, delta) = if roll < 4 {
+        let roll = rng.below(12);
+        let (kind, key, command, value, delta) = if roll >= 10 && config.list_keys > 0 {
+            let key = list_key(rng.below(config.list_keys));
+            if roll == 10 {
+                let element = format!("{id}-{sequence},");
+                let command = Command::Append {
+                    key: Bytes::from(key.clone()),
+                    value: Bytes::from(element.clone()),
+                };
+                (OpKind::Append, key, command, Some(element), 0)
+            } else {
+                let command = Command::Get {
+                    key: Bytes::from(key.clone()),
+                };
+                (OpKind::Get, key, command, None, 0)
+            }
+        } else if roll < 4 {
             let key = register_key(rng.below(config.register_keys.max(1)));
             let value = format!("{id}-{sequence}");
             let command = Command::Set {
@@ -316,7 +344,7 @@ pub async fn run_client(
                 None,
                 0,
             )
-        } else {
+        } else if roll < 10 {
             let key = counter_key(rng.below(config.counter_keys.max(1)));
             let delta = 1 + rng.below(9) as i64;
             (
@@ -329,6 +357,12 @@ pub async fn run_client(
                 None,
                 delta,
             )
+        } else {
+            let key = register_key(rng.below(config.register_keys.max(1)));
+            let command = Command::Get {
+                key: Bytes::from(key.clone()),
+            };
+            (OpKind::Get, key, command, None, 0)
         };
         let invoke_ms = millis(sim_now());
         let result = client.execute(command).await;
@@ -350,7 +384,7 @@ pub async fn run_client(
             }
             Ok(Reply::Nil) if kind == OpKind::Get => record.value = None,
             Ok(Reply::Ok) if kind == OpKind::Set => {}
-            Ok(Reply::Int(_)) if kind == OpKind::Incr => {}
+            Ok(Reply::Int(_)) if kind == OpKind::Incr || kind == OpKind::Append => {}
             Ok(other) => {
                 // A reply of the wrong shape is a bug in the store, not a network event.
                 record.status = OpStatus::Info;
@@ -410,6 +444,10 @@ pub fn to_history(records: &[OpRecord]) -> larder_workloads::History {
                     op.value.clone().map_or(Value::Null, Value::from),
                 ),
                 OpKind::Incr => (Function::Add, Value::Int(op.delta), Value::Int(op.delta)),
+                OpKind::Append => {
+                    let element = op.value.clone().map_or(Value::Null, Value::from);
+                    (Function::Append, element.clone(), element)
+                }
             };
             let kind = match op.status {
                 OpStatus::Ok => Event::Ok,

@@ -21,15 +21,22 @@
 //!    it. Operations are therefore only linearized when a pending return forces it
 //!    (just-in-time linearization: only calls before the first unlinearized return are
 //!    candidates).
-//! 4. Memoization: a configuration is the set of linearized operations (a bitset) and the
-//!    model state; a configuration seen before is never explored again (Lowe). The cache is
-//!    an open-addressing table keyed by an incremental Zobrist hash of the bitset mixed with
-//!    the state.
-//! 5. Indeterminate operations may take effect at any point after their invocation or never:
+//! 4. Memoization: a configuration is the set of linearized operations and the model state;
+//!    a configuration seen before is never explored again (Lowe). The table is open
+//!    addressing keyed by an incremental Zobrist hash of the set mixed with the state, and
+//!    stores each set compactly: determinate operations numbered in return order are all
+//!    linearized up to the first pending return, so only the words from there to the last
+//!    linearized one are kept, plus a bitset of the indeterminate operations.
+//! 5. Candidates are tried in three passes: reads (and failed compares), then other
+//!    determinate operations, then indeterminate ones. A read legal in the current state is
+//!    linearized without trying alternatives: it changes nothing and everything that must
+//!    precede it already does, so if no extension starts with it, none exists at all.
+//! 6. Indeterminate operations may take effect at any point after their invocation or never:
 //!    never is the same as "at the very end", so once every determinate operation is
 //!    linearized the key is linearizable, whatever indeterminate operations remain. `fail`
 //!    operations had no effect and are dropped, as are indeterminate reads (no effect, no
-//!    constraint).
+//!    constraint) and indeterminate writes of a value no read returns and no cas compares
+//!    with (see `drop_unobservable`).
 //!
 //! # Models
 //!
@@ -44,7 +51,8 @@
 //! # Budget
 //!
 //! The caller bounds the work with a [`Budget`]: a deadline callback (polled every 1024
-//! search steps) and/or a maximum number of explored configurations. A key whose search runs
+//! search steps), a maximum number of explored configurations, and/or a maximum size of one
+//! key's memo table. A key whose search runs
 //! out is `Unknown`, never a guessed verdict; keys not reached are `Unknown` too. A key found
 //! not linearizable is a proof whatever happens to the budget afterwards, so the history's
 //! verdict is `NotLinearizable` if any key is, else `Unknown` if any key is, else
@@ -483,16 +491,6 @@ enum Step {
     Append(u64),
     Add(i64),
     CounterRead(i64),
-}
-
-impl Step {
-    /// The register value a step may write.
-    fn writes(self) -> Option<u64> {
-        match self {
-            Step::Write(v) | Step::Cas { to: v, .. } | Step::CasMaybe { to: v, .. } => Some(v),
-            _ => None,
-        }
-    }
 }
 
 /// One operation of a key, ready for the search.
@@ -959,14 +957,8 @@ fn search(
     let mut state = initial;
     let mut remaining = ops.iter().filter(|op| op.definite).count();
     let class: Vec<Class> = ops.iter().map(Class::of).collect();
-    let writes: Vec<Option<u64>> = ops.iter().map(|op| op.step.writes()).collect();
-    // Values written by exactly one operation: a read of one names its write.
-    let mut writers: BTreeMap<u64, u32> = BTreeMap::new();
-    for v in writes.iter().flatten() {
-        *writers.entry(*v).or_default() += 1;
-    }
-    // (call entry, state before it, the pass that chose it, that pass's target)
-    let mut stack: Vec<(u32, u64, Pass, Option<u64>)> = Vec::with_capacity(n);
+    // (call entry, state before it, the pass that chose it)
+    let mut stack: Vec<(u32, u64, Class)> = Vec::with_capacity(n);
 
     let unlink = |next: &mut Vec<u32>, prev: &mut Vec<u32>, e: u32| {
         let (p, q) = (prev[e as usize], next[e as usize]);
@@ -984,16 +976,14 @@ fn search(
     };
 
     // The candidates of a configuration are the calls before the first pending return. They
-    // are scanned in passes, each from the head: reads (state-preserving), then the one
-    // operation writing the value the first pending return (a read) expects, if only one
-    // writes it (with values written many times, guessing is worse than the order of the
-    // history), then other determinate
-    // operations, then indeterminate ones (which can always wait: the end of the history is
-    // as good a place for them as any). The order changes which linearization is found
-    // first, not what is explored.
+    // are scanned in passes, each from the head: reads (state-preserving), then other
+    // determinate operations, then indeterminate ones (which can always wait: the end of the
+    // history is as good a place for them as any). The order changes which linearization is
+    // found first, not what is explored. (Trying first the write a blocked read names looks
+    // tempting, but it was much slower on histories with lost writes: history order is a
+    // good guess.)
     let mut entry = next[HEAD as usize];
-    let mut pass = Pass::Read;
-    let mut target: Option<u64> = None;
+    let mut pass = Class::Read;
     let states_before = meter.states;
     loop {
         if remaining == 0 {
@@ -1025,44 +1015,26 @@ fn search(
         }
         if entry == NIL || !is_call[entry as usize] {
             // The first pending return: this pass has no candidate left.
-            match pass {
-                Pass::Read => {
-                    // A determinate return is always left, and it comes first.
-                    let op = entry_op[entry as usize] as usize;
-                    target = match ops[op].step {
-                        Step::Read(v) if writers.get(&v) == Some(&1) => Some(v),
-                        _ => None,
-                    };
-                    pass = if target.is_some() {
-                        Pass::Target
-                    } else {
-                        Pass::Update
-                    };
-                    entry = next[HEAD as usize];
-                    continue;
-                }
-                Pass::Target | Pass::Update => {
-                    pass = if pass == Pass::Target {
-                        Pass::Update
-                    } else {
-                        Pass::Info
-                    };
-                    entry = next[HEAD as usize];
-                    continue;
-                }
-                Pass::Info => {}
+            if pass != Class::Info {
+                pass = if pass == Class::Read {
+                    Class::Update
+                } else {
+                    Class::Info
+                };
+                entry = next[HEAD as usize];
+                continue;
             }
         } else {
             let op = entry_op[entry as usize] as usize;
             let mut dead = false;
-            if pass.admits(class[op], writes[op], target)
+            if class[op] == pass
                 && let Some(new_state) = apply(ops[op].step, state, interner)
             {
                 linearized.set(op);
                 let new_hash = hash ^ zobrist[op];
                 if cache.insert(new_hash ^ splitmix(new_state), new_state, linearized.key()) {
                     meter.states += 1;
-                    stack.push((entry, state, pass, target));
+                    stack.push((entry, state, pass));
                     state = new_state;
                     hash = new_hash;
                     unlink(&mut next, &mut prev, entry);
@@ -1071,7 +1043,7 @@ fn search(
                         remaining -= 1;
                     }
                     entry = next[HEAD as usize];
-                    pass = Pass::Read;
+                    pass = Class::Read;
                     continue;
                 }
                 linearized.clear(op);
@@ -1079,7 +1051,7 @@ fn search(
                 // configuration (it changes nothing, and everything that must precede it
                 // already does); that configuration was explored and failed, so this one
                 // fails too.
-                dead = pass == Pass::Read;
+                dead = pass == Class::Read;
             }
             if !dead {
                 entry = next[entry as usize];
@@ -1089,7 +1061,7 @@ fn search(
         // Backtrack: undo the last choice and try the candidate after it; a forced read
         // had no alternative, so undo the one before it as well.
         loop {
-            let Some((call, previous, chosen_in, chosen_for)) = stack.pop() else {
+            let Some((call, previous, chosen_in)) = stack.pop() else {
                 return Search::NotLinearizable;
             };
             let op = entry_op[call as usize] as usize;
@@ -1101,34 +1073,11 @@ fn search(
             if ops[op].definite {
                 remaining += 1;
             }
-            if chosen_in != Pass::Read {
+            if chosen_in != Class::Read {
                 entry = next[call as usize];
                 pass = chosen_in;
-                target = chosen_for;
                 break;
             }
-        }
-    }
-}
-
-/// A scan over the candidates of a configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    Read,
-    /// Operations writing the value the first pending read expects.
-    Target,
-    Update,
-    Info,
-}
-
-impl Pass {
-    fn admits(self, class: Class, writes: Option<u64>, target: Option<u64>) -> bool {
-        let targeted = writes.is_some() && writes == target;
-        match self {
-            Pass::Read => class == Class::Read,
-            Pass::Target => class != Class::Read && targeted,
-            Pass::Update => class == Class::Update && !targeted,
-            Pass::Info => class == Class::Info && !targeted,
         }
     }
 }

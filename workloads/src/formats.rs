@@ -199,6 +199,8 @@ pub fn parse_jepsen_log(text: &str) -> Result<History, ParseError> {
         let value = match fields.get(3) {
             None => Value::Null,
             Some(text) => {
+                // Later tab-separated fields (an error message) are not part of the value.
+                let text = text.split('\t').next().unwrap_or_default();
                 let forms = edn::parse_all(text).map_err(|e| parse_error(line_no, e))?;
                 forms.first().map_or(Value::Null, value_of)
             }
@@ -376,7 +378,7 @@ INFO  jepsen.util - :nemesis\t:info\t:start\tnil
 INFO  jepsen.util - 2\t:invoke\t:cas\t[4 1]
 INFO  jepsen.util - 2\t:info\t:cas\t:timed-out
 INFO  jepsen.util - 0\t:invoke\t:cas\t[1 2]
-INFO  jepsen.util - 0\t:fail\t:cas\t[1 2]
+INFO  jepsen.util - 0\t:fail\t:cas\t[1 2]\tcompare failed: (not= 4 1)
 ";
 
     #[test]

@@ -6,7 +6,10 @@ use larder_workloads::{
     Budget, CheckConfig, Function, History, Model, Operation, Outcome, Value, Verdict,
     check_history, check_operations,
 };
-use proptest::prelude::*;
+use proptest::prelude::{
+    ProptestConfig, Strategy, TestCaseError, any, prop, prop_assert, prop_assert_eq, prop_assume,
+    proptest,
+};
 
 /// One step of a generated execution (interpreted by [`execute`]).
 #[derive(Debug, Clone)]

@@ -136,6 +136,12 @@ pub enum Command {
     /// `FLUSHALL` / `FLUSHDB`, with or without `ASYNC`/`SYNC` ([`Scope::Group`]): deletes every
     /// key.
     FlushAll,
+    /// `APPEND key value`: appends to a string (a missing key counts as empty); replies with
+    /// the new length. Last in the enum: the log stores commands by variant index.
+    Append {
+        key: Bytes,
+        value: Bytes,
+    },
 }
 
 /// What a command acts on.
@@ -221,6 +227,13 @@ impl Command {
                 arity(rest.len() == 1)?;
                 Ok(Command::Get {
                     key: rest[0].clone(),
+                })
+            }
+            "append" => {
+                arity(rest.len() == 2)?;
+                Ok(Command::Append {
+                    key: rest[0].clone(),
+                    value: rest[1].clone(),
                 })
             }
             "set" => {
@@ -461,6 +474,7 @@ impl Command {
             | Command::HExists { key, .. }
             | Command::HStrLen { key, .. }
             | Command::HIncrBy { key, .. }
+            | Command::Append { key, .. }
             | Command::Type { key } => vec![key],
             Command::Del { keys } | Command::Exists { keys } | Command::MGet { keys } => {
                 keys.iter().collect()
@@ -478,6 +492,7 @@ impl Command {
             Command::Del { .. } => "del",
             Command::Exists { .. } => "exists",
             Command::IncrBy { .. } => "incrby",
+            Command::Append { .. } => "append",
             Command::MGet { .. } => "mget",
             Command::MSet { .. } => "mset",
             Command::Expire { .. } => "expire",

@@ -202,6 +202,7 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
             Reply::Int(deleted)
         }
         Command::IncrBy { key, delta } => incr_by(&mut view, key, *delta),
+        Command::Append { key, value } => append(&mut view, key, value),
         Command::Type { key } => Reply::Status(
             match view.get(key) {
                 None => "none",
@@ -381,9 +382,103 @@ fn incr_by(view: &mut View<'_>, key: &Bytes, delta: i64) -> Reply {
     Reply::Int(next)
 }
 
+/// `APPEND`: the TTL of an existing string is kept, as Redis does.
+fn append(view: &mut View<'_>, key: &Bytes, suffix: &Bytes) -> Reply {
+    let (current, expires_at_ms) = match view.get(key) {
+        None => (Bytes::new(), None),
+        Some(Record {
+            value: Value::Str(value),
+            expires_at_ms,
+        }) => (value.clone(), *expires_at_ms),
+        Some(_) => return Reply::error(WRONGTYPE),
+    };
+    let mut joined = Vec::with_capacity(current.len() + suffix.len());
+    joined.extend_from_slice(&current);
+    joined.extend_from_slice(suffix);
+    let length = joined.len() as i64;
+    view.put(
+        key,
+        Some(Record {
+            value: Value::Str(Bytes::from(joined)),
+            expires_at_ms,
+        }),
+    );
+    Reply::Int(length)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    #[test]
+    fn append_concatenates_keeps_ttl_and_refuses_hashes() {
+        let key = b("log");
+        let (state, replies) = run(&[
+            (
+                0,
+                Command::Append {
+                    key: key.clone(),
+                    value: b("a,"),
+                },
+            ),
+            (
+                0,
+                Command::Append {
+                    key: key.clone(),
+                    value: b("b,"),
+                },
+            ),
+            (0, Command::Get { key: key.clone() }),
+        ]);
+        assert_eq!(
+            replies,
+            vec![Reply::Int(2), Reply::Int(4), Reply::Bulk(b("a,b,"))]
+        );
+        assert!(state.contains_key(&key));
+        let (_, replies) = run(&[
+            (
+                0,
+                Command::Set {
+                    key: key.clone(),
+                    value: b("x"),
+                    condition: SetCondition::Always,
+                    expiry: Some(Expiry::Millis(5_000)),
+                    keep_ttl: false,
+                },
+            ),
+            (
+                1_000,
+                Command::Append {
+                    key: key.clone(),
+                    value: b("y"),
+                },
+            ),
+            (
+                1_000,
+                Command::Ttl {
+                    key: key.clone(),
+                    millis: true,
+                },
+            ),
+            (
+                0,
+                Command::HSet {
+                    key: b("h"),
+                    pairs: vec![(b("f"), b("v"))],
+                },
+            ),
+            (
+                0,
+                Command::Append {
+                    key: b("h"),
+                    value: b("z"),
+                },
+            ),
+        ]);
+        assert_eq!(replies[1], Reply::Int(2));
+        assert_eq!(replies[2], Reply::Int(4_000), "APPEND keeps the TTL");
+        assert!(matches!(&replies[4], Reply::Error(e) if e.starts_with("WRONGTYPE")));
+    }
 
     use super::*;
 
