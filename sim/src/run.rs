@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use larder_core::env::{Clock, SeededRng, derive_seed};
+use larder_core::env::{Clock, Rng, SeededRng, derive_seed};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
@@ -230,6 +230,8 @@ pub(crate) struct NodeParts {
 
 /// Search states the linearizability checker may explore per run before answering `unknown`.
 const LINEARIZABILITY_STATES_MAX: u64 = 20_000_000;
+/// Memory the checker's memo table may use per run (its own estimate, so deterministic).
+const LINEARIZABILITY_MEMORY_MAX: usize = 1 << 30;
 
 /// Node id of simulated proxy `index`.
 pub fn proxy_id(index: u64) -> NodeId {
@@ -390,6 +392,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
                 &mut rng,
                 &event.fault,
                 &other_hosts,
+                config.groups,
             );
             if applied {
                 *fault_counts
@@ -447,7 +450,9 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let mut violations = check(config, &history_records, &final_state);
     // Every key's history must be linearizable (WGL search per key). The budget counts
     // states, not seconds, so the verdict is as deterministic as the run.
-    let budget = Budget::unlimited().with_states_max(LINEARIZABILITY_STATES_MAX);
+    let budget = Budget::unlimited()
+        .with_states_max(LINEARIZABILITY_STATES_MAX)
+        .with_memory_max(LINEARIZABILITY_MEMORY_MAX);
     let linearizability = match check_history(
         &crate::workload::to_history(&history_records),
         &CheckConfig::default(),
@@ -635,10 +640,15 @@ pub(crate) fn register_nodes(
 
 /// The node that currently believes it leads the group, if any.
 pub(crate) fn current_leader(parts: &[NodeParts]) -> Option<NodeId> {
+    current_leader_of(parts, GROUP)
+}
+
+/// The node that currently believes it leads `group`, if any.
+pub(crate) fn current_leader_of(parts: &[NodeParts], group: GroupId) -> Option<NodeId> {
     parts.iter().find_map(|p| {
         let slot = p.slot.lock().expect("slot lock");
         slot.as_ref()
-            .filter(|node| node.is_leader(GROUP))
+            .filter(|node| node.is_leader(group))
             .map(|node| node.id())
     })
 }
@@ -657,6 +667,7 @@ fn apply_fault(
     rng: &mut SeededRng,
     fault: &Fault,
     clients: &[NodeId],
+    groups: u64,
 ) -> bool {
     let part = |parts: &mut [NodeParts], node: NodeId| parts.iter_mut().position(|p| p.id == node);
     let others = |node: NodeId| -> Vec<String> {
@@ -698,7 +709,14 @@ fn apply_fault(
             }
         }),
         Fault::IsolateLeader => {
-            let Some(leader) = current_leader(parts) else {
+            // With many groups, the leader of a random one (drawing only then, so single-group
+            // runs keep their random stream).
+            let group = if groups > 1 {
+                1 + rng.below(groups)
+            } else {
+                GROUP
+            };
+            let Some(leader) = current_leader_of(parts, group) else {
                 return false;
             };
             let others: Vec<NodeId> = parts
