@@ -15,6 +15,10 @@ use serde::Serialize;
 #[derive(Debug, Serialize)]
 pub struct Summary<'a> {
     pub seed: u64,
+    /// The commit the binary was built from (`git rev-parse HEAD` at build time).
+    pub commit: &'static str,
+    /// The fault plan the run applied.
+    pub plan: &'a larder_faults::FaultPlan,
     pub sim_seconds: f64,
     pub ops: &'a larder_sim::run::OpCounts,
     pub faults: &'a std::collections::BTreeMap<String, u64>,
@@ -28,6 +32,8 @@ pub struct Summary<'a> {
 pub fn summary(report: &RunReport) -> Summary<'_> {
     Summary {
         seed: report.seed,
+        commit: env!("LARDER_COMMIT"),
+        plan: &report.plan,
         sim_seconds: report.sim_seconds,
         ops: &report.ops,
         faults: &report.faults,

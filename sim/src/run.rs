@@ -180,6 +180,8 @@ pub struct RunReport {
     pub ops: OpCounts,
     /// Faults applied, by kind (including automatic restarts after a disk error stopped Raft).
     pub faults: BTreeMap<String, u64>,
+    /// The plan the run applied.
+    pub plan: FaultPlan,
     /// Every fault as applied: (simulated ms, kind, description), for timelines.
     pub fault_log: Vec<(u64, String, String)>,
     pub trace_hash: String,
@@ -488,6 +490,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         wall_seconds: wall_start.elapsed().as_secs_f64(),
         ops,
         faults: fault_counts,
+        plan: plan.clone(),
         fault_log,
         trace_hash: trace.hash(),
         trace_events: trace.len(),
