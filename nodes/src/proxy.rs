@@ -26,6 +26,33 @@ use crate::cluster::{ClusterClient, SharedRouting};
 /// parts of the 7.x protocol they use (RESP3 via `HELLO`).
 pub const REDIS_VERSION: &str = "7.2.0";
 
+/// A Redis client's side of one request: sends the already-encoded `request` and reads one
+/// reply frame, keeping bytes of later frames in `buffer`. Used by the simulator's RESP clients
+/// and `larder jepsen`.
+pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buffer: &mut Vec<u8>,
+    request: &[u8],
+) -> std::io::Result<Frame> {
+    stream.write_all(request).await?;
+    loop {
+        match resp::parse_frame(buffer) {
+            Ok(Some((frame, used))) => {
+                buffer.drain(..used);
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Accepts client connections.
 pub trait Listener: Send + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;

@@ -22,4 +22,4 @@ pub use clock::SimClock;
 pub use disk::SimDisk;
 pub use env::SimEnv;
 pub use net::SimNet;
-pub use run::{RunReport, SimConfig, check_determinism, run};
+pub use run::{RunReport, SimConfig, check_determinism, check_seed, run};

@@ -1028,6 +1028,31 @@ fn check(config: &SimConfig, history: &[OpRecord], final_state: &Final) -> Vec<S
     violations
 }
 
+/// What a CI seed test asserts: the seed runs, both runs trace the same, every invariant holds.
+/// The error names the problem and the command that replays it.
+pub fn check_seed(config: &SimConfig, replay: &str) -> Result<RunReport, String> {
+    let seed = config.seed;
+    let (report, divergence) = check_determinism(config)
+        .map_err(|e| format!("seed {seed} did not run: {e}\nreplay: {replay}"))?;
+    if let Some(divergence) = divergence {
+        return Err(format!(
+            "seed {seed} is not deterministic: {divergence}\nreplay: {replay}"
+        ));
+    }
+    if !report.passed() {
+        return Err(format!(
+            "seed {seed} violated invariants: {:#?}\nreplay: {replay}",
+            report.violations
+        ));
+    }
+    if report.ops.ok == 0 {
+        return Err(format!(
+            "seed {seed} completed no operation\nreplay: {replay}"
+        ));
+    }
+    Ok(report)
+}
+
 /// Runs `config` twice and compares the traces.
 pub fn check_determinism(config: &SimConfig) -> Result<(RunReport, Option<String>), SimError> {
     let mut config = config.clone();

@@ -16,7 +16,6 @@ use larder_core::routing::RoutingTable;
 use larder_nodes::client::{Client, ClientConfig, ClientError};
 use larder_nodes::cluster::{ClusterClient, SharedRouting};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::clock::SimClock;
 use crate::net::SimNet;
@@ -193,23 +192,7 @@ impl RespClient {
             self.buffer.clear();
         }
         let stream = self.stream.as_mut().expect("connected above");
-        stream.write_all(request).await?;
-        loop {
-            match resp::parse_frame(&self.buffer) {
-                Ok(Some((frame, used))) => {
-                    self.buffer.drain(..used);
-                    return Ok(frame);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buffer.extend_from_slice(&chunk[..n]);
-        }
+        larder_nodes::proxy::round_trip(stream, &mut self.buffer, request).await
     }
 }
 

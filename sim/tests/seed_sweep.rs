@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use larder_sim::{SimConfig, check_determinism};
+use larder_sim::SimConfig;
 
 /// Simulated seconds per run: long enough for a plan's faults and the liveness phase, short
 /// enough that 24 seeds x 2 runs stay well inside CI's budget.
@@ -15,17 +15,8 @@ const DURATION: Duration = Duration::from_secs(15);
 
 fn check_seed(seed: u64) {
     let replay = format!("larder sim --seed {seed} --duration 15s --check-determinism");
-    let (report, divergence) = check_determinism(&SimConfig::new(seed, DURATION))
-        .unwrap_or_else(|e| panic!("seed {seed} did not run: {e}\nreplay: {replay}"));
-    if let Some(divergence) = divergence {
-        panic!("seed {seed} is not deterministic: {divergence}\nreplay: {replay}");
-    }
-    assert!(
-        report.passed(),
-        "seed {seed} violated invariants: {:#?}\nreplay: {replay}",
-        report.violations
-    );
-    assert!(report.ops.ok > 0, "seed {seed} completed no operation");
+    larder_sim::check_seed(&SimConfig::new(seed, DURATION), &replay)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 macro_rules! seeds {

@@ -20,7 +20,6 @@ use larder_core::env::{Rng, SeededRng};
 use larder_core::resp::{self, Frame};
 use larder_workloads::checker::{Budget, CheckConfig, check_history};
 use larder_workloads::history::{Function, History, OpKind, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Args, Debug, Clone)]
@@ -188,23 +187,7 @@ async fn request(
 ) -> std::io::Result<Frame> {
     let mut out = Vec::new();
     resp::encode_request(args, &mut out);
-    stream.write_all(&out).await?;
-    loop {
-        match resp::parse_frame(buffer) {
-            Ok(Some((frame, used))) => {
-                buffer.drain(..used);
-                return Ok(frame);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    }
+    larder_nodes::proxy::round_trip(stream, buffer, &out).await
 }
 
 /// One client: a single connection to the proxy (reopened after errors), one op at a time.
