@@ -5,6 +5,8 @@
 //!   and serves peers and clients over the `Net` trait.
 //! - [`client::Client`]: the client SDK for one slot group (leader following, safe retries);
 //!   [`cluster::ClusterClient`]: for the whole cluster (slot routing, multi-key splitting).
+//! - [`center::Center`]: the metadata service (routing table, node registry, failure
+//!   detection, replica repair, leader balancing) as its own Raft group, and its observers.
 //! - [`proxy::Proxy`]: the RESP2/RESP3 server in front of the cluster.
 //! - [`local::LocalCluster`]: nodes and a proxy in one process on loopback (`larder up`).
 //! - [`rpc`]: the messages on the wire.
@@ -13,6 +15,7 @@
 //! It must not depend on `larder-sim`, and nothing outside [`real`] may touch real time, OS
 //! randomness, sockets or files: no `if simulated` branches, the environment decides.
 
+pub mod center;
 pub mod client;
 pub mod cluster;
 pub mod local;

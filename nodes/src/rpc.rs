@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use larder_core::kv::{Command, Reply};
+use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,141 @@ pub enum Message {
     },
     /// -> [`ClientResponse`]
     Client(ClientRequest),
+    /// Storage node -> center replica, every heartbeat interval.
+    /// -> `CenterResponse<HeartbeatAck>`; a replica that does not lead the center answers
+    /// `NotLeader` with its hint, a process that is no center answers `Unavailable`.
+    Heartbeat(Heartbeat),
+    /// Anyone -> any center replica or observer: the routing table, if newer than
+    /// `known_epoch`. -> `CenterResponse<RoutingAnswer>`.
+    ///
+    /// Answered from the replica's **applied** state without a Raft round, so it is eventually
+    /// consistent: a follower or observer may lag the center leader by a few log entries and
+    /// hand out an older epoch. Clients tolerate that because a stale table is only ever a
+    /// performance problem, never a safety one: the slot groups themselves decide who leads and
+    /// who is a member, so a request sent to a node that no longer serves a group is answered
+    /// `NotLeader`/`Unavailable` (nothing happened) and the client retries or refreshes. The
+    /// epoch only moves forward in every copy (`SharedRouting::offer`), so a lagging replica
+    /// can delay an update, never undo one.
+    GetRouting { known_epoch: u64 },
+    /// Center leader -> storage node: host a replica of `group` (created empty; Raft fills it
+    /// as a learner). With `initialize`, also form the group with these voters if it has never
+    /// been formed (sent to one replica of a brand-new group only). -> [`AdminResponse`]
+    AddGroup {
+        group: GroupId,
+        initialize: Option<Vec<NodeId>>,
+    },
+    /// Center leader -> storage node: drop the replica of `group` (the node is no longer a
+    /// member). -> [`AdminResponse`]
+    RemoveGroup { group: GroupId },
+    /// Center leader -> the leader of `group`: replace voter `old` with `new`, learner first
+    /// (`StorageNode::replace_voter`), giving up after `timeout_ms`. -> [`AdminResponse`]
+    ReplaceVoter {
+        group: GroupId,
+        old: NodeId,
+        new: NodeId,
+        timeout_ms: u64,
+    },
+    /// Center leader -> the leader of `group`: hand leadership to voter `to` (leader
+    /// rebalancing). Not to be confused with [`Message::TransferLeader`], openraft's own RPC
+    /// that carries out the hand-over between the group's members. -> [`AdminResponse`]
+    TransferLeadership { group: GroupId, to: NodeId },
+}
+
+/// A storage node's report to the center: it is alive, where it listens, and what it knows of
+/// each group it hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node: NodeId,
+    /// The address other processes reach this node at (registry entry; opaque to the center).
+    pub address: String,
+    /// Epoch of the newest routing table the node holds (0: none), so the center sends a table
+    /// back only when it is newer.
+    pub known_epoch: u64,
+    pub groups: Vec<GroupStatus>,
+}
+
+/// One hosted group as its replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub is_leader: bool,
+    /// The replica's current Raft term: of two replicas claiming leadership, the higher term is
+    /// the real one.
+    pub term: u64,
+    /// Index of the last applied log entry (0: none).
+    pub last_applied: u64,
+    /// The replica has a Raft log or vote: it was formed or has joined. A replica created by
+    /// `AddGroup` and not yet contacted by the group's leader has neither.
+    pub initialized: bool,
+    /// The group's **committed** membership as this replica knows it; `None` before the first
+    /// one is known. Committed memberships are never rolled back, and the one at the highest
+    /// log index is the newest, so reports from different replicas can be merged safely.
+    pub membership: Option<MembershipStatus>,
+}
+
+/// A committed membership of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipStatus {
+    /// Log index of the membership entry.
+    pub index: u64,
+    /// Every voter (of all voter sets while the membership is joint).
+    pub voters: Vec<NodeId>,
+    /// The voter sets: one, or two while a change is in progress (joint consensus) or was cut
+    /// short by a leader change; the last one is where the change is going.
+    pub configs: Vec<Vec<NodeId>>,
+    pub learners: Vec<NodeId>,
+}
+
+impl MembershipStatus {
+    /// A joint configuration: a voter change in progress, or one cut short.
+    pub fn is_joint(&self) -> bool {
+        self.configs.len() > 1
+    }
+}
+
+/// The center's answer to a [`Heartbeat`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The center's current routing epoch (0: not bootstrapped yet).
+    pub epoch: u64,
+    /// The table itself, when newer than the heartbeat's `known_epoch`.
+    pub routing: Option<RoutingTable>,
+}
+
+/// The answer to [`Message::GetRouting`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingAnswer {
+    /// The answering replica's routing epoch.
+    pub epoch: u64,
+    /// The table, when newer than the request's `known_epoch`.
+    pub table: Option<RoutingTable>,
+}
+
+/// How a center replica answered a center request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CenterResponse<T> {
+    Ok(T),
+    /// Only the center leader takes heartbeats; try `leader_hint`.
+    NotLeader {
+        leader_hint: Option<NodeId>,
+    },
+    /// This process cannot answer (not a center, no routing table yet).
+    Unavailable {
+        reason: String,
+    },
+}
+
+/// How a storage node answered an admin request from the center.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminResponse {
+    Done,
+    /// The request must go to the group's leader, which may be `leader_hint`.
+    NotLeader {
+        leader_hint: Option<NodeId>,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 /// A client's command for one slot group.

@@ -136,6 +136,38 @@ fn group_end(group: GroupId) -> Vec<u8> {
     }
 }
 
+/// Deletes everything `group` keeps on `disk`: log, state, applied marker, sessions, vote,
+/// purge mark and snapshot, so the group can later be hosted again from an empty replica (a
+/// leftover purge mark or vote without its log would be an inconsistent Raft state). Unsynced
+/// and paged: a crash may leave part of it, which is why a node wipes a group again before it
+/// re-creates it.
+pub(crate) async fn wipe_group<D: Disk>(disk: &D, group: GroupId) -> Result<(), io::Error> {
+    let start = group_prefix(group);
+    let end = group_end(group);
+    disk.delete_range_paged(Space::Log, &start, &end, None)
+        .await?;
+    disk.delete_range_paged(Space::State, &start, &end, None)
+        .await?;
+    disk.delete_range_paged(
+        Space::Meta,
+        &session_prefix(group),
+        &session_end(group),
+        None,
+    )
+    .await?;
+    let mut batch = WriteBatch::new();
+    batch.delete(Space::Meta, applied_key(group));
+    // The Raft metadata keys of `larder_core::env::Disk` (`kind/` ++ group, big-endian).
+    for kind in ["vote", "purged", "snapshot"] {
+        let mut key = kind.as_bytes().to_vec();
+        key.push(b'/');
+        key.extend_from_slice(&group.to_be_bytes());
+        batch.delete(Space::Meta, key);
+    }
+    disk.write(batch, false).await?;
+    Ok(())
+}
+
 fn invalid(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
 }
