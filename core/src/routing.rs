@@ -96,6 +96,17 @@ impl RoutingTable {
         }
     }
 
+    /// Epoch 0: what a process holds before the center told it anything. No group, no slot
+    /// owner, so every lookup misses (and the holder fetches a real table) and every real
+    /// table is newer. [`check`](Self::check) rejects it: it is never sent.
+    pub fn unknown() -> Self {
+        RoutingTable {
+            epoch: 0,
+            groups: BTreeMap::new(),
+            slot_groups: Vec::new(),
+        }
+    }
+
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -268,6 +279,15 @@ mod tests {
         assert_eq!(t.group_of_slot(16383), Some(3));
         assert_eq!(t.group_of_slot(16384), None);
         assert_eq!(t.route(2).unwrap().replicas, vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn unknown_table_routes_nothing_and_is_older_than_any_table() {
+        let unknown = RoutingTable::unknown();
+        assert_eq!(unknown.epoch(), 0);
+        assert_eq!(unknown.group_of_key(b"k"), None);
+        assert!(unknown.check().is_err());
+        assert!(RoutingTable::even(1, |_| vec![1]).is_newer_than(&unknown));
     }
 
     #[test]

@@ -31,7 +31,8 @@
 //! leader): read-only followers that serve [`Message::GetRouting`] from their applied state, so
 //! floods of route requests never reach the center leader. Every center replica answers it the
 //! same way, and storage nodes answer it from the table their heartbeats brought back.
-//! Processes that route requests call [`refresh_routing`].
+//! Processes that route requests hold a [`SharedRouting`](crate::cluster::SharedRouting) built with
+//! `SharedRouting::from_sources` and call `SharedRouting::refresh`.
 
 pub mod plan;
 
@@ -47,7 +48,6 @@ use larder_core::{GroupId, NodeId};
 use openraft::EmptyNode;
 use openraft::async_runtime::WatchReceiver;
 
-use crate::cluster::SharedRouting;
 use crate::node::{NodeConfig, NodeError, StorageNode};
 use crate::rpc::{
     AdminResponse, CenterResponse, ClientResponse, GroupStatus, Heartbeat, HeartbeatAck, Message,
@@ -475,6 +475,11 @@ impl<E: Env> Center<E> {
                     reason,
                 })
             }
+            // The center group is in no routing table, so no node judges its keys.
+            ClientResponse::StaleEpoch { epoch } => Err(CenterError::Raft {
+                what: "command",
+                reason: format!("unexpected stale-epoch answer (epoch {epoch})"),
+            }),
         }
     }
 
@@ -987,20 +992,4 @@ pub async fn fetch_routing<N: Net>(
     Err(CenterError::NoRoutingSource {
         reasons: reasons.join("; "),
     })
-}
-
-/// Refreshes `routing` from `sources` ([`fetch_routing`]); returns whether a newer table was
-/// installed. This is the call for proxies and smart clients: on a timer, and when a group
-/// answers `NotLeader`/`Unavailable` in a way that suggests the table moved on.
-pub async fn refresh_routing<N: Net>(
-    net: &N,
-    sources: &[NodeId],
-    routing: &SharedRouting,
-    limit: Duration,
-) -> Result<bool, CenterError> {
-    let known = routing.current().epoch();
-    match fetch_routing(net, sources, known, limit).await? {
-        Some(table) => Ok(routing.offer(table)),
-        None => Ok(false),
-    }
 }

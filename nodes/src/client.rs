@@ -31,6 +31,9 @@ pub struct ClientConfig {
     pub attempts_max: u32,
     /// Pause between attempts after a node said it could not serve.
     pub backoff: Duration,
+    /// A connection whose group could not serve fetches a newer routing table, unless another
+    /// connection of the process did less than this long ago.
+    pub routing_refresh_gap: Duration,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +44,7 @@ impl Default for ClientConfig {
             // vote round) before answering `Unavailable`.
             attempts_max: 20,
             backoff: Duration::from_millis(100),
+            routing_refresh_gap: Duration::from_millis(250),
         }
     }
 }
@@ -56,6 +60,8 @@ pub struct Client<N: Net, C: Clock> {
     next: usize,
     session: u64,
     seq: u64,
+    /// The routing epoch `replicas` came from (0: none), sent with every request.
+    epoch: u64,
 }
 
 impl<N: Net, C: Clock> Client<N, C> {
@@ -83,7 +89,14 @@ impl<N: Net, C: Clock> Client<N, C> {
             next: 0,
             session,
             seq: 0,
+            epoch: 0,
         }
+    }
+
+    /// Names the routing epoch the replica list came from; nodes with a newer table use it to
+    /// tell a misrouted request (see [`ClientResponse::StaleEpoch`]).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
     }
 
     /// The node the client believes leads the group.
@@ -137,6 +150,7 @@ impl<N: Net, C: Clock> Client<N, C> {
             group: self.group,
             command,
             session,
+            epoch: self.epoch,
         }));
         let mut last_reason = String::from("no attempt made");
         for attempt in 0..self.config.attempts_max {
@@ -161,6 +175,16 @@ impl<N: Net, C: Clock> Client<N, C> {
                 Ok(Ok(ClientResponse::Unavailable { reason })) => {
                     self.forget_leader();
                     last_reason = format!("node {target}: {reason}");
+                }
+                Ok(Ok(ClientResponse::StaleEpoch { epoch })) => {
+                    // No replica of this group serves the key any more: only a newer table
+                    // helps, and fetching it is the caller's job (`ClusterClient`).
+                    return Err(ClientError::Unavailable {
+                        reason: format!(
+                            "routing epoch {epoch} (newer than {}) maps the key to another group",
+                            self.epoch
+                        ),
+                    });
                 }
                 Ok(Ok(ClientResponse::Indeterminate { reason })) => {
                     self.forget_leader();

@@ -5,32 +5,74 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::GroupId;
+use larder_core::{GroupId, NodeId};
 use larder_core::env::{Clock, Net};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
 
+use crate::center::{self, CenterError};
 use crate::client::{Client, ClientConfig, ClientError};
 
 /// The routing table a process currently believes, shared by all its connections and replaced
-/// whole when a newer epoch arrives.
+/// whole when a newer epoch arrives, plus the leader hints its connections learned and where a
+/// newer table comes from.
 #[derive(Debug, Clone)]
-pub struct SharedRouting(Arc<RwLock<Arc<RoutingTable>>>);
+pub struct SharedRouting {
+    table: Arc<RwLock<Arc<RoutingTable>>>,
+    /// Soft hints by group; kept beside the table (not in it) so a leader change costs a map
+    /// insert, not a copy of the 16384-slot table, and survives a table refresh.
+    hints: Arc<RwLock<BTreeMap<GroupId, NodeId>>>,
+    refresh: Arc<Refresh>,
+}
+
+#[derive(Debug)]
+struct Refresh {
+    /// Where newer tables come from: observers first, then center replicas. Empty: the table
+    /// is static (tests, the single-group simulator).
+    sources: Vec<NodeId>,
+    /// Serialises fetches and remembers when the last one started, so a burst of failing
+    /// requests costs one fetch.
+    last: futures::lock::Mutex<Option<Duration>>,
+}
 
 impl SharedRouting {
+    /// A fixed table nobody refreshes.
     pub fn new(table: RoutingTable) -> Self {
-        SharedRouting(Arc::new(RwLock::new(Arc::new(table))))
+        Self::build(table, Vec::new())
+    }
+
+    /// No table yet ([`RoutingTable::unknown`]): the first [`SharedRouting::refresh`] fetches
+    /// one from `sources` (observers first, then center replicas).
+    pub fn from_sources(sources: Vec<NodeId>) -> Self {
+        Self::build(RoutingTable::unknown(), sources)
+    }
+
+    fn build(table: RoutingTable, sources: Vec<NodeId>) -> Self {
+        SharedRouting {
+            table: Arc::new(RwLock::new(Arc::new(table))),
+            hints: Arc::new(RwLock::new(BTreeMap::new())),
+            refresh: Arc::new(Refresh {
+                sources,
+                last: futures::lock::Mutex::new(None),
+            }),
+        }
     }
 
     pub fn current(&self) -> Arc<RoutingTable> {
-        self.0.read().expect("routing lock").clone()
+        self.table.read().expect("routing lock").clone()
+    }
+
+    /// Where newer tables come from (empty: a static table).
+    pub fn sources(&self) -> &[NodeId] {
+        &self.refresh.sources
     }
 
     /// Installs `table` if it is newer than the current one; returns whether it did.
     pub fn offer(&self, table: RoutingTable) -> bool {
-        let mut current = self.0.write().expect("routing lock");
+        let mut current = self.table.write().expect("routing lock");
         if table.is_newer_than(&current) {
             *current = Arc::new(table);
             true
@@ -40,19 +82,74 @@ impl SharedRouting {
     }
 
     /// Records that `node` leads `group` (a soft hint; the epoch does not change).
-    pub fn hint_leader(&self, group: GroupId, node: larder_core::NodeId) {
-        let known =
-            |table: &RoutingTable| table.route(group).and_then(|r| r.leader_hint) == Some(node);
+    pub fn hint_leader(&self, group: GroupId, node: NodeId) {
         // The common case (hint unchanged) takes only the read lock.
-        if known(&self.current()) {
+        if self.hints.read().expect("hints lock").get(&group) == Some(&node) {
             return;
         }
-        let mut current = self.0.write().expect("routing lock");
-        if !known(&current) {
-            let mut table = (**current).clone();
-            if table.set_leader_hint(group, Some(node)).is_ok() {
-                *current = Arc::new(table);
+        self.hints.write().expect("hints lock").insert(group, node);
+    }
+
+    /// The node believed to lead `group`: the last one a connection found, else the table's.
+    pub fn leader_hint(&self, group: GroupId, table: &RoutingTable) -> Option<NodeId> {
+        let route = table.route(group)?;
+        self.hints
+            .read()
+            .expect("hints lock")
+            .get(&group)
+            .copied()
+            .filter(|node| route.replicas.contains(node))
+            .or(route.leader_hint)
+    }
+
+    /// Fetches a newer table from the sources ([`center::fetch_routing`]) unless another
+    /// fetch started less than `gap` ago (then this waits for it and returns `false`); returns
+    /// whether a newer table was installed. A static table is never refreshed.
+    pub async fn refresh<N: Net, C: Clock>(
+        &self,
+        net: &N,
+        clock: &C,
+        gap: Duration,
+        limit: Duration,
+    ) -> Result<bool, CenterError> {
+        if self.refresh.sources.is_empty() {
+            return Ok(false);
+        }
+        let mut last = self.refresh.last.lock().await;
+        let now = clock.now();
+        if last.is_some_and(|at| now.saturating_sub(at) < gap) {
+            return Ok(false);
+        }
+        *last = Some(now);
+        let known = self.current().epoch();
+        match center::fetch_routing(net, &self.refresh.sources, known, limit).await? {
+            Some(table) => Ok(self.offer(table)),
+            None => Ok(false),
+        }
+    }
+
+    /// Fetches until a table arrives or `deadline` (on `clock`) passes; for processes that
+    /// start before the center has written its first table.
+    pub async fn wait_for_table<N: Net, C: Clock>(
+        &self,
+        net: &N,
+        clock: &C,
+        deadline: Duration,
+    ) -> Result<Arc<RoutingTable>, CenterError> {
+        loop {
+            let outcome = self
+                .refresh(net, clock, Duration::ZERO, Duration::from_secs(1))
+                .await;
+            let table = self.current();
+            if table.epoch() > 0 {
+                return Ok(table);
             }
+            if clock.now() >= deadline {
+                return Err(outcome.err().unwrap_or(CenterError::NoRoutingSource {
+                    reasons: "no routing table yet".into(),
+                }));
+            }
+            clock.sleep(Duration::from_millis(200)).await;
         }
     }
 }
@@ -109,7 +206,7 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
                 self.config.clone(),
                 self.session,
             );
-            client.set_leader_hint(route.leader_hint);
+            client.set_leader_hint(self.routing.leader_hint(group, &table));
             // A fresh client restarts its sequence at 1; only safe with a fresh session, so a
             // replaced client of a group keeps the old one's sequence by reusing it.
             if let Some((_, old)) = self.groups.remove(&group) {
@@ -117,15 +214,41 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
             }
             self.groups.insert(group, (table.epoch(), client));
         }
-        Ok(&mut self.groups.get_mut(&group).expect("inserted above").1)
+        let (epoch, client) = self.groups.get_mut(&group).expect("inserted above");
+        // Same replicas under a newer epoch: keep the client (and its leader), send the epoch.
+        *epoch = table.epoch();
+        client.set_epoch(table.epoch());
+        Ok(client)
     }
 
-    /// Executes `command` on `group`.
+    /// Executes `command` on `group`. When the group cannot serve (nothing was done), fetches
+    /// a newer routing table and, if one arrived and still puts the command's keys in `group`,
+    /// tries once more with its replicas: a replaced replica or a table the proxy has not
+    /// caught up with costs a retry, not an error.
     pub async fn execute_in(
         &mut self,
         group: GroupId,
         command: Command,
     ) -> Result<Reply, ClientError> {
+        let result = self.execute_once(group, command.clone()).await;
+        let Err(ClientError::Unavailable { .. }) = &result else {
+            return result;
+        };
+        if !self.refresh_routing().await {
+            return result;
+        }
+        let table = self.routing.current();
+        let still_here = command
+            .keys()
+            .iter()
+            .all(|key| table.group_of_key(key) == Some(group));
+        if !still_here || table.route(group).is_none() {
+            return result;
+        }
+        self.execute_once(group, command).await
+    }
+
+    async fn execute_once(&mut self, group: GroupId, command: Command) -> Result<Reply, ClientError> {
         let client = self.client(group)?;
         let result = client.execute(command).await;
         if let Some(leader) = client.leader_hint() {
@@ -134,9 +257,29 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
         result
     }
 
+    /// Fetches a newer routing table if the routing has sources; returns whether one arrived.
+    pub async fn refresh_routing(&self) -> bool {
+        let limit = self.config.request_timeout;
+        match self
+            .routing
+            .refresh(&self.net, &self.clock, self.config.routing_refresh_gap, limit)
+            .await
+        {
+            Ok(newer) => newer,
+            Err(error) => {
+                tracing::debug!(%error, "refreshing the routing table");
+                false
+            }
+        }
+    }
+
     /// Executes a keyed command, splitting it across groups when its keys span several.
     /// Commands without keys are not routable here (see [`ClusterClient::execute_in`]).
     pub async fn execute(&mut self, command: Command) -> Result<Reply, ClientError> {
+        if self.routing.current().epoch() == 0 {
+            // Nothing known yet (a proxy that started before the center's first table).
+            self.refresh_routing().await;
+        }
         let table = self.routing.current();
         let keys = command.keys();
         let Some(first) = keys.first() else {

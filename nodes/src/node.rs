@@ -167,6 +167,9 @@ pub struct StorageNode<E: Env> {
     routing: RwLock<Option<Arc<RoutingTable>>>,
     /// Set by [`StorageNode::shutdown`]; ends the heartbeat task.
     stopped: AtomicBool,
+    /// Wakes the heartbeat task early: a client routed by a newer table than this node's, so
+    /// the node fetches it now rather than at the next interval.
+    heartbeat_now: Arc<tokio::sync::Notify>,
     /// The last timestamp given to a log entry; stamps never go backwards on one leader even
     /// when its wall clock jumps back.
     last_stamp_ms: AtomicU64,
@@ -232,11 +235,15 @@ impl<E: Env> StorageNode<E> {
             hosting: futures::lock::Mutex::new(()),
             routing: RwLock::new(None),
             stopped: AtomicBool::new(false),
+            heartbeat_now: Arc::new(tokio::sync::Notify::new()),
             last_stamp_ms: AtomicU64::new(0),
         });
         if !node.config.centers.is_empty() {
             // The task holds a weak reference: dropping the node ends it.
-            tokio::spawn(heartbeat_loop(Arc::downgrade(&node)));
+            tokio::spawn(heartbeat_loop(
+                Arc::downgrade(&node),
+                node.heartbeat_now.clone(),
+            ));
         }
         Ok(node)
     }
@@ -695,6 +702,25 @@ impl<E: Env> StorageNode<E> {
         }
     }
 
+    /// Whether a request for `group`, routed by a client at routing `epoch`, names a key this
+    /// node's newer table maps to another group; returns that table's epoch. A client ahead of
+    /// this node makes it fetch the newer table (and is served: only a table at least as new
+    /// as the client's may overrule it).
+    fn misrouted(&self, group: GroupId, command: &Command, epoch: u64) -> Option<u64> {
+        let table = self.routing()?;
+        if table.epoch() < epoch {
+            self.heartbeat_now.notify_one();
+            return None;
+        }
+        // Groups the table does not know (the center's own group) are not judged.
+        table.route(group)?;
+        command
+            .keys()
+            .iter()
+            .any(|key| table.group_of_key(key) != Some(group))
+            .then_some(table.epoch())
+    }
+
     /// Answers one request; center replicas pass the messages they do not handle themselves
     /// here too.
     pub(crate) async fn handle_message(&self, message: Message) -> Bytes {
@@ -743,7 +769,11 @@ impl<E: Env> StorageNode<E> {
                 group,
                 command,
                 session,
-            }) => encode(&self.execute(group, command, session).await),
+                epoch,
+            }) => match self.misrouted(group, &command, epoch) {
+                Some(epoch) => encode(&ClientResponse::StaleEpoch { epoch }),
+                None => encode(&self.execute(group, command, session).await),
+            },
             Message::Heartbeat(_) => encode(&CenterResponse::<HeartbeatAck>::Unavailable {
                 reason: format!("node {} is not a center replica", self.id()),
             }),
@@ -856,7 +886,7 @@ fn admin_response(outcome: Result<(), NodeError>) -> AdminResponse {
 /// Sends a heartbeat to the center every [`NodeConfig::center_heartbeat_ms`] until the node is
 /// shut down or dropped. Each round tries the center it believes leads, follows one hint per
 /// center, and tries each center at most once, so a round is bounded by the number of centers.
-async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>) {
+async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>, early: Arc<tokio::sync::Notify>) {
     let (clock, net, centers, interval) = match node.upgrade() {
         Some(node) => (
             node.env.clock().clone(),
@@ -903,7 +933,10 @@ async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>) {
                 _ => target = None,
             }
         }
-        clock.sleep(interval).await;
+        tokio::select! {
+            () = clock.sleep(interval) => {}
+            () = early.notified() => {}
+        }
     }
 }
 

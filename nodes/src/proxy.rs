@@ -12,6 +12,8 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Weak;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use larder_core::env::{Clock, Net, derive_seed};
@@ -80,6 +82,10 @@ pub struct ProxyConfig {
     pub client: ClientConfig,
     /// Bytes buffered from one connection before the proxy stops reading and processes.
     pub read_buffer_max: usize,
+    /// How often the proxy asks the center (observers first) for a newer routing table, when
+    /// its routing has sources. Failing requests fetch one sooner (see
+    /// [`ClientConfig::routing_refresh_gap`]).
+    pub routing_refresh: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -89,6 +95,7 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             client: ClientConfig::default(),
             read_buffer_max: 1 << 20,
+            routing_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -168,8 +175,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         &self.routing
     }
 
-    /// Accepts connections until the listener fails.
+    /// Accepts connections until the listener fails. With a routing that has sources, also
+    /// keeps the table fresh in the background.
     pub async fn serve<L: Listener>(self: &Arc<Self>, mut listener: L) -> std::io::Result<()> {
+        if !self.routing.sources().is_empty() {
+            tokio::spawn(refresh_loop(Arc::downgrade(self)));
+        }
         loop {
             let stream = listener.accept().await?;
             let proxy = self.clone();
@@ -495,6 +506,27 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                     .map_or(Frame::Simple("OK".into()), Frame::from),
             },
         }
+    }
+}
+
+/// Polls the routing sources every [`ProxyConfig::routing_refresh`] until the proxy is dropped,
+/// so a proxy learns of replaced replicas before its requests fail on them.
+async fn refresh_loop<N: Net, C: Clock>(proxy: Weak<Proxy<N, C>>) {
+    loop {
+        let Some(p) = proxy.upgrade() else { return };
+        let (clock, interval) = (p.clock.clone(), p.config.routing_refresh);
+        let limit = p.config.client.request_timeout;
+        match p
+            .routing
+            .refresh(&p.net, &p.clock, interval / 2, limit)
+            .await
+        {
+            Ok(true) => tracing::info!(epoch = p.routing.current().epoch(), "routing refreshed"),
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, "routing refresh"),
+        }
+        drop(p);
+        clock.sleep(interval.max(Duration::from_millis(10))).await;
     }
 }
 

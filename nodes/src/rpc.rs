@@ -187,6 +187,10 @@ pub struct ClientRequest {
     pub command: Command,
     /// Set on writes: lets the group apply a duplicated delivery once.
     pub session: Option<SessionSeq>,
+    /// The routing epoch the client routed by (0: none). A node holding a newer table that
+    /// maps a key elsewhere answers [`ClientResponse::StaleEpoch`]; a node holding an older one
+    /// fetches the newer table at once.
+    pub epoch: u64,
 }
 
 /// How a node answered a [`ClientRequest`].
@@ -202,6 +206,10 @@ pub enum ClientResponse {
     /// A write whose fate is unknown: it may or may not have been committed (the leader
     /// changed or stopped after appending it). Retrying could apply it twice.
     Indeterminate { reason: String },
+    /// The client routed by an older table than the node's, which maps one of the command's
+    /// keys to another group: nothing was done. Refresh the routing table (to at least
+    /// `epoch`) and route again.
+    StaleEpoch { epoch: u64 },
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {

@@ -23,6 +23,7 @@ fn proxy(password: Option<&str>) -> std::sync::Arc<Proxy<TcpNet, TokioClock>> {
             request_timeout: Duration::from_millis(100),
             attempts_max: 1,
             backoff: Duration::from_millis(1),
+            ..ClientConfig::default()
         },
         ..ProxyConfig::default()
     };

@@ -282,6 +282,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
                         request_timeout: Duration::from_millis(1500),
                         attempts_max: 6,
                         backoff: Duration::from_millis(50),
+                        ..larder_nodes::client::ClientConfig::default()
                     },
                     ..ProxyConfig::default()
                 },

@@ -79,6 +79,7 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
         request_timeout: Duration::from_millis(1500),
         attempts_max: 30,
         backoff: Duration::from_millis(200),
+        ..ClientConfig::default()
     };
 
     {

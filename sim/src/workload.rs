@@ -123,6 +123,7 @@ fn client_config() -> ClientConfig {
         request_timeout: Duration::from_millis(1500),
         attempts_max: 6,
         backoff: Duration::from_millis(50),
+        ..ClientConfig::default()
     }
 }
 
