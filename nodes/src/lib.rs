@@ -8,7 +8,8 @@
 //! - [`center::Center`]: the metadata service (routing table, node registry, failure
 //!   detection, replica repair, leader balancing) as its own Raft group, and its observers.
 //! - [`proxy::Proxy`]: the RESP2/RESP3 server in front of the cluster.
-//! - [`local::LocalCluster`]: nodes and a proxy in one process on loopback (`larder up`).
+//! - [`local::LocalCluster`]: center replicas, storage nodes and a proxy in one process on
+//!   loopback (`larder up`).
 //! - [`rpc`]: the messages on the wire.
 //! - [`real`]: `TokioClock`, `TcpNet`, `FjallDisk`.
 //!

@@ -1,6 +1,7 @@
-//! End-to-end: a local cluster (three storage nodes on loopback TCP and fjall, every slot group
-//! replicated three ways, a RESP proxy) driven by a real Redis client library and, where
-//! installed, `redis-cli`.
+//! End-to-end: a local cluster (three center replicas, three storage nodes on loopback TCP and
+//! fjall that get their slot groups from the center, every group replicated three ways, a RESP
+//! proxy that gets its routing from the center) driven by a real Redis client library and
+//! `redis-cli`; and a restart of the whole cluster from its data directory.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,13 +17,17 @@ struct Running {
 
 impl Running {
     fn start(groups: u64, requirepass: Option<&str>) -> Running {
+        Self::start_in(None, groups, requirepass)
+    }
+
+    fn start_in(dir: Option<&std::path::Path>, groups: u64, requirepass: Option<&str>) -> Running {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
         let config = LocalConfig {
-            dir: None,
+            dir: dir.map(std::path::Path::to_path_buf),
             listen: "127.0.0.1:0".parse().expect("address"),
             groups,
             requirepass: requirepass.map(str::to_string),
@@ -36,6 +41,10 @@ impl Running {
             cluster: Some(cluster),
             address,
         }
+    }
+
+    fn cluster(&self) -> &LocalCluster {
+        self.cluster.as_ref().expect("running")
     }
 
     fn url(&self) -> String {
@@ -270,4 +279,47 @@ fn redis_cli_talks_to_the_proxy() {
     assert_eq!(cli(&["get", "cli-key"]), "cli-value");
     assert_eq!(cli(&["-3", "hset", "h", "f", "v"]), "1");
     assert!(cli(&["info", "server"]).contains("redis_version"));
+}
+
+#[test]
+// A real-process test: it times its phases in real time.
+#[allow(clippy::disallowed_methods)]
+fn a_restart_from_the_same_directory_keeps_data_and_routing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let started = std::time::Instant::now();
+    let running = Running::start_in(Some(dir.path()), 4, None);
+    eprintln!("fresh start ready after {:?}", started.elapsed());
+    let (groups, epoch) = (
+        running.cluster().groups(),
+        running.cluster().routing_epoch(),
+    );
+    assert_eq!(groups, 4);
+    assert!(epoch >= 1, "the center wrote a routing table");
+    let mut c = running.connection();
+    let pairs: Vec<(String, String)> = (0..50)
+        .map(|i| (format!("k{i}"), format!("v{i}")))
+        .collect();
+    let () = c.mset(&pairs).expect("mset");
+    drop(c);
+    drop(running);
+
+    // Same directory, a different --groups: the center keeps its table and does not
+    // bootstrap again; the nodes reopen their groups.
+    let started = std::time::Instant::now();
+    let running = Running::start_in(Some(dir.path()), 16, None);
+    eprintln!("restart ready after {:?}", started.elapsed());
+    assert_eq!(
+        running.cluster().groups(),
+        groups,
+        "the table survived the restart"
+    );
+    assert!(running.cluster().routing_epoch() >= epoch);
+    let mut c = running.connection();
+    let keys: Vec<&String> = pairs.iter().map(|(k, _)| k).collect();
+    let values: Vec<Option<String>> = c.mget(&keys).expect("mget");
+    let expected: Vec<Option<String>> = pairs.iter().map(|(_, v)| Some(v.clone())).collect();
+    assert_eq!(values, expected);
+    let () = c
+        .set("after-restart", "yes")
+        .expect("a write after the restart");
 }
