@@ -35,7 +35,8 @@ struct Cli {
 enum Command {
     /// Run seeded simulations of a 3-node slot group under faults.
     Sim(SimArgs),
-    /// Start a local cluster on loopback (3 storage nodes and a RESP proxy) until Ctrl-C.
+    /// Start a local cluster on loopback (3 center replicas, 3 storage nodes and a RESP proxy)
+    /// until Ctrl-C.
     Up(up::UpArgs),
     /// redis-benchmark against a local cluster and, side by side, against redis-server.
     Bench(bench::BenchArgs),
@@ -44,6 +45,8 @@ enum Command {
     /// Check a history for linearizability (history.jsonl, Jepsen `INFO jepsen.util` logs,
     /// Porcupine EDN kv logs).
     Check(CheckArgs),
+    /// Run a center replica or observer process (TOML config).
+    Center(serve::ConfigArgs),
     /// Run a storage node process (TOML config).
     Node(serve::ConfigArgs),
     /// Run a RESP proxy process (TOML config).
@@ -330,6 +333,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::Jepsen(args) => jepsen::jepsen(args),
         Command::Check(args) => check(args),
+        Command::Center(args) => serve::center(args),
         Command::Node(args) => serve::node(args),
         Command::Proxy(args) => serve::proxy(args),
     };

@@ -1,15 +1,60 @@
-//! `larder node --config node.toml` and `larder proxy --config proxy.toml`: each role as its own
-//! process, configured by a TOML file. Routing is static (every group on the listed nodes) until
-//! the center distributes it.
+//! `larder center`, `larder node` and `larder proxy`: each role as its own process, configured
+//! by a TOML file (unknown keys are errors, so a typo is never silently ignored).
+//!
+//! Two modes:
+//! - **Center mode** (the normal one): `larder center` processes form the center group and own
+//!   the routing table; `larder node` with `centers = [...]` heartbeats to them and hosts the
+//!   groups the center gives it; `larder proxy` with `centers = [...]` fetches the routing
+//!   table from them (observers first) and keeps it fresh.
+//! - **Static mode** (`larder jepsen`): no center. Every node hosts groups `1..=groups` with
+//!   its `peers` as the other voters, one node forms them (`initialize`), and the proxy routes
+//!   by a fixed table over its `nodes`.
+//!
+//! Addresses: the routing table names node ids only, so every process lists the addresses it
+//! needs. A node lists its `peers` (in center mode, every other storage node of the cluster,
+//! spares included, since the center may put any of them in a group with it); a proxy lists
+//! every storage node in `nodes` in both modes; a center lists the other center replicas and
+//! observers, and learns storage nodes' addresses from their heartbeats (`nodes` may list them
+//! too).
+//!
+//! ```toml
+//! # center-101.toml
+//! id = 101
+//! listen = "127.0.0.1:7101"
+//! data_dir = "data/center-101"
+//! centers = [{ id = 101, address = "127.0.0.1:7101" }, { id = 102, address = "127.0.0.1:7102" },
+//!            { id = 103, address = "127.0.0.1:7103" }]   # every replica, this one included
+//! groups = 64              # slot groups of the first routing table
+//! initialize = true        # on one replica of a new cluster; harmless on restarts
+//! # optional: observers = [{ id = 201, address = "..." }], replicas = 3,
+//! # bootstrap_nodes_min = 3, heartbeat_ms = 500, missed_heartbeats_max = 5, nodes = [...]
+//!
+//! # node-1.toml (center mode)
+//! id = 1
+//! listen = "127.0.0.1:7001"
+//! data_dir = "data/node-1"
+//! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
+//! peers = [{ id = 2, address = "127.0.0.1:7002" }, ...]   # the other storage nodes
+//! # optional: advertise = "10.0.0.1:7001" (default: listen), heartbeat_ms = 500
+//!
+//! # proxy.toml (center mode)
+//! id = 1001
+//! listen = "127.0.0.1:6380"
+//! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
+//! nodes = [{ id = 1, address = "127.0.0.1:7001" }, ...]   # every storage node
+//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use larder_core::env::derive_seed;
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
+use larder_nodes::center::{Center, CenterConfig};
 use larder_nodes::cluster::SharedRouting;
 use larder_nodes::node::{NodeConfig, StorageNode};
 use larder_nodes::proxy::{Proxy, ProxyConfig};
@@ -31,7 +76,87 @@ pub struct Peer {
     pub address: SocketAddr,
 }
 
-/// `node.toml`.
+/// `center.toml`: one center replica (an id listed in `centers`) or observer (an id listed in
+/// `observers`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CenterFile {
+    pub id: NodeId,
+    /// Where the other center replicas, the storage nodes and the proxies reach this one.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Every center replica (the voters of the center group), this one included; the same list
+    /// in every center's file.
+    pub centers: Vec<Peer>,
+    /// Slot groups the first routing table creates (ids `1..=groups`). Ignored once the center
+    /// has a table.
+    pub groups: u64,
+    /// Form the center group if it is not formed yet. Set on one replica of a new cluster;
+    /// harmless on restarts. Not on an observer.
+    #[serde(default)]
+    pub initialize: bool,
+    /// Read-only followers of the routing table (learners of the center group).
+    #[serde(default)]
+    pub observers: Vec<Peer>,
+    /// Storage nodes' addresses known in advance (optional: heartbeats bring them).
+    #[serde(default)]
+    pub nodes: Vec<Peer>,
+    /// Replicas per slot group (default 3).
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    /// Live storage nodes needed before the first routing table is written (default 3).
+    #[serde(default)]
+    pub bootstrap_nodes_min: Option<usize>,
+    /// Expected interval of storage nodes' heartbeats, and the control loop's tick (default
+    /// 500). Give the nodes the same `heartbeat_ms`.
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+    /// A node is down after this many heartbeat intervals without one (default 5).
+    #[serde(default)]
+    pub missed_heartbeats_max: Option<u32>,
+}
+
+impl CenterFile {
+    /// The center settings, checked.
+    pub fn center_config(&self) -> anyhow::Result<CenterConfig> {
+        let centers: Vec<NodeId> = self.centers.iter().map(|c| c.id).collect();
+        let observers: Vec<NodeId> = self.observers.iter().map(|o| o.id).collect();
+        let mut all: Vec<NodeId> = centers.iter().chain(&observers).copied().collect();
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0] == w[1]) {
+            bail!("an id appears twice in centers/observers");
+        }
+        let is_center = centers.contains(&self.id);
+        if !is_center && !observers.contains(&self.id) {
+            bail!(
+                "id {} is in neither centers nor observers: list every center replica, this one included",
+                self.id
+            );
+        }
+        if self.initialize && !is_center {
+            bail!("an observer cannot initialize the center group");
+        }
+        let mut config = CenterConfig::new(centers, self.groups);
+        config.observers = observers;
+        if let Some(replicas) = self.replicas {
+            config.replicas = replicas;
+        }
+        if let Some(min) = self.bootstrap_nodes_min {
+            config.bootstrap_nodes_min = min;
+        }
+        if let Some(ms) = self.heartbeat_ms {
+            config.heartbeat_ms = ms;
+        }
+        if let Some(max) = self.missed_heartbeats_max {
+            config.missed_heartbeats_max = max;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `node.toml`. Center mode when `centers` is given (the center assigns the groups), static
+/// mode otherwise (`groups` on every node, formed by the one with `initialize`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
@@ -39,29 +164,127 @@ pub struct NodeFile {
     /// Where peers reach this node.
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// Slot groups 1..=groups, each replicated on this node and every peer.
-    pub groups: u64,
-    pub peers: Vec<Peer>,
-    /// Form the groups (with this node and the peers as voters) if they are not yet formed.
-    /// Set on one node of a new cluster; harmless on restarts.
+    /// The other storage nodes. Static mode: every group is replicated on this node and each
+    /// peer. Center mode: where to reach the nodes the center may group this one with.
     #[serde(default)]
-    pub initialize: bool,
+    pub peers: Vec<Peer>,
+    /// Static mode only: slot groups 1..=groups.
+    #[serde(default)]
+    pub groups: Option<u64>,
+    /// Static mode only: form the groups (with this node and the peers as voters) if they are
+    /// not yet formed. Set on one node of a new cluster; harmless on restarts.
+    #[serde(default)]
+    pub initialize: Option<bool>,
+    /// Center mode: the center replicas to heartbeat to.
+    #[serde(default)]
+    pub centers: Vec<Peer>,
+    /// Center mode: the address registered with the center (default: `listen`, which must
+    /// then not be a wildcard address).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// Center mode: interval between heartbeats to the center (default 500; the centers'
+    /// `heartbeat_ms`).
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
 }
 
-/// `proxy.toml`.
+/// How a node gets its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeMode {
+    Static { groups: u64, initialize: bool },
+    Center { advertise: SocketAddr },
+}
+
+impl NodeFile {
+    /// The mode, checked: center-only and static-only settings are not mixed.
+    pub fn mode(&self) -> anyhow::Result<NodeMode> {
+        if self.centers.is_empty() {
+            if self.advertise.is_some() || self.heartbeat_ms.is_some() {
+                bail!("advertise and heartbeat_ms need centers (center mode)");
+            }
+            let Some(groups) = self.groups else {
+                bail!("give either centers (center mode) or groups (static mode)");
+            };
+            if !(1..=16384).contains(&groups) {
+                bail!("groups must be between 1 and 16384, got {groups}");
+            }
+            return Ok(NodeMode::Static {
+                groups,
+                initialize: self.initialize.unwrap_or(false),
+            });
+        }
+        if self.groups.is_some() || self.initialize.is_some() {
+            bail!(
+                "with centers the center assigns and forms the groups: remove groups and initialize"
+            );
+        }
+        let advertise = self.advertise.unwrap_or(self.listen);
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            bail!(
+                "listen is {}: set advertise to an address peers can reach",
+                self.listen
+            );
+        }
+        Ok(NodeMode::Center { advertise })
+    }
+}
+
+/// `proxy.toml`. Center mode when `centers` is given (routing from the center), static mode
+/// otherwise (every group on every listed node).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyFile {
     pub id: NodeId,
     /// Where Redis clients connect.
     pub listen: SocketAddr,
-    pub groups: u64,
+    /// Every storage node (the routing table names node ids; this says where they are).
     pub nodes: Vec<Peer>,
+    /// Static mode only: slot groups 1..=groups, each on every node.
+    #[serde(default)]
+    pub groups: Option<u64>,
+    /// Center mode: the center replicas to fetch routing tables from.
+    #[serde(default)]
+    pub centers: Vec<Peer>,
+    /// Center mode: observers, asked before the center replicas.
+    #[serde(default)]
+    pub observers: Vec<Peer>,
     #[serde(default)]
     pub requirepass: Option<String>,
     /// Largest bulk string a client may send, in bytes.
     #[serde(default)]
     pub bulk_bytes_max: Option<u64>,
+}
+
+impl ProxyFile {
+    /// The routing the proxy starts with, checked: a fixed table (static mode) or none yet,
+    /// with the observers and centers to fetch one from (center mode).
+    pub fn routing(&self) -> anyhow::Result<SharedRouting> {
+        if self.nodes.is_empty() {
+            bail!("a proxy needs the storage nodes' addresses (nodes)");
+        }
+        if self.centers.is_empty() {
+            if !self.observers.is_empty() {
+                bail!("observers need centers (center mode)");
+            }
+            let Some(groups) = self.groups.filter(|g| (1..=16384).contains(g)) else {
+                bail!("give either centers (center mode) or groups = 1..=16384 (static mode)");
+            };
+            let replicas: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+            return Ok(SharedRouting::new(RoutingTable::even(groups, |_| {
+                replicas.clone()
+            })));
+        }
+        if self.groups.is_some() {
+            bail!("with centers the routing table comes from the center: remove groups");
+        }
+        let sources = self
+            .observers
+            .iter()
+            .chain(&self.centers)
+            .map(|p| p.id)
+            .collect();
+        Ok(SharedRouting::from_sources(sources))
+    }
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -88,33 +311,108 @@ async fn stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
-    let file: NodeFile = read(&args.config)?;
-    if !(1..=16384).contains(&file.groups) {
-        bail!("groups must be between 1 and 16384, got {}", file.groups);
+fn address_book<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> AddressBook {
+    let book = AddressBook::new();
+    for peer in peers {
+        book.insert(peer.id, peer.address);
     }
+    book
+}
+
+async fn open_env(
+    id: NodeId,
+    listen: SocketAddr,
+    data_dir: &Path,
+    book: AddressBook,
+    seed: u64,
+) -> anyhow::Result<RealEnv> {
+    let net = TcpNet::bind(id, listen, book)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let disk = FjallDisk::open(data_dir, &FjallOptions::default())
+        .with_context(|| format!("opening {}", data_dir.display()))?;
+    Ok(RealEnv {
+        clock: TokioClock::new(),
+        net,
+        disk,
+        seed: derive_seed(seed, id),
+    })
+}
+
+pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
+    let file: CenterFile = read(&args.config)?;
+    let config = file
+        .center_config()
+        .with_context(|| format!("checking {}", args.config.display()))?;
     std::fs::create_dir_all(&file.data_dir)
         .with_context(|| format!("creating {}", file.data_dir.display()))?;
     runtime()?.block_on(async {
         let seed = larder_nodes::real::process_seed();
         larder_nodes::raft::runtime::seed_raft_rng(seed);
-        let book = AddressBook::new();
-        for peer in &file.peers {
-            book.insert(peer.id, peer.address);
-        }
-        let net = TcpNet::bind(file.id, file.listen, book)
+        let book = address_book(
+            file.centers
+                .iter()
+                .chain(&file.observers)
+                .chain(&file.nodes),
+        );
+        let env = open_env(file.id, file.listen, &file.data_dir, book.clone(), seed).await?;
+        let center = Center::start(env, NodeConfig::new(file.id, vec![]), config)
             .await
-            .with_context(|| format!("listening on {}", file.listen))?;
-        let disk = FjallDisk::open(&file.data_dir, &FjallOptions::default())
-            .with_context(|| format!("opening {}", file.data_dir.display()))?;
-        let groups: Vec<GroupId> = (1..=file.groups).collect();
-        let env = RealEnv {
-            clock: TokioClock::new(),
-            net,
-            disk,
-            seed: derive_seed(seed, file.id),
+            .context("starting the center replica")?;
+        // Storage nodes register their addresses with their heartbeats.
+        center.on_address(move |node, address| match address.parse::<SocketAddr>() {
+            Ok(address) => book.insert(node, address),
+            Err(error) => tracing::warn!(node, address, %error, "unusable node address"),
+        });
+        let serving = Arc::clone(&center);
+        tokio::spawn(async move {
+            if let Err(error) = serving.serve().await {
+                tracing::error!(%error, "center stopped serving");
+            }
+        });
+        if file.initialize {
+            center
+                .initialize()
+                .await
+                .context("initializing the center group")?;
+        }
+        let role = if file.centers.iter().any(|c| c.id == file.id) {
+            "center replica"
+        } else {
+            "center observer"
         };
-        let node = StorageNode::start(env, NodeConfig::new(file.id, groups.clone()))
+        println!("larder {role} {} listening on {}", file.id, file.listen);
+        stop_signal().await?;
+        center.shutdown().await;
+        Ok(true)
+    })
+}
+
+pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
+    let file: NodeFile = read(&args.config)?;
+    let mode = file
+        .mode()
+        .with_context(|| format!("checking {}", args.config.display()))?;
+    std::fs::create_dir_all(&file.data_dir)
+        .with_context(|| format!("creating {}", file.data_dir.display()))?;
+    runtime()?.block_on(async {
+        let seed = larder_nodes::real::process_seed();
+        larder_nodes::raft::runtime::seed_raft_rng(seed);
+        let book = address_book(file.peers.iter().chain(&file.centers));
+        let env = open_env(file.id, file.listen, &file.data_dir, book, seed).await?;
+        let config = match &mode {
+            NodeMode::Static { groups, .. } => NodeConfig::new(file.id, (1..=*groups).collect()),
+            NodeMode::Center { advertise } => {
+                let mut config = NodeConfig::new(file.id, vec![]);
+                config.centers = file.centers.iter().map(|c| c.id).collect();
+                config.address = advertise.to_string();
+                if let Some(ms) = file.heartbeat_ms {
+                    config.center_heartbeat_ms = ms;
+                }
+                config
+            }
+        };
+        let node = StorageNode::start(env, config)
             .await
             .context("starting the storage node")?;
         let serving = node.clone();
@@ -123,17 +421,33 @@ pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
                 tracing::error!(%error, "node stopped serving");
             }
         });
-        if file.initialize {
+        if let NodeMode::Static {
+            groups,
+            initialize: true,
+        } = mode
+        {
             let voters = std::iter::once(file.id)
                 .chain(file.peers.iter().map(|p| p.id))
                 .collect();
-            for group in groups {
+            for group in 1..=groups {
+                let group: GroupId = group;
                 node.initialize(group, &voters)
                     .await
                     .with_context(|| format!("initializing group {group}"))?;
             }
         }
-        println!("larder node {} listening on {}", file.id, file.listen);
+        match mode {
+            NodeMode::Static { groups, .. } => println!(
+                "larder node {} listening on {} ({groups} static groups)",
+                file.id, file.listen
+            ),
+            NodeMode::Center { advertise } => println!(
+                "larder node {} listening on {} (advertised {advertise}; groups from centers {:?})",
+                file.id,
+                file.listen,
+                file.centers.iter().map(|c| c.id).collect::<Vec<_>>()
+            ),
+        }
         stop_signal().await?;
         node.shutdown().await;
         Ok(true)
@@ -142,16 +456,16 @@ pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
 
 pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
     let file: ProxyFile = read(&args.config)?;
-    if !(1..=16384).contains(&file.groups) || file.nodes.is_empty() {
-        bail!("a proxy needs 1..=16384 groups and at least one node");
-    }
+    let routing = file
+        .routing()
+        .with_context(|| format!("checking {}", args.config.display()))?;
     runtime()?.block_on(async {
-        let book = AddressBook::new();
-        for node in &file.nodes {
-            book.insert(node.id, node.address);
-        }
-        let replicas: Vec<NodeId> = file.nodes.iter().map(|n| n.id).collect();
-        let routing = SharedRouting::new(RoutingTable::even(file.groups, |_| replicas.clone()));
+        let book = address_book(
+            file.nodes
+                .iter()
+                .chain(&file.centers)
+                .chain(&file.observers),
+        );
         let mut config = ProxyConfig {
             password: file.requirepass.clone(),
             ..ProxyConfig::default()
@@ -182,9 +496,15 @@ pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
 mod tests {
     use super::*;
 
+    fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    const CENTERS: &str = r#"centers = [{ id = 101, address = "127.0.0.1:7101" }, { id = 102, address = "127.0.0.1:7102" }, { id = 103, address = "127.0.0.1:7103" }]"#;
+
     #[test]
     fn configs_parse_and_reject_unknown_fields() {
-        let node: NodeFile = toml::from_str(
+        let node: NodeFile = parse(
             r#"
             id = 1
             listen = "127.0.0.1:7001"
@@ -195,8 +515,15 @@ mod tests {
             "#,
         )
         .expect("node config");
-        assert_eq!((node.id, node.groups, node.peers.len()), (1, 8, 1));
-        let proxy: ProxyFile = toml::from_str(
+        assert_eq!((node.id, node.groups, node.peers.len()), (1, Some(8), 1));
+        assert_eq!(
+            node.mode().expect("static mode"),
+            NodeMode::Static {
+                groups: 8,
+                initialize: true
+            }
+        );
+        let proxy: ProxyFile = parse(
             r#"
             id = 1001
             listen = "127.0.0.1:6380"
@@ -206,12 +533,121 @@ mod tests {
         )
         .expect("proxy config");
         assert_eq!(proxy.requirepass, None);
-        let typo = toml::from_str::<ProxyFile>(
+        let routing = proxy.routing().expect("static routing");
+        assert!(routing.sources().is_empty());
+        assert_eq!(routing.current().groups().len(), 8);
+        let typo = parse::<ProxyFile>(
             "id = 1\nlisten = \"127.0.0.1:1\"\ngroups = 1\nnodes = []\nrequirepas = \"x\"",
         );
         assert!(
             typo.is_err(),
             "a misspelt key must be an error, not silently ignored"
         );
+    }
+
+    #[test]
+    fn center_configs_parse_and_are_checked() {
+        let text = format!(
+            "id = 101\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"/tmp/c\"\ngroups = 8\ninitialize = true\nheartbeat_ms = 200\nmissed_heartbeats_max = 4\nbootstrap_nodes_min = 4\n{CENTERS}\nobservers = [{{ id = 201, address = \"127.0.0.1:7201\" }}]\n"
+        );
+        let file: CenterFile = parse(&text).expect("center config");
+        let config = file.center_config().expect("valid");
+        assert_eq!(config.centers, vec![101, 102, 103]);
+        assert_eq!(config.observers, vec![201]);
+        assert_eq!(
+            (
+                config.groups,
+                config.heartbeat_ms,
+                config.missed_heartbeats_max,
+                config.bootstrap_nodes_min,
+                config.replicas
+            ),
+            (8, 200, 4, 4, 3)
+        );
+        // An observer runs from the same kind of file, but does not form the group.
+        let observer: CenterFile = parse(&text.replace("id = 101\n", "id = 201\n")).expect("parse");
+        assert!(
+            observer.center_config().is_err(),
+            "an observer with initialize"
+        );
+        let observer: CenterFile = parse(
+            &text
+                .replace("id = 101\n", "id = 201\n")
+                .replace("initialize = true\n", ""),
+        )
+        .expect("parse");
+        assert!(observer.center_config().is_ok());
+        // Rejected: an id listed nowhere, duplicate ids, bad values, unknown keys.
+        let stranger: CenterFile = parse(&text.replace("id = 101\n", "id = 5\n")).expect("parse");
+        assert!(stranger.center_config().is_err());
+        let twice: CenterFile = parse(&text.replace("id = 201,", "id = 102,")).expect("parse");
+        assert!(twice.center_config().is_err());
+        let zero: CenterFile = parse(&text.replace("groups = 8", "groups = 0")).expect("parse");
+        assert!(zero.center_config().is_err());
+        assert!(parse::<CenterFile>(&format!("{text}heartbeat = 5\n")).is_err());
+        assert!(parse::<CenterFile>(&text.replace("groups = 8\n", "")).is_err());
+    }
+
+    #[test]
+    fn node_and_proxy_center_mode_parse_and_are_checked() {
+        let node = format!(
+            "id = 1\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/n1\"\nheartbeat_ms = 200\npeers = [{{ id = 2, address = \"127.0.0.1:7002\" }}]\n{CENTERS}\n"
+        );
+        let file: NodeFile = parse(&node).expect("center-mode node");
+        assert_eq!(
+            file.mode().expect("center mode"),
+            NodeMode::Center {
+                advertise: "127.0.0.1:7001".parse().expect("address")
+            }
+        );
+        // Groups come from the center: static settings are rejected, not ignored.
+        for extra in [
+            "groups = 8\n",
+            "initialize = true\n",
+            "initialize = false\n",
+        ] {
+            let file: NodeFile = parse(&format!("{node}{extra}")).expect("parse");
+            assert!(file.mode().is_err(), "{extra}");
+        }
+        // A wildcard listen address needs an advertised one.
+        let wildcard = node.replace("127.0.0.1:7001", "0.0.0.0:7001");
+        let file: NodeFile = parse(&wildcard).expect("parse");
+        assert!(file.mode().is_err());
+        let file: NodeFile =
+            parse(&format!("{wildcard}advertise = \"10.0.0.1:7001\"\n")).expect("parse");
+        assert_eq!(
+            file.mode().expect("advertised"),
+            NodeMode::Center {
+                advertise: "10.0.0.1:7001".parse().expect("address")
+            }
+        );
+        // Static mode needs groups; center-only settings need centers.
+        let bare = "id = 1\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/n1\"\n";
+        assert!(parse::<NodeFile>(bare).expect("parse").mode().is_err());
+        let file: NodeFile =
+            parse(&format!("{bare}groups = 4\nheartbeat_ms = 100\n")).expect("parse");
+        assert!(file.mode().is_err());
+
+        let proxy = format!(
+            "id = 1001\nlisten = \"127.0.0.1:6380\"\nnodes = [{{ id = 1, address = \"127.0.0.1:7001\" }}]\nobservers = [{{ id = 201, address = \"127.0.0.1:7201\" }}]\n{CENTERS}\n"
+        );
+        let file: ProxyFile = parse(&proxy).expect("center-mode proxy");
+        let routing = file.routing().expect("center routing");
+        assert_eq!(routing.sources(), &[201, 101, 102, 103], "observers first");
+        assert_eq!(
+            routing.current().epoch(),
+            0,
+            "no table until the center answers"
+        );
+        let file: ProxyFile = parse(&format!("{proxy}groups = 8\n")).expect("parse");
+        assert!(file.routing().is_err(), "groups with centers");
+        let file: ProxyFile = parse(&proxy.replace(
+            "nodes = [{ id = 1, address = \"127.0.0.1:7001\" }]",
+            "nodes = []",
+        ))
+        .expect("parse");
+        assert!(file.routing().is_err(), "no storage node addresses");
+        let no_nodes = proxy.replace("nodes = [{ id = 1, address = \"127.0.0.1:7001\" }]\n", "");
+        assert!(parse::<ProxyFile>(&no_nodes).is_err(), "nodes is required");
     }
 }

@@ -1,0 +1,410 @@
+//! The roles as separate processes: three `larder center`, four `larder node` (center mode)
+//! and one `larder proxy` process on loopback, each from its own TOML file, driven through the
+//! proxy with the `redis` crate.
+//!
+//! `center_processes_replace_a_killed_node`: the center bootstraps the routing table and forms
+//! the groups; 100 keys are written through the proxy; the storage node with the most replicas
+//! is killed with SIGKILL; the center marks it down and replaces its replicas under newer
+//! routing epochs, the proxy picks the new table up (`INFO` reports `routing_epoch`), every key
+//! is still readable and new writes succeed; then every process exits cleanly on SIGTERM.
+
+// A real-process test: real time, real threads.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use larder_core::NodeId;
+use larder_core::routing::RoutingTable;
+use larder_nodes::center::fetch_routing;
+use larder_nodes::real::{AddressBook, TcpNet};
+
+const CENTERS: [NodeId; 3] = [101, 102, 103];
+const NODES: [NodeId; 4] = [1, 2, 3, 4];
+const PROXY: NodeId = 1001;
+const GROUPS: u64 = 8;
+const HEARTBEAT_MS: u64 = 200;
+const KEYS: usize = 100;
+
+/// The running processes; killed (and their logs' tails printed) if the test fails.
+struct Cluster {
+    dir: PathBuf,
+    addresses: BTreeMap<NodeId, SocketAddr>,
+    children: BTreeMap<NodeId, Child>,
+    runtime: tokio::runtime::Runtime,
+    net: TcpNet,
+}
+
+fn role(id: NodeId) -> &'static str {
+    if CENTERS.contains(&id) {
+        "center"
+    } else if id == PROXY {
+        "proxy"
+    } else {
+        "node"
+    }
+}
+
+fn peers(addresses: &BTreeMap<NodeId, SocketAddr>, ids: &[NodeId]) -> String {
+    let entries: Vec<String> = ids
+        .iter()
+        .map(|id| format!("{{ id = {id}, address = \"{}\" }}", addresses[id]))
+        .collect();
+    format!("[{}]", entries.join(", "))
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        // Distinct free ports: hold every listener until all are chosen.
+        let ids: Vec<NodeId> = CENTERS
+            .iter()
+            .chain(&NODES)
+            .chain(&[PROXY])
+            .copied()
+            .collect();
+        let listeners: Vec<std::net::TcpListener> = ids
+            .iter()
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+            .collect();
+        let addresses: BTreeMap<NodeId, SocketAddr> = ids
+            .iter()
+            .zip(&listeners)
+            .map(|(id, l)| (*id, l.local_addr().expect("address")))
+            .collect();
+        drop(listeners);
+        let centers = format!("centers = {}", peers(&addresses, &CENTERS));
+        for id in CENTERS {
+            let text = format!(
+                "id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\ngroups = {GROUPS}\ninitialize = {}\n\
+                 bootstrap_nodes_min = {}\nheartbeat_ms = {HEARTBEAT_MS}\nmissed_heartbeats_max = 5\n{centers}\n",
+                addresses[&id],
+                dir.join(format!("center-{id}")).display(),
+                id == CENTERS[0],
+                NODES.len(),
+            );
+            std::fs::write(dir.join(format!("center-{id}.toml")), text).expect("write config");
+        }
+        for id in NODES {
+            let others: Vec<NodeId> = NODES.iter().copied().filter(|n| *n != id).collect();
+            let text = format!(
+                "id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\nheartbeat_ms = {HEARTBEAT_MS}\n{centers}\npeers = {}\n",
+                addresses[&id],
+                dir.join(format!("node-{id}")).display(),
+                peers(&addresses, &others),
+            );
+            std::fs::write(dir.join(format!("node-{id}.toml")), text).expect("write config");
+        }
+        let text = format!(
+            "id = {PROXY}\nlisten = \"{}\"\n{centers}\nnodes = {}\n",
+            addresses[&PROXY],
+            peers(&addresses, &NODES),
+        );
+        std::fs::write(dir.join(format!("proxy-{PROXY}.toml")), text).expect("write config");
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let book = AddressBook::new();
+        for id in CENTERS {
+            book.insert(id, addresses[&id]);
+        }
+        let net = runtime.block_on(async { TcpNet::client(900, book) });
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            addresses,
+            children: BTreeMap::new(),
+            runtime,
+            net,
+        };
+        for id in ids {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, id: NodeId) {
+        let name = format!("{}-{id}", role(id));
+        let log = File::create(self.dir.join(format!("{name}.log"))).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_larder"))
+            .arg(role(id))
+            .arg("--config")
+            .arg(self.dir.join(format!("{name}.toml")))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn larder");
+        self.children.insert(id, child);
+    }
+
+    /// SIGKILL: no shutdown, unsynced state lost.
+    fn kill(&mut self, id: NodeId) {
+        let mut child = self.children.remove(&id).expect("running");
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM to every process; each must exit successfully within 15 s.
+    fn stop(mut self) {
+        for child in self.children.values() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(status.success());
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let children = std::mem::take(&mut self.children);
+        for (id, mut child) in children {
+            loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    assert!(status.success(), "{} {id} exited with {status}", role(id));
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    panic!("{} {id} did not stop on SIGTERM", role(id));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The routing table the center replicas serve (the first that answers).
+    fn routing(&self) -> Option<RoutingTable> {
+        self.runtime
+            .block_on(fetch_routing(
+                &self.net,
+                &CENTERS,
+                0,
+                Duration::from_millis(500),
+            ))
+            .ok()
+            .flatten()
+    }
+
+    fn redis_url(&self) -> String {
+        format!("redis://{}/", self.addresses[&PROXY])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for id in CENTERS.iter().chain(&NODES).chain(&[PROXY]) {
+                let name = format!("{}-{id}", role(*id));
+                let text = std::fs::read_to_string(self.dir.join(format!("{name}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- {name}.log (last 20 lines)");
+                for line in &lines[lines.len().saturating_sub(20)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Polls `probe` every 100 ms until it yields, failing after `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Redis connection to the proxy that reconnects after errors, and retries a command until
+/// it succeeds or `limit` passes. Retrying is safe here: `-TRYAGAIN` means nothing happened,
+/// and the writes set fixed values, so one that went through twice changes nothing.
+struct Redis {
+    url: String,
+    connection: Option<redis::Connection>,
+}
+
+impl Redis {
+    fn new(url: String) -> Redis {
+        Redis {
+            url,
+            connection: None,
+        }
+    }
+
+    fn retry<T: redis::FromRedisValue>(&mut self, command: &redis::Cmd, limit: Duration) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            let result = self.connect().and_then(|c| command.query::<T>(c));
+            match result {
+                Ok(value) => return value,
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{command:?} kept failing for {limit:?}: {error}"
+                    );
+                    if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
+                        self.connection = None;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self) -> redis::RedisResult<&mut redis::Connection> {
+        if self.connection.is_none() {
+            let client = redis::Client::open(self.url.as_str())?;
+            let connection = client.get_connection_with_timeout(Duration::from_secs(2))?;
+            connection.set_read_timeout(Some(Duration::from_secs(10)))?;
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("connected"))
+    }
+
+    fn routing_epoch(&mut self) -> u64 {
+        let info: String = self.retry(&redis::cmd("INFO"), Duration::from_secs(10));
+        info.lines()
+            .find_map(|line| line.strip_prefix("routing_epoch:"))
+            .and_then(|epoch| epoch.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no routing_epoch in INFO: {info}"))
+    }
+}
+
+fn set(key: &str, value: &str) -> redis::Cmd {
+    let mut command = redis::cmd("SET");
+    command.arg(key).arg(value);
+    command
+}
+
+fn get(key: &str) -> redis::Cmd {
+    let mut command = redis::cmd("GET");
+    command.arg(key);
+    command
+}
+
+/// The storage node hosting the most replicas in `table` (ties: lowest id).
+fn busiest(table: &RoutingTable) -> NodeId {
+    let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for route in table.groups().values() {
+        for node in &route.replicas {
+            *load.entry(*node).or_default() += 1;
+        }
+    }
+    load.into_iter()
+        .max_by_key(|(id, count)| (*count, std::cmp::Reverse(*id)))
+        .map(|(id, _)| id)
+        .expect("replicas")
+}
+
+#[test]
+fn center_processes_replace_a_killed_node() {
+    let dir = tempfile::tempdir().expect("dir");
+    let started = Instant::now();
+    let mut cluster = Cluster::start(dir.path());
+    let mut redis = Redis::new(cluster.redis_url());
+
+    // The center bootstraps once the four nodes heartbeat; the proxy fetches the table.
+    let table = wait_for("the first routing table", Duration::from_secs(20), || {
+        cluster
+            .routing()
+            .filter(|t| t.groups().len() == GROUPS as usize)
+    });
+    assert!(
+        table.groups().values().all(|r| {
+            r.replicas.len() == 3 && r.replicas.iter().collect::<BTreeSet<_>>().len() == 3
+        }),
+        "{table:?}"
+    );
+    for i in 0..KEYS {
+        let () = redis.retry(
+            &set(&format!("key-{i}"), &format!("value-{i}")),
+            Duration::from_secs(15),
+        );
+    }
+    eprintln!(
+        "bootstrapped and wrote {KEYS} keys after {:?}",
+        started.elapsed()
+    );
+    assert!(redis.routing_epoch() >= table.epoch());
+
+    // SIGKILL the storage node with the most replicas.
+    let victim = busiest(&table);
+    let hosted = table
+        .groups()
+        .values()
+        .filter(|r| r.replicas.contains(&victim))
+        .count();
+    assert!(hosted > 0);
+    cluster.kill(victim);
+    let killed = Instant::now();
+
+    // The center declares it down and replaces each of its replicas (one epoch per group).
+    let live: BTreeSet<NodeId> = NODES.iter().copied().filter(|n| *n != victim).collect();
+    let repaired = wait_for(
+        "the victim's replicas replaced",
+        Duration::from_secs(30),
+        || {
+            cluster.routing().filter(|t| {
+                t.epoch() > table.epoch()
+                    && t.groups().len() == GROUPS as usize
+                    && t.groups().values().all(|r| {
+                        r.replicas.len() == 3
+                            && r.replicas.iter().collect::<BTreeSet<_>>().len() == 3
+                            && r.replicas.iter().all(|n| live.contains(n))
+                    })
+            })
+        },
+    );
+    eprintln!(
+        "node {victim} ({hosted} replicas) replaced after {:?}, epoch {} -> {}",
+        killed.elapsed(),
+        table.epoch(),
+        repaired.epoch()
+    );
+    // The proxy follows (background refresh, or on the first failing request).
+    wait_for("the proxy's routing epoch", Duration::from_secs(10), || {
+        (redis.routing_epoch() >= repaired.epoch()).then_some(())
+    });
+
+    // Every key survived; new writes go through.
+    for i in 0..KEYS {
+        let value: Option<String> = redis.retry(&get(&format!("key-{i}")), Duration::from_secs(15));
+        assert_eq!(
+            value.as_deref(),
+            Some(format!("value-{i}").as_str()),
+            "key-{i}"
+        );
+    }
+    for i in 0..KEYS {
+        let () = redis.retry(
+            &set(&format!("after-{i}"), &format!("new-{i}")),
+            Duration::from_secs(15),
+        );
+    }
+    for i in (0..KEYS).step_by(7) {
+        let value: Option<String> =
+            redis.retry(&get(&format!("after-{i}")), Duration::from_secs(15));
+        assert_eq!(value.as_deref(), Some(format!("new-{i}").as_str()));
+    }
+    let size: i64 = redis.retry(&redis::cmd("DBSIZE"), Duration::from_secs(15));
+    assert_eq!(size, 2 * KEYS as i64);
+    eprintln!("checked after {:?} in total", started.elapsed());
+    drop(redis);
+    cluster.stop();
+}
