@@ -58,6 +58,13 @@ pub enum Fault {
     Pause { node: NodeId },
     /// The paused process continues (SIGCONT).
     Resume { node: NodeId },
+    /// Kill whichever center replica leads the center group now (unsynced writes lost).
+    CrashCenterLeader,
+    /// Start every crashed center replica again from its disk.
+    RestartCenters,
+    /// `node`'s machine is gone for good: killed and never restarted, not even at the heal
+    /// point. The center must notice and re-replicate its slot groups elsewhere.
+    Destroy { node: NodeId },
 }
 
 impl Fault {
@@ -83,6 +90,9 @@ impl Fault {
             Fault::HealClock { .. } => "heal_clock",
             Fault::Pause { .. } => "pause",
             Fault::Resume { .. } => "resume",
+            Fault::CrashCenterLeader => "crash_center_leader",
+            Fault::RestartCenters => "restart_centers",
+            Fault::Destroy { .. } => "destroy",
         }
     }
 
@@ -96,6 +106,7 @@ impl Fault {
                 | Fault::HealDisk { .. }
                 | Fault::HealClock { .. }
                 | Fault::Resume { .. }
+                | Fault::RestartCenters
         )
     }
 }
@@ -116,6 +127,14 @@ pub struct FaultPlan {
     /// message, disk and clock fault healed. The cluster must serve again within the run's
     /// liveness bound.
     pub heal_at_ms: u64,
+}
+
+/// The processes of a whole cluster by role, for plans whose faults target roles.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roles {
+    pub storage: Vec<NodeId>,
+    pub centers: Vec<NodeId>,
+    pub proxies: Vec<NodeId>,
 }
 
 /// Which kinds a generated plan may use, and how often faults start.
@@ -336,6 +355,80 @@ impl FaultPlan {
     }
 }
 
+impl FaultPlan {
+    /// [`FaultPlan::generate`] over the storage nodes, plus faults that target roles, drawn from
+    /// their own random stream (so the storage faults of a seed do not depend on the roles):
+    /// - with crashes: the center leader is killed and its replicas restarted later, a few
+    ///   times a run; and, once, in the first half of the run, a storage node is destroyed for
+    ///   good (when there are more storage nodes than replicas need, i.e. more than three);
+    /// - with partitions: a proxy is cut off from every center replica for a while;
+    /// - with clocks: a center replica's clock is offset or drifts.
+    pub fn generate_roles(
+        seed: u64,
+        roles: &Roles,
+        heal_at_ms: u64,
+        config: &PlanConfig,
+    ) -> FaultPlan {
+        let mut plan = FaultPlan::generate(seed, &roles.storage, heal_at_ms, config);
+        if roles.centers.is_empty() {
+            return plan;
+        }
+        let mut rng = SeededRng::new(derive_seed(seed, 0xce_47e5));
+        let mut events = Vec::new();
+        let mut push = |at_ms: u64, fault: Fault| events.push(ScheduledFault { at_ms, fault });
+        // Room for the cluster to form before the first role fault.
+        let start = 2_000.min(heal_at_ms);
+        if config.crashes && roles.storage.len() > 3 && heal_at_ms > start {
+            let at = rng.range(start, start + (heal_at_ms - start) / 2 + 1);
+            let node = roles.storage[rng.below(roles.storage.len() as u64) as usize];
+            push(at, Fault::Destroy { node });
+        }
+        let mut at = start + rng.range(0, config.gap_ms_mean.max(1) * 2);
+        while at < heal_at_ms {
+            let until = (at + rng.range(300, config.fault_ms_max.max(301))).min(heal_at_ms);
+            match rng.below(3) {
+                0 if config.crashes => {
+                    push(at, Fault::CrashCenterLeader);
+                    push(until, Fault::RestartCenters);
+                }
+                1 if config.partitions && !roles.proxies.is_empty() => {
+                    let proxy = roles.proxies[rng.below(roles.proxies.len() as u64) as usize];
+                    push(
+                        at,
+                        Fault::Partition {
+                            side_a: vec![proxy],
+                            side_b: roles.centers.clone(),
+                        },
+                    );
+                    push(until, Fault::HealPartitions);
+                }
+                2 if config.clocks => {
+                    let node = roles.centers[rng.below(roles.centers.len() as u64) as usize];
+                    let fault = if rng.chance(0.5) {
+                        Fault::ClockOffset {
+                            node,
+                            offset_ms: rng.range(0, 20_000) as i64 - 10_000,
+                        }
+                    } else {
+                        Fault::ClockDrift {
+                            node,
+                            ppm: rng.range(0, 200_000) as i64 - 100_000,
+                        }
+                    };
+                    push(at, fault);
+                    push(until, Fault::HealClock { node });
+                }
+                _ => {}
+            }
+            at += rng.range(1_000, 4 * config.gap_ms_mean.max(251));
+        }
+        plan.events.extend(events);
+        // Stable: a fault stays before its own heal on the same millisecond.
+        plan.events.sort_by_key(|event| event.at_ms);
+        plan
+    }
+}
+
 /// Splits `nodes` into two non-empty sides (when there are at least two nodes).
 fn split(rng: &mut SeededRng, nodes: &[NodeId]) -> (Vec<NodeId>, Vec<NodeId>) {
     let mut shuffled = nodes.to_vec();
@@ -428,6 +521,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn role_plans_keep_the_storage_plan_and_add_role_faults() {
+        let roles = Roles {
+            storage: vec![1, 2, 3, 4, 5],
+            centers: vec![301, 302, 303],
+            proxies: vec![200, 201],
+        };
+        let config = PlanConfig::default();
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 0..50 {
+            let storage = FaultPlan::generate(seed, &roles.storage, 20_000, &config);
+            let plan = FaultPlan::generate_roles(seed, &roles, 20_000, &config);
+            assert_eq!(
+                plan,
+                FaultPlan::generate_roles(seed, &roles, 20_000, &config)
+            );
+            assert!(plan.events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+            // Every storage fault is still there: role faults only add.
+            let rest: Vec<_> = plan
+                .events
+                .iter()
+                .filter(|e| storage.events.contains(e))
+                .collect();
+            assert_eq!(rest.len(), storage.events.len(), "seed {seed}");
+            let destroyed: Vec<_> = plan
+                .events
+                .iter()
+                .filter_map(|e| match e.fault {
+                    Fault::Destroy { node } => Some((node, e.at_ms)),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                destroyed.len() <= 1,
+                "seed {seed}: at most one node destroyed"
+            );
+            for (node, at) in destroyed {
+                assert!(roles.storage.contains(&node) && at <= 11_000);
+            }
+            kinds.extend(plan.events.iter().map(|e| e.fault.kind()));
+        }
+        for kind in ["destroy", "crash_center_leader", "restart_centers"] {
+            assert!(kinds.contains(kind), "no seed of 50 drew {kind}");
+        }
+        // Without centers a role plan is the storage plan.
+        let bare = Roles {
+            storage: vec![1, 2, 3],
+            ..Roles::default()
+        };
+        assert_eq!(
+            FaultPlan::generate_roles(9, &bare, 20_000, &config),
+            FaultPlan::generate(9, &[1, 2, 3], 20_000, &config)
+        );
     }
 
     #[test]

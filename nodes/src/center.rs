@@ -741,10 +741,15 @@ impl<E: Env> Center<E> {
                 *routing = Some(next);
                 let through = plan::newest_memberships(&view.nodes)
                     .get(&group)
-                    .map_or(0, |m| m.index);
+                    .map(|m| m.index);
                 let mut soft = self.soft.lock().expect("soft lock");
                 soft.finished.remove(&group);
-                soft.adopted_through.insert(group, through);
+                // No membership known (a never-formed group placed anew): the first one reported
+                // later, even at log index 0, must still be adopted.
+                match through {
+                    Some(index) => soft.adopted_through.insert(group, index),
+                    None => soft.adopted_through.remove(&group),
+                };
             }
             Action::Host {
                 node,

@@ -106,7 +106,7 @@ impl<N: Net, C: Clock> Client<N, C> {
 
     /// Starts from `leader` (e.g. learned by another connection) instead of probing replicas.
     pub fn set_leader_hint(&mut self, leader: Option<NodeId>) {
-        self.leader = leader.filter(|node| self.replicas.contains(node));
+        self.leader = leader;
     }
 
     /// Carries on `old`'s write sequence (same session), so a client rebuilt for a new replica
@@ -168,8 +168,10 @@ impl<N: Net, C: Clock> Client<N, C> {
                     return Ok(reply);
                 }
                 Ok(Ok(ClientResponse::NotLeader { leader_hint })) => {
-                    self.leader =
-                        leader_hint.filter(|hint| *hint != target && self.replicas.contains(hint));
+                    // A hint outside `replicas` is a member our routing does not know yet (a
+                    // replacement replica): asking it is safe, every node checks leadership
+                    // through Raft, and it beats cycling through a replica that is gone.
+                    self.leader = leader_hint.filter(|hint| *hint != target);
                     last_reason = format!("node {target} is not the leader");
                 }
                 Ok(Ok(ClientResponse::Unavailable { reason })) => {

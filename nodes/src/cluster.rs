@@ -8,10 +8,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::{GroupId, NodeId};
 use larder_core::env::{Clock, Net};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
+use larder_core::{GroupId, NodeId};
 
 use crate::center::{self, CenterError};
 use crate::client::{Client, ClientConfig, ClientError};
@@ -90,7 +90,8 @@ impl SharedRouting {
         self.hints.write().expect("hints lock").insert(group, node);
     }
 
-    /// The node believed to lead `group`: the last one a connection found, else the table's.
+    /// The node believed to lead `group`: the last one a connection found (possibly a member
+    /// newer than the table), else the table's.
     pub fn leader_hint(&self, group: GroupId, table: &RoutingTable) -> Option<NodeId> {
         let route = table.route(group)?;
         self.hints
@@ -98,7 +99,6 @@ impl SharedRouting {
             .expect("hints lock")
             .get(&group)
             .copied()
-            .filter(|node| route.replicas.contains(node))
             .or(route.leader_hint)
     }
 
@@ -153,6 +153,10 @@ impl SharedRouting {
         }
     }
 }
+
+/// Times one command is retried after a newer routing table arrived (each retry follows a
+/// table change, so this bounds a command's time while the center is repairing).
+const ROUTING_RETRIES_MAX: usize = 3;
 
 /// A client of every slot group of the cluster.
 pub struct ClusterClient<N: Net, C: Clock> {
@@ -223,32 +227,39 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
 
     /// Executes `command` on `group`. When the group cannot serve (nothing was done), fetches
     /// a newer routing table and, if one arrived and still puts the command's keys in `group`,
-    /// tries once more with its replicas: a replaced replica or a table the proxy has not
+    /// tries again with its replicas: a replaced replica or a table the proxy has not
     /// caught up with costs a retry, not an error.
     pub async fn execute_in(
         &mut self,
         group: GroupId,
         command: Command,
     ) -> Result<Reply, ClientError> {
-        let result = self.execute_once(group, command.clone()).await;
-        let Err(ClientError::Unavailable { .. }) = &result else {
-            return result;
-        };
-        if !self.refresh_routing().await {
-            return result;
+        let mut result = self.execute_once(group, command.clone()).await;
+        for _ in 0..ROUTING_RETRIES_MAX {
+            let Err(ClientError::Unavailable { .. }) = &result else {
+                break;
+            };
+            if !self.refresh_routing().await {
+                break;
+            }
+            let table = self.routing.current();
+            let still_here = command
+                .keys()
+                .iter()
+                .all(|key| table.group_of_key(key) == Some(group));
+            if !still_here || table.route(group).is_none() {
+                break;
+            }
+            result = self.execute_once(group, command.clone()).await;
         }
-        let table = self.routing.current();
-        let still_here = command
-            .keys()
-            .iter()
-            .all(|key| table.group_of_key(key) == Some(group));
-        if !still_here || table.route(group).is_none() {
-            return result;
-        }
-        self.execute_once(group, command).await
+        result
     }
 
-    async fn execute_once(&mut self, group: GroupId, command: Command) -> Result<Reply, ClientError> {
+    async fn execute_once(
+        &mut self,
+        group: GroupId,
+        command: Command,
+    ) -> Result<Reply, ClientError> {
         let client = self.client(group)?;
         let result = client.execute(command).await;
         if let Some(leader) = client.leader_hint() {
@@ -262,7 +273,12 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
         let limit = self.config.request_timeout;
         match self
             .routing
-            .refresh(&self.net, &self.clock, self.config.routing_refresh_gap, limit)
+            .refresh(
+                &self.net,
+                &self.clock,
+                self.config.routing_refresh_gap,
+                limit,
+            )
             .await
         {
             Ok(newer) => newer,

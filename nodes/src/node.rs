@@ -943,7 +943,7 @@ async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>, early: Arc<tokio::sy
 /// An error reply for a Raft RPC naming a group this node does not host. openraft treats it like
 /// an unreachable peer.
 fn fatal_for<T>(error: NodeError) -> Result<T, RaftError<TypeConfig>> {
-    tracing::warn!(%error, "raft message for a group this node does not host");
+    tracing::debug!(%error, "raft message for a group this node does not host");
     Err(RaftError::Fatal(openraft::error::Fatal::Stopped))
 }
 

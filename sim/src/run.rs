@@ -15,7 +15,8 @@ use larder_core::env::{Clock, Rng, SeededRng, derive_seed};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
-use larder_faults::{Fault, FaultPlan, PlanConfig};
+use larder_faults::{Fault, FaultPlan, PlanConfig, Roles};
+use larder_nodes::center::{CENTER_GROUP, Center, CenterConfig};
 use larder_nodes::node::{NodeConfig, StorageNode};
 use serde::Serialize;
 
@@ -64,6 +65,10 @@ pub struct SimConfig {
     pub groups: u64,
     /// RESP proxies in front of the cluster. 0: clients use the client SDK directly.
     pub proxies: u64,
+    /// Center replicas (ids from [`center_id`]). 0: a static routing table and groups formed
+    /// by the harness. More: storage nodes start empty, the center places the groups, and
+    /// proxies and the checker fetch routing from it; faults then target roles too.
+    pub centers: u64,
 }
 
 impl SimConfig {
@@ -90,17 +95,23 @@ impl SimConfig {
             tick: Duration::from_millis(Self::TICK_MS_DEFAULT),
             groups: 1,
             proxies: 0,
+            centers: 0,
         }
     }
 
-    /// A multi-group cluster behind RESP proxies: `nodes` storage nodes, `groups` slot groups
-    /// of three replicas each, `proxies` proxies, clients speaking RESP to the proxies.
+    /// The whole cluster: three center replicas, `nodes` storage nodes, `groups` slot groups
+    /// of three replicas each placed by the center, `proxies` proxies, clients speaking RESP to
+    /// the proxies.
     pub fn cluster(seed: u64, duration: Duration, nodes: u64, groups: u64, proxies: u64) -> Self {
         let mut config = SimConfig::new(seed, duration);
         config.nodes = nodes.max(3);
         config.voters = 3;
         config.groups = groups.max(1);
         config.proxies = proxies;
+        config.centers = 3;
+        // Heartbeats every 250 ms, down after 6 missed: a destroyed node is replaced within a
+        // few simulated seconds, while a node paused or cut off for less than 1.5 s is not.
+        config.node.center_heartbeat_ms = 250;
         config.clients = 4;
         config.workload.register_keys = 8;
         config.workload.counter_keys = 4;
@@ -132,7 +143,7 @@ impl SimConfig {
             .collect()
     }
 
-    /// The routing table clients and proxies use (static until the center arrives).
+    /// The routing table clients and proxies use without a center.
     pub fn routing(&self) -> RoutingTable {
         RoutingTable::even(self.groups.max(1), |group| self.replicas_of(group))
     }
@@ -153,13 +164,49 @@ impl SimConfig {
                 } else {
                     PlanConfig::default()
                 };
-                FaultPlan::generate(self.seed, &self.node_ids(), heal_at_ms, &mix)
+                if self.centers > 0 {
+                    let roles = Roles {
+                        storage: self.node_ids(),
+                        centers: self.center_ids(),
+                        proxies: (0..self.proxies).map(proxy_id).collect(),
+                    };
+                    FaultPlan::generate_roles(self.seed, &roles, heal_at_ms, &mix)
+                } else {
+                    FaultPlan::generate(self.seed, &self.node_ids(), heal_at_ms, &mix)
+                }
             }
         }
     }
 
+    /// Storage node ids.
     pub fn node_ids(&self) -> Vec<NodeId> {
         (1..=self.nodes).collect()
+    }
+
+    /// Center replica ids.
+    pub fn center_ids(&self) -> Vec<NodeId> {
+        (0..self.centers).map(center_id).collect()
+    }
+
+    /// The settings of the simulated center: quick failure detection (see
+    /// [`SimConfig::cluster`]), repairs short enough for a run.
+    pub fn center_config(&self) -> CenterConfig {
+        CenterConfig {
+            heartbeat_ms: self.node.center_heartbeat_ms,
+            missed_heartbeats_max: 6,
+            replace_timeout_ms: 10_000,
+            stale_replica_ms: 20_000,
+            ..CenterConfig::new(self.center_ids(), self.groups.max(1))
+        }
+    }
+
+    /// The routing the proxies and the checker start from: fetched from the center, or static.
+    pub fn shared_routing(&self) -> SharedRouting {
+        if self.centers > 0 {
+            SharedRouting::from_sources(self.center_ids())
+        } else {
+            SharedRouting::new(self.routing())
+        }
     }
 }
 
@@ -217,6 +264,8 @@ struct Final {
     values: BTreeMap<String, Option<String>>,
     /// (group, replica) -> (applied index, state hash).
     digests: BTreeMap<(GroupId, NodeId), (u64, u64)>,
+    /// Each group's replicas in the newest routing table the checker saw.
+    replicas: BTreeMap<GroupId, Vec<NodeId>>,
     first_success_ms: Option<u64>,
     problems: Vec<String>,
 }
@@ -228,6 +277,10 @@ pub(crate) struct NodeParts {
     pub(crate) clock: SimClock,
     pub(crate) slot: NodeSlot,
     pub(crate) up: bool,
+    /// A center replica (not a storage node).
+    pub(crate) center: bool,
+    /// Destroyed by [`Fault::Destroy`]: never restarted.
+    pub(crate) destroyed: bool,
 }
 
 /// Search states the linearizability checker may explore per run before answering `unknown`.
@@ -238,6 +291,11 @@ const LINEARIZABILITY_MEMORY_MAX: usize = 1 << 30;
 /// Node id of simulated proxy `index`.
 pub fn proxy_id(index: u64) -> NodeId {
     200 + index
+}
+
+/// Node id of simulated center replica `index`.
+pub fn center_id(index: u64) -> NodeId {
+    301 + index
 }
 
 /// Runs one seeded simulation.
@@ -262,10 +320,10 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
 
     let mut parts = register_nodes(&mut sim, config, &trace, &net_faults);
 
-    let routing = config.routing();
     for index in 0..config.proxies {
         let id = proxy_id(index);
-        let (faults, trace, routing) = (net_faults.clone(), trace.clone(), routing.clone());
+        let (faults, trace) = (net_faults.clone(), trace.clone());
+        let sim_config = config.clone();
         sim.host(host_name(id), move || {
             let net = SimNet::new(
                 id,
@@ -286,7 +344,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
                     },
                     ..ProxyConfig::default()
                 },
-                SharedRouting::new(routing.clone()),
+                sim_config.shared_routing(),
             );
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PROXY_PORT)).await?;
@@ -308,7 +366,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
             config.workload.clone(),
             history.clone(),
             trace.clone(),
-            routing.clone(),
+            config.shared_routing(),
         );
         let client_seed = derive_seed(seed, 500 + index as u64);
         let until = config.duration;
@@ -337,25 +395,22 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
             trace.clone(),
         );
         let slots: Vec<(NodeId, NodeSlot)> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
-        let replicas: BTreeMap<GroupId, Vec<NodeId>> = (1..=config.groups.max(1))
-            .map(|group| (group, config.replicas_of(group)))
-            .collect();
         let (final_state, workload, routing) = (
             final_state.clone(),
             config.workload.clone(),
-            routing.clone(),
+            config.shared_routing(),
         );
         let (heal_at, duration, liveness) = (config.heal_at(), config.duration, config.liveness);
         sim.client(host_name(checker_id), async move {
             let client = ClusterClient::new(
                 net,
                 SimClock::new(),
-                SharedRouting::new(routing),
+                routing,
                 larder_nodes::client::ClientConfig::default(),
                 derive_seed(0, 99),
             );
             let timing = (heal_at, duration, liveness);
-            check_final(client, replicas, slots, workload, timing, final_state).await;
+            check_final(client, slots, workload, timing, final_state).await;
             Ok(())
         });
     }
@@ -450,7 +505,8 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let sim_elapsed = sim.elapsed();
     let history_records = history.records();
     let final_state = std::mem::take(&mut *final_state.lock().expect("final lock"));
-    let mut violations = check(config, &history_records, &final_state);
+    let destroyed: BTreeSet<NodeId> = parts.iter().filter(|p| p.destroyed).map(|p| p.id).collect();
+    let mut violations = check(config, &history_records, &final_state, &destroyed);
     // Every key's history must be linearizable (WGL search per key). The budget counts
     // states, not seconds, so the verdict is as deterministic as the run.
     let budget = Budget::unlimited()
@@ -561,25 +617,38 @@ pub(crate) fn register_nodes(
     net_faults: &NetFaults,
 ) -> Vec<NodeParts> {
     let seed = config.seed;
-    let node_ids = config.node_ids();
+    let centers = config.center_ids();
     let mut parts = Vec::new();
-    for &id in &node_ids {
+    for id in config.node_ids().into_iter().chain(centers.iter().copied()) {
+        let is_center = centers.contains(&id);
         let disk = SimDisk::new(derive_seed(seed, 1000 + id));
         disk.set_trace(trace.clone(), host_name(id));
         let clock = SimClock::new();
         let slot: NodeSlot = Arc::default();
         let incarnation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        // The groups this node forms on its first start: those it is the first replica of.
-        let forms: Vec<(GroupId, BTreeSet<NodeId>)> = config
-            .groups_of(id)
-            .into_iter()
-            .map(|group| (group, config.replicas_of(group)))
-            .filter(|(_, replicas)| replicas.first() == Some(&id))
-            .map(|(group, replicas)| (group, replicas.into_iter().collect()))
-            .collect();
         let mut node_config = config.node.clone();
         node_config.id = id;
-        node_config.groups = config.groups_of(id);
+        // The groups this node forms on its first start: without a center, those it is the
+        // first replica of; with one, none (the center places and forms every slot group).
+        let forms: Vec<(GroupId, BTreeSet<NodeId>)> = if config.centers > 0 {
+            node_config.groups = Vec::new();
+            if !is_center {
+                node_config.centers = centers.clone();
+            }
+            Vec::new()
+        } else {
+            node_config.groups = config.groups_of(id);
+            config
+                .groups_of(id)
+                .into_iter()
+                .map(|group| (group, config.replicas_of(group)))
+                .filter(|(_, replicas)| replicas.first() == Some(&id))
+                .map(|(group, replicas)| (group, replicas.into_iter().collect()))
+                .collect()
+        };
+        // The first center replica forms the center group on its first start.
+        let center_config =
+            is_center.then(|| (config.center_config(), centers.first() == Some(&id)));
         let (disk_h, clock_h, slot_h, faults_h, trace_h) = (
             disk.clone(),
             clock.clone(),
@@ -601,20 +670,38 @@ pub(crate) fn register_nodes(
                 seed: derive_seed(seed, id),
             };
             let (node_config, forms, slot) = (node_config.clone(), forms.clone(), slot_h.clone());
+            let center_config = center_config.clone();
             let trace_h2 = trace_h.clone();
+            let start_failed = move |e: &dyn std::fmt::Display| {
+                crate::trace_event!(trace_h2, sim_now(), &host_name(id), "start failed: {e}");
+            };
             async move {
                 // A start that fails on an injected disk error is retried after a pause, as a
                 // process supervisor would restart it; the disk keeps its faults meanwhile.
+                if let Some((center_config, forms_center)) = center_config {
+                    let center = loop {
+                        match Center::start(env.clone(), node_config.clone(), center_config.clone())
+                            .await
+                        {
+                            Ok(center) => break center,
+                            Err(e) => {
+                                start_failed(&e);
+                                env.clock.sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                    };
+                    if generation == 0 && forms_center {
+                        center.initialize().await?;
+                    }
+                    *slot.lock().expect("slot lock") = Some(center.node().clone());
+                    center.serve().await?;
+                    return Ok(());
+                }
                 let node = loop {
                     match StorageNode::start(env.clone(), node_config.clone()).await {
                         Ok(node) => break node,
                         Err(e) => {
-                            crate::trace_event!(
-                                trace_h2,
-                                sim_now(),
-                                &host_name(id),
-                                "start failed: {e}"
-                            );
+                            start_failed(&e);
                             env.clock.sleep(Duration::from_millis(200)).await;
                         }
                     }
@@ -637,6 +724,8 @@ pub(crate) fn register_nodes(
             clock,
             slot,
             up: true,
+            center: is_center,
+            destroyed: false,
         });
     }
     parts
@@ -760,11 +849,42 @@ fn apply_fault(
             let Some(index) = part(parts, *node) else {
                 return false;
             };
-            if parts[index].up {
+            if parts[index].up || parts[index].destroyed {
                 return false;
             }
             sim.bounce(host_name(*node));
             parts[index].up = true;
+        }
+        Fault::CrashCenterLeader => {
+            let Some(index) = parts.iter().position(|p| {
+                p.center
+                    && p.slot
+                        .lock()
+                        .expect("slot lock")
+                        .as_ref()
+                        .is_some_and(|node| node.is_leader(CENTER_GROUP))
+            }) else {
+                return false;
+            };
+            crash(sim, &mut parts[index], rng);
+        }
+        Fault::RestartCenters => {
+            let mut any = false;
+            for part in parts.iter_mut().filter(|p| p.center && !p.up) {
+                sim.bounce(host_name(part.id));
+                part.up = true;
+                any = true;
+            }
+            return any;
+        }
+        Fault::Destroy { node } => {
+            let Some(index) = part(parts, *node) else {
+                return false;
+            };
+            if parts[index].up {
+                crash(sim, &mut parts[index], rng);
+            }
+            parts[index].destroyed = true;
         }
         Fault::SlowDisk {
             node,
@@ -848,7 +968,7 @@ fn heal_everything(
     for part in parts.iter_mut() {
         heal_disk(&part.disk);
         heal_clock(&part.clock);
-        if !part.up {
+        if !part.up && !part.destroyed {
             sim.bounce(host_name(part.id));
             part.up = true;
         }
@@ -856,11 +976,10 @@ fn heal_everything(
 }
 
 /// The checker client: after the workload, read every key (measuring how soon after the heal
-/// point the cluster serves) and wait for every group's replicas to apply the same log, then
-/// take their state digests.
+/// point the cluster serves), then wait for the routing to settle and every group's replicas
+/// (as the newest table lists them) to apply the same log, and take their state digests.
 async fn check_final(
     mut client: ClusterClient<SimNet, SimClock>,
-    replicas: BTreeMap<GroupId, Vec<NodeId>>,
     slots: Vec<(NodeId, NodeSlot)>,
     workload: WorkloadConfig,
     (heal_at, duration, liveness): (Duration, Duration, Duration),
@@ -907,45 +1026,84 @@ async fn check_final(
             None => problems.push(format!("final read of {key} never succeeded")),
         }
     }
-    // Replicas converge: wait (bounded) until each group's replicas report one applied index.
+    // Replicas converge: wait (bounded) until the newest table's replicas of every group run
+    // and report one applied index. With a center this includes waiting for it to replace
+    // destroyed nodes: their slots stay empty, so a group listing one never converges.
     let node = |id: NodeId| {
         slots
             .iter()
             .find(|(node, _)| *node == id)
             .and_then(|(_, slot)| slot.lock().expect("slot lock").clone())
     };
+    let give_up = duration + liveness + Duration::from_secs(100);
     let mut digests = BTreeMap::new();
-    for (&group, members) in &replicas {
-        for _ in 0..100 {
-            let mut found = BTreeMap::new();
+    let mut replicas: BTreeMap<GroupId, Vec<NodeId>>;
+    loop {
+        client.refresh_routing().await;
+        let table = client.routing().current();
+        replicas = table
+            .groups()
+            .iter()
+            .map(|(group, route)| (*group, route.replicas.clone()))
+            .collect();
+        digests.clear();
+        let mut converged = true;
+        for (&group, members) in &replicas {
+            let mut indexes = BTreeSet::new();
             for &id in members {
                 if let Some(node) = node(id)
                     && let Ok(digest) = node.state_digest(group).await
                 {
-                    found.insert((group, id), digest);
+                    indexes.insert(digest.0);
+                    digests.insert((group, id), digest);
                 }
             }
-            let indexes: BTreeSet<u64> = found.values().map(|(index, _)| *index).collect();
-            let done = found.len() == members.len() && indexes.len() == 1;
-            if done || sim_now() > duration + liveness + Duration::from_secs(100) {
-                digests.extend(found);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if done {
-                break;
-            }
+            converged &=
+                indexes.len() == 1 && members.iter().all(|id| digests.contains_key(&(group, *id)));
         }
+        if converged && !replicas.is_empty() {
+            break;
+        }
+        if sim_now() > give_up {
+            // Say what every live replica of an unconverged group believes, for the report.
+            for (&group, members) in &replicas {
+                let indexes: BTreeSet<u64> = digests
+                    .iter()
+                    .filter(|((g, _), _)| *g == group)
+                    .map(|(_, (index, _))| *index)
+                    .collect();
+                if indexes.len() == 1
+                    && members.iter().all(|id| digests.contains_key(&(group, *id)))
+                {
+                    continue;
+                }
+                for (id, _) in &slots {
+                    if let Some(status) = node(*id)
+                        .and_then(|n| n.group_statuses().into_iter().find(|s| s.group == group))
+                    {
+                        problems.push(format!("group {group} on node {id} at the end: {status:?}"));
+                    }
+                }
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut state = final_state.lock().expect("final lock");
     state.values = values;
     state.digests = digests;
+    state.replicas = replicas;
     state.first_success_ms = first_success;
     state.problems = problems;
 }
 
 /// The invariants a run must keep.
-fn check(config: &SimConfig, history: &[OpRecord], final_state: &Final) -> Vec<String> {
+fn check(
+    config: &SimConfig,
+    history: &[OpRecord],
+    final_state: &Final,
+    destroyed: &BTreeSet<NodeId>,
+) -> Vec<String> {
     let mut violations = final_state.problems.clone();
     let heal_ms = config.heal_at().as_millis() as u64;
     match final_state.first_success_ms {
@@ -1005,9 +1163,21 @@ fn check(config: &SimConfig, history: &[OpRecord], final_state: &Final) -> Vec<S
             Some(_) => {}
         }
     }
-    // Replicas of a group that applied the same log hold the same state.
+    // Every slot group is routed, and never to a destroyed node.
     for group in 1..=config.groups.max(1) {
-        let members = config.replicas_of(group);
+        match final_state.replicas.get(&group) {
+            None => violations.push(format!("group {group} is missing from the final routing")),
+            Some(members) => {
+                for node in members.iter().filter(|n| destroyed.contains(n)) {
+                    violations.push(format!(
+                        "group {group} still lists destroyed node {node} as a replica: {members:?}"
+                    ));
+                }
+            }
+        }
+    }
+    // Replicas of a group that applied the same log hold the same state.
+    for (&group, members) in &final_state.replicas {
         let digests: BTreeMap<NodeId, (u64, u64)> = final_state
             .digests
             .iter()

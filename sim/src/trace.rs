@@ -101,6 +101,11 @@ pub fn set_harness_now(now: Duration) {
 
 /// Simulated time since the start of the run: turmoil's clock inside a host, the harness's
 /// last step outside one.
+/// Whether the caller runs inside a simulated host (or the harness driving one).
+pub fn in_simulation() -> bool {
+    turmoil::sim_elapsed().is_some()
+}
+
 pub fn sim_now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_else(|| HARNESS_NOW.with(std::cell::Cell::get))
 }

@@ -12,7 +12,6 @@ use larder_core::NodeId;
 use larder_core::env::{Rng, SeededRng};
 use larder_core::kv::{Command, Reply, SetCondition};
 use larder_core::resp::{self, Frame};
-use larder_core::routing::RoutingTable;
 use larder_nodes::client::{Client, ClientConfig, ClientError};
 use larder_nodes::cluster::{ClusterClient, SharedRouting};
 use serde::Serialize;
@@ -154,16 +153,10 @@ pub fn group_client(net: SimNet, replicas: Vec<NodeId>, seed: u64) -> Client<Sim
 /// A cluster SDK client (routes by slot, splits multi-key commands).
 pub fn cluster_client(
     net: SimNet,
-    routing: RoutingTable,
+    routing: SharedRouting,
     seed: u64,
 ) -> ClusterClient<SimNet, SimClock> {
-    ClusterClient::new(
-        net,
-        SimClock::new(),
-        SharedRouting::new(routing),
-        client_config(),
-        seed,
-    )
+    ClusterClient::new(net, SimClock::new(), routing, client_config(), seed)
 }
 
 /// A Redis client of one proxy over simulated TCP: one connection, reopened after a failure,

@@ -107,10 +107,14 @@ struct SimArgs {
     /// larger is faster; a seed reproduces only with the same tick.
     #[arg(long, default_value_t = SimConfig::TICK_MS_DEFAULT)]
     tick_ms: u64,
-    /// Simulate the multi-group cluster: 5 storage nodes, 8 slot groups of three replicas,
-    /// 2 RESP proxies, clients speaking RESP to the proxies.
+    /// Simulate the whole cluster: 3 center replicas, 5 storage nodes, 8 slot groups of three
+    /// replicas placed by the center, 2 RESP proxies, clients speaking RESP to the proxies.
     #[arg(long)]
     cluster: bool,
+    /// With --cluster: center replicas (0: a static routing table, groups formed by the
+    /// simulator, no center faults).
+    #[arg(long, default_value_t = 3)]
+    centers: u64,
     /// Swarm fault plans: each seed picks its own mix and rates of faults.
     #[arg(long)]
     swarm: bool,
@@ -156,6 +160,9 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
     }
     if args.cluster {
         command.push_str(" --cluster");
+        if args.centers != 3 {
+            command.push_str(&format!(" --centers {}", args.centers));
+        }
     }
     if args.swarm {
         command.push_str(" --swarm");
@@ -192,7 +199,9 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
     let mut index = Vec::new();
     for &seed in &seeds {
         let mut config = if args.cluster {
-            SimConfig::cluster(seed, args.duration, 5, 8, 2)
+            let mut config = SimConfig::cluster(seed, args.duration, 5, 8, 2);
+            config.centers = args.centers;
+            config
         } else {
             SimConfig::new(seed, args.duration)
         };
@@ -316,8 +325,27 @@ fn write_reports(
     write(format!("seed-{seed}.history.jsonl"), history)
 }
 
+/// Log timestamps: simulated time inside a simulation (so a log line lines up with the trace
+/// and the fault plan), wall time otherwise.
+struct LogTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for LogTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        if larder_sim::trace::in_simulation() {
+            write!(
+                w,
+                "sim {:>10.3}s",
+                larder_sim::trace::sim_now().as_secs_f64()
+            )
+        } else {
+            tracing_subscriber::fmt::time::SystemTime.format_time(w)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_timer(LogTime)
         // Injected faults make openraft log errors by design; they would drown the summary.
         // RUST_LOG overrides this default.
         .with_env_filter(
