@@ -406,7 +406,13 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
                 net,
                 SimClock::new(),
                 routing,
-                larder_nodes::client::ClientConfig::default(),
+                // Bounded, so a cluster that never serves again ends the run with a verdict
+                // (and the group states in it) instead of running into the simulator's cap.
+                larder_nodes::client::ClientConfig {
+                    request_timeout: Duration::from_millis(1500),
+                    attempts_max: 10,
+                    ..larder_nodes::client::ClientConfig::default()
+                },
                 derive_seed(0, 99),
             );
             let timing = (heal_at, duration, liveness);
@@ -996,6 +1002,7 @@ async fn check_final(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    tracing::debug!(?first_success, "checker: liveness probe done");
     tokio::time::sleep(duration.saturating_sub(sim_now()) + Duration::from_millis(500)).await;
     let mut values = BTreeMap::new();
     let mut problems = Vec::new();
@@ -1006,6 +1013,9 @@ async fn check_final(
     for key in keys {
         let mut result = None;
         for _ in 0..20 {
+            if sim_now() > duration + liveness + Duration::from_secs(60) {
+                break;
+            }
             match client.execute(Command::get(&key)).await {
                 Ok(Reply::Bulk(bytes)) => {
                     result = Some(Some(String::from_utf8_lossy(&bytes).into_owned()))
@@ -1019,6 +1029,7 @@ async fn check_final(
             }
             break;
         }
+        tracing::debug!(key, ?result, "checker: final read");
         match result {
             Some(value) => {
                 values.insert(key, value);
@@ -1064,6 +1075,7 @@ async fn check_final(
         if converged && !replicas.is_empty() {
             break;
         }
+        tracing::debug!(?digests, "checker: not converged");
         if sim_now() > give_up {
             // Say what every live replica of an unconverged group believes, for the report.
             for (&group, members) in &replicas {
