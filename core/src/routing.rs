@@ -35,6 +35,8 @@ pub enum RoutingError {
     SlotToUnknownGroup { slot: u16, group: GroupId },
     #[error("group {0} does not exist")]
     UnknownGroup(GroupId),
+    #[error("group {0} exists already")]
+    GroupExists(GroupId),
     #[error("group {key} is stored under a route whose id is {id}")]
     GroupIdMismatch { key: GroupId, id: GroupId },
     #[error("group {0} has no replicas")]
@@ -174,6 +176,43 @@ impl RoutingTable {
         Ok(next)
     }
 
+    /// A copy where group `old` is retired and a new group `new` with `replicas` owns exactly
+    /// the slots `old` owned, at `epoch + 1`. For a group that never formed and cannot: a new
+    /// id means no replica of the old one can ever be mistaken for a member of the new one.
+    pub fn recreate_group(
+        &self,
+        old: GroupId,
+        new: GroupId,
+        replicas: Vec<NodeId>,
+    ) -> Result<RoutingTable, RoutingError> {
+        if !self.groups.contains_key(&old) {
+            return Err(RoutingError::UnknownGroup(old));
+        }
+        if self.groups.contains_key(&new) {
+            return Err(RoutingError::GroupExists(new));
+        }
+        check_replicas(new, &replicas)?;
+        let mut next = self.next_epoch();
+        next.groups.remove(&old);
+        next.groups.insert(
+            new,
+            GroupRoute {
+                id: new,
+                replicas,
+                leader_hint: None,
+            },
+        );
+        for owner in next.slot_groups.iter_mut().filter(|owner| **owner == old) {
+            *owner = new;
+        }
+        Ok(next)
+    }
+
+    /// The lowest group id above every group of the table (ids are never reused).
+    pub fn next_group_id(&self) -> GroupId {
+        self.groups.keys().next_back().map_or(1, |last| last + 1)
+    }
+
     /// A copy with `slot` owned by `to_group` and `epoch + 1`.
     pub fn move_slot(&self, slot: u16, to_group: GroupId) -> Result<RoutingTable, RoutingError> {
         if slot >= SLOTS {
@@ -279,6 +318,29 @@ mod tests {
         assert_eq!(t.group_of_slot(16383), Some(3));
         assert_eq!(t.group_of_slot(16384), None);
         assert_eq!(t.route(2).unwrap().replicas, vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn recreate_group_moves_every_slot_to_the_new_id() {
+        let t = RoutingTable::even(3, three_each);
+        let next = t
+            .recreate_group(2, t.next_group_id(), vec![7, 8, 9])
+            .unwrap();
+        next.check().unwrap();
+        assert_eq!(next.epoch(), 2);
+        assert!(next.route(2).is_none());
+        assert_eq!(next.route(4).unwrap().replicas, vec![7, 8, 9]);
+        assert_eq!(next.slot_ranges(4), t.slot_ranges(2));
+        assert_eq!(next.slot_ranges(1), t.slot_ranges(1));
+        assert_eq!(next.next_group_id(), 5);
+        assert_eq!(
+            t.recreate_group(2, 3, vec![1]),
+            Err(RoutingError::GroupExists(3))
+        );
+        assert_eq!(
+            t.recreate_group(9, 4, vec![1]),
+            Err(RoutingError::UnknownGroup(9))
+        );
     }
 
     #[test]

@@ -751,6 +751,20 @@ impl<E: Env> Center<E> {
                     None => soft.adopted_through.remove(&group),
                 };
             }
+            Action::Recreate { old, new, replicas } => {
+                let Some(current) = routing.as_ref() else {
+                    return Ok(());
+                };
+                tracing::info!(old, new, ?replicas, "recreating a group that never formed");
+                let next = current.recreate_group(old, new, replicas)?;
+                if !self.install_routing(&next).await? {
+                    return Err(CenterError::Raft {
+                        what: "routing compare-and-set",
+                        reason: format!("epoch {} exists", next.epoch()),
+                    });
+                }
+                *routing = Some(next);
+            }
             Action::Host {
                 node,
                 group,

@@ -207,6 +207,13 @@ pub enum Action {
     },
     /// Tell `node` to drop its replica of `group`.
     Drop { node: NodeId, group: GroupId },
+    /// Write a routing table where never-formed group `old` is retired and its slots belong
+    /// to the new group `new` on `replicas` (see [`RoutingTable::recreate_group`]).
+    Recreate {
+        old: GroupId,
+        new: GroupId,
+        replicas: Vec<NodeId>,
+    },
 }
 
 /// Places `groups` groups of `replicas` replicas each on `nodes` round-robin: group `i`
@@ -440,6 +447,7 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
     // data around would compete with the recovery of the nodes themselves.
     let repair_allowed = config.repair_enabled && down * 2 <= registered;
     let mut calm = view.repairs.is_empty();
+    let mut next_group_id = table.next_group_id();
     let mut leaders: BTreeMap<GroupId, NodeId> = BTreeMap::new();
     let mut voters: BTreeMap<GroupId, Vec<NodeId>> = BTreeMap::new();
     for (group, route) in table.groups() {
@@ -481,6 +489,30 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
         // can start (a dead first replica may hold a formed log and return with it; found by
         // simulation seed 9, where that split the table from the group's real membership).
         let majority_up = members.iter().filter(|m| up(m)).count() * 2 > members.len();
+        // The first replica itself dead: it may hold the only copy of a formed membership and
+        // return with it, so the group is not re-placed under its id but recreated under a new
+        // one (same slots; nothing can have committed). The old id's replicas then belong to
+        // no group of the table and are dropped as stale.
+        if !fact.formed
+            && majority_up
+            && repair_allowed
+            && let Some(old) = dead
+            && members.first() == Some(old)
+            && let Some(new) = pick_replacement(members, &view.nodes, &load)
+        {
+            *load.entry(new).or_default() += 1;
+            let replicas = members
+                .iter()
+                .map(|m| if m == old { new } else { *m })
+                .collect();
+            actions.push(Action::Recreate {
+                old: group,
+                new: next_group_id,
+                replicas,
+            });
+            next_group_id += 1;
+            continue;
+        }
         if !fact.formed
             && majority_up
             && repair_allowed
@@ -975,7 +1007,7 @@ mod tests {
         // Group 2 (2,3,4) does not involve node 1: formed as placed. Groups 3 and 4 get a
         // live replica instead of node 1 and keep their first replica, and nobody forms them
         // until then. Group 1 is node 1's to form: node 1 may have formed it before dying and
-        // come back with that membership, so its place stays.
+        // come back with that membership, so it is not re-placed under its id.
         assert!(actions.contains(&Action::Host {
             node: 2,
             group: 2,
@@ -985,6 +1017,14 @@ mod tests {
             !actions
                 .iter()
                 .any(|a| matches!(a, Action::Adopt { group: 1, .. }))
+        );
+        // Instead group 1 is recreated under a new id (5), node 1's place taken by a live node.
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::Recreate { old: 1, new: 5, replicas } if !replicas.contains(&1)
+            )),
+            "{actions:?}"
         );
         for (group, first) in [(3, 3), (4, 4)] {
             assert!(
