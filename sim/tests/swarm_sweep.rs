@@ -1,6 +1,11 @@
-//! The CI sweep of swarm seeds: the multi-group cluster behind RESP proxies, each seed with its
-//! own fault mix (`PlanConfig::swarm`), register and counter workloads, every key's history
-//! linearizable, every invariant holding, and each seed run twice with identical trace hashes.
+//! The CI sweep of swarm seeds: the whole cluster (three center replicas, five storage nodes,
+//! eight slot groups, two RESP proxies), each seed with its own fault mix (`PlanConfig::swarm`,
+//! role faults included: center-leader kills, proxies cut off the centers, a storage node
+//! destroyed for good), register, counter and list-append workloads, every key's history
+//! linearizable, every invariant holding (a destroyed node replaced), and each seed run twice
+//! with identical trace hashes.
+//!
+//! Regression seeds from outside the first 50 follow the range.
 
 use std::time::Duration;
 
@@ -35,4 +40,9 @@ seeds! {
     swarm_37 = 37, swarm_38 = 38, swarm_39 = 39, swarm_40 = 40, swarm_41 = 41, swarm_42 = 42,
     swarm_43 = 43, swarm_44 = 44, swarm_45 = 45, swarm_46 = 46, swarm_47 = 47, swarm_48 = 48,
     swarm_49 = 49, swarm_50 = 50,
+    // A never-formed group whose first replica formed it alone (cut off from the other two)
+    // and was then destroyed: the center must recreate it under a new id.
+    swarm_181 = 181,
+    // Likewise, with the storage majority down at the same time.
+    swarm_88 = 88,
 }

@@ -155,6 +155,10 @@ pub struct View {
     /// (node, group) pairs where the node has hosted the group without being a member (of the
     /// table or the committed membership) for longer than the stale-replica timeout.
     pub stale: BTreeSet<(NodeId, GroupId)>,
+    /// Down nodes silent for at least twice the failure timeout: every live replica a node
+    /// could still have been feeding when it fell silent has reported since. Only these count
+    /// as dead for placing a never-formed group anew.
+    pub settled_down: BTreeSet<NodeId>,
 }
 
 /// The planner's knobs (a subset of `CenterConfig`).
@@ -489,14 +493,27 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
         // can start (a dead first replica may hold a formed log and return with it; found by
         // simulation seed 9, where that split the table from the group's real membership).
         let majority_up = members.iter().filter(|m| up(m)).count() * 2 > members.len();
+        // Whether a live replica holds the group's log. A dead replica's last report does not
+        // count: with a live majority holding nothing, nothing can have committed, whatever the
+        // dead one formed alone (seed 181: the first replica formed the group cut off from the
+        // others, then died). `settled_down` makes the live reports newer than the dead
+        // replica's last chance to feed them.
+        let formed_live = members.iter().any(|m| {
+            up(m)
+                && view_of(m)
+                    .and_then(|v| v.heard.as_ref())
+                    .and_then(|h| h.groups.get(&group))
+                    .is_some_and(|s| s.initialized)
+        });
+        let dead_for_placement = dead.filter(|d| view.settled_down.contains(d));
         // The first replica itself dead: it may hold the only copy of a formed membership and
         // return with it, so the group is not re-placed under its id but recreated under a new
         // one (same slots; nothing can have committed). The old id's replicas then belong to
         // no group of the table and are dropped as stale.
-        if !fact.formed
+        if !formed_live
             && majority_up
             && repair_allowed
-            && let Some(old) = dead
+            && let Some(old) = dead_for_placement
             && members.first() == Some(old)
             && let Some(new) = pick_replacement(members, &view.nodes, &load)
         {
@@ -513,10 +530,10 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
             next_group_id += 1;
             continue;
         }
-        if !fact.formed
+        if !formed_live
             && majority_up
             && repair_allowed
-            && let Some(old) = dead
+            && let Some(old) = dead_for_placement
             && members
                 .first()
                 .is_some_and(|first| first != old && up(first))
@@ -1003,6 +1020,15 @@ mod tests {
             node.heard.as_mut().unwrap().groups.clear();
         }
         view.nodes.insert(1, down(1));
+        // Down, but not for long: its last sends may still be on their way to the others.
+        let actions = plan(&view, &config());
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Adopt { .. } | Action::Recreate { .. })),
+            "{actions:?}"
+        );
+        view.settled_down.insert(1);
         let actions = plan(&view, &config());
         // Group 2 (2,3,4) does not involve node 1: formed as placed. Groups 3 and 4 get a
         // live replica instead of node 1 and keep their first replica, and nobody forms them
@@ -1050,6 +1076,7 @@ mod tests {
         let mut silent = healthy();
         for id in [1, 2, 3] {
             silent.nodes.insert(id, down(id));
+            silent.settled_down.insert(id);
         }
         for id in [5, 6, 7] {
             silent.nodes.insert(id, up(id, vec![]));
@@ -1059,11 +1086,10 @@ mod tests {
                 heard.groups.clear();
             }
         }
-        assert!(
-            !plan(&silent, &config())
-                .iter()
-                .any(|a| matches!(a, Action::Adopt { group: 1, .. }))
-        );
+        assert!(!plan(&silent, &config()).iter().any(|a| matches!(
+            a,
+            Action::Adopt { group: 1, .. } | Action::Recreate { old: 1, .. }
+        )));
     }
 
     #[test]
