@@ -106,7 +106,7 @@ impl<N: Net, C: Clock> Client<N, C> {
 
     /// Starts from `leader` (e.g. learned by another connection) instead of probing replicas.
     pub fn set_leader_hint(&mut self, leader: Option<NodeId>) {
-        self.leader = leader;
+        self.leader = leader.filter(|node| self.replicas.contains(node));
     }
 
     /// Carries on `old`'s write sequence (same session), so a client rebuilt for a new replica
@@ -168,10 +168,26 @@ impl<N: Net, C: Clock> Client<N, C> {
                     return Ok(reply);
                 }
                 Ok(Ok(ClientResponse::NotLeader { leader_hint })) => {
-                    // A hint outside `replicas` is a member our routing does not know yet (a
-                    // replacement replica): asking it is safe, every node checks leadership
-                    // through Raft, and it beats cycling through a replica that is gone.
-                    self.leader = leader_hint.filter(|hint| *hint != target);
+                    if let Some(hint) =
+                        leader_hint.filter(|h| self.epoch > 0 && !self.replicas.contains(h))
+                    {
+                        // A leader outside a replica list that came from a routing table: the
+                        // group's membership moved on (a replaced replica) and the table is
+                        // stale. Nothing was done; the caller refreshes its routing
+                        // (`ClusterClient` does) rather than this client cycling through
+                        // replicas that may be gone. (A list given by hand, epoch 0, may be a
+                        // deliberate subset: there the hint is only ignored.)
+                        self.forget_leader();
+                        return Err(ClientError::Unavailable {
+                            reason: format!(
+                                "node {target} names leader {hint}, which routing epoch {} does \
+                                 not list as a replica",
+                                self.epoch
+                            ),
+                        });
+                    }
+                    self.leader =
+                        leader_hint.filter(|hint| *hint != target && self.replicas.contains(hint));
                     last_reason = format!("node {target} is not the leader");
                 }
                 Ok(Ok(ClientResponse::Unavailable { reason })) => {
