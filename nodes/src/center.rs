@@ -33,6 +33,10 @@
 //! same way, and storage nodes answer it from the table their heartbeats brought back.
 //! Processes that route requests hold a [`SharedRouting`](crate::cluster::SharedRouting) built with
 //! `SharedRouting::from_sources` and call `SharedRouting::refresh`.
+//!
+//! **Addresses**: heartbeat answers and routing answers also carry the registry's node
+//! addresses ([`registry_addresses`]), which is how storage nodes and proxies find nodes no
+//! configuration names (see [`crate::addresses`]).
 
 pub mod plan;
 
@@ -48,12 +52,15 @@ use larder_core::{GroupId, NodeId};
 use openraft::EmptyNode;
 use openraft::async_runtime::WatchReceiver;
 
+use crate::addresses::AddressHook;
 use crate::node::{NodeConfig, NodeError, StorageNode};
 use crate::rpc::{
-    AdminResponse, CenterResponse, ClientResponse, GroupStatus, Heartbeat, HeartbeatAck, Message,
-    RoutingAnswer, decode, encode,
+    ADDRESS_BYTES_MAX, ADDRESSES_MAX, AdminResponse, CenterResponse, ClientResponse, GroupStatus,
+    Heartbeat, HeartbeatAck, Message, RoutingAnswer, decode, encode,
 };
-use plan::{Action, Heard, Liveness, NodeRecord, NodeView, PlanConfig, RepairInFlight, View};
+use plan::{
+    Action, Heard, Liveness, NodeRecord, NodeState, NodeView, PlanConfig, RepairInFlight, View,
+};
 
 /// The Raft group of the center replicas. Never a slot group: routing tables number slot groups
 /// from 1.
@@ -225,6 +232,8 @@ struct Cache {
     applied_index: Option<u64>,
     table: Option<Arc<RoutingTable>>,
     registry: Arc<BTreeMap<NodeId, NodeRecord>>,
+    /// The registry's addresses as handed out ([`registry_addresses`]).
+    addresses: Arc<Vec<(NodeId, String)>>,
 }
 
 /// Registry and routing as read from the center group.
@@ -233,8 +242,6 @@ struct Durable {
     routing: Option<RoutingTable>,
     registry: BTreeMap<NodeId, NodeRecord>,
 }
-
-type AddressHook = Arc<dyn Fn(NodeId, &str) + Send + Sync>;
 
 /// One center replica (or observer): a storage node hosting [`CENTER_GROUP`], plus the control
 /// loop and the center's message handlers.
@@ -254,6 +261,22 @@ fn routing_key(epoch: u64) -> String {
 
 fn node_key(id: NodeId) -> String {
     format!("{NODE_PREFIX}{id:020}")
+}
+
+/// The addresses the center hands on ([`HeartbeatAck::addresses`]): every registered node not
+/// `Removed` (a `Down` node may come back, and a stale table may still name it) with a usable
+/// address, by id, at most [`ADDRESSES_MAX`].
+pub fn registry_addresses(registry: &BTreeMap<NodeId, NodeRecord>) -> Vec<(NodeId, String)> {
+    registry
+        .values()
+        .filter(|record| {
+            record.state != NodeState::Removed
+                && !record.address.is_empty()
+                && record.address.len() <= ADDRESS_BYTES_MAX
+        })
+        .take(ADDRESSES_MAX)
+        .map(|record| (record.id, record.address.clone()))
+        .collect()
 }
 
 fn corrupt(key: &[u8], reason: impl std::fmt::Display) -> CenterError {
@@ -389,8 +412,19 @@ impl<E: Env> Center<E> {
         {
             cache.table = Some(Arc::new(table));
         }
+        cache.addresses = Arc::new(registry_addresses(&read.registry));
         cache.registry = Arc::new(read.registry);
         Ok(())
+    }
+
+    /// The registry's addresses as last read into the cache.
+    fn cached_addresses(&self) -> Vec<(NodeId, String)> {
+        self.cache
+            .read()
+            .expect("cache lock")
+            .addresses
+            .as_ref()
+            .clone()
     }
 
     /// The center state as last read into the cache.
@@ -571,6 +605,7 @@ impl<E: Env> Center<E> {
             routing: table
                 .filter(|t| t.epoch() > beat.known_epoch)
                 .map(|t| (*t).clone()),
+            addresses: self.cached_addresses(),
         })
     }
 
@@ -579,6 +614,7 @@ impl<E: Env> Center<E> {
             Some(table) => CenterResponse::Ok(RoutingAnswer {
                 epoch: table.epoch(),
                 table: (table.epoch() > known_epoch).then(|| (*table).clone()),
+                addresses: self.cached_addresses(),
             }),
             None => CenterResponse::Unavailable {
                 reason: format!("center replica {} has no routing table yet", self.node.id()),
@@ -696,6 +732,18 @@ impl<E: Env> Center<E> {
             .map(|(key, _)| *key)
             .collect();
         soft.cooling.retain(|_, until| *until > now);
+        let settled = timeout.saturating_mul(2);
+        let settled_down = nodes
+            .iter()
+            .filter(|(id, v)| {
+                v.liveness == Liveness::Down
+                    && match soft.heard.get(id) {
+                        Some(h) => now.saturating_sub(h.at) >= settled,
+                        None => now.saturating_sub(soft.term_started) >= settled,
+                    }
+            })
+            .map(|(id, _)| *id)
+            .collect();
         View {
             routing: durable.routing,
             nodes,
@@ -704,6 +752,7 @@ impl<E: Env> Center<E> {
             adopted_through: soft.adopted_through.clone(),
             cooling: soft.cooling.keys().copied().collect(),
             stale,
+            settled_down,
         }
     }
 
@@ -973,7 +1022,7 @@ impl<E: Env> Handler for CenterHandler<E> {
 /// Asks `sources` in order (center replicas, observers — or storage nodes, which answer from
 /// the table their heartbeats brought) for a routing table newer than `known_epoch`, trying
 /// each once. `Ok(None)`: the first source that answered has nothing newer. The table is
-/// validated before it is returned.
+/// validated before it is returned. [`fetch_routing_answer`] also returns the node addresses.
 ///
 /// Eventually consistent (see [`Message::GetRouting`]): put observers first so route lookups
 /// stay off the center leader.
@@ -983,6 +1032,29 @@ pub async fn fetch_routing<N: Net>(
     known_epoch: u64,
     limit: Duration,
 ) -> Result<Option<RoutingTable>, CenterError> {
+    Ok(fetch_routing_answer(net, sources, known_epoch, limit)
+        .await?
+        .table)
+}
+
+/// What [`fetch_routing_answer`] got from the first source that answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The table, if newer than the `known_epoch` asked with (validated).
+    pub table: Option<RoutingTable>,
+    /// The registered nodes' addresses ([`RoutingAnswer::addresses`]), newer table or not.
+    pub addresses: Vec<(NodeId, String)>,
+}
+
+/// [`fetch_routing`], returning the answering source's node addresses too: they can change
+/// without a routing epoch (a node restarted on another port), so they count even when the
+/// table is not newer.
+pub async fn fetch_routing_answer<N: Net>(
+    net: &N,
+    sources: &[NodeId],
+    known_epoch: u64,
+    limit: Duration,
+) -> Result<Fetched, CenterError> {
     let request = encode(&Message::GetRouting { known_epoch });
     let mut reasons = Vec::new();
     for source in sources {
@@ -994,13 +1066,26 @@ pub async fn fetch_routing<N: Net>(
                 decode::<CenterResponse<RoutingAnswer>>(&bytes).map_err(|e| e.to_string())
             });
         match answer {
-            Ok(CenterResponse::Ok(answer)) => match answer.table {
-                Some(table) => match table.check() {
-                    Ok(()) => return Ok(Some(table)),
-                    Err(error) => reasons.push(format!("{source}: invalid table: {error}")),
-                },
-                None => return Ok(None),
-            },
+            Ok(CenterResponse::Ok(mut answer)) => {
+                answer.addresses.truncate(ADDRESSES_MAX);
+                match answer.table {
+                    Some(table) => match table.check() {
+                        Ok(()) => {
+                            return Ok(Fetched {
+                                table: Some(table),
+                                addresses: answer.addresses,
+                            });
+                        }
+                        Err(error) => reasons.push(format!("{source}: invalid table: {error}")),
+                    },
+                    None => {
+                        return Ok(Fetched {
+                            table: None,
+                            addresses: answer.addresses,
+                        });
+                    }
+                }
+            }
             Ok(CenterResponse::NotLeader { .. }) => reasons.push(format!("{source}: not leader")),
             Ok(CenterResponse::Unavailable { reason }) => {
                 reasons.push(format!("{source}: {reason}"))
@@ -1011,4 +1096,47 @@ pub async fn fetch_routing<N: Net>(
     Err(CenterError::NoRoutingSource {
         reasons: reasons.join("; "),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: NodeId, address: &str, state: NodeState) -> (NodeId, NodeRecord) {
+        let address = address.to_string();
+        (id, NodeRecord { id, address, state })
+    }
+
+    #[test]
+    fn registry_addresses_leave_out_removed_nodes_and_unusable_addresses() {
+        let long = "x".repeat(ADDRESS_BYTES_MAX + 1);
+        let registry: BTreeMap<NodeId, NodeRecord> = [
+            record(4, "10.0.0.4:7001", NodeState::Up),
+            record(1, "10.0.0.1:7001", NodeState::Up),
+            record(2, "10.0.0.2:7001", NodeState::Down),
+            record(3, "10.0.0.3:7001", NodeState::Removed),
+            record(5, "", NodeState::Up),
+            record(6, &long, NodeState::Up),
+        ]
+        .into_iter()
+        .collect();
+        let addresses = registry_addresses(&registry);
+        let expected: Vec<(NodeId, String)> = [
+            (1, "10.0.0.1:7001"),
+            (2, "10.0.0.2:7001"),
+            (4, "10.0.0.4:7001"),
+        ]
+        .into_iter()
+        .map(|(id, a)| (id, a.to_string()))
+        .collect();
+        assert_eq!(addresses, expected, "by id; a down node may come back");
+    }
+
+    #[test]
+    fn registry_addresses_are_bounded() {
+        let registry: BTreeMap<NodeId, NodeRecord> = (1..=ADDRESSES_MAX as NodeId + 5)
+            .map(|id| record(id, "127.0.0.1:1", NodeState::Up))
+            .collect();
+        assert_eq!(registry_addresses(&registry).len(), ADDRESSES_MAX);
+    }
 }

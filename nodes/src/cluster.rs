@@ -13,6 +13,7 @@ use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
 
+use crate::addresses::LearnedAddresses;
 use crate::center::{self, CenterError};
 use crate::client::{Client, ClientConfig, ClientError};
 
@@ -36,6 +37,9 @@ struct Refresh {
     /// Serialises fetches and remembers when the last one started, so a burst of failing
     /// requests costs one fetch.
     last: futures::lock::Mutex<Option<Duration>>,
+    /// The node addresses the last fetch brought, and the hook they go to
+    /// ([`SharedRouting::on_addresses`]).
+    addresses: LearnedAddresses,
 }
 
 impl SharedRouting {
@@ -57,6 +61,7 @@ impl SharedRouting {
             refresh: Arc::new(Refresh {
                 sources,
                 last: futures::lock::Mutex::new(None),
+                addresses: LearnedAddresses::default(),
             }),
         }
     }
@@ -68,6 +73,22 @@ impl SharedRouting {
     /// Where newer tables come from (empty: a static table).
     pub fn sources(&self) -> &[NodeId] {
         &self.refresh.sources
+    }
+
+    /// Calls `hook(node, address)` with the storage nodes' addresses each
+    /// [`SharedRouting::refresh`] brings (from the center's registry): every one that is new or
+    /// changed, before a newer table is installed, so the nodes a table names are reachable
+    /// once connections route by it. The real processes insert them into their `AddressBook`
+    /// (`AddressBook::sink`). Without a hook (the simulator, whose network needs no addresses)
+    /// they are only kept. Shared by every clone of this routing; a later call replaces the
+    /// hook.
+    pub fn on_addresses(&self, hook: impl Fn(NodeId, &str) + Send + Sync + 'static) {
+        self.refresh.addresses.set_hook(Arc::new(hook));
+    }
+
+    /// The node addresses the last refresh brought, by id.
+    pub fn addresses(&self) -> Vec<(NodeId, String)> {
+        self.refresh.addresses.latest()
     }
 
     /// Installs `table` if it is newer than the current one; returns whether it did.
@@ -102,9 +123,11 @@ impl SharedRouting {
             .or(route.leader_hint)
     }
 
-    /// Fetches a newer table from the sources ([`center::fetch_routing`]) unless another
+    /// Fetches a newer table from the sources ([`center::fetch_routing_answer`]) unless another
     /// fetch started less than `gap` ago (then this waits for it and returns `false`); returns
-    /// whether a newer table was installed. A static table is never refreshed.
+    /// whether a newer table was installed. The node addresses that came with the answer go to
+    /// the [`SharedRouting::on_addresses`] hook whether or not the table was newer. A static
+    /// table is never refreshed.
     pub async fn refresh<N: Net, C: Clock>(
         &self,
         net: &N,
@@ -122,7 +145,11 @@ impl SharedRouting {
         }
         *last = Some(now);
         let known = self.current().epoch();
-        match center::fetch_routing(net, &self.refresh.sources, known, limit).await? {
+        let fetched =
+            center::fetch_routing_answer(net, &self.refresh.sources, known, limit).await?;
+        // Addresses first: a connection routing by the new table can reach its nodes.
+        self.refresh.addresses.learn(&fetched.addresses);
+        match fetched.table {
             Some(table) => Ok(self.offer(table)),
             None => Ok(false),
         }

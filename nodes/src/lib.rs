@@ -10,12 +10,13 @@
 //! - [`proxy::Proxy`]: the RESP2/RESP3 server in front of the cluster.
 //! - [`local::LocalCluster`]: center replicas, storage nodes and a proxy in one process on
 //!   loopback (`larder up`).
-//! - [`rpc`]: the messages on the wire.
+//! - [`rpc`]: the messages on the wire; [`addresses`]: node addresses learned from the center.
 //! - [`real`]: `TokioClock`, `TcpNet`, `FjallDisk`.
 //!
 //! It must not depend on `larder-sim`, and nothing outside [`real`] may touch real time, OS
 //! randomness, sockets or files: no `if simulated` branches, the environment decides.
 
+pub mod addresses;
 pub mod center;
 pub mod client;
 pub mod cluster;

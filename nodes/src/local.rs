@@ -189,11 +189,7 @@ impl LocalCluster {
                 .map_err(|e| start_error(format!("{name}: starting"), e))?;
             // Heartbeats bring the storage nodes' addresses; the centers must reach them (in
             // one process the book is shared anyway, but this is what a center process does).
-            let addresses = book.clone();
-            center.on_address(move |node, address| match address.parse::<SocketAddr>() {
-                Ok(address) => addresses.insert(node, address),
-                Err(error) => tracing::warn!(node, address, %error, "unusable node address"),
-            });
+            center.on_address(book.sink());
             let serving = center.clone();
             self.tasks.push(tokio::spawn(async move {
                 if let Err(error) = serving.serve().await {
@@ -222,6 +218,9 @@ impl LocalCluster {
             let node = StorageNode::start(env, config)
                 .await
                 .map_err(|e| start_error(format!("{name}: starting"), e))?;
+            // The other nodes' addresses come from the center (as in a `larder node` process;
+            // the shared book knows them already).
+            node.on_addresses(book.sink());
             let serving = node.clone();
             self.tasks.push(tokio::spawn(async move {
                 if let Err(error) = serving.serve().await {
@@ -231,6 +230,8 @@ impl LocalCluster {
             self.node_addresses.push((id, address));
             self.nodes.push(node);
         }
+        // Likewise the proxy learns the nodes' addresses with its routing tables.
+        self.routing.on_addresses(book.sink());
         let proxy = Proxy::new(
             TcpNet::client(PROXY_ID, book.clone()),
             TokioClock::new(),

@@ -16,6 +16,7 @@ use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 use openraft::{ChangeMembers, Config, EmptyNode, Precondition, ServerState, SnapshotPolicy};
 
+use crate::addresses::LearnedAddresses;
 use crate::center::CENTER_GROUP;
 use crate::raft::group_commit::GroupCommitDisk;
 use crate::raft::log_store::DiskLogStore;
@@ -165,6 +166,9 @@ pub struct StorageNode<E: Env> {
     hosting: futures::lock::Mutex<()>,
     /// The newest routing table learned from the center (heartbeat answers); epochs only grow.
     routing: RwLock<Option<Arc<RoutingTable>>>,
+    /// The node addresses the last heartbeat answer brought, and the hook they go to
+    /// ([`StorageNode::on_addresses`]).
+    addresses: LearnedAddresses,
     /// Set by [`StorageNode::shutdown`]; ends the heartbeat task.
     stopped: AtomicBool,
     /// Wakes the heartbeat task early: a client routed by a newer table than this node's, so
@@ -234,6 +238,7 @@ impl<E: Env> StorageNode<E> {
             groups: RwLock::new(groups),
             hosting: futures::lock::Mutex::new(()),
             routing: RwLock::new(None),
+            addresses: LearnedAddresses::default(),
             stopped: AtomicBool::new(false),
             heartbeat_now: Arc::new(tokio::sync::Notify::new()),
             last_stamp_ms: AtomicU64::new(0),
@@ -557,6 +562,28 @@ impl<E: Env> StorageNode<E> {
         true
     }
 
+    /// Calls `hook(node, address)` with the other storage nodes' addresses the center's
+    /// heartbeat answers bring (its registry): every one that is new or changed. The real
+    /// processes insert them into their `AddressBook` (`AddressBook::sink`), so Raft reaches a
+    /// replica the center places in a group with this node without any configuration. Without
+    /// a hook (the simulator, whose network needs no addresses) they are only kept, to answer
+    /// [`Message::GetRouting`]. A later call replaces the hook.
+    pub fn on_addresses(&self, hook: impl Fn(NodeId, &str) + Send + Sync + 'static) {
+        let me = self.id();
+        self.addresses
+            .set_hook(Arc::new(move |node, address: &str| {
+                // This node knows where it listens.
+                if node != me {
+                    hook(node, address);
+                }
+            }));
+    }
+
+    /// The node addresses the last heartbeat answer brought, by id.
+    pub fn addresses(&self) -> Vec<(NodeId, String)> {
+        self.addresses.latest()
+    }
+
     /// The first fatal error of any group's Raft (storage failure), if one stopped.
     pub fn fatal(&self) -> Option<String> {
         self.all_groups().into_iter().find_map(|(_, g)| {
@@ -783,6 +810,7 @@ impl<E: Env> StorageNode<E> {
                 Some(table) => CenterResponse::Ok(RoutingAnswer {
                     epoch: table.epoch(),
                     table: (table.epoch() > known_epoch).then(|| (*table).clone()),
+                    addresses: self.addresses(),
                 }),
                 None => CenterResponse::Unavailable {
                     reason: format!("node {} has no routing table", self.id()),
@@ -922,8 +950,12 @@ async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>, early: Arc<tokio::sy
             match response.map(|bytes| decode::<CenterResponse<HeartbeatAck>>(&bytes)) {
                 Ok(Ok(CenterResponse::Ok(ack))) => {
                     target = Some(to);
-                    if let (Some(table), Some(node)) = (ack.routing, node.upgrade()) {
-                        node.offer_routing(table);
+                    if let Some(node) = node.upgrade() {
+                        // Addresses first: the nodes a newer table names are reachable by then.
+                        node.addresses.learn(&ack.addresses);
+                        if let Some(table) = ack.routing {
+                            node.offer_routing(table);
+                        }
                     }
                     break;
                 }

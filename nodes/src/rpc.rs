@@ -135,6 +135,13 @@ impl MembershipStatus {
     }
 }
 
+/// Most node addresses one [`HeartbeatAck`] or [`RoutingAnswer`] carries (the center tracks at
+/// most as many nodes); receivers ignore any beyond it.
+pub const ADDRESSES_MAX: usize = 4096;
+
+/// Longest node address the center hands on, in bytes (`host:port`; longer ones are left out).
+pub const ADDRESS_BYTES_MAX: usize = 256;
+
 /// The center's answer to a [`Heartbeat`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatAck {
@@ -142,6 +149,11 @@ pub struct HeartbeatAck {
     pub epoch: u64,
     /// The table itself, when newer than the heartbeat's `known_epoch`.
     pub routing: Option<RoutingTable>,
+    /// Where the registered storage nodes listen (every node not `Removed` that reported an
+    /// address; at most [`ADDRESSES_MAX`], by id), sent with every ack: an address can change
+    /// without a routing epoch (a node restarted on another port), and a node placed in a
+    /// group with this one must be reachable for Raft before anything else tells of it.
+    pub addresses: Vec<(NodeId, String)>,
 }
 
 /// The answer to [`Message::GetRouting`].
@@ -151,6 +163,10 @@ pub struct RoutingAnswer {
     pub epoch: u64,
     /// The table, when newer than the request's `known_epoch`.
     pub table: Option<RoutingTable>,
+    /// Where the registered storage nodes listen, as in [`HeartbeatAck::addresses`], whether
+    /// or not the table is newer (a storage node answers with the addresses its heartbeats
+    /// brought). Eventually consistent like the table.
+    pub addresses: Vec<(NodeId, String)>,
 }
 
 /// How a center replica answered a center request.

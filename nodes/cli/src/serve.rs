@@ -10,12 +10,14 @@
 //!   its `peers` as the other voters, one node forms them (`initialize`), and the proxy routes
 //!   by a fixed table over its `nodes`.
 //!
-//! Addresses: the routing table names node ids only, so every process lists the addresses it
-//! needs. A node lists its `peers` (in center mode, every other storage node of the cluster,
-//! spares included, since the center may put any of them in a group with it); a proxy lists
-//! every storage node in `nodes` in both modes; a center lists the other center replicas and
-//! observers, and learns storage nodes' addresses from their heartbeats (`nodes` may list them
-//! too).
+//! Addresses: the routing table names node ids only. In center mode, storage nodes register
+//! their addresses with their heartbeats and the center hands the registry's addresses on: to
+//! storage nodes with every heartbeat answer, to proxies with every routing answer (both wired
+//! into the process's `AddressBook`). So a node lists only the `centers`, a proxy the `centers`
+//! (and `observers`), and a node added later (scale-out, a replacement) is reachable without
+//! touching any other file; `peers` (node) and `nodes` (proxy, center) may still list addresses
+//! known in advance. In static mode, a node lists its `peers` and a proxy every storage node in
+//! `nodes`.
 //!
 //! ```toml
 //! # center-101.toml
@@ -29,20 +31,18 @@
 //! # optional: observers = [{ id = 201, address = "..." }], replicas = 3,
 //! # bootstrap_nodes_min = 3, heartbeat_ms = 500, missed_heartbeats_max = 5, nodes = [...]
 //!
-//! # node-1.toml (center mode)
+//! # node-1.toml (center mode: the other nodes' addresses come from the center)
 //! id = 1
 //! listen = "127.0.0.1:7001"
 //! data_dir = "data/node-1"
 //! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
-//! peers = [{ id = 2, address = "127.0.0.1:7002" }, ...]   # the other storage nodes
-//! # optional: advertise = "10.0.0.1:7001" (default: listen), heartbeat_ms = 500
+//! # optional: advertise = "10.0.0.1:7001" (default: listen), heartbeat_ms = 500, peers = [...]
 //!
-//! # proxy.toml (center mode)
+//! # proxy.toml (center mode: the storage nodes' addresses come from the center)
 //! id = 1001
 //! listen = "127.0.0.1:6380"
 //! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
-//! nodes = [{ id = 1, address = "127.0.0.1:7001" }, ...]   # every storage node
-//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912
+//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912, nodes = [...]
 //! ```
 
 use std::net::SocketAddr;
@@ -165,7 +165,8 @@ pub struct NodeFile {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     /// The other storage nodes. Static mode: every group is replicated on this node and each
-    /// peer. Center mode: where to reach the nodes the center may group this one with.
+    /// peer. Center mode: optional (the center hands out every registered node's address);
+    /// addresses known in advance.
     #[serde(default)]
     pub peers: Vec<Peer>,
     /// Static mode only: slot groups 1..=groups.
@@ -237,7 +238,9 @@ pub struct ProxyFile {
     pub id: NodeId,
     /// Where Redis clients connect.
     pub listen: SocketAddr,
-    /// Every storage node (the routing table names node ids; this says where they are).
+    /// Static mode: every storage node (each group is on all of them). Center mode: optional
+    /// (the routing answers bring every registered node's address); addresses known in advance.
+    #[serde(default)]
     pub nodes: Vec<Peer>,
     /// Static mode only: slot groups 1..=groups, each on every node.
     #[serde(default)]
@@ -259,10 +262,10 @@ impl ProxyFile {
     /// The routing the proxy starts with, checked: a fixed table (static mode) or none yet,
     /// with the observers and centers to fetch one from (center mode).
     pub fn routing(&self) -> anyhow::Result<SharedRouting> {
-        if self.nodes.is_empty() {
-            bail!("a proxy needs the storage nodes' addresses (nodes)");
-        }
         if self.centers.is_empty() {
+            if self.nodes.is_empty() {
+                bail!("in static mode (no centers) a proxy needs the storage nodes (nodes)");
+            }
             if !self.observers.is_empty() {
                 bail!("observers need centers (center mode)");
             }
@@ -360,10 +363,7 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
             .await
             .context("starting the center replica")?;
         // Storage nodes register their addresses with their heartbeats.
-        center.on_address(move |node, address| match address.parse::<SocketAddr>() {
-            Ok(address) => book.insert(node, address),
-            Err(error) => tracing::warn!(node, address, %error, "unusable node address"),
-        });
+        center.on_address(book.sink());
         let serving = Arc::clone(&center);
         tokio::spawn(async move {
             if let Err(error) = serving.serve().await {
@@ -399,7 +399,7 @@ pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
         let seed = larder_nodes::real::process_seed();
         larder_nodes::raft::runtime::seed_raft_rng(seed);
         let book = address_book(file.peers.iter().chain(&file.centers));
-        let env = open_env(file.id, file.listen, &file.data_dir, book, seed).await?;
+        let env = open_env(file.id, file.listen, &file.data_dir, book.clone(), seed).await?;
         let config = match &mode {
             NodeMode::Static { groups, .. } => NodeConfig::new(file.id, (1..=*groups).collect()),
             NodeMode::Center { advertise } => {
@@ -415,6 +415,10 @@ pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
         let node = StorageNode::start(env, config)
             .await
             .context("starting the storage node")?;
+        if let NodeMode::Center { .. } = mode {
+            // The other nodes' addresses come with the center's heartbeat answers.
+            node.on_addresses(book.sink());
+        }
         let serving = node.clone();
         tokio::spawn(async move {
             if let Err(error) = serving.serve().await {
@@ -473,6 +477,9 @@ pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
         if let Some(max) = file.bulk_bytes_max {
             config.limits.bulk_bytes_max = max;
         }
+        // Center mode: the storage nodes' addresses come with the routing answers (a static
+        // table is never refreshed, so this is never called there).
+        routing.on_addresses(book.sink());
         let proxy = Proxy::new(
             TcpNet::client(file.id, book),
             TokioClock::new(),
@@ -600,6 +607,11 @@ mod tests {
                 advertise: "127.0.0.1:7001".parse().expect("address")
             }
         );
+        // Peers are optional in center mode: the center hands out the nodes' addresses.
+        let no_peers = node.replace("peers = [{ id = 2, address = \"127.0.0.1:7002\" }]\n", "");
+        let file: NodeFile = parse(&no_peers).expect("center-mode node without peers");
+        assert!(file.peers.is_empty());
+        assert!(matches!(file.mode(), Ok(NodeMode::Center { .. })));
         // Groups come from the center: static settings are rejected, not ignored.
         for extra in [
             "groups = 8\n",
@@ -641,13 +653,23 @@ mod tests {
         );
         let file: ProxyFile = parse(&format!("{proxy}groups = 8\n")).expect("parse");
         assert!(file.routing().is_err(), "groups with centers");
+        // In center mode the nodes' addresses come from the center: `nodes` is optional.
         let file: ProxyFile = parse(&proxy.replace(
             "nodes = [{ id = 1, address = \"127.0.0.1:7001\" }]",
             "nodes = []",
         ))
         .expect("parse");
-        assert!(file.routing().is_err(), "no storage node addresses");
+        assert!(file.routing().is_ok(), "center mode with nodes = []");
         let no_nodes = proxy.replace("nodes = [{ id = 1, address = \"127.0.0.1:7001\" }]\n", "");
-        assert!(parse::<ProxyFile>(&no_nodes).is_err(), "nodes is required");
+        let file: ProxyFile = parse(&no_nodes).expect("center mode without nodes");
+        assert!(file.nodes.is_empty());
+        assert_eq!(
+            file.routing().expect("center routing").sources(),
+            &[201, 101, 102, 103]
+        );
+        // Static mode still needs them: the table spreads every group over them.
+        let file: ProxyFile =
+            parse("id = 1001\nlisten = \"127.0.0.1:6380\"\ngroups = 8\n").expect("parse");
+        assert!(file.routing().is_err(), "static mode without nodes");
     }
 }

@@ -1,12 +1,20 @@
-//! The roles as separate processes: three `larder center`, four `larder node` (center mode)
-//! and one `larder proxy` process on loopback, each from its own TOML file, driven through the
-//! proxy with the `redis` crate.
+//! The roles as separate processes: three `larder center`, four (later five) `larder node`
+//! (center mode) and one `larder proxy` process on loopback, each from its own TOML file,
+//! driven through the proxy with the `redis` crate.
+//!
+//! No file names a storage node but its own: node files list only the centers (no `peers`),
+//! the proxy's file lists only the centers (no `nodes`). Every address a node or the proxy
+//! needs comes from the center's registry (heartbeat and routing answers).
 //!
 //! `center_processes_replace_a_killed_node`: the center bootstraps the routing table and forms
-//! the groups; 100 keys are written through the proxy; the storage node with the most replicas
-//! is killed with SIGKILL; the center marks it down and replaces its replicas under newer
-//! routing epochs, the proxy picks the new table up (`INFO` reports `routing_epoch`), every key
-//! is still readable and new writes succeed; then every process exits cleanly on SIGTERM.
+//! the groups; 100 keys are written through the proxy; a fifth storage node joins (scale-out:
+//! nobody's file lists it) and the center hands its address out; the storage node with the
+//! most replicas is killed with SIGKILL; the center marks it down and replaces its replicas on
+//! the newcomer (the live node with the fewest replicas) under newer routing epochs, which
+//! needs the groups' leaders to reach it; once leadership is rebalanced onto it, the proxy
+//! picks the new table up (`INFO` reports `routing_epoch`), every key is still readable and
+//! new writes succeed, which needs the proxy to reach it; then every process exits cleanly on
+//! SIGTERM.
 
 // A real-process test: real time, real threads.
 #![allow(clippy::disallowed_methods)]
@@ -18,13 +26,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use larder_core::NodeId;
+use larder_core::kv::Command as KvCommand;
 use larder_core::routing::RoutingTable;
-use larder_nodes::center::fetch_routing;
-use larder_nodes::real::{AddressBook, TcpNet};
+use larder_core::{GroupId, NodeId};
+use larder_nodes::center::{Fetched, fetch_routing_answer};
+use larder_nodes::client::{Client, ClientConfig};
+use larder_nodes::real::{AddressBook, TcpNet, TokioClock};
 
 const CENTERS: [NodeId; 3] = [101, 102, 103];
+/// The storage nodes started with the cluster.
 const NODES: [NodeId; 4] = [1, 2, 3, 4];
+/// A storage node started later.
+const SPARE: NodeId = 5;
 const PROXY: NodeId = 1001;
 const GROUPS: u64 = 8;
 const HEARTBEAT_MS: u64 = 200;
@@ -36,6 +49,8 @@ struct Cluster {
     addresses: BTreeMap<NodeId, SocketAddr>,
     children: BTreeMap<NodeId, Child>,
     runtime: tokio::runtime::Runtime,
+    /// The test's own endpoint: knows the centers, and the storage nodes only to check who
+    /// leads what (no process under test shares it).
     net: TcpNet,
 }
 
@@ -63,7 +78,7 @@ impl Cluster {
         let ids: Vec<NodeId> = CENTERS
             .iter()
             .chain(&NODES)
-            .chain(&[PROXY])
+            .chain(&[SPARE, PROXY])
             .copied()
             .collect();
         let listeners: Vec<std::net::TcpListener> = ids
@@ -88,20 +103,19 @@ impl Cluster {
             );
             std::fs::write(dir.join(format!("center-{id}.toml")), text).expect("write config");
         }
-        for id in NODES {
-            let others: Vec<NodeId> = NODES.iter().copied().filter(|n| *n != id).collect();
+        // No peers: the other nodes' addresses come from the center.
+        for id in NODES.iter().chain(&[SPARE]) {
             let text = format!(
-                "id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\nheartbeat_ms = {HEARTBEAT_MS}\n{centers}\npeers = {}\n",
-                addresses[&id],
+                "id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\nheartbeat_ms = {HEARTBEAT_MS}\n{centers}\n",
+                addresses[id],
                 dir.join(format!("node-{id}")).display(),
-                peers(&addresses, &others),
             );
             std::fs::write(dir.join(format!("node-{id}.toml")), text).expect("write config");
         }
+        // No nodes: their addresses come with the routing answers.
         let text = format!(
-            "id = {PROXY}\nlisten = \"{}\"\n{centers}\nnodes = {}\n",
+            "id = {PROXY}\nlisten = \"{}\"\n{centers}\n",
             addresses[&PROXY],
-            peers(&addresses, &NODES),
         );
         std::fs::write(dir.join(format!("proxy-{PROXY}.toml")), text).expect("write config");
 
@@ -111,8 +125,8 @@ impl Cluster {
             .build()
             .expect("runtime");
         let book = AddressBook::new();
-        for id in CENTERS {
-            book.insert(id, addresses[&id]);
+        for id in CENTERS.iter().chain(&NODES).chain(&[SPARE]) {
+            book.insert(*id, addresses[id]);
         }
         let net = runtime.block_on(async { TcpNet::client(900, book) });
         let mut cluster = Cluster {
@@ -122,7 +136,7 @@ impl Cluster {
             runtime,
             net,
         };
-        for id in ids {
+        for id in ids.into_iter().filter(|id| *id != SPARE) {
             cluster.spawn(id);
         }
         cluster
@@ -177,17 +191,43 @@ impl Cluster {
         }
     }
 
-    /// The routing table the center replicas serve (the first that answers).
-    fn routing(&self) -> Option<RoutingTable> {
+    /// The routing table and node addresses the center replicas serve (the first that
+    /// answers).
+    fn answer(&self) -> Option<Fetched> {
         self.runtime
-            .block_on(fetch_routing(
+            .block_on(fetch_routing_answer(
                 &self.net,
                 &CENTERS,
                 0,
                 Duration::from_millis(500),
             ))
             .ok()
-            .flatten()
+    }
+
+    /// The routing table the center replicas serve (the first that answers).
+    fn routing(&self) -> Option<RoutingTable> {
+        self.answer().and_then(|answer| answer.table)
+    }
+
+    /// Whether `node` leads `group`: it serves a read itself (a follower answers `NotLeader`,
+    /// and one attempt follows no hint).
+    fn leads(&self, node: NodeId, group: GroupId) -> bool {
+        let config = ClientConfig {
+            request_timeout: Duration::from_millis(500),
+            attempts_max: 1,
+            ..ClientConfig::default()
+        };
+        let mut client = Client::new(
+            self.net.clone(),
+            TokioClock::new(),
+            group,
+            vec![node],
+            config,
+            0x7e57,
+        );
+        self.runtime
+            .block_on(client.execute(KvCommand::DbSize))
+            .is_ok()
     }
 
     fn redis_url(&self) -> String {
@@ -202,7 +242,7 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            for id in CENTERS.iter().chain(&NODES).chain(&[PROXY]) {
+            for id in CENTERS.iter().chain(&NODES).chain(&[SPARE, PROXY]) {
                 let name = format!("{}-{id}", role(*id));
                 let text = std::fs::read_to_string(self.dir.join(format!("{name}.log")))
                     .unwrap_or_default();
@@ -342,6 +382,31 @@ fn center_processes_replace_a_killed_node() {
         started.elapsed()
     );
     assert!(redis.routing_epoch() >= table.epoch());
+    // The center hands out the registered nodes' addresses (what the proxy and the nodes,
+    // whose files list none, reached each other by).
+    let addresses = cluster.addresses.clone();
+    let expected = |ids: &[NodeId]| -> Vec<(NodeId, String)> {
+        ids.iter()
+            .map(|id| (*id, addresses[id].to_string()))
+            .collect()
+    };
+    let answer = cluster.answer().expect("a routing answer");
+    assert_eq!(answer.addresses, expected(&NODES));
+
+    // Scale-out: a fifth node joins; its address reaches the center's registry and is handed
+    // out. Nothing is placed on it yet.
+    cluster.spawn(SPARE);
+    let with_spare: Vec<NodeId> = NODES.iter().chain(&[SPARE]).copied().collect();
+    wait_for(
+        "the new node's address from the center",
+        Duration::from_secs(15),
+        || {
+            cluster
+                .answer()
+                .filter(|a| a.addresses == expected(&with_spare))
+        },
+    );
+    eprintln!("node {SPARE} registered after {:?}", started.elapsed());
 
     // SIGKILL the storage node with the most replicas.
     let victim = busiest(&table);
@@ -354,8 +419,14 @@ fn center_processes_replace_a_killed_node() {
     cluster.kill(victim);
     let killed = Instant::now();
 
-    // The center declares it down and replaces each of its replicas (one epoch per group).
-    let live: BTreeSet<NodeId> = NODES.iter().copied().filter(|n| *n != victim).collect();
+    // The center declares it down and replaces each of its replicas (one epoch per group), on
+    // the newcomer: the live node with the fewest replicas. Its groups' leaders learned its
+    // address from the center.
+    let live: BTreeSet<NodeId> = with_spare
+        .iter()
+        .copied()
+        .filter(|n| *n != victim)
+        .collect();
     let repaired = wait_for(
         "the victim's replicas replaced",
         Duration::from_secs(30),
@@ -376,6 +447,32 @@ fn center_processes_replace_a_killed_node() {
         killed.elapsed(),
         table.epoch(),
         repaired.epoch()
+    );
+    let on_spare: Vec<GroupId> = repaired
+        .groups()
+        .iter()
+        .filter(|(_, r)| r.replicas.contains(&SPARE))
+        .map(|(g, _)| *g)
+        .collect();
+    assert!(
+        !on_spare.is_empty(),
+        "no replica on the new node {SPARE}: {repaired:?}"
+    );
+    // The cluster is calm again: the center moves leadership onto the newcomer, so requests
+    // for its groups must reach it (the proxy knows its address only from the center).
+    let led = wait_for(
+        "the new node leading a group",
+        Duration::from_secs(20),
+        || {
+            on_spare
+                .iter()
+                .copied()
+                .find(|group| cluster.leads(SPARE, *group))
+        },
+    );
+    eprintln!(
+        "node {SPARE} leads group {led} after {:?}",
+        killed.elapsed()
     );
     // The proxy follows (background refresh, or on the first failing request).
     wait_for("the proxy's routing epoch", Duration::from_secs(10), || {

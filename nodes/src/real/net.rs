@@ -44,6 +44,31 @@ impl AddressBook {
     pub fn remove(&self, id: NodeId) {
         self.0.write().expect("address book lock").remove(&id);
     }
+
+    /// Records `address` (`host:port`) for `id` if it parses as a socket address; an
+    /// unparsable one is left out with a warning. Returns whether it was recorded.
+    pub fn learn(&self, id: NodeId, address: &str) -> bool {
+        match address.parse::<SocketAddr>() {
+            Ok(parsed) => {
+                self.insert(id, parsed);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(node = id, address, %error, "ignoring an unusable node address");
+                false
+            }
+        }
+    }
+
+    /// A hook for the addresses the center hands out (`Center::on_address`,
+    /// `StorageNode::on_addresses`, `SharedRouting::on_addresses`) that records them here
+    /// ([`AddressBook::learn`]).
+    pub fn sink(&self) -> impl Fn(NodeId, &str) + Send + Sync + 'static {
+        let book = self.clone();
+        move |id, address| {
+            book.learn(id, address);
+        }
+    }
 }
 
 /// The real network endpoint of one process.
@@ -337,5 +362,37 @@ impl Net for TcpNet {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_book_learns_parsable_addresses_only() {
+        let book = AddressBook::new();
+        let sink = book.sink();
+        sink(1, "127.0.0.1:7001");
+        sink(2, "node-2.example:7002");
+        sink(3, "");
+        assert_eq!(
+            book.get(1),
+            Some("127.0.0.1:7001".parse().expect("address"))
+        );
+        assert_eq!(book.get(2), None, "host names are not resolved");
+        assert_eq!(book.get(3), None);
+        // A node restarted on another port.
+        assert!(book.learn(1, "127.0.0.1:7101"));
+        assert_eq!(
+            book.get(1),
+            Some("127.0.0.1:7101".parse().expect("address"))
+        );
+        // An unusable address keeps the last good one.
+        assert!(!book.learn(1, "nonsense"));
+        assert_eq!(
+            book.get(1),
+            Some("127.0.0.1:7101".parse().expect("address"))
+        );
     }
 }
