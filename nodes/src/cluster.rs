@@ -111,8 +111,7 @@ impl SharedRouting {
         self.hints.write().expect("hints lock").insert(group, node);
     }
 
-    /// The node believed to lead `group`: the last one a connection found (possibly a member
-    /// newer than the table), else the table's.
+    /// The node believed to lead `group`: the last one a connection found, else the table's.
     pub fn leader_hint(&self, group: GroupId, table: &RoutingTable) -> Option<NodeId> {
         let route = table.route(group)?;
         self.hints
@@ -120,6 +119,7 @@ impl SharedRouting {
             .expect("hints lock")
             .get(&group)
             .copied()
+            .filter(|node| route.replicas.contains(node))
             .or(route.leader_hint)
     }
 
