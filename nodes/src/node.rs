@@ -98,6 +98,15 @@ impl NodeConfig {
             // A node coming back from a partition asks before bumping its term, so it cannot
             // depose a healthy leader (sharkstore's pre-vote).
             enable_pre_vote: Some(true),
+            // openraft restores a restarted leader's leadership without an election by
+            // default. Our state machine does not sync on apply and the committed index is not
+            // persisted, so a restored leader can confirm leadership with a quorum and then
+            // serve a read-index read from a state machine behind writes it had acknowledged
+            // (a stale read; simulation seeds 22 and 81 of the cluster's default plans: a
+            // group's leader and its last follower crash after the third replica was
+            // destroyed, both restart, and the old leader answers at once). An election makes
+            // the new leader commit an entry of its own term before it serves reads.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config.validate().map_err(|e| NodeError::Config {
