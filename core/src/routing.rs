@@ -208,6 +208,17 @@ impl RoutingTable {
         Ok(next)
     }
 
+    /// How many group replicas each node holds (nodes holding none are absent).
+    pub fn replica_counts(&self) -> BTreeMap<NodeId, usize> {
+        let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for route in self.groups.values() {
+            for node in &route.replicas {
+                *counts.entry(*node).or_default() += 1;
+            }
+        }
+        counts
+    }
+
     /// The lowest group id above every group of the table (ids are never reused).
     pub fn next_group_id(&self) -> GroupId {
         self.groups.keys().next_back().map_or(1, |last| last + 1)
@@ -333,6 +344,10 @@ mod tests {
         assert_eq!(next.slot_ranges(4), t.slot_ranges(2));
         assert_eq!(next.slot_ranges(1), t.slot_ranges(1));
         assert_eq!(next.next_group_id(), 5);
+        assert_eq!(
+            next.replica_counts(),
+            BTreeMap::from([(1, 1), (2, 1), (3, 1), (7, 2), (8, 2), (9, 2)])
+        );
         assert_eq!(
             t.recreate_group(2, 3, vec![1]),
             Err(RoutingError::GroupExists(3))

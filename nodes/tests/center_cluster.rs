@@ -383,13 +383,9 @@ fn check_keys(cluster: &Cluster, client: &mut ClusterClient<TcpNet, TokioClock>,
 
 /// The storage node hosting the most replicas in `table` (ties: lowest id).
 fn busiest(table: &RoutingTable) -> NodeId {
-    let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for route in table.groups().values() {
-        for node in &route.replicas {
-            *load.entry(*node).or_default() += 1;
-        }
-    }
-    load.into_iter()
+    table
+        .replica_counts()
+        .into_iter()
         .max_by_key(|(id, count)| (*count, std::cmp::Reverse(*id)))
         .map(|(id, _)| id)
         .expect("replicas")

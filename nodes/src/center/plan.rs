@@ -250,12 +250,7 @@ fn replica_load(
     table: &RoutingTable,
     repairs: &BTreeMap<GroupId, RepairInFlight>,
 ) -> BTreeMap<NodeId, usize> {
-    let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for route in table.groups().values() {
-        for node in &route.replicas {
-            *load.entry(*node).or_default() += 1;
-        }
-    }
+    let mut load = table.replica_counts();
     for repair in repairs.values() {
         *load.entry(repair.new).or_default() += 1;
     }
