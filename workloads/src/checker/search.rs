@@ -1,0 +1,248 @@
+//! The Wing–Gong–Lowe search over one key's operations: the entry list of calls and
+//! returns, the lift/unlift walk with just-in-time linearization, the three candidate passes
+//! (reads, other determinate operations, indeterminate ones) and backtracking, with every
+//! configuration checked against the memo table.
+//!
+//! The [`Meter`] lives here because the search is where the work happens: it counts states
+//! and steps against the caller's [`Budget`] so that a search that runs out answers
+//! `Unknown` instead of guessing.
+
+use super::Budget;
+use super::memo::{Cache, Linearized, splitmix};
+use super::model::{COp, Interner, Step, apply};
+
+pub(super) struct Meter<'a> {
+    pub(super) budget: &'a Budget,
+    pub(super) states: u64,
+    pub(super) steps: u64,
+    pub(super) exhausted: bool,
+}
+
+impl Meter<'_> {
+    /// Counts a search step; true when the budget is exhausted.
+    fn step(&mut self) -> bool {
+        self.steps += 1;
+        if self.steps & 0x3ff == 0
+            && let Some(expired) = &self.budget.expired
+            && expired()
+        {
+            self.exhausted = true;
+        }
+        if let Some(max) = self.budget.states_max
+            && self.states >= max
+        {
+            self.exhausted = true;
+        }
+        self.exhausted
+    }
+}
+
+pub(super) enum Search {
+    /// A linearization: positions in the key's operation list, in order.
+    Linearizable(Vec<usize>),
+    NotLinearizable,
+    /// The budget ran out.
+    Unknown(String),
+    /// The per-search allowance ran out.
+    Capped,
+}
+
+const NIL: u32 = u32::MAX;
+const HEAD: u32 = 0;
+
+/// Wing–Gong–Lowe search over one key's operations, from state `initial`.
+/// Gives up with `Capped` after exploring `cap` configurations.
+pub(super) fn search(
+    ops: &[COp],
+    initial: u64,
+    interner: &mut Interner,
+    meter: &mut Meter<'_>,
+    cap: u64,
+) -> Search {
+    let n = ops.len();
+    if n == 0 {
+        return Search::Linearizable(Vec::new());
+    }
+    if n >= (u32::MAX / 2 - 2) as usize {
+        return Search::Unknown(format!("{n} operations on one key is too many"));
+    }
+
+    // Entries 1..=2n: (time, 0 = call / 1 = return, op). Entry 0 is the list head.
+    let mut sorted: Vec<(u64, u8, u32)> = Vec::with_capacity(2 * n);
+    for (i, op) in ops.iter().enumerate() {
+        sorted.push((op.call, 0, i as u32));
+        sorted.push((op.ret, 1, i as u32));
+    }
+    sorted.sort_unstable();
+    let size = 2 * n + 1;
+    let mut entry_op = vec![0u32; size];
+    let mut is_call = vec![false; size];
+    let mut return_of = vec![0u32; n];
+    for (position, &(_, kind, op)) in sorted.iter().enumerate() {
+        let entry = position as u32 + 1;
+        entry_op[entry as usize] = op;
+        if kind == 0 {
+            is_call[entry as usize] = true;
+        } else {
+            return_of[op as usize] = entry;
+        }
+    }
+    let mut next: Vec<u32> = (0..size as u32).map(|e| e + 1).collect();
+    next[size - 1] = NIL;
+    let mut prev: Vec<u32> = (0..size as u32).map(|e| e.wrapping_sub(1)).collect();
+    prev[0] = NIL;
+
+    let zobrist: Vec<u64> = (0..n as u64)
+        .map(|i| splitmix(i ^ 0x5eed_1a2d_e400_0000))
+        .collect();
+    let mut linearized = Linearized::new(ops);
+    let mut hash = 0u64;
+    let mut cache = Cache::new();
+    let mut state = initial;
+    let mut remaining = ops.iter().filter(|op| op.definite).count();
+    let class: Vec<Class> = ops.iter().map(Class::of).collect();
+    // (call entry, state before it, the pass that chose it)
+    let mut stack: Vec<(u32, u64, Class)> = Vec::with_capacity(n);
+
+    let unlink = |next: &mut Vec<u32>, prev: &mut Vec<u32>, e: u32| {
+        let (p, q) = (prev[e as usize], next[e as usize]);
+        next[p as usize] = q;
+        if q != NIL {
+            prev[q as usize] = p;
+        }
+    };
+    let relink = |next: &mut Vec<u32>, prev: &mut Vec<u32>, e: u32| {
+        let (p, q) = (prev[e as usize], next[e as usize]);
+        next[p as usize] = e;
+        if q != NIL {
+            prev[q as usize] = e;
+        }
+    };
+
+    // The candidates of a configuration are the calls before the first pending return. They
+    // are scanned in passes, each from the head: reads (state-preserving), then other
+    // determinate operations, then indeterminate ones (which can always wait: the end of the
+    // history is as good a place for them as any). The order changes which linearization is
+    // found first, not what is explored. (Trying first the write a blocked read names looks
+    // tempting, but it was much slower on histories with lost writes: history order is a
+    // good guess.)
+    let mut entry = next[HEAD as usize];
+    let mut pass = Class::Read;
+    let states_before = meter.states;
+    loop {
+        if remaining == 0 {
+            let order = stack
+                .iter()
+                .map(|&(call, ..)| ops[entry_op[call as usize] as usize].op)
+                .collect();
+            return Search::Linearizable(order);
+        }
+        if meter.step() {
+            return Search::Unknown(format!(
+                "budget exhausted after {} states on this key",
+                meter.states - states_before
+            ));
+        }
+        if meter.states - states_before >= cap {
+            return Search::Capped;
+        }
+        if cache.len() >= (u32::MAX - 1) as usize
+            || meter
+                .budget
+                .memory_max
+                .is_some_and(|max| cache.bytes() > max)
+        {
+            return Search::Unknown(format!(
+                "memory budget exhausted after {} states on this key",
+                meter.states - states_before
+            ));
+        }
+        if entry == NIL || !is_call[entry as usize] {
+            // The first pending return: this pass has no candidate left.
+            if pass != Class::Info {
+                pass = if pass == Class::Read {
+                    Class::Update
+                } else {
+                    Class::Info
+                };
+                entry = next[HEAD as usize];
+                continue;
+            }
+        } else {
+            let op = entry_op[entry as usize] as usize;
+            let mut dead = false;
+            if class[op] == pass
+                && let Some(new_state) = apply(ops[op].step, state, interner)
+            {
+                linearized.set(op);
+                let new_hash = hash ^ zobrist[op];
+                if cache.insert(new_hash ^ splitmix(new_state), new_state, linearized.key()) {
+                    meter.states += 1;
+                    stack.push((entry, state, pass));
+                    state = new_state;
+                    hash = new_hash;
+                    unlink(&mut next, &mut prev, entry);
+                    unlink(&mut next, &mut prev, return_of[op]);
+                    if ops[op].definite {
+                        remaining -= 1;
+                    }
+                    entry = next[HEAD as usize];
+                    pass = Class::Read;
+                    continue;
+                }
+                linearized.clear(op);
+                // A read that is legal now can be linearized now in any extension of this
+                // configuration (it changes nothing, and everything that must precede it
+                // already does); that configuration was explored and failed, so this one
+                // fails too.
+                dead = pass == Class::Read;
+            }
+            if !dead {
+                entry = next[entry as usize];
+                continue;
+            }
+        }
+        // Backtrack: undo the last choice and try the candidate after it; a forced read
+        // had no alternative, so undo the one before it as well.
+        loop {
+            let Some((call, previous, chosen_in)) = stack.pop() else {
+                return Search::NotLinearizable;
+            };
+            let op = entry_op[call as usize] as usize;
+            state = previous;
+            hash ^= zobrist[op];
+            linearized.clear(op);
+            relink(&mut next, &mut prev, return_of[op]);
+            relink(&mut next, &mut prev, call);
+            if ops[op].definite {
+                remaining += 1;
+            }
+            if chosen_in != Class::Read {
+                entry = next[call as usize];
+                pass = chosen_in;
+                break;
+            }
+        }
+    }
+}
+
+/// The scan pass an operation is a candidate in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Determinate and state-preserving: reads, failed compares.
+    Read,
+    /// Other determinate operations.
+    Update,
+    /// Indeterminate operations.
+    Info,
+}
+
+impl Class {
+    fn of(op: &COp) -> Class {
+        match op.step {
+            _ if !op.definite => Class::Info,
+            Step::Read(_) | Step::CounterRead(_) | Step::CasMismatch { .. } => Class::Read,
+            _ => Class::Update,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Unit tests of the checker: the public entry points on small histories, and the
+//! internals (memo table, set encoding, compilation) that a wrong answer would hide in.
+
+use super::memo::{Cache, Linearized, splitmix};
+use super::model::{COp, Step, compile};
+use super::*;
+use crate::history::{Function, OpKind, Operation, Value};
+
+fn check(history: &History) -> Report {
+    check_history(history, &CheckConfig::default(), &Budget::unlimited()).unwrap()
+}
+
+#[test]
+fn empty_history_is_linearizable() {
+    let report = check(&History::new());
+    assert!(report.is_linearizable());
+    assert!(report.keys.is_empty());
+}
+
+#[test]
+fn cache_dedups_and_grows() {
+    let mut cache = Cache::new();
+    for i in 0..5000u64 {
+        assert!(cache.insert(splitmix(i), i, (0, &[i])));
+    }
+    for i in 0..5000u64 {
+        assert!(!cache.insert(splitmix(i), i, (0, &[i])));
+    }
+    assert!(cache.insert(splitmix(1), 1, (0, &[2])));
+    assert!(cache.insert(splitmix(1), 1, (1, &[1])));
+    assert!(cache.insert(splitmix(1), 1, (0, &[1, 0])));
+    assert_eq!(cache.len(), 5003);
+}
+
+#[test]
+fn unobservable_indeterminate_writes_are_dropped() {
+    let mut h = History::new();
+    h.invoke(0, 1, Function::Write, "k", 1);
+    h.invoke(0, 2, Function::Write, "k", 2);
+    h.invoke(0, 3, Function::Cas, "k", Value::pair(1.into(), 3.into()));
+    h.invoke(0, 4, Function::Cas, "k", Value::pair(5.into(), 2.into()));
+    h.complete(1, 1, OpKind::Info, 1);
+    h.complete(1, 2, OpKind::Info, 2);
+    h.complete(1, 3, OpKind::Info, Value::Null);
+    h.complete(1, 4, OpKind::Info, Value::Null);
+    h.invoke(2, 1, Function::Read, "k", Value::Null);
+    h.complete(3, 1, OpKind::Ok, 1);
+    let ops = h.operations().unwrap();
+    let refs: Vec<&Operation> = ops.iter().collect();
+    let compiled = compile(ModelKind::Register, &refs, &CheckConfig::default()).unwrap();
+    // 1 is read (and compared with), 5 is compared with; 2 and 3 are never observed, so
+    // write 2, cas [1 3] and cas [5 2] go
+    let kept: Vec<usize> = compiled.ops.iter().map(|c| c.op).collect();
+    assert_eq!(kept, vec![0, 4]);
+    assert!(check(&h).is_linearizable());
+}
+
+#[test]
+fn linearized_encoding_is_canonical() {
+    // 130 determinate operations returning in order, and 3 indeterminate ones
+    let ops: Vec<COp> = (0..133)
+        .map(|i| COp {
+            op: i,
+            call: i as u64,
+            ret: if i < 130 { 1000 + i as u64 } else { u64::MAX },
+            step: Step::Write(0),
+            definite: i < 130,
+        })
+        .collect();
+    let mut lin = Linearized::new(&ops);
+    assert_eq!(lin.key(), (0, &[0u64][..]));
+    for i in 0..64 {
+        lin.set(i);
+    }
+    assert_eq!(lin.key(), (1, &[0u64][..]));
+    lin.set(70);
+    lin.set(131);
+    assert_eq!(lin.key(), (1, &[1u64 << 6, 0b10][..]));
+    for i in 64..130 {
+        lin.set(i);
+    }
+    assert_eq!(lin.key(), (3, &[0b10u64][..]));
+    lin.clear(129);
+    assert_eq!(lin.key(), (2, &[(1u64 << 1) - 1, 0b10][..]));
+    lin.clear(128);
+    assert_eq!(lin.key(), (2, &[0b10u64][..]));
+    for i in (0..128).rev() {
+        lin.clear(i);
+    }
+    lin.clear(131);
+    assert_eq!(lin.key(), (0, &[0u64][..]));
+}
+
+#[test]
+fn states_budget_gives_unknown() {
+    let mut h = History::new();
+    for p in 0..6 {
+        h.invoke(0, p, Function::Write, "k", p as i64);
+    }
+    for p in 0..6 {
+        h.complete(10, p, OpKind::Ok, p as i64);
+    }
+    h.invoke(11, 0, Function::Read, "k", Value::Null);
+    h.complete(12, 0, OpKind::Ok, 99);
+    let report = check_history(
+        &h,
+        &CheckConfig::default(),
+        &Budget::unlimited().with_states_max(3),
+    )
+    .unwrap();
+    assert!(report.is_unknown(), "{report}");
+    let expired = check_history(&h, &CheckConfig::default(), &Budget::deadline(|| true));
+    // the deadline is polled every 1024 steps: this small search may finish first, and
+    // then it must be right
+    assert!(!expired.unwrap().is_linearizable());
+}
