@@ -1,7 +1,7 @@
 //! `larder-sim`: the seeded simulator.
 //!
 //! It owns the simulated environment ([`SimClock`], [`SimNet`], [`SimDisk`]: the same traits
-//! as `larder_nodes::real`, on turmoil's simulated time and network), the harness that builds a
+//! as `larder_real`, on turmoil's simulated time and network), the harness that builds a
 //! cluster of real Larder nodes on it, runs clients and a fault plan ([`run::run`]), and the
 //! determinism check ([`run::check_determinism`]: hash the ordered event trace, run a seed
 //! twice, name the first divergent event).

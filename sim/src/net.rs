@@ -264,10 +264,10 @@ impl Net for SimNet {
     }
 }
 
-/// A turmoil listener as the proxy's client-facing [`larder_nodes::proxy::Listener`].
+/// A turmoil listener as the proxy's client-facing [`larder_core::env::Listener`].
 pub struct SimListener(pub turmoil::net::TcpListener);
 
-impl larder_nodes::proxy::Listener for SimListener {
+impl larder_core::env::Listener for SimListener {
     type Stream = turmoil::net::TcpStream;
 
     async fn accept(&mut self) -> std::io::Result<turmoil::net::TcpStream> {

@@ -11,13 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use larder_center::{CENTER_GROUP, Center, CenterConfig};
 use larder_core::env::{Clock, Rng, SeededRng, derive_seed};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
 use larder_faults::{Fault, FaultPlan, PlanConfig, Roles};
-use larder_nodes::center::{CENTER_GROUP, Center, CenterConfig};
-use larder_nodes::node::{NodeConfig, StorageNode};
+use larder_storage::{NodeConfig, StorageNode};
 use serde::Serialize;
 
 use crate::clock::SimClock;
@@ -29,8 +29,8 @@ use crate::workload::{
     GROUP, History, OpKind, OpRecord, OpStatus, PROXY_PORT, RespClient, WorkloadConfig, client_id,
     cluster_client, counter_key, group_client, register_key, run_client,
 };
-use larder_nodes::cluster::{ClusterClient, SharedRouting};
-use larder_nodes::proxy::{Proxy, ProxyConfig};
+use larder_client::{ClusterClient, SharedRouting};
+use larder_proxy::{Proxy, ProxyConfig};
 use larder_workloads::checker::{Budget, CheckConfig, check_history};
 
 /// What to run.
@@ -336,11 +336,11 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
                 SimClock::new(),
                 derive_seed(seed, id),
                 ProxyConfig {
-                    client: larder_nodes::client::ClientConfig {
+                    client: larder_client::ClientConfig {
                         request_timeout: Duration::from_millis(1500),
                         attempts_max: 6,
                         backoff: Duration::from_millis(50),
-                        ..larder_nodes::client::ClientConfig::default()
+                        ..larder_client::ClientConfig::default()
                     },
                     ..ProxyConfig::default()
                 },
@@ -408,10 +408,10 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
                 routing,
                 // Bounded, so a cluster that never serves again ends the run with a verdict
                 // (and the group states in it) instead of running into the simulator's cap.
-                larder_nodes::client::ClientConfig {
+                larder_client::ClientConfig {
                     request_timeout: Duration::from_millis(1500),
                     attempts_max: 10,
-                    ..larder_nodes::client::ClientConfig::default()
+                    ..larder_client::ClientConfig::default()
                 },
                 derive_seed(0, 99),
             );
@@ -576,9 +576,9 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
 ///   right after a crash). Spawning throw-away tasks until the counter is at a multiple of 64
 ///   gives every run the same residues.
 ///
-/// [`seed_raft_rng`]: larder_nodes::raft::runtime::seed_raft_rng
+/// [`seed_raft_rng`]: larder_storage::raft::runtime::seed_raft_rng
 pub(crate) fn reset_process_state(seed: u64) {
-    larder_nodes::raft::runtime::seed_raft_rng(derive_seed(seed, 0x005e_ed0f_4af7));
+    larder_storage::raft::runtime::seed_raft_rng(derive_seed(seed, 0x005e_ed0f_4af7));
     crate::trace::set_harness_now(Duration::ZERO);
     const ALIGN: u64 = 64;
     let runtime = tokio::runtime::Builder::new_current_thread()

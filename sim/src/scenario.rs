@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use larder_client::{Client, ClientConfig, ClientError};
 use larder_core::NodeId;
 use larder_core::env::derive_seed;
 use larder_core::kv::{Command, Reply};
-use larder_nodes::client::{Client, ClientConfig, ClientError};
 
 use crate::clock::SimClock;
 use crate::net::{NetFaults, SimNet, host_name};

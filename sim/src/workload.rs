@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use larder_client::{Client, ClientConfig, ClientError};
+use larder_client::{ClusterClient, SharedRouting};
 use larder_core::NodeId;
 use larder_core::env::{Rng, SeededRng};
 use larder_core::kv::{Command, Reply, SetCondition};
 use larder_core::resp::{self, Frame};
-use larder_nodes::client::{Client, ClientConfig, ClientError};
-use larder_nodes::cluster::{ClusterClient, SharedRouting};
 use serde::Serialize;
 
 use crate::clock::SimClock;
@@ -186,7 +186,7 @@ impl RespClient {
             self.buffer.clear();
         }
         let stream = self.stream.as_mut().expect("connected above");
-        larder_nodes::proxy::round_trip(stream, &mut self.buffer, request).await
+        larder_proxy::round_trip(stream, &mut self.buffer, request).await
     }
 }
 

@@ -6,11 +6,15 @@
 use std::time::Duration;
 
 use larder_sim::{SimConfig, run};
+use larder_storage::Bug;
 
 fn config(seed: u64, broken: bool) -> SimConfig {
     let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
     config.swarm = true;
-    config.node.unsafe_local_reads = broken;
+    if broken {
+        // Plantable only because sim's dev-dependency enables `planted-bugs`.
+        config.node.bugs.plant(Bug::StaleLocalReads);
+    }
     config
 }
 

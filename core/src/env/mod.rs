@@ -1,18 +1,20 @@
 //! The environment seam: everything a Larder process needs from the outside world.
 //!
 //! Nodes, centers, proxies and clients are generic over [`Env`]; the real environment lives in
-//! `larder_nodes::real` (tokio clock, tokio TCP, fjall), the simulated one in `larder_sim`
+//! `larder_real` (tokio clock, tokio TCP, fjall), the simulated one in `larder_sim`
 //! (turmoil time and network, an in-memory disk with crash semantics). Nothing in between may
 //! reach around these traits for time, randomness, sockets or files: that is what makes a
 //! seeded simulation reproducible bit for bit.
 
 mod clock;
 mod disk;
+mod listener;
 mod net;
 mod rng;
 
 pub use clock::{Clock, Elapsed, timeout};
 pub use disk::{Disk, DiskError, Space, WriteBatch, WriteOp, log_key, log_key_index};
+pub use listener::Listener;
 pub use net::{FRAME_BYTES_MAX, Handler, Net, NetError};
 pub use rng::{Rng, SeededRng, derive_seed};
 

@@ -1,0 +1,538 @@
+//! `larder jepsen`: a Jepsen-style run on real processes. Three `larder node` processes and one
+//! `larder proxy` on loopback; every node-to-node and proxy-to-node connection goes through a
+//! fault-injecting TCP relay in this process, so partitions (including one-way ones: a relay
+//! carries one caller's connections to one callee) cut real sockets. A nemesis kills nodes with
+//! SIGKILL and restarts them, pauses them with SIGSTOP/SIGCONT, and partitions them; clients
+//! speak RESP to the proxy and record a history (`history.jsonl`), which the same checker as
+//! the simulator's judges.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use larder_core::env::{Rng, SeededRng};
+use larder_core::resp::{self, Frame};
+use larder_workloads::checker::{Budget, CheckConfig, check_history};
+use larder_workloads::history::{Function, History, OpKind, Value};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Args, Debug, Clone)]
+pub struct JepsenArgs {
+    /// How long the workload and nemesis run (then everything heals and is checked).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub time_limit: Duration,
+    /// Seeds the nemesis schedule and the workload's choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 5)]
+    pub clients: u64,
+    /// Slot groups.
+    #[arg(long, default_value_t = 4)]
+    pub groups: u64,
+    /// Where to keep data, logs and history.jsonl (default: a temporary directory, removed).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+const NODES: [u64; 3] = [1, 2, 3];
+const PROXY: u64 = 1001;
+const REGISTERS: u64 = 4;
+const COUNTERS: u64 = 2;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A TCP relay that can be cut: while blocked it refuses new connections and has closed the
+/// ones it carried.
+struct Relay {
+    blocked: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    async fn start(listen: u16, target: u16) -> anyhow::Result<Relay> {
+        let listener = TcpListener::bind(("127.0.0.1", listen)).await?;
+        let blocked = Arc::new(AtomicBool::new(false));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let (b, g) = (blocked.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if b.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (mut a, mut b) = (inbound, outbound);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(Relay {
+            blocked,
+            generation,
+        })
+    }
+
+    fn set_blocked(&self, blocked: bool) {
+        self.blocked.store(blocked, Ordering::SeqCst);
+        if blocked {
+            // Cut the connections it carries, as a partition would.
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+struct Processes {
+    exe: PathBuf,
+    dir: PathBuf,
+    nodes: BTreeMap<u64, Child>,
+    proxy: Option<Child>,
+}
+
+impl Processes {
+    fn spawn(&self, role: &str, config: &Path, log: &str) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(log))?;
+        Command::new(&self.exe)
+            .args([role, "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting larder {role}"))
+    }
+
+    fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let child = self.spawn(
+            "node",
+            &self.dir.join(format!("node-{id}.toml")),
+            &format!("node-{id}.log"),
+        )?;
+        self.nodes.insert(id, child);
+        Ok(())
+    }
+
+    fn kill_node(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.remove(&id) {
+            // SIGKILL: no shutdown path runs, unsynced data is gone.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        if let Some(child) = self.nodes.get(&id) {
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in self.nodes.values_mut().chain(self.proxy.as_mut()) {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Milliseconds since the run started: real time, the history's clock.
+#[derive(Clone, Copy)]
+struct Epoch(std::time::Instant);
+
+impl Epoch {
+    #[allow(clippy::disallowed_methods)] // A real-process run measures real time.
+    fn start() -> Epoch {
+        Epoch(std::time::Instant::now())
+    }
+    fn ns(self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+async fn request(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    args: &[&[u8]],
+) -> std::io::Result<Frame> {
+    let mut out = Vec::new();
+    resp::encode_request(args, &mut out);
+    larder_proxy::round_trip(stream, buffer, &out).await
+}
+
+/// One client: a single connection to the proxy (reopened after errors), one op at a time.
+async fn client(
+    process: u64,
+    proxy: SocketAddr,
+    seed: u64,
+    until: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    epoch: Epoch,
+) {
+    let mut rng = SeededRng::new(seed);
+    let mut connection: Option<(TcpStream, Vec<u8>)> = None;
+    let mut sequence = 0u64;
+    while !until.load(Ordering::SeqCst) {
+        sequence += 1;
+        let roll = rng.below(10);
+        let (f, key, args, value): (Function, String, Vec<Vec<u8>>, Value) = if roll < 4 {
+            let key = format!("reg:{}", rng.below(REGISTERS));
+            let value = format!("{process}-{sequence}");
+            let args = vec![
+                b"SET".to_vec(),
+                key.clone().into_bytes(),
+                value.clone().into_bytes(),
+            ];
+            (Function::Write, key, args, Value::from(value))
+        } else if roll < 7 {
+            let key = format!("reg:{}", rng.below(REGISTERS));
+            (
+                Function::Read,
+                key.clone(),
+                vec![b"GET".to_vec(), key.into_bytes()],
+                Value::Null,
+            )
+        } else if roll < 9 {
+            let key = format!("ctr:{}", rng.below(COUNTERS));
+            let delta = 1 + rng.below(5) as i64;
+            let args = vec![
+                b"INCRBY".to_vec(),
+                key.clone().into_bytes(),
+                delta.to_string().into_bytes(),
+            ];
+            (Function::Add, key, args, Value::Int(delta))
+        } else {
+            let key = format!("ctr:{}", rng.below(COUNTERS));
+            (
+                Function::Read,
+                key.clone(),
+                vec![b"GET".to_vec(), key.into_bytes()],
+                Value::Null,
+            )
+        };
+        let counter = key.starts_with("ctr:");
+        history
+            .lock()
+            .expect("history lock")
+            .invoke(epoch.ns(), process, f, key, value.clone());
+        if connection.is_none()
+            && let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(proxy)).await
+        {
+            connection = Some((stream, Vec::new()));
+        }
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let outcome = match connection.as_mut() {
+            None => Err("cannot connect to the proxy".to_string()),
+            Some((stream, buffer)) => {
+                match tokio::time::timeout(Duration::from_secs(10), request(stream, buffer, &refs))
+                    .await
+                {
+                    Ok(Ok(frame)) => Ok(frame),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err("no reply in 10 s".into()),
+                }
+            }
+        };
+        let (kind, output) = match outcome {
+            Ok(Frame::Error(text)) if text.starts_with("TRYAGAIN") => (OpKind::Fail, value),
+            Ok(Frame::Error(text)) if text.starts_with("ERR indeterminate") => {
+                (OpKind::Info, value)
+            }
+            Ok(Frame::Error(_)) => (OpKind::Info, value),
+            Ok(Frame::Bulk(Some(bytes))) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                // Counters are read as integers, registers as strings.
+                match text.parse::<i64>() {
+                    Ok(n) if counter => (OpKind::Ok, Value::Int(n)),
+                    _ => (OpKind::Ok, Value::from(text)),
+                }
+            }
+            Ok(Frame::Bulk(None) | Frame::Null) => (OpKind::Ok, Value::Null),
+            Ok(Frame::Integer(_)) | Ok(Frame::Simple(_)) => (OpKind::Ok, value),
+            Ok(_) => (OpKind::Info, value),
+            Err(_) => {
+                connection = None;
+                // A lost reply: a write may have happened; a read had no effect.
+                let kind = if f == Function::Read {
+                    OpKind::Fail
+                } else {
+                    OpKind::Info
+                };
+                (kind, value)
+            }
+        };
+        history
+            .lock()
+            .expect("history lock")
+            .complete(epoch.ns(), process, kind, output);
+        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
+    }
+}
+
+fn write_configs(
+    dir: &Path,
+    groups: u64,
+    ports: &BTreeMap<u64, u16>,
+    relays: &BTreeMap<(u64, u64), u16>,
+) -> anyhow::Result<()> {
+    for id in NODES {
+        let peers: Vec<String> = NODES
+            .iter()
+            .filter(|&&peer| peer != id)
+            .map(|peer| {
+                format!(
+                    "{{ id = {peer}, address = \"127.0.0.1:{}\" }}",
+                    relays[&(id, *peer)]
+                )
+            })
+            .collect();
+        let text = format!(
+            "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ngroups = {groups}\ninitialize = {}\npeers = [{}]\n",
+            ports[&id],
+            dir.join(format!("data-{id}")).display(),
+            id == 1,
+            peers.join(", ")
+        );
+        std::fs::write(dir.join(format!("node-{id}.toml")), text)?;
+    }
+    let nodes: Vec<String> = NODES
+        .iter()
+        .map(|node| {
+            format!(
+                "{{ id = {node}, address = \"127.0.0.1:{}\" }}",
+                relays[&(PROXY, *node)]
+            )
+        })
+        .collect();
+    let text = format!(
+        "id = {PROXY}\nlisten = \"127.0.0.1:{}\"\ngroups = {groups}\nnodes = [{}]\n",
+        ports[&PROXY],
+        nodes.join(", ")
+    );
+    std::fs::write(dir.join("proxy.toml"), text)?;
+    Ok(())
+}
+
+pub fn jepsen(args: JepsenArgs) -> anyhow::Result<bool> {
+    let temp = match &args.dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("larder-jepsen-")
+                .tempdir()?,
+        ),
+    };
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.as_ref().expect("temp dir").path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut ports = BTreeMap::new();
+    for id in NODES.into_iter().chain([PROXY]) {
+        ports.insert(id, free_port()?);
+    }
+    let mut relay_ports = BTreeMap::new();
+    for from in NODES.into_iter().chain([PROXY]) {
+        for to in NODES {
+            if from != to {
+                relay_ports.insert((from, to), free_port()?);
+            }
+        }
+    }
+    let relays: BTreeMap<(u64, u64), Relay> = runtime.block_on(async {
+        let mut relays = BTreeMap::new();
+        for (&(from, to), &port) in &relay_ports {
+            relays.insert((from, to), Relay::start(port, ports[&to]).await?);
+        }
+        anyhow::Ok(relays)
+    })?;
+    write_configs(&dir, args.groups, &ports, &relay_ports)?;
+    let mut processes = Processes {
+        exe: std::env::current_exe().context("finding the larder binary")?,
+        dir: dir.clone(),
+        nodes: BTreeMap::new(),
+        proxy: None,
+    };
+    for id in NODES {
+        processes.start_node(id)?;
+    }
+    processes.proxy = Some(processes.spawn("proxy", &dir.join("proxy.toml"), "proxy.log")?);
+    let proxy: SocketAddr = format!("127.0.0.1:{}", ports[&PROXY]).parse()?;
+
+    // Wait (bounded) until the cluster takes writes.
+    let ready = runtime.block_on(async {
+        for _ in 0..100 {
+            if let Ok(mut stream) = TcpStream::connect(proxy).await {
+                let mut buffer = Vec::new();
+                if let Ok(Ok(Frame::Simple(_))) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    request(&mut stream, &mut buffer, &[b"SET", b"jepsen:ready", b"1"]),
+                )
+                .await
+                {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
+    if !ready {
+        bail!(
+            "the cluster never accepted a write; logs in {}",
+            dir.display()
+        );
+    }
+    println!(
+        "larder jepsen: 3 nodes, {} groups, {} clients, {:?}; data and logs in {}",
+        args.groups,
+        args.clients,
+        args.time_limit,
+        dir.display()
+    );
+
+    let epoch = Epoch::start();
+    let history = Arc::new(Mutex::new(History::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..args.clients)
+        .map(|process| {
+            runtime.spawn(client(
+                process,
+                proxy,
+                larder_core::env::derive_seed(args.seed, 100 + process),
+                stop.clone(),
+                history.clone(),
+                epoch,
+            ))
+        })
+        .collect();
+
+    // The nemesis, on this thread, against the wall clock.
+    let mut rng = SeededRng::new(args.seed);
+    let mut log = Vec::new();
+    let deadline = args.time_limit;
+    let elapsed = || Duration::from_nanos(epoch.ns());
+    let pause = |ms: u64| std::thread::sleep(Duration::from_millis(ms));
+    while elapsed() + Duration::from_secs(6) < deadline {
+        pause(rng.range(1500, 4000));
+        let node = NODES[rng.below(3) as usize];
+        let hold = rng.range(1000, 4000);
+        match rng.below(4) {
+            0 => {
+                log.push(format!(
+                    "{:>7.1}s kill -9 node {node}, restart after {hold} ms",
+                    elapsed().as_secs_f64()
+                ));
+                processes.kill_node(node);
+                pause(hold);
+                processes.start_node(node)?;
+            }
+            1 => {
+                log.push(format!(
+                    "{:>7.1}s SIGSTOP node {node} for {hold} ms",
+                    elapsed().as_secs_f64()
+                ));
+                processes.signal(node, "-STOP");
+                pause(hold);
+                processes.signal(node, "-CONT");
+            }
+            2 => {
+                log.push(format!(
+                    "{:>7.1}s isolate node {node} for {hold} ms",
+                    elapsed().as_secs_f64()
+                ));
+                for ((from, to), relay) in &relays {
+                    if *from == node || *to == node {
+                        relay.set_blocked(true);
+                    }
+                }
+                pause(hold);
+                relays.values().for_each(|relay| relay.set_blocked(false));
+            }
+            _ => {
+                let to = NODES[(NODES.iter().position(|&n| n == node).expect("node") + 1) % 3];
+                log.push(format!(
+                    "{:>7.1}s one-way cut node {node} -> node {to} for {hold} ms",
+                    elapsed().as_secs_f64()
+                ));
+                relays[&(node, to)].set_blocked(true);
+                pause(hold);
+                relays[&(node, to)].set_blocked(false);
+            }
+        }
+    }
+    // Heal everything, let the clients run on a healthy cluster, then stop them.
+    relays.values().for_each(|relay| relay.set_blocked(false));
+    for id in NODES {
+        processes.signal(id, "-CONT");
+        if !processes.nodes.contains_key(&id) {
+            processes.start_node(id)?;
+        }
+    }
+    pause(deadline.saturating_sub(elapsed()).as_millis() as u64);
+    stop.store(true, Ordering::SeqCst);
+    runtime.block_on(async {
+        for client in clients {
+            let _ = client.await;
+        }
+    });
+    drop(processes);
+
+    let history = std::mem::take(&mut *history.lock().expect("history lock"));
+    let path = dir.join("history.jsonl");
+    history.write_jsonl_file(&path)?;
+    for line in &log {
+        println!("{line}");
+    }
+    // The checker is offline tooling: a wall-clock budget is what a user waits for.
+    #[allow(clippy::disallowed_methods)]
+    let budget = Budget::until(std::time::Instant::now() + Duration::from_secs(60));
+    let report = check_history(&history, &CheckConfig::default(), &budget)
+        .context("pairing the history's operations")?;
+    let valid = !report.is_not_linearizable();
+    println!("operations      {}", history.len() / 2);
+    println!("history         {}", path.display());
+    print!("verdict         {report}");
+    if temp.is_some() && valid {
+        drop(temp);
+    } else if let Some(temp) = temp {
+        // Keep the evidence of a failed run.
+        let kept = temp.keep();
+        println!("kept            {}", kept.display());
+    }
+    Ok(valid)
+}

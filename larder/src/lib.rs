@@ -1,0 +1,12 @@
+//! The `larder` package's library half: what the binary and its end-to-end tests share.
+//!
+//! - [`local::LocalCluster`]: center replicas, storage nodes and a proxy in one process on
+//!   loopback (`larder up`, `larder bench`, the end-to-end tests).
+//!
+//! The binary assembles real processes, so like `larder-real` it may touch real time, sockets
+//! and files: the simulator never runs this code.
+
+// Process assembly on the real environment (see the crate docs).
+#![allow(clippy::disallowed_methods)]
+
+pub mod local;

@@ -1,0 +1,333 @@
+//! A whole local cluster in one process on loopback — three center replicas, three storage
+//! nodes that get their slot groups from the center, and a RESP proxy that gets its routing
+//! table from the center — with data under a temporary or given directory. `larder up` runs
+//! it; the end-to-end tests start it too.
+//!
+//! Every role runs exactly as it does in its own process (`larder center`, `larder node`,
+//! `larder proxy`): the center bootstraps the routing table once all three storage nodes
+//! heartbeat, tells them which groups to host and forms the groups; the proxy fetches the
+//! table. Restarting from the same directory reopens everything: the center keeps its table
+//! (it never bootstraps twice) and the nodes reopen the groups they host.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_core::env::{Clock, derive_seed};
+use larder_core::kv::Command;
+use larder_core::{GroupId, NodeId};
+
+use larder_center::{Center, CenterConfig};
+use larder_client::{ClientConfig, ClusterClient, SharedRouting};
+use larder_proxy::{Proxy, ProxyConfig};
+use larder_real::{
+    AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock, TokioListener,
+};
+use larder_storage::{NodeConfig, StorageNode};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Data directory (one subdirectory per center replica and storage node); `None`: a
+    /// temporary one, removed on drop.
+    pub dir: Option<PathBuf>,
+    /// Where the proxy listens (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Slot groups the 16384 slots are spread over. Used when the center writes its first
+    /// routing table; a restart from an existing directory keeps the groups it has.
+    pub groups: u64,
+    pub requirepass: Option<String>,
+}
+
+/// Why a local cluster did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("--groups must be between 1 and 16384, got {0}")]
+    Groups(u64),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {reason}")]
+    Start { what: String, reason: String },
+    #[error(
+        "the cluster was not ready within {seconds} s: {reason} (data in {dir}; RUST_LOG=info shows the center's progress)"
+    )]
+    NotReady {
+        seconds: u64,
+        reason: String,
+        dir: String,
+    },
+}
+
+fn start_error(what: impl Into<String>, reason: impl std::fmt::Display) -> LocalError {
+    LocalError::Start {
+        what: what.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The node ids of the local cluster's center replicas, storage nodes and proxy.
+pub const CENTERS: [NodeId; 3] = [101, 102, 103];
+pub const NODES: [NodeId; 3] = [1, 2, 3];
+const PROXY_ID: NodeId = 1001;
+/// The endpoint [`LocalCluster::start`] checks readiness from.
+const PROBE_ID: NodeId = 1002;
+/// How long [`LocalCluster::start`] waits for the routing table and every group's leader; a
+/// fresh start takes a few seconds.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running local cluster.
+pub struct LocalCluster {
+    pub proxy_address: SocketAddr,
+    /// Where each center replica listens (node id, address).
+    pub center_addresses: Vec<(NodeId, SocketAddr)>,
+    /// Where each storage node listens (node id, address).
+    pub node_addresses: Vec<(NodeId, SocketAddr)>,
+    routing: SharedRouting,
+    centers: Vec<Arc<Center<RealEnv>>>,
+    nodes: Vec<Arc<StorageNode<RealEnv>>>,
+    /// Serving tasks (centers, nodes, proxy); they hold the nodes, so they end before the data
+    /// goes.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn create_dir(path: &Path) -> Result<(), LocalError> {
+    std::fs::create_dir_all(path).map_err(|source| LocalError::Io {
+        what: format!("creating {}", path.display()),
+        source,
+    })
+}
+
+/// Binds `id` on a loopback port and opens its disk under `dir/<name>`.
+async fn open_env(
+    id: NodeId,
+    dir: &Path,
+    name: &str,
+    book: &AddressBook,
+    seed: u64,
+) -> Result<RealEnv, LocalError> {
+    let path = dir.join(name);
+    create_dir(&path)?;
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let net = TcpNet::bind(id, loopback, book.clone())
+        .await
+        .map_err(|e| start_error(format!("{name}: binding"), e))?;
+    let disk = FjallDisk::open(&path, &FjallOptions::default())
+        .map_err(|e| start_error(format!("{name}: opening {}", path.display()), e))?;
+    Ok(RealEnv {
+        clock: TokioClock::new(),
+        net,
+        disk,
+        seed: derive_seed(seed, id),
+    })
+}
+
+impl LocalCluster {
+    /// Starts the center replicas, the storage nodes and the proxy, and returns once the proxy
+    /// has a routing table and every slot group answers a linearizable read (at most
+    /// 30 s). Must run inside a tokio multi-thread runtime.
+    pub async fn start(args: &LocalConfig) -> Result<Self, LocalError> {
+        if !(1..=16384).contains(&args.groups) {
+            return Err(LocalError::Groups(args.groups));
+        }
+        let (dir, temp) = match &args.dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("larder-up-")
+                    .tempdir()
+                    .map_err(|source| LocalError::Io {
+                        what: "creating a temporary data directory".into(),
+                        source,
+                    })?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        // Session ids and Raft jitter must differ per process start in production.
+        let seed: u64 = larder_real::process_seed();
+        larder_storage::raft::runtime::seed_raft_rng(seed);
+        let book = AddressBook::new();
+        let mut cluster = LocalCluster {
+            proxy_address: args.listen,
+            center_addresses: Vec::new(),
+            node_addresses: Vec::new(),
+            routing: SharedRouting::from_sources(CENTERS.to_vec()),
+            centers: Vec::new(),
+            nodes: Vec::new(),
+            tasks: Vec::new(),
+            dir: dir.clone(),
+            _temp: temp,
+        };
+        // Whatever started before a failure is stopped again, not left running.
+        match cluster.start_roles(args, &dir, &book, seed).await {
+            Ok(()) => Ok(cluster),
+            Err(error) => {
+                cluster.stop().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn start_roles(
+        &mut self,
+        args: &LocalConfig,
+        dir: &Path,
+        book: &AddressBook,
+        seed: u64,
+    ) -> Result<(), LocalError> {
+        let center_config = CenterConfig::new(CENTERS.to_vec(), args.groups);
+        for id in CENTERS {
+            let name = format!("center-{id}");
+            let env = open_env(id, dir, &name, book, seed).await?;
+            let address = env.net.listen_address().expect("bound");
+            let center = Center::start(env, NodeConfig::new(id, vec![]), center_config.clone())
+                .await
+                .map_err(|e| start_error(format!("{name}: starting"), e))?;
+            // Heartbeats bring the storage nodes' addresses; the centers must reach them (in
+            // one process the book is shared anyway, but this is what a center process does).
+            center.on_address(book.sink());
+            let serving = center.clone();
+            self.tasks.push(tokio::spawn(async move {
+                if let Err(error) = serving.serve().await {
+                    tracing::error!(center = id, %error, "center stopped serving");
+                }
+            }));
+            self.center_addresses.push((id, address));
+            self.centers.push(center);
+        }
+        // The first replica forms the center group once; after a restart from the same
+        // directory it is formed already and this is a no-op.
+        self.centers[0]
+            .initialize()
+            .await
+            .map_err(|e| start_error("initializing the center group", e))?;
+        for id in NODES {
+            let name = format!("node-{id}");
+            let env = open_env(id, dir, &name, book, seed).await?;
+            let address = env.net.listen_address().expect("bound");
+            let config = NodeConfig {
+                centers: CENTERS.to_vec(),
+                center_heartbeat_ms: center_config.heartbeat_ms,
+                address: address.to_string(),
+                ..NodeConfig::new(id, vec![])
+            };
+            let node = StorageNode::start(env, config)
+                .await
+                .map_err(|e| start_error(format!("{name}: starting"), e))?;
+            // The other nodes' addresses come from the center (as in a `larder node` process;
+            // the shared book knows them already).
+            node.on_addresses(book.sink());
+            let serving = node.clone();
+            self.tasks.push(tokio::spawn(async move {
+                if let Err(error) = serving.serve().await {
+                    tracing::error!(node = id, %error, "node stopped serving");
+                }
+            }));
+            self.node_addresses.push((id, address));
+            self.nodes.push(node);
+        }
+        // Likewise the proxy learns the nodes' addresses with its routing tables.
+        self.routing.on_addresses(book.sink());
+        let proxy = Proxy::new(
+            TcpNet::client(PROXY_ID, book.clone()),
+            TokioClock::new(),
+            derive_seed(seed, PROXY_ID),
+            ProxyConfig {
+                password: args.requirepass.clone(),
+                ..ProxyConfig::default()
+            },
+            self.routing.clone(),
+        );
+        let listener = TokioListener::bind(args.listen)
+            .await
+            .map_err(|source| LocalError::Io {
+                what: format!("proxy: binding {}", args.listen),
+                source,
+            })?;
+        self.proxy_address = listener.local_addr().map_err(|source| LocalError::Io {
+            what: "proxy: reading its address".into(),
+            source,
+        })?;
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(error) = proxy.serve(listener).await {
+                tracing::error!(%error, "proxy stopped accepting");
+            }
+        }));
+        self.wait_until_ready(book, derive_seed(seed, PROBE_ID))
+            .await
+    }
+
+    /// Waits until the proxy's routing has a table and every group of it answers a
+    /// linearizable read (`DBSIZE` through the group's leader).
+    async fn wait_until_ready(&self, book: &AddressBook, session: u64) -> Result<(), LocalError> {
+        let net = TcpNet::client(PROBE_ID, book.clone());
+        let clock = TokioClock::new();
+        let deadline = clock.now() + READY_TIMEOUT;
+        let not_ready = |reason: String| LocalError::NotReady {
+            seconds: READY_TIMEOUT.as_secs(),
+            reason,
+            dir: self.dir.display().to_string(),
+        };
+        let table = self
+            .routing
+            .wait_for_table(&net, &clock, deadline)
+            .await
+            .map_err(|e| not_ready(format!("no routing table from the center ({e})")))?;
+        let config = ClientConfig {
+            request_timeout: Duration::from_secs(1),
+            attempts_max: 3,
+            ..ClientConfig::default()
+        };
+        let mut client = ClusterClient::new(net, clock, self.routing.clone(), config, session);
+        let groups: Vec<GroupId> = table.groups().keys().copied().collect();
+        for group in groups {
+            loop {
+                match client.execute_in(group, Command::DbSize).await {
+                    Ok(_) => break,
+                    Err(error) if clock.now() >= deadline => {
+                        return Err(not_ready(format!("group {group} does not serve: {error}")));
+                    }
+                    Err(_) => clock.sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Slot groups in the routing table the proxy uses.
+    pub fn groups(&self) -> usize {
+        self.routing.current().groups().len()
+    }
+
+    /// The routing epoch the proxy uses.
+    pub fn routing_epoch(&self) -> u64 {
+        self.routing.current().epoch()
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops every group's Raft (the temporary directory, if any, goes with `self`).
+    pub async fn stop(mut self) {
+        for node in &self.nodes {
+            node.shutdown().await;
+        }
+        for center in &self.centers {
+            center.shutdown().await;
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        // Close the engines before a temporary directory is removed under them.
+        self.nodes.clear();
+        self.centers.clear();
+    }
+}

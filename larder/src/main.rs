@@ -1,0 +1,375 @@
+//! `larder`: the command-line entry point.
+//!
+//! - `larder sim --seed N`: one seeded simulation of a 3-node slot group under faults.
+//! - `larder sim --seeds A..B`: a sweep; exits non-zero if any seed fails.
+//! - `--check-determinism`: run each seed twice and compare the event traces.
+//!
+//! It is the top-level package `larder/`: it depends on every other crate (the roles, the real
+//! environment, the simulator, the reports) and nothing depends on it.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use larder_sim::{SimConfig, check_determinism, run};
+
+mod bench;
+mod jepsen;
+mod serve;
+mod up;
+
+#[derive(Parser)]
+#[command(
+    name = "larder",
+    version,
+    about = "Larder: a Raft-replicated KV store and its deterministic simulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run seeded simulations of a 3-node slot group under faults.
+    Sim(SimArgs),
+    /// Start a local cluster on loopback (3 center replicas, 3 storage nodes and a RESP proxy)
+    /// until Ctrl-C.
+    Up(up::UpArgs),
+    /// redis-benchmark against a local cluster and, side by side, against redis-server.
+    Bench(bench::BenchArgs),
+    /// A Jepsen-style run on real processes: kill -9, SIGSTOP, partitions through relays.
+    Jepsen(jepsen::JepsenArgs),
+    /// Check a history for linearizability (history.jsonl, Jepsen `INFO jepsen.util` logs,
+    /// Porcupine EDN kv logs).
+    Check(CheckArgs),
+    /// Run a center replica or observer process (TOML config).
+    Center(serve::ConfigArgs),
+    /// Run a storage node process (TOML config).
+    Node(serve::ConfigArgs),
+    /// Run a RESP proxy process (TOML config).
+    Proxy(serve::ConfigArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The history file.
+    path: std::path::PathBuf,
+    /// Give up after this long and answer "unknown" (never a false verdict).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    time_limit: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<bool> {
+    // Offline tooling: the user waits in real time.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let budget = larder_workloads::checker::Budget::until(started + args.time_limit);
+    let report = larder_workloads::check_file_with(&args.path, &budget)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+        println!("checked in {:.3} s", started.elapsed().as_secs_f64());
+    }
+    Ok(!report.is_not_linearizable())
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// The seed of a single run.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// A range of seeds to sweep, `A..B` (B exclusive) or `A..=B`.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Simulated duration of the workload (e.g. `20s`, `2m`).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Run each seed twice and fail on any difference in the event trace.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Run without injecting faults.
+    #[arg(long)]
+    no_faults: bool,
+    /// Print the deterministic JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Print the fault plan before running.
+    #[arg(long)]
+    print_plan: bool,
+    /// Simulated time per simulator step, in milliseconds. Smaller is finer message timing,
+    /// larger is faster; a seed reproduces only with the same tick.
+    #[arg(long, default_value_t = SimConfig::TICK_MS_DEFAULT)]
+    tick_ms: u64,
+    /// Simulate the whole cluster: 3 center replicas, 5 storage nodes, 8 slot groups of three
+    /// replicas placed by the center, 2 RESP proxies, clients speaking RESP to the proxies.
+    #[arg(long)]
+    cluster: bool,
+    /// With --cluster: center replicas (0: a static routing table, groups formed by the
+    /// simulator, no center faults).
+    #[arg(long, default_value_t = 3)]
+    centers: u64,
+    /// Swarm fault plans: each seed picks its own mix and rates of faults.
+    #[arg(long)]
+    swarm: bool,
+    /// Write each seed's HTML report, JSON summary and history.jsonl here, and an index page.
+    #[arg(long)]
+    report_dir: Option<std::path::PathBuf>,
+}
+
+fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
+    let (start, end, inclusive) = if let Some((a, b)) = text.split_once("..=") {
+        (a, b, true)
+    } else if let Some((a, b)) = text.split_once("..") {
+        (a, b, false)
+    } else {
+        bail!("--seeds takes A..B or A..=B, got {text:?}");
+    };
+    let start: u64 = start
+        .trim()
+        .parse()
+        .with_context(|| format!("bad range start in {text:?}"))?;
+    let end: u64 = end
+        .trim()
+        .parse()
+        .with_context(|| format!("bad range end in {text:?}"))?;
+    let end = if inclusive {
+        end.saturating_add(1)
+    } else {
+        end
+    };
+    if start >= end {
+        bail!("--seeds {text:?} is empty");
+    }
+    Ok((start..end).collect())
+}
+
+fn replay_command(args: &SimArgs, seed: u64) -> String {
+    let mut command = format!(
+        "larder sim --seed {seed} --duration {}",
+        humantime::format_duration(args.duration)
+    );
+    if args.no_faults {
+        command.push_str(" --no-faults");
+    }
+    if args.cluster {
+        command.push_str(" --cluster");
+        if args.centers != 3 {
+            command.push_str(&format!(" --centers {}", args.centers));
+        }
+    }
+    if args.swarm {
+        command.push_str(" --swarm");
+    }
+    if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
+        command.push_str(&format!(" --tick-ms {}", args.tick_ms));
+    }
+    command
+}
+
+fn sim(args: SimArgs) -> anyhow::Result<bool> {
+    let seeds = match (&args.seed, &args.seeds) {
+        (Some(seed), _) => vec![*seed],
+        (None, Some(range)) => parse_seeds(range)?,
+        (None, None) => vec![0],
+    };
+    let sweep = seeds.len() > 1;
+    if let Some(dir) = &args.report_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let progress = if sweep && !args.json {
+        let bar = indicatif::ProgressBar::new(seeds.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} seeds, {msg} [{elapsed_precise}, eta {eta}]",
+            )
+            .expect("progress template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut failed = Vec::new();
+    let mut index = Vec::new();
+    for &seed in &seeds {
+        let mut config = if args.cluster {
+            let mut config = SimConfig::cluster(seed, args.duration, 5, 8, 2);
+            config.centers = args.centers;
+            config
+        } else {
+            SimConfig::new(seed, args.duration)
+        };
+        config.faults = !args.no_faults;
+        config.swarm = args.swarm;
+        config.tick = Duration::from_millis(args.tick_ms.max(1));
+        if args.print_plan {
+            say(&progress, serde_json::to_string_pretty(&config.plan())?);
+        }
+        let replay = replay_command(&args, seed);
+        let (report, divergence) = if args.check_determinism {
+            check_determinism(&config)
+                .with_context(|| format!("seed {seed}; replay with: {replay}"))?
+        } else {
+            (
+                run(&config).with_context(|| format!("seed {seed}; replay with: {replay}"))?,
+                None,
+            )
+        };
+        let ok = report.passed() && divergence.is_none();
+        if args.json {
+            println!("{}", larder_reports::summary_json(&report));
+        } else if sweep {
+            let ops = report.ops.ok + report.ops.fail + report.ops.info;
+            say(
+                &progress,
+                format!(
+                    "seed {seed:>5} {} {ops:>6} ops, trace {}{}",
+                    if ok { "PASS" } else { "FAIL" },
+                    &report.trace_hash[..16],
+                    if ok {
+                        String::new()
+                    } else {
+                        format!("\n  {}\n  replay: {replay}", report.violations.join("\n  "))
+                    }
+                ),
+            );
+        } else {
+            print!("{}", larder_reports::summary_text(&report, &replay));
+        }
+        if args.check_determinism {
+            let line = match &divergence {
+                None => format!(
+                    "determinism     same trace hash on both runs ({})",
+                    report.trace_hash
+                ),
+                Some(text) => format!(
+                    "determinism     FAIL: {text}\nreplay with     {replay} --check-determinism"
+                ),
+            };
+            if !sweep || divergence.is_some() {
+                say(&progress, line);
+            }
+        }
+        if let Some(dir) = &args.report_dir {
+            write_reports(dir, &report, &replay)?;
+            index.push(larder_reports::html::IndexRow {
+                seed,
+                passed: ok,
+                ops: report.ops.ok + report.ops.fail + report.ops.info,
+                faults: report.faults.values().sum(),
+                trace_hash: report.trace_hash.clone(),
+                page: format!("seed-{seed}.html"),
+                violations: report.violations.clone(),
+            });
+        }
+        if !ok {
+            failed.push(seed);
+        }
+        progress.inc(1);
+        progress.set_message(format!("{} failed", failed.len()));
+    }
+    progress.finish_and_clear();
+    if let Some(dir) = &args.report_dir {
+        let path = dir.join("index.html");
+        std::fs::write(&path, larder_reports::html::index_page(&index))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("reports in {}", path.display());
+    }
+    if sweep {
+        println!(
+            "{} seeds, {} failed{}",
+            seeds.len(),
+            failed.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(": {failed:?}")
+            }
+        );
+    }
+    Ok(failed.is_empty())
+}
+
+/// Prints a line above the progress bar (and also when stdout is not a terminal, where the
+/// bar itself is hidden).
+fn say(progress: &indicatif::ProgressBar, line: impl std::fmt::Display) {
+    progress.suspend(|| println!("{line}"));
+}
+
+/// `seed-N.html`, `seed-N.json` and `seed-N.history.jsonl` of one run.
+fn write_reports(
+    dir: &std::path::Path,
+    report: &larder_sim::RunReport,
+    replay: &str,
+) -> anyhow::Result<()> {
+    let seed = report.seed;
+    let write = |name: String, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    write(
+        format!("seed-{seed}.html"),
+        larder_reports::html::run_page(report, replay),
+    )?;
+    write(
+        format!("seed-{seed}.json"),
+        larder_reports::summary_json(report),
+    )?;
+    let history = larder_sim::workload::to_history(&report.history).to_jsonl_string();
+    write(format!("seed-{seed}.history.jsonl"), history)
+}
+
+/// Log timestamps: simulated time inside a simulation (so a log line lines up with the trace
+/// and the fault plan), wall time otherwise.
+struct LogTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for LogTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        if larder_sim::trace::in_simulation() {
+            write!(
+                w,
+                "sim {:>10.3}s",
+                larder_sim::trace::sim_now().as_secs_f64()
+            )
+        } else {
+            tracing_subscriber::fmt::time::SystemTime.format_time(w)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_timer(LogTime)
+        // Injected faults make openraft log errors by design; they would drown the summary.
+        // RUST_LOG overrides this default.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Sim(args) => sim(args),
+        Command::Up(args) => up::up(args),
+        Command::Bench(args) => bench::bench(args),
+        Command::Jepsen(args) => jepsen::jepsen(args),
+        Command::Check(args) => check(args),
+        Command::Center(args) => serve::center(args),
+        Command::Node(args) => serve::node(args),
+        Command::Proxy(args) => serve::proxy(args),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! `larder center`, `larder node` and `larder proxy`: each role as its own process, configured
+//! by a TOML file (unknown keys are errors, so a typo is never silently ignored).
+//!
+//! Two modes:
+//! - **Center mode** (the normal one): `larder center` processes form the center group and own
+//!   the routing table; `larder node` with `centers = [...]` heartbeats to them and hosts the
+//!   groups the center gives it; `larder proxy` with `centers = [...]` fetches the routing
+//!   table from them (observers first) and keeps it fresh.
+//! - **Static mode** (`larder jepsen`): no center. Every node hosts groups `1..=groups` with
+//!   its `peers` as the other voters, one node forms them (`initialize`), and the proxy routes
+//!   by a fixed table over its `nodes`.
+//!
+//! Addresses: the routing table names node ids only. In center mode, storage nodes register
+//! their addresses with their heartbeats and the center hands the registry's addresses on: to
+//! storage nodes with every heartbeat answer, to proxies with every routing answer (both wired
+//! into the process's `AddressBook`). So a node lists only the `centers`, a proxy the `centers`
+//! (and `observers`), and a node added later (scale-out, a replacement) is reachable without
+//! touching any other file; `peers` (node) and `nodes` (proxy, center) may still list addresses
+//! known in advance. In static mode, a node lists its `peers` and a proxy every storage node in
+//! `nodes`.
+//!
+//! ```toml
+//! # center-101.toml
+//! id = 101
+//! listen = "127.0.0.1:7101"
+//! data_dir = "data/center-101"
+//! centers = [{ id = 101, address = "127.0.0.1:7101" }, { id = 102, address = "127.0.0.1:7102" },
+//!            { id = 103, address = "127.0.0.1:7103" }]   # every replica, this one included
+//! groups = 64              # slot groups of the first routing table
+//! initialize = true        # on one replica of a new cluster; harmless on restarts
+//! # optional: observers = [{ id = 201, address = "..." }], replicas = 3,
+//! # bootstrap_nodes_min = 3, heartbeat_ms = 500, missed_heartbeats_max = 5, nodes = [...]
+//!
+//! # node-1.toml (center mode: the other nodes' addresses come from the center)
+//! id = 1
+//! listen = "127.0.0.1:7001"
+//! data_dir = "data/node-1"
+//! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
+//! # optional: advertise = "10.0.0.1:7001" (default: listen), heartbeat_ms = 500, peers = [...]
+//!
+//! # proxy.toml (center mode: the storage nodes' addresses come from the center)
+//! id = 1001
+//! listen = "127.0.0.1:6380"
+//! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
+//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912, nodes = [...]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use larder_center::{Center, CenterConfig};
+use larder_client::SharedRouting;
+use larder_core::env::derive_seed;
+use larder_core::routing::RoutingTable;
+use larder_core::{GroupId, NodeId};
+use larder_proxy::{Proxy, ProxyConfig};
+use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
+use larder_storage::{NodeConfig, StorageNode};
+use serde::Deserialize;
+
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// The role's TOML configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Another process's id and address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub id: NodeId,
+    pub address: SocketAddr,
+}
+
+/// `center.toml`: one center replica (an id listed in `centers`) or observer (an id listed in
+/// `observers`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CenterFile {
+    pub id: NodeId,
+    /// Where the other center replicas, the storage nodes and the proxies reach this one.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Every center replica (the voters of the center group), this one included; the same list
+    /// in every center's file.
+    pub centers: Vec<Peer>,
+    /// Slot groups the first routing table creates (ids `1..=groups`). Ignored once the center
+    /// has a table.
+    pub groups: u64,
+    /// Form the center group if it is not formed yet. Set on one replica of a new cluster;
+    /// harmless on restarts. Not on an observer.
+    #[serde(default)]
+    pub initialize: bool,
+    /// Read-only followers of the routing table (learners of the center group).
+    #[serde(default)]
+    pub observers: Vec<Peer>,
+    /// Storage nodes' addresses known in advance (optional: heartbeats bring them).
+    #[serde(default)]
+    pub nodes: Vec<Peer>,
+    /// Replicas per slot group (default 3).
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    /// Live storage nodes needed before the first routing table is written (default 3).
+    #[serde(default)]
+    pub bootstrap_nodes_min: Option<usize>,
+    /// Expected interval of storage nodes' heartbeats, and the control loop's tick (default
+    /// 500). Give the nodes the same `heartbeat_ms`.
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+    /// A node is down after this many heartbeat intervals without one (default 5).
+    #[serde(default)]
+    pub missed_heartbeats_max: Option<u32>,
+}
+
+impl CenterFile {
+    /// The center settings, checked.
+    pub fn center_config(&self) -> anyhow::Result<CenterConfig> {
+        let centers: Vec<NodeId> = self.centers.iter().map(|c| c.id).collect();
+        let observers: Vec<NodeId> = self.observers.iter().map(|o| o.id).collect();
+        let mut all: Vec<NodeId> = centers.iter().chain(&observers).copied().collect();
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0] == w[1]) {
+            bail!("an id appears twice in centers/observers");
+        }
+        let is_center = centers.contains(&self.id);
+        if !is_center && !observers.contains(&self.id) {
+            bail!(
+                "id {} is in neither centers nor observers: list every center replica, this one included",
+                self.id
+            );
+        }
+        if self.initialize && !is_center {
+            bail!("an observer cannot initialize the center group");
+        }
+        let mut config = CenterConfig::new(centers, self.groups);
+        config.observers = observers;
+        if let Some(replicas) = self.replicas {
+            config.replicas = replicas;
+        }
+        if let Some(min) = self.bootstrap_nodes_min {
+            config.bootstrap_nodes_min = min;
+        }
+        if let Some(ms) = self.heartbeat_ms {
+            config.heartbeat_ms = ms;
+        }
+        if let Some(max) = self.missed_heartbeats_max {
+            config.missed_heartbeats_max = max;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `node.toml`. Center mode when `centers` is given (the center assigns the groups), static
+/// mode otherwise (`groups` on every node, formed by the one with `initialize`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub id: NodeId,
+    /// Where peers reach this node.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The other storage nodes. Static mode: every group is replicated on this node and each
+    /// peer. Center mode: optional (the center hands out every registered node's address);
+    /// addresses known in advance.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    /// Static mode only: slot groups 1..=groups.
+    #[serde(default)]
+    pub groups: Option<u64>,
+    /// Static mode only: form the groups (with this node and the peers as voters) if they are
+    /// not yet formed. Set on one node of a new cluster; harmless on restarts.
+    #[serde(default)]
+    pub initialize: Option<bool>,
+    /// Center mode: the center replicas to heartbeat to.
+    #[serde(default)]
+    pub centers: Vec<Peer>,
+    /// Center mode: the address registered with the center (default: `listen`, which must
+    /// then not be a wildcard address).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// Center mode: interval between heartbeats to the center (default 500; the centers'
+    /// `heartbeat_ms`).
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+}
+
+/// How a node gets its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeMode {
+    Static { groups: u64, initialize: bool },
+    Center { advertise: SocketAddr },
+}
+
+impl NodeFile {
+    /// The mode, checked: center-only and static-only settings are not mixed.
+    pub fn mode(&self) -> anyhow::Result<NodeMode> {
+        if self.centers.is_empty() {
+            if self.advertise.is_some() || self.heartbeat_ms.is_some() {
+                bail!("advertise and heartbeat_ms need centers (center mode)");
+            }
+            let Some(groups) = self.groups else {
+                bail!("give either centers (center mode) or groups (static mode)");
+            };
+            if !(1..=16384).contains(&groups) {
+                bail!("groups must be between 1 and 16384, got {groups}");
+            }
+            return Ok(NodeMode::Static {
+                groups,
+                initialize: self.initialize.unwrap_or(false),
+            });
+        }
+        if self.groups.is_some() || self.initialize.is_some() {
+            bail!(
+                "with centers the center assigns and forms the groups: remove groups and initialize"
+            );
+        }
+        let advertise = self.advertise.unwrap_or(self.listen);
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            bail!(
+                "listen is {}: set advertise to an address peers can reach",
+                self.listen
+            );
+        }
+        Ok(NodeMode::Center { advertise })
+    }
+}
+
+/// `proxy.toml`. Center mode when `centers` is given (routing from the center), static mode
+/// otherwise (every group on every listed node).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    pub id: NodeId,
+    /// Where Redis clients connect.
+    pub listen: SocketAddr,
+    /// Static mode: every storage node (each group is on all of them). Center mode: optional
+    /// (the routing answers bring every registered node's address); addresses known in advance.
+    #[serde(default)]
+    pub nodes: Vec<Peer>,
+    /// Static mode only: slot groups 1..=groups, each on every node.
+    #[serde(default)]
+    pub groups: Option<u64>,
+    /// Center mode: the center replicas to fetch routing tables from.
+    #[serde(default)]
+    pub centers: Vec<Peer>,
+    /// Center mode: observers, asked before the center replicas.
+    #[serde(default)]
+    pub observers: Vec<Peer>,
+    #[serde(default)]
+    pub requirepass: Option<String>,
+    /// Largest bulk string a client may send, in bytes.
+    #[serde(default)]
+    pub bulk_bytes_max: Option<u64>,
+}
+
+impl ProxyFile {
+    /// The routing the proxy starts with, checked: a fixed table (static mode) or none yet,
+    /// with the observers and centers to fetch one from (center mode).
+    pub fn routing(&self) -> anyhow::Result<SharedRouting> {
+        if self.centers.is_empty() {
+            if self.nodes.is_empty() {
+                bail!("in static mode (no centers) a proxy needs the storage nodes (nodes)");
+            }
+            if !self.observers.is_empty() {
+                bail!("observers need centers (center mode)");
+            }
+            let Some(groups) = self.groups.filter(|g| (1..=16384).contains(g)) else {
+                bail!("give either centers (center mode) or groups = 1..=16384 (static mode)");
+            };
+            let replicas: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+            return Ok(SharedRouting::new(RoutingTable::even(groups, |_| {
+                replicas.clone()
+            })));
+        }
+        if self.groups.is_some() {
+            bail!("with centers the routing table comes from the center: remove groups");
+        }
+        let sources = self
+            .observers
+            .iter()
+            .chain(&self.centers)
+            .map(|p| p.id)
+            .collect();
+        Ok(SharedRouting::from_sources(sources))
+    }
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+fn address_book<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> AddressBook {
+    let book = AddressBook::new();
+    for peer in peers {
+        book.insert(peer.id, peer.address);
+    }
+    book
+}
+
+async fn open_env(
+    id: NodeId,
+    listen: SocketAddr,
+    data_dir: &Path,
+    book: AddressBook,
+    seed: u64,
+) -> anyhow::Result<RealEnv> {
+    let net = TcpNet::bind(id, listen, book)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let disk = FjallDisk::open(data_dir, &FjallOptions::default())
+        .with_context(|| format!("opening {}", data_dir.display()))?;
+    Ok(RealEnv {
+        clock: TokioClock::new(),
+        net,
+        disk,
+        seed: derive_seed(seed, id),
+    })
+}
+
+pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
+    let file: CenterFile = read(&args.config)?;
+    let config = file
+        .center_config()
+        .with_context(|| format!("checking {}", args.config.display()))?;
+    std::fs::create_dir_all(&file.data_dir)
+        .with_context(|| format!("creating {}", file.data_dir.display()))?;
+    runtime()?.block_on(async {
+        let seed = larder_real::process_seed();
+        larder_storage::raft::runtime::seed_raft_rng(seed);
+        let book = address_book(
+            file.centers
+                .iter()
+                .chain(&file.observers)
+                .chain(&file.nodes),
+        );
+        let env = open_env(file.id, file.listen, &file.data_dir, book.clone(), seed).await?;
+        let center = Center::start(env, NodeConfig::new(file.id, vec![]), config)
+            .await
+            .context("starting the center replica")?;
+        // Storage nodes register their addresses with their heartbeats.
+        center.on_address(book.sink());
+        let serving = Arc::clone(&center);
+        tokio::spawn(async move {
+            if let Err(error) = serving.serve().await {
+                tracing::error!(%error, "center stopped serving");
+            }
+        });
+        if file.initialize {
+            center
+                .initialize()
+                .await
+                .context("initializing the center group")?;
+        }
+        let role = if file.centers.iter().any(|c| c.id == file.id) {
+            "center replica"
+        } else {
+            "center observer"
+        };
+        println!("larder {role} {} listening on {}", file.id, file.listen);
+        stop_signal().await?;
+        center.shutdown().await;
+        Ok(true)
+    })
+}
+
+pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
+    let file: NodeFile = read(&args.config)?;
+    let mode = file
+        .mode()
+        .with_context(|| format!("checking {}", args.config.display()))?;
+    std::fs::create_dir_all(&file.data_dir)
+        .with_context(|| format!("creating {}", file.data_dir.display()))?;
+    runtime()?.block_on(async {
+        let seed = larder_real::process_seed();
+        larder_storage::raft::runtime::seed_raft_rng(seed);
+        let book = address_book(file.peers.iter().chain(&file.centers));
+        let env = open_env(file.id, file.listen, &file.data_dir, book.clone(), seed).await?;
+        let config = match &mode {
+            NodeMode::Static { groups, .. } => NodeConfig::new(file.id, (1..=*groups).collect()),
+            NodeMode::Center { advertise } => {
+                let mut config = NodeConfig::new(file.id, vec![]);
+                config.centers = file.centers.iter().map(|c| c.id).collect();
+                config.address = advertise.to_string();
+                if let Some(ms) = file.heartbeat_ms {
+                    config.center_heartbeat_ms = ms;
+                }
+                config
+            }
+        };
+        let node = StorageNode::start(env, config)
+            .await
+            .context("starting the storage node")?;
+        if let NodeMode::Center { .. } = mode {
+            // The other nodes' addresses come with the center's heartbeat answers.
+            node.on_addresses(book.sink());
+        }
+        let serving = node.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serving.serve().await {
+                tracing::error!(%error, "node stopped serving");
+            }
+        });
+        if let NodeMode::Static {
+            groups,
+            initialize: true,
+        } = mode
+        {
+            let voters = std::iter::once(file.id)
+                .chain(file.peers.iter().map(|p| p.id))
+                .collect();
+            for group in 1..=groups {
+                let group: GroupId = group;
+                node.initialize(group, &voters)
+                    .await
+                    .with_context(|| format!("initializing group {group}"))?;
+            }
+        }
+        match mode {
+            NodeMode::Static { groups, .. } => println!(
+                "larder node {} listening on {} ({groups} static groups)",
+                file.id, file.listen
+            ),
+            NodeMode::Center { advertise } => println!(
+                "larder node {} listening on {} (advertised {advertise}; groups from centers {:?})",
+                file.id,
+                file.listen,
+                file.centers.iter().map(|c| c.id).collect::<Vec<_>>()
+            ),
+        }
+        stop_signal().await?;
+        node.shutdown().await;
+        Ok(true)
+    })
+}
+
+pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
+    let file: ProxyFile = read(&args.config)?;
+    let routing = file
+        .routing()
+        .with_context(|| format!("checking {}", args.config.display()))?;
+    runtime()?.block_on(async {
+        let book = address_book(
+            file.nodes
+                .iter()
+                .chain(&file.centers)
+                .chain(&file.observers),
+        );
+        let mut config = ProxyConfig {
+            password: file.requirepass.clone(),
+            ..ProxyConfig::default()
+        };
+        if let Some(max) = file.bulk_bytes_max {
+            config.limits.bulk_bytes_max = max;
+        }
+        // Center mode: the storage nodes' addresses come with the routing answers (a static
+        // table is never refreshed, so this is never called there).
+        routing.on_addresses(book.sink());
+        let proxy = Proxy::new(
+            TcpNet::client(file.id, book),
+            TokioClock::new(),
+            derive_seed(larder_real::process_seed(), file.id),
+            config,
+            routing,
+        );
+        let listener = larder_real::TokioListener::bind(file.listen)
+            .await
+            .with_context(|| format!("listening on {}", file.listen))?;
+        println!("larder proxy {} listening on {}", file.id, file.listen);
+        tokio::select! {
+            result = proxy.serve(listener) => result.context("accepting clients")?,
+            result = stop_signal() => result?,
+        }
+        Ok(true)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    const CENTERS: &str = r#"centers = [{ id = 101, address = "127.0.0.1:7101" }, { id = 102, address = "127.0.0.1:7102" }, { id = 103, address = "127.0.0.1:7103" }]"#;
+
+    #[test]
+    fn configs_parse_and_reject_unknown_fields() {
+        let node: NodeFile = parse(
+            r#"
+            id = 1
+            listen = "127.0.0.1:7001"
+            data_dir = "/tmp/n1"
+            groups = 8
+            initialize = true
+            peers = [{ id = 2, address = "127.0.0.1:7002" }]
+            "#,
+        )
+        .expect("node config");
+        assert_eq!((node.id, node.groups, node.peers.len()), (1, Some(8), 1));
+        assert_eq!(
+            node.mode().expect("static mode"),
+            NodeMode::Static {
+                groups: 8,
+                initialize: true
+            }
+        );
+        let proxy: ProxyFile = parse(
+            r#"
+            id = 1001
+            listen = "127.0.0.1:6380"
+            groups = 8
+            nodes = [{ id = 1, address = "127.0.0.1:7001" }]
+            "#,
+        )
+        .expect("proxy config");
+        assert_eq!(proxy.requirepass, None);
+        let routing = proxy.routing().expect("static routing");
+        assert!(routing.sources().is_empty());
+        assert_eq!(routing.current().groups().len(), 8);
+        let typo = parse::<ProxyFile>(
+            "id = 1\nlisten = \"127.0.0.1:1\"\ngroups = 1\nnodes = []\nrequirepas = \"x\"",
+        );
+        assert!(
+            typo.is_err(),
+            "a misspelt key must be an error, not silently ignored"
+        );
+    }
+
+    #[test]
+    fn center_configs_parse_and_are_checked() {
+        let text = format!(
+            "id = 101\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"/tmp/c\"\ngroups = 8\ninitialize = true\nheartbeat_ms = 200\nmissed_heartbeats_max = 4\nbootstrap_nodes_min = 4\n{CENTERS}\nobservers = [{{ id = 201, address = \"127.0.0.1:7201\" }}]\n"
+        );
+        let file: CenterFile = parse(&text).expect("center config");
+        let config = file.center_config().expect("valid");
+        assert_eq!(config.centers, vec![101, 102, 103]);
+        assert_eq!(config.observers, vec![201]);
+        assert_eq!(
+            (
+                config.groups,
+                config.heartbeat_ms,
+                config.missed_heartbeats_max,
+                config.bootstrap_nodes_min,
+                config.replicas
+            ),
+            (8, 200, 4, 4, 3)
+        );
+        // An observer runs from the same kind of file, but does not form the group.
+        let observer: CenterFile = parse(&text.replace("id = 101\n", "id = 201\n")).expect("parse");
+        assert!(
+            observer.center_config().is_err(),
+            "an observer with initialize"
+        );
+        let observer: CenterFile = parse(
+            &text
+                .replace("id = 101\n", "id = 201\n")
+                .replace("initialize = true\n", ""),
+        )
+        .expect("parse");
+        assert!(observer.center_config().is_ok());
+        // Rejected: an id listed nowhere, duplicate ids, bad values, unknown keys.
+        let stranger: CenterFile = parse(&text.replace("id = 101\n", "id = 5\n")).expect("parse");
+        assert!(stranger.center_config().is_err());
+        let twice: CenterFile = parse(&text.replace("id = 201,", "id = 102,")).expect("parse");
+        assert!(twice.center_config().is_err());
+        let zero: CenterFile = parse(&text.replace("groups = 8", "groups = 0")).expect("parse");
+        assert!(zero.center_config().is_err());
+        assert!(parse::<CenterFile>(&format!("{text}heartbeat = 5\n")).is_err());
+        assert!(parse::<CenterFile>(&text.replace("groups = 8\n", "")).is_err());
+    }
+
+    #[test]
+    fn node_and_proxy_center_mode_parse_and_are_checked() {
+        let node = format!(
+            "id = 1\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/n1\"\nheartbeat_ms = 200\npeers = [{{ id = 2, address = \"127.0.0.1:7002\" }}]\n{CENTERS}\n"
+        );
+        let file: NodeFile = parse(&node).expect("center-mode node");
+        assert_eq!(
+            file.mode().expect("center mode"),
+            NodeMode::Center {
+                advertise: "127.0.0.1:7001".parse().expect("address")
+            }
+        );
+        // Peers are optional in center mode: the center hands out the nodes' addresses.
+        let no_peers = node.replace("peers = [{ id = 2, address = \"127.0.0.1:7002\" }]\n", "");
+        let file: NodeFile = parse(&no_peers).expect("center-mode node without peers");
+        assert!(file.peers.is_empty());
+        assert!(matches!(file.mode(), Ok(NodeMode::Center { .. })));
+        // Groups come from the center: static settings are rejected, not ignored.
+        for extra in [
+            "groups = 8\n",
+            "initialize = true\n",
+            "initialize = false\n",
+        ] {
+            let file: NodeFile = parse(&format!("{node}{extra}")).expect("parse");
+            assert!(file.mode().is_err(), "{extra}");
+        }
+        // A wildcard listen address needs an advertised one.
+        let wildcard = node.replace("127.0.0.1:7001", "0.0.0.0:7001");
+        let file: NodeFile = parse(&wildcard).expect("parse");
+        assert!(file.mode().is_err());
+        let file: NodeFile =
+            parse(&format!("{wildcard}advertise = \"10.0.0.1:7001\"\n")).expect("parse");
+        assert_eq!(
+            file.mode().expect("advertised"),
+            NodeMode::Center {
+                advertise: "10.0.0.1:7001".parse().expect("address")
+            }
+        );
+        // Static mode needs groups; center-only settings need centers.
+        let bare = "id = 1\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/n1\"\n";
+        assert!(parse::<NodeFile>(bare).expect("parse").mode().is_err());
+        let file: NodeFile =
+            parse(&format!("{bare}groups = 4\nheartbeat_ms = 100\n")).expect("parse");
+        assert!(file.mode().is_err());
+
+        let proxy = format!(
+            "id = 1001\nlisten = \"127.0.0.1:6380\"\nnodes = [{{ id = 1, address = \"127.0.0.1:7001\" }}]\nobservers = [{{ id = 201, address = \"127.0.0.1:7201\" }}]\n{CENTERS}\n"
+        );
+        let file: ProxyFile = parse(&proxy).expect("center-mode proxy");
+        let routing = file.routing().expect("center routing");
+        assert_eq!(routing.sources(), &[201, 101, 102, 103], "observers first");
+        assert_eq!(
+            routing.current().epoch(),
+            0,
+            "no table until the center answers"
+        );
+        let file: ProxyFile = parse(&format!("{proxy}groups = 8\n")).expect("parse");
+        assert!(file.routing().is_err(), "groups with centers");
+        // In center mode the nodes' addresses come from the center: `nodes` is optional.
+        let file: ProxyFile = parse(&proxy.replace(
+            "nodes = [{ id = 1, address = \"127.0.0.1:7001\" }]",
+            "nodes = []",
+        ))
+        .expect("parse");
+        assert!(file.routing().is_ok(), "center mode with nodes = []");
+        let no_nodes = proxy.replace("nodes = [{ id = 1, address = \"127.0.0.1:7001\" }]\n", "");
+        let file: ProxyFile = parse(&no_nodes).expect("center mode without nodes");
+        assert!(file.nodes.is_empty());
+        assert_eq!(
+            file.routing().expect("center routing").sources(),
+            &[201, 101, 102, 103]
+        );
+        // Static mode still needs them: the table spreads every group over them.
+        let file: ProxyFile =
+            parse("id = 1001\nlisten = \"127.0.0.1:6380\"\ngroups = 8\n").expect("parse");
+        assert!(file.routing().is_err(), "static mode without nodes");
+    }
+}

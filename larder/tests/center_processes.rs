@@ -1,0 +1,503 @@
+//! The roles as separate processes: three `larder center`, four (later five) `larder node`
+//! (center mode) and one `larder proxy` process on loopback, each from its own TOML file,
+//! driven through the proxy with the `redis` crate.
+//!
+//! No file names a storage node but its own: node files list only the centers (no `peers`),
+//! the proxy's file lists only the centers (no `nodes`). Every address a node or the proxy
+//! needs comes from the center's registry (heartbeat and routing answers).
+//!
+//! `center_processes_replace_a_killed_node`: the center bootstraps the routing table and forms
+//! the groups; 100 keys are written through the proxy; a fifth storage node joins (scale-out:
+//! nobody's file lists it) and the center hands its address out; the storage node with the
+//! most replicas is killed with SIGKILL; the center marks it down and replaces its replicas on
+//! the newcomer (the live node with the fewest replicas) under newer routing epochs, which
+//! needs the groups' leaders to reach it; once leadership is rebalanced onto it, the proxy
+//! picks the new table up (`INFO` reports `routing_epoch`), every key is still readable and
+//! new writes succeed, which needs the proxy to reach it; then every process exits cleanly on
+//! SIGTERM.
+
+// A real-process test: real time, real threads.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use larder_client::{Client, ClientConfig};
+use larder_client::{Fetched, fetch_routing_answer};
+use larder_core::kv::Command as KvCommand;
+use larder_core::routing::RoutingTable;
+use larder_core::{GroupId, NodeId};
+use larder_real::{AddressBook, TcpNet, TokioClock};
+
+const CENTERS: [NodeId; 3] = [101, 102, 103];
+/// The storage nodes started with the cluster.
+const NODES: [NodeId; 4] = [1, 2, 3, 4];
+/// A storage node started later.
+const SPARE: NodeId = 5;
+const PROXY: NodeId = 1001;
+const GROUPS: u64 = 8;
+const HEARTBEAT_MS: u64 = 200;
+const KEYS: usize = 100;
+
+/// The running processes; killed (and their logs' tails printed) if the test fails.
+struct Cluster {
+    dir: PathBuf,
+    addresses: BTreeMap<NodeId, SocketAddr>,
+    children: BTreeMap<NodeId, Child>,
+    runtime: tokio::runtime::Runtime,
+    /// The test's own endpoint: knows the centers, and the storage nodes only to check who
+    /// leads what (no process under test shares it).
+    net: TcpNet,
+}
+
+fn role(id: NodeId) -> &'static str {
+    if CENTERS.contains(&id) {
+        "center"
+    } else if id == PROXY {
+        "proxy"
+    } else {
+        "node"
+    }
+}
+
+fn peers(addresses: &BTreeMap<NodeId, SocketAddr>, ids: &[NodeId]) -> String {
+    let entries: Vec<String> = ids
+        .iter()
+        .map(|id| format!("{{ id = {id}, address = \"{}\" }}", addresses[id]))
+        .collect();
+    format!("[{}]", entries.join(", "))
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        // Distinct free ports: hold every listener until all are chosen.
+        let ids: Vec<NodeId> = CENTERS
+            .iter()
+            .chain(&NODES)
+            .chain(&[SPARE, PROXY])
+            .copied()
+            .collect();
+        let listeners: Vec<std::net::TcpListener> = ids
+            .iter()
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+            .collect();
+        let addresses: BTreeMap<NodeId, SocketAddr> = ids
+            .iter()
+            .zip(&listeners)
+            .map(|(id, l)| (*id, l.local_addr().expect("address")))
+            .collect();
+        drop(listeners);
+        let centers = format!("centers = {}", peers(&addresses, &CENTERS));
+        for id in CENTERS {
+            let text = format!(
+                "id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\ngroups = {GROUPS}\ninitialize = {}\n\
+                 bootstrap_nodes_min = {}\nheartbeat_ms = {HEARTBEAT_MS}\nmissed_heartbeats_max = 5\n{centers}\n",
+                addresses[&id],
+                dir.join(format!("center-{id}")).display(),
+                id == CENTERS[0],
+                NODES.len(),
+            );
+            std::fs::write(dir.join(format!("center-{id}.toml")), text).expect("write config");
+        }
+        // No peers: the other nodes' addresses come from the center.
+        for id in NODES.iter().chain(&[SPARE]) {
+            let text = format!(
+                "id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\nheartbeat_ms = {HEARTBEAT_MS}\n{centers}\n",
+                addresses[id],
+                dir.join(format!("node-{id}")).display(),
+            );
+            std::fs::write(dir.join(format!("node-{id}.toml")), text).expect("write config");
+        }
+        // No nodes: their addresses come with the routing answers.
+        let text = format!(
+            "id = {PROXY}\nlisten = \"{}\"\n{centers}\n",
+            addresses[&PROXY],
+        );
+        std::fs::write(dir.join(format!("proxy-{PROXY}.toml")), text).expect("write config");
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let book = AddressBook::new();
+        for id in CENTERS.iter().chain(&NODES).chain(&[SPARE]) {
+            book.insert(*id, addresses[id]);
+        }
+        let net = runtime.block_on(async { TcpNet::client(900, book) });
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            addresses,
+            children: BTreeMap::new(),
+            runtime,
+            net,
+        };
+        for id in ids.into_iter().filter(|id| *id != SPARE) {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, id: NodeId) {
+        let name = format!("{}-{id}", role(id));
+        let log = File::create(self.dir.join(format!("{name}.log"))).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_larder"))
+            .arg(role(id))
+            .arg("--config")
+            .arg(self.dir.join(format!("{name}.toml")))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn larder");
+        self.children.insert(id, child);
+    }
+
+    /// SIGKILL: no shutdown, unsynced state lost.
+    fn kill(&mut self, id: NodeId) {
+        let mut child = self.children.remove(&id).expect("running");
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM to every process; each must exit successfully within 15 s.
+    fn stop(mut self) {
+        for child in self.children.values() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(status.success());
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let children = std::mem::take(&mut self.children);
+        for (id, mut child) in children {
+            loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    assert!(status.success(), "{} {id} exited with {status}", role(id));
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    panic!("{} {id} did not stop on SIGTERM", role(id));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The routing table and node addresses the center replicas serve (the first that
+    /// answers).
+    fn answer(&self) -> Option<Fetched> {
+        self.runtime
+            .block_on(fetch_routing_answer(
+                &self.net,
+                &CENTERS,
+                0,
+                Duration::from_millis(500),
+            ))
+            .ok()
+    }
+
+    /// The routing table the center replicas serve (the first that answers).
+    fn routing(&self) -> Option<RoutingTable> {
+        self.answer().and_then(|answer| answer.table)
+    }
+
+    /// Whether `node` leads `group`: it serves a read itself (a follower answers `NotLeader`,
+    /// and one attempt follows no hint).
+    fn leads(&self, node: NodeId, group: GroupId) -> bool {
+        let config = ClientConfig {
+            request_timeout: Duration::from_millis(500),
+            attempts_max: 1,
+            ..ClientConfig::default()
+        };
+        let mut client = Client::new(
+            self.net.clone(),
+            TokioClock::new(),
+            group,
+            vec![node],
+            config,
+            0x7e57,
+        );
+        self.runtime
+            .block_on(client.execute(KvCommand::DbSize))
+            .is_ok()
+    }
+
+    fn redis_url(&self) -> String {
+        format!("redis://{}/", self.addresses[&PROXY])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for id in CENTERS.iter().chain(&NODES).chain(&[SPARE, PROXY]) {
+                let name = format!("{}-{id}", role(*id));
+                let text = std::fs::read_to_string(self.dir.join(format!("{name}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- {name}.log (last 20 lines)");
+                for line in &lines[lines.len().saturating_sub(20)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Polls `probe` every 100 ms until it yields, failing after `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Redis connection to the proxy that reconnects after errors, and retries a command until
+/// it succeeds or `limit` passes. Retrying is safe here: `-TRYAGAIN` means nothing happened,
+/// and the writes set fixed values, so one that went through twice changes nothing.
+struct Redis {
+    url: String,
+    connection: Option<redis::Connection>,
+}
+
+impl Redis {
+    fn new(url: String) -> Redis {
+        Redis {
+            url,
+            connection: None,
+        }
+    }
+
+    fn retry<T: redis::FromRedisValue>(&mut self, command: &redis::Cmd, limit: Duration) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            let result = self.connect().and_then(|c| command.query::<T>(c));
+            match result {
+                Ok(value) => return value,
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{command:?} kept failing for {limit:?}: {error}"
+                    );
+                    if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
+                        self.connection = None;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self) -> redis::RedisResult<&mut redis::Connection> {
+        if self.connection.is_none() {
+            let client = redis::Client::open(self.url.as_str())?;
+            let connection = client.get_connection_with_timeout(Duration::from_secs(2))?;
+            connection.set_read_timeout(Some(Duration::from_secs(10)))?;
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("connected"))
+    }
+
+    fn routing_epoch(&mut self) -> u64 {
+        let info: String = self.retry(&redis::cmd("INFO"), Duration::from_secs(10));
+        info.lines()
+            .find_map(|line| line.strip_prefix("routing_epoch:"))
+            .and_then(|epoch| epoch.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no routing_epoch in INFO: {info}"))
+    }
+}
+
+fn set(key: &str, value: &str) -> redis::Cmd {
+    let mut command = redis::cmd("SET");
+    command.arg(key).arg(value);
+    command
+}
+
+fn get(key: &str) -> redis::Cmd {
+    let mut command = redis::cmd("GET");
+    command.arg(key);
+    command
+}
+
+/// The storage node hosting the most replicas in `table` (ties: lowest id).
+fn busiest(table: &RoutingTable) -> NodeId {
+    table
+        .replica_counts()
+        .into_iter()
+        .max_by_key(|(id, count)| (*count, std::cmp::Reverse(*id)))
+        .map(|(id, _)| id)
+        .expect("replicas")
+}
+
+#[test]
+fn center_processes_replace_a_killed_node() {
+    let dir = tempfile::tempdir().expect("dir");
+    let started = Instant::now();
+    let mut cluster = Cluster::start(dir.path());
+    let mut redis = Redis::new(cluster.redis_url());
+
+    // The center bootstraps once the four nodes heartbeat; the proxy fetches the table.
+    let table = wait_for("the first routing table", Duration::from_secs(20), || {
+        cluster
+            .routing()
+            .filter(|t| t.groups().len() == GROUPS as usize)
+    });
+    assert!(
+        table.groups().values().all(|r| {
+            r.replicas.len() == 3 && r.replicas.iter().collect::<BTreeSet<_>>().len() == 3
+        }),
+        "{table:?}"
+    );
+    for i in 0..KEYS {
+        let () = redis.retry(
+            &set(&format!("key-{i}"), &format!("value-{i}")),
+            Duration::from_secs(15),
+        );
+    }
+    eprintln!(
+        "bootstrapped and wrote {KEYS} keys after {:?}",
+        started.elapsed()
+    );
+    assert!(redis.routing_epoch() >= table.epoch());
+    // The center hands out the registered nodes' addresses (what the proxy and the nodes,
+    // whose files list none, reached each other by).
+    let addresses = cluster.addresses.clone();
+    let expected = |ids: &[NodeId]| -> Vec<(NodeId, String)> {
+        ids.iter()
+            .map(|id| (*id, addresses[id].to_string()))
+            .collect()
+    };
+    let answer = cluster.answer().expect("a routing answer");
+    assert_eq!(answer.addresses, expected(&NODES));
+
+    // Scale-out: a fifth node joins; its address reaches the center's registry and is handed
+    // out. Nothing is placed on it yet.
+    cluster.spawn(SPARE);
+    let with_spare: Vec<NodeId> = NODES.iter().chain(&[SPARE]).copied().collect();
+    wait_for(
+        "the new node's address from the center",
+        Duration::from_secs(15),
+        || {
+            cluster
+                .answer()
+                .filter(|a| a.addresses == expected(&with_spare))
+        },
+    );
+    eprintln!("node {SPARE} registered after {:?}", started.elapsed());
+
+    // SIGKILL the storage node with the most replicas.
+    let victim = busiest(&table);
+    let hosted = table
+        .groups()
+        .values()
+        .filter(|r| r.replicas.contains(&victim))
+        .count();
+    assert!(hosted > 0);
+    cluster.kill(victim);
+    let killed = Instant::now();
+
+    // The center declares it down and replaces each of its replicas (one epoch per group), on
+    // the newcomer: the live node with the fewest replicas. Its groups' leaders learned its
+    // address from the center.
+    let live: BTreeSet<NodeId> = with_spare
+        .iter()
+        .copied()
+        .filter(|n| *n != victim)
+        .collect();
+    let repaired = wait_for(
+        "the victim's replicas replaced",
+        Duration::from_secs(30),
+        || {
+            cluster.routing().filter(|t| {
+                t.epoch() > table.epoch()
+                    && t.groups().len() == GROUPS as usize
+                    && t.groups().values().all(|r| {
+                        r.replicas.len() == 3
+                            && r.replicas.iter().collect::<BTreeSet<_>>().len() == 3
+                            && r.replicas.iter().all(|n| live.contains(n))
+                    })
+            })
+        },
+    );
+    eprintln!(
+        "node {victim} ({hosted} replicas) replaced after {:?}, epoch {} -> {}",
+        killed.elapsed(),
+        table.epoch(),
+        repaired.epoch()
+    );
+    let on_spare: Vec<GroupId> = repaired
+        .groups()
+        .iter()
+        .filter(|(_, r)| r.replicas.contains(&SPARE))
+        .map(|(g, _)| *g)
+        .collect();
+    assert!(
+        !on_spare.is_empty(),
+        "no replica on the new node {SPARE}: {repaired:?}"
+    );
+    // The cluster is calm again: the center moves leadership onto the newcomer, so requests
+    // for its groups must reach it (the proxy knows its address only from the center).
+    let led = wait_for(
+        "the new node leading a group",
+        Duration::from_secs(20),
+        || {
+            on_spare
+                .iter()
+                .copied()
+                .find(|group| cluster.leads(SPARE, *group))
+        },
+    );
+    eprintln!(
+        "node {SPARE} leads group {led} after {:?}",
+        killed.elapsed()
+    );
+    // The proxy follows (background refresh, or on the first failing request).
+    wait_for("the proxy's routing epoch", Duration::from_secs(10), || {
+        (redis.routing_epoch() >= repaired.epoch()).then_some(())
+    });
+
+    // Every key survived; new writes go through.
+    for i in 0..KEYS {
+        let value: Option<String> = redis.retry(&get(&format!("key-{i}")), Duration::from_secs(15));
+        assert_eq!(
+            value.as_deref(),
+            Some(format!("value-{i}").as_str()),
+            "key-{i}"
+        );
+    }
+    for i in 0..KEYS {
+        let () = redis.retry(
+            &set(&format!("after-{i}"), &format!("new-{i}")),
+            Duration::from_secs(15),
+        );
+    }
+    for i in (0..KEYS).step_by(7) {
+        let value: Option<String> =
+            redis.retry(&get(&format!("after-{i}")), Duration::from_secs(15));
+        assert_eq!(value.as_deref(), Some(format!("new-{i}").as_str()));
+    }
+    let size: i64 = redis.retry(&redis::cmd("DBSIZE"), Duration::from_secs(15));
+    assert_eq!(size, 2 * KEYS as i64);
+    eprintln!("checked after {:?} in total", started.elapsed());
+    drop(redis);
+    cluster.stop();
+}

@@ -1,0 +1,325 @@
+//! End-to-end: a local cluster (three center replicas, three storage nodes on loopback TCP and
+//! fjall that get their slot groups from the center, every group replicated three ways, a RESP
+//! proxy that gets its routing from the center) driven by a real Redis client library and
+//! `redis-cli`; and a restart of the whole cluster from its data directory.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use larder::local::{LocalCluster, LocalConfig};
+use redis::{Commands, Value};
+
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    cluster: Option<LocalCluster>,
+    address: SocketAddr,
+}
+
+impl Running {
+    fn start(groups: u64, requirepass: Option<&str>) -> Running {
+        Self::start_in(None, groups, requirepass)
+    }
+
+    fn start_in(dir: Option<&std::path::Path>, groups: u64, requirepass: Option<&str>) -> Running {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = LocalConfig {
+            dir: dir.map(std::path::Path::to_path_buf),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            groups,
+            requirepass: requirepass.map(str::to_string),
+        };
+        let cluster = runtime
+            .block_on(LocalCluster::start(&config))
+            .expect("local cluster");
+        let address = cluster.proxy_address;
+        Running {
+            runtime,
+            cluster: Some(cluster),
+            address,
+        }
+    }
+
+    fn cluster(&self) -> &LocalCluster {
+        self.cluster.as_ref().expect("running")
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/", self.address)
+    }
+
+    fn connection(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("client");
+        // Groups elect their first leaders just after start: the first commands may see
+        // TRYAGAIN, so wait until a write goes through.
+        let mut connection = client.get_connection().expect("connect to proxy");
+        for attempt in 0.. {
+            match redis::cmd("SET")
+                .arg("__warmup")
+                .arg("1")
+                .query::<String>(&mut connection)
+            {
+                Ok(_) => break,
+                Err(error) if attempt < 50 => {
+                    let _ = error;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(error) => panic!("cluster never accepted a write: {error}"),
+            }
+        }
+        let _: i64 = connection.del("__warmup").expect("del warmup");
+        connection
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            self.runtime.block_on(cluster.stop());
+        }
+    }
+}
+
+#[test]
+fn strings_hashes_and_keyspace_commands_through_the_proxy() {
+    let running = Running::start(8, None);
+    let mut c = running.connection();
+
+    let pong: String = redis::cmd("PING").query(&mut c).expect("ping");
+    assert_eq!(pong, "PONG");
+    let echoed: String = redis::cmd("ECHO").arg("hi").query(&mut c).expect("echo");
+    assert_eq!(echoed, "hi");
+
+    // Strings.
+    let () = c.set("greeting", "hello").expect("set");
+    assert_eq!(c.get::<_, String>("greeting").expect("get"), "hello");
+    assert_eq!(c.get::<_, Option<String>>("missing").expect("get"), None);
+    let nx: Option<String> = redis::cmd("SET")
+        .arg("greeting")
+        .arg("other")
+        .arg("NX")
+        .query(&mut c)
+        .expect("set nx");
+    assert_eq!(nx, None, "SET NX on an existing key does nothing");
+    let xx: Option<String> = redis::cmd("SET")
+        .arg("absent")
+        .arg("v")
+        .arg("XX")
+        .query(&mut c)
+        .expect("set xx");
+    assert_eq!(xx, None);
+    let () = redis::cmd("SET")
+        .arg("temp")
+        .arg("v")
+        .arg("EX")
+        .arg(100)
+        .query(&mut c)
+        .expect("set ex");
+    let ttl: i64 = c.ttl("temp").expect("ttl");
+    assert!((1..=100).contains(&ttl), "ttl {ttl}");
+    assert_eq!(c.incr::<_, _, i64>("counter", 1).expect("incr"), 1);
+    assert_eq!(c.incr::<_, _, i64>("counter", 41).expect("incrby"), 42);
+
+    // Multi-key commands spanning slot groups are split and merged.
+    let keys: Vec<String> = (0..20).map(|i| format!("multi-{i}")).collect();
+    let pairs: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
+    let () = c.mset(&pairs).expect("mset");
+    let mut asked = keys.clone();
+    asked.insert(3, "nobody".into());
+    let values: Vec<Option<String>> = c.mget(&asked).expect("mget");
+    assert_eq!(values.len(), 21);
+    assert_eq!(values[3], None);
+    assert_eq!(values[0].as_deref(), Some("v-multi-0"));
+    assert_eq!(values[20].as_deref(), Some("v-multi-19"));
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&keys)
+        .arg("nobody")
+        .query(&mut c)
+        .expect("exists");
+    assert_eq!(exists, 20);
+    let deleted: i64 = c.del(&keys[..10]).expect("del");
+    assert_eq!(deleted, 10);
+
+    // Hashes.
+    let added: i64 = redis::cmd("HSET")
+        .arg("user:1")
+        .arg("name")
+        .arg("ada")
+        .arg("visits")
+        .arg("1")
+        .query(&mut c)
+        .expect("hset");
+    assert_eq!(added, 2);
+    assert_eq!(
+        c.hget::<_, _, String>("user:1", "name").expect("hget"),
+        "ada"
+    );
+    assert_eq!(
+        c.hincr::<_, _, _, i64>("user:1", "visits", 5)
+            .expect("hincrby"),
+        6
+    );
+    assert_eq!(c.hlen::<_, i64>("user:1").expect("hlen"), 2);
+    assert!(c.hexists::<_, _, bool>("user:1", "name").expect("hexists"));
+    let all: std::collections::BTreeMap<String, String> = c.hgetall("user:1").expect("hgetall");
+    assert_eq!(all.get("visits").map(String::as_str), Some("6"));
+    let kind: String = redis::cmd("TYPE")
+        .arg("user:1")
+        .query(&mut c)
+        .expect("type");
+    assert_eq!(kind, "hash");
+    let wrong = c.get::<_, String>("user:1").expect_err("GET on a hash");
+    assert!(wrong.to_string().contains("WRONGTYPE"), "{wrong}");
+
+    // Keyspace commands fan out over every group.
+    let size: i64 = redis::cmd("DBSIZE").query(&mut c).expect("dbsize");
+    assert_eq!(
+        size,
+        1 + 1 + 10 + 1 + 1,
+        "greeting, temp, counter, 10 multi-*, user:1"
+    );
+    let mut found: Vec<String> = redis::cmd("KEYS")
+        .arg("multi-*")
+        .query(&mut c)
+        .expect("keys");
+    found.sort();
+    assert_eq!(found.len(), 10);
+    let mut scanned: Vec<String> = c
+        .scan_match::<_, String>("multi-*")
+        .expect("scan")
+        .collect::<Result<_, _>>()
+        .expect("scan items");
+    scanned.sort();
+    assert_eq!(scanned, found, "SCAN must visit the same keys as KEYS");
+
+    // Server commands clients use.
+    let info: String = redis::cmd("INFO").query(&mut c).expect("info");
+    assert!(info.contains("redis_version:"), "{info}");
+    let (seconds, _micros): (String, String) = redis::cmd("TIME").query(&mut c).expect("time");
+    assert!(seconds.parse::<u64>().expect("seconds") > 1_600_000_000);
+
+    // Errors keep the connection usable.
+    let unknown = redis::cmd("NOSUCHCOMMAND")
+        .arg("x")
+        .query::<Value>(&mut c)
+        .expect_err("unknown");
+    assert!(unknown.to_string().contains("unknown command"), "{unknown}");
+    let arity = redis::cmd("GET").query::<Value>(&mut c).expect_err("arity");
+    assert!(
+        arity.to_string().contains("wrong number of arguments"),
+        "{arity}"
+    );
+    assert_eq!(
+        c.get::<_, String>("greeting").expect("still serving"),
+        "hello"
+    );
+
+    // Pipelines come back in order.
+    let (a, b, n): (String, Option<String>, i64) = redis::pipe()
+        .set("p1", "one")
+        .ignore()
+        .get("p1")
+        .get("nobody")
+        .incr("counter", 1)
+        .query(&mut c)
+        .expect("pipeline");
+    assert_eq!((a.as_str(), b, n), ("one", None, 43));
+
+    let () = redis::cmd("FLUSHDB").query(&mut c).expect("flushdb");
+    let size: i64 = redis::cmd("DBSIZE").query(&mut c).expect("dbsize");
+    assert_eq!(size, 0);
+}
+
+#[test]
+fn resp3_hello_and_auth() {
+    let running = Running::start(4, Some("sesame"));
+    let client = redis::Client::open(format!("redis://{}/", running.address)).expect("client");
+    let refused = client
+        .get_connection()
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("NOAUTH")),
+        "unauthenticated PING must be refused: {refused:?}"
+    );
+    let url = format!("redis://:sesame@{}/?protocol=resp3", running.address);
+    let mut c = redis::Client::open(url)
+        .expect("client")
+        .get_connection()
+        .expect("authenticated resp3 connection");
+    let pong: String = redis::cmd("PING").query(&mut c).expect("ping");
+    assert_eq!(pong, "PONG");
+    let hello: Value = redis::cmd("HELLO").arg(3).query(&mut c).expect("hello");
+    assert!(
+        matches!(hello, Value::Map(_)),
+        "HELLO 3 answers a map: {hello:?}"
+    );
+}
+
+#[test]
+fn redis_cli_talks_to_the_proxy() {
+    let running = Running::start(4, None);
+    drop(running.connection());
+    let port = running.address.port().to_string();
+    let cli = |args: &[&str]| -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed (apt-get install redis-tools; .ci/run does)");
+        assert!(output.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["ping"]), "PONG");
+    assert_eq!(cli(&["set", "cli-key", "cli-value"]), "OK");
+    assert_eq!(cli(&["get", "cli-key"]), "cli-value");
+    assert_eq!(cli(&["-3", "hset", "h", "f", "v"]), "1");
+    assert!(cli(&["info", "server"]).contains("redis_version"));
+}
+
+#[test]
+// A real-process test: it times its phases in real time.
+#[allow(clippy::disallowed_methods)]
+fn a_restart_from_the_same_directory_keeps_data_and_routing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let started = std::time::Instant::now();
+    let running = Running::start_in(Some(dir.path()), 4, None);
+    eprintln!("fresh start ready after {:?}", started.elapsed());
+    let (groups, epoch) = (
+        running.cluster().groups(),
+        running.cluster().routing_epoch(),
+    );
+    assert_eq!(groups, 4);
+    assert!(epoch >= 1, "the center wrote a routing table");
+    let mut c = running.connection();
+    let pairs: Vec<(String, String)> = (0..50)
+        .map(|i| (format!("k{i}"), format!("v{i}")))
+        .collect();
+    let () = c.mset(&pairs).expect("mset");
+    drop(c);
+    drop(running);
+
+    // Same directory, a different --groups: the center keeps its table and does not
+    // bootstrap again; the nodes reopen their groups.
+    let started = std::time::Instant::now();
+    let running = Running::start_in(Some(dir.path()), 16, None);
+    eprintln!("restart ready after {:?}", started.elapsed());
+    assert_eq!(
+        running.cluster().groups(),
+        groups,
+        "the table survived the restart"
+    );
+    assert!(running.cluster().routing_epoch() >= epoch);
+    let mut c = running.connection();
+    let keys: Vec<&String> = pairs.iter().map(|(k, _)| k).collect();
+    let values: Vec<Option<String>> = c.mget(&keys).expect("mget");
+    let expected: Vec<Option<String>> = pairs.iter().map(|(_, v)| Some(v.clone())).collect();
+    assert_eq!(values, expected);
+    let () = c
+        .set("after-restart", "yes")
+        .expect("a write after the restart");
+}

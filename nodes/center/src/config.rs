@@ -1,0 +1,127 @@
+//! A center replica's settings ([`CenterConfig`]) and errors ([`CenterError`]).
+
+use std::time::Duration;
+
+use larder_core::NodeId;
+use larder_core::routing::RoutingError;
+use larder_storage::NodeError;
+
+use crate::plan::PlanConfig;
+
+/// Settings of a center replica.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CenterConfig {
+    /// The voters of the center group (usually three).
+    pub centers: Vec<NodeId>,
+    /// Read-only followers of the routing table, added as learners of the center group.
+    pub observers: Vec<NodeId>,
+    /// Slot groups the first routing table creates (ids `1..=groups`).
+    pub groups: u64,
+    /// Replicas per slot group.
+    pub replicas: usize,
+    /// Live storage nodes needed before the first routing table is written (at least
+    /// `replicas`): with fewer, later nodes would start empty.
+    pub bootstrap_nodes_min: usize,
+    /// Expected interval of storage nodes' heartbeats, and the control loop's tick.
+    pub heartbeat_ms: u64,
+    /// A node is down after this many heartbeat intervals without one, never after one failed
+    /// probe: a node that is slow or briefly cut off must not be replaced in a loop.
+    pub missed_heartbeats_max: u32,
+    /// Replica replacements under way at once, cluster-wide.
+    pub repairs_max: usize,
+    /// Operator switch: automatic replacement of dead replicas.
+    pub repair_enabled: bool,
+    /// Leadership moves started per tick.
+    pub leader_moves_per_tick_max: usize,
+    /// A group whose leadership was moved is left alone this long.
+    pub leader_move_cooldown_ms: u64,
+    /// Deadline of a quick admin message (host a group, move leadership).
+    pub admin_timeout_ms: u64,
+    /// Deadline of a replica replacement (the learner must catch up within it).
+    pub replace_timeout_ms: u64,
+    /// A replica that is no member of its group is dropped after this long. Longer than
+    /// `replace_timeout_ms`, so a replacement started by a previous center leader (whose soft
+    /// state this leader lacks) has ended before its new replica could look stale.
+    pub stale_replica_ms: u64,
+    /// Routing epochs kept in the center group (at least 2; see the module docs).
+    pub routing_history: u64,
+}
+
+impl CenterConfig {
+    pub fn new(centers: Vec<NodeId>, groups: u64) -> Self {
+        CenterConfig {
+            centers,
+            observers: Vec::new(),
+            groups,
+            replicas: 3,
+            bootstrap_nodes_min: 3,
+            heartbeat_ms: 500,
+            missed_heartbeats_max: 5,
+            repairs_max: 4,
+            repair_enabled: true,
+            leader_moves_per_tick_max: 2,
+            leader_move_cooldown_ms: 5_000,
+            admin_timeout_ms: 2_000,
+            replace_timeout_ms: 30_000,
+            stale_replica_ms: 60_000,
+            routing_history: 16,
+        }
+    }
+
+    /// Rejects settings the center cannot work with.
+    pub fn validate(&self) -> Result<(), CenterError> {
+        let reason = if self.centers.is_empty() {
+            "no center replicas".to_string()
+        } else if !(1..=u64::from(larder_core::slots::SLOTS)).contains(&self.groups) {
+            format!(
+                "groups must be 1..={}, got {}",
+                larder_core::slots::SLOTS,
+                self.groups
+            )
+        } else if self.replicas == 0 {
+            "replicas must be at least 1".to_string()
+        } else if self.heartbeat_ms == 0 {
+            "heartbeat_ms must be positive".to_string()
+        } else if self.stale_replica_ms <= self.replace_timeout_ms {
+            "stale_replica_ms must exceed replace_timeout_ms (see its docs)".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(CenterError::Config { reason })
+    }
+
+    pub(crate) fn failure_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.heartbeat_ms
+                .saturating_mul(u64::from(self.missed_heartbeats_max.max(1))),
+        )
+    }
+
+    pub(crate) fn plan_config(&self) -> PlanConfig {
+        PlanConfig {
+            groups: self.groups,
+            replicas: self.replicas,
+            bootstrap_nodes_min: self.bootstrap_nodes_min,
+            repairs_max: self.repairs_max,
+            leader_moves_max: self.leader_moves_per_tick_max,
+            repair_enabled: self.repair_enabled,
+        }
+    }
+}
+
+/// Why a center operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CenterError {
+    #[error("invalid center configuration: {reason}")]
+    Config { reason: String },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("this replica does not lead the center (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    #[error("center group {what} failed: {reason}")]
+    Raft { what: &'static str, reason: String },
+    #[error("corrupt center record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+}

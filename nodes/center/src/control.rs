@@ -1,0 +1,422 @@
+//! The center's control loop: on every replica, keep the local routing copy fresh; on the
+//! leader, read the durable state, build the planner's [`View`] with the soft state, run the
+//! pure [`plan::plan`], and carry out its actions (registry and routing writes, admin requests
+//! to storage nodes, learner-first repairs).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use larder_core::env::{Clock, Env, timeout};
+use larder_core::kv::Command;
+use larder_core::routing::RoutingTable;
+use larder_core::{GroupId, NodeId};
+use larder_protocol::{
+    AddGroup, AdminResponse, CENTER_GROUP, Encoded, RemoveGroup, ReplaceVoter, Rpc,
+    TransferLeadership, call, encode,
+};
+use openraft::EmptyNode;
+use openraft::async_runtime::WatchReceiver;
+
+use crate::Center;
+use crate::config::CenterError;
+use crate::plan::{self, Action, Heard, Liveness, NodeView, RepairInFlight, View};
+use crate::store::{Durable, node_key};
+
+/// Most admin messages in flight at once.
+const ADMIN_IN_FLIGHT_MAX: usize = 64;
+/// Attempts of one replace: the leader the center believes in, then the hint it gives.
+const REPLACE_ATTEMPTS_MAX: usize = 2;
+
+/// A node's last heartbeat, as the center leader received it.
+#[derive(Debug, Clone)]
+pub(crate) struct HeardAt {
+    pub(crate) at: Duration,
+    pub(crate) heard: Heard,
+}
+
+/// The center leader's soft state; reset whenever this replica starts a new term as leader.
+#[derive(Debug, Default)]
+pub(crate) struct Soft {
+    /// The center term this state belongs to (`None`: not leading).
+    pub(crate) term: Option<u64>,
+    term_started: Duration,
+    pub(crate) heard: BTreeMap<NodeId, HeardAt>,
+    repairs: BTreeMap<GroupId, RepairInFlight>,
+    finished: BTreeMap<GroupId, RepairInFlight>,
+    adopted_through: BTreeMap<GroupId, u64>,
+    /// Group -> until when its leadership is left alone.
+    cooling: BTreeMap<GroupId, Duration>,
+    /// (node, group) -> since when the node hosts the group without being a member.
+    stale_since: BTreeMap<(NodeId, GroupId), Duration>,
+    /// Admin messages in flight (node, group, kind), so a slow one is not sent again.
+    admin: BTreeSet<(NodeId, GroupId, u8)>,
+    /// Liveness as of the last tick (for status queries).
+    pub(crate) liveness: BTreeMap<NodeId, Liveness>,
+}
+
+impl<E: Env> Center<E> {
+    /// One round of the control loop on the center leader.
+    async fn lead(self: &Arc<Self>) -> Result<(), CenterError> {
+        let clock = self.node.env().clock().clone();
+        let term = {
+            let raft = self.node.raft(CENTER_GROUP)?;
+            let metrics = raft.metrics();
+            metrics.borrow_watched().current_term
+        };
+        {
+            let mut soft = self.soft.lock().expect("soft lock");
+            if soft.term != Some(term) {
+                tracing::info!(center = self.node.id(), term, "leading the center");
+                *soft = Soft {
+                    term: Some(term),
+                    term_started: clock.now(),
+                    ..Soft::default()
+                };
+            }
+        }
+        let durable = self.load().await?;
+        self.ensure_observers().await;
+        let now = clock.now();
+        let view = self.view(durable, now);
+        let actions = plan::plan(&view, &self.config.plan_config());
+        let mut routing = view.routing.clone();
+        for action in actions {
+            self.carry_out(action, &view, &mut routing, term, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Builds the planner's input from the durable state and the soft state at `now`, and
+    /// updates the soft bookkeeping that depends on it (stale replicas, cooldowns, liveness).
+    fn view(&self, durable: Durable, now: Duration) -> View {
+        let timeout = self.config.failure_timeout();
+        let mut soft = self.soft.lock().expect("soft lock");
+        let ids: BTreeSet<NodeId> = durable
+            .registry
+            .keys()
+            .chain(soft.heard.keys())
+            .copied()
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for id in ids {
+            let record = durable.registry.get(&id).cloned();
+            let heard = soft.heard.get(&id);
+            let liveness = plan::liveness(
+                heard.map(|h| h.at),
+                record.as_ref().map(|r| r.state),
+                soft.term_started,
+                now,
+                timeout,
+            );
+            nodes.insert(
+                id,
+                NodeView {
+                    liveness,
+                    record,
+                    heard: heard.map(|h| h.heard.clone()),
+                },
+            );
+        }
+        soft.liveness = nodes.iter().map(|(id, v)| (*id, v.liveness)).collect();
+        // Finished repairs the table already shows need no more writing.
+        if let Some(table) = &durable.routing {
+            soft.finished.retain(|group, done| {
+                table
+                    .route(*group)
+                    .is_some_and(|r| r.replicas.contains(&done.old))
+            });
+        }
+        // Replicas hosted by a non-member: start (or keep) their clocks; members stop them.
+        let memberships = plan::newest_memberships(&nodes);
+        let mut hosted_by_non_members = BTreeSet::new();
+        for (id, node) in &nodes {
+            let Some(heard) = node
+                .heard
+                .as_ref()
+                .filter(|_| node.liveness == Liveness::Up)
+            else {
+                continue;
+            };
+            for group in heard.groups.keys() {
+                let in_table = durable
+                    .routing
+                    .as_ref()
+                    .and_then(|t| t.route(*group))
+                    .is_some_and(|r| r.replicas.contains(id));
+                let in_raft = memberships
+                    .get(group)
+                    .is_some_and(|m| m.voters.contains(id) || m.learners.contains(id));
+                if !in_table && !in_raft && *group != CENTER_GROUP {
+                    hosted_by_non_members.insert((*id, *group));
+                }
+            }
+        }
+        soft.stale_since
+            .retain(|key, _| hosted_by_non_members.contains(key));
+        for key in &hosted_by_non_members {
+            soft.stale_since.entry(*key).or_insert(now);
+        }
+        let stale_after = Duration::from_millis(self.config.stale_replica_ms);
+        let stale = soft
+            .stale_since
+            .iter()
+            .filter(|(_, since)| now.saturating_sub(**since) >= stale_after)
+            .map(|(key, _)| *key)
+            .collect();
+        soft.cooling.retain(|_, until| *until > now);
+        let settled = timeout.saturating_mul(2);
+        let settled_down = nodes
+            .iter()
+            .filter(|(id, v)| {
+                v.liveness == Liveness::Down
+                    && match soft.heard.get(id) {
+                        Some(h) => now.saturating_sub(h.at) >= settled,
+                        None => now.saturating_sub(soft.term_started) >= settled,
+                    }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        View {
+            routing: durable.routing,
+            nodes,
+            repairs: soft.repairs.clone(),
+            finished: soft.finished.clone(),
+            adopted_through: soft.adopted_through.clone(),
+            cooling: soft.cooling.keys().copied().collect(),
+            stale,
+            settled_down,
+        }
+    }
+
+    async fn carry_out(
+        self: &Arc<Self>,
+        action: Action,
+        view: &View,
+        routing: &mut Option<RoutingTable>,
+        term: u64,
+        now: Duration,
+    ) -> Result<(), CenterError> {
+        match action {
+            Action::Register(record) => {
+                tracing::info!(node = record.id, state = ?record.state, "registry");
+                self.execute(Command::set(node_key(record.id), encode(&record)))
+                    .await?;
+            }
+            Action::Bootstrap(table) => {
+                if self.install_routing(&table).await? {
+                    *routing = Some(table);
+                }
+            }
+            Action::Adopt { group, replicas } => {
+                let Some(current) = routing.as_ref() else {
+                    return Ok(());
+                };
+                let next = current.with_replicas(group, replicas)?;
+                if !self.install_routing(&next).await? {
+                    // Someone else moved the table on: stop here, reread next tick.
+                    return Err(CenterError::Raft {
+                        what: "routing compare-and-set",
+                        reason: format!("epoch {} exists", next.epoch()),
+                    });
+                }
+                *routing = Some(next);
+                let through = plan::newest_memberships(&view.nodes)
+                    .get(&group)
+                    .map(|m| m.index);
+                let mut soft = self.soft.lock().expect("soft lock");
+                soft.finished.remove(&group);
+                // No membership known (a never-formed group placed anew): the first one reported
+                // later, even at log index 0, must still be adopted.
+                match through {
+                    Some(index) => soft.adopted_through.insert(group, index),
+                    None => soft.adopted_through.remove(&group),
+                };
+            }
+            Action::Recreate { old, new, replicas } => {
+                let Some(current) = routing.as_ref() else {
+                    return Ok(());
+                };
+                tracing::info!(old, new, ?replicas, "recreating a group that never formed");
+                let next = current.recreate_group(old, new, replicas)?;
+                if !self.install_routing(&next).await? {
+                    return Err(CenterError::Raft {
+                        what: "routing compare-and-set",
+                        reason: format!("epoch {} exists", next.epoch()),
+                    });
+                }
+                *routing = Some(next);
+            }
+            Action::Host {
+                node,
+                group,
+                initialize,
+            } => self.spawn_admin(node, group, 0, AddGroup { group, initialize }),
+            Action::Drop { node, group } => {
+                tracing::info!(node, group, "dropping a stale replica");
+                self.spawn_admin(node, group, 1, RemoveGroup { group });
+            }
+            Action::MoveLeader { group, from, to } => {
+                tracing::info!(group, from, to, "moving leadership");
+                let cooldown = Duration::from_millis(self.config.leader_move_cooldown_ms);
+                self.soft
+                    .lock()
+                    .expect("soft lock")
+                    .cooling
+                    .insert(group, now + cooldown);
+                self.spawn_admin(from, group, 2, TransferLeadership { group, to });
+            }
+            Action::Repair {
+                group,
+                old,
+                new,
+                leader,
+            } => {
+                tracing::info!(group, old, new, leader, "replacing a dead replica");
+                self.soft
+                    .lock()
+                    .expect("soft lock")
+                    .repairs
+                    .insert(group, RepairInFlight { old, new });
+                let center = self.clone();
+                tokio::spawn(async move {
+                    center.repair(term, group, old, new, leader).await;
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every configured observer a learner of the center group.
+    async fn ensure_observers(&self) {
+        if self.config.observers.is_empty() {
+            return;
+        }
+        let Ok(raft) = self.node.raft(CENTER_GROUP) else {
+            return;
+        };
+        let members: BTreeSet<NodeId> = raft.voter_ids().chain(raft.learner_ids()).collect();
+        let limit = Duration::from_millis(self.config.admin_timeout_ms);
+        for observer in &self.config.observers {
+            if members.contains(observer) {
+                continue;
+            }
+            let add = raft.add_learner(*observer, EmptyNode {}, false);
+            match timeout(self.node.env().clock(), limit, add).await {
+                Ok(Ok(_)) => tracing::info!(observer, "observer added to the center group"),
+                Ok(Err(error)) => tracing::warn!(observer, %error, "adding an observer"),
+                Err(_) => tracing::warn!(observer, "adding an observer timed out"),
+            }
+        }
+    }
+
+    /// Sends `message` to `node` in the background, unless the same kind of message for the
+    /// same group is still in flight there.
+    fn spawn_admin<R>(self: &Arc<Self>, node: NodeId, group: GroupId, kind: u8, request: R)
+    where
+        R: Rpc<Response = AdminResponse> + 'static,
+    {
+        let key = (node, group, kind);
+        {
+            let mut soft = self.soft.lock().expect("soft lock");
+            if soft.admin.contains(&key) || soft.admin.len() >= ADMIN_IN_FLIGHT_MAX {
+                return;
+            }
+            soft.admin.insert(key);
+        }
+        let center = self.clone();
+        let request = Encoded::new(request);
+        tokio::spawn(async move {
+            let limit = Duration::from_millis(center.config.admin_timeout_ms);
+            let response = center.admin(node, &request, limit).await;
+            if response != AdminResponse::Done {
+                tracing::debug!(node, group, ?response, "admin message not done");
+            }
+            center.soft.lock().expect("soft lock").admin.remove(&key);
+        });
+    }
+
+    async fn admin<R>(&self, to: NodeId, request: &Encoded<R>, limit: Duration) -> AdminResponse
+    where
+        R: Rpc<Response = AdminResponse>,
+    {
+        call(self.node.env().net(), to, request, limit)
+            .await
+            .unwrap_or_else(|error| AdminResponse::Failed {
+                reason: error.to_string(),
+            })
+    }
+
+    /// Replaces `old` by `new` in `group`: `new` hosts an empty replica, then the group's leader
+    /// adds it as a learner, waits for it to catch up and swaps the voters. The routing table
+    /// is updated by the next tick (from `finished`), never from here: writes stay on the loop.
+    async fn repair(&self, term: u64, group: GroupId, old: NodeId, new: NodeId, leader: NodeId) {
+        let quick = Duration::from_millis(self.config.admin_timeout_ms);
+        let host = Encoded::new(AddGroup {
+            group,
+            initialize: None,
+        });
+        let mut outcome = self.admin(new, &host, quick).await;
+        if outcome == AdminResponse::Done {
+            let replace = Encoded::new(ReplaceVoter {
+                group,
+                old,
+                new,
+                timeout_ms: self.config.replace_timeout_ms,
+            });
+            let limit = Duration::from_millis(self.config.replace_timeout_ms) + quick;
+            let mut target = leader;
+            for _ in 0..REPLACE_ATTEMPTS_MAX {
+                outcome = self.admin(target, &replace, limit).await;
+                match &outcome {
+                    AdminResponse::NotLeader {
+                        leader_hint: Some(hint),
+                    } if *hint != target => target = *hint,
+                    _ => break,
+                }
+            }
+        }
+        tracing::info!(group, old, new, ?outcome, "replica replacement ended");
+        let mut soft = self.soft.lock().expect("soft lock");
+        if soft.term == Some(term) {
+            soft.repairs.remove(&group);
+            if outcome == AdminResponse::Done {
+                soft.finished.insert(group, RepairInFlight { old, new });
+            }
+        }
+    }
+}
+
+/// The control loop of one replica: every tick, refresh the local routing copy; on the leader,
+/// run one round. Ends when the center is dropped or its node shut down.
+pub(crate) async fn control_loop<E: Env>(center: Weak<Center<E>>) {
+    let (clock, tick) = match center.upgrade() {
+        Some(c) => (
+            c.node.env().clock().clone(),
+            Duration::from_millis(c.config.heartbeat_ms.max(1)),
+        ),
+        None => return,
+    };
+    loop {
+        clock.sleep(tick).await;
+        let Some(center) = center.upgrade() else {
+            return;
+        };
+        if center.node.is_stopped() {
+            return;
+        }
+        // Keeps followers' and observers' copies current even when nobody asks.
+        let _ = center.routing_to_serve().await;
+        if center.is_leader() {
+            if let Err(error) = center.lead().await {
+                tracing::info!(center = center.node.id(), %error, "center round cut short");
+            }
+        } else {
+            let mut soft = center.soft.lock().expect("soft lock");
+            if soft.term.is_some() {
+                *soft = Soft::default();
+            }
+        }
+    }
+}

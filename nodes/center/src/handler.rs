@@ -1,0 +1,117 @@
+//! What a center replica answers: storage nodes' heartbeats (on the leader) and routing
+//! fetches (on every replica and observer, from the applied state); everything else it answers
+//! as the storage node it is ([`CenterHandler`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use larder_core::NodeId;
+use larder_core::env::{Clock, Env, Handler};
+use larder_protocol::{
+    CENTER_GROUP, CenterRequest, CenterResponse, GetRouting, GroupStatus, Heartbeat, HeartbeatAck,
+    Request, RoutingAnswer, decode_request, respond, undecodable,
+};
+
+use crate::Center;
+use crate::control::HeardAt;
+use crate::plan::Heard;
+
+/// Most nodes the center tracks heartbeats of; beyond this, heartbeats of unknown nodes are
+/// refused (bounds the leader's memory against a misconfigured fleet).
+const TRACKED_NODES_MAX: usize = 4096;
+
+impl<E: Env> Center<E> {
+    fn on_heartbeat_recorded(&self, beat: &Heartbeat) -> bool {
+        let now = self.node.env().clock().now();
+        let mut soft = self.soft.lock().expect("soft lock");
+        if !soft.heard.contains_key(&beat.node) && soft.heard.len() >= TRACKED_NODES_MAX {
+            return false;
+        }
+        let groups = beat
+            .groups
+            .iter()
+            .map(|status: &GroupStatus| (status.group, status.clone()))
+            .collect();
+        let previous = soft.heard.insert(
+            beat.node,
+            HeardAt {
+                at: now,
+                heard: Heard {
+                    address: beat.address.clone(),
+                    groups,
+                },
+            },
+        );
+        previous.is_none_or(|p| p.heard.address != beat.address)
+    }
+
+    async fn on_heartbeat(&self, beat: Heartbeat) -> CenterResponse<HeartbeatAck> {
+        if !self.is_leader() {
+            return CenterResponse::NotLeader {
+                leader_hint: self.node.leader_of(CENTER_GROUP),
+            };
+        }
+        let new_address = self.on_heartbeat_recorded(&beat);
+        if new_address && !beat.address.is_empty() {
+            let hook = self.address_hook.read().expect("hook lock").clone();
+            if let Some(hook) = hook {
+                hook(beat.node, &beat.address);
+            }
+        }
+        let table = self.routing_to_serve().await;
+        CenterResponse::Ok(HeartbeatAck {
+            epoch: table.as_ref().map_or(0, |t| t.epoch()),
+            routing: table
+                .filter(|t| t.epoch() > beat.known_epoch)
+                .map(|t| (*t).clone()),
+            addresses: self.cached_addresses(),
+        })
+    }
+
+    async fn on_get_routing(&self, known_epoch: u64) -> CenterResponse<RoutingAnswer> {
+        match self.routing_to_serve().await {
+            Some(table) => CenterResponse::Ok(RoutingAnswer {
+                epoch: table.epoch(),
+                table: (table.epoch() > known_epoch).then(|| (*table).clone()),
+                addresses: self.cached_addresses(),
+            }),
+            None => CenterResponse::Unavailable {
+                reason: format!("center replica {} has no routing table yet", self.node.id()),
+            },
+        }
+    }
+}
+
+/// The [`Handler`] a center replica serves: center requests here, the rest as a storage node.
+pub struct CenterHandler<E: Env> {
+    center: Arc<Center<E>>,
+}
+
+impl<E: Env> CenterHandler<E> {
+    pub fn new(center: Arc<Center<E>>) -> Self {
+        CenterHandler { center }
+    }
+}
+
+impl<E: Env> Clone for CenterHandler<E> {
+    fn clone(&self) -> Self {
+        CenterHandler {
+            center: self.center.clone(),
+        }
+    }
+}
+
+impl<E: Env> Handler for CenterHandler<E> {
+    async fn handle(&self, _from: NodeId, request: Bytes) -> Bytes {
+        match decode_request(&request) {
+            Ok(Request::Center(CenterRequest::Heartbeat(beat))) => {
+                respond::<Heartbeat>(&self.center.on_heartbeat(beat).await)
+            }
+            Ok(Request::Center(CenterRequest::GetRouting(GetRouting { known_epoch }))) => {
+                respond::<GetRouting>(&self.center.on_get_routing(known_epoch).await)
+            }
+            Ok(request) => self.center.node.handle_request(request).await,
+            Err(error) => undecodable(&error),
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The client SDK: sends commands to a slot group's replicas over [`Net`], follows leader
+//! hints, and never re-sends a write whose fate it cannot prove.
+
+use std::time::Duration;
+
+use larder_core::env::{Clock, Net, NetError};
+use larder_core::kv::{Command, Reply};
+use larder_core::{GroupId, NodeId};
+use larder_protocol::{CallError, ClientRequest, ClientResponse, Encoded, SessionSeq, call};
+
+/// Why a command produced no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The command certainly did not take effect (no replica executed it).
+    #[error("unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// A write that may or may not have taken effect (timeout or lost connection after it was
+    /// sent). Re-sending it could apply it twice, so the client reports it instead.
+    #[error("indeterminate: {reason}")]
+    Indeterminate { reason: String },
+}
+
+/// Client settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Per-attempt deadline for one request to one node.
+    pub request_timeout: Duration,
+    /// Attempts (across nodes) before giving up on a command.
+    pub attempts_max: u32,
+    /// Pause between attempts after a node said it could not serve.
+    pub backoff: Duration,
+    /// A connection whose group could not serve fetches a newer routing table, unless another
+    /// connection of the process did less than this long ago.
+    pub routing_refresh_gap: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: Duration::from_secs(3),
+            // Enough to ride out one leader election (election timeout 400-800 ms plus the
+            // vote round) before answering `Unavailable`.
+            attempts_max: 20,
+            backoff: Duration::from_millis(100),
+            routing_refresh_gap: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A client of one slot group.
+pub struct Client<N: Net, C: Clock> {
+    net: N,
+    clock: C,
+    group: GroupId,
+    replicas: Vec<NodeId>,
+    config: ClientConfig,
+    leader: Option<NodeId>,
+    next: usize,
+    session: u64,
+    seq: u64,
+    /// The routing epoch `replicas` came from (0: none), sent with every request.
+    epoch: u64,
+}
+
+impl<N: Net, C: Clock> Client<N, C> {
+    /// `session` must be unique among the group's clients (draw it from the environment's
+    /// seeded or OS randomness): the group deduplicates writes per session.
+    pub fn new(
+        net: N,
+        clock: C,
+        group: GroupId,
+        replicas: Vec<NodeId>,
+        config: ClientConfig,
+        session: u64,
+    ) -> Self {
+        assert!(
+            !replicas.is_empty(),
+            "a client needs at least one replica to talk to"
+        );
+        Client {
+            net,
+            clock,
+            group,
+            replicas,
+            config,
+            leader: None,
+            next: 0,
+            session,
+            seq: 0,
+            epoch: 0,
+        }
+    }
+
+    /// Names the routing epoch the replica list came from; nodes with a newer table use it to
+    /// tell a misrouted request (see [`ClientResponse::StaleEpoch`]).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    /// The node the client believes leads the group.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Starts from `leader` (e.g. learned by another connection) instead of probing replicas.
+    pub fn set_leader_hint(&mut self, leader: Option<NodeId>) {
+        self.leader = leader.filter(|node| self.replicas.contains(node));
+    }
+
+    /// Carries on `old`'s write sequence (same session), so a client rebuilt for a new replica
+    /// list never reuses a sequence number the group may remember.
+    pub fn continue_sequence_of(&mut self, old: &Client<N, C>) {
+        debug_assert_eq!(self.session, old.session);
+        self.seq = self.seq.max(old.seq);
+    }
+
+    /// The replicas this client talks to.
+    pub fn replicas(&self) -> &[NodeId] {
+        &self.replicas
+    }
+
+    fn target(&mut self) -> NodeId {
+        if let Some(leader) = self.leader {
+            return leader;
+        }
+        let node = self.replicas[self.next % self.replicas.len()];
+        self.next = self.next.wrapping_add(1);
+        node
+    }
+
+    fn forget_leader(&mut self) {
+        self.leader = None;
+    }
+
+    /// Executes `command`, retrying where that is safe.
+    pub async fn execute(&mut self, command: Command) -> Result<Reply, ClientError> {
+        let is_write = command.is_write();
+        let session = if is_write {
+            self.seq += 1;
+            Some(SessionSeq {
+                session: self.session,
+                seq: self.seq,
+            })
+        } else {
+            None
+        };
+        let request = Encoded::new(ClientRequest {
+            group: self.group,
+            command,
+            session,
+            epoch: self.epoch,
+        });
+        let mut last_reason = String::from("no attempt made");
+        for attempt in 0..self.config.attempts_max {
+            if attempt > 0 {
+                self.clock.sleep(self.config.backoff).await;
+            }
+            let target = self.target();
+            let response = call(&self.net, target, &request, self.config.request_timeout).await;
+            match response {
+                Ok(ClientResponse::Reply(reply)) => {
+                    self.leader = Some(target);
+                    return Ok(reply);
+                }
+                Ok(ClientResponse::NotLeader { leader_hint }) => {
+                    if let Some(hint) =
+                        leader_hint.filter(|h| self.epoch > 0 && !self.replicas.contains(h))
+                    {
+                        // A leader outside a replica list that came from a routing table: the
+                        // group's membership moved on (a replaced replica) and the table is
+                        // stale. Nothing was done; the caller refreshes its routing
+                        // (`ClusterClient` does) rather than this client cycling through
+                        // replicas that may be gone. (A list given by hand, epoch 0, may be a
+                        // deliberate subset: there the hint is only ignored.)
+                        self.forget_leader();
+                        return Err(ClientError::Unavailable {
+                            reason: format!(
+                                "node {target} names leader {hint}, which routing epoch {} does \
+                                 not list as a replica",
+                                self.epoch
+                            ),
+                        });
+                    }
+                    self.leader =
+                        leader_hint.filter(|hint| *hint != target && self.replicas.contains(hint));
+                    last_reason = format!("node {target} is not the leader");
+                }
+                Ok(ClientResponse::Unavailable { reason }) => {
+                    self.forget_leader();
+                    last_reason = format!("node {target}: {reason}");
+                }
+                Ok(ClientResponse::StaleEpoch { epoch }) => {
+                    // No replica of this group serves the key any more: only a newer table
+                    // helps, and fetching it is the caller's job (`ClusterClient`).
+                    return Err(ClientError::Unavailable {
+                        reason: format!(
+                            "routing epoch {epoch} (newer than {}) maps the key to another group",
+                            self.epoch
+                        ),
+                    });
+                }
+                Ok(ClientResponse::Indeterminate { reason }) => {
+                    self.forget_leader();
+                    if is_write {
+                        return Err(ClientError::Indeterminate {
+                            reason: format!("node {target}: {reason}"),
+                        });
+                    }
+                    last_reason = reason;
+                }
+                Err(error @ CallError::BadResponse { .. }) => {
+                    // Garbage back from the node: whatever it did is unknown.
+                    self.forget_leader();
+                    if is_write {
+                        return Err(ClientError::Indeterminate {
+                            reason: error.to_string(),
+                        });
+                    }
+                    last_reason = error.to_string();
+                }
+                Err(CallError::Net(NetError::Unreachable { reason, .. })) => {
+                    // Never delivered: safe to try another node, write or not.
+                    self.forget_leader();
+                    last_reason = format!("node {target} unreachable: {reason}");
+                }
+                Err(error @ CallError::Net(_)) => {
+                    self.forget_leader();
+                    if is_write {
+                        return Err(ClientError::Indeterminate {
+                            reason: error.to_string(),
+                        });
+                    }
+                    last_reason = error.to_string();
+                }
+            }
+        }
+        Err(ClientError::Unavailable {
+            reason: last_reason,
+        })
+    }
+}

@@ -1,0 +1,59 @@
+//! The client service: a command for one slot group, from the client SDK to a storage node.
+
+use larder_core::GroupId;
+use larder_core::NodeId;
+use larder_core::kv::{Command, Reply};
+use serde::{Deserialize, Serialize};
+
+use crate::{Request, Rpc};
+
+/// Identifies one write of one client session, so a write delivered twice (a duplicated
+/// message, a retry) is applied once: the state machine remembers each session's last
+/// sequence number and reply (Raft thesis, section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSeq {
+    pub session: u64,
+    pub seq: u64,
+}
+
+/// A client's command for one slot group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientRequest {
+    pub group: GroupId,
+    pub command: Command,
+    /// Set on writes: lets the group apply a duplicated delivery once.
+    pub session: Option<SessionSeq>,
+    /// The routing epoch the client routed by (0: none). A node holding a newer table that
+    /// maps a key elsewhere answers [`ClientResponse::StaleEpoch`]; a node holding an older one
+    /// fetches the newer table at once.
+    pub epoch: u64,
+}
+
+/// How a node answered a [`ClientRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The command was executed (a write: committed on a quorum and applied).
+    Reply(Reply),
+    /// This node does not lead the group; nothing was done. Safe to retry elsewhere.
+    NotLeader { leader_hint: Option<NodeId> },
+    /// The node could not start the command (unknown group, stopped group, no quorum for a
+    /// read). Nothing was done; safe to retry.
+    Unavailable { reason: String },
+    /// A write whose fate is unknown: it may or may not have been committed (the leader
+    /// changed or stopped after appending it). Retrying could apply it twice.
+    Indeterminate { reason: String },
+    /// The client routed by an older table than the node's, which maps one of the command's
+    /// keys to another group: nothing was done. Refresh the routing table (to at least
+    /// `epoch`) and route again.
+    StaleEpoch { epoch: u64 },
+}
+
+impl Rpc for ClientRequest {
+    type Response = ClientResponse;
+}
+
+impl From<ClientRequest> for Request {
+    fn from(request: ClientRequest) -> Request {
+        Request::Client(request)
+    }
+}

@@ -1,0 +1,48 @@
+//! The Raft service: openraft's RPCs between the replicas of one slot group.
+//!
+//! The payloads are openraft's own request and response types, postcard-encoded by the
+//! storage node (`larder_storage::raft::wire` ties each payload to its response type). The
+//! protocol keeps them opaque so that nothing client-facing links openraft.
+
+use bytes::Bytes;
+use larder_core::GroupId;
+use serde::{Deserialize, Serialize};
+
+use crate::{Request, Rpc};
+
+/// Which openraft RPC a [`RaftRequest`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftCall {
+    Append,
+    Vote,
+    PreVote,
+    /// A whole snapshot in one message (bounded by the frame limit).
+    Snapshot,
+    /// openraft's own hand-over between a group's members; not to be confused with
+    /// [`crate::TransferLeadership`], the center's request to start one.
+    TransferLeader,
+}
+
+/// One openraft RPC for `group`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RaftRequest {
+    pub group: GroupId,
+    pub call: RaftCall,
+    pub payload: Bytes,
+}
+
+/// The answer: openraft's response (or error) for the call, encoded by the storage node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftResponse {
+    pub payload: Bytes,
+}
+
+impl Rpc for RaftRequest {
+    type Response = RaftResponse;
+}
+
+impl From<RaftRequest> for Request {
+    fn from(request: RaftRequest) -> Request {
+        Request::Raft(request)
+    }
+}

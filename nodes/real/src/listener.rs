@@ -1,0 +1,32 @@
+//! The proxy's client-facing listener on real TCP.
+
+use std::net::SocketAddr;
+
+use larder_core::env::Listener;
+
+/// A tokio TCP listener as the proxy's [`Listener`].
+#[derive(Debug)]
+pub struct TokioListener(tokio::net::TcpListener);
+
+impl TokioListener {
+    /// Listens on `address` (port 0: any free port; see [`TokioListener::local_addr`]).
+    pub async fn bind(address: SocketAddr) -> std::io::Result<Self> {
+        Ok(TokioListener(tokio::net::TcpListener::bind(address).await?))
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl Listener for TokioListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<tokio::net::TcpStream> {
+        let (stream, _) = self.0.accept().await?;
+        // Request/response traffic: send replies at once.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}

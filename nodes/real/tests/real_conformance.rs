@@ -1,0 +1,121 @@
+//! The shared conformance suite (`larder_core::conformance`) on the real environment.
+
+use std::net::SocketAddr;
+
+use larder_core::conformance::{EchoHandler, clock_suite, disk_suite, net_suite};
+use larder_core::env::Net;
+use larder_real::{AddressBook, FjallDisk, FjallOptions, TcpNet, TokioClock};
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_clock_passes_the_clock_suite() {
+    clock_suite(&TokioClock::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fjall_disk_passes_the_disk_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("open");
+    disk_suite(&disk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fjall_disk_keeps_synced_data_across_reopen() {
+    use larder_core::env::{Disk, Space, WriteBatch};
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("open");
+        let mut batch = WriteBatch::new();
+        batch.put(Space::State, &b"k"[..], &b"v"[..]);
+        batch.put(Space::Meta, &b"m"[..], &b"w"[..]);
+        disk.write(batch, true).await.expect("write");
+    }
+    let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("reopen");
+    assert_eq!(
+        disk.get(Space::State, b"k").await.expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(
+        disk.get(Space::Meta, b"m").await.expect("get").as_deref(),
+        Some(&b"w"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_net_passes_the_net_suite() {
+    let book = AddressBook::new();
+    let server = TcpNet::bind(1, loopback(), book.clone())
+        .await
+        .expect("bind");
+    tokio::spawn(async move {
+        server
+            .serve(EchoHandler {
+                clock: TokioClock::new(),
+            })
+            .await
+    });
+    // Node 3 has an address (a port that was bound and released), but nobody listens there.
+    let released = std::net::TcpListener::bind(loopback()).expect("bind");
+    book.insert(3, released.local_addr().expect("address"));
+    drop(released);
+    let client = TcpNet::client(100, book.clone());
+    net_suite(&client, &TokioClock::new(), 1, 3).await;
+    // And a node id nobody has heard of.
+    net_suite(&client, &TokioClock::new(), 1, 42).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_net_reconnects_after_the_server_restarts() {
+    use bytes::Bytes;
+    use std::time::Duration;
+    // The server runs on its own runtime so that shutting that runtime down closes its
+    // sockets, as a process exit would.
+    let serve_on = |runtime: &tokio::runtime::Runtime, book: AddressBook, address: SocketAddr| {
+        runtime.block_on(async {
+            let server = TcpNet::bind(1, address, book).await.expect("bind");
+            let address = server.listen_address().expect("address");
+            tokio::spawn(async move {
+                server
+                    .serve(EchoHandler {
+                        clock: TokioClock::new(),
+                    })
+                    .await
+            });
+            address
+        })
+    };
+    let book = AddressBook::new();
+    let first = tokio::runtime::Runtime::new().expect("runtime");
+    let (b, f) = (book.clone(), &first);
+    let address = tokio::task::block_in_place(|| serve_on(f, b, loopback()));
+    let client = TcpNet::client(100, book.clone());
+    let second = Duration::from_secs(1);
+    client
+        .call(1, Bytes::from_static(b"one"), second)
+        .await
+        .expect("first call");
+    first.shutdown_background();
+    let outcome = client.call(1, Bytes::from_static(b"two"), second).await;
+    assert!(outcome.is_err(), "a call to a stopped server succeeded");
+
+    let restarted = tokio::runtime::Runtime::new().expect("runtime");
+    let (b, r) = (book.clone(), &restarted);
+    tokio::task::block_in_place(|| serve_on(r, b, address));
+    let mut answered = false;
+    for _ in 0..20 {
+        if client
+            .call(1, Bytes::from_static(b"three"), second)
+            .await
+            .is_ok()
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    restarted.shutdown_background();
+    assert!(answered, "client never reached the restarted server");
+}

@@ -1,0 +1,29 @@
+//! `larder-storage`: the storage node. It hosts Raft-replicated slot groups (openraft over the
+//! [`larder_core::env::Disk`] trait, one group-commit task per node) and answers clients, peers
+//! and the center over [`larder_core::env::Net`], generic over the environment
+//! ([`larder_core::env::Env`]): the same code runs on the real environment and in the simulator.
+//!
+//! - [`node`]: [`StorageNode`], hosting (open, add, remove groups) and what it knows of them.
+//! - [`serving`]: client commands (writes through the log, reads after a read-index round),
+//!   openraft's RPCs, routing fetches, and the request dispatch ([`NodeHandler`]).
+//! - [`admin`]: the center's instructions (host, drop, form, replace a voter, move leadership).
+//! - [`heartbeat`]: heartbeats to the center, which bring routing tables and addresses.
+//! - [`raft`]: one Raft group over the environment (log store, state machine, network,
+//!   runtime, group commit, wire payloads).
+//! - [`bugs`]: bugs planted on purpose for the simulator's tests (`planted-bugs` feature).
+//!
+//! It must not depend on the center, the client SDK, the proxy or the simulator. Nothing here
+//! touches real time, OS randomness, sockets or files: the environment decides.
+
+pub mod admin;
+pub mod bugs;
+pub mod config;
+pub mod heartbeat;
+pub mod node;
+pub mod raft;
+pub mod serving;
+
+pub use bugs::{Bug, Bugs};
+pub use config::{NodeConfig, NodeError};
+pub use node::{NodeDisk, StorageNode};
+pub use serving::NodeHandler;

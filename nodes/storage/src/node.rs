@@ -1,0 +1,408 @@
+//! The storage node and the replicas it hosts: opening, adding and removing slot groups, and
+//! what the node knows of them. Serving requests is in [`crate::serving`], the center's
+//! instructions in [`crate::admin`], heartbeats in [`crate::heartbeat`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use larder_core::env::{Clock, Disk, Env, Net, Space, WriteBatch};
+use larder_core::kv::{Command, Reply};
+use larder_core::routing::RoutingTable;
+use larder_core::{GroupId, NodeId};
+use larder_protocol::addresses::LearnedAddresses;
+use larder_protocol::{GroupStatus, MembershipStatus};
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+
+use crate::config::{NodeConfig, NodeError};
+use crate::raft::group_commit::GroupCommitDisk;
+use crate::raft::log_store::DiskLogStore;
+use crate::raft::network::RaftNet;
+use crate::raft::state_machine::{DiskStateMachine, wipe_group};
+use crate::raft::{Raft, decode, encode};
+
+/// The disk every group of a node writes through: the environment's disk behind the node's
+/// group-commit task.
+pub type NodeDisk<E> = GroupCommitDisk<<E as Env>::Disk>;
+
+/// Key in [`Space::Meta`] of the set of groups the node hosts, once it differs from
+/// [`NodeConfig::groups`] (a group added or removed at runtime); postcard `Vec<GroupId>`.
+const HOSTED_GROUPS_KEY: &[u8] = b"hosted-groups";
+
+pub(crate) struct Group<D: Disk> {
+    pub(crate) raft: Raft<D>,
+    pub(crate) state: DiskStateMachine<D>,
+}
+
+/// A storage node: one replica of each of its slot groups.
+pub struct StorageNode<E: Env> {
+    pub(crate) env: E,
+    pub(crate) config: NodeConfig,
+    /// The node's disk behind its group-commit task; groups added later share it too.
+    pub(crate) disk: NodeDisk<E>,
+    /// Hosted groups. Behind a lock because the center adds and removes groups at runtime; the
+    /// lock is held only to clone an `Arc` out, never across an `await`.
+    pub(crate) groups: RwLock<BTreeMap<GroupId, Arc<Group<NodeDisk<E>>>>>,
+    /// Serialises [`StorageNode::add_group`] and [`StorageNode::remove_group`], so the hosted set
+    /// on disk and in memory change together.
+    pub(crate) hosting: futures::lock::Mutex<()>,
+    /// The newest routing table learned from the center (heartbeat answers); epochs only grow.
+    pub(crate) routing: RwLock<Option<Arc<RoutingTable>>>,
+    /// The node addresses the last heartbeat answer brought, and the hook they go to
+    /// ([`StorageNode::on_addresses`]).
+    pub(crate) addresses: LearnedAddresses,
+    /// Set by [`StorageNode::shutdown`]; ends the heartbeat task.
+    pub(crate) stopped: AtomicBool,
+    /// Wakes the heartbeat task early: a client routed by a newer table than this node's, so
+    /// the node fetches it now rather than at the next interval.
+    pub(crate) heartbeat_now: Arc<tokio::sync::Notify>,
+    /// The last timestamp given to a log entry; stamps never go backwards on one leader even
+    /// when its wall clock jumps back.
+    pub(crate) last_stamp_ms: AtomicU64,
+}
+
+pub(crate) fn raft_error(group: GroupId, error: impl std::fmt::Display) -> NodeError {
+    NodeError::Raft {
+        group,
+        reason: error.to_string(),
+    }
+}
+
+/// Opens `group`'s log and state from `disk` and starts its Raft.
+async fn open_group<E: Env>(
+    env: &E,
+    config: &NodeConfig,
+    disk: &NodeDisk<E>,
+    group: GroupId,
+) -> Result<Group<NodeDisk<E>>, NodeError> {
+    let raft_config = Arc::new(config.raft_config(group)?);
+    let state = DiskStateMachine::open(disk.clone(), group)
+        .await
+        .map_err(|source| NodeError::Storage { group, source })?;
+    let log = DiskLogStore::new(disk.clone(), group);
+    let net = RaftNet::new(env.net().clone(), group);
+    let raft = Raft::new(config.id, raft_config, net, log, state.clone())
+        .await
+        .map_err(|e| raft_error(group, e))?;
+    Ok(Group { raft, state })
+}
+
+impl<E: Env> StorageNode<E> {
+    /// Opens every hosted group's log and state from the disk and starts its Raft. The hosted
+    /// groups are [`NodeConfig::groups`], or, once the center has added or removed one, the
+    /// set recorded on disk. With [`NodeConfig::centers`] set, also starts the heartbeat task.
+    pub async fn start(env: E, config: NodeConfig) -> Result<Arc<Self>, NodeError> {
+        // One committer for every group of the node: their log appends share syncs.
+        let disk = GroupCommitDisk::new(env.disk().clone());
+        let storage = |source: larder_core::env::DiskError| NodeError::HostedGroups {
+            source: source.into(),
+        };
+        let hosted: BTreeSet<GroupId> = match disk
+            .get(Space::Meta, HOSTED_GROUPS_KEY)
+            .await
+            .map_err(storage)?
+        {
+            Some(bytes) => decode::<Vec<GroupId>>(&bytes)
+                .map_err(|source| NodeError::HostedGroups { source })?
+                .into_iter()
+                .collect(),
+            None => config.groups.iter().copied().collect(),
+        };
+        let mut groups = BTreeMap::new();
+        for group in hosted {
+            let opened = open_group(&env, &config, &disk, group).await?;
+            groups.insert(group, Arc::new(opened));
+        }
+        let node = Arc::new(StorageNode {
+            env,
+            config,
+            disk,
+            groups: RwLock::new(groups),
+            hosting: futures::lock::Mutex::new(()),
+            routing: RwLock::new(None),
+            addresses: LearnedAddresses::default(),
+            stopped: AtomicBool::new(false),
+            heartbeat_now: Arc::new(tokio::sync::Notify::new()),
+            last_stamp_ms: AtomicU64::new(0),
+        });
+        if !node.config.centers.is_empty() {
+            // The task holds a weak reference: dropping the node ends it.
+            tokio::spawn(crate::heartbeat::heartbeat_loop(
+                Arc::downgrade(&node),
+                node.heartbeat_now.clone(),
+            ));
+        }
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The environment the node runs on (the center replica shares it).
+    pub fn env(&self) -> &E {
+        &self.env
+    }
+
+    pub(crate) fn group(&self, group: GroupId) -> Result<Arc<Group<NodeDisk<E>>>, NodeError> {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .get(&group)
+            .cloned()
+            .ok_or(NodeError::UnknownGroup { group })
+    }
+
+    pub(crate) fn all_groups(&self) -> Vec<(GroupId, Arc<Group<NodeDisk<E>>>)> {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .iter()
+            .map(|(id, group)| (*id, group.clone()))
+            .collect()
+    }
+
+    /// The groups this node hosts now, in id order.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Whether this node hosts a replica of `group`.
+    pub fn hosts(&self, group: GroupId) -> bool {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .contains_key(&group)
+    }
+
+    /// The Raft handle of `group` (metrics, membership). A clone: it stays usable even if the
+    /// group is removed meanwhile (its calls then fail as on a stopped Raft).
+    pub fn raft(&self, group: GroupId) -> Result<Raft<NodeDisk<E>>, NodeError> {
+        Ok(self.group(group)?.raft.clone())
+    }
+
+    async fn save_hosted(&self, hosted: Vec<GroupId>) -> Result<(), NodeError> {
+        let mut batch = WriteBatch::new();
+        batch.put(Space::Meta, HOSTED_GROUPS_KEY.to_vec(), encode(&hosted));
+        self.disk
+            .write(batch, true)
+            .await
+            .map_err(|e| NodeError::HostedGroups { source: e.into() })
+    }
+
+    /// Starts hosting `group` with an empty replica, unless it is hosted already (then this is a
+    /// no-op and returns `false`). The replica is uninitialized: it becomes a learner when the
+    /// group's leader adds it, or is formed with [`StorageNode::initialize`]. Whatever an
+    /// earlier replica of the group left on disk is wiped first.
+    pub async fn add_group(&self, group: GroupId) -> Result<bool, NodeError> {
+        let _hosting = self.hosting.lock().await;
+        if self.hosts(group) {
+            return Ok(false);
+        }
+        wipe_group(&self.disk, group)
+            .await
+            .map_err(|source| NodeError::Storage { group, source })?;
+        let opened = open_group(&self.env, &self.config, &self.disk, group).await?;
+        let mut hosted = self.groups();
+        hosted.push(group);
+        hosted.sort_unstable();
+        // Recorded only after the Raft opened: a crash in between leaves an unrecorded group,
+        // whose leftovers the next add wipes.
+        if let Err(error) = self.save_hosted(hosted).await {
+            let _ = opened.raft.shutdown().await;
+            return Err(error);
+        }
+        self.groups
+            .write()
+            .expect("groups lock")
+            .insert(group, Arc::new(opened));
+        tracing::info!(node = self.id(), group, "hosting a new replica");
+        Ok(true)
+    }
+
+    /// Stops hosting `group` and deletes its data; returns `false` if it was not hosted. Only
+    /// for a replica that is no longer a member of its group (the center checks that).
+    pub async fn remove_group(&self, group: GroupId) -> Result<bool, NodeError> {
+        let _hosting = self.hosting.lock().await;
+        let Some(removed) = self.groups.write().expect("groups lock").remove(&group) else {
+            return Ok(false);
+        };
+        self.save_hosted(self.groups()).await?;
+        let _ = removed.raft.shutdown().await;
+        wipe_group(&self.disk, group)
+            .await
+            .map_err(|source| NodeError::Storage { group, source })?;
+        tracing::info!(node = self.id(), group, "removed a replica");
+        Ok(true)
+    }
+
+    /// True when this node leads `group`.
+    pub fn is_leader(&self, group: GroupId) -> bool {
+        self.group(group)
+            .is_ok_and(|g| g.raft.metrics().borrow_watched().state == ServerState::Leader)
+    }
+
+    /// The node this replica believes leads `group`, if it hosts it and knows one.
+    pub fn leader_of(&self, group: GroupId) -> Option<NodeId> {
+        self.group(group)
+            .ok()
+            .and_then(|g| g.raft.metrics().borrow_watched().current_leader)
+    }
+
+    /// What this node knows of each group it hosts (the body of a heartbeat).
+    pub fn group_statuses(&self) -> Vec<GroupStatus> {
+        self.all_groups()
+            .into_iter()
+            .map(|(group, handle)| {
+                let (is_leader, term, initialized) = {
+                    let metrics = handle.raft.metrics();
+                    let metrics = metrics.borrow_watched();
+                    (
+                        metrics.state == ServerState::Leader,
+                        metrics.current_term,
+                        metrics.last_log_index.is_some()
+                            || metrics.membership_config.log_id().is_some(),
+                    )
+                };
+                // The applied membership is committed, hence never rolled back.
+                let applied = handle.state.applied();
+                let membership = applied.membership.log_id().map(|log_id| MembershipStatus {
+                    index: log_id.index(),
+                    voters: applied.membership.voter_ids().collect(),
+                    configs: applied
+                        .membership
+                        .get_joint_config()
+                        .iter()
+                        .map(|config| config.iter().copied().collect())
+                        .collect(),
+                    learners: applied.membership.membership().learner_ids().collect(),
+                });
+                GroupStatus {
+                    group,
+                    is_leader,
+                    term,
+                    last_applied: applied.last_applied.map_or(0, |id| id.index()),
+                    initialized,
+                    membership,
+                }
+            })
+            .collect()
+    }
+
+    /// The newest routing table this node has learned from the center, if any.
+    pub fn routing(&self) -> Option<Arc<RoutingTable>> {
+        self.routing.read().expect("routing lock").clone()
+    }
+
+    /// Keeps `table` if it is valid and newer than the one held; returns whether it did.
+    pub fn offer_routing(&self, table: RoutingTable) -> bool {
+        if let Err(error) = table.check() {
+            tracing::warn!(%error, "ignoring an invalid routing table");
+            return false;
+        }
+        let mut current = self.routing.write().expect("routing lock");
+        if current.as_ref().is_some_and(|t| !table.is_newer_than(t)) {
+            return false;
+        }
+        *current = Some(Arc::new(table));
+        true
+    }
+
+    /// Calls `hook(node, address)` with the other storage nodes' addresses the center's
+    /// heartbeat answers bring (its registry): every one that is new or changed. The real
+    /// processes insert them into their `AddressBook` (`AddressBook::sink`), so Raft reaches a
+    /// replica the center places in a group with this node without any configuration. Without
+    /// a hook (the simulator, whose network needs no addresses) they are only kept, to answer
+    /// [`larder_protocol::GetRouting`]. A later call replaces the hook.
+    pub fn on_addresses(&self, hook: impl Fn(NodeId, &str) + Send + Sync + 'static) {
+        let me = self.id();
+        self.addresses
+            .set_hook(Arc::new(move |node, address: &str| {
+                // This node knows where it listens.
+                if node != me {
+                    hook(node, address);
+                }
+            }));
+    }
+
+    /// The node addresses the last heartbeat answer brought, by id.
+    pub fn addresses(&self) -> Vec<(NodeId, String)> {
+        self.addresses.latest()
+    }
+
+    /// The first fatal error of any group's Raft (storage failure), if one stopped.
+    pub fn fatal(&self) -> Option<String> {
+        self.all_groups().into_iter().find_map(|(_, g)| {
+            g.raft
+                .metrics()
+                .borrow_watched()
+                .running_state
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+        })
+    }
+
+    /// A digest of `group`'s applied state: (last applied index, state rows hash). Replicas at
+    /// the same index must have the same hash.
+    pub async fn state_digest(&self, group: GroupId) -> Result<(u64, u64), NodeError> {
+        let state = self.group(group)?.state.clone();
+        let digest = state
+            .digest()
+            .await
+            .map_err(|source| NodeError::Storage { group, source })?;
+        Ok(digest)
+    }
+
+    /// Executes read-only `command` against `group`'s **applied** state, without a read-index
+    /// round: possibly stale. Used by center replicas to serve the routing table.
+    pub async fn read_applied(
+        &self,
+        group: GroupId,
+        command: &Command,
+    ) -> Result<Reply, NodeError> {
+        let state = self.group(group)?.state.clone();
+        state
+            .read(command, self.env.clock().wall_ms())
+            .await
+            .map_err(|source| NodeError::Storage { group, source })
+    }
+
+    /// Index of the last entry `group` has applied (0: none).
+    pub fn applied_index(&self, group: GroupId) -> Option<u64> {
+        let state = self.group(group).ok()?.state.clone();
+        Some(state.applied().last_applied.map_or(0, |id| id.index()))
+    }
+
+    /// Stops every group's Raft and the heartbeat task.
+    pub async fn shutdown(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for (_, group) in self.all_groups() {
+            let _ = group.raft.shutdown().await;
+        }
+    }
+
+    /// Whether [`StorageNode::shutdown`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Serves peers and clients on the node's [`Net`] until listening fails.
+    pub async fn serve(self: &Arc<Self>) -> Result<(), NodeError> {
+        self.env
+            .net()
+            .serve(crate::serving::NodeHandler::new(self.clone()))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,252 @@
+//! Serving requests: client commands (writes through the Raft log, reads after a read-index
+//! round), openraft's RPCs, routing fetches, and the dispatch of every [`Request`] a node
+//! answers ([`NodeHandler`]).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use larder_core::env::{Clock, Env, Handler, timeout};
+use larder_core::kv::Command;
+use larder_core::{GroupId, NodeId};
+use larder_protocol::{
+    CenterRequest, CenterResponse, ClientRequest, ClientResponse, GetRouting, Heartbeat, RaftCall,
+    RaftRequest, RaftResponse, Request, RoutingAnswer, SessionSeq, decode_request, respond,
+    undecodable,
+};
+use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
+use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
+
+use crate::bugs::Bug;
+use crate::node::StorageNode;
+use crate::raft::wire::{self, InstallSnapshot};
+use crate::raft::{Request as LogEntry, Snapshot, TypeConfig};
+
+impl<E: Env> StorageNode<E> {
+    fn stamp(&self) -> u64 {
+        let wall = self.env.clock().wall_ms();
+        let previous = self.last_stamp_ms.fetch_max(wall, Ordering::SeqCst);
+        previous.max(wall)
+    }
+
+    /// Executes a client command on `group`: writes through the Raft log, reads after a
+    /// read-index round (see ARCHITECTURE.md for why read-index and not a lease).
+    pub async fn execute(
+        &self,
+        group: GroupId,
+        command: Command,
+        session: Option<SessionSeq>,
+    ) -> ClientResponse {
+        let Ok(handle) = self.group(group) else {
+            return ClientResponse::Unavailable {
+                reason: format!("group {group} is not hosted on node {}", self.id()),
+            };
+        };
+        let limit = Duration::from_millis(self.config.request_timeout_ms);
+        if command.is_write() {
+            let request = LogEntry {
+                now_ms: self.stamp(),
+                command,
+                session,
+            };
+            match timeout(self.env.clock(), limit, handle.raft.client_write(request)).await {
+                Ok(Ok(response)) => ClientResponse::Reply(response.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                    ClientResponse::NotLeader {
+                        leader_hint: forward.leader_id,
+                    }
+                }
+                Ok(Err(error)) => ClientResponse::Indeterminate {
+                    reason: error.to_string(),
+                },
+                // The entry may already be in the log and commit later.
+                Err(_) => ClientResponse::Indeterminate {
+                    reason: "write timed out on the leader".into(),
+                },
+            }
+        } else {
+            let stale_ok =
+                self.config.bugs.is_planted(Bug::StaleLocalReads) && self.is_leader(group);
+            let read = async {
+                if stale_ok {
+                    return Ok(());
+                }
+                handle
+                    .raft
+                    .ensure_linearizable(ReadPolicy::ReadIndex)
+                    .await?;
+                Ok::<_, RaftError<TypeConfig, LinearizableReadError<TypeConfig>>>(())
+            };
+            match timeout(self.env.clock(), limit, read).await {
+                Ok(Ok(())) => match handle
+                    .state
+                    .read(&command, self.env.clock().wall_ms())
+                    .await
+                {
+                    Ok(reply) => ClientResponse::Reply(reply),
+                    Err(error) => ClientResponse::Unavailable {
+                        reason: error.to_string(),
+                    },
+                },
+                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
+                    ClientResponse::NotLeader {
+                        leader_hint: forward.leader_id,
+                    }
+                }
+                Ok(Err(error)) => ClientResponse::Unavailable {
+                    reason: error.to_string(),
+                },
+                Err(_) => ClientResponse::Unavailable {
+                    reason: "read index not confirmed in time".into(),
+                },
+            }
+        }
+    }
+
+    /// Whether a request for `group`, routed by a client at routing `epoch`, names a key this
+    /// node's newer table maps to another group; returns that table's epoch. A client ahead of
+    /// this node makes it fetch the newer table (and is served: only a table at least as new
+    /// as the client's may overrule it).
+    fn misrouted(&self, group: GroupId, command: &Command, epoch: u64) -> Option<u64> {
+        let table = self.routing()?;
+        if table.epoch() < epoch {
+            self.heartbeat_now.notify_one();
+            return None;
+        }
+        // Groups the table does not know (the center's own group) are not judged.
+        table.route(group)?;
+        command
+            .keys()
+            .iter()
+            .any(|key| table.group_of_key(key) != Some(group))
+            .then_some(table.epoch())
+    }
+
+    /// Answers one of openraft's RPCs from a peer. A group this node does not host, or a
+    /// payload that does not decode, is answered as a stopped Raft: openraft treats the peer as
+    /// unreachable and backs off.
+    async fn handle_raft(&self, request: RaftRequest) -> RaftResponse {
+        let group = request.group;
+        let raft = match self.raft(group) {
+            Ok(raft) => raft,
+            Err(error) => {
+                tracing::debug!(%error, "raft message for a group this node does not host");
+                return stopped(request.call);
+            }
+        };
+        macro_rules! serve {
+            ($payload:ty, |$p:ident| $call:expr) => {
+                match wire::payload::<$payload>(&request) {
+                    Ok($p) => wire::answer::<$payload>(&$call.await),
+                    Err(error) => {
+                        tracing::warn!(group, %error, "undecodable raft payload");
+                        stopped(request.call)
+                    }
+                }
+            };
+        }
+        match request.call {
+            RaftCall::Append => {
+                serve!(AppendEntriesRequest<TypeConfig>, |p| raft.append_entries(p))
+            }
+            RaftCall::Vote => serve!(VoteRequest<TypeConfig>, |p| raft.vote(p)),
+            RaftCall::PreVote => serve!(VoteRequest<TypeConfig>, |p| raft.pre_vote(p)),
+            RaftCall::TransferLeader => {
+                serve!(TransferLeaderRequest<TypeConfig>, |p| raft
+                    .handle_transfer_leader(p))
+            }
+            RaftCall::Snapshot => serve!(InstallSnapshot, |p| raft.install_full_snapshot(
+                p.vote,
+                Snapshot {
+                    meta: p.meta,
+                    snapshot: std::io::Cursor::new(p.data),
+                }
+            )),
+        }
+    }
+
+    /// Answers one request. Center replicas pass the requests they do not handle themselves
+    /// here too.
+    pub async fn handle_request(&self, request: Request) -> Bytes {
+        match request {
+            Request::Raft(request) => respond::<RaftRequest>(&self.handle_raft(request).await),
+            Request::Client(ClientRequest {
+                group,
+                command,
+                session,
+                epoch,
+            }) => respond::<ClientRequest>(&match self.misrouted(group, &command, epoch) {
+                Some(epoch) => ClientResponse::StaleEpoch { epoch },
+                None => self.execute(group, command, session).await,
+            }),
+            Request::Center(CenterRequest::Heartbeat(_)) => {
+                respond::<Heartbeat>(&CenterResponse::Unavailable {
+                    reason: format!("node {} is not a center replica", self.id()),
+                })
+            }
+            Request::Center(CenterRequest::GetRouting(GetRouting { known_epoch })) => {
+                respond::<GetRouting>(&self.routing_answer(known_epoch))
+            }
+            Request::Admin(request) => self.handle_admin(request).await,
+        }
+    }
+
+    /// A storage node is an observer too: it answers routing fetches from the table it learned
+    /// through its heartbeats (eventually consistent, like every observer; see [`GetRouting`]).
+    fn routing_answer(&self, known_epoch: u64) -> CenterResponse<RoutingAnswer> {
+        match self.routing() {
+            Some(table) => CenterResponse::Ok(RoutingAnswer {
+                epoch: table.epoch(),
+                table: (table.epoch() > known_epoch).then(|| (*table).clone()),
+                addresses: self.addresses(),
+            }),
+            None => CenterResponse::Unavailable {
+                reason: format!("node {} has no routing table", self.id()),
+            },
+        }
+    }
+}
+
+/// The answer of a stopped Raft to `call`.
+fn stopped(call: RaftCall) -> RaftResponse {
+    let fatal = || RaftError::<TypeConfig>::Fatal(Fatal::Stopped);
+    match call {
+        RaftCall::Append => wire::answer::<AppendEntriesRequest<TypeConfig>>(&Err(fatal())),
+        RaftCall::Vote | RaftCall::PreVote => {
+            wire::answer::<VoteRequest<TypeConfig>>(&Err(fatal()))
+        }
+        RaftCall::TransferLeader => {
+            wire::answer::<TransferLeaderRequest<TypeConfig>>(&Err(Fatal::Stopped))
+        }
+        RaftCall::Snapshot => wire::answer::<InstallSnapshot>(&Err(Fatal::Stopped)),
+    }
+}
+
+/// The [`Handler`] a node serves on its `Net`.
+pub struct NodeHandler<E: Env> {
+    node: Arc<StorageNode<E>>,
+}
+
+impl<E: Env> NodeHandler<E> {
+    pub fn new(node: Arc<StorageNode<E>>) -> Self {
+        NodeHandler { node }
+    }
+}
+
+impl<E: Env> Clone for NodeHandler<E> {
+    fn clone(&self) -> Self {
+        NodeHandler {
+            node: self.node.clone(),
+        }
+    }
+}
+
+impl<E: Env> Handler for NodeHandler<E> {
+    async fn handle(&self, _from: NodeId, request: Bytes) -> Bytes {
+        match decode_request(&request) {
+            Ok(request) => self.node.handle_request(request).await,
+            Err(error) => undecodable(&error),
+        }
+    }
+}
