@@ -173,6 +173,7 @@ impl RoutingTable {
                 leader_hint,
             },
         );
+        self.debug_check_successor(&next);
         Ok(next)
     }
 
@@ -205,6 +206,7 @@ impl RoutingTable {
         for owner in next.slot_groups.iter_mut().filter(|owner| **owner == old) {
             *owner = new;
         }
+        self.debug_check_successor(&next);
         Ok(next)
     }
 
@@ -241,6 +243,7 @@ impl RoutingTable {
                 });
             }
         }
+        self.debug_check_successor(&next);
         Ok(next)
     }
 
@@ -290,7 +293,26 @@ impl RoutingTable {
     fn next_epoch(&self) -> RoutingTable {
         let mut next = self.clone();
         next.epoch = self.epoch.saturating_add(1);
+        // Invariant (ARCHITECTURE.md): routing epochs only grow.
+        debug_assert!(
+            next.epoch > self.epoch,
+            "routing epoch {} cannot grow",
+            self.epoch
+        );
         next
+    }
+
+    /// Invariants every derived table keeps (checked in debug builds, so every simulated seed
+    /// checks them): its epoch is above its predecessor's, and a valid predecessor gives a valid
+    /// table (every slot owned by exactly one existing group).
+    fn debug_check_successor(&self, next: &RoutingTable) {
+        debug_assert!(next.epoch > self.epoch);
+        debug_assert!(
+            self.check().is_err() || next.check().is_ok(),
+            "a change to routing epoch {} broke the table: {:?}",
+            self.epoch,
+            next.check()
+        );
     }
 }
 

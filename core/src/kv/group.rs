@@ -1,54 +1,125 @@
+//! Group-scope commands ([`Scope::Group`]: `KEYS`, `DBSIZE`, `FLUSHALL`), which act on every
+//! record of a slot group rather than on keys they name.
+//!
+//! The reads are a fold ([`GroupRead`]) over the group's records in key order, so the storage
+//! node feeds it page by page from its disk scan and never holds the whole group in memory;
+//! [`execute_group`] runs the same fold over records in memory (and is what the tests and
+//! models use), so there is one implementation of what each command answers. `FLUSHALL` answers
+//! `OK` and deletes every record; the node deletes its state range in pages instead of listing
+//! the deletes.
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
 use super::{Command, Glob, Outcome, Record, Reply, Scope};
 
-/// Applies a [`Scope::Group`] command (`KEYS`, `DBSIZE`, `FLUSHALL`) at `now_ms` to every record
-/// of a slot group, given in key order. Pure, like [`super::execute`]:
-///
-/// - `KEYS pattern`: the live keys matching the pattern ([`super::glob_match`]), in the order
-///   given;
-/// - `DBSIZE`: the number of live keys (expired records awaiting removal are not counted);
-/// - `FLUSHALL`: `OK`, and a delete for every record, expired ones included.
-///
-/// Any other command answers an error and changes nothing.
+/// The read-only group-scope commands as a fold over a group's records in key order.
+#[derive(Debug)]
+pub struct GroupRead {
+    now_ms: u64,
+    keys_max: usize,
+    kind: ReadKind,
+}
+
+#[derive(Debug)]
+enum ReadKind {
+    Keys { glob: Glob, keys: Vec<Reply> },
+    DbSize { count: i64 },
+}
+
+impl GroupRead {
+    /// Starts `KEYS pattern` or `DBSIZE` at `now_ms` (expired records awaiting removal do not
+    /// count). A `KEYS` reply longer than `keys_max` is refused, as a bound on the reply's
+    /// memory. Any other command answers its error reply.
+    pub fn new(command: &Command, now_ms: u64, keys_max: usize) -> Result<GroupRead, Reply> {
+        let kind = match command {
+            Command::Keys { pattern } => ReadKind::Keys {
+                glob: Glob::new(pattern),
+                keys: Vec::new(),
+            },
+            Command::DbSize => ReadKind::DbSize { count: 0 },
+            other if other.scope() == Scope::Group => {
+                return Err(Reply::error(format!(
+                    "ERR '{}' is not a read of the whole group",
+                    other.name()
+                )));
+            }
+            other => {
+                return Err(Reply::error(format!(
+                    "ERR '{}' acts on the keys it names, not on a whole slot group",
+                    other.name()
+                )));
+            }
+        };
+        Ok(GroupRead {
+            now_ms,
+            keys_max,
+            kind,
+        })
+    }
+
+    /// Takes the next record (keys in ascending order). `Err` is the final reply: the fold
+    /// stops there (today only a `KEYS` reply over `keys_max`).
+    pub fn feed(&mut self, key: &Bytes, record: &Record) -> Result<(), Reply> {
+        if record.is_expired(self.now_ms) {
+            return Ok(());
+        }
+        match &mut self.kind {
+            ReadKind::Keys { glob, keys } => {
+                if glob.matches(key) {
+                    if keys.len() >= self.keys_max {
+                        return Err(Reply::error(format!(
+                            "ERR KEYS would return more than {} keys of one slot group; use SCAN with MATCH",
+                            self.keys_max
+                        )));
+                    }
+                    keys.push(Reply::Bulk(key.clone()));
+                }
+            }
+            ReadKind::DbSize { count } => *count += 1,
+        }
+        Ok(())
+    }
+
+    /// The reply once every record was fed.
+    pub fn finish(self) -> Reply {
+        match self.kind {
+            ReadKind::Keys { keys, .. } => Reply::Array(keys),
+            ReadKind::DbSize { count } => Reply::Int(count),
+        }
+    }
+}
+
+/// Applies a [`Scope::Group`] command at `now_ms` to every record of a slot group held in
+/// memory, given in key order: `KEYS` and `DBSIZE` through [`GroupRead`] (unbounded), `FLUSHALL`
+/// as `OK` and a delete for every record, expired ones included. Any other command answers an
+/// error and changes nothing.
 pub fn execute_group<'a>(
     command: &Command,
     now_ms: u64,
     records: impl IntoIterator<Item = (&'a Bytes, &'a Record)>,
 ) -> Outcome {
-    let live = |(_, record): &(&Bytes, &Record)| !record.is_expired(now_ms);
-    let mut writes = BTreeMap::new();
-    let reply = match command {
-        Command::Keys { pattern } => {
-            let glob = Glob::new(pattern);
-            Reply::Array(
-                records
-                    .into_iter()
-                    .filter(live)
-                    .filter(|(key, _)| glob.matches(key))
-                    .map(|(key, _)| Reply::Bulk(key.clone()))
-                    .collect(),
-            )
-        }
-        Command::DbSize => Reply::Int(records.into_iter().filter(live).count() as i64),
-        Command::FlushAll => {
-            writes = records
+    if *command == Command::FlushAll {
+        return Outcome {
+            reply: Reply::Ok,
+            writes: records
                 .into_iter()
                 .map(|(key, _)| (key.clone(), None))
-                .collect();
-            Reply::Ok
-        }
-        other => {
-            debug_assert_eq!(other.scope(), Scope::Keys);
-            Reply::error(format!(
-                "ERR '{}' acts on the keys it names, not on a whole slot group",
-                other.name()
-            ))
-        }
+                .collect(),
+        };
+    }
+    let reply = match GroupRead::new(command, now_ms, usize::MAX) {
+        Ok(mut read) => records
+            .into_iter()
+            .try_for_each(|(key, record)| read.feed(key, record))
+            .map_or_else(|stop| stop, |()| read.finish()),
+        Err(reply) => reply,
     };
-    Outcome { reply, writes }
+    Outcome {
+        reply,
+        writes: BTreeMap::new(),
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +196,22 @@ mod tests {
             execute_group(&Command::DbSize, 100, &BTreeMap::new()).reply,
             Reply::Int(0)
         );
+    }
+
+    #[test]
+    fn a_keys_reply_over_its_bound_is_refused() {
+        let state = state();
+        let mut read = GroupRead::new(&Command::Keys { pattern: b("*") }, 100, 2).expect("a read");
+        let stopped = state
+            .iter()
+            .try_for_each(|(key, record)| read.feed(key, record));
+        let reply = stopped.expect_err("three live keys exceed a bound of two");
+        assert!(reply.is_error(), "{reply:?}");
+        let mut read = GroupRead::new(&Command::DbSize, 100, 2).expect("a read");
+        for (key, record) in &state {
+            read.feed(key, record).expect("DBSIZE has no bound");
+        }
+        assert_eq!(read.finish(), Reply::Int(3));
     }
 
     #[test]

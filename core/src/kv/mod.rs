@@ -6,8 +6,8 @@
 //! from the same log, and the function can be tested exhaustively on its own.
 //!
 //! A few commands act on a whole slot group rather than on keys they name ([`Scope::Group`]:
-//! `KEYS`, `DBSIZE`, `FLUSHALL`); the node applies those to its entire state, with
-//! [`execute_group`].
+//! `KEYS`, `DBSIZE`, `FLUSHALL`); the node folds its state through [`GroupRead`] page by page
+//! ([`execute_group`] is the same fold over records in memory).
 
 mod command;
 mod execute;
@@ -18,7 +18,7 @@ mod record;
 pub use command::{Command, CommandError, Expiry, Scope, SetCondition};
 pub use execute::{Outcome, execute};
 pub use glob::{Glob, glob_match};
-pub use group::execute_group;
+pub use group::{GroupRead, execute_group};
 pub use record::{Record, RecordError, Value};
 
 use bytes::Bytes;

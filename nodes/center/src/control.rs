@@ -19,8 +19,9 @@ use openraft::EmptyNode;
 use openraft::async_runtime::WatchReceiver;
 
 use crate::Center;
+use crate::center::Soft;
 use crate::config::CenterError;
-use crate::plan::{self, Action, Heard, Liveness, NodeView, RepairInFlight, View};
+use crate::plan::{self, Action, Liveness, NodeView, RepairInFlight, View};
 use crate::store::{Durable, node_key};
 
 /// Most admin messages in flight at once.
@@ -28,34 +29,12 @@ const ADMIN_IN_FLIGHT_MAX: usize = 64;
 /// Attempts of one replace: the leader the center believes in, then the hint it gives.
 const REPLACE_ATTEMPTS_MAX: usize = 2;
 
-/// A node's last heartbeat, as the center leader received it.
-#[derive(Debug, Clone)]
-pub(crate) struct HeardAt {
-    pub(crate) at: Duration,
-    pub(crate) heard: Heard,
-}
-
-/// The center leader's soft state; reset whenever this replica starts a new term as leader.
-#[derive(Debug, Default)]
-pub(crate) struct Soft {
-    /// The center term this state belongs to (`None`: not leading).
-    pub(crate) term: Option<u64>,
-    term_started: Duration,
-    pub(crate) heard: BTreeMap<NodeId, HeardAt>,
-    repairs: BTreeMap<GroupId, RepairInFlight>,
-    finished: BTreeMap<GroupId, RepairInFlight>,
-    adopted_through: BTreeMap<GroupId, u64>,
-    /// Group -> until when its leadership is left alone.
-    cooling: BTreeMap<GroupId, Duration>,
-    /// (node, group) -> since when the node hosts the group without being a member.
-    stale_since: BTreeMap<(NodeId, GroupId), Duration>,
-    /// Admin messages in flight (node, group, kind), so a slow one is not sent again.
-    admin: BTreeSet<(NodeId, GroupId, u8)>,
-    /// Liveness as of the last tick (for status queries).
-    pub(crate) liveness: BTreeMap<NodeId, Liveness>,
-}
-
 impl<E: Env> Center<E> {
+    /// Starts the control loop. It holds a weak reference: dropping the center ends it.
+    pub(crate) fn spawn_control_loop(self: &Arc<Self>) {
+        tokio::spawn(control_loop(Arc::downgrade(self)));
+    }
+
     /// One round of the control loop on the center leader.
     async fn lead(self: &Arc<Self>) -> Result<(), CenterError> {
         let clock = self.node.env().clock().clone();
@@ -390,7 +369,7 @@ impl<E: Env> Center<E> {
 
 /// The control loop of one replica: every tick, refresh the local routing copy; on the leader,
 /// run one round. Ends when the center is dropped or its node shut down.
-pub(crate) async fn control_loop<E: Env>(center: Weak<Center<E>>) {
+async fn control_loop<E: Env>(center: Weak<Center<E>>) {
     let (clock, tick) = match center.upgrade() {
         Some(c) => (
             c.node.env().clock().clone(),

@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use larder_core::NodeId;
-use larder_core::env::{Clock, Env, Handler};
+use larder_core::env::{Clock, Env, Handler, Net};
 use larder_protocol::{
     CENTER_GROUP, CenterRequest, CenterResponse, GetRouting, GroupStatus, Heartbeat, HeartbeatAck,
     Request, RoutingAnswer, decode_request, respond, undecodable,
 };
+use larder_storage::NodeError;
 
 use crate::Center;
-use crate::control::HeardAt;
+use crate::center::HeardAt;
+use crate::config::CenterError;
 use crate::plan::Heard;
 
 /// Most nodes the center tracks heartbeats of; beyond this, heartbeats of unknown nodes are
@@ -21,6 +23,17 @@ use crate::plan::Heard;
 const TRACKED_NODES_MAX: usize = 4096;
 
 impl<E: Env> Center<E> {
+    /// Serves center requests and everything a storage node serves on the node's `Net`.
+    pub async fn serve(self: &Arc<Self>) -> Result<(), CenterError> {
+        self.node
+            .env()
+            .net()
+            .serve(CenterHandler::new(self.clone()))
+            .await
+            .map_err(NodeError::from)?;
+        Ok(())
+    }
+
     fn on_heartbeat_recorded(&self, beat: &Heartbeat) -> bool {
         let now = self.node.env().clock().now();
         let mut soft = self.soft.lock().expect("soft lock");

@@ -22,17 +22,6 @@ const ROUTING_PREFIX: &str = "routing/";
 /// Key prefix of the node registry in the center group.
 const NODE_PREFIX: &str = "node/";
 
-/// The center state as this replica last read it from its applied state, and the applied index
-/// it was read at: reread only when the center group applied something since.
-#[derive(Debug, Default)]
-pub(crate) struct Cache {
-    pub(crate) applied_index: Option<u64>,
-    pub(crate) table: Option<Arc<RoutingTable>>,
-    pub(crate) registry: Arc<BTreeMap<NodeId, NodeRecord>>,
-    /// The registry's addresses as handed out ([`registry_addresses`]).
-    pub(crate) addresses: Arc<Vec<(NodeId, String)>>,
-}
-
 /// Registry and routing as read from the center group.
 #[derive(Debug, Default)]
 pub(crate) struct Durable {

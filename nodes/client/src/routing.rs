@@ -97,6 +97,8 @@ impl SharedRouting {
     pub fn offer(&self, table: RoutingTable) -> bool {
         let mut current = self.table.write().expect("routing lock");
         if table.is_newer_than(&current) {
+            // Invariant: the epoch a process routes by only grows.
+            debug_assert!(table.epoch() > current.epoch());
             *current = Arc::new(table);
             true
         } else {

@@ -13,13 +13,20 @@ use crate::node::StorageNode;
 /// Heartbeat rounds wait at least this long for a center's answer, however short the interval.
 const HEARTBEAT_CALL_MS_MIN: u64 = 100;
 
+impl<E: Env> StorageNode<E> {
+    /// Starts the heartbeat task. It holds a weak reference: dropping the node ends it.
+    pub(crate) fn spawn_heartbeat(self: &Arc<Self>) {
+        tokio::spawn(heartbeat_loop(
+            Arc::downgrade(self),
+            self.heartbeat_now.clone(),
+        ));
+    }
+}
+
 /// Sends a heartbeat to the center every [`NodeConfig::center_heartbeat_ms`] until the node is
 /// shut down or dropped. Each round tries the center it believes leads, follows one hint per
 /// center, and tries each center at most once, so a round is bounded by the number of centers.
-pub(crate) async fn heartbeat_loop<E: Env>(
-    node: Weak<StorageNode<E>>,
-    early: Arc<tokio::sync::Notify>,
-) {
+async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>, early: Arc<tokio::sync::Notify>) {
     let (clock, net, centers, interval) = match node.upgrade() {
         Some(node) => (
             node.env.clock().clone(),

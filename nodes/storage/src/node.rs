@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use larder_core::env::{Clock, Disk, Env, Net, Space, WriteBatch};
+use larder_core::env::{Clock, Disk, Env, Space, WriteBatch};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
@@ -128,10 +128,7 @@ impl<E: Env> StorageNode<E> {
         });
         if !node.config.centers.is_empty() {
             // The task holds a weak reference: dropping the node ends it.
-            tokio::spawn(crate::heartbeat::heartbeat_loop(
-                Arc::downgrade(&node),
-                node.heartbeat_now.clone(),
-            ));
+            node.spawn_heartbeat();
         }
         Ok(node)
     }
@@ -314,6 +311,8 @@ impl<E: Env> StorageNode<E> {
         if current.as_ref().is_some_and(|t| !table.is_newer_than(t)) {
             return false;
         }
+        // Invariant: the epoch a node judges requests by only grows.
+        debug_assert!(current.as_ref().is_none_or(|t| table.epoch() > t.epoch()));
         *current = Some(Arc::new(table));
         true
     }
@@ -395,14 +394,5 @@ impl<E: Env> StorageNode<E> {
     /// Whether [`StorageNode::shutdown`] was called.
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
-    }
-
-    /// Serves peers and clients on the node's [`Net`] until listening fails.
-    pub async fn serve(self: &Arc<Self>) -> Result<(), NodeError> {
-        self.env
-            .net()
-            .serve(crate::serving::NodeHandler::new(self.clone()))
-            .await?;
-        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::env::{Clock, Env, Handler, timeout};
+use larder_core::env::{Clock, Env, Handler, Net, timeout};
 use larder_core::kv::Command;
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
@@ -19,15 +19,26 @@ use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError}
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
 
 use crate::bugs::Bug;
+use crate::config::NodeError;
 use crate::node::StorageNode;
 use crate::raft::wire::{self, InstallSnapshot};
 use crate::raft::{Request as LogEntry, Snapshot, TypeConfig};
 
 impl<E: Env> StorageNode<E> {
+    /// Serves peers and clients on the node's [`Net`] until listening fails.
+    pub async fn serve(self: &Arc<Self>) -> Result<(), NodeError> {
+        self.env.net().serve(NodeHandler::new(self.clone())).await?;
+        Ok(())
+    }
+
+    /// The stamp of a new log entry: the leader's wall clock, never below the previous stamp.
     fn stamp(&self) -> u64 {
         let wall = self.env.clock().wall_ms();
         let previous = self.last_stamp_ms.fetch_max(wall, Ordering::SeqCst);
-        previous.max(wall)
+        let stamp = previous.max(wall);
+        // Invariant: one node's entry stamps only grow, even when its wall clock jumps back.
+        debug_assert!(stamp >= previous && self.last_stamp_ms.load(Ordering::SeqCst) >= stamp);
+        stamp
     }
 
     /// Executes a client command on `group`: writes through the Raft log, reads after a

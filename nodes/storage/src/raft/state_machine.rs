@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use larder_core::GroupId;
 use larder_core::env::{Disk, Space, WriteBatch};
-use larder_core::kv::{Command, Outcome, Record, Reply, Scope, execute, glob_match};
+use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, execute};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
@@ -234,23 +234,16 @@ impl<D: Disk> DiskStateMachine<D> {
         Ok(execute(command, now_ms, &stored).reply)
     }
 
-    /// `KEYS pattern` and `DBSIZE` over the whole group: a paged scan of its state range,
-    /// skipping expired records (they are deleted lazily, so they may still be on disk).
+    /// `KEYS pattern` and `DBSIZE` over the whole group: a paged scan of its state range folded
+    /// through [`GroupRead`] (expired records are deleted lazily, so they may still be on disk;
+    /// the fold skips them).
     async fn read_group(&self, command: &Command, now_ms: u64) -> Result<Reply, io::Error> {
-        let pattern = match command {
-            Command::Keys { pattern } => Some(pattern.clone()),
-            Command::DbSize => None,
-            other => {
-                return Ok(Reply::error(format!(
-                    "ERR '{}' is not a read of the whole group",
-                    other.name()
-                )));
-            }
+        let mut read = match GroupRead::new(command, now_ms, KEYS_REPLY_MAX) {
+            Ok(read) => read,
+            Err(reply) => return Ok(reply),
         };
         let end = group_end(self.group);
         let mut from = group_prefix(self.group).to_vec();
-        let mut keys = Vec::new();
-        let mut count = 0i64;
         loop {
             let rows = self
                 .disk
@@ -259,21 +252,8 @@ impl<D: Disk> DiskStateMachine<D> {
             let full = rows.len() == SCAN_PAGE_ROWS;
             for (full_key, bytes) in &rows {
                 let record = Record::decode(bytes).map_err(|e| invalid(e.to_string()))?;
-                if record.is_expired(now_ms) {
-                    continue;
-                }
-                let key = full_key.slice(8..);
-                match &pattern {
-                    Some(pattern) if glob_match(pattern, &key) => {
-                        if keys.len() >= KEYS_REPLY_MAX {
-                            return Ok(Reply::error(format!(
-                                "ERR KEYS would return more than {KEYS_REPLY_MAX} keys of one slot group; use SCAN with MATCH"
-                            )));
-                        }
-                        keys.push(Reply::Bulk(key));
-                    }
-                    Some(_) => {}
-                    None => count += 1,
+                if let Err(reply) = read.feed(&full_key.slice(8..), &record) {
+                    return Ok(reply);
                 }
             }
             if !full {
@@ -283,10 +263,7 @@ impl<D: Disk> DiskStateMachine<D> {
             from = last.to_vec();
             from.push(0);
         }
-        Ok(match pattern {
-            Some(_) => Reply::Array(keys),
-            None => Reply::Int(count),
-        })
+        Ok(read.finish())
     }
 
     /// Current records of the command's keys, with `overlay` (writes not yet on disk) on top.
@@ -499,7 +476,11 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
             let reply = match entry.payload {
                 EntryPayload::Blank => Reply::Ok,
                 EntryPayload::Normal(request) => {
+                    let clock_before = applied.clock_ms;
                     applied.clock_ms = applied.clock_ms.max(request.now_ms);
+                    // Invariant: the applied clock (TTLs are judged by it) only grows, whatever
+                    // the stamps of successive leaders.
+                    debug_assert!(applied.clock_ms >= clock_before);
                     if let Some(reply) = self.duplicate_reply(request.session) {
                         reply
                     } else {

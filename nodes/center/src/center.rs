@@ -1,0 +1,138 @@
+//! [`Center`]: one center replica's state (the storage node under it, the leader's soft state,
+//! the cache of the durable state) and its public handle. What it does lives beside it:
+//! [`crate::store`], [`crate::control`], [`crate::handler`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use larder_core::env::Env;
+use larder_core::routing::RoutingTable;
+use larder_core::{GroupId, NodeId};
+use larder_protocol::CENTER_GROUP;
+use larder_protocol::addresses::AddressHook;
+use larder_storage::{NodeConfig, StorageNode};
+
+use crate::config::{CenterConfig, CenterError};
+use crate::plan::{Heard, Liveness, NodeRecord, RepairInFlight};
+
+/// A node's last heartbeat, as the center leader received it.
+#[derive(Debug, Clone)]
+pub(crate) struct HeardAt {
+    pub(crate) at: Duration,
+    pub(crate) heard: Heard,
+}
+
+/// The center leader's soft state; reset whenever this replica starts a new term as leader.
+#[derive(Debug, Default)]
+pub(crate) struct Soft {
+    /// The center term this state belongs to (`None`: not leading).
+    pub(crate) term: Option<u64>,
+    pub(crate) term_started: Duration,
+    pub(crate) heard: BTreeMap<NodeId, HeardAt>,
+    pub(crate) repairs: BTreeMap<GroupId, RepairInFlight>,
+    pub(crate) finished: BTreeMap<GroupId, RepairInFlight>,
+    pub(crate) adopted_through: BTreeMap<GroupId, u64>,
+    /// Group -> until when its leadership is left alone.
+    pub(crate) cooling: BTreeMap<GroupId, Duration>,
+    /// (node, group) -> since when the node hosts the group without being a member.
+    pub(crate) stale_since: BTreeMap<(NodeId, GroupId), Duration>,
+    /// Admin messages in flight (node, group, kind), so a slow one is not sent again.
+    pub(crate) admin: BTreeSet<(NodeId, GroupId, u8)>,
+    /// Liveness as of the last tick (for status queries).
+    pub(crate) liveness: BTreeMap<NodeId, Liveness>,
+}
+
+/// The center state as this replica last read it from its applied state, and the applied index
+/// it was read at: reread only when the center group applied something since.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    pub(crate) applied_index: Option<u64>,
+    pub(crate) table: Option<Arc<RoutingTable>>,
+    pub(crate) registry: Arc<BTreeMap<NodeId, NodeRecord>>,
+    /// The registry's addresses as handed out ([`registry_addresses`]).
+    pub(crate) addresses: Arc<Vec<(NodeId, String)>>,
+}
+
+/// One center replica (or observer): a storage node hosting [`CENTER_GROUP`], plus the control
+/// loop and the center's message handlers.
+pub struct Center<E: Env> {
+    pub(crate) node: Arc<StorageNode<E>>,
+    pub(crate) config: CenterConfig,
+    pub(crate) soft: Mutex<Soft>,
+    pub(crate) cache: RwLock<Cache>,
+    /// Serialises cache refreshes (concurrent route requests share one read).
+    pub(crate) refreshing: futures::lock::Mutex<()>,
+    pub(crate) address_hook: RwLock<Option<AddressHook>>,
+}
+
+impl<E: Env> Center<E> {
+    /// Starts a center replica (or observer): the storage node with [`CENTER_GROUP`] added to
+    /// `node_config.groups`, and the control loop. Form the center group once with
+    /// [`Center::initialize`]; serve with [`Center::serve`].
+    pub async fn start(
+        env: E,
+        mut node_config: NodeConfig,
+        config: CenterConfig,
+    ) -> Result<Arc<Self>, CenterError> {
+        config.validate()?;
+        if !node_config.groups.contains(&CENTER_GROUP) {
+            node_config.groups.push(CENTER_GROUP);
+        }
+        let node = StorageNode::start(env, node_config).await?;
+        let center = Arc::new(Center {
+            node,
+            config,
+            soft: Mutex::new(Soft::default()),
+            cache: RwLock::new(Cache::default()),
+            refreshing: futures::lock::Mutex::new(()),
+            address_hook: RwLock::new(None),
+        });
+        center.spawn_control_loop();
+        Ok(center)
+    }
+
+    /// Forms the center group with [`CenterConfig::centers`] as voters. Call on one replica,
+    /// once; an already formed group is left as it is.
+    pub async fn initialize(&self) -> Result<(), CenterError> {
+        let voters: BTreeSet<NodeId> = self.config.centers.iter().copied().collect();
+        self.node.initialize(CENTER_GROUP, &voters).await?;
+        Ok(())
+    }
+
+    /// The storage node under this replica.
+    pub fn node(&self) -> &Arc<StorageNode<E>> {
+        &self.node
+    }
+
+    pub fn config(&self) -> &CenterConfig {
+        &self.config
+    }
+
+    /// Whether this replica leads the center.
+    pub fn is_leader(&self) -> bool {
+        self.node.is_leader(CENTER_GROUP)
+    }
+
+    /// Calls `hook(node, address)` whenever a heartbeat brings a node's address, so the process
+    /// can make the node reachable (the real network's `AddressBook::insert`).
+    pub fn on_address(&self, hook: impl Fn(NodeId, &str) + Send + Sync + 'static) {
+        *self.address_hook.write().expect("hook lock") = Some(Arc::new(hook));
+    }
+
+    /// The routing table as this replica last read it from its applied state (eventually
+    /// consistent; see [`larder_protocol::GetRouting`]).
+    pub fn routing(&self) -> Option<Arc<RoutingTable>> {
+        self.cache.read().expect("cache lock").table.clone()
+    }
+
+    /// Liveness of every known node as of the last tick, if this replica leads.
+    pub fn liveness(&self) -> BTreeMap<NodeId, Liveness> {
+        self.soft.lock().expect("soft lock").liveness.clone()
+    }
+
+    /// Stops the center group's Raft (and every other group of the node).
+    pub async fn shutdown(&self) {
+        self.node.shutdown().await;
+    }
+}
