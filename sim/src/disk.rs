@@ -9,6 +9,10 @@
 //! and a capacity beyond which writes fail with "disk full". A healthy node must never lose a
 //! synced write, and must recover to a consistent state from whatever prefix survived.
 
+// tokio's time here is turmoil's simulated time (this module is the simulated environment),
+// so the ban on tokio::time, which protects code that must take time from `Clock`, is lifted.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};

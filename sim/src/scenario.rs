@@ -1,6 +1,10 @@
 //! Scripted scenarios: fixed fault sequences with precise expectations, for properties a random
 //! plan would only hit by chance.
 
+// Scripted scenarios run under turmoil, whose tokio time is simulated: waiting on it is
+// waiting on the simulation, so the ban on tokio::time is lifted here.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

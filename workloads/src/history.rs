@@ -401,6 +401,8 @@ impl History {
     }
 
     /// Reads a `history.jsonl` file.
+    // Offline tooling (`larder check`, reports): never called inside a simulation.
+    #[allow(clippy::disallowed_methods)]
     pub fn read_jsonl_file(path: impl AsRef<Path>) -> Result<History, HistoryError> {
         let file = std::fs::File::open(path)?;
         Self::read_jsonl(std::io::BufReader::new(file))
@@ -424,6 +426,8 @@ impl History {
     }
 
     /// Writes the history to a `history.jsonl` file.
+    // Offline tooling (`larder sim --report-dir`, `larder jepsen`): never inside a simulation.
+    #[allow(clippy::disallowed_methods)]
     pub fn write_jsonl_file(&self, path: impl AsRef<Path>) -> Result<(), HistoryError> {
         let file = std::fs::File::create(path)?;
         self.write_jsonl(std::io::BufWriter::new(file))

@@ -53,6 +53,8 @@ pub enum Error {
 }
 
 /// Reads a history file in any supported format (`history.jsonl`, a Jepsen log, EDN).
+// Offline tooling (`larder check`): never called inside a simulation.
+#[allow(clippy::disallowed_methods)]
 pub fn load_file(path: impl AsRef<Path>) -> Result<Loaded, Error> {
     let path = path.as_ref();
     let name = path.display().to_string();

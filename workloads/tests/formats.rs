@@ -1,5 +1,8 @@
 //! Checking logs written by Jepsen and Porcupine, and `check_file` on every format.
 
+// Writes history files to a temporary directory to test reading them back.
+#![allow(clippy::disallowed_methods)]
+
 use larder_workloads::{
     Budget, Error, Format, LoadError, Verdict, check_file, check_history, load_file, load_str,
 };

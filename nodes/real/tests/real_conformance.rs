@@ -1,5 +1,8 @@
 //! The shared conformance suite (`larder_core::conformance`) on the real environment.
 
+// A test on the real environment: real time and sockets are what it exercises.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::SocketAddr;
 
 use larder_core::conformance::{EchoHandler, clock_suite, disk_suite, net_suite};
