@@ -117,7 +117,8 @@ fn millis(duration: Duration) -> u64 {
     duration.as_millis() as u64
 }
 
-fn client_config() -> ClientConfig {
+/// The SDK settings of workload clients and proxies.
+pub(crate) fn client_config() -> ClientConfig {
     ClientConfig {
         request_timeout: Duration::from_millis(1500),
         attempts_max: 6,

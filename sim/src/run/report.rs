@@ -1,0 +1,122 @@
+//! What a run reports ([`RunReport`], [`OpCounts`]) and the checks built on running seeds:
+//! [`check_determinism`] (run twice, compare the traces) and [`check_seed`] (what CI asserts).
+
+use std::collections::BTreeMap;
+
+use larder_faults::FaultPlan;
+use serde::Serialize;
+
+use super::config::SimConfig;
+use super::{SimError, run};
+use crate::workload::{OpRecord, OpStatus};
+
+/// Counts of operations by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OpCounts {
+    pub ok: u64,
+    pub fail: u64,
+    pub info: u64,
+}
+
+/// What a run did and found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub seed: u64,
+    pub sim_seconds: f64,
+    pub wall_seconds: f64,
+    pub ops: OpCounts,
+    /// Faults applied, by kind (including automatic restarts after a disk error stopped Raft).
+    pub faults: BTreeMap<String, u64>,
+    /// The plan the run applied.
+    pub plan: FaultPlan,
+    /// Every fault as applied: (simulated ms, kind, description), for timelines.
+    pub fault_log: Vec<(u64, String, String)>,
+    pub trace_hash: String,
+    pub trace_events: u64,
+    /// Broken invariants; empty for a passing run.
+    pub violations: Vec<String>,
+    /// The linearizability checker's verdict on the history (`linearizable`,
+    /// `not linearizable …`, or `unknown …` when the search budget ran out).
+    pub linearizability: String,
+    #[serde(skip)]
+    pub events: Option<Vec<String>>,
+    #[serde(skip)]
+    pub history: Vec<OpRecord>,
+}
+
+impl OpCounts {
+    /// Counts the operations of a history by outcome.
+    pub(crate) fn of(history: &[OpRecord]) -> OpCounts {
+        let mut ops = OpCounts::default();
+        for record in history {
+            match record.status {
+                OpStatus::Ok => ops.ok += 1,
+                OpStatus::Fail => ops.fail += 1,
+                OpStatus::Info => ops.info += 1,
+            }
+        }
+        ops
+    }
+}
+
+impl RunReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// What a CI seed test asserts: the seed runs, both runs trace the same, every invariant holds.
+/// The error names the problem and the command that replays it.
+pub fn check_seed(config: &SimConfig, replay: &str) -> Result<RunReport, String> {
+    let seed = config.seed;
+    let (report, divergence) = check_determinism(config)
+        .map_err(|e| format!("seed {seed} did not run: {e}\nreplay: {replay}"))?;
+    if let Some(divergence) = divergence {
+        return Err(format!(
+            "seed {seed} is not deterministic: {divergence}\nreplay: {replay}"
+        ));
+    }
+    if !report.passed() {
+        return Err(format!(
+            "seed {seed} violated invariants: {:#?}\nreplay: {replay}",
+            report.violations
+        ));
+    }
+    if report.ops.ok == 0 {
+        return Err(format!(
+            "seed {seed} completed no operation\nreplay: {replay}"
+        ));
+    }
+    Ok(report)
+}
+
+/// Runs `config` twice and compares the traces.
+pub fn check_determinism(config: &SimConfig) -> Result<(RunReport, Option<String>), SimError> {
+    let mut config = config.clone();
+    config.keep_events = true;
+    let first = run(&config)?;
+    let second = run(&config)?;
+    if first.trace_hash == second.trace_hash {
+        return Ok((first, None));
+    }
+    let a = first.events.clone().unwrap_or_default();
+    let b = second.events.clone().unwrap_or_default();
+    let index = a
+        .iter()
+        .zip(b.iter())
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let context: Vec<String> = a[index.saturating_sub(5)..index.min(a.len())]
+        .iter()
+        .map(|event| format!("\n  both:  {event}"))
+        .collect();
+    let divergence = format!(
+        "trace hashes differ ({} vs {}); first divergent event #{index}:{}\n  run 1: {}\n  run 2: {}",
+        first.trace_hash,
+        second.trace_hash,
+        context.concat(),
+        a.get(index).map_or("<end of trace>", String::as_str),
+        b.get(index).map_or("<end of trace>", String::as_str),
+    );
+    Ok((first, Some(divergence)))
+}
