@@ -35,18 +35,13 @@ fn colour(status: &OpStatus) -> &'static str {
     }
 }
 
-/// Keys a violation names (`counter c:0: …`, `register r:1: …`), to highlight their ops.
+/// Keys a violation names (a counter's or a register's), to highlight their ops.
 fn failing_keys(report: &RunReport) -> Vec<String> {
-    let mut keys = Vec::new();
-    for violation in &report.violations {
-        for prefix in ["counter ", "register "] {
-            if let Some(rest) = violation.strip_prefix(prefix)
-                && let Some((key, _)) = rest.split_once(": ")
-            {
-                keys.push(key.to_string());
-            }
-        }
-    }
+    let mut keys: Vec<String> = report
+        .violations
+        .iter()
+        .filter_map(|violation| violation.key().map(str::to_string))
+        .collect();
     keys.sort();
     keys.dedup();
     keys
@@ -84,18 +79,33 @@ pub fn run_page(report: &RunReport, replay: &str) -> String {
         report.ops.info,
         report.trace_events,
         escape(&report.trace_hash),
-        escape(report.linearizability.lines().next().unwrap_or(""))
+        escape(
+            report
+                .linearizability
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+        )
     );
     if !report.violations.is_empty() {
         out.push_str("<h2 class=\"fail\">Violations</h2><ul>");
         for violation in &report.violations {
-            let _ = write!(out, "<li class=\"fail\">{}</li>", escape(violation));
+            let _ = write!(
+                out,
+                "<li class=\"fail\">{}</li>",
+                escape(&violation.to_string())
+            );
         }
         out.push_str("</ul>");
     }
     out.push_str("<h2>Faults</h2><table><tr><th>kind</th><th>count</th></tr>");
     for (kind, count) in &report.faults {
-        let _ = write!(out, "<tr><td>{}</td><td>{count}</td></tr>", escape(kind));
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{count}</td></tr>",
+            escape(kind.as_str())
+        );
     }
     out.push_str("</table>");
     out.push_str("<h2>Timeline</h2><p>One row per client; a bar from invoke to completion: \
@@ -114,7 +124,7 @@ fn timeline(report: &RunReport) -> String {
     let end_ms = history
         .iter()
         .map(|op| op.complete_ms)
-        .chain(report.fault_log.iter().map(|(at, _, _)| *at))
+        .chain(report.fault_log.iter().map(|fault| fault.at_ms))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
@@ -179,15 +189,15 @@ fn timeline(report: &RunReport) -> String {
             );
         }
     }
-    for (at, kind, detail) in &report.fault_log {
+    for fault in &report.fault_log {
         let _ = write!(
             svg,
             "<line x1=\"{0:.1}\" y1=\"14\" x2=\"{0:.1}\" y2=\"{height}\" stroke=\"#c62828\" stroke-dasharray=\"3,2\"><title>{1} ms: {2}</title></line>\
              <text x=\"{0:.1}\" y=\"11\" font-size=\"9\" fill=\"#c62828\">{3}</text>",
-            x(*at),
-            at,
-            escape(detail),
-            escape(kind)
+            x(fault.at_ms),
+            fault.at_ms,
+            escape(&fault.detail),
+            escape(fault.kind.as_str())
         );
     }
     svg.push_str("</svg>");

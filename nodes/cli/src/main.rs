@@ -235,7 +235,9 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
                     if ok {
                         String::new()
                     } else {
-                        format!("\n  {}\n  replay: {replay}", report.violations.join("\n  "))
+                        let violations: Vec<String> =
+                            report.violations.iter().map(ToString::to_string).collect();
+                        format!("\n  {}\n  replay: {replay}", violations.join("\n  "))
                     }
                 ),
             );
@@ -265,7 +267,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
                 faults: report.faults.values().sum(),
                 trace_hash: report.trace_hash.clone(),
                 page: format!("seed-{seed}.html"),
-                violations: report.violations.clone(),
+                violations: report.violations.iter().map(ToString::to_string).collect(),
             });
         }
         if !ok {

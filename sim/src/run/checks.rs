@@ -14,6 +14,7 @@ use larder_workloads::checker::{Budget, CheckConfig, check_history};
 
 use super::config::SimConfig;
 use super::hosts::NodeSlot;
+use super::verdict::{Digest, Linearizability, Violation};
 use crate::clock::SimClock;
 use crate::net::SimNet;
 use crate::trace::sim_now;
@@ -24,9 +25,6 @@ const LINEARIZABILITY_STATES_MAX: u64 = 20_000_000;
 /// Memory the checker's memo table may use per run (its own estimate, so deterministic).
 const LINEARIZABILITY_MEMORY_MAX: usize = 1 << 30;
 
-/// (applied index, state hash) of one replica of one group.
-type Digest = (u64, u64);
-
 /// What the checker client found after the workload.
 #[derive(Debug, Default)]
 pub(crate) struct Final {
@@ -36,7 +34,7 @@ pub(crate) struct Final {
     /// Each group's replicas in the newest routing table the checker saw.
     replicas: BTreeMap<GroupId, Vec<NodeId>>,
     first_success_ms: Option<u64>,
-    problems: Vec<String>,
+    problems: Vec<Violation>,
 }
 
 /// The checker client: after the workload, read every key (measuring how soon after the heal
@@ -95,7 +93,7 @@ async fn read_all(
     client: &mut ClusterClient<SimNet, SimClock>,
     keys: Vec<String>,
     end: Duration,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Violation>,
 ) -> BTreeMap<String, Option<String>> {
     let mut values = BTreeMap::new();
     for key in keys {
@@ -109,7 +107,10 @@ async fn read_all(
                     result = Some(Some(String::from_utf8_lossy(&bytes).into_owned()))
                 }
                 Ok(Reply::Nil) => result = Some(None),
-                Ok(other) => problems.push(format!("final read of {key} answered {other:?}")),
+                Ok(other) => problems.push(Violation::FinalReadAnswered {
+                    key: key.clone(),
+                    reply: format!("{other:?}"),
+                }),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -122,7 +123,7 @@ async fn read_all(
             Some(value) => {
                 values.insert(key, value);
             }
-            None => problems.push(format!("final read of {key} never succeeded")),
+            None => problems.push(Violation::FinalReadFailed { key }),
         }
     }
     values
@@ -149,7 +150,7 @@ async fn converge(
     client: &mut ClusterClient<SimNet, SimClock>,
     slots: &[(NodeId, NodeSlot)],
     give_up: Duration,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Violation>,
 ) -> (
     BTreeMap<GroupId, Vec<NodeId>>,
     BTreeMap<(GroupId, NodeId), Digest>,
@@ -194,7 +195,11 @@ async fn converge(
                     if let Some(status) = node(*id)
                         .and_then(|n| n.group_statuses().into_iter().find(|s| s.group == group))
                     {
-                        problems.push(format!("group {group} on node {id} at the end: {status:?}"));
+                        problems.push(Violation::ReplicaAtEnd {
+                            group,
+                            node: *id,
+                            status: format!("{status:?}"),
+                        });
                     }
                 }
             }
@@ -210,7 +215,7 @@ pub(crate) fn check(
     history: &[OpRecord],
     final_state: &Final,
     destroyed: &BTreeSet<NodeId>,
-) -> Vec<String> {
+) -> Vec<Violation> {
     let mut violations = final_state.problems.clone();
     check_liveness(config, final_state, &mut violations);
     check_counters(config, history, final_state, &mut violations);
@@ -221,16 +226,15 @@ pub(crate) fn check(
 }
 
 /// A read succeeded within `liveness` of the heal point.
-fn check_liveness(config: &SimConfig, final_state: &Final, violations: &mut Vec<String>) {
+fn check_liveness(config: &SimConfig, final_state: &Final, violations: &mut Vec<Violation>) {
     let heal_ms = config.heal_at().as_millis() as u64;
     match final_state.first_success_ms {
         Some(at) if at <= heal_ms + config.liveness.as_millis() as u64 => {}
-        Some(at) => violations.push(format!(
-            "liveness: first read succeeded {} ms after healing (bound {} ms)",
-            at - heal_ms,
-            config.liveness.as_millis()
-        )),
-        None => violations.push("liveness: no read succeeded after healing".into()),
+        Some(at) => violations.push(Violation::LivenessLate {
+            after_heal_ms: at - heal_ms,
+            bound_ms: config.liveness.as_millis() as u64,
+        }),
+        None => violations.push(Violation::LivenessNever),
     }
 }
 
@@ -240,7 +244,7 @@ fn check_counters(
     config: &SimConfig,
     history: &[OpRecord],
     final_state: &Final,
-    violations: &mut Vec<String>,
+    violations: &mut Vec<Violation>,
 ) {
     for index in 0..config.workload.counter_keys {
         let key = counter_key(index);
@@ -264,10 +268,12 @@ fn check_counters(
             .map_or(Ok(0), str::parse)
             .unwrap_or(i64::MIN);
         if value < low || value > low + unknown {
-            violations.push(format!(
-                "counter {key}: final value {value} outside [{low}, {}] (acknowledged sum, plus indeterminate)",
-                low + unknown
-            ));
+            violations.push(Violation::CounterOutOfRange {
+                key,
+                value,
+                low,
+                high: low + unknown,
+            });
         }
     }
 }
@@ -277,7 +283,7 @@ fn check_registers(
     config: &SimConfig,
     history: &[OpRecord],
     final_state: &Final,
-    violations: &mut Vec<String>,
+    violations: &mut Vec<Violation>,
 ) {
     for index in 0..config.workload.register_keys {
         let key = register_key(index);
@@ -288,11 +294,17 @@ fn check_registers(
             .iter()
             .find(|op| op.kind == OpKind::Set && op.key == key && op.value.as_ref() == Some(value));
         match writer {
-            None => violations.push(format!("register {key}: final value {value:?} was never written")),
-            Some(op) if op.status == OpStatus::Fail => violations.push(format!(
-                "register {key}: final value {value:?} comes from a write reported as failed ({:?})",
-                op.error
-            )),
+            None => violations.push(Violation::RegisterNeverWritten {
+                key,
+                value: value.clone(),
+            }),
+            Some(op) if op.status == OpStatus::Fail => {
+                violations.push(Violation::RegisterFromFailedWrite {
+                    key,
+                    value: value.clone(),
+                    error: op.error.clone(),
+                })
+            }
             Some(_) => {}
         }
     }
@@ -301,21 +313,27 @@ fn check_registers(
 /// A final routing table exists (fetched tables are checked: every slot has a group), and no
 /// group lists a destroyed node. Group ids may differ from the first table's: the center
 /// recreates a group that never formed under a new id.
-fn check_routing(final_state: &Final, destroyed: &BTreeSet<NodeId>, violations: &mut Vec<String>) {
+fn check_routing(
+    final_state: &Final,
+    destroyed: &BTreeSet<NodeId>,
+    violations: &mut Vec<Violation>,
+) {
     if final_state.replicas.is_empty() {
-        violations.push("no final routing table".into());
+        violations.push(Violation::NoFinalRouting);
     }
     for (group, members) in &final_state.replicas {
         for node in members.iter().filter(|n| destroyed.contains(n)) {
-            violations.push(format!(
-                "group {group} still lists destroyed node {node} as a replica: {members:?}"
-            ));
+            violations.push(Violation::DestroyedReplica {
+                group: *group,
+                node: *node,
+                replicas: members.clone(),
+            });
         }
     }
 }
 
 /// Replicas of a group that applied the same log hold the same state.
-fn check_replicas(final_state: &Final, violations: &mut Vec<String>) {
+fn check_replicas(final_state: &Final, violations: &mut Vec<Violation>) {
     for (&group, members) in &final_state.replicas {
         let digests: BTreeMap<NodeId, Digest> = final_state
             .digests
@@ -326,21 +344,16 @@ fn check_replicas(final_state: &Final, violations: &mut Vec<String>) {
         let hashes: BTreeSet<u64> = digests.values().map(|(_, hash)| *hash).collect();
         let indexes: BTreeSet<u64> = digests.values().map(|(index, _)| *index).collect();
         if digests.len() != members.len() || indexes.len() != 1 {
-            violations.push(format!(
-                "group {group}: replicas did not converge: {digests:?}"
-            ));
+            violations.push(Violation::ReplicasNotConverged { group, digests });
         } else if hashes.len() != 1 {
-            violations.push(format!(
-                "group {group}: replicas diverged at the same applied index: {digests:?}"
-            ));
+            violations.push(Violation::ReplicasDiverged { group, digests });
         }
     }
 }
 
 /// Every key's history must be linearizable (WGL search per key). The budget counts states,
-/// not seconds, so the verdict is as deterministic as the run. Returns the verdict's text and
-/// pushes a violation if the history is not linearizable or malformed.
-pub(crate) fn check_linearizability(history: &[OpRecord], violations: &mut Vec<String>) -> String {
+/// not seconds, so the verdict is as deterministic as the run.
+pub(crate) fn check_linearizability(history: &[OpRecord]) -> Linearizability {
     let budget = Budget::unlimited()
         .with_states_max(LINEARIZABILITY_STATES_MAX)
         .with_memory_max(LINEARIZABILITY_MEMORY_MAX);
@@ -349,15 +362,9 @@ pub(crate) fn check_linearizability(history: &[OpRecord], violations: &mut Vec<S
         &CheckConfig::default(),
         &budget,
     ) {
-        Ok(report) => {
-            if report.is_not_linearizable() {
-                violations.push(format!("linearizability: {report}"));
-            }
-            report.to_string().trim_end().to_string()
-        }
-        Err(error) => {
-            violations.push(format!("history is malformed: {error}"));
-            format!("history is malformed: {error}")
-        }
+        Ok(report) => Linearizability::Checked(report),
+        Err(error) => Linearizability::Malformed {
+            error: error.to_string(),
+        },
     }
 }

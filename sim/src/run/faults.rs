@@ -34,9 +34,10 @@ use std::time::Duration;
 
 use larder_core::NodeId;
 use larder_core::env::{Rng, SeededRng, derive_seed};
-use larder_faults::{Fault, FaultPlan, ScheduledFault};
+use larder_faults::{Fault, FaultKind, FaultPlan, ScheduledFault};
 
 use super::hosts::{NodeParts, center_leader, current_leader_of};
+use super::report::AppliedFault;
 use crate::clock::SimClock;
 use crate::disk::SimDisk;
 use crate::net::{NetFaults, host_name};
@@ -56,9 +57,9 @@ pub(crate) struct Injector<'a> {
     groups: u64,
     trace: Trace,
     /// Faults applied, by kind.
-    pub(crate) counts: BTreeMap<String, u64>,
-    /// Every fault as applied: (simulated ms, kind, description).
-    pub(crate) log: Vec<(u64, String, String)>,
+    pub(crate) counts: BTreeMap<FaultKind, u64>,
+    /// Every fault as applied.
+    pub(crate) log: Vec<AppliedFault>,
 }
 
 impl<'a> Injector<'a> {
@@ -115,17 +116,23 @@ impl<'a> Injector<'a> {
         if !self.healed && now >= self.heal_at {
             self.healed = true;
             heal_everything(sim, parts, net, &self.others);
-            self.log
-                .push((now.as_millis() as u64, "heal_all".into(), "heal all".into()));
+            self.log.push(AppliedFault {
+                at_ms: now.as_millis() as u64,
+                kind: FaultKind::HealAll,
+                detail: "heal all".into(),
+            });
             crate::trace_event!(self.trace, now, "sim", "heal all");
         }
         self.restart_fatal(sim, parts, now);
     }
 
-    fn record(&mut self, now: Duration, kind: &str, detail: String) {
-        *self.counts.entry(kind.to_string()).or_insert(0) += 1;
-        self.log
-            .push((now.as_millis() as u64, kind.to_string(), detail));
+    fn record(&mut self, now: Duration, kind: FaultKind, detail: String) {
+        *self.counts.entry(kind).or_insert(0) += 1;
+        self.log.push(AppliedFault {
+            at_ms: now.as_millis() as u64,
+            kind,
+            detail,
+        });
     }
 
     /// A disk error stops the group's Raft for good (as EIO would end a process): restart the
@@ -151,7 +158,7 @@ impl<'a> Injector<'a> {
             part.restart(sim);
             self.record(
                 now,
-                "restart_after_fatal",
+                FaultKind::RestartAfterFatal,
                 format!("restart n{} after: {reason}", part.id),
             );
         }

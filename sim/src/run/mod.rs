@@ -14,12 +14,14 @@
 //! - `faults`: fault injection and healing.
 //! - `checks`: the checker client and the invariants.
 //! - `report`: the run's report, the determinism check, the CI seed check.
+//! - `verdict`: the typed findings, [`Violation`] and [`Linearizability`].
 
 mod checks;
 mod config;
 mod faults;
 mod hosts;
 mod report;
+mod verdict;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -34,7 +36,8 @@ use crate::workload::History;
 
 pub use config::{SimConfig, center_id, proxy_id};
 pub(crate) use hosts::{NodeParts, current_leader, register_nodes};
-pub use report::{OpCounts, RunReport, check_determinism, check_seed};
+pub use report::{AppliedFault, OpCounts, RunReport, check_determinism, check_seed};
+pub use verdict::{Digest, Linearizability, Violation};
 
 use checks::{Final, check, check_linearizability};
 use faults::Injector;
@@ -102,7 +105,8 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let final_state = std::mem::take(&mut *final_state.lock().expect("final lock"));
     let destroyed: BTreeSet<NodeId> = parts.iter().filter(|p| p.destroyed).map(|p| p.id).collect();
     let mut violations = check(config, &history_records, &final_state, &destroyed);
-    let linearizability = check_linearizability(&history_records, &mut violations);
+    let linearizability = check_linearizability(&history_records);
+    violations.extend(linearizability.violation());
     let ops = OpCounts::of(&history_records);
     // Drop the nodes before the next run reuses this thread's state.
     for part in &parts {

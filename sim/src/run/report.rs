@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use larder_faults::FaultPlan;
+use larder_faults::{FaultKind, FaultPlan};
 use serde::Serialize;
 
 use super::config::SimConfig;
+use super::verdict::{Linearizability, Violation};
 use super::{SimError, run};
 use crate::workload::{OpRecord, OpStatus};
 
@@ -26,22 +27,33 @@ pub struct RunReport {
     pub wall_seconds: f64,
     pub ops: OpCounts,
     /// Faults applied, by kind (including automatic restarts after a disk error stopped Raft).
-    pub faults: BTreeMap<String, u64>,
+    pub faults: BTreeMap<FaultKind, u64>,
     /// The plan the run applied.
     pub plan: FaultPlan,
-    /// Every fault as applied: (simulated ms, kind, description), for timelines.
-    pub fault_log: Vec<(u64, String, String)>,
+    /// Every fault as applied, for timelines.
+    pub fault_log: Vec<AppliedFault>,
     pub trace_hash: String,
     pub trace_events: u64,
     /// Broken invariants; empty for a passing run.
-    pub violations: Vec<String>,
-    /// The linearizability checker's verdict on the history (`linearizable`,
-    /// `not linearizable …`, or `unknown …` when the search budget ran out).
-    pub linearizability: String,
+    pub violations: Vec<Violation>,
+    /// The linearizability checker's verdict on the history: linearizable, not linearizable
+    /// (also a violation), or unknown when the search budget ran out (not a violation).
+    pub linearizability: Linearizability,
     #[serde(skip)]
     pub events: Option<Vec<String>>,
     #[serde(skip)]
     pub history: Vec<OpRecord>,
+}
+
+/// One fault as the harness applied it (planned, the heal point, or a restart after a fatal
+/// disk error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppliedFault {
+    /// Simulated time.
+    pub at_ms: u64,
+    pub kind: FaultKind,
+    /// The fault in full (`Crash { node: 2 }`), or what happened.
+    pub detail: String,
 }
 
 impl OpCounts {
@@ -77,9 +89,14 @@ pub fn check_seed(config: &SimConfig, replay: &str) -> Result<RunReport, String>
         ));
     }
     if !report.passed() {
+        let violations: Vec<String> = report
+            .violations
+            .iter()
+            .map(|violation| format!("\n  - {violation}"))
+            .collect();
         return Err(format!(
-            "seed {seed} violated invariants: {:#?}\nreplay: {replay}",
-            report.violations
+            "seed {seed} violated invariants:{}\nreplay: {replay}",
+            violations.concat()
         ));
     }
     if report.ops.ok == 0 {
