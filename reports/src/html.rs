@@ -5,7 +5,8 @@
 use std::fmt::Write as _;
 
 use larder_sim::RunReport;
-use larder_sim::workload::{OpKind, OpRecord, OpStatus};
+use larder_sim::workload::op_fields;
+use larder_workloads::{Function, Operation, Outcome};
 
 const WIDTH: f64 = 1100.0;
 const LEFT: f64 = 70.0;
@@ -27,12 +28,19 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-fn colour(status: &OpStatus) -> &'static str {
-    match status {
-        OpStatus::Ok => "#2e7d32",
-        OpStatus::Fail => "#9e9e9e",
-        OpStatus::Info => "#ef6c00",
+fn colour(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ok => "#2e7d32",
+        Outcome::Fail => "#9e9e9e",
+        Outcome::Info => "#ef6c00",
     }
+}
+
+/// Simulated milliseconds of an operation's invocation and completion (an operation that never
+/// completed is drawn as an instant).
+fn span_ms(op: &Operation) -> (u64, u64) {
+    let invoke = op.invoke_ns / 1_000_000;
+    (invoke, op.complete_ns.map_or(invoke, |end| end / 1_000_000))
 }
 
 /// Keys a violation names (a counter's or a register's), to highlight their ops.
@@ -112,23 +120,23 @@ pub fn run_page(report: &RunReport, replay: &str) -> String {
                   <span style=\"color:#2e7d32\">ok</span>, <span style=\"color:#9e9e9e\">fail</span>, \
                   <span style=\"color:#ef6c00\">info</span>. Red lines: faults (hover for details). \
                   Ops on a key a violation names are outlined red, and their time span shaded.</p>");
-    out.push_str(&timeline(report));
+    let operations = report.history.operations().unwrap_or_default();
+    out.push_str(&timeline(report, &operations));
     out.push_str("<h2>Latency</h2><p>Completion time minus invoke time, by invoke time.</p>");
-    out.push_str(&latency_plot(&report.history));
+    out.push_str(&latency_plot(&operations));
     out.push_str("</body></html>\n");
     out
 }
 
-fn timeline(report: &RunReport) -> String {
-    let history = &report.history;
+fn timeline(report: &RunReport, history: &[Operation]) -> String {
     let end_ms = history
         .iter()
-        .map(|op| op.complete_ms)
+        .map(|op| span_ms(op).1)
         .chain(report.fault_log.iter().map(|fault| fault.at_ms))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let mut clients: Vec<u64> = history.iter().map(|op| op.client).collect();
+    let mut clients: Vec<u64> = history.iter().map(|op| op.process).collect();
     clients.sort_unstable();
     clients.dedup();
     let height = 40.0 + ROW * clients.len() as f64;
@@ -140,13 +148,13 @@ fn timeline(report: &RunReport) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" style=\"border:1px solid #ddd\">"
     );
     // The failing window: from the first to the last op on a failing key.
-    let window: Vec<&OpRecord> = history
+    let window: Vec<&Operation> = history
         .iter()
         .filter(|op| failing.contains(&op.key))
         .collect();
     if let (Some(start), Some(end)) = (
-        window.iter().map(|op| op.invoke_ms).min(),
-        window.iter().map(|op| op.complete_ms).max(),
+        window.iter().map(|op| span_ms(op).0).min(),
+        window.iter().map(|op| span_ms(op).1).max(),
     ) {
         let _ = write!(
             svg,
@@ -162,7 +170,9 @@ fn timeline(report: &RunReport) -> String {
             "<text x=\"4\" y=\"{:.1}\" font-size=\"11\">n{client}</text>",
             y + 10.0
         );
-        for op in history.iter().filter(|op| op.client == *client) {
+        for op in history.iter().filter(|op| op.process == *client) {
+            let (invoke_ms, complete_ms) = span_ms(op);
+            let (kind, value, delta) = op_fields(op.f, &op.value, &op.output, op.outcome);
             let stroke = if failing.contains(&op.key) {
                 " stroke=\"#c62828\" stroke-width=\"1\""
             } else {
@@ -171,19 +181,14 @@ fn timeline(report: &RunReport) -> String {
             let _ = write!(
                 svg,
                 "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"10\" fill=\"{}\"{stroke}><title>{}</title></rect>",
-                x(op.invoke_ms),
+                x(invoke_ms),
                 y + 2.0,
-                (x(op.complete_ms) - x(op.invoke_ms)).max(0.8),
-                colour(&op.status),
+                (x(complete_ms) - x(invoke_ms)).max(0.8),
+                colour(op.outcome),
                 escape(&format!(
-                    "{:?} {} {:?} {} [{} .. {} ms] {:?} {}",
-                    op.kind,
+                    "{kind} {} {value:?} {delta} [{invoke_ms} .. {complete_ms} ms] {:?} {}",
                     op.key,
-                    op.value,
-                    op.delta,
-                    op.invoke_ms,
-                    op.complete_ms,
-                    op.status,
+                    op.outcome,
                     op.error.as_deref().unwrap_or("")
                 ))
             );
@@ -204,20 +209,19 @@ fn timeline(report: &RunReport) -> String {
     svg
 }
 
-fn latency_plot(history: &[OpRecord]) -> String {
+fn latency_plot(history: &[Operation]) -> String {
     let height = 260.0;
+    let latency_ms = |op: &Operation| {
+        let (invoke, complete) = span_ms(op);
+        complete.saturating_sub(invoke)
+    };
     let end_ms = history
         .iter()
-        .map(|op| op.invoke_ms)
+        .map(|op| span_ms(op).0)
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let max_latency = history
-        .iter()
-        .map(|op| op.complete_ms.saturating_sub(op.invoke_ms))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
+    let max_latency = history.iter().map(latency_ms).max().unwrap_or(1).max(1) as f64;
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -227,19 +231,19 @@ fn latency_plot(history: &[OpRecord]) -> String {
         height - 6.0
     );
     for op in history {
-        let latency = op.complete_ms.saturating_sub(op.invoke_ms) as f64;
-        let cx = LEFT + (WIDTH - LEFT - 10.0) * op.invoke_ms as f64 / end_ms;
+        let latency = latency_ms(op) as f64;
+        let cx = LEFT + (WIDTH - LEFT - 10.0) * span_ms(op).0 as f64 / end_ms;
         let cy = height - 10.0 - (height - 30.0) * latency / max_latency;
-        let shape = match op.kind {
-            OpKind::Set => "#1565c0",
-            OpKind::Get => "#6a1b9a",
-            OpKind::Incr => "#00838f",
-            OpKind::Append => "#ad1457",
+        let shape = match op.f {
+            Function::Write | Function::Cas => "#1565c0",
+            Function::Read => "#6a1b9a",
+            Function::Add => "#00838f",
+            Function::Append => "#ad1457",
         };
-        let fill = if op.status == OpStatus::Ok {
+        let fill = if op.outcome == Outcome::Ok {
             shape
         } else {
-            colour(&op.status)
+            colour(op.outcome)
         };
         let _ = write!(
             svg,

@@ -323,7 +323,7 @@ fn write_reports(
         format!("seed-{seed}.json"),
         larder_reports::summary_json(report),
     )?;
-    let history = larder_sim::workload::to_history(&report.history).to_jsonl_string();
+    let history = report.history.to_jsonl_string();
     write(format!("seed-{seed}.history.jsonl"), history)
 }
 

@@ -10,15 +10,17 @@ use larder_nodes::cluster::ClusterClient;
 
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
-use larder_workloads::checker::{Budget, CheckConfig, check_history};
+use larder_workloads::checker::{Budget, CheckConfig, check_operations};
+use larder_workloads::{Function, History, HistoryError, Operation, Outcome, Value};
 
 use super::config::SimConfig;
 use super::hosts::NodeSlot;
+use super::report::OpCounts;
 use super::verdict::{Digest, Linearizability, Violation};
 use crate::clock::SimClock;
 use crate::net::SimNet;
 use crate::trace::sim_now;
-use crate::workload::{OpKind, OpRecord, OpStatus, WorkloadConfig, counter_key, register_key};
+use crate::workload::{WorkloadConfig, counter_key, register_key};
 
 /// Search states the linearizability checker may explore per run before answering `unknown`.
 const LINEARIZABILITY_STATES_MAX: u64 = 20_000_000;
@@ -209,10 +211,30 @@ async fn converge(
     }
 }
 
-/// The invariants a run must keep.
-pub(crate) fn check(
+/// The run's findings from the history its clients recorded and what the checker client
+/// found: operation counts, broken invariants (the linearizability verdict's included) and the
+/// verdict.
+pub(crate) fn judge(
     config: &SimConfig,
-    history: &[OpRecord],
+    history: &mut History,
+    final_state: &Final,
+    destroyed: &BTreeSet<NodeId>,
+) -> (OpCounts, Vec<Violation>, Linearizability) {
+    // Clients record concurrently at millisecond resolution: put events with equal times in
+    // one canonical order (by process), which is the order the history has always had.
+    history.sort_by_time();
+    let operations = history.operations();
+    let paired = operations.as_deref().unwrap_or_default();
+    let mut violations = check(config, paired, final_state, destroyed);
+    let linearizability = check_linearizability(&operations);
+    violations.extend(linearizability.violation());
+    (OpCounts::of(paired), violations, linearizability)
+}
+
+/// The invariants a run must keep.
+fn check(
+    config: &SimConfig,
+    history: &[Operation],
     final_state: &Final,
     destroyed: &BTreeSet<NodeId>,
 ) -> Vec<Violation> {
@@ -242,7 +264,7 @@ fn check_liveness(config: &SimConfig, final_state: &Final, violations: &mut Vec<
 /// indeterminate ones; definitely failed increments must not count.
 fn check_counters(
     config: &SimConfig,
-    history: &[OpRecord],
+    history: &[Operation],
     final_state: &Final,
     violations: &mut Vec<Violation>,
 ) {
@@ -250,16 +272,14 @@ fn check_counters(
         let key = counter_key(index);
         let ops = history
             .iter()
-            .filter(|op| op.kind == OpKind::Incr && op.key == key);
-        let low: i64 = ops
-            .clone()
-            .filter(|op| op.status == OpStatus::Ok)
-            .map(|op| op.delta)
-            .sum();
-        let unknown: i64 = ops
-            .filter(|op| op.status == OpStatus::Info)
-            .map(|op| op.delta)
-            .sum();
+            .filter(|op| op.f == Function::Add && op.key == key);
+        let sum = |outcome: Outcome| -> i64 {
+            ops.clone()
+                .filter(|op| op.outcome == outcome)
+                .filter_map(|op| op.value.as_int())
+                .sum()
+        };
+        let (low, unknown) = (sum(Outcome::Ok), sum(Outcome::Info));
         let Some(value) = final_state.values.get(&key) else {
             continue;
         };
@@ -281,7 +301,7 @@ fn check_counters(
 /// Registers: the final value was written by a set that did not definitely fail.
 fn check_registers(
     config: &SimConfig,
-    history: &[OpRecord],
+    history: &[Operation],
     final_state: &Final,
     violations: &mut Vec<Violation>,
 ) {
@@ -290,15 +310,16 @@ fn check_registers(
         let Some(Some(value)) = final_state.values.get(&key) else {
             continue;
         };
+        let written = Value::Str(value.clone());
         let writer = history
             .iter()
-            .find(|op| op.kind == OpKind::Set && op.key == key && op.value.as_ref() == Some(value));
+            .find(|op| op.f == Function::Write && op.key == key && op.value == written);
         match writer {
             None => violations.push(Violation::RegisterNeverWritten {
                 key,
                 value: value.clone(),
             }),
-            Some(op) if op.status == OpStatus::Fail => {
+            Some(op) if op.outcome == Outcome::Fail => {
                 violations.push(Violation::RegisterFromFailedWrite {
                     key,
                     value: value.clone(),
@@ -353,16 +374,16 @@ fn check_replicas(final_state: &Final, violations: &mut Vec<Violation>) {
 
 /// Every key's history must be linearizable (WGL search per key). The budget counts states,
 /// not seconds, so the verdict is as deterministic as the run.
-pub(crate) fn check_linearizability(history: &[OpRecord]) -> Linearizability {
+fn check_linearizability(operations: &Result<Vec<Operation>, HistoryError>) -> Linearizability {
     let budget = Budget::unlimited()
         .with_states_max(LINEARIZABILITY_STATES_MAX)
         .with_memory_max(LINEARIZABILITY_MEMORY_MAX);
-    match check_history(
-        &crate::workload::to_history(history),
-        &CheckConfig::default(),
-        &budget,
-    ) {
-        Ok(report) => Linearizability::Checked(report),
+    match operations {
+        Ok(operations) => Linearizability::Checked(check_operations(
+            operations,
+            &CheckConfig::default(),
+            &budget,
+        )),
         Err(error) => Linearizability::Malformed {
             error: error.to_string(),
         },

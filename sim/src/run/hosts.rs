@@ -25,8 +25,8 @@ use crate::env::SimEnv;
 use crate::net::{NetFaults, SimListener, SimNet, host_name};
 use crate::trace::{Trace, sim_now};
 use crate::workload::{
-    GROUP, History, PROXY_PORT, RespClient, client_config, client_id, cluster_client, group_client,
-    run_client,
+    GROUP, PROXY_PORT, RespClient, SharedHistory, client_config, client_id, cluster_client,
+    group_client, run_client,
 };
 
 /// Where a node process publishes itself once started (empty while it is down), so the
@@ -328,7 +328,7 @@ pub(crate) fn register_clients(
     config: &SimConfig,
     trace: &Trace,
     net_faults: &NetFaults,
-    history: &History,
+    history: &SharedHistory,
 ) -> Vec<NodeId> {
     let seed = config.seed;
     let client_ids: Vec<NodeId> = (0..config.clients).map(client_id).collect();

@@ -32,14 +32,14 @@ use larder_core::env::derive_seed;
 
 use crate::net::NetFaults;
 use crate::trace::Trace;
-use crate::workload::History;
+use crate::workload::SharedHistory;
 
 pub use config::{SimConfig, center_id, proxy_id};
 pub(crate) use hosts::{NodeParts, current_leader, register_nodes};
 pub use report::{AppliedFault, OpCounts, RunReport, check_determinism, check_seed};
 pub use verdict::{Digest, Linearizability, Violation};
 
-use checks::{Final, check, check_linearizability};
+use checks::{Final, judge};
 use faults::Injector;
 use hosts::{register_checker, register_clients, register_proxies};
 
@@ -61,7 +61,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         Trace::default()
     };
     let plan = config.plan();
-    let history = History::default();
+    let history = SharedHistory::default();
     let net_faults = NetFaults::default();
     let final_state: Arc<Mutex<Final>> = Arc::default();
 
@@ -101,13 +101,10 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     }
 
     let sim_elapsed = sim.elapsed();
-    let history_records = history.records();
+    let mut history = std::mem::take(&mut *history.lock().expect("history lock"));
     let final_state = std::mem::take(&mut *final_state.lock().expect("final lock"));
     let destroyed: BTreeSet<NodeId> = parts.iter().filter(|p| p.destroyed).map(|p| p.id).collect();
-    let mut violations = check(config, &history_records, &final_state, &destroyed);
-    let linearizability = check_linearizability(&history_records);
-    violations.extend(linearizability.violation());
-    let ops = OpCounts::of(&history_records);
+    let (ops, violations, linearizability) = judge(config, &mut history, &final_state, &destroyed);
     // Drop the nodes before the next run reuses this thread's state.
     for part in &parts {
         part.slot.lock().expect("slot lock").take();
@@ -126,7 +123,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         violations,
         linearizability,
         events: trace.events(),
-        history: history_records,
+        history,
     })
 }
 

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use larder_faults::{FaultKind, FaultPlan};
+use larder_workloads::{History, Operation, Outcome};
 use serde::Serialize;
 
 use super::config::SimConfig;
 use super::verdict::{Linearizability, Violation};
 use super::{SimError, run};
-use crate::workload::{OpRecord, OpStatus};
 
 /// Counts of operations by outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -41,8 +41,9 @@ pub struct RunReport {
     pub linearizability: Linearizability,
     #[serde(skip)]
     pub events: Option<Vec<String>>,
+    /// Every client operation: invocation and completion events (`history.jsonl`).
     #[serde(skip)]
-    pub history: Vec<OpRecord>,
+    pub history: History,
 }
 
 /// One fault as the harness applied it (planned, the heal point, or a restart after a fatal
@@ -58,13 +59,13 @@ pub struct AppliedFault {
 
 impl OpCounts {
     /// Counts the operations of a history by outcome.
-    pub(crate) fn of(history: &[OpRecord]) -> OpCounts {
+    pub(crate) fn of(operations: &[Operation]) -> OpCounts {
         let mut ops = OpCounts::default();
-        for record in history {
-            match record.status {
-                OpStatus::Ok => ops.ok += 1,
-                OpStatus::Fail => ops.fail += 1,
-                OpStatus::Info => ops.info += 1,
+        for op in operations {
+            match op.outcome {
+                Outcome::Ok => ops.ok += 1,
+                Outcome::Fail => ops.fail += 1,
+                Outcome::Info => ops.info += 1,
             }
         }
         ops
