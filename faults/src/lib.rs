@@ -68,31 +68,31 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// A short stable name per kind, for counting faults by type.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind, for counting faults by type.
+    pub fn kind(&self) -> FaultKind {
         match self {
-            Fault::Partition { .. } => "partition",
-            Fault::PartitionOneWay { .. } => "partition_one_way",
-            Fault::IsolateLeader => "isolate_leader",
-            Fault::HealPartitions => "heal_partitions",
-            Fault::MessageLoss { .. } => "message_loss",
-            Fault::MessageDuplication { .. } => "message_duplication",
-            Fault::MessageDelay { .. } => "message_delay",
-            Fault::HealMessages => "heal_messages",
-            Fault::Crash { .. } => "crash",
-            Fault::Restart { .. } => "restart",
-            Fault::SlowDisk { .. } => "slow_disk",
-            Fault::DiskErrors { .. } => "disk_errors",
-            Fault::HealDisk { .. } => "heal_disk",
-            Fault::ClockOffset { .. } => "clock_offset",
-            Fault::ClockDrift { .. } => "clock_drift",
-            Fault::ClockJump { .. } => "clock_jump",
-            Fault::HealClock { .. } => "heal_clock",
-            Fault::Pause { .. } => "pause",
-            Fault::Resume { .. } => "resume",
-            Fault::CrashCenterLeader => "crash_center_leader",
-            Fault::RestartCenters => "restart_centers",
-            Fault::Destroy { .. } => "destroy",
+            Fault::Partition { .. } => FaultKind::Partition,
+            Fault::PartitionOneWay { .. } => FaultKind::PartitionOneWay,
+            Fault::IsolateLeader => FaultKind::IsolateLeader,
+            Fault::HealPartitions => FaultKind::HealPartitions,
+            Fault::MessageLoss { .. } => FaultKind::MessageLoss,
+            Fault::MessageDuplication { .. } => FaultKind::MessageDuplication,
+            Fault::MessageDelay { .. } => FaultKind::MessageDelay,
+            Fault::HealMessages => FaultKind::HealMessages,
+            Fault::Crash { .. } => FaultKind::Crash,
+            Fault::Restart { .. } => FaultKind::Restart,
+            Fault::SlowDisk { .. } => FaultKind::SlowDisk,
+            Fault::DiskErrors { .. } => FaultKind::DiskErrors,
+            Fault::HealDisk { .. } => FaultKind::HealDisk,
+            Fault::ClockOffset { .. } => FaultKind::ClockOffset,
+            Fault::ClockDrift { .. } => FaultKind::ClockDrift,
+            Fault::ClockJump { .. } => FaultKind::ClockJump,
+            Fault::HealClock { .. } => FaultKind::HealClock,
+            Fault::Pause { .. } => FaultKind::Pause,
+            Fault::Resume { .. } => FaultKind::Resume,
+            Fault::CrashCenterLeader => FaultKind::CrashCenterLeader,
+            Fault::RestartCenters => FaultKind::RestartCenters,
+            Fault::Destroy { .. } => FaultKind::Destroy,
         }
     }
 
@@ -108,6 +108,92 @@ impl Fault {
                 | Fault::Resume { .. }
                 | Fault::RestartCenters
         )
+    }
+}
+
+/// The kind of a [`Fault`] (its serde tag), plus the two things the harness does that no plan
+/// schedules: healing everything at the heal point and restarting a node whose Raft stopped on
+/// a disk error. Serialized as its snake_case name (`"crash_center_leader"`), and ordered by
+/// that name, so maps keyed by kind print as they did when keyed by the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    Partition,
+    PartitionOneWay,
+    IsolateLeader,
+    HealPartitions,
+    MessageLoss,
+    MessageDuplication,
+    MessageDelay,
+    HealMessages,
+    Crash,
+    Restart,
+    SlowDisk,
+    DiskErrors,
+    HealDisk,
+    ClockOffset,
+    ClockDrift,
+    ClockJump,
+    HealClock,
+    Pause,
+    Resume,
+    CrashCenterLeader,
+    RestartCenters,
+    Destroy,
+    /// Everything repaired at the heal point (not a planned fault).
+    HealAll,
+    /// A node restarted by the harness after a disk error stopped its Raft (not planned).
+    RestartAfterFatal,
+}
+
+impl FaultKind {
+    /// The stable snake_case name (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::PartitionOneWay => "partition_one_way",
+            FaultKind::IsolateLeader => "isolate_leader",
+            FaultKind::HealPartitions => "heal_partitions",
+            FaultKind::MessageLoss => "message_loss",
+            FaultKind::MessageDuplication => "message_duplication",
+            FaultKind::MessageDelay => "message_delay",
+            FaultKind::HealMessages => "heal_messages",
+            FaultKind::Crash => "crash",
+            FaultKind::Restart => "restart",
+            FaultKind::SlowDisk => "slow_disk",
+            FaultKind::DiskErrors => "disk_errors",
+            FaultKind::HealDisk => "heal_disk",
+            FaultKind::ClockOffset => "clock_offset",
+            FaultKind::ClockDrift => "clock_drift",
+            FaultKind::ClockJump => "clock_jump",
+            FaultKind::HealClock => "heal_clock",
+            FaultKind::Pause => "pause",
+            FaultKind::Resume => "resume",
+            FaultKind::CrashCenterLeader => "crash_center_leader",
+            FaultKind::RestartCenters => "restart_centers",
+            FaultKind::Destroy => "destroy",
+            FaultKind::HealAll => "heal_all",
+            FaultKind::RestartAfterFatal => "restart_after_fatal",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialOrd for FaultKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// By name, not declaration order: counts by kind list alphabetically.
+impl Ord for FaultKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -216,7 +302,7 @@ impl FaultPlan {
     }
 
     /// Kinds and how many times each appears (heals included).
-    pub fn counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+    pub fn counts(&self) -> std::collections::BTreeMap<FaultKind, u64> {
         let mut counts = std::collections::BTreeMap::new();
         for event in &self.events {
             *counts.entry(event.fault.kind()).or_insert(0) += 1;
@@ -500,6 +586,31 @@ mod tests {
     }
 
     #[test]
+    fn a_kind_serializes_as_its_faults_tag_and_orders_by_name() {
+        let roles = Roles {
+            storage: vec![1, 2, 3, 4, 5],
+            centers: vec![301, 302, 303],
+            proxies: vec![200],
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..50 {
+            let config = PlanConfig::swarm(seed);
+            for event in FaultPlan::generate_roles(seed, &roles, 30_000, &config).events {
+                let fault = serde_json::to_value(&event.fault).expect("fault serializes");
+                let kind = serde_json::to_value(event.fault.kind()).expect("kind serializes");
+                assert_eq!(fault["kind"], kind);
+                assert_eq!(kind, event.fault.kind().as_str());
+                seen.insert(event.fault.kind());
+            }
+        }
+        assert!(seen.len() > 10, "plans draw many kinds: {seen:?}");
+        let names: Vec<&str> = seen.iter().map(|kind| kind.as_str()).collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+        let back: FaultKind = serde_json::from_str("\"restart_after_fatal\"").expect("parses");
+        assert_eq!(back, FaultKind::RestartAfterFatal);
+    }
+
+    #[test]
     fn never_crashes_a_majority_at_once() {
         for seed in 0..200 {
             let plan = FaultPlan::generate(seed, &[1, 2, 3], 60_000, &PlanConfig::default());
@@ -564,8 +675,12 @@ mod tests {
             }
             kinds.extend(plan.events.iter().map(|e| e.fault.kind()));
         }
-        for kind in ["destroy", "crash_center_leader", "restart_centers"] {
-            assert!(kinds.contains(kind), "no seed of 50 drew {kind}");
+        for kind in [
+            FaultKind::Destroy,
+            FaultKind::CrashCenterLeader,
+            FaultKind::RestartCenters,
+        ] {
+            assert!(kinds.contains(&kind), "no seed of 50 drew {kind}");
         }
         // Without centers a role plan is the storage plan.
         let bare = Roles {

@@ -19,7 +19,8 @@ use clap::Args;
 use larder_core::env::{Rng, SeededRng};
 use larder_core::resp::{self, Frame};
 use larder_workloads::checker::{Budget, CheckConfig, check_history};
-use larder_workloads::history::{Function, History, OpKind, Value};
+use larder_workloads::driver::{Driver, Executor, Request, Response, Timer, WorkloadConfig};
+use larder_workloads::history::History;
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Args, Debug, Clone)]
@@ -43,8 +44,6 @@ pub struct JepsenArgs {
 
 const NODES: [u64; 3] = [1, 2, 3];
 const PROXY: u64 = 1001;
-const REGISTERS: u64 = 4;
-const COUNTERS: u64 = 2;
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -180,124 +179,75 @@ impl Epoch {
     }
 }
 
-async fn request(
+/// A client's connection to the proxy (reopened after errors), one request at a time.
+struct ProxyConnection {
+    proxy: SocketAddr,
+    connection: Option<(TcpStream, Vec<u8>)>,
+}
+
+impl Executor for ProxyConnection {
+    async fn execute(&mut self, request: &Request) -> Response {
+        if self.connection.is_none()
+            && let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(self.proxy)).await
+        {
+            self.connection = Some((stream, Vec::new()));
+        }
+        let Some((stream, buffer)) = self.connection.as_mut() else {
+            return request.lost("cannot connect to the proxy".into());
+        };
+        match tokio::time::timeout(Duration::from_secs(10), send(stream, buffer, &request.args))
+            .await
+        {
+            Ok(Ok(frame)) => Response::from_frame(frame),
+            Ok(Err(error)) => {
+                self.connection = None;
+                request.lost(error.to_string())
+            }
+            Err(_) => {
+                self.connection = None;
+                request.lost("no reply in 10 s".into())
+            }
+        }
+    }
+}
+
+impl Timer for Epoch {
+    fn now_ns(&self) -> u64 {
+        self.ns()
+    }
+
+    async fn sleep_ms(&self, ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+async fn send(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
-    args: &[&[u8]],
+    args: &[impl AsRef<[u8]>],
 ) -> std::io::Result<Frame> {
     let mut out = Vec::new();
     resp::encode_request(args, &mut out);
     larder_proxy::round_trip(stream, buffer, &out).await
 }
 
-/// One client: a single connection to the proxy (reopened after errors), one op at a time.
+/// One client: the workload driver over its own connection to the proxy.
 async fn client(
     process: u64,
     proxy: SocketAddr,
     seed: u64,
-    until: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
     history: Arc<Mutex<History>>,
     epoch: Epoch,
 ) {
-    let mut rng = SeededRng::new(seed);
-    let mut connection: Option<(TcpStream, Vec<u8>)> = None;
-    let mut sequence = 0u64;
-    while !until.load(Ordering::SeqCst) {
-        sequence += 1;
-        let roll = rng.below(10);
-        let (f, key, args, value): (Function, String, Vec<Vec<u8>>, Value) = if roll < 4 {
-            let key = format!("reg:{}", rng.below(REGISTERS));
-            let value = format!("{process}-{sequence}");
-            let args = vec![
-                b"SET".to_vec(),
-                key.clone().into_bytes(),
-                value.clone().into_bytes(),
-            ];
-            (Function::Write, key, args, Value::from(value))
-        } else if roll < 7 {
-            let key = format!("reg:{}", rng.below(REGISTERS));
-            (
-                Function::Read,
-                key.clone(),
-                vec![b"GET".to_vec(), key.into_bytes()],
-                Value::Null,
-            )
-        } else if roll < 9 {
-            let key = format!("ctr:{}", rng.below(COUNTERS));
-            let delta = 1 + rng.below(5) as i64;
-            let args = vec![
-                b"INCRBY".to_vec(),
-                key.clone().into_bytes(),
-                delta.to_string().into_bytes(),
-            ];
-            (Function::Add, key, args, Value::Int(delta))
-        } else {
-            let key = format!("ctr:{}", rng.below(COUNTERS));
-            (
-                Function::Read,
-                key.clone(),
-                vec![b"GET".to_vec(), key.into_bytes()],
-                Value::Null,
-            )
-        };
-        let counter = key.starts_with("ctr:");
-        history
-            .lock()
-            .expect("history lock")
-            .invoke(epoch.ns(), process, f, key, value.clone());
-        if connection.is_none()
-            && let Ok(Ok(stream)) =
-                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(proxy)).await
-        {
-            connection = Some((stream, Vec::new()));
-        }
-        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        let outcome = match connection.as_mut() {
-            None => Err("cannot connect to the proxy".to_string()),
-            Some((stream, buffer)) => {
-                match tokio::time::timeout(Duration::from_secs(10), request(stream, buffer, &refs))
-                    .await
-                {
-                    Ok(Ok(frame)) => Ok(frame),
-                    Ok(Err(error)) => Err(error.to_string()),
-                    Err(_) => Err("no reply in 10 s".into()),
-                }
-            }
-        };
-        let (kind, output) = match outcome {
-            Ok(Frame::Error(text)) if text.starts_with("TRYAGAIN") => (OpKind::Fail, value),
-            Ok(Frame::Error(text)) if text.starts_with("ERR indeterminate") => {
-                (OpKind::Info, value)
-            }
-            Ok(Frame::Error(_)) => (OpKind::Info, value),
-            Ok(Frame::Bulk(Some(bytes))) => {
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                // Counters are read as integers, registers as strings.
-                match text.parse::<i64>() {
-                    Ok(n) if counter => (OpKind::Ok, Value::Int(n)),
-                    _ => (OpKind::Ok, Value::from(text)),
-                }
-            }
-            Ok(Frame::Bulk(None) | Frame::Null) => (OpKind::Ok, Value::Null),
-            Ok(Frame::Integer(_)) | Ok(Frame::Simple(_)) => (OpKind::Ok, value),
-            Ok(_) => (OpKind::Info, value),
-            Err(_) => {
-                connection = None;
-                // A lost reply: a write may have happened; a read had no effect.
-                let kind = if f == Function::Read {
-                    OpKind::Fail
-                } else {
-                    OpKind::Info
-                };
-                (kind, value)
-            }
-        };
-        history
-            .lock()
-            .expect("history lock")
-            .complete(epoch.ns(), process, kind, output);
-        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
-    }
+    let connection = ProxyConnection {
+        proxy,
+        connection: None,
+    };
+    Driver::new(process, WorkloadConfig::jepsen(), seed, connection, epoch)
+        .run(&history, || !stop.load(Ordering::SeqCst), |_| {})
+        .await;
 }
 
 fn write_configs(
@@ -400,7 +350,7 @@ pub fn jepsen(args: JepsenArgs) -> anyhow::Result<bool> {
                 let mut buffer = Vec::new();
                 if let Ok(Ok(Frame::Simple(_))) = tokio::time::timeout(
                     Duration::from_secs(2),
-                    request(&mut stream, &mut buffer, &[b"SET", b"jepsen:ready", b"1"]),
+                    send(&mut stream, &mut buffer, &["SET", "jepsen:ready", "1"]),
                 )
                 .await
                 {

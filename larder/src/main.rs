@@ -7,6 +7,11 @@
 //! It is the top-level package `larder/`: it depends on every other crate (the roles, the real
 //! environment, the simulator, the reports) and nothing depends on it.
 
+// The binary assembles real processes (files, sockets, signals, real time): the bans that
+// keep simulated code on the environment traits do not apply to it. The simulator it runs
+// lives in larder-sim, which keeps them.
+#![allow(clippy::disallowed_methods)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -234,7 +239,9 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
                     if ok {
                         String::new()
                     } else {
-                        format!("\n  {}\n  replay: {replay}", report.violations.join("\n  "))
+                        let violations: Vec<String> =
+                            report.violations.iter().map(ToString::to_string).collect();
+                        format!("\n  {}\n  replay: {replay}", violations.join("\n  "))
                     }
                 ),
             );
@@ -264,7 +271,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
                 faults: report.faults.values().sum(),
                 trace_hash: report.trace_hash.clone(),
                 page: format!("seed-{seed}.html"),
-                violations: report.violations.clone(),
+                violations: report.violations.iter().map(ToString::to_string).collect(),
             });
         }
         if !ok {
@@ -320,7 +327,7 @@ fn write_reports(
         format!("seed-{seed}.json"),
         larder_reports::summary_json(report),
     )?;
-    let history = larder_sim::workload::to_history(&report.history).to_jsonl_string();
+    let history = report.history.to_jsonl_string();
     write(format!("seed-{seed}.history.jsonl"), history)
 }
 

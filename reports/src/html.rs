@@ -5,7 +5,8 @@
 use std::fmt::Write as _;
 
 use larder_sim::RunReport;
-use larder_sim::workload::{OpKind, OpRecord, OpStatus};
+use larder_sim::workload::op_fields;
+use larder_workloads::{Function, Operation, Outcome};
 
 const WIDTH: f64 = 1100.0;
 const LEFT: f64 = 70.0;
@@ -27,26 +28,28 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-fn colour(status: &OpStatus) -> &'static str {
-    match status {
-        OpStatus::Ok => "#2e7d32",
-        OpStatus::Fail => "#9e9e9e",
-        OpStatus::Info => "#ef6c00",
+fn colour(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ok => "#2e7d32",
+        Outcome::Fail => "#9e9e9e",
+        Outcome::Info => "#ef6c00",
     }
 }
 
-/// Keys a violation names (`counter c:0: …`, `register r:1: …`), to highlight their ops.
+/// Simulated milliseconds of an operation's invocation and completion (an operation that never
+/// completed is drawn as an instant).
+fn span_ms(op: &Operation) -> (u64, u64) {
+    let invoke = op.invoke_ns / 1_000_000;
+    (invoke, op.complete_ns.map_or(invoke, |end| end / 1_000_000))
+}
+
+/// Keys a violation names (a counter's or a register's), to highlight their ops.
 fn failing_keys(report: &RunReport) -> Vec<String> {
-    let mut keys = Vec::new();
-    for violation in &report.violations {
-        for prefix in ["counter ", "register "] {
-            if let Some(rest) = violation.strip_prefix(prefix)
-                && let Some((key, _)) = rest.split_once(": ")
-            {
-                keys.push(key.to_string());
-            }
-        }
-    }
+    let mut keys: Vec<String> = report
+        .violations
+        .iter()
+        .filter_map(|violation| violation.key().map(str::to_string))
+        .collect();
     keys.sort();
     keys.dedup();
     keys
@@ -84,41 +87,56 @@ pub fn run_page(report: &RunReport, replay: &str) -> String {
         report.ops.info,
         report.trace_events,
         escape(&report.trace_hash),
-        escape(report.linearizability.lines().next().unwrap_or(""))
+        escape(
+            report
+                .linearizability
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+        )
     );
     if !report.violations.is_empty() {
         out.push_str("<h2 class=\"fail\">Violations</h2><ul>");
         for violation in &report.violations {
-            let _ = write!(out, "<li class=\"fail\">{}</li>", escape(violation));
+            let _ = write!(
+                out,
+                "<li class=\"fail\">{}</li>",
+                escape(&violation.to_string())
+            );
         }
         out.push_str("</ul>");
     }
     out.push_str("<h2>Faults</h2><table><tr><th>kind</th><th>count</th></tr>");
     for (kind, count) in &report.faults {
-        let _ = write!(out, "<tr><td>{}</td><td>{count}</td></tr>", escape(kind));
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{count}</td></tr>",
+            escape(kind.as_str())
+        );
     }
     out.push_str("</table>");
     out.push_str("<h2>Timeline</h2><p>One row per client; a bar from invoke to completion: \
                   <span style=\"color:#2e7d32\">ok</span>, <span style=\"color:#9e9e9e\">fail</span>, \
                   <span style=\"color:#ef6c00\">info</span>. Red lines: faults (hover for details). \
                   Ops on a key a violation names are outlined red, and their time span shaded.</p>");
-    out.push_str(&timeline(report));
+    let operations = report.history.operations().unwrap_or_default();
+    out.push_str(&timeline(report, &operations));
     out.push_str("<h2>Latency</h2><p>Completion time minus invoke time, by invoke time.</p>");
-    out.push_str(&latency_plot(&report.history));
+    out.push_str(&latency_plot(&operations));
     out.push_str("</body></html>\n");
     out
 }
 
-fn timeline(report: &RunReport) -> String {
-    let history = &report.history;
+fn timeline(report: &RunReport, history: &[Operation]) -> String {
     let end_ms = history
         .iter()
-        .map(|op| op.complete_ms)
-        .chain(report.fault_log.iter().map(|(at, _, _)| *at))
+        .map(|op| span_ms(op).1)
+        .chain(report.fault_log.iter().map(|fault| fault.at_ms))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let mut clients: Vec<u64> = history.iter().map(|op| op.client).collect();
+    let mut clients: Vec<u64> = history.iter().map(|op| op.process).collect();
     clients.sort_unstable();
     clients.dedup();
     let height = 40.0 + ROW * clients.len() as f64;
@@ -130,13 +148,13 @@ fn timeline(report: &RunReport) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" style=\"border:1px solid #ddd\">"
     );
     // The failing window: from the first to the last op on a failing key.
-    let window: Vec<&OpRecord> = history
+    let window: Vec<&Operation> = history
         .iter()
         .filter(|op| failing.contains(&op.key))
         .collect();
     if let (Some(start), Some(end)) = (
-        window.iter().map(|op| op.invoke_ms).min(),
-        window.iter().map(|op| op.complete_ms).max(),
+        window.iter().map(|op| span_ms(op).0).min(),
+        window.iter().map(|op| span_ms(op).1).max(),
     ) {
         let _ = write!(
             svg,
@@ -152,7 +170,9 @@ fn timeline(report: &RunReport) -> String {
             "<text x=\"4\" y=\"{:.1}\" font-size=\"11\">n{client}</text>",
             y + 10.0
         );
-        for op in history.iter().filter(|op| op.client == *client) {
+        for op in history.iter().filter(|op| op.process == *client) {
+            let (invoke_ms, complete_ms) = span_ms(op);
+            let (kind, value, delta) = op_fields(op.f, &op.value, &op.output, op.outcome);
             let stroke = if failing.contains(&op.key) {
                 " stroke=\"#c62828\" stroke-width=\"1\""
             } else {
@@ -161,53 +181,47 @@ fn timeline(report: &RunReport) -> String {
             let _ = write!(
                 svg,
                 "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"10\" fill=\"{}\"{stroke}><title>{}</title></rect>",
-                x(op.invoke_ms),
+                x(invoke_ms),
                 y + 2.0,
-                (x(op.complete_ms) - x(op.invoke_ms)).max(0.8),
-                colour(&op.status),
+                (x(complete_ms) - x(invoke_ms)).max(0.8),
+                colour(op.outcome),
                 escape(&format!(
-                    "{:?} {} {:?} {} [{} .. {} ms] {:?} {}",
-                    op.kind,
+                    "{kind} {} {value:?} {delta} [{invoke_ms} .. {complete_ms} ms] {:?} {}",
                     op.key,
-                    op.value,
-                    op.delta,
-                    op.invoke_ms,
-                    op.complete_ms,
-                    op.status,
+                    op.outcome,
                     op.error.as_deref().unwrap_or("")
                 ))
             );
         }
     }
-    for (at, kind, detail) in &report.fault_log {
+    for fault in &report.fault_log {
         let _ = write!(
             svg,
             "<line x1=\"{0:.1}\" y1=\"14\" x2=\"{0:.1}\" y2=\"{height}\" stroke=\"#c62828\" stroke-dasharray=\"3,2\"><title>{1} ms: {2}</title></line>\
              <text x=\"{0:.1}\" y=\"11\" font-size=\"9\" fill=\"#c62828\">{3}</text>",
-            x(*at),
-            at,
-            escape(detail),
-            escape(kind)
+            x(fault.at_ms),
+            fault.at_ms,
+            escape(&fault.detail),
+            escape(fault.kind.as_str())
         );
     }
     svg.push_str("</svg>");
     svg
 }
 
-fn latency_plot(history: &[OpRecord]) -> String {
+fn latency_plot(history: &[Operation]) -> String {
     let height = 260.0;
+    let latency_ms = |op: &Operation| {
+        let (invoke, complete) = span_ms(op);
+        complete.saturating_sub(invoke)
+    };
     let end_ms = history
         .iter()
-        .map(|op| op.invoke_ms)
+        .map(|op| span_ms(op).0)
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let max_latency = history
-        .iter()
-        .map(|op| op.complete_ms.saturating_sub(op.invoke_ms))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
+    let max_latency = history.iter().map(latency_ms).max().unwrap_or(1).max(1) as f64;
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -217,19 +231,19 @@ fn latency_plot(history: &[OpRecord]) -> String {
         height - 6.0
     );
     for op in history {
-        let latency = op.complete_ms.saturating_sub(op.invoke_ms) as f64;
-        let cx = LEFT + (WIDTH - LEFT - 10.0) * op.invoke_ms as f64 / end_ms;
+        let latency = latency_ms(op) as f64;
+        let cx = LEFT + (WIDTH - LEFT - 10.0) * span_ms(op).0 as f64 / end_ms;
         let cy = height - 10.0 - (height - 30.0) * latency / max_latency;
-        let shape = match op.kind {
-            OpKind::Set => "#1565c0",
-            OpKind::Get => "#6a1b9a",
-            OpKind::Incr => "#00838f",
-            OpKind::Append => "#ad1457",
+        let shape = match op.f {
+            Function::Write | Function::Cas => "#1565c0",
+            Function::Read => "#6a1b9a",
+            Function::Add => "#00838f",
+            Function::Append => "#ad1457",
         };
-        let fill = if op.status == OpStatus::Ok {
+        let fill = if op.outcome == Outcome::Ok {
             shape
         } else {
-            colour(&op.status)
+            colour(op.outcome)
         };
         let _ = write!(
             svg,

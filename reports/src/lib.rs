@@ -21,11 +21,14 @@ pub struct Summary<'a> {
     pub plan: &'a larder_faults::FaultPlan,
     pub sim_seconds: f64,
     pub ops: &'a larder_sim::run::OpCounts,
-    pub faults: &'a std::collections::BTreeMap<String, u64>,
+    /// Applied faults by kind (keys are the kinds' names, in name order).
+    pub faults: &'a std::collections::BTreeMap<larder_faults::FaultKind, u64>,
     pub trace_hash: &'a str,
     pub trace_events: u64,
-    pub violations: &'a [String],
-    pub linearizability: &'a str,
+    /// Each violation's text.
+    pub violations: Vec<String>,
+    /// The checker's verdict as text (its report without the trailing newline).
+    pub linearizability: String,
     pub passed: bool,
 }
 
@@ -39,8 +42,8 @@ pub fn summary(report: &RunReport) -> Summary<'_> {
         faults: &report.faults,
         trace_hash: &report.trace_hash,
         trace_events: report.trace_events,
-        violations: &report.violations,
-        linearizability: &report.linearizability,
+        violations: report.violations.iter().map(ToString::to_string).collect(),
+        linearizability: report.linearizability.to_string(),
         passed: report.passed(),
     }
 }
@@ -90,7 +93,8 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
         "trace           {} events, hash {}",
         report.trace_events, report.trace_hash
     );
-    let first_line = report.linearizability.lines().next().unwrap_or("");
+    let linearizability = report.linearizability.to_string();
+    let first_line = linearizability.lines().next().unwrap_or("");
     let _ = writeln!(out, "checker         {first_line}");
     if report.passed() {
         let _ = writeln!(out, "verdict         PASS");

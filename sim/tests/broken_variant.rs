@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use larder_sim::run::Violation;
 use larder_sim::{SimConfig, run};
 use larder_storage::Bug;
 
@@ -27,7 +28,7 @@ fn the_checker_catches_stale_reads_from_a_deposed_leader() {
         report
             .violations
             .iter()
-            .any(|v| v.starts_with("linearizability: NOT linearizable"))
+            .any(|v| matches!(v, Violation::NotLinearizable { .. }))
     });
     let seed = caught.expect("no swarm seed of 1..=50 caught stale reads from a deposed leader");
     // The same seed without the bug passes: the catch is the bug's, not the seed's.

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use larder_faults::FaultKind;
 use larder_sim::SimConfig;
 
 fn check_seed(seed: u64) {
@@ -36,12 +37,14 @@ fn role_faults_are_applied_and_survived() {
     let centers = [301, 302, 303];
     let has_all = |config: &SimConfig| {
         let plan = config.plan();
-        let kinds: std::collections::BTreeSet<&str> =
+        let kinds: std::collections::BTreeSet<FaultKind> =
             plan.events.iter().map(|e| e.fault.kind()).collect();
         let proxy_cut = plan.events.iter().any(|e| {
             matches!(&e.fault, larder_faults::Fault::Partition { side_b, .. } if side_b == &centers)
         });
-        kinds.contains("destroy") && kinds.contains("crash_center_leader") && proxy_cut
+        kinds.contains(&FaultKind::Destroy)
+            && kinds.contains(&FaultKind::CrashCenterLeader)
+            && proxy_cut
     };
     let config = (1..200)
         .map(|seed| SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2))
@@ -50,9 +53,9 @@ fn role_faults_are_applied_and_survived() {
     let seed = config.seed;
     let replay = format!("larder sim --seed {seed} --duration 15s --cluster --check-determinism");
     let report = larder_sim::check_seed(&config, &replay).unwrap_or_else(|e| panic!("{e}"));
-    for kind in ["destroy", "crash_center_leader"] {
+    for kind in [FaultKind::Destroy, FaultKind::CrashCenterLeader] {
         assert!(
-            report.faults.get(kind).copied().unwrap_or(0) > 0,
+            report.faults.get(&kind).copied().unwrap_or(0) > 0,
             "seed {seed}: {kind} was planned but never applied: {:?}",
             report.faults
         );

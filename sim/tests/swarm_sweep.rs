@@ -18,7 +18,7 @@ fn check_seed(seed: u64) {
     config.swarm = true;
     let report = larder_sim::check_seed(&config, &replay).unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        report.linearizability.starts_with("linearizable"),
+        report.linearizability.is_linearizable(),
         "seed {seed}: {}\nreplay: {replay}",
         report.linearizability
     );

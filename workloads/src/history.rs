@@ -347,6 +347,21 @@ impl History {
     /// # Panics
     /// If `process` has no pending invocation (a recorder bug).
     pub fn complete(&mut self, time_ns: u64, process: u64, kind: OpKind, value: impl Into<Value>) {
+        self.complete_with_error(time_ns, process, kind, value, None);
+    }
+
+    /// [`History::complete`], with why the operation failed or is indeterminate.
+    ///
+    /// # Panics
+    /// If `process` has no pending invocation (a recorder bug).
+    pub fn complete_with_error(
+        &mut self,
+        time_ns: u64,
+        process: u64,
+        kind: OpKind,
+        value: impl Into<Value>,
+        error: Option<String>,
+    ) {
         let invocation = self
             .ops
             .iter()
@@ -363,8 +378,18 @@ impl History {
             f,
             key,
             value: value.into(),
-            error: None,
+            error,
         });
+    }
+
+    /// Stable-sorts the events by time, ties by process, and renumbers them: a canonical order
+    /// that does not depend on how concurrent recorders interleaved events with equal times.
+    /// Every process's events keep their order (a recorder's clock does not go back).
+    pub fn sort_by_time(&mut self) {
+        self.ops.sort_by_key(|op| (op.time_ns, op.process));
+        for (index, op) in self.ops.iter_mut().enumerate() {
+            op.index = index as u64;
+        }
     }
 
     /// Parses `history.jsonl` text.

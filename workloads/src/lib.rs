@@ -1,11 +1,9 @@
-//! `larder-workloads`: client workloads, history recording and checkers (linearizability,
-//! counter and durability invariants) that run against a simulated or a real cluster through
-//! the client SDK.
+//! `larder-workloads`: the client workload, history recording and the linearizability checker,
+//! used against a simulated cluster (`larder_sim`) and real processes (`larder jepsen`).
 //!
-//! Today the simulator carries its own register/counter workload and invariant checks
-//! (`larder_sim::workload`, `larder_sim::run`), because the seam issue needed one before this
-//! crate's history format and WGL checker existed; they move here with the checker.
-//!
+//! - [`driver`]: one workload client (registers, counters, list appends, think times),
+//!   generic over how commands reach the store ([`driver::Executor`]) and over time
+//!   ([`driver::Timer`]); it records straight into a [`History`].
 //! - [`history`]: the `history.jsonl` format (Jepsen-style invoke/ok/fail/info events) and
 //!   its pairing into [`Operation`]s.
 //! - [`checker`]: the linearizability checker (Wing–Gong–Lowe search per key, register and
@@ -16,6 +14,7 @@
 //! [`check_file`] detects a file's format and checks it, for `larder check FILE`.
 
 pub mod checker;
+pub mod driver;
 mod edn;
 pub mod formats;
 pub mod history;

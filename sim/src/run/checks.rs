@@ -1,0 +1,395 @@
+//! What a run is judged by: the checker client that reads the final state after the workload
+//! ([`check_final`]), and the invariants the history and that state must keep ([`check`],
+//! [`check_linearizability`]).
+
+// The checker client is the harness, not the system under test: it waits on turmoil's tokio
+// time, which is simulated, so the ban on tokio::time is lifted here.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use larder_client::ClusterClient;
+
+use larder_core::kv::{Command, Reply};
+use larder_core::{GroupId, NodeId};
+use larder_workloads::checker::{Budget, CheckConfig, check_operations};
+use larder_workloads::{Function, History, HistoryError, Operation, Outcome, Value};
+
+use super::config::SimConfig;
+use super::hosts::NodeSlot;
+use super::report::OpCounts;
+use super::verdict::{Digest, Linearizability, Violation};
+use crate::clock::SimClock;
+use crate::net::SimNet;
+use crate::trace::sim_now;
+use crate::workload::{WorkloadConfig, counter_key, register_key};
+
+/// Search states the linearizability checker may explore per run before answering `unknown`.
+const LINEARIZABILITY_STATES_MAX: u64 = 20_000_000;
+/// Memory the checker's memo table may use per run (its own estimate, so deterministic).
+const LINEARIZABILITY_MEMORY_MAX: usize = 1 << 30;
+
+/// What the checker client found after the workload.
+#[derive(Debug, Default)]
+pub(crate) struct Final {
+    values: BTreeMap<String, Option<String>>,
+    /// (group, replica) -> (applied index, state hash).
+    digests: BTreeMap<(GroupId, NodeId), Digest>,
+    /// Each group's replicas in the newest routing table the checker saw.
+    replicas: BTreeMap<GroupId, Vec<NodeId>>,
+    first_success_ms: Option<u64>,
+    problems: Vec<Violation>,
+}
+
+/// The checker client: after the workload, read every key (measuring how soon after the heal
+/// point the cluster serves), then wait for the routing to settle and every group's replicas
+/// (as the newest table lists them) to apply the same log, and take their state digests.
+pub(crate) async fn check_final(
+    mut client: ClusterClient<SimNet, SimClock>,
+    slots: Vec<(NodeId, NodeSlot)>,
+    workload: WorkloadConfig,
+    (heal_at, duration, liveness): (Duration, Duration, Duration),
+    final_state: Arc<Mutex<Final>>,
+) {
+    tokio::time::sleep(heal_at).await;
+    let first_success = probe_liveness(&mut client, heal_at + liveness).await;
+    tokio::time::sleep(duration.saturating_sub(sim_now()) + Duration::from_millis(500)).await;
+    let mut problems = Vec::new();
+    let keys: Vec<String> = (0..workload.register_keys)
+        .map(register_key)
+        .chain((0..workload.counter_keys).map(counter_key))
+        .collect();
+    let values = read_all(&mut client, keys, duration + liveness, &mut problems).await;
+    // Replicas converge: wait (bounded) until the newest table's replicas of every group run
+    // and report one applied index. With a center this includes waiting for it to replace
+    // destroyed nodes: their slots stay empty, so a group listing one never converges.
+    let give_up = duration + liveness + Duration::from_secs(100);
+    let (replicas, digests) = converge(&mut client, &slots, give_up, &mut problems).await;
+    let mut state = final_state.lock().expect("final lock");
+    state.values = values;
+    state.digests = digests;
+    state.replicas = replicas;
+    state.first_success_ms = first_success;
+    state.problems = problems;
+}
+
+/// Liveness: when (simulated ms) a read first succeeded after the heal point, trying until a
+/// while after `bound`.
+async fn probe_liveness(
+    client: &mut ClusterClient<SimNet, SimClock>,
+    bound: Duration,
+) -> Option<u64> {
+    let probe = Command::get("liveness-probe");
+    let mut first_success = None;
+    while sim_now() < bound + Duration::from_secs(5) {
+        if client.execute(probe.clone()).await.is_ok() {
+            first_success = Some(sim_now().as_millis() as u64);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::debug!(?first_success, "checker: liveness probe done");
+    first_success
+}
+
+/// Reads every key (retrying, bounded) after the workload.
+async fn read_all(
+    client: &mut ClusterClient<SimNet, SimClock>,
+    keys: Vec<String>,
+    end: Duration,
+    problems: &mut Vec<Violation>,
+) -> BTreeMap<String, Option<String>> {
+    let mut values = BTreeMap::new();
+    for key in keys {
+        let mut result = None;
+        for _ in 0..20 {
+            if sim_now() > end + Duration::from_secs(60) {
+                break;
+            }
+            match client.execute(Command::get(&key)).await {
+                Ok(Reply::Bulk(bytes)) => {
+                    result = Some(Some(String::from_utf8_lossy(&bytes).into_owned()))
+                }
+                Ok(Reply::Nil) => result = Some(None),
+                Ok(other) => problems.push(Violation::FinalReadAnswered {
+                    key: key.clone(),
+                    reply: format!("{other:?}"),
+                }),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            break;
+        }
+        tracing::debug!(key, ?result, "checker: final read");
+        match result {
+            Some(value) => {
+                values.insert(key, value);
+            }
+            None => problems.push(Violation::FinalReadFailed { key }),
+        }
+    }
+    values
+}
+
+/// Whether every replica of `group` reported a digest, all at one applied index.
+fn converged(
+    group: GroupId,
+    members: &[NodeId],
+    digests: &BTreeMap<(GroupId, NodeId), Digest>,
+) -> bool {
+    let indexes: BTreeSet<u64> = digests
+        .iter()
+        .filter(|((g, _), _)| *g == group)
+        .map(|(_, (index, _))| *index)
+        .collect();
+    indexes.len() == 1 && members.iter().all(|id| digests.contains_key(&(group, *id)))
+}
+
+/// Waits (until `give_up`) for the newest routing table's replicas of every group to apply the
+/// same log; returns the replicas and their digests. If they never do, says in `problems` what
+/// every live replica of an unconverged group believes.
+async fn converge(
+    client: &mut ClusterClient<SimNet, SimClock>,
+    slots: &[(NodeId, NodeSlot)],
+    give_up: Duration,
+    problems: &mut Vec<Violation>,
+) -> (
+    BTreeMap<GroupId, Vec<NodeId>>,
+    BTreeMap<(GroupId, NodeId), Digest>,
+) {
+    let node = |id: NodeId| {
+        slots
+            .iter()
+            .find(|(node, _)| *node == id)
+            .and_then(|(_, slot)| slot.lock().expect("slot lock").clone())
+    };
+    let mut digests = BTreeMap::new();
+    loop {
+        client.refresh_routing().await;
+        let table = client.routing().current();
+        let replicas: BTreeMap<GroupId, Vec<NodeId>> = table
+            .groups()
+            .iter()
+            .map(|(group, route)| (*group, route.replicas.clone()))
+            .collect();
+        digests.clear();
+        let mut all = true;
+        for (&group, members) in &replicas {
+            for &id in members {
+                if let Some(node) = node(id)
+                    && let Ok(digest) = node.state_digest(group).await
+                {
+                    digests.insert((group, id), digest);
+                }
+            }
+            all &= converged(group, members, &digests);
+        }
+        if all && !replicas.is_empty() {
+            return (replicas, digests);
+        }
+        tracing::debug!(?digests, "checker: not converged");
+        if sim_now() > give_up {
+            for (&group, members) in &replicas {
+                if converged(group, members, &digests) {
+                    continue;
+                }
+                for (id, _) in slots {
+                    if let Some(status) = node(*id)
+                        .and_then(|n| n.group_statuses().into_iter().find(|s| s.group == group))
+                    {
+                        problems.push(Violation::ReplicaAtEnd {
+                            group,
+                            node: *id,
+                            status: format!("{status:?}"),
+                        });
+                    }
+                }
+            }
+            return (replicas, digests);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The run's findings from the history its clients recorded and what the checker client
+/// found: operation counts, broken invariants (the linearizability verdict's included) and the
+/// verdict.
+pub(crate) fn judge(
+    config: &SimConfig,
+    history: &mut History,
+    final_state: &Final,
+    destroyed: &BTreeSet<NodeId>,
+) -> (OpCounts, Vec<Violation>, Linearizability) {
+    // Clients record concurrently at millisecond resolution: put events with equal times in
+    // one canonical order (by process), which is the order the history has always had.
+    history.sort_by_time();
+    let operations = history.operations();
+    let paired = operations.as_deref().unwrap_or_default();
+    let mut violations = check(config, paired, final_state, destroyed);
+    let linearizability = check_linearizability(&operations);
+    violations.extend(linearizability.violation());
+    (OpCounts::of(paired), violations, linearizability)
+}
+
+/// The invariants a run must keep.
+fn check(
+    config: &SimConfig,
+    history: &[Operation],
+    final_state: &Final,
+    destroyed: &BTreeSet<NodeId>,
+) -> Vec<Violation> {
+    let mut violations = final_state.problems.clone();
+    check_liveness(config, final_state, &mut violations);
+    check_counters(config, history, final_state, &mut violations);
+    check_registers(config, history, final_state, &mut violations);
+    check_routing(final_state, destroyed, &mut violations);
+    check_replicas(final_state, &mut violations);
+    violations
+}
+
+/// A read succeeded within `liveness` of the heal point.
+fn check_liveness(config: &SimConfig, final_state: &Final, violations: &mut Vec<Violation>) {
+    let heal_ms = config.heal_at().as_millis() as u64;
+    match final_state.first_success_ms {
+        Some(at) if at <= heal_ms + config.liveness.as_millis() as u64 => {}
+        Some(at) => violations.push(Violation::LivenessLate {
+            after_heal_ms: at - heal_ms,
+            bound_ms: config.liveness.as_millis() as u64,
+        }),
+        None => violations.push(Violation::LivenessNever),
+    }
+}
+
+/// Counters: the final value is the sum of acknowledged increments plus some of the
+/// indeterminate ones; definitely failed increments must not count.
+fn check_counters(
+    config: &SimConfig,
+    history: &[Operation],
+    final_state: &Final,
+    violations: &mut Vec<Violation>,
+) {
+    for index in 0..config.workload.counter_keys {
+        let key = counter_key(index);
+        let ops = history
+            .iter()
+            .filter(|op| op.f == Function::Add && op.key == key);
+        let sum = |outcome: Outcome| -> i64 {
+            ops.clone()
+                .filter(|op| op.outcome == outcome)
+                .filter_map(|op| op.value.as_int())
+                .sum()
+        };
+        let (low, unknown) = (sum(Outcome::Ok), sum(Outcome::Info));
+        let Some(value) = final_state.values.get(&key) else {
+            continue;
+        };
+        let value: i64 = value
+            .as_deref()
+            .map_or(Ok(0), str::parse)
+            .unwrap_or(i64::MIN);
+        if value < low || value > low + unknown {
+            violations.push(Violation::CounterOutOfRange {
+                key,
+                value,
+                low,
+                high: low + unknown,
+            });
+        }
+    }
+}
+
+/// Registers: the final value was written by a set that did not definitely fail.
+fn check_registers(
+    config: &SimConfig,
+    history: &[Operation],
+    final_state: &Final,
+    violations: &mut Vec<Violation>,
+) {
+    for index in 0..config.workload.register_keys {
+        let key = register_key(index);
+        let Some(Some(value)) = final_state.values.get(&key) else {
+            continue;
+        };
+        let written = Value::Str(value.clone());
+        let writer = history
+            .iter()
+            .find(|op| op.f == Function::Write && op.key == key && op.value == written);
+        match writer {
+            None => violations.push(Violation::RegisterNeverWritten {
+                key,
+                value: value.clone(),
+            }),
+            Some(op) if op.outcome == Outcome::Fail => {
+                violations.push(Violation::RegisterFromFailedWrite {
+                    key,
+                    value: value.clone(),
+                    error: op.error.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// A final routing table exists (fetched tables are checked: every slot has a group), and no
+/// group lists a destroyed node. Group ids may differ from the first table's: the center
+/// recreates a group that never formed under a new id.
+fn check_routing(
+    final_state: &Final,
+    destroyed: &BTreeSet<NodeId>,
+    violations: &mut Vec<Violation>,
+) {
+    if final_state.replicas.is_empty() {
+        violations.push(Violation::NoFinalRouting);
+    }
+    for (group, members) in &final_state.replicas {
+        for node in members.iter().filter(|n| destroyed.contains(n)) {
+            violations.push(Violation::DestroyedReplica {
+                group: *group,
+                node: *node,
+                replicas: members.clone(),
+            });
+        }
+    }
+}
+
+/// Replicas of a group that applied the same log hold the same state.
+fn check_replicas(final_state: &Final, violations: &mut Vec<Violation>) {
+    for (&group, members) in &final_state.replicas {
+        let digests: BTreeMap<NodeId, Digest> = final_state
+            .digests
+            .iter()
+            .filter(|((g, _), _)| *g == group)
+            .map(|((_, node), digest)| (*node, *digest))
+            .collect();
+        let hashes: BTreeSet<u64> = digests.values().map(|(_, hash)| *hash).collect();
+        let indexes: BTreeSet<u64> = digests.values().map(|(index, _)| *index).collect();
+        if digests.len() != members.len() || indexes.len() != 1 {
+            violations.push(Violation::ReplicasNotConverged { group, digests });
+        } else if hashes.len() != 1 {
+            violations.push(Violation::ReplicasDiverged { group, digests });
+        }
+    }
+}
+
+/// Every key's history must be linearizable (WGL search per key). The budget counts states,
+/// not seconds, so the verdict is as deterministic as the run.
+fn check_linearizability(operations: &Result<Vec<Operation>, HistoryError>) -> Linearizability {
+    let budget = Budget::unlimited()
+        .with_states_max(LINEARIZABILITY_STATES_MAX)
+        .with_memory_max(LINEARIZABILITY_MEMORY_MAX);
+    match operations {
+        Ok(operations) => Linearizability::Checked(check_operations(
+            operations,
+            &CheckConfig::default(),
+            &budget,
+        )),
+        Err(error) => Linearizability::Malformed {
+            error: error.to_string(),
+        },
+    }
+}

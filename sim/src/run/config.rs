@@ -1,0 +1,202 @@
+//! What a run simulates: [`SimConfig`] (seed, duration, cluster shape, workload, fault plan,
+//! per-node settings) and the node ids of the processes it starts.
+
+use std::time::Duration;
+
+use larder_center::CenterConfig;
+use larder_client::SharedRouting;
+use larder_storage::NodeConfig;
+
+use larder_core::routing::RoutingTable;
+use larder_core::{GroupId, NodeId};
+use larder_faults::{FaultPlan, PlanConfig, Roles};
+use serde::Serialize;
+
+use crate::workload::{GROUP, WorkloadConfig};
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Simulated time the clients run for. Faults stop `liveness` before the end.
+    pub duration: Duration,
+    /// How long after the heal point the cluster has to serve again.
+    pub liveness: Duration,
+    pub nodes: u64,
+    /// The first `voters` nodes form the group; the rest start empty (spares for membership
+    /// changes).
+    pub voters: u64,
+    pub clients: u64,
+    pub workload: WorkloadConfig,
+    /// `None`: generate the plan from the seed with [`PlanConfig::default`] (or the seed's
+    /// swarm mix, with `swarm`).
+    pub plan: Option<FaultPlan>,
+    /// Generate the plan with [`PlanConfig::swarm`]: each seed picks its own fault mix.
+    pub swarm: bool,
+    pub faults: bool,
+    /// Keep every trace event in memory (needed to name the first divergence).
+    pub keep_events: bool,
+    /// Per-node settings (ids are filled in per node).
+    pub node: NodeConfig,
+    /// Simulated time per turmoil step: every step polls every host, so this sets the
+    /// simulator's speed against the resolution of message timing.
+    pub tick: Duration,
+    /// Slot groups. 1: the single group of `voters` nodes (spares host it empty). More: the
+    /// 16384 slots are spread over them and each has three replicas on distinct nodes.
+    pub groups: u64,
+    /// RESP proxies in front of the cluster. 0: clients use the client SDK directly.
+    pub proxies: u64,
+    /// Center replicas (ids from [`center_id`]). 0: a static routing table and groups formed
+    /// by the harness. More: storage nodes start empty, the center places the groups, and
+    /// proxies and the checker fetch routing from it; faults then target roles too.
+    pub centers: u64,
+}
+
+impl SimConfig {
+    pub const TICK_MS_DEFAULT: u64 = 1;
+
+    pub fn new(seed: u64, duration: Duration) -> Self {
+        let mut node = NodeConfig::new(0, vec![GROUP]);
+        // Small snapshot interval so every run exercises snapshot build, install and purge.
+        node.snapshot_logs_since_last = 300;
+        node.snapshot_logs_kept = 50;
+        SimConfig {
+            seed,
+            duration,
+            liveness: Duration::from_secs(10).min(duration / 2),
+            nodes: 3,
+            voters: 3,
+            clients: 3,
+            workload: WorkloadConfig::default(),
+            plan: None,
+            swarm: false,
+            faults: true,
+            keep_events: false,
+            node,
+            tick: Duration::from_millis(Self::TICK_MS_DEFAULT),
+            groups: 1,
+            proxies: 0,
+            centers: 0,
+        }
+    }
+
+    /// The whole cluster: three center replicas, `nodes` storage nodes, `groups` slot groups
+    /// of three replicas each placed by the center, `proxies` proxies, clients speaking RESP to
+    /// the proxies.
+    pub fn cluster(seed: u64, duration: Duration, nodes: u64, groups: u64, proxies: u64) -> Self {
+        let mut config = SimConfig::new(seed, duration);
+        config.nodes = nodes.max(3);
+        config.voters = 3;
+        config.groups = groups.max(1);
+        config.proxies = proxies;
+        config.centers = 3;
+        // Heartbeats every 250 ms, down after 6 missed: a destroyed node is replaced within a
+        // few simulated seconds, while a node paused or cut off for less than 1.5 s is not.
+        config.node.center_heartbeat_ms = 250;
+        config.clients = 4;
+        config.workload.register_keys = 8;
+        config.workload.counter_keys = 4;
+        config
+    }
+
+    /// The replicas of `group`: the first `voters` nodes for the single-group setup, else three
+    /// consecutive nodes (round-robin), which keeps a group's replicas on distinct nodes.
+    pub fn replicas_of(&self, group: GroupId) -> Vec<NodeId> {
+        if self.groups <= 1 {
+            return self
+                .node_ids()
+                .into_iter()
+                .take(self.voters as usize)
+                .collect();
+        }
+        let nodes = self.nodes.max(3);
+        (0..3).map(|i| (group - 1 + i) % nodes + 1).collect()
+    }
+
+    /// The groups node `id` hosts (in the single-group setup every node hosts the group, the
+    /// ones beyond `voters` as empty spares).
+    pub fn groups_of(&self, id: NodeId) -> Vec<GroupId> {
+        if self.groups <= 1 {
+            return vec![GROUP];
+        }
+        (1..=self.groups)
+            .filter(|&group| self.replicas_of(group).contains(&id))
+            .collect()
+    }
+
+    /// The routing table clients and proxies use without a center.
+    pub fn routing(&self) -> RoutingTable {
+        RoutingTable::even(self.groups.max(1), |group| self.replicas_of(group))
+    }
+
+    pub(crate) fn heal_at(&self) -> Duration {
+        self.duration.saturating_sub(self.liveness)
+    }
+
+    /// The plan this run applies.
+    pub fn plan(&self) -> FaultPlan {
+        let heal_at_ms = self.heal_at().as_millis() as u64;
+        match (&self.plan, self.faults) {
+            (_, false) => FaultPlan::none(heal_at_ms),
+            (Some(plan), true) => plan.clone(),
+            (None, true) => {
+                let mix = if self.swarm {
+                    PlanConfig::swarm(self.seed)
+                } else {
+                    PlanConfig::default()
+                };
+                if self.centers > 0 {
+                    let roles = Roles {
+                        storage: self.node_ids(),
+                        centers: self.center_ids(),
+                        proxies: (0..self.proxies).map(proxy_id).collect(),
+                    };
+                    FaultPlan::generate_roles(self.seed, &roles, heal_at_ms, &mix)
+                } else {
+                    FaultPlan::generate(self.seed, &self.node_ids(), heal_at_ms, &mix)
+                }
+            }
+        }
+    }
+
+    /// Storage node ids.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        (1..=self.nodes).collect()
+    }
+
+    /// Center replica ids.
+    pub fn center_ids(&self) -> Vec<NodeId> {
+        (0..self.centers).map(center_id).collect()
+    }
+
+    /// The settings of the simulated center: quick failure detection (see
+    /// [`SimConfig::cluster`]), repairs short enough for a run.
+    pub fn center_config(&self) -> CenterConfig {
+        CenterConfig {
+            heartbeat_ms: self.node.center_heartbeat_ms,
+            missed_heartbeats_max: 6,
+            replace_timeout_ms: 10_000,
+            stale_replica_ms: 20_000,
+            ..CenterConfig::new(self.center_ids(), self.groups.max(1))
+        }
+    }
+
+    /// The routing the proxies and the checker start from: fetched from the center, or static.
+    pub fn shared_routing(&self) -> SharedRouting {
+        if self.centers > 0 {
+            SharedRouting::from_sources(self.center_ids())
+        } else {
+            SharedRouting::new(self.routing())
+        }
+    }
+}
+
+/// Node id of simulated proxy `index`.
+pub fn proxy_id(index: u64) -> NodeId {
+    200 + index
+}
+
+/// Node id of simulated center replica `index`.
+pub fn center_id(index: u64) -> NodeId {
+    301 + index
+}

@@ -1,0 +1,411 @@
+//! The hosts of a run, as registered with turmoil: storage nodes and center replicas (each a
+//! process rebuilt around its persistent disk and clock on every start), proxies, workload
+//! clients and the checker client; and [`NodeParts`], the handles the harness keeps on every
+//! node process across crashes.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use larder_center::{CENTER_GROUP, Center, CenterConfig};
+use larder_client::ClientConfig;
+use larder_client::ClusterClient;
+use larder_proxy::{Proxy, ProxyConfig};
+use larder_storage::{NodeConfig, StorageNode};
+
+use larder_core::env::{Clock, SeededRng, derive_seed};
+use larder_core::{GroupId, NodeId};
+
+use super::checks::{Final, check_final};
+use super::config::{SimConfig, proxy_id};
+use crate::clock::SimClock;
+use crate::disk::SimDisk;
+use crate::env::SimEnv;
+use crate::net::{NetFaults, SimListener, SimNet, host_name};
+use crate::trace::{Trace, sim_now};
+use crate::workload::{
+    GROUP, PROXY_PORT, RespClient, SharedHistory, client_config, client_id, cluster_client,
+    group_client, run_client,
+};
+
+/// Where a node process publishes itself once started (empty while it is down), so the
+/// harness and the checker can ask it about its groups.
+pub(crate) type NodeSlot = Arc<Mutex<Option<Arc<StorageNode<SimEnv>>>>>;
+
+/// Per-node handles the harness keeps across crashes: the disk and clock outlive the process.
+pub(crate) struct NodeParts {
+    pub(crate) id: NodeId,
+    pub(crate) disk: SimDisk,
+    pub(crate) clock: SimClock,
+    pub(crate) slot: NodeSlot,
+    pub(crate) up: bool,
+    /// A center replica (not a storage node).
+    pub(crate) center: bool,
+    /// Destroyed by [`larder_faults::Fault::Destroy`]: never restarted.
+    pub(crate) destroyed: bool,
+}
+
+impl NodeParts {
+    /// Kills the process: its host is dropped, and its disk keeps only what survives a crash.
+    pub(crate) fn crash(&mut self, sim: &mut turmoil::Sim<'_>, rng: &mut SeededRng) {
+        sim.crash(host_name(self.id));
+        self.slot.lock().expect("slot lock").take();
+        self.disk.crash(rng);
+        self.up = false;
+    }
+
+    /// Starts the process again from its disk.
+    pub(crate) fn restart(&mut self, sim: &mut turmoil::Sim<'_>) {
+        sim.bounce(host_name(self.id));
+        self.up = true;
+    }
+
+    /// The running node, if the process is up and has started.
+    pub(crate) fn node(&self) -> Option<Arc<StorageNode<SimEnv>>> {
+        self.slot.lock().expect("slot lock").clone()
+    }
+
+    /// Whether the running node believes it leads `group`.
+    pub(crate) fn leads(&self, group: GroupId) -> bool {
+        self.slot
+            .lock()
+            .expect("slot lock")
+            .as_ref()
+            .is_some_and(|node| node.is_leader(group))
+    }
+}
+
+/// The node that currently believes it leads the group, if any.
+pub(crate) fn current_leader(parts: &[NodeParts]) -> Option<NodeId> {
+    current_leader_of(parts, GROUP)
+}
+
+/// The node that currently believes it leads `group`, if any.
+pub(crate) fn current_leader_of(parts: &[NodeParts], group: GroupId) -> Option<NodeId> {
+    parts.iter().find(|p| p.leads(group)).map(|p| p.id)
+}
+
+/// The center replica that currently believes it leads the center group, if any.
+pub(crate) fn center_leader(parts: &[NodeParts]) -> Option<usize> {
+    parts.iter().position(|p| p.center && p.leads(CENTER_GROUP))
+}
+
+/// What a node process is.
+#[derive(Clone)]
+enum Role {
+    /// A center replica; `forms`: it initializes the center group on its first start.
+    Center { config: CenterConfig, forms: bool },
+    /// A storage node, and the groups it forms (with their voters) on its first start.
+    Storage {
+        forms: Vec<(GroupId, BTreeSet<NodeId>)>,
+    },
+}
+
+/// Registers one turmoil host per storage node and center replica. Each node's disk and clock
+/// are created here and outlive crashes; the host closure builds a fresh process around them on
+/// every (re)start.
+pub(crate) fn register_nodes(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    trace: &Trace,
+    net_faults: &NetFaults,
+) -> Vec<NodeParts> {
+    let centers = config.center_ids();
+    config
+        .node_ids()
+        .into_iter()
+        .chain(centers.iter().copied())
+        .map(|id| register_node(sim, config, trace, net_faults, id))
+        .collect()
+}
+
+/// Node `id`'s settings and role.
+fn node_role(config: &SimConfig, id: NodeId) -> (NodeConfig, Role) {
+    let centers = config.center_ids();
+    let mut node_config = config.node.clone();
+    node_config.id = id;
+    if centers.contains(&id) {
+        node_config.groups = Vec::new();
+        // The first center replica forms the center group on its first start.
+        let forms = centers.first() == Some(&id);
+        let role = Role::Center {
+            config: config.center_config(),
+            forms,
+        };
+        return (node_config, role);
+    }
+    // The groups this node forms on its first start: without a center, those it is the
+    // first replica of; with one, none (the center places and forms every slot group).
+    let forms = if config.centers > 0 {
+        node_config.groups = Vec::new();
+        node_config.centers = centers;
+        Vec::new()
+    } else {
+        node_config.groups = config.groups_of(id);
+        config
+            .groups_of(id)
+            .into_iter()
+            .map(|group| (group, config.replicas_of(group)))
+            .filter(|(_, replicas)| replicas.first() == Some(&id))
+            .map(|(group, replicas)| (group, replicas.into_iter().collect()))
+            .collect()
+    };
+    (node_config, Role::Storage { forms })
+}
+
+fn register_node(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    trace: &Trace,
+    net_faults: &NetFaults,
+    id: NodeId,
+) -> NodeParts {
+    let seed = config.seed;
+    let disk = SimDisk::new(derive_seed(seed, 1000 + id));
+    disk.set_trace(trace.clone(), host_name(id));
+    let clock = SimClock::new();
+    let slot: NodeSlot = Arc::default();
+    let incarnation = Arc::new(AtomicU64::new(0));
+    let (node_config, role) = node_role(config, id);
+    let center = matches!(role, Role::Center { .. });
+    let (disk_h, clock_h, slot_h, faults_h, trace_h) = (
+        disk.clone(),
+        clock.clone(),
+        slot.clone(),
+        net_faults.clone(),
+        trace.clone(),
+    );
+    sim.host(host_name(id), move || {
+        let generation = incarnation.fetch_add(1, Ordering::SeqCst);
+        let env = SimEnv {
+            clock: clock_h.clone(),
+            net: SimNet::new(
+                id,
+                faults_h.clone(),
+                derive_seed(seed, (id << 16) | generation),
+                trace_h.clone(),
+            ),
+            disk: disk_h.clone(),
+            seed: derive_seed(seed, id),
+        };
+        let process = NodeProcess {
+            id,
+            generation,
+            env,
+            config: node_config.clone(),
+            slot: slot_h.clone(),
+            trace: trace_h.clone(),
+        };
+        let role = role.clone();
+        async move {
+            match role {
+                Role::Center { config, forms } => process.run_center(config, forms).await,
+                Role::Storage { forms } => process.run_storage(forms).await,
+            }
+        }
+    });
+    NodeParts {
+        id,
+        disk,
+        clock,
+        slot,
+        up: true,
+        center,
+        destroyed: false,
+    }
+}
+
+/// One start of a node process.
+struct NodeProcess {
+    id: NodeId,
+    /// 0 on the first start, then one more per restart.
+    generation: u64,
+    env: SimEnv,
+    config: NodeConfig,
+    slot: NodeSlot,
+    trace: Trace,
+}
+
+impl NodeProcess {
+    /// Pause before retrying a start that failed (on an injected disk error), as a process
+    /// supervisor would restart it; the disk keeps its faults meanwhile.
+    const START_RETRY: Duration = Duration::from_millis(200);
+
+    fn start_failed(&self, error: &dyn std::fmt::Display) {
+        crate::trace_event!(
+            self.trace,
+            sim_now(),
+            &host_name(self.id),
+            "start failed: {error}"
+        );
+    }
+
+    async fn run_center(self, center_config: CenterConfig, forms: bool) -> turmoil::Result {
+        let center = loop {
+            match Center::start(self.env.clone(), self.config.clone(), center_config.clone()).await
+            {
+                Ok(center) => break center,
+                Err(e) => {
+                    self.start_failed(&e);
+                    self.env.clock.sleep(Self::START_RETRY).await;
+                }
+            }
+        };
+        if self.generation == 0 && forms {
+            center.initialize().await?;
+        }
+        *self.slot.lock().expect("slot lock") = Some(center.node().clone());
+        center.serve().await?;
+        Ok(())
+    }
+
+    async fn run_storage(self, forms: Vec<(GroupId, BTreeSet<NodeId>)>) -> turmoil::Result {
+        let node = loop {
+            match StorageNode::start(self.env.clone(), self.config.clone()).await {
+                Ok(node) => break node,
+                Err(e) => {
+                    self.start_failed(&e);
+                    self.env.clock.sleep(Self::START_RETRY).await;
+                }
+            }
+        };
+        // A group's first replica bootstraps it on its first start; later starts find it
+        // initialized (the membership entry is in its log) and leave it alone.
+        if self.generation == 0 {
+            for (group, voters) in &forms {
+                node.initialize(*group, voters).await?;
+            }
+        }
+        *self.slot.lock().expect("slot lock") = Some(node.clone());
+        node.serve().await?;
+        Ok(())
+    }
+}
+
+/// Registers the RESP proxies.
+pub(crate) fn register_proxies(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    trace: &Trace,
+    net_faults: &NetFaults,
+) {
+    let seed = config.seed;
+    for index in 0..config.proxies {
+        let id = proxy_id(index);
+        let (faults, trace) = (net_faults.clone(), trace.clone());
+        let sim_config = config.clone();
+        sim.host(host_name(id), move || {
+            let net = SimNet::new(
+                id,
+                faults.clone(),
+                derive_seed(seed, id << 16),
+                trace.clone(),
+            );
+            let proxy = Proxy::new(
+                net,
+                SimClock::new(),
+                derive_seed(seed, id),
+                ProxyConfig {
+                    client: client_config(),
+                    ..ProxyConfig::default()
+                },
+                sim_config.shared_routing(),
+            );
+            async move {
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PROXY_PORT)).await?;
+                proxy.serve(SimListener(listener)).await?;
+                Ok(())
+            }
+        });
+    }
+}
+
+/// Registers the workload clients: RESP through the proxies if there are any, else the cluster
+/// SDK (several groups) or the group SDK (one group). Returns their ids.
+pub(crate) fn register_clients(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    trace: &Trace,
+    net_faults: &NetFaults,
+    history: &SharedHistory,
+) -> Vec<NodeId> {
+    let seed = config.seed;
+    let client_ids: Vec<NodeId> = (0..config.clients).map(client_id).collect();
+    for (index, &id) in client_ids.iter().enumerate() {
+        let net = SimNet::new(
+            id,
+            net_faults.clone(),
+            derive_seed(seed, id << 16),
+            trace.clone(),
+        );
+        let (replicas, workload, history, trace, routing) = (
+            config.node_ids(),
+            config.workload.clone(),
+            history.clone(),
+            trace.clone(),
+            config.shared_routing(),
+        );
+        let client_seed = derive_seed(seed, 500 + index as u64);
+        let until = config.duration;
+        let (groups, proxies) = (config.groups, config.proxies);
+        sim.client(host_name(id), async move {
+            if proxies > 0 {
+                let client = RespClient::new(proxy_id(index as u64 % proxies));
+                run_client(id, client, client_seed, until, workload, history, trace).await;
+            } else if groups > 1 {
+                let client = cluster_client(net, routing, client_seed);
+                run_client(id, client, client_seed, until, workload, history, trace).await;
+            } else {
+                let client = group_client(net, replicas, client_seed);
+                run_client(id, client, client_seed, until, workload, history, trace).await;
+            }
+            Ok(())
+        });
+    }
+    client_ids
+}
+
+/// Registers the checker client (see [`check_final`]), which fills `final_state`. Returns its
+/// id.
+pub(crate) fn register_checker(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    trace: &Trace,
+    net_faults: &NetFaults,
+    parts: &[NodeParts],
+    final_state: &Arc<Mutex<Final>>,
+) -> NodeId {
+    let checker_id = client_id(99);
+    let net = SimNet::new(
+        checker_id,
+        net_faults.clone(),
+        derive_seed(config.seed, checker_id << 16),
+        trace.clone(),
+    );
+    let slots: Vec<(NodeId, NodeSlot)> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
+    let (final_state, workload, routing) = (
+        final_state.clone(),
+        config.workload.clone(),
+        config.shared_routing(),
+    );
+    let timing = (config.heal_at(), config.duration, config.liveness);
+    sim.client(host_name(checker_id), async move {
+        let client = ClusterClient::new(
+            net,
+            SimClock::new(),
+            routing,
+            // Bounded, so a cluster that never serves again ends the run with a verdict (and
+            // the group states in it) instead of running into the simulator's cap.
+            ClientConfig {
+                request_timeout: Duration::from_millis(1500),
+                attempts_max: 10,
+                ..ClientConfig::default()
+            },
+            derive_seed(0, 99),
+        );
+        check_final(client, slots, workload, timing, final_state).await;
+        Ok(())
+    });
+    checker_id
+}

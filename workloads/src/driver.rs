@@ -1,0 +1,603 @@
+//! The workload driver: one client process that generates operations (register writes and
+//! reads, counter increments and reads, list appends and reads, with think times between them)
+//! and records each straight into a [`History`] as an invocation and a completion.
+//!
+//! It knows nothing of how commands reach the store or what time is: an [`Executor`] sends a
+//! Redis command (an argument list) and says what came back ([`Response`]: a reply, certainly
+//! failed, or indeterminate), and a [`Timer`] gives the history's time and sleeps. The
+//! simulator drives it over simulated clients and time (`larder_sim::workload`), `larder
+//! jepsen` over TCP to a real proxy and the wall clock.
+//!
+//! Operation values are unique per process (`"{process}-{sequence}"`), so a read names the
+//! write it saw, and an appended element shows exactly which appends survived, in what order.
+
+use std::future::Future;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use larder_core::env::{Rng, SeededRng};
+use larder_core::resp::Frame;
+use serde::{Deserialize, Serialize};
+
+use crate::history::{Function, History, OpKind, Value};
+
+/// The key of register `index`.
+pub fn register_key(index: u64) -> String {
+    format!("reg:{index}")
+}
+
+/// The key of counter `index`.
+pub fn counter_key(index: u64) -> String {
+    format!("ctr:{index}")
+}
+
+/// The key of list `index` (appended to with `APPEND`).
+pub fn list_key(index: u64) -> String {
+    format!("log:{index}")
+}
+
+/// Relative weights of the operations a client picks from (one draw below their sum per
+/// operation, walked in field order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mix {
+    /// `SET` of a register.
+    pub write: u64,
+    /// `GET` of a register.
+    pub read: u64,
+    /// `INCRBY` of a counter.
+    pub add: u64,
+    /// `GET` of a counter.
+    pub counter_read: u64,
+    /// `APPEND` of a unique element to a list (a register read without list keys).
+    pub append: u64,
+    /// `GET` of a list (a register read without list keys).
+    pub list_read: u64,
+}
+
+impl Mix {
+    fn total(&self) -> u64 {
+        self.write + self.read + self.add + self.counter_read + self.append + self.list_read
+    }
+}
+
+/// Shape of the generated workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadConfig {
+    pub register_keys: u64,
+    pub counter_keys: u64,
+    /// List-append keys: every element appended is unique, so a read shows exactly which
+    /// acknowledged appends survived and in what order (checked as linearizable appends).
+    pub list_keys: u64,
+    /// Pause between a client's operations, drawn from `[0, think_ms_max]`.
+    pub think_ms_max: u64,
+    /// Increments are drawn from `[1, delta_max]`.
+    pub delta_max: u64,
+    pub mix: Mix,
+}
+
+impl Default for WorkloadConfig {
+    /// The simulator's workload: registers, counters (never read by clients: the checker reads
+    /// them at the end) and lists.
+    fn default() -> Self {
+        WorkloadConfig {
+            register_keys: 4,
+            counter_keys: 2,
+            list_keys: 2,
+            think_ms_max: 20,
+            delta_max: 9,
+            mix: Mix {
+                write: 4,
+                read: 3,
+                add: 3,
+                counter_read: 0,
+                append: 1,
+                list_read: 1,
+            },
+        }
+    }
+}
+
+impl WorkloadConfig {
+    /// `larder jepsen`'s workload: registers and counters, both read by clients.
+    pub fn jepsen() -> Self {
+        WorkloadConfig {
+            register_keys: 4,
+            counter_keys: 2,
+            list_keys: 0,
+            think_ms_max: 19,
+            delta_max: 5,
+            mix: Mix {
+                write: 4,
+                read: 3,
+                add: 2,
+                counter_read: 1,
+                append: 0,
+                list_read: 0,
+            },
+        }
+    }
+}
+
+/// A command to send: its Redis arguments, and whether it may change state (a write whose
+/// reply is lost may have taken effect; a read whose reply is lost did nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub args: Vec<Bytes>,
+    pub write: bool,
+}
+
+impl Request {
+    /// What a request whose reply never came means.
+    pub fn lost(&self, reason: String) -> Response {
+        if self.write {
+            Response::Indeterminate(reason)
+        } else {
+            Response::Failed(reason)
+        }
+    }
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// The store answered (possibly with an error reply the driver did not expect).
+    Reply(Frame),
+    /// Certainly had no effect.
+    Failed(String),
+    /// May or may not have taken effect.
+    Indeterminate(String),
+}
+
+impl Response {
+    /// A RESP reply of Larder's proxy: `-TRYAGAIN` means nothing happened, `-ERR
+    /// indeterminate` that a write may have happened; anything else is a reply.
+    pub fn from_frame(frame: Frame) -> Response {
+        match frame {
+            Frame::Error(text) if text.starts_with("TRYAGAIN") => Response::Failed(text),
+            Frame::Error(text) if text.starts_with("ERR indeterminate") => {
+                Response::Indeterminate(text)
+            }
+            frame => Response::Reply(frame),
+        }
+    }
+}
+
+/// How a client reaches the store.
+pub trait Executor {
+    fn execute(&mut self, request: &Request) -> impl Future<Output = Response>;
+}
+
+/// The history's clock, and sleeping on it.
+pub trait Timer {
+    /// Now, in nanoseconds since an origin every client of the run shares.
+    fn now_ns(&self) -> u64;
+    fn sleep_ms(&self, ms: u64) -> impl Future<Output = ()>;
+}
+
+/// An operation about to be invoked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub f: Function,
+    pub key: String,
+    /// The invocation's value: the value written, the delta, the element appended; `null` for
+    /// reads.
+    pub value: Value,
+    /// A read of a counter (its value is read as an integer).
+    pub counter: bool,
+    pub request: Request,
+}
+
+/// An operation as it completed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    pub process: u64,
+    pub f: Function,
+    pub key: String,
+    pub value: Value,
+    /// What an `ok` read returned; the invocation's value otherwise.
+    pub output: Value,
+    /// `Ok`, `Fail` or `Info`.
+    pub kind: OpKind,
+    pub error: Option<String>,
+}
+
+/// An entry of [`Mix`].
+#[derive(Debug, Clone, Copy)]
+enum Pick {
+    Write,
+    Read,
+    Add,
+    CounterRead,
+    Append,
+    ListRead,
+}
+
+/// One client process.
+#[derive(Debug)]
+pub struct Driver<E, T> {
+    process: u64,
+    config: WorkloadConfig,
+    rng: SeededRng,
+    sequence: u64,
+    executor: E,
+    timer: T,
+}
+
+fn args(parts: &[&str]) -> Vec<Bytes> {
+    parts
+        .iter()
+        .map(|part| Bytes::copy_from_slice(part.as_bytes()))
+        .collect()
+}
+
+impl<E, T> Driver<E, T> {
+    /// `process` names the client in the history; `seed` draws its operations and pauses.
+    pub fn new(process: u64, config: WorkloadConfig, seed: u64, executor: E, timer: T) -> Self {
+        Driver {
+            process,
+            config,
+            rng: SeededRng::new(seed),
+            sequence: 0,
+            executor,
+            timer,
+        }
+    }
+
+    /// Draws the next operation.
+    pub fn next_op(&mut self) -> Planned {
+        self.sequence += 1;
+        let lists = self.config.list_keys;
+        match self.pick() {
+            Pick::Write => self.write(),
+            Pick::Add => self.add(),
+            Pick::CounterRead => {
+                let key = counter_key(self.rng.below(self.config.counter_keys.max(1)));
+                Planned {
+                    counter: true,
+                    ..Self::read(key)
+                }
+            }
+            Pick::Append if lists > 0 => {
+                let key = list_key(self.rng.below(lists));
+                let element = format!("{}-{},", self.process, self.sequence);
+                Planned {
+                    f: Function::Append,
+                    request: Request {
+                        args: args(&["APPEND", &key, &element]),
+                        write: true,
+                    },
+                    key,
+                    value: Value::Str(element),
+                    counter: false,
+                }
+            }
+            Pick::ListRead if lists > 0 => Self::read(list_key(self.rng.below(lists))),
+            Pick::Read | Pick::Append | Pick::ListRead => Self::read(register_key(
+                self.rng.below(self.config.register_keys.max(1)),
+            )),
+        }
+    }
+
+    /// One draw below the mix's total, walked through the weights in field order.
+    fn pick(&mut self) -> Pick {
+        let mix = &self.config.mix;
+        let roll = self.rng.below(mix.total().max(1));
+        let weights = [
+            (mix.write, Pick::Write),
+            (mix.read, Pick::Read),
+            (mix.add, Pick::Add),
+            (mix.counter_read, Pick::CounterRead),
+            (mix.append, Pick::Append),
+            (mix.list_read, Pick::ListRead),
+        ];
+        let mut below = 0;
+        weights
+            .into_iter()
+            .find(|(weight, _)| {
+                below += weight;
+                roll < below
+            })
+            .map_or(Pick::Read, |(_, pick)| pick)
+    }
+
+    fn write(&mut self) -> Planned {
+        let key = register_key(self.rng.below(self.config.register_keys.max(1)));
+        let value = format!("{}-{}", self.process, self.sequence);
+        Planned {
+            f: Function::Write,
+            request: Request {
+                args: args(&["SET", &key, &value]),
+                write: true,
+            },
+            key,
+            value: Value::Str(value),
+            counter: false,
+        }
+    }
+
+    fn add(&mut self) -> Planned {
+        let key = counter_key(self.rng.below(self.config.counter_keys.max(1)));
+        let delta = 1 + self.rng.below(self.config.delta_max.max(1)) as i64;
+        Planned {
+            f: Function::Add,
+            request: Request {
+                args: args(&["INCRBY", &key, &delta.to_string()]),
+                write: true,
+            },
+            key,
+            value: Value::Int(delta),
+            counter: false,
+        }
+    }
+
+    fn read(key: String) -> Planned {
+        Planned {
+            f: Function::Read,
+            request: Request {
+                args: args(&["GET", &key]),
+                write: false,
+            },
+            key,
+            value: Value::Null,
+            counter: false,
+        }
+    }
+}
+
+/// How an operation ended, given what came back: (completion kind, completion value, error).
+fn outcome(op: &Planned, response: Response) -> (OpKind, Value, Option<String>) {
+    match response {
+        Response::Reply(frame) => match (op.f, frame) {
+            (Function::Read, Frame::Bulk(Some(bytes))) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                // Counters are read as integers, registers and lists as strings.
+                let value = match text.parse::<i64>() {
+                    Ok(n) if op.counter => Value::Int(n),
+                    _ => Value::Str(text),
+                };
+                (OpKind::Ok, value, None)
+            }
+            (Function::Read, Frame::Bulk(None) | Frame::Null) => (OpKind::Ok, Value::Null, None),
+            (Function::Write, Frame::Simple(text)) if text == "OK" => {
+                (OpKind::Ok, op.value.clone(), None)
+            }
+            (Function::Add | Function::Append, Frame::Integer(_)) => {
+                (OpKind::Ok, op.value.clone(), None)
+            }
+            // A reply of the wrong shape is a bug in the store, not a network event.
+            (_, other) => (
+                OpKind::Info,
+                op.value.clone(),
+                Some(format!("unexpected reply {other:?}")),
+            ),
+        },
+        Response::Failed(reason) => (OpKind::Fail, op.value.clone(), Some(reason)),
+        Response::Indeterminate(reason) => (OpKind::Info, op.value.clone(), Some(reason)),
+    }
+}
+
+impl<E: Executor, T: Timer> Driver<E, T> {
+    /// Runs operations while `running()` says so, recording each into `history` and handing it
+    /// to `observe` once completed, with a think time after each.
+    pub async fn run(
+        mut self,
+        history: &Mutex<History>,
+        mut running: impl FnMut() -> bool,
+        mut observe: impl FnMut(&Completed),
+    ) {
+        while running() {
+            let completed = self.step(history).await;
+            observe(&completed);
+            let think = self.rng.below(self.config.think_ms_max + 1);
+            if think > 0 {
+                self.timer.sleep_ms(think).await;
+            }
+        }
+    }
+
+    /// Draws, invokes and completes one operation.
+    pub async fn step(&mut self, history: &Mutex<History>) -> Completed {
+        let op = self.next_op();
+        history.lock().expect("history lock").invoke(
+            self.timer.now_ns(),
+            self.process,
+            op.f,
+            op.key.clone(),
+            op.value.clone(),
+        );
+        let response = self.executor.execute(&op.request).await;
+        let (kind, output, error) = outcome(&op, response);
+        history.lock().expect("history lock").complete_with_error(
+            self.timer.now_ns(),
+            self.process,
+            kind,
+            output.clone(),
+            error.clone(),
+        );
+        Completed {
+            process: self.process,
+            f: op.f,
+            key: op.key,
+            value: op.value,
+            output,
+            kind,
+            error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::checker::{Budget, CheckConfig, check_history};
+
+    /// A store in memory; every `fail_every`-th request fails, every `lose_every`-th write
+    /// is applied but its reply lost.
+    struct Memory {
+        data: BTreeMap<Bytes, Bytes>,
+        requests: u64,
+        fail_every: u64,
+        lose_every: u64,
+        clock: Rc<Cell<u64>>,
+    }
+
+    impl Executor for Memory {
+        async fn execute(&mut self, request: &Request) -> Response {
+            self.requests += 1;
+            self.clock.set(self.clock.get() + 1_000);
+            if self.requests.is_multiple_of(self.fail_every) {
+                return Response::Failed("TRYAGAIN".into());
+            }
+            let args = &request.args;
+            let key = args[1].clone();
+            let frame = match &args[0][..] {
+                b"SET" => {
+                    self.data.insert(key, args[2].clone());
+                    Frame::ok()
+                }
+                b"GET" => Frame::Bulk(self.data.get(&key).cloned()),
+                b"INCRBY" => {
+                    let old: i64 = self
+                        .data
+                        .get(&key)
+                        .map_or(0, |v| std::str::from_utf8(v).unwrap().parse().unwrap());
+                    let delta: i64 = std::str::from_utf8(&args[2]).unwrap().parse().unwrap();
+                    self.data
+                        .insert(key, Bytes::from((old + delta).to_string()));
+                    Frame::Integer(old + delta)
+                }
+                b"APPEND" => {
+                    let mut value = self.data.get(&key).cloned().unwrap_or_default().to_vec();
+                    value.extend_from_slice(&args[2]);
+                    let len = value.len() as i64;
+                    self.data.insert(key, Bytes::from(value));
+                    Frame::Integer(len)
+                }
+                other => panic!("unexpected command {other:?}"),
+            };
+            if request.write && self.requests.is_multiple_of(self.lose_every) {
+                return request.lost("no reply".into());
+            }
+            Response::Reply(frame)
+        }
+    }
+
+    struct Ticks(Rc<Cell<u64>>);
+
+    impl Timer for Ticks {
+        fn now_ns(&self) -> u64 {
+            self.0.get()
+        }
+        async fn sleep_ms(&self, ms: u64) {
+            self.0.set(self.0.get() + ms * 1_000_000);
+        }
+    }
+
+    fn drive(config: WorkloadConfig, ops: usize) -> History {
+        let clock = Rc::new(Cell::new(0));
+        let store = Memory {
+            data: BTreeMap::new(),
+            requests: 0,
+            fail_every: 7,
+            lose_every: 5,
+            clock: clock.clone(),
+        };
+        let history = Mutex::new(History::new());
+        let mut count = 0;
+        let driver = Driver::new(3, config, 42, store, Ticks(clock));
+        futures_lite_block_on(driver.run(
+            &history,
+            || {
+                count += 1;
+                count <= ops
+            },
+            |_| {},
+        ));
+        history.into_inner().unwrap()
+    }
+
+    /// The driver's futures never wait on anything here: poll once.
+    fn futures_lite_block_on<F: Future>(future: F) -> F::Output {
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        let mut future = std::pin::pin!(future);
+        match future.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => panic!("the test executor never waits"),
+        }
+    }
+
+    #[test]
+    fn records_every_operation_and_the_history_checks_linearizable() {
+        for config in [WorkloadConfig::default(), WorkloadConfig::jepsen()] {
+            let history = drive(config, 300);
+            let operations = history.operations().expect("well formed");
+            assert_eq!(operations.len(), 300);
+            let kinds: BTreeMap<(Function, crate::Outcome), usize> =
+                operations.iter().fold(BTreeMap::new(), |mut counts, op| {
+                    *counts.entry((op.f, op.outcome)).or_default() += 1;
+                    counts
+                });
+            assert!(
+                kinds
+                    .keys()
+                    .any(|(_, outcome)| *outcome == crate::Outcome::Fail)
+                    && kinds
+                        .keys()
+                        .any(|(_, outcome)| *outcome == crate::Outcome::Info),
+                "{kinds:?}"
+            );
+            let report = check_history(&history, &CheckConfig::default(), &Budget::unlimited())
+                .expect("well formed");
+            assert!(report.is_linearizable(), "{report}");
+        }
+    }
+
+    #[test]
+    fn the_mix_picks_by_weight_and_reads_registers_without_lists() {
+        let config = WorkloadConfig {
+            list_keys: 0,
+            ..WorkloadConfig::default()
+        };
+        let mut driver = Driver::new(1, config, 7, (), ());
+        for _ in 0..200 {
+            let op = driver.next_op();
+            assert_ne!(op.f, Function::Append);
+            assert!(!op.key.starts_with("log:"));
+            assert_eq!(op.request.write, op.f != Function::Read);
+        }
+        let mut driver = Driver::new(1, WorkloadConfig::jepsen(), 7, (), ());
+        let ops: Vec<Planned> = (0..1000).map(|_| driver.next_op()).collect();
+        let writes = ops.iter().filter(|op| op.f == Function::Write).count();
+        assert!((300..500).contains(&writes), "about 40% writes: {writes}");
+        assert!(
+            ops.iter()
+                .any(|op| op.counter && op.key.starts_with("ctr:"))
+        );
+        assert!(
+            ops.iter()
+                .filter(|op| op.f == Function::Add)
+                .all(|op| (1..=5).contains(&op.value.as_int().unwrap()))
+        );
+    }
+
+    #[test]
+    fn proxy_errors_mean_what_the_proxy_says() {
+        assert_eq!(
+            Response::from_frame(Frame::Error("TRYAGAIN group 3 unavailable".into())),
+            Response::Failed("TRYAGAIN group 3 unavailable".into())
+        );
+        assert_eq!(
+            Response::from_frame(Frame::Error("ERR indeterminate: timed out".into())),
+            Response::Indeterminate("ERR indeterminate: timed out".into())
+        );
+        assert_eq!(
+            Response::from_frame(Frame::Error("ERR wrong type".into())),
+            Response::Reply(Frame::Error("ERR wrong type".into()))
+        );
+    }
+}
