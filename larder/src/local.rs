@@ -21,9 +21,7 @@ use larder_core::{GroupId, NodeId};
 use larder_center::{Center, CenterConfig};
 use larder_client::{ClientConfig, ClusterClient, SharedRouting};
 use larder_proxy::{Proxy, ProxyConfig};
-use larder_real::{
-    AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock, TokioListener,
-};
+use larder_real::{AddressBook, RealEnv, TcpNet, TokioClock, TokioListener};
 use larder_storage::{NodeConfig, StorageNode};
 
 /// What to start.
@@ -96,13 +94,6 @@ pub struct LocalCluster {
     _temp: Option<tempfile::TempDir>,
 }
 
-fn create_dir(path: &Path) -> Result<(), LocalError> {
-    std::fs::create_dir_all(path).map_err(|source| LocalError::Io {
-        what: format!("creating {}", path.display()),
-        source,
-    })
-}
-
 /// Binds `id` on a loopback port and opens its disk under `dir/<name>`.
 async fn open_env(
     id: NodeId,
@@ -111,20 +102,10 @@ async fn open_env(
     book: &AddressBook,
     seed: u64,
 ) -> Result<RealEnv, LocalError> {
-    let path = dir.join(name);
-    create_dir(&path)?;
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let net = TcpNet::bind(id, loopback, book.clone())
+    RealEnv::open(id, loopback, &dir.join(name), book.clone(), seed)
         .await
-        .map_err(|e| start_error(format!("{name}: binding"), e))?;
-    let disk = FjallDisk::open(&path, &FjallOptions::default())
-        .map_err(|e| start_error(format!("{name}: opening {}", path.display()), e))?;
-    Ok(RealEnv {
-        clock: TokioClock::new(),
-        net,
-        disk,
-        seed: derive_seed(seed, id),
-    })
+        .map_err(|e| start_error(name.to_string(), e))
 }
 
 impl LocalCluster {

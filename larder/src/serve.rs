@@ -57,7 +57,7 @@ use larder_core::env::derive_seed;
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
 use larder_proxy::{Proxy, ProxyConfig};
-use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
+use larder_real::{AddressBook, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, StorageNode};
 use serde::Deserialize;
 
@@ -329,17 +329,7 @@ async fn open_env(
     book: AddressBook,
     seed: u64,
 ) -> anyhow::Result<RealEnv> {
-    let net = TcpNet::bind(id, listen, book)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let disk = FjallDisk::open(data_dir, &FjallOptions::default())
-        .with_context(|| format!("opening {}", data_dir.display()))?;
-    Ok(RealEnv {
-        clock: TokioClock::new(),
-        net,
-        disk,
-        seed: derive_seed(seed, id),
-    })
+    Ok(RealEnv::open(id, listen, data_dir, book, seed).await?)
 }
 
 pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
@@ -347,8 +337,6 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
     let config = file
         .center_config()
         .with_context(|| format!("checking {}", args.config.display()))?;
-    std::fs::create_dir_all(&file.data_dir)
-        .with_context(|| format!("creating {}", file.data_dir.display()))?;
     runtime()?.block_on(async {
         let seed = larder_real::process_seed();
         larder_storage::raft::runtime::seed_raft_rng(seed);
@@ -393,8 +381,6 @@ pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
     let mode = file
         .mode()
         .with_context(|| format!("checking {}", args.config.display()))?;
-    std::fs::create_dir_all(&file.data_dir)
-        .with_context(|| format!("creating {}", file.data_dir.display()))?;
     runtime()?.block_on(async {
         let seed = larder_real::process_seed();
         larder_storage::raft::runtime::seed_raft_rng(seed);

@@ -21,7 +21,11 @@ pub use disk::{FjallDisk, FjallOptions};
 pub use listener::TokioListener;
 pub use net::{AddressBook, TcpNet};
 
-use larder_core::env::Env;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use larder_core::NodeId;
+use larder_core::env::{DiskError, Env, NetError, derive_seed};
 
 /// A production process's environment.
 #[derive(Clone)]
@@ -30,6 +34,59 @@ pub struct RealEnv {
     pub net: TcpNet,
     pub disk: FjallDisk,
     pub seed: u64,
+}
+
+/// Why a process's environment could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("creating the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listening on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: NetError,
+    },
+    #[error("opening the data in {path}: {source}")]
+    Disk { path: PathBuf, source: DiskError },
+}
+
+impl RealEnv {
+    /// The environment of server process `id`: listens on `listen` (port 0: any free port;
+    /// [`TcpNet::local_addr`] says which), keeps its data in `data_dir` (created if missing),
+    /// reaches peers through `book`, and draws its random streams from `seed` and its id.
+    pub async fn open(
+        id: NodeId,
+        listen: SocketAddr,
+        data_dir: &Path,
+        book: AddressBook,
+        seed: u64,
+    ) -> Result<RealEnv, OpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let net = TcpNet::bind(id, listen, book)
+            .await
+            .map_err(|source| OpenError::Listen {
+                address: listen,
+                source,
+            })?;
+        let disk = FjallDisk::open(data_dir, &FjallOptions::default()).map_err(|source| {
+            OpenError::Disk {
+                path: data_dir.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(RealEnv {
+            clock: TokioClock::new(),
+            net,
+            disk,
+            seed: derive_seed(seed, id),
+        })
+    }
 }
 
 impl Env for RealEnv {
