@@ -11,12 +11,15 @@
 //! - **slots** ([`slots`]): key to slot mapping (CRC16 mod 16384 with `{hash tags}`), exactly as
 //!   Redis Cluster computes it;
 //! - the **routing table** ([`routing`]): slot -> group -> replicas, versioned by epoch;
-//! - the **RESP codec** ([`resp`]): RESP2/RESP3 request and reply parsing and encoding, no I/O.
+//! - the **RESP codec** ([`resp`]): RESP2/RESP3 request and reply parsing and encoding, no I/O;
+//! - the **planted-bug catalog** ([`bugs`]): switches that break one layer on purpose, compiled
+//!   in only with the `planted-bugs` feature, so the simulator can prove it catches them.
 //!
 //! It must not depend on: tokio, `std::time::{Instant, SystemTime}` (time only through
 //! [`env::Clock`]), sockets, `std::fs`, or any other Larder crate. `clippy.toml` enforces the
 //! time/rng/HashMap part; the dependency list enforces the rest.
 
+pub mod bugs;
 pub mod conformance;
 pub mod env;
 pub mod kv;

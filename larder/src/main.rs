@@ -17,9 +17,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use larder_core::bugs::Bug;
 use larder_sim::{SimConfig, check_determinism, run};
 
 mod bench;
+mod bug_matrix;
 mod jepsen;
 mod serve;
 mod up;
@@ -125,6 +127,21 @@ struct SimArgs {
     /// Write each seed's HTML report, JSON summary and history.jsonl here, and an index page.
     #[arg(long)]
     report_dir: Option<std::path::PathBuf>,
+    /// Plant one bug of the catalog (`larder_core::bugs`) in every node, center, proxy and
+    /// client; the seeds should now fail. Needs a build with `--features planted-bugs`.
+    #[arg(long, value_parser = parse_bug)]
+    bug: Option<Bug>,
+    /// Run every seed with no bug (each must pass) and then with each bug of the catalog, and
+    /// print which seeds caught which bug. Needs a build with `--features planted-bugs`.
+    #[arg(long, conflicts_with = "bug")]
+    bug_matrix: bool,
+}
+
+fn parse_bug(name: &str) -> Result<Bug, String> {
+    name.parse::<Bug>().map_err(|error| {
+        let names: Vec<&str> = Bug::ALL.iter().map(|bug| bug.name()).collect();
+        format!("{error}; the catalog: {}", names.join(", "))
+    })
 }
 
 fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
@@ -174,7 +191,25 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
     if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
         command.push_str(&format!(" --tick-ms {}", args.tick_ms));
     }
+    if let Some(bug) = args.bug {
+        command.push_str(&format!(" --bug {bug}"));
+    }
     command
+}
+
+/// The configuration of `seed` as the command line describes it (without a planted bug).
+fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
+    let mut config = if args.cluster {
+        let mut config = SimConfig::cluster(seed, args.duration, 5, 8, 2);
+        config.centers = args.centers;
+        config
+    } else {
+        SimConfig::new(seed, args.duration)
+    };
+    config.faults = !args.no_faults;
+    config.swarm = args.swarm;
+    config.tick = Duration::from_millis(args.tick_ms.max(1));
+    config
 }
 
 fn sim(args: SimArgs) -> anyhow::Result<bool> {
@@ -183,6 +218,9 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
         (None, Some(range)) => parse_seeds(range)?,
         (None, None) => vec![0],
     };
+    if args.bug_matrix {
+        return bug_matrix::run_matrix(&args, &seeds);
+    }
     let sweep = seeds.len() > 1;
     if let Some(dir) = &args.report_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -202,16 +240,10 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
     let mut failed = Vec::new();
     let mut index = Vec::new();
     for &seed in &seeds {
-        let mut config = if args.cluster {
-            let mut config = SimConfig::cluster(seed, args.duration, 5, 8, 2);
-            config.centers = args.centers;
-            config
-        } else {
-            SimConfig::new(seed, args.duration)
-        };
-        config.faults = !args.no_faults;
-        config.swarm = args.swarm;
-        config.tick = Duration::from_millis(args.tick_ms.max(1));
+        let mut config = sim_config(&args, seed);
+        if let Some(bug) = args.bug {
+            config.bugs.try_plant(bug)?;
+        }
         if args.print_plan {
             say(&progress, serde_json::to_string_pretty(&config.plan())?);
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use larder_client::{Client, ClientConfig, ClientError};
 use larder_client::{ClusterClient, SharedRouting};
+use larder_core::bugs::Bugs;
 
 use larder_core::NodeId;
 use larder_core::kv::{Command, Reply};
@@ -39,8 +40,9 @@ pub fn client_id(index: u64) -> NodeId {
 }
 
 /// The SDK settings of workload clients and proxies.
-pub(crate) fn client_config() -> ClientConfig {
+pub(crate) fn client_config(bugs: &Bugs) -> ClientConfig {
     ClientConfig {
+        bugs: bugs.clone(),
         request_timeout: Duration::from_millis(1500),
         attempts_max: 6,
         backoff: Duration::from_millis(50),
@@ -53,13 +55,14 @@ pub fn group_client(
     net: SimNet,
     replicas: Vec<NodeId>,
     seed: u64,
+    bugs: &Bugs,
 ) -> Sdk<Client<SimNet, SimClock>> {
     Sdk(Client::new(
         net,
         SimClock::new(),
         GROUP,
         replicas,
-        client_config(),
+        client_config(bugs),
         seed,
     ))
 }
@@ -69,12 +72,13 @@ pub fn cluster_client(
     net: SimNet,
     routing: SharedRouting,
     seed: u64,
+    bugs: &Bugs,
 ) -> Sdk<ClusterClient<SimNet, SimClock>> {
     Sdk(ClusterClient::new(
         net,
         SimClock::new(),
         routing,
-        client_config(),
+        client_config(bugs),
         seed,
     ))
 }

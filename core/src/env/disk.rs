@@ -129,6 +129,11 @@ pub fn log_key_index(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes))
 }
 
+/// The key in [`Space::Meta`] of `group`'s Raft vote (what [`Disk::save_vote`] writes).
+pub fn vote_key(group: GroupId) -> Bytes {
+    meta_key("vote", group)
+}
+
 fn meta_key(kind: &str, group: GroupId) -> Bytes {
     let mut key = Vec::with_capacity(kind.len() + 9);
     key.extend_from_slice(kind.as_bytes());

@@ -13,7 +13,7 @@ mod net;
 mod rng;
 
 pub use clock::{Clock, Elapsed, timeout};
-pub use disk::{Disk, DiskError, Space, WriteBatch, WriteOp, log_key, log_key_index};
+pub use disk::{Disk, DiskError, Space, WriteBatch, WriteOp, log_key, log_key_index, vote_key};
 pub use listener::Listener;
 pub use net::{FRAME_BYTES_MAX, Handler, Net, NetError};
 pub use rng::{Rng, SeededRng, derive_seed};

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use larder_core::NodeId;
+use larder_core::bugs::Bugs;
 use larder_core::routing::RoutingError;
 use larder_storage::NodeError;
 
@@ -45,6 +46,10 @@ pub struct CenterConfig {
     pub stale_replica_ms: u64,
     /// Routing epochs kept in the center group (at least 2; see the module docs).
     pub routing_history: u64,
+    /// Bugs planted on purpose ([`larder_core::bugs`]; none without the `planted-bugs`
+    /// feature). Never read from a file.
+    #[serde(skip)]
+    pub bugs: Bugs,
 }
 
 impl CenterConfig {
@@ -65,6 +70,7 @@ impl CenterConfig {
             replace_timeout_ms: 30_000,
             stale_replica_ms: 60_000,
             routing_history: 16,
+            bugs: Bugs::default(),
         }
     }
 

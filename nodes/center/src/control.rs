@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Env, timeout};
 use larder_core::kv::Command;
 use larder_core::routing::RoutingTable;
@@ -82,13 +83,17 @@ impl<E: Env> Center<E> {
         for id in ids {
             let record = durable.registry.get(&id).cloned();
             let heard = soft.heard.get(&id);
-            let liveness = plan::liveness(
+            let mut liveness = plan::liveness(
                 heard.map(|h| h.at),
                 record.as_ref().map(|r| r.state),
                 soft.term_started,
                 now,
                 timeout,
             );
+            if heard.is_some() && self.config.bugs.is_planted(Bug::DeadNodeStaysUp) {
+                // Planted bug: once heard from, always up.
+                liveness = Liveness::Up;
+            }
             nodes.insert(
                 id,
                 NodeView {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Clock, Net, NetError};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
@@ -32,6 +33,8 @@ pub struct ClientConfig {
     /// A connection whose group could not serve fetches a newer routing table, unless another
     /// connection of the process did less than this long ago.
     pub routing_refresh_gap: Duration,
+    /// Bugs planted on purpose ([`larder_core::bugs`]; none without the `planted-bugs` feature).
+    pub bugs: Bugs,
 }
 
 impl Default for ClientConfig {
@@ -43,6 +46,7 @@ impl Default for ClientConfig {
             attempts_max: 20,
             backoff: Duration::from_millis(100),
             routing_refresh_gap: Duration::from_millis(250),
+            bugs: Bugs::default(),
         }
     }
 }
@@ -134,6 +138,19 @@ impl<N: Net, C: Clock> Client<N, C> {
 
     /// Executes `command`, retrying where that is safe.
     pub async fn execute(&mut self, command: Command) -> Result<Reply, ClientError> {
+        let outcome = self.attempt(command).await;
+        match outcome {
+            // Planted bug: an unknown outcome reported as a certain failure.
+            Err(ClientError::Indeterminate { reason })
+                if self.config.bugs.is_planted(Bug::IndeterminateAsUnavailable) =>
+            {
+                Err(ClientError::Unavailable { reason })
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn attempt(&mut self, command: Command) -> Result<Reply, ClientError> {
         let is_write = command.is_write();
         let session = if is_write {
             self.seq += 1;
@@ -144,12 +161,13 @@ impl<N: Net, C: Clock> Client<N, C> {
         } else {
             None
         };
-        let request = Encoded::new(ClientRequest {
+        let mut body = ClientRequest {
             group: self.group,
             command,
             session,
             epoch: self.epoch,
-        });
+        };
+        let mut request = Encoded::new(body.clone());
         let mut last_reason = String::from("no attempt made");
         for attempt in 0..self.config.attempts_max {
             if attempt > 0 {
@@ -225,6 +243,17 @@ impl<N: Net, C: Clock> Client<N, C> {
                 }
                 Err(error @ CallError::Net(_)) => {
                     self.forget_leader();
+                    if is_write && self.config.bugs.is_planted(Bug::RetryWithNewSequence) {
+                        // Planted bug: the retry looks like a new write to the group.
+                        self.seq += 1;
+                        body.session = Some(SessionSeq {
+                            session: self.session,
+                            seq: self.seq,
+                        });
+                        request = Encoded::new(body.clone());
+                        last_reason = error.to_string();
+                        continue;
+                    }
                     if is_write {
                         return Err(ClientError::Indeterminate {
                             reason: error.to_string(),

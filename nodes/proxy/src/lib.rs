@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Clock, Listener, Net, derive_seed};
 use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::{self, Frame, Limits, Protocol};
@@ -68,6 +69,8 @@ pub struct ProxyConfig {
     /// its routing has sources. Failing requests fetch one sooner (see
     /// [`ClientConfig::routing_refresh_gap`]).
     pub routing_refresh: Duration,
+    /// Bugs planted on purpose ([`larder_core::bugs`]; none without the `planted-bugs` feature).
+    pub bugs: Bugs,
 }
 
 impl Default for ProxyConfig {
@@ -78,6 +81,7 @@ impl Default for ProxyConfig {
             client: ClientConfig::default(),
             read_buffer_max: 1 << 20,
             routing_refresh: Duration::from_secs(1),
+            bugs: Bugs::default(),
         }
     }
 }
@@ -115,8 +119,14 @@ fn lower(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).to_ascii_lowercase()
 }
 
-fn client_error(error: ClientError) -> Frame {
+fn client_error(error: ClientError, bugs: &Bugs) -> Frame {
     match error {
+        // Planted bug: an unknown outcome answered as "nothing happened, retry".
+        ClientError::Indeterminate { reason }
+            if bugs.is_planted(Bug::ProxyTryAgainOnIndeterminate) =>
+        {
+            error_frame("TRYAGAIN", &reason)
+        }
         // Nothing happened: a Redis Cluster client retries TRYAGAIN by itself.
         ClientError::Unavailable { reason } => error_frame("TRYAGAIN", &reason),
         ClientError::Indeterminate { reason } => error_frame(
@@ -437,7 +447,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 Frame::Array(Some(keys.iter().map(Frame::from).collect())),
             ])),
             Ok(other) => Frame::from(&other),
-            Err(e) => client_error(e),
+            Err(e) => client_error(e, &self.config.bugs),
         }
     }
 
@@ -461,11 +471,11 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         Frame::Map(pairs)
                     }
                     Ok(reply) => Frame::from(&reply),
-                    Err(e) => client_error(e),
+                    Err(e) => client_error(e, &self.config.bugs),
                 }
             }
             Scope::Group => match (self.fan_out(session, command.clone()).await, &command) {
-                (Err(e), _) => client_error(e),
+                (Err(e), _) => client_error(e, &self.config.bugs),
                 (Ok(replies), Command::Keys { .. }) => {
                     let mut keys = Vec::new();
                     for reply in replies {

@@ -4,7 +4,7 @@ use larder_core::env::NetError;
 use larder_core::{GroupId, NodeId};
 use openraft::{Config, SnapshotPolicy};
 
-use crate::bugs::Bugs;
+use larder_core::bugs::{Bug, Bugs};
 
 /// Timing and size knobs of a storage node. Defaults suit a LAN; the simulator uses the same.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -23,9 +23,10 @@ pub struct NodeConfig {
     /// Longest a client command may take on this node before it answers
     /// `Unavailable`/`Indeterminate`.
     pub request_timeout_ms: u64,
-    /// Bugs planted on purpose, to prove the simulator catches them. Never read from a
-    /// configuration file (`serde(skip)`), and without the `planted-bugs` cargo feature (which
-    /// only tests and the simulator's test builds enable) no bug can be planted at all.
+    /// Bugs planted on purpose, to prove the simulator catches them ([`larder_core::bugs`]).
+    /// Never read from a configuration file (`serde(skip)`), and without the `planted-bugs`
+    /// cargo feature (which only tests and `larder sim --bug` builds enable) none can be
+    /// planted.
     #[serde(skip)]
     pub bugs: Bugs,
     /// The center replicas this node sends heartbeats to. Empty (the default): no center, no
@@ -83,7 +84,7 @@ impl NodeConfig {
             // group's leader and its last follower crash after the third replica was
             // destroyed, both restart, and the old leader answers at once). An election makes
             // the new leader commit an entry of its own term before it serves reads.
-            enable_leader_restore: Some(false),
+            enable_leader_restore: Some(self.bugs.is_planted(Bug::LeaderRestore)),
             ..Default::default()
         };
         config.validate().map_err(|e| NodeError::Config {

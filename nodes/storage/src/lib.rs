@@ -10,20 +10,17 @@
 //! - [`heartbeat`]: heartbeats to the center, which bring routing tables and addresses.
 //! - [`raft`]: one Raft group over the environment (log store, state machine, network,
 //!   runtime, group commit, wire payloads).
-//! - [`bugs`]: bugs planted on purpose for the simulator's tests (`planted-bugs` feature).
 //!
 //! It must not depend on the center, the client SDK, the proxy or the simulator. Nothing here
 //! touches real time, OS randomness, sockets or files: the environment decides.
 
 pub mod admin;
-pub mod bugs;
 pub mod config;
 pub mod heartbeat;
 pub mod node;
 pub mod raft;
 pub mod serving;
 
-pub use bugs::{Bug, Bugs};
 pub use config::{NodeConfig, NodeError};
 pub use node::{NodeDisk, StorageNode};
 pub use serving::NodeHandler;

@@ -77,10 +77,10 @@ async fn open_group<E: Env>(
     group: GroupId,
 ) -> Result<Group<NodeDisk<E>>, NodeError> {
     let raft_config = Arc::new(config.raft_config(group)?);
-    let state = DiskStateMachine::open(disk.clone(), group)
+    let state = DiskStateMachine::open(disk.clone(), group, config.bugs.clone())
         .await
         .map_err(|source| NodeError::Storage { group, source })?;
-    let log = DiskLogStore::new(disk.clone(), group);
+    let log = DiskLogStore::new(disk.clone(), group, config.bugs.clone());
     let net = RaftNet::new(env.net().clone(), group);
     let raft = Raft::new(config.id, raft_config, net, log, state.clone())
         .await
@@ -94,7 +94,7 @@ impl<E: Env> StorageNode<E> {
     /// set recorded on disk. With [`NodeConfig::centers`] set, also starts the heartbeat task.
     pub async fn start(env: E, config: NodeConfig) -> Result<Arc<Self>, NodeError> {
         // One committer for every group of the node: their log appends share syncs.
-        let disk = GroupCommitDisk::new(env.disk().clone());
+        let disk = GroupCommitDisk::new(env.disk().clone(), config.bugs.clone());
         let storage = |source: larder_core::env::DiskError| NodeError::HostedGroups {
             source: source.into(),
         };

@@ -18,11 +18,11 @@ use larder_protocol::{
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
 
-use crate::bugs::Bug;
 use crate::config::NodeError;
 use crate::node::StorageNode;
 use crate::raft::wire::{self, InstallSnapshot};
 use crate::raft::{Request as LogEntry, Snapshot, TypeConfig};
+use larder_core::bugs::Bug;
 
 impl<E: Env> StorageNode<E> {
     /// Serves peers and clients on the node's [`Net`] until listening fails.

@@ -231,7 +231,7 @@ pub(crate) fn judge(
     let paired = operations.as_deref().unwrap_or_default();
     let mut violations = check(config, paired, final_state, destroyed);
     let linearizability = check_linearizability(&operations);
-    violations.extend(linearizability.violation());
+    violations.extend(linearizability.violation(config.unknown_passes.is_some()));
     (OpCounts::of(paired), violations, linearizability)
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use larder_center::CenterConfig;
 use larder_client::SharedRouting;
+use larder_core::bugs::Bugs;
 use larder_storage::NodeConfig;
 
 use larder_core::routing::RoutingTable;
@@ -50,6 +51,14 @@ pub struct SimConfig {
     /// by the harness. More: storage nodes start empty, the center places the groups, and
     /// proxies and the checker fetch routing from it; faults then target roles too.
     pub centers: u64,
+    /// Bugs planted in every node, center, proxy and workload client (not in the checker,
+    /// which must stay correct to judge them); see [`larder_core::bugs`].
+    #[serde(skip)]
+    pub bugs: Bugs,
+    /// An `unknown` linearizability verdict (the checker's budget ran out) fails the run
+    /// unless this names why the caller accepts it (e.g. a long soak whose history is too
+    /// large to search). `None` everywhere in CI.
+    pub unknown_passes: Option<String>,
 }
 
 impl SimConfig {
@@ -77,6 +86,8 @@ impl SimConfig {
             groups: 1,
             proxies: 0,
             centers: 0,
+            bugs: Bugs::default(),
+            unknown_passes: None,
         }
     }
 
@@ -177,6 +188,7 @@ impl SimConfig {
             missed_heartbeats_max: 6,
             replace_timeout_ms: 10_000,
             stale_replica_ms: 20_000,
+            bugs: self.bugs.clone(),
             ..CenterConfig::new(self.center_ids(), self.groups.max(1))
         }
     }

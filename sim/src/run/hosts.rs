@@ -124,6 +124,7 @@ pub(crate) fn register_nodes(
 fn node_role(config: &SimConfig, id: NodeId) -> (NodeConfig, Role) {
     let centers = config.center_ids();
     let mut node_config = config.node.clone();
+    node_config.bugs = config.bugs.clone();
     node_config.id = id;
     if centers.contains(&id) {
         node_config.groups = Vec::new();
@@ -307,7 +308,8 @@ pub(crate) fn register_proxies(
                 SimClock::new(),
                 derive_seed(seed, id),
                 ProxyConfig {
-                    client: client_config(),
+                    client: client_config(&sim_config.bugs),
+                    bugs: sim_config.bugs.clone(),
                     ..ProxyConfig::default()
                 },
                 sim_config.shared_routing(),
@@ -349,15 +351,16 @@ pub(crate) fn register_clients(
         let client_seed = derive_seed(seed, 500 + index as u64);
         let until = config.duration;
         let (groups, proxies) = (config.groups, config.proxies);
+        let bugs = config.bugs.clone();
         sim.client(host_name(id), async move {
             if proxies > 0 {
                 let client = RespClient::new(proxy_id(index as u64 % proxies));
                 run_client(id, client, client_seed, until, workload, history, trace).await;
             } else if groups > 1 {
-                let client = cluster_client(net, routing, client_seed);
+                let client = cluster_client(net, routing, client_seed, &bugs);
                 run_client(id, client, client_seed, until, workload, history, trace).await;
             } else {
-                let client = group_client(net, replicas, client_seed);
+                let client = group_client(net, replicas, client_seed, &bugs);
                 run_client(id, client, client_seed, until, workload, history, trace).await;
             }
             Ok(())

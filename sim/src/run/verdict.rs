@@ -73,6 +73,9 @@ pub enum Violation {
     },
     /// The history is not linearizable.
     NotLinearizable { report: Box<Report> },
+    /// The checker's search budget ran out before a verdict: the run proves nothing, so it
+    /// does not pass (unless its configuration opts in, `SimConfig::unknown_passes`).
+    LinearizabilityUnknown { report: Box<Report> },
     /// The history could not be paired into operations (a recorder bug).
     MalformedHistory { error: String },
 }
@@ -142,6 +145,10 @@ impl fmt::Display for Violation {
                 "group {group}: replicas diverged at the same applied index: {digests:?}"
             ),
             Violation::NotLinearizable { report } => write!(f, "linearizability: {report}"),
+            Violation::LinearizabilityUnknown { report } => write!(
+                f,
+                "linearizability unknown (the checker's budget ran out; an unknown is not a pass): {report}"
+            ),
             Violation::MalformedHistory { error } => write!(f, "history is malformed: {error}"),
         }
     }
@@ -180,11 +187,17 @@ impl Linearizability {
         matches!(self.verdict(), Some(Verdict::Unknown { .. }))
     }
 
-    /// The violation this result is, if any: a history that is not linearizable or malformed.
-    pub fn violation(&self) -> Option<Violation> {
+    /// The violation this result is, if any: a history that is not linearizable or malformed,
+    /// or (unless `unknown_passes`) one the checker could not decide.
+    pub fn violation(&self, unknown_passes: bool) -> Option<Violation> {
         match self {
             Linearizability::Checked(report) if report.is_not_linearizable() => {
                 Some(Violation::NotLinearizable {
+                    report: Box::new(report.clone()),
+                })
+            }
+            Linearizability::Checked(report) if self.is_unknown() && !unknown_passes => {
+                Some(Violation::LinearizabilityUnknown {
                     report: Box::new(report.clone()),
                 })
             }

@@ -5,7 +5,8 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 
 use larder_core::GroupId;
-use larder_core::env::Disk;
+use larder_core::bugs::{Bug, Bugs};
+use larder_core::env::{Disk, Space, WriteBatch, vote_key};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
@@ -21,11 +22,12 @@ use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
 pub struct DiskLogStore<D: Disk> {
     disk: D,
     group: GroupId,
+    bugs: Bugs,
 }
 
 impl<D: Disk> DiskLogStore<D> {
-    pub fn new(disk: D, group: GroupId) -> Self {
-        DiskLogStore { disk, group }
+    pub fn new(disk: D, group: GroupId, bugs: Bugs) -> Self {
+        DiskLogStore { disk, group, bugs }
     }
 }
 
@@ -106,6 +108,13 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        if self.bugs.is_planted(Bug::UnsyncedVote) {
+            // The same record `Disk::save_vote` writes, without its sync.
+            let mut batch = WriteBatch::new();
+            batch.put(Space::Meta, vote_key(self.group), encode(vote));
+            self.disk.write(batch, false).await?;
+            return Ok(());
+        }
         self.disk.save_vote(self.group, encode(vote)).await?;
         Ok(())
     }
@@ -124,7 +133,11 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
             .collect();
         let result = self
             .disk
-            .log_append(self.group, rows, true)
+            .log_append(
+                self.group,
+                rows,
+                !self.bugs.is_planted(Bug::UnsyncedLogAppend),
+            )
             .await
             .map_err(io::Error::from);
         match result {
@@ -140,6 +153,9 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        if self.bugs.is_planted(Bug::SkippedTruncate) {
+            return Ok(());
+        }
         let from = last_log_id.map_or(0, |log_id| log_id.index() + 1);
         self.disk.log_truncate(self.group, from).await?;
         Ok(())

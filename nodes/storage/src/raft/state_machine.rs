@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use larder_core::GroupId;
+use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Disk, Space, WriteBatch};
 use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, execute};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -85,6 +86,7 @@ struct StoredSnapshot {
 pub struct DiskStateMachine<D: Disk> {
     disk: D,
     group: GroupId,
+    bugs: Bugs,
     applied: Arc<Mutex<AppliedState>>,
     sessions: Arc<Mutex<BTreeMap<u64, SessionEntry>>>,
     /// Serialises apply, snapshot build and install, so a snapshot's rows match its metadata.
@@ -174,7 +176,7 @@ fn invalid(reason: impl Into<String>) -> io::Error {
 
 impl<D: Disk> DiskStateMachine<D> {
     /// Opens `group`'s state machine, finishing a snapshot install that a crash interrupted.
-    pub async fn open(disk: D, group: GroupId) -> Result<Self, io::Error> {
+    pub async fn open(disk: D, group: GroupId, bugs: Bugs) -> Result<Self, io::Error> {
         let applied: AppliedState = match disk.get(Space::Meta, &applied_key(group)).await? {
             Some(bytes) => decode(&bytes)?,
             None => AppliedState::default(),
@@ -196,6 +198,7 @@ impl<D: Disk> DiskStateMachine<D> {
         let machine = DiskStateMachine {
             disk,
             group,
+            bugs,
             applied: Arc::new(Mutex::new(applied.clone())),
             sessions: Arc::new(Mutex::new(sessions)),
             exclusive: Arc::new(futures::lock::Mutex::new(())),
@@ -560,6 +563,9 @@ impl<D: Disk> DiskStateMachine<D> {
     /// The reply to send instead of applying, when `session` names a write already applied.
     fn duplicate_reply(&self, session: Option<crate::raft::SessionSeq>) -> Option<Reply> {
         let session = session?;
+        if self.bugs.is_planted(Bug::NoSessionDedup) {
+            return None;
+        }
         let sessions = self.sessions.lock().expect("sessions lock");
         let entry = sessions.get(&session.session)?;
         if session.seq == entry.seq {
@@ -616,7 +622,9 @@ impl<D: Disk> DiskStateMachine<D> {
         replies: &mut Vec<(openraft::storage::ApplyResponder<TypeConfig>, Reply)>,
     ) -> Result<(), io::Error> {
         let mut batch = std::mem::take(batch);
-        batch.put(Space::Meta, applied_key(self.group), encode(applied));
+        if !self.bugs.is_planted(Bug::AppliedMarkerLost) {
+            batch.put(Space::Meta, applied_key(self.group), encode(applied));
+        }
         self.disk.write(batch, false).await?;
         *self.applied.lock().expect("applied lock") = applied.clone();
         overlay.clear();

@@ -1,0 +1,196 @@
+//! Bugs planted on purpose, to prove the simulator's checks catch them ("testing the tests").
+//!
+//! Each [`Bug`] is a realistic mistake in one layer of the store, behind a named switch. A
+//! [`Bugs`] set travels in the configuration of every role (`NodeConfig::bugs`,
+//! `ClientConfig::bugs`, `ProxyConfig::bugs`, `CenterConfig::bugs`, never read from a file) but
+//! can hold a bug only when this crate is built with the `planted-bugs` feature: the production
+//! binary's default build has no [`Bugs::plant`], and [`Bugs::is_planted`] is a constant `false`
+//! there, so the broken code paths compile away. Tests enable the feature through a
+//! dev-dependency (cargo does not unify dev-dependency features into `cargo build -p larder`);
+//! `larder sim --bug NAME` needs `--features planted-bugs`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One planted bug. The catalog is [`Bug::ALL`]; each variant's doc says what it breaks and
+/// which layer it lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bug {
+    /// Reads: a node that believes it leads answers reads from its local state without the
+    /// read-index round, so a deposed leader serves stale reads.
+    StaleLocalReads,
+    /// Reads: openraft's leader restore left on, so a restarted leader serves read-index reads
+    /// from a state machine behind writes it acknowledged (found by cluster seeds 22 and 81).
+    LeaderRestore,
+    /// Storage durability: Raft log appends are acknowledged without a sync, so a crash can
+    /// lose entries a quorum acknowledged.
+    UnsyncedLogAppend,
+    /// Storage durability: the group-commit task reports a failed sync as success.
+    IgnoredSyncError,
+    /// Raft log handling: a vote is saved without a sync, so after a crash a node can vote
+    /// twice in one term.
+    UnsyncedVote,
+    /// Raft log handling: truncating a conflicting suffix is skipped, so a node keeps entries
+    /// a new leader overwrote past its own log's end.
+    SkippedTruncate,
+    /// Apply/restart: the applied marker is not written with the state changes, so a restart
+    /// applies entries again on top of state that already holds them.
+    AppliedMarkerLost,
+    /// Session dedup: the state machine forgets client sessions, so a duplicated or retried
+    /// write is applied twice.
+    NoSessionDedup,
+    /// Client error mapping: a write whose fate is unknown is reported as certainly failed.
+    IndeterminateAsUnavailable,
+    /// Proxy error mapping: an indeterminate write is answered `-TRYAGAIN` (nothing happened,
+    /// retry) instead of `-ERR indeterminate`.
+    ProxyTryAgainOnIndeterminate,
+    /// Client retries: a write that timed out is retried under a new sequence number, so the
+    /// group cannot recognise it as a duplicate.
+    RetryWithNewSequence,
+    /// Center repair: a node stops being declared down once it was ever heard from, so a dead
+    /// replica is never replaced.
+    DeadNodeStaysUp,
+}
+
+impl Bug {
+    /// Every bug of the catalog, in a fixed order.
+    pub const ALL: [Bug; 12] = [
+        Bug::StaleLocalReads,
+        Bug::LeaderRestore,
+        Bug::UnsyncedLogAppend,
+        Bug::IgnoredSyncError,
+        Bug::UnsyncedVote,
+        Bug::SkippedTruncate,
+        Bug::AppliedMarkerLost,
+        Bug::NoSessionDedup,
+        Bug::IndeterminateAsUnavailable,
+        Bug::ProxyTryAgainOnIndeterminate,
+        Bug::RetryWithNewSequence,
+        Bug::DeadNodeStaysUp,
+    ];
+
+    /// The switch's name (`larder sim --bug NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::StaleLocalReads => "stale-local-reads",
+            Bug::LeaderRestore => "leader-restore",
+            Bug::UnsyncedLogAppend => "unsynced-log-append",
+            Bug::IgnoredSyncError => "ignored-sync-error",
+            Bug::UnsyncedVote => "unsynced-vote",
+            Bug::SkippedTruncate => "skipped-truncate",
+            Bug::AppliedMarkerLost => "applied-marker-lost",
+            Bug::NoSessionDedup => "no-session-dedup",
+            Bug::IndeterminateAsUnavailable => "indeterminate-as-unavailable",
+            Bug::ProxyTryAgainOnIndeterminate => "proxy-tryagain-on-indeterminate",
+            Bug::RetryWithNewSequence => "retry-with-new-sequence",
+            Bug::DeadNodeStaysUp => "dead-node-stays-up",
+        }
+    }
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown bug name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no planted bug is named {0:?}")]
+pub struct UnknownBug(pub String);
+
+impl FromStr for Bug {
+    type Err = UnknownBug;
+
+    fn from_str(name: &str) -> Result<Bug, UnknownBug> {
+        Bug::ALL
+            .into_iter()
+            .find(|bug| bug.name() == name)
+            .ok_or_else(|| UnknownBug(name.to_string()))
+    }
+}
+
+/// This build cannot plant bugs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot plant {0}: this build has no planted bugs (build with `--features planted-bugs`)")]
+pub struct NotPlantable(pub Bug);
+
+/// The bugs planted in one process (empty, always, without the `planted-bugs` feature).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bugs {
+    #[cfg(feature = "planted-bugs")]
+    planted: std::collections::BTreeSet<Bug>,
+}
+
+impl Bugs {
+    /// Whether the build can plant bugs at all (the `planted-bugs` feature).
+    pub const PLANTABLE: bool = cfg!(feature = "planted-bugs");
+
+    /// Whether `bug` is planted.
+    #[inline]
+    pub fn is_planted(&self, bug: Bug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted.contains(&bug)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+
+    /// Plants `bug`. Only in builds with the `planted-bugs` feature.
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant(&mut self, bug: Bug) {
+        self.planted.insert(bug);
+    }
+
+    /// Plants `bug` if this build can ([`Bugs::PLANTABLE`]); the error names the feature
+    /// that is missing. For command lines, which cannot know at compile time how the library
+    /// was built.
+    pub fn try_plant(&mut self, bug: Bug) -> Result<(), NotPlantable> {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.plant(bug);
+            Ok(())
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            Err(NotPlantable(bug))
+        }
+    }
+
+    /// A set holding only `bug`.
+    #[cfg(feature = "planted-bugs")]
+    pub fn only(bug: Bug) -> Bugs {
+        let mut bugs = Bugs::default();
+        bugs.plant(bug);
+        bugs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bug_has_a_unique_name_that_parses_back() {
+        let mut names = std::collections::BTreeSet::new();
+        for bug in Bug::ALL {
+            assert!(names.insert(bug.name()), "{bug:?} repeats a name");
+            assert_eq!(bug.name().parse::<Bug>(), Ok(bug));
+        }
+        assert!("no-such-bug".parse::<Bug>().is_err());
+    }
+
+    #[test]
+    fn nothing_is_planted_by_default() {
+        for bug in Bug::ALL {
+            assert!(!Bugs::default().is_planted(bug));
+        }
+    }
+}

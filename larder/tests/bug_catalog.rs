@@ -1,0 +1,125 @@
+//! Tests of the tests: bugs of the planted-bug catalog (`larder_core::bugs`) must be caught by
+//! the whole-cluster swarm seeds CI sweeps, and each catching seed must pass without the bug
+//! (so the catch is the bug's, not the seed's). If one of these fails, the simulator has lost
+//! the power to find that bug.
+//!
+//! Each run is a `larder sim` child process: a planted bug may trip an assertion inside
+//! openraft, whose panic can abort the process; that is a catch, not a test crash. The binary
+//! of this test build can plant bugs because the dev-dependency on `larder-core` enables
+//! `planted-bugs`.
+//!
+//! Every bug searches the seed range its matrix row found (`larder sim --bug-matrix --seeds
+//! 1..51 --cluster --swarm --duration 15s`, in the closing note of the stop that added it),
+//! with slack, so a change of timing that moves the catch to a neighbouring seed does not hide
+//! a real loss of power. Bugs the matrix has not yet caught within 50 seeds are not here: they
+//! are listed in `UNCAUGHT_YET` and are the work of the simulator-power issue.
+
+// Spawns the larder binary and waits on it: a test of real processes.
+#![allow(clippy::disallowed_methods)]
+
+use std::process::Command;
+
+/// Bugs no seed of 1..=50 catches yet (see the module docs); kept in one place so the list can
+/// only shrink knowingly.
+const UNCAUGHT_YET: &[&str] = &[
+    "leader-restore",
+    "unsynced-vote",
+    "skipped-truncate",
+    "applied-marker-lost",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+    Crashed,
+}
+
+fn run(seed: u64, bug: Option<&str>) -> Outcome {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_larder"));
+    command.args([
+        "sim",
+        "--seed",
+        &seed.to_string(),
+        "--cluster",
+        "--swarm",
+        "--duration",
+        "15s",
+        "--json",
+    ]);
+    if let Some(bug) = bug {
+        command.args(["--bug", bug]);
+    }
+    let output = command
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run larder sim");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: Option<serde_json::Value> = serde_json::from_str(stdout.trim()).ok();
+    match summary.and_then(|s| s.get("passed").and_then(serde_json::Value::as_bool)) {
+        Some(true) if output.status.success() => Outcome::Passed,
+        Some(_) => Outcome::Failed,
+        None => {
+            // No summary: the run died. Make sure it was the bug, not a broken command line.
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                !stderr.contains("error: ") || stderr.contains("panicked"),
+                "larder sim did not run: {stderr}"
+            );
+            Outcome::Crashed
+        }
+    }
+}
+
+/// Some seed of `seeds` catches `bug`, and that seed passes without it.
+fn caught(bug: &str, seeds: std::ops::RangeInclusive<u64>) {
+    let range = format!("{seeds:?}");
+    let (seed, outcome) = seeds
+        .map(|seed| (seed, run(seed, Some(bug))))
+        .find(|(_, outcome)| *outcome != Outcome::Passed)
+        .unwrap_or_else(|| panic!("no swarm seed of {range} caught {bug}"));
+    assert_eq!(
+        run(seed, None),
+        Outcome::Passed,
+        "seed {seed} ({outcome:?} with {bug}) fails even without the bug"
+    );
+}
+
+/// Each search starts at seed 1, so the first catching seed stays visible; the range ends at 50,
+/// the matrix's range. The comment gives the matrix row.
+macro_rules! catalog {
+    ($($test:ident: $bug:literal, $seeds:expr;)*) => {
+        $(#[test] fn $test() { caught($bug, $seeds); })*
+
+        #[test]
+        fn every_bug_is_tested_or_listed_as_uncaught() {
+            let tested: &[&str] = &[$($bug),*];
+            for bug in larder_core::bugs::Bug::ALL {
+                let name = bug.name();
+                assert!(
+                    tested.contains(&name) != UNCAUGHT_YET.contains(&name),
+                    "{name} must be either tested here or listed in UNCAUGHT_YET, not both"
+                );
+            }
+        }
+    };
+}
+
+catalog! {
+    // 1/50: seed 21.
+    stale_local_reads: "stale-local-reads", 1..=50;
+    // 15/50, first 3 (all by an openraft assertion: "follower log reversion").
+    unsynced_log_append: "unsynced-log-append", 1..=50;
+    // 3/50, first 24.
+    ignored_sync_error: "ignored-sync-error", 1..=50;
+    // 7/50, first 5.
+    no_session_dedup: "no-session-dedup", 1..=50;
+    // 8/50, first 5.
+    indeterminate_as_unavailable: "indeterminate-as-unavailable", 1..=50;
+    // 8/50, first 5.
+    proxy_tryagain_on_indeterminate: "proxy-tryagain-on-indeterminate", 1..=50;
+    // 7/50, first 3.
+    retry_with_new_sequence: "retry-with-new-sequence", 1..=50;
+    // 19/50, first 3.
+    dead_node_stays_up: "dead-node-stays-up", 1..=50;
+}
