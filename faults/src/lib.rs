@@ -147,6 +147,34 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// Every kind, in declaration order (sweeps report which were never applied).
+    pub const ALL: [FaultKind; 24] = [
+        FaultKind::Partition,
+        FaultKind::PartitionOneWay,
+        FaultKind::IsolateLeader,
+        FaultKind::HealPartitions,
+        FaultKind::MessageLoss,
+        FaultKind::MessageDuplication,
+        FaultKind::MessageDelay,
+        FaultKind::HealMessages,
+        FaultKind::Crash,
+        FaultKind::Restart,
+        FaultKind::SlowDisk,
+        FaultKind::DiskErrors,
+        FaultKind::HealDisk,
+        FaultKind::ClockOffset,
+        FaultKind::ClockDrift,
+        FaultKind::ClockJump,
+        FaultKind::HealClock,
+        FaultKind::Pause,
+        FaultKind::Resume,
+        FaultKind::CrashCenterLeader,
+        FaultKind::RestartCenters,
+        FaultKind::Destroy,
+        FaultKind::HealAll,
+        FaultKind::RestartAfterFatal,
+    ];
+
     /// The stable snake_case name (as serialized).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -608,6 +636,10 @@ mod tests {
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let back: FaultKind = serde_json::from_str("\"restart_after_fatal\"").expect("parses");
         assert_eq!(back, FaultKind::RestartAfterFatal);
+        // Every kind a plan drew is in the catalog sweeps report coverage against.
+        assert!(seen.iter().all(|kind| FaultKind::ALL.contains(kind)));
+        let all: std::collections::BTreeSet<FaultKind> = FaultKind::ALL.into_iter().collect();
+        assert_eq!(all.len(), FaultKind::ALL.len(), "ALL lists a kind twice");
     }
 
     #[test]

@@ -239,6 +239,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
     };
     let mut failed = Vec::new();
     let mut index = Vec::new();
+    let mut coverage = larder_reports::Coverage::default();
     for &seed in &seeds {
         let mut config = sim_config(&args, seed);
         if let Some(bug) = args.bug {
@@ -306,6 +307,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
                 violations: report.violations.iter().map(ToString::to_string).collect(),
             });
         }
+        coverage.add(&report.faults);
         if !ok {
             failed.push(seed);
         }
@@ -315,9 +317,12 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
     progress.finish_and_clear();
     if let Some(dir) = &args.report_dir {
         let path = dir.join("index.html");
-        std::fs::write(&path, larder_reports::html::index_page(&index))
+        std::fs::write(&path, larder_reports::html::index_page(&index, &coverage))
             .with_context(|| format!("writing {}", path.display()))?;
         println!("reports in {}", path.display());
+    }
+    if sweep && !args.json {
+        println!("{coverage}");
     }
     if sweep {
         println!(

@@ -21,12 +21,7 @@ use std::process::Command;
 
 /// Bugs no seed of 1..=50 catches yet (see the module docs); kept in one place so the list can
 /// only shrink knowingly.
-const UNCAUGHT_YET: &[&str] = &[
-    "leader-restore",
-    "unsynced-vote",
-    "skipped-truncate",
-    "applied-marker-lost",
-];
+const UNCAUGHT_YET: &[&str] = &["unsynced-vote", "skipped-truncate", "applied-marker-lost"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -35,18 +30,28 @@ enum Outcome {
     Crashed,
 }
 
-fn run(seed: u64, bug: Option<&str>) -> Outcome {
+/// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its
+/// own fault mix), as CI sweeps them (`sim/tests/cluster_sweep.rs`, `swarm_sweep.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plans {
+    Default,
+    Swarm,
+}
+
+fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
     let mut command = Command::new(env!("CARGO_BIN_EXE_larder"));
     command.args([
         "sim",
         "--seed",
         &seed.to_string(),
         "--cluster",
-        "--swarm",
         "--duration",
         "15s",
         "--json",
     ]);
+    if plans == Plans::Swarm {
+        command.arg("--swarm");
+    }
     if let Some(bug) = bug {
         command.args(["--bug", bug]);
     }
@@ -72,14 +77,14 @@ fn run(seed: u64, bug: Option<&str>) -> Outcome {
 }
 
 /// Some seed of `seeds` catches `bug`, and that seed passes without it.
-fn caught(bug: &str, seeds: std::ops::RangeInclusive<u64>) {
+fn caught(bug: &str, seeds: std::ops::RangeInclusive<u64>, plans: Plans) {
     let range = format!("{seeds:?}");
     let (seed, outcome) = seeds
-        .map(|seed| (seed, run(seed, Some(bug))))
+        .map(|seed| (seed, run(seed, Some(bug), plans)))
         .find(|(_, outcome)| *outcome != Outcome::Passed)
-        .unwrap_or_else(|| panic!("no swarm seed of {range} caught {bug}"));
+        .unwrap_or_else(|| panic!("no {plans:?} seed of {range} caught {bug}"));
     assert_eq!(
-        run(seed, None),
+        run(seed, None, plans),
         Outcome::Passed,
         "seed {seed} ({outcome:?} with {bug}) fails even without the bug"
     );
@@ -88,8 +93,8 @@ fn caught(bug: &str, seeds: std::ops::RangeInclusive<u64>) {
 /// Each search starts at seed 1, so the first catching seed stays visible; the range ends at 50,
 /// the matrix's range. The comment gives the matrix row.
 macro_rules! catalog {
-    ($($test:ident: $bug:literal, $seeds:expr;)*) => {
-        $(#[test] fn $test() { caught($bug, $seeds); })*
+    ($($test:ident: $bug:literal, $seeds:expr, $plans:ident;)*) => {
+        $(#[test] fn $test() { caught($bug, $seeds, Plans::$plans); })*
 
         #[test]
         fn every_bug_is_tested_or_listed_as_uncaught() {
@@ -106,20 +111,23 @@ macro_rules! catalog {
 }
 
 catalog! {
+    // Not caught by 50 swarm seeds; the default plans' seeds 22 and 81 found it when it was
+    // the store's real bug (ARCHITECTURE.md, "leader restore").
+    leader_restore: "leader-restore", 1..=30, Default;
     // 1/50: seed 21.
-    stale_local_reads: "stale-local-reads", 1..=50;
+    stale_local_reads: "stale-local-reads", 1..=50, Swarm;
     // 15/50, first 3 (all by an openraft assertion: "follower log reversion").
-    unsynced_log_append: "unsynced-log-append", 1..=50;
+    unsynced_log_append: "unsynced-log-append", 1..=50, Swarm;
     // 3/50, first 24.
-    ignored_sync_error: "ignored-sync-error", 1..=50;
+    ignored_sync_error: "ignored-sync-error", 1..=50, Swarm;
     // 7/50, first 5.
-    no_session_dedup: "no-session-dedup", 1..=50;
+    no_session_dedup: "no-session-dedup", 1..=50, Swarm;
     // 8/50, first 5.
-    indeterminate_as_unavailable: "indeterminate-as-unavailable", 1..=50;
+    indeterminate_as_unavailable: "indeterminate-as-unavailable", 1..=50, Swarm;
     // 8/50, first 5.
-    proxy_tryagain_on_indeterminate: "proxy-tryagain-on-indeterminate", 1..=50;
+    proxy_tryagain_on_indeterminate: "proxy-tryagain-on-indeterminate", 1..=50, Swarm;
     // 7/50, first 3.
-    retry_with_new_sequence: "retry-with-new-sequence", 1..=50;
+    retry_with_new_sequence: "retry-with-new-sequence", 1..=50, Swarm;
     // 19/50, first 3.
-    dead_node_stays_up: "dead-node-stays-up", 1..=50;
+    dead_node_stays_up: "dead-node-stays-up", 1..=50, Swarm;
 }

@@ -265,8 +265,9 @@ pub struct IndexRow {
     pub violations: Vec<String>,
 }
 
-/// The index page of a sweep: one row per seed, failures first.
-pub fn index_page(rows: &[IndexRow]) -> String {
+/// The index page of a sweep: one row per seed, failures first, then the fault-kind coverage
+/// (seeds that applied each kind, and the kinds no seed applied).
+pub fn index_page(rows: &[IndexRow], coverage: &crate::Coverage) -> String {
     let mut sorted: Vec<&IndexRow> = rows.iter().collect();
     sorted.sort_by_key(|row| (row.passed, row.seed));
     let failed = rows.iter().filter(|row| !row.passed).count();
@@ -297,7 +298,28 @@ pub fn index_page(rows: &[IndexRow]) -> String {
             escape(&row.violations.join("; "))
         );
     }
-    out.push_str("</table></body></html>\n");
+    out.push_str("</table><h2>Fault coverage</h2><table><tr><th>fault kind</th><th>seeds</th><th>faults</th></tr>");
+    for (kind, (faults, seeds)) in &coverage.applied {
+        let _ = write!(
+            out,
+            "<tr><td>{kind}</td><td>{seeds}/{}</td><td>{faults}</td></tr>",
+            coverage.seeds
+        );
+    }
+    let never: Vec<&str> = coverage
+        .never_applied()
+        .iter()
+        .map(|kind| kind.as_str())
+        .collect();
+    let _ = writeln!(
+        out,
+        "</table><p>Never applied: <span class=\"fail\">{}</span></p></body></html>",
+        if never.is_empty() {
+            "none".to_string()
+        } else {
+            escape(&never.join(", "))
+        }
+    );
     out
 }
 
@@ -328,11 +350,22 @@ mod tests {
                 vec!["counter c:0: <bad>".into()]
             },
         };
-        let page = index_page(&[row(1, true), row(2, false)]);
+        let mut coverage = crate::Coverage::default();
+        coverage.add(&std::collections::BTreeMap::from([(
+            larder_faults::FaultKind::Crash,
+            2,
+        )]));
+        let page = index_page(&[row(1, true), row(2, false)], &coverage);
         let failed = page.find("seed-2.html").expect("failed seed listed");
         let passed = page.find("seed-1.html").expect("passed seed listed");
         assert!(failed < passed, "failures come first");
         assert!(page.contains("&lt;bad&gt;"), "violations are escaped");
         assert!(page.contains("2 seeds, 1 failed"));
+        assert!(page.contains("<td>crash</td><td>1/1</td><td>2</td>"));
+        assert!(page.contains("Never applied: <span class=\"fail\">"));
+        assert!(
+            page.contains("partition_one_way"),
+            "unapplied kinds are named"
+        );
     }
 }

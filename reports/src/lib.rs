@@ -4,7 +4,10 @@
 //!
 //! It depends on everything upstream and nothing depends on it.
 
+pub mod coverage;
 pub mod html;
+
+pub use coverage::Coverage;
 
 use std::fmt::Write as _;
 
