@@ -3,54 +3,22 @@
 //! planted; the table says which seeds caught which bug. It fails if a clean seed fails or a
 //! bug goes uncaught.
 //!
-//! Each run is a child process (`larder sim --seed N [--bug B] --json`): a planted bug may
-//! trip an assertion inside openraft, whose panic can abort the whole process (a panic while
-//! unwinding the simulation's tasks); in a child that is one caught run, not a lost matrix.
-//! Children run in parallel, one per core.
+//! Each run is a child process (`crate::child`), in parallel, one per core.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Mutex;
 
 use larder_core::bugs::{Bug, Bugs};
 
+use crate::child::{Outcome, run_child, words_of};
 use crate::{SimArgs, replay_command};
 
-/// How one run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Passed,
-    /// A violation was reported.
-    Failed,
-    /// The process died (a panic or an abort): an assertion caught the bug.
-    Crashed,
-}
-
-fn run_child(args: &SimArgs, seed: u64, bug: Option<Bug>) -> anyhow::Result<Outcome> {
-    let replay = replay_command(args, seed);
-    let mut words: Vec<String> = replay
-        .split_whitespace()
-        .skip(1)
-        .map(String::from)
-        .collect();
+fn run_one(args: &SimArgs, seed: u64, bug: Option<Bug>) -> anyhow::Result<Outcome> {
+    let mut words = words_of(&replay_command(args, seed));
     if let Some(bug) = bug {
         words.extend(["--bug".to_string(), bug.name().to_string()]);
     }
-    words.push("--json".to_string());
-    let output = Command::new(std::env::current_exe()?)
-        .args(&words)
-        .env("RUST_BACKTRACE", "0")
-        .output()?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    // `--json` prints one pretty JSON summary; a crashed run printed none.
-    let summary: Option<serde_json::Value> = serde_json::from_str(stdout.trim()).ok();
-    Ok(
-        match summary.and_then(|s| s.get("passed").and_then(|p| p.as_bool())) {
-            Some(true) if output.status.success() => Outcome::Passed,
-            Some(_) => Outcome::Failed,
-            None => Outcome::Crashed,
-        },
-    )
+    run_child(&words)
 }
 
 pub fn run_matrix(args: &SimArgs, seeds: &[u64]) -> anyhow::Result<bool> {
@@ -78,7 +46,7 @@ pub fn run_matrix(args: &SimArgs, seeds: &[u64]) -> anyhow::Result<bool> {
                         let Some((seed, bug)) = queue.lock().expect("queue").next() else {
                             return Ok(());
                         };
-                        let outcome = run_child(args, seed, bug)?;
+                        let outcome = run_one(args, seed, bug)?;
                         let mut results = results.lock().expect("results");
                         results.insert((bug, seed), outcome);
                         eprint!("\r{}/{total} runs", results.len());
@@ -97,8 +65,8 @@ pub fn run_matrix(args: &SimArgs, seeds: &[u64]) -> anyhow::Result<bool> {
         seeds
             .iter()
             .filter_map(|&seed| {
-                let outcome = results[&(bug, seed)];
-                (outcome != Outcome::Passed).then_some((seed, outcome))
+                let outcome = results[&(bug, seed)].clone();
+                (!outcome.passed()).then_some((seed, outcome))
             })
             .collect()
     };

@@ -22,8 +22,10 @@ use larder_sim::{SimConfig, check_determinism, run};
 
 mod bench;
 mod bug_matrix;
+mod child;
 mod jepsen;
 mod serve;
+mod shrink;
 mod up;
 
 #[derive(Parser)]
@@ -135,6 +137,17 @@ struct SimArgs {
     /// print which seeds caught which bug. Needs a build with `--features planted-bugs`.
     #[arg(long, conflicts_with = "bug")]
     bug_matrix: bool,
+    /// Run with this fault plan (JSON, as `--print-plan` or `--shrink` write it) instead of the
+    /// one the seed generates.
+    #[arg(long)]
+    plan: Option<std::path::PathBuf>,
+    /// With --seed: minimize the failing seed's fault plan (drop faults while the same failure
+    /// persists), write it to --shrink-out and print the command that replays it.
+    #[arg(long, requires = "seed")]
+    shrink: bool,
+    /// Where --shrink writes the minimal plan (default `shrunk-seed-N.json`).
+    #[arg(long, requires = "shrink")]
+    shrink_out: Option<std::path::PathBuf>,
 }
 
 fn parse_bug(name: &str) -> Result<Bug, String> {
@@ -172,6 +185,11 @@ fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
 }
 
 fn replay_command(args: &SimArgs, seed: u64) -> String {
+    replay_with_plan(args, seed, args.plan.as_deref())
+}
+
+/// [`replay_command`] with `plan` in place of the command line's `--plan`.
+fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -> String {
     let mut command = format!(
         "larder sim --seed {seed} --duration {}",
         humantime::format_duration(args.duration)
@@ -194,10 +212,22 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
     if let Some(bug) = args.bug {
         command.push_str(&format!(" --bug {bug}"));
     }
+    if let Some(plan) = plan {
+        command.push_str(&format!(" --plan {}", plan.display()));
+    }
     command
 }
 
-/// The configuration of `seed` as the command line describes it (without a planted bug).
+/// A fault plan written by `--print-plan` or `--shrink`.
+fn read_plan(path: &std::path::Path) -> anyhow::Result<larder_faults::FaultPlan> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("parsing the fault plan {}", path.display()))
+}
+
+/// The configuration of `seed` as the command line describes it (without a planted bug, and
+/// with the seed's own plan: `--plan` is applied by the caller).
 fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     let mut config = if args.cluster {
         let mut config = SimConfig::cluster(seed, args.duration, 5, 8, 2);
@@ -221,6 +251,18 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
     if args.bug_matrix {
         return bug_matrix::run_matrix(&args, &seeds);
     }
+    if args.shrink {
+        let seed = seeds[0];
+        let out = args
+            .shrink_out
+            .clone()
+            .unwrap_or_else(|| format!("shrunk-seed-{seed}.json").into());
+        return shrink::shrink(&args, seed, &out);
+    }
+    let plan = match &args.plan {
+        Some(path) => Some(read_plan(path)?),
+        None => None,
+    };
     let sweep = seeds.len() > 1;
     if let Some(dir) = &args.report_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -242,6 +284,9 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
     let mut coverage = larder_reports::Coverage::default();
     for &seed in &seeds {
         let mut config = sim_config(&args, seed);
+        if plan.is_some() {
+            config.plan = plan.clone();
+        }
         if let Some(bug) = args.bug {
             config.bugs.try_plant(bug)?;
         }

@@ -30,6 +30,9 @@ pub struct Summary<'a> {
     pub trace_events: u64,
     /// Each violation's text.
     pub violations: Vec<String>,
+    /// Each violation's invariant (`not_linearizable`, `counter_out_of_range`, …), in the same
+    /// order: what tools compare (`larder sim --shrink` keeps the first one while shrinking).
+    pub invariants: Vec<String>,
     /// The checker's verdict as text (its report without the trailing newline).
     pub linearizability: String,
     pub passed: bool,
@@ -46,6 +49,16 @@ pub fn summary(report: &RunReport) -> Summary<'_> {
         trace_hash: &report.trace_hash,
         trace_events: report.trace_events,
         violations: report.violations.iter().map(ToString::to_string).collect(),
+        invariants: report
+            .violations
+            .iter()
+            .map(|violation| {
+                serde_json::to_value(violation)
+                    .ok()
+                    .and_then(|value| value["invariant"].as_str().map(String::from))
+                    .unwrap_or_default()
+            })
+            .collect(),
         linearizability: report.linearizability.to_string(),
         passed: report.passed(),
     }

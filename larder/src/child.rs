@@ -1,0 +1,68 @@
+//! One `larder sim` run in a child process, for the commands that run many (`--bug-matrix`,
+//! `--shrink`): a planted bug may trip an assertion inside openraft whose panic aborts the
+//! process (a panic while unwinding the simulation's tasks). In a child that is one failed
+//! run, not a lost sweep.
+
+use std::process::Command;
+
+/// How a child run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    /// Violations were reported; their invariant names (`not_linearizable`, …), in order.
+    Failed(Vec<String>),
+    /// The process died without a summary (a panic or an abort): an assertion fired.
+    Crashed,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        *self == Outcome::Passed
+    }
+}
+
+/// Runs `larder <words> --json` (the words of a replay command, without `larder`).
+pub fn run_child(words: &[String]) -> anyhow::Result<Outcome> {
+    let output = Command::new(std::env::current_exe()?)
+        .args(words)
+        .arg("--json")
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // `--json` prints one pretty JSON summary; a crashed run printed none.
+    let summary: Option<serde_json::Value> = serde_json::from_str(stdout.trim()).ok();
+    let Some(summary) = summary else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // A command line the child refused is our mistake, not a catch.
+        if stderr.starts_with("error: ") {
+            anyhow::bail!("larder {} refused: {stderr}", words.join(" "));
+        }
+        return Ok(Outcome::Crashed);
+    };
+    if summary.get("passed").and_then(serde_json::Value::as_bool) == Some(true)
+        && output.status.success()
+    {
+        return Ok(Outcome::Passed);
+    }
+    let invariants = summary
+        .get("invariants")
+        .and_then(serde_json::Value::as_array)
+        .map(|invariants| {
+            invariants
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Outcome::Failed(invariants))
+}
+
+/// The words of `replay` (a `larder sim …` command) without the leading `larder`.
+pub fn words_of(replay: &str) -> Vec<String> {
+    replay
+        .split_whitespace()
+        .skip(1)
+        .map(String::from)
+        .collect()
+}
