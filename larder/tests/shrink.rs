@@ -9,7 +9,8 @@ use std::process::Command;
 const SEED: &str = "3";
 const BUG: &str = "dead-node-stays-up";
 
-fn larder(extra: &[&str]) -> std::process::Output {
+/// `larder sim` on the test's seed, with `extra` arguments.
+fn sim(extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_larder"))
         .args([
             "sim",
@@ -19,13 +20,16 @@ fn larder(extra: &[&str]) -> std::process::Output {
             "--swarm",
             "--duration",
             "15s",
-            "--bug",
-            BUG,
         ])
         .args(extra)
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("run larder")
+}
+
+/// The same, with the bug planted.
+fn larder(extra: &[&str]) -> std::process::Output {
+    sim(&[&["--bug", BUG], extra].concat())
 }
 
 #[test]
