@@ -3,22 +3,22 @@
 //! planted; the table says which seeds caught which bug. It fails if a clean seed fails or a
 //! bug goes uncaught.
 //!
-//! Each run is a child process (`crate::child`), in parallel, one per core.
+//! Each run is a child process (`larder::child`), in parallel, one per core.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use larder_core::bugs::{Bug, Bugs};
 
-use crate::child::{Outcome, run_child, words_of};
 use crate::{SimArgs, replay_command};
+use larder::child::{Outcome, run_child, words_of};
 
 fn run_one(args: &SimArgs, seed: u64, bug: Option<Bug>) -> anyhow::Result<Outcome> {
     let mut words = words_of(&replay_command(args, seed));
     if let Some(bug) = bug {
         words.extend(["--bug".to_string(), bug.name().to_string()]);
     }
-    run_child(&words)
+    run_child(&std::env::current_exe()?, &words)
 }
 
 pub fn run_matrix(args: &SimArgs, seeds: &[u64]) -> anyhow::Result<bool> {

@@ -3,6 +3,7 @@
 //! process (a panic while unwinding the simulation's tasks). In a child that is one failed
 //! run, not a lost sweep.
 
+use std::path::Path;
 use std::process::Command;
 
 /// How a child run ended.
@@ -21,9 +22,10 @@ impl Outcome {
     }
 }
 
-/// Runs `larder <words> --json` (the words of a replay command, without `larder`).
-pub fn run_child(words: &[String]) -> anyhow::Result<Outcome> {
-    let output = Command::new(std::env::current_exe()?)
+/// Runs `<larder> <words> --json` (the words of a replay command, without `larder`), where
+/// `larder` is the binary to run (the running one, or a test's `CARGO_BIN_EXE_larder`).
+pub fn run_child(larder: &Path, words: &[String]) -> anyhow::Result<Outcome> {
+    let output = Command::new(larder)
         .args(words)
         .arg("--json")
         .env("RUST_BACKTRACE", "0")

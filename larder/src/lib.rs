@@ -2,6 +2,8 @@
 //!
 //! - [`local::LocalCluster`]: center replicas, storage nodes and a proxy in one process on
 //!   loopback (`larder up`, `larder bench`, the end-to-end tests).
+//! - [`child`]: one `larder sim` run in a child process (`--bug-matrix`, `--shrink`, and the
+//!   bug-catalog and shrink tests).
 //!
 //! The binary assembles real processes, so like `larder-real` it may touch real time, sockets
 //! and files: the simulator never runs this code.
@@ -9,4 +11,5 @@
 // Process assembly on the real environment (see the crate docs).
 #![allow(clippy::disallowed_methods)]
 
+pub mod child;
 pub mod local;

@@ -22,7 +22,6 @@ use larder_sim::{SimConfig, check_determinism, run};
 
 mod bench;
 mod bug_matrix;
-mod child;
 mod jepsen;
 mod serve;
 mod shrink;

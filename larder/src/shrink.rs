@@ -5,7 +5,7 @@
 //! point, the workload and the seed stay as they were, so the minimal plan replays with
 //! `--plan FILE` on the same command line.
 //!
-//! Every trial is a child process (`crate::child`); the number of trials is bounded by
+//! Every trial is a child process (`larder::child`); the number of trials is bounded by
 //! `TRIALS_MAX`.
 
 use std::path::{Path, PathBuf};
@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use larder_faults::FaultPlan;
 
-use crate::child::{Outcome, run_child, words_of};
 use crate::{SimArgs, read_plan, replay_with_plan, sim_config};
+use larder::child::{Outcome, run_child, words_of};
 
 /// Most trial runs one shrink makes (a plan of n faults needs about 2 n log n at worst).
 const TRIALS_MAX: usize = 400;
@@ -43,14 +43,45 @@ struct Trials<'a> {
 impl Trials<'_> {
     /// How the seed's run ends with `plan`.
     fn run(&mut self, plan: &FaultPlan) -> anyhow::Result<Option<String>> {
-        anyhow::ensure!(
-            self.runs < TRIALS_MAX,
-            "shrinking stopped after {TRIALS_MAX} trial runs"
-        );
         self.runs += 1;
         write_plan(&self.scratch, plan)?;
         let words = words_of(&replay_with_plan(self.args, self.seed, Some(&self.scratch)));
-        Ok(signature(&run_child(&words)?))
+        Ok(signature(&run_child(&std::env::current_exe()?, &words)?))
+    }
+}
+
+/// Delta debugging: drops chunks of `items` (order kept), halving the chunk down to one item,
+/// whenever `still_fails` holds without them; returns what is left. That takes about
+/// 2 n log n trials at worst; more than `trials_max` is an error.
+fn minimize<T: Clone>(
+    mut items: Vec<T>,
+    trials_max: usize,
+    mut still_fails: impl FnMut(&[T]) -> anyhow::Result<bool>,
+) -> anyhow::Result<Vec<T>> {
+    let mut trials = 0;
+    let mut chunk = items.len().div_ceil(2).max(1);
+    loop {
+        let mut start = 0;
+        while start < items.len() {
+            let end = (start + chunk).min(items.len());
+            let mut candidate = items.clone();
+            candidate.drain(start..end);
+            anyhow::ensure!(
+                trials < trials_max,
+                "shrinking stopped after {trials_max} trial runs"
+            );
+            trials += 1;
+            if still_fails(&candidate)? {
+                // Still fails the same way without these: they were not needed.
+                items = candidate;
+            } else {
+                start = end;
+            }
+        }
+        if chunk == 1 {
+            return Ok(items);
+        }
+        chunk = chunk.div_ceil(2);
     }
 }
 
@@ -79,25 +110,15 @@ pub fn shrink(args: &SimArgs, seed: u64, out: &Path) -> anyhow::Result<bool> {
         return Ok(false);
     };
     let before = plan.events.len();
-    let mut chunk = plan.events.len().div_ceil(2).max(1);
-    loop {
-        let mut start = 0;
-        while start < plan.events.len() {
-            let mut candidate = plan.clone();
-            let end = (start + chunk).min(candidate.events.len());
-            candidate.events.drain(start..end);
-            if trials.run(&candidate)?.as_ref() == Some(&failure) {
-                // Still fails the same way without these faults: they were not needed.
-                plan = candidate;
-            } else {
-                start = end;
-            }
-        }
-        if chunk == 1 {
-            break;
-        }
-        chunk = chunk.div_ceil(2);
-    }
+    let events = std::mem::take(&mut plan.events);
+    // The first trial established the failure.
+    plan.events = minimize(events, TRIALS_MAX - 1, |events| {
+        let candidate = FaultPlan {
+            events: events.to_vec(),
+            heal_at_ms: plan.heal_at_ms,
+        };
+        Ok(trials.run(&candidate)?.as_ref() == Some(&failure))
+    })?;
     let _ = std::fs::remove_file(&scratch);
     write_plan(out, &plan)?;
     println!(
@@ -115,4 +136,37 @@ pub fn shrink(args: &SimArgs, seed: u64, out: &Path) -> anyhow::Result<bool> {
     println!("minimal plan in {}", out.display());
     println!("replay: {}", replay_with_plan(args, seed, Some(out)));
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimize_keeps_exactly_the_items_the_failure_needs() {
+        // Fails whenever 3 and 7 are both present.
+        let needed = |items: &[u32]| Ok(items.contains(&3) && items.contains(&7));
+        let left = minimize((0..20).collect(), TRIALS_MAX, needed).expect("no error");
+        assert_eq!(left, vec![3, 7]);
+        // A failure that needs nothing shrinks to nothing.
+        let all = |_: &[u32]| Ok(true);
+        assert!(
+            minimize((0..9).collect(), TRIALS_MAX, all)
+                .expect("ok")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn minimize_stops_at_the_trial_bound() {
+        let mut calls = 0;
+        // Nothing can be dropped: every item is needed, the most trials.
+        let bounded = minimize((0..100).collect::<Vec<u32>>(), 10, |_| {
+            calls += 1;
+            Ok(false)
+        });
+        let error = bounded.expect_err("100 items need more than 10 trials");
+        assert!(error.to_string().contains("after 10 trial runs"), "{error}");
+        assert_eq!(calls, 10);
+    }
 }

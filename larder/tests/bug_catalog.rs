@@ -17,18 +17,13 @@
 // Spawns the larder binary and waits on it: a test of real processes.
 #![allow(clippy::disallowed_methods)]
 
-use std::process::Command;
+use std::path::Path;
+
+use larder::child::{Outcome, run_child};
 
 /// Bugs no seed of 1..=50 catches yet (see the module docs); kept in one place so the list can
 /// only shrink knowingly.
 const UNCAUGHT_YET: &[&str] = &["unsynced-vote", "skipped-truncate", "applied-marker-lost"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Passed,
-    Failed,
-    Crashed,
-}
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its
 /// own fault mix), as CI sweeps them (`sim/tests/cluster_sweep.rs`, `swarm_sweep.rs`).
@@ -38,42 +33,21 @@ enum Plans {
     Swarm,
 }
 
+/// One cluster run of `seed` as a child process (`larder::child`, which also tells a crash
+/// from a refused command line).
 fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_larder"));
-    command.args([
-        "sim",
-        "--seed",
-        &seed.to_string(),
-        "--cluster",
-        "--duration",
-        "15s",
-        "--json",
-    ]);
+    let mut words: Vec<String> = ["sim", "--seed", &seed.to_string(), "--cluster"]
+        .into_iter()
+        .chain(["--duration", "15s"])
+        .map(String::from)
+        .collect();
     if plans == Plans::Swarm {
-        command.arg("--swarm");
+        words.push("--swarm".into());
     }
     if let Some(bug) = bug {
-        command.args(["--bug", bug]);
+        words.extend(["--bug".to_string(), bug.to_string()]);
     }
-    let output = command
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run larder sim");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let summary: Option<serde_json::Value> = serde_json::from_str(stdout.trim()).ok();
-    match summary.and_then(|s| s.get("passed").and_then(serde_json::Value::as_bool)) {
-        Some(true) if output.status.success() => Outcome::Passed,
-        Some(_) => Outcome::Failed,
-        None => {
-            // No summary: the run died. Make sure it was the bug, not a broken command line.
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(
-                !stderr.contains("error: ") || stderr.contains("panicked"),
-                "larder sim did not run: {stderr}"
-            );
-            Outcome::Crashed
-        }
-    }
+    run_child(Path::new(env!("CARGO_BIN_EXE_larder")), &words).expect("larder sim runs")
 }
 
 /// Some seed of `seeds` catches `bug`, and that seed passes without it.
@@ -81,7 +55,7 @@ fn caught(bug: &str, seeds: std::ops::RangeInclusive<u64>, plans: Plans) {
     let range = format!("{seeds:?}");
     let (seed, outcome) = seeds
         .map(|seed| (seed, run(seed, Some(bug), plans)))
-        .find(|(_, outcome)| *outcome != Outcome::Passed)
+        .find(|(_, outcome)| !outcome.passed())
         .unwrap_or_else(|| panic!("no {plans:?} seed of {range} caught {bug}"));
     assert_eq!(
         run(seed, None, plans),

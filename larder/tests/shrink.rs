@@ -61,19 +61,7 @@ fn a_planted_bugs_failing_seed_shrinks_to_a_small_plan_that_still_fails() {
     let summary: serde_json::Value =
         serde_json::from_slice(&replay.stdout).expect("a JSON summary");
     assert_eq!(summary["passed"], false, "{summary}");
-    let clean = Command::new(env!("CARGO_BIN_EXE_larder"))
-        .args([
-            "sim",
-            "--seed",
-            SEED,
-            "--cluster",
-            "--swarm",
-            "--duration",
-            "15s",
-        ])
-        .args(["--plan", out.to_str().expect("utf-8 path"), "--json"])
-        .output()
-        .expect("run larder");
+    let clean = sim(&["--plan", out.to_str().expect("utf-8 path"), "--json"]);
     let summary: serde_json::Value = serde_json::from_slice(&clean.stdout).expect("a JSON summary");
     assert_eq!(summary["passed"], true, "{summary}");
 }
