@@ -9,7 +9,7 @@
 //! runner) decides *how*. It must not depend on node internals.
 
 use larder_core::NodeId;
-use larder_core::env::{Rng, SeededRng, derive_seed};
+use larder_core::env::{FaultPoint, Rng, SeededRng, derive_seed};
 use serde::{Deserialize, Serialize};
 
 /// One thing that goes wrong (or is put right).
@@ -65,6 +65,41 @@ pub enum Fault {
     /// `node`'s machine is gone for good: killed and never restarted, not even at the heal
     /// point. The center must notice and re-replicate its slot groups elsewhere.
     Destroy { node: NodeId },
+    /// Targeted: the next process to pass `point` (`node`'s, if given) loses power there: its
+    /// disk completes no sync from that instant, it crashes `after_ms` later (what it sent
+    /// meanwhile is out) losing every unsynced write, and restarts `down_ms` after that.
+    CrashAtPoint {
+        point: FaultPoint,
+        node: Option<NodeId>,
+        after_ms: u64,
+        down_ms: u64,
+    },
+    /// Targeted: every pass of `point` (by `node`, if given) waits `delay_ms`, until healed.
+    DelayAtPoint {
+        point: FaultPoint,
+        node: Option<NodeId>,
+        delay_ms: u64,
+    },
+    /// Disarm every fault point.
+    HealPoints,
+    /// Whole-cluster power loss: every storage node and center replica crashes at once, and
+    /// every write not yet synced is lost everywhere.
+    PowerLoss,
+    /// Power is back: every process the power loss took down starts again from its disk.
+    PowerRestored,
+    /// Cut the leader of a group off from the other storage nodes and centers, but not from
+    /// clients and proxies: it keeps believing it leads and keeps being asked. With
+    /// `majority_reachable`, clients reach the new leader too, so a deposed leader that still
+    /// answers reads would answer stale ones. Without, only the old leader is reachable: it
+    /// builds a long uncommitted log tail while the new leader gets no writes, so on healing it
+    /// must truncate a tail longer than what replaces it.
+    IsolateLeaderFromPeers { majority_reachable: bool },
+    /// `node`'s disk is full: every write fails until `HealDisk`.
+    DiskFull { node: NodeId },
+    /// Kill a proxy: its client connections drop mid-request.
+    CrashProxy { proxy: NodeId },
+    /// Start a crashed proxy again.
+    RestartProxy { proxy: NodeId },
 }
 
 impl Fault {
@@ -93,6 +128,15 @@ impl Fault {
             Fault::CrashCenterLeader => FaultKind::CrashCenterLeader,
             Fault::RestartCenters => FaultKind::RestartCenters,
             Fault::Destroy { .. } => FaultKind::Destroy,
+            Fault::CrashAtPoint { .. } => FaultKind::CrashAtPoint,
+            Fault::DelayAtPoint { .. } => FaultKind::DelayAtPoint,
+            Fault::HealPoints => FaultKind::HealPoints,
+            Fault::PowerLoss => FaultKind::PowerLoss,
+            Fault::PowerRestored => FaultKind::PowerRestored,
+            Fault::IsolateLeaderFromPeers { .. } => FaultKind::IsolateLeaderFromPeers,
+            Fault::DiskFull { .. } => FaultKind::DiskFull,
+            Fault::CrashProxy { .. } => FaultKind::CrashProxy,
+            Fault::RestartProxy { .. } => FaultKind::RestartProxy,
         }
     }
 
@@ -107,6 +151,9 @@ impl Fault {
                 | Fault::HealClock { .. }
                 | Fault::Resume { .. }
                 | Fault::RestartCenters
+                | Fault::HealPoints
+                | Fault::PowerRestored
+                | Fault::RestartProxy { .. }
         )
     }
 }
@@ -140,6 +187,15 @@ pub enum FaultKind {
     CrashCenterLeader,
     RestartCenters,
     Destroy,
+    CrashAtPoint,
+    DelayAtPoint,
+    HealPoints,
+    PowerLoss,
+    PowerRestored,
+    IsolateLeaderFromPeers,
+    DiskFull,
+    CrashProxy,
+    RestartProxy,
     /// Everything repaired at the heal point (not a planned fault).
     HealAll,
     /// A node restarted by the harness after a disk error stopped its Raft (not planned).
@@ -148,7 +204,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in declaration order (sweeps report which were never applied).
-    pub const ALL: [FaultKind; 24] = [
+    pub const ALL: [FaultKind; 33] = [
         FaultKind::Partition,
         FaultKind::PartitionOneWay,
         FaultKind::IsolateLeader,
@@ -171,6 +227,15 @@ impl FaultKind {
         FaultKind::CrashCenterLeader,
         FaultKind::RestartCenters,
         FaultKind::Destroy,
+        FaultKind::CrashAtPoint,
+        FaultKind::DelayAtPoint,
+        FaultKind::HealPoints,
+        FaultKind::PowerLoss,
+        FaultKind::PowerRestored,
+        FaultKind::IsolateLeaderFromPeers,
+        FaultKind::DiskFull,
+        FaultKind::CrashProxy,
+        FaultKind::RestartProxy,
         FaultKind::HealAll,
         FaultKind::RestartAfterFatal,
     ];
@@ -200,6 +265,15 @@ impl FaultKind {
             FaultKind::CrashCenterLeader => "crash_center_leader",
             FaultKind::RestartCenters => "restart_centers",
             FaultKind::Destroy => "destroy",
+            FaultKind::CrashAtPoint => "crash_at_point",
+            FaultKind::DelayAtPoint => "delay_at_point",
+            FaultKind::HealPoints => "heal_points",
+            FaultKind::PowerLoss => "power_loss",
+            FaultKind::PowerRestored => "power_restored",
+            FaultKind::IsolateLeaderFromPeers => "isolate_leader_from_peers",
+            FaultKind::DiskFull => "disk_full",
+            FaultKind::CrashProxy => "crash_proxy",
+            FaultKind::RestartProxy => "restart_proxy",
             FaultKind::HealAll => "heal_all",
             FaultKind::RestartAfterFatal => "restart_after_fatal",
         }
@@ -269,6 +343,10 @@ pub struct PlanConfig {
     /// Bridge partitions: two sides that cannot talk, and one node that talks to both.
     #[serde(default)]
     pub bridges: bool,
+    /// Targeted faults: crashes and delays at fault points, whole-cluster power loss, a leader
+    /// cut off from its peers but not its clients, a full disk, proxy crashes.
+    #[serde(default)]
+    pub targeted: bool,
 }
 
 impl Default for PlanConfig {
@@ -285,6 +363,7 @@ impl Default for PlanConfig {
             // stay as they were; swarm plans draw them.
             pauses: false,
             bridges: false,
+            targeted: false,
         }
     }
 }
@@ -311,6 +390,8 @@ impl PlanConfig {
             fault_ms_max: rng.range(800, 6000),
             pauses: rng.chance(0.5),
             bridges: partitions && rng.chance(0.5),
+            // Drawn last, so the mixes above stay what they were for every seed.
+            targeted: rng.chance(0.6),
         }
     }
 }
@@ -361,6 +442,7 @@ impl FaultPlan {
             (config.clocks, 3),
             (config.messages, 4),
             (config.pauses, 5),
+            (config.targeted, 6),
         ] {
             if enabled {
                 kinds.push(kind);
@@ -445,6 +527,7 @@ impl FaultPlan {
                     push(at, Fault::Pause { node });
                     push(until, Fault::Resume { node });
                 }
+                6 => targeted(&mut rng, &mut push, node, at, until),
                 _ => {
                     let fault = match rng.below(3) {
                         0 => Fault::MessageLoss {
@@ -500,7 +583,7 @@ impl FaultPlan {
         let mut at = start + rng.range(0, config.gap_ms_mean.max(1) * 2);
         while at < heal_at_ms {
             let until = (at + rng.range(300, config.fault_ms_max.max(301))).min(heal_at_ms);
-            match rng.below(3) {
+            match rng.below(if config.targeted { 4 } else { 3 }) {
                 0 if config.crashes => {
                     push(at, Fault::CrashCenterLeader);
                     push(until, Fault::RestartCenters);
@@ -515,6 +598,11 @@ impl FaultPlan {
                         },
                     );
                     push(until, Fault::HealPartitions);
+                }
+                3 if config.targeted && !roles.proxies.is_empty() => {
+                    let proxy = roles.proxies[rng.below(roles.proxies.len() as u64) as usize];
+                    push(at, Fault::CrashProxy { proxy });
+                    push(until, Fault::RestartProxy { proxy });
                 }
                 2 if config.clocks => {
                     let node = roles.centers[rng.below(roles.centers.len() as u64) as usize];
@@ -544,6 +632,67 @@ impl FaultPlan {
 }
 
 /// Splits `nodes` into two non-empty sides (when there are at least two nodes).
+/// One targeted fault between `at` and `until` (see [`PlanConfig::targeted`]).
+fn targeted(
+    rng: &mut SeededRng,
+    push: &mut impl FnMut(u64, Fault),
+    node: NodeId,
+    at: u64,
+    until: u64,
+) {
+    let point = FaultPoint::STORAGE[rng.below(FaultPoint::STORAGE.len() as u64) as usize];
+    // Mostly whichever process gets there first: a point on a rare path (a truncation, a
+    // snapshot install) is then hit whenever anyone takes it.
+    let target = if rng.chance(0.7) { None } else { Some(node) };
+    match rng.below(7) {
+        0 | 1 => push(
+            at,
+            Fault::CrashAtPoint {
+                point,
+                node: target,
+                after_ms: rng.range(0, 30),
+                down_ms: rng.range(50, (until - at).max(51)),
+            },
+        ),
+        2 => {
+            push(
+                at,
+                Fault::DelayAtPoint {
+                    point,
+                    node: target,
+                    delay_ms: rng.range(5, 300),
+                },
+            );
+            push(until, Fault::HealPoints);
+        }
+        3 | 4 => {
+            let majority_reachable = rng.chance(0.5);
+            push(at, Fault::IsolateLeaderFromPeers { majority_reachable });
+            push(until, Fault::HealPartitions);
+            if !majority_reachable && rng.chance(0.5) {
+                // The old leader truncates its tail when it rejoins: power fails right then.
+                push(
+                    until,
+                    Fault::CrashAtPoint {
+                        point: FaultPoint::LogTruncated,
+                        node: None,
+                        after_ms: rng.range(0, 30),
+                        down_ms: rng.range(100, 2_000),
+                    },
+                );
+            }
+        }
+        5 => {
+            push(at, Fault::PowerLoss);
+            push((at + rng.range(50, 2_000)).min(until), Fault::PowerRestored);
+        }
+        _ => {
+            push(at, Fault::DiskFull { node });
+            push(until, Fault::HealDisk { node });
+        }
+    }
+}
+
 fn split(rng: &mut SeededRng, nodes: &[NodeId]) -> (Vec<NodeId>, Vec<NodeId>) {
     let mut shuffled = nodes.to_vec();
     for i in (1..shuffled.len()).rev() {

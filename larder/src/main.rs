@@ -110,6 +110,10 @@ struct SimArgs {
     /// Print the fault plan before running.
     #[arg(long)]
     print_plan: bool,
+    /// With --seed: write the run's whole event trace (one event per line: simulated
+    /// microseconds, actor, event) to this file, for reading what happened when.
+    #[arg(long)]
+    events_out: Option<std::path::PathBuf>,
     /// Simulated time per simulator step, in milliseconds. Smaller is finer message timing,
     /// larger is faster; a seed reproduces only with the same tick.
     #[arg(long, default_value_t = SimConfig::TICK_MS_DEFAULT)]
@@ -292,6 +296,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
         if args.print_plan {
             say(&progress, serde_json::to_string_pretty(&config.plan())?);
         }
+        config.keep_events |= args.events_out.is_some();
         let replay = replay_command(&args, seed);
         let (report, divergence) = if args.check_determinism {
             check_determinism(&config)
@@ -302,6 +307,11 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
                 None,
             )
         };
+        if let Some(path) = &args.events_out {
+            let events = report.events.as_deref().unwrap_or_default();
+            std::fs::write(path, events.join("\n") + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         let ok = report.passed() && divergence.is_none();
         if args.json {
             println!("{}", larder_reports::summary_json(&report));
@@ -352,6 +362,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
             });
         }
         coverage.add(&report.faults);
+        coverage.add_points(&report.points);
         if !ok {
             failed.push(seed);
         }

@@ -1,10 +1,12 @@
-//! What a sweep exercised: how many seeds applied each fault kind, and which kinds no seed
-//! applied at all. A fault kind that never fires is a blind spot: every bug that needs it
-//! passes the whole sweep.
+//! What a sweep exercised: how many seeds applied each fault kind and passed each fault point,
+//! and which kinds no seed applied and which points no process passed. A fault kind that never
+//! fires, or a point never reached, is a blind spot: every bug that needs it passes the whole
+//! sweep.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use larder_core::env::FaultPoint;
 use larder_faults::FaultKind;
 use serde::Serialize;
 
@@ -15,6 +17,8 @@ pub struct Coverage {
     pub seeds: u64,
     /// Per kind: (faults applied over all seeds, seeds that applied at least one).
     pub applied: BTreeMap<FaultKind, (u64, u64)>,
+    /// Per fault point: (passes over all seeds, seeds that passed it at least once).
+    pub points: BTreeMap<FaultPoint, (u64, u64)>,
 }
 
 impl Coverage {
@@ -26,6 +30,25 @@ impl Coverage {
             entry.0 += count;
             entry.1 += 1;
         }
+    }
+
+    /// Adds one run's fault-point passes.
+    pub fn add_points(&mut self, points: &BTreeMap<FaultPoint, u64>) {
+        for (point, hits) in points.iter().filter(|(_, hits)| **hits > 0) {
+            let entry = self.points.entry(*point).or_default();
+            entry.0 += hits;
+            entry.1 += 1;
+        }
+    }
+
+    /// The fault points no process of any seed passed.
+    pub fn never_hit(&self) -> Vec<FaultPoint> {
+        let mut never: Vec<FaultPoint> = FaultPoint::ALL
+            .into_iter()
+            .filter(|point| !self.points.contains_key(point))
+            .collect();
+        never.sort();
+        never
     }
 
     /// The kinds no seed applied. `heal_all` is left out: every run heals once at its heal
@@ -49,10 +72,21 @@ impl fmt::Display for Coverage {
         }
         let never = self.never_applied();
         if never.is_empty() {
-            write!(f, "\nnever applied: none")
+            write!(f, "\nnever applied: none")?;
         } else {
             let names: Vec<&str> = never.iter().map(|kind| kind.as_str()).collect();
-            write!(f, "\nnever applied: {}", names.join(", "))
+            write!(f, "\nnever applied: {}", names.join(", "))?;
+        }
+        write!(f, "\nfault points:")?;
+        for (point, (hits, seeds)) in &self.points {
+            write!(f, " {point} {seeds}/{} ({hits})", self.seeds)?;
+        }
+        let never = self.never_hit();
+        if never.is_empty() {
+            write!(f, "\nnever hit: none")
+        } else {
+            let names: Vec<&str> = never.iter().map(|point| point.as_str()).collect();
+            write!(f, "\nnever hit: {}", names.join(", "))
         }
     }
 }
@@ -85,5 +119,31 @@ mod tests {
         assert!(text.starts_with("coverage over 2 seeds: crash 2/2 (4) restart 1/2 (3)"));
         assert!(text.contains("never applied: "));
         assert!(text.contains("pause"));
+        assert!(
+            text.contains("never hit: apply_written, log_appended"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn counts_fault_points_and_names_those_never_hit() {
+        let mut coverage = Coverage::default();
+        coverage.add(&BTreeMap::new());
+        coverage.add_points(&BTreeMap::from([
+            (FaultPoint::VoteSaved, 4),
+            (FaultPoint::LogTruncated, 0),
+        ]));
+        coverage.add(&BTreeMap::new());
+        coverage.add_points(&BTreeMap::from([(FaultPoint::VoteSaved, 1)]));
+        assert_eq!(coverage.points[&FaultPoint::VoteSaved], (5, 2));
+        let never = coverage.never_hit();
+        assert!(never.contains(&FaultPoint::LogTruncated), "zero passes");
+        assert!(!never.contains(&FaultPoint::VoteSaved));
+        assert_eq!(never.len(), FaultPoint::ALL.len() - 1);
+        assert!(
+            coverage
+                .to_string()
+                .contains("fault points: vote_saved 2/2 (5)")
+        );
     }
 }

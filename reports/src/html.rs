@@ -311,9 +311,33 @@ pub fn index_page(rows: &[IndexRow], coverage: &crate::Coverage) -> String {
         .iter()
         .map(|kind| kind.as_str())
         .collect();
+    let _ = write!(
+        out,
+        "</table><p>Never applied: <span class=\"fail\">{}</span></p>",
+        if never.is_empty() {
+            "none".to_string()
+        } else {
+            escape(&never.join(", "))
+        }
+    );
+    out.push_str(
+        "<h2>Fault points</h2><table><tr><th>fault point</th><th>seeds</th><th>passes</th></tr>",
+    );
+    for (point, (hits, seeds)) in &coverage.points {
+        let _ = write!(
+            out,
+            "<tr><td>{point}</td><td>{seeds}/{}</td><td>{hits}</td></tr>",
+            coverage.seeds
+        );
+    }
+    let never: Vec<&str> = coverage
+        .never_hit()
+        .iter()
+        .map(|point| point.as_str())
+        .collect();
     let _ = writeln!(
         out,
-        "</table><p>Never applied: <span class=\"fail\">{}</span></p></body></html>",
+        "</table><p>Never hit: <span class=\"fail\">{}</span></p></body></html>",
         if never.is_empty() {
             "none".to_string()
         } else {
@@ -363,6 +387,7 @@ mod tests {
         assert!(page.contains("2 seeds, 1 failed"));
         assert!(page.contains("<td>crash</td><td>1/1</td><td>2</td>"));
         assert!(page.contains("Never applied: <span class=\"fail\">"));
+        assert!(page.contains("Never hit: <span class=\"fail\">"));
         assert!(
             page.contains("partition_one_way"),
             "unapplied kinds are named"

@@ -26,6 +26,8 @@ pub struct Summary<'a> {
     pub ops: &'a larder_sim::run::OpCounts,
     /// Applied faults by kind (keys are the kinds' names, in name order).
     pub faults: &'a std::collections::BTreeMap<larder_faults::FaultKind, u64>,
+    /// Passes of each fault point by every process (keys are the points' names).
+    pub points: &'a std::collections::BTreeMap<larder_core::env::FaultPoint, u64>,
     pub trace_hash: &'a str,
     pub trace_events: u64,
     /// Each violation's text.
@@ -46,6 +48,7 @@ pub fn summary(report: &RunReport) -> Summary<'_> {
         sim_seconds: report.sim_seconds,
         ops: &report.ops,
         faults: &report.faults,
+        points: &report.points,
         trace_hash: &report.trace_hash,
         trace_events: report.trace_events,
         violations: report.violations.iter().map(ToString::to_string).collect(),

@@ -70,6 +70,8 @@ struct DiskState {
     error_rate: f64,
     capacity_bytes: Option<u64>,
     tear_last_batch: bool,
+    /// Power is failing (a fault point fired): no sync completes any more, until the crash.
+    frozen: bool,
     stats: DiskStats,
     trace: Option<(Trace, String)>,
 }
@@ -115,6 +117,7 @@ impl SimDisk {
             error_rate: 0.0,
             capacity_bytes: None,
             tear_last_batch: false,
+            frozen: false,
             stats: DiskStats::default(),
             trace: None,
         })))
@@ -144,6 +147,56 @@ impl SimDisk {
         self.state().capacity_bytes = capacity;
     }
 
+    /// Every record of `space` as reads see it now, in key order (for audits; no faults, no
+    /// latency, not counted).
+    pub fn current_rows(&self, space: Space) -> Vec<(Bytes, Bytes)> {
+        let state = self.state();
+        state.current[index(space)]
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The keys of `space` starting with `prefix` whose current value a crash now could lose
+    /// (it differs from the durable one), for audits.
+    pub fn undurable_keys(&self, space: Space, prefix: &[u8]) -> Vec<Bytes> {
+        let state = self.state();
+        let (current, durable) = (&state.current[index(space)], &state.durable[index(space)]);
+        current
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(key, value)| durable.get(*key) != Some(*value))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Whether power is failing (see [`SimDisk::freeze_syncs`]).
+    pub fn is_frozen(&self) -> bool {
+        self.state().frozen
+    }
+
+    /// A healthy copy of this disk holding what reads see now, as if synced: what a clean
+    /// restart would open (for audits).
+    pub fn fork(&self) -> SimDisk {
+        let state = self.state();
+        let copy = SimDisk::new(0);
+        {
+            let mut inner = copy.state();
+            inner.durable = state.current.clone();
+            inner.current = state.current.clone();
+        }
+        copy
+    }
+
+    /// The disk is full from now on: every write that adds bytes fails (`None` capacity
+    /// heals, see [`SimDisk::set_capacity_bytes`]).
+    pub fn fill_up(&self) {
+        let mut state = self.state();
+        let used = state.used_bytes();
+        state.capacity_bytes = Some(used);
+        state.trace(format_args!("disk full at {used}B"));
+    }
+
     /// See the module doc: lets a crash keep part of a batch.
     pub fn set_tear_last_batch(&self, tear: bool) {
         self.state().tear_last_batch = tear;
@@ -158,12 +211,35 @@ impl SimDisk {
         self.state().unsynced.len()
     }
 
+    /// Power is failing: from now on no sync completes (a write asking for one is applied but
+    /// never returns), so nothing written from this instant on becomes durable before the
+    /// crash that follows. Unsynced writes still land, as in a page cache.
+    pub fn freeze_syncs(&self) {
+        let mut state = self.state();
+        state.frozen = true;
+        state.trace(format_args!("disk syncs frozen"));
+    }
+
     /// The process died: keep the durable data and a seeded prefix of the unsynced batches.
     pub fn crash(&self, rng: &mut impl Rng) {
+        self.crash_keeping(rng, false);
+    }
+
+    /// The machine lost power: keep the durable data and nothing else.
+    pub fn power_loss(&self, rng: &mut impl Rng) {
+        self.crash_keeping(rng, true);
+    }
+
+    fn crash_keeping(&self, rng: &mut impl Rng, power_loss: bool) {
         let mut state = self.state();
         let state = &mut *state;
+        state.frozen = false;
         let pending = state.unsynced.len();
-        let kept = rng.below(pending as u64 + 1) as usize;
+        let kept = if power_loss {
+            0
+        } else {
+            rng.below(pending as u64 + 1) as usize
+        };
         for batch in state.unsynced.drain(..kept) {
             apply(&mut state.durable, &batch.ops);
         }
@@ -180,9 +256,45 @@ impl SimDisk {
         state.current = state.durable.clone();
         state.stats.crashes += 1;
         state.stats.batches_lost += lost as u64;
+        let how = if power_loss { "power loss" } else { "crash" };
         state.trace(format_args!(
-            "disk crash: kept {kept} of {pending} unsynced batches, tore {torn_ops} ops"
+            "disk {how}: kept {kept} of {pending} unsynced batches, tore {torn_ops} ops"
         ));
+    }
+
+    /// A write's effect; true if it asked for a sync that, with power failing, never comes.
+    fn write_now(&self, batch: WriteBatch, sync: bool) -> Result<bool, DiskError> {
+        let mut state = self.state();
+        let state = &mut *state;
+        if let Some(capacity) = state.capacity_bytes {
+            let used = state.used_bytes();
+            if used + batch.size_bytes() as u64 > capacity {
+                state.stats.full_errors += 1;
+                return Err(DiskError::Full {
+                    used_bytes: used,
+                    capacity_bytes: capacity,
+                });
+            }
+        }
+        apply(&mut state.current, &batch.ops);
+        state.stats.writes += 1;
+        state.stats.bytes_written += batch.size_bytes() as u64;
+        state.trace(format_args!(
+            "disk write {} ops {}B sync={sync}",
+            batch.len(),
+            batch.size_bytes()
+        ));
+        state.unsynced.push_back(batch);
+        if sync && state.frozen {
+            return Ok(true);
+        }
+        if sync {
+            for batch in state.unsynced.drain(..) {
+                apply(&mut state.durable, &batch.ops);
+            }
+            state.stats.syncs += 1;
+        }
+        Ok(false)
     }
 
     /// Applies the latency and error faults to one operation.
@@ -216,32 +328,9 @@ impl SimDisk {
 impl Disk for SimDisk {
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), DiskError> {
         self.fault("write").await?;
-        let mut state = self.state();
-        let state = &mut *state;
-        if let Some(capacity) = state.capacity_bytes {
-            let used = state.used_bytes();
-            if used + batch.size_bytes() as u64 > capacity {
-                state.stats.full_errors += 1;
-                return Err(DiskError::Full {
-                    used_bytes: used,
-                    capacity_bytes: capacity,
-                });
-            }
-        }
-        apply(&mut state.current, &batch.ops);
-        state.stats.writes += 1;
-        state.stats.bytes_written += batch.size_bytes() as u64;
-        state.trace(format_args!(
-            "disk write {} ops {}B sync={sync}",
-            batch.len(),
-            batch.size_bytes()
-        ));
-        state.unsynced.push_back(batch);
-        if sync {
-            for batch in state.unsynced.drain(..) {
-                apply(&mut state.durable, &batch.ops);
-            }
-            state.stats.syncs += 1;
+        if self.write_now(batch, sync)? {
+            // Power is failing: this sync never completes; the crash comes first.
+            std::future::pending::<()>().await;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! `SimEnv`: one simulated process's environment.
 
-use larder_core::env::Env;
+use larder_core::env::{Env, FaultPoints};
 
 use crate::clock::SimClock;
 use crate::disk::SimDisk;
@@ -14,6 +14,8 @@ pub struct SimEnv {
     pub net: SimNet,
     pub disk: SimDisk,
     pub seed: u64,
+    /// The run's fault-point hook for this process (`crate::points`).
+    pub points: FaultPoints,
 }
 
 impl Env for SimEnv {
@@ -32,5 +34,8 @@ impl Env for SimEnv {
     }
     fn seed(&self) -> u64 {
         self.seed
+    }
+    fn fault_points(&self) -> FaultPoints {
+        self.points.clone()
     }
 }

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod disk;
 pub mod env;
 pub mod net;
+pub mod points;
 pub mod run;
 pub mod scenario;
 pub mod trace;

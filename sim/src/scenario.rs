@@ -66,7 +66,13 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
     let trace = Trace::default();
     let faults = NetFaults::default();
     let mut sim = build_sim(&config);
-    let parts = register_nodes(&mut sim, &config, &trace, &faults);
+    let parts = register_nodes(
+        &mut sim,
+        &config,
+        &trace,
+        &faults,
+        &crate::points::PointTable::default(),
+    );
     let nodes = config.node_ids();
     let outcome: Arc<Mutex<DeposedLeaderOutcome>> = Arc::default();
     let isolated: Arc<Mutex<Option<NodeId>>> = Arc::default();
@@ -242,7 +248,13 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
     let trace = Trace::default();
     let faults = NetFaults::default();
     let mut sim = build_sim(&config);
-    let mut parts = register_nodes(&mut sim, &config, &trace, &faults);
+    let mut parts = register_nodes(
+        &mut sim,
+        &config,
+        &trace,
+        &faults,
+        &crate::points::PointTable::default(),
+    );
     let outcome: Arc<Mutex<MembershipOutcome>> = Arc::default();
     let slots: Vec<_> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
     let crash_at = Duration::from_secs(8);

@@ -10,12 +10,14 @@ mod clock;
 mod disk;
 mod listener;
 mod net;
+mod points;
 mod rng;
 
 pub use clock::{Clock, Elapsed, timeout};
 pub use disk::{Disk, DiskError, Space, WriteBatch, WriteOp, log_key, log_key_index, vote_key};
 pub use listener::Listener;
 pub use net::{FRAME_BYTES_MAX, Handler, Net, NetError};
+pub use points::{FaultPoint, FaultPoints, PointDelay, PointHook};
 pub use rng::{Rng, SeededRng, derive_seed};
 
 /// One process's environment: a clock, a network endpoint and a disk.
@@ -33,4 +35,9 @@ pub trait Env: Clone + Send + Sync + 'static {
     /// Seed for this process's random streams; derive per-purpose generators from it with
     /// [`derive_seed`] so adding a consumer does not shift another consumer's draws.
     fn seed(&self) -> u64;
+    /// This process's fault points (see [`FaultPoints`]): none in production; the simulator
+    /// hooks them to crash or delay the process at a named place.
+    fn fault_points(&self) -> FaultPoints {
+        FaultPoints::none()
+    }
 }

@@ -247,6 +247,11 @@ impl<E: Env> Center<E> {
             return Ok(false);
         }
         tracing::info!(epoch = next.epoch(), "routing table written");
+        self.node
+            .env()
+            .fault_points()
+            .hit(larder_core::env::FaultPoint::RoutingWritten)
+            .await;
         let history = self.config.routing_history.max(2);
         if let Some(old) = next.epoch().checked_sub(history).filter(|e| *e > 0) {
             // Best effort: a leftover old epoch costs a few kilobytes, nothing else.

@@ -12,8 +12,12 @@ use std::time::Duration;
 
 use larder_client::ClusterClient;
 
+use larder_core::bugs::Bugs;
+use larder_core::env::{FaultPoints, Space};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
+use larder_storage::raft::audit::audit_log;
+use larder_storage::raft::state_machine::DiskStateMachine;
 use larder_workloads::checker::{Budget, CheckConfig, check_operations};
 use larder_workloads::{Function, History, HistoryError, Operation, Outcome, Value};
 
@@ -22,6 +26,7 @@ use super::hosts::NodeSlot;
 use super::report::OpCounts;
 use super::verdict::{Digest, Linearizability, Violation};
 use crate::clock::SimClock;
+use crate::disk::SimDisk;
 use crate::net::SimNet;
 use crate::trace::sim_now;
 use crate::workload::{WorkloadConfig, counter_key, register_key};
@@ -49,6 +54,7 @@ pub(crate) struct Final {
 pub(crate) async fn check_final(
     mut client: ClusterClient<SimNet, SimClock>,
     slots: Vec<(NodeId, NodeSlot)>,
+    disks: Vec<(NodeId, SimDisk)>,
     workload: WorkloadConfig,
     (heal_at, duration, liveness): (Duration, Duration, Duration),
     final_state: Arc<Mutex<Final>>,
@@ -67,12 +73,68 @@ pub(crate) async fn check_final(
     // destroyed nodes: their slots stay empty, so a group listing one never converges.
     let give_up = duration + liveness + Duration::from_secs(100);
     let (replicas, digests) = converge(&mut client, &slots, give_up, &mut problems).await;
+    audit_disks(&slots, &disks, &digests, &mut problems).await;
     let mut state = final_state.lock().expect("final lock");
     state.values = values;
     state.digests = digests;
     state.replicas = replicas;
     state.first_success_ms = first_success;
     state.problems = problems;
+}
+
+/// Storage audits at the end of the run (see `larder_storage::raft::audit`): every node's log
+/// is in order, and every replica that reported a digest recovers, from what its disk holds
+/// now, the state it serves (a clean restart now would resume exactly where it is).
+async fn audit_disks(
+    slots: &[(NodeId, NodeSlot)],
+    disks: &[(NodeId, SimDisk)],
+    digests: &BTreeMap<(GroupId, NodeId), Digest>,
+    problems: &mut Vec<Violation>,
+) {
+    for (node, disk) in disks {
+        for defect in audit_log(disk.current_rows(Space::Log)) {
+            problems.push(Violation::StorageDefect {
+                node: *node,
+                when: "end of run".into(),
+                defect: defect.to_string(),
+            });
+        }
+    }
+    for &(group, id) in digests.keys() {
+        let running = slots
+            .iter()
+            .find(|(node, _)| *node == id)
+            .and_then(|(_, slot)| slot.lock().expect("slot lock").clone());
+        let (Some(running), Some((_, disk))) = (running, disks.iter().find(|(n, _)| *n == id))
+        else {
+            continue;
+        };
+        // No await between the serving digest and the copy of the disk: nothing applies in
+        // between (the simulation runs one task at a time).
+        let Ok(serving) = running.state_digest(group).await else {
+            continue;
+        };
+        let copy = disk.fork();
+        let recovered =
+            match DiskStateMachine::open(copy, group, Bugs::default(), FaultPoints::none()).await {
+                Ok(machine) => machine.digest().await,
+                Err(error) => Err(error),
+            };
+        match recovered {
+            Ok(recovered) if recovered == serving => {}
+            Ok(recovered) => problems.push(Violation::RecoveryDiffers {
+                group,
+                node: id,
+                serving,
+                recovered,
+            }),
+            Err(error) => problems.push(Violation::StorageDefect {
+                node: id,
+                when: "end of run".into(),
+                defect: format!("group {group} does not reopen: {error}"),
+            }),
+        }
+    }
 }
 
 /// Liveness: when (simulated ms) a read first succeeded after the heal point, trying until a

@@ -29,7 +29,7 @@
 //! acknowledged write, answer linearizably throughout, and bring every group's replicas (with
 //! destroyed ones replaced by the center) to the same state. See `super::checks`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use larder_core::NodeId;
@@ -41,6 +41,7 @@ use super::report::AppliedFault;
 use crate::clock::SimClock;
 use crate::disk::SimDisk;
 use crate::net::{NetFaults, host_name};
+use crate::points::{PointAction, PointTable};
 use crate::trace::Trace;
 use crate::workload::GROUP;
 
@@ -56,6 +57,16 @@ pub(crate) struct Injector<'a> {
     others: Vec<NodeId>,
     groups: u64,
     trace: Trace,
+    /// The run's fault points, armed by targeted faults.
+    points: PointTable,
+    /// Nodes a point crash took down, with when they start again.
+    restarts: Vec<(NodeId, Duration)>,
+    /// Nodes the last power loss took down.
+    powered_off: Vec<NodeId>,
+    /// Proxies that are down.
+    proxies_down: BTreeSet<NodeId>,
+    /// Storage audits that failed when a point crash took a node down.
+    pub(crate) defects: Vec<super::verdict::Violation>,
     /// Faults applied, by kind.
     pub(crate) counts: BTreeMap<FaultKind, u64>,
     /// Every fault as applied.
@@ -70,6 +81,7 @@ impl<'a> Injector<'a> {
         others: Vec<NodeId>,
         groups: u64,
         trace: Trace,
+        points: PointTable,
     ) -> Self {
         Injector {
             events: plan.events.iter().peekable(),
@@ -79,6 +91,11 @@ impl<'a> Injector<'a> {
             others,
             groups,
             trace,
+            points,
+            restarts: Vec::new(),
+            powered_off: Vec::new(),
+            proxies_down: BTreeSet::new(),
+            defects: Vec::new(),
             counts: BTreeMap::new(),
             log: Vec::new(),
         }
@@ -99,22 +116,19 @@ impl<'a> Injector<'a> {
             .next_if(|event| Duration::from_millis(event.at_ms) <= now && !healed)
         {
             let fault = &event.fault;
-            let applied = apply_fault(
-                sim,
-                parts,
-                net,
-                &mut self.rng,
-                fault,
-                &self.others,
-                self.groups,
-            );
+            let applied = self.apply(sim, parts, net, fault);
             if applied {
                 self.record(now, fault.kind(), format!("{fault:?}"));
                 crate::trace_event!(self.trace, now, "sim", "fault {fault:?}");
             }
         }
+        self.point_crashes(sim, parts, now);
         if !self.healed && now >= self.heal_at {
             self.healed = true;
+            self.points.disarm_all();
+            for proxy in std::mem::take(&mut self.proxies_down) {
+                sim.bounce(host_name(proxy));
+            }
             heal_everything(sim, parts, net, &self.others);
             self.log.push(AppliedFault {
                 at_ms: now.as_millis() as u64,
@@ -124,6 +138,178 @@ impl<'a> Injector<'a> {
             crate::trace_event!(self.trace, now, "sim", "heal all");
         }
         self.restart_fatal(sim, parts, now);
+    }
+
+    /// Applies one fault; false if it did not apply (see the module doc).
+    fn apply(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        parts: &mut [NodeParts],
+        net: &NetFaults,
+        fault: &Fault,
+    ) -> bool {
+        match fault {
+            Fault::CrashAtPoint {
+                point,
+                node,
+                after_ms,
+                down_ms,
+            } => {
+                let action = PointAction::Crash {
+                    after: Duration::from_millis(*after_ms),
+                    down: Duration::from_millis(*down_ms),
+                };
+                self.points.arm(*point, *node, action);
+                true
+            }
+            Fault::DelayAtPoint {
+                point,
+                node,
+                delay_ms,
+            } => {
+                let action = PointAction::Delay(Duration::from_millis(*delay_ms));
+                self.points.arm(*point, *node, action);
+                true
+            }
+            Fault::HealPoints => {
+                self.points.disarm_all();
+                true
+            }
+            Fault::PowerLoss => {
+                self.powered_off.clear();
+                for part in parts.iter_mut().filter(|p| p.up) {
+                    part.power_loss(sim, &mut self.rng);
+                    self.powered_off.push(part.id);
+                }
+                !self.powered_off.is_empty()
+            }
+            Fault::PowerRestored => {
+                let mut any = false;
+                for id in std::mem::take(&mut self.powered_off) {
+                    if let Some(part) = parts.iter_mut().find(|p| p.id == id)
+                        && !part.up
+                        && !part.destroyed
+                    {
+                        part.restart(sim);
+                        any = true;
+                    }
+                }
+                any
+            }
+            Fault::IsolateLeaderFromPeers { majority_reachable } => {
+                let Some(leader) =
+                    isolate_leader(parts, net, &mut self.rng, &[], self.groups, false)
+                else {
+                    return false;
+                };
+                if *majority_reachable {
+                    return true;
+                }
+                // Only the old leader stays reachable to clients and proxies.
+                net.update(|state| {
+                    for part in parts.iter().filter(|p| p.id != leader) {
+                        for &other in &self.others {
+                            state.blocked.insert((part.id, other));
+                            state.blocked.insert((other, part.id));
+                        }
+                    }
+                });
+                true
+            }
+            Fault::CrashProxy { proxy } => {
+                if !self.others.contains(proxy) || !self.proxies_down.insert(*proxy) {
+                    return false;
+                }
+                sim.crash(host_name(*proxy));
+                true
+            }
+            Fault::RestartProxy { proxy } => {
+                if !self.proxies_down.remove(proxy) {
+                    return false;
+                }
+                sim.bounce(host_name(*proxy));
+                true
+            }
+            _ => apply_fault(
+                sim,
+                parts,
+                net,
+                &mut self.rng,
+                fault,
+                &self.others,
+                self.groups,
+            ),
+        }
+    }
+
+    /// Carries out the crashes fault points asked for, and the restarts that follow them.
+    fn point_crashes(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        parts: &mut [NodeParts],
+        now: Duration,
+    ) {
+        for crash in self.points.take_due_crashes(now) {
+            let Some(part) = parts.iter_mut().find(|p| p.id == crash.node) else {
+                continue;
+            };
+            if !part.up {
+                continue;
+            }
+            // The log as the process left it: a crash is when a bad log starts to matter.
+            let rows = part.disk.current_rows(larder_core::env::Space::Log);
+            for defect in larder_storage::raft::audit::audit_log(rows) {
+                self.defects.push(super::verdict::Violation::StorageDefect {
+                    node: crash.node,
+                    when: format!("crash at {}", crash.point),
+                    defect: defect.to_string(),
+                });
+            }
+            part.power_loss(sim, &mut self.rng);
+            self.restarts.push((crash.node, now + crash.down));
+            let detail = format!("n{} crashed at {}", crash.node, crash.point);
+            crate::trace_event!(self.trace, now, "sim", "{detail}");
+            // Logged, not counted: the arming was counted when the plan applied it.
+            self.log.push(AppliedFault {
+                at_ms: now.as_millis() as u64,
+                kind: FaultKind::CrashAtPoint,
+                detail,
+            });
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.restarts)
+            .into_iter()
+            .partition(|(_, at)| *at <= now);
+        self.restarts = later;
+        for (node, _) in due {
+            if let Some(part) = parts.iter_mut().find(|p| p.id == node)
+                && !part.up
+                && !part.destroyed
+            {
+                part.restart(sim);
+                crate::trace_event!(self.trace, now, "sim", "restart n{node} after point crash");
+            }
+        }
+    }
+
+    /// Passes of each fault point so far, by every process.
+    pub(crate) fn point_hits(&self) -> BTreeMap<larder_core::env::FaultPoint, u64> {
+        self.points.hits()
+    }
+
+    /// Every storage audit that failed: at point crashes, and at points themselves.
+    pub(crate) fn storage_defects(&self) -> Vec<super::verdict::Violation> {
+        let at_points = self
+            .points
+            .defects()
+            .into_iter()
+            .map(
+                |(node, point, defect)| super::verdict::Violation::StorageDefect {
+                    node,
+                    when: format!("at {point}"),
+                    defect,
+                },
+            );
+        self.defects.iter().cloned().chain(at_points).collect()
     }
 
     fn record(&mut self, now: Duration, kind: FaultKind, detail: String) {
@@ -184,7 +370,7 @@ fn apply_fault(
             pause(sim, parts, others, *node, false);
             true
         }
-        Fault::IsolateLeader => isolate_leader(parts, net, rng, others, groups),
+        Fault::IsolateLeader => isolate_leader(parts, net, rng, others, groups, true).is_some(),
         Fault::Partition { .. }
         | Fault::PartitionOneWay { .. }
         | Fault::HealPartitions
@@ -200,8 +386,17 @@ fn apply_fault(
         | Fault::CrashCenterLeader
         | Fault::RestartCenters
         | Fault::Destroy { .. } => apply_process(sim, parts, rng, fault),
+        Fault::CrashAtPoint { .. }
+        | Fault::DelayAtPoint { .. }
+        | Fault::HealPoints
+        | Fault::PowerLoss
+        | Fault::PowerRestored
+        | Fault::IsolateLeaderFromPeers { .. }
+        | Fault::CrashProxy { .. }
+        | Fault::RestartProxy { .. } => unreachable!("applied by the injector: {fault:?}"),
         Fault::SlowDisk { node, .. }
         | Fault::DiskErrors { node, .. }
+        | Fault::DiskFull { node }
         | Fault::HealDisk { node }
         | Fault::ClockOffset { node, .. }
         | Fault::ClockDrift { node, .. }
@@ -241,23 +436,24 @@ fn pause(
     }
 }
 
-/// Cuts the leader of a group off from every other process. With many groups, the leader of a
-/// random one (drawing only then, so single-group runs keep their random stream).
+/// Cuts the leader of a group off from every other node, and with `from_others` from every
+/// other process too. With many groups, the leader of a random one (drawing only then, so
+/// single-group runs keep their random stream).
 fn isolate_leader(
     parts: &[NodeParts],
     net: &NetFaults,
     rng: &mut SeededRng,
     others: &[NodeId],
     groups: u64,
-) -> bool {
+    from_others: bool,
+) -> Option<NodeId> {
     let group = if groups > 1 {
         1 + rng.below(groups)
     } else {
         GROUP
     };
-    let Some(leader) = current_leader_of(parts, group) else {
-        return false;
-    };
+    let leader = current_leader_of(parts, group)?;
+    let others = if from_others { others } else { &[] };
     let cut: Vec<NodeId> = parts
         .iter()
         .map(|p| p.id)
@@ -270,7 +466,7 @@ fn isolate_leader(
             state.blocked.insert((other, leader));
         }
     });
-    true
+    Some(leader)
 }
 
 /// Partitions and message faults, all through the shared [`NetFaults`] table.
@@ -354,6 +550,7 @@ fn apply_disk_or_clock(part: &NodeParts, fault: &Fault) {
             .disk
             .set_latency(Duration::ZERO, Duration::from_millis(*latency_ms_max)),
         Fault::DiskErrors { rate, .. } => part.disk.set_error_rate(*rate),
+        Fault::DiskFull { .. } => part.disk.fill_up(),
         Fault::HealDisk { .. } => heal_disk(&part.disk),
         Fault::ClockOffset { offset_ms, .. } => part.clock.set_offset_ms(*offset_ms),
         Fault::ClockDrift { ppm, .. } => part.clock.set_drift_ppm(*ppm),
@@ -366,6 +563,7 @@ fn apply_disk_or_clock(part: &NodeParts, fault: &Fault) {
 fn heal_disk(disk: &SimDisk) {
     disk.set_latency(Duration::ZERO, Duration::ZERO);
     disk.set_error_rate(0.0);
+    disk.set_capacity_bytes(None);
 }
 
 fn heal_clock(clock: &SimClock) {

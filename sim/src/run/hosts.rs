@@ -23,6 +23,7 @@ use crate::clock::SimClock;
 use crate::disk::SimDisk;
 use crate::env::SimEnv;
 use crate::net::{NetFaults, SimListener, SimNet, host_name};
+use crate::points::PointTable;
 use crate::trace::{Trace, sim_now};
 use crate::workload::{
     GROUP, PROXY_PORT, RespClient, SharedHistory, client_config, client_id, cluster_client,
@@ -52,6 +53,15 @@ impl NodeParts {
         sim.crash(host_name(self.id));
         self.slot.lock().expect("slot lock").take();
         self.disk.crash(rng);
+        self.up = false;
+    }
+
+    /// The machine loses power: the process dies and every write its disk had not synced is
+    /// lost.
+    pub(crate) fn power_loss(&mut self, sim: &mut turmoil::Sim<'_>, rng: &mut SeededRng) {
+        sim.crash(host_name(self.id));
+        self.slot.lock().expect("slot lock").take();
+        self.disk.power_loss(rng);
         self.up = false;
     }
 
@@ -110,13 +120,14 @@ pub(crate) fn register_nodes(
     config: &SimConfig,
     trace: &Trace,
     net_faults: &NetFaults,
+    points: &PointTable,
 ) -> Vec<NodeParts> {
     let centers = config.center_ids();
     config
         .node_ids()
         .into_iter()
         .chain(centers.iter().copied())
-        .map(|id| register_node(sim, config, trace, net_faults, id))
+        .map(|id| register_node(sim, config, trace, net_faults, points, id))
         .collect()
 }
 
@@ -160,6 +171,7 @@ fn register_node(
     config: &SimConfig,
     trace: &Trace,
     net_faults: &NetFaults,
+    points: &PointTable,
     id: NodeId,
 ) -> NodeParts {
     let seed = config.seed;
@@ -170,6 +182,7 @@ fn register_node(
     let incarnation = Arc::new(AtomicU64::new(0));
     let (node_config, role) = node_role(config, id);
     let center = matches!(role, Role::Center { .. });
+    let points_h = points.hook(id, disk.clone(), trace.clone());
     let (disk_h, clock_h, slot_h, faults_h, trace_h) = (
         disk.clone(),
         clock.clone(),
@@ -189,6 +202,7 @@ fn register_node(
             ),
             disk: disk_h.clone(),
             seed: derive_seed(seed, id),
+            points: points_h.clone(),
         };
         let process = NodeProcess {
             id,
@@ -296,17 +310,26 @@ pub(crate) fn register_proxies(
         let id = proxy_id(index);
         let (faults, trace) = (net_faults.clone(), trace.clone());
         let sim_config = config.clone();
+        let incarnation = Arc::new(AtomicU64::new(0));
         sim.host(host_name(id), move || {
+            let generation = incarnation.fetch_add(1, Ordering::SeqCst);
             let net = SimNet::new(
                 id,
                 faults.clone(),
-                derive_seed(seed, id << 16),
+                derive_seed(seed, (id << 16) | generation),
                 trace.clone(),
             );
+            // A restarted proxy is a new process with new randomness, as with the OS seed of a
+            // real one: reusing its predecessor's client sessions would make the groups answer
+            // its first writes as duplicates of the old ones.
+            let proxy_seed = match generation {
+                0 => derive_seed(seed, id),
+                later => derive_seed(derive_seed(seed, id), later),
+            };
             let proxy = Proxy::new(
                 net,
                 SimClock::new(),
-                derive_seed(seed, id),
+                proxy_seed,
                 ProxyConfig {
                     client: client_config(&sim_config.bugs),
                     bugs: sim_config.bugs.clone(),
@@ -387,6 +410,7 @@ pub(crate) fn register_checker(
         trace.clone(),
     );
     let slots: Vec<(NodeId, NodeSlot)> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
+    let disks: Vec<(NodeId, SimDisk)> = parts.iter().map(|p| (p.id, p.disk.clone())).collect();
     let (final_state, workload, routing) = (
         final_state.clone(),
         config.workload.clone(),
@@ -407,7 +431,7 @@ pub(crate) fn register_checker(
             },
             derive_seed(0, 99),
         );
-        check_final(client, slots, workload, timing, final_state).await;
+        check_final(client, slots, disks, workload, timing, final_state).await;
         Ok(())
     });
     checker_id

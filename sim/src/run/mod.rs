@@ -31,6 +31,7 @@ use larder_core::NodeId;
 use larder_core::env::derive_seed;
 
 use crate::net::NetFaults;
+use crate::points::PointTable;
 use crate::trace::Trace;
 use crate::workload::SharedHistory;
 
@@ -49,6 +50,9 @@ pub enum SimError {
     Turmoil { at_ms: u64, reason: String },
 }
 
+/// Storage defects a report lists at most.
+const STORAGE_DEFECTS_SHOWN: usize = 5;
+
 /// Runs one seeded simulation.
 pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     #[allow(clippy::disallowed_methods)] // Wall time of the run, for the report only.
@@ -66,7 +70,8 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let final_state: Arc<Mutex<Final>> = Arc::default();
 
     let mut sim = build_sim(config);
-    let mut parts = register_nodes(&mut sim, config, &trace, &net_faults);
+    let points = PointTable::default();
+    let mut parts = register_nodes(&mut sim, config, &trace, &net_faults, &points);
     register_proxies(&mut sim, config, &trace, &net_faults);
     let client_ids = register_clients(&mut sim, config, &trace, &net_faults, &history);
     let checker_id = register_checker(&mut sim, config, &trace, &net_faults, &parts, &final_state);
@@ -85,6 +90,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         others,
         config.groups,
         trace.clone(),
+        points,
     );
     // Drive the simulation, applying faults on time.
     loop {
@@ -104,7 +110,15 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let mut history = std::mem::take(&mut *history.lock().expect("history lock"));
     let final_state = std::mem::take(&mut *final_state.lock().expect("final lock"));
     let destroyed: BTreeSet<NodeId> = parts.iter().filter(|p| p.destroyed).map(|p| p.id).collect();
-    let (ops, violations, linearizability) = judge(config, &mut history, &final_state, &destroyed);
+    let (ops, mut violations, linearizability) =
+        judge(config, &mut history, &final_state, &destroyed);
+    // The first few storage defects: one is enough to fail, and a broken store repeats them.
+    violations.extend(
+        injector
+            .storage_defects()
+            .into_iter()
+            .take(STORAGE_DEFECTS_SHOWN),
+    );
     // Drop the nodes before the next run reuses this thread's state.
     for part in &parts {
         part.slot.lock().expect("slot lock").take();
@@ -115,6 +129,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         sim_seconds: sim_elapsed.as_secs_f64(),
         wall_seconds: wall_start.elapsed().as_secs_f64(),
         ops,
+        points: injector.point_hits(),
         faults: injector.counts,
         plan: plan.clone(),
         fault_log: injector.log,

@@ -28,6 +28,8 @@ pub struct RunReport {
     pub ops: OpCounts,
     /// Faults applied, by kind (including automatic restarts after a disk error stopped Raft).
     pub faults: BTreeMap<FaultKind, u64>,
+    /// Passes of each fault point, by every process (armed or not).
+    pub points: BTreeMap<larder_core::env::FaultPoint, u64>,
     /// The plan the run applied.
     pub plan: FaultPlan,
     /// Every fault as applied, for timelines.

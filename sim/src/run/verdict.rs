@@ -78,6 +78,22 @@ pub enum Violation {
     LinearizabilityUnknown { report: Box<Report> },
     /// The history could not be paired into operations (a recorder bug).
     MalformedHistory { error: String },
+    /// What a node keeps on disk breaks a property Raft needs of storage (a log out of order,
+    /// a vote used before it was durable); found by auditing the disk, not the history.
+    StorageDefect {
+        node: NodeId,
+        /// When it was found (a fault point, a crash, the end of the run).
+        when: String,
+        defect: String,
+    },
+    /// Reopening a replica's state machine from what its disk holds gives another state than
+    /// the one it serves: a restart now would lose or redo applied entries.
+    RecoveryDiffers {
+        group: GroupId,
+        node: NodeId,
+        serving: Digest,
+        recovered: Digest,
+    },
 }
 
 impl Violation {
@@ -150,6 +166,18 @@ impl fmt::Display for Violation {
                 "linearizability unknown (the checker's budget ran out; an unknown is not a pass): {report}"
             ),
             Violation::MalformedHistory { error } => write!(f, "history is malformed: {error}"),
+            Violation::StorageDefect { node, when, defect } => {
+                write!(f, "storage of node {node} ({when}): {defect}")
+            }
+            Violation::RecoveryDiffers {
+                group,
+                node,
+                serving,
+                recovered,
+            } => write!(
+                f,
+                "group {group} on node {node}: reopening its disk gives (applied, digest) {recovered:?}, it serves {serving:?}"
+            ),
         }
     }
 }

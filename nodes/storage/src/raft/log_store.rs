@@ -6,7 +6,7 @@ use std::ops::{Bound, RangeBounds};
 
 use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Disk, Space, WriteBatch, vote_key};
+use larder_core::env::{Disk, FaultPoint, FaultPoints, Space, WriteBatch, vote_key};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
@@ -23,11 +23,17 @@ pub struct DiskLogStore<D: Disk> {
     disk: D,
     group: GroupId,
     bugs: Bugs,
+    points: FaultPoints,
 }
 
 impl<D: Disk> DiskLogStore<D> {
-    pub fn new(disk: D, group: GroupId, bugs: Bugs) -> Self {
-        DiskLogStore { disk, group, bugs }
+    pub fn new(disk: D, group: GroupId, bugs: Bugs, points: FaultPoints) -> Self {
+        DiskLogStore {
+            disk,
+            group,
+            bugs,
+            points,
+        }
     }
 }
 
@@ -113,9 +119,10 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
             let mut batch = WriteBatch::new();
             batch.put(Space::Meta, vote_key(self.group), encode(vote));
             self.disk.write(batch, false).await?;
-            return Ok(());
+        } else {
+            self.disk.save_vote(self.group, encode(vote)).await?;
         }
-        self.disk.save_vote(self.group, encode(vote)).await?;
+        self.points.hit(FaultPoint::VoteSaved).await;
         Ok(())
     }
 
@@ -142,6 +149,7 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
             .map_err(io::Error::from);
         match result {
             Ok(()) => {
+                self.points.hit(FaultPoint::LogAppended).await;
                 callback.io_completed(Ok(()));
                 Ok(())
             }
@@ -153,11 +161,11 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        if self.bugs.is_planted(Bug::SkippedTruncate) {
-            return Ok(());
+        if !self.bugs.is_planted(Bug::SkippedTruncate) {
+            let from = last_log_id.map_or(0, |log_id| log_id.index() + 1);
+            self.disk.log_truncate(self.group, from).await?;
         }
-        let from = last_log_id.map_or(0, |log_id| log_id.index() + 1);
-        self.disk.log_truncate(self.group, from).await?;
+        self.points.hit(FaultPoint::LogTruncated).await;
         Ok(())
     }
 
@@ -165,6 +173,7 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
         self.disk
             .log_purge(self.group, log_id.index(), encode(&log_id))
             .await?;
+        self.points.hit(FaultPoint::LogPurged).await;
         Ok(())
     }
 }

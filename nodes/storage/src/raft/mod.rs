@@ -6,6 +6,7 @@
 //! - [`network::RaftNet`]: openraft's network over [`larder_core::env::Net`].
 //! - [`runtime::LarderRuntime`]: tokio with seeded election randomness.
 
+pub mod audit;
 pub mod group_commit;
 pub mod log_store;
 pub mod network;

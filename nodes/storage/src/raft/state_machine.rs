@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Disk, Space, WriteBatch};
+use larder_core::env::{Disk, FaultPoint, FaultPoints, Space, WriteBatch};
 use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, execute};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -87,6 +87,7 @@ pub struct DiskStateMachine<D: Disk> {
     disk: D,
     group: GroupId,
     bugs: Bugs,
+    points: FaultPoints,
     applied: Arc<Mutex<AppliedState>>,
     sessions: Arc<Mutex<BTreeMap<u64, SessionEntry>>>,
     /// Serialises apply, snapshot build and install, so a snapshot's rows match its metadata.
@@ -176,7 +177,12 @@ fn invalid(reason: impl Into<String>) -> io::Error {
 
 impl<D: Disk> DiskStateMachine<D> {
     /// Opens `group`'s state machine, finishing a snapshot install that a crash interrupted.
-    pub async fn open(disk: D, group: GroupId, bugs: Bugs) -> Result<Self, io::Error> {
+    pub async fn open(
+        disk: D,
+        group: GroupId,
+        bugs: Bugs,
+        points: FaultPoints,
+    ) -> Result<Self, io::Error> {
         let applied: AppliedState = match disk.get(Space::Meta, &applied_key(group)).await? {
             Some(bytes) => decode(&bytes)?,
             None => AppliedState::default(),
@@ -199,6 +205,7 @@ impl<D: Disk> DiskStateMachine<D> {
             disk,
             group,
             bugs,
+            points,
             applied: Arc::new(Mutex::new(applied.clone())),
             sessions: Arc::new(Mutex::new(sessions)),
             exclusive: Arc::new(futures::lock::Mutex::new(())),
@@ -355,6 +362,7 @@ impl<D: Disk> DiskStateMachine<D> {
                 None,
             )
             .await?;
+        self.points.hit(FaultPoint::SnapshotInstalling).await;
         let mut fill = WriteBatch::new();
         for (key, value) in body.rows {
             fill.put(Space::State, state_key(self.group, &key), value);
@@ -626,6 +634,7 @@ impl<D: Disk> DiskStateMachine<D> {
             batch.put(Space::Meta, applied_key(self.group), encode(applied));
         }
         self.disk.write(batch, false).await?;
+        self.points.hit(FaultPoint::ApplyWritten).await;
         *self.applied.lock().expect("applied lock") = applied.clone();
         overlay.clear();
         for (responder, reply) in replies.drain(..) {
