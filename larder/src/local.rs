@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use larder_core::env::{Clock, derive_seed};
+use larder_core::env::Clock;
 use larder_core::kv::Command;
 use larder_core::{GroupId, NodeId};
 
@@ -217,7 +217,6 @@ impl LocalCluster {
         let proxy = Proxy::new(
             TcpNet::client(PROXY_ID, book.clone()),
             TokioClock::new(),
-            derive_seed(seed, PROXY_ID),
             ProxyConfig {
                 password: args.requirepass.clone(),
                 ..ProxyConfig::default()
@@ -239,13 +238,12 @@ impl LocalCluster {
                 tracing::error!(%error, "proxy stopped accepting");
             }
         }));
-        self.wait_until_ready(book, derive_seed(seed, PROBE_ID))
-            .await
+        self.wait_until_ready(book).await
     }
 
     /// Waits until the proxy's routing has a table and every group of it answers a
     /// linearizable read (`DBSIZE` through the group's leader).
-    async fn wait_until_ready(&self, book: &AddressBook, session: u64) -> Result<(), LocalError> {
+    async fn wait_until_ready(&self, book: &AddressBook) -> Result<(), LocalError> {
         let net = TcpNet::client(PROBE_ID, book.clone());
         let clock = TokioClock::new();
         let deadline = clock.now() + READY_TIMEOUT;
@@ -264,7 +262,7 @@ impl LocalCluster {
             attempts_max: 3,
             ..ClientConfig::default()
         };
-        let mut client = ClusterClient::new(net, clock, self.routing.clone(), config, session);
+        let mut client = ClusterClient::new(net, clock, self.routing.clone(), config);
         let groups: Vec<GroupId> = table.groups().keys().copied().collect();
         for group in groups {
             loop {

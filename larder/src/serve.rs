@@ -53,7 +53,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 use larder_center::{Center, CenterConfig};
 use larder_client::SharedRouting;
-use larder_core::env::derive_seed;
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
 use larder_proxy::{Proxy, ProxyConfig};
@@ -469,7 +468,6 @@ pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
         let proxy = Proxy::new(
             TcpNet::client(file.id, book),
             TokioClock::new(),
-            derive_seed(larder_real::process_seed(), file.id),
             config,
             routing,
         );

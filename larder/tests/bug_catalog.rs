@@ -21,8 +21,8 @@ use std::path::Path;
 
 use larder::child::{Outcome, run_child};
 
-/// Bugs no seed of 1..=50 catches yet (see the module docs); kept in one place so the list can
-/// only shrink knowingly.
+/// Bugs no seed of 1..=50 catches yet (see the module docs; none today); kept in one place so
+/// the list can only shrink knowingly.
 const UNCAUGHT_YET: &[&str] = &[];
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its
@@ -112,4 +112,10 @@ catalog! {
     retry_with_new_sequence: "retry-with-new-sequence", 1..=50, Swarm;
     // 19/50, first 3.
     dead_node_stays_up: "dead-node-stays-up", 1..=50, Swarm;
+    // Every seed (the vote audit at `vote_saved`).
+    unsynced_vote: "unsynced-vote", 1..=5, Swarm;
+    // Every seed (the recovery audit at the end of the run).
+    applied_marker_lost: "applied-marker-lost", 1..=5, Swarm;
+    // One group: 3/50, first 16 (the log audit after a truncation).
+    skipped_truncate: "skipped-truncate", 1..=50, SwarmOneGroup;
 }

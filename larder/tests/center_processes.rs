@@ -223,7 +223,6 @@ impl Cluster {
             group,
             vec![node],
             config,
-            0x7e57,
         );
         self.runtime
             .block_on(client.execute(KvCommand::DbSize))

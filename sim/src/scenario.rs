@@ -109,14 +109,7 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
             let Some(old) = *isolated.lock().expect("isolated lock") else {
                 return Ok(());
             };
-            let mut client = Client::new(
-                net,
-                SimClock::new(),
-                GROUP,
-                vec![old],
-                quick,
-                minority_client,
-            );
+            let mut client = Client::new(net, SimClock::new(), GROUP, vec![old], quick);
             let result = client.execute(Command::set("k", "minority")).await;
             outcome.lock().expect("outcome lock").minority_write = Some(result);
             Ok(())
@@ -141,14 +134,7 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
                 return Ok(());
             };
             let others = nodes.into_iter().filter(|&id| id != old).collect();
-            let mut client = Client::new(
-                net,
-                SimClock::new(),
-                GROUP,
-                others,
-                patient,
-                majority_client,
-            );
+            let mut client = Client::new(net, SimClock::new(), GROUP, others, patient);
             let result = client.execute(Command::set("k", "majority")).await;
             outcome.lock().expect("outcome lock").majority_write = Some(result);
             Ok(())
@@ -162,7 +148,7 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
         );
         sim.client(host_name(reader), async move {
             tokio::time::sleep(heal_at + Duration::from_secs(2)).await;
-            let mut client = Client::new(net, SimClock::new(), GROUP, nodes, patient, reader);
+            let mut client = Client::new(net, SimClock::new(), GROUP, nodes, patient);
             let result = client.execute(Command::get("k")).await;
             outcome.lock().expect("outcome lock").final_value = Some(result);
             Ok(())
@@ -269,14 +255,7 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
                 backoff: Duration::from_millis(200),
                 ..Default::default()
             };
-            let mut client = Client::new(
-                net,
-                SimClock::new(),
-                GROUP,
-                vec![1, 2, 3, 4],
-                config,
-                writer,
-            );
+            let mut client = Client::new(net, SimClock::new(), GROUP, vec![1, 2, 3, 4], config);
             tokio::time::sleep(Duration::from_secs(2)).await;
             // Enough writes that the log is purged behind a snapshot before node 4 joins.
             for i in 0..200 {
@@ -336,6 +315,65 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
         part.slot.lock().expect("slot lock").take();
         part.up = false;
     }
+    finish(&mut sim)?;
+    drop_nodes(&parts);
+    let outcome = outcome.lock().expect("outcome lock").clone();
+    Ok(outcome)
+}
+
+/// Every step of [`forgotten_session`], in order: what each write or read answered.
+#[derive(Debug, Clone, Default)]
+pub struct ForgottenSessionOutcome {
+    pub steps: Vec<(String, Result<Reply, ClientError>)>,
+}
+
+/// A group that remembers two sessions: client A writes, clients B and C open sessions (A's,
+/// the least recently used, is forgotten), A writes again (the group answers that it forgot
+/// the session, so A reports the write as indeterminate, and nothing is applied), then A
+/// writes once more (it opens a new session: applied) and reads.
+pub fn forgotten_session(seed: u64) -> Result<ForgottenSessionOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(10));
+    config.faults = false;
+    config.node.sessions_max = 2;
+    crate::run::reset_process_state(seed);
+    let trace = Trace::default();
+    let faults = NetFaults::default();
+    let mut sim = build_sim(&config);
+    let parts = register_nodes(
+        &mut sim,
+        &config,
+        &trace,
+        &faults,
+        &crate::points::PointTable::default(),
+    );
+    let outcome: Arc<Mutex<ForgottenSessionOutcome>> = Arc::default();
+    let host = client_id(1);
+    let net = SimNet::new(host, faults.clone(), derive_seed(seed, 31), trace.clone());
+    let recorded = outcome.clone();
+    sim.client(host_name(host), async move {
+        let client = || {
+            let config = ClientConfig {
+                attempts_max: 30,
+                backoff: Duration::from_millis(200),
+                ..Default::default()
+            };
+            Client::new(net.clone(), SimClock::new(), GROUP, vec![1, 2, 3], config)
+        };
+        let (mut a, mut b, mut c) = (client(), client(), client());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let record = |name: &str, result: Result<Reply, ClientError>| {
+            let mut outcome = recorded.lock().expect("outcome lock");
+            outcome.steps.push((name.to_string(), result));
+        };
+        record("a: set k 1", a.execute(Command::set("k", "1")).await);
+        record("b: set b 1", b.execute(Command::set("b", "1")).await);
+        record("c: set c 1", c.execute(Command::set("c", "1")).await);
+        record("a: set k 2", a.execute(Command::set("k", "2")).await);
+        record("a: get k", a.execute(Command::get("k")).await);
+        record("a: set k 3", a.execute(Command::set("k", "3")).await);
+        record("a: get k", a.execute(Command::get("k")).await);
+        Ok(())
+    });
     finish(&mut sim)?;
     drop_nodes(&parts);
     let outcome = outcome.lock().expect("outcome lock").clone();

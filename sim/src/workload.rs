@@ -54,7 +54,6 @@ pub(crate) fn client_config(bugs: &Bugs) -> ClientConfig {
 pub fn group_client(
     net: SimNet,
     replicas: Vec<NodeId>,
-    seed: u64,
     bugs: &Bugs,
 ) -> Sdk<Client<SimNet, SimClock>> {
     Sdk(Client::new(
@@ -63,7 +62,6 @@ pub fn group_client(
         GROUP,
         replicas,
         client_config(bugs),
-        seed,
     ))
 }
 
@@ -71,7 +69,6 @@ pub fn group_client(
 pub fn cluster_client(
     net: SimNet,
     routing: SharedRouting,
-    seed: u64,
     bugs: &Bugs,
 ) -> Sdk<ClusterClient<SimNet, SimClock>> {
     Sdk(ClusterClient::new(
@@ -79,7 +76,6 @@ pub fn cluster_client(
         SimClock::new(),
         routing,
         client_config(bugs),
-        seed,
     ))
 }
 

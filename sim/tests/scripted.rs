@@ -67,3 +67,37 @@ fn replacing_a_voter_goes_through_a_learner_and_keeps_serving() {
         );
     }
 }
+
+#[test]
+fn a_forgotten_session_gets_an_unknown_outcome_and_never_a_second_apply() {
+    use larder_client::ClientError;
+    use larder_sim::scenario::forgotten_session;
+
+    let outcome = forgotten_session(1).expect("scenario ran");
+    let steps: Vec<&str> = outcome
+        .steps
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(steps.len(), 7, "{steps:?}");
+    let result = |index: usize| &outcome.steps[index].1;
+    for index in [0, 1, 2, 5] {
+        assert_eq!(result(index), &Ok(Reply::Ok), "{:?}", outcome.steps[index]);
+    }
+    match result(3) {
+        Err(ClientError::Indeterminate { reason }) => {
+            assert!(reason.contains("session expired"), "{reason}")
+        }
+        other => panic!("a write of a forgotten session must be indeterminate: {other:?}"),
+    }
+    assert_eq!(
+        result(4),
+        &Ok(Reply::Bulk(Bytes::from_static(b"1"))),
+        "the forgotten session's write was not applied"
+    );
+    assert_eq!(
+        result(6),
+        &Ok(Reply::Bulk(Bytes::from_static(b"3"))),
+        "the client opened a new session and wrote"
+    );
+}

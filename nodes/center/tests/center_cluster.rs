@@ -308,17 +308,12 @@ impl Cluster {
         self.centers.remove(&id).expect("running center").kill();
     }
 
-    fn cluster_client(
-        &self,
-        routing: &SharedRouting,
-        session: u64,
-    ) -> ClusterClient<TcpNet, TokioClock> {
+    fn cluster_client(&self, routing: &SharedRouting) -> ClusterClient<TcpNet, TokioClock> {
         ClusterClient::new(
             self.net.clone(),
             self.clock,
             routing.clone(),
             ClientConfig::default(),
-            session,
         )
     }
 
@@ -410,7 +405,7 @@ fn center_bootstraps_repairs_and_rebalances() {
     let table = cluster.wait_for_healthy_routing(0, Duration::from_secs(10));
     assert_eq!(table.epoch(), 1, "{table:?}");
     let routing = SharedRouting::new(table.clone());
-    let mut client = cluster.cluster_client(&routing, 0x5e55_0001);
+    let mut client = cluster.cluster_client(&routing);
     write_keys(&cluster, &mut client, "before");
     eprintln!("bootstrapped and wrote in {:?}", cluster.now() - started);
 
@@ -514,7 +509,7 @@ fn center_survives_its_leader_and_serves_routing_from_followers() {
     let started = cluster.now();
     let table = cluster.wait_for_healthy_routing(0, Duration::from_secs(10));
     let routing = SharedRouting::new(table.clone());
-    let mut client = cluster.cluster_client(&routing, 0x5e55_0002);
+    let mut client = cluster.cluster_client(&routing);
     write_keys(&cluster, &mut client, "before");
     // The observer follows the center group and serves the same table.
     cluster.wait_for("the observer's table", Duration::from_secs(5), |cluster| {

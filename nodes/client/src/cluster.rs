@@ -1,5 +1,5 @@
 //! `ClusterClient`: a client of the whole cluster. It routes each command by slot to its slot
-//! group (one [`Client`] per group, sharing one session id), and splits multi-key commands whose
+//! group (one [`Client`] per group, each with the session its group opened), and splits multi-key commands whose
 //! keys live in different groups, merging the answers (`MGET`, `MSET` — atomic per group only,
 //! as in Redis Cluster proxies —, `DEL`, `EXISTS`).
 
@@ -24,27 +24,18 @@ pub struct ClusterClient<N: Net, C: Clock> {
     clock: C,
     routing: SharedRouting,
     config: ClientConfig,
-    session: u64,
     /// Per group: the client and the routing epoch its replica list came from.
     groups: BTreeMap<GroupId, (u64, Client<N, C>)>,
 }
 
 impl<N: Net, C: Clock> ClusterClient<N, C> {
-    /// `session` must be unique among all clients of the cluster and never reused (draw it at
-    /// random): groups deduplicate writes by (session, sequence).
-    pub fn new(
-        net: N,
-        clock: C,
-        routing: SharedRouting,
-        config: ClientConfig,
-        session: u64,
-    ) -> Self {
+    /// Each group's client opens its own session with the group before its first write.
+    pub fn new(net: N, clock: C, routing: SharedRouting, config: ClientConfig) -> Self {
         ClusterClient {
             net,
             clock,
             routing,
             config,
-            session,
             groups: BTreeMap::new(),
         }
     }
@@ -68,11 +59,9 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
                 group,
                 route.replicas.clone(),
                 self.config.clone(),
-                self.session,
             );
             client.set_leader_hint(self.routing.leader_hint(group, &table));
-            // A fresh client restarts its sequence at 1; only safe with a fresh session, so a
-            // replaced client of a group keeps the old one's sequence by reusing it.
+            // A replaced client of a group carries on the old one's session and sequence.
             if let Some((_, old)) = self.groups.remove(&group) {
                 client.continue_sequence_of(&old);
             }

@@ -7,7 +7,9 @@ use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Clock, Net, NetError};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
-use larder_protocol::{CallError, ClientRequest, ClientResponse, Encoded, SessionSeq, call};
+use larder_protocol::{
+    CallError, ClientRequest, ClientResponse, Encoded, SESSION_EXPIRED, SessionSeq, call,
+};
 
 /// Why a command produced no reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,22 +62,22 @@ pub struct Client<N: Net, C: Clock> {
     config: ClientConfig,
     leader: Option<NodeId>,
     next: usize,
-    session: u64,
+    /// The session the group opened for this client (`SessionSeq::REGISTER`), once it has.
+    session: Option<u64>,
     seq: u64,
     /// The routing epoch `replicas` came from (0: none), sent with every request.
     epoch: u64,
 }
 
 impl<N: Net, C: Clock> Client<N, C> {
-    /// `session` must be unique among the group's clients (draw it from the environment's
-    /// seeded or OS randomness): the group deduplicates writes per session.
+    /// The client opens its session with the group (which deduplicates writes per session)
+    /// before its first write.
     pub fn new(
         net: N,
         clock: C,
         group: GroupId,
         replicas: Vec<NodeId>,
         config: ClientConfig,
-        session: u64,
     ) -> Self {
         assert!(
             !replicas.is_empty(),
@@ -89,7 +91,7 @@ impl<N: Net, C: Clock> Client<N, C> {
             config,
             leader: None,
             next: 0,
-            session,
+            session: None,
             seq: 0,
             epoch: 0,
         }
@@ -111,11 +113,12 @@ impl<N: Net, C: Clock> Client<N, C> {
         self.leader = leader.filter(|node| self.replicas.contains(node));
     }
 
-    /// Carries on `old`'s write sequence (same session), so a client rebuilt for a new replica
-    /// list never reuses a sequence number the group may remember.
+    /// Carries on `old`'s session and write sequence, so a client rebuilt for a new replica
+    /// list of the same group neither opens a needless session nor reuses a sequence number.
     pub fn continue_sequence_of(&mut self, old: &Client<N, C>) {
-        debug_assert_eq!(self.session, old.session);
-        self.seq = self.seq.max(old.seq);
+        debug_assert_eq!(self.group, old.group);
+        self.session = old.session;
+        self.seq = old.seq;
     }
 
     /// The replicas this client talks to.
@@ -152,21 +155,72 @@ impl<N: Net, C: Clock> Client<N, C> {
 
     async fn attempt(&mut self, command: Command) -> Result<Reply, ClientError> {
         let is_write = command.is_write();
-        let session = if is_write {
-            self.seq += 1;
-            Some(SessionSeq {
-                session: self.session,
-                seq: self.seq,
-            })
-        } else {
-            None
+        let session = match (is_write, self.session) {
+            (false, _) => None,
+            (true, Some(session)) => {
+                self.seq += 1;
+                Some(SessionSeq {
+                    session,
+                    seq: self.seq,
+                })
+            }
+            (true, None) => {
+                let session = self.open_session().await?;
+                self.seq = 1;
+                Some(SessionSeq { session, seq: 1 })
+            }
         };
-        let mut body = ClientRequest {
+        let body = ClientRequest {
             group: self.group,
             command,
             session,
             epoch: self.epoch,
         };
+        let reply = self.send(body).await?;
+        match reply {
+            Reply::Error(text) if is_write && text.starts_with(SESSION_EXPIRED) => {
+                // The group forgot the session: this delivery did nothing, an earlier copy of
+                // the same write may have. The next write opens a new session.
+                self.session = None;
+                Err(ClientError::Indeterminate {
+                    reason: format!("group {}: {text}", self.group),
+                })
+            }
+            reply => Ok(reply),
+        }
+    }
+
+    /// Opens a session with the group (see `SessionSeq`). Nothing of the caller's write has
+    /// happened yet, so a failure is `Unavailable`, whatever became of the registration (an
+    /// orphan session costs the group one table slot until it is evicted).
+    async fn open_session(&mut self) -> Result<u64, ClientError> {
+        let body = ClientRequest {
+            group: self.group,
+            // Any command: the state machine opens the session instead of executing it.
+            command: Command::DbSize,
+            session: Some(SessionSeq::REGISTER),
+            epoch: self.epoch,
+        };
+        let group = self.group;
+        let unavailable = |reason: String| ClientError::Unavailable {
+            reason: format!("opening a session with group {group}: {reason}"),
+        };
+        match self.send(body).await {
+            Ok(Reply::Int(id)) if id > 0 => {
+                let id = id.unsigned_abs();
+                self.session = Some(id);
+                Ok(id)
+            }
+            Ok(other) => Err(unavailable(format!("unexpected reply {other:?}"))),
+            Err(ClientError::Indeterminate { reason } | ClientError::Unavailable { reason }) => {
+                Err(unavailable(reason))
+            }
+        }
+    }
+
+    /// Sends `body` to the group, retrying where that is safe: a write carries a session.
+    async fn send(&mut self, mut body: ClientRequest) -> Result<Reply, ClientError> {
+        let is_write = body.session.is_some();
         let mut request = Encoded::new(body.clone());
         let mut last_reason = String::from("no attempt made");
         for attempt in 0..self.config.attempts_max {
@@ -243,11 +297,13 @@ impl<N: Net, C: Clock> Client<N, C> {
                 }
                 Err(error @ CallError::Net(_)) => {
                     self.forget_leader();
-                    if is_write && self.config.bugs.is_planted(Bug::RetryWithNewSequence) {
+                    if let Some(session) = body.session.filter(|s| !s.is_register())
+                        && self.config.bugs.is_planted(Bug::RetryWithNewSequence)
+                    {
                         // Planted bug: the retry looks like a new write to the group.
                         self.seq += 1;
                         body.session = Some(SessionSeq {
-                            session: self.session,
+                            session: session.session,
                             seq: self.seq,
                         });
                         request = Encoded::new(body.clone());

@@ -10,11 +10,31 @@ use crate::{Request, Rpc};
 /// Identifies one write of one client session, so a write delivered twice (a duplicated
 /// message, a retry) is applied once: the state machine remembers each session's last
 /// sequence number and reply (Raft thesis, section 6.3).
+///
+/// A group hands out its own session ids: a client opens a session with a write carrying
+/// [`SessionSeq::REGISTER`], and the id is the log index of that entry, so no two sessions of
+/// a group ever share one, and a session the group forgot (it keeps a bounded number) can never
+/// come back: a later delivery for it is answered [`SESSION_EXPIRED`], not applied again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionSeq {
     pub session: u64,
     pub seq: u64,
 }
+
+impl SessionSeq {
+    /// Opens a session: the group answers `Reply::Int(id)`, and the session's writes follow
+    /// with sequence numbers from 1.
+    pub const REGISTER: SessionSeq = SessionSeq { session: 0, seq: 0 };
+
+    pub fn is_register(&self) -> bool {
+        *self == SessionSeq::REGISTER
+    }
+}
+
+/// How a group answers a write of a session it does not remember (it evicted the least
+/// recently used one): this delivery did nothing, but an earlier one of the same write may
+/// have, so the client reports the write's outcome as unknown and opens a new session.
+pub const SESSION_EXPIRED: &str = "LARDERSESSION session expired; open a new one";
 
 /// A client's command for one slot group.
 #[derive(Debug, Clone, Serialize, Deserialize)]

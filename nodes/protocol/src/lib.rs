@@ -38,7 +38,7 @@ pub use center::{
     ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, GetRouting, GroupStatus,
     Heartbeat, HeartbeatAck, MembershipStatus, RoutingAnswer,
 };
-pub use client::{ClientRequest, ClientResponse, SessionSeq};
+pub use client::{ClientRequest, ClientResponse, SESSION_EXPIRED, SessionSeq};
 pub use raft::{RaftCall, RaftRequest, RaftResponse};
 
 /// The Raft group of the center replicas. Never a slot group: routing tables number slot groups

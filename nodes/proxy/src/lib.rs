@@ -1,8 +1,9 @@
 //! The proxy: a stateless RESP2/RESP3 server in front of the cluster, so `redis-cli`,
 //! `redis-benchmark` and Redis client libraries work unmodified.
 //!
-//! Each connection gets its own [`ClusterClient`] with a fresh random session id (so the
-//! groups can deduplicate its writes) and shares the proxy's routing table and leader hints.
+//! Each connection gets its own [`ClusterClient`] (whose per-group clients open sessions with
+//! their groups, so the groups can deduplicate its writes) and shares the proxy's routing
+//! table and leader hints.
 //! Requests are read in batches: every complete request in the buffer is executed in order and
 //! the replies are written with one `write`, which is what makes pipelining cheap.
 //!
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Clock, Listener, Net, derive_seed};
+use larder_core::env::{Clock, Listener, Net};
 use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::{self, Frame, Limits, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -91,8 +92,6 @@ impl Default for ProxyConfig {
 pub struct Proxy<N: Net, C: Clock> {
     net: N,
     clock: C,
-    /// Seeds the connections' session ids; must differ per process start.
-    seed: u64,
     config: ProxyConfig,
     routing: SharedRouting,
     connections: AtomicU64,
@@ -146,17 +145,10 @@ fn error_frame(code: &str, reason: &str) -> Frame {
 }
 
 impl<N: Net, C: Clock> Proxy<N, C> {
-    pub fn new(
-        net: N,
-        clock: C,
-        seed: u64,
-        config: ProxyConfig,
-        routing: SharedRouting,
-    ) -> Arc<Self> {
+    pub fn new(net: N, clock: C, config: ProxyConfig, routing: SharedRouting) -> Arc<Self> {
         Arc::new(Proxy {
             net,
             clock,
-            seed,
             config,
             routing,
             connections: AtomicU64::new(0),
@@ -192,9 +184,6 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         mut stream: S,
     ) -> std::io::Result<()> {
         let id = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        // Unique per connection and per process incarnation: the environment's seed differs
-        // per process start (OS randomness in production, the run seed in simulation).
-        let session_id = derive_seed(self.seed, id);
         let mut session = Session {
             id,
             protocol: Protocol::Resp2,
@@ -204,7 +193,6 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 self.clock.clone(),
                 self.routing.clone(),
                 self.config.client.clone(),
-                session_id,
             ),
             quit: false,
         };

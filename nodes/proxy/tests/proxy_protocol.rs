@@ -35,7 +35,6 @@ fn proxy(password: Option<&str>) -> std::sync::Arc<Proxy<TcpNet, TokioClock>> {
     Proxy::new(
         TcpNet::client(1000, AddressBook::new()),
         TokioClock::new(),
-        7,
         config,
         routing,
     )

@@ -41,10 +41,18 @@ pub struct NodeConfig {
     /// node; `host:port` on the real network).
     #[serde(default)]
     pub address: String,
+    /// Client sessions each group remembers for deduplication (least recently used forgotten
+    /// first; a forgotten session's client opens a new one).
+    #[serde(default = "default_sessions_max")]
+    pub sessions_max: usize,
 }
 
 fn default_center_heartbeat_ms() -> u64 {
     500
+}
+
+fn default_sessions_max() -> usize {
+    crate::raft::state_machine::SESSIONS_MAX
 }
 
 impl NodeConfig {
@@ -62,6 +70,7 @@ impl NodeConfig {
             centers: Vec::new(),
             center_heartbeat_ms: default_center_heartbeat_ms(),
             address: String::new(),
+            sessions_max: default_sessions_max(),
         }
     }
 

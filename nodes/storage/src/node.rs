@@ -77,10 +77,15 @@ async fn open_group<E: Env>(
     group: GroupId,
 ) -> Result<Group<NodeDisk<E>>, NodeError> {
     let raft_config = Arc::new(config.raft_config(group)?);
-    let state =
-        DiskStateMachine::open(disk.clone(), group, config.bugs.clone(), env.fault_points())
-            .await
-            .map_err(|source| NodeError::Storage { group, source })?;
+    let state = DiskStateMachine::open(
+        disk.clone(),
+        group,
+        config.bugs.clone(),
+        env.fault_points(),
+        config.sessions_max,
+    )
+    .await
+    .map_err(|source| NodeError::Storage { group, source })?;
     let log = DiskLogStore::new(disk.clone(), group, config.bugs.clone(), env.fault_points());
     let net = RaftNet::new(env.net().clone(), group);
     let raft = Raft::new(config.id, raft_config, net, log, state.clone())

@@ -55,7 +55,9 @@ impl<E: Env> StorageNode<E> {
             };
         };
         let limit = Duration::from_millis(self.config.request_timeout_ms);
-        if command.is_write() {
+        // A session marks a write (the client sets one on writes only), also one whose command
+        // reads: opening a session (`SessionSeq::REGISTER`) goes through the log.
+        if command.is_write() || session.is_some() {
             let request = LogEntry {
                 now_ms: self.stamp(),
                 command,

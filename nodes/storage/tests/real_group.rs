@@ -81,7 +81,6 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
             GROUP,
             vec![1, 2, 3],
             ClientConfig::default(),
-            0x5e55_1011,
         )
     });
     client_runtime.block_on(async {

@@ -17,7 +17,7 @@ use larder_core::env::{FaultPoints, Space};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_storage::raft::audit::audit_log;
-use larder_storage::raft::state_machine::DiskStateMachine;
+use larder_storage::raft::state_machine::{DiskStateMachine, SESSIONS_MAX};
 use larder_workloads::checker::{Budget, CheckConfig, check_operations};
 use larder_workloads::{Function, History, HistoryError, Operation, Outcome, Value};
 
@@ -115,11 +115,18 @@ async fn audit_disks(
             continue;
         };
         let copy = disk.fork();
-        let recovered =
-            match DiskStateMachine::open(copy, group, Bugs::default(), FaultPoints::none()).await {
-                Ok(machine) => machine.digest().await,
-                Err(error) => Err(error),
-            };
+        let recovered = match DiskStateMachine::open(
+            copy,
+            group,
+            Bugs::default(),
+            FaultPoints::none(),
+            SESSIONS_MAX,
+        )
+        .await
+        {
+            Ok(machine) => machine.digest().await,
+            Err(error) => Err(error),
+        };
         match recovered {
             Ok(recovered) if recovered == serving => {}
             Ok(recovered) => problems.push(Violation::RecoveryDiffers {

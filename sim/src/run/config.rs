@@ -6,6 +6,7 @@ use std::time::Duration;
 use larder_center::CenterConfig;
 use larder_client::SharedRouting;
 use larder_core::bugs::Bugs;
+use larder_core::env::{Rng, SeededRng, derive_seed};
 use larder_storage::NodeConfig;
 
 use larder_core::routing::RoutingTable;
@@ -142,6 +143,18 @@ impl SimConfig {
 
     pub(crate) fn heal_at(&self) -> Duration {
         self.duration.saturating_sub(self.liveness)
+    }
+
+    /// Sessions each group remembers: the node setting, except that a third of the swarm
+    /// seeds keep only 2 to 7, so sessions are forgotten all the time and the path that answers
+    /// a forgotten session's writes (and the clients that open a new one) runs.
+    pub fn sessions_max(&self) -> usize {
+        let mut rng = SeededRng::new(derive_seed(self.seed, 0x5e55_1045));
+        if self.swarm && rng.chance(1.0 / 3.0) {
+            rng.range(2, 8) as usize
+        } else {
+            self.node.sessions_max
+        }
     }
 
     /// The plan this run applies.

@@ -135,6 +135,7 @@ pub(crate) fn register_nodes(
 fn node_role(config: &SimConfig, id: NodeId) -> (NodeConfig, Role) {
     let centers = config.center_ids();
     let mut node_config = config.node.clone();
+    node_config.sessions_max = config.sessions_max();
     node_config.bugs = config.bugs.clone();
     node_config.id = id;
     if centers.contains(&id) {
@@ -319,17 +320,9 @@ pub(crate) fn register_proxies(
                 derive_seed(seed, (id << 16) | generation),
                 trace.clone(),
             );
-            // A restarted proxy is a new process with new randomness, as with the OS seed of a
-            // real one: reusing its predecessor's client sessions would make the groups answer
-            // its first writes as duplicates of the old ones.
-            let proxy_seed = match generation {
-                0 => derive_seed(seed, id),
-                later => derive_seed(derive_seed(seed, id), later),
-            };
             let proxy = Proxy::new(
                 net,
                 SimClock::new(),
-                proxy_seed,
                 ProxyConfig {
                     client: client_config(&sim_config.bugs),
                     bugs: sim_config.bugs.clone(),
@@ -380,10 +373,10 @@ pub(crate) fn register_clients(
                 let client = RespClient::new(proxy_id(index as u64 % proxies));
                 run_client(id, client, client_seed, until, workload, history, trace).await;
             } else if groups > 1 {
-                let client = cluster_client(net, routing, client_seed, &bugs);
+                let client = cluster_client(net, routing, &bugs);
                 run_client(id, client, client_seed, until, workload, history, trace).await;
             } else {
-                let client = group_client(net, replicas, client_seed, &bugs);
+                let client = group_client(net, replicas, &bugs);
                 run_client(id, client, client_seed, until, workload, history, trace).await;
             }
             Ok(())
@@ -429,7 +422,6 @@ pub(crate) fn register_checker(
                 attempts_max: 10,
                 ..ClientConfig::default()
             },
-            derive_seed(0, 99),
         );
         check_final(client, slots, disks, workload, timing, final_state).await;
         Ok(())

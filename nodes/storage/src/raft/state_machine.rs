@@ -60,9 +60,21 @@ pub struct SessionEntry {
     pub last_ms: u64,
 }
 
-/// Sessions remembered per group. A forgotten session's late duplicate would apply again; at
-/// this bound that takes thousands of newer clients between a write and its duplicate.
+/// Sessions remembered per group by default (`NodeConfig::sessions_max`). A forgotten session's
+/// late delivery is answered `SESSION_EXPIRED` rather than applied, so the bound costs clients
+/// a new session, never a duplicate write.
 pub const SESSIONS_MAX: usize = 4096;
+
+/// What the state machine does with an entry, by its session.
+#[derive(Debug)]
+enum SessionVerdict {
+    /// A new write (or one without a session): apply it.
+    Apply,
+    /// Already applied, or of a session the group forgot: answer this instead of applying.
+    Answer(Reply),
+    /// Open a session whose id is the entry's log index.
+    Register,
+}
 
 /// The data part of a snapshot (openraft carries the metadata beside it).
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,6 +100,7 @@ pub struct DiskStateMachine<D: Disk> {
     group: GroupId,
     bugs: Bugs,
     points: FaultPoints,
+    sessions_max: usize,
     applied: Arc<Mutex<AppliedState>>,
     sessions: Arc<Mutex<BTreeMap<u64, SessionEntry>>>,
     /// Serialises apply, snapshot build and install, so a snapshot's rows match its metadata.
@@ -182,6 +195,7 @@ impl<D: Disk> DiskStateMachine<D> {
         group: GroupId,
         bugs: Bugs,
         points: FaultPoints,
+        sessions_max: usize,
     ) -> Result<Self, io::Error> {
         let applied: AppliedState = match disk.get(Space::Meta, &applied_key(group)).await? {
             Some(bytes) => decode(&bytes)?,
@@ -206,6 +220,7 @@ impl<D: Disk> DiskStateMachine<D> {
             group,
             bugs,
             points,
+            sessions_max: sessions_max.max(1),
             applied: Arc::new(Mutex::new(applied.clone())),
             sessions: Arc::new(Mutex::new(sessions)),
             exclusive: Arc::new(futures::lock::Mutex::new(())),
@@ -465,7 +480,7 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
             // idempotent).
             if let EntryPayload::Normal(request) = &entry.payload
                 && request.command == Command::FlushAll
-                && self.duplicate_reply(request.session).is_none()
+                && matches!(self.session_verdict(request.session), SessionVerdict::Apply)
             {
                 self.flush(&mut batch, &applied, &mut overlay, &mut replies)
                     .await?;
@@ -492,7 +507,17 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                     // Invariant: the applied clock (TTLs are judged by it) only grows, whatever
                     // the stamps of successive leaders.
                     debug_assert!(applied.clock_ms >= clock_before);
-                    if let Some(reply) = self.duplicate_reply(request.session) {
+                    let verdict = self.session_verdict(request.session);
+                    if let SessionVerdict::Answer(reply) = verdict {
+                        reply
+                    } else if let SessionVerdict::Register = verdict {
+                        let id = entry.log_id.index();
+                        let reply = Reply::Int(i64::try_from(id).unwrap_or(i64::MAX));
+                        let session = crate::raft::SessionSeq {
+                            session: id,
+                            seq: 0,
+                        };
+                        self.remember(session, &reply, applied.clock_ms, &mut batch);
                         reply
                     } else {
                         let outcome = if request.command == Command::FlushAll {
@@ -568,21 +593,31 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
 }
 
 impl<D: Disk> DiskStateMachine<D> {
-    /// The reply to send instead of applying, when `session` names a write already applied.
-    fn duplicate_reply(&self, session: Option<crate::raft::SessionSeq>) -> Option<Reply> {
-        let session = session?;
+    /// What to do with an entry of `session` (see [`SessionVerdict`]).
+    fn session_verdict(&self, session: Option<crate::raft::SessionSeq>) -> SessionVerdict {
+        let Some(session) = session else {
+            return SessionVerdict::Apply;
+        };
+        if session.is_register() {
+            return SessionVerdict::Register;
+        }
         if self.bugs.is_planted(Bug::NoSessionDedup) {
-            return None;
+            return SessionVerdict::Apply;
         }
         let sessions = self.sessions.lock().expect("sessions lock");
-        let entry = sessions.get(&session.session)?;
+        let Some(entry) = sessions.get(&session.session) else {
+            // Ids come only from registrations, and a registered session leaves the table
+            // only by eviction: this one was forgotten, and this may be a late copy of a
+            // write it already applied.
+            return SessionVerdict::Answer(Reply::error(larder_protocol::SESSION_EXPIRED));
+        };
         if session.seq == entry.seq {
-            Some(entry.reply.clone())
+            SessionVerdict::Answer(entry.reply.clone())
         } else if session.seq < entry.seq {
             // The client has moved on; nobody waits for this answer.
-            Some(Reply::error("ERR stale duplicate of an earlier request"))
+            SessionVerdict::Answer(Reply::error("ERR stale duplicate of an earlier request"))
         } else {
-            None
+            SessionVerdict::Apply
         }
     }
 
@@ -607,7 +642,7 @@ impl<D: Disk> DiskStateMachine<D> {
             encode(&entry),
         );
         sessions.insert(session.session, entry);
-        if sessions.len() > SESSIONS_MAX {
+        if sessions.len() > self.sessions_max {
             // Ties on time break by id: every replica evicts the same session.
             let oldest = sessions
                 .iter()
