@@ -53,11 +53,15 @@ pub enum Bug {
     /// Center repair: a node stops being declared down once it was ever heard from, so a dead
     /// replica is never replaced.
     DeadNodeStaysUp,
+    /// Clock use: a read judges expiry by the serving node's wall clock without advancing the
+    /// group clock through the log first, so after a leader change to a node whose clock is
+    /// behind (or a wall clock jumping back) a key a client saw expire comes back.
+    TtlLocalClockRead,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -70,6 +74,7 @@ impl Bug {
         Bug::ProxyTryAgainOnIndeterminate,
         Bug::RetryWithNewSequence,
         Bug::DeadNodeStaysUp,
+        Bug::TtlLocalClockRead,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -87,6 +92,7 @@ impl Bug {
             Bug::ProxyTryAgainOnIndeterminate => "proxy-tryagain-on-indeterminate",
             Bug::RetryWithNewSequence => "retry-with-new-sequence",
             Bug::DeadNodeStaysUp => "dead-node-stays-up",
+            Bug::TtlLocalClockRead => "ttl-local-clock-read",
         }
     }
 }

@@ -104,4 +104,6 @@ catalog! {
     retry_with_new_sequence: "retry-with-new-sequence", 1..=50, Swarm;
     // 19/50, first 3.
     dead_node_stays_up: "dead-node-stays-up", 1..=50, Swarm;
+    // 1/50: seed 41 (a TTL seed under clock faults).
+    ttl_local_clock_read: "ttl-local-clock-read", 1..=50, Swarm;
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use larder_center::CenterConfig;
 use larder_client::SharedRouting;
 use larder_core::bugs::Bugs;
+use larder_core::env::{Rng, SeededRng, derive_seed};
 use larder_storage::NodeConfig;
 
 use larder_core::routing::RoutingTable;
@@ -14,6 +15,11 @@ use larder_faults::{FaultPlan, PlanConfig, Roles};
 use serde::Serialize;
 
 use crate::workload::{GROUP, WorkloadConfig};
+
+/// The random stream a swarm seed draws its workload families from.
+const SWARM_WORKLOAD_STREAM: u64 = 0x5a4a_f00d;
+/// How often a swarm seed turns each optional workload family on.
+const SWARM_FAMILY_CHANCE: f64 = 0.35;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -142,6 +148,23 @@ impl SimConfig {
 
     pub(crate) fn heal_at(&self) -> Duration {
         self.duration.saturating_sub(self.liveness)
+    }
+
+    /// The workload the clients run: [`SimConfig::workload`], and with `swarm` the seed's own
+    /// choice of the TTL and multi-key families (each on in about a third of the seeds, from a
+    /// stream of its own, so a seed without them runs exactly the operations it always did).
+    pub fn run_workload(&self) -> WorkloadConfig {
+        let mut workload = self.workload.clone();
+        if self.swarm {
+            let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_WORKLOAD_STREAM));
+            if rng.chance(SWARM_FAMILY_CHANCE) {
+                workload = workload.with_ttl(3, 4);
+            }
+            if rng.chance(SWARM_FAMILY_CHANCE) {
+                workload = workload.with_multi(2, 3);
+            }
+        }
+        workload
     }
 
     /// The plan this run applies.
