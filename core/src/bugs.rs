@@ -57,11 +57,14 @@ pub enum Bug {
     /// group clock through the log first, so after a leader change to a node whose clock is
     /// behind (or a wall clock jumping back) a key a client saw expire comes back.
     TtlLocalClockRead,
+    /// Reads: a multi-key read loads its keys one at a time without holding off apply, so an
+    /// apply batch can land between two of its keys and an `MGET` sees half of an `MSET`.
+    TornMultiKeyRead,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -75,6 +78,7 @@ impl Bug {
         Bug::RetryWithNewSequence,
         Bug::DeadNodeStaysUp,
         Bug::TtlLocalClockRead,
+        Bug::TornMultiKeyRead,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -93,6 +97,7 @@ impl Bug {
             Bug::RetryWithNewSequence => "retry-with-new-sequence",
             Bug::DeadNodeStaysUp => "dead-node-stays-up",
             Bug::TtlLocalClockRead => "ttl-local-clock-read",
+            Bug::TornMultiKeyRead => "torn-multi-key-read",
         }
     }
 }

@@ -23,7 +23,16 @@ use larder::child::{Outcome, run_child};
 
 /// Bugs no seed of 1..=50 catches yet (see the module docs); kept in one place so the list can
 /// only shrink knowingly.
-const UNCAUGHT_YET: &[&str] = &["unsynced-vote", "skipped-truncate", "applied-marker-lost"];
+const UNCAUGHT_YET: &[&str] = &[
+    "unsynced-vote",
+    "skipped-truncate",
+    "applied-marker-lost",
+    // A tear needs an apply batch of the object to land between two keys of a read of it,
+    // which needs a slow disk on that group's leader while clients contend on the object:
+    // 0/50 swarm seeds so far (the checker's multi-key model catches a torn read, see
+    // workloads/tests/checker.rs).
+    "torn-multi-key-read",
+];
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its
 /// own fault mix), as CI sweeps them (`sim/tests/cluster_sweep.rs`, `swarm_sweep.rs`).

@@ -103,6 +103,12 @@ pub struct DiskStateMachine<D: Disk> {
     sessions: Arc<Mutex<BTreeMap<u64, SessionEntry>>>,
     /// Serialises apply, snapshot build and install, so a snapshot's rows match its metadata.
     exclusive: Arc<futures::lock::Mutex<()>>,
+    /// Reads hold it shared while they read the group clock and their keys (one `get` per key,
+    /// each an await); apply holds it exclusively while it writes a batch and moves the
+    /// applied marker, and while a `FLUSHALL` or a snapshot install rewrites the range. So a
+    /// read sees the state between two apply batches, never half of one: an `MGET` cannot
+    /// see half of an `MSET` (ARCHITECTURE.md, "Multi-key atomicity").
+    view: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn group_prefix(group: GroupId) -> [u8; 8] {
@@ -214,6 +220,7 @@ impl<D: Disk> DiskStateMachine<D> {
             applied: Arc::new(Mutex::new(applied.clone())),
             sessions: Arc::new(Mutex::new(sessions)),
             exclusive: Arc::new(futures::lock::Mutex::new(())),
+            view: Arc::new(tokio::sync::RwLock::new(())),
         };
         if let Some(stored) = machine.stored_snapshot().await?
             && stored.meta.last_log_id > applied.last_applied
@@ -247,6 +254,12 @@ impl<D: Disk> DiskStateMachine<D> {
     /// read index to be applied (`Raft::ensure_linearizable`).
     pub async fn read(&self, command: &Command, wall_ms: u64) -> Result<ReadOutcome, io::Error> {
         debug_assert!(!command.is_write(), "writes go through the log");
+        // The planted bug reads key by key with apply batches landing in between.
+        let _view = if self.bugs.is_planted(Bug::TornMultiKeyRead) {
+            None
+        } else {
+            Some(self.view.read().await)
+        };
         let clock_ms = self.applied().clock_ms;
         let now_ms = wall_ms.max(clock_ms);
         // The planted bug is the old rule: expiry judged by the local clock alone.
@@ -381,6 +394,8 @@ impl<D: Disk> DiskStateMachine<D> {
             membership: meta.last_membership.clone(),
             clock_ms: body.clock_ms,
         };
+        // No read may see the range half rewritten.
+        let _view = self.view.write().await;
         // Sessions first: if a crash cuts this short, the old applied marker stays and `open`
         // redoes the whole install.
         self.disk
@@ -498,6 +513,8 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                 self.flush(&mut batch, &applied, &mut overlay, &mut replies)
                     .await?;
                 pending = 0;
+                // No read may see the range half deleted.
+                let _view = self.view.write().await;
                 self.disk
                     .delete_range_paged(
                         Space::State,
@@ -661,8 +678,12 @@ impl<D: Disk> DiskStateMachine<D> {
         if !self.bugs.is_planted(Bug::AppliedMarkerLost) {
             batch.put(Space::Meta, applied_key(self.group), encode(applied));
         }
-        self.disk.write(batch, false).await?;
-        *self.applied.lock().expect("applied lock") = applied.clone();
+        {
+            // The batch and the in-memory marker (the group clock reads use) move together.
+            let _view = self.view.write().await;
+            self.disk.write(batch, false).await?;
+            *self.applied.lock().expect("applied lock") = applied.clone();
+        }
         overlay.clear();
         for (responder, reply) in replies.drain(..) {
             responder.send(reply);
