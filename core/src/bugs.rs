@@ -53,11 +53,18 @@ pub enum Bug {
     /// Center repair: a node stops being declared down once it was ever heard from, so a dead
     /// replica is never replaced.
     DeadNodeStaysUp,
+    /// Clock use: a read judges expiry by the serving node's wall clock without advancing the
+    /// group clock through the log first, so after a leader change to a node whose clock is
+    /// behind (or a wall clock jumping back) a key a client saw expire comes back.
+    TtlLocalClockRead,
+    /// Reads: a multi-key read loads its keys one at a time without holding off apply, so an
+    /// apply batch can land between two of its keys and an `MGET` sees half of an `MSET`.
+    TornMultiKeyRead,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 14] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -70,6 +77,8 @@ impl Bug {
         Bug::ProxyTryAgainOnIndeterminate,
         Bug::RetryWithNewSequence,
         Bug::DeadNodeStaysUp,
+        Bug::TtlLocalClockRead,
+        Bug::TornMultiKeyRead,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -87,6 +96,8 @@ impl Bug {
             Bug::ProxyTryAgainOnIndeterminate => "proxy-tryagain-on-indeterminate",
             Bug::RetryWithNewSequence => "retry-with-new-sequence",
             Bug::DeadNodeStaysUp => "dead-node-stays-up",
+            Bug::TtlLocalClockRead => "ttl-local-clock-read",
+            Bug::TornMultiKeyRead => "torn-multi-key-read",
         }
     }
 }

@@ -239,6 +239,8 @@ fn latency_plot(history: &[Operation]) -> String {
             Function::Read => "#6a1b9a",
             Function::Add => "#00838f",
             Function::Append => "#ad1457",
+            Function::SetTtl | Function::Expire | Function::Persist | Function::Ttl => "#ef6c00",
+            Function::MRead | Function::MWrite | Function::MDel => "#2e7d32",
         };
         let fill = if op.outcome == Outcome::Ok {
             shape

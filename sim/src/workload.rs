@@ -187,6 +187,23 @@ pub fn op_fields(
         Function::Add => ("Incr", None, value.as_int().unwrap_or(0)),
         Function::Append => ("Append", text(value), 0),
         Function::Cas => ("Cas", text(value), 0),
+        Function::SetTtl => ("SetTtl", text(value), 0),
+        Function::MWrite => ("MSet", text(value), 0),
+        // The rest answer something of their own: shown once it came.
+        f if outcome == Outcome::Ok => (op_name(f), text(output), 0),
+        f => (op_name(f), None, 0),
+    }
+}
+
+/// The trace's name of an operation that answers something of its own.
+fn op_name(f: Function) -> &'static str {
+    match f {
+        Function::Expire => "Expire",
+        Function::Persist => "Persist",
+        Function::Ttl => "Ttl",
+        Function::MRead => "MGet",
+        Function::MDel => "MDel",
+        _ => "Op",
     }
 }
 

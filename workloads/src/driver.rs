@@ -36,6 +36,27 @@ pub fn list_key(index: u64) -> String {
     format!("log:{index}")
 }
 
+/// The key of TTL key `index` (written with and without expiries, expired, persisted).
+pub fn ttl_key(index: u64) -> String {
+    format!("ttl:{index}")
+}
+
+/// The history key of multi-key object `index`: a hash tag, so its sub-keys
+/// ([`multi_sub_key`]) share one slot and so one group.
+pub fn multi_key(index: u64) -> String {
+    format!("{{m{index}}}")
+}
+
+/// The name of sub-key `index` of a multi-key object (`a`, `b`, ...).
+pub fn multi_sub_name(index: u64) -> String {
+    char::from(b'a' + (index % 26) as u8).to_string()
+}
+
+/// The Redis key of sub-key `name` of multi-key object `object` (`{m3}:a`).
+pub fn multi_sub_key(object: &str, name: &str) -> String {
+    format!("{object}:{name}")
+}
+
 /// Relative weights of the operations a client picks from (one draw below their sum per
 /// operation, walked in field order).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,11 +73,26 @@ pub struct Mix {
     pub append: u64,
     /// `GET` of a list (a register read without list keys).
     pub list_read: u64,
+    /// An operation on a TTL key: `SET` with `PX`/`EX` or without, `PEXPIRE`/`EXPIRE`,
+    /// `PERSIST`, `PTTL`/`TTL`, `GET` (a register read without TTL keys).
+    #[serde(default)]
+    pub ttl: u64,
+    /// An operation on a multi-key object: `MSET`, `MGET` or `DEL` of several of its sub-keys
+    /// (a register read without multi-key objects).
+    #[serde(default)]
+    pub multi: u64,
 }
 
 impl Mix {
     fn total(&self) -> u64 {
-        self.write + self.read + self.add + self.counter_read + self.append + self.list_read
+        self.write
+            + self.read
+            + self.add
+            + self.counter_read
+            + self.append
+            + self.list_read
+            + self.ttl
+            + self.multi
     }
 }
 
@@ -73,6 +109,26 @@ pub struct WorkloadConfig {
     /// Increments are drawn from `[1, delta_max]`.
     pub delta_max: u64,
     pub mix: Mix,
+    /// TTL keys ([`ttl_key`]); 0 turns TTL operations into register reads.
+    #[serde(default)]
+    pub ttl_keys: u64,
+    /// Expiries are drawn from `[1, ttl_ms_max]` ms (`EX`/`EXPIRE`: whole seconds up to it).
+    #[serde(default = "default_ttl_ms_max")]
+    pub ttl_ms_max: u64,
+    /// Multi-key objects ([`multi_key`]); 0 turns multi-key operations into register reads.
+    #[serde(default)]
+    pub multi_keys: u64,
+    /// Sub-keys per multi-key object.
+    #[serde(default = "default_multi_width")]
+    pub multi_width: u64,
+}
+
+fn default_ttl_ms_max() -> u64 {
+    3000
+}
+
+fn default_multi_width() -> u64 {
+    3
 }
 
 impl Default for WorkloadConfig {
@@ -92,7 +148,13 @@ impl Default for WorkloadConfig {
                 counter_read: 0,
                 append: 1,
                 list_read: 1,
+                ttl: 0,
+                multi: 0,
             },
+            ttl_keys: 0,
+            ttl_ms_max: default_ttl_ms_max(),
+            multi_keys: 0,
+            multi_width: default_multi_width(),
         }
     }
 }
@@ -113,8 +175,28 @@ impl WorkloadConfig {
                 counter_read: 1,
                 append: 0,
                 list_read: 0,
+                ttl: 0,
+                multi: 0,
             },
+            ttl_keys: 0,
+            ttl_ms_max: default_ttl_ms_max(),
+            multi_keys: 0,
+            multi_width: default_multi_width(),
         }
+    }
+
+    /// Turns TTL operations on: `keys` TTL keys picked with weight `weight`.
+    pub fn with_ttl(mut self, keys: u64, weight: u64) -> Self {
+        self.ttl_keys = keys;
+        self.mix.ttl = weight;
+        self
+    }
+
+    /// Turns multi-key operations on: `objects` objects picked with weight `weight`.
+    pub fn with_multi(mut self, objects: u64, weight: u64) -> Self {
+        self.multi_keys = objects;
+        self.mix.multi = weight;
+        self
     }
 }
 
@@ -210,6 +292,8 @@ enum Pick {
     CounterRead,
     Append,
     ListRead,
+    Ttl,
+    Multi,
 }
 
 /// One client process.
@@ -272,9 +356,142 @@ impl<E, T> Driver<E, T> {
                 }
             }
             Pick::ListRead if lists > 0 => Self::read(list_key(self.rng.below(lists))),
-            Pick::Read | Pick::Append | Pick::ListRead => Self::read(register_key(
-                self.rng.below(self.config.register_keys.max(1)),
-            )),
+            Pick::Ttl if self.config.ttl_keys > 0 => self.ttl_op(),
+            Pick::Multi if self.config.multi_keys > 0 => self.multi_op(),
+            Pick::Read | Pick::Append | Pick::ListRead | Pick::Ttl | Pick::Multi => Self::read(
+                register_key(self.rng.below(self.config.register_keys.max(1))),
+            ),
+        }
+    }
+
+    /// An operation on a TTL key: mostly writes with an expiry and reads, so keys expire
+    /// under the readers' eyes; sometimes a write without one, an expiry, a persist, a TTL.
+    fn ttl_op(&mut self) -> Planned {
+        let key = ttl_key(self.rng.below(self.config.ttl_keys));
+        let value = format!("{}-{}", self.process, self.sequence);
+        let ttl_ms_max = self.config.ttl_ms_max.max(1);
+        let millis = 1 + self.rng.below(ttl_ms_max);
+        let seconds = 1 + self.rng.below(ttl_ms_max.div_ceil(1000));
+        let (f, request, value, write) = match self.rng.below(20) {
+            0..=4 => (
+                Function::SetTtl,
+                ["SET", &key, &value, "PX", &millis.to_string()].join(" "),
+                Value::List(vec![value.clone().into(), Value::Int(millis as i64)]),
+                true,
+            ),
+            5 => (
+                Function::SetTtl,
+                ["SET", &key, &value, "EX", &seconds.to_string()].join(" "),
+                Value::List(vec![
+                    value.clone().into(),
+                    Value::Int(seconds as i64 * 1000),
+                ]),
+                true,
+            ),
+            6 => (
+                Function::Write,
+                ["SET", &key, &value].join(" "),
+                Value::Str(value.clone()),
+                true,
+            ),
+            7 => (
+                Function::Expire,
+                ["PEXPIRE", &key, &millis.to_string()].join(" "),
+                Value::Int(millis as i64),
+                true,
+            ),
+            8 => (
+                Function::Expire,
+                ["EXPIRE", &key, &seconds.to_string()].join(" "),
+                Value::Int(seconds as i64 * 1000),
+                true,
+            ),
+            9 => (
+                Function::Persist,
+                ["PERSIST", &key].join(" "),
+                Value::Null,
+                true,
+            ),
+            10..=11 => (
+                Function::Ttl,
+                ["PTTL", &key].join(" "),
+                Value::from("ms"),
+                false,
+            ),
+            12 => (
+                Function::Ttl,
+                ["TTL", &key].join(" "),
+                Value::from("s"),
+                false,
+            ),
+            _ => return Self::read(key),
+        };
+        // The values and names above hold no spaces.
+        let words: Vec<&str> = request.split(' ').collect();
+        Planned {
+            f,
+            request: Request {
+                args: args(&words),
+                write,
+            },
+            key,
+            value,
+            counter: false,
+        }
+    }
+
+    /// An operation on a multi-key object: `MSET` of all its sub-keys or of some, `MGET` of
+    /// all of them, or `DEL` of some. Every `MSET` writes one unique value to each sub-key it
+    /// names, so a read that shows two different writes' values where one write covered both
+    /// sub-keys is a torn read.
+    fn multi_op(&mut self) -> Planned {
+        let key = multi_key(self.rng.below(self.config.multi_keys));
+        let width = self.config.multi_width.clamp(1, 26);
+        let all: Vec<String> = (0..width).map(multi_sub_name).collect();
+        // A non-empty subset, in name order.
+        let mut some: Vec<String> = all
+            .iter()
+            .filter(|_| self.rng.chance(0.5))
+            .cloned()
+            .collect();
+        if some.is_empty() {
+            some.push(all[self.rng.below(width) as usize].clone());
+        }
+        let value = format!("{}-{}", self.process, self.sequence);
+        let roll = self.rng.below(20);
+        let names =
+            |names: &[String]| Value::List(names.iter().map(|n| n.clone().into()).collect());
+        let sub_keys = |names: &[String]| -> Vec<String> {
+            names.iter().map(|name| multi_sub_key(&key, name)).collect()
+        };
+        let (f, value, command, words, write) = match roll {
+            0..=7 => {
+                let written = if roll < 6 { &all } else { &some };
+                let mut words = Vec::new();
+                for sub in sub_keys(written) {
+                    words.push(sub);
+                    words.push(value.clone());
+                }
+                let pairs = written
+                    .iter()
+                    .map(|name| Value::List(vec![name.clone().into(), value.clone().into()]))
+                    .collect();
+                (Function::MWrite, Value::List(pairs), "MSET", words, true)
+            }
+            8..=9 => (Function::MDel, names(&some), "DEL", sub_keys(&some), true),
+            _ => (Function::MRead, names(&all), "MGET", sub_keys(&all), false),
+        };
+        let mut parts = vec![command];
+        parts.extend(words.iter().map(String::as_str));
+        Planned {
+            f,
+            request: Request {
+                args: args(&parts),
+                write,
+            },
+            key,
+            value,
+            counter: false,
         }
     }
 
@@ -289,6 +506,8 @@ impl<E, T> Driver<E, T> {
             (mix.counter_read, Pick::CounterRead),
             (mix.append, Pick::Append),
             (mix.list_read, Pick::ListRead),
+            (mix.ttl, Pick::Ttl),
+            (mix.multi, Pick::Multi),
         ];
         let mut below = 0;
         weights
@@ -358,8 +577,33 @@ fn outcome(op: &Planned, response: Response) -> (OpKind, Value, Option<String>) 
                 (OpKind::Ok, value, None)
             }
             (Function::Read, Frame::Bulk(None) | Frame::Null) => (OpKind::Ok, Value::Null, None),
-            (Function::Write, Frame::Simple(text)) if text == "OK" => {
+            (Function::Write | Function::SetTtl | Function::MWrite, Frame::Simple(text))
+                if text == "OK" =>
+            {
                 (OpKind::Ok, op.value.clone(), None)
+            }
+            (
+                Function::Expire | Function::Persist | Function::Ttl | Function::MDel,
+                Frame::Integer(n),
+            ) => (OpKind::Ok, Value::Int(n), None),
+            (Function::MRead, Frame::Array(Some(items))) => {
+                let mut values = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Frame::Bulk(Some(bytes)) => {
+                            values.push(Value::Str(String::from_utf8_lossy(&bytes).into_owned()))
+                        }
+                        Frame::Bulk(None) | Frame::Null => values.push(Value::Null),
+                        other => {
+                            return (
+                                OpKind::Info,
+                                op.value.clone(),
+                                Some(format!("unexpected MGET element {other:?}")),
+                            );
+                        }
+                    }
+                }
+                (OpKind::Ok, Value::List(values), None)
             }
             (Function::Add | Function::Append, Frame::Integer(_)) => {
                 (OpKind::Ok, op.value.clone(), None)
@@ -439,6 +683,8 @@ mod tests {
     /// is applied but its reply lost.
     struct Memory {
         data: BTreeMap<Bytes, Bytes>,
+        /// Expiry of a key, in ms of the test clock.
+        expiries: BTreeMap<Bytes, u64>,
         requests: u64,
         fail_every: u64,
         lose_every: u64,
@@ -454,11 +700,72 @@ mod tests {
             }
             let args = &request.args;
             let key = args[1].clone();
+            let now_ms = self.clock.get() / 1_000_000;
+            let expired: Vec<Bytes> = self
+                .expiries
+                .iter()
+                .filter(|(_, at)| **at <= now_ms)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in expired {
+                self.expiries.remove(&key);
+                self.data.remove(&key);
+            }
+            let number =
+                |arg: &Bytes| -> u64 { std::str::from_utf8(arg).unwrap().parse().unwrap() };
             let frame = match &args[0][..] {
+                b"SET" if args.len() == 5 => {
+                    let ms = number(&args[4]) * if &args[3][..] == b"EX" { 1000 } else { 1 };
+                    self.data.insert(key.clone(), args[2].clone());
+                    self.expiries.insert(key, now_ms + ms);
+                    Frame::ok()
+                }
                 b"SET" => {
+                    self.expiries.remove(&key);
                     self.data.insert(key, args[2].clone());
                     Frame::ok()
                 }
+                b"PEXPIRE" | b"EXPIRE" => {
+                    let ms = number(&args[2]) * if &args[0][..] == b"EXPIRE" { 1000 } else { 1 };
+                    let exists = self.data.contains_key(&key);
+                    if exists {
+                        self.expiries.insert(key, now_ms + ms);
+                    }
+                    Frame::Integer(exists.into())
+                }
+                b"PERSIST" => Frame::Integer(self.expiries.remove(&key).is_some().into()),
+                b"PTTL" | b"TTL" => Frame::Integer(
+                    match (self.data.contains_key(&key), self.expiries.get(&key)) {
+                        (false, _) => -2,
+                        (true, None) => -1,
+                        (true, Some(at)) if &args[0][..] == b"TTL" => {
+                            ((at - now_ms + 500) / 1000) as i64
+                        }
+                        (true, Some(at)) => (at - now_ms) as i64,
+                    },
+                ),
+                b"MSET" => {
+                    for pair in args[1..].chunks(2) {
+                        self.expiries.remove(&pair[0]);
+                        self.data.insert(pair[0].clone(), pair[1].clone());
+                    }
+                    Frame::ok()
+                }
+                b"MGET" => Frame::Array(Some(
+                    args[1..]
+                        .iter()
+                        .map(|key| Frame::Bulk(self.data.get(key).cloned()))
+                        .collect(),
+                )),
+                b"DEL" => Frame::Integer(
+                    args[1..]
+                        .iter()
+                        .filter(|key| {
+                            self.expiries.remove(*key);
+                            self.data.remove(*key).is_some()
+                        })
+                        .count() as i64,
+                ),
                 b"GET" => Frame::Bulk(self.data.get(&key).cloned()),
                 b"INCRBY" => {
                     let old: i64 = self
@@ -501,6 +808,7 @@ mod tests {
         let clock = Rc::new(Cell::new(0));
         let store = Memory {
             data: BTreeMap::new(),
+            expiries: BTreeMap::new(),
             requests: 0,
             fail_every: 7,
             lose_every: 5,
@@ -533,7 +841,12 @@ mod tests {
 
     #[test]
     fn records_every_operation_and_the_history_checks_linearizable() {
-        for config in [WorkloadConfig::default(), WorkloadConfig::jepsen()] {
+        let every_family = WorkloadConfig::default().with_ttl(2, 4).with_multi(2, 3);
+        for config in [
+            WorkloadConfig::default(),
+            WorkloadConfig::jepsen(),
+            every_family,
+        ] {
             let history = drive(config, 300);
             let operations = history.operations().expect("well formed");
             assert_eq!(operations.len(), 300);
@@ -583,6 +896,44 @@ mod tests {
                 .filter(|op| op.f == Function::Add)
                 .all(|op| (1..=5).contains(&op.value.as_int().unwrap()))
         );
+    }
+
+    #[test]
+    fn ttl_and_multi_key_operations_are_drawn_only_when_on() {
+        let mut driver = Driver::new(1, WorkloadConfig::default(), 7, (), ());
+        for _ in 0..500 {
+            let op = driver.next_op();
+            assert!(!op.key.starts_with("ttl:") && !op.key.starts_with('{'));
+        }
+        let config = WorkloadConfig::default().with_ttl(2, 10).with_multi(2, 10);
+        let mut driver = Driver::new(1, config, 7, (), ());
+        let ops: Vec<Planned> = (0..2000).map(|_| driver.next_op()).collect();
+        for f in [
+            Function::SetTtl,
+            Function::Expire,
+            Function::Persist,
+            Function::Ttl,
+            Function::MRead,
+            Function::MWrite,
+            Function::MDel,
+        ] {
+            assert!(ops.iter().any(|op| op.f == f), "no {f} drawn");
+        }
+        assert!(
+            ops.iter()
+                .any(|op| op.f == Function::Read && op.key.starts_with("ttl:"))
+        );
+        for op in ops.iter().filter(|op| op.key.starts_with('{')) {
+            // every sub-key carries the object's hash tag, so they share one slot
+            assert!(
+                op.request.args[1..]
+                    .iter()
+                    .step_by(if op.f == Function::MWrite { 2 } else { 1 })
+                    .all(|arg| arg.starts_with(op.key.as_bytes())),
+                "{op:?}"
+            );
+            assert_eq!(op.request.write, op.f != Function::MRead);
+        }
     }
 
     #[test]

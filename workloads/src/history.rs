@@ -21,7 +21,7 @@
 //! | `time_ns` | integer, optional | real time of the event in nanoseconds, from any origin shared by all processes. It defines real-time order: operation A precedes B only if A's completion time is **strictly** below B's invocation time; equal times count as concurrent. Absent: the event's `index` (file order is real-time order). |
 //! | `process` | integer | the client that issued the operation. A process runs one operation at a time: its next event after an `invoke` is that operation's completion. After an `info` completion a process may go on (its indeterminate operation stays in flight forever). |
 //! | `type` | `"invoke"`, `"ok"`, `"fail"`, `"info"` | `invoke` starts an operation; `ok`: it took effect and its result is `value`; `fail`: it certainly had **no** effect; `info`: indeterminate, it may take effect at any time after its invocation, or never. (`kind` is accepted as an alias.) |
-//! | `f` | `"read"`, `"write"`, `"cas"`, `"add"`, `"append"` | the function (aliases on input: `get` for read, `put`/`set` for write, `incr` for add). |
+//! | `f` | `"read"`, `"write"`, `"cas"`, `"add"`, `"append"`, `"set_ttl"`, `"expire"`, `"persist"`, `"ttl"`, `"mread"`, `"mwrite"`, `"mdel"` | the function (aliases on input: `get` for read, `put`/`set` for write, `incr` for add). |
 //! | `key` | string, optional | the object the operation touches; the checker checks every key on its own. Absent: `""`. |
 //! | `value` | `null`, integer, string, or array | see below. Absent: `null`. |
 //! | `error` | string, optional | why an operation failed or is indeterminate; informational. |
@@ -37,6 +37,17 @@
 //!   means the compare saw a value other than `from` (Jepsen's etcd tests record it so).
 //! - `add`: the integer delta, on both events.
 //! - `append`: the string appended (a never-written key appends to `""`).
+//! - `set_ttl`: `[value, ttl_ms]` on both events: a write that expires after at most `ttl_ms`.
+//! - `expire`: the TTL in ms on the invocation; on an `ok` completion the reply (1: the key
+//!   existed, 0: it did not).
+//! - `persist`: `null` on the invocation; on an `ok` completion the reply (1: an expiry was
+//!   removed, 0: the key was missing or had none).
+//! - `ttl`: `"ms"` (PTTL) or `"s"` (TTL) on the invocation; on an `ok` completion the answer
+//!   (-2: missing, -1: no expiry, else the time left).
+//! - `mread`, `mwrite`, `mdel` act on several sub-keys of one object (the `key`; in Larder
+//!   the hash tag that keeps the sub-keys in one slot): `mread` names the sub-keys and its
+//!   `ok` completion lists their values (`null`: missing); `mwrite` is `[[name, value], ...]`
+//!   on both events; `mdel` names the sub-keys and its `ok` completion counts those deleted.
 //!
 //! The value of an `info` completion is ignored (Jepsen logs put `:timed-out` there).
 //!
@@ -157,6 +168,43 @@ pub enum Function {
     #[serde(alias = "incr")]
     Add,
     Append,
+    /// `SET key value PX ms` (or `EX`): value `[value, ttl_ms]`.
+    SetTtl,
+    /// `PEXPIRE key ms` (or `EXPIRE`): value the TTL in ms; an `ok` completion's value is the
+    /// reply (1: the key existed and now expires, 0: it did not exist).
+    Expire,
+    /// `PERSIST key`: an `ok` completion's value is the reply (1: an expiry was removed).
+    Persist,
+    /// `PTTL key` (value `"ms"`) or `TTL key` (value `"s"`): an `ok` completion's value is the
+    /// answer (-2: no key, -1: no expiry, else the time left in that unit).
+    Ttl,
+    /// `MGET` of sub-keys of one multi-key object: value the sub-key names; an `ok`
+    /// completion's value the values read, in that order (`null`: missing).
+    #[serde(rename = "mread")]
+    MRead,
+    /// `MSET` of sub-keys of one object: value `[[name, value], ...]`.
+    #[serde(rename = "mwrite")]
+    MWrite,
+    /// `DEL` of sub-keys of one object: value the names; an `ok` completion's value the number
+    /// deleted.
+    #[serde(rename = "mdel")]
+    MDel,
+}
+
+impl Function {
+    /// Whether an `ok` completion carries an answer of its own (what was read, a reply)
+    /// rather than repeating the invocation's value.
+    pub fn has_output(self) -> bool {
+        matches!(
+            self,
+            Function::Read
+                | Function::Expire
+                | Function::Persist
+                | Function::Ttl
+                | Function::MRead
+                | Function::MDel
+        )
+    }
 }
 
 impl fmt::Display for Function {
@@ -167,6 +215,13 @@ impl fmt::Display for Function {
             Function::Cas => "cas",
             Function::Add => "add",
             Function::Append => "append",
+            Function::SetTtl => "set_ttl",
+            Function::Expire => "expire",
+            Function::Persist => "persist",
+            Function::Ttl => "ttl",
+            Function::MRead => "mread",
+            Function::MWrite => "mwrite",
+            Function::MDel => "mdel",
         })
     }
 }
@@ -247,6 +302,7 @@ impl fmt::Display for Operation {
         )?;
         match self.f {
             Function::Read => write!(f, " -> {}", self.output)?,
+            function if function.has_output() => write!(f, " {} -> {}", self.value, self.output)?,
             _ => write!(f, " {}", self.value)?,
         }
         let outcome = match self.outcome {
@@ -550,7 +606,7 @@ impl History {
             let op = &operations[position];
             let (kind, value) = match (phase, op.outcome) {
                 (0, _) => (OpKind::Invoke, op.value.clone()),
-                (_, Outcome::Ok) if op.f == Function::Read => (OpKind::Ok, op.output.clone()),
+                (_, Outcome::Ok) if op.f.has_output() => (OpKind::Ok, op.output.clone()),
                 (_, Outcome::Ok) => (OpKind::Ok, op.value.clone()),
                 (_, Outcome::Fail) => (OpKind::Fail, op.value.clone()),
                 (_, Outcome::Info) => (OpKind::Info, op.value.clone()),

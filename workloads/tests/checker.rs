@@ -4,7 +4,8 @@ mod common;
 
 use common::Ops;
 use larder_workloads::{
-    Budget, CheckConfig, KeyVerdict, Model, ModelKind, Outcome, Value, Verdict, check_operations,
+    Budget, CheckConfig, Function, KeyVerdict, Model, ModelKind, Outcome, Value, Verdict,
+    check_operations,
 };
 
 fn assert_linearizable(ops: &Ops) {
@@ -392,4 +393,264 @@ fn report_serializes() {
     assert!(json.contains(r#""result":"not_linearizable""#), "{json}");
     let back: larder_workloads::Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back, report);
+}
+
+// The TTL model: a key written with a TTL may expire at any point after the write, but once an
+// operation observed it gone it stays gone until written again.
+
+fn pttl(h: &mut Ops, p: u64, key: &str, answer: i64, start: u64, end: u64) {
+    h.answered(p, Function::Ttl, key, "ms", answer, start, end);
+}
+
+#[test]
+fn a_ttl_key_may_expire_at_any_point_after_its_write() {
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .read(2, "t", "v", 20, 30)
+        .read(2, "t", Value::Null, 40, 50);
+    pttl(&mut h, 1, "t", -2, 60, 70);
+    assert_linearizable(&h);
+    // clocks are skewed: expiring right after the write, or long after the TTL, is allowed
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .read(2, "t", Value::Null, 11, 12);
+    assert_linearizable(&h);
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .read(2, "t", "v", 1_000_000, 1_000_001);
+    assert_linearizable(&h);
+    assert_eq!(h.check().keys[0].model, ModelKind::Ttl);
+}
+
+#[test]
+fn a_value_coming_back_after_an_observed_expiry_is_not_linearizable() {
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .read(2, "t", Value::Null, 20, 30)
+        .read(3, "t", "v", 40, 50);
+    assert_not_linearizable(&h);
+    // the same through a TTL answer, an EXPIRE, a PERSIST
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10);
+    pttl(&mut h, 2, "t", -2, 20, 30);
+    pttl(&mut h, 3, "t", 40, 40, 50);
+    assert_not_linearizable(&h);
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .answered(2, Function::Expire, "t", 500, 0, 20, 30)
+        .read(3, "t", "v", 40, 50);
+    assert_not_linearizable(&h);
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .answered(2, Function::Persist, "t", Value::Null, 0, 20, 30)
+        .read(3, "t", "v", 40, 50);
+    assert_not_linearizable(&h);
+    // a new write brings a value back legitimately
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .read(2, "t", Value::Null, 20, 30)
+        .write(1, "t", "w", 40, 50)
+        .read(3, "t", "w", 60, 70);
+    assert_linearizable(&h);
+}
+
+#[test]
+fn persist_cancels_a_pending_expiry_of_a_live_key() {
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .answered(2, Function::Persist, "t", Value::Null, 1, 20, 30)
+        .read(3, "t", "v", 1_000_000, 1_000_010);
+    pttl(&mut h, 3, "t", -1, 1_000_020, 1_000_030);
+    assert_linearizable(&h);
+    // a persisted key cannot expire any more
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .answered(2, Function::Persist, "t", Value::Null, 1, 20, 30)
+        .read(3, "t", Value::Null, 40, 50);
+    assert_not_linearizable(&h);
+    // PERSIST of a key without expiry removes nothing
+    let mut h = Ops::new();
+    h.write(1, "t", "v", 0, 10)
+        .answered(2, Function::Persist, "t", Value::Null, 1, 20, 30);
+    assert_not_linearizable(&h);
+    // an indeterminate PERSIST: persisted or expired first; the first observation decides
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .op(
+            2,
+            Function::Persist,
+            "t",
+            Value::Null,
+            Value::Null,
+            Outcome::Info,
+            20,
+            None,
+        )
+        .read(3, "t", "v", 40, 50);
+    pttl(&mut h, 3, "t", -1, 60, 70);
+    h.read(3, "t", "v", 80, 90);
+    assert_linearizable(&h);
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .op(
+            2,
+            Function::Persist,
+            "t",
+            Value::Null,
+            Value::Null,
+            Outcome::Info,
+            20,
+            None,
+        )
+        .read(3, "t", "v", 40, 50);
+    pttl(&mut h, 3, "t", -1, 60, 70);
+    h.read(3, "t", Value::Null, 80, 90);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn ttl_answers_are_gone_none_or_at_most_what_was_set() {
+    let ok = |answer: i64, unit: &str| {
+        let mut h = Ops::new();
+        h.set_ttl(1, "t", "v", 2500, 0, 10)
+            .answered(2, Function::Ttl, "t", unit, answer, 20, 30);
+        h.check().is_linearizable()
+    };
+    assert!(ok(2500, "ms") && ok(0, "ms") && ok(-2, "ms") && ok(3, "s") && ok(0, "s"));
+    assert!(!ok(2501, "ms") && !ok(-1, "ms") && !ok(4, "s") && !ok(-3, "ms"));
+    // without expiry: -1; never written: -2
+    let mut h = Ops::new();
+    h.write(1, "t", "v", 0, 10);
+    pttl(&mut h, 2, "t", -1, 20, 30);
+    pttl(&mut h, 2, "u", -2, 20, 30);
+    assert_linearizable(&h);
+    let mut h = Ops::new();
+    h.write(1, "t", "v", 0, 10);
+    pttl(&mut h, 2, "t", 5, 20, 30);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn an_observation_that_settles_an_expiry_is_searched_in_every_order() {
+    // The nil read, the TTL answer and the write without expiry are concurrent: only the
+    // order TTL, nil, write explains them, so the nil read must not be forced first.
+    let mut h = Ops::new();
+    h.set_ttl(1, "t", "v", 100, 0, 10)
+        .read(2, "t", Value::Null, 20, 100)
+        .write(3, "t", "w", 20, 100);
+    pttl(&mut h, 4, "t", 50, 20, 100);
+    h.read(2, "t", "w", 110, 120);
+    assert_linearizable(&h);
+}
+
+#[test]
+fn expire_answers_whether_the_key_still_existed() {
+    let mut h = Ops::new();
+    h.write(1, "t", "v", 0, 10)
+        .answered(2, Function::Expire, "t", 100, 1, 20, 30)
+        .read(3, "t", Value::Null, 40, 50)
+        .answered(2, Function::Expire, "t", 100, 0, 60, 70);
+    assert_linearizable(&h);
+    let mut h = Ops::new();
+    h.write(1, "t", "v", 0, 10)
+        .answered(2, Function::Expire, "t", 100, 0, 20, 30);
+    assert_not_linearizable(&h);
+    let mut h = Ops::new();
+    h.answered(2, Function::Expire, "t", 100, 1, 20, 30);
+    assert_not_linearizable(&h);
+}
+
+// The multi-key model: an object's sub-keys as one register.
+
+fn pairs(items: &[(&str, &str)]) -> Value {
+    Value::List(
+        items
+            .iter()
+            .map(|(name, value)| Value::pair((*name).into(), (*value).into()))
+            .collect(),
+    )
+}
+
+fn names(items: &[&str]) -> Value {
+    Value::List(items.iter().map(|name| (*name).into()).collect())
+}
+
+fn values(items: &[Option<&str>]) -> Value {
+    Value::List(items.iter().map(|value| (*value).into()).collect())
+}
+
+fn mwrite(h: &mut Ops, p: u64, items: &[(&str, &str)], start: u64, end: u64) {
+    h.op(
+        p,
+        Function::MWrite,
+        "{m}",
+        pairs(items),
+        Value::Null,
+        Outcome::Ok,
+        start,
+        Some(end),
+    );
+}
+
+fn mread(h: &mut Ops, p: u64, seen: &[Option<&str>], start: u64, end: u64) {
+    h.answered(
+        p,
+        Function::MRead,
+        "{m}",
+        names(&["a", "b"]),
+        values(seen),
+        start,
+        end,
+    );
+}
+
+#[test]
+fn a_multi_key_read_sees_whole_writes() {
+    let mut h = Ops::new();
+    mread(&mut h, 1, &[None, None], 0, 5);
+    mwrite(&mut h, 1, &[("a", "x"), ("b", "x")], 10, 20);
+    mwrite(&mut h, 1, &[("a", "y"), ("b", "y")], 30, 60);
+    mread(&mut h, 2, &[Some("x"), Some("x")], 31, 40);
+    mread(&mut h, 3, &[Some("y"), Some("y")], 41, 50);
+    mwrite(&mut h, 1, &[("b", "z")], 70, 80);
+    mread(&mut h, 2, &[Some("y"), Some("z")], 90, 100);
+    assert_linearizable(&h);
+    assert_eq!(h.check().keys[0].model, ModelKind::Multi);
+    // half of a write: torn
+    let mut h = Ops::new();
+    mwrite(&mut h, 1, &[("a", "x"), ("b", "x")], 10, 20);
+    mwrite(&mut h, 1, &[("a", "y"), ("b", "y")], 30, 60);
+    mread(&mut h, 2, &[Some("y"), Some("x")], 31, 40);
+    assert_not_linearizable(&h);
+    // an indeterminate write is seen whole or not at all
+    let mut h = Ops::new();
+    mwrite(&mut h, 1, &[("a", "x"), ("b", "x")], 10, 20);
+    h.op(
+        2,
+        Function::MWrite,
+        "{m}",
+        pairs(&[("a", "y"), ("b", "y")]),
+        Value::Null,
+        Outcome::Info,
+        30,
+        None,
+    );
+    mread(&mut h, 3, &[Some("x"), Some("x")], 40, 50);
+    mread(&mut h, 3, &[Some("y"), Some("y")], 60, 70);
+    assert_linearizable(&h);
+    mread(&mut h, 3, &[Some("x"), Some("y")], 80, 90);
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn a_multi_key_delete_counts_the_sub_keys_it_removed() {
+    let mut h = Ops::new();
+    mwrite(&mut h, 1, &[("a", "x")], 0, 10);
+    h.answered(2, Function::MDel, "{m}", names(&["a", "b"]), 1, 20, 30);
+    mread(&mut h, 1, &[None, None], 40, 50);
+    assert_linearizable(&h);
+    let mut h = Ops::new();
+    mwrite(&mut h, 1, &[("a", "x")], 0, 10);
+    h.answered(2, Function::MDel, "{m}", names(&["a", "b"]), 2, 20, 30);
+    assert_not_linearizable(&h);
 }

@@ -419,3 +419,266 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The TTL and multi-key models: executions of a sequential store in which expiries happen at
+// random moments are linearizable; a value back after an observed expiry and a torn
+// multi-key read are caught.
+
+/// One operation of a TTL or multi-key execution (interpreted by [`execute_ttl`] and
+/// [`execute_multi`]).
+#[derive(Debug, Clone)]
+struct Act {
+    choice: u8,
+    amount: u64,
+    /// Operations a pending expiry survives, counted from its write.
+    life: u8,
+    subset: u8,
+    before: u64,
+    after: u64,
+    roll: u8,
+}
+
+fn act() -> impl Strategy<Value = Act> {
+    (
+        0..14u8,
+        1..3000u64,
+        0..6u8,
+        0..8u8,
+        0..250u64,
+        0..250u64,
+        0..20u8,
+    )
+        .prop_map(|(choice, amount, life, subset, before, after, roll)| Act {
+            choice,
+            amount,
+            life,
+            subset,
+            before,
+            after,
+            roll,
+        })
+}
+
+/// An operation of the i-th act, taking effect at `100 * (i + 1)`; some completions become
+/// `info` (the effect happened, the answer is lost), a few never complete.
+#[allow(clippy::too_many_arguments)]
+fn acted(
+    ops: &mut Vec<Operation>,
+    i: usize,
+    a: &Act,
+    key: &str,
+    f: Function,
+    value: Value,
+    output: Value,
+) {
+    let t = 100 * (i as u64 + 1);
+    let (outcome, complete_ns) = match a.roll {
+        0..=1 => (Outcome::Info, Some(t + a.after)),
+        2 => (Outcome::Info, None),
+        _ => (Outcome::Ok, Some(t + a.after)),
+    };
+    ops.push(Operation {
+        id: ops.len(),
+        process: i as u64,
+        f,
+        key: key.to_string(),
+        value,
+        output: if outcome == Outcome::Ok {
+            output
+        } else {
+            Value::Null
+        },
+        outcome,
+        invoke_ns: t.saturating_sub(a.before),
+        complete_ns,
+        invoke_index: 0,
+        complete_index: None,
+        error: None,
+    });
+}
+
+/// A sequential store with one TTL key whose pending expiry happens `life` operations after
+/// it was set (or never, if written over first).
+fn execute_ttl(acts: &[Act]) -> Vec<Operation> {
+    let mut value: Option<String> = None;
+    // (expires before operation index, ttl set in ms)
+    let mut expiry: Option<(usize, u64)> = None;
+    let mut ops = Vec::new();
+    for (i, a) in acts.iter().enumerate() {
+        if expiry.is_some_and(|(at, _)| i >= at) {
+            value = None;
+            expiry = None;
+        }
+        let fresh = format!("v{i}");
+        let ttl = a.amount;
+        let int = |n: i64| Value::Int(n);
+        let (f, input, output) = match a.choice {
+            0..=2 => {
+                value = Some(fresh.clone());
+                expiry = Some((i + 1 + a.life as usize, ttl));
+                let input = Value::List(vec![fresh.into(), int(ttl as i64)]);
+                (Function::SetTtl, input, Value::Null)
+            }
+            3 => {
+                value = Some(fresh.clone());
+                expiry = None;
+                (Function::Write, Value::Str(fresh), Value::Null)
+            }
+            4..=6 => (Function::Read, Value::Null, value.clone().into()),
+            7 | 8 => {
+                // any time left within the TTL set is a correct answer
+                let answer = match (&value, expiry) {
+                    (None, _) => -2,
+                    (Some(_), None) => -1,
+                    (Some(_), Some((_, set))) => (a.amount % (set + 1)) as i64,
+                };
+                if a.choice == 7 {
+                    (Function::Ttl, "ms".into(), int(answer))
+                } else {
+                    let seconds = if answer < 0 {
+                        answer
+                    } else {
+                        (answer + 500) / 1000
+                    };
+                    (Function::Ttl, "s".into(), int(seconds))
+                }
+            }
+            9 | 10 => {
+                let existed = value.is_some();
+                if existed {
+                    expiry = Some((i + 1 + a.life as usize, ttl));
+                }
+                (Function::Expire, int(ttl as i64), int(existed.into()))
+            }
+            _ => {
+                let removed = value.is_some() && expiry.is_some();
+                expiry = None;
+                (Function::Persist, Value::Null, int(removed.into()))
+            }
+        };
+        acted(&mut ops, i, a, "t", f, input, output);
+    }
+    ops
+}
+
+const SUB_KEYS: [&str; 3] = ["a", "b", "c"];
+
+/// A sequential store with one multi-key object of three sub-keys.
+fn execute_multi(acts: &[Act]) -> Vec<Operation> {
+    let mut state: [Option<String>; 3] = Default::default();
+    let mut ops = Vec::new();
+    for (i, a) in acts.iter().enumerate() {
+        let subset: Vec<usize> = (0..3).filter(|bit| a.subset & (1 << bit) != 0).collect();
+        let subset = if subset.is_empty() {
+            vec![0, 1, 2]
+        } else {
+            subset
+        };
+        let names =
+            |which: &[usize]| Value::List(which.iter().map(|&k| SUB_KEYS[k].into()).collect());
+        let fresh = format!("v{i}");
+        let (f, input, output) = match a.choice {
+            0..=5 => {
+                let pairs = subset
+                    .iter()
+                    .map(|&k| {
+                        state[k] = Some(fresh.clone());
+                        Value::pair(SUB_KEYS[k].into(), fresh.clone().into())
+                    })
+                    .collect();
+                (Function::MWrite, Value::List(pairs), Value::Null)
+            }
+            6..=7 => {
+                let deleted = subset
+                    .iter()
+                    .filter(|&&k| state[k].take().is_some())
+                    .count();
+                (Function::MDel, names(&subset), Value::Int(deleted as i64))
+            }
+            _ => {
+                let seen = state.iter().map(|value| value.clone().into()).collect();
+                (Function::MRead, names(&[0, 1, 2]), Value::List(seen))
+            }
+        };
+        acted(&mut ops, i, a, "{m}", f, input, output);
+    }
+    ops
+}
+
+/// Operations after every operation of `ops` has ended: `(f, value, output)` each, one after
+/// another.
+fn then(ops: &mut Vec<Operation>, key: &str, suffix: Vec<(Function, Value, Value)>) {
+    let end = ops
+        .iter()
+        .map(|op| op.complete_ns.unwrap_or(op.invoke_ns).max(op.invoke_ns))
+        .max()
+        .unwrap_or(0);
+    for (k, (f, value, output)) in suffix.into_iter().enumerate() {
+        let start = end + 1000 * (k as u64 + 1);
+        ops.push(Operation {
+            id: ops.len(),
+            process: 1_000_000 + k as u64,
+            f,
+            key: key.to_string(),
+            value,
+            output,
+            outcome: Outcome::Ok,
+            invoke_ns: start,
+            complete_ns: Some(start + 10),
+            invoke_index: 0,
+            complete_index: None,
+            error: None,
+        });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ttl_executions_are_linearizable(acts in prop::collection::vec(act(), 1..60)) {
+        let ops = execute_ttl(&acts);
+        let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
+        prop_assert!(report.is_linearizable(), "{}", report);
+    }
+
+    #[test]
+    fn a_value_back_after_an_observed_expiry_is_caught(
+        acts in prop::collection::vec(act(), 0..40),
+    ) {
+        let mut ops = execute_ttl(&acts);
+        let written = Value::List(vec!["back".into(), Value::Int(100)]);
+        then(&mut ops, "t", vec![
+            (Function::SetTtl, written, Value::Null),
+            (Function::Read, Value::Null, Value::Null),
+            (Function::Read, Value::Null, "back".into()),
+        ]);
+        let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
+        prop_assert!(report.is_not_linearizable(), "{}", report);
+    }
+
+    #[test]
+    fn multi_key_executions_are_linearizable(acts in prop::collection::vec(act(), 1..60)) {
+        let ops = execute_multi(&acts);
+        let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
+        prop_assert!(report.is_linearizable(), "{}", report);
+    }
+
+    #[test]
+    fn a_torn_multi_key_read_is_caught(acts in prop::collection::vec(act(), 0..40)) {
+        let mut ops = execute_multi(&acts);
+        let all = |value: &str| {
+            Value::List(SUB_KEYS.iter().map(|k| Value::pair((*k).into(), value.into())).collect())
+        };
+        let names = Value::List(SUB_KEYS.iter().map(|k| (*k).into()).collect());
+        let torn = Value::List(vec!["y".into(), "x".into(), "y".into()]);
+        then(&mut ops, "{m}", vec![
+            (Function::MWrite, all("x"), Value::Null),
+            (Function::MWrite, all("y"), Value::Null),
+            (Function::MRead, names, torn),
+        ]);
+        let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
+        prop_assert!(report.is_not_linearizable(), "{}", report);
+    }
+}

@@ -137,11 +137,22 @@ pub enum Command {
     /// key.
     FlushAll,
     /// `APPEND key value`: appends to a string (a missing key counts as empty); replies with
-    /// the new length. Last in the enum: the log stores commands by variant index.
+    /// the new length. The log stores commands by variant index: new variants go after it.
     Append {
         key: Bytes,
         value: Bytes,
     },
+    /// `PERSIST key`: removes the key's expiry; answers 1 if it had one, 0 if the key is
+    /// missing or has none.
+    Persist {
+        key: Bytes,
+    },
+    /// Internal, never parsed and refused from clients ([`Command::is_internal`]): an entry
+    /// whose only effect is to advance the group clock to its stamp. A read that would see a
+    /// key expired by the reading node's wall clock but not yet by the group clock proposes
+    /// one first, so the expiry becomes an event in the log that every later read on every
+    /// replica sees (ARCHITECTURE.md, "Expiry").
+    AdvanceClock,
 }
 
 /// What a command acts on.
@@ -300,6 +311,12 @@ impl Command {
                     expiry,
                 })
             }
+            "persist" => {
+                arity(rest.len() == 1)?;
+                Ok(Command::Persist {
+                    key: rest[0].clone(),
+                })
+            }
             "ttl" | "pttl" => {
                 arity(rest.len() == 1)?;
                 Ok(Command::Ttl {
@@ -445,6 +462,12 @@ impl Command {
         )
     }
 
+    /// Commands only a node itself proposes ([`Command::AdvanceClock`]): a node answers a
+    /// client that sends one with an unknown-command error.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Command::AdvanceClock)
+    }
+
     /// Whether the command acts on the keys it names or on a whole slot group.
     pub fn scope(&self) -> Scope {
         match self {
@@ -475,12 +498,15 @@ impl Command {
             | Command::HStrLen { key, .. }
             | Command::HIncrBy { key, .. }
             | Command::Append { key, .. }
+            | Command::Persist { key }
             | Command::Type { key } => vec![key],
             Command::Del { keys } | Command::Exists { keys } | Command::MGet { keys } => {
                 keys.iter().collect()
             }
             Command::MSet { pairs } => pairs.iter().map(|(key, _)| key).collect(),
-            Command::Keys { .. } | Command::DbSize | Command::FlushAll => Vec::new(),
+            Command::Keys { .. } | Command::DbSize | Command::FlushAll | Command::AdvanceClock => {
+                Vec::new()
+            }
         }
     }
 
@@ -513,6 +539,8 @@ impl Command {
             Command::Keys { .. } => "keys",
             Command::DbSize => "dbsize",
             Command::FlushAll => "flushall",
+            Command::Persist { .. } => "persist",
+            Command::AdvanceClock => "advance-clock",
         }
     }
 }

@@ -277,6 +277,22 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
             "ERR '{}' acts on a whole slot group and cannot be executed on single keys",
             command.name()
         )),
+        Command::Persist { key } => match view.get(key).cloned() {
+            Some(mut record) if record.expires_at_ms.is_some() => {
+                record.expires_at_ms = None;
+                view.put(key, Some(record));
+                Reply::Int(1)
+            }
+            Some(_) => Reply::Int(0),
+            None => {
+                if view.is_stale(key) {
+                    view.put(key, None);
+                }
+                Reply::Int(0)
+            }
+        },
+        // Its effect, advancing the group clock, is the apply loop's (the entry's stamp).
+        Command::AdvanceClock => Reply::Ok,
         Command::Expire { key, expiry } => match view.get(key).cloned() {
             None => {
                 if view.is_stale(key) {
@@ -571,6 +587,38 @@ mod tests {
                 Reply::Int(0),
             ],
         );
+    }
+
+    #[test]
+    fn persist_removes_an_expiry_of_a_live_key_only() {
+        check(
+            &[
+                (1000, "persist k"),
+                (1000, "set k v px 100"),
+                (1050, "persist k"),
+                (1050, "pttl k"),
+                (5000, "get k"),
+                (5000, "persist k"),
+                (5000, "set k w px 100"),
+                (5100, "persist k"),
+                (5100, "get k"),
+            ],
+            &[
+                Reply::Int(0),
+                Reply::Ok,
+                Reply::Int(1),
+                Reply::Int(-1),
+                Reply::Bulk(b("v")),
+                Reply::Int(0),
+                Reply::Ok,
+                Reply::Int(0),
+                Reply::Nil,
+            ],
+        );
+        let (_, replies) = run(&[(7, Command::AdvanceClock)]);
+        assert_eq!(replies, vec![Reply::Ok]);
+        assert!(Command::AdvanceClock.is_internal() && Command::AdvanceClock.is_write());
+        assert!(Command::parse(&[b("advance-clock")]).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::config::{NodeConfig, NodeError};
 use crate::raft::group_commit::GroupCommitDisk;
 use crate::raft::log_store::DiskLogStore;
 use crate::raft::network::RaftNet;
-use crate::raft::state_machine::{DiskStateMachine, wipe_group};
+use crate::raft::state_machine::{DiskStateMachine, ReadOutcome, wipe_group};
 use crate::raft::{Raft, decode, encode};
 
 /// The disk every group of a node writes through: the environment's disk behind the node's
@@ -377,10 +377,24 @@ impl<E: Env> StorageNode<E> {
         command: &Command,
     ) -> Result<Reply, NodeError> {
         let state = self.group(group)?.state.clone();
-        state
+        let storage = |source| NodeError::Storage { group, source };
+        match state
             .read(command, self.env.clock().wall_ms())
             .await
-            .map_err(|source| NodeError::Storage { group, source })
+            .map_err(storage)?
+        {
+            ReadOutcome::Reply(reply) => Ok(reply),
+            // A stale read cannot propose; at the group clock no expiry needs the log.
+            ReadOutcome::AdvanceClock { .. } => {
+                match state.read(command, 0).await.map_err(storage)? {
+                    ReadOutcome::Reply(reply) => Ok(reply),
+                    ReadOutcome::AdvanceClock { to_ms } => Err(NodeError::Raft {
+                        group,
+                        reason: format!("group clock behind {to_ms} ms at the group clock"),
+                    }),
+                }
+            }
+        }
     }
 
     /// Index of the last entry `group` has applied (0: none).

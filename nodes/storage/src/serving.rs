@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::env::{Clock, Env, Handler, Net, timeout};
-use larder_core::kv::Command;
+use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
     CenterRequest, CenterResponse, ClientRequest, ClientResponse, GetRouting, Heartbeat, RaftCall,
@@ -19,7 +19,8 @@ use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError}
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
 
 use crate::config::NodeError;
-use crate::node::StorageNode;
+use crate::node::{Group, NodeDisk, StorageNode};
+use crate::raft::state_machine::ReadOutcome;
 use crate::raft::wire::{self, InstallSnapshot};
 use crate::raft::{Request as LogEntry, Snapshot, TypeConfig};
 use larder_core::bugs::Bug;
@@ -92,16 +93,10 @@ impl<E: Env> StorageNode<E> {
                 Ok::<_, RaftError<TypeConfig, LinearizableReadError<TypeConfig>>>(())
             };
             match timeout(self.env.clock(), limit, read).await {
-                Ok(Ok(())) => match handle
-                    .state
-                    .read(&command, self.env.clock().wall_ms())
-                    .await
-                {
-                    Ok(reply) => ClientResponse::Reply(reply),
-                    Err(error) => ClientResponse::Unavailable {
-                        reason: error.to_string(),
-                    },
-                },
+                Ok(Ok(())) => {
+                    self.read_applied_after_index(&handle, &command, limit)
+                        .await
+                }
                 Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
                     ClientResponse::NotLeader {
                         leader_hint: forward.leader_id,
@@ -114,6 +109,51 @@ impl<E: Env> StorageNode<E> {
                     reason: "read index not confirmed in time".into(),
                 },
             }
+        }
+    }
+
+    /// Answers a read once the read index is applied. If the read would show a key expired by
+    /// this node's clock but not by the group clock, the node first proposes
+    /// [`Command::AdvanceClock`] stamped with its clock and waits until it is applied, then
+    /// answers at the group clock: so once a client has seen a key expire, every later read
+    /// on every replica sees it expired (ARCHITECTURE.md, "Expiry").
+    async fn read_applied_after_index(
+        &self,
+        handle: &Group<NodeDisk<E>>,
+        command: &Command,
+        limit: Duration,
+    ) -> ClientResponse {
+        let unavailable = |reason: String| ClientResponse::Unavailable { reason };
+        match handle.state.read(command, self.env.clock().wall_ms()).await {
+            Ok(ReadOutcome::Reply(reply)) => return ClientResponse::Reply(reply),
+            Ok(ReadOutcome::AdvanceClock { .. }) => {}
+            Err(error) => return unavailable(error.to_string()),
+        }
+        let advance = LogEntry {
+            // Not below the wall time the read was judged at: `stamp` never is.
+            now_ms: self.stamp(),
+            command: Command::AdvanceClock,
+            session: None,
+        };
+        // A read has no effect whatever becomes of the advance, so every failure here is
+        // `Unavailable` (safe to retry); an advance that commits later only moves the clock.
+        match timeout(self.env.clock(), limit, handle.raft.client_write(advance)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                return ClientResponse::NotLeader {
+                    leader_hint: forward.leader_id,
+                };
+            }
+            Ok(Err(error)) => return unavailable(error.to_string()),
+            Err(_) => return unavailable("clock advance not applied in time".into()),
+        }
+        // At the group clock, which is now at least the time the read was judged at.
+        match handle.state.read(command, 0).await {
+            Ok(ReadOutcome::Reply(reply)) => ClientResponse::Reply(reply),
+            Ok(ReadOutcome::AdvanceClock { to_ms }) => unavailable(format!(
+                "group clock still behind {to_ms} ms after advancing"
+            )),
+            Err(error) => unavailable(error.to_string()),
         }
     }
 
@@ -184,6 +224,13 @@ impl<E: Env> StorageNode<E> {
     pub async fn handle_request(&self, request: Request) -> Bytes {
         match request {
             Request::Raft(request) => respond::<RaftRequest>(&self.handle_raft(request).await),
+            Request::Client(ClientRequest { command, .. }) if command.is_internal() => {
+                // Only a node proposes internal commands; a client cannot move a group clock.
+                respond::<ClientRequest>(&ClientResponse::Reply(Reply::error(format!(
+                    "ERR unknown command '{}'",
+                    command.name()
+                ))))
+            }
             Request::Client(ClientRequest {
                 group,
                 command,

@@ -16,6 +16,11 @@ use serde::Serialize;
 
 use crate::workload::{GROUP, WorkloadConfig};
 
+/// The random stream a swarm seed draws its workload families from.
+const SWARM_WORKLOAD_STREAM: u64 = 0x5a4a_f00d;
+/// How often a swarm seed turns each optional workload family on.
+const SWARM_FAMILY_CHANCE: f64 = 0.35;
+
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimConfig {
@@ -146,15 +151,38 @@ impl SimConfig {
     }
 
     /// Sessions each group remembers: the node setting, except that a third of the swarm
-    /// seeds keep only 2 to 7, so sessions are forgotten all the time and the path that answers
-    /// a forgotten session's writes (and the clients that open a new one) runs.
+    /// seeds keep only `clients` to `clients + 4`, so the sessions of reconnected clients and
+    /// restarted proxies push out live ones, and the path that answers a forgotten session's
+    /// writes (and the clients that open a new one) runs. (Fewer than the clients would make
+    /// them evict each other on every write: nothing but indeterminate writes, which only
+    /// blinds the checker.)
     pub fn sessions_max(&self) -> usize {
         let mut rng = SeededRng::new(derive_seed(self.seed, 0x5e55_1045));
         if self.swarm && rng.chance(1.0 / 3.0) {
-            rng.range(2, 8) as usize
+            let clients = self.clients.max(1);
+            rng.range(clients, clients + 5) as usize
         } else {
             self.node.sessions_max
         }
+    }
+
+    /// The workload the clients run: [`SimConfig::workload`], and with `swarm` the seed's own
+    /// choice of the TTL and multi-key families (each on in about a third of the seeds, from a
+    /// stream of its own, so a seed without them runs exactly the operations it always did).
+    pub fn run_workload(&self) -> WorkloadConfig {
+        let mut workload = self.workload.clone();
+        if self.swarm {
+            let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_WORKLOAD_STREAM));
+            if rng.chance(SWARM_FAMILY_CHANCE) {
+                workload = workload.with_ttl(3, 4);
+            }
+            if rng.chance(SWARM_FAMILY_CHANCE) {
+                // One object, often: a torn multi-key read needs a write of the same object
+                // to apply while a read of it is between two keys.
+                workload = workload.with_multi(1, 12);
+            }
+        }
+        workload
     }
 
     /// The plan this run applies.

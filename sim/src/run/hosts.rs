@@ -359,7 +359,7 @@ pub(crate) fn register_clients(
         );
         let (replicas, workload, history, trace, routing) = (
             config.node_ids(),
-            config.workload.clone(),
+            config.run_workload(),
             history.clone(),
             trace.clone(),
             config.shared_routing(),
@@ -406,7 +406,7 @@ pub(crate) fn register_checker(
     let disks: Vec<(NodeId, SimDisk)> = parts.iter().map(|p| (p.id, p.disk.clone())).collect();
     let (final_state, workload, routing) = (
         final_state.clone(),
-        config.workload.clone(),
+        config.run_workload(),
         config.shared_routing(),
     );
     let timing = (config.heal_at(), config.duration, config.liveness);

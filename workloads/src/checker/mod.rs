@@ -46,7 +46,23 @@
 //! - **counter** (`add`, `read`, `write`): starts at 0, a read returns the sum (`null` reads as
 //!   0), a write sets an integer.
 //!
-//! [`Model::Auto`] picks the counter for keys that see an `add`, the register otherwise.
+//! - **ttl** (`read`, `write`, `set_ttl`, `expire`, `persist`, `ttl`): a register whose value
+//!   may carry an expiry. A key written with a TTL may expire at any linearization point after
+//!   the write (the simulator's clocks are skewed, so the model does not bound when), but once
+//!   an operation observed it gone (a read of `null`, a `ttl` of -2, an `expire` or `persist`
+//!   answering 0) it stays gone until written again. `persist` cancels a pending expiry if the
+//!   key still exists; `ttl` answers -2 (gone), -1 (no expiry) or a time left not above the
+//!   TTL that was set. The step is deterministic given the output: the observation that a
+//!   pending expiry happened is the moment it happened. Observations may change the state
+//!   here, so they are searched as updates, not as reads.
+//! - **multi** (`mread`, `mwrite`, `mdel`): the sub-keys of one object (in Larder, keys
+//!   sharing a hash tag) as one register whose value maps each sub-key to its value, so a
+//!   multi-key read must see the effect of each multi-key write entirely or not at all. One
+//!   object is one key of the search, as cheap as a register.
+//!
+//! [`Model::Auto`] picks the counter for keys that see an `add`, the ttl model for keys that
+//! see an expiry operation, the multi-key model for keys that see a multi-key operation, the
+//! register otherwise.
 //!
 //! # Budget
 //!
@@ -96,11 +112,14 @@ pub use partition::check_operations;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Model {
-    /// Counter for keys that see an `add`, register otherwise.
+    /// Counter for keys that see an `add`, TTL for keys that see an expiry operation,
+    /// multi-key for keys that see a multi-key operation, register otherwise.
     #[default]
     Auto,
     Register,
     Counter,
+    Ttl,
+    Multi,
 }
 
 /// The model a key was checked with.
@@ -109,6 +128,10 @@ pub enum Model {
 pub enum ModelKind {
     Register,
     Counter,
+    /// A register whose writes may carry an expiry (`set_ttl`, `expire`, `persist`, `ttl`).
+    Ttl,
+    /// Several sub-keys as one object (`mread`, `mwrite`, `mdel`).
+    Multi,
 }
 
 /// What to check and how to read the history.

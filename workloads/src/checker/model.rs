@@ -1,4 +1,5 @@
-//! The sequential models (register with cas and append, counter) over integer states.
+//! The sequential models (register with cas and append, counter, register with expiry,
+//! multi-key object) over integer states.
 //!
 //! A key's operations are compiled once into [`COp`]s whose [`Step`] is a transition over a
 //! `u64` state (an interned value id for the register, the count for the counter), so the
@@ -34,6 +35,65 @@ pub(super) enum Step {
     Append(u64),
     Add(i64),
     CounterRead(i64),
+    /// TTL model: a `GET` that returned value id `v` (the id of `null`: nothing).
+    TtlRead(u64),
+    /// TTL model: a write of value id `value`, with an expiry of at most `ttl_ms` or none.
+    TtlWrite {
+        value: u64,
+        ttl_ms: Option<u64>,
+    },
+    /// TTL model: an expiry set to `ttl_ms`; `existed` is the reply (1: the key existed),
+    /// `None` when indeterminate.
+    TtlExpire {
+        ttl_ms: u64,
+        existed: Option<bool>,
+    },
+    /// TTL model: a persist; `removed` is the reply (1: an expiry was removed), `None` when
+    /// indeterminate.
+    TtlPersist {
+        removed: Option<bool>,
+    },
+    /// TTL model: a `PTTL` (`seconds: false`) or `TTL` answer.
+    TtlQuery {
+        answer: i64,
+        seconds: bool,
+    },
+    /// Multi-key model: a write of the sub-keys of value id `pairs` (`[[name, value], ...]`).
+    MWrite(u64),
+    /// Multi-key model: a read of the sub-keys of value id `names` that returned value id
+    /// `values` (in the same order).
+    MRead {
+        names: u64,
+        values: u64,
+    },
+    /// Multi-key model: a delete of the sub-keys of value id `names`; `count` is the reply
+    /// (how many existed), `None` when indeterminate.
+    MDel {
+        names: u64,
+        count: Option<i64>,
+    },
+}
+
+/// The expiry part of a TTL key's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Expiry {
+    /// No expiry: the key (if it holds a value) stays.
+    Never,
+    /// Expires after at most `bound_ms` from when it was set, at a moment the model does not
+    /// fix: the simulator's clocks are skewed, so any later linearization point may be the
+    /// one. The first observation that the key is gone (a `GET` answering nil, a `PTTL` of
+    /// -2, ...) is that moment; from then on the state is "gone" and stays so until a write.
+    Pending { bound_ms: u64 },
+    /// After an indeterminate `PERSIST` of a pending key: it was either persisted (the key
+    /// stays) or had expired first (gone); the first observation decides which.
+    PersistedOrGone,
+}
+
+/// A TTL key's state: a value id (the id of `null` when the key is gone) and its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TtlState {
+    value: u64,
+    expiry: Expiry,
 }
 
 /// One operation of a key, ready for the search.
@@ -55,6 +115,9 @@ pub(super) struct Interner {
     ids: BTreeMap<Value, u64>,
     values: Vec<Value>,
     appended: BTreeMap<(u64, u64), u64>,
+    /// TTL states as integers (the TTL model's state is an index here).
+    ttl_ids: BTreeMap<TtlState, u64>,
+    ttl_states: Vec<TtlState>,
 }
 
 impl Interner {
@@ -66,6 +129,20 @@ impl Interner {
         self.ids.insert(value.clone(), id);
         self.values.push(value.clone());
         id
+    }
+
+    fn ttl(&mut self, state: TtlState) -> u64 {
+        if let Some(&id) = self.ttl_ids.get(&state) {
+            return id;
+        }
+        let id = self.ttl_states.len() as u64;
+        self.ttl_ids.insert(state, id);
+        self.ttl_states.push(state);
+        id
+    }
+
+    fn value(&self, id: u64) -> &Value {
+        &self.values[id as usize]
     }
 
     fn append(&mut self, state: u64, suffix: u64) -> u64 {
@@ -104,6 +181,15 @@ pub(super) fn compile(
     let initial = match kind {
         ModelKind::Register => interner.id(&config.initial),
         ModelKind::Counter => 0,
+        ModelKind::Ttl => {
+            let value = interner.id(&config.initial);
+            interner.ttl(TtlState {
+                value,
+                expiry: Expiry::Never,
+            })
+        }
+        // Every sub-key missing: the empty object.
+        ModelKind::Multi => interner.id(&Value::List(Vec::new())),
     };
     let int = |value: &Value, what: &str, op: &Operation| -> Result<i64, String> {
         match value {
@@ -128,7 +214,8 @@ pub(super) fn compile(
             }
         };
         let step = match (kind, op.f) {
-            (_, Function::Read) if !definite => continue,
+            // Reads that never answered constrain nothing.
+            (_, Function::Read | Function::Ttl | Function::MRead) if !definite => continue,
             (ModelKind::Register, Function::Read) => Step::Read(interner.id(&op.output)),
             (ModelKind::Register, Function::Write) => Step::Write(interner.id(&op.value)),
             (ModelKind::Register, Function::Cas) => {
@@ -149,6 +236,8 @@ pub(super) fn compile(
             (ModelKind::Counter, Function::Write) => {
                 Step::Write(int(&op.value, "write", op)? as u64)
             }
+            (ModelKind::Ttl, f) => compile_ttl(f, op, definite, &mut interner)?,
+            (ModelKind::Multi, f) => compile_multi(f, op, definite, &mut interner)?,
             (kind, f) => {
                 return Err(format!("the {kind:?} model has no {f} (operation {op})"));
             }
@@ -210,6 +299,271 @@ fn drop_unobservable(ops: &mut Vec<COp>) {
     });
 }
 
+/// A TTL key's operation as a step (`definite`: it completed `ok`).
+fn compile_ttl(
+    f: Function,
+    op: &Operation,
+    definite: bool,
+    interner: &mut Interner,
+) -> Result<Step, String> {
+    let reply = |what: &str| -> Result<Option<bool>, String> {
+        match (&op.output, definite) {
+            (_, false) => Ok(None),
+            (Value::Int(n @ (0 | 1)), true) => Ok(Some(*n == 1)),
+            (other, true) => Err(format!("ttl model: {what} answered {other} in {op}")),
+        }
+    };
+    let ttl_ms = |value: &Value| -> Result<u64, String> {
+        match value {
+            Value::Int(ms) if *ms > 0 => Ok(*ms as u64),
+            other => Err(format!("ttl model: a ttl of {other} in {op}")),
+        }
+    };
+    Ok(match f {
+        Function::Read => Step::TtlRead(interner.id(&op.output)),
+        Function::Write => Step::TtlWrite {
+            value: interner.id(&op.value),
+            ttl_ms: None,
+        },
+        Function::SetTtl => match &op.value {
+            Value::List(items) if items.len() == 2 => Step::TtlWrite {
+                value: interner.id(&items[0]),
+                ttl_ms: Some(ttl_ms(&items[1])?),
+            },
+            other => return Err(format!("ttl model: set_ttl of {other} in {op}")),
+        },
+        Function::Expire => Step::TtlExpire {
+            ttl_ms: ttl_ms(&op.value)?,
+            existed: reply("expire")?,
+        },
+        Function::Persist => Step::TtlPersist {
+            removed: reply("persist")?,
+        },
+        Function::Ttl => Step::TtlQuery {
+            answer: op
+                .output
+                .as_int()
+                .ok_or_else(|| format!("ttl model: ttl answered {} in {op}", op.output))?,
+            seconds: op.value == Value::from("s"),
+        },
+        f => return Err(format!("the ttl model has no {f} (operation {op})")),
+    })
+}
+
+/// A multi-key object's operation as a step (`definite`: it completed `ok`).
+fn compile_multi(
+    f: Function,
+    op: &Operation,
+    definite: bool,
+    interner: &mut Interner,
+) -> Result<Step, String> {
+    let list = |value: &Value| -> Result<Vec<Value>, String> {
+        match value {
+            Value::List(items) => Ok(items.clone()),
+            other => Err(format!("multi-key model: {other} is not a list in {op}")),
+        }
+    };
+    Ok(match f {
+        Function::MWrite => {
+            let mut pairs = BTreeMap::new();
+            for pair in list(&op.value)? {
+                match pair.as_pair() {
+                    Some((name, value)) => pairs.insert(name.clone(), value.clone()),
+                    None => return Err(format!("multi-key model: {pair} is no pair in {op}")),
+                };
+            }
+            let pairs = pairs
+                .into_iter()
+                .map(|(name, value)| Value::pair(name, value))
+                .collect();
+            Step::MWrite(interner.id(&Value::List(pairs)))
+        }
+        Function::MRead => {
+            let (names, values) = (list(&op.value)?, list(&op.output)?);
+            if names.len() != values.len() {
+                return Err(format!(
+                    "multi-key model: {} values for {} names in {op}",
+                    values.len(),
+                    names.len()
+                ));
+            }
+            Step::MRead {
+                names: interner.id(&op.value),
+                values: interner.id(&op.output),
+            }
+        }
+        Function::MDel => {
+            let names = list(&op.value)?;
+            let distinct: std::collections::BTreeSet<&Value> = names.iter().collect();
+            if distinct.len() != names.len() {
+                return Err(format!(
+                    "multi-key model: a delete names a sub-key twice in {op}"
+                ));
+            }
+            Step::MDel {
+                names: interner.id(&op.value),
+                count: if definite {
+                    Some(op.output.as_int().ok_or_else(|| {
+                        format!("multi-key model: delete answered {} in {op}", op.output)
+                    })?)
+                } else {
+                    None
+                },
+            }
+        }
+        f => return Err(format!("the multi-key model has no {f} (operation {op})")),
+    })
+}
+
+/// The TTL model's transition: `None` when the step cannot happen in `state`. Deterministic
+/// given the observed output: an observation that tells whether a pending expiry has
+/// happened settles it.
+fn apply_ttl(step: Step, state: u64, interner: &mut Interner) -> Option<u64> {
+    let TtlState { value, expiry } = interner.ttl_states[state as usize];
+    let null = interner.id(&Value::Null);
+    let gone = TtlState {
+        value: null,
+        expiry: Expiry::Never,
+    };
+    let present = value != null;
+    let kept = TtlState { value, expiry };
+    let next = match step {
+        Step::TtlRead(read) => match expiry {
+            _ if read == value => match expiry {
+                // Seen alive after an indeterminate persist: it was persisted.
+                Expiry::PersistedOrGone => TtlState {
+                    value,
+                    expiry: Expiry::Never,
+                },
+                _ => kept,
+            },
+            // Nil: a pending expiry happened now.
+            Expiry::Pending { .. } | Expiry::PersistedOrGone if read == null => gone,
+            _ => return None,
+        },
+        Step::TtlWrite { value, ttl_ms } => TtlState {
+            value,
+            expiry: ttl_ms.map_or(Expiry::Never, |bound_ms| Expiry::Pending { bound_ms }),
+        },
+        Step::TtlExpire { ttl_ms, existed } => {
+            let expiring = TtlState {
+                value,
+                expiry: Expiry::Pending { bound_ms: ttl_ms },
+            };
+            match (present, expiry, existed) {
+                (false, _, Some(true)) => return None,
+                (false, _, _) => gone,
+                (true, Expiry::Never, Some(false)) => return None,
+                // Indeterminate on a key that may have expired: a pending expiry covers both.
+                (true, _, Some(true) | None) => expiring,
+                (true, _, Some(false)) => gone,
+            }
+        }
+        Step::TtlPersist { removed } => match (present, expiry, removed) {
+            (_, Expiry::Pending { .. }, Some(true)) => TtlState {
+                value,
+                expiry: Expiry::Never,
+            },
+            (_, Expiry::Pending { .. }, Some(false)) => gone,
+            (_, Expiry::Pending { .. }, None) => TtlState {
+                value,
+                expiry: Expiry::PersistedOrGone,
+            },
+            (_, _, Some(true)) => return None,
+            _ => kept,
+        },
+        Step::TtlQuery { answer, seconds } => match (present, expiry, answer) {
+            (false, _, -2) => gone,
+            (true, Expiry::Never, -1) => kept,
+            (true, Expiry::Pending { bound_ms }, left) if left >= 0 => {
+                // Redis rounds TTL to the nearest second.
+                let bound = if seconds {
+                    (bound_ms + 500) / 1000
+                } else {
+                    bound_ms
+                };
+                if left as u64 > bound {
+                    return None;
+                }
+                kept
+            }
+            (true, Expiry::Pending { .. } | Expiry::PersistedOrGone, -2) => gone,
+            (true, Expiry::PersistedOrGone, -1) => TtlState {
+                value,
+                expiry: Expiry::Never,
+            },
+            _ => return None,
+        },
+        _ => unreachable!("not a ttl step: {step:?}"),
+    };
+    Some(interner.ttl(next))
+}
+
+/// The sub-keys of a multi-key state (`[[name, value], ...]`, by name, missing ones left out).
+fn multi_entries(interner: &Interner, state: u64) -> BTreeMap<Value, Value> {
+    match interner.value(state) {
+        Value::List(pairs) => pairs
+            .iter()
+            .filter_map(|pair| pair.as_pair())
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn multi_state(interner: &mut Interner, entries: BTreeMap<Value, Value>) -> u64 {
+    let pairs = entries
+        .into_iter()
+        .map(|(name, value)| Value::pair(name, value))
+        .collect();
+    interner.id(&Value::List(pairs))
+}
+
+fn names(interner: &Interner, id: u64) -> Vec<Value> {
+    match interner.value(id) {
+        Value::List(names) => names.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// The multi-key model's transition: the object is one register whose value is every
+/// sub-key's value, so a read sees one state, never half of a write.
+fn apply_multi(step: Step, state: u64, interner: &mut Interner) -> Option<u64> {
+    match step {
+        Step::MWrite(pairs) => {
+            let mut entries = multi_entries(interner, state);
+            entries.extend(multi_entries(interner, pairs));
+            Some(multi_state(interner, entries))
+        }
+        Step::MRead {
+            names: asked,
+            values,
+        } => {
+            let entries = multi_entries(interner, state);
+            let seen = names(interner, asked)
+                .iter()
+                .map(|name| entries.get(name).cloned().unwrap_or_default())
+                .collect();
+            (interner.value(values) == &Value::List(seen)).then_some(state)
+        }
+        Step::MDel {
+            names: asked,
+            count,
+        } => {
+            let mut entries = multi_entries(interner, state);
+            let deleted = names(interner, asked)
+                .iter()
+                .filter(|name| entries.remove(*name).is_some())
+                .count() as i64;
+            if count.is_some_and(|count| count != deleted) {
+                return None;
+            }
+            Some(multi_state(interner, entries))
+        }
+        _ => unreachable!("not a multi-key step: {step:?}"),
+    }
+}
+
 pub(super) fn apply(step: Step, state: u64, interner: &mut Interner) -> Option<u64> {
     match step {
         Step::Read(v) => (state == v).then_some(state),
@@ -220,5 +574,13 @@ pub(super) fn apply(step: Step, state: u64, interner: &mut Interner) -> Option<u
         Step::Append(suffix) => Some(interner.append(state, suffix)),
         Step::Add(delta) => Some((state as i64).wrapping_add(delta) as u64),
         Step::CounterRead(n) => (state as i64 == n).then_some(state),
+        Step::TtlRead(_)
+        | Step::TtlWrite { .. }
+        | Step::TtlExpire { .. }
+        | Step::TtlPersist { .. }
+        | Step::TtlQuery { .. } => apply_ttl(step, state, interner),
+        Step::MWrite(_) | Step::MRead { .. } | Step::MDel { .. } => {
+            apply_multi(step, state, interner)
+        }
     }
 }

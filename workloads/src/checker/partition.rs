@@ -166,7 +166,26 @@ fn model_kind(model: Model, ops: &[&Operation]) -> ModelKind {
     match model {
         Model::Register => ModelKind::Register,
         Model::Counter => ModelKind::Counter,
+        Model::Ttl => ModelKind::Ttl,
+        Model::Multi => ModelKind::Multi,
         Model::Auto if ops.iter().any(|op| op.f == Function::Add) => ModelKind::Counter,
+        Model::Auto
+            if ops.iter().any(|op| {
+                matches!(
+                    op.f,
+                    Function::SetTtl | Function::Expire | Function::Persist | Function::Ttl
+                )
+            }) =>
+        {
+            ModelKind::Ttl
+        }
+        Model::Auto
+            if ops
+                .iter()
+                .any(|op| matches!(op.f, Function::MRead | Function::MWrite | Function::MDel)) =>
+        {
+            ModelKind::Multi
+        }
         Model::Auto => ModelKind::Register,
     }
 }

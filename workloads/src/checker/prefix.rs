@@ -49,8 +49,20 @@ pub(super) fn longest_prefix(
                 continue;
             }
             let step = match op.step {
-                Step::Read(_) | Step::CounterRead(_) | Step::CasMismatch { .. } => continue,
+                Step::Read(_)
+                | Step::CounterRead(_)
+                | Step::CasMismatch { .. }
+                | Step::TtlRead(_)
+                | Step::TtlQuery { .. }
+                | Step::MRead { .. } => continue,
                 Step::Cas { from, to } => Step::CasMaybe { from, to },
+                // Still running at the cut: its answer is not known yet.
+                Step::TtlExpire { ttl_ms, .. } => Step::TtlExpire {
+                    ttl_ms,
+                    existed: None,
+                },
+                Step::TtlPersist { .. } => Step::TtlPersist { removed: None },
+                Step::MDel { names, .. } => Step::MDel { names, count: None },
                 other => other,
             };
             prefix.push(COp {

@@ -241,7 +241,11 @@ impl Class {
     fn of(op: &COp) -> Class {
         match op.step {
             _ if !op.definite => Class::Info,
-            Step::Read(_) | Step::CounterRead(_) | Step::CasMismatch { .. } => Class::Read,
+            // TTL observations are not here: one may settle a pending expiry (a state change).
+            Step::Read(_)
+            | Step::CounterRead(_)
+            | Step::CasMismatch { .. }
+            | Step::MRead { .. } => Class::Read,
             _ => Class::Update,
         }
     }

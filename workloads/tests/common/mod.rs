@@ -182,6 +182,70 @@ impl Ops {
         )
     }
 
+    /// Any operation: `value` as invoked, `output` as an `ok` completion answered.
+    #[allow(clippy::too_many_arguments)]
+    pub fn op(
+        &mut self,
+        p: u64,
+        f: Function,
+        key: &str,
+        value: impl Into<Value>,
+        output: impl Into<Value>,
+        outcome: Outcome,
+        start: u64,
+        end: Option<u64>,
+    ) -> &mut Self {
+        self.add(p, f, key, value.into(), output.into(), outcome, start, end)
+    }
+
+    /// `SET key v PX ttl_ms`, acknowledged.
+    pub fn set_ttl(
+        &mut self,
+        p: u64,
+        key: &str,
+        v: &str,
+        ttl_ms: i64,
+        start: u64,
+        end: u64,
+    ) -> &mut Self {
+        let value = Value::List(vec![v.into(), ttl_ms.into()]);
+        self.add(
+            p,
+            Function::SetTtl,
+            key,
+            value,
+            Value::Null,
+            Outcome::Ok,
+            start,
+            Some(end),
+        )
+    }
+
+    /// An acknowledged operation answering `output`: `expire` (value the TTL), `persist`,
+    /// `ttl` (value `"ms"` or `"s"`), `mread`, `mdel` (value the names).
+    #[allow(clippy::too_many_arguments)]
+    pub fn answered(
+        &mut self,
+        p: u64,
+        f: Function,
+        key: &str,
+        value: impl Into<Value>,
+        output: impl Into<Value>,
+        start: u64,
+        end: u64,
+    ) -> &mut Self {
+        self.add(
+            p,
+            f,
+            key,
+            value.into(),
+            output.into(),
+            Outcome::Ok,
+            start,
+            Some(end),
+        )
+    }
+
     pub fn check(&self) -> Report {
         self.check_with(&CheckConfig::default())
     }

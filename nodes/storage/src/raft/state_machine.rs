@@ -76,6 +76,18 @@ enum SessionVerdict {
     Register,
 }
 
+/// What a read of the applied state found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    Reply(Reply),
+    /// A key the read touches has expired by the node's clock but not by the group clock: the
+    /// group clock must first advance to `to_ms` through the log, then the read runs again at
+    /// the group clock.
+    AdvanceClock {
+        to_ms: u64,
+    },
+}
+
 /// The data part of a snapshot (openraft carries the metadata beside it).
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotBody {
@@ -105,6 +117,12 @@ pub struct DiskStateMachine<D: Disk> {
     sessions: Arc<Mutex<BTreeMap<u64, SessionEntry>>>,
     /// Serialises apply, snapshot build and install, so a snapshot's rows match its metadata.
     exclusive: Arc<futures::lock::Mutex<()>>,
+    /// Reads hold it shared while they read the group clock and their keys (one `get` per key,
+    /// each an await); apply holds it exclusively while it writes a batch and moves the
+    /// applied marker, and while a `FLUSHALL` or a snapshot install rewrites the range. So a
+    /// read sees the state between two apply batches, never half of one: an `MGET` cannot
+    /// see half of an `MSET` (ARCHITECTURE.md, "Multi-key atomicity").
+    view: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn group_prefix(group: GroupId) -> [u8; 8] {
@@ -224,6 +242,7 @@ impl<D: Disk> DiskStateMachine<D> {
             applied: Arc::new(Mutex::new(applied.clone())),
             sessions: Arc::new(Mutex::new(sessions)),
             exclusive: Arc::new(futures::lock::Mutex::new(())),
+            view: Arc::new(tokio::sync::RwLock::new(())),
         };
         if let Some(stored) = machine.stored_snapshot().await?
             && stored.meta.last_log_id > applied.last_applied
@@ -245,27 +264,54 @@ impl<D: Disk> DiskStateMachine<D> {
         self.applied.lock().expect("applied lock").clone()
     }
 
-    /// Executes a read-only command against the applied state at wall time `now_ms`.
+    /// Executes a read-only command against the applied state at `now = max(wall_ms, group
+    /// clock)`, unless a key it touches is expired at `now` but not yet at the group clock:
+    /// then answering would show an expiry the log does not hold (a later read on a replica
+    /// whose clock is behind would see the key again), so it answers
+    /// [`ReadOutcome::AdvanceClock`] and the node first advances the group clock through the
+    /// log (ARCHITECTURE.md, "Expiry"). `wall_ms = 0` reads at the group clock, which never
+    /// needs an advance.
     ///
     /// Linearizable only when the caller has first confirmed leadership and waited for the
     /// read index to be applied (`Raft::ensure_linearizable`).
-    pub async fn read(&self, command: &Command, now_ms: u64) -> Result<Reply, io::Error> {
+    pub async fn read(&self, command: &Command, wall_ms: u64) -> Result<ReadOutcome, io::Error> {
         debug_assert!(!command.is_write(), "writes go through the log");
-        let now_ms = now_ms.max(self.applied().clock_ms);
+        // The planted bug reads key by key with apply batches landing in between.
+        let _view = if self.bugs.is_planted(Bug::TornMultiKeyRead) {
+            None
+        } else {
+            Some(self.view.read().await)
+        };
+        let clock_ms = self.applied().clock_ms;
+        let now_ms = wall_ms.max(clock_ms);
+        // The planted bug is the old rule: expiry judged by the local clock alone.
+        let judge_expiry = !self.bugs.is_planted(Bug::TtlLocalClockRead);
+        let expires_unlogged = |record: &Record| {
+            judge_expiry && record.is_expired(now_ms) && !record.is_expired(clock_ms)
+        };
         if command.scope() == Scope::Group {
-            return self.read_group(command, now_ms).await;
+            return self.read_group(command, now_ms, &expires_unlogged).await;
         }
         let stored = self.load(command, &BTreeMap::new()).await?;
-        Ok(execute(command, now_ms, &stored).reply)
+        if stored.values().any(expires_unlogged) {
+            return Ok(ReadOutcome::AdvanceClock { to_ms: now_ms });
+        }
+        Ok(ReadOutcome::Reply(execute(command, now_ms, &stored).reply))
     }
 
     /// `KEYS pattern` and `DBSIZE` over the whole group: a paged scan of its state range folded
     /// through [`GroupRead`] (expired records are deleted lazily, so they may still be on disk;
-    /// the fold skips them).
-    async fn read_group(&self, command: &Command, now_ms: u64) -> Result<Reply, io::Error> {
+    /// the fold skips them). A record `expires_unlogged` turns the answer into
+    /// [`ReadOutcome::AdvanceClock`].
+    async fn read_group(
+        &self,
+        command: &Command,
+        now_ms: u64,
+        expires_unlogged: &impl Fn(&Record) -> bool,
+    ) -> Result<ReadOutcome, io::Error> {
         let mut read = match GroupRead::new(command, now_ms, KEYS_REPLY_MAX) {
             Ok(read) => read,
-            Err(reply) => return Ok(reply),
+            Err(reply) => return Ok(ReadOutcome::Reply(reply)),
         };
         let end = group_end(self.group);
         let mut from = group_prefix(self.group).to_vec();
@@ -277,8 +323,11 @@ impl<D: Disk> DiskStateMachine<D> {
             let full = rows.len() == SCAN_PAGE_ROWS;
             for (full_key, bytes) in &rows {
                 let record = Record::decode(bytes).map_err(|e| invalid(e.to_string()))?;
+                if expires_unlogged(&record) {
+                    return Ok(ReadOutcome::AdvanceClock { to_ms: now_ms });
+                }
                 if let Err(reply) = read.feed(&full_key.slice(8..), &record) {
-                    return Ok(reply);
+                    return Ok(ReadOutcome::Reply(reply));
                 }
             }
             if !full {
@@ -288,7 +337,7 @@ impl<D: Disk> DiskStateMachine<D> {
             from = last.to_vec();
             from.push(0);
         }
-        Ok(read.finish())
+        Ok(ReadOutcome::Reply(read.finish()))
     }
 
     /// Current records of the command's keys, with `overlay` (writes not yet on disk) on top.
@@ -367,6 +416,8 @@ impl<D: Disk> DiskStateMachine<D> {
             membership: meta.last_membership.clone(),
             clock_ms: body.clock_ms,
         };
+        // No read may see the range half rewritten.
+        let _view = self.view.write().await;
         // Sessions first: if a crash cuts this short, the old applied marker stays and `open`
         // redoes the whole install.
         self.disk
@@ -485,6 +536,8 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                 self.flush(&mut batch, &applied, &mut overlay, &mut replies)
                     .await?;
                 pending = 0;
+                // No read may see the range half deleted.
+                let _view = self.view.write().await;
                 self.disk
                     .delete_range_paged(
                         Space::State,
@@ -668,9 +721,13 @@ impl<D: Disk> DiskStateMachine<D> {
         if !self.bugs.is_planted(Bug::AppliedMarkerLost) {
             batch.put(Space::Meta, applied_key(self.group), encode(applied));
         }
-        self.disk.write(batch, false).await?;
+        {
+            // The batch and the in-memory marker (the group clock reads use) move together.
+            let _view = self.view.write().await;
+            self.disk.write(batch, false).await?;
+            *self.applied.lock().expect("applied lock") = applied.clone();
+        }
         self.points.hit(FaultPoint::ApplyWritten).await;
-        *self.applied.lock().expect("applied lock") = applied.clone();
         overlay.clear();
         for (responder, reply) in replies.drain(..) {
             responder.send(reply);
