@@ -129,9 +129,9 @@ impl LocalCluster {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        // Session ids and Raft jitter must differ per process start in production.
+        // Session ids and Raft jitter (drawn from each node's `Env::seed()`) must differ per
+        // process start in production.
         let seed: u64 = larder_real::process_seed();
-        larder_storage::raft::runtime::seed_raft_rng(seed);
         let book = AddressBook::new();
         let mut cluster = LocalCluster {
             proxy_address: args.listen,

@@ -338,7 +338,6 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
         .with_context(|| format!("checking {}", args.config.display()))?;
     runtime()?.block_on(async {
         let seed = larder_real::process_seed();
-        larder_storage::raft::runtime::seed_raft_rng(seed);
         let book = address_book(
             file.centers
                 .iter()
@@ -382,7 +381,6 @@ pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
         .with_context(|| format!("checking {}", args.config.display()))?;
     runtime()?.block_on(async {
         let seed = larder_real::process_seed();
-        larder_storage::raft::runtime::seed_raft_rng(seed);
         let book = address_book(file.peers.iter().chain(&file.centers));
         let env = open_env(file.id, file.listen, &file.data_dir, book.clone(), seed).await?;
         let config = match &mode {

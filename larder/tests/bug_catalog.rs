@@ -24,6 +24,12 @@ use larder::child::{Outcome, run_child};
 /// Bugs no seed of 1..=50 catches yet (see the module docs); kept in one place so the list can
 /// only shrink knowingly.
 const UNCAUGHT_YET: &[&str] = &[
+    // Default-plan seeds 22 and 81 caught it when it was the store's real bug (ARCHITECTURE.md,
+    // "leader restore"); since each group draws its own election randomness (openraft's
+    // runtime on the node's clock and seed), no seed of 1..=200 default, 1..=50 cluster swarm
+    // or 1..=30 one-group swarm does: it needs a leader to restart, keep its leadership and be
+    // read before it re-applies, which no plan aims at yet.
+    "leader-restore",
     // A tear needs an apply batch of the object to land between two keys of a read of it,
     // which needs a slow disk on that group's leader while clients contend on the object:
     // 0/50 swarm seeds so far (the checker's multi-key model catches a torn read, see
@@ -78,8 +84,9 @@ fn caught(bug: &str, seeds: std::ops::RangeInclusive<u64>, plans: Plans) {
     );
 }
 
-/// Each search starts at seed 1, so the first catching seed stays visible; the range ends at 50,
-/// the matrix's range. The comment gives the matrix row.
+/// Each search starts at seed 1 (one exception, said where it is), so the first catching seed
+/// stays visible; the range ends at 50, the matrix's range, or a little past the first catch.
+/// The comment gives the matrix row.
 macro_rules! catalog {
     ($($test:ident: $bug:literal, $seeds:expr, $plans:ident;)*) => {
         $(#[test] fn $test() { caught($bug, $seeds, Plans::$plans); })*
@@ -99,11 +106,9 @@ macro_rules! catalog {
 }
 
 catalog! {
-    // Not caught by 50 swarm seeds; the default plans' seeds 22 and 81 found it when it was
-    // the store's real bug (ARCHITECTURE.md, "leader restore").
-    leader_restore: "leader-restore", 1..=30, Default;
-    // 1/50: seed 21.
-    stale_local_reads: "stale-local-reads", 1..=50, Swarm;
+    // One group, half the seeds with a read-only client: 1/100, seed 67. (The search starts
+    // at 60 only to keep the test's time down; the matrix row is in the closing note.)
+    stale_local_reads: "stale-local-reads", 60..=70, SwarmOneGroup;
     // 15/50, first 3 (all by an openraft assertion: "follower log reversion").
     unsynced_log_append: "unsynced-log-append", 1..=50, Swarm;
     // 3/50, first 24.

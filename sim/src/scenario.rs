@@ -34,6 +34,15 @@ fn step_until(sim: &mut turmoil::Sim<'_>, at: Duration) -> Result<bool, SimError
     Ok(false)
 }
 
+/// [`step_until`] for a simulation without clients, which turmoil counts as finished from the
+/// first step: the hosts run until `at` regardless.
+fn step_hosts_until(sim: &mut turmoil::Sim<'_>, at: Duration) -> Result<(), SimError> {
+    while sim.elapsed() < at {
+        step_until(sim, at)?;
+    }
+    Ok(())
+}
+
 fn finish(sim: &mut turmoil::Sim<'_>) -> Result<(), SimError> {
     sim.run().map_err(|e| SimError::Turmoil {
         at_ms: sim.elapsed().as_millis() as u64,
@@ -62,7 +71,7 @@ pub struct DeposedLeaderOutcome {
 pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
     let mut config = SimConfig::new(seed, Duration::from_secs(20));
     config.faults = false;
-    crate::run::reset_process_state(seed);
+    crate::run::reset_process_state();
     let trace = Trace::default();
     let faults = NetFaults::default();
     let mut sim = build_sim(&config);
@@ -230,7 +239,7 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
     config.voters = 3;
     config.node.snapshot_logs_since_last = 50;
     config.node.snapshot_logs_kept = 10;
-    crate::run::reset_process_state(seed);
+    crate::run::reset_process_state();
     let trace = Trace::default();
     let faults = NetFaults::default();
     let mut sim = build_sim(&config);
@@ -335,7 +344,7 @@ pub fn forgotten_session(seed: u64) -> Result<ForgottenSessionOutcome, SimError>
     let mut config = SimConfig::new(seed, Duration::from_secs(10));
     config.faults = false;
     config.node.sessions_max = 2;
-    crate::run::reset_process_state(seed);
+    crate::run::reset_process_state();
     let trace = Trace::default();
     let faults = NetFaults::default();
     let mut sim = build_sim(&config);
@@ -377,5 +386,72 @@ pub fn forgotten_session(seed: u64) -> Result<ForgottenSessionOutcome, SimError>
     finish(&mut sim)?;
     drop_nodes(&parts);
     let outcome = outcome.lock().expect("outcome lock").clone();
+    Ok(outcome)
+}
+
+/// How a group replaced a leader it lost while its followers' clocks drifted.
+#[derive(Debug, Clone, Default)]
+pub struct ReelectionOutcome {
+    pub old_leader: Option<NodeId>,
+    /// The follower that led first after the cut.
+    pub new_leader: Option<NodeId>,
+    /// Simulated time from the cut to that follower leading.
+    pub elected_after: Option<Duration>,
+    pub trace_hash: String,
+}
+
+/// Cuts the leader of a healthy three-node group off from its followers and, at the same
+/// moment, makes both followers' clocks drift by `drift_ppm`; measures the simulated time until
+/// one of them leads. openraft's election timers run on the node's clock, so followers whose
+/// clocks run slow campaign late and fast ones early.
+pub fn reelection_under_drift(seed: u64, drift_ppm: i64) -> Result<ReelectionOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(40));
+    config.faults = false;
+    crate::run::reset_process_state();
+    let trace = Trace::default();
+    let faults = NetFaults::default();
+    let mut sim = build_sim(&config);
+    let parts = register_nodes(
+        &mut sim,
+        &config,
+        &trace,
+        &faults,
+        &crate::points::PointTable::default(),
+    );
+    let mut outcome = ReelectionOutcome::default();
+
+    let settle = Duration::from_secs(3);
+    step_hosts_until(&mut sim, settle)?;
+    let mut old = current_leader(&parts);
+    while old.is_none() && sim.elapsed() < settle + Duration::from_secs(5) {
+        let next = sim.elapsed() + Duration::from_millis(10);
+        step_hosts_until(&mut sim, next)?;
+        old = current_leader(&parts);
+    }
+    outcome.old_leader = old;
+    if let Some(old) = old {
+        let cut = sim.elapsed();
+        let followers: Vec<&NodeParts> = parts.iter().filter(|p| p.id != old).collect();
+        for follower in &followers {
+            follower.clock.set_drift_ppm(drift_ppm);
+        }
+        faults.update(|state| {
+            for follower in &followers {
+                state.blocked.insert((old, follower.id));
+                state.blocked.insert((follower.id, old));
+            }
+        });
+        while sim.elapsed() < cut + Duration::from_secs(30) {
+            let next = sim.elapsed() + Duration::from_millis(10);
+            step_hosts_until(&mut sim, next)?;
+            if let Some(new) = followers.iter().find(|p| p.leads(GROUP)) {
+                outcome.new_leader = Some(new.id);
+                outcome.elected_after = Some(sim.elapsed() - cut);
+                break;
+            }
+        }
+    }
+    drop_nodes(&parts);
+    outcome.trace_hash = trace.hash();
     Ok(outcome)
 }

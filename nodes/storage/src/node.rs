@@ -19,6 +19,7 @@ use crate::config::{NodeConfig, NodeError};
 use crate::raft::group_commit::GroupCommitDisk;
 use crate::raft::log_store::DiskLogStore;
 use crate::raft::network::RaftNet;
+use crate::raft::runtime::RaftContext;
 use crate::raft::state_machine::{DiskStateMachine, ReadOutcome, wipe_group};
 use crate::raft::{Raft, decode, encode};
 
@@ -88,7 +89,12 @@ async fn open_group<E: Env>(
     .map_err(|source| NodeError::Storage { group, source })?;
     let log = DiskLogStore::new(disk.clone(), group, config.bugs.clone(), env.fault_points());
     let net = RaftNet::new(env.net().clone(), group);
-    let raft = Raft::new(config.id, raft_config, net, log, state.clone())
+    // openraft takes time and randomness from the context its tasks run in: `Raft::new` draws
+    // the first election timeout and spawns every Raft task, which inherit the context, so the
+    // group's timers follow this node's clock (and its faults) and its draws this group's seed.
+    let context = RaftContext::for_group(env, group);
+    let raft = context
+        .scope(Raft::new(config.id, raft_config, net, log, state.clone()))
         .await
         .map_err(|e| raft_error(group, e))?;
     Ok(Group { raft, state })

@@ -20,6 +20,9 @@ use crate::workload::{GROUP, WorkloadConfig};
 const SWARM_WORKLOAD_STREAM: u64 = 0x5a4a_f00d;
 /// How often a swarm seed turns each optional workload family on.
 const SWARM_FAMILY_CHANCE: f64 = 0.35;
+/// Share of swarm seeds whose first client only reads, and the random stream that decides.
+const READER_CHANCE: f64 = 0.5;
+const READER_STREAM: u64 = 0x4ead_e45;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -181,6 +184,21 @@ impl SimConfig {
                 // to apply while a read of it is between two keys.
                 workload = workload.with_multi(1, 12);
             }
+        }
+        workload
+    }
+
+    /// The workload of client `index`: [`SimConfig::run_workload`], except that in half the swarm
+    /// seeds the first client only reads. A reader never times out on a write, so it
+    /// keeps asking the node it last found leading: a deposed leader that still answered reads
+    /// would show it stale values the others wrote through the new leader.
+    pub fn client_workload(&self, index: u64) -> WorkloadConfig {
+        let mut workload = self.run_workload();
+        let mut rng = SeededRng::new(derive_seed(self.seed, READER_STREAM));
+        if self.swarm && index == 0 && rng.chance(READER_CHANCE) {
+            let mix = &mut workload.mix;
+            (mix.write, mix.add, mix.append, mix.ttl, mix.multi) = (0, 0, 0, 0, 0);
+            mix.read = mix.read.max(1);
         }
         workload
     }

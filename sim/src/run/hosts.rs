@@ -359,7 +359,7 @@ pub(crate) fn register_clients(
         );
         let (replicas, workload, history, trace, routing) = (
             config.node_ids(),
-            config.run_workload(),
+            config.client_workload(index as u64),
             history.clone(),
             trace.clone(),
             config.shared_routing(),

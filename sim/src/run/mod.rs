@@ -58,7 +58,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     #[allow(clippy::disallowed_methods)] // Wall time of the run, for the report only.
     let wall_start = std::time::Instant::now();
     let seed = config.seed;
-    reset_process_state(seed);
+    reset_process_state();
     let trace = if config.keep_events {
         Trace::keeping_events()
     } else {
@@ -146,7 +146,6 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
 /// run, so a seed gives the same trace whether it runs first in a fresh process, after other
 /// seeds in a sweep, or twice in a determinism check.
 ///
-/// - openraft's randomness (election jitter) comes from [`seed_raft_rng`].
 /// - tokio numbers tasks from one process-wide counter, and dropping a runtime (turmoil's crash
 ///   of a host) drops its tasks shard by shard with shard = task id mod 4. The order in which a
 ///   crashed node's sockets close, and so the order of the network's random draws that follow,
@@ -154,9 +153,9 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
 ///   right after a crash). Spawning throw-away tasks until the counter is at a multiple of 64
 ///   gives every run the same residues.
 ///
-/// [`seed_raft_rng`]: larder_storage::raft::runtime::seed_raft_rng
-pub(crate) fn reset_process_state(seed: u64) {
-    larder_storage::raft::runtime::seed_raft_rng(derive_seed(seed, 0x005e_ed0f_4af7));
+/// openraft's randomness is not process state: each group draws from a stream derived from its
+/// node's `Env::seed()` (itself derived from the run seed), see `larder_storage::raft::runtime`.
+pub(crate) fn reset_process_state() {
     crate::trace::set_harness_now(Duration::ZERO);
     const ALIGN: u64 = 64;
     let runtime = tokio::runtime::Builder::new_current_thread()

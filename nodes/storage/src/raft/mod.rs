@@ -4,7 +4,8 @@
 //! - [`state_machine::DiskStateMachine`]: applies committed [`Request`]s with
 //!   [`larder_core::kv::execute`] and keeps the KV state in the disk's state space.
 //! - [`network::RaftNet`]: openraft's network over [`larder_core::env::Net`].
-//! - [`runtime::LarderRuntime`]: tokio with seeded election randomness.
+//! - [`runtime::LarderRuntime`]: tokio tasks, with time and randomness from the node's environment
+//!   (a task-local [`runtime::RaftContext`]).
 
 pub mod audit;
 pub mod group_commit;
