@@ -22,7 +22,7 @@ const SWARM_WORKLOAD_STREAM: u64 = 0x5a4a_f00d;
 const SWARM_FAMILY_CHANCE: f64 = 0.35;
 /// Share of swarm seeds whose first client only reads, and the random stream that decides.
 const READER_CHANCE: f64 = 0.5;
-const READER_STREAM: u64 = 0x4ead_e45;
+const READER_STREAM: u64 = 0x04ea_de45;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
