@@ -300,53 +300,60 @@ pub fn index_page(rows: &[IndexRow], coverage: &crate::Coverage) -> String {
             escape(&row.violations.join("; "))
         );
     }
-    out.push_str("</table><h2>Fault coverage</h2><table><tr><th>fault kind</th><th>seeds</th><th>faults</th></tr>");
-    for (kind, (faults, seeds)) in &coverage.applied {
-        let _ = write!(
-            out,
-            "<tr><td>{kind}</td><td>{seeds}/{}</td><td>{faults}</td></tr>",
-            coverage.seeds
-        );
-    }
-    let never: Vec<&str> = coverage
-        .never_applied()
-        .iter()
-        .map(|kind| kind.as_str())
-        .collect();
+    out.push_str("</table>");
+    coverage_table(
+        &mut out,
+        ("Fault coverage", "fault kind", "faults", "Never applied"),
+        coverage.seeds,
+        coverage
+            .applied
+            .iter()
+            .map(|(kind, counts)| (kind.as_str(), *counts)),
+        coverage.never_applied().iter().map(|kind| kind.as_str()),
+    );
+    coverage_table(
+        &mut out,
+        ("Fault points", "fault point", "passes", "Never hit"),
+        coverage.seeds,
+        coverage
+            .points
+            .iter()
+            .map(|(point, counts)| (point.as_str(), *counts)),
+        coverage.never_hit().iter().map(|point| point.as_str()),
+    );
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// One coverage table of the index page: a row per name with (count, seeds), then the names
+/// no seed reached. `titles`: (heading, name column, count column, label of the never list).
+fn coverage_table<'a>(
+    out: &mut String,
+    (heading, name, count, never_label): (&str, &str, &str, &str),
+    seeds_total: u64,
+    rows: impl Iterator<Item = (&'a str, (u64, u64))>,
+    never: impl Iterator<Item = &'a str>,
+) {
     let _ = write!(
         out,
-        "</table><p>Never applied: <span class=\"fail\">{}</span></p>",
-        if never.is_empty() {
-            "none".to_string()
-        } else {
-            escape(&never.join(", "))
-        }
+        "<h2>{heading}</h2><table><tr><th>{name}</th><th>seeds</th><th>{count}</th></tr>"
     );
-    out.push_str(
-        "<h2>Fault points</h2><table><tr><th>fault point</th><th>seeds</th><th>passes</th></tr>",
-    );
-    for (point, (hits, seeds)) in &coverage.points {
+    for (name, (count, seeds)) in rows {
         let _ = write!(
             out,
-            "<tr><td>{point}</td><td>{seeds}/{}</td><td>{hits}</td></tr>",
-            coverage.seeds
+            "<tr><td>{name}</td><td>{seeds}/{seeds_total}</td><td>{count}</td></tr>"
         );
     }
-    let never: Vec<&str> = coverage
-        .never_hit()
-        .iter()
-        .map(|point| point.as_str())
-        .collect();
-    let _ = writeln!(
+    let never: Vec<&str> = never.collect();
+    let _ = write!(
         out,
-        "</table><p>Never hit: <span class=\"fail\">{}</span></p></body></html>",
+        "</table><p>{never_label}: <span class=\"fail\">{}</span></p>",
         if never.is_empty() {
             "none".to_string()
         } else {
             escape(&never.join(", "))
         }
     );
-    out
 }
 
 #[cfg(test)]

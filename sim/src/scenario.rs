@@ -43,6 +43,23 @@ fn step_hosts_until(sim: &mut turmoil::Sim<'_>, at: Duration) -> Result<(), SimE
     Ok(())
 }
 
+/// A scenario's cluster: the process state reset, a trace, a fault table, and the nodes of
+/// `config` registered (no fault points armed).
+fn start<'a>(config: &SimConfig) -> (turmoil::Sim<'a>, Trace, NetFaults, Vec<NodeParts>) {
+    crate::run::reset_process_state();
+    let trace = Trace::default();
+    let faults = NetFaults::default();
+    let mut sim = build_sim(config);
+    let parts = register_nodes(
+        &mut sim,
+        config,
+        &trace,
+        &faults,
+        &crate::points::PointTable::default(),
+    );
+    (sim, trace, faults, parts)
+}
+
 fn finish(sim: &mut turmoil::Sim<'_>) -> Result<(), SimError> {
     sim.run().map_err(|e| SimError::Turmoil {
         at_ms: sim.elapsed().as_millis() as u64,
@@ -71,17 +88,7 @@ pub struct DeposedLeaderOutcome {
 pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
     let mut config = SimConfig::new(seed, Duration::from_secs(20));
     config.faults = false;
-    crate::run::reset_process_state();
-    let trace = Trace::default();
-    let faults = NetFaults::default();
-    let mut sim = build_sim(&config);
-    let parts = register_nodes(
-        &mut sim,
-        &config,
-        &trace,
-        &faults,
-        &crate::points::PointTable::default(),
-    );
+    let (mut sim, trace, faults, parts) = start(&config);
     let nodes = config.node_ids();
     let outcome: Arc<Mutex<DeposedLeaderOutcome>> = Arc::default();
     let isolated: Arc<Mutex<Option<NodeId>>> = Arc::default();
@@ -239,17 +246,7 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
     config.voters = 3;
     config.node.snapshot_logs_since_last = 50;
     config.node.snapshot_logs_kept = 10;
-    crate::run::reset_process_state();
-    let trace = Trace::default();
-    let faults = NetFaults::default();
-    let mut sim = build_sim(&config);
-    let mut parts = register_nodes(
-        &mut sim,
-        &config,
-        &trace,
-        &faults,
-        &crate::points::PointTable::default(),
-    );
+    let (mut sim, trace, faults, mut parts) = start(&config);
     let outcome: Arc<Mutex<MembershipOutcome>> = Arc::default();
     let slots: Vec<_> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
     let crash_at = Duration::from_secs(8);
@@ -344,17 +341,7 @@ pub fn forgotten_session(seed: u64) -> Result<ForgottenSessionOutcome, SimError>
     let mut config = SimConfig::new(seed, Duration::from_secs(10));
     config.faults = false;
     config.node.sessions_max = 2;
-    crate::run::reset_process_state();
-    let trace = Trace::default();
-    let faults = NetFaults::default();
-    let mut sim = build_sim(&config);
-    let parts = register_nodes(
-        &mut sim,
-        &config,
-        &trace,
-        &faults,
-        &crate::points::PointTable::default(),
-    );
+    let (mut sim, trace, faults, parts) = start(&config);
     let outcome: Arc<Mutex<ForgottenSessionOutcome>> = Arc::default();
     let host = client_id(1);
     let net = SimNet::new(host, faults.clone(), derive_seed(seed, 31), trace.clone());
@@ -407,17 +394,7 @@ pub struct ReelectionOutcome {
 pub fn reelection_under_drift(seed: u64, drift_ppm: i64) -> Result<ReelectionOutcome, SimError> {
     let mut config = SimConfig::new(seed, Duration::from_secs(40));
     config.faults = false;
-    crate::run::reset_process_state();
-    let trace = Trace::default();
-    let faults = NetFaults::default();
-    let mut sim = build_sim(&config);
-    let parts = register_nodes(
-        &mut sim,
-        &config,
-        &trace,
-        &faults,
-        &crate::points::PointTable::default(),
-    );
+    let (mut sim, trace, faults, parts) = start(&config);
     let mut outcome = ReelectionOutcome::default();
 
     let settle = Duration::from_secs(3);
