@@ -100,6 +100,10 @@ pub enum Fault {
     CrashProxy { proxy: NodeId },
     /// Start a crashed proxy again.
     RestartProxy { proxy: NodeId },
+    /// Targeted: the leader of a group (a random one, with many) loses power and starts again
+    /// `down_ms` later, before its followers' election timeouts run out, so it comes back
+    /// still believing it leads, with a state machine behind what it acknowledged.
+    BounceLeader { down_ms: u64 },
 }
 
 impl Fault {
@@ -137,6 +141,7 @@ impl Fault {
             Fault::DiskFull { .. } => FaultKind::DiskFull,
             Fault::CrashProxy { .. } => FaultKind::CrashProxy,
             Fault::RestartProxy { .. } => FaultKind::RestartProxy,
+            Fault::BounceLeader { .. } => FaultKind::BounceLeader,
         }
     }
 
@@ -196,6 +201,7 @@ pub enum FaultKind {
     DiskFull,
     CrashProxy,
     RestartProxy,
+    BounceLeader,
     /// Everything repaired at the heal point (not a planned fault).
     HealAll,
     /// A node restarted by the harness after a disk error stopped its Raft (not planned).
@@ -204,7 +210,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in declaration order (sweeps report which were never applied).
-    pub const ALL: [FaultKind; 33] = [
+    pub const ALL: [FaultKind; 34] = [
         FaultKind::Partition,
         FaultKind::PartitionOneWay,
         FaultKind::IsolateLeader,
@@ -236,6 +242,7 @@ impl FaultKind {
         FaultKind::DiskFull,
         FaultKind::CrashProxy,
         FaultKind::RestartProxy,
+        FaultKind::BounceLeader,
         FaultKind::HealAll,
         FaultKind::RestartAfterFatal,
     ];
@@ -274,6 +281,7 @@ impl FaultKind {
             FaultKind::DiskFull => "disk_full",
             FaultKind::CrashProxy => "crash_proxy",
             FaultKind::RestartProxy => "restart_proxy",
+            FaultKind::BounceLeader => "bounce_leader",
             FaultKind::HealAll => "heal_all",
             FaultKind::RestartAfterFatal => "restart_after_fatal",
         }
@@ -347,6 +355,43 @@ pub struct PlanConfig {
     /// cut off from its peers but not its clients, a full disk, proxy crashes.
     #[serde(default)]
     pub targeted: bool,
+    /// What the run's workload does that targeted faults aim at (the simulator sets it from
+    /// the workload it runs). Plans with nothing to aim at draw what they always drew.
+    #[serde(default)]
+    pub aim: Aim,
+}
+
+/// Workload shapes that targeted faults aim at: where a bug in them would hide, a fault makes
+/// the window wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aim {
+    /// Clients read several keys of one group at once (`MGET`): aimed faults delay every read
+    /// between two of its keys, so an apply that a read does not hold off lands inside it.
+    pub multi_key_reads: bool,
+    /// Clients write keys that expire and read them as they do: aimed faults jump a node's
+    /// clock ahead and soon back, so a read judged at a time the log never reached is
+    /// followed by reads judged earlier.
+    pub expiring_keys: bool,
+    /// The workload's lulls (clients only read for the last `lull_ms` of every
+    /// `lull_every_ms`); 0: none. Aimed clock faults fall inside one.
+    #[serde(default)]
+    pub lull_every_ms: u64,
+    #[serde(default)]
+    pub lull_ms: u64,
+}
+
+impl Aim {
+    /// Whether there is anything to aim at: plans then draw aimed faults as a kind of their
+    /// own, beside the kinds the swarm mix turned on.
+    pub fn any(self) -> bool {
+        self.multi_key_reads || self.expiring_keys
+    }
+
+    /// `(every_ms, length_ms)` of the lulls, if any.
+    fn lull(self) -> Option<(u64, u64)> {
+        (self.lull_every_ms > 0 && self.lull_ms > 0 && self.lull_ms <= self.lull_every_ms)
+            .then_some((self.lull_every_ms, self.lull_ms))
+    }
 }
 
 impl Default for PlanConfig {
@@ -364,6 +409,7 @@ impl Default for PlanConfig {
             pauses: false,
             bridges: false,
             targeted: false,
+            aim: Aim::default(),
         }
     }
 }
@@ -392,6 +438,7 @@ impl PlanConfig {
             bridges: partitions && rng.chance(0.5),
             // Drawn last, so the mixes above stay what they were for every seed.
             targeted: rng.chance(0.6),
+            aim: Aim::default(),
         }
     }
 }
@@ -546,6 +593,25 @@ impl FaultPlan {
             }
             at += rng.range(200, 2 * config.gap_ms_mean.max(101));
         }
+        // Aimed faults come on top, from a stream of their own: a plan with nothing to aim at
+        // is exactly what it was, and one with something always has a few.
+        if config.aim.any() && heal_at_ms > 1_000 {
+            let mut rng = SeededRng::new(derive_seed(seed, 0xa1_3ed));
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.range(500, heal_at_ms - 300);
+                let until = (at + rng.range(300, config.fault_ms_max.max(301))).min(heal_at_ms);
+                let mut push =
+                    |at_ms: u64, fault: Fault| events.push(ScheduledFault { at_ms, fault });
+                aimed(
+                    &mut rng,
+                    &mut push,
+                    nodes,
+                    (at, until),
+                    heal_at_ms,
+                    config.aim,
+                );
+            }
+        }
         // Stable sort keeps a fault before its own heal when both land on the same millisecond.
         events.sort_by_key(|event| event.at_ms);
         FaultPlan { events, heal_at_ms }
@@ -631,7 +697,60 @@ impl FaultPlan {
     }
 }
 
-/// Splits `nodes` into two non-empty sides (when there are at least two nodes).
+/// One fault aimed at what the workload does ([`Aim`]): between `at` and `until`, or for a
+/// clock fault in the first lull after `at` (before `heal_at_ms`).
+fn aimed(
+    rng: &mut SeededRng,
+    push: &mut impl FnMut(u64, Fault),
+    nodes: &[NodeId],
+    (at, until): (u64, u64),
+    heal_at_ms: u64,
+    aim: Aim,
+) {
+    let multi_key_reads = aim.multi_key_reads && (!aim.expiring_keys || rng.chance(0.5));
+    if multi_key_reads {
+        push(
+            at,
+            Fault::DelayAtPoint {
+                point: FaultPoint::ReadBetweenKeys,
+                node: None,
+                delay_ms: rng.range(1, 40),
+            },
+        );
+        push(until, Fault::HealPoints);
+        return;
+    }
+    if aim.expiring_keys {
+        // Forward, then back, on every node at once (a bad time source): while ahead, a
+        // leader judges reads later than any stamp in its group's log (keys look expired that
+        // the log never expired); back, it judges them earlier again. Inside a lull of the
+        // traffic when there are lulls, so no write moves the group clock in between.
+        // Past most expiries the workload sets (up to 3 s), so many keys look expired.
+        let jump_ms = rng.range(1_500, 5_000) as i64;
+        let (start, end) = match aim.lull() {
+            Some((every, length)) => {
+                // One of the lulls that ends before the heal point, at random.
+                let lulls = heal_at_ms.saturating_sub(every - length + length * 4 / 5) / every;
+                if every - length + length * 4 / 5 > heal_at_ms {
+                    return;
+                }
+                let lull_start = rng.below(lulls + 1) * every + every - length;
+                // Early in the lull, while keys written just before it are still live.
+                let offset = rng.range(50, 300).min(length / 4);
+                (lull_start + offset, lull_start + length * 4 / 5)
+            }
+            None => (at, at + rng.range(100, 1_000)),
+        };
+        if end > heal_at_ms {
+            return;
+        }
+        for &node in nodes {
+            push(start, Fault::ClockJump { node, jump_ms });
+            push(end, Fault::HealClock { node });
+        }
+    }
+}
+
 /// One targeted fault between `at` and `until` (see [`PlanConfig::targeted`]).
 fn targeted(
     rng: &mut SeededRng,
@@ -644,7 +763,7 @@ fn targeted(
     // Mostly whichever process gets there first: a point on a rare path (a truncation, a
     // snapshot install) is then hit whenever anyone takes it.
     let target = if rng.chance(0.7) { None } else { Some(node) };
-    match rng.below(7) {
+    match rng.below(8) {
         0 | 1 => push(
             at,
             Fault::CrashAtPoint {
@@ -686,6 +805,12 @@ fn targeted(
             push(at, Fault::PowerLoss);
             push((at + rng.range(50, 2_000)).min(until), Fault::PowerRestored);
         }
+        6 => push(
+            at,
+            Fault::BounceLeader {
+                down_ms: rng.range(20, 300),
+            },
+        ),
         _ => {
             push(at, Fault::DiskFull { node });
             push(until, Fault::HealDisk { node });
@@ -693,6 +818,7 @@ fn targeted(
     }
 }
 
+/// Splits `nodes` into two non-empty sides (when there are at least two nodes).
 fn split(rng: &mut SeededRng, nodes: &[NodeId]) -> (Vec<NodeId>, Vec<NodeId>) {
     let mut shuffled = nodes.to_vec();
     for i in (1..shuffled.len()).rev() {
@@ -735,6 +861,56 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn aimed_faults_come_on_top_and_land_where_the_workload_is() {
+        let nodes = [1, 2, 3];
+        let plain = PlanConfig::swarm(11);
+        let before = FaultPlan::generate(11, &nodes, 7_500, &plain);
+        let aim = Aim {
+            multi_key_reads: false,
+            expiring_keys: true,
+            lull_every_ms: 3_000,
+            lull_ms: 1_200,
+        };
+        let aimed = FaultPlan::generate(11, &nodes, 7_500, &PlanConfig { aim, ..plain });
+        // The seed's own faults are unchanged; the aimed ones are extra.
+        for event in &before.events {
+            assert!(aimed.events.contains(event), "{event:?} kept");
+        }
+        let jumps: Vec<&ScheduledFault> = aimed
+            .events
+            .iter()
+            .filter(|e| !before.events.contains(e))
+            .filter(|e| matches!(e.fault, Fault::ClockJump { .. }))
+            .collect();
+        assert!(!jumps.is_empty(), "an aimed plan aims: {aimed:?}");
+        assert_eq!(jumps.len() % nodes.len(), 0, "every node jumps at once");
+        for jump in jumps {
+            let in_cycle = jump.at_ms % 3_000;
+            assert!(in_cycle >= 1_800, "inside a lull: {jump:?}");
+        }
+        let multi = Aim {
+            multi_key_reads: true,
+            ..Aim::default()
+        };
+        let aimed = FaultPlan::generate(
+            11,
+            &nodes,
+            7_500,
+            &PlanConfig {
+                aim: multi,
+                ..plain
+            },
+        );
+        assert!(aimed.events.iter().any(|e| matches!(
+            e.fault,
+            Fault::DelayAtPoint {
+                point: FaultPoint::ReadBetweenKeys,
+                ..
+            }
+        )));
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_plan() {

@@ -121,7 +121,32 @@ pub struct WorkloadConfig {
     /// Sub-keys per multi-key object.
     #[serde(default = "default_multi_width")]
     pub multi_width: u64,
+    /// Lulls in the traffic, when clients only read.
+    #[serde(default)]
+    pub lulls: Option<Lulls>,
 }
+
+/// Lulls in the traffic: for the last `for_ms` of every `every_ms` of the history's time,
+/// clients only read. A group then sees no writes for a while as its keys expire and are
+/// read: the window where a read that judges expiry by a clock the log never reached goes
+/// unnoticed by every later write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lulls {
+    pub every_ms: u64,
+    pub for_ms: u64,
+}
+
+impl Lulls {
+    /// Whether `now_ms` (the history's time) falls in a lull.
+    pub fn contains(&self, now_ms: u64) -> bool {
+        let every = self.every_ms.max(1);
+        now_ms % every >= every.saturating_sub(self.for_ms)
+    }
+}
+
+/// Draws a client makes for a read-only operation during a lull before it settles for a
+/// register read.
+const LULL_DRAWS: usize = 16;
 
 fn default_ttl_ms_max() -> u64 {
     3000
@@ -155,6 +180,7 @@ impl Default for WorkloadConfig {
             ttl_ms_max: default_ttl_ms_max(),
             multi_keys: 0,
             multi_width: default_multi_width(),
+            lulls: None,
         }
     }
 }
@@ -182,6 +208,7 @@ impl WorkloadConfig {
             ttl_ms_max: default_ttl_ms_max(),
             multi_keys: 0,
             multi_width: default_multi_width(),
+            lulls: None,
         }
     }
 
@@ -639,9 +666,30 @@ impl<E: Executor, T: Timer> Driver<E, T> {
         }
     }
 
+    /// The next operation: [`Driver::next_op`], but only reads during a lull
+    /// ([`WorkloadConfig::lulls`]).
+    fn next_op_now(&mut self) -> Planned {
+        let lull = self
+            .config
+            .lulls
+            .is_some_and(|lulls| lulls.contains(self.timer.now_ns() / 1_000_000));
+        if !lull {
+            return self.next_op();
+        }
+        for _ in 0..LULL_DRAWS {
+            let op = self.next_op();
+            if !op.request.write {
+                return op;
+            }
+        }
+        Self::read(register_key(
+            self.rng.below(self.config.register_keys.max(1)),
+        ))
+    }
+
     /// Draws, invokes and completes one operation.
     pub async fn step(&mut self, history: &Mutex<History>) -> Completed {
-        let op = self.next_op();
+        let op = self.next_op_now();
         history.lock().expect("history lock").invoke(
             self.timer.now_ns(),
             self.process,
@@ -934,6 +982,20 @@ mod tests {
             );
             assert_eq!(op.request.write, op.f != Function::MRead);
         }
+    }
+
+    #[test]
+    fn lulls_are_the_end_of_each_period() {
+        let lulls = Lulls {
+            every_ms: 1_000,
+            for_ms: 300,
+        };
+        assert!(!lulls.contains(0));
+        assert!(!lulls.contains(699));
+        assert!(lulls.contains(700));
+        assert!(lulls.contains(999));
+        assert!(!lulls.contains(1_000));
+        assert!(lulls.contains(1_850));
     }
 
     #[test]

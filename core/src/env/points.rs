@@ -37,11 +37,14 @@ pub enum FaultPoint {
     SnapshotInstalling,
     /// Center: a new routing table is committed; nodes and proxies have not heard of it.
     RoutingWritten,
+    /// Storage: a multi-key read loaded one of its keys; the next is not loaded yet. A delay
+    /// here is where an apply batch would land inside a read that does not hold it off.
+    ReadBetweenKeys,
 }
 
 impl FaultPoint {
     /// Every point, in a fixed order.
-    pub const ALL: [FaultPoint; 7] = [
+    pub const ALL: [FaultPoint; 8] = [
         FaultPoint::VoteSaved,
         FaultPoint::LogAppended,
         FaultPoint::LogTruncated,
@@ -49,9 +52,12 @@ impl FaultPoint {
         FaultPoint::ApplyWritten,
         FaultPoint::SnapshotInstalling,
         FaultPoint::RoutingWritten,
+        FaultPoint::ReadBetweenKeys,
     ];
 
-    /// The storage points, which every storage node and center replica passes.
+    /// The storage points on durability paths, which every storage node and center replica
+    /// passes (plans crash processes at them; [`FaultPoint::ReadBetweenKeys`] is aimed at by
+    /// plans whose workload reads several keys at once).
     pub const STORAGE: [FaultPoint; 6] = [
         FaultPoint::VoteSaved,
         FaultPoint::LogAppended,
@@ -70,6 +76,7 @@ impl FaultPoint {
             FaultPoint::ApplyWritten => "apply_written",
             FaultPoint::SnapshotInstalling => "snapshot_installing",
             FaultPoint::RoutingWritten => "routing_written",
+            FaultPoint::ReadBetweenKeys => "read_between_keys",
         }
     }
 }

@@ -11,10 +11,11 @@ use larder_storage::NodeConfig;
 
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
-use larder_faults::{FaultPlan, PlanConfig, Roles};
+use larder_faults::{Aim, FaultPlan, PlanConfig, Roles};
 use serde::Serialize;
 
 use crate::workload::{GROUP, WorkloadConfig};
+use larder_workloads::driver::Lulls;
 
 /// The random stream a swarm seed draws its workload families from.
 const SWARM_WORKLOAD_STREAM: u64 = 0x5a4a_f00d;
@@ -22,6 +23,9 @@ const SWARM_WORKLOAD_STREAM: u64 = 0x5a4a_f00d;
 const SWARM_FAMILY_CHANCE: f64 = 0.35;
 /// Share of swarm seeds whose first client only reads, and the random stream that decides.
 const READER_CHANCE: f64 = 0.5;
+/// How often a swarm seed with TTL keys also has lulls in its traffic
+/// ([`larder_workloads::driver::Lulls`]).
+const SWARM_LULL_CHANCE: f64 = 0.8;
 const READER_STREAM: u64 = 0x04ea_de45;
 
 /// What to run.
@@ -184,6 +188,14 @@ impl SimConfig {
                 // to apply while a read of it is between two keys.
                 workload = workload.with_multi(1, 12);
             }
+            // Drawn last, so the families above stay what they were for every seed.
+            if workload.ttl_keys > 0 && rng.chance(SWARM_LULL_CHANCE) {
+                let every_ms = rng.range(2_000, 6_000);
+                workload.lulls = Some(Lulls {
+                    every_ms,
+                    for_ms: every_ms / 3 + rng.below(every_ms / 3),
+                });
+            }
         }
         workload
     }
@@ -211,7 +223,16 @@ impl SimConfig {
             (Some(plan), true) => plan.clone(),
             (None, true) => {
                 let mix = if self.swarm {
-                    PlanConfig::swarm(self.seed)
+                    let workload = self.run_workload();
+                    PlanConfig {
+                        aim: Aim {
+                            multi_key_reads: workload.multi_keys > 0 && workload.mix.multi > 0,
+                            expiring_keys: workload.ttl_keys > 0 && workload.mix.ttl > 0,
+                            lull_every_ms: workload.lulls.map_or(0, |l| l.every_ms),
+                            lull_ms: workload.lulls.map_or(0, |l| l.for_ms),
+                        },
+                        ..PlanConfig::swarm(self.seed)
+                    }
                 } else {
                     PlanConfig::default()
                 };

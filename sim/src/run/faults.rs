@@ -116,7 +116,7 @@ impl<'a> Injector<'a> {
             .next_if(|event| Duration::from_millis(event.at_ms) <= now && !healed)
         {
             let fault = &event.fault;
-            let applied = self.apply(sim, parts, net, fault);
+            let applied = self.apply(sim, parts, net, fault, now);
             if applied {
                 self.record(now, fault.kind(), format!("{fault:?}"));
                 crate::trace_event!(self.trace, now, "sim", "fault {fault:?}");
@@ -147,8 +147,27 @@ impl<'a> Injector<'a> {
         parts: &mut [NodeParts],
         net: &NetFaults,
         fault: &Fault,
+        now: Duration,
     ) -> bool {
         match fault {
+            Fault::BounceLeader { down_ms } => {
+                // Drawing only with many groups keeps single-group runs' random stream.
+                let group = if self.groups > 1 {
+                    1 + self.rng.below(self.groups)
+                } else {
+                    GROUP
+                };
+                let Some(leader) = current_leader_of(parts, group) else {
+                    return false;
+                };
+                let Some(part) = parts.iter_mut().find(|p| p.id == leader && p.up) else {
+                    return false;
+                };
+                part.power_loss(sim, &mut self.rng);
+                self.restarts
+                    .push((leader, now + Duration::from_millis(*down_ms)));
+                true
+            }
             Fault::CrashAtPoint {
                 point,
                 node,
@@ -393,7 +412,8 @@ fn apply_fault(
         | Fault::PowerRestored
         | Fault::IsolateLeaderFromPeers { .. }
         | Fault::CrashProxy { .. }
-        | Fault::RestartProxy { .. } => unreachable!("applied by the injector: {fault:?}"),
+        | Fault::RestartProxy { .. }
+        | Fault::BounceLeader { .. } => unreachable!("applied by the injector: {fault:?}"),
         Fault::SlowDisk { node, .. }
         | Fault::DiskErrors { node, .. }
         | Fault::DiskFull { node }

@@ -347,9 +347,14 @@ impl<D: Disk> DiskStateMachine<D> {
         overlay: &BTreeMap<Bytes, Option<Record>>,
     ) -> Result<BTreeMap<Bytes, Record>, io::Error> {
         let mut stored = BTreeMap::new();
-        for key in command.keys() {
+        // Only reads pass the point: apply loads through its overlay under the exclusive lock.
+        let reading = overlay.is_empty() && !command.is_write();
+        for (index, key) in command.keys().into_iter().enumerate() {
             if stored.contains_key(key) {
                 continue;
+            }
+            if reading && index > 0 {
+                self.points.hit(FaultPoint::ReadBetweenKeys).await;
             }
             let full_key = state_key(self.group, key);
             let record = match overlay.get(&full_key) {
