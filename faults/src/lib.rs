@@ -100,9 +100,12 @@ pub enum Fault {
     CrashProxy { proxy: NodeId },
     /// Start a crashed proxy again.
     RestartProxy { proxy: NodeId },
-    /// Targeted: the leader of a group (a random one, with many) loses power and starts again
-    /// `down_ms` later, before its followers' election timeouts run out, so it comes back
-    /// still believing it leads, with a state machine behind what it acknowledged.
+    /// Targeted: the leader of a group (a random one, with many) is killed at its next apply,
+    /// losing what it had not synced (the state it acknowledged last: a process crash loses a
+    /// storage engine's buffered writes), and its supervisor starts it again `down_ms` later,
+    /// long before its followers' election timeouts run out: it comes back still believing it
+    /// leads, with a state machine behind what it acknowledged, while clients still send to
+    /// it.
     BounceLeader { down_ms: u64 },
 }
 
@@ -378,13 +381,20 @@ pub struct Aim {
     pub lull_every_ms: u64,
     #[serde(default)]
     pub lull_ms: u64,
+    /// A client only reads, so it keeps asking the node it last found leading (it never
+    /// times out on a write): aimed faults cut that leader off from its peers but not from
+    /// clients, so a deposed leader that still answered reads would answer stale ones; or
+    /// put the leader in a crash loop, so a leader restored without an election would answer
+    /// from a state machine behind what it acknowledged.
+    #[serde(default)]
+    pub sticky_reader: bool,
 }
 
 impl Aim {
     /// Whether there is anything to aim at: plans then draw aimed faults as a kind of their
     /// own, beside the kinds the swarm mix turned on.
     pub fn any(self) -> bool {
-        self.multi_key_reads || self.expiring_keys
+        self.multi_key_reads || self.expiring_keys || self.sticky_reader
     }
 
     /// `(every_ms, length_ms)` of the lulls, if any.
@@ -527,6 +537,19 @@ impl FaultPlan {
                     };
                     push(at, fault);
                     push(until, Fault::HealPartitions);
+                }
+                // Drawn only with targeted faults on, so default plans stay as they were.
+                1 if config.targeted && rng.chance(0.4) => {
+                    // A crash loop: the supervisor restarts the leader, which dies again.
+                    let mut when = at;
+                    for _ in 0..rng.range(2, 6) {
+                        let down_ms = rng.range(1, 30);
+                        push(when, Fault::BounceLeader { down_ms });
+                        when += rng.range(150, 600);
+                        if when >= until {
+                            break;
+                        }
+                    }
                 }
                 1 => {
                     crashed.retain(|(_, restart)| *restart > at);
@@ -707,8 +730,50 @@ fn aimed(
     heal_at_ms: u64,
     aim: Aim,
 ) {
-    let multi_key_reads = aim.multi_key_reads && (!aim.expiring_keys || rng.chance(0.5));
-    if multi_key_reads {
+    let targets: Vec<u8> = [
+        (aim.multi_key_reads, 0u8),
+        (aim.expiring_keys, 1),
+        (aim.sticky_reader, 2),
+    ]
+    .into_iter()
+    .filter_map(|(on, target)| on.then_some(target))
+    .collect();
+    let Some(&target) = targets.get(rng.below(targets.len().max(1) as u64) as usize) else {
+        return;
+    };
+    if target == 2 && rng.chance(0.5) {
+        // The reader asks the leader it knows again at once: a leader in a crash loop that
+        // comes back believing it leads answers it before it has caught up.
+        let mut when = at;
+        for _ in 0..rng.range(3, 8) {
+            push(
+                when,
+                Fault::BounceLeader {
+                    down_ms: rng.range(1, 30),
+                },
+            );
+            when += rng.range(150, 600);
+            if when >= heal_at_ms {
+                break;
+            }
+        }
+        return;
+    }
+    if target == 2 {
+        push(
+            at,
+            Fault::IsolateLeaderFromPeers {
+                majority_reachable: true,
+            },
+        );
+        // Long enough for an election and writes through the new leader to follow.
+        push(
+            (at + rng.range(2_000, 4_000)).min(heal_at_ms),
+            Fault::HealPartitions,
+        );
+        return;
+    }
+    if target == 0 {
         push(
             at,
             Fault::DelayAtPoint {
@@ -720,34 +785,32 @@ fn aimed(
         push(until, Fault::HealPoints);
         return;
     }
-    if aim.expiring_keys {
-        // Forward, then back, on every node at once (a bad time source): while ahead, a
-        // leader judges reads later than any stamp in its group's log (keys look expired that
-        // the log never expired); back, it judges them earlier again. Inside a lull of the
-        // traffic when there are lulls, so no write moves the group clock in between.
-        // Past most expiries the workload sets (up to 3 s), so many keys look expired.
-        let jump_ms = rng.range(1_500, 5_000) as i64;
-        let (start, end) = match aim.lull() {
-            Some((every, length)) => {
-                // One of the lulls that ends before the heal point, at random.
-                let lulls = heal_at_ms.saturating_sub(every - length + length * 4 / 5) / every;
-                if every - length + length * 4 / 5 > heal_at_ms {
-                    return;
-                }
-                let lull_start = rng.below(lulls + 1) * every + every - length;
-                // Early in the lull, while keys written just before it are still live.
-                let offset = rng.range(50, 300).min(length / 4);
-                (lull_start + offset, lull_start + length * 4 / 5)
+    // Forward, then back, on every node at once (a bad time source): while ahead, a
+    // leader judges reads later than any stamp in its group's log (keys look expired that
+    // the log never expired); back, it judges them earlier again. Inside a lull of the
+    // traffic when there are lulls, so no write moves the group clock in between.
+    // Past most expiries the workload sets (up to 3 s), so many keys look expired.
+    let jump_ms = rng.range(1_500, 5_000) as i64;
+    let (start, end) = match aim.lull() {
+        Some((every, length)) => {
+            // One of the lulls that ends before the heal point, at random.
+            let lulls = heal_at_ms.saturating_sub(every - length + length * 4 / 5) / every;
+            if every - length + length * 4 / 5 > heal_at_ms {
+                return;
             }
-            None => (at, at + rng.range(100, 1_000)),
-        };
-        if end > heal_at_ms {
-            return;
+            let lull_start = rng.below(lulls + 1) * every + every - length;
+            // Early in the lull, while keys written just before it are still live.
+            let offset = rng.range(50, 300).min(length / 4);
+            (lull_start + offset, lull_start + length * 4 / 5)
         }
-        for &node in nodes {
-            push(start, Fault::ClockJump { node, jump_ms });
-            push(end, Fault::HealClock { node });
-        }
+        None => (at, at + rng.range(100, 1_000)),
+    };
+    if end > heal_at_ms {
+        return;
+    }
+    for &node in nodes {
+        push(start, Fault::ClockJump { node, jump_ms });
+        push(end, Fault::HealClock { node });
     }
 }
 
@@ -808,7 +871,7 @@ fn targeted(
         6 => push(
             at,
             Fault::BounceLeader {
-                down_ms: rng.range(20, 300),
+                down_ms: rng.range(1, 30),
             },
         ),
         _ => {
@@ -872,6 +935,7 @@ mod tests {
             expiring_keys: true,
             lull_every_ms: 3_000,
             lull_ms: 1_200,
+            sticky_reader: false,
         };
         let aimed = FaultPlan::generate(11, &nodes, 7_500, &PlanConfig { aim, ..plain });
         // The seed's own faults are unchanged; the aimed ones are extra.

@@ -230,6 +230,7 @@ impl SimConfig {
                             expiring_keys: workload.ttl_keys > 0 && workload.mix.ttl > 0,
                             lull_every_ms: workload.lulls.map_or(0, |l| l.every_ms),
                             lull_ms: workload.lulls.map_or(0, |l| l.for_ms),
+                            sticky_reader: self.client_workload(0).mix.write == 0,
                         },
                         ..PlanConfig::swarm(self.seed)
                     }

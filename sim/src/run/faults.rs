@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use larder_core::NodeId;
-use larder_core::env::{Rng, SeededRng, derive_seed};
+use larder_core::env::{FaultPoint, Rng, SeededRng, derive_seed};
 use larder_faults::{Fault, FaultKind, FaultPlan, ScheduledFault};
 
 use super::hosts::{NodeParts, center_leader, current_leader_of};
@@ -116,7 +116,7 @@ impl<'a> Injector<'a> {
             .next_if(|event| Duration::from_millis(event.at_ms) <= now && !healed)
         {
             let fault = &event.fault;
-            let applied = self.apply(sim, parts, net, fault, now);
+            let applied = self.apply(sim, parts, net, fault);
             if applied {
                 self.record(now, fault.kind(), format!("{fault:?}"));
                 crate::trace_event!(self.trace, now, "sim", "fault {fault:?}");
@@ -147,7 +147,6 @@ impl<'a> Injector<'a> {
         parts: &mut [NodeParts],
         net: &NetFaults,
         fault: &Fault,
-        now: Duration,
     ) -> bool {
         match fault {
             Fault::BounceLeader { down_ms } => {
@@ -160,12 +159,14 @@ impl<'a> Injector<'a> {
                 let Some(leader) = current_leader_of(parts, group) else {
                     return false;
                 };
-                let Some(part) = parts.iter_mut().find(|p| p.id == leader && p.up) else {
-                    return false;
+                // At its next apply, so the state it acknowledged last is lost with the power
+                // and the log must bring it back.
+                let action = PointAction::Crash {
+                    after: Duration::ZERO,
+                    down: Duration::from_millis(*down_ms),
                 };
-                part.power_loss(sim, &mut self.rng);
-                self.restarts
-                    .push((leader, now + Duration::from_millis(*down_ms)));
+                self.points
+                    .arm(FaultPoint::ApplyWritten, Some(leader), action);
                 true
             }
             Fault::CrashAtPoint {
