@@ -126,6 +126,15 @@ struct SimArgs {
     /// simulator, no center faults).
     #[arg(long, default_value_t = 3)]
     centers: u64,
+    /// Workload clients (default 3, 4 with --cluster; with --rate and no --clients, enough
+    /// for the rate: one per 25 ops/s). At most 99.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=larder_sim::run::CLIENTS_MAX))]
+    clients: Option<u64>,
+    /// Target operations per simulated second across all clients: each client paces its
+    /// operations (pauses counted from each invocation, averaging clients/rate). The summary
+    /// prints the rate achieved.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// Swarm fault plans: each seed picks its own mix and rates of faults.
     #[arg(long)]
     swarm: bool,
@@ -212,6 +221,12 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
         command.push_str(&format!(" --tick-ms {}", args.tick_ms));
     }
+    if let Some(clients) = args.clients {
+        command.push_str(&format!(" --clients {clients}"));
+    }
+    if let Some(rate) = args.rate {
+        command.push_str(&format!(" --rate {rate}"));
+    }
     if let Some(bug) = args.bug {
         command.push_str(&format!(" --bug {bug}"));
     }
@@ -242,8 +257,20 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     config.faults = !args.no_faults;
     config.swarm = args.swarm;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
+    config.rate = args.rate;
+    config.clients = match (args.clients, args.rate) {
+        (Some(clients), _) => clients,
+        (None, Some(rate)) => config.clients.max(rate.div_ceil(RATE_PER_CLIENT)),
+        (None, None) => config.clients,
+    }
+    .min(larder_sim::run::CLIENTS_MAX);
     config
 }
+
+/// Operations per simulated second one client is given with `--rate` and no `--clients`: a
+/// RESP client has one request in flight, and a cluster write (proxy, leader, quorum sync,
+/// apply) takes some 10-20 simulated ms, so 25 ops/s (a start every 40 ms) leaves it room.
+const RATE_PER_CLIENT: u64 = 25;
 
 fn sim(args: SimArgs) -> anyhow::Result<bool> {
     let seeds = match (&args.seed, &args.seeds) {
