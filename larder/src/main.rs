@@ -499,3 +499,44 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sim_args(words: &[&str]) -> SimArgs {
+        let words = ["larder", "sim"].iter().chain(words);
+        match Cli::try_parse_from(words)
+            .expect("the command line parses")
+            .command
+        {
+            Command::Sim(args) => args,
+            _ => panic!("not `larder sim`"),
+        }
+    }
+
+    #[test]
+    fn load_options_change_the_run_and_its_replay() {
+        let plain = sim_config(&sim_args(&["--cluster", "--seed", "3"]), 3);
+        assert_eq!((plain.clients, plain.rate), (4, None));
+        assert!(!plain.run_workload().paced);
+
+        // --rate alone: enough clients for it (25 ops/s each), paced.
+        let args = sim_args(&["--cluster", "--seed", "3", "--rate", "1000"]);
+        let config = sim_config(&args, 3);
+        assert_eq!((config.clients, config.rate), (40, Some(1000)));
+        assert!(config.run_workload().paced);
+        assert_eq!(config.run_workload().think_ms_max, 80);
+        assert!(replay_command(&args, 3).ends_with("--cluster --rate 1000"));
+
+        // --clients wins over the rate's own choice.
+        let args = sim_args(&["--seed", "3", "--clients", "10", "--rate", "500"]);
+        let config = sim_config(&args, 3);
+        assert_eq!(config.clients, 10);
+        assert_eq!(config.run_workload().think_ms_max, 40);
+        assert!(replay_command(&args, 3).ends_with("--clients 10 --rate 500"));
+
+        assert!(Cli::try_parse_from(["larder", "sim", "--clients", "100"]).is_err());
+        assert!(Cli::try_parse_from(["larder", "sim", "--rate", "0"]).is_err());
+    }
+}

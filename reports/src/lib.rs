@@ -105,8 +105,16 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
         out,
         "load            {} clients{}{}: {:.0} ops/simulated s over the {:.0} s workload{}",
         load.clients,
-        if load.shape.contention { ", contention" } else { "" },
-        if load.shape.read_heavy { ", read-heavy" } else { "" },
+        if load.shape.contention {
+            ", contention"
+        } else {
+            ""
+        },
+        if load.shape.read_heavy {
+            ", read-heavy"
+        } else {
+            ""
+        },
         load.ops_per_second,
         load.workload_seconds,
         load.rate_target

@@ -960,7 +960,8 @@ mod tests {
 
     impl Executor for Slow {
         async fn execute(&mut self, _request: &Request) -> Response {
-            self.clock.set(self.clock.get() + self.latency_ms * 1_000_000);
+            self.clock
+                .set(self.clock.get() + self.latency_ms * 1_000_000);
             Response::Reply(Frame::ok())
         }
     }

@@ -347,3 +347,78 @@ pub fn proxy_id(index: u64) -> NodeId {
 pub fn center_id(index: u64) -> NodeId {
     301 + index
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_and_clients_change_what_runs() {
+        let mut config = SimConfig::cluster(1, Duration::from_secs(20), 5, 8, 2);
+        let before = config.run_workload();
+        assert!(!before.paced);
+        config.clients = 40;
+        config.rate = Some(1000);
+        let workload = config.run_workload();
+        // 40 clients at 25 ops/s each: a start every 40 ms on average, pauses from [0, 80].
+        assert!(workload.paced);
+        assert_eq!(workload.think_ms_max, 80);
+        assert_eq!(config.run_clients(), 40);
+        config.clients = 500;
+        assert_eq!(config.run_clients(), CLIENTS_MAX);
+    }
+
+    #[test]
+    fn swarm_load_shapes_come_from_their_own_stream() {
+        let mut shapes = (0, 0, 0);
+        for seed in 1..=200 {
+            let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
+            assert_eq!(
+                config.load_shape(),
+                LoadShape::default(),
+                "only swarm picks"
+            );
+            config.swarm = true;
+            let shape = config.load_shape();
+            let workload = config.run_workload();
+            // Everything but the shape's own fields is what the seed ran before.
+            let mut unshaped = config.clone();
+            unshaped.swarm = false;
+            let plain = unshaped.workload.clone();
+            if shape.contention {
+                shapes.0 += 1;
+                assert_eq!(config.run_clients(), CONTENTION_CLIENTS);
+                assert_eq!((workload.register_keys, workload.counter_keys), (1, 1));
+                assert_eq!(workload.list_keys, 1);
+            } else {
+                assert_eq!(config.run_clients(), config.clients);
+                assert_eq!(workload.register_keys, plain.register_keys);
+                assert_eq!(workload.list_keys, plain.list_keys);
+            }
+            let mix = &workload.mix;
+            let reads = mix.read + mix.counter_read + mix.list_read;
+            let writes = mix.write + mix.add + mix.append;
+            if shape.read_heavy {
+                shapes.1 += 1;
+                assert!(reads > 4 * writes, "{mix:?}");
+            } else {
+                assert_eq!(
+                    (mix.write, mix.read, mix.add, mix.counter_read),
+                    (
+                        plain.mix.write,
+                        plain.mix.read,
+                        plain.mix.add,
+                        plain.mix.counter_read
+                    )
+                );
+            }
+            if shape == LoadShape::default() {
+                shapes.2 += 1;
+            }
+        }
+        // About a quarter each, about 56 % neither.
+        assert!((30..70).contains(&shapes.0), "{shapes:?}");
+        assert!((30..70).contains(&shapes.1), "{shapes:?}");
+        assert!((85..140).contains(&shapes.2), "{shapes:?}");
+    }
+}
