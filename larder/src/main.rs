@@ -126,6 +126,15 @@ struct SimArgs {
     /// simulator, no center faults).
     #[arg(long, default_value_t = 3)]
     centers: u64,
+    /// Workload clients (default 3, 4 with --cluster; with --rate and no --clients, enough
+    /// for the rate: one per 25 ops/s). At most 99.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=larder_sim::run::CLIENTS_MAX))]
+    clients: Option<u64>,
+    /// Target operations per simulated second across all clients: each client paces its
+    /// operations (pauses counted from each invocation, averaging clients/rate). The summary
+    /// prints the rate achieved.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// Swarm fault plans: each seed picks its own mix and rates of faults.
     #[arg(long)]
     swarm: bool,
@@ -212,6 +221,12 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
         command.push_str(&format!(" --tick-ms {}", args.tick_ms));
     }
+    if let Some(clients) = args.clients {
+        command.push_str(&format!(" --clients {clients}"));
+    }
+    if let Some(rate) = args.rate {
+        command.push_str(&format!(" --rate {rate}"));
+    }
     if let Some(bug) = args.bug {
         command.push_str(&format!(" --bug {bug}"));
     }
@@ -242,8 +257,20 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     config.faults = !args.no_faults;
     config.swarm = args.swarm;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
+    config.rate = args.rate;
+    config.clients = match (args.clients, args.rate) {
+        (Some(clients), _) => clients,
+        (None, Some(rate)) => config.clients.max(rate.div_ceil(RATE_PER_CLIENT)),
+        (None, None) => config.clients,
+    }
+    .min(larder_sim::run::CLIENTS_MAX);
     config
 }
+
+/// Operations per simulated second one client is given with `--rate` and no `--clients`: a
+/// RESP client has one request in flight, and a cluster write (proxy, leader, quorum sync,
+/// apply) takes some 10-20 simulated ms, so 25 ops/s (a start every 40 ms) leaves it room.
+const RATE_PER_CLIENT: u64 = 25;
 
 fn sim(args: SimArgs) -> anyhow::Result<bool> {
     let seeds = match (&args.seed, &args.seeds) {
@@ -470,5 +497,46 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sim_args(words: &[&str]) -> SimArgs {
+        let words = ["larder", "sim"].iter().chain(words);
+        match Cli::try_parse_from(words)
+            .expect("the command line parses")
+            .command
+        {
+            Command::Sim(args) => args,
+            _ => panic!("not `larder sim`"),
+        }
+    }
+
+    #[test]
+    fn load_options_change_the_run_and_its_replay() {
+        let plain = sim_config(&sim_args(&["--cluster", "--seed", "3"]), 3);
+        assert_eq!((plain.clients, plain.rate), (4, None));
+        assert!(!plain.run_workload().paced);
+
+        // --rate alone: enough clients for it (25 ops/s each), paced.
+        let args = sim_args(&["--cluster", "--seed", "3", "--rate", "1000"]);
+        let config = sim_config(&args, 3);
+        assert_eq!((config.clients, config.rate), (40, Some(1000)));
+        assert!(config.run_workload().paced);
+        assert_eq!(config.run_workload().think_ms_max, 80);
+        assert!(replay_command(&args, 3).ends_with("--cluster --rate 1000"));
+
+        // --clients wins over the rate's own choice.
+        let args = sim_args(&["--seed", "3", "--clients", "10", "--rate", "500"]);
+        let config = sim_config(&args, 3);
+        assert_eq!(config.clients, 10);
+        assert_eq!(config.run_workload().think_ms_max, 40);
+        assert!(replay_command(&args, 3).ends_with("--clients 10 --rate 500"));
+
+        assert!(Cli::try_parse_from(["larder", "sim", "--clients", "100"]).is_err());
+        assert!(Cli::try_parse_from(["larder", "sim", "--rate", "0"]).is_err());
     }
 }

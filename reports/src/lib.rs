@@ -24,6 +24,8 @@ pub struct Summary<'a> {
     pub plan: &'a larder_faults::FaultPlan,
     pub sim_seconds: f64,
     pub ops: &'a larder_sim::run::OpCounts,
+    /// Clients, target and achieved operations per simulated second, the swarm load shape.
+    pub load: &'a larder_sim::run::Load,
     /// Applied faults by kind (keys are the kinds' names, in name order).
     pub faults: &'a std::collections::BTreeMap<larder_faults::FaultKind, u64>,
     /// Passes of each fault point by every process (keys are the points' names).
@@ -47,6 +49,7 @@ pub fn summary(report: &RunReport) -> Summary<'_> {
         plan: &report.plan,
         sim_seconds: report.sim_seconds,
         ops: &report.ops,
+        load: &report.load,
         faults: &report.faults,
         points: &report.points,
         trace_hash: &report.trace_hash,
@@ -96,6 +99,32 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
         report.ops.info,
         completed as f64 / report.sim_seconds.max(1e-9),
         completed as f64 / report.wall_seconds.max(1e-9)
+    );
+    let load = &report.load;
+    let _ = writeln!(
+        out,
+        "load            {} clients{}{}: {:.0} ops/simulated s over the {:.0} s workload{}",
+        load.clients,
+        if load.shape.contention {
+            ", contention"
+        } else {
+            ""
+        },
+        if load.shape.read_heavy {
+            ", read-heavy"
+        } else {
+            ""
+        },
+        load.ops_per_second,
+        load.workload_seconds,
+        load.rate_target
+            .map(|rate| format!(" (target {rate})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "judged in       {:.3} s wall (linearizability search and checks)",
+        report.judge_wall_seconds
     );
     if report.faults.is_empty() {
         let _ = writeln!(out, "faults          none");

@@ -106,6 +106,13 @@ pub struct WorkloadConfig {
     pub list_keys: u64,
     /// Pause between a client's operations, drawn from `[0, think_ms_max]`.
     pub think_ms_max: u64,
+    /// Pace operations on a schedule instead of pausing after each: the client's next
+    /// operation is due a pause (drawn as above) after the previous one was *due*, and starts
+    /// at once when it is late, so the operations' own latency does not slow the client down
+    /// and it starts one every `think_ms_max / 2` ms on average (how `larder sim --rate` holds
+    /// a target rate) while it can keep up. A client that fell behind by more than
+    /// `think_ms_max` (an outage) drops the backlog instead of firing it all at once.
+    pub paced: bool,
     /// Increments are drawn from `[1, delta_max]`.
     pub delta_max: u64,
     pub mix: Mix,
@@ -165,6 +172,7 @@ impl Default for WorkloadConfig {
             counter_keys: 2,
             list_keys: 2,
             think_ms_max: 20,
+            paced: false,
             delta_max: 9,
             mix: Mix {
                 write: 4,
@@ -193,6 +201,7 @@ impl WorkloadConfig {
             counter_keys: 2,
             list_keys: 0,
             think_ms_max: 19,
+            paced: false,
             delta_max: 5,
             mix: Mix {
                 write: 4,
@@ -656,10 +665,17 @@ impl<E: Executor, T: Timer> Driver<E, T> {
         mut running: impl FnMut() -> bool,
         mut observe: impl FnMut(&Completed),
     ) {
+        let mut due_ns = self.timer.now_ns();
         while running() {
             let completed = self.step(history).await;
             observe(&completed);
-            let think = self.rng.below(self.config.think_ms_max + 1);
+            let mut think = self.rng.below(self.config.think_ms_max + 1);
+            if self.config.paced {
+                let now = self.timer.now_ns();
+                let backlog_ns = self.config.think_ms_max * 1_000_000;
+                due_ns = (due_ns + think * 1_000_000).max(now.saturating_sub(backlog_ns));
+                think = due_ns.saturating_sub(now) / 1_000_000;
+            }
             if think > 0 {
                 self.timer.sleep_ms(think).await;
             }
@@ -982,6 +998,53 @@ mod tests {
             );
             assert_eq!(op.request.write, op.f != Function::MRead);
         }
+    }
+
+    /// Answers every request `OK` after `latency_ms` of the shared test clock.
+    struct Slow {
+        clock: Rc<Cell<u64>>,
+        latency_ms: u64,
+    }
+
+    impl Executor for Slow {
+        async fn execute(&mut self, _request: &Request) -> Response {
+            self.clock
+                .set(self.clock.get() + self.latency_ms * 1_000_000);
+            Response::Reply(Frame::ok())
+        }
+    }
+
+    #[test]
+    fn a_paced_client_starts_operations_on_its_schedule() {
+        // 10 ms operations, pauses drawn from [0, 40] ms: unpaced a client starts one every
+        // 30 ms on average, paced one every 20 ms (the mean pause; latency is absorbed).
+        let elapsed_ms = |paced: bool| {
+            let clock = Rc::new(Cell::new(0));
+            let config = WorkloadConfig {
+                think_ms_max: 40,
+                paced,
+                ..WorkloadConfig::default()
+            };
+            let executor = Slow {
+                clock: clock.clone(),
+                latency_ms: 10,
+            };
+            let history = Mutex::new(History::new());
+            let mut count = 0;
+            let driver = Driver::new(1, config, 42, executor, Ticks(clock.clone()));
+            futures_lite_block_on(driver.run(
+                &history,
+                || {
+                    count += 1;
+                    count <= 1000
+                },
+                |_| {},
+            ));
+            clock.get() / 1_000_000
+        };
+        let (unpaced, paced) = (elapsed_ms(false), elapsed_ms(true));
+        assert!((28_000..32_000).contains(&unpaced), "{unpaced} ms");
+        assert!((19_000..21_500).contains(&paced), "{paced} ms");
     }
 
     #[test]

@@ -27,6 +27,33 @@ const READER_CHANCE: f64 = 0.5;
 /// ([`larder_workloads::driver::Lulls`]).
 const SWARM_LULL_CHANCE: f64 = 0.8;
 const READER_STREAM: u64 = 0x04ea_de45;
+/// The random stream a swarm seed draws its load shape from ([`LoadShape`]): its own, so a
+/// seed that picks neither shape runs exactly what it ran before the shapes existed.
+const SWARM_LOAD_STREAM: u64 = 0x10ad_5a9e;
+/// Share of swarm seeds that run the contention shape, and the read-heavy shape.
+const CONTENTION_CHANCE: f64 = 0.25;
+const READ_HEAVY_CHANCE: f64 = 0.25;
+/// Clients of a contention seed (at least; more if the run has more), all on one key of each
+/// kind. Sized so the checker ends every CI seed with a verdict: see [`LoadShape`].
+pub const CONTENTION_CLIENTS: u64 = 8;
+/// Simulated clients are hosts `n100..n198` (`n199` is the checker, `n200..` proxies).
+pub const CLIENTS_MAX: u64 = 99;
+
+/// The load shape a swarm seed picks (each from [`SWARM_LOAD_STREAM`], independently).
+///
+/// - `contention`: [`CONTENTION_CLIENTS`] clients on one register, one counter and one list
+///   (the TTL and multi-key families keep their own keys). Many writers on one key under
+///   crashes leave many writes indeterminate, and every indeterminate write stays open to the
+///   end of the history, which the linearizability search pays for exponentially: eight
+///   clients keep the per-key search of 20 s seeds within its budget (measured: README).
+/// - `read_heavy`: reads outnumber writes more than four to one (register, counter and list
+///   reads), which keeps the read paths (read index, leader checks, expiry on read) busy
+///   while the writes that they must observe are few.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LoadShape {
+    pub contention: bool,
+    pub read_heavy: bool,
+}
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -40,8 +67,15 @@ pub struct SimConfig {
     /// The first `voters` nodes form the group; the rest start empty (spares for membership
     /// changes).
     pub voters: u64,
+    /// Workload clients (at most [`CLIENTS_MAX`]); a swarm contention seed runs at least
+    /// [`CONTENTION_CLIENTS`] ([`SimConfig::run_clients`]).
     pub clients: u64,
     pub workload: WorkloadConfig,
+    /// Target operations per simulated second across all clients (`larder sim --rate`):
+    /// clients pace their operations ([`WorkloadConfig::paced`]) with pauses averaging
+    /// `clients / rate`. `None`: the workload's own think time. The report gives the rate
+    /// achieved.
+    pub rate: Option<u64>,
     /// `None`: generate the plan from the seed with [`PlanConfig::default`] (or the seed's
     /// swarm mix, with `swarm`).
     pub plan: Option<FaultPlan>,
@@ -90,6 +124,7 @@ impl SimConfig {
             voters: 3,
             clients: 3,
             workload: WorkloadConfig::default(),
+            rate: None,
             plan: None,
             swarm: false,
             faults: true,
@@ -166,7 +201,7 @@ impl SimConfig {
     pub fn sessions_max(&self) -> usize {
         let mut rng = SeededRng::new(derive_seed(self.seed, 0x5e55_1045));
         if self.swarm && rng.chance(1.0 / 3.0) {
-            let clients = self.clients.max(1);
+            let clients = self.run_clients().max(1);
             rng.range(clients, clients + 5) as usize
         } else {
             self.node.sessions_max
@@ -178,6 +213,24 @@ impl SimConfig {
     /// stream of its own, so a seed without them runs exactly the operations it always did).
     pub fn run_workload(&self) -> WorkloadConfig {
         let mut workload = self.workload.clone();
+        let shape = self.load_shape();
+        if shape.contention {
+            workload.register_keys = 1;
+            workload.counter_keys = 1;
+            workload.list_keys = workload.list_keys.min(1);
+        }
+        if shape.read_heavy {
+            let mix = &mut workload.mix;
+            mix.read = 4 * (mix.write + mix.add + mix.append).max(1);
+            mix.counter_read = mix.counter_read.max(mix.add);
+            mix.list_read = mix.list_read.max(mix.append);
+        }
+        if let Some(rate) = self.rate {
+            // Each client starts an operation every 2 * think_ms_max / 2 ms on average.
+            let clients = self.run_clients().max(1);
+            workload.think_ms_max = 2 * clients * 1000 / rate.max(1);
+            workload.paced = true;
+        }
         if self.swarm {
             let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_WORKLOAD_STREAM));
             if rng.chance(SWARM_FAMILY_CHANCE) {
@@ -213,6 +266,29 @@ impl SimConfig {
             mix.read = mix.read.max(1);
         }
         workload
+    }
+
+    /// The seed's load shape: with `swarm`, drawn from a stream of its own; none without.
+    pub fn load_shape(&self) -> LoadShape {
+        if !self.swarm {
+            return LoadShape::default();
+        }
+        let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_LOAD_STREAM));
+        LoadShape {
+            contention: rng.chance(CONTENTION_CHANCE),
+            read_heavy: rng.chance(READ_HEAVY_CHANCE),
+        }
+    }
+
+    /// The clients this run starts: [`SimConfig::clients`], at least [`CONTENTION_CLIENTS`]
+    /// in a contention seed, at most [`CLIENTS_MAX`].
+    pub fn run_clients(&self) -> u64 {
+        let clients = if self.load_shape().contention {
+            self.clients.max(CONTENTION_CLIENTS)
+        } else {
+            self.clients
+        };
+        clients.min(CLIENTS_MAX)
     }
 
     /// The plan this run applies.
@@ -292,4 +368,79 @@ pub fn proxy_id(index: u64) -> NodeId {
 /// Node id of simulated center replica `index`.
 pub fn center_id(index: u64) -> NodeId {
     301 + index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_and_clients_change_what_runs() {
+        let mut config = SimConfig::cluster(1, Duration::from_secs(20), 5, 8, 2);
+        let before = config.run_workload();
+        assert!(!before.paced);
+        config.clients = 40;
+        config.rate = Some(1000);
+        let workload = config.run_workload();
+        // 40 clients at 25 ops/s each: a start every 40 ms on average, pauses from [0, 80].
+        assert!(workload.paced);
+        assert_eq!(workload.think_ms_max, 80);
+        assert_eq!(config.run_clients(), 40);
+        config.clients = 500;
+        assert_eq!(config.run_clients(), CLIENTS_MAX);
+    }
+
+    #[test]
+    fn swarm_load_shapes_come_from_their_own_stream() {
+        let mut shapes = (0, 0, 0);
+        for seed in 1..=200 {
+            let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
+            assert_eq!(
+                config.load_shape(),
+                LoadShape::default(),
+                "only swarm picks"
+            );
+            config.swarm = true;
+            let shape = config.load_shape();
+            let workload = config.run_workload();
+            // Everything but the shape's own fields is what the seed ran before.
+            let mut unshaped = config.clone();
+            unshaped.swarm = false;
+            let plain = unshaped.workload.clone();
+            if shape.contention {
+                shapes.0 += 1;
+                assert_eq!(config.run_clients(), CONTENTION_CLIENTS);
+                assert_eq!((workload.register_keys, workload.counter_keys), (1, 1));
+                assert_eq!(workload.list_keys, 1);
+            } else {
+                assert_eq!(config.run_clients(), config.clients);
+                assert_eq!(workload.register_keys, plain.register_keys);
+                assert_eq!(workload.list_keys, plain.list_keys);
+            }
+            let mix = &workload.mix;
+            let reads = mix.read + mix.counter_read + mix.list_read;
+            let writes = mix.write + mix.add + mix.append;
+            if shape.read_heavy {
+                shapes.1 += 1;
+                assert!(reads > 4 * writes, "{mix:?}");
+            } else {
+                assert_eq!(
+                    (mix.write, mix.read, mix.add, mix.counter_read),
+                    (
+                        plain.mix.write,
+                        plain.mix.read,
+                        plain.mix.add,
+                        plain.mix.counter_read
+                    )
+                );
+            }
+            if shape == LoadShape::default() {
+                shapes.2 += 1;
+            }
+        }
+        // About a quarter each, about 56 % neither.
+        assert!((30..70).contains(&shapes.0), "{shapes:?}");
+        assert!((30..70).contains(&shapes.1), "{shapes:?}");
+        assert!((85..140).contains(&shapes.2), "{shapes:?}");
+    }
 }

@@ -349,7 +349,7 @@ pub(crate) fn register_clients(
     history: &SharedHistory,
 ) -> Vec<NodeId> {
     let seed = config.seed;
-    let client_ids: Vec<NodeId> = (0..config.clients).map(client_id).collect();
+    let client_ids: Vec<NodeId> = (0..config.run_clients()).map(client_id).collect();
     for (index, &id) in client_ids.iter().enumerate() {
         let net = SimNet::new(
             id,

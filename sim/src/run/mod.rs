@@ -35,9 +35,9 @@ use crate::points::PointTable;
 use crate::trace::Trace;
 use crate::workload::SharedHistory;
 
-pub use config::{SimConfig, center_id, proxy_id};
+pub use config::{CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SimConfig, center_id, proxy_id};
 pub(crate) use hosts::{NodeParts, current_leader, register_nodes};
-pub use report::{AppliedFault, OpCounts, RunReport, check_determinism, check_seed};
+pub use report::{AppliedFault, Load, OpCounts, RunReport, check_determinism, check_seed};
 pub use verdict::{Digest, Linearizability, Violation};
 
 use checks::{Final, judge};
@@ -110,8 +110,19 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let mut history = std::mem::take(&mut *history.lock().expect("history lock"));
     let final_state = std::mem::take(&mut *final_state.lock().expect("final lock"));
     let destroyed: BTreeSet<NodeId> = parts.iter().filter(|p| p.destroyed).map(|p| p.id).collect();
+    #[allow(clippy::disallowed_methods)] // Wall time of judging, for the report only.
+    let judge_start = std::time::Instant::now();
     let (ops, mut violations, linearizability) =
         judge(config, &mut history, &final_state, &destroyed);
+    let judge_wall_seconds = judge_start.elapsed().as_secs_f64();
+    let workload_seconds = config.duration.as_secs_f64();
+    let load = Load {
+        clients: config.run_clients(),
+        rate_target: config.rate,
+        workload_seconds,
+        ops_per_second: (ops.ok + ops.fail + ops.info) as f64 / workload_seconds.max(1e-9),
+        shape: config.load_shape(),
+    };
     // The first few storage defects: one is enough to fail, and a broken store repeats them.
     violations.extend(
         injector
@@ -128,7 +139,9 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         seed,
         sim_seconds: sim_elapsed.as_secs_f64(),
         wall_seconds: wall_start.elapsed().as_secs_f64(),
+        judge_wall_seconds,
         ops,
+        load,
         points: injector.point_hits(),
         faults: injector.counts,
         plan: plan.clone(),

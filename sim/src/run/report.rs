@@ -25,7 +25,12 @@ pub struct RunReport {
     pub seed: u64,
     pub sim_seconds: f64,
     pub wall_seconds: f64,
+    /// Wall seconds of judging the history (the linearizability search most of it), part of
+    /// `wall_seconds`.
+    pub judge_wall_seconds: f64,
     pub ops: OpCounts,
+    /// The load the run asked for and what it got.
+    pub load: Load,
     /// Faults applied, by kind (including automatic restarts after a disk error stopped Raft).
     pub faults: BTreeMap<FaultKind, u64>,
     /// Passes of each fault point, by every process (armed or not).
@@ -46,6 +51,19 @@ pub struct RunReport {
     /// Every client operation: invocation and completion events (`history.jsonl`).
     #[serde(skip)]
     pub history: History,
+}
+
+/// The load of a run: clients, the target rate if any, and the rate achieved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Load {
+    pub clients: u64,
+    /// `larder sim --rate`: operations per simulated second the clients aimed at.
+    pub rate_target: Option<u64>,
+    /// Simulated seconds the clients ran (the workload's duration).
+    pub workload_seconds: f64,
+    /// Operations recorded (ok, failed or indeterminate) per simulated second of the workload.
+    pub ops_per_second: f64,
+    pub shape: super::config::LoadShape,
 }
 
 /// One fault as the harness applied it (planned, the heal point, or a restart after a fatal
