@@ -19,7 +19,7 @@ mod net;
 pub use clock::TokioClock;
 pub use disk::{FjallDisk, FjallOptions};
 pub use listener::TokioListener;
-pub use net::{AddressBook, TcpNet};
+pub use net::{AddressBook, TcpNet, TcpTransport};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
