@@ -22,7 +22,8 @@ use super::config::{SimConfig, proxy_id};
 use crate::clock::SimClock;
 use crate::disk::SimDisk;
 use crate::env::SimEnv;
-use crate::net::{NetFaults, SimListener, SimNet, host_name};
+use crate::net::{NetFaults, SimNet, SimTransport, host_name};
+use larder_transport::Transport;
 use crate::points::PointTable;
 use crate::trace::{Trace, sim_now};
 use crate::workload::{
@@ -331,8 +332,9 @@ pub(crate) fn register_proxies(
                 sim_config.shared_routing(),
             );
             async move {
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PROXY_PORT)).await?;
-                proxy.serve(SimListener(listener)).await?;
+                // The client-facing listener is the same transport seam as the peers'.
+                let listener = SimTransport.bind(PROXY_PORT).await?;
+                proxy.serve(listener).await?;
                 Ok(())
             }
         });
