@@ -100,6 +100,13 @@ pub enum Fault {
     CrashProxy { proxy: NodeId },
     /// Start a crashed proxy again.
     RestartProxy { proxy: NodeId },
+    /// Every message from `from` to `to` (not the other way) takes `delay_ms` longer, until
+    /// `HealMessages`: an asymmetric slow link.
+    SlowLink {
+        from: NodeId,
+        to: NodeId,
+        delay_ms: u64,
+    },
 }
 
 impl Fault {
@@ -137,6 +144,7 @@ impl Fault {
             Fault::DiskFull { .. } => FaultKind::DiskFull,
             Fault::CrashProxy { .. } => FaultKind::CrashProxy,
             Fault::RestartProxy { .. } => FaultKind::RestartProxy,
+            Fault::SlowLink { .. } => FaultKind::SlowLink,
         }
     }
 
@@ -196,6 +204,7 @@ pub enum FaultKind {
     DiskFull,
     CrashProxy,
     RestartProxy,
+    SlowLink,
     /// Everything repaired at the heal point (not a planned fault).
     HealAll,
     /// A node restarted by the harness after a disk error stopped its Raft (not planned).
@@ -204,7 +213,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in declaration order (sweeps report which were never applied).
-    pub const ALL: [FaultKind; 33] = [
+    pub const ALL: [FaultKind; 34] = [
         FaultKind::Partition,
         FaultKind::PartitionOneWay,
         FaultKind::IsolateLeader,
@@ -236,6 +245,7 @@ impl FaultKind {
         FaultKind::DiskFull,
         FaultKind::CrashProxy,
         FaultKind::RestartProxy,
+        FaultKind::SlowLink,
         FaultKind::HealAll,
         FaultKind::RestartAfterFatal,
     ];
@@ -274,6 +284,7 @@ impl FaultKind {
             FaultKind::DiskFull => "disk_full",
             FaultKind::CrashProxy => "crash_proxy",
             FaultKind::RestartProxy => "restart_proxy",
+            FaultKind::SlowLink => "slow_link",
             FaultKind::HealAll => "heal_all",
             FaultKind::RestartAfterFatal => "restart_after_fatal",
         }
@@ -347,6 +358,10 @@ pub struct PlanConfig {
     /// cut off from its peers but not its clients, a full disk, proxy crashes.
     #[serde(default)]
     pub targeted: bool,
+    /// Asymmetric slow links ([`Fault::SlowLink`]), drawn from their own stream
+    /// ([`slow_links`]) and added to the plan after everything else.
+    #[serde(default)]
+    pub slow_links: bool,
 }
 
 impl Default for PlanConfig {
@@ -364,6 +379,7 @@ impl Default for PlanConfig {
             pauses: false,
             bridges: false,
             targeted: false,
+            slow_links: false,
         }
     }
 }
@@ -392,6 +408,8 @@ impl PlanConfig {
             bridges: partitions && rng.chance(0.5),
             // Drawn last, so the mixes above stay what they were for every seed.
             targeted: rng.chance(0.6),
+            // Drawn after `targeted`, so every earlier draw stays what it was.
+            slow_links: rng.chance(0.4),
         }
     }
 }
@@ -546,6 +564,9 @@ impl FaultPlan {
             }
             at += rng.range(200, 2 * config.gap_ms_mean.max(101));
         }
+        if config.slow_links {
+            slow_links(seed, nodes, heal_at_ms, config, &mut events);
+        }
         // Stable sort keeps a fault before its own heal when both land on the same millisecond.
         events.sort_by_key(|event| event.at_ms);
         FaultPlan { events, heal_at_ms }
@@ -628,6 +649,39 @@ impl FaultPlan {
         // Stable: a fault stays before its own heal on the same millisecond.
         plan.events.sort_by_key(|event| event.at_ms);
         plan
+    }
+}
+
+/// Asymmetric slow links among `nodes`: one direction of one link at a time gets slower for a
+/// while, then `HealMessages`. From its own random stream, so enabling it shifts no other draw.
+fn slow_links(
+    seed: u64,
+    nodes: &[NodeId],
+    heal_at_ms: u64,
+    config: &PlanConfig,
+    events: &mut Vec<ScheduledFault>,
+) {
+    if nodes.len() < 2 {
+        return;
+    }
+    let mut rng = SeededRng::new(derive_seed(seed, 0x51_0e));
+    let mut at = rng.range(500, config.gap_ms_mean.max(501));
+    // Bounded: each iteration advances `at` by at least 500 ms.
+    while at < heal_at_ms {
+        let until = (at + rng.range(300, config.fault_ms_max.max(301))).min(heal_at_ms);
+        let from = nodes[rng.below(nodes.len() as u64) as usize];
+        let others: Vec<NodeId> = nodes.iter().copied().filter(|&n| n != from).collect();
+        let to = others[rng.below(others.len() as u64) as usize];
+        let delay_ms = rng.range(20, 400);
+        events.push(ScheduledFault {
+            at_ms: at,
+            fault: Fault::SlowLink { from, to, delay_ms },
+        });
+        events.push(ScheduledFault {
+            at_ms: until,
+            fault: Fault::HealMessages,
+        });
+        at += rng.range(500, 3 * config.gap_ms_mean.max(501));
     }
 }
 

@@ -13,9 +13,11 @@
 //! call times out after its request was written out and *nothing at all* arrived on the
 //! connection since it was queued (no response to any call), the connection is presumed dead
 //! and closed; the next call reconnects. A call whose request is still queued behind others (a
-//! large frame being written) does not count as evidence. The accepting side has no such rule:
-//! a connection whose caller vanished without a close lingers until a write to it fails
-//! (TCP keepalive is not configured; see ARCHITECTURE.md "what is left").
+//! large frame being written) does not count as evidence. The cost of a false verdict (a peer
+//! slow on every outstanding call) is one reconnect, and the calls then in flight on that
+//! connection fail early with [`NetError::Io`], which callers already treat as indeterminate.
+//! The accepting side has no such rule: a connection whose caller vanished without a close
+//! lingers until a write to it fails (TCP keepalive is not configured).
 //!
 //! Bounds: at most [`FRAMES_QUEUED_MAX`] frames wait in a connection's write queue (a caller
 //! waits for room within its own timeout; a handler's response waits for room), and at most
