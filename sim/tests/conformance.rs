@@ -147,7 +147,11 @@ fn sim_net_reconnects_after_the_peer_restarts() {
         loop {
             let started = tokio::time::Instant::now();
             let outcome = net
-                .call(1, bytes::Bytes::from_static(b"ping"), Duration::from_millis(300))
+                .call(
+                    1,
+                    bytes::Bytes::from_static(b"ping"),
+                    Duration::from_millis(300),
+                )
                 .await;
             assert!(
                 started.elapsed() < Duration::from_millis(350),
@@ -170,7 +174,11 @@ fn sim_net_reconnects_after_the_peer_restarts() {
         }
         panic!("{what} never happened");
     };
-    step_until(&mut sim, &|| answered.load(Ordering::SeqCst) >= 3, "first answers");
+    step_until(
+        &mut sim,
+        &|| answered.load(Ordering::SeqCst) >= 3,
+        "first answers",
+    );
     for half_open in [false, true] {
         if half_open {
             // The crash's FIN is lost: the caller's connection is left half-open.
@@ -229,7 +237,11 @@ fn group_commit_disk_keeps_every_returned_synced_write_across_power_loss() {
                 async move {
                     let mut batch = WriteBatch::new();
                     let key = format!("k{i:03}");
-                    batch.put(Space::State, key.clone().into_bytes(), i.to_be_bytes().to_vec());
+                    batch.put(
+                        Space::State,
+                        key.clone().into_bytes(),
+                        i.to_be_bytes().to_vec(),
+                    );
                     // Every third write unsynced: it may or may not survive.
                     let sync = i % 3 != 0;
                     disk.write(batch, sync).await.expect("write");

@@ -174,10 +174,16 @@ async fn tcp_net_refuses_an_oversized_frame_and_closes_on_a_bad_length() {
         .call(1, at_limit.clone(), Duration::from_secs(30))
         .await
         .expect("a frame at the limit");
-    assert_eq!(response.len(), FRAME_BYTES_MAX, "8-byte id plus the payload");
+    assert_eq!(
+        response.len(),
+        FRAME_BYTES_MAX,
+        "8-byte id plus the payload"
+    );
 
     // A peer announcing a frame over the limit has its connection closed.
-    let mut raw = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let mut raw = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
     raw.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))

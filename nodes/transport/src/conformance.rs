@@ -84,10 +84,13 @@ fn with_mark(mut data: Vec<u8>) -> Vec<u8> {
 /// [`serve_echo_streams`]; `silent` must be a node id nobody listens for (unknown, or known
 /// with no listener). Runs on a fault-free network.
 pub async fn transport_suite<T: Transport>(transport: &T, server: NodeId, silent: NodeId) {
-
     // Bytes round-trip in order, both ways; the peer's drop is an EOF here.
     let data = pattern(1, 10_000);
-    let back = bounded("a small echo", echo_through(transport, server, data.clone())).await;
+    let back = bounded(
+        "a small echo",
+        echo_through(transport, server, data.clone()),
+    )
+    .await;
     assert!(
         back == with_mark(data),
         "bytes must come back in order, followed by the peer's EOF mark ({} bytes back)",
@@ -100,7 +103,11 @@ pub async fn transport_suite<T: Transport>(transport: &T, server: NodeId, silent
 
     // Large writes arrive intact.
     let big = pattern(7, 8 << 20);
-    let back = bounded("an 8 MiB echo", echo_through(transport, server, big.clone())).await;
+    let back = bounded(
+        "an 8 MiB echo",
+        echo_through(transport, server, big.clone()),
+    )
+    .await;
     assert!(
         back == with_mark(big),
         "an 8 MiB write must come back intact ({} bytes back)",
@@ -139,6 +146,10 @@ pub async fn transport_suite<T: Transport>(transport: &T, server: NodeId, silent
 
     // The server is still fine afterwards.
     let data = pattern(9, 100);
-    let back = bounded("an echo after the rest", echo_through(transport, server, data.clone())).await;
+    let back = bounded(
+        "an echo after the rest",
+        echo_through(transport, server, data.clone()),
+    )
+    .await;
     assert!(back == with_mark(data));
 }

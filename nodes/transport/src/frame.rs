@@ -17,7 +17,10 @@ pub(crate) struct Frame {
 
 /// Frames `payload`. The caller has checked it against [`FRAME_BYTES_MAX`].
 pub(crate) fn frame(from: NodeId, request: u64, payload: Bytes) -> Frame {
-    debug_assert!(payload.len() <= FRAME_BYTES_MAX, "frame limit checked before");
+    debug_assert!(
+        payload.len() <= FRAME_BYTES_MAX,
+        "frame limit checked before"
+    );
     let length = u32::try_from(HEADER_BYTES + payload.len()).expect("frame limit fits a u32");
     let mut head = [0u8; 4 + HEADER_BYTES];
     head[..4].copy_from_slice(&length.to_be_bytes());

@@ -351,15 +351,15 @@ impl<T: Transport> StreamNet<T> {
         if let Some(connection) = slot.as_ref().filter(|c| !c.shared.is_closed()) {
             return Ok(connection.clone());
         }
-        let stream =
-            self.inner
-                .transport
-                .connect(to)
-                .await
-                .map_err(|e| NetError::Unreachable {
-                    to,
-                    reason: e.to_string(),
-                })?;
+        let stream = self
+            .inner
+            .transport
+            .connect(to)
+            .await
+            .map_err(|e| NetError::Unreachable {
+                to,
+                reason: e.to_string(),
+            })?;
         let (read, write) = tokio::io::split(stream);
         let shared = Arc::new(Shared::new());
         let (frames, queue) = mpsc::channel(FRAMES_QUEUED_MAX);

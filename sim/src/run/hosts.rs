@@ -23,13 +23,13 @@ use crate::clock::SimClock;
 use crate::disk::SimDisk;
 use crate::env::SimEnv;
 use crate::net::{NetFaults, SimNet, SimTransport, host_name};
-use larder_transport::Transport;
 use crate::points::PointTable;
 use crate::trace::{Trace, sim_now};
 use crate::workload::{
     GROUP, PROXY_PORT, RespClient, SharedHistory, client_config, client_id, cluster_client,
     group_client, run_client,
 };
+use larder_transport::Transport;
 
 /// Where a node process publishes itself once started (empty while it is down), so the
 /// harness and the checker can ask it about its groups.
