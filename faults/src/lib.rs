@@ -929,6 +929,35 @@ mod tests {
     }
 
     #[test]
+    fn slow_links_only_add_their_own_events() {
+        let mut drew = 0;
+        for seed in 0..30 {
+            let mut config = PlanConfig::swarm(seed);
+            config.slow_links = false;
+            let without = FaultPlan::generate(seed, &[1, 2, 3], 20_000, &config);
+            config.slow_links = true;
+            let with = FaultPlan::generate(seed, &[1, 2, 3], 20_000, &config);
+            let mut added = with.events.clone();
+            for event in &without.events {
+                let at = added.iter().position(|e| e == event).expect("kept");
+                added.remove(at);
+            }
+            for event in &added {
+                match event.fault {
+                    Fault::SlowLink { from, to, delay_ms } => {
+                        assert!(from != to && (20..400).contains(&delay_ms), "{event:?}");
+                        drew += 1;
+                    }
+                    Fault::HealMessages => {}
+                    _ => panic!("seed {seed}: slow links added {event:?}"),
+                }
+            }
+            assert!(with.events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        }
+        assert!(drew > 30, "slow links drawn: {drew}");
+    }
+
+    #[test]
     fn split_gives_two_non_empty_sides() {
         let mut rng = SeededRng::new(1);
         for _ in 0..100 {
