@@ -42,6 +42,15 @@ const UNCAUGHT_YET: &[&str] = &[
     // 0/50 swarm seeds so far (the checker's multi-key model catches a torn read, see
     // workloads/tests/checker.rs).
     "torn-multi-key-read",
+    // The log audit after a truncation catches it only when the truncated tail is longer than
+    // what first replaces it. One-group swarm seeds 33 and 49 of 1..=50 caught it while the
+    // simulator opened one turmoil connection per request; since the simulator runs the real
+    // transport (one ordered connection per peer, one round trip a call instead of two, so
+    // the new leader's first append tends to cover the stale tail), 0 of 100 one-group and 0
+    // of 50 cluster swarm seeds do, though truncations are as frequent (5/40 one-group swarm
+    // seeds pass `log_truncated` before and after). It needs a plan that makes a long stale
+    // tail meet a short first replacement.
+    "skipped-truncate",
 ];
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its
@@ -113,9 +122,10 @@ macro_rules! catalog {
 }
 
 catalog! {
-    // One group, half the seeds with a read-only client: 1/100, seed 67. (The search starts
-    // at 60 only to keep the test's time down; the matrix row is in the closing note.)
-    stale_local_reads: "stale-local-reads", 60..=70, SwarmOneGroup;
+    // One group, half the seeds with a read-only client: 1/100, seed 36 since the simulator
+    // runs the real transport (seed 67 before). (The search starts at 30 only to keep the
+    // test's time down; the matrix row is in the closing note.)
+    stale_local_reads: "stale-local-reads", 30..=40, SwarmOneGroup;
     // 14/50, first 3 (most by an openraft assertion: "follower log reversion").
     unsynced_log_append: "unsynced-log-append", 1..=50, Swarm;
     // 1/50, seed 29.
@@ -134,6 +144,4 @@ catalog! {
     unsynced_vote: "unsynced-vote", 1..=5, Swarm;
     // 50/50 (the recovery audit at the end of the run).
     applied_marker_lost: "applied-marker-lost", 1..=5, Swarm;
-    // One group: 3/50, first 16 (the log audit after a truncation); cluster: 1/50, seed 43.
-    skipped_truncate: "skipped-truncate", 1..=50, SwarmOneGroup;
 }
