@@ -107,6 +107,13 @@ pub enum Fault {
     /// leads, with a state machine behind what it acknowledged, while clients still send to
     /// it.
     BounceLeader { down_ms: u64 },
+    /// Every message from `from` to `to` (not the other way) takes `delay_ms` longer, until
+    /// `HealMessages`: an asymmetric slow link.
+    SlowLink {
+        from: NodeId,
+        to: NodeId,
+        delay_ms: u64,
+    },
 }
 
 impl Fault {
@@ -145,6 +152,7 @@ impl Fault {
             Fault::CrashProxy { .. } => FaultKind::CrashProxy,
             Fault::RestartProxy { .. } => FaultKind::RestartProxy,
             Fault::BounceLeader { .. } => FaultKind::BounceLeader,
+            Fault::SlowLink { .. } => FaultKind::SlowLink,
         }
     }
 
@@ -205,6 +213,7 @@ pub enum FaultKind {
     CrashProxy,
     RestartProxy,
     BounceLeader,
+    SlowLink,
     /// Everything repaired at the heal point (not a planned fault).
     HealAll,
     /// A node restarted by the harness after a disk error stopped its Raft (not planned).
@@ -213,7 +222,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in declaration order (sweeps report which were never applied).
-    pub const ALL: [FaultKind; 34] = [
+    pub const ALL: [FaultKind; 35] = [
         FaultKind::Partition,
         FaultKind::PartitionOneWay,
         FaultKind::IsolateLeader,
@@ -246,6 +255,7 @@ impl FaultKind {
         FaultKind::CrashProxy,
         FaultKind::RestartProxy,
         FaultKind::BounceLeader,
+        FaultKind::SlowLink,
         FaultKind::HealAll,
         FaultKind::RestartAfterFatal,
     ];
@@ -285,6 +295,7 @@ impl FaultKind {
             FaultKind::CrashProxy => "crash_proxy",
             FaultKind::RestartProxy => "restart_proxy",
             FaultKind::BounceLeader => "bounce_leader",
+            FaultKind::SlowLink => "slow_link",
             FaultKind::HealAll => "heal_all",
             FaultKind::RestartAfterFatal => "restart_after_fatal",
         }
@@ -362,6 +373,10 @@ pub struct PlanConfig {
     /// the workload it runs). Plans with nothing to aim at draw what they always drew.
     #[serde(default)]
     pub aim: Aim,
+    /// Asymmetric slow links ([`Fault::SlowLink`]), drawn from their own stream
+    /// ([`slow_links`]) and added to the plan after everything else.
+    #[serde(default)]
+    pub slow_links: bool,
 }
 
 /// Workload shapes that targeted faults aim at: where a bug in them would hide, a fault makes
@@ -391,8 +406,8 @@ pub struct Aim {
 }
 
 impl Aim {
-    /// Whether there is anything to aim at: plans then draw aimed faults as a kind of their
-    /// own, beside the kinds the swarm mix turned on.
+    /// Whether there is anything to aim at: plans then get a few aimed faults on top of the
+    /// ones the swarm mix draws.
     pub fn any(self) -> bool {
         self.multi_key_reads || self.expiring_keys || self.sticky_reader
     }
@@ -420,6 +435,7 @@ impl Default for PlanConfig {
             bridges: false,
             targeted: false,
             aim: Aim::default(),
+            slow_links: false,
         }
     }
 }
@@ -449,6 +465,8 @@ impl PlanConfig {
             // Drawn last, so the mixes above stay what they were for every seed.
             targeted: rng.chance(0.6),
             aim: Aim::default(),
+            // Drawn after `targeted`, so every earlier draw stays what it was.
+            slow_links: rng.chance(0.4),
         }
     }
 }
@@ -635,6 +653,9 @@ impl FaultPlan {
                 );
             }
         }
+        if config.slow_links {
+            slow_links(seed, nodes, heal_at_ms, config, &mut events);
+        }
         // Stable sort keeps a fault before its own heal when both land on the same millisecond.
         events.sort_by_key(|event| event.at_ms);
         FaultPlan { events, heal_at_ms }
@@ -811,6 +832,39 @@ fn aimed(
     for &node in nodes {
         push(start, Fault::ClockJump { node, jump_ms });
         push(end, Fault::HealClock { node });
+    }
+}
+
+/// Asymmetric slow links among `nodes`: one direction of one link at a time gets slower for a
+/// while, then `HealMessages`. From its own random stream, so enabling it shifts no other draw.
+fn slow_links(
+    seed: u64,
+    nodes: &[NodeId],
+    heal_at_ms: u64,
+    config: &PlanConfig,
+    events: &mut Vec<ScheduledFault>,
+) {
+    if nodes.len() < 2 {
+        return;
+    }
+    let mut rng = SeededRng::new(derive_seed(seed, 0x51_0e));
+    let mut at = rng.range(500, config.gap_ms_mean.max(501));
+    // Bounded: each iteration advances `at` by at least 500 ms.
+    while at < heal_at_ms {
+        let until = (at + rng.range(300, config.fault_ms_max.max(301))).min(heal_at_ms);
+        let from = nodes[rng.below(nodes.len() as u64) as usize];
+        let others: Vec<NodeId> = nodes.iter().copied().filter(|&n| n != from).collect();
+        let to = others[rng.below(others.len() as u64) as usize];
+        let delay_ms = rng.range(20, 400);
+        events.push(ScheduledFault {
+            at_ms: at,
+            fault: Fault::SlowLink { from, to, delay_ms },
+        });
+        events.push(ScheduledFault {
+            at_ms: until,
+            fault: Fault::HealMessages,
+        });
+        at += rng.range(500, 3 * config.gap_ms_mean.max(501));
     }
 }
 
@@ -1112,6 +1166,35 @@ mod tests {
             FaultPlan::generate_roles(9, &bare, 20_000, &config),
             FaultPlan::generate(9, &[1, 2, 3], 20_000, &config)
         );
+    }
+
+    #[test]
+    fn slow_links_only_add_their_own_events() {
+        let mut drew = 0;
+        for seed in 0..30 {
+            let mut config = PlanConfig::swarm(seed);
+            config.slow_links = false;
+            let without = FaultPlan::generate(seed, &[1, 2, 3], 20_000, &config);
+            config.slow_links = true;
+            let with = FaultPlan::generate(seed, &[1, 2, 3], 20_000, &config);
+            let mut added = with.events.clone();
+            for event in &without.events {
+                let at = added.iter().position(|e| e == event).expect("kept");
+                added.remove(at);
+            }
+            for event in &added {
+                match event.fault {
+                    Fault::SlowLink { from, to, delay_ms } => {
+                        assert!(from != to && (20..400).contains(&delay_ms), "{event:?}");
+                        drew += 1;
+                    }
+                    Fault::HealMessages => {}
+                    _ => panic!("seed {seed}: slow links added {event:?}"),
+                }
+            }
+            assert!(with.events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        }
+        assert!(drew > 30, "slow links drawn: {drew}");
     }
 
     #[test]

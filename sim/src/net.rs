@@ -2,37 +2,68 @@
 //!
 //! Fault contract: on top of turmoil's latency, a shared [`NetFaults`] table can block any
 //! directed link (full and one-way partitions), drop requests or responses, deliver a request
-//! twice, and add a seeded extra delay per message (which reorders concurrent messages). A
-//! dropped or blocked message looks to the caller like a real network's: the call times out at
-//! its deadline, never earlier. A healthy cluster must tolerate every one of these; the
+//! twice, add a seeded extra delay per request (which reorders concurrent messages), and add a
+//! fixed delay to every message crossing one direction of one link (an asymmetric slow link).
+//! A dropped or blocked message looks to the caller like a real network's: the call times out
+//! at its deadline, never earlier. A healthy cluster must tolerate every one of these; the
 //! liveness phase heals them all and requires service to resume.
 //!
-//! Every request is one turmoil TCP connection carrying one frame each way:
-//! `u32 length (big-endian) ++ u64 sender id ++ payload`.
+//! The faults are a message-level layer around the production network: below it is
+//! [`StreamNet`]`<`[`SimTransport`]`>`, the same framing, multiplexing, write coalescing and
+//! frame limit as `TcpNet`, on one persistent turmoil TCP connection per (caller, peer). Each
+//! call's fate is drawn up front from the caller's seeded stream; the caller applies it (a
+//! blocked or lost request is never written, a lost response is discarded on arrival, a slow
+//! link's delay is waited before the request or after the response), so the connection
+//! itself stays healthy. Crashes and pauses act on the connections themselves (turmoil closes
+//! a crashed host's sockets; a pause holds their bytes).
 
 // tokio's time here is turmoil's simulated time (this module is the simulated environment),
 // so the ban on tokio::time, which protects code that must take time from `Clock`, is lifted.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Handler, Net, NetError, Rng, SeededRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use larder_transport::{StreamNet, Transport};
+use tokio::time::Instant;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::trace::{Trace, sim_now};
 
-/// The port every simulated process listens on.
+/// The port every simulated process listens on for its peers.
 pub const SIM_PORT: u16 = 7000;
 pub use larder_core::env::FRAME_BYTES_MAX;
 
 /// The turmoil host name of process `id`.
 pub fn host_name(id: NodeId) -> String {
     format!("n{id}")
+}
+
+/// The simulated byte-stream transport: turmoil TCP, node `id` reached at
+/// [`host_name`]`(id)`:[`SIM_PORT`]. A host that is not registered fails to connect at once
+/// (`NotFound`); a registered one nobody listens on refuses the connection one network latency
+/// later. turmoil closes a crashed host's sockets (its peers read EOF or a reset) and resets
+/// any segment that reaches a socket the host no longer has (after a restart).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimTransport;
+
+impl Transport for SimTransport {
+    type Stream = TcpStream;
+    type Listener = SimListener;
+    /// A port on this host (all its addresses).
+    type Address = u16;
+
+    async fn connect(&self, to: NodeId) -> std::io::Result<TcpStream> {
+        TcpStream::connect((host_name(to), SIM_PORT)).await
+    }
+
+    async fn bind(&self, port: u16) -> std::io::Result<SimListener> {
+        Ok(SimListener(TcpListener::bind(("0.0.0.0", port)).await?))
+    }
 }
 
 /// Message-level faults shared by every [`SimNet`] of a run.
@@ -46,6 +77,9 @@ pub struct NetFaultState {
     pub duplicate: f64,
     /// Upper bound of the seeded extra delay added to each request.
     pub delay_ms_max: u64,
+    /// Directed links `(from, to)` on which every message (a request from `from`, or a
+    /// response `from` sends back) takes this much longer: asymmetric slow links.
+    pub slow: BTreeMap<(NodeId, NodeId), u64>,
 }
 
 /// Handle to the shared fault table.
@@ -68,6 +102,12 @@ impl NetFaults {
             .blocked
             .contains(&(from, to))
     }
+
+    /// The slow-link delay of direction `from -> to` now.
+    fn slow(&self, from: NodeId, to: NodeId) -> Duration {
+        let state = self.0.lock().expect("net faults lock");
+        Duration::from_millis(state.slow.get(&(from, to)).copied().unwrap_or(0))
+    }
 }
 
 /// What happens to one call, decided up front from the caller's seeded stream so the decision
@@ -79,13 +119,15 @@ struct Fate {
     delay: Duration,
 }
 
-/// One process's simulated network endpoint.
+/// One process's simulated network endpoint: the fault layer around the production
+/// [`StreamNet`] on [`SimTransport`].
 #[derive(Clone)]
 pub struct SimNet {
     id: NodeId,
     faults: NetFaults,
     rng: Arc<Mutex<SeededRng>>,
     trace: Trace,
+    stream: StreamNet<SimTransport>,
 }
 
 impl SimNet {
@@ -97,6 +139,7 @@ impl SimNet {
             faults,
             rng: Arc::new(Mutex::new(SeededRng::new(seed))),
             trace,
+            stream: StreamNet::new(id, SimTransport),
         }
     }
 
@@ -115,53 +158,18 @@ impl SimNet {
         host_name(self.id)
     }
 
-    async fn exchange(&self, to: NodeId, request: &Bytes) -> Result<Bytes, NetError> {
-        let address = (host_name(to), SIM_PORT);
-        let mut stream = TcpStream::connect(address)
-            .await
-            .map_err(|e| NetError::Unreachable {
-                to,
-                reason: e.to_string(),
-            })?;
-        write_frame(&mut stream, self.id, request)
-            .await
-            .map_err(|e| NetError::Io {
-                to,
-                reason: e.to_string(),
-            })?;
-        let (_, response) = read_frame(&mut stream).await.map_err(|e| NetError::Io {
-            to,
-            reason: e.to_string(),
-        })?;
-        Ok(response)
+    /// Waits `delay`, or fails at `deadline` if that comes first.
+    async fn wait(&self, delay: Duration, deadline: Instant) -> Result<(), ()> {
+        if delay.is_zero() {
+            return Ok(());
+        }
+        if Instant::now() + delay >= deadline {
+            tokio::time::sleep_until(deadline).await;
+            return Err(());
+        }
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
-}
-
-async fn write_frame(stream: &mut TcpStream, from: NodeId, payload: &[u8]) -> std::io::Result<()> {
-    let length =
-        u32::try_from(payload.len() + 8).map_err(|_| std::io::Error::other("frame too large"))?;
-    let mut frame = Vec::with_capacity(payload.len() + 12);
-    frame.extend_from_slice(&length.to_be_bytes());
-    frame.extend_from_slice(&from.to_be_bytes());
-    frame.extend_from_slice(payload);
-    stream.write_all(&frame).await?;
-    stream.flush().await
-}
-
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<(NodeId, Bytes)> {
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).await?;
-    let length = u32::from_be_bytes(header) as usize;
-    if !(8..=FRAME_BYTES_MAX).contains(&length) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {length} bytes"),
-        ));
-    }
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await?;
-    let from = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
-    Ok((from, Bytes::from(body).slice(8..)))
 }
 
 /// FNV-1a of a payload: enough to tell two runs' messages apart in the trace.
@@ -171,110 +179,121 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The serving side's trace: every request handed to the node's handler.
+#[derive(Clone)]
+struct TracedHandler<H> {
+    handler: H,
+    trace: Trace,
+    actor: String,
+}
+
+impl<H: Handler> Handler for TracedHandler<H> {
+    async fn handle(&self, from: NodeId, request: Bytes) -> Bytes {
+        crate::trace_event!(
+            self.trace,
+            sim_now(),
+            &self.actor,
+            "recv from n{from} {}B #{:016x}",
+            request.len(),
+            fingerprint(&request)
+        );
+        self.handler.handle(from, request).await
+    }
+}
+
 impl Net for SimNet {
     fn local_id(&self) -> NodeId {
         self.id
     }
 
     async fn call(&self, to: NodeId, request: Bytes, timeout: Duration) -> Result<Bytes, NetError> {
-        if request.len() + 8 > FRAME_BYTES_MAX {
+        if request.len() > FRAME_BYTES_MAX {
             return Err(NetError::FrameTooLarge {
                 size: request.len(),
                 limit: FRAME_BYTES_MAX,
             });
         }
+        let deadline = Instant::now() + timeout;
         let timed_out = NetError::Timeout {
             to,
             timeout_ms: timeout.as_millis() as u64,
         };
         let fate = self.fate();
-        let attempt = async {
-            if fate.drop_request || self.faults.is_blocked(self.id, to) {
-                crate::trace_event!(
-                    self.trace,
-                    sim_now(),
-                    &self.actor(),
-                    "drop request to n{to}"
-                );
-                return std::future::pending().await;
-            }
-            if !fate.delay.is_zero() {
-                tokio::time::sleep(fate.delay).await;
-            }
-            if fate.duplicate {
-                crate::trace_event!(
-                    self.trace,
-                    sim_now(),
-                    &self.actor(),
-                    "duplicate request to n{to}"
-                );
-                let copy = self.clone();
-                let request = request.clone();
-                tokio::spawn(async move {
-                    // The duplicate's response is discarded, as a transport retransmission's
-                    // would be; only its effect on the receiver matters.
-                    let _ = copy.exchange(to, &request).await;
-                });
-            }
-            let response = self.exchange(to, &request).await?;
-            if fate.drop_response || self.faults.is_blocked(to, self.id) {
-                crate::trace_event!(
-                    self.trace,
-                    sim_now(),
-                    &self.actor(),
-                    "drop response from n{to}"
-                );
-                return std::future::pending().await;
-            }
-            Ok(response)
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(timed_out),
+        if fate.drop_request || self.faults.is_blocked(self.id, to) {
+            crate::trace_event!(
+                self.trace,
+                sim_now(),
+                &self.actor(),
+                "drop request to n{to}"
+            );
+            tokio::time::sleep_until(deadline).await;
+            return Err(timed_out);
         }
+        let outbound = fate.delay + self.faults.slow(self.id, to);
+        if self.wait(outbound, deadline).await.is_err() {
+            return Err(timed_out);
+        }
+        if fate.duplicate {
+            crate::trace_event!(
+                self.trace,
+                sim_now(),
+                &self.actor(),
+                "duplicate request to n{to}"
+            );
+            let (stream, request) = (self.stream.clone(), request.clone());
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::spawn(async move {
+                // The duplicate's response is discarded, as a transport retransmission's
+                // would be; only its effect on the receiver matters.
+                let _ = stream.call(to, request, left).await;
+            });
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let response = self.stream.call(to, request, left).await?;
+        if fate.drop_response || self.faults.is_blocked(to, self.id) {
+            crate::trace_event!(
+                self.trace,
+                sim_now(),
+                &self.actor(),
+                "drop response from n{to}"
+            );
+            tokio::time::sleep_until(deadline).await;
+            return Err(timed_out);
+        }
+        if self
+            .wait(self.faults.slow(to, self.id), deadline)
+            .await
+            .is_err()
+        {
+            return Err(timed_out);
+        }
+        Ok(response)
     }
 
     async fn serve<H: Handler>(&self, handler: H) -> Result<(), NetError> {
-        let listener = TcpListener::bind(("0.0.0.0", SIM_PORT))
+        let listener = SimTransport
+            .bind(SIM_PORT)
             .await
             .map_err(|e| NetError::Listen {
                 reason: e.to_string(),
             })?;
-        loop {
-            let (mut stream, _) = listener.accept().await.map_err(|e| NetError::Listen {
-                reason: e.to_string(),
-            })?;
-            let handler = handler.clone();
-            let trace = self.trace.clone();
-            let actor = self.actor();
-            let id = self.id;
-            tokio::spawn(async move {
-                let Ok((from, request)) = read_frame(&mut stream).await else {
-                    return;
-                };
-                crate::trace_event!(
-                    trace,
-                    sim_now(),
-                    &actor,
-                    "recv from n{from} {}B #{:016x}",
-                    request.len(),
-                    fingerprint(&request)
-                );
-                let response = handler.handle(from, request).await;
-                // The caller may have given up; a failed reply is its timeout, not ours.
-                let _ = write_frame(&mut stream, id, &response).await;
-            });
-        }
+        let traced = TracedHandler {
+            handler,
+            trace: self.trace.clone(),
+            actor: self.actor(),
+        };
+        self.stream.serve_on(listener, traced).await
     }
 }
 
-/// A turmoil listener as the proxy's client-facing [`larder_core::env::Listener`].
-pub struct SimListener(pub turmoil::net::TcpListener);
+/// A turmoil listener: [`SimTransport`]'s, which is also the proxy's client-facing
+/// [`larder_core::env::Listener`].
+pub struct SimListener(pub TcpListener);
 
 impl larder_core::env::Listener for SimListener {
-    type Stream = turmoil::net::TcpStream;
+    type Stream = TcpStream;
 
-    async fn accept(&mut self) -> std::io::Result<turmoil::net::TcpStream> {
+    async fn accept(&mut self) -> std::io::Result<TcpStream> {
         let (stream, _) = self.0.accept().await?;
         Ok(stream)
     }

@@ -95,6 +95,176 @@ fn sim_net_passes_the_net_suite() {
     sim.run().expect("net suite");
 }
 
+#[test]
+fn sim_transport_passes_the_transport_suite() {
+    use larder_sim::net::{SIM_PORT, SimTransport};
+    use larder_transport::Transport;
+    use larder_transport::conformance::{serve_echo_streams, transport_suite};
+    let mut sim = sim();
+    sim.host(host_name(1), || async {
+        serve_echo_streams(SimTransport.bind(SIM_PORT).await?).await;
+        Ok(())
+    });
+    // Host 3 exists but never listens; node 42 has no host at all.
+    sim.host(host_name(3), || async {
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    sim.client(host_name(100), async {
+        transport_suite(&SimTransport, 1, 3).await;
+        transport_suite(&SimTransport, 1, 42).await;
+        Ok(())
+    });
+    sim.run().expect("transport suite");
+}
+
+/// A peer that crashes and restarts leaves the caller's persistent connection dead: calls
+/// fail within their timeout, never hang, and reach the restarted peer on a new connection;
+/// also when the crash's close was lost to a partition (a half-open connection).
+#[test]
+// tokio's time is turmoil's simulated time here: the test measures the calls' deadlines on it.
+#[allow(clippy::disallowed_methods)]
+fn sim_net_reconnects_after_the_peer_restarts() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut sim = sim();
+    let (faults, trace) = (NetFaults::default(), Trace::default());
+    let (f, t) = (faults.clone(), trace.clone());
+    sim.host(host_name(1), move || {
+        let net = SimNet::new(1, f.clone(), 11, t.clone());
+        async move {
+            net.serve(EchoHandler {
+                clock: SimClock::new(),
+            })
+            .await?;
+            Ok(())
+        }
+    });
+    let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (a, x) = (answered.clone(), failed.clone());
+    sim.client(host_name(100), async move {
+        let net = SimNet::new(100, faults, 12, trace);
+        loop {
+            let started = tokio::time::Instant::now();
+            let outcome = net
+                .call(
+                    1,
+                    bytes::Bytes::from_static(b"ping"),
+                    Duration::from_millis(300),
+                )
+                .await;
+            assert!(
+                started.elapsed() < Duration::from_millis(350),
+                "a call outlived its timeout: {:?}",
+                started.elapsed()
+            );
+            match outcome {
+                Ok(_) => a.fetch_add(1, Ordering::SeqCst),
+                Err(_) => x.fetch_add(1, Ordering::SeqCst),
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let step_until = |sim: &mut turmoil::Sim<'_>, done: &dyn Fn() -> bool, what: &str| {
+        for _ in 0..20_000 {
+            if done() {
+                return;
+            }
+            sim.step().expect("step");
+        }
+        panic!("{what} never happened");
+    };
+    step_until(
+        &mut sim,
+        &|| answered.load(Ordering::SeqCst) >= 3,
+        "first answers",
+    );
+    for half_open in [false, true] {
+        if half_open {
+            // The crash's FIN is lost: the caller's connection is left half-open.
+            sim.partition(host_name(1), host_name(100));
+        }
+        sim.crash(host_name(1));
+        let before = failed.load(Ordering::SeqCst);
+        step_until(
+            &mut sim,
+            &|| failed.load(Ordering::SeqCst) >= before + 2,
+            "calls failing while the peer is down",
+        );
+        if half_open {
+            sim.repair(host_name(1), host_name(100));
+        }
+        sim.bounce(host_name(1));
+        let after = answered.load(Ordering::SeqCst);
+        step_until(
+            &mut sim,
+            &|| answered.load(Ordering::SeqCst) >= after + 3,
+            "answers from the restarted peer",
+        );
+    }
+}
+
+#[test]
+fn group_commit_disk_passes_the_disk_suite_over_sim_disk() {
+    use larder_core::bugs::Bugs;
+    use larder_storage::raft::group_commit::GroupCommitDisk;
+    let mut sim = sim();
+    sim.client("c", async {
+        disk_suite(&GroupCommitDisk::new(SimDisk::new(1), Bugs::default())).await;
+        let slow = SimDisk::new(2);
+        slow.set_latency(Duration::from_micros(100), Duration::from_millis(3));
+        disk_suite(&GroupCommitDisk::new(slow, Bugs::default())).await;
+        Ok(())
+    });
+    sim.run().expect("group commit disk suite");
+}
+
+/// Group commit merges concurrent synced writes into shared syncs: every one of them is
+/// durable once it returns, whatever else was in flight (unsynced writes, other callers), so a
+/// power loss right after keeps them all.
+#[test]
+fn group_commit_disk_keeps_every_returned_synced_write_across_power_loss() {
+    use larder_core::bugs::Bugs;
+    use larder_storage::raft::group_commit::GroupCommitDisk;
+    let mut sim = sim();
+    sim.client("c", async {
+        for seed in 0..8u64 {
+            let inner = SimDisk::new(seed);
+            inner.set_latency(Duration::from_micros(50), Duration::from_millis(2));
+            let disk = GroupCommitDisk::new(inner.clone(), Bugs::default());
+            let writes = (0..64u32).map(|i| {
+                let disk = disk.clone();
+                async move {
+                    let mut batch = WriteBatch::new();
+                    let key = format!("k{i:03}");
+                    batch.put(
+                        Space::State,
+                        key.clone().into_bytes(),
+                        i.to_be_bytes().to_vec(),
+                    );
+                    // Every third write unsynced: it may or may not survive.
+                    let sync = i % 3 != 0;
+                    disk.write(batch, sync).await.expect("write");
+                    (key, sync)
+                }
+            });
+            let done = futures::future::join_all(writes).await;
+            inner.power_loss(&mut SeededRng::new(seed));
+            for (key, sync) in done {
+                let value = inner.get(Space::State, key.as_bytes()).await.expect("get");
+                if sync {
+                    assert!(
+                        value.is_some(),
+                        "seed {seed}: synced write {key} returned but did not survive"
+                    );
+                }
+            }
+        }
+        Ok(())
+    });
+    sim.run().expect("group commit durability");
+}
+
 /// One write of the crash property: a batch of puts, synced or not.
 #[derive(Debug, Clone)]
 struct Step {

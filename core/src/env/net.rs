@@ -38,7 +38,8 @@ pub trait Handler: Clone + Send + Sync + 'static {
 ///
 /// Raft, center heartbeats and migration are all request/response exchanges, so this is the
 /// unit the simulator delays, drops, duplicates and partitions. Payloads are opaque bytes; the
-/// framing (length prefix, size limit) belongs to the implementation.
+/// framing (length prefix, size limit) belongs to the implementation, which in both worlds is
+/// `larder_transport::StreamNet` over a byte-stream `Transport` (tokio TCP or turmoil TCP).
 ///
 /// Contract (checked by [`crate::conformance::net_suite`]): a call to a serving peer returns that
 /// peer's response; concurrent calls are independent; a call to an unknown or unreachable node

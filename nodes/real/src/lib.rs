@@ -1,4 +1,5 @@
-//! `larder-real`: the real environment: tokio time ([`TokioClock`]), tokio TCP ([`TcpNet`],
+//! `larder-real`: the real environment: tokio time ([`TokioClock`]), tokio TCP ([`TcpTransport`]
+//! under `larder_transport`'s seam, so [`TcpNet`] is `StreamNet<TcpTransport>`, and
 //! [`TokioListener`]), fjall on the local file system ([`FjallDisk`]), and OS randomness
 //! ([`process_seed`]).
 //!
@@ -6,7 +7,7 @@
 //! randomness: `clippy.toml` bans them everywhere, and this crate lifts the ban below because
 //! implementing the environment traits on the real world is its whole job. Everything above it
 //! is generic over [`larder_core::env::Env`] and runs unchanged in the simulator. It depends on
-//! `larder-core` only: no role crate.
+//! `larder-core` and `larder-transport` only: no role crate.
 
 // This crate is the real world's side of the seam (see the crate docs).
 #![allow(clippy::disallowed_methods)]
@@ -19,7 +20,7 @@ mod net;
 pub use clock::TokioClock;
 pub use disk::{FjallDisk, FjallOptions};
 pub use listener::TokioListener;
-pub use net::{AddressBook, TcpNet};
+pub use net::{AddressBook, TcpNet, TcpTransport};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
-//! The proxy's client-facing listener on real TCP.
+//! The proxy's client-facing listener on real TCP: [`crate::TcpTransport`]'s listener type, so
+//! peers' and clients' sockets go through the same transport seam.
 
 use std::net::SocketAddr;
 

@@ -122,3 +122,80 @@ async fn tcp_net_reconnects_after_the_server_restarts() {
     restarted.shutdown_background();
     assert!(answered, "client never reached the restarted server");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_transport_passes_the_transport_suite() {
+    use larder_transport::Transport;
+    use larder_transport::conformance::{serve_echo_streams, transport_suite};
+    let book = AddressBook::new();
+    let transport = larder_real::TcpTransport::new(book.clone());
+    let listener = transport.bind(loopback()).await.expect("bind");
+    book.insert(1, listener.local_addr().expect("address"));
+    tokio::spawn(serve_echo_streams(listener));
+    // Node 3 has an address nobody listens on; node 42 has none.
+    let released = std::net::TcpListener::bind(loopback()).expect("bind");
+    book.insert(3, released.local_addr().expect("address"));
+    drop(released);
+    transport_suite(&transport, 1, 3).await;
+    transport_suite(&transport, 1, 42).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_net_refuses_an_oversized_frame_and_closes_on_a_bad_length() {
+    use bytes::Bytes;
+    use larder_core::env::{FRAME_BYTES_MAX, NetError};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let book = AddressBook::new();
+    let server = TcpNet::bind(1, loopback(), book.clone())
+        .await
+        .expect("bind");
+    let address = server.listen_address().expect("address");
+    tokio::spawn(async move {
+        server
+            .serve(EchoHandler {
+                clock: TokioClock::new(),
+            })
+            .await
+    });
+    let client = TcpNet::client(100, book.clone());
+    let oversized = Bytes::from(vec![0u8; FRAME_BYTES_MAX + 1]);
+    let outcome = client.call(1, oversized, Duration::from_secs(5)).await;
+    assert_eq!(
+        outcome,
+        Err(NetError::FrameTooLarge {
+            size: FRAME_BYTES_MAX + 1,
+            limit: FRAME_BYTES_MAX
+        })
+    );
+    // Exactly at the limit still crosses.
+    let at_limit = Bytes::from(vec![7u8; FRAME_BYTES_MAX - 8]);
+    let response = client
+        .call(1, at_limit.clone(), Duration::from_secs(30))
+        .await
+        .expect("a frame at the limit");
+    assert_eq!(
+        response.len(),
+        FRAME_BYTES_MAX,
+        "8-byte id plus the payload"
+    );
+
+    // A peer announcing a frame over the limit has its connection closed.
+    let mut raw = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    raw.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
+        .await
+        .expect("the server must close the connection, not wait");
+    assert!(
+        read.is_err() || rest.is_empty(),
+        "nothing but a close: {read:?}"
+    );
+    // And the server still serves others.
+    client
+        .call(1, Bytes::from_static(b"after"), Duration::from_secs(5))
+        .await
+        .expect("echo after a bad peer");
+}

@@ -7,7 +7,9 @@
 //! - *Network* (through [`NetFaults`], which every [`SimNet`](crate::net::SimNet) consults):
 //!   partitions between sets of processes, in both directions or one; the current leader of a
 //!   slot group (a random one with several groups) cut off from every other process; message
-//!   loss, duplication and extra delay (which reorders messages) at a rate.
+//!   loss, duplication and extra delay (which reorders messages) at a rate; asymmetric slow
+//!   links (every message in one direction of one link takes longer; `HealMessages` and the
+//!   heal point end them).
 //! - *Processes*: a crash kills a host (turmoil drops its runtime; its disk keeps a prefix of
 //!   the writes it had not synced); a restart starts it again from its disk; a pause holds all
 //!   its traffic in both directions and releases it, late and at once, on resume (its own
@@ -397,6 +399,7 @@ fn apply_fault(
         | Fault::MessageLoss { .. }
         | Fault::MessageDuplication { .. }
         | Fault::MessageDelay { .. }
+        | Fault::SlowLink { .. }
         | Fault::HealMessages => {
             apply_network(net, fault);
             true
@@ -512,10 +515,14 @@ fn apply_network(net: &NetFaults, fault: &Fault) {
         Fault::MessageLoss { rate } => state.loss = *rate,
         Fault::MessageDuplication { rate } => state.duplicate = *rate,
         Fault::MessageDelay { delay_ms_max } => state.delay_ms_max = *delay_ms_max,
+        Fault::SlowLink { from, to, delay_ms } => {
+            state.slow.insert((*from, *to), *delay_ms);
+        }
         Fault::HealMessages => {
             state.loss = 0.0;
             state.duplicate = 0.0;
             state.delay_ms_max = 0;
+            state.slow.clear();
         }
         other => unreachable!("not a network fault: {other:?}"),
     });

@@ -22,13 +22,14 @@ use super::config::{SimConfig, proxy_id};
 use crate::clock::SimClock;
 use crate::disk::SimDisk;
 use crate::env::SimEnv;
-use crate::net::{NetFaults, SimListener, SimNet, host_name};
+use crate::net::{NetFaults, SimNet, SimTransport, host_name};
 use crate::points::PointTable;
 use crate::trace::{Trace, sim_now};
 use crate::workload::{
     GROUP, PROXY_PORT, RespClient, SharedHistory, client_config, client_id, cluster_client,
     group_client, run_client,
 };
+use larder_transport::Transport;
 
 /// Where a node process publishes itself once started (empty while it is down), so the
 /// harness and the checker can ask it about its groups.
@@ -331,8 +332,9 @@ pub(crate) fn register_proxies(
                 sim_config.shared_routing(),
             );
             async move {
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PROXY_PORT)).await?;
-                proxy.serve(SimListener(listener)).await?;
+                // The client-facing listener is the same transport seam as the peers'.
+                let listener = SimTransport.bind(PROXY_PORT).await?;
+                proxy.serve(listener).await?;
                 Ok(())
             }
         });
