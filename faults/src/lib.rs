@@ -403,13 +403,18 @@ pub struct Aim {
     /// from a state machine behind what it acknowledged.
     #[serde(default)]
     pub sticky_reader: bool,
+    /// Many clients (a contention run): aimed faults cut the leader off from its peers and
+    /// leave only it reachable to clients, so their writes pile up into a long uncommitted
+    /// tail that a new leader's short log must replace when the partition heals.
+    #[serde(default)]
+    pub many_clients: bool,
 }
 
 impl Aim {
     /// Whether there is anything to aim at: plans then get a few aimed faults on top of the
     /// ones the swarm mix draws.
     pub fn any(self) -> bool {
-        self.multi_key_reads || self.expiring_keys || self.sticky_reader
+        self.multi_key_reads || self.expiring_keys || self.sticky_reader || self.many_clients
     }
 
     /// `(every_ms, length_ms)` of the lulls, if any.
@@ -755,6 +760,7 @@ fn aimed(
         (aim.multi_key_reads, 0u8),
         (aim.expiring_keys, 1),
         (aim.sticky_reader, 2),
+        (aim.many_clients, 3),
     ]
     .into_iter()
     .filter_map(|(on, target)| on.then_some(target))
@@ -762,6 +768,19 @@ fn aimed(
     let Some(&target) = targets.get(rng.below(targets.len().max(1) as u64) as usize) else {
         return;
     };
+    if target == 3 {
+        push(
+            at,
+            Fault::IsolateLeaderFromPeers {
+                majority_reachable: false,
+            },
+        );
+        push(
+            (at + rng.range(2_000, 4_000)).min(heal_at_ms),
+            Fault::HealPartitions,
+        );
+        return;
+    }
     if target == 2 && rng.chance(0.5) {
         // The reader asks the leader it knows again at once: a leader in a crash loop that
         // comes back believing it leads answers it before it has caught up.
@@ -990,6 +1009,7 @@ mod tests {
             lull_every_ms: 3_000,
             lull_ms: 1_200,
             sticky_reader: false,
+            many_clients: false,
         };
         let aimed = FaultPlan::generate(11, &nodes, 7_500, &PlanConfig { aim, ..plain });
         // The seed's own faults are unchanged; the aimed ones are extra.

@@ -307,6 +307,7 @@ impl SimConfig {
                             lull_every_ms: workload.lulls.map_or(0, |l| l.every_ms),
                             lull_ms: workload.lulls.map_or(0, |l| l.for_ms),
                             sticky_reader: self.client_workload(0).mix.write == 0,
+                            many_clients: self.run_clients() >= CONTENTION_CLIENTS,
                         },
                         ..PlanConfig::swarm(self.seed)
                     }
