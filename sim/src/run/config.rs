@@ -41,7 +41,7 @@ pub const CLIENTS_MAX: u64 = 99;
 
 /// The load shape a swarm seed picks (each from [`SWARM_LOAD_STREAM`], independently).
 ///
-/// - `contention`: [`CONTENTION_CLIENTS`] clients on one register, one counter and one list
+/// - `contention`: [`CONTENTION_CLIENTS`] clients on one register and one counter (no lists)
 ///   (the TTL and multi-key families keep their own keys). Many writers on one key under
 ///   crashes leave many writes indeterminate, and every indeterminate write stays open to the
 ///   end of the history, which the linearizability search pays for exponentially: eight
@@ -217,7 +217,10 @@ impl SimConfig {
         if shape.contention {
             workload.register_keys = 1;
             workload.counter_keys = 1;
-            workload.list_keys = workload.list_keys.min(1);
+            // No lists: every append's outcome is part of the list's state, so eight clients
+            // appending to one list through faults (many indeterminate appends) give the
+            // checker more orders than it can search (swarm seed 484 ran out of its budget).
+            workload.list_keys = 0;
         }
         if shape.read_heavy {
             let mix = &mut workload.mix;
@@ -412,7 +415,7 @@ mod tests {
                 shapes.0 += 1;
                 assert_eq!(config.run_clients(), CONTENTION_CLIENTS);
                 assert_eq!((workload.register_keys, workload.counter_keys), (1, 1));
-                assert_eq!(workload.list_keys, 1);
+                assert_eq!(workload.list_keys, 0);
             } else {
                 assert_eq!(config.run_clients(), config.clients);
                 assert_eq!(workload.register_keys, plain.register_keys);

@@ -118,6 +118,20 @@ pub(super) struct Interner {
     /// TTL states as integers (the TTL model's state is an index here).
     ttl_ids: BTreeMap<TtlState, u64>,
     ttl_states: Vec<TtlState>,
+    /// Roughly what the interned values hold on the heap: a list's states are whole strings,
+    /// one per distinct prefix explored, so on a long contended list this outgrows the memo
+    /// table and must count against the search's memory budget.
+    bytes: usize,
+}
+
+/// Heap bytes of one interned value, roughly (each is held twice: map key and vector).
+fn value_bytes(value: &Value) -> usize {
+    let own = match value {
+        Value::Null | Value::Int(_) => 0,
+        Value::Str(s) => s.len(),
+        Value::List(items) => items.iter().map(value_bytes).sum::<usize>() + items.len() * 32,
+    };
+    2 * (own + std::mem::size_of::<Value>()) + 48
 }
 
 impl Interner {
@@ -126,9 +140,15 @@ impl Interner {
             return id;
         }
         let id = self.values.len() as u64;
+        self.bytes += value_bytes(value);
         self.ids.insert(value.clone(), id);
         self.values.push(value.clone());
         id
+    }
+
+    /// Roughly the heap bytes the interned values hold.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes + self.appended.len() * 64 + self.ttl_states.len() * 96
     }
 
     fn ttl(&mut self, state: TtlState) -> u64 {

@@ -150,7 +150,7 @@ pub(super) fn search(
             || meter
                 .budget
                 .memory_max
-                .is_some_and(|max| cache.bytes() > max)
+                .is_some_and(|max| cache.bytes() + interner.bytes() > max)
         {
             return Search::Unknown(format!(
                 "memory budget exhausted after {} states on this key",
