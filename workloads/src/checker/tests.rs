@@ -114,3 +114,37 @@ fn states_budget_gives_unknown() {
     // then it must be right
     assert!(!expired.unwrap().is_linearizable());
 }
+
+/// A list's model states are whole strings, one per distinct prefix explored: on a long
+/// contended list they, not the memo table, hold the memory, so they count against the budget
+/// (swarm seed 484 once grew past 24 GiB).
+#[test]
+fn memory_budget_counts_the_list_states() {
+    let mut h = History::new();
+    let element = |p: u64| format!("{}-{},", p, "x".repeat(2_000));
+    for p in 0..10 {
+        h.invoke(0, p, Function::Append, "l", element(p).as_str());
+    }
+    for p in 0..10 {
+        h.complete(10, p, OpKind::Ok, element(p).as_str());
+    }
+    // No order of the appends gives this.
+    h.invoke(11, 0, Function::Read, "l", Value::Null);
+    h.complete(12, 0, OpKind::Ok, "nothing like it");
+    let budget = Budget::unlimited().with_memory_max(4 << 20);
+    let report = check_history(&h, &CheckConfig::default(), &budget).unwrap();
+    assert!(report.is_unknown(), "{report}");
+    // Each state holds up to 20 kB of list: the budget runs out within a few thousand states
+    // (the memo table alone would take hundreds of thousands to reach it).
+    let text = report.to_string();
+    let states: u64 = text
+        .split("memory budget exhausted after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not the memory budget: {text}"));
+    assert!(
+        states < 5_000,
+        "{states} states before the budget ran out: {text}"
+    );
+}
