@@ -563,16 +563,8 @@ impl FaultPlan {
                 }
                 // Drawn only with targeted faults on, so default plans stay as they were.
                 1 if config.targeted && rng.chance(0.4) => {
-                    // A crash loop: the supervisor restarts the leader, which dies again.
-                    let mut when = at;
-                    for _ in 0..rng.range(2, 6) {
-                        let down_ms = rng.range(1, 30);
-                        push(when, Fault::BounceLeader { down_ms });
-                        when += rng.range(150, 600);
-                        if when >= until {
-                            break;
-                        }
-                    }
+                    let bounces = rng.range(2, 6);
+                    crash_loop(&mut rng, &mut push, at, until, bounces);
                 }
                 1 => {
                     crashed.retain(|(_, restart)| *restart > at);
@@ -769,48 +761,18 @@ fn aimed(
         return;
     };
     if target == 3 {
-        push(
-            at,
-            Fault::IsolateLeaderFromPeers {
-                majority_reachable: false,
-            },
-        );
-        push(
-            (at + rng.range(2_000, 4_000)).min(heal_at_ms),
-            Fault::HealPartitions,
-        );
+        isolate_leader_for_a_while(rng, push, at, heal_at_ms, false);
         return;
     }
     if target == 2 && rng.chance(0.5) {
         // The reader asks the leader it knows again at once: a leader in a crash loop that
         // comes back believing it leads answers it before it has caught up.
-        let mut when = at;
-        for _ in 0..rng.range(3, 8) {
-            push(
-                when,
-                Fault::BounceLeader {
-                    down_ms: rng.range(1, 30),
-                },
-            );
-            when += rng.range(150, 600);
-            if when >= heal_at_ms {
-                break;
-            }
-        }
+        let bounces = rng.range(3, 8);
+        crash_loop(rng, push, at, heal_at_ms, bounces);
         return;
     }
     if target == 2 {
-        push(
-            at,
-            Fault::IsolateLeaderFromPeers {
-                majority_reachable: true,
-            },
-        );
-        // Long enough for an election and writes through the new leader to follow.
-        push(
-            (at + rng.range(2_000, 4_000)).min(heal_at_ms),
-            Fault::HealPartitions,
-        );
+        isolate_leader_for_a_while(rng, push, at, heal_at_ms, true);
         return;
     }
     if target == 0 {
@@ -852,6 +814,42 @@ fn aimed(
         push(start, Fault::ClockJump { node, jump_ms });
         push(end, Fault::HealClock { node });
     }
+}
+
+/// A crash loop: the supervisor restarts the leader, which dies again, `bounces` times from
+/// `at`, 150-600 ms apart, none from `until` on (each restart 1-30 ms after its crash).
+fn crash_loop(
+    rng: &mut SeededRng,
+    push: &mut impl FnMut(u64, Fault),
+    at: u64,
+    until: u64,
+    bounces: u64,
+) {
+    let mut when = at;
+    for _ in 0..bounces {
+        let down_ms = rng.range(1, 30);
+        push(when, Fault::BounceLeader { down_ms });
+        when += rng.range(150, 600);
+        if when >= until {
+            break;
+        }
+    }
+}
+
+/// The leader cut off from its peers (and, without `majority_reachable`, everyone else cut
+/// off from clients) for 2-4 s: long enough for an election and writes to follow.
+fn isolate_leader_for_a_while(
+    rng: &mut SeededRng,
+    push: &mut impl FnMut(u64, Fault),
+    at: u64,
+    heal_at_ms: u64,
+    majority_reachable: bool,
+) {
+    push(at, Fault::IsolateLeaderFromPeers { majority_reachable });
+    push(
+        (at + rng.range(2_000, 4_000)).min(heal_at_ms),
+        Fault::HealPartitions,
+    );
 }
 
 /// Asymmetric slow links among `nodes`: one direction of one link at a time gets slower for a
