@@ -60,11 +60,14 @@ pub enum Bug {
     /// Reads: a multi-key read loads its keys one at a time without holding off apply, so an
     /// apply batch can land between two of its keys and an `MGET` sees half of an `MSET`.
     TornMultiKeyRead,
+    /// Storage integrity: record checksums are not verified on read, so a bit flipped at rest
+    /// is served (or applied, or replicated) as if it were data.
+    SkipRecordChecksum,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -79,6 +82,7 @@ impl Bug {
         Bug::DeadNodeStaysUp,
         Bug::TtlLocalClockRead,
         Bug::TornMultiKeyRead,
+        Bug::SkipRecordChecksum,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -98,6 +102,7 @@ impl Bug {
             Bug::DeadNodeStaysUp => "dead-node-stays-up",
             Bug::TtlLocalClockRead => "ttl-local-clock-read",
             Bug::TornMultiKeyRead => "torn-multi-key-read",
+            Bug::SkipRecordChecksum => "skip-record-checksum",
         }
     }
 }

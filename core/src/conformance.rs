@@ -176,6 +176,15 @@ pub async fn disk_suite<D: Disk>(disk: &D) {
         rows.iter().all(|(k, v)| k == v),
         "scan paired a key with another key's value"
     );
+    let keys_only = disk
+        .scan_keys(Space::State, b"s/", Some(b"s0"), usize::MAX)
+        .await
+        .expect("scan keys");
+    assert_eq!(
+        keys_only.iter().map(|k| k.as_ref()).collect::<Vec<&[u8]>>(),
+        want,
+        "scan_keys lists other keys than scan"
+    );
     let limited = disk
         .scan(Space::State, b"s/", Some(b"s0"), 2)
         .await

@@ -9,7 +9,7 @@
 //! runner) decides *how*. It must not depend on node internals.
 
 use larder_core::NodeId;
-use larder_core::env::{FaultPoint, Rng, SeededRng, derive_seed};
+use larder_core::env::{FaultPoint, Rng, SeededRng, Space, derive_seed};
 use serde::{Deserialize, Serialize};
 
 /// One thing that goes wrong (or is put right).
@@ -114,6 +114,16 @@ pub enum Fault {
         to: NodeId,
         delay_ms: u64,
     },
+    /// A bit flips at rest in one record of `node`'s disk, in `space`: the `pick`-th record
+    /// (modulo their number), at bit `bit` (modulo its length). Permanent: nothing heals it
+    /// but a later write of the same key. The node's record checksums must catch it when it
+    /// is read, and the replica must be retired and replaced, never serve it.
+    CorruptRecord {
+        node: NodeId,
+        space: Space,
+        pick: u64,
+        bit: u64,
+    },
 }
 
 impl Fault {
@@ -153,6 +163,7 @@ impl Fault {
             Fault::RestartProxy { .. } => FaultKind::RestartProxy,
             Fault::BounceLeader { .. } => FaultKind::BounceLeader,
             Fault::SlowLink { .. } => FaultKind::SlowLink,
+            Fault::CorruptRecord { .. } => FaultKind::CorruptRecord,
         }
     }
 
@@ -214,15 +225,19 @@ pub enum FaultKind {
     RestartProxy,
     BounceLeader,
     SlowLink,
+    CorruptRecord,
     /// Everything repaired at the heal point (not a planned fault).
     HealAll,
     /// A node restarted by the harness after a disk error stopped its Raft (not planned).
     RestartAfterFatal,
+    /// A node retired a replica whose disk records failed their checksum (not planned: the
+    /// store's answer to [`Fault::CorruptRecord`], counted so sweeps show corruption found).
+    ReplicaRetired,
 }
 
 impl FaultKind {
     /// Every kind, in declaration order (sweeps report which were never applied).
-    pub const ALL: [FaultKind; 35] = [
+    pub const ALL: [FaultKind; 37] = [
         FaultKind::Partition,
         FaultKind::PartitionOneWay,
         FaultKind::IsolateLeader,
@@ -256,8 +271,10 @@ impl FaultKind {
         FaultKind::RestartProxy,
         FaultKind::BounceLeader,
         FaultKind::SlowLink,
+        FaultKind::CorruptRecord,
         FaultKind::HealAll,
         FaultKind::RestartAfterFatal,
+        FaultKind::ReplicaRetired,
     ];
 
     /// The stable snake_case name (as serialized).
@@ -296,8 +313,10 @@ impl FaultKind {
             FaultKind::RestartProxy => "restart_proxy",
             FaultKind::BounceLeader => "bounce_leader",
             FaultKind::SlowLink => "slow_link",
+            FaultKind::CorruptRecord => "corrupt_record",
             FaultKind::HealAll => "heal_all",
             FaultKind::RestartAfterFatal => "restart_after_fatal",
+            FaultKind::ReplicaRetired => "replica_retired",
         }
     }
 }
@@ -377,6 +396,10 @@ pub struct PlanConfig {
     /// ([`slow_links`]) and added to the plan after everything else.
     #[serde(default)]
     pub slow_links: bool,
+    /// Bits flipped at rest on one node's disk ([`Fault::CorruptRecord`]), drawn from their
+    /// own stream ([`corruption`]) and added after everything else.
+    #[serde(default)]
+    pub corruption: bool,
 }
 
 /// Workload shapes that targeted faults aim at: where a bug in them would hide, a fault makes
@@ -441,6 +464,7 @@ impl Default for PlanConfig {
             targeted: false,
             aim: Aim::default(),
             slow_links: false,
+            corruption: false,
         }
     }
 }
@@ -472,6 +496,8 @@ impl PlanConfig {
             aim: Aim::default(),
             // Drawn after `targeted`, so every earlier draw stays what it was.
             slow_links: rng.chance(0.4),
+            // Drawn last for the same reason.
+            corruption: rng.chance(0.4),
         }
     }
 }
@@ -653,6 +679,9 @@ impl FaultPlan {
         if config.slow_links {
             slow_links(seed, nodes, heal_at_ms, config, &mut events);
         }
+        if config.corruption {
+            corruption(seed, nodes, heal_at_ms, &mut events);
+        }
         // Stable sort keeps a fault before its own heal when both land on the same millisecond.
         events.sort_by_key(|event| event.at_ms);
         FaultPlan { events, heal_at_ms }
@@ -686,6 +715,17 @@ impl FaultPlan {
             let at = rng.range(start, start + (heal_at_ms - start) / 2 + 1);
             let node = roles.storage[rng.below(roles.storage.len() as u64) as usize];
             push(at, Fault::Destroy { node });
+            // A destroyed node and a corrupt replica on another can leave a group they share
+            // one healthy voter until the repair of either finishes: no majority, so no repair
+            // either, for good. A real outage (two of three copies lost), not a bug to find.
+            // So the bad disk is the destroyed node's, corrupted before it is destroyed.
+            plan.events.retain_mut(|event| match &mut event.fault {
+                Fault::CorruptRecord { node: bad, .. } => {
+                    *bad = node;
+                    event.at_ms < at
+                }
+                _ => true,
+            });
         }
         let mut at = start + rng.range(0, config.gap_ms_mean.max(1) * 2);
         while at < heal_at_ms {
@@ -882,6 +922,34 @@ fn slow_links(
             fault: Fault::HealMessages,
         });
         at += rng.range(500, 3 * config.gap_ms_mean.max(501));
+    }
+}
+
+/// Bits flipped at rest ([`Fault::CorruptRecord`]): one to three, all on one node's disk (a
+/// bad disk; two corrupt replicas of a group would be two of three copies lost), mostly in
+/// state records (read by clients) and otherwise in log records (read by replication and
+/// restarts). From its own random stream, so enabling it shifts no other draw.
+fn corruption(seed: u64, nodes: &[NodeId], heal_at_ms: u64, events: &mut Vec<ScheduledFault>) {
+    if nodes.is_empty() || heal_at_ms <= 1_000 {
+        return;
+    }
+    let mut rng = SeededRng::new(derive_seed(seed, 0xc0_44));
+    let node = nodes[rng.below(nodes.len() as u64) as usize];
+    for _ in 0..1 + rng.below(3) {
+        let space = if rng.chance(0.7) {
+            Space::State
+        } else {
+            Space::Log
+        };
+        events.push(ScheduledFault {
+            at_ms: rng.range(1_000, heal_at_ms),
+            fault: Fault::CorruptRecord {
+                node,
+                space,
+                pick: rng.next_u64(),
+                bit: rng.next_u64(),
+            },
+        });
     }
 }
 
@@ -1213,6 +1281,60 @@ mod tests {
             assert!(with.events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
         }
         assert!(drew > 30, "slow links drawn: {drew}");
+    }
+
+    #[test]
+    fn corruption_adds_only_its_own_events_on_one_node() {
+        let mut drew = 0;
+        for seed in 0..30 {
+            let mut config = PlanConfig::swarm(seed);
+            config.corruption = false;
+            let without = FaultPlan::generate(seed, &[1, 2, 3], 20_000, &config);
+            config.corruption = true;
+            let with = FaultPlan::generate(seed, &[1, 2, 3], 20_000, &config);
+            let mut added = with.events.clone();
+            for event in &without.events {
+                let at = added.iter().position(|e| e == event).expect("kept");
+                added.remove(at);
+            }
+            let mut nodes = std::collections::BTreeSet::new();
+            for event in &added {
+                match event.fault {
+                    Fault::CorruptRecord { node, space, .. } => {
+                        assert!(matches!(space, Space::State | Space::Log), "{event:?}");
+                        assert!(event.at_ms < 20_000);
+                        nodes.insert(node);
+                        drew += 1;
+                    }
+                    _ => panic!("seed {seed}: corruption added {event:?}"),
+                }
+            }
+            assert!((1..=3).contains(&added.len()), "seed {seed}: {added:?}");
+            assert_eq!(nodes.len(), 1, "seed {seed}: one bad disk, not several");
+        }
+        assert!(drew >= 30);
+        // A plan that destroys a node corrupts only that node, before (see `generate_roles`).
+        let roles = Roles {
+            storage: vec![1, 2, 3, 4, 5],
+            centers: vec![101, 102, 103],
+            proxies: vec![201],
+        };
+        for seed in 0..60 {
+            let mut config = PlanConfig::swarm(seed);
+            config.corruption = true;
+            let plan = FaultPlan::generate_roles(seed, &roles, 20_000, &config);
+            let destroyed = plan.events.iter().find_map(|e| match e.fault {
+                Fault::Destroy { node } => Some((node, e.at_ms)),
+                _ => None,
+            });
+            for event in &plan.events {
+                if let (Fault::CorruptRecord { node, .. }, Some((gone, at))) =
+                    (&event.fault, destroyed)
+                {
+                    assert!(*node == gone && event.at_ms < at, "seed {seed}: {event:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -128,4 +128,6 @@ catalog! {
     // One group, with clock jumps aimed inside the traffic's lulls: 2/50, first 26 (cluster:
     // 1/50, seed 10).
     ttl_local_clock_read: "ttl-local-clock-read", 1..=50, SwarmOneGroup;
+    // One group, bits flipped at rest by `corrupt_record` (40% of swarm seeds): 5/30, first 2.
+    skip_record_checksum: "skip-record-checksum", 1..=50, SwarmOneGroup;
 }

@@ -136,6 +136,18 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
             .collect();
         let _ = writeln!(out, "faults          {}", faults.join(" "));
     }
+    if !report.retired_replicas.is_empty() {
+        let retired: Vec<String> = report
+            .retired_replicas
+            .iter()
+            .map(|(group, node)| format!("g{group}@n{node}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "retired         {} (corrupt, not replaced by the end)",
+            retired.join(" ")
+        );
+    }
     let _ = writeln!(
         out,
         "trace           {} events, hash {}",

@@ -6,7 +6,8 @@
 //! Batches are atomic, as fjall's are (one journal record per batch); `tear_last_batch` can
 //! also keep a prefix of the first dropped batch's operations, for code that claims not to rely
 //! on atomic batches. Faults: seeded latency per operation (slow disk), `EIO` at a seeded rate,
-//! and a capacity beyond which writes fail with "disk full". A healthy node must never lose a
+//! a capacity beyond which writes fail with "disk full", and bits flipped at rest in a record
+//! (`corrupt`), which the node's record checksums must catch. A healthy node must never lose a
 //! synced write, and must recover to a consistent state from whatever prefix survived.
 
 // tokio's time here is turmoil's simulated time (this module is the simulated environment),
@@ -58,6 +59,8 @@ pub struct DiskStats {
     pub batches_lost: u64,
     pub io_errors: u64,
     pub full_errors: u64,
+    /// Records corrupted at rest ([`SimDisk::corrupt`]).
+    pub corrupted: u64,
 }
 
 struct DiskState {
@@ -195,6 +198,40 @@ impl SimDisk {
         let used = state.used_bytes();
         state.capacity_bytes = Some(used);
         state.trace(format_args!("disk full at {used}B"));
+    }
+
+    /// A bit flips at rest in one record of `space`: the `pick`-th (modulo their number) of
+    /// the records reads see now, at a bit chosen by `bit` (modulo its length). Both the
+    /// durable copy and what reads see change, as they would on a platter; a later write of
+    /// the key replaces it. Returns the key, or `None` with no record to corrupt.
+    pub fn corrupt(&self, space: Space, pick: u64, bit: u64) -> Option<Bytes> {
+        let mut state = self.state();
+        let state = &mut *state;
+        let table = &state.current[index(space)];
+        if table.is_empty() {
+            return None;
+        }
+        let (key, value) = table
+            .iter()
+            .nth((pick % table.len() as u64) as usize)
+            .map(|(k, v)| (k.clone(), v.clone()))?;
+        if value.is_empty() {
+            return None;
+        }
+        let bit = bit % (value.len() as u64 * 8);
+        let mut flipped = value.to_vec();
+        flipped[(bit / 8) as usize] ^= 1 << (bit % 8);
+        let flipped = Bytes::from(flipped);
+        if state.durable[index(space)].get(&key) == Some(&value) {
+            state.durable[index(space)].insert(key.clone(), flipped.clone());
+        }
+        state.current[index(space)].insert(key.clone(), flipped);
+        state.stats.corrupted += 1;
+        state.trace(format_args!(
+            "disk corrupt {} record {key:?} bit {bit}",
+            space.name()
+        ));
+        Some(key)
     }
 
     /// See the module doc: lets a crash keep part of a batch.

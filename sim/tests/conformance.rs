@@ -61,6 +61,9 @@ fn sim_disk_passes_the_disk_suite() {
         let slow = SimDisk::new(2);
         slow.set_latency(Duration::from_micros(100), Duration::from_millis(3));
         disk_suite(&slow).await;
+        // And sealed, as every node uses it (record checksums change values, not meaning).
+        let sealed = larder_core::env::Sealed::new(SimDisk::new(3), Default::default());
+        disk_suite(&sealed).await;
         Ok(())
     });
     sim.run().expect("disk suite");

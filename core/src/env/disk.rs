@@ -179,6 +179,22 @@ pub trait Disk: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(Bytes, Bytes)>, DiskError>> + Send;
 
+    /// Like [`Disk::scan`], keys only. Deleting needs no values, and must not need them: a
+    /// record whose value is corrupt can still be deleted (a [`crate::env::Sealed`] disk
+    /// checks values, not keys, so it answers this without checking).
+    fn scan_keys(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Bytes>, DiskError>> + Send {
+        async move {
+            let rows = self.scan(space, start, end, limit).await?;
+            Ok(rows.into_iter().map(|(key, _)| key).collect())
+        }
+    }
+
     /// The entry of `space` with the greatest key in `[start, end)`, if any.
     fn last(
         &self,
@@ -202,15 +218,15 @@ pub trait Disk: Clone + Send + Sync + 'static {
             let mut then = then;
             let mut from = Bytes::copy_from_slice(start);
             loop {
-                let rows = self.scan(space, &from, Some(end), PAGE_MAX).await?;
-                let full = rows.len() == PAGE_MAX;
+                let keys = self.scan_keys(space, &from, Some(end), PAGE_MAX).await?;
+                let full = keys.len() == PAGE_MAX;
                 let mut batch = WriteBatch::new();
-                if let Some((last, _)) = rows.last() {
+                if let Some(last) = keys.last() {
                     let mut next = last.to_vec();
                     next.push(0);
                     from = Bytes::from(next);
                 }
-                for (key, _) in rows {
+                for key in keys {
                     batch.delete(space, key);
                 }
                 if !full && let Some(then) = then.take() {
@@ -299,8 +315,8 @@ pub trait Disk: Clone + Send + Sync + 'static {
         async move {
             // One batch, not pages: a crash between pages would leave a hole in the log (low
             // entries gone, higher ones kept). The suffix a conflict truncates is short.
-            let rows = self
-                .scan(
+            let keys = self
+                .scan_keys(
                     Space::Log,
                     &log_key(group, from),
                     Some(&log_key(group, u64::MAX)),
@@ -308,7 +324,7 @@ pub trait Disk: Clone + Send + Sync + 'static {
                 )
                 .await?;
             let mut batch = WriteBatch::new();
-            for (key, _) in rows {
+            for key in keys {
                 batch.delete(Space::Log, key);
             }
             if batch.is_empty() {

@@ -112,6 +112,14 @@ impl NodeView {
         self.liveness == Liveness::Up && self.heard.is_some()
     }
 
+    /// The node retired its replica of `group` as corrupt.
+    fn is_broken(&self, group: GroupId) -> bool {
+        self.heard
+            .as_ref()
+            .and_then(|h| h.groups.get(&group))
+            .is_some_and(|s| s.broken.is_some())
+    }
+
     fn hosts(&self, group: GroupId) -> bool {
         self.heard
             .as_ref()
@@ -474,10 +482,11 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
             }
         }
 
-        // (`liveness` reports removed nodes as down.)
-        let dead = members
-            .iter()
-            .find(|m| view_of(m).is_none_or(|v| v.liveness == Liveness::Down));
+        // (`liveness` reports removed nodes as down.) A replica its node retired as corrupt
+        // is dead for its group even though the node is up: it is repaired the same way.
+        let dead = members.iter().find(|m| {
+            view_of(m).is_none_or(|v| v.liveness == Liveness::Down || v.is_broken(group))
+        });
 
         // A never-formed group with a dead replica is placed anew. With a majority of its
         // replicas heard from and none holding any of its log, no leader was ever elected, so
@@ -738,6 +747,7 @@ mod tests {
                 configs: vec![voters.to_vec()],
                 learners: vec![],
             }),
+            broken: None,
         }
     }
 
@@ -919,6 +929,34 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, Action::MoveLeader { .. }))
         );
+    }
+
+    #[test]
+    fn a_replica_retired_as_corrupt_is_replaced_while_its_node_stays_up() {
+        let mut view = healthy();
+        // Node 3's replica of group 1 (led by 1, replicas 1, 2, 3) read a corrupt record.
+        let heard = view.nodes.get_mut(&3).unwrap().heard.as_mut().unwrap();
+        let status = heard.groups.get_mut(&1).unwrap();
+        status.broken = Some("checksum mismatch".into());
+        status.is_leader = false;
+        status.membership = None;
+        let actions = plan(&view, &config());
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Repair { .. }))
+                .collect::<Vec<_>>(),
+            vec![&Action::Repair {
+                group: 1,
+                old: 3,
+                new: 4,
+                leader: 1
+            }],
+            "{actions:?}"
+        );
+        // The node itself is up: registered as such, and its other replicas left alone.
+        assert!(!actions.iter().any(|a| matches!(a, Action::Register(_))));
+        assert!(!actions.iter().any(|a| matches!(a, Action::Drop { .. })));
     }
 
     #[test]

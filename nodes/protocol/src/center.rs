@@ -60,6 +60,9 @@ pub struct GroupStatus {
     /// one is known. Committed memberships are never rolled back, and the one at the highest
     /// log index is the newest, so reports from different replicas can be merged safely.
     pub membership: Option<MembershipStatus>,
+    /// The replica was retired because a record on its disk is corrupt (why): it serves
+    /// nothing and takes no part in its group's Raft; the center replaces it like a dead one.
+    pub broken: Option<String>,
 }
 
 /// A committed membership of a group.

@@ -26,6 +26,13 @@ async fn fjall_disk_passes_the_disk_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_fjall_disk_passes_the_disk_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("open");
+    disk_suite(&larder_core::env::Sealed::new(disk, Default::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fjall_disk_keeps_synced_data_across_reopen() {
     use larder_core::env::{Disk, Space, WriteBatch};
     let dir = tempfile::tempdir().expect("tempdir");

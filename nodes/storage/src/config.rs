@@ -113,6 +113,8 @@ pub enum NodeError {
     },
     #[error("storage failure reading or writing the set of hosted groups: {source}")]
     HostedGroups { source: std::io::Error },
+    #[error("unusable data directory: {reason}")]
+    Format { reason: String },
     #[error("raft of group {group} failed: {reason}")]
     Raft { group: GroupId, reason: String },
     #[error("group {group} is not hosted on this node")]

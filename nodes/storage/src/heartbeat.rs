@@ -45,6 +45,7 @@ async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>, early: Arc<tokio::sy
             if node.is_stopped() {
                 return;
             }
+            node.retire_broken().await;
             Heartbeat {
                 node: node.id(),
                 address: node.config.address.clone(),

@@ -7,6 +7,7 @@
 //! - [`serving`]: client commands (writes through the log, reads after a read-index round),
 //!   openraft's RPCs, routing fetches, and the request dispatch ([`NodeHandler`]).
 //! - [`admin`]: the center's instructions (host, drop, form, replace a voter, move leadership).
+//! - [`broken`]: replicas retired because a record's checksum failed.
 //! - [`heartbeat`]: heartbeats to the center, which bring routing tables and addresses.
 //! - [`raft`]: one Raft group over the environment (log store, state machine, network,
 //!   runtime, group commit, wire payloads).
@@ -15,6 +16,7 @@
 //! touches real time, OS randomness, sockets or files: the environment decides.
 
 pub mod admin;
+pub mod broken;
 pub mod config;
 pub mod heartbeat;
 pub mod node;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use larder_core::env::{Clock, Disk, Env, Space, WriteBatch};
+use larder_core::env::{Clock, Disk, Env, Sealed, Space, WriteBatch};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
@@ -15,6 +15,7 @@ use larder_protocol::{GroupStatus, MembershipStatus};
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 
+use crate::broken::{BrokenReplicas, broken_key, group_of_key};
 use crate::config::{NodeConfig, NodeError};
 use crate::raft::group_commit::GroupCommitDisk;
 use crate::raft::log_store::DiskLogStore;
@@ -23,9 +24,14 @@ use crate::raft::runtime::RaftContext;
 use crate::raft::state_machine::{DiskStateMachine, ReadOutcome, wipe_group};
 use crate::raft::{Raft, decode, encode};
 
-/// The disk every group of a node writes through: the environment's disk behind the node's
-/// group-commit task.
-pub type NodeDisk<E> = GroupCommitDisk<<E as Env>::Disk>;
+/// The disk every group of a node writes through: the environment's disk, every record sealed
+/// with a checksum ([`Sealed`]), behind the node's group-commit task.
+pub type NodeDisk<E> = GroupCommitDisk<Sealed<<E as Env>::Disk>>;
+
+/// Key in [`Space::Meta`] of the data format, written unsealed when a node first uses a disk.
+const FORMAT_KEY: &[u8] = b"format";
+/// The current data format: every record sealed with a checksum.
+const FORMAT: &[u8] = b"larder-sealed-1";
 
 /// Key in [`Space::Meta`] of the set of groups the node hosts, once it differs from
 /// [`NodeConfig::groups`] (a group added or removed at runtime); postcard `Vec<GroupId>`.
@@ -61,12 +67,51 @@ pub struct StorageNode<E: Env> {
     /// The last timestamp given to a log entry; stamps never go backwards on one leader even
     /// when its wall clock jumps back.
     pub(crate) last_stamp_ms: AtomicU64,
+    /// Replicas found corrupt (see [`crate::broken`]); shared with the disk's checksum hook.
+    pub(crate) broken: Arc<BrokenReplicas>,
 }
 
 pub(crate) fn raft_error(group: GroupId, error: impl std::fmt::Display) -> NodeError {
     NodeError::Raft {
         group,
         reason: error.to_string(),
+    }
+}
+
+/// Refuses a disk written before record checksums (its records would all read as corrupt);
+/// marks an empty one with the current format.
+async fn check_format<D: Disk>(disk: &D) -> Result<(), NodeError> {
+    let format = |source: larder_core::env::DiskError| NodeError::Format {
+        reason: source.to_string(),
+    };
+    match disk.get(Space::Meta, FORMAT_KEY).await.map_err(format)? {
+        Some(found) if found.as_ref() == FORMAT => Ok(()),
+        Some(found) => Err(NodeError::Format {
+            reason: format!(
+                "data format {:?}, this build reads {:?}",
+                String::from_utf8_lossy(&found),
+                String::from_utf8_lossy(FORMAT)
+            ),
+        }),
+        None => {
+            for space in Space::ALL {
+                if !disk
+                    .scan(space, &[], None, 1)
+                    .await
+                    .map_err(format)?
+                    .is_empty()
+                {
+                    return Err(NodeError::Format {
+                        reason: "the data directory predates record checksums; start this \
+                                 node on an empty one and let the center re-replicate"
+                            .into(),
+                    });
+                }
+            }
+            let mut batch = WriteBatch::new();
+            batch.put(Space::Meta, FORMAT_KEY.to_vec(), FORMAT.to_vec());
+            disk.write(batch, true).await.map_err(format)
+        }
     }
 }
 
@@ -105,8 +150,21 @@ impl<E: Env> StorageNode<E> {
     /// groups are [`NodeConfig::groups`], or, once the center has added or removed one, the
     /// set recorded on disk. With [`NodeConfig::centers`] set, also starts the heartbeat task.
     pub async fn start(env: E, config: NodeConfig) -> Result<Arc<Self>, NodeError> {
+        check_format(env.disk()).await?;
+        let broken = Arc::new(BrokenReplicas::default());
+        let hook = {
+            let broken = broken.clone();
+            Arc::new(
+                move |space: Space, key: &[u8], error: &larder_core::env::DiskError| {
+                    if let Some(group) = group_of_key(space, key) {
+                        broken.mark(group, error.to_string());
+                    }
+                },
+            )
+        };
+        let sealed = Sealed::new(env.disk().clone(), config.bugs.clone()).with_hook(hook);
         // One committer for every group of the node: their log appends share syncs.
-        let disk = GroupCommitDisk::new(env.disk().clone(), config.bugs.clone());
+        let disk = GroupCommitDisk::new(sealed, config.bugs.clone());
         let storage = |source: larder_core::env::DiskError| NodeError::HostedGroups {
             source: source.into(),
         };
@@ -122,9 +180,31 @@ impl<E: Env> StorageNode<E> {
             None => config.groups.iter().copied().collect(),
         };
         let mut groups = BTreeMap::new();
+        let mut newly_broken = Vec::new();
         for group in hosted {
-            let opened = open_group(&env, &config, &disk, group).await?;
-            groups.insert(group, Arc::new(opened));
+            let mark = disk
+                .get(Space::Meta, &broken_key(group))
+                .await
+                .map_err(|source| NodeError::Storage {
+                    group,
+                    source: source.into(),
+                })?;
+            if let Some(reason) = mark {
+                // Retired before the restart: never opened again (see `crate::broken`).
+                broken.restore(group, String::from_utf8_lossy(&reason).into_owned());
+                continue;
+            }
+            match open_group(&env, &config, &disk, group).await {
+                Ok(opened) => {
+                    groups.insert(group, Arc::new(opened));
+                }
+                // Opening read a corrupt record: the node starts without the replica.
+                Err(error) if broken.contains(group) => {
+                    tracing::warn!(group, %error, "a replica does not open: corrupt record");
+                    newly_broken.push(group);
+                }
+                Err(error) => return Err(error),
+            }
         }
         let node = Arc::new(StorageNode {
             env,
@@ -137,7 +217,12 @@ impl<E: Env> StorageNode<E> {
             stopped: AtomicBool::new(false),
             heartbeat_now: Arc::new(tokio::sync::Notify::new()),
             last_stamp_ms: AtomicU64::new(0),
+            broken,
         });
+        // The replicas that failed to open are retired now (their marks made durable).
+        if !newly_broken.is_empty() {
+            node.retire_broken().await;
+        }
         if !node.config.centers.is_empty() {
             // The task holds a weak reference: dropping the node ends it.
             node.spawn_heartbeat();
@@ -186,18 +271,28 @@ impl<E: Env> StorageNode<E> {
             .collect()
     }
 
-    /// Whether this node hosts a replica of `group`.
+    /// Whether this node hosts a replica of `group` (a broken one included: it stays hosted,
+    /// and is not re-created, until the center drops it).
     pub fn hosts(&self, group: GroupId) -> bool {
         self.groups
             .read()
             .expect("groups lock")
             .contains_key(&group)
+            || self.broken.contains(group)
     }
 
     /// The Raft handle of `group` (metrics, membership). A clone: it stays usable even if the
     /// group is removed meanwhile (its calls then fail as on a stopped Raft).
     pub fn raft(&self, group: GroupId) -> Result<Raft<NodeDisk<E>>, NodeError> {
         Ok(self.group(group)?.raft.clone())
+    }
+
+    /// What the hosted set on disk must hold: the running replicas and the broken ones (a
+    /// broken replica forgotten there would be re-created empty while still a voter).
+    fn hosted_list(&self) -> Vec<GroupId> {
+        let mut hosted: BTreeSet<GroupId> = self.groups().into_iter().collect();
+        hosted.extend(self.broken.all().into_iter().map(|(group, _)| group));
+        hosted.into_iter().collect()
     }
 
     async fn save_hosted(&self, hosted: Vec<GroupId>) -> Result<(), NodeError> {
@@ -222,7 +317,7 @@ impl<E: Env> StorageNode<E> {
             .await
             .map_err(|source| NodeError::Storage { group, source })?;
         let opened = open_group(&self.env, &self.config, &self.disk, group).await?;
-        let mut hosted = self.groups();
+        let mut hosted = self.hosted_list();
         hosted.push(group);
         hosted.sort_unstable();
         // Recorded only after the Raft opened: a crash in between leaves an unrecorded group,
@@ -243,15 +338,26 @@ impl<E: Env> StorageNode<E> {
     /// for a replica that is no longer a member of its group (the center checks that).
     pub async fn remove_group(&self, group: GroupId) -> Result<bool, NodeError> {
         let _hosting = self.hosting.lock().await;
-        let Some(removed) = self.groups.write().expect("groups lock").remove(&group) else {
+        let removed = self.groups.write().expect("groups lock").remove(&group);
+        let broken = self.broken.contains(group);
+        if removed.is_none() && !broken {
             return Ok(false);
-        };
-        self.save_hosted(self.groups()).await?;
-        let _ = removed.raft.shutdown().await;
+        }
+        let hosted = self
+            .hosted_list()
+            .into_iter()
+            .filter(|g| *g != group)
+            .collect();
+        self.save_hosted(hosted).await?;
+        if let Some(removed) = removed {
+            let _ = removed.raft.shutdown().await;
+        }
+        // Wiping deletes the broken mark with the rest.
         wipe_group(&self.disk, group)
             .await
             .map_err(|source| NodeError::Storage { group, source })?;
-        tracing::info!(node = self.id(), group, "removed a replica");
+        self.broken.clear(group);
+        tracing::info!(node = self.id(), group, broken, "removed a replica");
         Ok(true)
     }
 
@@ -268,10 +374,13 @@ impl<E: Env> StorageNode<E> {
             .and_then(|g| g.raft.metrics().borrow_watched().current_leader)
     }
 
-    /// What this node knows of each group it hosts (the body of a heartbeat).
+    /// What this node knows of each group it hosts (the body of a heartbeat), broken replicas
+    /// included.
     pub fn group_statuses(&self) -> Vec<GroupStatus> {
-        self.all_groups()
+        let mut statuses: Vec<GroupStatus> = self
+            .all_groups()
             .into_iter()
+            .filter(|(group, _)| !self.broken.contains(*group))
             .map(|(group, handle)| {
                 let (is_leader, term, initialized) = {
                     let metrics = handle.raft.metrics();
@@ -303,9 +412,28 @@ impl<E: Env> StorageNode<E> {
                     last_applied: applied.last_applied.map_or(0, |id| id.index()),
                     initialized,
                     membership,
+                    broken: None,
                 }
             })
-            .collect()
+            .collect();
+        // A broken replica may hold a formed log (`initialized`), and says nothing of the
+        // group's membership: its records are not to be trusted.
+        statuses.extend(
+            self.broken
+                .all()
+                .into_iter()
+                .map(|(group, reason)| GroupStatus {
+                    group,
+                    is_leader: false,
+                    term: 0,
+                    last_applied: 0,
+                    initialized: true,
+                    membership: None,
+                    broken: Some(reason),
+                }),
+        );
+        statuses.sort_by_key(|status| status.group);
+        statuses
     }
 
     /// The newest routing table this node has learned from the center, if any.
@@ -351,9 +479,13 @@ impl<E: Env> StorageNode<E> {
         self.addresses.latest()
     }
 
-    /// The first fatal error of any group's Raft (storage failure), if one stopped.
+    /// The first fatal error of any group's Raft (storage failure), if one stopped. A replica
+    /// stopped by a corrupt record is not fatal to the node: it is retired, not restarted.
     pub fn fatal(&self) -> Option<String> {
-        self.all_groups().into_iter().find_map(|(_, g)| {
+        self.all_groups().into_iter().find_map(|(group, g)| {
+            if self.broken.contains(group) {
+                return None;
+            }
             g.raft
                 .metrics()
                 .borrow_watched()

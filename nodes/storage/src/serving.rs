@@ -50,6 +50,15 @@ impl<E: Env> StorageNode<E> {
         command: Command,
         session: Option<SessionSeq>,
     ) -> ClientResponse {
+        if self.is_broken(group) {
+            self.retire_broken().await;
+            return ClientResponse::Unavailable {
+                reason: format!(
+                    "node {}'s replica of group {group} is retired: a record on its disk is corrupt",
+                    self.id()
+                ),
+            };
+        }
         let Ok(handle) = self.group(group) else {
             return ClientResponse::Unavailable {
                 reason: format!("group {group} is not hosted on node {}", self.id()),
@@ -222,6 +231,8 @@ impl<E: Env> StorageNode<E> {
     /// Answers one request. Center replicas pass the requests they do not handle themselves
     /// here too.
     pub async fn handle_request(&self, request: Request) -> Bytes {
+        // A replica found corrupt since the last request stops here, before it serves again.
+        self.retire_broken().await;
         match request {
             Request::Raft(request) => respond::<RaftRequest>(&self.handle_raft(request).await),
             Request::Client(ClientRequest { command, .. }) if command.is_internal() => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use larder_client::ClusterClient;
 
 use larder_core::bugs::Bugs;
-use larder_core::env::{FaultPoints, Space};
+use larder_core::env::{FaultPoints, Sealed, Space};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_storage::raft::audit::audit_log;
@@ -42,10 +42,14 @@ pub(crate) struct Final {
     values: BTreeMap<String, Option<String>>,
     /// (group, replica) -> (applied index, state hash).
     digests: BTreeMap<(GroupId, NodeId), Digest>,
-    /// Each group's replicas in the newest routing table the checker saw.
+    /// Each group's replicas in the newest routing table the checker saw, less those retired
+    /// because the simulator corrupted their disk (see `converge`).
     replicas: BTreeMap<GroupId, Vec<NodeId>>,
     first_success_ms: Option<u64>,
     problems: Vec<Violation>,
+    /// Replicas the newest table still lists that their node retired as corrupt (not
+    /// replaced by the end: no center, or no node to put the copy on).
+    pub(crate) retired: Vec<(GroupId, NodeId)>,
 }
 
 /// The checker client: after the workload, read every key (measuring how soon after the heal
@@ -72,13 +76,15 @@ pub(crate) async fn check_final(
     // and report one applied index. With a center this includes waiting for it to replace
     // destroyed nodes: their slots stay empty, so a group listing one never converges.
     let give_up = duration + liveness + Duration::from_secs(100);
-    let (replicas, digests) = converge(&mut client, &slots, give_up, &mut problems).await;
+    let (replicas, digests, retired) =
+        converge(&mut client, &slots, &disks, give_up, &mut problems).await;
     audit_disks(&slots, &disks, &digests, &mut problems).await;
     let mut state = final_state.lock().expect("final lock");
     state.values = values;
     state.digests = digests;
     state.replicas = replicas;
     state.first_success_ms = first_success;
+    state.retired = retired;
     state.problems = problems;
 }
 
@@ -114,7 +120,8 @@ async fn audit_disks(
         let Ok(serving) = running.state_digest(group).await else {
             continue;
         };
-        let copy = disk.fork();
+        // Sealed as the node's own disk is (`StorageNode::start`).
+        let copy = Sealed::new(disk.fork(), Bugs::default());
         let recovered = match DiskStateMachine::open(
             copy,
             group,
@@ -224,11 +231,13 @@ fn converged(
 async fn converge(
     client: &mut ClusterClient<SimNet, SimClock>,
     slots: &[(NodeId, NodeSlot)],
+    disks: &[(NodeId, SimDisk)],
     give_up: Duration,
     problems: &mut Vec<Violation>,
 ) -> (
     BTreeMap<GroupId, Vec<NodeId>>,
     BTreeMap<(GroupId, NodeId), Digest>,
+    Vec<(GroupId, NodeId)>,
 ) {
     let node = |id: NodeId| {
         slots
@@ -240,25 +249,47 @@ async fn converge(
     loop {
         client.refresh_routing().await;
         let table = client.routing().current();
-        let replicas: BTreeMap<GroupId, Vec<NodeId>> = table
+        let mut replicas: BTreeMap<GroupId, Vec<NodeId>> = table
             .groups()
             .iter()
             .map(|(group, route)| (*group, route.replicas.clone()))
             .collect();
         digests.clear();
+        let mut retired = Vec::new();
         let mut all = true;
-        for (&group, members) in &replicas {
-            for &id in members {
+        for (&group, members) in &mut replicas {
+            for &id in members.iter() {
                 if let Some(node) = node(id)
                     && let Ok(digest) = node.state_digest(group).await
                 {
                     digests.insert((group, id), digest);
                 }
             }
-            all &= converged(group, members, &digests);
+            // A replica its node retired because the simulator corrupted a record on its disk
+            // is not waited for: without a center nothing replaces it, and with one the table
+            // drops it once the repair is done. Only on a disk that was corrupted: a replica
+            // retired for no injected reason must still converge (and fails the run if not).
+            let required: Vec<NodeId> = members
+                .iter()
+                .copied()
+                .filter(|&id| {
+                    let corrupted = disks
+                        .iter()
+                        .any(|(n, d)| *n == id && d.stats().corrupted > 0);
+                    !(corrupted && node(id).is_some_and(|n| n.is_broken(group)))
+                })
+                .collect();
+            all &= converged(group, &required, &digests);
+            retired.extend(
+                members
+                    .iter()
+                    .filter(|id| !required.contains(id))
+                    .map(|&id| (group, id)),
+            );
+            *members = required;
         }
         if all && !replicas.is_empty() {
-            return (replicas, digests);
+            return (replicas, digests, retired);
         }
         tracing::debug!(?digests, "checker: not converged");
         if sim_now() > give_up {
@@ -278,7 +309,7 @@ async fn converge(
                     }
                 }
             }
-            return (replicas, digests);
+            return (replicas, digests, retired);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

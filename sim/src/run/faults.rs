@@ -34,8 +34,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use larder_core::NodeId;
 use larder_core::env::{FaultPoint, Rng, SeededRng, derive_seed};
+use larder_core::{GroupId, NodeId};
 use larder_faults::{Fault, FaultKind, FaultPlan, ScheduledFault};
 
 use super::hosts::{NodeParts, center_leader, current_leader_of};
@@ -63,6 +63,8 @@ pub(crate) struct Injector<'a> {
     points: PointTable,
     /// Nodes a point crash took down, with when they start again.
     restarts: Vec<(NodeId, Duration)>,
+    /// (node, group) replicas seen retired as corrupt (each logged once).
+    retired: BTreeSet<(NodeId, GroupId)>,
     /// Nodes the last power loss took down.
     powered_off: Vec<NodeId>,
     /// Proxies that are down.
@@ -95,6 +97,7 @@ impl<'a> Injector<'a> {
             trace,
             points,
             restarts: Vec::new(),
+            retired: Default::default(),
             powered_off: Vec::new(),
             proxies_down: BTreeSet::new(),
             defects: Vec::new(),
@@ -352,6 +355,13 @@ impl<'a> Injector<'a> {
         now: Duration,
     ) {
         for part in parts.iter_mut() {
+            for group in part.node().map(|n| n.broken_groups()).unwrap_or_default() {
+                if self.retired.insert((part.id, group)) {
+                    let detail = format!("n{} retired its replica of group {group}", part.id);
+                    crate::trace_event!(self.trace, now, "sim", "{detail}");
+                    self.record(now, FaultKind::ReplicaRetired, detail);
+                }
+            }
             let Some(reason) = part.node().and_then(|node| node.fatal()) else {
                 continue;
             };
@@ -432,6 +442,16 @@ fn apply_fault(
             }
             None => false,
         },
+        Fault::CorruptRecord {
+            node,
+            space,
+            pick,
+            bit,
+        } => parts
+            .iter()
+            .find(|p| p.id == *node && !p.destroyed)
+            .and_then(|part| part.disk.corrupt(*space, *pick, *bit))
+            .is_some(),
     }
 }
 

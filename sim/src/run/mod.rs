@@ -148,6 +148,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         fault_log: injector.log,
         trace_hash: trace.hash(),
         trace_events: trace.len(),
+        retired_replicas: final_state.retired.clone(),
         violations,
         linearizability,
         events: trace.events(),

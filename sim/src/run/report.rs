@@ -41,6 +41,10 @@ pub struct RunReport {
     pub fault_log: Vec<AppliedFault>,
     pub trace_hash: String,
     pub trace_events: u64,
+    /// Replicas (group, node) the final routing table still lists that their node retired
+    /// because a record on its disk was corrupt (see `FaultKind::ReplicaRetired`): not
+    /// replaced by the end of the run (no center, or no spare node for the copy).
+    pub retired_replicas: Vec<(larder_core::GroupId, larder_core::NodeId)>,
     /// Broken invariants; empty for a passing run.
     pub violations: Vec<Violation>,
     /// The linearizability checker's verdict on the history: linearizable, not linearizable

@@ -90,6 +90,16 @@ impl<D: Disk> Disk for GroupCommitDisk<D> {
         self.inner.scan(space, start, end, limit).await
     }
 
+    async fn scan_keys(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Bytes>, DiskError> {
+        self.inner.scan_keys(space, start, end, limit).await
+    }
+
     async fn last(
         &self,
         space: Space,

@@ -192,7 +192,8 @@ pub(crate) async fn wipe_group<D: Disk>(disk: &D, group: GroupId) -> Result<(), 
     let mut batch = WriteBatch::new();
     batch.delete(Space::Meta, applied_key(group));
     // The Raft metadata keys of `larder_core::env::Disk` (`kind/` ++ group, big-endian).
-    for kind in ["vote", "purged", "snapshot"] {
+    // And the broken mark (`crate::broken`): a wiped replica is no longer broken.
+    for kind in ["vote", "purged", "snapshot", "broken"] {
         let mut key = kind.as_bytes().to_vec();
         key.push(b'/');
         key.extend_from_slice(&group.to_be_bytes());
