@@ -5,6 +5,8 @@
 //! (which compute slots themselves) route to the same group Larder would, and multi-key commands
 //! on keys sharing a tag land in one slot, hence one Raft group.
 
+use serde::{Deserialize, Serialize};
+
 /// Number of hash slots. Fixed by the Redis Cluster protocol; clients hard-code it.
 pub const SLOTS: u16 = 16384;
 
@@ -125,5 +127,96 @@ mod tests {
             prop_assert_eq!(slot_of(&k1), slot_of(&k2));
             prop_assert_eq!(slot_of(&k1), slot_of(&tag));
         }
+    }
+}
+
+/// The slots a group's state machine owns, as its own Raft log last set them
+/// ([`crate::kv::Command::OwnSlots`]): the `epoch` of the routing table they come from and the
+/// slot ranges (inclusive, ascending, disjoint). A command for a key of another slot is refused
+/// at apply time, so a client routed by a stale table can never write to a group after the
+/// slot has moved away (the request-time epoch check is only the fast path).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ownership {
+    pub epoch: u64,
+    pub ranges: Vec<(u16, u16)>,
+}
+
+/// An ownership whose ranges are not ascending, disjoint and within `0..SLOTS`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid slot ranges {ranges:?}: {reason}")]
+pub struct InvalidRanges {
+    pub ranges: Vec<(u16, u16)>,
+    pub reason: &'static str,
+}
+
+impl Ownership {
+    /// Checks the ranges (see [`InvalidRanges`]).
+    pub fn new(epoch: u64, ranges: Vec<(u16, u16)>) -> Result<Self, InvalidRanges> {
+        let invalid = |reason| InvalidRanges {
+            ranges: ranges.clone(),
+            reason,
+        };
+        let mut next = 0u32;
+        for &(first, last) in &ranges {
+            if first > last {
+                return Err(invalid("a range ends before it starts"));
+            }
+            if last >= SLOTS {
+                return Err(invalid("a slot past 16383"));
+            }
+            if u32::from(first) < next {
+                return Err(invalid("ranges overlap or are out of order"));
+            }
+            next = u32::from(last) + 1;
+        }
+        Ok(Ownership { epoch, ranges })
+    }
+
+    pub fn owns(&self, slot: u16) -> bool {
+        // Few ranges per group (one, unless slots moved): a binary search is not worth it.
+        self.ranges
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&slot))
+    }
+
+    /// The slot of the first of `keys` this ownership does not cover, if any.
+    pub fn first_unowned<'a>(&self, keys: impl IntoIterator<Item = &'a [u8]>) -> Option<u16> {
+        keys.into_iter().map(slot_of).find(|slot| !self.owns(*slot))
+    }
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::*;
+
+    #[test]
+    fn ownership_covers_its_ranges_only() {
+        let own = Ownership::new(7, vec![(0, 99), (200, 200), (16000, 16383)]).unwrap();
+        assert!(own.owns(0) && own.owns(99) && own.owns(200) && own.owns(16383));
+        assert!(!own.owns(100) && !own.owns(199) && !own.owns(201));
+        let key = b"user:1";
+        let slot = slot_of(key);
+        assert_eq!(
+            own.first_unowned([key.as_slice()]),
+            (!own.owns(slot)).then_some(slot)
+        );
+        assert_eq!(
+            Ownership::new(1, vec![(0, 16383)])
+                .unwrap()
+                .first_unowned([key.as_slice()]),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        assert!(Ownership::new(1, vec![(5, 4)]).is_err());
+        assert!(Ownership::new(1, vec![(0, 16384)]).is_err());
+        assert!(Ownership::new(1, vec![(0, 10), (10, 20)]).is_err());
+        assert!(Ownership::new(1, vec![(20, 30), (0, 10)]).is_err());
+        assert!(
+            Ownership::new(1, vec![]).is_ok(),
+            "a group may own nothing (all moved away)"
+        );
     }
 }

@@ -153,6 +153,13 @@ pub enum Command {
     /// one first, so the expiry becomes an event in the log that every later read on every
     /// replica sees (ARCHITECTURE.md, "Expiry").
     AdvanceClock,
+    /// Internal: from this entry on, the group owns exactly these slots (ignored if its
+    /// epoch is not newer than the ownership applied). Proposed by the group's leader when the
+    /// center tells it to (`SetOwnedSlots`); commands for keys of other slots are then refused
+    /// at apply time with [`super::Reply::NotOwner`].
+    OwnSlots {
+        ownership: crate::slots::Ownership,
+    },
 }
 
 /// What a command acts on.
@@ -465,7 +472,7 @@ impl Command {
     /// Commands only a node itself proposes ([`Command::AdvanceClock`]): a node answers a
     /// client that sends one with an unknown-command error.
     pub fn is_internal(&self) -> bool {
-        matches!(self, Command::AdvanceClock)
+        matches!(self, Command::AdvanceClock | Command::OwnSlots { .. })
     }
 
     /// Whether the command acts on the keys it names or on a whole slot group.
@@ -504,9 +511,11 @@ impl Command {
                 keys.iter().collect()
             }
             Command::MSet { pairs } => pairs.iter().map(|(key, _)| key).collect(),
-            Command::Keys { .. } | Command::DbSize | Command::FlushAll | Command::AdvanceClock => {
-                Vec::new()
-            }
+            Command::Keys { .. }
+            | Command::DbSize
+            | Command::FlushAll
+            | Command::AdvanceClock
+            | Command::OwnSlots { .. } => Vec::new(),
         }
     }
 
@@ -541,6 +550,7 @@ impl Command {
             Command::FlushAll => "flushall",
             Command::Persist { .. } => "persist",
             Command::AdvanceClock => "advance-clock",
+            Command::OwnSlots { .. } => "own-slots",
         }
     }
 }

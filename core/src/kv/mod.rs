@@ -38,6 +38,13 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// An error reply; the text starts with its Redis error code (`ERR`, `WRONGTYPE`, …).
     Error(String),
+    /// The group does not own `slot` (its ownership is from routing `epoch`): the command was
+    /// not executed. Nodes answer it as a stale epoch, so clients refresh their table and
+    /// retry where the slot lives now; on the wire it is `-TRYAGAIN`.
+    NotOwner {
+        slot: u16,
+        epoch: u64,
+    },
 }
 
 impl Reply {

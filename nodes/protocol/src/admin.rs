@@ -13,6 +13,7 @@ pub enum AdminRequest {
     RemoveGroup(RemoveGroup),
     ReplaceVoter(ReplaceVoter),
     TransferLeadership(TransferLeadership),
+    SetOwnedSlots(SetOwnedSlots),
 }
 
 /// Host a replica of `group` (created empty; Raft fills it as a learner). With `initialize`,
@@ -49,6 +50,16 @@ pub struct TransferLeadership {
     pub to: NodeId,
 }
 
+/// To the leader of `group`: from now on the group owns exactly `ownership`'s slots, set
+/// through its Raft log (`Command::OwnSlots`, ignored unless its epoch is newer than the one
+/// applied); commands for other slots are then refused at apply time. Answered `Done` once
+/// applied on the leader. The first step of moving slots between groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetOwnedSlots {
+    pub group: GroupId,
+    pub ownership: larder_core::slots::Ownership,
+}
+
 /// How a storage node answered an admin request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminResponse {
@@ -75,4 +86,10 @@ macro_rules! admin_rpc {
     )*};
 }
 
-admin_rpc!(AddGroup, RemoveGroup, ReplaceVoter, TransferLeadership);
+admin_rpc!(
+    AddGroup,
+    RemoveGroup,
+    ReplaceVoter,
+    TransferLeadership,
+    SetOwnedSlots
+);

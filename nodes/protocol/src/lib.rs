@@ -32,7 +32,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use admin::{
-    AddGroup, AdminRequest, AdminResponse, RemoveGroup, ReplaceVoter, TransferLeadership,
+    AddGroup, AdminRequest, AdminResponse, RemoveGroup, ReplaceVoter, SetOwnedSlots,
+    TransferLeadership,
 };
 pub use center::{
     ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, GetRouting, GroupStatus,

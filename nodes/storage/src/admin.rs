@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::env::{Env, timeout};
+use larder_core::kv::Command;
+use larder_core::slots::Ownership;
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    AddGroup, AdminRequest, AdminResponse, CENTER_GROUP, RemoveGroup, ReplaceVoter,
+    AddGroup, AdminRequest, AdminResponse, CENTER_GROUP, RemoveGroup, ReplaceVoter, SetOwnedSlots,
     TransferLeadership, respond,
 };
 use openraft::async_runtime::WatchReceiver;
@@ -181,6 +183,48 @@ impl<E: Env> StorageNode<E> {
             AdminRequest::TransferLeadership(TransferLeadership { group, to }) => {
                 respond::<TransferLeadership>(&self.admin_transfer_leadership(group, to).await)
             }
+            AdminRequest::SetOwnedSlots(SetOwnedSlots { group, ownership }) => {
+                respond::<SetOwnedSlots>(&admin_response(
+                    self.set_owned_slots(group, ownership).await,
+                ))
+            }
+        }
+    }
+
+    /// Sets the slots `group` owns through its Raft log ([`Command::OwnSlots`]); call on the
+    /// leader. Done once applied here; an ownership not newer than the applied one changes
+    /// nothing (and is done too: the group is already past it).
+    pub async fn set_owned_slots(
+        &self,
+        group: GroupId,
+        ownership: Ownership,
+    ) -> Result<(), NodeError> {
+        if group == CENTER_GROUP {
+            return Err(NodeError::Raft {
+                group,
+                reason: "the center group owns no slots".into(),
+            });
+        }
+        let entry = crate::raft::Request {
+            now_ms: self.stamp(),
+            command: Command::OwnSlots { ownership },
+            session: None,
+        };
+        let raft = self.raft(group)?;
+        let limit = Duration::from_millis(self.config.request_timeout_ms);
+        match timeout(self.env.clock(), limit, raft.client_write(entry)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(NodeError::NotLeader {
+                    group,
+                    leader_hint: forward.leader_id,
+                })
+            }
+            Ok(Err(error)) => Err(raft_error(group, error)),
+            Err(_) => Err(NodeError::Raft {
+                group,
+                reason: "setting the owned slots timed out".into(),
+            }),
         }
     }
 

@@ -33,7 +33,7 @@ impl<E: Env> StorageNode<E> {
     }
 
     /// The stamp of a new log entry: the leader's wall clock, never below the previous stamp.
-    fn stamp(&self) -> u64 {
+    pub(crate) fn stamp(&self) -> u64 {
         let wall = self.env.clock().wall_ms();
         let previous = self.last_stamp_ms.fetch_max(wall, Ordering::SeqCst);
         let stamp = previous.max(wall);
@@ -74,7 +74,7 @@ impl<E: Env> StorageNode<E> {
                 session,
             };
             match timeout(self.env.clock(), limit, handle.raft.client_write(request)).await {
-                Ok(Ok(response)) => ClientResponse::Reply(response.data),
+                Ok(Ok(response)) => self.answer(response.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                     ClientResponse::NotLeader {
                         leader_hint: forward.leader_id,
@@ -121,6 +121,20 @@ impl<E: Env> StorageNode<E> {
         }
     }
 
+    /// A command's reply as a response: a refusal because the group does not own the key's
+    /// slot (checked at apply time, and on reads after the read index) is a stale epoch, so
+    /// the client refreshes its table and retries where the slot lives; this node fetches the
+    /// newer table too.
+    fn answer(&self, reply: Reply) -> ClientResponse {
+        match reply {
+            Reply::NotOwner { epoch, .. } => {
+                self.heartbeat_now.notify_one();
+                ClientResponse::StaleEpoch { epoch }
+            }
+            reply => ClientResponse::Reply(reply),
+        }
+    }
+
     /// Answers a read once the read index is applied. If the read would show a key expired by
     /// this node's clock but not by the group clock, the node first proposes
     /// [`Command::AdvanceClock`] stamped with its clock and waits until it is applied, then
@@ -134,7 +148,7 @@ impl<E: Env> StorageNode<E> {
     ) -> ClientResponse {
         let unavailable = |reason: String| ClientResponse::Unavailable { reason };
         match handle.state.read(command, self.env.clock().wall_ms()).await {
-            Ok(ReadOutcome::Reply(reply)) => return ClientResponse::Reply(reply),
+            Ok(ReadOutcome::Reply(reply)) => return self.answer(reply),
             Ok(ReadOutcome::AdvanceClock { .. }) => {}
             Err(error) => return unavailable(error.to_string()),
         }
@@ -158,7 +172,7 @@ impl<E: Env> StorageNode<E> {
         }
         // At the group clock, which is now at least the time the read was judged at.
         match handle.state.read(command, 0).await {
-            Ok(ReadOutcome::Reply(reply)) => ClientResponse::Reply(reply),
+            Ok(ReadOutcome::Reply(reply)) => self.answer(reply),
             Ok(ReadOutcome::AdvanceClock { to_ms }) => unavailable(format!(
                 "group clock still behind {to_ms} ms after advancing"
             )),

@@ -20,6 +20,7 @@ use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Disk, FaultPoint, FaultPoints, Space, WriteBatch};
 use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, execute};
+use larder_core::slots::{Ownership, slot_of};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,10 @@ pub struct AppliedState {
     /// The largest entry timestamp applied. Entries apply at `max(entry time, this)`, so a
     /// leader whose clock is behind cannot make TTLs run backwards.
     pub clock_ms: u64,
+    /// The slots the group owns, as its log last set them ([`Command::OwnSlots`]); `None`:
+    /// never set, every key accepted (a group formed at bootstrap owns what the first table
+    /// gives it; ownership is set explicitly before its slots ever move).
+    pub owned: Option<Ownership>,
 }
 
 /// The last write a client session had applied, and its reply, so a duplicate of that write
@@ -92,6 +97,7 @@ pub enum ReadOutcome {
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotBody {
     clock_ms: u64,
+    owned: Option<Ownership>,
     /// User key -> encoded record.
     rows: Vec<(Bytes, Bytes)>,
     sessions: Vec<(u64, SessionEntry)>,
@@ -203,6 +209,16 @@ pub(crate) async fn wipe_group<D: Disk>(disk: &D, group: GroupId) -> Result<(), 
     Ok(())
 }
 
+/// The refusal of `command` by a group that owns `owned`: a key of a slot it does not own.
+fn not_owner(owned: Option<&Ownership>, command: &Command) -> Option<Reply> {
+    let own = owned?;
+    let slot = own.first_unowned(command.keys().into_iter().map(|k| k.as_ref()))?;
+    Some(Reply::NotOwner {
+        slot,
+        epoch: own.epoch,
+    })
+}
+
 fn invalid(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
 }
@@ -290,8 +306,14 @@ impl<D: Disk> DiskStateMachine<D> {
         let expires_unlogged = |record: &Record| {
             judge_expiry && record.is_expired(now_ms) && !record.is_expired(clock_ms)
         };
+        let owned = self.applied().owned;
         if command.scope() == Scope::Group {
-            return self.read_group(command, now_ms, &expires_unlogged).await;
+            return self
+                .read_group(command, now_ms, owned.as_ref(), &expires_unlogged)
+                .await;
+        }
+        if let Some(refusal) = not_owner(owned.as_ref(), command) {
+            return Ok(ReadOutcome::Reply(refusal));
         }
         let stored = self.load(command, &BTreeMap::new()).await?;
         if stored.values().any(expires_unlogged) {
@@ -308,6 +330,7 @@ impl<D: Disk> DiskStateMachine<D> {
         &self,
         command: &Command,
         now_ms: u64,
+        owned: Option<&Ownership>,
         expires_unlogged: &impl Fn(&Record) -> bool,
     ) -> Result<ReadOutcome, io::Error> {
         let mut read = match GroupRead::new(command, now_ms, KEYS_REPLY_MAX) {
@@ -323,11 +346,16 @@ impl<D: Disk> DiskStateMachine<D> {
                 .await?;
             let full = rows.len() == SCAN_PAGE_ROWS;
             for (full_key, bytes) in &rows {
+                let key = full_key.slice(8..);
+                // Rows of slots that moved away and are not deleted yet are not the group's.
+                if owned.is_some_and(|own| !own.owns(slot_of(&key))) {
+                    continue;
+                }
                 let record = Record::decode(bytes).map_err(|e| invalid(e.to_string()))?;
                 if expires_unlogged(&record) {
                     return Ok(ReadOutcome::AdvanceClock { to_ms: now_ms });
                 }
-                if let Err(reply) = read.feed(&full_key.slice(8..), &record) {
+                if let Err(reply) = read.feed(&key, &record) {
                     return Ok(ReadOutcome::Reply(reply));
                 }
             }
@@ -421,6 +449,7 @@ impl<D: Disk> DiskStateMachine<D> {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             clock_ms: body.clock_ms,
+            owned: body.owned,
         };
         // No read may see the range half rewritten.
         let _view = self.view.write().await;
@@ -491,6 +520,7 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
             .collect();
         let data = postcard::to_allocvec(&SnapshotBody {
             clock_ms: applied.clock_ms,
+            owned: applied.owned.clone(),
             rows,
             sessions,
         })
@@ -579,8 +609,28 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                         self.remember(session, &reply, applied.clock_ms, &mut batch);
                         reply
                     } else {
+                        let refusal = not_owner(applied.owned.as_ref(), &request.command);
                         let outcome = if request.command == Command::FlushAll {
                             // The deletion already happened above.
+                            Outcome {
+                                reply: Reply::Ok,
+                                writes: BTreeMap::new(),
+                            }
+                        } else if let Some(reply) = refusal {
+                            // A key of a slot the group does not own: not executed.
+                            Outcome {
+                                reply,
+                                writes: BTreeMap::new(),
+                            }
+                        } else if let Command::OwnSlots { ownership } = &request.command {
+                            // Epochs only grow: a late or repeated entry changes nothing.
+                            if applied
+                                .owned
+                                .as_ref()
+                                .is_none_or(|own| ownership.epoch > own.epoch)
+                            {
+                                applied.owned = Some(ownership.clone());
+                            }
                             Outcome {
                                 reply: Reply::Ok,
                                 writes: BTreeMap::new(),

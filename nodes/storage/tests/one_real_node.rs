@@ -1,6 +1,10 @@
-//! A bit flipped at rest in a real fjall data directory: the node never serves it, retires
-//! the replica, keeps it retired across restarts, and hosts the group afresh only once it is
-//! dropped. And a data directory written before record checksums is refused with a clear error.
+//! One storage node on the real environment (fjall in a temp directory), one group with it as
+//! the only voter, restarted by dropping its runtime (a process crash):
+//! - a bit flipped at rest: the node never serves it, retires the replica, keeps it retired
+//!   across restarts, and hosts the group afresh only once it is dropped;
+//! - a data directory written before record checksums is refused with a clear error;
+//! - slot ownership set through the log: commands for other slots are refused at apply time
+//!   (as a stale epoch), across restarts, and an older ownership never undoes a newer one.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -203,4 +207,78 @@ fn a_data_directory_from_before_record_checksums_is_refused() {
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("an unsealed data directory must be refused"),
     }
+}
+
+#[test]
+fn commands_for_slots_the_group_does_not_own_are_refused_at_apply_time() {
+    use larder_core::slots::{Ownership, slot_of};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let node = start(dir.path()).expect("start");
+    node.runtime
+        .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
+        .expect("initialize");
+    node.wait_leader();
+    // Two keys in different slots; the group will own only the first one's.
+    let (kept, moved) = ("a", "b");
+    let (kept_slot, moved_slot) = (slot_of(kept.as_bytes()), slot_of(moved.as_bytes()));
+    assert_ne!(kept_slot, moved_slot);
+    for key in [kept, moved] {
+        assert_eq!(
+            node.execute(Command::set(key, "before")),
+            ClientResponse::Reply(Reply::Ok)
+        );
+    }
+    let own = |epoch, slot: u16| Ownership::new(epoch, vec![(slot, slot)]).expect("ranges");
+    node.runtime
+        .block_on(node.node.set_owned_slots(GROUP, own(5, kept_slot)))
+        .expect("set ownership");
+    let refused = ClientResponse::StaleEpoch { epoch: 5 };
+    assert_eq!(
+        node.execute(Command::set(moved, "after")),
+        refused,
+        "a write"
+    );
+    assert_eq!(node.execute(Command::get(moved)), refused, "a read");
+    assert_eq!(
+        node.execute(Command::MGet {
+            keys: vec![Bytes::from(kept), Bytes::from(moved)]
+        }),
+        refused,
+        "a multi-key command with one key elsewhere"
+    );
+    assert_eq!(
+        node.execute(Command::get(kept)),
+        ClientResponse::Reply(Reply::Bulk(Bytes::from("before")))
+    );
+    // Whole-group reads leave out what the group no longer owns.
+    assert_eq!(
+        node.execute(Command::DbSize),
+        ClientResponse::Reply(Reply::Int(1))
+    );
+    // An older ownership (a late or repeated entry) changes nothing.
+    node.runtime
+        .block_on(node.node.set_owned_slots(GROUP, own(4, moved_slot)))
+        .expect("set an older ownership");
+    assert_eq!(node.execute(Command::get(moved)), refused);
+    node.stop();
+
+    // Applied through the log, so it survives a restart.
+    let again = start(dir.path()).expect("restart");
+    again.wait_leader();
+    assert_eq!(again.execute(Command::set(moved, "after")), refused);
+    // A newer one gives the slot back, with the data that never left.
+    again
+        .runtime
+        .block_on(again.node.set_owned_slots(GROUP, own(6, moved_slot)))
+        .expect("set a newer ownership");
+    assert_eq!(
+        again.execute(Command::get(moved)),
+        ClientResponse::Reply(Reply::Bulk(Bytes::from("before")))
+    );
+    assert_eq!(
+        again.execute(Command::get(kept)),
+        ClientResponse::StaleEpoch { epoch: 6 }
+    );
+    again.stop();
 }
