@@ -141,6 +141,14 @@ pub struct Ownership {
     pub ranges: Vec<(u16, u16)>,
 }
 
+/// Whether inclusive slot `ranges` contain `slot`. Few ranges per group (one, unless slots
+/// moved): a binary search is not worth it.
+pub fn ranges_contain(ranges: &[(u16, u16)], slot: u16) -> bool {
+    ranges
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&slot))
+}
+
 /// An ownership whose ranges are not ascending, disjoint and within `0..SLOTS`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid slot ranges {ranges:?}: {reason}")]
@@ -173,10 +181,7 @@ impl Ownership {
     }
 
     pub fn owns(&self, slot: u16) -> bool {
-        // Few ranges per group (one, unless slots moved): a binary search is not worth it.
-        self.ranges
-            .iter()
-            .any(|&(first, last)| (first..=last).contains(&slot))
+        ranges_contain(&self.ranges, slot)
     }
 
     /// The slot of the first of `keys` this ownership does not cover, if any.

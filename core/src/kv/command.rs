@@ -160,6 +160,25 @@ pub enum Command {
     OwnSlots {
         ownership: crate::slots::Ownership,
     },
+    /// Internal (slot migration `migration`, on the source group): from this entry on, record
+    /// every key of `ranges` that changes, so the copy can catch up with writes made while it
+    /// runs. Refused (an error reply) while another migration tracks the group.
+    TrackSlots {
+        migration: u64,
+        ranges: Vec<(u16, u16)>,
+    },
+    /// Internal: stop recording for `migration` and forget what was recorded.
+    UntrackSlots {
+        migration: u64,
+    },
+    /// Internal (slot migration: the copy into the target group, the source's cleanup): write
+    /// these encoded records as they are (`None`: delete the key), whoever owns their slots,
+    /// and advance the group clock to at least `clock_ms` (the source's, so an expiry a client
+    /// saw there is never undone here).
+    Ingest {
+        clock_ms: u64,
+        records: Vec<(Bytes, Option<Bytes>)>,
+    },
 }
 
 /// What a command acts on.
@@ -472,7 +491,14 @@ impl Command {
     /// Commands only a node itself proposes ([`Command::AdvanceClock`]): a node answers a
     /// client that sends one with an unknown-command error.
     pub fn is_internal(&self) -> bool {
-        matches!(self, Command::AdvanceClock | Command::OwnSlots { .. })
+        matches!(
+            self,
+            Command::AdvanceClock
+                | Command::OwnSlots { .. }
+                | Command::TrackSlots { .. }
+                | Command::UntrackSlots { .. }
+                | Command::Ingest { .. }
+        )
     }
 
     /// Whether the command acts on the keys it names or on a whole slot group.
@@ -515,7 +541,10 @@ impl Command {
             | Command::DbSize
             | Command::FlushAll
             | Command::AdvanceClock
-            | Command::OwnSlots { .. } => Vec::new(),
+            | Command::OwnSlots { .. }
+            | Command::TrackSlots { .. }
+            | Command::UntrackSlots { .. }
+            | Command::Ingest { .. } => Vec::new(),
         }
     }
 
@@ -551,6 +580,9 @@ impl Command {
             Command::Persist { .. } => "persist",
             Command::AdvanceClock => "advance-clock",
             Command::OwnSlots { .. } => "own-slots",
+            Command::TrackSlots { .. } => "track-slots",
+            Command::UntrackSlots { .. } => "untrack-slots",
+            Command::Ingest { .. } => "ingest",
         }
     }
 }

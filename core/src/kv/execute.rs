@@ -293,8 +293,11 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
         },
         // Its effect, advancing the group clock, is the apply loop's (the entry's stamp).
         Command::AdvanceClock => Reply::Ok,
-        // Its effect, the group's ownership, is the apply loop's.
-        Command::OwnSlots { .. } => Reply::Ok,
+        // Their effects (ownership, change tracking, raw records) are the apply loop's.
+        Command::OwnSlots { .. }
+        | Command::TrackSlots { .. }
+        | Command::UntrackSlots { .. }
+        | Command::Ingest { .. } => Reply::Ok,
         Command::Expire { key, expiry } => match view.get(key).cloned() {
             None => {
                 if view.is_stale(key) {

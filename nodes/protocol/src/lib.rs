@@ -32,8 +32,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use admin::{
-    AddGroup, AdminRequest, AdminResponse, RemoveGroup, ReplaceVoter, SetOwnedSlots,
-    TransferLeadership,
+    AddGroup, AdminRequest, AdminResponse, IngestRecords, ReadSlots, ReadSlotsResponse,
+    RemoveGroup, ReplaceVoter, SLOT_PAGE_BYTES_MAX, SLOT_PAGE_ROWS_MAX, SetOwnedSlots, SlotPage,
+    SlotRead, TrackSlots, TransferLeadership, UntrackSlots,
 };
 pub use center::{
     ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, GetRouting, GroupStatus,

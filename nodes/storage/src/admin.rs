@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::env::{Env, timeout};
-use larder_core::kv::Command;
-use larder_core::slots::Ownership;
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    AddGroup, AdminRequest, AdminResponse, CENTER_GROUP, RemoveGroup, ReplaceVoter, SetOwnedSlots,
-    TransferLeadership, respond,
+    AddGroup, AdminRequest, AdminResponse, CENTER_GROUP, IngestRecords, ReadSlots,
+    ReadSlotsResponse, RemoveGroup, ReplaceVoter, SetOwnedSlots, TrackSlots, TransferLeadership,
+    UntrackSlots, respond,
 };
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
@@ -188,43 +187,39 @@ impl<E: Env> StorageNode<E> {
                     self.set_owned_slots(group, ownership).await,
                 ))
             }
-        }
-    }
-
-    /// Sets the slots `group` owns through its Raft log ([`Command::OwnSlots`]); call on the
-    /// leader. Done once applied here; an ownership not newer than the applied one changes
-    /// nothing (and is done too: the group is already past it).
-    pub async fn set_owned_slots(
-        &self,
-        group: GroupId,
-        ownership: Ownership,
-    ) -> Result<(), NodeError> {
-        if group == CENTER_GROUP {
-            return Err(NodeError::Raft {
+            AdminRequest::TrackSlots(TrackSlots {
                 group,
-                reason: "the center group owns no slots".into(),
-            });
-        }
-        let entry = crate::raft::Request {
-            now_ms: self.stamp(),
-            command: Command::OwnSlots { ownership },
-            session: None,
-        };
-        let raft = self.raft(group)?;
-        let limit = Duration::from_millis(self.config.request_timeout_ms);
-        match timeout(self.env.clock(), limit, raft.client_write(entry)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                Err(NodeError::NotLeader {
-                    group,
-                    leader_hint: forward.leader_id,
-                })
+                migration,
+                ranges,
+            }) => respond::<TrackSlots>(&admin_response(
+                self.track_slots(group, migration, ranges).await,
+            )),
+            AdminRequest::UntrackSlots(UntrackSlots { group, migration }) => {
+                respond::<UntrackSlots>(&admin_response(self.untrack_slots(group, migration).await))
             }
-            Ok(Err(error)) => Err(raft_error(group, error)),
-            Err(_) => Err(NodeError::Raft {
+            AdminRequest::IngestRecords(IngestRecords {
                 group,
-                reason: "setting the owned slots timed out".into(),
-            }),
+                clock_ms,
+                records,
+            }) => respond::<IngestRecords>(&admin_response(
+                self.ingest(group, clock_ms, records).await,
+            )),
+            AdminRequest::ReadSlots(ReadSlots {
+                group,
+                ranges,
+                read,
+            }) => {
+                let answer = match self.read_slots(group, &ranges, &read).await {
+                    Ok(page) => ReadSlotsResponse::Page(page),
+                    Err(NodeError::NotLeader { leader_hint, .. }) => {
+                        ReadSlotsResponse::NotLeader { leader_hint }
+                    }
+                    Err(error) => ReadSlotsResponse::Failed {
+                        reason: error.to_string(),
+                    },
+                };
+                respond::<ReadSlots>(&answer)
+            }
         }
     }
 

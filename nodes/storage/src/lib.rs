@@ -8,6 +8,7 @@
 //!   openraft's RPCs, routing fetches, and the request dispatch ([`NodeHandler`]).
 //! - [`admin`]: the center's instructions (host, drop, form, replace a voter, move leadership).
 //! - [`broken`]: replicas retired because a record's checksum failed.
+//! - [`migration`]: a node's steps in moving slots between groups (track, read, ingest, own).
 //! - [`heartbeat`]: heartbeats to the center, which bring routing tables and addresses.
 //! - [`raft`]: one Raft group over the environment (log store, state machine, network,
 //!   runtime, group commit, wire payloads).
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod broken;
 pub mod config;
 pub mod heartbeat;
+pub mod migration;
 pub mod node;
 pub mod raft;
 pub mod serving;

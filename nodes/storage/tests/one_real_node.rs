@@ -21,6 +21,8 @@ use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioCl
 use larder_storage::{NodeConfig, NodeError, StorageNode};
 
 const GROUP: u64 = 1;
+/// A second group on the same node (formed only by the tests that move slots into it).
+const OTHER: u64 = 2;
 const ID: NodeId = 1;
 
 /// A node on its own runtime: dropping the runtime is a process crash.
@@ -48,25 +50,33 @@ fn start(dir: &Path) -> Result<Running, NodeError> {
             disk,
             seed: ID,
         };
-        StorageNode::start(env, NodeConfig::new(ID, vec![GROUP])).await
+        StorageNode::start(env, NodeConfig::new(ID, vec![GROUP, OTHER])).await
     })?;
     Ok(Running { runtime, node })
 }
 
 impl Running {
     fn execute(&self, command: Command) -> ClientResponse {
+        self.execute_in(GROUP, command)
+    }
+
+    fn execute_in(&self, group: u64, command: Command) -> ClientResponse {
         self.runtime
-            .block_on(self.node.execute(GROUP, command, None))
+            .block_on(self.node.execute(group, command, None))
     }
 
     fn wait_leader(&self) {
+        self.wait_leader_of(GROUP);
+    }
+
+    fn wait_leader_of(&self, group: u64) {
         for _ in 0..200 {
-            if self.node.is_leader(GROUP) {
+            if self.node.is_leader(group) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("the single voter never led its group");
+        panic!("the single voter never led group {group}");
     }
 
     fn stop(self) {
@@ -74,6 +84,14 @@ impl Running {
         drop(self.node);
         drop(self.runtime);
     }
+}
+
+fn parse(line: &str) -> Command {
+    let words: Vec<Bytes> = line
+        .split_whitespace()
+        .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+        .collect();
+    Command::parse(&words).expect("a valid command")
 }
 
 fn state_key(key: &[u8]) -> Vec<u8> {
@@ -281,4 +299,221 @@ fn commands_for_slots_the_group_does_not_own_are_refused_at_apply_time() {
         ClientResponse::StaleEpoch { epoch: 6 }
     );
     again.stop();
+}
+
+/// The steps of moving `ranges` from group `from` to group `to` (the order a migration takes;
+/// `larder_storage::migration`), driven by hand with `between` run at each pause so writes can
+/// land while the copy runs: track, copy, catch up, fence the source, last catch-up, the target
+/// owns, untrack, clean the source. `epoch` is the ownership epoch of the move.
+fn move_slots(
+    node: &Running,
+    (from, to): (u64, u64),
+    ranges: &[(u16, u16)],
+    epoch: u64,
+    between: &mut dyn FnMut(&str),
+) {
+    use larder_core::slots::{Ownership, SLOTS};
+    use larder_protocol::SlotRead;
+
+    let rest: Vec<(u16, u16)> = {
+        // Every slot but `ranges` (ascending, disjoint).
+        let mut rest = Vec::new();
+        let mut next = 0u16;
+        for &(first, last) in ranges {
+            if first > next {
+                rest.push((next, first - 1));
+            }
+            next = last + 1;
+        }
+        if next < SLOTS {
+            rest.push((next, SLOTS - 1));
+        }
+        rest
+    };
+    // Pages through one read, ingesting each into `to`; returns the first page's index.
+    let pass = |read: &dyn Fn(Option<Bytes>) -> SlotRead, into: u64| -> (u64, usize) {
+        let mut after = None;
+        let mut first_index = None;
+        let mut moved = 0;
+        loop {
+            let page = node
+                .runtime
+                .block_on(node.node.read_slots(from, ranges, &read(after.clone())))
+                .expect("read a page");
+            first_index.get_or_insert(page.applied_index);
+            moved += page.records.len();
+            if !page.records.is_empty() {
+                node.runtime
+                    .block_on(node.node.ingest(into, page.clock_ms, page.records))
+                    .expect("ingest");
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return (first_index.expect("one page"), moved),
+            }
+        }
+    };
+    node.runtime
+        .block_on(node.node.track_slots(from, 7, ranges.to_vec()))
+        .expect("track");
+    between("tracking");
+    let (mut since, copied) = pass(&|after| SlotRead::Copy { after }, to);
+    assert!(copied > 0, "the copy moved nothing");
+    between("copied");
+    for _ in 0..3 {
+        let (index, changed) = pass(&|after| SlotRead::Changes { since, after }, to);
+        since = index;
+        if changed == 0 {
+            break;
+        }
+    }
+    between("caught up");
+    node.runtime
+        .block_on(
+            node.node
+                .set_owned_slots(from, Ownership::new(epoch, rest).expect("rest")),
+        )
+        .expect("fence the source");
+    between("fenced");
+    pass(&|after| SlotRead::Changes { since, after }, to);
+    node.runtime
+        .block_on(
+            node.node
+                .set_owned_slots(to, Ownership::new(epoch, ranges.to_vec()).expect("ranges")),
+        )
+        .expect("the target owns");
+    node.runtime
+        .block_on(node.node.untrack_slots(from, 7))
+        .expect("untrack");
+    // Clean the source: what it still holds of the slots, deleted in pages.
+    loop {
+        let page = node
+            .runtime
+            .block_on(
+                node.node
+                    .read_slots(from, ranges, &SlotRead::Copy { after: None }),
+            )
+            .expect("read what is left");
+        if page.records.is_empty() {
+            break;
+        }
+        let deletes = page
+            .records
+            .into_iter()
+            .map(|(key, _)| (key, None))
+            .collect();
+        node.runtime
+            .block_on(node.node.ingest(from, page.clock_ms, deletes))
+            .expect("delete");
+    }
+}
+
+#[test]
+fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
+    use larder_core::slots::{Ownership, slot_of};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let node = start(dir.path()).expect("start");
+    for group in [GROUP, OTHER] {
+        node.runtime
+            .block_on(node.node.initialize(group, &BTreeSet::from([ID])))
+            .expect("initialize");
+        node.wait_leader_of(group);
+    }
+    // The moving keys share a hash tag, so one slot; "stays" lives elsewhere.
+    let slot = slot_of(b"{m}");
+    assert_ne!(slot, slot_of(b"stays"));
+    let key = |i: u32| format!("{{m}}k{i}");
+    let ok = ClientResponse::Reply(Reply::Ok);
+    for i in 0..20 {
+        assert_eq!(node.execute(Command::set(key(i), "v0")), ok);
+    }
+    assert_eq!(node.execute(Command::set("stays", "here")), ok);
+    assert_eq!(node.execute(parse("set {m}ttl t ex 3600")), ok);
+    // The target owns nothing yet: a stale client's write there is refused.
+    node.runtime
+        .block_on(
+            node.node
+                .set_owned_slots(OTHER, Ownership::new(10, vec![]).expect("none")),
+        )
+        .expect("the target owns nothing");
+    assert_eq!(
+        node.execute_in(OTHER, Command::set(key(0), "stray")),
+        ClientResponse::StaleEpoch { epoch: 10 }
+    );
+
+    let mut between = |phase: &str| match phase {
+        "tracking" => {
+            // Another migration cannot start, and FLUSHALL would escape the record.
+            assert!(
+                node.runtime
+                    .block_on(node.node.track_slots(GROUP, 8, vec![(0, 1)]))
+                    .is_err()
+            );
+            assert!(matches!(
+                node.execute(Command::FlushAll),
+                ClientResponse::Reply(Reply::Error(_))
+            ));
+        }
+        "copied" => {
+            // Written after their page was copied: only the catch-up brings them.
+            assert_eq!(node.execute(Command::set(key(3), "v1")), ok);
+            assert_eq!(
+                node.execute(Command::Del {
+                    keys: vec![Bytes::from(key(4))]
+                }),
+                ClientResponse::Reply(Reply::Int(1))
+            );
+            assert_eq!(node.execute(Command::set(key(20), "new")), ok);
+        }
+        "caught up" => {
+            // Between the last catch-up pass and the fence.
+            assert_eq!(node.execute(Command::set(key(5), "late")), ok);
+        }
+        "fenced" => {
+            // The source refuses the slot from the fence on.
+            assert_eq!(
+                node.execute(Command::set(key(6), "too late")),
+                ClientResponse::StaleEpoch { epoch: 11 }
+            );
+        }
+        _ => {}
+    };
+    move_slots(&node, (GROUP, OTHER), &[(slot, slot)], 11, &mut between);
+
+    let bulk = |v: &str| ClientResponse::Reply(Reply::Bulk(Bytes::from(v.to_string())));
+    for i in 0..21 {
+        let expected = match i {
+            3 => bulk("v1"),
+            4 => ClientResponse::Reply(Reply::Nil),
+            5 => bulk("late"),
+            20 => bulk("new"),
+            _ => bulk("v0"),
+        };
+        assert_eq!(
+            node.execute_in(OTHER, Command::get(key(i))),
+            expected,
+            "key {i}"
+        );
+    }
+    // The expiry moved with the record.
+    match node.execute_in(OTHER, parse("ttl {m}ttl")) {
+        ClientResponse::Reply(Reply::Int(ttl)) => assert!((3500..=3600).contains(&ttl), "{ttl}"),
+        other => panic!("ttl: {other:?}"),
+    }
+    // The source refuses the slot and holds none of it; the rest stays.
+    assert_eq!(
+        node.execute(Command::get(key(0))),
+        ClientResponse::StaleEpoch { epoch: 11 }
+    );
+    assert_eq!(node.execute(Command::get("stays")), bulk("here"));
+    assert_eq!(
+        node.execute(Command::DbSize),
+        ClientResponse::Reply(Reply::Int(1))
+    );
+    assert_eq!(
+        node.execute_in(OTHER, Command::DbSize),
+        ClientResponse::Reply(Reply::Int(21))
+    );
+    node.stop();
 }

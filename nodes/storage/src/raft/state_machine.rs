@@ -20,10 +20,12 @@ use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Disk, FaultPoint, FaultPoints, Space, WriteBatch};
 use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, execute};
-use larder_core::slots::{Ownership, slot_of};
+use larder_core::slots::{Ownership, ranges_contain, slot_of};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
+
+use larder_protocol::{SlotPage, SlotRead};
 
 use super::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, decode, encode,
@@ -52,6 +54,18 @@ pub struct AppliedState {
     /// never set, every key accepted (a group formed at bootstrap owns what the first table
     /// gives it; ownership is set explicitly before its slots ever move).
     pub owned: Option<Ownership>,
+    /// The slot migration recording which keys of its slots change here (on the source).
+    pub tracking: Option<Tracking>,
+}
+
+/// A slot migration's change record on its source group ([`Command::TrackSlots`]): every key of
+/// `ranges` written from log index `since` on has a *dirty marker* (`dirty/<group><key>` in
+/// [`Space::Meta`], valued with the index of its last change), so the copy can catch up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tracking {
+    pub migration: u64,
+    pub ranges: Vec<(u16, u16)>,
+    pub since: u64,
 }
 
 /// The last write a client session had applied, and its reply, so a duplicate of that write
@@ -98,6 +112,9 @@ pub enum ReadOutcome {
 struct SnapshotBody {
     clock_ms: u64,
     owned: Option<Ownership>,
+    tracking: Option<Tracking>,
+    /// Dirty markers of a migration in progress: user key -> index of its last change.
+    dirty: Vec<(Bytes, u64)>,
     /// User key -> encoded record.
     rows: Vec<(Bytes, Bytes)>,
     sessions: Vec<(u64, SessionEntry)>,
@@ -161,6 +178,27 @@ fn session_end(group: GroupId) -> Vec<u8> {
     key
 }
 
+fn dirty_prefix(group: GroupId) -> Vec<u8> {
+    let mut key = b"dirty/".to_vec();
+    key.extend_from_slice(&group.to_be_bytes());
+    key
+}
+
+fn dirty_key(group: GroupId, key: &[u8]) -> Vec<u8> {
+    let mut out = dirty_prefix(group);
+    out.extend_from_slice(key);
+    out
+}
+
+/// End (exclusive) of `group`'s dirty markers.
+fn dirty_end(group: GroupId) -> Vec<u8> {
+    match group.checked_add(1) {
+        Some(next) => dirty_prefix(next),
+        // Past every `dirty/` key (`0` follows `/`).
+        None => b"dirty0".to_vec(),
+    }
+}
+
 fn applied_key(group: GroupId) -> Vec<u8> {
     let mut key = b"applied/".to_vec();
     key.extend_from_slice(&group.to_be_bytes());
@@ -195,6 +233,8 @@ pub(crate) async fn wipe_group<D: Disk>(disk: &D, group: GroupId) -> Result<(), 
         None,
     )
     .await?;
+    disk.delete_range_paged(Space::Meta, &dirty_prefix(group), &dirty_end(group), None)
+        .await?;
     let mut batch = WriteBatch::new();
     batch.delete(Space::Meta, applied_key(group));
     // The Raft metadata keys of `larder_core::env::Disk` (`kind/` ++ group, big-endian).
@@ -209,8 +249,20 @@ pub(crate) async fn wipe_group<D: Disk>(disk: &D, group: GroupId) -> Result<(), 
     Ok(())
 }
 
+/// A dirty marker's value: the index of the key's last change.
+pub(crate) fn decode_index(value: &[u8]) -> Result<u64, io::Error> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| invalid(format!("dirty marker of {} bytes", value.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 /// The refusal of `command` by a group that owns `owned`: a key of a slot it does not own.
 fn not_owner(owned: Option<&Ownership>, command: &Command) -> Option<Reply> {
+    // Internal commands name no client keys (`Ingest` writes where ownership is moving).
+    if command.is_internal() {
+        return None;
+    }
     let own = owned?;
     let slot = own.first_unowned(command.keys().into_iter().map(|k| k.as_ref()))?;
     Some(Reply::NotOwner {
@@ -402,6 +454,100 @@ impl<D: Disk> DiskStateMachine<D> {
         Ok(stored)
     }
 
+    /// One page of a slot migration's read (see [`SlotRead`]): records of `ranges` in key
+    /// order after the cursor, at most `rows_max` records and about `bytes_max` bytes (a larger
+    /// record travels alone), scanning at most [`SCAN_PAGE_ROWS`] rows so a page of a group
+    /// with few keys in the slots stays cheap. Consistent: taken under the read side of the
+    /// view lock, so every record is as of the page's applied index. Called on the leader
+    /// after a read-index round.
+    ///
+    /// Cost: one group's keys are stored in key order, not slot order, so a copy scans the
+    /// whole group once (a slot-ordered layout would make it the range only).
+    pub async fn read_slots(
+        &self,
+        ranges: &[(u16, u16)],
+        read: &SlotRead,
+        rows_max: usize,
+        bytes_max: usize,
+    ) -> Result<SlotPage, io::Error> {
+        let _view = self.view.read().await;
+        let applied = self.applied();
+        let mut page = SlotPage {
+            applied_index: applied.last_applied.map_or(0, |id| id.index()),
+            clock_ms: applied.clock_ms,
+            ..SlotPage::default()
+        };
+        let (space, prefix, end, after, since) = match read {
+            SlotRead::Copy { after } => (
+                Space::State,
+                group_prefix(self.group).to_vec(),
+                group_end(self.group),
+                after,
+                None,
+            ),
+            SlotRead::Changes { since, after } => {
+                let tracking = applied.tracking.as_ref().ok_or_else(|| {
+                    invalid("the group records no changes (no migration tracks it)")
+                })?;
+                if *since < tracking.since {
+                    return Err(invalid(format!(
+                        "changes since {since} asked, recorded only since {}",
+                        tracking.since
+                    )));
+                }
+                (
+                    Space::Meta,
+                    dirty_prefix(self.group),
+                    dirty_end(self.group),
+                    after,
+                    Some(*since),
+                )
+            }
+        };
+        let mut from = prefix.clone();
+        if let Some(after) = after {
+            from.extend_from_slice(after);
+            from.push(0);
+        }
+        let rows = self
+            .disk
+            .scan(space, &from, Some(&end), SCAN_PAGE_ROWS)
+            .await?;
+        let scanned_all = rows.len() < SCAN_PAGE_ROWS;
+        let mut bytes = 0usize;
+        let mut last_seen = None;
+        for (full_key, value) in rows {
+            let key = full_key.slice(prefix.len()..);
+            let full = page.records.len() >= rows_max.max(1)
+                || (!page.records.is_empty() && bytes >= bytes_max);
+            if full {
+                page.next = last_seen;
+                return Ok(page);
+            }
+            last_seen = Some(key.clone());
+            if !ranges_contain(ranges, slot_of(&key)) {
+                continue;
+            }
+            let record = match since {
+                None => Some(value),
+                Some(since) => {
+                    if decode_index(&value)? <= since {
+                        continue;
+                    }
+                    self.disk
+                        .get(Space::State, &state_key(self.group, &key))
+                        .await?
+                }
+            };
+            bytes += key.len() + record.as_ref().map_or(0, |r| r.len());
+            page.records.push((key, record));
+        }
+        if !scanned_all {
+            page.next = last_seen;
+        }
+        Ok(page)
+    }
+
     /// `(last applied index, FNV-1a hash of every state row of the group)`: replicas that
     /// applied the same prefix of the log must agree on it.
     pub async fn digest(&self) -> Result<(u64, u64), io::Error> {
@@ -450,6 +596,7 @@ impl<D: Disk> DiskStateMachine<D> {
             membership: meta.last_membership.clone(),
             clock_ms: body.clock_ms,
             owned: body.owned,
+            tracking: body.tracking,
         };
         // No read may see the range half rewritten.
         let _view = self.view.write().await;
@@ -463,8 +610,23 @@ impl<D: Disk> DiskStateMachine<D> {
                 None,
             )
             .await?;
+        self.disk
+            .delete_range_paged(
+                Space::Meta,
+                &dirty_prefix(self.group),
+                &dirty_end(self.group),
+                None,
+            )
+            .await?;
         self.points.hit(FaultPoint::SnapshotInstalling).await;
         let mut fill = WriteBatch::new();
+        for (key, index) in &body.dirty {
+            fill.put(
+                Space::Meta,
+                dirty_key(self.group, key),
+                index.to_be_bytes().to_vec(),
+            );
+        }
         for (key, value) in body.rows {
             fill.put(Space::State, state_key(self.group, &key), value);
         }
@@ -518,9 +680,36 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
             .iter()
             .map(|(id, e)| (*id, e.clone()))
             .collect();
+        let mut dirty = Vec::new();
+        let prefix = dirty_prefix(self.group);
+        let mut from = prefix.clone();
+        loop {
+            let page = self
+                .disk
+                .scan(
+                    Space::Meta,
+                    &from,
+                    Some(&dirty_end(self.group)),
+                    SNAPSHOT_SCAN_PAGE_MAX,
+                )
+                .await?;
+            let full = page.len() == SNAPSHOT_SCAN_PAGE_MAX;
+            if let Some((last, _)) = page.last() {
+                from = last.to_vec();
+                from.push(0);
+            }
+            for (key, value) in page {
+                dirty.push((key.slice(prefix.len()..), decode_index(&value)?));
+            }
+            if !full {
+                break;
+            }
+        }
         let data = postcard::to_allocvec(&SnapshotBody {
             clock_ms: applied.clock_ms,
             owned: applied.owned.clone(),
+            tracking: applied.tracking.clone(),
+            dirty,
             rows,
             sessions,
         })
@@ -565,8 +754,29 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
             // entry's batch: write what came before, then delete. A crash in between leaves
             // the applied marker before this entry, so it is applied again (deleting is
             // idempotent).
+            // Forgetting a migration's dirty markers is paged the same way.
+            if let EntryPayload::Normal(request) = &entry.payload
+                && let Command::UntrackSlots { migration } = &request.command
+                && applied
+                    .tracking
+                    .as_ref()
+                    .is_some_and(|t| t.migration == *migration)
+            {
+                self.flush(&mut batch, &applied, &mut overlay, &mut replies)
+                    .await?;
+                pending = 0;
+                self.disk
+                    .delete_range_paged(
+                        Space::Meta,
+                        &dirty_prefix(self.group),
+                        &dirty_end(self.group),
+                        None,
+                    )
+                    .await?;
+            }
             if let EntryPayload::Normal(request) = &entry.payload
                 && request.command == Command::FlushAll
+                && applied.tracking.is_none()
                 && matches!(self.session_verdict(request.session), SessionVerdict::Apply)
             {
                 self.flush(&mut batch, &applied, &mut overlay, &mut replies)
@@ -610,7 +820,25 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                         reply
                     } else {
                         let refusal = not_owner(applied.owned.as_ref(), &request.command);
-                        let outcome = if request.command == Command::FlushAll {
+                        let index = entry.log_id.index();
+                        let outcome = if request.command == Command::FlushAll
+                            && let Some(tracking) = &applied.tracking
+                        {
+                            // Deleting the range would not leave a dirty marker per key, and
+                            // the copy would keep what was flushed here.
+                            Outcome {
+                                reply: Reply::error(format!(
+                                    "ERR FLUSHALL refused while slots of this group move \
+                                     (migration {})",
+                                    tracking.migration
+                                )),
+                                writes: BTreeMap::new(),
+                            }
+                        } else if let Some(outcome) =
+                            self.apply_migration(&request.command, index, &mut applied)
+                        {
+                            outcome
+                        } else if request.command == Command::FlushAll {
                             // The deletion already happened above.
                             Outcome {
                                 reply: Reply::Ok,
@@ -622,24 +850,21 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                                 reply,
                                 writes: BTreeMap::new(),
                             }
-                        } else if let Command::OwnSlots { ownership } = &request.command {
-                            // Epochs only grow: a late or repeated entry changes nothing.
-                            if applied
-                                .owned
-                                .as_ref()
-                                .is_none_or(|own| ownership.epoch > own.epoch)
-                            {
-                                applied.owned = Some(ownership.clone());
-                            }
-                            Outcome {
-                                reply: Reply::Ok,
-                                writes: BTreeMap::new(),
-                            }
                         } else {
                             let stored = self.load(&request.command, &overlay).await?;
                             execute(&request.command, applied.clock_ms, &stored)
                         };
                         for (key, record) in outcome.writes {
+                            if let Some(tracking) = &applied.tracking
+                                && !request.command.is_internal()
+                                && ranges_contain(&tracking.ranges, slot_of(&key))
+                            {
+                                batch.put(
+                                    Space::Meta,
+                                    dirty_key(self.group, &key),
+                                    index.to_be_bytes().to_vec(),
+                                );
+                            }
                             let full_key = state_key(self.group, &key);
                             match &record {
                                 Some(record) => {
@@ -702,6 +927,79 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
 }
 
 impl<D: Disk> DiskStateMachine<D> {
+    /// The effect of a slot-migration command on `applied` and the records it writes, or
+    /// `None` for any other command.
+    fn apply_migration(
+        &self,
+        command: &Command,
+        index: u64,
+        applied: &mut AppliedState,
+    ) -> Option<Outcome> {
+        let done = |reply: Reply, writes| Some(Outcome { reply, writes });
+        match command {
+            Command::OwnSlots { ownership } => {
+                // Epochs only grow: a late or repeated entry changes nothing.
+                if applied
+                    .owned
+                    .as_ref()
+                    .is_none_or(|own| ownership.epoch > own.epoch)
+                {
+                    applied.owned = Some(ownership.clone());
+                }
+                done(Reply::Ok, BTreeMap::new())
+            }
+            Command::TrackSlots { migration, ranges } => match &applied.tracking {
+                Some(tracking) if tracking.migration != *migration => done(
+                    Reply::error(format!(
+                        "ERR slots of this group are already moving (migration {})",
+                        tracking.migration
+                    )),
+                    BTreeMap::new(),
+                ),
+                // Repeated: the record keeps its start.
+                Some(_) => done(Reply::Ok, BTreeMap::new()),
+                None => {
+                    applied.tracking = Some(Tracking {
+                        migration: *migration,
+                        ranges: ranges.clone(),
+                        since: index,
+                    });
+                    done(Reply::Ok, BTreeMap::new())
+                }
+            },
+            Command::UntrackSlots { migration } => {
+                // The markers were deleted before this entry (see `apply`).
+                if applied
+                    .tracking
+                    .as_ref()
+                    .is_some_and(|t| t.migration == *migration)
+                {
+                    applied.tracking = None;
+                }
+                done(Reply::Ok, BTreeMap::new())
+            }
+            Command::Ingest { clock_ms, records } => {
+                let mut writes = BTreeMap::new();
+                for (key, record) in records {
+                    let record = match record.as_deref().map(Record::decode).transpose() {
+                        Ok(record) => record,
+                        // All or nothing: a bad record writes none of the batch.
+                        Err(error) => {
+                            return done(
+                                Reply::error(format!("ERR ingest: record of {key:?}: {error}")),
+                                BTreeMap::new(),
+                            );
+                        }
+                    };
+                    writes.insert(key.clone(), record);
+                }
+                applied.clock_ms = applied.clock_ms.max(*clock_ms);
+                done(Reply::Ok, writes)
+            }
+            _ => None,
+        }
+    }
+
     /// What to do with an entry of `session` (see [`SessionVerdict`]).
     fn session_verdict(&self, session: Option<crate::raft::SessionSeq>) -> SessionVerdict {
         let Some(session) = session else {
