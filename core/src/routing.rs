@@ -247,6 +247,29 @@ impl RoutingTable {
         Ok(next)
     }
 
+    /// A copy with every slot of `ranges` (inclusive) owned by `to_group`, at `epoch + 1`.
+    pub fn move_slots(
+        &self,
+        ranges: &[(u16, u16)],
+        to_group: GroupId,
+    ) -> Result<RoutingTable, RoutingError> {
+        if !self.groups.contains_key(&to_group) {
+            return Err(RoutingError::UnknownGroup(to_group));
+        }
+        let mut next = self.next_epoch();
+        for &(first, last) in ranges {
+            for slot in first..=last {
+                let owner = next
+                    .slot_groups
+                    .get_mut(usize::from(slot))
+                    .ok_or(RoutingError::SlotOutOfRange { slot })?;
+                *owner = to_group;
+            }
+        }
+        self.debug_check_successor(&next);
+        Ok(next)
+    }
+
     /// Whether `self` supersedes `other` (strictly higher epoch).
     pub fn is_newer_than(&self, other: &RoutingTable) -> bool {
         self.epoch > other.epoch
@@ -337,6 +360,24 @@ mod tests {
     /// Group g on nodes 3g-2, 3g-1, 3g: three disjoint replicas per group.
     fn three_each(g: GroupId) -> Vec<NodeId> {
         vec![3 * g - 2, 3 * g - 1, 3 * g]
+    }
+
+    #[test]
+    fn moving_ranges_moves_exactly_those_slots_in_one_epoch() {
+        let t = RoutingTable::even(4, three_each);
+        let next = t.move_slots(&[(0, 9), (100, 100)], 4).unwrap();
+        assert_eq!(next.epoch(), t.epoch() + 1);
+        for slot in 0..SLOTS {
+            let moved = slot < 10 || slot == 100;
+            let expected = if moved {
+                Some(4)
+            } else {
+                t.group_of_slot(slot)
+            };
+            assert_eq!(next.group_of_slot(slot), expected, "slot {slot}");
+        }
+        assert!(t.move_slots(&[(0, 1)], 99).is_err());
+        assert!(t.move_slots(&[(16383, 16384)], 1).is_err());
     }
 
     #[test]

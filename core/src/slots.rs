@@ -149,6 +149,18 @@ pub fn ranges_contain(ranges: &[(u16, u16)], slot: u16) -> bool {
         .any(|&(first, last)| (first..=last).contains(&slot))
 }
 
+/// The slots for which `member` holds, as inclusive ascending ranges.
+pub fn ranges_where(member: impl Fn(u16) -> bool) -> Vec<(u16, u16)> {
+    let mut ranges: Vec<(u16, u16)> = Vec::new();
+    for slot in (0..SLOTS).filter(|slot| member(*slot)) {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == slot => *last = slot,
+            _ => ranges.push((slot, slot)),
+        }
+    }
+    ranges
+}
+
 /// An ownership whose ranges are not ascending, disjoint and within `0..SLOTS`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid slot ranges {ranges:?}: {reason}")]
@@ -211,6 +223,16 @@ mod ownership_tests {
                 .first_unowned([key.as_slice()]),
             None
         );
+    }
+
+    #[test]
+    fn ranges_where_joins_neighbours() {
+        assert_eq!(
+            ranges_where(|s| s < 3 || s == 5 || s >= 16382),
+            vec![(0, 2), (5, 5), (16382, 16383)]
+        );
+        assert_eq!(ranges_where(|_| false), vec![]);
+        assert_eq!(ranges_where(|_| true), vec![(0, 16383)]);
     }
 
     #[test]

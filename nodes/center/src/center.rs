@@ -41,6 +41,8 @@ pub(crate) struct Soft {
     pub(crate) admin: BTreeSet<(NodeId, GroupId, u8)>,
     /// Liveness as of the last tick (for status queries).
     pub(crate) liveness: BTreeMap<NodeId, Liveness>,
+    /// Migrations this leader runs a task for ([`crate::migrate`]).
+    pub(crate) migrating: BTreeSet<u64>,
 }
 
 /// The center state as this replica last read it from its applied state, and the applied index
@@ -52,6 +54,7 @@ pub(crate) struct Cache {
     pub(crate) registry: Arc<BTreeMap<NodeId, NodeRecord>>,
     /// The registry's addresses as handed out ([`registry_addresses`]).
     pub(crate) addresses: Arc<Vec<(NodeId, String)>>,
+    pub(crate) migrations: Arc<BTreeMap<u64, larder_protocol::Migration>>,
 }
 
 /// One center replica (or observer): a storage node hosting [`CENTER_GROUP`], plus the control

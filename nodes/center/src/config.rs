@@ -46,10 +46,19 @@ pub struct CenterConfig {
     pub stale_replica_ms: u64,
     /// Routing epochs kept in the center group (at least 2; see the module docs).
     pub routing_history: u64,
+    /// After a migration's cutover, how long the source keeps its copy of the moved slots
+    /// before deleting it: time for every proxy and client to learn the new table (a client
+    /// still routed by the old one is refused by the source, never served stale data).
+    #[serde(default = "default_migration_grace_ms")]
+    pub migration_grace_ms: u64,
     /// Bugs planted on purpose ([`larder_core::bugs`]; none without the `planted-bugs`
     /// feature). Never read from a file.
     #[serde(skip)]
     pub bugs: Bugs,
+}
+
+fn default_migration_grace_ms() -> u64 {
+    5_000
 }
 
 impl CenterConfig {
@@ -70,6 +79,7 @@ impl CenterConfig {
             replace_timeout_ms: 30_000,
             stale_replica_ms: 60_000,
             routing_history: 16,
+            migration_grace_ms: default_migration_grace_ms(),
             bugs: Bugs::default(),
         }
     }
@@ -130,4 +140,6 @@ pub enum CenterError {
     Corrupt { key: String, reason: String },
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    #[error("refused: {reason}")]
+    Refused { reason: String },
 }

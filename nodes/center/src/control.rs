@@ -56,6 +56,7 @@ impl<E: Env> Center<E> {
             }
         }
         let durable = self.load().await?;
+        self.resume_migrations(term, &durable.migrations);
         self.ensure_observers().await;
         let now = clock.now();
         let view = self.view(durable, now);
@@ -292,6 +293,38 @@ impl<E: Env> Center<E> {
                 Ok(Err(error)) => tracing::warn!(observer, %error, "adding an observer"),
                 Err(_) => tracing::warn!(observer, "adding an observer timed out"),
             }
+        }
+    }
+
+    /// Starts a task for every active migration this leader does not run yet (a new leader
+    /// resumes its predecessor's from their records).
+    fn resume_migrations(
+        self: &Arc<Self>,
+        term: u64,
+        migrations: &BTreeMap<u64, larder_protocol::Migration>,
+    ) {
+        for migration in migrations.values().filter(|m| m.phase.is_active()) {
+            if !self
+                .soft
+                .lock()
+                .expect("soft lock")
+                .migrating
+                .insert(migration.id)
+            {
+                continue;
+            }
+            let center = self.clone();
+            let migration = migration.clone();
+            tokio::spawn(async move {
+                let id = migration.id;
+                if let Err(error) = center.clone().run_migration(term, migration).await {
+                    tracing::info!(id, %error, "migration task ended");
+                }
+                let mut soft = center.soft.lock().expect("soft lock");
+                if soft.term == Some(term) {
+                    soft.migrating.remove(&id);
+                }
+            });
         }
     }
 

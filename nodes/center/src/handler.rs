@@ -8,8 +8,9 @@ use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Clock, Env, Handler, Net};
 use larder_protocol::{
-    CENTER_GROUP, CenterRequest, CenterResponse, GetRouting, GroupStatus, Heartbeat, HeartbeatAck,
-    Request, RoutingAnswer, decode_request, respond, undecodable,
+    CENTER_GROUP, CenterRequest, CenterResponse, GetMigrations, GetRouting, GroupStatus, Heartbeat,
+    HeartbeatAck, Migration, MoveSlots, Request, RoutingAnswer, decode_request, respond,
+    undecodable,
 };
 use larder_storage::NodeError;
 
@@ -95,6 +96,37 @@ impl<E: Env> Center<E> {
     }
 }
 
+impl<E: Env> Center<E> {
+    /// The answer of a replica that is not the leader, or of the leader's `outcome`.
+    fn leader_answer<T>(&self, outcome: Result<T, CenterError>) -> CenterResponse<T> {
+        match outcome {
+            Ok(value) => CenterResponse::Ok(value),
+            Err(CenterError::NotLeader { leader_hint }) => CenterResponse::NotLeader {
+                leader_hint: leader_hint.or_else(|| self.node.leader_of(CENTER_GROUP)),
+            },
+            Err(error) => CenterResponse::Unavailable {
+                reason: error.to_string(),
+            },
+        }
+    }
+
+    async fn on_move_slots(&self, request: MoveSlots) -> CenterResponse<Migration> {
+        if !self.is_leader() {
+            return self.leader_answer(Err(CenterError::NotLeader { leader_hint: None }));
+        }
+        let outcome = self.start_migration(request.ranges, request.to).await;
+        self.leader_answer(outcome)
+    }
+
+    async fn on_get_migrations(&self) -> CenterResponse<Vec<Migration>> {
+        if !self.is_leader() {
+            return self.leader_answer(Err(CenterError::NotLeader { leader_hint: None }));
+        }
+        let outcome = self.migrations().await;
+        self.leader_answer(outcome)
+    }
+}
+
 /// The [`Handler`] a center replica serves: center requests here, the rest as a storage node.
 pub struct CenterHandler<E: Env> {
     center: Arc<Center<E>>,
@@ -122,6 +154,12 @@ impl<E: Env> Handler for CenterHandler<E> {
             }
             Ok(Request::Center(CenterRequest::GetRouting(GetRouting { known_epoch }))) => {
                 respond::<GetRouting>(&self.center.on_get_routing(known_epoch).await)
+            }
+            Ok(Request::Center(CenterRequest::MoveSlots(request))) => {
+                respond::<MoveSlots>(&self.center.on_move_slots(request).await)
+            }
+            Ok(Request::Center(CenterRequest::GetMigrations(GetMigrations))) => {
+                respond::<GetMigrations>(&self.center.on_get_migrations().await)
             }
             Ok(request) => self.center.node.handle_request(request).await,
             Err(error) => undecodable(&error),

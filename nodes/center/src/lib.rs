@@ -46,6 +46,7 @@ pub mod center;
 pub mod config;
 pub mod control;
 pub mod handler;
+pub mod migrate;
 pub mod plan;
 pub mod store;
 

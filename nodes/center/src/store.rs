@@ -10,11 +10,12 @@ use larder_core::env::Env;
 use larder_core::kv::{Command, Reply, SetCondition};
 use larder_core::routing::RoutingTable;
 use larder_protocol::{
-    ADDRESS_BYTES_MAX, ADDRESSES_MAX, CENTER_GROUP, ClientResponse, decode, encode,
+    ADDRESS_BYTES_MAX, ADDRESSES_MAX, CENTER_GROUP, ClientResponse, Migration, decode, encode,
 };
 
 use crate::Center;
 use crate::config::CenterError;
+use crate::migrate::{MIGRATION_PREFIX, decode_migration};
 use crate::plan::{NodeRecord, NodeState};
 
 /// Key prefix of the routing tables in the center group.
@@ -27,6 +28,8 @@ const NODE_PREFIX: &str = "node/";
 pub(crate) struct Durable {
     pub(crate) routing: Option<RoutingTable>,
     pub(crate) registry: BTreeMap<NodeId, NodeRecord>,
+    /// Slot migrations by id ([`crate::migrate`]).
+    pub(crate) migrations: BTreeMap<u64, Migration>,
 }
 
 fn routing_key(epoch: u64) -> String {
@@ -111,6 +114,7 @@ impl<E: Env> Center<E> {
         }
         cache.addresses = Arc::new(registry_addresses(&read.registry));
         cache.registry = Arc::new(read.registry);
+        cache.migrations = Arc::new(read.migrations);
         Ok(())
     }
 
@@ -130,6 +134,7 @@ impl<E: Env> Center<E> {
         Durable {
             routing: cache.table.as_deref().cloned(),
             registry: (*cache.registry).clone(),
+            migrations: (*cache.migrations).clone(),
         }
     }
 
@@ -164,6 +169,26 @@ impl<E: Env> Center<E> {
             .await?
         {
             durable.routing = Some(decode_table(&latest, &bytes)?);
+        }
+        let keys = key_list(
+            read(Command::Keys {
+                pattern: Bytes::from(format!("{MIGRATION_PREFIX}*")),
+            })
+            .await?,
+        )?;
+        if !keys.is_empty() {
+            let Reply::Array(values) = read(Command::MGet { keys: keys.clone() }).await? else {
+                return Err(CenterError::Raft {
+                    what: "MGET",
+                    reason: "not an array".into(),
+                });
+            };
+            for (key, value) in keys.iter().zip(values) {
+                if let Reply::Bulk(bytes) = value {
+                    let migration = decode_migration(key, &bytes)?;
+                    durable.migrations.insert(migration.id, migration);
+                }
+            }
         }
         let keys = key_list(
             read(Command::Keys {

@@ -12,6 +12,8 @@ use crate::{Request, Rpc};
 pub enum CenterRequest {
     Heartbeat(Heartbeat),
     GetRouting(GetRouting),
+    MoveSlots(crate::migration::MoveSlots),
+    GetMigrations(crate::migration::GetMigrations),
 }
 
 /// Anyone -> any center replica or observer: the routing table, if newer than

@@ -20,6 +20,7 @@ pub mod addresses;
 pub mod admin;
 pub mod center;
 pub mod client;
+pub mod migration;
 pub mod raft;
 
 use std::marker::PhantomData;
@@ -41,6 +42,7 @@ pub use center::{
     Heartbeat, HeartbeatAck, MembershipStatus, RoutingAnswer,
 };
 pub use client::{ClientRequest, ClientResponse, SESSION_EXPIRED, SessionSeq};
+pub use migration::{GetMigrations, Migration, MigrationPhase, MoveSlots};
 pub use raft::{RaftCall, RaftRequest, RaftResponse};
 
 /// The Raft group of the center replicas. Never a slot group: routing tables number slot groups

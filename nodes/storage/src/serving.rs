@@ -11,9 +11,9 @@ use larder_core::env::{Clock, Env, Handler, Net, timeout};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    CenterRequest, CenterResponse, ClientRequest, ClientResponse, GetRouting, Heartbeat, RaftCall,
-    RaftRequest, RaftResponse, Request, RoutingAnswer, SessionSeq, decode_request, respond,
-    undecodable,
+    CenterRequest, CenterResponse, ClientRequest, ClientResponse, GetMigrations, GetRouting,
+    Heartbeat, MoveSlots, RaftCall, RaftRequest, RaftResponse, Request, RoutingAnswer, SessionSeq,
+    decode_request, respond, undecodable,
 };
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
@@ -267,6 +267,16 @@ impl<E: Env> StorageNode<E> {
             }),
             Request::Center(CenterRequest::Heartbeat(_)) => {
                 respond::<Heartbeat>(&CenterResponse::Unavailable {
+                    reason: format!("node {} is not a center replica", self.id()),
+                })
+            }
+            Request::Center(CenterRequest::MoveSlots(_)) => {
+                respond::<MoveSlots>(&CenterResponse::Unavailable {
+                    reason: format!("node {} is not a center replica", self.id()),
+                })
+            }
+            Request::Center(CenterRequest::GetMigrations(_)) => {
+                respond::<GetMigrations>(&CenterResponse::Unavailable {
                     reason: format!("node {} is not a center replica", self.id()),
                 })
             }

@@ -1,0 +1,581 @@
+//! Moving slots between groups, driven by the center leader (ARCHITECTURE.md, "Moving slots").
+//!
+//! A [`Migration`] is a record of the center group (`migration/<id, 20 digits>`), written at
+//! every phase change, so a new center leader resumes it where it was (each phase's work is
+//! safe to redo). The center leader runs one task per active migration
+//! ([`Center::run_migration`]); the storage nodes do the steps (`larder_storage::migration`),
+//! each asked of the group's leader:
+//! 1. **Planned**: both groups' ownership made explicit at the current epoch (so the target
+//!    refuses the slots until it owns them), the source starts recording changes.
+//! 2. **Copying**: the target ingests a copy of the slots, in pages, then the changes since,
+//!    pass after pass, pacing itself by how long each page took (a slow group gets fewer
+//!    pages per second). Then the **cutover**: at epoch `e` = current + 1 the source owns its
+//!    slots without the moving ones (the fence: from that log entry on, nothing of them
+//!    applies there), a last catch-up copies what changed before the fence, the target owns
+//!    its slots and the moving ones, and the table of epoch `e` with the move is written
+//!    (compare-and-set; if another table took `e`, the cutover is redone at the next epoch).
+//!    Clients the source refuses get a stale epoch and retry once their table has the move:
+//!    the write pause is the cutover's length.
+//! 3. **Cleaning**: after a grace period, the source stops recording and deletes its copy of
+//!    the slots in pages. **Done**.
+//!
+//! Data flows source leader -> center -> target leader, a page at a time (at most
+//! `SLOT_PAGE_BYTES_MAX`); direct source-to-target streaming is a later optimisation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use larder_core::GroupId;
+use larder_core::NodeId;
+use larder_core::env::{Clock, Env};
+use larder_core::kv::{Command, Reply, SetCondition};
+use larder_core::routing::RoutingTable;
+use larder_core::slots::{Ownership, ranges_contain, ranges_where};
+use larder_protocol::{
+    AdminResponse, Encoded, IngestRecords, Migration, MigrationPhase, ReadSlots, ReadSlotsResponse,
+    Rpc, SetOwnedSlots, SlotPage, SlotRead, TrackSlots, UntrackSlots, call, decode, encode,
+};
+
+use crate::Center;
+use crate::config::CenterError;
+
+/// Key prefix of the migration records in the center group.
+pub(crate) const MIGRATION_PREFIX: &str = "migration/";
+/// Catch-up passes before the cutover, at most: a group written faster than the copy moves
+/// would otherwise never converge (the cutover copies the rest with the source fenced).
+const CATCH_UP_PASSES_MAX: usize = 8;
+/// A catch-up pass that moves at most this many records is small enough to cut over after.
+const CATCH_UP_SMALL: usize = 64;
+/// Pause between two failed attempts of a step.
+const RETRY_MS: u64 = 200;
+/// Least pause between two pages (the pacing uses the page's own time when that is longer).
+const PAGE_PAUSE_MIN_MS: u64 = 5;
+
+pub(crate) fn migration_key(id: u64) -> String {
+    format!("{MIGRATION_PREFIX}{id:020}")
+}
+
+/// Why a migration cannot start.
+fn refuse(reason: impl Into<String>) -> CenterError {
+    CenterError::Refused {
+        reason: reason.into(),
+    }
+}
+
+/// Checks `ranges` for a move to `to` in `table`; returns the group that owns them all.
+pub(crate) fn check_move(
+    table: &RoutingTable,
+    ranges: &[(u16, u16)],
+    to: GroupId,
+    active: &[Migration],
+) -> Result<GroupId, CenterError> {
+    Ownership::new(0, ranges.to_vec()).map_err(|e| refuse(e.to_string()))?;
+    if ranges.is_empty() {
+        return Err(refuse("no slots to move"));
+    }
+    if table.route(to).is_none() {
+        return Err(refuse(format!(
+            "no group {to} in routing epoch {}",
+            table.epoch()
+        )));
+    }
+    let mut owners = ranges
+        .iter()
+        .flat_map(|&(first, last)| first..=last)
+        .map(|slot| table.group_of_slot(slot));
+    let from = owners.next().flatten().ok_or_else(|| refuse("no owner"))?;
+    if owners.any(|owner| owner != Some(from)) {
+        return Err(refuse("the slots belong to more than one group"));
+    }
+    if from == to {
+        return Err(refuse(format!("group {to} owns the slots already")));
+    }
+    if let Some(busy) = active
+        .iter()
+        .find(|m| m.phase.is_active() && [m.from, m.to].iter().any(|g| *g == from || *g == to))
+    {
+        return Err(refuse(format!(
+            "migration {} is moving slots of group {} or {}",
+            busy.id, from, to
+        )));
+    }
+    Ok(from)
+}
+
+/// `ranges` with `add` joined and `remove` taken out.
+fn adjust(ranges: &[(u16, u16)], add: &[(u16, u16)], remove: &[(u16, u16)]) -> Vec<(u16, u16)> {
+    ranges_where(|slot| {
+        (ranges_contain(ranges, slot) || ranges_contain(add, slot)) && !ranges_contain(remove, slot)
+    })
+}
+
+impl<E: Env> Center<E> {
+    /// Records a new migration of `ranges` to group `to` (on the center leader).
+    pub(crate) async fn start_migration(
+        &self,
+        ranges: Vec<(u16, u16)>,
+        to: GroupId,
+    ) -> Result<Migration, CenterError> {
+        let durable = self.load().await?;
+        let table = durable
+            .routing
+            .ok_or_else(|| refuse("the cluster has no routing table yet"))?;
+        let known: Vec<Migration> = durable.migrations.values().cloned().collect();
+        let from = check_move(&table, &ranges, to, &known)?;
+        let migration = Migration {
+            id: durable.migrations.keys().max().map_or(1, |id| id + 1),
+            ranges,
+            from,
+            to,
+            phase: MigrationPhase::Planned,
+            moved_records: 0,
+            moved_bytes: 0,
+        };
+        self.save_migration(&migration, true).await?;
+        tracing::info!(id = migration.id, from, to, "migration planned");
+        Ok(migration)
+    }
+
+    /// Writes `migration`'s record (`new`: only if no record has its id).
+    pub(crate) async fn save_migration(
+        &self,
+        migration: &Migration,
+        new: bool,
+    ) -> Result<(), CenterError> {
+        let reply = self
+            .execute(Command::Set {
+                key: Bytes::from(migration_key(migration.id)),
+                value: encode(migration),
+                condition: if new {
+                    SetCondition::IfAbsent
+                } else {
+                    SetCondition::Always
+                },
+                expiry: None,
+                keep_ttl: false,
+            })
+            .await?;
+        if reply != Reply::Ok {
+            return Err(refuse(format!(
+                "migration {} was recorded meanwhile",
+                migration.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this replica still leads the center in `term` (a task of an older term stops:
+    /// the new leader resumes the migration from its record).
+    fn still_leading(&self, term: u64) -> bool {
+        self.soft.lock().expect("soft lock").term == Some(term) && self.is_leader()
+    }
+
+    /// The node this center believes leads `group`: the highest-term leader its heartbeats
+    /// report, else the table's first replica.
+    fn leader_guess(&self, group: GroupId) -> Option<NodeId> {
+        let soft = self.soft.lock().expect("soft lock");
+        let reported = soft
+            .heard
+            .iter()
+            .filter_map(|(id, heard)| {
+                let status = heard.heard.groups.get(&group)?;
+                status.is_leader.then_some((status.term, *id))
+            })
+            .max()
+            .map(|(_, id)| id);
+        drop(soft);
+        reported.or_else(|| {
+            self.routing()
+                .and_then(|t| t.route(group).and_then(|r| r.replicas.first().copied()))
+        })
+    }
+
+    /// Sends `request` to `group`'s leader, following its hints (a few hops); `Err` with the
+    /// last reason when no leader did it.
+    async fn on_leader<R, T>(
+        &self,
+        group: GroupId,
+        request: R,
+        answer: impl Fn(R::Response) -> Result<T, (Option<NodeId>, String)>,
+    ) -> Result<T, String>
+    where
+        R: Rpc,
+    {
+        let request = Encoded::new(request);
+        let limit = Duration::from_millis(self.config.admin_timeout_ms.max(1) * 4);
+        let mut target = self.leader_guess(group);
+        let mut reason = format!("no leader of group {group} known");
+        for _ in 0..4 {
+            let Some(to) = target else { break };
+            match call(self.node.env().net(), to, &request, limit).await {
+                Ok(response) => match answer(response) {
+                    Ok(value) => return Ok(value),
+                    Err((hint, why)) => {
+                        reason = format!("node {to}: {why}");
+                        target = hint.filter(|hint| *hint != to).or(target);
+                        if hint.is_none() {
+                            break;
+                        }
+                    }
+                },
+                Err(error) => {
+                    reason = format!("node {to}: {error}");
+                    break;
+                }
+            }
+        }
+        Err(reason)
+    }
+
+    /// An admin step on `group`'s leader, retried until done (or the term ends).
+    async fn step<R>(&self, term: u64, group: GroupId, request: R) -> Result<(), CenterError>
+    where
+        R: Rpc<Response = AdminResponse> + Clone,
+    {
+        loop {
+            if !self.still_leading(term) {
+                return Err(CenterError::NotLeader { leader_hint: None });
+            }
+            let outcome = self
+                .on_leader(group, request.clone(), |response| match response {
+                    AdminResponse::Done => Ok(()),
+                    AdminResponse::NotLeader { leader_hint } => {
+                        Err((leader_hint, "not the leader".into()))
+                    }
+                    AdminResponse::Failed { reason } => Err((None, reason)),
+                })
+                .await;
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(reason) => {
+                    tracing::debug!(group, %reason, "migration step failed; retrying");
+                    self.node
+                        .env()
+                        .clock()
+                        .sleep(Duration::from_millis(RETRY_MS))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// One page of a read on `group`'s leader, retried until it answers (or the term ends).
+    async fn read_page(
+        &self,
+        term: u64,
+        group: GroupId,
+        ranges: &[(u16, u16)],
+        read: SlotRead,
+    ) -> Result<SlotPage, CenterError> {
+        let request = ReadSlots {
+            group,
+            ranges: ranges.to_vec(),
+            read,
+        };
+        loop {
+            if !self.still_leading(term) {
+                return Err(CenterError::NotLeader { leader_hint: None });
+            }
+            let outcome = self
+                .on_leader(group, request.clone(), |response| match response {
+                    ReadSlotsResponse::Page(page) => Ok(page),
+                    ReadSlotsResponse::NotLeader { leader_hint } => {
+                        Err((leader_hint, "not the leader".into()))
+                    }
+                    ReadSlotsResponse::Failed { reason } => Err((None, reason)),
+                })
+                .await;
+            match outcome {
+                Ok(page) => return Ok(page),
+                Err(reason) => {
+                    tracing::debug!(group, %reason, "migration read failed; retrying");
+                    self.node
+                        .env()
+                        .clock()
+                        .sleep(Duration::from_millis(RETRY_MS))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Pages through `read_of(after)` on the source and writes each page into `into` (the
+    /// records as read, or deletes of their keys with `delete`); returns the first page's
+    /// applied index and the records moved.
+    async fn pass(
+        &self,
+        term: u64,
+        migration: &mut Migration,
+        (from, into): (GroupId, GroupId),
+        read_of: impl Fn(Option<Bytes>) -> SlotRead,
+        delete: bool,
+    ) -> Result<(u64, usize), CenterError> {
+        let clock = self.node.env().clock().clone();
+        let mut after = None;
+        let mut first = None;
+        let mut moved = 0;
+        loop {
+            let started = clock.now();
+            let page = self
+                .read_page(term, from, &migration.ranges, read_of(after.clone()))
+                .await?;
+            first.get_or_insert(page.applied_index);
+            if !page.records.is_empty() {
+                moved += page.records.len();
+                let records: Vec<(Bytes, Option<Bytes>)> = if delete {
+                    page.records
+                        .into_iter()
+                        .map(|(key, _)| (key, None))
+                        .collect()
+                } else {
+                    page.records
+                };
+                migration.moved_records += records.len() as u64;
+                migration.moved_bytes += records
+                    .iter()
+                    .map(|(k, r)| (k.len() + r.as_ref().map_or(0, Bytes::len)) as u64)
+                    .sum::<u64>();
+                let ingest = IngestRecords {
+                    group: into,
+                    clock_ms: page.clock_ms,
+                    records,
+                };
+                self.step(term, into, ingest).await?;
+            }
+            // Paced by the groups' own speed: a page that took long is followed by as long a
+            // rest, so a migration takes at most about half of a busy group's time.
+            let took = clock.now().saturating_sub(started);
+            clock
+                .sleep(took.max(Duration::from_millis(PAGE_PAUSE_MIN_MS)))
+                .await;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok((first.unwrap_or(0), moved)),
+            }
+        }
+    }
+
+    /// Runs `migration` from its recorded phase to the end, recording each phase (on the
+    /// center leader of `term`; returns when the term ends, a new leader resumes).
+    pub(crate) async fn run_migration(
+        self: Arc<Self>,
+        term: u64,
+        mut migration: Migration,
+    ) -> Result<(), CenterError> {
+        let (id, from, to) = (migration.id, migration.from, migration.to);
+        loop {
+            tracing::info!(id, phase = migration.phase.name(), "migration step");
+            match migration.phase.clone() {
+                MigrationPhase::Planned => {
+                    let table = self.current_table().await?;
+                    for group in [from, to] {
+                        let ownership = Ownership::new(table.epoch(), table.slot_ranges(group))
+                            .map_err(|e| refuse(e.to_string()))?;
+                        self.step(term, group, SetOwnedSlots { group, ownership })
+                            .await?;
+                    }
+                    let track = TrackSlots {
+                        group: from,
+                        migration: id,
+                        ranges: migration.ranges.clone(),
+                    };
+                    self.step(term, from, track).await?;
+                    migration.phase = MigrationPhase::Copying;
+                }
+                MigrationPhase::Copying => {
+                    let epoch = self.copy_and_cut_over(term, &mut migration).await?;
+                    migration.phase = match epoch {
+                        Ok(epoch) => MigrationPhase::Cleaning { epoch },
+                        Err(reason) => MigrationPhase::RollingBack { reason },
+                    };
+                }
+                MigrationPhase::Cleaning { epoch } => {
+                    // Proxies and clients learn the table within a few refreshes.
+                    let grace = Duration::from_millis(self.config.migration_grace_ms);
+                    self.node.env().clock().sleep(grace).await;
+                    let untrack = UntrackSlots {
+                        group: from,
+                        migration: id,
+                    };
+                    self.step(term, from, untrack).await?;
+                    self.pass(term, &mut migration, (from, from), copy, true)
+                        .await?;
+                    migration.phase = MigrationPhase::Done { epoch };
+                }
+                MigrationPhase::RollingBack { reason } => {
+                    let untrack = UntrackSlots {
+                        group: from,
+                        migration: id,
+                    };
+                    self.step(term, from, untrack).await?;
+                    // What the target ingested of slots it never owned.
+                    self.pass(term, &mut migration, (to, to), copy, true)
+                        .await?;
+                    migration.phase = MigrationPhase::RolledBack { reason };
+                }
+                MigrationPhase::Done { .. } | MigrationPhase::RolledBack { .. } => {
+                    tracing::info!(id, phase = migration.phase.name(), "migration ended");
+                    return Ok(());
+                }
+            }
+            if !self.still_leading(term) {
+                return Err(CenterError::NotLeader { leader_hint: None });
+            }
+            self.save_migration(&migration, false).await?;
+        }
+    }
+
+    /// The current routing table, read linearizably.
+    async fn current_table(&self) -> Result<RoutingTable, CenterError> {
+        self.load()
+            .await?
+            .routing
+            .ok_or_else(|| refuse("the cluster has no routing table"))
+    }
+
+    /// Copy, catch up, cut over; the epoch of the committed move, or why it cannot be made
+    /// (the slots no longer all belong to the source: nothing is cut over).
+    async fn copy_and_cut_over(
+        &self,
+        term: u64,
+        migration: &mut Migration,
+    ) -> Result<Result<u64, String>, CenterError> {
+        let (from, to) = (migration.from, migration.to);
+        let (mut since, _) = self.pass(term, migration, (from, to), copy, false).await?;
+        for _ in 0..CATCH_UP_PASSES_MAX {
+            let (index, moved) = self
+                .pass(term, migration, (from, to), changes(since), false)
+                .await?;
+            since = index;
+            if moved <= CATCH_UP_SMALL {
+                break;
+            }
+        }
+        loop {
+            let table = self.current_table().await?;
+            if check_move(&table, &migration.ranges, to, &[]).ok() != Some(from) {
+                return Ok(Err(format!(
+                    "the slots no longer all belong to group {from} (epoch {})",
+                    table.epoch()
+                )));
+            }
+            let epoch = table.epoch() + 1;
+            let fence = Ownership::new(
+                epoch,
+                adjust(&table.slot_ranges(from), &[], &migration.ranges),
+            )
+            .map_err(|e| refuse(e.to_string()))?;
+            self.step(
+                term,
+                from,
+                SetOwnedSlots {
+                    group: from,
+                    ownership: fence,
+                },
+            )
+            .await?;
+            // Nothing of the slots applies on the source after the fence: this pass copies
+            // the last of it.
+            let (index, _) = self
+                .pass(term, migration, (from, to), changes(since), false)
+                .await?;
+            since = index;
+            let owned = Ownership::new(
+                epoch,
+                adjust(&table.slot_ranges(to), &migration.ranges, &[]),
+            )
+            .map_err(|e| refuse(e.to_string()))?;
+            self.step(
+                term,
+                to,
+                SetOwnedSlots {
+                    group: to,
+                    ownership: owned,
+                },
+            )
+            .await?;
+            let next = table.move_slots(&migration.ranges, to)?;
+            if self.install_routing(&next).await? {
+                tracing::info!(id = migration.id, epoch, "migration cut over");
+                return Ok(Ok(epoch));
+            }
+            // Another table took the epoch: fence again at the next one.
+        }
+    }
+
+    /// Every migration recorded, by id (on the leader, linearizable).
+    pub(crate) async fn migrations(&self) -> Result<Vec<Migration>, CenterError> {
+        Ok(self.load().await?.migrations.into_values().collect())
+    }
+}
+
+fn copy(after: Option<Bytes>) -> SlotRead {
+    SlotRead::Copy { after }
+}
+
+fn changes(since: u64) -> impl Fn(Option<Bytes>) -> SlotRead {
+    move |after| SlotRead::Changes { since, after }
+}
+
+/// Decodes a migration record.
+pub(crate) fn decode_migration(key: &[u8], bytes: &[u8]) -> Result<Migration, CenterError> {
+    decode(bytes).map_err(|e| CenterError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RoutingTable {
+        RoutingTable::even(4, |g| vec![g, g + 1, g + 2])
+    }
+
+    #[test]
+    fn a_move_needs_one_owner_another_target_and_no_busy_group() {
+        let t = table();
+        let first = t.slot_ranges(1)[0];
+        assert_eq!(
+            check_move(&t, &[(first.0, first.0 + 9)], 2, &[]).ok(),
+            Some(1)
+        );
+        assert!(
+            check_move(&t, &[(first.0, first.0)], 1, &[]).is_err(),
+            "to itself"
+        );
+        assert!(
+            check_move(&t, &[(first.0, first.0)], 9, &[]).is_err(),
+            "unknown group"
+        );
+        assert!(
+            check_move(&t, &[(0, 16383)], 2, &[]).is_err(),
+            "several owners"
+        );
+        assert!(check_move(&t, &[], 2, &[]).is_err(), "nothing");
+        let busy = Migration {
+            id: 3,
+            ranges: vec![(0, 0)],
+            from: 3,
+            to: 2,
+            phase: MigrationPhase::Copying,
+            moved_records: 0,
+            moved_bytes: 0,
+        };
+        assert!(check_move(&t, &[(first.0, first.0)], 2, std::slice::from_ref(&busy)).is_err());
+        let done = Migration {
+            phase: MigrationPhase::Done { epoch: 2 },
+            ..busy
+        };
+        assert!(check_move(&t, &[(first.0, first.0)], 2, &[done]).is_ok());
+    }
+
+    #[test]
+    fn adjusting_ranges_adds_and_removes_slots() {
+        assert_eq!(adjust(&[(0, 9)], &[(10, 12)], &[]), vec![(0, 12)]);
+        assert_eq!(adjust(&[(0, 9)], &[], &[(3, 4)]), vec![(0, 2), (5, 9)]);
+        assert_eq!(adjust(&[(0, 9)], &[], &[(0, 9)]), vec![]);
+    }
+}
