@@ -150,7 +150,7 @@ pub fn ranges_contain(ranges: &[(u16, u16)], slot: u16) -> bool {
 }
 
 /// The slots for which `member` holds, as inclusive ascending ranges.
-pub fn ranges_where(member: impl Fn(u16) -> bool) -> Vec<(u16, u16)> {
+pub fn ranges_where(mut member: impl FnMut(u16) -> bool) -> Vec<(u16, u16)> {
     let mut ranges: Vec<(u16, u16)> = Vec::new();
     for slot in (0..SLOTS).filter(|slot| member(*slot)) {
         match ranges.last_mut() {

@@ -23,4 +23,6 @@ pub use clock::SimClock;
 pub use disk::SimDisk;
 pub use env::SimEnv;
 pub use net::SimNet;
-pub use run::{RunReport, SimConfig, check_determinism, check_seed, run};
+pub use run::{
+    OPERATOR_ID, OperatorLog, PlannedMove, RunReport, SimConfig, check_determinism, check_seed, run,
+};

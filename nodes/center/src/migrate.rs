@@ -331,11 +331,14 @@ impl<E: Env> Center<E> {
                 } else {
                     page.records
                 };
-                migration.moved_records += records.len() as u64;
-                migration.moved_bytes += records
-                    .iter()
-                    .map(|(k, r)| (k.len() + r.as_ref().map_or(0, Bytes::len)) as u64)
-                    .sum::<u64>();
+                // Counted into the target only (not the deletes of a cleanup or rollback).
+                if !delete {
+                    migration.moved_records += records.len() as u64;
+                    migration.moved_bytes += records
+                        .iter()
+                        .map(|(k, r)| (k.len() + r.as_ref().map_or(0, Bytes::len)) as u64)
+                        .sum::<u64>();
+                }
                 let ingest = IngestRecords {
                     group: into,
                     clock_ms: page.clock_ms,

@@ -106,6 +106,10 @@ pub struct SimConfig {
     /// unless this names why the caller accepts it (e.g. a long soak whose history is too
     /// large to search). `None` everywhere in CI.
     pub unknown_passes: Option<String>,
+    /// Slot moves the operator asks the center for (needs `centers`); see
+    /// [`super::PlannedMove`].
+    #[serde(default)]
+    pub moves: Vec<super::PlannedMove>,
 }
 
 impl SimConfig {
@@ -136,6 +140,7 @@ impl SimConfig {
             centers: 0,
             bugs: Bugs::default(),
             unknown_passes: None,
+            moves: Vec::new(),
         }
     }
 

@@ -20,6 +20,7 @@ mod checks;
 mod config;
 mod faults;
 mod hosts;
+mod operator;
 mod report;
 mod verdict;
 
@@ -37,6 +38,7 @@ use crate::workload::SharedHistory;
 
 pub use config::{CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SimConfig, center_id, proxy_id};
 pub(crate) use hosts::{NodeParts, current_leader, register_nodes};
+pub use operator::{OPERATOR_ID, OperatorLog, PlannedMove};
 pub use report::{AppliedFault, Load, OpCounts, RunReport, check_determinism, check_seed};
 pub use verdict::{Digest, Linearizability, Violation};
 
@@ -75,6 +77,9 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     register_proxies(&mut sim, config, &trace, &net_faults);
     let client_ids = register_clients(&mut sim, config, &trace, &net_faults, &history);
     let checker_id = register_checker(&mut sim, config, &trace, &net_faults, &parts, &final_state);
+    let operator_log: Arc<Mutex<OperatorLog>> = Arc::default();
+    let operator =
+        operator::register_operator(&mut sim, config, &trace, &net_faults, &operator_log);
 
     // Every process that is not a node: clients, proxies and the checker.
     let others: Vec<NodeId> = client_ids
@@ -82,6 +87,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         .copied()
         .chain((0..config.proxies).map(proxy_id))
         .chain([checker_id])
+        .chain(operator)
         .collect();
     let mut injector = Injector::new(
         seed,
@@ -123,6 +129,18 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         ops_per_second: (ops.ok + ops.fail + ops.info) as f64 / workload_seconds.max(1e-9),
         shape: config.load_shape(),
     };
+    // Every migration must have ended (done or rolled back) by the end of the run.
+    let operator_log = std::mem::take(&mut *operator_log.lock().expect("operator log"));
+    for migration in operator_log
+        .last_seen
+        .iter()
+        .filter(|m| m.phase.is_active())
+    {
+        violations.push(Violation::MigrationUnfinished {
+            id: migration.id,
+            phase: migration.phase.name().to_string(),
+        });
+    }
     // The first few storage defects: one is enough to fail, and a broken store repeats them.
     violations.extend(
         injector
@@ -149,6 +167,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         trace_hash: trace.hash(),
         trace_events: trace.len(),
         retired_replicas: final_state.retired.clone(),
+        migrations: operator_log,
         violations,
         linearizability,
         events: trace.events(),

@@ -45,6 +45,9 @@ pub struct RunReport {
     /// because a record on its disk was corrupt (see `FaultKind::ReplicaRetired`): not
     /// replaced by the end of the run (no center, or no spare node for the copy).
     pub retired_replicas: Vec<(larder_core::GroupId, larder_core::NodeId)>,
+    /// The moves the operator asked for and the migrations as the center last reported them
+    /// ([`super::SimConfig::moves`]).
+    pub migrations: super::OperatorLog,
     /// Broken invariants; empty for a passing run.
     pub violations: Vec<Violation>,
     /// The linearizability checker's verdict on the history: linearizable, not linearizable

@@ -78,6 +78,8 @@ pub enum Violation {
     LinearizabilityUnknown { report: Box<Report> },
     /// The history could not be paired into operations (a recorder bug).
     MalformedHistory { error: String },
+    /// A slot migration had not ended (done or rolled back) by the end of the run.
+    MigrationUnfinished { id: u64, phase: String },
     /// What a node keeps on disk breaks a property Raft needs of storage (a log out of order,
     /// a vote used before it was durable); found by auditing the disk, not the history.
     StorageDefect {
@@ -166,6 +168,9 @@ impl fmt::Display for Violation {
                 "linearizability unknown (the checker's budget ran out; an unknown is not a pass): {report}"
             ),
             Violation::MalformedHistory { error } => write!(f, "history is malformed: {error}"),
+            Violation::MigrationUnfinished { id, phase } => {
+                write!(f, "migration {id} still {phase} at the end of the run")
+            }
             Violation::StorageDefect { node, when, defect } => {
                 write!(f, "storage of node {node} ({when}): {defect}")
             }

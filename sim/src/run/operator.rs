@@ -1,0 +1,156 @@
+//! The operator: a process that asks the center to move slots at the times
+//! [`SimConfig::moves`] says, and after the heal point waits (bounded) for every migration it
+//! started to end. What it saw goes into the report; a migration still running at the end of
+//! the run is a violation ("every migration ends done or rolled back after heal").
+
+// The operator is part of the harness, not the system under test: it waits on turmoil's tokio
+// time, which is simulated, so the ban on tokio::time is lifted here.
+#![allow(clippy::disallowed_methods)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use larder_core::NodeId;
+use larder_core::env::derive_seed;
+use larder_core::slots::ranges_where;
+use larder_protocol::{
+    CenterResponse, Encoded, GetMigrations, GetRouting, Migration, MoveSlots, Rpc, call,
+};
+use serde::{Deserialize, Serialize};
+
+use super::config::SimConfig;
+use crate::net::{NetFaults, SimNet, host_name};
+use crate::trace::{Trace, sim_now};
+
+/// Node id of the operator process.
+pub const OPERATOR_ID: NodeId = 290;
+
+/// One move the operator asks for: at `at_ms`, the first `slots` slots group `from` owns then
+/// (all of them, if it owns fewer) go to group `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    pub at_ms: u64,
+    pub from: u64,
+    pub to: u64,
+    pub slots: u16,
+}
+
+/// What the operator saw: each move's answer (the migration, or why it was refused) and the
+/// migrations as the center last reported them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OperatorLog {
+    pub started: Vec<Result<u64, String>>,
+    pub last_seen: Vec<Migration>,
+}
+
+/// Sends `request` to the center leader, following hints (bounded).
+async fn to_center<R: Rpc<Response = CenterResponse<T>>, T>(
+    net: &SimNet,
+    centers: &[NodeId],
+    request: R,
+) -> Result<T, String> {
+    let request = Encoded::new(request);
+    let mut reason = "no center answered".to_string();
+    let mut target = centers.first().copied();
+    for attempt in 0..centers.len() * 3 {
+        let to = target.unwrap_or(centers[attempt % centers.len()]);
+        match call(net, to, &request, Duration::from_millis(2_000)).await {
+            Ok(CenterResponse::Ok(value)) => return Ok(value),
+            Ok(CenterResponse::NotLeader { leader_hint }) => {
+                reason = format!("center {to} does not lead");
+                target = leader_hint.filter(|hint| centers.contains(hint) && *hint != to);
+            }
+            Ok(CenterResponse::Unavailable { reason: why }) => return Err(why),
+            Err(error) => {
+                reason = format!("center {to}: {error}");
+                target = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Err(reason)
+}
+
+/// Registers the operator host if the run has a center and moves to make.
+pub(crate) fn register_operator(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    trace: &Trace,
+    net_faults: &NetFaults,
+    log: &Arc<Mutex<OperatorLog>>,
+) -> Option<NodeId> {
+    if config.centers == 0 || config.moves.is_empty() {
+        return None;
+    }
+    let net = SimNet::new(
+        OPERATOR_ID,
+        net_faults.clone(),
+        derive_seed(config.seed, OPERATOR_ID << 16),
+        trace.clone(),
+    );
+    let centers = config.center_ids();
+    let mut moves = config.moves.clone();
+    moves.sort_by_key(|m| m.at_ms);
+    let give_up = config.duration + config.liveness;
+    let log = log.clone();
+    sim.client(host_name(OPERATOR_ID), async move {
+        for planned in moves {
+            let at = Duration::from_millis(planned.at_ms);
+            if let Some(wait) = at.checked_sub(sim_now()) {
+                tokio::time::sleep(wait).await;
+            }
+            let outcome = start_move(&net, &centers, &planned).await;
+            tracing::info!(?planned, ?outcome, "operator: move asked");
+            log.lock().expect("operator log").started.push(outcome);
+        }
+        // Wait for every migration to end, polling (bounded by the run's end).
+        loop {
+            if let Ok(migrations) = to_center(&net, &centers, GetMigrations).await {
+                let active = migrations.iter().any(|m| m.phase.is_active());
+                log.lock().expect("operator log").last_seen = migrations;
+                if !active {
+                    break;
+                }
+            }
+            if sim_now() > give_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    });
+    Some(OPERATOR_ID)
+}
+
+/// Asks the center to make `planned` (its ranges computed from the current table); the id of
+/// the migration, or why there is none.
+async fn start_move(
+    net: &SimNet,
+    centers: &[NodeId],
+    planned: &PlannedMove,
+) -> Result<u64, String> {
+    let answer = to_center(net, centers, GetRouting { known_epoch: 0 }).await?;
+    let table = answer.table.ok_or("no routing table")?;
+    let mut left = planned.slots;
+    let ranges = ranges_where(|slot| {
+        if left > 0 && table.group_of_slot(slot) == Some(planned.from) {
+            left -= 1;
+            true
+        } else {
+            false
+        }
+    });
+    if ranges.is_empty() {
+        return Err(format!("group {} owns no slots", planned.from));
+    }
+    let migration = to_center(
+        net,
+        centers,
+        MoveSlots {
+            ranges,
+            to: planned.to,
+        },
+    )
+    .await?;
+    Ok(migration.id)
+}
