@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | [`raft`] | [`RaftRequest`] (openraft's RPCs as opaque payloads) | storage nodes |
 //! | [`client`] | [`ClientRequest`] | storage nodes |
-//! | [`center`] | [`Heartbeat`], [`GetRouting`] | center replicas, observers (and storage nodes, for routing) |
+//! | [`center`] | [`Heartbeat`], [`GetRouting`], [`GetStatus`] | center replicas, observers (and storage nodes, for routing) |
 //! | [`admin`] | [`AddGroup`], [`RemoveGroup`], [`ReplaceVoter`], [`TransferLeadership`] | storage nodes, sent by the center leader |
 //!
 //! Client-facing messages carry no openraft types: the client SDK and the proxy do not link
@@ -35,8 +35,10 @@ pub use admin::{
     AddGroup, AdminRequest, AdminResponse, RemoveGroup, ReplaceVoter, TransferLeadership,
 };
 pub use center::{
-    ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, GetRouting, GroupStatus,
-    Heartbeat, HeartbeatAck, MembershipStatus, RoutingAnswer,
+    ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, ClusterStatus, GetRouting,
+    GetStatus, GroupLeader, GroupStatus, GroupSummary, Heartbeat, HeartbeatAck, Liveness,
+    MembershipStatus, NodeState, NodeSummary, RepairSummary, ReplicaSummary, RoutingAnswer,
+    STATUS_REASON_BYTES_MAX,
 };
 pub use client::{ClientRequest, ClientResponse, SESSION_EXPIRED, SessionSeq};
 pub use raft::{RaftCall, RaftRequest, RaftResponse};

@@ -11,9 +11,9 @@ use larder_core::env::{Clock, Env, Handler, Net, timeout};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    CenterRequest, CenterResponse, ClientRequest, ClientResponse, GetRouting, Heartbeat, RaftCall,
-    RaftRequest, RaftResponse, Request, RoutingAnswer, SessionSeq, decode_request, respond,
-    undecodable,
+    CenterRequest, CenterResponse, ClientRequest, ClientResponse, GetRouting, GetStatus, Heartbeat,
+    RaftCall, RaftRequest, RaftResponse, Request, RoutingAnswer, SessionSeq, decode_request,
+    respond, undecodable,
 };
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
@@ -258,6 +258,11 @@ impl<E: Env> StorageNode<E> {
             }
             Request::Center(CenterRequest::GetRouting(GetRouting { known_epoch })) => {
                 respond::<GetRouting>(&self.routing_answer(known_epoch))
+            }
+            Request::Center(CenterRequest::GetStatus(GetStatus)) => {
+                respond::<GetStatus>(&CenterResponse::Unavailable {
+                    reason: format!("node {} is not a center replica", self.id()),
+                })
             }
             Request::Admin(request) => self.handle_admin(request).await,
         }
