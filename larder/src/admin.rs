@@ -10,6 +10,7 @@
 //! center whose id was given, so give the ids (and every replica) for one call to suffice;
 //! without ids each address is asked in turn.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -19,8 +20,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use larder::local::{CENTER_PORT_DEFAULT, center_addresses};
 use larder_core::NodeId;
+use larder_core::env::NetError;
 use larder_protocol::{
-    CenterResponse, ClusterStatus, Encoded, GetStatus, GroupSummary, NodeSummary, call,
+    CallError, CenterResponse, ClusterStatus, Encoded, GetStatus, GroupSummary, NodeSummary, call,
 };
 use larder_real::{AddressBook, TcpNet};
 
@@ -143,7 +145,9 @@ fn status(args: StatusArgs) -> anyhow::Result<bool> {
 }
 
 /// Asks the center leader for the cluster's status: each center in turn, following a
-/// follower's hint to a center of known id, in rounds until one answers or `limit` passes.
+/// follower's hint to a center of known id, in rounds until one answers or `limit` passes
+/// (a new center leader answers after its first control round). Gives up early when every
+/// center names a leader this command has no address for.
 pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Result<ClusterStatus> {
     if centers.is_empty() {
         bail!("no center given");
@@ -158,7 +162,7 @@ pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Resul
     runtime.block_on(async {
         let book = AddressBook::new();
         let mut order = Vec::new();
-        let mut names = std::collections::BTreeMap::new();
+        let mut names = BTreeMap::new();
         for (center, unnamed) in centers.iter().zip((0..).map(|i| UNNAMED_CENTER_ID - i)) {
             let id = center.id.unwrap_or(unnamed);
             book.insert(id, center.address);
@@ -168,12 +172,13 @@ pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Resul
         let net = TcpNet::client(ADMIN_ID, book.clone());
         let request = Encoded::new(GetStatus);
         let deadline = Instant::now() + limit;
-        let mut failures: std::collections::BTreeMap<NodeId, String> = Default::default();
+        let mut failures: BTreeMap<NodeId, String> = BTreeMap::new();
         loop {
             let mut hinted: Option<NodeId> = None;
             let mut next = order.iter();
-            // Each round asks every center at most once more than the list is long (one hint
-            // per answer), so a round is bounded.
+            let (mut asked, mut leader_elsewhere) = (0, 0);
+            // Each answer names at most one more center to ask, so a round asks at most twice
+            // as many as were given.
             for _ in 0..order.len() * 2 {
                 let Some(to) = hinted.take().or_else(|| next.next().copied()) else {
                     break;
@@ -182,22 +187,27 @@ pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Resul
                 if remaining.is_zero() {
                     break;
                 }
-                match call(&net, to, &request, CALL_TIMEOUT.min(remaining)).await {
+                asked += 1;
+                let why = match call(&net, to, &request, CALL_TIMEOUT.min(remaining)).await {
                     Ok(CenterResponse::Ok(status)) => return Ok(status),
+                    Ok(CenterResponse::NotLeader {
+                        leader_hint: Some(hint),
+                    }) if book.get(hint).is_none() => {
+                        leader_elsewhere += 1;
+                        format!("not the leader; center {hint} leads: give it as {hint}@HOST:PORT")
+                    }
                     Ok(CenterResponse::NotLeader { leader_hint }) => {
-                        failures.insert(to, format!("not the leader (hint: {leader_hint:?})"));
-                        hinted =
-                            leader_hint.filter(|hint| *hint != to && book.get(*hint).is_some());
+                        hinted = leader_hint.filter(|hint| *hint != to);
+                        let hint = leader_hint.map_or("none".to_string(), |h| h.to_string());
+                        format!("not the leader (its hint: {hint})")
                     }
-                    Ok(CenterResponse::Unavailable { reason }) => {
-                        failures.insert(to, reason);
-                    }
-                    Err(error) => {
-                        failures.insert(to, error.to_string());
-                    }
-                }
+                    Ok(CenterResponse::Unavailable { reason }) => reason,
+                    Err(error) => describe(&error),
+                };
+                failures.insert(to, why);
             }
-            if Instant::now() + ROUND_PAUSE >= deadline {
+            let stuck = asked > 0 && leader_elsewhere == asked;
+            if stuck || Instant::now() + ROUND_PAUSE >= deadline {
                 break;
             }
             tokio::time::sleep(ROUND_PAUSE).await;
@@ -210,11 +220,24 @@ pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Resul
             })
             .collect();
         bail!(
-            "no center leader answered within {}: {}",
+            "no center leader answered (timeout {}): {}",
             humantime::format_duration(limit),
             tried.join("; ")
         )
     })
+}
+
+/// A failed call, without the id it was booked under (made up for a center given without
+/// one; the caller names the center).
+fn describe(error: &CallError) -> String {
+    match error {
+        CallError::Net(NetError::Unreachable { reason, .. }) => format!("unreachable ({reason})"),
+        CallError::Net(NetError::Timeout { timeout_ms, .. }) => {
+            format!("no answer within {timeout_ms} ms")
+        }
+        CallError::Net(NetError::Io { reason, .. }) => format!("i/o error ({reason})"),
+        other => other.to_string(),
+    }
 }
 
 /// The status as text: a header, the nodes, the groups, broken replicas and repairs.

@@ -761,13 +761,14 @@ mod tests {
 
     #[test]
     fn the_next_free_id_follows_the_storage_nodes_and_skips_the_centers() {
-        let status = |nodes: std::ops::RangeInclusive<NodeId>| ClusterStatus {
+        let status = |nodes: Vec<NodeId>| ClusterStatus {
             center_leader: 101,
             center_term: 1,
             centers: vec![101, 102, 103],
             round_age_ms: 0,
             epoch: 1,
             nodes: nodes
+                .into_iter()
                 .map(|id| larder_protocol::NodeSummary {
                     id,
                     address: String::new(),
@@ -780,9 +781,10 @@ mod tests {
             groups: vec![],
             repairs: vec![],
         };
-        assert_eq!(next_free_id(&status(1..=3)), 4);
-        assert_eq!(next_free_id(&status(1..=100)), 104);
-        assert_eq!(next_free_id(&status(1..=0)), 1);
+        assert_eq!(next_free_id(&status(vec![1, 2, 3])), 4);
+        assert_eq!(next_free_id(&status(vec![1, 7])), 8, "gaps stay free");
+        assert_eq!(next_free_id(&status((1..=100).collect())), 104);
+        assert_eq!(next_free_id(&status(vec![])), 1);
     }
 
     #[test]
