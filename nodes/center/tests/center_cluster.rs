@@ -7,8 +7,8 @@
 //!   `ClusterClient`; a storage node is killed and every group it served gets a new replica
 //!   set of three live nodes under a higher epoch (and the center leader's `GetStatus` shows
 //!   the node down; the other replicas answer with the leader's id), with the data intact and
-//!   writable; leaders
-//!   end up balanced; the dead node comes back and its stale replicas are dropped.
+//!   writable; leaders end up balanced; the dead node comes back and its stale replicas are
+//!   dropped.
 //! - `center_survives_its_leader_and_serves_routing_from_followers`: the center leader is
 //!   killed; the followers and an observer keep serving the routing table; a new center
 //!   leader takes over and repairs a storage node killed afterwards.
