@@ -280,15 +280,21 @@ impl RoutingTable {
     pub fn slot_ranges(&self, group: GroupId) -> Vec<(u16, u16)> {
         let mut ranges: Vec<(u16, u16)> = Vec::new();
         for (slot, &owner) in (0..SLOTS).zip(&self.slot_groups) {
-            if owner != group {
-                continue;
-            }
-            match ranges.last_mut() {
-                Some((_, last)) if *last + 1 == slot => *last = slot,
-                _ => ranges.push((slot, slot)),
+            if owner == group {
+                extend_ranges(&mut ranges, slot);
             }
         }
         ranges
+    }
+
+    /// [`slot_ranges`](Self::slot_ranges) of every group that owns a slot, in one pass over
+    /// the slots (asking each of many groups in turn would pass over them once per group).
+    pub fn slot_ranges_by_group(&self) -> BTreeMap<GroupId, Vec<(u16, u16)>> {
+        let mut by_group: BTreeMap<GroupId, Vec<(u16, u16)>> = BTreeMap::new();
+        for (slot, &owner) in (0..SLOTS).zip(&self.slot_groups) {
+            extend_ranges(by_group.entry(owner).or_default(), slot);
+        }
+        by_group
     }
 
     /// Validates the table: exactly `SLOTS` slots, each owned by an existing group; each group
@@ -350,6 +356,14 @@ fn check_replicas(group: GroupId, replicas: &[NodeId]) -> Result<(), RoutingErro
         }
     }
     Ok(())
+}
+
+/// Adds `slot` to ascending inclusive `ranges`, extending the last range when it is adjacent.
+fn extend_ranges(ranges: &mut Vec<(u16, u16)>, slot: u16) {
+    match ranges.last_mut() {
+        Some((_, last)) if *last + 1 == slot => *last = slot,
+        _ => ranges.push((slot, slot)),
+    }
 }
 
 #[cfg(test)]
@@ -514,6 +528,13 @@ mod tests {
         assert!(added.slot_ranges(3).is_empty());
         let given = added.move_slot(16383, 3).unwrap();
         assert_eq!(given.slot_ranges(3), vec![(16383, 16383)]);
+        // All groups at once, as each alone; a group without slots is absent.
+        let by_group = given.slot_ranges_by_group();
+        assert_eq!(by_group.len(), 3, "{by_group:?}");
+        for group in [1, 2, 3] {
+            assert_eq!(by_group[&group], given.slot_ranges(group), "group {group}");
+        }
+        assert_eq!(added.slot_ranges_by_group().get(&3), None);
         assert_eq!(given.epoch(), 6);
     }
 

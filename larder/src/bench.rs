@@ -140,6 +140,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         .block_on(LocalCluster::start(&LocalConfig {
             dir: None,
             listen: "127.0.0.1:0".parse().expect("address"),
+            center_port: 0,
+            nodes: larder::local::NODES_MIN,
             groups: args.groups,
             requirepass: None,
         }))

@@ -1,13 +1,15 @@
-//! A whole local cluster in one process on loopback — three center replicas, three storage
-//! nodes that get their slot groups from the center, and a RESP proxy that gets its routing
-//! table from the center — with data under a temporary or given directory. `larder up` runs
-//! it; the end-to-end tests start it too.
+//! A whole local cluster in one process on loopback — three center replicas, storage nodes
+//! (three by default) that get their slot groups from the center, and a RESP proxy that gets
+//! its routing table from the center — with data under a temporary or given directory.
+//! `larder up` runs it; the end-to-end tests start it too.
 //!
 //! Every role runs exactly as it does in its own process (`larder center`, `larder node`,
-//! `larder proxy`): the center bootstraps the routing table once all three storage nodes
-//! heartbeat, tells them which groups to host and forms the groups; the proxy fetches the
+//! `larder proxy`): the center bootstraps the routing table once every storage node
+//! heartbeats, tells them which groups to host and forms the groups; the proxy fetches the
 //! table. Restarting from the same directory reopens everything: the center keeps its table
-//! (it never bootstraps twice) and the nodes reopen the groups they host.
+//! (it never bootstraps twice) and the nodes reopen the groups they host. The center replicas
+//! listen on fixed ports by default ([`CENTER_PORT_DEFAULT`]), so `larder admin` and a node
+//! joining with `larder node --center` find them without being told.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,11 @@ pub struct LocalConfig {
     pub dir: Option<PathBuf>,
     /// Where the proxy listens (port 0 picks one).
     pub listen: SocketAddr,
+    /// The center replicas listen on loopback at this port and the next two (0: any free
+    /// ports).
+    pub center_port: u16,
+    /// Storage nodes started (ids `1..=nodes`), [`NODES_MIN`] to [`NODES_MAX`].
+    pub nodes: usize,
     /// Slot groups the 16384 slots are spread over. Used when the center writes its first
     /// routing table; a restart from an existing directory keeps the groups it has.
     pub groups: u64,
@@ -43,6 +50,10 @@ pub struct LocalConfig {
 pub enum LocalError {
     #[error("--groups must be between 1 and 16384, got {0}")]
     Groups(u64),
+    #[error("--nodes must be between {NODES_MIN} and {NODES_MAX}, got {0}")]
+    Nodes(usize),
+    #[error("--center-port {0} leaves no room for three center replicas")]
+    CenterPort(u16),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -67,15 +78,38 @@ fn start_error(what: impl Into<String>, reason: impl std::fmt::Display) -> Local
     }
 }
 
-/// The node ids of the local cluster's center replicas, storage nodes and proxy.
+/// The node ids of the local cluster's center replicas and proxy; its storage nodes are
+/// `1..=nodes`.
 pub const CENTERS: [NodeId; 3] = [101, 102, 103];
-pub const NODES: [NodeId; 3] = [1, 2, 3];
+/// Storage nodes of a local cluster: at least one per replica of a group, and few enough to
+/// keep every id below the centers' (each is a fjall database and a Raft node in one process).
+pub const NODES_MIN: usize = 3;
+pub const NODES_MAX: usize = 64;
+/// Where the first center replica listens by default; the others take the next ports.
+pub const CENTER_PORT_DEFAULT: u16 = 7101;
 const PROXY_ID: NodeId = 1001;
 /// The endpoint [`LocalCluster::start`] checks readiness from.
 const PROBE_ID: NodeId = 1002;
 /// How long [`LocalCluster::start`] waits for the routing table and every group's leader; a
 /// fresh start takes a few seconds.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the center replicas listen with `center_port` (`None`: the port range overflows).
+/// Port 0 gives every replica port 0: any free port.
+pub fn center_addresses(center_port: u16) -> Option<Vec<(NodeId, SocketAddr)>> {
+    CENTERS
+        .iter()
+        .zip(0u16..)
+        .map(|(id, offset)| {
+            let port = if center_port == 0 {
+                Some(0)
+            } else {
+                center_port.checked_add(offset)
+            };
+            port.map(|port| (*id, SocketAddr::from(([127, 0, 0, 1], port))))
+        })
+        .collect()
+}
 
 /// A running local cluster.
 pub struct LocalCluster {
@@ -94,16 +128,16 @@ pub struct LocalCluster {
     _temp: Option<tempfile::TempDir>,
 }
 
-/// Binds `id` on a loopback port and opens its disk under `dir/<name>`.
+/// Binds `id` on `listen` and opens its disk under `dir/<name>`.
 async fn open_env(
     id: NodeId,
+    listen: SocketAddr,
     dir: &Path,
     name: &str,
     book: &AddressBook,
     seed: u64,
 ) -> Result<RealEnv, LocalError> {
-    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    RealEnv::open(id, loopback, &dir.join(name), book.clone(), seed)
+    RealEnv::open(id, listen, &dir.join(name), book.clone(), seed)
         .await
         .map_err(|e| start_error(name.to_string(), e))
 }
@@ -115,6 +149,9 @@ impl LocalCluster {
     pub async fn start(args: &LocalConfig) -> Result<Self, LocalError> {
         if !(1..=16384).contains(&args.groups) {
             return Err(LocalError::Groups(args.groups));
+        }
+        if !(NODES_MIN..=NODES_MAX).contains(&args.nodes) {
+            return Err(LocalError::Nodes(args.nodes));
         }
         let (dir, temp) = match &args.dir {
             Some(dir) => (dir.clone(), None),
@@ -161,10 +198,15 @@ impl LocalCluster {
         book: &AddressBook,
         seed: u64,
     ) -> Result<(), LocalError> {
-        let center_config = CenterConfig::new(CENTERS.to_vec(), args.groups);
-        for id in CENTERS {
+        let mut center_config = CenterConfig::new(CENTERS.to_vec(), args.groups);
+        // The first table spreads the groups over every node started, not the first three
+        // heard from.
+        center_config.bootstrap_nodes_min = args.nodes;
+        let listen =
+            center_addresses(args.center_port).ok_or(LocalError::CenterPort(args.center_port))?;
+        for (id, listen) in listen {
             let name = format!("center-{id}");
-            let env = open_env(id, dir, &name, book, seed).await?;
+            let env = open_env(id, listen, dir, &name, book, seed).await?;
             let address = env.net.listen_address().expect("bound");
             let center = Center::start(env, NodeConfig::new(id, vec![]), center_config.clone())
                 .await
@@ -187,9 +229,10 @@ impl LocalCluster {
             .initialize()
             .await
             .map_err(|e| start_error("initializing the center group", e))?;
-        for id in NODES {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        for id in (1..=args.nodes).map(|id| id as NodeId) {
             let name = format!("node-{id}");
-            let env = open_env(id, dir, &name, book, seed).await?;
+            let env = open_env(id, loopback, dir, &name, book, seed).await?;
             let address = env.net.listen_address().expect("bound");
             let config = NodeConfig {
                 centers: CENTERS.to_vec(),

@@ -3,6 +3,9 @@
 //! - `larder sim --seed N`: one seeded simulation of a 3-node slot group under faults.
 //! - `larder sim --seeds A..B`: a sweep; exits non-zero if any seed fails.
 //! - `--check-determinism`: run each seed twice and compare the event traces.
+//! - `larder up [--nodes N]`: a local cluster in this process; `larder node --dir DIR --center
+//!   ...` adds a storage node to it; `larder admin status` shows it as the center sees it.
+//! - `larder center|node|proxy --config FILE`: the roles as processes.
 //!
 //! It is the top-level package `larder/`: it depends on every other crate (the roles, the real
 //! environment, the simulator, the reports) and nothing depends on it.
@@ -20,6 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use larder_core::bugs::Bug;
 use larder_sim::{SimConfig, check_determinism, run};
 
+mod admin;
 mod bench;
 mod bug_matrix;
 mod jepsen;
@@ -42,9 +46,11 @@ struct Cli {
 enum Command {
     /// Run seeded simulations of a 3-node slot group under faults.
     Sim(SimArgs),
-    /// Start a local cluster on loopback (3 center replicas, 3 storage nodes and a RESP proxy)
-    /// until Ctrl-C.
+    /// Start a local cluster on loopback (3 center replicas, 3 or more storage nodes and a RESP
+    /// proxy) until Ctrl-C.
     Up(up::UpArgs),
+    /// Ask the center about the cluster (`larder admin status`).
+    Admin(admin::AdminArgs),
     /// redis-benchmark against a local cluster and, side by side, against redis-server.
     Bench(bench::BenchArgs),
     /// A Jepsen-style run on real processes: kill -9, SIGSTOP, partitions through relays.
@@ -54,8 +60,9 @@ enum Command {
     Check(CheckArgs),
     /// Run a center replica or observer process (TOML config).
     Center(serve::ConfigArgs),
-    /// Run a storage node process (TOML config).
-    Node(serve::ConfigArgs),
+    /// Run a storage node process (TOML config), or join a running cluster with one
+    /// (`--dir DIR --center ID@HOST:PORT,...`).
+    Node(serve::NodeArgs),
     /// Run a RESP proxy process (TOML config).
     Proxy(serve::ConfigArgs),
 }
@@ -483,6 +490,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Sim(args) => sim(args),
         Command::Up(args) => up::up(args),
+        Command::Admin(args) => admin::admin(args),
         Command::Bench(args) => bench::bench(args),
         Command::Jepsen(args) => jepsen::jepsen(args),
         Command::Check(args) => check(args),

@@ -36,7 +36,8 @@
 //! listen = "127.0.0.1:7001"
 //! data_dir = "data/node-1"
 //! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
-//! # optional: advertise = "10.0.0.1:7001" (default: listen), heartbeat_ms = 500, peers = [...]
+//! # optional: advertise = "10.0.0.1:7001" (default: listen; with port 0 in listen, the port
+//! # bound), heartbeat_ms = 500, peers = [...]
 //!
 //! # proxy.toml (center mode: the storage nodes' addresses come from the center)
 //! id = 1001
@@ -44,10 +45,18 @@
 //! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
 //! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912, nodes = [...]
 //! ```
+//!
+//! **Joining without a file**: `larder node --dir DIR --center ID@HOST:PORT,...` is a center-mode
+//! node (data in `DIR/data`) that heartbeats to the given centers and so registers itself;
+//! the center then counts it for new replicas (replacements of dead ones). Its id is `--id`,
+//! else the one recorded in `DIR/node-id` by an earlier start, else the next after the highest
+//! storage node id the center's status lists (recorded then). Two nodes started at once
+//! without `--id` could pick the same id: join one at a time, or give ids.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -55,16 +64,130 @@ use larder_center::{Center, CenterConfig};
 use larder_client::SharedRouting;
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
+use larder_protocol::ClusterStatus;
 use larder_proxy::{Proxy, ProxyConfig};
 use larder_real::{AddressBook, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, StorageNode};
 use serde::Deserialize;
+
+use crate::admin::{CenterAddress, fetch_status};
 
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
     /// The role's TOML configuration file.
     #[arg(long)]
     pub config: PathBuf,
+}
+
+/// `larder node`: from a TOML file, or (joining a running cluster) from flags.
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// The node's TOML configuration file.
+    #[arg(long, required_unless_present = "dir", conflicts_with_all = ["dir", "center", "listen", "id"])]
+    pub config: Option<PathBuf>,
+    /// Join without a file: the node's directory (data in `data/`, its id in `node-id`).
+    #[arg(long, requires = "center")]
+    pub dir: Option<PathBuf>,
+    /// Every center replica, `ID@HOST:PORT` as `larder up` prints them; repeat it or give a
+    /// comma list.
+    #[arg(long, value_delimiter = ',')]
+    pub center: Vec<CenterAddress>,
+    /// Where peers reach this node (port 0: any free port, which is then registered).
+    /// Default 127.0.0.1:0.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The node's id. Default: the one recorded in the directory, else the next free one
+    /// the center's status shows.
+    #[arg(long)]
+    pub id: Option<NodeId>,
+}
+
+/// Where a joining node records its id, in its directory.
+const NODE_ID_FILE: &str = "node-id";
+/// How long a joining node waits for the center's status to choose its id.
+const CHOOSE_ID_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl NodeArgs {
+    /// The node's file: read from `--config`, or built from the flags (center mode).
+    fn file(&self) -> anyhow::Result<(NodeFile, String)> {
+        if let Some(path) = &self.config {
+            return Ok((read(path)?, path.display().to_string()));
+        }
+        let Some(dir) = &self.dir else {
+            bail!("give --config FILE, or --dir DIR with --center");
+        };
+        let mut centers = Vec::new();
+        for center in &self.center {
+            let Some(id) = center.id else {
+                bail!(
+                    "give each center as ID@HOST:PORT, as `larder up` prints them (got {center}): heartbeats follow the center leader by id"
+                );
+            };
+            centers.push(Peer {
+                id,
+                address: center.address,
+            });
+        }
+        let id = node_id(dir, self.id, &self.center)?;
+        let file = NodeFile {
+            id,
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            data_dir: dir.join("data"),
+            peers: Vec::new(),
+            groups: None,
+            initialize: None,
+            centers,
+            advertise: None,
+            heartbeat_ms: None,
+        };
+        Ok((file, "the command line".to_string()))
+    }
+}
+
+/// A joining node's id: `given`, else the one recorded in `dir`, else the next free one from
+/// the center's status; recorded in `dir` so a restart keeps it, and checked against it.
+fn node_id(dir: &Path, given: Option<NodeId>, centers: &[CenterAddress]) -> anyhow::Result<NodeId> {
+    let path = dir.join(NODE_ID_FILE);
+    let recorded: Option<NodeId> = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(
+            text.trim()
+                .parse()
+                .with_context(|| format!("reading the node id in {}", path.display()))?,
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", path.display()));
+        }
+    };
+    let id = match (given, recorded) {
+        (Some(given), Some(recorded)) if given != recorded => bail!(
+            "{} holds node {recorded}'s data; --id {given} would run another node on it",
+            dir.display()
+        ),
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => {
+            let status = fetch_status(centers, CHOOSE_ID_TIMEOUT)
+                .context("asking the center for a free node id (or give --id)")?;
+            next_free_id(&status)
+        }
+    };
+    if recorded.is_none() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(&path, format!("{id}\n"))
+            .with_context(|| format!("recording the node id in {}", path.display()))?;
+    }
+    Ok(id)
+}
+
+/// The id after the highest storage node id in `status`, skipping the center replicas' ids.
+fn next_free_id(status: &ClusterStatus) -> NodeId {
+    let mut id = status.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+    while status.centers.contains(&id) {
+        id += 1;
+    }
+    id
 }
 
 /// Another process's id and address.
@@ -219,11 +342,16 @@ impl NodeFile {
             );
         }
         let advertise = self.advertise.unwrap_or(self.listen);
-        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+        if advertise.ip().is_unspecified() {
             bail!(
                 "listen is {}: set advertise to an address peers can reach",
                 self.listen
             );
+        }
+        // Port 0 in `listen` (no `advertise`) registers the port bound; an advertised port
+        // must be real.
+        if self.advertise.is_some_and(|a| a.port() == 0) {
+            bail!("advertise needs a port");
         }
         Ok(NodeMode::Center { advertise })
     }
@@ -374,15 +502,20 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
     })
 }
 
-pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
-    let file: NodeFile = read(&args.config)?;
-    let mode = file
-        .mode()
-        .with_context(|| format!("checking {}", args.config.display()))?;
+pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
+    let (file, source) = args.file()?;
+    let mode = file.mode().with_context(|| format!("checking {source}"))?;
     runtime()?.block_on(async {
         let seed = larder_real::process_seed();
         let book = address_book(file.peers.iter().chain(&file.centers));
         let env = open_env(file.id, file.listen, &file.data_dir, book.clone(), seed).await?;
+        let bound = env.net.listen_address().unwrap_or(file.listen);
+        let mode = match mode {
+            NodeMode::Center { advertise } if advertise.port() == 0 => NodeMode::Center {
+                advertise: SocketAddr::new(advertise.ip(), bound.port()),
+            },
+            mode => mode,
+        };
         let config = match &mode {
             NodeMode::Static { groups, .. } => NodeConfig::new(file.id, (1..=*groups).collect()),
             NodeMode::Center { advertise } => {
@@ -425,13 +558,12 @@ pub fn node(args: ConfigArgs) -> anyhow::Result<bool> {
         }
         match mode {
             NodeMode::Static { groups, .. } => println!(
-                "larder node {} listening on {} ({groups} static groups)",
-                file.id, file.listen
+                "larder node {} listening on {bound} ({groups} static groups)",
+                file.id
             ),
             NodeMode::Center { advertise } => println!(
-                "larder node {} listening on {} (advertised {advertise}; groups from centers {:?})",
+                "larder node {} listening on {bound} (advertised {advertise}; groups from centers {:?})",
                 file.id,
-                file.listen,
                 file.centers.iter().map(|c| c.id).collect::<Vec<_>>()
             ),
         }
@@ -577,6 +709,84 @@ mod tests {
         assert!(parse::<CenterFile>(&text.replace("groups = 8\n", "")).is_err());
     }
 
+    #[derive(clap::Parser, Debug)]
+    struct NodeCli {
+        #[command(flatten)]
+        args: NodeArgs,
+    }
+
+    fn node_args(words: &[&str]) -> Result<NodeArgs, clap::Error> {
+        use clap::Parser;
+        NodeCli::try_parse_from(std::iter::once("node").chain(words.iter().copied()))
+            .map(|cli| cli.args)
+    }
+
+    #[test]
+    fn a_joining_node_comes_from_flags_or_a_file_never_both() {
+        let centers = "101@127.0.0.1:7101,102@127.0.0.1:7102";
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().to_str().expect("utf-8 path");
+        let args = node_args(&["--dir", path, "--center", centers, "--id", "9"]).expect("flags");
+        let (file, _) = args.file().expect("a file from the flags");
+        assert_eq!((file.id, file.listen.port()), (9, 0));
+        assert_eq!(file.data_dir, dir.path().join("data"));
+        let ids: Vec<NodeId> = file.centers.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [101, 102]);
+        assert!(matches!(file.mode(), Ok(NodeMode::Center { .. })));
+        assert!(node_args(&["--config", "n.toml"]).is_ok());
+        assert!(node_args(&[]).is_err(), "neither a file nor a directory");
+        assert!(node_args(&["--config", "n.toml", "--dir", path]).is_err());
+        assert!(node_args(&["--dir", path]).is_err(), "no centers");
+        // A center without its id: its leader hints could not be followed.
+        let args =
+            node_args(&["--dir", path, "--center", "127.0.0.1:7101", "--id", "9"]).expect("parses");
+        assert!(args.file().is_err());
+    }
+
+    #[test]
+    fn a_joining_node_keeps_its_recorded_id() {
+        let dir = tempfile::tempdir().expect("dir");
+        // Given: recorded. Not given: the recorded one, without asking any center (none is
+        // given, so asking would fail). Another one given: refused.
+        assert_eq!(node_id(dir.path(), Some(7), &[]).expect("given"), 7);
+        assert_eq!(node_id(dir.path(), None, &[]).expect("recorded"), 7);
+        assert_eq!(node_id(dir.path(), Some(7), &[]).expect("same"), 7);
+        assert!(node_id(dir.path(), Some(8), &[]).is_err());
+        let fresh = tempfile::tempdir().expect("dir");
+        assert!(
+            node_id(fresh.path(), None, &[]).is_err(),
+            "no id, none recorded, no center to ask"
+        );
+    }
+
+    #[test]
+    fn the_next_free_id_follows_the_storage_nodes_and_skips_the_centers() {
+        let status = |nodes: Vec<NodeId>| ClusterStatus {
+            center_leader: 101,
+            center_term: 1,
+            centers: vec![101, 102, 103],
+            round_age_ms: 0,
+            epoch: 1,
+            nodes: nodes
+                .into_iter()
+                .map(|id| larder_protocol::NodeSummary {
+                    id,
+                    address: String::new(),
+                    state: None,
+                    liveness: larder_protocol::Liveness::Up,
+                    groups: vec![],
+                    leads: 0,
+                })
+                .collect(),
+            groups: vec![],
+            repairs: vec![],
+        };
+        assert_eq!(next_free_id(&status(vec![1, 2, 3])), 4);
+        assert_eq!(next_free_id(&status(vec![1, 7])), 8, "gaps stay free");
+        assert_eq!(next_free_id(&status((1..=100).collect())), 104);
+        assert_eq!(next_free_id(&status(vec![])), 1);
+    }
+
     #[test]
     fn node_and_proxy_center_mode_parse_and_are_checked() {
         let node = format!(
@@ -603,6 +813,12 @@ mod tests {
             let file: NodeFile = parse(&format!("{node}{extra}")).expect("parse");
             assert!(file.mode().is_err(), "{extra}");
         }
+        // Port 0 registers the port bound; an advertised address needs a real port.
+        let any_port = node.replace("127.0.0.1:7001", "127.0.0.1:0");
+        let file: NodeFile = parse(&any_port).expect("parse");
+        assert!(matches!(file.mode(), Ok(NodeMode::Center { advertise }) if advertise.port() == 0));
+        let file: NodeFile = parse(&format!("{node}advertise = \"10.0.0.1:0\"\n")).expect("parse");
+        assert!(file.mode().is_err(), "advertised port 0");
         // A wildcard listen address needs an advertised one.
         let wildcard = node.replace("127.0.0.1:7001", "0.0.0.0:7001");
         let file: NodeFile = parse(&wildcard).expect("parse");

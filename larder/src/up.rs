@@ -1,12 +1,13 @@
-//! `larder up`: the local cluster of `larder::local` (3 center replicas, 3 storage nodes,
-//! a RESP proxy, all in this process) until Ctrl-C.
+//! `larder up`: the local cluster of `larder::local` (3 center replicas, `--nodes` storage
+//! nodes, a RESP proxy, all in this process) until Ctrl-C. It prints how to watch it
+//! (`larder admin status`) and grow it (`larder node --dir DIR --center ...`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use larder::local::{LocalCluster, LocalConfig};
+use larder::local::{CENTER_PORT_DEFAULT, LocalCluster, LocalConfig, NODES_MAX, NODES_MIN};
 
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
@@ -17,6 +18,13 @@ pub struct UpArgs {
     /// Address the RESP proxy listens on.
     #[arg(long, default_value = "127.0.0.1:6380")]
     pub listen: SocketAddr,
+    /// Storage nodes to start (the first routing table spreads the groups over all of them).
+    #[arg(long, default_value_t = NODES_MIN, value_parser = parse_nodes)]
+    pub nodes: usize,
+    /// The center replicas listen on loopback at this port and the next two (0: any free
+    /// ports; `larder admin` then needs `--center`).
+    #[arg(long, default_value_t = CENTER_PORT_DEFAULT)]
+    pub center_port: u16,
     /// Number of slot groups the 16384 slots are spread over (when the center writes its first
     /// routing table; a restart keeps the groups the directory has).
     #[arg(long, default_value_t = 64)]
@@ -24,6 +32,14 @@ pub struct UpArgs {
     /// Require clients to AUTH with this password.
     #[arg(long)]
     pub requirepass: Option<String>,
+}
+
+fn parse_nodes(text: &str) -> Result<usize, String> {
+    let nodes: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if !(NODES_MIN..=NODES_MAX).contains(&nodes) {
+        return Err(format!("between {NODES_MIN} and {NODES_MAX}"));
+    }
+    Ok(nodes)
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<bool> {
@@ -35,6 +51,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
         let config = LocalConfig {
             dir: args.dir.clone(),
             listen: args.listen,
+            center_port: args.center_port,
+            nodes: args.nodes,
             groups: args.groups,
             requirepass: args.requirepass.clone(),
         };
@@ -57,7 +75,15 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
         println!("  centers: {}", list(&cluster.center_addresses));
         println!("  storage nodes: {}", list(&cluster.node_addresses));
         println!("  proxy: {}", cluster.proxy_address);
+        let centers = cluster
+            .center_addresses
+            .iter()
+            .map(|(id, address)| format!("{id}@{address}"))
+            .collect::<Vec<_>>()
+            .join(",");
         println!("try: redis-cli -p {}", cluster.proxy_address.port());
+        println!("watch: larder admin status --center {centers}");
+        println!("grow: larder node --dir DIR --center {centers}");
         tokio::signal::ctrl_c()
             .await
             .context("waiting for Ctrl-C")?;

@@ -29,6 +29,8 @@ impl Running {
         let config = LocalConfig {
             dir: dir.map(std::path::Path::to_path_buf),
             listen: "127.0.0.1:0".parse().expect("address"),
+            center_port: 0,
+            nodes: larder::local::NODES_MIN,
             groups,
             requirepass: requirepass.map(str::to_string),
         };

@@ -14,7 +14,7 @@ use larder_protocol::addresses::AddressHook;
 use larder_storage::{NodeConfig, StorageNode};
 
 use crate::config::{CenterConfig, CenterError};
-use crate::plan::{Heard, Liveness, NodeRecord, RepairInFlight};
+use crate::plan::{Heard, Liveness, NodeRecord, RepairInFlight, View};
 
 /// A node's last heartbeat, as the center leader received it.
 #[derive(Debug, Clone)]
@@ -39,10 +39,19 @@ pub(crate) struct Soft {
     pub(crate) stale_since: BTreeMap<(NodeId, GroupId), Duration>,
     /// Admin messages in flight (node, group, kind), so a slow one is not sent again.
     pub(crate) admin: BTreeSet<(NodeId, GroupId, u8)>,
-    /// Liveness as of the last tick (for status queries).
-    pub(crate) liveness: BTreeMap<NodeId, Liveness>,
     /// Migrations this leader runs a task for ([`crate::migrate`]).
     pub(crate) migrating: BTreeSet<u64>,
+    /// The latest round's view: what the planner last decided from, kept for status requests
+    /// (so they report what the center acts on, not a second reading of it).
+    pub(crate) last_round: Option<Round>,
+}
+
+/// A control round's input, as [`Soft::last_round`] keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct Round {
+    /// When the round built it (the node's monotonic clock).
+    pub(crate) at: Duration,
+    pub(crate) view: Arc<View>,
 }
 
 /// The center state as this replica last read it from its applied state, and the applied index
@@ -129,9 +138,14 @@ impl<E: Env> Center<E> {
         self.cache.read().expect("cache lock").table.clone()
     }
 
-    /// Liveness of every known node as of the last tick, if this replica leads.
+    /// Liveness of every known node as of the last round, if this replica leads.
     pub fn liveness(&self) -> BTreeMap<NodeId, Liveness> {
-        self.soft.lock().expect("soft lock").liveness.clone()
+        let soft = self.soft.lock().expect("soft lock");
+        soft.last_round
+            .iter()
+            .flat_map(|round| round.view.nodes.iter())
+            .map(|(id, node)| (*id, node.liveness))
+            .collect()
     }
 
     /// Stops the center group's Raft (and every other group of the node).

@@ -20,7 +20,7 @@ use openraft::EmptyNode;
 use openraft::async_runtime::WatchReceiver;
 
 use crate::Center;
-use crate::center::Soft;
+use crate::center::{Round, Soft};
 use crate::config::CenterError;
 use crate::plan::{self, Action, Liveness, NodeView, RepairInFlight, View};
 use crate::store::{Durable, node_key};
@@ -59,8 +59,12 @@ impl<E: Env> Center<E> {
         self.resume_migrations(term, &durable.migrations);
         self.ensure_observers().await;
         let now = clock.now();
-        let view = self.view(durable, now);
+        let view = Arc::new(self.view(durable, now));
         let actions = plan::plan(&view, &self.config.plan_config());
+        self.soft.lock().expect("soft lock").last_round = Some(Round {
+            at: now,
+            view: view.clone(),
+        });
         let mut routing = view.routing.clone();
         for action in actions {
             self.carry_out(action, &view, &mut routing, term, now)
@@ -70,7 +74,7 @@ impl<E: Env> Center<E> {
     }
 
     /// Builds the planner's input from the durable state and the soft state at `now`, and
-    /// updates the soft bookkeeping that depends on it (stale replicas, cooldowns, liveness).
+    /// updates the soft bookkeeping that depends on it (stale replicas, cooldowns).
     fn view(&self, durable: Durable, now: Duration) -> View {
         let timeout = self.config.failure_timeout();
         let mut soft = self.soft.lock().expect("soft lock");
@@ -104,7 +108,6 @@ impl<E: Env> Center<E> {
                 },
             );
         }
-        soft.liveness = nodes.iter().map(|(id, v)| (*id, v.liveness)).collect();
         // Finished repairs the table already shows need no more writing.
         if let Some(table) = &durable.routing {
             soft.finished.retain(|group, done| {

@@ -1,6 +1,6 @@
-//! What a center replica answers: storage nodes' heartbeats (on the leader) and routing
-//! fetches (on every replica and observer, from the applied state); everything else it answers
-//! as the storage node it is ([`CenterHandler`]).
+//! What a center replica answers: storage nodes' heartbeats and status requests (on the
+//! leader) and routing fetches (on every replica and observer, from the applied state);
+//! everything else it answers as the storage node it is ([`CenterHandler`]).
 
 use std::sync::Arc;
 
@@ -8,9 +8,9 @@ use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Clock, Env, Handler, Net};
 use larder_protocol::{
-    CENTER_GROUP, CenterRequest, CenterResponse, GetMigrations, GetRouting, GroupStatus, Heartbeat,
-    HeartbeatAck, Migration, MoveSlots, Request, RoutingAnswer, decode_request, respond,
-    undecodable,
+    CENTER_GROUP, CenterRequest, CenterResponse, ClusterStatus, GetMigrations, GetRouting,
+    GetStatus, GroupStatus, Heartbeat, HeartbeatAck, Migration, MoveSlots, Request, RoutingAnswer,
+    decode_request, respond, undecodable,
 };
 use larder_storage::NodeError;
 
@@ -18,6 +18,7 @@ use crate::Center;
 use crate::center::HeardAt;
 use crate::config::CenterError;
 use crate::plan::Heard;
+use crate::status::{Answering, cluster_status};
 
 /// Most nodes the center tracks heartbeats of; beyond this, heartbeats of unknown nodes are
 /// refused (bounds the leader's memory against a misconfigured fleet).
@@ -94,6 +95,38 @@ impl<E: Env> Center<E> {
             },
         }
     }
+
+    /// The cluster's status from the latest control round's view (leader only: the view is
+    /// the leader's soft state).
+    fn on_get_status(&self) -> CenterResponse<ClusterStatus> {
+        if !self.is_leader() {
+            return CenterResponse::NotLeader {
+                leader_hint: self.node.leader_of(CENTER_GROUP),
+            };
+        }
+        let (round, term) = {
+            let soft = self.soft.lock().expect("soft lock");
+            (soft.last_round.clone(), soft.term)
+        };
+        let (Some(round), Some(center_term)) = (round, term) else {
+            return CenterResponse::Unavailable {
+                reason: format!(
+                    "center replica {} leads but has not finished a control round yet",
+                    self.node.id()
+                ),
+            };
+        };
+        let age = self.node.env().clock().now().saturating_sub(round.at);
+        CenterResponse::Ok(cluster_status(
+            &round.view,
+            Answering {
+                center_leader: self.node.id(),
+                center_term,
+                centers: &self.config.centers,
+                round_age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            },
+        ))
+    }
 }
 
 impl<E: Env> Center<E> {
@@ -160,6 +193,9 @@ impl<E: Env> Handler for CenterHandler<E> {
             }
             Ok(Request::Center(CenterRequest::GetMigrations(GetMigrations))) => {
                 respond::<GetMigrations>(&self.center.on_get_migrations().await)
+            }
+            Ok(Request::Center(CenterRequest::GetStatus(GetStatus))) => {
+                respond::<GetStatus>(&self.center.on_get_status())
             }
             Ok(request) => self.center.node.handle_request(request).await,
             Err(error) => undecodable(&error),

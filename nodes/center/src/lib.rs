@@ -38,9 +38,14 @@
 //! addresses ([`registry_addresses`]), which is how storage nodes and proxies find nodes no
 //! configuration names (see [`larder_protocol::addresses`]).
 //!
+//! **Status**: the center leader answers [`larder_protocol::GetStatus`] with the view its latest
+//! control round planned from ([`status::cluster_status`]): nodes, liveness, groups, leaders,
+//! applied indexes, broken replicas, slot ranges, repairs (`larder admin status`).
+//!
 //! Modules: [`center`] (the replica's state and handle), [`config`] (settings, errors), [`store`] (the durable state in the center group and
 //! its cache), [`control`] (the control loop: view, plan, carry out, repair), [`handler`]
-//! (heartbeats, routing fetches, the request dispatch), [`plan`] (the pure planner).
+//! (heartbeats, routing fetches, status requests, the request dispatch), [`plan`] (the pure
+//! planner), [`status`] (the cluster status from a view).
 
 pub mod center;
 pub mod config;
@@ -48,6 +53,7 @@ pub mod control;
 pub mod handler;
 pub mod migrate;
 pub mod plan;
+pub mod status;
 pub mod store;
 
 pub use center::Center;

@@ -33,18 +33,9 @@ use larder_core::{GroupId, NodeId};
 use serde::{Deserialize, Serialize};
 
 use larder_protocol::{CENTER_GROUP, GroupStatus, MembershipStatus};
-
-/// A registered node's durable state, as the center records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum NodeState {
-    /// Heard from within the failure timeout.
-    Up,
-    /// Missed heartbeats for the failure timeout; its replicas get replaced.
-    Down,
-    /// Taken out of service by an operator: never given replicas again, its replicas are
-    /// replaced like a down node's. (Nothing sets it yet: decommissioning is future work.)
-    Removed,
-}
+// Defined with the wire because the cluster status (`larder_protocol::ClusterStatus`) carries
+// them; the registry's records encode them exactly as before.
+pub use larder_protocol::{Liveness, NodeState};
 
 /// A node's registry entry (center key `node/<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,18 +43,6 @@ pub struct NodeRecord {
     pub id: NodeId,
     pub address: String,
     pub state: NodeState,
-}
-
-/// What the center leader currently believes about a node's liveness (soft state).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Liveness {
-    /// A heartbeat arrived within the failure timeout.
-    Up,
-    /// Not heard from since this center leader took over, but the failure timeout has not run
-    /// out since then: neither a candidate for new replicas nor a reason for repairs.
-    Grace,
-    /// No heartbeat for the failure timeout (or recorded down and not heard from since).
-    Down,
 }
 
 /// Liveness of one node at `now`, from the last heartbeat this center leader received from it
@@ -315,18 +294,19 @@ fn single_swap(m: &MembershipStatus) -> Option<(NodeId, NodeId)> {
 
 /// What the heartbeats say about one group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct GroupFacts {
+pub(crate) struct GroupFacts {
     /// The live node claiming leadership with the highest term.
-    leader: Option<NodeId>,
+    pub(crate) leader: Option<NodeId>,
+    /// The term `leader` claimed it in.
+    pub(crate) leader_term: u64,
     /// The committed membership with the highest log index any replica reported.
-    membership: Option<MembershipStatus>,
+    pub(crate) membership: Option<MembershipStatus>,
     /// Some replica has a log or vote: the group was formed.
-    formed: bool,
+    pub(crate) formed: bool,
 }
 
-fn group_facts(nodes: &BTreeMap<NodeId, NodeView>) -> BTreeMap<GroupId, GroupFacts> {
+pub(crate) fn group_facts(nodes: &BTreeMap<NodeId, NodeView>) -> BTreeMap<GroupId, GroupFacts> {
     let mut facts: BTreeMap<GroupId, GroupFacts> = BTreeMap::new();
-    let mut leader_terms: BTreeMap<GroupId, u64> = BTreeMap::new();
     for (id, view) in nodes {
         let Some(heard) = &view.heard else { continue };
         for (group, status) in &heard.groups {
@@ -340,10 +320,12 @@ fn group_facts(nodes: &BTreeMap<NodeId, NodeView>) -> BTreeMap<GroupId, GroupFac
             {
                 fact.membership = Some(m.clone());
             }
-            let term = leader_terms.entry(*group).or_default();
-            if status.is_leader && view.is_up() && (fact.leader.is_none() || status.term > *term) {
+            if status.is_leader
+                && view.is_up()
+                && (fact.leader.is_none() || status.term > fact.leader_term)
+            {
                 fact.leader = Some(*id);
-                *term = status.term;
+                fact.leader_term = status.term;
             }
         }
     }

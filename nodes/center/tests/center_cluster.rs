@@ -5,8 +5,10 @@
 //! - `center_bootstraps_repairs_and_rebalances`: the center writes the first routing table
 //!   (three distinct replicas per group) and forms the groups; writes go through
 //!   `ClusterClient`; a storage node is killed and every group it served gets a new replica
-//!   set of three live nodes under a higher epoch, with the data intact and writable; leaders
-//!   end up balanced; the dead node comes back and its stale replicas are dropped.
+//!   set of three live nodes under a higher epoch (and the center leader's `GetStatus` shows
+//!   the node down; the other replicas answer with the leader's id), with the data intact and
+//!   writable; leaders end up balanced; the dead node comes back and its stale replicas are
+//!   dropped.
 //! - `center_survives_its_leader_and_serves_routing_from_followers`: the center leader is
 //!   killed; the followers and an observer keep serving the routing table; a new center
 //!   leader takes over and repairs a storage node killed afterwards.
@@ -26,6 +28,7 @@ use larder_core::env::Clock;
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
+use larder_protocol::{CenterResponse, ClusterStatus, Encoded, GetStatus, Liveness, call};
 use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, StorageNode};
 
@@ -232,6 +235,19 @@ impl Cluster {
             .flatten()
     }
 
+    /// What one process answers to `GetStatus`, if it answers.
+    fn status_from(&self, source: NodeId) -> Option<CenterResponse<ClusterStatus>> {
+        let request = Encoded::new(GetStatus);
+        self.client
+            .block_on(call(
+                &self.net,
+                source,
+                &request,
+                Duration::from_millis(500),
+            ))
+            .ok()
+    }
+
     /// Group -> the live storage node leading it.
     fn leaders(&self) -> BTreeMap<GroupId, NodeId> {
         (1..=GROUPS)
@@ -425,6 +441,43 @@ fn center_bootstraps_repairs_and_rebalances() {
         let route = repaired.route(*group).expect("group");
         assert!(!route.replicas.contains(&victim), "{route:?}");
     }
+    // The center leader's status shows the victim down and the groups on the survivors; the
+    // other replicas point at the leader, and a storage node is no center.
+    let leader = cluster.center_leader().expect("a center leader");
+    let status = cluster.wait_for(
+        "the victim down in the status",
+        Duration::from_secs(5),
+        |cluster| match cluster.status_from(leader)? {
+            CenterResponse::Ok(status) => (status.epoch >= repaired.epoch()
+                && status
+                    .nodes
+                    .iter()
+                    .any(|n| n.id == victim && n.liveness == Liveness::Down))
+            .then_some(status),
+            _ => None,
+        },
+    );
+    assert_eq!(status.center_leader, leader);
+    assert_eq!(status.groups.len(), GROUPS as usize);
+    assert!(
+        status
+            .groups
+            .iter()
+            .all(|g| !g.replicas.contains(&victim) && !g.slots.is_empty()),
+        "{status:?}"
+    );
+    for follower in CENTERS.iter().filter(|id| **id != leader) {
+        let answer = cluster.status_from(*follower);
+        assert!(
+            matches!(answer, Some(CenterResponse::NotLeader { leader_hint: Some(hint) }) if hint == leader),
+            "center {follower}: {answer:?}"
+        );
+    }
+    let storage = *cluster.nodes.keys().next().expect("a survivor");
+    assert!(matches!(
+        cluster.status_from(storage),
+        Some(CenterResponse::Unavailable { .. })
+    ));
     // Groups the victim did not serve kept their replicas.
     for (group, route) in table.groups() {
         if !affected.contains(group) {

@@ -1,5 +1,6 @@
-//! The center service: storage nodes' heartbeats to the center leader, and routing fetches
-//! from anyone to any center replica, observer or storage node.
+//! The center service: storage nodes' heartbeats to the center leader, routing fetches from
+//! anyone to any center replica, observer or storage node, and the cluster's status from the
+//! center leader (`larder admin status`).
 
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
@@ -12,6 +13,7 @@ use crate::{Request, Rpc};
 pub enum CenterRequest {
     Heartbeat(Heartbeat),
     GetRouting(GetRouting),
+    GetStatus(GetStatus),
     MoveSlots(crate::migration::MoveSlots),
     GetMigrations(crate::migration::GetMigrations),
 }
@@ -121,11 +123,135 @@ pub struct RoutingAnswer {
     pub addresses: Vec<(NodeId, String)>,
 }
 
+/// A registered node's durable state, as the center records it (its registry entry, and
+/// [`NodeSummary::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Heard from within the failure timeout.
+    Up,
+    /// Missed heartbeats for the failure timeout; its replicas get replaced.
+    Down,
+    /// Taken out of service by an operator: never given replicas again, its replicas are
+    /// replaced like a down node's. (Nothing sets it yet: decommissioning is future work.)
+    Removed,
+}
+
+/// What the center leader currently believes about a node's liveness (its soft state, not
+/// recorded; [`NodeSummary::liveness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Liveness {
+    /// A heartbeat arrived within the failure timeout.
+    Up,
+    /// Not heard from since this center leader took over, but the failure timeout has not run
+    /// out since then: neither a candidate for new replicas nor a reason for repairs.
+    Grace,
+    /// No heartbeat for the failure timeout (or recorded down and not heard from since).
+    Down,
+}
+
+/// Operator -> center leader: the cluster as the center sees it ([`ClusterStatus`]).
+///
+/// Only the center leader answers (a follower answers `NotLeader` with its hint): the
+/// liveness of nodes, what their heartbeats said and the repairs under way are the leader's
+/// soft state, which no other replica has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetStatus;
+
+/// Longest text of one broken replica's reason in a [`ClusterStatus`], in bytes (longer ones
+/// are cut): the status stays bounded by the number of nodes and groups.
+pub const STATUS_REASON_BYTES_MAX: usize = 256;
+
+/// The answer to [`GetStatus`]: what the center leader decided from in its latest control
+/// round (its planner's view: the routing table and registry read linearizably, the nodes'
+/// last heartbeats, liveness, repairs), so it is at most one round (one heartbeat interval)
+/// old; [`ClusterStatus::round_age_ms`] says how old.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The center replica that answered: the center leader.
+    pub center_leader: NodeId,
+    /// Its term as center leader.
+    pub center_term: u64,
+    /// The center replicas (the voters of the center group).
+    pub centers: Vec<NodeId>,
+    /// How long before the answer the round it describes ran, in milliseconds.
+    pub round_age_ms: u64,
+    /// The routing epoch (0: no table yet).
+    pub epoch: u64,
+    /// Every node registered or heard from, by id (at most [`ADDRESSES_MAX`]).
+    pub nodes: Vec<NodeSummary>,
+    /// Every group of the routing table, by id.
+    pub groups: Vec<GroupSummary>,
+    /// Replica replacements under way, by group.
+    pub repairs: Vec<RepairSummary>,
+}
+
+/// One storage node in a [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    pub id: NodeId,
+    /// Its registered address (or, not yet registered, the one its heartbeat gave).
+    pub address: String,
+    /// Its registry state; `None`: heard from but not registered yet.
+    pub state: Option<NodeState>,
+    pub liveness: Liveness,
+    /// The groups its last heartbeat reported hosting (none before one arrived).
+    pub groups: Vec<GroupId>,
+    /// How many groups it leads ([`GroupSummary::leader`]).
+    pub leads: u64,
+}
+
+/// One slot group in a [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub group: GroupId,
+    /// Its replicas as the routing table lists them, in placement order.
+    pub replicas: Vec<NodeId>,
+    /// The live node whose heartbeat claims leadership with the highest term (`None`: no
+    /// live node claims it).
+    pub leader: Option<GroupLeader>,
+    /// Every replica in the table, in its order, then every other node reporting the group
+    /// (a replacement catching up, a stale copy), by id.
+    pub reports: Vec<ReplicaSummary>,
+    /// The slots it owns, as inclusive `(first, last)` ranges in ascending order.
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// A group's leader and its term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLeader {
+    pub node: NodeId,
+    pub term: u64,
+}
+
+/// One replica of a group as its node's last heartbeat reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSummary {
+    pub node: NodeId,
+    /// The routing table lists it among the group's replicas.
+    pub in_table: bool,
+    /// Index of its last applied log entry; `None`: its node reported no such replica (not
+    /// heard from, or not hosting it yet).
+    pub last_applied: Option<u64>,
+    /// Why it was retired as corrupt ([`GroupStatus::broken`], cut to
+    /// [`STATUS_REASON_BYTES_MAX`]).
+    pub broken: Option<String>,
+}
+
+/// A replica replacement under way: `new` is being added to `group`, learner first, to take
+/// `old`'s place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairSummary {
+    pub group: GroupId,
+    pub old: NodeId,
+    pub new: NodeId,
+}
+
 /// How a center replica answered a center request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CenterResponse<T> {
     Ok(T),
-    /// Only the center leader takes heartbeats; try `leader_hint`.
+    /// Only the center leader takes heartbeats and answers status requests; try
+    /// `leader_hint`.
     NotLeader {
         leader_hint: Option<NodeId>,
     },
@@ -154,5 +280,18 @@ impl Rpc for GetRouting {
 impl From<GetRouting> for Request {
     fn from(request: GetRouting) -> Request {
         Request::Center(CenterRequest::GetRouting(request))
+    }
+}
+
+impl Rpc for GetStatus {
+    /// A replica that does not lead the center answers `NotLeader` with its hint; the leader
+    /// answers `Unavailable` until its first control round, a process that is no center
+    /// always.
+    type Response = CenterResponse<ClusterStatus>;
+}
+
+impl From<GetStatus> for Request {
+    fn from(request: GetStatus) -> Request {
+        Request::Center(CenterRequest::GetStatus(request))
     }
 }

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | [`raft`] | [`RaftRequest`] (openraft's RPCs as opaque payloads) | storage nodes |
 //! | [`client`] | [`ClientRequest`] | storage nodes |
-//! | [`center`] | [`Heartbeat`], [`GetRouting`] | center replicas, observers (and storage nodes, for routing) |
+//! | [`center`] | [`Heartbeat`], [`GetRouting`], [`GetStatus`] | center replicas, observers (and storage nodes, for routing) |
 //! | [`admin`] | [`AddGroup`], [`RemoveGroup`], [`ReplaceVoter`], [`TransferLeadership`] | storage nodes, sent by the center leader |
 //!
 //! Client-facing messages carry no openraft types: the client SDK and the proxy do not link
@@ -38,8 +38,10 @@ pub use admin::{
     SlotRead, TrackSlots, TransferLeadership, UntrackSlots,
 };
 pub use center::{
-    ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, GetRouting, GroupStatus,
-    Heartbeat, HeartbeatAck, MembershipStatus, RoutingAnswer,
+    ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, ClusterStatus, GetRouting,
+    GetStatus, GroupLeader, GroupStatus, GroupSummary, Heartbeat, HeartbeatAck, Liveness,
+    MembershipStatus, NodeState, NodeSummary, RepairSummary, ReplicaSummary, RoutingAnswer,
+    STATUS_REASON_BYTES_MAX,
 };
 pub use client::{ClientRequest, ClientResponse, SESSION_EXPIRED, SessionSeq};
 pub use migration::{GetMigrations, Migration, MigrationPhase, MoveSlots};
@@ -208,6 +210,52 @@ mod tests {
     }
 
     #[test]
+    fn a_status_request_and_its_answer_round_trip() {
+        let encoded = Encoded::new(GetStatus);
+        assert!(matches!(
+            decode_request(encoded.bytes()),
+            Ok(Request::Center(CenterRequest::GetStatus(GetStatus)))
+        ));
+        let status = ClusterStatus {
+            center_leader: 101,
+            center_term: 2,
+            centers: vec![101, 102, 103],
+            round_age_ms: 5,
+            epoch: 3,
+            nodes: vec![NodeSummary {
+                id: 1,
+                address: "127.0.0.1:7001".into(),
+                state: Some(NodeState::Up),
+                liveness: Liveness::Grace,
+                groups: vec![1],
+                leads: 1,
+            }],
+            groups: vec![GroupSummary {
+                group: 1,
+                replicas: vec![1],
+                leader: Some(GroupLeader { node: 1, term: 4 }),
+                reports: vec![ReplicaSummary {
+                    node: 1,
+                    in_table: true,
+                    last_applied: Some(9),
+                    broken: Some("checksum".into()),
+                }],
+                slots: vec![(0, 16383)],
+            }],
+            repairs: vec![RepairSummary {
+                group: 1,
+                old: 2,
+                new: 1,
+            }],
+        };
+        let answer = respond::<GetStatus>(&CenterResponse::Ok(status.clone()));
+        assert_eq!(
+            decode_response::<GetStatus>(&answer).expect("decodes"),
+            CenterResponse::Ok(status)
+        );
+    }
+
+    #[test]
     fn a_response_decodes_only_as_its_request_type() {
         let answer = respond::<ClientRequest>(&ClientResponse::StaleEpoch { epoch: 5 });
         assert_eq!(
@@ -239,6 +287,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_request(&bytes);
             let _ = decode_response::<Heartbeat>(&bytes);
+            let _ = decode_response::<GetStatus>(&bytes);
         }
     }
 }

@@ -12,8 +12,8 @@ use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
     CenterRequest, CenterResponse, ClientRequest, ClientResponse, GetMigrations, GetRouting,
-    Heartbeat, MoveSlots, RaftCall, RaftRequest, RaftResponse, Request, RoutingAnswer, SessionSeq,
-    decode_request, respond, undecodable,
+    GetStatus, Heartbeat, MoveSlots, RaftCall, RaftRequest, RaftResponse, Request, RoutingAnswer,
+    SessionSeq, decode_request, respond, undecodable,
 };
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
@@ -282,6 +282,11 @@ impl<E: Env> StorageNode<E> {
             }
             Request::Center(CenterRequest::GetRouting(GetRouting { known_epoch })) => {
                 respond::<GetRouting>(&self.routing_answer(known_epoch))
+            }
+            Request::Center(CenterRequest::GetStatus(GetStatus)) => {
+                respond::<GetStatus>(&CenterResponse::Unavailable {
+                    reason: format!("node {} is not a center replica", self.id()),
+                })
             }
             Request::Admin(request) => self.handle_admin(request).await,
         }

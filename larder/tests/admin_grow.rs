@@ -1,0 +1,274 @@
+//! Watching and growing a local cluster from the command line, as an operator would: `larder
+//! up --nodes 3` runs as a process (centers on free ports, read from what it prints);
+//! `larder admin status --json` must show three storage nodes up and every one of the 16384
+//! slots owned by exactly one group that has a leader; `larder node --dir DIR --center ...`
+//! starts a fourth storage node (its id chosen from the status), which registers with its
+//! heartbeats until the status shows four nodes up. Also: the text form of the status, and a
+//! clear failure when no center answers.
+
+// A real-process test: real time, real threads, real files.
+#![allow(clippy::disallowed_methods)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use larder_core::NodeId;
+use larder_core::slots::SLOTS;
+use larder_protocol::{ClusterStatus, Liveness, NodeState};
+
+const LARDER: &str = env!("CARGO_BIN_EXE_larder");
+const GROUPS: u64 = 8;
+
+/// The processes under test; killed when the test ends, passing or not, with their logs'
+/// tails printed on failure.
+struct Processes {
+    dir: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+impl Processes {
+    /// Starts `larder <args>` with its stderr (and its stdout, unless piped) in `<name>.log`.
+    fn spawn(&mut self, name: &str, args: &[&str], pipe_stdout: bool) -> &mut Child {
+        let log = File::create(self.log(name)).expect("log file");
+        let stdout = if pipe_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::from(log.try_clone().expect("log file"))
+        };
+        let child = Command::new(LARDER)
+            .args(args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log)
+            .spawn()
+            .expect("spawn larder");
+        self.children.push((name.to_string(), child));
+        &mut self.children.last_mut().expect("just pushed").1
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for (name, _) in &self.children {
+                let text = std::fs::read_to_string(self.log(name)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- {name}.log (last 30 lines)");
+                for line in &lines[lines.len().saturating_sub(30)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Polls `probe` every 200 ms until it yields, failing after `limit` with the last reason it
+/// gave for not yielding.
+fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let why = match probe() {
+            Ok(found) => return found,
+            Err(why) => why,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}; last: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn admin(args: &[&str]) -> Output {
+    Command::new(LARDER)
+        .arg("admin")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run larder admin")
+}
+
+/// `larder admin status --json` against `centers`, parsed.
+fn status(centers: &str) -> Result<ClusterStatus, String> {
+    let output = admin(&["status", "--json", "--center", centers, "--timeout", "5s"]);
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("bad JSON: {e}"))
+}
+
+/// Whether exactly the nodes `expected` are known, each registered up and live (else why not).
+fn up_nodes(status: &ClusterStatus, expected: &[NodeId]) -> Result<(), String> {
+    let up: Vec<NodeId> = status
+        .nodes
+        .iter()
+        .filter(|n| n.state == Some(NodeState::Up) && n.liveness == Liveness::Up)
+        .map(|n| n.id)
+        .collect();
+    if up == expected && status.nodes.len() == expected.len() {
+        Ok(())
+    } else {
+        Err(format!("nodes up {up:?}, all nodes {:?}", status.nodes))
+    }
+}
+
+/// Every slot owned by exactly one group, and every group led.
+fn every_slot_led(status: &ClusterStatus) -> Result<(), String> {
+    let mut owners = vec![0u32; usize::from(SLOTS)];
+    for group in &status.groups {
+        if group.leader.is_none() {
+            return Err(format!("group {} has no leader", group.group));
+        }
+        for (first, last) in &group.slots {
+            for slot in *first..=*last {
+                owners[usize::from(slot)] += 1;
+            }
+        }
+    }
+    match owners.iter().position(|count| *count != 1) {
+        None => Ok(()),
+        Some(slot) => Err(format!("slot {slot} has {} owners", owners[slot])),
+    }
+}
+
+/// Reads `larder up`'s stdout until it prints its center replicas (`  centers: 101@… 102@…`)
+/// and returns them as `--center` takes them.
+fn centers_of(up: &mut Child, limit: Duration) -> String {
+    let stdout = up.stdout.take().expect("piped stdout");
+    let (lines, received) = mpsc::channel();
+    // Keeps draining after the line is found, so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(remaining) {
+            Ok(line) => {
+                if let Some(list) = line.trim().strip_prefix("centers: ") {
+                    return list.split_whitespace().collect::<Vec<_>>().join(",");
+                }
+            }
+            Err(error) => panic!("`larder up` printed no centers within {limit:?}: {error}"),
+        }
+    }
+}
+
+fn read_id(path: &Path) -> Option<NodeId> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn admin_status_watches_a_local_cluster_grow() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut processes = Processes {
+        dir: dir.path().to_path_buf(),
+        children: Vec::new(),
+    };
+    let started = Instant::now();
+    let up_dir = dir.path().join("up");
+    let groups = GROUPS.to_string();
+    let up = processes.spawn(
+        "up",
+        &[
+            "up",
+            "--nodes",
+            "3",
+            "--groups",
+            &groups,
+            "--listen",
+            "127.0.0.1:0",
+            "--center-port",
+            "0",
+            "--dir",
+            up_dir.to_str().expect("utf-8 path"),
+        ],
+        true,
+    );
+    let centers = centers_of(up, Duration::from_secs(60));
+    eprintln!("larder up ready after {:?}: {centers}", started.elapsed());
+
+    let first = wait_for(
+        "three nodes up and every slot led",
+        Duration::from_secs(30),
+        || {
+            let current = status(&centers)?;
+            up_nodes(&current, &[1, 2, 3])?;
+            every_slot_led(&current)?;
+            Ok(current)
+        },
+    );
+    assert_eq!(first.groups.len(), GROUPS as usize);
+    assert!(first.epoch >= 1);
+    assert_eq!(first.centers, [101, 102, 103]);
+    assert!(
+        first
+            .groups
+            .iter()
+            .all(|g| g.reports.iter().all(|r| r.broken.is_none())),
+        "{first:?}"
+    );
+
+    // The text form: a header, the tables, the summaries.
+    let output = admin(&["status", "--center", &centers]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    for expected in [
+        "center leader ",
+        "NODE  ADDRESS",
+        "GROUP  REPLICAS",
+        "0-2047",
+        "broken replicas: none",
+        "repairs in flight: none",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+
+    // A fourth storage node joins with no id given: it takes the next one and registers.
+    let node_dir = dir.path().join("new-node");
+    processes.spawn(
+        "node",
+        &[
+            "node",
+            "--dir",
+            node_dir.to_str().expect("utf-8 path"),
+            "--center",
+            &centers,
+        ],
+        false,
+    );
+    let grown = Instant::now();
+    wait_for("four nodes up", Duration::from_secs(30), || {
+        up_nodes(&status(&centers)?, &[1, 2, 3, 4])
+    });
+    assert_eq!(read_id(&node_dir.join("node-id")), Some(4));
+    eprintln!("node 4 up after {:?}", grown.elapsed());
+
+    // Nobody listening: a clear error, not a hang.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let output = admin(&["status", "--center", &closed.to_string(), "--timeout", "1s"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("no center leader answered") && stderr.contains(&closed.to_string()),
+        "{stderr}"
+    );
+}
