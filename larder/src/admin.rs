@@ -22,7 +22,8 @@ use larder::local::{CENTER_PORT_DEFAULT, center_addresses};
 use larder_core::NodeId;
 use larder_core::env::NetError;
 use larder_protocol::{
-    CallError, CenterResponse, ClusterStatus, Encoded, GetStatus, GroupSummary, NodeSummary, call,
+    CallError, CenterResponse, ClusterStatus, Encoded, GetMigrations, GetStatus, GroupSummary,
+    MigrationPhase, MoveSlots, NodeSummary, Rpc, call,
 };
 use larder_real::{AddressBook, TcpNet};
 
@@ -37,6 +38,149 @@ enum AdminCommand {
     /// Show the cluster as the center leader sees it: nodes, groups, leaders, applied
     /// indexes, broken replicas, slot ranges, repairs in flight.
     Status(StatusArgs),
+    /// Move slots to another group, online: the center copies them, catches up with the
+    /// writes made meanwhile, fences the source and commits the new routing epoch.
+    MoveSlots(MoveSlotsArgs),
+    /// Show every slot migration the center has recorded, with its phase and progress.
+    Migrations(MigrationsArgs),
+}
+
+#[derive(Args, Debug)]
+struct MoveSlotsArgs {
+    /// The slots: `FIRST-LAST` or one slot, comma-separated (e.g. `0-99,200`), all owned by
+    /// one group.
+    #[arg(value_parser = parse_slot_ranges)]
+    slots: SlotRanges,
+    /// The group that takes them.
+    #[arg(long)]
+    to: u64,
+    /// Wait until the migration ends and say how.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    center: CenterArgs,
+}
+
+#[derive(Args, Debug)]
+struct MigrationsArgs {
+    #[command(flatten)]
+    center: CenterArgs,
+    /// Print them as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Inclusive slot ranges, ascending and disjoint (checked by the center too).
+#[derive(Debug, Clone)]
+struct SlotRanges(Vec<(u16, u16)>);
+
+fn parse_slot_ranges(text: &str) -> Result<SlotRanges, String> {
+    let mut ranges = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let slot = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|slot| *slot < larder_core::slots::SLOTS)
+                .ok_or_else(|| format!("{s:?} is not a slot (0..16383)"))
+        };
+        let range = match part.split_once('-') {
+            Some((first, last)) => (slot(first)?, slot(last)?),
+            None => (slot(part)?, slot(part)?),
+        };
+        ranges.push(range);
+    }
+    ranges.sort_unstable();
+    larder_core::slots::Ownership::new(0, ranges.clone()).map_err(|e| e.to_string())?;
+    if ranges.is_empty() {
+        return Err("no slots given".into());
+    }
+    Ok(SlotRanges(ranges))
+}
+
+fn move_slots(args: MoveSlotsArgs) -> anyhow::Result<bool> {
+    let centers = args.center.centers();
+    let request = MoveSlots {
+        ranges: args.slots.0.clone(),
+        to: args.to,
+    };
+    let migration = ask_center(&centers, args.center.timeout, request)
+        .context("asking the center to move the slots")?;
+    println!(
+        "migration {}: slots {} from group {} to group {}: {}",
+        migration.id,
+        slot_ranges(&migration.ranges),
+        migration.from,
+        migration.to,
+        migration.phase.name()
+    );
+    if !args.wait {
+        return Ok(true);
+    }
+    // Bounded: a migration that does not end within the hour is reported as still running.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3600) {
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(all) = ask_center(&centers, args.center.timeout, GetMigrations) else {
+            continue;
+        };
+        if let Some(now) = all.into_iter().find(|m| m.id == migration.id)
+            && !now.phase.is_active()
+        {
+            println!(
+                "migration {}: {} after {:.1} s ({} records, {} bytes moved)",
+                now.id,
+                describe_phase(&now.phase),
+                started.elapsed().as_secs_f64(),
+                now.moved_records,
+                now.moved_bytes
+            );
+            return Ok(matches!(now.phase, MigrationPhase::Done { .. }));
+        }
+    }
+    bail!("migration {} still running after an hour", migration.id)
+}
+
+fn describe_phase(phase: &MigrationPhase) -> String {
+    match phase {
+        MigrationPhase::Cleaning { epoch } | MigrationPhase::Done { epoch } => {
+            format!("{} (routing epoch {epoch})", phase.name())
+        }
+        MigrationPhase::RollingBack { reason } | MigrationPhase::RolledBack { reason } => {
+            format!("{}: {reason}", phase.name())
+        }
+        other => other.name().to_string(),
+    }
+}
+
+fn migrations(args: MigrationsArgs) -> anyhow::Result<bool> {
+    let all = ask_center(&args.center.centers(), args.center.timeout, GetMigrations)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(true);
+    }
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                slot_ranges(&m.ranges),
+                m.from.to_string(),
+                m.to.to_string(),
+                describe_phase(&m.phase),
+                m.moved_records.to_string(),
+                m.moved_bytes.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["id", "slots", "from", "to", "phase", "records", "bytes"],
+            &rows
+        )
+    );
+    Ok(true)
 }
 
 /// How to reach the center, shared by every `larder admin` command.
@@ -131,6 +275,8 @@ const ROUND_PAUSE: Duration = Duration::from_millis(200);
 pub fn admin(args: AdminArgs) -> anyhow::Result<bool> {
     match args.command {
         AdminCommand::Status(args) => status(args),
+        AdminCommand::MoveSlots(args) => move_slots(args),
+        AdminCommand::Migrations(args) => migrations(args),
     }
 }
 
@@ -149,6 +295,14 @@ fn status(args: StatusArgs) -> anyhow::Result<bool> {
 /// (a new center leader answers after its first control round). Gives up early when every
 /// center names a leader this command has no address for.
 pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Result<ClusterStatus> {
+    ask_center(centers, limit, GetStatus)
+}
+
+/// Sends `request` to the center leader as [`fetch_status`] does, and returns its answer.
+pub fn ask_center<R, T>(centers: &[CenterAddress], limit: Duration, request: R) -> anyhow::Result<T>
+where
+    R: Rpc<Response = CenterResponse<T>>,
+{
     if centers.is_empty() {
         bail!("no center given");
     }
@@ -170,7 +324,7 @@ pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Resul
             order.push(id);
         }
         let net = TcpNet::client(ADMIN_ID, book.clone());
-        let request = Encoded::new(GetStatus);
+        let request = Encoded::new(request);
         let deadline = Instant::now() + limit;
         let mut failures: BTreeMap<NodeId, String> = BTreeMap::new();
         loop {
@@ -189,7 +343,7 @@ pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Resul
                 }
                 asked += 1;
                 let why = match call(&net, to, &request, CALL_TIMEOUT.min(remaining)).await {
-                    Ok(CenterResponse::Ok(status)) => return Ok(status),
+                    Ok(CenterResponse::Ok(answer)) => return Ok(answer),
                     Ok(CenterResponse::NotLeader {
                         leader_hint: Some(hint),
                     }) if book.get(hint).is_none() => {
@@ -200,6 +354,12 @@ pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Resul
                         hinted = leader_hint.filter(|hint| *hint != to);
                         let hint = leader_hint.map_or("none".to_string(), |h| h.to_string());
                         format!("not the leader (its hint: {hint})")
+                    }
+                    // The leader's own refusal (e.g. slots of two groups): no use asking others.
+                    Ok(CenterResponse::Unavailable { reason })
+                        if reason.starts_with("refused:") =>
+                    {
+                        bail!("center {}: {reason}", names[&to])
                     }
                     Ok(CenterResponse::Unavailable { reason }) => reason,
                     Err(error) => describe(&error),

@@ -260,6 +260,41 @@ fn admin_status_watches_a_local_cluster_grow() {
     assert_eq!(read_id(&node_dir.join("node-id")), Some(4));
     eprintln!("node 4 up after {:?}", grown.elapsed());
 
+    // Group 1's slots move to group 2 online, and the status shows it.
+    let output = admin(&[
+        "move-slots",
+        "0-2047",
+        "--to",
+        "2",
+        "--wait",
+        "--center",
+        &centers,
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("done (routing epoch"), "{text}");
+    let moved = status(&centers).expect("status after the move");
+    let ranges = |group: u64| {
+        moved
+            .groups
+            .iter()
+            .find(|g| g.group == group)
+            .map(|g| g.slots.clone())
+    };
+    assert_eq!(ranges(1), Some(vec![]), "{moved:?}");
+    assert_eq!(ranges(2), Some(vec![(0, 4095)]), "{moved:?}");
+    let output = admin(&["migrations", "--center", &centers]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("0-2047"));
+    // Slots of two groups cannot move as one: refused with the reason, at once.
+    let output = admin(&["move-slots", "4000-4200", "--to", "1", "--center", &centers]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("more than one group"), "{stderr}");
+
     // Nobody listening: a clear error, not a hang.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
