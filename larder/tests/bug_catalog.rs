@@ -120,14 +120,15 @@ catalog! {
     unsynced_vote: "unsynced-vote", 1..=5, Swarm;
     // 50/50 (the recovery audit at the end of the run).
     applied_marker_lost: "applied-marker-lost", 1..=5, Swarm;
-    // One group: 1/50, seed 34, with many clients building a long tail on an isolated leader
-    // (cluster: 0/50).
+    // One group: 2/50, first 13, with many clients building a long tail on an isolated leader
+    // (cluster: 1/50, seed 43).
     skipped_truncate: "skipped-truncate", 1..=50, SwarmOneGroup;
     // One group, with delays aimed between the keys of a multi-key read: 12/50, first 1.
     torn_multi_key_read: "torn-multi-key-read", 1..=50, SwarmOneGroup;
     // One group, with clock jumps aimed inside the traffic's lulls: 2/50, first 26 (cluster:
     // 1/50, seed 10).
     ttl_local_clock_read: "ttl-local-clock-read", 1..=50, SwarmOneGroup;
-    // One group, bits flipped at rest by `corrupt_record` (40% of swarm seeds): 5/30, first 2.
+    // One group, bits flipped at rest by `corrupt_record` (40% of swarm seeds): 12/50, first 2
+    // (cluster: 5/50, first 2).
     skip_record_checksum: "skip-record-checksum", 1..=50, SwarmOneGroup;
 }

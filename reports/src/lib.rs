@@ -136,6 +136,26 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
             .collect();
         let _ = writeln!(out, "faults          {}", faults.join(" "));
     }
+    if !report.migrations.started.is_empty() {
+        let phases: Vec<String> = report
+            .migrations
+            .last_seen
+            .iter()
+            .map(|m| format!("#{} {}->{} {}", m.id, m.from, m.to, m.phase.name()))
+            .collect();
+        let refused = report
+            .migrations
+            .started
+            .iter()
+            .filter(|s| s.is_err())
+            .count();
+        let _ = writeln!(
+            out,
+            "migrations      {} asked ({refused} refused): {}",
+            report.migrations.started.len(),
+            phases.join(", ")
+        );
+    }
     if !report.retired_replicas.is_empty() {
         let retired: Vec<String> = report
             .retired_replicas

@@ -39,6 +39,11 @@ pub const CONTENTION_CLIENTS: u64 = 8;
 /// Simulated clients are hosts `n100..n198` (`n199` is the checker, `n200..` proxies).
 pub const CLIENTS_MAX: u64 = 99;
 
+/// Share of swarm cluster seeds whose operator moves slots ([`SimConfig::run_moves`]).
+pub const SWARM_MOVES_CHANCE: f64 = 0.5;
+/// The random stream of the swarm's slot moves.
+const SWARM_MOVES_STREAM: u64 = 0x30_7e5;
+
 /// The load shape a swarm seed picks (each from [`SWARM_LOAD_STREAM`], independently).
 ///
 /// - `contention`: [`CONTENTION_CLIENTS`] clients on one register and one counter (no lists)
@@ -259,6 +264,38 @@ impl SimConfig {
             }
         }
         workload
+    }
+
+    /// The slot moves the operator asks for: [`SimConfig::moves`], or, with `swarm` and a
+    /// center and none given, the seed's own draw from a stream of its own: in
+    /// [`SWARM_MOVES_CHANCE`] of the seeds one to three moves at random times before the heal
+    /// point, each of a random number of one group's slots (sometimes all) to another group,
+    /// so migrations run through whatever faults the seed's plan brings.
+    pub fn run_moves(&self) -> Vec<super::PlannedMove> {
+        if !self.moves.is_empty() || !self.swarm || self.centers == 0 || self.groups < 2 {
+            return self.moves.clone();
+        }
+        let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_MOVES_STREAM));
+        if !rng.chance(SWARM_MOVES_CHANCE) {
+            return Vec::new();
+        }
+        let heal_ms = self.heal_at().as_millis() as u64;
+        let mut moves = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            let from = 1 + rng.below(self.groups);
+            let to = 1 + (from + rng.below(self.groups - 1)) % self.groups;
+            moves.push(super::PlannedMove {
+                at_ms: rng.range(1_500, heal_ms.max(1_501)),
+                from,
+                to,
+                slots: if rng.chance(0.3) {
+                    u16::MAX
+                } else {
+                    rng.range(1, 1_500) as u16
+                },
+            });
+        }
+        moves
     }
 
     /// The workload of client `index`: [`SimConfig::run_workload`], except that in half the swarm

@@ -1,5 +1,5 @@
 //! The operator: a process that asks the center to move slots at the times
-//! [`SimConfig::moves`] says, and after the heal point waits (bounded) for every migration it
+//! [`SimConfig::run_moves`] says (the config's moves, or a swarm seed's own draw), and after the heal point waits (bounded) for every migration it
 //! started to end. What it saw goes into the report; a migration still running at the end of
 //! the run is a violation ("every migration ends done or rolled back after heal").
 
@@ -79,7 +79,8 @@ pub(crate) fn register_operator(
     net_faults: &NetFaults,
     log: &Arc<Mutex<OperatorLog>>,
 ) -> Option<NodeId> {
-    if config.centers == 0 || config.moves.is_empty() {
+    let mut moves = config.run_moves();
+    if config.centers == 0 || moves.is_empty() {
         return None;
     }
     let net = SimNet::new(
@@ -89,7 +90,6 @@ pub(crate) fn register_operator(
         trace.clone(),
     );
     let centers = config.center_ids();
-    let mut moves = config.moves.clone();
     moves.sort_by_key(|m| m.at_ms);
     let give_up = config.duration + config.liveness;
     let log = log.clone();
