@@ -63,11 +63,15 @@ pub enum Bug {
     /// Storage integrity: record checksums are not verified on read, so a bit flipped at rest
     /// is served (or applied, or replicated) as if it were data.
     SkipRecordChecksum,
+    /// Migration: the cutover commits the new table without fencing the source first and
+    /// without the last catch-up, so a write the source takes from a client with the old
+    /// table after the last copy pass is lost when the slots move.
+    MigrationSkipsFence,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -83,6 +87,7 @@ impl Bug {
         Bug::TtlLocalClockRead,
         Bug::TornMultiKeyRead,
         Bug::SkipRecordChecksum,
+        Bug::MigrationSkipsFence,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -103,6 +108,7 @@ impl Bug {
             Bug::TtlLocalClockRead => "ttl-local-clock-read",
             Bug::TornMultiKeyRead => "torn-multi-key-read",
             Bug::SkipRecordChecksum => "skip-record-checksum",
+            Bug::MigrationSkipsFence => "migration-skips-fence",
         }
     }
 }

@@ -131,4 +131,6 @@ catalog! {
     // One group, bits flipped at rest by `corrupt_record` (40% of swarm seeds): 12/50, first 2
     // (cluster: 5/50, first 2).
     skip_record_checksum: "skip-record-checksum", 1..=50, SwarmOneGroup;
+    // Half the swarm cluster seeds move slots (`SimConfig::run_moves`): 5/50, first 10.
+    migration_skips_fence: "migration-skips-fence", 1..=50, Swarm;
 }

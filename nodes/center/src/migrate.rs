@@ -28,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use larder_core::GroupId;
 use larder_core::NodeId;
+use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Env};
 use larder_core::kv::{Command, Reply, SetCondition};
 use larder_core::routing::RoutingTable;
@@ -464,26 +465,29 @@ impl<E: Env> Center<E> {
                 )));
             }
             let epoch = table.epoch() + 1;
+            let skip_fence = self.config.bugs.is_planted(Bug::MigrationSkipsFence);
             let fence = Ownership::new(
                 epoch,
                 adjust(&table.slot_ranges(from), &[], &migration.ranges),
             )
             .map_err(|e| refuse(e.to_string()))?;
-            self.step(
-                term,
-                from,
-                SetOwnedSlots {
-                    group: from,
-                    ownership: fence,
-                },
-            )
-            .await?;
-            // Nothing of the slots applies on the source after the fence: this pass copies
-            // the last of it.
-            let (index, _) = self
-                .pass(term, migration, (from, to), changes(since), false)
+            if !skip_fence {
+                self.step(
+                    term,
+                    from,
+                    SetOwnedSlots {
+                        group: from,
+                        ownership: fence,
+                    },
+                )
                 .await?;
-            since = index;
+                // Nothing of the slots applies on the source after the fence: this pass
+                // copies the last of it.
+                let (index, _) = self
+                    .pass(term, migration, (from, to), changes(since), false)
+                    .await?;
+                since = index;
+            }
             let owned = Ownership::new(
                 epoch,
                 adjust(&table.slot_ranges(to), &migration.ranges, &[]),
