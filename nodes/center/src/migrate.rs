@@ -192,8 +192,9 @@ impl<E: Env> Center<E> {
         })
     }
 
-    /// Sends `request` to `group`'s leader, following its hints (a few hops); `Err` with the
-    /// last reason when no leader did it.
+    /// Sends `request` to `group`'s leader: first the node the heartbeats name, then the
+    /// group's other replicas, following any hint at once (bounded: each replica at most
+    /// twice); `Err` with the last reason when none did it.
     async fn on_leader<R, T>(
         &self,
         group: GroupId,
@@ -204,25 +205,33 @@ impl<E: Env> Center<E> {
         R: Rpc,
     {
         let request = Encoded::new(request);
-        let limit = Duration::from_millis(self.config.admin_timeout_ms.max(1) * 4);
-        let mut target = self.leader_guess(group);
-        let mut reason = format!("no leader of group {group} known");
-        for _ in 0..4 {
-            let Some(to) = target else { break };
+        // A page is at most 1 MiB through one Raft round: well within a few admin timeouts.
+        let limit = Duration::from_millis(self.config.admin_timeout_ms.max(1) * 2);
+        let mut others: Vec<NodeId> = self
+            .routing()
+            .and_then(|t| t.route(group).map(|r| r.replicas.clone()))
+            .unwrap_or_default();
+        let guess = self.leader_guess(group);
+        others.retain(|n| Some(*n) != guess);
+        let mut queue: std::collections::VecDeque<NodeId> =
+            guess.into_iter().chain(others).collect();
+        let mut reason = format!("no replica of group {group} known");
+        for _ in 0..queue.len() * 2 {
+            let Some(to) = queue.pop_front() else { break };
             match call(self.node.env().net(), to, &request, limit).await {
                 Ok(response) => match answer(response) {
                     Ok(value) => return Ok(value),
                     Err((hint, why)) => {
                         reason = format!("node {to}: {why}");
-                        target = hint.filter(|hint| *hint != to).or(target);
-                        if hint.is_none() {
-                            break;
+                        if let Some(hint) = hint.filter(|hint| *hint != to) {
+                            queue.push_front(hint);
                         }
+                        queue.push_back(to);
                     }
                 },
                 Err(error) => {
                     reason = format!("node {to}: {error}");
-                    break;
+                    queue.push_back(to);
                 }
             }
         }

@@ -402,6 +402,55 @@ pub fn plan_leader_moves(
     moves
 }
 
+/// Replica moves that bring every candidate node's replica count within one of the others:
+/// repeatedly, a group on the busiest node (by id on ties) that the least busy one does not
+/// hold, and whose leader is elsewhere (the leader is never the replica moved), moves its
+/// replica there; at most `moves_max`, at most one per group. `(group, old, new, leader)`.
+pub fn plan_replica_moves(
+    replicas: &BTreeMap<GroupId, Vec<NodeId>>,
+    leaders: &BTreeMap<GroupId, NodeId>,
+    candidates: &BTreeSet<NodeId>,
+    cooling: &BTreeSet<GroupId>,
+    moves_max: usize,
+) -> Vec<(GroupId, NodeId, NodeId, NodeId)> {
+    let mut counts: BTreeMap<NodeId, usize> = candidates.iter().map(|n| (*n, 0)).collect();
+    for members in replicas.values() {
+        for node in members {
+            if let Some(count) = counts.get_mut(node) {
+                *count += 1;
+            }
+        }
+    }
+    let mut moved: BTreeSet<GroupId> = BTreeSet::new();
+    let mut moves = Vec::new();
+    while moves.len() < moves_max {
+        let Some((&most, &high)) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        else {
+            break;
+        };
+        let Some((&least, &low)) = counts.iter().min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+        else {
+            break;
+        };
+        if high <= low + 1 {
+            break;
+        }
+        let pick = replicas.iter().find(|(group, members)| {
+            members.contains(&most)
+                && !members.contains(&least)
+                && !moved.contains(*group)
+                && !cooling.contains(*group)
+                && leaders.get(*group).is_some_and(|leader| *leader != most)
+        });
+        let Some((&group, _)) = pick else { break };
+        moved.insert(group);
+        *counts.entry(most).or_default() -= 1;
+        *counts.entry(least).or_default() += 1;
+        moves.push((group, most, least, leaders[&group]));
+    }
+    moves
+}
+
 /// The actions for one round of the control loop (see the module docs for the rules).
 pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
     let mut actions = Vec::new();
@@ -658,6 +707,38 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
     }
 
     if calm && leaders.len() == table.groups().len() {
+        // Replicas first: a node that joined empty (or came back after its replicas were
+        // replaced) takes replicas from the busiest until counts are within one. Only when
+        // everything is calm, through the same learner-first replace a repair uses, and
+        // never in the same round as leadership moves.
+        let candidates: BTreeSet<NodeId> = view
+            .nodes
+            .iter()
+            .filter(|(_, v)| v.is_candidate())
+            .map(|(id, _)| *id)
+            .collect();
+        let balance = if config.repair_enabled {
+            plan_replica_moves(
+                &voters,
+                &leaders,
+                &candidates,
+                &view.cooling,
+                config.repairs_max,
+            )
+        } else {
+            Vec::new()
+        };
+        if !balance.is_empty() {
+            for (group, old, new, leader) in balance {
+                actions.push(Action::Repair {
+                    group,
+                    old,
+                    new,
+                    leader,
+                });
+            }
+            return actions;
+        }
         let eligible: BTreeSet<NodeId> = view
             .nodes
             .iter()
@@ -1169,6 +1250,46 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, Action::Drop { .. }))
         );
+    }
+
+    #[test]
+    fn a_node_that_joins_empty_takes_replicas_until_counts_are_within_one() {
+        let mut view = healthy();
+        // Node 5 joins with nothing: 4 groups x 3 replicas = 12 over 5 nodes, 2 or 3 each.
+        view.nodes.insert(5, up(5, vec![]));
+        let actions = plan(&view, &config());
+        let moves: Vec<(GroupId, NodeId, NodeId)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Repair {
+                    group,
+                    old,
+                    new,
+                    leader,
+                } => {
+                    assert_ne!(old, leader, "never the leader's own replica");
+                    Some((*group, *old, *new))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(moves.len(), 2, "repairs_max at once: {actions:?}");
+        assert!(moves.iter().all(|(_, _, new)| *new == 5), "{moves:?}");
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::MoveLeader { .. })),
+            "no leadership moves in the same round"
+        );
+        // Balanced: nothing to do.
+        let even = plan_replica_moves(
+            &BTreeMap::from([(1, vec![1, 2]), (2, vec![2, 3]), (3, vec![3, 1])]),
+            &BTreeMap::from([(1, 1), (2, 2), (3, 3)]),
+            &BTreeSet::from([1, 2, 3]),
+            &BTreeSet::new(),
+            4,
+        );
+        assert_eq!(even, vec![]);
     }
 
     #[test]
