@@ -9,6 +9,7 @@
 // A real-process test: real time, real threads, real files.
 #![allow(clippy::disallowed_methods)]
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -259,6 +260,32 @@ fn admin_status_watches_a_local_cluster_grow() {
     });
     assert_eq!(read_id(&node_dir.join("node-id")), Some(4));
     eprintln!("node 4 up after {:?}", grown.elapsed());
+
+    // The center moves replicas onto the new node until every node holds as many, give or
+    // take one (learner first: each new replica catches up before it votes).
+    let balanced = wait_for(
+        "replicas balanced onto node 4",
+        Duration::from_secs(90),
+        || {
+            let current = status(&centers)?;
+            let mut counts: BTreeMap<NodeId, usize> =
+                [1, 2, 3, 4].into_iter().map(|n| (n, 0)).collect();
+            for group in &current.groups {
+                for node in &group.replicas {
+                    *counts.entry(*node).or_default() += 1;
+                }
+            }
+            let (low, high) = (counts.values().min(), counts.values().max());
+            match (low, high) {
+                (Some(low), Some(high)) if high - low <= 1 => Ok(counts),
+                _ => Err(format!("replica counts {counts:?}")),
+            }
+        },
+    );
+    eprintln!(
+        "replicas balanced after {:?}: {balanced:?}",
+        grown.elapsed()
+    );
 
     // Group 1's slots move to group 2 online, and the status shows it.
     let output = admin(&[
