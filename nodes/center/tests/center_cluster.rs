@@ -528,8 +528,9 @@ fn center_bootstraps_repairs_and_rebalances() {
         cluster.now() - piled_at
     );
 
-    // The victim comes back from its disk: it is up again, and its replicas of groups that
-    // replaced it are dropped.
+    // The victim comes back from its disk: it is up again, its replicas of groups that
+    // replaced it are dropped, and, now the least busy node, it takes replicas back (replica
+    // balancing) until it hosts exactly what the newest table gives it.
     let (path, address) = (cluster.paths[&victim].clone(), cluster.addresses[&victim]);
     let back = start_storage(victim, &path, address, &cluster.book);
     cluster.nodes.insert(victim, back);
@@ -539,13 +540,19 @@ fn center_bootstraps_repairs_and_rebalances() {
         "the victim reopens its old replicas"
     );
     cluster.wait_for(
-        "stale replicas dropped",
-        Duration::from_secs(10),
+        "stale replicas dropped and the victim balanced again",
+        Duration::from_secs(30),
         |cluster| {
             let hosted: BTreeSet<GroupId> =
                 cluster.nodes[&victim].handle.groups().into_iter().collect();
-            let expected = groups_of(&repaired, victim);
-            (hosted == expected).then_some(())
+            let newest = CENTERS
+                .iter()
+                .filter_map(|center| cluster.routing_from(*center))
+                .max_by_key(RoutingTable::epoch)?;
+            let expected = groups_of(&newest, victim);
+            let counts = newest.replica_counts();
+            let (low, high) = (counts.values().min()?, counts.values().max()?);
+            (hosted == expected && high - low <= 1 && !expected.is_empty()).then_some(())
         },
     );
     eprintln!(
