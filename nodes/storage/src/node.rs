@@ -507,6 +507,42 @@ impl<E: Env> StorageNode<E> {
         Ok(digest)
     }
 
+    /// `group`'s applied slot ownership (`None`: never set), and the first few keys it stores
+    /// of slots that ownership leaves out (at most `limit`): for audits of slot migrations.
+    pub async fn ownership_audit(
+        &self,
+        group: GroupId,
+        limit: usize,
+    ) -> Result<(Option<larder_core::slots::Ownership>, Vec<bytes::Bytes>), NodeError> {
+        let state = self.group(group)?.state.clone();
+        let owned = state.applied().owned;
+        let Some(own) = owned.clone() else {
+            return Ok((None, Vec::new()));
+        };
+        let everything_else = larder_core::slots::ranges_where(|slot| !own.owns(slot));
+        let mut strays = Vec::new();
+        let mut after = None;
+        // Bounded: pages of the group's rows until `limit` strays or the end.
+        loop {
+            let page = state
+                .read_slots(
+                    &everything_else,
+                    &larder_protocol::SlotRead::Copy { after },
+                    limit.max(1),
+                    usize::MAX,
+                )
+                .await
+                .map_err(|source| NodeError::Storage { group, source })?;
+            strays.extend(page.records.into_iter().map(|(key, _)| key));
+            match page.next {
+                Some(next) if strays.len() < limit => after = Some(next),
+                _ => break,
+            }
+        }
+        strays.truncate(limit);
+        Ok((owned, strays))
+    }
+
     /// Executes read-only `command` against `group`'s **applied** state, without a read-index
     /// round: possibly stale. Used by center replicas to serve the routing table.
     pub async fn read_applied(

@@ -515,5 +515,38 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
         node.execute_in(OTHER, Command::DbSize),
         ClientResponse::Reply(Reply::Int(21))
     );
+    // The audit the simulator runs at the end: each group owns what it should and holds no
+    // key of a slot it does not own...
+    for (group, expected) in [(GROUP, false), (OTHER, true)] {
+        let (owned, strays) = node
+            .runtime
+            .block_on(node.node.ownership_audit(group, 3))
+            .expect("audit");
+        assert_eq!(
+            owned.expect("explicit").owns(slot),
+            expected,
+            "group {group}"
+        );
+        assert!(strays.is_empty(), "group {group}: {strays:?}");
+    }
+    // ...and it finds a key left behind.
+    node.runtime
+        .block_on(
+            node.node
+                .ingest(GROUP, 0, vec![(Bytes::from(key(0)), None)]),
+        )
+        .expect("a delete changes nothing");
+    let stray = larder_core::kv::Record::string(Bytes::from("left behind")).encode();
+    node.runtime
+        .block_on(
+            node.node
+                .ingest(GROUP, 0, vec![(Bytes::from(key(0)), Some(stray))]),
+        )
+        .expect("ingest a stray");
+    let (_, strays) = node
+        .runtime
+        .block_on(node.node.ownership_audit(GROUP, 3))
+        .expect("audit");
+    assert_eq!(strays, vec![Bytes::from(key(0))]);
     node.stop();
 }

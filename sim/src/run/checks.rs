@@ -62,6 +62,7 @@ pub(crate) async fn check_final(
     workload: WorkloadConfig,
     (heal_at, duration, liveness): (Duration, Duration, Duration),
     final_state: Arc<Mutex<Final>>,
+    operator: Option<Arc<Mutex<super::OperatorLog>>>,
 ) {
     tokio::time::sleep(heal_at).await;
     let first_success = probe_liveness(&mut client, heal_at + liveness).await;
@@ -79,6 +80,21 @@ pub(crate) async fn check_final(
     let (replicas, digests, retired) =
         converge(&mut client, &slots, &disks, give_up, &mut problems).await;
     audit_disks(&slots, &disks, &digests, &mut problems).await;
+    // Ownership is audited once every migration has ended (bounded wait; one that never ends
+    // fails the run on its own).
+    let settled = || {
+        operator
+            .as_ref()
+            .is_none_or(|log| log.lock().expect("operator log").settled)
+    };
+    while !settled() && sim_now() < give_up {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if settled() {
+        client.refresh_routing().await;
+        let table = client.routing().current();
+        audit_ownership(&slots, &replicas, &table, &mut problems).await;
+    }
     let mut state = final_state.lock().expect("final lock");
     state.values = values;
     state.digests = digests;
@@ -148,6 +164,62 @@ async fn audit_disks(
                 defect: format!("group {group} does not reopen: {error}"),
             }),
         }
+    }
+}
+
+/// Slot ownership at the end (migrations have ended; a run whose migration did not fails on
+/// that): every group that was told its slots owns exactly what the final table gives it (so
+/// no slot is owned by two groups), and stores no key of a slot it does not own (a moved
+/// range is gone from its source, a rolled-back copy from its target). Groups never told keep
+/// `None` and are judged by the table alone.
+async fn audit_ownership(
+    slots: &[(NodeId, NodeSlot)],
+    replicas: &BTreeMap<GroupId, Vec<NodeId>>,
+    table: &larder_core::routing::RoutingTable,
+    problems: &mut Vec<Violation>,
+) {
+    let node = |id: &NodeId| {
+        slots
+            .iter()
+            .find(|(node, _)| node == id)
+            .and_then(|(_, slot)| slot.lock().expect("slot lock").clone())
+    };
+    for (&group, members) in replicas {
+        // The group's leader: a migration's steps are applied there when they return. A few
+        // tries, as leadership may be moving at the end of the run.
+        let mut finding = None;
+        for _ in 0..5 {
+            finding = None;
+            let leader = members
+                .iter()
+                .filter_map(|id| node(id).map(|n| (*id, n)))
+                .find(|(_, n)| n.is_leader(group));
+            let Some((id, leader)) = leader else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            let Ok((Some(owned), strays)) = leader.ownership_audit(group, 3).await else {
+                break;
+            };
+            let expected = table.slot_ranges(group);
+            if owned.ranges == expected && strays.is_empty() {
+                break;
+            }
+            finding = Some(Violation::OwnershipAtEnd {
+                group,
+                node: id,
+                detail: format!(
+                    "owns {:?} (epoch {}), table epoch {} gives {:?}; keys of other slots: {:?}",
+                    owned.ranges,
+                    owned.epoch,
+                    table.epoch(),
+                    expected,
+                    strays
+                ),
+            });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        problems.extend(finding);
     }
 }
 

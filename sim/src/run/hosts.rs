@@ -396,6 +396,7 @@ pub(crate) fn register_checker(
     net_faults: &NetFaults,
     parts: &[NodeParts],
     final_state: &Arc<Mutex<Final>>,
+    operator: Option<Arc<Mutex<super::OperatorLog>>>,
 ) -> NodeId {
     let checker_id = client_id(99);
     let net = SimNet::new(
@@ -425,7 +426,16 @@ pub(crate) fn register_checker(
                 ..ClientConfig::default()
             },
         );
-        check_final(client, slots, disks, workload, timing, final_state).await;
+        check_final(
+            client,
+            slots,
+            disks,
+            workload,
+            timing,
+            final_state,
+            operator,
+        )
+        .await;
         Ok(())
     });
     checker_id

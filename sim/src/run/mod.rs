@@ -76,8 +76,18 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let mut parts = register_nodes(&mut sim, config, &trace, &net_faults, &points);
     register_proxies(&mut sim, config, &trace, &net_faults);
     let client_ids = register_clients(&mut sim, config, &trace, &net_faults, &history);
-    let checker_id = register_checker(&mut sim, config, &trace, &net_faults, &parts, &final_state);
     let operator_log: Arc<Mutex<OperatorLog>> = Arc::default();
+    // The checker audits slot ownership once the operator (if the run has one) has settled.
+    let moves = config.centers > 0 && !config.run_moves().is_empty();
+    let checker_id = register_checker(
+        &mut sim,
+        config,
+        &trace,
+        &net_faults,
+        &parts,
+        &final_state,
+        moves.then(|| operator_log.clone()),
+    );
     let operator =
         operator::register_operator(&mut sim, config, &trace, &net_faults, &operator_log);
 

@@ -41,6 +41,9 @@ pub struct PlannedMove {
 pub struct OperatorLog {
     pub started: Vec<Result<u64, String>>,
     pub last_seen: Vec<Migration>,
+    /// Every move was asked for and every migration has ended (the checker audits slot
+    /// ownership only then).
+    pub settled: bool,
 }
 
 /// Sends `request` to the center leader, following hints (bounded).
@@ -107,8 +110,10 @@ pub(crate) fn register_operator(
         loop {
             if let Ok(migrations) = to_center(&net, &centers, GetMigrations).await {
                 let active = migrations.iter().any(|m| m.phase.is_active());
-                log.lock().expect("operator log").last_seen = migrations;
+                let mut log = log.lock().expect("operator log");
+                log.last_seen = migrations;
                 if !active {
+                    log.settled = true;
                     break;
                 }
             }

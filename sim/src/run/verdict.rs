@@ -78,6 +78,13 @@ pub enum Violation {
     LinearizabilityUnknown { report: Box<Report> },
     /// The history could not be paired into operations (a recorder bug).
     MalformedHistory { error: String },
+    /// At the end of the run a replica's slot ownership differs from the final table, or it
+    /// stores keys of slots it does not own.
+    OwnershipAtEnd {
+        group: GroupId,
+        node: NodeId,
+        detail: String,
+    },
     /// A slot migration had not ended (done or rolled back) by the end of the run.
     MigrationUnfinished { id: u64, phase: String },
     /// What a node keeps on disk breaks a property Raft needs of storage (a log out of order,
@@ -168,6 +175,14 @@ impl fmt::Display for Violation {
                 "linearizability unknown (the checker's budget ran out; an unknown is not a pass): {report}"
             ),
             Violation::MalformedHistory { error } => write!(f, "history is malformed: {error}"),
+            Violation::OwnershipAtEnd {
+                group,
+                node,
+                detail,
+            } => write!(
+                f,
+                "slot ownership of group {group} on node {node}: {detail}"
+            ),
             Violation::MigrationUnfinished { id, phase } => {
                 write!(f, "migration {id} still {phase} at the end of the run")
             }
