@@ -35,7 +35,7 @@ use larder_core::routing::RoutingTable;
 use larder_core::slots::{Ownership, ranges_contain, ranges_where};
 use larder_protocol::{
     AdminResponse, Encoded, IngestRecords, Migration, MigrationPhase, ReadSlots, ReadSlotsResponse,
-    Rpc, SetOwnedSlots, SlotPage, SlotRead, TrackSlots, UntrackSlots, call, decode, encode,
+    Rpc, SetOwnedSlots, SlotPage, SlotRead, TrackSlots, UntrackSlots, call, encode,
 };
 
 use crate::Center;
@@ -238,26 +238,24 @@ impl<E: Env> Center<E> {
         Err(reason)
     }
 
-    /// An admin step on `group`'s leader, retried until done (or the term ends).
-    async fn step<R>(&self, term: u64, group: GroupId, request: R) -> Result<(), CenterError>
+    /// `request` on `group`'s leader ([`Center::on_leader`]), retried until it answers (or
+    /// the term ends: a new leader resumes the migration).
+    async fn until_done<R, T>(
+        &self,
+        term: u64,
+        group: GroupId,
+        request: R,
+        answer: impl Fn(R::Response) -> Result<T, (Option<NodeId>, String)> + Copy,
+    ) -> Result<T, CenterError>
     where
-        R: Rpc<Response = AdminResponse> + Clone,
+        R: Rpc + Clone,
     {
         loop {
             if !self.still_leading(term) {
                 return Err(CenterError::NotLeader { leader_hint: None });
             }
-            let outcome = self
-                .on_leader(group, request.clone(), |response| match response {
-                    AdminResponse::Done => Ok(()),
-                    AdminResponse::NotLeader { leader_hint } => {
-                        Err((leader_hint, "not the leader".into()))
-                    }
-                    AdminResponse::Failed { reason } => Err((None, reason)),
-                })
-                .await;
-            match outcome {
-                Ok(()) => return Ok(()),
+            match self.on_leader(group, request.clone(), answer).await {
+                Ok(value) => return Ok(value),
                 Err(reason) => {
                     tracing::debug!(group, %reason, "migration step failed; retrying");
                     self.node
@@ -270,7 +268,20 @@ impl<E: Env> Center<E> {
         }
     }
 
-    /// One page of a read on `group`'s leader, retried until it answers (or the term ends).
+    /// An admin step on `group`'s leader, retried until done.
+    async fn step<R>(&self, term: u64, group: GroupId, request: R) -> Result<(), CenterError>
+    where
+        R: Rpc<Response = AdminResponse> + Clone,
+    {
+        self.until_done(term, group, request, |response| match response {
+            AdminResponse::Done => Ok(()),
+            AdminResponse::NotLeader { leader_hint } => Err((leader_hint, "not the leader".into())),
+            AdminResponse::Failed { reason } => Err((None, reason)),
+        })
+        .await
+    }
+
+    /// One page of a read on `group`'s leader, retried until it answers.
     async fn read_page(
         &self,
         term: u64,
@@ -283,31 +294,14 @@ impl<E: Env> Center<E> {
             ranges: ranges.to_vec(),
             read,
         };
-        loop {
-            if !self.still_leading(term) {
-                return Err(CenterError::NotLeader { leader_hint: None });
+        self.until_done(term, group, request, |response| match response {
+            ReadSlotsResponse::Page(page) => Ok(page),
+            ReadSlotsResponse::NotLeader { leader_hint } => {
+                Err((leader_hint, "not the leader".into()))
             }
-            let outcome = self
-                .on_leader(group, request.clone(), |response| match response {
-                    ReadSlotsResponse::Page(page) => Ok(page),
-                    ReadSlotsResponse::NotLeader { leader_hint } => {
-                        Err((leader_hint, "not the leader".into()))
-                    }
-                    ReadSlotsResponse::Failed { reason } => Err((None, reason)),
-                })
-                .await;
-            match outcome {
-                Ok(page) => return Ok(page),
-                Err(reason) => {
-                    tracing::debug!(group, %reason, "migration read failed; retrying");
-                    self.node
-                        .env()
-                        .clock()
-                        .sleep(Duration::from_millis(RETRY_MS))
-                        .await;
-                }
-            }
-        }
+            ReadSlotsResponse::Failed { reason } => Err((None, reason)),
+        })
+        .await
     }
 
     /// Pages through `read_of(after)` on the source and writes each page into `into` (the
@@ -532,14 +526,6 @@ fn copy(after: Option<Bytes>) -> SlotRead {
 
 fn changes(since: u64) -> impl Fn(Option<Bytes>) -> SlotRead {
     move |after| SlotRead::Changes { since, after }
-}
-
-/// Decodes a migration record.
-pub(crate) fn decode_migration(key: &[u8], bytes: &[u8]) -> Result<Migration, CenterError> {
-    decode(bytes).map_err(|e| CenterError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
 }
 
 #[cfg(test)]

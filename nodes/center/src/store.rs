@@ -15,7 +15,7 @@ use larder_protocol::{
 
 use crate::Center;
 use crate::config::CenterError;
-use crate::migrate::{MIGRATION_PREFIX, decode_migration};
+use crate::migrate::MIGRATION_PREFIX;
 use crate::plan::{NodeRecord, NodeState};
 
 /// Key prefix of the routing tables in the center group.
@@ -170,34 +170,33 @@ impl<E: Env> Center<E> {
         {
             durable.routing = Some(decode_table(&latest, &bytes)?);
         }
-        let keys = key_list(
-            read(Command::Keys {
-                pattern: Bytes::from(format!("{MIGRATION_PREFIX}*")),
-            })
-            .await?,
-        )?;
-        if !keys.is_empty() {
-            let Reply::Array(values) = read(Command::MGet { keys: keys.clone() }).await? else {
-                return Err(CenterError::Raft {
-                    what: "MGET",
-                    reason: "not an array".into(),
-                });
-            };
-            for (key, value) in keys.iter().zip(values) {
-                if let Reply::Bulk(bytes) = value {
-                    let migration = decode_migration(key, &bytes)?;
-                    durable.migrations.insert(migration.id, migration);
-                }
-            }
+        for (key, bytes) in self.read_prefix(MIGRATION_PREFIX).await? {
+            let migration: Migration = decode(&bytes).map_err(|e| corrupt(&key, e))?;
+            durable.migrations.insert(migration.id, migration);
         }
+        for (key, bytes) in self.read_prefix(NODE_PREFIX).await? {
+            let record: NodeRecord = decode(&bytes).map_err(|e| corrupt(&key, e))?;
+            durable.registry.insert(record.id, record);
+        }
+        Ok(durable)
+    }
+
+    /// Every record of the center group's applied state whose key starts with `prefix`.
+    async fn read_prefix(&self, prefix: &str) -> Result<Vec<(Bytes, Bytes)>, CenterError> {
+        let read = |command: Command| async move {
+            self.node
+                .read_applied(CENTER_GROUP, &command)
+                .await
+                .map_err(CenterError::from)
+        };
         let keys = key_list(
             read(Command::Keys {
-                pattern: Bytes::from(format!("{NODE_PREFIX}*")),
+                pattern: Bytes::from(format!("{prefix}*")),
             })
             .await?,
         )?;
         if keys.is_empty() {
-            return Ok(durable);
+            return Ok(Vec::new());
         }
         let Reply::Array(values) = read(Command::MGet { keys: keys.clone() }).await? else {
             return Err(CenterError::Raft {
@@ -205,13 +204,14 @@ impl<E: Env> Center<E> {
                 reason: "not an array".into(),
             });
         };
-        for (key, value) in keys.iter().zip(values) {
-            if let Reply::Bulk(bytes) = value {
-                let record: NodeRecord = decode(&bytes).map_err(|e| corrupt(key, e))?;
-                durable.registry.insert(record.id, record);
-            }
-        }
-        Ok(durable)
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .filter_map(|(key, value)| match value {
+                Reply::Bulk(bytes) => Some((key, bytes)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// A linearizable read or a write through the center group's Raft (on the leader).
