@@ -67,11 +67,19 @@ pub enum Bug {
     /// without the last catch-up, so a write the source takes from a client with the old
     /// table after the last copy pass is lost when the slots move.
     MigrationSkipsFence,
+    /// Migration: the target gets the copy of the slots but none of the changes since (no
+    /// catch-up pass, before or after the fence), so a write to a key the copy had already
+    /// passed is lost when the slots move.
+    MigrationSkipsCatchUp,
+    /// Migration (storage): the source marks keys written during a migration as changed but
+    /// not keys deleted (or expired), so the catch-up never carries a delete and a key deleted
+    /// during the copy comes back on the target.
+    MigrationUntrackedDeletes,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 18] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -88,6 +96,8 @@ impl Bug {
         Bug::TornMultiKeyRead,
         Bug::SkipRecordChecksum,
         Bug::MigrationSkipsFence,
+        Bug::MigrationSkipsCatchUp,
+        Bug::MigrationUntrackedDeletes,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -109,6 +119,8 @@ impl Bug {
             Bug::TornMultiKeyRead => "torn-multi-key-read",
             Bug::SkipRecordChecksum => "skip-record-checksum",
             Bug::MigrationSkipsFence => "migration-skips-fence",
+            Bug::MigrationSkipsCatchUp => "migration-skips-catch-up",
+            Bug::MigrationUntrackedDeletes => "migration-untracked-deletes",
         }
     }
 }

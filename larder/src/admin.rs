@@ -19,11 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use larder::local::{CENTER_PORT_DEFAULT, center_addresses};
+use larder_center::plan::plan_slot_move;
 use larder_core::NodeId;
 use larder_core::env::NetError;
 use larder_protocol::{
-    CallError, CenterResponse, ClusterStatus, Encoded, GetMigrations, GetStatus, GroupSummary,
-    MigrationPhase, MoveSlots, NodeSummary, Rpc, call,
+    CallError, CenterResponse, ClusterStatus, DrainNode, Encoded, GetMigrations, GetStatus,
+    GroupSummary, Liveness, Migration, MigrationPhase, MoveSlots, NodeState, NodeSummary, Rpc,
+    SplitGroup, Steer, SteerMigration, call,
 };
 use larder_real::{AddressBook, TcpNet};
 
@@ -43,6 +45,68 @@ enum AdminCommand {
     MoveSlots(MoveSlotsArgs),
     /// Show every slot migration the center has recorded, with its phase and progress.
     Migrations(MigrationsArgs),
+    /// Pause a migration after the page in flight (recorded: it stays paused through a
+    /// center failover).
+    Pause(SteerArgs),
+    /// Resume a paused migration.
+    Resume(SteerArgs),
+    /// Cancel a migration before its cutover: the source keeps the slots, the target's copy
+    /// is deleted. Refused once the cutover has started (move the slots back instead).
+    Cancel(SteerArgs),
+    /// Drain a storage node: it hands its leaderships over, its replicas are replaced one by
+    /// one (learner-first) and it is marked removed once it holds none.
+    Drain(DrainArgs),
+    /// Split a group: a new group is placed on the least loaded nodes and the upper half of
+    /// the group's slots migrate to it.
+    Split(SplitArgs),
+    /// Even out slots between groups (one migration at a time, each waited for), then wait
+    /// until replicas and leaders are balanced across the nodes.
+    Rebalance(RebalanceArgs),
+}
+
+#[derive(Args, Debug)]
+struct SteerArgs {
+    /// The migration's id (`larder admin migrations`).
+    id: u64,
+    #[command(flatten)]
+    center: CenterArgs,
+}
+
+#[derive(Args, Debug)]
+struct DrainArgs {
+    /// The storage node's id.
+    node: u64,
+    /// Wait until the node holds no replica and is removed.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    center: CenterArgs,
+}
+
+#[derive(Args, Debug)]
+struct SplitArgs {
+    /// The group to split.
+    group: u64,
+    /// Wait until the migration ends and say how.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    center: CenterArgs,
+}
+
+#[derive(Args, Debug)]
+struct RebalanceArgs {
+    /// Groups whose slot counts differ by at most this many are balanced.
+    #[arg(long, default_value_t = 16)]
+    tolerance: usize,
+    /// Most migrations to run.
+    #[arg(long, default_value_t = 64)]
+    moves_max: usize,
+    /// Give up waiting for replicas and leaders to balance after this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    #[command(flatten)]
+    center: CenterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -117,28 +181,217 @@ fn move_slots(args: MoveSlotsArgs) -> anyhow::Result<bool> {
     if !args.wait {
         return Ok(true);
     }
-    // Bounded: a migration that does not end within the hour is reported as still running.
+    let ended = wait_for_migration(&centers, args.center.timeout, migration.id)?;
+    Ok(matches!(ended.phase, MigrationPhase::Done { .. }))
+}
+
+/// Polls the center until migration `id` ends (bounded: an hour), printing how it ended.
+fn wait_for_migration(
+    centers: &[CenterAddress],
+    timeout: Duration,
+    id: u64,
+) -> anyhow::Result<Migration> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3600) {
-        std::thread::sleep(Duration::from_millis(500));
-        let Ok(all) = ask_center(&centers, args.center.timeout, GetMigrations) else {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(all) = ask_center(centers, timeout, GetMigrations) else {
             continue;
         };
-        if let Some(now) = all.into_iter().find(|m| m.id == migration.id)
+        if let Some(now) = all.into_iter().find(|m| m.id == id)
             && !now.phase.is_active()
         {
             println!(
-                "migration {}: {} after {:.1} s ({} records, {} bytes moved)",
+                "migration {}: {} after {:.1} s ({} records, {} bytes moved{})",
                 now.id,
                 describe_phase(&now.phase),
                 started.elapsed().as_secs_f64(),
                 now.moved_records,
-                now.moved_bytes
+                now.moved_bytes,
+                now.cutover_ms
+                    .map(|ms| format!(", cutover {ms} ms"))
+                    .unwrap_or_default()
             );
-            return Ok(matches!(now.phase, MigrationPhase::Done { .. }));
+            return Ok(now);
         }
     }
-    bail!("migration {} still running after an hour", migration.id)
+    bail!("migration {id} still running after an hour")
+}
+
+fn steer(args: SteerArgs, steer: Steer) -> anyhow::Result<bool> {
+    let centers = args.center.centers();
+    let request = SteerMigration { id: args.id, steer };
+    let mut now = ask_center(&centers, args.center.timeout, request)
+        .with_context(|| format!("asking the center to {steer:?} migration {}", args.id))?;
+    let acted = |m: &Migration| match steer {
+        Steer::Pause => m.paused,
+        Steer::Resume => !m.paused,
+        Steer::Cancel => !matches!(m.phase, MigrationPhase::Planned | MigrationPhase::Copying),
+    };
+    // The center answers once its task acted, or after a second with the record as it was:
+    // then look again for a while (a page in flight finishes first).
+    let started = Instant::now();
+    while !acted(&now) && started.elapsed() < args.center.timeout {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok(all) = ask_center(&centers, args.center.timeout, GetMigrations)
+            && let Some(m) = all.into_iter().find(|m| m.id == args.id)
+        {
+            now = m;
+        }
+    }
+    println!(
+        "migration {}: {}{}",
+        now.id,
+        describe_phase(&now.phase),
+        if now.paused { " (paused)" } else { "" }
+    );
+    if !acted(&now) {
+        bail!(
+            "migration {} has not acted on it yet; see `larder admin migrations`",
+            now.id
+        );
+    }
+    Ok(true)
+}
+
+fn drain(args: DrainArgs) -> anyhow::Result<bool> {
+    let centers = args.center.centers();
+    let state = ask_center(&centers, args.center.timeout, DrainNode { node: args.node })
+        .with_context(|| format!("asking the center to drain node {}", args.node))?;
+    println!("node {}: {state:?}", args.node);
+    if !args.wait {
+        return Ok(true);
+    }
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(3600) {
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(status) = fetch_status(&centers, args.center.timeout) else {
+            continue;
+        };
+        let Some(node) = status.nodes.iter().find(|n| n.id == args.node) else {
+            continue;
+        };
+        let now = format!("{:?}, {} replica(s)", node.state, node.groups.len());
+        if now != last {
+            println!("node {}: {now}", args.node);
+            last = now;
+        }
+        if node.state == Some(NodeState::Removed) {
+            println!(
+                "node {} drained in {:.1} s; it can be stopped",
+                args.node,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(true);
+        }
+    }
+    bail!("node {} still draining after an hour", args.node)
+}
+
+fn split(args: SplitArgs) -> anyhow::Result<bool> {
+    let centers = args.center.centers();
+    let migration = ask_center(
+        &centers,
+        args.center.timeout,
+        SplitGroup { group: args.group },
+    )
+    .with_context(|| format!("asking the center to split group {}", args.group))?;
+    println!(
+        "group {} splits: migration {} moves slots {} to new group {}",
+        args.group,
+        migration.id,
+        slot_ranges(&migration.ranges),
+        migration.to
+    );
+    if !args.wait {
+        return Ok(true);
+    }
+    let ended = wait_for_migration(&centers, args.center.timeout, migration.id)?;
+    Ok(matches!(ended.phase, MigrationPhase::Done { .. }))
+}
+
+fn rebalance(args: RebalanceArgs) -> anyhow::Result<bool> {
+    let centers = args.center.centers();
+    let started = Instant::now();
+    let mut moves = 0;
+    let mut ok = true;
+    while moves < args.moves_max {
+        let status = fetch_status(&centers, args.center.timeout)?;
+        let slots: BTreeMap<u64, Vec<(u16, u16)>> = status
+            .groups
+            .iter()
+            .map(|g| (g.group, g.slots.clone()))
+            .collect();
+        let Some(step) = plan_slot_move(&slots, args.tolerance) else {
+            break;
+        };
+        let request = MoveSlots {
+            ranges: step.ranges.clone(),
+            to: step.to,
+        };
+        let migration = ask_center(&centers, args.center.timeout, request)
+            .context("asking the center to move slots")?;
+        println!(
+            "migration {}: slots {} from group {} to group {}",
+            migration.id,
+            slot_ranges(&migration.ranges),
+            step.from,
+            step.to
+        );
+        moves += 1;
+        let ended = wait_for_migration(&centers, args.center.timeout, migration.id)?;
+        if !matches!(ended.phase, MigrationPhase::Done { .. }) {
+            ok = false;
+            break;
+        }
+    }
+    println!("slots balanced after {moves} migration(s); waiting for replicas and leaders");
+    let deadline = Instant::now() + args.settle;
+    loop {
+        let status = fetch_status(&centers, args.center.timeout)?;
+        let (replicas, leads) = spread(&status);
+        if status.repairs.is_empty() && replicas <= 1 && leads <= 1 {
+            println!(
+                "balanced in {:.1} s: replicas per node within {replicas}, leaders within {leads}",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(ok);
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "not balanced after {:.1} s: replicas per node within {replicas}, leaders within \
+                 {leads}, {} repair(s) in flight",
+                started.elapsed().as_secs_f64(),
+                status.repairs.len()
+            );
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// How far apart (max - min) the replica counts and the leader counts are over the nodes that
+/// may hold replicas (up and in service).
+fn spread(status: &ClusterStatus) -> (usize, u64) {
+    let serving: Vec<&NodeSummary> = status
+        .nodes
+        .iter()
+        .filter(|n| n.liveness == Liveness::Up && n.state == Some(NodeState::Up))
+        .collect();
+    let replicas: Vec<usize> = serving
+        .iter()
+        .map(|n| {
+            status
+                .groups
+                .iter()
+                .filter(|g| g.replicas.contains(&n.id))
+                .count()
+        })
+        .collect();
+    let leads: Vec<u64> = serving.iter().map(|n| n.leads).collect();
+    let gap = |v: &[usize]| v.iter().max().unwrap_or(&0) - v.iter().min().unwrap_or(&0);
+    let lead_gap = leads.iter().max().unwrap_or(&0) - leads.iter().min().unwrap_or(&0);
+    (gap(&replicas), lead_gap)
 }
 
 fn describe_phase(phase: &MigrationPhase) -> String {
@@ -167,16 +420,32 @@ fn migrations(args: MigrationsArgs) -> anyhow::Result<bool> {
                 slot_ranges(&m.ranges),
                 m.from.to_string(),
                 m.to.to_string(),
-                describe_phase(&m.phase),
+                format!(
+                    "{}{}",
+                    describe_phase(&m.phase),
+                    if m.paused { " (paused)" } else { "" }
+                ),
                 m.moved_records.to_string(),
                 m.moved_bytes.to_string(),
+                m.records_per_second().to_string(),
+                m.cutover_ms.map_or("-".into(), |ms| ms.to_string()),
             ]
         })
         .collect();
     print!(
         "{}",
         table(
-            &["id", "slots", "from", "to", "phase", "records", "bytes"],
+            &[
+                "ID",
+                "SLOTS",
+                "FROM",
+                "TO",
+                "PHASE",
+                "RECORDS",
+                "BYTES",
+                "RECORDS/S",
+                "CUTOVER MS",
+            ],
             &rows
         )
     );
@@ -277,17 +546,65 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<bool> {
         AdminCommand::Status(args) => status(args),
         AdminCommand::MoveSlots(args) => move_slots(args),
         AdminCommand::Migrations(args) => migrations(args),
+        AdminCommand::Pause(args) => steer(args, Steer::Pause),
+        AdminCommand::Resume(args) => steer(args, Steer::Resume),
+        AdminCommand::Cancel(args) => steer(args, Steer::Cancel),
+        AdminCommand::Drain(args) => drain(args),
+        AdminCommand::Split(args) => split(args),
+        AdminCommand::Rebalance(args) => rebalance(args),
     }
 }
 
+/// `larder admin status --json`: the center's status with the migrations beside it.
+#[derive(serde::Serialize)]
+struct StatusJson<'a> {
+    #[serde(flatten)]
+    status: &'a ClusterStatus,
+    migrations: &'a [Migration],
+}
+
 fn status(args: StatusArgs) -> anyhow::Result<bool> {
-    let status = fetch_status(&args.center.centers(), args.center.timeout)?;
+    let centers = args.center.centers();
+    let status = fetch_status(&centers, args.center.timeout)?;
+    // Asked of the same leader right after; a center too old to know them answers nothing.
+    let migrations = ask_center(&centers, args.center.timeout, GetMigrations).unwrap_or_default();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let both = StatusJson {
+            status: &status,
+            migrations: &migrations,
+        };
+        println!("{}", serde_json::to_string_pretty(&both)?);
     } else {
         print!("{}", render(&status));
+        print!("{}", render_migrations(&migrations));
     }
     Ok(true)
+}
+
+/// The migrations under way, and how many ended, as text for `status`.
+fn render_migrations(migrations: &[Migration]) -> String {
+    let active: Vec<&Migration> = migrations.iter().filter(|m| m.phase.is_active()).collect();
+    let ended = migrations.len() - active.len();
+    if active.is_empty() {
+        return format!("migrations in flight: none ({ended} ended)\n");
+    }
+    let mut out = format!("migrations in flight ({ended} ended):\n");
+    for m in active {
+        let _ = writeln!(
+            out,
+            "  {}: slots {} group {} -> {}: {}{}, {} records ({} bytes) at {} records/s",
+            m.id,
+            slot_ranges(&m.ranges),
+            m.from,
+            m.to,
+            describe_phase(&m.phase),
+            if m.paused { " (paused)" } else { "" },
+            m.moved_records,
+            m.moved_bytes,
+            m.records_per_second()
+        );
+    }
+    out
 }
 
 /// Asks the center leader for the cluster's status: each center in turn, following a

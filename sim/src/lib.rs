@@ -24,5 +24,6 @@ pub use disk::SimDisk;
 pub use env::SimEnv;
 pub use net::SimNet;
 pub use run::{
-    OPERATOR_ID, OperatorLog, PlannedMove, RunReport, SimConfig, check_determinism, check_seed, run,
+    OPERATOR_ID, OperatorLog, PlannedMove, PlannedSteer, RunReport, SimConfig, SteerAction,
+    check_determinism, check_seed, run,
 };

@@ -5,18 +5,28 @@
 use std::time::Duration;
 
 use larder_protocol::MigrationPhase;
-use larder_sim::{PlannedMove, SimConfig};
+use larder_sim::{PlannedMove, PlannedSteer, SimConfig, SteerAction};
 
-fn run_with_move(seed: u64, faults: bool) -> larder_sim::RunReport {
-    let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
-    config.faults = faults;
-    // Every slot of group 1 moves to group 2, so all of group 1's keys change owner.
-    config.moves = vec![PlannedMove {
+/// Every slot of group 1 moves to group 2 at 3 s, so all of group 1's keys change owner.
+fn move_all_of_group_1() -> PlannedMove {
+    PlannedMove {
         at_ms: 3_000,
         from: 1,
         to: 2,
         slots: u16::MAX,
-    }];
+        split: false,
+        steer: None,
+    }
+}
+
+fn run_with_move(seed: u64, faults: bool) -> larder_sim::RunReport {
+    run_with(seed, faults, move_all_of_group_1())
+}
+
+fn run_with(seed: u64, faults: bool, planned: PlannedMove) -> larder_sim::RunReport {
+    let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
+    config.faults = faults;
+    config.moves = vec![planned];
     let report = larder_sim::run(&config).expect("run");
     assert!(
         report.passed(),
@@ -57,4 +67,76 @@ fn the_move_survives_faults() {
         let migration = report.migrations.last_seen.first().expect("reported");
         assert!(!migration.phase.is_active(), "seed {seed}: {migration:?}");
     }
+}
+
+/// Cancelled while copying: it rolls back, the source keeps every slot, and the end-of-run
+/// audit finds none of the target's copy left (nothing lost, nothing stray).
+#[test]
+fn a_cancelled_move_rolls_back_with_nothing_lost() {
+    let report = run_with(
+        4,
+        false,
+        PlannedMove {
+            steer: Some(PlannedSteer {
+                after_ms: 0,
+                action: SteerAction::Cancel,
+            }),
+            ..move_all_of_group_1()
+        },
+    );
+    let log = &report.migrations;
+    assert_eq!(log.steered.len(), 1, "{log:?}");
+    let migration = log.last_seen.first().expect("reported");
+    assert!(
+        matches!(&migration.phase, MigrationPhase::RolledBack { reason } if reason.contains("cancelled")),
+        "{log:?}"
+    );
+    assert!(log.settled, "{log:?}");
+}
+
+/// Paused for two seconds and resumed: the pause is recorded, and the move then ends done.
+#[test]
+fn a_paused_move_resumes_and_ends_done() {
+    let report = run_with(
+        5,
+        false,
+        PlannedMove {
+            steer: Some(PlannedSteer {
+                after_ms: 0,
+                action: SteerAction::Pause { for_ms: 2_000 },
+            }),
+            ..move_all_of_group_1()
+        },
+    );
+    let log = &report.migrations;
+    assert_eq!(log.steered.len(), 2, "{log:?}");
+    assert!(
+        matches!(&log.steered[0], (_, what, Ok(phase)) if what == "Pause" && phase.contains("paused")),
+        "{log:?}"
+    );
+    let migration = log.last_seen.first().expect("reported");
+    assert!(
+        matches!(migration.phase, MigrationPhase::Done { .. }),
+        "{log:?}"
+    );
+    assert!(!migration.paused, "{migration:?}");
+}
+
+/// A split: a new group joins the table, is formed on the least loaded nodes and takes the
+/// upper half of group 1's slots while clients run, under faults.
+#[test]
+fn a_group_splits_while_clients_run() {
+    let report = run_with(
+        6,
+        true,
+        PlannedMove {
+            split: true,
+            ..move_all_of_group_1()
+        },
+    );
+    let log = &report.migrations;
+    let migration = log.last_seen.first().expect("reported");
+    assert_eq!(migration.from, 1, "{log:?}");
+    assert_eq!(migration.to, 9, "a new group: {log:?}");
+    assert!(!migration.phase.is_active(), "{log:?}");
 }

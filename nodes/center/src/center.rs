@@ -41,6 +41,14 @@ pub(crate) struct Soft {
     pub(crate) admin: BTreeSet<(NodeId, GroupId, u8)>,
     /// Migrations this leader runs a task for ([`crate::migrate`]).
     pub(crate) migrating: BTreeSet<u64>,
+    /// What operators asked of each migration in this term (a recorded pause outlives it).
+    pub(crate) steer: BTreeMap<u64, larder_protocol::Steer>,
+    /// Migrations that may still be cancelled: planned or copying, cutover not started. The
+    /// task takes its id out (under this lock, checking for a cancel) when the cutover starts.
+    pub(crate) cancellable: BTreeSet<u64>,
+    /// The running tasks' migrations as they are now (records move only at phase changes), so
+    /// operators see progress and rate.
+    pub(crate) progress: BTreeMap<u64, larder_protocol::Migration>,
     /// The latest round's view: what the planner last decided from, kept for status requests
     /// (so they report what the center acts on, not a second reading of it).
     pub(crate) last_round: Option<Round>,

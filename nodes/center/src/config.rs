@@ -142,4 +142,8 @@ pub enum CenterError {
     Routing(#[from] RoutingError),
     #[error("refused: {reason}")]
     Refused { reason: String },
+    /// An operator cancelled the migration whose step this was (internal to the migration
+    /// task: it rolls the migration back).
+    #[error("migration {id} cancelled by an operator")]
+    Cancelled { id: u64 },
 }

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Clock, Env, Handler, Net};
 use larder_protocol::{
-    CENTER_GROUP, CenterRequest, CenterResponse, ClusterStatus, GetMigrations, GetRouting,
-    GetStatus, GroupStatus, Heartbeat, HeartbeatAck, Migration, MoveSlots, Request, RoutingAnswer,
-    decode_request, respond, undecodable,
+    CENTER_GROUP, CenterRequest, CenterResponse, ClusterStatus, DrainNode, GetMigrations,
+    GetRouting, GetStatus, GroupStatus, Heartbeat, HeartbeatAck, Migration, MoveSlots, NodeState,
+    Request, RoutingAnswer, SplitGroup, SteerMigration, decode_request, respond, undecodable,
 };
 use larder_storage::NodeError;
 
@@ -151,6 +151,30 @@ impl<E: Env> Center<E> {
         self.leader_answer(outcome)
     }
 
+    async fn on_steer_migration(&self, request: SteerMigration) -> CenterResponse<Migration> {
+        if !self.is_leader() {
+            return self.leader_answer(Err(CenterError::NotLeader { leader_hint: None }));
+        }
+        let outcome = self.steer_migration(request.id, request.steer).await;
+        self.leader_answer(outcome)
+    }
+
+    async fn on_split_group(&self, request: SplitGroup) -> CenterResponse<Migration> {
+        if !self.is_leader() {
+            return self.leader_answer(Err(CenterError::NotLeader { leader_hint: None }));
+        }
+        let outcome = self.split_group(request.group).await;
+        self.leader_answer(outcome)
+    }
+
+    async fn on_drain_node(&self, request: DrainNode) -> CenterResponse<NodeState> {
+        if !self.is_leader() {
+            return self.leader_answer(Err(CenterError::NotLeader { leader_hint: None }));
+        }
+        let outcome = self.drain_node(request.node).await;
+        self.leader_answer(outcome)
+    }
+
     async fn on_get_migrations(&self) -> CenterResponse<Vec<Migration>> {
         if !self.is_leader() {
             return self.leader_answer(Err(CenterError::NotLeader { leader_hint: None }));
@@ -190,6 +214,15 @@ impl<E: Env> Handler for CenterHandler<E> {
             }
             Ok(Request::Center(CenterRequest::MoveSlots(request))) => {
                 respond::<MoveSlots>(&self.center.on_move_slots(request).await)
+            }
+            Ok(Request::Center(CenterRequest::SteerMigration(request))) => {
+                respond::<SteerMigration>(&self.center.on_steer_migration(request).await)
+            }
+            Ok(Request::Center(CenterRequest::SplitGroup(request))) => {
+                respond::<SplitGroup>(&self.center.on_split_group(request).await)
+            }
+            Ok(Request::Center(CenterRequest::DrainNode(request))) => {
+                respond::<DrainNode>(&self.center.on_drain_node(request).await)
             }
             Ok(Request::Center(CenterRequest::GetMigrations(GetMigrations))) => {
                 respond::<GetMigrations>(&self.center.on_get_migrations().await)

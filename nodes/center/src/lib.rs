@@ -52,6 +52,7 @@ pub mod config;
 pub mod control;
 pub mod handler;
 pub mod migrate;
+mod operate;
 pub mod plan;
 pub mod status;
 pub mod store;

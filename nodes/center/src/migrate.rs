@@ -35,7 +35,7 @@ use larder_core::routing::RoutingTable;
 use larder_core::slots::{Ownership, ranges_contain, ranges_where};
 use larder_protocol::{
     AdminResponse, Encoded, IngestRecords, Migration, MigrationPhase, ReadSlots, ReadSlotsResponse,
-    Rpc, SetOwnedSlots, SlotPage, SlotRead, TrackSlots, UntrackSlots, call, encode,
+    Rpc, SetOwnedSlots, SlotPage, SlotRead, Steer, TrackSlots, UntrackSlots, call, encode,
 };
 
 use crate::Center;
@@ -52,6 +52,11 @@ const CATCH_UP_SMALL: usize = 64;
 const RETRY_MS: u64 = 200;
 /// Least pause between two pages (the pacing uses the page's own time when that is longer).
 const PAGE_PAUSE_MIN_MS: u64 = 5;
+/// How often a paused task, and an operator's request waiting for the task, look again.
+const STEER_POLL_MS: u64 = 50;
+/// How many polls an operator's pause/resume/cancel waits for the task to act before
+/// answering with the record as it is (the operator can look again).
+const STEER_WAIT_POLLS: usize = 20;
 
 pub(crate) fn migration_key(id: u64) -> String {
     format!("{MIGRATION_PREFIX}{id:020}")
@@ -111,6 +116,14 @@ fn adjust(ranges: &[(u16, u16)], add: &[(u16, u16)], remove: &[(u16, u16)]) -> V
     })
 }
 
+/// Who a migration step works for: the center leader's term (a task of an older term stops)
+/// and the migration (an operator's pause or cancel reaches its steps).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Turn {
+    pub(crate) term: u64,
+    pub(crate) id: u64,
+}
+
 impl<E: Env> Center<E> {
     /// Records a new migration of `ranges` to group `to` (on the center leader).
     pub(crate) async fn start_migration(
@@ -132,13 +145,17 @@ impl<E: Env> Center<E> {
             phase: MigrationPhase::Planned,
             moved_records: 0,
             moved_bytes: 0,
+            paused: false,
+            cutover_ms: None,
+            working_ms: 0,
         };
         self.save_migration(&migration, true).await?;
         tracing::info!(id = migration.id, from, to, "migration planned");
         Ok(migration)
     }
 
-    /// Writes `migration`'s record (`new`: only if no record has its id).
+    /// Writes `migration`'s record (`new`: only if no record has its id). After a migration is
+    /// recorded, its task is the only writer of its record.
     pub(crate) async fn save_migration(
         &self,
         migration: &Migration,
@@ -166,10 +183,119 @@ impl<E: Env> Center<E> {
         Ok(())
     }
 
+    /// Pause, resume or cancel migration `id` (on the center leader): the wish is handed to
+    /// the migration's task, and the answer waits a little for the task to act on it (a pause
+    /// recorded, a cancel rolling back); the record as it then is.
+    pub(crate) async fn steer_migration(
+        &self,
+        id: u64,
+        steer: Steer,
+    ) -> Result<Migration, CenterError> {
+        let durable = self.load().await?;
+        let migration = durable
+            .migrations
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| refuse(format!("no migration {id}")))?;
+        if !migration.phase.is_active() {
+            return Err(refuse(format!(
+                "migration {id} has ended ({})",
+                migration.phase.name()
+            )));
+        }
+        {
+            let mut soft = self.soft.lock().expect("soft lock");
+            // Cancellable: planned or copying as recorded, and, if this leader runs its task
+            // already, the task has not begun the cutover (a task not started yet sees the
+            // cancel at its first step).
+            let cutting = soft.migrating.contains(&id) && !soft.cancellable.contains(&id);
+            let early = matches!(
+                migration.phase,
+                MigrationPhase::Planned | MigrationPhase::Copying
+            );
+            if steer == Steer::Cancel && (!early || cutting) {
+                let why = match &migration.phase {
+                    MigrationPhase::Cleaning { epoch } => format!(
+                        "migration {id} cut over at routing epoch {epoch}; move the slots back instead"
+                    ),
+                    MigrationPhase::RollingBack { .. } => {
+                        format!("migration {id} is rolling back already")
+                    }
+                    _ => format!("migration {id} is cutting over; it can no longer be cancelled"),
+                };
+                return Err(refuse(why));
+            }
+            soft.steer.insert(id, steer);
+        }
+        let acted = |m: &Migration| match steer {
+            Steer::Pause => m.paused,
+            Steer::Resume => !m.paused,
+            Steer::Cancel => matches!(
+                m.phase,
+                MigrationPhase::RollingBack { .. } | MigrationPhase::RolledBack { .. }
+            ),
+        };
+        let clock = self.node.env().clock().clone();
+        let mut now = migration;
+        for _ in 0..STEER_WAIT_POLLS {
+            if acted(&now) {
+                break;
+            }
+            clock.sleep(Duration::from_millis(STEER_POLL_MS)).await;
+            if let Some(m) = self.load().await?.migrations.get(&id) {
+                now = m.clone();
+            }
+        }
+        Ok(now)
+    }
+
     /// Whether this replica still leads the center in `term` (a task of an older term stops:
     /// the new leader resumes the migration from its record).
     fn still_leading(&self, term: u64) -> bool {
         self.soft.lock().expect("soft lock").term == Some(term) && self.is_leader()
+    }
+
+    /// An operator cancelled the migration and it may still be cancelled.
+    fn cancel_pending(&self, id: u64) -> bool {
+        let soft = self.soft.lock().expect("soft lock");
+        soft.cancellable.contains(&id) && soft.steer.get(&id) == Some(&Steer::Cancel)
+    }
+
+    /// Where the task obeys operators (before each page, each phase): waits while the
+    /// migration is paused (recording the pause and the resume), `Err(Cancelled)` for a cancel
+    /// it may still act on. Publishes the migration's progress.
+    async fn checkpoint(&self, turn: Turn, migration: &mut Migration) -> Result<(), CenterError> {
+        loop {
+            if !self.still_leading(turn.term) {
+                return Err(CenterError::NotLeader { leader_hint: None });
+            }
+            if self.cancel_pending(turn.id) {
+                return Err(CenterError::Cancelled { id: turn.id });
+            }
+            let paused = {
+                let mut soft = self.soft.lock().expect("soft lock");
+                soft.progress.insert(turn.id, migration.clone());
+                match soft.steer.get(&turn.id) {
+                    Some(Steer::Pause) => true,
+                    Some(Steer::Resume) => false,
+                    // No wish in this term: as recorded (a pause outlives a failover).
+                    _ => migration.paused,
+                }
+            };
+            if paused != migration.paused {
+                migration.paused = paused;
+                self.save_migration(migration, false).await?;
+                tracing::info!(id = turn.id, paused, "migration steered");
+            }
+            if !paused {
+                return Ok(());
+            }
+            self.node
+                .env()
+                .clock()
+                .sleep(Duration::from_millis(STEER_POLL_MS))
+                .await;
+        }
     }
 
     /// The node this center believes leads `group`: the highest-term leader its heartbeats
@@ -238,11 +364,12 @@ impl<E: Env> Center<E> {
         Err(reason)
     }
 
-    /// `request` on `group`'s leader ([`Center::on_leader`]), retried until it answers (or
-    /// the term ends: a new leader resumes the migration).
+    /// `request` on `group`'s leader ([`Center::on_leader`]), retried until it answers, the
+    /// term ends (a new leader resumes the migration) or an operator cancels the migration
+    /// (a step stuck on an unreachable group must not hold a migration forever).
     async fn until_done<R, T>(
         &self,
-        term: u64,
+        turn: Turn,
         group: GroupId,
         request: R,
         answer: impl Fn(R::Response) -> Result<T, (Option<NodeId>, String)> + Copy,
@@ -251,12 +378,15 @@ impl<E: Env> Center<E> {
         R: Rpc + Clone,
     {
         loop {
-            if !self.still_leading(term) {
+            if !self.still_leading(turn.term) {
                 return Err(CenterError::NotLeader { leader_hint: None });
             }
             match self.on_leader(group, request.clone(), answer).await {
                 Ok(value) => return Ok(value),
                 Err(reason) => {
+                    if self.cancel_pending(turn.id) {
+                        return Err(CenterError::Cancelled { id: turn.id });
+                    }
                     tracing::debug!(group, %reason, "migration step failed; retrying");
                     self.node
                         .env()
@@ -269,11 +399,11 @@ impl<E: Env> Center<E> {
     }
 
     /// An admin step on `group`'s leader, retried until done.
-    async fn step<R>(&self, term: u64, group: GroupId, request: R) -> Result<(), CenterError>
+    async fn step<R>(&self, turn: Turn, group: GroupId, request: R) -> Result<(), CenterError>
     where
         R: Rpc<Response = AdminResponse> + Clone,
     {
-        self.until_done(term, group, request, |response| match response {
+        self.until_done(turn, group, request, |response| match response {
             AdminResponse::Done => Ok(()),
             AdminResponse::NotLeader { leader_hint } => Err((leader_hint, "not the leader".into())),
             AdminResponse::Failed { reason } => Err((None, reason)),
@@ -284,7 +414,7 @@ impl<E: Env> Center<E> {
     /// One page of a read on `group`'s leader, retried until it answers.
     async fn read_page(
         &self,
-        term: u64,
+        turn: Turn,
         group: GroupId,
         ranges: &[(u16, u16)],
         read: SlotRead,
@@ -294,7 +424,7 @@ impl<E: Env> Center<E> {
             ranges: ranges.to_vec(),
             read,
         };
-        self.until_done(term, group, request, |response| match response {
+        self.until_done(turn, group, request, |response| match response {
             ReadSlotsResponse::Page(page) => Ok(page),
             ReadSlotsResponse::NotLeader { leader_hint } => {
                 Err((leader_hint, "not the leader".into()))
@@ -306,10 +436,10 @@ impl<E: Env> Center<E> {
 
     /// Pages through `read_of(after)` on the source and writes each page into `into` (the
     /// records as read, or deletes of their keys with `delete`); returns the first page's
-    /// applied index and the records moved.
+    /// applied index and the records moved. Obeys operators before each page.
     async fn pass(
         &self,
-        term: u64,
+        turn: Turn,
         migration: &mut Migration,
         (from, into): (GroupId, GroupId),
         read_of: impl Fn(Option<Bytes>) -> SlotRead,
@@ -320,9 +450,10 @@ impl<E: Env> Center<E> {
         let mut first = None;
         let mut moved = 0;
         loop {
+            self.checkpoint(turn, migration).await?;
             let started = clock.now();
             let page = self
-                .read_page(term, from, &migration.ranges, read_of(after.clone()))
+                .read_page(turn, from, &migration.ranges, read_of(after.clone()))
                 .await?;
             first.get_or_insert(page.applied_index);
             if !page.records.is_empty() {
@@ -348,14 +479,14 @@ impl<E: Env> Center<E> {
                     clock_ms: page.clock_ms,
                     records,
                 };
-                self.step(term, into, ingest).await?;
+                self.step(turn, into, ingest).await?;
             }
             // Paced by the groups' own speed: a page that took long is followed by as long a
             // rest, so a migration takes at most about half of a busy group's time.
             let took = clock.now().saturating_sub(started);
-            clock
-                .sleep(took.max(Duration::from_millis(PAGE_PAUSE_MIN_MS)))
-                .await;
+            let rest = took.max(Duration::from_millis(PAGE_PAUSE_MIN_MS));
+            clock.sleep(rest).await;
+            migration.working_ms += millis(took + rest);
             match page.next {
                 Some(next) => after = Some(next),
                 None => return Ok((first.unwrap_or(0), moved)),
@@ -371,66 +502,124 @@ impl<E: Env> Center<E> {
         mut migration: Migration,
     ) -> Result<(), CenterError> {
         let (id, from, to) = (migration.id, migration.from, migration.to);
+        let turn = Turn { term, id };
+        let outcome = self.run_phases(turn, &mut migration).await;
+        let mut soft = self.soft.lock().expect("soft lock");
+        soft.cancellable.remove(&id);
+        soft.progress.remove(&id);
+        drop(soft);
+        if outcome.is_ok() {
+            tracing::info!(
+                id,
+                from,
+                to,
+                phase = migration.phase.name(),
+                "migration ended"
+            );
+        }
+        outcome
+    }
+
+    async fn run_phases(&self, turn: Turn, migration: &mut Migration) -> Result<(), CenterError> {
+        let id = migration.id;
         loop {
             tracing::info!(id, phase = migration.phase.name(), "migration step");
-            match migration.phase.clone() {
-                MigrationPhase::Planned => {
-                    let table = self.current_table().await?;
-                    for group in [from, to] {
-                        let ownership = Ownership::new(table.epoch(), table.slot_ranges(group))
-                            .map_err(|e| refuse(e.to_string()))?;
-                        self.step(term, group, SetOwnedSlots { group, ownership })
-                            .await?;
+            let cancellable = matches!(
+                migration.phase,
+                MigrationPhase::Planned | MigrationPhase::Copying
+            );
+            {
+                let mut soft = self.soft.lock().expect("soft lock");
+                if cancellable {
+                    soft.cancellable.insert(id);
+                } else {
+                    soft.cancellable.remove(&id);
+                    // A cancel acted on (or refused) is spent: it must not stop the rollback.
+                    if soft.steer.get(&id) == Some(&Steer::Cancel) {
+                        soft.steer.remove(&id);
                     }
-                    let track = TrackSlots {
-                        group: from,
-                        migration: id,
-                        ranges: migration.ranges.clone(),
-                    };
-                    self.step(term, from, track).await?;
-                    migration.phase = MigrationPhase::Copying;
-                }
-                MigrationPhase::Copying => {
-                    let epoch = self.copy_and_cut_over(term, &mut migration).await?;
-                    migration.phase = match epoch {
-                        Ok(epoch) => MigrationPhase::Cleaning { epoch },
-                        Err(reason) => MigrationPhase::RollingBack { reason },
-                    };
-                }
-                MigrationPhase::Cleaning { epoch } => {
-                    // Proxies and clients learn the table within a few refreshes.
-                    let grace = Duration::from_millis(self.config.migration_grace_ms);
-                    self.node.env().clock().sleep(grace).await;
-                    let untrack = UntrackSlots {
-                        group: from,
-                        migration: id,
-                    };
-                    self.step(term, from, untrack).await?;
-                    self.pass(term, &mut migration, (from, from), copy, true)
-                        .await?;
-                    migration.phase = MigrationPhase::Done { epoch };
-                }
-                MigrationPhase::RollingBack { reason } => {
-                    let untrack = UntrackSlots {
-                        group: from,
-                        migration: id,
-                    };
-                    self.step(term, from, untrack).await?;
-                    // What the target ingested of slots it never owned.
-                    self.pass(term, &mut migration, (to, to), copy, true)
-                        .await?;
-                    migration.phase = MigrationPhase::RolledBack { reason };
-                }
-                MigrationPhase::Done { .. } | MigrationPhase::RolledBack { .. } => {
-                    tracing::info!(id, phase = migration.phase.name(), "migration ended");
-                    return Ok(());
                 }
             }
-            if !self.still_leading(term) {
+            let outcome = self.run_phase(turn, migration).await;
+            match outcome {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(CenterError::Cancelled { .. }) => {
+                    tracing::info!(id, "migration cancelled by an operator");
+                    migration.phase = MigrationPhase::RollingBack {
+                        reason: "cancelled by an operator".into(),
+                    };
+                }
+                Err(error) => return Err(error),
+            }
+            if !self.still_leading(turn.term) {
                 return Err(CenterError::NotLeader { leader_hint: None });
             }
-            self.save_migration(&migration, false).await?;
+            self.save_migration(migration, false).await?;
         }
+    }
+
+    /// The work of `migration`'s current phase, moving it to the next (`true`: it had ended).
+    async fn run_phase(&self, turn: Turn, migration: &mut Migration) -> Result<bool, CenterError> {
+        let (id, from, to) = (migration.id, migration.from, migration.to);
+        match migration.phase.clone() {
+            MigrationPhase::Planned => {
+                self.checkpoint(turn, migration).await?;
+                let table = self.current_table().await?;
+                for group in [from, to] {
+                    let ownership = Ownership::new(table.epoch(), table.slot_ranges(group))
+                        .map_err(|e| refuse(e.to_string()))?;
+                    self.step(turn, group, SetOwnedSlots { group, ownership })
+                        .await?;
+                }
+                let track = TrackSlots {
+                    group: from,
+                    migration: id,
+                    ranges: migration.ranges.clone(),
+                };
+                self.step(turn, from, track).await?;
+                migration.phase = MigrationPhase::Copying;
+            }
+            MigrationPhase::Copying => {
+                let since = self.copy_and_catch_up(turn, migration).await?;
+                if !self.begin_cutover(id) {
+                    return Err(CenterError::Cancelled { id });
+                }
+                migration.phase = MigrationPhase::CuttingOver { since };
+            }
+            MigrationPhase::CuttingOver { since } => {
+                migration.phase = match self.cut_over(turn, migration, since).await? {
+                    Ok(epoch) => MigrationPhase::Cleaning { epoch },
+                    Err(reason) => MigrationPhase::RollingBack { reason },
+                };
+            }
+            MigrationPhase::Cleaning { epoch } => {
+                // Proxies and clients learn the table within a few refreshes. (Reads and
+                // writes the source gets meanwhile are refused at apply time either way: the
+                // grace spares clients retries, not data.)
+                let grace = Duration::from_millis(self.config.migration_grace_ms);
+                self.node.env().clock().sleep(grace).await;
+                let untrack = UntrackSlots {
+                    group: from,
+                    migration: id,
+                };
+                self.step(turn, from, untrack).await?;
+                self.pass(turn, migration, (from, from), copy, true).await?;
+                migration.phase = MigrationPhase::Done { epoch };
+            }
+            MigrationPhase::RollingBack { reason } => {
+                let untrack = UntrackSlots {
+                    group: from,
+                    migration: id,
+                };
+                self.step(turn, from, untrack).await?;
+                // What the target ingested of slots it never owned.
+                self.pass(turn, migration, (to, to), copy, true).await?;
+                migration.phase = MigrationPhase::RolledBack { reason };
+            }
+            MigrationPhase::Done { .. } | MigrationPhase::RolledBack { .. } => return Ok(true),
+        }
+        Ok(false)
     }
 
     /// The current routing table, read linearizably.
@@ -441,24 +630,56 @@ impl<E: Env> Center<E> {
             .ok_or_else(|| refuse("the cluster has no routing table"))
     }
 
-    /// Copy, catch up, cut over; the epoch of the committed move, or why it cannot be made
-    /// (the slots no longer all belong to the source: nothing is cut over).
-    async fn copy_and_cut_over(
+    /// Takes migration `id` out of the cancellable ones as its cutover starts; `false` if an
+    /// operator cancelled it first (checked under the same lock a cancel is accepted under).
+    fn begin_cutover(&self, id: u64) -> bool {
+        let mut soft = self.soft.lock().expect("soft lock");
+        if soft.steer.get(&id) == Some(&Steer::Cancel) {
+            return false;
+        }
+        soft.cancellable.remove(&id);
+        true
+    }
+
+    /// Copy, then catch up until a pass is small: the log index the last pass started from
+    /// (the cutover catches up from there).
+    async fn copy_and_catch_up(
         &self,
-        term: u64,
+        turn: Turn,
         migration: &mut Migration,
-    ) -> Result<Result<u64, String>, CenterError> {
+    ) -> Result<u64, CenterError> {
         let (from, to) = (migration.from, migration.to);
-        let (mut since, _) = self.pass(term, migration, (from, to), copy, false).await?;
-        for _ in 0..CATCH_UP_PASSES_MAX {
+        let (mut since, _) = self.pass(turn, migration, (from, to), copy, false).await?;
+        let skip_catch_up = self.config.bugs.is_planted(Bug::MigrationSkipsCatchUp);
+        for _ in 0..if skip_catch_up {
+            0
+        } else {
+            CATCH_UP_PASSES_MAX
+        } {
             let (index, moved) = self
-                .pass(term, migration, (from, to), changes(since), false)
+                .pass(turn, migration, (from, to), changes(since), false)
                 .await?;
             since = index;
             if moved <= CATCH_UP_SMALL {
                 break;
             }
         }
+        self.checkpoint(turn, migration).await?;
+        Ok(since)
+    }
+
+    /// Fence, last catch-up, target owns, table committed: the epoch of the committed move,
+    /// or why it cannot be made (the slots no longer all belong to the source).
+    async fn cut_over(
+        &self,
+        turn: Turn,
+        migration: &mut Migration,
+        mut since: u64,
+    ) -> Result<Result<u64, String>, CenterError> {
+        let (from, to) = (migration.from, migration.to);
+        let skip_catch_up = self.config.bugs.is_planted(Bug::MigrationSkipsCatchUp);
+        let clock = self.node.env().clock().clone();
+        let started = clock.now();
         loop {
             let table = self.current_table().await?;
             if check_move(&table, &migration.ranges, to, &[]).ok() != Some(from) {
@@ -476,7 +697,7 @@ impl<E: Env> Center<E> {
             .map_err(|e| refuse(e.to_string()))?;
             if !skip_fence {
                 self.step(
-                    term,
+                    turn,
                     from,
                     SetOwnedSlots {
                         group: from,
@@ -486,10 +707,12 @@ impl<E: Env> Center<E> {
                 .await?;
                 // Nothing of the slots applies on the source after the fence: this pass
                 // copies the last of it.
-                let (index, _) = self
-                    .pass(term, migration, (from, to), changes(since), false)
-                    .await?;
-                since = index;
+                if !skip_catch_up {
+                    let (index, _) = self
+                        .pass(turn, migration, (from, to), changes(since), false)
+                        .await?;
+                    since = index;
+                }
             }
             let owned = Ownership::new(
                 epoch,
@@ -497,7 +720,7 @@ impl<E: Env> Center<E> {
             )
             .map_err(|e| refuse(e.to_string()))?;
             self.step(
-                term,
+                turn,
                 to,
                 SetOwnedSlots {
                     group: to,
@@ -507,17 +730,37 @@ impl<E: Env> Center<E> {
             .await?;
             let next = table.move_slots(&migration.ranges, to)?;
             if self.install_routing(&next).await? {
-                tracing::info!(id = migration.id, epoch, "migration cut over");
+                let took = millis(clock.now().saturating_sub(started));
+                migration.cutover_ms = Some(took);
+                tracing::info!(
+                    id = migration.id,
+                    epoch,
+                    cutover_ms = took,
+                    "migration cut over"
+                );
                 return Ok(Ok(epoch));
             }
             // Another table took the epoch: fence again at the next one.
         }
     }
 
-    /// Every migration recorded, by id (on the leader, linearizable).
+    /// Every migration recorded, by id (on the leader, linearizable), with the progress of
+    /// the ones running now.
     pub(crate) async fn migrations(&self) -> Result<Vec<Migration>, CenterError> {
-        Ok(self.load().await?.migrations.into_values().collect())
+        let recorded = self.load().await?.migrations;
+        let soft = self.soft.lock().expect("soft lock");
+        Ok(recorded
+            .into_values()
+            .map(|m| match soft.progress.get(&m.id) {
+                Some(live) if live.phase == m.phase => live.clone(),
+                _ => m,
+            })
+            .collect())
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn copy(after: Option<Bytes>) -> SlotRead {
@@ -565,6 +808,9 @@ mod tests {
             phase: MigrationPhase::Copying,
             moved_records: 0,
             moved_bytes: 0,
+            paused: false,
+            cutover_ms: None,
+            working_ms: 0,
         };
         assert!(check_move(&t, &[(first.0, first.0)], 2, std::slice::from_ref(&busy)).is_err());
         let done = Migration {

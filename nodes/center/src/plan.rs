@@ -105,14 +105,43 @@ impl NodeView {
             .is_some_and(|h| h.groups.contains_key(&group))
     }
 
-    /// May receive new replicas: up, heard from, not taken out of service.
-    fn is_candidate(&self) -> bool {
+    /// May receive new replicas (and leaderships): up, heard from, neither removed nor
+    /// draining.
+    pub(crate) fn is_candidate(&self) -> bool {
         self.is_up()
             && self
                 .record
                 .as_ref()
-                .is_none_or(|r| r.state != NodeState::Removed)
+                .is_none_or(|r| !matches!(r.state, NodeState::Removed | NodeState::Draining))
     }
+
+    /// An operator is draining the node ([`NodeState::Draining`]).
+    fn is_draining(&self) -> bool {
+        self.record
+            .as_ref()
+            .is_some_and(|r| r.state == NodeState::Draining)
+    }
+}
+
+/// The replicas for a new group (a split): the `replicas` candidates holding the fewest
+/// replicas of `table` and of the repairs under way, lowest id on ties; `None` when there are
+/// too few candidates.
+pub fn place_new_group(view: &View, table: &RoutingTable, replicas: usize) -> Option<Vec<NodeId>> {
+    let load = replica_load(table, &view.repairs);
+    let mut candidates: Vec<(usize, NodeId)> = view
+        .nodes
+        .iter()
+        .filter(|(_, v)| v.is_candidate())
+        .map(|(id, _)| (load.get(id).copied().unwrap_or(0), *id))
+        .collect();
+    candidates.sort_unstable();
+    (replicas > 0 && candidates.len() >= replicas).then(|| {
+        candidates
+            .into_iter()
+            .take(replicas)
+            .map(|(_, id)| id)
+            .collect()
+    })
 }
 
 /// A repair the center has started and not yet seen finish.
@@ -451,6 +480,44 @@ pub fn plan_replica_moves(
     moves
 }
 
+/// One move [`plan_slot_move`] proposes: `ranges` from group `from` to group `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotMove {
+    pub ranges: Vec<(u16, u16)>,
+    pub from: GroupId,
+    pub to: GroupId,
+}
+
+/// The next move that evens out slot counts between groups (`slots`: every group's ranges,
+/// groups owning none included), or `None` when every group is within `tolerance` slots of
+/// the others. The group owning the most gives the top of its slots (so a group keeps a few
+/// contiguous ranges) to the group owning the fewest, as many as take either to the mean.
+pub fn plan_slot_move(
+    slots: &BTreeMap<GroupId, Vec<(u16, u16)>>,
+    tolerance: usize,
+) -> Option<SlotMove> {
+    let count = |ranges: &Vec<(u16, u16)>| -> usize {
+        ranges.iter().map(|&(a, b)| usize::from(b - a) + 1).sum()
+    };
+    let total: usize = slots.values().map(count).sum();
+    let mean = total.checked_div(slots.len())?;
+    let (&from, most) = slots
+        .iter()
+        .max_by(|a, b| count(a.1).cmp(&count(b.1)).then(b.0.cmp(a.0)))?;
+    let (&to, least) = slots
+        .iter()
+        .min_by(|a, b| count(a.1).cmp(&count(b.1)).then(a.0.cmp(b.0)))?;
+    let (high, low) = (count(most), count(least));
+    if high <= low + tolerance.max(1) {
+        return None;
+    }
+    let give = (high - mean).min(mean - low).max(1);
+    let mut owned: Vec<u16> = most.iter().flat_map(|&(a, b)| a..=b).collect();
+    let moving = owned.split_off(owned.len() - give);
+    let ranges = larder_core::slots::ranges_where(|slot| moving.binary_search(&slot).is_ok());
+    Some(SlotMove { ranges, from, to })
+}
+
 /// The actions for one round of the control loop (see the module docs for the rules).
 pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
     let mut actions = Vec::new();
@@ -660,6 +727,44 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
             }
         }
 
+        // Drain: with nothing dead and table and membership in agreement, a draining
+        // replica first hands the group's leadership to another replica, then is replaced
+        // like a dead one (learner-first, while it still serves: the group keeps its full
+        // count throughout).
+        let draining = members
+            .iter()
+            .find(|m| view_of(m).is_some_and(NodeView::is_draining));
+        if let (None, Some(old), Some(leader), true) = (dead, draining, fact.leader, in_sync) {
+            calm = false;
+            if leader == *old {
+                let heir = members
+                    .iter()
+                    .find(|m| view_of(m).is_some_and(NodeView::is_candidate));
+                if let Some(to) = heir
+                    && !view.cooling.contains(&group)
+                {
+                    actions.push(Action::MoveLeader {
+                        group,
+                        from: leader,
+                        to: *to,
+                    });
+                }
+            } else if repair_allowed
+                && repairs < config.repairs_max
+                && !view.repairs.contains_key(&group)
+                && let Some(new) = pick_replacement(members, &view.nodes, &load)
+            {
+                *load.entry(new).or_default() += 1;
+                repairs += 1;
+                actions.push(Action::Repair {
+                    group,
+                    old: *old,
+                    new,
+                    leader,
+                });
+            }
+        }
+
         if let Some(leader) = fact.leader {
             leaders.insert(group, leader);
         }
@@ -739,10 +844,11 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
             }
             return actions;
         }
+        // Leaderships go only to nodes that may hold replicas (never back to a draining one).
         let eligible: BTreeSet<NodeId> = view
             .nodes
             .iter()
-            .filter(|(_, v)| v.is_up())
+            .filter(|(_, v)| v.is_candidate())
             .map(|(id, _)| *id)
             .collect();
         for (group, from, to) in plan_leader_moves(
@@ -764,6 +870,30 @@ fn plan_registry(view: &View, actions: &mut Vec<Action>) {
     for (id, node) in &view.nodes {
         let record = node.record.as_ref();
         if record.is_some_and(|r| r.state == NodeState::Removed) {
+            continue;
+        }
+        // A draining node stays draining (whatever its liveness) until no group of the table
+        // names it; then it is out of service for good.
+        if let Some(record) = record.filter(|r| r.state == NodeState::Draining) {
+            let named = view
+                .routing
+                .as_ref()
+                .is_some_and(|t| t.groups().values().any(|r| r.replicas.contains(id)));
+            let moved = node
+                .heard
+                .as_ref()
+                .filter(|h| node.liveness == Liveness::Up && h.address != record.address);
+            if !named {
+                actions.push(Action::Register(NodeRecord {
+                    state: NodeState::Removed,
+                    ..record.clone()
+                }));
+            } else if let Some(heard) = moved {
+                actions.push(Action::Register(NodeRecord {
+                    address: heard.address.clone(),
+                    ..record.clone()
+                }));
+            }
             continue;
         }
         match (node.liveness, &node.heard) {
@@ -1324,6 +1454,50 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, Action::MoveLeader { group: 3, .. }))
         );
+    }
+
+    #[test]
+    fn slot_moves_even_out_groups_and_stop_within_tolerance() {
+        // Eight even groups, one split in two: the half-groups take from the others.
+        let table = RoutingTable::even(8, |g| vec![g]);
+        let mut slots = table.slot_ranges_by_group();
+        let first = slots[&1].clone();
+        let (a, b) = first[0];
+        let mid = a + (b - a).div_ceil(2);
+        slots.insert(1, vec![(a, mid - 1)]);
+        slots.insert(9, vec![(mid, b)]);
+        let mut moves = 0;
+        while let Some(m) = plan_slot_move(&slots, 16) {
+            moves += 1;
+            assert!(moves < 50, "does not converge");
+            assert_ne!(m.from, m.to);
+            let moving: Vec<u16> = m.ranges.iter().flat_map(|&(x, y)| x..=y).collect();
+            assert!(!moving.is_empty());
+            let from: Vec<u16> = slots[&m.from].iter().flat_map(|&(x, y)| x..=y).collect();
+            assert!(
+                moving.iter().all(|s| from.contains(s)),
+                "moves only what the source owns"
+            );
+            slots.insert(
+                m.from,
+                larder_core::slots::ranges_where(|s| from.contains(&s) && !moving.contains(&s)),
+            );
+            let to: Vec<u16> = slots[&m.to].iter().flat_map(|&(x, y)| x..=y).collect();
+            slots.insert(
+                m.to,
+                larder_core::slots::ranges_where(|s| to.contains(&s) || moving.contains(&s)),
+            );
+        }
+        let counts: Vec<usize> = slots
+            .values()
+            .map(|r| r.iter().map(|&(x, y)| usize::from(y - x) + 1).sum())
+            .collect();
+        assert_eq!(counts.iter().sum::<usize>(), 16384);
+        let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(hi - lo <= 16, "{counts:?}");
+        assert!(moves >= 2, "a split leaves groups uneven");
+        // Already even: nothing to do.
+        assert_eq!(plan_slot_move(&table.slot_ranges_by_group(), 1), None);
     }
 
     fn liveness_strategy() -> impl Strategy<Value = Liveness> {

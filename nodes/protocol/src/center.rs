@@ -16,6 +16,9 @@ pub enum CenterRequest {
     GetStatus(GetStatus),
     MoveSlots(crate::migration::MoveSlots),
     GetMigrations(crate::migration::GetMigrations),
+    SteerMigration(crate::migration::SteerMigration),
+    SplitGroup(crate::migration::SplitGroup),
+    DrainNode(DrainNode),
 }
 
 /// Anyone -> any center replica or observer: the routing table, if newer than
@@ -131,9 +134,32 @@ pub enum NodeState {
     Up,
     /// Missed heartbeats for the failure timeout; its replicas get replaced.
     Down,
-    /// Taken out of service by an operator: never given replicas again, its replicas are
-    /// replaced like a down node's. (Nothing sets it yet: decommissioning is future work.)
+    /// Out of service: never given replicas again; any replica it still hosts is replaced
+    /// like a down node's. A drained node ends here once it hosts nothing.
     Removed,
+    /// Being drained by an operator ([`DrainNode`]): never given replicas again, it hands its
+    /// leaderships to other replicas and its replicas are replaced one by one while it keeps
+    /// serving (learner-first, so each group keeps its full replica count throughout); it
+    /// becomes `Removed` once no group of the table names it.
+    Draining,
+}
+
+/// Operator -> center leader: drain storage node `node` ([`NodeState::Draining`]). Answered
+/// with its registry state, or `Unavailable` with the reason (unknown or removed node, or too
+/// few other nodes to hold every group's replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainNode {
+    pub node: NodeId,
+}
+
+impl Rpc for DrainNode {
+    type Response = CenterResponse<NodeState>;
+}
+
+impl From<DrainNode> for Request {
+    fn from(request: DrainNode) -> Request {
+        Request::Center(CenterRequest::DrainNode(request))
+    }
 }
 
 /// What the center leader currently believes about a node's liveness (its soft state, not

@@ -38,13 +38,15 @@ pub use admin::{
     SlotRead, TrackSlots, TransferLeadership, UntrackSlots,
 };
 pub use center::{
-    ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, ClusterStatus, GetRouting,
-    GetStatus, GroupLeader, GroupStatus, GroupSummary, Heartbeat, HeartbeatAck, Liveness,
-    MembershipStatus, NodeState, NodeSummary, RepairSummary, ReplicaSummary, RoutingAnswer,
-    STATUS_REASON_BYTES_MAX,
+    ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, ClusterStatus, DrainNode,
+    GetRouting, GetStatus, GroupLeader, GroupStatus, GroupSummary, Heartbeat, HeartbeatAck,
+    Liveness, MembershipStatus, NodeState, NodeSummary, RepairSummary, ReplicaSummary,
+    RoutingAnswer, STATUS_REASON_BYTES_MAX,
 };
 pub use client::{ClientRequest, ClientResponse, SESSION_EXPIRED, SessionSeq};
-pub use migration::{GetMigrations, Migration, MigrationPhase, MoveSlots};
+pub use migration::{
+    GetMigrations, Migration, MigrationPhase, MoveSlots, SplitGroup, Steer, SteerMigration,
+};
 pub use raft::{RaftCall, RaftRequest, RaftResponse};
 
 /// The Raft group of the center replicas. Never a slot group: routing tables number slot groups

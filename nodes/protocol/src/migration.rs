@@ -16,9 +16,8 @@ pub enum MigrationPhase {
     /// Recorded. Next: both groups' ownership made explicit, the source starts recording
     /// changes of the slots.
     Planned,
-    /// The target ingests a copy of the slots and then the changes since, pass after pass;
-    /// then the cutover: the source fenced (through its log), a last catch-up, the target owns
-    /// the slots, and the routing table with the move is committed.
+    /// The target ingests a copy of the slots and then the changes since, pass after pass,
+    /// until a pass is small. Next: `CuttingOver`.
     Copying,
     /// The table of `epoch` maps the slots to the target. After a grace period (every proxy
     /// has had time to learn it) the source stops recording and deletes its copy in pages.
@@ -37,6 +36,13 @@ pub enum MigrationPhase {
     RolledBack {
         reason: String,
     },
+    /// Copied and caught up; recorded before the source is fenced, so from here on the
+    /// migration only goes forward (a fenced source cannot take the slots back: ownership
+    /// epochs only grow) and cannot be cancelled. The cutover's last catch-up copies the
+    /// changes from log index `since` on. Next: `Cleaning`.
+    CuttingOver {
+        since: u64,
+    },
 }
 
 impl MigrationPhase {
@@ -52,6 +58,7 @@ impl MigrationPhase {
         match self {
             MigrationPhase::Planned => "planned",
             MigrationPhase::Copying => "copying",
+            MigrationPhase::CuttingOver { .. } => "cutting over",
             MigrationPhase::Cleaning { .. } => "cleaning",
             MigrationPhase::Done { .. } => "done",
             MigrationPhase::RollingBack { .. } => "rolling back",
@@ -72,6 +79,73 @@ pub struct Migration {
     /// twice), and their bytes. Recorded at phase changes.
     pub moved_records: u64,
     pub moved_bytes: u64,
+    /// Paused by an operator ([`Steer::Pause`]): the task does nothing until resumed or
+    /// cancelled, also after a center failover.
+    pub paused: bool,
+    /// How long the cutover took on the center, in milliseconds: from the fence's request to
+    /// the table with the move committed. Writes to the slots wait this long (plus a proxy's
+    /// table refresh): the write pause.
+    pub cutover_ms: Option<u64>,
+    /// Time the migration's tasks have worked on it so far (pauses left out), in milliseconds;
+    /// with `moved_bytes`, its rate.
+    pub working_ms: u64,
+}
+
+impl Migration {
+    /// Records moved per second of work (0 before any work).
+    pub fn records_per_second(&self) -> u64 {
+        (self.moved_records * 1000)
+            .checked_div(self.working_ms)
+            .unwrap_or(0)
+    }
+}
+
+/// What an operator asks of a migration ([`SteerMigration`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Steer {
+    /// Stop copying (or cleaning) after the page in flight, until resumed; the slots stay with
+    /// whichever group owns them. Recorded, so it survives a center failover.
+    Pause,
+    Resume,
+    /// Roll back: the source keeps the slots, what the target ingested is deleted there.
+    /// Refused once the cutover has started (move the slots back instead).
+    Cancel,
+}
+
+/// Operator -> center leader: pause, resume or cancel migration `id`. Answered with the
+/// migration's record once the migration's task has acted on it (a pause recorded, a cancel
+/// rolling back), or `Unavailable` with the reason it cannot be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteerMigration {
+    pub id: u64,
+    pub steer: Steer,
+}
+
+impl Rpc for SteerMigration {
+    type Response = CenterResponse<Migration>;
+}
+
+impl From<SteerMigration> for Request {
+    fn from(request: SteerMigration) -> Request {
+        Request::Center(CenterRequest::SteerMigration(request))
+    }
+}
+
+/// Operator -> center leader: split group `group`: a new group is placed on the least loaded
+/// nodes and the upper half of `group`'s slots migrate to it. Answered with the migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitGroup {
+    pub group: GroupId,
+}
+
+impl Rpc for SplitGroup {
+    type Response = CenterResponse<Migration>;
+}
+
+impl From<SplitGroup> for Request {
+    fn from(request: SplitGroup) -> Request {
+        Request::Center(CenterRequest::SplitGroup(request))
+    }
 }
 
 /// Operator -> center leader: move slot `ranges` (all owned by one group) to group `to`.

@@ -11,9 +11,9 @@ use larder_core::env::{Clock, Env, Handler, Net, timeout};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    CenterRequest, CenterResponse, ClientRequest, ClientResponse, GetMigrations, GetRouting,
-    GetStatus, Heartbeat, MoveSlots, RaftCall, RaftRequest, RaftResponse, Request, RoutingAnswer,
-    SessionSeq, decode_request, respond, undecodable,
+    CenterRequest, CenterResponse, ClientRequest, ClientResponse, DrainNode, GetMigrations,
+    GetRouting, GetStatus, Heartbeat, MoveSlots, RaftCall, RaftRequest, RaftResponse, Request,
+    RoutingAnswer, SessionSeq, SplitGroup, SteerMigration, decode_request, respond, undecodable,
 };
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
@@ -277,6 +277,21 @@ impl<E: Env> StorageNode<E> {
             }
             Request::Center(CenterRequest::GetMigrations(_)) => {
                 respond::<GetMigrations>(&CenterResponse::Unavailable {
+                    reason: format!("node {} is not a center replica", self.id()),
+                })
+            }
+            Request::Center(CenterRequest::SteerMigration(_)) => {
+                respond::<SteerMigration>(&CenterResponse::Unavailable {
+                    reason: format!("node {} is not a center replica", self.id()),
+                })
+            }
+            Request::Center(CenterRequest::SplitGroup(_)) => {
+                respond::<SplitGroup>(&CenterResponse::Unavailable {
+                    reason: format!("node {} is not a center replica", self.id()),
+                })
+            }
+            Request::Center(CenterRequest::DrainNode(_)) => {
+                respond::<DrainNode>(&CenterResponse::Unavailable {
                     reason: format!("node {} is not a center replica", self.id()),
                 })
             }

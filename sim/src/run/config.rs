@@ -43,6 +43,12 @@ pub const CLIENTS_MAX: u64 = 99;
 pub const SWARM_MOVES_CHANCE: f64 = 0.5;
 /// The random stream of the swarm's slot moves.
 const SWARM_MOVES_STREAM: u64 = 0x30_7e5;
+/// The random stream of which swarm moves are splits and which get paused or cancelled.
+const SWARM_STEER_STREAM: u64 = 0x30_7e6;
+/// Share of swarm moves that are group splits instead.
+pub const SWARM_SPLIT_CHANCE: f64 = 0.2;
+/// Share of swarm moves the operator pauses (and resumes) or cancels afterwards.
+pub const SWARM_STEER_CHANCE: f64 = 0.4;
 
 /// The load shape a swarm seed picks (each from [`SWARM_LOAD_STREAM`], independently).
 ///
@@ -293,7 +299,26 @@ impl SimConfig {
                 } else {
                     rng.range(1, 1_500) as u16
                 },
+                split: false,
+                steer: None,
             });
+        }
+        // Splits and steering from a stream of their own, so the moves above stay what
+        // they were for every seed.
+        let mut steering = SeededRng::new(derive_seed(self.seed, SWARM_STEER_STREAM));
+        for planned in &mut moves {
+            planned.split = steering.chance(SWARM_SPLIT_CHANCE);
+            if steering.chance(SWARM_STEER_CHANCE) {
+                let after_ms = steering.range(0, 3_000);
+                let action = if steering.chance(0.5) {
+                    super::SteerAction::Cancel
+                } else {
+                    super::SteerAction::Pause {
+                        for_ms: steering.range(200, 3_000),
+                    }
+                };
+                planned.steer = Some(super::PlannedSteer { after_ms, action });
+            }
         }
         moves
     }

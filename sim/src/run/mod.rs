@@ -38,7 +38,7 @@ use crate::workload::SharedHistory;
 
 pub use config::{CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SimConfig, center_id, proxy_id};
 pub(crate) use hosts::{NodeParts, current_leader, register_nodes};
-pub use operator::{OPERATOR_ID, OperatorLog, PlannedMove};
+pub use operator::{OPERATOR_ID, OperatorLog, PlannedMove, PlannedSteer, SteerAction};
 pub use report::{AppliedFault, Load, OpCounts, RunReport, check_determinism, check_seed};
 pub use verdict::{Digest, Linearizability, Violation};
 

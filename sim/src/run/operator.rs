@@ -14,7 +14,8 @@ use larder_core::NodeId;
 use larder_core::env::derive_seed;
 use larder_core::slots::ranges_where;
 use larder_protocol::{
-    CenterResponse, Encoded, GetMigrations, GetRouting, Migration, MoveSlots, Rpc, call,
+    CenterResponse, Encoded, GetMigrations, GetRouting, Migration, MoveSlots, Rpc, SplitGroup,
+    Steer, SteerMigration, call,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,13 +27,34 @@ use crate::trace::{Trace, sim_now};
 pub const OPERATOR_ID: NodeId = 290;
 
 /// One move the operator asks for: at `at_ms`, the first `slots` slots group `from` owns then
-/// (all of them, if it owns fewer) go to group `to`.
+/// (all of them, if it owns fewer) go to group `to`; with `split`, group `from` splits instead
+/// (a new group takes the upper half of its slots). `steer`, if any, is what the operator does
+/// to the migration afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedMove {
     pub at_ms: u64,
     pub from: u64,
     pub to: u64,
     pub slots: u16,
+    #[serde(default)]
+    pub split: bool,
+    #[serde(default)]
+    pub steer: Option<PlannedSteer>,
+}
+
+/// What the operator does to a migration it started, `after_ms` after starting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedSteer {
+    pub after_ms: u64,
+    pub action: SteerAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SteerAction {
+    /// Cancel it (refused, and logged, once its cutover started).
+    Cancel,
+    /// Pause it for this many ms, then resume it.
+    Pause { for_ms: u64 },
 }
 
 /// What the operator saw: each move's answer (the migration, or why it was refused) and the
@@ -40,6 +62,8 @@ pub struct PlannedMove {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OperatorLog {
     pub started: Vec<Result<u64, String>>,
+    /// Each steer asked: the migration, what, and the phase it answered with (or why not).
+    pub steered: Vec<(u64, String, Result<String, String>)>,
     pub last_seen: Vec<Migration>,
     /// Every move was asked for and every migration has ended (the checker audits slot
     /// ownership only then).
@@ -97,13 +121,47 @@ pub(crate) fn register_operator(
     let give_up = config.duration + config.liveness;
     let log = log.clone();
     sim.client(host_name(OPERATOR_ID), async move {
-        for planned in moves {
-            let at = Duration::from_millis(planned.at_ms);
+        // Steers due: (when, migration, what).
+        let mut due: Vec<(Duration, u64, Steer)> = Vec::new();
+        let mut moves = moves.into_iter().peekable();
+        loop {
+            let next_move = moves.peek().map(|m| Duration::from_millis(m.at_ms));
+            let next_steer = due.iter().map(|d| d.0).min();
+            let Some(at) = [next_move, next_steer].into_iter().flatten().min() else {
+                break;
+            };
             if let Some(wait) = at.checked_sub(sim_now()) {
                 tokio::time::sleep(wait).await;
             }
+            if next_steer == Some(at) {
+                let index = due.iter().position(|d| d.0 == at).expect("a steer due");
+                let (_, id, steer) = due.remove(index);
+                let outcome = to_center(&net, &centers, SteerMigration { id, steer })
+                    .await
+                    .map(|m| {
+                        let paused = if m.paused { " (paused)" } else { "" };
+                        format!("{}{paused}", m.phase.name())
+                    });
+                tracing::info!(id, ?steer, ?outcome, "operator: migration steered");
+                log.lock()
+                    .expect("operator log")
+                    .steered
+                    .push((id, format!("{steer:?}"), outcome));
+                continue;
+            }
+            let planned = moves.next().expect("a move due");
             let outcome = start_move(&net, &centers, &planned).await;
             tracing::info!(?planned, ?outcome, "operator: move asked");
+            if let (Ok(id), Some(steer)) = (&outcome, planned.steer) {
+                let when = sim_now() + Duration::from_millis(steer.after_ms);
+                match steer.action {
+                    SteerAction::Cancel => due.push((when, *id, Steer::Cancel)),
+                    SteerAction::Pause { for_ms } => {
+                        due.push((when, *id, Steer::Pause));
+                        due.push((when + Duration::from_millis(for_ms), *id, Steer::Resume));
+                    }
+                }
+            }
             log.lock().expect("operator log").started.push(outcome);
         }
         // Wait for every migration to end, polling (bounded by the run's end).
@@ -134,6 +192,17 @@ async fn start_move(
     centers: &[NodeId],
     planned: &PlannedMove,
 ) -> Result<u64, String> {
+    if planned.split {
+        let migration = to_center(
+            net,
+            centers,
+            SplitGroup {
+                group: planned.from,
+            },
+        )
+        .await?;
+        return Ok(migration.id);
+    }
     let answer = to_center(net, centers, GetRouting { known_epoch: 0 }).await?;
     let table = answer.table.ok_or("no routing table")?;
     let mut left = planned.slots;

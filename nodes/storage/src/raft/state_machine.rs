@@ -858,6 +858,8 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                             if let Some(tracking) = &applied.tracking
                                 && !request.command.is_internal()
                                 && ranges_contain(&tracking.ranges, slot_of(&key))
+                                && (record.is_some()
+                                    || !self.bugs.is_planted(Bug::MigrationUntrackedDeletes))
                             {
                                 batch.put(
                                     Space::Meta,
