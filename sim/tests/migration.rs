@@ -140,3 +140,25 @@ fn a_group_splits_while_clients_run() {
     assert_eq!(migration.to, 9, "a new group: {log:?}");
     assert!(!migration.phase.is_active(), "{log:?}");
 }
+
+/// A node drained while clients run: its leaderships move, its replicas are replaced one by
+/// one, and it ends removed holding none (else `DrainUnfinished`); with faults too.
+#[test]
+fn a_drained_node_hands_everything_over_and_is_removed() {
+    for (seed, faults) in [(7, false), (8, true)] {
+        let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
+        config.faults = faults;
+        config.drains = vec![(3_000, 1)];
+        let report = larder_sim::run(&config).expect("run");
+        assert!(
+            report.passed(),
+            "seed {seed}: {:?}\n{:?}",
+            report.violations,
+            report.migrations
+        );
+        let log = &report.migrations;
+        assert_eq!(log.drained.len(), 1, "{log:?}");
+        assert!(log.drained[0].1.is_ok(), "{log:?}");
+        assert!(log.settled && log.draining.is_empty(), "{log:?}");
+    }
+}

@@ -45,6 +45,10 @@ pub const SWARM_MOVES_CHANCE: f64 = 0.5;
 const SWARM_MOVES_STREAM: u64 = 0x30_7e5;
 /// The random stream of which swarm moves are splits and which get paused or cancelled.
 const SWARM_STEER_STREAM: u64 = 0x30_7e6;
+/// The random stream of the swarm's node drains.
+const SWARM_DRAIN_STREAM: u64 = 0x30_7e7;
+/// Share of swarm cluster seeds whose operator drains a storage node.
+pub const SWARM_DRAIN_CHANCE: f64 = 0.25;
 /// Share of swarm moves that are group splits instead.
 pub const SWARM_SPLIT_CHANCE: f64 = 0.2;
 /// Share of swarm moves the operator pauses (and resumes) or cancels afterwards.
@@ -121,6 +125,10 @@ pub struct SimConfig {
     /// [`super::PlannedMove`].
     #[serde(default)]
     pub moves: Vec<super::PlannedMove>,
+    /// Storage nodes the operator drains, `(at_ms, node)` (needs `centers`); see
+    /// [`SimConfig::run_drains`].
+    #[serde(default)]
+    pub drains: Vec<(u64, larder_core::NodeId)>,
 }
 
 impl SimConfig {
@@ -152,6 +160,7 @@ impl SimConfig {
             bugs: Bugs::default(),
             unknown_passes: None,
             moves: Vec::new(),
+            drains: Vec::new(),
         }
     }
 
@@ -321,6 +330,21 @@ impl SimConfig {
             }
         }
         moves
+    }
+
+    /// The nodes the operator drains: [`SimConfig::drains`], or, with `swarm`, a center,
+    /// more storage nodes than a group has replicas and none given, in [`SWARM_DRAIN_CHANCE`]
+    /// of the seeds one node at a random time before the heal point (its own stream).
+    pub fn run_drains(&self) -> Vec<(u64, larder_core::NodeId)> {
+        if !self.drains.is_empty() || !self.swarm || self.centers == 0 || self.nodes <= 3 {
+            return self.drains.clone();
+        }
+        let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_DRAIN_STREAM));
+        if !rng.chance(SWARM_DRAIN_CHANCE) {
+            return Vec::new();
+        }
+        let heal_ms = self.heal_at().as_millis() as u64;
+        vec![(rng.range(1_500, heal_ms.max(1_501)), 1 + rng.below(self.nodes))]
     }
 
     /// The workload of client `index`: [`SimConfig::run_workload`], except that in half the swarm

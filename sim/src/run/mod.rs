@@ -78,7 +78,8 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let client_ids = register_clients(&mut sim, config, &trace, &net_faults, &history);
     let operator_log: Arc<Mutex<OperatorLog>> = Arc::default();
     // The checker audits slot ownership once the operator (if the run has one) has settled.
-    let moves = config.centers > 0 && !config.run_moves().is_empty();
+    let moves = config.centers > 0
+        && (!config.run_moves().is_empty() || !config.run_drains().is_empty());
     let checker_id = register_checker(
         &mut sim,
         config,
@@ -150,6 +151,10 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
             id: migration.id,
             phase: migration.phase.name().to_string(),
         });
+    }
+    // Every drained node must have been removed, holding no replica of the final table.
+    for node in &operator_log.draining {
+        violations.push(Violation::DrainUnfinished { node: *node });
     }
     // The first few storage defects: one is enough to fail, and a broken store repeats them.
     violations.extend(

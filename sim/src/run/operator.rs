@@ -14,8 +14,8 @@ use larder_core::NodeId;
 use larder_core::env::derive_seed;
 use larder_core::slots::ranges_where;
 use larder_protocol::{
-    CenterResponse, Encoded, GetMigrations, GetRouting, Migration, MoveSlots, Rpc, SplitGroup,
-    Steer, SteerMigration, call,
+    CenterResponse, DrainNode, Encoded, GetMigrations, GetRouting, GetStatus, Migration,
+    MoveSlots, NodeState, Rpc, SplitGroup, Steer, SteerMigration, call,
 };
 use serde::{Deserialize, Serialize};
 
@@ -65,8 +65,13 @@ pub struct OperatorLog {
     /// Each steer asked: the migration, what, and the phase it answered with (or why not).
     pub steered: Vec<(u64, String, Result<String, String>)>,
     pub last_seen: Vec<Migration>,
-    /// Every move was asked for and every migration has ended (the checker audits slot
-    /// ownership only then).
+    /// Each drain asked: the node and the center's answer.
+    pub drained: Vec<(NodeId, Result<(), String>)>,
+    /// Drained nodes still named by a group of the table (or not yet removed) when the
+    /// operator last looked.
+    pub draining: Vec<NodeId>,
+    /// Every move and drain was asked for, every migration has ended and every drained node
+    /// is removed (the checker audits slot ownership only then).
     pub settled: bool,
 }
 
@@ -107,9 +112,11 @@ pub(crate) fn register_operator(
     log: &Arc<Mutex<OperatorLog>>,
 ) -> Option<NodeId> {
     let mut moves = config.run_moves();
-    if config.centers == 0 || moves.is_empty() {
+    let mut drains = config.run_drains();
+    if config.centers == 0 || (moves.is_empty() && drains.is_empty()) {
         return None;
     }
+    drains.sort_unstable();
     let net = SimNet::new(
         OPERATOR_ID,
         net_faults.clone(),
@@ -124,14 +131,33 @@ pub(crate) fn register_operator(
         // Steers due: (when, migration, what).
         let mut due: Vec<(Duration, u64, Steer)> = Vec::new();
         let mut moves = moves.into_iter().peekable();
+        let mut drains = drains.into_iter().peekable();
+        let mut drained = Vec::new();
         loop {
             let next_move = moves.peek().map(|m| Duration::from_millis(m.at_ms));
             let next_steer = due.iter().map(|d| d.0).min();
-            let Some(at) = [next_move, next_steer].into_iter().flatten().min() else {
+            let next_drain = drains.peek().map(|d| Duration::from_millis(d.0));
+            let Some(at) = [next_move, next_steer, next_drain]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
                 break;
             };
             if let Some(wait) = at.checked_sub(sim_now()) {
                 tokio::time::sleep(wait).await;
+            }
+            if next_drain == Some(at) {
+                let (_, node) = drains.next().expect("a drain due");
+                let outcome = to_center(&net, &centers, DrainNode { node })
+                    .await
+                    .map(|_| ());
+                tracing::info!(node, ?outcome, "operator: node drain asked");
+                if outcome.is_ok() {
+                    drained.push(node);
+                }
+                log.lock().expect("operator log").drained.push((node, outcome));
+                continue;
             }
             if next_steer == Some(at) {
                 let index = due.iter().position(|d| d.0 == at).expect("a steer due");
@@ -164,13 +190,29 @@ pub(crate) fn register_operator(
             }
             log.lock().expect("operator log").started.push(outcome);
         }
-        // Wait for every migration to end, polling (bounded by the run's end).
+        // Wait for every migration to end and every drained node to be removed, polling
+        // (bounded by the run's end).
         loop {
-            if let Ok(migrations) = to_center(&net, &centers, GetMigrations).await {
+            let migrations = to_center(&net, &centers, GetMigrations).await;
+            let status = to_center(&net, &centers, GetStatus).await;
+            if let (Ok(migrations), Ok(status)) = (migrations, status) {
                 let active = migrations.iter().any(|m| m.phase.is_active());
+                let draining: Vec<NodeId> = drained
+                    .iter()
+                    .copied()
+                    .filter(|node| {
+                        let named = status.groups.iter().any(|g| g.replicas.contains(node));
+                        let removed = status
+                            .nodes
+                            .iter()
+                            .any(|n| n.id == *node && n.state == Some(NodeState::Removed));
+                        named || !removed
+                    })
+                    .collect();
                 let mut log = log.lock().expect("operator log");
                 log.last_seen = migrations;
-                if !active {
+                log.draining = draining;
+                if !active && log.draining.is_empty() {
                     log.settled = true;
                     break;
                 }

@@ -87,6 +87,8 @@ pub enum Violation {
     },
     /// A slot migration had not ended (done or rolled back) by the end of the run.
     MigrationUnfinished { id: u64, phase: String },
+    /// A node the operator drained still held replicas (or was not removed) at the end.
+    DrainUnfinished { node: NodeId },
     /// What a node keeps on disk breaks a property Raft needs of storage (a log out of order,
     /// a vote used before it was durable); found by auditing the disk, not the history.
     StorageDefect {
@@ -185,6 +187,9 @@ impl fmt::Display for Violation {
             ),
             Violation::MigrationUnfinished { id, phase } => {
                 write!(f, "migration {id} still {phase} at the end of the run")
+            }
+            Violation::DrainUnfinished { node } => {
+                write!(f, "node {node} still draining at the end of the run")
             }
             Violation::StorageDefect { node, when, defect } => {
                 write!(f, "storage of node {node} ({when}): {defect}")
