@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use larder_core::NodeId;
+use larder_core::{GroupId, NodeId};
 use larder_core::bugs::Bugs;
 use larder_core::routing::RoutingError;
 use larder_storage::NodeError;
@@ -146,4 +146,8 @@ pub enum CenterError {
     /// task: it rolls the migration back).
     #[error("migration {id} cancelled by an operator")]
     Cancelled { id: u64 },
+    /// A group a migration step was for is no longer in the routing table (a never-formed
+    /// group re-created under a new id).
+    #[error("group {group} is no longer in the routing table")]
+    GroupGone { group: GroupId },
 }

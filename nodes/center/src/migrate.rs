@@ -387,6 +387,9 @@ impl<E: Env> Center<E> {
                     if self.cancel_pending(turn.id) {
                         return Err(CenterError::Cancelled { id: turn.id });
                     }
+                    if self.routing().is_some_and(|t| t.route(group).is_none()) {
+                        return Err(CenterError::GroupGone { group });
+                    }
                     tracing::debug!(group, %reason, "migration step failed; retrying");
                     self.node
                         .env()
@@ -548,6 +551,25 @@ impl<E: Env> Center<E> {
                     tracing::info!(id, "migration cancelled by an operator");
                     migration.phase = MigrationPhase::RollingBack {
                         reason: "cancelled by an operator".into(),
+                    };
+                }
+                // A group that never formed is re-created under a new id by the planner (its
+                // first replica died): before the cutover the migration rolls back; a rollback
+                // has nothing to delete on a target that never formed.
+                Err(CenterError::GroupGone { group }) => {
+                    tracing::info!(id, group, "migration: a group left the routing table");
+                    migration.phase = match &migration.phase {
+                        MigrationPhase::Planned | MigrationPhase::Copying => {
+                            MigrationPhase::RollingBack {
+                                reason: format!("group {group} is no longer in the routing table"),
+                            }
+                        }
+                        MigrationPhase::RollingBack { reason } if group == migration.to => {
+                            MigrationPhase::RolledBack {
+                                reason: reason.clone(),
+                            }
+                        }
+                        _ => return Err(CenterError::GroupGone { group }),
                     };
                 }
                 Err(error) => return Err(error),
