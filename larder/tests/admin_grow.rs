@@ -316,6 +316,76 @@ fn admin_status_watches_a_local_cluster_grow() {
     assert_eq!(ranges(2), Some(vec![(0, 4095)]), "{moved:?}");
     let output = admin(&["migrations", "--center", &centers]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("0-2047"));
+
+    // Group 3 splits: a new group (9) joins the table and takes the upper half of its slots.
+    let output = admin(&["split", "3", "--wait", "--center", &centers]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("new group 9") && text.contains("done (routing epoch"),
+        "{text}"
+    );
+    let split = status(&centers).expect("status after the split");
+    let slots_of = |group: u64| {
+        split.groups.iter().find(|g| g.group == group).map(|g| {
+            g.slots
+                .iter()
+                .map(|(a, b)| usize::from(b - a) + 1)
+                .sum::<usize>()
+        })
+    };
+    assert_eq!(
+        (slots_of(3), slots_of(9)),
+        (Some(1024), Some(1024)),
+        "{split:?}"
+    );
+
+    // One rebalancing move: the group owning the most slots (2, after the move above) gives
+    // to the one owning the fewest (1, which gave all of its away).
+    let output = admin(&[
+        "rebalance",
+        "--moves-max",
+        "1",
+        "--settle",
+        "60s",
+        "--center",
+        &centers,
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("from group 2 to group 1") && text.contains("done (routing epoch"),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Node 4 drains: it hands everything over and is removed.
+    let output = admin(&["drain", "4", "--wait", "--center", &centers]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && text.contains("node 4 drained"),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let drained = status(&centers).expect("status after the drain");
+    assert!(
+        drained.groups.iter().all(|g| !g.replicas.contains(&4)),
+        "{drained:?}"
+    );
+    // Draining another would leave two nodes for groups of three: refused with the reason.
+    let output = admin(&["drain", "1", "--center", &centers]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("would leave 2 nodes"), "{stderr}");
+    // Cancelling a migration that has ended is refused with the reason.
+    let output = admin(&["cancel", "1", "--center", &centers]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("has ended"), "{stderr}");
+
     // Slots of two groups cannot move as one: refused with the reason, at once.
     let output = admin(&["move-slots", "4000-4200", "--to", "1", "--center", &centers]);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -40,11 +40,14 @@ pub enum FaultPoint {
     /// Storage: a multi-key read loaded one of its keys; the next is not loaded yet. A delay
     /// here is where an apply batch would land inside a read that does not hold it off.
     ReadBetweenKeys,
+    /// Center: a migration's copy of its slots is in the target; the catch-up has not started.
+    /// A delay here is where writes and deletes land that only the catch-up carries over.
+    MigrationCopied,
 }
 
 impl FaultPoint {
     /// Every point, in a fixed order.
-    pub const ALL: [FaultPoint; 8] = [
+    pub const ALL: [FaultPoint; 9] = [
         FaultPoint::VoteSaved,
         FaultPoint::LogAppended,
         FaultPoint::LogTruncated,
@@ -53,6 +56,7 @@ impl FaultPoint {
         FaultPoint::SnapshotInstalling,
         FaultPoint::RoutingWritten,
         FaultPoint::ReadBetweenKeys,
+        FaultPoint::MigrationCopied,
     ];
 
     /// The storage points on durability paths, which every storage node and center replica
@@ -77,6 +81,7 @@ impl FaultPoint {
             FaultPoint::SnapshotInstalling => "snapshot_installing",
             FaultPoint::RoutingWritten => "routing_written",
             FaultPoint::ReadBetweenKeys => "read_between_keys",
+            FaultPoint::MigrationCopied => "migration_copied",
         }
     }
 }

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use larder_core::{GroupId, NodeId};
 use larder_core::bugs::Bugs;
 use larder_core::routing::RoutingError;
+use larder_core::{GroupId, NodeId};
 use larder_storage::NodeError;
 
 use crate::plan::PlanConfig;

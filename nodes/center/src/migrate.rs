@@ -672,6 +672,11 @@ impl<E: Env> Center<E> {
     ) -> Result<u64, CenterError> {
         let (from, to) = (migration.from, migration.to);
         let (mut since, _) = self.pass(turn, migration, (from, to), copy, false).await?;
+        self.node
+            .env()
+            .fault_points()
+            .hit(larder_core::env::FaultPoint::MigrationCopied)
+            .await;
         let skip_catch_up = self.config.bugs.is_planted(Bug::MigrationSkipsCatchUp);
         for _ in 0..if skip_catch_up {
             0

@@ -6,12 +6,12 @@ use std::time::Duration;
 use larder_center::CenterConfig;
 use larder_client::SharedRouting;
 use larder_core::bugs::Bugs;
-use larder_core::env::{Rng, SeededRng, derive_seed};
+use larder_core::env::{FaultPoint, Rng, SeededRng, derive_seed};
 use larder_storage::NodeConfig;
 
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
-use larder_faults::{Aim, FaultPlan, PlanConfig, Roles};
+use larder_faults::{Aim, Fault, FaultPlan, PlanConfig, Roles, ScheduledFault};
 use serde::Serialize;
 
 use crate::workload::{GROUP, WorkloadConfig};
@@ -45,6 +45,8 @@ pub const SWARM_MOVES_CHANCE: f64 = 0.5;
 const SWARM_MOVES_STREAM: u64 = 0x30_7e5;
 /// The random stream of which swarm moves are splits and which get paused or cancelled.
 const SWARM_STEER_STREAM: u64 = 0x30_7e6;
+/// The random stream of the delay aimed between a migration's copy and its catch-up.
+const SWARM_MIGRATION_AIM_STREAM: u64 = 0x30_7e8;
 /// The random stream of the swarm's node drains.
 const SWARM_DRAIN_STREAM: u64 = 0x30_7e7;
 /// Share of swarm cluster seeds whose operator drains a storage node.
@@ -332,6 +334,26 @@ impl SimConfig {
         moves
     }
 
+    /// A swarm seed whose operator moves slots gets, on top of its plan (from a stream of its
+    /// own, so nothing else in the plan changes), a delay of every migration between its copy
+    /// and its catch-up: with the few keys of a simulated workload a copy takes milliseconds,
+    /// and writes and deletes must land in that window for a lost catch-up to show.
+    fn aim_at_migrations(&self, plan: &mut FaultPlan) {
+        if !self.swarm || self.run_moves().is_empty() {
+            return;
+        }
+        let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_MIGRATION_AIM_STREAM));
+        plan.events.push(ScheduledFault {
+            at_ms: 0,
+            fault: Fault::DelayAtPoint {
+                point: FaultPoint::MigrationCopied,
+                node: None,
+                delay_ms: rng.range(200, 2_500),
+            },
+        });
+        plan.events.sort_by_key(|event| event.at_ms);
+    }
+
     /// The nodes the operator drains: [`SimConfig::drains`], or, with `swarm`, a center,
     /// more storage nodes than a group has replicas and none given, in [`SWARM_DRAIN_CHANCE`]
     /// of the seeds one node at a random time before the heal point (its own stream).
@@ -344,7 +366,10 @@ impl SimConfig {
             return Vec::new();
         }
         let heal_ms = self.heal_at().as_millis() as u64;
-        vec![(rng.range(1_500, heal_ms.max(1_501)), 1 + rng.below(self.nodes))]
+        vec![(
+            rng.range(1_500, heal_ms.max(1_501)),
+            1 + rng.below(self.nodes),
+        )]
     }
 
     /// The workload of client `index`: [`SimConfig::run_workload`], except that in half the swarm
@@ -414,7 +439,9 @@ impl SimConfig {
                         centers: self.center_ids(),
                         proxies: (0..self.proxies).map(proxy_id).collect(),
                     };
-                    FaultPlan::generate_roles(self.seed, &roles, heal_at_ms, &mix)
+                    let mut plan = FaultPlan::generate_roles(self.seed, &roles, heal_at_ms, &mix);
+                    self.aim_at_migrations(&mut plan);
+                    plan
                 } else {
                     FaultPlan::generate(self.seed, &self.node_ids(), heal_at_ms, &mix)
                 }

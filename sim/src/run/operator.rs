@@ -14,8 +14,8 @@ use larder_core::NodeId;
 use larder_core::env::derive_seed;
 use larder_core::slots::ranges_where;
 use larder_protocol::{
-    CenterResponse, DrainNode, Encoded, GetMigrations, GetRouting, GetStatus, Migration,
-    MoveSlots, NodeState, Rpc, SplitGroup, Steer, SteerMigration, call,
+    CenterResponse, DrainNode, Encoded, GetMigrations, GetRouting, GetStatus, Migration, MoveSlots,
+    NodeState, Rpc, SplitGroup, Steer, SteerMigration, call,
 };
 use serde::{Deserialize, Serialize};
 
@@ -156,7 +156,10 @@ pub(crate) fn register_operator(
                 if outcome.is_ok() {
                     drained.push(node);
                 }
-                log.lock().expect("operator log").drained.push((node, outcome));
+                log.lock()
+                    .expect("operator log")
+                    .drained
+                    .push((node, outcome));
                 continue;
             }
             if next_steer == Some(at) {
