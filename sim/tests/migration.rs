@@ -15,6 +15,7 @@ fn move_all_of_group_1() -> PlannedMove {
         to: 2,
         slots: u16::MAX,
         split: false,
+        aim_keys: false,
         steer: None,
     }
 }

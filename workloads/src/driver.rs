@@ -229,6 +229,20 @@ impl WorkloadConfig {
     }
 
     /// Turns multi-key operations on: `objects` objects picked with weight `weight`.
+    /// The Redis keys this workload touches (every sub-key of the multi-key objects), in a
+    /// fixed order.
+    pub fn redis_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        keys.extend((0..self.register_keys).map(register_key));
+        keys.extend((0..self.counter_keys).map(counter_key));
+        keys.extend((0..self.list_keys).map(list_key));
+        keys.extend((0..self.ttl_keys).map(ttl_key));
+        for object in 0..self.multi_keys {
+            keys.push(multi_sub_key(&multi_key(object), &multi_sub_name(0)));
+        }
+        keys
+    }
+
     pub fn with_multi(mut self, objects: u64, weight: u64) -> Self {
         self.multi_keys = objects;
         self.mix.multi = weight;

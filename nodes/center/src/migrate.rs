@@ -52,6 +52,9 @@ const CATCH_UP_SMALL: usize = 64;
 const RETRY_MS: u64 = 200;
 /// Least pause between two pages (the pacing uses the page's own time when that is longer).
 const PAGE_PAUSE_MIN_MS: u64 = 5;
+/// Longest pause between two pages: a page slowed by a fault (a retry against a dead leader,
+/// a slow link) says little about the group's load once it has passed.
+const PAGE_PAUSE_MAX_MS: u64 = 1_000;
 /// How often a paused task, and an operator's request waiting for the task, look again.
 const STEER_POLL_MS: u64 = 50;
 /// How many polls an operator's pause/resume/cancel waits for the task to act before
@@ -487,7 +490,10 @@ impl<E: Env> Center<E> {
             // Paced by the groups' own speed: a page that took long is followed by as long a
             // rest, so a migration takes at most about half of a busy group's time.
             let took = clock.now().saturating_sub(started);
-            let rest = took.max(Duration::from_millis(PAGE_PAUSE_MIN_MS));
+            let rest = took.clamp(
+                Duration::from_millis(PAGE_PAUSE_MIN_MS),
+                Duration::from_millis(PAGE_PAUSE_MAX_MS),
+            );
             clock.sleep(rest).await;
             migration.working_ms += millis(took + rest);
             match page.next {

@@ -51,6 +51,9 @@ const SWARM_MIGRATION_AIM_STREAM: u64 = 0x30_7e8;
 const SWARM_DRAIN_STREAM: u64 = 0x30_7e7;
 /// Share of swarm cluster seeds whose operator drains a storage node.
 pub const SWARM_DRAIN_CHANCE: f64 = 0.25;
+/// Share of swarm moves that move from the group owning the clients' first key (a
+/// multi-key object's, when there is one) instead of the group drawn.
+pub const SWARM_AIM_KEYS_CHANCE: f64 = 0.5;
 /// Share of swarm moves that are group splits instead.
 pub const SWARM_SPLIT_CHANCE: f64 = 0.2;
 /// Share of swarm moves the operator pauses (and resumes) or cancels afterwards.
@@ -279,6 +282,11 @@ impl SimConfig {
                     for_ms: every_ms / 3 + rng.below(every_ms / 3),
                 });
             }
+            // A seed that moves slots also deletes keys (the multi-key family is the one
+            // with `DEL`): a migration must carry deletes over, not only writes.
+            if workload.multi_keys == 0 && !self.run_moves().is_empty() {
+                workload = workload.with_multi(1, 12);
+            }
         }
         workload
     }
@@ -311,6 +319,7 @@ impl SimConfig {
                     rng.range(1, 1_500) as u16
                 },
                 split: false,
+                aim_keys: false,
                 steer: None,
             });
         }
@@ -319,6 +328,7 @@ impl SimConfig {
         let mut steering = SeededRng::new(derive_seed(self.seed, SWARM_STEER_STREAM));
         for planned in &mut moves {
             planned.split = steering.chance(SWARM_SPLIT_CHANCE);
+            planned.aim_keys = steering.chance(SWARM_AIM_KEYS_CHANCE);
             if steering.chance(SWARM_STEER_CHANCE) {
                 let after_ms = steering.range(0, 3_000);
                 let action = if steering.chance(0.5) {
@@ -467,6 +477,10 @@ impl SimConfig {
             missed_heartbeats_max: 6,
             replace_timeout_ms: 10_000,
             stale_replica_ms: 20_000,
+            // The simulated proxies refresh their table within a second, and the grace protects
+            // no data (the source refuses the moved slots at apply time): 1 s keeps a migration
+            // resumed late by a new center leader within the run's liveness bound (seed 164).
+            migration_grace_ms: 1_000,
             bugs: self.bugs.clone(),
             ..CenterConfig::new(self.center_ids(), self.groups.max(1))
         }

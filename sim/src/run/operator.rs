@@ -38,6 +38,10 @@ pub struct PlannedMove {
     pub slots: u16,
     #[serde(default)]
     pub split: bool,
+    /// Move from the group owning the first of the clients' keys (a multi-key object if the
+    /// workload has one) instead of `from`, unless that is `to`: swarm moves aim at the data.
+    #[serde(default)]
+    pub aim_keys: bool,
     #[serde(default)]
     pub steer: Option<PlannedSteer>,
 }
@@ -125,6 +129,15 @@ pub(crate) fn register_operator(
     );
     let centers = config.center_ids();
     moves.sort_by_key(|m| m.at_ms);
+    // The slots of the keys the clients use, multi-key objects first (their deletes are what
+    // a migration most easily loses).
+    let key_slots: Vec<u16> = config
+        .run_workload()
+        .redis_keys()
+        .iter()
+        .rev()
+        .map(|key| larder_core::slots::slot_of(key.as_bytes()))
+        .collect();
     let give_up = config.duration + config.liveness;
     let log = log.clone();
     sim.client(host_name(OPERATOR_ID), async move {
@@ -179,7 +192,7 @@ pub(crate) fn register_operator(
                 continue;
             }
             let planned = moves.next().expect("a move due");
-            let outcome = start_move(&net, &centers, &planned).await;
+            let outcome = start_move(&net, &centers, &planned, &key_slots).await;
             tracing::info!(?planned, ?outcome, "operator: move asked");
             if let (Ok(id), Some(steer)) = (&outcome, planned.steer) {
                 let when = sim_now() + Duration::from_millis(steer.after_ms);
@@ -236,6 +249,7 @@ async fn start_move(
     net: &SimNet,
     centers: &[NodeId],
     planned: &PlannedMove,
+    key_slots: &[u16],
 ) -> Result<u64, String> {
     if planned.split {
         let migration = to_center(
@@ -250,17 +264,26 @@ async fn start_move(
     }
     let answer = to_center(net, centers, GetRouting { known_epoch: 0 }).await?;
     let table = answer.table.ok_or("no routing table")?;
-    let mut left = planned.slots;
-    let ranges = ranges_where(|slot| {
-        if left > 0 && table.group_of_slot(slot) == Some(planned.from) {
-            left -= 1;
-            true
-        } else {
-            false
-        }
-    });
+    let from = key_slots
+        .first()
+        .and_then(|slot| table.group_of_slot(*slot))
+        .filter(|owner| planned.aim_keys && *owner != planned.to)
+        .unwrap_or(planned.from);
+    let owned: Vec<u16> = (0..larder_core::slots::SLOTS)
+        .filter(|slot| table.group_of_slot(*slot) == Some(from))
+        .collect();
+    // A window of `slots` of the group's slots around the slot of a key the clients use, if
+    // the group owns one: a move of slots nobody writes would test nothing.
+    let count = usize::from(planned.slots).min(owned.len());
+    let aim = key_slots
+        .iter()
+        .find_map(|slot| owned.binary_search(slot).ok())
+        .unwrap_or(0);
+    let start = aim.saturating_sub(count / 2).min(owned.len() - count);
+    let window = &owned[start..start + count];
+    let ranges = ranges_where(|slot| window.binary_search(&slot).is_ok());
     if ranges.is_empty() {
-        return Err(format!("group {} owns no slots", planned.from));
+        return Err(format!("group {from} owns no slots"));
     }
     let migration = to_center(
         net,
