@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""A RESP client load for elastic-cluster figures: threads SET fresh keys and GET keys they
+wrote, counting -TRYAGAIN and other errors and timing every request, until the file STOP
+exists (or --seconds pass); then every acknowledged key is read back once. Prints JSON.
+
+    python3 scripts/resp_load.py --port 6380 --threads 4 --stop /tmp/stop
+"""
+import argparse, json, os, random, socket, threading, time
+
+
+def command(sock, buf, *args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    sock.sendall(out)
+    return reply(sock, buf)
+
+
+def line(sock, buf):
+    while b"\r\n" not in buf[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf[0] += chunk
+    head, buf[0] = buf[0].split(b"\r\n", 1)
+    return head
+
+
+def reply(sock, buf):
+    head = line(sock, buf)
+    kind, rest = head[:1], head[1:]
+    if kind in (b"+", b":"):
+        return rest
+    if kind == b"-":
+        return Exception(rest.decode())
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        while len(buf[0]) < n + 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            buf[0] += chunk
+        data, buf[0] = buf[0][:n], buf[0][n + 2:]
+        return data
+    raise ValueError("unexpected reply %r" % head)
+
+
+def worker(args, index, stats, lock, deadline):
+    sock = socket.create_connection(("127.0.0.1", args.port))
+    buf = [b""]
+    acked = {}
+    lat = []
+    tryagain = errors = 0
+    samples = []
+    i = 0
+    while not os.path.exists(args.stop) and time.time() < deadline:
+        i += 1
+        if acked and random.random() < 0.5:
+            key = random.choice(list(acked))
+            t = time.perf_counter()
+            r = command(sock, buf, "GET", key)
+            lat.append(time.perf_counter() - t)
+            if isinstance(r, Exception):
+                if str(r).startswith("TRYAGAIN"):
+                    tryagain += 1
+                else:
+                    errors += 1
+                    samples.append(str(r))
+            elif r != acked[key]:
+                errors += 1
+                samples.append("GET %s: %r, wrote %r" % (key, r, acked[key]))
+            continue
+        key = "load:%d:%d" % (index, i)
+        value = ("v%d" % i).encode()
+        t = time.perf_counter()
+        r = command(sock, buf, "SET", key, value)
+        lat.append(time.perf_counter() - t)
+        if isinstance(r, Exception):
+            if str(r).startswith("TRYAGAIN"):
+                tryagain += 1
+            else:
+                errors += 1
+                samples.append(str(r))
+        else:
+            acked[key] = value
+    missing = 0
+    for key, value in acked.items():
+        while True:
+            r = command(sock, buf, "GET", key)
+            if isinstance(r, Exception) and str(r).startswith("TRYAGAIN"):
+                time.sleep(0.05)
+                continue
+            break
+        if r != value:
+            missing += 1
+            samples.append("after: GET %s: %r, wrote %r" % (key, r, value))
+    with lock:
+        stats["ops"] += len(lat)
+        stats["acked_writes"] += len(acked)
+        stats["tryagain"] += tryagain
+        stats["errors"] += errors
+        stats["missing_after"] += missing
+        stats["samples"] += samples[:5]
+        stats["lat"] += lat
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=6380)
+    p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--stop", default="/tmp/resp_load.stop")
+    p.add_argument("--seconds", type=float, default=3600)
+    args = p.parse_args()
+    stats = {"ops": 0, "acked_writes": 0, "tryagain": 0, "errors": 0, "missing_after": 0,
+             "samples": [], "lat": []}
+    lock = threading.Lock()
+    deadline = time.time() + args.seconds
+    started = time.time()
+    threads = [threading.Thread(target=worker, args=(args, i, stats, lock, deadline))
+               for i in range(args.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = sorted(stats.pop("lat"))
+    q = lambda f: round(lat[min(len(lat) - 1, int(f * len(lat)))] * 1000, 2) if lat else None
+    stats.update(seconds=round(time.time() - started, 1), p50_ms=q(0.5), p99_ms=q(0.99),
+                 p999_ms=q(0.999), max_ms=round(lat[-1] * 1000, 2) if lat else None)
+    print(json.dumps(stats))
+
+
+if __name__ == "__main__":
+    main()
