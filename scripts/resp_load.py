@@ -3,6 +3,10 @@
 wrote, counting -TRYAGAIN and other errors and timing every request, until the file STOP
 exists (or --seconds pass); then every acknowledged key is read back once. Prints JSON.
 
+A *pause* is what a client of a moving slot sees at a cutover: the time from the start of its
+first request answered -TRYAGAIN to the end of its next successful request (clients retry
+at once). `pauses_ms` summarises them.
+
     python3 scripts/resp_load.py --port 6380 --threads 4 --stop /tmp/stop
 """
 import argparse, json, os, random, socket, threading, time
@@ -55,7 +59,20 @@ def worker(args, index, stats, lock, deadline):
     lat = []
     tryagain = errors = 0
     samples = []
+    pauses = []
+    paused_since = None
     i = 0
+
+    def answered(started, r):
+        # Tracks -TRYAGAIN streaks: a pause runs from the first one's start to the next success.
+        nonlocal paused_since
+        if isinstance(r, Exception) and str(r).startswith("TRYAGAIN"):
+            if paused_since is None:
+                paused_since = started
+        elif paused_since is not None:
+            pauses.append(time.perf_counter() - paused_since)
+            paused_since = None
+
     while not os.path.exists(args.stop) and time.time() < deadline:
         i += 1
         if acked and random.random() < 0.5:
@@ -63,6 +80,7 @@ def worker(args, index, stats, lock, deadline):
             t = time.perf_counter()
             r = command(sock, buf, "GET", key)
             lat.append(time.perf_counter() - t)
+            answered(t, r)
             if isinstance(r, Exception):
                 if str(r).startswith("TRYAGAIN"):
                     tryagain += 1
@@ -78,6 +96,7 @@ def worker(args, index, stats, lock, deadline):
         t = time.perf_counter()
         r = command(sock, buf, "SET", key, value)
         lat.append(time.perf_counter() - t)
+        answered(t, r)
         if isinstance(r, Exception):
             if str(r).startswith("TRYAGAIN"):
                 tryagain += 1
@@ -105,6 +124,7 @@ def worker(args, index, stats, lock, deadline):
         stats["missing_after"] += missing
         stats["samples"] += samples[:5]
         stats["lat"] += lat
+        stats["pauses"] += pauses
 
 
 def main():
@@ -115,7 +135,7 @@ def main():
     p.add_argument("--seconds", type=float, default=3600)
     args = p.parse_args()
     stats = {"ops": 0, "acked_writes": 0, "tryagain": 0, "errors": 0, "missing_after": 0,
-             "samples": [], "lat": []}
+             "samples": [], "lat": [], "pauses": []}
     lock = threading.Lock()
     deadline = time.time() + args.seconds
     started = time.time()
@@ -127,6 +147,10 @@ def main():
         t.join()
     lat = sorted(stats.pop("lat"))
     q = lambda f: round(lat[min(len(lat) - 1, int(f * len(lat)))] * 1000, 2) if lat else None
+    pauses = sorted(stats.pop("pauses"))
+    pq = lambda f: round(pauses[min(len(pauses) - 1, int(f * len(pauses)))] * 1000, 1)
+    stats["pauses_ms"] = {"count": len(pauses), "p50": pq(0.5), "p99": pq(0.99),
+                          "max": round(pauses[-1] * 1000, 1)} if pauses else {"count": 0}
     stats.update(seconds=round(time.time() - started, 1), p50_ms=q(0.5), p99_ms=q(0.99),
                  p999_ms=q(0.999), max_ms=round(lat[-1] * 1000, 2) if lat else None)
     print(json.dumps(stats))
