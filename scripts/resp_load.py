@@ -60,6 +60,7 @@ def worker(args, index, stats, lock, deadline):
     tryagain = errors = 0
     samples = []
     pauses = []
+    reasons = {}
     paused_since = None
     i = 0
 
@@ -69,6 +70,9 @@ def worker(args, index, stats, lock, deadline):
         if isinstance(r, Exception) and str(r).startswith("TRYAGAIN"):
             if paused_since is None:
                 paused_since = started
+                # What made the pause (distinct reasons, numbers left out).
+                reason = "".join("#" if c.isdigit() else c for c in str(r))[:160]
+                reasons[reason] = reasons.get(reason, 0) + 1
         elif paused_since is not None:
             pauses.append(time.perf_counter() - paused_since)
             paused_since = None
@@ -125,6 +129,8 @@ def worker(args, index, stats, lock, deadline):
         stats["samples"] += samples[:5]
         stats["lat"] += lat
         stats["pauses"] += pauses
+        for reason, n in reasons.items():
+            stats["pause_reasons"][reason] = stats["pause_reasons"].get(reason, 0) + n
 
 
 def main():
@@ -135,7 +141,7 @@ def main():
     p.add_argument("--seconds", type=float, default=3600)
     args = p.parse_args()
     stats = {"ops": 0, "acked_writes": 0, "tryagain": 0, "errors": 0, "missing_after": 0,
-             "samples": [], "lat": [], "pauses": []}
+             "samples": [], "lat": [], "pauses": [], "pause_reasons": {}}
     lock = threading.Lock()
     deadline = time.time() + args.seconds
     started = time.time()

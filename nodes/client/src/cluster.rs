@@ -3,7 +3,7 @@
 //! keys live in different groups, merging the answers (`MGET`, `MSET` — atomic per group only,
 //! as in Redis Cluster proxies —, `DEL`, `EXISTS`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use larder_core::GroupId;
@@ -104,6 +104,33 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
         result
     }
 
+    /// [`ClusterClient::execute_in`] for a command whose keys all live in `group`; when the
+    /// group refused it (nothing was done) and the newest table puts all its keys in another
+    /// group (its slots moved: a migration's cutover), sends it there instead (bounded), so
+    /// a slot moving under a client costs a short wait, not an error.
+    async fn execute_following_moves(
+        &mut self,
+        mut group: GroupId,
+        command: Command,
+    ) -> Result<Reply, ClientError> {
+        let mut result = self.execute_in(group, command.clone()).await;
+        for _ in 0..ROUTING_RETRIES_MAX {
+            let Err(ClientError::Unavailable { .. }) = &result else {
+                break;
+            };
+            let table = self.routing.current();
+            let keys = command.keys();
+            let owners: BTreeSet<Option<GroupId>> =
+                keys.iter().map(|key| table.group_of_key(key)).collect();
+            match owners.into_iter().collect::<Vec<_>>().as_slice() {
+                [Some(moved)] if *moved != group => group = *moved,
+                _ => break,
+            }
+            result = self.execute_in(group, command.clone()).await;
+        }
+        result
+    }
+
     async fn execute_once(
         &mut self,
         group: GroupId,
@@ -158,7 +185,7 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
             single &= group_of(&table, key)? == group;
         }
         if single {
-            return self.execute_in(group, command).await;
+            return self.execute_following_moves(group, command).await;
         }
         match command {
             Command::MGet { keys } => {
