@@ -89,6 +89,7 @@ impl<E: Env> Center<E> {
                 epoch: table.epoch(),
                 table: (table.epoch() > known_epoch).then(|| (*table).clone()),
                 addresses: self.cached_addresses(),
+                center_leader: self.node.leader_of(CENTER_GROUP),
             }),
             None => CenterResponse::Unavailable {
                 reason: format!("center replica {} has no routing table yet", self.node.id()),

@@ -124,6 +124,10 @@ pub struct RoutingAnswer {
     /// or not the table is newer (a storage node answers with the addresses its heartbeats
     /// brought). Eventually consistent like the table.
     pub addresses: Vec<(NodeId, String)>,
+    /// The center replica the answering one believes leads the center group (`None` from a
+    /// storage node, or when it knows none): it applies a new table first, so a client asks it
+    /// first next time (a follower learns of a commit only with the leader's next message).
+    pub center_leader: Option<NodeId>,
 }
 
 /// A registered node's durable state, as the center records it (its registry entry, and

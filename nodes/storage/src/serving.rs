@@ -315,6 +315,7 @@ impl<E: Env> StorageNode<E> {
                 epoch: table.epoch(),
                 table: (table.epoch() > known_epoch).then(|| (*table).clone()),
                 addresses: self.addresses(),
+                center_leader: None,
             }),
             None => CenterResponse::Unavailable {
                 reason: format!("node {} has no routing table", self.id()),
