@@ -77,37 +77,35 @@ def worker(args, index, stats, lock, deadline):
             pauses.append(time.perf_counter() - paused_since)
             paused_since = None
 
+    def timed(*words):
+        # One request: timed, its pause tracked, an error counted; (answered without error,
+        # the reply: None for a nil).
+        nonlocal tryagain, errors
+        t = time.perf_counter()
+        r = command(sock, buf, *words)
+        lat.append(time.perf_counter() - t)
+        answered(t, r)
+        if not isinstance(r, Exception):
+            return True, r
+        if str(r).startswith("TRYAGAIN"):
+            tryagain += 1
+        else:
+            errors += 1
+            samples.append(str(r))
+        return False, None
+
     while not os.path.exists(args.stop) and time.time() < deadline:
         i += 1
         if acked and random.random() < 0.5:
             key = random.choice(list(acked))
-            t = time.perf_counter()
-            r = command(sock, buf, "GET", key)
-            lat.append(time.perf_counter() - t)
-            answered(t, r)
-            if isinstance(r, Exception):
-                if str(r).startswith("TRYAGAIN"):
-                    tryagain += 1
-                else:
-                    errors += 1
-                    samples.append(str(r))
-            elif r != acked[key]:
+            ok, r = timed("GET", key)
+            if ok and r != acked[key]:
                 errors += 1
                 samples.append("GET %s: %r, wrote %r" % (key, r, acked[key]))
             continue
         key = "load:%d:%d" % (index, i)
         value = ("v%d" % i).encode()
-        t = time.perf_counter()
-        r = command(sock, buf, "SET", key, value)
-        lat.append(time.perf_counter() - t)
-        answered(t, r)
-        if isinstance(r, Exception):
-            if str(r).startswith("TRYAGAIN"):
-                tryagain += 1
-            else:
-                errors += 1
-                samples.append(str(r))
-        else:
+        if timed("SET", key, value)[0]:
             acked[key] = value
     missing = 0
     for key, value in acked.items():

@@ -24,9 +24,15 @@ fn run_with_move(seed: u64, faults: bool) -> larder_sim::RunReport {
     run_with(seed, faults, move_all_of_group_1())
 }
 
-fn run_with(seed: u64, faults: bool, planned: PlannedMove) -> larder_sim::RunReport {
+/// The whole simulated cluster these tests run: 5 storage nodes, 8 groups, 2 proxies, 15 s.
+fn cluster(seed: u64, faults: bool) -> SimConfig {
     let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
     config.faults = faults;
+    config
+}
+
+fn run_with(seed: u64, faults: bool, planned: PlannedMove) -> larder_sim::RunReport {
+    let mut config = cluster(seed, faults);
     config.moves = vec![planned];
     let report = larder_sim::run(&config).expect("run");
     assert!(
@@ -147,8 +153,7 @@ fn a_group_splits_while_clients_run() {
 #[test]
 fn a_drained_node_hands_everything_over_and_is_removed() {
     for (seed, faults) in [(7, false), (8, true)] {
-        let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
-        config.faults = faults;
+        let mut config = cluster(seed, faults);
         config.drains = vec![(3_000, 1)];
         let report = larder_sim::run(&config).expect("run");
         assert!(

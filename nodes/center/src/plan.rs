@@ -708,35 +708,21 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
         }
 
         // Repair: one dead voter at a time, only for a group with a live leader whose table
-        // and membership agree (otherwise the next membership report decides first).
-        if let (Some(old), Some(leader), true) = (dead, fact.leader, in_sync) {
+        // and membership agree (otherwise the next membership report decides first). With
+        // nothing dead, a draining replica leaves the same way (learner-first, while it still
+        // serves: the group keeps its full count throughout), after first handing the group's
+        // leadership to another replica if it leads.
+        let draining = dead
+            .is_none()
+            .then(|| {
+                members
+                    .iter()
+                    .find(|m| view_of(m).is_some_and(NodeView::is_draining))
+            })
+            .flatten();
+        if let (Some(old), Some(leader), true) = (dead.or(draining), fact.leader, in_sync) {
             calm = false;
-            if repair_allowed
-                && repairs < config.repairs_max
-                && !view.repairs.contains_key(&group)
-                && let Some(new) = pick_replacement(members, &view.nodes, &load)
-            {
-                *load.entry(new).or_default() += 1;
-                repairs += 1;
-                actions.push(Action::Repair {
-                    group,
-                    old: *old,
-                    new,
-                    leader,
-                });
-            }
-        }
-
-        // Drain: with nothing dead and table and membership in agreement, a draining
-        // replica first hands the group's leadership to another replica, then is replaced
-        // like a dead one (learner-first, while it still serves: the group keeps its full
-        // count throughout).
-        let draining = members
-            .iter()
-            .find(|m| view_of(m).is_some_and(NodeView::is_draining));
-        if let (None, Some(old), Some(leader), true) = (dead, draining, fact.leader, in_sync) {
-            calm = false;
-            if leader == *old {
+            if draining.is_some() && leader == *old {
                 let heir = members
                     .iter()
                     .find(|m| view_of(m).is_some_and(NodeView::is_candidate));
