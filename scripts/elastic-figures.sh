@@ -9,9 +9,12 @@ set -euo pipefail
 L=${LARDER:-target/release/larder}
 C=101@127.0.0.1:7101,102@127.0.0.1:7102,103@127.0.0.1:7103
 W=$(mktemp -d /tmp/larder-elastic.XXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; sleep 1; rm -rf "$W"' EXIT
+# KEEP_LOGS=DIR keeps the servers' logs (to match long pauses with routing refreshes).
+trap 'kill $(jobs -p) 2>/dev/null || true; sleep 1; [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp "$W"/*.log "$W"/load.json "$KEEP_LOGS"/; rm -rf "$W"' EXIT
 "$L" up --dir "$W/data" --groups 8 > "$W/up.log" 2>&1 &
-for _ in $(seq 1 100); do redis-cli -p 6380 set ready 1 >/dev/null 2>&1 && break; sleep 0.2; done
+# `larder up` prints its `try:` line once every group serves (its proxy listens earlier and
+# answers -TRYAGAIN until then, which would count as a cutover pause).
+for _ in $(seq 1 300); do grep -q '^try:' "$W/up.log" 2>/dev/null && break; sleep 0.2; done
 python3 scripts/resp_load.py --port 6380 --threads 4 --stop "$W/stop" > "$W/load.json" &
 LOAD=$!
 sleep 3

@@ -62,19 +62,31 @@ def worker(args, index, stats, lock, deadline):
     pauses = []
     reasons = {}
     paused_since = None
+    streak = []  # the distinct reasons of the current pause, in order
+    long_pauses = []
     i = 0
 
     def answered(started, r):
         # Tracks -TRYAGAIN streaks: a pause runs from the first one's start to the next success.
-        nonlocal paused_since
+        nonlocal paused_since, streak
         if isinstance(r, Exception) and str(r).startswith("TRYAGAIN"):
             if paused_since is None:
                 paused_since = started
+                streak = []
                 # What made the pause (distinct reasons, numbers left out).
                 reason = "".join("#" if c.isdigit() else c for c in str(r))[:160]
                 reasons[reason] = reasons.get(reason, 0) + 1
+            if str(r) not in [s for _, s in streak]:
+                streak.append((round(started - paused_since, 3), str(r)[:200]))
         elif paused_since is not None:
-            pauses.append(time.perf_counter() - paused_since)
+            pause = time.perf_counter() - paused_since
+            pauses.append(pause)
+            if pause > args.long_pause:
+                # Wall-clock start, so a long pause can be matched with the servers' logs.
+                at = time.time() - (time.perf_counter() - paused_since)
+                long_pauses.append({"at": time.strftime("%H:%M:%S", time.gmtime(at))
+                                    + ".%03d" % int((at % 1) * 1000),
+                                    "ms": round(pause * 1000, 1), "reasons": streak[:8]})
             paused_since = None
 
     def timed(*words):
@@ -127,6 +139,7 @@ def worker(args, index, stats, lock, deadline):
         stats["samples"] += samples[:5]
         stats["lat"] += lat
         stats["pauses"] += pauses
+        stats["long_pauses"] += long_pauses
         for reason, n in reasons.items():
             stats["pause_reasons"][reason] = stats["pause_reasons"].get(reason, 0) + n
 
@@ -137,9 +150,11 @@ def main():
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--stop", default="/tmp/resp_load.stop")
     p.add_argument("--seconds", type=float, default=3600)
+    p.add_argument("--long-pause", type=float, default=0.2,
+                   help="pauses longer than this (seconds) are listed with their start and reasons")
     args = p.parse_args()
     stats = {"ops": 0, "acked_writes": 0, "tryagain": 0, "errors": 0, "missing_after": 0,
-             "samples": [], "lat": [], "pauses": [], "pause_reasons": {}}
+             "samples": [], "lat": [], "pauses": [], "pause_reasons": {}, "long_pauses": []}
     lock = threading.Lock()
     deadline = time.time() + args.seconds
     started = time.time()

@@ -45,4 +45,8 @@ seeds! {
     swarm_181 = 181,
     // Likewise, with the storage majority down at the same time.
     swarm_88 = 88,
+    // A drain's replica replacement whose answer was lost: the group's new membership was
+    // committed (its leader outside the table) but the center waited out the replace's 12 s
+    // deadline before writing the table, so clients could not reach the group after the heal.
+    swarm_566 = 566,
 }

@@ -672,7 +672,19 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
                 if committed == current {
                     true
                 } else {
-                    if !view.repairs.contains_key(&group)
+                    // While a repair runs its group is left alone, except when the group
+                    // reports the repair's own outcome committed: then its answer was only
+                    // lost or late, and waiting for it would leave clients routed to a
+                    // membership that no longer exists until the repair's deadline.
+                    let repair_landed = view.repairs.get(&group).is_some_and(|repair| {
+                        members.contains(&repair.old)
+                            && committed
+                                == members
+                                    .iter()
+                                    .map(|n| if *n == repair.old { repair.new } else { *n })
+                                    .collect::<BTreeSet<NodeId>>()
+                    });
+                    if (!view.repairs.contains_key(&group) || repair_landed)
                         && adopted_through.is_none_or(|through| m.index > through)
                         && !committed.is_empty()
                     {
@@ -1302,6 +1314,36 @@ mod tests {
             a,
             Action::Adopt { group: 1, .. } | Action::Recreate { old: 1, .. }
         )));
+    }
+
+    #[test]
+    fn a_repair_whose_answer_is_lost_is_adopted_from_the_reported_membership() {
+        // Group 3 is {3,4,1}; a repair replacing 1 by 2 is in flight, its answer not back.
+        let mut view = healthy();
+        view.repairs.insert(3, RepairInFlight { old: 1, new: 2 });
+        for (id, node) in view.nodes.iter_mut() {
+            let groups = &mut node.heard.as_mut().unwrap().groups;
+            groups.remove(&3);
+            if [2, 3, 4].contains(id) {
+                groups.insert(3, status(3, *id == 3, &[3, 4, 2], 20));
+            }
+        }
+        let adopted: Vec<_> = plan(&view, &config())
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Adopt { group: 3, replicas } => Some(replicas),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(adopted, vec![vec![3, 4, 2]], "the repair's outcome is adopted");
+
+        // A membership that is not the repair's outcome waits for the repair to end.
+        view.repairs.insert(3, RepairInFlight { old: 4, new: 2 });
+        assert!(
+            !plan(&view, &config())
+                .iter()
+                .any(|a| matches!(a, Action::Adopt { group: 3, .. })),
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!   across restarts, and hosts the group afresh only once it is dropped;
 //! - a data directory written before record checksums is refused with a clear error;
 //! - slot ownership set through the log: commands for other slots are refused at apply time
-//!   (as a stale epoch), across restarts, and an older ownership never undoes a newer one.
+//!   (as a stale epoch), across restarts, and an older ownership never undoes a newer one;
+//! - snapshots are spaced by the group's size, not by a fixed number of writes, and purge the
+//!   log.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use larder_core::kv::{Command, Reply};
 use larder_protocol::ClientResponse;
 use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, NodeError, StorageNode};
+use openraft::async_runtime::WatchReceiver;
 
 const GROUP: u64 = 1;
 /// A second group on the same node (formed only by the tests that move slots into it).
@@ -32,6 +35,10 @@ struct Running {
 }
 
 fn start(dir: &Path) -> Result<Running, NodeError> {
+    start_with(dir, NodeConfig::new(ID, vec![GROUP, OTHER]))
+}
+
+fn start_with(dir: &Path, config: NodeConfig) -> Result<Running, NodeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -50,7 +57,7 @@ fn start(dir: &Path) -> Result<Running, NodeError> {
             disk,
             seed: ID,
         };
-        StorageNode::start(env, NodeConfig::new(ID, vec![GROUP, OTHER])).await
+        StorageNode::start(env, config).await
     })?;
     Ok(Running { runtime, node })
 }
@@ -548,5 +555,71 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
         .block_on(node.node.ownership_audit(GROUP, 3))
         .expect("audit");
     assert_eq!(strays, vec![Bytes::from(key(0))]);
+    node.stop();
+}
+
+/// The node's snapshot policy (`larder_storage::snapshots`): the first snapshot comes after
+/// `snapshot_logs_since_last` entries, the next only once the entries since reach the rows that
+/// snapshot held (`snapshot_growth_percent` = 100), and each purges the log below it.
+#[test]
+fn snapshots_are_spaced_by_the_size_of_the_group_and_purge_the_log() {
+    const FLOOR: u64 = 20;
+    const ROWS: usize = 300;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = NodeConfig::new(ID, vec![GROUP]);
+    config.snapshot_logs_since_last = FLOOR;
+    config.snapshot_logs_kept = 0;
+    let node = start_with(dir.path(), config).expect("start");
+    node.runtime
+        .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
+        .expect("initialize");
+    node.wait_leader();
+    let raft = node.node.raft(GROUP).expect("group");
+    let log_state = || {
+        let metrics = raft.metrics().borrow_watched().clone();
+        (
+            metrics.snapshot.map_or(0, |log| log.index()),
+            metrics.purged.map_or(0, |log| log.index()),
+        )
+    };
+    // Waits up to `within` for the snapshot index to pass `after`; returns the last state seen.
+    let snapshot_after = |after: u64, within: Duration| {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let state = log_state();
+            if state.0 > after || std::time::Instant::now() >= deadline {
+                return state;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let set = |key: &str, times: u64| {
+        for i in 0..times {
+            assert_eq!(
+                node.execute(Command::set(key, i.to_string())),
+                ClientResponse::Reply(Reply::Ok)
+            );
+        }
+    };
+    // One entry holding all the rows, then the floor's worth of entries: the first snapshot.
+    let pairs = (0..ROWS)
+        .map(|i| (Bytes::from(format!("row:{i}")), Bytes::from("value")))
+        .collect();
+    assert_eq!(
+        node.execute(Command::MSet { pairs }),
+        ClientResponse::Reply(Reply::Ok)
+    );
+    set("hot", FLOOR);
+    let (first, purged) = snapshot_after(0, Duration::from_secs(10));
+    assert!(first > FLOOR, "no snapshot after {FLOOR} entries");
+    assert!(purged > 0 && purged <= first, "the log below {first} was not purged ({purged})");
+    // Half the rows' worth of entries later, a fixed interval would have built several more.
+    set("hot", ROWS as u64 / 2);
+    let (held, _) = snapshot_after(first, Duration::from_secs(1));
+    assert_eq!(held, first, "a snapshot before the group's size in entries");
+    // The rest of the rows' worth: the next one.
+    set("hot", ROWS as u64 / 2 + 10);
+    let (second, _) = snapshot_after(first, Duration::from_secs(10));
+    assert!(second >= first + ROWS as u64, "no second snapshot ({first} -> {second})");
     node.stop();
 }

@@ -232,9 +232,12 @@ async fn probe_liveness(
     let probe = Command::get("liveness-probe");
     let mut first_success = None;
     while sim_now() < bound + Duration::from_secs(5) {
-        if client.execute(probe.clone()).await.is_ok() {
-            first_success = Some(sim_now().as_millis() as u64);
-            break;
+        match client.execute(probe.clone()).await {
+            Ok(_) => {
+                first_success = Some(sim_now().as_millis() as u64);
+                break;
+            }
+            Err(error) => tracing::debug!(%error, "checker: liveness probe failed"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

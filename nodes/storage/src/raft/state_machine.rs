@@ -146,6 +146,10 @@ pub struct DiskStateMachine<D: Disk> {
     /// read sees the state between two apply batches, never half of one: an `MGET` cannot
     /// see half of an `MSET` (ARCHITECTURE.md, "Multi-key atomicity").
     view: Arc<tokio::sync::RwLock<()>>,
+    /// State rows the last snapshot built or installed here held (0 until the first since
+    /// start): the node's snapshot policy spaces snapshots by it, so building one (a scan of
+    /// the whole range) costs O(1) per write however large the group grows.
+    snapshot_rows: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn group_prefix(group: GroupId) -> [u8; 8] {
@@ -312,6 +316,7 @@ impl<D: Disk> DiskStateMachine<D> {
             sessions: Arc::new(Mutex::new(sessions)),
             exclusive: Arc::new(futures::lock::Mutex::new(())),
             view: Arc::new(tokio::sync::RwLock::new(())),
+            snapshot_rows: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         if let Some(stored) = machine.stored_snapshot().await?
             && stored.meta.last_log_id > applied.last_applied
@@ -326,6 +331,12 @@ impl<D: Disk> DiskStateMachine<D> {
 
     pub fn group(&self) -> GroupId {
         self.group
+    }
+
+    /// State rows of the last snapshot built or installed since this replica opened.
+    pub fn snapshot_rows(&self) -> u64 {
+        self.snapshot_rows
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What has been applied so far.
@@ -591,6 +602,8 @@ impl<D: Disk> DiskStateMachine<D> {
         data: &[u8],
     ) -> Result<(), io::Error> {
         let body: SnapshotBody = decode(data)?;
+        self.snapshot_rows
+            .store(body.rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -705,6 +718,8 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
                 break;
             }
         }
+        self.snapshot_rows
+            .store(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let data = postcard::to_allocvec(&SnapshotBody {
             clock_ms: applied.clock_ms,
             owned: applied.owned.clone(),
