@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::NodeId;
 use crate::env::{
-    Clock, Disk, Elapsed, Handler, Net, NetError, Space, WriteBatch, log_key, timeout,
+    Clock, Disk, DiskView, Elapsed, Handler, Net, NetError, Space, WriteBatch, log_key, timeout,
 };
 
 /// Checks the [`Clock`] contract: monotonic `now`, `sleep` waits at least as long as asked,
@@ -245,6 +245,47 @@ pub async fn disk_suite<D: Disk>(disk: &D) {
         "delete_range_paged dropped its trailing batch"
     );
 
+    // A view shows the disk as it was when taken, whatever is written after.
+    put(disk, Space::State, b"v/kept", b"old", false).await;
+    put(disk, Space::State, b"v/gone", b"old", false).await;
+    let view = disk.view();
+    let mut later = WriteBatch::new();
+    later
+        .put(Space::State, b(b"v/kept"), b(b"new"))
+        .delete(Space::State, b(b"v/gone"))
+        .put(Space::State, b(b"v/added"), b(b"new"));
+    disk.write(later, true).await.expect("write after the view");
+    let seen = view
+        .scan(Space::State, b"v/", Some(b"v0"), usize::MAX)
+        .await
+        .expect("view scan");
+    assert_eq!(
+        seen,
+        vec![(b(b"v/gone"), b(b"old")), (b(b"v/kept"), b(b"old"))],
+        "a view shows writes made after it was taken"
+    );
+    assert_eq!(
+        view.scan(Space::State, b"v/", Some(b"v0"), 1)
+            .await
+            .expect("view scan")
+            .len(),
+        1,
+        "a view's scan ignored its limit"
+    );
+    let now = disk
+        .scan(Space::State, b"v/", Some(b"v0"), usize::MAX)
+        .await
+        .expect("scan");
+    assert_eq!(
+        now,
+        vec![(b(b"v/added"), b(b"new")), (b(b"v/kept"), b(b"new"))],
+        "the disk itself moved on"
+    );
+    drop(view);
+    disk.delete_range_paged(Space::State, b"v/", b"v0", None)
+        .await
+        .expect("clean up");
+
     log_suite(disk).await;
 }
 
@@ -299,7 +340,9 @@ async fn log_suite<D: Disk>(disk: &D) {
 
     // Purge removes the prefix and keeps its mark.
     assert_eq!(disk.log_purged_mark(g1).await.expect("mark"), None);
-    disk.log_purge(g1, 5, b(b"mark-5")).await.expect("purge");
+    disk.log_purge(g1, None, 5, b(b"mark-5"))
+        .await
+        .expect("purge");
     let left: Vec<u64> = disk
         .log_read(g1, 0, u64::MAX, usize::MAX)
         .await
@@ -315,6 +358,26 @@ async fn log_suite<D: Disk>(disk: &D) {
     assert_eq!(
         disk.log_purged_mark(g1).await.expect("mark"),
         Some(b(b"mark-5"))
+    );
+    // A later purge that knows where the last one ended deletes blind, to the same effect.
+    disk.log_purge(g1, Some(6), 7, b(b"mark-7"))
+        .await
+        .expect("purge from a known start");
+    let left: Vec<u64> = disk
+        .log_read(g1, 0, u64::MAX, usize::MAX)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        left,
+        vec![8],
+        "a purge from a known start must remove 6..=7"
+    );
+    assert_eq!(
+        disk.log_purged_mark(g1).await.expect("mark"),
+        Some(b(b"mark-7"))
     );
     assert_eq!(disk.log_purged_mark(g2).await.expect("mark"), None);
     assert_eq!(

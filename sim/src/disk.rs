@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::env::{Disk, DiskError, Rng, SeededRng, Space, WriteBatch, WriteOp};
+use larder_core::env::{Disk, DiskError, DiskView, Rng, SeededRng, Space, WriteBatch, WriteOp};
 
 use crate::trace::{Trace, sim_now};
 
@@ -362,7 +362,55 @@ impl SimDisk {
     }
 }
 
+/// A point-in-time view of a [`SimDisk`]: a copy of what reads saw when it was taken. Its
+/// reads take the disk's latency and errors, as the disk's own do.
+pub struct SimView {
+    disk: SimDisk,
+    tables: Arc<Tables>,
+}
+
+impl DiskView for SimView {
+    async fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
+        self.disk.fault("scan").await?;
+        self.disk.state().stats.reads += 1;
+        Ok(scan_table(&self.tables[index(space)], start, end, limit))
+    }
+}
+
+fn scan_table(
+    table: &BTreeMap<Bytes, Bytes>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Vec<(Bytes, Bytes)> {
+    let upper = match end {
+        Some(end) if end <= start => return Vec::new(),
+        Some(end) => Bound::Excluded(end),
+        None => Bound::Unbounded,
+    };
+    table
+        .range::<[u8], _>((Bound::Included(start), upper))
+        .take(limit)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 impl Disk for SimDisk {
+    type View = SimView;
+
+    fn view(&self) -> SimView {
+        SimView {
+            disk: self.clone(),
+            tables: Arc::new(self.state().current.clone()),
+        }
+    }
+
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), DiskError> {
         self.fault("write").await?;
         if self.write_now(batch, sync)? {
@@ -389,17 +437,7 @@ impl Disk for SimDisk {
         self.fault("scan").await?;
         let mut state = self.state();
         state.stats.reads += 1;
-        let upper = match end {
-            Some(end) if end <= start => return Ok(Vec::new()),
-            Some(end) => Bound::Excluded(end),
-            None => Bound::Unbounded,
-        };
-        let table = &state.current[index(space)];
-        Ok(table
-            .range::<[u8], _>((Bound::Included(start), upper))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(scan_table(&state.current[index(space)], start, end, limit))
     }
 
     async fn last(

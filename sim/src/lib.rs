@@ -20,7 +20,7 @@ pub mod trace;
 pub mod workload;
 
 pub use clock::SimClock;
-pub use disk::SimDisk;
+pub use disk::{SimDisk, SimView};
 pub use env::SimEnv;
 pub use net::SimNet;
 pub use run::{

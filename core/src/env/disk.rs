@@ -142,6 +142,19 @@ fn meta_key(kind: &str, group: GroupId) -> Bytes {
     Bytes::from(key)
 }
 
+/// A point-in-time view of a [`Disk`] (see [`Disk::view`]). It holds on to the data it shows,
+/// so keep it only as long as the read that needs it.
+pub trait DiskView: Send + Sync + 'static {
+    /// Like [`Disk::scan`], as the disk was when the view was taken.
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(Bytes, Bytes)>, DiskError>> + Send;
+}
+
 /// A node's storage engine.
 ///
 /// Contract (checked by [`crate::conformance::disk_suite`]; crash rules by each
@@ -155,6 +168,15 @@ fn meta_key(kind: &str, group: GroupId) -> Bytes {
 /// The Raft log operations are provided on top of these primitives; an implementation may
 /// override them with something faster but must keep their meaning.
 pub trait Disk: Clone + Send + Sync + 'static {
+    /// A point-in-time view of this disk ([`Disk::view`]).
+    type View: DiskView;
+
+    /// What the disk holds now, to read later: scans through the view see every write that
+    /// completed before this call and none that completes after it. Taking one is cheap and
+    /// synchronous; a caller takes it under a lock that keeps writers out (a snapshot build,
+    /// under the apply lock) and reads it at leisure once the lock is released.
+    fn view(&self) -> Self::View;
+
     /// Applies `batch` atomically; with `sync`, makes it and all earlier writes durable first.
     fn write(
         &self,
@@ -337,21 +359,47 @@ pub trait Disk: Clone + Send + Sync + 'static {
 
     /// Deletes the log entries of `group` with `index <= upto` (after a snapshot covers them),
     /// recording `mark` (the purged log id, encoded by the caller) in the same batch.
+    ///
+    /// `from`, when given, says no entry below it is left (the caller purged up to it before,
+    /// in this process): the range is then deleted blind, key by key, without a scan. An LSM
+    /// keeps the tombstones of earlier purges until compaction, and a scan from index 0 reads
+    /// through all of them: with 260k entries purged, that scan ran for seconds on the async
+    /// workers and stalled every write of the node.
     fn log_purge(
         &self,
         group: GroupId,
+        from: Option<u64>,
         upto: u64,
         mark: Bytes,
     ) -> impl Future<Output = Result<(), DiskError>> + Send {
         async move {
+            // Bounded batches, as `delete_range_paged`'s.
+            const PAGE_MAX: u64 = 4096;
             let mut mark_batch = WriteBatch::new();
             mark_batch.put(Space::Meta, meta_key("purged", group), mark);
             // The mark goes first: if the deletes are cut short by a crash, the leftovers lie
             // below the mark and are ignored and purged again.
             self.write(mark_batch, false).await?;
-            let end = log_key(group, upto.saturating_add(1));
-            self.delete_range_paged(Space::Log, &log_key(group, 0), &end, None)
-                .await
+            let Some(from) = from else {
+                let end = log_key(group, upto.saturating_add(1));
+                return self
+                    .delete_range_paged(Space::Log, &log_key(group, 0), &end, None)
+                    .await;
+            };
+            let mut next = from;
+            while next <= upto {
+                let last = upto.min(next.saturating_add(PAGE_MAX - 1));
+                let mut batch = WriteBatch::new();
+                for index in next..=last {
+                    batch.delete(Space::Log, Bytes::copy_from_slice(&log_key(group, index)));
+                }
+                self.write(batch, false).await?;
+                if last == u64::MAX {
+                    break;
+                }
+                next = last + 1;
+            }
+            Ok(())
         }
     }
 

@@ -15,12 +15,14 @@ mod rng;
 mod sealed;
 
 pub use clock::{Clock, Elapsed, timeout};
-pub use disk::{Disk, DiskError, Space, WriteBatch, WriteOp, log_key, log_key_index, vote_key};
+pub use disk::{
+    Disk, DiskError, DiskView, Space, WriteBatch, WriteOp, log_key, log_key_index, vote_key,
+};
 pub use listener::Listener;
 pub use net::{FRAME_BYTES_MAX, Handler, Net, NetError};
 pub use points::{FaultPoint, FaultPoints, PointDelay, PointHook};
 pub use rng::{Rng, SeededRng, derive_seed};
-pub use sealed::{CorruptionHook, SEAL_BYTES, Sealed, seal, unseal};
+pub use sealed::{CorruptionHook, SEAL_BYTES, Sealed, SealedView, seal, unseal};
 
 /// One process's environment: a clock, a network endpoint and a disk.
 ///

@@ -15,7 +15,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;
 
-use super::disk::{Disk, DiskError, Space, WriteBatch, WriteOp};
+use super::disk::{Disk, DiskError, DiskView, Space, WriteBatch, WriteOp};
 use crate::bugs::{Bug, Bugs};
 
 /// Bytes a seal adds to every value.
@@ -95,7 +95,7 @@ impl<D> std::fmt::Debug for Sealed<D> {
     }
 }
 
-impl<D: Disk> Sealed<D> {
+impl<D> Sealed<D> {
     pub fn new(inner: D, bugs: Bugs) -> Self {
         Sealed {
             inner,
@@ -127,7 +127,44 @@ impl<D: Disk> Sealed<D> {
     }
 }
 
+/// A point-in-time view of a [`Sealed`] disk: verifies what it reads, as the disk does.
+pub struct SealedView<V> {
+    inner: V,
+    disk: Sealed<()>,
+}
+
+impl<V: DiskView> DiskView for SealedView<V> {
+    async fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
+        let rows = self.inner.scan(space, start, end, limit).await?;
+        rows.into_iter()
+            .map(|(key, stored)| {
+                let value = self.disk.open(space, &key, stored)?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+}
+
 impl<D: Disk> Disk for Sealed<D> {
+    type View = SealedView<D::View>;
+
+    fn view(&self) -> Self::View {
+        SealedView {
+            inner: self.inner.view(),
+            disk: Sealed {
+                inner: (),
+                bugs: self.bugs.clone(),
+                hook: self.hook.clone(),
+            },
+        }
+    }
+
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), DiskError> {
         let ops = batch
             .ops

@@ -1335,7 +1335,11 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(adopted, vec![vec![3, 4, 2]], "the repair's outcome is adopted");
+        assert_eq!(
+            adopted,
+            vec![vec![3, 4, 2]],
+            "the repair's outcome is adopted"
+        );
 
         // A membership that is not the repair's outcome waits for the repair to end.
         view.repairs.insert(3, RepairInFlight { old: 4, new: 2 });

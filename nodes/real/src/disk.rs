@@ -2,8 +2,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use larder_core::env::{Disk, DiskError, Space, WriteBatch, WriteOp};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use larder_core::env::{Disk, DiskError, DiskView, Space, WriteBatch, WriteOp};
 
 /// Settings of the fjall engine behind a [`FjallDisk`].
 #[derive(Debug, Clone)]
@@ -108,7 +108,55 @@ impl FjallDisk {
     }
 }
 
+/// A point-in-time view of a [`FjallDisk`]: a fjall snapshot (a sequence number; fjall keeps
+/// what it shows until it is dropped).
+pub struct FjallView {
+    disk: FjallDisk,
+    snapshot: fjall::Snapshot,
+}
+
+impl DiskView for FjallView {
+    async fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
+        // A view is read in large pages (a whole group's snapshot): off the async workers, so
+        // a long scan does not stall every other task of the node.
+        let (disk, snapshot) = (self.disk.clone(), self.snapshot.clone());
+        let (start, end) = (start.to_vec(), end.map(<[u8]>::to_vec));
+        #[allow(clippy::disallowed_methods)]
+        let task = tokio::task::spawn_blocking(move || {
+            let keyspace = disk.space(space);
+            let iter = match &end {
+                Some(end) => snapshot.range::<&[u8], _>(keyspace, start.as_slice()..end.as_slice()),
+                None => snapshot.range::<&[u8], _>(keyspace, start.as_slice()..),
+            };
+            let mut rows = Vec::new();
+            for guard in iter.take(limit) {
+                let (key, value) = guard.into_inner().map_err(io)?;
+                rows.push((Bytes::from(key), Bytes::from(value)));
+            }
+            Ok(rows)
+        });
+        task.await.map_err(|e| DiskError::Io {
+            reason: format!("scan task failed: {e}"),
+        })?
+    }
+}
+
 impl Disk for FjallDisk {
+    type View = FjallView;
+
+    fn view(&self) -> FjallView {
+        FjallView {
+            disk: self.clone(),
+            snapshot: self.inner.db.snapshot(),
+        }
+    }
+
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), DiskError> {
         if !sync {
             // An unsynced write only appends to the journal buffer and the memtable.

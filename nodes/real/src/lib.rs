@@ -18,7 +18,7 @@ mod listener;
 mod net;
 
 pub use clock::TokioClock;
-pub use disk::{FjallDisk, FjallOptions};
+pub use disk::{FjallDisk, FjallOptions, FjallView};
 pub use listener::TokioListener;
 pub use net::{AddressBook, TcpNet, TcpTransport};
 

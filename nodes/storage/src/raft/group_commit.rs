@@ -64,6 +64,13 @@ impl<D: Disk> GroupCommitDisk<D> {
 }
 
 impl<D: Disk> Disk for GroupCommitDisk<D> {
+    // Reads go straight to the inner disk, and a write has reached it before it completes.
+    type View = D::View;
+
+    fn view(&self) -> Self::View {
+        self.inner.view()
+    }
+
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), DiskError> {
         if !sync {
             return self.inner.write(batch, false).await;

@@ -24,6 +24,10 @@ pub struct DiskLogStore<D: Disk> {
     group: GroupId,
     bugs: Bugs,
     points: FaultPoints,
+    /// The index the last purge in this process reached: the next one starts above it without
+    /// a scan (`Disk::log_purge`). `None` after opening: the first purge scans from index 0,
+    /// which also clears what a purge cut short by a crash left below the mark.
+    purged_through: Option<u64>,
 }
 
 impl<D: Disk> DiskLogStore<D> {
@@ -33,6 +37,7 @@ impl<D: Disk> DiskLogStore<D> {
             group,
             bugs,
             points,
+            purged_through: None,
         }
     }
 }
@@ -170,9 +175,11 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let from = self.purged_through.map(|through| through.saturating_add(1));
         self.disk
-            .log_purge(self.group, log_id.index(), encode(&log_id))
+            .log_purge(self.group, from, log_id.index(), encode(&log_id))
             .await?;
+        self.purged_through = Some(log_id.index());
         self.points.hit(FaultPoint::LogPurged).await;
         Ok(())
     }
