@@ -8,6 +8,13 @@ first request answered -TRYAGAIN to the end of its next successful request (clie
 at once). `pauses_ms` summarises them.
 
     python3 scripts/resp_load.py --port 6380 --threads 4 --stop /tmp/stop
+
+With --fill N it instead loads N keys `fill:<i>` (values of --value-bytes bytes) in pipelined
+batches, retrying every SET that failed (-TRYAGAIN, a timeout answered as an error) until it
+succeeds, so a load of a million keys is not cut short by one slow write as redis-benchmark's
+is; prints the keys/s and the errors retried.
+
+    python3 scripts/resp_load.py --port 6380 --threads 4 --fill 1000000 --value-bytes 16
 """
 import argparse, json, os, random, socket, threading, time
 
@@ -144,6 +151,47 @@ def worker(args, index, stats, lock, deadline):
             stats["pause_reasons"][reason] = stats["pause_reasons"].get(reason, 0) + n
 
 
+def filler(args, index, stats, lock):
+    sock = socket.create_connection(("127.0.0.1", args.port))
+    buf = [b""]
+    value = b"x" * args.value_bytes
+    pending = list(range(index, args.fill, args.threads))
+    retried = 0
+    while pending:
+        failed = []
+        for at in range(0, len(pending), args.pipeline):
+            batch = pending[at:at + args.pipeline]
+            out = b"".join(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                           % (len(k), k, len(value), value)
+                           for k in (b"fill:%d" % i for i in batch))
+            sock.sendall(out)
+            for i in batch:
+                if isinstance(reply(sock, buf), Exception):
+                    failed.append(i)
+        retried += len(failed)
+        pending = failed
+        if failed:
+            time.sleep(0.1)
+    with lock:
+        stats["retried"] += retried
+
+
+def fill(args):
+    stats = {"retried": 0}
+    lock = threading.Lock()
+    started = time.time()
+    threads = [threading.Thread(target=filler, args=(args, i, stats, lock))
+               for i in range(args.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.time() - started
+    print(json.dumps({"keys": args.fill, "value_bytes": args.value_bytes,
+                      "seconds": round(seconds, 1), "keys_per_second": round(args.fill / seconds),
+                      "errors_retried": stats["retried"]}))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=6380)
@@ -152,7 +200,13 @@ def main():
     p.add_argument("--seconds", type=float, default=3600)
     p.add_argument("--long-pause", type=float, default=0.2,
                    help="pauses longer than this (seconds) are listed with their start and reasons")
+    p.add_argument("--fill", type=int, default=0, help="load this many keys, then stop")
+    p.add_argument("--value-bytes", type=int, default=16)
+    p.add_argument("--pipeline", type=int, default=32, help="--fill: SETs per round trip")
     args = p.parse_args()
+    if args.fill:
+        fill(args)
+        return
     stats = {"ops": 0, "acked_writes": 0, "tryagain": 0, "errors": 0, "missing_after": 0,
              "samples": [], "lat": [], "pauses": [], "pause_reasons": {}, "long_pauses": []}
     lock = threading.Lock()

@@ -168,3 +168,32 @@ fn a_drained_node_hands_everything_over_and_is_removed() {
         assert!(log.settled && log.draining.is_empty(), "{log:?}");
     }
 }
+
+/// Automatic splits: with a threshold of a few records, the center counts the busiest group
+/// (its heartbeats' estimate picks it, `DBSIZE` confirms) and splits it through the migration
+/// path, by itself, while clients run; every check holds and the split ends done.
+#[test]
+fn a_group_past_the_record_threshold_splits_by_itself() {
+    let mut config = cluster(9, false);
+    config.split_records_max = 2;
+    let report = larder_sim::run(&config).expect("run");
+    assert!(
+        report.passed(),
+        "{:?}\n{:?}",
+        report.violations,
+        report.migrations
+    );
+    let log = &report.migrations;
+    assert!(
+        log.started.is_empty(),
+        "the operator asked nothing: {log:?}"
+    );
+    assert!(!log.last_seen.is_empty(), "no automatic split: {log:?}");
+    for migration in &log.last_seen {
+        assert!(migration.to > 8, "each split makes a new group: {log:?}");
+        assert!(
+            matches!(migration.phase, MigrationPhase::Done { .. }),
+            "{log:?}"
+        );
+    }
+}

@@ -52,6 +52,10 @@ pub(crate) struct Soft {
     /// The latest round's view: what the planner last decided from, kept for status requests
     /// (so they report what the center acts on, not a second reading of it).
     pub(crate) last_round: Option<Round>,
+    /// An automatic split is being started (between the decision and its migration's record).
+    pub(crate) splitting: bool,
+    /// Groups counted for an automatic split, and when they may be counted again.
+    pub(crate) split_checked: BTreeMap<GroupId, Duration>,
 }
 
 /// A control round's input, as [`Soft::last_round`] keeps it.

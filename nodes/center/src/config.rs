@@ -51,10 +51,28 @@ pub struct CenterConfig {
     /// still routed by the old one is refused by the source, never served stale data).
     #[serde(default = "default_migration_grace_ms")]
     pub migration_grace_ms: u64,
+    /// A group whose replicas report more records than this is split in two, through the
+    /// same migration path as `larder admin split` (one at a time, while no migration runs);
+    /// 0 turns automatic splits off. The report is an estimate from above (within about
+    /// twice the truth: `GroupStatus::records_estimate`), so a group splits somewhere between
+    /// half this and this many records.
+    #[serde(default = "default_split_records_max")]
+    pub split_records_max: u64,
+    /// Automatic splits stop once the table holds this many groups.
+    #[serde(default = "default_split_groups_max")]
+    pub split_groups_max: usize,
     /// Bugs planted on purpose ([`larder_core::bugs`]; none without the `planted-bugs`
     /// feature). Never read from a file.
     #[serde(skip)]
     pub bugs: Bugs,
+}
+
+fn default_split_records_max() -> u64 {
+    8_000_000
+}
+
+fn default_split_groups_max() -> usize {
+    256
 }
 
 fn default_migration_grace_ms() -> u64 {
@@ -80,6 +98,8 @@ impl CenterConfig {
             stale_replica_ms: 60_000,
             routing_history: 16,
             migration_grace_ms: default_migration_grace_ms(),
+            split_records_max: default_split_records_max(),
+            split_groups_max: default_split_groups_max(),
             bugs: Bugs::default(),
         }
     }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Env, timeout};
-use larder_core::kv::Command;
+use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    AddGroup, AdminResponse, CENTER_GROUP, Encoded, RemoveGroup, ReplaceVoter, Rpc,
-    TransferLeadership, call, encode,
+    AddGroup, AdminResponse, CENTER_GROUP, ClientRequest, ClientResponse, Encoded, RemoveGroup,
+    ReplaceVoter, Rpc, TransferLeadership, call, encode,
 };
 use openraft::EmptyNode;
 use openraft::async_runtime::WatchReceiver;
@@ -27,6 +27,9 @@ use crate::store::{Durable, node_key};
 
 /// Most admin messages in flight at once.
 const ADMIN_IN_FLIGHT_MAX: usize = 64;
+/// A group counted for an automatic split and found under the threshold is not counted again
+/// for this long.
+const SPLIT_RECHECK: Duration = Duration::from_secs(30);
 /// Attempts of one replace: the leader the center believes in, then the hint it gives.
 const REPLACE_ATTEMPTS_MAX: usize = 2;
 
@@ -58,9 +61,31 @@ impl<E: Env> Center<E> {
         let durable = self.load().await?;
         self.resume_migrations(term, &durable.migrations);
         self.ensure_observers().await;
+        let migrating = durable.migrations.values().any(|m| m.phase.is_active());
         let now = clock.now();
         let view = Arc::new(self.view(durable, now));
         let actions = plan::plan(&view, &self.config.plan_config());
+        if !migrating {
+            let rechecked: BTreeSet<GroupId> = {
+                let mut soft = self.soft.lock().expect("soft lock");
+                soft.split_checked.retain(|_, until| *until > now);
+                soft.split_checked.keys().copied().collect()
+            };
+            // Groups counted lately are left out until their recheck time.
+            let mut candidates = (*view).clone();
+            for node in candidates.nodes.values_mut() {
+                if let Some(heard) = node.heard.as_mut() {
+                    heard.groups.retain(|group, _| !rechecked.contains(group));
+                }
+            }
+            if let Some(group) = plan::plan_split(
+                &candidates,
+                self.config.split_records_max,
+                self.config.split_groups_max,
+            ) {
+                self.spawn_split(term, group, &view, now);
+            }
+        }
         self.soft.lock().expect("soft lock").last_round = Some(Round {
             at: now,
             view: view.clone(),
@@ -274,6 +299,72 @@ impl<E: Env> Center<E> {
             }
         }
         Ok(())
+    }
+
+    /// Splits `group` in the background (`split_group`) if its leader counts more than
+    /// `split_records_max` records (`DBSIZE`: the heartbeats' figure is an estimate from above
+    /// and stays high after the group gave slots away, so it only picks the candidate), unless
+    /// a split is being started already. A group counted at or below the threshold, or that
+    /// could not be counted, is not asked again for [`SPLIT_RECHECK`].
+    fn spawn_split(self: &Arc<Self>, term: u64, group: GroupId, view: &View, now: Duration) {
+        let leader = view.nodes.iter().find_map(|(id, node)| {
+            node.heard
+                .as_ref()
+                .and_then(|h| h.groups.get(&group))
+                .filter(|status| status.is_leader && node.liveness == Liveness::Up)
+                .map(|_| *id)
+        });
+        {
+            let mut soft = self.soft.lock().expect("soft lock");
+            if soft.splitting || soft.term != Some(term) {
+                return;
+            }
+            soft.split_checked.insert(group, now + SPLIT_RECHECK);
+            if leader.is_none() {
+                return;
+            }
+            soft.splitting = true;
+        }
+        let center = self.clone();
+        tokio::spawn(async move {
+            let records = match leader {
+                Some(leader) => center.count_records(group, leader).await,
+                None => None,
+            };
+            match records {
+                Some(records) if records > center.config.split_records_max => {
+                    match center.split_group(group).await {
+                        Ok(migration) => tracing::info!(
+                            group,
+                            records,
+                            migration = migration.id,
+                            "automatic split: the group is past split_records_max"
+                        ),
+                        Err(error) => {
+                            tracing::info!(group, %error, "automatic split not started")
+                        }
+                    }
+                }
+                records => tracing::debug!(group, ?records, "automatic split: not past it"),
+            }
+            center.soft.lock().expect("soft lock").splitting = false;
+        });
+    }
+
+    /// The records `group` holds, counted by its leader `leader` (`DBSIZE`, a linearizable
+    /// read), or `None` if it could not be asked.
+    async fn count_records(&self, group: GroupId, leader: NodeId) -> Option<u64> {
+        let request = Encoded::new(ClientRequest {
+            group,
+            command: Command::DbSize,
+            session: None,
+            epoch: 0,
+        });
+        let limit = Duration::from_millis(self.config.admin_timeout_ms);
+        match call(self.node.env().net(), leader, &request, limit).await {
+            Ok(ClientResponse::Reply(Reply::Int(records))) => u64::try_from(records).ok(),
+            _ => None,
+        }
     }
 
     /// Makes every configured observer a learner of the center group.

@@ -518,6 +518,40 @@ pub fn plan_slot_move(
     Some(SlotMove { ranges, from, to })
 }
 
+/// The group to split automatically, if any: the group whose live replicas report the most
+/// records (`GroupStatus::records_estimate`, the largest report of any replica), when that
+/// is past `records_max` and the group owns at least two slots. `None` when `records_max` is 0
+/// (off), when the table holds `groups_max` groups already, or when nothing is past it. One
+/// split at a time: the caller asks only while no migration runs.
+pub fn plan_split(view: &View, records_max: u64, groups_max: usize) -> Option<GroupId> {
+    let table = view.routing.as_ref()?;
+    if records_max == 0 || table.groups().len() >= groups_max {
+        return None;
+    }
+    let mut records: BTreeMap<GroupId, u64> = BTreeMap::new();
+    for node in view.nodes.values().filter(|n| n.liveness == Liveness::Up) {
+        for status in node.heard.iter().flat_map(|h| h.groups.values()) {
+            let most = records.entry(status.group).or_default();
+            *most = (*most).max(status.records_estimate);
+        }
+    }
+    table
+        .groups()
+        .keys()
+        .filter(|group| {
+            let ranges = table.slot_ranges(**group);
+            ranges
+                .iter()
+                .map(|&(a, b)| usize::from(b - a) + 1)
+                .sum::<usize>()
+                >= 2
+        })
+        .filter_map(|group| Some((*group, *records.get(group)?)))
+        .filter(|(_, count)| *count > records_max)
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(group, _)| group)
+}
+
 /// The actions for one round of the control loop (see the module docs for the rules).
 pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
     let mut actions = Vec::new();
@@ -939,6 +973,7 @@ mod tests {
                 learners: vec![],
             }),
             broken: None,
+            records_estimate: 0,
         }
     }
 
@@ -1314,6 +1349,44 @@ mod tests {
             a,
             Action::Adopt { group: 1, .. } | Action::Recreate { old: 1, .. }
         )));
+    }
+
+    #[test]
+    fn the_largest_group_past_the_threshold_is_split() {
+        let mut view = healthy();
+        let mut report = |node: NodeId, group: GroupId, records: u64| {
+            if let Some(status) = view
+                .nodes
+                .get_mut(&node)
+                .and_then(|n| n.heard.as_mut())
+                .and_then(|h| h.groups.get_mut(&group))
+            {
+                status.records_estimate = records;
+            }
+        };
+        // Group 1 is on nodes 1, 2, 3; group 2 on 2, 3, 4 (`place` round-robin).
+        report(1, 1, 900);
+        report(2, 1, 1_200);
+        report(2, 2, 1_100);
+        assert_eq!(plan_split(&view, 0, 100), None, "0 turns it off");
+        assert_eq!(
+            plan_split(&view, 1_500, 100),
+            None,
+            "nothing past the threshold"
+        );
+        assert_eq!(
+            plan_split(&view, 1_000, 100),
+            Some(1),
+            "the largest report counts"
+        );
+        assert_eq!(
+            plan_split(&view, 1_000, 4),
+            None,
+            "the table holds groups_max groups"
+        );
+        // A dead node's report does not count.
+        view.nodes.insert(2, down(2));
+        assert_eq!(plan_split(&view, 1_000, 100), None);
     }
 
     #[test]

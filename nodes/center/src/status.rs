@@ -179,6 +179,7 @@ mod tests {
                 learners: vec![],
             }),
             broken: None,
+            records_estimate: 0,
         }
     }
 

@@ -70,6 +70,11 @@ pub struct GroupStatus {
     /// The replica was retired because a record on its disk is corrupt (why): it serves
     /// nothing and takes no part in its group's Raft; the center replaces it like a dead one.
     pub broken: Option<String>,
+    /// An estimate of the records this replica holds, from above: the rows of its last
+    /// snapshot plus the entries applied since (each adds at most one record). Within about
+    /// twice the truth, since snapshots are spaced by the group's size; 0 for a broken
+    /// replica. The center splits a group past `CenterConfig::split_records_max` by it.
+    pub records_estimate: u64,
 }
 
 /// A committed membership of a group.

@@ -383,7 +383,7 @@ impl<E: Env> StorageNode<E> {
             .into_iter()
             .filter(|(group, _)| !self.broken.contains(*group))
             .map(|(group, handle)| {
-                let (is_leader, term, initialized) = {
+                let (is_leader, term, initialized, snapshot) = {
                     let metrics = handle.raft.metrics();
                     let metrics = metrics.borrow_watched();
                     (
@@ -391,6 +391,7 @@ impl<E: Env> StorageNode<E> {
                         metrics.current_term,
                         metrics.last_log_index.is_some()
                             || metrics.membership_config.log_id().is_some(),
+                        metrics.snapshot.map_or(0, |log_id| log_id.index()),
                     )
                 };
                 // The applied membership is committed, hence never rolled back.
@@ -406,14 +407,19 @@ impl<E: Env> StorageNode<E> {
                         .collect(),
                     learners: applied.membership.membership().learner_ids().collect(),
                 });
+                let last_applied = applied.last_applied.map_or(0, |id| id.index());
                 GroupStatus {
                     group,
                     is_leader,
                     term,
-                    last_applied: applied.last_applied.map_or(0, |id| id.index()),
+                    last_applied,
                     initialized,
                     membership,
                     broken: None,
+                    records_estimate: handle
+                        .state
+                        .snapshot_rows()
+                        .saturating_add(last_applied.saturating_sub(snapshot)),
                 }
             })
             .collect();
@@ -431,6 +437,7 @@ impl<E: Env> StorageNode<E> {
                     initialized: true,
                     membership: None,
                     broken: Some(reason),
+                    records_estimate: 0,
                 }),
         );
         statuses.sort_by_key(|status| status.group);

@@ -134,6 +134,10 @@ pub struct SimConfig {
     /// [`SimConfig::run_drains`].
     #[serde(default)]
     pub drains: Vec<(u64, larder_core::NodeId)>,
+    /// The center's `split_records_max` (0, the default here: automatic splits off). With it
+    /// set, the operator watches the migrations the center starts by itself.
+    #[serde(default)]
+    pub split_records_max: u64,
 }
 
 impl SimConfig {
@@ -166,6 +170,7 @@ impl SimConfig {
             unknown_passes: None,
             moves: Vec::new(),
             drains: Vec::new(),
+            split_records_max: 0,
         }
     }
 
@@ -481,6 +486,8 @@ impl SimConfig {
             // no data (the source refuses the moved slots at apply time): 1 s keeps a migration
             // resumed late by a new center leader within the run's liveness bound (seed 164).
             migration_grace_ms: 1_000,
+            split_records_max: self.split_records_max,
+            split_groups_max: self.groups as usize * 2,
             bugs: self.bugs.clone(),
             ..CenterConfig::new(self.center_ids(), self.groups.max(1))
         }

@@ -78,8 +78,10 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let client_ids = register_clients(&mut sim, config, &trace, &net_faults, &history);
     let operator_log: Arc<Mutex<OperatorLog>> = Arc::default();
     // The checker audits slot ownership once the operator (if the run has one) has settled.
-    let moves =
-        config.centers > 0 && (!config.run_moves().is_empty() || !config.run_drains().is_empty());
+    let moves = config.centers > 0
+        && (!config.run_moves().is_empty()
+            || !config.run_drains().is_empty()
+            || config.split_records_max > 0);
     let checker_id = register_checker(
         &mut sim,
         config,
