@@ -170,4 +170,8 @@ pub enum CenterError {
     /// group re-created under a new id).
     #[error("group {group} is no longer in the routing table")]
     GroupGone { group: GroupId },
+    /// A migration step failed the same way many times in a row before the cutover (handled
+    /// in the migration task: it rolls the migration back).
+    #[error("group {group} keeps failing a migration step: {reason}")]
+    StepRefused { group: GroupId, reason: String },
 }

@@ -50,6 +50,9 @@ const CATCH_UP_PASSES_MAX: usize = 8;
 const CATCH_UP_SMALL: usize = 64;
 /// Pause between two failed attempts of a step.
 const RETRY_MS: u64 = 200;
+/// A step that failed with the same reason this many times in a row (about 30 s of retries)
+/// before the cutover rolls its migration back.
+const STEP_SAME_FAILURES_MAX: u32 = 150;
 /// Least pause between two pages (the pacing uses the page's own time when that is longer).
 const PAGE_PAUSE_MIN_MS: u64 = 5;
 /// Longest pause between two pages: a page slowed by a fault (a retry against a dead leader,
@@ -380,6 +383,7 @@ impl<E: Env> Center<E> {
     where
         R: Rpc + Clone,
     {
+        let (mut last_reason, mut same) = (String::new(), 0u32);
         loop {
             if !self.still_leading(turn.term) {
                 return Err(CenterError::NotLeader { leader_hint: None });
@@ -392,6 +396,25 @@ impl<E: Env> Center<E> {
                     }
                     if self.routing().is_some_and(|t| t.route(group).is_none()) {
                         return Err(CenterError::GroupGone { group });
+                    }
+                    // The same failure, again and again: a step the group will never take (a
+                    // page it refuses). Before the cutover the migration gives up and rolls
+                    // back, saying why, rather than sit in its phase forever; after it, the
+                    // migration can only go forward and keeps trying.
+                    if reason == last_reason {
+                        same += 1;
+                    } else {
+                        (last_reason, same) = (reason.clone(), 1);
+                    }
+                    if same >= STEP_SAME_FAILURES_MAX
+                        && self
+                            .soft
+                            .lock()
+                            .expect("soft lock")
+                            .cancellable
+                            .contains(&turn.id)
+                    {
+                        return Err(CenterError::StepRefused { group, reason });
                     }
                     tracing::debug!(group, %reason, "migration step failed; retrying");
                     self.node
@@ -557,6 +580,15 @@ impl<E: Env> Center<E> {
                     tracing::info!(id, "migration cancelled by an operator");
                     migration.phase = MigrationPhase::RollingBack {
                         reason: "cancelled by an operator".into(),
+                    };
+                }
+                Err(CenterError::StepRefused { group, reason }) => {
+                    tracing::warn!(id, group, %reason, "migration: a step keeps failing; rolling back");
+                    migration.phase = MigrationPhase::RollingBack {
+                        reason: format!(
+                            "group {group} failed a step {STEP_SAME_FAILURES_MAX} times in a \
+                             row: {reason}"
+                        ),
                     };
                 }
                 // A group that never formed is re-created under a new id by the planner (its

@@ -630,3 +630,46 @@ fn snapshots_are_spaced_by_the_size_of_the_group_and_purge_the_log() {
     );
     node.stop();
 }
+
+/// Records of 400 KiB: a page holds two (800 KiB), never three (1.2 MiB, over the 1 MiB a
+/// target ingests: a reader that stopped only once past the limit produced such pages, and
+/// the migration of a group of 100 KiB values retried its refused ingest forever). A record
+/// larger than the limit travels alone. Every record arrives.
+#[test]
+fn slot_pages_stay_within_the_ingest_limit_with_large_values() {
+    use larder_core::slots::slot_of;
+    use larder_protocol::SLOT_PAGE_BYTES_MAX;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let node = start(dir.path()).expect("start");
+    for group in [GROUP, OTHER] {
+        node.runtime
+            .block_on(node.node.initialize(group, &BTreeSet::from([ID])))
+            .expect("initialize");
+        node.wait_leader_of(group);
+    }
+    let slot = slot_of(b"{big}");
+    let ok = ClientResponse::Reply(Reply::Ok);
+    let value = |i: usize, size: usize| "x".repeat(size - 1) + &i.to_string();
+    for i in 0..7 {
+        let key = format!("{{big}}{i}");
+        assert_eq!(node.execute(Command::set(key, value(i, 400 << 10))), ok);
+    }
+    assert_eq!(
+        node.execute(Command::set("{big}huge", value(9, SLOT_PAGE_BYTES_MAX + 1))),
+        ok
+    );
+    move_slots(&node, (GROUP, OTHER), &[(slot, slot)], 20, &mut |_| {});
+    for i in 0..7 {
+        assert_eq!(
+            node.execute_in(OTHER, Command::get(format!("{{big}}{i}"))),
+            ClientResponse::Reply(Reply::Bulk(Bytes::from(value(i, 400 << 10)))),
+            "record {i}"
+        );
+    }
+    assert_eq!(
+        node.execute_in(OTHER, Command::get("{big}huge")),
+        ClientResponse::Reply(Reply::Bulk(Bytes::from(value(9, SLOT_PAGE_BYTES_MAX + 1))))
+    );
+    node.stop();
+}

@@ -484,8 +484,8 @@ impl<D: Disk> DiskStateMachine<D> {
     }
 
     /// One page of a slot migration's read (see [`SlotRead`]): records of `ranges` in key
-    /// order after the cursor, at most `rows_max` records and about `bytes_max` bytes (a larger
-    /// record travels alone), scanning at most [`SCAN_PAGE_ROWS`] rows so a page of a group
+    /// order after the cursor, at most `rows_max` records and at most `bytes_max` bytes (a
+    /// larger record travels alone), scanning at most [`SCAN_PAGE_ROWS`] rows so a page of a group
     /// with few keys in the slots stays cheap. Consistent: taken under the read side of the
     /// view lock, so every record is as of the page's applied index. Called on the leader
     /// after a read-index round.
@@ -547,13 +547,13 @@ impl<D: Disk> DiskStateMachine<D> {
         let mut last_seen = None;
         for (full_key, value) in rows {
             let key = full_key.slice(prefix.len()..);
-            let full = page.records.len() >= rows_max.max(1)
-                || (!page.records.is_empty() && bytes >= bytes_max);
-            if full {
+            if page.records.len() >= rows_max.max(1) {
                 page.next = last_seen;
                 return Ok(page);
             }
-            last_seen = Some(key.clone());
+            // The cursor before this key: where the next page starts if this record does not
+            // fit in this one.
+            let before = last_seen.replace(key.clone());
             if !ranges_contain(ranges, slot_of(&key)) {
                 continue;
             }
@@ -568,7 +568,14 @@ impl<D: Disk> DiskStateMachine<D> {
                         .await?
                 }
             };
-            bytes += key.len() + record.as_ref().map_or(0, |r| r.len());
+            let size = key.len() + record.as_ref().map_or(0, |r| r.len());
+            // Never past `bytes_max` (the target refuses a larger ingest): a record that would
+            // cross it starts the next page, and one larger than it travels alone.
+            if !page.records.is_empty() && bytes + size > bytes_max {
+                page.next = before;
+                return Ok(page);
+            }
+            bytes += size;
             page.records.push((key, record));
         }
         if !scanned_all {
