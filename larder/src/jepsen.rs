@@ -40,6 +40,13 @@ pub struct JepsenArgs {
     /// Where to keep data, logs and history.jsonl (default: a temporary directory, removed).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run the cluster with three center replicas (nodes get their groups and addresses from
+    /// the center), and add a migration nemesis: it moves slot ranges between groups, splits
+    /// groups and cancels migrations while the clients run, besides kill -9 and SIGSTOP of
+    /// nodes and of the center leader. (No relays in this mode: nodes advertise their own
+    /// addresses, so there are no partitions.)
+    #[arg(long)]
+    pub center: bool,
 }
 
 const NODES: [u64; 3] = [1, 2, 3];
@@ -108,6 +115,7 @@ struct Processes {
     exe: PathBuf,
     dir: PathBuf,
     nodes: BTreeMap<u64, Child>,
+    centers: BTreeMap<u64, Child>,
     proxy: Option<Child>,
 }
 
@@ -136,6 +144,23 @@ impl Processes {
         Ok(())
     }
 
+    fn start_center(&mut self, id: u64) -> anyhow::Result<()> {
+        let child = self.spawn(
+            "center",
+            &self.dir.join(format!("center-{id}.toml")),
+            &format!("center-{id}.log"),
+        )?;
+        self.centers.insert(id, child);
+        Ok(())
+    }
+
+    fn kill_center(&mut self, id: u64) {
+        if let Some(mut child) = self.centers.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn kill_node(&mut self, id: u64) {
         if let Some(mut child) = self.nodes.remove(&id) {
             // SIGKILL: no shutdown path runs, unsynced data is gone.
@@ -155,7 +180,12 @@ impl Processes {
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for child in self.nodes.values_mut().chain(self.proxy.as_mut()) {
+        for child in self
+            .nodes
+            .values_mut()
+            .chain(self.centers.values_mut())
+            .chain(self.proxy.as_mut())
+        {
             let _ = Command::new("kill")
                 .args(["-CONT", &child.id().to_string()])
                 .status();
@@ -311,41 +341,54 @@ pub fn jepsen(args: JepsenArgs) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut ports = BTreeMap::new();
-    for id in NODES.into_iter().chain([PROXY]) {
-        ports.insert(id, free_port()?);
-    }
-    let mut relay_ports = BTreeMap::new();
-    for from in NODES.into_iter().chain([PROXY]) {
-        for to in NODES {
-            if from != to {
-                relay_ports.insert((from, to), free_port()?);
-            }
-        }
-    }
-    let relays: BTreeMap<(u64, u64), Relay> = runtime.block_on(async {
-        let mut relays = BTreeMap::new();
-        for (&(from, to), &port) in &relay_ports {
-            relays.insert((from, to), Relay::start(port, ports[&to]).await?);
-        }
-        anyhow::Ok(relays)
-    })?;
-    write_configs(&dir, args.groups, &ports, &relay_ports)?;
-    let mut processes = Processes {
-        exe: std::env::current_exe().context("finding the larder binary")?,
-        dir: dir.clone(),
-        nodes: BTreeMap::new(),
-        proxy: None,
+    let (history, log) = if args.center {
+        with_center(&args, &dir, &runtime)?
+    } else {
+        with_relays(&args, &dir, &runtime)?
     };
-    for id in NODES {
-        processes.start_node(id)?;
-    }
-    processes.proxy = Some(processes.spawn("proxy", &dir.join("proxy.toml"), "proxy.log")?);
-    let proxy: SocketAddr = format!("127.0.0.1:{}", ports[&PROXY]).parse()?;
 
-    // Wait (bounded) until the cluster takes writes.
+    let path = dir.join("history.jsonl");
+    history.write_jsonl_file(&path)?;
+    for line in &log {
+        println!("{line}");
+    }
+    // The checker is offline tooling: a wall-clock budget is what a user waits for.
+    #[allow(clippy::disallowed_methods)]
+    let budget = Budget::until(std::time::Instant::now() + Duration::from_secs(60));
+    let report = check_history(&history, &CheckConfig::default(), &budget)
+        .context("pairing the history's operations")?;
+    let valid = !report.is_not_linearizable();
+    println!("operations      {}", history.len() / 2);
+    println!("history         {}", path.display());
+    print!("verdict         {report}");
+    if temp.is_some() && valid {
+        drop(temp);
+    } else if let Some(temp) = temp {
+        // Keep the evidence of a failed run.
+        let kept = temp.keep();
+        println!("kept            {}", kept.display());
+    }
+    Ok(valid)
+}
+
+fn processes(dir: &Path) -> anyhow::Result<Processes> {
+    Ok(Processes {
+        exe: std::env::current_exe().context("finding the larder binary")?,
+        dir: dir.to_path_buf(),
+        nodes: BTreeMap::new(),
+        centers: BTreeMap::new(),
+        proxy: None,
+    })
+}
+
+/// Waits (bounded) until the cluster behind `proxy` takes a write.
+fn wait_ready(
+    runtime: &tokio::runtime::Runtime,
+    proxy: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let ready = runtime.block_on(async {
-        for _ in 0..100 {
+        for _ in 0..150 {
             if let Ok(mut stream) = TcpStream::connect(proxy).await {
                 let mut buffer = Vec::new();
                 if let Ok(Ok(Frame::Simple(_))) = tokio::time::timeout(
@@ -367,6 +410,88 @@ pub fn jepsen(args: JepsenArgs) -> anyhow::Result<bool> {
             dir.display()
         );
     }
+    Ok(())
+}
+
+/// The workload clients, each on its own connection to the proxy, until stopped.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(
+        runtime: &tokio::runtime::Runtime,
+        args: &JepsenArgs,
+        proxy: SocketAddr,
+        epoch: Epoch,
+    ) -> Clients {
+        let history = Arc::new(Mutex::new(History::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..args.clients)
+            .map(|process| {
+                runtime.spawn(client(
+                    process,
+                    proxy,
+                    larder_core::env::derive_seed(args.seed, 100 + process),
+                    stop.clone(),
+                    history.clone(),
+                    epoch,
+                ))
+            })
+            .collect();
+        Clients {
+            stop,
+            history,
+            tasks,
+        }
+    }
+
+    fn finish(self, runtime: &tokio::runtime::Runtime) -> History {
+        self.stop.store(true, Ordering::SeqCst);
+        runtime.block_on(async {
+            for task in self.tasks {
+                let _ = task.await;
+            }
+        });
+        std::mem::take(&mut *self.history.lock().expect("history lock"))
+    }
+}
+
+/// Static groups on three nodes, every connection through a relay the nemesis can cut.
+fn with_relays(
+    args: &JepsenArgs,
+    dir: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(History, Vec<String>)> {
+    let mut ports = BTreeMap::new();
+    for id in NODES.into_iter().chain([PROXY]) {
+        ports.insert(id, free_port()?);
+    }
+    let mut relay_ports = BTreeMap::new();
+    for from in NODES.into_iter().chain([PROXY]) {
+        for to in NODES {
+            if from != to {
+                relay_ports.insert((from, to), free_port()?);
+            }
+        }
+    }
+    let relays: BTreeMap<(u64, u64), Relay> = runtime.block_on(async {
+        let mut relays = BTreeMap::new();
+        for (&(from, to), &port) in &relay_ports {
+            relays.insert((from, to), Relay::start(port, ports[&to]).await?);
+        }
+        anyhow::Ok(relays)
+    })?;
+    write_configs(dir, args.groups, &ports, &relay_ports)?;
+    let mut processes = processes(dir)?;
+    for id in NODES {
+        processes.start_node(id)?;
+    }
+    processes.proxy = Some(processes.spawn("proxy", &dir.join("proxy.toml"), "proxy.log")?);
+    let proxy: SocketAddr = format!("127.0.0.1:{}", ports[&PROXY]).parse()?;
+    wait_ready(runtime, proxy, dir)?;
     println!(
         "larder jepsen: 3 nodes, {} groups, {} clients, {:?}; data and logs in {}",
         args.groups,
@@ -374,22 +499,8 @@ pub fn jepsen(args: JepsenArgs) -> anyhow::Result<bool> {
         args.time_limit,
         dir.display()
     );
-
     let epoch = Epoch::start();
-    let history = Arc::new(Mutex::new(History::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..args.clients)
-        .map(|process| {
-            runtime.spawn(client(
-                process,
-                proxy,
-                larder_core::env::derive_seed(args.seed, 100 + process),
-                stop.clone(),
-                history.clone(),
-                epoch,
-            ))
-        })
-        .collect();
+    let clients = Clients::start(runtime, args, proxy, epoch);
 
     // The nemesis, on this thread, against the wall clock.
     let mut rng = SeededRng::new(args.seed);
@@ -454,35 +565,257 @@ pub fn jepsen(args: JepsenArgs) -> anyhow::Result<bool> {
         }
     }
     pause(deadline.saturating_sub(elapsed()).as_millis() as u64);
-    stop.store(true, Ordering::SeqCst);
-    runtime.block_on(async {
-        for client in clients {
-            let _ = client.await;
-        }
-    });
+    let history = clients.finish(runtime);
     drop(processes);
+    Ok((history, log))
+}
 
-    let history = std::mem::take(&mut *history.lock().expect("history lock"));
-    let path = dir.join("history.jsonl");
-    history.write_jsonl_file(&path)?;
-    for line in &log {
-        println!("{line}");
+const CENTERS: [u64; 3] = [101, 102, 103];
+/// Heartbeats of the center mode: quick failure detection for a minute-long run.
+const CENTER_HEARTBEAT_MS: u64 = 200;
+
+fn write_center_configs(dir: &Path, groups: u64, ports: &BTreeMap<u64, u16>) -> anyhow::Result<()> {
+    let list = |ids: &[u64]| {
+        let entries: Vec<String> = ids
+            .iter()
+            .map(|id| format!("{{ id = {id}, address = \"127.0.0.1:{}\" }}", ports[id]))
+            .collect();
+        format!("centers = [{}]", entries.join(", "))
+    };
+    let centers = list(&CENTERS);
+    for id in CENTERS {
+        let text = format!(
+            "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ngroups = {groups}\n\
+             initialize = {}\nbootstrap_nodes_min = {}\nheartbeat_ms = {CENTER_HEARTBEAT_MS}\n\
+             missed_heartbeats_max = 5\n{centers}\n",
+            ports[&id],
+            dir.join(format!("data-{id}")).display(),
+            id == CENTERS[0],
+            NODES.len(),
+        );
+        std::fs::write(dir.join(format!("center-{id}.toml")), text)?;
     }
-    // The checker is offline tooling: a wall-clock budget is what a user waits for.
-    #[allow(clippy::disallowed_methods)]
-    let budget = Budget::until(std::time::Instant::now() + Duration::from_secs(60));
-    let report = check_history(&history, &CheckConfig::default(), &budget)
-        .context("pairing the history's operations")?;
-    let valid = !report.is_not_linearizable();
-    println!("operations      {}", history.len() / 2);
-    println!("history         {}", path.display());
-    print!("verdict         {report}");
-    if temp.is_some() && valid {
-        drop(temp);
-    } else if let Some(temp) = temp {
-        // Keep the evidence of a failed run.
-        let kept = temp.keep();
-        println!("kept            {}", kept.display());
+    for id in NODES {
+        let text = format!(
+            "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n\
+             heartbeat_ms = {CENTER_HEARTBEAT_MS}\n{centers}\n",
+            ports[&id],
+            dir.join(format!("data-{id}")).display(),
+        );
+        std::fs::write(dir.join(format!("node-{id}.toml")), text)?;
     }
-    Ok(valid)
+    let text = format!(
+        "id = {PROXY}\nlisten = \"127.0.0.1:{}\"\n{centers}\n",
+        ports[&PROXY]
+    );
+    std::fs::write(dir.join("proxy.toml"), text)?;
+    Ok(())
+}
+
+/// Three center replicas, three nodes and a proxy that learn groups, addresses and routing
+/// from the center; the nemesis adds migrations (moves, splits, cancels) to kill -9 and
+/// SIGSTOP of nodes and centers.
+fn with_center(
+    args: &JepsenArgs,
+    dir: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(History, Vec<String>)> {
+    use crate::admin::{CenterAddress, ask_center};
+    use larder_protocol::{
+        GetMigrations, GetStatus, Migration, MoveSlots, SplitGroup, Steer, SteerMigration,
+    };
+
+    let mut ports = BTreeMap::new();
+    for id in CENTERS.into_iter().chain(NODES).chain([PROXY]) {
+        ports.insert(id, free_port()?);
+    }
+    write_center_configs(dir, args.groups, &ports)?;
+    let mut processes = processes(dir)?;
+    for id in CENTERS {
+        processes.start_center(id)?;
+    }
+    for id in NODES {
+        processes.start_node(id)?;
+    }
+    processes.proxy = Some(processes.spawn("proxy", &dir.join("proxy.toml"), "proxy.log")?);
+    let proxy: SocketAddr = format!("127.0.0.1:{}", ports[&PROXY]).parse()?;
+    wait_ready(runtime, proxy, dir)?;
+    println!(
+        "larder jepsen --center: 3 centers, 3 nodes, {} groups, {} clients, {:?}; data and logs in {}",
+        args.groups,
+        args.clients,
+        args.time_limit,
+        dir.display()
+    );
+    let centers: Vec<CenterAddress> = CENTERS
+        .iter()
+        .map(|id| CenterAddress {
+            id: Some(*id),
+            address: SocketAddr::from(([127, 0, 0, 1], ports[id])),
+        })
+        .collect();
+    let limit = Duration::from_secs(5);
+
+    let epoch = Epoch::start();
+    let clients = Clients::start(runtime, args, proxy, epoch);
+    let mut rng = SeededRng::new(args.seed);
+    let mut log = Vec::new();
+    let deadline = args.time_limit;
+    let elapsed = || Duration::from_nanos(epoch.ns());
+    let pause = |ms: u64| std::thread::sleep(Duration::from_millis(ms));
+    let mut started: Vec<u64> = Vec::new();
+    while elapsed() + Duration::from_secs(6) < deadline {
+        pause(rng.range(1500, 4000));
+        let at = elapsed().as_secs_f64();
+        let node = NODES[rng.below(3) as usize];
+        let hold = rng.range(1000, 4000);
+        match rng.below(6) {
+            0 => {
+                log.push(format!(
+                    "{at:>7.1}s kill -9 node {node}, restart after {hold} ms"
+                ));
+                processes.kill_node(node);
+                pause(hold);
+                processes.start_node(node)?;
+            }
+            1 => {
+                log.push(format!("{at:>7.1}s SIGSTOP node {node} for {hold} ms"));
+                processes.signal(node, "-STOP");
+                pause(hold);
+                processes.signal(node, "-CONT");
+            }
+            2 => {
+                let center = CENTERS[rng.below(3) as usize];
+                log.push(format!(
+                    "{at:>7.1}s kill -9 center {center}, restart after {hold} ms"
+                ));
+                processes.kill_center(center);
+                pause(hold);
+                processes.start_center(center)?;
+            }
+            3 | 4 => {
+                // Move a random run of one group's slots to another group, or split a group.
+                let Ok(status) =
+                    ask_center::<_, larder_protocol::ClusterStatus>(&centers, limit, GetStatus)
+                else {
+                    log.push(format!("{at:>7.1}s migration: no center answered"));
+                    continue;
+                };
+                let groups: Vec<_> = status
+                    .groups
+                    .iter()
+                    .filter(|g| !g.slots.is_empty())
+                    .collect();
+                if groups.len() < 2 {
+                    continue;
+                }
+                let from = groups[rng.below(groups.len() as u64) as usize];
+                let outcome = if rng.below(4) == 0 {
+                    ask_center::<_, Migration>(&centers, limit, SplitGroup { group: from.group })
+                        .map(|m| {
+                            format!(
+                                "split group {}: migration {} to new group {}",
+                                from.group, m.id, m.to
+                            )
+                        })
+                } else {
+                    let to = groups
+                        .iter()
+                        .map(|g| g.group)
+                        .filter(|g| *g != from.group)
+                        .nth(rng.below(groups.len() as u64 - 1) as usize)
+                        .expect("another group");
+                    let (first, last) = from.slots[rng.below(from.slots.len() as u64) as usize];
+                    let a = first + rng.below(u64::from(last - first) + 1) as u16;
+                    let b = a.saturating_add(rng.below(512) as u16).min(last);
+                    ask_center::<_, Migration>(
+                        &centers,
+                        limit,
+                        MoveSlots {
+                            ranges: vec![(a, b)],
+                            to,
+                        },
+                    )
+                    .map(|m| {
+                        format!(
+                            "move slots {a}-{b} from group {} to group {to}: migration {}",
+                            from.group, m.id
+                        )
+                    })
+                };
+                match outcome {
+                    Ok(text) => {
+                        if let Some(id) = text
+                            .split("migration ")
+                            .nth(1)
+                            .and_then(|t| t.split_whitespace().next())
+                            .and_then(|t| t.parse().ok())
+                        {
+                            started.push(id);
+                        }
+                        log.push(format!("{at:>7.1}s {text}"));
+                    }
+                    Err(error) => log.push(format!("{at:>7.1}s migration refused: {error:#}")),
+                }
+            }
+            _ => {
+                let Some(&id) = started.last() else { continue };
+                let answer = ask_center::<_, Migration>(
+                    &centers,
+                    limit,
+                    SteerMigration {
+                        id,
+                        steer: Steer::Cancel,
+                    },
+                );
+                log.push(format!(
+                    "{at:>7.1}s cancel migration {id}: {}",
+                    match answer {
+                        Ok(migration) => migration.phase.name().to_string(),
+                        Err(error) => format!("{error:#}"),
+                    }
+                ));
+            }
+        }
+    }
+    // Heal: everything running and resumed; the clients go on while the migrations end.
+    for id in NODES {
+        processes.signal(id, "-CONT");
+        if !processes.nodes.contains_key(&id) {
+            processes.start_node(id)?;
+        }
+    }
+    for id in CENTERS {
+        if !processes.centers.contains_key(&id) {
+            processes.start_center(id)?;
+        }
+    }
+    pause(deadline.saturating_sub(elapsed()).as_millis() as u64);
+    let mut ended = None;
+    for _ in 0..120 {
+        if let Ok(all) = ask_center::<_, Vec<Migration>>(&centers, limit, GetMigrations)
+            && all.iter().all(|m| !m.phase.is_active())
+        {
+            ended = Some(all);
+            break;
+        }
+        pause(500);
+    }
+    let history = clients.finish(runtime);
+    match ended {
+        Some(all) => {
+            let done = all
+                .iter()
+                .filter(|m| matches!(m.phase, larder_protocol::MigrationPhase::Done { .. }))
+                .count();
+            log.push(format!(
+                "migrations      {} ended: {done} done, {} rolled back",
+                all.len(),
+                all.len() - done
+            ));
+        }
+        None => log.push("migrations      NOT ENDED within 60 s of the heal".to_string()),
+    }
+    drop(processes);
+    Ok((history, log))
 }

@@ -53,9 +53,9 @@ pub struct CenterConfig {
     pub migration_grace_ms: u64,
     /// A group whose replicas report more records than this is split in two, through the
     /// same migration path as `larder admin split` (one at a time, while no migration runs);
-    /// 0 turns automatic splits off. The report is an estimate from above (within about
-    /// twice the truth: `GroupStatus::records_estimate`), so a group splits somewhere between
-    /// half this and this many records.
+    /// 0 turns automatic splits off. The heartbeats' figure (`GroupStatus::records_estimate`)
+    /// picks the candidate; the center counts it exactly (`DBSIZE` on its leader) before it
+    /// splits.
     #[serde(default = "default_split_records_max")]
     pub split_records_max: u64,
     /// Automatic splits stop once the table holds this many groups.

@@ -70,10 +70,11 @@ pub struct GroupStatus {
     /// The replica was retired because a record on its disk is corrupt (why): it serves
     /// nothing and takes no part in its group's Raft; the center replaces it like a dead one.
     pub broken: Option<String>,
-    /// An estimate of the records this replica holds, from above: the rows of its last
-    /// snapshot plus the entries applied since (each adds at most one record). Within about
-    /// twice the truth, since snapshots are spaced by the group's size; 0 for a broken
-    /// replica. The center splits a group past `CenterConfig::split_records_max` by it.
+    /// An estimate of the records this replica holds: the rows of its last snapshot plus the
+    /// entries applied since (each adds at most one record), so from above by at most the
+    /// snapshot interval while no slots leave the group; 0 until its first snapshot after a
+    /// start, and for a broken replica. The center picks the group to count for an automatic
+    /// split by it (`CenterConfig::split_records_max`).
     pub records_estimate: u64,
 }
 

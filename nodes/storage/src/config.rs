@@ -16,16 +16,8 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_ms_min: u64,
     pub election_timeout_ms_max: u64,
-    /// Build a snapshot (and purge the log below it) after at least this many new entries...
+    /// Build a snapshot (and purge the log below it) after this many new entries.
     pub snapshot_logs_since_last: u64,
-    /// ...and after at least this percentage of the rows the last snapshot held, as Redis
-    /// rewrites its AOF once it grew by `auto-aof-rewrite-percentage` (100) of the last
-    /// rewrite. A snapshot scans the group's whole range, so a fixed interval makes writes
-    /// cost O(group size) each as a group grows (a load of 1M keys slowed to a stop); spacing
-    /// snapshots by the state's size keeps it O(1) per write, at the price of a log up to this
-    /// share of the state.
-    #[serde(default = "default_snapshot_growth_percent")]
-    pub snapshot_growth_percent: u64,
     /// Entries kept below a snapshot, so briefly lagging followers catch up from the log.
     pub snapshot_logs_kept: u64,
     /// Longest a client command may take on this node before it answers
@@ -59,10 +51,6 @@ fn default_center_heartbeat_ms() -> u64 {
     500
 }
 
-fn default_snapshot_growth_percent() -> u64 {
-    100
-}
-
 fn default_sessions_max() -> usize {
     crate::raft::state_machine::SESSIONS_MAX
 }
@@ -77,7 +65,6 @@ impl NodeConfig {
             election_timeout_ms_max: 800,
             snapshot_logs_since_last: 2000,
             snapshot_logs_kept: 200,
-            snapshot_growth_percent: default_snapshot_growth_percent(),
             request_timeout_ms: 2000,
             bugs: Bugs::default(),
             centers: Vec::new(),
@@ -93,9 +80,7 @@ impl NodeConfig {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_ms_min,
             election_timeout_max: self.election_timeout_ms_max,
-            // The node decides when (`crate::snapshots`): openraft's policy knows only a fixed
-            // number of entries.
-            snapshot_policy: SnapshotPolicy::Never,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.snapshot_logs_kept,
             // A node coming back from a partition asks before bumping its term, so it cannot
             // depose a healthy leader (sharkstore's pre-vote).

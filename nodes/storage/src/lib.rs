@@ -9,7 +9,6 @@
 //! - [`admin`]: the center's instructions (host, drop, form, replace a voter, move leadership).
 //! - [`broken`]: replicas retired because a record's checksum failed.
 //! - [`migration`]: a node's steps in moving slots between groups (track, read, ingest, own).
-//! - [`snapshots`]: when each group builds a snapshot (spaced by the group's size).
 //! - [`heartbeat`]: heartbeats to the center, which bring routing tables and addresses.
 //! - [`raft`]: one Raft group over the environment (log store, state machine, network,
 //!   runtime, group commit, wire payloads).
@@ -25,7 +24,6 @@ pub mod migration;
 pub mod node;
 pub mod raft;
 pub mod serving;
-pub mod snapshots;
 
 pub use config::{NodeConfig, NodeError};
 pub use node::{NodeDisk, StorageNode};

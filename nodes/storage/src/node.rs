@@ -227,7 +227,6 @@ impl<E: Env> StorageNode<E> {
             // The task holds a weak reference: dropping the node ends it.
             node.spawn_heartbeat();
         }
-        node.spawn_snapshot_policy();
         Ok(node)
     }
 

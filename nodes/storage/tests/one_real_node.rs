@@ -5,8 +5,7 @@
 //! - a data directory written before record checksums is refused with a clear error;
 //! - slot ownership set through the log: commands for other slots are refused at apply time
 //!   (as a stale epoch), across restarts, and an older ownership never undoes a newer one;
-//! - snapshots are spaced by the group's size, not by a fixed number of writes, and purge the
-//!   log.
+//! - snapshots purge the log, and a restart after several purges keeps every write;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -558,77 +557,76 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
     node.stop();
 }
 
-/// The node's snapshot policy (`larder_storage::snapshots`): the first snapshot comes after
-/// `snapshot_logs_since_last` entries, the next only once the entries since reach the rows that
-/// snapshot held (`snapshot_growth_percent` = 100), and each purges the log below it.
+/// Snapshots (built from a point-in-time view, `Disk::view`) purge the log: the first purge
+/// scans from index 0, later ones delete blind from where the last ended. After several
+/// rounds of that and a restart, every write is there and the log holds nothing below the
+/// purge mark.
 #[test]
-fn snapshots_are_spaced_by_the_size_of_the_group_and_purge_the_log() {
+fn snapshots_purge_the_log_and_a_restart_keeps_every_write() {
     const FLOOR: u64 = 20;
-    const ROWS: usize = 300;
     let dir = tempfile::tempdir().expect("dir");
-    let mut config = NodeConfig::new(ID, vec![GROUP]);
-    config.snapshot_logs_since_last = FLOOR;
-    config.snapshot_logs_kept = 0;
-    let node = start_with(dir.path(), config).expect("start");
+    let config = || {
+        let mut config = NodeConfig::new(ID, vec![GROUP]);
+        config.snapshot_logs_since_last = FLOOR;
+        config.snapshot_logs_kept = 0;
+        config
+    };
+    let node = start_with(dir.path(), config()).expect("start");
     node.runtime
         .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
         .expect("initialize");
     node.wait_leader();
+    let ok = ClientResponse::Reply(Reply::Ok);
+    for i in 0..(FLOOR * 6) {
+        assert_eq!(
+            node.execute(Command::set(format!("k{i}"), i.to_string())),
+            ok
+        );
+    }
     let raft = node.node.raft(GROUP).expect("group");
-    let log_state = || {
-        let metrics = raft.metrics().borrow_watched().clone();
-        (
-            metrics.snapshot.map_or(0, |log| log.index()),
-            metrics.purged.map_or(0, |log| log.index()),
-        )
-    };
-    // Waits up to `within` for the snapshot index to pass `after`; returns the last state seen.
-    let snapshot_after = |after: u64, within: Duration| {
-        let polls = within.as_millis() / 20;
-        for _ in 0..polls {
-            let state = log_state();
-            if state.0 > after {
-                return state;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    let mut purged = 0;
+    for _ in 0..250 {
+        purged = raft
+            .metrics()
+            .borrow_watched()
+            .purged
+            .map_or(0, |log| log.index());
+        if purged > FLOOR * 3 {
+            break;
         }
-        log_state()
-    };
-    let set = |key: &str, times: u64| {
-        for i in 0..times {
-            assert_eq!(
-                node.execute(Command::set(key, i.to_string())),
-                ClientResponse::Reply(Reply::Ok)
-            );
-        }
-    };
-    // One entry holding all the rows, then the floor's worth of entries: the first snapshot.
-    let pairs = (0..ROWS)
-        .map(|i| (Bytes::from(format!("row:{i}")), Bytes::from("value")))
-        .collect();
-    assert_eq!(
-        node.execute(Command::MSet { pairs }),
-        ClientResponse::Reply(Reply::Ok)
-    );
-    set("hot", FLOOR);
-    let (first, purged) = snapshot_after(0, Duration::from_secs(10));
-    assert!(first > FLOOR, "no snapshot after {FLOOR} entries");
-    assert!(
-        purged > 0 && purged <= first,
-        "the log below {first} was not purged ({purged})"
-    );
-    // Half the rows' worth of entries later, a fixed interval would have built several more.
-    set("hot", ROWS as u64 / 2);
-    let (held, _) = snapshot_after(first, Duration::from_secs(1));
-    assert_eq!(held, first, "a snapshot before the group's size in entries");
-    // The rest of the rows' worth: the next one.
-    set("hot", ROWS as u64 / 2 + 10);
-    let (second, _) = snapshot_after(first, Duration::from_secs(10));
-    assert!(
-        second >= first + ROWS as u64,
-        "no second snapshot ({first} -> {second})"
-    );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(purged > FLOOR * 3, "the log was purged only to {purged}");
     node.stop();
+
+    let again = start_with(dir.path(), config()).expect("restart");
+    again.wait_leader();
+    for i in 0..(FLOOR * 6) {
+        assert_eq!(
+            again.execute(Command::get(format!("k{i}"))),
+            ClientResponse::Reply(Reply::Bulk(Bytes::from(i.to_string()))),
+            "k{i} after the restart"
+        );
+    }
+    again.stop();
+    // Nothing of the log below the purge mark is left on disk.
+    let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("open disk");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let left = runtime
+        .block_on(disk.scan_keys(
+            Space::Log,
+            &larder_core::env::log_key(GROUP, 0),
+            Some(&larder_core::env::log_key(GROUP, purged + 1)),
+            usize::MAX,
+        ))
+        .expect("scan the log");
+    assert!(
+        left.is_empty(),
+        "{} entries below the purge mark",
+        left.len()
+    );
 }
 
 /// Records of 400 KiB: a page holds two (800 KiB), never three (1.2 MiB, over the 1 MiB a
