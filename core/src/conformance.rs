@@ -82,6 +82,16 @@ fn b(bytes: &[u8]) -> Bytes {
     Bytes::copy_from_slice(bytes)
 }
 
+/// The indices of `group`'s log entries on `disk`.
+async fn log_indices<D: Disk>(disk: &D, group: crate::GroupId) -> Vec<u64> {
+    disk.log_read(group, 0, u64::MAX, usize::MAX)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
+}
+
 async fn put<D: Disk>(disk: &D, space: Space, key: &[u8], value: &[u8], sync: bool) {
     let mut batch = WriteBatch::new();
     batch.put(space, b(key), b(value));
@@ -343,13 +353,7 @@ async fn log_suite<D: Disk>(disk: &D) {
     disk.log_purge(g1, None, 5, b(b"mark-5"))
         .await
         .expect("purge");
-    let left: Vec<u64> = disk
-        .log_read(g1, 0, u64::MAX, usize::MAX)
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|(i, _)| i)
-        .collect();
+    let left = log_indices(disk, g1).await;
     assert_eq!(
         left,
         vec![6, 7, 8],
@@ -363,13 +367,7 @@ async fn log_suite<D: Disk>(disk: &D) {
     disk.log_purge(g1, Some(6), 7, b(b"mark-7"))
         .await
         .expect("purge from a known start");
-    let left: Vec<u64> = disk
-        .log_read(g1, 0, u64::MAX, usize::MAX)
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|(i, _)| i)
-        .collect();
+    let left = log_indices(disk, g1).await;
     assert_eq!(
         left,
         vec![8],

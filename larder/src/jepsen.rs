@@ -161,6 +161,40 @@ impl Processes {
         }
     }
 
+    /// Every node, then the proxy (its config is `proxy.toml`).
+    fn start_nodes_and_proxy(&mut self) -> anyhow::Result<()> {
+        for id in NODES {
+            self.start_node(id)?;
+        }
+        self.proxy = Some(self.spawn("proxy", &self.dir.join("proxy.toml"), "proxy.log")?);
+        Ok(())
+    }
+
+    /// kill -9 of node `id`, restarted after `hold_ms`.
+    fn bounce_node(&mut self, id: u64, hold_ms: u64) -> anyhow::Result<()> {
+        self.kill_node(id);
+        std::thread::sleep(Duration::from_millis(hold_ms));
+        self.start_node(id)
+    }
+
+    /// SIGSTOP of node `id` for `hold_ms`.
+    fn pause_node(&self, id: u64, hold_ms: u64) {
+        self.signal(id, "-STOP");
+        std::thread::sleep(Duration::from_millis(hold_ms));
+        self.signal(id, "-CONT");
+    }
+
+    /// Every node running and resumed.
+    fn heal_nodes(&mut self) -> anyhow::Result<()> {
+        for id in NODES {
+            self.signal(id, "-CONT");
+            if !self.nodes.contains_key(&id) {
+                self.start_node(id)?;
+            }
+        }
+        Ok(())
+    }
+
     fn kill_node(&mut self, id: u64) {
         if let Some(mut child) = self.nodes.remove(&id) {
             // SIGKILL: no shutdown path runs, unsynced data is gone.
@@ -486,10 +520,7 @@ fn with_relays(
     })?;
     write_configs(dir, args.groups, &ports, &relay_ports)?;
     let mut processes = processes(dir)?;
-    for id in NODES {
-        processes.start_node(id)?;
-    }
-    processes.proxy = Some(processes.spawn("proxy", &dir.join("proxy.toml"), "proxy.log")?);
+    processes.start_nodes_and_proxy()?;
     let proxy: SocketAddr = format!("127.0.0.1:{}", ports[&PROXY]).parse()?;
     wait_ready(runtime, proxy, dir)?;
     println!(
@@ -518,18 +549,14 @@ fn with_relays(
                     "{:>7.1}s kill -9 node {node}, restart after {hold} ms",
                     elapsed().as_secs_f64()
                 ));
-                processes.kill_node(node);
-                pause(hold);
-                processes.start_node(node)?;
+                processes.bounce_node(node, hold)?;
             }
             1 => {
                 log.push(format!(
                     "{:>7.1}s SIGSTOP node {node} for {hold} ms",
                     elapsed().as_secs_f64()
                 ));
-                processes.signal(node, "-STOP");
-                pause(hold);
-                processes.signal(node, "-CONT");
+                processes.pause_node(node, hold);
             }
             2 => {
                 log.push(format!(
@@ -558,12 +585,7 @@ fn with_relays(
     }
     // Heal everything, let the clients run on a healthy cluster, then stop them.
     relays.values().for_each(|relay| relay.set_blocked(false));
-    for id in NODES {
-        processes.signal(id, "-CONT");
-        if !processes.nodes.contains_key(&id) {
-            processes.start_node(id)?;
-        }
-    }
+    processes.heal_nodes()?;
     pause(deadline.saturating_sub(elapsed()).as_millis() as u64);
     let history = clients.finish(runtime);
     drop(processes);
@@ -634,10 +656,7 @@ fn with_center(
     for id in CENTERS {
         processes.start_center(id)?;
     }
-    for id in NODES {
-        processes.start_node(id)?;
-    }
-    processes.proxy = Some(processes.spawn("proxy", &dir.join("proxy.toml"), "proxy.log")?);
+    processes.start_nodes_and_proxy()?;
     let proxy: SocketAddr = format!("127.0.0.1:{}", ports[&PROXY]).parse()?;
     wait_ready(runtime, proxy, dir)?;
     println!(
@@ -674,15 +693,11 @@ fn with_center(
                 log.push(format!(
                     "{at:>7.1}s kill -9 node {node}, restart after {hold} ms"
                 ));
-                processes.kill_node(node);
-                pause(hold);
-                processes.start_node(node)?;
+                processes.bounce_node(node, hold)?;
             }
             1 => {
                 log.push(format!("{at:>7.1}s SIGSTOP node {node} for {hold} ms"));
-                processes.signal(node, "-STOP");
-                pause(hold);
-                processes.signal(node, "-CONT");
+                processes.pause_node(node, hold);
             }
             2 => {
                 let center = CENTERS[rng.below(3) as usize];
@@ -779,12 +794,7 @@ fn with_center(
         }
     }
     // Heal: everything running and resumed; the clients go on while the migrations end.
-    for id in NODES {
-        processes.signal(id, "-CONT");
-        if !processes.nodes.contains_key(&id) {
-            processes.start_node(id)?;
-        }
-    }
+    processes.heal_nodes()?;
     for id in CENTERS {
         if !processes.centers.contains_key(&id) {
             processes.start_center(id)?;

@@ -114,6 +114,20 @@ impl<D> Sealed<D> {
         &self.inner
     }
 
+    /// [`Sealed::open`] for every row of a scan.
+    fn open_rows(
+        &self,
+        space: Space,
+        rows: Vec<(Bytes, Bytes)>,
+    ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
+        rows.into_iter()
+            .map(|(key, stored)| {
+                let value = self.open(space, &key, stored)?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+
     fn open(&self, space: Space, key: &[u8], stored: Bytes) -> Result<Bytes, DiskError> {
         if self.bugs.is_planted(Bug::SkipRecordChecksum) {
             // The planted bug: the seal is cut off unchecked, so a flipped bit is served.
@@ -142,12 +156,7 @@ impl<V: DiskView> DiskView for SealedView<V> {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
         let rows = self.inner.scan(space, start, end, limit).await?;
-        rows.into_iter()
-            .map(|(key, stored)| {
-                let value = self.disk.open(space, &key, stored)?;
-                Ok((key, value))
-            })
-            .collect()
+        self.disk.open_rows(space, rows)
     }
 }
 
@@ -195,12 +204,7 @@ impl<D: Disk> Disk for Sealed<D> {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
         let rows = self.inner.scan(space, start, end, limit).await?;
-        rows.into_iter()
-            .map(|(key, stored)| {
-                let value = self.open(space, &key, stored)?;
-                Ok((key, value))
-            })
-            .collect()
+        self.open_rows(space, rows)
     }
 
     async fn scan_keys(

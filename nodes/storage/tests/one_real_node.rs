@@ -37,6 +37,18 @@ fn start(dir: &Path) -> Result<Running, NodeError> {
     start_with(dir, NodeConfig::new(ID, vec![GROUP, OTHER]))
 }
 
+/// A node with `GROUP` and `OTHER` formed (it the only voter of each) and led.
+fn start_with_both_groups(dir: &Path) -> Running {
+    let node = start(dir).expect("start");
+    for group in [GROUP, OTHER] {
+        node.runtime
+            .block_on(node.node.initialize(group, &BTreeSet::from([ID])))
+            .expect("initialize");
+        node.wait_leader_of(group);
+    }
+    node
+}
+
 fn start_with(dir: &Path, config: NodeConfig) -> Result<Running, NodeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -419,13 +431,7 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
     use larder_core::slots::{Ownership, slot_of};
 
     let dir = tempfile::tempdir().expect("dir");
-    let node = start(dir.path()).expect("start");
-    for group in [GROUP, OTHER] {
-        node.runtime
-            .block_on(node.node.initialize(group, &BTreeSet::from([ID])))
-            .expect("initialize");
-        node.wait_leader_of(group);
-    }
+    let node = start_with_both_groups(dir.path());
     // The moving keys share a hash tag, so one slot; "stays" lives elsewhere.
     let slot = slot_of(b"{m}");
     assert_ne!(slot, slot_of(b"stays"));
@@ -639,13 +645,7 @@ fn slot_pages_stay_within_the_ingest_limit_with_large_values() {
     use larder_protocol::SLOT_PAGE_BYTES_MAX;
 
     let dir = tempfile::tempdir().expect("dir");
-    let node = start(dir.path()).expect("start");
-    for group in [GROUP, OTHER] {
-        node.runtime
-            .block_on(node.node.initialize(group, &BTreeSet::from([ID])))
-            .expect("initialize");
-        node.wait_leader_of(group);
-    }
+    let node = start_with_both_groups(dir.path());
     let slot = slot_of(b"{big}");
     let ok = ClientResponse::Reply(Reply::Ok);
     let value = |i: usize, size: usize| "x".repeat(size - 1) + &i.to_string();
