@@ -15,6 +15,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; sleep 1; [ -n "${KEEP_LOGS:-}" ] && m
 # `larder up` prints its `try:` line once every group serves (its proxy listens earlier and
 # answers -TRYAGAIN until then, which would count as a cutover pause).
 for _ in $(seq 1 300); do grep -q '^try:' "$W/up.log" 2>/dev/null && break; sleep 0.2; done
+# The nodes and admin commands below prove the secret `larder up` wrote.
+export LARDER_CLUSTER_SECRET_FILE="$W/data/cluster.secret"
 python3 scripts/resp_load.py --port 6380 --threads 4 --stop "$W/stop" > "$W/load.json" &
 LOAD=$!
 sleep 3

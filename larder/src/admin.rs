@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use larder_protocol::{
     GroupSummary, Liveness, Migration, MigrationPhase, MoveSlots, NodeState, NodeSummary, Rpc,
     SplitGroup, Steer, SteerMigration, call,
 };
-use larder_real::{AddressBook, TcpNet};
+use larder_real::{AddressBook, ClusterKey, TcpNet};
 
 #[derive(Args, Debug)]
 pub struct AdminArgs {
@@ -163,7 +164,7 @@ fn parse_slot_ranges(text: &str) -> Result<SlotRanges, String> {
 }
 
 fn move_slots(args: MoveSlotsArgs) -> anyhow::Result<bool> {
-    let centers = args.center.centers();
+    let centers = args.center.reach()?;
     let request = MoveSlots {
         ranges: args.slots.0.clone(),
         to: args.to,
@@ -186,11 +187,7 @@ fn move_slots(args: MoveSlotsArgs) -> anyhow::Result<bool> {
 }
 
 /// Polls the center until migration `id` ends (bounded: an hour), printing how it ended.
-fn wait_for_migration(
-    centers: &[CenterAddress],
-    timeout: Duration,
-    id: u64,
-) -> anyhow::Result<Migration> {
+fn wait_for_migration(centers: &Centers, timeout: Duration, id: u64) -> anyhow::Result<Migration> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3600) {
         std::thread::sleep(Duration::from_millis(200));
@@ -218,7 +215,7 @@ fn wait_for_migration(
 }
 
 fn steer(args: SteerArgs, steer: Steer) -> anyhow::Result<bool> {
-    let centers = args.center.centers();
+    let centers = args.center.reach()?;
     let request = SteerMigration { id: args.id, steer };
     let mut now = ask_center(&centers, args.center.timeout, request)
         .with_context(|| format!("asking the center to {steer:?} migration {}", args.id))?;
@@ -254,7 +251,7 @@ fn steer(args: SteerArgs, steer: Steer) -> anyhow::Result<bool> {
 }
 
 fn drain(args: DrainArgs) -> anyhow::Result<bool> {
-    let centers = args.center.centers();
+    let centers = args.center.reach()?;
     let state = ask_center(&centers, args.center.timeout, DrainNode { node: args.node })
         .with_context(|| format!("asking the center to drain node {}", args.node))?;
     println!("node {}: {state:?}", args.node);
@@ -289,7 +286,7 @@ fn drain(args: DrainArgs) -> anyhow::Result<bool> {
 }
 
 fn split(args: SplitArgs) -> anyhow::Result<bool> {
-    let centers = args.center.centers();
+    let centers = args.center.reach()?;
     let migration = ask_center(
         &centers,
         args.center.timeout,
@@ -311,7 +308,7 @@ fn split(args: SplitArgs) -> anyhow::Result<bool> {
 }
 
 fn rebalance(args: RebalanceArgs) -> anyhow::Result<bool> {
-    let centers = args.center.centers();
+    let centers = args.center.reach()?;
     let started = Instant::now();
     let mut moves = 0;
     let mut ok = true;
@@ -407,7 +404,7 @@ fn describe_phase(phase: &MigrationPhase) -> String {
 }
 
 fn migrations(args: MigrationsArgs) -> anyhow::Result<bool> {
-    let all = ask_center(&args.center.centers(), args.center.timeout, GetMigrations)?;
+    let all = ask_center(&args.center.reach()?, args.center.timeout, GetMigrations)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(true);
@@ -463,9 +460,27 @@ pub struct CenterArgs {
     /// Give up when no center leader answered within this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// The file holding the cluster secret (`larder up` prints where it wrote one).
+    #[arg(long, env = "LARDER_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+/// The center replicas to ask, and the cluster key to prove to them.
+#[derive(Debug, Clone)]
+pub struct Centers {
+    pub addresses: Vec<CenterAddress>,
+    pub key: ClusterKey,
 }
 
 impl CenterArgs {
+    /// The centers given (or the local cluster's) with the cluster key.
+    pub fn reach(&self) -> anyhow::Result<Centers> {
+        Ok(Centers {
+            addresses: self.centers(),
+            key: larder_real::cluster_key(self.cluster_secret_file.as_deref())?,
+        })
+    }
+
     /// The centers given, or the local cluster's by default.
     pub fn centers(&self) -> Vec<CenterAddress> {
         if !self.center.is_empty() {
@@ -564,7 +579,7 @@ struct StatusJson<'a> {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<bool> {
-    let centers = args.center.centers();
+    let centers = args.center.reach()?;
     let status = fetch_status(&centers, args.center.timeout)?;
     // Asked of the same leader right after; a center too old to know them answers nothing.
     let migrations = ask_center(&centers, args.center.timeout, GetMigrations).unwrap_or_default();
@@ -611,15 +626,16 @@ fn render_migrations(migrations: &[Migration]) -> String {
 /// follower's hint to a center of known id, in rounds until one answers or `limit` passes
 /// (a new center leader answers after its first control round). Gives up early when every
 /// center names a leader this command has no address for.
-pub fn fetch_status(centers: &[CenterAddress], limit: Duration) -> anyhow::Result<ClusterStatus> {
+pub fn fetch_status(centers: &Centers, limit: Duration) -> anyhow::Result<ClusterStatus> {
     ask_center(centers, limit, GetStatus)
 }
 
 /// Sends `request` to the center leader as [`fetch_status`] does, and returns its answer.
-pub fn ask_center<R, T>(centers: &[CenterAddress], limit: Duration, request: R) -> anyhow::Result<T>
+pub fn ask_center<R, T>(centers: &Centers, limit: Duration, request: R) -> anyhow::Result<T>
 where
     R: Rpc<Response = CenterResponse<T>>,
 {
+    let (key, centers) = (&centers.key, &centers.addresses);
     if centers.is_empty() {
         bail!("no center given");
     }
@@ -640,7 +656,11 @@ where
             names.insert(id, center.to_string());
             order.push(id);
         }
-        let net = TcpNet::client(ADMIN_ID, book.clone());
+        let net = TcpNet::client(
+            ADMIN_ID,
+            book.clone(),
+            larder_real::process_auth(key.clone()),
+        );
         let request = Encoded::new(request);
         let deadline = Instant::now() + limit;
         let mut failures: BTreeMap<NodeId, String> = BTreeMap::new();
@@ -887,6 +907,7 @@ mod tests {
         let defaults = CenterArgs {
             center: vec![],
             timeout: Duration::from_secs(1),
+            cluster_secret_file: None,
         }
         .centers();
         let shown: Vec<String> = defaults.iter().map(ToString::to_string).collect();

@@ -128,6 +128,10 @@ impl Processes {
         Command::new(&self.exe)
             .args([role, "--config"])
             .arg(config)
+            .env(
+                larder_real::SECRET_FILE_VAR,
+                self.dir.join(larder_real::SECRET_FILE_NAME),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -406,6 +410,8 @@ pub fn jepsen(args: JepsenArgs) -> anyhow::Result<bool> {
 }
 
 fn processes(dir: &Path) -> anyhow::Result<Processes> {
+    // Every process of the run authenticates with this directory's secret.
+    larder_real::ensure_secret_file(&dir.join(larder_real::SECRET_FILE_NAME))?;
     Ok(Processes {
         exe: std::env::current_exe().context("finding the larder binary")?,
         dir: dir.to_path_buf(),
@@ -642,7 +648,7 @@ fn with_center(
     dir: &Path,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<(History, Vec<String>)> {
-    use crate::admin::{CenterAddress, ask_center};
+    use crate::admin::{CenterAddress, Centers, ask_center};
     use larder_protocol::{
         GetMigrations, GetStatus, Migration, MoveSlots, SplitGroup, Steer, SteerMigration,
     };
@@ -666,13 +672,16 @@ fn with_center(
         args.time_limit,
         dir.display()
     );
-    let centers: Vec<CenterAddress> = CENTERS
-        .iter()
-        .map(|id| CenterAddress {
-            id: Some(*id),
-            address: SocketAddr::from(([127, 0, 0, 1], ports[id])),
-        })
-        .collect();
+    let centers = Centers {
+        addresses: CENTERS
+            .iter()
+            .map(|id| CenterAddress {
+                id: Some(*id),
+                address: SocketAddr::from(([127, 0, 0, 1], ports[id])),
+            })
+            .collect(),
+        key: larder_real::ensure_secret_file(&dir.join(larder_real::SECRET_FILE_NAME))?,
+    };
     let limit = Duration::from_secs(5);
 
     let epoch = Epoch::start();

@@ -23,7 +23,9 @@ use larder_core::{GroupId, NodeId};
 use larder_center::{Center, CenterConfig};
 use larder_client::{ClientConfig, ClusterClient, SharedRouting};
 use larder_proxy::{Proxy, ProxyConfig};
-use larder_real::{AddressBook, RealEnv, TcpNet, TokioClock, TokioListener};
+use larder_real::{
+    AddressBook, ClusterKey, RealEnv, TcpNet, TokioClock, TokioListener, process_auth,
+};
 use larder_storage::{NodeConfig, StorageNode};
 
 /// What to start.
@@ -125,6 +127,9 @@ pub struct LocalCluster {
     /// goes.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     dir: PathBuf,
+    /// Where the cluster secret is, if this cluster made (or reused) the file in its directory.
+    pub secret_file: Option<PathBuf>,
+    key: ClusterKey,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -136,8 +141,9 @@ async fn open_env(
     name: &str,
     book: &AddressBook,
     seed: u64,
+    key: &ClusterKey,
 ) -> Result<RealEnv, LocalError> {
-    RealEnv::open(id, listen, &dir.join(name), book.clone(), seed)
+    RealEnv::open(id, listen, &dir.join(name), book.clone(), seed, key)
         .await
         .map_err(|e| start_error(name.to_string(), e))
 }
@@ -169,6 +175,25 @@ impl LocalCluster {
         // Session ids and Raft jitter (drawn from each node's `Env::seed()`) must differ per
         // process start in production.
         let seed: u64 = larder_real::process_seed();
+        // The environment's secret if one is set (to join this cluster to others' processes),
+        // else the directory's, made on the first start: nodes and admin tools started apart
+        // (`larder node`, `larder admin`) read it from there.
+        let (key, secret_file) = if std::env::var_os(larder_real::SECRET_FILE_VAR).is_some()
+            || std::env::var_os(larder_real::SECRET_VAR).is_some()
+        {
+            let key =
+                larder_real::cluster_key(None).map_err(|e| start_error("the cluster secret", e))?;
+            (key, None)
+        } else {
+            let path = dir.join(larder_real::SECRET_FILE_NAME);
+            std::fs::create_dir_all(&dir).map_err(|source| LocalError::Io {
+                what: format!("creating {}", dir.display()),
+                source,
+            })?;
+            let key = larder_real::ensure_secret_file(&path)
+                .map_err(|e| start_error("the cluster secret", e))?;
+            (key, Some(path))
+        };
         let book = AddressBook::new();
         let mut cluster = LocalCluster {
             proxy_address: args.listen,
@@ -179,6 +204,8 @@ impl LocalCluster {
             nodes: Vec::new(),
             tasks: Vec::new(),
             dir: dir.clone(),
+            secret_file,
+            key: key.clone(),
             _temp: temp,
         };
         // Whatever started before a failure is stopped again, not left running.
@@ -206,7 +233,7 @@ impl LocalCluster {
             center_addresses(args.center_port).ok_or(LocalError::CenterPort(args.center_port))?;
         for (id, listen) in listen {
             let name = format!("center-{id}");
-            let env = open_env(id, listen, dir, &name, book, seed).await?;
+            let env = open_env(id, listen, dir, &name, book, seed, &self.key).await?;
             let address = env.net.listen_address().expect("bound");
             let center = Center::start(env, NodeConfig::new(id, vec![]), center_config.clone())
                 .await
@@ -232,7 +259,7 @@ impl LocalCluster {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         for id in (1..=args.nodes).map(|id| id as NodeId) {
             let name = format!("node-{id}");
-            let env = open_env(id, loopback, dir, &name, book, seed).await?;
+            let env = open_env(id, loopback, dir, &name, book, seed, &self.key).await?;
             let address = env.net.listen_address().expect("bound");
             let config = NodeConfig {
                 centers: CENTERS.to_vec(),
@@ -258,7 +285,7 @@ impl LocalCluster {
         // Likewise the proxy learns the nodes' addresses with its routing tables.
         self.routing.on_addresses(book.sink());
         let proxy = Proxy::new(
-            TcpNet::client(PROXY_ID, book.clone()),
+            TcpNet::client(PROXY_ID, book.clone(), process_auth(self.key.clone())),
             TokioClock::new(),
             ProxyConfig {
                 password: args.requirepass.clone(),
@@ -287,7 +314,7 @@ impl LocalCluster {
     /// Waits until the proxy's routing has a table and every group of it answers a
     /// linearizable read (`DBSIZE` through the group's leader).
     async fn wait_until_ready(&self, book: &AddressBook) -> Result<(), LocalError> {
-        let net = TcpNet::client(PROBE_ID, book.clone());
+        let net = TcpNet::client(PROBE_ID, book.clone(), process_auth(self.key.clone()));
         let clock = TokioClock::new();
         let deadline = clock.now() + READY_TIMEOUT;
         let not_ready = |reason: String| LocalError::NotReady {

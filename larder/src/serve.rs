@@ -46,6 +46,12 @@
 //! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912, nodes = [...]
 //! ```
 //!
+//! **The cluster secret.** Every role authenticates its internal connections with the cluster
+//! secret (see `larder_transport::auth`): `cluster_secret_file = "PATH"` in any of these files
+//! (or `--cluster-secret-file` for a node joining without a file), else the file named by
+//! `LARDER_CLUSTER_SECRET_FILE`, else the secret in `LARDER_CLUSTER_SECRET`. No role starts
+//! without one. `larder up` writes one to `DIR/cluster.secret`.
+//!
 //! **Joining without a file**: `larder node --dir DIR --center ID@HOST:PORT,...` is a center-mode
 //! node (data in `DIR/data`) that heartbeats to the given centers and so registers itself;
 //! the center then counts it for new replicas (replacements of dead ones). Its id is `--id`,
@@ -66,11 +72,11 @@ use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
 use larder_protocol::ClusterStatus;
 use larder_proxy::{Proxy, ProxyConfig};
-use larder_real::{AddressBook, RealEnv, TcpNet, TokioClock};
+use larder_real::{AddressBook, ClusterKey, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, StorageNode};
 use serde::Deserialize;
 
-use crate::admin::{CenterAddress, fetch_status};
+use crate::admin::{CenterAddress, Centers, fetch_status};
 
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
@@ -100,6 +106,10 @@ pub struct NodeArgs {
     /// the center's status shows.
     #[arg(long)]
     pub id: Option<NodeId>,
+    /// The file holding the cluster secret (default: `LARDER_CLUSTER_SECRET_FILE`, else the
+    /// secret in `LARDER_CLUSTER_SECRET`).
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// Where a joining node records its id, in its directory.
@@ -128,7 +138,11 @@ impl NodeArgs {
                 address: center.address,
             });
         }
-        let id = node_id(dir, self.id, &self.center)?;
+        let reach = Centers {
+            addresses: self.center.clone(),
+            key: larder_real::cluster_key(self.cluster_secret_file.as_deref())?,
+        };
+        let id = node_id(dir, self.id, &reach)?;
         let file = NodeFile {
             id,
             listen: self
@@ -141,6 +155,7 @@ impl NodeArgs {
             centers,
             advertise: None,
             heartbeat_ms: None,
+            cluster_secret_file: self.cluster_secret_file.clone(),
         };
         Ok((file, "the command line".to_string()))
     }
@@ -148,7 +163,7 @@ impl NodeArgs {
 
 /// A joining node's id: `given`, else the one recorded in `dir`, else the next free one from
 /// the center's status; recorded in `dir` so a restart keeps it, and checked against it.
-fn node_id(dir: &Path, given: Option<NodeId>, centers: &[CenterAddress]) -> anyhow::Result<NodeId> {
+fn node_id(dir: &Path, given: Option<NodeId>, centers: &Centers) -> anyhow::Result<NodeId> {
     let path = dir.join(NODE_ID_FILE);
     let recorded: Option<NodeId> = match std::fs::read_to_string(&path) {
         Ok(text) => Some(
@@ -236,6 +251,10 @@ pub struct CenterFile {
     /// A node is down after this many heartbeat intervals without one (default 5).
     #[serde(default)]
     pub missed_heartbeats_max: Option<u32>,
+    /// The file holding the cluster secret (default: from the environment; see the module
+    /// doc).
+    #[serde(default)]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl CenterFile {
@@ -309,6 +328,10 @@ pub struct NodeFile {
     /// `heartbeat_ms`).
     #[serde(default)]
     pub heartbeat_ms: Option<u64>,
+    /// The file holding the cluster secret (default: from the environment; see the module
+    /// doc).
+    #[serde(default)]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// How a node gets its groups.
@@ -383,6 +406,10 @@ pub struct ProxyFile {
     /// Largest bulk string a client may send, in bytes.
     #[serde(default)]
     pub bulk_bytes_max: Option<u64>,
+    /// The file holding the cluster secret (default: from the environment; see the module
+    /// doc).
+    #[serde(default)]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl ProxyFile {
@@ -455,8 +482,17 @@ async fn open_env(
     data_dir: &Path,
     book: AddressBook,
     seed: u64,
+    key: &ClusterKey,
 ) -> anyhow::Result<RealEnv> {
-    Ok(RealEnv::open(id, listen, data_dir, book, seed).await?)
+    Ok(RealEnv::open(id, listen, data_dir, book, seed, key).await?)
+}
+
+/// The cluster key from a role's `cluster_secret_file`, else the environment, logged by its
+/// fingerprint so operators can compare processes that fail to talk.
+fn cluster_key(file: Option<&Path>) -> anyhow::Result<ClusterKey> {
+    let key = larder_real::cluster_key(file)?;
+    tracing::info!(fingerprint = %key.fingerprint(), "cluster secret loaded");
+    Ok(key)
 }
 
 pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
@@ -472,7 +508,16 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
                 .chain(&file.observers)
                 .chain(&file.nodes),
         );
-        let env = open_env(file.id, file.listen, &file.data_dir, book.clone(), seed).await?;
+        let key = cluster_key(file.cluster_secret_file.as_deref())?;
+        let env = open_env(
+            file.id,
+            file.listen,
+            &file.data_dir,
+            book.clone(),
+            seed,
+            &key,
+        )
+        .await?;
         let center = Center::start(env, NodeConfig::new(file.id, vec![]), config)
             .await
             .context("starting the center replica")?;
@@ -508,7 +553,8 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
     runtime()?.block_on(async {
         let seed = larder_real::process_seed();
         let book = address_book(file.peers.iter().chain(&file.centers));
-        let env = open_env(file.id, file.listen, &file.data_dir, book.clone(), seed).await?;
+        let key = cluster_key(file.cluster_secret_file.as_deref())?;
+        let env = open_env(file.id, file.listen, &file.data_dir, book.clone(), seed, &key).await?;
         let bound = env.net.listen_address().unwrap_or(file.listen);
         let mode = match mode {
             NodeMode::Center { advertise } if advertise.port() == 0 => NodeMode::Center {
@@ -596,7 +642,11 @@ pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
         // table is never refreshed, so this is never called there).
         routing.on_addresses(book.sink());
         let proxy = Proxy::new(
-            TcpNet::client(file.id, book),
+            TcpNet::client(
+                file.id,
+                book,
+                larder_real::process_auth(cluster_key(file.cluster_secret_file.as_deref())?),
+            ),
             TokioClock::new(),
             config,
             routing,
@@ -746,15 +796,20 @@ mod tests {
     #[test]
     fn a_joining_node_keeps_its_recorded_id() {
         let dir = tempfile::tempdir().expect("dir");
+        let none = Centers {
+            addresses: vec![],
+            key: larder_real::ClusterKey::from_secret(b"a secret for the test").expect("key"),
+        };
+        let none = &none;
         // Given: recorded. Not given: the recorded one, without asking any center (none is
         // given, so asking would fail). Another one given: refused.
-        assert_eq!(node_id(dir.path(), Some(7), &[]).expect("given"), 7);
-        assert_eq!(node_id(dir.path(), None, &[]).expect("recorded"), 7);
-        assert_eq!(node_id(dir.path(), Some(7), &[]).expect("same"), 7);
-        assert!(node_id(dir.path(), Some(8), &[]).is_err());
+        assert_eq!(node_id(dir.path(), Some(7), none).expect("given"), 7);
+        assert_eq!(node_id(dir.path(), None, none).expect("recorded"), 7);
+        assert_eq!(node_id(dir.path(), Some(7), none).expect("same"), 7);
+        assert!(node_id(dir.path(), Some(8), none).is_err());
         let fresh = tempfile::tempdir().expect("dir");
         assert!(
-            node_id(fresh.path(), None, &[]).is_err(),
+            node_id(fresh.path(), None, none).is_err(),
             "no id, none recorded, no center to ask"
         );
     }

@@ -81,6 +81,14 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
             .map(|(id, address)| format!("{id}@{address}"))
             .collect::<Vec<_>>()
             .join(",");
+        if let Some(path) = &cluster.secret_file {
+            println!(
+                "  cluster secret: {} (for larder admin and larder node: export {}={})",
+                path.display(),
+                larder_real::SECRET_FILE_VAR,
+                path.display()
+            );
+        }
         println!("try: redis-cli -p {}", cluster.proxy_address.port());
         println!("watch: larder admin status --center {centers}");
         println!("grow: larder node --dir DIR --center {centers}");

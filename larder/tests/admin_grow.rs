@@ -41,6 +41,7 @@ impl Processes {
             Stdio::from(log.try_clone().expect("log file"))
         };
         let child = Command::new(LARDER)
+            .env(larder_real::SECRET_VAR, larder_real::TEST_SECRET)
             .args(args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -95,6 +96,7 @@ fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T,
 
 fn admin(args: &[&str]) -> Output {
     Command::new(LARDER)
+        .env(larder_real::SECRET_VAR, larder_real::TEST_SECRET)
         .arg("admin")
         .args(args)
         .stdin(Stdio::null())

@@ -128,7 +128,8 @@ impl Cluster {
         for id in CENTERS.iter().chain(&NODES).chain(&[SPARE]) {
             book.insert(*id, addresses[id]);
         }
-        let net = runtime.block_on(async { TcpNet::client(900, book) });
+        let net =
+            runtime.block_on(async { TcpNet::client(900, book, larder_real::test_auth(900)) });
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             addresses,
@@ -146,6 +147,7 @@ impl Cluster {
         let name = format!("{}-{id}", role(id));
         let log = File::create(self.dir.join(format!("{name}.log"))).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_larder"))
+            .env(larder_real::SECRET_VAR, larder_real::TEST_SECRET)
             .arg(role(id))
             .arg("--config")
             .arg(self.dir.join(format!("{name}.toml")))

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::NodeId;
-use larder_core::env::{Handler, Net, NetError, Rng, SeededRng};
-use larder_transport::{StreamNet, Transport};
+use larder_core::env::{Handler, Net, NetError, Rng, SeededRng, derive_seed};
+use larder_transport::{ClusterAuth, ClusterKey, NetStats, StreamNet, Transport};
 use tokio::time::Instant;
 use turmoil::net::{TcpListener, TcpStream};
 
@@ -119,6 +119,15 @@ struct Fate {
     delay: Duration,
 }
 
+/// The seed stream of an endpoint's handshake nonces.
+const NONCE_STREAM: u64 = 0x6e6f_6e63;
+
+/// The cluster key of every simulated process: the simulator tests the handshake and the
+/// tags, not secrecy, so one fixed secret serves every run.
+pub fn simulation_key() -> ClusterKey {
+    ClusterKey::from_secret(b"larder simulated cluster secret").expect("long enough")
+}
+
 /// One process's simulated network endpoint: the fault layer around the production
 /// [`StreamNet`] on [`SimTransport`].
 #[derive(Clone)]
@@ -134,13 +143,32 @@ impl SimNet {
     /// `seed` drives this endpoint's fault draws; derive it from the run seed, the node id and
     /// the incarnation so a restarted node does not replay its old draws.
     pub fn new(id: NodeId, faults: NetFaults, seed: u64, trace: Trace) -> Self {
+        Self::with_key(id, faults, seed, trace, simulation_key())
+    }
+
+    /// An endpoint that authenticates with `key` (the adversarial tests' outsiders; every
+    /// simulated process of the cluster uses [`simulation_key`]). Its handshake nonces come
+    /// from `seed` too, so a run replays its handshakes byte for byte.
+    pub fn with_key(
+        id: NodeId,
+        faults: NetFaults,
+        seed: u64,
+        trace: Trace,
+        key: ClusterKey,
+    ) -> Self {
+        let auth = ClusterAuth::new(key, derive_seed(seed, NONCE_STREAM));
         SimNet {
             id,
             faults,
             rng: Arc::new(Mutex::new(SeededRng::new(seed))),
             trace,
-            stream: StreamNet::new(id, SimTransport),
+            stream: StreamNet::new(id, SimTransport, auth),
         }
+    }
+
+    /// What this endpoint's listener refused (forged handshakes and frames).
+    pub fn stats(&self) -> &NetStats {
+        self.stream.stats()
     }
 
     fn fate(&self) -> Fate {

@@ -205,8 +205,25 @@ impl<E: Env> Clone for CenterHandler<E> {
 }
 
 impl<E: Env> Handler for CenterHandler<E> {
-    async fn handle(&self, _from: NodeId, request: Bytes) -> Bytes {
+    async fn handle(&self, from: NodeId, request: Bytes) -> Bytes {
         match decode_request(&request) {
+            Ok(Request::Center(CenterRequest::Heartbeat(beat))) if beat.node != from => {
+                // A heartbeat registers an address and a membership for its node id: only
+                // that node may send it.
+                self.center
+                    .node
+                    .refused()
+                    .heartbeats
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    from,
+                    node = beat.node,
+                    "refused a heartbeat sent for another node"
+                );
+                respond::<Heartbeat>(&CenterResponse::Unavailable {
+                    reason: format!("node {from} sent a heartbeat for node {}", beat.node),
+                })
+            }
             Ok(Request::Center(CenterRequest::Heartbeat(beat))) => {
                 respond::<Heartbeat>(&self.center.on_heartbeat(beat).await)
             }
@@ -231,7 +248,7 @@ impl<E: Env> Handler for CenterHandler<E> {
             Ok(Request::Center(CenterRequest::GetStatus(GetStatus))) => {
                 respond::<GetStatus>(&self.center.on_get_status())
             }
-            Ok(request) => self.center.node.handle_request(request).await,
+            Ok(request) => self.center.node.handle_request(from, request).await,
             Err(error) => undecodable(&error),
         }
     }

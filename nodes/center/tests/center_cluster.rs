@@ -62,7 +62,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn open_env(id: NodeId, dir: &Path, address: SocketAddr, book: &AddressBook) -> RealEnv {
-    let net = TcpNet::bind(id, address, book.clone()).await.expect("bind");
+    let net = TcpNet::bind(id, address, book.clone(), larder_real::test_auth(id))
+        .await
+        .expect("bind");
     let disk = FjallDisk::open(dir, &FjallOptions::default()).expect("open disk");
     RealEnv {
         clock: TokioClock::new(),
@@ -183,8 +185,12 @@ impl Cluster {
             .map(|id| (*id, book.get(*id).expect("bound")))
             .collect();
         let client = tokio::runtime::Runtime::new().expect("client runtime");
-        let (net, clock) =
-            client.block_on(async { (TcpNet::client(CLIENT, book.clone()), TokioClock::new()) });
+        let (net, clock) = client.block_on(async {
+            (
+                TcpNet::client(CLIENT, book.clone(), larder_real::test_auth(CLIENT)),
+                TokioClock::new(),
+            )
+        });
         Cluster {
             _dirs: dirs,
             paths,

@@ -33,7 +33,7 @@ fn proxy(password: Option<&str>) -> std::sync::Arc<Proxy<TcpNet, TokioClock>> {
     // Nodes 1-3 have no address: the cluster is unreachable, which the data path must report.
     let routing = SharedRouting::new(RoutingTable::even(2, |_| vec![1, 2, 3]));
     Proxy::new(
-        TcpNet::client(1000, AddressBook::new()),
+        TcpNet::client(1000, AddressBook::new(), larder_real::test_auth(1000)),
         TokioClock::new(),
         config,
         routing,

@@ -16,17 +16,27 @@ mod clock;
 mod disk;
 mod listener;
 mod net;
+mod secret;
 
 pub use clock::TokioClock;
 pub use disk::{FjallDisk, FjallOptions, FjallView};
+pub use larder_transport::conformance::{TEST_SECRET, test_auth};
+pub use larder_transport::{ClusterAuth, ClusterKey};
 pub use listener::TokioListener;
 pub use net::{AddressBook, TcpNet, TcpTransport};
+pub use secret::{
+    SECRET_FILE_NAME, SECRET_FILE_VAR, SECRET_VAR, SecretError, cluster_key, ensure_secret_file,
+    process_auth,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use larder_core::NodeId;
 use larder_core::env::{DiskError, Env, NetError, derive_seed};
+
+/// The seed stream of a process's handshake nonces.
+const NONCE_STREAM: u64 = 0x6e6f_6e63_6500_0000;
 
 /// A production process's environment.
 #[derive(Clone)]
@@ -57,19 +67,23 @@ pub enum OpenError {
 impl RealEnv {
     /// The environment of server process `id`: listens on `listen` (port 0: any free port;
     /// [`TcpNet::local_addr`] says which), keeps its data in `data_dir` (created if missing),
-    /// reaches peers through `book`, and draws its random streams from `seed` and its id.
+    /// reaches peers through `book`, authenticates with `key`, and draws its random streams
+    /// from `seed` and its id.
     pub async fn open(
         id: NodeId,
         listen: SocketAddr,
         data_dir: &Path,
         book: AddressBook,
         seed: u64,
+        key: &ClusterKey,
     ) -> Result<RealEnv, OpenError> {
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let net = TcpNet::bind(id, listen, book)
+        // Nonces from the process seed: it is drawn from the OS per start.
+        let auth = ClusterAuth::new(key.clone(), derive_seed(seed, id ^ NONCE_STREAM));
+        let net = TcpNet::bind(id, listen, book, auth)
             .await
             .map_err(|source| OpenError::Listen {
                 address: listen,

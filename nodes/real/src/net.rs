@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Handler, Net, NetError};
-use larder_transport::{StreamNet, Transport};
+use larder_transport::{ClusterAuth, NetStats, StreamNet, Transport};
 use tokio::net::TcpStream;
 
 use crate::TokioListener;
@@ -115,20 +115,23 @@ pub struct TcpNet {
 }
 
 impl TcpNet {
-    /// An endpoint that only calls out (a client or a proxy that serves no peers).
-    pub fn client(id: NodeId, book: AddressBook) -> Self {
+    /// An endpoint that only calls out (a client or a proxy that serves no peers),
+    /// authenticating with `auth`.
+    pub fn client(id: NodeId, book: AddressBook, auth: ClusterAuth) -> Self {
         TcpNet {
-            net: StreamNet::new(id, TcpTransport::new(book)),
+            net: StreamNet::new(id, TcpTransport::new(book), auth),
             bound: None,
         }
     }
 
     /// An endpoint listening on `address` (port 0 picks one); the bound address is recorded in
-    /// `book` under `id` so peers sharing the book can reach it.
+    /// `book` under `id` so peers sharing the book can reach it. Callers must prove `auth`'s
+    /// key, and calls out prove it.
     pub async fn bind(
         id: NodeId,
         address: SocketAddr,
         book: AddressBook,
+        auth: ClusterAuth,
     ) -> Result<Self, NetError> {
         let transport = TcpTransport::new(book.clone());
         let listener = transport
@@ -142,7 +145,7 @@ impl TcpNet {
         })?;
         book.insert(id, bound);
         Ok(TcpNet {
-            net: StreamNet::with_listener(id, transport, listener),
+            net: StreamNet::with_listener(id, transport, auth, listener),
             bound: Some(bound),
         })
     }
@@ -155,6 +158,11 @@ impl TcpNet {
 
     pub fn address_book(&self) -> &AddressBook {
         self.net.transport().address_book()
+    }
+
+    /// What this endpoint's listener refused (forged handshakes and frames).
+    pub fn stats(&self) -> &NetStats {
+        self.net.stats()
     }
 }
 

@@ -57,7 +57,7 @@ async fn fjall_disk_keeps_synced_data_across_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_net_passes_the_net_suite() {
     let book = AddressBook::new();
-    let server = TcpNet::bind(1, loopback(), book.clone())
+    let server = TcpNet::bind(1, loopback(), book.clone(), larder_real::test_auth(1))
         .await
         .expect("bind");
     tokio::spawn(async move {
@@ -71,7 +71,7 @@ async fn tcp_net_passes_the_net_suite() {
     let released = std::net::TcpListener::bind(loopback()).expect("bind");
     book.insert(3, released.local_addr().expect("address"));
     drop(released);
-    let client = TcpNet::client(100, book.clone());
+    let client = TcpNet::client(100, book.clone(), larder_real::test_auth(100));
     net_suite(&client, &TokioClock::new(), 1, 3).await;
     // And a node id nobody has heard of.
     net_suite(&client, &TokioClock::new(), 1, 42).await;
@@ -85,7 +85,9 @@ async fn tcp_net_reconnects_after_the_server_restarts() {
     // sockets, as a process exit would.
     let serve_on = |runtime: &tokio::runtime::Runtime, book: AddressBook, address: SocketAddr| {
         runtime.block_on(async {
-            let server = TcpNet::bind(1, address, book).await.expect("bind");
+            let server = TcpNet::bind(1, address, book, larder_real::test_auth(1))
+                .await
+                .expect("bind");
             let address = server.listen_address().expect("address");
             tokio::spawn(async move {
                 server
@@ -101,7 +103,7 @@ async fn tcp_net_reconnects_after_the_server_restarts() {
     let first = tokio::runtime::Runtime::new().expect("runtime");
     let (b, f) = (book.clone(), &first);
     let address = tokio::task::block_in_place(|| serve_on(f, b, loopback()));
-    let client = TcpNet::client(100, book.clone());
+    let client = TcpNet::client(100, book.clone(), larder_real::test_auth(100));
     let second = Duration::from_secs(1);
     client
         .call(1, Bytes::from_static(b"one"), second)
@@ -154,7 +156,7 @@ async fn tcp_net_refuses_an_oversized_frame_and_closes_on_a_bad_length() {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let book = AddressBook::new();
-    let server = TcpNet::bind(1, loopback(), book.clone())
+    let server = TcpNet::bind(1, loopback(), book.clone(), larder_real::test_auth(1))
         .await
         .expect("bind");
     let address = server.listen_address().expect("address");
@@ -165,7 +167,7 @@ async fn tcp_net_refuses_an_oversized_frame_and_closes_on_a_bad_length() {
             })
             .await
     });
-    let client = TcpNet::client(100, book.clone());
+    let client = TcpNet::client(100, book.clone(), larder_real::test_auth(100));
     let oversized = Bytes::from(vec![0u8; FRAME_BYTES_MAX + 1]);
     let outcome = client.call(1, oversized, Duration::from_secs(5)).await;
     assert_eq!(

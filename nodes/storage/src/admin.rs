@@ -290,3 +290,13 @@ pub(crate) fn admin_response(outcome: Result<(), NodeError>) -> AdminResponse {
         },
     }
 }
+
+/// The answer to an admin request refused unheard, with `reason`, in the response type its
+/// request expects.
+pub(crate) fn refused(request: &AdminRequest, reason: String) -> Bytes {
+    match request {
+        AdminRequest::ReadSlots(_) => respond::<ReadSlots>(&ReadSlotsResponse::Failed { reason }),
+        // Every other admin request is answered by an `AdminResponse`.
+        _ => respond::<AddGroup>(&AdminResponse::Failed { reason }),
+    }
+}

@@ -26,5 +26,5 @@ pub mod raft;
 pub mod serving;
 
 pub use config::{NodeConfig, NodeError};
-pub use node::{NodeDisk, StorageNode};
+pub use node::{NodeDisk, Refused, StorageNode};
 pub use serving::NodeHandler;

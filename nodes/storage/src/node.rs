@@ -69,6 +69,23 @@ pub struct StorageNode<E: Env> {
     pub(crate) last_stamp_ms: AtomicU64,
     /// Replicas found corrupt (see [`crate::broken`]); shared with the disk's checksum hook.
     pub(crate) broken: Arc<BrokenReplicas>,
+    /// Requests refused because of who sent them ([`crate::serving`]).
+    pub(crate) refused: Refused,
+}
+
+/// Requests a node refused because of their sender, counted (the adversarial tests read them;
+/// an operator sees each as a warning in the log).
+#[derive(Debug, Default)]
+pub struct Refused {
+    /// Raft messages whose sender is not the leader or candidate they claim to come from, or
+    /// not a member of the group.
+    pub raft: AtomicU64,
+    /// Admin requests from a process that is not one of the node's centers.
+    pub admin: AtomicU64,
+    /// Client commands sent to the center's group.
+    pub center_group: AtomicU64,
+    /// Heartbeats (to a center) sent by another node than the one they describe.
+    pub heartbeats: AtomicU64,
 }
 
 pub(crate) fn raft_error(group: GroupId, error: impl std::fmt::Display) -> NodeError {
@@ -218,6 +235,7 @@ impl<E: Env> StorageNode<E> {
             heartbeat_now: Arc::new(tokio::sync::Notify::new()),
             last_stamp_ms: AtomicU64::new(0),
             broken,
+            refused: Refused::default(),
         });
         // The replicas that failed to open are retired now (their marks made durable).
         if !newly_broken.is_empty() {
@@ -283,6 +301,11 @@ impl<E: Env> StorageNode<E> {
 
     /// The Raft handle of `group` (metrics, membership). A clone: it stays usable even if the
     /// group is removed meanwhile (its calls then fail as on a stopped Raft).
+    /// Requests refused because of their sender so far.
+    pub fn refused(&self) -> &Refused {
+        &self.refused
+    }
+
     pub fn raft(&self, group: GroupId) -> Result<Raft<NodeDisk<E>>, NodeError> {
         Ok(self.group(group)?.raft.clone())
     }

@@ -11,12 +11,15 @@ use larder_core::env::{Clock, Env, Handler, Net, timeout};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    CenterRequest, CenterResponse, ClientRequest, ClientResponse, DrainNode, GetMigrations,
-    GetRouting, GetStatus, Heartbeat, MoveSlots, RaftCall, RaftRequest, RaftResponse, Request,
-    RoutingAnswer, SessionSeq, SplitGroup, SteerMigration, decode_request, respond, undecodable,
+    CENTER_GROUP, CenterRequest, CenterResponse, ClientRequest, ClientResponse, DrainNode,
+    GetMigrations, GetRouting, GetStatus, Heartbeat, MoveSlots, RaftCall, RaftRequest,
+    RaftResponse, Request, RoutingAnswer, SessionSeq, SplitGroup, SteerMigration, decode_request,
+    respond, undecodable,
 };
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
+use openraft::vote::RaftLeaderId;
 
 use crate::config::NodeError;
 use crate::node::{Group, NodeDisk, StorageNode};
@@ -199,10 +202,12 @@ impl<E: Env> StorageNode<E> {
             .then_some(table.epoch())
     }
 
-    /// Answers one of openraft's RPCs from a peer. A group this node does not host, or a
-    /// payload that does not decode, is answered as a stopped Raft: openraft treats the peer as
-    /// unreachable and backs off.
-    async fn handle_raft(&self, request: RaftRequest) -> RaftResponse {
+    /// Answers one of openraft's RPCs from peer `from` (the id its connection proved). A group
+    /// this node does not host, a payload that does not decode, or a sender that is not the
+    /// leader or candidate the message names, or not a member of the group
+    /// ([`Self::raft_sender_refused`]), is answered as a stopped Raft: openraft treats the
+    /// peer as unreachable and backs off.
+    async fn handle_raft(&self, from: NodeId, request: RaftRequest) -> RaftResponse {
         let group = request.group;
         let raft = match self.raft(group) {
             Ok(raft) => raft,
@@ -212,9 +217,16 @@ impl<E: Env> StorageNode<E> {
             }
         };
         macro_rules! serve {
-            ($payload:ty, |$p:ident| $call:expr) => {
+            ($payload:ty, |$p:ident| $claimed:expr, $call:expr) => {
                 match wire::payload::<$payload>(&request) {
-                    Ok($p) => wire::answer::<$payload>(&$call.await),
+                    Ok($p) => {
+                        if let Some(why) = self.raft_sender_refused(&raft, group, from, $claimed) {
+                            self.refused.raft.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(group, from, why, "refused a raft message");
+                            return stopped(request.call);
+                        }
+                        wire::answer::<$payload>(&$call.await)
+                    }
                     Err(error) => {
                         tracing::warn!(group, %error, "undecodable raft payload");
                         stopped(request.call)
@@ -224,31 +236,94 @@ impl<E: Env> StorageNode<E> {
         }
         match request.call {
             RaftCall::Append => {
-                serve!(AppendEntriesRequest<TypeConfig>, |p| raft.append_entries(p))
+                serve!(
+                    AppendEntriesRequest<TypeConfig>,
+                    |p| *p.vote.leader_id().node_id(),
+                    raft.append_entries(p)
+                )
             }
-            RaftCall::Vote => serve!(VoteRequest<TypeConfig>, |p| raft.vote(p)),
-            RaftCall::PreVote => serve!(VoteRequest<TypeConfig>, |p| raft.pre_vote(p)),
+            RaftCall::Vote => {
+                serve!(
+                    VoteRequest<TypeConfig>,
+                    |p| *p.vote.leader_id().node_id(),
+                    raft.vote(p)
+                )
+            }
+            RaftCall::PreVote => {
+                serve!(
+                    VoteRequest<TypeConfig>,
+                    |p| *p.vote.leader_id().node_id(),
+                    raft.pre_vote(p)
+                )
+            }
             RaftCall::TransferLeader => {
-                serve!(TransferLeaderRequest<TypeConfig>, |p| raft
-                    .handle_transfer_leader(p))
+                serve!(
+                    TransferLeaderRequest<TypeConfig>,
+                    |p| *p.from_leader().leader_id().node_id(),
+                    raft.handle_transfer_leader(p)
+                )
             }
-            RaftCall::Snapshot => serve!(InstallSnapshot, |p| raft.install_full_snapshot(
-                p.vote,
-                Snapshot {
-                    meta: p.meta,
-                    snapshot: std::io::Cursor::new(p.data),
-                }
-            )),
+            RaftCall::Snapshot => serve!(
+                InstallSnapshot,
+                |p| *p.vote.leader_id().node_id(),
+                raft.install_full_snapshot(
+                    p.vote,
+                    Snapshot {
+                        meta: p.meta,
+                        snapshot: std::io::Cursor::new(p.data),
+                    }
+                )
+            ),
         }
     }
 
-    /// Answers one request. Center replicas pass the requests they do not handle themselves
-    /// here too.
-    pub async fn handle_request(&self, request: Request) -> Bytes {
+    /// Why a Raft message from `from` that names `claimed` as its leader or candidate is
+    /// refused, if it is: every node holds the cluster secret, so the transport proves only
+    /// that the sender is a cluster process with the id it gave; this binds that id to the
+    /// Raft role it claims, and to the group's membership as this replica knows it (a replica
+    /// that knows no membership yet, a learner being added, takes its first messages from
+    /// the leader that is adding it).
+    fn raft_sender_refused(
+        &self,
+        raft: &crate::raft::Raft<NodeDisk<E>>,
+        group: GroupId,
+        from: NodeId,
+        claimed: NodeId,
+    ) -> Option<String> {
+        if claimed != from {
+            return Some(format!("node {from} sent a message as node {claimed}"));
+        }
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let mut members = membership.nodes().map(|(id, _)| *id).peekable();
+        if members.peek().is_none() {
+            return None;
+        }
+        if members.any(|id| id == from) {
+            return None;
+        }
+        Some(format!("node {from} is not a member of group {group}"))
+    }
+
+    /// Answers one request from `from` (the id its connection proved). Center replicas pass
+    /// the requests they do not handle themselves here too.
+    pub async fn handle_request(&self, from: NodeId, request: Request) -> Bytes {
         // A replica found corrupt since the last request stops here, before it serves again.
         self.retire_broken().await;
         match request {
-            Request::Raft(request) => respond::<RaftRequest>(&self.handle_raft(request).await),
+            Request::Raft(request) => {
+                respond::<RaftRequest>(&self.handle_raft(from, request).await)
+            }
+            Request::Client(ClientRequest { group, .. }) if group == CENTER_GROUP => {
+                // The center writes its group through its own node, never through a client
+                // request: one would let any process rewrite routing tables and the registry.
+                self.refused.center_group.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(from, "refused a client command for the center's group");
+                respond::<ClientRequest>(&ClientResponse::Reply(Reply::error(
+                    "ERR the center's group takes no client commands",
+                )))
+            }
             Request::Client(ClientRequest { command, .. }) if command.is_internal() => {
                 // Only a node proposes internal commands; a client cannot move a group clock.
                 respond::<ClientRequest>(&ClientResponse::Reply(Reply::error(format!(
@@ -302,6 +377,18 @@ impl<E: Env> StorageNode<E> {
                 respond::<GetStatus>(&CenterResponse::Unavailable {
                     reason: format!("node {} is not a center replica", self.id()),
                 })
+            }
+            Request::Admin(request) if !self.config.centers.contains(&from) => {
+                // Only a center instructs a node (adds and removes replicas, moves slots).
+                self.refused.admin.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    from,
+                    "refused an admin request from a process that is no center"
+                );
+                crate::admin::refused(
+                    &request,
+                    format!("node {from} is not a center of node {}", self.id()),
+                )
             }
             Request::Admin(request) => self.handle_admin(request).await,
         }
@@ -359,9 +446,9 @@ impl<E: Env> Clone for NodeHandler<E> {
 }
 
 impl<E: Env> Handler for NodeHandler<E> {
-    async fn handle(&self, _from: NodeId, request: Bytes) -> Bytes {
+    async fn handle(&self, from: NodeId, request: Bytes) -> Bytes {
         match decode_request(&request) {
-            Ok(request) => self.node.handle_request(request).await,
+            Ok(request) => self.node.handle_request(from, request).await,
             Err(error) => undecodable(&error),
         }
     }

@@ -58,7 +58,7 @@ fn start_with(dir: &Path, config: NodeConfig) -> Result<Running, NodeError> {
     let dir = dir.to_path_buf();
     let node = runtime.block_on(async move {
         let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let net = TcpNet::bind(ID, any, AddressBook::new())
+        let net = TcpNet::bind(ID, any, AddressBook::new(), larder_real::test_auth(ID))
             .await
             .expect("bind");
         let disk = FjallDisk::open(&dir, &FjallOptions::default()).expect("open disk");

@@ -32,7 +32,9 @@ fn start_node(id: NodeId, dir: &Path, address: SocketAddr, book: &AddressBook) -
         .expect("runtime");
     let (dir, book) = (dir.to_path_buf(), book.clone());
     let node = runtime.block_on(async move {
-        let net = TcpNet::bind(id, address, book).await.expect("bind");
+        let net = TcpNet::bind(id, address, book, larder_real::test_auth(id))
+            .await
+            .expect("bind");
         let disk = FjallDisk::open(&dir, &FjallOptions::default()).expect("open disk");
         let env = RealEnv {
             clock: TokioClock::new(),
@@ -76,7 +78,7 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
     let client_runtime = tokio::runtime::Runtime::new().expect("client runtime");
     let mut client = client_runtime.block_on(async {
         Client::new(
-            TcpNet::client(100, book.clone()),
+            TcpNet::client(100, book.clone(), larder_real::test_auth(100)),
             TokioClock::new(),
             GROUP,
             vec![1, 2, 3],

@@ -153,3 +153,14 @@ pub async fn transport_suite<T: Transport>(transport: &T, server: NodeId, silent
     .await;
     assert!(back == with_mark(data));
 }
+
+/// The cluster secret of tests: public, so never use it for a real cluster.
+pub const TEST_SECRET: &str = "larder test cluster secret, public";
+
+/// The authentication of in-process tests: [`TEST_SECRET`]'s key with nonces from `seed`.
+pub fn test_auth(seed: u64) -> crate::ClusterAuth {
+    crate::ClusterAuth::new(
+        crate::ClusterKey::from_secret(TEST_SECRET.as_bytes()).expect("long enough"),
+        seed,
+    )
+}

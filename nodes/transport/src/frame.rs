@@ -1,73 +1,167 @@
-//! The wire frame of [`crate::StreamNet`]:
-//! `u32` big-endian length of the rest, `u64` sender node id, `u64` request id, payload.
+//! The wire frame of [`crate::StreamNet`], after the handshake ([`crate::auth`]):
+//! `u32` big-endian length of the rest, `u64` sender node id, `u64` destination node id,
+//! `u64` request id, payload, then a [`TAG_BYTES`] tag over everything before it.
 
 use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::FRAME_BYTES_MAX;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Sender id and request id, after the length.
-pub const HEADER_BYTES: usize = 16;
+use crate::auth::{FrameMac, TAG_BYTES};
 
-/// A frame ready to write: the length prefix and header, then the payload (not copied).
+/// Sender id, destination id and request id, after the length.
+pub const HEADER_BYTES: usize = 24;
+
+/// How much of a frame's body is allocated before its bytes arrive: a peer that announces
+/// 64 MiB and sends nothing costs this much, not 64 MiB.
+const BODY_PREALLOCATED_MAX: usize = 64 << 10;
+
+/// A frame ready to write: the length prefix and header, then the payload (not copied); the
+/// writer appends the tag.
 pub(crate) struct Frame {
     pub(crate) head: [u8; 4 + HEADER_BYTES],
     pub(crate) payload: Bytes,
 }
 
+/// One frame read and verified.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub(crate) from: NodeId,
+    pub(crate) to: NodeId,
+    pub(crate) request: u64,
+    pub(crate) payload: Bytes,
+}
+
 /// Frames `payload`. The caller has checked it against [`FRAME_BYTES_MAX`].
-pub(crate) fn frame(from: NodeId, request: u64, payload: Bytes) -> Frame {
+pub(crate) fn frame(from: NodeId, to: NodeId, request: u64, payload: Bytes) -> Frame {
     debug_assert!(
         payload.len() <= FRAME_BYTES_MAX,
         "frame limit checked before"
     );
-    let length = u32::try_from(HEADER_BYTES + payload.len()).expect("frame limit fits a u32");
+    let length =
+        u32::try_from(HEADER_BYTES + payload.len() + TAG_BYTES).expect("frame limit fits a u32");
     let mut head = [0u8; 4 + HEADER_BYTES];
     head[..4].copy_from_slice(&length.to_be_bytes());
     head[4..12].copy_from_slice(&from.to_be_bytes());
-    head[12..].copy_from_slice(&request.to_be_bytes());
+    head[12..20].copy_from_slice(&to.to_be_bytes());
+    head[20..].copy_from_slice(&request.to_be_bytes());
     Frame { head, payload }
 }
 
-/// Reads one frame. A length outside `HEADER_BYTES..=HEADER_BYTES + FRAME_BYTES_MAX` is
-/// `InvalidData` (the caller closes the connection: a peer that sends it is broken or
-/// hostile, and nothing after it can be trusted to be a frame boundary).
+fn invalid(text: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, text)
+}
+
+/// Reads one frame and checks its tag with `mac`. A length outside the frame limit, or a tag
+/// that does not verify, is `InvalidData` (the caller closes the connection: a peer that sends
+/// it is broken or hostile, and nothing after it can be trusted to be a frame boundary). The
+/// body is allocated as it arrives, never all at once from the announced length.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     stream: &mut R,
-) -> std::io::Result<(NodeId, u64, Bytes)> {
-    let length = stream.read_u32().await? as usize;
-    if !(HEADER_BYTES..=HEADER_BYTES + FRAME_BYTES_MAX).contains(&length) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {length} bytes"),
-        ));
+    mac: &mut FrameMac,
+) -> std::io::Result<Incoming> {
+    let mut head = [0u8; 4 + HEADER_BYTES];
+    stream.read_exact(&mut head).await?;
+    let length = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let bounds = HEADER_BYTES + TAG_BYTES..=HEADER_BYTES + FRAME_BYTES_MAX + TAG_BYTES;
+    if !bounds.contains(&length) {
+        return Err(invalid(format!("frame of {length} bytes")));
     }
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await?;
-    let from = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
-    let request = u64::from_be_bytes(body[8..16].try_into().expect("8 bytes"));
-    Ok((from, request, Bytes::from(body).slice(HEADER_BYTES..)))
+    let payload_length = length - HEADER_BYTES - TAG_BYTES;
+    let mut payload = Vec::with_capacity(payload_length.min(BODY_PREALLOCATED_MAX));
+    (&mut *stream)
+        .take(payload_length as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if payload.len() < payload_length {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let mut tag = [0u8; TAG_BYTES];
+    stream.read_exact(&mut tag).await?;
+    if !mac.check(&[&head, &payload], &tag) {
+        return Err(invalid("frame tag does not verify".into()));
+    }
+    Ok(Incoming {
+        from: u64::from_be_bytes(head[4..12].try_into().expect("8 bytes")),
+        to: u64::from_be_bytes(head[12..20].try_into().expect("8 bytes")),
+        request: u64::from_be_bytes(head[20..].try_into().expect("8 bytes")),
+        payload: Bytes::from(payload),
+    })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::auth::test_session;
+
+    fn wire(f: &Frame, mac: &mut FrameMac) -> Vec<u8> {
+        let mut wire = f.head.to_vec();
+        wire.extend_from_slice(&f.payload);
+        wire.extend_from_slice(&mac.tag(&[&f.head, &f.payload]));
+        wire
+    }
 
     #[tokio::test]
     async fn a_frame_reads_back_as_written() {
-        let f = frame(7, 9, Bytes::from_static(b"payload"));
-        let mut wire = f.head.to_vec();
-        wire.extend_from_slice(&f.payload);
-        let (from, request, payload) = read_frame(&mut &wire[..]).await.expect("frame");
-        assert_eq!((from, request, &payload[..]), (7, 9, &b"payload"[..]));
+        let (mut send, mut receive) = test_session();
+        let f = frame(7, 8, 9, Bytes::from_static(b"payload"));
+        let wire = wire(&f, &mut send);
+        let incoming = read_frame(&mut &wire[..], &mut receive)
+            .await
+            .expect("frame");
+        assert_eq!((incoming.from, incoming.to, incoming.request), (7, 8, 9));
+        assert_eq!(&incoming.payload[..], b"payload");
     }
 
     #[tokio::test]
     async fn a_bad_length_is_invalid_data() {
-        for length in [0u32, (HEADER_BYTES - 1) as u32, u32::MAX] {
-            let wire = length.to_be_bytes();
-            let error = read_frame(&mut &wire[..]).await.expect_err("bad length");
+        let (_, mut receive) = test_session();
+        for length in [0u32, (HEADER_BYTES + TAG_BYTES - 1) as u32, u32::MAX] {
+            let mut wire = length.to_be_bytes().to_vec();
+            wire.extend_from_slice(&[0u8; HEADER_BYTES]);
+            let error = read_frame(&mut &wire[..], &mut receive)
+                .await
+                .expect_err("bad length");
             assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{length}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_changed_byte_or_a_replay_fails_the_tag() {
+        let (mut send, mut receive) = test_session();
+        let f = frame(7, 8, 9, Bytes::from_static(b"payload"));
+        let good = wire(&f, &mut send);
+        for at in 0..good.len() {
+            // Byte 3 is the low byte of the length: a changed one misframes (EOF or length).
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            let (_, mut fresh) = test_session();
+            assert!(
+                read_frame(&mut &bad[..], &mut fresh).await.is_err(),
+                "byte {at} changed"
+            );
+        }
+        read_frame(&mut &good[..], &mut receive)
+            .await
+            .expect("good");
+        let replay = read_frame(&mut &good[..], &mut receive).await;
+        assert_eq!(
+            replay.expect_err("replay").kind(),
+            std::io::ErrorKind::InvalidData
+        );
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_is_not_allocated_before_it_arrives() {
+        // 64 MiB announced, 10 bytes sent: the read ends at EOF without reserving 64 MiB.
+        let (_, mut receive) = test_session();
+        let mut wire = ((HEADER_BYTES + FRAME_BYTES_MAX + TAG_BYTES) as u32)
+            .to_be_bytes()
+            .to_vec();
+        wire.extend_from_slice(&[0u8; HEADER_BYTES + 10]);
+        let error = read_frame(&mut &wire[..], &mut receive)
+            .await
+            .expect_err("short");
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

@@ -12,6 +12,8 @@
 //!   connection that coalesces queued frames into one flush, the frame limit. The real network
 //!   is `StreamNet<TcpTransport>` and the simulated one wraps `StreamNet<SimTransport>` in its
 //!   message-level fault layer, so the simulator runs the production framing.
+//! - [`auth`]: the cluster-secret handshake every connection starts with, and the tag on every
+//!   frame ([`ClusterKey`], [`ClusterAuth`]).
 //! - [`conformance`]: `transport_suite`, the contract every transport must pass.
 //!
 //! Why a crate of its own: the seam needs tokio's `AsyncRead`/`AsyncWrite` bounds, and
@@ -25,12 +27,17 @@ use larder_core::NodeId;
 use larder_core::env::Listener;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub mod auth;
 pub mod conformance;
 mod frame;
 mod stream_net;
 
+pub use auth::{ClusterAuth, ClusterKey, HandshakeError, Refusal, ShortSecret, UNNAMED_IDS_MIN};
 pub use frame::HEADER_BYTES;
-pub use stream_net::{FRAMES_QUEUED_MAX, StreamNet};
+pub use stream_net::{
+    CONNECT_TIMEOUT, FRAMES_QUEUED_MAX, INBOUND_CONNECTIONS_MAX, INBOUND_IDLE_TIMEOUT, NetStats,
+    REQUESTS_IN_FLIGHT_MAX, StreamNet,
+};
 
 /// A byte-stream network: how a process reaches another by node id, and how it listens.
 ///

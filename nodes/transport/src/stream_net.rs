@@ -19,10 +19,28 @@
 //! The accepting side has no such rule: a connection whose caller vanished without a close
 //! lingers until a write to it fails (TCP keepalive is not configured).
 //!
+//! Authentication: every connection starts with the handshake of [`crate::auth`] (both sides
+//! prove they hold the cluster secret; the caller names the node it wants and a listener that
+//! is another node refuses), and every frame carries its sender and destination ids and a tag.
+//! A listener checks that each frame's sender is the id its caller proved and its destination
+//! is itself; a caller checks that each response comes from the node it called and is
+//! addressed to it. A frame that fails any check closes the connection and is counted in
+//! [`NetStats`]. The handler is given the proven sender id.
+//!
 //! Bounds: at most [`FRAMES_QUEUED_MAX`] frames wait in a connection's write queue (a caller
 //! waits for room within its own timeout; a handler's response waits for room), and at most
-//! that many are coalesced into one flush. Bytes in the queue are bounded only through the
-//! frame limit, and handler tasks per connection are not bounded (issue 11).
+//! that many are coalesced into one flush. A listener serves at most
+//! [`INBOUND_CONNECTIONS_MAX`] connections (beyond, the handshake is refused as busy), runs
+//! at most [`REQUESTS_IN_FLIGHT_MAX`] requests of one connection at once (beyond, it stops
+//! reading that connection, which pushes back on the caller through TCP), closes a connection
+//! that has not finished its handshake within [`crate::auth::HANDSHAKE_TIMEOUT`] or sent
+//! nothing for [`INBOUND_IDLE_TIMEOUT`], and allocates a frame's body as it arrives.
+//!
+//! Timeouts: connecting (TCP connect and handshake) has its own limit, [`CONNECT_TIMEOUT`]
+//! capped at the call's timeout, and a call that cannot connect fails with
+//! [`NetError::Unreachable`]: nothing was sent, so callers may retry anywhere. The call's
+//! timeout starts once the connection is up; a call therefore lasts at most about twice its
+//! timeout.
 
 // A call's deadline is the transport's time: tokio's real timer in production and turmoil's
 // simulated one in the simulator, exactly as in the per-environment networks this replaces.
@@ -38,13 +56,50 @@ use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{FRAME_BYTES_MAX, Handler, Listener, Net, NetError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::Transport;
-use crate::frame::{Frame, frame, read_frame};
+use crate::auth::{
+    Accepted, ClusterAuth, FrameMac, HANDSHAKE_TIMEOUT, Refusal, TAG_BYTES, handshake_as_caller,
+    handshake_as_listener, refuse_busy,
+};
+use crate::frame::{Frame, Incoming, frame, read_frame};
 
 /// Most frames waiting in one connection's write queue, and most coalesced into one flush.
 pub const FRAMES_QUEUED_MAX: usize = 1024;
+
+/// Most connections one listener serves at once. A cluster needs one per peer process (nodes,
+/// centers, proxies, admin tools), so this leaves room for thousands of processes while
+/// bounding what a flood of connections can hold.
+pub const INBOUND_CONNECTIONS_MAX: usize = 4096;
+
+/// Most requests of one inbound connection handled at once.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+
+/// An inbound connection that sends nothing for this long is closed. Raft heartbeats keep
+/// every live peer's connection busy far more often; a caller whose connection was closed
+/// reconnects on its next call.
+pub const INBOUND_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Longest a call waits to connect and finish the handshake (capped at the call's timeout).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a listener refused, for operators and the adversarial tests.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Handshakes refused: wrong secret, wrong destination, not Larder, or too slow.
+    pub handshakes_refused: AtomicU64,
+    /// Connections refused at [`INBOUND_CONNECTIONS_MAX`].
+    pub connections_refused: AtomicU64,
+    /// Frames whose tag, sender or destination did not check (each closed its connection).
+    pub frames_refused: AtomicU64,
+}
+
+impl NetStats {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// The writer's buffer: small frames of concurrent callers share a write.
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
@@ -71,6 +126,9 @@ type PeerSlot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
 struct Inner<T: Transport> {
     id: NodeId,
     transport: T,
+    auth: ClusterAuth,
+    stats: Arc<NetStats>,
+    connections: Arc<Semaphore>,
     listener: Mutex<Option<T::Listener>>,
     peers: Mutex<BTreeMap<NodeId, PeerSlot>>,
     next_request: AtomicU64,
@@ -160,6 +218,7 @@ async fn write_frames<W: AsyncWrite + Send + Unpin>(
     write: W,
     mut queue: mpsc::Receiver<Outgoing>,
     shared: Arc<Shared>,
+    mut mac: FrameMac,
 ) {
     let mut closed = shared.closed.subscribe();
     let mut stream = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write);
@@ -175,7 +234,7 @@ async fn write_frames<W: AsyncWrite + Send + Unpin>(
         let written = tokio::select! {
             biased;
             _ = closed.wait_for(|closed| *closed) => break,
-            written = write_batch(&mut stream, first, &mut queue) => written,
+            written = write_batch(&mut stream, first, &mut queue, &mut mac) => written,
         };
         if written.is_err() {
             break;
@@ -189,6 +248,7 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     stream: &mut BufWriter<W>,
     first: Outgoing,
     queue: &mut mpsc::Receiver<Outgoing>,
+    mac: &mut FrameMac,
 ) -> std::io::Result<()> {
     let mut flushed = Vec::new();
     let mut next = Some(first);
@@ -196,6 +256,8 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     while let Some(outgoing) = next.take() {
         stream.write_all(&outgoing.frame.head).await?;
         stream.write_all(&outgoing.frame.payload).await?;
+        let tag: [u8; TAG_BYTES] = mac.tag(&[&outgoing.frame.head, &outgoing.frame.payload]);
+        stream.write_all(&tag).await?;
         flushed.extend(outgoing.flushed);
         count += 1;
         if count < FRAMES_QUEUED_MAX {
@@ -210,18 +272,46 @@ async fn write_batch<W: AsyncWrite + Unpin>(
 }
 
 /// A caller's reader: hands each response to its waiter until the connection ends, then fails
-/// every call still waiting.
-async fn read_responses<R: AsyncRead + Send + Unpin>(mut read: R, shared: Arc<Shared>) {
+/// every call still waiting. A response that is not from `peer` to `me` closes the connection.
+async fn read_responses<R: AsyncRead + Send + Unpin>(
+    mut read: R,
+    shared: Arc<Shared>,
+    mut mac: FrameMac,
+    (me, peer): (NodeId, NodeId),
+    stats: Arc<NetStats>,
+) {
     let mut closed = shared.closed.subscribe();
     loop {
         let frame = tokio::select! {
             biased;
             _ = closed.wait_for(|closed| *closed) => break,
-            frame = read_frame(&mut read) => frame,
+            frame = read_frame(&mut read, &mut mac) => frame,
         };
-        let Ok((_, request, payload)) = frame else {
+        let Incoming {
+            from,
+            to,
+            request,
+            payload,
+        } = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                if error.kind() == std::io::ErrorKind::InvalidData {
+                    NetStats::count(&stats.frames_refused);
+                    tracing::warn!(peer, %error, "closing a connection that sent a bad frame");
+                }
+                break;
+            }
+        };
+        if (from, to) != (peer, me) {
+            NetStats::count(&stats.frames_refused);
+            tracing::warn!(
+                peer,
+                from,
+                to,
+                "closing a connection: a response misaddressed"
+            );
             break;
-        };
+        }
         shared.received.fetch_add(1, Ordering::Relaxed);
         let waiter = shared
             .waiters
@@ -242,36 +332,101 @@ async fn read_responses<R: AsyncRead + Send + Unpin>(mut read: R, shared: Arc<Sh
     shared.close();
 }
 
-/// The accepting side of one connection: each request runs in its own task, and its response
-/// joins the connection's write queue. A bad frame or EOF closes the connection.
-async fn serve_connection<S, H>(me: NodeId, stream: S, handler: H)
-where
+/// What the accepting side of a connection needs from its listener.
+struct Accepting<H> {
+    me: NodeId,
+    handler: H,
+    auth: ClusterAuth,
+    stats: Arc<NetStats>,
+}
+
+/// The accepting side of one connection: the handshake, then each request runs in its own task
+/// (at most [`REQUESTS_IN_FLIGHT_MAX`] at once) and its response joins the connection's write
+/// queue. A refused handshake, a bad or misaddressed frame, EOF or idleness close the
+/// connection. `_permit` holds the connection's place under [`INBOUND_CONNECTIONS_MAX`].
+async fn serve_connection<S, H>(
+    mut stream: S,
+    accepting: Arc<Accepting<H>>,
+    _permit: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     H: Handler,
 {
+    let me = accepting.me;
+    let stats = &accepting.stats;
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake_as_listener(&mut stream, &accepting.auth, me),
+    )
+    .await;
+    let Accepted {
+        caller: peer,
+        dialed,
+        session,
+    } = match handshake {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(refusal)) => {
+            NetStats::count(&stats.handshakes_refused);
+            match refusal {
+                Refusal::BadProof | Refusal::WrongDestination => {
+                    tracing::warn!(?refusal, "refused an internal connection")
+                }
+                _ => tracing::debug!(?refusal, "refused an internal connection"),
+            }
+            return;
+        }
+        Err(_) => {
+            NetStats::count(&stats.handshakes_refused);
+            tracing::debug!("closing a connection that did not finish its handshake");
+            return;
+        }
+    };
     let (mut read, write) = tokio::io::split(stream);
     let shared = Arc::new(Shared::new());
     let (frames, queue) = mpsc::channel(FRAMES_QUEUED_MAX);
-    tokio::spawn(write_frames(write, queue, shared.clone()));
+    tokio::spawn(write_frames(write, queue, shared.clone(), session.send));
+    let mut receive = session.receive;
+    let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
     let mut closed = shared.closed.subscribe();
     loop {
         let incoming = tokio::select! {
             biased;
             _ = closed.wait_for(|closed| *closed) => break,
-            incoming = read_frame(&mut read) => incoming,
+            incoming = tokio::time::timeout(INBOUND_IDLE_TIMEOUT, read_frame(&mut read, &mut receive)) => incoming,
         };
-        let (from, request, payload) = match incoming {
-            Ok(frame) => frame,
-            Err(error) => {
+        let incoming = match incoming {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(error)) => {
                 if error.kind() == std::io::ErrorKind::InvalidData {
-                    tracing::warn!(%error, "closing a connection that sent a bad frame");
+                    NetStats::count(&stats.frames_refused);
+                    tracing::warn!(peer, %error, "closing a connection that sent a bad frame");
                 }
                 break;
             }
+            Err(_) => {
+                tracing::debug!(peer, "closing an idle connection");
+                break;
+            }
         };
-        let (handler, frames) = (handler.clone(), frames.clone());
+        if (incoming.from, incoming.to) != (peer, dialed) {
+            NetStats::count(&stats.frames_refused);
+            tracing::warn!(
+                peer,
+                from = incoming.from,
+                to = incoming.to,
+                "closing a connection: a frame misaddressed"
+            );
+            break;
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = closed.wait_for(|closed| *closed) => break,
+            permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let (accepting, frames) = (accepting.clone(), frames.clone());
         tokio::spawn(async move {
-            let response = handler.handle(from, payload).await;
+            let response = accepting.handler.handle(peer, incoming.payload).await;
+            drop(permit);
             if response.len() > FRAME_BYTES_MAX {
                 // No error frame exists: the caller times out, as on a lost response.
                 tracing::warn!(
@@ -282,7 +437,7 @@ where
                 return;
             }
             let outgoing = Outgoing {
-                frame: frame(me, request, response),
+                frame: frame(dialed, peer, incoming.request, response),
                 flushed: None,
             };
             // The caller may be gone; its call has failed or will time out.
@@ -294,11 +449,15 @@ where
 
 impl<T: Transport> StreamNet<T> {
     /// An endpoint with no listener: it only calls out, or binds later ([`StreamNet::serve_on`]).
-    pub fn new(id: NodeId, transport: T) -> Self {
+    /// `auth` is what it proves to listeners and demands of callers.
+    pub fn new(id: NodeId, transport: T, auth: ClusterAuth) -> Self {
         StreamNet {
             inner: Arc::new(Inner {
                 id,
                 transport,
+                auth,
+                stats: Arc::default(),
+                connections: Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX)),
                 listener: Mutex::new(None),
                 peers: Mutex::default(),
                 next_request: AtomicU64::new(1),
@@ -307,14 +466,24 @@ impl<T: Transport> StreamNet<T> {
     }
 
     /// An endpoint that serves on `listener` once [`Net::serve`] is called.
-    pub fn with_listener(id: NodeId, transport: T, listener: T::Listener) -> Self {
-        let net = Self::new(id, transport);
+    pub fn with_listener(
+        id: NodeId,
+        transport: T,
+        auth: ClusterAuth,
+        listener: T::Listener,
+    ) -> Self {
+        let net = Self::new(id, transport, auth);
         *net.inner.listener.lock().expect("listener lock") = Some(listener);
         net
     }
 
     pub fn transport(&self) -> &T {
         &self.inner.transport
+    }
+
+    /// What this endpoint's listener refused so far.
+    pub fn stats(&self) -> &NetStats {
+        &self.inner.stats
     }
 
     /// Accepts connections on `listener` and answers their requests with `handler`,
@@ -324,9 +493,14 @@ impl<T: Transport> StreamNet<T> {
         mut listener: T::Listener,
         handler: H,
     ) -> Result<(), NetError> {
-        let me = self.inner.id;
+        let accepting = Arc::new(Accepting {
+            me: self.inner.id,
+            handler,
+            auth: self.inner.auth.clone(),
+            stats: self.inner.stats.clone(),
+        });
         loop {
-            let stream = match listener.accept().await {
+            let mut stream = match listener.accept().await {
                 Ok(stream) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
@@ -334,7 +508,19 @@ impl<T: Transport> StreamNet<T> {
                     continue;
                 }
             };
-            tokio::spawn(serve_connection(me, stream, handler.clone()));
+            match self.inner.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(serve_connection(stream, accepting.clone(), permit));
+                }
+                Err(_) => {
+                    NetStats::count(&self.inner.stats.connections_refused);
+                    tracing::warn!(
+                        limit = INBOUND_CONNECTIONS_MAX,
+                        "refusing an internal connection: at the limit"
+                    );
+                    tokio::spawn(async move { refuse_busy(&mut stream).await });
+                }
+            }
         }
     }
 
@@ -351,20 +537,27 @@ impl<T: Transport> StreamNet<T> {
         if let Some(connection) = slot.as_ref().filter(|c| !c.shared.is_closed()) {
             return Ok(connection.clone());
         }
-        let stream = self
+        let unreachable = |reason: String| NetError::Unreachable { to, reason };
+        let mut stream = self
             .inner
             .transport
             .connect(to)
             .await
-            .map_err(|e| NetError::Unreachable {
-                to,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| unreachable(e.to_string()))?;
+        let session = handshake_as_caller(&mut stream, &self.inner.auth, self.inner.id, to)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         let (read, write) = tokio::io::split(stream);
         let shared = Arc::new(Shared::new());
         let (frames, queue) = mpsc::channel(FRAMES_QUEUED_MAX);
-        tokio::spawn(write_frames(write, queue, shared.clone()));
-        tokio::spawn(read_responses(read, shared.clone()));
+        tokio::spawn(write_frames(write, queue, shared.clone(), session.send));
+        tokio::spawn(read_responses(
+            read,
+            shared.clone(),
+            session.receive,
+            (self.inner.id, to),
+            self.inner.stats.clone(),
+        ));
         let connection = Arc::new(Connection { frames, shared });
         *slot = Some(connection.clone());
         Ok(connection)
@@ -373,10 +566,10 @@ impl<T: Transport> StreamNet<T> {
     async fn exchange(
         &self,
         to: NodeId,
+        connection: Arc<Connection>,
         request: Bytes,
         sent: &mut Option<Sent>,
     ) -> Result<Bytes, NetError> {
-        let connection = self.connection(to).await?;
         let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         {
@@ -400,7 +593,7 @@ impl<T: Transport> StreamNet<T> {
             flushed: flushed.clone(),
         });
         let outgoing = Outgoing {
-            frame: frame(self.inner.id, id, request),
+            frame: frame(self.inner.id, to, id, request),
             flushed: Some(flushed),
         };
         if connection.frames.send(outgoing).await.is_err() {
@@ -428,8 +621,20 @@ impl<T: Transport> Net for StreamNet<T> {
                 limit: FRAME_BYTES_MAX,
             });
         }
+        // Connecting has its own deadline, and failing to connect is `Unreachable`: nothing
+        // was sent, so a write that never left is not reported as indeterminate.
+        let connection = tokio::time::timeout(timeout.min(CONNECT_TIMEOUT), self.connection(to))
+            .await
+            .map_err(|_| NetError::Unreachable {
+                to,
+                reason: format!(
+                    "no connection within {} ms",
+                    timeout.min(CONNECT_TIMEOUT).as_millis()
+                ),
+            })??;
         let mut sent = None;
-        let outcome = tokio::time::timeout(timeout, self.exchange(to, request, &mut sent)).await;
+        let outcome =
+            tokio::time::timeout(timeout, self.exchange(to, connection, request, &mut sent)).await;
         match outcome {
             Ok(result) => result,
             Err(_) => {
