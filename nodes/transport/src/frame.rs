@@ -164,4 +164,109 @@ pub(crate) mod tests {
             .expect_err("short");
         assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     }
+
+    /// The decoder and the listener's handshake fuzzed with `arbitrary` over a fixed seed and a
+    /// fixed budget (CI runs it every time): hostile bytes never panic, never yield a frame
+    /// without a valid tag, and never get past the handshake without the secret.
+    #[tokio::test]
+    async fn fuzzed_frames_and_handshakes_never_panic_or_pass() {
+        use arbitrary::{Arbitrary, Unstructured};
+        use larder_core::env::{Rng, SeededRng};
+
+        #[derive(Arbitrary, Debug)]
+        enum Input {
+            /// Bytes from nowhere.
+            Raw(Vec<u8>),
+            /// A valid frame with some bytes changed, cut short, or with bytes after it.
+            Mutated {
+                payload: Vec<u8>,
+                flips: Vec<(u16, u8)>,
+                cut: Option<u16>,
+                tail: Vec<u8>,
+            },
+            /// A header announcing `length`, then `body`.
+            Announced { length: u32, body: Vec<u8> },
+        }
+
+        const INPUTS: usize = 20_000;
+        let mut rng = SeededRng::new(11);
+        let mut entropy = vec![0u8; 4096];
+        let (mut decoded, mut refused) = (0, 0);
+        for _ in 0..INPUTS {
+            for chunk in entropy.chunks_mut(8) {
+                let word = rng.next_u64().to_le_bytes();
+                chunk.copy_from_slice(&word[..chunk.len()]);
+            }
+            let size = (rng.next_u64() % 512) as usize + 1;
+            let mut source = Unstructured::new(&entropy[..size]);
+            let Ok(input) = Input::arbitrary(&mut source) else {
+                continue;
+            };
+            let (mut send, mut receive) = test_session();
+            let (wire_bytes, intact) = match input {
+                Input::Raw(bytes) => (bytes, false),
+                Input::Mutated {
+                    payload,
+                    flips,
+                    cut,
+                    tail,
+                } => {
+                    let f = frame(1, 2, 3, Bytes::from(payload));
+                    let mut bytes = wire(&f, &mut send);
+                    let mut changed = false;
+                    for (at, mask) in flips {
+                        let at = at as usize % bytes.len();
+                        changed |= mask != 0;
+                        bytes[at] ^= mask;
+                    }
+                    if let Some(cut) = cut.map(|c| c as usize).filter(|c| *c < bytes.len()) {
+                        bytes.truncate(cut);
+                        changed = true;
+                    }
+                    bytes.extend_from_slice(&tail);
+                    (bytes, !changed)
+                }
+                Input::Announced { length, body } => {
+                    let mut bytes = length.to_be_bytes().to_vec();
+                    bytes.extend_from_slice(&body);
+                    (bytes, false)
+                }
+            };
+            match read_frame(&mut &wire_bytes[..], &mut receive).await {
+                Ok(incoming) => {
+                    assert!(intact, "a changed frame decoded: {wire_bytes:?}");
+                    assert_eq!((incoming.from, incoming.to, incoming.request), (1, 2, 3));
+                    decoded += 1;
+                }
+                Err(_) => {
+                    assert!(!intact, "an intact frame was refused");
+                    refused += 1;
+                }
+            }
+            // The same bytes as a caller's handshake: never accepted.
+            let listener = crate::auth::ClusterAuth::new(
+                crate::auth::ClusterKey::from_secret(b"a listener's secret key").expect("key"),
+                1,
+            );
+            let (mut near, mut far) = tokio::io::duplex(1 << 16);
+            let writer = async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = near.write_all(&wire_bytes).await;
+                let _ = near.shutdown().await;
+                // Read whatever the listener answers, until it closes.
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut near, &mut sink).await;
+            };
+            let listening = async move {
+                let accepted = crate::auth::handshake_as_listener(&mut far, &listener, 2).await;
+                // Closing ends the writer's read.
+                drop(far);
+                accepted
+            };
+            let (_, accepted) = tokio::join!(writer, listening);
+            assert!(accepted.is_err(), "a fuzzed caller passed the handshake");
+        }
+        // Both outcomes were exercised, many times.
+        assert!(decoded > 1_000 && refused > 1_000, "{decoded} decoded, {refused} refused");
+    }
 }

@@ -1,0 +1,234 @@
+//! Forged internal traffic against real processes on loopback (issue 11's adversarial tests):
+//!
+//! - an outsider without the cluster secret cannot connect (both sides of the handshake
+//!   refuse), nor can a raw TCP client speaking an old or made-up protocol;
+//! - a caller that dials node 2 at node 1's address (a reused address) is refused;
+//! - an insider (it holds the secret) cannot send client commands to the center's group,
+//!   admin requests unless it is a center, Raft messages as another node or into a group it
+//!   is no member of, or heartbeats for another node;
+//!
+//! and each refusal is counted where an operator (and this test) can see it.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use larder_center::{CENTER_GROUP, Center, CenterConfig};
+use larder_core::NodeId;
+use larder_core::env::{Net, NetError};
+use larder_core::kv::{Command, Reply};
+use larder_protocol::{
+    AddGroup, AdminResponse, CallError, CenterResponse, ClientRequest, ClientResponse, Encoded,
+    Heartbeat, RaftCall, call,
+};
+use larder_real::{AddressBook, ClusterAuth, ClusterKey, FjallDisk, FjallOptions, RealEnv};
+use larder_real::{TcpNet, TokioClock};
+use larder_storage::raft::wire::{self, RaftPayload};
+use larder_storage::raft::{TypeConfig, Vote};
+use larder_storage::{NodeConfig, StorageNode};
+use openraft::raft::VoteRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CENTER: NodeId = 101;
+const NODE: NodeId = 1;
+const GROUP: u64 = 1;
+const INSIDER: NodeId = 999;
+const LIMIT: Duration = Duration::from_secs(5);
+
+async fn open_env(id: NodeId, dir: &std::path::Path, book: &AddressBook) -> RealEnv {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let net = TcpNet::bind(id, any, book.clone(), larder_real::test_auth(id))
+        .await
+        .expect("bind");
+    RealEnv {
+        clock: TokioClock::new(),
+        net,
+        disk: FjallDisk::open(dir, &FjallOptions::default()).expect("disk"),
+        seed: id,
+    }
+}
+
+/// A storage node (its centers: [`CENTER`], which is not running) with group 1 formed, it the
+/// only voter.
+async fn start_node(dir: &std::path::Path, book: &AddressBook) -> Arc<StorageNode<RealEnv>> {
+    let env = open_env(NODE, dir, book).await;
+    let config = NodeConfig {
+        centers: vec![CENTER],
+        ..NodeConfig::new(NODE, vec![GROUP])
+    };
+    let node = StorageNode::start(env, config).await.expect("start");
+    let serving = node.clone();
+    tokio::spawn(async move { serving.serve().await });
+    node.initialize(GROUP, &BTreeSet::from([NODE]))
+        .await
+        .expect("initialize");
+    for _ in 0..250 {
+        if node.is_leader(GROUP) {
+            return node;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("node {NODE} never led group {GROUP}");
+}
+
+fn command(words: &[&str]) -> Command {
+    let args: Vec<bytes::Bytes> = words
+        .iter()
+        .map(|w| bytes::Bytes::copy_from_slice(w.as_bytes()))
+        .collect();
+    Command::parse(&args).expect("command")
+}
+
+fn vote_request(candidate: NodeId) -> larder_protocol::RaftRequest {
+    let vote = VoteRequest::<TypeConfig> {
+        vote: Vote::new(1_000, candidate),
+        last_log_id: None,
+        leadership_transfer: false,
+    };
+    wire::request(GROUP, RaftCall::Vote, &vote)
+}
+
+async fn raft_call(
+    net: &TcpNet,
+    request: larder_protocol::RaftRequest,
+) -> <VoteRequest<TypeConfig> as RaftPayload>::Response {
+    let answer = call(net, NODE, &Encoded::new(request), LIMIT)
+        .await
+        .expect("raft call");
+    wire::response::<VoteRequest<TypeConfig>>(&answer).expect("decodes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_connections_and_requests_are_refused_and_counted() {
+    let dir = tempfile::tempdir().expect("dir");
+    let book = AddressBook::new();
+    let node = start_node(dir.path(), &book).await;
+    let stats = node.env().net.stats();
+    let address = book.get(NODE).expect("node address");
+
+    // An outsider with another secret: refused before any request is sent (`Unreachable`,
+    // so a client may retry elsewhere), and counted by the node.
+    let outsider_key = ClusterKey::from_secret(b"not the cluster's secret at all").expect("key");
+    let outsider = TcpNet::client(INSIDER, book.clone(), ClusterAuth::new(outsider_key, 7));
+    let request = Encoded::new(ClientRequest {
+        group: GROUP,
+        command: command(&["GET", "k"]),
+        session: None,
+        epoch: 0,
+    });
+    let error = call(&outsider, NODE, &request, LIMIT)
+        .await
+        .expect_err("outsider");
+    assert!(
+        matches!(&error, CallError::Net(NetError::Unreachable { reason, .. }) if reason.contains("cluster secret")),
+        "{error}"
+    );
+
+    // Raw TCP: a made-up protocol, then a frame of the protocol before authentication.
+    for bytes in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4][..],
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(address).await.expect("raw");
+        raw.write_all(bytes).await.expect("write");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the node closes a connection that is no Larder handshake");
+        assert!(answer.len() <= 5, "at most a refusal: {answer:?}");
+    }
+
+    // A reused address: node 2 booked at node 1's address.
+    book.insert(2, address);
+    let insider = TcpNet::client(INSIDER, book.clone(), larder_real::test_auth(INSIDER));
+    let error = insider
+        .call(2, request.bytes.clone(), LIMIT)
+        .await
+        .expect_err("wrong destination");
+    assert!(error.to_string().contains("another node"), "{error}");
+    assert_eq!(
+        stats.handshakes_refused.load(Ordering::Relaxed),
+        4,
+        "outsider, two raw connections, wrong destination"
+    );
+
+    // The insider's requests: each refused for who sent it.
+    let to_center_group = Encoded::new(ClientRequest {
+        group: CENTER_GROUP,
+        command: command(&["SET", "routing/18446744073709551615", "wedged"]),
+        session: None,
+        epoch: 0,
+    });
+    let answer = call(&insider, NODE, &to_center_group, LIMIT)
+        .await
+        .expect("answer");
+    assert!(
+        matches!(&answer, ClientResponse::Reply(Reply::Error(e)) if e.contains("center's group")),
+        "{answer:?}"
+    );
+    let add = Encoded::new(AddGroup {
+        group: 7,
+        initialize: Some(vec![INSIDER]),
+    });
+    let answer = call(&insider, NODE, &add, LIMIT).await.expect("answer");
+    assert!(matches!(answer, AdminResponse::Failed { .. }), "{answer:?}");
+    assert!(!node.hosts(7), "no rival group was formed on the node");
+    // A vote request as node 1 from node 999, then as itself (no member of group 1).
+    for candidate in [NODE, INSIDER] {
+        let answer = raft_call(&insider, vote_request(candidate)).await;
+        assert!(answer.is_err(), "refused as a stopped raft: {answer:?}");
+    }
+    assert!(node.is_leader(GROUP), "the forged votes moved nothing");
+    let refused = node.refused();
+    assert_eq!(refused.center_group.load(Ordering::Relaxed), 1);
+    assert_eq!(refused.admin.load(Ordering::Relaxed), 1);
+    assert_eq!(refused.raft.load(Ordering::Relaxed), 2);
+    // The same insider's ordinary client command is served.
+    let answer = call(&insider, NODE, &request, LIMIT).await.expect("answer");
+    assert_eq!(answer, ClientResponse::Reply(Reply::Nil));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_for_another_node_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let book = AddressBook::new();
+    let env = open_env(CENTER, dir.path(), &book).await;
+    let config = CenterConfig::new(vec![CENTER], 1);
+    let center = Center::start(env, NodeConfig::new(CENTER, vec![]), config)
+        .await
+        .expect("center");
+    let serving = center.clone();
+    tokio::spawn(async move { serving.serve().await });
+    center.initialize().await.expect("initialize");
+    let insider = TcpNet::client(INSIDER, book.clone(), larder_real::test_auth(INSIDER));
+    let beat = |node: NodeId| {
+        Encoded::new(Heartbeat {
+            node,
+            address: "127.0.0.1:1".into(),
+            known_epoch: 0,
+            groups: vec![],
+        })
+    };
+    let answer = call(&insider, CENTER, &beat(NODE), LIMIT)
+        .await
+        .expect("answer");
+    assert!(
+        matches!(&answer, CenterResponse::Unavailable { reason } if reason.contains("for node 1")),
+        "{answer:?}"
+    );
+    assert_eq!(center.node().refused().heartbeats.load(Ordering::Relaxed), 1);
+    // Its own heartbeat is heard (once the center leads).
+    let mut heard = false;
+    for _ in 0..100 {
+        match call(&insider, CENTER, &beat(INSIDER), LIMIT).await {
+            Ok(CenterResponse::Ok(_)) => {
+                heard = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(heard, "a node's own heartbeat is taken");
+    center.shutdown().await;
+}
