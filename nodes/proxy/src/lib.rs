@@ -44,12 +44,12 @@ pub const REDIS_VERSION: &str = "7.2.0";
 /// still goes out in few writes).
 pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
 
-/// What a connection answers when `max_clients` are already connected (Redis's words).
 /// Buffer capacity a connection keeps between requests; a larger buffer (left by a large
 /// request or reply) is given back, so idle connections cost little memory.
 const READ_CAPACITY_KEPT: usize = 1 << 20;
 const OUTPUT_CAPACITY_KEPT: usize = 4 * OUTPUT_FLUSH_BYTES;
 
+/// What a connection answers when `max_clients` are already connected (Redis's words).
 const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
 
 /// The first wait after a failed `accept`, doubled on each failure in a row up to
@@ -99,8 +99,8 @@ pub struct ProxyConfig {
     pub read_buffer_max: usize,
     /// Redis's `maxclients`: connections served at once. One more is answered
     /// `-ERR max number of clients reached` and closed, as Redis does. Default 10,000, Redis's
-    /// default; each connection costs two file descriptors' worth of kernel buffers and a
-    /// [`ClusterClient`], so the limit should stay below the process's `ulimit -n`.
+    /// default; each connection costs a file descriptor, its socket buffers and a
+    /// [`ClusterClient`], so the limit should stay well below the process's `ulimit -n`.
     pub max_clients: usize,
     /// Redis's `timeout`: a connection that sends nothing for this long while the proxy
     /// waits for its next request is closed. `None` (Redis's default `timeout 0`): never.
@@ -725,9 +725,13 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 .to_string(),
             Err(_) => "unknown".into(),
         };
+        let stats = self.stats();
         let text = format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nlarder_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\n\r\n# Cluster\r\nrouting_epoch:{}\r\nslot_groups:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nlarder_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\nrejected_connections:{}\r\n\r\n# Cluster\r\nrouting_epoch:{}\r\nslot_groups:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
             env!("CARGO_PKG_VERSION"),
+            stats.connections,
+            self.config.max_clients,
+            stats.rejected_connections,
             table.epoch(),
             table.groups().len(),
         );

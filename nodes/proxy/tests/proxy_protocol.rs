@@ -207,6 +207,14 @@ async fn max_clients_refuses_one_more_with_redis_error() {
         .expect("a refusal is a clean close");
     assert_eq!(proxy.stats().rejected_connections, 1);
     assert_eq!(proxy.stats().connections, 3);
+    let info = exchange(&mut open[0].0, b"INFO\r\n").await;
+    for line in [
+        "connected_clients:3\r\n",
+        "maxclients:3\r\n",
+        "rejected_connections:1\r\n",
+    ] {
+        assert!(info.contains(line), "{line} in {info}");
+    }
     // Every way out of a connection frees its slot: a QUIT, a protocol error, a dropped client.
     let (mut a, task_a) = open.pop().expect("three");
     exchange(&mut a, b"QUIT\r\n").await;
