@@ -903,3 +903,27 @@ fn unknown_with_args(text: String, args: &[Bytes]) -> String {
         .collect();
     format!("{text}, with args beginning with: {}", shown.join(" "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn same_secret_is_equality() {
+        assert!(same_secret(b"sesame", b"sesame"));
+        assert!(same_secret(b"", b""));
+        for guess in [
+            &b""[..],
+            b"sesam",
+            b"sesame1",
+            b"sesamf",
+            b"Sesame",
+            b"sesame\0",
+        ] {
+            assert!(!same_secret(b"sesame", guess), "{}", guess.escape_ascii());
+        }
+        // A guess longer than the secret whose extra bytes are zero still differs by length.
+        assert!(!same_secret(b"a", b"a\0\0"));
+        assert!(!same_secret(b"", b"\0"));
+    }
+}
