@@ -43,7 +43,9 @@
 //! id = 1001
 //! listen = "127.0.0.1:6380"
 //! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
-//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912, nodes = [...]
+//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912, nodes = [...],
+//! # max_clients = 10000, timeout = 0 (idle seconds; 0 never), output_stall_secs = 60,
+//! # output_buffer_max = 268435456, auth_failure_delay_ms = 100, auth_failures_max = 10
 //! ```
 //!
 //! **The cluster secret.** Every role authenticates its internal connections with the cluster
@@ -410,9 +412,73 @@ pub struct ProxyFile {
     /// doc).
     #[serde(default)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Redis's `maxclients`: connections served at once (default 10000; at least 1).
+    #[serde(default)]
+    pub max_clients: Option<usize>,
+    /// Redis's `timeout`: seconds a connection may send nothing before it is closed (default
+    /// 0: never).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    /// Seconds a reply write may make no progress before the client, not reading its
+    /// replies, is disconnected (default 60; at least 1).
+    #[serde(default)]
+    pub output_stall_secs: Option<u64>,
+    /// Reply bytes held for one client before it is disconnected (default 256 MiB; at least
+    /// 64 KiB, the size at which replies are written out).
+    #[serde(default)]
+    pub output_buffer_max: Option<usize>,
+    /// Milliseconds a failed `AUTH` waits before its reply (default 100).
+    #[serde(default)]
+    pub auth_failure_delay_ms: Option<u64>,
+    /// Failed `AUTH`s after which a connection is closed (default 10; 0: never).
+    #[serde(default)]
+    pub auth_failures_max: Option<u32>,
 }
 
 impl ProxyFile {
+    /// The proxy's settings from the file, checked; unset fields keep [`ProxyConfig`]'s
+    /// defaults.
+    pub fn proxy_config(&self) -> anyhow::Result<ProxyConfig> {
+        let mut config = ProxyConfig {
+            password: self.requirepass.clone(),
+            ..ProxyConfig::default()
+        };
+        if let Some(max) = self.bulk_bytes_max {
+            config.limits.bulk_bytes_max = max;
+        }
+        if let Some(max) = self.max_clients {
+            if max == 0 {
+                bail!("max_clients must be at least 1");
+            }
+            config.max_clients = max;
+        }
+        if let Some(secs) = self.timeout {
+            config.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(secs) = self.output_stall_secs {
+            if secs == 0 {
+                bail!("output_stall_secs must be at least 1");
+            }
+            config.output_stall_timeout = Duration::from_secs(secs);
+        }
+        if let Some(max) = self.output_buffer_max {
+            if max < larder_proxy::OUTPUT_FLUSH_BYTES {
+                bail!(
+                    "output_buffer_max must be at least {} (the size at which replies are written out), got {max}",
+                    larder_proxy::OUTPUT_FLUSH_BYTES
+                );
+            }
+            config.output_buffer_max = max;
+        }
+        if let Some(ms) = self.auth_failure_delay_ms {
+            config.auth_failure_delay = Duration::from_millis(ms);
+        }
+        if let Some(max) = self.auth_failures_max {
+            config.auth_failures_max = max;
+        }
+        Ok(config)
+    }
+
     /// The routing the proxy starts with, checked: a fixed table (static mode) or none yet,
     /// with the observers and centers to fetch one from (center mode).
     pub fn routing(&self) -> anyhow::Result<SharedRouting> {
@@ -631,13 +697,9 @@ pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
                 .chain(&file.centers)
                 .chain(&file.observers),
         );
-        let mut config = ProxyConfig {
-            password: file.requirepass.clone(),
-            ..ProxyConfig::default()
-        };
-        if let Some(max) = file.bulk_bytes_max {
-            config.limits.bulk_bytes_max = max;
-        }
+        let config = file
+            .proxy_config()
+            .with_context(|| format!("checking {}", args.config.display()))?;
         // Center mode: the storage nodes' addresses come with the routing answers (a static
         // table is never refreshed, so this is never called there).
         routing.on_addresses(book.sink());
@@ -714,6 +776,36 @@ mod tests {
             typo.is_err(),
             "a misspelt key must be an error, not silently ignored"
         );
+    }
+
+    #[test]
+    fn proxy_bounds_parse_and_are_checked() {
+        let base = "id = 1001\nlisten = \"127.0.0.1:6380\"\ngroups = 8\nnodes = [{ id = 1, address = \"127.0.0.1:7001\" }]\n";
+        let file: ProxyFile = parse(base).expect("parse");
+        let config = file.proxy_config().expect("defaults");
+        assert_eq!(config.max_clients, 10_000);
+        assert_eq!(config.idle_timeout, None);
+        let file: ProxyFile = parse(&format!(
+            "{base}max_clients = 50\ntimeout = 300\noutput_stall_secs = 5\noutput_buffer_max = 1048576\nauth_failure_delay_ms = 250\nauth_failures_max = 0\n"
+        ))
+        .expect("parse");
+        let config = file.proxy_config().expect("valid");
+        assert_eq!(config.max_clients, 50);
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.output_stall_timeout, Duration::from_secs(5));
+        assert_eq!(config.output_buffer_max, 1 << 20);
+        assert_eq!(config.auth_failure_delay, Duration::from_millis(250));
+        assert_eq!(config.auth_failures_max, 0);
+        let off: ProxyFile = parse(&format!("{base}timeout = 0\n")).expect("parse");
+        assert_eq!(off.proxy_config().expect("valid").idle_timeout, None);
+        for bad in [
+            "max_clients = 0",
+            "output_stall_secs = 0",
+            "output_buffer_max = 1000",
+        ] {
+            let file: ProxyFile = parse(&format!("{base}{bad}\n")).expect("parse");
+            assert!(file.proxy_config().is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

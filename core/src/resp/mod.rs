@@ -20,7 +20,8 @@
 //!
 //! - `scan`: the byte-level readers both parsers are built from (lines, numbers, blobs) and
 //!   the checks of declared lengths against [`Limits`].
-//! - `request`: client commands ([`parse_request`], [`split_inline`]).
+//! - `request`: client commands ([`parse_request`], the resumable [`RequestParser`],
+//!   [`split_inline`]).
 //! - `frame`: server replies of any type ([`parse_frame`], [`parse_frame_with`]).
 //! - `encode`: writing replies and requests ([`encode_frame`], [`encode_request`]).
 
@@ -35,7 +36,7 @@ mod scan;
 
 pub use encode::{encode_frame, encode_request};
 pub use frame::{parse_frame, parse_frame_with};
-pub use request::{parse_request, split_inline};
+pub use request::{RequestParser, parse_request, split_inline};
 
 /// One RESP value.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +150,27 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Redis 7's bounds for a connection that has not authenticated yet (when a password is
+    /// set): at most 10 arguments and 16 KiB per argument, so an anonymous peer cannot make
+    /// the server buffer a large request before proving it may. Redis answers
+    /// `-ERR Protocol error: unauthenticated multibulk length` / `… bulk length` for a request
+    /// beyond them ([`RespError::unauthenticated_text`] gives that text). The whole request is
+    /// bounded to what 10 such arguments take, and an inline command to 16 KiB as well.
+    pub fn unauthenticated() -> Limits {
+        const ARGS: u64 = 10;
+        const BULK: u64 = 16 * 1024;
+        Limits {
+            bulk_bytes_max: BULK,
+            args_max: ARGS,
+            inline_bytes_max: BULK,
+            // `*10\r\n` and ten `$16384\r\n…\r\n`, with room for the headers.
+            request_bytes_max: ARGS * (BULK + 16) + 16,
+            depth_max: Limits::default().depth_max,
+        }
+    }
+}
+
 /// Which limit a message broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
@@ -189,6 +211,24 @@ impl RespError {
     /// The reply to send before closing the connection: `-ERR Protocol error: …`.
     pub fn to_frame(&self) -> Frame {
         Frame::Error(format!("ERR {self}"))
+    }
+
+    /// The text Redis 7 sends an unauthenticated client whose request broke
+    /// [`Limits::unauthenticated`] (`Protocol error: unauthenticated multibulk length`), or
+    /// `None` for errors Redis words the same either way.
+    pub fn unauthenticated_text(&self) -> Option<String> {
+        let what = match self {
+            RespError::TooLarge {
+                what: LimitKind::MultibulkLength,
+                ..
+            } => "multibulk length",
+            RespError::TooLarge {
+                what: LimitKind::BulkLength | LimitKind::RequestSize | LimitKind::InlineRequest,
+                ..
+            } => "bulk length",
+            _ => return None,
+        };
+        Some(format!("Protocol error: unauthenticated {what}"))
     }
 
     fn protocol(msg: impl Into<String>) -> RespError {

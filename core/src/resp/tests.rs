@@ -551,3 +551,126 @@ proptest! {
         prop_assert_eq!(req(line.as_bytes()), Ok(Some((expected, line.len()))));
     }
 }
+
+/// Feeds `buf` to a [`RequestParser`] `step` bytes at a time, dropping consumed bytes as a
+/// server does, and returns the requests read (or the first error) and the parser.
+fn feed(buf: &[u8], step: usize, limits: &Limits) -> (Result<Vec<Vec<Bytes>>, RespError>, usize) {
+    let mut parser = RequestParser::default();
+    let mut input: Vec<u8> = Vec::new();
+    let mut requests = Vec::new();
+    for chunk in buf.chunks(step.max(1)) {
+        input.extend_from_slice(chunk);
+        loop {
+            match parser.parse(&input, limits) {
+                Ok(Some((args, used))) => {
+                    assert!(used <= input.len());
+                    input.drain(..used);
+                    requests.push(args);
+                }
+                Ok(None) => break,
+                Err(e) => return (Err(e), parser.headers_read),
+            }
+        }
+    }
+    (Ok(requests), parser.headers_read)
+}
+
+#[test]
+fn a_request_in_many_reads_is_scanned_once() {
+    // MSET of 20,000 short arguments arriving 7 bytes at a time: ~30,000 reads. Re-parsing
+    // from the start on every read would read ~300 million argument headers.
+    let words: Vec<String> = std::iter::once("MSET".to_owned())
+        .chain((0..19_999).map(|i| format!("k{i}")))
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let expected = args(&words);
+    let mut buf = Vec::new();
+    encode_request(&expected, &mut buf);
+    let reads = buf.len().div_ceil(7);
+    let (requests, headers) = feed(&buf, 7, &Limits::default());
+    assert_eq!(requests, Ok(vec![expected.clone()]));
+    // Each header is read once, plus at most one unfinished header re-read per read.
+    assert!(
+        headers <= expected.len() + reads,
+        "{headers} headers read for {} arguments in {reads} reads",
+        expected.len()
+    );
+    // A large value in small reads: its header is read about once per read at most, and the
+    // 1 MiB of data is never copied until it is complete.
+    let value = vec![b'x'; 1 << 20];
+    let set = vec![
+        Bytes::from_static(b"SET"),
+        Bytes::from_static(b"k"),
+        Bytes::from(value),
+    ];
+    let mut buf = Vec::new();
+    encode_request(&set, &mut buf);
+    let (requests, headers) = feed(&buf, 4096, &Limits::default());
+    assert_eq!(requests, Ok(vec![set]));
+    assert!(headers <= 3 + buf.len().div_ceil(4096), "{headers}");
+}
+
+#[test]
+fn the_resumable_parser_agrees_with_parse_request() {
+    let mut stream = Vec::new();
+    encode_request(&args(&["SET", "foo", "bar"]), &mut stream);
+    stream.extend_from_slice(b"PING\r\n*0\r\nECHO \"a b\"\r\n");
+    encode_request(&args(&["GET", "a\r\nb"]), &mut stream);
+    let mut expected = Vec::new();
+    let mut rest = &stream[..];
+    while let Some((request, used)) = req(rest).expect("valid") {
+        expected.push(request);
+        rest = &rest[used..];
+    }
+    assert_eq!(expected.len(), 5);
+    for step in 1..stream.len() {
+        assert_eq!(
+            feed(&stream, step, &Limits::default()).0,
+            Ok(expected.clone())
+        );
+    }
+    // Errors surface the same way, however the bytes arrive.
+    for step in 1..8 {
+        assert_eq!(
+            feed(b"*2\r\n$3\r\nGET\r\n:1\r\n", step, &Limits::default()).0,
+            Err(protocol_err("expected '$', got ':'"))
+        );
+        assert!(matches!(
+            feed(
+                &[b'a'; 100],
+                step,
+                &Limits {
+                    inline_bytes_max: 50,
+                    ..Limits::default()
+                }
+            )
+            .0,
+            Err(RespError::TooLarge {
+                what: LimitKind::InlineRequest,
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn unauthenticated_limits_are_redis_7s() {
+    let limits = Limits::unauthenticated();
+    let p = |b: &[u8]| parse_request(b, &limits);
+    let eleven = p(b"*11\r\n").expect_err("11 arguments");
+    assert_eq!(
+        eleven.unauthenticated_text().as_deref(),
+        Some("Protocol error: unauthenticated multibulk length")
+    );
+    let big = p(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n").expect_err("a 16385-byte bulk");
+    assert_eq!(
+        big.unauthenticated_text().as_deref(),
+        Some("Protocol error: unauthenticated bulk length")
+    );
+    // The largest request it allows parses: ten arguments of 16 KiB.
+    let ten: Vec<Bytes> = (0..10).map(|_| Bytes::from(vec![b'a'; 16384])).collect();
+    let mut buf = Vec::new();
+    encode_request(&ten, &mut buf);
+    assert_eq!(p(&buf), Ok(Some((ten, buf.len()))));
+    assert_eq!(protocol_err("x").unauthenticated_text(), None);
+}

@@ -129,13 +129,18 @@ async fn forged_connections_and_requests_are_refused_and_counted() {
     // Raw TCP: a made-up protocol, then a frame of the protocol before authentication.
     for bytes in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-        &[0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4][..],
+        &[
+            0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4,
+        ][..],
     ] {
         let mut raw = tokio::net::TcpStream::connect(address).await.expect("raw");
         raw.write_all(bytes).await.expect("write");
         let mut answer = Vec::new();
         let read = tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer)).await;
-        assert!(read.is_ok(), "the node closes a connection that is no Larder handshake");
+        assert!(
+            read.is_ok(),
+            "the node closes a connection that is no Larder handshake"
+        );
         assert!(answer.len() <= 5, "at most a refusal: {answer:?}");
     }
 
@@ -143,7 +148,7 @@ async fn forged_connections_and_requests_are_refused_and_counted() {
     book.insert(2, address);
     let insider = TcpNet::client(INSIDER, book.clone(), larder_real::test_auth(INSIDER));
     let error = insider
-        .call(2, request.bytes.clone(), LIMIT)
+        .call(2, request.bytes().clone(), LIMIT)
         .await
         .expect_err("wrong destination");
     assert!(error.to_string().contains("another node"), "{error}");
@@ -217,7 +222,10 @@ async fn a_heartbeat_for_another_node_is_refused() {
         matches!(&answer, CenterResponse::Unavailable { reason } if reason.contains("for node 1")),
         "{answer:?}"
     );
-    assert_eq!(center.node().refused().heartbeats.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        center.node().refused().heartbeats.load(Ordering::Relaxed),
+        1
+    );
     // Its own heartbeat is heard (once the center leads).
     let mut heard = false;
     for _ in 0..100 {

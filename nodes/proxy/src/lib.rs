@@ -5,7 +5,18 @@
 //! their groups, so the groups can deduplicate its writes) and shares the proxy's routing
 //! table and leader hints.
 //! Requests are read in batches: every complete request in the buffer is executed in order and
-//! the replies are written with one `write`, which is what makes pipelining cheap.
+//! the replies are written together, which is what makes pipelining cheap.
+//!
+//! # Bounds
+//!
+//! Everything a client can make the proxy hold is bounded (see [`ProxyConfig`]):
+//! connections (`max_clients`), an idle connection's lifetime (`idle_timeout`), request bytes
+//! (`limits`, tighter before `AUTH`: [`Limits::unauthenticated`]), reply bytes (replies are
+//! written out once [`OUTPUT_FLUSH_BYTES`] are pending, before the next command runs, and one
+//! client may hold at most `output_buffer_max`), and a client that stops reading its replies
+//! (`output_stall_timeout`). Because a connection reads only when every complete request it
+//! holds has been answered and written, a client that writes without reading is pushed back
+//! by TCP rather than buffered. [`Proxy::stats`] counts what the bounds did.
 //!
 //! The client-facing side is a byte stream ([`Listener`]), not the message-level `Net`: in
 //! production `larder_real::TokioListener`, in the simulator a turmoil one.
@@ -17,9 +28,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Clock, Listener, Net};
+use larder_core::env::{Clock, Listener, Net, timeout};
 use larder_core::kv::{Command, Reply, Scope};
-use larder_core::resp::{self, Frame, Limits, Protocol};
+use larder_core::resp::{self, Frame, Limits, Protocol, RequestParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting};
@@ -27,6 +38,26 @@ use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting};
 /// The Redis version the proxy reports: clients pick features by it, and Larder implements the
 /// parts of the 7.x protocol they use (RESP3 via `HELLO`).
 pub const REDIS_VERSION: &str = "7.2.0";
+
+/// Pending reply bytes at which a connection writes them out before running its next command,
+/// so a long pipeline of large replies is not held whole in memory (a pipeline of small replies
+/// still goes out in few writes).
+pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Buffer capacity a connection keeps between requests; a larger buffer (left by a large
+/// request or reply) is given back, so idle connections cost little memory.
+const READ_CAPACITY_KEPT: usize = 1 << 20;
+const OUTPUT_CAPACITY_KEPT: usize = 4 * OUTPUT_FLUSH_BYTES;
+
+/// What a connection answers when `max_clients` are already connected (Redis's words).
+const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// The first wait after a failed `accept`, doubled on each failure in a row up to
+/// [`ACCEPT_BACKOFF_MAX`]: out of file descriptors, retrying at once would spin.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one warning per this interval about failing accepts (with a count of the rest).
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// A Redis client's side of one request: sends the already-encoded `request` and reads one
 /// reply frame, keeping bytes of later frames in `buffer`. Used by the simulator's RESP clients
@@ -66,6 +97,35 @@ pub struct ProxyConfig {
     pub client: ClientConfig,
     /// Bytes buffered from one connection before the proxy stops reading and processes.
     pub read_buffer_max: usize,
+    /// Redis's `maxclients`: connections served at once. One more is answered
+    /// `-ERR max number of clients reached` and closed, as Redis does. Default 10,000, Redis's
+    /// default; each connection costs a file descriptor, its socket buffers and a
+    /// [`ClusterClient`], so the limit should stay well below the process's `ulimit -n`.
+    pub max_clients: usize,
+    /// Redis's `timeout`: a connection that sends nothing for this long while the proxy
+    /// waits for its next request is closed. `None` (Redis's default `timeout 0`): never.
+    pub idle_timeout: Option<Duration>,
+    /// A client that does not read its replies: a write of pending replies that makes no
+    /// progress for this long closes the connection. Default 60 s, the seconds of Redis's
+    /// soft `client-output-buffer-limit` for pub/sub clients: long enough for any client that
+    /// is reading at all (one byte of progress resets it), short enough that a stuck client
+    /// does not hold its buffers and [`ClusterClient`] for long.
+    pub output_stall_timeout: Duration,
+    /// Redis's hard `client-output-buffer-limit`: reply bytes the proxy may hold for one
+    /// client (pending ones plus the reply just produced). A reply that would go past it
+    /// closes the connection without being sent, as Redis does. Replies are written out past
+    /// [`OUTPUT_FLUSH_BYTES`], so in practice this bounds the largest single reply. Default
+    /// 256 MiB (Redis's replica hard limit): four values of the largest size `limits` allow
+    /// (64 MiB) in one `MGET` still pass, while one client cannot hold gigabytes.
+    pub output_buffer_max: usize,
+    /// How long a failed `AUTH` waits before its `WRONGPASS` reply, through the proxy's clock,
+    /// so guessing is slow: a connection tries at most one password per this interval (a
+    /// pipeline of guesses waits for each). Default 100 ms.
+    pub auth_failure_delay: Duration,
+    /// Failed `AUTH`s after which a connection is closed (after the last reply); 0: never.
+    /// With `auth_failure_delay` and `max_clients` it bounds the guessing rate of a client.
+    /// Default 10.
+    pub auth_failures_max: u32,
     /// How often the proxy asks the center (observers first) for a newer routing table, when
     /// its routing has sources. Failing requests fetch one sooner (see
     /// [`ClientConfig::routing_refresh_gap`]).
@@ -81,6 +141,12 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             client: ClientConfig::default(),
             read_buffer_max: 1 << 20,
+            max_clients: 10_000,
+            idle_timeout: None,
+            output_stall_timeout: Duration::from_secs(60),
+            output_buffer_max: 256 << 20,
+            auth_failure_delay: Duration::from_millis(100),
+            auth_failures_max: 10,
             routing_refresh: Duration::from_secs(1),
             bugs: Bugs::default(),
         }
@@ -94,7 +160,111 @@ pub struct Proxy<N: Net, C: Clock> {
     clock: C,
     config: ProxyConfig,
     routing: SharedRouting,
+    counters: Counters,
+}
+
+/// What the proxy's bounds did, for tests and operators: cheap relaxed atomics, read together
+/// by [`Proxy::stats`] (each figure is exact; they are not one atomic snapshot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Connections being served now.
+    pub connections: u64,
+    /// Connections refused because `max_clients` were connected.
+    pub rejected_connections: u64,
+    /// Request and reply bytes the proxy holds for all connections now (buffer contents, not
+    /// their capacity; replies being built by the cluster client are not counted).
+    pub buffered_bytes: u64,
+    /// The most `buffered_bytes` has been since the proxy started.
+    pub buffered_bytes_peak: u64,
+    /// `AUTH` (or `HELLO … AUTH`) attempts with a wrong password.
+    pub auth_failures: u64,
+    /// Connections closed by `idle_timeout`.
+    pub idle_closed: u64,
+    /// Connections closed because their client did not read (`output_stall_timeout`).
+    pub slow_reader_closed: u64,
+    /// Connections closed by `output_buffer_max`.
+    pub output_limit_closed: u64,
+    /// Failed `accept`s (the proxy backs off and keeps accepting).
+    pub accept_errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    /// The last connection id handed out (`CLIENT ID`, `HELLO`'s `id`).
+    last_id: AtomicU64,
     connections: AtomicU64,
+    rejected_connections: AtomicU64,
+    buffered_bytes: AtomicU64,
+    buffered_bytes_peak: AtomicU64,
+    auth_failures: AtomicU64,
+    idle_closed: AtomicU64,
+    slow_reader_closed: AtomicU64,
+    output_limit_closed: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One of the `max_clients` connection slots, given back on drop, so every way out of a
+/// connection (a reply, an error, a dropped task) frees it.
+struct Slot<'a>(&'a Counters);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's share of [`ProxyStats::buffered_bytes`]: set to what it holds after every
+/// change, taken back on drop.
+struct Held<'a> {
+    counters: &'a Counters,
+    bytes: u64,
+}
+
+impl<'a> Held<'a> {
+    fn new(counters: &'a Counters) -> Self {
+        Held { counters, bytes: 0 }
+    }
+
+    fn set(&mut self, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let total = &self.counters.buffered_bytes;
+        if bytes >= self.bytes {
+            let now = total.fetch_add(bytes - self.bytes, Ordering::Relaxed) + (bytes - self.bytes);
+            self.counters
+                .buffered_bytes_peak
+                .fetch_max(now, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
+/// Why a connection ended early; every one is final for the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connection i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client read none of its replies for `output_stall_timeout`.
+    #[error("the client read no reply for {0:?}")]
+    Stalled(Duration),
+    /// A reply would have taken the client's held reply bytes past `output_buffer_max`.
+    #[error("a reply of {reply} bytes would hold {held} bytes for the client, above {max}")]
+    OutputLimit {
+        reply: usize,
+        held: usize,
+        max: usize,
+    },
 }
 
 /// Per-connection protocol state.
@@ -102,7 +272,10 @@ struct Session<N: Net, C: Clock> {
     id: u64,
     protocol: Protocol,
     authenticated: bool,
+    /// Failed `AUTH`s so far (see [`ProxyConfig::auth_failures_max`]).
+    auth_failures: u32,
     client: ClusterClient<N, C>,
+    /// Close after the pending replies are written (`QUIT`, too many failed `AUTH`s).
     quit: bool,
 }
 
@@ -151,16 +324,49 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             clock,
             config,
             routing,
-            connections: AtomicU64::new(0),
+            counters: Counters::default(),
         })
+    }
+
+    /// What the proxy's bounds did so far.
+    pub fn stats(&self) -> ProxyStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProxyStats {
+            connections: get(&c.connections),
+            rejected_connections: get(&c.rejected_connections),
+            buffered_bytes: get(&c.buffered_bytes),
+            buffered_bytes_peak: get(&c.buffered_bytes_peak),
+            auth_failures: get(&c.auth_failures),
+            idle_closed: get(&c.idle_closed),
+            slow_reader_closed: get(&c.slow_reader_closed),
+            output_limit_closed: get(&c.output_limit_closed),
+            accept_errors: get(&c.accept_errors),
+        }
+    }
+
+    /// Takes a connection slot, or `None` when `max_clients` are taken.
+    fn admit(&self) -> Option<Slot<'_>> {
+        let max = u64::try_from(self.config.max_clients).unwrap_or(u64::MAX);
+        let before = self.counters.connections.fetch_add(1, Ordering::Relaxed);
+        // Taken first and given back on refusal, so two connections racing for the last slot
+        // cannot both get it.
+        let slot = Slot(&self.counters);
+        (before < max).then_some(slot)
     }
 
     pub fn routing(&self) -> &SharedRouting {
         &self.routing
     }
 
-    /// Accepts connections until the listener fails. With a routing that has sources, also
-    /// keeps the table fresh in the background.
+    /// Accepts connections for ever. With a routing that has sources, also keeps the table
+    /// fresh in the background.
+    ///
+    /// A failed `accept` (out of file descriptors, `EMFILE`; a connection reset before it was
+    /// accepted) is counted, warned about at most once per 10 s, and retried after a backoff
+    /// through the clock (5 ms doubling to 1 s, reset by the next success): one bad moment must
+    /// not stop a proxy from ever accepting again. Only `InvalidInput` (`EINVAL`: the socket is
+    /// not listening, which no retry mends) is returned.
     pub async fn serve<L>(self: &Arc<Self>, mut listener: L) -> std::io::Result<()>
     where
         L: Listener,
@@ -169,25 +375,68 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         if !self.routing.sources().is_empty() {
             tokio::spawn(refresh_loop(Arc::downgrade(self)));
         }
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut last_warning: Option<Duration> = None;
+        let mut unreported = 0u64;
         loop {
-            let stream = listener.accept().await?;
-            let proxy = self.clone();
-            tokio::spawn(async move {
-                let _ = proxy.connection(stream).await;
-            });
+            match listener.accept().await {
+                Ok(stream) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    let proxy = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = proxy.connection(stream).await {
+                            tracing::debug!(%error, "client connection ended");
+                        }
+                    });
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
+                    return Err(error);
+                }
+                Err(error) => {
+                    bump(&self.counters.accept_errors);
+                    let now = self.clock.now();
+                    if last_warning.is_none_or(|t| now.saturating_sub(t) >= ACCEPT_WARN_EVERY) {
+                        tracing::warn!(
+                            %error,
+                            also_failed = unreported,
+                            retry_in_ms = backoff.as_millis(),
+                            "accepting a client failed; retrying"
+                        );
+                        last_warning = Some(now);
+                        unreported = 0;
+                    } else {
+                        unreported += 1;
+                    }
+                    self.clock.sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
         }
     }
 
-    /// Serves one client connection until it closes, sends `QUIT`, or breaks the protocol.
+    /// Serves one client connection until it closes, sends `QUIT`, breaks the protocol, idles
+    /// past `idle_timeout`, or breaks an output bound. Refused at once (with Redis's error)
+    /// when `max_clients` are connected.
     pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut stream: S,
-    ) -> std::io::Result<()> {
-        let id = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    ) -> Result<(), ConnectionError> {
+        let Some(_slot) = self.admit() else {
+            bump(&self.counters.rejected_connections);
+            // Best effort and bounded: the refused client may not read at all.
+            let _ = timeout(&self.clock, self.config.output_stall_timeout, async {
+                stream.write_all(MAX_CLIENTS_REPLY).await?;
+                stream.flush().await
+            })
+            .await;
+            return Ok(());
+        };
+        let id = self.counters.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut session = Session {
             id,
             protocol: Protocol::Resp2,
             authenticated: self.config.password.is_none(),
+            auth_failures: 0,
             client: ClusterClient::new(
                 self.net.clone(),
                 self.clock.clone(),
@@ -196,55 +445,144 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             ),
             quit: false,
         };
+        let unauthenticated = Limits::unauthenticated();
+        let mut parser = RequestParser::default();
         let mut input = BytesMut::with_capacity(16 << 10);
         let mut output = Vec::with_capacity(16 << 10);
+        let mut held = Held::new(&self.counters);
         loop {
             loop {
-                match resp::parse_request(&input, &self.config.limits) {
+                // Before AUTH, Redis 7's small limits: an anonymous client cannot make the
+                // proxy buffer a large request.
+                let limits = if session.authenticated {
+                    &self.config.limits
+                } else {
+                    &unauthenticated
+                };
+                match parser.parse(&input, limits) {
                     Ok(Some((args, used))) => {
                         input.advance(used);
+                        held.set(input.len() + output.len());
                         if args.is_empty() {
                             continue;
                         }
                         let reply = self.dispatch(&mut session, args).await;
+                        let before = output.len();
                         resp::encode_frame(&reply, session.protocol, &mut output);
+                        drop(reply);
+                        if output.len() > self.config.output_buffer_max {
+                            bump(&self.counters.output_limit_closed);
+                            return Err(ConnectionError::OutputLimit {
+                                reply: output.len() - before,
+                                held: output.len(),
+                                max: self.config.output_buffer_max,
+                            });
+                        }
+                        held.set(input.len() + output.len());
                         if session.quit {
-                            stream.write_all(&output).await?;
-                            return stream.flush().await;
+                            return self.write_out(&mut stream, &mut output, &mut held, 0).await;
+                        }
+                        if output.len() >= OUTPUT_FLUSH_BYTES {
+                            self.write_out(&mut stream, &mut output, &mut held, input.len())
+                                .await?;
                         }
                     }
                     Ok(None) => break,
                     Err(problem) => {
+                        let text = match problem.unauthenticated_text() {
+                            Some(text) if !session.authenticated => text,
+                            _ => problem.to_string(),
+                        };
                         resp::encode_frame(
-                            &error(format!("ERR {problem}")),
+                            &error(format!("ERR {text}")),
                             session.protocol,
                             &mut output,
                         );
-                        stream.write_all(&output).await?;
-                        stream.flush().await?;
-                        return Ok(());
+                        return self.write_out(&mut stream, &mut output, &mut held, 0).await;
                     }
                 }
             }
             if !output.is_empty() {
-                stream.write_all(&output).await?;
-                output.clear();
+                self.write_out(&mut stream, &mut output, &mut held, input.len())
+                    .await?;
             }
-            if input.len()
-                >= self.config.read_buffer_max.max(
-                    usize::try_from(self.config.limits.request_bytes_max)
-                        .unwrap_or(usize::MAX)
-                        .saturating_add(1024),
-                )
-            {
-                // parse_request enforces the limits; a buffer this full without a complete
+            let limits = if session.authenticated {
+                &self.config.limits
+            } else {
+                &unauthenticated
+            };
+            let request_max = usize::try_from(limits.request_bytes_max)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1024);
+            let read_max = if session.authenticated {
+                self.config.read_buffer_max.max(request_max)
+            } else {
+                request_max
+            };
+            if input.len() >= read_max {
+                // The parser enforces the limits; a buffer this full without a complete
                 // request means a client is streaming garbage.
                 return Ok(());
             }
-            if stream.read_buf(&mut input).await? == 0 {
+            if input.is_empty() && input.capacity() > READ_CAPACITY_KEPT {
+                // A large request is done: do not keep its buffer for an idle connection.
+                input = BytesMut::with_capacity(16 << 10);
+            }
+            let read = stream.read_buf(&mut input);
+            let n = match self.config.idle_timeout {
+                None => read.await?,
+                Some(idle) => match timeout(&self.clock, idle, read).await {
+                    Ok(n) => n?,
+                    Err(_) => {
+                        bump(&self.counters.idle_closed);
+                        return Ok(());
+                    }
+                },
+            };
+            if n == 0 {
                 return Ok(());
             }
+            held.set(input.len());
         }
+    }
+
+    /// Writes the pending replies, giving up when a write makes no progress for
+    /// `output_stall_timeout` (a client that does not read). `input_len` is what the
+    /// connection still holds besides, for [`ProxyStats::buffered_bytes`].
+    async fn write_out<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        output: &mut Vec<u8>,
+        held: &mut Held<'_>,
+        input_len: usize,
+    ) -> Result<(), ConnectionError> {
+        let stall = self.config.output_stall_timeout;
+        let stalled = || {
+            bump(&self.counters.slow_reader_closed);
+            ConnectionError::Stalled(stall)
+        };
+        let mut written = 0;
+        while written < output.len() {
+            match timeout(&self.clock, stall, stream.write(&output[written..])).await {
+                Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Ok(Ok(n)) => {
+                    written += n;
+                    held.set(input_len + output.len() - written);
+                }
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_) => return Err(stalled()),
+            }
+        }
+        timeout(&self.clock, stall, stream.flush())
+            .await
+            .map_err(|_| stalled())??;
+        output.clear();
+        if output.capacity() > OUTPUT_CAPACITY_KEPT {
+            // One large reply must not pin its buffer for the connection's lifetime.
+            *output = Vec::with_capacity(16 << 10);
+        }
+        held.set(input_len);
+        Ok(())
     }
 
     async fn dispatch(&self, session: &mut Session<N, C>, args: Vec<Bytes>) -> Frame {
@@ -265,10 +603,13 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 Frame::Simple("OK".into())
             }
             "auth" => match args.len() {
-                2 | 3 => self.authenticate(session, args.last().expect("len >= 2")),
+                2 | 3 => {
+                    self.authenticate(session, args.last().expect("len >= 2"))
+                        .await
+                }
                 _ => arity("auth"),
             },
-            "hello" => self.hello(session, &args),
+            "hello" => self.hello(session, &args).await,
             "select" => match args.get(1).map(|db| db.as_ref()) {
                 Some(b"0") if args.len() == 2 => Frame::Simple("OK".into()),
                 Some(_) if args.len() == 2 => error("ERR DB index is out of range"),
@@ -297,20 +638,31 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         }
     }
 
-    fn authenticate(&self, session: &mut Session<N, C>, password: &Bytes) -> Frame {
+    /// Checks a password in constant time ([`same_secret`]); a wrong one is answered only
+    /// after `auth_failure_delay`, and enough of them close the connection.
+    async fn authenticate(&self, session: &mut Session<N, C>, password: &Bytes) -> Frame {
         match &self.config.password {
             None => error(
                 "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
             ),
-            Some(expected) if expected.as_bytes() == password.as_ref() => {
+            Some(expected) if same_secret(expected.as_bytes(), password) => {
                 session.authenticated = true;
                 Frame::Simple("OK".into())
             }
-            Some(_) => error("WRONGPASS invalid username-password pair or user is disabled."),
+            Some(_) => {
+                bump(&self.counters.auth_failures);
+                session.auth_failures = session.auth_failures.saturating_add(1);
+                let max = self.config.auth_failures_max;
+                if max > 0 && session.auth_failures >= max {
+                    session.quit = true;
+                }
+                self.clock.sleep(self.config.auth_failure_delay).await;
+                error("WRONGPASS invalid username-password pair or user is disabled.")
+            }
         }
     }
 
-    fn hello(&self, session: &mut Session<N, C>, args: &[Bytes]) -> Frame {
+    async fn hello(&self, session: &mut Session<N, C>, args: &[Bytes]) -> Frame {
         let mut protocol = session.protocol;
         let mut rest = &args[1..];
         if let Some(version) = rest.first() {
@@ -324,7 +676,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         while let Some(option) = rest.first() {
             match lower(option).as_str() {
                 "auth" if rest.len() >= 3 => {
-                    let reply = self.authenticate(session, &rest[2]);
+                    let reply = self.authenticate(session, &rest[2]).await;
                     if matches!(reply, Frame::Error(_)) {
                         return reply;
                     }
@@ -373,9 +725,13 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 .to_string(),
             Err(_) => "unknown".into(),
         };
+        let stats = self.stats();
         let text = format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nlarder_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\n\r\n# Cluster\r\nrouting_epoch:{}\r\nslot_groups:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nlarder_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\nrejected_connections:{}\r\n\r\n# Cluster\r\nrouting_epoch:{}\r\nslot_groups:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
             env!("CARGO_PKG_VERSION"),
+            stats.connections,
+            self.config.max_clients,
+            stats.rejected_connections,
             table.epoch(),
             table.groups().len(),
         );
@@ -514,6 +870,21 @@ async fn refresh_loop<N: Net, C: Clock>(proxy: Weak<Proxy<N, C>>) {
     }
 }
 
+/// Whether `guess` is the `secret`, in time that depends on the lengths only, never on where
+/// the first differing byte is (an early-exit `==` would let a client find the password byte
+/// by byte from reply times). The length may leak, as it does in Redis's `ACL` compare; the
+/// contents do not: every byte of the secret is compared, and `black_box` keeps the optimizer
+/// from turning the accumulation back into an early exit.
+fn same_secret(secret: &[u8], guess: &[u8]) -> bool {
+    let mut differ = u8::from(secret.len() != guess.len());
+    for (i, &s) in secret.iter().enumerate() {
+        // The branch in `get` depends on the guess's length only, which the client knows.
+        let g = guess.get(i).copied().unwrap_or(0);
+        differ = std::hint::black_box(differ | (s ^ g));
+    }
+    differ == 0
+}
+
 fn arity(name: &str) -> Frame {
     error(format!(
         "ERR wrong number of arguments for '{name}' command"
@@ -531,4 +902,28 @@ fn unknown_with_args(text: String, args: &[Bytes]) -> String {
         .map(|a| format!("'{}'", String::from_utf8_lossy(&a[..a.len().min(128)])))
         .collect();
     format!("{text}, with args beginning with: {}", shown.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn same_secret_is_equality() {
+        assert!(same_secret(b"sesame", b"sesame"));
+        assert!(same_secret(b"", b""));
+        for guess in [
+            &b""[..],
+            b"sesam",
+            b"sesame1",
+            b"sesamf",
+            b"Sesame",
+            b"sesame\0",
+        ] {
+            assert!(!same_secret(b"sesame", guess), "{}", guess.escape_ascii());
+        }
+        // A guess longer than the secret whose extra bytes are zero still differs by length.
+        assert!(!same_secret(b"a", b"a\0\0"));
+        assert!(!same_secret(b"", b"\0"));
+    }
 }

@@ -1,27 +1,40 @@
 //! The proxy's protocol handling over an in-memory stream: malformed and oversized input, unknown
 //! commands, arity errors, authentication, HELLO, QUIT, and an unreachable cluster. Each bad
 //! input gets a Redis-style error; only protocol errors close the connection (as in Redis).
+//! And the proxy's bounds: `max_clients` (in memory at the default 10,000 and over real
+//! sockets), the idle timeout, Redis 7's pre-AUTH limits, the failed-AUTH delay, surviving
+//! `accept` errors, a large request in many small reads, the output cap, and backpressure on a
+//! client that pipelines without reading. (A slow reader of large values, which needs a
+//! cluster, is in `proxy_bounds.rs`.)
 
 // A test on the real environment: real time and sockets are what it exercises.
 #![allow(clippy::disallowed_methods)]
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use larder_client::ClientConfig;
 use larder_client::SharedRouting;
 use larder_core::resp::Limits;
 use larder_core::routing::RoutingTable;
-use larder_proxy::{Proxy, ProxyConfig};
+use larder_proxy::{ConnectionError, OUTPUT_FLUSH_BYTES, Proxy, ProxyConfig};
 use larder_real::{AddressBook, TcpNet, TokioClock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-fn proxy(password: Option<&str>) -> std::sync::Arc<Proxy<TcpNet, TokioClock>> {
-    let config = ProxyConfig {
+fn proxy(password: Option<&str>) -> Arc<Proxy<TcpNet, TokioClock>> {
+    proxy_with(ProxyConfig {
         password: password.map(str::to_string),
         limits: Limits {
             bulk_bytes_max: 64,
             ..Limits::default()
         },
+        ..config()
+    })
+}
+
+/// The tests' settings: a client that gives up on the (unreachable) cluster quickly.
+fn config() -> ProxyConfig {
+    ProxyConfig {
         client: ClientConfig {
             request_timeout: Duration::from_millis(100),
             attempts_max: 1,
@@ -29,7 +42,10 @@ fn proxy(password: Option<&str>) -> std::sync::Arc<Proxy<TcpNet, TokioClock>> {
             ..ClientConfig::default()
         },
         ..ProxyConfig::default()
-    };
+    }
+}
+
+fn proxy_with(config: ProxyConfig) -> Arc<Proxy<TcpNet, TokioClock>> {
     // Nodes 1-3 have no address: the cluster is unreachable, which the data path must report.
     let routing = SharedRouting::new(RoutingTable::even(2, |_| vec![1, 2, 3]));
     Proxy::new(
@@ -60,10 +76,15 @@ async fn exchange(stream: &mut DuplexStream, input: &[u8]) -> String {
     String::from_utf8_lossy(&reply).into_owned()
 }
 
-fn connect(
-    proxy: &std::sync::Arc<Proxy<TcpNet, TokioClock>>,
-) -> (DuplexStream, tokio::task::JoinHandle<std::io::Result<()>>) {
-    let (client, server) = tokio::io::duplex(1 << 16);
+type Task = tokio::task::JoinHandle<Result<(), ConnectionError>>;
+
+fn connect(proxy: &Arc<Proxy<TcpNet, TokioClock>>) -> (DuplexStream, Task) {
+    connect_with(proxy, 1 << 16)
+}
+
+/// A connection over an in-memory pipe holding at most `capacity` bytes each way.
+fn connect_with(proxy: &Arc<Proxy<TcpNet, TokioClock>>, capacity: usize) -> (DuplexStream, Task) {
+    let (client, server) = tokio::io::duplex(capacity);
     let proxy = proxy.clone();
     let task = tokio::spawn(async move { proxy.connection(server).await });
     (client, task)
@@ -154,4 +175,417 @@ async fn requirepass_and_hello() {
         hello2.starts_with("*14\r\n"),
         "HELLO 2 answers a flat array: {hello2}"
     );
+}
+
+/// Reads until the proxy closes the stream (or `limit` passes: a failure), returning the bytes.
+async fn read_to_close(stream: &mut DuplexStream, limit: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection")
+        .expect("read");
+    out
+}
+
+#[tokio::test]
+async fn max_clients_refuses_one_more_with_redis_error() {
+    let proxy = proxy_with(ProxyConfig {
+        max_clients: 3,
+        ..config()
+    });
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (mut c, task) = connect(&proxy);
+        assert_eq!(exchange(&mut c, b"PING\r\n").await, "+PONG\r\n");
+        open.push((c, task));
+    }
+    let (mut refused, task) = connect(&proxy);
+    let reply = read_to_close(&mut refused, Duration::from_secs(2)).await;
+    assert_eq!(reply, b"-ERR max number of clients reached\r\n");
+    task.await
+        .expect("task")
+        .expect("a refusal is a clean close");
+    assert_eq!(proxy.stats().rejected_connections, 1);
+    assert_eq!(proxy.stats().connections, 3);
+    let info = exchange(&mut open[0].0, b"INFO\r\n").await;
+    for line in [
+        "connected_clients:3\r\n",
+        "maxclients:3\r\n",
+        "rejected_connections:1\r\n",
+    ] {
+        assert!(info.contains(line), "{line} in {info}");
+    }
+    // Every way out of a connection frees its slot: a QUIT, a protocol error, a dropped client.
+    let (mut a, task_a) = open.pop().expect("three");
+    exchange(&mut a, b"QUIT\r\n").await;
+    task_a.await.expect("task").expect("quit");
+    let (mut b, task_b) = open.pop().expect("two");
+    exchange(&mut b, b"*1\r\n$x\r\n").await;
+    task_b.await.expect("task").expect("protocol error");
+    let (c, task_c) = open.pop().expect("one");
+    drop(c);
+    task_c.await.expect("task").expect("eof");
+    assert_eq!(proxy.stats().connections, 0);
+    let (mut again, _task) = connect(&proxy);
+    assert_eq!(exchange(&mut again, b"PING\r\n").await, "+PONG\r\n");
+}
+
+/// 10,000 connections (Redis's default `maxclients`) over in-memory pipes: the proxy's own
+/// count and refusal at the default limit, with no file descriptors involved. The same limit
+/// over real sockets is `max_clients_over_real_sockets` (at 1,000: 10,001 sockets on both ends
+/// would need 20,002 descriptors, beyond this machine's `ulimit -n` of 20,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connections_at_the_default_limit() {
+    let proxy = proxy_with(config());
+    assert_eq!(ProxyConfig::default().max_clients, 10_000);
+    let mut open = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let (mut c, task) = connect_with(&proxy, 64);
+        c.write_all(b"PING\r\n").await.expect("write");
+        open.push((c, task));
+    }
+    for (c, _) in &mut open {
+        let mut pong = [0u8; 7];
+        c.read_exact(&mut pong).await.expect("every one is served");
+        assert_eq!(&pong, b"+PONG\r\n");
+    }
+    assert_eq!(proxy.stats().connections, 10_000);
+    let (mut refused, _task) = connect(&proxy);
+    let reply = read_to_close(&mut refused, Duration::from_secs(5)).await;
+    assert_eq!(reply, b"-ERR max number of clients reached\r\n");
+    drop(open);
+    for _ in 0..500 {
+        if proxy.stats().connections == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(proxy.stats().connections, 0, "every slot comes back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_over_real_sockets() {
+    let proxy = proxy_with(ProxyConfig {
+        max_clients: 1000,
+        ..config()
+    });
+    let listener = larder_real::TokioListener::bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let serving = proxy.clone();
+    let server = tokio::spawn(async move { serving.serve(listener).await });
+    let mut open = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let mut c = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        c.write_all(b"PING\r\n").await.expect("write");
+        let mut pong = [0u8; 7];
+        c.read_exact(&mut pong).await.expect("served");
+        assert_eq!(&pong, b"+PONG\r\n");
+        open.push(c);
+    }
+    let mut refused = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut reply))
+        .await
+        .expect("closed")
+        .expect("read");
+    assert_eq!(reply, b"-ERR max number of clients reached\r\n");
+    assert_eq!(proxy.stats().rejected_connections, 1);
+    server.abort();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let proxy = proxy_with(ProxyConfig {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..config()
+    });
+    let (mut busy, busy_task) = connect(&proxy);
+    let (mut idle, idle_task) = connect(&proxy);
+    assert_eq!(exchange(&mut idle, b"PING\r\n").await, "+PONG\r\n");
+    let started = Instant::now();
+    // A connection that keeps talking stays open past the timeout.
+    for _ in 0..8 {
+        busy.write_all(b"PING\r\n").await.expect("write");
+        let mut pong = [0u8; 7];
+        busy.read_exact(&mut pong).await.expect("still served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() > Duration::from_millis(600));
+    assert!(!busy_task.is_finished());
+    let rest = read_to_close(&mut idle, Duration::from_secs(2)).await;
+    assert!(rest.is_empty(), "closed without a reply, as Redis does");
+    idle_task.await.expect("task").expect("clean close");
+    assert_eq!(proxy.stats().idle_closed, 1);
+    // Off by default (Redis's `timeout 0`).
+    assert_eq!(ProxyConfig::default().idle_timeout, None);
+}
+
+#[tokio::test]
+async fn unauthenticated_clients_get_redis_7_limits() {
+    let proxy = proxy_with(ProxyConfig {
+        password: Some("sesame".into()),
+        ..config()
+    });
+    let (mut c, task) = connect(&proxy);
+    let reply = exchange(&mut c, b"*11\r\n").await;
+    assert_eq!(
+        reply,
+        "-ERR Protocol error: unauthenticated multibulk length\r\n"
+    );
+    task.await.expect("task").expect("closed after the error");
+    let (mut c, task) = connect(&proxy);
+    let reply = exchange(&mut c, b"*2\r\n$4\r\nAUTH\r\n$16385\r\n").await;
+    assert_eq!(
+        reply,
+        "-ERR Protocol error: unauthenticated bulk length\r\n"
+    );
+    task.await.expect("task").expect("closed after the error");
+    // Once authenticated, the configured limits apply: 11 arguments are fine.
+    let (mut c, _task) = connect(&proxy);
+    assert_eq!(exchange(&mut c, b"AUTH sesame\r\n").await, "+OK\r\n");
+    let mut eleven = b"*11\r\n$4\r\nECHO\r\n".to_vec();
+    for _ in 0..10 {
+        eleven.extend_from_slice(b"$1\r\nx\r\n");
+    }
+    let reply = exchange(&mut c, &eleven).await;
+    assert_eq!(
+        reply,
+        "-ERR wrong number of arguments for 'echo' command\r\n"
+    );
+    // Without a password there is nothing to authenticate and no pre-AUTH limit.
+    let open = proxy_with(config());
+    let (mut c, _task) = connect(&open);
+    let mut big = b"*12\r\n$4\r\nECHO\r\n".to_vec();
+    for _ in 0..11 {
+        big.extend_from_slice(b"$1\r\nx\r\n");
+    }
+    let reply = exchange(&mut c, &big).await;
+    assert_eq!(
+        reply,
+        "-ERR wrong number of arguments for 'echo' command\r\n"
+    );
+}
+
+/// Sends `input` and returns the reply, checking that its first byte came no sooner than the
+/// default failed-AUTH delay (100 ms).
+async fn timed_reply(c: &mut DuplexStream, input: &[u8]) -> String {
+    let started = Instant::now();
+    c.write_all(input).await.expect("write");
+    let mut first = [0u8; 1];
+    c.read_exact(&mut first).await.expect("a reply");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100),
+        "answered after {waited:?}"
+    );
+    let rest = exchange(c, b"").await;
+    format!("{}{rest}", first[0] as char)
+}
+
+#[tokio::test]
+async fn failed_auth_is_delayed_counted_and_bounded() {
+    let proxy = proxy_with(ProxyConfig {
+        password: Some("sesame".into()),
+        auth_failures_max: 3,
+        ..config()
+    });
+    assert_eq!(
+        ProxyConfig::default().auth_failure_delay,
+        Duration::from_millis(100)
+    );
+    let (mut c, task) = connect(&proxy);
+    // Near misses (a prefix, a longer one, the right length) all fail, each after the delay.
+    for guess in ["sesam", "sesame1"] {
+        let reply = timed_reply(&mut c, format!("AUTH {guess}\r\n").as_bytes()).await;
+        assert!(reply.starts_with("-WRONGPASS"), "{reply}");
+    }
+    // The third failure is answered, then the connection is closed.
+    c.write_all(b"AUTH sesamf\r\n").await.expect("write");
+    let rest = read_to_close(&mut c, Duration::from_secs(2)).await;
+    assert!(rest.starts_with(b"-WRONGPASS"), "{}", rest.escape_ascii());
+    task.await.expect("task").expect("clean close");
+    assert_eq!(proxy.stats().auth_failures, 3);
+    // HELLO … AUTH goes through the same check.
+    let (mut c, _task) = connect(&proxy);
+    let reply = timed_reply(&mut c, b"HELLO 3 AUTH default nope\r\n").await;
+    assert!(reply.starts_with("-WRONGPASS"), "{reply}");
+    let reply = exchange(&mut c, b"HELLO 2 AUTH default sesame\r\n").await;
+    assert!(reply.starts_with("*14\r\n"), "{reply}");
+}
+
+/// A listener that fails its first `failures` accepts the way a process out of file
+/// descriptors does, then hands out the in-memory streams it is sent.
+struct FlakyListener {
+    failures: usize,
+    streams: tokio::sync::mpsc::Receiver<DuplexStream>,
+}
+
+impl larder_core::env::Listener for FlakyListener {
+    type Stream = DuplexStream;
+
+    async fn accept(&mut self) -> std::io::Result<DuplexStream> {
+        if self.failures > 0 {
+            self.failures -= 1;
+            // EMFILE: "Too many open files".
+            return Err(std::io::Error::from_raw_os_error(24));
+        }
+        self.streams
+            .recv()
+            .await
+            .ok_or_else(|| std::io::Error::other("no more streams"))
+    }
+}
+
+#[tokio::test]
+async fn accept_errors_do_not_stop_the_proxy() {
+    let proxy = proxy_with(config());
+    let (send, streams) = tokio::sync::mpsc::channel(1);
+    let listener = FlakyListener {
+        failures: 5,
+        streams,
+    };
+    let serving = proxy.clone();
+    let server = tokio::spawn(async move { serving.serve(listener).await });
+    let (mut client, server_side) = tokio::io::duplex(1 << 16);
+    send.send(server_side)
+        .await
+        .expect("the proxy still accepts");
+    assert_eq!(exchange(&mut client, b"PING\r\n").await, "+PONG\r\n");
+    assert!(!server.is_finished(), "serve keeps accepting");
+    assert_eq!(proxy.stats().accept_errors, 5);
+    server.abort();
+}
+
+/// A 32 MiB request arriving in 16 KiB pieces: the proxy must not re-read it from the start on
+/// every piece (with many short arguments that was quadratic: minutes, not a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_in_small_writes_is_read_in_linear_time() {
+    let proxy = proxy_with(config());
+    // Many short arguments: an unknown command of 510,000 arguments of 60 bytes.
+    let mut request = b"*510001\r\n$3\r\nFOO\r\n".to_vec();
+    let arg = vec![b'a'; 60];
+    for _ in 0..510_000 {
+        request.extend_from_slice(b"$60\r\n");
+        request.extend_from_slice(&arg);
+        request.extend_from_slice(b"\r\n");
+    }
+    assert!(request.len() > 32 << 20);
+    // One large argument: a 32 MiB SET (the unreachable cluster answers TRYAGAIN).
+    let mut set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$33554432\r\n".to_vec();
+    set.resize(set.len() + (32 << 20), b'v');
+    set.extend_from_slice(b"\r\n");
+    for (request, expected) in [(request, "-ERR unknown command 'foo'"), (set, "-TRYAGAIN")] {
+        // The pipe holds 16 KiB, so the proxy reads the request in pieces of at most that.
+        let (mut c, _task) = connect_with(&proxy, 16 << 10);
+        let started = Instant::now();
+        let (mut read, mut write) = tokio::io::split(&mut c);
+        let writing = async {
+            for piece in request.chunks(16 << 10) {
+                write.write_all(piece).await.expect("write");
+            }
+        };
+        let mut reply = vec![0u8; 64];
+        let reading = read.read(&mut reply);
+        let ((), n) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(writing, reading)
+        })
+        .await
+        .expect("the request is read in time");
+        let reply = String::from_utf8_lossy(&reply[..n.expect("read")]).into_owned();
+        assert!(reply.starts_with(expected), "{reply}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reply_above_the_output_cap_closes_the_connection() {
+    let proxy = proxy_with(ProxyConfig {
+        output_buffer_max: 64 << 10,
+        ..config()
+    });
+    let (mut c, task) = connect(&proxy);
+    let mut echo = b"*2\r\n$4\r\nECHO\r\n$1000\r\n".to_vec();
+    echo.extend_from_slice(&[b'x'; 1000]);
+    echo.extend_from_slice(b"\r\n");
+    let small = exchange(&mut c, &echo).await;
+    assert!(small.starts_with("$1000\r\n"), "under the cap: answered");
+    let mut big = b"*2\r\n$4\r\nECHO\r\n$100000\r\n".to_vec();
+    big.extend_from_slice(&[b'x'; 100_000]);
+    big.extend_from_slice(b"\r\n");
+    let (mut read, mut write) = tokio::io::split(&mut c);
+    let (written, rest) = tokio::join!(write.write_all(&big), async {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), read.read_to_end(&mut rest))
+            .await
+            .expect("closed")
+            .expect("read");
+        rest
+    });
+    written.expect("write");
+    assert!(rest.is_empty(), "the reply past the cap is not sent");
+    let ended = task.await.expect("task");
+    assert!(
+        matches!(ended, Err(ConnectionError::OutputLimit { .. })),
+        "{ended:?}"
+    );
+    assert_eq!(proxy.stats().output_limit_closed, 1);
+}
+
+/// A client that pipelines requests for ever and never reads: the proxy stops reading once its
+/// replies cannot be written (TCP-style backpressure through the pipe), holds a bounded number
+/// of bytes meanwhile, and closes the connection once no reply byte has gone out for the stall
+/// timeout.
+#[tokio::test]
+async fn an_endless_pipeline_is_pushed_back_and_bounded() {
+    let read_buffer_max = 256 << 10;
+    let proxy = proxy_with(ProxyConfig {
+        output_stall_timeout: Duration::from_millis(500),
+        read_buffer_max,
+        ..config()
+    });
+    let pipe = 64 << 10;
+    let (mut c, task) = connect_with(&proxy, pipe);
+    let chunk = b"PING\r\n".repeat(1000);
+    let mut sent = 0usize;
+    let started = Instant::now();
+    // Write until a write has been blocked for 200 ms: the proxy stopped reading.
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), c.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(_)) => break,
+            Err(_) => break,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the proxy kept reading: {sent} bytes taken without a reply read"
+        );
+    }
+    // What the proxy took: the pipes both ways, its output threshold, and its read buffer.
+    let bound = 2 * pipe + OUTPUT_FLUSH_BYTES + read_buffer_max + chunk.len();
+    assert!(sent < bound, "sent {sent}, bound {bound}");
+    let ended = tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .expect("closed after the stall timeout")
+        .expect("task");
+    assert!(
+        matches!(ended, Err(ConnectionError::Stalled(_))),
+        "{ended:?}"
+    );
+    let stats = proxy.stats();
+    assert_eq!(stats.slow_reader_closed, 1);
+    assert!(
+        stats.buffered_bytes_peak < (read_buffer_max + 2 * OUTPUT_FLUSH_BYTES) as u64,
+        "{stats:?}"
+    );
+    assert_eq!(stats.buffered_bytes, 0, "a closed connection holds nothing");
 }

@@ -267,6 +267,9 @@ pub(crate) mod tests {
             assert!(accepted.is_err(), "a fuzzed caller passed the handshake");
         }
         // Both outcomes were exercised, many times.
-        assert!(decoded > 1_000 && refused > 1_000, "{decoded} decoded, {refused} refused");
+        assert!(
+            decoded > 1_000 && refused > 1_000,
+            "{decoded} decoded, {refused} refused"
+        );
     }
 }

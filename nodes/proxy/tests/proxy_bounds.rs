@@ -1,0 +1,139 @@
+//! The proxy's output bounds against a real cluster: one storage node on the real environment
+//! (fjall in a temp directory, one slot group with it as the only voter) behind a proxy.
+//!
+//! A slow reader: a client pipelines `GET`s of a 1 MiB value and reads nothing. Each request
+//! is a few bytes and each reply a mebibyte, so a proxy that buffered a whole pipeline's
+//! replies before writing would hold hundreds of mebibytes for one client; this proxy writes
+//! replies out as they come, holds at most about one reply, and closes the connection once its
+//! writes have made no progress for the stall timeout.
+
+// A test on the real environment: real time and sockets are what it exercises.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use larder_client::SharedRouting;
+use larder_core::routing::RoutingTable;
+use larder_proxy::{ConnectionError, OUTPUT_FLUSH_BYTES, Proxy, ProxyConfig};
+use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
+use larder_storage::{NodeConfig, StorageNode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NODE: u64 = 1;
+const GROUP: u64 = 1;
+
+/// One storage node leading the one slot group every slot maps to.
+async fn one_node_cluster(dir: &std::path::Path, book: &AddressBook) -> Arc<StorageNode<RealEnv>> {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let net = TcpNet::bind(NODE, any, book.clone(), larder_real::test_auth(NODE))
+        .await
+        .expect("bind");
+    let disk = FjallDisk::open(dir, &FjallOptions::default()).expect("open disk");
+    let env = RealEnv {
+        clock: TokioClock::new(),
+        net,
+        disk,
+        seed: NODE,
+    };
+    let node = StorageNode::start(env, NodeConfig::new(NODE, vec![GROUP]))
+        .await
+        .expect("start");
+    let serving = node.clone();
+    tokio::spawn(async move { serving.serve().await });
+    node.initialize(GROUP, &BTreeSet::from([NODE]))
+        .await
+        .expect("initialize");
+    for _ in 0..500 {
+        if node.is_leader(GROUP) {
+            return node;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the single voter never led its group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_large_values_is_bounded_and_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let book = AddressBook::new();
+    let node = one_node_cluster(dir.path(), &book).await;
+    let output_buffer_max = 4 << 20;
+    let stall = Duration::from_millis(500);
+    let proxy = Proxy::new(
+        TcpNet::client(1000, book, larder_real::test_auth(1000)),
+        TokioClock::new(),
+        ProxyConfig {
+            output_stall_timeout: stall,
+            output_buffer_max,
+            ..ProxyConfig::default()
+        },
+        SharedRouting::new(RoutingTable::even(1, |_| vec![NODE])),
+    );
+    let (mut client, server) = tokio::io::duplex(64 << 10);
+    let serving = proxy.clone();
+    let task = tokio::spawn(async move { serving.connection(server).await });
+
+    // Store a 1 MiB value through the proxy.
+    let value = vec![b'v'; 1 << 20];
+    let mut set = b"*3\r\n$3\r\nSET\r\n$5\r\nlarge\r\n$1048576\r\n".to_vec();
+    set.extend_from_slice(&value);
+    set.extend_from_slice(b"\r\n");
+    let (mut read, mut write) = tokio::io::split(&mut client);
+    // The group may still be settling (TRYAGAIN): retry, as a Redis client does.
+    let mut answer = Vec::new();
+    for _ in 0..20 {
+        let (written, reply) = tokio::join!(write.write_all(&set), async {
+            let mut reply = [0u8; 256];
+            tokio::time::timeout(Duration::from_secs(10), read.read(&mut reply))
+                .await
+                .map(|r| r.map(|n| reply[..n].to_vec()))
+        });
+        written.expect("write");
+        answer = reply.expect("in time").expect("read");
+        if answer != b"+OK\r\n" && answer.starts_with(b"-TRYAGAIN") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        break;
+    }
+    assert_eq!(answer.escape_ascii().to_string(), "+OK\\r\\n");
+
+    // 500 GETs (a 500 MiB pipeline of replies) in one write, and no reply read.
+    let gets = b"*2\r\n$3\r\nGET\r\n$5\r\nlarge\r\n".repeat(500);
+    let started = Instant::now();
+    write
+        .write_all(&gets)
+        .await
+        .expect("the requests fit the pipe");
+    let ended = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the connection is closed once writes stall")
+        .expect("task");
+    let took = started.elapsed();
+    assert!(
+        matches!(ended, Err(ConnectionError::Stalled(_))),
+        "{ended:?}"
+    );
+    assert!(
+        took >= stall,
+        "closed after {took:?}, before the stall timeout"
+    );
+    let stats = proxy.stats();
+    assert_eq!(stats.slow_reader_closed, 1);
+    // Held at most: the requests, the replies pending below the flush threshold, and one reply.
+    let one_reply = value.len() + 16;
+    assert!(
+        stats.buffered_bytes_peak <= (gets.len() + OUTPUT_FLUSH_BYTES + one_reply) as u64,
+        "{stats:?}"
+    );
+    assert!(
+        stats.buffered_bytes_peak < output_buffer_max as u64,
+        "{stats:?}"
+    );
+    assert_eq!(stats.buffered_bytes, 0);
+    drop(client);
+    node.shutdown().await;
+}
