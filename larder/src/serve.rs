@@ -61,6 +61,7 @@
 //! storage node id the center's status lists (recorded then). Two nodes started at once
 //! without `--id` could pick the same id: join one at a time, or give ids.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,11 +141,14 @@ impl NodeArgs {
                 address: center.address,
             });
         }
-        let reach = Centers {
-            addresses: self.center.clone(),
-            key: larder_real::cluster_key(self.cluster_secret_file.as_deref())?,
+        // The key is needed only to ask the center for an id.
+        let reach = || -> anyhow::Result<Centers> {
+            Ok(Centers {
+                addresses: self.center.clone(),
+                key: larder_real::cluster_key(self.cluster_secret_file.as_deref())?,
+            })
         };
-        let id = node_id(dir, self.id, &reach)?;
+        let id = node_id(dir, self.id, reach)?;
         let file = NodeFile {
             id,
             listen: self
@@ -165,7 +169,11 @@ impl NodeArgs {
 
 /// A joining node's id: `given`, else the one recorded in `dir`, else the next free one from
 /// the center's status; recorded in `dir` so a restart keeps it, and checked against it.
-fn node_id(dir: &Path, given: Option<NodeId>, centers: &Centers) -> anyhow::Result<NodeId> {
+fn node_id(
+    dir: &Path,
+    given: Option<NodeId>,
+    centers: impl FnOnce() -> anyhow::Result<Centers>,
+) -> anyhow::Result<NodeId> {
     let path = dir.join(NODE_ID_FILE);
     let recorded: Option<NodeId> = match std::fs::read_to_string(&path) {
         Ok(text) => Some(
@@ -185,7 +193,7 @@ fn node_id(dir: &Path, given: Option<NodeId>, centers: &Centers) -> anyhow::Resu
         ),
         (Some(id), _) | (None, Some(id)) => id,
         (None, None) => {
-            let status = fetch_status(centers, CHOOSE_ID_TIMEOUT)
+            let status = fetch_status(&centers()?, CHOOSE_ID_TIMEOUT)
                 .context("asking the center for a free node id (or give --id)")?;
             next_free_id(&status)
         }
@@ -264,11 +272,14 @@ impl CenterFile {
     pub fn center_config(&self) -> anyhow::Result<CenterConfig> {
         let centers: Vec<NodeId> = self.centers.iter().map(|c| c.id).collect();
         let observers: Vec<NodeId> = self.observers.iter().map(|o| o.id).collect();
-        let mut all: Vec<NodeId> = centers.iter().chain(&observers).copied().collect();
-        all.sort_unstable();
-        if all.windows(2).any(|w| w[0] == w[1]) {
-            bail!("an id appears twice in centers/observers");
-        }
+        distinct(
+            &[
+                ("centers", &self.centers),
+                ("observers", &self.observers),
+                ("nodes", &self.nodes),
+            ],
+            None,
+        )?;
         let is_center = centers.contains(&self.id);
         if !is_center && !observers.contains(&self.id) {
             bail!(
@@ -346,6 +357,16 @@ pub enum NodeMode {
 impl NodeFile {
     /// The mode, checked: center-only and static-only settings are not mixed.
     pub fn mode(&self) -> anyhow::Result<NodeMode> {
+        distinct(
+            &[("peers", &self.peers), ("centers", &self.centers)],
+            Some((self.id, "this node's id")),
+        )?;
+        if self
+            .heartbeat_ms
+            .is_some_and(|ms| !(10..=60_000).contains(&ms))
+        {
+            bail!("heartbeat_ms must be between 10 and 60000");
+        }
         if self.centers.is_empty() {
             if self.advertise.is_some() || self.heartbeat_ms.is_some() {
                 bail!("advertise and heartbeat_ms need centers (center mode)");
@@ -371,6 +392,17 @@ impl NodeFile {
             bail!(
                 "listen is {}: set advertise to an address peers can reach",
                 self.listen
+            );
+        }
+        // A loopback address reaches only processes on this host: with a center elsewhere,
+        // every peer would be handed an address it cannot reach.
+        if advertise.ip().is_loopback()
+            && let Some(remote) = self.centers.iter().find(|c| !c.address.ip().is_loopback())
+        {
+            bail!(
+                "the address registered for this node, {advertise}, is loopback, but center {} is at {}: set advertise to an address other hosts can reach",
+                remote.id,
+                remote.address
             );
         }
         // Port 0 in `listen` (no `advertise`) registers the port bound; an advertised port
@@ -482,6 +514,14 @@ impl ProxyFile {
     /// The routing the proxy starts with, checked: a fixed table (static mode) or none yet,
     /// with the observers and centers to fetch one from (center mode).
     pub fn routing(&self) -> anyhow::Result<SharedRouting> {
+        distinct(
+            &[
+                ("nodes", &self.nodes),
+                ("centers", &self.centers),
+                ("observers", &self.observers),
+            ],
+            Some((self.id, "this proxy's id")),
+        )?;
         if self.centers.is_empty() {
             if self.nodes.is_empty() {
                 bail!("in static mode (no centers) a proxy needs the storage nodes (nodes)");
@@ -508,6 +548,31 @@ impl ProxyFile {
             .collect();
         Ok(SharedRouting::from_sources(sources))
     }
+}
+
+/// Checks that no id and no address is given twice across `roles` (name, peers): two
+/// processes under one id would answer for each other, and one address cannot be two
+/// processes.
+fn distinct(roles: &[(&str, &[Peer])], own: Option<(NodeId, &str)>) -> anyhow::Result<()> {
+    let mut ids: BTreeMap<NodeId, &str> = BTreeMap::new();
+    let mut addresses: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+    if let Some((id, role)) = own {
+        ids.insert(id, role);
+    }
+    for (role, peers) in roles {
+        for peer in peers.iter() {
+            if let Some(first) = ids.insert(peer.id, role) {
+                bail!("id {} is given twice (in {first} and in {role})", peer.id);
+            }
+            if let Some(first) = addresses.insert(peer.address, role) {
+                bail!(
+                    "address {} is given twice (in {first} and in {role})",
+                    peer.address
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -888,11 +953,12 @@ mod tests {
     #[test]
     fn a_joining_node_keeps_its_recorded_id() {
         let dir = tempfile::tempdir().expect("dir");
-        let none = Centers {
-            addresses: vec![],
-            key: larder_real::ClusterKey::from_secret(b"a secret for the test").expect("key"),
+        let none = || {
+            Ok(Centers {
+                addresses: vec![],
+                key: larder_real::ClusterKey::from_secret(b"a secret for the test")?,
+            })
         };
-        let none = &none;
         // Given: recorded. Not given: the recorded one, without asking any center (none is
         // given, so asking would fail). Another one given: refused.
         assert_eq!(node_id(dir.path(), Some(7), none).expect("given"), 7);
@@ -932,6 +998,58 @@ mod tests {
         assert_eq!(next_free_id(&status(vec![1, 7])), 8, "gaps stay free");
         assert_eq!(next_free_id(&status((1..=100).collect())), 104);
         assert_eq!(next_free_id(&status(vec![])), 1);
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused_with_the_reason() {
+        let center = format!(
+            "id = 101\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"/tmp/c\"\ngroups = 8\n{CENTERS}\n"
+        );
+        let refused = |text: &str, why: &str| {
+            let file: CenterFile = parse(text).expect("parses");
+            let error = format!("{:#}", file.center_config().expect_err(why));
+            assert!(error.contains(why), "{error}");
+        };
+        parse::<CenterFile>(&center)
+            .expect("parses")
+            .center_config()
+            .expect("the base is valid");
+        refused(&format!("{center}replicas = 4\n"), "replicas must be odd");
+        refused(&format!("{center}replicas = 9\n"), "replicas must be 1..=7");
+        refused(
+            &format!("{center}missed_heartbeats_max = 1\n"),
+            "at least 2",
+        );
+        refused(&format!("{center}heartbeat_ms = 0\n"), "heartbeat_ms");
+        refused(
+            &format!("{center}nodes = [{{ id = 102, address = \"127.0.0.1:7002\" }}]\n"),
+            "id 102 is given twice",
+        );
+        refused(
+            &format!("{center}nodes = [{{ id = 1, address = \"127.0.0.1:7102\" }}]\n"),
+            "address 127.0.0.1:7102 is given twice",
+        );
+        let node = |extra: &str| {
+            let file: NodeFile = parse(&format!(
+                "id = 1\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/n1\"\n{extra}"
+            ))
+            .expect("parses");
+            file.mode().map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(node(&format!("{CENTERS}\n")).is_ok());
+        let error = node(&format!(
+            "{CENTERS}\npeers = [{{ id = 101, address = \"127.0.0.1:9\" }}]\n"
+        ))
+        .expect_err("a peer with a center's id");
+        assert!(error.contains("id 101 is given twice"), "{error}");
+        let error = node("centers = [{ id = 101, address = \"10.0.0.5:7101\" }]\n")
+            .expect_err("loopback with a remote center");
+        assert!(error.contains("loopback"), "{error}");
+        let error = node(&format!("{CENTERS}\nheartbeat_ms = 0\n")).expect_err("heartbeat");
+        assert!(error.contains("heartbeat_ms"), "{error}");
+        let error = node("groups = 2\npeers = [{ id = 1, address = \"127.0.0.1:7002\" }]\n")
+            .expect_err("a peer with the node's own id");
+        assert!(error.contains("id 1 is given twice"), "{error}");
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub enum Reply {
     Nil,
     Int(i64),
     Bulk(Bytes),
-    Array(Vec<Reply>),
+    /// Decoded at most [`REPLY_DEPTH_MAX`] deep.
+    Array(#[serde(deserialize_with = "bounded::replies")] Vec<Reply>),
     /// An error reply; the text starts with its Redis error code (`ERR`, `WRONGTYPE`, …).
     Error(String),
     /// The group does not own `slot` (its ownership is from routing `epoch`): the command was
@@ -45,6 +46,53 @@ pub enum Reply {
         slot: u16,
         epoch: u64,
     },
+}
+
+/// Deepest nesting of [`Reply::Array`] a decoder accepts. Replies are persisted (a session's
+/// last reply) and travel between processes, and serde decodes nested arrays by recursion: an
+/// encoding nested a million deep, crafted or corrupt, would overflow the stack and abort the
+/// process, on every restart if it is on disk. Redis's own replies nest a few levels.
+pub const REPLY_DEPTH_MAX: u32 = 128;
+
+/// The depth-bounded decoding of [`Reply::Array`]. A thread-local counter works because serde
+/// decodes one value synchronously on one thread; the guard restores it on every exit, errors
+/// included.
+mod bounded {
+    use std::cell::Cell;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    use super::{REPLY_DEPTH_MAX, Reply};
+
+    thread_local! {
+        static DEPTH: Cell<u32> = const { Cell::new(0) };
+    }
+
+    struct Level;
+
+    impl Level {
+        fn enter() -> Option<Level> {
+            DEPTH.with(|depth| {
+                (depth.get() < REPLY_DEPTH_MAX).then(|| {
+                    depth.set(depth.get() + 1);
+                    Level
+                })
+            })
+        }
+    }
+
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DEPTH.with(|depth| depth.set(depth.get() - 1));
+        }
+    }
+
+    pub(super) fn replies<'de, D: Deserializer<'de>>(decoder: D) -> Result<Vec<Reply>, D::Error> {
+        let _level = Level::enter().ok_or_else(|| {
+            D::Error::custom(format!("reply arrays nested deeper than {REPLY_DEPTH_MAX}"))
+        })?;
+        Vec::<Reply>::deserialize(decoder)
+    }
 }
 
 impl Reply {
@@ -60,3 +108,32 @@ pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong
 pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
 pub const HASH_NOT_INTEGER: &str = "ERR hash value is not an integer";
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    /// postcard's encoding of `depth` nested one-element arrays around a nil, built by hand:
+    /// serializing such a value would itself recurse that deep.
+    fn nested(depth: usize) -> Vec<u8> {
+        // Variant 5 is `Array`, then the length 1; variant 2 is `Nil`.
+        let mut bytes = [5u8, 1].repeat(depth);
+        bytes.push(2);
+        bytes
+    }
+
+    #[test]
+    fn deep_reply_arrays_are_refused_not_a_stack_overflow() {
+        let shallow: Reply = postcard::from_bytes(&nested(3)).expect("three deep");
+        assert_eq!(
+            shallow,
+            Reply::Array(vec![Reply::Array(vec![Reply::Array(vec![Reply::Nil])])])
+        );
+        assert!(postcard::from_bytes::<Reply>(&nested(REPLY_DEPTH_MAX as usize)).is_ok());
+        for depth in [REPLY_DEPTH_MAX as usize + 1, 1_000_000] {
+            let error = postcard::from_bytes::<Reply>(&nested(depth)).expect_err("too deep");
+            // The counter is back to zero after the error: a shallow reply decodes again.
+            assert!(postcard::from_bytes::<Reply>(&nested(3)).is_ok(), "{error}");
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use larder_core::env::Env;
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
@@ -26,6 +27,10 @@ pub(crate) struct HeardAt {
 /// The center leader's soft state; reset whenever this replica starts a new term as leader.
 #[derive(Debug, Default)]
 pub(crate) struct Soft {
+    /// Control actions that failed lately, by what they act on (`control::action_key`).
+    pub(crate) backoff: BTreeMap<String, Backoff>,
+    /// Center records that did not decode, reported once each (`store`).
+    pub(crate) bad_records: BTreeSet<Bytes>,
     /// The center term this state belongs to (`None`: not leading).
     pub(crate) term: Option<u64>,
     pub(crate) term_started: Duration,
@@ -59,6 +64,14 @@ pub(crate) struct Soft {
 }
 
 /// A control round's input, as [`Soft::last_round`] keeps it.
+/// A failing control action's backoff.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) failures: u32,
+    /// Not tried again before this instant of the center's clock.
+    pub(crate) until: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Round {
     /// When the round built it (the node's monotonic clock).

@@ -105,6 +105,7 @@ impl CenterConfig {
     }
 
     /// Rejects settings the center cannot work with.
+    /// Checks the settings; every refusal names the setting and why.
     pub fn validate(&self) -> Result<(), CenterError> {
         let reason = if self.centers.is_empty() {
             "no center replicas".to_string()
@@ -114,10 +115,23 @@ impl CenterConfig {
                 larder_core::slots::SLOTS,
                 self.groups
             )
-        } else if self.replicas == 0 {
-            "replicas must be at least 1".to_string()
-        } else if self.heartbeat_ms == 0 {
-            "heartbeat_ms must be positive".to_string()
+        } else if self.replicas == 0 || self.replicas > REPLICAS_MAX {
+            format!("replicas must be 1..={REPLICAS_MAX}, got {}", self.replicas)
+        } else if self.replicas.is_multiple_of(2) {
+            format!(
+                "replicas must be odd, got {}: {} replicas survive no more failures than {}, and need a larger majority",
+                self.replicas,
+                self.replicas,
+                self.replicas - 1
+            )
+        } else if !(10..=60_000).contains(&self.heartbeat_ms) {
+            format!("heartbeat_ms must be 10..=60000, got {}", self.heartbeat_ms)
+        } else if self.missed_heartbeats_max < 2 {
+            // One late heartbeat (a GC pause, a busy disk) would declare a node dead and start
+            // replacing every replica it holds.
+            "missed_heartbeats_max must be at least 2".to_string()
+        } else if let Some(id) = self.observers.iter().find(|o| self.centers.contains(o)) {
+            format!("id {id} is both a center replica and an observer")
         } else if self.stale_replica_ms <= self.replace_timeout_ms {
             "stale_replica_ms must exceed replace_timeout_ms (see its docs)".to_string()
         } else {
@@ -144,6 +158,10 @@ impl CenterConfig {
         }
     }
 }
+
+/// Most replicas per group: a Raft group's writes wait for a majority, and beyond seven the
+/// cost outgrows what one more tolerated failure buys.
+pub const REPLICAS_MAX: usize = 7;
 
 /// Why a center operation failed.
 #[derive(Debug, thiserror::Error)]

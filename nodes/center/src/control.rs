@@ -92,10 +92,58 @@ impl<E: Env> Center<E> {
         });
         let mut routing = view.routing.clone();
         for action in actions {
-            self.carry_out(action, &view, &mut routing, term, now)
-                .await?;
+            let key = action_key(&action);
+            if self.backing_off(&key, now) {
+                continue;
+            }
+            match self.carry_out(action, &view, &mut routing, term, now).await {
+                Ok(()) => {
+                    self.soft.lock().expect("soft lock").backoff.remove(&key);
+                }
+                // Leadership or the routing table moved on: the rest of this plan is stale.
+                Err(error) if ends_the_round(&error) => return Err(error),
+                // One action that keeps failing must not starve the ones planned after it
+                // (a repair behind a registry write that fails, say): it backs off, they go on.
+                Err(error) => {
+                    let wait = self.action_failed(&key, now);
+                    tracing::warn!(
+                        action = key,
+                        %error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "a control action failed; the others go on"
+                    );
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Whether the action named `key` failed lately and waits before its next attempt.
+    fn backing_off(&self, key: &str, now: Duration) -> bool {
+        let soft = self.soft.lock().expect("soft lock");
+        soft.backoff
+            .get(key)
+            .is_some_and(|backoff| backoff.until > now)
+    }
+
+    /// Records a failure of the action named `key`; returns how long it now waits. The first
+    /// failure retries at the next round, as a transient error (a leader change in a group)
+    /// deserves; each further one doubles the wait, from a heartbeat up to
+    /// [`ACTION_BACKOFF_MAX`].
+    fn action_failed(&self, key: &str, now: Duration) -> Duration {
+        let mut soft = self.soft.lock().expect("soft lock");
+        let backoff = soft.backoff.entry(key.to_string()).or_default();
+        backoff.failures += 1;
+        let wait = if backoff.failures == 1 {
+            Duration::ZERO
+        } else {
+            let heartbeat = Duration::from_millis(self.config.heartbeat_ms);
+            heartbeat
+                .saturating_mul(1 << (backoff.failures - 2).min(16))
+                .min(ACTION_BACKOFF_MAX)
+        };
+        backoff.until = now + wait;
+        wait
     }
 
     /// Builds the planner's input from the durable state and the soft state at `now`, and
@@ -529,5 +577,31 @@ async fn control_loop<E: Env>(center: Weak<Center<E>>) {
                 *soft = Soft::default();
             }
         }
+    }
+}
+
+/// Longest wait of a control action that keeps failing before it is tried again.
+pub(crate) const ACTION_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Whether a failed action makes the rest of the round's plan stale.
+fn ends_the_round(error: &CenterError) -> bool {
+    match error {
+        CenterError::NotLeader { .. } => true,
+        CenterError::Raft { what, .. } => *what == "routing compare-and-set",
+        _ => false,
+    }
+}
+
+/// What an action acts on, for its backoff: two actions on the same thing share it.
+fn action_key(action: &Action) -> String {
+    match action {
+        Action::Register(record) => format!("register node {}", record.id),
+        Action::Bootstrap(_) => "bootstrap".to_string(),
+        Action::Host { node, group, .. } => format!("host group {group} on node {node}"),
+        Action::Adopt { group, .. } => format!("adopt group {group}"),
+        Action::Repair { group, .. } => format!("repair group {group}"),
+        Action::MoveLeader { group, .. } => format!("move leader of group {group}"),
+        Action::Drop { node, group } => format!("drop group {group} on node {node}"),
+        Action::Recreate { old, .. } => format!("recreate group {old}"),
     }
 }

@@ -170,15 +170,37 @@ impl<E: Env> Center<E> {
         {
             durable.routing = Some(decode_table(&latest, &bytes)?);
         }
+        // A record that does not decode (written by another version, or damaged) is skipped
+        // and reported, once: the rest of the state still steers the cluster. The routing table
+        // is not skipped: without the newest one the center must not act at all.
         for (key, bytes) in self.read_prefix(MIGRATION_PREFIX).await? {
-            let migration: Migration = decode(&bytes).map_err(|e| corrupt(&key, e))?;
-            durable.migrations.insert(migration.id, migration);
+            match decode::<Migration>(&bytes) {
+                Ok(migration) => {
+                    durable.migrations.insert(migration.id, migration);
+                }
+                Err(error) => self.skip_bad_record(&key, error),
+            }
         }
         for (key, bytes) in self.read_prefix(NODE_PREFIX).await? {
-            let record: NodeRecord = decode(&bytes).map_err(|e| corrupt(&key, e))?;
-            durable.registry.insert(record.id, record);
+            match decode::<NodeRecord>(&bytes) {
+                Ok(record) => {
+                    durable.registry.insert(record.id, record);
+                }
+                Err(error) => self.skip_bad_record(&key, error),
+            }
         }
         Ok(durable)
+    }
+
+    fn skip_bad_record(&self, key: &Bytes, error: impl std::fmt::Display) {
+        let mut soft = self.soft.lock().expect("soft lock");
+        if soft.bad_records.insert(key.clone()) {
+            tracing::error!(
+                key = %String::from_utf8_lossy(key),
+                %error,
+                "skipping a center record that does not decode"
+            );
+        }
     }
 
     /// Every record of the center group's applied state whose key starts with `prefix`.

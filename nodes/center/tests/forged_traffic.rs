@@ -4,10 +4,13 @@
 //!   refuse), nor can a raw TCP client speaking an old or made-up protocol;
 //! - a caller that dials node 2 at node 1's address (a reused address) is refused;
 //! - an insider (it holds the secret) cannot send client commands to the center's group,
-//!   admin requests unless it is a center, Raft messages as another node or into a group it
-//!   is no member of, or heartbeats for another node;
+//!   admin requests unless it is a center, Raft messages as another node, or heartbeats for
+//!   another node;
 //!
 //! and each refusal is counted where an operator (and this test) can see it.
+
+// A test on the real environment: real time for its waits.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -21,7 +24,7 @@ use larder_core::env::{Net, NetError};
 use larder_core::kv::{Command, Reply};
 use larder_protocol::{
     AddGroup, AdminResponse, CallError, CenterResponse, ClientRequest, ClientResponse, Encoded,
-    Heartbeat, RaftCall, call,
+    GetStatus, Heartbeat, RaftCall, call,
 };
 use larder_real::{AddressBook, ClusterAuth, ClusterKey, FjallDisk, FjallOptions, RealEnv};
 use larder_real::{TcpNet, TokioClock};
@@ -179,16 +182,14 @@ async fn forged_connections_and_requests_are_refused_and_counted() {
     let answer = call(&insider, NODE, &add, LIMIT).await.expect("answer");
     assert!(matches!(answer, AdminResponse::Failed { .. }), "{answer:?}");
     assert!(!node.hosts(7), "no rival group was formed on the node");
-    // A vote request as node 1 from node 999, then as itself (no member of group 1).
-    for candidate in [NODE, INSIDER] {
-        let answer = raft_call(&insider, vote_request(candidate)).await;
-        assert!(answer.is_err(), "refused as a stopped raft: {answer:?}");
-    }
-    assert!(node.is_leader(GROUP), "the forged votes moved nothing");
+    // A vote request as node 1 from node 999: refused as a stopped Raft.
+    let answer = raft_call(&insider, vote_request(NODE)).await;
+    assert!(answer.is_err(), "refused as a stopped raft: {answer:?}");
+    assert!(node.is_leader(GROUP), "the forged vote moved nothing");
     let refused = node.refused();
     assert_eq!(refused.center_group.load(Ordering::Relaxed), 1);
     assert_eq!(refused.admin.load(Ordering::Relaxed), 1);
-    assert_eq!(refused.raft.load(Ordering::Relaxed), 2);
+    assert_eq!(refused.raft.load(Ordering::Relaxed), 1);
     // The same insider's ordinary client command is served.
     let answer = call(&insider, NODE, &request, LIMIT).await.expect("answer");
     assert_eq!(answer, ClientResponse::Reply(Reply::Nil));
@@ -226,17 +227,33 @@ async fn a_heartbeat_for_another_node_is_refused() {
         center.node().refused().heartbeats.load(Ordering::Relaxed),
         1
     );
-    // Its own heartbeat is heard (once the center leads).
-    let mut heard = false;
-    for _ in 0..100 {
-        match call(&insider, CENTER, &beat(INSIDER), LIMIT).await {
-            Ok(CenterResponse::Ok(_)) => {
-                heard = true;
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+    // A registry record that does not decode (another version's, or damaged), written before
+    // the insider registers: the center skips it and goes on registering the nodes it hears.
+    for _ in 0..250 {
+        if center.is_leader() {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(heard, "a node's own heartbeat is taken");
+    let garbage = command(&["SET", "node/00000000000000000042", "not a record"]);
+    let answer = center.node().execute(CENTER_GROUP, garbage, None).await;
+    assert_eq!(answer, ClientResponse::Reply(Reply::Ok));
+    // Its own heartbeat is taken, and it is registered.
+    let mut registered = false;
+    for _ in 0..100 {
+        let _ = call(&insider, CENTER, &beat(INSIDER), LIMIT).await;
+        let status = call(&insider, CENTER, &Encoded::new(GetStatus), LIMIT).await;
+        if let Ok(CenterResponse::Ok(status)) = status
+            && status
+                .nodes
+                .iter()
+                .any(|n| n.id == INSIDER && n.state.is_some())
+        {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(registered, "the control loop goes on past a bad record");
     center.shutdown().await;
 }

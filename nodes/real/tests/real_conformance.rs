@@ -189,18 +189,20 @@ async fn tcp_net_refuses_an_oversized_frame_and_closes_on_a_bad_length() {
         "8-byte id plus the payload"
     );
 
-    // A peer announcing a frame over the limit has its connection closed.
+    // A peer that sends no handshake (here: a frame length over the limit, then more bytes
+    // of the same) is refused and has its connection closed. A bad length after a handshake
+    // is the frame decoder's unit tests' and fuzz test's.
     let mut raw = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
-    raw.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+    raw.write_all(&[0xff; 36]).await.expect("write");
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
         .await
         .expect("the server must close the connection, not wait");
     assert!(
-        read.is_err() || rest.is_empty(),
-        "nothing but a close: {read:?}"
+        read.is_err() || rest.len() <= 5,
+        "nothing but a refusal and a close: {read:?} {rest:?}"
     );
     // And the server still serves others.
     client

@@ -45,6 +45,21 @@ pub struct NodeConfig {
     /// first; a forgotten session's client opens a new one).
     #[serde(default = "default_sessions_max")]
     pub sessions_max: usize,
+    /// The supervisor's first wait before reopening a group whose Raft stopped (doubled after
+    /// each reopen that stopped again; see [`crate::supervisor`]).
+    #[serde(default = "default_reopen_backoff_ms")]
+    pub reopen_backoff_ms: u64,
+    /// Reopens of a group that keeps stopping before its replica is reported broken.
+    #[serde(default = "default_reopens_max")]
+    pub reopens_max: u32,
+}
+
+fn default_reopen_backoff_ms() -> u64 {
+    1000
+}
+
+fn default_reopens_max() -> u32 {
+    5
 }
 
 fn default_center_heartbeat_ms() -> u64 {
@@ -71,6 +86,8 @@ impl NodeConfig {
             center_heartbeat_ms: default_center_heartbeat_ms(),
             address: String::new(),
             sessions_max: default_sessions_max(),
+            reopen_backoff_ms: default_reopen_backoff_ms(),
+            reopens_max: default_reopens_max(),
         }
     }
 

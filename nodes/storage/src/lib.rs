@@ -24,6 +24,7 @@ pub mod migration;
 pub mod node;
 pub mod raft;
 pub mod serving;
+pub mod supervisor;
 
 pub use config::{NodeConfig, NodeError};
 pub use node::{NodeDisk, Refused, StorageNode};

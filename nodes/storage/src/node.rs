@@ -77,8 +77,7 @@ pub struct StorageNode<E: Env> {
 /// an operator sees each as a warning in the log).
 #[derive(Debug, Default)]
 pub struct Refused {
-    /// Raft messages whose sender is not the leader or candidate they claim to come from, or
-    /// not a member of the group.
+    /// Raft messages whose sender is not the leader or candidate they claim to come from.
     pub raft: AtomicU64,
     /// Admin requests from a process that is not one of the node's centers.
     pub admin: AtomicU64,
@@ -133,7 +132,7 @@ async fn check_format<D: Disk>(disk: &D) -> Result<(), NodeError> {
 }
 
 /// Opens `group`'s log and state from `disk` and starts its Raft.
-async fn open_group<E: Env>(
+pub(crate) async fn open_group<E: Env>(
     env: &E,
     config: &NodeConfig,
     disk: &NodeDisk<E>,
@@ -245,6 +244,7 @@ impl<E: Env> StorageNode<E> {
             // The task holds a weak reference: dropping the node ends it.
             node.spawn_heartbeat();
         }
+        node.spawn_supervisor();
         Ok(node)
     }
 

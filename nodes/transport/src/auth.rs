@@ -412,6 +412,21 @@ pub(crate) async fn refuse_busy<S: AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.flush().await;
 }
 
+/// A matching pair of direction keys, for the frame tests.
+#[cfg(test)]
+pub(crate) fn test_session() -> (FrameMac, FrameMac) {
+    let transcript = Transcript {
+        from: 1,
+        to: 2,
+        nonce_c: [1; NONCE_BYTES],
+        nonce_s: [2; NONCE_BYTES],
+    };
+    let key = ClusterKey::from_secret(b"a test secret of enough bytes").expect("key");
+    let (send, _) = transcript.session(&key);
+    let (receive, _) = transcript.session(&key);
+    (send, receive)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,19 +541,4 @@ mod tests {
         assert_eq!(key.fingerprint(), same.fingerprint());
         assert!(!format!("{key:?}").contains("0123"));
     }
-}
-
-/// A matching pair of direction keys, for the frame tests.
-#[cfg(test)]
-pub(crate) fn test_session() -> (FrameMac, FrameMac) {
-    let transcript = Transcript {
-        from: 1,
-        to: 2,
-        nonce_c: [1; NONCE_BYTES],
-        nonce_s: [2; NONCE_BYTES],
-    };
-    let key = ClusterKey::from_secret(b"a test secret of enough bytes").expect("key");
-    let (send, _) = transcript.session(&key);
-    let (receive, _) = transcript.session(&key);
-    (send, receive)
 }
