@@ -43,7 +43,7 @@
 //! id = 1001
 //! listen = "127.0.0.1:6380"
 //! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
-//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912, nodes = [...],
+//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 67108864, nodes = [...],
 //! # max_clients = 10000, timeout = 0 (idle seconds; 0 never), output_stall_secs = 60,
 //! # output_buffer_max = 268435456, auth_failure_delay_ms = 100, auth_failures_max = 10
 //! ```
@@ -476,6 +476,16 @@ impl ProxyFile {
             ..ProxyConfig::default()
         };
         if let Some(max) = self.bulk_bytes_max {
+            // A value travels in one internal frame (in a Raft entry, a snapshot, a migration
+            // page) until those stream in chunks: a larger one would be taken from the client
+            // and then fail to replicate.
+            let limit = VALUE_BYTES_MAX;
+            if max == 0 || max > limit {
+                bail!(
+                    "bulk_bytes_max must be 1..={limit} (values travel in one internal frame of at most {} bytes), got {max}",
+                    larder_core::env::FRAME_BYTES_MAX
+                );
+            }
             config.limits.bulk_bytes_max = max;
         }
         if let Some(max) = self.max_clients {
@@ -574,6 +584,9 @@ fn distinct(roles: &[(&str, &[Peer])], own: Option<(NodeId, &str)>) -> anyhow::R
     }
     Ok(())
 }
+
+/// The largest value a proxy may accept: the frame limit less room for the request around it.
+const VALUE_BYTES_MAX: u64 = larder_core::env::FRAME_BYTES_MAX as u64 - (64 << 10);
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let text =

@@ -129,17 +129,25 @@ async fn forged_connections_and_requests_are_refused_and_counted() {
         "{error}"
     );
 
-    // Raw TCP: a made-up protocol, then a frame of the protocol before authentication.
-    for bytes in [
-        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-        &[
-            0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4,
-        ][..],
+    // Raw TCP: a made-up protocol that then closes its side (refused at once), and a frame
+    // of the protocol sent without a handshake, then silence (closed at the handshake
+    // deadline, 5 s).
+    for (bytes, close) in [
+        (&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], true),
+        (
+            &[
+                0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4,
+            ][..],
+            false,
+        ),
     ] {
         let mut raw = tokio::net::TcpStream::connect(address).await.expect("raw");
         raw.write_all(bytes).await.expect("write");
+        if close {
+            raw.shutdown().await.expect("shutdown");
+        }
         let mut answer = Vec::new();
-        let read = tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer)).await;
+        let read = tokio::time::timeout(Duration::from_secs(8), raw.read_to_end(&mut answer)).await;
         assert!(
             read.is_ok(),
             "the node closes a connection that is no Larder handshake"
