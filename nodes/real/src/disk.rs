@@ -108,6 +108,31 @@ impl FjallDisk {
     }
 }
 
+/// Longest scan read on the calling task; longer ones run on the blocking pool.
+pub const SCAN_INLINE_ROWS_MAX: usize = 512;
+
+impl FjallDisk {
+    fn scan_blocking(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
+        let keyspace = self.space(space);
+        let iter = match end {
+            Some(end) => keyspace.range::<&[u8], _>(start..end),
+            None => keyspace.range::<&[u8], _>(start..),
+        };
+        let mut rows = Vec::new();
+        for guard in iter.take(limit) {
+            let (key, value) = guard.into_inner().map_err(io)?;
+            rows.push((Bytes::from(key), Bytes::from(value)));
+        }
+        Ok(rows)
+    }
+}
+
 /// A point-in-time view of a [`FjallDisk`]: a fjall snapshot (a sequence number; fjall keeps
 /// what it shows until it is dropped).
 pub struct FjallView {
@@ -183,17 +208,22 @@ impl Disk for FjallDisk {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
-        let keyspace = self.space(space);
-        let iter = match end {
-            Some(end) => keyspace.range::<&[u8], _>(start..end),
-            None => keyspace.range::<&[u8], _>(start..),
-        };
-        let mut rows = Vec::new();
-        for guard in iter.take(limit) {
-            let (key, value) = guard.into_inner().map_err(io)?;
-            rows.push((Bytes::from(key), Bytes::from(value)));
+        if limit <= SCAN_INLINE_ROWS_MAX {
+            return self.scan_blocking(space, start, end, limit);
         }
-        Ok(rows)
+        // A long scan (a group's keys, a migration page) reads many blocks: off the async
+        // workers, so it does not stall every other task of the node. Short ones (a Raft
+        // append's entries, a point range) stay inline, where a thread hand-off would cost
+        // more than the read.
+        let disk = self.clone();
+        let (start, end) = (start.to_vec(), end.map(<[u8]>::to_vec));
+        #[allow(clippy::disallowed_methods)]
+        let task = tokio::task::spawn_blocking(move || {
+            disk.scan_blocking(space, &start, end.as_deref(), limit)
+        });
+        task.await.map_err(|e| DiskError::Io {
+            reason: format!("scan task failed: {e}"),
+        })?
     }
 
     async fn last(
