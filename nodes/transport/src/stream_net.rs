@@ -332,6 +332,27 @@ async fn read_responses<R: AsyncRead + Send + Unpin>(
     shared.close();
 }
 
+/// Closes an inbound connection that received no frame for [`INBOUND_IDLE_TIMEOUT`]. One
+/// timer per period per connection, not one per frame: a timeout around each read registered
+/// and cancelled a timer for every request, on the hot path.
+async fn close_when_idle(shared: Arc<Shared>, peer: NodeId) {
+    let mut closed = shared.closed.subscribe();
+    let mut seen = shared.received.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            _ = closed.wait_for(|closed| *closed) => return,
+            () = tokio::time::sleep(INBOUND_IDLE_TIMEOUT) => {}
+        }
+        let now = shared.received.load(Ordering::Relaxed);
+        if now == seen {
+            tracing::debug!(peer, "closing an idle connection");
+            shared.close();
+            return;
+        }
+        seen = now;
+    }
+}
+
 /// What the accepting side of a connection needs from its listener.
 struct Accepting<H> {
     me: NodeId,
@@ -387,27 +408,25 @@ async fn serve_connection<S, H>(
     tokio::spawn(write_frames(write, queue, shared.clone(), session.send));
     let mut receive = session.receive;
     let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
+    tokio::spawn(close_when_idle(shared.clone(), peer));
     let mut closed = shared.closed.subscribe();
     loop {
         let incoming = tokio::select! {
             biased;
             _ = closed.wait_for(|closed| *closed) => break,
-            incoming = tokio::time::timeout(INBOUND_IDLE_TIMEOUT, read_frame(&mut read, &mut receive)) => incoming,
+            incoming = read_frame(&mut read, &mut receive) => incoming,
         };
         let incoming = match incoming {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(error)) => {
+            Ok(frame) => frame,
+            Err(error) => {
                 if error.kind() == std::io::ErrorKind::InvalidData {
                     NetStats::count(&stats.frames_refused);
                     tracing::warn!(peer, %error, "closing a connection that sent a bad frame");
                 }
                 break;
             }
-            Err(_) => {
-                tracing::debug!(peer, "closing an idle connection");
-                break;
-            }
         };
+        shared.received.fetch_add(1, Ordering::Relaxed);
         if (incoming.from, incoming.to) != (peer, dialed) {
             NetStats::count(&stats.frames_refused);
             tracing::warn!(
