@@ -124,13 +124,21 @@ impl FjallDisk {
             Some(end) => keyspace.range::<&[u8], _>(start..end),
             None => keyspace.range::<&[u8], _>(start..),
         };
-        let mut rows = Vec::new();
-        for guard in iter.take(limit) {
-            let (key, value) = guard.into_inner().map_err(io)?;
-            rows.push((Bytes::from(key), Bytes::from(value)));
-        }
-        Ok(rows)
+        collect_rows(iter, limit)
     }
+}
+
+/// The first `limit` rows of a range, as owned bytes.
+fn collect_rows(
+    iter: impl Iterator<Item = fjall::Guard>,
+    limit: usize,
+) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
+    let mut rows = Vec::new();
+    for guard in iter.take(limit) {
+        let (key, value) = guard.into_inner().map_err(io)?;
+        rows.push((Bytes::from(key), Bytes::from(value)));
+    }
+    Ok(rows)
 }
 
 /// A point-in-time view of a [`FjallDisk`]: a fjall snapshot (a sequence number; fjall keeps
@@ -159,12 +167,7 @@ impl DiskView for FjallView {
                 Some(end) => snapshot.range::<&[u8], _>(keyspace, start.as_slice()..end.as_slice()),
                 None => snapshot.range::<&[u8], _>(keyspace, start.as_slice()..),
             };
-            let mut rows = Vec::new();
-            for guard in iter.take(limit) {
-                let (key, value) = guard.into_inner().map_err(io)?;
-                rows.push((Bytes::from(key), Bytes::from(value)));
-            }
-            Ok(rows)
+            collect_rows(iter, limit)
         });
         task.await.map_err(|e| DiskError::Io {
             reason: format!("scan task failed: {e}"),
