@@ -80,6 +80,7 @@ impl<E: Env> Center<E> {
                 .filter(|t| t.epoch() > beat.known_epoch)
                 .map(|t| (*t).clone()),
             addresses: self.cached_addresses(),
+            heartbeat_ms: self.config.heartbeat_ms,
         })
     }
 

@@ -7,7 +7,9 @@
 //!   admin requests unless it is a center, Raft messages as another node, or heartbeats for
 //!   another node;
 //!
-//! and each refusal is counted where an operator (and this test) can see it.
+//! and each refusal is counted where an operator (and this test) can see it. Also: a node
+//! configured to heartbeat slower than its center follows the center's interval, rather than
+//! being judged dead between its beats.
 
 // A test on the real environment: real time for its waits.
 #![allow(clippy::disallowed_methods)]
@@ -263,5 +265,69 @@ async fn a_heartbeat_for_another_node_is_refused() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(registered, "the control loop goes on past a bad record");
+    center.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_follows_the_centers_heartbeat_interval() {
+    let (center_dir, node_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let book = AddressBook::new();
+    let env = open_env(CENTER, center_dir.path(), &book).await;
+    // Down after 5 missed 200 ms heartbeats: 1 s.
+    let config = CenterConfig {
+        heartbeat_ms: 200,
+        missed_heartbeats_max: 5,
+        ..CenterConfig::new(vec![CENTER], 1)
+    };
+    let center = Center::start(env, NodeConfig::new(CENTER, vec![]), config)
+        .await
+        .expect("center");
+    let serving = center.clone();
+    tokio::spawn(async move { serving.serve().await });
+    center.initialize().await.expect("initialize");
+    // The node is configured to beat every 3 s: three failure timeouts between beats.
+    let env = open_env(NODE, node_dir.path(), &book).await;
+    let address = env.net.listen_address().expect("bound").to_string();
+    let node_config = NodeConfig {
+        centers: vec![CENTER],
+        center_heartbeat_ms: 3_000,
+        address,
+        ..NodeConfig::new(NODE, vec![])
+    };
+    let node = StorageNode::start(env, node_config).await.expect("node");
+    let serving = node.clone();
+    tokio::spawn(async move { serving.serve().await });
+    let observer = TcpNet::client(INSIDER, book.clone(), larder_real::test_auth(INSIDER));
+    let liveness = async || match call(&observer, CENTER, &Encoded::new(GetStatus), LIMIT).await {
+        Ok(CenterResponse::Ok(status)) => status
+            .nodes
+            .iter()
+            .find(|n| n.id == NODE)
+            .map(|n| n.liveness),
+        _ => None,
+    };
+    // Heard once (the first beat goes out at start)...
+    let mut heard = false;
+    for _ in 0..100 {
+        if liveness().await == Some(larder_protocol::Liveness::Up) {
+            heard = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(heard, "the node's first heartbeat is heard");
+    // ...and never judged down afterwards: it beats at the center's interval.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            liveness().await,
+            Some(larder_protocol::Liveness::Up),
+            "a node beating at the center's interval stays up"
+        );
+    }
+    node.shutdown().await;
     center.shutdown().await;
 }

@@ -117,6 +117,10 @@ pub struct HeartbeatAck {
     /// without a routing epoch (a node restarted on another port), and a node placed in a
     /// group with this one must be reachable for Raft before anything else tells of it.
     pub addresses: Vec<(NodeId, String)>,
+    /// The center's heartbeat interval in milliseconds. A node follows it: the center judges
+    /// a node down after `missed_heartbeats_max` of its own intervals, so a node configured
+    /// to beat slower would be declared dead while healthy.
+    pub heartbeat_ms: u64,
 }
 
 /// The answer to [`GetRouting`].

@@ -36,7 +36,8 @@ async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>, early: Arc<tokio::sy
         ),
         None => return,
     };
-    let call_timeout = interval.max(Duration::from_millis(HEARTBEAT_CALL_MS_MIN));
+    let mut interval = interval;
+    let mut call_timeout = interval.max(Duration::from_millis(HEARTBEAT_CALL_MS_MIN));
     let mut target: Option<NodeId> = None;
     let mut next = 0usize;
     loop {
@@ -68,6 +69,17 @@ async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>, early: Arc<tokio::sy
                         if let Some(table) = ack.routing {
                             node.offer_routing(table);
                         }
+                    }
+                    // The center's interval wins (see `HeartbeatAck::heartbeat_ms`).
+                    let centers_interval = Duration::from_millis(ack.heartbeat_ms);
+                    if ack.heartbeat_ms > 0 && centers_interval != interval {
+                        tracing::warn!(
+                            configured_ms = interval.as_millis() as u64,
+                            center_ms = ack.heartbeat_ms,
+                            "the center's heartbeat interval differs from this node's: following the center"
+                        );
+                        interval = centers_interval;
+                        call_timeout = interval.max(Duration::from_millis(HEARTBEAT_CALL_MS_MIN));
                     }
                     break;
                 }
