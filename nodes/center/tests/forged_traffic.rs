@@ -86,6 +86,16 @@ fn command(words: &[&str]) -> Command {
     Command::parse(&args).expect("command")
 }
 
+/// A client command for `group`, as a client with no session and no routing table sends it.
+fn client_request(group: u64, words: &[&str]) -> Encoded<ClientRequest> {
+    Encoded::new(ClientRequest {
+        group,
+        command: command(words),
+        session: None,
+        epoch: 0,
+    })
+}
+
 fn vote_request(candidate: NodeId) -> larder_protocol::RaftRequest {
     let vote = VoteRequest::<TypeConfig> {
         vote: Vote::new(1_000, candidate),
@@ -117,12 +127,7 @@ async fn forged_connections_and_requests_are_refused_and_counted() {
     // so a client may retry elsewhere), and counted by the node.
     let outsider_key = ClusterKey::from_secret(b"not the cluster's secret at all").expect("key");
     let outsider = TcpNet::client(INSIDER, book.clone(), ClusterAuth::new(outsider_key, 7));
-    let request = Encoded::new(ClientRequest {
-        group: GROUP,
-        command: command(&["GET", "k"]),
-        session: None,
-        epoch: 0,
-    });
+    let request = client_request(GROUP, &["GET", "k"]);
     let error = call(&outsider, NODE, &request, LIMIT)
         .await
         .expect_err("outsider");
@@ -172,12 +177,10 @@ async fn forged_connections_and_requests_are_refused_and_counted() {
     );
 
     // The insider's requests: each refused for who sent it.
-    let to_center_group = Encoded::new(ClientRequest {
-        group: CENTER_GROUP,
-        command: command(&["SET", "routing/18446744073709551615", "wedged"]),
-        session: None,
-        epoch: 0,
-    });
+    let to_center_group = client_request(
+        CENTER_GROUP,
+        &["SET", "routing/18446744073709551615", "wedged"],
+    );
     let answer = call(&insider, NODE, &to_center_group, LIMIT)
         .await
         .expect("answer");

@@ -203,7 +203,7 @@ impl<E: Env> StorageNode<E> {
 
     /// Answers one of openraft's RPCs from peer `from` (the id its connection proved). A group
     /// this node does not host, a payload that does not decode, or a sender that is not the
-    /// leader or candidate the message names ([`Self::raft_sender_refused`]), is answered as a stopped Raft: openraft treats the
+    /// leader or candidate the message names ([`raft_sender_refused`]), is answered as a stopped Raft: openraft treats the
     /// peer as unreachable and backs off.
     async fn handle_raft(&self, from: NodeId, request: RaftRequest) -> RaftResponse {
         let group = request.group;
@@ -218,7 +218,7 @@ impl<E: Env> StorageNode<E> {
             ($payload:ty, |$p:ident| $claimed:expr, $call:expr) => {
                 match wire::payload::<$payload>(&request) {
                     Ok($p) => {
-                        if let Some(why) = self.raft_sender_refused(from, $claimed) {
+                        if let Some(why) = raft_sender_refused(from, $claimed) {
                             self.refused.raft.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(group, from, why, "refused a raft message");
                             return stopped(request.call);
@@ -273,19 +273,6 @@ impl<E: Env> StorageNode<E> {
                 )
             ),
         }
-    }
-
-    /// Why a Raft message from `from` that names `claimed` as its leader or candidate is
-    /// refused, if it is: every node holds the cluster secret, so the transport proves only
-    /// that the sender is a cluster process with the id it gave; this binds that id to the
-    /// Raft role it claims, so no node can append, vote or install a snapshot as another.
-    ///
-    /// Membership is deliberately not checked: a replica's view of its group's membership can
-    /// be stale (a replica formed with another voter set, or one lagging behind a
-    /// reconfiguration), and Raft requires it to accept the current leader's appends to catch
-    /// up; refusing them left a replica stuck for good (cluster seed 6).
-    fn raft_sender_refused(&self, from: NodeId, claimed: NodeId) -> Option<String> {
-        (claimed != from).then(|| format!("node {from} sent a message as node {claimed}"))
     }
 
     /// Answers one request from `from` (the id its connection proved). Center replicas pass
@@ -391,6 +378,19 @@ impl<E: Env> StorageNode<E> {
             },
         }
     }
+}
+
+/// Why a Raft message from `from` that names `claimed` as its leader or candidate is
+/// refused, if it is: every node holds the cluster secret, so the transport proves only
+/// that the sender is a cluster process with the id it gave; this binds that id to the
+/// Raft role it claims, so no node can append, vote or install a snapshot as another.
+///
+/// Membership is deliberately not checked: a replica's view of its group's membership can
+/// be stale (a replica formed with another voter set, or one lagging behind a
+/// reconfiguration), and Raft requires it to accept the current leader's appends to catch
+/// up; refusing them left a replica stuck for good (cluster seed 6).
+fn raft_sender_refused(from: NodeId, claimed: NodeId) -> Option<String> {
+    (claimed != from).then(|| format!("node {from} sent a message as node {claimed}"))
 }
 
 /// The answer of a stopped Raft to `call`.
