@@ -75,11 +75,15 @@ pub enum Bug {
     /// not keys deleted (or expired), so the catch-up never carries a delete and a key deleted
     /// during the copy comes back on the target.
     MigrationUntrackedDeletes,
+    /// Replication: an append cut to its byte budget (`NodeConfig::append_bytes_max`) is
+    /// reported to openraft as wholly accepted, so the leader counts the follower as holding
+    /// entries it never received and may commit an entry only it holds.
+    AppendCutReportedWhole,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -98,6 +102,7 @@ impl Bug {
         Bug::MigrationSkipsFence,
         Bug::MigrationSkipsCatchUp,
         Bug::MigrationUntrackedDeletes,
+        Bug::AppendCutReportedWhole,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -121,6 +126,7 @@ impl Bug {
             Bug::MigrationSkipsFence => "migration-skips-fence",
             Bug::MigrationSkipsCatchUp => "migration-skips-catch-up",
             Bug::MigrationUntrackedDeletes => "migration-untracked-deletes",
+            Bug::AppendCutReportedWhole => "append-cut-reported-whole",
         }
     }
 }

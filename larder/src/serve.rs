@@ -43,9 +43,13 @@
 //! id = 1001
 //! listen = "127.0.0.1:6380"
 //! centers = [{ id = 101, address = "127.0.0.1:7101" }, ...]
-//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 67108864, nodes = [...],
+//! # optional: observers = [...], requirepass = "...", bulk_bytes_max = 536870912, nodes = [...],
 //! # max_clients = 10000, timeout = 0 (idle seconds; 0 never), output_stall_secs = 60,
-//! # output_buffer_max = 268435456, auth_failure_delay_ms = 100, auth_failures_max = 10
+//! # output_buffer_max = 1090519040, auth_failure_delay_ms = 100, auth_failures_max = 10
+//! # TLS for clients (Redis's tls-port; the plain `listen` stays on): tls_port = 6390 (on
+//! # listen's address), tls_cert_file = "proxy.pem", tls_key_file = "proxy.key", and to check
+//! # client certificates tls_ca_cert_file = "ca.pem" with tls_auth_clients = "yes" (the
+//! # default with a CA), "optional" or "no"; tls_handshake_timeout_secs = 10
 //! ```
 //!
 //! **The cluster secret.** Every role authenticates its internal connections with the cluster
@@ -74,7 +78,7 @@ use larder_client::SharedRouting;
 use larder_core::routing::RoutingTable;
 use larder_core::{GroupId, NodeId};
 use larder_protocol::ClusterStatus;
-use larder_proxy::{Proxy, ProxyConfig};
+use larder_proxy::{PemFile, Proxy, ProxyConfig, ProxyTls, TlsAuthClients, TlsError, TlsSettings};
 use larder_real::{AddressBook, ClusterKey, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, StorageNode};
 use serde::Deserialize;
@@ -465,6 +469,28 @@ pub struct ProxyFile {
     /// Failed `AUTH`s after which a connection is closed (default 10; 0: never).
     #[serde(default)]
     pub auth_failures_max: Option<u32>,
+    /// Redis's `tls-port`: a second listener, on `listen`'s address, whose clients speak TLS
+    /// (`listen` keeps serving plain clients). Needs `tls_cert_file` and `tls_key_file`.
+    #[serde(default)]
+    pub tls_port: Option<u16>,
+    /// Redis's `tls-cert-file`: the proxy's certificate chain (PEM), leaf first.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Redis's `tls-key-file`: the leaf certificate's private key (PEM).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Redis's `tls-ca-cert-file`: the CAs (PEM) that client certificates must chain to.
+    #[serde(default)]
+    pub tls_ca_cert_file: Option<PathBuf>,
+    /// Redis's `tls-auth-clients`: "yes" (the default with a CA: clients must present a
+    /// certificate the CA signed), "optional" (one presented must verify) or "no" (none is
+    /// asked for; the default without a CA).
+    #[serde(default)]
+    pub tls_auth_clients: Option<TlsAuthClients>,
+    /// Seconds a TLS client may take to finish its handshake before it is disconnected
+    /// (default 10; at least 1). It holds a `max_clients` slot meanwhile.
+    #[serde(default)]
+    pub tls_handshake_timeout_secs: Option<u64>,
 }
 
 impl ProxyFile {
@@ -476,14 +502,12 @@ impl ProxyFile {
             ..ProxyConfig::default()
         };
         if let Some(max) = self.bulk_bytes_max {
-            // A value travels in one internal frame (in a Raft entry, a snapshot, a migration
-            // page) until those stream in chunks: a larger one would be taken from the client
-            // and then fail to replicate.
-            let limit = VALUE_BYTES_MAX;
+            // Lower is an operator's choice; higher than the replicas' own bound would take
+            // values from clients that `APPEND` could then never grow.
+            let limit = larder_core::kv::STRING_BYTES_MAX as u64;
             if max == 0 || max > limit {
                 bail!(
-                    "bulk_bytes_max must be 1..={limit} (values travel in one internal frame of at most {} bytes), got {max}",
-                    larder_core::env::FRAME_BYTES_MAX
+                    "bulk_bytes_max must be 1..={limit} (the largest string, Redis's default proto-max-bulk-len), got {max}"
                 );
             }
             config.limits.bulk_bytes_max = max;
@@ -518,7 +542,72 @@ impl ProxyFile {
         if let Some(max) = self.auth_failures_max {
             config.auth_failures_max = max;
         }
+        if let Some(secs) = self.tls_handshake_timeout_secs {
+            if secs == 0 {
+                bail!("tls_handshake_timeout_secs must be at least 1");
+            }
+            config.tls_handshake_timeout = Duration::from_secs(secs);
+        }
         Ok(config)
+    }
+
+    /// The TLS listener's address and its checked settings, or `None` without `tls_port`.
+    /// Reads and checks the certificate, key and CA files, so a bad one stops the proxy at
+    /// start, naming the file.
+    pub fn tls(&self) -> anyhow::Result<Option<(SocketAddr, ProxyTls)>> {
+        let Some(port) = self.tls_port else {
+            let given = [
+                ("tls_cert_file", self.tls_cert_file.is_some()),
+                ("tls_key_file", self.tls_key_file.is_some()),
+                ("tls_ca_cert_file", self.tls_ca_cert_file.is_some()),
+                ("tls_auth_clients", self.tls_auth_clients.is_some()),
+                (
+                    "tls_handshake_timeout_secs",
+                    self.tls_handshake_timeout_secs.is_some(),
+                ),
+            ];
+            // A TLS setting without the port is most likely a forgotten port: the operator
+            // believes clients are encrypted.
+            if let Some((name, _)) = given.iter().find(|(_, set)| *set) {
+                bail!("{name} is set but tls_port is not: set tls_port to serve TLS clients");
+            }
+            return Ok(None);
+        };
+        if port == 0 {
+            bail!("tls_port must be 1..=65535 (leave it out to serve no TLS clients)");
+        }
+        if port == self.listen.port() {
+            bail!("tls_port {port} is also listen's port: give the TLS listener its own port");
+        }
+        let (Some(cert_file), Some(key_file)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            bail!(
+                "tls_port needs tls_cert_file and tls_key_file (the proxy's certificate and key, PEM)"
+            );
+        };
+        // A setting missing is told before any file is read.
+        if let Some(auth @ (TlsAuthClients::Yes | TlsAuthClients::Optional)) = self.tls_auth_clients
+            && self.tls_ca_cert_file.is_none()
+        {
+            return Err(TlsError::AuthClientsWithoutCa(auth).into());
+        }
+        let read = |setting: &str, path: &Path| -> anyhow::Result<PemFile> {
+            let contents = std::fs::read(path)
+                .with_context(|| format!("reading {setting} {}", path.display()))?;
+            Ok(PemFile {
+                path: path.to_path_buf(),
+                contents,
+            })
+        };
+        let tls = ProxyTls::new(&TlsSettings {
+            cert_file: read("tls_cert_file", cert_file)?,
+            key_file: read("tls_key_file", key_file)?,
+            ca_cert_file: match &self.tls_ca_cert_file {
+                Some(path) => Some(read("tls_ca_cert_file", path)?),
+                None => None,
+            },
+            auth_clients: self.tls_auth_clients,
+        })?;
+        Ok(Some((SocketAddr::new(self.listen.ip(), port), tls)))
     }
 
     /// The routing the proxy starts with, checked: a fixed table (static mode) or none yet,
@@ -584,9 +673,6 @@ fn distinct(roles: &[(&str, &[Peer])], own: Option<(NodeId, &str)>) -> anyhow::R
     }
     Ok(())
 }
-
-/// The largest value a proxy may accept: the frame limit less room for the request around it.
-const VALUE_BYTES_MAX: u64 = larder_core::env::FRAME_BYTES_MAX as u64 - (64 << 10);
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let text =
@@ -775,9 +861,25 @@ pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
                 .chain(&file.centers)
                 .chain(&file.observers),
         );
-        let config = file
-            .proxy_config()
-            .with_context(|| format!("checking {}", args.config.display()))?;
+        let checking = || format!("checking {}", args.config.display());
+        let mut config = file.proxy_config().with_context(checking)?;
+        let tls = file.tls().with_context(checking)?;
+        let listener = larder_real::TokioListener::bind(file.listen)
+            .await
+            .with_context(|| format!("listening on {}", file.listen))?;
+        let bound = listener.local_addr()?;
+        config.tcp_port = Some(bound.port());
+        let tls = match tls {
+            Some((address, tls)) => {
+                let listener = larder_real::TokioListener::bind(address)
+                    .await
+                    .with_context(|| format!("listening for TLS clients on {address}"))?;
+                let bound = listener.local_addr()?;
+                config.tls_port = Some(bound.port());
+                Some((listener, bound, tls))
+            }
+            None => None,
+        };
         // Center mode: the storage nodes' addresses come with the routing answers (a static
         // table is never refreshed, so this is never called there).
         routing.on_addresses(book.sink());
@@ -791,12 +893,27 @@ pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
             config,
             routing,
         );
-        let listener = larder_real::TokioListener::bind(file.listen)
-            .await
-            .with_context(|| format!("listening on {}", file.listen))?;
-        println!("larder proxy {} listening on {}", file.id, file.listen);
+        println!("larder proxy {} listening on {bound}", file.id);
+        let serve_tls = match tls {
+            Some((listener, bound, tls)) => {
+                println!(
+                    "larder proxy {} listening on {bound} (TLS, tls_auth_clients {})",
+                    file.id,
+                    tls.auth_clients()
+                );
+                Some(proxy.serve_tls(listener, tls))
+            }
+            None => None,
+        };
+        let serve_tls = async {
+            match serve_tls {
+                Some(serving) => serving.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = proxy.serve(listener) => result.context("accepting clients")?,
+            result = serve_tls => result.context("accepting TLS clients")?,
             result = stop_signal() => result?,
         }
         Ok(true)
@@ -884,6 +1001,73 @@ mod tests {
             let file: ProxyFile = parse(&format!("{base}{bad}\n")).expect("parse");
             assert!(file.proxy_config().is_err(), "{bad} must be refused");
         }
+    }
+
+    #[test]
+    fn proxy_tls_settings_parse_and_are_checked() {
+        let base = "id = 1001\nlisten = \"127.0.0.1:6380\"\ngroups = 8\nnodes = [{ id = 1, address = \"127.0.0.1:7001\" }]\n";
+        let file: ProxyFile = parse(base).expect("parse");
+        assert!(file.tls().expect("no TLS").is_none());
+        assert_eq!(
+            file.proxy_config().expect("defaults").tls_handshake_timeout,
+            Duration::from_secs(10)
+        );
+        let file: ProxyFile = parse(&format!(
+            "{base}tls_port = 6390\ntls_cert_file = \"/p.pem\"\ntls_key_file = \"/p.key\"\ntls_ca_cert_file = \"/ca.pem\"\ntls_auth_clients = \"optional\"\ntls_handshake_timeout_secs = 3\n"
+        ))
+        .expect("parse");
+        assert_eq!(file.tls_port, Some(6390));
+        assert_eq!(file.tls_auth_clients, Some(TlsAuthClients::Optional));
+        assert_eq!(
+            file.proxy_config().expect("valid").tls_handshake_timeout,
+            Duration::from_secs(3)
+        );
+        assert!(
+            parse::<ProxyFile>(&format!("{base}tls_auth_clients = \"maybe\"\n")).is_err(),
+            "tls_auth_clients is yes, no or optional"
+        );
+        let refused = |extra: &str, expected: &str| {
+            let file: ProxyFile = parse(&format!("{base}{extra}")).expect("parse");
+            let error = file
+                .proxy_config()
+                .and_then(|_| file.tls())
+                .map(|_| ())
+                .expect_err(extra);
+            let text = format!("{error:#}");
+            assert!(text.contains(expected), "{extra}: {text}");
+        };
+        refused(
+            "tls_port = 6390\n",
+            "tls_port needs tls_cert_file and tls_key_file",
+        );
+        refused(
+            "tls_port = 6390\ntls_cert_file = \"/p.pem\"\n",
+            "tls_port needs tls_cert_file and tls_key_file",
+        );
+        refused(
+            "tls_cert_file = \"/p.pem\"\ntls_key_file = \"/p.key\"\n",
+            "tls_cert_file is set but tls_port is not",
+        );
+        refused(
+            "tls_port = 0\ntls_cert_file = \"/p.pem\"\ntls_key_file = \"/p.key\"\n",
+            "tls_port must be 1..=65535",
+        );
+        refused(
+            "tls_port = 6380\ntls_cert_file = \"/p.pem\"\ntls_key_file = \"/p.key\"\n",
+            "also listen's port",
+        );
+        refused(
+            "tls_port = 6390\ntls_cert_file = \"/p.pem\"\ntls_key_file = \"/p.key\"\ntls_auth_clients = \"yes\"\n",
+            "tls_auth_clients = \"yes\" needs tls_ca_cert_file",
+        );
+        refused(
+            "tls_port = 6390\ntls_cert_file = \"/nonexistent/p.pem\"\ntls_key_file = \"/p.key\"\n",
+            "reading tls_cert_file /nonexistent/p.pem",
+        );
+        refused(
+            "tls_port = 6390\ntls_cert_file = \"/p.pem\"\ntls_key_file = \"/p.key\"\ntls_handshake_timeout_secs = 0\n",
+            "tls_handshake_timeout_secs must be at least 1",
+        );
     }
 
     #[test]

@@ -146,4 +146,8 @@ catalog! {
     // Half the swarm cluster seeds move slots, each with a delay aimed between copy and
     // catch-up (`SimConfig::aim_at_migrations`): 5/50, first 6.
     migration_skips_catch_up: "migration-skips-catch-up", 1..=50, Swarm;
+    // Appends cut to the simulator's 4 KiB budget while a follower catches up: 8/40, first 9
+    // (one group: 1/40, seed 9). Caught as the center's group wedging (its leader's view of
+    // a follower's log runs ahead of the log) and replicas that never converge.
+    append_cut_reported_whole: "append-cut-reported-whole", 1..=30, Swarm;
 }

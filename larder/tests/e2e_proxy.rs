@@ -196,6 +196,23 @@ fn strings_hashes_and_keyspace_commands_through_the_proxy() {
         .expect("scan items");
     scanned.sort();
     assert_eq!(scanned, found, "SCAN must visit the same keys as KEYS");
+    // `SCAN ... TYPE`: only the hash, though every key matches the pattern.
+    let mut cursor = 0u64;
+    let mut hashes: Vec<String> = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("TYPE")
+            .arg("hash")
+            .query(&mut c)
+            .expect("scan type");
+        hashes.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(hashes, ["user:1"]);
 
     // Server commands clients use.
     let info: String = redis::cmd("INFO").query(&mut c).expect("info");
@@ -233,6 +250,23 @@ fn strings_hashes_and_keyspace_commands_through_the_proxy() {
     let () = redis::cmd("FLUSHDB").query(&mut c).expect("flushdb");
     let size: i64 = redis::cmd("DBSIZE").query(&mut c).expect("dbsize");
     assert_eq!(size, 0);
+}
+
+#[test]
+fn values_over_the_old_64_mib_limit_go_through_the_proxy() {
+    let running = Running::start(4, None);
+    let mut c = running.connection();
+    // 100 MiB: before messages were fragmented this was refused at 64 MiB (and the proxy's
+    // default bulk limit was 64 MiB); now Redis's 512 MiB is the default.
+    let value: Vec<u8> = (0..100usize << 20).map(|i| (i % 253) as u8).collect();
+    let () = c.set("large", value.as_slice()).expect("set 100 MiB");
+    let back: Vec<u8> = c.get("large").expect("get 100 MiB");
+    assert!(back == value, "the value came back intact");
+    let length: usize = c.append("large", "tail").expect("append");
+    assert_eq!(length, value.len() + 4);
+    // Small commands on other connections are served meanwhile, and after.
+    let () = c.set("small", "s").expect("set small");
+    assert_eq!(c.get::<_, String>("small").expect("get small"), "s");
 }
 
 #[test]

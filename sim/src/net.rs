@@ -36,7 +36,7 @@ use crate::trace::{Trace, sim_now};
 
 /// The port every simulated process listens on for its peers.
 pub const SIM_PORT: u16 = 7000;
-pub use larder_core::env::FRAME_BYTES_MAX;
+pub use larder_core::env::MESSAGE_BYTES_MAX;
 
 /// The turmoil host name of process `id`.
 pub fn host_name(id: NodeId) -> String {
@@ -235,10 +235,10 @@ impl Net for SimNet {
     }
 
     async fn call(&self, to: NodeId, request: Bytes, timeout: Duration) -> Result<Bytes, NetError> {
-        if request.len() > FRAME_BYTES_MAX {
-            return Err(NetError::FrameTooLarge {
+        if request.len() > MESSAGE_BYTES_MAX {
+            return Err(NetError::MessageTooLarge {
                 size: request.len(),
-                limit: FRAME_BYTES_MAX,
+                limit: MESSAGE_BYTES_MAX,
             });
         }
         let deadline = Instant::now() + timeout;

@@ -19,7 +19,9 @@ pub use disk::{
     Disk, DiskError, DiskView, Space, WriteBatch, WriteOp, log_key, log_key_index, vote_key,
 };
 pub use listener::Listener;
-pub use net::{FRAME_BYTES_MAX, Handler, Net, NetError};
+pub use net::{
+    Handler, MESSAGE_BYTES_MAX, Net, NetError, TRANSFER_BYTES_PER_SECOND_MIN, transfer_allowance,
+};
 pub use points::{FaultPoint, FaultPoints, PointDelay, PointHook};
 pub use rng::{Rng, SeededRng, derive_seed};
 pub use sealed::{CorruptionHook, SEAL_BYTES, Sealed, SealedView, seal, unseal};

@@ -5,9 +5,24 @@ use bytes::Bytes;
 
 use crate::NodeId;
 
-/// Largest message a [`Net`] carries, in bytes. Snapshots of a slot group travel as one message,
-/// so this bounds a group's snapshot size until snapshots are streamed in chunks.
-pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Largest message (request or response) a [`Net`] carries, in bytes: Redis's 1 GiB
+/// `client-query-buffer-limit` (the largest request a client may send the proxy, and so the
+/// largest command a node receives) plus room for the encoding around it. A transport carries
+/// a message this large in bounded fragments (`larder_transport::frame`), so it never holds up
+/// the small messages sharing its connection. Snapshots do not count against it: they travel
+/// in chunks of their own.
+pub const MESSAGE_BYTES_MAX: usize = (1 << 30) + (16 << 20);
+
+/// The slowest rate at which a large message is expected to cross and be written to disk
+/// on the other side: 32 MiB/s. A 512 MiB value gets 16 s more than a small command.
+pub const TRANSFER_BYTES_PER_SECOND_MIN: u64 = 32 << 20;
+
+/// How much longer than a small one a request of `bytes` may take: its transfer and the
+/// receiver's write of it at [`TRANSFER_BYTES_PER_SECOND_MIN`]. Timeouts sized for small
+/// commands would cut every large one off, and a retried large write would be cut off again.
+pub fn transfer_allowance(bytes: usize) -> Duration {
+    Duration::from_millis(bytes as u64 * 1000 / TRANSFER_BYTES_PER_SECOND_MIN)
+}
 
 /// Why a [`Net::call`] produced no response.
 ///
@@ -22,8 +37,8 @@ pub enum NetError {
     Timeout { to: NodeId, timeout_ms: u64 },
     #[error("i/o error talking to node {to}: {reason}")]
     Io { to: NodeId, reason: String },
-    #[error("message of {size} bytes exceeds the frame limit of {limit} bytes")]
-    FrameTooLarge { size: usize, limit: usize },
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    MessageTooLarge { size: usize, limit: usize },
     #[error("cannot listen: {reason}")]
     Listen { reason: String },
 }

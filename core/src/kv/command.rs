@@ -127,9 +127,11 @@ pub enum Command {
         key: Bytes,
     },
     /// `KEYS pattern` ([`Scope::Group`]): the live keys matching a glob pattern
-    /// ([`super::glob_match`]).
+    /// ([`super::glob_match`]), and of type `kind` if given (`SCAN ... TYPE`, which the proxy
+    /// turns into this per group).
     Keys {
         pattern: Bytes,
+        kind: Option<Bytes>,
     },
     /// `DBSIZE` ([`Scope::Group`]): the number of live keys.
     DbSize,
@@ -328,6 +330,11 @@ impl Command {
                 arity(rest.len() == 2)?;
                 let amount = parse_i64(&rest[1])?;
                 let expiry = if name == "expire" {
+                    // Redis 7.0: seconds must convert to milliseconds without overflow; a
+                    // negative amount is valid (it deletes the key).
+                    if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&amount) {
+                        return Err(CommandError::InvalidExpire { name });
+                    }
                     Expiry::Seconds(amount)
                 } else {
                     Expiry::Millis(amount)
@@ -409,6 +416,7 @@ impl Command {
                 arity(rest.len() == 1)?;
                 Ok(Command::Keys {
                     pattern: rest[0].clone(),
+                    kind: None,
                 })
             }
             "dbsize" => {
@@ -442,7 +450,8 @@ impl Command {
                 "keepttl" if expiry.is_none() => keep_ttl = true,
                 "ex" | "px" if expiry.is_none() && !keep_ttl => {
                     let amount = parse_i64(options.next().ok_or(CommandError::Syntax)?)?;
-                    if amount <= 0 {
+                    // Redis 7.0: positive, and in seconds small enough to count in ms.
+                    if amount <= 0 || (option == "ex" && amount > i64::MAX / 1000) {
                         return Err(CommandError::InvalidExpire {
                             name: name.to_string(),
                         });
@@ -641,6 +650,26 @@ mod tests {
     }
 
     #[test]
+    fn expire_times_out_of_redis_range_are_refused_at_parse() {
+        let invalid = |name: &str| {
+            Err(CommandError::InvalidExpire {
+                name: name.to_string(),
+            })
+        };
+        // The examples, answered as Redis 7.0 does.
+        check("SET k v EX 10000000000000000", invalid("set"));
+        check("EXPIRE k -9223372036854775808", invalid("expire"));
+        check("EXPIRE k 9223372036854776", invalid("expire"));
+        check("SET k v EX 0", invalid("set"));
+        check("SET k v PX -1", invalid("set"));
+        // At the edges they parse (the group clock decides the rest when applied).
+        assert!(Command::parse(&args("SET k v EX 9223372036854775")).is_ok());
+        assert!(Command::parse(&args("EXPIRE k -9223372036854775")).is_ok());
+        assert!(Command::parse(&args("PEXPIRE k -9223372036854775808")).is_ok());
+        assert!(Command::parse(&args("SET k v PX 9223372036854775807")).is_ok());
+    }
+
+    #[test]
     fn rejects_bad_input_with_redis_errors() {
         check("get", Err(CommandError::Arity { name: "get".into() }));
         check("set k v nx xx", Err(CommandError::Syntax));
@@ -777,6 +806,7 @@ mod tests {
             "KEYS user:*",
             Ok(Command::Keys {
                 pattern: b("user:*"),
+                kind: None,
             }),
         );
         check("dbsize", Ok(Command::DbSize));

@@ -4,8 +4,8 @@ use bytes::Bytes;
 
 use super::command::parse_integer;
 use super::{
-    Command, Expiry, HASH_NOT_INTEGER, NOT_INTEGER, OVERFLOW, Record, Reply, SetCondition, Value,
-    WRONGTYPE,
+    Command, Expiry, HASH_NOT_INTEGER, NOT_INTEGER, OVERFLOW, Record, Reply, STRING_BYTES_MAX,
+    STRING_TOO_LONG, SetCondition, Value, WRONGTYPE,
 };
 
 /// The fields of a missing hash.
@@ -84,6 +84,12 @@ impl View<'_> {
         self.put(key, record);
     }
 
+    /// Whether `expiry` from now lies past the largest time Redis can hold (`when > LLONG_MAX -
+    /// basetime` in Redis 7.0's `expireGenericCommand` and `getExpireMillisecondsOrReply`).
+    fn out_of_range(&self, expiry: Expiry) -> bool {
+        expiry.as_millis() > i64::MAX - self.now_ms.min(i64::MAX as u64) as i64
+    }
+
     /// Absolute expiry for a relative one; `None` when it is already due (Redis deletes the key).
     fn deadline(&self, expiry: Expiry) -> Option<u64> {
         let millis = expiry.as_millis();
@@ -148,6 +154,10 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
             }
         },
         Command::Set {
+            expiry: Some(expiry),
+            ..
+        } if view.out_of_range(*expiry) => Reply::error("ERR invalid expire time in 'set' command"),
+        Command::Set {
             key,
             value,
             condition,
@@ -204,18 +214,9 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
         Command::IncrBy { key, delta } => incr_by(&mut view, key, *delta),
         Command::Append { key, value } => append(&mut view, key, value),
         Command::Type { key } => Reply::Status(
-            match view.get(key) {
-                None => "none",
-                Some(Record {
-                    value: Value::Str(_),
-                    ..
-                }) => "string",
-                Some(Record {
-                    value: Value::Hash(_),
-                    ..
-                }) => "hash",
-            }
-            .to_string(),
+            view.get(key)
+                .map_or("none", |record| record.value.type_name())
+                .to_string(),
         ),
         Command::HGet { key, field } => view
             .hash(key)
@@ -298,6 +299,13 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
         | Command::TrackSlots { .. }
         | Command::UntrackSlots { .. }
         | Command::Ingest { .. } => Reply::Ok,
+        Command::Expire { expiry, .. } if view.out_of_range(*expiry) => {
+            let name = match expiry {
+                Expiry::Seconds(_) => "expire",
+                Expiry::Millis(_) => "pexpire",
+            };
+            Reply::error(format!("ERR invalid expire time in '{name}' command"))
+        }
         Command::Expire { key, expiry } => match view.get(key).cloned() {
             None => {
                 if view.is_stale(key) {
@@ -413,6 +421,10 @@ fn append(view: &mut View<'_>, key: &Bytes, suffix: &Bytes) -> Reply {
         }) => (value.clone(), *expires_at_ms),
         Some(_) => return Reply::error(WRONGTYPE),
     };
+    if current.len() + suffix.len() > STRING_BYTES_MAX {
+        // Checked before anything is copied, as Redis's `checkStringLength` does.
+        return Reply::error(STRING_TOO_LONG);
+    }
     let mut joined = Vec::with_capacity(current.len() + suffix.len());
     joined.extend_from_slice(&current);
     joined.extend_from_slice(suffix);
@@ -430,6 +442,34 @@ fn append(view: &mut View<'_>, key: &Bytes, suffix: &Bytes) -> Reply {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    #[test]
+    fn append_past_the_string_limit_is_refused_and_changes_nothing() {
+        // A string one byte short of 512 MiB (zeroed pages: nothing is touched).
+        let key = b("big");
+        let mut state = BTreeMap::new();
+        let near_full = Bytes::from(vec![0u8; STRING_BYTES_MAX - 1]);
+        state.insert(
+            key.clone(),
+            Record {
+                value: Value::Str(near_full),
+                expires_at_ms: None,
+            },
+        );
+        let over = execute(
+            &Command::Append {
+                key: key.clone(),
+                value: b("ab"),
+            },
+            0,
+            &state,
+        );
+        assert_eq!(over.reply, Reply::error(STRING_TOO_LONG));
+        assert!(over.writes.is_empty());
+        // Exactly at the limit is allowed.
+        let at = execute(&Command::Append { key, value: b("a") }, 0, &state);
+        assert_eq!(at.reply, Reply::Int(STRING_BYTES_MAX as i64));
+    }
 
     #[test]
     fn append_concatenates_keeps_ttl_and_refuses_hashes() {
@@ -531,6 +571,36 @@ mod tests {
     fn parse(line: &str) -> Command {
         let args: Vec<Bytes> = line.split_whitespace().map(b).collect();
         Command::parse(&args).expect("valid command")
+    }
+
+    #[test]
+    fn expiries_past_the_largest_time_are_refused_when_applied() {
+        let now = 1_700_000_000_000;
+        check(
+            &[
+                (now, "SET k v"),
+                // `now + ms` would overflow: Redis's `when > LLONG_MAX - basetime`.
+                (now, "SET k v PX 9223372036854775807"),
+                (now, "PEXPIRE k 9223372036854775807"),
+                (now, "EXPIRE k 9223372036854775"),
+                (now, "GET k"),
+                // Far, but representable: taken.
+                (now, "PEXPIRE k 9000000000000000000"),
+                (now, "GET k"),
+                // Missing keys get the same error, before the lookup, as in Redis.
+                (now, "PEXPIRE missing 9223372036854775807"),
+            ],
+            &[
+                Reply::Ok,
+                Reply::error("ERR invalid expire time in 'set' command"),
+                Reply::error("ERR invalid expire time in 'pexpire' command"),
+                Reply::error("ERR invalid expire time in 'expire' command"),
+                Reply::Bulk(b("v")),
+                Reply::Int(1),
+                Reply::Bulk(b("v")),
+                Reply::error("ERR invalid expire time in 'pexpire' command"),
+            ],
+        );
     }
 
     fn check(script: &[(u64, &str)], expected: &[Reply]) {

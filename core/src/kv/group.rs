@@ -24,8 +24,14 @@ pub struct GroupRead {
 
 #[derive(Debug)]
 enum ReadKind {
-    Keys { glob: Glob, keys: Vec<Reply> },
-    DbSize { count: i64 },
+    Keys {
+        glob: Glob,
+        kind: Option<Bytes>,
+        keys: Vec<Reply>,
+    },
+    DbSize {
+        count: i64,
+    },
 }
 
 impl GroupRead {
@@ -34,8 +40,9 @@ impl GroupRead {
     /// memory. Any other command answers its error reply.
     pub fn new(command: &Command, now_ms: u64, keys_max: usize) -> Result<GroupRead, Reply> {
         let kind = match command {
-            Command::Keys { pattern } => ReadKind::Keys {
+            Command::Keys { pattern, kind } => ReadKind::Keys {
                 glob: Glob::new(pattern),
+                kind: kind.clone(),
                 keys: Vec::new(),
             },
             Command::DbSize => ReadKind::DbSize { count: 0 },
@@ -66,8 +73,11 @@ impl GroupRead {
             return Ok(());
         }
         match &mut self.kind {
-            ReadKind::Keys { glob, keys } => {
-                if glob.matches(key) {
+            ReadKind::Keys { glob, kind, keys } => {
+                let of_kind = kind.as_ref().is_none_or(|kind| {
+                    kind.eq_ignore_ascii_case(record.value.type_name().as_bytes())
+                });
+                if of_kind && glob.matches(key) {
                     if keys.len() >= self.keys_max {
                         return Err(Reply::error(format!(
                             "ERR KEYS would return more than {} keys of one slot group; use SCAN with MATCH",
@@ -159,6 +169,7 @@ mod tests {
             execute_group(
                 &Command::Keys {
                     pattern: b(pattern),
+                    kind: None,
                 },
                 100,
                 &state,
@@ -182,6 +193,29 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_a_type_are_only_those_of_that_type() {
+        let state = state();
+        let of = |kind: &str| {
+            execute_group(
+                &Command::Keys {
+                    pattern: b("*"),
+                    kind: Some(b(kind)),
+                },
+                100,
+                &state,
+            )
+            .reply
+        };
+        assert_eq!(of("hash"), Reply::Array(vec![Reply::Bulk(b("cart:1"))]));
+        assert_eq!(
+            of("STRING"),
+            Reply::Array(vec![Reply::Bulk(b("user:1")), Reply::Bulk(b("user:2"))])
+        );
+        // A type no key has (or none Redis knows): nothing, as Redis answers.
+        assert_eq!(of("zset"), Reply::Array(vec![]));
+    }
+
+    #[test]
     fn dbsize_counts_live_keys() {
         let state = state();
         assert_eq!(
@@ -201,7 +235,15 @@ mod tests {
     #[test]
     fn a_keys_reply_over_its_bound_is_refused() {
         let state = state();
-        let mut read = GroupRead::new(&Command::Keys { pattern: b("*") }, 100, 2).expect("a read");
+        let mut read = GroupRead::new(
+            &Command::Keys {
+                pattern: b("*"),
+                kind: None,
+            },
+            100,
+            2,
+        )
+        .expect("a read");
         let stopped = state
             .iter()
             .try_for_each(|(key, record)| read.feed(key, record));
@@ -232,7 +274,10 @@ mod tests {
         assert!(outcome.reply.is_error(), "{:?}", outcome.reply);
         assert!(outcome.writes.is_empty());
         for command in [
-            Command::Keys { pattern: b("*") },
+            Command::Keys {
+                pattern: b("*"),
+                kind: None,
+            },
             Command::DbSize,
             Command::FlushAll,
         ] {

@@ -104,6 +104,12 @@ impl Reply {
     }
 }
 
+/// Longest string value, and longest a string may grow by `APPEND`: Redis's default
+/// `proto-max-bulk-len`, 512 MiB. A constant, not a setting, because replicas apply it and
+/// must agree (a proxy may be configured to refuse smaller values, not larger ones).
+pub const STRING_BYTES_MAX: usize = 512 << 20;
+/// Redis's answer to a string that would outgrow [`STRING_BYTES_MAX`].
+pub const STRING_TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub const OVERFLOW: &str = "ERR increment or decrement would overflow";

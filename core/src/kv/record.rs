@@ -10,6 +10,16 @@ pub enum Value {
     Hash(BTreeMap<Bytes, Bytes>),
 }
 
+impl Value {
+    /// The name `TYPE` answers and `SCAN ... TYPE` filters by.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "string",
+            Value::Hash(_) => "hash",
+        }
+    }
+}
+
 /// A stored value with its expiry (absolute wall-clock milliseconds, taken from the log entry's
 /// timestamp so every replica agrees on it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -122,8 +122,7 @@ pub enum Protocol {
 /// Bounds on what the parsers accept. Construct with `Limits { field: x, ..Limits::default() }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest bulk string. Redis's `proto-max-bulk-len` defaults to 512 MiB; we take 64 MiB so
-    /// a few concurrent large writes cannot exhaust a proxy.
+    /// Largest bulk string: Redis's `proto-max-bulk-len`, 512 MiB by default.
     pub bulk_bytes_max: u64,
     /// Most arguments in one request, and most elements in one reply aggregate.
     pub args_max: u64,
@@ -141,10 +140,12 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            bulk_bytes_max: 64 * 1024 * 1024,
+            bulk_bytes_max: crate::kv::STRING_BYTES_MAX as u64,
             args_max: 1024 * 1024,
             inline_bytes_max: 64 * 1024,
-            request_bytes_max: 128 * 1024 * 1024,
+            // Redis's `client-query-buffer-limit`; a request this large still fits one
+            // internal message (`env::MESSAGE_BYTES_MAX`).
+            request_bytes_max: 1024 * 1024 * 1024,
             depth_max: 64,
         }
     }

@@ -134,14 +134,10 @@ impl<E: Env> Center<E> {
         let mut soft = self.soft.lock().expect("soft lock");
         let backoff = soft.backoff.entry(key.to_string()).or_default();
         backoff.failures += 1;
-        let wait = if backoff.failures == 1 {
-            Duration::ZERO
-        } else {
-            let heartbeat = Duration::from_millis(self.config.heartbeat_ms);
-            heartbeat
-                .saturating_mul(1 << (backoff.failures - 2).min(16))
-                .min(ACTION_BACKOFF_MAX)
-        };
+        let wait = backoff_wait(
+            backoff.failures,
+            Duration::from_millis(self.config.heartbeat_ms),
+        );
         backoff.until = now + wait;
         wait
     }
@@ -583,6 +579,17 @@ async fn control_loop<E: Env>(center: Weak<Center<E>>) {
 /// Longest wait of a control action that keeps failing before it is tried again.
 pub(crate) const ACTION_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// How long an action waits after its `failures`-th failure in a row: the first retries at
+/// the next round, then a heartbeat, doubling up to [`ACTION_BACKOFF_MAX`].
+fn backoff_wait(failures: u32, heartbeat: Duration) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    heartbeat
+        .saturating_mul(1 << (failures - 2).min(16))
+        .min(ACTION_BACKOFF_MAX)
+}
+
 /// Whether a failed action makes the rest of the round's plan stale.
 fn ends_the_round(error: &CenterError) -> bool {
     match error {
@@ -603,5 +610,41 @@ fn action_key(action: &Action) -> String {
         Action::MoveLeader { group, .. } => format!("move leader of group {group}"),
         Action::Drop { node, group } => format!("drop group {group} on node {node}"),
         Action::Recreate { old, .. } => format!("recreate group {old}"),
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_action_retries_next_round_then_backs_off_doubling_to_the_cap() {
+        let heartbeat = Duration::from_millis(500);
+        let waits: Vec<u64> = (1..=10)
+            .map(|failures| backoff_wait(failures, heartbeat).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                0, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000
+            ]
+        );
+        // No overflow however long it keeps failing.
+        assert_eq!(backoff_wait(u32::MAX, heartbeat), ACTION_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn only_lost_leadership_or_a_lost_routing_swap_ends_the_round() {
+        assert!(ends_the_round(&CenterError::NotLeader {
+            leader_hint: None
+        }));
+        assert!(ends_the_round(&CenterError::Raft {
+            what: "routing compare-and-set",
+            reason: "lost".into(),
+        }));
+        assert!(!ends_the_round(&CenterError::Raft {
+            what: "registry write",
+            reason: "timed out".into(),
+        }));
     }
 }

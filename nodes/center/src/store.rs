@@ -158,6 +158,7 @@ impl<E: Env> Center<E> {
         let keys = key_list(
             read(Command::Keys {
                 pattern: Bytes::from(format!("{ROUTING_PREFIX}*")),
+                kind: None,
             })
             .await?,
         )?;
@@ -214,6 +215,7 @@ impl<E: Env> Center<E> {
         let keys = key_list(
             read(Command::Keys {
                 pattern: Bytes::from(format!("{prefix}*")),
+                kind: None,
             })
             .await?,
         )?;

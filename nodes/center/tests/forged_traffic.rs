@@ -9,7 +9,8 @@
 //!
 //! and each refusal is counted where an operator (and this test) can see it. Also: a node
 //! configured to heartbeat slower than its center follows the center's interval, rather than
-//! being judged dead between its beats.
+//! being judged dead between its beats. And snapshot chunks out of order, or a whole snapshot
+//! that does not decode, never reach openraft.
 
 // A test on the real environment: real time for its waits.
 #![allow(clippy::disallowed_methods)]
@@ -30,8 +31,8 @@ use larder_protocol::{
 };
 use larder_real::{AddressBook, ClusterAuth, ClusterKey, FjallDisk, FjallOptions, RealEnv};
 use larder_real::{TcpNet, TokioClock};
-use larder_storage::raft::wire::{self, RaftPayload};
-use larder_storage::raft::{TypeConfig, Vote};
+use larder_storage::raft::wire::{self, ChunkAnswer, RaftPayload, SnapshotChunk};
+use larder_storage::raft::{SnapshotMeta, TypeConfig, Vote};
 use larder_storage::{NodeConfig, StorageNode};
 use openraft::raft::VoteRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -333,4 +334,71 @@ async fn a_node_follows_the_centers_heartbeat_interval() {
     }
     node.shutdown().await;
     center.shutdown().await;
+}
+
+/// Sends one snapshot chunk as `INSIDER` (the vote names it, so the sender check passes) and
+/// returns the node's answer.
+async fn send_chunk(
+    net: &TcpNet,
+    offset: u64,
+    total: u64,
+    data: &[u8],
+) -> <SnapshotChunk as RaftPayload>::Response {
+    let chunk = SnapshotChunk {
+        vote: Vote::new(1_000, INSIDER),
+        meta: SnapshotMeta::default(),
+        offset,
+        total,
+        data: data.to_vec(),
+    };
+    let request = wire::request(GROUP, RaftCall::Snapshot, &chunk);
+    let answer = call(net, NODE, &Encoded::new(request), LIMIT)
+        .await
+        .expect("raft call");
+    wire::response::<SnapshotChunk>(&answer).expect("decodes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_chunks_out_of_order_or_undecodable_never_reach_raft() {
+    let dir = tempfile::tempdir().expect("dir");
+    let book = AddressBook::new();
+    let node = start_node(dir.path(), &book).await;
+    let insider = TcpNet::client(INSIDER, book.clone(), larder_real::test_auth(INSIDER));
+    let restart = |answer: <SnapshotChunk as RaftPayload>::Response| {
+        assert!(matches!(answer, Ok(ChunkAnswer::Restart)), "{answer:?}")
+    };
+    // A chunk with nothing open before it, and one that leaves a gap.
+    restart(send_chunk(&insider, 5, 10, b"abc").await);
+    assert!(matches!(
+        send_chunk(&insider, 0, 10, b"abcd").await,
+        Ok(ChunkAnswer::Continue)
+    ));
+    restart(send_chunk(&insider, 7, 10, b"hij").await);
+    // A chunk past the announced total.
+    assert!(matches!(
+        send_chunk(&insider, 0, 4, b"ab").await,
+        Ok(ChunkAnswer::Continue)
+    ));
+    restart(send_chunk(&insider, 2, 4, b"cdef").await);
+    // A whole snapshot that does not decode: refused before openraft sees it (installed, it
+    // would stop the group's Raft when the state machine refused it).
+    restart(send_chunk(&insider, 0, 9, b"not snap!").await);
+
+    assert!(node.is_leader(GROUP), "the chunks moved nothing");
+    assert_eq!(node.fatal(), None);
+    assert!(!node.is_broken(GROUP));
+    let answer = call(
+        &insider,
+        NODE,
+        &client_request(GROUP, &["SET", "k", "v"]),
+        LIMIT,
+    )
+    .await
+    .expect("a client call");
+    assert_eq!(
+        answer,
+        ClientResponse::Reply(Reply::Ok),
+        "the group still serves"
+    );
+    node.shutdown().await;
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Clock, Net, NetError};
+use larder_core::env::{Clock, Net, NetError, transfer_allowance};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
@@ -228,7 +228,9 @@ impl<N: Net, C: Clock> Client<N, C> {
                 self.clock.sleep(self.config.backoff).await;
             }
             let target = self.target();
-            let response = call(&self.net, target, &request, self.config.request_timeout).await;
+            // A large write takes longer to cross and to be stored than a small one.
+            let limit = self.config.request_timeout + transfer_allowance(request.bytes().len());
+            let response = call(&self.net, target, &request, limit).await;
             match response {
                 Ok(ClientResponse::Reply(reply)) => {
                     self.leader = Some(target);

@@ -13,7 +13,7 @@
 //! openraft. Raft messages travel as postcard bytes that only the storage node decodes.
 //!
 //! Encoded with postcard. Decoding is bounded here, once ([`decode_request`],
-//! [`decode_response`]): nothing larger than [`FRAME_BYTES_MAX`] is decoded, and postcard
+//! [`decode_response`]): nothing larger than [`MESSAGE_BYTES_MAX`] is decoded, and postcard
 //! never preallocates more than the input can hold.
 
 pub mod addresses;
@@ -27,7 +27,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::env::{FRAME_BYTES_MAX, Net, NetError};
+use larder_core::env::{MESSAGE_BYTES_MAX, Net, NetError};
 use larder_core::{GroupId, NodeId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -85,7 +85,7 @@ pub enum CallError {
 /// Why bytes did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("message of {size} bytes exceeds the frame limit of {limit} bytes")]
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("undecodable message: {reason}")]
     Malformed { reason: String },
@@ -171,12 +171,12 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Bytes {
     Bytes::from(postcard::to_allocvec(value).expect("protocol value serializes"))
 }
 
-/// Decodes what [`encode`] wrote, refusing anything larger than a frame.
+/// Decodes what [`encode`] wrote, refusing anything larger than a message.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    if bytes.len() > FRAME_BYTES_MAX {
+    if bytes.len() > MESSAGE_BYTES_MAX {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
-            limit: FRAME_BYTES_MAX,
+            limit: MESSAGE_BYTES_MAX,
         });
     }
     postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed {
@@ -267,18 +267,18 @@ mod tests {
     }
 
     #[test]
-    fn nothing_larger_than_a_frame_is_decoded() {
-        let too_large = vec![0u8; FRAME_BYTES_MAX + 1];
+    fn nothing_larger_than_a_message_is_decoded() {
+        let too_large = vec![0u8; MESSAGE_BYTES_MAX + 1];
         assert_eq!(
             decode_request(&too_large).map(|_| ()),
             Err(DecodeError::TooLarge {
-                size: FRAME_BYTES_MAX + 1,
-                limit: FRAME_BYTES_MAX
+                size: MESSAGE_BYTES_MAX + 1,
+                limit: MESSAGE_BYTES_MAX
             })
         );
         // At the limit the size check passes and postcard judges the bytes.
         assert!(!matches!(
-            decode_request(&too_large[..FRAME_BYTES_MAX]),
+            decode_request(&too_large[..MESSAGE_BYTES_MAX]),
             Err(DecodeError::TooLarge { .. })
         ));
     }

@@ -20,24 +20,35 @@
 //!
 //! The client-facing side is a byte stream ([`Listener`]), not the message-level `Net`: in
 //! production `larder_real::TokioListener`, in the simulator a turmoil one.
+//!
+//! # TLS
+//!
+//! As Redis 6's `tls-port`, a proxy may serve a second listener whose clients speak TLS
+//! ([`Proxy::serve_tls`] with a [`ProxyTls`]; the plain listener keeps working). A TLS
+//! connection takes its `max_clients` slot when it is accepted, handshakes within
+//! `tls_handshake_timeout`, and is then served by the same code as a plain one, so every
+//! bound above applies to it unchanged.
 
 use std::sync::Arc;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Clock, Listener, Net, timeout};
+use larder_core::env::{Clock, Listener, MESSAGE_BYTES_MAX, Net, timeout};
 use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::{self, Frame, Limits, Protocol, RequestParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting};
 
+mod tls;
+pub use tls::{PemFile, ProxyTls, TlsAuthClients, TlsError, TlsSettings};
+
 /// The Redis version the proxy reports: clients pick features by it, and Larder implements the
 /// parts of the 7.x protocol they use (RESP3 via `HELLO`).
-pub const REDIS_VERSION: &str = "7.2.0";
+pub const REDIS_VERSION: &str = "7.0.15";
 
 /// Pending reply bytes at which a connection writes them out before running its next command,
 /// so a long pipeline of large replies is not held whole in memory (a pipeline of small replies
@@ -58,6 +69,11 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one warning per this interval about failing accepts (with a count of the rest).
 const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a TLS connection that ended cleanly may take to send its `close_notify` (which
+/// tells the client the stream ended rather than was cut). A courtesy of a few dozen bytes: a
+/// client that does not take them this quickly is closed without it.
+const TLS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A Redis client's side of one request: sends the already-encoded `request` and reads one
 /// reply frame, keeping bytes of later frames in `buffer`. Used by the simulator's RESP clients
@@ -115,8 +131,9 @@ pub struct ProxyConfig {
     /// client (pending ones plus the reply just produced). A reply that would go past it
     /// closes the connection without being sent, as Redis does. Replies are written out past
     /// [`OUTPUT_FLUSH_BYTES`], so in practice this bounds the largest single reply. Default
-    /// 256 MiB (Redis's replica hard limit): four values of the largest size `limits` allow
-    /// (64 MiB) in one `MGET` still pass, while one client cannot hold gigabytes.
+    /// [`MESSAGE_BYTES_MAX`], the largest reply a node can send (Redis's normal clients have
+    /// no hard limit; two 512 MiB values in one `MGET` pass, while one client cannot hold
+    /// gigabytes).
     pub output_buffer_max: usize,
     /// How long a failed `AUTH` waits before its `WRONGPASS` reply, through the proxy's clock,
     /// so guessing is slow: a connection tries at most one password per this interval (a
@@ -126,6 +143,16 @@ pub struct ProxyConfig {
     /// With `auth_failure_delay` and `max_clients` it bounds the guessing rate of a client.
     /// Default 10.
     pub auth_failures_max: u32,
+    /// A TLS connection holds its `max_clients` slot from its accept, so its handshake must end
+    /// within this or the connection is closed: a client that opens a socket and never
+    /// handshakes would otherwise hold a slot for ever. Default 10 s: a handshake is two round
+    /// trips, and this leaves room for slow links and loaded hosts.
+    pub tls_handshake_timeout: Duration,
+    /// The plain and TLS ports, as `INFO` reports them (`tcp_port`, `tls_port`); `None` leaves
+    /// the line out. Only reported: the listeners are whatever [`Proxy::serve`] and
+    /// [`Proxy::serve_tls`] are given.
+    pub tcp_port: Option<u16>,
+    pub tls_port: Option<u16>,
     /// How often the proxy asks the center (observers first) for a newer routing table, when
     /// its routing has sources. Failing requests fetch one sooner (see
     /// [`ClientConfig::routing_refresh_gap`]).
@@ -144,9 +171,12 @@ impl Default for ProxyConfig {
             max_clients: 10_000,
             idle_timeout: None,
             output_stall_timeout: Duration::from_secs(60),
-            output_buffer_max: 256 << 20,
+            output_buffer_max: MESSAGE_BYTES_MAX,
             auth_failure_delay: Duration::from_millis(100),
             auth_failures_max: 10,
+            tls_handshake_timeout: Duration::from_secs(10),
+            tcp_port: None,
+            tls_port: None,
             routing_refresh: Duration::from_secs(1),
             bugs: Bugs::default(),
         }
@@ -161,6 +191,53 @@ pub struct Proxy<N: Net, C: Clock> {
     config: ProxyConfig,
     routing: SharedRouting,
     counters: Counters,
+    /// Whether the routing refresh loop runs: started by the first of [`Proxy::serve`] and
+    /// [`Proxy::serve_tls`], once for both listeners.
+    refreshing: AtomicBool,
+    /// The encoding thresholds `CONFIG SET` took ([`ENCODING_PARAMETERS`]).
+    encodings: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+}
+
+/// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
+/// data-structure encoding thresholds (they choose how Redis lays a small collection out in
+/// memory; Larder has one layout) and `save`, the RDB snapshot schedule (Larder has no RDB:
+/// every acknowledged write is already fsynced on a quorum). They are taken, remembered for
+/// this proxy and answered back, because clients and test suites set and restore them.
+pub const ENCODING_PARAMETERS: &[(&str, &str)] = &[
+    ("hash-max-listpack-entries", "128"),
+    ("hash-max-listpack-value", "64"),
+    ("list-compress-depth", "0"),
+    ("list-max-listpack-size", "-2"),
+    ("save", ""),
+    ("set-max-intset-entries", "512"),
+    ("stream-node-max-bytes", "4096"),
+    ("stream-node-max-entries", "100"),
+    ("zset-max-listpack-entries", "128"),
+    ("zset-max-listpack-value", "64"),
+];
+
+/// Redis 7.0's older names for the listpack thresholds: the same settings.
+const ENCODING_ALIASES: &[(&str, &str)] = &[
+    ("hash-max-ziplist-entries", "hash-max-listpack-entries"),
+    ("hash-max-ziplist-value", "hash-max-listpack-value"),
+    ("list-max-ziplist-size", "list-max-listpack-size"),
+    ("zset-max-ziplist-entries", "zset-max-listpack-entries"),
+    ("zset-max-ziplist-value", "zset-max-listpack-value"),
+];
+
+/// The canonical name of encoding parameter `name` (any case), if it is one.
+fn encoding_parameter(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    ENCODING_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map(|(_, canonical)| *canonical)
+        .or_else(|| {
+            ENCODING_PARAMETERS
+                .iter()
+                .find(|(known, _)| *known == name)
+                .map(|(known, _)| *known)
+        })
 }
 
 /// What the proxy's bounds did, for tests and operators: cheap relaxed atomics, read together
@@ -186,6 +263,11 @@ pub struct ProxyStats {
     pub output_limit_closed: u64,
     /// Failed `accept`s (the proxy backs off and keeps accepting).
     pub accept_errors: u64,
+    /// TLS handshakes that failed (not TLS, no or a bad client certificate, no shared
+    /// protocol version or cipher suite).
+    pub tls_handshake_failures: u64,
+    /// TLS connections closed because their handshake took past `tls_handshake_timeout`.
+    pub tls_handshake_timeouts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -201,6 +283,8 @@ struct Counters {
     slow_reader_closed: AtomicU64,
     output_limit_closed: AtomicU64,
     accept_errors: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+    tls_handshake_timeouts: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -265,6 +349,13 @@ pub enum ConnectionError {
         held: usize,
         max: usize,
     },
+    /// The TLS handshake failed (the client does not speak TLS, presented no certificate or
+    /// one the CA did not sign, or shares no protocol version with the proxy).
+    #[error("TLS handshake: {0}")]
+    TlsHandshake(std::io::Error),
+    /// The TLS handshake did not end within `tls_handshake_timeout`.
+    #[error("no TLS handshake within {0:?}")]
+    TlsHandshakeTimeout(Duration),
 }
 
 /// Per-connection protocol state.
@@ -277,6 +368,68 @@ struct Session<N: Net, C: Clock> {
     client: ClusterClient<N, C>,
     /// Close after the pending replies are written (`QUIT`, too many failed `AUTH`s).
     quit: bool,
+    /// `CLIENT SETNAME`.
+    name: Option<Bytes>,
+}
+
+/// `CLIENT ...`: what a connection may say about itself.
+fn client_subcommand<N: Net, C: Clock>(session: &mut Session<N, C>, args: &[Bytes]) -> Frame {
+    match (args.get(1).map(|a| lower(a)).as_deref(), args.len()) {
+        (Some("setname"), 3) => {
+            let name = &args[2];
+            // Redis 7.0's `clientSetName`: printable, no spaces; empty clears the name.
+            if name.iter().any(|c| !(b'!'..=b'~').contains(c)) {
+                return error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            session.name = (!name.is_empty()).then(|| name.clone());
+            Frame::Simple("OK".into())
+        }
+        (Some("getname"), 2) => Frame::Bulk(session.name.clone()),
+        (Some("id"), 2) => Frame::Integer(session.id as i64),
+        (Some("setinfo" | "no-evict" | "no-touch" | "reply"), 3) => Frame::Simple("OK".into()),
+        _ => error("ERR unknown subcommand or wrong number of arguments for 'client' command"),
+    }
+}
+
+/// `FLUSH`'s optional mode of `FUNCTION FLUSH` and `SCRIPT FLUSH`: none, `ASYNC` or `SYNC`.
+fn is_flush_mode(rest: &[Bytes]) -> bool {
+    match rest {
+        [] => true,
+        [mode] => matches!(lower(mode).as_str(), "async" | "sync"),
+        _ => false,
+    }
+}
+
+/// `FUNCTION ...`: Larder runs no functions, so it answers as a server with none loaded
+/// (clients and test suites flush them at start).
+fn function_subcommand(args: &[Bytes]) -> Frame {
+    let sub = args.get(1).map(|a| lower(a));
+    match (sub.as_deref(), args.len()) {
+        (Some("flush"), _) if is_flush_mode(&args[2..]) => Frame::Simple("OK".into()),
+        (Some("list"), _) => Frame::Array(Some(Vec::new())),
+        (Some(sub), _) => error(format!(
+            "ERR unknown subcommand or wrong number of arguments for 'function|{sub}' command"
+        )),
+        (None, _) => arity("function"),
+    }
+}
+
+/// `SCRIPT ...`: no scripts are ever loaded (Lua is not run by Larder).
+fn script_subcommand(args: &[Bytes]) -> Frame {
+    let sub = args.get(1).map(|a| lower(a));
+    match (sub.as_deref(), args.len()) {
+        (Some("flush"), _) if is_flush_mode(&args[2..]) => Frame::Simple("OK".into()),
+        (Some("exists"), n) if n > 2 => {
+            Frame::Array(Some(args[2..].iter().map(|_| Frame::Integer(0)).collect()))
+        }
+        (Some("load"), 3) => error("ERR Larder does not run scripts"),
+        (Some(sub), _) => error(format!(
+            "ERR unknown subcommand or wrong number of arguments for 'script|{sub}' command"
+        )),
+        (None, _) => arity("script"),
+    }
 }
 
 fn error(text: impl Into<String>) -> Frame {
@@ -325,6 +478,13 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             config,
             routing,
             counters: Counters::default(),
+            refreshing: AtomicBool::new(false),
+            encodings: std::sync::Mutex::new(
+                ENCODING_PARAMETERS
+                    .iter()
+                    .map(|(name, value)| (*name, value.to_string()))
+                    .collect(),
+            ),
         })
     }
 
@@ -342,6 +502,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             slow_reader_closed: get(&c.slow_reader_closed),
             output_limit_closed: get(&c.output_limit_closed),
             accept_errors: get(&c.accept_errors),
+            tls_handshake_failures: get(&c.tls_handshake_failures),
+            tls_handshake_timeouts: get(&c.tls_handshake_timeouts),
         }
     }
 
@@ -367,12 +529,45 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// through the clock (5 ms doubling to 1 s, reset by the next success): one bad moment must
     /// not stop a proxy from ever accepting again. Only `InvalidInput` (`EINVAL`: the socket is
     /// not listening, which no retry mends) is returned.
-    pub async fn serve<L>(self: &Arc<Self>, mut listener: L) -> std::io::Result<()>
+    pub async fn serve<L>(self: &Arc<Self>, listener: L) -> std::io::Result<()>
     where
         L: Listener,
         L::Stream: AsyncRead + AsyncWrite,
     {
-        if !self.routing.sources().is_empty() {
+        self.accept_loop(listener, |proxy, stream| async move {
+            proxy.connection(stream).await
+        })
+        .await
+    }
+
+    /// [`Proxy::serve`] for a listener whose clients speak TLS (Redis's `tls-port`): each
+    /// connection handshakes with `tls` ([`Proxy::tls_connection`]) in its own task, so a slow
+    /// handshake never holds up the accepting. May run beside [`Proxy::serve`] on the same
+    /// proxy: both share its `max_clients`, counters and routing.
+    pub async fn serve_tls<L>(self: &Arc<Self>, listener: L, tls: ProxyTls) -> std::io::Result<()>
+    where
+        L: Listener,
+        L::Stream: AsyncRead + AsyncWrite,
+    {
+        self.accept_loop(listener, move |proxy, stream| {
+            let tls = tls.clone();
+            async move { proxy.tls_connection(stream, &tls).await }
+        })
+        .await
+    }
+
+    /// Accepts connections for ever and serves each with `serve` in its own task.
+    async fn accept_loop<L, F, T>(
+        self: &Arc<Self>,
+        mut listener: L,
+        serve: F,
+    ) -> std::io::Result<()>
+    where
+        L: Listener,
+        F: Fn(Arc<Self>, L::Stream) -> T,
+        T: Future<Output = Result<(), ConnectionError>> + Send + 'static,
+    {
+        if !self.routing.sources().is_empty() && !self.refreshing.swap(true, Ordering::Relaxed) {
             tokio::spawn(refresh_loop(Arc::downgrade(self)));
         }
         let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -382,9 +577,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             match listener.accept().await {
                 Ok(stream) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    let proxy = self.clone();
+                    let connection = serve(self.clone(), stream);
                     tokio::spawn(async move {
-                        if let Err(error) = proxy.connection(stream).await {
+                        if let Err(error) = connection.await {
                             tracing::debug!(%error, "client connection ended");
                         }
                     });
@@ -421,16 +616,74 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         &self,
         mut stream: S,
     ) -> Result<(), ConnectionError> {
-        let Some(_slot) = self.admit() else {
+        match self.admit() {
+            Some(_slot) => self.serve_client(&mut stream).await,
+            None => {
+                bump(&self.counters.rejected_connections);
+                self.refuse(&mut stream).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Proxy::connection`] for a client that speaks TLS: the handshake with `tls` first,
+    /// within `tls_handshake_timeout`, then the same serving. The `max_clients` slot is taken
+    /// before the handshake, as Redis counts a client from its accept, so connections still
+    /// handshaking count and a flood of them cannot get past the limit; the deadline is what
+    /// frees a slot held by a client that never handshakes. A refused client still gets the
+    /// handshake (within the same deadline), so that it can read Redis's refusal. A connection
+    /// that ends cleanly (`QUIT`, end of stream, idle timeout, a protocol error's reply) sends
+    /// TLS's `close_notify`.
+    pub async fn tls_connection<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        tls: &ProxyTls,
+    ) -> Result<(), ConnectionError> {
+        let slot = self.admit();
+        if slot.is_none() {
             bump(&self.counters.rejected_connections);
-            // Best effort and bounded: the refused client may not read at all.
-            let _ = timeout(&self.clock, self.config.output_stall_timeout, async {
-                stream.write_all(MAX_CLIENTS_REPLY).await?;
-                stream.flush().await
-            })
-            .await;
-            return Ok(());
+        }
+        let deadline = self.config.tls_handshake_timeout;
+        let mut stream = match timeout(&self.clock, deadline, tls.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                bump(&self.counters.tls_handshake_failures);
+                return Err(ConnectionError::TlsHandshake(error));
+            }
+            Err(_) => {
+                bump(&self.counters.tls_handshake_timeouts);
+                return Err(ConnectionError::TlsHandshakeTimeout(deadline));
+            }
         };
+        let result = match slot {
+            Some(_slot) => self.serve_client(&mut stream).await,
+            None => {
+                self.refuse(&mut stream).await;
+                Ok(())
+            }
+        };
+        if result.is_ok() {
+            let _ = timeout(&self.clock, TLS_CLOSE_TIMEOUT, stream.shutdown()).await;
+        }
+        result
+    }
+
+    /// Redis's answer to one client too many, best effort and bounded: the refused client may
+    /// not read at all.
+    async fn refuse<S: AsyncWrite + Unpin>(&self, stream: &mut S) {
+        let _ = timeout(&self.clock, self.config.output_stall_timeout, async {
+            stream.write_all(MAX_CLIENTS_REPLY).await?;
+            stream.flush().await
+        })
+        .await;
+    }
+
+    /// Serves an admitted client (plain or after its TLS handshake) until it closes, sends
+    /// `QUIT`, breaks the protocol, idles past `idle_timeout`, or breaks an output bound.
+    async fn serve_client<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+    ) -> Result<(), ConnectionError> {
         let id = self.counters.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut session = Session {
             id,
@@ -444,6 +697,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 self.config.client.clone(),
             ),
             quit: false,
+            name: None,
         };
         let unauthenticated = Limits::unauthenticated();
         let mut parser = RequestParser::default();
@@ -480,10 +734,10 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         }
                         held.set(input.len() + output.len());
                         if session.quit {
-                            return self.write_out(&mut stream, &mut output, &mut held, 0).await;
+                            return self.write_out(stream, &mut output, &mut held, 0).await;
                         }
                         if output.len() >= OUTPUT_FLUSH_BYTES {
-                            self.write_out(&mut stream, &mut output, &mut held, input.len())
+                            self.write_out(stream, &mut output, &mut held, input.len())
                                 .await?;
                         }
                     }
@@ -498,12 +752,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                             session.protocol,
                             &mut output,
                         );
-                        return self.write_out(&mut stream, &mut output, &mut held, 0).await;
+                        return self.write_out(stream, &mut output, &mut held, 0).await;
                     }
                 }
             }
             if !output.is_empty() {
-                self.write_out(&mut stream, &mut output, &mut held, input.len())
+                self.write_out(stream, &mut output, &mut held, input.len())
                     .await?;
             }
             let limits = if session.authenticated {
@@ -615,16 +869,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 Some(_) if args.len() == 2 => error("ERR DB index is out of range"),
                 _ => arity("select"),
             },
-            "client" => self.client_subcommand(session, &args),
+            "client" => client_subcommand(session, &args),
+            "function" => function_subcommand(&args),
+            "script" => script_subcommand(&args),
             // Clients probe these at connect time; an empty answer means "nothing to report".
             "command" => Frame::Array(Some(Vec::new())),
-            "config" => match args.get(1).map(|a| lower(a)).as_deref() {
-                Some("get") => Frame::Array(Some(Vec::new())),
-                Some("set" | "resetstat" | "rewrite") => {
-                    error("ERR CONFIG is not supported by Larder")
-                }
-                _ => arity("config"),
-            },
+            "config" => self.config_subcommand(&args),
             "time" => {
                 let wall_us = self.clock.wall_ms() * 1000;
                 Frame::Array(Some(vec![
@@ -704,14 +954,83 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         ])
     }
 
-    fn client_subcommand(&self, session: &Session<N, C>, args: &[Bytes]) -> Frame {
-        match args.get(1).map(|a| lower(a)).as_deref() {
-            Some("setname" | "setinfo" | "no-evict" | "no-touch" | "reply") => {
+    /// `CONFIG GET pattern...` and `CONFIG SET name value ...`: the encoding thresholds
+    /// ([`ENCODING_PARAMETERS`]) are taken and answered back; the proxy's own bounds are
+    /// answered (`maxclients`, `timeout`, `proto-max-bulk-len`) but set in its file, not here.
+    fn config_subcommand(&self, args: &[Bytes]) -> Frame {
+        let sub = args.get(1).map(|a| lower(a));
+        match sub.as_deref() {
+            Some("get") if args.len() >= 3 => {
+                let encodings = self.encodings.lock().expect("encodings lock");
+                let fixed = [
+                    ("maxclients", self.config.max_clients.to_string()),
+                    (
+                        "timeout",
+                        self.config
+                            .idle_timeout
+                            .map_or(0, |t| t.as_secs())
+                            .to_string(),
+                    ),
+                    (
+                        "proto-max-bulk-len",
+                        self.config.limits.bulk_bytes_max.to_string(),
+                    ),
+                ];
+                let aliases = ENCODING_ALIASES.iter().map(|(alias, canonical)| {
+                    (
+                        *alias,
+                        encodings.get(canonical).cloned().unwrap_or_default(),
+                    )
+                });
+                let all: Vec<(&str, String)> = encodings
+                    .iter()
+                    .map(|(name, value)| (*name, value.clone()))
+                    .chain(aliases)
+                    .chain(fixed)
+                    .collect();
+                let mut found = std::collections::BTreeMap::new();
+                for pattern in &args[2..] {
+                    let pattern = lower(pattern);
+                    for (name, value) in &all {
+                        if larder_core::kv::glob_match(pattern.as_bytes(), name.as_bytes()) {
+                            found.insert(*name, value.clone());
+                        }
+                    }
+                }
+                Frame::Array(Some(
+                    found
+                        .into_iter()
+                        .flat_map(|(name, value)| [bulk(name), bulk(value)])
+                        .collect(),
+                ))
+            }
+            Some("set") if args.len() >= 4 && args.len().is_multiple_of(2) => {
+                let mut changes = Vec::new();
+                for pair in args[2..].chunks(2) {
+                    let name = String::from_utf8_lossy(&pair[0]).into_owned();
+                    let Some(canonical) = encoding_parameter(&name) else {
+                        return error(format!(
+                            "ERR Unknown option or number of arguments for CONFIG SET - '{name}' (Larder takes Redis's encoding thresholds here; its own settings are in its configuration file)"
+                        ));
+                    };
+                    let value = String::from_utf8_lossy(&pair[1]).into_owned();
+                    if canonical != "save" && value.parse::<i64>().is_err() {
+                        return error(format!(
+                            "ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"
+                        ));
+                    }
+                    changes.push((canonical, value));
+                }
+                self.encodings
+                    .lock()
+                    .expect("encodings lock")
+                    .extend(changes);
                 Frame::Simple("OK".into())
             }
-            Some("getname") => Frame::Bulk(None),
-            Some("id") => Frame::Integer(session.id as i64),
-            _ => error("ERR unknown subcommand or wrong number of arguments for 'client' command"),
+            Some("resetstat" | "rewrite") if args.len() == 2 => {
+                error("ERR CONFIG RESETSTAT and REWRITE are not supported by Larder")
+            }
+            _ => arity("config"),
         }
     }
 
@@ -726,8 +1045,17 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             Err(_) => "unknown".into(),
         };
         let stats = self.stats();
+        // Redis's `tcp_port`, and beside it `tls_port` (Redis shows only one port there, the
+        // TLS one when plain is off; here both listeners may be on).
+        let mut ports = String::new();
+        if let Some(port) = self.config.tcp_port {
+            ports.push_str(&format!("tcp_port:{port}\r\n"));
+        }
+        if let Some(port) = self.config.tls_port {
+            ports.push_str(&format!("tls_port:{port}\r\n"));
+        }
         let text = format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nlarder_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\n\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\nrejected_connections:{}\r\n\r\n# Cluster\r\nrouting_epoch:{}\r\nslot_groups:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nlarder_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\n{ports}\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\nrejected_connections:{}\r\n\r\n# Cluster\r\nrouting_epoch:{}\r\nslot_groups:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
             env!("CARGO_PKG_VERSION"),
             stats.connections,
             self.config.max_clients,
@@ -765,10 +1093,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             return error("ERR invalid cursor");
         };
         let mut pattern = Bytes::from_static(b"*");
+        let mut kind = None;
         for option in args[2..].chunks(2) {
             match lower(&option[0]).as_str() {
                 "match" => pattern = option[1].clone(),
-                "count" | "type" => {}
+                "type" => kind = Some(option[1].clone()),
+                "count" => {}
                 _ => return error("ERR syntax error"),
             }
         }
@@ -783,7 +1113,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         };
         match session
             .client
-            .execute_in(group, Command::Keys { pattern })
+            .execute_in(group, Command::Keys { pattern, kind })
             .await
         {
             Ok(Reply::Array(keys)) => Frame::Array(Some(vec![

@@ -6,6 +6,11 @@
 //! replies before writing would hold hundreds of mebibytes for one client; this proxy writes
 //! replies out as they come, holds at most about one reply, and closes the connection once its
 //! writes have made no progress for the stall timeout.
+//!
+//! TLS clients (Redis's `tls-port`) get the same answers as plain ones: a client through
+//! [`Proxy::tls_connection`] with a tokio-rustls client (certificates made by rcgen at run
+//! time) and a plain one share the cluster. (The rest of the TLS tests need no cluster and are
+//! in `proxy_tls.rs`; this one is here so that only one test binary builds a storage node.)
 
 // A test on the real environment: real time and sockets are what it exercises.
 #![allow(clippy::disallowed_methods)]
@@ -16,11 +21,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use larder_client::SharedRouting;
+use larder_core::resp::{self, Frame};
 use larder_core::routing::RoutingTable;
-use larder_proxy::{ConnectionError, OUTPUT_FLUSH_BYTES, Proxy, ProxyConfig};
+use larder_proxy::{
+    ConnectionError, OUTPUT_FLUSH_BYTES, PemFile, Proxy, ProxyConfig, ProxyTls, TlsSettings,
+};
 use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, StorageNode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+#[path = "support/pki.rs"]
+mod pki;
 
 const NODE: u64 = 1;
 const GROUP: u64 = 1;
@@ -135,5 +148,115 @@ async fn a_slow_reader_of_large_values_is_bounded_and_closed() {
     );
     assert_eq!(stats.buffered_bytes, 0);
     drop(client);
+    node.shutdown().await;
+}
+
+/// Sends `args` as one RESP request and reads one reply frame (flushing: a TLS stream may hold
+/// written bytes in its session until then).
+async fn command<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, args: &[&str]) -> Frame {
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    stream.write_all(&request).await.expect("write");
+    stream.flush().await.expect("flush");
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((frame, _)) = resp::parse_frame(&buffer).expect("a RESP reply") {
+            return frame;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a reply in time")
+            .expect("read");
+        assert!(n > 0, "the proxy closed the connection");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_plain_clients_get_the_same_answers() {
+    let pki = pki::Pki::new();
+    let pem = |path: &std::path::Path| PemFile {
+        path: path.to_path_buf(),
+        contents: std::fs::read(path).expect("read PEM"),
+    };
+    let tls = ProxyTls::new(&TlsSettings {
+        cert_file: pem(&pki.server_cert),
+        key_file: pem(&pki.server_key),
+        ca_cert_file: None,
+        auth_clients: None,
+    })
+    .expect("TLS settings");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let book = AddressBook::new();
+    let node = one_node_cluster(dir.path(), &book).await;
+    let proxy = Proxy::new(
+        TcpNet::client(1000, book, larder_real::test_auth(1000)),
+        TokioClock::new(),
+        ProxyConfig::default(),
+        SharedRouting::new(RoutingTable::even(1, |_| vec![NODE])),
+    );
+
+    let (client_side, server_side) = tokio::io::duplex(64 << 10);
+    let serving = proxy.clone();
+    let task = tokio::spawn(async move { serving.tls_connection(server_side, &tls).await });
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&pki.ca).expect("CA"))
+        .expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(
+            ServerName::try_from("localhost").expect("name"),
+            client_side,
+        )
+        .await
+        .expect("TLS handshake");
+
+    assert_eq!(
+        command(&mut tls, &["PING"]).await,
+        Frame::Simple("PONG".into())
+    );
+    // The group may still be settling (TRYAGAIN): retry, as a Redis client does.
+    let mut set = Frame::Null;
+    for _ in 0..20 {
+        set = command(&mut tls, &["SET", "over-tls", "yes"]).await;
+        match &set {
+            Frame::Error(text) if text.starts_with("TRYAGAIN") => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(set, Frame::Simple("OK".into()));
+    let yes = Frame::Bulk(Some("yes".into()));
+    assert_eq!(command(&mut tls, &["GET", "over-tls"]).await, yes);
+    // A plain client of the same proxy reads what the TLS one wrote.
+    let (mut plain, server_side) = tokio::io::duplex(64 << 10);
+    let serving = proxy.clone();
+    tokio::spawn(async move { serving.connection(server_side).await });
+    assert_eq!(command(&mut plain, &["GET", "over-tls"]).await, yes);
+    assert_eq!(
+        command(&mut plain, &["SET", "over-plain", "too"]).await,
+        Frame::Simple("OK".into())
+    );
+    assert_eq!(
+        command(&mut tls, &["GET", "over-plain"]).await,
+        Frame::Bulk(Some("too".into()))
+    );
+    assert_eq!(
+        command(&mut tls, &["QUIT"]).await,
+        Frame::Simple("OK".into())
+    );
+    task.await.expect("task").expect("a clean end");
+    drop(plain);
     node.shutdown().await;
 }

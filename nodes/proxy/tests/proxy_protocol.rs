@@ -13,13 +13,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder_client::ClientConfig;
 use larder_client::SharedRouting;
 use larder_core::resp::Limits;
 use larder_core::routing::RoutingTable;
 use larder_proxy::{ConnectionError, OUTPUT_FLUSH_BYTES, Proxy, ProxyConfig};
 use larder_real::{AddressBook, TcpNet, TokioClock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+mod support;
+use support::{FlakyListener, config};
 
 fn proxy(password: Option<&str>) -> Arc<Proxy<TcpNet, TokioClock>> {
     proxy_with(ProxyConfig {
@@ -30,19 +32,6 @@ fn proxy(password: Option<&str>) -> Arc<Proxy<TcpNet, TokioClock>> {
         },
         ..config()
     })
-}
-
-/// The tests' settings: a client that gives up on the (unreachable) cluster quickly.
-fn config() -> ProxyConfig {
-    ProxyConfig {
-        client: ClientConfig {
-            request_timeout: Duration::from_millis(100),
-            attempts_max: 1,
-            backoff: Duration::from_millis(1),
-            ..ClientConfig::default()
-        },
-        ..ProxyConfig::default()
-    }
 }
 
 fn proxy_with(config: ProxyConfig) -> Arc<Proxy<TcpNet, TokioClock>> {
@@ -88,6 +77,57 @@ fn connect_with(proxy: &Arc<Proxy<TcpNet, TokioClock>>, capacity: usize) -> (Dup
     let proxy = proxy.clone();
     let task = tokio::spawn(async move { proxy.connection(server).await });
     (client, task)
+}
+
+#[tokio::test]
+async fn server_commands_answer_as_redis_7_0_with_no_scripts_loaded() {
+    let proxy = proxy(None);
+    let (mut c, _task) = connect(&proxy);
+    for (input, expected) in [
+        ("CLIENT GETNAME\r\n", "$-1\r\n"),
+        ("CLIENT SETNAME larder-test\r\n", "+OK\r\n"),
+        ("CLIENT GETNAME\r\n", "$11\r\nlarder-test\r\n"),
+        (
+            "*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$3\r\na b\r\n",
+            "-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+        ),
+        ("CLIENT GETNAME\r\n", "$11\r\nlarder-test\r\n"),
+        (
+            "*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$0\r\n\r\n",
+            "+OK\r\n",
+        ),
+        ("CLIENT GETNAME\r\n", "$-1\r\n"),
+        ("FUNCTION FLUSH\r\n", "+OK\r\n"),
+        ("FUNCTION FLUSH SYNC\r\n", "+OK\r\n"),
+        ("FUNCTION LIST\r\n", "*0\r\n"),
+        ("SCRIPT FLUSH\r\n", "+OK\r\n"),
+        ("SCRIPT EXISTS a b\r\n", "*2\r\n:0\r\n:0\r\n"),
+        ("CONFIG SET hash-max-ziplist-value 10\r\n", "+OK\r\n"),
+        (
+            "CONFIG GET hash-max-*-value\r\n",
+            "*4\r\n$23\r\nhash-max-listpack-value\r\n$2\r\n10\r\n$22\r\nhash-max-ziplist-value\r\n$2\r\n10\r\n",
+        ),
+        (
+            "CONFIG SET list-compress-depth x\r\n",
+            "-ERR CONFIG SET failed (possibly related to argument 'list-compress-depth') - argument couldn't be parsed into an integer\r\n",
+        ),
+        (
+            "CONFIG GET maxclients\r\n",
+            "*2\r\n$10\r\nmaxclients\r\n$5\r\n10000\r\n",
+        ),
+        (
+            "FUNCTION NOPE\r\n",
+            "-ERR unknown subcommand or wrong number of arguments for 'function|nope' command\r\n",
+        ),
+    ] {
+        assert_eq!(
+            exchange(&mut c, input.as_bytes()).await,
+            expected,
+            "{input:?}"
+        );
+    }
+    let hello = exchange(&mut c, b"HELLO 2\r\n").await;
+    assert!(hello.contains("$6\r\n7.0.15\r\n"), "{hello}");
 }
 
 #[tokio::test]
@@ -417,29 +457,6 @@ async fn failed_auth_is_delayed_counted_and_bounded() {
     assert!(reply.starts_with("-WRONGPASS"), "{reply}");
     let reply = exchange(&mut c, b"HELLO 2 AUTH default sesame\r\n").await;
     assert!(reply.starts_with("*14\r\n"), "{reply}");
-}
-
-/// A listener that fails its first `failures` accepts the way a process out of file
-/// descriptors does, then hands out the in-memory streams it is sent.
-struct FlakyListener {
-    failures: usize,
-    streams: tokio::sync::mpsc::Receiver<DuplexStream>,
-}
-
-impl larder_core::env::Listener for FlakyListener {
-    type Stream = DuplexStream;
-
-    async fn accept(&mut self) -> std::io::Result<DuplexStream> {
-        if self.failures > 0 {
-            self.failures -= 1;
-            // EMFILE: "Too many open files".
-            return Err(std::io::Error::from_raw_os_error(24));
-        }
-        self.streams
-            .recv()
-            .await
-            .ok_or_else(|| std::io::Error::other("no more streams"))
-    }
 }
 
 #[tokio::test]

@@ -150,9 +150,9 @@ async fn tcp_transport_passes_the_transport_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_net_refuses_an_oversized_frame_and_closes_on_a_bad_length() {
+async fn tcp_net_refuses_an_oversized_message_and_closes_on_a_bad_length() {
     use bytes::Bytes;
-    use larder_core::env::{FRAME_BYTES_MAX, NetError};
+    use larder_core::env::{MESSAGE_BYTES_MAX, NetError};
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let book = AddressBook::new();
@@ -168,24 +168,24 @@ async fn tcp_net_refuses_an_oversized_frame_and_closes_on_a_bad_length() {
             .await
     });
     let client = TcpNet::client(100, book.clone(), larder_real::test_auth(100));
-    let oversized = Bytes::from(vec![0u8; FRAME_BYTES_MAX + 1]);
+    let oversized = Bytes::from(vec![0u8; MESSAGE_BYTES_MAX + 1]);
     let outcome = client.call(1, oversized, Duration::from_secs(5)).await;
     assert_eq!(
         outcome,
-        Err(NetError::FrameTooLarge {
-            size: FRAME_BYTES_MAX + 1,
-            limit: FRAME_BYTES_MAX
+        Err(NetError::MessageTooLarge {
+            size: MESSAGE_BYTES_MAX + 1,
+            limit: MESSAGE_BYTES_MAX
         })
     );
     // Exactly at the limit still crosses.
-    let at_limit = Bytes::from(vec![7u8; FRAME_BYTES_MAX - 8]);
+    let at_limit = Bytes::from(vec![7u8; MESSAGE_BYTES_MAX - 8]);
     let response = client
         .call(1, at_limit.clone(), Duration::from_secs(30))
         .await
-        .expect("a frame at the limit");
+        .expect("a message at the limit");
     assert_eq!(
         response.len(),
-        FRAME_BYTES_MAX,
+        MESSAGE_BYTES_MAX,
         "8-byte id plus the payload"
     );
 

@@ -52,6 +52,23 @@ pub struct NodeConfig {
     /// Reopens of a group that keeps stopping before its replica is reported broken.
     #[serde(default = "default_reopens_max")]
     pub reopens_max: u32,
+    /// Most bytes of log entries in one Raft append to a follower (at least one entry is
+    /// always sent, however large): a follower catching up on large values gets them in
+    /// batches that each fit a message and a timeout, not one batch of 300 entries.
+    #[serde(default = "default_append_bytes_max")]
+    pub append_bytes_max: usize,
+    /// Bytes of snapshot per chunk sent to a follower: a group's snapshot of any size travels
+    /// as a sequence of messages this large (see [`crate::raft::network`]).
+    #[serde(default = "default_snapshot_chunk_bytes")]
+    pub snapshot_chunk_bytes: usize,
+}
+
+fn default_append_bytes_max() -> usize {
+    8 << 20
+}
+
+fn default_snapshot_chunk_bytes() -> usize {
+    4 << 20
 }
 
 fn default_reopen_backoff_ms() -> u64 {
@@ -88,10 +105,33 @@ impl NodeConfig {
             sessions_max: default_sessions_max(),
             reopen_backoff_ms: default_reopen_backoff_ms(),
             reopens_max: default_reopens_max(),
+            append_bytes_max: default_append_bytes_max(),
+            snapshot_chunk_bytes: default_snapshot_chunk_bytes(),
+        }
+    }
+
+    /// What a Raft message may carry (see [`NodeConfig::append_bytes_max`]).
+    pub(crate) fn transfer_limits(&self) -> crate::raft::network::TransferLimits {
+        crate::raft::network::TransferLimits {
+            append_bytes_max: self.append_bytes_max,
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+            bugs: self.bugs.clone(),
         }
     }
 
     pub(crate) fn raft_config(&self, group: GroupId) -> Result<Config, NodeError> {
+        // Room for the request around a chunk or an entry batch within one message.
+        let message_room = larder_core::env::MESSAGE_BYTES_MAX - (64 << 10);
+        for (name, value) in [
+            ("append_bytes_max", self.append_bytes_max),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
+        ] {
+            if !(1..=message_room).contains(&value) {
+                return Err(NodeError::Config {
+                    reason: format!("{name} must be 1..={message_room}, got {value}"),
+                });
+            }
+        }
         let config = Config {
             cluster_name: format!("larder-group-{group}"),
             heartbeat_interval: self.heartbeat_ms,

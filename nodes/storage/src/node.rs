@@ -40,6 +40,17 @@ const HOSTED_GROUPS_KEY: &[u8] = b"hosted-groups";
 pub(crate) struct Group<D: Disk> {
     pub(crate) raft: Raft<D>,
     pub(crate) state: DiskStateMachine<D>,
+    /// The snapshot a leader is sending this replica, chunk by chunk (see
+    /// [`crate::raft::network`]); at most one, replaced when another begins.
+    pub(crate) incoming_snapshot: std::sync::Mutex<Option<IncomingSnapshot>>,
+}
+
+/// The chunks of one snapshot received so far.
+pub(crate) struct IncomingSnapshot {
+    pub(crate) vote: crate::raft::Vote,
+    pub(crate) meta: crate::raft::SnapshotMeta,
+    pub(crate) total: u64,
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// A storage node: one replica of each of its slot groups.
@@ -149,7 +160,7 @@ pub(crate) async fn open_group<E: Env>(
     .await
     .map_err(|source| NodeError::Storage { group, source })?;
     let log = DiskLogStore::new(disk.clone(), group, config.bugs.clone(), env.fault_points());
-    let net = RaftNet::new(env.net().clone(), group);
+    let net = RaftNet::new(env.net().clone(), group, config.transfer_limits());
     // openraft takes time and randomness from the context its tasks run in: `Raft::new` draws
     // the first election timeout and spawns every Raft task, which inherit the context, so the
     // group's timers follow this node's clock (and its faults) and its draws this group's seed.
@@ -158,7 +169,11 @@ pub(crate) async fn open_group<E: Env>(
         .scope(Raft::new(config.id, raft_config, net, log, state.clone()))
         .await
         .map_err(|e| raft_error(group, e))?;
-    Ok(Group { raft, state })
+    Ok(Group {
+        raft,
+        state,
+        incoming_snapshot: std::sync::Mutex::new(None),
+    })
 }
 
 impl<E: Env> StorageNode<E> {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::env::{Clock, Env, Handler, Net, timeout};
+use larder_core::env::{Clock, Env, Handler, MESSAGE_BYTES_MAX, Net, timeout};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
@@ -23,7 +23,7 @@ use openraft::vote::RaftLeaderId;
 use crate::config::NodeError;
 use crate::node::{Group, NodeDisk, StorageNode};
 use crate::raft::state_machine::ReadOutcome;
-use crate::raft::wire::{self, InstallSnapshot};
+use crate::raft::wire::{self, ChunkAnswer, SnapshotChunk};
 use crate::raft::{Request as LogEntry, Snapshot, TypeConfig};
 use larder_core::bugs::Bug;
 
@@ -66,10 +66,15 @@ impl<E: Env> StorageNode<E> {
                 reason: format!("group {group} is not hosted on node {}", self.id()),
             };
         };
-        let limit = Duration::from_millis(self.config.request_timeout_ms);
+        let mut limit = Duration::from_millis(self.config.request_timeout_ms);
         // A session marks a write (the client sets one on writes only), also one whose command
         // reads: opening a session (`SessionSeq::REGISTER`) goes through the log.
         if command.is_write() || session.is_some() {
+            // A large value takes longer to replicate and to be stored on a quorum.
+            let size =
+                postcard::serialize_with_flavor(&command, postcard::ser_flavors::Size::default())
+                    .unwrap_or(0);
+            limit += larder_core::env::transfer_allowance(size);
             let request = LogEntry {
                 now_ms: self.stamp(),
                 command,
@@ -203,12 +208,12 @@ impl<E: Env> StorageNode<E> {
 
     /// Answers one of openraft's RPCs from peer `from` (the id its connection proved). A group
     /// this node does not host, a payload that does not decode, or a sender that is not the
-    /// leader or candidate the message names ([`raft_sender_refused`]), is answered as a stopped Raft: openraft treats the
-    /// peer as unreachable and backs off.
+    /// leader or candidate the message names ([`raft_sender_refused`]), is answered as a
+    /// stopped Raft: openraft treats the peer as unreachable and backs off.
     async fn handle_raft(&self, from: NodeId, request: RaftRequest) -> RaftResponse {
         let group = request.group;
-        let raft = match self.raft(group) {
-            Ok(raft) => raft,
+        let hosted = match self.group(group) {
+            Ok(hosted) => hosted,
             Err(error) => {
                 tracing::debug!(%error, "raft message for a group this node does not host");
                 return stopped(request.call);
@@ -237,40 +242,34 @@ impl<E: Env> StorageNode<E> {
                 serve!(
                     AppendEntriesRequest<TypeConfig>,
                     |p| *p.vote.leader_id().node_id(),
-                    raft.append_entries(p)
+                    hosted.raft.append_entries(p)
                 )
             }
             RaftCall::Vote => {
                 serve!(
                     VoteRequest<TypeConfig>,
                     |p| *p.vote.leader_id().node_id(),
-                    raft.vote(p)
+                    hosted.raft.vote(p)
                 )
             }
             RaftCall::PreVote => {
                 serve!(
                     VoteRequest<TypeConfig>,
                     |p| *p.vote.leader_id().node_id(),
-                    raft.pre_vote(p)
+                    hosted.raft.pre_vote(p)
                 )
             }
             RaftCall::TransferLeader => {
                 serve!(
                     TransferLeaderRequest<TypeConfig>,
                     |p| *p.from_leader().leader_id().node_id(),
-                    raft.handle_transfer_leader(p)
+                    hosted.raft.handle_transfer_leader(p)
                 )
             }
             RaftCall::Snapshot => serve!(
-                InstallSnapshot,
+                SnapshotChunk,
                 |p| *p.vote.leader_id().node_id(),
-                raft.install_full_snapshot(
-                    p.vote,
-                    Snapshot {
-                        meta: p.meta,
-                        snapshot: std::io::Cursor::new(p.data),
-                    }
-                )
+                take_snapshot_chunk(group, &hosted, p)
             ),
         }
     }
@@ -305,10 +304,23 @@ impl<E: Env> StorageNode<E> {
                 command,
                 session,
                 epoch,
-            }) => respond::<ClientRequest>(&match self.misrouted(group, &command, epoch) {
-                Some(epoch) => ClientResponse::StaleEpoch { epoch },
-                None => self.execute(group, command, session).await,
-            }),
+            }) => {
+                let response =
+                    respond::<ClientRequest>(&match self.misrouted(group, &command, epoch) {
+                        Some(epoch) => ClientResponse::StaleEpoch { epoch },
+                        None => self.execute(group, command, session).await,
+                    });
+                if response.len() <= MESSAGE_BYTES_MAX {
+                    response
+                } else {
+                    // The transport would drop it and the client would time out; say why.
+                    respond::<ClientRequest>(&ClientResponse::Reply(Reply::error(format!(
+                        "ERR reply of {} bytes exceeds the internal message limit of \
+                         {MESSAGE_BYTES_MAX} bytes; read fewer or smaller keys at once",
+                        response.len()
+                    ))))
+                }
+            }
             Request::Center(CenterRequest::Heartbeat(_)) => {
                 respond::<Heartbeat>(&CenterResponse::Unavailable {
                     reason: format!("node {} is not a center replica", self.id()),
@@ -380,6 +392,76 @@ impl<E: Env> StorageNode<E> {
     }
 }
 
+/// Takes one chunk of a snapshot `group`'s leader is sending (see [`crate::raft::network`]):
+/// the first chunk (offset 0) starts a new incoming snapshot, replacing any other; each next
+/// one must continue it (same snapshot, same vote, next offset) or the leader is told to start
+/// again. The last chunk installs the snapshot, which is checked before it is stored. The
+/// sender was checked against the vote before this is called.
+async fn take_snapshot_chunk<D: larder_core::env::Disk>(
+    group: GroupId,
+    hosted: &crate::node::Group<D>,
+    chunk: SnapshotChunk,
+) -> Result<ChunkAnswer, openraft::error::Fatal<TypeConfig>> {
+    let SnapshotChunk {
+        vote,
+        meta,
+        offset,
+        total,
+        data,
+    } = chunk;
+    let complete = {
+        let mut incoming = hosted.incoming_snapshot.lock().expect("snapshot lock");
+        if offset == 0 {
+            *incoming = Some(crate::node::IncomingSnapshot {
+                vote,
+                meta: meta.clone(),
+                total,
+                bytes: Vec::new(),
+            });
+        }
+        let continues = incoming.as_ref().is_some_and(|open| {
+            open.vote == vote
+                && open.meta == meta
+                && open.total == total
+                && open.bytes.len() as u64 == offset
+                && offset + data.len() as u64 <= total
+        });
+        if !continues {
+            tracing::debug!(
+                group,
+                offset,
+                total,
+                "snapshot chunk out of order; restarting"
+            );
+            *incoming = None;
+            return Ok(ChunkAnswer::Restart);
+        }
+        let open = incoming.as_mut().expect("checked");
+        open.bytes.extend_from_slice(&data);
+        if (open.bytes.len() as u64) < total {
+            return Ok(ChunkAnswer::Continue);
+        }
+        incoming.take().expect("checked")
+    };
+    // Checked here too, before openraft sees it: a snapshot the state machine refused would
+    // stop the group's Raft. The leader is asked to send it again.
+    if let Err(error) = crate::raft::state_machine::check_snapshot(&complete.bytes) {
+        tracing::warn!(group, %error, "refused a received snapshot");
+        return Ok(ChunkAnswer::Restart);
+    }
+    let response = hosted
+        .raft
+        .install_full_snapshot(
+            complete.vote,
+            Snapshot {
+                meta: complete.meta,
+                snapshot: std::io::Cursor::new(complete.bytes),
+            },
+        )
+        .await?;
+    Ok(ChunkAnswer::Installed(response))
+}
+
 /// Why a Raft message from `from` that names `claimed` as its leader or candidate is
 /// refused, if it is: every node holds the cluster secret, so the transport proves only
 /// that the sender is a cluster process with the id it gave; this binds that id to the
@@ -404,7 +486,7 @@ fn stopped(call: RaftCall) -> RaftResponse {
         RaftCall::TransferLeader => {
             wire::answer::<TransferLeaderRequest<TypeConfig>>(&Err(Fatal::Stopped))
         }
-        RaftCall::Snapshot => wire::answer::<InstallSnapshot>(&Err(Fatal::Stopped)),
+        RaftCall::Snapshot => wire::answer::<SnapshotChunk>(&Err(Fatal::Stopped)),
     }
 }
 

@@ -1,7 +1,8 @@
 //! One slot group of three storage nodes on the real environment (loopback TCP, fjall in temp
 //! directories), each node on its own tokio runtime so that stopping the runtime is a process
 //! crash: writes and reads through the client SDK, the leader killed and a new one elected,
-//! the dead node restarted from its disk and caught up.
+//! the dead node restarted from its disk and caught up; and values larger than the old 64 MiB
+//! message limit replicated, and installed by snapshot on a follower that missed them.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -12,10 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use larder_client::{Client, ClientConfig};
 use larder_core::NodeId;
-use larder_core::env::Clock;
 use larder_core::kv::{Command, Reply};
 use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, StorageNode};
+use openraft::async_runtime::WatchReceiver;
 
 const GROUP: u64 = 1;
 
@@ -25,6 +26,16 @@ struct RunningNode {
 }
 
 fn start_node(id: NodeId, dir: &Path, address: SocketAddr, book: &AddressBook) -> RunningNode {
+    start_node_with(dir, address, book, NodeConfig::new(id, vec![GROUP]))
+}
+
+fn start_node_with(
+    dir: &Path,
+    address: SocketAddr,
+    book: &AddressBook,
+    config: NodeConfig,
+) -> RunningNode {
+    let id = config.id;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -42,14 +53,23 @@ fn start_node(id: NodeId, dir: &Path, address: SocketAddr, book: &AddressBook) -
             disk,
             seed: id,
         };
-        let node = StorageNode::start(env, NodeConfig::new(id, vec![GROUP]))
-            .await
-            .expect("start node");
+        let node = StorageNode::start(env, config).await.expect("start node");
         let serving = node.clone();
         tokio::spawn(async move { serving.serve().await });
         node
     });
     RunningNode { runtime, node }
+}
+
+/// A client of the group on nodes 1 to 3; must be called inside a runtime.
+fn group_client(book: &AddressBook) -> Client<TcpNet, TokioClock> {
+    Client::new(
+        TcpNet::client(100, book.clone(), larder_real::test_auth(100)),
+        TokioClock::new(),
+        GROUP,
+        vec![1, 2, 3],
+        ClientConfig::default(),
+    )
 }
 
 fn bulk(value: &str) -> Reply {
@@ -76,15 +96,7 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
     }
 
     let client_runtime = tokio::runtime::Runtime::new().expect("client runtime");
-    let mut client = client_runtime.block_on(async {
-        Client::new(
-            TcpNet::client(100, book.clone(), larder_real::test_auth(100)),
-            TokioClock::new(),
-            GROUP,
-            vec![1, 2, 3],
-            ClientConfig::default(),
-        )
-    });
+    let mut client = client_runtime.block_on(async { group_client(&book) });
     client_runtime.block_on(async {
         assert_eq!(
             client.execute(Command::set("a", "1")).await.expect("set"),
@@ -156,8 +168,20 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
             Reply::Ok
         );
     });
-    let clock = client_runtime.block_on(async { TokioClock::new() });
-    let deadline = Duration::from_secs(20);
+    converge(&nodes, Duration::from_secs(20));
+    for running in nodes.into_iter().flatten() {
+        running.runtime.block_on(running.node.shutdown());
+        drop(running.node);
+        running.runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+    client_runtime.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// Waits until every running node has the same state digest for the group.
+// A test on the real environment: real time for its wait.
+#[allow(clippy::disallowed_methods)]
+fn converge(nodes: &[Option<RunningNode>], within: Duration) {
+    let started = std::time::Instant::now();
     loop {
         let digests: Vec<(u64, u64)> = nodes
             .iter()
@@ -169,14 +193,116 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
             })
             .collect();
         if digests.windows(2).all(|w| w[0] == w[1]) {
-            break;
+            return;
         }
         assert!(
-            clock.now() < deadline,
-            "replicas did not converge after restart: {digests:?}"
+            started.elapsed() < within,
+            "replicas did not converge: {digests:?}"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn values_over_the_old_message_limit_replicate_and_reach_a_follower_by_snapshot() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let paths: Vec<PathBuf> = dirs.iter().map(|d| d.path().to_path_buf()).collect();
+    let book = AddressBook::new();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    // Snapshots every few entries with no log kept below them, so a follower that misses
+    // writes can only catch up by snapshot; default transfer budgets (8 MiB appends, 4 MiB
+    // snapshot chunks), so each large value is an append of its own and the snapshot many
+    // chunks.
+    let config = |id: NodeId| {
+        let mut config = NodeConfig::new(id, vec![GROUP]);
+        config.snapshot_logs_since_last = 3;
+        config.snapshot_logs_kept = 0;
+        config
+    };
+    let mut nodes: Vec<Option<RunningNode>> = (0..3)
+        .map(|i| {
+            Some(start_node_with(
+                &paths[i],
+                any,
+                &book,
+                config(i as NodeId + 1),
+            ))
+        })
+        .collect();
+    let addresses: Vec<SocketAddr> = (1..=3).map(|id| book.get(id).expect("bound")).collect();
+    {
+        let first = nodes[0].as_ref().expect("node 1");
+        first
+            .runtime
+            .block_on(first.node.initialize(GROUP, &[1, 2, 3].into()))
+            .expect("initialize");
+    }
+    let client_runtime = tokio::runtime::Runtime::new().expect("client runtime");
+    let mut client = client_runtime.block_on(async { group_client(&book) });
+    let value = |seed: u8, size: usize| {
+        Bytes::from(
+            (0..size)
+                .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+                .collect::<Vec<_>>(),
+        )
+    };
+    // 70 MiB: over the 64 MiB a message could carry before (the whole entry was refused).
+    let big = value(1, 70 << 20);
+    client_runtime.block_on(async {
+        let set = Command::set("big", &big);
+        assert_eq!(client.execute(set).await.expect("set big"), Reply::Ok);
+    });
+    converge(&nodes, Duration::from_secs(60));
+
+    // A follower stops; large and small writes go on until the leader's log is purged past
+    // what the follower has.
+    let follower = (0..3)
+        .find(|&i| nodes[i].as_ref().is_some_and(|n| !n.node.is_leader(GROUP)))
+        .expect("a follower");
+    let stopped = nodes[follower].take().expect("follower");
+    drop(stopped.node);
+    stopped.runtime.shutdown_timeout(Duration::from_secs(5));
+    client_runtime.block_on(async {
+        for i in 0..3u8 {
+            let set = Command::set(format!("more{i}"), value(i + 2, 20 << 20));
+            assert_eq!(client.execute(set).await.expect("set"), Reply::Ok);
+        }
+        for i in 0..6 {
+            let set = Command::set(format!("small{i}"), "x");
+            assert_eq!(client.execute(set).await.expect("set small"), Reply::Ok);
+        }
+    });
+    nodes[follower] = Some(start_node_with(
+        &paths[follower],
+        addresses[follower],
+        &book,
+        config(follower as NodeId + 1),
+    ));
+    converge(&nodes, Duration::from_secs(90));
+    let restarted = nodes[follower].as_ref().expect("restarted");
+    let snapshot = restarted.runtime.block_on(async {
+        restarted
+            .node
+            .raft(GROUP)
+            .expect("raft")
+            .metrics()
+            .borrow_watched()
+            .snapshot
+    });
+    assert!(
+        snapshot.is_some(),
+        "the restarted follower holds a snapshot (it could not catch up from the log)"
+    );
+    client_runtime.block_on(async {
+        assert_eq!(
+            client.execute(Command::get("big")).await.expect("get big"),
+            Reply::Bulk(big.clone())
+        );
+    });
     for running in nodes.into_iter().flatten() {
         running.runtime.block_on(running.node.shutdown());
         drop(running.node);

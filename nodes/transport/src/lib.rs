@@ -9,7 +9,9 @@
 //!   this seam.
 //! - [`StreamNet`]: the [`Net`](larder_core::env::Net) over any transport: one multiplexed
 //!   connection per peer, length-prefixed frames with a request id, a writer task per
-//!   connection that coalesces queued frames into one flush, the frame limit. The real network
+//!   connection that coalesces queued frames into one flush and interleaves the fragments of
+//!   large messages with small ones, the message limit and the other bounds
+//!   ([`StreamLimits`]). The real network
 //!   is `StreamNet<TcpTransport>` and the simulated one wraps `StreamNet<SimTransport>` in its
 //!   message-level fault layer, so the simulator runs the production framing.
 //! - [`auth`]: the cluster-secret handshake every connection starts with, and the tag on every
@@ -33,10 +35,11 @@ mod frame;
 mod stream_net;
 
 pub use auth::{ClusterAuth, ClusterKey, HandshakeError, Refusal, ShortSecret, UNNAMED_IDS_MIN};
-pub use frame::HEADER_BYTES;
+pub use frame::{FRAGMENT_BYTES_MAX, HEADER_BYTES};
 pub use stream_net::{
-    CONNECT_TIMEOUT, FRAMES_QUEUED_MAX, INBOUND_CONNECTIONS_MAX, INBOUND_IDLE_TIMEOUT, NetStats,
-    REQUESTS_IN_FLIGHT_MAX, StreamNet,
+    CONNECT_TIMEOUT, DEAD_SILENCE, FRAMES_QUEUED_MAX, INBOUND_CONNECTIONS_MAX,
+    INBOUND_IDLE_TIMEOUT, LARGE_QUEUED_MAX, NetStats, REQUEST_BYTES_IN_FLIGHT_MAX,
+    REQUESTS_IN_FLIGHT_MAX, StreamLimits, StreamNet,
 };
 
 /// A byte-stream network: how a process reaches another by node id, and how it listens.

@@ -3,17 +3,29 @@
 //! One connection per (caller, peer) pair, multiplexed: every frame carries a request id and
 //! responses may come back in any order, so a slow request does not hold up a fast one. A
 //! writer task per connection drains its queue before flushing, which batches the frames of
-//! concurrent callers into few writes. Frames are `u32` length, sender id, request id, payload
-//! ([`crate::frame`]); a payload over [`FRAME_BYTES_MAX`] is refused at the caller
-//! ([`NetError::FrameTooLarge`]), and a peer that sends a bad length has its connection closed.
+//! concurrent callers into few writes. Frames are `u32` length, sender id, destination id,
+//! request id, flags, payload and tag ([`crate::frame`]); a message over [`MESSAGE_BYTES_MAX`]
+//! is refused at the caller ([`NetError::MessageTooLarge`]), and a peer that sends a bad length
+//! has its connection closed.
+//!
+//! Large messages. A message over [`FRAGMENT_BYTES_MAX`] goes into the connection's large
+//! queue; the writer sends it one fragment at a time, each followed by whatever small frames
+//! queued meanwhile, so a 512 MiB value shares the connection with heartbeats instead of
+//! stopping them for the seconds it takes. One large message is written at a time (the
+//! reader assembles at most one), at most [`LARGE_QUEUED_MAX`] wait.
 //!
 //! Dead connections. A peer that crashes or restarts closes its end (the caller's reader sees
 //! EOF or a reset, fails the calls waiting on that connection, and the next call reconnects).
 //! A peer that loses power, or a connection whose bytes stop moving, closes nothing: so when a
 //! call times out after its request was written out and *nothing at all* arrived on the
-//! connection since it was queued (no response to any call), the connection is presumed dead
-//! and closed; the next call reconnects. A call whose request is still queued behind others (a
-//! large frame being written) does not count as evidence. The cost of a false verdict (a peer
+//! connection since it was queued (no response to any call) nor for [`DEAD_SILENCE`], and the
+//! peer has had time to store the last large message written to it (its
+//! [`transfer_allowance`]), the connection is presumed dead and closed; the next call
+//! reconnects. The silence floor and the allowance exist because a live peer writing a large
+//! value to disk answers nothing, not even heartbeats, for that long: closing would kill the
+//! transfer it is in the middle of, and the retry would meet the same fate. A call whose
+//! request is still queued behind others (a large message being written) does not count as
+//! evidence. The cost of a false verdict (a peer
 //! slow on every outstanding call) is one reconnect, and the calls then in flight on that
 //! connection fail early with [`NetError::Io`], which callers already treat as indeterminate.
 //! The accepting side has no such rule: a connection whose caller vanished without a close
@@ -27,14 +39,15 @@
 //! addressed to it. A frame that fails any check closes the connection and is counted in
 //! [`NetStats`]. The handler is given the proven sender id.
 //!
-//! Bounds: at most [`FRAMES_QUEUED_MAX`] frames wait in a connection's write queue (a caller
-//! waits for room within its own timeout; a handler's response waits for room), and at most
-//! that many are coalesced into one flush. A listener serves at most
-//! [`INBOUND_CONNECTIONS_MAX`] connections (beyond, the handshake is refused as busy), runs
-//! at most [`REQUESTS_IN_FLIGHT_MAX`] requests of one connection at once (beyond, it stops
-//! reading that connection, which pushes back on the caller through TCP), closes a connection
-//! that has not finished its handshake within [`crate::auth::HANDSHAKE_TIMEOUT`] or sent
-//! nothing for [`INBOUND_IDLE_TIMEOUT`], and allocates a frame's body as it arrives.
+//! Bounds ([`StreamLimits`], defaults in the constants below): at most [`FRAMES_QUEUED_MAX`]
+//! frames wait in a connection's write queue (a caller waits for room within its own timeout;
+//! a handler's response waits for room), and at most that many are coalesced into one flush.
+//! A listener serves at most [`INBOUND_CONNECTIONS_MAX`] connections (beyond, the handshake is
+//! refused as busy), runs at most [`REQUESTS_IN_FLIGHT_MAX`] requests, holding at most
+//! [`REQUEST_BYTES_IN_FLIGHT_MAX`] bytes, of one connection at once (beyond, it stops reading
+//! that connection, which pushes back on the caller through TCP), closes a connection that has
+//! not finished its handshake within [`crate::auth::HANDSHAKE_TIMEOUT`] or sent nothing for
+//! [`INBOUND_IDLE_TIMEOUT`], and allocates a frame's body as it arrives.
 //!
 //! Timeouts: connecting (TCP connect and handshake) has its own limit, [`CONNECT_TIMEOUT`]
 //! capped at the call's timeout, and a call that cannot connect fails with
@@ -54,7 +67,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::NodeId;
-use larder_core::env::{FRAME_BYTES_MAX, Handler, Listener, Net, NetError};
+use larder_core::env::{Handler, Listener, MESSAGE_BYTES_MAX, Net, NetError, transfer_allowance};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
@@ -63,10 +76,15 @@ use crate::auth::{
     Accepted, ClusterAuth, FrameMac, HANDSHAKE_TIMEOUT, Refusal, TAG_BYTES, handshake_as_caller,
     handshake_as_listener, refuse_busy,
 };
-use crate::frame::{Frame, Incoming, frame, read_frame};
+use crate::frame::{
+    Assembler, FRAGMENT_BYTES_MAX, Frame, Incoming, fragment, fragment_count, read_frame,
+};
 
 /// Most frames waiting in one connection's write queue, and most coalesced into one flush.
 pub const FRAMES_QUEUED_MAX: usize = 1024;
+
+/// Most large (fragmented) messages waiting in one connection's large queue.
+pub const LARGE_QUEUED_MAX: usize = 4;
 
 /// Most connections one listener serves at once. A cluster needs one per peer process (nodes,
 /// centers, proxies, admin tools), so this leaves room for thousands of processes while
@@ -76,6 +94,10 @@ pub const INBOUND_CONNECTIONS_MAX: usize = 4096;
 /// Most requests of one inbound connection handled at once.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 
+/// Most bytes of requests of one inbound connection held by their handlers at once: one
+/// message of the largest size, or many smaller ones.
+pub const REQUEST_BYTES_IN_FLIGHT_MAX: usize = MESSAGE_BYTES_MAX;
+
 /// An inbound connection that sends nothing for this long is closed. Raft heartbeats keep
 /// every live peer's connection busy far more often; a caller whose connection was closed
 /// reconnects on its next call.
@@ -84,6 +106,38 @@ pub const INBOUND_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest a call waits to connect and finish the handshake (capped at the call's timeout).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Least silence (nothing received) before a timed-out call may judge its connection dead.
+pub const DEAD_SILENCE: Duration = Duration::from_secs(1);
+
+/// The bounds of one [`StreamNet`]. The defaults are the constants of this module; tests lower
+/// them to reach each bound, operators have no reason to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// [`INBOUND_CONNECTIONS_MAX`].
+    pub inbound_connections_max: usize,
+    /// [`REQUESTS_IN_FLIGHT_MAX`].
+    pub requests_in_flight_max: usize,
+    /// [`REQUEST_BYTES_IN_FLIGHT_MAX`]; at least [`MESSAGE_BYTES_MAX`] in production, or the
+    /// largest message could never be handled.
+    pub request_bytes_in_flight_max: usize,
+    /// [`INBOUND_IDLE_TIMEOUT`].
+    pub inbound_idle_timeout: Duration,
+    /// [`CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            inbound_connections_max: INBOUND_CONNECTIONS_MAX,
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX,
+            request_bytes_in_flight_max: REQUEST_BYTES_IN_FLIGHT_MAX,
+            inbound_idle_timeout: INBOUND_IDLE_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+        }
+    }
+}
+
 /// What a listener refused, for operators and the adversarial tests.
 #[derive(Debug, Default)]
 pub struct NetStats {
@@ -91,6 +145,8 @@ pub struct NetStats {
     pub handshakes_refused: AtomicU64,
     /// Connections refused at [`INBOUND_CONNECTIONS_MAX`].
     pub connections_refused: AtomicU64,
+    /// Inbound connections closed for idleness ([`INBOUND_IDLE_TIMEOUT`]).
+    pub idle_closed: AtomicU64,
     /// Frames whose tag, sender or destination did not check (each closed its connection).
     pub frames_refused: AtomicU64,
 }
@@ -127,6 +183,7 @@ struct Inner<T: Transport> {
     id: NodeId,
     transport: T,
     auth: ClusterAuth,
+    limits: StreamLimits,
     stats: Arc<NetStats>,
     connections: Arc<Semaphore>,
     listener: Mutex<Option<T::Listener>>,
@@ -147,6 +204,16 @@ struct Shared {
     waiters: Mutex<Waiters>,
     /// Frames read so far: a timed-out call compares it with its value when the call was sent.
     received: AtomicU64,
+    /// Frames written so far.
+    written: AtomicU64,
+    /// When the connection started: the origin of the two times below, in milliseconds.
+    born: tokio::time::Instant,
+    /// When the last frame arrived.
+    last_received_ms: AtomicU64,
+    /// Until when the peer is presumed busy storing the last large message written to it.
+    busy_until_ms: AtomicU64,
+    /// The request id of the fragmented message being read (0: none).
+    reading: AtomicU64,
     /// Set once to close the connection: the reader and writer stop, dropping the stream.
     closed: watch::Sender<bool>,
 }
@@ -156,6 +223,11 @@ impl Shared {
         Shared {
             waiters: Mutex::default(),
             received: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            born: tokio::time::Instant::now(),
+            last_received_ms: AtomicU64::new(0),
+            busy_until_ms: AtomicU64::new(0),
+            reading: AtomicU64::new(0),
             closed: watch::channel(false).0,
         }
     }
@@ -167,17 +239,94 @@ impl Shared {
     fn is_closed(&self) -> bool {
         *self.closed.borrow()
     }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Counts a frame read.
+    fn frame_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.last_received_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the connection has been silent long enough, and the peer has had time to store
+    /// what it was sent, for a call's timeout to count as evidence of a dead peer.
+    fn silent_past_excuses(&self) -> bool {
+        let now = self.now_ms();
+        now.saturating_sub(self.last_received_ms.load(Ordering::Relaxed))
+            >= DEAD_SILENCE.as_millis() as u64
+            && now >= self.busy_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Frames moved either way: a timed-out call whose message is in transfer compares it.
+    fn frames_moved(&self) -> u64 {
+        self.received.load(Ordering::Relaxed) + self.written.load(Ordering::Relaxed)
+    }
+
+    /// Whether the response to `request` is the fragmented message being read.
+    fn reading(&self, request: u64) -> bool {
+        self.reading.load(Ordering::Relaxed) == request
+    }
 }
 
-/// A frame queued for the writer, with the flag it sets once the frame is flushed.
+/// A message queued for the writer, with the flag it sets once its last frame is flushed.
 struct Outgoing {
-    frame: Frame,
+    from: NodeId,
+    to: NodeId,
+    request: u64,
+    message: Bytes,
     flushed: Option<Arc<AtomicBool>>,
+}
+
+impl Outgoing {
+    fn frame(&self, index: usize) -> Frame {
+        fragment((self.from, self.to, self.request), &self.message, index)
+    }
+}
+
+/// The two write queues of a connection: messages of one frame, and messages the writer
+/// fragments (see the module doc).
+#[derive(Clone)]
+struct Queues {
+    small: mpsc::Sender<Outgoing>,
+    large: mpsc::Sender<Outgoing>,
+}
+
+/// The receiving ends of [`Queues`], for the writer.
+struct QueueReceivers {
+    small: mpsc::Receiver<Outgoing>,
+    large: mpsc::Receiver<Outgoing>,
+}
+
+impl Queues {
+    fn new() -> (Queues, QueueReceivers) {
+        let (small, small_receiver) = mpsc::channel(FRAMES_QUEUED_MAX);
+        let (large, large_receiver) = mpsc::channel(LARGE_QUEUED_MAX);
+        (
+            Queues { small, large },
+            QueueReceivers {
+                small: small_receiver,
+                large: large_receiver,
+            },
+        )
+    }
+
+    /// Queues `outgoing`, waiting for room; an error once the writer is gone.
+    async fn send(&self, outgoing: Outgoing) -> Result<(), ()> {
+        let queue = if outgoing.message.len() > FRAGMENT_BYTES_MAX {
+            &self.large
+        } else {
+            &self.small
+        };
+        queue.send(outgoing).await.map_err(|_| ())
+    }
 }
 
 /// A caller's connection to one peer.
 struct Connection {
-    frames: mpsc::Sender<Outgoing>,
+    queues: Queues,
     shared: Arc<Shared>,
 }
 
@@ -205,36 +354,44 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-/// What a call knows about its request once queued: for the dead-connection rule.
-struct Sent {
-    connection: Arc<Connection>,
-    received: u64,
-    flushed: Arc<AtomicBool>,
+/// The large message being written, and how many of its fragments are out.
+struct InProgress {
+    outgoing: Outgoing,
+    sent: usize,
 }
 
-/// Writes queued frames, flushing when the queue is empty (or after [`FRAMES_QUEUED_MAX`]),
-/// until the queue's senders are gone, a write fails, or the connection is closed.
+/// Writes queued messages until the queues' senders are gone, a write fails, or the connection
+/// is closed. Each round writes every small frame queued (at most [`FRAMES_QUEUED_MAX`]) and
+/// one fragment of the large message in progress, then flushes once.
 async fn write_frames<W: AsyncWrite + Send + Unpin>(
     write: W,
-    mut queue: mpsc::Receiver<Outgoing>,
+    mut queues: QueueReceivers,
     shared: Arc<Shared>,
     mut mac: FrameMac,
 ) {
     let mut closed = shared.closed.subscribe();
     let mut stream = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write);
+    let mut large: Option<InProgress> = None;
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = closed.wait_for(|closed| *closed) => break,
-            first = queue.recv() => match first {
-                Some(first) => first,
-                None => break,
-            },
-        };
+        let mut first = None;
+        if large.is_none() {
+            tokio::select! {
+                biased;
+                _ = closed.wait_for(|closed| *closed) => break,
+                small = queues.small.recv() => match small {
+                    Some(small) => first = Some(small),
+                    None => break,
+                },
+                next = queues.large.recv() => match next {
+                    Some(outgoing) => large = Some(InProgress { outgoing, sent: 0 }),
+                    None => break,
+                },
+            }
+        }
         let written = tokio::select! {
             biased;
             _ = closed.wait_for(|closed| *closed) => break,
-            written = write_batch(&mut stream, first, &mut queue, &mut mac) => written,
+            written = write_round(&mut stream, first, &mut queues, &mut large, &mut mac, &shared) => written,
         };
         if written.is_err() {
             break;
@@ -243,32 +400,61 @@ async fn write_frames<W: AsyncWrite + Send + Unpin>(
     shared.close();
 }
 
-/// Writes `first` and whatever else is queued (bounded), then flushes once.
-async fn write_batch<W: AsyncWrite + Unpin>(
+/// Writes `first`, whatever else small is queued (bounded) and the next fragment of `large`,
+/// then flushes once.
+async fn write_round<W: AsyncWrite + Unpin>(
     stream: &mut BufWriter<W>,
-    first: Outgoing,
-    queue: &mut mpsc::Receiver<Outgoing>,
+    first: Option<Outgoing>,
+    queues: &mut QueueReceivers,
+    large: &mut Option<InProgress>,
     mac: &mut FrameMac,
+    shared: &Shared,
 ) -> std::io::Result<()> {
     let mut flushed = Vec::new();
-    let mut next = Some(first);
+    let mut next = first.or_else(|| queues.small.try_recv().ok());
     let mut count = 0;
     while let Some(outgoing) = next.take() {
-        stream.write_all(&outgoing.frame.head).await?;
-        stream.write_all(&outgoing.frame.payload).await?;
-        let tag: [u8; TAG_BYTES] = mac.tag(&[&outgoing.frame.head, &outgoing.frame.payload]);
-        stream.write_all(&tag).await?;
+        write_frame(stream, &outgoing.frame(0), mac).await?;
         flushed.extend(outgoing.flushed);
         count += 1;
         if count < FRAMES_QUEUED_MAX {
-            next = queue.try_recv().ok();
+            next = queues.small.try_recv().ok();
+        }
+    }
+    let mut frames = count as u64;
+    if let Some(in_progress) = large {
+        write_frame(stream, &in_progress.outgoing.frame(in_progress.sent), mac).await?;
+        frames += 1;
+        in_progress.sent += 1;
+        if in_progress.sent == fragment_count(in_progress.outgoing.message.len()) {
+            let busy = transfer_allowance(in_progress.outgoing.message.len());
+            shared
+                .busy_until_ms
+                .store(shared.now_ms() + busy.as_millis() as u64, Ordering::Relaxed);
+            flushed.extend(large.take().and_then(|done| done.outgoing.flushed));
+            // The next large message starts at once if one waits.
+            if let Ok(outgoing) = queues.large.try_recv() {
+                *large = Some(InProgress { outgoing, sent: 0 });
+            }
         }
     }
     stream.flush().await?;
+    shared.written.fetch_add(frames, Ordering::Relaxed);
     for flag in flushed {
         flag.store(true, Ordering::Relaxed);
     }
     Ok(())
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    stream: &mut BufWriter<W>,
+    frame: &Frame,
+    mac: &mut FrameMac,
+) -> std::io::Result<()> {
+    stream.write_all(&frame.head).await?;
+    stream.write_all(&frame.payload).await?;
+    let tag: [u8; TAG_BYTES] = mac.tag(&[&frame.head, &frame.payload]);
+    stream.write_all(&tag).await
 }
 
 /// A caller's reader: hands each response to its waiter until the connection ends, then fails
@@ -281,19 +467,34 @@ async fn read_responses<R: AsyncRead + Send + Unpin>(
     stats: Arc<NetStats>,
 ) {
     let mut closed = shared.closed.subscribe();
+    let mut assembler = Assembler::default();
     loop {
         let frame = tokio::select! {
             biased;
             _ = closed.wait_for(|closed| *closed) => break,
             frame = read_frame(&mut read, &mut mac) => frame,
         };
+        // Every frame, fragment or not, is a sign of life (the dead-connection rule).
+        shared.frame_received();
         let Incoming {
             from,
             to,
             request,
             payload,
-        } = match frame {
-            Ok(frame) => frame,
+            ..
+        } = match frame.and_then(|frame| assembler.push(frame)) {
+            Ok(Some(message)) => {
+                if message.request == shared.reading.load(Ordering::Relaxed) {
+                    shared.reading.store(0, Ordering::Relaxed);
+                }
+                message
+            }
+            Ok(None) => {
+                shared
+                    .reading
+                    .store(assembler.open_request(), Ordering::Relaxed);
+                continue;
+            }
             Err(error) => {
                 if error.kind() == std::io::ErrorKind::InvalidData {
                     NetStats::count(&stats.frames_refused);
@@ -312,7 +513,6 @@ async fn read_responses<R: AsyncRead + Send + Unpin>(
             );
             break;
         }
-        shared.received.fetch_add(1, Ordering::Relaxed);
         let waiter = shared
             .waiters
             .lock()
@@ -335,16 +535,22 @@ async fn read_responses<R: AsyncRead + Send + Unpin>(
 /// Closes an inbound connection that received no frame for [`INBOUND_IDLE_TIMEOUT`]. One
 /// timer per period per connection, not one per frame: a timeout around each read registered
 /// and cancelled a timer for every request, on the hot path.
-async fn close_when_idle(shared: Arc<Shared>, peer: NodeId) {
+async fn close_when_idle(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    timeout: Duration,
+    stats: Arc<NetStats>,
+) {
     let mut closed = shared.closed.subscribe();
     let mut seen = shared.received.load(Ordering::Relaxed);
     loop {
         tokio::select! {
             _ = closed.wait_for(|closed| *closed) => return,
-            () = tokio::time::sleep(INBOUND_IDLE_TIMEOUT) => {}
+            () = tokio::time::sleep(timeout) => {}
         }
         let now = shared.received.load(Ordering::Relaxed);
         if now == seen {
+            NetStats::count(&stats.idle_closed);
             tracing::debug!(peer, "closing an idle connection");
             shared.close();
             return;
@@ -359,10 +565,12 @@ struct Accepting<H> {
     handler: H,
     auth: ClusterAuth,
     stats: Arc<NetStats>,
+    limits: StreamLimits,
 }
 
 /// The accepting side of one connection: the handshake, then each request runs in its own task
-/// (at most [`REQUESTS_IN_FLIGHT_MAX`] at once) and its response joins the connection's write
+/// (at most [`REQUESTS_IN_FLIGHT_MAX`] at once, holding at most [`REQUEST_BYTES_IN_FLIGHT_MAX`]
+/// bytes of requests) and its response joins the connection's write
 /// queue. A refused handshake, a bad or misaddressed frame, EOF or idleness close the
 /// connection. `_permit` holds the connection's place under [`INBOUND_CONNECTIONS_MAX`].
 async fn serve_connection<S, H>(
@@ -402,22 +610,33 @@ async fn serve_connection<S, H>(
             return;
         }
     };
+    let limits = accepting.limits;
     let (mut read, write) = tokio::io::split(stream);
     let shared = Arc::new(Shared::new());
-    let (frames, queue) = mpsc::channel(FRAMES_QUEUED_MAX);
-    tokio::spawn(write_frames(write, queue, shared.clone(), session.send));
+    let (queues, receivers) = Queues::new();
+    tokio::spawn(write_frames(write, receivers, shared.clone(), session.send));
     let mut receive = session.receive;
-    let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
-    tokio::spawn(close_when_idle(shared.clone(), peer));
+    let in_flight = Arc::new(Semaphore::new(limits.requests_in_flight_max));
+    let bytes_budget = limits.request_bytes_in_flight_max.min(u32::MAX as usize);
+    let bytes_in_flight = Arc::new(Semaphore::new(bytes_budget));
+    tokio::spawn(close_when_idle(
+        shared.clone(),
+        peer,
+        limits.inbound_idle_timeout,
+        accepting.stats.clone(),
+    ));
     let mut closed = shared.closed.subscribe();
+    let mut assembler = Assembler::default();
     loop {
         let incoming = tokio::select! {
             biased;
             _ = closed.wait_for(|closed| *closed) => break,
             incoming = read_frame(&mut read, &mut receive) => incoming,
         };
-        let incoming = match incoming {
-            Ok(frame) => frame,
+        shared.frame_received();
+        let incoming = match incoming.and_then(|frame| assembler.push(frame)) {
+            Ok(Some(message)) => message,
+            Ok(None) => continue,
             Err(error) => {
                 if error.kind() == std::io::ErrorKind::InvalidData {
                     NetStats::count(&stats.frames_refused);
@@ -426,7 +645,6 @@ async fn serve_connection<S, H>(
                 break;
             }
         };
-        shared.received.fetch_add(1, Ordering::Relaxed);
         if (incoming.from, incoming.to) != (peer, dialed) {
             NetStats::count(&stats.frames_refused);
             tracing::warn!(
@@ -437,30 +655,41 @@ async fn serve_connection<S, H>(
             );
             break;
         }
-        let permit = tokio::select! {
+        // A request holds its bytes until its handler is done with it: the reader stops (and
+        // TCP pushes back on the caller) while the budget is spent.
+        let cost = u32::try_from(incoming.payload.len().clamp(1, bytes_budget))
+            .expect("the budget fits a u32");
+        let permits = tokio::select! {
             biased;
             _ = closed.wait_for(|closed| *closed) => break,
-            permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+            permits = async {
+                let count = in_flight.clone().acquire_owned().await;
+                let bytes = bytes_in_flight.clone().acquire_many_owned(cost).await;
+                (count, bytes)
+            } => permits,
         };
-        let (accepting, frames) = (accepting.clone(), frames.clone());
+        let (accepting, queues) = (accepting.clone(), queues.clone());
         tokio::spawn(async move {
             let response = accepting.handler.handle(peer, incoming.payload).await;
-            drop(permit);
-            if response.len() > FRAME_BYTES_MAX {
+            drop(permits);
+            if response.len() > MESSAGE_BYTES_MAX {
                 // No error frame exists: the caller times out, as on a lost response.
                 tracing::warn!(
                     size = response.len(),
-                    limit = FRAME_BYTES_MAX,
-                    "dropping a response over the frame limit"
+                    limit = MESSAGE_BYTES_MAX,
+                    "dropping a response over the message limit"
                 );
                 return;
             }
             let outgoing = Outgoing {
-                frame: frame(dialed, peer, incoming.request, response),
+                from: dialed,
+                to: peer,
+                request: incoming.request,
+                message: response,
                 flushed: None,
             };
             // The caller may be gone; its call has failed or will time out.
-            let _ = frames.send(outgoing).await;
+            let _ = queues.send(outgoing).await;
         });
     }
     shared.close();
@@ -470,13 +699,19 @@ impl<T: Transport> StreamNet<T> {
     /// An endpoint with no listener: it only calls out, or binds later ([`StreamNet::serve_on`]).
     /// `auth` is what it proves to listeners and demands of callers.
     pub fn new(id: NodeId, transport: T, auth: ClusterAuth) -> Self {
+        Self::with_limits(id, transport, auth, StreamLimits::default())
+    }
+
+    /// [`StreamNet::new`] with other bounds than the defaults.
+    pub fn with_limits(id: NodeId, transport: T, auth: ClusterAuth, limits: StreamLimits) -> Self {
         StreamNet {
             inner: Arc::new(Inner {
                 id,
                 transport,
                 auth,
+                limits,
                 stats: Arc::default(),
-                connections: Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX)),
+                connections: Arc::new(Semaphore::new(limits.inbound_connections_max)),
                 listener: Mutex::new(None),
                 peers: Mutex::default(),
                 next_request: AtomicU64::new(1),
@@ -517,6 +752,7 @@ impl<T: Transport> StreamNet<T> {
             handler,
             auth: self.inner.auth.clone(),
             stats: self.inner.stats.clone(),
+            limits: self.inner.limits,
         });
         loop {
             let mut stream = match listener.accept().await {
@@ -534,7 +770,7 @@ impl<T: Transport> StreamNet<T> {
                 Err(_) => {
                     NetStats::count(&self.inner.stats.connections_refused);
                     tracing::warn!(
-                        limit = INBOUND_CONNECTIONS_MAX,
+                        limit = self.inner.limits.inbound_connections_max,
                         "refusing an internal connection: at the limit"
                     );
                     tokio::spawn(async move { refuse_busy(&mut stream).await });
@@ -568,8 +804,8 @@ impl<T: Transport> StreamNet<T> {
             .map_err(|e| unreachable(e.to_string()))?;
         let (read, write) = tokio::io::split(stream);
         let shared = Arc::new(Shared::new());
-        let (frames, queue) = mpsc::channel(FRAMES_QUEUED_MAX);
-        tokio::spawn(write_frames(write, queue, shared.clone(), session.send));
+        let (queues, receivers) = Queues::new();
+        tokio::spawn(write_frames(write, receivers, shared.clone(), session.send));
         tokio::spawn(read_responses(
             read,
             shared.clone(),
@@ -577,19 +813,21 @@ impl<T: Transport> StreamNet<T> {
             (self.inner.id, to),
             self.inner.stats.clone(),
         ));
-        let connection = Arc::new(Connection { frames, shared });
+        let connection = Arc::new(Connection { queues, shared });
         *slot = Some(connection.clone());
         Ok(connection)
     }
 
+    /// Registers a waiter for request `id` on `connection`, queues the request and waits for
+    /// the response.
     async fn exchange(
         &self,
         to: NodeId,
-        connection: Arc<Connection>,
+        connection: &Arc<Connection>,
+        id: u64,
         request: Bytes,
-        sent: &mut Option<Sent>,
+        flushed: Arc<AtomicBool>,
     ) -> Result<Bytes, NetError> {
-        let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         {
             let mut waiters = connection.shared.waiters.lock().expect("waiters lock");
@@ -605,17 +843,14 @@ impl<T: Transport> StreamNet<T> {
             shared: &connection.shared,
             request: id,
         };
-        let flushed = Arc::new(AtomicBool::new(false));
-        *sent = Some(Sent {
-            connection: connection.clone(),
-            received: connection.shared.received.load(Ordering::Relaxed),
-            flushed: flushed.clone(),
-        });
         let outgoing = Outgoing {
-            frame: frame(self.inner.id, to, id, request),
+            from: self.inner.id,
+            to,
+            request: id,
+            message: request,
             flushed: Some(flushed),
         };
-        if connection.frames.send(outgoing).await.is_err() {
+        if connection.queues.send(outgoing).await.is_err() {
             return Err(NetError::Io {
                 to,
                 reason: "connection closed before sending".into(),
@@ -634,44 +869,61 @@ impl<T: Transport> Net for StreamNet<T> {
     }
 
     async fn call(&self, to: NodeId, request: Bytes, timeout: Duration) -> Result<Bytes, NetError> {
-        if request.len() > FRAME_BYTES_MAX {
-            return Err(NetError::FrameTooLarge {
+        if request.len() > MESSAGE_BYTES_MAX {
+            return Err(NetError::MessageTooLarge {
                 size: request.len(),
-                limit: FRAME_BYTES_MAX,
+                limit: MESSAGE_BYTES_MAX,
             });
         }
         // Connecting has its own deadline, and failing to connect is `Unreachable`: nothing
         // was sent, so a write that never left is not reported as indeterminate.
-        let connection = tokio::time::timeout(timeout.min(CONNECT_TIMEOUT), self.connection(to))
+        let connect_timeout = timeout.min(self.inner.limits.connect_timeout);
+        let connection = tokio::time::timeout(connect_timeout, self.connection(to))
             .await
             .map_err(|_| NetError::Unreachable {
                 to,
-                reason: format!(
-                    "no connection within {} ms",
-                    timeout.min(CONNECT_TIMEOUT).as_millis()
-                ),
+                reason: format!("no connection within {} ms", connect_timeout.as_millis()),
             })??;
-        let mut sent = None;
-        let outcome =
-            tokio::time::timeout(timeout, self.exchange(to, connection, request, &mut sent)).await;
-        match outcome {
-            Ok(result) => result,
-            Err(_) => {
-                // The request went out and the peer said nothing since, to anyone: presume
-                // the connection dead (see the module doc) so the next call reconnects.
-                if let Some(sent) = sent
-                    && sent.flushed.load(Ordering::Relaxed)
-                    && sent.connection.shared.received.load(Ordering::Relaxed) == sent.received
-                {
-                    tracing::debug!(to, "closing a connection silent past a call's deadline");
-                    sent.connection.shared.close();
+        let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let flushed = Arc::new(AtomicBool::new(false));
+        let received = connection.shared.received.load(Ordering::Relaxed);
+        let shared = connection.shared.clone();
+        let exchange = self.exchange(to, &connection, id, request, flushed.clone());
+        tokio::pin!(exchange);
+        // The deadline is `timeout`, extended by another `timeout` each time it passes while
+        // frames are moving on the connection and this call's request is not yet all written
+        // (queued behind others, or a fragmented message still going out) or its response is
+        // a fragmented message still coming in: a 512 MiB value takes seconds to cross, while
+        // a dead peer moves nothing and is found as fast as with a small call. The peer's own
+        // time to handle the request is not extended: `timeout` is for that.
+        let mut moved = shared.frames_moved();
+        loop {
+            match tokio::time::timeout(timeout, &mut exchange).await {
+                Ok(result) => return result,
+                Err(_) => {
+                    let now = shared.frames_moved();
+                    let transferring = !flushed.load(Ordering::Relaxed) || shared.reading(id);
+                    if transferring && now != moved && !shared.is_closed() {
+                        moved = now;
+                        continue;
+                    }
+                    break;
                 }
-                Err(NetError::Timeout {
-                    to,
-                    timeout_ms: timeout.as_millis() as u64,
-                })
             }
         }
+        // The request went out and the peer said nothing since, to anyone: presume the
+        // connection dead (see the module doc) so the next call reconnects.
+        if flushed.load(Ordering::Relaxed)
+            && shared.received.load(Ordering::Relaxed) == received
+            && shared.silent_past_excuses()
+        {
+            tracing::debug!(to, "closing a connection silent past a call's deadline");
+            shared.close();
+        }
+        Err(NetError::Timeout {
+            to,
+            timeout_ms: timeout.as_millis() as u64,
+        })
     }
 
     async fn serve<H: Handler>(&self, handler: H) -> Result<(), NetError> {
@@ -685,5 +937,61 @@ impl<T: Transport> Net for StreamNet<T> {
                 reason: "endpoint was not bound, or is already serving".into(),
             })?;
         self.serve_on(listener, handler).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::test_session;
+    use crate::frame::read_frame;
+
+    fn outgoing(request: u64, message: Bytes) -> Outgoing {
+        Outgoing {
+            from: 7,
+            to: 8,
+            request,
+            message,
+            flushed: None,
+        }
+    }
+
+    /// A small message queued while a large one is being written goes out after the fragment
+    /// in progress, not after the whole large message.
+    #[tokio::test]
+    async fn a_small_message_overtakes_a_large_one_at_the_next_fragment() {
+        let (send, mut receive) = test_session();
+        // A pipe much smaller than a fragment: the writer blocks inside the first one.
+        let (near, mut far) = tokio::io::duplex(64 << 10);
+        let shared = Arc::new(Shared::new());
+        let (queues, receivers) = Queues::new();
+        tokio::spawn(write_frames(near, receivers, shared, send));
+        let large = Bytes::from(vec![7u8; 8 * FRAGMENT_BYTES_MAX]);
+        queues
+            .send(outgoing(1, large.clone()))
+            .await
+            .expect("queued");
+        for _ in 0..10 {
+            // The writer (same thread) takes the large message and fills the pipe.
+            tokio::task::yield_now().await;
+        }
+        queues
+            .send(outgoing(2, Bytes::from_static(b"ping")))
+            .await
+            .expect("queued");
+        let mut order = Vec::new();
+        let mut assembler = crate::frame::Assembler::default();
+        loop {
+            let frame = read_frame(&mut far, &mut receive).await.expect("frame");
+            order.push(frame.request);
+            if let Some(whole) = assembler.push(frame).expect("in order")
+                && whole.request == 1
+            {
+                assert!(whole.payload == large, "the large message arrived intact");
+                break;
+            }
+        }
+        // Fragment 0 of the large message, then the small one, then the 7 other fragments.
+        assert_eq!(order, [1, 2, 1, 1, 1, 1, 1, 1, 1]);
     }
 }

@@ -148,6 +148,11 @@ impl SimConfig {
         // Small snapshot interval so every run exercises snapshot build, install and purge.
         node.snapshot_logs_since_last = 300;
         node.snapshot_logs_kept = 50;
+        // Small transfer budgets so every run cuts appends (a catching-up follower gets its
+        // entries in several batches) and sends snapshots in many chunks: the paths a group of
+        // large values takes in production, exercised with the simulator's small values.
+        node.append_bytes_max = 4 << 10;
+        node.snapshot_chunk_bytes = 1 << 10;
         SimConfig {
             seed,
             duration,

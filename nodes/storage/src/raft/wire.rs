@@ -35,16 +35,33 @@ impl RaftPayload for TransferLeaderRequest<TypeConfig> {
     type Response = Result<TransferLeaderResponse<TypeConfig>, Fatal<TypeConfig>>;
 }
 
-/// A whole snapshot in one message (bounded by the frame limit until snapshots are streamed).
+/// One chunk of a snapshot: bytes `offset..offset + data.len()` of `total`. A follower takes
+/// chunks in order, from offset 0, for one snapshot id and vote at a time, and installs the
+/// snapshot when the last arrives.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InstallSnapshot {
+pub struct SnapshotChunk {
     pub vote: Vote,
     pub meta: SnapshotMeta,
+    pub offset: u64,
+    pub total: u64,
     pub data: Vec<u8>,
 }
 
-impl RaftPayload for InstallSnapshot {
-    type Response = Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>>;
+/// A follower's answer to a [`SnapshotChunk`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ChunkAnswer {
+    /// Taken; send the next.
+    Continue,
+    /// The last chunk: the snapshot is installed (or refused for a higher vote, which the
+    /// response carries).
+    Installed(SnapshotResponse<TypeConfig>),
+    /// Out of order for what this follower holds (it restarted, or another snapshot began):
+    /// start again from offset 0.
+    Restart,
+}
+
+impl RaftPayload for SnapshotChunk {
+    type Response = Result<ChunkAnswer, Fatal<TypeConfig>>;
 }
 
 /// The request carrying `payload` as `call` for `group`.
