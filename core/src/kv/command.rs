@@ -1,6 +1,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::{ListCommand, SetCommand, ZSetCommand};
+
 /// `SET` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, arbitrary::Arbitrary)]
 pub enum SetCondition {
@@ -181,6 +183,12 @@ pub enum Command {
         clock_ms: u64,
         records: Vec<(Bytes, Option<Bytes>)>,
     },
+    /// A list command (`kv::list`).
+    ListOp(ListCommand),
+    /// A set command (`kv::set`).
+    SetOp(SetCommand),
+    /// A sorted-set command (`kv::zset`).
+    ZSetOp(ZSetCommand),
 }
 
 /// What a command acts on.
@@ -433,7 +441,18 @@ impl Command {
                 }
                 _ => Err(CommandError::Syntax),
             },
-            _ => Err(CommandError::Unknown { name }),
+            _ => {
+                if let Some(parsed) = ListCommand::parse(&name, rest) {
+                    return parsed.map(Command::ListOp);
+                }
+                if let Some(parsed) = SetCommand::parse(&name, rest) {
+                    return parsed.map(Command::SetOp);
+                }
+                if let Some(parsed) = ZSetCommand::parse(&name, rest) {
+                    return parsed.map(Command::ZSetOp);
+                }
+                Err(CommandError::Unknown { name })
+            }
         }
     }
 
@@ -477,6 +496,12 @@ impl Command {
     /// True for commands that change state and so go through the Raft log; the rest are served
     /// by a linearizable read on the leader.
     pub fn is_write(&self) -> bool {
+        match self {
+            Command::ListOp(command) => return command.is_write(),
+            Command::SetOp(command) => return command.is_write(),
+            Command::ZSetOp(command) => return command.is_write(),
+            _ => {}
+        }
         !matches!(
             self,
             Command::Get { .. }
@@ -546,6 +571,9 @@ impl Command {
                 keys.iter().collect()
             }
             Command::MSet { pairs } => pairs.iter().map(|(key, _)| key).collect(),
+            Command::ListOp(command) => command.keys(),
+            Command::SetOp(command) => command.keys(),
+            Command::ZSetOp(command) => command.keys(),
             Command::Keys { .. }
             | Command::DbSize
             | Command::FlushAll
@@ -592,6 +620,9 @@ impl Command {
             Command::TrackSlots { .. } => "track-slots",
             Command::UntrackSlots { .. } => "untrack-slots",
             Command::Ingest { .. } => "ingest",
+            Command::ListOp(command) => command.name(),
+            Command::SetOp(command) => command.name(),
+            Command::ZSetOp(command) => command.name(),
         }
     }
 }

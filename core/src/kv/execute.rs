@@ -21,15 +21,15 @@ pub struct Outcome {
 
 /// A read view over the records the command named, with writes made so far layered on top, so
 /// that `MSET a 1 a 2` and similar behave as if executed one step at a time.
-struct View<'a> {
-    now_ms: u64,
+pub(super) struct View<'a> {
+    pub(super) now_ms: u64,
     stored: &'a BTreeMap<Bytes, Record>,
     writes: BTreeMap<Bytes, Option<Record>>,
 }
 
 impl View<'_> {
     /// The live record of `key`: missing and expired keys are both `None`.
-    fn get(&self, key: &Bytes) -> Option<&Record> {
+    pub(super) fn get(&self, key: &Bytes) -> Option<&Record> {
         let record = match self.writes.get(key) {
             Some(written) => written.as_ref(),
             None => self.stored.get(key),
@@ -38,7 +38,7 @@ impl View<'_> {
     }
 
     /// True when the key exists on disk but has expired: a write to it also removes it.
-    fn is_stale(&self, key: &Bytes) -> bool {
+    pub(super) fn is_stale(&self, key: &Bytes) -> bool {
         !self.writes.contains_key(key)
             && self
                 .stored
@@ -46,7 +46,7 @@ impl View<'_> {
                 .is_some_and(|r| r.is_expired(self.now_ms))
     }
 
-    fn put(&mut self, key: &Bytes, record: Option<Record>) {
+    pub(super) fn put(&mut self, key: &Bytes, record: Option<Record>) {
         self.writes.insert(key.clone(), record);
     }
 
@@ -86,12 +86,12 @@ impl View<'_> {
 
     /// Whether `expiry` from now lies past the largest time Redis can hold (`when > LLONG_MAX -
     /// basetime` in Redis 7.0's `expireGenericCommand` and `getExpireMillisecondsOrReply`).
-    fn out_of_range(&self, expiry: Expiry) -> bool {
+    pub(super) fn out_of_range(&self, expiry: Expiry) -> bool {
         expiry.as_millis() > i64::MAX - self.now_ms.min(i64::MAX as u64) as i64
     }
 
     /// Absolute expiry for a relative one; `None` when it is already due (Redis deletes the key).
-    fn deadline(&self, expiry: Expiry) -> Option<u64> {
+    pub(super) fn deadline(&self, expiry: Expiry) -> Option<u64> {
         let millis = expiry.as_millis();
         if millis <= 0 {
             return None;
@@ -292,6 +292,9 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
                 Reply::Int(0)
             }
         },
+        Command::ListOp(command) => command.execute(&mut view),
+        Command::SetOp(command) => command.execute(&mut view),
+        Command::ZSetOp(command) => command.execute(&mut view),
         // Its effect, advancing the group clock, is the apply loop's (the entry's stamp).
         Command::AdvanceClock => Reply::Ok,
         // Their effects (ownership, change tracking, raw records) are the apply loop's.

@@ -13,13 +13,19 @@ mod command;
 mod execute;
 mod glob;
 mod group;
+mod list;
 mod record;
+mod set;
+mod zset;
 
 pub use command::{Command, CommandError, Expiry, Scope, SetCondition};
 pub use execute::{Outcome, execute};
 pub use glob::{Glob, glob_match};
 pub use group::{GroupRead, execute_group};
+pub use list::ListCommand;
 pub use record::{Record, RecordError, Value};
+pub use set::SetCommand;
+pub use zset::{Score, ZSet, ZSetCommand};
 
 use bytes::Bytes;
 
@@ -46,6 +52,9 @@ pub enum Reply {
         slot: u16,
         epoch: u64,
     },
+    /// The null array (`*-1` in RESP2): a blocking pop that timed out, an `EXEC` whose watched
+    /// keys changed. Replies are stored by variant index: new variants go at the end.
+    NilArray,
 }
 
 /// Deepest nesting of [`Reply::Array`] a decoder accepts. Replies are persisted (a session's

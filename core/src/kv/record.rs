@@ -1,13 +1,18 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// What a key holds.
+use super::zset::ZSet;
+
+/// What a key holds. Records store the variant index: new types go at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Value {
     Str(Bytes),
     Hash(BTreeMap<Bytes, Bytes>),
+    List(VecDeque<Bytes>),
+    Set(BTreeSet<Bytes>),
+    ZSet(ZSet),
 }
 
 impl Value {
@@ -16,6 +21,9 @@ impl Value {
         match self {
             Value::Str(_) => "string",
             Value::Hash(_) => "hash",
+            Value::List(_) => "list",
+            Value::Set(_) => "set",
+            Value::ZSet(_) => "zset",
         }
     }
 }

@@ -97,6 +97,7 @@ impl From<&Reply> for Frame {
             Reply::Bulk(b) => Frame::Bulk(Some(b.clone())),
             Reply::Array(items) => Frame::Array(Some(items.iter().map(Frame::from).collect())),
             Reply::Error(e) => Frame::Error(e.clone()),
+            Reply::NilArray => Frame::Array(None),
             // Redis Cluster's answer while a slot moves: retry shortly.
             Reply::NotOwner { slot, epoch } => Frame::Error(format!(
                 "TRYAGAIN slot {slot} moved to another group (routing epoch {epoch})"
