@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ListCommand, SetCommand, ZSetCommand};
+use super::{KeyCommand, ListCommand, SetCommand, StringCommand, ZSetCommand};
 
 /// `SET` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, arbitrary::Arbitrary)]
@@ -189,6 +189,10 @@ pub enum Command {
     SetOp(SetCommand),
     /// A sorted-set command (`kv::zset`).
     ZSetOp(ZSetCommand),
+    /// A string command beyond the first few (`kv::string`).
+    StringOp(StringCommand),
+    /// A command on keys of any type (`kv::keyspace`).
+    KeyOp(KeyCommand),
 }
 
 /// What a command acts on.
@@ -215,9 +219,16 @@ pub enum CommandError {
     NotInteger,
     #[error("ERR invalid expire time in '{name}' command")]
     InvalidExpire { name: String },
+    #[error("ERR value is not a valid float")]
+    NotFloat,
+    #[error("ERR offset is out of range")]
+    OffsetOutOfRange,
+    /// Any other Redis error text, complete with its code.
+    #[error("{0}")]
+    Message(String),
 }
 
-fn parse_i64(arg: &[u8]) -> Result<i64, CommandError> {
+pub(super) fn parse_i64(arg: &[u8]) -> Result<i64, CommandError> {
     parse_integer(arg).ok_or(CommandError::NotInteger)
 }
 
@@ -285,7 +296,10 @@ impl Command {
             }
             "set" => {
                 arity(rest.len() >= 2)?;
-                Self::parse_set(&name, rest)
+                match StringCommand::parse_set(rest) {
+                    Some(parsed) => parsed.map(Command::StringOp),
+                    None => Self::parse_set(&name, rest),
+                }
             }
             "del" | "unlink" => {
                 arity(!rest.is_empty())?;
@@ -334,8 +348,7 @@ impl Command {
                     .collect();
                 Ok(Command::MSet { pairs })
             }
-            "expire" | "pexpire" => {
-                arity(rest.len() == 2)?;
+            "expire" | "pexpire" if rest.len() == 2 => {
                 let amount = parse_i64(&rest[1])?;
                 let expiry = if name == "expire" {
                     // Redis 7.0: seconds must convert to milliseconds without overflow; a
@@ -451,6 +464,12 @@ impl Command {
                 if let Some(parsed) = ZSetCommand::parse(&name, rest) {
                     return parsed.map(Command::ZSetOp);
                 }
+                if let Some(parsed) = StringCommand::parse(&name, rest) {
+                    return parsed.map(Command::StringOp);
+                }
+                if let Some(parsed) = KeyCommand::parse(&name, rest) {
+                    return parsed.map(Command::KeyOp);
+                }
                 Err(CommandError::Unknown { name })
             }
         }
@@ -500,6 +519,8 @@ impl Command {
             Command::ListOp(command) => return command.is_write(),
             Command::SetOp(command) => return command.is_write(),
             Command::ZSetOp(command) => return command.is_write(),
+            Command::StringOp(command) => return command.is_write(),
+            Command::KeyOp(command) => return command.is_write(),
             _ => {}
         }
         !matches!(
@@ -574,6 +595,8 @@ impl Command {
             Command::ListOp(command) => command.keys(),
             Command::SetOp(command) => command.keys(),
             Command::ZSetOp(command) => command.keys(),
+            Command::StringOp(command) => command.keys(),
+            Command::KeyOp(command) => command.keys(),
             Command::Keys { .. }
             | Command::DbSize
             | Command::FlushAll
@@ -623,6 +646,8 @@ impl Command {
             Command::ListOp(command) => command.name(),
             Command::SetOp(command) => command.name(),
             Command::ZSetOp(command) => command.name(),
+            Command::StringOp(command) => command.name(),
+            Command::KeyOp(command) => command.name(),
         }
     }
 }

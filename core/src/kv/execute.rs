@@ -295,6 +295,8 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
         Command::ListOp(command) => command.execute(&mut view),
         Command::SetOp(command) => command.execute(&mut view),
         Command::ZSetOp(command) => command.execute(&mut view),
+        Command::StringOp(command) => command.execute(&mut view),
+        Command::KeyOp(command) => command.execute(&mut view),
         // Its effect, advancing the group clock, is the apply loop's (the entry's stamp).
         Command::AdvanceClock => Reply::Ok,
         // Their effects (ownership, change tracking, raw records) are the apply loop's.

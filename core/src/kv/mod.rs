@@ -13,18 +13,22 @@ mod command;
 mod execute;
 mod glob;
 mod group;
+mod keyspace;
 mod list;
 mod record;
 mod set;
+mod string;
 mod zset;
 
 pub use command::{Command, CommandError, Expiry, Scope, SetCondition};
 pub use execute::{Outcome, execute};
 pub use glob::{Glob, glob_match};
 pub use group::{GroupRead, execute_group};
+pub use keyspace::{Deadline, ExpireCondition, KeyCommand};
 pub use list::ListCommand;
 pub use record::{Record, RecordError, Value};
 pub use set::SetCommand;
+pub use string::{ExpiryChange, LcsAnswer, SetAnswer, SetName, StringCommand, format_float_human};
 pub use zset::{Score, ZSet, ZSetCommand};
 
 use bytes::Bytes;

@@ -175,7 +175,10 @@ mod tests {
         set.insert(Bytes::from_static(b"a"), score(1.0));
         set.insert(Bytes::from_static(b"c"), score(-0.0));
         set.insert(Bytes::from_static(b"d"), score(f64::NEG_INFINITY));
-        assert_eq!(set.insert(Bytes::from_static(b"a"), score(0.0)), Some(score(1.0)));
+        assert_eq!(
+            set.insert(Bytes::from_static(b"a"), score(0.0)),
+            Some(score(1.0))
+        );
         let order: Vec<_> = set.iter().map(|(m, s)| (m.clone(), s.get())).collect();
         assert_eq!(
             order,

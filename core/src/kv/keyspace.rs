@@ -1,0 +1,505 @@
+//! Commands on keys whatever they hold: expiry with conditions and absolute times, `RENAME`,
+//! `COPY`, `TOUCH`. Same shape as the other command families: an enum stored in the log
+//! (variants only ever added at the end), parsing, classification, execution over a [`View`].
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::command::parse_i64;
+use super::execute::View;
+use super::{CommandError, Reply};
+
+/// When an expiry falls due, as the client gave it: relative to the entry's timestamp
+/// (`EX`, `PX`, `EXPIRE`, `PEXPIRE`) or an absolute Unix time (`EXAT`, `PXAT`, `EXPIREAT`,
+/// `PEXPIREAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Deadline {
+    InSeconds(i64),
+    InMillis(i64),
+    AtSeconds(i64),
+    AtMillis(i64),
+}
+
+impl Deadline {
+    /// The number as the client wrote it.
+    pub fn raw(self) -> i64 {
+        match self {
+            Deadline::InSeconds(n)
+            | Deadline::InMillis(n)
+            | Deadline::AtSeconds(n)
+            | Deadline::AtMillis(n) => n,
+        }
+    }
+
+    /// Seconds that do not fit in milliseconds (Redis refuses them at parse).
+    pub fn millis_overflow(self) -> bool {
+        match self {
+            Deadline::InSeconds(n) | Deadline::AtSeconds(n) => n.checked_mul(1000).is_none(),
+            _ => false,
+        }
+    }
+
+    /// The absolute time in milliseconds at `now_ms`; `None` past the largest time Redis can
+    /// hold (`when > LLONG_MAX - basetime`). A time at or before `now_ms` means "already
+    /// expired"; negative absolute times count as 0.
+    pub fn resolve(self, now_ms: u64) -> Option<u64> {
+        let now = now_ms.min(i64::MAX as u64) as i64;
+        let (millis, base) = match self {
+            Deadline::InSeconds(n) => (n.checked_mul(1000)?, now),
+            Deadline::InMillis(n) => (n, now),
+            Deadline::AtSeconds(n) => (n.checked_mul(1000)?, 0),
+            Deadline::AtMillis(n) => (n, 0),
+        };
+        if millis > i64::MAX - base {
+            return None;
+        }
+        Some((base + millis).max(0) as u64)
+    }
+
+    /// The client command's name for error texts.
+    fn command_name(self) -> &'static str {
+        match self {
+            Deadline::InSeconds(_) => "expire",
+            Deadline::InMillis(_) => "pexpire",
+            Deadline::AtSeconds(_) => "expireat",
+            Deadline::AtMillis(_) => "pexpireat",
+        }
+    }
+}
+
+/// Parses a `SET`/`GETEX` expiry option and its amount (`EX 10`, `PXAT 1700000000000`):
+/// `Ok(None)` when `option` is no expiry option; a non-integer amount is `NotInteger`.
+pub(super) fn parse_deadline(
+    option: &[u8],
+    amount: &[u8],
+    _name: &str,
+) -> Result<Option<Deadline>, CommandError> {
+    let make: fn(i64) -> Deadline = match option.to_ascii_lowercase().as_slice() {
+        b"ex" => Deadline::InSeconds,
+        b"px" => Deadline::InMillis,
+        b"exat" => Deadline::AtSeconds,
+        b"pxat" => Deadline::AtMillis,
+        _ => return Ok(None),
+    };
+    Ok(Some(make(parse_i64(amount)?)))
+}
+
+/// `EXPIRE`'s Redis 7.0 conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireCondition {
+    Always,
+    /// `NX`: only a key without expiry.
+    IfNone,
+    /// `XX`: only a key with an expiry.
+    IfSome,
+    /// `GT`: only later than the current expiry (a key without one has none later).
+    IfLater,
+    /// `LT`: only earlier than the current expiry (a key without one counts as never).
+    IfEarlier,
+    /// `XX LT`: only a key with an expiry, and only earlier.
+    IfSomeEarlier,
+}
+
+/// A keyspace command as replicas execute it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyCommand {
+    /// `EXPIRE`/`PEXPIRE`/`EXPIREAT`/`PEXPIREAT` with a condition or an absolute time (the
+    /// plain relative form is [`Command::Expire`](super::Command::Expire)).
+    Expire {
+        key: Bytes,
+        deadline: Deadline,
+        condition: ExpireCondition,
+    },
+    /// `EXPIRETIME` / `PEXPIRETIME`.
+    ExpireTime { key: Bytes, millis: bool },
+    /// `RENAME` (`only_new: false`) or `RENAMENX`.
+    Rename {
+        from: Bytes,
+        to: Bytes,
+        only_new: bool,
+    },
+    /// `COPY source destination [REPLACE]` (only database 0 exists).
+    Copy {
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+    },
+    /// `TOUCH key...`: the number of keys that exist.
+    Touch { keys: Vec<Bytes> },
+}
+
+impl KeyCommand {
+    pub(super) fn parse(name: &str, rest: &[Bytes]) -> Option<Result<KeyCommand, CommandError>> {
+        let arity = |ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(CommandError::Arity {
+                    name: name.to_string(),
+                })
+            }
+        };
+        let parsed = match name {
+            "expire" | "pexpire" | "expireat" | "pexpireat" => (|| {
+                arity(rest.len() >= 2)?;
+                let amount = parse_i64(&rest[1])?;
+                let deadline = match name {
+                    "expire" => Deadline::InSeconds(amount),
+                    "pexpire" => Deadline::InMillis(amount),
+                    "expireat" => Deadline::AtSeconds(amount),
+                    _ => Deadline::AtMillis(amount),
+                };
+                if deadline.millis_overflow() {
+                    return Err(CommandError::InvalidExpire {
+                        name: name.to_string(),
+                    });
+                }
+                let condition = parse_expire_condition(&rest[2..])?;
+                Ok(KeyCommand::Expire {
+                    key: rest[0].clone(),
+                    deadline,
+                    condition,
+                })
+            })(),
+            "expiretime" | "pexpiretime" => {
+                arity(rest.len() == 1).map(|()| KeyCommand::ExpireTime {
+                    key: rest[0].clone(),
+                    millis: name == "pexpiretime",
+                })
+            }
+            "rename" | "renamenx" => arity(rest.len() == 2).map(|()| KeyCommand::Rename {
+                from: rest[0].clone(),
+                to: rest[1].clone(),
+                only_new: name == "renamenx",
+            }),
+            "copy" => (|| {
+                arity(rest.len() >= 2)?;
+                let mut replace = false;
+                let mut options = rest[2..].iter();
+                while let Some(option) = options.next() {
+                    match option.to_ascii_lowercase().as_slice() {
+                        b"replace" => replace = true,
+                        b"db" => {
+                            let db = parse_i64(options.next().ok_or(CommandError::Syntax)?)?;
+                            if db != 0 {
+                                return Err(CommandError::Message(
+                                    "ERR DB index is out of range".into(),
+                                ));
+                            }
+                        }
+                        _ => return Err(CommandError::Syntax),
+                    }
+                }
+                Ok(KeyCommand::Copy {
+                    from: rest[0].clone(),
+                    to: rest[1].clone(),
+                    replace,
+                })
+            })(),
+            "touch" => arity(!rest.is_empty()).map(|()| KeyCommand::Touch {
+                keys: rest.to_vec(),
+            }),
+            _ => return None,
+        };
+        Some(parsed)
+    }
+
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            KeyCommand::ExpireTime { .. } | KeyCommand::Touch { .. }
+        )
+    }
+
+    pub fn keys(&self) -> Vec<&Bytes> {
+        match self {
+            KeyCommand::Expire { key, .. } | KeyCommand::ExpireTime { key, .. } => vec![key],
+            KeyCommand::Rename { from, to, .. } | KeyCommand::Copy { from, to, .. } => {
+                vec![from, to]
+            }
+            KeyCommand::Touch { keys } => keys.iter().collect(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyCommand::Expire { deadline, .. } => deadline.command_name(),
+            KeyCommand::ExpireTime { millis: false, .. } => "expiretime",
+            KeyCommand::ExpireTime { millis: true, .. } => "pexpiretime",
+            KeyCommand::Rename {
+                only_new: false, ..
+            } => "rename",
+            KeyCommand::Rename { only_new: true, .. } => "renamenx",
+            KeyCommand::Copy { .. } => "copy",
+            KeyCommand::Touch { .. } => "touch",
+        }
+    }
+
+    pub(super) fn execute(&self, view: &mut View<'_>) -> Reply {
+        match self {
+            KeyCommand::Expire {
+                key,
+                deadline,
+                condition,
+            } => {
+                // Range first, before the lookup, as Redis does.
+                let Some(at) = deadline.resolve(view.now_ms) else {
+                    return Reply::error(format!(
+                        "ERR invalid expire time in '{}' command",
+                        deadline.command_name()
+                    ));
+                };
+                let Some(mut record) = view.get(key).cloned() else {
+                    if view.is_stale(key) {
+                        view.put(key, None);
+                    }
+                    return Reply::Int(0);
+                };
+                let allowed = match (condition, record.expires_at_ms) {
+                    (ExpireCondition::Always, _) => true,
+                    (ExpireCondition::IfNone, current) => current.is_none(),
+                    (ExpireCondition::IfSome, current) => current.is_some(),
+                    (ExpireCondition::IfLater, current) => current.is_some_and(|c| at > c),
+                    (ExpireCondition::IfEarlier, current) => current.is_none_or(|c| at < c),
+                    (ExpireCondition::IfSomeEarlier, current) => current.is_some_and(|c| at < c),
+                };
+                if !allowed {
+                    return Reply::Int(0);
+                }
+                if at <= view.now_ms {
+                    view.put(key, None);
+                } else {
+                    record.expires_at_ms = Some(at);
+                    view.put(key, Some(record));
+                }
+                Reply::Int(1)
+            }
+            KeyCommand::ExpireTime { key, millis } => match view.get(key) {
+                None => Reply::Int(-2),
+                Some(record) => match record.expires_at_ms {
+                    None => Reply::Int(-1),
+                    Some(at) => {
+                        let at = i64::try_from(at).unwrap_or(i64::MAX);
+                        Reply::Int(if *millis {
+                            at
+                        } else {
+                            at.saturating_add(500) / 1000
+                        })
+                    }
+                },
+            },
+            KeyCommand::Rename { from, to, only_new } => {
+                let Some(record) = view.get(from).cloned() else {
+                    return Reply::error("ERR no such key");
+                };
+                if from == to {
+                    return if *only_new { Reply::Int(0) } else { Reply::Ok };
+                }
+                if *only_new && view.get(to).is_some() {
+                    return Reply::Int(0);
+                }
+                view.put(from, None);
+                view.put(to, Some(record));
+                if *only_new { Reply::Int(1) } else { Reply::Ok }
+            }
+            KeyCommand::Copy { from, to, replace } => {
+                if from == to {
+                    return Reply::error("ERR source and destination objects are the same");
+                }
+                let Some(record) = view.get(from).cloned() else {
+                    return Reply::Int(0);
+                };
+                if !replace && view.get(to).is_some() {
+                    return Reply::Int(0);
+                }
+                view.put(to, Some(record));
+                Reply::Int(1)
+            }
+            KeyCommand::Touch { keys } => {
+                Reply::Int(keys.iter().filter(|key| view.get(key).is_some()).count() as i64)
+            }
+        }
+    }
+}
+
+/// Redis 7.0's `EXPIRE` options and their errors.
+fn parse_expire_condition(options: &[Bytes]) -> Result<ExpireCondition, CommandError> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for option in options {
+        match option.to_ascii_lowercase().as_slice() {
+            b"nx" => nx = true,
+            b"xx" => xx = true,
+            b"gt" => gt = true,
+            b"lt" => lt = true,
+            _ => {
+                return Err(CommandError::Message(format!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(option)
+                )));
+            }
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(CommandError::Message(
+            "ERR NX and XX, GT or LT options at the same time are not compatible".into(),
+        ));
+    }
+    if gt && lt {
+        return Err(CommandError::Message(
+            "ERR GT and LT options at the same time are not compatible".into(),
+        ));
+    }
+    Ok(match (nx, xx, gt, lt) {
+        (true, ..) => ExpireCondition::IfNone,
+        (_, _, true, _) => ExpireCondition::IfLater,
+        (_, true, _, true) => ExpireCondition::IfSomeEarlier,
+        (_, _, _, true) => ExpireCondition::IfEarlier,
+        (_, true, ..) => ExpireCondition::IfSome,
+        _ => ExpireCondition::Always,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::string::tests::{check, run_lines};
+    use super::super::{Reply, Value};
+
+    fn err(s: &str) -> Reply {
+        Reply::error(s)
+    }
+
+    #[test]
+    fn expire_conditions_follow_redis_7() {
+        let now = 1_000_000;
+        check(
+            &[
+                (now, "SET k v"),
+                (now, "EXPIRE k 100 XX"),
+                (now, "EXPIRE k 100 GT"),
+                (now, "EXPIRE k 100 LT"),
+                (now, "PTTL k"),
+                (now, "EXPIRE k 200 NX"),
+                (now, "EXPIRE k 200 GT"),
+                (now, "EXPIRE k 50 GT"),
+                (now, "EXPIRE k 50 XX LT"),
+                (now, "PTTL k"),
+                (now, "EXPIRE k 10 NX XX"),
+                (now, "EXPIRE k 10 GT LT"),
+                (now, "EXPIRE k 10 FOO"),
+                (now, "EXPIRE missing 10"),
+            ],
+            &[
+                Reply::Ok,
+                Reply::Int(0),
+                Reply::Int(0),
+                Reply::Int(1),
+                Reply::Int(100_000),
+                Reply::Int(0),
+                Reply::Int(1),
+                Reply::Int(0),
+                Reply::Int(1),
+                Reply::Int(50_000),
+                err("ERR NX and XX, GT or LT options at the same time are not compatible"),
+                err("ERR GT and LT options at the same time are not compatible"),
+                err("ERR Unsupported option FOO"),
+                Reply::Int(0),
+            ],
+        );
+    }
+
+    #[test]
+    fn absolute_expiries_and_expiretime() {
+        let now = 1_700_000_000_000;
+        check(
+            &[
+                (now, "SET k v"),
+                (now, "EXPIRETIME k"),
+                (now, "EXPIREAT k 1800000000"),
+                (now, "EXPIRETIME k"),
+                (now, "PEXPIRETIME k"),
+                (now, "PEXPIREAT k 1800000000123"),
+                (now, "PEXPIRETIME k"),
+                (now, "EXPIRETIME missing"),
+                // In the past: the key is deleted and the answer is 1.
+                (now, "EXPIREAT k 100"),
+                (now, "EXISTS k"),
+                (now, "SET k v"),
+                (now, "EXPIREAT k 9223372036854775807"),
+                (now, "PEXPIREAT k 9223372036854775807"),
+                (now, "PEXPIRETIME k"),
+            ],
+            &[
+                Reply::Ok,
+                Reply::Int(-1),
+                Reply::Int(1),
+                Reply::Int(1_800_000_000),
+                Reply::Int(1_800_000_000_000),
+                Reply::Int(1),
+                Reply::Int(1_800_000_000_123),
+                Reply::Int(-2),
+                Reply::Int(1),
+                Reply::Int(0),
+                Reply::Ok,
+                err("ERR invalid expire time in 'expireat' command"),
+                Reply::Int(1),
+                Reply::Int(i64::MAX),
+            ],
+        );
+    }
+
+    #[test]
+    fn rename_copy_and_touch() {
+        let (state, replies) = run_lines(&[
+            (0, "SET a 1"),
+            (0, "PEXPIRE a 5000"),
+            (0, "RENAME a b"),
+            (0, "RENAME a b"),
+            (0, "PTTL b"),
+            (0, "RENAME b b"),
+            (0, "SET c 3"),
+            (0, "RENAMENX b c"),
+            (0, "RENAMENX b d"),
+            (0, "COPY d e"),
+            (0, "COPY d e"),
+            (0, "COPY c e REPLACE"),
+            (0, "COPY c c"),
+            (0, "COPY c f DB 1"),
+            (0, "HSET h f v"),
+            (0, "COPY h h2"),
+            (0, "TOUCH h h2 nothing"),
+            (0, "RENAMENX b b"),
+        ]);
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Ok,
+                Reply::Int(1),
+                Reply::Ok,
+                err("ERR no such key"),
+                Reply::Int(5000),
+                Reply::Ok,
+                Reply::Ok,
+                Reply::Int(0),
+                Reply::Int(1),
+                Reply::Int(1),
+                Reply::Int(0),
+                Reply::Int(1),
+                err("ERR source and destination objects are the same"),
+                err("ERR DB index is out of range"),
+                Reply::Int(1),
+                Reply::Int(1),
+                Reply::Int(2),
+                err("ERR no such key"),
+            ]
+        );
+        assert_eq!(
+            state[&bytes::Bytes::from_static(b"e")].value,
+            Value::Str("3".into())
+        );
+        assert_eq!(
+            state[&bytes::Bytes::from_static(b"d")].expires_at_ms,
+            Some(5000)
+        );
+        assert!(state[&bytes::Bytes::from_static(b"h2")].value.type_name() == "hash");
+    }
+}
