@@ -193,6 +193,19 @@ pub enum Command {
     StringOp(StringCommand),
     /// A command on keys of any type (`kv::keyspace`).
     KeyOp(KeyCommand),
+    /// `WATCH`'s read: the version of each key ([`super::execute`]'s `version`: 0 when
+    /// missing).
+    Versions { keys: Vec<Bytes> },
+    /// `MULTI … EXEC` as one log entry: if every watched key still has the version it had
+    /// when watched, the commands run one after the other on the same state, atomically (one
+    /// entry) and isolated (nothing else applies in between); the reply is the array of their
+    /// replies. Otherwise nothing runs and the reply is the null array. Commands are never
+    /// transactions themselves (decoding is depth-bounded, see `Reply`).
+    Transaction {
+        #[serde(deserialize_with = "super::bounded::commands")]
+        commands: Vec<Command>,
+        watched: Vec<(Bytes, u64)>,
+    },
 }
 
 /// What a command acts on.
@@ -521,6 +534,9 @@ impl Command {
             Command::ZSetOp(command) => return command.is_write(),
             Command::StringOp(command) => return command.is_write(),
             Command::KeyOp(command) => return command.is_write(),
+            Command::Transaction { commands, .. } => {
+                return commands.iter().any(Command::is_write);
+            }
             _ => {}
         }
         !matches!(
@@ -540,6 +556,7 @@ impl Command {
                 | Command::Type { .. }
                 | Command::Keys { .. }
                 | Command::DbSize
+                | Command::Versions { .. }
         )
     }
 
@@ -597,6 +614,12 @@ impl Command {
             Command::ZSetOp(command) => command.keys(),
             Command::StringOp(command) => command.keys(),
             Command::KeyOp(command) => command.keys(),
+            Command::Versions { keys } => keys.iter().collect(),
+            Command::Transaction { commands, watched } => commands
+                .iter()
+                .flat_map(Command::keys)
+                .chain(watched.iter().map(|(key, _)| key))
+                .collect(),
             Command::Keys { .. }
             | Command::DbSize
             | Command::FlushAll
@@ -648,6 +671,8 @@ impl Command {
             Command::ZSetOp(command) => command.name(),
             Command::StringOp(command) => command.name(),
             Command::KeyOp(command) => command.name(),
+            Command::Versions { .. } => "watch",
+            Command::Transaction { .. } => "exec",
         }
     }
 }

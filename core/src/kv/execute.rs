@@ -113,7 +113,28 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
         stored,
         writes: BTreeMap::new(),
     };
-    let reply = match command {
+    let reply = apply(command, &mut view);
+    Outcome {
+        reply,
+        writes: view.writes,
+    }
+}
+
+/// The version `WATCH` remembers for a key: 0 when it is missing (or expired), otherwise a
+/// hash of its stored record, so any change of value, type or expiry changes it. (A value
+/// rewritten byte for byte with the same expiry keeps its version: Redis would count that as a
+/// change; an `EXEC` that goes ahead then sees exactly the state it watched.)
+pub(super) fn version(record: Option<&Record>) -> u64 {
+    record.map_or(0, |record| {
+        xxhash_rust::xxh3::xxh3_64(&record.encode()) | 1
+    })
+}
+
+/// Applies one command to `view` (a transaction applies each of its commands to the same view,
+/// so later ones see earlier ones' writes).
+fn apply(command: &Command, view: &mut View<'_>) -> Reply {
+    let now_ms = view.now_ms;
+    match command {
         Command::Get { key } => match view.get(key) {
             None => Reply::Nil,
             Some(Record {
@@ -211,8 +232,8 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
             }
             Reply::Int(deleted)
         }
-        Command::IncrBy { key, delta } => incr_by(&mut view, key, *delta),
-        Command::Append { key, value } => append(&mut view, key, value),
+        Command::IncrBy { key, delta } => incr_by(view, key, *delta),
+        Command::Append { key, value } => append(view, key, value),
         Command::Type { key } => Reply::Status(
             view.get(key)
                 .map_or("none", |record| record.value.type_name())
@@ -266,13 +287,13 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
             .hash(key)
             .map(|fields| Reply::Int(fields.get(field).map_or(0, |value| value.len() as i64)))
             .unwrap_or_else(|error| error),
-        Command::HSet { key, pairs } => hset(&mut view, key, pairs).unwrap_or_else(|error| error),
+        Command::HSet { key, pairs } => hset(view, key, pairs).unwrap_or_else(|error| error),
         Command::HSetNx { key, field, value } => {
-            hset_nx(&mut view, key, field, value).unwrap_or_else(|error| error)
+            hset_nx(view, key, field, value).unwrap_or_else(|error| error)
         }
-        Command::HDel { key, fields } => hdel(&mut view, key, fields).unwrap_or_else(|error| error),
+        Command::HDel { key, fields } => hdel(view, key, fields).unwrap_or_else(|error| error),
         Command::HIncrBy { key, field, delta } => {
-            hincr_by(&mut view, key, field, *delta).unwrap_or_else(|error| error)
+            hincr_by(view, key, field, *delta).unwrap_or_else(|error| error)
         }
         Command::Keys { .. } | Command::DbSize | Command::FlushAll => Reply::error(format!(
             "ERR '{}' acts on a whole slot group and cannot be executed on single keys",
@@ -292,11 +313,11 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
                 Reply::Int(0)
             }
         },
-        Command::ListOp(command) => command.execute(&mut view),
-        Command::SetOp(command) => command.execute(&mut view),
-        Command::ZSetOp(command) => command.execute(&mut view),
-        Command::StringOp(command) => command.execute(&mut view),
-        Command::KeyOp(command) => command.execute(&mut view),
+        Command::ListOp(command) => command.execute(view),
+        Command::SetOp(command) => command.execute(view),
+        Command::ZSetOp(command) => command.execute(view),
+        Command::StringOp(command) => command.execute(view),
+        Command::KeyOp(command) => command.execute(view),
         // Its effect, advancing the group clock, is the apply loop's (the entry's stamp).
         Command::AdvanceClock => Reply::Ok,
         // Their effects (ownership, change tracking, raw records) are the apply loop's.
@@ -329,10 +350,37 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
                 Reply::Int(1)
             }
         },
-    };
-    Outcome {
-        reply,
-        writes: view.writes,
+        Command::Versions { keys } => Reply::Array(
+            keys.iter()
+                .map(|key| Reply::Int(version(view.get(key)) as i64))
+                .collect(),
+        ),
+        Command::Transaction { commands, watched } => {
+            if watched
+                .iter()
+                .any(|(key, seen)| version(view.get(key)) != *seen)
+            {
+                return Reply::NilArray;
+            }
+            Reply::Array(
+                commands
+                    .iter()
+                    .map(|command| {
+                        if command.is_internal()
+                            || command.scope() != super::Scope::Keys
+                            || matches!(command, Command::Transaction { .. })
+                        {
+                            Reply::error(format!(
+                                "ERR '{}' cannot run inside a transaction",
+                                command.name()
+                            ))
+                        } else {
+                            apply(command, view)
+                        }
+                    })
+                    .collect(),
+            )
+        }
     }
 }
 

@@ -503,3 +503,93 @@ mod tests {
         assert!(state[&bytes::Bytes::from_static(b"h2")].value.type_name() == "hash");
     }
 }
+
+#[cfg(test)]
+mod transaction_tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+
+    use super::super::{Command, Record, Reply, execute};
+
+    fn parse(line: &str) -> Command {
+        let args: Vec<Bytes> = line
+            .split_whitespace()
+            .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+            .collect();
+        Command::parse(&args).expect("valid")
+    }
+
+    fn apply(state: &mut BTreeMap<Bytes, Record>, command: &Command) -> Reply {
+        let outcome = execute(command, 0, state);
+        for (key, record) in outcome.writes {
+            match record {
+                Some(record) => state.insert(key, record),
+                None => state.remove(&key),
+            };
+        }
+        outcome.reply
+    }
+
+    fn version_of(state: &mut BTreeMap<Bytes, Record>, key: &str) -> u64 {
+        match apply(state, &Command::Versions { keys: vec![Bytes::copy_from_slice(key.as_bytes())] }) {
+            Reply::Array(versions) => match versions[..] {
+                [Reply::Int(version)] => version as u64,
+                _ => panic!("one version"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_transaction_runs_in_order_and_fails_whole_when_a_watched_key_changed() {
+        let mut state = BTreeMap::new();
+        assert_eq!(version_of(&mut state, "k"), 0);
+        apply(&mut state, &parse("SET k 1"));
+        let seen = version_of(&mut state, "k");
+        assert_ne!(seen, 0);
+        let transaction = Command::Transaction {
+            commands: vec![parse("INCR k"), parse("HSET k f v"), parse("GET k")],
+            watched: vec![("k".into(), seen)],
+        };
+        assert!(transaction.is_write());
+        assert_eq!(transaction.keys().len(), 4);
+        // Runtime errors do not roll back the others, as in Redis.
+        assert_eq!(
+            apply(&mut state, &transaction),
+            Reply::Array(vec![
+                Reply::Int(2),
+                Reply::error(super::super::WRONGTYPE),
+                Reply::Bulk("2".into()),
+            ])
+        );
+        // `k` changed since it was watched: nothing runs.
+        assert_eq!(apply(&mut state, &transaction), Reply::NilArray);
+        assert_eq!(apply(&mut state, &parse("GET k")), Reply::Bulk("2".into()));
+        // A transaction inside a transaction is refused, not run.
+        let nested = Command::Transaction {
+            commands: vec![Command::Transaction {
+                commands: vec![],
+                watched: vec![],
+            }],
+            watched: vec![],
+        };
+        assert!(matches!(apply(&mut state, &nested), Reply::Array(ref r) if r[0].is_error()));
+    }
+
+    #[test]
+    fn transactions_nested_past_the_bound_do_not_decode() {
+        let mut command = Command::Transaction {
+            commands: vec![],
+            watched: vec![],
+        };
+        for _ in 0..200 {
+            command = Command::Transaction {
+                commands: vec![command],
+                watched: vec![],
+            };
+        }
+        let bytes = postcard::to_allocvec(&command).expect("encodes");
+        assert!(postcard::from_bytes::<Command>(&bytes).is_err());
+    }
+}

@@ -101,10 +101,24 @@ mod bounded {
     }
 
     pub(super) fn replies<'de, D: Deserializer<'de>>(decoder: D) -> Result<Vec<Reply>, D::Error> {
+        nested(decoder)
+    }
+
+    /// A transaction's commands: the same bound (a transaction never holds one, but a crafted
+    /// or corrupt entry could nest them).
+    pub(super) fn commands<'de, D: Deserializer<'de>>(
+        decoder: D,
+    ) -> Result<Vec<super::Command>, D::Error> {
+        nested(decoder)
+    }
+
+    fn nested<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        decoder: D,
+    ) -> Result<Vec<T>, D::Error> {
         let _level = Level::enter().ok_or_else(|| {
-            D::Error::custom(format!("reply arrays nested deeper than {REPLY_DEPTH_MAX}"))
+            D::Error::custom(format!("values nested deeper than {REPLY_DEPTH_MAX}"))
         })?;
-        Vec::<Reply>::deserialize(decoder)
+        Vec::<T>::deserialize(decoder)
     }
 }
 
