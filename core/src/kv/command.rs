@@ -215,6 +215,9 @@ pub enum CommandError {
     NotInteger,
     #[error("ERR invalid expire time in '{name}' command")]
     InvalidExpire { name: String },
+    /// Any other argument error, with Redis's full text (`ERR timeout is negative`, …).
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 fn parse_i64(arg: &[u8]) -> Result<i64, CommandError> {
