@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{KeyCommand, ListCommand, SetCommand, StringCommand, ZSetCommand};
+use super::{BlockTimeout, KeyCommand, Reply, ListCommand, SetCommand, StringCommand, ZSetCommand};
 
 /// `SET` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, arbitrary::Arbitrary)]
@@ -485,6 +485,36 @@ impl Command {
                 }
                 Err(CommandError::Unknown { name })
             }
+        }
+    }
+
+    /// Parses a blocking command (`BLPOP`, `BRPOP`, `BLMPOP`, `BLMOVE`, `BRPOPLPUSH`): the
+    /// non-blocking command a proxy polls until it yields (a reply other than nil or the null
+    /// array) and how long to wait (0: for ever). `None` when `args` is no blocking command.
+    pub fn parse_blocking(args: &[Bytes]) -> Option<Result<(Command, BlockTimeout), CommandError>> {
+        let name = String::from_utf8_lossy(args.first()?).to_ascii_lowercase();
+        let rest = &args[1..];
+        if let Some(parsed) = super::list::parse_blocking(&name, rest) {
+            return Some(parsed.map(|(command, timeout)| (Command::ListOp(command), timeout)));
+        }
+        None
+    }
+
+    /// The keys whose filling lets a polled blocking command ([`Command::parse_blocking`])
+    /// yield: what a proxy watches (cheaply, by reading) before it polls again.
+    pub fn block_sources(&self) -> Vec<&Bytes> {
+        match self {
+            Command::ListOp(ListCommand::Move { source, .. }) => vec![source],
+            other => other.keys(),
+        }
+    }
+
+    /// What a blocking command answers when its timeout passes: nil for `BLMOVE` and
+    /// `BRPOPLPUSH`, the null array for the others (as their polled forms answer on nothing).
+    pub fn timed_out_reply(&self) -> Reply {
+        match self {
+            Command::ListOp(ListCommand::Move { .. }) => Reply::Nil,
+            _ => Reply::NilArray,
         }
     }
 

@@ -25,7 +25,7 @@ pub use execute::{Outcome, execute};
 pub use glob::{Glob, glob_match};
 pub use group::{GroupRead, execute_group};
 pub use keyspace::{Deadline, ExpireCondition, KeyCommand};
-pub use list::ListCommand;
+pub use list::{BlockTimeout, End, ListCommand, PopShape};
 pub use record::{Record, RecordError, Value};
 pub use set::SetCommand;
 pub use string::{ExpiryChange, LcsAnswer, SetAnswer, SetName, StringCommand, format_float_human};

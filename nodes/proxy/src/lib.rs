@@ -44,6 +44,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting};
 
 mod tls;
+mod transaction;
 pub use tls::{PemFile, ProxyTls, TlsAuthClients, TlsError, TlsSettings};
 
 /// The Redis version the proxy reports: clients pick features by it, and Larder implements the
@@ -370,6 +371,10 @@ struct Session<N: Net, C: Clock> {
     quit: bool,
     /// `CLIENT SETNAME`.
     name: Option<Bytes>,
+    /// An open `MULTI`.
+    transaction: Option<transaction::Transaction>,
+    /// `WATCH`ed keys and the versions they had then.
+    watched: Vec<(Bytes, u64)>,
 }
 
 /// `CLIENT ...`: what a connection may say about itself.
@@ -698,6 +703,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             ),
             quit: false,
             name: None,
+            transaction: None,
+            watched: Vec::new(),
         };
         let unauthenticated = Limits::unauthenticated();
         let mut parser = RequestParser::default();
@@ -843,6 +850,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let name = lower(&args[0]);
         if !session.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit") {
             return error("NOAUTH Authentication required.");
+        }
+        if let Some(frame) = self.transaction_command(session, &name, &args).await {
+            return frame;
         }
         match name.as_str() {
             "ping" => match args.len() {
@@ -1126,6 +1136,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     }
 
     async fn data_command(&self, session: &mut Session<N, C>, name: &str, args: &[Bytes]) -> Frame {
+        if let Some(parsed) = Command::parse_blocking(args) {
+            return match parsed {
+                Ok((command, timeout)) => self.blocking(session, command, timeout).await,
+                Err(problem) => error(unknown_with_args(problem.to_string(), args)),
+            };
+        }
         let command = match Command::parse(args) {
             Ok(command) => command,
             Err(problem) => return error(unknown_with_args(problem.to_string(), args)),
