@@ -215,6 +215,9 @@ pub enum CommandError {
     NotInteger,
     #[error("ERR invalid expire time in '{name}' command")]
     InvalidExpire { name: String },
+    /// Any other refusal, its text whole (`ERR ...`): sorted-set option errors and the like.
+    #[error("{0}")]
+    Other(String),
 }
 
 fn parse_i64(arg: &[u8]) -> Result<i64, CommandError> {
