@@ -379,8 +379,16 @@ fn is(arg: &[u8], word: &str) -> bool {
 /// space; `inf`/`infinity` in any case and sign. `strict` (Redis's `getDoubleFromObject`)
 /// also refuses empty text and results out of range (overflow to infinity, underflow to 0).
 fn parse_double(arg: &[u8], strict: bool) -> Option<f64> {
-    let text = std::str::from_utf8(arg).ok()?;
-    if text.is_empty() || text.starts_with(|c: char| c.is_ascii_whitespace()) {
+    let mut text = std::str::from_utf8(arg).ok()?;
+    if !strict {
+        // Range bounds go to `strtod` unchecked: it skips leading space, and converts nothing
+        // (to 0) when there is nothing at all to read.
+        if text.is_empty() {
+            return Some(0.0);
+        }
+        text = text.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    }
+    if text.is_empty() || text.starts_with(|c: char| c.is_ascii_whitespace() || c == '\x0b') {
         return None;
     }
     let unsigned = text.trim_start_matches(['+', '-']);
@@ -390,6 +398,19 @@ fn parse_double(arg: &[u8], strict: bool) -> Option<f64> {
     let lower = unsigned.to_ascii_lowercase();
     if lower.starts_with("nan") {
         return None;
+    }
+    if let Some(hex) = lower.strip_prefix("0x") {
+        let magnitude = parse_hex_float(hex)?;
+        let digits = hex.split('p').next().unwrap_or("");
+        let underflow = magnitude == 0.0 && digits.bytes().any(|b| b != b'0' && b != b'.');
+        if strict && (magnitude.is_infinite() || underflow) {
+            return None;
+        }
+        return Some(if text.starts_with('-') {
+            -magnitude
+        } else {
+            magnitude
+        });
     }
     let literal_infinity = lower == "inf" || lower == "infinity";
     if !literal_infinity && !lower.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
@@ -407,6 +428,60 @@ fn parse_double(arg: &[u8], strict: bool) -> Option<f64> {
         if value == 0.0 && mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b)) {
             return None;
         }
+    }
+    Some(value)
+}
+
+/// The digits after `0x` of a C99 hexadecimal float (`1.8p3`), lower case, unsigned. Digits past
+/// the 60 bits kept are truncated rather than rounded (they never occur in practice).
+fn parse_hex_float(hex: &str) -> Option<f64> {
+    let (digits, exponent) = match hex.split_once('p') {
+        Some((digits, exponent)) => {
+            let unsigned = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let magnitude: i64 = unsigned.parse().unwrap_or(i64::MAX / 4).min(100_000);
+            (
+                digits,
+                if exponent.starts_with('-') {
+                    -magnitude
+                } else {
+                    magnitude
+                },
+            )
+        }
+        None => (hex, 0),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    let mut exponent = exponent;
+    for (index, digit) in whole.bytes().chain(fraction.bytes()).enumerate() {
+        let value = char::from(digit).to_digit(16)?;
+        let in_fraction = index >= whole.len();
+        if mantissa >> 56 == 0 {
+            mantissa = mantissa << 4 | u64::from(value);
+            if in_fraction {
+                exponent -= 4;
+            }
+        } else if !in_fraction {
+            exponent += 4;
+        }
+    }
+    let mut value = mantissa as f64;
+    // Scale in steps that stay within f64's exponent range.
+    while exponent > 0 {
+        let step = exponent.min(1000);
+        value *= 2f64.powi(step as i32);
+        exponent -= step;
+    }
+    while exponent < 0 {
+        let step = exponent.max(-1000);
+        value *= 2f64.powi(step as i32);
+        exponent -= step;
     }
     Some(value)
 }
@@ -1813,8 +1888,23 @@ mod tests {
         ] {
             assert_eq!(parse_double(text.as_bytes(), true), None, "{text}");
         }
-        // Ranges accept what strtod converts, overflow included.
+        // Ranges accept what strtod converts, overflow and leading space included.
         assert_eq!(parse_double(b"1e400", false), Some(f64::INFINITY));
+        assert_eq!(parse_double(b" 2", false), Some(2.0));
+        assert_eq!(parse_double(b"", false), Some(0.0));
+        assert_eq!(parse_double(b"  ", false), None);
+        // Hexadecimal floats, as strtod reads them.
+        assert_eq!(parse_double(b"0x10", true), Some(16.0));
+        assert_eq!(parse_double(b"-0x1.8p1", true), Some(-3.0));
+        assert_eq!(parse_double(b"0x.8", true), Some(0.5));
+        assert_eq!(parse_double(b"0x1p-2", true), Some(0.25));
+        assert_eq!(parse_double(b"0x1p5000", true), None);
+        assert_eq!(parse_double(b"0x1p5000", false), Some(f64::INFINITY));
+        assert_eq!(parse_double(b"0x1p-5000", true), None);
+        assert_eq!(parse_double(b"0x0p-5000", true), Some(0.0));
+        for text in ["0x", "0x.", "0x1p", "0xg", "0x1q"] {
+            assert_eq!(parse_double(text.as_bytes(), false), None, "{text}");
+        }
         let score = |v: f64| Score::new(v).expect("not NaN");
         assert_eq!(
             parse_score_bound(b"(5"),
@@ -2011,6 +2101,61 @@ mod tests {
                 err("ERR min or max not valid string range item"),
             ),
         ]);
+    }
+
+    #[test]
+    fn score_ranges_with_infinities_as_the_redis_suite_checks() {
+        let mut db = Db::default();
+        db.run("zadd zset -inf a 1 b 2 c 3 d 4 e 5 f +inf g");
+        db.check(&[
+            ("zrangebyscore zset -inf 2", arr(&["a", "b", "c"])),
+            ("zrangebyscore zset 4 +inf", arr(&["e", "f", "g"])),
+            ("zrevrangebyscore zset 2 -inf", arr(&["c", "b", "a"])),
+            ("zrevrangebyscore zset +inf 4", arr(&["g", "f", "e"])),
+            ("zrangebyscore zset (-inf (2", arr(&["b"])),
+            ("zrangebyscore zset (4 (+inf", arr(&["f"])),
+            ("zrevrangebyscore zset (2 (-inf", arr(&["b"])),
+            ("zrevrangebyscore zset (+inf (4", arr(&["f"])),
+            ("zcount zset (0 (3", int(2)),
+            ("zrangebyscore zset 4 2", arr(&[])),
+            ("zrangebyscore zset 2 (2", arr(&[])),
+            ("zrangebyscore zset (2.4 (2.6", arr(&[])),
+            (
+                "zrangebyscore zset 0 3 withscores",
+                arr(&["b", "1", "c", "2", "d", "3"]),
+            ),
+            (
+                "zrange zset 0 -1 withscores",
+                arr(&[
+                    "a", "-inf", "b", "1", "c", "2", "d", "3", "e", "4", "f", "5", "g", "inf",
+                ]),
+            ),
+        ]);
+        let dblmax = format!("{:.17}", f64::MAX);
+        assert_eq!(
+            db.run_args(&[b("zadd"), b("zz"), b(&dblmax), b("m")]),
+            int(1)
+        );
+        assert_eq!(db.run("zscore zz m"), bulk("1.7976931348623157e+308"));
+    }
+
+    #[test]
+    fn expired_sets_read_as_missing() {
+        let mut db = Db::default();
+        db.run("zadd z 1 a 2 b");
+        db.run("zadd other 5 x");
+        db.state.get_mut(&b("z")).expect("stored").expires_at_ms = Some(10);
+        db.now_ms = 10;
+        db.check(&[
+            ("zcard z", int(0)),
+            ("zscore z a", Reply::Nil),
+            ("zrange z 0 -1", arr(&[])),
+            ("zrangebyscore z -inf +inf", arr(&[])),
+            ("zrandmember z", Reply::Nil),
+            ("zunion 2 z other", arr(&["x"])),
+            ("zrem z a", int(0)),
+        ]);
+        assert!(!db.state.contains_key(&b("z")));
     }
 
     #[test]
