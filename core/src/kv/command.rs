@@ -488,7 +488,8 @@ impl Command {
         }
     }
 
-    /// Parses a blocking command (`BLPOP`, `BRPOP`, `BLMPOP`, `BLMOVE`, `BRPOPLPUSH`): the
+    /// Parses a blocking command (`BLPOP`, `BRPOP`, `BLMPOP`, `BLMOVE`, `BRPOPLPUSH`,
+    /// `BZPOPMIN`, `BZPOPMAX`, `BZMPOP`): the
     /// non-blocking command a proxy polls until it yields (a reply other than nil or the null
     /// array) and how long to wait (0: for ever). `None` when `args` is no blocking command.
     pub fn parse_blocking(args: &[Bytes]) -> Option<Result<(Command, BlockTimeout), CommandError>> {
@@ -497,7 +498,27 @@ impl Command {
         if let Some(parsed) = super::list::parse_blocking(&name, rest) {
             return Some(parsed.map(|(command, timeout)| (Command::ListOp(command), timeout)));
         }
+        if let Some(parsed) = ZSetCommand::parse_blocking(&name, rest) {
+            return Some(parsed.map(|(command, timeout_ms)| {
+                (Command::ZSetOp(command), BlockTimeout(timeout_ms))
+            }));
+        }
         None
+    }
+
+    /// Gives a command that picks at random (`SPOP`, `SRANDMEMBER`, `HRANDFIELD`,
+    /// `ZRANDMEMBER`) the seed of its choice. The proxy draws one per request, so every
+    /// replica applying the entry picks the same members and each request picks afresh.
+    pub fn reseed(&mut self, seed: u64) {
+        match self {
+            Command::ZSetOp(command) => command.reseed(seed),
+            Command::Transaction { commands, .. } => {
+                for (index, command) in commands.iter_mut().enumerate() {
+                    command.reseed(seed.wrapping_add(index as u64));
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The keys whose filling lets a polled blocking command ([`Command::parse_blocking`])
