@@ -215,6 +215,10 @@ pub enum CommandError {
     NotInteger,
     #[error("ERR invalid expire time in '{name}' command")]
     InvalidExpire { name: String },
+    /// Any other refusal before execution, with Redis's whole error text (code included), for
+    /// the argument checks Redis words per command (`ERR numkeys should be greater than 0`).
+    #[error("{text}")]
+    Message { text: String },
 }
 
 fn parse_i64(arg: &[u8]) -> Result<i64, CommandError> {
