@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{BlockTimeout, KeyCommand, Reply, ListCommand, SetCommand, StringCommand, ZSetCommand};
+use super::{BlockTimeout, KeyCommand, ListCommand, Reply, SetCommand, StringCommand, ZSetCommand};
 
 /// `SET` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, arbitrary::Arbitrary)]
@@ -195,7 +195,9 @@ pub enum Command {
     KeyOp(KeyCommand),
     /// `WATCH`'s read: the version of each key ([`super::execute`]'s `version`: 0 when
     /// missing).
-    Versions { keys: Vec<Bytes> },
+    Versions {
+        keys: Vec<Bytes>,
+    },
     /// `MULTI … EXEC` as one log entry: if every watched key still has the version it had
     /// when watched, the commands run one after the other on the same state, atomically (one
     /// entry) and isolated (nothing else applies in between); the reply is the array of their
@@ -512,6 +514,7 @@ impl Command {
     pub fn reseed(&mut self, seed: u64) {
         match self {
             Command::ZSetOp(command) => command.reseed(seed),
+            Command::SetOp(command) => command.reseed(seed),
             Command::Transaction { commands, .. } => {
                 for (index, command) in commands.iter_mut().enumerate() {
                     command.reseed(seed.wrapping_add(index as u64));

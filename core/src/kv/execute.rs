@@ -52,7 +52,7 @@ impl View<'_> {
 
     /// The fields of the hash at `key` (none when it is missing or expired); `WRONGTYPE` when the
     /// key holds another type.
-    fn hash(&self, key: &Bytes) -> Result<&BTreeMap<Bytes, Bytes>, Reply> {
+    pub(super) fn hash(&self, key: &Bytes) -> Result<&BTreeMap<Bytes, Bytes>, Reply> {
         match self.get(key) {
             None => Ok(&NO_FIELDS),
             Some(Record {
@@ -65,13 +65,16 @@ impl View<'_> {
 
     /// A copy of the hash at `key` to modify, with its expiry, which field writes keep; a
     /// missing or expired key starts empty without expiry.
-    fn hash_to_modify(&self, key: &Bytes) -> Result<(BTreeMap<Bytes, Bytes>, Option<u64>), Reply> {
+    pub(super) fn hash_to_modify(
+        &self,
+        key: &Bytes,
+    ) -> Result<(BTreeMap<Bytes, Bytes>, Option<u64>), Reply> {
         let expires_at_ms = self.get(key).and_then(|record| record.expires_at_ms);
         Ok((self.hash(key)?.clone(), expires_at_ms))
     }
 
     /// Stores `fields` as the hash at `key`; an empty hash deletes the key, as in Redis.
-    fn put_hash(
+    pub(super) fn put_hash(
         &mut self,
         key: &Bytes,
         fields: BTreeMap<Bytes, Bytes>,
@@ -125,9 +128,7 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
 /// rewritten byte for byte with the same expiry keeps its version: Redis would count that as a
 /// change; an `EXEC` that goes ahead then sees exactly the state it watched.)
 pub(super) fn version(record: Option<&Record>) -> u64 {
-    record.map_or(0, |record| {
-        xxhash_rust::xxh3::xxh3_64(&record.encode()) | 1
-    })
+    record.map_or(0, |record| xxhash_rust::xxh3::xxh3_64(&record.encode()) | 1)
 }
 
 /// Applies one command to `view` (a transaction applies each of its commands to the same view,

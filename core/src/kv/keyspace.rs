@@ -532,7 +532,12 @@ mod transaction_tests {
     }
 
     fn version_of(state: &mut BTreeMap<Bytes, Record>, key: &str) -> u64 {
-        match apply(state, &Command::Versions { keys: vec![Bytes::copy_from_slice(key.as_bytes())] }) {
+        match apply(
+            state,
+            &Command::Versions {
+                keys: vec![Bytes::copy_from_slice(key.as_bytes())],
+            },
+        ) {
             Reply::Array(versions) => match versions[..] {
                 [Reply::Int(version)] => version as u64,
                 _ => panic!("one version"),

@@ -235,12 +235,9 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
                 self.sum_over_groups(&table, keys, |keys| Command::Exists { keys })
                     .await
             }
-            other => Err(ClientError::Unavailable {
-                reason: format!(
-                    "'{}' keys span slot groups; use a {{hash tag}}",
-                    other.name()
-                ),
-            }),
+            // Redis Cluster's answer to keys of several slots; here the unit is the slot
+            // group (keys of one group run together, in one log entry).
+            _ => Ok(Reply::error(CROSSSLOT)),
         }
     }
 
@@ -267,6 +264,9 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
         Ok(Reply::Int(total))
     }
 }
+
+/// Redis Cluster's error for a command whose keys cannot be served together.
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 fn group_of(table: &RoutingTable, key: &[u8]) -> Result<GroupId, ClientError> {
     // A checked table maps every slot; an unmapped one is a routing bug, reported, not a panic.

@@ -375,6 +375,22 @@ struct Session<N: Net, C: Clock> {
     transaction: Option<transaction::Transaction>,
     /// `WATCH`ed keys and the versions they had then.
     watched: Vec<(Bytes, u64)>,
+    /// Seeds handed out so far ([`Session::next_seed`]).
+    seeds: u64,
+}
+
+impl<N: Net, C: Clock> Session<N, C> {
+    /// A fresh seed for a command that picks at random ([`Command::reseed`]): a hash of the
+    /// connection, a counter and the time, so it differs per request yet replays bit for bit
+    /// in the simulator (whose clock and connection ids are seeded).
+    fn next_seed(&mut self, now: Duration) -> u64 {
+        self.seeds += 1;
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&self.id.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.seeds.to_le_bytes());
+        bytes[16..32].copy_from_slice(&now.as_nanos().to_le_bytes());
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
 }
 
 /// `CLIENT ...`: what a connection may say about itself.
@@ -705,6 +721,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             name: None,
             transaction: None,
             watched: Vec::new(),
+            seeds: 0,
         };
         let unauthenticated = Limits::unauthenticated();
         let mut parser = RequestParser::default();
@@ -1142,10 +1159,11 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 Err(problem) => error(unknown_with_args(problem.to_string(), args)),
             };
         }
-        let command = match Command::parse(args) {
+        let mut command = match Command::parse(args) {
             Ok(command) => command,
             Err(problem) => return error(unknown_with_args(problem.to_string(), args)),
         };
+        command.reseed(session.next_seed(self.clock.now()));
         match command.scope() {
             Scope::Keys => {
                 let reply = session.client.execute(command).await;
@@ -1229,6 +1247,33 @@ fn same_secret(secret: &[u8], guess: &[u8]) -> bool {
         differ = std::hint::black_box(differ | (s ^ g));
     }
     differ == 0
+}
+
+/// Commands the proxy answers itself (not parsed as [`Command`]s): queued as they are inside
+/// a transaction and answered at `EXEC`.
+fn is_proxy_command(name: &str) -> bool {
+    matches!(
+        name,
+        "ping"
+            | "echo"
+            | "select"
+            | "client"
+            | "function"
+            | "script"
+            | "command"
+            | "config"
+            | "time"
+            | "info"
+            | "scan"
+            | "hello"
+            | "auth"
+            | "cluster"
+            | "object"
+            | "memory"
+            | "randomkey"
+            | "lastsave"
+            | "debug"
+    )
 }
 
 fn arity(name: &str) -> Frame {

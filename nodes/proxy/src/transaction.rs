@@ -155,10 +155,11 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         }
         let mut keyed_replies = Vec::new().into_iter();
         if !keyed.is_empty() || !watched.is_empty() {
-            let entry = Command::Transaction {
+            let mut entry = Command::Transaction {
                 commands: keyed,
                 watched,
             };
+            entry.reseed(session.next_seed(self.clock.now()));
             match session.client.execute(entry).await {
                 Ok(Reply::Array(replies)) => keyed_replies = replies.into_iter(),
                 Ok(Reply::NilArray) => return Frame::Array(None),
