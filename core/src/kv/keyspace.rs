@@ -126,6 +126,12 @@ pub enum KeyCommand {
     },
     /// `TOUCH key...`: the number of keys that exist.
     Touch { keys: Vec<Bytes> },
+    /// `MEMORY USAGE key [SAMPLES n]`: the bytes the key's record takes as stored (its
+    /// encoding plus the key), nil when missing.
+    MemoryUsage { key: Bytes },
+    /// `OBJECT REFCOUNT key`: always 1 for an existing key (values are never shared between
+    /// keys), nil when missing.
+    RefCount { key: Bytes },
 }
 
 impl KeyCommand {
@@ -199,6 +205,36 @@ impl KeyCommand {
             "touch" => arity(!rest.is_empty()).map(|()| KeyCommand::Touch {
                 keys: rest.to_vec(),
             }),
+            "memory" if rest.first().is_some_and(|sub| sub.eq_ignore_ascii_case(b"usage")) => {
+                (|| {
+                    match &rest[1..] {
+                        [_] => {}
+                        [_, option, count] if option.eq_ignore_ascii_case(b"samples") => {
+                            parse_i64(count)?;
+                        }
+                        _ => return Err(CommandError::Syntax),
+                    }
+                    Ok(KeyCommand::MemoryUsage {
+                        key: rest[1].clone(),
+                    })
+                })()
+                .map_err(|error| match rest.len() {
+                    1 => CommandError::Message(
+                        "ERR unknown subcommand or wrong number of arguments for 'usage'. Try MEMORY HELP."
+                            .into(),
+                    ),
+                    _ => error,
+                })
+            }
+            "object" if rest.first().is_some_and(|sub| sub.eq_ignore_ascii_case(b"refcount")) => {
+                match rest {
+                    [_, key] => Ok(KeyCommand::RefCount { key: key.clone() }),
+                    _ => Err(CommandError::Message(
+                        "ERR unknown subcommand or wrong number of arguments for 'refcount'. Try OBJECT HELP."
+                            .into(),
+                    )),
+                }
+            }
             _ => return None,
         };
         Some(parsed)
@@ -213,7 +249,10 @@ impl KeyCommand {
 
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
-            KeyCommand::Expire { key, .. } | KeyCommand::ExpireTime { key, .. } => vec![key],
+            KeyCommand::Expire { key, .. }
+            | KeyCommand::ExpireTime { key, .. }
+            | KeyCommand::MemoryUsage { key }
+            | KeyCommand::RefCount { key } => vec![key],
             KeyCommand::Rename { from, to, .. } | KeyCommand::Copy { from, to, .. } => {
                 vec![from, to]
             }
@@ -232,6 +271,8 @@ impl KeyCommand {
             KeyCommand::Rename { only_new: true, .. } => "renamenx",
             KeyCommand::Copy { .. } => "copy",
             KeyCommand::Touch { .. } => "touch",
+            KeyCommand::MemoryUsage { .. } => "memory",
+            KeyCommand::RefCount { .. } => "object",
         }
     }
 
@@ -318,6 +359,14 @@ impl KeyCommand {
             KeyCommand::Touch { keys } => {
                 Reply::Int(keys.iter().filter(|key| view.get(key).is_some()).count() as i64)
             }
+            KeyCommand::MemoryUsage { key } => match view.get(key) {
+                None => Reply::Nil,
+                Some(record) => Reply::Int((key.len() + record.encode().len()) as i64),
+            },
+            KeyCommand::RefCount { key } => match view.get(key) {
+                None => Reply::Nil,
+                Some(_) => Reply::Int(1),
+            },
         }
     }
 }

@@ -911,6 +911,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             }
             "info" => self.info(session).await,
             "scan" => self.scan(session, &args).await,
+            "randomkey" if args.len() == 1 => self.random_key(session).await,
+            "randomkey" => arity("randomkey"),
             _ => self.data_command(session, &name, &args).await,
         }
     }
@@ -1105,6 +1107,31 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             replies.push(session.client.execute_in(group, command.clone()).await?);
         }
         Ok(replies)
+    }
+
+    /// `RANDOMKEY`: a key of a random group that has any, picked at random; nil when the
+    /// database is empty. Each group lists its keys (`KEYS *`, bounded by the node's reply
+    /// limit), so this costs a group's key count, not Redis's O(1).
+    async fn random_key(&self, session: &mut Session<N, C>) -> Frame {
+        let groups: Vec<_> = self.routing.current().groups().keys().copied().collect();
+        let seed = session.next_seed(self.clock.now());
+        for offset in 0..groups.len() {
+            let group = groups[(seed as usize).wrapping_add(offset) % groups.len()];
+            let listing = Command::Keys {
+                pattern: Bytes::from_static(b"*"),
+                kind: None,
+            };
+            match session.client.execute_in(group, listing).await {
+                Ok(Reply::Array(keys)) if keys.is_empty() => {}
+                Ok(Reply::Array(keys)) => {
+                    let pick = (seed >> 16) as usize % keys.len();
+                    return Frame::from(&keys[pick]);
+                }
+                Ok(other) => return Frame::from(&other),
+                Err(e) => return client_error(e, &self.config.bugs),
+            }
+        }
+        Frame::Null
     }
 
     /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`: the cursor is the index of the next
