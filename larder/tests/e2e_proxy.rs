@@ -359,3 +359,123 @@ fn a_restart_from_the_same_directory_keeps_data_and_routing() {
         .set("after-restart", "yes")
         .expect("a write after the restart");
 }
+
+#[test]
+fn collections_transactions_and_blocking_pops_through_the_proxy() {
+    let running = Running::start(4, None);
+    let mut c = running.connection();
+    let cmd = |name: &str| redis::cmd(name);
+
+    // Lists, sets and sorted sets, one command each way.
+    let pushed: i64 = cmd("RPUSH")
+        .arg("l{t}")
+        .arg(&["a", "b", "c"])
+        .query(&mut c)
+        .expect("rpush");
+    assert_eq!(pushed, 3);
+    let range: Vec<String> = cmd("LRANGE")
+        .arg("l{t}")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .expect("lrange");
+    assert_eq!(range, ["a", "b", "c"]);
+    let added: i64 = cmd("SADD")
+        .arg("s{t}")
+        .arg(&["x", "y"])
+        .query(&mut c)
+        .expect("sadd");
+    assert_eq!(added, 2);
+    let scores: Vec<String> = cmd("ZADD")
+        .arg("z{t}")
+        .arg(&["1.5", "m", "0.1", "n"])
+        .query::<i64>(&mut c)
+        .and_then(|_| {
+            cmd("ZRANGE")
+                .arg("z{t}")
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query(&mut c)
+        })
+        .expect("zadd, zrange");
+    assert_eq!(scores, ["n", "0.10000000000000001", "m", "1.5"]);
+
+    // MULTI/EXEC in one group applies as one entry and answers each command.
+    let replies: (i64, i64, Vec<String>) = redis::pipe()
+        .atomic()
+        .cmd("INCR")
+        .arg("n{t}")
+        .cmd("LPUSH")
+        .arg("l{t}")
+        .arg("z")
+        .cmd("LRANGE")
+        .arg("l{t}")
+        .arg(0)
+        .arg(0)
+        .query(&mut c)
+        .expect("exec");
+    assert_eq!(replies, (1, 4, vec!["z".to_string()]));
+
+    // A watched key changed by another client: EXEC answers nil and nothing runs.
+    let mut other = running.connection();
+    let () = cmd("WATCH").arg("n{t}").query(&mut c).expect("watch");
+    let _: i64 = cmd("INCR")
+        .arg("n{t}")
+        .query(&mut other)
+        .expect("incr elsewhere");
+    let () = cmd("MULTI").query(&mut c).expect("multi");
+    let queued: String = cmd("SET")
+        .arg("n{t}")
+        .arg("0")
+        .query(&mut c)
+        .expect("queued");
+    assert_eq!(queued, "QUEUED");
+    let aborted: Option<Vec<String>> = cmd("EXEC").query(&mut c).expect("exec");
+    assert_eq!(aborted, None);
+    assert_eq!(c.get::<_, i64>("n{t}").expect("get"), 2);
+
+    // Keys of different groups cannot run together.
+    let crossslot = cmd("RENAME").arg("a").arg("b").query::<String>(&mut c);
+    assert!(
+        crossslot
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("same slot")
+                || e.to_string().contains("same slot")
+                || e.to_string().contains("no such key")),
+        "{crossslot:?}"
+    );
+    let keys_in_groups = (0..64).map(|i| format!("k{i}")).collect::<Vec<_>>();
+    let spread = cmd("SINTER")
+        .arg(&keys_in_groups)
+        .query::<Vec<String>>(&mut c);
+    assert!(
+        spread
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("same slot")),
+        "{spread:?}"
+    );
+
+    // A blocked BLPOP is woken by a push from another connection.
+    let address = running.address;
+    let pusher = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let client = redis::Client::open(format!("redis://{address}/")).expect("client");
+        let mut c = client.get_connection().expect("connection");
+        let _: i64 = redis::cmd("RPUSH")
+            .arg("q")
+            .arg("job")
+            .query(&mut c)
+            .expect("push");
+    });
+    let popped: (String, String) = cmd("BLPOP").arg("q").arg(5).query(&mut c).expect("blpop");
+    assert_eq!(popped, ("q".to_string(), "job".to_string()));
+    pusher.join().expect("pusher");
+    // And one that waits in vain times out with the null array.
+    let timed_out: Option<(String, String)> = cmd("BLPOP")
+        .arg("q")
+        .arg("0.2")
+        .query(&mut c)
+        .expect("blpop timeout");
+    assert_eq!(timed_out, None);
+}

@@ -481,11 +481,11 @@ impl StringCommand {
                 let reply = Reply::Bulk(value.clone());
                 match change {
                     None => {}
-                    Some(ExpiryChange::Persist) => {
-                        if record.expires_at_ms.take().is_some() {
-                            view.put(key, Some(record));
-                        }
+                    Some(ExpiryChange::Persist) if record.expires_at_ms.is_some() => {
+                        record.expires_at_ms = None;
+                        view.put(key, Some(record));
                     }
+                    Some(ExpiryChange::Persist) => {}
                     Some(ExpiryChange::At(deadline)) => {
                         if deadline.raw() <= 0 || deadline.millis_overflow() {
                             return Err(Reply::error("ERR invalid expire time in 'getex' command"));
