@@ -498,6 +498,7 @@ impl ProxyFile {
     /// defaults.
     pub fn proxy_config(&self) -> anyhow::Result<ProxyConfig> {
         let mut config = ProxyConfig {
+            process_figures: Some(larder::local::process_figures),
             password: self.requirepass.clone(),
             ..ProxyConfig::default()
         };

@@ -361,6 +361,8 @@ fn a_restart_from_the_same_directory_keeps_data_and_routing() {
 }
 
 #[test]
+// A test on real processes: a second client pushes from its own thread while the first blocks.
+#[allow(clippy::disallowed_methods)]
 fn collections_transactions_and_blocking_pops_through_the_proxy() {
     let running = Running::start(4, None);
     let mut c = running.connection();

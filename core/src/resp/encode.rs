@@ -23,6 +23,8 @@ pub fn encode_frame(frame: &Frame, protocol: Protocol, out: &mut Vec<u8>) {
                 encode_frame(item, protocol, out);
             }
         }
+        // Redis 7's `addReplyNullArray`: RESP3 has one null for every type.
+        Frame::Array(None) if resp3 => out.extend_from_slice(b"_\r\n"),
         Frame::Array(None) => out.extend_from_slice(b"*-1\r\n"),
         Frame::Null if resp3 => out.extend_from_slice(b"_\r\n"),
         Frame::Null => out.extend_from_slice(b"$-1\r\n"),

@@ -43,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting};
 
+pub mod info;
 mod tls;
 mod transaction;
 pub use tls::{PemFile, ProxyTls, TlsAuthClients, TlsError, TlsSettings};
@@ -106,6 +107,10 @@ pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
 /// Proxy settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// Where `INFO` reads the process's CPU and memory from: the real server gives a reader of
+    /// its process; none in the simulator, whose runs must not read
+    /// real process state.
+    pub process_figures: Option<fn() -> info::ProcessFigures>,
     /// `requirepass`: when set, a connection must `AUTH` (or `HELLO … AUTH`) first.
     pub password: Option<String>,
     /// Protocol limits; a request beyond them is a protocol error (the connection is closed
@@ -165,6 +170,7 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
+            process_figures: None,
             password: None,
             limits: Limits::default(),
             client: ClientConfig::default(),
@@ -197,6 +203,10 @@ pub struct Proxy<N: Net, C: Clock> {
     refreshing: AtomicBool,
     /// The encoding thresholds `CONFIG SET` took ([`ENCODING_PARAMETERS`]).
     encodings: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// When the proxy started, by its clock (`INFO`'s uptime).
+    started: Duration,
+    /// `INFO commandstats`, per command name (known commands only, so the map stays bounded).
+    command_counts: std::sync::Mutex<std::collections::BTreeMap<String, info::CommandCounts>>,
 }
 
 /// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
@@ -286,6 +296,11 @@ struct Counters {
     accept_errors: AtomicU64,
     tls_handshake_failures: AtomicU64,
     tls_handshake_timeouts: AtomicU64,
+    /// Connections served so far, and commands.
+    total_connections: AtomicU64,
+    total_commands: AtomicU64,
+    /// Connections waiting in a blocking command now (`INFO`'s `blocked_clients`).
+    blocked: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -494,12 +509,14 @@ fn error_frame(code: &str, reason: &str) -> Frame {
 impl<N: Net, C: Clock> Proxy<N, C> {
     pub fn new(net: N, clock: C, config: ProxyConfig, routing: SharedRouting) -> Arc<Self> {
         Arc::new(Proxy {
+            started: clock.now(),
             net,
             clock,
             config,
             routing,
             counters: Counters::default(),
             refreshing: AtomicBool::new(false),
+            command_counts: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             encodings: std::sync::Mutex::new(
                 ENCODING_PARAMETERS
                     .iter()
@@ -535,6 +552,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         // Taken first and given back on refusal, so two connections racing for the last slot
         // cannot both get it.
         let slot = Slot(&self.counters);
+        if before < max {
+            bump(&self.counters.total_connections);
+        }
         (before < max).then_some(slot)
     }
 
@@ -863,7 +883,40 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         Ok(())
     }
 
+    /// Answers one command, and counts it for `INFO` (`commandstats`).
     async fn dispatch(&self, session: &mut Session<N, C>, args: Vec<Bytes>) -> Frame {
+        let started = self.clock.now();
+        let name = lower(&args[0]);
+        let frame = self.answer(session, args).await;
+        bump(&self.counters.total_commands);
+        let refused = match &frame {
+            Frame::Error(text) => Some(
+                text.starts_with("ERR wrong number")
+                    || text.starts_with("ERR syntax")
+                    || text.starts_with("NOAUTH"),
+            ),
+            _ => None,
+        };
+        let unknown =
+            matches!(&frame, Frame::Error(text) if text.starts_with("ERR unknown command"));
+        if !unknown {
+            let mut counts = self.command_counts.lock().expect("command counts lock");
+            // Known names only, and a cap besides: the map is bounded whatever clients send.
+            if counts.len() < COMMAND_COUNTS_MAX || counts.contains_key(&name) {
+                let entry = counts.entry(name).or_default();
+                entry.calls += 1;
+                entry.usec += self.clock.now().saturating_sub(started).as_micros() as u64;
+                match refused {
+                    Some(true) => entry.rejected_calls += 1,
+                    Some(false) => entry.failed_calls += 1,
+                    None => {}
+                }
+            }
+        }
+        frame
+    }
+
+    async fn answer(&self, session: &mut Session<N, C>, args: Vec<Bytes>) -> Frame {
         let name = lower(&args[0]);
         if !session.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit") {
             return error("NOAUTH Authentication required.");
@@ -909,7 +962,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                     bulk((wall_us % 1_000_000).to_string()),
                 ]))
             }
-            "info" => self.info(session).await,
+            "info" => self.info(session, &args[1..]).await,
             "scan" => self.scan(session, &args).await,
             "randomkey" if args.len() == 1 => self.random_key(session).await,
             "randomkey" => arity("randomkey"),
@@ -1063,36 +1116,59 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         }
     }
 
-    async fn info(&self, session: &mut Session<N, C>) -> Frame {
-        let table = self.routing.current();
-        let keys = match self.fan_out(session, Command::DbSize).await {
-            Ok(replies) => replies
-                .iter()
-                .map(|r| if let Reply::Int(n) = r { *n } else { 0 })
-                .sum::<i64>()
-                .to_string(),
-            Err(_) => "unknown".into(),
+    async fn info(&self, session: &mut Session<N, C>, args: &[Bytes]) -> Frame {
+        let sections = info::selected(args);
+        let keys = if sections.contains(&"keyspace") {
+            match self.fan_out(session, Command::DbSize).await {
+                Ok(replies) => Some(
+                    replies
+                        .iter()
+                        .map(|r| if let Reply::Int(n) = r { *n } else { 0 })
+                        .sum::<i64>(),
+                ),
+                Err(_) => None,
+            }
+        } else {
+            None
         };
+        let table = self.routing.current();
         let stats = self.stats();
         // Redis's `tcp_port`, and beside it `tls_port` (Redis shows only one port there, the
         // TLS one when plain is off; here both listeners may be on).
         let mut ports = String::new();
         if let Some(port) = self.config.tcp_port {
-            ports.push_str(&format!("tcp_port:{port}\r\n"));
+            ports.push_str(&format!("tcp_port:{port}\n"));
         }
         if let Some(port) = self.config.tls_port {
-            ports.push_str(&format!("tls_port:{port}\r\n"));
+            ports.push_str(&format!("tls_port:{port}\n"));
         }
-        let text = format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nlarder_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\n{ports}\r\n# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n# Stats\r\nrejected_connections:{}\r\n\r\n# Cluster\r\nrouting_epoch:{}\r\nslot_groups:{}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n",
-            env!("CARGO_PKG_VERSION"),
-            stats.connections,
-            self.config.max_clients,
-            stats.rejected_connections,
-            table.epoch(),
-            table.groups().len(),
-        );
-        Frame::Bulk(Some(Bytes::from(text)))
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let facts = info::Facts {
+            version: REDIS_VERSION,
+            larder_version: env!("CARGO_PKG_VERSION"),
+            ports,
+            uptime_secs: self.clock.now().saturating_sub(self.started).as_secs(),
+            process: self
+                .config
+                .process_figures
+                .map(|read| read())
+                .unwrap_or_default(),
+            connected_clients: stats.connections,
+            blocked_clients: get(&self.counters.blocked),
+            max_clients: self.config.max_clients,
+            total_connections: get(&self.counters.total_connections),
+            rejected_connections: stats.rejected_connections,
+            total_commands: get(&self.counters.total_commands),
+            commands: self
+                .command_counts
+                .lock()
+                .expect("command counts lock")
+                .clone(),
+            routing_epoch: table.epoch(),
+            slot_groups: table.groups().len(),
+            keys,
+        };
+        Frame::Bulk(Some(Bytes::from(info::render(&sections, &facts))))
     }
 
     /// Runs a group-scope command on every group, in group order.
@@ -1302,6 +1378,9 @@ fn is_proxy_command(name: &str) -> bool {
             | "debug"
     )
 }
+
+/// Most command names `INFO commandstats` keeps counts for.
+const COMMAND_COUNTS_MAX: usize = 512;
 
 fn arity(name: &str) -> Frame {
     error(format!(

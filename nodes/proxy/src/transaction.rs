@@ -187,6 +187,22 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         command: Command,
         timeout: BlockTimeout,
     ) -> Frame {
+        self.counters
+            .blocked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let frame = self.poll_blocked(session, command, timeout).await;
+        self.counters
+            .blocked
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        frame
+    }
+
+    async fn poll_blocked(
+        &self,
+        session: &mut Session<N, C>,
+        command: Command,
+        timeout: BlockTimeout,
+    ) -> Frame {
         let deadline = (timeout.0 > 0).then(|| self.clock.now() + Duration::from_millis(timeout.0));
         let probe = Command::Exists {
             keys: command.block_sources().into_iter().cloned().collect(),
