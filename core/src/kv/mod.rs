@@ -28,7 +28,9 @@ pub use keyspace::{Deadline, ExpireCondition, KeyCommand};
 pub use list::{BlockTimeout, End, ListCommand, PopShape};
 pub use record::{Record, RecordError, Value};
 pub use set::SetCommand;
-pub use string::{ExpiryChange, LcsAnswer, SetAnswer, SetName, StringCommand, format_float_human};
+pub use string::{
+    BitOperation, BitRange, ExpiryChange, LcsAnswer, SetAnswer, SetName, StringCommand,
+};
 pub use zset::{Score, ZSet, ZSetCommand};
 
 use bytes::Bytes;
@@ -59,6 +61,34 @@ pub enum Reply {
     /// The null array (`*-1` in RESP2): a blocking pop that timed out, an `EXEC` whose watched
     /// keys changed. Replies are stored by variant index: new variants go at the end.
     NilArray,
+    /// A double (`addReplyDouble`), kept as its IEEE-754 bits so replies stay `Eq`: a bulk
+    /// string of its `%.17g` text in RESP2, RESP3's `,` type otherwise. Scores and float
+    /// increments answer with it.
+    Double(u64),
+    /// Pairs flattened `[k1, v1, k2, v2, …]`: a flat array in RESP2 and an array of
+    /// two-element arrays in RESP3, as Redis answers `WITHSCORES` and `WITHVALUES`.
+    Pairs(#[serde(deserialize_with = "bounded::replies")] Vec<Reply>),
+}
+
+impl Reply {
+    /// A [`Reply::Double`] of `value`.
+    pub fn double(value: f64) -> Reply {
+        Reply::Double(value.to_bits())
+    }
+
+    /// The reply as a RESP2 client sees it: doubles as bulk strings of their text, pairs
+    /// flattened. Tests compare in this shape; the proxy encodes per connection instead.
+    pub fn resp2(self) -> Reply {
+        match self {
+            Reply::Double(bits) => Reply::Bulk(Bytes::from(crate::resp::format_double(
+                f64::from_bits(bits),
+            ))),
+            Reply::Pairs(items) | Reply::Array(items) => {
+                Reply::Array(items.into_iter().map(Reply::resp2).collect())
+            }
+            other => other,
+        }
+    }
 }
 
 /// Deepest nesting of [`Reply::Array`] a decoder accepts. Replies are persisted (a session's

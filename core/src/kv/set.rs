@@ -968,7 +968,12 @@ fn hrandfield(
             items.push(Reply::Bulk(value.clone()));
         }
     }
-    Ok(Reply::Array(items))
+    // With values, pairs: nested in RESP3, as Redis 7.0 answers.
+    Ok(if with_values {
+        Reply::Pairs(items)
+    } else {
+        Reply::Array(items)
+    })
 }
 
 fn hincrbyfloat(
@@ -997,7 +1002,7 @@ fn hincrbyfloat(
     Ok(Reply::Bulk(text))
 }
 
-mod long_double {
+pub(super) mod long_double {
     //! The x87 80-bit `long double` that Redis's `HINCRBYFLOAT` computes with (on x86-64, where its
     //! test suite checks the results), emulated exactly: a 64-bit mantissa, round-to-nearest-even,
     //! the same range and subnormals. Parsing follows glibc's `strtold` as Redis's `string2ld`
@@ -1018,7 +1023,7 @@ mod long_double {
 
     /// A finite or infinite extended-precision value: `±mantissa × 2^exponent` when finite.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(super) enum LongDouble {
+    pub(in crate::kv) enum LongDouble {
         Finite {
             negative: bool,
             mantissa: u64,
@@ -1030,20 +1035,20 @@ mod long_double {
     }
 
     impl LongDouble {
-        pub(super) const ZERO: LongDouble = LongDouble::Finite {
+        pub(in crate::kv) const ZERO: LongDouble = LongDouble::Finite {
             negative: false,
             mantissa: 0,
             exponent: 0,
         };
 
-        pub(super) fn is_finite(self) -> bool {
+        pub(in crate::kv) fn is_finite(self) -> bool {
             matches!(self, LongDouble::Finite { .. })
         }
 
         /// Parses `text` as Redis's `string2ld` does: `strtold` over the whole text, no leading
         /// space, nothing left over, at most 5119 bytes, not NaN, and not out of range (a result
         /// that overflows or underflows to zero). Infinities (`inf`, `-Infinity`) are accepted.
-        pub(super) fn parse(text: &[u8]) -> Option<LongDouble> {
+        pub(in crate::kv) fn parse(text: &[u8]) -> Option<LongDouble> {
             if text.is_empty() || text.len() >= CHARS_MAX {
                 return None;
             }
@@ -1065,7 +1070,7 @@ mod long_double {
 
         /// `self + other`, rounded to nearest even. An infinite operand gives an infinity (the
         /// caller refuses both infinities and NaN alike).
-        pub(super) fn add(self, other: LongDouble) -> LongDouble {
+        pub(in crate::kv) fn add(self, other: LongDouble) -> LongDouble {
             let (
                 LongDouble::Finite {
                     negative: a_negative,
@@ -1101,7 +1106,7 @@ mod long_double {
         }
 
         /// `printf("%.17Lf")` with trailing zeros and the dot stripped (Redis's `LD_STR_HUMAN`).
-        pub(super) fn to_human(self) -> String {
+        pub(in crate::kv) fn to_human(self) -> String {
             let (negative, mantissa, exponent) = match self {
                 LongDouble::Infinite { negative: true } => return "-inf".to_string(),
                 LongDouble::Infinite { negative: false } => return "inf".to_string(),
@@ -1662,7 +1667,7 @@ mod tests {
                     None => self.state.remove(&key),
                 };
             }
-            outcome.reply
+            outcome.reply.resp2()
         }
 
         fn run(&mut self, line: &str) -> Reply {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::command::parse_i64;
 use super::execute::View;
 use super::keyspace::{Deadline, parse_deadline};
+use super::set::long_double::LongDouble;
 use super::{
     CommandError, Record, Reply, STRING_BYTES_MAX, STRING_TOO_LONG, SetCondition, Value, WRONGTYPE,
 };
@@ -92,6 +93,129 @@ pub enum StringCommand {
         b: Bytes,
         answer: LcsAnswer,
     },
+    /// `SETBIT key offset 0|1`: answers the bit it replaced.
+    SetBit {
+        key: Bytes,
+        offset: u64,
+        bit: bool,
+    },
+    GetBit {
+        key: Bytes,
+        offset: u64,
+    },
+    /// `BITCOUNT key [start end [BYTE|BIT]]`.
+    BitCount {
+        key: Bytes,
+        range: Option<BitRange>,
+    },
+    /// `BITPOS key 0|1 [start [end [BYTE|BIT]]]`.
+    BitPos {
+        key: Bytes,
+        bit: bool,
+        range: Option<BitRange>,
+    },
+    /// `BITOP AND|OR|XOR|NOT destkey key…`.
+    BitOp {
+        operation: BitOperation,
+        dest: Bytes,
+        keys: Vec<Bytes>,
+    },
+}
+
+/// A `BITCOUNT`/`BITPOS` range: inclusive, negative from the end, in bytes or (`BIT`) bits.
+/// `end` is `None` when `BITPOS` was given a start only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BitRange {
+    pub start: i64,
+    pub end: Option<i64>,
+    pub bits: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BitOperation {
+    And,
+    Or,
+    Xor,
+    Not,
+}
+
+/// Redis's `proto-max-bulk-len` in bits: the largest `SETBIT`/`GETBIT` offset is one less.
+const BIT_OFFSET_END: u64 = (STRING_BYTES_MAX as u64) * 8;
+const BIT_OFFSET_ERROR: &str = "ERR bit offset is not an integer or out of range";
+
+fn parse_bit_offset(arg: &Bytes) -> Result<u64, CommandError> {
+    std::str::from_utf8(arg)
+        .ok()
+        .filter(|text| !text.starts_with('+'))
+        .and_then(|text| text.parse::<u64>().ok())
+        .filter(|offset| *offset < BIT_OFFSET_END)
+        .ok_or_else(|| CommandError::Message(BIT_OFFSET_ERROR.into()))
+}
+
+/// `[start end [BYTE|BIT]]` (`BITCOUNT`: both or neither) or `[start [end [BYTE|BIT]]]`
+/// (`BITPOS`).
+fn parse_bit_range(args: &[Bytes], end_optional: bool) -> Result<Option<BitRange>, CommandError> {
+    let unit = |arg: &Bytes| {
+        if arg.eq_ignore_ascii_case(b"bit") {
+            Ok(true)
+        } else if arg.eq_ignore_ascii_case(b"byte") {
+            Ok(false)
+        } else {
+            Err(CommandError::Syntax)
+        }
+    };
+    match args {
+        [] => Ok(None),
+        [start] if end_optional => Ok(Some(BitRange {
+            start: parse_i64(start)?,
+            end: None,
+            bits: false,
+        })),
+        [start, end] => Ok(Some(BitRange {
+            start: parse_i64(start)?,
+            end: Some(parse_i64(end)?),
+            bits: false,
+        })),
+        [start, end, mode] => Ok(Some(BitRange {
+            start: parse_i64(start)?,
+            end: Some(parse_i64(end)?),
+            bits: unit(mode)?,
+        })),
+        _ => Err(CommandError::Syntax),
+    }
+}
+
+/// The inclusive bit span `range` selects in a string of `len` bytes, clamped as Redis's
+/// `bitcountCommand`/`bitposCommand` clamp it; `None` when it is empty.
+fn bit_span(range: Option<BitRange>, len: usize) -> Option<(u64, u64)> {
+    let Some(range) = range else {
+        return (len > 0).then(|| (0, len as u64 * 8 - 1));
+    };
+    let total = if range.bits {
+        len as i64 * 8
+    } else {
+        len as i64
+    };
+    let clamp = |index: i64| {
+        let index = if index < 0 { total + index } else { index };
+        index.max(0)
+    };
+    let start = clamp(range.start);
+    let end = clamp(range.end.unwrap_or(total - 1)).min(total - 1);
+    if start > end {
+        return None;
+    }
+    Some(if range.bits {
+        (start as u64, end as u64)
+    } else {
+        (start as u64 * 8, end as u64 * 8 + 7)
+    })
+}
+
+fn bit_at(bytes: &[u8], offset: u64) -> bool {
+    bytes
+        .get((offset / 8) as usize)
+        .is_some_and(|byte| byte & (0x80 >> (offset % 8)) != 0)
 }
 
 /// Which client command a [`StringCommand::Set`] came from (error texts name it).
@@ -113,35 +237,6 @@ impl SetName {
             SetName::PSetEx => "psetex",
             SetName::GetSet => "getset",
         }
-    }
-}
-
-/// Parses a float as Redis's `string2ld` accepts it: no spaces, not NaN.
-pub(super) fn parse_float(text: &[u8]) -> Option<f64> {
-    let text = std::str::from_utf8(text).ok()?;
-    if text.is_empty()
-        || text.starts_with(char::is_whitespace)
-        || text.ends_with(char::is_whitespace)
-    {
-        return None;
-    }
-    let value: f64 = text.parse().ok()?;
-    (!value.is_nan()).then_some(value)
-}
-
-/// Formats a float as Redis 7.0's `INCRBYFLOAT` and `HINCRBYFLOAT` do (`ld2string` in human
-/// mode: fixed notation, no trailing zeros). Redis computes in `long double` and prints 17
-/// decimals, which rounds away the binary noise of a `double`; the shortest representation
-/// that reads back as the same `f64` gives the same text for the values clients use.
-pub fn format_float_human(value: f64) -> String {
-    if value == 0.0 {
-        return "0".into();
-    }
-    let text = format!("{value}");
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        text
     }
 }
 
@@ -258,10 +353,80 @@ impl StringCommand {
             }
             "incrbyfloat" => {
                 arity(rest.len() == 2)?;
-                parse_float(&rest[1]).ok_or_else(float_error)?;
+                LongDouble::parse(&rest[1]).ok_or_else(float_error)?;
                 Ok(StringCommand::IncrByFloat {
                     key: rest[0].clone(),
                     delta: rest[1].clone(),
+                })
+            }
+            "setbit" => {
+                arity(rest.len() == 3)?;
+                let offset = parse_bit_offset(&rest[1])?;
+                let bit = match rest[2].as_ref() {
+                    b"0" => false,
+                    b"1" => true,
+                    _ => {
+                        return Err(CommandError::Message(
+                            "ERR bit is not an integer or out of range".into(),
+                        ));
+                    }
+                };
+                Ok(StringCommand::SetBit {
+                    key: rest[0].clone(),
+                    offset,
+                    bit,
+                })
+            }
+            "getbit" => {
+                arity(rest.len() == 2)?;
+                Ok(StringCommand::GetBit {
+                    key: rest[0].clone(),
+                    offset: parse_bit_offset(&rest[1])?,
+                })
+            }
+            "bitcount" => {
+                arity(!rest.is_empty())?;
+                Ok(StringCommand::BitCount {
+                    key: rest[0].clone(),
+                    range: parse_bit_range(&rest[1..], false)?,
+                })
+            }
+            "bitpos" => {
+                arity(rest.len() >= 2)?;
+                let bit = match parse_i64(&rest[1]) {
+                    Ok(0) => false,
+                    Ok(1) => true,
+                    Ok(_) => {
+                        return Err(CommandError::Message(
+                            "ERR The bit argument must be 1 or 0.".into(),
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok(StringCommand::BitPos {
+                    key: rest[0].clone(),
+                    bit,
+                    range: parse_bit_range(&rest[2..], true)?,
+                })
+            }
+            "bitop" => {
+                arity(rest.len() >= 3)?;
+                let operation = match rest[0].to_ascii_lowercase().as_slice() {
+                    b"and" => BitOperation::And,
+                    b"or" => BitOperation::Or,
+                    b"xor" => BitOperation::Xor,
+                    b"not" => BitOperation::Not,
+                    _ => return Err(CommandError::Syntax),
+                };
+                if operation == BitOperation::Not && rest.len() != 3 {
+                    return Err(CommandError::Message(
+                        "ERR BITOP NOT must be called with a single source key.".into(),
+                    ));
+                }
+                Ok(StringCommand::BitOp {
+                    operation,
+                    dest: rest[1].clone(),
+                    keys: rest[2..].to_vec(),
                 })
             }
             "msetnx" => {
@@ -373,7 +538,10 @@ impl StringCommand {
         match self {
             StringCommand::GetRange { .. }
             | StringCommand::StrLen { .. }
-            | StringCommand::Lcs { .. } => false,
+            | StringCommand::Lcs { .. }
+            | StringCommand::GetBit { .. }
+            | StringCommand::BitCount { .. }
+            | StringCommand::BitPos { .. } => false,
             // `GETEX` without options only reads, but stays a write: one path for its forms.
             _ => true,
         }
@@ -387,7 +555,14 @@ impl StringCommand {
             | StringCommand::SetRange { key, .. }
             | StringCommand::GetRange { key, .. }
             | StringCommand::StrLen { key }
-            | StringCommand::IncrByFloat { key, .. } => vec![key],
+            | StringCommand::IncrByFloat { key, .. }
+            | StringCommand::SetBit { key, .. }
+            | StringCommand::GetBit { key, .. }
+            | StringCommand::BitCount { key, .. }
+            | StringCommand::BitPos { key, .. } => vec![key],
+            StringCommand::BitOp { dest, keys, .. } => {
+                std::iter::once(dest).chain(keys.iter()).collect()
+            }
             StringCommand::MSetNx { pairs } => pairs.iter().map(|(key, _)| key).collect(),
             StringCommand::Lcs { a, b, .. } => vec![a, b],
         }
@@ -404,6 +579,11 @@ impl StringCommand {
             StringCommand::IncrByFloat { .. } => "incrbyfloat",
             StringCommand::MSetNx { .. } => "msetnx",
             StringCommand::Lcs { .. } => "lcs",
+            StringCommand::SetBit { .. } => "setbit",
+            StringCommand::GetBit { .. } => "getbit",
+            StringCommand::BitCount { .. } => "bitcount",
+            StringCommand::BitPos { .. } => "bitpos",
+            StringCommand::BitOp { .. } => "bitop",
         }
     }
 
@@ -552,6 +732,121 @@ impl StringCommand {
                 let (text, _) = string_of(view, key)?;
                 Ok(Reply::Int(text.len() as i64))
             }
+            StringCommand::SetBit { key, offset, bit } => {
+                let (current, expires_at_ms) = string_of(view, key)?;
+                let byte = (offset / 8) as usize;
+                let mut bytes = current.to_vec();
+                if bytes.len() <= byte {
+                    bytes.resize(byte + 1, 0);
+                }
+                let mask = 0x80u8 >> (offset % 8);
+                let old = bytes[byte] & mask != 0;
+                if *bit {
+                    bytes[byte] |= mask;
+                } else {
+                    bytes[byte] &= !mask;
+                }
+                view.put(
+                    key,
+                    Some(Record {
+                        value: Value::Str(Bytes::from(bytes)),
+                        expires_at_ms,
+                    }),
+                );
+                Ok(Reply::Int(i64::from(old)))
+            }
+            StringCommand::GetBit { key, offset } => {
+                let (text, _) = string_of(view, key)?;
+                Ok(Reply::Int(i64::from(bit_at(&text, *offset))))
+            }
+            StringCommand::BitCount { key, range } => {
+                let (text, _) = string_of(view, key)?;
+                let Some((first, last)) = bit_span(*range, text.len()) else {
+                    return Ok(Reply::Int(0));
+                };
+                // Whole bytes by popcount; the partial bytes at either end bit by bit.
+                let (first_byte, last_byte) = (first.div_ceil(8), (last + 1) / 8);
+                let ones = |offsets: std::ops::Range<u64>| {
+                    offsets.filter(|offset| bit_at(&text, *offset)).count() as u64
+                };
+                let count = if first_byte >= last_byte {
+                    ones(first..last + 1)
+                } else {
+                    let whole: u64 = text[first_byte as usize..last_byte as usize]
+                        .iter()
+                        .map(|byte| u64::from(byte.count_ones()))
+                        .sum();
+                    whole + ones(first..first_byte * 8) + ones(last_byte * 8..last + 1)
+                };
+                Ok(Reply::Int(count as i64))
+            }
+            StringCommand::BitPos { key, bit, range } => {
+                let text = match view.get(key) {
+                    None => return Ok(Reply::Int(if *bit { -1 } else { 0 })),
+                    Some(Record {
+                        value: Value::Str(text),
+                        ..
+                    }) => text.clone(),
+                    Some(_) => return Err(Reply::error(WRONGTYPE)),
+                };
+                let Some((first, last)) = bit_span(*range, text.len()) else {
+                    return Ok(Reply::Int(-1));
+                };
+                let mut offset = first;
+                while offset <= last {
+                    // Skip whole bytes that cannot hold the bit.
+                    if offset % 8 == 0 && offset + 7 <= last {
+                        let byte = text[(offset / 8) as usize];
+                        if (*bit && byte == 0) || (!*bit && byte == 0xff) {
+                            offset += 8;
+                            continue;
+                        }
+                    }
+                    if bit_at(&text, offset) == *bit {
+                        return Ok(Reply::Int(offset as i64));
+                    }
+                    offset += 1;
+                }
+                // Looking for a clear bit with no end given: the string is taken as padded
+                // with zeros, so the answer is the first bit past it (as Redis answers).
+                let end_given = range.is_some_and(|range| range.end.is_some());
+                Ok(Reply::Int(if !*bit && !end_given {
+                    text.len() as i64 * 8
+                } else {
+                    -1
+                }))
+            }
+            StringCommand::BitOp {
+                operation,
+                dest,
+                keys,
+            } => {
+                let sources = keys
+                    .iter()
+                    .map(|key| string_of(view, key).map(|(text, _)| text))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let len = sources.iter().map(Bytes::len).max().unwrap_or(0);
+                let result: Vec<u8> = (0..len)
+                    .map(|index| {
+                        let mut bytes = sources
+                            .iter()
+                            .map(|source| source.get(index).copied().unwrap_or(0));
+                        let first = bytes.next().unwrap_or(0);
+                        match operation {
+                            BitOperation::Not => !first,
+                            BitOperation::And => bytes.fold(first, |a, b| a & b),
+                            BitOperation::Or => bytes.fold(first, |a, b| a | b),
+                            BitOperation::Xor => bytes.fold(first, |a, b| a ^ b),
+                        }
+                    })
+                    .collect();
+                // An empty result deletes the destination, as Redis does.
+                view.put(
+                    dest,
+                    (!result.is_empty()).then(|| Record::string(Bytes::from(result))),
+                );
+                Ok(Reply::Int(len as i64))
+            }
             StringCommand::IncrByFloat { key, delta } => {
                 let (text, expires_at_ms) = match view.get(key) {
                     None => (None, None),
@@ -561,18 +856,20 @@ impl StringCommand {
                     }) => (Some(text.clone()), *expires_at_ms),
                     Some(_) => return Err(Reply::error(WRONGTYPE)),
                 };
+                // Redis computes in `long double`; so do we (`LongDouble`), so the sums and
+                // their text match its suite. An infinite increment parses; the sum is refused.
                 let current = match text {
-                    None => 0.0,
-                    Some(text) => parse_float(&text)
+                    None => LongDouble::ZERO,
+                    Some(text) => LongDouble::parse(&text)
                         .ok_or_else(|| Reply::error("ERR value is not a valid float"))?,
                 };
-                let delta = parse_float(delta)
+                let delta = LongDouble::parse(delta)
                     .ok_or_else(|| Reply::error("ERR value is not a valid float"))?;
-                let next = current + delta;
+                let next = current.add(delta);
                 if !next.is_finite() {
                     return Err(Reply::error("ERR increment would produce NaN or Infinity"));
                 }
-                let text = Bytes::from(format_float_human(next));
+                let text = Bytes::from(next.to_human());
                 view.put(
                     key,
                     Some(Record {
@@ -933,8 +1230,9 @@ pub(super) mod tests {
                 (0, "INCRBYFLOAT f abc"),
                 (0, "SET s abc"),
                 (0, "INCRBYFLOAT s 1"),
-                (0, "SET f 1e308"),
-                (0, "INCRBYFLOAT f 1e308"),
+                // An infinite increment parses (as in Redis); the infinite sum is refused.
+                (0, "SET f 0"),
+                (0, "INCRBYFLOAT f +inf"),
                 (0, "INCRBYFLOAT g 5.0e3"),
                 (0, "INCRBYFLOAT g -5000"),
             ],
@@ -955,6 +1253,121 @@ pub(super) mod tests {
                 bulk("0"),
             ],
         );
+    }
+
+    #[test]
+    fn bit_commands_answer_as_redis() {
+        let int = Reply::Int;
+        check(
+            &[
+                (0, "SETBIT b 7 1"),
+                (0, "GETBIT b 7"),
+                (0, "GET b"),
+                (0, "SETBIT b 7 0"),
+                (0, "SETBIT b 15 1"),
+                (0, "GETBIT b 100"),
+                (0, "SETBIT b 4294967296 1"),
+                (0, "SETBIT b -1 1"),
+                (0, "SETBIT b 1 2"),
+                (0, "SET s foobar"),
+                (0, "BITCOUNT s"),
+                (0, "BITCOUNT s 0 0"),
+                (0, "BITCOUNT s 1 1"),
+                (0, "BITCOUNT s 5 30 BIT"),
+                (0, "BITCOUNT s 0"),
+                (0, "BITCOUNT s 0 1 WORD"),
+                (0, "BITCOUNT none"),
+                (0, "BITPOS s 1"),
+                (0, "BITPOS s 0 2"),
+                (0, "BITPOS s 1 -1"),
+                (0, "BITPOS s 1 7 15 BIT"),
+                (0, "BITPOS none 0"),
+                (0, "BITPOS none 1"),
+                (0, "BITPOS s 2"),
+                (0, "BITOP NOT n s"),
+                (0, "BITOP AND a s n"),
+                (0, "EXISTS a"),
+                (0, "BITOP NOT n s s"),
+                (0, "LPUSH l x"),
+                (0, "SETBIT l 0 1"),
+                (0, "GETBIT l 0"),
+            ],
+            &[
+                int(0),
+                int(1),
+                bulk("\x01"),
+                int(1),
+                int(0),
+                int(0),
+                err("ERR bit offset is not an integer or out of range"),
+                err("ERR bit offset is not an integer or out of range"),
+                err("ERR bit is not an integer or out of range"),
+                Reply::Ok,
+                int(26),
+                int(4),
+                int(6),
+                int(17),
+                err("ERR syntax error"),
+                err("ERR syntax error"),
+                int(0),
+                int(1),
+                int(16),
+                int(41),
+                int(9),
+                int(0),
+                int(-1),
+                err("ERR The bit argument must be 1 or 0."),
+                int(6),
+                int(6),
+                int(1),
+                err("ERR BITOP NOT must be called with a single source key."),
+                int(1),
+                err(WRONGTYPE_TEXT),
+                err(WRONGTYPE_TEXT),
+            ],
+        );
+    }
+
+    const WRONGTYPE_TEXT: &str = super::super::WRONGTYPE;
+
+    proptest::proptest! {
+        /// `BITCOUNT` and `BITPOS` against a bit-by-bit model over every range form.
+        #[test]
+        fn bitcount_and_bitpos_match_a_bit_model(
+            text in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..6),
+            start in -60i64..60,
+            end in -60i64..60,
+            bits in proptest::prelude::any::<bool>(),
+            wanted in proptest::prelude::any::<bool>(),
+        ) {
+            let mut state = BTreeMap::new();
+            state.insert(b("k"), Record::string(Bytes::from(text.clone())));
+            let run = |args: &[&str]| {
+                let args: Vec<Bytes> = args.iter().map(|arg| b(arg)).collect();
+                execute(&Command::parse(&args).expect("valid"), 0, &state).reply
+            };
+            let total = if bits { text.len() as i64 * 8 } else { text.len() as i64 };
+            let clamp = |i: i64| if i < 0 { (total + i).max(0) } else { i };
+            let (first, last) = (clamp(start), clamp(end).min(total - 1));
+            let span: Vec<u64> = if first > last {
+                Vec::new()
+            } else if bits {
+                (first as u64..=last as u64).collect()
+            } else {
+                (first as u64 * 8..=last as u64 * 8 + 7).collect()
+            };
+            let bit = |offset: u64| text[(offset / 8) as usize] & (0x80 >> (offset % 8)) != 0;
+            let unit = if bits { "BIT" } else { "BYTE" };
+            let (start, end) = (start.to_string(), end.to_string());
+            let count = span.iter().filter(|offset| bit(**offset)).count() as i64;
+            proptest::prop_assert_eq!(run(&["BITCOUNT", "k", &start, &end, unit]), Reply::Int(count));
+            let position = span.iter().find(|offset| bit(**offset) == wanted).map_or(-1, |p| *p as i64);
+            let wanted_text = if wanted { "1" } else { "0" };
+            proptest::prop_assert_eq!(
+                run(&["BITPOS", "k", wanted_text, &start, &end, unit]),
+                Reply::Int(position)
+            );
+        }
     }
 
     #[test]

@@ -529,36 +529,11 @@ fn parse_lex_range(min: &Bytes, max: &Bytes) -> Result<LexRange, CommandError> {
     }
 }
 
-/// Formats a double as Redis 7.0's `addReplyDouble`: `inf`/`-inf`, otherwise C's `%.17g`.
-pub fn format_score(value: f64) -> String {
-    if value.is_infinite() {
-        return if value > 0.0 { "inf" } else { "-inf" }.to_string();
-    }
-    if value == 0.0 {
-        return if value.is_sign_negative() { "-0" } else { "0" }.to_string();
-    }
-    const PRECISION: i32 = 17;
-    let scientific = format!("{:.*e}", (PRECISION - 1) as usize, value);
-    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    fn trim(text: &str) -> &str {
-        if text.contains('.') {
-            text.trim_end_matches('0').trim_end_matches('.')
-        } else {
-            text
-        }
-    }
-    if (-4..PRECISION).contains(&exponent) {
-        let fixed = format!("{:.*}", (PRECISION - 1 - exponent) as usize, value);
-        trim(&fixed).to_string()
-    } else {
-        let sign = if exponent < 0 { '-' } else { '+' };
-        format!("{}e{}{:02}", trim(mantissa), sign, exponent.abs())
-    }
-}
+/// Score text as Redis writes it (`%.17g`): the one formatter is the protocol's.
+pub use crate::resp::format_double as format_score;
 
 fn score_reply(score: Score) -> Reply {
-    Reply::Bulk(Bytes::from(format_score(score.get())))
+    Reply::double(score.get())
 }
 
 fn arity(name: &str, ok: bool) -> Result<(), CommandError> {
@@ -1287,7 +1262,12 @@ impl ZSetCommand {
                 if !popped.is_empty() {
                     store(view, key, set, ttl);
                 }
-                Ok(members_reply(popped, true))
+                // Redis 7.0 nests the pairs in RESP3 only when a count was given.
+                Ok(if count.is_some() {
+                    members_reply(popped, true)
+                } else {
+                    Reply::Array(flat_members(popped, true))
+                })
             }
             ZSetCommand::PopFirstNonEmpty {
                 keys,
@@ -1304,9 +1284,7 @@ impl ZSetCommand {
                     let reply = match shape {
                         PopShape::KeyMemberScore => {
                             let mut items = vec![Reply::Bulk(key.clone())];
-                            if let Reply::Array(pairs) = members_reply(popped, true) {
-                                items.extend(pairs);
-                            }
+                            items.extend(flat_members(popped, true));
                             items
                         }
                         PopShape::Multi | PopShape::BlockingMulti => vec![
@@ -1351,8 +1329,9 @@ impl ZSetCommand {
                             .as_ref()
                             .is_none_or(|pattern| super::glob_match(pattern, member))
                         {
+                            // ZSCAN answers flat bulk strings in both protocols.
                             items.push(Reply::Bulk(member.clone()));
-                            items.push(score_reply(score));
+                            items.push(Reply::Bulk(Bytes::from(format_score(score.get()))));
                         }
                     }
                     if end < set.len() {
@@ -1427,8 +1406,18 @@ fn store(view: &mut View<'_>, key: &Bytes, set: ZSet, expires_at_ms: Option<u64>
     view.put(key, record);
 }
 
-/// `[member, score, ...]` (or members alone).
+/// `[member, score, ...]` as [`Reply::Pairs`] (nested in RESP3), or members alone.
 fn members_reply(items: Vec<(Bytes, Score)>, withscores: bool) -> Reply {
+    let flat = flat_members(items, withscores);
+    if withscores {
+        Reply::Pairs(flat)
+    } else {
+        Reply::Array(flat)
+    }
+}
+
+/// `[member, score, ...]` flat in every protocol (or members alone).
+fn flat_members(items: Vec<(Bytes, Score)>, withscores: bool) -> Vec<Reply> {
     let mut replies = Vec::new();
     for (member, score) in items {
         replies.push(Reply::Bulk(member));
@@ -1436,7 +1425,7 @@ fn members_reply(items: Vec<(Bytes, Score)>, withscores: bool) -> Reply {
             replies.push(score_reply(score));
         }
     }
-    Reply::Array(replies)
+    replies
 }
 
 fn add(
@@ -1774,7 +1763,7 @@ mod tests {
                     None => self.state.remove(&key),
                 };
             }
-            outcome.reply
+            outcome.reply.resp2()
         }
 
         fn run(&mut self, line: &str) -> Reply {

@@ -39,6 +39,22 @@ pub fn encode_frame(frame: &Frame, protocol: Protocol, out: &mut Vec<u8>) {
                 encode_frame(v, protocol, out);
             }
         }
+        Frame::Pairs(pairs) => {
+            if resp3 {
+                len_line(b'*', pairs.len(), out);
+                for (k, v) in pairs {
+                    out.extend_from_slice(b"*2\r\n");
+                    encode_frame(k, protocol, out);
+                    encode_frame(v, protocol, out);
+                }
+            } else {
+                len_line(b'*', pairs.len().saturating_mul(2), out);
+                for (k, v) in pairs {
+                    encode_frame(k, protocol, out);
+                    encode_frame(v, protocol, out);
+                }
+            }
+        }
         Frame::Double(d) => {
             let text = double_text(*d);
             if resp3 {
@@ -87,10 +103,38 @@ pub fn encode_request<A: AsRef<[u8]>>(args: &[A], out: &mut Vec<u8>) {
 fn double_text(d: f64) -> String {
     if d.is_nan() {
         "nan".to_owned()
-    } else if d.is_infinite() {
-        if d > 0.0 { "inf" } else { "-inf" }.to_owned()
     } else {
-        format!("{d:?}")
+        format_double(d)
+    }
+}
+
+/// Formats a double as Redis 7.0's `addReplyDouble` does in both protocols: `inf`/`-inf`,
+/// otherwise C's `%.17g` (17 significant digits, trailing zeros dropped, exponent form
+/// outside 1e-4..1e17), so clients that compare score text see Redis's.
+pub fn format_double(value: f64) -> String {
+    if value.is_infinite() {
+        return if value > 0.0 { "inf" } else { "-inf" }.to_string();
+    }
+    if value == 0.0 {
+        return if value.is_sign_negative() { "-0" } else { "0" }.to_string();
+    }
+    const PRECISION: i32 = 17;
+    let scientific = format!("{:.*e}", (PRECISION - 1) as usize, value);
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    fn trim(text: &str) -> &str {
+        if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            text
+        }
+    }
+    if (-4..PRECISION).contains(&exponent) {
+        let fixed = format!("{:.*}", (PRECISION - 1 - exponent) as usize, value);
+        trim(&fixed).to_string()
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{}e{}{:02}", trim(mantissa), sign, exponent.abs())
     }
 }
 

@@ -34,7 +34,7 @@ mod frame;
 mod request;
 mod scan;
 
-pub use encode::{encode_frame, encode_request};
+pub use encode::{encode_frame, encode_request, format_double};
 pub use frame::{parse_frame, parse_frame_with};
 pub use request::{RequestParser, parse_request, split_inline};
 
@@ -67,6 +67,9 @@ pub enum Frame {
     Verbatim { format: [u8; 3], text: Bytes },
     /// RESP3 `(digits`, an integer of any size, as its decimal text; a bulk string in RESP2.
     BigNumber(String),
+    /// Pairs (`WITHSCORES`, `WITHVALUES`): an array of two-element arrays in RESP3, one flat
+    /// array in RESP2. Never produced by the parsers, which see what the wire holds.
+    Pairs(Vec<(Frame, Frame)>),
 }
 
 impl Frame {
@@ -98,6 +101,16 @@ impl From<&Reply> for Frame {
             Reply::Array(items) => Frame::Array(Some(items.iter().map(Frame::from).collect())),
             Reply::Error(e) => Frame::Error(e.clone()),
             Reply::NilArray => Frame::Array(None),
+            Reply::Double(bits) => Frame::Double(f64::from_bits(*bits)),
+            Reply::Pairs(items) => Frame::Pairs(
+                items
+                    .chunks(2)
+                    .map(|pair| {
+                        let value = pair.get(1).map_or(Frame::Null, Frame::from);
+                        (Frame::from(&pair[0]), value)
+                    })
+                    .collect(),
+            ),
             // Redis Cluster's answer while a slot moves: retry shortly.
             Reply::NotOwner { slot, epoch } => Frame::Error(format!(
                 "TRYAGAIN slot {slot} moved to another group (routing epoch {epoch})"

