@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::parse_i64;
 use super::execute::View;
-use super::{CommandError, Reply};
+use super::{CommandError, Record, Reply, Value, WRONGTYPE};
 
 /// When an expiry falls due, as the client gave it: relative to the entry's timestamp
 /// (`EX`, `PX`, `EXPIRE`, `PEXPIRE`) or an absolute Unix time (`EXAT`, `PXAT`, `EXPIREAT`,
@@ -132,6 +132,24 @@ pub enum KeyCommand {
     /// `OBJECT REFCOUNT key`: always 1 for an existing key (values are never shared between
     /// keys), nil when missing.
     RefCount { key: Bytes },
+    /// `SORT`/`SORT_RO` of a list, set or sorted set. `BY` and `GET` patterns name other keys,
+    /// which may live in other slots, so they are refused as Redis Cluster refuses them; `BY`
+    /// without `*` (no sorting) and `GET #` (the element itself) remain.
+    Sort(Sort),
+}
+
+/// A parsed `SORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sort {
+    pub key: Bytes,
+    /// `BY` a pattern without `*`: keep the stored order.
+    pub no_sort: bool,
+    pub limit: Option<(i64, i64)>,
+    pub desc: bool,
+    pub alpha: bool,
+    /// `GET #` repeated this many times per element (0: the element once).
+    pub gets: u32,
+    pub store: Option<Bytes>,
 }
 
 impl KeyCommand {
@@ -202,6 +220,12 @@ impl KeyCommand {
                     replace,
                 })
             })(),
+            "sort" | "sort_ro" => {
+                (|| {
+                    arity(!rest.is_empty())?;
+                    parse_sort(&rest[0], &rest[1..], name == "sort").map(KeyCommand::Sort)
+                })()
+            }
             "touch" => arity(!rest.is_empty()).map(|()| KeyCommand::Touch {
                 keys: rest.to_vec(),
             }),
@@ -243,7 +267,9 @@ impl KeyCommand {
     pub fn is_write(&self) -> bool {
         !matches!(
             self,
-            KeyCommand::ExpireTime { .. } | KeyCommand::Touch { .. }
+            KeyCommand::ExpireTime { .. }
+                | KeyCommand::Touch { .. }
+                | KeyCommand::Sort(Sort { store: None, .. })
         )
     }
 
@@ -257,6 +283,7 @@ impl KeyCommand {
                 vec![from, to]
             }
             KeyCommand::Touch { keys } => keys.iter().collect(),
+            KeyCommand::Sort(sort) => std::iter::once(&sort.key).chain(&sort.store).collect(),
         }
     }
 
@@ -273,6 +300,7 @@ impl KeyCommand {
             KeyCommand::Touch { .. } => "touch",
             KeyCommand::MemoryUsage { .. } => "memory",
             KeyCommand::RefCount { .. } => "object",
+            KeyCommand::Sort(_) => "sort",
         }
     }
 
@@ -359,6 +387,22 @@ impl KeyCommand {
             KeyCommand::Touch { keys } => {
                 Reply::Int(keys.iter().filter(|key| view.get(key).is_some()).count() as i64)
             }
+            KeyCommand::Sort(sort) => match sort_elements(sort, view) {
+                Ok(elements) => match &sort.store {
+                    Some(dest) => {
+                        let count = elements.len() as i64;
+                        let record = (!elements.is_empty())
+                            .then(|| Record {
+                                value: Value::List(elements.into()),
+                                expires_at_ms: None,
+                            });
+                        view.put(dest, record);
+                        Reply::Int(count)
+                    }
+                    None => Reply::Array(elements.into_iter().map(Reply::Bulk).collect()),
+                },
+                Err(reply) => reply,
+            },
             KeyCommand::MemoryUsage { key } => match view.get(key) {
                 None => Reply::Nil,
                 Some(record) => Reply::Int((key.len() + record.encode().len()) as i64),
@@ -408,6 +452,134 @@ fn parse_expire_condition(options: &[Bytes]) -> Result<ExpireCondition, CommandE
     })
 }
 
+fn parse_sort(key: &Bytes, options: &[Bytes], may_store: bool) -> Result<Sort, CommandError> {
+    let mut sort = Sort {
+        key: key.clone(),
+        no_sort: false,
+        limit: None,
+        desc: false,
+        alpha: false,
+        gets: 0,
+        store: None,
+    };
+    let mut at = 0;
+    while at < options.len() {
+        let option = options[at].to_ascii_lowercase();
+        let left = options.len() - at - 1;
+        match option.as_slice() {
+            b"asc" => sort.desc = false,
+            b"desc" => sort.desc = true,
+            b"alpha" => sort.alpha = true,
+            b"limit" if left >= 2 => {
+                sort.limit = Some((parse_i64(&options[at + 1])?, parse_i64(&options[at + 2])?));
+                at += 2;
+            }
+            b"store" if left >= 1 && may_store => {
+                sort.store = Some(options[at + 1].clone());
+                at += 1;
+            }
+            b"by" if left >= 1 => {
+                if options[at + 1].contains(&b'*') {
+                    return Err(CommandError::Message(
+                        "ERR BY option of SORT denied in Cluster mode.".into(),
+                    ));
+                }
+                sort.no_sort = true;
+                at += 1;
+            }
+            b"get" if left >= 1 => {
+                if options[at + 1].as_ref() != b"#" {
+                    return Err(CommandError::Message(
+                        "ERR GET option of SORT denied in Cluster mode.".into(),
+                    ));
+                }
+                sort.gets += 1;
+                at += 1;
+            }
+            _ => return Err(CommandError::Syntax),
+        }
+        at += 1;
+    }
+    Ok(sort)
+}
+
+/// The elements `SORT` answers (or stores), as Redis 7.0's `sortCommand` orders and limits them.
+fn sort_elements(sort: &Sort, view: &View<'_>) -> Result<Vec<Bytes>, Reply> {
+    let mut no_sort = sort.no_sort;
+    let mut alpha = sort.alpha;
+    let mut elements: Vec<Bytes> = match view.get(&sort.key).map(|record| &record.value) {
+        None => Vec::new(),
+        Some(Value::List(items)) => items.iter().cloned().collect(),
+        Some(Value::Set(members)) => {
+            // A stored unsorted set would depend on the set's layout: Redis sorts it then.
+            if no_sort && sort.store.is_some() {
+                no_sort = false;
+                alpha = true;
+            }
+            members.iter().cloned().collect()
+        }
+        Some(Value::ZSet(set)) => {
+            let mut members: Vec<Bytes> = set.iter().map(|(member, _)| member.clone()).collect();
+            if no_sort && sort.desc {
+                members.reverse();
+            }
+            members
+        }
+        Some(_) => return Err(Reply::error(WRONGTYPE)),
+    };
+    if !no_sort {
+        if alpha {
+            elements.sort();
+        } else {
+            let mut scored = elements
+                .into_iter()
+                .map(|element| {
+                    std::str::from_utf8(&element)
+                        .ok()
+                        .and_then(|text| text.trim_start().parse::<f64>().ok())
+                        .filter(|score| !score.is_nan())
+                        .map(|score| (score, element))
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| Reply::error("ERR One or more scores can't be converted into double"))?;
+            // Equal scores fall back to the bytes, so the order is defined (as in Redis).
+            scored.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            elements = scored.into_iter().map(|(_, element)| element).collect();
+        }
+        if sort.desc {
+            elements.reverse();
+        }
+    }
+    if let Some((offset, count)) = sort.limit {
+        let len = elements.len() as i64;
+        let start = offset.max(0);
+        let mut end = if count < 0 {
+            len - 1
+        } else {
+            start.saturating_add(count) - 1
+        };
+        let start = if start >= len {
+            end = len - 2;
+            len - 1
+        } else {
+            start
+        };
+        end = end.min(len - 1);
+        elements = if start > end || start < 0 {
+            Vec::new()
+        } else {
+            elements[start as usize..=end as usize].to_vec()
+        };
+    }
+    if sort.gets > 1 {
+        elements = elements
+            .into_iter()
+            .flat_map(|element| std::iter::repeat_n(element, sort.gets as usize))
+            .collect();
+    }
+    Ok(elements)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::string::tests::{check, run_lines};
@@ -415,6 +587,73 @@ mod tests {
 
     fn err(s: &str) -> Reply {
         Reply::error(s)
+    }
+
+    #[test]
+    fn sort_orders_limits_and_stores_as_redis() {
+        let bulks = |items: &[&str]| {
+            Reply::Array(
+                items
+                    .iter()
+                    .map(|item| Reply::Bulk(bytes::Bytes::copy_from_slice(item.as_bytes())))
+                    .collect(),
+            )
+        };
+        check(
+            &[
+                (0, "RPUSH l 3 10 2 1.5"),
+                (0, "SORT l"),
+                (0, "SORT l DESC"),
+                (0, "SORT l ALPHA"),
+                (0, "SORT l LIMIT 1 2"),
+                (0, "SORT l LIMIT 10 2"),
+                (0, "SORT l BY nosort"),
+                (0, "SORT l GET # GET #  LIMIT 0 1"),
+                (0, "SORT l BY w_*"),
+                (0, "SORT l GET h_*"),
+                (0, "SORT l STORE d"),
+                (0, "LRANGE d 0 -1"),
+                (0, "SORT_RO l STORE d"),
+                (0, "RPUSH words b a"),
+                (0, "SORT words"),
+                (0, "SADD s c a b"),
+                (0, "SORT s BY nosort ALPHA DESC"),
+                (0, "ZADD z 1 x 2 y 3 w"),
+                (0, "SORT z BY nosort DESC LIMIT 0 2"),
+                (0, "SORT none STORE d"),
+                (0, "EXISTS d"),
+                (0, "SET str v"),
+                (0, "SORT str"),
+                (0, "SORT l LIMIT"),
+            ],
+            &[
+                Reply::Int(4),
+                bulks(&["1.5", "2", "3", "10"]),
+                bulks(&["10", "3", "2", "1.5"]),
+                bulks(&["1.5", "10", "2", "3"]),
+                bulks(&["2", "3"]),
+                bulks(&[]),
+                bulks(&["3", "10", "2", "1.5"]),
+                bulks(&["1.5", "1.5"]),
+                err("ERR BY option of SORT denied in Cluster mode."),
+                err("ERR GET option of SORT denied in Cluster mode."),
+                Reply::Int(4),
+                bulks(&["1.5", "2", "3", "10"]),
+                err("ERR syntax error"),
+                Reply::Int(2),
+                err("ERR One or more scores can't be converted into double"),
+                Reply::Int(3),
+                // Unsorted: the set's own order, which DESC does not reverse (as in Redis).
+                bulks(&["a", "b", "c"]),
+                Reply::Int(3),
+                bulks(&["w", "y"]),
+                Reply::Int(0),
+                Reply::Int(0),
+                Reply::Ok,
+                err(super::super::WRONGTYPE),
+                err("ERR syntax error"),
+            ],
+        );
     }
 
     #[test]

@@ -218,7 +218,9 @@ pub enum RespError {
     Protocol(String),
     /// A declared or observed size is above its limit. `len` is a lower bound when the message
     /// was still incomplete.
-    #[error("Protocol error: {what} {len} is above the limit of {max}")]
+    /// The text starts as Redis's (`invalid bulk length`, `invalid multibulk length`), which
+    /// clients and Redis's own suite match on.
+    #[error("Protocol error: invalid {what} ({len} is above the limit of {max})")]
     TooLarge { what: LimitKind, len: u64, max: u64 },
 }
 

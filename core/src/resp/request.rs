@@ -86,8 +86,8 @@ impl RequestParser {
             Some(Partial::Multibulk { count, args, pos }) => (count, args, pos),
             _ => {
                 let (count, pos) = ready!(number_line(buf, 1, "invalid multibulk length"));
-                // Redis ignores empty multibulks; -1 is the only negative count that means "null".
-                if count == 0 || count == -1 {
+                // Redis skips a request whose count is zero or negative, and reads on.
+                if count <= 0 {
                     return Ok(Some((Vec::new(), pos)));
                 }
                 let count = aggregate_len(count, limits)?;
