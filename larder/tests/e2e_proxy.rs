@@ -480,4 +480,120 @@ fn collections_transactions_and_blocking_pops_through_the_proxy() {
         .query(&mut c)
         .expect("blpop timeout");
     assert_eq!(timed_out, None);
+
+    // Replies to commands pipelined before a blocking one arrive before it blocks; a client
+    // that closes while blocked leaves `blocked_clients` (and stops its polling) at once.
+    let blocked = |c: &mut redis::Connection| -> i64 {
+        let info: String = cmd("INFO").arg("clients").query(c).expect("info");
+        info.lines()
+            .find_map(|line| line.strip_prefix("blocked_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("blocked_clients")
+    };
+    let mut raw = std::net::TcpStream::connect(running.address).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    std::io::Write::write_all(
+        &mut raw,
+        b"*3\r\n$5\r\nLPUSH\r\n$5\r\nother\r\n$1\r\nx\r\n*3\r\n$5\r\nBLPOP\r\n$5\r\nempty\r\n$1\r\n0\r\n",
+    )
+    .expect("pipeline");
+    let mut first = [0u8; 4];
+    std::io::Read::read_exact(&mut raw, &mut first).expect("the LPUSH reply before the block");
+    assert_eq!(&first, b":1\r\n");
+    let until = |want: i64, c: &mut redis::Connection| {
+        for _ in 0..200 {
+            if blocked(c) == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("blocked_clients never reached {want}");
+    };
+    until(1, &mut c);
+    drop(raw);
+    until(0, &mut c);
+
+    // Linked BLMOVEs: a push through the proxy serves the chain of clients blocked behind it
+    // before the pusher's reply, so the pusher's next command sees the element at the end.
+    let blmove = |from: &'static str, to: &'static str| {
+        let address = running.address;
+        std::thread::spawn(move || {
+            let client = redis::Client::open(format!("redis://{address}/")).expect("client");
+            let mut c = client.get_connection().expect("connection");
+            redis::cmd("BLMOVE")
+                .arg(from)
+                .arg(to)
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(10)
+                .query::<Option<String>>(&mut c)
+                .expect("blmove")
+        })
+    };
+    let first = blmove("l1{c}", "l2{c}");
+    until(1, &mut c);
+    let second = blmove("l2{c}", "l3{c}");
+    until(2, &mut c);
+    let _: i64 = cmd("RPUSH")
+        .arg("l1{c}")
+        .arg("foo")
+        .query(&mut c)
+        .expect("rpush");
+    let ends: (Vec<String>, Vec<String>, Vec<String>) = redis::pipe()
+        .cmd("LRANGE")
+        .arg("l1{c}")
+        .arg(0)
+        .arg(-1)
+        .cmd("LRANGE")
+        .arg("l2{c}")
+        .arg(0)
+        .arg(-1)
+        .cmd("LRANGE")
+        .arg("l3{c}")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .expect("lranges");
+    assert_eq!(ends, (vec![], vec![], vec!["foo".to_string()]));
+    assert_eq!(first.join().expect("first"), Some("foo".to_string()));
+    assert_eq!(second.join().expect("second"), Some("foo".to_string()));
+
+    // CLIENT UNBLOCK ends a block with the timeout's answer or an error.
+    let (id_sender, id_receiver) = std::sync::mpsc::channel();
+    let address = running.address;
+    let blocked_one = std::thread::spawn(move || {
+        let client = redis::Client::open(format!("redis://{address}/")).expect("client");
+        let mut c = client.get_connection().expect("connection");
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query(&mut c)
+            .expect("client id");
+        id_sender.send(id).expect("send id");
+        redis::cmd("BLPOP")
+            .arg("never{c}")
+            .arg(0)
+            .query::<Option<(String, String)>>(&mut c)
+            .map_err(|e| e.to_string())
+    });
+    let id = id_receiver.recv().expect("id");
+    until(1, &mut c);
+    let unblocked: i64 = cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(id)
+        .arg("ERROR")
+        .query(&mut c)
+        .expect("client unblock");
+    assert_eq!(unblocked, 1);
+    let answer = blocked_one.join().expect("blocked client");
+    assert!(
+        answer.as_ref().is_err_and(|e| e.contains("UNBLOCKED")),
+        "{answer:?}"
+    );
+    let again: i64 = cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(id)
+        .query(&mut c)
+        .expect("unblock");
+    assert_eq!(again, 0, "a client no longer blocked");
 }

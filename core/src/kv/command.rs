@@ -490,6 +490,15 @@ impl Command {
         }
     }
 
+    /// Whether `name` (any case) is a blocking command: [`Command::parse_blocking`] parses it.
+    pub fn is_blocking_name(name: &[u8]) -> bool {
+        let name = String::from_utf8_lossy(name);
+        super::list::is_blocking(&name)
+            || ["bzpopmin", "bzpopmax", "bzmpop"]
+                .iter()
+                .any(|blocking| name.eq_ignore_ascii_case(blocking))
+    }
+
     /// Parses a blocking command (`BLPOP`, `BRPOP`, `BLMPOP`, `BLMOVE`, `BRPOPLPUSH`,
     /// `BZPOPMIN`, `BZPOPMAX`, `BZMPOP`): the
     /// non-blocking command a proxy polls until it yields (a reply other than nil or the null

@@ -136,6 +136,65 @@ pub enum KeyCommand {
     /// which may live in other slots, so they are refused as Redis Cluster refuses them; `BY`
     /// without `*` (no sorting) and `GET #` (the element itself) remain.
     Sort(Sort),
+    /// `DUMP key`: the value as an opaque payload ([`dump_payload`]), nil when missing.
+    Dump { key: Bytes },
+    /// `RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f]`. `ttl` is
+    /// milliseconds (0: none), absolute with `ABSTTL`; the access-time hints are checked and
+    /// ignored, as Larder keeps no LRU/LFU state.
+    Restore {
+        key: Bytes,
+        ttl_ms: i64,
+        absolute: bool,
+        replace: bool,
+        payload: Bytes,
+    },
+}
+
+/// The version mark a `DUMP` payload carries before its checksum: payloads are Larder's own
+/// (a record's encoding), not Redis's RDB, so a Redis server refuses them and vice versa.
+const DUMP_VERSION: [u8; 2] = [b'L', 1];
+
+/// `DUMP`'s payload: the value's record encoding, [`DUMP_VERSION`], and an xxh3 checksum of
+/// both, so a corrupted or foreign payload is refused before it is decoded.
+pub fn dump_payload(value: &Value) -> Bytes {
+    let mut out = Record {
+        value: value.clone(),
+        expires_at_ms: None,
+    }
+    .encode()
+    .to_vec();
+    out.extend_from_slice(&DUMP_VERSION);
+    let sum = xxhash_rust::xxh3::xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    Bytes::from(out)
+}
+
+/// The value in a `DUMP` payload, or `RESTORE`'s error for it.
+fn restore_value(payload: &[u8]) -> Result<Value, Reply> {
+    let wrong = || Reply::error("ERR DUMP payload version or checksum are wrong");
+    let Some(split) = payload.len().checked_sub(8) else {
+        return Err(wrong());
+    };
+    let (body, sum) = payload.split_at(split);
+    if !body.ends_with(&DUMP_VERSION) || xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
+        return Err(wrong());
+    }
+    let record = Record::decode(&body[..body.len() - DUMP_VERSION.len()])
+        .map_err(|_| Reply::error("ERR Bad data format"))?;
+    // A well-formed payload still must hold what a key may hold: no empty collection (an empty
+    // one is no key at all), no string past the limit.
+    let valid = match &record.value {
+        Value::Str(text) => text.len() <= super::STRING_BYTES_MAX,
+        Value::Hash(fields) => !fields.is_empty(),
+        Value::List(items) => !items.is_empty(),
+        Value::Set(members) => !members.is_empty(),
+        Value::ZSet(set) => !set.is_empty(),
+    };
+    if valid {
+        Ok(record.value)
+    } else {
+        Err(Reply::error("ERR Bad data format"))
+    }
 }
 
 /// A parsed `SORT`.
@@ -220,6 +279,52 @@ impl KeyCommand {
                     replace,
                 })
             })(),
+            "dump" => arity(rest.len() == 1).map(|()| KeyCommand::Dump {
+                key: rest[0].clone(),
+            }),
+            "restore" => (|| {
+                arity(rest.len() >= 3)?;
+                let ttl_ms = parse_i64(&rest[1])?;
+                let (mut absolute, mut replace, mut idle, mut freq) = (false, false, false, false);
+                let mut options = rest[3..].iter();
+                while let Some(option) = options.next() {
+                    match option.to_ascii_lowercase().as_slice() {
+                        b"replace" => replace = true,
+                        b"absttl" => absolute = true,
+                        b"idletime" if !freq => {
+                            let value = options.next().ok_or(CommandError::Syntax)?;
+                            if parse_i64(value)? < 0 {
+                                return Err(CommandError::Message(
+                                    "ERR Invalid IDLETIME value, must be >= 0".into(),
+                                ));
+                            }
+                            idle = true;
+                        }
+                        b"freq" if !idle => {
+                            let value = options.next().ok_or(CommandError::Syntax)?;
+                            if !(0..=255).contains(&parse_i64(value)?) {
+                                return Err(CommandError::Message(
+                                    "ERR Invalid FREQ value, must be >= 0 and <= 255".into(),
+                                ));
+                            }
+                            freq = true;
+                        }
+                        _ => return Err(CommandError::Syntax),
+                    }
+                }
+                if ttl_ms < 0 {
+                    return Err(CommandError::Message(
+                        "ERR Invalid TTL value, must be >= 0".into(),
+                    ));
+                }
+                Ok(KeyCommand::Restore {
+                    key: rest[0].clone(),
+                    ttl_ms,
+                    absolute,
+                    replace,
+                    payload: rest[2].clone(),
+                })
+            })(),
             "sort" | "sort_ro" => {
                 (|| {
                     arity(!rest.is_empty())?;
@@ -270,6 +375,7 @@ impl KeyCommand {
             KeyCommand::ExpireTime { .. }
                 | KeyCommand::Touch { .. }
                 | KeyCommand::Sort(Sort { store: None, .. })
+                | KeyCommand::Dump { .. }
         )
     }
 
@@ -278,7 +384,9 @@ impl KeyCommand {
             KeyCommand::Expire { key, .. }
             | KeyCommand::ExpireTime { key, .. }
             | KeyCommand::MemoryUsage { key }
-            | KeyCommand::RefCount { key } => vec![key],
+            | KeyCommand::RefCount { key }
+            | KeyCommand::Dump { key }
+            | KeyCommand::Restore { key, .. } => vec![key],
             KeyCommand::Rename { from, to, .. } | KeyCommand::Copy { from, to, .. } => {
                 vec![from, to]
             }
@@ -301,6 +409,8 @@ impl KeyCommand {
             KeyCommand::MemoryUsage { .. } => "memory",
             KeyCommand::RefCount { .. } => "object",
             KeyCommand::Sort(_) => "sort",
+            KeyCommand::Dump { .. } => "dump",
+            KeyCommand::Restore { .. } => "restore",
         }
     }
 
@@ -387,15 +497,48 @@ impl KeyCommand {
             KeyCommand::Touch { keys } => {
                 Reply::Int(keys.iter().filter(|key| view.get(key).is_some()).count() as i64)
             }
+            KeyCommand::Dump { key } => view.get(key).map_or(Reply::Nil, |record| {
+                Reply::Bulk(dump_payload(&record.value))
+            }),
+            KeyCommand::Restore {
+                key,
+                ttl_ms,
+                absolute,
+                replace,
+                payload,
+            } => {
+                if !replace && view.get(key).is_some() {
+                    return Reply::error("BUSYKEY Target key name already exists.");
+                }
+                let value = match restore_value(payload) {
+                    Ok(value) => value,
+                    Err(reply) => return reply,
+                };
+                let ttl_ms = *ttl_ms as u64;
+                let expires_at_ms = match (ttl_ms, absolute) {
+                    (0, _) => None,
+                    (at, true) => Some(at),
+                    (ttl, false) => Some(view.now_ms.saturating_add(ttl)),
+                };
+                // Already expired: the key is gone rather than restored (Redis deletes it).
+                let record = match expires_at_ms {
+                    Some(at) if at <= view.now_ms => None,
+                    _ => Some(Record {
+                        value,
+                        expires_at_ms,
+                    }),
+                };
+                view.put(key, record);
+                Reply::Ok
+            }
             KeyCommand::Sort(sort) => match sort_elements(sort, view) {
                 Ok(elements) => match &sort.store {
                     Some(dest) => {
                         let count = elements.len() as i64;
-                        let record = (!elements.is_empty())
-                            .then(|| Record {
-                                value: Value::List(elements.into()),
-                                expires_at_ms: None,
-                            });
+                        let record = (!elements.is_empty()).then(|| Record {
+                            value: Value::List(elements.into()),
+                            expires_at_ms: None,
+                        });
                         view.put(dest, record);
                         Reply::Int(count)
                     }
@@ -541,7 +684,9 @@ fn sort_elements(sort: &Sort, view: &View<'_>) -> Result<Vec<Bytes>, Reply> {
                         .map(|score| (score, element))
                 })
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| Reply::error("ERR One or more scores can't be converted into double"))?;
+                .ok_or_else(|| {
+                    Reply::error("ERR One or more scores can't be converted into double")
+                })?;
             // Equal scores fall back to the bytes, so the order is defined (as in Redis).
             scored.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
             elements = scored.into_iter().map(|(_, element)| element).collect();
@@ -587,6 +732,88 @@ mod tests {
 
     fn err(s: &str) -> Reply {
         Reply::error(s)
+    }
+
+    #[test]
+    fn dump_and_restore_round_trip_and_refuse_bad_payloads() {
+        use super::super::{Command, execute};
+        let (state, replies) = run_lines(&[(0, "RPUSH l a b c"), (0, "DUMP l"), (0, "DUMP none")]);
+        assert_eq!(replies[2], Reply::Nil);
+        let Reply::Bulk(payload) = replies[1].clone() else {
+            panic!("DUMP answered {:?}", replies[1]);
+        };
+        let run = |args: &[&[u8]]| {
+            let args: Vec<bytes::Bytes> = args
+                .iter()
+                .map(|a| bytes::Bytes::copy_from_slice(a))
+                .collect();
+            match Command::parse(&args) {
+                Ok(command) => {
+                    let outcome = execute(&command, 1_000, &state);
+                    (outcome.reply, outcome.writes)
+                }
+                Err(error) => (Reply::error(error.to_string()), Default::default()),
+            }
+        };
+        let (reply, writes) = run(&[b"RESTORE", b"copy", b"5000", &payload]);
+        assert_eq!(reply, Reply::Ok);
+        let stored = writes[&bytes::Bytes::from_static(b"copy")]
+            .as_ref()
+            .expect("restored");
+        assert_eq!(stored.value, state[&bytes::Bytes::from_static(b"l")].value);
+        assert_eq!(stored.expires_at_ms, Some(6_000));
+        assert_eq!(
+            run(&[b"RESTORE", b"l", b"0", &payload]).0,
+            err("BUSYKEY Target key name already exists.")
+        );
+        assert_eq!(
+            run(&[b"RESTORE", b"l", b"0", &payload, b"REPLACE"]).0,
+            Reply::Ok
+        );
+        // An absolute time already past: nothing is created.
+        let (reply, writes) = run(&[b"RESTORE", b"old", b"999", &payload, b"ABSTTL"]);
+        assert_eq!(
+            (reply, writes.get(&bytes::Bytes::from_static(b"old"))),
+            (Reply::Ok, Some(&None))
+        );
+        let mut corrupt = payload.to_vec();
+        corrupt[3] ^= 1;
+        assert_eq!(
+            run(&[b"RESTORE", b"x", b"0", &corrupt]).0,
+            err("ERR DUMP payload version or checksum are wrong")
+        );
+        assert_eq!(
+            run(&[b"RESTORE", b"x", b"0", b"short"]).0,
+            err("ERR DUMP payload version or checksum are wrong")
+        );
+        // A payload with a valid checksum around an empty list is still refused.
+        let empty = super::dump_payload(&Value::List(Default::default()));
+        assert_eq!(
+            run(&[b"RESTORE", b"x", b"0", &empty]).0,
+            err("ERR Bad data format")
+        );
+        assert_eq!(
+            run(&[b"RESTORE", b"x", b"-1", &payload]).0,
+            err("ERR Invalid TTL value, must be >= 0")
+        );
+        assert_eq!(
+            run(&[b"RESTORE", b"x", b"0", &payload, b"FREQ", b"300"]).0,
+            err("ERR Invalid FREQ value, must be >= 0 and <= 255")
+        );
+        assert_eq!(
+            run(&[
+                b"RESTORE",
+                b"x",
+                b"0",
+                &payload,
+                b"IDLETIME",
+                b"1",
+                b"FREQ",
+                b"1"
+            ])
+            .0,
+            err("ERR syntax error")
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting};
 
+mod blocking;
 pub mod info;
 mod tls;
 mod transaction;
@@ -208,7 +209,7 @@ pub struct Proxy<N: Net, C: Clock> {
     /// `INFO commandstats`, per command name (known commands only, so the map stays bounded).
     command_counts: std::sync::Mutex<std::collections::BTreeMap<String, info::CommandCounts>>,
     /// Clients blocked in `BLPOP` and the like, queued per key so the earliest is served first.
-    waiters: transaction::Waiters,
+    waiters: blocking::Waiters,
 }
 
 /// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
@@ -519,7 +520,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             counters: Counters::default(),
             refreshing: AtomicBool::new(false),
             command_counts: std::sync::Mutex::new(std::collections::BTreeMap::new()),
-            waiters: transaction::Waiters::default(),
+            waiters: blocking::Waiters::default(),
             encodings: std::sync::Mutex::new(
                 ENCODING_PARAMETERS
                     .iter()
@@ -767,7 +768,27 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         if args.is_empty() {
                             continue;
                         }
-                        let reply = self.dispatch(&mut session, args).await;
+                        let blocks =
+                            session.transaction.is_none() && Command::is_blocking_name(&args[0]);
+                        let reply = if blocks {
+                            // Replies to the commands before it go out first: the client may be
+                            // waiting for them, as Redis sends them before blocking.
+                            if !output.is_empty() {
+                                self.write_out(stream, &mut output, &mut held, input.len())
+                                    .await?;
+                            }
+                            match self
+                                .dispatch_watching_close(&mut session, args, stream, &mut input)
+                                .await
+                            {
+                                Some(reply) => reply,
+                                // The client left while blocked: drop the block, as Redis does.
+                                None => return Ok(()),
+                            }
+                        } else {
+                            self.dispatch(&mut session, args).await
+                        };
+                        held.set(input.len() + output.len());
                         let before = output.len();
                         resp::encode_frame(&reply, session.protocol, &mut output);
                         drop(reply);
@@ -844,6 +865,33 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 return Ok(());
             }
             held.set(input.len());
+        }
+    }
+
+    /// Runs a blocking command while reading the client's next input, so a client that closes
+    /// while blocked ends its block (and its polling) at once: `None` then. Input read meanwhile
+    /// is kept for after the reply, up to `read_buffer_max`; past that the proxy stops reading
+    /// until the command ends.
+    async fn dispatch_watching_close<S: AsyncRead + Unpin>(
+        &self,
+        session: &mut Session<N, C>,
+        args: Vec<Bytes>,
+        stream: &mut S,
+        input: &mut BytesMut,
+    ) -> Option<Frame> {
+        let dispatch = self.dispatch(session, args);
+        tokio::pin!(dispatch);
+        loop {
+            let room = input.len() < self.config.read_buffer_max;
+            tokio::select! {
+                // Biased: the same order every time, so simulated runs replay.
+                biased;
+                reply = &mut dispatch => return Some(reply),
+                read = stream.read_buf(input), if room => match read {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                },
+            }
         }
     }
 
@@ -952,6 +1000,19 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 Some(_) if args.len() == 2 => error("ERR DB index is out of range"),
                 _ => arity("select"),
             },
+            "client"
+                if args
+                    .get(1)
+                    .is_some_and(|sub| sub.eq_ignore_ascii_case(b"unblock")) =>
+            {
+                if args.len() < 3 {
+                    error(
+                        "ERR unknown subcommand or wrong number of arguments for 'client|unblock' command",
+                    )
+                } else {
+                    self.client_unblock(&args).await
+                }
+            }
             "client" => client_subcommand(session, &args),
             "function" => function_subcommand(&args),
             "script" => script_subcommand(&args),
@@ -1272,7 +1333,11 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         command.reseed(session.next_seed(self.clock.now()));
         match command.scope() {
             Scope::Keys => {
+                let woken = self.waiters.woken_by(&command);
                 let reply = session.client.execute(command).await;
+                if reply.is_ok() && !woken.is_empty() {
+                    self.serve_waiters(session, woken).await;
+                }
                 match reply {
                     Ok(Reply::Array(items))
                         if name == "hgetall" && session.protocol == Protocol::Resp3 =>

@@ -1,5 +1,4 @@
-//! A connection's transactions (`MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`) and its
-//! blocking commands (`BLPOP` and the like).
+//! A connection's transactions (`MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`).
 //!
 //! A transaction's keyed commands travel to their group as one [`Command::Transaction`]: one
 //! log entry, so they apply atomically and nothing interleaves. They must all live in one slot
@@ -8,107 +7,17 @@
 //! carries them: it runs only if none changed. Commands that are not keyed (`PING`, `KEYS`,
 //! `DBSIZE`, `FLUSHALL`, `INFO`, …) are queued too and answered in their place at `EXEC`,
 //! outside the entry.
-//!
-//! A blocking command is served by polling its non-blocking form: the proxy reads whether any
-//! of its source keys exists (a linearizable read, no log entry), and only then proposes the
-//! pop, until it yields or the timeout passes. Clients blocked on the same key are served
-//! first come, first served, as in Redis: a [`Waiters`] queue per key lets only the earliest
-//! waiter of a key poll it, so a later client cannot take the element an earlier one waits for
-//! (within this proxy; clients of two proxies race).
-
-use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::env::{Clock, Net};
-use larder_core::kv::{BlockTimeout, Command, Reply, Scope};
+use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::Frame;
 
 use super::{Proxy, Session, arity, client_error, error, unknown_with_args};
 
-/// First and longest wait between two polls of a blocked command.
-const BLOCK_POLL_FIRST: Duration = Duration::from_millis(2);
-const BLOCK_POLL_MAX: Duration = Duration::from_millis(50);
 /// Most commands one transaction may queue: a bound on the connection's memory (Redis has
 /// none but the client's query buffer; ours is per command).
 pub const QUEUED_MAX: usize = 100_000;
-
-/// The clients blocked on each key, in arrival order (tickets), so the earliest is served first.
-#[derive(Debug, Default)]
-pub(super) struct Waiters {
-    inner: std::sync::Mutex<WaitQueues>,
-}
-
-#[derive(Debug, Default)]
-struct WaitQueues {
-    next_ticket: u64,
-    by_key: std::collections::BTreeMap<Bytes, std::collections::VecDeque<u64>>,
-}
-
-impl Waiters {
-    /// Queues a waiter on `keys`; it leaves every queue when the [`Waiter`] drops.
-    pub(super) fn join(&self, keys: Vec<Bytes>) -> Waiter<'_> {
-        let mut queues = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let ticket = queues.next_ticket;
-        queues.next_ticket += 1;
-        for key in &keys {
-            queues
-                .by_key
-                .entry(key.clone())
-                .or_default()
-                .push_back(ticket);
-        }
-        Waiter {
-            waiters: self,
-            ticket,
-            keys,
-        }
-    }
-
-    /// Keys with a waiter (bounded by the blocked connections, each bounded by its request).
-    #[cfg(test)]
-    fn keys(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_key
-            .len()
-    }
-}
-
-/// One blocked client's place in the queues of its keys.
-pub(super) struct Waiter<'a> {
-    waiters: &'a Waiters,
-    ticket: u64,
-    keys: Vec<Bytes>,
-}
-
-impl Waiter<'_> {
-    /// Whether this client is the earliest waiter of at least one of its keys: only then may it
-    /// take an element, as Redis serves the first client blocked on the key that got one.
-    pub(super) fn is_first(&self) -> bool {
-        let queues = self.waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
-        self.keys.iter().any(|key| {
-            queues
-                .by_key
-                .get(key)
-                .is_some_and(|queue| queue.front() == Some(&self.ticket))
-        })
-    }
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        let mut queues = self.waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
-        for key in &self.keys {
-            if let Some(queue) = queues.by_key.get_mut(key) {
-                queue.retain(|ticket| *ticket != self.ticket);
-                if queue.is_empty() {
-                    queues.by_key.remove(key);
-                }
-            }
-        }
-    }
-}
 
 /// An open `MULTI`.
 #[derive(Debug, Default)]
@@ -235,13 +144,21 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         }
         let mut keyed_replies = Vec::new().into_iter();
         if !keyed.is_empty() || !watched.is_empty() {
+            let written: Vec<Bytes> = keyed
+                .iter()
+                .filter(|command| command.is_write())
+                .flat_map(|command| command.keys().into_iter().cloned())
+                .collect();
             let mut entry = Command::Transaction {
                 commands: keyed,
                 watched,
             };
             entry.reseed(session.next_seed(self.clock.now()));
             match session.client.execute(entry).await {
-                Ok(Reply::Array(replies)) => keyed_replies = replies.into_iter(),
+                Ok(Reply::Array(replies)) => {
+                    keyed_replies = replies.into_iter();
+                    self.serve_waiters(session, written).await;
+                }
                 Ok(Reply::NilArray) => return Frame::Array(None),
                 Ok(other) => return Frame::from(&other),
                 Err(e) => return client_error(e, &self.config.bugs),
@@ -257,98 +174,5 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             });
         }
         Frame::Array(Some(frames))
-    }
-
-    /// Serves a blocking command: polls `command` until it yields a reply other than nil or
-    /// the null array, or `timeout` passes (then answers what the last poll answered).
-    pub(super) async fn blocking(
-        &self,
-        session: &mut Session<N, C>,
-        command: Command,
-        timeout: BlockTimeout,
-    ) -> Frame {
-        self.counters
-            .blocked
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let frame = self.poll_blocked(session, command, timeout).await;
-        self.counters
-            .blocked
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        frame
-    }
-
-    async fn poll_blocked(
-        &self,
-        session: &mut Session<N, C>,
-        command: Command,
-        timeout: BlockTimeout,
-    ) -> Frame {
-        let deadline = (timeout.0 > 0).then(|| self.clock.now() + Duration::from_millis(timeout.0));
-        let sources: Vec<Bytes> = command.block_sources().into_iter().cloned().collect();
-        let probe = Command::Exists {
-            keys: sources.clone(),
-        };
-        let waiter = self.waiters.join(sources);
-        let mut wait = BLOCK_POLL_FIRST;
-        loop {
-            if !waiter.is_first() {
-                // An earlier client waits on every key of ours: let it take what comes first.
-                if let Some(deadline) = deadline
-                    && self.clock.now() >= deadline
-                {
-                    return Frame::from(&command.timed_out_reply());
-                }
-                self.clock.sleep(BLOCK_POLL_FIRST.min(wait)).await;
-                continue;
-            }
-            let present = match session.client.execute(probe.clone()).await {
-                Ok(Reply::Int(count)) => count > 0,
-                Ok(other) => return Frame::from(&other),
-                Err(e) => return client_error(e, &self.config.bugs),
-            };
-            if present {
-                match session.client.execute(command.clone()).await {
-                    Ok(Reply::Nil | Reply::NilArray) => {}
-                    Ok(reply) => return Frame::from(&reply),
-                    Err(e) => return client_error(e, &self.config.bugs),
-                }
-            }
-            if let Some(deadline) = deadline {
-                let now = self.clock.now();
-                if now >= deadline {
-                    return Frame::from(&command.timed_out_reply());
-                }
-                wait = wait.min(deadline - now);
-            }
-            self.clock.sleep(wait).await;
-            wait = (wait * 2).min(BLOCK_POLL_MAX);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blocked_clients_go_first_come_first_served_per_key() {
-        let waiters = Waiters::default();
-        let key = |k: &str| Bytes::copy_from_slice(k.as_bytes());
-        let first = waiters.join(vec![key("x")]);
-        let second = waiters.join(vec![key("x"), key("y")]);
-        let third = waiters.join(vec![key("x")]);
-        assert!(first.is_first());
-        // First on `y`, so it may poll `y` while `first` holds `x`.
-        assert!(second.is_first());
-        assert!(!third.is_first());
-        drop(first);
-        drop(second);
-        assert!(third.is_first());
-        drop(third);
-        assert_eq!(
-            waiters.keys(),
-            0,
-            "queues of keys nobody waits on are removed"
-        );
     }
 }
