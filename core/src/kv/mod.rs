@@ -165,6 +165,14 @@ impl Reply {
 /// `proto-max-bulk-len`, 512 MiB. A constant, not a setting, because replicas apply it and
 /// must agree (a proxy may be configured to refuse smaller values, not larger ones).
 pub const STRING_BYTES_MAX: usize = 512 << 20;
+/// Most picks a negative count may ask of `SRANDMEMBER`, `HRANDFIELD` and `ZRANDMEMBER` (picks
+/// with repeats, so not bounded by the collection): past it the reply alone could exhaust a
+/// replica's memory, so it is refused as out of range. Redis has no such bound and relies on
+/// the client's output buffer limit, after the reply is built.
+pub const RANDOM_PICKS_MAX: i64 = 1 << 24;
+/// The error for a count past [`RANDOM_PICKS_MAX`].
+pub const RANDOM_PICKS_TOO_MANY: &str =
+    "ERR value is out of range, a negative count asks for at most 16777216 picks";
 /// Redis's answer to a string that would outgrow [`STRING_BYTES_MAX`].
 pub const STRING_TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";

@@ -176,6 +176,16 @@ fn parse_signed_count(arg: &[u8]) -> Result<i64, CommandError> {
     }
 }
 
+/// Refuses a negative count asking for more than [`super::RANDOM_PICKS_MAX`] picks (after
+/// Redis's own range checks, so their texts come first).
+fn bound_picks(count: i64) -> Result<i64, CommandError> {
+    if count < -super::RANDOM_PICKS_MAX {
+        Err(message(super::RANDOM_PICKS_TOO_MANY))
+    } else {
+        Ok(count)
+    }
+}
+
 /// `strtoul` as Redis's `parseScanCursorOrReply` uses it: optional sign (a negative cursor
 /// wraps), decimal digits, nothing else; the empty text is cursor 0.
 fn parse_cursor(arg: &[u8]) -> Result<u64, CommandError> {
@@ -275,7 +285,10 @@ impl SetCommand {
                         seed: 0,
                     }
                 } else {
-                    let count = rest.get(1).map(|arg| parse_signed_count(arg)).transpose()?;
+                    let count = rest
+                        .get(1)
+                        .map(|arg| parse_signed_count(arg).and_then(bound_picks))
+                        .transpose()?;
                     SetCommand::SRandMember {
                         key: key(),
                         count,
@@ -371,7 +384,7 @@ impl SetCommand {
                             }
                             _ => return Err(CommandError::Syntax),
                         }
-                        Some(count)
+                        Some(bound_picks(count)?)
                     }
                 };
                 SetCommand::HRandField {
@@ -1836,6 +1849,8 @@ mod tests {
             ("hrandfield h 1 x", err("ERR syntax error")),
             ("hrandfield h x", err(crate::kv::NOT_INTEGER)),
             ("hrandfield h -9223372036854770000 withvalues", err("ERR value is out of range")),
+            ("hrandfield h -16777217", err(crate::kv::RANDOM_PICKS_TOO_MANY)),
+            ("srandmember s -16777217", err(crate::kv::RANDOM_PICKS_TOO_MANY)),
             (
                 "hrandfield h -9223372036854775808",
                 err("ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807"),

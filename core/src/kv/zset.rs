@@ -730,6 +730,9 @@ impl ZSetCommand {
                             }
                             _ => return Err(CommandError::Syntax),
                         }
+                        if count < -super::RANDOM_PICKS_MAX {
+                            return Err(other(super::RANDOM_PICKS_TOO_MANY));
+                        }
                         Some(count)
                     }
                 };
@@ -2516,6 +2519,7 @@ mod tests {
             ("zrandmember none 5", arr(&[])),
             ("zrandmember z 1 bogus", err("ERR syntax error")),
             ("zrandmember z -9223372036854770000 withscores", err("ERR value is out of range")),
+            ("zrandmember z -16777217", err(crate::kv::RANDOM_PICKS_TOO_MANY)),
             ("zrandmember z -9223372036854775808", err("ERR value is out of range, must be between -9223372036854775807 and 9223372036854775807")),
         ]);
     }

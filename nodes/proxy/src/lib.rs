@@ -48,6 +48,7 @@ pub mod info;
 mod tls;
 mod transaction;
 pub use tls::{PemFile, ProxyTls, TlsAuthClients, TlsError, TlsSettings};
+pub use transaction::QUEUED_MAX;
 
 /// The Redis version the proxy reports: clients pick features by it, and Larder implements the
 /// parts of the 7.x protocol they use (RESP3 via `HELLO`).

@@ -606,3 +606,48 @@ async fn an_endless_pipeline_is_pushed_back_and_bounded() {
     );
     assert_eq!(stats.buffered_bytes, 0, "a closed connection holds nothing");
 }
+
+#[tokio::test]
+async fn a_transaction_queues_at_most_its_bound_then_is_discarded() {
+    // MULTI, then one command past the bound: every queued one is answered QUEUED, the one past
+    // it refused, and EXEC discards the whole transaction (nothing reaches the cluster).
+    let proxy = proxy(None);
+    let (mut c, _task) = connect(&proxy);
+    let bound = larder_proxy::QUEUED_MAX;
+    let mut input = b"MULTI\r\n".to_vec();
+    for _ in 0..=bound {
+        input.extend_from_slice(b"PING\r\n");
+    }
+    input.extend_from_slice(b"EXEC\r\n");
+    let (mut reader, mut writer) = tokio::io::split(&mut c);
+    let write = async move {
+        writer.write_all(&input).await.expect("write");
+    };
+    let read = async move {
+        let mut replies = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while !replies.ends_with(b"\r\n")
+            || !String::from_utf8_lossy(&replies).contains("EXECABORT")
+        {
+            let n = tokio::time::timeout(Duration::from_secs(20), reader.read(&mut buf))
+                .await
+                .expect("replies keep coming")
+                .expect("read");
+            assert!(n > 0, "closed early");
+            replies.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(replies).expect("text")
+    };
+    let ((), replies) = tokio::join!(write, read);
+    let lines: Vec<&str> = replies.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], "+OK");
+    assert_eq!(lines.iter().filter(|l| **l == "+QUEUED").count(), bound);
+    assert_eq!(
+        lines[bound + 1],
+        format!("-ERR a transaction holds at most {bound} commands")
+    );
+    assert_eq!(
+        lines[bound + 2],
+        "-EXECABORT Transaction discarded because of previous errors."
+    );
+}
