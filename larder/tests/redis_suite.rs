@@ -108,32 +108,42 @@ fn run_units(minimums: &[(&str, u32)]) {
     );
 }
 
+// Minimums: what a release `larder up` passed on 2026-12-01 (passed / failed / skipped in the
+// comment), less a small margin in the units whose tests race real time (blocking timeouts,
+// fuzzers against the harness's 120 s limit) on a loaded two-core machine.
+
 #[test]
-fn redis_suite_strings_keys_and_protocol() {
+fn redis_suite_hashes_counters_expiry_keys_and_protocol() {
     run_units(&[
-        ("unit/type/incr", 0),
-        ("unit/expire", 0),
-        ("unit/type/string", 0),
-        ("unit/keyspace", 0),
-        ("unit/scan", 0),
-        ("unit/protocol", 0),
-        ("unit/info-command", 0),
+        ("unit/type/hash", 68),   // 70 / 2 / 1: HGETALL order of a listpack (2)
+        ("unit/type/incr", 23),   // 23 / 0 / 2
+        ("unit/expire", 56),      // 58 / 0 / 10
+        ("unit/keyspace", 40),    // 40 / 2 / 11: streams (2)
+        ("unit/protocol", 19),    // 19 / 0 / 6
+        ("unit/info-command", 3), // 3 / 0 / 0
     ]);
 }
 
 #[test]
-fn redis_suite_hashes_and_sets() {
-    run_units(&[("unit/type/hash", 0), ("unit/type/set", 0)]);
+fn redis_suite_strings_and_scan() {
+    run_units(&[
+        ("unit/type/string", 72), // 74 / 0 / 2
+        ("unit/scan", 16),        // 16 / 0 / 0, then the harness's timeout (see the note)
+    ]);
 }
 
 #[test]
-fn redis_suite_lists() {
-    run_units(&[("unit/type/list", 0)]);
+fn redis_suite_lists_and_sets() {
+    run_units(&[
+        ("unit/type/list", 215), // 219 / 0 / 21
+        ("unit/type/set", 93),   // 95 / 0 / 4
+    ]);
 }
 
 #[test]
 fn redis_suite_sorted_sets() {
-    run_units(&[("unit/type/zset", 0)]);
+    // 307 / 1 / 4: BZPOPMIN woken by a key that became a string (fixed since)
+    run_units(&[("unit/type/zset", 305)]);
 }
 
 #[test]

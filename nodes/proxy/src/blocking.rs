@@ -231,6 +231,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let waiter = self.waiters.join(session.id, command);
         let slot = &waiter.slot;
         let mut wait = BLOCK_POLL_FIRST;
+        let mut first_poll = true;
         loop {
             {
                 let mut answer = slot.answer.lock().await;
@@ -252,6 +253,11 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                     if present {
                         match session.client.execute(slot.command.clone()).await {
                             Ok(Reply::Nil | Reply::NilArray) => {}
+                            // A key of another type at the start is the client's error; one that
+                            // became another type while it waited leaves it blocked (Redis
+                            // wakes only for a key of the awaited type).
+                            Ok(Reply::Error(text))
+                                if !first_poll && text.starts_with("WRONGTYPE") => {}
                             Ok(reply) => {
                                 slot.finish();
                                 drop(answer);
@@ -267,6 +273,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         }
                     }
                 }
+                first_poll = false;
                 if let Some(deadline) = deadline {
                     let now = self.clock.now();
                     if now >= deadline {
