@@ -150,4 +150,7 @@ catalog! {
     // (one group: 1/40, seed 9). Caught as the center's group wedging (its leader's view of
     // a follower's log runs ahead of the log) and replicas that never converge.
     append_cut_reported_whole: "append-cut-reported-whole", 1..=30, Swarm;
+    // The collections family (about a third of the swarm seeds) sends MULTI/EXEC through the
+    // proxies: SEEDS_TBD.
+    torn_transaction: "torn-transaction", 1..=50, Swarm;
 }

@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Net};
 use larder_core::kv::{BlockTimeout, Command, Reply, Scope};
 use larder_core::resp::Frame;
@@ -154,6 +155,18 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             }
         }
         let mut keyed_replies = Vec::new().into_iter();
+        if self.config.bugs.is_planted(Bug::TornTransaction) && watched.is_empty() {
+            // The planted mistake: with no version to check, the commands "need no entry of
+            // their own" and go one by one, so others' commands apply between them.
+            let mut replies = Vec::with_capacity(keyed.len());
+            for command in keyed.drain(..) {
+                match session.client.execute(command).await {
+                    Ok(reply) => replies.push(reply),
+                    Err(e) => return client_error(e, &self.config.bugs),
+                }
+            }
+            keyed_replies = replies.into_iter();
+        }
         if !keyed.is_empty() || !watched.is_empty() {
             let mut entry = Command::Transaction {
                 commands: keyed,
