@@ -92,8 +92,9 @@ fn response_of(result: Result<Reply, ClientError>) -> Response {
 }
 
 fn command_of(request: &Request) -> Command {
-    let parse =
-        |args: &[bytes::Bytes]| Command::parse(args).expect("the driver sends well-formed commands");
+    let parse = |args: &[bytes::Bytes]| {
+        Command::parse(args).expect("the driver sends well-formed commands")
+    };
     if request.transaction.is_empty() {
         return parse(&request.args);
     }
@@ -160,18 +161,19 @@ impl Executor for RespClient {
                 }
             };
             // Longer than the proxy's own retries, so a timeout here means the proxy is cut off.
-            let frame =
-                match tokio::time::timeout(Duration::from_secs(10), self.round_trip(&bytes)).await {
-                    Ok(Ok(frame)) => frame,
-                    Ok(Err(error)) => {
-                        self.stream = None;
-                        return lost(format!("connection to {}: {error}", self.proxy));
-                    }
-                    Err(_) => {
-                        self.stream = None;
-                        return lost(format!("no reply from {} in 10 s", self.proxy));
-                    }
-                };
+            let frame = match tokio::time::timeout(Duration::from_secs(10), self.round_trip(&bytes))
+                .await
+            {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(error)) => {
+                    self.stream = None;
+                    return lost(format!("connection to {}: {error}", self.proxy));
+                }
+                Err(_) => {
+                    self.stream = None;
+                    return lost(format!("no reply from {} in 10 s", self.proxy));
+                }
+            };
             if step == last {
                 return Response::from_frame(frame);
             }

@@ -483,9 +483,9 @@ impl<E, T> Driver<E, T> {
             | Pick::ListRead
             | Pick::Ttl
             | Pick::Multi
-            | Pick::Collections => Self::read(
-                register_key(self.rng.below(self.config.register_keys.max(1))),
-            ),
+            | Pick::Collections => Self::read(register_key(
+                self.rng.below(self.config.register_keys.max(1)),
+            )),
         }
     }
 
@@ -624,12 +624,14 @@ impl<E, T> Driver<E, T> {
 
     /// An operation on a collections object: one push, pop, add, remove, increment or read,
     /// or a transaction that pushes to the list, adds to the set and increments the sorted
-    /// set (or pops, removes and increments), or reads all three. Pushes and pops are drawn
+    /// set (or pops, removes and increments), or reads all three (every member's score).
+    /// Pushes and pops are drawn
     /// equally often, so the list stays short (a long list makes every model state large).
     fn collections_op(&mut self) -> Planned {
         let key = collections_key(self.rng.below(self.config.collection_keys));
         let element = format!("{}-{}", self.process, self.sequence);
-        let member = format!("m{}", self.rng.below(COLLECTION_MEMBERS));
+        let members: Vec<String> = (0..COLLECTION_MEMBERS).map(|m| format!("m{m}")).collect();
+        let member = members[self.rng.below(COLLECTION_MEMBERS) as usize].clone();
         let delta = (1 + self.rng.below(5)).to_string();
         let side = if self.rng.chance(0.5) { "l" } else { "r" };
         let (list, set, zset) = (
@@ -641,14 +643,22 @@ impl<E, T> Driver<E, T> {
         let push = (
             Function::Push,
             vec!["l", side, element.as_str()],
-            vec![if side == "l" { "LPUSH" } else { "RPUSH" }, list.as_str(), element.as_str()],
+            vec![
+                if side == "l" { "LPUSH" } else { "RPUSH" },
+                list.as_str(),
+                element.as_str(),
+            ],
         );
         let pop = (
             Function::Pop,
             vec!["l", side],
             vec![if side == "l" { "LPOP" } else { "RPOP" }, list.as_str()],
         );
-        let lrange = (Function::LRange, vec!["l"], vec!["LRANGE", list.as_str(), "0", "-1"]);
+        let lrange = (
+            Function::LRange,
+            vec!["l"],
+            vec!["LRANGE", list.as_str(), "0", "-1"],
+        );
         let sadd = (
             Function::SAdd,
             vec!["s", member.as_str()],
@@ -659,7 +669,11 @@ impl<E, T> Driver<E, T> {
             vec!["s", member.as_str()],
             vec!["SREM", set.as_str(), member.as_str()],
         );
-        let smembers = (Function::SMembers, vec!["s"], vec!["SMEMBERS", set.as_str()]);
+        let smembers = (
+            Function::SMembers,
+            vec!["s"],
+            vec!["SMEMBERS", set.as_str()],
+        );
         let zincrby = (
             Function::ZIncrBy,
             vec!["z", member.as_str(), delta.as_str()],
@@ -705,7 +719,18 @@ impl<E, T> Driver<E, T> {
             14 => return single(zscore),
             15..=16 => vec![push, sadd, zincrby],
             17 => vec![pop, srem, zincrby],
-            _ => vec![lrange, smembers, zscore],
+            // Every member's score: a transaction torn between its push and its increment
+            // shows whichever member it increments.
+            _ => {
+                let mut reads = vec![lrange, smembers];
+                for index in 0..COLLECTION_MEMBERS {
+                    let (f, mut parts, mut command) = zscore.clone();
+                    parts[1] = members[index as usize].as_str();
+                    command[2] = members[index as usize].as_str();
+                    reads.push((f, parts, command));
+                }
+                reads
+            }
         };
         let write = roll < 18;
         let mut transaction = Vec::new();
@@ -913,13 +938,13 @@ fn collection_reply(f: Function, frame: Frame) -> Option<Value> {
         (number.fract() == 0.0 && number.abs() < 1e15).then_some(Value::Int(number as i64))
     };
     match (f, frame) {
-        (Function::Push | Function::SAdd | Function::SRem, Frame::Integer(n)) => Some(Value::Int(n)),
+        (Function::Push | Function::SAdd | Function::SRem, Frame::Integer(n)) => {
+            Some(Value::Int(n))
+        }
         (Function::Pop | Function::ZScore, Frame::Bulk(None) | Frame::Null) => Some(Value::Null),
         (Function::Pop, Frame::Bulk(Some(bytes))) => Some(Value::Str(text(&bytes))),
         (Function::ZScore | Function::ZIncrBy, Frame::Bulk(Some(bytes))) => score(&text(&bytes)),
-        (Function::ZScore | Function::ZIncrBy, Frame::Double(number)) => {
-            score(&number.to_string())
-        }
+        (Function::ZScore | Function::ZIncrBy, Frame::Double(number)) => score(&number.to_string()),
         (Function::LRange | Function::SMembers, Frame::Array(Some(items)) | Frame::Set(items)) => {
             items
                 .into_iter()
@@ -1046,7 +1071,9 @@ mod tests {
         fn apply(&mut self, args: &[Bytes]) -> Frame {
             let key = args[1].clone();
             let bulk = |items: Vec<Bytes>| {
-                Frame::Array(Some(items.into_iter().map(|b| Frame::Bulk(Some(b))).collect()))
+                Frame::Array(Some(
+                    items.into_iter().map(|b| Frame::Bulk(Some(b))).collect(),
+                ))
             };
             match &args[0][..] {
                 b"LPUSH" | b"RPUSH" => {
@@ -1072,10 +1099,17 @@ mod tests {
                     }
                     Frame::Bulk(popped)
                 }
-                b"LRANGE" => bulk(self.lists.get(&key).into_iter().flatten().cloned().collect()),
-                b"SADD" => Frame::Integer(
-                    self.sets.entry(key).or_default().insert(args[2].clone()) as i64,
+                b"LRANGE" => bulk(
+                    self.lists
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                        .cloned()
+                        .collect(),
                 ),
+                b"SADD" => {
+                    Frame::Integer(self.sets.entry(key).or_default().insert(args[2].clone()) as i64)
+                }
                 b"SREM" => {
                     let removed = self
                         .sets
@@ -1085,7 +1119,15 @@ mod tests {
                     Frame::Integer(removed as i64)
                 }
                 // Reversed: the checker must compare members as a set.
-                b"SMEMBERS" => bulk(self.sets.get(&key).into_iter().flatten().rev().cloned().collect()),
+                b"SMEMBERS" => bulk(
+                    self.sets
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                        .rev()
+                        .cloned()
+                        .collect(),
+                ),
                 b"ZINCRBY" => {
                     let delta: i64 = std::str::from_utf8(&args[2]).unwrap().parse().unwrap();
                     let score = self
@@ -1424,8 +1466,14 @@ mod tests {
             }
         }
         // Both kinds of transaction: the writing ones and the read-only one.
-        assert!(ops.iter().any(|op| op.f == Function::Txn && op.request.write));
-        assert!(ops.iter().any(|op| op.f == Function::Txn && !op.request.write));
+        assert!(
+            ops.iter()
+                .any(|op| op.f == Function::Txn && op.request.write)
+        );
+        assert!(
+            ops.iter()
+                .any(|op| op.f == Function::Txn && !op.request.write)
+        );
     }
 
     #[test]
@@ -1433,7 +1481,10 @@ mod tests {
         let request = Request {
             args: args(&["EXEC"]),
             write: true,
-            transaction: vec![args(&["RPUSH", "{c0}:l", "x"]), args(&["SADD", "{c0}:s", "m"])],
+            transaction: vec![
+                args(&["RPUSH", "{c0}:l", "x"]),
+                args(&["SADD", "{c0}:s", "m"]),
+            ],
         };
         let commands = request.resp_commands();
         assert_eq!(commands.len(), 4);

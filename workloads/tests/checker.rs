@@ -789,15 +789,7 @@ fn a_set_answers_adds_and_removes_and_is_read_as_a_set() {
     add(&mut h, 1, "x", 0, (40, 50));
     // any order
     members(&mut h, 2, &["y", "x"], (60, 70));
-    h.answered(
-        1,
-        Function::SRem,
-        "{c}",
-        strs(&["s", "x"]),
-        1,
-        80,
-        90,
-    );
+    h.answered(1, Function::SRem, "{c}", strs(&["s", "x"]), 1, 80, 90);
     members(&mut h, 2, &["y"], (100, 110));
     assert_linearizable(&h);
     // An add of a member already there answers 0.
@@ -808,15 +800,7 @@ fn a_set_answers_adds_and_removes_and_is_read_as_a_set() {
     // A removed member is gone.
     let mut h = Ops::new();
     add(&mut h, 1, "x", 1, (0, 10));
-    h.answered(
-        1,
-        Function::SRem,
-        "{c}",
-        strs(&["s", "x"]),
-        1,
-        20,
-        30,
-    );
+    h.answered(1, Function::SRem, "{c}", strs(&["s", "x"]), 1, 20, 30);
     members(&mut h, 2, &["x"], (40, 50));
     assert_not_linearizable(&h);
 }
@@ -839,15 +823,7 @@ fn a_sorted_set_increment_answers_the_new_score() {
     // concurrent: either order
     incr(&mut h, 1, 3, 8, (20, 40));
     incr(&mut h, 2, 3, 5, (25, 35));
-    h.answered(
-        2,
-        Function::ZScore,
-        "{c}",
-        strs(&["z", "m"]),
-        8,
-        50,
-        60,
-    );
+    h.answered(2, Function::ZScore, "{c}", strs(&["z", "m"]), 8, 50, 60);
     assert_linearizable(&h);
     // A lost increment: the second answers as if the first never happened.
     let mut h = Ops::new();

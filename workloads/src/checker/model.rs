@@ -78,7 +78,10 @@ pub(super) enum Step {
     CollRead(u32),
     /// Collections model: the operations `Interner::coll_txns[ops]`, applied at one
     /// linearization point; `checked`: their replies must match (false when indeterminate).
-    CollUpdate { ops: u32, checked: bool },
+    CollUpdate {
+        ops: u32,
+        checked: bool,
+    },
 }
 
 /// The expiry part of a TTL key's state.
@@ -791,9 +794,20 @@ impl CollState {
     /// Heap bytes, roughly.
     fn bytes(&self) -> usize {
         let strings = |n: usize| n * 48;
-        self.lists.values().map(|l| strings(l.len() + 1)).sum::<usize>()
-            + self.sets.values().map(|s| strings(s.len() + 1)).sum::<usize>()
-            + self.zsets.values().map(|z| strings(z.len() + 1)).sum::<usize>()
+        self.lists
+            .values()
+            .map(|l| strings(l.len() + 1))
+            .sum::<usize>()
+            + self
+                .sets
+                .values()
+                .map(|s| strings(s.len() + 1))
+                .sum::<usize>()
+            + self
+                .zsets
+                .values()
+                .map(|z| strings(z.len() + 1))
+                .sum::<usize>()
             + 96
     }
 
@@ -835,9 +849,12 @@ impl CollState {
                     .map(|element| Value::Str(element.clone()))
                     .collect(),
             ),
-            CollOp::SAdd { set, member } => {
-                Value::Int(self.sets.entry(set.clone()).or_default().insert(member.clone()) as i64)
-            }
+            CollOp::SAdd { set, member } => Value::Int(
+                self.sets
+                    .entry(set.clone())
+                    .or_default()
+                    .insert(member.clone()) as i64,
+            ),
             CollOp::SRem { set, member } => {
                 let Some(members) = self.sets.get_mut(set) else {
                     return Value::Int(0);
@@ -923,10 +940,7 @@ fn compile_coll(
                 .map(|(sub, reply)| sub.normalize(reply))
                 .collect(),
             other => {
-                return Err(in_op(format!(
-                    "{other} is not {} replies",
-                    ops.len()
-                )));
+                return Err(in_op(format!("{other} is not {} replies", ops.len())));
             }
         }
     } else {
