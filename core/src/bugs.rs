@@ -79,11 +79,15 @@ pub enum Bug {
     /// reported to openraft as wholly accepted, so the leader counts the follower as holding
     /// entries it never received and may commit an entry only it holds.
     AppendCutReportedWhole,
+    /// Proxy transactions: a `MULTI … EXEC` without `WATCH` sends its queued commands one by
+    /// one instead of as one `Command::Transaction` entry, so other clients' commands apply
+    /// between them and a transaction is seen (or applied) half done.
+    TornTransaction,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -103,6 +107,7 @@ impl Bug {
         Bug::MigrationSkipsCatchUp,
         Bug::MigrationUntrackedDeletes,
         Bug::AppendCutReportedWhole,
+        Bug::TornTransaction,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -127,6 +132,7 @@ impl Bug {
             Bug::MigrationSkipsCatchUp => "migration-skips-catch-up",
             Bug::MigrationUntrackedDeletes => "migration-untracked-deletes",
             Bug::AppendCutReportedWhole => "append-cut-reported-whole",
+            Bug::TornTransaction => "torn-transaction",
         }
     }
 }

@@ -264,19 +264,41 @@ impl Executor for ProxyConnection {
         let Some((stream, buffer)) = self.connection.as_mut() else {
             return request.lost("cannot connect to the proxy".into());
         };
-        match tokio::time::timeout(Duration::from_secs(10), send(stream, buffer, &request.args))
-            .await
-        {
-            Ok(Ok(frame)) => Response::from_frame(frame),
-            Ok(Err(error)) => {
-                self.connection = None;
-                request.lost(error.to_string())
+        let commands = request.resp_commands();
+        let last = commands.len() - 1;
+        for (step, command) in commands.iter().enumerate() {
+            // Before a transaction's EXEC nothing has run: a lost connection discards it.
+            let lost = |reason: String| {
+                if step < last {
+                    Response::Failed(reason)
+                } else {
+                    request.lost(reason)
+                }
+            };
+            let frame =
+                match tokio::time::timeout(Duration::from_secs(10), send(stream, buffer, command))
+                    .await
+                {
+                    Ok(Ok(frame)) => frame,
+                    Ok(Err(error)) => {
+                        self.connection = None;
+                        return lost(error.to_string());
+                    }
+                    Err(_) => {
+                        self.connection = None;
+                        return lost("no reply in 10 s".into());
+                    }
+                };
+            if step == last {
+                return Response::from_frame(frame);
             }
-            Err(_) => {
+            if let Some(response) = request.resp_step(step, frame) {
+                // A half-queued transaction must not meet the next request's commands.
                 self.connection = None;
-                request.lost("no reply in 10 s".into())
+                return response;
             }
         }
+        unreachable!("resp_commands is never empty")
     }
 }
 

@@ -150,4 +150,8 @@ catalog! {
     // (one group: 1/40, seed 9). Caught as the center's group wedging (its leader's view of
     // a follower's log runs ahead of the log) and replicas that never converge.
     append_cut_reported_whole: "append-cut-reported-whole", 1..=30, Swarm;
+    // The collections family (12 of the 50 swarm seeds) sends MULTI/EXEC through the proxies,
+    // and a transaction's sub-commands sent one by one interleave with other clients':
+    // 7/50 (5, 11, 17, 24, 25, 29, 34), first 5.
+    torn_transaction: "torn-transaction", 1..=50, Swarm;
 }

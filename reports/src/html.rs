@@ -241,6 +241,8 @@ fn latency_plot(history: &[Operation]) -> String {
             Function::Append => "#ad1457",
             Function::SetTtl | Function::Expire | Function::Persist | Function::Ttl => "#ef6c00",
             Function::MRead | Function::MWrite | Function::MDel => "#2e7d32",
+            f if f.is_collection() => "#4e342e",
+            _ => "#616161",
         };
         let fill = if op.outcome == Outcome::Ok {
             shape

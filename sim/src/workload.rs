@@ -92,7 +92,17 @@ fn response_of(result: Result<Reply, ClientError>) -> Response {
 }
 
 fn command_of(request: &Request) -> Command {
-    Command::parse(&request.args).expect("the driver sends well-formed commands")
+    let parse = |args: &[bytes::Bytes]| {
+        Command::parse(args).expect("the driver sends well-formed commands")
+    };
+    if request.transaction.is_empty() {
+        return parse(&request.args);
+    }
+    // What the proxy builds from MULTI … EXEC without WATCH.
+    Command::Transaction {
+        commands: request.transaction.iter().map(|args| parse(args)).collect(),
+        watched: Vec::new(),
+    }
 }
 
 impl Executor for Sdk<Client<SimNet, SimClock>> {
@@ -137,20 +147,43 @@ impl RespClient {
 
 impl Executor for RespClient {
     async fn execute(&mut self, request: &Request) -> Response {
-        let mut bytes = Vec::new();
-        resp::encode_request(&request.args, &mut bytes);
-        // Longer than the proxy's own retries, so a timeout here means the proxy is cut off.
-        match tokio::time::timeout(Duration::from_secs(10), self.round_trip(&bytes)).await {
-            Ok(Ok(frame)) => Response::from_frame(frame),
-            Ok(Err(error)) => {
-                self.stream = None;
-                request.lost(format!("connection to {}: {error}", self.proxy))
+        let commands = request.resp_commands();
+        let last = commands.len() - 1;
+        for (step, command) in commands.iter().enumerate() {
+            let mut bytes = Vec::new();
+            resp::encode_request(command, &mut bytes);
+            // Before a transaction's EXEC nothing has run: a lost connection discards it.
+            let lost = |reason: String| {
+                if step < last {
+                    Response::Failed(reason)
+                } else {
+                    request.lost(reason)
+                }
+            };
+            // Longer than the proxy's own retries, so a timeout here means the proxy is cut off.
+            let frame = match tokio::time::timeout(Duration::from_secs(10), self.round_trip(&bytes))
+                .await
+            {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(error)) => {
+                    self.stream = None;
+                    return lost(format!("connection to {}: {error}", self.proxy));
+                }
+                Err(_) => {
+                    self.stream = None;
+                    return lost(format!("no reply from {} in 10 s", self.proxy));
+                }
+            };
+            if step == last {
+                return Response::from_frame(frame);
             }
-            Err(_) => {
+            if let Some(response) = request.resp_step(step, frame) {
+                // A half-queued transaction must not meet the next request's commands.
                 self.stream = None;
-                request.lost(format!("no reply from {} in 10 s", self.proxy))
+                return response;
             }
         }
+        unreachable!("resp_commands is never empty")
     }
 }
 
@@ -203,6 +236,15 @@ fn op_name(f: Function) -> &'static str {
         Function::Ttl => "Ttl",
         Function::MRead => "MGet",
         Function::MDel => "MDel",
+        Function::Push => "Push",
+        Function::Pop => "Pop",
+        Function::LRange => "LRange",
+        Function::SAdd => "SAdd",
+        Function::SRem => "SRem",
+        Function::SMembers => "SMembers",
+        Function::ZIncrBy => "ZIncrBy",
+        Function::ZScore => "ZScore",
+        Function::Txn => "Txn",
         _ => "Op",
     }
 }

@@ -47,6 +47,17 @@ pub fn multi_key(index: u64) -> String {
     format!("{{m{index}}}")
 }
 
+/// The history key of collections object `index`: a hash tag, so its list (`{c0}:l`), set
+/// (`{c0}:s`) and sorted set (`{c0}:z`) share one slot, and so one group, which a
+/// transaction over them needs.
+pub fn collections_key(index: u64) -> String {
+    format!("{{c{index}}}")
+}
+
+/// Members a collections object's set and sorted set draw from: few, so adds and removes of
+/// one member meet, and increments of one member chain.
+const COLLECTION_MEMBERS: u64 = 3;
+
 /// The name of sub-key `index` of a multi-key object (`a`, `b`, ...).
 pub fn multi_sub_name(index: u64) -> String {
     char::from(b'a' + (index % 26) as u8).to_string()
@@ -81,6 +92,11 @@ pub struct Mix {
     /// (a register read without multi-key objects).
     #[serde(default)]
     pub multi: u64,
+    /// An operation on a collections object: a list push or pop, a set add or remove, a
+    /// sorted-set increment, a read of one of them, or a `MULTI … EXEC` transaction over all
+    /// three (a register read without collections objects).
+    #[serde(default)]
+    pub collections: u64,
 }
 
 impl Mix {
@@ -93,6 +109,7 @@ impl Mix {
             + self.list_read
             + self.ttl
             + self.multi
+            + self.collections
     }
 }
 
@@ -131,6 +148,10 @@ pub struct WorkloadConfig {
     /// Lulls in the traffic, when clients only read.
     #[serde(default)]
     pub lulls: Option<Lulls>,
+    /// Collections objects ([`collections_key`]); 0 turns collection operations into
+    /// register reads.
+    #[serde(default)]
+    pub collection_keys: u64,
 }
 
 /// Lulls in the traffic: for the last `for_ms` of every `every_ms` of the history's time,
@@ -183,12 +204,14 @@ impl Default for WorkloadConfig {
                 list_read: 1,
                 ttl: 0,
                 multi: 0,
+                collections: 0,
             },
             ttl_keys: 0,
             ttl_ms_max: default_ttl_ms_max(),
             multi_keys: 0,
             multi_width: default_multi_width(),
             lulls: None,
+            collection_keys: 0,
         }
     }
 }
@@ -212,12 +235,14 @@ impl WorkloadConfig {
                 list_read: 0,
                 ttl: 0,
                 multi: 0,
+                collections: 0,
             },
             ttl_keys: 0,
             ttl_ms_max: default_ttl_ms_max(),
             multi_keys: 0,
             multi_width: default_multi_width(),
             lulls: None,
+            collection_keys: 0,
         }
     }
 
@@ -240,7 +265,18 @@ impl WorkloadConfig {
         for object in 0..self.multi_keys {
             keys.push(multi_sub_key(&multi_key(object), &multi_sub_name(0)));
         }
+        for object in 0..self.collection_keys {
+            keys.push(multi_sub_key(&collections_key(object), "l"));
+        }
         keys
+    }
+
+    /// Turns collection operations on: `objects` collections objects picked with weight
+    /// `weight`.
+    pub fn with_collections(mut self, objects: u64, weight: u64) -> Self {
+        self.collection_keys = objects;
+        self.mix.collections = weight;
+        self
     }
 
     pub fn with_multi(mut self, objects: u64, weight: u64) -> Self {
@@ -256,9 +292,40 @@ impl WorkloadConfig {
 pub struct Request {
     pub args: Vec<Bytes>,
     pub write: bool,
+    /// Non-empty: a `MULTI … EXEC` transaction of these commands (`args` is then `EXEC`),
+    /// which a RESP executor sends as `MULTI`, each command, `EXEC` on one connection and an
+    /// SDK executor as one `Command::Transaction`.
+    pub transaction: Vec<Vec<Bytes>>,
 }
 
 impl Request {
+    /// The commands a RESP client sends for this request, one round trip each, the last one's
+    /// reply being the request's: `MULTI`, the commands, `EXEC` for a transaction; else the
+    /// command alone.
+    pub fn resp_commands(&self) -> Vec<Vec<Bytes>> {
+        if self.transaction.is_empty() {
+            return vec![self.args.clone()];
+        }
+        let mut commands = vec![args(&["MULTI"])];
+        commands.extend(self.transaction.iter().cloned());
+        commands.push(args(&["EXEC"]));
+        commands
+    }
+
+    /// What the reply to one of [`Request::resp_commands`] before the last means: `None` when
+    /// it is what a transaction expects (`+OK` to `MULTI`, `+QUEUED` to a command), else the
+    /// response that ends the request. Nothing has run yet (`EXEC` was not sent), so it ends
+    /// as failed.
+    pub fn resp_step(&self, step: usize, frame: Frame) -> Option<Response> {
+        let expected = if step == 0 { "OK" } else { "QUEUED" };
+        match frame {
+            Frame::Simple(text) if text == expected => None,
+            other => Some(Response::Failed(format!(
+                "transaction step {step} answered {other:?}"
+            ))),
+        }
+    }
+
     /// What a request whose reply never came means.
     pub fn lost(&self, reason: String) -> Response {
         if self.write {
@@ -344,6 +411,7 @@ enum Pick {
     ListRead,
     Ttl,
     Multi,
+    Collections,
 }
 
 /// One client process.
@@ -399,6 +467,7 @@ impl<E, T> Driver<E, T> {
                     request: Request {
                         args: args(&["APPEND", &key, &element]),
                         write: true,
+                        transaction: Vec::new(),
                     },
                     key,
                     value: Value::Str(element),
@@ -408,9 +477,15 @@ impl<E, T> Driver<E, T> {
             Pick::ListRead if lists > 0 => Self::read(list_key(self.rng.below(lists))),
             Pick::Ttl if self.config.ttl_keys > 0 => self.ttl_op(),
             Pick::Multi if self.config.multi_keys > 0 => self.multi_op(),
-            Pick::Read | Pick::Append | Pick::ListRead | Pick::Ttl | Pick::Multi => Self::read(
-                register_key(self.rng.below(self.config.register_keys.max(1))),
-            ),
+            Pick::Collections if self.config.collection_keys > 0 => self.collections_op(),
+            Pick::Read
+            | Pick::Append
+            | Pick::ListRead
+            | Pick::Ttl
+            | Pick::Multi
+            | Pick::Collections => Self::read(register_key(
+                self.rng.below(self.config.register_keys.max(1)),
+            )),
         }
     }
 
@@ -483,6 +558,7 @@ impl<E, T> Driver<E, T> {
             request: Request {
                 args: args(&words),
                 write,
+                transaction: Vec::new(),
             },
             key,
             value,
@@ -538,9 +614,144 @@ impl<E, T> Driver<E, T> {
             request: Request {
                 args: args(&parts),
                 write,
+                transaction: Vec::new(),
             },
             key,
             value,
+            counter: false,
+        }
+    }
+
+    /// An operation on a collections object: one push, pop, add, remove, increment or read,
+    /// or a transaction that pushes to the list, adds to the set and increments the sorted
+    /// set (or pops, removes and increments), or reads all three (every member's score).
+    /// Pushes and pops are drawn
+    /// equally often, so the list stays short (a long list makes every model state large).
+    fn collections_op(&mut self) -> Planned {
+        let key = collections_key(self.rng.below(self.config.collection_keys));
+        let element = format!("{}-{}", self.process, self.sequence);
+        let members: Vec<String> = (0..COLLECTION_MEMBERS).map(|m| format!("m{m}")).collect();
+        let member = members[self.rng.below(COLLECTION_MEMBERS) as usize].clone();
+        let delta = (1 + self.rng.below(5)).to_string();
+        let side = if self.rng.chance(0.5) { "l" } else { "r" };
+        let (list, set, zset) = (
+            multi_sub_key(&key, "l"),
+            multi_sub_key(&key, "s"),
+            multi_sub_key(&key, "z"),
+        );
+        // (function, value, command): the value names the sub-key as the checker does.
+        let push = (
+            Function::Push,
+            vec!["l", side, element.as_str()],
+            vec![
+                if side == "l" { "LPUSH" } else { "RPUSH" },
+                list.as_str(),
+                element.as_str(),
+            ],
+        );
+        let pop = (
+            Function::Pop,
+            vec!["l", side],
+            vec![if side == "l" { "LPOP" } else { "RPOP" }, list.as_str()],
+        );
+        let lrange = (
+            Function::LRange,
+            vec!["l"],
+            vec!["LRANGE", list.as_str(), "0", "-1"],
+        );
+        let sadd = (
+            Function::SAdd,
+            vec!["s", member.as_str()],
+            vec!["SADD", set.as_str(), member.as_str()],
+        );
+        let srem = (
+            Function::SRem,
+            vec!["s", member.as_str()],
+            vec!["SREM", set.as_str(), member.as_str()],
+        );
+        let smembers = (
+            Function::SMembers,
+            vec!["s"],
+            vec!["SMEMBERS", set.as_str()],
+        );
+        let zincrby = (
+            Function::ZIncrBy,
+            vec!["z", member.as_str(), delta.as_str()],
+            vec!["ZINCRBY", zset.as_str(), delta.as_str(), member.as_str()],
+        );
+        let zscore = (
+            Function::ZScore,
+            vec!["z", member.as_str()],
+            vec!["ZSCORE", zset.as_str(), member.as_str()],
+        );
+        let value = |f: Function, parts: &[&str]| -> Value {
+            Value::List(
+                parts
+                    .iter()
+                    .map(|part| match part.parse::<i64>() {
+                        // Only a delta is all digits (elements and members are not).
+                        Ok(n) if f == Function::ZIncrBy => Value::Int(n),
+                        _ => Value::from(*part),
+                    })
+                    .collect(),
+            )
+        };
+        let single = |(f, parts, command): (Function, Vec<&str>, Vec<&str>)| Planned {
+            f,
+            request: Request {
+                args: args(&command),
+                write: !matches!(f, Function::LRange | Function::SMembers | Function::ZScore),
+                transaction: Vec::new(),
+            },
+            key: key.clone(),
+            value: value(f, &parts),
+            counter: false,
+        };
+        let roll = self.rng.below(20);
+        let subs = match roll {
+            0..=2 => return single(push),
+            3..=5 => return single(pop),
+            6 => return single(lrange),
+            7..=8 => return single(sadd),
+            9..=10 => return single(srem),
+            11 => return single(smembers),
+            12..=13 => return single(zincrby),
+            14 => return single(zscore),
+            15..=16 => vec![push, sadd, zincrby],
+            17 => vec![pop, srem, zincrby],
+            // Every member's score: a transaction torn between its push and its increment
+            // shows whichever member it increments.
+            _ => {
+                let mut reads = vec![lrange, smembers];
+                for index in 0..COLLECTION_MEMBERS {
+                    let (f, mut parts, mut command) = zscore.clone();
+                    parts[1] = members[index as usize].as_str();
+                    command[2] = members[index as usize].as_str();
+                    reads.push((f, parts, command));
+                }
+                reads
+            }
+        };
+        let write = roll < 18;
+        let mut transaction = Vec::new();
+        let mut subops = Vec::new();
+        for (f, parts, command) in subs {
+            transaction.push(args(&command));
+            let Value::List(mut items) = value(f, &parts) else {
+                unreachable!("value() builds a list")
+            };
+            items.insert(0, Value::from(f.to_string()));
+            subops.push(Value::List(items));
+        }
+        Planned {
+            f: Function::Txn,
+            request: Request {
+                args: args(&["EXEC"]),
+                write,
+                transaction,
+            },
+            key,
+            value: Value::List(subops),
             counter: false,
         }
     }
@@ -558,6 +769,7 @@ impl<E, T> Driver<E, T> {
             (mix.list_read, Pick::ListRead),
             (mix.ttl, Pick::Ttl),
             (mix.multi, Pick::Multi),
+            (mix.collections, Pick::Collections),
         ];
         let mut below = 0;
         weights
@@ -577,6 +789,7 @@ impl<E, T> Driver<E, T> {
             request: Request {
                 args: args(&["SET", &key, &value]),
                 write: true,
+                transaction: Vec::new(),
             },
             key,
             value: Value::Str(value),
@@ -592,6 +805,7 @@ impl<E, T> Driver<E, T> {
             request: Request {
                 args: args(&["INCRBY", &key, &delta.to_string()]),
                 write: true,
+                transaction: Vec::new(),
             },
             key,
             value: Value::Int(delta),
@@ -605,6 +819,7 @@ impl<E, T> Driver<E, T> {
             request: Request {
                 args: args(&["GET", &key]),
                 write: false,
+                transaction: Vec::new(),
             },
             key,
             value: Value::Null,
@@ -658,6 +873,49 @@ fn outcome(op: &Planned, response: Response) -> (OpKind, Value, Option<String>) 
             (Function::Add | Function::Append, Frame::Integer(_)) => {
                 (OpKind::Ok, op.value.clone(), None)
             }
+            (Function::Txn, Frame::Array(Some(items))) => {
+                let subs = match &op.value {
+                    Value::List(subs) if subs.len() == items.len() => subs,
+                    _ => {
+                        return (
+                            OpKind::Info,
+                            op.value.clone(),
+                            Some(format!("{} replies to a transaction", items.len())),
+                        );
+                    }
+                };
+                let mut replies = Vec::with_capacity(items.len());
+                for (sub, item) in subs.iter().zip(items) {
+                    let f = match sub {
+                        Value::List(parts) => match parts.first() {
+                            Some(Value::Str(name)) => Function::from_name(name),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    match f.and_then(|f| collection_reply(f, item.clone())) {
+                        Some(reply) => replies.push(reply),
+                        None => {
+                            return (
+                                OpKind::Info,
+                                op.value.clone(),
+                                Some(format!("unexpected reply {item:?} to {sub}")),
+                            );
+                        }
+                    }
+                }
+                (OpKind::Ok, Value::List(replies), None)
+            }
+            (f, frame) if f.is_collection() && f != Function::Txn => {
+                match collection_reply(f, frame.clone()) {
+                    Some(reply) => (OpKind::Ok, reply, None),
+                    None => (
+                        OpKind::Info,
+                        op.value.clone(),
+                        Some(format!("unexpected reply {frame:?}")),
+                    ),
+                }
+            }
             // A reply of the wrong shape is a bug in the store, not a network event.
             (_, other) => (
                 OpKind::Info,
@@ -667,6 +925,37 @@ fn outcome(op: &Planned, response: Response) -> (OpKind, Value, Option<String>) 
         },
         Response::Failed(reason) => (OpKind::Fail, op.value.clone(), Some(reason)),
         Response::Indeterminate(reason) => (OpKind::Info, op.value.clone(), Some(reason)),
+    }
+}
+
+/// The reply of one collection operation as the history records it (`None`: a reply of the
+/// wrong shape, an error among them).
+fn collection_reply(f: Function, frame: Frame) -> Option<Value> {
+    let text = |bytes: &Bytes| String::from_utf8_lossy(bytes).into_owned();
+    // A score: the workload increments by integers, so it is recorded as one.
+    let score = |text: &str| -> Option<Value> {
+        let number: f64 = text.parse().ok()?;
+        (number.fract() == 0.0 && number.abs() < 1e15).then_some(Value::Int(number as i64))
+    };
+    match (f, frame) {
+        (Function::Push | Function::SAdd | Function::SRem, Frame::Integer(n)) => {
+            Some(Value::Int(n))
+        }
+        (Function::Pop | Function::ZScore, Frame::Bulk(None) | Frame::Null) => Some(Value::Null),
+        (Function::Pop, Frame::Bulk(Some(bytes))) => Some(Value::Str(text(&bytes))),
+        (Function::ZScore | Function::ZIncrBy, Frame::Bulk(Some(bytes))) => score(&text(&bytes)),
+        (Function::ZScore | Function::ZIncrBy, Frame::Double(number)) => score(&number.to_string()),
+        (Function::LRange | Function::SMembers, Frame::Array(Some(items)) | Frame::Set(items)) => {
+            items
+                .into_iter()
+                .map(|item| match item {
+                    Frame::Bulk(Some(bytes)) => Some(Value::Str(text(&bytes))),
+                    _ => None,
+                })
+                .collect::<Option<Vec<Value>>>()
+                .map(Value::List)
+        }
+        _ => None,
     }
 }
 
@@ -763,10 +1052,102 @@ mod tests {
         data: BTreeMap<Bytes, Bytes>,
         /// Expiry of a key, in ms of the test clock.
         expiries: BTreeMap<Bytes, u64>,
+        collections: Collections,
         requests: u64,
         fail_every: u64,
         lose_every: u64,
         clock: Rc<Cell<u64>>,
+    }
+
+    /// Lists, sets and sorted sets in memory, as Redis keeps them (empty ones deleted).
+    #[derive(Default)]
+    struct Collections {
+        lists: BTreeMap<Bytes, std::collections::VecDeque<Bytes>>,
+        sets: BTreeMap<Bytes, std::collections::BTreeSet<Bytes>>,
+        zsets: BTreeMap<Bytes, BTreeMap<Bytes, i64>>,
+    }
+
+    impl Collections {
+        fn apply(&mut self, args: &[Bytes]) -> Frame {
+            let key = args[1].clone();
+            let bulk = |items: Vec<Bytes>| {
+                Frame::Array(Some(
+                    items.into_iter().map(|b| Frame::Bulk(Some(b))).collect(),
+                ))
+            };
+            match &args[0][..] {
+                b"LPUSH" | b"RPUSH" => {
+                    let list = self.lists.entry(key).or_default();
+                    if &args[0][..] == b"LPUSH" {
+                        list.push_front(args[2].clone());
+                    } else {
+                        list.push_back(args[2].clone());
+                    }
+                    Frame::Integer(list.len() as i64)
+                }
+                b"LPOP" | b"RPOP" => {
+                    let Some(list) = self.lists.get_mut(&key) else {
+                        return Frame::Bulk(None);
+                    };
+                    let popped = if &args[0][..] == b"LPOP" {
+                        list.pop_front()
+                    } else {
+                        list.pop_back()
+                    };
+                    if list.is_empty() {
+                        self.lists.remove(&key);
+                    }
+                    Frame::Bulk(popped)
+                }
+                b"LRANGE" => bulk(
+                    self.lists
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                        .cloned()
+                        .collect(),
+                ),
+                b"SADD" => {
+                    Frame::Integer(self.sets.entry(key).or_default().insert(args[2].clone()) as i64)
+                }
+                b"SREM" => {
+                    let removed = self
+                        .sets
+                        .get_mut(&key)
+                        .is_some_and(|set| set.remove(&args[2]));
+                    self.sets.retain(|_, set| !set.is_empty());
+                    Frame::Integer(removed as i64)
+                }
+                // Reversed: the checker must compare members as a set.
+                b"SMEMBERS" => bulk(
+                    self.sets
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                        .rev()
+                        .cloned()
+                        .collect(),
+                ),
+                b"ZINCRBY" => {
+                    let delta: i64 = std::str::from_utf8(&args[2]).unwrap().parse().unwrap();
+                    let score = self
+                        .zsets
+                        .entry(key)
+                        .or_default()
+                        .entry(args[3].clone())
+                        .or_default();
+                    *score += delta;
+                    Frame::Bulk(Some(Bytes::from(score.to_string())))
+                }
+                b"ZSCORE" => Frame::Bulk(
+                    self.zsets
+                        .get(&key)
+                        .and_then(|scores| scores.get(&args[2]))
+                        .map(|score| Bytes::from(score.to_string())),
+                ),
+                other => panic!("unexpected command {other:?}"),
+            }
+        }
     }
 
     impl Executor for Memory {
@@ -777,6 +1158,36 @@ mod tests {
                 return Response::Failed("TRYAGAIN".into());
             }
             let args = &request.args;
+            let collection = matches!(
+                &args[0][..],
+                b"LPUSH"
+                    | b"RPUSH"
+                    | b"LPOP"
+                    | b"RPOP"
+                    | b"LRANGE"
+                    | b"SADD"
+                    | b"SREM"
+                    | b"SMEMBERS"
+                    | b"ZINCRBY"
+                    | b"ZSCORE"
+            );
+            if collection || !request.transaction.is_empty() {
+                let frame = if request.transaction.is_empty() {
+                    self.collections.apply(args)
+                } else {
+                    Frame::Array(Some(
+                        request
+                            .transaction
+                            .iter()
+                            .map(|args| self.collections.apply(args))
+                            .collect(),
+                    ))
+                };
+                if request.write && self.requests.is_multiple_of(self.lose_every) {
+                    return request.lost("no reply".into());
+                }
+                return Response::Reply(frame);
+            }
             let key = args[1].clone();
             let now_ms = self.clock.get() / 1_000_000;
             let expired: Vec<Bytes> = self
@@ -887,6 +1298,7 @@ mod tests {
         let store = Memory {
             data: BTreeMap::new(),
             expiries: BTreeMap::new(),
+            collections: Collections::default(),
             requests: 0,
             fail_every: 7,
             lose_every: 5,
@@ -919,7 +1331,10 @@ mod tests {
 
     #[test]
     fn records_every_operation_and_the_history_checks_linearizable() {
-        let every_family = WorkloadConfig::default().with_ttl(2, 4).with_multi(2, 3);
+        let every_family = WorkloadConfig::default()
+            .with_ttl(2, 4)
+            .with_multi(2, 3)
+            .with_collections(1, 6);
         for config in [
             WorkloadConfig::default(),
             WorkloadConfig::jepsen(),
@@ -1012,6 +1427,75 @@ mod tests {
             );
             assert_eq!(op.request.write, op.f != Function::MRead);
         }
+    }
+
+    #[test]
+    fn collection_operations_are_drawn_only_when_on_and_stay_in_one_slot() {
+        let mut driver = Driver::new(1, WorkloadConfig::default(), 7, (), ());
+        for _ in 0..500 {
+            assert!(!driver.next_op().f.is_collection());
+        }
+        let config = WorkloadConfig::default().with_collections(1, 10);
+        let mut driver = Driver::new(1, config, 7, (), ());
+        let ops: Vec<Planned> = (0..2000).map(|_| driver.next_op()).collect();
+        for f in [
+            Function::Push,
+            Function::Pop,
+            Function::LRange,
+            Function::SAdd,
+            Function::SRem,
+            Function::SMembers,
+            Function::ZIncrBy,
+            Function::ZScore,
+            Function::Txn,
+        ] {
+            assert!(ops.iter().any(|op| op.f == f), "no {f} drawn");
+        }
+        let slot = larder_core::slots::slot_of(b"{c0}");
+        for op in ops.iter().filter(|op| op.f.is_collection()) {
+            assert_eq!(op.key, "{c0}");
+            let commands = if op.f == Function::Txn {
+                assert_eq!(op.request.args, args(&["EXEC"]));
+                op.request.transaction.clone()
+            } else {
+                assert!(op.request.transaction.is_empty());
+                vec![op.request.args.clone()]
+            };
+            for command in commands {
+                assert_eq!(larder_core::slots::slot_of(&command[1]), slot, "{op:?}");
+            }
+        }
+        // Both kinds of transaction: the writing ones and the read-only one.
+        assert!(
+            ops.iter()
+                .any(|op| op.f == Function::Txn && op.request.write)
+        );
+        assert!(
+            ops.iter()
+                .any(|op| op.f == Function::Txn && !op.request.write)
+        );
+    }
+
+    #[test]
+    fn a_transaction_is_sent_as_multi_commands_exec() {
+        let request = Request {
+            args: args(&["EXEC"]),
+            write: true,
+            transaction: vec![
+                args(&["RPUSH", "{c0}:l", "x"]),
+                args(&["SADD", "{c0}:s", "m"]),
+            ],
+        };
+        let commands = request.resp_commands();
+        assert_eq!(commands.len(), 4);
+        assert_eq!(commands[0], args(&["MULTI"]));
+        assert_eq!(commands[3], args(&["EXEC"]));
+        assert_eq!(request.resp_step(0, Frame::ok()), None);
+        assert_eq!(request.resp_step(1, Frame::Simple("QUEUED".into())), None);
+        assert!(matches!(
+            request.resp_step(2, Frame::Error("ERR x".into())),
+            Some(Response::Failed(_))
+        ));
     }
 
     /// Answers every request `OK` after `latency_ms` of the shared test clock.

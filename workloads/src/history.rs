@@ -21,7 +21,7 @@
 //! | `time_ns` | integer, optional | real time of the event in nanoseconds, from any origin shared by all processes. It defines real-time order: operation A precedes B only if A's completion time is **strictly** below B's invocation time; equal times count as concurrent. Absent: the event's `index` (file order is real-time order). |
 //! | `process` | integer | the client that issued the operation. A process runs one operation at a time: its next event after an `invoke` is that operation's completion. After an `info` completion a process may go on (its indeterminate operation stays in flight forever). |
 //! | `type` | `"invoke"`, `"ok"`, `"fail"`, `"info"` | `invoke` starts an operation; `ok`: it took effect and its result is `value`; `fail`: it certainly had **no** effect; `info`: indeterminate, it may take effect at any time after its invocation, or never. (`kind` is accepted as an alias.) |
-//! | `f` | `"read"`, `"write"`, `"cas"`, `"add"`, `"append"`, `"set_ttl"`, `"expire"`, `"persist"`, `"ttl"`, `"mread"`, `"mwrite"`, `"mdel"` | the function (aliases on input: `get` for read, `put`/`set` for write, `incr` for add). |
+//! | `f` | `"read"`, `"write"`, `"cas"`, `"add"`, `"append"`, `"set_ttl"`, `"expire"`, `"persist"`, `"ttl"`, `"mread"`, `"mwrite"`, `"mdel"`, `"push"`, `"pop"`, `"lrange"`, `"sadd"`, `"srem"`, `"smembers"`, `"zincrby"`, `"zscore"`, `"txn"` | the function (aliases on input: `get` for read, `put`/`set` for write, `incr` for add). |
 //! | `key` | string, optional | the object the operation touches; the checker checks every key on its own. Absent: `""`. |
 //! | `value` | `null`, integer, string, or array | see below. Absent: `null`. |
 //! | `error` | string, optional | why an operation failed or is indeterminate; informational. |
@@ -48,6 +48,14 @@
 //!   the hash tag that keeps the sub-keys in one slot): `mread` names the sub-keys and its
 //!   `ok` completion lists their values (`null`: missing); `mwrite` is `[[name, value], ...]`
 //!   on both events; `mdel` names the sub-keys and its `ok` completion counts those deleted.
+//! - `push`, `pop`, `lrange`, `sadd`, `srem`, `smembers`, `zincrby`, `zscore`, `txn` act on a
+//!   collections object (the `key`; in Larder the hash tag of its lists, sets and sorted sets):
+//!   the value names the sub-key and the arguments (`push`: `[list, "l"|"r", element]`,
+//!   `pop`: `[list, "l"|"r"]`, `lrange`/`smembers`: `[name]`, `sadd`/`srem`/`zscore`:
+//!   `[name, member]`, `zincrby`: `[zset, member, delta]`), the `ok` completion the reply
+//!   (`push`: the new length, `pop`: the element or `null`, `lrange`/`smembers`: the elements,
+//!   `sadd`/`srem`: 1 or 0, `zincrby`: the new score, `zscore`: the score or `null`). `txn`
+//!   is `[[f, ...value], ...]`, its `ok` completion the list of the replies.
 //!
 //! The value of an `info` completion is ignored (Jepsen logs put `:timed-out` there).
 //!
@@ -189,6 +197,38 @@ pub enum Function {
     /// deleted.
     #[serde(rename = "mdel")]
     MDel,
+    /// `LPUSH`/`RPUSH` of one element to a list of a collections object: value `[list,
+    /// "l"|"r", element]`; an `ok` completion's value the list's new length.
+    Push,
+    /// `LPOP`/`RPOP` of a list of a collections object: value `[list, "l"|"r"]`; an `ok`
+    /// completion's value the element popped (`null`: the list was empty).
+    Pop,
+    /// `LRANGE list 0 -1`: value `[list]`; an `ok` completion's value the elements.
+    #[serde(rename = "lrange")]
+    LRange,
+    /// `SADD` of one member: value `[set, member]`; an `ok` completion's value the reply
+    /// (1: added, 0: already there).
+    #[serde(rename = "sadd")]
+    SAdd,
+    /// `SREM` of one member: value `[set, member]`; an `ok` completion's value the reply
+    /// (1: removed, 0: absent).
+    #[serde(rename = "srem")]
+    SRem,
+    /// `SMEMBERS`: value `[set]`; an `ok` completion's value the members (any order: the
+    /// checker compares them as a set).
+    #[serde(rename = "smembers")]
+    SMembers,
+    /// `ZINCRBY` by an integer: value `[zset, member, delta]`; an `ok` completion's value the
+    /// new score.
+    #[serde(rename = "zincrby")]
+    ZIncrBy,
+    /// `ZSCORE`: value `[zset, member]`; an `ok` completion's value the score (`null`: absent).
+    #[serde(rename = "zscore")]
+    ZScore,
+    /// `MULTI … EXEC` of several operations on one collections object: value the sub-operations
+    /// `[[f, ...value], ...]` (`f` one of the collection functions above, by name); an `ok`
+    /// completion's value their replies, in order. All of them take effect at one point.
+    Txn,
 }
 
 impl Function {
@@ -203,7 +243,29 @@ impl Function {
                 | Function::Ttl
                 | Function::MRead
                 | Function::MDel
+        ) || self.is_collection()
+    }
+
+    /// Whether it acts on a collections object (lists, sets, sorted sets of one hash tag).
+    pub fn is_collection(self) -> bool {
+        matches!(
+            self,
+            Function::Push
+                | Function::Pop
+                | Function::LRange
+                | Function::SAdd
+                | Function::SRem
+                | Function::SMembers
+                | Function::ZIncrBy
+                | Function::ZScore
+                | Function::Txn
         )
+    }
+
+    /// The function named `name` ([`Function`]'s `Display`), for the sub-operations of a
+    /// [`Function::Txn`].
+    pub fn from_name(name: &str) -> Option<Function> {
+        serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
     }
 }
 
@@ -222,6 +284,15 @@ impl fmt::Display for Function {
             Function::MRead => "mread",
             Function::MWrite => "mwrite",
             Function::MDel => "mdel",
+            Function::Push => "push",
+            Function::Pop => "pop",
+            Function::LRange => "lrange",
+            Function::SAdd => "sadd",
+            Function::SRem => "srem",
+            Function::SMembers => "smembers",
+            Function::ZIncrBy => "zincrby",
+            Function::ZScore => "zscore",
+            Function::Txn => "txn",
         })
     }
 }

@@ -654,3 +654,281 @@ fn a_multi_key_delete_counts_the_sub_keys_it_removed() {
     h.answered(2, Function::MDel, "{m}", names(&["a", "b"]), 2, 20, 30);
     assert_not_linearizable(&h);
 }
+
+// The collections model: the lists, sets and sorted sets of one object as one state.
+
+fn strs(items: &[&str]) -> Value {
+    Value::List(items.iter().map(|item| (*item).into()).collect())
+}
+
+/// A sub-operation of a `txn`: its function's name, then its value.
+fn sub(f: Function, value: &[Value]) -> Value {
+    let mut items = vec![Value::from(f.to_string())];
+    items.extend(value.iter().cloned());
+    Value::List(items)
+}
+
+fn push(h: &mut Ops, p: u64, side: &str, element: &str, len: i64, span: (u64, u64)) {
+    h.answered(
+        p,
+        Function::Push,
+        "{c}",
+        strs(&["l", side, element]),
+        len,
+        span.0,
+        span.1,
+    );
+}
+
+fn pop(h: &mut Ops, p: u64, side: &str, popped: Option<&str>, span: (u64, u64)) {
+    h.answered(
+        p,
+        Function::Pop,
+        "{c}",
+        strs(&["l", side]),
+        popped,
+        span.0,
+        span.1,
+    );
+}
+
+#[test]
+fn a_list_pops_from_the_end_it_is_asked_and_nil_when_empty() {
+    let mut h = Ops::new();
+    pop(&mut h, 1, "l", None, (0, 5));
+    push(&mut h, 1, "r", "a", 1, (10, 20));
+    push(&mut h, 2, "r", "b", 2, (30, 40));
+    push(&mut h, 1, "l", "c", 3, (50, 60));
+    h.answered(
+        2,
+        Function::LRange,
+        "{c}",
+        strs(&["l"]),
+        strs(&["c", "a", "b"]),
+        70,
+        80,
+    );
+    pop(&mut h, 1, "r", Some("b"), (90, 100));
+    pop(&mut h, 2, "l", Some("c"), (110, 120));
+    pop(&mut h, 1, "l", Some("a"), (130, 140));
+    pop(&mut h, 2, "r", None, (150, 160));
+    assert_linearizable(&h);
+    assert_eq!(h.check().keys[0].model, ModelKind::Collections);
+    // A pop that answered the wrong end.
+    let mut h = Ops::new();
+    push(&mut h, 1, "r", "a", 1, (10, 20));
+    push(&mut h, 2, "r", "b", 2, (30, 40));
+    pop(&mut h, 1, "l", Some("b"), (50, 60));
+    assert_not_linearizable(&h);
+    // One element popped twice (a retried pop applied twice would pop another one).
+    let mut h = Ops::new();
+    push(&mut h, 1, "r", "a", 1, (10, 20));
+    pop(&mut h, 1, "l", Some("a"), (30, 40));
+    pop(&mut h, 2, "l", Some("a"), (35, 45));
+    assert_not_linearizable(&h);
+    // A push's reply is the new length: two concurrent pushes cannot both answer 1.
+    let mut h = Ops::new();
+    push(&mut h, 1, "r", "a", 1, (10, 20));
+    push(&mut h, 2, "r", "b", 1, (10, 20));
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn an_indeterminate_pop_may_have_taken_an_element_or_not() {
+    let mut h = Ops::new();
+    push(&mut h, 1, "r", "a", 1, (0, 10));
+    push(&mut h, 1, "r", "b", 2, (20, 30));
+    h.op(
+        2,
+        Function::Pop,
+        "{c}",
+        strs(&["l", "l"]),
+        Value::Null,
+        Outcome::Info,
+        40,
+        None,
+    );
+    pop(&mut h, 1, "l", Some("b"), (50, 60));
+    assert_linearizable(&h);
+    let mut h2 = h.clone();
+    // ... and the list is empty now
+    pop(&mut h2, 1, "r", None, (70, 80));
+    assert_linearizable(&h2);
+    // but it cannot have taken two
+    pop(&mut h, 1, "r", Some("a"), (70, 80));
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn a_set_answers_adds_and_removes_and_is_read_as_a_set() {
+    let add = |h: &mut Ops, p: u64, member: &str, reply: i64, span: (u64, u64)| {
+        h.answered(
+            p,
+            Function::SAdd,
+            "{c}",
+            strs(&["s", member]),
+            reply,
+            span.0,
+            span.1,
+        );
+    };
+    let members = |h: &mut Ops, p: u64, seen: &[&str], span: (u64, u64)| {
+        h.answered(
+            p,
+            Function::SMembers,
+            "{c}",
+            strs(&["s"]),
+            strs(seen),
+            span.0,
+            span.1,
+        );
+    };
+    let mut h = Ops::new();
+    add(&mut h, 1, "x", 1, (0, 10));
+    add(&mut h, 2, "y", 1, (20, 30));
+    add(&mut h, 1, "x", 0, (40, 50));
+    // any order
+    members(&mut h, 2, &["y", "x"], (60, 70));
+    h.answered(1, Function::SRem, "{c}", strs(&["s", "x"]), 1, 80, 90);
+    members(&mut h, 2, &["y"], (100, 110));
+    assert_linearizable(&h);
+    // An add of a member already there answers 0.
+    let mut h = Ops::new();
+    add(&mut h, 1, "x", 1, (0, 10));
+    add(&mut h, 2, "x", 1, (20, 30));
+    assert_not_linearizable(&h);
+    // A removed member is gone.
+    let mut h = Ops::new();
+    add(&mut h, 1, "x", 1, (0, 10));
+    h.answered(1, Function::SRem, "{c}", strs(&["s", "x"]), 1, 20, 30);
+    members(&mut h, 2, &["x"], (40, 50));
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn a_sorted_set_increment_answers_the_new_score() {
+    let incr = |h: &mut Ops, p: u64, delta: i64, score: i64, span: (u64, u64)| {
+        h.answered(
+            p,
+            Function::ZIncrBy,
+            "{c}",
+            Value::List(vec!["z".into(), "m".into(), delta.into()]),
+            score,
+            span.0,
+            span.1,
+        );
+    };
+    let mut h = Ops::new();
+    incr(&mut h, 1, 2, 2, (0, 10));
+    // concurrent: either order
+    incr(&mut h, 1, 3, 8, (20, 40));
+    incr(&mut h, 2, 3, 5, (25, 35));
+    h.answered(2, Function::ZScore, "{c}", strs(&["z", "m"]), 8, 50, 60);
+    assert_linearizable(&h);
+    // A lost increment: the second answers as if the first never happened.
+    let mut h = Ops::new();
+    incr(&mut h, 1, 2, 2, (0, 10));
+    incr(&mut h, 2, 3, 3, (20, 30));
+    assert_not_linearizable(&h);
+}
+
+/// A transaction that pushes `element`, adds `member` to the set and increments it.
+fn txn_write(h: &mut Ops, p: u64, element: &str, replies: [i64; 3], span: (u64, u64)) {
+    h.answered(
+        p,
+        Function::Txn,
+        "{c}",
+        Value::List(vec![
+            sub(Function::Push, &strs(&["l", "r", element]).as_list()),
+            sub(Function::SAdd, &strs(&["s", "m"]).as_list()),
+            sub(
+                Function::ZIncrBy,
+                &[Value::from("z"), Value::from("m"), Value::Int(1)],
+            ),
+        ]),
+        Value::List(replies.iter().map(|&n| Value::Int(n)).collect()),
+        span.0,
+        span.1,
+    );
+}
+
+/// A transaction that reads the list, the set and the member's score.
+fn txn_read(h: &mut Ops, p: u64, seen: (&[&str], &[&str], Option<i64>), span: (u64, u64)) {
+    h.answered(
+        p,
+        Function::Txn,
+        "{c}",
+        Value::List(vec![
+            sub(Function::LRange, &[Value::from("l")]),
+            sub(Function::SMembers, &[Value::from("s")]),
+            sub(Function::ZScore, &strs(&["z", "m"]).as_list()),
+        ]),
+        Value::List(vec![strs(seen.0), strs(seen.1), seen.2.into()]),
+        span.0,
+        span.1,
+    );
+}
+
+trait AsList {
+    fn as_list(&self) -> Vec<Value>;
+}
+
+impl AsList for Value {
+    fn as_list(&self) -> Vec<Value> {
+        match self {
+            Value::List(items) => items.clone(),
+            other => vec![other.clone()],
+        }
+    }
+}
+
+#[test]
+fn a_transaction_is_seen_whole_or_not_at_all() {
+    let mut h = Ops::new();
+    txn_read(&mut h, 2, (&[], &[], None), (0, 5));
+    txn_write(&mut h, 1, "a", [1, 1, 1], (10, 20));
+    // concurrent with the second write: before or after it, never inside
+    txn_write(&mut h, 1, "b", [2, 0, 2], (30, 60));
+    txn_read(&mut h, 2, (&["a"], &["m"], Some(1)), (31, 40));
+    txn_read(&mut h, 3, (&["a", "b"], &["m"], Some(2)), (41, 50));
+    assert_linearizable(&h);
+    assert_eq!(h.check().keys[0].model, ModelKind::Collections);
+    // A read that sees the push of a transaction but not its increment: torn.
+    let mut h = Ops::new();
+    txn_write(&mut h, 1, "a", [1, 1, 1], (10, 20));
+    txn_write(&mut h, 1, "b", [2, 0, 2], (30, 60));
+    txn_read(&mut h, 2, (&["a", "b"], &["m"], Some(1)), (31, 40));
+    assert_not_linearizable(&h);
+    // Two transactions interleaved: the first pushes first, the second increments first.
+    let mut h = Ops::new();
+    txn_write(&mut h, 1, "a", [1, 1, 2], (10, 20));
+    txn_write(&mut h, 2, "b", [2, 0, 1], (10, 20));
+    assert_not_linearizable(&h);
+    // An indeterminate transaction happened whole or not at all.
+    let mut h = Ops::new();
+    txn_write(&mut h, 1, "a", [1, 1, 1], (10, 20));
+    h.op(
+        2,
+        Function::Txn,
+        "{c}",
+        Value::List(vec![
+            sub(Function::Push, &strs(&["l", "r", "b"]).as_list()),
+            sub(
+                Function::ZIncrBy,
+                &[Value::from("z"), Value::from("m"), Value::Int(5)],
+            ),
+        ]),
+        Value::Null,
+        Outcome::Info,
+        30,
+        None,
+    );
+    let mut whole = h.clone();
+    txn_read(&mut whole, 3, (&["a", "b"], &["m"], Some(6)), (40, 50));
+    assert_linearizable(&whole);
+    let mut none = h.clone();
+    txn_read(&mut none, 3, (&["a"], &["m"], Some(1)), (40, 50));
+    assert_linearizable(&none);
+    txn_read(&mut h, 3, (&["a", "b"], &["m"], Some(1)), (40, 50));
+    assert_not_linearizable(&h);
+}

@@ -9,6 +9,7 @@
 //! outside the entry.
 
 use bytes::Bytes;
+use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Net};
 use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::Frame;
@@ -143,6 +144,18 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             }
         }
         let mut keyed_replies = Vec::new().into_iter();
+        if self.config.bugs.is_planted(Bug::TornTransaction) && watched.is_empty() {
+            // The planted mistake: with no version to check, the commands "need no entry of
+            // their own" and go one by one, so others' commands apply between them.
+            let mut replies = Vec::with_capacity(keyed.len());
+            for command in keyed.drain(..) {
+                match session.client.execute(command).await {
+                    Ok(reply) => replies.push(reply),
+                    Err(e) => return client_error(e, &self.config.bugs),
+                }
+            }
+            keyed_replies = replies.into_iter();
+        }
         if !keyed.is_empty() || !watched.is_empty() {
             let written: Vec<Bytes> = keyed
                 .iter()

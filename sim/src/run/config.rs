@@ -19,6 +19,10 @@ use larder_workloads::driver::Lulls;
 
 /// The random stream a swarm seed draws its workload families from.
 const SWARM_WORKLOAD_STREAM: u64 = 0x5a4a_f00d;
+/// The random stream a swarm seed draws its collections family from (lists, sets, sorted
+/// sets and transactions): its own, so a seed without the family runs exactly what it ran
+/// before the family existed.
+const SWARM_COLLECTIONS_STREAM: u64 = 0xc011_ec75;
 /// How often a swarm seed turns each optional workload family on.
 const SWARM_FAMILY_CHANCE: f64 = 0.35;
 /// Share of swarm seeds whose first client only reads, and the random stream that decides.
@@ -249,8 +253,9 @@ impl SimConfig {
     }
 
     /// The workload the clients run: [`SimConfig::workload`], and with `swarm` the seed's own
-    /// choice of the TTL and multi-key families (each on in about a third of the seeds, from a
-    /// stream of its own, so a seed without them runs exactly the operations it always did).
+    /// choice of the TTL, multi-key and collections families (each on in about a third of the
+    /// seeds, from a stream of its own, so a seed without them runs exactly the operations it
+    /// always did).
     pub fn run_workload(&self) -> WorkloadConfig {
         let mut workload = self.workload.clone();
         let shape = self.load_shape();
@@ -291,6 +296,12 @@ impl SimConfig {
                     every_ms,
                     for_ms: every_ms / 3 + rng.below(every_ms / 3),
                 });
+            }
+            let mut collections = SeededRng::new(derive_seed(self.seed, SWARM_COLLECTIONS_STREAM));
+            if collections.chance(SWARM_FAMILY_CHANCE) {
+                // One object, often: a transaction seen half done needs another client's
+                // operation on the same object between its commands.
+                workload = workload.with_collections(1, 10);
             }
             // A seed that moves slots also deletes keys (the multi-key family is the one
             // with `DEL`): a migration must carry deletes over, not only writes.
@@ -402,6 +413,7 @@ impl SimConfig {
         if self.swarm && index == 0 && rng.chance(READER_CHANCE) {
             let mix = &mut workload.mix;
             (mix.write, mix.add, mix.append, mix.ttl, mix.multi) = (0, 0, 0, 0, 0);
+            mix.collections = 0;
             mix.read = mix.read.max(1);
         }
         workload
@@ -536,6 +548,28 @@ mod tests {
         assert_eq!(config.run_clients(), 40);
         config.clients = 500;
         assert_eq!(config.run_clients(), CLIENTS_MAX);
+    }
+
+    #[test]
+    fn the_swarm_collections_family_is_on_in_about_a_third_of_the_seeds() {
+        let mut on = Vec::new();
+        for seed in 1..=200 {
+            let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
+            assert_eq!(config.run_workload().collection_keys, 0, "only swarm picks");
+            config.swarm = true;
+            let workload = config.run_workload();
+            if workload.collection_keys > 0 {
+                assert!(workload.mix.collections > 0);
+                on.push(seed);
+            } else {
+                assert_eq!(workload.mix.collections, 0);
+            }
+            // The read-only first client stays read-only.
+            if config.client_workload(0).mix.write == 0 {
+                assert_eq!(config.client_workload(0).mix.collections, 0);
+            }
+        }
+        assert!((45..95).contains(&on.len()), "{on:?}");
     }
 
     #[test]

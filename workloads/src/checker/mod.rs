@@ -59,10 +59,18 @@
 //!   sharing a hash tag) as one register whose value maps each sub-key to its value, so a
 //!   multi-key read must see the effect of each multi-key write entirely or not at all. One
 //!   object is one key of the search, as cheap as a register.
+//! - **collections** (`push`, `pop`, `lrange`, `sadd`, `srem`, `smembers`, `zincrby`,
+//!   `zscore`, `txn`): the lists (a deque: a pop answers its front or back, or nil when
+//!   empty), sets (compared as sets) and sorted sets (member to integer score) of one object
+//!   (in Larder, keys sharing a hash tag), as one state, so that a transaction (`txn`, MULTI/EXEC)
+//!   applies all its operations at one linearization point: no operation, inside or after
+//!   it, sees half of it. Every reply is checked (a push's new length, a pop's element, an
+//!   add's or remove's 0/1, an increment's new score); an indeterminate operation's replies
+//!   are not. One object is one key of the search.
 //!
 //! [`Model::Auto`] picks the counter for keys that see an `add`, the ttl model for keys that
 //! see an expiry operation, the multi-key model for keys that see a multi-key operation, the
-//! register otherwise.
+//! collections model for keys that see a collection operation, the register otherwise.
 //!
 //! # Budget
 //!
@@ -113,13 +121,15 @@ pub use partition::check_operations;
 #[serde(rename_all = "snake_case")]
 pub enum Model {
     /// Counter for keys that see an `add`, TTL for keys that see an expiry operation,
-    /// multi-key for keys that see a multi-key operation, register otherwise.
+    /// multi-key for keys that see a multi-key operation, collections for keys that see a
+    /// collection operation, register otherwise.
     #[default]
     Auto,
     Register,
     Counter,
     Ttl,
     Multi,
+    Collections,
 }
 
 /// The model a key was checked with.
@@ -132,6 +142,9 @@ pub enum ModelKind {
     Ttl,
     /// Several sub-keys as one object (`mread`, `mwrite`, `mdel`).
     Multi,
+    /// Lists, sets and sorted sets of one object (`push`, `pop`, `lrange`, `sadd`, `srem`,
+    /// `smembers`, `zincrby`, `zscore`, `txn`).
+    Collections,
 }
 
 /// What to check and how to read the history.

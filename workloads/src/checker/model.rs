@@ -1,5 +1,5 @@
 //! The sequential models (register with cas and append, counter, register with expiry,
-//! multi-key object) over integer states.
+//! multi-key object, collections object) over integer states.
 //!
 //! A key's operations are compiled once into [`COp`]s whose [`Step`] is a transition over a
 //! `u64` state (an interned value id for the register, the count for the counter), so the
@@ -7,7 +7,7 @@
 //! cannot matter (failed operations, indeterminate reads, unobservable indeterminate writes),
 //! which shrinks the search before it starts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{CheckConfig, ModelKind};
 use crate::history::{Function, Operation, Outcome, Value};
@@ -72,6 +72,16 @@ pub(super) enum Step {
         names: u64,
         count: Option<i64>,
     },
+    /// Collections model: the operations `Interner::coll_txns[.0]`, none of which changes
+    /// state (`lrange`, `smembers`, `zscore`, or a transaction of only those), with their
+    /// replies.
+    CollRead(u32),
+    /// Collections model: the operations `Interner::coll_txns[ops]`, applied at one
+    /// linearization point; `checked`: their replies must match (false when indeterminate).
+    CollUpdate {
+        ops: u32,
+        checked: bool,
+    },
 }
 
 /// The expiry part of a TTL key's state.
@@ -118,6 +128,14 @@ pub(super) struct Interner {
     /// TTL states as integers (the TTL model's state is an index here).
     ttl_ids: BTreeMap<TtlState, u64>,
     ttl_states: Vec<TtlState>,
+    /// Collections states as integers (the collections model's state is an index here).
+    coll_ids: BTreeMap<CollState, u64>,
+    coll_states: Vec<CollState>,
+    /// Roughly the heap bytes of `coll_states` (each is held twice: map key and vector).
+    coll_bytes: usize,
+    /// The compiled collection operations, indexed by [`Step::CollRead`] and
+    /// [`Step::CollUpdate`] (a `Step` stays `Copy`).
+    coll_txns: Vec<CollTxn>,
     /// Roughly what the interned values hold on the heap: a list's states are whole strings,
     /// one per distinct prefix explored, so on a long contended list this outgrows the memo
     /// table and must count against the search's memory budget.
@@ -148,7 +166,18 @@ impl Interner {
 
     /// Roughly the heap bytes the interned values hold.
     pub(super) fn bytes(&self) -> usize {
-        self.bytes + self.appended.len() * 64 + self.ttl_states.len() * 96
+        self.bytes + self.appended.len() * 64 + self.ttl_states.len() * 96 + self.coll_bytes
+    }
+
+    fn coll(&mut self, state: CollState) -> u64 {
+        if let Some(&id) = self.coll_ids.get(&state) {
+            return id;
+        }
+        let id = self.coll_states.len() as u64;
+        self.coll_bytes += 2 * state.bytes();
+        self.coll_ids.insert(state.clone(), id);
+        self.coll_states.push(state);
+        id
     }
 
     fn ttl(&mut self, state: TtlState) -> u64 {
@@ -210,6 +239,8 @@ pub(super) fn compile(
         }
         // Every sub-key missing: the empty object.
         ModelKind::Multi => interner.id(&Value::List(Vec::new())),
+        // Every list, set and sorted set empty (Redis deletes empty ones).
+        ModelKind::Collections => interner.coll(CollState::default()),
     };
     let int = |value: &Value, what: &str, op: &Operation| -> Result<i64, String> {
         match value {
@@ -258,6 +289,13 @@ pub(super) fn compile(
             }
             (ModelKind::Ttl, f) => compile_ttl(f, op, definite, &mut interner)?,
             (ModelKind::Multi, f) => compile_multi(f, op, definite, &mut interner)?,
+            (ModelKind::Collections, f) if f.is_collection() => {
+                match compile_coll(op, definite, &mut interner)? {
+                    Some(step) => step,
+                    // A read that never answered constrains nothing.
+                    None => continue,
+                }
+            }
             (kind, f) => {
                 return Err(format!("the {kind:?} model has no {f} (operation {op})"));
             }
@@ -602,5 +640,336 @@ pub(super) fn apply(step: Step, state: u64, interner: &mut Interner) -> Option<u
         Step::MWrite(_) | Step::MRead { .. } | Step::MDel { .. } => {
             apply_multi(step, state, interner)
         }
+        Step::CollRead(ops) => apply_coll(ops, true, state, interner).map(|_| state),
+        Step::CollUpdate { ops, checked } => {
+            let next = apply_coll(ops, checked, state, interner)?;
+            Some(interner.coll(next))
+        }
     }
+}
+
+/// One operation on a collections object: a list, a set or a sorted set, named by its
+/// sub-key (`l`, `s`, `z` in the simulator's workload). Each type has its own namespace of
+/// names; a workload that used one name as two types would see `WRONGTYPE` from the store,
+/// which the model does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CollOp {
+    Push {
+        list: String,
+        left: bool,
+        element: String,
+    },
+    Pop {
+        list: String,
+        left: bool,
+    },
+    LRange {
+        list: String,
+    },
+    SAdd {
+        set: String,
+        member: String,
+    },
+    SRem {
+        set: String,
+        member: String,
+    },
+    SMembers {
+        set: String,
+    },
+    /// Scores are integers: the workload increments by integers, and an integer model can be
+    /// ordered and hashed (an `f64` cannot), which the memo table needs.
+    ZIncrBy {
+        zset: String,
+        member: String,
+        delta: i64,
+    },
+    ZScore {
+        zset: String,
+        member: String,
+    },
+}
+
+impl CollOp {
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            CollOp::LRange { .. } | CollOp::SMembers { .. } | CollOp::ZScore { .. }
+        )
+    }
+
+    /// Parses `f` with its value (`[name, args...]`; see [`Function`]).
+    fn parse(f: Function, value: &Value) -> Result<CollOp, String> {
+        let items = match value {
+            Value::List(items) => items.as_slice(),
+            other => return Err(format!("{f} of {other}: not a list")),
+        };
+        let text = |i: usize| -> Result<String, String> {
+            match items.get(i) {
+                Some(Value::Str(s)) => Ok(s.clone()),
+                other => Err(format!("{f} of {value}: argument {i} is {other:?}")),
+            }
+        };
+        let side = |i: usize| -> Result<bool, String> {
+            match text(i)?.as_str() {
+                "l" => Ok(true),
+                "r" => Ok(false),
+                other => Err(format!("{f} of {value}: side {other:?} is not l or r")),
+            }
+        };
+        let arity = match f {
+            Function::Push | Function::ZIncrBy => 3,
+            Function::Pop | Function::SAdd | Function::SRem | Function::ZScore => 2,
+            _ => 1,
+        };
+        if items.len() != arity {
+            return Err(format!("{f} of {value}: {arity} arguments expected"));
+        }
+        Ok(match f {
+            Function::Push => CollOp::Push {
+                list: text(0)?,
+                left: side(1)?,
+                element: text(2)?,
+            },
+            Function::Pop => CollOp::Pop {
+                list: text(0)?,
+                left: side(1)?,
+            },
+            Function::LRange => CollOp::LRange { list: text(0)? },
+            Function::SAdd => CollOp::SAdd {
+                set: text(0)?,
+                member: text(1)?,
+            },
+            Function::SRem => CollOp::SRem {
+                set: text(0)?,
+                member: text(1)?,
+            },
+            Function::SMembers => CollOp::SMembers { set: text(0)? },
+            Function::ZIncrBy => CollOp::ZIncrBy {
+                zset: text(0)?,
+                member: text(1)?,
+                delta: items[2]
+                    .as_int()
+                    .ok_or_else(|| format!("{f} of {value}: the delta is not an integer"))?,
+            },
+            Function::ZScore => CollOp::ZScore {
+                zset: text(0)?,
+                member: text(1)?,
+            },
+            f => return Err(format!("{f} is not a collection operation")),
+        })
+    }
+
+    /// A reply as the model states it: a set's members sorted (the store may list them in
+    /// any order, and a set is compared as a set).
+    fn normalize(&self, reply: &Value) -> Value {
+        match (self, reply) {
+            (CollOp::SMembers { .. }, Value::List(members)) => {
+                let mut members = members.clone();
+                members.sort();
+                Value::List(members)
+            }
+            _ => reply.clone(),
+        }
+    }
+}
+
+/// Compiled operations of one `txn` (or one operation alone), with their expected replies
+/// (empty when indeterminate).
+#[derive(Debug, Clone)]
+struct CollTxn {
+    ops: Vec<CollOp>,
+    replies: Vec<Value>,
+}
+
+/// A collections object's state: its non-empty lists, sets and sorted sets by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct CollState {
+    lists: BTreeMap<String, VecDeque<String>>,
+    sets: BTreeMap<String, BTreeSet<String>>,
+    zsets: BTreeMap<String, BTreeMap<String, i64>>,
+}
+
+impl CollState {
+    /// Heap bytes, roughly.
+    fn bytes(&self) -> usize {
+        let strings = |n: usize| n * 48;
+        self.lists
+            .values()
+            .map(|l| strings(l.len() + 1))
+            .sum::<usize>()
+            + self
+                .sets
+                .values()
+                .map(|s| strings(s.len() + 1))
+                .sum::<usize>()
+            + self
+                .zsets
+                .values()
+                .map(|z| strings(z.len() + 1))
+                .sum::<usize>()
+            + 96
+    }
+
+    /// Applies `op` as Redis does and gives its reply.
+    fn apply(&mut self, op: &CollOp) -> Value {
+        match op {
+            CollOp::Push {
+                list,
+                left,
+                element,
+            } => {
+                let items = self.lists.entry(list.clone()).or_default();
+                if *left {
+                    items.push_front(element.clone());
+                } else {
+                    items.push_back(element.clone());
+                }
+                Value::Int(items.len() as i64)
+            }
+            CollOp::Pop { list, left } => {
+                let Some(items) = self.lists.get_mut(list) else {
+                    return Value::Null;
+                };
+                let popped = if *left {
+                    items.pop_front()
+                } else {
+                    items.pop_back()
+                };
+                if items.is_empty() {
+                    self.lists.remove(list);
+                }
+                popped.map_or(Value::Null, Value::Str)
+            }
+            CollOp::LRange { list } => Value::List(
+                self.lists
+                    .get(list)
+                    .into_iter()
+                    .flatten()
+                    .map(|element| Value::Str(element.clone()))
+                    .collect(),
+            ),
+            CollOp::SAdd { set, member } => Value::Int(
+                self.sets
+                    .entry(set.clone())
+                    .or_default()
+                    .insert(member.clone()) as i64,
+            ),
+            CollOp::SRem { set, member } => {
+                let Some(members) = self.sets.get_mut(set) else {
+                    return Value::Int(0);
+                };
+                let removed = members.remove(member);
+                if members.is_empty() {
+                    self.sets.remove(set);
+                }
+                Value::Int(removed as i64)
+            }
+            CollOp::SMembers { set } => Value::List(
+                self.sets
+                    .get(set)
+                    .into_iter()
+                    .flatten()
+                    .map(|member| Value::Str(member.clone()))
+                    .collect(),
+            ),
+            CollOp::ZIncrBy {
+                zset,
+                member,
+                delta,
+            } => {
+                let score = self
+                    .zsets
+                    .entry(zset.clone())
+                    .or_default()
+                    .entry(member.clone())
+                    .or_default();
+                *score = score.wrapping_add(*delta);
+                Value::Int(*score)
+            }
+            CollOp::ZScore { zset, member } => self
+                .zsets
+                .get(zset)
+                .and_then(|scores| scores.get(member))
+                .map_or(Value::Null, |score| Value::Int(*score)),
+        }
+    }
+}
+
+/// A collections object's operation as a step (`definite`: it completed `ok`); `None` for a
+/// read that never answered.
+fn compile_coll(
+    op: &Operation,
+    definite: bool,
+    interner: &mut Interner,
+) -> Result<Option<Step>, String> {
+    let in_op = |e: String| format!("collections model: {e} in {op}");
+    let ops: Vec<CollOp> = if op.f == Function::Txn {
+        let Value::List(subs) = &op.value else {
+            return Err(in_op(format!("a txn of {}", op.value)));
+        };
+        subs.iter()
+            .map(|sub| match sub {
+                Value::List(items) => match items.split_first() {
+                    Some((Value::Str(name), args)) => {
+                        let f = Function::from_name(name)
+                            .filter(|f| f.is_collection() && *f != Function::Txn)
+                            .ok_or_else(|| format!("no sub-operation {name:?}"))?;
+                        CollOp::parse(f, &Value::List(args.to_vec()))
+                    }
+                    _ => Err(format!("sub-operation {sub} has no name")),
+                },
+                other => Err(format!("sub-operation {other} is not a list")),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(in_op)?
+    } else {
+        vec![CollOp::parse(op.f, &op.value).map_err(in_op)?]
+    };
+    let read = ops.iter().all(CollOp::is_read);
+    if read && !definite {
+        return Ok(None);
+    }
+    let replies = if !definite {
+        Vec::new()
+    } else if op.f == Function::Txn {
+        match &op.output {
+            Value::List(replies) if replies.len() == ops.len() => ops
+                .iter()
+                .zip(replies)
+                .map(|(sub, reply)| sub.normalize(reply))
+                .collect(),
+            other => {
+                return Err(in_op(format!("{other} is not {} replies", ops.len())));
+            }
+        }
+    } else {
+        vec![ops[0].normalize(&op.output)]
+    };
+    let index = u32::try_from(interner.coll_txns.len())
+        .map_err(|_| in_op("too many collection operations".into()))?;
+    interner.coll_txns.push(CollTxn { ops, replies });
+    Ok(Some(if read {
+        Step::CollRead(index)
+    } else {
+        Step::CollUpdate {
+            ops: index,
+            checked: definite,
+        }
+    }))
+}
+
+/// The collections model's transition: every operation of the transaction `ops` in turn on
+/// one state, so nothing sees it half applied. `None` when `checked` and a reply differs
+/// from the model's.
+fn apply_coll(ops: u32, checked: bool, state: u64, interner: &Interner) -> Option<CollState> {
+    let txn = &interner.coll_txns[ops as usize];
+    let mut next = interner.coll_states[state as usize].clone();
+    for (position, op) in txn.ops.iter().enumerate() {
+        let reply = next.apply(op);
+        if checked && txn.replies.get(position) != Some(&reply) {
+            return None;
+        }
+    }
+    Some(next)
 }

@@ -168,6 +168,8 @@ fn model_kind(model: Model, ops: &[&Operation]) -> ModelKind {
         Model::Counter => ModelKind::Counter,
         Model::Ttl => ModelKind::Ttl,
         Model::Multi => ModelKind::Multi,
+        Model::Collections => ModelKind::Collections,
+        Model::Auto if ops.iter().any(|op| op.f.is_collection()) => ModelKind::Collections,
         Model::Auto if ops.iter().any(|op| op.f == Function::Add) => ModelKind::Counter,
         Model::Auto
             if ops.iter().any(|op| {

@@ -54,7 +54,8 @@ pub(super) fn longest_prefix(
                 | Step::CasMismatch { .. }
                 | Step::TtlRead(_)
                 | Step::TtlQuery { .. }
-                | Step::MRead { .. } => continue,
+                | Step::MRead { .. }
+                | Step::CollRead(_) => continue,
                 Step::Cas { from, to } => Step::CasMaybe { from, to },
                 // Still running at the cut: its answer is not known yet.
                 Step::TtlExpire { ttl_ms, .. } => Step::TtlExpire {
@@ -63,6 +64,10 @@ pub(super) fn longest_prefix(
                 },
                 Step::TtlPersist { .. } => Step::TtlPersist { removed: None },
                 Step::MDel { names, .. } => Step::MDel { names, count: None },
+                Step::CollUpdate { ops, .. } => Step::CollUpdate {
+                    ops,
+                    checked: false,
+                },
                 other => other,
             };
             prefix.push(COp {

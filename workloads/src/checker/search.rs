@@ -245,7 +245,8 @@ impl Class {
             Step::Read(_)
             | Step::CounterRead(_)
             | Step::CasMismatch { .. }
-            | Step::MRead { .. } => Class::Read,
+            | Step::MRead { .. }
+            | Step::CollRead(_) => Class::Read,
             _ => Class::Update,
         }
     }

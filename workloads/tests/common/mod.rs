@@ -6,7 +6,7 @@ use larder_workloads::{
 };
 
 /// Builds operations with ids in the order they are added.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Ops {
     pub ops: Vec<Operation>,
 }
