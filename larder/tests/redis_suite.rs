@@ -113,9 +113,10 @@ fn run_units(minimums: &[(&str, u32)]) {
 // fuzzers against the harness's 120 s limit) on a loaded two-core machine.
 
 #[test]
-fn redis_suite_hashes_counters_expiry_keys_and_protocol() {
+fn redis_suite_hashes_sets_counters_expiry_keys_and_protocol() {
     run_units(&[
         ("unit/type/hash", 68),   // 70 / 2 / 1: HGETALL order of a listpack (2)
+        ("unit/type/set", 93),    // 95 / 0 / 4
         ("unit/type/incr", 23),   // 23 / 0 / 2
         ("unit/expire", 56),      // 58 / 0 / 10
         ("unit/keyspace", 40),    // 40 / 2 / 11: streams (2)
@@ -132,12 +133,14 @@ fn redis_suite_strings_and_scan() {
     ]);
 }
 
+/// Retried by nextest (`.config/nextest.toml`): a few tests start two blocking clients and a
+/// push back to back on three connections without waiting, and expect the first connection's
+/// command to block first. Redis, one thread, reads them in that order; the proxy serves each
+/// connection on its own task, and now and then the second blocks first and takes the element,
+/// leaving the first blocked for ever (the harness then times the unit out).
 #[test]
-fn redis_suite_lists_and_sets() {
-    run_units(&[
-        ("unit/type/list", 215), // 219 / 0 / 21
-        ("unit/type/set", 93),   // 95 / 0 / 4
-    ]);
+fn redis_suite_lists() {
+    run_units(&[("unit/type/list", 215)]); // 219 / 0 / 21
 }
 
 #[test]

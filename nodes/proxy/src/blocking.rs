@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::env::{Clock, Net};
-use larder_core::kv::{BlockTimeout, Command, Reply};
+use larder_core::kv::{BlockTimeout, Command, ListCommand, Reply};
 use larder_core::resp::Frame;
 
 use super::{Proxy, Session, client_error, error};
@@ -253,11 +253,14 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                     if present {
                         match session.client.execute(slot.command.clone()).await {
                             Ok(Reply::Nil | Reply::NilArray) => {}
-                            // A key of another type at the start is the client's error; one that
-                            // became another type while it waited leaves it blocked (Redis
+                            // A source of another type at the start is the client's error; one
+                            // that became another type while it waited leaves it blocked (Redis
                             // wakes only for a key of the awaited type).
-                            Ok(Reply::Error(text))
-                                if !first_poll && text.starts_with("WRONGTYPE") => {}
+                            Ok(reply)
+                                if !first_poll
+                                    && self
+                                        .source_turned_other_type(session, slot, &reply)
+                                        .await => {}
                             Ok(reply) => {
                                 slot.finish();
                                 drop(answer);
@@ -313,9 +316,13 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 }
                 handovers += 1;
                 match session.client.execute(slot.command.clone()).await {
-                    // Nothing for it, or the key now holds another type (Redis keeps such a
-                    // client blocked): it stays blocked.
-                    Ok(Reply::Nil | Reply::NilArray | Reply::Error(_)) | Err(_) => break,
+                    // Nothing for it: it stays blocked (and polls, if the pop failed).
+                    Ok(Reply::Nil | Reply::NilArray) | Err(_) => break,
+                    // Its source now holds another type: Redis keeps such a client blocked.
+                    // (A destination of another type is the client's error, handed over.)
+                    Ok(reply) if self.source_turned_other_type(session, &slot, &reply).await => {
+                        break;
+                    }
                     Ok(reply) => {
                         *answer = Some(reply);
                         slot.finish();
@@ -325,6 +332,30 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 }
             }
         }
+    }
+
+    /// Whether `reply`, a pop's answer, is `WRONGTYPE` because a source key holds another
+    /// type (the client stays blocked) rather than because `BLMOVE`'s destination does (Redis
+    /// answers the client that error). Asks the source's type only in that ambiguous case.
+    async fn source_turned_other_type(
+        &self,
+        session: &mut Session<N, C>,
+        slot: &Slot,
+        reply: &Reply,
+    ) -> bool {
+        if !matches!(reply, Reply::Error(text) if text.starts_with("WRONGTYPE")) {
+            return false;
+        }
+        let Command::ListOp(ListCommand::Move { source, .. }) = &slot.command else {
+            return true;
+        };
+        let kind = Command::Type {
+            key: source.clone(),
+        };
+        !matches!(
+            session.client.execute(kind).await,
+            Ok(Reply::Status(kind)) if kind == "list"
+        )
     }
 
     /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: 1 when client `id` was blocked and now is not.
