@@ -529,8 +529,7 @@ fn parse_lex_range(min: &Bytes, max: &Bytes) -> Result<LexRange, CommandError> {
     }
 }
 
-/// Score text as Redis writes it (`%.17g`): the one formatter is the protocol's.
-pub use crate::resp::format_double as format_score;
+use crate::resp::format_double;
 
 fn score_reply(score: Score) -> Reply {
     Reply::double(score.get())
@@ -1334,7 +1333,7 @@ impl ZSetCommand {
                         {
                             // ZSCAN answers flat bulk strings in both protocols.
                             items.push(Reply::Bulk(member.clone()));
-                            items.push(Reply::Bulk(Bytes::from(format_score(score.get()))));
+                            items.push(Reply::Bulk(Bytes::from(format_double(score.get()))));
                         }
                     }
                     if end < set.len() {
@@ -1844,7 +1843,7 @@ mod tests {
             (100.25, "100.25"),
         ];
         for (value, text) in cases {
-            assert_eq!(format_score(*value), *text, "{value:e}");
+            assert_eq!(format_double(*value), *text, "{value:e}");
         }
     }
 
@@ -2501,7 +2500,7 @@ mod tests {
                     panic!("{pair:?}");
                 };
                 assert_eq!(
-                    format_score(
+                    format_double(
                         db.zset("z")
                             .expect("z")
                             .score(member)
@@ -2613,7 +2612,7 @@ mod tests {
                     1 => {
                         let new = model.get(member.as_bytes()).copied().unwrap_or(0.0) + score;
                         model.insert(b(&member), new);
-                        prop_assert_eq!(db.run(&format!("zincrby k {score} {member}")), bulk(&format_score(new)));
+                        prop_assert_eq!(db.run(&format!("zincrby k {score} {member}")), bulk(&format_double(new)));
                     }
                     2 => {
                         let removed = model.remove(member.as_bytes()).is_some();
@@ -2623,7 +2622,7 @@ mod tests {
                         let mut sorted: Vec<_> = model.iter().map(|(m, s)| (*s, m.clone())).collect();
                         sorted.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
                         let expected: Vec<Reply> = sorted.first().map(|(s, m)| {
-                            vec![Reply::Bulk(m.clone()), bulk(&format_score(*s))]
+                            vec![Reply::Bulk(m.clone()), bulk(&format_double(*s))]
                         }).unwrap_or_default();
                         if let Some((_, m)) = sorted.first() {
                             model.remove(m);
@@ -2635,7 +2634,7 @@ mod tests {
                 sorted.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
                 let expected: Vec<Reply> = sorted
                     .iter()
-                    .flat_map(|(s, m)| [Reply::Bulk(m.clone()), bulk(&format_score(*s))])
+                    .flat_map(|(s, m)| [Reply::Bulk(m.clone()), bulk(&format_double(*s))])
                     .collect();
                 prop_assert_eq!(db.run("zrange k 0 -1 withscores"), Reply::Array(expected));
                 prop_assert_eq!(db.run("zcard k"), int(model.len() as i64));

@@ -789,7 +789,6 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         } else {
                             self.dispatch(&mut session, args).await
                         };
-                        held.set(input.len() + output.len());
                         let before = output.len();
                         resp::encode_frame(&reply, session.protocol, &mut output);
                         drop(reply);
