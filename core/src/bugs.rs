@@ -83,11 +83,15 @@ pub enum Bug {
     /// one instead of as one `Command::Transaction` entry, so other clients' commands apply
     /// between them and a transaction is seen (or applied) half done.
     TornTransaction,
+    /// Collections element by element (storage): a command given part of a collection is not
+    /// told the collection's true length, so it judges emptiness by the part, and removing
+    /// the only loaded member (`SREM s a` on `{a, b, c}`) deletes the whole collection.
+    ElementCountFromPart,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 21] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -108,6 +112,7 @@ impl Bug {
         Bug::MigrationUntrackedDeletes,
         Bug::AppendCutReportedWhole,
         Bug::TornTransaction,
+        Bug::ElementCountFromPart,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -133,6 +138,7 @@ impl Bug {
             Bug::MigrationUntrackedDeletes => "migration-untracked-deletes",
             Bug::AppendCutReportedWhole => "append-cut-reported-whole",
             Bug::TornTransaction => "torn-transaction",
+            Bug::ElementCountFromPart => "element-count-from-part",
         }
     }
 }

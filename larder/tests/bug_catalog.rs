@@ -154,4 +154,7 @@ catalog! {
     // and a transaction's sub-commands sent one by one interleave with other clients':
     // 7/50 (5, 11, 17, 24, 25, 29, 34), first 5.
     torn_transaction: "torn-transaction", 1..=50, Swarm;
+    // The collections family's SREM of one member of a set loaded in part deletes the set:
+    // 12/50 (5, 9, 11, 17, 24, 25, 26, 28, 29, 34, 36, 42), first 5.
+    element_count_from_part: "element-count-from-part", 1..=50, Swarm;
 }

@@ -24,13 +24,14 @@ use larder_core::env::{Disk, DiskError, DiskView, Rng, SeededRng, Space, WriteBa
 
 use crate::trace::{Trace, sim_now};
 
-type Tables = [BTreeMap<Bytes, Bytes>; 3];
+type Tables = [BTreeMap<Bytes, Bytes>; 4];
 
 fn index(space: Space) -> usize {
     match space {
         Space::Log => 0,
         Space::State => 1,
         Space::Meta => 2,
+        Space::Elements => 3,
     }
 }
 

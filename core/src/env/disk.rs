@@ -16,16 +16,21 @@ pub enum Space {
     State,
     /// Small records: votes, purge marks, snapshots, node identity.
     Meta,
+    /// The elements of hashes, sets and sorted sets, one row each, so that touching one
+    /// element reads and writes that row, not the whole collection (the storage node's
+    /// `raft::rows`). Apart from `State` so that a scan of a group's keys never walks them.
+    Elements,
 }
 
 impl Space {
-    pub const ALL: [Space; 3] = [Space::Log, Space::State, Space::Meta];
+    pub const ALL: [Space; 4] = [Space::Log, Space::State, Space::Meta, Space::Elements];
 
     pub fn name(self) -> &'static str {
         match self {
             Space::Log => "log",
             Space::State => "state",
             Space::Meta => "meta",
+            Space::Elements => "elements",
         }
     }
 }

@@ -26,6 +26,7 @@ fn check(space: Space, key: &[u8], value: &[u8]) -> u32 {
         Space::Log => 1u64,
         Space::State => 2,
         Space::Meta => 3,
+        Space::Elements => 4,
     };
     let seed = xxhash_rust::xxh3::xxh3_64_with_seed(key, tag);
     xxhash_rust::xxh3::xxh3_64_with_seed(value, seed) as u32

@@ -24,8 +24,14 @@ pub struct Outcome {
 pub(super) struct View<'a> {
     pub(super) now_ms: u64,
     stored: &'a BTreeMap<Bytes, Record>,
+    /// The true lengths of the collections in `stored` that were loaded in part
+    /// ([`execute_elements`]).
+    partial: &'a BTreeMap<Bytes, u64>,
     writes: BTreeMap<Bytes, Option<Record>>,
 }
+
+/// No collection loaded in part.
+static WHOLE: BTreeMap<Bytes, u64> = BTreeMap::new();
 
 impl View<'_> {
     /// The live record of `key`: missing and expired keys are both `None`.
@@ -80,11 +86,42 @@ impl View<'_> {
         fields: BTreeMap<Bytes, Bytes>,
         expires_at_ms: Option<u64>,
     ) {
-        let record = (!fields.is_empty()).then_some(Record {
-            value: Value::Hash(fields),
+        self.put_collection(key, Value::Hash(fields), expires_at_ms);
+    }
+
+    /// Stores collection `value` at `key`; one left empty deletes the key, as in Redis. Empty
+    /// by its true length: a collection loaded in part holds only the elements its command
+    /// named ([`View::len_after`]).
+    pub(super) fn put_collection(&mut self, key: &Bytes, value: Value, expires_at_ms: Option<u64>) {
+        let record = (self.len_after(key, &value) > 0).then_some(Record {
+            value,
             expires_at_ms,
         });
         self.put(key, record);
+    }
+
+    /// The true length of the live collection at `key` (0 when missing).
+    pub(super) fn len_of(&self, key: &Bytes) -> u64 {
+        self.get(key)
+            .map_or(0, |record| self.len_after(key, &record.value))
+    }
+
+    /// How many elements the collection at `key` holds once it is `value`. For a collection
+    /// loaded in part that is its stored length, plus the elements `value` adds to what was
+    /// loaded, less those it drops: a command given part of a collection changes only elements
+    /// it named, and all of those were loaded.
+    pub(super) fn len_after(&self, key: &Bytes, value: &Value) -> u64 {
+        let whole = super::elements::len_of(value);
+        let (Some(&stored_len), Some(base)) = (self.partial.get(key), self.stored.get(key)) else {
+            return whole;
+        };
+        if base.is_expired(self.now_ms)
+            || super::elements::Kind::of(&base.value) != super::elements::Kind::of(value)
+        {
+            return whole;
+        }
+        let changes = super::elements::changes(&base.value, value);
+        (stored_len + changes.added).saturating_sub(changes.removed)
     }
 
     /// Whether `expiry` from now lies past the largest time Redis can hold (`when > LLONG_MAX -
@@ -111,9 +148,28 @@ impl View<'_> {
 /// [`Scope::Group`](super::Scope::Group) commands name no keys and answer an error here: the
 /// node applies them with [`execute_group`](super::execute_group).
 pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>) -> Outcome {
+    execute_elements(command, now_ms, stored, &WHOLE)
+}
+
+/// [`execute`] of a command that names its elements ([`Command::elements`]), where the
+/// collections of `partial`'s keys hold only those elements and `partial` gives their true
+/// lengths. The outcome writes such a collection as the loaded part changed, to be stored
+/// with [`changes`](super::elements::changes) against what was loaded.
+pub fn execute_elements(
+    command: &Command,
+    now_ms: u64,
+    stored: &BTreeMap<Bytes, Record>,
+    partial: &BTreeMap<Bytes, u64>,
+) -> Outcome {
+    debug_assert!(
+        partial.is_empty() || command.elements().is_some(),
+        "{} needs whole values",
+        command.name()
+    );
     let mut view = View {
         now_ms,
         stored,
+        partial,
         writes: BTreeMap::new(),
     };
     let reply = apply(command, &mut view);
@@ -278,7 +334,7 @@ fn apply(command: &Command, view: &mut View<'_>) -> Reply {
             .unwrap_or_else(|error| error),
         Command::HLen { key } => view
             .hash(key)
-            .map(|fields| Reply::Int(fields.len() as i64))
+            .map(|_| Reply::Int(view.len_of(key) as i64))
             .unwrap_or_else(|error| error),
         Command::HExists { key, field } => view
             .hash(key)

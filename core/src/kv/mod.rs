@@ -10,6 +10,7 @@
 //! ([`execute_group`] is the same fold over records in memory).
 
 mod command;
+pub mod elements;
 mod execute;
 mod glob;
 mod group;
@@ -21,7 +22,7 @@ mod string;
 mod zset;
 
 pub use command::{Command, CommandError, Expiry, Scope, SetCondition};
-pub use execute::{Outcome, execute};
+pub use execute::{Outcome, execute, execute_elements};
 pub use glob::{Glob, glob_match};
 pub use group::{GroupRead, execute_group};
 pub use keyspace::{Deadline, ExpireCondition, KeyCommand};

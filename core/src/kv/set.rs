@@ -552,7 +552,10 @@ impl SetCommand {
                         .collect(),
                 )
             }
-            SetCommand::SCard { key } => Reply::Int(members(view, key)?.len() as i64),
+            SetCommand::SCard { key } => {
+                members(view, key)?;
+                Reply::Int(view.len_of(key) as i64)
+            }
             SetCommand::SPop { key, count, seed } => spop(view, key, *count, *seed)?,
             SetCommand::SRandMember { key, count, seed } => {
                 let set = members(view, key)?;
@@ -696,11 +699,7 @@ fn set_to_modify(view: &View<'_>, key: &Bytes) -> Result<(BTreeSet<Bytes>, Optio
 
 /// Stores `set` at `key`; an empty set deletes the key.
 fn put_set(view: &mut View<'_>, key: &Bytes, set: BTreeSet<Bytes>, expires_at_ms: Option<u64>) {
-    let record = (!set.is_empty()).then_some(Record {
-        value: Value::Set(set),
-        expires_at_ms,
-    });
-    view.put(key, record);
+    view.put_collection(key, Value::Set(set), expires_at_ms);
 }
 
 /// A write that changed nothing still removes a key that expired on disk.

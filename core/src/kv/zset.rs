@@ -107,6 +107,11 @@ impl ZSet {
         Some(score)
     }
 
+    /// Members with their scores in member order.
+    pub fn by_member(&self) -> impl Iterator<Item = (&Bytes, Score)> + '_ {
+        self.scores.iter().map(|(member, score)| (member, *score))
+    }
+
     /// Members in ascending (score, member) order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&Bytes, Score)> + '_ {
         self.order.iter().map(|(score, member)| (member, *score))
@@ -1163,7 +1168,8 @@ impl ZSetCommand {
                 &[(*increment, member.clone())],
             ),
             ZSetCommand::Card { key } => {
-                Ok(Reply::Int(read(view, key)?.map_or(0, ZSet::len) as i64))
+                read(view, key)?;
+                Ok(Reply::Int(view.len_of(key) as i64))
             }
             ZSetCommand::ScoreOf { key, member } => Ok(read(view, key)?
                 .and_then(|set| set.score(member))
@@ -1401,11 +1407,7 @@ fn modify(view: &mut View<'_>, key: &Bytes) -> Result<Option<(ZSet, Option<u64>)
 
 /// Stores `set` at `key` (an empty one deletes the key).
 fn store(view: &mut View<'_>, key: &Bytes, set: ZSet, expires_at_ms: Option<u64>) {
-    let record = (!set.is_empty()).then_some(Record {
-        value: Value::ZSet(set),
-        expires_at_ms,
-    });
-    view.put(key, record);
+    view.put_collection(key, Value::ZSet(set), expires_at_ms);
 }
 
 /// `[member, score, ...]` as [`Reply::Pairs`] (nested in RESP3), or members alone.

@@ -36,7 +36,7 @@ struct Inner {
     path: PathBuf,
     db: Database,
     /// Indexed by [`space_index`].
-    spaces: [Keyspace; 3],
+    spaces: [Keyspace; 4],
 }
 
 fn space_index(space: Space) -> usize {
@@ -44,6 +44,7 @@ fn space_index(space: Space) -> usize {
         Space::Log => 0,
         Space::State => 1,
         Space::Meta => 2,
+        Space::Elements => 3,
     }
 }
 
@@ -65,6 +66,7 @@ impl FjallDisk {
             open(Space::Log).map_err(io)?,
             open(Space::State).map_err(io)?,
             open(Space::Meta).map_err(io)?,
+            open(Space::Elements).map_err(io)?,
         ];
         Ok(FjallDisk {
             inner: Arc::new(Inner {

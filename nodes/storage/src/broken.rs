@@ -35,7 +35,7 @@ pub(crate) fn broken_key(group: GroupId) -> Vec<u8> {
 /// records (the hosted set, the format) belong to none.
 pub fn group_of_key(space: Space, key: &[u8]) -> Option<GroupId> {
     let id = match space {
-        Space::Log | Space::State => key.get(..8)?,
+        Space::Log | Space::State | Space::Elements => key.get(..8)?,
         Space::Meta => {
             let slash = key.iter().position(|&b| b == b'/')?;
             key.get(slash + 1..slash + 9)?

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod group_commit;
 pub mod log_store;
 pub mod network;
+mod rows;
 pub mod runtime;
 pub mod state_machine;
 pub mod wire;

@@ -19,7 +19,8 @@ use futures::{Stream, TryStreamExt};
 use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Disk, DiskView, FaultPoint, FaultPoints, Space, WriteBatch};
-use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, execute};
+use larder_core::kv::elements::{self, Kind};
+use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, execute_elements};
 use larder_core::slots::{Ownership, ranges_contain, slot_of};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use larder_protocol::{SlotPage, SlotRead};
 
+use super::rows::{self, Header, Row};
 use super::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, decode, encode,
 };
@@ -125,6 +127,57 @@ struct SnapshotBody {
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
+}
+
+/// What a command was given to execute: the records of its keys, whole or (a collection at the
+/// key of a command that names its elements) in part.
+#[derive(Debug, Default)]
+struct Loaded {
+    /// Every key looked up, present or not.
+    keys: std::collections::BTreeSet<Bytes>,
+    records: BTreeMap<Bytes, Record>,
+    /// The collections loaded in part, with their true lengths.
+    partial: BTreeMap<Bytes, u64>,
+    /// The headers of the keys stored element by element.
+    headers: BTreeMap<Bytes, Header>,
+}
+
+impl Loaded {
+    fn execute(&self, command: &Command, now_ms: u64, bugs: &Bugs) -> Outcome {
+        // The planted bug does not tell the command the true lengths.
+        let lengths = if bugs.is_planted(Bug::ElementCountFromPart) {
+            &BTreeMap::new()
+        } else {
+            &self.partial
+        };
+        execute_elements(command, now_ms, &self.records, lengths)
+    }
+}
+
+/// An apply batch being built: written atomically with the applied marker by `flush`.
+#[derive(Default)]
+struct Pending {
+    batch: WriteBatch,
+    /// Keys the batch writes: an entry that loads one waits for the batch to land.
+    written: std::collections::BTreeSet<Bytes>,
+    /// Element ranges of collections the batch makes unreachable, deleted once it landed.
+    garbage: Vec<(Vec<u8>, Vec<u8>)>,
+    replies: Vec<(openraft::storage::ApplyResponder<TypeConfig>, Reply)>,
+}
+
+impl Pending {
+    fn drop_generation(&mut self, group: GroupId, key: &[u8], header: &Header) {
+        self.garbage
+            .push(rows::element_range(group, key, header.generation));
+    }
+}
+
+/// The keys an entry's command reads or writes: its keys, and the keys an `Ingest` writes.
+fn written_keys(command: &Command) -> Box<dyn Iterator<Item = &Bytes> + '_> {
+    match command {
+        Command::Ingest { records, .. } => Box::new(records.iter().map(|(key, _)| key)),
+        other => Box::new(other.keys().into_iter()),
+    }
 }
 
 /// The state machine of `group` on `disk`. Cloning shares it: the node keeps a clone to serve
@@ -233,6 +286,8 @@ pub(crate) async fn wipe_group<D: Disk>(disk: &D, group: GroupId) -> Result<(), 
     disk.delete_range_paged(Space::Log, &start, &end, None)
         .await?;
     disk.delete_range_paged(Space::State, &start, &end, None)
+        .await?;
+    disk.delete_range_paged(Space::Elements, &start, &end, None)
         .await?;
     disk.delete_range_paged(
         Space::Meta,
@@ -419,11 +474,13 @@ impl<D: Disk> DiskStateMachine<D> {
         if let Some(refusal) = not_owner(owned.as_ref(), command) {
             return Ok(ReadOutcome::Reply(refusal));
         }
-        let stored = self.load(command, &BTreeMap::new()).await?;
-        if stored.values().any(expires_unlogged) {
+        let loaded = self.load(command, true).await?;
+        if loaded.records.values().any(expires_unlogged) {
             return Ok(ReadOutcome::AdvanceClock { to_ms: now_ms });
         }
-        Ok(ReadOutcome::Reply(execute(command, now_ms, &stored).reply))
+        Ok(ReadOutcome::Reply(
+            loaded.execute(command, now_ms, &self.bugs).reply,
+        ))
     }
 
     /// `KEYS pattern` and `DBSIZE` over the whole group: a paged scan of its state range folded
@@ -455,7 +512,8 @@ impl<D: Disk> DiskStateMachine<D> {
                 if owned.is_some_and(|own| !own.owns(slot_of(&key))) {
                     continue;
                 }
-                let record = Record::decode(bytes).map_err(|e| invalid(e.to_string()))?;
+                // A collection's header is enough: the fold reads types and expiries.
+                let record = Row::decode(bytes)?.shell();
                 if expires_unlogged(&record) {
                     return Ok(ReadOutcome::AdvanceClock { to_ms: now_ms });
                 }
@@ -473,37 +531,137 @@ impl<D: Disk> DiskStateMachine<D> {
         Ok(ReadOutcome::Reply(read.finish()))
     }
 
-    /// Current records of the command's keys, with `overlay` (writes not yet on disk) on top.
-    async fn load(
-        &self,
-        command: &Command,
-        overlay: &BTreeMap<Bytes, Option<Record>>,
-    ) -> Result<BTreeMap<Bytes, Record>, io::Error> {
-        let mut stored = BTreeMap::new();
-        // Only reads pass the point: apply loads through its overlay under the exclusive lock.
-        let reading = overlay.is_empty() && !command.is_write();
+    /// The current records of the command's keys. A command that names its elements
+    /// ([`Command::elements`]) is given only those elements of the collection at its key, with
+    /// the collection's length ([`Loaded::partial`]); any other sees whole values. `reading`:
+    /// a read outside apply (it passes the fault point between keys).
+    async fn load(&self, command: &Command, reading: bool) -> Result<Loaded, io::Error> {
+        let mut loaded = Loaded::default();
+        let named = command.elements();
         for (index, key) in command.keys().into_iter().enumerate() {
-            if stored.contains_key(key) {
+            if !loaded.keys.insert(key.clone()) {
                 continue;
             }
             if reading && index > 0 {
                 self.points.hit(FaultPoint::ReadBetweenKeys).await;
             }
-            let full_key = state_key(self.group, key);
-            let record = match overlay.get(&full_key) {
-                Some(pending) => pending.clone(),
-                None => match self.disk.get(Space::State, &full_key).await? {
-                    Some(bytes) => {
-                        Some(Record::decode(&bytes).map_err(|e| invalid(e.to_string()))?)
-                    }
-                    None => None,
-                },
+            let Some(bytes) = self
+                .disk
+                .get(Space::State, &state_key(self.group, key))
+                .await?
+            else {
+                continue;
             };
-            if let Some(record) = record {
-                stored.insert(key.clone(), record);
-            }
+            let record = match Row::decode(&bytes)? {
+                Row::Whole(record) => record,
+                Row::Collection(header) => {
+                    loaded.headers.insert(key.clone(), header);
+                    match &named {
+                        Some((named_key, elements)) if *named_key == key => {
+                            loaded.partial.insert(key.clone(), header.len);
+                            rows::part_from_disk(&self.disk, self.group, key, &header, elements)
+                                .await?
+                        }
+                        _ => rows::whole_from_disk(&self.disk, self.group, key, &header).await?,
+                    }
+                }
+            };
+            loaded.records.insert(key.clone(), record);
         }
-        Ok(stored)
+        Ok(loaded)
+    }
+
+    /// Stages `written` as the new value of `key` in `pending`: a whole row for strings and
+    /// lists; for a collection its header and the element rows that changed from what `loaded`
+    /// held, in the same generation while the collection lives on, in a new one (`index`)
+    /// otherwise, the old one left for [`Pending::garbage`].
+    async fn store(
+        &self,
+        key: &Bytes,
+        written: Option<Record>,
+        loaded: &Loaded,
+        index: u64,
+        now_ms: u64,
+        pending: &mut Pending,
+    ) -> Result<(), io::Error> {
+        let full_key = state_key(self.group, key);
+        let old = if loaded.keys.contains(key) {
+            loaded.headers.get(key).copied()
+        } else {
+            // A key written without being loaded (`Ingest`): what its row holds now.
+            match self.disk.get(Space::State, &full_key).await? {
+                Some(bytes) => match Row::decode(&bytes)? {
+                    Row::Collection(header) => Some(header),
+                    Row::Whole(_) => None,
+                },
+                None => None,
+            }
+        };
+        pending.written.insert(key.clone());
+        let kind = written.as_ref().and_then(|record| Kind::of(&record.value));
+        let (Some(record), Some(kind)) = (written.as_ref(), kind) else {
+            match &written {
+                Some(record) => pending.batch.put(Space::State, full_key, record.encode()),
+                None => pending.batch.delete(Space::State, full_key),
+            };
+            if let Some(old) = old {
+                pending.drop_generation(self.group, key, &old);
+            }
+            return Ok(());
+        };
+        // The collection lives on when the command saw it live and of this kind: it wrote
+        // `record` from what it was given.
+        let base = old.filter(|old| {
+            old.kind == kind
+                && old.expires_at_ms.is_none_or(|at| at > now_ms)
+                && loaded.records.contains_key(key)
+        });
+        let header = match base {
+            Some(old) => {
+                let given = &loaded.records[key].value;
+                let changes = elements::changes(given, &record.value);
+                let prefix = rows::element_prefix(self.group, key, old.generation);
+                for (element, value) in changes.put {
+                    pending
+                        .batch
+                        .put(Space::Elements, rows::element_key(&prefix, &element), value);
+                }
+                for element in changes.delete {
+                    pending
+                        .batch
+                        .delete(Space::Elements, rows::element_key(&prefix, &element));
+                }
+                let len = (old.len + changes.added).saturating_sub(changes.removed);
+                debug_assert!(
+                    loaded.partial.contains_key(key) || len == elements::len_of(&record.value)
+                );
+                Header {
+                    kind,
+                    len,
+                    expires_at_ms: record.expires_at_ms,
+                    generation: old.generation,
+                }
+            }
+            None => {
+                if let Some(old) = old {
+                    pending.drop_generation(self.group, key, &old);
+                }
+                let prefix = rows::element_prefix(self.group, key, index);
+                for (element, value) in elements::rows_of(&record.value) {
+                    pending
+                        .batch
+                        .put(Space::Elements, rows::element_key(&prefix, &element), value);
+                }
+                Header {
+                    kind,
+                    len: elements::len_of(&record.value),
+                    expires_at_ms: record.expires_at_ms,
+                    generation: index,
+                }
+            }
+        };
+        pending.batch.put(Space::State, full_key, header.encode());
+        Ok(())
     }
 
     /// One page of a slot migration's read (see [`SlotRead`]): records of `ranges` in key
@@ -580,7 +738,7 @@ impl<D: Disk> DiskStateMachine<D> {
             if !ranges_contain(ranges, slot_of(&key)) {
                 continue;
             }
-            let record = match since {
+            let row = match since {
                 None => Some(value),
                 Some(since) => {
                     if decode_index(&value)? <= since {
@@ -590,6 +748,11 @@ impl<D: Disk> DiskStateMachine<D> {
                         .get(Space::State, &state_key(self.group, &key))
                         .await?
                 }
+            };
+            // The target ingests whole records and lays them out itself.
+            let record = match row {
+                Some(row) => Some(rows::whole_row(&self.disk, self.group, &key, &row).await?),
+                None => None,
             };
             let size = key.len() + record.as_ref().map_or(0, |r| r.len());
             // Never past `bytes_max` (the target refuses a larger ingest): a record that would
@@ -621,7 +784,10 @@ impl<D: Disk> DiskStateMachine<D> {
                 .scan(Space::State, &from, Some(&end), SNAPSHOT_SCAN_PAGE_MAX)
                 .await?;
             let full = page.len() == SNAPSHOT_SCAN_PAGE_MAX;
-            for (key, value) in &page {
+            for (key, row) in &page {
+                // The logical record, not the rows: unreachable element rows a crash left
+                // behind differ between replicas that agree on every value.
+                let value = rows::whole_row(&self.disk, self.group, &key[8..], row).await?;
                 for byte in key.iter().chain(b"=").chain(value.iter()).chain(b";") {
                     hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
                 }
@@ -679,6 +845,14 @@ impl<D: Disk> DiskStateMachine<D> {
                 None,
             )
             .await?;
+        self.disk
+            .delete_range_paged(
+                Space::Elements,
+                &group_prefix(self.group),
+                &group_end(self.group),
+                None,
+            )
+            .await?;
         self.points.hit(FaultPoint::SnapshotInstalling).await;
         let mut fill = WriteBatch::new();
         for (key, index) in &body.dirty {
@@ -688,8 +862,27 @@ impl<D: Disk> DiskStateMachine<D> {
                 index.to_be_bytes().to_vec(),
             );
         }
+        // Collections are laid out element by element, all of the snapshot's generation (its
+        // last index: every later entry's index is larger).
+        let generation = meta.last_log_id.map_or(0, |id| id.index());
         for (key, value) in body.rows {
-            fill.put(Space::State, state_key(self.group, &key), value);
+            let record = Record::decode(&value).map_err(|e| invalid(e.to_string()))?;
+            match Kind::of(&record.value) {
+                None => fill.put(Space::State, state_key(self.group, &key), value),
+                Some(kind) => {
+                    let prefix = rows::element_prefix(self.group, &key, generation);
+                    for (element, row) in elements::rows_of(&record.value) {
+                        fill.put(Space::Elements, rows::element_key(&prefix, &element), row);
+                    }
+                    let header = Header {
+                        kind,
+                        len: elements::len_of(&record.value),
+                        expires_at_ms: record.expires_at_ms,
+                        generation,
+                    };
+                    fill.put(Space::State, state_key(self.group, &key), header.encode())
+                }
+            };
         }
         for (id, entry) in &body.sessions {
             fill.put(Space::Meta, session_key(self.group, *id), encode(entry));
@@ -728,16 +921,25 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
                 .collect();
             (self.applied(), sessions, self.disk.view())
         };
-        let rows: Vec<(Bytes, Bytes)> = scan_view(
+        // Whole records: a collection's elements are read from the same view as its header.
+        let mut rows: Vec<(Bytes, Bytes)> = Vec::new();
+        for (full_key, row) in scan_view(
             &view,
             Space::State,
             &group_prefix(self.group),
             &group_end(self.group),
         )
         .await?
-        .into_iter()
-        .map(|(key, value)| (key.slice(8..), value))
-        .collect();
+        {
+            let key = full_key.slice(8..);
+            let value = match Row::decode(&row)? {
+                Row::Whole(_) => row,
+                Row::Collection(header) => rows::whole_from_view(&view, self.group, &key, &header)
+                    .await?
+                    .encode(),
+            };
+            rows.push((key, value));
+        }
         let prefix = dirty_prefix(self.group);
         let mut dirty = Vec::new();
         for (key, value) in scan_view(&view, Space::Meta, &prefix, &dirty_end(self.group)).await? {
@@ -811,11 +1013,18 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
     {
         let _exclusive = self.exclusive.lock().await;
         let mut applied = self.applied();
-        let mut overlay: BTreeMap<Bytes, Option<Record>> = BTreeMap::new();
-        let mut batch = WriteBatch::new();
-        let mut replies = Vec::new();
-        let mut pending = 0usize;
+        let mut pending = Pending::default();
+        let mut entries_pending = 0usize;
         while let Some((entry, responder)) = entries.try_next().await? {
+            // A command loads its keys from disk: if an entry of this batch wrote one, the
+            // batch is written first, so the load sees it (before this entry moves the
+            // applied marker, which the write carries).
+            if let EntryPayload::Normal(request) = &entry.payload
+                && written_keys(&request.command).any(|key| pending.written.contains(key))
+            {
+                self.flush(&mut pending, &applied).await?;
+                entries_pending = 0;
+            }
             // FLUSHALL deletes the group's whole state range in pages, which cannot join the
             // entry's batch: write what came before, then delete. A crash in between leaves
             // the applied marker before this entry, so it is applied again (deleting is
@@ -828,9 +1037,8 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                     .as_ref()
                     .is_some_and(|t| t.migration == *migration)
             {
-                self.flush(&mut batch, &applied, &mut overlay, &mut replies)
-                    .await?;
-                pending = 0;
+                self.flush(&mut pending, &applied).await?;
+                entries_pending = 0;
                 self.disk
                     .delete_range_paged(
                         Space::Meta,
@@ -845,14 +1053,24 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                 && applied.tracking.is_none()
                 && matches!(self.session_verdict(request.session), SessionVerdict::Apply)
             {
-                self.flush(&mut batch, &applied, &mut overlay, &mut replies)
-                    .await?;
-                pending = 0;
+                self.flush(&mut pending, &applied).await?;
+                entries_pending = 0;
                 // No read may see the range half deleted.
                 let _view = self.view.write().await;
                 self.disk
                     .delete_range_paged(
                         Space::State,
+                        &group_prefix(self.group),
+                        &group_end(self.group),
+                        None,
+                    )
+                    .await?;
+                // The headers are gone, so no element is reachable any more: deleted without
+                // holding reads up.
+                drop(_view);
+                self.disk
+                    .delete_range_paged(
+                        Space::Elements,
                         &group_prefix(self.group),
                         &group_end(self.group),
                         None,
@@ -882,11 +1100,12 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                             session: id,
                             seq: 0,
                         };
-                        self.remember(session, &reply, applied.clock_ms, &mut batch);
+                        self.remember(session, &reply, applied.clock_ms, &mut pending.batch);
                         reply
                     } else {
                         let refusal = not_owner(applied.owned.as_ref(), &request.command);
                         let index = entry.log_id.index();
+                        let mut loaded = Loaded::default();
                         let outcome = if request.command == Command::FlushAll
                             && let Some(tracking) = &applied.tracking
                         {
@@ -917,8 +1136,8 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                                 writes: BTreeMap::new(),
                             }
                         } else {
-                            let stored = self.load(&request.command, &overlay).await?;
-                            execute(&request.command, applied.clock_ms, &stored)
+                            loaded = self.load(&request.command, false).await?;
+                            loaded.execute(&request.command, applied.clock_ms, &self.bugs)
                         };
                         for (key, record) in outcome.writes {
                             if let Some(tracking) = &applied.tracking
@@ -927,23 +1146,29 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                                 && (record.is_some()
                                     || !self.bugs.is_planted(Bug::MigrationUntrackedDeletes))
                             {
-                                batch.put(
+                                pending.batch.put(
                                     Space::Meta,
                                     dirty_key(self.group, &key),
                                     index.to_be_bytes().to_vec(),
                                 );
                             }
-                            let full_key = state_key(self.group, &key);
-                            match &record {
-                                Some(record) => {
-                                    batch.put(Space::State, full_key.clone(), record.encode())
-                                }
-                                None => batch.delete(Space::State, full_key.clone()),
-                            };
-                            overlay.insert(full_key, record);
+                            self.store(
+                                &key,
+                                record,
+                                &loaded,
+                                index,
+                                applied.clock_ms,
+                                &mut pending,
+                            )
+                            .await?;
                         }
                         if let Some(session) = request.session {
-                            self.remember(session, &outcome.reply, applied.clock_ms, &mut batch);
+                            self.remember(
+                                session,
+                                &outcome.reply,
+                                applied.clock_ms,
+                                &mut pending.batch,
+                            );
                         }
                         outcome.reply
                     }
@@ -954,17 +1179,15 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                 }
             };
             if let Some(responder) = responder {
-                replies.push((responder, reply));
+                pending.replies.push((responder, reply));
             }
-            pending += 1;
-            if pending >= APPLY_BATCH_ENTRIES_MAX {
-                self.flush(&mut batch, &applied, &mut overlay, &mut replies)
-                    .await?;
-                pending = 0;
+            entries_pending += 1;
+            if entries_pending >= APPLY_BATCH_ENTRIES_MAX {
+                self.flush(&mut pending, &applied).await?;
+                entries_pending = 0;
             }
         }
-        self.flush(&mut batch, &applied, &mut overlay, &mut replies)
-            .await
+        self.flush(&mut pending, &applied).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -1138,14 +1361,8 @@ impl<D: Disk> DiskStateMachine<D> {
 
     /// Writes the batch and the applied marker atomically, then answers the clients: a reply is
     /// sent only once a read on this node would see its effect.
-    async fn flush(
-        &self,
-        batch: &mut WriteBatch,
-        applied: &AppliedState,
-        overlay: &mut BTreeMap<Bytes, Option<Record>>,
-        replies: &mut Vec<(openraft::storage::ApplyResponder<TypeConfig>, Reply)>,
-    ) -> Result<(), io::Error> {
-        let mut batch = std::mem::take(batch);
+    async fn flush(&self, pending: &mut Pending, applied: &AppliedState) -> Result<(), io::Error> {
+        let mut batch = std::mem::take(&mut pending.batch);
         if !self.bugs.is_planted(Bug::AppliedMarkerLost) {
             batch.put(Space::Meta, applied_key(self.group), encode(applied));
         }
@@ -1156,9 +1373,15 @@ impl<D: Disk> DiskStateMachine<D> {
             *self.applied.lock().expect("applied lock") = applied.clone();
         }
         self.points.hit(FaultPoint::ApplyWritten).await;
-        overlay.clear();
-        for (responder, reply) in replies.drain(..) {
+        pending.written.clear();
+        for (responder, reply) in pending.replies.drain(..) {
             responder.send(reply);
+        }
+        // Unreachable since the batch landed; a crash before this leaves them unreachable.
+        for (start, end) in std::mem::take(&mut pending.garbage) {
+            self.disk
+                .delete_range_paged(Space::Elements, &start, &end, None)
+                .await?;
         }
         Ok(())
     }
