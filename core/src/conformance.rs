@@ -1,8 +1,8 @@
 //! The conformance suite every environment implementation must pass, real or simulated.
 //!
 //! The suites are plain async functions so that each implementation runs them on its own
-//! executor: the real environment under a tokio runtime (`nodes/tests/real_conformance.rs`), the
-//! simulated one inside a turmoil host (`sim/tests/conformance.rs`). They panic with a message
+//! executor: the real environment under a tokio runtime (`nodes/real/tests/real/real_conformance.rs`), the
+//! simulated one inside a turmoil host (`sim/tests/sim/conformance.rs`). They panic with a message
 //! naming the broken rule, like any test assertion.
 //!
 //! What the suites cannot check from inside one process (that synced writes survive a crash,

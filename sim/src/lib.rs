@@ -9,6 +9,16 @@
 //! It must not depend on anything real-time: no `std::time::Instant` (except to report the wall
 //! time a run took), no OS randomness, no real sockets or files, no threads.
 
+// Without `tokio_unstable` turmoil cannot seed each host's tokio RNG (`select!` draws from it),
+// and every simulation is nondeterministic. `.cargo/config.toml` sets the cfg, but a `RUSTFLAGS`
+// variable replaces that file's flags rather than adding to them: stop 25's CI exported one for
+// a linker and every cluster seed diverged between two runs. Refuse to build instead.
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "larder-sim needs `--cfg tokio_unstable` (.cargo/config.toml); a RUSTFLAGS variable \
+     replaces it: add `--cfg tokio_unstable` to RUSTFLAGS too"
+);
+
 pub mod clock;
 pub mod disk;
 pub mod env;

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::zset::{Score, ZSet};
-use super::{Command, RecordError, SetCommand, Value, ZSetCommand};
+use super::{Command, KeyCommand, RecordError, SetCommand, Value, ZSetCommand};
 
 /// A type of value kept element by element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,16 +170,26 @@ pub fn len_of(value: &Value) -> u64 {
 }
 
 impl Command {
-    /// The key and the elements of it this command reads or writes, when it touches no other
-    /// element of the collection at that key (an empty list: only its length, as `HLEN`).
-    /// `None`: the command needs whole values. A node may then execute it with only those
-    /// elements loaded ([`execute_elements`](super::execute_elements)).
+    /// The keys of this command that it reads or writes only in part, each with the elements
+    /// it touches (none: only the collection's type, expiry or length, as `HLEN`, `TTL` or
+    /// `DEL`); keys not listed need whole values. `None`: every key needs its whole value. A
+    /// node may execute the command with only those elements of a collection loaded
+    /// ([`execute_elements`](super::execute_elements)).
     ///
-    /// Every command listed here must, given a collection with only these elements and its
-    /// true length, answer and write exactly what it would with the whole collection: the
+    /// Every command listed here must, given collections with only these elements and their
+    /// true lengths, answer and write exactly what it would with whole collections: the
     /// proptest `element_execution_matches_whole_execution` holds each to that.
-    pub fn elements(&self) -> Option<(&Bytes, Vec<&Bytes>)> {
-        let one = |key, element| Some((key, vec![element]));
+    pub fn elements(&self) -> Option<Vec<(&Bytes, Vec<&Bytes>)>> {
+        type Access<'a> = Option<Vec<(&'a Bytes, Vec<&'a Bytes>)>>;
+        fn one<'a>(key: &'a Bytes, element: &'a Bytes) -> Access<'a> {
+            Some(vec![(key, vec![element])])
+        }
+        fn named<'a>(key: &'a Bytes, elements: Vec<&'a Bytes>) -> Access<'a> {
+            Some(vec![(key, elements)])
+        }
+        fn headers<'a>(keys: Vec<&'a Bytes>) -> Access<'a> {
+            Some(keys.into_iter().map(|key| (key, Vec::new())).collect())
+        }
         match self {
             Command::HGet { key, field }
             | Command::HExists { key, field }
@@ -187,33 +197,47 @@ impl Command {
             | Command::HSetNx { key, field, .. }
             | Command::HIncrBy { key, field, .. } => one(key, field),
             Command::HMGet { key, fields } | Command::HDel { key, fields } => {
-                Some((key, fields.iter().collect()))
+                named(key, fields.iter().collect())
             }
-            Command::HSet { key, pairs } => Some((key, pairs.iter().map(|(f, _)| f).collect())),
-            Command::HLen { key } => Some((key, Vec::new())),
+            Command::HSet { key, pairs } => named(key, pairs.iter().map(|(f, _)| f).collect()),
+            // Only the type, the expiry or the length: one row however large the collection.
+            Command::HLen { key }
+            | Command::Expire { key, .. }
+            | Command::Ttl { key, .. }
+            | Command::Persist { key }
+            | Command::Type { key } => headers(vec![key]),
+            Command::Del { keys } | Command::Exists { keys } => headers(keys.iter().collect()),
             Command::SetOp(command) => match command {
                 SetCommand::SAdd { key, members }
                 | SetCommand::SRem { key, members }
-                | SetCommand::SMIsMember { key, members } => Some((key, members.iter().collect())),
+                | SetCommand::SMIsMember { key, members } => named(key, members.iter().collect()),
                 SetCommand::SIsMember { key, member } => one(key, member),
-                SetCommand::SCard { key } => Some((key, Vec::new())),
+                SetCommand::SCard { key } => headers(vec![key]),
                 SetCommand::HIncrByFloat { key, field, .. } => one(key, field),
                 SetCommand::HMSet { key, pairs } => {
-                    Some((key, pairs.iter().map(|(f, _)| f).collect()))
+                    named(key, pairs.iter().map(|(f, _)| f).collect())
                 }
                 _ => None,
             },
             Command::ZSetOp(command) => match command {
                 ZSetCommand::Add { key, pairs, .. } => {
-                    Some((key, pairs.iter().map(|(_, m)| m).collect()))
+                    named(key, pairs.iter().map(|(_, m)| m).collect())
                 }
                 ZSetCommand::IncrBy { key, member, .. } | ZSetCommand::ScoreOf { key, member } => {
                     one(key, member)
                 }
                 ZSetCommand::MScore { key, members } | ZSetCommand::Rem { key, members } => {
-                    Some((key, members.iter().collect()))
+                    named(key, members.iter().collect())
                 }
-                ZSetCommand::Card { key } => Some((key, Vec::new())),
+                ZSetCommand::Card { key } => headers(vec![key]),
+                _ => None,
+            },
+            Command::KeyOp(command) => match command {
+                KeyCommand::Expire { key, .. }
+                | KeyCommand::ExpireTime { key, .. }
+                | KeyCommand::RefCount { key }
+                | KeyCommand::Encoding { key } => headers(vec![key]),
+                KeyCommand::Touch { keys } => headers(keys.iter().collect()),
                 _ => None,
             },
             _ => None,
@@ -249,6 +273,42 @@ mod tests {
     }
 
     #[test]
+    fn object_encoding_names_the_general_encoding_of_each_type() {
+        let mut state = BTreeMap::new();
+        let mut run = |line: &[&str]| {
+            let args: Vec<Bytes> = line.iter().map(|a| b(a)).collect();
+            let command = Command::parse(&args).expect("parses");
+            let outcome = execute(&command, 1_000, &state);
+            for (key, written) in outcome.writes {
+                match written {
+                    Some(record) => state.insert(key, record),
+                    None => state.remove(&key),
+                };
+            }
+            outcome.reply
+        };
+        run(&["SET", "str", "12"]);
+        run(&["HSET", "hash", "f", "v"]);
+        run(&["SADD", "set", "1"]);
+        run(&["ZADD", "zset", "1", "m"]);
+        run(&["RPUSH", "list", "x"]);
+        for (key, name) in [
+            ("str", "raw"),
+            ("hash", "hashtable"),
+            ("set", "hashtable"),
+            ("zset", "skiplist"),
+            ("list", "quicklist"),
+        ] {
+            let reply = run(&["OBJECT", "ENCODING", key]);
+            assert_eq!(reply, super::super::Reply::Bulk(b(name)), "{key}");
+        }
+        assert_eq!(
+            run(&["OBJECT", "ENCODING", "missing"]),
+            super::super::Reply::Nil
+        );
+    }
+
+    #[test]
     fn changes_put_what_differs_and_delete_what_went() {
         let old = Value::Hash(BTreeMap::from([(b("a"), b("1")), (b("b"), b("2"))]));
         let new = Value::Hash(BTreeMap::from([(b("b"), b("3")), (b("c"), b("4"))]));
@@ -270,7 +330,7 @@ mod tests {
         let element = prop::sample::select(vec!["a", "b", "c", "d", "e"]);
         let value = prop::sample::select(vec!["1", "-7", "x", "2.5", ""]);
         (
-            0..24u8,
+            0..31u8,
             key,
             prop::collection::vec((element, value), 1..4),
             0..4u8,
@@ -325,7 +385,14 @@ mod tests {
                     // Commands that need the whole value, mixed in so types and expiries vary.
                     21 => line("SET", vec![first_value]),
                     22 => line("DEL", vec![]),
-                    _ => line("PEXPIRE", vec![(1 + flag as u64 * 10).to_string()]),
+                    23 => line("PEXPIRE", vec![(1 + flag as u64 * 10).to_string()]),
+                    24 => line("PERSIST", vec![]),
+                    25 => line("PTTL", vec![]),
+                    26 => line("TYPE", vec![]),
+                    27 => line("EXISTS", vec![]),
+                    28 => vec!["OBJECT".into(), "ENCODING".into(), key.clone()],
+                    29 => line("EXPIRE", vec!["100".into(), "GT".into()]),
+                    _ => vec!["DEL".into(), key.clone(), "s".into(), "z".into()],
                 }
             })
     }
@@ -338,10 +405,13 @@ mod tests {
     ) -> (BTreeMap<Bytes, Record>, BTreeMap<Bytes, u64>) {
         let mut stored = state.clone();
         let mut partial = BTreeMap::new();
-        if let Some((key, elements)) = command.elements()
-            && let Some(record) = state.get(key)
-            && let Some(kind) = Kind::of(&record.value)
-        {
+        for (key, elements) in command.elements().unwrap_or_default() {
+            let Some(record) = state.get(key) else {
+                continue;
+            };
+            let Some(kind) = Kind::of(&record.value) else {
+                continue;
+            };
             let rows: Vec<(Bytes, Bytes)> = rows_of(&record.value)
                 .into_iter()
                 .filter(|(element, _)| elements.contains(&element))

@@ -148,6 +148,24 @@ pub enum KeyCommand {
         replace: bool,
         payload: Bytes,
     },
+    /// `OBJECT ENCODING key`: the name of Redis's general encoding of the key's type (Larder
+    /// has none of Redis's compact encodings, so never `listpack`, `intset` or `embstr`), nil
+    /// when missing. See [`encoding_name`].
+    Encoding { key: Bytes },
+}
+
+/// What `OBJECT ENCODING` answers for `value`: the encoding Redis uses for a value of that
+/// type once it outgrows its compact forms, the honest name for how Larder keeps it: strings
+/// as their bytes (`raw`), hashes and sets one row per element looked up by element
+/// (`hashtable`), sorted sets by member and by score (`skiplist`), lists as one sequence
+/// (`quicklist`).
+pub fn encoding_name(value: &Value) -> &'static str {
+    match value {
+        Value::Str(_) => "raw",
+        Value::Hash(_) | Value::Set(_) => "hashtable",
+        Value::ZSet(_) => "skiplist",
+        Value::List(_) => "quicklist",
+    }
 }
 
 /// The version mark a `DUMP` payload carries before its checksum: payloads are Larder's own
@@ -355,6 +373,15 @@ impl KeyCommand {
                     _ => error,
                 })
             }
+            "object" if rest.first().is_some_and(|sub| sub.eq_ignore_ascii_case(b"encoding")) => {
+                match rest {
+                    [_, key] => Ok(KeyCommand::Encoding { key: key.clone() }),
+                    _ => Err(CommandError::Message(
+                        "ERR unknown subcommand or wrong number of arguments for 'encoding'. Try OBJECT HELP."
+                            .into(),
+                    )),
+                }
+            }
             "object" if rest.first().is_some_and(|sub| sub.eq_ignore_ascii_case(b"refcount")) => {
                 match rest {
                     [_, key] => Ok(KeyCommand::RefCount { key: key.clone() }),
@@ -376,6 +403,9 @@ impl KeyCommand {
                 | KeyCommand::Touch { .. }
                 | KeyCommand::Sort(Sort { store: None, .. })
                 | KeyCommand::Dump { .. }
+                | KeyCommand::MemoryUsage { .. }
+                | KeyCommand::RefCount { .. }
+                | KeyCommand::Encoding { .. }
         )
     }
 
@@ -385,6 +415,7 @@ impl KeyCommand {
             | KeyCommand::ExpireTime { key, .. }
             | KeyCommand::MemoryUsage { key }
             | KeyCommand::RefCount { key }
+            | KeyCommand::Encoding { key }
             | KeyCommand::Dump { key }
             | KeyCommand::Restore { key, .. } => vec![key],
             KeyCommand::Rename { from, to, .. } | KeyCommand::Copy { from, to, .. } => {
@@ -407,7 +438,7 @@ impl KeyCommand {
             KeyCommand::Copy { .. } => "copy",
             KeyCommand::Touch { .. } => "touch",
             KeyCommand::MemoryUsage { .. } => "memory",
-            KeyCommand::RefCount { .. } => "object",
+            KeyCommand::RefCount { .. } | KeyCommand::Encoding { .. } => "object",
             KeyCommand::Sort(_) => "sort",
             KeyCommand::Dump { .. } => "dump",
             KeyCommand::Restore { .. } => "restore",
@@ -553,6 +584,12 @@ impl KeyCommand {
             KeyCommand::RefCount { key } => match view.get(key) {
                 None => Reply::Nil,
                 Some(_) => Reply::Int(1),
+            },
+            KeyCommand::Encoding { key } => match view.get(key) {
+                None => Reply::Nil,
+                Some(record) => {
+                    Reply::Bulk(Bytes::from_static(encoding_name(&record.value).as_bytes()))
+                }
             },
         }
     }

@@ -26,7 +26,7 @@ impl Default for FjallOptions {
 /// atomic across keyspaces. `sync` persists the journal with `fsync` (`PersistMode::SyncAll`);
 /// the journal is sequential, so that also persists every earlier write, and a crash can lose
 /// only a suffix of unsynced batches: the two rules the `Disk` contract asks for, and what
-/// `nodes/tests/fjall_crash.rs` checks by killing a writer process.
+/// `nodes/real/tests/real/fjall_crash.rs` checks by killing a writer process.
 #[derive(Clone)]
 pub struct FjallDisk {
     inner: Arc<Inner>,

@@ -2,7 +2,7 @@
 //!
 //! Like `larder_core::conformance`, plain async functions each implementation runs on its own
 //! executor: the real TCP transport under a tokio runtime (`nodes/real/tests`), the simulated
-//! one inside turmoil hosts (`sim/tests/conformance.rs`). The peer side is
+//! one inside turmoil hosts (`sim/tests/sim/conformance.rs`). The peer side is
 //! [`serve_echo_streams`] on a listener the test bound where node `server` is reached; the
 //! caller side is [`transport_suite`].
 

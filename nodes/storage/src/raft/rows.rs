@@ -74,6 +74,15 @@ impl Row {
         }
     }
 
+    /// The header of a collection's row, `None` for a whole record, which is not decoded: a
+    /// snapshot or a migration page passes it on as it is.
+    pub fn header(bytes: &[u8]) -> Result<Option<Header>, io::Error> {
+        match bytes.split_first() {
+            Some((&HEADER_FORMAT, body)) => Ok(Some(decode(body)?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The record of a whole row, the shell of a collection.
     pub fn shell(&self) -> Record {
         match self {
@@ -230,9 +239,9 @@ pub(crate) async fn whole_row<D: Disk>(
     key: &[u8],
     row: &[u8],
 ) -> Result<Bytes, io::Error> {
-    match Row::decode(row)? {
-        Row::Whole(_) => Ok(Bytes::copy_from_slice(row)),
-        Row::Collection(header) => Ok(whole_from_disk(disk, group, key, &header).await?.encode()),
+    match Row::header(row)? {
+        None => Ok(Bytes::copy_from_slice(row)),
+        Some(header) => Ok(whole_from_disk(disk, group, key, &header).await?.encode()),
     }
 }
 

@@ -537,7 +537,8 @@ impl<D: Disk> DiskStateMachine<D> {
     /// a read outside apply (it passes the fault point between keys).
     async fn load(&self, command: &Command, reading: bool) -> Result<Loaded, io::Error> {
         let mut loaded = Loaded::default();
-        let named = command.elements();
+        let named: BTreeMap<&Bytes, Vec<&Bytes>> =
+            command.elements().unwrap_or_default().into_iter().collect();
         for (index, key) in command.keys().into_iter().enumerate() {
             if !loaded.keys.insert(key.clone()) {
                 continue;
@@ -556,13 +557,13 @@ impl<D: Disk> DiskStateMachine<D> {
                 Row::Whole(record) => record,
                 Row::Collection(header) => {
                     loaded.headers.insert(key.clone(), header);
-                    match &named {
-                        Some((named_key, elements)) if *named_key == key => {
+                    match named.get(key) {
+                        Some(elements) => {
                             loaded.partial.insert(key.clone(), header.len);
                             rows::part_from_disk(&self.disk, self.group, key, &header, elements)
                                 .await?
                         }
-                        _ => rows::whole_from_disk(&self.disk, self.group, key, &header).await?,
+                        None => rows::whole_from_disk(&self.disk, self.group, key, &header).await?,
                     }
                 }
             };
@@ -590,10 +591,7 @@ impl<D: Disk> DiskStateMachine<D> {
         } else {
             // A key written without being loaded (`Ingest`): what its row holds now.
             match self.disk.get(Space::State, &full_key).await? {
-                Some(bytes) => match Row::decode(&bytes)? {
-                    Row::Collection(header) => Some(header),
-                    Row::Whole(_) => None,
-                },
+                Some(bytes) => Row::header(&bytes)?,
                 None => None,
             }
         };
@@ -932,9 +930,9 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
         .await?
         {
             let key = full_key.slice(8..);
-            let value = match Row::decode(&row)? {
-                Row::Whole(_) => row,
-                Row::Collection(header) => rows::whole_from_view(&view, self.group, &key, &header)
+            let value = match Row::header(&row)? {
+                None => row,
+                Some(header) => rows::whole_from_view(&view, self.group, &key, &header)
                     .await?
                     .encode(),
             };

@@ -47,7 +47,12 @@ async fn crash_child() {
 /// Returns the highest acknowledged batch.
 fn run_child_and_kill(dir: &std::path::Path, start: u64, acks: usize) -> u64 {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["crash_child", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "fjall_crash::crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(DIR_VAR, dir)
         .env(START_VAR, start.to_string())
         .stdout(Stdio::piped())

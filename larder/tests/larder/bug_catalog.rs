@@ -32,13 +32,13 @@ use larder::child::{Outcome, run_child};
 /// whose marker is at or after the index the previous pass started from, reading its current
 /// record, so a delete is carried anyway when the key was also written since that index. The
 /// bug shows only for a key deleted with no write to it between the previous pass and the
-/// fence, which busy simulated keys almost never are. `nodes/storage/tests/one_real_node.rs`
+/// fence, which busy simulated keys almost never are. `nodes/storage/tests/storage/one_real_node.rs`
 /// (`slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost`, key 4: deleted
 /// right after the copy) does catch it.
 const UNCAUGHT_YET: &[&str] = &["migration-untracked-deletes"];
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its
-/// own fault mix), as CI sweeps them (`sim/tests/cluster_sweep.rs`, `swarm_sweep.rs`).
+/// own fault mix), as CI sweeps them (`sim/tests/sim/cluster_sweep.rs`, `swarm_sweep.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plans {
     Default,

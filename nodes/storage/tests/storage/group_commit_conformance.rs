@@ -1,6 +1,6 @@
 //! `GroupCommitDisk` against the shared disk suite (`larder_core::conformance::disk_suite`) on
 //! fjall, and its durability promise across a reopen. (The same over `SimDisk`, with power
-//! loss, is in `sim/tests/conformance.rs`: larder-sim depends on this crate, so that test
+//! loss, is in `sim/tests/sim/conformance.rs`: larder-sim depends on this crate, so that test
 //! lives there.)
 
 use larder_core::bugs::Bugs;

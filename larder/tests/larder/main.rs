@@ -1,0 +1,10 @@
+//! End-to-end tests of the `larder` binary and its local cluster, one binary (see
+//! `sim/tests/sim/main.rs` for why one).
+
+mod admin_grow;
+mod bug_catalog;
+mod center_processes;
+mod e2e_proxy;
+mod e2e_proxy_tls;
+mod redis_suite;
+mod shrink;
