@@ -418,6 +418,24 @@ impl<D: Disk> DiskStateMachine<D> {
         self.group
     }
 
+    /// Deletes every row of this group in `space` (its state or its elements), in pages, with
+    /// `then` written alongside the last page.
+    async fn delete_group_range(
+        &self,
+        space: Space,
+        then: Option<WriteBatch>,
+    ) -> Result<(), io::Error> {
+        self.disk
+            .delete_range_paged(
+                space,
+                &group_prefix(self.group),
+                &group_end(self.group),
+                then,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Stores a snapshot this replica built, unless a newer one was stored meanwhile.
     async fn save_snapshot_unless_older(&self, stored: &StoredSnapshot) -> Result<(), io::Error> {
         let mut through = self.stored_through.lock().await;
@@ -843,14 +861,7 @@ impl<D: Disk> DiskStateMachine<D> {
                 None,
             )
             .await?;
-        self.disk
-            .delete_range_paged(
-                Space::Elements,
-                &group_prefix(self.group),
-                &group_end(self.group),
-                None,
-            )
-            .await?;
+        self.delete_group_range(Space::Elements, None).await?;
         self.points.hit(FaultPoint::SnapshotInstalling).await;
         let mut fill = WriteBatch::new();
         for (key, index) in &body.dirty {
@@ -886,14 +897,7 @@ impl<D: Disk> DiskStateMachine<D> {
             fill.put(Space::Meta, session_key(self.group, *id), encode(entry));
         }
         fill.put(Space::Meta, applied_key(self.group), encode(&applied));
-        self.disk
-            .delete_range_paged(
-                Space::State,
-                &group_prefix(self.group),
-                &group_end(self.group),
-                Some(fill),
-            )
-            .await?;
+        self.delete_group_range(Space::State, Some(fill)).await?;
         *self.applied.lock().expect("applied lock") = applied;
         *self.sessions.lock().expect("sessions lock") = body.sessions.into_iter().collect();
         Ok(())
@@ -1055,25 +1059,11 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                 entries_pending = 0;
                 // No read may see the range half deleted.
                 let _view = self.view.write().await;
-                self.disk
-                    .delete_range_paged(
-                        Space::State,
-                        &group_prefix(self.group),
-                        &group_end(self.group),
-                        None,
-                    )
-                    .await?;
+                self.delete_group_range(Space::State, None).await?;
                 // The headers are gone, so no element is reachable any more: deleted without
                 // holding reads up.
                 drop(_view);
-                self.disk
-                    .delete_range_paged(
-                        Space::Elements,
-                        &group_prefix(self.group),
-                        &group_end(self.group),
-                        None,
-                    )
-                    .await?;
+                self.delete_group_range(Space::Elements, None).await?;
             }
             debug_assert!(
                 entry.log_id.index() > applied.last_applied.as_ref().map_or(0, |id| id.index())
