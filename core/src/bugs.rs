@@ -87,11 +87,15 @@ pub enum Bug {
     /// told the collection's true length, so it judges emptiness by the part, and removing
     /// the only loaded member (`SREM s a` on `{a, b, c}`) deletes the whole collection.
     ElementCountFromPart,
+    /// Lists by position (storage): a window at a list's tail is taken to start at its head
+    /// (no elements before it), so `RPOP` of a list of several answers the last element but
+    /// deletes the row of the first: the list loses its head and keeps its tail.
+    ListWindowAtHead,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -113,6 +117,7 @@ impl Bug {
         Bug::AppendCutReportedWhole,
         Bug::TornTransaction,
         Bug::ElementCountFromPart,
+        Bug::ListWindowAtHead,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -139,6 +144,7 @@ impl Bug {
             Bug::AppendCutReportedWhole => "append-cut-reported-whole",
             Bug::TornTransaction => "torn-transaction",
             Bug::ElementCountFromPart => "element-count-from-part",
+            Bug::ListWindowAtHead => "list-window-at-head",
         }
     }
 }

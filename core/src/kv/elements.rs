@@ -1,6 +1,6 @@
-//! Collections element by element: what a storage node needs to keep hashes, sets and sorted
-//! sets as one row per element plus a header, and to execute the commands that name their
-//! elements against only those rows.
+//! Collections element by element: what a storage node needs to keep hashes, sets, sorted
+//! sets and lists as one row per element plus a header, and to execute the commands that name
+//! their elements (or, for a list, the positions they touch) against only those rows.
 //!
 //! Why: a record holding a whole collection is read, decoded, copied, encoded and rewritten by
 //! every command that touches one of its fields. A 512-field hash of 300-byte values made an
@@ -13,33 +13,41 @@
 //!   command sees the whole collection, as before.
 //! - [`changes`] turns the record a command wrote into the rows to put and delete, against the
 //!   rows it was given, so that a partial load writes only what it touched.
+//! - Lists are different: an element has no name, only a position. A list's rows are keyed by
+//!   a *sequence number*, `head + position`, and the header keeps `head`. A command that
+//!   touches the ends or a span of positions ([`Window`]) is given that window of the list
+//!   with the number of elements before it ([`Part::before`]); [`list_changes`] turns the
+//!   window it wrote back into rows, moving `head` when elements come or go at the front.
 //! - [`rows_of`] and [`from_rows`] convert a whole collection to rows and back (snapshots and
 //!   slot migration carry whole records).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::list::{End, ListCommand};
 use super::zset::{Score, ZSet};
 use super::{Command, KeyCommand, RecordError, SetCommand, Value, ZSetCommand};
 
-/// A type of value kept element by element.
+/// A type of value kept element by element. Stored in headers: new kinds go at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     Hash,
     Set,
     ZSet,
+    List,
 }
 
 impl Kind {
-    /// The kind of `value`; `None` for the types kept whole (strings, lists).
+    /// The kind of `value`; `None` for strings, which are kept whole.
     pub fn of(value: &Value) -> Option<Kind> {
         match value {
             Value::Hash(_) => Some(Kind::Hash),
             Value::Set(_) => Some(Kind::Set),
             Value::ZSet(_) => Some(Kind::ZSet),
-            Value::Str(_) | Value::List(_) => None,
+            Value::List(_) => Some(Kind::List),
+            Value::Str(_) => None,
         }
     }
 
@@ -50,8 +58,27 @@ impl Kind {
             Kind::Hash => Value::Hash(BTreeMap::new()),
             Kind::Set => Value::Set(BTreeSet::new()),
             Kind::ZSet => Value::ZSet(ZSet::default()),
+            Kind::List => Value::List(VecDeque::new()),
         }
     }
+}
+
+/// The sequence number of the first element of a list laid out afresh: the middle of the
+/// range, so pushes at either end have 2^63 numbers to go.
+pub const LIST_HEAD: u64 = 1 << 63;
+
+/// A list element's row name: its sequence number, big-endian, so rows sort by position.
+pub fn sequence_name(sequence: u64) -> Bytes {
+    Bytes::copy_from_slice(&sequence.to_be_bytes())
+}
+
+/// What a command is given of a collection it touches in part: the [`Part`] of `len` elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Part {
+    /// The collection's true length.
+    pub len: u64,
+    /// For a list, the elements before the loaded window (0 for the other kinds).
+    pub before: u64,
 }
 
 /// A score's row value: its IEEE-754 bits, big-endian.
@@ -61,7 +88,8 @@ fn score_row(score: Score) -> Bytes {
 
 /// The elements of a collection as rows `(element, row value)` in element order: a hash's
 /// fields with their values, a set's members with empty values, a sorted set's members with
-/// their scores. Empty for the types kept whole.
+/// their scores, a list's elements under their sequence numbers from [`LIST_HEAD`] (a fresh
+/// layout). Empty for strings.
 pub fn rows_of(value: &Value) -> Vec<(Bytes, Bytes)> {
     match value {
         Value::Hash(fields) => fields
@@ -76,11 +104,16 @@ pub fn rows_of(value: &Value) -> Vec<(Bytes, Bytes)> {
             .by_member()
             .map(|(member, score)| (member.clone(), score_row(score)))
             .collect(),
-        Value::Str(_) | Value::List(_) => Vec::new(),
+        Value::List(items) => (LIST_HEAD..)
+            .zip(items)
+            .map(|(sequence, item)| (sequence_name(sequence), item.clone()))
+            .collect(),
+        Value::Str(_) => Vec::new(),
     }
 }
 
-/// A collection of `kind` from its rows (all of them, or the ones a command named).
+/// A collection of `kind` from its rows (all of them, or the ones a command named; for a
+/// list, consecutive rows in sequence order).
 pub fn from_rows(
     kind: Kind,
     rows: impl IntoIterator<Item = (Bytes, Bytes)>,
@@ -105,6 +138,7 @@ pub fn from_rows(
             }
             Value::ZSet(set)
         }
+        Kind::List => Value::List(rows.map(|(_, item)| item).collect()),
     })
 }
 
@@ -119,7 +153,8 @@ pub struct Changes {
     pub removed: u64,
 }
 
-/// [`Changes`] from `old` to `new`, by a merge of their rows in element order.
+/// [`Changes`] from `old` to `new`, by a merge of their rows in element order (not for lists,
+/// whose rows are positions: see [`list_changes`]).
 pub fn changes(old: &Value, new: &Value) -> Changes {
     let old = rows_of(old);
     let new = rows_of(new);
@@ -165,7 +200,150 @@ pub fn len_of(value: &Value) -> u64 {
         Value::Hash(fields) => fields.len() as u64,
         Value::Set(members) => members.len() as u64,
         Value::ZSet(set) => set.len() as u64,
-        Value::Str(_) | Value::List(_) => 0,
+        Value::List(items) => items.len() as u64,
+        Value::Str(_) => 0,
+    }
+}
+
+/// The rows that turn a list's stored window into what a command wrote, and the list's new
+/// head ([`list_changes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListChanges {
+    pub head: u64,
+    pub put: Vec<(Bytes, Bytes)>,
+    pub delete: Vec<Bytes>,
+}
+
+/// The rows to write when the list stored from sequence `head` has `before` elements, then
+/// `old`, then `after` elements, and a command turned `old` into `new` (the elements outside
+/// the window are untouched by construction). `None` when the change cannot be written from
+/// the window: its length changed while elements lie on both sides of it (no command is given
+/// such a window).
+///
+/// Elements common to the front of `old` and `new`, and to their back, keep their rows where
+/// they can: when the length changes, either the front keeps its sequence numbers (the tail
+/// moves) or the back does (the head moves), whichever rewrites fewer rows among those the
+/// window holds. `LPUSH` thus writes one row and moves the head; `RPOP` deletes one row.
+pub fn list_changes(
+    head: u64,
+    before: u64,
+    after: u64,
+    old: &VecDeque<Bytes>,
+    new: &VecDeque<Bytes>,
+) -> Option<ListChanges> {
+    let (n, m) = (old.len() as u64, new.len() as u64);
+    let common_front = old.iter().zip(new).take_while(|(a, b)| a == b).count() as u64;
+    let common_back = old
+        .iter()
+        .rev()
+        .zip(new.iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count() as u64;
+    // Positions (within the windows) whose rows may stay: the front run, then the back run
+    // where it does not overlap the front one in either window.
+    let front = common_front.min(n).min(m);
+    let back = common_back.min(n - front).min(m - front);
+    let start = head + before;
+    let new_start = if n == m {
+        start
+    } else {
+        let keep_front = match (before, after) {
+            (_, 0) if before > 0 => true,
+            (0, 0) => front >= back,
+            (0, _) => false,
+            _ => return None,
+        };
+        if keep_front { start } else { start + n - m }
+    };
+    let mut out = ListChanges {
+        head: new_start - before,
+        ..ListChanges::default()
+    };
+    // Rows of the old window no longer occupied, and rows of the new window whose element
+    // differs from what its sequence number held.
+    let old_at = |sequence: u64| -> Option<&Bytes> {
+        sequence
+            .checked_sub(start)
+            .filter(|offset| *offset < n)
+            .map(|offset| &old[offset as usize])
+    };
+    for (offset, item) in new.iter().enumerate() {
+        let sequence = new_start + offset as u64;
+        if old_at(sequence) != Some(item) {
+            out.put.push((sequence_name(sequence), item.clone()));
+        }
+    }
+    for offset in 0..n {
+        let sequence = start + offset;
+        if !(new_start..new_start + m).contains(&sequence) {
+            out.delete.push(sequence_name(sequence));
+        }
+    }
+    Some(out)
+}
+
+/// The positions of a list a command touches when it touches no others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The first `n` elements (`LPOP key n`; 0 for `LPUSH`, which only needs the length).
+    Front(u64),
+    /// The last `n` elements.
+    Back(u64),
+    /// `start..=stop` as `LRANGE` reads them (negative from the end, clamped).
+    Span { start: i64, stop: i64 },
+}
+
+impl Window {
+    fn at(end: End, n: u64) -> Window {
+        match end {
+            End::Left => Window::Front(n),
+            End::Right => Window::Back(n),
+        }
+    }
+
+    /// The positions `[first, end)` this window covers in a list of `len` elements.
+    pub fn positions(self, len: u64) -> (u64, u64) {
+        match self {
+            Window::Front(n) => (0, n.min(len)),
+            Window::Back(n) => (len - n.min(len), len),
+            Window::Span { start, stop } => {
+                let signed = len.min(i64::MAX as u64) as i64;
+                let first = if start < 0 {
+                    signed.saturating_add(start)
+                } else {
+                    start
+                }
+                .max(0);
+                let last = if stop < 0 {
+                    signed.saturating_add(stop)
+                } else {
+                    stop
+                };
+                if first > last || first >= signed {
+                    (0, 0)
+                } else {
+                    (first as u64, last.min(signed - 1) as u64 + 1)
+                }
+            }
+        }
+    }
+}
+
+/// What a command touches of the collection at one of its keys ([`Command::elements`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// The named elements of a hash, set or sorted set; none: only the type, expiry or
+    /// length. A list at such a key is given an empty window.
+    Named(Vec<&'a Bytes>),
+    /// A window of a list (a key of another type is given no elements: the command answers
+    /// `WRONGTYPE`).
+    Window(Window),
+}
+
+impl Access<'_> {
+    /// Whether `element` (of a hash, set or sorted set) is one the command names.
+    pub fn names(&self, element: &Bytes) -> bool {
+        matches!(self, Access::Named(names) if names.contains(&element))
     }
 }
 
@@ -179,16 +357,23 @@ impl Command {
     /// Every command listed here must, given collections with only these elements and their
     /// true lengths, answer and write exactly what it would with whole collections: the
     /// proptest `element_execution_matches_whole_execution` holds each to that.
-    pub fn elements(&self) -> Option<Vec<(&Bytes, Vec<&Bytes>)>> {
-        type Access<'a> = Option<Vec<(&'a Bytes, Vec<&'a Bytes>)>>;
-        fn one<'a>(key: &'a Bytes, element: &'a Bytes) -> Access<'a> {
-            Some(vec![(key, vec![element])])
+    pub fn elements(&self) -> Option<Vec<(&Bytes, Access<'_>)>> {
+        type Accesses<'a> = Option<Vec<(&'a Bytes, Access<'a>)>>;
+        fn one<'a>(key: &'a Bytes, element: &'a Bytes) -> Accesses<'a> {
+            Some(vec![(key, Access::Named(vec![element]))])
         }
-        fn named<'a>(key: &'a Bytes, elements: Vec<&'a Bytes>) -> Access<'a> {
-            Some(vec![(key, elements)])
+        fn named<'a>(key: &'a Bytes, elements: Vec<&'a Bytes>) -> Accesses<'a> {
+            Some(vec![(key, Access::Named(elements))])
         }
-        fn headers<'a>(keys: Vec<&'a Bytes>) -> Access<'a> {
-            Some(keys.into_iter().map(|key| (key, Vec::new())).collect())
+        fn headers<'a>(keys: Vec<&'a Bytes>) -> Accesses<'a> {
+            Some(
+                keys.into_iter()
+                    .map(|key| (key, Access::Named(Vec::new())))
+                    .collect(),
+            )
+        }
+        fn window(key: &Bytes, window: Window) -> Accesses<'_> {
+            Some(vec![(key, Access::Window(window))])
         }
         match self {
             Command::HGet { key, field }
@@ -239,6 +424,58 @@ impl Command {
                 | KeyCommand::Encoding { key } => headers(vec![key]),
                 KeyCommand::Touch { keys } => headers(keys.iter().collect()),
                 _ => None,
+            },
+            Command::ListOp(command) => match command {
+                ListCommand::Push { key, end, .. } => window(key, Window::at(*end, 0)),
+                ListCommand::Pop { key, end, count } => {
+                    window(key, Window::at(*end, count.unwrap_or(1)))
+                }
+                ListCommand::Len { key } => window(key, Window::Front(0)),
+                ListCommand::Range { key, start, stop } => window(
+                    key,
+                    Window::Span {
+                        start: *start,
+                        stop: *stop,
+                    },
+                ),
+                // A non-integer index is an error once the key is found: no element needed.
+                ListCommand::Index { key, index } | ListCommand::Set { key, index, .. } => window(
+                    key,
+                    index.map_or(Window::Front(0), |at| Window::Span {
+                        start: at,
+                        stop: at,
+                    }),
+                ),
+                ListCommand::Move {
+                    source,
+                    destination,
+                    from,
+                    to,
+                } => {
+                    if source != destination {
+                        Some(vec![
+                            (source, Access::Window(Window::at(*from, 1))),
+                            (destination, Access::Window(Window::at(*to, 0))),
+                        ])
+                    } else if from == to {
+                        window(source, Window::at(*from, 1))
+                    } else {
+                        // A rotation moves an element from one end to the other: the window
+                        // would have to span both.
+                        None
+                    }
+                }
+                ListCommand::PopFirstNonEmpty {
+                    keys, end, count, ..
+                } => Some(
+                    keys.iter()
+                        .map(|key| (key, Access::Window(Window::at(*end, count.unwrap_or(1)))))
+                        .collect(),
+                ),
+                ListCommand::Rem { .. }
+                | ListCommand::Trim { .. }
+                | ListCommand::Insert { .. }
+                | ListCommand::Pos { .. } => None,
             },
             _ => None,
         }
@@ -324,13 +561,62 @@ mod tests {
         assert_eq!(changes(&new, &new), Changes::default());
     }
 
+    fn list(items: &[&str]) -> VecDeque<Bytes> {
+        items.iter().map(|item| b(item)).collect()
+    }
+
+    #[test]
+    fn list_changes_write_only_the_ends_that_moved() {
+        let h = LIST_HEAD;
+        // LPUSH on a front window of nothing: one row before the head, which moves.
+        let pushed = list_changes(h, 0, 3, &list(&[]), &list(&["x"])).expect("front window");
+        assert_eq!(pushed.head, h - 1);
+        assert_eq!(pushed.put, vec![(sequence_name(h - 1), b("x"))]);
+        assert!(pushed.delete.is_empty());
+        // RPOP on a back window of one: its row goes, the head stays.
+        let popped = list_changes(h, 2, 0, &list(&["c"]), &list(&[])).expect("back window");
+        assert_eq!(popped.head, h);
+        assert!(popped.put.is_empty());
+        assert_eq!(popped.delete, vec![sequence_name(h + 2)]);
+        // LSET in a middle window: the one row, in place.
+        let set = list_changes(h, 1, 1, &list(&["b"]), &list(&["B"])).expect("same length");
+        assert_eq!((set.head, set.put.len(), set.delete.len()), (h, 1, 0));
+        // A middle window cannot change length: the rows after it would have to move.
+        assert_eq!(list_changes(h, 1, 1, &list(&["b"]), &list(&[])), None);
+        // LREM near the front of a whole list: the shorter front side moves, one row goes.
+        let removed = list_changes(
+            h,
+            0,
+            0,
+            &list(&["a", "b", "c", "d", "e"]),
+            &list(&["a", "c", "d", "e"]),
+        )
+        .expect("whole list");
+        assert_eq!(removed.head, h + 1);
+        assert_eq!(removed.put, vec![(sequence_name(h + 1), b("a"))]);
+        assert_eq!(removed.delete, vec![sequence_name(h)]);
+    }
+
+    #[test]
+    fn windows_cover_the_positions_lrange_reads() {
+        assert_eq!(Window::Front(3).positions(2), (0, 2));
+        assert_eq!(Window::Back(3).positions(5), (2, 5));
+        let span = |start, stop| Window::Span { start, stop };
+        assert_eq!(span(0, -1).positions(4), (0, 4));
+        assert_eq!(span(-2, -1).positions(4), (2, 4));
+        assert_eq!(span(-100, 1).positions(4), (0, 2));
+        assert_eq!(span(3, 1).positions(4), (0, 0));
+        assert_eq!(span(9, 12).positions(4), (0, 0));
+        assert_eq!(span(i64::MIN, i64::MAX).positions(4), (0, 4));
+    }
+
     /// One command of the proptest's vocabulary, as a client would type it.
     fn command_line() -> impl Strategy<Value = Vec<String>> {
-        let key = prop::sample::select(vec!["h", "s", "z"]);
+        let key = prop::sample::select(vec!["h", "s", "z", "l", "l", "m"]);
         let element = prop::sample::select(vec!["a", "b", "c", "d", "e"]);
         let value = prop::sample::select(vec!["1", "-7", "x", "2.5", ""]);
         (
-            0..31u8,
+            0..46u8,
             key,
             prop::collection::vec((element, value), 1..4),
             0..4u8,
@@ -392,31 +678,90 @@ mod tests {
                     27 => line("EXISTS", vec![]),
                     28 => vec!["OBJECT".into(), "ENCODING".into(), key.clone()],
                     29 => line("EXPIRE", vec!["100".into(), "GT".into()]),
-                    _ => vec!["DEL".into(), key.clone(), "s".into(), "z".into()],
+                    30 => vec!["DEL".into(), key.clone(), "s".into(), "z".into()],
+                    // Lists: windows at the ends and spans of positions.
+                    31 | 32 => line("LPUSH", names),
+                    33 | 34 => line("RPUSH", names),
+                    35 => line(
+                        if flag % 2 == 0 { "LPOP" } else { "RPOP" },
+                        if flag < 2 {
+                            vec![]
+                        } else {
+                            vec![(flag - 1).to_string()]
+                        },
+                    ),
+                    36 => {
+                        let (start, stop) =
+                            [("0", "-1"), ("1", "2"), ("-2", "-1"), ("3", "1")][flag as usize];
+                        line("LRANGE", vec![start.into(), stop.into()])
+                    }
+                    37 => line("LINDEX", vec![(flag as i64 - 2).to_string()]),
+                    38 => line("LSET", vec![(flag as i64 - 2).to_string(), first]),
+                    39 => line("LLEN", vec![]),
+                    40 => {
+                        let ends = ["LEFT", "RIGHT"];
+                        let other = if key == "l" { "m" } else { "l" };
+                        let destination = if flag < 2 {
+                            key.clone()
+                        } else {
+                            other.to_string()
+                        };
+                        line(
+                            "LMOVE",
+                            vec![
+                                destination,
+                                ends[flag as usize % 2].into(),
+                                ends[flag as usize / 2 % 2].into(),
+                            ],
+                        )
+                    }
+                    41 => vec![
+                        "LMPOP".into(),
+                        "2".into(),
+                        key.clone(),
+                        "m".into(),
+                        "RIGHT".into(),
+                        "COUNT".into(),
+                        (flag + 1).to_string(),
+                    ],
+                    42 => line("LREM", vec![(flag as i64 - 1).to_string(), first]),
+                    43 => line("LINSERT", vec!["BEFORE".into(), first, first_value]),
+                    44 => line("LTRIM", vec!["1".into(), "-2".into()]),
+                    _ => line("RPUSHX", names),
                 }
             })
     }
 
-    /// What a node loads for `command` from the whole state: the named elements only, with the
-    /// true lengths, when the command names its elements and the key holds a collection.
+    /// What a node loads for `command` from the whole state: the named elements only (a
+    /// list: the window), with the true lengths, when the command names its elements and the
+    /// key holds a collection.
     fn load_part(
         command: &Command,
         state: &BTreeMap<Bytes, Record>,
-    ) -> (BTreeMap<Bytes, Record>, BTreeMap<Bytes, u64>) {
+    ) -> (BTreeMap<Bytes, Record>, BTreeMap<Bytes, Part>) {
         let mut stored = state.clone();
         let mut partial = BTreeMap::new();
-        for (key, elements) in command.elements().unwrap_or_default() {
+        for (key, access) in command.elements().unwrap_or_default() {
             let Some(record) = state.get(key) else {
                 continue;
             };
             let Some(kind) = Kind::of(&record.value) else {
                 continue;
             };
-            let rows: Vec<(Bytes, Bytes)> = rows_of(&record.value)
-                .into_iter()
-                .filter(|(element, _)| elements.contains(&element))
-                .collect();
-            let value = from_rows(kind, rows).expect("rows decode");
+            let (value, before) = match (&record.value, &access) {
+                (Value::List(items), Access::Window(window)) => {
+                    let (first, end) = window.positions(items.len() as u64);
+                    let part = items.range(first as usize..end as usize).cloned().collect();
+                    (Value::List(part), first)
+                }
+                (Value::List(_), Access::Named(_)) => (Value::List(VecDeque::new()), 0),
+                _ => {
+                    let rows = rows_of(&record.value)
+                        .into_iter()
+                        .filter(|(element, _)| access.names(element));
+                    (from_rows(kind, rows).expect("rows decode"), 0)
+                }
+            };
             stored.insert(
                 key.clone(),
                 Record {
@@ -424,27 +769,82 @@ mod tests {
                     expires_at_ms: record.expires_at_ms,
                 },
             );
-            partial.insert(key.clone(), len_of(&record.value));
+            let len = len_of(&record.value);
+            partial.insert(key.clone(), Part { len, before });
         }
         (stored, partial)
     }
 
+    /// A list as a node keeps it: rows by sequence number from a head.
+    type Sequenced = (u64, BTreeMap<u64, Bytes>);
+
+    fn sequenced(items: &VecDeque<Bytes>) -> Sequenced {
+        (
+            LIST_HEAD,
+            (LIST_HEAD..).zip(items.iter().cloned()).collect(),
+        )
+    }
+
     /// Stores `written` as a node does: against the part loaded when the key was loaded in
-    /// part and is still the same live collection, as a whole value otherwise.
+    /// part and is still the same live collection (a list: against what was loaded, through
+    /// its rows by sequence number in `lists`), as a whole value otherwise.
+    #[allow(clippy::too_many_arguments)]
     fn store_part(
         state: &mut BTreeMap<Bytes, Record>,
+        lists: &mut BTreeMap<Bytes, Sequenced>,
         loaded: &BTreeMap<Bytes, Record>,
-        partial: &BTreeMap<Bytes, u64>,
+        partial: &BTreeMap<Bytes, Part>,
         now_ms: u64,
         key: &Bytes,
         written: Option<Record>,
     ) {
         let Some(written) = written else {
             state.remove(key);
+            lists.remove(key);
             return;
         };
         let base = state.get(key).filter(|base| !base.is_expired(now_ms));
         let same = base.is_some_and(|base| Kind::of(&base.value) == Kind::of(&written.value));
+        if let (true, Value::List(new)) = (same, &written.value) {
+            let Value::List(old) = &loaded[key].value else {
+                unreachable!("a live list was loaded as a list")
+            };
+            let part = partial.get(key).copied().unwrap_or(Part {
+                len: old.len() as u64,
+                before: 0,
+            });
+            let after = part.len - part.before - old.len() as u64;
+            let (head, rows) = lists.get_mut(key).expect("a stored list has rows");
+            let changes =
+                list_changes(*head, part.before, after, old, new).expect("a writable window");
+            for sequence in changes.delete {
+                rows.remove(&u64::from_be_bytes(
+                    sequence[..].try_into().expect("8 bytes"),
+                ));
+            }
+            for (sequence, item) in changes.put {
+                rows.insert(
+                    u64::from_be_bytes(sequence[..].try_into().expect("8 bytes")),
+                    item,
+                );
+            }
+            *head = changes.head;
+            let len = part.before + new.len() as u64 + after;
+            let expected: Vec<u64> = (changes.head..changes.head + len).collect();
+            assert_eq!(
+                rows.keys().copied().collect::<Vec<_>>(),
+                expected,
+                "contiguous rows"
+            );
+            state.insert(
+                key.clone(),
+                Record {
+                    value: Value::List(rows.values().cloned().collect()),
+                    expires_at_ms: written.expires_at_ms,
+                },
+            );
+            return;
+        }
         match (partial.contains_key(key), same, Kind::of(&written.value)) {
             (true, true, Some(kind)) => {
                 let changes = changes(&loaded[key].value, &written.value);
@@ -459,7 +859,7 @@ mod tests {
                     len_of(&value),
                     {
                         // The length the node writes in the header, from the part alone.
-                        let stored = partial[key];
+                        let stored = partial[key].len;
                         let changes = super::changes(&loaded[key].value, &written.value);
                         stored + changes.added - changes.removed
                     },
@@ -474,6 +874,10 @@ mod tests {
                 );
             }
             _ => {
+                match &written.value {
+                    Value::List(items) => lists.insert(key.clone(), sequenced(items)),
+                    _ => lists.remove(key),
+                };
                 state.insert(key.clone(), written);
             }
         }
@@ -488,6 +892,7 @@ mod tests {
         ) {
             let mut whole: BTreeMap<Bytes, Record> = BTreeMap::new();
             let mut parts: BTreeMap<Bytes, Record> = BTreeMap::new();
+            let mut lists: BTreeMap<Bytes, Sequenced> = BTreeMap::new();
             for (step, line) in lines.iter().enumerate() {
                 let now_ms = 1_000 + step as u64 * 7;
                 let args: Vec<Bytes> = line.iter().map(|a| Bytes::from(a.clone())).collect();
@@ -503,7 +908,7 @@ mod tests {
                     };
                 }
                 for (key, written) in got.writes {
-                    store_part(&mut parts, &loaded, &partial, now_ms, &key, written);
+                    store_part(&mut parts, &mut lists, &loaded, &partial, now_ms, &key, written);
                 }
                 // Expired records may linger on one side and not the other; live ones agree.
                 let live = |state: &BTreeMap<Bytes, Record>| -> BTreeMap<Bytes, Record> {

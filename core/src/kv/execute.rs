@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::command::parse_integer;
+use super::elements::Part;
 use super::{
     Command, Expiry, HASH_NOT_INTEGER, NOT_INTEGER, OVERFLOW, Record, Reply, STRING_BYTES_MAX,
     STRING_TOO_LONG, SetCondition, Value, WRONGTYPE,
@@ -24,14 +25,14 @@ pub struct Outcome {
 pub(super) struct View<'a> {
     pub(super) now_ms: u64,
     stored: &'a BTreeMap<Bytes, Record>,
-    /// The true lengths of the collections in `stored` that were loaded in part
-    /// ([`execute_elements`]).
-    partial: &'a BTreeMap<Bytes, u64>,
+    /// The true lengths (and for lists the windows' places) of the collections in `stored`
+    /// that were loaded in part ([`execute_elements`]).
+    partial: &'a BTreeMap<Bytes, Part>,
     writes: BTreeMap<Bytes, Option<Record>>,
 }
 
 /// No collection loaded in part.
-static WHOLE: BTreeMap<Bytes, u64> = BTreeMap::new();
+static WHOLE: BTreeMap<Bytes, Part> = BTreeMap::new();
 
 impl View<'_> {
     /// The live record of `key`: missing and expired keys are both `None`.
@@ -112,16 +113,39 @@ impl View<'_> {
     /// it named, and all of those were loaded.
     pub(super) fn len_after(&self, key: &Bytes, value: &Value) -> u64 {
         let whole = super::elements::len_of(value);
-        let (Some(&stored_len), Some(base)) = (self.partial.get(key), self.stored.get(key)) else {
+        let Some(part) = self.part_of(key, value) else {
             return whole;
         };
-        if base.is_expired(self.now_ms)
-            || super::elements::Kind::of(&base.value) != super::elements::Kind::of(value)
-        {
-            return whole;
+        if let Value::List(_) = value {
+            let (before, after) = self.window(key);
+            return before + whole + after;
         }
-        let changes = super::elements::changes(&base.value, value);
-        (stored_len + changes.added).saturating_sub(changes.removed)
+        let changes = super::elements::changes(&self.stored[key].value, value);
+        (part.len + changes.added).saturating_sub(changes.removed)
+    }
+
+    /// The part loaded of the collection at `key`, when it was loaded in part and is live and
+    /// of `value`'s kind: `value` is then what a command made of that part.
+    fn part_of(&self, key: &Bytes, value: &Value) -> Option<Part> {
+        let (part, base) = (self.partial.get(key)?, self.stored.get(key)?);
+        let same = !base.is_expired(self.now_ms)
+            && super::elements::Kind::of(&base.value) == super::elements::Kind::of(value);
+        same.then_some(*part)
+    }
+
+    /// For the list at `key` loaded as a window: how many elements lie before and after it
+    /// (a command changes only the window, so both stay as loaded). `(0, 0)` for a whole list.
+    pub(super) fn window(&self, key: &Bytes) -> (u64, u64) {
+        let Some(base) = self.stored.get(key) else {
+            return (0, 0);
+        };
+        match (&base.value, self.part_of(key, &base.value)) {
+            (Value::List(items), Some(part)) => {
+                let after = part.len.saturating_sub(part.before + items.len() as u64);
+                (part.before, after)
+            }
+            _ => (0, 0),
+        }
     }
 
     /// Whether `expiry` from now lies past the largest time Redis can hold (`when > LLONG_MAX -
@@ -152,14 +176,16 @@ pub fn execute(command: &Command, now_ms: u64, stored: &BTreeMap<Bytes, Record>)
 }
 
 /// [`execute`] of a command that names its elements ([`Command::elements`]), where the
-/// collections of `partial`'s keys hold only those elements and `partial` gives their true
-/// lengths. The outcome writes such a collection as the loaded part changed, to be stored
-/// with [`changes`](super::elements::changes) against what was loaded.
+/// collections of `partial`'s keys hold only those elements (a list: only its window) and
+/// `partial` gives their true lengths (and where a list's window starts). The outcome writes
+/// such a collection as the loaded part changed, to be stored with
+/// [`changes`](super::elements::changes) or
+/// [`list_changes`](super::elements::list_changes) against what was loaded.
 pub fn execute_elements(
     command: &Command,
     now_ms: u64,
     stored: &BTreeMap<Bytes, Record>,
-    partial: &BTreeMap<Bytes, u64>,
+    partial: &BTreeMap<Bytes, Part>,
 ) -> Outcome {
     debug_assert!(
         partial.is_empty() || command.elements().is_some(),

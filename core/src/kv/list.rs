@@ -615,23 +615,23 @@ impl ListCommand {
                 end,
                 only_if_exists,
             } => {
-                let (mut list, expires_at_ms) = match list_to_modify(view, key)? {
+                let mut list = match list_to_modify(view, key)? {
                     Some(found) => found,
                     None if *only_if_exists => {
                         drop_stale(view, key);
                         return Ok(Reply::Int(0));
                     }
-                    None => (VecDeque::new(), None),
+                    None => Owned::default(),
                 };
                 for element in elements {
-                    push(&mut list, *end, element.clone());
+                    push(&mut list.items, *end, element.clone());
                 }
                 let length = list.len();
-                put_list(view, key, list, expires_at_ms);
+                put_list(view, key, list);
                 Reply::Int(length as i64)
             }
             ListCommand::Pop { key, end, count } => {
-                let Some((mut list, expires_at_ms)) = list_to_modify(view, key)? else {
+                let Some(mut list) = list_to_modify(view, key)? else {
                     drop_stale(view, key);
                     return Ok(if count.is_some() {
                         Reply::NilArray
@@ -640,23 +640,21 @@ impl ListCommand {
                     });
                 };
                 let reply = match count {
-                    None => bulk_or_nil(pop(&mut list, *end)),
+                    None => bulk_or_nil(pop(&mut list.items, *end)),
                     Some(0) => return Ok(Reply::Array(Vec::new())),
-                    Some(count) => Reply::Array(pop_many(&mut list, *end, *count)),
+                    Some(count) => Reply::Array(pop_many(&mut list.items, *end, *count)),
                 };
-                put_list(view, key, list, expires_at_ms);
+                put_list(view, key, list);
                 reply
             }
-            ListCommand::Len { key } => {
-                Reply::Int(list(view, key)?.map_or(0, VecDeque::len) as i64)
-            }
+            ListCommand::Len { key } => Reply::Int(list(view, key)?.map_or(0, |l| l.len()) as i64),
             ListCommand::Range { key, start, stop } => {
                 let Some(list) = list(view, key)? else {
                     return Ok(Reply::Array(Vec::new()));
                 };
                 Reply::Array(match range(list.len(), *start, *stop) {
                     Some((first, last)) => {
-                        list.range(first..=last).cloned().map(Reply::Bulk).collect()
+                        list.range(first, last).cloned().map(Reply::Bulk).collect()
                     }
                     None => Vec::new(),
                 })
@@ -666,22 +664,24 @@ impl ListCommand {
                     return Ok(Reply::Nil);
                 };
                 let index = index.ok_or_else(|| Reply::error(NOT_INTEGER))?;
-                bulk_or_nil(position(list.len(), index).map(|at| list[at].clone()))
+                bulk_or_nil(
+                    position(list.len(), index).and_then(|at| list.range(at, at).next().cloned()),
+                )
             }
             ListCommand::Set {
                 key,
                 index,
                 element,
             } => {
-                let Some((mut list, expires_at_ms)) = list_to_modify(view, key)? else {
+                let Some(mut list) = list_to_modify(view, key)? else {
                     drop_stale(view, key);
                     return Err(Reply::error(NO_SUCH_KEY));
                 };
                 let index = index.ok_or_else(|| Reply::error(NOT_INTEGER))?;
                 let at =
                     position(list.len(), index).ok_or_else(|| Reply::error(INDEX_OUT_OF_RANGE))?;
-                list[at] = element.clone();
-                put_list(view, key, list, expires_at_ms);
+                list.items[at - list.before as usize] = element.clone();
+                put_list(view, key, list);
                 Reply::Ok
             }
             ListCommand::Rem {
@@ -689,31 +689,32 @@ impl ListCommand {
                 count,
                 element,
             } => {
-                let Some((list, expires_at_ms)) = list_to_modify(view, key)? else {
+                let Some(mut list) = list_to_modify(view, key)? else {
                     drop_stale(view, key);
                     return Ok(Reply::Int(0));
                 };
-                let (kept, removed) = remove(list, element, *count);
+                let (kept, removed) = remove(std::mem::take(&mut list.items), element, *count);
                 if removed > 0 {
-                    put_list(view, key, kept, expires_at_ms);
+                    list.items = kept;
+                    put_list(view, key, list);
                 }
                 Reply::Int(removed as i64)
             }
             ListCommand::Trim { key, start, stop } => {
-                let Some((mut list, expires_at_ms)) = list_to_modify(view, key)? else {
+                let Some(mut list) = list_to_modify(view, key)? else {
                     drop_stale(view, key);
                     return Ok(Reply::Ok);
                 };
-                let length = list.len();
+                let length = list.items.len();
                 match range(length, *start, *stop) {
                     Some((first, last)) => {
-                        list.truncate(last + 1);
-                        list.drain(..first);
+                        list.items.truncate(last + 1);
+                        list.items.drain(..first);
                     }
-                    None => list.clear(),
+                    None => list.items.clear(),
                 }
-                if list.len() != length {
-                    put_list(view, key, list, expires_at_ms);
+                if list.items.len() != length {
+                    put_list(view, key, list);
                 }
                 Reply::Ok
             }
@@ -723,16 +724,16 @@ impl ListCommand {
                 pivot,
                 element,
             } => {
-                let Some((mut list, expires_at_ms)) = list_to_modify(view, key)? else {
+                let Some(mut list) = list_to_modify(view, key)? else {
                     drop_stale(view, key);
                     return Ok(Reply::Int(0));
                 };
-                let Some(at) = list.iter().position(|item| item == pivot) else {
+                let Some(at) = list.items.iter().position(|item| item == pivot) else {
                     return Ok(Reply::Int(-1));
                 };
-                list.insert(at + usize::from(*after), element.clone());
+                list.items.insert(at + usize::from(*after), element.clone());
                 let length = list.len();
-                put_list(view, key, list, expires_at_ms);
+                put_list(view, key, list);
                 Reply::Int(length as i64)
             }
             ListCommand::Pos {
@@ -749,7 +750,7 @@ impl ListCommand {
                         Reply::Nil
                     });
                 };
-                lpos(list, element, *rank, *count, *maxlen)
+                lpos(list.items, element, *rank, *count, *maxlen)
             }
             ListCommand::Move {
                 source,
@@ -757,27 +758,27 @@ impl ListCommand {
                 from,
                 to,
             } => {
-                let Some((mut list, expires_at_ms)) = list_to_modify(view, source)? else {
+                let Some(mut list) = list_to_modify(view, source)? else {
                     drop_stale(view, source);
                     return Ok(Reply::Nil);
                 };
                 if destination == source {
-                    let Some(element) = pop(&mut list, *from) else {
+                    let Some(element) = pop(&mut list.items, *from) else {
                         return Ok(Reply::Nil);
                     };
-                    push(&mut list, *to, element.clone());
-                    put_list(view, source, list, expires_at_ms);
+                    push(&mut list.items, *to, element.clone());
+                    put_list(view, source, list);
                     return Ok(Reply::Bulk(element));
                 }
                 // The destination's type is checked before anything is popped.
                 let target = list_to_modify(view, destination)?;
-                let Some(element) = pop(&mut list, *from) else {
+                let Some(element) = pop(&mut list.items, *from) else {
                     return Ok(Reply::Nil);
                 };
-                put_list(view, source, list, expires_at_ms);
-                let (mut target, target_expiry) = target.unwrap_or_default();
-                push(&mut target, *to, element.clone());
-                put_list(view, destination, target, target_expiry);
+                put_list(view, source, list);
+                let mut target = target.unwrap_or_default();
+                push(&mut target.items, *to, element.clone());
+                put_list(view, destination, target);
                 Reply::Bulk(element)
             }
             ListCommand::PopFirstNonEmpty {
@@ -787,15 +788,15 @@ impl ListCommand {
                 shape,
             } => {
                 for key in keys {
-                    let Some((mut list, expires_at_ms)) = list_to_modify(view, key)? else {
+                    let Some(mut list) = list_to_modify(view, key)? else {
                         drop_stale(view, key);
                         continue;
                     };
-                    if list.is_empty() {
+                    if list.items.is_empty() {
                         continue;
                     }
-                    let mut popped = pop_many(&mut list, *end, count.unwrap_or(1));
-                    put_list(view, key, list, expires_at_ms);
+                    let mut popped = pop_many(&mut list.items, *end, count.unwrap_or(1));
+                    put_list(view, key, list);
                     let key = Reply::Bulk(key.clone());
                     return Ok(match shape {
                         PopShape::Single => Reply::Array(vec![key, popped.swap_remove(0)]),
@@ -808,34 +809,80 @@ impl ListCommand {
     }
 }
 
-/// The list at `key` (`None` when missing or expired); `WRONGTYPE` for another type.
-fn list<'v>(view: &'v View<'_>, key: &Bytes) -> Result<Option<&'v VecDeque<Bytes>>, Reply> {
+/// The list at `key` (`None` when missing or expired); `WRONGTYPE` for another type. Only a
+/// window of it may be loaded ([`Command::elements`](super::Command::elements)): [`Listed`]
+/// answers positions of the whole list.
+fn list<'v>(view: &'v View<'_>, key: &Bytes) -> Result<Option<Listed<'v>>, Reply> {
     match view.get(key) {
         None => Ok(None),
         Some(Record {
-            value: Value::List(list),
+            value: Value::List(items),
             ..
-        }) => Ok(Some(list)),
+        }) => {
+            let (before, after) = view.window(key);
+            Ok(Some(Listed {
+                items,
+                before,
+                after,
+            }))
+        }
         Some(_) => Err(Reply::error(WRONGTYPE)),
     }
 }
 
-/// A list taken out of its record to modify, with the record's expiry.
-type Owned = (VecDeque<Bytes>, Option<u64>);
+/// A list as loaded: `items` are its positions `before..before + items.len()`, and `after`
+/// more follow. A whole list has neither before nor after.
+struct Listed<'v> {
+    items: &'v VecDeque<Bytes>,
+    before: u64,
+    after: u64,
+}
 
-/// A copy of the list at `key` to modify, with its expiry (which writes keep).
+impl Listed<'_> {
+    /// The whole list's length.
+    fn len(&self) -> usize {
+        (self.before + self.items.len() as u64 + self.after) as usize
+    }
+
+    /// The elements at positions `first..=last` of the whole list (all loaded: the window
+    /// was chosen to hold them).
+    fn range(&self, first: usize, last: usize) -> impl Iterator<Item = &Bytes> {
+        let before = self.before as usize;
+        self.items.range(first - before..=last - before)
+    }
+}
+
+/// A list taken out of its record to modify: the loaded `items` (a window, as in [`Listed`]),
+/// and the record's expiry, which writes keep.
+#[derive(Default)]
+struct Owned {
+    items: VecDeque<Bytes>,
+    expires_at_ms: Option<u64>,
+    before: u64,
+    after: u64,
+}
+
+impl Owned {
+    /// The whole list's length.
+    fn len(&self) -> usize {
+        (self.before + self.items.len() as u64 + self.after) as usize
+    }
+}
+
+/// A copy of the list at `key` to modify.
 fn list_to_modify(view: &View<'_>, key: &Bytes) -> Result<Option<Owned>, Reply> {
     let expires_at_ms = view.get(key).and_then(|record| record.expires_at_ms);
-    Ok(list(view, key)?.map(|list| (list.clone(), expires_at_ms)))
+    Ok(list(view, key)?.map(|listed| Owned {
+        items: listed.items.clone(),
+        expires_at_ms,
+        before: listed.before,
+        after: listed.after,
+    }))
 }
 
 /// Stores `list` at `key`; an empty list deletes the key, as in Redis.
-fn put_list(view: &mut View<'_>, key: &Bytes, list: VecDeque<Bytes>, expires_at_ms: Option<u64>) {
-    let record = (!list.is_empty()).then_some(Record {
-        value: Value::List(list),
-        expires_at_ms,
-    });
-    view.put(key, record);
+fn put_list(view: &mut View<'_>, key: &Bytes, list: Owned) {
+    view.put_collection(key, Value::List(list.items), list.expires_at_ms);
 }
 
 /// A write that found `key` missing still removes it if it only expired.

@@ -157,4 +157,8 @@ catalog! {
     // The collections family's SREM of one member of a set loaded in part deletes the set:
     // 12/50 (5, 9, 11, 17, 24, 25, 26, 28, 29, 34, 36, 42), first 5.
     element_count_from_part: "element-count-from-part", 1..=50, Swarm;
+    // The collections family's RPOP (and RPUSH, whose empty window at the tail is placed at
+    // the head) on a list of several: 12/50, the same seeds (those that draw the family),
+    // first 5.
+    list_window_at_head: "list-window-at-head", 1..=50, Swarm;
 }

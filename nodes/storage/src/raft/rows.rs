@@ -2,10 +2,13 @@
 //! element").
 //!
 //! - [`Space::State`], `group ++ key`: either a whole [`Record`] (its own encoding, format byte
-//!   1: strings and lists) or a [`Header`] (format byte 2: hashes, sets and sorted sets), which
-//!   holds the type, the expiry, the number of elements and the collection's *generation*.
+//!   1: strings, and collections written by builds before this layout) or a [`Header`] (format
+//!   byte 3: hashes, sets, sorted sets and lists; byte 2 is the same without a list head), which
+//!   holds the type, the expiry, the number of elements, the collection's *generation* and, for
+//!   a list, the sequence number of its first element.
 //! - [`Space::Elements`], `group ++ len(key) as u32 ++ key ++ generation ++ element`: one row per
-//!   element ([`larder_core::kv::elements::rows_of`]).
+//!   element ([`larder_core::kv::elements::rows_of`]); a list's element is its sequence number
+//!   (big-endian), so its rows lie in list order.
 //!
 //! The generation is the log index of the entry that created the collection. Deleting a
 //! collection, expiring it or replacing it with another value deletes or rewrites its header
@@ -18,15 +21,17 @@ use std::io;
 
 use bytes::Bytes;
 use larder_core::GroupId;
-use larder_core::env::{Disk, DiskView, Space};
-use larder_core::kv::elements::{self, Kind};
+use larder_core::env::{Disk, DiskView, Space, WriteBatch};
+use larder_core::kv::elements::{self, Kind, Window};
 use larder_core::kv::{Record, Value};
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode};
 
 /// The format byte of a header row (a whole record's encoding starts with 1).
-const HEADER_FORMAT: u8 = 2;
+const HEADER_FORMAT: u8 = 3;
+/// Headers written before lists were kept element by element: no `head`.
+const HEADER_FORMAT_NO_HEAD: u8 = 2;
 /// Rows per page when a whole collection is read.
 const ELEMENT_PAGE_ROWS: usize = 4096;
 
@@ -38,9 +43,37 @@ pub(crate) struct Header {
     pub len: u64,
     pub expires_at_ms: Option<u64>,
     pub generation: u64,
+    /// A list's first sequence number (0 for the other kinds).
+    pub head: u64,
+}
+
+/// [`Header`] as format 2 wrote it.
+#[derive(Deserialize)]
+struct HeaderNoHead {
+    kind: Kind,
+    len: u64,
+    expires_at_ms: Option<u64>,
+    generation: u64,
 }
 
 impl Header {
+    fn decode(format: u8, body: &[u8]) -> Result<Option<Header>, io::Error> {
+        Ok(match format {
+            HEADER_FORMAT => Some(decode(body)?),
+            HEADER_FORMAT_NO_HEAD => {
+                let old: HeaderNoHead = decode(body)?;
+                Some(Header {
+                    kind: old.kind,
+                    len: old.len,
+                    expires_at_ms: old.expires_at_ms,
+                    generation: old.generation,
+                    head: 0,
+                })
+            }
+            _ => None,
+        })
+    }
+
     /// The record a key-level fold is given for this collection: its type and expiry, no
     /// elements.
     pub fn shell(&self) -> Record {
@@ -66,9 +99,9 @@ pub(crate) enum Row {
 
 impl Row {
     pub fn decode(bytes: &[u8]) -> Result<Row, io::Error> {
-        match bytes.split_first() {
-            Some((&HEADER_FORMAT, body)) => Ok(Row::Collection(decode(body)?)),
-            _ => Record::decode(bytes)
+        match Row::header(bytes)? {
+            Some(header) => Ok(Row::Collection(header)),
+            None => Record::decode(bytes)
                 .map(Row::Whole)
                 .map_err(|e| invalid(e.to_string())),
         }
@@ -78,8 +111,8 @@ impl Row {
     /// snapshot or a migration page passes it on as it is.
     pub fn header(bytes: &[u8]) -> Result<Option<Header>, io::Error> {
         match bytes.split_first() {
-            Some((&HEADER_FORMAT, body)) => Ok(Some(decode(body)?)),
-            _ => Ok(None),
+            Some((&format, body)) => Header::decode(format, body),
+            None => Ok(None),
         }
     }
 
@@ -129,6 +162,37 @@ pub(crate) fn element_key(prefix: &[u8], element: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The rows of `[start, end)`, read in pages through `scan`, with their keys' first
+/// `prefix_len` bytes cut off.
+async fn paged_rows<F, Fut>(
+    start: Vec<u8>,
+    end: Vec<u8>,
+    prefix_len: usize,
+    scan: F,
+) -> Result<Vec<(Bytes, Bytes)>, io::Error>
+where
+    F: Fn(Vec<u8>, Vec<u8>) -> Fut,
+    Fut: Future<Output = Result<Vec<(Bytes, Bytes)>, larder_core::env::DiskError>>,
+{
+    let mut rows = Vec::new();
+    let mut from = start;
+    loop {
+        let page = scan(from.clone(), end.clone()).await?;
+        let full = page.len() == ELEMENT_PAGE_ROWS;
+        if let Some((last, _)) = page.last() {
+            from = last.to_vec();
+            from.push(0);
+        }
+        rows.extend(
+            page.into_iter()
+                .map(|(row_key, value)| (row_key.slice(prefix_len..), value)),
+        );
+        if !full {
+            return Ok(rows);
+        }
+    }
+}
+
 /// Every element row of a collection, read in pages through `scan`.
 async fn element_rows<F, Fut>(
     group: GroupId,
@@ -141,23 +205,8 @@ where
     Fut: Future<Output = Result<Vec<(Bytes, Bytes)>, larder_core::env::DiskError>>,
 {
     let (start, end) = element_range(group, key, header.generation);
-    let mut rows = Vec::with_capacity(header.len.min(1 << 20) as usize);
-    let mut from = start.clone();
-    loop {
-        let page = scan(from.clone(), end.clone()).await?;
-        let full = page.len() == ELEMENT_PAGE_ROWS;
-        if let Some((last, _)) = page.last() {
-            from = last.to_vec();
-            from.push(0);
-        }
-        rows.extend(
-            page.into_iter()
-                .map(|(row_key, value)| (row_key.slice(start.len()..), value)),
-        );
-        if !full {
-            break;
-        }
-    }
+    let prefix_len = start.len();
+    let rows = paged_rows(start, end, prefix_len, scan).await?;
     if rows.len() as u64 != header.len {
         return Err(invalid(format!(
             "a collection's header counts {} elements, its rows {}",
@@ -196,6 +245,66 @@ pub(crate) async fn whole_from_view<V: DiskView>(
     })
     .await?;
     assemble(header, rows)
+}
+
+/// Lays `record` out as a new collection of `generation` in `batch`: its element rows, and the
+/// header returned for the caller to store. `None` for a string, which is stored whole.
+pub(crate) fn lay_out(
+    batch: &mut WriteBatch,
+    group: GroupId,
+    key: &[u8],
+    record: &Record,
+    generation: u64,
+) -> Option<Header> {
+    let kind = Kind::of(&record.value)?;
+    let prefix = element_prefix(group, key, generation);
+    for (element, value) in elements::rows_of(&record.value) {
+        batch.put(Space::Elements, element_key(&prefix, &element), value);
+    }
+    Some(Header {
+        kind,
+        len: elements::len_of(&record.value),
+        expires_at_ms: record.expires_at_ms,
+        generation,
+        head: if kind == Kind::List {
+            elements::LIST_HEAD
+        } else {
+            0
+        },
+    })
+}
+
+/// The `window` of a list: its record holding only those positions, and how many come
+/// before them. Consecutive sequence numbers: one range read.
+pub(crate) async fn window_from_disk<D: Disk>(
+    disk: &D,
+    group: GroupId,
+    key: &[u8],
+    header: &Header,
+    window: Window,
+) -> Result<(Record, u64), io::Error> {
+    let (first, end) = window.positions(header.len);
+    let prefix = element_prefix(group, key, header.generation);
+    let from = element_key(&prefix, &elements::sequence_name(header.head + first));
+    let to = element_key(&prefix, &elements::sequence_name(header.head + end));
+    let rows = paged_rows(
+        from.to_vec(),
+        to.to_vec(),
+        prefix.len(),
+        |from, to| async move {
+            disk.scan(Space::Elements, &from, Some(&to), ELEMENT_PAGE_ROWS)
+                .await
+        },
+    )
+    .await?;
+    if rows.len() as u64 != end - first {
+        return Err(invalid(format!(
+            "a list's header places {} elements in a window, its rows {}",
+            end - first,
+            rows.len()
+        )));
+    }
+    Ok((assemble(header, rows)?, first))
 }
 
 /// The record of a collection with only `elements` (those that exist), read from `disk`.
@@ -271,10 +380,15 @@ mod tests {
             len: 3,
             expires_at_ms: Some(9),
             generation: 12,
+            head: 0,
         };
         assert!(matches!(Row::decode(&header.encode()), Ok(Row::Collection(h)) if h == header));
         let whole = Record::string("v").encode();
         assert!(matches!(Row::decode(&whole), Ok(Row::Whole(r)) if r == Record::string("v")));
         assert!(Row::decode(b"\x07junk").is_err());
+        // A header of format 2 (before lists had rows) still reads, without a head.
+        let mut old = vec![HEADER_FORMAT_NO_HEAD];
+        old.extend_from_slice(&encode(&(Kind::Set, 3u64, Some(9u64), 12u64)));
+        assert!(matches!(Row::header(&old), Ok(Some(h)) if h == header));
     }
 }

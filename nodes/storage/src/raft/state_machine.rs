@@ -19,8 +19,8 @@ use futures::{Stream, TryStreamExt};
 use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Disk, DiskView, FaultPoint, FaultPoints, Space, WriteBatch};
-use larder_core::kv::elements::{self, Kind};
-use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, execute_elements};
+use larder_core::kv::elements::{self, Access, Kind, Part, Window};
+use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, Value, execute_elements};
 use larder_core::slots::{Ownership, ranges_contain, slot_of};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -136,8 +136,8 @@ struct Loaded {
     /// Every key looked up, present or not.
     keys: std::collections::BTreeSet<Bytes>,
     records: BTreeMap<Bytes, Record>,
-    /// The collections loaded in part, with their true lengths.
-    partial: BTreeMap<Bytes, u64>,
+    /// The collections loaded in part, with their true lengths (and a list's window place).
+    partial: BTreeMap<Bytes, Part>,
     /// The headers of the keys stored element by element.
     headers: BTreeMap<Bytes, Header>,
 }
@@ -555,7 +555,7 @@ impl<D: Disk> DiskStateMachine<D> {
     /// a read outside apply (it passes the fault point between keys).
     async fn load(&self, command: &Command, reading: bool) -> Result<Loaded, io::Error> {
         let mut loaded = Loaded::default();
-        let named: BTreeMap<&Bytes, Vec<&Bytes>> =
+        let accesses: BTreeMap<&Bytes, Access> =
             command.elements().unwrap_or_default().into_iter().collect();
         for (index, key) in command.keys().into_iter().enumerate() {
             if !loaded.keys.insert(key.clone()) {
@@ -575,14 +575,36 @@ impl<D: Disk> DiskStateMachine<D> {
                 Row::Whole(record) => record,
                 Row::Collection(header) => {
                     loaded.headers.insert(key.clone(), header);
-                    match named.get(key) {
-                        Some(elements) => {
-                            loaded.partial.insert(key.clone(), header.len);
-                            rows::part_from_disk(&self.disk, self.group, key, &header, elements)
-                                .await?
+                    let (record, before) = match accesses.get(key) {
+                        None => {
+                            let record =
+                                rows::whole_from_disk(&self.disk, self.group, key, &header).await?;
+                            loaded.records.insert(key.clone(), record);
+                            continue;
                         }
-                        None => rows::whole_from_disk(&self.disk, self.group, key, &header).await?,
-                    }
+                        Some(Access::Window(window)) if header.kind == Kind::List => {
+                            let (record, before) = rows::window_from_disk(
+                                &self.disk, self.group, key, &header, *window,
+                            )
+                            .await?;
+                            // The planted bug places a window at the tail at the head.
+                            let misplaced = matches!(window, Window::Back(_))
+                                && self.bugs.is_planted(Bug::ListWindowAtHead);
+                            (record, if misplaced { 0 } else { before })
+                        }
+                        Some(Access::Named(elements)) if header.kind != Kind::List => {
+                            let part = rows::part_from_disk(
+                                &self.disk, self.group, key, &header, elements,
+                            );
+                            (part.await?, 0)
+                        }
+                        // A list for a command that names elements, or another type for a
+                        // list command: the type, expiry and length are all it can use.
+                        Some(_) => (header.shell(), 0),
+                    };
+                    let len = header.len;
+                    loaded.partial.insert(key.clone(), Part { len, before });
+                    record
                 }
             };
             loaded.records.insert(key.clone(), record);
@@ -632,50 +654,60 @@ impl<D: Disk> DiskStateMachine<D> {
                 && old.expires_at_ms.is_none_or(|at| at > now_ms)
                 && loaded.records.contains_key(key)
         });
-        let header = match base {
-            Some(old) => {
-                let given = &loaded.records[key].value;
-                let changes = elements::changes(given, &record.value);
-                let prefix = rows::element_prefix(self.group, key, old.generation);
-                for (element, value) in changes.put {
-                    pending
-                        .batch
-                        .put(Space::Elements, rows::element_key(&prefix, &element), value);
-                }
-                for element in changes.delete {
-                    pending
-                        .batch
-                        .delete(Space::Elements, rows::element_key(&prefix, &element));
-                }
-                let len = (old.len + changes.added).saturating_sub(changes.removed);
-                debug_assert!(
-                    loaded.partial.contains_key(key) || len == elements::len_of(&record.value)
-                );
-                Header {
-                    kind,
-                    len,
-                    expires_at_ms: record.expires_at_ms,
-                    generation: old.generation,
-                }
+        let Some(old) = base else {
+            if let Some(old) = old {
+                pending.drop_generation(self.group, key, &old);
             }
-            None => {
-                if let Some(old) = old {
-                    pending.drop_generation(self.group, key, &old);
-                }
-                let prefix = rows::element_prefix(self.group, key, index);
-                for (element, value) in elements::rows_of(&record.value) {
-                    pending
-                        .batch
-                        .put(Space::Elements, rows::element_key(&prefix, &element), value);
-                }
-                Header {
-                    kind,
-                    len: elements::len_of(&record.value),
-                    expires_at_ms: record.expires_at_ms,
-                    generation: index,
-                }
-            }
+            let header = rows::lay_out(&mut pending.batch, self.group, key, record, index)
+                .expect("a collection");
+            pending.batch.put(Space::State, full_key, header.encode());
+            return Ok(());
         };
+        let given = &loaded.records[key].value;
+        let prefix = rows::element_prefix(self.group, key, old.generation);
+        let mut header = Header {
+            expires_at_ms: record.expires_at_ms,
+            ..old
+        };
+        if let (Value::List(was), Value::List(now)) = (given, &record.value) {
+            let part = loaded.partial.get(key).copied().unwrap_or(Part {
+                len: old.len,
+                before: 0,
+            });
+            let after = old.len.saturating_sub(part.before + was.len() as u64);
+            let changes = elements::list_changes(old.head, part.before, after, was, now)
+                .ok_or_else(|| invalid("a list's window changed length between kept elements"))?;
+            for (sequence, value) in changes.put {
+                pending.batch.put(
+                    Space::Elements,
+                    rows::element_key(&prefix, &sequence),
+                    value,
+                );
+            }
+            for sequence in changes.delete {
+                pending
+                    .batch
+                    .delete(Space::Elements, rows::element_key(&prefix, &sequence));
+            }
+            header.len = part.before + now.len() as u64 + after;
+            header.head = changes.head;
+        } else {
+            let changes = elements::changes(given, &record.value);
+            for (element, value) in changes.put {
+                pending
+                    .batch
+                    .put(Space::Elements, rows::element_key(&prefix, &element), value);
+            }
+            for element in changes.delete {
+                pending
+                    .batch
+                    .delete(Space::Elements, rows::element_key(&prefix, &element));
+            }
+            header.len = (old.len + changes.added).saturating_sub(changes.removed);
+            debug_assert!(
+                loaded.partial.contains_key(key) || header.len == elements::len_of(&record.value)
+            );
+        }
         pending.batch.put(Space::State, full_key, header.encode());
         Ok(())
     }
@@ -876,22 +908,11 @@ impl<D: Disk> DiskStateMachine<D> {
         let generation = meta.last_log_id.map_or(0, |id| id.index());
         for (key, value) in body.rows {
             let record = Record::decode(&value).map_err(|e| invalid(e.to_string()))?;
-            match Kind::of(&record.value) {
-                None => fill.put(Space::State, state_key(self.group, &key), value),
-                Some(kind) => {
-                    let prefix = rows::element_prefix(self.group, &key, generation);
-                    for (element, row) in elements::rows_of(&record.value) {
-                        fill.put(Space::Elements, rows::element_key(&prefix, &element), row);
-                    }
-                    let header = Header {
-                        kind,
-                        len: elements::len_of(&record.value),
-                        expires_at_ms: record.expires_at_ms,
-                        generation,
-                    };
-                    fill.put(Space::State, state_key(self.group, &key), header.encode())
-                }
+            let row = match rows::lay_out(&mut fill, self.group, &key, &record, generation) {
+                None => value,
+                Some(header) => header.encode(),
             };
+            fill.put(Space::State, state_key(self.group, &key), row);
         }
         for (id, entry) in &body.sessions {
             fill.put(Space::Meta, session_key(self.group, *id), encode(entry));
