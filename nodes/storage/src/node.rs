@@ -159,6 +159,17 @@ pub(crate) async fn open_group<E: Env>(
     )
     .await
     .map_err(|source| NodeError::Storage { group, source })?;
+    let collected = state
+        .collect_garbage()
+        .await
+        .map_err(|source| NodeError::Storage { group, source })?;
+    if collected > 0 {
+        tracing::info!(
+            group,
+            collected,
+            "deleted element ranges a crash left unreachable"
+        );
+    }
     let log = DiskLogStore::new(disk.clone(), group, config.bugs.clone(), env.fault_points());
     let net = RaftNet::new(env.net().clone(), group, config.transfer_limits());
     // openraft takes time and randomness from the context its tasks run in: `Raft::new` draws

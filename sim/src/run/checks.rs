@@ -147,7 +147,30 @@ async fn audit_disks(
         )
         .await
         {
-            Ok(machine) => machine.digest().await,
+            Ok(machine) => {
+                // As the node does on opening: then no element row may be left that no
+                // header reaches (a deletion a crash cut short and no record covers).
+                let unreachable = match machine.collect_garbage().await {
+                    Ok(_) => machine.unreachable_elements().await,
+                    Err(error) => Err(error),
+                };
+                match unreachable {
+                    Ok(0) => {}
+                    Ok(rows) => problems.push(Violation::StorageDefect {
+                        node: id,
+                        when: "end of run".into(),
+                        defect: format!(
+                            "group {group} keeps {rows} element rows no header reaches"
+                        ),
+                    }),
+                    Err(error) => problems.push(Violation::StorageDefect {
+                        node: id,
+                        when: "end of run".into(),
+                        defect: format!("group {group}'s element rows do not read: {error}"),
+                    }),
+                }
+                machine.digest().await
+            }
             Err(error) => Err(error),
         };
         match recovered {

@@ -14,8 +14,8 @@
 //! collection, expiring it or replacing it with another value deletes or rewrites its header
 //! alone, and the new header has a new generation, so the old elements are unreachable at once
 //! (deletion costs the client one row, not one per element). They are removed after the apply
-//! batch is written; a crash in between leaves unreachable rows, which a snapshot install of
-//! the group clears.
+//! batch is written; the batch records the range (`garbage/` in `Meta`), so a crash in between
+//! leaves a record that `DiskStateMachine::collect_garbage` finishes when the group opens.
 
 use std::io;
 
@@ -153,6 +153,18 @@ pub(crate) fn element_range(group: GroupId, key: &[u8], generation: u64) -> (Vec
         *last += 1;
     }
     (start, end)
+}
+
+/// The key and generation an element row (its full row key) belongs to; `None` when the row
+/// is too short to hold them.
+pub(crate) fn element_owner(row: &[u8]) -> Option<(Bytes, u64)> {
+    let key_len = u32::from_be_bytes(row.get(8..12)?.try_into().ok()?) as usize;
+    let key = row.get(12..12 + key_len)?;
+    let generation = row.get(12 + key_len..12 + key_len + 8)?;
+    Some((
+        Bytes::copy_from_slice(key),
+        u64::from_be_bytes(generation.try_into().ok()?),
+    ))
 }
 
 pub(crate) fn element_key(prefix: &[u8], element: &[u8]) -> Bytes {
@@ -368,6 +380,8 @@ mod tests {
         assert!(next.as_ref() >= end.as_slice());
         let longer = element_key(&element_prefix(3, b"k\x00", 7), b"a");
         assert!(longer.as_ref() < start.as_slice() || longer.as_ref() >= end.as_slice());
+        assert_eq!(element_owner(&inside), Some((Bytes::from_static(b"k"), 7)));
+        assert_eq!(element_owner(&start[..10]), None);
         let (last_start, last_end) = element_range(3, b"k", u64::MAX);
         let inside = element_key(&last_start, b"\xff\xff");
         assert!(inside.as_ref() < last_end.as_slice());

@@ -260,6 +260,31 @@ fn dirty_end(group: GroupId) -> Vec<u8> {
     }
 }
 
+/// Where `group`'s records of unreachable element ranges start: `garbage/` ++ group ++ the
+/// range's start, valued with its end. Each is written in the apply batch that makes its range
+/// unreachable and deleted once the range is, so a crash in between leaves the record, and
+/// [`DiskStateMachine::collect_garbage`] finishes the deletion when the group opens.
+fn garbage_prefix(group: GroupId) -> Vec<u8> {
+    let mut key = b"garbage/".to_vec();
+    key.extend_from_slice(&group.to_be_bytes());
+    key
+}
+
+fn garbage_key(group: GroupId, start: &[u8]) -> Vec<u8> {
+    let mut key = garbage_prefix(group);
+    key.extend_from_slice(start);
+    key
+}
+
+/// End (exclusive) of `group`'s garbage records.
+fn garbage_end(group: GroupId) -> Vec<u8> {
+    match group.checked_add(1) {
+        Some(next) => garbage_prefix(next),
+        // Past every `garbage/` key (`0` follows `/`).
+        None => b"garbage0".to_vec(),
+    }
+}
+
 fn applied_key(group: GroupId) -> Vec<u8> {
     let mut key = b"applied/".to_vec();
     key.extend_from_slice(&group.to_be_bytes());
@@ -298,6 +323,13 @@ pub(crate) async fn wipe_group<D: Disk>(disk: &D, group: GroupId) -> Result<(), 
     .await?;
     disk.delete_range_paged(Space::Meta, &dirty_prefix(group), &dirty_end(group), None)
         .await?;
+    disk.delete_range_paged(
+        Space::Meta,
+        &garbage_prefix(group),
+        &garbage_end(group),
+        None,
+    )
+    .await?;
     let mut batch = WriteBatch::new();
     batch.delete(Space::Meta, applied_key(group));
     // The Raft metadata keys of `larder_core::env::Disk` (`kind/` ++ group, big-endian).
@@ -893,6 +925,15 @@ impl<D: Disk> DiskStateMachine<D> {
                 None,
             )
             .await?;
+        // The element range goes whole below: no recorded garbage is left to collect.
+        self.disk
+            .delete_range_paged(
+                Space::Meta,
+                &garbage_prefix(self.group),
+                &garbage_end(self.group),
+                None,
+            )
+            .await?;
         self.delete_group_range(Space::Elements, None).await?;
         self.points.hit(FaultPoint::SnapshotInstalling).await;
         let mut fill = WriteBatch::new();
@@ -1372,6 +1413,9 @@ impl<D: Disk> DiskStateMachine<D> {
     /// sent only once a read on this node would see its effect.
     async fn flush(&self, pending: &mut Pending, applied: &AppliedState) -> Result<(), io::Error> {
         let mut batch = std::mem::take(&mut pending.batch);
+        for (start, end) in &pending.garbage {
+            batch.put(Space::Meta, garbage_key(self.group, start), end.clone());
+        }
         if !self.bugs.is_planted(Bug::AppliedMarkerLost) {
             batch.put(Space::Meta, applied_key(self.group), encode(applied));
         }
@@ -1386,13 +1430,92 @@ impl<D: Disk> DiskStateMachine<D> {
         for (responder, reply) in pending.replies.drain(..) {
             responder.send(reply);
         }
-        // Unreachable since the batch landed; a crash before this leaves them unreachable.
+        // Unreachable since the batch landed, and recorded in it: a crash before the records
+        // go leaves them for `collect_garbage`.
+        let mut records = WriteBatch::new();
         for (start, end) in std::mem::take(&mut pending.garbage) {
             self.disk
                 .delete_range_paged(Space::Elements, &start, &end, None)
                 .await?;
+            records.delete(Space::Meta, garbage_key(self.group, &start));
+        }
+        if !records.is_empty() {
+            self.disk.write(records, false).await?;
         }
         Ok(())
+    }
+
+    /// Deletes the element ranges that apply batches made unreachable and a crash kept from
+    /// being deleted (their records, [`garbage_prefix`]). Run when the group opens, before
+    /// anything applies.
+    pub async fn collect_garbage(&self) -> Result<u64, io::Error> {
+        let (prefix, end) = (garbage_prefix(self.group), garbage_end(self.group));
+        let mut collected = 0;
+        loop {
+            let records = self
+                .disk
+                .scan(Space::Meta, &prefix, Some(&end), SCAN_PAGE_ROWS)
+                .await?;
+            if records.is_empty() {
+                return Ok(collected);
+            }
+            let mut done = WriteBatch::new();
+            for (key, range_end) in records {
+                let start = &key[prefix.len()..];
+                self.disk
+                    .delete_range_paged(Space::Elements, start, &range_end, None)
+                    .await?;
+                done.delete(Space::Meta, key);
+                collected += 1;
+            }
+            self.disk.write(done, false).await?;
+        }
+    }
+
+    /// Element rows of this group that no live header reaches (`(key, generation)` of no
+    /// collection's header): what an interrupted deletion left and no garbage record covers.
+    /// For audits: reads the group's whole element range.
+    pub async fn unreachable_elements(&self) -> Result<u64, io::Error> {
+        let end = group_end(self.group);
+        let mut from = group_prefix(self.group).to_vec();
+        let mut unreachable = 0;
+        let mut last: Option<(Bytes, u64, bool)> = None;
+        loop {
+            let rows = self
+                .disk
+                .scan_keys(Space::Elements, &from, Some(&end), SCAN_PAGE_ROWS)
+                .await?;
+            let full = rows.len() == SCAN_PAGE_ROWS;
+            for row in &rows {
+                let (key, generation) = rows::element_owner(row)
+                    .ok_or_else(|| invalid("an element row too short for its key"))?;
+                let reachable = match &last {
+                    Some((k, g, reachable)) if *k == key && *g == generation => *reachable,
+                    _ => {
+                        let header = match self
+                            .disk
+                            .get(Space::State, &state_key(self.group, &key))
+                            .await?
+                        {
+                            Some(bytes) => Row::header(&bytes)?,
+                            None => None,
+                        };
+                        let reachable = header.is_some_and(|h| h.generation == generation);
+                        last = Some((key, generation, reachable));
+                        reachable
+                    }
+                };
+                if !reachable {
+                    unreachable += 1;
+                }
+            }
+            if !full {
+                return Ok(unreachable);
+            }
+            let last_row = rows.last().expect("a full page has rows");
+            from = last_row.to_vec();
+            from.push(0);
+        }
     }
 }
 

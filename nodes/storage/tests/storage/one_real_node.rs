@@ -785,4 +785,42 @@ fn a_list_is_stored_by_position_and_a_push_or_pop_touches_one_row() {
         element_rows(dir.path()).is_empty(),
         "the deleted list's rows are gone"
     );
+
+    // A crash between an apply batch and the deletion of the range it made unreachable leaves
+    // the rows and the batch's record of them (`garbage/` ++ group ++ range start, valued with
+    // its end): the group deletes both when it opens.
+    let mut range_start = GROUP.to_be_bytes().to_vec();
+    range_start.extend_from_slice(&1u32.to_be_bytes());
+    range_start.extend_from_slice(b"l");
+    range_start.extend_from_slice(&5u64.to_be_bytes());
+    let mut range_end = range_start.clone();
+    *range_end.last_mut().expect("bytes") += 1;
+    let mut record = b"garbage/".to_vec();
+    record.extend_from_slice(&GROUP.to_be_bytes());
+    record.extend_from_slice(&range_start);
+    {
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("open disk");
+        let sealed = larder_core::env::Sealed::new(disk, larder_core::bugs::Bugs::default());
+        let mut batch = WriteBatch::new();
+        for i in 0..3u64 {
+            let mut row = range_start.clone();
+            row.extend_from_slice(&i.to_be_bytes());
+            batch.put(Space::Elements, row, Bytes::from("left"));
+        }
+        batch.put(Space::Meta, record, range_end);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(sealed.write(batch, true))
+            .expect("write the leftovers");
+    }
+    assert_eq!(element_rows(dir.path()).len(), 3);
+    let node = start(dir.path()).expect("restart");
+    node.wait_leader();
+    node.stop();
+    assert!(
+        element_rows(dir.path()).is_empty(),
+        "the recorded range is collected"
+    );
 }
