@@ -8,13 +8,11 @@
 //! `CROSSSLOT`. A single group still runs every command through Raft, fjall and the proxy.
 //!
 //! The units are split over a few tests, each with its own cluster, so nextest runs them side by
-//! side with the rest of the suite, and two of them at a time ([`run_unit`] keeps their
-//! harnesses' starts apart), rather than as one long tail.
+//! side with the rest of the suite rather than as one long tail.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::Command;
 
 use larder::local::{LocalCluster, LocalConfig};
 
@@ -51,38 +49,6 @@ fn tallies(output: &str) -> Vec<Tally> {
         .collect()
 }
 
-/// How long a unit's harness is given to find and bind its own port before another may start.
-const HARNESS_START: Duration = Duration::from_secs(3);
-
-/// Runs one unit with `run-against`, a real client process as a user's (a shell script over
-/// tclsh and redis-cli).
-///
-/// The TCL harness picks the local port of its own test server by probing for a free one,
-/// then binding it: two harnesses starting at the same instant can pick the same port, and one
-/// of them then stops before its first test. So a start holds a lock file, across the test
-/// processes nextest runs side by side, until the harness has had time to bind; the units
-/// themselves then run in parallel.
-// A lock file between test processes: no `Disk` of ours is involved.
-#[allow(clippy::disallowed_methods)]
-fn run_unit(runner: &Path, port: u16, unit: &str) -> std::process::Output {
-    let lock_path = std::env::temp_dir().join("larder-redis-suite-start.lock");
-    let lock = std::fs::File::create(&lock_path).expect("create the start lock file");
-    lock.lock().expect("take the start lock");
-    let child = Command::new("bash")
-        .arg(runner)
-        .arg(port.to_string())
-        .arg(unit)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "run the Redis test suite (needs bash, tclsh and redis-cli: .ci/run installs them)",
-        );
-    std::thread::sleep(HARNESS_START);
-    drop(lock);
-    child.wait_with_output().expect("the suite runner ends")
-}
-
 /// Starts a one-group local cluster, runs `units` against its proxy and checks each unit's
 /// pass count against its minimum.
 fn run_units(minimums: &[(&str, u32)]) {
@@ -109,14 +75,19 @@ fn run_units(minimums: &[(&str, u32)]) {
         .block_on(LocalCluster::start(&config))
         .expect("local cluster");
     let address: SocketAddr = cluster.proxy_address;
-    // One runner per unit, so that each start can be kept apart from the other suite tests'.
-    let mut stdout = String::new();
-    for (unit, _) in minimums {
-        let output = run_unit(&runner, address.port(), unit);
-        stdout.push_str(&String::from_utf8_lossy(&output.stdout));
-        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-    }
+    let units: Vec<&str> = minimums.iter().map(|(unit, _)| *unit).collect();
+    // The runner is a shell script over tclsh and redis-cli: a real client process, as a user's.
+    let output = Command::new("bash")
+        .arg(&runner)
+        .arg(address.port().to_string())
+        .args(&units)
+        .output()
+        .expect(
+            "run the Redis test suite (needs bash, tclsh and redis-cli: .ci/run installs them)",
+        );
+    let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     runtime.block_on(cluster.stop());
     let found = tallies(&stdout);
     let mut short = Vec::new();
