@@ -239,10 +239,25 @@ fn session_end(group: GroupId) -> Vec<u8> {
     key
 }
 
-fn dirty_prefix(group: GroupId) -> Vec<u8> {
-    let mut key = b"dirty/".to_vec();
+/// Where `group`'s `Meta` records of one kind start: `kind/` ++ group.
+fn meta_prefix(kind: &str, group: GroupId) -> Vec<u8> {
+    let mut key = kind.as_bytes().to_vec();
+    key.push(b'/');
     key.extend_from_slice(&group.to_be_bytes());
     key
+}
+
+/// End (exclusive) of `group`'s `Meta` records of one kind.
+fn meta_end(kind: &str, group: GroupId) -> Vec<u8> {
+    match group.checked_add(1) {
+        Some(next) => meta_prefix(kind, next),
+        // Past every `kind/` key (`0` follows `/`).
+        None => format!("{kind}0").into_bytes(),
+    }
+}
+
+fn dirty_prefix(group: GroupId) -> Vec<u8> {
+    meta_prefix("dirty", group)
 }
 
 fn dirty_key(group: GroupId, key: &[u8]) -> Vec<u8> {
@@ -253,11 +268,7 @@ fn dirty_key(group: GroupId, key: &[u8]) -> Vec<u8> {
 
 /// End (exclusive) of `group`'s dirty markers.
 fn dirty_end(group: GroupId) -> Vec<u8> {
-    match group.checked_add(1) {
-        Some(next) => dirty_prefix(next),
-        // Past every `dirty/` key (`0` follows `/`).
-        None => b"dirty0".to_vec(),
-    }
+    meta_end("dirty", group)
 }
 
 /// Where `group`'s records of unreachable element ranges start: `garbage/` ++ group ++ the
@@ -265,9 +276,7 @@ fn dirty_end(group: GroupId) -> Vec<u8> {
 /// unreachable and deleted once the range is, so a crash in between leaves the record, and
 /// [`DiskStateMachine::collect_garbage`] finishes the deletion when the group opens.
 fn garbage_prefix(group: GroupId) -> Vec<u8> {
-    let mut key = b"garbage/".to_vec();
-    key.extend_from_slice(&group.to_be_bytes());
-    key
+    meta_prefix("garbage", group)
 }
 
 fn garbage_key(group: GroupId, start: &[u8]) -> Vec<u8> {
@@ -278,11 +287,7 @@ fn garbage_key(group: GroupId, start: &[u8]) -> Vec<u8> {
 
 /// End (exclusive) of `group`'s garbage records.
 fn garbage_end(group: GroupId) -> Vec<u8> {
-    match group.checked_add(1) {
-        Some(next) => garbage_prefix(next),
-        // Past every `garbage/` key (`0` follows `/`).
-        None => b"garbage0".to_vec(),
-    }
+    meta_end("garbage", group)
 }
 
 fn applied_key(group: GroupId) -> Vec<u8> {

@@ -49,6 +49,16 @@ fn start_with_both_groups(dir: &Path) -> Running {
     node
 }
 
+/// A node with `GROUP` formed (it the only voter) and led.
+fn start_led(dir: &Path) -> Running {
+    let node = start(dir).expect("start");
+    node.runtime
+        .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
+        .expect("initialize");
+    node.wait_leader();
+    node
+}
+
 fn start_with(dir: &Path, config: NodeConfig) -> Result<Running, NodeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -250,11 +260,7 @@ fn commands_for_slots_the_group_does_not_own_are_refused_at_apply_time() {
     use larder_core::slots::{Ownership, slot_of};
 
     let dir = tempfile::tempdir().expect("dir");
-    let node = start(dir.path()).expect("start");
-    node.runtime
-        .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
-        .expect("initialize");
-    node.wait_leader();
+    let node = start_led(dir.path());
     // Two keys in different slots; the group will own only the first one's.
     let (kept, moved) = ("a", "b");
     let (kept_slot, moved_slot) = (slot_of(kept.as_bytes()), slot_of(moved.as_bytes()));
@@ -701,11 +707,7 @@ fn bulks(items: &[String]) -> ClientResponse {
 #[test]
 fn a_list_is_stored_by_position_and_a_push_or_pop_touches_one_row() {
     let dir = tempfile::tempdir().expect("dir");
-    let node = start(dir.path()).expect("start");
-    node.runtime
-        .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
-        .expect("initialize");
-    node.wait_leader();
+    let node = start_led(dir.path());
     let mut model: Vec<String> = (0..200).map(|i| format!("e{i}")).collect();
     let int = |n: usize| ClientResponse::Reply(Reply::Int(n as i64));
     assert_eq!(
