@@ -91,11 +91,14 @@ pub enum Bug {
     /// (no elements before it), so `RPOP` of a list of several answers the last element but
     /// deletes the row of the first: the list loses its head and keeps its tail.
     ListWindowAtHead,
+    /// Pipelines (proxy): the replies of one slot group's share of a pipeline, run as one
+    /// entry, are handed back in reverse order, so a client reads another command's answer.
+    PipelineReplyOrder,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 22] = [
+    pub const ALL: [Bug; 23] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -118,6 +121,7 @@ impl Bug {
         Bug::TornTransaction,
         Bug::ElementCountFromPart,
         Bug::ListWindowAtHead,
+        Bug::PipelineReplyOrder,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -145,6 +149,7 @@ impl Bug {
             Bug::TornTransaction => "torn-transaction",
             Bug::ElementCountFromPart => "element-count-from-part",
             Bug::ListWindowAtHead => "list-window-at-head",
+            Bug::PipelineReplyOrder => "pipeline-reply-order",
         }
     }
 }

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use larder_client::{Client, ClientConfig, ClientError};
 use larder_core::NodeId;
+use larder_core::bugs::Bugs;
 use larder_core::env::derive_seed;
 use larder_core::kv::{Command, Reply};
+use larder_core::resp::{self, Frame};
 
 use crate::clock::SimClock;
 use crate::net::{NetFaults, SimNet, host_name};
@@ -429,6 +431,146 @@ pub fn reelection_under_drift(seed: u64, drift_ppm: i64) -> Result<ReelectionOut
         }
     }
     drop_nodes(&parts);
+    outcome.trace_hash = trace.hash();
+    Ok(outcome)
+}
+
+/// What a pipelined burst through a proxy answered, and what the same commands answered one
+/// at a time (on keys of their own).
+#[derive(Debug, Clone, Default)]
+pub struct PipelineOutcome {
+    pub pipelined: Vec<Frame>,
+    pub one_by_one: Vec<Frame>,
+    pub trace_hash: String,
+}
+
+/// The commands of [`pipelined_burst`] on keys named after `prefix`: strings, counters, lists
+/// and hashes spread over the slot groups, written and read in rounds, with commands the
+/// proxy answers alone in between (`PING`, an `MGET` across groups, `MULTI … EXEC`).
+fn burst_commands(prefix: &str) -> Vec<Vec<bytes::Bytes>> {
+    let mut lines = Vec::new();
+    for round in 0..5 {
+        for i in 0..6 {
+            let (s, c, l, h) = (
+                format!("{prefix}s{i}"),
+                format!("{prefix}c{i}"),
+                format!("{prefix}l{i}"),
+                format!("{prefix}h{i}"),
+            );
+            match round {
+                0 => {
+                    lines.push(format!("SET {s} v{i}"));
+                    lines.push(format!("RPUSH {l} a{i} b{i}"));
+                }
+                1 => {
+                    lines.push(format!("APPEND {s} -x"));
+                    lines.push(format!("LPUSH {l} z{i}"));
+                    lines.push(format!("HSET {h} f{i} {i}"));
+                    lines.push(format!("INCR {c}"));
+                }
+                2 => {
+                    lines.push(format!("GET {s}"));
+                    lines.push(format!("LRANGE {l} 0 -1"));
+                    lines.push(format!("HGET {h} f{i}"));
+                    lines.push(format!("INCRBY {c} {i}"));
+                }
+                3 => {
+                    lines.push(format!("INCR {s}"));
+                    lines.push(format!("LPOP {l}"));
+                    lines.push(format!("RPOP {l}"));
+                    lines.push(format!("GET {l}"));
+                }
+                _ => {
+                    lines.push(format!("DEL {s}"));
+                    lines.push(format!("GET {s}"));
+                    lines.push(format!("LLEN {l}"));
+                    lines.push(format!("GET {c}"));
+                }
+            }
+        }
+        match round {
+            1 => lines.push("PING".into()),
+            2 => lines.push(format!("MGET {prefix}s0 {prefix}s3 {prefix}s5")),
+            3 => {
+                lines.push("MULTI".into());
+                lines.push(format!("INCR {prefix}c1"));
+                lines.push("EXEC".into());
+            }
+            _ => {}
+        }
+    }
+    lines
+        .iter()
+        .map(|line| {
+            line.split(' ')
+                .map(|word| bytes::Bytes::copy_from_slice(word.as_bytes()))
+                .collect()
+        })
+        .collect()
+}
+
+/// A client sends [`burst_commands`] to a proxy over four slot groups as one pipeline (one
+/// write, then every reply), then the same commands on other keys one request at a time. The
+/// proxy runs the pipeline's commands group by group, several to an entry; the answers must
+/// be those of the one-at-a-time run, in order.
+pub fn pipelined_burst(seed: u64, bugs: Bugs) -> Result<PipelineOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(20));
+    config.faults = false;
+    config.groups = 4;
+    config.proxies = 1;
+    config.bugs = bugs;
+    let (mut sim, trace, faults, parts) = start(&config);
+    crate::run::register_proxies(&mut sim, &config, &trace, &faults);
+    let outcome: Arc<Mutex<PipelineOutcome>> = Arc::default();
+    let recorded = outcome.clone();
+    sim.client(host_name(client_id(1)), async move {
+        let proxy = host_name(crate::run::proxy_id(0));
+        let mut stream =
+            turmoil::net::TcpStream::connect((proxy.as_str(), crate::workload::PROXY_PORT)).await?;
+        let mut buffer = Vec::new();
+        let request = |commands: &[Vec<bytes::Bytes>]| {
+            let mut bytes = Vec::new();
+            for command in commands {
+                resp::encode_request(command, &mut bytes);
+            }
+            bytes
+        };
+        // Until every group has a leader and the proxy a route to it.
+        for attempt in 0.. {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut ready = true;
+            for i in 0..8 {
+                let set = request(&[vec![
+                    bytes::Bytes::from_static(b"SET"),
+                    bytes::Bytes::from(format!("warm{i}")),
+                    bytes::Bytes::from_static(b"1"),
+                ]]);
+                let frame = larder_proxy::round_trip(&mut stream, &mut buffer, &set).await?;
+                ready &= frame == Frame::Simple("OK".into());
+            }
+            if ready || attempt > 40 {
+                break;
+            }
+        }
+        let pipelined_commands = burst_commands("p:");
+        let bytes = request(&pipelined_commands);
+        let mut pipelined = vec![larder_proxy::round_trip(&mut stream, &mut buffer, &bytes).await?];
+        for _ in 1..pipelined_commands.len() {
+            pipelined.push(larder_proxy::round_trip(&mut stream, &mut buffer, &[]).await?);
+        }
+        let mut one_by_one = Vec::new();
+        for command in burst_commands("o:") {
+            let bytes = request(&[command]);
+            one_by_one.push(larder_proxy::round_trip(&mut stream, &mut buffer, &bytes).await?);
+        }
+        let mut outcome = recorded.lock().expect("outcome lock");
+        outcome.pipelined = pipelined;
+        outcome.one_by_one = one_by_one;
+        Ok(())
+    });
+    finish(&mut sim)?;
+    drop_nodes(&parts);
+    let mut outcome = outcome.lock().expect("outcome lock").clone();
     outcome.trace_hash = trace.hash();
     Ok(outcome)
 }

@@ -35,7 +35,11 @@ use larder::child::{Outcome, run_child};
 /// fence, which busy simulated keys almost never are. `nodes/storage/tests/storage/one_real_node.rs`
 /// (`slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost`, key 4: deleted
 /// right after the copy) does catch it.
-const UNCAUGHT_YET: &[&str] = &["migration-untracked-deletes"];
+/// `pipeline-reply-order`: the swarm's RESP clients send one request at a time, so no seed
+/// pipelines; the scripted scenario `larder_sim::scenario::pipelined_burst`
+/// (`sim/tests/sim/scripted.rs`) catches it. A pipelining workload client (several processes
+/// of the history sharing one connection) is the work that would bring it here.
+const UNCAUGHT_YET: &[&str] = &["migration-untracked-deletes", "pipeline-reply-order"];
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its
 /// own fault mix), as CI sweeps them (`sim/tests/sim/cluster_sweep.rs`, `swarm_sweep.rs`).

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use larder_core::GroupId;
+use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Net};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
@@ -241,6 +242,87 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
         }
     }
 
+    /// Executes commands a client sent together (a pipeline), each with every key in one slot
+    /// group ([`single_group`]), and answers in their order.
+    ///
+    /// The commands of different groups run concurrently; those of one group travel as one
+    /// [`Command::Transaction`] without watched keys, so they run in arrival order in one log
+    /// entry (or after one read-index round when none writes) for one round trip. Redis runs a
+    /// pipeline in order; here the order holds within a group, and across groups the commands
+    /// are concurrent requests, each linearizable on its own (as a pipeline spanning the nodes
+    /// of a Redis Cluster is). The commands of a group that could not serve them (nothing was
+    /// done) run again one at a time the usual way, which follows routing changes; any other
+    /// failure of a group's entry is every one of its commands' answer.
+    pub async fn execute_pipeline(
+        &mut self,
+        commands: &[Command],
+    ) -> Vec<Result<Reply, ClientError>> {
+        let table = self.routing.current();
+        let mut by_group: BTreeMap<GroupId, Vec<usize>> = BTreeMap::new();
+        let mut one_by_one = Vec::new();
+        for (index, command) in commands.iter().enumerate() {
+            match single_group(&table, command) {
+                Some(group) => by_group.entry(group).or_default().push(index),
+                None => one_by_one.push(index),
+            }
+        }
+        let mut lanes = Vec::with_capacity(by_group.len());
+        for (group, indices) in by_group {
+            if self.client(group).is_err() {
+                one_by_one.extend(indices);
+                continue;
+            }
+            let (epoch, client) = self.groups.remove(&group).expect("client() keeps it");
+            let command = match indices.as_slice() {
+                [only] => commands[*only].clone(),
+                _ => Command::Transaction {
+                    commands: indices.iter().map(|&i| commands[i].clone()).collect(),
+                    watched: Vec::new(),
+                },
+            };
+            lanes.push((group, epoch, client, indices, command));
+        }
+        let outcomes = futures::future::join_all(lanes.into_iter().map(
+            |(group, epoch, mut client, indices, command)| async move {
+                let result = client.execute(command).await;
+                (group, epoch, client, indices, result)
+            },
+        ))
+        .await;
+        let mut results: Vec<Option<Result<Reply, ClientError>>> = vec![None; commands.len()];
+        for (group, epoch, client, indices, result) in outcomes {
+            if let Some(leader) = client.leader_hint() {
+                self.routing.hint_leader(group, leader);
+            }
+            self.groups.insert(group, (epoch, client));
+            match (result, indices.as_slice()) {
+                (Err(ClientError::Unavailable { .. }), _) => one_by_one.extend(indices),
+                (result, [only]) => results[*only] = Some(result),
+                (Ok(Reply::Array(mut replies)), _) if replies.len() == indices.len() => {
+                    if self.config.bugs.is_planted(Bug::PipelineReplyOrder) {
+                        replies.reverse();
+                    }
+                    for (index, reply) in indices.into_iter().zip(replies) {
+                        results[index] = Some(Ok(reply));
+                    }
+                }
+                (result, _) => {
+                    for index in indices {
+                        results[index] = Some(result.clone());
+                    }
+                }
+            }
+        }
+        one_by_one.sort_unstable();
+        for index in one_by_one {
+            results[index] = Some(self.execute(commands[index].clone()).await);
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every command of the pipeline is answered"))
+            .collect()
+    }
+
     async fn sum_over_groups(
         &mut self,
         table: &RoutingTable,
@@ -267,6 +349,17 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
 
 /// Redis Cluster's error for a command whose keys cannot be served together.
 pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// The slot group holding every key of `command`; `None` for a command without keys, with
+/// keys in several groups, or with a key `table` maps to no group.
+pub fn single_group(table: &RoutingTable, command: &Command) -> Option<GroupId> {
+    let keys = command.keys();
+    let group = table.group_of_key(keys.first()?)?;
+    keys[1..]
+        .iter()
+        .all(|key| table.group_of_key(key) == Some(group))
+        .then_some(group)
+}
 
 fn group_of(table: &RoutingTable, key: &[u8]) -> Result<GroupId, ClientError> {
     // A checked table maps every slot; an unmapped one is a routing bug, reported, not a panic.

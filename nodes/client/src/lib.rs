@@ -13,6 +13,6 @@ pub mod cluster;
 pub mod group;
 pub mod routing;
 
-pub use cluster::ClusterClient;
+pub use cluster::{ClusterClient, single_group};
 pub use group::{Client, ClientConfig, ClientError};
 pub use routing::{Fetched, RoutingFetchError, SharedRouting, fetch_routing, fetch_routing_answer};

@@ -41,7 +41,7 @@ use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::{self, Frame, Limits, Protocol, RequestParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting};
+use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting, single_group};
 
 mod blocking;
 pub mod info;
@@ -58,6 +58,12 @@ pub const REDIS_VERSION: &str = "7.0.15";
 /// so a long pipeline of large replies is not held whole in memory (a pipeline of small replies
 /// still goes out in few writes).
 pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Most pipelined commands answered together ([`Proxy::run_pipeline`]). It bounds what one
+/// connection holds besides its buffers: the replies of one run, which arrive together (64
+/// large values at most), before they are written out `OUTPUT_FLUSH_BYTES` at a time. 64
+/// already takes a pipeline of small commands to a few round trips per thousand.
+pub const PIPELINE_RUN_MAX: usize = 64;
 
 /// Buffer capacity a connection keeps between requests; a larger buffer (left by a large
 /// request or reply) is given back, so idle connections cost little memory.
@@ -769,6 +775,34 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         if args.is_empty() {
                             continue;
                         }
+                        if let Some(command) = self.pipelinable(&mut session, &args) {
+                            // A pipeline: the requests right behind it that may join it run
+                            // with it (`run_pipeline`); the first that may not is parsed again
+                            // below and runs alone.
+                            let mut run = vec![(args, command)];
+                            while run.len() < PIPELINE_RUN_MAX {
+                                let Ok(Some((next, used))) = parser.parse(&input, limits) else {
+                                    break;
+                                };
+                                let Some(command) = self.pipelinable(&mut session, &next) else {
+                                    break;
+                                };
+                                input.advance(used);
+                                run.push((next, command));
+                            }
+                            held.set(input.len() + output.len());
+                            // Written out every `OUTPUT_FLUSH_BYTES` as for single commands,
+                            // so a client that does not read its replies stalls the run here.
+                            for reply in self.run_pipeline(&mut session, run).await {
+                                self.push_reply(&reply, session.protocol, &mut output)?;
+                                held.set(input.len() + output.len());
+                                if output.len() >= OUTPUT_FLUSH_BYTES {
+                                    self.write_out(stream, &mut output, &mut held, input.len())
+                                        .await?;
+                                }
+                            }
+                            continue;
+                        }
                         let blocks =
                             session.transaction.is_none() && Command::is_blocking_name(&args[0]);
                         let reply = if blocks {
@@ -789,17 +823,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         } else {
                             self.dispatch(&mut session, args).await
                         };
-                        let before = output.len();
-                        resp::encode_frame(&reply, session.protocol, &mut output);
+                        self.push_reply(&reply, session.protocol, &mut output)?;
                         drop(reply);
-                        if output.len() > self.config.output_buffer_max {
-                            bump(&self.counters.output_limit_closed);
-                            return Err(ConnectionError::OutputLimit {
-                                reply: output.len() - before,
-                                held: output.len(),
-                                max: self.config.output_buffer_max,
-                            });
-                        }
                         held.set(input.len() + output.len());
                         if session.quit {
                             return self.write_out(stream, &mut output, &mut held, 0).await;
@@ -895,6 +920,105 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         }
     }
 
+    /// Encodes `reply` after the pending ones; an error when that takes the connection's
+    /// pending replies past `output_buffer_max`.
+    fn push_reply(
+        &self,
+        reply: &Frame,
+        protocol: Protocol,
+        output: &mut Vec<u8>,
+    ) -> Result<(), ConnectionError> {
+        let before = output.len();
+        resp::encode_frame(reply, protocol, output);
+        if output.len() > self.config.output_buffer_max {
+            bump(&self.counters.output_limit_closed);
+            return Err(ConnectionError::OutputLimit {
+                reply: output.len() - before,
+                held: output.len(),
+                max: self.config.output_buffer_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The data command `args` names, parsed and seeded, if it may run in a pipeline run
+    /// ([`Proxy::run_pipeline`]): a keyed command with every key in one slot group, on an
+    /// authenticated connection outside `MULTI`, neither blocking nor waking a blocked client
+    /// (those need the proxy's own steps). Anything else runs alone, in its turn.
+    fn pipelinable(&self, session: &mut Session<N, C>, args: &[Bytes]) -> Option<Command> {
+        if !session.authenticated || session.transaction.is_some() {
+            return None;
+        }
+        let name = lower(args.first()?);
+        if is_proxy_command(&name)
+            || matches!(
+                name.as_str(),
+                "quit" | "multi" | "exec" | "discard" | "watch" | "unwatch"
+            )
+            || Command::is_blocking_name(&args[0])
+        {
+            return None;
+        }
+        let mut command = Command::parse(args).ok()?;
+        if command.scope() != Scope::Keys
+            || single_group(&session.client.routing().current(), &command).is_none()
+            || !self.waiters.woken_by(&command).is_empty()
+        {
+            return None;
+        }
+        command.reseed(session.next_seed(self.clock.now()));
+        Some(command)
+    }
+
+    /// Answers a run of pipelined commands ([`Proxy::pipelinable`]), in order: one alone as
+    /// any command, several through [`ClusterClient::execute_pipeline`] (the commands of
+    /// each slot group in one request, the groups concurrently).
+    async fn run_pipeline(
+        &self,
+        session: &mut Session<N, C>,
+        run: Vec<(Vec<Bytes>, Command)>,
+    ) -> Vec<Frame> {
+        let started = self.clock.now();
+        let (names, commands): (Vec<String>, Vec<Command>) = run
+            .into_iter()
+            .map(|(args, command)| (lower(&args[0]), command))
+            .unzip();
+        let results = match commands.as_slice() {
+            [only] => vec![session.client.execute(only.clone()).await],
+            _ => session.client.execute_pipeline(&commands).await,
+        };
+        names
+            .into_iter()
+            .zip(results)
+            .map(|(name, result)| {
+                let frame = self.keyed_reply(&name, session.protocol, result);
+                self.count(name, started, &frame);
+                frame
+            })
+            .collect()
+    }
+
+    /// A keyed command's answer as the client sees it.
+    fn keyed_reply(
+        &self,
+        name: &str,
+        protocol: Protocol,
+        result: Result<Reply, ClientError>,
+    ) -> Frame {
+        match result {
+            Ok(Reply::Array(items)) if name == "hgetall" && protocol == Protocol::Resp3 => {
+                let mut pairs = Vec::with_capacity(items.len() / 2);
+                let mut items = items.iter();
+                while let (Some(field), Some(value)) = (items.next(), items.next()) {
+                    pairs.push((Frame::from(field), Frame::from(value)));
+                }
+                Frame::Map(pairs)
+            }
+            Ok(reply) => Frame::from(&reply),
+            Err(e) => client_error(e, &self.config.bugs),
+        }
+    }
+
     /// Writes the pending replies, giving up when a write makes no progress for
     /// `output_stall_timeout` (a client that does not read). `input_len` is what the
     /// connection still holds besides, for [`ProxyStats::buffered_bytes`].
@@ -939,8 +1063,14 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let started = self.clock.now();
         let name = lower(&args[0]);
         let frame = self.answer(session, args).await;
+        self.count(name, started, &frame);
+        frame
+    }
+
+    /// Counts one answered command for `INFO` (`commandstats`), timed from `started`.
+    fn count(&self, name: String, started: Duration, frame: &Frame) {
         bump(&self.counters.total_commands);
-        let refused = match &frame {
+        let refused = match frame {
             Frame::Error(text) => Some(
                 text.starts_with("ERR wrong number")
                     || text.starts_with("ERR syntax")
@@ -949,7 +1079,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             _ => None,
         };
         let unknown =
-            matches!(&frame, Frame::Error(text) if text.starts_with("ERR unknown command"));
+            matches!(frame, Frame::Error(text) if text.starts_with("ERR unknown command"));
         if !unknown {
             let mut counts = self.command_counts.lock().expect("command counts lock");
             // Known names only, and a cap besides: the map is bounded whatever clients send.
@@ -964,7 +1094,6 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 }
             }
         }
-        frame
     }
 
     async fn answer(&self, session: &mut Session<N, C>, args: Vec<Bytes>) -> Frame {
@@ -1338,20 +1467,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 if reply.is_ok() && !woken.is_empty() {
                     self.serve_waiters(session, woken).await;
                 }
-                match reply {
-                    Ok(Reply::Array(items))
-                        if name == "hgetall" && session.protocol == Protocol::Resp3 =>
-                    {
-                        let mut pairs = Vec::with_capacity(items.len() / 2);
-                        let mut items = items.iter();
-                        while let (Some(field), Some(value)) = (items.next(), items.next()) {
-                            pairs.push((Frame::from(field), Frame::from(value)));
-                        }
-                        Frame::Map(pairs)
-                    }
-                    Ok(reply) => Frame::from(&reply),
-                    Err(e) => client_error(e, &self.config.bugs),
-                }
+                self.keyed_reply(name, session.protocol, reply)
             }
             Scope::Group => match (self.fan_out(session, command.clone()).await, &command) {
                 (Err(e), _) => client_error(e, &self.config.bugs),

@@ -93,11 +93,11 @@ impl FjallDisk {
                 Ok(())
             };
         }
-        let mut fjall_batch = self
-            .inner
-            .db
-            .batch()
-            .durability(sync.then_some(PersistMode::SyncAll));
+        // Written unsynced, then synced with `persist`: fjall syncs a batch's durability under
+        // its journal lock, which would stall every other writer (the async workers' unsynced
+        // appends and applies) for the whole fsync; our patched `persist` syncs outside it
+        // (vendor/fjall/PATCHES.md).
+        let mut fjall_batch = self.inner.db.batch();
         for op in batch.ops {
             match op {
                 WriteOp::Put { space, key, value } => {
@@ -106,7 +106,11 @@ impl FjallDisk {
                 WriteOp::Delete { space, key } => fjall_batch.remove(self.space(space), key),
             }
         }
-        fjall_batch.commit().map_err(io)
+        fjall_batch.commit().map_err(io)?;
+        if sync {
+            self.inner.db.persist(PersistMode::SyncAll).map_err(io)?;
+        }
+        Ok(())
     }
 }
 

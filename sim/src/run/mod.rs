@@ -37,14 +37,14 @@ use crate::trace::Trace;
 use crate::workload::SharedHistory;
 
 pub use config::{CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SimConfig, center_id, proxy_id};
-pub(crate) use hosts::{NodeParts, current_leader, register_nodes};
+pub(crate) use hosts::{NodeParts, current_leader, register_nodes, register_proxies};
 pub use operator::{OPERATOR_ID, OperatorLog, PlannedMove, PlannedSteer, SteerAction};
 pub use report::{AppliedFault, Load, OpCounts, RunReport, check_determinism, check_seed};
 pub use verdict::{Digest, Linearizability, Violation};
 
 use checks::{Final, judge};
 use faults::Injector;
-use hosts::{register_checker, register_clients, register_proxies};
+use hosts::{register_checker, register_clients};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

@@ -101,3 +101,42 @@ fn a_forgotten_session_gets_an_unknown_outcome_and_never_a_second_apply() {
         "the client opened a new session and wrote"
     );
 }
+
+#[test]
+fn a_pipeline_across_groups_answers_as_its_commands_one_at_a_time() {
+    use larder_core::bugs::{Bug, Bugs};
+    use larder_sim::scenario::pipelined_burst;
+    for seed in [1, 2] {
+        let outcome = pipelined_burst(seed, Bugs::default()).expect("scenario ran");
+        assert_eq!(outcome.pipelined.len(), outcome.one_by_one.len());
+        assert!(
+            outcome.pipelined.len() > 100,
+            "the burst is a long pipeline"
+        );
+        for (index, (pipelined, alone)) in outcome
+            .pipelined
+            .iter()
+            .zip(&outcome.one_by_one)
+            .enumerate()
+        {
+            assert_eq!(
+                pipelined, alone,
+                "seed {seed}: reply {index} of the pipeline differs from the same command alone"
+            );
+        }
+        let again = pipelined_burst(seed, Bugs::default()).expect("scenario ran");
+        assert_eq!(
+            outcome.trace_hash, again.trace_hash,
+            "seed {seed}: scenario is not deterministic"
+        );
+    }
+    // The planted bug hands a group's replies back reversed: the comparison above must see it.
+    let mut bugs = Bugs::default();
+    if bugs.try_plant(Bug::PipelineReplyOrder).is_ok() {
+        let outcome = pipelined_burst(1, bugs).expect("scenario ran");
+        assert_ne!(
+            outcome.pipelined, outcome.one_by_one,
+            "pipeline-reply-order went unnoticed"
+        );
+    }
+}
