@@ -1,6 +1,14 @@
 //! `larder bench`: `redis-benchmark` against a local Larder cluster and, side by side in the same
 //! run, against `redis-server` on loopback (durable: `appendfsync always`, like Larder's synced
-//! log; and without persistence), printing requests per second and the ratios.
+//! log; and without persistence), printing requests per second, latency percentiles (p50, p99,
+//! p99.9) and the ratios, as a table or as JSON.
+//!
+//! A run is a product of cases: every client count × pipeline depth × value size of the
+//! command line, each for every test (`-t`). Two extra cases on request: `--mix`, a 90/10
+//! GET/SET mix (two `redis-benchmark` processes at once, the clients split 9 to 1, so the mix
+//! is by clients, not by requests), and `--slow-lane`, GETs while two clients read a
+//! 10,000-element list whole (`LRANGE 0 -1`) over and over: how much a slow command delays
+//! fast ones.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -10,27 +18,40 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use larder::local::{LocalCluster, LocalConfig};
+use serde::Serialize;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Requests per test (redis-benchmark -n).
     #[arg(long, default_value_t = 100_000)]
     pub requests: u64,
-    /// Parallel connections (redis-benchmark -c).
-    #[arg(long, default_value_t = 50)]
-    pub clients: u64,
-    /// Pipeline depth (redis-benchmark -P).
-    #[arg(long, default_value_t = 1)]
-    pub pipeline: u64,
+    /// Parallel connections (redis-benchmark -c); several, comma-separated, make more cases.
+    #[arg(long, value_delimiter = ',', default_value = "50")]
+    pub clients: Vec<u64>,
+    /// Pipeline depth (redis-benchmark -P); comma-separated for more cases.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub pipeline: Vec<u64>,
+    /// Value size in bytes (redis-benchmark -d); comma-separated for more cases.
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    pub data_size: Vec<u64>,
     /// Tests (redis-benchmark -t).
     #[arg(long, default_value = "set,get")]
     pub tests: String,
+    /// Also a 90/10 GET/SET mix at the first client count, pipeline depth and value size.
+    #[arg(long)]
+    pub mix: bool,
+    /// Also GETs with slow whole-list reads running beside them, and without.
+    #[arg(long)]
+    pub slow_lane: bool,
     /// Slot groups of the Larder cluster.
     #[arg(long, default_value_t = 64)]
     pub groups: u64,
     /// Skip the redis-server peer runs.
     #[arg(long)]
     pub no_peer: bool,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -38,21 +59,72 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// What one redis-benchmark run printed: requests per second by test, and any error lines.
+/// One test of one case on one server.
+#[derive(Debug, Clone, Serialize)]
 struct Measured {
-    rates: Vec<(String, f64)>,
+    /// The case: `-c 50 -P 1 -d 3`, `mix 90/10 …`, `slow lane busy …`.
+    case: String,
+    /// redis-benchmark's test name (`SET`, `GET`).
+    test: String,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+/// What one server answered over the whole run.
+#[derive(Debug, Default, Serialize)]
+struct ServerRun {
+    server: String,
+    results: Vec<Measured>,
+    /// Error lines redis-benchmark printed (refused or failed requests).
     errors: Vec<String>,
 }
 
-/// Runs redis-benchmark against `port`.
-fn redis_benchmark(args: &BenchArgs, port: u16) -> anyhow::Result<Measured> {
-    let output = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-t", &args.tests])
-        .args(["-n", &args.requests.to_string()])
-        .args(["-c", &args.clients.to_string()])
-        .args(["-P", &args.pipeline.to_string()])
-        .arg("-q")
+/// One redis-benchmark invocation's arguments beyond host and port.
+#[derive(Debug, Clone)]
+struct Load {
+    args: Vec<String>,
+}
+
+impl Load {
+    fn new(requests: u64, clients: u64, pipeline: u64, data_size: u64) -> Load {
+        Load {
+            args: vec![
+                "-n".into(),
+                requests.to_string(),
+                "-c".into(),
+                clients.to_string(),
+                "-P".into(),
+                pipeline.to_string(),
+                "-d".into(),
+                data_size.to_string(),
+                // Keys over a range, not one key: a real keyspace spreads over the slot groups.
+                "-r".into(),
+                "100000".into(),
+            ],
+        }
+    }
+
+    fn tests(mut self, tests: &str) -> Load {
+        self.args.extend(["-t".into(), tests.into()]);
+        self
+    }
+
+    fn command(port: u16, args: &[String]) -> Command {
+        let mut command = Command::new("redis-benchmark");
+        command
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+}
+
+/// Runs redis-benchmark to the end and reads what it printed.
+fn run_benchmark(port: u16, load: &Load, case: &str, run: &mut ServerRun) -> anyhow::Result<()> {
+    let output = Load::command(port, &load.args)
         .output()
         .context("running redis-benchmark (apt-get install redis-tools)")?;
     let text = format!(
@@ -60,29 +132,173 @@ fn redis_benchmark(args: &BenchArgs, port: u16) -> anyhow::Result<Measured> {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let mut results = Vec::new();
-    let mut errors = Vec::new();
-    for line in text.split(['\r', '\n']) {
-        let line = line.trim();
-        let rate = line.split_once(": ").and_then(|(test, rest)| {
-            let (rps, _) = rest.split_once(" requests per second")?;
-            Some((test.to_string(), rps.trim().parse::<f64>().ok()?))
-        });
-        if let Some(rate) = rate {
-            results.push(rate);
-            continue;
-        }
-        if line.contains("ERR") || line.contains("Error") {
-            errors.push(line.to_string());
-        }
-    }
     if !output.status.success() {
         bail!("redis-benchmark failed: {}", text.trim());
     }
-    Ok(Measured {
-        rates: results,
-        errors,
-    })
+    let (results, errors) = parse_report(&text, case);
+    run.results.extend(results);
+    run.errors.extend(errors);
+    Ok(())
+}
+
+/// Reads redis-benchmark's full report (not `-q`): per test, the throughput summary, p50 and
+/// p99 from the latency summary, and p99.9 from the percentile distribution (the first
+/// percentile at or above 99.9 %).
+fn parse_report(text: &str, case: &str) -> (Vec<Measured>, Vec<String>) {
+    let mut results: Vec<Measured> = Vec::new();
+    let mut errors = Vec::new();
+    let mut lines = text.split(['\r', '\n']).map(str::trim).peekable();
+    while let Some(line) = lines.next() {
+        if let Some(test) = line
+            .strip_prefix("======")
+            .and_then(|rest| rest.strip_suffix("======"))
+        {
+            results.push(Measured {
+                case: case.to_string(),
+                test: test.trim().to_string(),
+                rps: 0.0,
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                p999_ms: 0.0,
+            });
+            continue;
+        }
+        let Some(current) = results.last_mut() else {
+            if line.contains("ERR") || line.contains("Error") {
+                errors.push(line.to_string());
+            }
+            continue;
+        };
+        if let Some((percent, rest)) = line.split_once("% <= ") {
+            let at = percent.parse::<f64>().unwrap_or(0.0);
+            let millis = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+            if at >= 99.9
+                && current.p999_ms == 0.0
+                && let Some(millis) = millis
+            {
+                current.p999_ms = millis;
+            }
+        } else if let Some(rest) = line.strip_prefix("throughput summary:") {
+            current.rps = rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+        } else if line.starts_with("avg") && line.contains("p50") {
+            // The next line holds avg, min, p50, p95, p99, max.
+            if let Some(values) = lines.next() {
+                let values: Vec<f64> = values
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                if let [_, _, p50, _, p99, _] = values.as_slice() {
+                    current.p50_ms = *p50;
+                    current.p99_ms = *p99;
+                }
+            }
+        } else if line.contains("ERR") || line.contains("Error") {
+            errors.push(line.to_string());
+        }
+    }
+    // Lines before the first test and the interim progress lines carry no result.
+    results.retain(|result| result.rps > 0.0);
+    (results, errors)
+}
+
+/// A 90/10 GET/SET mix: two redis-benchmark processes at once, the clients split 9 to 1.
+fn run_mix(port: u16, args: &BenchArgs, run: &mut ServerRun) -> anyhow::Result<()> {
+    let (clients, pipeline, size) = (args.clients[0], args.pipeline[0], args.data_size[0]);
+    let set_clients = (clients / 10).max(1);
+    let get_clients = clients.saturating_sub(set_clients).max(1);
+    let case =
+        format!("mix 90/10 by clients: -c {get_clients}+{set_clients} -P {pipeline} -d {size}");
+    let share = |part: u64| args.requests * part / clients.max(1);
+    let gets = Load::new(share(get_clients).max(1), get_clients, pipeline, size).tests("get");
+    let sets = Load::new(share(set_clients).max(1), set_clients, pipeline, size).tests("set");
+    let spawn = |load: &Load| {
+        Load::command(port, &load.args)
+            .spawn()
+            .context("running redis-benchmark (apt-get install redis-tools)")
+    };
+    let (get_child, set_child) = (spawn(&gets)?, spawn(&sets)?);
+    for child in [get_child, set_child] {
+        let output = child
+            .wait_with_output()
+            .context("waiting for redis-benchmark")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let (results, errors) = parse_report(&text, &case);
+        run.results.extend(results);
+        run.errors.extend(errors);
+    }
+    Ok(())
+}
+
+/// GETs alone, then GETs with two clients reading a 10,000-element list whole beside them.
+fn run_slow_lane(port: u16, args: &BenchArgs, run: &mut ServerRun) -> anyhow::Result<()> {
+    let (clients, pipeline, size) = (args.clients[0], args.pipeline[0], args.data_size[0]);
+    let fill = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-n", "10000", "-c", "1", "-P", "100"])
+        .args(["rpush", "bench:slow-lane", "element-of-the-slow-lane-list"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("filling the slow lane's list")?;
+    if !fill.success() {
+        bail!("filling the slow lane's list failed");
+    }
+    let gets = Load::new(args.requests, clients, pipeline, size).tests("get");
+    let idle = format!("slow lane idle: GET -c {clients} -P {pipeline} -d {size}");
+    run_benchmark(port, &gets, &idle, run)?;
+    let mut slow = Load::command(
+        port,
+        &[
+            "-n".into(),
+            "100000000".into(),
+            "-c".into(),
+            "2".into(),
+            "lrange".into(),
+            "bench:slow-lane".into(),
+            "0".into(),
+            "-1".into(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .context("running redis-benchmark for the slow lane")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = format!(
+        "slow lane busy (2 clients LRANGE 0 -1 of 10k): GET -c {clients} -P {pipeline} -d {size}"
+    );
+    let result = run_benchmark(port, &gets, &busy, run);
+    let _ = slow.kill();
+    let _ = slow.wait();
+    result
+}
+
+/// Every case of `args` against the server on `port`.
+fn run_all(server: &str, port: u16, args: &BenchArgs) -> anyhow::Result<ServerRun> {
+    let mut run = ServerRun {
+        server: server.to_string(),
+        ..ServerRun::default()
+    };
+    for &clients in &args.clients {
+        for &pipeline in &args.pipeline {
+            for &size in &args.data_size {
+                let case = format!("-c {clients} -P {pipeline} -d {size}");
+                let load = Load::new(args.requests, clients, pipeline, size).tests(&args.tests);
+                run_benchmark(port, &load, &case, &mut run)?;
+            }
+        }
+    }
+    if args.mix {
+        run_mix(port, args, &mut run)?;
+    }
+    if args.slow_lane {
+        run_slow_lane(port, args, &mut run)?;
+    }
+    Ok(run)
 }
 
 struct Peer {
@@ -132,6 +348,9 @@ fn start_redis(dir: &Path, durable: bool) -> anyhow::Result<Peer> {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
+    if args.clients.is_empty() || args.pipeline.is_empty() || args.data_size.is_empty() {
+        bail!("--clients, --pipeline and --data-size each need at least one value");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -149,49 +368,149 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     let port = cluster.proxy_address.port();
     // Let every group elect a leader before measuring.
     std::thread::sleep(Duration::from_secs(2));
-    println!(
-        "redis-benchmark -t {} -n {} -c {} -P {}; Larder: 3 nodes, {} slot groups, 1 proxy, one process",
-        args.tests, args.requests, args.clients, args.pipeline, args.groups
-    );
-    let Measured {
-        rates: larder,
-        errors: larder_errors,
-    } = redis_benchmark(&args, port)?;
+    if !args.json {
+        println!(
+            "redis-benchmark -t {} -n {} -r 100000; Larder: 3 nodes, {} slot groups, 1 proxy, one process",
+            args.tests, args.requests, args.groups
+        );
+    }
+    let larder = run_all("larder", port, &args);
     runtime.block_on(cluster.stop());
     drop(runtime);
+    let larder = larder?;
 
-    let mut peers: Vec<(&str, Vec<(String, f64)>)> = Vec::new();
+    let mut peers: Vec<ServerRun> = Vec::new();
     if !args.no_peer {
         let dir = tempfile::tempdir().context("temporary directory for redis-server")?;
         for (name, durable) in [("redis always", true), ("redis no-persist", false)] {
             let peer = start_redis(dir.path(), durable)?;
-            peers.push((name, redis_benchmark(&args, peer.port)?.rates));
+            peers.push(run_all(name, peer.port, &args)?);
         }
     }
 
-    print!("{:<8} {:>12}", "test", "larder rps");
-    for (name, _) in &peers {
-        print!(" {:>18} {:>8}", format!("{name} rps"), "ratio");
+    let clean = larder.errors.is_empty();
+    if args.json {
+        let mut runs = vec![larder];
+        runs.extend(peers);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&runs).context("encoding the results")?
+        );
+        return Ok(clean);
     }
-    println!();
-    for (test, rps) in &larder {
-        print!("{test:<8} {rps:>12.0}");
-        for (_, results) in &peers {
-            match results.iter().find(|(t, _)| t == test) {
-                Some((_, peer)) => print!(" {peer:>18.0} {:>8.2}", rps / peer),
-                None => print!(" {:>18} {:>8}", "-", "-"),
+    print_table(&larder, &peers);
+    if clean {
+        println!("errors: none");
+    } else {
+        println!("errors from Larder ({}):", larder.errors.len());
+        for line in larder.errors.iter().take(10) {
+            println!("  {line}");
+        }
+    }
+    Ok(clean)
+}
+
+fn print_table(larder: &ServerRun, peers: &[ServerRun]) {
+    let mut case = None;
+    for result in &larder.results {
+        if case != Some(&result.case) {
+            case = Some(&result.case);
+            println!();
+            println!("{}", result.case);
+            print!(
+                "  {:<6} {:>10} {:>8} {:>8} {:>8}",
+                "test", "larder rps", "p50 ms", "p99 ms", "p999 ms"
+            );
+            for peer in peers {
+                print!(
+                    " | {:>17} {:>6} {:>8} {:>8}",
+                    peer.server, "ratio", "p50 ms", "p99 ms"
+                );
+            }
+            println!();
+        }
+        print!(
+            "  {:<6} {:>10.0} {:>8.3} {:>8.3} {:>8.3}",
+            result.test, result.rps, result.p50_ms, result.p99_ms, result.p999_ms
+        );
+        for peer in peers {
+            match peer
+                .results
+                .iter()
+                .find(|r| r.case == result.case && r.test == result.test)
+            {
+                Some(theirs) => print!(
+                    " | {:>17.0} {:>6.2} {:>8.3} {:>8.3}",
+                    theirs.rps,
+                    result.rps / theirs.rps,
+                    theirs.p50_ms,
+                    theirs.p99_ms
+                ),
+                None => print!(" | {:>17} {:>6} {:>8} {:>8}", "-", "-", "-", "-"),
             }
         }
         println!();
     }
-    if larder_errors.is_empty() {
-        println!("errors: none");
-        Ok(true)
-    } else {
-        println!("errors from Larder ({}):", larder_errors.len());
-        for line in larder_errors.iter().take(10) {
-            println!("  {line}");
-        }
-        Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What redis-benchmark 7.0 prints for one test (trimmed), with the progress lines it
+    /// overwrites in place.
+    const REPORT: &str = "SET: rps=0.0 (overall: nan) avg_msec=nan (overall: nan)\r\
+====== SET ======
+  2000 requests completed in 0.11 seconds
+  5 parallel clients
+
+Latency by percentile distribution:
+0.000% <= 0.031 milliseconds (cumulative count 4)
+50.000% <= 0.103 milliseconds (cumulative count 1096)
+99.805% <= 5.975 milliseconds (cumulative count 1997)
+99.902% <= 6.015 milliseconds (cumulative count 1999)
+99.951% <= 6.039 milliseconds (cumulative count 2000)
+100.000% <= 6.039 milliseconds (cumulative count 2000)
+
+Cumulative distribution of latencies:
+54.800% <= 0.103 milliseconds (cumulative count 1096)
+100.000% <= 6.103 milliseconds (cumulative count 2000)
+
+Summary:
+  throughput summary: 18018.02 requests per second
+  latency summary (msec):
+          avg       min       p50       p95       p99       max
+        0.223     0.024     0.103     0.247     3.639     6.039
+====== GET ======
+Summary:
+  throughput summary: 20000.00 requests per second
+  latency summary (msec):
+          avg       min       p50       p95       p99       max
+        0.200     0.024     0.100     0.247     0.500     6.039
+";
+
+    #[test]
+    fn the_report_gives_rate_and_percentiles_per_test() {
+        let (results, errors) = parse_report(REPORT, "case");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(results.len(), 2, "{results:?}");
+        let set = &results[0];
+        assert_eq!(set.test, "SET");
+        assert_eq!(set.rps, 18018.02);
+        assert_eq!((set.p50_ms, set.p99_ms, set.p999_ms), (0.103, 3.639, 6.015));
+        // The cumulative distribution's lines (also "N% <= …") do not overwrite p99.9.
+        let get = &results[1];
+        assert_eq!((get.test.as_str(), get.rps), ("GET", 20000.0));
+        assert_eq!((get.p50_ms, get.p99_ms), (0.1, 0.5));
+    }
+
+    #[test]
+    fn error_lines_are_kept() {
+        let text = format!("{REPORT}\nError from server: ERR unknown command\n");
+        let (_, errors) = parse_report(&text, "case");
+        assert_eq!(
+            errors,
+            vec!["Error from server: ERR unknown command".to_string()]
+        );
     }
 }

@@ -145,6 +145,11 @@ struct SimArgs {
     /// Swarm fault plans: each seed picks its own mix and rates of faults.
     #[arg(long)]
     swarm: bool,
+    /// With --cluster: processes of the history per client connection to a proxy. Above 1,
+    /// each client host's processes share one connection and pipeline their requests (the
+    /// proxy runs them together), as a multiplexing client library does.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pipelined: u64,
     /// Write each seed's HTML report, JSON summary and history.jsonl here, and an index page.
     #[arg(long)]
     report_dir: Option<std::path::PathBuf>,
@@ -225,6 +230,9 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if args.swarm {
         command.push_str(" --swarm");
     }
+    if args.pipelined > 1 {
+        command.push_str(&format!(" --pipelined {}", args.pipelined));
+    }
     if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
         command.push_str(&format!(" --tick-ms {}", args.tick_ms));
     }
@@ -263,6 +271,7 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     };
     config.faults = !args.no_faults;
     config.swarm = args.swarm;
+    config.pipelined = args.pipelined;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
     config.rate = args.rate;
     config.clients = match (args.clients, args.rate) {

@@ -187,6 +187,129 @@ impl Executor for RespClient {
     }
 }
 
+/// A request waiting for a [`SharedResp`] connection: its commands' bytes, how many replies
+/// it expects, and where they go.
+type Queued = (
+    Vec<u8>,
+    usize,
+    tokio::sync::oneshot::Sender<std::io::Result<Vec<Frame>>>,
+);
+
+/// One RESP connection to a proxy shared by several processes of the history, as a
+/// multiplexing client library shares one (redis-rs's `MultiplexedConnection`, Lettuce): the
+/// requests of every process waiting when the connection is free go out in one write, a
+/// pipeline, and the replies come back in order. So the proxy runs pipelines of several
+/// processes' commands under faults, with every reply checked by its process's model.
+#[derive(Clone)]
+pub struct SharedResp {
+    queue: tokio::sync::mpsc::UnboundedSender<Queued>,
+}
+
+impl SharedResp {
+    /// Starts the connection's task on the current host.
+    pub fn start(proxy: NodeId) -> SharedResp {
+        let (queue, waiting) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(shared_connection(crate::net::host_name(proxy), waiting));
+        SharedResp { queue }
+    }
+}
+
+/// Sends each round of waiting requests as one pipeline and hands out the replies. A failure
+/// or 10 s without the round's replies closes the connection (the next round reconnects) and
+/// fails every request of the round still unanswered.
+async fn shared_connection(
+    proxy: String,
+    mut waiting: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+) {
+    let mut stream: Option<turmoil::net::TcpStream> = None;
+    let mut buffer = Vec::new();
+    let mut round = Vec::new();
+    while waiting.recv_many(&mut round, usize::MAX).await > 0 {
+        let mut pending: std::collections::VecDeque<Queued> = round.drain(..).collect();
+        let result = tokio::time::timeout(Duration::from_secs(10), async {
+            if stream.is_none() {
+                stream =
+                    Some(turmoil::net::TcpStream::connect((proxy.as_str(), PROXY_PORT)).await?);
+                buffer.clear();
+            }
+            let connection = stream.as_mut().expect("connected above");
+            let bytes: Vec<u8> = pending
+                .iter()
+                .flat_map(|(bytes, _, _)| bytes.iter().copied())
+                .collect();
+            tokio::io::AsyncWriteExt::write_all(connection, &bytes).await?;
+            while let Some((_, expected, _)) = pending.front() {
+                let mut frames = Vec::with_capacity(*expected);
+                for _ in 0..*expected {
+                    frames.push(larder_proxy::round_trip(connection, &mut buffer, &[]).await?);
+                }
+                let (_, _, reply) = pending.pop_front().expect("front above");
+                let _ = reply.send(Ok(frames));
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        let failure = match result {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => format!("connection to {proxy}: {error}"),
+            Err(_) => format!("no reply from {proxy} in 10 s"),
+        };
+        stream = None;
+        for (_, _, reply) in pending.drain(..) {
+            let _ = reply.send(Err(std::io::Error::other(failure.clone())));
+        }
+    }
+}
+
+/// A process of the history whose requests travel over a [`SharedResp`] connection.
+pub struct PipelinedClient {
+    connection: SharedResp,
+}
+
+impl PipelinedClient {
+    pub fn new(connection: SharedResp) -> Self {
+        PipelinedClient { connection }
+    }
+}
+
+impl Executor for PipelinedClient {
+    async fn execute(&mut self, request: &Request) -> Response {
+        let commands = request.resp_commands();
+        let mut bytes = Vec::new();
+        for command in &commands {
+            resp::encode_request(command, &mut bytes);
+        }
+        let (done, reply) = tokio::sync::oneshot::channel();
+        if self
+            .connection
+            .queue
+            .send((bytes, commands.len(), done))
+            .is_err()
+        {
+            return Response::Failed("the shared connection's task stopped".into());
+        }
+        let frames = match reply.await {
+            Ok(Ok(frames)) => frames,
+            Ok(Err(error)) => return request.lost(error.to_string()),
+            Err(_) => return request.lost("the shared connection's task stopped".into()),
+        };
+        let last = frames.len() - 1;
+        for (step, frame) in frames[..last].iter().enumerate() {
+            if request.resp_step(step, frame.clone()).is_some() {
+                // A transaction went out whole, EXEC included: what ran is unknown.
+                return request.lost(format!("transaction step {step} answered {frame:?}"));
+            }
+        }
+        Response::from_frame(frames[last].clone())
+    }
+}
+
+/// The history's process id of the `k`-th extra process (k ≥ 1) sharing client `id`'s
+/// connection ([`SharedResp`]); the first process is `id` itself.
+pub fn pipelined_process_id(id: NodeId, k: u64) -> NodeId {
+    10_000 + id * 16 + k
+}
+
 /// Simulated time, at the millisecond resolution the simulator's histories have always had.
 struct SimTimer;
 

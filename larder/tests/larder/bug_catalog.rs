@@ -35,11 +35,7 @@ use larder::child::{Outcome, run_child};
 /// fence, which busy simulated keys almost never are. `nodes/storage/tests/storage/one_real_node.rs`
 /// (`slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost`, key 4: deleted
 /// right after the copy) does catch it.
-/// `pipeline-reply-order`: the swarm's RESP clients send one request at a time, so no seed
-/// pipelines; the scripted scenario `larder_sim::scenario::pipelined_burst`
-/// (`sim/tests/sim/scripted.rs`) catches it. A pipelining workload client (several processes
-/// of the history sharing one connection) is the work that would bring it here.
-const UNCAUGHT_YET: &[&str] = &["migration-untracked-deletes", "pipeline-reply-order"];
+const UNCAUGHT_YET: &[&str] = &["migration-untracked-deletes"];
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its
 /// own fault mix), as CI sweeps them (`sim/tests/sim/cluster_sweep.rs`, `swarm_sweep.rs`).
@@ -52,6 +48,9 @@ enum Plans {
     /// (but not its clients) builds a long uncommitted tail. In the cluster, clients stall on
     /// the other groups first.
     SwarmOneGroup,
+    /// Swarm cluster plans with three processes per client connection pipelining their
+    /// requests through the proxies (`larder sim --pipelined 3`).
+    SwarmPipelined,
 }
 
 /// One cluster run of `seed` as a child process (`larder::child`, which also tells a crash
@@ -67,6 +66,9 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
     }
     if plans != Plans::Default {
         words.push("--swarm".into());
+    }
+    if plans == Plans::SwarmPipelined {
+        words.extend(["--pipelined".to_string(), "3".to_string()]);
     }
     if let Some(bug) = bug {
         words.extend(["--bug".to_string(), bug.to_string()]);
@@ -165,4 +167,7 @@ catalog! {
     // the head) on a list of several: 12/50, the same seeds (those that draw the family),
     // first 5.
     list_window_at_head: "list-window-at-head", 1..=50, Swarm;
+    // Swarm cluster seeds with three processes per proxy connection pipelining (`--pipelined
+    // 3`): a process handed another's reply fails its model at once. 6/6 (seeds 1..=6).
+    pipeline_reply_order: "pipeline-reply-order", 1..=10, SwarmPipelined;
 }

@@ -118,6 +118,11 @@ pub struct SimConfig {
     pub groups: u64,
     /// RESP proxies in front of the cluster. 0: clients use the client SDK directly.
     pub proxies: u64,
+    /// With proxies: processes of the history per client connection. 1: a connection per
+    /// process, one request at a time. More: the processes of a client host share one
+    /// connection and every request waiting when it is free goes out in one write, a pipeline
+    /// ([`crate::workload::SharedResp`]), so the proxy's pipelines run under faults.
+    pub pipelined: u64,
     /// Center replicas (ids from [`center_id`]). 0: a static routing table and groups formed
     /// by the harness. More: storage nodes start empty, the center places the groups, and
     /// proxies and the checker fetch routing from it; faults then target roles too.
@@ -174,6 +179,7 @@ impl SimConfig {
             tick: Duration::from_millis(Self::TICK_MS_DEFAULT),
             groups: 1,
             proxies: 0,
+            pipelined: 1,
             centers: 0,
             bugs: Bugs::default(),
             unknown_passes: None,

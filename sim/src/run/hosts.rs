@@ -26,8 +26,8 @@ use crate::net::{NetFaults, SimNet, SimTransport, host_name};
 use crate::points::PointTable;
 use crate::trace::{Trace, sim_now};
 use crate::workload::{
-    GROUP, PROXY_PORT, RespClient, SharedHistory, client_config, client_id, cluster_client,
-    group_client, run_client,
+    GROUP, PROXY_PORT, PipelinedClient, RespClient, SharedHistory, SharedResp, client_config,
+    client_id, cluster_client, group_client, pipelined_process_id, run_client,
 };
 use larder_transport::Transport;
 
@@ -368,10 +368,31 @@ pub(crate) fn register_clients(
         );
         let client_seed = derive_seed(seed, 500 + index as u64);
         let until = config.duration;
-        let (groups, proxies) = (config.groups, config.proxies);
+        let (groups, proxies, pipelined) = (config.groups, config.proxies, config.pipelined);
         let bugs = config.bugs.clone();
         sim.client(host_name(id), async move {
-            if proxies > 0 {
+            if proxies > 0 && pipelined > 1 {
+                // The host's processes share one connection (`SharedResp`): the first is the
+                // host's id, the others get ids and seeds of their own.
+                let connection = SharedResp::start(proxy_id(index as u64 % proxies));
+                let mut others = Vec::new();
+                for k in 1..pipelined {
+                    others.push(tokio::spawn(run_client(
+                        pipelined_process_id(id, k),
+                        PipelinedClient::new(connection.clone()),
+                        derive_seed(client_seed, k),
+                        until,
+                        workload.clone(),
+                        history.clone(),
+                        trace.clone(),
+                    )));
+                }
+                let client = PipelinedClient::new(connection);
+                run_client(id, client, client_seed, until, workload, history, trace).await;
+                for other in others {
+                    let _ = other.await;
+                }
+            } else if proxies > 0 {
                 let client = RespClient::new(proxy_id(index as u64 % proxies));
                 run_client(id, client, client_seed, until, workload, history, trace).await;
             } else if groups > 1 {

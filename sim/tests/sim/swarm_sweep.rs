@@ -50,3 +50,38 @@ seeds! {
     // deadline before writing the table, so clients could not reach the group after the heal.
     swarm_566 = 566,
 }
+
+/// Swarm seeds whose client hosts each run three processes over one shared, pipelining
+/// connection to a proxy (`larder sim --pipelined 3`): the proxy's pipeline runs (commands of
+/// several processes in one entry per group) under the seed's faults, every history
+/// linearizable, each seed run twice with identical trace hashes.
+fn check_pipelined_seed(seed: u64) {
+    let replay = format!(
+        "larder sim --seed {seed} --duration 15s --cluster --swarm --pipelined 3 --check-determinism"
+    );
+    let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
+    config.swarm = true;
+    config.pipelined = 3;
+    let report = larder_sim::check_seed(&config, &replay).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.linearizability.is_linearizable(),
+        "seed {seed}: {}\nreplay: {replay}",
+        report.linearizability
+    );
+}
+
+#[test]
+fn pipelined_01() {
+    check_pipelined_seed(1);
+}
+
+#[test]
+fn pipelined_05() {
+    // Seed 5 draws the collections family (lists, sets, sorted sets, MULTI/EXEC).
+    check_pipelined_seed(5);
+}
+
+#[test]
+fn pipelined_09() {
+    check_pipelined_seed(9);
+}
