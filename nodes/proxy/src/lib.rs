@@ -65,6 +65,10 @@ pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
 /// already takes a pipeline of small commands to a few round trips per thousand.
 pub const PIPELINE_RUN_MAX: usize = 64;
 
+/// Most request bytes in one pipeline run: a group's share travels as one message (bounded by
+/// `MESSAGE_BYTES_MAX`) and one log entry, so large values run alone, as they would unpipelined.
+pub const PIPELINE_RUN_BYTES_MAX: usize = 1 << 20;
+
 /// Buffer capacity a connection keeps between requests; a larger buffer (left by a large
 /// request or reply) is given back, so idle connections cost little memory.
 const READ_CAPACITY_KEPT: usize = 1 << 20;
@@ -779,11 +783,16 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                             // A pipeline: the requests right behind it that may join it run
                             // with it (`run_pipeline`); the first that may not is parsed again
                             // below and runs alone.
+                            let mut bytes = used;
                             let mut run = vec![(args, command)];
                             while run.len() < PIPELINE_RUN_MAX {
                                 let Ok(Some((next, used))) = parser.parse(&input, limits) else {
                                     break;
                                 };
+                                bytes += used;
+                                if bytes > PIPELINE_RUN_BYTES_MAX {
+                                    break;
+                                }
                                 let Some(command) = self.pipelinable(&mut session, &next) else {
                                     break;
                                 };
