@@ -9,33 +9,21 @@ use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Disk, FaultPoint, FaultPoints, Space, WriteBatch, vote_key};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use tokio::sync::mpsc;
 
 use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
 
 /// openraft's log storage for group `group` on `disk`.
 ///
-/// An append is written at once, unsynced, and `append` returns: the entries are readable, so
-/// the leader's replication streams send them to the followers while the sync runs. The
-/// group's flusher task ([`flusher`]) syncs and only then reports them flushed to openraft,
-/// which counts a replica towards the commit quorum only for flushed entries: so an
-/// acknowledged write is still durable on a quorum, and the leader's fsync and its followers'
-/// overlap instead of following each other (Raft thesis §10.2.1). A crash before the sync
-/// loses the entries, but only as a suffix of the disk's writes (the [`Disk`] contract), and
-/// nobody counted them.
-///
-/// openraft hands over every entry that queued up while the previous append was in flight, so
-/// concurrent client writes share one append; the flusher covers every append that queued up
-/// during its last sync with one sync, and the node's [`super::group_commit::GroupCommitDisk`]
-/// shares that sync with the other groups'.
+/// Appends are written with `sync: true` and reported flushed only after the sync returns: this
+/// is what makes an acknowledged write durable on a quorum. openraft hands over every entry that
+/// queued up while the previous append was syncing, so concurrent client writes share one
+/// append and one sync (group commit).
 #[derive(Clone)]
 pub struct DiskLogStore<D: Disk> {
     disk: D,
     group: GroupId,
     bugs: Bugs,
     points: FaultPoints,
-    /// Appends waiting for their sync, in order: the flusher reports them flushed in order.
-    flushes: mpsc::UnboundedSender<Flush>,
     /// The index the last purge in this process reached: the next one starts above it without
     /// a scan (`Disk::log_purge`). `None` after opening: the first purge scans from index 0,
     /// which also clears what a purge cut short by a crash left below the mark.
@@ -43,52 +31,13 @@ pub struct DiskLogStore<D: Disk> {
 }
 
 impl<D: Disk> DiskLogStore<D> {
-    /// Starts the group's flusher task on the current runtime; it ends when the last clone of
-    /// the store is dropped.
     pub fn new(disk: D, group: GroupId, bugs: Bugs, points: FaultPoints) -> Self {
-        let (flushes, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(disk.clone(), points.clone(), waiting));
         DiskLogStore {
             disk,
             group,
             bugs,
             points,
-            flushes,
             purged_through: None,
-        }
-    }
-}
-
-/// An append waiting to be reported flushed, and whether it needs a sync first (always, but
-/// for the planted bug [`Bug::UnsyncedLogAppend`]).
-struct Flush {
-    callback: IOFlushed<TypeConfig>,
-    sync: bool,
-}
-
-/// Syncs appended entries and reports them flushed, oldest first. Every append waiting when a
-/// sync starts is covered by it (a sync makes every earlier write durable).
-async fn flusher<D: Disk>(
-    disk: D,
-    points: FaultPoints,
-    mut waiting: mpsc::UnboundedReceiver<Flush>,
-) {
-    let mut round = Vec::new();
-    while waiting.recv_many(&mut round, usize::MAX).await > 0 {
-        let result = if round.iter().any(|flush| flush.sync) {
-            disk.write(WriteBatch::new(), true).await
-        } else {
-            Ok(())
-        };
-        if result.is_ok() {
-            points.hit(FaultPoint::LogAppended).await;
-        }
-        for Flush { callback, .. } in round.drain(..) {
-            callback.io_completed(
-                result
-                    .clone()
-                    .map_err(|error| io::Error::other(error.to_string())),
-            );
         }
     }
 }
@@ -194,19 +143,26 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
             .into_iter()
             .map(|entry| (entry.log_id.index(), encode(&entry)))
             .collect();
-        if let Err(error) = self.disk.log_append(self.group, rows, false).await {
-            let error = io::Error::from(error);
-            callback.io_completed(Err(io::Error::new(error.kind(), error.to_string())));
-            return Err(error);
-        }
-        // Planted bug: reported flushed without a sync.
-        let sync = !self.bugs.is_planted(Bug::UnsyncedLogAppend);
-        self.flushes.send(Flush { callback, sync }).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                format!("group {} log flusher stopped", self.group),
+        let result = self
+            .disk
+            .log_append(
+                self.group,
+                rows,
+                !self.bugs.is_planted(Bug::UnsyncedLogAppend),
             )
-        })
+            .await
+            .map_err(io::Error::from);
+        match result {
+            Ok(()) => {
+                self.points.hit(FaultPoint::LogAppended).await;
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.io_completed(Err(io::Error::new(error.kind(), error.to_string())));
+                Err(error)
+            }
+        }
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
