@@ -61,7 +61,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -271,13 +271,37 @@ impl Shared {
     }
 }
 
-/// A message queued for the writer, with the flag it sets once its last frame is flushed.
+/// A message queued for the writer, with the mark it sets once its last frame is flushed.
 struct Outgoing {
     from: NodeId,
     to: NodeId,
     request: u64,
     message: Bytes,
-    flushed: Option<Arc<AtomicBool>>,
+    flushed: Option<Arc<FlushMark>>,
+}
+
+/// When a call's request was flushed: 0 until then, after that the connection's
+/// `Shared::now_ms` at the flush plus one (so a flush at 0 ms still reads as flushed).
+#[derive(Default)]
+struct FlushMark(AtomicU64);
+
+fn timeout_ms(timeout: Duration) -> u64 {
+    timeout.as_millis() as u64
+}
+
+impl FlushMark {
+    fn set(&self, now_ms: u64) {
+        self.0.store(now_ms + 1, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != 0
+    }
+
+    /// The connection time of the flush, if it happened.
+    fn at_ms(&self) -> Option<u64> {
+        self.0.load(Ordering::Relaxed).checked_sub(1)
+    }
 }
 
 impl Outgoing {
@@ -440,8 +464,9 @@ async fn write_round<W: AsyncWrite + Unpin>(
     }
     stream.flush().await?;
     shared.written.fetch_add(frames, Ordering::Relaxed);
-    for flag in flushed {
-        flag.store(true, Ordering::Relaxed);
+    let now = shared.now_ms();
+    for mark in flushed {
+        mark.set(now);
     }
     Ok(())
 }
@@ -826,7 +851,7 @@ impl<T: Transport> StreamNet<T> {
         connection: &Arc<Connection>,
         id: u64,
         request: Bytes,
-        flushed: Arc<AtomicBool>,
+        flushed: Arc<FlushMark>,
     ) -> Result<Bytes, NetError> {
         let (sender, receiver) = oneshot::channel();
         {
@@ -885,7 +910,7 @@ impl<T: Transport> Net for StreamNet<T> {
                 reason: format!("no connection within {} ms", connect_timeout.as_millis()),
             })??;
         let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
-        let flushed = Arc::new(AtomicBool::new(false));
+        let flushed = Arc::new(FlushMark::default());
         let received = connection.shared.received.load(Ordering::Relaxed);
         let shared = connection.shared.clone();
         let exchange = self.exchange(to, &connection, id, request, flushed.clone());
@@ -895,25 +920,47 @@ impl<T: Transport> Net for StreamNet<T> {
         // (queued behind others, or a fragmented message still going out) or its response is
         // a fragmented message still coming in: a 512 MiB value takes seconds to cross, while
         // a dead peer moves nothing and is found as fast as with a small call. The peer's own
-        // time to handle the request is not extended: `timeout` is for that.
+        // time to handle the request is `timeout` counted from the request's flush, whenever
+        // within a period that came: a deadline that only checked "still sending, or already
+        // receiving?" when a period ended gave the peer just the rest of that period, so a
+        // 256 MiB echo failed whenever its peer's turn straddled a period's end (CI, stop 25).
         let mut moved = shared.frames_moved();
+        let mut period_started_ms = shared.now_ms();
+        let mut wait = timeout;
         loop {
-            match tokio::time::timeout(timeout, &mut exchange).await {
+            match tokio::time::timeout(wait, &mut exchange).await {
                 Ok(result) => return result,
                 Err(_) => {
-                    let now = shared.frames_moved();
-                    let transferring = !flushed.load(Ordering::Relaxed) || shared.reading(id);
-                    if transferring && now != moved && !shared.is_closed() {
-                        moved = now;
+                    if shared.is_closed() {
+                        break;
+                    }
+                    let now_moved = shared.frames_moved();
+                    let now_ms = shared.now_ms();
+                    let transferring = !flushed.is_set() || shared.reading(id);
+                    if transferring && now_moved != moved {
+                        moved = now_moved;
+                        period_started_ms = now_ms;
+                        wait = timeout;
                         continue;
                     }
-                    break;
+                    // Flushed during this period: the peer's turn began at the flush and
+                    // gets a whole `timeout` from there. A request flushed at once (any small
+                    // call) ends at its first deadline, as before.
+                    match flushed.at_ms() {
+                        Some(at) if at > period_started_ms && at + timeout_ms(timeout) > now_ms => {
+                            moved = now_moved;
+                            period_started_ms = now_ms;
+                            wait = Duration::from_millis(at + timeout_ms(timeout) - now_ms);
+                            continue;
+                        }
+                        _ => break,
+                    }
                 }
             }
         }
         // The request went out and the peer said nothing since, to anyone: presume the
         // connection dead (see the module doc) so the next call reconnects.
-        if flushed.load(Ordering::Relaxed)
+        if flushed.is_set()
             && shared.received.load(Ordering::Relaxed) == received
             && shared.silent_past_excuses()
         {
@@ -993,5 +1040,195 @@ mod tests {
         }
         // Fragment 0 of the large message, then the small one, then the 7 other fragments.
         assert_eq!(order, [1, 2, 1, 1, 1, 1, 1, 1, 1]);
+    }
+
+    /// A stream whose writes go through at `BYTES_PER_TICK` per `TICK` of tokio's (paused)
+    /// time: a link whose transfer time a test sets exactly.
+    struct Throttled {
+        inner: tokio::io::DuplexStream,
+        pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    }
+
+    const TICK: Duration = Duration::from_millis(5);
+    const BYTES_PER_TICK: usize = 64 << 10;
+
+    impl AsyncRead for Throttled {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Throttled {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            use std::task::Poll;
+            let pause = self
+                .pause
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(TICK)));
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let take = buf.len().min(BYTES_PER_TICK);
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[..take]) {
+                Poll::Ready(Ok(written)) => {
+                    self.pause = None;
+                    Poll::Ready(Ok(written))
+                }
+                other => other,
+            }
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    fn throttled(inner: tokio::io::DuplexStream) -> Throttled {
+        Throttled { inner, pause: None }
+    }
+
+    /// One listener, reached by connecting to any node: each connection is an in-memory pipe
+    /// throttled both ways.
+    #[derive(Clone)]
+    struct ThrottledTransport {
+        accepted: mpsc::Sender<Throttled>,
+        listener: Arc<Mutex<Option<ThrottledListener>>>,
+    }
+
+    struct ThrottledListener(mpsc::Receiver<Throttled>);
+
+    impl Listener for ThrottledListener {
+        type Stream = Throttled;
+
+        async fn accept(&mut self) -> std::io::Result<Throttled> {
+            self.0
+                .recv()
+                .await
+                .ok_or(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    impl ThrottledTransport {
+        fn new() -> Self {
+            let (accepted, receiver) = mpsc::channel(4);
+            ThrottledTransport {
+                accepted,
+                listener: Arc::new(Mutex::new(Some(ThrottledListener(receiver)))),
+            }
+        }
+    }
+
+    impl Transport for ThrottledTransport {
+        type Stream = Throttled;
+        type Listener = ThrottledListener;
+        type Address = ();
+
+        async fn connect(&self, _to: NodeId) -> std::io::Result<Throttled> {
+            let (near, far) = tokio::io::duplex(64 << 10);
+            self.accepted
+                .send(throttled(far))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
+            Ok(throttled(near))
+        }
+
+        async fn bind(&self, _address: ()) -> std::io::Result<ThrottledListener> {
+            self.listener
+                .lock()
+                .expect("listener lock")
+                .take()
+                .ok_or(std::io::ErrorKind::AddrInUse.into())
+        }
+    }
+
+    /// Echoes after `turn` of (paused) time.
+    #[derive(Clone)]
+    struct SlowEcho {
+        turn: Duration,
+    }
+
+    impl Handler for SlowEcho {
+        async fn handle(&self, _from: NodeId, request: Bytes) -> Bytes {
+            tokio::time::sleep(self.turn).await;
+            request
+        }
+    }
+
+    fn auth(seed: u64) -> ClusterAuth {
+        ClusterAuth::new(
+            crate::ClusterKey::from_secret(b"a secret long enough for a cluster key").expect("key"),
+            seed,
+        )
+    }
+
+    /// The peer's turn gets a whole `timeout` from the request's flush, however that falls
+    /// within a deadline period. Here 5 MiB cross each way in about 400 ms and the peer takes
+    /// 150 ms: the request is flushed about 100 ms into the second 300 ms period, the peer's
+    /// turn runs past that period's end, and nothing moves at the end. A deadline that gave
+    /// the peer only the rest of the period timed this call out (the CI failure of stop 25, at
+    /// a random point of a 256 MiB echo on loopback).
+    #[tokio::test(start_paused = true)]
+    async fn the_peers_turn_gets_a_whole_timeout_from_the_requests_flush() {
+        let transport = ThrottledTransport::new();
+        let listener = transport.bind(()).await.expect("bind");
+        let server = StreamNet::new(1, transport.clone(), auth(1));
+        let turn = Duration::from_millis(150);
+        tokio::spawn(async move { server.serve_on(listener, SlowEcho { turn }).await });
+        let caller = StreamNet::new(2, transport, auth(2));
+        caller
+            .call(1, Bytes::from_static(b"warm"), Duration::from_secs(1))
+            .await
+            .expect("connected");
+
+        let large = Bytes::from(vec![9u8; 5 * FRAGMENT_BYTES_MAX]);
+        let timeout = Duration::from_millis(300);
+        let started = tokio::time::Instant::now();
+        let echoed = caller
+            .call(1, large.clone(), timeout)
+            .await
+            .expect("the peer's turn fits in its timeout");
+        assert!(echoed == large);
+        let took = started.elapsed();
+        assert!(
+            took > 2 * timeout,
+            "the call spanned a deadline that passed during the peer's turn: {took:?}"
+        );
+
+        // A turn longer than the timeout still ends the call: the extension is for the
+        // transfer, not for a peer that takes too long.
+        let transport = ThrottledTransport::new();
+        let listener = transport.bind(()).await.expect("bind");
+        let server = StreamNet::new(1, transport.clone(), auth(3));
+        let turn = Duration::from_millis(700);
+        tokio::spawn(async move { server.serve_on(listener, SlowEcho { turn }).await });
+        let caller = StreamNet::new(2, transport, auth(4));
+        let started = tokio::time::Instant::now();
+        let outcome = caller.call(1, large, timeout).await;
+        assert!(
+            matches!(outcome, Err(NetError::Timeout { .. })),
+            "{outcome:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1300),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
