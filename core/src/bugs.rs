@@ -94,11 +94,15 @@ pub enum Bug {
     /// Pipelines (proxy): the replies of one slot group's share of a pipeline, run as one
     /// entry, are handed back in reverse order, so a client reads another command's answer.
     PipelineReplyOrder,
+    /// Quiet groups (storage): a node's beacon names every group it hosts, not only those it
+    /// leads, so a group whose leader died keeps hearing "its leader" from the other
+    /// followers and never elects: the group stays unavailable after every fault heals.
+    QuietClaimsEveryGroup,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 23] = [
+    pub const ALL: [Bug; 24] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -122,6 +126,7 @@ impl Bug {
         Bug::ElementCountFromPart,
         Bug::ListWindowAtHead,
         Bug::PipelineReplyOrder,
+        Bug::QuietClaimsEveryGroup,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -150,6 +155,7 @@ impl Bug {
             Bug::ElementCountFromPart => "element-count-from-part",
             Bug::ListWindowAtHead => "list-window-at-head",
             Bug::PipelineReplyOrder => "pipeline-reply-order",
+            Bug::QuietClaimsEveryGroup => "quiet-claims-every-group",
         }
     }
 }

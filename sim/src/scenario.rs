@@ -435,6 +435,108 @@ pub fn reelection_under_drift(seed: u64, drift_ppm: i64) -> Result<ReelectionOut
     Ok(outcome)
 }
 
+/// What a group did while idle, when used again, and when it lost its leader
+/// ([`quiet_group`]).
+#[derive(Debug, Clone, Default)]
+pub struct QuietOutcome {
+    pub leader: Option<NodeId>,
+    /// openraft appends (heartbeats included) the two followers served over
+    /// [`QUIET_WINDOW`] while nobody used the group.
+    pub idle_appends: u64,
+    /// The same over a window of the same length while a client wrote every 200 ms.
+    pub busy_appends: u64,
+    /// The first write after the idle window, and how long it took.
+    pub write_after_idle: Option<(Result<Reply, ClientError>, Duration)>,
+    /// Simulated time from cutting the (idle) leader off to a follower leading.
+    pub elected_after: Option<Duration>,
+    pub trace_hash: String,
+}
+
+/// The length of [`quiet_group`]'s windows.
+pub const QUIET_WINDOW: Duration = Duration::from_secs(3);
+
+/// A three-node group left idle, then written to, then idle again with its leader cut off
+/// from both followers (`larder_storage::quiet`): an idle group must send no heartbeats, a
+/// write to it must still succeed at once, and its followers must still replace a lost
+/// leader.
+pub fn quiet_group(seed: u64, bugs: Bugs) -> Result<QuietOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(40));
+    config.faults = false;
+    config.bugs = bugs;
+    let (mut sim, trace, faults, parts) = start(&config);
+    let outcome: Arc<Mutex<QuietOutcome>> = Arc::default();
+    let appends = |parts: &[NodeParts], leader: NodeId| -> u64 {
+        parts
+            .iter()
+            .filter(|p| p.id != leader)
+            .filter_map(|p| p.node())
+            .map(|node| node.appends_served())
+            .sum()
+    };
+    // The client: one write at 2 s, then nothing until 8 s, then one write every 200 ms
+    // until 11 s.
+    let host = client_id(1);
+    let net = SimNet::new(host, faults.clone(), derive_seed(seed, 31), trace.clone());
+    let recorded = outcome.clone();
+    sim.client(host_name(host), async move {
+        let config = ClientConfig {
+            attempts_max: 30,
+            backoff: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let mut client = Client::new(net, SimClock::new(), GROUP, vec![1, 2, 3], config);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = client.execute(Command::set("k", "1")).await;
+        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(6)).await;
+        let started = tokio::time::Instant::now();
+        let reply = client.execute(Command::set("k", "2")).await;
+        recorded.lock().expect("outcome lock").write_after_idle = Some((reply, started.elapsed()));
+        for i in 0..15 {
+            let _ = client.execute(Command::set("k", format!("{i}"))).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    });
+    step_hosts_until(&mut sim, Duration::from_secs(4))?;
+    let Some(leader) = current_leader(&parts) else {
+        drop_nodes(&parts);
+        return Ok(outcome.lock().expect("outcome lock").clone());
+    };
+    outcome.lock().expect("outcome lock").leader = Some(leader);
+    let before = appends(&parts, leader);
+    step_hosts_until(&mut sim, Duration::from_secs(4) + QUIET_WINDOW)?;
+    outcome.lock().expect("outcome lock").idle_appends = appends(&parts, leader) - before;
+    // Busy from 8 s: count from 8.2 s.
+    step_hosts_until(&mut sim, Duration::from_millis(8200))?;
+    let before = appends(&parts, leader);
+    step_hosts_until(&mut sim, Duration::from_millis(8200) + QUIET_WINDOW)?;
+    outcome.lock().expect("outcome lock").busy_appends = appends(&parts, leader) - before;
+    // Idle again, then the leader is cut off from its followers.
+    step_hosts_until(&mut sim, Duration::from_secs(15))?;
+    if let Some(leader) = current_leader(&parts) {
+        let cut = sim.elapsed();
+        let followers: Vec<&NodeParts> = parts.iter().filter(|p| p.id != leader).collect();
+        faults.update(|state| {
+            for follower in &followers {
+                state.blocked.insert((leader, follower.id));
+                state.blocked.insert((follower.id, leader));
+            }
+        });
+        while sim.elapsed() < cut + Duration::from_secs(20) {
+            let next = sim.elapsed() + Duration::from_millis(10);
+            step_hosts_until(&mut sim, next)?;
+            if followers.iter().any(|p| p.leads(GROUP)) {
+                outcome.lock().expect("outcome lock").elected_after = Some(sim.elapsed() - cut);
+                break;
+            }
+        }
+    }
+    drop_nodes(&parts);
+    let mut outcome = outcome.lock().expect("outcome lock").clone();
+    outcome.trace_hash = trace.hash();
+    Ok(outcome)
+}
+
 /// What a pipelined burst through a proxy answered, and what the same commands answered one
 /// at a time (on keys of their own).
 #[derive(Debug, Clone, Default)]

@@ -46,3 +46,28 @@ impl From<RaftRequest> for Request {
         Request::Raft(request)
     }
 }
+
+/// A node's periodic word to its peers: the slot groups it leads now, each with its term. One
+/// beacon per peer per heartbeat interval stands in for the heartbeats of every settled group
+/// (`larder_storage::quiet`): a follower keeps its election off while its group's leader is
+/// heard from this way, and a node that stops sending (dead, cut off, no longer leading the
+/// group) lets the followers elect as openraft's own timer would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderBeacon {
+    /// `(group, term)` for each group the sender leads.
+    pub leading: Vec<(GroupId, u64)>,
+}
+
+/// The answer to a [`LeaderBeacon`]: nothing but its arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeaconAck;
+
+impl Rpc for LeaderBeacon {
+    type Response = BeaconAck;
+}
+
+impl From<LeaderBeacon> for Request {
+    fn from(beacon: LeaderBeacon) -> Request {
+        Request::Beacon(beacon)
+    }
+}

@@ -112,6 +112,7 @@ impl<E: Env> StorageNode<E> {
             (false, true) if !joint => return Ok(()),
             (false, true) => {
                 // Finish the change towards its target voter set.
+                self.wake(group, &raft, true).await;
                 change(committed, &effective).await.map_err(to_error)?;
                 return Ok(());
             }
@@ -128,6 +129,7 @@ impl<E: Env> StorageNode<E> {
             (true, true) => return Ok(()),
             (true, false) => {}
         }
+        self.wake(group, &raft, true).await;
         raft.add_learner(new, EmptyNode {}, true)
             .await
             .map_err(to_error)?;
@@ -272,6 +274,8 @@ impl<E: Env> StorageNode<E> {
                 reason: format!("node {to} is not a voter of group {group}"),
             };
         }
+        let term = raft.metrics().borrow_watched().current_term;
+        self.quiet.hand_over(group, term);
         match raft.trigger().transfer_leader(to).await {
             Ok(()) => AdminResponse::Done,
             Err(error) => AdminResponse::Failed {

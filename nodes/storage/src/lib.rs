@@ -22,6 +22,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod migration;
 pub mod node;
+pub mod quiet;
 pub mod raft;
 pub mod serving;
 pub mod supervisor;

@@ -41,7 +41,11 @@ impl<E: Env> StorageNode<E> {
         };
         let raft = self.raft(group)?;
         let limit = Duration::from_millis(self.config.request_timeout_ms);
-        match timeout(self.env.clock(), limit, raft.client_write(entry)).await {
+        let write = async {
+            self.wake(group, &raft, true).await;
+            raft.client_write(entry).await
+        };
+        match timeout(self.env.clock(), limit, write).await {
             Ok(Ok(response)) => match response.data {
                 Reply::Error(reason) => Err(NodeError::Raft { group, reason }),
                 _ => Ok(()),

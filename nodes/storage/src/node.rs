@@ -82,6 +82,11 @@ pub struct StorageNode<E: Env> {
     pub(crate) broken: Arc<BrokenReplicas>,
     /// Requests refused because of who sent them ([`crate::serving`]).
     pub(crate) refused: Refused,
+    /// When each group last heard its leader's beacon and last served a client
+    /// ([`crate::quiet`]).
+    pub(crate) quiet: crate::quiet::Quiet,
+    /// openraft appends this node served as a follower, heartbeats included.
+    pub(crate) appends_served: AtomicU64,
 }
 
 /// Requests a node refused because of their sender, counted (the adversarial tests read them;
@@ -261,6 +266,8 @@ impl<E: Env> StorageNode<E> {
             last_stamp_ms: AtomicU64::new(0),
             broken,
             refused: Refused::default(),
+            quiet: crate::quiet::Quiet::default(),
+            appends_served: AtomicU64::new(0),
         });
         // The replicas that failed to open are retired now (their marks made durable).
         if !newly_broken.is_empty() {
@@ -271,7 +278,13 @@ impl<E: Env> StorageNode<E> {
             node.spawn_heartbeat();
         }
         node.spawn_supervisor();
+        node.spawn_quiet();
         Ok(node)
+    }
+
+    /// openraft appends (entries or empty heartbeats) this node served so far, for every group.
+    pub fn appends_served(&self) -> u64 {
+        self.appends_served.load(Ordering::Relaxed)
     }
 
     pub fn id(&self) -> NodeId {

@@ -11,10 +11,10 @@ use larder_core::env::{Clock, Env, Handler, MESSAGE_BYTES_MAX, Net, timeout};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    CENTER_GROUP, CenterRequest, CenterResponse, ClientRequest, ClientResponse, DrainNode,
-    GetMigrations, GetRouting, GetStatus, Heartbeat, MoveSlots, RaftCall, RaftRequest,
-    RaftResponse, Request, RoutingAnswer, SessionSeq, SplitGroup, SteerMigration, decode_request,
-    respond, undecodable,
+    BeaconAck, CENTER_GROUP, CenterRequest, CenterResponse, ClientRequest, ClientResponse,
+    DrainNode, GetMigrations, GetRouting, GetStatus, Heartbeat, LeaderBeacon, MoveSlots, RaftCall,
+    RaftRequest, RaftResponse, Request, RoutingAnswer, SessionSeq, SplitGroup, SteerMigration,
+    decode_request, respond, undecodable,
 };
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
@@ -67,9 +67,15 @@ impl<E: Env> StorageNode<E> {
             };
         };
         let mut limit = Duration::from_millis(self.config.request_timeout_ms);
+        let write = command.is_write() || session.is_some();
+        // A group in use keeps its heartbeats, and a quiet leader wakes before a write
+        // (`crate::quiet`).
+        if !write {
+            self.wake(group, &handle.raft, false).await;
+        }
         // A session marks a write (the client sets one on writes only), also one whose command
         // reads: opening a session (`SessionSeq::REGISTER`) goes through the log.
-        if command.is_write() || session.is_some() {
+        if write {
             // A large value takes longer to replicate and to be stored on a quorum.
             let size =
                 postcard::serialize_with_flavor(&command, postcard::ser_flavors::Size::default())
@@ -80,7 +86,11 @@ impl<E: Env> StorageNode<E> {
                 command,
                 session,
             };
-            match timeout(self.env.clock(), limit, handle.raft.client_write(request)).await {
+            let write = async {
+                self.wake(group, &handle.raft, true).await;
+                handle.raft.client_write(request).await
+            };
+            match timeout(self.env.clock(), limit, write).await {
                 Ok(Ok(response)) => self.answer(response.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                     ClientResponse::NotLeader {
@@ -239,6 +249,7 @@ impl<E: Env> StorageNode<E> {
         }
         match request.call {
             RaftCall::Append => {
+                self.appends_served.fetch_add(1, Ordering::Relaxed);
                 serve!(
                     AppendEntriesRequest<TypeConfig>,
                     |p| *p.vote.leader_id().node_id(),
@@ -372,6 +383,10 @@ impl<E: Env> StorageNode<E> {
                 )
             }
             Request::Admin(request) => self.handle_admin(request).await,
+            Request::Beacon(beacon) => {
+                self.hear_beacon(from, &beacon);
+                respond::<LeaderBeacon>(&BeaconAck)
+            }
         }
     }
 

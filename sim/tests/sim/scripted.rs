@@ -140,3 +140,54 @@ fn a_pipeline_across_groups_answers_as_its_commands_one_at_a_time() {
         );
     }
 }
+
+#[test]
+fn an_idle_group_sends_no_heartbeats_yet_writes_at_once_and_replaces_a_lost_leader() {
+    use larder_core::bugs::{Bug, Bugs};
+    use larder_sim::scenario::quiet_group;
+    for seed in [1, 2] {
+        let outcome = quiet_group(seed, Bugs::default()).expect("scenario ran");
+        outcome.leader.expect("a leader before the idle window");
+        assert_eq!(
+            outcome.idle_appends, 0,
+            "seed {seed}: the idle group's followers were still sent appends: {outcome:?}"
+        );
+        // 15 writes over the window, two followers each, and the heartbeats a used group
+        // keeps: the count that proves the idle window's zero is not a broken counter.
+        assert!(
+            outcome.busy_appends >= 30,
+            "seed {seed}: too few appends while busy: {outcome:?}"
+        );
+        let (reply, took) = outcome
+            .write_after_idle
+            .clone()
+            .expect("the write after the idle window ran");
+        assert_eq!(reply, Ok(Reply::Ok), "seed {seed}: {outcome:?}");
+        assert!(
+            took < std::time::Duration::from_millis(500),
+            "seed {seed}: waking the quiet group took {took:?}"
+        );
+        let elected = outcome
+            .elected_after
+            .unwrap_or_else(|| panic!("seed {seed}: no follower replaced the leader: {outcome:?}"));
+        assert!(
+            elected < std::time::Duration::from_secs(3),
+            "seed {seed}: the followers took {elected:?} to replace the leader"
+        );
+        let again = quiet_group(seed, Bugs::default()).expect("scenario ran");
+        assert_eq!(
+            outcome.trace_hash, again.trace_hash,
+            "seed {seed}: scenario is not deterministic"
+        );
+    }
+    // Beacons that name every hosted group keep the followers of a lost leader from ever
+    // electing: the election check above must see it.
+    let mut bugs = Bugs::default();
+    if bugs.try_plant(Bug::QuietClaimsEveryGroup).is_ok() {
+        let outcome = quiet_group(1, bugs).expect("scenario ran");
+        assert_eq!(
+            outcome.elected_after, None,
+            "quiet-claims-every-group went unnoticed: {outcome:?}"
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! Quiet groups: one beacon per peer per interval instead of every idle group's heartbeats.
+//!
+//! **Why.** openraft's leader heartbeats each follower of each group every
+//! [`NodeConfig::heartbeat_ms`](crate::config::NodeConfig::heartbeat_ms) whether or not
+//! anything happens. A three-node cluster of 64 groups made 1,280 round trips a second doing
+//! nothing, and an idle `larder up --groups 64` used 37–45 % of a core (issue 13's profile:
+//! the RaftCore's notification handling, its runtime statistics, task switches).
+//!
+//! **How** (TiKV's hibernating regions, Cellar's per-node heartbeat):
+//! - A leader turns openraft's heartbeats off while its group is *settled*: no client command
+//!   reached it for an election timeout, and every other member has matched its last log
+//!   entry. A command, a follower that lags or comes back, a learner being filled, turns them
+//!   on again until the group settles. Entries and commit-index
+//!   updates are replicated as always: only the empty heartbeats stop.
+//! - Every interval, the node sends each peer that shares a group it leads one
+//!   [`LeaderBeacon`]: the groups it leads, with their terms.
+//! - A follower keeps its election off while its group's leader has been heard from (by beacon,
+//!   naming the group at the follower's term or a later one) within an election timeout drawn
+//!   from `[election_timeout_ms_min, election_timeout_ms_max)`. Past that, the election is on
+//!   and openraft elects as it always did (pre-vote first, its own randomised retries).
+//!
+//! **Safety does not depend on any of this.** Votes, terms, commits and read-index
+//! confirmations are openraft's, unchanged; a beacon only decides *when* a follower may start
+//! an election, which Raft leaves to timing anyway. **Liveness** does: a dead or cut-off node
+//! sends nothing; a live node that no longer leads a group (restarted, deposed) does not name
+//! it; a stale leader names an older term, which a follower at a newer term ignores; a leader
+//! handing leadership over (which openraft keeps in office, silent, until a successor deposes
+//! it) stops naming the group, so that a successor that never comes is replaced by election
+//! (seed 81 of the cluster sweep: a transfer to a node destroyed next). The
+//! simulator's liveness phase checks every seed, and the planted bug `quiet-claims-every-group`
+//! (a beacon naming every hosted group) must be caught by it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use larder_core::bugs::Bug;
+use larder_core::env::{Clock, Env, Rng, SeededRng, derive_seed};
+use larder_core::{GroupId, NodeId};
+use larder_protocol::{Encoded, LeaderBeacon, call};
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+
+use crate::node::StorageNode;
+
+/// The seed stream of a node's election-timeout draws.
+const QUIET_STREAM: u64 = 0x7175_6965;
+
+/// What the serving side tells the quiet loop, per group (times on the node's clock).
+#[derive(Debug, Default)]
+pub struct Quiet {
+    /// When the group last heard its leader by beacon.
+    heard: Mutex<BTreeMap<GroupId, Duration>>,
+    /// When the group last served a client command here.
+    touched: Mutex<BTreeMap<GroupId, Duration>>,
+    /// The term in which this node, leading the group, began handing leadership over. openraft
+    /// keeps such a leader in office, sending no heartbeats and taking no writes, until a
+    /// successor deposes it; if the successor never elects itself (it died, or its log was
+    /// behind), only the other followers' election ends that. So the group is not named in
+    /// beacons for the rest of that term.
+    handing_over: Mutex<BTreeMap<GroupId, u64>>,
+    /// The groups this node leads with openraft's heartbeats turned off.
+    silenced: Mutex<BTreeSet<GroupId>>,
+}
+
+impl Quiet {
+    fn heard(&self, group: GroupId) -> Option<Duration> {
+        self.heard.lock().expect("heard lock").get(&group).copied()
+    }
+
+    fn hear(&self, group: GroupId, now: Duration) {
+        self.heard.lock().expect("heard lock").insert(group, now);
+    }
+
+    fn touched(&self, group: GroupId) -> Option<Duration> {
+        self.touched
+            .lock()
+            .expect("touched lock")
+            .get(&group)
+            .copied()
+    }
+
+    /// This node, leading `group` in `term`, begins handing leadership over.
+    pub(crate) fn hand_over(&self, group: GroupId, term: u64) {
+        self.handing_over
+            .lock()
+            .expect("handing over lock")
+            .insert(group, term);
+    }
+
+    /// Whether this node began handing `group` over in `term` (and forgets an older hand-over).
+    fn handing_over(&self, group: GroupId, term: u64) -> bool {
+        let mut handing_over = self.handing_over.lock().expect("handing over lock");
+        match handing_over.get(&group) {
+            Some(&at) if at == term => true,
+            Some(_) => {
+                handing_over.remove(&group);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A client command reached `group` now.
+    fn touch(&self, group: GroupId, now: Duration) {
+        self.touched
+            .lock()
+            .expect("touched lock")
+            .insert(group, now);
+    }
+
+    /// Turns `group`'s heartbeats off (`true`) or on (`false`); whether that changed anything.
+    fn silence(&self, group: GroupId, silent: bool) -> bool {
+        let mut silenced = self.silenced.lock().expect("silenced lock");
+        if silent {
+            silenced.insert(group)
+        } else {
+            silenced.remove(&group)
+        }
+    }
+}
+
+impl<E: Env> StorageNode<E> {
+    /// Starts the quiet-groups task. It holds a weak reference: dropping the node ends it.
+    pub(crate) fn spawn_quiet(self: &Arc<Self>) {
+        tokio::spawn(quiet_loop(Arc::downgrade(self)));
+    }
+
+    /// Takes a beacon from peer `from` (the id its connection proved): each group it names that
+    /// this node hosts, with `from` among the group's voters, at this replica's term or later,
+    /// has heard its leader now.
+    pub(crate) fn hear_beacon(&self, from: NodeId, beacon: &LeaderBeacon) {
+        let now = self.env.clock().now();
+        for &(group, term) in &beacon.leading {
+            let Ok(handle) = self.group(group) else {
+                continue;
+            };
+            let counts = {
+                let metrics = handle.raft.metrics();
+                let metrics = metrics.borrow_watched();
+                term >= metrics.current_term
+                    && metrics
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|voter| voter == from)
+            };
+            if counts {
+                self.quiet.hear(group, now);
+            }
+        }
+    }
+}
+
+impl<E: Env> StorageNode<E> {
+    /// Makes `group` ready for a command: marks it in use (so its heartbeats stay on), and if
+    /// this node leads it silenced, turns its heartbeats on and confirms its leadership with
+    /// one heartbeat round first. openraft takes a write only while the leader's lease is valid
+    /// (a quorum acknowledged it within the lease), and a silenced leader's lease has run out:
+    /// without this the first write to a quiet group is refused as "not the leader, none
+    /// known" (the center's replica replacements in swarm seed 13 kept failing so). The round
+    /// costs one round trip, once per wake-up (TiKV wakes a hibernating region the same way).
+    /// A read (`write` false) needs no lease: its read-index round is its own confirmation.
+    pub(crate) async fn wake<D: larder_core::env::Disk>(
+        &self,
+        group: GroupId,
+        raft: &crate::raft::Raft<D>,
+        write: bool,
+    ) {
+        self.quiet.touch(group, self.env.clock().now());
+        if self.quiet.silence(group, false) {
+            raft.runtime_config().heartbeat(true);
+            if !write {
+                return;
+            }
+            // A failure here is the command's to report: it fails the same way next.
+            let _ = raft
+                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+                .await;
+        }
+    }
+}
+
+/// What the loop keeps between rounds for one group.
+struct Follow {
+    /// How long this follower waits, since it last heard its leader, before electing.
+    patience: Duration,
+    /// Whether its election is on.
+    electing: bool,
+}
+
+/// Every `heartbeat_ms`: settles or unsettles each led group, lets each follower elect or not,
+/// and sends the beacons. Ends when the node stops or is dropped.
+async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
+    let (clock, net, interval, timeout_min, timeout_spread, seed, id, bugs) = match node.upgrade() {
+        Some(node) => (
+            node.env.clock().clone(),
+            node.env.net().clone(),
+            Duration::from_millis(node.config.heartbeat_ms.max(1)),
+            node.config.election_timeout_ms_min,
+            node.config
+                .election_timeout_ms_max
+                .saturating_sub(node.config.election_timeout_ms_min)
+                .max(1),
+            node.env.seed(),
+            node.id(),
+            node.config.bugs.clone(),
+        ),
+        None => return,
+    };
+    let mut rng = SeededRng::new(derive_seed(seed, QUIET_STREAM ^ id));
+    let mut draw = move || Duration::from_millis(timeout_min + rng.below(timeout_spread));
+    let started = clock.now();
+    let idle_after = Duration::from_millis(timeout_min);
+    let mut follows: BTreeMap<GroupId, Follow> = BTreeMap::new();
+    loop {
+        let (leading, peers) = {
+            let Some(node) = node.upgrade() else { return };
+            if node.is_stopped() {
+                return;
+            }
+            let now = clock.now();
+            let mut leading = Vec::new();
+            let mut peers = BTreeSet::new();
+            let groups = node.all_groups();
+            for (group, handle) in &groups {
+                if node.broken.contains(*group) {
+                    continue;
+                }
+                let (state, term, settled, members) = {
+                    let metrics = handle.raft.metrics();
+                    let metrics = metrics.borrow_watched();
+                    if metrics.running_state.is_err() {
+                        continue;
+                    }
+                    let last = metrics.last_log_index;
+                    // Reads confirm leadership with a heartbeat round of their own; while
+                    // clients use the group, periodic heartbeats stay on so that a round
+                    // lost on the way is followed by another one interval later rather
+                    // than by the read's timeout.
+                    let idle = node
+                        .quiet
+                        .touched(*group)
+                        .is_none_or(|at| now.saturating_sub(at) >= idle_after);
+                    let settled = idle
+                        && metrics.replication.as_ref().is_some_and(|replication| {
+                            replication.values().all(|matched| {
+                                matched.as_ref().map(|log_id| log_id.index()) == last
+                            })
+                        });
+                    let membership = metrics.membership_config.membership();
+                    let members: Vec<NodeId> = membership
+                        .voter_ids()
+                        .chain(membership.learner_ids())
+                        .collect();
+                    (metrics.state, metrics.current_term, settled, members)
+                };
+                let config = handle.raft.runtime_config();
+                if state == ServerState::Leader {
+                    follows.remove(group);
+                    // Only a change is stored: the flag is read on every openraft tick.
+                    if node.quiet.silence(*group, settled) {
+                        config.heartbeat(!settled);
+                    }
+                    if !node.quiet.handing_over(*group, term) {
+                        leading.push((*group, term));
+                        peers.extend(members.into_iter().filter(|member| *member != id));
+                    }
+                    continue;
+                }
+                if node.quiet.silence(*group, false) {
+                    // A deposed leader's flag would outlive its leadership otherwise.
+                    config.heartbeat(true);
+                }
+                if bugs.is_planted(Bug::QuietClaimsEveryGroup) {
+                    leading.push((*group, term));
+                    peers.extend(members.iter().copied().filter(|member| *member != id));
+                }
+                let follow = follows.entry(*group).or_insert_with(|| Follow {
+                    patience: draw(),
+                    // openraft starts with its election on: the first round sets it.
+                    electing: true,
+                });
+                let heard = node.quiet.heard(*group).unwrap_or(started).max(started);
+                let electing = now.saturating_sub(heard) >= follow.patience;
+                if electing != follow.electing {
+                    config.elect(electing);
+                    follow.electing = electing;
+                    if !electing {
+                        // A leader is heard again: the next silence is waited out with a
+                        // fresh draw, so followers of one group that drew alike once do
+                        // not campaign together every time.
+                        follow.patience = draw();
+                    }
+                }
+            }
+            // Groups no longer hosted are forgotten.
+            let hosted: BTreeSet<GroupId> = groups.iter().map(|(group, _)| *group).collect();
+            follows.retain(|group, _| hosted.contains(group));
+            node.quiet
+                .silenced
+                .lock()
+                .expect("silenced lock")
+                .retain(|group| hosted.contains(group));
+            (leading, peers)
+        };
+        if !leading.is_empty() {
+            let beacon = Encoded::new(LeaderBeacon { leading });
+            for peer in peers {
+                let (net, beacon) = (net.clone(), beacon.clone());
+                // Not awaited: a dead peer's call must not delay the next round for the others.
+                tokio::spawn(async move {
+                    let _ = call(&net, peer, &beacon, interval).await;
+                });
+            }
+        }
+        clock.sleep(interval).await;
+    }
+}
