@@ -170,7 +170,8 @@ catalog! {
     // Swarm cluster seeds with three processes per proxy connection pipelining (`--pipelined
     // 3`): a process handed another's reply fails its model at once. 6/6 (seeds 1..=6).
     pipeline_reply_order: "pipeline-reply-order", 1..=10, SwarmPipelined;
-    // Every swarm seed whose faults leave a group without its leader: the followers hear each
-    // other's beacons and never elect, and the liveness phase finds the group unavailable.
-    quiet_claims_every_group: "quiet-claims-every-group", 1..=10, Swarm;
+    // A swarm seed whose faults leave a group without its leader: the followers hear each
+    // other's beacons and never elect. Seed 1 passes, seed 2 fails (groups without a leader
+    // at the end, replicas that never converge), seed 3's run never completes. First 2.
+    quiet_claims_every_group: "quiet-claims-every-group", 1..=5, Swarm;
 }
