@@ -1,23 +1,27 @@
-//! Quiet groups: one beacon per peer per interval instead of every idle group's heartbeats.
+//! Quiet groups: one beacon per peer per interval instead of every idle group's timers and
+//! heartbeats.
 //!
-//! **Why.** openraft's leader heartbeats each follower of each group every
-//! [`NodeConfig::heartbeat_ms`](crate::config::NodeConfig::heartbeat_ms) whether or not
-//! anything happens. A three-node cluster of 64 groups made 1,280 round trips a second doing
-//! nothing, and an idle `larder up --groups 64` used 37–45 % of a core (issue 13's profile:
-//! the RaftCore's notification handling, its runtime statistics, task switches).
+//! **Why.** openraft wakes each group's RaftCore every `heartbeat_ms * 13 / 64` (20 ms) to check
+//! its election and heartbeat timers, and its leader heartbeats each follower every
+//! [`NodeConfig::heartbeat_ms`](crate::config::NodeConfig::heartbeat_ms), whether or not
+//! anything happens. A three-node cluster of 64 groups woke about 10,000 times and made 1,280
+//! round trips a second doing nothing: an idle `larder up --groups 64` used 35–45 % of a core,
+//! spent in the RaftCore's notification handling, its runtime statistics and task switches.
 //!
 //! **How** (TiKV's hibernating regions, Cellar's per-node heartbeat):
-//! - A leader turns openraft's heartbeats off while its group is *settled*: no client command
-//!   reached it for an election timeout, and every other member has matched its last log
-//!   entry. A command, a follower that lags or comes back, a learner being filled, turns them
-//!   on again until the group settles. Entries and commit-index
-//!   updates are replicated as always: only the empty heartbeats stop.
+//! - A leader turns its group's openraft ticker off while the group is *settled*: no client
+//!   command reached it for an election timeout, and every other member has matched its last
+//!   log entry. With no ticks it sends no heartbeats and checks no timers. A command, a
+//!   follower that lags or comes back, a learner being filled, turns the ticker on again until
+//!   the group settles. Entries and commit-index updates are replicated as always.
 //! - Every interval, the node sends each peer that shares a group it leads one
 //!   [`LeaderBeacon`]: the groups it leads, with their terms.
-//! - A follower keeps its election off while its group's leader has been heard from (by beacon,
-//!   naming the group at the follower's term or a later one) within an election timeout drawn
-//!   from `[election_timeout_ms_min, election_timeout_ms_max)`. Past that, the election is on
-//!   and openraft elects as it always did (pre-vote first, its own randomised retries).
+//! - A follower's ticker is off while its group's leader has been heard from (by beacon, naming
+//!   the group at the follower's term or a later one) within an election timeout drawn from
+//!   `[election_timeout_ms_min, election_timeout_ms_max)`. Past that, it is on, and openraft
+//!   elects as it always did (pre-vote first, its own randomised retries).
+//! - Before a write, a quiet leader turns its ticker on and confirms its leadership with one
+//!   read-index round ([`StorageNode::wake`]): openraft takes writes only under a valid lease.
 //!
 //! **Safety does not depend on any of this.** Votes, terms, commits and read-index
 //! confirmations are openraft's, unchanged; a beacon only decides *when* a follower may start
@@ -26,9 +30,9 @@
 //! it; a stale leader names an older term, which a follower at a newer term ignores; a leader
 //! handing leadership over (which openraft keeps in office, silent, until a successor deposes
 //! it) stops naming the group, so that a successor that never comes is replaced by election
-//! (seed 81 of the cluster sweep: a transfer to a node destroyed next). The
-//! simulator's liveness phase checks every seed, and the planted bug `quiet-claims-every-group`
-//! (a beacon naming every hosted group) must be caught by it.
+//! (seed 81 of the cluster sweep: a transfer to a node destroyed next). The simulator's
+//! liveness phase checks every seed, and the planted bug `quiet-claims-every-group` (a beacon
+//! naming every hosted group) must be caught by it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -59,7 +63,7 @@ pub struct Quiet {
     /// behind), only the other followers' election ends that. So the group is not named in
     /// beacons for the rest of that term.
     handing_over: Mutex<BTreeMap<GroupId, u64>>,
-    /// The groups this node leads with openraft's heartbeats turned off.
+    /// The groups whose openraft ticker this node turned off (absent: on, openraft's default).
     silenced: Mutex<BTreeSet<GroupId>>,
 }
 
@@ -109,7 +113,14 @@ impl Quiet {
             .insert(group, now);
     }
 
-    /// Turns `group`'s heartbeats off (`true`) or on (`false`); whether that changed anything.
+    fn is_silenced(&self, group: GroupId) -> bool {
+        self.silenced
+            .lock()
+            .expect("silenced lock")
+            .contains(&group)
+    }
+
+    /// Records `group`'s ticker as off (`silent`) or on; whether that is a change.
     fn silence(&self, group: GroupId, silent: bool) -> bool {
         let mut silenced = self.silenced.lock().expect("silenced lock");
         if silent {
@@ -153,14 +164,16 @@ impl<E: Env> StorageNode<E> {
 }
 
 impl<E: Env> StorageNode<E> {
-    /// Makes `group` ready for a command: marks it in use (so its heartbeats stay on), and if
-    /// this node leads it silenced, turns its heartbeats on and confirms its leadership with
-    /// one heartbeat round first. openraft takes a write only while the leader's lease is valid
-    /// (a quorum acknowledged it within the lease), and a silenced leader's lease has run out:
-    /// without this the first write to a quiet group is refused as "not the leader, none
-    /// known" (the center's replica replacements in swarm seed 13 kept failing so). The round
-    /// costs one round trip, once per wake-up (TiKV wakes a hibernating region the same way).
-    /// A read (`write` false) needs no lease: its read-index round is its own confirmation.
+    /// Makes `group` ready for a command: marks it in use (so its leader's ticker stays on),
+    /// and if this node leads it quietly, turns the ticker on and, before a write, confirms
+    /// its leadership with one heartbeat round. openraft takes a write only while the
+    /// leader's lease is valid (a quorum acknowledged it within the lease), and a quiet
+    /// leader's lease has run out: without the round the first write to a quiet group is
+    /// refused as "not the leader, none known" (the center's replica replacements in swarm
+    /// seed 13 kept failing so). The round costs one round trip per wake-up, as a hibernating
+    /// region's does in TiKV. A read (`write` false) needs no lease: its read-index round is
+    /// its own confirmation. A follower's ticker is left alone: turned on by a command it
+    /// cannot serve, it would campaign against a healthy leader.
     pub(crate) async fn wake<D: larder_core::env::Disk>(
         &self,
         group: GroupId,
@@ -168,29 +181,28 @@ impl<E: Env> StorageNode<E> {
         write: bool,
     ) {
         self.quiet.touch(group, self.env.clock().now());
-        if self.quiet.silence(group, false) {
-            raft.runtime_config().heartbeat(true);
-            if !write {
-                return;
+        let leads = raft.metrics().borrow_watched().state == ServerState::Leader;
+        if leads && self.quiet.silence(group, false) {
+            raft.runtime_config().tick(true);
+            if write {
+                // A failure here is the command's to report: it fails the same way next.
+                let _ = raft
+                    .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+                    .await;
             }
-            // A failure here is the command's to report: it fails the same way next.
-            let _ = raft
-                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
-                .await;
         }
     }
 }
 
-/// What the loop keeps between rounds for one group.
+/// What the loop keeps between rounds for one group it follows.
 struct Follow {
     /// How long this follower waits, since it last heard its leader, before electing.
     patience: Duration,
-    /// Whether its election is on.
-    electing: bool,
 }
 
-/// Every `heartbeat_ms`: settles or unsettles each led group, lets each follower elect or not,
-/// and sends the beacons. Ends when the node stops or is dropped.
+/// Every `heartbeat_ms`: turns each led group's ticker off or on as it settles or not, each
+/// followed group's as its leader is heard or not, and sends the beacons. Ends when the node
+/// stops or is dropped.
 async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
     let (clock, net, interval, timeout_min, timeout_spread, seed, id, bugs) = match node.upgrade() {
         Some(node) => (
@@ -256,42 +268,34 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                     (metrics.state, metrics.current_term, settled, members)
                 };
                 let config = handle.raft.runtime_config();
-                if state == ServerState::Leader {
+                let tick = if state == ServerState::Leader {
                     follows.remove(group);
-                    // Only a change is stored: the flag is read on every openraft tick.
-                    if node.quiet.silence(*group, settled) {
-                        config.heartbeat(!settled);
-                    }
                     if !node.quiet.handing_over(*group, term) {
                         leading.push((*group, term));
-                        peers.extend(members.into_iter().filter(|member| *member != id));
+                        peers.extend(members.iter().copied().filter(|member| *member != id));
                     }
-                    continue;
-                }
-                if node.quiet.silence(*group, false) {
-                    // A deposed leader's flag would outlive its leadership otherwise.
-                    config.heartbeat(true);
-                }
-                if bugs.is_planted(Bug::QuietClaimsEveryGroup) {
-                    leading.push((*group, term));
-                    peers.extend(members.iter().copied().filter(|member| *member != id));
-                }
-                let follow = follows.entry(*group).or_insert_with(|| Follow {
-                    patience: draw(),
-                    // openraft starts with its election on: the first round sets it.
-                    electing: true,
-                });
-                let heard = node.quiet.heard(*group).unwrap_or(started).max(started);
-                let electing = now.saturating_sub(heard) >= follow.patience;
-                if electing != follow.electing {
-                    config.elect(electing);
-                    follow.electing = electing;
-                    if !electing {
+                    !settled
+                } else {
+                    if bugs.is_planted(Bug::QuietClaimsEveryGroup) {
+                        leading.push((*group, term));
+                        peers.extend(members.iter().copied().filter(|member| *member != id));
+                    }
+                    let follow = follows
+                        .entry(*group)
+                        .or_insert_with(|| Follow { patience: draw() });
+                    let heard = node.quiet.heard(*group).unwrap_or(started).max(started);
+                    let electing = now.saturating_sub(heard) >= follow.patience;
+                    if !electing && !node.quiet.is_silenced(*group) {
                         // A leader is heard again: the next silence is waited out with a
-                        // fresh draw, so followers of one group that drew alike once do
-                        // not campaign together every time.
+                        // fresh draw, so followers of one group that drew alike once do not
+                        // campaign together every time.
                         follow.patience = draw();
                     }
+                    electing
+                };
+                // Only a change is sent: the ticker wakes on each.
+                if node.quiet.silence(*group, !tick) {
+                    config.tick(tick);
                 }
             }
             // Groups no longer hosted are forgotten.
