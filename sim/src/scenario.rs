@@ -378,6 +378,32 @@ pub fn forgotten_session(seed: u64) -> Result<ForgottenSessionOutcome, SimError>
     Ok(outcome)
 }
 
+/// Cuts `leader` off from `followers` both ways and steps the hosts until one of them leads
+/// `GROUP` (its id and the simulated time since the cut), or `limit` passes (`None`).
+fn cut_off_until_elected(
+    sim: &mut turmoil::Sim<'_>,
+    faults: &NetFaults,
+    leader: NodeId,
+    followers: &[&NodeParts],
+    limit: Duration,
+) -> Result<Option<(NodeId, Duration)>, SimError> {
+    let cut = sim.elapsed();
+    faults.update(|state| {
+        for follower in followers {
+            state.blocked.insert((leader, follower.id));
+            state.blocked.insert((follower.id, leader));
+        }
+    });
+    while sim.elapsed() < cut + limit {
+        let next = sim.elapsed() + Duration::from_millis(10);
+        step_hosts_until(sim, next)?;
+        if let Some(new) = followers.iter().find(|p| p.leads(GROUP)) {
+            return Ok(Some((new.id, sim.elapsed() - cut)));
+        }
+    }
+    Ok(None)
+}
+
 /// How a group replaced a leader it lost while its followers' clocks drifted.
 #[derive(Debug, Clone, Default)]
 pub struct ReelectionOutcome {
@@ -409,25 +435,15 @@ pub fn reelection_under_drift(seed: u64, drift_ppm: i64) -> Result<ReelectionOut
     }
     outcome.old_leader = old;
     if let Some(old) = old {
-        let cut = sim.elapsed();
         let followers: Vec<&NodeParts> = parts.iter().filter(|p| p.id != old).collect();
         for follower in &followers {
             follower.clock.set_drift_ppm(drift_ppm);
         }
-        faults.update(|state| {
-            for follower in &followers {
-                state.blocked.insert((old, follower.id));
-                state.blocked.insert((follower.id, old));
-            }
-        });
-        while sim.elapsed() < cut + Duration::from_secs(30) {
-            let next = sim.elapsed() + Duration::from_millis(10);
-            step_hosts_until(&mut sim, next)?;
-            if let Some(new) = followers.iter().find(|p| p.leads(GROUP)) {
-                outcome.new_leader = Some(new.id);
-                outcome.elected_after = Some(sim.elapsed() - cut);
-                break;
-            }
+        if let Some((new, after)) =
+            cut_off_until_elected(&mut sim, &faults, old, &followers, Duration::from_secs(30))?
+        {
+            outcome.new_leader = Some(new);
+            outcome.elected_after = Some(after);
         }
     }
     drop_nodes(&parts);
@@ -514,22 +530,15 @@ pub fn quiet_group(seed: u64, bugs: Bugs) -> Result<QuietOutcome, SimError> {
     // Idle again, then the leader is cut off from its followers.
     step_hosts_until(&mut sim, Duration::from_secs(15))?;
     if let Some(leader) = current_leader(&parts) {
-        let cut = sim.elapsed();
         let followers: Vec<&NodeParts> = parts.iter().filter(|p| p.id != leader).collect();
-        faults.update(|state| {
-            for follower in &followers {
-                state.blocked.insert((leader, follower.id));
-                state.blocked.insert((follower.id, leader));
-            }
-        });
-        while sim.elapsed() < cut + Duration::from_secs(20) {
-            let next = sim.elapsed() + Duration::from_millis(10);
-            step_hosts_until(&mut sim, next)?;
-            if followers.iter().any(|p| p.leads(GROUP)) {
-                outcome.lock().expect("outcome lock").elected_after = Some(sim.elapsed() - cut);
-                break;
-            }
-        }
+        let elected = cut_off_until_elected(
+            &mut sim,
+            &faults,
+            leader,
+            &followers,
+            Duration::from_secs(20),
+        )?;
+        outcome.lock().expect("outcome lock").elected_after = elected.map(|(_, after)| after);
     }
     drop_nodes(&parts);
     let mut outcome = outcome.lock().expect("outcome lock").clone();

@@ -120,6 +120,27 @@ impl Quiet {
             .contains(&group)
     }
 
+    /// Drops what is kept of groups no longer hosted, so the maps stay bounded by the
+    /// hosted set.
+    fn forget_unhosted(&self, hosted: &BTreeSet<GroupId>) {
+        self.heard
+            .lock()
+            .expect("heard lock")
+            .retain(|group, _| hosted.contains(group));
+        self.touched
+            .lock()
+            .expect("touched lock")
+            .retain(|group, _| hosted.contains(group));
+        self.handing_over
+            .lock()
+            .expect("handing over lock")
+            .retain(|group, _| hosted.contains(group));
+        self.silenced
+            .lock()
+            .expect("silenced lock")
+            .retain(|group| hosted.contains(group));
+    }
+
     /// Records `group`'s ticker as off (`silent`) or on; whether that is a change.
     fn silence(&self, group: GroupId, silent: bool) -> bool {
         let mut silenced = self.silenced.lock().expect("silenced lock");
@@ -194,12 +215,6 @@ impl<E: Env> StorageNode<E> {
     }
 }
 
-/// What the loop keeps between rounds for one group it follows.
-struct Follow {
-    /// How long this follower waits, since it last heard its leader, before electing.
-    patience: Duration,
-}
-
 /// Every `heartbeat_ms`: turns each led group's ticker off or on as it settles or not, each
 /// followed group's as its leader is heard or not, and sends the beacons. Ends when the node
 /// stops or is dropped.
@@ -224,7 +239,8 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
     let mut draw = move || Duration::from_millis(timeout_min + rng.below(timeout_spread));
     let started = clock.now();
     let idle_after = Duration::from_millis(timeout_min);
-    let mut follows: BTreeMap<GroupId, Follow> = BTreeMap::new();
+    // Per followed group: how long it waits, since it last heard its leader, before electing.
+    let mut patience: BTreeMap<GroupId, Duration> = BTreeMap::new();
     loop {
         let (leading, peers) = {
             let Some(node) = node.upgrade() else { return };
@@ -269,7 +285,7 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                 };
                 let config = handle.raft.runtime_config();
                 let tick = if state == ServerState::Leader {
-                    follows.remove(group);
+                    patience.remove(group);
                     if !node.quiet.handing_over(*group, term) {
                         leading.push((*group, term));
                         peers.extend(members.iter().copied().filter(|member| *member != id));
@@ -280,16 +296,14 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                         leading.push((*group, term));
                         peers.extend(members.iter().copied().filter(|member| *member != id));
                     }
-                    let follow = follows
-                        .entry(*group)
-                        .or_insert_with(|| Follow { patience: draw() });
+                    let wait = patience.entry(*group).or_insert_with(&mut draw);
                     let heard = node.quiet.heard(*group).unwrap_or(started).max(started);
-                    let electing = now.saturating_sub(heard) >= follow.patience;
+                    let electing = now.saturating_sub(heard) >= *wait;
                     if !electing && !node.quiet.is_silenced(*group) {
                         // A leader is heard again: the next silence is waited out with a
                         // fresh draw, so followers of one group that drew alike once do not
                         // campaign together every time.
-                        follow.patience = draw();
+                        *wait = draw();
                     }
                     electing
                 };
@@ -300,12 +314,8 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
             }
             // Groups no longer hosted are forgotten.
             let hosted: BTreeSet<GroupId> = groups.iter().map(|(group, _)| *group).collect();
-            follows.retain(|group, _| hosted.contains(group));
-            node.quiet
-                .silenced
-                .lock()
-                .expect("silenced lock")
-                .retain(|group| hosted.contains(group));
+            patience.retain(|group, _| hosted.contains(group));
+            node.quiet.forget_unhosted(&hosted);
             (leading, peers)
         };
         if !leading.is_empty() {
