@@ -8,11 +8,17 @@
 //! `CROSSSLOT`. A single group still runs every command through Raft, fjall and the proxy.
 //!
 //! The units are split over a few tests, each with its own cluster, so nextest runs them side by
-//! side with the rest of the suite rather than as one long tail.
+//! side with the rest of the suite rather than as one long tail, and two of them at once
+//! (`.config/nextest.toml`): see [`HarnessGuard`] for what makes two harnesses coexist.
 
-use std::net::SocketAddr;
+// Reading `/proc/net/tcp` and timing the harness's start-up are the point of the port guard.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use larder::local::{LocalCluster, LocalConfig};
 
@@ -49,8 +55,115 @@ fn tallies(output: &str) -> Vec<Tally> {
         .collect()
 }
 
-/// Starts a one-group local cluster, runs `units` against its proxy and checks each unit's
-/// pass count against its minimum.
+/// The ports the suite's harness picks its own test server from: `test_helper.tcl` takes the
+/// first `p` of `find_available_port [expr {$::baseport - 32}] 32` (baseport 21111) where its
+/// probe can bind both `p` and `p + 10000`.
+const HARNESS_PORTS: std::ops::RangeInclusive<u16> = 21079..=21110;
+
+/// Held (bound) by the one suite test starting a harness: a port is a lock every process on
+/// the machine sees, and is let go if the test dies.
+const START_LOCK_PORT: u16 = 21060;
+
+/// The ports listening on 127.0.0.1 (`/proc/net/tcp`, state `0A`), among [`HARNESS_PORTS`].
+/// Read rather than probed: a probe that binds the port could take it from a harness about to.
+fn harness_ports_listening() -> BTreeSet<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state) = (fields.get(1)?, fields.get(3)?);
+            let (address, port) = local.split_once(':')?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            (address.eq_ignore_ascii_case("0100007F")
+                && *state == "0A"
+                && HARNESS_PORTS.contains(&port))
+            .then_some(port)
+        })
+        .collect()
+}
+
+/// Lets two suite harnesses run at once. The harness's probe (`socket -server 127.0.0.1 $port`:
+/// Tcl reads the address as a callback name) listens on every address family and succeeds if
+/// any bind does, so an IPv6 bind succeeds next to another harness listening on 127.0.0.1 at
+/// the same port: every second harness picked the first one's port and failed to start. The
+/// probe also binds `port + 10000`, so while a harness runs its test holds a dual-stack listener
+/// there (`[::]`, which takes the IPv4 port too), and the next harness's probe moves on. Starts
+/// take turns under [`START_LOCK_PORT`] until the new harness's port shows, so no harness
+/// probes between another's probe and its listener.
+struct HarnessGuard {
+    _shadow: Option<TcpListener>,
+}
+
+impl HarnessGuard {
+    /// Runs `start`, and once its harness listens, shadows the harness's port.
+    fn start<T>(start: impl FnOnce() -> T) -> (T, HarnessGuard) {
+        let lock_deadline = Instant::now() + Duration::from_secs(600);
+        let _lock = loop {
+            match TcpListener::bind(("127.0.0.1", START_LOCK_PORT)) {
+                Ok(lock) => break Some(lock),
+                Err(_) if Instant::now() < lock_deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                // Another test holds the lock far past any start: run unguarded rather than
+                // not at all (the harness reports a failed start in the tallies).
+                Err(_) => break None,
+            }
+        };
+        let before = harness_ports_listening();
+        let started = start();
+        let show_deadline = Instant::now() + Duration::from_secs(30);
+        let shadow = loop {
+            let mine = harness_ports_listening()
+                .difference(&before)
+                .next()
+                .copied();
+            if let Some(port) = mine {
+                // `[::]` without IPV6_V6ONLY (Linux's default) also takes 0.0.0.0; a machine
+                // without IPv6 needs only the IPv4 one.
+                let shadow = TcpListener::bind(("::", port + 10000))
+                    .or_else(|_| TcpListener::bind(("0.0.0.0", port + 10000)));
+                eprintln!(
+                    "suite harness on port {port}, shadowed at {}: {:?}",
+                    port + 10000,
+                    shadow.as_ref().map(|_| ())
+                );
+                break shadow.ok();
+            }
+            if Instant::now() >= show_deadline {
+                eprintln!("no suite harness port seen (listening before: {before:?})");
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (started, HarnessGuard { _shadow: shadow })
+    }
+}
+
+/// Runs `run-against PORT UNIT` for one unit, its harness guarded; returns its output.
+fn run_unit(runner: &std::path::Path, port: u16, unit: &str) -> String {
+    let (child, _guard) = HarnessGuard::start(|| {
+        Command::new("bash")
+            .arg(runner)
+            .arg(port.to_string())
+            .arg(unit)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect(
+                "run the Redis test suite (needs bash, tclsh and redis-cli: .ci/run installs them)",
+            )
+    });
+    let output = child.wait_with_output().expect("the suite runner ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    stdout.into_owned()
+}
+
+/// Starts a one-group local cluster, runs `units` against its proxy (one harness per unit, so
+/// each harness start is guarded) and checks each unit's pass count against its minimum.
 fn run_units(minimums: &[(&str, u32)]) {
     let runner = suite_dir().join("run-against");
     assert!(
@@ -75,19 +188,11 @@ fn run_units(minimums: &[(&str, u32)]) {
         .block_on(LocalCluster::start(&config))
         .expect("local cluster");
     let address: SocketAddr = cluster.proxy_address;
-    let units: Vec<&str> = minimums.iter().map(|(unit, _)| *unit).collect();
     // The runner is a shell script over tclsh and redis-cli: a real client process, as a user's.
-    let output = Command::new("bash")
-        .arg(&runner)
-        .arg(address.port().to_string())
-        .args(&units)
-        .output()
-        .expect(
-            "run the Redis test suite (needs bash, tclsh and redis-cli: .ci/run installs them)",
-        );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    let stdout: String = minimums
+        .iter()
+        .map(|(unit, _)| run_unit(&runner, address.port(), unit))
+        .collect();
     runtime.block_on(cluster.stop());
     let found = tallies(&stdout);
     let mut short = Vec::new();
@@ -113,10 +218,16 @@ fn run_units(minimums: &[(&str, u32)]) {
 // fuzzers against the harness's 120 s limit) on a loaded two-core machine.
 
 #[test]
-fn redis_suite_hashes_sets_counters_expiry_keys_and_protocol() {
+fn redis_suite_hashes_and_sets() {
     run_units(&[
-        ("unit/type/hash", 68),   // 70 / 2 / 1: HGETALL order of a listpack (2)
-        ("unit/type/set", 93),    // 95 / 0 / 4
+        ("unit/type/hash", 68), // 70 / 2 / 1: HGETALL order of a listpack (2)
+        ("unit/type/set", 93),  // 95 / 0 / 4
+    ]);
+}
+
+#[test]
+fn redis_suite_counters_expiry_keys_and_protocol() {
+    run_units(&[
         ("unit/type/incr", 23),   // 23 / 0 / 2
         ("unit/expire", 56),      // 58 / 0 / 10
         ("unit/keyspace", 40),    // 40 / 2 / 11: streams (2)

@@ -293,6 +293,10 @@ pub struct ProxyStats {
     pub tls_handshake_failures: u64,
     /// TLS connections closed because their handshake took past `tls_handshake_timeout`.
     pub tls_handshake_timeouts: u64,
+    /// Pipeline runs of more than one command ([`PIPELINE_RUN_MAX`]).
+    pub pipeline_runs: u64,
+    /// The most commands one pipeline run has held (at most [`PIPELINE_RUN_MAX`]).
+    pub pipeline_run_commands_peak: u64,
 }
 
 #[derive(Debug, Default)]
@@ -315,6 +319,9 @@ struct Counters {
     total_commands: AtomicU64,
     /// Connections waiting in a blocking command now (`INFO`'s `blocked_clients`).
     blocked: AtomicU64,
+    /// [`ProxyStats::pipeline_runs`] and [`ProxyStats::pipeline_run_commands_peak`].
+    pipeline_runs: AtomicU64,
+    pipeline_run_commands_peak: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -557,6 +564,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             accept_errors: get(&c.accept_errors),
             tls_handshake_failures: get(&c.tls_handshake_failures),
             tls_handshake_timeouts: get(&c.tls_handshake_timeouts),
+            pipeline_runs: get(&c.pipeline_runs),
+            pipeline_run_commands_peak: get(&c.pipeline_run_commands_peak),
         }
     }
 
@@ -988,6 +997,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         run: Vec<(Vec<Bytes>, Command)>,
     ) -> Vec<Frame> {
         let started = self.clock.now();
+        if run.len() > 1 {
+            bump(&self.counters.pipeline_runs);
+            self.counters
+                .pipeline_run_commands_peak
+                .fetch_max(run.len() as u64, Ordering::Relaxed);
+        }
         let (names, commands): (Vec<String>, Vec<Command>) = run
             .into_iter()
             .map(|(args, command)| (lower(&args[0]), command))

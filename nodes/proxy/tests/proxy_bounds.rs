@@ -24,7 +24,8 @@ use larder_client::SharedRouting;
 use larder_core::resp::{self, Frame};
 use larder_core::routing::RoutingTable;
 use larder_proxy::{
-    ConnectionError, OUTPUT_FLUSH_BYTES, PemFile, Proxy, ProxyConfig, ProxyTls, TlsSettings,
+    ConnectionError, OUTPUT_FLUSH_BYTES, PIPELINE_RUN_MAX, PemFile, Proxy, ProxyConfig, ProxyTls,
+    TlsSettings,
 };
 use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, StorageNode};
@@ -147,6 +148,100 @@ async fn a_slow_reader_of_large_values_is_bounded_and_closed() {
         "{stats:?}"
     );
     assert_eq!(stats.buffered_bytes, 0);
+    drop(client);
+    node.shutdown().await;
+}
+
+/// A pipeline longer than [`PIPELINE_RUN_MAX`] runs in runs of at most that many commands, and
+/// its replies still come back one per request, in order, across the runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_pipeline_runs_in_bounded_runs_and_answers_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let book = AddressBook::new();
+    let node = one_node_cluster(dir.path(), &book).await;
+    let proxy = Proxy::new(
+        TcpNet::client(1000, book, larder_real::test_auth(1000)),
+        TokioClock::new(),
+        ProxyConfig::default(),
+        SharedRouting::new(RoutingTable::even(1, |_| vec![NODE])),
+    );
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let serving = proxy.clone();
+    tokio::spawn(async move { serving.connection(server).await });
+    // The group may still be settling (TRYAGAIN): wait for one write, as a Redis client would.
+    for attempt in 0.. {
+        match command(&mut client, &["SET", "settled", "1"]).await {
+            Frame::Simple(ok) if ok == "OK" => break,
+            Frame::Error(text) if text.starts_with("TRYAGAIN") && attempt < 50 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("SET answered {other:?}"),
+        }
+    }
+
+    let count = 3 * PIPELINE_RUN_MAX + 8;
+    let request = |args: &[String]| {
+        let mut bytes = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            bytes.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        bytes
+    };
+    // Every SET of the pipeline in one write: the proxy reads them together, so runs fill up
+    // to the bound.
+    let sets: Vec<u8> = (0..count)
+        .flat_map(|i| request(&["SET".into(), format!("k{i}"), format!("v{i}")]))
+        .collect();
+    let gets: Vec<u8> = (0..count)
+        .flat_map(|i| request(&["GET".into(), format!("k{i}")]))
+        .collect();
+    let read_replies = async |client: &mut tokio::io::DuplexStream, wanted: usize| {
+        let mut buffer = Vec::new();
+        let mut frames = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        while frames.len() < wanted {
+            while let Some((frame, used)) = resp::parse_frame(&buffer).expect("RESP") {
+                buffer.drain(..used);
+                frames.push(frame);
+            }
+            if frames.len() == wanted {
+                break;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(20), client.read(&mut chunk))
+                .await
+                .expect("replies in time")
+                .expect("read");
+            assert!(n > 0, "the proxy closed the connection");
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+        frames
+    };
+    client.write_all(&sets).await.expect("write");
+    let replies = read_replies(&mut client, count).await;
+    assert!(
+        replies.iter().all(|r| *r == Frame::Simple("OK".into())),
+        "{replies:?}"
+    );
+    let stats = proxy.stats();
+    assert_eq!(
+        stats.pipeline_run_commands_peak, PIPELINE_RUN_MAX as u64,
+        "{stats:?}"
+    );
+    assert!(stats.pipeline_runs >= 4, "{stats:?}");
+
+    client.write_all(&gets).await.expect("write");
+    let replies = read_replies(&mut client, count).await;
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(
+            *reply,
+            Frame::Bulk(Some(format!("v{i}").into())),
+            "GET k{i}"
+        );
+    }
+    assert_eq!(
+        proxy.stats().pipeline_run_commands_peak,
+        PIPELINE_RUN_MAX as u64
+    );
     drop(client);
     node.shutdown().await;
 }

@@ -68,7 +68,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Handler, Listener, MESSAGE_BYTES_MAX, Net, NetError, transfer_allowance};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::Transport;
@@ -159,6 +159,10 @@ impl NetStats {
 
 /// The writer's buffer: small frames of concurrent callers share a write.
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
+
+/// The readers' buffer: the frames of one coalesced write come in with one `recv`, not three
+/// (head, body, tag) each. A body larger than the buffer is read straight into its own.
+const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// Back-off after a failed accept (out of file descriptors and the like).
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
@@ -636,7 +640,8 @@ async fn serve_connection<S, H>(
         }
     };
     let limits = accepting.limits;
-    let (mut read, write) = tokio::io::split(stream);
+    let (read, write) = tokio::io::split(stream);
+    let mut read = BufReader::with_capacity(READ_BUFFER_BYTES, read);
     let shared = Arc::new(Shared::new());
     let (queues, receivers) = Queues::new();
     tokio::spawn(write_frames(write, receivers, shared.clone(), session.send));
@@ -832,7 +837,7 @@ impl<T: Transport> StreamNet<T> {
         let (queues, receivers) = Queues::new();
         tokio::spawn(write_frames(write, receivers, shared.clone(), session.send));
         tokio::spawn(read_responses(
-            read,
+            BufReader::with_capacity(READ_BUFFER_BYTES, read),
             shared.clone(),
             session.receive,
             (self.inner.id, to),
