@@ -171,7 +171,7 @@ fn move_slots(args: MoveSlotsArgs) -> anyhow::Result<bool> {
     };
     let migration = ask_center(&centers, args.center.timeout, request)
         .context("asking the center to move the slots")?;
-    println!(
+    outln!(
         "migration {}: slots {} from group {} to group {}: {}",
         migration.id,
         slot_ranges(&migration.ranges),
@@ -197,7 +197,7 @@ fn wait_for_migration(centers: &Centers, timeout: Duration, id: u64) -> anyhow::
         if let Some(now) = all.into_iter().find(|m| m.id == id)
             && !now.phase.is_active()
         {
-            println!(
+            outln!(
                 "migration {}: {} after {:.1} s ({} records, {} bytes moved{})",
                 now.id,
                 describe_phase(&now.phase),
@@ -235,7 +235,7 @@ fn steer(args: SteerArgs, steer: Steer) -> anyhow::Result<bool> {
             now = m;
         }
     }
-    println!(
+    outln!(
         "migration {}: {}{}",
         now.id,
         describe_phase(&now.phase),
@@ -254,7 +254,7 @@ fn drain(args: DrainArgs) -> anyhow::Result<bool> {
     let centers = args.center.reach()?;
     let state = ask_center(&centers, args.center.timeout, DrainNode { node: args.node })
         .with_context(|| format!("asking the center to drain node {}", args.node))?;
-    println!("node {}: {state:?}", args.node);
+    outln!("node {}: {state:?}", args.node);
     if !args.wait {
         return Ok(true);
     }
@@ -270,11 +270,11 @@ fn drain(args: DrainArgs) -> anyhow::Result<bool> {
         };
         let now = format!("{:?}, {} replica(s)", node.state, node.groups.len());
         if now != last {
-            println!("node {}: {now}", args.node);
+            outln!("node {}: {now}", args.node);
             last = now;
         }
         if node.state == Some(NodeState::Removed) {
-            println!(
+            outln!(
                 "node {} drained in {:.1} s; it can be stopped",
                 args.node,
                 started.elapsed().as_secs_f64()
@@ -293,7 +293,7 @@ fn split(args: SplitArgs) -> anyhow::Result<bool> {
         SplitGroup { group: args.group },
     )
     .with_context(|| format!("asking the center to split group {}", args.group))?;
-    println!(
+    outln!(
         "group {} splits: migration {} moves slots {} to new group {}",
         args.group,
         migration.id,
@@ -328,7 +328,7 @@ fn rebalance(args: RebalanceArgs) -> anyhow::Result<bool> {
         };
         let migration = ask_center(&centers, args.center.timeout, request)
             .context("asking the center to move slots")?;
-        println!(
+        outln!(
             "migration {}: slots {} from group {} to group {}",
             migration.id,
             slot_ranges(&migration.ranges),
@@ -342,20 +342,20 @@ fn rebalance(args: RebalanceArgs) -> anyhow::Result<bool> {
             break;
         }
     }
-    println!("slots balanced after {moves} migration(s); waiting for replicas and leaders");
+    outln!("slots balanced after {moves} migration(s); waiting for replicas and leaders");
     let deadline = Instant::now() + args.settle;
     loop {
         let status = fetch_status(&centers, args.center.timeout)?;
         let (replicas, leads) = spread(&status);
         if status.repairs.is_empty() && replicas <= 1 && leads <= 1 {
-            println!(
+            outln!(
                 "balanced in {:.1} s: replicas per node within {replicas}, leaders within {leads}",
                 started.elapsed().as_secs_f64()
             );
             return Ok(ok);
         }
         if Instant::now() >= deadline {
-            println!(
+            outln!(
                 "not balanced after {:.1} s: replicas per node within {replicas}, leaders within \
                  {leads}, {} repair(s) in flight",
                 started.elapsed().as_secs_f64(),
@@ -406,7 +406,7 @@ fn describe_phase(phase: &MigrationPhase) -> String {
 fn migrations(args: MigrationsArgs) -> anyhow::Result<bool> {
     let all = ask_center(&args.center.reach()?, args.center.timeout, GetMigrations)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(true);
     }
     let rows: Vec<Vec<String>> = all
@@ -429,7 +429,7 @@ fn migrations(args: MigrationsArgs) -> anyhow::Result<bool> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -588,10 +588,10 @@ fn status(args: StatusArgs) -> anyhow::Result<bool> {
             status: &status,
             migrations: &migrations,
         };
-        println!("{}", serde_json::to_string_pretty(&both)?);
+        outln!("{}", serde_json::to_string_pretty(&both)?);
     } else {
-        print!("{}", render(&status));
-        print!("{}", render_migrations(&migrations));
+        out!("{}", render(&status));
+        out!("{}", render_migrations(&migrations));
     }
     Ok(true)
 }

@@ -369,14 +369,17 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     // Let every group elect a leader before measuring.
     std::thread::sleep(Duration::from_secs(2));
     if !args.json {
-        println!(
+        outln!(
             "redis-benchmark -t {} -n {} -r 100000; Larder: 3 nodes, {} slot groups, 1 proxy, one process",
-            args.tests, args.requests, args.groups
+            args.tests,
+            args.requests,
+            args.groups
         );
     }
     let larder = run_all("larder", port, &args);
-    runtime.block_on(cluster.stop());
+    let data = runtime.block_on(cluster.stop());
     drop(runtime);
+    drop(data);
     let larder = larder?;
 
     let mut peers: Vec<ServerRun> = Vec::new();
@@ -392,7 +395,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     if args.json {
         let mut runs = vec![larder];
         runs.extend(peers);
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&runs).context("encoding the results")?
         );
@@ -400,11 +403,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     }
     print_table(&larder, &peers);
     if clean {
-        println!("errors: none");
+        outln!("errors: none");
     } else {
-        println!("errors from Larder ({}):", larder.errors.len());
+        outln!("errors from Larder ({}):", larder.errors.len());
         for line in larder.errors.iter().take(10) {
-            println!("  {line}");
+            outln!("  {line}");
         }
     }
     Ok(clean)
@@ -415,23 +418,34 @@ fn print_table(larder: &ServerRun, peers: &[ServerRun]) {
     for result in &larder.results {
         if case != Some(&result.case) {
             case = Some(&result.case);
-            println!();
-            println!("{}", result.case);
-            print!(
+            outln!();
+            outln!("{}", result.case);
+            out!(
                 "  {:<6} {:>10} {:>8} {:>8} {:>8}",
-                "test", "larder rps", "p50 ms", "p99 ms", "p999 ms"
+                "test",
+                "larder rps",
+                "p50 ms",
+                "p99 ms",
+                "p999 ms"
             );
             for peer in peers {
-                print!(
+                out!(
                     " | {:>17} {:>6} {:>8} {:>8}",
-                    peer.server, "ratio", "p50 ms", "p99 ms"
+                    peer.server,
+                    "ratio",
+                    "p50 ms",
+                    "p99 ms"
                 );
             }
-            println!();
+            outln!();
         }
-        print!(
+        out!(
             "  {:<6} {:>10.0} {:>8.3} {:>8.3} {:>8.3}",
-            result.test, result.rps, result.p50_ms, result.p99_ms, result.p999_ms
+            result.test,
+            result.rps,
+            result.p50_ms,
+            result.p99_ms,
+            result.p999_ms
         );
         for peer in peers {
             match peer
@@ -439,17 +453,17 @@ fn print_table(larder: &ServerRun, peers: &[ServerRun]) {
                 .iter()
                 .find(|r| r.case == result.case && r.test == result.test)
             {
-                Some(theirs) => print!(
+                Some(theirs) => out!(
                     " | {:>17.0} {:>6.2} {:>8.3} {:>8.3}",
                     theirs.rps,
                     result.rps / theirs.rps,
                     theirs.p50_ms,
                     theirs.p99_ms
                 ),
-                None => print!(" | {:>17} {:>6} {:>8} {:>8}", "-", "-", "-", "-"),
+                None => out!(" | {:>17} {:>6} {:>8} {:>8}", "-", "-", "-", "-"),
             }
         }
-        println!();
+        outln!();
     }
 }
 

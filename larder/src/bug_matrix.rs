@@ -72,11 +72,14 @@ pub fn run_matrix(args: &SimArgs, seeds: &[u64]) -> anyhow::Result<bool> {
     };
     let clean_failures = caught(None);
     for (seed, outcome) in &clean_failures {
-        println!("seed {seed} {outcome:?} WITHOUT A BUG");
+        outln!("seed {seed} {outcome:?} WITHOUT A BUG");
     }
-    println!(
+    outln!(
         "{:<32} {:>9} {:>6} {:>5}  catching seeds (* crashed)",
-        "bug", "caught", "first", "rate"
+        "bug",
+        "caught",
+        "first",
+        "rate"
     );
     let mut firsts = Vec::new();
     let mut uncaught = 0;
@@ -93,7 +96,7 @@ pub fn run_matrix(args: &SimArgs, seeds: &[u64]) -> anyhow::Result<bool> {
                 _ => seed.to_string(),
             })
             .collect();
-        println!(
+        outln!(
             "{:<32} {:>4}/{:<4} {:>6} {:>4.0}%  {}",
             bug.name(),
             catches.len(),
@@ -109,7 +112,7 @@ pub fn run_matrix(args: &SimArgs, seeds: &[u64]) -> anyhow::Result<bool> {
     let median = firsts
         .get(firsts.len().saturating_sub(1) / 2)
         .map_or("-".to_string(), |seed| seed.to_string());
-    println!(
+    outln!(
         "no bug: {} of {} seeds failed; {} of {} bugs caught; median first catching seed {median}; {:.0} s",
         clean_failures.len(),
         seeds.len(),

@@ -410,7 +410,7 @@ pub fn jepsen(args: JepsenArgs) -> anyhow::Result<bool> {
     let path = dir.join("history.jsonl");
     history.write_jsonl_file(&path)?;
     for line in &log {
-        println!("{line}");
+        outln!("{line}");
     }
     // The checker is offline tooling: a wall-clock budget is what a user waits for.
     #[allow(clippy::disallowed_methods)]
@@ -418,15 +418,15 @@ pub fn jepsen(args: JepsenArgs) -> anyhow::Result<bool> {
     let report = check_history(&history, &CheckConfig::default(), &budget)
         .context("pairing the history's operations")?;
     let valid = !report.is_not_linearizable();
-    println!("operations      {}", history.len() / 2);
-    println!("history         {}", path.display());
-    print!("verdict         {report}");
+    outln!("operations      {}", history.len() / 2);
+    outln!("history         {}", path.display());
+    out!("verdict         {report}");
     if temp.is_some() && valid {
         drop(temp);
     } else if let Some(temp) = temp {
         // Keep the evidence of a failed run.
         let kept = temp.keep();
-        println!("kept            {}", kept.display());
+        outln!("kept            {}", kept.display());
     }
     Ok(valid)
 }
@@ -551,7 +551,7 @@ fn with_relays(
     processes.start_nodes_and_proxy()?;
     let proxy: SocketAddr = format!("127.0.0.1:{}", ports[&PROXY]).parse()?;
     wait_ready(runtime, proxy, dir)?;
-    println!(
+    outln!(
         "larder jepsen: 3 nodes, {} groups, {} clients, {:?}; data and logs in {}",
         args.groups,
         args.clients,
@@ -687,7 +687,7 @@ fn with_center(
     processes.start_nodes_and_proxy()?;
     let proxy: SocketAddr = format!("127.0.0.1:{}", ports[&PROXY]).parse()?;
     wait_ready(runtime, proxy, dir)?;
-    println!(
+    outln!(
         "larder jepsen --center: 3 centers, 3 nodes, {} groups, {} clients, {:?}; data and logs in {}",
         args.groups,
         args.clients,

@@ -212,7 +212,8 @@ impl LocalCluster {
         match cluster.start_roles(args, &dir, &book, seed).await {
             Ok(()) => Ok(cluster),
             Err(error) => {
-                cluster.stop().await;
+                // A failed start: what it wrote is of no use, and a warning is no harm here.
+                drop(cluster.stop().await);
                 Err(error)
             }
         }
@@ -364,8 +365,9 @@ impl LocalCluster {
         &self.dir
     }
 
-    /// Stops every group's Raft (the temporary directory, if any, goes with `self`).
-    pub async fn stop(mut self) {
+    /// Stops every group's Raft. The temporary data directory, if the cluster made one, is
+    /// handed back rather than removed: drop it after the runtime (see [`DataDir`]).
+    pub async fn stop(mut self) -> DataDir {
         for node in &self.nodes {
             node.shutdown().await;
         }
@@ -379,7 +381,20 @@ impl LocalCluster {
         // Close the engines before a temporary directory is removed under them.
         self.nodes.clear();
         self.centers.clear();
+        DataDir {
+            _temp: self._temp.take(),
+        }
     }
+}
+
+/// A stopped cluster's temporary data directory, removed when this is dropped. Drop it after
+/// the tokio runtime: tasks the runtime still holds (openraft's, a snapshot view in flight)
+/// keep fjall tables open until the runtime goes, and fjall deletes the files of tables it
+/// compacted away when their last handle closes. Removed first, the directory takes those
+/// files with it and fjall warns about each one at shutdown.
+#[must_use = "dropping it removes the data directory: drop it after the runtime"]
+pub struct DataDir {
+    _temp: Option<tempfile::TempDir>,
 }
 
 /// Reads this process's figures from Linux's `/proc/self` (zeros where it cannot).

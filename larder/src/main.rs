@@ -23,6 +23,17 @@ use clap::{Args, Parser, Subcommand};
 use larder_core::bugs::Bug;
 use larder_sim::{SimConfig, check_determinism, run};
 
+/// `print!` for the binary's output; see [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), false) };
+}
+
+/// `println!` for the binary's output; see [`write_stdout`].
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), true) };
+}
+
 mod admin;
 mod bench;
 mod bug_matrix;
@@ -79,6 +90,29 @@ struct CheckArgs {
     json: bool,
 }
 
+/// Writes the binary's output. A reader that closes stdout early (`larder check FILE | head`)
+/// ends the process quietly with the status a shell reports for a tool killed by SIGPIPE
+/// (128 + 13), as `cat` or `grep` end. `println!` would panic with a backtrace instead: Rust
+/// ignores SIGPIPE, and restoring the signal takes `unsafe`, which the workspace forbids.
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let mut written = out.write_fmt(args);
+    if newline && written.is_ok() {
+        written = out.write_all(b"\n");
+    }
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(CLOSED_STDOUT_STATUS)
+        }
+        Err(error) => panic!("failed printing to stdout: {error}"),
+    }
+}
+
+/// The exit status when stdout's reader has gone ([`write_stdout`]).
+const CLOSED_STDOUT_STATUS: i32 = 141;
+
 fn check(args: CheckArgs) -> anyhow::Result<bool> {
     // Offline tooling: the user waits in real time.
     #[allow(clippy::disallowed_methods)]
@@ -86,10 +120,10 @@ fn check(args: CheckArgs) -> anyhow::Result<bool> {
     let budget = larder_workloads::checker::Budget::until(started + args.time_limit);
     let report = larder_workloads::check_file_with(&args.path, &budget)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{report}");
-        println!("checked in {:.3} s", started.elapsed().as_secs_f64());
+        out!("{report}");
+        outln!("checked in {:.3} s", started.elapsed().as_secs_f64());
     }
     Ok(!report.is_not_linearizable())
 }
@@ -357,7 +391,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
         }
         let ok = report.passed() && divergence.is_none();
         if args.json {
-            println!("{}", larder_reports::summary_json(&report));
+            outln!("{}", larder_reports::summary_json(&report));
         } else if sweep {
             let ops = report.ops.ok + report.ops.fail + report.ops.info;
             say(
@@ -376,7 +410,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
                 ),
             );
         } else {
-            print!("{}", larder_reports::summary_text(&report, &replay));
+            out!("{}", larder_reports::summary_text(&report, &replay));
         }
         if args.check_determinism {
             let line = match &divergence {
@@ -417,13 +451,13 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
         let path = dir.join("index.html");
         std::fs::write(&path, larder_reports::html::index_page(&index, &coverage))
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("reports in {}", path.display());
+        outln!("reports in {}", path.display());
     }
     if sweep && !args.json {
-        println!("{coverage}");
+        outln!("{coverage}");
     }
     if sweep {
-        println!(
+        outln!(
             "{} seeds, {} failed{}",
             seeds.len(),
             failed.len(),
@@ -440,7 +474,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
 /// Prints a line above the progress bar (and also when stdout is not a terminal, where the
 /// bar itself is hidden).
 fn say(progress: &indicatif::ProgressBar, line: impl std::fmt::Display) {
-    progress.suspend(|| println!("{line}"));
+    progress.suspend(|| outln!("{line}"));
 }
 
 /// `seed-N.html`, `seed-N.json` and `seed-N.history.jsonl` of one run.

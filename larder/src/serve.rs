@@ -771,7 +771,7 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
         } else {
             "center observer"
         };
-        println!("larder {role} {} listening on {}", file.id, file.listen);
+        outln!("larder {role} {} listening on {}", file.id, file.listen);
         stop_signal().await?;
         center.shutdown().await;
         Ok(true)
@@ -834,11 +834,11 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
             }
         }
         match mode {
-            NodeMode::Static { groups, .. } => println!(
+            NodeMode::Static { groups, .. } => outln!(
                 "larder node {} listening on {bound} ({groups} static groups)",
                 file.id
             ),
-            NodeMode::Center { advertise } => println!(
+            NodeMode::Center { advertise } => outln!(
                 "larder node {} listening on {bound} (advertised {advertise}; groups from centers {:?})",
                 file.id,
                 file.centers.iter().map(|c| c.id).collect::<Vec<_>>()
@@ -894,10 +894,10 @@ pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
             config,
             routing,
         );
-        println!("larder proxy {} listening on {bound}", file.id);
+        outln!("larder proxy {} listening on {bound}", file.id);
         let serve_tls = match tls {
             Some((listener, bound, tls)) => {
-                println!(
+                outln!(
                     "larder proxy {} listening on {bound} (TLS, tls_auth_clients {})",
                     file.id,
                     tls.auth_clients()

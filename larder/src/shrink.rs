@@ -105,7 +105,7 @@ pub fn shrink(args: &SimArgs, seed: u64, out: &Path) -> anyhow::Result<bool> {
         runs: 0,
     };
     let Some(failure) = trials.run(&plan)? else {
-        println!("seed {seed} passes: nothing to shrink");
+        outln!("seed {seed} passes: nothing to shrink");
         let _ = std::fs::remove_file(&scratch);
         return Ok(false);
     };
@@ -121,20 +121,20 @@ pub fn shrink(args: &SimArgs, seed: u64, out: &Path) -> anyhow::Result<bool> {
     })?;
     let _ = std::fs::remove_file(&scratch);
     write_plan(out, &plan)?;
-    println!(
+    outln!(
         "seed {seed} fails with {failure}: shrunk its plan from {before} faults to {} in {} trial runs",
         plan.events.len(),
         trials.runs
     );
     for event in &plan.events {
-        println!(
+        outln!(
             "  at {:>6} ms  {}",
             event.at_ms,
             serde_json::to_string(&event.fault)?
         );
     }
-    println!("minimal plan in {}", out.display());
-    println!("replay: {}", replay_with_plan(args, seed, Some(out)));
+    outln!("minimal plan in {}", out.display());
+    outln!("replay: {}", replay_with_plan(args, seed, Some(out)));
     Ok(true)
 }
 

@@ -47,56 +47,61 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async {
-        let config = LocalConfig {
-            dir: args.dir.clone(),
-            listen: args.listen,
-            center_port: args.center_port,
-            nodes: args.nodes,
-            groups: args.groups,
-            requirepass: args.requirepass.clone(),
-        };
-        let cluster = LocalCluster::start(&config)
-            .await
-            .context("starting the local cluster")?;
-        let list = |roles: &[(u64, SocketAddr)]| {
-            roles
+    runtime
+        .block_on(async {
+            let config = LocalConfig {
+                dir: args.dir.clone(),
+                listen: args.listen,
+                center_port: args.center_port,
+                nodes: args.nodes,
+                groups: args.groups,
+                requirepass: args.requirepass.clone(),
+            };
+            let cluster = LocalCluster::start(&config)
+                .await
+                .context("starting the local cluster")?;
+            let list = |roles: &[(u64, SocketAddr)]| {
+                roles
+                    .iter()
+                    .map(|(id, address)| format!("{id}@{address}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            outln!(
+                "larder up: {} slot groups (routing epoch {}), data in {}",
+                cluster.groups(),
+                cluster.routing_epoch(),
+                cluster.dir().display()
+            );
+            outln!("  centers: {}", list(&cluster.center_addresses));
+            outln!("  storage nodes: {}", list(&cluster.node_addresses));
+            outln!("  proxy: {}", cluster.proxy_address);
+            let centers = cluster
+                .center_addresses
                 .iter()
                 .map(|(id, address)| format!("{id}@{address}"))
                 .collect::<Vec<_>>()
-                .join(" ")
-        };
-        println!(
-            "larder up: {} slot groups (routing epoch {}), data in {}",
-            cluster.groups(),
-            cluster.routing_epoch(),
-            cluster.dir().display()
-        );
-        println!("  centers: {}", list(&cluster.center_addresses));
-        println!("  storage nodes: {}", list(&cluster.node_addresses));
-        println!("  proxy: {}", cluster.proxy_address);
-        let centers = cluster
-            .center_addresses
-            .iter()
-            .map(|(id, address)| format!("{id}@{address}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        if let Some(path) = &cluster.secret_file {
-            println!(
-                "  cluster secret: {} (for larder admin and larder node: export {}={})",
-                path.display(),
-                larder_real::SECRET_FILE_VAR,
-                path.display()
-            );
-        }
-        println!("try: redis-cli -p {}", cluster.proxy_address.port());
-        println!("watch: larder admin status --center {centers}");
-        println!("grow: larder node --dir DIR --center {centers}");
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        println!("stopping");
-        cluster.stop().await;
-        Ok(true)
-    })
+                .join(",");
+            if let Some(path) = &cluster.secret_file {
+                outln!(
+                    "  cluster secret: {} (for larder admin and larder node: export {}={})",
+                    path.display(),
+                    larder_real::SECRET_FILE_VAR,
+                    path.display()
+                );
+            }
+            outln!("try: redis-cli -p {}", cluster.proxy_address.port());
+            outln!("watch: larder admin status --center {centers}");
+            outln!("grow: larder node --dir DIR --center {centers}");
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            outln!("stopping");
+            Ok(cluster.stop().await)
+        })
+        .map(|data: larder::local::DataDir| {
+            drop(runtime);
+            drop(data);
+            true
+        })
 }

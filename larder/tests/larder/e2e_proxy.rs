@@ -80,7 +80,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(cluster) = self.cluster.take() {
-            self.runtime.block_on(cluster.stop());
+            let _data = self.runtime.block_on(cluster.stop());
         }
     }
 }

@@ -4,6 +4,7 @@
 mod admin_grow;
 mod bug_catalog;
 mod center_processes;
+mod closed_stdout;
 mod e2e_proxy;
 mod e2e_proxy_tls;
 mod redis_suite;

@@ -193,7 +193,9 @@ fn run_units(minimums: &[(&str, u32)]) {
         .iter()
         .map(|(unit, _)| run_unit(&runner, address.port(), unit))
         .collect();
-    runtime.block_on(cluster.stop());
+    let data = runtime.block_on(cluster.stop());
+    drop(runtime);
+    drop(data);
     let found = tallies(&stdout);
     let mut short = Vec::new();
     for (unit, minimum) in minimums {

@@ -297,6 +297,9 @@ pub struct ProxyStats {
     pub pipeline_runs: u64,
     /// The most commands one pipeline run has held (at most [`PIPELINE_RUN_MAX`]).
     pub pipeline_run_commands_peak: u64,
+    /// The most request bytes a pipeline run of several commands has held (at most
+    /// [`PIPELINE_RUN_BYTES_MAX`]; one command larger than that runs alone).
+    pub pipeline_run_bytes_peak: u64,
 }
 
 #[derive(Debug, Default)]
@@ -322,6 +325,8 @@ struct Counters {
     /// [`ProxyStats::pipeline_runs`] and [`ProxyStats::pipeline_run_commands_peak`].
     pipeline_runs: AtomicU64,
     pipeline_run_commands_peak: AtomicU64,
+    /// [`ProxyStats::pipeline_run_bytes_peak`].
+    pipeline_run_bytes_peak: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -566,6 +571,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             tls_handshake_timeouts: get(&c.tls_handshake_timeouts),
             pipeline_runs: get(&c.pipeline_runs),
             pipeline_run_commands_peak: get(&c.pipeline_run_commands_peak),
+            pipeline_run_bytes_peak: get(&c.pipeline_run_bytes_peak),
         }
     }
 
@@ -798,20 +804,20 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                                 let Ok(Some((next, used))) = parser.parse(&input, limits) else {
                                     break;
                                 };
-                                bytes += used;
-                                if bytes > PIPELINE_RUN_BYTES_MAX {
+                                if bytes + used > PIPELINE_RUN_BYTES_MAX {
                                     break;
                                 }
                                 let Some(command) = self.pipelinable(&mut session, &next) else {
                                     break;
                                 };
                                 input.advance(used);
+                                bytes += used;
                                 run.push((next, command));
                             }
                             held.set(input.len() + output.len());
                             // Written out every `OUTPUT_FLUSH_BYTES` as for single commands,
                             // so a client that does not read its replies stalls the run here.
-                            for reply in self.run_pipeline(&mut session, run).await {
+                            for reply in self.run_pipeline(&mut session, run, bytes).await {
                                 self.push_reply(&reply, session.protocol, &mut output)?;
                                 held.set(input.len() + output.len());
                                 if output.len() >= OUTPUT_FLUSH_BYTES {
@@ -995,6 +1001,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         &self,
         session: &mut Session<N, C>,
         run: Vec<(Vec<Bytes>, Command)>,
+        request_bytes: usize,
     ) -> Vec<Frame> {
         let started = self.clock.now();
         if run.len() > 1 {
@@ -1002,6 +1009,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             self.counters
                 .pipeline_run_commands_peak
                 .fetch_max(run.len() as u64, Ordering::Relaxed);
+            self.counters
+                .pipeline_run_bytes_peak
+                .fetch_max(request_bytes as u64, Ordering::Relaxed);
         }
         let (names, commands): (Vec<String>, Vec<Command>) = run
             .into_iter()

@@ -24,8 +24,8 @@ use larder_client::SharedRouting;
 use larder_core::resp::{self, Frame};
 use larder_core::routing::RoutingTable;
 use larder_proxy::{
-    ConnectionError, OUTPUT_FLUSH_BYTES, PIPELINE_RUN_MAX, PemFile, Proxy, ProxyConfig, ProxyTls,
-    TlsSettings,
+    ConnectionError, OUTPUT_FLUSH_BYTES, PIPELINE_RUN_BYTES_MAX, PIPELINE_RUN_MAX, PemFile, Proxy,
+    ProxyConfig, ProxyTls, TlsSettings,
 };
 use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, StorageNode};
@@ -242,6 +242,113 @@ async fn a_long_pipeline_runs_in_bounded_runs_and_answers_in_order() {
         proxy.stats().pipeline_run_commands_peak,
         PIPELINE_RUN_MAX as u64
     );
+    drop(client);
+    node.shutdown().await;
+}
+
+/// A pipeline of large writes runs in runs of at most [`PIPELINE_RUN_BYTES_MAX`] request bytes
+/// (so a group's share of a run stays one message and one log entry), not of
+/// [`PIPELINE_RUN_MAX`] commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_of_large_values_runs_in_runs_bounded_by_bytes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let book = AddressBook::new();
+    let node = one_node_cluster(dir.path(), &book).await;
+    // Room for the whole pipeline in the connection's input while the BLPOP below blocks.
+    let config = ProxyConfig {
+        read_buffer_max: 8 << 20,
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::new(
+        TcpNet::client(1000, book, larder_real::test_auth(1000)),
+        TokioClock::new(),
+        config,
+        SharedRouting::new(RoutingTable::even(1, |_| vec![NODE])),
+    );
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let serving = proxy.clone();
+    tokio::spawn(async move { serving.connection(server).await });
+    for attempt in 0.. {
+        match command(&mut client, &["SET", "settled", "1"]).await {
+            Frame::Simple(ok) if ok == "OK" => break,
+            Frame::Error(text) if text.starts_with("TRYAGAIN") && attempt < 50 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("SET answered {other:?}"),
+        }
+    }
+
+    // A BLPOP that times out goes first: while it blocks, the proxy reads every SET behind it,
+    // so the runs are cut by the bound and not by what one read happened to bring.
+    let value_bytes = 300_000;
+    let count = 10;
+    let blpop = b"*3\r\n$5\r\nBLPOP\r\n$5\r\nempty\r\n$1\r\n1\r\n";
+    let mut pipeline = blpop.to_vec();
+    for i in 0..count {
+        let key = format!("big{i}");
+        let value = vec![b'a' + i as u8; value_bytes];
+        pipeline.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${value_bytes}\r\n",
+                key.len()
+            )
+            .as_bytes(),
+        );
+        pipeline.extend_from_slice(&value);
+        pipeline.extend_from_slice(b"\r\n");
+    }
+    let request_bytes = (pipeline.len() - blpop.len()) / count;
+    let writing = tokio::spawn(async move {
+        client.write_all(&pipeline).await.expect("write");
+        client
+    });
+    let mut client = writing.await.expect("writer");
+    let mut buffer = Vec::new();
+    let mut frames = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    while frames.len() < count + 1 {
+        while let Some((frame, used)) = resp::parse_frame(&buffer).expect("RESP") {
+            buffer.drain(..used);
+            frames.push(frame);
+        }
+        if frames.len() == count + 1 {
+            break;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), client.read(&mut chunk))
+            .await
+            .expect("replies in time")
+            .expect("read");
+        assert!(n > 0, "the proxy closed the connection");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        matches!(frames[0], Frame::Array(None) | Frame::Null),
+        "BLPOP answered {:?}",
+        frames[0]
+    );
+    assert!(
+        frames[1..].iter().all(|r| *r == Frame::Simple("OK".into())),
+        "{frames:?}"
+    );
+    let stats = proxy.stats();
+    let per_run = PIPELINE_RUN_BYTES_MAX / request_bytes;
+    assert_eq!(per_run, 3, "the test's sizes assume three SETs per run");
+    assert_eq!(
+        stats.pipeline_run_commands_peak, per_run as u64,
+        "{stats:?}"
+    );
+    assert!(
+        stats.pipeline_run_bytes_peak <= PIPELINE_RUN_BYTES_MAX as u64
+            && stats.pipeline_run_bytes_peak > (PIPELINE_RUN_BYTES_MAX - request_bytes) as u64,
+        "{stats:?}"
+    );
+    // Every value arrived whole.
+    for i in [0, count - 1] {
+        match command(&mut client, &["STRLEN", &format!("big{i}")]).await {
+            Frame::Integer(n) => assert_eq!(n, value_bytes as i64, "STRLEN big{i}"),
+            other => panic!("STRLEN answered {other:?}"),
+        }
+    }
     drop(client);
     node.shutdown().await;
 }
