@@ -51,6 +51,32 @@ mod up;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `text` for people, `json` (one object a line)
+    /// for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Command {
+    /// The log filter when RUST_LOG is unset. The role processes an operator runs log
+    /// Larder's own INFO lines (role start, leadership, registry, membership, routing,
+    /// repairs and migrations); everything else, and every other command, only warnings and
+    /// errors. openraft stays off: injected faults and ordinary shutdowns make it log errors
+    /// by design, which would read as failures (RUST_LOG=openraft=info brings it back).
+    fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Center(_) | Command::Node(_) | Command::Proxy(_) => {
+                "warn,openraft=off,larder=info,larder_center=info,larder_storage=info,larder_proxy=info"
+            }
+            _ => "warn,openraft=off",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -519,17 +545,17 @@ impl tracing_subscriber::fmt::time::FormatTime for LogTime {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_timer(LogTime)
-        // Injected faults make openraft log errors by design; they would drown the summary.
-        // RUST_LOG overrides this default.
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.command.default_log_filter()));
+    let logs = tracing_subscriber::fmt()
+        .with_timer(LogTime)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let outcome = match cli.command {
         Command::Sim(args) => sim(args),
         Command::Up(args) => up::up(args),

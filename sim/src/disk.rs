@@ -7,7 +7,9 @@
 //! also keep a prefix of the first dropped batch's operations, for code that claims not to rely
 //! on atomic batches. Faults: seeded latency per operation (slow disk), `EIO` at a seeded rate,
 //! a capacity beyond which writes fail with "disk full", and bits flipped at rest in a record
-//! (`corrupt`), which the node's record checksums must catch. A healthy node must never lose a
+//! (`corrupt`), which the node's record checksums must catch. An `EIO` on a synced write is a
+//! failed fsync, modelled as Linux and fjall have them: the unsynced batches are lost for good
+//! and every later write fails until the crash (`fail_sync`). A healthy node must never lose a
 //! synced write, and must recover to a consistent state from whatever prefix survived.
 
 // tokio's time here is turmoil's simulated time (this module is the simulated environment),
@@ -76,6 +78,8 @@ struct DiskState {
     tear_last_batch: bool,
     /// Power is failing (a fault point fired): no sync completes any more, until the crash.
     frozen: bool,
+    /// A sync failed ([`SimDisk::fail_sync`]): every write fails until the crash.
+    sync_failed: bool,
     stats: DiskStats,
     trace: Option<(Trace, String)>,
 }
@@ -122,6 +126,7 @@ impl SimDisk {
             capacity_bytes: None,
             tear_last_batch: false,
             frozen: false,
+            sync_failed: false,
             stats: DiskStats::default(),
             trace: None,
         })))
@@ -272,6 +277,8 @@ impl SimDisk {
         let mut state = self.state();
         let state = &mut *state;
         state.frozen = false;
+        // The restart opens the disk again (`fail_sync`).
+        state.sync_failed = false;
         let pending = state.unsynced.len();
         let kept = if power_loss {
             0
@@ -333,6 +340,24 @@ impl SimDisk {
             state.stats.syncs += 1;
         }
         Ok(false)
+    }
+
+    /// A sync failed (an injected EIO on a synced write), as Linux fails an fsync and as fjall
+    /// answers one. Linux: the writes the sync was to make durable never will be (writeback
+    /// marks their pages clean; reads still see them until the crash). fjall: the database is
+    /// poisoned, every later write fails (`fjall::Error::Poisoned`) until it is opened again.
+    /// So here every write fails until the crash, and the crash keeps none of the unsynced
+    /// batches.
+    fn fail_sync(&self) {
+        let mut state = self.state();
+        let state = &mut *state;
+        let lost = state.unsynced.len();
+        state.unsynced.clear();
+        state.sync_failed = true;
+        state.stats.batches_lost += lost as u64;
+        state.trace(format_args!(
+            "disk sync failed: {lost} unsynced batches lost, writes fail until the crash"
+        ));
     }
 
     /// Applies the latency and error faults to one operation.
@@ -413,7 +438,17 @@ impl Disk for SimDisk {
     }
 
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), DiskError> {
-        self.fault("write").await?;
+        if self.state().sync_failed {
+            return Err(DiskError::Io {
+                reason: "poisoned: an earlier sync failed (restart to recover)".into(),
+            });
+        }
+        if let Err(error) = self.fault("write").await {
+            if sync {
+                self.fail_sync();
+            }
+            return Err(error);
+        }
         if self.write_now(batch, sync)? {
             // Power is failing: this sync never completes; the crash comes first.
             std::future::pending::<()>().await;

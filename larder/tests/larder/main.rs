@@ -8,4 +8,5 @@ mod closed_stdout;
 mod e2e_proxy;
 mod e2e_proxy_tls;
 mod redis_suite;
+mod role_logs;
 mod shrink;

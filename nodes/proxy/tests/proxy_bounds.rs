@@ -152,23 +152,22 @@ async fn a_slow_reader_of_large_values_is_bounded_and_closed() {
     node.shutdown().await;
 }
 
-/// A pipeline longer than [`PIPELINE_RUN_MAX`] runs in runs of at most that many commands, and
-/// its replies still come back one per request, in order, across the runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_pipeline_runs_in_bounded_runs_and_answers_in_order() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let book = AddressBook::new();
-    let node = one_node_cluster(dir.path(), &book).await;
+/// A proxy over the one-node cluster in `book` and a client connected to it in memory, once
+/// the group takes writes: it may still be settling (TRYAGAIN), so this waits for one write,
+/// as a Redis client would.
+async fn settled_pipeline_client(
+    book: AddressBook,
+    config: ProxyConfig,
+) -> (Arc<Proxy<TcpNet, TokioClock>>, tokio::io::DuplexStream) {
     let proxy = Proxy::new(
         TcpNet::client(1000, book, larder_real::test_auth(1000)),
         TokioClock::new(),
-        ProxyConfig::default(),
+        config,
         SharedRouting::new(RoutingTable::even(1, |_| vec![NODE])),
     );
     let (mut client, server) = tokio::io::duplex(1 << 20);
     let serving = proxy.clone();
     tokio::spawn(async move { serving.connection(server).await });
-    // The group may still be settling (TRYAGAIN): wait for one write, as a Redis client would.
     for attempt in 0.. {
         match command(&mut client, &["SET", "settled", "1"]).await {
             Frame::Simple(ok) if ok == "OK" => break,
@@ -178,6 +177,39 @@ async fn a_long_pipeline_runs_in_bounded_runs_and_answers_in_order() {
             other => panic!("SET answered {other:?}"),
         }
     }
+    (proxy, client)
+}
+
+/// Reads `wanted` reply frames, however the proxy's writes split them.
+async fn read_frames(client: &mut tokio::io::DuplexStream, wanted: usize) -> Vec<Frame> {
+    let mut buffer = Vec::new();
+    let mut frames = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        while let Some((frame, used)) = resp::parse_frame(&buffer).expect("RESP") {
+            buffer.drain(..used);
+            frames.push(frame);
+        }
+        if frames.len() >= wanted {
+            return frames;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), client.read(&mut chunk))
+            .await
+            .expect("replies in time")
+            .expect("read");
+        assert!(n > 0, "the proxy closed the connection");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A pipeline longer than [`PIPELINE_RUN_MAX`] runs in runs of at most that many commands, and
+/// its replies still come back one per request, in order, across the runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_pipeline_runs_in_bounded_runs_and_answers_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let book = AddressBook::new();
+    let node = one_node_cluster(dir.path(), &book).await;
+    let (proxy, mut client) = settled_pipeline_client(book, ProxyConfig::default()).await;
 
     let count = 3 * PIPELINE_RUN_MAX + 8;
     let request = |args: &[String]| {
@@ -195,29 +227,8 @@ async fn a_long_pipeline_runs_in_bounded_runs_and_answers_in_order() {
     let gets: Vec<u8> = (0..count)
         .flat_map(|i| request(&["GET".into(), format!("k{i}")]))
         .collect();
-    let read_replies = async |client: &mut tokio::io::DuplexStream, wanted: usize| {
-        let mut buffer = Vec::new();
-        let mut frames = Vec::new();
-        let mut chunk = vec![0u8; 64 << 10];
-        while frames.len() < wanted {
-            while let Some((frame, used)) = resp::parse_frame(&buffer).expect("RESP") {
-                buffer.drain(..used);
-                frames.push(frame);
-            }
-            if frames.len() == wanted {
-                break;
-            }
-            let n = tokio::time::timeout(Duration::from_secs(20), client.read(&mut chunk))
-                .await
-                .expect("replies in time")
-                .expect("read");
-            assert!(n > 0, "the proxy closed the connection");
-            buffer.extend_from_slice(&chunk[..n]);
-        }
-        frames
-    };
     client.write_all(&sets).await.expect("write");
-    let replies = read_replies(&mut client, count).await;
+    let replies = read_frames(&mut client, count).await;
     assert!(
         replies.iter().all(|r| *r == Frame::Simple("OK".into())),
         "{replies:?}"
@@ -230,7 +241,7 @@ async fn a_long_pipeline_runs_in_bounded_runs_and_answers_in_order() {
     assert!(stats.pipeline_runs >= 4, "{stats:?}");
 
     client.write_all(&gets).await.expect("write");
-    let replies = read_replies(&mut client, count).await;
+    let replies = read_frames(&mut client, count).await;
     for (i, reply) in replies.iter().enumerate() {
         assert_eq!(
             *reply,
@@ -259,24 +270,7 @@ async fn a_pipeline_of_large_values_runs_in_runs_bounded_by_bytes() {
         read_buffer_max: 8 << 20,
         ..ProxyConfig::default()
     };
-    let proxy = Proxy::new(
-        TcpNet::client(1000, book, larder_real::test_auth(1000)),
-        TokioClock::new(),
-        config,
-        SharedRouting::new(RoutingTable::even(1, |_| vec![NODE])),
-    );
-    let (mut client, server) = tokio::io::duplex(1 << 20);
-    let serving = proxy.clone();
-    tokio::spawn(async move { serving.connection(server).await });
-    for attempt in 0.. {
-        match command(&mut client, &["SET", "settled", "1"]).await {
-            Frame::Simple(ok) if ok == "OK" => break,
-            Frame::Error(text) if text.starts_with("TRYAGAIN") && attempt < 50 => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => panic!("SET answered {other:?}"),
-        }
-    }
+    let (proxy, mut client) = settled_pipeline_client(book, config).await;
 
     // A BLPOP that times out goes first: while it blocks, the proxy reads every SET behind it,
     // so the runs are cut by the bound and not by what one read happened to bring.
@@ -303,24 +297,7 @@ async fn a_pipeline_of_large_values_runs_in_runs_bounded_by_bytes() {
         client
     });
     let mut client = writing.await.expect("writer");
-    let mut buffer = Vec::new();
-    let mut frames = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
-    while frames.len() < count + 1 {
-        while let Some((frame, used)) = resp::parse_frame(&buffer).expect("RESP") {
-            buffer.drain(..used);
-            frames.push(frame);
-        }
-        if frames.len() == count + 1 {
-            break;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(20), client.read(&mut chunk))
-            .await
-            .expect("replies in time")
-            .expect("read");
-        assert!(n > 0, "the proxy closed the connection");
-        buffer.extend_from_slice(&chunk[..n]);
-    }
+    let frames = read_frames(&mut client, count + 1).await;
     assert!(
         matches!(frames[0], Frame::Array(None) | Frame::Null),
         "BLPOP answered {:?}",

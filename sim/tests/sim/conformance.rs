@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use larder_core::conformance::{EchoHandler, clock_suite, disk_suite, net_suite};
-use larder_core::env::{Disk, Net, SeededRng, Space, WriteBatch};
+use larder_core::env::{Disk, DiskError, Net, SeededRng, Space, WriteBatch};
 use larder_sim::net::{NetFaults, host_name};
 use larder_sim::trace::Trace;
 use larder_sim::{SimClock, SimDisk, SimNet};
@@ -336,4 +336,62 @@ proptest! {
         });
         prop_assert!(explained, "crash state {got:?} is not a prefix containing every synced write");
     }
+}
+
+/// A failed sync on `SimDisk` is a failed fsync as Linux and fjall have it: the unsynced
+/// writes it was to persist are lost, and every later write fails until the restart (fjall
+/// poisons its database). The group committer passes the failure to every caller of the
+/// round; with `Bug::IgnoredSyncError` planted it answers "done" to that round and to every
+/// synced write after it, though none of them reached the disk.
+#[test]
+fn a_failed_sync_loses_the_unsynced_writes_and_fails_every_later_write_until_the_restart() {
+    use larder_core::bugs::{Bug, Bugs};
+    use larder_storage::raft::group_commit::GroupCommitDisk;
+    let put = |key: &str| {
+        let mut batch = WriteBatch::new();
+        batch.put(Space::State, key.as_bytes().to_vec(), b"v".to_vec());
+        batch
+    };
+    let mut sim = sim();
+    sim.client("c", async move {
+        for planted in [false, true] {
+            let inner = SimDisk::new(1);
+            let mut bugs = Bugs::default();
+            // Builds without the `planted-bugs` feature check only the correct committer.
+            if planted && bugs.try_plant(Bug::IgnoredSyncError).is_err() {
+                continue;
+            }
+            let disk = GroupCommitDisk::new(inner.clone(), bugs);
+            disk.write(put("before"), true).await.expect("healthy sync");
+            disk.write(put("pending"), false).await.expect("unsynced write");
+            inner.set_error_rate(1.0);
+            let failed = disk.write(put("failing"), true).await;
+            inner.set_error_rate(0.0);
+            assert_eq!(failed.is_ok(), planted, "{failed:?}");
+            let poisoned = |result: Result<(), DiskError>| {
+                matches!(result, Err(DiskError::Io { reason }) if reason.contains("poisoned"))
+            };
+            // The planted bug answers "done" for the synced write the disk refused.
+            let after = disk.write(put("after"), true).await;
+            assert_eq!(poisoned(after.clone()), !planted, "{after:?}");
+            assert!(poisoned(disk.write(put("after"), false).await));
+            assert!(inner.get(Space::State, b"after").await.expect("get").is_none());
+            // Reads still see the unsynced write (the page cache), until the crash.
+            assert!(inner.get(Space::State, b"pending").await.expect("get").is_some());
+            assert!(inner.get(Space::State, b"failing").await.expect("get").is_none());
+            inner.crash(&mut SeededRng::new(7));
+            let survived = async |key: &str| {
+                inner.get(Space::State, key.as_bytes()).await.expect("get").is_some()
+            };
+            assert!(survived("before").await, "synced before the failure");
+            assert!(!survived("pending").await, "lost with the failed sync");
+            // The restart heals the disk.
+            let restarted = GroupCommitDisk::new(inner.clone(), Bugs::default());
+            restarted.write(put("restarted"), true).await.expect("sync after the restart");
+            inner.power_loss(&mut SeededRng::new(8));
+            assert!(survived("restarted").await);
+        }
+        Ok(())
+    });
+    sim.run().expect("failed sync");
 }
