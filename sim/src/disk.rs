@@ -74,6 +74,8 @@ struct DiskState {
     rng: SeededRng,
     latency: (Duration, Duration),
     error_rate: f64,
+    /// The next synced write fails (see [`SimDisk::fail_next_sync`]).
+    fail_next_sync: bool,
     capacity_bytes: Option<u64>,
     tear_last_batch: bool,
     /// Power is failing (a fault point fired): no sync completes any more, until the crash.
@@ -123,6 +125,7 @@ impl SimDisk {
             rng: SeededRng::new(seed),
             latency: (Duration::ZERO, Duration::ZERO),
             error_rate: 0.0,
+            fail_next_sync: false,
             capacity_bytes: None,
             tear_last_batch: false,
             frozen: false,
@@ -146,9 +149,18 @@ impl SimDisk {
         self.state().latency = (min, max.max(min));
     }
 
-    /// Operations fail with `EIO` at this rate (0 heals).
+    /// Reads and synced writes fail with `EIO` at this rate (0 heals). Unsynced writes do not:
+    /// they only reach the page cache (fjall's journal buffer and memtable), and a write-back
+    /// error shows at the next sync, as on Linux.
     pub fn set_error_rate(&self, rate: f64) {
         self.state().error_rate = rate;
+    }
+
+    /// The next synced write fails with `EIO`, whatever the error rate: a disk that starts to
+    /// fail shows it first at a write-back, which is where a store that ignores a failed sync
+    /// loses acknowledged writes. Healing the disk clears it.
+    pub fn fail_next_sync(&self, fail: bool) {
+        self.state().fail_next_sync = fail;
     }
 
     /// Writes that would take the disk past `capacity` bytes fail (`None` heals).
@@ -163,6 +175,18 @@ impl SimDisk {
         state.current[index(space)]
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The keys of `space` from `first` to `last` (inclusive) whose current value a crash now
+    /// could lose (it differs from the durable one), for audits.
+    pub fn undurable_keys_between(&self, space: Space, first: &[u8], last: &[u8]) -> Vec<Bytes> {
+        let state = self.state();
+        let (current, durable) = (&state.current[index(space)], &state.durable[index(space)]);
+        current
+            .range::<[u8], _>((Bound::Included(first), Bound::Included(last)))
+            .filter(|(key, value)| durable.get(*key) != Some(*value))
+            .map(|(key, _)| key.clone())
             .collect()
     }
 
@@ -360,8 +384,8 @@ impl SimDisk {
         ));
     }
 
-    /// Applies the latency and error faults to one operation.
-    async fn fault(&self, what: &str) -> Result<(), DiskError> {
+    /// Applies the latency and (if it `can_fail`) error faults to one operation.
+    async fn fault(&self, what: &str, can_fail: bool) -> Result<(), DiskError> {
         let delay = {
             let mut state = self.state();
             let (min, max) = state.latency;
@@ -371,7 +395,7 @@ impl SimDisk {
                 let span = (max - min).as_micros() as u64;
                 min + Duration::from_micros(state.rng.range(0, span + 1))
             };
-            let rate = state.error_rate;
+            let rate = if can_fail { state.error_rate } else { 0.0 };
             if state.rng.chance(rate) {
                 state.stats.io_errors += 1;
                 state.trace(format_args!("disk EIO on {what}"));
@@ -403,7 +427,7 @@ impl DiskView for SimView {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
-        self.disk.fault("scan").await?;
+        self.disk.fault("scan", true).await?;
         self.disk.state().stats.reads += 1;
         Ok(scan_table(&self.tables[index(space)], start, end, limit))
     }
@@ -443,10 +467,25 @@ impl Disk for SimDisk {
                 reason: "poisoned: an earlier sync failed (restart to recover)".into(),
             });
         }
-        if let Err(error) = self.fault("write").await {
-            if sync {
-                self.fail_sync();
+        let failing = sync && {
+            let mut state = self.state();
+            let failing = std::mem::take(&mut state.fail_next_sync);
+            if failing {
+                state.stats.io_errors += 1;
+                state.trace(format_args!(
+                    "disk EIO on sync (the first of a failing disk)"
+                ));
             }
+            failing
+        };
+        if failing {
+            self.fail_sync();
+            return Err(DiskError::Io {
+                reason: "injected EIO on sync".into(),
+            });
+        }
+        if let Err(error) = self.fault("sync", sync).await {
+            self.fail_sync();
             return Err(error);
         }
         if self.write_now(batch, sync)? {
@@ -457,7 +496,7 @@ impl Disk for SimDisk {
     }
 
     async fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>, DiskError> {
-        self.fault("get").await?;
+        self.fault("get", true).await?;
         let mut state = self.state();
         state.stats.reads += 1;
         Ok(state.current[index(space)].get(key).cloned())
@@ -470,7 +509,7 @@ impl Disk for SimDisk {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, DiskError> {
-        self.fault("scan").await?;
+        self.fault("scan", true).await?;
         let mut state = self.state();
         state.stats.reads += 1;
         Ok(scan_table(&state.current[index(space)], start, end, limit))
@@ -482,7 +521,7 @@ impl Disk for SimDisk {
         start: &[u8],
         end: &[u8],
     ) -> Result<Option<(Bytes, Bytes)>, DiskError> {
-        self.fault("last").await?;
+        self.fault("last", true).await?;
         if end <= start {
             return Ok(None);
         }

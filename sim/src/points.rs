@@ -10,7 +10,8 @@
 //!
 //! The hook also audits storage at the points where a mistake shows on disk before any client
 //! could notice (`larder_storage::raft::audit`): every vote durable when the log store says it
-//! saved one; the log in order after the first append that follows a truncation. A failed
+//! saved one; every appended log entry durable when the log store reports it flushed; the log
+//! in order after the first append that follows a truncation. A failed
 //! audit is a violation of the run.
 
 // tokio's time here is turmoil's simulated time (this module is the simulated environment).
@@ -21,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use larder_core::NodeId;
-use larder_core::env::{FaultPoint, FaultPoints, PointDelay, PointHook};
+use larder_core::env::{FaultPoint, FaultPoints, PointDelay, PointHook, log_key, log_key_index};
+use larder_core::{GroupId, NodeId};
 
 use crate::disk::SimDisk;
 use crate::trace::{Trace, sim_now};
@@ -168,6 +169,31 @@ impl NodeHook {
 const VOTE_PREFIX: &[u8] = b"vote/";
 
 impl PointHook for NodeHook {
+    /// Raft counts a follower's entries toward a quorum once it reports them flushed: at that
+    /// point they must be durable. (While power is failing a sync may be stuck on purpose: not
+    /// audited then.)
+    fn log_appended(&self, group: GroupId, first: u64, last: u64) {
+        if self.disk.is_frozen() {
+            return;
+        }
+        let keys = self.disk.undurable_keys_between(
+            larder_core::env::Space::Log,
+            &log_key(group, first),
+            &log_key(group, last),
+        );
+        if keys.is_empty() {
+            return;
+        }
+        let indexes: Vec<u64> = keys.iter().filter_map(|key| log_key_index(key)).collect();
+        let defect = format!(
+            "group {group} log entries {first}..={last} reported flushed, not durable: {indexes:?}"
+        );
+        self.table
+            .table()
+            .defects
+            .push((self.node, FaultPoint::LogAppended, defect));
+    }
+
     fn hit(&self, point: FaultPoint) -> Option<PointDelay> {
         let defect = match point {
             FaultPoint::VoteSaved => self.audit_votes(),
@@ -264,6 +290,35 @@ mod tests {
         let defects = table.defects();
         assert_eq!(defects.len(), 1, "{defects:?}");
         assert_eq!((defects[0].0, defects[0].1), (7, FaultPoint::VoteSaved));
+    }
+
+    #[test]
+    fn log_entries_reported_flushed_without_a_sync_are_a_defect_at_their_point() {
+        use bytes::Bytes;
+        use larder_core::env::Disk;
+        let table = PointTable::default();
+        let disk = SimDisk::new(5);
+        let hook = table.hook(5, disk.clone(), Trace::default());
+        let rows = |from: u64| {
+            (from..from + 3)
+                .map(|i| (i, Bytes::from(vec![i as u8])))
+                .collect()
+        };
+        futures::executor::block_on(async {
+            disk.log_append(2, rows(1), true).await.unwrap();
+            hook.log_appended(2, 1, 3).await;
+            // Another group's unsynced entries are not group 2's concern, nor its own later ones.
+            disk.log_append(9, rows(1), false).await.unwrap();
+            disk.log_append(2, rows(4), false).await.unwrap();
+            hook.log_appended(2, 1, 3).await;
+            assert!(table.defects().is_empty(), "{:?}", table.defects());
+            hook.log_appended(2, 4, 6).await;
+        });
+        let defects = table.defects();
+        assert_eq!(defects.len(), 1, "{defects:?}");
+        assert_eq!((defects[0].0, defects[0].1), (5, FaultPoint::LogAppended));
+        assert!(defects[0].2.contains("[4, 5, 6]"), "{}", defects[0].2);
+        assert_eq!(table.hits()[&FaultPoint::LogAppended], 3);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::GroupId;
+
 /// One named fault point. Serialized as its snake_case name, and ordered by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,6 +113,11 @@ pub type PointDelay = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait PointHook: Send + Sync + 'static {
     /// Records the hit and acts on it; a returned future holds the caller until it completes.
     fn hit(&self, point: FaultPoint) -> Option<PointDelay>;
+
+    /// The log store is about to report `group`'s entries `first..=last` flushed (just before
+    /// [`FaultPoint::LogAppended`]): the simulator audits that they are durable, so a lost sync
+    /// is caught where it happens, not only when a crash happens to follow it.
+    fn log_appended(&self, _group: GroupId, _first: u64, _last: u64) {}
 }
 
 /// A process's fault points: empty in production, a simulator hook in simulation.
@@ -144,6 +151,17 @@ impl FaultPoints {
         {
             delay.await;
         }
+    }
+}
+
+impl FaultPoints {
+    /// Passes [`FaultPoint::LogAppended`] for `group`'s entries `first..=last`, which the log
+    /// store is about to report flushed.
+    pub async fn log_appended(&self, group: GroupId, first: u64, last: u64) {
+        if let Some(hook) = &self.0 {
+            hook.log_appended(group, first, last);
+        }
+        self.hit(FaultPoint::LogAppended).await;
     }
 }
 

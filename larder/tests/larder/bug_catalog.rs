@@ -118,10 +118,13 @@ catalog! {
     // One group: the read-only client's leader in a crash loop (`bounce_leader`): 2/50, first 3
     // (cluster: 4/50, first 3).
     leader_restore: "leader-restore", 1..=50, SwarmOneGroup;
-    // 25/50, first 2 (most by an openraft assertion: "follower log reversion").
-    unsynced_log_append: "unsynced-log-append", 1..=50, Swarm;
-    // 3/50, first 15 (since a failed sync fails the simulated disk until the crash, as
-    // fjall's poisoning does; 4/50 before).
+    // 50/50 (the flush audit at `log_appended`; 25/50 before it, most by an openraft
+    // assertion: "follower log reversion").
+    unsynced_log_append: "unsynced-log-append", 1..=5, Swarm;
+    // 3/50, first 24: the seeds whose plan makes a disk fail (`disk_errors`, whose first sync
+    // fails for sure). Since appends sync in the flush task, only syncs fail (a write-back
+    // error shows at fsync), and a failed sync fails the simulated disk until the crash, as
+    // fjall's poisoning does.
     ignored_sync_error: "ignored-sync-error", 1..=50, Swarm;
     // 6/50, first 2.
     no_session_dedup: "no-session-dedup", 1..=50, Swarm;

@@ -151,6 +151,10 @@ impl NodeConfig {
             // destroyed, both restart, and the old leader answers at once). An election makes
             // the new leader commit an entry of its own term before it serves reads.
             enable_leader_restore: Some(self.bugs.is_planted(Bug::LeaderRestore)),
+            // A leader sends entries to its followers as soon as they are written, while its
+            // own sync runs (`DiskLogStore`): commit still needs a quorum of flushed logs, and
+            // the leader counts in it only once its own flush is reported.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         config.validate().map_err(|e| NodeError::Config {

@@ -597,7 +597,10 @@ fn apply_disk_or_clock(part: &NodeParts, fault: &Fault) {
         Fault::SlowDisk { latency_ms_max, .. } => part
             .disk
             .set_latency(Duration::ZERO, Duration::from_millis(*latency_ms_max)),
-        Fault::DiskErrors { rate, .. } => part.disk.set_error_rate(*rate),
+        Fault::DiskErrors { rate, .. } => {
+            part.disk.set_error_rate(*rate);
+            part.disk.fail_next_sync(true);
+        }
         Fault::DiskFull { .. } => part.disk.fill_up(),
         Fault::HealDisk { .. } => heal_disk(&part.disk),
         Fault::ClockOffset { offset_ms, .. } => part.clock.set_offset_ms(*offset_ms),
@@ -611,6 +614,7 @@ fn apply_disk_or_clock(part: &NodeParts, fault: &Fault) {
 fn heal_disk(disk: &SimDisk) {
     disk.set_latency(Duration::ZERO, Duration::ZERO);
     disk.set_error_rate(0.0);
+    disk.fail_next_sync(false);
     disk.set_capacity_bytes(None);
 }
 

@@ -9,21 +9,41 @@ use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Disk, FaultPoint, FaultPoints, Space, WriteBatch, vote_key};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
+use tokio::sync::mpsc;
 
 use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
 
+/// Appends waiting for one flush task's sync at most (the rest wait for the next).
+const FLUSH_ROUND_MAX: usize = 256;
+
+/// Appends written but not yet synced, per group: `append` waits when this many are queued.
+const FLUSHES_QUEUED_MAX: usize = 1024;
+
+/// An append written to the disk but not synced: openraft's callback, called once it is.
+struct Unflushed {
+    /// The first and last index appended (`None`: an empty append).
+    indexes: Option<(u64, u64)>,
+    callback: IOFlushed<TypeConfig>,
+}
+
 /// openraft's log storage for group `group` on `disk`.
 ///
-/// Appends are written with `sync: true` and reported flushed only after the sync returns: this
-/// is what makes an acknowledged write durable on a quorum. openraft hands over every entry that
-/// queued up while the previous append was syncing, so concurrent client writes share one
-/// append and one sync (group commit).
+/// An append is written unsynced, so its entries are readable when `append` returns (openraft
+/// 0.10's contract), and reported flushed by the group's flush task only after a sync that
+/// followed the write has returned: this is what makes an acknowledged write durable on a
+/// quorum. Meanwhile the leader already sends the entries to its followers
+/// (`broadcast_submitted_on_append`), so a write waits for one fsync round (the slower of the
+/// leader's and the quorum's), not the leader's and then a follower's. The flush task syncs
+/// everything queued since its last sync at once, and the node's group committer merges the
+/// syncs of all groups (group commit).
 #[derive(Clone)]
 pub struct DiskLogStore<D: Disk> {
     disk: D,
     group: GroupId,
     bugs: Bugs,
     points: FaultPoints,
+    /// To this group's flush task ([`flush_appends`]).
+    unflushed: mpsc::Sender<Unflushed>,
     /// The index the last purge in this process reached: the next one starts above it without
     /// a scan (`Disk::log_purge`). `None` after opening: the first purge scans from index 0,
     /// which also clears what a purge cut short by a crash left below the mark.
@@ -31,13 +51,57 @@ pub struct DiskLogStore<D: Disk> {
 }
 
 impl<D: Disk> DiskLogStore<D> {
+    /// Also starts the group's flush task, which ends when the store and its readers are gone.
     pub fn new(disk: D, group: GroupId, bugs: Bugs, points: FaultPoints) -> Self {
+        let (unflushed, queue) = mpsc::channel(FLUSHES_QUEUED_MAX);
+        tokio::spawn(flush_appends(
+            disk.clone(),
+            group,
+            bugs.clone(),
+            points.clone(),
+            queue,
+        ));
         DiskLogStore {
             disk,
             group,
             bugs,
             points,
+            unflushed,
             purged_through: None,
+        }
+    }
+}
+
+/// Syncs what the group appended and reports it flushed, in order: one sync for every append
+/// queued while the previous sync ran. A failed sync fails the appends it covered (openraft
+/// then stops the group); the disk itself fails every later write (a poisoned fjall database,
+/// and the simulated disk, until a restart).
+async fn flush_appends<D: Disk>(
+    disk: D,
+    group: GroupId,
+    bugs: Bugs,
+    points: FaultPoints,
+    mut queue: mpsc::Receiver<Unflushed>,
+) {
+    let mut round = Vec::with_capacity(FLUSH_ROUND_MAX);
+    while queue.recv_many(&mut round, FLUSH_ROUND_MAX).await > 0 {
+        let synced = if bugs.is_planted(Bug::UnsyncedLogAppend) {
+            // Planted bug: reported flushed without a sync.
+            Ok(())
+        } else {
+            disk.write(WriteBatch::new(), true).await
+        };
+        for Unflushed { indexes, callback } in round.drain(..) {
+            match &synced {
+                Ok(()) => {
+                    match indexes {
+                        Some((first, last)) => points.log_appended(group, first, last).await,
+                        None => points.hit(FaultPoint::LogAppended).await,
+                    }
+                    callback.io_completed(Ok(()));
+                }
+                Err(error) => callback.io_completed(Err(io::Error::from(error.clone()))),
+            }
         }
     }
 }
@@ -143,26 +207,23 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
             .into_iter()
             .map(|entry| (entry.log_id.index(), encode(&entry)))
             .collect();
-        let result = self
-            .disk
-            .log_append(
-                self.group,
-                rows,
-                !self.bugs.is_planted(Bug::UnsyncedLogAppend),
-            )
-            .await
-            .map_err(io::Error::from);
-        match result {
-            Ok(()) => {
-                self.points.hit(FaultPoint::LogAppended).await;
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(error) => {
-                callback.io_completed(Err(io::Error::new(error.kind(), error.to_string())));
-                Err(error)
-            }
+        let indexes = rows.first().zip(rows.last()).map(|(a, b)| (a.0, b.0));
+        // Unsynced: the flush task syncs and then reports it (see the type's comment).
+        if let Err(error) = self.disk.log_append(self.group, rows, false).await {
+            let error = io::Error::from(error);
+            callback.io_completed(Err(io::Error::new(error.kind(), error.to_string())));
+            return Err(error);
         }
+        if let Err(mpsc::error::SendError(unflushed)) =
+            self.unflushed.send(Unflushed { indexes, callback }).await
+        {
+            let reason = format!("group {}: its flush task stopped", self.group);
+            unflushed
+                .callback
+                .io_completed(Err(io::Error::other(reason.clone())));
+            return Err(io::Error::other(reason));
+        }
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
