@@ -181,7 +181,7 @@ async fn settled_pipeline_client(
 }
 
 /// Reads `wanted` reply frames, however the proxy's writes split them.
-async fn read_frames(client: &mut tokio::io::DuplexStream, wanted: usize) -> Vec<Frame> {
+async fn read_frames<S: AsyncRead + Unpin>(client: &mut S, wanted: usize) -> Vec<Frame> {
     let mut buffer = Vec::new();
     let mut frames = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
@@ -339,19 +339,7 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, args: &[&str
     }
     stream.write_all(&request).await.expect("write");
     stream.flush().await.expect("flush");
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some((frame, _)) = resp::parse_frame(&buffer).expect("a RESP reply") {
-            return frame;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("a reply in time")
-            .expect("read");
-        assert!(n > 0, "the proxy closed the connection");
-        buffer.extend_from_slice(&chunk[..n]);
-    }
+    read_frames(stream, 1).await.swap_remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
