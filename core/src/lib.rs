@@ -12,6 +12,8 @@
 //!   Redis Cluster computes it;
 //! - the **routing table** ([`routing`]): slot -> group -> replicas, versioned by epoch;
 //! - the **RESP codec** ([`resp`]): RESP2/RESP3 request and reply parsing and encoding, no I/O;
+//! - the **metrics** plumbing ([`metrics`]): each role's Prometheus registry and the scrape that
+//!   renders a process's registries as one page;
 //! - the **planted-bug catalog** ([`bugs`]): switches that break one layer on purpose, compiled
 //!   in only with the `planted-bugs` feature, so the simulator can prove it catches them.
 //!
@@ -23,6 +25,7 @@ pub mod bugs;
 pub mod conformance;
 pub mod env;
 pub mod kv;
+pub mod metrics;
 pub mod resp;
 pub mod routing;
 pub mod slots;

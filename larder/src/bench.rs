@@ -363,6 +363,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             nodes: larder::local::NODES_MIN,
             groups: args.groups,
             requirepass: None,
+            metrics: None,
         }))
         .context("starting the local cluster")?;
     let port = cluster.proxy_address.port();

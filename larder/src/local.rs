@@ -45,6 +45,9 @@ pub struct LocalConfig {
     /// routing table; a restart from an existing directory keeps the groups it has.
     pub groups: u64,
     pub requirepass: Option<String>,
+    /// Where the Prometheus metrics of every role are served (`GET /metrics`; port 0 picks
+    /// one); `None`: not served.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why a local cluster did not start.
@@ -120,6 +123,11 @@ pub struct LocalCluster {
     pub center_addresses: Vec<(NodeId, SocketAddr)>,
     /// Where each storage node listens (node id, address).
     pub node_addresses: Vec<(NodeId, SocketAddr)>,
+    /// Where the metrics endpoint listens, when [`LocalConfig::metrics`] asked for one.
+    pub metrics_address: Option<SocketAddr>,
+    /// Every role's metrics registry, served together by the endpoint.
+    pub scrape: larder_core::metrics::Scrape,
+    metrics: Option<larder_real::MetricsEndpoint>,
     routing: SharedRouting,
     centers: Vec<Arc<Center<RealEnv>>>,
     nodes: Vec<Arc<StorageNode<RealEnv>>>,
@@ -199,6 +207,9 @@ impl LocalCluster {
             proxy_address: args.listen,
             center_addresses: Vec::new(),
             node_addresses: Vec::new(),
+            metrics_address: None,
+            scrape: larder_core::metrics::Scrape::new(),
+            metrics: None,
             routing: SharedRouting::from_sources(CENTERS.to_vec()),
             centers: Vec::new(),
             nodes: Vec::new(),
@@ -242,6 +253,9 @@ impl LocalCluster {
             // Heartbeats bring the storage nodes' addresses; the centers must reach them (in
             // one process the book is shared anyway, but this is what a center process does).
             center.on_address(book.sink());
+            for registry in center.metrics_registries() {
+                self.scrape.add(registry);
+            }
             let serving = center.clone();
             self.tasks.push(tokio::spawn(async move {
                 if let Err(error) = serving.serve().await {
@@ -274,6 +288,7 @@ impl LocalCluster {
             // The other nodes' addresses come from the center (as in a `larder node` process;
             // the shared book knows them already).
             node.on_addresses(book.sink());
+            self.scrape.add(node.metrics_registry());
             let serving = node.clone();
             self.tasks.push(tokio::spawn(async move {
                 if let Err(error) = serving.serve().await {
@@ -295,6 +310,17 @@ impl LocalCluster {
             },
             self.routing.clone(),
         );
+        self.scrape.add(proxy.metrics_registry(PROXY_ID));
+        if let Some(listen) = args.metrics {
+            let endpoint = larder_real::MetricsEndpoint::start(listen, self.scrape.clone())
+                .await
+                .map_err(|source| LocalError::Io {
+                    what: format!("metrics: binding {listen}"),
+                    source,
+                })?;
+            self.metrics_address = Some(endpoint.address());
+            self.metrics = Some(endpoint);
+        }
         let listener = TokioListener::bind(args.listen)
             .await
             .map_err(|source| LocalError::Io {
@@ -368,6 +394,7 @@ impl LocalCluster {
     /// Stops every group's Raft. The temporary data directory, if the cluster made one, is
     /// handed back rather than removed: drop it after the runtime (see [`DataDir`]).
     pub async fn stop(mut self) -> DataDir {
+        self.metrics = None;
         for node in &self.nodes {
             node.shutdown().await;
         }

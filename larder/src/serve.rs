@@ -117,6 +117,9 @@ pub struct NodeArgs {
     /// secret in `LARDER_CLUSTER_SECRET`).
     #[arg(long)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Serve the node's Prometheus metrics here (`GET /metrics`). Default: not served.
+    #[arg(long, conflicts_with = "config")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where a joining node records its id, in its directory.
@@ -166,6 +169,7 @@ impl NodeArgs {
             advertise: None,
             heartbeat_ms: None,
             cluster_secret_file: self.cluster_secret_file.clone(),
+            metrics_listen: self.metrics_listen,
         };
         Ok((file, "the command line".to_string()))
     }
@@ -269,6 +273,9 @@ pub struct CenterFile {
     /// doc).
     #[serde(default)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Serve this process's Prometheus metrics here (`GET /metrics`); not served if absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CenterFile {
@@ -349,6 +356,9 @@ pub struct NodeFile {
     /// doc).
     #[serde(default)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Serve this process's Prometheus metrics here (`GET /metrics`); not served if absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How a node gets its groups.
@@ -491,6 +501,9 @@ pub struct ProxyFile {
     /// (default 10; at least 1). It holds a `max_clients` slot meanwhile.
     #[serde(default)]
     pub tls_handshake_timeout_secs: Option<u64>,
+    /// Serve this process's Prometheus metrics here (`GET /metrics`); not served if absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ProxyFile {
@@ -718,6 +731,25 @@ async fn open_env(
     Ok(RealEnv::open(id, listen, data_dir, book, seed, key).await?)
 }
 
+/// Serves `registries` on `listen`, if given, and says where.
+async fn serve_metrics(
+    listen: Option<SocketAddr>,
+    registries: impl IntoIterator<Item = larder_core::metrics::Registry>,
+) -> anyhow::Result<Option<larder_real::MetricsEndpoint>> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let scrape = larder_core::metrics::Scrape::new();
+    for registry in registries {
+        scrape.add(registry);
+    }
+    let endpoint = larder_real::MetricsEndpoint::start(listen, scrape)
+        .await
+        .with_context(|| format!("serving metrics on {listen}"))?;
+    outln!("metrics: http://{}/metrics", endpoint.address());
+    Ok(Some(endpoint))
+}
+
 /// The cluster key from a role's `cluster_secret_file`, else the environment, logged by its
 /// fingerprint so operators can compare processes that fail to talk.
 fn cluster_key(file: Option<&Path>) -> anyhow::Result<ClusterKey> {
@@ -772,6 +804,7 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
             "center observer"
         };
         outln!("larder {role} {} listening on {}", file.id, file.listen);
+        let _metrics = serve_metrics(file.metrics_listen, center.metrics_registries()).await?;
         stop_signal().await?;
         center.shutdown().await;
         Ok(true)
@@ -844,6 +877,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
                 file.centers.iter().map(|c| c.id).collect::<Vec<_>>()
             ),
         }
+        let _metrics = serve_metrics(file.metrics_listen, [node.metrics_registry()]).await?;
         stop_signal().await?;
         node.shutdown().await;
         Ok(true)
@@ -895,6 +929,8 @@ pub fn proxy(args: ConfigArgs) -> anyhow::Result<bool> {
             routing,
         );
         outln!("larder proxy {} listening on {bound}", file.id);
+        let _metrics =
+            serve_metrics(file.metrics_listen, [proxy.metrics_registry(file.id)]).await?;
         let serve_tls = match tls {
             Some((listener, bound, tls)) => {
                 outln!(

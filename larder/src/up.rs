@@ -32,6 +32,12 @@ pub struct UpArgs {
     /// Require clients to AUTH with this password.
     #[arg(long)]
     pub requirepass: Option<String>,
+    /// Serve every role's Prometheus metrics here (`GET /metrics`; port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:9380")]
+    pub metrics_listen: SocketAddr,
+    /// Serve no metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 fn parse_nodes(text: &str) -> Result<usize, String> {
@@ -56,6 +62,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
                 nodes: args.nodes,
                 groups: args.groups,
                 requirepass: args.requirepass.clone(),
+                metrics: (!args.no_metrics).then_some(args.metrics_listen),
             };
             let cluster = LocalCluster::start(&config)
                 .await
@@ -76,6 +83,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
             outln!("  centers: {}", list(&cluster.center_addresses));
             outln!("  storage nodes: {}", list(&cluster.node_addresses));
             outln!("  proxy: {}", cluster.proxy_address);
+            if let Some(address) = cluster.metrics_address {
+                outln!("  metrics: http://{address}/metrics");
+            }
             let centers = cluster
                 .center_addresses
                 .iter()

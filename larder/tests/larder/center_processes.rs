@@ -15,6 +15,11 @@
 //! picks the new table up (`INFO` reports `routing_epoch`), every key is still readable and
 //! new writes succeed, which needs the proxy to reach it; then every process exits cleanly on
 //! SIGTERM.
+//!
+//! Every process also serves its Prometheus metrics (`metrics_listen` in its file); the test
+//! scrapes each role's endpoint over HTTP and checks named metrics move with the load and the
+//! repair: the proxy's string commands, each node's group-commit rounds and groups, the
+//! center leader's routing epoch and the storage nodes it counts down.
 
 // A real-process test: real time, real threads.
 #![allow(clippy::disallowed_methods)]
@@ -47,6 +52,8 @@ const KEYS: usize = 100;
 struct Cluster {
     dir: PathBuf,
     addresses: BTreeMap<NodeId, SocketAddr>,
+    /// Each process's metrics endpoint.
+    metrics: BTreeMap<NodeId, SocketAddr>,
     children: BTreeMap<NodeId, Child>,
     runtime: tokio::runtime::Runtime,
     /// The test's own endpoint: knows the centers, and the storage nodes only to check who
@@ -83,39 +90,50 @@ impl Cluster {
             .collect();
         let listeners: Vec<std::net::TcpListener> = ids
             .iter()
+            .chain(&ids)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
             .collect();
-        let addresses: BTreeMap<NodeId, SocketAddr> = ids
+        let ports: Vec<SocketAddr> = listeners
             .iter()
-            .zip(&listeners)
-            .map(|(id, l)| (*id, l.local_addr().expect("address")))
+            .map(|l| l.local_addr().expect("address"))
+            .collect();
+        let addresses: BTreeMap<NodeId, SocketAddr> =
+            ids.iter().copied().zip(ports.iter().copied()).collect();
+        let metrics: BTreeMap<NodeId, SocketAddr> = ids
+            .iter()
+            .copied()
+            .zip(ports[ids.len()..].iter().copied())
             .collect();
         drop(listeners);
         let centers = format!("centers = {}", peers(&addresses, &CENTERS));
         for id in CENTERS {
             let text = format!(
                 "id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\ngroups = {GROUPS}\ninitialize = {}\n\
-                 bootstrap_nodes_min = {}\nheartbeat_ms = {HEARTBEAT_MS}\nmissed_heartbeats_max = 5\n{centers}\n",
+                 bootstrap_nodes_min = {}\nheartbeat_ms = {HEARTBEAT_MS}\nmissed_heartbeats_max = 5\n\
+                 metrics_listen = \"{}\"\n{centers}\n",
                 addresses[&id],
                 dir.join(format!("center-{id}")).display(),
                 id == CENTERS[0],
                 NODES.len(),
+                metrics[&id],
             );
             std::fs::write(dir.join(format!("center-{id}.toml")), text).expect("write config");
         }
         // No peers: the other nodes' addresses come from the center.
         for id in NODES.iter().chain(&[SPARE]) {
             let text = format!(
-                "id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\nheartbeat_ms = {HEARTBEAT_MS}\n{centers}\n",
+                "id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\nheartbeat_ms = {HEARTBEAT_MS}\n\
+                 metrics_listen = \"{}\"\n{centers}\n",
                 addresses[id],
                 dir.join(format!("node-{id}")).display(),
+                metrics[id],
             );
             std::fs::write(dir.join(format!("node-{id}.toml")), text).expect("write config");
         }
         // No nodes: their addresses come with the routing answers.
         let text = format!(
-            "id = {PROXY}\nlisten = \"{}\"\n{centers}\n",
-            addresses[&PROXY],
+            "id = {PROXY}\nlisten = \"{}\"\nmetrics_listen = \"{}\"\n{centers}\n",
+            addresses[&PROXY], metrics[&PROXY],
         );
         std::fs::write(dir.join(format!("proxy-{PROXY}.toml")), text).expect("write config");
 
@@ -133,6 +151,7 @@ impl Cluster {
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             addresses,
+            metrics,
             children: BTreeMap::new(),
             runtime,
             net,
@@ -327,6 +346,61 @@ impl Redis {
     }
 }
 
+/// Process `id`'s metrics page (`GET /metrics`, as Prometheus or `curl` asks for it).
+fn scrape(cluster: &Cluster, id: NodeId) -> String {
+    use std::io::{Read, Write};
+    let address = cluster.metrics[&id];
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{} {id}'s metrics at {address}: {e}", role(id)));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("request");
+    let mut page = String::new();
+    stream.read_to_string(&mut page).expect("page");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    page
+}
+
+/// The sum of the samples of metric `name` (the whole name, `_total` and all) whose labels
+/// include every one of `labels`; `None` if there is none.
+fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => match rest.split_once("} ") {
+                Some(parts) => parts,
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue,
+            },
+        };
+        if labels.iter().all(|(k, v)| {
+            label_text
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        }) {
+            let value: f64 = value.trim().parse().expect("a number");
+            found = Some(found.unwrap_or(0.0) + value);
+        }
+    }
+    found
+}
+
+/// The center replicas' metric `name`, summed (a gauge only the leader reports, or reports as
+/// 1, sums to the leader's figure).
+fn centers_sum(cluster: &Cluster, name: &str, labels: &[(&str, &str)]) -> f64 {
+    CENTERS
+        .iter()
+        .map(|id| sample(&scrape(cluster, *id), name, labels).unwrap_or(0.0))
+        .sum()
+}
+
 fn set(key: &str, value: &str) -> redis::Cmd {
     let mut command = redis::cmd("SET");
     command.arg(key).arg(value);
@@ -368,6 +442,21 @@ fn center_processes_replace_a_killed_node() {
         }),
         "{table:?}"
     );
+    let proxy_label = PROXY.to_string();
+    let string_sets = |page: &str| {
+        sample(
+            page,
+            "larder_proxy_commands_total",
+            &[("family", "string"), ("node", &proxy_label)],
+        )
+        .expect("the proxy counts string commands")
+    };
+    let sets_before = string_sets(&scrape(&cluster, PROXY));
+    let syncs = |cluster: &Cluster, id: NodeId| {
+        sample(&scrape(cluster, id), "larder_node_sync_writes_count", &[])
+            .expect("a node counts its sync rounds")
+    };
+    let syncs_before: Vec<f64> = NODES.iter().map(|id| syncs(&cluster, *id)).collect();
     for i in 0..KEYS {
         let () = redis.retry(
             &set(&format!("key-{i}"), &format!("value-{i}")),
@@ -377,6 +466,38 @@ fn center_processes_replace_a_killed_node() {
     eprintln!(
         "bootstrapped and wrote {KEYS} keys after {:?}",
         started.elapsed()
+    );
+    // The metrics moved with the load: every SET counted at the proxy, every node synced.
+    let proxy_page = scrape(&cluster, PROXY);
+    assert!(
+        string_sets(&proxy_page) >= sets_before + KEYS as f64,
+        "{proxy_page}"
+    );
+    assert!(
+        sample(
+            &proxy_page,
+            "larder_proxy_command_duration_seconds_count",
+            &[("family", "string")]
+        )
+        .is_some_and(|count| count >= KEYS as f64),
+        "{proxy_page}"
+    );
+    for (id, before) in NODES.iter().zip(&syncs_before) {
+        let page = scrape(&cluster, *id);
+        let after = sample(&page, "larder_node_sync_writes_count", &[]).expect("sync rounds");
+        assert!(after > *before, "node {id}: {before} -> {after}\n{page}");
+        let groups = sample(&page, "larder_node_groups", &[]).expect("groups hosted");
+        assert!(groups >= 1.0, "node {id}\n{page}");
+    }
+    // One center replica leads, and its routing epoch is the table's.
+    assert_eq!(centers_sum(&cluster, "larder_center_leader", &[]), 1.0);
+    assert!(
+        CENTERS.iter().any(
+            |id| sample(&scrape(&cluster, *id), "larder_center_routing_epoch", &[])
+                == Some(table.epoch() as f64)
+        ),
+        "no center reports epoch {}",
+        table.epoch()
     );
     assert!(redis.routing_epoch() >= table.epoch());
     // The center hands out the registered nodes' addresses (what the proxy and the nodes,
@@ -437,6 +558,23 @@ fn center_processes_replace_a_killed_node() {
                             && r.replicas.iter().all(|n| live.contains(n))
                     })
             })
+        },
+    );
+    // The center leader's metrics show the repair: a newer epoch, one node down.
+    wait_for(
+        "the center's metrics after the repair",
+        Duration::from_secs(10),
+        || {
+            let epoch = CENTERS
+                .iter()
+                .filter_map(|id| sample(&scrape(&cluster, *id), "larder_center_routing_epoch", &[]))
+                .fold(0.0, f64::max);
+            let down = centers_sum(
+                &cluster,
+                "larder_center_storage_nodes",
+                &[("liveness", "down")],
+            );
+            (epoch >= repaired.epoch() as f64 && down == 1.0).then_some(())
         },
     );
     eprintln!(

@@ -33,6 +33,7 @@ impl Running {
             nodes: larder::local::NODES_MIN,
             groups,
             requirepass: requirepass.map(str::to_string),
+            metrics: None,
         };
         let cluster = runtime
             .block_on(LocalCluster::start(&config))

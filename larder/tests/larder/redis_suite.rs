@@ -331,6 +331,7 @@ fn run_units(minimums: &[(&str, u32)], no_progress: Duration) {
         nodes: larder::local::NODES_MIN,
         groups: 1,
         requirepass: None,
+        metrics: None,
     };
     let cluster = runtime
         .block_on(LocalCluster::start(&config))

@@ -51,6 +51,7 @@ pub mod center;
 pub mod config;
 pub mod control;
 pub mod handler;
+pub mod metrics;
 pub mod migrate;
 mod operate;
 pub mod plan;

@@ -45,6 +45,7 @@ use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting, sin
 
 mod blocking;
 pub mod info;
+pub mod metrics;
 mod tls;
 mod transaction;
 pub use tls::{PemFile, ProxyTls, TlsAuthClients, TlsError, TlsSettings};
@@ -221,6 +222,8 @@ pub struct Proxy<N: Net, C: Clock> {
     command_counts: std::sync::Mutex<std::collections::BTreeMap<String, info::CommandCounts>>,
     /// Clients blocked in `BLPOP` and the like, queued per key so the earliest is served first.
     waiters: blocking::Waiters,
+    /// Commands, errors and latency per command family ([`Proxy::metrics_registry`]).
+    metrics: metrics::ProxyMetrics,
 }
 
 /// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
@@ -544,6 +547,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             refreshing: AtomicBool::new(false),
             command_counts: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             waiters: blocking::Waiters::default(),
+            metrics: metrics::ProxyMetrics::default(),
             encodings: std::sync::Mutex::new(
                 ENCODING_PARAMETERS
                     .iter()
@@ -1104,6 +1108,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// Counts one answered command for `INFO` (`commandstats`), timed from `started`.
     fn count(&self, name: String, started: Duration, frame: &Frame) {
         bump(&self.counters.total_commands);
+        let took = self.clock.now().saturating_sub(started);
+        self.metrics.record(
+            metrics::family(&name),
+            took.as_secs_f64(),
+            matches!(frame, Frame::Error(_)),
+        );
         let refused = match frame {
             Frame::Error(text) => Some(
                 text.starts_with("ERR wrong number")
@@ -1120,7 +1130,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             if counts.len() < COMMAND_COUNTS_MAX || counts.contains_key(&name) {
                 let entry = counts.entry(name).or_default();
                 entry.calls += 1;
-                entry.usec += self.clock.now().saturating_sub(started).as_micros() as u64;
+                entry.usec += took.as_micros() as u64;
                 match refused {
                     Some(true) => entry.rejected_calls += 1,
                     Some(false) => entry.failed_calls += 1,

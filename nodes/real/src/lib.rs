@@ -15,6 +15,7 @@
 mod clock;
 mod disk;
 mod listener;
+pub mod metrics_http;
 mod net;
 mod secret;
 
@@ -23,6 +24,7 @@ pub use disk::{FjallDisk, FjallOptions, FjallView};
 pub use larder_transport::conformance::{TEST_SECRET, test_auth};
 pub use larder_transport::{ClusterAuth, ClusterKey};
 pub use listener::TokioListener;
+pub use metrics_http::MetricsEndpoint;
 pub use net::{AddressBook, TcpNet, TcpTransport};
 pub use secret::{
     SECRET_FILE_NAME, SECRET_FILE_VAR, SECRET_VAR, SecretError, cluster_key, ensure_secret_file,

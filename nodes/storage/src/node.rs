@@ -211,7 +211,7 @@ impl<E: Env> StorageNode<E> {
         };
         let sealed = Sealed::new(env.disk().clone(), config.bugs.clone()).with_hook(hook);
         // One committer for every group of the node: their log appends share syncs.
-        let disk = GroupCommitDisk::new(sealed, config.bugs.clone());
+        let disk = GroupCommitDisk::timed(sealed, config.bugs.clone(), env.clock().clone());
         let storage = |source: larder_core::env::DiskError| NodeError::HostedGroups {
             source: source.into(),
         };

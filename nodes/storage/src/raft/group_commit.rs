@@ -9,7 +9,9 @@
 
 use bytes::Bytes;
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Disk, DiskError, Space, WriteBatch};
+use larder_core::env::{Clock, Disk, DiskError, Space, WriteBatch};
+use larder_core::metrics::{batch_histogram, latency_histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
 type Pending = (WriteBatch, oneshot::Sender<Result<(), DiskError>>);
@@ -17,19 +19,54 @@ type Pending = (WriteBatch, oneshot::Sender<Result<(), DiskError>>);
 /// Bound on batches merged into one sync, so one huge round cannot starve the callers behind it.
 const MERGE_BATCHES_MAX: usize = 1024;
 
+/// What the committer measures of its sync rounds (`larder_node_sync_…` metrics).
+#[derive(Clone, Debug)]
+pub struct SyncMetrics {
+    /// Time of each round's synced write.
+    pub seconds: Histogram,
+    /// Synced writes merged into each round.
+    pub writes: Histogram,
+}
+
+impl Default for SyncMetrics {
+    fn default() -> Self {
+        SyncMetrics {
+            seconds: latency_histogram(),
+            writes: batch_histogram(),
+        }
+    }
+}
+
 /// A [`Disk`] whose synced writes share syncs with every other synced write of the node.
 #[derive(Clone)]
 pub struct GroupCommitDisk<D: Disk> {
     inner: D,
     queue: mpsc::UnboundedSender<Pending>,
+    metrics: SyncMetrics,
 }
 
 impl<D: Disk> GroupCommitDisk<D> {
     /// Wraps `inner` and starts the committer task on the current runtime. The task ends when
-    /// the last clone of the returned disk is dropped.
+    /// the last clone of the returned disk is dropped. Rounds are counted but not timed.
     pub fn new(inner: D, bugs: Bugs) -> Self {
+        Self::start(inner, bugs, None::<NoClock>)
+    }
+
+    /// [`GroupCommitDisk::new`], timing each round's sync by `clock`.
+    pub fn timed<C: Clock>(inner: D, bugs: Bugs, clock: C) -> Self {
+        Self::start(inner, bugs, Some(clock))
+    }
+
+    /// What the committer measured so far.
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
+    }
+
+    fn start<C: Clock>(inner: D, bugs: Bugs, clock: Option<C>) -> Self {
         let (queue, mut receiver) = mpsc::unbounded_channel::<Pending>();
         let disk = inner.clone();
+        let metrics = SyncMetrics::default();
+        let measured = metrics.clone();
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
                 let mut round = vec![first];
@@ -45,7 +82,14 @@ impl<D: Disk> GroupCommitDisk<D> {
                 for (batch, _) in &mut round {
                     merged.ops.append(&mut batch.ops);
                 }
+                measured.writes.observe(round.len() as f64);
+                let started = clock.as_ref().map(Clock::now);
                 let mut result = disk.write(merged, true).await;
+                if let (Some(clock), Some(started)) = (&clock, started) {
+                    measured
+                        .seconds
+                        .observe(clock.now().saturating_sub(started).as_secs_f64());
+                }
                 if bugs.is_planted(Bug::IgnoredSyncError) {
                     result = Ok(());
                 }
@@ -54,7 +98,11 @@ impl<D: Disk> GroupCommitDisk<D> {
                 }
             }
         });
-        GroupCommitDisk { inner, queue }
+        GroupCommitDisk {
+            inner,
+            queue,
+            metrics,
+        }
     }
 
     /// The wrapped disk.
@@ -114,5 +162,26 @@ impl<D: Disk> Disk for GroupCommitDisk<D> {
         end: &[u8],
     ) -> Result<Option<(Bytes, Bytes)>, DiskError> {
         self.inner.last(space, start, end).await
+    }
+}
+
+/// The clock of an untimed committer: never read.
+#[derive(Clone)]
+struct NoClock;
+
+impl Clock for NoClock {
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    fn wall_ms(&self) -> u64 {
+        0
+    }
+
+    fn sleep(
+        &self,
+        _: std::time::Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        std::future::ready(())
     }
 }

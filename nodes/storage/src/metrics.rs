@@ -1,0 +1,173 @@
+//! The storage node's Prometheus metrics (`larder_node_…`): per hosted group its Raft term,
+//! role and log positions (read from openraft's metrics at scrape time), the node's group-commit
+//! sync rounds (time and writes merged), and what the node served and refused.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use larder_core::env::Env;
+use larder_core::metrics::{Registry, role_registry};
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::StorageNode;
+
+impl<E: Env> StorageNode<E> {
+    /// This node's metrics, labelled `node` = its id.
+    pub fn metrics_registry(self: &Arc<Self>) -> Registry {
+        let mut registry = role_registry("node", self.id());
+        let sync = self.disk.metrics();
+        registry.register(
+            "sync_seconds",
+            "Time of each group-commit sync round (every group's log appends of the round)",
+            sync.seconds.clone(),
+        );
+        registry.register(
+            "sync_writes",
+            "Synced writes merged into each group-commit round",
+            sync.writes.clone(),
+        );
+        registry.register_collector(Box::new(NodeCollector(Arc::downgrade(self))));
+        registry
+    }
+}
+
+/// One hosted group's figures at a scrape.
+struct GroupFigures {
+    group: String,
+    term: u64,
+    leader: bool,
+    last_log: u64,
+    committed: u64,
+    applied: u64,
+    snapshot: u64,
+}
+
+/// A per-group gauge: name, help, and its value of a group's figures.
+type PerGroup = (&'static str, &'static str, fn(&GroupFigures) -> u64);
+
+/// Reads the node's groups and counters at scrape time.
+struct NodeCollector<E: Env>(Weak<StorageNode<E>>);
+
+impl<E: Env> std::fmt::Debug for NodeCollector<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+impl<E: Env> Collector for NodeCollector<E> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(node) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let groups: Vec<GroupFigures> = node
+            .all_groups()
+            .into_iter()
+            .map(|(group, handle)| {
+                let metrics = handle.raft.metrics();
+                let metrics = metrics.borrow_watched();
+                let index = |id: Option<crate::raft::LogId>| id.map_or(0, |id| id.index());
+                GroupFigures {
+                    group: group.to_string(),
+                    term: metrics.current_term,
+                    leader: metrics.state == ServerState::Leader,
+                    last_log: metrics.last_log_index.unwrap_or(0),
+                    committed: index(metrics.local_committed),
+                    applied: index(metrics.last_applied),
+                    snapshot: index(metrics.snapshot),
+                }
+            })
+            .collect();
+        let per_group: [PerGroup; 6] = [
+            ("group_term", "The replica's Raft term", |g| g.term),
+            ("group_leader", "1 if this replica leads its group", |g| {
+                u64::from(g.leader)
+            }),
+            (
+                "group_last_log_index",
+                "Index of the replica's last log entry",
+                |g| g.last_log,
+            ),
+            (
+                "group_committed_index",
+                "Index of the last entry the replica knows committed",
+                |g| g.committed,
+            ),
+            (
+                "group_applied_index",
+                "Index of the last entry the replica applied",
+                |g| g.applied,
+            ),
+            (
+                "group_snapshot_index",
+                "Index of the replica's last snapshot",
+                |g| g.snapshot,
+            ),
+        ];
+        for (name, help, value) in per_group {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for figures in &groups {
+                let labels = [("group", figures.group.as_str())];
+                ConstGauge::new(value(figures) as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauges = [
+            ("groups", "Groups this node hosts", groups.len() as u64),
+            (
+                "groups_led",
+                "Groups this node leads",
+                groups.iter().filter(|g| g.leader).count() as u64,
+            ),
+            (
+                "apply_lag_entries",
+                "Committed entries not yet applied, summed over the node's groups",
+                groups
+                    .iter()
+                    .map(|g| g.committed.saturating_sub(g.applied))
+                    .sum(),
+            ),
+            (
+                "broken_replicas",
+                "Replicas retired because a record on disk is corrupt",
+                node.broken.all().len() as u64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let refused = &node.refused;
+        let counters = [
+            (
+                "raft_appends_served",
+                "openraft appends (entries or heartbeats) served as a follower",
+                node.appends_served(),
+            ),
+            (
+                "refused_raft",
+                "Raft messages refused: the sender is not the leader it claims",
+                refused.raft.load(Ordering::Relaxed),
+            ),
+            (
+                "refused_admin",
+                "Admin requests refused: not from one of the node's centers",
+                refused.admin.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
