@@ -68,17 +68,68 @@ impl Scrape {
         self.registries.lock().expect("scrape lock").push(registry);
     }
 
-    /// The page: every registry in the order added, then OpenMetrics' `# EOF`.
+    /// The page: every metric family once (its `HELP` and `TYPE` from the first registry that
+    /// has it, then the samples of every registry in the order added), then OpenMetrics'
+    /// `# EOF`. Several roles of one process (`larder up`: three centers, the nodes and the
+    /// proxy) report the same families with different `node` labels, and a family may appear
+    /// only once in an exposition.
     pub fn render(&self) -> String {
-        let mut page = String::new();
+        let mut text = String::new();
         let registries = self.registries.lock().expect("scrape lock");
         for registry in registries.iter() {
             // Writing to a String cannot fail; a collector that fails leaves its part out.
-            let _ = prometheus_client::encoding::text::encode_registry(&mut page, registry);
+            let _ = prometheus_client::encoding::text::encode_registry(&mut text, registry);
         }
-        let _ = prometheus_client::encoding::text::encode_eof(&mut page);
-        page
+        drop(registries);
+        merge_families(&text)
     }
+}
+
+/// One metric family of an exposition: its header lines and its samples.
+#[derive(Default)]
+struct Family<'a> {
+    header: Vec<&'a str>,
+    samples: Vec<&'a str>,
+}
+
+/// `text` (the concatenated expositions of several registries, without `# EOF`) with each
+/// family's blocks merged into its first, and `# EOF` at the end.
+fn merge_families(text: &str) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    let mut families: std::collections::BTreeMap<&str, Family<'_>> = Default::default();
+    let mut current: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            // `# HELP name …`, `# TYPE name …`, `# UNIT name …`: a family's header.
+            let mut words = rest.split_whitespace();
+            let (kind, name) = (words.next(), words.next().unwrap_or(""));
+            if !families.contains_key(name) {
+                order.push(name);
+            }
+            let family = families.entry(name).or_default();
+            // A later registry's header repeats the first one's: each kind kept once.
+            if !family
+                .header
+                .iter()
+                .any(|header| header.split_whitespace().nth(1) == kind)
+            {
+                family.header.push(line);
+            }
+            current = Some(name);
+        } else if let Some(name) = current {
+            families.entry(name).or_default().samples.push(line);
+        }
+    }
+    let mut page = String::with_capacity(text.len() + 8);
+    for name in order {
+        let family = &families[name];
+        for line in family.header.iter().chain(&family.samples) {
+            page.push_str(line);
+            page.push('\n');
+        }
+    }
+    page.push_str("# EOF\n");
+    page
 }
 
 /// The content type of [`Scrape::render`]'s page.
@@ -118,5 +169,46 @@ mod tests {
             "{page}"
         );
         assert!(page.ends_with("# EOF\n"), "{page}");
+    }
+
+    #[test]
+    fn a_family_reported_by_several_roles_appears_once() {
+        let scrape = Scrape::new();
+        for node in [1, 2, 3] {
+            let mut registry = role_registry("node", node);
+            let counter = Counter::<u64>::default();
+            counter.inc_by(node * 10);
+            registry.register("syncs", "Syncs", counter);
+            let other = Counter::<u64>::default();
+            registry.register("reads", "Reads", other);
+            scrape.add(registry);
+        }
+        let page = scrape.render();
+        assert_eq!(
+            page.matches("# HELP larder_node_syncs ").count(),
+            1,
+            "{page}"
+        );
+        assert_eq!(
+            page.matches("# TYPE larder_node_syncs ").count(),
+            1,
+            "{page}"
+        );
+        assert_eq!(
+            page.matches("# HELP larder_node_reads ").count(),
+            1,
+            "{page}"
+        );
+        // The family's samples follow its header, every node's, in the order added.
+        let syncs = page.find("# HELP larder_node_syncs").expect("syncs");
+        let reads = page.find("# HELP larder_node_reads").expect("reads");
+        let one = page
+            .find("larder_node_syncs_total{node=\"1\"} 10")
+            .expect("node 1");
+        let three = page
+            .find("larder_node_syncs_total{node=\"3\"} 30")
+            .expect("node 3");
+        assert!(syncs < one && one < three && three < reads, "{page}");
+        assert_eq!(page.matches("# EOF").count(), 1, "{page}");
     }
 }
