@@ -246,6 +246,7 @@ impl LocalCluster {
         for (id, listen) in listen {
             let name = format!("center-{id}");
             let env = open_env(id, listen, dir, &name, book, seed, &self.key).await?;
+            self.scrape.add(env.disk.metrics_registry(id));
             let address = env.net.listen_address().expect("bound");
             let center = Center::start(env, NodeConfig::new(id, vec![]), center_config.clone())
                 .await
@@ -275,6 +276,7 @@ impl LocalCluster {
         for id in (1..=args.nodes).map(|id| id as NodeId) {
             let name = format!("node-{id}");
             let env = open_env(id, loopback, dir, &name, book, seed, &self.key).await?;
+            self.scrape.add(env.disk.metrics_registry(id));
             let address = env.net.listen_address().expect("bound");
             let config = NodeConfig {
                 centers: CENTERS.to_vec(),

@@ -781,6 +781,7 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
             &key,
         )
         .await?;
+        let disk_metrics = env.disk.metrics_registry(file.id);
         let center = Center::start(env, NodeConfig::new(file.id, vec![]), config)
             .await
             .context("starting the center replica")?;
@@ -804,7 +805,11 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
             "center observer"
         };
         outln!("larder {role} {} listening on {}", file.id, file.listen);
-        let _metrics = serve_metrics(file.metrics_listen, center.metrics_registries()).await?;
+        let registries = center
+            .metrics_registries()
+            .into_iter()
+            .chain([disk_metrics]);
+        let _metrics = serve_metrics(file.metrics_listen, registries).await?;
         stop_signal().await?;
         center.shutdown().await;
         Ok(true)
@@ -838,6 +843,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
                 config
             }
         };
+        let disk_metrics = env.disk.metrics_registry(file.id);
         let node = StorageNode::start(env, config)
             .await
             .context("starting the storage node")?;
@@ -877,7 +883,8 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
                 file.centers.iter().map(|c| c.id).collect::<Vec<_>>()
             ),
         }
-        let _metrics = serve_metrics(file.metrics_listen, [node.metrics_registry()]).await?;
+        let _metrics =
+            serve_metrics(file.metrics_listen, [node.metrics_registry(), disk_metrics]).await?;
         stop_signal().await?;
         node.shutdown().await;
         Ok(true)

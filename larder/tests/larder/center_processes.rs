@@ -488,6 +488,8 @@ fn center_processes_replace_a_killed_node() {
         assert!(after > *before, "node {id}: {before} -> {after}\n{page}");
         let groups = sample(&page, "larder_node_groups", &[]).expect("groups hosted");
         assert!(groups >= 1.0, "node {id}\n{page}");
+        let journal = sample(&page, "larder_disk_journal_bytes", &[]).expect("journal bytes");
+        assert!(journal > 0.0, "node {id}\n{page}");
     }
     // One center replica leads, and its routing epoch is the table's.
     assert_eq!(centers_sum(&cluster, "larder_center_leader", &[]), 1.0);

@@ -1010,6 +1010,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let started = self.clock.now();
         if run.len() > 1 {
             bump(&self.counters.pipeline_runs);
+            self.metrics.pipeline_run.observe(run.len() as f64);
             self.counters
                 .pipeline_run_commands_peak
                 .fetch_max(run.len() as u64, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 use std::sync::Weak;
 
 use larder_core::env::{Clock, Net};
-use larder_core::metrics::{Registry, latency_histogram, role_registry};
+use larder_core::metrics::{Registry, batch_histogram, latency_histogram, role_registry};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -66,6 +66,8 @@ pub(crate) struct ProxyMetrics {
     pub commands: [Counter; FAMILIES.len()],
     pub errors: [Counter; FAMILIES.len()],
     pub latency: [Histogram; FAMILIES.len()],
+    /// Commands in each pipeline run of several (one request per slot group of the run).
+    pub pipeline_run: Histogram,
 }
 
 impl Default for ProxyMetrics {
@@ -74,6 +76,7 @@ impl Default for ProxyMetrics {
             commands: Default::default(),
             errors: Default::default(),
             latency: std::array::from_fn(|_| latency_histogram()),
+            pipeline_run: batch_histogram(),
         }
     }
 }
@@ -114,6 +117,11 @@ impl<N: Net + 'static, C: Clock + 'static> Proxy<N, C> {
                 self.metrics.latency[index].clone(),
             );
         }
+        registry.register(
+            "pipeline_run_commands",
+            "Pipelined commands sent to the groups together, per run of several",
+            self.metrics.pipeline_run.clone(),
+        );
         registry.register_collector(Box::new(StatsCollector(std::sync::Arc::downgrade(self))));
         registry
     }

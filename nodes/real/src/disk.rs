@@ -248,3 +248,129 @@ impl Disk for FjallDisk {
         Ok(Some((Bytes::from(key), Bytes::from(value))))
     }
 }
+
+impl FjallDisk {
+    /// This engine's Prometheus metrics (`larder_disk_…`), labelled `node` = `node`, read at
+    /// scrape time. The registry holds the engine weakly: a closed engine leaves the page.
+    pub fn metrics_registry(&self, node: u64) -> larder_core::metrics::Registry {
+        let mut registry = larder_core::metrics::role_registry("disk", node);
+        registry.register_collector(Box::new(DiskCollector(Arc::downgrade(&self.inner))));
+        registry
+    }
+}
+
+/// Reads fjall's figures at scrape time.
+struct DiskCollector(std::sync::Weak<Inner>);
+
+impl std::fmt::Debug for DiskCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DiskCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for DiskCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(inner) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let db = &inner.db;
+        let gauges = [
+            (
+                "bytes",
+                "Bytes the engine holds on disk (tables and journals)",
+                db.disk_space().unwrap_or(0),
+            ),
+            (
+                "journal_bytes",
+                "Bytes of the write-ahead journals",
+                db.journal_disk_space().unwrap_or(0),
+            ),
+            (
+                "journals",
+                "Write-ahead journals kept",
+                db.journal_count() as u64,
+            ),
+            (
+                "write_buffer_bytes",
+                "Bytes in memtables not yet flushed to tables",
+                db.write_buffer_size(),
+            ),
+            (
+                "flushes_queued",
+                "Memtable flushes waiting: writes stall when these pile up",
+                db.outstanding_flushes() as u64,
+            ),
+            (
+                "compactions_active",
+                "Compactions running now",
+                db.active_compactions() as u64,
+            ),
+            ("cache_bytes", "Bytes in the block cache", db.cache_size()),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let compactions = ConstCounter::new(db.compactions_completed() as u64);
+        compactions.encode(encoder.encode_descriptor(
+            "compactions",
+            "Compactions completed since the engine opened",
+            None,
+            compactions.metric_type(),
+        )?)?;
+        let compacting = ConstCounter::new(db.time_compacting().as_secs_f64());
+        compacting.encode(encoder.encode_descriptor(
+            "compaction_seconds",
+            "Time spent compacting since the engine opened",
+            None,
+            compacting.metric_type(),
+        )?)?;
+        let mut tables = encoder.encode_descriptor(
+            "tables",
+            "Tables (SST files) per space",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for space in [Space::Log, Space::State, Space::Meta, Space::Elements] {
+            let count = inner.spaces[space_index(space)].table_count();
+            ConstGauge::new(count as i64)
+                .encode(tables.encode_family(&[("space", space.name())])?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_engine_reports_its_size_and_leaves_the_page_when_closed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("opens");
+        let scrape = larder_core::metrics::Scrape::new();
+        scrape.add(disk.metrics_registry(3));
+        let mut batch = WriteBatch::new();
+        batch.put(Space::State, b"k".to_vec(), vec![7u8; 4096]);
+        disk.write(batch, true).await.expect("writes");
+        let page = scrape.render();
+        let journal = page
+            .lines()
+            .find(|l| l.starts_with("larder_disk_journal_bytes{node=\"3\"}"))
+            .unwrap_or_else(|| panic!("{page}"));
+        let bytes: u64 = journal.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(bytes >= 4096, "{page}");
+        assert!(
+            page.contains("larder_disk_tables{node=\"3\",space=\"state\"} 0"),
+            "{page}"
+        );
+        drop(disk);
+        assert!(!scrape.render().contains("larder_disk_bytes"));
+    }
+}
