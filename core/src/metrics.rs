@@ -44,6 +44,37 @@ pub fn role_registry(role: &str, node: u64) -> Registry {
     )
 }
 
+/// A gauge or counter a collector reads at scrape time: name, help text, value.
+pub type Figure = (&'static str, &'static str, u64);
+
+/// Encodes `figures` as unlabelled gauges (a collector's figures that go up and down).
+pub fn encode_gauges(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    figures: &[Figure],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    for (name, help, value) in figures {
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(
+            i64::try_from(*value).unwrap_or(i64::MAX),
+        );
+        gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+    }
+    Ok(())
+}
+
+/// Encodes `figures` as unlabelled counters (totals since the role started; `_total` added).
+pub fn encode_counters(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    figures: &[Figure],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    for (name, help, value) in figures {
+        let counter = prometheus_client::metrics::counter::ConstCounter::new(*value);
+        counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+    }
+    Ok(())
+}
+
 /// The registries of one process, rendered together as one scrape.
 #[derive(Default, Clone)]
 pub struct Scrape {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 
 use crate::Liveness;
 use larder_core::env::Env;
-use larder_core::metrics::{Registry, role_registry};
+use larder_core::metrics::{Registry, encode_gauges, role_registry};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -71,10 +71,7 @@ impl<E: Env> Collector for CenterCollector<E> {
                 migrations as u64,
             ),
         ];
-        for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(value as i64);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
+        encode_gauges(&mut encoder, &gauges)?;
         // Counted by the leader only (a follower has no view of the nodes): empty elsewhere.
         let liveness = center.liveness();
         let mut family = encoder.encode_descriptor(

@@ -4,11 +4,12 @@
 use std::sync::Weak;
 
 use larder_core::env::{Clock, Net};
-use larder_core::metrics::{Registry, batch_histogram, latency_histogram, role_registry};
+use larder_core::metrics::{
+    Registry, batch_histogram, encode_counters, encode_gauges, latency_histogram, role_registry,
+};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::Proxy;
@@ -154,10 +155,7 @@ impl<N: Net + 'static, C: Clock + 'static> Collector for StatsCollector<N, C> {
                 stats.buffered_bytes,
             ),
         ];
-        for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(value as i64);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
+        encode_gauges(&mut encoder, &gauges)?;
         let counters = [
             (
                 "connections_rejected",
@@ -191,15 +189,7 @@ impl<N: Net + 'static, C: Clock + 'static> Collector for StatsCollector<N, C> {
                 stats.pipeline_runs,
             ),
         ];
-        for (name, help, value) in counters {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
+        encode_counters(&mut encoder, &counters)?;
         Ok(())
     }
 }

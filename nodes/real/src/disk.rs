@@ -313,10 +313,7 @@ impl prometheus_client::collector::Collector for DiskCollector {
             ),
             ("cache_bytes", "Bytes in the block cache", db.cache_size()),
         ];
-        for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
+        larder_core::metrics::encode_gauges(&mut encoder, &gauges)?;
         let compactions = ConstCounter::new(db.compactions_completed() as u64);
         compactions.encode(encoder.encode_descriptor(
             "compactions",

@@ -6,13 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use larder_core::env::Env;
-use larder_core::metrics::{Registry, role_registry};
+use larder_core::metrics::{Registry, encode_counters, encode_gauges, role_registry};
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::StorageNode;
@@ -137,10 +136,7 @@ impl<E: Env> Collector for NodeCollector<E> {
                 node.broken.all().len() as u64,
             ),
         ];
-        for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(value as i64);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
+        encode_gauges(&mut encoder, &gauges)?;
         let refused = &node.refused;
         let counters = [
             (
@@ -159,15 +155,7 @@ impl<E: Env> Collector for NodeCollector<E> {
                 refused.admin.load(Ordering::Relaxed),
             ),
         ];
-        for (name, help, value) in counters {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
+        encode_counters(&mut encoder, &counters)?;
         Ok(())
     }
 }
