@@ -199,6 +199,9 @@ fn admin_status_watches_a_local_cluster_grow() {
             "127.0.0.1:0",
             "--center-port",
             "0",
+            // Not the default fixed port: another cluster on the machine may hold it.
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--dir",
             up_dir.to_str().expect("utf-8 path"),
         ],
