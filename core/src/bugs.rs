@@ -98,11 +98,15 @@ pub enum Bug {
     /// leads, so a group whose leader died keeps hearing "its leader" from the other
     /// followers and never elects: the group stays unavailable after every fault heals.
     QuietClaimsEveryGroup,
+    /// Hot keys (proxy): a write past its key's limit is answered `-HOTKEY` (nothing done) but
+    /// still sent to the cluster, where it applies: a client told its write was refused can
+    /// read it back.
+    HotKeyRefusalSent,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 24] = [
+    pub const ALL: [Bug; 25] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -127,6 +131,7 @@ impl Bug {
         Bug::ListWindowAtHead,
         Bug::PipelineReplyOrder,
         Bug::QuietClaimsEveryGroup,
+        Bug::HotKeyRefusalSent,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -156,6 +161,7 @@ impl Bug {
             Bug::ListWindowAtHead => "list-window-at-head",
             Bug::PipelineReplyOrder => "pipeline-reply-order",
             Bug::QuietClaimsEveryGroup => "quiet-claims-every-group",
+            Bug::HotKeyRefusalSent => "hot-key-refusal-sent",
         }
     }
 }

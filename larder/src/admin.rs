@@ -1,5 +1,7 @@
 //! `larder admin <command>`: operator requests to the center over the production network.
 //!
+//! - `larder admin hotkeys`: the hottest keys and slots over the last second, merged from the
+//!   group leaders' reports ([`larder_protocol::HotReport`] in each node's heartbeat);
 //! - `larder admin status`: the cluster as the center leader sees it ([`GetStatus`] ->
 //!   [`ClusterStatus`]): nodes (address, registry state, liveness, groups hosted and led),
 //!   groups (replicas, leader and term, applied index per replica, broken replicas, slot
@@ -63,6 +65,9 @@ enum AdminCommand {
     /// Even out slots between groups (one migration at a time, each waited for), then wait
     /// until replicas and leaders are balanced across the nodes.
     Rebalance(RebalanceArgs),
+    /// Show the hottest keys and slots of the whole cluster over the last second, as the
+    /// group leaders counted them (every write and linearizable read passes a leader).
+    Hotkeys(StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -567,7 +572,148 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<bool> {
         AdminCommand::Drain(args) => drain(args),
         AdminCommand::Split(args) => split(args),
         AdminCommand::Rebalance(args) => rebalance(args),
+        AdminCommand::Hotkeys(args) => hotkeys(args),
     }
+}
+
+/// One hot key of the cluster in `larder admin hotkeys`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct ClusterHotKey {
+    /// The key, printable (`\xNN` for other bytes).
+    key: String,
+    slot: u16,
+    /// The group owning the slot (`None`: not in the routing table).
+    group: Option<u64>,
+    /// The node(s) that counted it: its group's leader (two around a leader change).
+    nodes: Vec<NodeId>,
+    per_sec: u64,
+    writes_per_sec: u64,
+}
+
+/// One hot slot of the cluster in `larder admin hotkeys`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct ClusterHotSlot {
+    slot: u16,
+    group: Option<u64>,
+    per_sec: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct HotJson {
+    keys: Vec<ClusterHotKey>,
+    slots: Vec<ClusterHotSlot>,
+}
+
+/// The nodes' hot reports merged: a key (or slot) counted by several nodes (a leader change
+/// within the window) has their rates added, as each counted the requests it led.
+fn merge_hot(status: &ClusterStatus) -> HotJson {
+    let group_of = |slot: u16| {
+        status
+            .groups
+            .iter()
+            .find(|g| g.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|g| g.group)
+    };
+    let mut keys: BTreeMap<bytes::Bytes, ClusterHotKey> = BTreeMap::new();
+    let mut slots: BTreeMap<u16, u64> = BTreeMap::new();
+    for node in &status.nodes {
+        for hot in &node.hot.keys {
+            let entry = keys
+                .entry(hot.key.clone())
+                .or_insert_with(|| ClusterHotKey {
+                    key: printable_key(&hot.key),
+                    slot: hot.slot,
+                    group: group_of(hot.slot),
+                    nodes: Vec::new(),
+                    per_sec: 0,
+                    writes_per_sec: 0,
+                });
+            entry.nodes.push(node.id);
+            entry.per_sec += hot.per_sec;
+            entry.writes_per_sec += hot.writes_per_sec;
+        }
+        for hot in &node.hot.slots {
+            *slots.entry(hot.slot).or_insert(0) += hot.per_sec;
+        }
+    }
+    let mut keys: Vec<ClusterHotKey> = keys.into_values().collect();
+    keys.sort_by(|a, b| b.per_sec.cmp(&a.per_sec).then_with(|| a.key.cmp(&b.key)));
+    let mut slots: Vec<ClusterHotSlot> = slots
+        .into_iter()
+        .map(|(slot, per_sec)| ClusterHotSlot {
+            slot,
+            group: group_of(slot),
+            per_sec,
+        })
+        .collect();
+    slots.sort_by(|a, b| b.per_sec.cmp(&a.per_sec).then(a.slot.cmp(&b.slot)));
+    HotJson { keys, slots }
+}
+
+/// A key as text: printable ASCII kept, other bytes as `\xNN`.
+fn printable_key(key: &[u8]) -> String {
+    let mut out = String::with_capacity(key.len());
+    for &byte in key {
+        if byte.is_ascii_graphic() && byte != b'\\' {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
+fn render_hot(hot: &HotJson) -> String {
+    let group = |g: Option<u64>| g.map_or("-".to_string(), |g| g.to_string());
+    let mut out = String::new();
+    if hot.keys.is_empty() {
+        out.push_str("hot keys: none (no key took 1 request/s or more over the last second)\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<32} {:>6} {:>6} {:>10} {:>10}  leader",
+            "rank", "key", "slot", "group", "ops/s", "writes/s"
+        );
+        for (rank, key) in hot.keys.iter().enumerate() {
+            let nodes: Vec<String> = key.nodes.iter().map(|n| n.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "{:>4}  {:<32} {:>6} {:>6} {:>10} {:>10}  {}",
+                rank + 1,
+                key.key,
+                key.slot,
+                group(key.group),
+                key.per_sec,
+                key.writes_per_sec,
+                nodes.join(",")
+            );
+        }
+    }
+    if !hot.slots.is_empty() {
+        out.push_str("hot slots:\n");
+        for slot in &hot.slots {
+            let _ = writeln!(
+                out,
+                "  slot {:>5} (group {}): {} ops/s",
+                slot.slot,
+                group(slot.group),
+                slot.per_sec
+            );
+        }
+    }
+    out
+}
+
+fn hotkeys(args: StatusArgs) -> anyhow::Result<bool> {
+    let centers = args.center.reach()?;
+    let status = fetch_status(&centers, args.center.timeout)?;
+    let hot = merge_hot(&status);
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&hot)?);
+    } else {
+        out!("{}", render_hot(&hot));
+    }
+    Ok(true)
 }
 
 /// `larder admin status --json`: the center's status with the migrations beside it.
@@ -932,6 +1078,84 @@ mod tests {
     }
 
     #[test]
+    fn hot_keys_of_every_node_are_merged_with_their_groups() {
+        use larder_core::hotkeys::{HotKey, HotSlot};
+        use larder_core::slots::slot_of;
+        let node = |id: NodeId, keys: Vec<(&str, u64, u64)>| NodeSummary {
+            id,
+            address: String::new(),
+            state: Some(NodeState::Up),
+            liveness: Liveness::Up,
+            groups: vec![1],
+            leads: 1,
+            hot: larder_protocol::HotReport {
+                slots: keys
+                    .iter()
+                    .map(|(key, per_sec, _)| HotSlot {
+                        slot: slot_of(key.as_bytes()),
+                        per_sec: *per_sec,
+                    })
+                    .collect(),
+                keys: keys
+                    .into_iter()
+                    .map(|(key, per_sec, writes_per_sec)| HotKey {
+                        key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                        slot: slot_of(key.as_bytes()),
+                        per_sec,
+                        writes_per_sec,
+                    })
+                    .collect(),
+            },
+        };
+        let status = ClusterStatus {
+            center_leader: 101,
+            center_term: 1,
+            centers: vec![101],
+            round_age_ms: 0,
+            epoch: 1,
+            // Node 2 led the hot key's group until a moment ago, node 1 since.
+            nodes: vec![
+                node(1, vec![("celebrity", 900, 100), ("user:7", 40, 40)]),
+                node(2, vec![("celebrity", 300, 50), ("bin\n\u{7f}", 5, 0)]),
+            ],
+            groups: vec![GroupSummary {
+                group: 1,
+                replicas: vec![1, 2, 3],
+                leader: Some(GroupLeader { node: 1, term: 2 }),
+                reports: vec![],
+                slots: vec![(0, 16383)],
+            }],
+            repairs: vec![],
+        };
+        let hot = merge_hot(&status);
+        let keys: Vec<(&str, u64, u64, Vec<NodeId>)> = hot
+            .keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.per_sec, k.writes_per_sec, k.nodes.clone()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("celebrity", 1200, 150, vec![1, 2]),
+                ("user:7", 40, 40, vec![1]),
+                ("bin\\x0a\\x7f", 5, 0, vec![2]),
+            ]
+        );
+        assert!(hot.keys.iter().all(|k| k.group == Some(1)));
+        assert_eq!(hot.slots[0].slot, slot_of(b"celebrity"));
+        assert_eq!(hot.slots[0].per_sec, 1200);
+        let text = render_hot(&hot);
+        assert!(text.contains("celebrity"), "{text}");
+        assert!(text.contains("1200"), "{text}");
+        assert!(text.contains("hot slots:"), "{text}");
+        let none = render_hot(&merge_hot(&ClusterStatus {
+            nodes: vec![],
+            ..status
+        }));
+        assert!(none.starts_with("hot keys: none"), "{none}");
+    }
+
+    #[test]
     fn the_text_shows_nodes_groups_broken_replicas_and_repairs() {
         let status = ClusterStatus {
             center_leader: 101,
@@ -946,6 +1170,7 @@ mod tests {
                 liveness: Liveness::Up,
                 groups: vec![1],
                 leads: 1,
+                hot: Default::default(),
             }],
             groups: vec![GroupSummary {
                 group: 1,

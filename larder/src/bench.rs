@@ -364,6 +364,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             groups: args.groups,
             requirepass: None,
             metrics: None,
+            hot_key_writes_per_sec_max: None,
         }))
         .context("starting the local cluster")?;
     let port = cluster.proxy_address.port();

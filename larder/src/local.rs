@@ -48,6 +48,8 @@ pub struct LocalConfig {
     /// Where the Prometheus metrics of every role are served (`GET /metrics`; port 0 picks
     /// one); `None`: not served.
     pub metrics: Option<SocketAddr>,
+    /// The proxy's per-key write limit (writes per second; `None`: none).
+    pub hot_key_writes_per_sec_max: Option<u64>,
 }
 
 /// Why a local cluster did not start.
@@ -308,6 +310,10 @@ impl LocalCluster {
             ProxyConfig {
                 process_figures: Some(process_figures),
                 password: args.requirepass.clone(),
+                hot_keys: larder_proxy::HotKeyConfig {
+                    writes_per_sec_max: args.hot_key_writes_per_sec_max,
+                    ..larder_proxy::HotKeyConfig::default()
+                },
                 ..ProxyConfig::default()
             },
             self.routing.clone(),

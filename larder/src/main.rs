@@ -202,6 +202,13 @@ struct SimArgs {
     /// prints the rate achieved.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
+    /// A hot key: this percentage of the register operations go to one register.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
+    hot_key: Option<u64>,
+    /// With --cluster: the proxies' per-key write limit (writes per second); refused writes
+    /// are failed operations of the history.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    hot_key_writes_per_sec_max: Option<u64>,
     /// Swarm fault plans: each seed picks its own mix and rates of faults.
     #[arg(long)]
     swarm: bool,
@@ -302,6 +309,12 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if let Some(rate) = args.rate {
         command.push_str(&format!(" --rate {rate}"));
     }
+    if let Some(percent) = args.hot_key {
+        command.push_str(&format!(" --hot-key {percent}"));
+    }
+    if let Some(max) = args.hot_key_writes_per_sec_max {
+        command.push_str(&format!(" --hot-key-writes-per-sec-max {max}"));
+    }
     if let Some(bug) = args.bug {
         command.push_str(&format!(" --bug {bug}"));
     }
@@ -340,6 +353,10 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
         (None, None) => config.clients,
     }
     .min(larder_sim::run::CLIENTS_MAX);
+    if let Some(percent) = args.hot_key {
+        config.workload = config.workload.clone().with_hot_key(percent);
+    }
+    config.hot_key_writes_per_sec_max = args.hot_key_writes_per_sec_max;
     config
 }
 

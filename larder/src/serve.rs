@@ -504,6 +504,10 @@ pub struct ProxyFile {
     /// Serve this process's Prometheus metrics here (`GET /metrics`); not served if absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Writes per second one key may take through this proxy (at least 1); a write past it
+    /// is answered `-HOTKEY …` and not executed. No limit if absent.
+    #[serde(default)]
+    pub hot_key_writes_per_sec_max: Option<u64>,
 }
 
 impl ProxyFile {
@@ -531,6 +535,12 @@ impl ProxyFile {
                 bail!("max_clients must be at least 1");
             }
             config.max_clients = max;
+        }
+        if let Some(max) = self.hot_key_writes_per_sec_max {
+            if max == 0 {
+                bail!("hot_key_writes_per_sec_max must be at least 1 (leave it out for no limit)");
+            }
+            config.hot_keys.writes_per_sec_max = Some(max);
         }
         if let Some(secs) = self.timeout {
             config.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs));
@@ -1230,6 +1240,7 @@ mod tests {
                     liveness: larder_protocol::Liveness::Up,
                     groups: vec![],
                     leads: 0,
+                    hot: Default::default(),
                 })
                 .collect(),
             groups: vec![],

@@ -38,6 +38,10 @@ pub struct UpArgs {
     /// Serve no metrics.
     #[arg(long)]
     pub no_metrics: bool,
+    /// Writes per second one key may take through the proxy; a write past it is answered
+    /// `-HOTKEY …` and not executed (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub hot_key_writes_per_sec_max: Option<u64>,
 }
 
 fn parse_nodes(text: &str) -> Result<usize, String> {
@@ -63,6 +67,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
                 groups: args.groups,
                 requirepass: args.requirepass.clone(),
                 metrics: (!args.no_metrics).then_some(args.metrics_listen),
+                hot_key_writes_per_sec_max: args.hot_key_writes_per_sec_max,
             };
             let cluster = LocalCluster::start(&config)
                 .await

@@ -152,6 +152,11 @@ pub struct WorkloadConfig {
     /// register reads.
     #[serde(default)]
     pub collection_keys: u64,
+    /// A hot key: this percentage of register operations (writes and reads) go to register 0,
+    /// the rest spread over all registers. 0 (the default): no hot key, and no draw is made
+    /// for it, so seeds without one replay as before.
+    #[serde(default)]
+    pub hot_share_percent: u64,
 }
 
 /// Lulls in the traffic: for the last `for_ms` of every `every_ms` of the history's time,
@@ -212,6 +217,7 @@ impl Default for WorkloadConfig {
             multi_width: default_multi_width(),
             lulls: None,
             collection_keys: 0,
+            hot_share_percent: 0,
         }
     }
 }
@@ -243,6 +249,7 @@ impl WorkloadConfig {
             multi_width: default_multi_width(),
             lulls: None,
             collection_keys: 0,
+            hot_share_percent: 0,
         }
     }
 
@@ -269,6 +276,12 @@ impl WorkloadConfig {
             keys.push(multi_sub_key(&collections_key(object), "l"));
         }
         keys
+    }
+
+    /// Makes register 0 a hot key taking `percent` of the register operations.
+    pub fn with_hot_key(mut self, percent: u64) -> Self {
+        self.hot_share_percent = percent.min(100);
+        self
     }
 
     /// Turns collection operations on: `objects` collections objects picked with weight
@@ -348,11 +361,13 @@ pub enum Response {
 }
 
 impl Response {
-    /// A RESP reply of Larder's proxy: `-TRYAGAIN` means nothing happened, `-ERR
+    /// A RESP reply of Larder's proxy: `-TRYAGAIN` and `-HOTKEY` mean nothing happened, `-ERR
     /// indeterminate` that a write may have happened; anything else is a reply.
     pub fn from_frame(frame: Frame) -> Response {
         match frame {
             Frame::Error(text) if text.starts_with("TRYAGAIN") => Response::Failed(text),
+            // The proxy's per-key write limit refused it before sending it anywhere.
+            Frame::Error(text) if text.starts_with("HOTKEY") => Response::Failed(text),
             Frame::Error(text) if text.starts_with("ERR indeterminate") => {
                 Response::Indeterminate(text)
             }
@@ -483,10 +498,21 @@ impl<E, T> Driver<E, T> {
             | Pick::ListRead
             | Pick::Ttl
             | Pick::Multi
-            | Pick::Collections => Self::read(register_key(
-                self.rng.below(self.config.register_keys.max(1)),
-            )),
+            | Pick::Collections => {
+                let register = self.register();
+                Self::read(register_key(register))
+            }
         }
+    }
+
+    /// The register an operation goes to: register 0 with the hot key's share
+    /// ([`WorkloadConfig::hot_share_percent`]), else any.
+    fn register(&mut self) -> u64 {
+        let share = self.config.hot_share_percent;
+        if share > 0 && self.rng.below(100) < share {
+            return 0;
+        }
+        self.rng.below(self.config.register_keys.max(1))
     }
 
     /// An operation on a TTL key: mostly writes with an expiry and reads, so keys expire
@@ -782,7 +808,8 @@ impl<E, T> Driver<E, T> {
     }
 
     fn write(&mut self) -> Planned {
-        let key = register_key(self.rng.below(self.config.register_keys.max(1)));
+        let register = self.register();
+        let key = register_key(register);
         let value = format!("{}-{}", self.process, self.sequence);
         Planned {
             f: Function::Write,
@@ -1001,9 +1028,8 @@ impl<E: Executor, T: Timer> Driver<E, T> {
                 return op;
             }
         }
-        Self::read(register_key(
-            self.rng.below(self.config.register_keys.max(1)),
-        ))
+        let register = self.register();
+        Self::read(register_key(register))
     }
 
     /// Draws, invokes and completes one operation.
@@ -1564,6 +1590,10 @@ mod tests {
         assert_eq!(
             Response::from_frame(Frame::Error("TRYAGAIN group 3 unavailable".into())),
             Response::Failed("TRYAGAIN group 3 unavailable".into())
+        );
+        assert_eq!(
+            Response::from_frame(Frame::Error("HOTKEY writes to key 'r0' exceed".into())),
+            Response::Failed("HOTKEY writes to key 'r0' exceed".into())
         );
         assert_eq!(
             Response::from_frame(Frame::Error("ERR indeterminate: timed out".into())),

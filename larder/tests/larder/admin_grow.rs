@@ -150,9 +150,15 @@ fn every_slot_led(status: &ClusterStatus) -> Result<(), String> {
 /// Reads `larder up`'s stdout until it prints its center replicas (`  centers: 101@… 102@…`)
 /// and returns them as `--center` takes them.
 fn centers_of(up: &mut Child, limit: Duration) -> String {
+    addresses_of(up, limit).0
+}
+
+/// Reads `larder up`'s stdout until it prints its center replicas and its proxy, and returns
+/// the centers as `--center` takes them and the proxy's address.
+fn addresses_of(up: &mut Child, limit: Duration) -> (String, std::net::SocketAddr) {
     let stdout = up.stdout.take().expect("piped stdout");
     let (lines, received) = mpsc::channel();
-    // Keeps draining after the line is found, so the child never blocks on a full pipe.
+    // Keeps draining after the lines are found, so the child never blocks on a full pipe.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
@@ -160,15 +166,22 @@ fn centers_of(up: &mut Child, limit: Duration) -> String {
         }
     });
     let deadline = Instant::now() + limit;
+    let mut centers = None;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(remaining) {
             Ok(line) => {
-                if let Some(list) = line.trim().strip_prefix("centers: ") {
-                    return list.split_whitespace().collect::<Vec<_>>().join(",");
+                let line = line.trim();
+                if let Some(list) = line.strip_prefix("centers: ") {
+                    centers = Some(list.split_whitespace().collect::<Vec<_>>().join(","));
+                } else if let Some(proxy) = line.strip_prefix("proxy: ") {
+                    let proxy = proxy.parse().expect("proxy address");
+                    return (centers.expect("centers before the proxy"), proxy);
                 }
             }
-            Err(error) => panic!("`larder up` printed no centers within {limit:?}: {error}"),
+            Err(error) => {
+                panic!("`larder up` printed no centers and proxy within {limit:?}: {error}")
+            }
         }
     }
 }
@@ -407,5 +420,133 @@ fn admin_status_watches_a_local_cluster_grow() {
     assert!(
         stderr.contains("no center leader answered") && stderr.contains(&closed.to_string()),
         "{stderr}"
+    );
+}
+
+/// A hot key through a real `larder up` whose proxy limits each key to 50 writes a second: a
+/// client writing one key as fast as it can gets `-HOTKEY` for the writes past the limit and
+/// nothing else, other keys are not refused, `INFO hotkeys` names the key, and
+/// `larder admin hotkeys` shows it with its slot, group and leader, as the leaders counted it.
+#[test]
+fn a_hot_key_is_limited_and_shown_by_info_and_admin_hotkeys() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut processes = Processes {
+        dir: dir.path().to_path_buf(),
+        children: Vec::new(),
+    };
+    let up_dir = dir.path().join("up");
+    let up = processes.spawn(
+        "up",
+        &[
+            "up",
+            "--groups",
+            "4",
+            "--listen",
+            "127.0.0.1:0",
+            "--center-port",
+            "0",
+            "--no-metrics",
+            "--hot-key-writes-per-sec-max",
+            "50",
+            "--dir",
+            up_dir.to_str().expect("utf-8 path"),
+        ],
+        true,
+    );
+    let (centers, proxy) = addresses_of(up, Duration::from_secs(60));
+    let client = redis::Client::open(format!("redis://{proxy}/")).expect("client");
+    let mut connection = client.get_connection().expect("connect to the proxy");
+    wait_for("a first write", Duration::from_secs(30), || {
+        redis::cmd("SET")
+            .arg("warm")
+            .arg("1")
+            .query::<String>(&mut connection)
+            .map_err(|e| e.to_string())
+    });
+    // Two seconds of writes to one key, each followed by a write and a read of another key.
+    let started = Instant::now();
+    let (mut hot_ok, mut hot_refused) = (0u32, 0u32);
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_secs(2) {
+        match redis::cmd("SET")
+            .arg("celebrity")
+            .arg(round)
+            .query::<String>(&mut connection)
+        {
+            Ok(_) => hot_ok += 1,
+            Err(error) => {
+                let text = error.to_string();
+                assert!(text.contains("HOTKEY"), "{text}");
+                assert!(text.contains("'celebrity'"), "{text}");
+                hot_refused += 1;
+            }
+        }
+        let other = format!("fan:{}", round % 50);
+        let _: String = redis::cmd("SET")
+            .arg(&other)
+            .arg(round)
+            .query(&mut connection)
+            .expect("other keys are not limited");
+        let _: Option<String> = redis::cmd("GET")
+            .arg("celebrity")
+            .query(&mut connection)
+            .expect("reads are never limited");
+        round += 1;
+    }
+    eprintln!("hot key: {hot_ok} writes let through, {hot_refused} refused in 2 s");
+    // 50 a second over two seconds, with one window's slack.
+    assert!(
+        hot_refused > 0 && (50..=150).contains(&hot_ok),
+        "{hot_ok} let through"
+    );
+
+    let info: String = redis::cmd("INFO")
+        .arg("hotkeys")
+        .query(&mut connection)
+        .expect("INFO hotkeys");
+    assert!(info.contains("hotkey_writes_per_sec_max:50"), "{info}");
+    assert!(
+        info.contains(&format!("hotkey_refused_writes:{hot_refused}")),
+        "{info}"
+    );
+    assert!(info.contains("hotkey_0:key=celebrity,"), "{info}");
+
+    // The leaders' view reaches the center with their heartbeats: keep the key hot meanwhile.
+    let found = wait_for(
+        "the hot key in `larder admin hotkeys`",
+        Duration::from_secs(20),
+        || {
+            for _ in 0..50 {
+                let _: Option<String> = redis::cmd("GET")
+                    .arg("celebrity")
+                    .query(&mut connection)
+                    .map_err(|e| e.to_string())?;
+            }
+            let output = admin(&["hotkeys", "--json", "--center", &centers]);
+            if !output.status.success() {
+                return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+            }
+            let json: serde_json::Value =
+                serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+            let first = json["keys"][0].clone();
+            if first["key"] == "celebrity" {
+                Ok(first)
+            } else {
+                Err(format!("hottest: {first}"))
+            }
+        },
+    );
+    assert_eq!(
+        found["slot"],
+        u64::from(larder_core::slots::slot_of(b"celebrity"))
+    );
+    assert!(found["group"].as_u64().is_some(), "{found}");
+    assert!(found["per_sec"].as_u64().unwrap_or(0) >= 10, "{found}");
+    assert_eq!(found["nodes"].as_array().map(Vec::len), Some(1), "{found}");
+    let output = admin(&["hotkeys", "--center", &centers]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && text.contains("celebrity"),
+        "{text}"
     );
 }

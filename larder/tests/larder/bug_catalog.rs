@@ -51,6 +51,9 @@ enum Plans {
     /// Swarm cluster plans with three processes per client connection pipelining their
     /// requests through the proxies (`larder sim --pipelined 3`).
     SwarmPipelined,
+    /// Swarm cluster plans with a hot key (`--hot-key 80`) the proxies limit to 20 writes a
+    /// second (`--hot-key-writes-per-sec-max 20`), 24 clients at 600 operations a second.
+    SwarmHotKey,
 }
 
 /// One cluster run of `seed` as a child process (`larder::child`, which also tells a crash
@@ -69,6 +72,20 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
     }
     if plans == Plans::SwarmPipelined {
         words.extend(["--pipelined".to_string(), "3".to_string()]);
+    }
+    if plans == Plans::SwarmHotKey {
+        for word in [
+            "--hot-key",
+            "80",
+            "--hot-key-writes-per-sec-max",
+            "20",
+            "--clients",
+            "24",
+            "--rate",
+            "600",
+        ] {
+            words.push(word.to_string());
+        }
     }
     if let Some(bug) = bug {
         words.extend(["--bug".to_string(), bug.to_string()]);
@@ -178,4 +195,8 @@ catalog! {
     // other's beacons and never elect. Seed 1 passes, seed 2 fails (groups without a leader
     // at the end, replicas that never converge), seed 3's run never completes. First 2.
     quiet_claims_every_group: "quiet-claims-every-group", 1..=5, Swarm;
+    // Swarm cluster seeds with a hot key the proxies limit (`--hot-key 80
+    // --hot-key-writes-per-sec-max 20 --clients 24 --rate 600`): a write answered `-HOTKEY`
+    // is read back. 4/4 (seeds 1..=4), first 1.
+    hot_key_refusal_sent: "hot-key-refusal-sent", 1..=5, SwarmHotKey;
 }

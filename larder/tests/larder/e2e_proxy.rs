@@ -34,6 +34,7 @@ impl Running {
             groups,
             requirepass: requirepass.map(str::to_string),
             metrics: None,
+            hot_key_writes_per_sec_max: None,
         };
         let cluster = runtime
             .block_on(LocalCluster::start(&config))

@@ -9,7 +9,7 @@
 // A real-process test: real time, real processes.
 #![allow(clippy::disallowed_methods)]
 
-#[path = "../../../nodes/proxy/tests/support/pki.rs"]
+#[path = "../../../nodes/proxy/tests/proxy/pki.rs"]
 mod pki;
 
 use std::fs::File;

@@ -54,6 +54,7 @@ impl<E: Env> Center<E> {
                 heard: Heard {
                     address: beat.address.clone(),
                     groups,
+                    hot: beat.hot.clone(),
                 },
             },
         );

@@ -84,6 +84,8 @@ pub struct NodeView {
 pub struct Heard {
     pub address: String,
     pub groups: BTreeMap<GroupId, GroupStatus>,
+    /// The node's hottest keys and slots (reported, never planned from).
+    pub hot: larder_protocol::HotReport,
 }
 
 impl NodeView {
@@ -992,6 +994,7 @@ mod tests {
             heard: Some(Heard {
                 address: format!("n{id}"),
                 groups: groups.into_iter().map(|s| (s.group, s)).collect(),
+                hot: Default::default(),
             }),
         }
     }

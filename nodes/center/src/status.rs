@@ -105,6 +105,11 @@ pub fn cluster_status(view: &View, answering: Answering<'_>) -> ClusterStatus {
                     .map(|heard| heard.groups.keys().copied().collect())
                     .unwrap_or_default(),
                 leads: leads.get(id).copied().unwrap_or(0),
+                hot: node
+                    .heard
+                    .as_ref()
+                    .map(|heard| heard.hot.clone())
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -198,6 +203,7 @@ mod tests {
             heard: Some(Heard {
                 address: format!("10.0.0.{id}:7000"),
                 groups: groups.into_iter().map(|s| (s.group, s)).collect(),
+                hot: Default::default(),
             }),
         }
     }

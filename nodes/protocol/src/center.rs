@@ -48,7 +48,25 @@ pub struct Heartbeat {
     /// back only when it is newer.
     pub known_epoch: u64,
     pub groups: Vec<GroupStatus>,
+    /// The hottest keys and slots of the groups the node leads.
+    pub hot: HotReport,
 }
+
+/// A storage node's hottest keys and slots over its last window, among the requests it served
+/// as a group leader (every write and every linearizable read of a group reaches its
+/// leader, whichever proxy sent it): at most [`HOT_REPORTED_MAX`] of each, the hottest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotReport {
+    pub keys: Vec<larder_core::hotkeys::HotKey>,
+    pub slots: Vec<larder_core::hotkeys::HotSlot>,
+}
+
+/// Hot keys (and hot slots) one node reports, at most.
+pub const HOT_REPORTED_MAX: usize = 8;
+
+/// Longest key a [`HotReport`] carries, in bytes (longer ones are cut): heartbeats and the
+/// status stay small whatever the keys.
+pub const HOT_KEY_BYTES_MAX: usize = 256;
 
 /// One hosted group as its replica sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +256,8 @@ pub struct NodeSummary {
     pub groups: Vec<GroupId>,
     /// How many groups it leads ([`GroupSummary::leader`]).
     pub leads: u64,
+    /// Its hottest keys and slots (its last heartbeat's; empty before one arrived).
+    pub hot: HotReport,
 }
 
 /// One slot group in a [`ClusterStatus`].

@@ -39,9 +39,9 @@ pub use admin::{
 };
 pub use center::{
     ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, ClusterStatus, DrainNode,
-    GetRouting, GetStatus, GroupLeader, GroupStatus, GroupSummary, Heartbeat, HeartbeatAck,
-    Liveness, MembershipStatus, NodeState, NodeSummary, RepairSummary, ReplicaSummary,
-    RoutingAnswer, STATUS_REASON_BYTES_MAX,
+    GetRouting, GetStatus, GroupLeader, GroupStatus, GroupSummary, HOT_KEY_BYTES_MAX,
+    HOT_REPORTED_MAX, Heartbeat, HeartbeatAck, HotReport, Liveness, MembershipStatus, NodeState,
+    NodeSummary, RepairSummary, ReplicaSummary, RoutingAnswer, STATUS_REASON_BYTES_MAX,
 };
 pub use client::{ClientRequest, ClientResponse, SESSION_EXPIRED, SessionSeq};
 pub use migration::{
@@ -233,6 +233,7 @@ mod tests {
                 liveness: Liveness::Grace,
                 groups: vec![1],
                 leads: 1,
+                hot: HotReport::default(),
             }],
             groups: vec![GroupSummary {
                 group: 1,

@@ -43,6 +43,12 @@ pub struct Facts {
     pub slot_groups: usize,
     /// `None` when the groups could not be counted.
     pub keys: Option<i64>,
+    /// The proxy's hottest keys and slots over its window (`hotkeys`, Larder's own section).
+    pub hot_keys: Vec<larder_core::hotkeys::HotKey>,
+    pub hot_slots: Vec<larder_core::hotkeys::HotSlot>,
+    /// The per-key write limit (`None`: none) and the writes it refused.
+    pub hot_key_writes_per_sec_max: Option<u64>,
+    pub hot_key_refused_writes: u64,
 }
 
 /// Redis 7.0's default sections (`INFO`, `INFO default`).
@@ -57,8 +63,8 @@ const DEFAULT: &[&str] = &[
     "cluster",
     "keyspace",
 ];
-/// Beyond the default, in `all` and `everything`.
-const EXTRA: &[&str] = &["commandstats", "errorstats"];
+/// Beyond the default, in `all` and `everything` (`hotkeys` is Larder's own).
+const EXTRA: &[&str] = &["commandstats", "errorstats", "hotkeys"];
 
 /// The sections `args` (after `INFO`) select, in output order: none means the default;
 /// `all`/`everything` mean every section; names are matched without case; unknown names
@@ -103,6 +109,7 @@ pub fn render(sections: &[&str], facts: &Facts) -> String {
         }
         let title = match *section {
             "cpu" => "CPU".to_string(),
+            "hotkeys" => "Hotkeys".to_string(),
             other => {
                 let mut title = other.to_string();
                 title[..1].make_ascii_uppercase();
@@ -187,6 +194,31 @@ pub fn render(sections: &[&str], facts: &Facts) -> String {
                     line(format!(
                         "cmdstat_{name}:calls={},usec={},usec_per_call={per_call:.2},rejected_calls={},failed_calls={}",
                         counts.calls, counts.usec, counts.rejected_calls, counts.failed_calls
+                    ));
+                }
+            }
+            "hotkeys" => {
+                line(format!(
+                    "hotkey_writes_per_sec_max:{}",
+                    facts.hot_key_writes_per_sec_max.unwrap_or(0)
+                ));
+                line(format!(
+                    "hotkey_refused_writes:{}",
+                    facts.hot_key_refused_writes
+                ));
+                for (rank, hot) in facts.hot_keys.iter().enumerate() {
+                    line(format!(
+                        "hotkey_{rank}:key={},slot={},ops_per_sec={},writes_per_sec={}",
+                        crate::hot::quoted(&hot.key),
+                        hot.slot,
+                        hot.per_sec,
+                        hot.writes_per_sec
+                    ));
+                }
+                for (rank, hot) in facts.hot_slots.iter().enumerate() {
+                    line(format!(
+                        "hotslot_{rank}:slot={},ops_per_sec={}",
+                        hot.slot, hot.per_sec
                     ));
                 }
             }

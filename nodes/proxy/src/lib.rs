@@ -44,10 +44,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting, single_group};
 
 mod blocking;
+pub mod hot;
 pub mod info;
 pub mod metrics;
 mod tls;
 mod transaction;
+pub use hot::{HOTKEY_ERROR, HotKeyConfig};
 pub use tls::{PemFile, ProxyTls, TlsAuthClients, TlsError, TlsSettings};
 pub use transaction::QUEUED_MAX;
 
@@ -117,6 +119,9 @@ pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Hot keys and hot slots `INFO hotkeys` lists, at most.
+const HOT_KEYS_SHOWN: usize = 10;
+
 /// Proxy settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -176,6 +181,8 @@ pub struct ProxyConfig {
     /// its routing has sources. Failing requests fetch one sooner (see
     /// [`ClientConfig::routing_refresh_gap`]).
     pub routing_refresh: Duration,
+    /// Hot-key detection and the per-key write limit ([`hot`]).
+    pub hot_keys: HotKeyConfig,
     /// Bugs planted on purpose ([`larder_core::bugs`]; none without the `planted-bugs` feature).
     pub bugs: Bugs,
 }
@@ -198,6 +205,7 @@ impl Default for ProxyConfig {
             tcp_port: None,
             tls_port: None,
             routing_refresh: Duration::from_secs(1),
+            hot_keys: HotKeyConfig::default(),
             bugs: Bugs::default(),
         }
     }
@@ -224,6 +232,8 @@ pub struct Proxy<N: Net, C: Clock> {
     waiters: blocking::Waiters,
     /// Commands, errors and latency per command family ([`Proxy::metrics_registry`]).
     metrics: metrics::ProxyMetrics,
+    /// Hot keys and the per-key write limit.
+    hot: hot::HotKeyGuard,
 }
 
 /// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
@@ -303,6 +313,8 @@ pub struct ProxyStats {
     /// The most request bytes a pipeline run of several commands has held (at most
     /// [`PIPELINE_RUN_BYTES_MAX`]; one command larger than that runs alone).
     pub pipeline_run_bytes_peak: u64,
+    /// Writes refused by the per-key write limit ([`HotKeyConfig::writes_per_sec_max`]).
+    pub hot_key_refused_writes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -539,6 +551,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     pub fn new(net: N, clock: C, config: ProxyConfig, routing: SharedRouting) -> Arc<Self> {
         Arc::new(Proxy {
             started: clock.now(),
+            hot: hot::HotKeyGuard::new(config.hot_keys, clock.now()),
             net,
             clock,
             config,
@@ -576,6 +589,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             pipeline_runs: get(&c.pipeline_runs),
             pipeline_run_commands_peak: get(&c.pipeline_run_commands_peak),
             pipeline_run_bytes_peak: get(&c.pipeline_run_bytes_peak),
+            hot_key_refused_writes: self.hot.refused(),
         }
     }
 
@@ -1018,19 +1032,47 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 .pipeline_run_bytes_peak
                 .fetch_max(request_bytes as u64, Ordering::Relaxed);
         }
-        let (names, commands): (Vec<String>, Vec<Command>) = run
-            .into_iter()
-            .map(|(args, command)| (lower(&args[0]), command))
-            .unzip();
+        // Writes to a key past its limit are answered here and never sent (`hot`).
+        let mut names = Vec::with_capacity(run.len());
+        let mut refusals = Vec::with_capacity(run.len());
+        let mut commands = Vec::with_capacity(run.len());
+        let mut sent_anyway = Vec::new();
+        for (args, command) in run {
+            names.push(lower(&args[0]));
+            match self.hot.admit(started, &command) {
+                Ok(()) => {
+                    refusals.push(None);
+                    commands.push(command);
+                }
+                Err(text) => {
+                    if self.config.bugs.is_planted(Bug::HotKeyRefusalSent) {
+                        sent_anyway.push(command);
+                    }
+                    refusals.push(Some(text));
+                }
+            }
+        }
+        if !sent_anyway.is_empty() {
+            // Planted bug: the refused writes go out all the same.
+            let _ = session.client.execute_pipeline(&sent_anyway).await;
+        }
         let results = match commands.as_slice() {
+            [] => Vec::new(),
             [only] => vec![session.client.execute(only.clone()).await],
             _ => session.client.execute_pipeline(&commands).await,
         };
+        let mut results = results.into_iter();
         names
             .into_iter()
-            .zip(results)
-            .map(|(name, result)| {
-                let frame = self.keyed_reply(&name, session.protocol, result);
+            .zip(refusals)
+            .map(|(name, refusal)| {
+                let frame = match refusal {
+                    Some(text) => error(text),
+                    None => match results.next() {
+                        Some(result) => self.keyed_reply(&name, session.protocol, result),
+                        None => error("ERR internal: a pipelined command got no result"),
+                    },
+                };
                 self.count(name, started, &frame);
                 frame
             })
@@ -1381,6 +1423,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             ports.push_str(&format!("tls_port:{port}\n"));
         }
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (hot_keys, hot_slots) = self.hot.hottest(self.clock.now(), HOT_KEYS_SHOWN);
         let facts = info::Facts {
             version: REDIS_VERSION,
             larder_version: env!("CARGO_PKG_VERSION"),
@@ -1405,6 +1448,10 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             routing_epoch: table.epoch(),
             slot_groups: table.groups().len(),
             keys,
+            hot_keys,
+            hot_slots,
+            hot_key_writes_per_sec_max: self.hot.config().writes_per_sec_max,
+            hot_key_refused_writes: self.hot.refused(),
         };
         Frame::Bulk(Some(Bytes::from(info::render(&sections, &facts))))
     }
@@ -1507,6 +1554,13 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         command.reseed(session.next_seed(self.clock.now()));
         match command.scope() {
             Scope::Keys => {
+                if let Err(text) = self.hot.admit(self.clock.now(), &command) {
+                    if self.config.bugs.is_planted(Bug::HotKeyRefusalSent) {
+                        // Planted bug: the refused write goes out all the same.
+                        let _ = session.client.execute(command).await;
+                    }
+                    return error(text);
+                }
                 let woken = self.waiters.woken_by(&command);
                 let reply = session.client.execute(command).await;
                 if reply.is_ok() && !woken.is_empty() {

@@ -156,6 +156,17 @@ impl<N: Net + 'static, C: Clock + 'static> Collector for StatsCollector<N, C> {
             ),
         ];
         encode_gauges(&mut encoder, &gauges)?;
+        // The hottest key's rate (no key label: keys are client data, and one series per key
+        // would be unbounded; `INFO hotkeys` names them).
+        let (hottest, _) = proxy.hot.hottest(proxy.clock.now(), 1);
+        encode_gauges(
+            &mut encoder,
+            &[(
+                "hottest_key_requests_per_second",
+                "Requests per second to the proxy's hottest key over its window",
+                hottest.first().map_or(0, |hot| hot.per_sec),
+            )],
+        )?;
         let counters = [
             (
                 "connections_rejected",
@@ -187,6 +198,11 @@ impl<N: Net + 'static, C: Clock + 'static> Collector for StatsCollector<N, C> {
                 "pipeline_runs",
                 "Pipelined commands sent to the groups together (runs of several)",
                 stats.pipeline_runs,
+            ),
+            (
+                "hot_key_refused_writes",
+                "Writes refused because their key passed the per-key write limit",
+                stats.hot_key_refused_writes,
             ),
         ];
         encode_counters(&mut encoder, &counters)?;

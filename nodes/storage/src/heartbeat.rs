@@ -52,6 +52,7 @@ async fn heartbeat_loop<E: Env>(node: Weak<StorageNode<E>>, early: Arc<tokio::sy
                 address: node.config.address.clone(),
                 known_epoch: node.routing().map_or(0, |t| t.epoch()),
                 groups: node.group_statuses(),
+                hot: node.hot_report(),
             }
         };
         let request = Encoded::new(beat);

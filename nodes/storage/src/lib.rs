@@ -20,6 +20,7 @@ pub mod admin;
 pub mod broken;
 pub mod config;
 pub mod heartbeat;
+pub mod hot;
 pub mod metrics;
 pub mod migration;
 pub mod node;

@@ -87,6 +87,8 @@ pub struct StorageNode<E: Env> {
     pub(crate) quiet: crate::quiet::Quiet,
     /// openraft appends this node served as a follower, heartbeats included.
     pub(crate) appends_served: AtomicU64,
+    /// The keys of the requests this node served as a group leader ([`crate::hot`]).
+    pub(crate) hot: std::sync::Mutex<larder_core::hotkeys::HotKeys>,
 }
 
 /// Requests a node refused because of their sender, counted (the adversarial tests read them;
@@ -253,6 +255,7 @@ impl<E: Env> StorageNode<E> {
                 Err(error) => return Err(error),
             }
         }
+        let hot = std::sync::Mutex::new(crate::hot::sketch(env.clock().now()));
         let node = Arc::new(StorageNode {
             env,
             config,
@@ -268,6 +271,7 @@ impl<E: Env> StorageNode<E> {
             refused: Refused::default(),
             quiet: crate::quiet::Quiet::default(),
             appends_served: AtomicU64::new(0),
+            hot,
         });
         // The replicas that failed to open are retired now (their marks made durable).
         if !newly_broken.is_empty() {

@@ -66,6 +66,9 @@ impl<E: Env> StorageNode<E> {
                 reason: format!("group {group} is not hosted on node {}", self.id()),
             };
         };
+        if self.is_leader(group) {
+            self.count_keys(&command);
+        }
         let mut limit = Duration::from_millis(self.config.request_timeout_ms);
         let write = command.is_write() || session.is_some();
         // A group in use keeps its heartbeats, and a quiet leader wakes before a write

@@ -147,6 +147,12 @@ pub struct SimConfig {
     /// set, the operator watches the migrations the center starts by itself.
     #[serde(default)]
     pub split_records_max: u64,
+    /// The proxies' per-key write limit (`larder_proxy::HotKeyConfig::writes_per_sec_max`);
+    /// `None`: none. With a hot key in the workload
+    /// ([`larder_workloads::driver::WorkloadConfig::hot_share_percent`]) the refused writes
+    /// are failed operations of the history.
+    #[serde(default)]
+    pub hot_key_writes_per_sec_max: Option<u64>,
 }
 
 impl SimConfig {
@@ -186,6 +192,7 @@ impl SimConfig {
             moves: Vec::new(),
             drains: Vec::new(),
             split_records_max: 0,
+            hot_key_writes_per_sec_max: None,
         }
     }
 

@@ -327,6 +327,10 @@ pub(crate) fn register_proxies(
                 ProxyConfig {
                     client: client_config(&sim_config.bugs),
                     bugs: sim_config.bugs.clone(),
+                    hot_keys: larder_proxy::HotKeyConfig {
+                        writes_per_sec_max: sim_config.hot_key_writes_per_sec_max,
+                        ..larder_proxy::HotKeyConfig::default()
+                    },
                     ..ProxyConfig::default()
                 },
                 sim_config.shared_routing(),

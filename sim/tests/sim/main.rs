@@ -6,6 +6,7 @@ mod clock_raft;
 mod cluster_sweep;
 mod conformance;
 mod corruption;
+mod hot_key;
 mod load;
 mod migration;
 mod scripted;

@@ -228,6 +228,7 @@ async fn a_heartbeat_for_another_node_is_refused() {
             address: "127.0.0.1:1".into(),
             known_epoch: 0,
             groups: vec![],
+            hot: Default::default(),
         })
     };
     let answer = call(&insider, CENTER, &beat(NODE), LIMIT)

@@ -1,6 +1,6 @@
 //! Client TLS on the proxy (Redis's `tls-port`), with a CA and certificates made by rcgen at
 //! run time, in front of an unreachable cluster (TLS and plain clients of one real cluster are
-//! in `proxy_bounds.rs`, which builds one already): `INFO` shows both ports and `QUIT` ends
+//! in `bounds.rs`, which builds one already): `INFO` shows both ports and `QUIT` ends
 //! with TLS's `close_notify`; a plain client on the TLS port (and a TLS client on the plain
 //! port) is refused without harm to the proxy;
 //! client certificates are checked as `tls_auth_clients` says; a handshake that does not finish
@@ -9,11 +9,7 @@
 //! accept errors) hold over TLS; and bad TLS settings are refused up front, naming the file at
 //! fault.
 
-// A test on the real environment: real time and sockets are what it exercises.
-#![allow(clippy::disallowed_methods)]
-
-#[path = "support/pki.rs"]
-mod pki;
+use crate::pki;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,8 +33,7 @@ use tokio_rustls::TlsConnector;
 
 use pki::Pki;
 
-mod support;
-use support::{FlakyListener, config};
+use crate::support::{FlakyListener, config};
 
 type TestProxy = Arc<Proxy<TcpNet, TokioClock>>;
 

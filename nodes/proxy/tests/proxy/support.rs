@@ -1,4 +1,4 @@
-//! Helpers shared by the proxy's test binaries.
+//! Helpers shared by the proxy's test modules.
 
 use std::time::Duration;
 

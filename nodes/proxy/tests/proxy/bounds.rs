@@ -10,10 +10,7 @@
 //! TLS clients (Redis's `tls-port`) get the same answers as plain ones: a client through
 //! [`Proxy::tls_connection`] with a tokio-rustls client (certificates made by rcgen at run
 //! time) and a plain one share the cluster. (The rest of the TLS tests need no cluster and are
-//! in `proxy_tls.rs`; this one is here so that only one test binary builds a storage node.)
-
-// A test on the real environment: real time and sockets are what it exercises.
-#![allow(clippy::disallowed_methods)]
+//! in `tls.rs`; this one is here so that only one test binary builds a storage node.)
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -33,8 +30,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-#[path = "support/pki.rs"]
-mod pki;
+use crate::pki;
 
 const NODE: u64 = 1;
 const GROUP: u64 = 1;

@@ -5,10 +5,7 @@
 //! sockets), the idle timeout, Redis 7's pre-AUTH limits, the failed-AUTH delay, surviving
 //! `accept` errors, a large request in many small reads, the output cap, and backpressure on a
 //! client that pipelines without reading. (A slow reader of large values, which needs a
-//! cluster, is in `proxy_bounds.rs`.)
-
-// A test on the real environment: real time and sockets are what it exercises.
-#![allow(clippy::disallowed_methods)]
+//! cluster, is in `bounds.rs`.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +17,7 @@ use larder_proxy::{ConnectionError, OUTPUT_FLUSH_BYTES, Proxy, ProxyConfig};
 use larder_real::{AddressBook, TcpNet, TokioClock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-mod support;
-use support::{FlakyListener, config};
+use crate::support::{FlakyListener, config};
 
 fn proxy(password: Option<&str>) -> Arc<Proxy<TcpNet, TokioClock>> {
     proxy_with(ProxyConfig {

@@ -1,0 +1,429 @@
+//! Hot keys and hot slots: which keys and slots took most of the requests lately, and how fast
+//! a key is being written, in bounded memory whatever the number of distinct keys.
+//!
+//! - [`TopK`] is the Space-Saving summary (Metwally, Agrawal and El Abbadi, 2005): `capacity`
+//!   counters; a key not counted takes the smallest counter over and inherits its count as its
+//!   error. Every key occurring more than `total / capacity` times is in the summary, and for a
+//!   counted key `count - error <= true count <= count`. Memory is `capacity` keys at most.
+//! - [`HotKeys`] keeps two summaries of consecutive windows (the current one and the one before)
+//!   and a counter per slot, and reads them as a sliding window: the previous window's counts are
+//!   weighed by the part of it still inside the last `window` of time. Rates are computed from
+//!   the **guaranteed** counts (`count - error`), so a key is never called hot, nor limited,
+//!   because of another key's counts it inherited.
+//!
+//! Both are plain values with no clock of their own: the caller passes the time (its role's
+//! [`crate::env::Clock`]), so they behave the same inside the simulator. Ties are broken by key
+//! order and the index is a `BTreeMap`: nothing depends on hash order.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::slots::{SLOTS, slot_of};
+
+/// One counted key of a [`TopK`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Counter {
+    key: Bytes,
+    count: u64,
+    /// How much of `count` may belong to keys this counter held before.
+    error: u64,
+}
+
+/// The Space-Saving summary: the heaviest keys of a stream, in `capacity` counters.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    capacity: usize,
+    counters: Vec<Counter>,
+    index: BTreeMap<Bytes, usize>,
+    total: u64,
+}
+
+impl TopK {
+    /// A summary of at most `capacity` keys (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        TopK {
+            capacity,
+            counters: Vec::with_capacity(capacity),
+            index: BTreeMap::new(),
+            total: 0,
+        }
+    }
+
+    /// Counts `n` more occurrences of `key`.
+    pub fn record(&mut self, key: &[u8], n: u64) {
+        self.total = self.total.saturating_add(n);
+        if let Some(&at) = self.index.get(key) {
+            let counter = &mut self.counters[at];
+            counter.count = counter.count.saturating_add(n);
+            return;
+        }
+        let key = Bytes::copy_from_slice(key);
+        if self.counters.len() < self.capacity {
+            self.index.insert(key.clone(), self.counters.len());
+            self.counters.push(Counter {
+                key,
+                count: n,
+                error: 0,
+            });
+            return;
+        }
+        // The smallest counter (the first of equals, by position: deterministic) changes hands.
+        let (at, smallest) = self
+            .counters
+            .iter()
+            .enumerate()
+            .min_by_key(|(at, c)| (c.count, *at))
+            .map(|(at, c)| (at, c.count))
+            .expect("a full summary has counters");
+        let old = std::mem::replace(
+            &mut self.counters[at],
+            Counter {
+                key: key.clone(),
+                count: smallest.saturating_add(n),
+                error: smallest,
+            },
+        );
+        self.index.remove(&old.key);
+        self.index.insert(key, at);
+    }
+
+    /// `(count, guaranteed)` of `key`: at most `count` and at least `guaranteed` occurrences
+    /// were recorded; `None` if the key is not counted (then it occurred at most
+    /// [`TopK::floor`] times).
+    pub fn estimate(&self, key: &[u8]) -> Option<(u64, u64)> {
+        self.index.get(key).map(|&at| {
+            let c = &self.counters[at];
+            (c.count, c.count - c.error)
+        })
+    }
+
+    /// The most an uncounted key can have occurred: the smallest counter once the summary is
+    /// full, 0 before.
+    pub fn floor(&self) -> u64 {
+        if self.counters.len() < self.capacity {
+            0
+        } else {
+            self.counters.iter().map(|c| c.count).min().unwrap_or(0)
+        }
+    }
+
+    /// Every occurrence recorded.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The counted keys as `(key, count, guaranteed)`, the largest guaranteed count first
+    /// (then by key).
+    pub fn counted(&self) -> Vec<(Bytes, u64, u64)> {
+        let mut all: Vec<(Bytes, u64, u64)> = self
+            .counters
+            .iter()
+            .map(|c| (c.key.clone(), c.count, c.count - c.error))
+            .collect();
+        all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        all
+    }
+}
+
+/// A hot key as a role reports it: its estimated rates over the last window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotKey {
+    pub key: Bytes,
+    pub slot: u16,
+    /// Requests per second that certainly touched the key (a lower bound, rounded down).
+    pub per_sec: u64,
+    /// Of those, writes per second (a lower bound too).
+    pub writes_per_sec: u64,
+}
+
+/// A hot slot: requests per second to any key of it (rounded down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotSlot {
+    pub slot: u16,
+    pub per_sec: u64,
+}
+
+/// One window's counts.
+#[derive(Debug, Clone)]
+struct Window {
+    /// Every request, by key.
+    requests: TopK,
+    /// Writes only, by key (the write limit reads these).
+    writes: TopK,
+    /// Requests by slot (exact: one counter per slot).
+    slots: Vec<u32>,
+}
+
+impl Window {
+    fn new(capacity: usize) -> Self {
+        Window {
+            requests: TopK::new(capacity),
+            writes: TopK::new(capacity),
+            slots: vec![0; usize::from(SLOTS)],
+        }
+    }
+}
+
+/// Sliding-window hot-key and hot-slot detection (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct HotKeys {
+    window: Duration,
+    /// When the current window began.
+    began: Duration,
+    current: Window,
+    previous: Window,
+    capacity: usize,
+}
+
+impl HotKeys {
+    /// Tracks up to `capacity` keys per window of `window` (at least 1 ms), starting at `now`.
+    pub fn new(capacity: usize, window: Duration, now: Duration) -> Self {
+        HotKeys {
+            window: window.max(Duration::from_millis(1)),
+            began: now,
+            current: Window::new(capacity),
+            previous: Window::new(capacity),
+            capacity,
+        }
+    }
+
+    /// The window's length.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Moves the windows on to `now`: a window that ended becomes the previous one; after two
+    /// or more windows without a request both are empty.
+    fn advance(&mut self, now: Duration) {
+        let elapsed = now.saturating_sub(self.began);
+        if elapsed < self.window {
+            return;
+        }
+        if elapsed < self.window * 2 {
+            let fresh = Window::new(self.capacity);
+            self.previous = std::mem::replace(&mut self.current, fresh);
+            self.began += self.window;
+        } else {
+            self.previous = Window::new(self.capacity);
+            self.current = Window::new(self.capacity);
+            // Windows stay aligned to the first one's start.
+            let windows = elapsed.as_nanos() / self.window.as_nanos();
+            let step = self.window.as_nanos() * windows;
+            self.began += Duration::from_nanos(u64::try_from(step).unwrap_or(u64::MAX));
+        }
+    }
+
+    /// Records one request touching `key` at `now` (a write if `write`).
+    pub fn record(&mut self, now: Duration, key: &[u8], write: bool) {
+        self.advance(now);
+        self.current.requests.record(key, 1);
+        if write {
+            self.current.writes.record(key, 1);
+        }
+        let slot = &mut self.current.slots[usize::from(slot_of(key))];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// The weight of the previous window's counts at `now`: the part of it still within the
+    /// last `window`.
+    fn previous_weight(&self, now: Duration) -> f64 {
+        let into = now.saturating_sub(self.began).as_secs_f64() / self.window.as_secs_f64();
+        (1.0 - into).clamp(0.0, 1.0)
+    }
+
+    fn sliding(&self, now: Duration, current: u64, previous: u64) -> f64 {
+        current as f64 + previous as f64 * self.previous_weight(now)
+    }
+
+    /// Writes of `key` within the last window at `now`, certainly made (a lower bound).
+    pub fn recent_writes(&mut self, now: Duration, key: &[u8]) -> f64 {
+        self.advance(now);
+        let guaranteed = |topk: &TopK| topk.estimate(key).map_or(0, |(_, g)| g);
+        self.sliding(
+            now,
+            guaranteed(&self.current.writes),
+            guaranteed(&self.previous.writes),
+        )
+    }
+
+    /// The hottest keys at `now`, at most `n`, each with at least `min_per_sec` requests per
+    /// second certainly made; the hottest first.
+    pub fn hot_keys(&mut self, now: Duration, n: usize, min_per_sec: u64) -> Vec<HotKey> {
+        self.advance(now);
+        let seconds = self.window.as_secs_f64();
+        let guaranteed = |topk: &TopK, key: &[u8]| topk.estimate(key).map_or(0, |(_, g)| g);
+        let mut keys: BTreeMap<Bytes, ()> = BTreeMap::new();
+        for (key, _, _) in self
+            .current
+            .requests
+            .counted()
+            .into_iter()
+            .chain(self.previous.requests.counted())
+        {
+            keys.insert(key, ());
+        }
+        let mut hot: Vec<HotKey> = keys
+            .into_keys()
+            .map(|key| {
+                let requests = self.sliding(
+                    now,
+                    guaranteed(&self.current.requests, &key),
+                    guaranteed(&self.previous.requests, &key),
+                );
+                let writes = self.sliding(
+                    now,
+                    guaranteed(&self.current.writes, &key),
+                    guaranteed(&self.previous.writes, &key),
+                );
+                let per_sec = (requests / seconds) as u64;
+                HotKey {
+                    slot: slot_of(&key),
+                    key,
+                    per_sec,
+                    // Each summary bounds its own counts: keep the pair consistent.
+                    writes_per_sec: ((writes / seconds) as u64).min(per_sec),
+                }
+            })
+            .filter(|hot| hot.per_sec >= min_per_sec.max(1))
+            .collect();
+        hot.sort_by(|a, b| b.per_sec.cmp(&a.per_sec).then_with(|| a.key.cmp(&b.key)));
+        hot.truncate(n);
+        hot
+    }
+
+    /// The hottest slots at `now`, at most `n`, each with at least `min_per_sec` requests per
+    /// second; the hottest first.
+    pub fn hot_slots(&mut self, now: Duration, n: usize, min_per_sec: u64) -> Vec<HotSlot> {
+        self.advance(now);
+        let seconds = self.window.as_secs_f64();
+        let mut hot: Vec<HotSlot> = (0..SLOTS)
+            .filter_map(|slot| {
+                let at = usize::from(slot);
+                let (current, previous) = (self.current.slots[at], self.previous.slots[at]);
+                if current == 0 && previous == 0 {
+                    return None;
+                }
+                let per_sec =
+                    (self.sliding(now, u64::from(current), u64::from(previous)) / seconds) as u64;
+                (per_sec >= min_per_sec.max(1)).then_some(HotSlot { slot, per_sec })
+            })
+            .collect();
+        hot.sort_by(|a, b| b.per_sec.cmp(&a.per_sec).then(a.slot.cmp(&b.slot)));
+        hot.truncate(n);
+        hot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn exact(stream: &[u8]) -> BTreeMap<u8, u64> {
+        let mut counts = BTreeMap::new();
+        for &key in stream {
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    proptest! {
+        /// Space-Saving's guarantees, on streams over a small alphabet so keys collide.
+        #[test]
+        fn space_saving_bounds_every_count(
+            stream in proptest::collection::vec(0u8..40, 0..600),
+            capacity in 1usize..12,
+        ) {
+            let mut topk = TopK::new(capacity);
+            for &key in &stream {
+                topk.record(&[key], 1);
+            }
+            let truth = exact(&stream);
+            prop_assert_eq!(topk.total(), stream.len() as u64);
+            prop_assert!(topk.counted().len() <= capacity);
+            let threshold = stream.len() as u64 / capacity as u64;
+            for (&key, &count) in &truth {
+                match topk.estimate(&[key]) {
+                    Some((upper, guaranteed)) => {
+                        prop_assert!(guaranteed <= count && count <= upper,
+                            "key {key}: {guaranteed} <= {count} <= {upper}");
+                        prop_assert!(upper - guaranteed <= threshold);
+                    }
+                    None => {
+                        prop_assert!(count <= topk.floor(), "key {key} ({count}) dropped");
+                        prop_assert!(count <= threshold,
+                            "key {key} occurred {count} > {threshold} times and is not counted");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_key_taking_most_requests_is_found_among_many() {
+        let mut hot = HotKeys::new(16, Duration::from_secs(1), Duration::ZERO);
+        let mut now = Duration::ZERO;
+        for i in 0..10_000u32 {
+            now += Duration::from_micros(100);
+            if i % 2 == 0 {
+                hot.record(now, b"celebrity", i % 4 == 0);
+            } else {
+                hot.record(now, format!("user:{i}").as_bytes(), true);
+            }
+        }
+        // One second of requests: 5,000 of the hot key, half of them writes.
+        let found = hot.hot_keys(now, 3, 100);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(&found[0].key[..], b"celebrity");
+        assert_eq!(found[0].slot, slot_of(b"celebrity"));
+        assert!(found[0].per_sec > 4_000, "{found:?}");
+        assert!(found[0].writes_per_sec > 2_000 && found[0].writes_per_sec <= 2_500);
+        let slots = hot.hot_slots(now, 1, 0);
+        assert_eq!(slots[0].slot, slot_of(b"celebrity"));
+    }
+
+    #[test]
+    fn counts_fade_out_of_the_sliding_window() {
+        let window = Duration::from_secs(10);
+        let mut hot = HotKeys::new(8, window, Duration::ZERO);
+        for ms in 0..1_000u64 {
+            hot.record(Duration::from_millis(ms * 10), b"k", true);
+        }
+        // The whole window holds 1,000 writes.
+        assert_eq!(
+            hot.recent_writes(Duration::from_millis(9_999), b"k"),
+            1_000.0
+        );
+        // Halfway into the next window half of them are still within the last 10 s.
+        let half = hot.recent_writes(Duration::from_secs(15), b"k");
+        assert!((half - 500.0).abs() < 1.0, "{half}");
+        // Two windows later nothing is left.
+        assert_eq!(hot.recent_writes(Duration::from_secs(30), b"k"), 0.0);
+        assert!(hot.hot_keys(Duration::from_secs(30), 8, 0).is_empty());
+        assert!(hot.hot_slots(Duration::from_secs(30), 8, 0).is_empty());
+    }
+
+    #[test]
+    fn a_key_that_inherited_a_counter_is_not_called_hot() {
+        let mut topk = TopK::new(2);
+        for _ in 0..100 {
+            topk.record(b"a", 1);
+            topk.record(b"b", 1);
+        }
+        topk.record(b"c", 1);
+        // `c` took over a counter of 100: at most 101, certainly 1.
+        let (upper, guaranteed) = topk.estimate(b"c").expect("counted");
+        assert_eq!((upper, guaranteed), (101, 1));
+        let mut hot = HotKeys::new(2, Duration::from_secs(1), Duration::ZERO);
+        for _ in 0..100 {
+            hot.record(Duration::ZERO, b"a", true);
+            hot.record(Duration::ZERO, b"b", true);
+        }
+        hot.record(Duration::ZERO, b"c", true);
+        assert!(hot.recent_writes(Duration::ZERO, b"c") <= 1.0);
+    }
+}

@@ -1,0 +1,84 @@
+//! A hot key through the whole simulated cluster: one of eight registers takes 80 % of the
+//! operations, the two proxies limit every key to 20 writes per second, and the run's faults
+//! (the seed's plan) go on around it. The history must stay linearizable with the refused
+//! writes in it as failed operations (the proxy answers `-HOTKEY` before sending anything, so
+//! a refused write can never apply: if one did, the checker would find a read of its value);
+//! only the hot key is refused; the writes let through stay within the limit's budget; the
+//! other keys keep being served. The same seed runs twice with identical traces.
+
+use std::time::Duration;
+
+use larder_sim::SimConfig;
+use larder_workloads::driver::register_key;
+use larder_workloads::history::{Function, OpKind};
+
+const LIMIT: u64 = 20;
+const PROXIES: u64 = 2;
+const SECONDS: u64 = 10;
+
+#[test]
+fn a_hot_key_is_held_to_its_write_limit_and_the_history_stays_linearizable() {
+    let replay = "cargo nextest run -p larder-sim -E 'test(hot_key::)' (seed 3, 10 s, 5 nodes, \
+                  8 groups, 2 proxies, 24 clients at 600 ops/s, 8 registers, 80 % on one)";
+    let mut config = SimConfig::cluster(3, Duration::from_secs(SECONDS), 5, 8, PROXIES);
+    config.clients = 24;
+    // Paced at 600 operations a second (a refused write answers at once, and unpaced clients
+    // would then write the cold keys faster too). Registers only, eight of them: about 340
+    // writes a second, the hot key some 270 of them (135 per proxy, far past the limit), each
+    // cold key some 9 (4 per proxy, far under it).
+    config.rate = Some(600);
+    let mut workload = config.workload.clone().with_hot_key(80);
+    workload.register_keys = 8;
+    (
+        workload.mix.add,
+        workload.mix.append,
+        workload.mix.list_read,
+    ) = (0, 0, 0);
+    config.workload = workload;
+    config.hot_key_writes_per_sec_max = Some(LIMIT);
+    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.linearizability.is_linearizable(),
+        "{}\nreplay: {replay}",
+        report.linearizability
+    );
+    let hot = register_key(0);
+    let ops = &report.history.ops;
+    let refused: Vec<_> = ops
+        .iter()
+        .filter(|op| {
+            op.kind == OpKind::Fail && op.error.as_deref().is_some_and(|e| e.starts_with("HOTKEY"))
+        })
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .all(|op| op.key == hot && op.f == Function::Write),
+        "only writes of the hot key are refused: {:?}\nreplay: {replay}",
+        refused.iter().find(|op| op.key != hot)
+    );
+    let hot_writes_ok = ops
+        .iter()
+        .filter(|op| op.kind == OpKind::Ok && op.key == hot && op.f == Function::Write)
+        .count() as u64;
+    // Each proxy lets through about LIMIT a second (its sliding window may admit up to one
+    // window's worth more at the start).
+    let budget = PROXIES * LIMIT * (SECONDS + 1);
+    assert!(
+        !refused.is_empty() && hot_writes_ok > 0 && hot_writes_ok <= budget,
+        "{} hot writes refused, {hot_writes_ok} let through (budget {budget})\nreplay: {replay}",
+        refused.len()
+    );
+    let others_ok = ops
+        .iter()
+        .filter(|op| op.kind == OpKind::Ok && op.key != hot)
+        .count();
+    assert!(
+        others_ok >= 200,
+        "{others_ok} operations on other keys succeeded\nreplay: {replay}"
+    );
+    eprintln!(
+        "hot writes: {hot_writes_ok} let through, {} refused; {others_ok} other operations ok",
+        refused.len()
+    );
+}
