@@ -23,6 +23,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::slots::{SLOTS, slot_of};
 
+/// A key as text for people (an error line, `INFO hotkeys`, `larder admin hotkeys`):
+/// printable ASCII kept, any other byte and the backslash, `'` and `,` written `\xNN` (so a
+/// key cannot break the line, quote or field it sits in), cut after `max` bytes with `...`.
+pub fn printable_key(key: &[u8], max: usize) -> String {
+    let mut out = String::with_capacity(key.len().min(max));
+    for &byte in key.iter().take(max) {
+        if byte.is_ascii_graphic() && !matches!(byte, b'\\' | b'\'' | b',') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    if key.len() > max {
+        out.push_str("...");
+    }
+    out
+}
+
 /// One counted key of a [`TopK`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Counter {
@@ -405,6 +423,19 @@ mod tests {
         assert_eq!(hot.recent_writes(Duration::from_secs(30), b"k"), 0.0);
         assert!(hot.hot_keys(Duration::from_secs(30), 8, 0).is_empty());
         assert!(hot.hot_slots(Duration::from_secs(30), 8, 0).is_empty());
+    }
+
+    #[test]
+    fn keys_are_printed_printably() {
+        assert_eq!(printable_key(b"user:1", 64), "user:1");
+        assert_eq!(
+            printable_key(b"a b\r\n',", 64),
+            "a\\x20b\\x0d\\x0a\\x27\\x2c"
+        );
+        assert_eq!(
+            printable_key(&[b'k'; 70], 64),
+            format!("{}...", "k".repeat(64))
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `larder admin <command>`: operator requests to the center over the production network.
 //!
+//! - `larder admin dashboard`: a web page of the same, updated every second (`crate::dashboard`);
 //! - `larder admin hotkeys`: the hottest keys and slots over the last second, merged from the
 //!   group leaders' reports ([`larder_protocol::HotReport`] in each node's heartbeat);
 //! - `larder admin status`: the cluster as the center leader sees it ([`GetStatus`] ->
@@ -68,6 +69,25 @@ enum AdminCommand {
     /// Show the hottest keys and slots of the whole cluster over the last second, as the
     /// group leaders counted them (every write and linearizable read passes a leader).
     Hotkeys(StatusArgs),
+    /// Serve a web page of the cluster (nodes, groups, the slot map, migrations, hot keys,
+    /// live throughput and latency), updated every second.
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Args, Debug)]
+struct DashboardArgs {
+    /// Where the page is served (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:9390")]
+    listen: SocketAddr,
+    /// The proxy's metrics endpoint, for the throughput and latency charts (default: where
+    /// `larder up` serves it).
+    #[arg(long, default_value = "127.0.0.1:9380")]
+    metrics: SocketAddr,
+    /// Chart without the proxy's metrics (the groups' applied log entries per second).
+    #[arg(long)]
+    no_metrics: bool,
+    #[command(flatten)]
+    center: CenterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -573,6 +593,12 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<bool> {
         AdminCommand::Split(args) => split(args),
         AdminCommand::Rebalance(args) => rebalance(args),
         AdminCommand::Hotkeys(args) => hotkeys(args),
+        AdminCommand::Dashboard(args) => crate::dashboard::serve(
+            args.listen,
+            &args.center.reach()?,
+            args.center.timeout,
+            (!args.no_metrics).then_some(args.metrics),
+        ),
     }
 }
 
@@ -599,14 +625,14 @@ struct ClusterHotSlot {
 }
 
 #[derive(Debug, serde::Serialize)]
-struct HotJson {
+pub(crate) struct HotJson {
     keys: Vec<ClusterHotKey>,
     slots: Vec<ClusterHotSlot>,
 }
 
 /// The nodes' hot reports merged: a key (or slot) counted by several nodes (a leader change
 /// within the window) has their rates added, as each counted the requests it led.
-fn merge_hot(status: &ClusterStatus) -> HotJson {
+pub(crate) fn merge_hot(status: &ClusterStatus) -> HotJson {
     let group_of = |slot: u16| {
         status
             .groups
@@ -621,7 +647,10 @@ fn merge_hot(status: &ClusterStatus) -> HotJson {
             let entry = keys
                 .entry(hot.key.clone())
                 .or_insert_with(|| ClusterHotKey {
-                    key: printable_key(&hot.key),
+                    key: larder_core::hotkeys::printable_key(
+                        &hot.key,
+                        larder_protocol::HOT_KEY_BYTES_MAX,
+                    ),
                     slot: hot.slot,
                     group: group_of(hot.slot),
                     nodes: Vec::new(),
@@ -648,19 +677,6 @@ fn merge_hot(status: &ClusterStatus) -> HotJson {
         .collect();
     slots.sort_by(|a, b| b.per_sec.cmp(&a.per_sec).then(a.slot.cmp(&b.slot)));
     HotJson { keys, slots }
-}
-
-/// A key as text: printable ASCII kept, other bytes as `\xNN`.
-fn printable_key(key: &[u8]) -> String {
-    let mut out = String::with_capacity(key.len());
-    for &byte in key {
-        if byte.is_ascii_graphic() && byte != b'\\' {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "\\x{byte:02x}");
-        }
-    }
-    out
 }
 
 fn render_hot(hot: &HotJson) -> String {

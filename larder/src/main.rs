@@ -37,6 +37,7 @@ macro_rules! outln {
 mod admin;
 mod bench;
 mod bug_matrix;
+mod dashboard;
 mod jepsen;
 mod serve;
 mod shrink;

@@ -56,6 +56,14 @@ impl Processes {
     fn log(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
+
+    /// SIGKILLs the process started as `name`.
+    fn kill(&mut self, name: &str) {
+        for (_, child) in self.children.iter_mut().filter(|(n, _)| n == name) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Drop for Processes {
@@ -151,6 +159,54 @@ fn every_slot_led(status: &ClusterStatus) -> Result<(), String> {
 /// and returns them as `--center` takes them.
 fn centers_of(up: &mut Child, limit: Duration) -> String {
     addresses_of(up, limit).0
+}
+
+/// The lines of `child`'s stdout, read on a thread of their own that keeps draining the pipe
+/// (so the child never blocks on it).
+fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = lines.send(line);
+        }
+    });
+    received
+}
+
+/// What `larder up` printed: its centers (as `--center` takes them), proxy and metrics page.
+struct UpAddresses {
+    centers: String,
+    proxy: std::net::SocketAddr,
+    metrics: Option<std::net::SocketAddr>,
+}
+
+/// Reads `larder up`'s stdout through its `try:` line.
+fn up_addresses(up: &mut Child, limit: Duration) -> UpAddresses {
+    let lines = stdout_lines(up);
+    let deadline = Instant::now() + limit;
+    let (mut centers, mut proxy, mut metrics) = (None, None, None);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(remaining)
+            .unwrap_or_else(|e| panic!("`larder up` was not ready within {limit:?}: {e}"));
+        let line = line.trim();
+        if let Some(list) = line.strip_prefix("centers: ") {
+            centers = Some(list.split_whitespace().collect::<Vec<_>>().join(","));
+        } else if let Some(address) = line.strip_prefix("proxy: ") {
+            proxy = Some(address.parse().expect("proxy address"));
+        } else if let Some(page) = line.strip_prefix("metrics: http://") {
+            metrics = page.strip_suffix("/metrics").and_then(|a| a.parse().ok());
+        } else if line.starts_with("try: ") {
+            return UpAddresses {
+                centers: centers.expect("centers printed"),
+                proxy: proxy.expect("proxy printed"),
+                metrics,
+            };
+        }
+    }
 }
 
 /// Reads `larder up`'s stdout until it prints its center replicas and its proxy, and returns
@@ -548,5 +604,194 @@ fn a_hot_key_is_limited_and_shown_by_info_and_admin_hotkeys() {
     assert!(
         output.status.success() && text.contains("celebrity"),
         "{text}"
+    );
+}
+
+/// Debian's chromium (what `.ci/run` installs), or another Chromium or Chrome on the path.
+fn browser() -> PathBuf {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|dir| Path::new(dir).join(name))
+                .find(|path| path.is_file())
+        })
+        .expect("the dashboard test needs chromium (`.ci/run` installs Debian's)")
+}
+
+/// Headless chromium's arguments: as root (CI) it needs `--no-sandbox`; `--virtual-time-budget`
+/// lets the page's script run (its first polls) before the DOM is dumped.
+fn browser_run(browser: &Path, extra: &[&str], url: &str) -> Output {
+    Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ])
+        .args(["--no-first-run", "--virtual-time-budget=4000"])
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chromium")
+}
+
+/// The web dashboard in a real (headless) browser: the page loads, shows the test's cluster
+/// (four storage nodes up, every group with its leader, the hot key being written) and charts
+/// from the proxy's metrics, and after storage node 4 is killed it shows node 4 no longer up.
+#[test]
+fn the_dashboard_shows_the_cluster_in_a_browser_and_follows_a_node_going_down() {
+    let browser = browser();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut processes = Processes {
+        dir: dir.path().to_path_buf(),
+        children: Vec::new(),
+    };
+    let up_dir = dir.path().join("up");
+    let up = processes.spawn(
+        "up",
+        &[
+            "up",
+            "--groups",
+            "4",
+            "--listen",
+            "127.0.0.1:0",
+            "--center-port",
+            "0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--dir",
+            up_dir.to_str().expect("utf-8 path"),
+        ],
+        true,
+    );
+    let up = up_addresses(up, Duration::from_secs(60));
+    let metrics = up.metrics.expect("larder up printed its metrics page");
+    let centers = up.centers.clone();
+    let node_dir = dir.path().join("node-4");
+    processes.spawn(
+        "node",
+        &[
+            "node",
+            "--id",
+            "4",
+            "--dir",
+            node_dir.to_str().expect("utf-8 path"),
+            "--center",
+            &centers,
+        ],
+        false,
+    );
+    wait_for("four nodes up", Duration::from_secs(30), || {
+        up_nodes(&status(&centers)?, &[1, 2, 3, 4])
+    });
+    let dashboard = processes.spawn(
+        "dashboard",
+        &[
+            "admin",
+            "dashboard",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            &metrics.to_string(),
+            "--center",
+            &centers,
+        ],
+        true,
+    );
+    let lines = stdout_lines(dashboard);
+    let url = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the dashboard prints its address")
+        .trim()
+        .strip_prefix("dashboard: ")
+        .expect("dashboard: URL")
+        .to_string();
+
+    // Load, and a hot key, through the proxy.
+    let client = redis::Client::open(format!("redis://{}/", up.proxy)).expect("client");
+    let mut connection = client.get_connection().expect("connect to the proxy");
+    let write = |connection: &mut redis::Connection, key: &str| {
+        redis::cmd("SET")
+            .arg(key)
+            .arg("v")
+            .query::<String>(connection)
+            .map_err(|e| e.to_string())
+    };
+    wait_for("a first write", Duration::from_secs(30), || {
+        write(&mut connection, "warm")
+    });
+    let dump = |connection: &mut redis::Connection| {
+        for i in 0..200 {
+            let _ = write(connection, "celebrity");
+            let _ = write(connection, &format!("fan:{i}"));
+        }
+        let output = browser_run(&browser, &["--dump-dom"], &url);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let page = wait_for(
+        "the page to show four nodes up, the hot key and the proxy's figures",
+        Duration::from_secs(60),
+        || {
+            let page = dump(&mut connection);
+            let shows = |text: &str| page.contains(text);
+            for node in 1..=4 {
+                if !shows(&format!("data-node=\"{node}\" data-liveness=\"up\"")) {
+                    return Err(format!("node {node} not shown up:\n{page}"));
+                }
+            }
+            if !shows("data-hotkey=\"celebrity\"") {
+                return Err(format!("no hot key:\n{page}"));
+            }
+            if !shows("proxy commands:") || !shows("p99") {
+                return Err(format!("no proxy throughput or latency:\n{page}"));
+            }
+            Ok(page)
+        },
+    );
+    assert!(page.contains("routing epoch"), "{page}");
+    assert_eq!(page.matches("data-group=").count(), 4, "{page}");
+    assert!(
+        !page.contains(">none</td>"),
+        "every group shows a leader:\n{page}"
+    );
+    let shot = dir.path().join("dashboard.png");
+    let taken = browser_run(
+        &browser,
+        &[
+            "--window-size=1400,1100",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &url,
+    );
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    if let Some(keep) = std::env::var_os("LARDER_DASHBOARD_SCREENSHOT") {
+        let _ = std::fs::copy(&shot, keep);
+    }
+
+    // Node 4 dies; the page follows the center's view.
+    processes.kill("node");
+    wait_for(
+        "the page to show node 4 no longer up",
+        Duration::from_secs(60),
+        || {
+            let page = dump(&mut connection);
+            let up = page.contains("data-node=\"4\" data-liveness=\"up\"");
+            let other = ["grace", "down"]
+                .iter()
+                .any(|l| page.contains(&format!("data-node=\"4\" data-liveness=\"{l}\"")));
+            if !up && other {
+                Ok(())
+            } else {
+                Err(format!("node 4 still up:\n{page}"))
+            }
+        },
     );
 }

@@ -113,21 +113,9 @@ impl HotKeyGuard {
     }
 }
 
-/// A key as an error line or `INFO` shows it: printable ASCII kept, anything else escaped
-/// (`\xNN`), cut at [`QUOTED_KEY_BYTES_MAX`] bytes.
+/// A key as an error line or `INFO` shows it ([`larder_core::hotkeys::printable_key`]).
 pub(crate) fn quoted(key: &[u8]) -> String {
-    let mut out = String::new();
-    for &byte in key.iter().take(QUOTED_KEY_BYTES_MAX) {
-        if byte.is_ascii_graphic() && byte != b'\\' && byte != b'\'' && byte != b',' {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("\\x{byte:02x}"));
-        }
-    }
-    if key.len() > QUOTED_KEY_BYTES_MAX {
-        out.push_str("...");
-    }
-    out
+    larder_core::hotkeys::printable_key(key, QUOTED_KEY_BYTES_MAX)
 }
 
 #[cfg(test)]
@@ -196,12 +184,5 @@ mod tests {
             guard.admit(Duration::ZERO, &set("hot")).expect("no limit");
         }
         assert_eq!(guard.refused(), 0);
-    }
-
-    #[test]
-    fn keys_are_quoted_printably() {
-        assert_eq!(quoted(b"user:1"), "user:1");
-        assert_eq!(quoted(b"a b\r\n'"), "a\\x20b\\x0d\\x0a\\x27");
-        assert_eq!(quoted(&[b'k'; 70]), format!("{}...", "k".repeat(64)));
     }
 }
