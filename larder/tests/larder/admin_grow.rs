@@ -158,7 +158,7 @@ fn every_slot_led(status: &ClusterStatus) -> Result<(), String> {
 /// Reads `larder up`'s stdout until it prints its center replicas (`  centers: 101@… 102@…`)
 /// and returns them as `--center` takes them.
 fn centers_of(up: &mut Child, limit: Duration) -> String {
-    addresses_of(up, limit).0
+    up_addresses(up, limit).centers
 }
 
 /// The lines of `child`'s stdout, read on a thread of their own that keeps draining the pipe
@@ -209,37 +209,24 @@ fn up_addresses(up: &mut Child, limit: Duration) -> UpAddresses {
     }
 }
 
-/// Reads `larder up`'s stdout until it prints its center replicas and its proxy, and returns
-/// the centers as `--center` takes them and the proxy's address.
-fn addresses_of(up: &mut Child, limit: Duration) -> (String, std::net::SocketAddr) {
-    let stdout = up.stdout.take().expect("piped stdout");
-    let (lines, received) = mpsc::channel();
-    // Keeps draining after the lines are found, so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            let _ = lines.send(line);
-        }
-    });
-    let deadline = Instant::now() + limit;
-    let mut centers = None;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match received.recv_timeout(remaining) {
-            Ok(line) => {
-                let line = line.trim();
-                if let Some(list) = line.strip_prefix("centers: ") {
-                    centers = Some(list.split_whitespace().collect::<Vec<_>>().join(","));
-                } else if let Some(proxy) = line.strip_prefix("proxy: ") {
-                    let proxy = proxy.parse().expect("proxy address");
-                    return (centers.expect("centers before the proxy"), proxy);
-                }
-            }
-            Err(error) => {
-                panic!("`larder up` printed no centers and proxy within {limit:?}: {error}")
-            }
-        }
-    }
+/// Starts `larder up` (as `up`) with four groups on free ports, data under `dir/up`, and
+/// `extra` arguments; returns what it printed.
+fn start_up(processes: &mut Processes, extra: &[&str]) -> UpAddresses {
+    let up_dir = processes.dir.join("up");
+    let mut args = vec![
+        "up",
+        "--groups",
+        "4",
+        "--listen",
+        "127.0.0.1:0",
+        "--center-port",
+        "0",
+        "--dir",
+        up_dir.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let up = processes.spawn("up", &args, true);
+    up_addresses(up, Duration::from_secs(60))
 }
 
 fn read_id(path: &Path) -> Option<NodeId> {
@@ -490,26 +477,11 @@ fn a_hot_key_is_limited_and_shown_by_info_and_admin_hotkeys() {
         dir: dir.path().to_path_buf(),
         children: Vec::new(),
     };
-    let up_dir = dir.path().join("up");
-    let up = processes.spawn(
-        "up",
-        &[
-            "up",
-            "--groups",
-            "4",
-            "--listen",
-            "127.0.0.1:0",
-            "--center-port",
-            "0",
-            "--no-metrics",
-            "--hot-key-writes-per-sec-max",
-            "50",
-            "--dir",
-            up_dir.to_str().expect("utf-8 path"),
-        ],
-        true,
+    let up = start_up(
+        &mut processes,
+        &["--no-metrics", "--hot-key-writes-per-sec-max", "50"],
     );
-    let (centers, proxy) = addresses_of(up, Duration::from_secs(60));
+    let (centers, proxy) = (up.centers, up.proxy);
     let client = redis::Client::open(format!("redis://{proxy}/")).expect("client");
     let mut connection = client.get_connection().expect("connect to the proxy");
     wait_for("a first write", Duration::from_secs(30), || {
@@ -650,25 +622,7 @@ fn the_dashboard_shows_the_cluster_in_a_browser_and_follows_a_node_going_down() 
         dir: dir.path().to_path_buf(),
         children: Vec::new(),
     };
-    let up_dir = dir.path().join("up");
-    let up = processes.spawn(
-        "up",
-        &[
-            "up",
-            "--groups",
-            "4",
-            "--listen",
-            "127.0.0.1:0",
-            "--center-port",
-            "0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--dir",
-            up_dir.to_str().expect("utf-8 path"),
-        ],
-        true,
-    );
-    let up = up_addresses(up, Duration::from_secs(60));
+    let up = start_up(&mut processes, &["--metrics-listen", "127.0.0.1:0"]);
     let metrics = up.metrics.expect("larder up printed its metrics page");
     let centers = up.centers.clone();
     let node_dir = dir.path().join("node-4");
