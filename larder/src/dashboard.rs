@@ -32,6 +32,9 @@ const PAGE: &str = include_str!("dashboard.html");
 const REQUEST_HEAD_MAX: usize = 8 << 10;
 /// Time a client has to send its request head, and the server to write its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// After refusing an oversized head: how long, and how much, of the rest is read and dropped.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(100);
+const DRAIN_BYTES_MAX: u64 = 64 << 10;
 /// Largest metrics page read from the proxy.
 const METRICS_BYTES_MAX: usize = 4 << 20;
 
@@ -101,12 +104,19 @@ fn answer(
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let Some(head) = read_head(stream)? else {
-        return respond(
+        respond(
             stream,
             "431 Request Header Fields Too Large",
             "text/plain",
             b"",
-        );
+        )?;
+        // Closing with the rest of the head unread would reset the connection and could
+        // discard the answer before the client reads it: end our side, take what is already
+        // on its way (briefly, and bounded), then close.
+        stream.shutdown(std::net::Shutdown::Write)?;
+        stream.set_read_timeout(Some(DRAIN_TIMEOUT))?;
+        let _ = std::io::copy(&mut stream.take(DRAIN_BYTES_MAX), &mut std::io::sink());
+        return Ok(());
     };
     let mut words = head.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
@@ -288,6 +298,39 @@ mod tests {
             figures.latency,
             [(0.00005, 1), (0.0001, 32), (f64::MAX, 42)]
         );
+    }
+
+    /// One request through [`answer`] over loopback; the answer's status line.
+    #[allow(clippy::disallowed_methods)] // Real sockets: the server's own.
+    fn ask(request: &[u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        client.write_all(request).expect("send");
+        let (mut served, _) = listener.accept().expect("accept");
+        let centers = Centers {
+            addresses: Vec::new(),
+            key: larder_real::ClusterKey::from_secret(&[7; 32]).expect("key"),
+        };
+        answer(&mut served, &centers, Duration::from_millis(10), None).expect("answered");
+        drop(served);
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).expect("reply");
+        reply.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn the_server_serves_the_page_and_refuses_the_rest() {
+        assert_eq!(ask(b"GET / HTTP/1.1\r\n\r\n"), "HTTP/1.1 200 OK");
+        assert_eq!(ask(b"GET /nope HTTP/1.1\r\n\r\n"), "HTTP/1.1 404 Not Found");
+        assert_eq!(
+            ask(b"POST / HTTP/1.1\r\n\r\n"),
+            "HTTP/1.1 405 Method Not Allowed"
+        );
+        // A head past the bound, never ended: answered at the bound, not read for ever.
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', REQUEST_HEAD_MAX + 2048));
+        assert_eq!(ask(&big), "HTTP/1.1 431 Request Header Fields Too Large");
     }
 
     #[test]
