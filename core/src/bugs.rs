@@ -102,11 +102,15 @@ pub enum Bug {
     /// still sent to the cluster, where it applies: a client told its write was refused can
     /// read it back.
     HotKeyRefusalSent,
+    /// Shared reads (proxy): a fetched answer of a hot read is also served from memory to equal
+    /// reads for 50 ms after it came back (a cache without invalidation), so a read that starts
+    /// after a write was acknowledged can answer the value from before it.
+    HotReadCached,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 25] = [
+    pub const ALL: [Bug; 26] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -132,6 +136,7 @@ impl Bug {
         Bug::PipelineReplyOrder,
         Bug::QuietClaimsEveryGroup,
         Bug::HotKeyRefusalSent,
+        Bug::HotReadCached,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -162,6 +167,7 @@ impl Bug {
             Bug::PipelineReplyOrder => "pipeline-reply-order",
             Bug::QuietClaimsEveryGroup => "quiet-claims-every-group",
             Bug::HotKeyRefusalSent => "hot-key-refusal-sent",
+            Bug::HotReadCached => "hot-read-cached",
         }
     }
 }

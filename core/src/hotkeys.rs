@@ -259,12 +259,22 @@ impl HotKeys {
 
     /// Writes of `key` within the last window at `now`, certainly made (a lower bound).
     pub fn recent_writes(&mut self, now: Duration, key: &[u8]) -> f64 {
+        self.recent(now, key, |window| &window.writes)
+    }
+
+    /// Requests (reads and writes) of `key` within the last window at `now`, certainly made
+    /// (a lower bound).
+    pub fn recent_requests(&mut self, now: Duration, key: &[u8]) -> f64 {
+        self.recent(now, key, |window| &window.requests)
+    }
+
+    fn recent(&mut self, now: Duration, key: &[u8], of: fn(&Window) -> &TopK) -> f64 {
         self.advance(now);
         let guaranteed = |topk: &TopK| topk.estimate(key).map_or(0, |(_, g)| g);
         self.sliding(
             now,
-            guaranteed(&self.current.writes),
-            guaranteed(&self.previous.writes),
+            guaranteed(of(&self.current)),
+            guaranteed(of(&self.previous)),
         )
     }
 

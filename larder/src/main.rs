@@ -210,6 +210,10 @@ struct SimArgs {
     /// are failed operations of the history.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     hot_key_writes_per_sec_max: Option<u64>,
+    /// With --cluster: the proxies share equal reads of a key taking this many requests per
+    /// second (reads arriving while one is fetched take the next fetch's answer).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    hot_key_share_reads_min_per_sec: Option<u64>,
     /// Swarm fault plans: each seed picks its own mix and rates of faults.
     #[arg(long)]
     swarm: bool,
@@ -316,6 +320,9 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if let Some(max) = args.hot_key_writes_per_sec_max {
         command.push_str(&format!(" --hot-key-writes-per-sec-max {max}"));
     }
+    if let Some(min) = args.hot_key_share_reads_min_per_sec {
+        command.push_str(&format!(" --hot-key-share-reads-min-per-sec {min}"));
+    }
     if let Some(bug) = args.bug {
         command.push_str(&format!(" --bug {bug}"));
     }
@@ -358,6 +365,7 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
         config.workload = config.workload.clone().with_hot_key(percent);
     }
     config.hot_key_writes_per_sec_max = args.hot_key_writes_per_sec_max;
+    config.hot_key_share_reads_min_per_sec = args.hot_key_share_reads_min_per_sec;
     config
 }
 

@@ -508,6 +508,11 @@ pub struct ProxyFile {
     /// is answered `-HOTKEY …` and not executed. No limit if absent.
     #[serde(default)]
     pub hot_key_writes_per_sec_max: Option<u64>,
+    /// Requests per second from which equal reads of a key are shared: reads arriving while
+    /// one is fetched take the next fetch's answer (still linearizable). 0 turns sharing off;
+    /// default 500.
+    #[serde(default)]
+    pub hot_key_share_reads_min_per_sec: Option<u64>,
 }
 
 impl ProxyFile {
@@ -541,6 +546,9 @@ impl ProxyFile {
                 bail!("hot_key_writes_per_sec_max must be at least 1 (leave it out for no limit)");
             }
             config.hot_keys.writes_per_sec_max = Some(max);
+        }
+        if let Some(min) = self.hot_key_share_reads_min_per_sec {
+            config.hot_keys.share_reads_min_per_sec = (min > 0).then_some(min);
         }
         if let Some(secs) = self.timeout {
             config.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs));

@@ -156,6 +156,14 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
             phases.join(", ")
         );
     }
+    let proxies = &report.proxies;
+    if proxies.hot_key_refused_writes > 0 || proxies.shared_reads > 0 {
+        let _ = writeln!(
+            out,
+            "hot keys        {} writes refused by the per-key limit, {} reads shared (proxies running at the end)",
+            proxies.hot_key_refused_writes, proxies.shared_reads
+        );
+    }
     if !report.retired_replicas.is_empty() {
         let retired: Vec<String> = report
             .retired_replicas

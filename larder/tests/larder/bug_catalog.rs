@@ -54,6 +54,10 @@ enum Plans {
     /// Swarm cluster plans with a hot key (`--hot-key 80`) the proxies limit to 20 writes a
     /// second (`--hot-key-writes-per-sec-max 20`), 24 clients at 600 operations a second.
     SwarmHotKey,
+    /// Swarm cluster plans with a hot key (`--hot-key 80`) whose reads the proxies share from
+    /// 50 requests a second (`--hot-key-share-reads-min-per-sec 50`), 24 clients at 600
+    /// operations a second.
+    SwarmHotRead,
 }
 
 /// One cluster run of `seed` as a child process (`larder::child`, which also tells a crash
@@ -79,6 +83,20 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
             "80",
             "--hot-key-writes-per-sec-max",
             "20",
+            "--clients",
+            "24",
+            "--rate",
+            "600",
+        ] {
+            words.push(word.to_string());
+        }
+    }
+    if plans == Plans::SwarmHotRead {
+        for word in [
+            "--hot-key",
+            "80",
+            "--hot-key-share-reads-min-per-sec",
+            "50",
             "--clients",
             "24",
             "--rate",
@@ -199,4 +217,9 @@ catalog! {
     // --hot-key-writes-per-sec-max 20 --clients 24 --rate 600`): a write answered `-HOTKEY`
     // is read back. 4/4 (seeds 1..=4), first 1.
     hot_key_refusal_sent: "hot-key-refusal-sent", 1..=5, SwarmHotKey;
+    // Swarm cluster seeds with a hot key whose reads the proxies share (`--hot-key 80
+    // --hot-key-share-reads-min-per-sec 50 --clients 24 --rate 600`): a read that starts
+    // after a write was acknowledged answers the value from before it. 3/3 (seeds 1..=3),
+    // first 1.
+    hot_read_cached: "hot-read-cached", 1..=5, SwarmHotRead;
 }

@@ -38,6 +38,24 @@ pub struct HotKeyConfig {
     /// Writes per second one key may take through this proxy; `None` (the default): no limit.
     /// A write past it is answered `-HOTKEY …` and not executed.
     pub writes_per_sec_max: Option<u64>,
+    /// How long a refused write's answer waits, so a client retrying at once is slowed to
+    /// about one refusal per delay instead of taking the proxy's CPU with refusals (as a
+    /// failed `AUTH` waits). Default 10 ms.
+    pub refusal_delay: Duration,
+    /// Requests per second (within the window) from which reads of a key are shared
+    /// ([`crate::shared_read`]): equal reads arriving while one is fetched take the next fetch's
+    /// answer. `None`: never shared. Default 500 (a key read that often has reads arriving
+    /// within one another's round trip).
+    pub share_reads_min_per_sec: Option<u64>,
+}
+
+/// What [`HotKeyGuard::admit`] decided for a command it let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admitted {
+    /// Sent as it is.
+    Alone,
+    /// A read of a hot key: shared with equal reads ([`crate::shared_read`]).
+    ShareRead,
 }
 
 impl Default for HotKeyConfig {
@@ -46,6 +64,8 @@ impl Default for HotKeyConfig {
             capacity: 128,
             window: Duration::from_secs(1),
             writes_per_sec_max: None,
+            refusal_delay: Duration::from_millis(10),
+            share_reads_min_per_sec: Some(500),
         }
     }
 }
@@ -69,11 +89,13 @@ impl HotKeyGuard {
 
     /// Counts `command`'s keys at `now`, or refuses it: a write one of whose keys already took
     /// the limit's share of writes within the last window. A refused write is not counted (so
-    /// a client writing faster than the limit still gets the limit's rate through).
-    pub(crate) fn admit(&self, now: Duration, command: &Command) -> Result<(), String> {
+    /// a client writing faster than the limit still gets the limit's rate through). A read
+    /// whose first key took `share_reads_min_per_sec` requests within the window is to be
+    /// shared.
+    pub(crate) fn admit(&self, now: Duration, command: &Command) -> Result<Admitted, String> {
         let keys = command.keys();
         if keys.is_empty() {
-            return Ok(());
+            return Ok(Admitted::Alone);
         }
         let write = command.is_write();
         let mut sketch = self.sketch.lock().expect("hot-key lock");
@@ -91,10 +113,19 @@ impl HotKeyGuard {
                 ));
             }
         }
-        for key in keys {
+        for key in keys.iter() {
             sketch.record(now, key, write);
         }
-        Ok(())
+        match self.config.share_reads_min_per_sec {
+            Some(min)
+                if !write
+                    && sketch.recent_requests(now, keys[0])
+                        >= min as f64 * self.config.window.as_secs_f64() =>
+            {
+                Ok(Admitted::ShareRead)
+            }
+            _ => Ok(Admitted::Alone),
+        }
     }
 
     /// The hottest keys and slots at `now` (at most `n` of each, at least 1 request/s).
@@ -155,13 +186,21 @@ mod tests {
         for ms in 0..10_000u64 {
             let now = Duration::from_millis(ms);
             match guard.admit(now, &set("hot")) {
-                Ok(()) => hot_ok += 1,
+                Ok(admitted) => {
+                    assert_eq!(admitted, Admitted::Alone, "writes are never shared");
+                    hot_ok += 1;
+                }
                 Err(text) => {
                     assert!(text.starts_with("HOTKEY writes to key 'hot'"), "{text}");
                     hot_refused += 1;
                 }
             }
-            guard.admit(now, &get("hot")).expect("reads pass");
+            // Reads of the hot key are shared once it took 500 requests within the window:
+            // 200 in the first 100 ms (reads and admitted writes), then 1 a millisecond.
+            let read = guard.admit(now, &get("hot")).expect("reads pass");
+            if !(390..410).contains(&ms) {
+                assert_eq!(read == Admitted::ShareRead, ms >= 400, "at {ms} ms");
+            }
             if guard.admit(now, &set(&format!("cold{}", ms % 500))).is_ok() {
                 cold_ok += 1;
             }
@@ -184,5 +223,27 @@ mod tests {
             guard.admit(Duration::ZERO, &set("hot")).expect("no limit");
         }
         assert_eq!(guard.refused(), 0);
+    }
+
+    #[test]
+    fn reads_are_shared_only_from_the_threshold_and_never_when_it_is_off() {
+        let off = HotKeyGuard::new(
+            HotKeyConfig {
+                share_reads_min_per_sec: None,
+                ..HotKeyConfig::default()
+            },
+            Duration::ZERO,
+        );
+        let on = HotKeyGuard::new(HotKeyConfig::default(), Duration::ZERO);
+        let mut shared = 0;
+        for ms in 0..2_000u64 {
+            let now = Duration::from_millis(ms);
+            assert_eq!(off.admit(now, &get("k")), Ok(Admitted::Alone));
+            // 1,000 reads a second: shared from the 500th within the window.
+            if on.admit(now, &get("k")) == Ok(Admitted::ShareRead) {
+                shared += 1;
+            }
+        }
+        assert!((1_490..=1_510).contains(&shared), "{shared} shared");
     }
 }

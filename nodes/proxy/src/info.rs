@@ -49,6 +49,9 @@ pub struct Facts {
     /// The per-key write limit (`None`: none) and the writes it refused.
     pub hot_key_writes_per_sec_max: Option<u64>,
     pub hot_key_refused_writes: u64,
+    /// Reads of hot keys from which reads are shared (`None`: never) and those shared so far.
+    pub share_reads_min_per_sec: Option<u64>,
+    pub shared_reads: u64,
 }
 
 /// Redis 7.0's default sections (`INFO`, `INFO default`).
@@ -206,6 +209,11 @@ pub fn render(sections: &[&str], facts: &Facts) -> String {
                     "hotkey_refused_writes:{}",
                     facts.hot_key_refused_writes
                 ));
+                line(format!(
+                    "hotkey_share_reads_min_per_sec:{}",
+                    facts.share_reads_min_per_sec.unwrap_or(0)
+                ));
+                line(format!("hotkey_shared_reads:{}", facts.shared_reads));
                 for (rank, hot) in facts.hot_keys.iter().enumerate() {
                     line(format!(
                         "hotkey_{rank}:key={},slot={},ops_per_sec={},writes_per_sec={}",

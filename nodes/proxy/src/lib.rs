@@ -47,6 +47,7 @@ mod blocking;
 pub mod hot;
 pub mod info;
 pub mod metrics;
+mod shared_read;
 mod tls;
 mod transaction;
 pub use hot::{HOTKEY_ERROR, HotKeyConfig};
@@ -234,6 +235,8 @@ pub struct Proxy<N: Net, C: Clock> {
     metrics: metrics::ProxyMetrics,
     /// Hot keys and the per-key write limit.
     hot: hot::HotKeyGuard,
+    /// Reads of hot keys being fetched, shared with equal reads arriving meanwhile.
+    shared_reads: shared_read::SharedReads,
 }
 
 /// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
@@ -315,6 +318,8 @@ pub struct ProxyStats {
     pub pipeline_run_bytes_peak: u64,
     /// Writes refused by the per-key write limit ([`HotKeyConfig::writes_per_sec_max`]).
     pub hot_key_refused_writes: u64,
+    /// Reads of hot keys answered by an equal read's fetch ([`shared_read`]).
+    pub shared_reads: u64,
 }
 
 #[derive(Debug, Default)]
@@ -552,6 +557,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         Arc::new(Proxy {
             started: clock.now(),
             hot: hot::HotKeyGuard::new(config.hot_keys, clock.now()),
+            shared_reads: shared_read::SharedReads::new(
+                config
+                    .bugs
+                    .is_planted(Bug::HotReadCached)
+                    .then_some(shared_read::PLANTED_CACHE_TIME),
+            ),
             net,
             clock,
             config,
@@ -590,6 +601,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             pipeline_run_commands_peak: get(&c.pipeline_run_commands_peak),
             pipeline_run_bytes_peak: get(&c.pipeline_run_bytes_peak),
             hot_key_refused_writes: self.hot.refused(),
+            shared_reads: self.shared_reads.shared(),
         }
     }
 
@@ -1037,10 +1049,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let mut refusals = Vec::with_capacity(run.len());
         let mut commands = Vec::with_capacity(run.len());
         let mut sent_anyway = Vec::new();
+        let mut share = false;
         for (args, command) in run {
             names.push(lower(&args[0]));
             match self.hot.admit(started, &command) {
-                Ok(()) => {
+                Ok(admitted) => {
+                    share = admitted == hot::Admitted::ShareRead;
                     refusals.push(None);
                     commands.push(command);
                 }
@@ -1056,8 +1070,15 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             // Planted bug: the refused writes go out all the same.
             let _ = session.client.execute_pipeline(&sent_anyway).await;
         }
+        if refusals.iter().any(Option::is_some) {
+            // Slow a client that retries refused writes at once ([`HotKeyConfig::refusal_delay`]).
+            self.clock.sleep(self.config.hot_keys.refusal_delay).await;
+        }
+        // A hot read alone is shared; in a longer run it goes out with the run's other
+        // commands (its group's share of the run is one request anyway).
         let results = match commands.as_slice() {
             [] => Vec::new(),
+            [only] if share && names.len() == 1 => vec![self.shared_read(session, only).await],
             [only] => vec![session.client.execute(only.clone()).await],
             _ => session.client.execute_pipeline(&commands).await,
         };
@@ -1077,6 +1098,21 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 frame
             })
             .collect()
+    }
+
+    /// A hot read's answer, from a fetch of an equal read that starts after it arrived
+    /// ([`shared_read`]).
+    async fn shared_read(
+        &self,
+        session: &mut Session<N, C>,
+        command: &Command,
+    ) -> Result<Reply, ClientError> {
+        let client = &mut session.client;
+        self.shared_reads
+            .read(command, &self.clock, async || {
+                client.execute(command.clone()).await
+            })
+            .await
     }
 
     /// A keyed command's answer as the client sees it.
@@ -1452,6 +1488,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             hot_slots,
             hot_key_writes_per_sec_max: self.hot.config().writes_per_sec_max,
             hot_key_refused_writes: self.hot.refused(),
+            shared_reads: self.shared_reads.shared(),
+            share_reads_min_per_sec: self.hot.config().share_reads_min_per_sec,
         };
         Frame::Bulk(Some(Bytes::from(info::render(&sections, &facts))))
     }
@@ -1554,12 +1592,20 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         command.reseed(session.next_seed(self.clock.now()));
         match command.scope() {
             Scope::Keys => {
-                if let Err(text) = self.hot.admit(self.clock.now(), &command) {
-                    if self.config.bugs.is_planted(Bug::HotKeyRefusalSent) {
-                        // Planted bug: the refused write goes out all the same.
-                        let _ = session.client.execute(command).await;
+                let admitted = match self.hot.admit(self.clock.now(), &command) {
+                    Ok(admitted) => admitted,
+                    Err(text) => {
+                        if self.config.bugs.is_planted(Bug::HotKeyRefusalSent) {
+                            // Planted bug: the refused write goes out all the same.
+                            let _ = session.client.execute(command).await;
+                        }
+                        self.clock.sleep(self.config.hot_keys.refusal_delay).await;
+                        return error(text);
                     }
-                    return error(text);
+                };
+                if admitted == hot::Admitted::ShareRead {
+                    let reply = self.shared_read(session, &command).await;
+                    return self.keyed_reply(name, session.protocol, reply);
                 }
                 let woken = self.waiters.woken_by(&command);
                 let reply = session.client.execute(command).await;

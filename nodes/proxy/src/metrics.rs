@@ -204,6 +204,11 @@ impl<N: Net + 'static, C: Clock + 'static> Collector for StatsCollector<N, C> {
                 "Writes refused because their key passed the per-key write limit",
                 stats.hot_key_refused_writes,
             ),
+            (
+                "shared_reads",
+                "Reads of hot keys answered by an equal read's fetch instead of their own",
+                stats.shared_reads,
+            ),
         ];
         encode_counters(&mut encoder, &counters)?;
         Ok(())

@@ -153,6 +153,12 @@ pub struct SimConfig {
     /// are failed operations of the history.
     #[serde(default)]
     pub hot_key_writes_per_sec_max: Option<u64>,
+    /// The proxies' threshold for sharing reads of a hot key
+    /// (`larder_proxy::HotKeyConfig::share_reads_min_per_sec`). `None` here (unlike a real
+    /// proxy's 500): the catalogue's seeds were tuned without it and replay as they were; the
+    /// hot-key seeds turn it on.
+    #[serde(default)]
+    pub hot_key_share_reads_min_per_sec: Option<u64>,
 }
 
 impl SimConfig {
@@ -193,6 +199,7 @@ impl SimConfig {
             drains: Vec::new(),
             split_records_max: 0,
             hot_key_writes_per_sec_max: None,
+            hot_key_share_reads_min_per_sec: None,
         }
     }
 

@@ -300,19 +300,49 @@ impl NodeProcess {
     }
 }
 
+/// Every proxy incarnation of a run, held weakly, so the report can read the figures of
+/// those still running at its end ([`ProxyTotals`]).
+pub(crate) type ProxyTally = Arc<Mutex<Vec<std::sync::Weak<Proxy<SimNet, SimClock>>>>>;
+
+/// What the proxies running at a run's end counted (a proxy that crashed took its figures
+/// with it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProxyTotals {
+    /// Writes refused by the per-key write limit.
+    pub hot_key_refused_writes: u64,
+    /// Reads of hot keys answered by an equal read's fetch.
+    pub shared_reads: u64,
+}
+
+impl ProxyTotals {
+    pub(crate) fn of(tally: &ProxyTally) -> ProxyTotals {
+        let mut totals = ProxyTotals::default();
+        for proxy in tally.lock().expect("proxy tally").iter() {
+            if let Some(proxy) = proxy.upgrade() {
+                let stats = proxy.stats();
+                totals.hot_key_refused_writes += stats.hot_key_refused_writes;
+                totals.shared_reads += stats.shared_reads;
+            }
+        }
+        totals
+    }
+}
+
 /// Registers the RESP proxies.
 pub(crate) fn register_proxies(
     sim: &mut turmoil::Sim<'_>,
     config: &SimConfig,
     trace: &Trace,
     net_faults: &NetFaults,
-) {
+) -> ProxyTally {
     let seed = config.seed;
+    let tally = ProxyTally::default();
     for index in 0..config.proxies {
         let id = proxy_id(index);
         let (faults, trace) = (net_faults.clone(), trace.clone());
         let sim_config = config.clone();
         let incarnation = Arc::new(AtomicU64::new(0));
+        let tally = tally.clone();
         sim.host(host_name(id), move || {
             let generation = incarnation.fetch_add(1, Ordering::SeqCst);
             let net = SimNet::new(
@@ -329,12 +359,17 @@ pub(crate) fn register_proxies(
                     bugs: sim_config.bugs.clone(),
                     hot_keys: larder_proxy::HotKeyConfig {
                         writes_per_sec_max: sim_config.hot_key_writes_per_sec_max,
+                        share_reads_min_per_sec: sim_config.hot_key_share_reads_min_per_sec,
                         ..larder_proxy::HotKeyConfig::default()
                     },
                     ..ProxyConfig::default()
                 },
                 sim_config.shared_routing(),
             );
+            tally
+                .lock()
+                .expect("proxy tally")
+                .push(Arc::downgrade(&proxy));
             async move {
                 // The client-facing listener is the same transport seam as the peers'.
                 let listener = SimTransport.bind(PROXY_PORT).await?;
@@ -343,6 +378,7 @@ pub(crate) fn register_proxies(
             }
         });
     }
+    tally
 }
 
 /// Registers the workload clients: RESP through the proxies if there are any, else the cluster

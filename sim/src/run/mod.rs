@@ -37,6 +37,7 @@ use crate::trace::Trace;
 use crate::workload::SharedHistory;
 
 pub use config::{CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SimConfig, center_id, proxy_id};
+pub use hosts::ProxyTotals;
 pub(crate) use hosts::{NodeParts, current_leader, register_nodes, register_proxies};
 pub use operator::{OPERATOR_ID, OperatorLog, PlannedMove, PlannedSteer, SteerAction};
 pub use report::{AppliedFault, Load, OpCounts, RunReport, check_determinism, check_seed};
@@ -74,7 +75,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let mut sim = build_sim(config);
     let points = PointTable::default();
     let mut parts = register_nodes(&mut sim, config, &trace, &net_faults, &points);
-    register_proxies(&mut sim, config, &trace, &net_faults);
+    let proxies = register_proxies(&mut sim, config, &trace, &net_faults);
     let client_ids = register_clients(&mut sim, config, &trace, &net_faults, &history);
     let operator_log: Arc<Mutex<OperatorLog>> = Arc::default();
     // The checker audits slot ownership once the operator (if the run has one) has settled.
@@ -165,6 +166,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
             .into_iter()
             .take(STORAGE_DEFECTS_SHOWN),
     );
+    let proxies = hosts::ProxyTotals::of(&proxies);
     // Drop the nodes before the next run reuses this thread's state.
     for part in &parts {
         part.slot.lock().expect("slot lock").take();
@@ -185,6 +187,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         trace_events: trace.len(),
         retired_replicas: final_state.retired.clone(),
         migrations: operator_log,
+        proxies,
         violations,
         linearizability,
         events: trace.events(),

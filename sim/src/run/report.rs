@@ -48,6 +48,8 @@ pub struct RunReport {
     /// The moves the operator asked for and the migrations as the center last reported them
     /// ([`super::SimConfig::moves`]).
     pub migrations: super::OperatorLog,
+    /// What the proxies counted ([`super::hosts::ProxyTotals`]).
+    pub proxies: super::hosts::ProxyTotals,
     /// Broken invariants; empty for a passing run.
     pub violations: Vec<Violation>,
     /// The linearizability checker's verdict on the history: linearizable, not linearizable

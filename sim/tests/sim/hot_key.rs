@@ -82,3 +82,53 @@ fn a_hot_key_is_held_to_its_write_limit_and_the_history_stays_linearizable() {
         refused.len()
     );
 }
+
+/// A hot key read by many clients at once: the proxies share equal reads of it (a read waits
+/// for the next fetch that starts after it arrived, never for one already in flight), the
+/// seed's faults go on around it, and the history must stay linearizable while reads are
+/// shared. The same seed runs twice with identical traces.
+#[test]
+fn hot_reads_are_shared_and_the_history_stays_linearizable() {
+    let replay = "cargo nextest run -p larder-sim -E 'test(hot_reads_are_shared)' (seed 3, \
+                  10 s, 5 nodes, 8 groups, 2 proxies, 24 clients at 600 ops/s, 8 registers, \
+                  80 % on one, reads shared from 50 a second)";
+    let mut config = SimConfig::cluster(3, Duration::from_secs(SECONDS), 5, 8, PROXIES);
+    config.clients = 24;
+    config.rate = Some(600);
+    let mut workload = config.workload.clone().with_hot_key(80);
+    workload.register_keys = 8;
+    (
+        workload.mix.add,
+        workload.mix.append,
+        workload.mix.list_read,
+    ) = (0, 0, 0);
+    config.workload = workload;
+    config.hot_key_share_reads_min_per_sec = Some(50);
+    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.linearizability.is_linearizable(),
+        "{}\nreplay: {replay}",
+        report.linearizability
+    );
+    let hot = register_key(0);
+    let ops = &report.history.ops;
+    let hot_reads_ok = ops
+        .iter()
+        .filter(|op| op.kind == OpKind::Ok && op.key == hot && op.f == Function::Read)
+        .count() as u64;
+    let shared = report.proxies.shared_reads;
+    // A good part of the hot key's reads took another read's fetch.
+    assert!(
+        shared * 10 >= hot_reads_ok && shared <= hot_reads_ok,
+        "{shared} reads shared of {hot_reads_ok} hot reads\nreplay: {replay}"
+    );
+    let others_ok = ops
+        .iter()
+        .filter(|op| op.kind == OpKind::Ok && op.key != hot)
+        .count();
+    assert!(
+        others_ok >= 200,
+        "{others_ok} operations on other keys succeeded\nreplay: {replay}"
+    );
+    eprintln!("hot reads: {hot_reads_ok} ok, {shared} of them shared; {others_ok} other ok");
+}
