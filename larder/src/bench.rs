@@ -365,6 +365,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             requirepass: None,
             metrics: None,
             hot_key_writes_per_sec_max: None,
+            hot_key_share_reads_min_per_sec: larder_proxy::HotKeyConfig::default()
+                .share_reads_min_per_sec,
+            hot_slot_requests_per_sec_max: 0,
         }))
         .context("starting the local cluster")?;
     let port = cluster.proxy_address.port();

@@ -50,6 +50,10 @@ pub struct LocalConfig {
     pub metrics: Option<SocketAddr>,
     /// The proxy's per-key write limit (writes per second; `None`: none).
     pub hot_key_writes_per_sec_max: Option<u64>,
+    /// From how many requests per second reads of a key are shared (`None`: never).
+    pub hot_key_share_reads_min_per_sec: Option<u64>,
+    /// The center's `hot_slot_requests_per_sec_max` (0: hot slots stay where they are).
+    pub hot_slot_requests_per_sec_max: u64,
 }
 
 /// Why a local cluster did not start.
@@ -240,6 +244,7 @@ impl LocalCluster {
         seed: u64,
     ) -> Result<(), LocalError> {
         let mut center_config = CenterConfig::new(CENTERS.to_vec(), args.groups);
+        center_config.hot_slot_requests_per_sec_max = args.hot_slot_requests_per_sec_max;
         // The first table spreads the groups over every node started, not the first three
         // heard from.
         center_config.bootstrap_nodes_min = args.nodes;
@@ -312,6 +317,7 @@ impl LocalCluster {
                 password: args.requirepass.clone(),
                 hot_keys: larder_proxy::HotKeyConfig {
                     writes_per_sec_max: args.hot_key_writes_per_sec_max,
+                    share_reads_min_per_sec: args.hot_key_share_reads_min_per_sec,
                     ..larder_proxy::HotKeyConfig::default()
                 },
                 ..ProxyConfig::default()

@@ -42,6 +42,14 @@ pub struct UpArgs {
     /// `-HOTKEY …` and not executed (default: no limit).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub hot_key_writes_per_sec_max: Option<u64>,
+    /// Requests per second from which equal reads of a key are shared: reads arriving while
+    /// one is fetched take the next fetch's answer (still linearizable); 0 turns it off.
+    #[arg(long, default_value_t = 500)]
+    pub hot_key_share_reads_min_per_sec: u64,
+    /// A slot whose group leader serves more requests a second than this is moved by the
+    /// center into a new group of its own (default 0: off).
+    #[arg(long, default_value_t = 0)]
+    pub hot_slot_requests_per_sec_max: u64,
 }
 
 fn parse_nodes(text: &str) -> Result<usize, String> {
@@ -68,6 +76,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
                 requirepass: args.requirepass.clone(),
                 metrics: (!args.no_metrics).then_some(args.metrics_listen),
                 hot_key_writes_per_sec_max: args.hot_key_writes_per_sec_max,
+                hot_key_share_reads_min_per_sec: (args.hot_key_share_reads_min_per_sec > 0)
+                    .then_some(args.hot_key_share_reads_min_per_sec),
+                hot_slot_requests_per_sec_max: args.hot_slot_requests_per_sec_max,
             };
             let cluster = LocalCluster::start(&config)
                 .await

@@ -539,6 +539,43 @@ fn a_hot_key_is_limited_and_shown_by_info_and_admin_hotkeys() {
     );
     assert!(info.contains("hotkey_0:key=celebrity,"), "{info}");
 
+    // Eight clients reading the hot key at once for a second: the proxy shares their reads
+    // (each waits for the next fetch of it, answers the value last written).
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let mut connection = client.get_connection().expect("connect to the proxy");
+                let started = Instant::now();
+                let mut values = std::collections::BTreeSet::new();
+                while started.elapsed() < Duration::from_secs(1) {
+                    let value: Option<String> = redis::cmd("GET")
+                        .arg("celebrity")
+                        .query(&mut connection)
+                        .expect("GET of the hot key");
+                    values.insert(value);
+                }
+                values
+            })
+        })
+        .collect();
+    for reader in readers {
+        let values = reader.join().expect("reader");
+        assert!(values.iter().all(|v| v.is_some()), "{values:?}");
+        assert_eq!(values.len(), 1, "no write meanwhile: {values:?}");
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("hotkeys")
+        .query(&mut connection)
+        .expect("INFO hotkeys");
+    let shared: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("hotkey_shared_reads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{info}"));
+    eprintln!("hot key: {shared} reads shared among 8 readers in 1 s");
+    assert!(shared > 0, "{info}");
+
     // The leaders' view reaches the center with their heartbeats: keep the key hot meanwhile.
     let found = wait_for(
         "the hot key in `larder admin hotkeys`",

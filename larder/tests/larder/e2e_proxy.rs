@@ -35,6 +35,9 @@ impl Running {
             requirepass: requirepass.map(str::to_string),
             metrics: None,
             hot_key_writes_per_sec_max: None,
+            hot_key_share_reads_min_per_sec: larder_proxy::HotKeyConfig::default()
+                .share_reads_min_per_sec,
+            hot_slot_requests_per_sec_max: 0,
         };
         let cluster = runtime
             .block_on(LocalCluster::start(&config))

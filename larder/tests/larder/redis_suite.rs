@@ -346,6 +346,9 @@ fn run_units(minimums: &[(&str, u32)], no_progress: Duration) {
         requirepass: None,
         metrics: None,
         hot_key_writes_per_sec_max: None,
+        hot_key_share_reads_min_per_sec: larder_proxy::HotKeyConfig::default()
+            .share_reads_min_per_sec,
+        hot_slot_requests_per_sec_max: 0,
     };
     let cluster = runtime
         .block_on(LocalCluster::start(&config))

@@ -58,7 +58,15 @@ pub struct CenterConfig {
     /// splits.
     #[serde(default = "default_split_records_max")]
     pub split_records_max: u64,
-    /// Automatic splits stop once the table holds this many groups.
+    /// A slot whose group leader reports more requests a second than this
+    /// (`HotReport::slots`) is moved into a new group of its own, through the migration path
+    /// (one at a time, while no migration runs), so its load can sit on another leader than
+    /// the rest of its old group's. 0 (the default) turns it off: whether a slot that hot
+    /// deserves a group is the operator's call (`larder admin hotkeys` shows the candidates).
+    #[serde(default)]
+    pub hot_slot_requests_per_sec_max: u64,
+    /// Automatic splits (by records or by a hot slot) stop once the table holds this many
+    /// groups.
     #[serde(default = "default_split_groups_max")]
     pub split_groups_max: usize,
     /// Bugs planted on purpose ([`larder_core::bugs`]; none without the `planted-bugs`
@@ -100,6 +108,7 @@ impl CenterConfig {
             migration_grace_ms: default_migration_grace_ms(),
             split_records_max: default_split_records_max(),
             split_groups_max: default_split_groups_max(),
+            hot_slot_requests_per_sec_max: 0,
             bugs: Bugs::default(),
         }
     }

@@ -84,6 +84,12 @@ impl<E: Env> Center<E> {
                 self.config.split_groups_max,
             ) {
                 self.spawn_split(term, group, &view, now);
+            } else if let Some((group, slot)) = plan::plan_hot_slot(
+                &view,
+                self.config.hot_slot_requests_per_sec_max,
+                self.config.split_groups_max,
+            ) {
+                self.spawn_isolate(term, group, slot);
             }
         }
         self.soft.lock().expect("soft lock").last_round = Some(Round {
@@ -390,6 +396,32 @@ impl<E: Env> Center<E> {
                     }
                 }
                 records => tracing::debug!(group, ?records, "automatic split: not past it"),
+            }
+            center.soft.lock().expect("soft lock").splitting = false;
+        });
+    }
+
+    /// Moves the hot `slot` of `group` into a new group of its own in the background
+    /// ([`Center::isolate_slot`]), unless an automatic split is being started already.
+    fn spawn_isolate(self: &Arc<Self>, term: u64, group: GroupId, slot: u16) {
+        {
+            let mut soft = self.soft.lock().expect("soft lock");
+            if soft.splitting || soft.term != Some(term) {
+                return;
+            }
+            soft.splitting = true;
+        }
+        let center = self.clone();
+        tokio::spawn(async move {
+            match center.isolate_slot(group, slot).await {
+                Ok(migration) => tracing::info!(
+                    group,
+                    slot,
+                    to = migration.to,
+                    migration = migration.id,
+                    "hot slot moved to a group of its own: past hot_slot_requests_per_sec_max"
+                ),
+                Err(error) => tracing::info!(group, slot, %error, "hot slot not moved"),
             }
             center.soft.lock().expect("soft lock").splitting = false;
         });

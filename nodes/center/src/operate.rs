@@ -72,6 +72,38 @@ impl<E: Env> Center<E> {
     /// the fewest replicas, joins the table owning nothing, and a migration moves the upper
     /// half of `group`'s slots to it. The migration is answered.
     pub(crate) async fn split_group(&self, group: GroupId) -> Result<Migration, CenterError> {
+        self.split_off(group, |owned| {
+            let slots: Vec<u16> = owned.iter().flat_map(|&(a, b)| a..=b).collect();
+            let cut = slots[slots.len() / 2];
+            ranges_where(|slot| slot >= cut && ranges_contain(owned, slot))
+        })
+        .await
+    }
+
+    /// Moves the hot `slot` out of `group` into a new group of its own (on the center leader),
+    /// as [`Center::split_group`] does with half the slots: its requests then go to a leader
+    /// the center can place apart from the rest of `group`'s.
+    pub(crate) async fn isolate_slot(
+        &self,
+        group: GroupId,
+        slot: u16,
+    ) -> Result<Migration, CenterError> {
+        self.split_off(group, |owned| {
+            if ranges_contain(owned, slot) {
+                vec![(slot, slot)]
+            } else {
+                Vec::new()
+            }
+        })
+        .await
+    }
+
+    /// A new group, and a migration of the slots `part` picks from `group`'s to it.
+    async fn split_off(
+        &self,
+        group: GroupId,
+        part: impl FnOnce(&[(u16, u16)]) -> Vec<(u16, u16)>,
+    ) -> Result<Migration, CenterError> {
         let durable = self.load().await?;
         let table = durable
             .routing
@@ -83,11 +115,17 @@ impl<E: Env> Center<E> {
             )));
         }
         let owned = table.slot_ranges(group);
-        let slots: Vec<u16> = owned.iter().flat_map(|&(a, b)| a..=b).collect();
-        if slots.len() < 2 {
+        let slots: usize = owned.iter().map(|&(a, b)| usize::from(b - a) + 1).sum();
+        if slots < 2 {
             return Err(refuse(format!(
-                "group {group} owns {} slot(s): too few to split",
-                slots.len()
+                "group {group} owns {slots} slot(s): too few to split"
+            )));
+        }
+        let moving = part(&owned);
+        if moving.is_empty() {
+            return Err(refuse(format!(
+                "group {group} no longer owns the slots to move (routing epoch {})",
+                table.epoch()
             )));
         }
         if let Some(busy) = durable
@@ -121,8 +159,6 @@ impl<E: Env> Center<E> {
             epoch = next.epoch(),
             "group split: new group placed"
         );
-        let cut = slots[slots.len() / 2];
-        let upper = ranges_where(|slot| slot >= cut && ranges_contain(&owned, slot));
-        self.start_migration(upper, new).await
+        self.start_migration(moving, new).await
     }
 }

@@ -554,6 +554,42 @@ pub fn plan_split(view: &View, records_max: u64, groups_max: usize) -> Option<Gr
         .map(|(group, _)| group)
 }
 
+/// The hottest slot some group leader reports at more than `requests_per_sec_max` requests a
+/// second, with its group, if that group owns other slots besides (a slot alone in its group
+/// is as isolated as it gets) and the table may grow past its `groups_max`. A slot two leaders
+/// report (around a leader change) counts at the higher rate. `requests_per_sec_max` 0: none.
+pub fn plan_hot_slot(
+    view: &View,
+    requests_per_sec_max: u64,
+    groups_max: usize,
+) -> Option<(GroupId, u16)> {
+    let table = view.routing.as_ref()?;
+    if requests_per_sec_max == 0 || table.groups().len() >= groups_max {
+        return None;
+    }
+    let mut rates: BTreeMap<u16, u64> = BTreeMap::new();
+    for node in view.nodes.values().filter(|n| n.liveness == Liveness::Up) {
+        for hot in node.heard.iter().flat_map(|h| h.hot.slots.iter()) {
+            let rate = rates.entry(hot.slot).or_default();
+            *rate = (*rate).max(hot.per_sec);
+        }
+    }
+    rates
+        .into_iter()
+        .filter(|(_, rate)| *rate > requests_per_sec_max)
+        .filter_map(|(slot, rate)| {
+            let group = table.group_of_slot(slot)?;
+            let owned: usize = table
+                .slot_ranges(group)
+                .iter()
+                .map(|&(a, b)| usize::from(b - a) + 1)
+                .sum();
+            (owned >= 2).then_some((group, slot, rate))
+        })
+        .max_by(|a, b| a.2.cmp(&b.2).then(b.1.cmp(&a.1)))
+        .map(|(group, slot, _)| (group, slot))
+}
+
 /// The actions for one round of the control loop (see the module docs for the rules).
 pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
     let mut actions = Vec::new();
@@ -1390,6 +1426,45 @@ mod tests {
         // A dead node's report does not count.
         view.nodes.insert(2, down(2));
         assert_eq!(plan_split(&view, 1_000, 100), None);
+    }
+
+    #[test]
+    fn the_hottest_slot_past_the_threshold_is_isolated_unless_alone_in_its_group() {
+        use larder_core::hotkeys::HotSlot;
+        let mut view = healthy();
+        let table = view.routing.clone().expect("a table");
+        // Two slots of group 1 and one of group 2, as their leaders report them.
+        let (a, b) = (table.slot_ranges(1)[0].0, table.slot_ranges(1)[0].0 + 1);
+        let c = table.slot_ranges(2)[0].0;
+        let mut hot = |node: NodeId, slots: &[(u16, u64)]| {
+            let heard = view
+                .nodes
+                .get_mut(&node)
+                .and_then(|n| n.heard.as_mut())
+                .expect("heard");
+            heard.hot.slots = slots
+                .iter()
+                .map(|&(slot, per_sec)| HotSlot { slot, per_sec })
+                .collect();
+        };
+        hot(1, &[(a, 900), (b, 300)]);
+        // A second leader's report of the same slot (around a leader change) counts at the
+        // higher rate, not the sum.
+        hot(2, &[(a, 700), (c, 800)]);
+        assert_eq!(plan_hot_slot(&view, 0, 100), None, "0 turns it off");
+        assert_eq!(plan_hot_slot(&view, 1_000, 100), None, "none past it");
+        assert_eq!(plan_hot_slot(&view, 500, 100), Some((1, a)));
+        assert_eq!(plan_hot_slot(&view, 850, 100), Some((1, a)));
+        assert_eq!(plan_hot_slot(&view, 500, 4), None, "groups_max reached");
+        // A slot alone in its group stays where it is.
+        // `a` is group 1's first slot: every other one moves to group 2.
+        let mut rest = table.slot_ranges(1);
+        rest[0].0 += 1;
+        view.routing = Some(table.move_slots(&rest, 2).expect("moves"));
+        assert_eq!(plan_hot_slot(&view, 500, 100), Some((2, c)));
+        // A dead node's report does not count.
+        view.nodes.insert(2, down(2));
+        assert_eq!(plan_hot_slot(&view, 500, 100), None);
     }
 
     #[test]

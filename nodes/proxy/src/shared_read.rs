@@ -34,6 +34,9 @@ use tokio::sync::oneshot;
 /// How long the planted bug `hot-read-cached` serves a fetched answer from memory.
 pub(crate) const PLANTED_CACHE_TIME: Duration = Duration::from_millis(50);
 
+/// A fetch's answer, as every read sharing it gets it.
+type Answer = Result<Reply, ClientError>;
+
 /// What a read gets: the answer of the fetch it waited for, or its turn to fetch.
 #[derive(Debug)]
 enum Turn {
@@ -59,7 +62,7 @@ pub(crate) struct SharedReads {
     shared: AtomicU64,
     /// The planted bug `hot-read-cached`: answers kept this long, and when they came back.
     cache_time: Option<Duration>,
-    cached: Mutex<BTreeMap<Vec<u8>, (Duration, Result<Reply, ClientError>)>>,
+    cached: Mutex<BTreeMap<Vec<u8>, (Duration, Answer)>>,
 }
 
 impl SharedReads {

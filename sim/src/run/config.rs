@@ -159,10 +159,20 @@ pub struct SimConfig {
     /// hot-key seeds turn it on.
     #[serde(default)]
     pub hot_key_share_reads_min_per_sec: Option<u64>,
+    /// The center's `hot_slot_requests_per_sec_max` (0, the default: off): a slot its group
+    /// leader reports hotter than this is moved into a group of its own. With it set, the
+    /// operator watches the migrations the center starts by itself.
+    #[serde(default)]
+    pub hot_slot_requests_per_sec_max: u64,
 }
 
 impl SimConfig {
     pub const TICK_MS_DEFAULT: u64 = 1;
+
+    /// Whether the center may start migrations by itself (by records or by a hot slot).
+    pub fn automatic_splits(&self) -> bool {
+        self.split_records_max > 0 || self.hot_slot_requests_per_sec_max > 0
+    }
 
     pub fn new(seed: u64, duration: Duration) -> Self {
         let mut node = NodeConfig::new(0, vec![GROUP]);
@@ -200,6 +210,7 @@ impl SimConfig {
             split_records_max: 0,
             hot_key_writes_per_sec_max: None,
             hot_key_share_reads_min_per_sec: None,
+            hot_slot_requests_per_sec_max: 0,
         }
     }
 
@@ -524,6 +535,7 @@ impl SimConfig {
             // resumed late by a new center leader within the run's liveness bound (seed 164).
             migration_grace_ms: 1_000,
             split_records_max: self.split_records_max,
+            hot_slot_requests_per_sec_max: self.hot_slot_requests_per_sec_max,
             split_groups_max: self.groups as usize * 2,
             bugs: self.bugs.clone(),
             ..CenterConfig::new(self.center_ids(), self.groups.max(1))

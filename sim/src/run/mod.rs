@@ -82,7 +82,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let moves = config.centers > 0
         && (!config.run_moves().is_empty()
             || !config.run_drains().is_empty()
-            || config.split_records_max > 0);
+            || config.automatic_splits());
     let checker_id = register_checker(
         &mut sim,
         config,

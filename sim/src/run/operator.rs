@@ -117,8 +117,7 @@ pub(crate) fn register_operator(
 ) -> Option<NodeId> {
     let mut moves = config.run_moves();
     let mut drains = config.run_drains();
-    if config.centers == 0
-        || (moves.is_empty() && drains.is_empty() && config.split_records_max == 0)
+    if config.centers == 0 || (moves.is_empty() && drains.is_empty() && !config.automatic_splits())
     {
         return None;
     }
@@ -141,7 +140,7 @@ pub(crate) fn register_operator(
         .map(|key| larder_core::slots::slot_of(key.as_bytes()))
         .collect();
     let give_up = config.duration + config.liveness;
-    let (split_records_max, duration) = (config.split_records_max, config.duration);
+    let (automatic_splits, duration) = (config.automatic_splits(), config.duration);
     let log = log.clone();
     sim.client(host_name(OPERATOR_ID), async move {
         // Steers due: (when, migration, what).
@@ -232,7 +231,7 @@ pub(crate) fn register_operator(
                 log.last_seen = migrations;
                 log.draining = draining;
                 // With automatic splits on, the center may start one until the writes stop.
-                let quiet = split_records_max == 0 || sim_now() >= duration;
+                let quiet = !automatic_splits || sim_now() >= duration;
                 if !active && log.draining.is_empty() && quiet {
                     log.settled = true;
                     break;

@@ -132,3 +132,45 @@ fn hot_reads_are_shared_and_the_history_stays_linearizable() {
     );
     eprintln!("hot reads: {hot_reads_ok} ok, {shared} of them shared; {others_ok} other ok");
 }
+
+/// A hot slot moved by the center itself: its group leader reports the hot key's slot past
+/// `hot_slot_requests_per_sec_max` in its heartbeats, and the center moves that one slot into
+/// a new group through the migration path while the clients keep at it and the seed's faults
+/// go on. The history stays linearizable and the migration ends done with exactly that slot.
+#[test]
+fn a_hot_slot_is_moved_into_a_group_of_its_own_by_the_center() {
+    let replay = "cargo nextest run -p larder-sim -E 'test(hot_slot_is_moved)' (seed 3, 10 s, \
+                  5 nodes, 8 groups, 2 proxies, 24 clients at 600 ops/s, 80 % on one key, \
+                  hot_slot_requests_per_sec_max 100)";
+    let mut config = SimConfig::cluster(3, Duration::from_secs(SECONDS), 5, 8, PROXIES);
+    config.clients = 24;
+    config.rate = Some(600);
+    let mut workload = config.workload.clone().with_hot_key(80);
+    workload.register_keys = 8;
+    config.workload = workload;
+    config.hot_slot_requests_per_sec_max = 100;
+    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.linearizability.is_linearizable(),
+        "{}\nreplay: {replay}",
+        report.linearizability
+    );
+    let log = &report.migrations;
+    let slot = larder_core::slots::slot_of(register_key(0).as_bytes());
+    assert!(
+        log.started.is_empty(),
+        "the operator asked nothing: {log:?}"
+    );
+    let moved: Vec<_> = log
+        .last_seen
+        .iter()
+        .filter(|m| m.ranges == [(slot, slot)])
+        .collect();
+    assert!(
+        moved.len() == 1
+            && moved[0].to > 8
+            && matches!(moved[0].phase, larder_protocol::MigrationPhase::Done { .. }),
+        "the hot slot {slot} was not moved alone into a new group: {log:?}\nreplay: {replay}"
+    );
+    eprintln!("hot slot {slot}: {:?}", moved[0]);
+}
