@@ -491,6 +491,20 @@ fn center_processes_replace_a_killed_node() {
         let journal = sample(&page, "larder_disk_journal_bytes", &[]).expect("journal bytes");
         assert!(journal > 0.0, "node {id}\n{page}");
     }
+    // Every SET was one log entry some leader committed; leaders report their followers' lag.
+    let pages: Vec<String> = NODES.iter().map(|id| scrape(&cluster, *id)).collect();
+    let entries: f64 = pages
+        .iter()
+        .filter_map(|page| sample(page, "larder_node_entry_commands_count", &[]))
+        .sum();
+    assert!(entries >= KEYS as f64, "{entries} entries\n{}", pages[0]);
+    assert!(
+        pages
+            .iter()
+            .any(|page| sample(page, "larder_node_group_follower_lag_entries", &[]).is_some()),
+        "no leader reports its followers' lag\n{}",
+        pages[0]
+    );
     // One center replica leads, and its routing epoch is the table's.
     assert_eq!(centers_sum(&cluster, "larder_center_leader", &[]), 1.0);
     assert!(
@@ -610,6 +624,28 @@ fn center_processes_replace_a_killed_node() {
     eprintln!(
         "node {SPARE} leads group {led} after {:?}",
         killed.elapsed()
+    );
+    // The metrics show the repairs and the leaders that changed (seen by the live replicas).
+    assert!(
+        centers_sum(&cluster, "larder_center_repairs_started_total", &[]) >= hosted as f64,
+        "fewer repairs counted than the {hosted} replicas replaced"
+    );
+    wait_for(
+        "a leader change in the metrics",
+        Duration::from_secs(10),
+        || {
+            let changes: f64 = live
+                .iter()
+                .filter_map(|id| {
+                    sample(
+                        &scrape(&cluster, *id),
+                        "larder_node_group_leader_changes_total",
+                        &[],
+                    )
+                })
+                .sum();
+            (changes >= 1.0).then_some(())
+        },
     );
     // The proxy follows (background refresh, or on the first failing request).
     wait_for("the proxy's routing epoch", Duration::from_secs(10), || {

@@ -101,6 +101,19 @@ pub struct Center<E: Env> {
     /// Serialises cache refreshes (concurrent route requests share one read).
     pub(crate) refreshing: futures::lock::Mutex<()>,
     pub(crate) address_hook: RwLock<Option<AddressHook>>,
+    /// What this replica started while leading, for its metrics.
+    pub(crate) counters: Counters,
+}
+
+/// Control actions a center replica started while it led (its metrics' counters).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Dead replicas it started replacing.
+    pub(crate) repairs: std::sync::atomic::AtomicU64,
+    /// Groups it split because they held too many records.
+    pub(crate) splits: std::sync::atomic::AtomicU64,
+    /// Hot slots it moved into a group of their own.
+    pub(crate) hot_slot_moves: std::sync::atomic::AtomicU64,
 }
 
 impl<E: Env> Center<E> {
@@ -124,6 +137,7 @@ impl<E: Env> Center<E> {
             cache: RwLock::new(Cache::default()),
             refreshing: futures::lock::Mutex::new(()),
             address_hook: RwLock::new(None),
+            counters: Counters::default(),
         });
         center.spawn_control_loop();
         Ok(center)

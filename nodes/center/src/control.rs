@@ -337,6 +337,7 @@ impl<E: Env> Center<E> {
                 leader,
             } => {
                 tracing::info!(group, old, new, leader, "replacing a dead replica");
+                bump(&self.counters.repairs);
                 self.soft
                     .lock()
                     .expect("soft lock")
@@ -384,12 +385,15 @@ impl<E: Env> Center<E> {
             match records {
                 Some(records) if records > center.config.split_records_max => {
                     match center.split_group(group).await {
-                        Ok(migration) => tracing::info!(
-                            group,
-                            records,
-                            migration = migration.id,
-                            "automatic split: the group is past split_records_max"
-                        ),
+                        Ok(migration) => {
+                            bump(&center.counters.splits);
+                            tracing::info!(
+                                group,
+                                records,
+                                migration = migration.id,
+                                "automatic split: the group is past split_records_max"
+                            )
+                        }
                         Err(error) => {
                             tracing::info!(group, %error, "automatic split not started")
                         }
@@ -414,13 +418,16 @@ impl<E: Env> Center<E> {
         let center = self.clone();
         tokio::spawn(async move {
             match center.isolate_slot(group, slot).await {
-                Ok(migration) => tracing::info!(
-                    group,
-                    slot,
-                    to = migration.to,
-                    migration = migration.id,
-                    "hot slot moved to a group of its own: past hot_slot_requests_per_sec_max"
-                ),
+                Ok(migration) => {
+                    bump(&center.counters.hot_slot_moves);
+                    tracing::info!(
+                        group,
+                        slot,
+                        to = migration.to,
+                        migration = migration.id,
+                        "hot slot moved to a group of its own: past hot_slot_requests_per_sec_max"
+                    )
+                }
                 Err(error) => tracing::info!(group, slot, %error, "hot slot not moved"),
             }
             center.soft.lock().expect("soft lock").splitting = false;
@@ -643,6 +650,10 @@ fn action_key(action: &Action) -> String {
         Action::Drop { node, group } => format!("drop group {group} on node {node}"),
         Action::Recreate { old, .. } => format!("recreate group {old}"),
     }
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]

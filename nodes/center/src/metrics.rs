@@ -7,11 +7,12 @@ use std::sync::{Arc, Weak};
 
 use crate::Liveness;
 use larder_core::env::Env;
-use larder_core::metrics::{Registry, encode_gauges, role_registry};
+use larder_core::metrics::{Registry, encode_counters, encode_gauges, role_registry};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
+use std::sync::atomic::Ordering;
 
 use crate::Center;
 
@@ -23,6 +24,13 @@ impl<E: Env> Center<E> {
         [registry, self.node.metrics_registry()]
     }
 }
+
+/// A per-migration gauge: name, help, and its value of a migration.
+type PerMigration = (
+    &'static str,
+    &'static str,
+    fn(&larder_protocol::Migration) -> u64,
+);
 
 struct CenterCollector<E: Env>(Weak<Center<E>>);
 
@@ -38,9 +46,11 @@ impl<E: Env> Collector for CenterCollector<E> {
             return Ok(());
         };
         let routing = center.routing();
-        let (repairs, migrations) = {
+        let (repairs, migrations, progress) = {
             let soft = center.soft.lock().expect("soft lock");
-            (soft.repairs.len(), soft.migrating.len())
+            let progress: Vec<larder_protocol::Migration> =
+                soft.progress.values().cloned().collect();
+            (soft.repairs.len(), soft.migrating.len(), progress)
         };
         let gauges = [
             (
@@ -72,6 +82,48 @@ impl<E: Env> Collector for CenterCollector<E> {
             ),
         ];
         encode_gauges(&mut encoder, &gauges)?;
+        let counters = &center.counters;
+        let counted = [
+            (
+                "repairs_started",
+                "Dead replicas this replica started replacing while it led",
+                counters.repairs.load(Ordering::Relaxed),
+            ),
+            (
+                "automatic_splits",
+                "Groups this replica split while it led, for holding more than split_records_max \
+                 records",
+                counters.splits.load(Ordering::Relaxed),
+            ),
+            (
+                "hot_slot_moves",
+                "Hot slots this replica moved into a group of their own while it led",
+                counters.hot_slot_moves.load(Ordering::Relaxed),
+            ),
+        ];
+        encode_counters(&mut encoder, &counted)?;
+        // The running migrations' progress, by migration id (a handful at most: one per pair
+        // of groups).
+        let per_migration: [PerMigration; 2] = [
+            (
+                "migration_moved_records",
+                "Records a running migration has copied to its target group so far",
+                |m| m.moved_records,
+            ),
+            (
+                "migration_moved_bytes",
+                "Bytes a running migration has copied to its target group so far",
+                |m| m.moved_bytes,
+            ),
+        ];
+        for (name, help, value) in per_migration {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for migration in &progress {
+                let id = migration.id.to_string();
+                ConstGauge::new(value(migration) as i64)
+                    .encode(family.encode_family(&[("migration", id.as_str())])?)?;
+            }
+        }
         // Counted by the leader only (a follower has no view of the nodes): empty elsewhere.
         let liveness = center.liveness();
         let mut family = encoder.encode_descriptor(

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use larder_core::NodeId;
 use larder_core::env::Env;
 use larder_core::metrics::{Registry, encode_counters, encode_gauges, role_registry};
 use openraft::ServerState;
@@ -12,6 +13,7 @@ use openraft::async_runtime::WatchReceiver;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::StorageNode;
@@ -31,6 +33,12 @@ impl<E: Env> StorageNode<E> {
             "Synced writes merged into each group-commit round",
             sync.writes.clone(),
         );
+        registry.register(
+            "entry_commands",
+            "Client commands per log entry this node committed as a leader (a pipeline's or a \
+             transaction's share of a group is one entry)",
+            self.entry_commands.clone(),
+        );
         registry.register_collector(Box::new(NodeCollector(Arc::downgrade(self))));
         registry
     }
@@ -45,6 +53,12 @@ struct GroupFigures {
     committed: u64,
     applied: u64,
     snapshot: u64,
+    leader_changes: u64,
+    snapshots_built: u64,
+    snapshots_installed: u64,
+    /// On a leader: each follower's replication lag in entries (last log index minus the
+    /// index it matched).
+    followers: Vec<(NodeId, u64)>,
 }
 
 /// A per-group gauge: name, help, and its value of a group's figures.
@@ -71,14 +85,28 @@ impl<E: Env> Collector for NodeCollector<E> {
                 let metrics = handle.raft.metrics();
                 let metrics = metrics.borrow_watched();
                 let index = |id: Option<crate::raft::LogId>| id.map_or(0, |id| id.index());
+                let last_log = metrics.last_log_index.unwrap_or(0);
+                let counts = handle.state.snapshot_counts();
                 GroupFigures {
                     group: group.to_string(),
                     term: metrics.current_term,
                     leader: metrics.state == ServerState::Leader,
-                    last_log: metrics.last_log_index.unwrap_or(0),
+                    last_log,
                     committed: index(metrics.local_committed),
                     applied: index(metrics.last_applied),
                     snapshot: index(metrics.snapshot),
+                    leader_changes: node.see_leader(group, metrics.current_leader),
+                    snapshots_built: counts.built.load(Ordering::Relaxed),
+                    snapshots_installed: counts.installed.load(Ordering::Relaxed),
+                    followers: metrics
+                        .replication
+                        .iter()
+                        .flatten()
+                        .filter(|(follower, _)| **follower != node.id())
+                        .map(|(follower, matched)| {
+                            (*follower, last_log.saturating_sub(index(*matched)))
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -113,6 +141,48 @@ impl<E: Env> Collector for NodeCollector<E> {
             for figures in &groups {
                 let labels = [("group", figures.group.as_str())];
                 ConstGauge::new(value(figures) as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let per_group_counters: [PerGroup; 3] = [
+            (
+                "group_leader_changes",
+                "Times this replica saw its group's leader change (sampled at heartbeats and \
+                 scrapes)",
+                |g| g.leader_changes,
+            ),
+            (
+                "group_snapshots_built",
+                "Snapshots this replica built since it opened",
+                |g| g.snapshots_built,
+            ),
+            (
+                "group_snapshots_installed",
+                "Snapshots this replica installed from a leader since it opened (catch-ups past \
+                 the log)",
+                |g| g.snapshots_installed,
+            ),
+        ];
+        for (name, help, value) in per_group_counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for figures in &groups {
+                let labels = [("group", figures.group.as_str())];
+                ConstCounter::new(value(figures)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut lag = encoder.encode_descriptor(
+            "group_follower_lag_entries",
+            "On a group's leader: each follower's replication lag, in log entries",
+            None,
+            MetricType::Gauge,
+        )?;
+        for figures in &groups {
+            for (follower, entries) in &figures.followers {
+                let follower = follower.to_string();
+                let labels = [
+                    ("group", figures.group.as_str()),
+                    ("follower", follower.as_str()),
+                ];
+                ConstGauge::new(*entries as i64).encode(lag.encode_family(&labels)?)?;
             }
         }
         let gauges = [

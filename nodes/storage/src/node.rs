@@ -89,6 +89,18 @@ pub struct StorageNode<E: Env> {
     pub(crate) appends_served: AtomicU64,
     /// The keys of the requests this node served as a group leader ([`crate::hot`]).
     pub(crate) hot: std::sync::Mutex<larder_core::hotkeys::HotKeys>,
+    /// Each group's leader as last seen, and the changes seen ([`StorageNode::leader_changes`]).
+    pub(crate) leaders_seen: std::sync::Mutex<BTreeMap<GroupId, LeaderSeen>>,
+    /// Commands per log entry this node proposed as a leader (a pipeline's share of a group is
+    /// one entry), for the metrics.
+    pub(crate) entry_commands: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// A group's leader as this node last saw it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct LeaderSeen {
+    leader: Option<NodeId>,
+    changes: u64,
 }
 
 /// Requests a node refused because of their sender, counted (the adversarial tests read them;
@@ -272,6 +284,10 @@ impl<E: Env> StorageNode<E> {
             quiet: crate::quiet::Quiet::default(),
             appends_served: AtomicU64::new(0),
             hot,
+            leaders_seen: std::sync::Mutex::default(),
+            entry_commands: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10),
+            ),
         });
         // The replicas that failed to open are retired now (their marks made durable).
         if !newly_broken.is_empty() {
@@ -284,6 +300,22 @@ impl<E: Env> StorageNode<E> {
         node.spawn_supervisor();
         node.spawn_quiet();
         Ok(node)
+    }
+
+    /// Notes `group`'s leader as seen now: a different leader than the last one seen counts a
+    /// change. Sampled where the node reads its groups' Raft figures anyway (every heartbeat
+    /// and every metrics scrape), so leaders that came and went between two looks are missed;
+    /// the group's term (`larder_node_group_term`) counts every election.
+    pub(crate) fn see_leader(&self, group: GroupId, leader: Option<NodeId>) -> u64 {
+        let mut seen = self.leaders_seen.lock().expect("leaders lock");
+        let entry = seen.entry(group).or_default();
+        if let Some(now) = leader {
+            if entry.leader.is_some_and(|before| before != now) {
+                entry.changes += 1;
+            }
+            entry.leader = Some(now);
+        }
+        entry.changes
     }
 
     /// openraft appends (entries or empty heartbeats) this node served so far, for every group.
@@ -451,6 +483,7 @@ impl<E: Env> StorageNode<E> {
                 let (is_leader, term, initialized, snapshot) = {
                     let metrics = handle.raft.metrics();
                     let metrics = metrics.borrow_watched();
+                    self.see_leader(group, metrics.current_leader);
                     (
                         metrics.state == ServerState::Leader,
                         metrics.current_term,

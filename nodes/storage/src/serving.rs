@@ -84,6 +84,10 @@ impl<E: Env> StorageNode<E> {
                 postcard::serialize_with_flavor(&command, postcard::ser_flavors::Size::default())
                     .unwrap_or(0);
             limit += larder_core::env::transfer_allowance(size);
+            let commands = match &command {
+                Command::Transaction { commands, .. } => commands.len().max(1),
+                _ => 1,
+            };
             let request = LogEntry {
                 now_ms: self.stamp(),
                 command,
@@ -94,7 +98,10 @@ impl<E: Env> StorageNode<E> {
                 handle.raft.client_write(request).await
             };
             match timeout(self.env.clock(), limit, write).await {
-                Ok(Ok(response)) => self.answer(response.data),
+                Ok(Ok(response)) => {
+                    self.entry_commands.observe(commands as f64);
+                    self.answer(response.data)
+                }
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                     ClientResponse::NotLeader {
                         leader_hint: forward.leader_id,

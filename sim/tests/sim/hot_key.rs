@@ -6,6 +6,7 @@
 //! only the hot key is refused; the writes let through stay within the limit's budget; the
 //! other keys keep being served. The same seed runs twice with identical traces.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use larder_sim::SimConfig;
@@ -80,6 +81,31 @@ fn a_hot_key_is_held_to_its_write_limit_and_the_history_stays_linearizable() {
     eprintln!(
         "hot writes: {hot_writes_ok} let through, {} refused; {others_ok} other operations ok",
         refused.len()
+    );
+    // The other keys keep their latency: the same seed without the hot key is the budget.
+    let mut baseline = config.clone();
+    baseline.workload.hot_share_percent = 0;
+    baseline.hot_key_writes_per_sec_max = None;
+    let calm = larder_sim::run(&baseline).expect("the baseline runs");
+    let (with, without) = (
+        other_latencies_ms(ops, &hot),
+        other_latencies_ms(&calm.history.ops, &hot),
+    );
+    let [p50, p90, p99] = [0.5, 0.9, 0.99].map(|q| quantile(&with, q));
+    let [base50, base90, base99] = [0.5, 0.9, 0.99].map(|q| quantile(&without, q));
+    eprintln!(
+        "other keys: p50 / p90 / p99 {p50} / {p90} / {p99} ms with the hot key; \
+         {base50} / {base90} / {base99} ms without"
+    );
+    // The budget: the median and p90 within twice the calm run's (plus a little for the
+    // refused writes' 10 ms waits). The p99 is the seed's faults (a partition's stall), a
+    // handful of operations either way: reported, not judged. The simulator has no CPU
+    // model, so a hot key cannot starve the others here by load; the real-process figures
+    // in ARCHITECTURE.md ("Hot keys") measure that.
+    assert!(
+        p50 <= 2 * base50 + 5 && p90 <= 2 * base90 + 10,
+        "other keys slowed by the hot key: p50 {p50} ms (calm {base50}), p90 {p90} ms \
+         (calm {base90})\nreplay: {replay}"
     );
 }
 
@@ -173,4 +199,33 @@ fn a_hot_slot_is_moved_into_a_group_of_its_own_by_the_center() {
         "the hot slot {slot} was not moved alone into a new group: {log:?}\nreplay: {replay}"
     );
     eprintln!("hot slot {slot}: {:?}", moved[0]);
+}
+
+/// Latencies (simulated milliseconds) of the successful operations on keys other than `hot`,
+/// sorted: each completion paired with its process's invocation.
+fn other_latencies_ms(ops: &[larder_workloads::history::Op], hot: &str) -> Vec<u64> {
+    let mut invoked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    for op in ops {
+        match op.kind {
+            OpKind::Invoke => {
+                invoked.insert(op.process, op.time_ns);
+            }
+            OpKind::Ok if op.key != hot => {
+                if let Some(at) = invoked.remove(&op.process) {
+                    latencies.push(op.time_ns.saturating_sub(at) / 1_000_000);
+                }
+            }
+            _ => {
+                invoked.remove(&op.process);
+            }
+        }
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+/// The `q` quantile (0..=1) of sorted `values`.
+fn quantile(values: &[u64], q: f64) -> u64 {
+    values[((values.len() - 1) as f64 * q).round() as usize]
 }

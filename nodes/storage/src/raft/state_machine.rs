@@ -180,6 +180,13 @@ fn written_keys(command: &Command) -> Box<dyn Iterator<Item = &Bytes> + '_> {
     }
 }
 
+/// Snapshots a replica built and installed since it opened.
+#[derive(Debug, Default)]
+pub struct SnapshotCounts {
+    pub built: std::sync::atomic::AtomicU64,
+    pub installed: std::sync::atomic::AtomicU64,
+}
+
 /// The state machine of `group` on `disk`. Cloning shares it: the node keeps a clone to serve
 /// linearizable reads.
 #[derive(Clone)]
@@ -203,6 +210,9 @@ pub struct DiskStateMachine<D: Disk> {
     /// start): the node's snapshot policy spaces snapshots by it, so building one (a scan of
     /// the whole range) costs O(1) per write however large the group grows.
     snapshot_rows: Arc<std::sync::atomic::AtomicU64>,
+    /// Snapshots built here and installed here (from a leader: a catch-up too far behind for
+    /// the log) since the replica opened, for the node's metrics.
+    snapshot_counts: Arc<SnapshotCounts>,
     /// The last log id of the snapshot stored on disk; held while one is saved. A build saves
     /// after releasing the apply lock, so an install may store a newer snapshot meanwhile: the
     /// stored snapshot must never go back to the older one.
@@ -436,6 +446,7 @@ impl<D: Disk> DiskStateMachine<D> {
             exclusive: Arc::new(futures::lock::Mutex::new(())),
             view: Arc::new(tokio::sync::RwLock::new(())),
             snapshot_rows: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            snapshot_counts: Arc::default(),
             stored_through: Arc::new(futures::lock::Mutex::new(None)),
         };
         let stored = machine.stored_snapshot().await?;
@@ -488,6 +499,11 @@ impl<D: Disk> DiskStateMachine<D> {
     pub fn snapshot_rows(&self) -> u64 {
         self.snapshot_rows
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Snapshots built and installed by this replica since it opened.
+    pub fn snapshot_counts(&self) -> &SnapshotCounts {
+        &self.snapshot_counts
     }
 
     /// What has been applied so far.
@@ -1035,6 +1051,9 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
             data,
         };
         self.save_snapshot_unless_older(&stored).await?;
+        self.snapshot_counts
+            .built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Snapshot {
             meta,
             snapshot: std::io::Cursor::new(stored.data),
@@ -1267,7 +1286,12 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
             self.disk.save_snapshot(self.group, encode(&stored)).await?;
             *through = stored.meta.last_log_id;
         }
-        self.rewrite_from_snapshot(&stored.meta, &stored.data).await
+        self.rewrite_from_snapshot(&stored.meta, &stored.data)
+            .await?;
+        self.snapshot_counts
+            .installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
