@@ -47,16 +47,49 @@ impl<E: Env> StorageNode<E> {
     /// keys cut to [`HOT_KEY_BYTES_MAX`].
     pub fn hot_report(&self) -> HotReport {
         let now = self.env.clock().now();
-        let mut hot = self.hot.lock().expect("hot-key lock");
-        let mut keys = hot.hot_keys(now, HOT_REPORTED_MAX, 1);
-        for hot in &mut keys {
-            if hot.key.len() > HOT_KEY_BYTES_MAX {
-                hot.key.truncate(HOT_KEY_BYTES_MAX);
+        report(&mut self.hot.lock().expect("hot-key lock"), now)
+    }
+}
+
+/// `sketch`'s hottest keys and slots at `now`, as a heartbeat carries them: at most
+/// [`HOT_REPORTED_MAX`] of each, at least one request per second, keys cut to
+/// [`HOT_KEY_BYTES_MAX`].
+fn report(sketch: &mut HotKeys, now: Duration) -> HotReport {
+    let mut keys = sketch.hot_keys(now, HOT_REPORTED_MAX, 1);
+    for hot in &mut keys {
+        if hot.key.len() > HOT_KEY_BYTES_MAX {
+            hot.key.truncate(HOT_KEY_BYTES_MAX);
+        }
+    }
+    HotReport {
+        keys,
+        slots: sketch.hot_slots(now, HOT_REPORTED_MAX, 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_holds_the_hottest_few_with_long_keys_cut() {
+        let mut hot = sketch(Duration::ZERO);
+        let long = vec![b'k'; 4 * HOT_KEY_BYTES_MAX];
+        // The long key hottest, then twenty others hotter the lower their number.
+        for ms in 0..1_000u64 {
+            let now = Duration::from_millis(ms);
+            hot.record(now, &long, true);
+            for other in 0..20u64 {
+                if ms % (other + 2) == 0 {
+                    hot.record(now, format!("key{other}").as_bytes(), false);
+                }
             }
         }
-        HotReport {
-            keys,
-            slots: hot.hot_slots(now, HOT_REPORTED_MAX, 1),
-        }
+        let report = report(&mut hot, Duration::from_millis(999));
+        assert_eq!(report.keys.len(), HOT_REPORTED_MAX);
+        assert_eq!(report.slots.len(), HOT_REPORTED_MAX);
+        assert_eq!(&report.keys[0].key[..], &long[..HOT_KEY_BYTES_MAX]);
+        assert!(report.keys.iter().all(|k| k.key.len() <= HOT_KEY_BYTES_MAX));
+        assert_eq!(&report.keys[1].key[..], b"key0");
     }
 }
