@@ -17,16 +17,12 @@ const LIMIT: u64 = 20;
 const PROXIES: u64 = 2;
 const SECONDS: u64 = 10;
 
-#[test]
-fn a_hot_key_is_held_to_its_write_limit_and_the_history_stays_linearizable() {
-    let replay = "cargo nextest run -p larder-sim -E 'test(hot_key::)' (seed 3, 10 s, 5 nodes, \
-                  8 groups, 2 proxies, 24 clients at 600 ops/s, 8 registers, 80 % on one)";
+/// Seed 3 for 10 s on 5 nodes, 8 groups and 2 proxies; 24 clients paced at 600 operations a
+/// second (a refused write answers at once, and unpaced clients would then write the cold keys
+/// faster too); registers only, eight of them, 80 % of the operations on the first.
+fn hot_config() -> SimConfig {
     let mut config = SimConfig::cluster(3, Duration::from_secs(SECONDS), 5, 8, PROXIES);
     config.clients = 24;
-    // Paced at 600 operations a second (a refused write answers at once, and unpaced clients
-    // would then write the cold keys faster too). Registers only, eight of them: about 340
-    // writes a second, the hot key some 270 of them (135 per proxy, far past the limit), each
-    // cold key some 9 (4 per proxy, far under it).
     config.rate = Some(600);
     let mut workload = config.workload.clone().with_hot_key(80);
     workload.register_keys = 8;
@@ -36,6 +32,16 @@ fn a_hot_key_is_held_to_its_write_limit_and_the_history_stays_linearizable() {
         workload.mix.list_read,
     ) = (0, 0, 0);
     config.workload = workload;
+    config
+}
+
+#[test]
+fn a_hot_key_is_held_to_its_write_limit_and_the_history_stays_linearizable() {
+    let replay = "cargo nextest run -p larder-sim -E 'test(hot_key::)' (seed 3, 10 s, 5 nodes, \
+                  8 groups, 2 proxies, 24 clients at 600 ops/s, 8 registers, 80 % on one)";
+    // About 340 writes a second, the hot key some 270 of them (135 per proxy, far past the
+    // limit), each cold key some 9 (4 per proxy, far under it).
+    let mut config = hot_config();
     config.hot_key_writes_per_sec_max = Some(LIMIT);
     let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -118,17 +124,7 @@ fn hot_reads_are_shared_and_the_history_stays_linearizable() {
     let replay = "cargo nextest run -p larder-sim -E 'test(hot_reads_are_shared)' (seed 3, \
                   10 s, 5 nodes, 8 groups, 2 proxies, 24 clients at 600 ops/s, 8 registers, \
                   80 % on one, reads shared from 50 a second)";
-    let mut config = SimConfig::cluster(3, Duration::from_secs(SECONDS), 5, 8, PROXIES);
-    config.clients = 24;
-    config.rate = Some(600);
-    let mut workload = config.workload.clone().with_hot_key(80);
-    workload.register_keys = 8;
-    (
-        workload.mix.add,
-        workload.mix.append,
-        workload.mix.list_read,
-    ) = (0, 0, 0);
-    config.workload = workload;
+    let mut config = hot_config();
     config.hot_key_share_reads_min_per_sec = Some(50);
     let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -168,12 +164,7 @@ fn a_hot_slot_is_moved_into_a_group_of_its_own_by_the_center() {
     let replay = "cargo nextest run -p larder-sim -E 'test(hot_slot_is_moved)' (seed 3, 10 s, \
                   5 nodes, 8 groups, 2 proxies, 24 clients at 600 ops/s, 80 % on one key, \
                   hot_slot_requests_per_sec_max 100)";
-    let mut config = SimConfig::cluster(3, Duration::from_secs(SECONDS), 5, 8, PROXIES);
-    config.clients = 24;
-    config.rate = Some(600);
-    let mut workload = config.workload.clone().with_hot_key(80);
-    workload.register_keys = 8;
-    config.workload = workload;
+    let mut config = hot_config();
     config.hot_slot_requests_per_sec_max = 100;
     let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
     assert!(
