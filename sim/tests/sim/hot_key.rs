@@ -43,12 +43,7 @@ fn a_hot_key_is_held_to_its_write_limit_and_the_history_stays_linearizable() {
     // limit), each cold key some 9 (4 per proxy, far under it).
     let mut config = hot_config();
     config.hot_key_writes_per_sec_max = Some(LIMIT);
-    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        report.linearizability.is_linearizable(),
-        "{}\nreplay: {replay}",
-        report.linearizability
-    );
+    let report = linearizable_run(&config, replay);
     let hot = register_key(0);
     let ops = &report.history.ops;
     let refused: Vec<_> = ops
@@ -126,12 +121,7 @@ fn hot_reads_are_shared_and_the_history_stays_linearizable() {
                   80 % on one, reads shared from 50 a second)";
     let mut config = hot_config();
     config.hot_key_share_reads_min_per_sec = Some(50);
-    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        report.linearizability.is_linearizable(),
-        "{}\nreplay: {replay}",
-        report.linearizability
-    );
+    let report = linearizable_run(&config, replay);
     let hot = register_key(0);
     let ops = &report.history.ops;
     let hot_reads_ok = ops
@@ -166,12 +156,7 @@ fn a_hot_slot_is_moved_into_a_group_of_its_own_by_the_center() {
                   hot_slot_requests_per_sec_max 100)";
     let mut config = hot_config();
     config.hot_slot_requests_per_sec_max = 100;
-    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        report.linearizability.is_linearizable(),
-        "{}\nreplay: {replay}",
-        report.linearizability
-    );
+    let report = linearizable_run(&config, replay);
     let log = &report.migrations;
     let slot = larder_core::slots::slot_of(register_key(0).as_bytes());
     assert!(
@@ -190,6 +175,17 @@ fn a_hot_slot_is_moved_into_a_group_of_its_own_by_the_center() {
         "the hot slot {slot} was not moved alone into a new group: {log:?}\nreplay: {replay}"
     );
     eprintln!("hot slot {slot}: {:?}", moved[0]);
+}
+
+/// `config` run twice with equal traces, every check passed and the history linearizable.
+fn linearizable_run(config: &SimConfig, replay: &str) -> larder_sim::RunReport {
+    let report = larder_sim::check_seed(config, replay).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.linearizability.is_linearizable(),
+        "{}\nreplay: {replay}",
+        report.linearizability
+    );
+    report
 }
 
 /// Latencies (simulated milliseconds) of the successful operations on keys other than `hot`,
