@@ -106,11 +106,15 @@ pub enum Bug {
     /// reads for 50 ms after it came back (a cache without invalidation), so a read that starts
     /// after a write was acknowledged can answer the value from before it.
     HotReadCached,
+    /// Lanes (storage): a SET in the slow write lane (a large value) is answered `OK` as soon
+    /// as it has its place and is handed to Raft, not once it commits ("big writes need not
+    /// wait"), so a read after the acknowledgement can miss it, and a leader change loses it.
+    SlowWriteAckedEarly,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 26] = [
+    pub const ALL: [Bug; 27] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -137,6 +141,7 @@ impl Bug {
         Bug::QuietClaimsEveryGroup,
         Bug::HotKeyRefusalSent,
         Bug::HotReadCached,
+        Bug::SlowWriteAckedEarly,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -168,6 +173,7 @@ impl Bug {
             Bug::QuietClaimsEveryGroup => "quiet-claims-every-group",
             Bug::HotKeyRefusalSent => "hot-key-refusal-sent",
             Bug::HotReadCached => "hot-read-cached",
+            Bug::SlowWriteAckedEarly => "slow-write-acked-early",
         }
     }
 }

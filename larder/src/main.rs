@@ -214,6 +214,10 @@ struct SimArgs {
     /// second (reads arriving while one is fetched take the next fetch's answer).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     hot_key_share_reads_min_per_sec: Option<u64>,
+    /// The storage nodes' slow write lane from this many bytes of command (0: every write
+    /// takes the slow lane); the default is the node's (1 MiB).
+    #[arg(long)]
+    slow_write_bytes: Option<usize>,
     /// Swarm fault plans: each seed picks its own mix and rates of faults.
     #[arg(long)]
     swarm: bool,
@@ -323,6 +327,9 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if let Some(min) = args.hot_key_share_reads_min_per_sec {
         command.push_str(&format!(" --hot-key-share-reads-min-per-sec {min}"));
     }
+    if let Some(bytes) = args.slow_write_bytes {
+        command.push_str(&format!(" --slow-write-bytes {bytes}"));
+    }
     if let Some(bug) = args.bug {
         command.push_str(&format!(" --bug {bug}"));
     }
@@ -366,6 +373,9 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     }
     config.hot_key_writes_per_sec_max = args.hot_key_writes_per_sec_max;
     config.hot_key_share_reads_min_per_sec = args.hot_key_share_reads_min_per_sec;
+    if let Some(bytes) = args.slow_write_bytes {
+        config.node.lanes.slow_write_bytes = bytes;
+    }
     config
 }
 

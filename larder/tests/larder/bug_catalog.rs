@@ -58,6 +58,10 @@ enum Plans {
     /// 50 requests a second (`--hot-key-share-reads-min-per-sec 50`), 24 clients at 600
     /// operations a second.
     SwarmHotRead,
+    /// Swarm cluster plans with every write in the storage nodes' slow write lane
+    /// (`--slow-write-bytes 0`): the slow lane runs one write at a time per node while fast
+    /// commands run.
+    SwarmSlowWrites,
 }
 
 /// One cluster run of `seed` as a child process (`larder::child`, which also tells a crash
@@ -104,6 +108,9 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
         ] {
             words.push(word.to_string());
         }
+    }
+    if plans == Plans::SwarmSlowWrites {
+        words.extend(["--slow-write-bytes".to_string(), "0".to_string()]);
     }
     if let Some(bug) = bug {
         words.extend(["--bug".to_string(), bug.to_string()]);
@@ -222,4 +229,8 @@ catalog! {
     // after a write was acknowledged answers the value from before it. 3/3 (seeds 1..=3),
     // first 1.
     hot_read_cached: "hot-read-cached", 1..=5, SwarmHotRead;
+    // Swarm cluster seeds with every write in the nodes' slow lane (`--slow-write-bytes 0`):
+    // a SET acknowledged before it commits is missing from a later read or lost to a leader
+    // change. 5/5 (seeds 1..=5), first 1; each passes without the bug.
+    slow_write_acked_early: "slow-write-acked-early", 1..=5, SwarmSlowWrites;
 }

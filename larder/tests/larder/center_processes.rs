@@ -498,6 +498,26 @@ fn center_processes_replace_a_killed_node() {
         .filter_map(|page| sample(page, "larder_node_entry_commands_count", &[]))
         .sum();
     assert!(entries >= KEYS as f64, "{entries} entries\n{}", pages[0]);
+    // Every SET ran in a leader's fast write lane; each node shows its four lanes' queues.
+    let fast_writes: f64 = pages
+        .iter()
+        .filter_map(|page| {
+            sample(
+                page,
+                "larder_node_lane_admitted_total",
+                &[("lane", "write_fast")],
+            )
+        })
+        .sum();
+    assert!(fast_writes >= KEYS as f64, "{fast_writes}\n{}", pages[0]);
+    for page in &pages {
+        for lane in ["read_fast", "read_slow", "write_fast", "write_slow"] {
+            assert!(
+                sample(page, "larder_node_lane_queued", &[("lane", lane)]).is_some(),
+                "no queue depth of lane {lane}\n{page}"
+            );
+        }
+    }
     assert!(
         pages
             .iter()

@@ -61,6 +61,9 @@ pub struct NodeConfig {
     /// as a sequence of messages this large (see [`crate::raft::network`]).
     #[serde(default = "default_snapshot_chunk_bytes")]
     pub snapshot_chunk_bytes: usize,
+    /// The four lanes client commands run in ([`crate::lanes`]).
+    #[serde(default)]
+    pub lanes: crate::lanes::LaneConfig,
 }
 
 fn default_append_bytes_max() -> usize {
@@ -107,6 +110,7 @@ impl NodeConfig {
             reopens_max: default_reopens_max(),
             append_bytes_max: default_append_bytes_max(),
             snapshot_chunk_bytes: default_snapshot_chunk_bytes(),
+            lanes: crate::lanes::LaneConfig::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`serving`]: client commands (writes through the log, reads after a read-index round),
 //!   openraft's RPCs, routing fetches, and the request dispatch ([`NodeHandler`]).
 //! - [`admin`]: the center's instructions (host, drop, form, replace a voter, move leadership).
+//! - [`lanes`]: the four lanes (read/write × fast/slow) client commands run in.
 //! - [`broken`]: replicas retired because a record's checksum failed.
 //! - [`migration`]: a node's steps in moving slots between groups (track, read, ingest, own).
 //! - [`heartbeat`]: heartbeats to the center, which bring routing tables and addresses.
@@ -21,6 +22,7 @@ pub mod broken;
 pub mod config;
 pub mod heartbeat;
 pub mod hot;
+pub mod lanes;
 pub mod metrics;
 pub mod migration;
 pub mod node;

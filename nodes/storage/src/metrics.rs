@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::StorageNode;
+use crate::lanes::LaneFigures;
 
 impl<E: Env> StorageNode<E> {
     /// This node's metrics, labelled `node` = its id.
@@ -185,7 +186,63 @@ impl<E: Env> Collector for NodeCollector<E> {
                 ConstGauge::new(*entries as i64).encode(lag.encode_family(&labels)?)?;
             }
         }
+        let lanes = node.lanes.figures();
+        type PerLane = (&'static str, &'static str, fn(&LaneFigures) -> u64);
+        let per_lane: [(PerLane, MetricType); 5] = [
+            (
+                ("lane_running", "Client commands running in the lane", |l| {
+                    l.running as u64
+                }),
+                MetricType::Gauge,
+            ),
+            (
+                ("lane_queued", "Client commands waiting for the lane", |l| {
+                    l.queued as u64
+                }),
+                MetricType::Gauge,
+            ),
+            (
+                (
+                    "lane_limit",
+                    "Commands the lane may run at once now (a slow lane's limit drops while \
+                     fast commands run)",
+                    |l| l.limit as u64,
+                ),
+                MetricType::Gauge,
+            ),
+            (
+                ("lane_admitted", "Client commands the lane ran", |l| {
+                    l.admitted
+                }),
+                MetricType::Counter,
+            ),
+            (
+                (
+                    "lane_refused",
+                    "Client commands refused because the lane's queue was full",
+                    |l| l.refused,
+                ),
+                MetricType::Counter,
+            ),
+        ];
+        for ((name, help, value), kind) in per_lane {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for figures in &lanes {
+                let labels = [("lane", figures.lane.name())];
+                let encoder = family.encode_family(&labels)?;
+                if matches!(kind, MetricType::Counter) {
+                    ConstCounter::new(value(figures)).encode(encoder)?;
+                } else {
+                    ConstGauge::new(value(figures) as i64).encode(encoder)?;
+                }
+            }
+        }
         let gauges = [
+            (
+                "lane_costly_subjects",
+                "Keys (or groups) remembered as costly to read: their reads take a slow lane",
+                node.lanes.costly_subjects() as u64,
+            ),
             ("groups", "Groups this node hosts", groups.len() as u64),
             (
                 "groups_led",

@@ -94,6 +94,8 @@ pub struct StorageNode<E: Env> {
     /// Commands per log entry this node proposed as a leader (a pipeline's share of a group is
     /// one entry), for the metrics.
     pub(crate) entry_commands: prometheus_client::metrics::histogram::Histogram,
+    /// The four lanes client commands run in ([`crate::lanes`]).
+    pub(crate) lanes: crate::lanes::Lanes<E::Clock>,
 }
 
 /// A group's leader as this node last saw it.
@@ -268,6 +270,7 @@ impl<E: Env> StorageNode<E> {
             }
         }
         let hot = std::sync::Mutex::new(crate::hot::sketch(env.clock().now()));
+        let lanes = crate::lanes::Lanes::new(config.lanes.clone(), env.clock().clone());
         let node = Arc::new(StorageNode {
             env,
             config,
@@ -288,6 +291,7 @@ impl<E: Env> StorageNode<E> {
             entry_commands: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10),
             ),
+            lanes,
         });
         // The replicas that failed to open are retired now (their marks made durable).
         if !newly_broken.is_empty() {

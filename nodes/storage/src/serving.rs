@@ -21,6 +21,7 @@ use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, Vo
 use openraft::vote::RaftLeaderId;
 
 use crate::config::NodeError;
+use crate::lanes::{Admission, Lane, Running};
 use crate::node::{Group, NodeDisk, StorageNode};
 use crate::raft::state_machine::ReadOutcome;
 use crate::raft::wire::{self, ChunkAnswer, SnapshotChunk};
@@ -88,16 +89,34 @@ impl<E: Env> StorageNode<E> {
                 Command::Transaction { commands, .. } => commands.len().max(1),
                 _ => 1,
             };
+            // Queued before the entry is stamped: a write refused here was never proposed.
+            let lane = self.lanes.classify_write(size);
+            let _running = match self.enter_lane(lane, limit).await {
+                Ok(running) => running,
+                Err(refused) => return refused,
+            };
+            let planted_early_ack = lane == Lane::WriteSlow
+                && matches!(command, Command::Set { .. })
+                && self.config.bugs.is_planted(Bug::SlowWriteAckedEarly);
             let request = LogEntry {
                 now_ms: self.stamp(),
                 command,
                 session,
             };
+            if planted_early_ack {
+                // Planted bug: acknowledged once handed to Raft, not once committed.
+                let raft = handle.raft.clone();
+                tokio::spawn(async move {
+                    let _ = raft.client_write(request).await;
+                });
+                return ClientResponse::Reply(Reply::Ok);
+            }
             let write = async {
                 self.wake(group, &handle.raft, true).await;
                 handle.raft.client_write(request).await
             };
-            match timeout(self.env.clock(), limit, write).await {
+            let started = self.env.clock().now();
+            let response = match timeout(self.env.clock(), limit, write).await {
                 Ok(Ok(response)) => {
                     self.entry_commands.observe(commands as f64);
                     self.answer(response.data)
@@ -114,7 +133,12 @@ impl<E: Env> StorageNode<E> {
                 Err(_) => ClientResponse::Indeterminate {
                     reason: "write timed out on the leader".into(),
                 },
+            };
+            let ran = self.env.clock().now().saturating_sub(started);
+            if let Some(pause) = self.lanes.pause_after(lane, ran) {
+                self.env.clock().sleep(pause).await;
             }
+            response
         } else {
             let stale_ok =
                 self.config.bugs.is_planted(Bug::StaleLocalReads) && self.is_leader(group);
@@ -130,8 +154,25 @@ impl<E: Env> StorageNode<E> {
             };
             match timeout(self.env.clock(), limit, read).await {
                 Ok(Ok(())) => {
-                    self.read_applied_after_index(&handle, &command, limit)
-                        .await
+                    // The lane after the read index: the wait for the quorum costs no work,
+                    // and a state read later than its read index is still linearizable.
+                    let lane = self.lanes.classify_read(group, &command);
+                    let _running = match self.enter_lane(lane, limit).await {
+                        Ok(running) => running,
+                        Err(refused) => return refused,
+                    };
+                    let started = self.env.clock().now();
+                    let response = self
+                        .read_applied_after_index(&handle, &command, limit)
+                        .await;
+                    if let ClientResponse::Reply(reply) = &response {
+                        self.lanes.measured(group, &command, reply);
+                    }
+                    let ran = self.env.clock().now().saturating_sub(started);
+                    if let Some(pause) = self.lanes.pause_after(lane, ran) {
+                        self.env.clock().sleep(pause).await;
+                    }
+                    response
                 }
                 Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
                     ClientResponse::NotLeader {
@@ -144,6 +185,31 @@ impl<E: Env> StorageNode<E> {
                 Err(_) => ClientResponse::Unavailable {
                     reason: "read index not confirmed in time".into(),
                 },
+            }
+        }
+    }
+
+    /// A place in `lane` ([`crate::lanes`]), waiting at most `limit`. A full lane, or one that
+    /// gives no place in time, is `Unavailable`: the command has not run.
+    async fn enter_lane(
+        &self,
+        lane: Lane,
+        limit: Duration,
+    ) -> Result<Running<'_, E::Clock>, ClientResponse> {
+        let full = |full: crate::lanes::LaneFull| ClientResponse::Unavailable {
+            reason: full.to_string(),
+        };
+        match self.lanes.admit(lane) {
+            Admission::Running(running) => Ok(running),
+            Admission::Full(refused) => Err(full(refused)),
+            Admission::Queued(waiter) => {
+                match timeout(self.env.clock(), limit, waiter.granted()).await {
+                    Ok(Ok(running)) => Ok(running),
+                    Ok(Err(refused)) => Err(full(refused)),
+                    Err(_) => Err(ClientResponse::Unavailable {
+                        reason: format!("no place in the node's {} lane in time", lane.name()),
+                    }),
+                }
             }
         }
     }
@@ -231,6 +297,11 @@ impl<E: Env> StorageNode<E> {
     /// leader or candidate the message names ([`raft_sender_refused`]), is answered as a
     /// stopped Raft: openraft treats the peer as unreachable and backs off.
     async fn handle_raft(&self, from: NodeId, request: RaftRequest) -> RaftResponse {
+        // A node shutting down answers as a stopped Raft without handing the message to a
+        // group whose Raft is (being) shut down: openraft would log each as an error.
+        if self.is_stopped() {
+            return stopped(request.call);
+        }
         let group = request.group;
         let hosted = match self.group(group) {
             Ok(hosted) => hosted,

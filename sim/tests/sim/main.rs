@@ -7,6 +7,7 @@ mod cluster_sweep;
 mod conformance;
 mod corruption;
 mod hot_key;
+mod lanes;
 mod load;
 mod migration;
 mod scripted;
