@@ -79,6 +79,9 @@ struct ServerRun {
     results: Vec<Measured>,
     /// Error lines redis-benchmark printed (refused or failed requests).
     errors: Vec<String>,
+    /// With `--slow-lane`: the whole-list reads' own rate while the GETs ran beside them (the
+    /// price the slow lane pays for the fast one's latency).
+    slow_lane_rps: Option<f64>,
 }
 
 /// One redis-benchmark invocation's arguments beyond host and port.
@@ -263,10 +266,18 @@ fn run_slow_lane(port: u16, args: &BenchArgs, run: &mut ServerRun) -> anyhow::Re
             "-1".into(),
         ],
     )
-    .stdout(Stdio::null())
     .stderr(Stdio::null())
     .spawn()
     .context("running redis-benchmark for the slow lane")?;
+    // Its progress lines ("… rps=R (overall: O) …", every 250 ms) go to a reader thread; the
+    // last one read before the GETs end is the slow reads' own rate beside them.
+    let progress = slow.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut out, &mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    });
     std::thread::sleep(Duration::from_millis(500));
     let busy = format!(
         "slow lane busy (2 clients LRANGE 0 -1 of 10k): GET -c {clients} -P {pipeline} -d {size}"
@@ -274,7 +285,19 @@ fn run_slow_lane(port: u16, args: &BenchArgs, run: &mut ServerRun) -> anyhow::Re
     let result = run_benchmark(port, &gets, &busy, run);
     let _ = slow.kill();
     let _ = slow.wait();
+    if let Some(progress) = progress.and_then(|reader| reader.join().ok()) {
+        run.slow_lane_rps = last_overall_rps(&progress);
+    }
     result
+}
+
+/// The last "overall" rate of redis-benchmark's progress lines
+/// (`rps=R (overall: O) avg_msec=…`).
+fn last_overall_rps(progress: &str) -> Option<f64> {
+    let (_, last) = progress.rsplit_once("rps=")?;
+    let (_, rest) = last.split_once("(overall: ")?;
+    let rate: f64 = rest.split(')').next()?.trim().parse().ok()?;
+    rate.is_finite().then_some(rate)
 }
 
 /// Every case of `args` against the server on `port`.
@@ -419,6 +442,19 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
 }
 
 fn print_table(larder: &ServerRun, peers: &[ServerRun]) {
+    print_results(larder, peers);
+    if let Some(rps) = larder.slow_lane_rps {
+        out!("\nslow lane: the 2 clients' LRANGE 0 -1 ran at {rps:.0}/s beside the GETs (larder)");
+        for peer in peers {
+            if let Some(theirs) = peer.slow_lane_rps {
+                out!(", {theirs:.0}/s ({})", peer.server);
+            }
+        }
+        outln!();
+    }
+}
+
+fn print_results(larder: &ServerRun, peers: &[ServerRun]) {
     let mut case = None;
     for result in &larder.results {
         if case != Some(&result.case) {
@@ -475,6 +511,19 @@ fn print_table(larder: &ServerRun, peers: &[ServerRun]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slow_lane_rate_is_the_last_overall_figure() {
+        let progress = "lrange: rps=0.0 (overall: nan) avg_msec=nan (overall: nan)\r\
+                        lrange: rps=64.0 (overall: 63.7) avg_msec=27.6 (overall: 27.6)\r\
+                        lrange: rps=71.7 (overall: 67.7) avg_msec=26.3 (overall: 26.9)\r";
+        assert_eq!(last_overall_rps(progress), Some(67.7));
+        assert_eq!(
+            last_overall_rps("lrange: rps=0.0 (overall: nan) avg_msec=nan (overall: nan)"),
+            None
+        );
+        assert_eq!(last_overall_rps(""), None);
+    }
 
     /// What redis-benchmark 7.0 prints for one test (trimmed), with the progress lines it
     /// overwrites in place.

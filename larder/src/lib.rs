@@ -2,6 +2,7 @@
 //!
 //! - [`local::LocalCluster`]: center replicas, storage nodes and a proxy in one process on
 //!   loopback (`larder up`, `larder bench`, the end-to-end tests).
+//! - [`stopping`]: openraft's shutdown noise kept out of the logs once a process stops.
 //! - [`child`]: one `larder sim` run in a child process (`--bug-matrix`, `--shrink`, and the
 //!   bug-catalog and shrink tests).
 //!
@@ -13,3 +14,4 @@
 
 pub mod child;
 pub mod local;
+pub mod stopping;

@@ -408,6 +408,7 @@ impl LocalCluster {
     /// Stops every group's Raft. The temporary data directory, if the cluster made one, is
     /// handed back rather than removed: drop it after the runtime (see [`DataDir`]).
     pub async fn stop(mut self) -> DataDir {
+        crate::stopping::begin();
         self.metrics = None;
         for node in &self.nodes {
             node.shutdown().await;

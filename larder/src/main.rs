@@ -22,6 +22,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use larder_core::bugs::Bug;
 use larder_sim::{SimConfig, check_determinism, run};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// `print!` for the binary's output; see [`write_stdout`].
 macro_rules! out {
@@ -588,9 +590,11 @@ fn main() -> ExitCode {
         .with_timer(LogTime)
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let quiet_stop =
+        tracing_subscriber::filter::filter_fn(|meta| larder::stopping::logged(meta.target()));
     match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.finish().with(quiet_stop).init(),
+        LogFormat::Json => logs.json().finish().with(quiet_stop).init(),
     }
     let outcome = match cli.command {
         Command::Sim(args) => sim(args),

@@ -829,6 +829,7 @@ pub fn center(args: ConfigArgs) -> anyhow::Result<bool> {
             .chain([disk_metrics]);
         let _metrics = serve_metrics(file.metrics_listen, registries).await?;
         stop_signal().await?;
+        larder::stopping::begin();
         center.shutdown().await;
         Ok(true)
     })
@@ -904,6 +905,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
         let _metrics =
             serve_metrics(file.metrics_listen, [node.metrics_registry(), disk_metrics]).await?;
         stop_signal().await?;
+        larder::stopping::begin();
         node.shutdown().await;
         Ok(true)
     })

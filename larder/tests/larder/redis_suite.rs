@@ -112,6 +112,23 @@ fn strip_colour(text: &str) -> String {
 const TAGS: &str = "-needs:debug -needs:repl -needs:config-maxmemory -needs:save -needs:reset \
                     -needs:config-resetstat";
 
+/// Tests left out (`--skiptest`), by unit, each because it asserts an order a proxy serving
+/// every connection on its own task cannot promise.
+///
+/// `BRPOPLPUSH with multiple blocked clients` sends two blocking commands and a push on three
+/// connections back to back, without waiting for either to block, and expects the first
+/// connection's command to be served first. The three are concurrent requests: Redis, one
+/// thread, happens to read them in send order; the proxy reads each connection on its own
+/// task, and tokio runs the last task woken by one poll of the socket driver first (its LIFO
+/// slot), so the second command often blocks first, takes the element, and leaves the first
+/// blocked for ever (2 of 3 tries on the CI run of stop 32). The suite's next test of the same
+/// feature (`BLMPOP with multiple blocked clients`) waits for each client to block
+/// (`wait_for_blocked_clients_count`) and passes; first come, first served among clients
+/// that have blocked is tested there and by the proxy's unit test
+/// `blocked_clients_go_first_come_first_served_per_key`.
+const SKIPPED_TESTS: &[(&str, &str)] =
+    &[("unit/type/list", "BRPOPLPUSH with multiple blocked clients")];
+
 /// The no-progress limit of most units. `run-against` gives every test 120 s; a fuzzer of the zset unit
 /// (`ZDIFF fuzzing`: about 27,500 ZADDs one after another, each a Raft round trip fsynced on a
 /// quorum) takes about 60 s on an idle two-core machine and went past 120 s on the CI machine
@@ -255,6 +272,12 @@ fn run_unit(port: u16, unit: &str, no_progress: Duration) -> Tally {
             .args(["--clients", "1", "--durable"])
             .args(["--timeout", &no_progress.as_secs().to_string()])
             .args(["--tags", TAGS, "--single", unit])
+            .args(
+                SKIPPED_TESTS
+                    .iter()
+                    .filter(|(of, _)| *of == unit)
+                    .flat_map(|(_, test)| ["--skiptest", test]),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -425,15 +448,13 @@ fn redis_suite_strings_and_scan() {
     );
 }
 
-/// Retried by nextest (`.config/nextest.toml`): a few tests start two blocking clients and a
-/// push back to back on three connections without waiting, and expect the first connection's
-/// command to block first. Redis, one thread, reads them in that order; the proxy serves each
-/// connection on its own task, and now and then the second blocks first and takes the element,
-/// leaving the first blocked for ever (the harness then times the unit out, soon:
-/// [`LIST_NO_PROGRESS_LIMIT`]).
+/// Retried by nextest (`.config/nextest.toml`): tests that start blocking clients on several
+/// connections back to back may see them block in another order than sent (one such test is
+/// left out: [`SKIPPED_TESTS`]); a client left blocked for ever makes the harness time the
+/// unit out, soon: [`LIST_NO_PROGRESS_LIMIT`].
 #[test]
 fn redis_suite_lists() {
-    run_units(&[("unit/type/list", 215)], LIST_NO_PROGRESS_LIMIT); // 219 / 0 / 21
+    run_units(&[("unit/type/list", 215)], LIST_NO_PROGRESS_LIMIT); // 218 / 0 / 22 (1 left out)
 }
 
 #[test]

@@ -326,7 +326,8 @@ impl<C: Clock> Lanes<C> {
             let Some((_, sender)) = this.queue.pop_front() else {
                 break;
             };
-            // A waiter that went away has dropped its receiver: the place goes to the next.
+            // A waiter leaves the queue before it drops its receiver (under this lock), so the
+            // send reaches it; were it gone, the place would go to the next.
             if sender.send(()).is_ok() {
                 this.running += 1;
                 this.admitted += 1;
@@ -426,7 +427,9 @@ impl<'a, C: Clock> Waiter<'a, C> {
     /// The place, once granted.
     pub async fn granted(mut self) -> Result<Running<'a, C>, LaneFull> {
         if (&mut self.receiver).await.is_err() {
-            // Its grant can only be lost if the lanes themselves go away with the node.
+            // Cannot happen: only `pump` takes a waiter out of the queue, and it sends the
+            // grant as it does. Nothing to give back then.
+            self.done = true;
             return Err(LaneFull {
                 lane: self.lane.name(),
                 queued: 0,
@@ -445,17 +448,17 @@ impl<C: Clock> Drop for Waiter<'_, C> {
         if self.done {
             return;
         }
-        let granted = self.receiver.try_recv().is_ok();
         {
             let mut state = self.lanes.state.lock().expect("lanes lock");
             let queue = &mut state.lanes[self.lane.index()].queue;
             if let Some(position) = queue.iter().position(|(id, _)| *id == self.id) {
                 queue.remove(position);
+                return;
             }
         }
-        if granted {
-            self.lanes.leave(self.lane);
-        }
+        // No longer queued: `pump` took it out and sent the grant under the lock (the
+        // receiver was alive until now), so the place is this waiter's to give back.
+        self.lanes.leave(self.lane);
     }
 }
 
