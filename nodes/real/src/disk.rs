@@ -10,15 +10,25 @@ use larder_core::env::{Disk, DiskError, DiskView, Space, WriteBatch, WriteOp};
 pub struct FjallOptions {
     /// Block cache size in bytes.
     pub cache_bytes: u64,
+    /// Values at least this large (bytes) of the log, state and element keyspaces are kept in
+    /// fjall's blob files (key-value separation), so compactions move their keys, not the
+    /// values; `None` keeps every value in the tree. Decided when a keyspace is created: a
+    /// data directory keeps what it was created with.
+    pub kv_separation_bytes: Option<u32>,
 }
 
 impl Default for FjallOptions {
     fn default() -> Self {
         FjallOptions {
             cache_bytes: 64 << 20,
+            kv_separation_bytes: Some(KV_SEPARATION_BYTES),
         }
     }
 }
+
+/// The default of [`FjallOptions::kv_separation_bytes`]: a large value (Redis's strings of
+/// kilobytes and more) is written to a blob file once and never again by a compaction.
+pub const KV_SEPARATION_BYTES: u32 = 16 << 10;
 
 /// The node's engine: one fjall database, one keyspace per [`Space`].
 ///
@@ -61,7 +71,21 @@ impl FjallDisk {
             .cache_size(options.cache_bytes)
             .open()
             .map_err(io)?;
-        let open = |space: Space| db.keyspace(space.name(), KeyspaceCreateOptions::default);
+        let separation = options
+            .kv_separation_bytes
+            .map(|bytes| fjall::KvSeparationOptions::default().separation_threshold(bytes.max(1)));
+        let open = |space: Space| {
+            db.keyspace(space.name(), || {
+                let options = KeyspaceCreateOptions::default();
+                match space {
+                    // Votes, marks and identity: small records read on every start.
+                    Space::Meta => options,
+                    Space::Log | Space::State | Space::Elements => {
+                        options.with_kv_separation(separation.clone())
+                    }
+                }
+            })
+        };
         let spaces = [
             open(Space::Log).map_err(io)?,
             open(Space::State).map_err(io)?,
@@ -369,5 +393,54 @@ mod metrics_tests {
         );
         drop(disk);
         assert!(!scrape.render().contains("larder_disk_bytes"));
+    }
+}
+
+#[cfg(test)]
+mod separation_tests {
+    use super::*;
+
+    /// Values past [`KV_SEPARATION_BYTES`] land in blob files once their memtable is flushed,
+    /// small ones stay in the tree, and both read back whole, by key and by scan, before and
+    /// after a reopen; a directory created without separation keeps its values in the tree.
+    #[tokio::test]
+    async fn large_values_go_to_blob_files_and_read_back_whole() {
+        let large = |i: u8| vec![i; KV_SEPARATION_BYTES as usize * 2];
+        for separated in [true, false] {
+            let dir = tempfile::tempdir().expect("dir");
+            let options = FjallOptions {
+                kv_separation_bytes: separated.then_some(KV_SEPARATION_BYTES),
+                ..FjallOptions::default()
+            };
+            let disk = FjallDisk::open(dir.path(), &options).expect("opens");
+            let mut batch = WriteBatch::new();
+            for i in 0..8u8 {
+                batch.put(Space::State, vec![b'l', i], large(i));
+                batch.put(Space::State, vec![b's', i], vec![i; 10]);
+            }
+            disk.write(batch, true).await.expect("writes");
+            disk.space(Space::State)
+                .rotate_memtable_and_wait()
+                .expect("flushes");
+            let blobs = disk.space(Space::State).blob_file_count();
+            assert_eq!(blobs > 0, separated, "{blobs} blob files");
+            drop(disk);
+            let disk = FjallDisk::open(dir.path(), &options).expect("reopens");
+            for i in 0..8u8 {
+                let value = disk.get(Space::State, &[b'l', i]).await.expect("reads");
+                assert_eq!(value.as_deref(), Some(&large(i)[..]));
+            }
+            let rows = disk
+                .scan(Space::State, b"l", Some(b"m"), usize::MAX)
+                .await
+                .expect("scans");
+            assert_eq!(rows.len(), 8);
+            assert!(
+                rows.iter()
+                    .all(|(key, value)| value[..] == large(key[1])[..])
+            );
+            let small = disk.get(Space::State, b"s\x03").await.expect("reads");
+            assert_eq!(small.as_deref(), Some(&[3u8; 10][..]));
+        }
     }
 }

@@ -20,7 +20,7 @@ mod net;
 mod secret;
 
 pub use clock::TokioClock;
-pub use disk::{FjallDisk, FjallOptions, FjallView};
+pub use disk::{FjallDisk, FjallOptions, FjallView, KV_SEPARATION_BYTES};
 pub use larder_transport::conformance::{TEST_SECRET, test_auth};
 pub use larder_transport::{ClusterAuth, ClusterKey};
 pub use listener::TokioListener;

@@ -1,6 +1,8 @@
 //! Kills a real writer process mid-write and checks what fjall recovered: every batch
 //! acknowledged with `sync` survives, batches are all-or-nothing, and what survives is a prefix
 //! of what was written (no holes), across several crash/recover rounds on the same directory.
+//! One key of each batch holds a value past the key-value separation threshold, so values kept
+//! in fjall's blob files go through the same crashes and must come back whole.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -18,6 +20,18 @@ fn batch_key(index: u64, part: usize) -> Vec<u8> {
     format!("batch/{index:010}/{part}").into_bytes()
 }
 
+/// The value of a batch's key `part`: the first is large enough for a blob file.
+fn batch_value(index: u64, part: usize) -> Vec<u8> {
+    if part == 0 {
+        let size = larder_real::KV_SEPARATION_BYTES as usize + 1024;
+        let mut value = vec![(index % 251) as u8; size];
+        value[..8].copy_from_slice(&index.to_be_bytes());
+        value
+    } else {
+        vec![0xab; 100]
+    }
+}
+
 /// The child process: writes numbered batches forever (every fourth synced) and prints
 /// `acked N` after each synced one returns. Ignored so that only the crash test runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +47,11 @@ async fn crash_child() {
     for index in start..start + 2_000_000 {
         let mut batch = WriteBatch::new();
         for part in 0..KEYS_PER_BATCH {
-            batch.put(Space::State, batch_key(index, part), vec![0xab; 100]);
+            batch.put(
+                Space::State,
+                batch_key(index, part),
+                batch_value(index, part),
+            );
         }
         let sync = index % 4 == 0;
         disk.write(batch, sync).await.expect("write");
@@ -90,9 +108,15 @@ async fn fjall_crash_keeps_every_synced_write() {
             .await
             .expect("scan");
         let mut parts: BTreeMap<u64, usize> = BTreeMap::new();
-        for (key, _) in &rows {
+        for (key, value) in &rows {
             let key = std::str::from_utf8(key).expect("utf8 key");
             let index: u64 = key[6..16].parse().expect("batch index");
+            let part: usize = key[17..].parse().expect("batch part");
+            assert!(
+                value[..] == batch_value(index, part)[..],
+                "round {round}: {key} came back with another value ({} bytes)",
+                value.len()
+            );
             *parts.entry(index).or_default() += 1;
         }
         for (index, count) in &parts {
