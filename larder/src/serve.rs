@@ -170,6 +170,7 @@ impl NodeArgs {
             heartbeat_ms: None,
             cluster_secret_file: self.cluster_secret_file.clone(),
             metrics_listen: self.metrics_listen,
+            lanes: None,
         };
         Ok((file, "the command line".to_string()))
     }
@@ -359,6 +360,10 @@ pub struct NodeFile {
     /// Serve this process's Prometheus metrics here (`GET /metrics`); not served if absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The four lanes client commands run in (`[lanes]`, any of `LaneConfig`'s fields; the
+    /// rest keep their defaults).
+    #[serde(default)]
+    pub lanes: Option<larder_storage::lanes::LaneConfig>,
 }
 
 /// How a node gets its groups.
@@ -850,7 +855,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
             },
             mode => mode,
         };
-        let config = match &mode {
+        let mut config = match &mode {
             NodeMode::Static { groups, .. } => NodeConfig::new(file.id, (1..=*groups).collect()),
             NodeMode::Center { advertise } => {
                 let mut config = NodeConfig::new(file.id, vec![]);
@@ -862,6 +867,9 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
                 config
             }
         };
+        if let Some(lanes) = &file.lanes {
+            config.lanes = lanes.clone();
+        }
         let disk_metrics = env.disk.metrics_registry(file.id);
         let node = StorageNode::start(env, config)
             .await
@@ -1326,6 +1334,17 @@ mod tests {
                 advertise: "127.0.0.1:7001".parse().expect("address")
             }
         );
+        // Lanes: a partial table keeps the other fields' defaults; an unknown one is refused.
+        assert_eq!(file.lanes, None);
+        let file: NodeFile =
+            parse(&format!("{node}[lanes]\nslow_read_bytes = 1000\n")).expect("lanes");
+        let lanes = file.lanes.expect("lanes parsed");
+        assert_eq!(lanes.slow_read_bytes, 1000);
+        assert_eq!(
+            lanes.slow_write_bytes,
+            larder_storage::lanes::LaneConfig::default().slow_write_bytes
+        );
+        assert!(parse::<NodeFile>(&format!("{node}[lanes]\nslow_reads = 1\n")).is_err());
         // Peers are optional in center mode: the center hands out the nodes' addresses.
         let no_peers = node.replace("peers = [{ id = 2, address = \"127.0.0.1:7002\" }]\n", "");
         let file: NodeFile = parse(&no_peers).expect("center-mode node without peers");

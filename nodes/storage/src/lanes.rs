@@ -78,7 +78,7 @@ impl Lane {
 
 /// The lanes' bounds and thresholds (part of [`crate::NodeConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LaneConfig {
     /// A read whose subject's last reply was at least this large (encoded bytes) is slow.
     pub slow_read_bytes: usize,
