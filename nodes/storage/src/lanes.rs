@@ -287,7 +287,7 @@ impl<C: Clock> Lanes<C> {
         if this.running < limit && this.queue.is_empty() {
             this.running += 1;
             this.admitted += 1;
-            return Admission::Running(Running { lanes: self, lane });
+            return Admission::Running(Running::new(self, lane));
         }
         if this.queue.len() >= queued_max {
             this.refused += 1;
@@ -397,11 +397,30 @@ pub enum Admission<'a, C: Clock> {
 pub struct Running<'a, C: Clock> {
     lanes: &'a Lanes<C>,
     lane: Lane,
+    /// When it got its place (the lanes' clock).
+    started: Duration,
 }
 
-impl<C: Clock> Running<'_, C> {
+impl<'a, C: Clock> Running<'a, C> {
+    fn new(lanes: &'a Lanes<C>, lane: Lane) -> Self {
+        Running {
+            lanes,
+            lane,
+            started: lanes.clock.now(),
+        }
+    }
+
     pub fn lane(&self) -> Lane {
         self.lane
+    }
+
+    /// Gives the place back once the command ran, after the pause [`Lanes::pause_after`] asks
+    /// for what it ran (none in a fast lane). Dropping it instead gives the place back at once.
+    pub async fn finish(self) {
+        let ran = self.lanes.clock.now().saturating_sub(self.started);
+        if let Some(pause) = self.lanes.pause_after(self.lane, ran) {
+            self.lanes.clock.sleep(pause).await;
+        }
     }
 }
 
@@ -436,10 +455,7 @@ impl<'a, C: Clock> Waiter<'a, C> {
             });
         }
         self.done = true;
-        Ok(Running {
-            lanes: self.lanes,
-            lane: self.lane,
-        })
+        Ok(Running::new(self.lanes, self.lane))
     }
 }
 
@@ -599,6 +615,35 @@ mod tests {
         assert!(lanes.pause_after(Lane::ReadSlow, ran).is_some());
         clock.advance_ms(20);
         assert_eq!(lanes.pause_after(Lane::ReadSlow, ran), None);
+    }
+
+    #[test]
+    fn finishing_a_slow_command_pauses_it_only_while_fast_ones_run() {
+        let (lanes, clock) = lanes();
+        let fast = lanes.enter(Lane::ReadFast).now_or_never().unwrap().unwrap();
+        let slow = lanes.enter(Lane::ReadSlow).now_or_never().unwrap().unwrap();
+        clock.advance_ms(10);
+        // The test clock never wakes a sleep: a pause shows as a finish that does not end.
+        let mut paused = Box::pin(slow.finish());
+        assert!((&mut paused).now_or_never().is_none());
+        assert_eq!(
+            figures(&lanes, Lane::ReadSlow).running,
+            1,
+            "held for the pause"
+        );
+        drop(paused);
+        assert_eq!(figures(&lanes, Lane::ReadSlow).running, 0);
+        // A fast command finishes at once, and so does a slow one once the window passed.
+        fast.finish()
+            .now_or_never()
+            .expect("no pause in a fast lane");
+        clock.advance_ms(20);
+        let slow = lanes.enter(Lane::ReadSlow).now_or_never().unwrap().unwrap();
+        clock.advance_ms(10);
+        slow.finish()
+            .now_or_never()
+            .expect("no pause while fast lanes are idle");
+        assert_eq!(figures(&lanes, Lane::ReadSlow).running, 0);
     }
 
     #[test]

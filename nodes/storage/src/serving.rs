@@ -91,7 +91,7 @@ impl<E: Env> StorageNode<E> {
             };
             // Queued before the entry is stamped: a write refused here was never proposed.
             let lane = self.lanes.classify_write(size);
-            let _running = match self.enter_lane(lane, limit).await {
+            let running = match self.enter_lane(lane, limit).await {
                 Ok(running) => running,
                 Err(refused) => return refused,
             };
@@ -115,7 +115,6 @@ impl<E: Env> StorageNode<E> {
                 self.wake(group, &handle.raft, true).await;
                 handle.raft.client_write(request).await
             };
-            let started = self.env.clock().now();
             let response = match timeout(self.env.clock(), limit, write).await {
                 Ok(Ok(response)) => {
                     self.entry_commands.observe(commands as f64);
@@ -134,10 +133,7 @@ impl<E: Env> StorageNode<E> {
                     reason: "write timed out on the leader".into(),
                 },
             };
-            let ran = self.env.clock().now().saturating_sub(started);
-            if let Some(pause) = self.lanes.pause_after(lane, ran) {
-                self.env.clock().sleep(pause).await;
-            }
+            running.finish().await;
             response
         } else {
             let stale_ok =
@@ -157,21 +153,17 @@ impl<E: Env> StorageNode<E> {
                     // The lane after the read index: the wait for the quorum costs no work,
                     // and a state read later than its read index is still linearizable.
                     let lane = self.lanes.classify_read(group, &command);
-                    let _running = match self.enter_lane(lane, limit).await {
+                    let running = match self.enter_lane(lane, limit).await {
                         Ok(running) => running,
                         Err(refused) => return refused,
                     };
-                    let started = self.env.clock().now();
                     let response = self
                         .read_applied_after_index(&handle, &command, limit)
                         .await;
                     if let ClientResponse::Reply(reply) = &response {
                         self.lanes.measured(group, &command, reply);
                     }
-                    let ran = self.env.clock().now().saturating_sub(started);
-                    if let Some(pause) = self.lanes.pause_after(lane, ran) {
-                        self.env.clock().sleep(pause).await;
-                    }
+                    running.finish().await;
                     response
                 }
                 Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
