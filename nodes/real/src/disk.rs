@@ -78,7 +78,8 @@ impl FjallDisk {
             db.keyspace(space.name(), || {
                 let options = KeyspaceCreateOptions::default();
                 match space {
-                    // Votes, marks and identity: small records read on every start.
+                    // Votes, marks and identity, read on every start, stay in the tree; so
+                    // do the snapshots kept here, each one record (not separated yet).
                     Space::Meta => options,
                     Space::Log | Space::State | Space::Elements => {
                         options.with_kv_separation(separation.clone())
