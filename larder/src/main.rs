@@ -25,6 +25,12 @@ use larder_sim::{SimConfig, check_determinism, run};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Every role of a process allocates per request (frames, replies, log entries) from many
+/// tasks on few threads; under that load glibc's malloc grew and trimmed its per-thread arenas
+/// (mprotect and page faults in the profile of `larder up` under redis-benchmark).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `print!` for the binary's output; see [`write_stdout`].
 macro_rules! out {
     ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), false) };

@@ -301,6 +301,10 @@ pub trait Disk: Clone + Send + Sync + 'static {
             }
             let start = log_key(group, from);
             let end = log_key(group, to);
+            // At most one row per index: a caller's "no limit" becomes the range's length, so
+            // an implementation that runs long scans elsewhere (a thread pool) keeps a short
+            // read of a few entries (every apply, every append sent) on the calling task.
+            let limit = limit.min(usize::try_from(to - from).unwrap_or(usize::MAX));
             let rows = self.scan(Space::Log, &start, Some(&end), limit).await?;
             rows.into_iter()
                 .map(|(key, value)| {

@@ -416,6 +416,13 @@ async fn write_frames<W: AsyncWrite + Send + Unpin>(
                 },
             }
         }
+        if first.is_some() && queues.small.is_empty() {
+            // One frame alone costs a whole send (on loopback the receiver's TCP work runs in
+            // the sender's call too). Let the tasks already woken run first: under load they
+            // queue their frames to this peer, and one send carries them all; idle, this costs
+            // one pass of the scheduler.
+            tokio::task::yield_now().await;
+        }
         let written = tokio::select! {
             biased;
             _ = closed.wait_for(|closed| *closed) => break,
