@@ -8,7 +8,8 @@
 //! GET/SET mix (two `redis-benchmark` processes at once, the clients split 9 to 1, so the mix
 //! is by clients, not by requests), and `--slow-lane`, GETs while two clients read a
 //! 10,000-element list whole (`LRANGE 0 -1`) over and over: how much a slow command delays
-//! fast ones.
+//! fast ones. Each test of a case runs alone, so it has a CPU figure: microseconds of the
+//! server process's CPU (user + system, every thread) per request.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -70,6 +71,10 @@ struct Measured {
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
+    /// CPU time the server's process spent per request while this test ran alone (user and
+    /// system, every thread; for Larder the whole cluster: centers, nodes and proxy). None
+    /// where tests ran together (the mix, the slow lane).
+    cpu_us_per_op: Option<f64>,
 }
 
 /// What one server answered over the whole run.
@@ -109,6 +114,17 @@ impl Load {
         }
     }
 
+    /// Its `-n`.
+    fn requests(&self) -> u64 {
+        self.args
+            .iter()
+            .position(|arg| arg == "-n")
+            .and_then(|at| self.args.get(at + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+            .max(1)
+    }
+
     fn tests(mut self, tests: &str) -> Load {
         self.args.extend(["-t".into(), tests.into()]);
         self
@@ -123,6 +139,46 @@ impl Load {
             .stderr(Stdio::piped());
         command
     }
+}
+
+/// Clock ticks of `/proc/<pid>/stat`'s CPU times: Linux fixes `USER_HZ` at 100 for that
+/// interface whatever the kernel's own tick.
+const USER_HZ: f64 = 100.0;
+
+/// CPU time (user + system, all threads) process `pid` has used, from `/proc`; None off
+/// Linux or once the process is gone.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are plain.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / USER_HZ)
+}
+
+/// Runs one redis-benchmark test per invocation (so each has its own CPU figure), measuring
+/// the CPU process `server` spends meanwhile.
+fn run_measured(
+    port: u16,
+    load: &Load,
+    tests: &str,
+    case: &str,
+    server: u32,
+    run: &mut ServerRun,
+) -> anyhow::Result<()> {
+    for test in tests.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let before = cpu_seconds(server);
+        let found = run.results.len();
+        run_benchmark(port, &load.clone().tests(test), case, run)?;
+        let after = cpu_seconds(server);
+        if let (Some(before), Some(after)) = (before, after) {
+            for result in &mut run.results[found..] {
+                result.cpu_us_per_op = Some((after - before) * 1e6 / load.requests() as f64);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs redis-benchmark to the end and reads what it printed.
@@ -163,6 +219,7 @@ fn parse_report(text: &str, case: &str) -> (Vec<Measured>, Vec<String>) {
                 p50_ms: 0.0,
                 p99_ms: 0.0,
                 p999_ms: 0.0,
+                cpu_us_per_op: None,
             });
             continue;
         }
@@ -300,8 +357,8 @@ fn last_overall_rps(progress: &str) -> Option<f64> {
     rate.is_finite().then_some(rate)
 }
 
-/// Every case of `args` against the server on `port`.
-fn run_all(server: &str, port: u16, args: &BenchArgs) -> anyhow::Result<ServerRun> {
+/// Every case of `args` against the server on `port`, whose process is `pid`.
+fn run_all(server: &str, port: u16, pid: u32, args: &BenchArgs) -> anyhow::Result<ServerRun> {
     let mut run = ServerRun {
         server: server.to_string(),
         ..ServerRun::default()
@@ -310,8 +367,8 @@ fn run_all(server: &str, port: u16, args: &BenchArgs) -> anyhow::Result<ServerRu
         for &pipeline in &args.pipeline {
             for &size in &args.data_size {
                 let case = format!("-c {clients} -P {pipeline} -d {size}");
-                let load = Load::new(args.requests, clients, pipeline, size).tests(&args.tests);
-                run_benchmark(port, &load, &case, &mut run)?;
+                let load = Load::new(args.requests, clients, pipeline, size);
+                run_measured(port, &load, &args.tests, &case, pid, &mut run)?;
             }
         }
     }
@@ -404,7 +461,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             args.groups
         );
     }
-    let larder = run_all("larder", port, &args);
+    // The cluster runs in this process: its CPU is this process's.
+    let larder = run_all("larder", port, std::process::id(), &args);
     let data = runtime.block_on(cluster.stop());
     drop(runtime);
     drop(data);
@@ -415,7 +473,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         let dir = tempfile::tempdir().context("temporary directory for redis-server")?;
         for (name, durable) in [("redis always", true), ("redis no-persist", false)] {
             let peer = start_redis(dir.path(), durable)?;
-            peers.push(run_all(name, peer.port, &args)?);
+            peers.push(run_all(name, peer.port, peer.child.id(), &args)?);
         }
     }
 
@@ -462,31 +520,34 @@ fn print_results(larder: &ServerRun, peers: &[ServerRun]) {
             outln!();
             outln!("{}", result.case);
             out!(
-                "  {:<6} {:>10} {:>8} {:>8} {:>8}",
+                "  {:<6} {:>10} {:>8} {:>8} {:>8} {:>7}",
                 "test",
                 "larder rps",
                 "p50 ms",
                 "p99 ms",
-                "p999 ms"
+                "p999 ms",
+                "cpu µs"
             );
             for peer in peers {
                 out!(
-                    " | {:>17} {:>6} {:>8} {:>8}",
+                    " | {:>17} {:>6} {:>8} {:>8} {:>7}",
                     peer.server,
                     "ratio",
                     "p50 ms",
-                    "p99 ms"
+                    "p99 ms",
+                    "cpu µs"
                 );
             }
             outln!();
         }
         out!(
-            "  {:<6} {:>10.0} {:>8.3} {:>8.3} {:>8.3}",
+            "  {:<6} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>7}",
             result.test,
             result.rps,
             result.p50_ms,
             result.p99_ms,
-            result.p999_ms
+            result.p999_ms,
+            cpu(result.cpu_us_per_op)
         );
         for peer in peers {
             match peer
@@ -495,17 +556,23 @@ fn print_results(larder: &ServerRun, peers: &[ServerRun]) {
                 .find(|r| r.case == result.case && r.test == result.test)
             {
                 Some(theirs) => out!(
-                    " | {:>17.0} {:>6.2} {:>8.3} {:>8.3}",
+                    " | {:>17.0} {:>6.2} {:>8.3} {:>8.3} {:>7}",
                     theirs.rps,
                     result.rps / theirs.rps,
                     theirs.p50_ms,
-                    theirs.p99_ms
+                    theirs.p99_ms,
+                    cpu(theirs.cpu_us_per_op)
                 ),
-                None => out!(" | {:>17} {:>6} {:>8} {:>8}", "-", "-", "-", "-"),
+                None => out!(" | {:>17} {:>6} {:>8} {:>8} {:>7}", "-", "-", "-", "-", "-"),
             }
         }
         outln!();
     }
+}
+
+/// A CPU figure for the table: whole microseconds, `-` where none was measured.
+fn cpu(us_per_op: Option<f64>) -> String {
+    us_per_op.map_or_else(|| "-".to_string(), |us| format!("{us:.0}"))
 }
 
 #[cfg(test)]
@@ -570,6 +637,21 @@ Summary:
         let get = &results[1];
         assert_eq!((get.test.as_str(), get.rps), ("GET", 20000.0));
         assert_eq!((get.p50_ms, get.p99_ms), (0.1, 0.5));
+    }
+
+    #[test]
+    fn this_process_has_a_cpu_time_and_a_load_knows_its_request_count() {
+        // Burn a little CPU so the figure is not 0 on a coarse tick.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let cpu = cpu_seconds(std::process::id()).expect("/proc/self/stat");
+        assert!(cpu > 0.0, "{cpu}");
+        assert_eq!(cpu_seconds(u32::MAX), None);
+        assert_eq!(Load::new(1234, 5, 1, 3).tests("set").requests(), 1234);
     }
 
     #[test]
