@@ -93,6 +93,8 @@ struct ServerRun {
 #[derive(Debug, Clone)]
 struct Load {
     args: Vec<String>,
+    /// Its `-n`, for the CPU per request.
+    requests: u64,
 }
 
 impl Load {
@@ -111,18 +113,8 @@ impl Load {
                 "-r".into(),
                 "100000".into(),
             ],
+            requests: requests.max(1),
         }
-    }
-
-    /// Its `-n`.
-    fn requests(&self) -> u64 {
-        self.args
-            .iter()
-            .position(|arg| arg == "-n")
-            .and_then(|at| self.args.get(at + 1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1)
-            .max(1)
     }
 
     fn tests(mut self, tests: &str) -> Load {
@@ -174,7 +166,7 @@ fn run_measured(
         let after = cpu_seconds(server);
         if let (Some(before), Some(after)) = (before, after) {
             for result in &mut run.results[found..] {
-                result.cpu_us_per_op = Some((after - before) * 1e6 / load.requests() as f64);
+                result.cpu_us_per_op = Some((after - before) * 1e6 / load.requests as f64);
             }
         }
     }
@@ -641,17 +633,22 @@ Summary:
 
     #[test]
     fn this_process_has_a_cpu_time_and_a_load_knows_its_request_count() {
-        // Burn a little CPU so the figure is not 0 on a coarse tick.
+        // Burn CPU until a tick (10 ms) is counted, not for a fixed wall time: a descheduled
+        // test would burn none. Bounded, so a figure that never moves fails below.
         let started = std::time::Instant::now();
         let mut x = 0u64;
-        while started.elapsed() < Duration::from_millis(30) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        while cpu_seconds(std::process::id()).is_some_and(|cpu| cpu == 0.0)
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
         }
         std::hint::black_box(x);
         let cpu = cpu_seconds(std::process::id()).expect("/proc/self/stat");
         assert!(cpu > 0.0, "{cpu}");
         assert_eq!(cpu_seconds(u32::MAX), None);
-        assert_eq!(Load::new(1234, 5, 1, 3).tests("set").requests(), 1234);
+        assert_eq!(Load::new(1234, 5, 1, 3).tests("set").requests, 1234);
     }
 
     #[test]
