@@ -87,22 +87,24 @@ pub fn serve(
     outln!("dashboard: http://{address}/");
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
-        if let Err(error) = answer(&mut stream, centers, limit, metrics) {
+        if let Err(error) = answer(&mut stream, centers, limit, metrics, REQUEST_TIMEOUT) {
             tracing::debug!(%error, "dashboard request");
         }
     }
     Ok(true)
 }
 
-/// Reads one request from `stream` and answers it.
+/// Reads one request from `stream` and answers it; a client slower than `timeout` to send its
+/// head or to take the answer is dropped with an error ([`REQUEST_TIMEOUT`] when serving).
 fn answer(
     stream: &mut TcpStream,
     centers: &Centers,
     limit: Duration,
     metrics: Option<SocketAddr>,
+    timeout: Duration,
 ) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let Some(head) = read_head(stream)? else {
         respond(
             stream,
@@ -312,7 +314,14 @@ mod tests {
             addresses: Vec::new(),
             key: larder_real::ClusterKey::from_secret(&[7; 32]).expect("key"),
         };
-        answer(&mut served, &centers, Duration::from_millis(10), None).expect("answered");
+        answer(
+            &mut served,
+            &centers,
+            Duration::from_millis(10),
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .expect("answered");
         drop(served);
         let mut reply = String::new();
         client.read_to_string(&mut reply).expect("reply");
@@ -331,6 +340,43 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', REQUEST_HEAD_MAX + 2048));
         assert_eq!(ask(&big), "HTTP/1.1 431 Request Header Fields Too Large");
+    }
+
+    /// A client that starts a request and goes quiet holds the one-at-a-time server for the
+    /// request timeout at most, then is dropped.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // Real sockets and real time: the server's own.
+    fn a_client_that_stalls_mid_head_is_dropped_at_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        client.write_all(b"GET / HT").expect("send");
+        let (mut served, _) = listener.accept().expect("accept");
+        let centers = Centers {
+            addresses: Vec::new(),
+            key: larder_real::ClusterKey::from_secret(&[7; 32]).expect("key"),
+        };
+        let timeout = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let result = answer(
+            &mut served,
+            &centers,
+            Duration::from_millis(10),
+            None,
+            timeout,
+        );
+        let waited = started.elapsed();
+        let error = result.expect_err("a stalled client is not answered");
+        assert!(
+            matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{error}"
+        );
+        assert!(waited >= timeout, "dropped before its time: {waited:?}");
+        assert!(waited < timeout * 10, "held the server for {waited:?}");
+        drop(client);
     }
 
     #[test]

@@ -53,8 +53,16 @@ struct Flight {
     next: Vec<oneshot::Sender<Turn>>,
 }
 
+/// Waiting reads a flight holds before it drops those whose clients went away (then again at
+/// every doubling): a client that reconnects and reads again and again during one slow fetch
+/// leaves a closed sender each time, and without pruning they would pile up until the fetch
+/// ends. Pruned at powers of two, the list stays under twice the live waiters plus this, at
+/// an amortized constant cost per read.
+const WAITING_PRUNE_FROM: usize = 64;
+
 /// The reads being fetched, by command. An entry lives while its fetch does, so the map holds
-/// at most one entry per reading connection.
+/// at most one entry per reading connection, and each entry's waiting list is bounded by the
+/// reads still waiting (see `WAITING_PRUNE_FROM`); connections are bounded by `maxclients`.
 #[derive(Debug, Default)]
 pub(crate) struct SharedReads {
     flights: Mutex<BTreeMap<Vec<u8>, Flight>>,
@@ -111,6 +119,10 @@ impl SharedReads {
                 }
                 Some(flight) => {
                     let (sender, receiver) = oneshot::channel();
+                    let len = flight.next.len();
+                    if len >= WAITING_PRUNE_FROM && len.is_power_of_two() {
+                        flight.next.retain(|waiting| !waiting.is_closed());
+                    }
                     flight.next.push(sender);
                     Some(Waiting {
                         reads: self,
@@ -360,6 +372,38 @@ mod tests {
             settle().await;
             bench.gate.notify_waiters();
             assert_eq!(late.await.expect("joins"), Ok(Reply::Int(2)));
+        }));
+    }
+
+    #[test]
+    fn reads_whose_clients_go_away_during_a_slow_fetch_do_not_pile_up() {
+        runtime().block_on(tokio::task::LocalSet::new().run_until(async {
+            let bench = Bench::new(None);
+            let first = bench.spawn("k");
+            settle().await;
+            // A client that reads, goes away and comes back, 500 times during one fetch.
+            for _ in 0..500 {
+                let read = bench.spawn("k");
+                settle().await;
+                read.abort();
+                let _ = read.await;
+            }
+            let waiting = bench.reads.flights.lock().unwrap()
+                [&postcard::to_stdvec(&get("k")).unwrap()]
+                .next
+                .len();
+            assert!(
+                waiting <= WAITING_PRUNE_FROM,
+                "{waiting} closed waiters kept"
+            );
+            let last = bench.spawn("k");
+            settle().await;
+            bench.gate.notify_waiters();
+            assert_eq!(first.await.expect("joins"), Ok(Reply::Int(1)));
+            settle().await;
+            bench.gate.notify_waiters();
+            assert_eq!(last.await.expect("joins"), Ok(Reply::Int(2)));
+            assert!(bench.reads.flights.lock().unwrap().is_empty());
         }));
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use larder_core::conformance::{EchoHandler, clock_suite, disk_suite, net_suite};
-use larder_core::env::{Disk, DiskError, Net, SeededRng, Space, WriteBatch};
+use larder_core::env::{Clock, Disk, DiskError, Net, SeededRng, Space, WriteBatch};
 use larder_sim::net::{NetFaults, host_name};
 use larder_sim::trace::Trace;
 use larder_sim::{SimClock, SimDisk, SimNet};
@@ -266,6 +266,58 @@ fn group_commit_disk_keeps_every_returned_synced_write_across_power_loss() {
         Ok(())
     });
     sim.run().expect("group commit durability");
+}
+
+/// The committer's queue is bounded: with the disk slower than the writers, at most
+/// `queue_max` synced writes wait in it and the rest wait for room before they queue. None is
+/// refused or lost: every one returns, in a round of its own or merged, and is durable.
+#[test]
+fn group_commit_disk_bounds_its_queue_and_loses_no_write_at_the_bound() {
+    use larder_core::bugs::Bugs;
+    use larder_storage::raft::group_commit::GroupCommitDisk;
+    let mut sim = sim();
+    sim.client("c", async {
+        let inner = SimDisk::new(7);
+        inner.set_latency(Duration::from_millis(5), Duration::from_millis(5));
+        let disk = GroupCommitDisk::with_queue_max(inner.clone(), Bugs::default(), 2);
+        let clock = SimClock::new();
+        let started = clock.now();
+        let writers: Vec<_> = (0..10u32)
+            .map(|i| {
+                let disk = disk.clone();
+                tokio::spawn(async move {
+                    let mut batch = WriteBatch::new();
+                    batch.put(Space::State, format!("k{i}").into_bytes(), vec![1]);
+                    disk.write(batch, true).await
+                })
+            })
+            .collect();
+        // Inside the first round's sync: the queue is full, eight writers wait for room.
+        clock.sleep(Duration::from_millis(1)).await;
+        assert_eq!(disk.queued(), 2, "the queue holds exactly its bound");
+        for writer in writers {
+            writer.await.expect("writer task").expect("synced write");
+        }
+        assert_eq!(disk.queued(), 0);
+        // Each round takes at most three writes (the committer's first and the two queued),
+        // so ten take at least four rounds of 5 ms; unbounded, two rounds would do.
+        assert!(
+            (clock.now() - started) >= Duration::from_millis(20),
+            "the bound limits what one round merges: {:?}",
+            (clock.now() - started)
+        );
+        inner.power_loss(&mut SeededRng::new(7));
+        for i in 0..10u32 {
+            let key = format!("k{i}");
+            let value = inner.get(Space::State, key.as_bytes()).await.expect("get");
+            assert!(
+                value.is_some(),
+                "synced write {key} returned but did not survive"
+            );
+        }
+        Ok(())
+    });
+    sim.run().expect("bounded group commit");
 }
 
 /// One write of the crash property: a batch of puts, synced or not.

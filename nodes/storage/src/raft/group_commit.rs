@@ -19,6 +19,12 @@ type Pending = (WriteBatch, oneshot::Sender<Result<(), DiskError>>);
 /// Bound on batches merged into one sync, so one huge round cannot starve the callers behind it.
 const MERGE_BATCHES_MAX: usize = 1024;
 
+/// Bound on synced writes waiting for the committer. Every caller waits for its own write, so
+/// a node queues at most one per task that syncs (a group's flush task, a vote, a snapshot
+/// write): a few per hosted group. Past the bound a caller waits for room before it queues:
+/// nothing is refused or lost, and the callers' memory stays bounded.
+pub const SYNC_QUEUE_MAX: usize = 4096;
+
 /// What the committer measures of its sync rounds (`larder_node_sync_…` metrics).
 #[derive(Clone, Debug)]
 pub struct SyncMetrics {
@@ -41,7 +47,8 @@ impl Default for SyncMetrics {
 #[derive(Clone)]
 pub struct GroupCommitDisk<D: Disk> {
     inner: D,
-    queue: mpsc::UnboundedSender<Pending>,
+    queue: mpsc::Sender<Pending>,
+    queue_max: usize,
     metrics: SyncMetrics,
 }
 
@@ -49,12 +56,22 @@ impl<D: Disk> GroupCommitDisk<D> {
     /// Wraps `inner` and starts the committer task on the current runtime. The task ends when
     /// the last clone of the returned disk is dropped. Rounds are counted but not timed.
     pub fn new(inner: D, bugs: Bugs) -> Self {
-        Self::start(inner, bugs, None::<NoClock>)
+        Self::start(inner, bugs, None::<NoClock>, SYNC_QUEUE_MAX)
+    }
+
+    /// [`GroupCommitDisk::new`] with at most `queue_max` synced writes waiting (at least one).
+    pub fn with_queue_max(inner: D, bugs: Bugs, queue_max: usize) -> Self {
+        Self::start(inner, bugs, None::<NoClock>, queue_max)
     }
 
     /// [`GroupCommitDisk::new`], timing each round's sync by `clock`.
     pub fn timed<C: Clock>(inner: D, bugs: Bugs, clock: C) -> Self {
-        Self::start(inner, bugs, Some(clock))
+        Self::start(inner, bugs, Some(clock), SYNC_QUEUE_MAX)
+    }
+
+    /// Synced writes queued for the committer and not yet taken into a round.
+    pub fn queued(&self) -> usize {
+        self.queue_max - self.queue.capacity()
     }
 
     /// What the committer measured so far.
@@ -62,8 +79,9 @@ impl<D: Disk> GroupCommitDisk<D> {
         &self.metrics
     }
 
-    fn start<C: Clock>(inner: D, bugs: Bugs, clock: Option<C>) -> Self {
-        let (queue, mut receiver) = mpsc::unbounded_channel::<Pending>();
+    fn start<C: Clock>(inner: D, bugs: Bugs, clock: Option<C>, queue_max: usize) -> Self {
+        let queue_max = queue_max.max(1);
+        let (queue, mut receiver) = mpsc::channel::<Pending>(queue_max);
         let disk = inner.clone();
         let metrics = SyncMetrics::default();
         let measured = metrics.clone();
@@ -101,6 +119,7 @@ impl<D: Disk> GroupCommitDisk<D> {
         GroupCommitDisk {
             inner,
             queue,
+            queue_max,
             metrics,
         }
     }
@@ -127,7 +146,11 @@ impl<D: Disk> Disk for GroupCommitDisk<D> {
         let stopped = || DiskError::Io {
             reason: "group commit task stopped".into(),
         };
-        self.queue.send((batch, done)).map_err(|_| stopped())?;
+        // A full queue makes the caller wait here for room (see `SYNC_QUEUE_MAX`).
+        self.queue
+            .send((batch, done))
+            .await
+            .map_err(|_| stopped())?;
         wait.await.map_err(|_| stopped())?
     }
 
