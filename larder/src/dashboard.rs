@@ -181,7 +181,7 @@ fn respond(
 
 /// The cluster as the page shows it.
 fn view(centers: &Centers, limit: Duration, metrics: Option<SocketAddr>) -> View {
-    let proxy = metrics.and_then(|address| match proxy_figures(address) {
+    let proxy = metrics.and_then(|address| match proxy_figures(address, REQUEST_TIMEOUT) {
         Ok(figures) => Some(figures),
         Err(error) => {
             tracing::debug!(%error, "reading the proxy's metrics");
@@ -224,12 +224,13 @@ fn view(centers: &Centers, limit: Duration, metrics: Option<SocketAddr>) -> View
     }
 }
 
-/// Reads the proxy's metrics page at `address` (`GET /metrics`).
+/// Reads the proxy's metrics page at `address` (`GET /metrics`): at most
+/// [`METRICS_BYTES_MAX`] of it, each step within `timeout` ([`REQUEST_TIMEOUT`] when serving).
 #[allow(clippy::disallowed_methods)] // A real client of a real endpoint.
-fn proxy_figures(address: SocketAddr) -> std::io::Result<ProxyFigures> {
-    let mut stream = TcpStream::connect_timeout(&address, REQUEST_TIMEOUT)?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+fn proxy_figures(address: SocketAddr, timeout: Duration) -> std::io::Result<ProxyFigures> {
+    let mut stream = TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: larder\r\nConnection: close\r\n\r\n")?;
     let mut page = Vec::new();
     stream
@@ -377,6 +378,45 @@ mod tests {
         assert!(waited >= timeout, "dropped before its time: {waited:?}");
         assert!(waited < timeout * 10, "held the server for {waited:?}");
         drop(client);
+    }
+
+    /// A metrics endpoint that never stops sending is read up to the cap, and one that never
+    /// answers is given up at the timeout: the dashboard's answer waits for neither.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // Real sockets and a real thread: the endpoint.
+    fn a_metrics_page_is_read_up_to_its_cap_and_its_timeout() {
+        const LINE: &[u8] = b"larder_proxy_commands_total{node=\"1001\",family=\"string\"} 1\n";
+        let endless = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = endless.local_addr().expect("address");
+        let sender = std::thread::spawn(move || {
+            let (mut stream, _) = endless.accept().expect("accept");
+            // Until the reader hangs up.
+            while stream.write_all(LINE).is_ok() {}
+        });
+        let figures = proxy_figures(address, REQUEST_TIMEOUT).expect("a capped page");
+        let whole_lines = (METRICS_BYTES_MAX / LINE.len()) as u64;
+        assert!(
+            (whole_lines - 1..=whole_lines).contains(&figures.commands),
+            "read {} lines of an endless page, the cap holds {whole_lines}",
+            figures.commands
+        );
+        sender.join().expect("sender");
+
+        let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = silent.local_addr().expect("address");
+        let timeout = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let error = proxy_figures(address, timeout).expect_err("no page from a silent endpoint");
+        let waited = started.elapsed();
+        assert!(
+            matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{error}"
+        );
+        assert!(waited >= timeout && waited < timeout * 10, "{waited:?}");
+        drop(silent);
     }
 
     #[test]

@@ -34,9 +34,18 @@ pub struct MetricsEndpoint {
 impl MetricsEndpoint {
     /// Listens on `listen` (port 0: any free port) and serves `scrape` until dropped.
     pub async fn start(listen: SocketAddr, scrape: Scrape) -> std::io::Result<Self> {
+        Self::start_timed(listen, scrape, REQUEST_TIMEOUT).await
+    }
+
+    /// [`MetricsEndpoint::start`], giving a client `request_timeout` to send its head.
+    async fn start_timed(
+        listen: SocketAddr,
+        scrape: Scrape,
+        request_timeout: Duration,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener, scrape));
+        let task = tokio::spawn(accept_loop(listener, scrape, request_timeout));
         Ok(MetricsEndpoint { address, task })
     }
 
@@ -52,7 +61,7 @@ impl Drop for MetricsEndpoint {
     }
 }
 
-async fn accept_loop(listener: TcpListener, scrape: Scrape) {
+async fn accept_loop(listener: TcpListener, scrape: Scrape, request_timeout: Duration) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let stream = match listener.accept().await {
@@ -68,7 +77,7 @@ async fn accept_loop(listener: TcpListener, scrape: Scrape) {
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
                 tokio::spawn(async move {
-                    serve(stream, &scrape).await;
+                    serve(stream, &scrape, request_timeout).await;
                     drop(slot);
                 });
             }
@@ -88,9 +97,9 @@ async fn accept_loop(listener: TcpListener, scrape: Scrape) {
     }
 }
 
-/// Reads one request head and answers it.
-async fn serve(mut stream: TcpStream, scrape: &Scrape) {
-    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+/// Reads one request head (within `request_timeout`) and answers it.
+async fn serve(mut stream: TcpStream, scrape: &Scrape, request_timeout: Duration) {
+    let head = match tokio::time::timeout(request_timeout, read_head(&mut stream)).await {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => {
             let body = format!("request head over {REQUEST_HEAD_MAX} bytes\n");
@@ -220,6 +229,29 @@ mod tests {
         huge.extend_from_slice(b"\r\n\r\n");
         let refused = get(address, &huge).await;
         assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
+    }
+
+    /// A client that connects and never finishes its head is closed at the request timeout,
+    /// and gives its slot back.
+    #[tokio::test]
+    async fn a_client_silent_past_the_timeout_is_closed() {
+        let (scrape, _) = scrape_with_counter();
+        let timeout = Duration::from_millis(200);
+        let endpoint =
+            MetricsEndpoint::start_timed("127.0.0.1:0".parse().unwrap(), scrape, timeout)
+                .await
+                .expect("starts");
+        let mut silent = TcpStream::connect(endpoint.address())
+            .await
+            .expect("connects");
+        silent.write_all(b"GET /metr").await.expect("sends");
+        let started = std::time::Instant::now();
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(timeout * 25, silent.read_to_end(&mut reply)).await;
+        let waited = started.elapsed();
+        assert!(read.is_ok(), "still open after {waited:?}");
+        assert!(reply.is_empty(), "answered a half head: {reply:?}");
+        assert!(waited >= timeout / 2, "closed before its time: {waited:?}");
     }
 
     #[tokio::test]
