@@ -27,17 +27,77 @@ pub struct Elapsed;
 /// Runs `future` until it completes or `duration` of `clock` time passes.
 ///
 /// When both are ready in the same poll the future wins (`biased`), so the outcome does not
-/// depend on a random branch choice.
+/// depend on a random branch choice. A future ready at its first poll (a socket write with room
+/// in the buffer, most of the proxy's reply writes) returns without the timer ever being made:
+/// a timer is a clock read and a timer-wheel entry, a measured 2 % of a GET's CPU.
 pub async fn timeout<C: Clock, F: Future>(
     clock: &C,
     duration: Duration,
     future: F,
 ) -> Result<F::Output, Elapsed> {
+    let mut future = std::pin::pin!(future);
+    if let std::task::Poll::Ready(output) = futures::poll!(future.as_mut()) {
+        return Ok(output);
+    }
     let sleep = clock.sleep(duration).fuse();
     let future = future.fuse();
     futures::pin_mut!(sleep, future);
     futures::select_biased! {
         output = future => Ok(output),
         () = sleep => Err(Elapsed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clock whose timers must never be made.
+    #[derive(Clone)]
+    struct NoTimers;
+
+    impl Clock for NoTimers {
+        fn now(&self) -> Duration {
+            Duration::ZERO
+        }
+        fn wall_ms(&self) -> u64 {
+            0
+        }
+        fn sleep(&self, _: Duration) -> impl Future<Output = ()> + Send + 'static {
+            panic!("a timer was made for a future that was ready");
+            #[allow(unreachable_code)]
+            std::future::ready(())
+        }
+    }
+
+    /// A clock whose timers have all expired.
+    #[derive(Clone)]
+    struct Expired;
+
+    impl Clock for Expired {
+        fn now(&self) -> Duration {
+            Duration::ZERO
+        }
+        fn wall_ms(&self) -> u64 {
+            0
+        }
+        fn sleep(&self, _: Duration) -> impl Future<Output = ()> + Send + 'static {
+            std::future::ready(())
+        }
+    }
+
+    #[test]
+    fn a_ready_future_needs_no_timer_and_a_pending_one_meets_its_deadline() {
+        let ready = futures::executor::block_on(timeout(&NoTimers, Duration::ZERO, async { 7 }));
+        assert_eq!(ready, Ok(7));
+        let pending = futures::executor::block_on(timeout(
+            &Expired,
+            Duration::ZERO,
+            std::future::pending::<()>(),
+        ));
+        assert_eq!(pending, Err(Elapsed));
+        // Both ready: the future wins.
+        let both = futures::executor::block_on(timeout(&Expired, Duration::ZERO, async { 1 }));
+        assert_eq!(both, Ok(1));
     }
 }
