@@ -52,11 +52,12 @@ pub async fn timeout<C: Clock, F: Future>(
 mod tests {
     use super::*;
 
-    /// A clock whose timers must never be made.
+    /// A clock whose timers have all expired (`Timers(true)`) or must never be made
+    /// (`Timers(false)`).
     #[derive(Clone)]
-    struct NoTimers;
+    struct Timers(bool);
 
-    impl Clock for NoTimers {
+    impl Clock for Timers {
         fn now(&self) -> Duration {
             Duration::ZERO
         }
@@ -64,40 +65,24 @@ mod tests {
             0
         }
         fn sleep(&self, _: Duration) -> impl Future<Output = ()> + Send + 'static {
-            panic!("a timer was made for a future that was ready");
-            #[allow(unreachable_code)]
-            std::future::ready(())
-        }
-    }
-
-    /// A clock whose timers have all expired.
-    #[derive(Clone)]
-    struct Expired;
-
-    impl Clock for Expired {
-        fn now(&self) -> Duration {
-            Duration::ZERO
-        }
-        fn wall_ms(&self) -> u64 {
-            0
-        }
-        fn sleep(&self, _: Duration) -> impl Future<Output = ()> + Send + 'static {
+            assert!(self.0, "a timer was made for a future that was ready");
             std::future::ready(())
         }
     }
 
     #[test]
     fn a_ready_future_needs_no_timer_and_a_pending_one_meets_its_deadline() {
-        let ready = futures::executor::block_on(timeout(&NoTimers, Duration::ZERO, async { 7 }));
+        let ready =
+            futures::executor::block_on(timeout(&Timers(false), Duration::ZERO, async { 7 }));
         assert_eq!(ready, Ok(7));
         let pending = futures::executor::block_on(timeout(
-            &Expired,
+            &Timers(true),
             Duration::ZERO,
             std::future::pending::<()>(),
         ));
         assert_eq!(pending, Err(Elapsed));
         // Both ready: the future wins.
-        let both = futures::executor::block_on(timeout(&Expired, Duration::ZERO, async { 1 }));
+        let both = futures::executor::block_on(timeout(&Timers(true), Duration::ZERO, async { 1 }));
         assert_eq!(both, Ok(1));
     }
 }
