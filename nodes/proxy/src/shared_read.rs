@@ -56,8 +56,8 @@ struct Flight {
 /// Waiting reads a flight holds before it drops those whose clients went away (then again at
 /// every doubling): a client that reconnects and reads again and again during one slow fetch
 /// leaves a closed sender each time, and without pruning they would pile up until the fetch
-/// ends. Pruned at powers of two, the list stays under twice the live waiters plus this, at
-/// an amortized constant cost per read.
+/// ends. Pruned at powers of two, the list stays under twice the larger of this and the reads
+/// still waiting, at an amortized constant cost per read.
 const WAITING_PRUNE_FROM: usize = 64;
 
 /// The reads being fetched, by command. An entry lives while its fetch does, so the map holds
