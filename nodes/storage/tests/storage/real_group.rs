@@ -310,3 +310,76 @@ fn values_over_the_old_message_limit_replicate_and_reach_a_follower_by_snapshot(
     }
     client_runtime.shutdown_timeout(Duration::from_secs(1));
 }
+
+/// Followers learn a commit from the replication stream, not only from heartbeats: after a lone
+/// write, with heartbeats (which also carry the commit) ten seconds apart, every follower
+/// applies it within a fraction of a second. A change that delays commit-only appends (to let
+/// the next append carry the commit) must keep that delay bounded, or an idle group's
+/// followers would lag until the next heartbeat.
+// A test on the real environment: real time for its wait.
+#[allow(clippy::disallowed_methods)]
+#[test]
+fn a_lone_write_reaches_every_follower_without_waiting_for_a_heartbeat() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let book = AddressBook::new();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let nodes: Vec<RunningNode> = (0..3)
+        .map(|i| {
+            let mut config = NodeConfig::new(i as NodeId + 1, vec![GROUP]);
+            config.heartbeat_ms = 10_000;
+            config.election_timeout_ms_min = 40_000;
+            config.election_timeout_ms_max = 60_000;
+            start_node_with(dirs[i].path(), any, &book, config)
+        })
+        .collect();
+    let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+    nodes[0]
+        .runtime
+        .block_on(async {
+            nodes[0].node.initialize(GROUP, &voters).await?;
+            // Not the 40 s election timeout: elect node 1 now.
+            let raft = nodes[0].node.raft(GROUP)?;
+            let _ = raft.trigger().elect(false).await;
+            Ok::<_, larder_storage::NodeError>(())
+        })
+        .expect("initialize");
+    let client_runtime = tokio::runtime::Runtime::new().expect("client runtime");
+    client_runtime.block_on(async {
+        let mut client = group_client(&book);
+        assert_eq!(
+            client.execute(Command::set("a", "1")).await.expect("set"),
+            Reply::Ok
+        );
+    });
+    let leader = nodes
+        .iter()
+        .find(|n| n.node.is_leader(GROUP))
+        .expect("a leader");
+    let applied = leader
+        .node
+        .applied_index(GROUP)
+        .expect("applied on the leader");
+    let started = std::time::Instant::now();
+    loop {
+        let behind: Vec<Option<u64>> = nodes
+            .iter()
+            .map(|n| n.node.applied_index(GROUP))
+            .filter(|index| index.is_none_or(|index| index < applied))
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "followers still behind {applied} after {:?}: {behind:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for running in nodes {
+        running.runtime.block_on(running.node.shutdown());
+        drop(running.node);
+        running.runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+    client_runtime.shutdown_timeout(Duration::from_secs(1));
+}
