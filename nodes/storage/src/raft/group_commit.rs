@@ -48,7 +48,6 @@ impl Default for SyncMetrics {
 pub struct GroupCommitDisk<D: Disk> {
     inner: D,
     queue: mpsc::Sender<Pending>,
-    queue_max: usize,
     metrics: SyncMetrics,
 }
 
@@ -71,7 +70,7 @@ impl<D: Disk> GroupCommitDisk<D> {
 
     /// Synced writes queued for the committer and not yet taken into a round.
     pub fn queued(&self) -> usize {
-        self.queue_max - self.queue.capacity()
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     /// What the committer measured so far.
@@ -119,7 +118,6 @@ impl<D: Disk> GroupCommitDisk<D> {
         GroupCommitDisk {
             inner,
             queue,
-            queue_max,
             metrics,
         }
     }
