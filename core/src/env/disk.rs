@@ -160,6 +160,10 @@ pub trait DiskView: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(Bytes, Bytes)>, DiskError>> + Send;
 }
 
+/// A disk's synced write as a blocking call ([`Disk::blocking_sync_writer`]): applies the batch
+/// atomically and returns once it and every earlier write are durable.
+pub type BlockingSyncWriter = Box<dyn FnMut(WriteBatch) -> Result<(), DiskError> + Send>;
+
 /// A node's storage engine.
 ///
 /// Contract (checked by [`crate::conformance::disk_suite`]; crash rules by each
@@ -188,6 +192,16 @@ pub trait Disk: Clone + Send + Sync + 'static {
         batch: WriteBatch,
         sync: bool,
     ) -> impl Future<Output = Result<(), DiskError>> + Send;
+
+    /// [`Disk::write`] with `sync`, as a call that blocks the calling thread, for a disk that
+    /// has real threads to block (the real one). The node's group committer then runs its
+    /// rounds on a thread of its own and syncs there directly: two thread hand-offs fewer per
+    /// sync than a task that hands each sync to a blocking pool and waits to be woken. `None`,
+    /// the default and the simulated disk's answer: the committer is a task that awaits
+    /// [`Disk::write`], which is what keeps a simulation on one thread.
+    fn blocking_sync_writer(&self) -> Option<BlockingSyncWriter> {
+        None
+    }
 
     /// The current value of `key` in `space`, including unsynced writes.
     fn get(

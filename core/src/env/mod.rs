@@ -16,7 +16,8 @@ mod sealed;
 
 pub use clock::{Clock, Elapsed, timeout};
 pub use disk::{
-    Disk, DiskError, DiskView, Space, WriteBatch, WriteOp, log_key, log_key_index, vote_key,
+    BlockingSyncWriter, Disk, DiskError, DiskView, Space, WriteBatch, WriteOp, log_key,
+    log_key_index, vote_key,
 };
 pub use listener::Listener;
 pub use net::{

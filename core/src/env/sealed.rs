@@ -15,7 +15,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;
 
-use super::disk::{Disk, DiskError, DiskView, Space, WriteBatch, WriteOp};
+use super::disk::{BlockingSyncWriter, Disk, DiskError, DiskView, Space, WriteBatch, WriteOp};
 use crate::bugs::{Bug, Bugs};
 
 /// Bytes a seal adds to every value.
@@ -60,6 +60,22 @@ pub fn unseal(space: Space, key: &[u8], stored: Bytes) -> Result<Bytes, DiskErro
         )));
     }
     Ok(body)
+}
+
+/// `batch` with every value it puts sealed.
+fn seal_batch(batch: WriteBatch) -> WriteBatch {
+    let ops = batch
+        .ops
+        .into_iter()
+        .map(|op| match op {
+            WriteOp::Put { space, key, value } => {
+                let value = seal(space, &key, &value);
+                WriteOp::Put { space, key, value }
+            }
+            delete => delete,
+        })
+        .collect();
+    WriteBatch { ops }
 }
 
 /// A key for an error message: printable bytes as they are, the rest escaped, at most 64.
@@ -176,18 +192,12 @@ impl<D: Disk> Disk for Sealed<D> {
     }
 
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), DiskError> {
-        let ops = batch
-            .ops
-            .into_iter()
-            .map(|op| match op {
-                WriteOp::Put { space, key, value } => {
-                    let value = seal(space, &key, &value);
-                    WriteOp::Put { space, key, value }
-                }
-                delete => delete,
-            })
-            .collect();
-        self.inner.write(WriteBatch { ops }, sync).await
+        self.inner.write(seal_batch(batch), sync).await
+    }
+
+    fn blocking_sync_writer(&self) -> Option<BlockingSyncWriter> {
+        let mut inner = self.inner.blocking_sync_writer()?;
+        Some(Box::new(move |batch| inner(seal_batch(batch))))
     }
 
     async fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>, DiskError> {

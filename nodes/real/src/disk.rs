@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
-use larder_core::env::{Disk, DiskError, DiskView, Space, WriteBatch, WriteOp};
+use larder_core::env::{BlockingSyncWriter, Disk, DiskError, DiskView, Space, WriteBatch, WriteOp};
 
 /// Settings of the fjall engine behind a [`FjallDisk`].
 #[derive(Debug, Clone)]
@@ -229,6 +229,11 @@ impl Disk for FjallDisk {
         task.await.map_err(|e| DiskError::Io {
             reason: format!("sync task failed: {e}"),
         })?
+    }
+
+    fn blocking_sync_writer(&self) -> Option<BlockingSyncWriter> {
+        let disk = self.clone();
+        Some(Box::new(move |batch| disk.write_blocking(batch, true)))
     }
 
     async fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>, DiskError> {

@@ -3,13 +3,14 @@
 //! A node hosts many Raft groups, and each group's log append must be durable before it is
 //! acknowledged. Syncing each append on its own caps a node at roughly one append per fsync
 //! (~0.2 ms here, DESIGN.md). [`GroupCommitDisk`] funnels every synced write of the node through
-//! one committer task: while one sync runs, the next writes queue up, and the committer writes
-//! them all as one batch with one sync. Unsynced writes (state-machine applies, purges) pass
-//! straight through.
+//! one committer: while one sync runs, the next writes queue up, and the committer writes them
+//! all as one batch with one sync. Unsynced writes (state-machine applies, purges) pass straight
+//! through. Over the real disk the committer is a thread that syncs on itself
+//! ([`Disk::blocking_sync_writer`]); over the simulated one, a task.
 
 use bytes::Bytes;
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Clock, Disk, DiskError, Space, WriteBatch};
+use larder_core::env::{BlockingSyncWriter, Clock, Disk, DiskError, Space, WriteBatch};
 use larder_core::metrics::{batch_histogram, latency_histogram};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
@@ -52,8 +53,9 @@ pub struct GroupCommitDisk<D: Disk> {
 }
 
 impl<D: Disk> GroupCommitDisk<D> {
-    /// Wraps `inner` and starts the committer task on the current runtime. The task ends when
-    /// the last clone of the returned disk is dropped. Rounds are counted but not timed.
+    /// Wraps `inner` and starts the committer: a thread if `inner` has a blocking synced write,
+    /// else a task on the current runtime. It ends when the last clone of the returned disk is
+    /// dropped. Rounds are counted but not timed.
     pub fn new(inner: D, bugs: Bugs) -> Self {
         Self::start(inner, bugs, None::<NoClock>, SYNC_QUEUE_MAX)
     }
@@ -80,41 +82,21 @@ impl<D: Disk> GroupCommitDisk<D> {
 
     fn start<C: Clock>(inner: D, bugs: Bugs, clock: Option<C>, queue_max: usize) -> Self {
         let queue_max = queue_max.max(1);
-        let (queue, mut receiver) = mpsc::channel::<Pending>(queue_max);
-        let disk = inner.clone();
+        let (queue, receiver) = mpsc::channel::<Pending>(queue_max);
         let metrics = SyncMetrics::default();
-        let measured = metrics.clone();
-        tokio::spawn(async move {
-            while let Some(first) = receiver.recv().await {
-                let mut round = vec![first];
-                while round.len() < MERGE_BATCHES_MAX {
-                    match receiver.try_recv() {
-                        Ok(next) => round.push(next),
-                        Err(_) => break,
-                    }
-                }
-                // One atomic batch is at least as strong as the separate ones it replaces: a
-                // crash keeps all of them or none.
-                let mut merged = WriteBatch::new();
-                for (batch, _) in &mut round {
-                    merged.ops.append(&mut batch.ops);
-                }
-                measured.writes.observe(round.len() as f64);
-                let started = clock.as_ref().map(Clock::now);
-                let mut result = disk.write(merged, true).await;
-                if let (Some(clock), Some(started)) = (&clock, started) {
-                    measured
-                        .seconds
-                        .observe(clock.now().saturating_sub(started).as_secs_f64());
-                }
-                if bugs.is_planted(Bug::IgnoredSyncError) {
-                    result = Ok(());
-                }
-                for (_, done) in round {
-                    let _ = done.send(result.clone());
-                }
+        let committer = Committer {
+            receiver,
+            bugs,
+            clock,
+            metrics: metrics.clone(),
+        };
+        match inner.blocking_sync_writer() {
+            Some(writer) => committer.spawn_thread(writer),
+            None => {
+                let disk = inner.clone();
+                tokio::spawn(committer.run(disk));
             }
-        });
+        }
         GroupCommitDisk {
             inner,
             queue,
@@ -183,6 +165,99 @@ impl<D: Disk> Disk for GroupCommitDisk<D> {
         end: &[u8],
     ) -> Result<Option<(Bytes, Bytes)>, DiskError> {
         self.inner.last(space, start, end).await
+    }
+}
+
+/// The committer: takes every synced write queued since its last round, writes them as one
+/// batch with one sync, and answers each caller. It ends when every sender is gone.
+struct Committer<C> {
+    receiver: mpsc::Receiver<Pending>,
+    bugs: Bugs,
+    clock: Option<C>,
+    metrics: SyncMetrics,
+}
+
+impl<C: Clock> Committer<C> {
+    /// As a task, awaiting the disk's synced write (the simulated disk, and any disk without a
+    /// blocking writer).
+    async fn run<D: Disk>(mut self, disk: D) {
+        while let Some(first) = self.receiver.recv().await {
+            let (merged, round) = self.round(first);
+            let started = self.clock.as_ref().map(Clock::now);
+            let result = disk.write(merged, true).await;
+            self.answer(started, result, round);
+        }
+    }
+
+    /// On a thread of its own, syncing on it (the real disk: [`Disk::blocking_sync_writer`]).
+    /// A caller's write then reaches the sync and its answer the caller in one hand-off each
+    /// way; a task that hands the sync to tokio's blocking pool takes two each way.
+    fn spawn_thread(mut self, mut writer: BlockingSyncWriter) {
+        // Only a disk with real threads hands out a blocking writer (`nodes/real`): the
+        // simulated one never does, so a simulation never reaches this.
+        #[allow(clippy::disallowed_methods)]
+        let spawned = std::thread::Builder::new()
+            .name("larder-sync".into())
+            .spawn(move || {
+                while let Some(first) = self.receiver.blocking_recv() {
+                    let (merged, round) = self.round(first);
+                    let started = self.clock.as_ref().map(Clock::now);
+                    let result = writer(merged);
+                    self.answer(started, result, round);
+                }
+            });
+        if let Err(error) = spawned {
+            // The committer (and its receiver) is gone: every synced write of the node fails
+            // with "group commit task stopped", and its groups stop, rather than go unsynced.
+            tracing::error!(%error, "cannot start the group committer's thread");
+        }
+    }
+
+    /// `first` and every write queued behind it (up to [`MERGE_BATCHES_MAX`]), merged into one
+    /// batch, and their callers.
+    fn round(
+        &mut self,
+        first: Pending,
+    ) -> (WriteBatch, Vec<oneshot::Sender<Result<(), DiskError>>>) {
+        let mut round = vec![first];
+        while round.len() < MERGE_BATCHES_MAX {
+            match self.receiver.try_recv() {
+                Ok(next) => round.push(next),
+                Err(_) => break,
+            }
+        }
+        self.metrics.writes.observe(round.len() as f64);
+        // One atomic batch is at least as strong as the separate ones it replaces: a crash
+        // keeps all of them or none.
+        let mut merged = WriteBatch::new();
+        let callers = round
+            .into_iter()
+            .map(|(mut batch, done)| {
+                merged.ops.append(&mut batch.ops);
+                done
+            })
+            .collect();
+        (merged, callers)
+    }
+
+    /// Times the round's sync (begun at `started`) and gives every caller its result.
+    fn answer(
+        &self,
+        started: Option<std::time::Duration>,
+        mut result: Result<(), DiskError>,
+        callers: Vec<oneshot::Sender<Result<(), DiskError>>>,
+    ) {
+        if let (Some(clock), Some(started)) = (&self.clock, started) {
+            self.metrics
+                .seconds
+                .observe(clock.now().saturating_sub(started).as_secs_f64());
+        }
+        if self.bugs.is_planted(Bug::IgnoredSyncError) {
+            result = Ok(());
+        }
+        for done in callers {
+            let _ = done.send(result.clone());
+        }
     }
 }
 
