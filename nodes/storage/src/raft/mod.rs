@@ -13,6 +13,7 @@ pub mod log_store;
 pub mod network;
 mod rows;
 pub mod runtime;
+mod sessions;
 pub mod state_machine;
 pub mod wire;
 

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use larder_protocol::{SlotPage, SlotRead};
 
 use super::rows::{self, Header, Row};
+use super::sessions::SessionTable;
 use super::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, decode, encode,
 };
@@ -197,7 +198,7 @@ pub struct DiskStateMachine<D: Disk> {
     points: FaultPoints,
     sessions_max: usize,
     applied: Arc<Mutex<AppliedState>>,
-    sessions: Arc<Mutex<BTreeMap<u64, SessionEntry>>>,
+    sessions: Arc<Mutex<SessionTable>>,
     /// Serialises apply, snapshot build and install, so a snapshot's rows match its metadata.
     exclusive: Arc<futures::lock::Mutex<()>>,
     /// Reads hold it shared while they read the group clock and their keys (one `get` per key,
@@ -421,7 +422,7 @@ impl<D: Disk> DiskStateMachine<D> {
             Some(bytes) => decode(&bytes)?,
             None => AppliedState::default(),
         };
-        let mut sessions = BTreeMap::new();
+        let mut sessions = SessionTable::default();
         let prefix = session_prefix(group);
         for (key, value) in disk
             .scan(Space::Meta, &prefix, Some(&session_end(group)), usize::MAX)
@@ -1388,7 +1389,7 @@ impl<D: Disk> DiskStateMachine<D> {
             return SessionVerdict::Apply;
         }
         let sessions = self.sessions.lock().expect("sessions lock");
-        let Some(entry) = sessions.get(&session.session) else {
+        let Some(entry) = sessions.get(session.session) else {
             // Ids come only from registrations, and a registered session leaves the table
             // only by eviction: this one was forgotten, and this may be a late copy of a
             // write it already applied.
@@ -1425,16 +1426,10 @@ impl<D: Disk> DiskStateMachine<D> {
             encode(&entry),
         );
         sessions.insert(session.session, entry);
-        if sessions.len() > self.sessions_max {
-            // Ties on time break by id: every replica evicts the same session.
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(id, entry)| (entry.last_ms, **id))
-                .map(|(id, _)| *id);
-            if let Some(oldest) = oldest {
-                sessions.remove(&oldest);
-                batch.delete(Space::Meta, session_key(self.group, oldest));
-            }
+        if sessions.len() > self.sessions_max
+            && let Some(oldest) = sessions.evict_oldest()
+        {
+            batch.delete(Space::Meta, session_key(self.group, oldest));
         }
     }
 
