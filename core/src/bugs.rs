@@ -50,6 +50,10 @@ pub enum Bug {
     /// Client retries: a write that timed out is retried under a new sequence number, so the
     /// group cannot recognise it as a duplicate.
     RetryWithNewSequence,
+    /// Client sessions: a session a closed connection leaves to the next (`SessionPool`) is
+    /// handed on one sequence number back, so the next owner's first write repeats the last
+    /// one's number and the group answers it with that write's reply, without applying it.
+    PooledSessionRepeatsSequence,
     /// Center repair: a node stops being declared down once it was ever heard from, so a dead
     /// replica is never replaced.
     DeadNodeStaysUp,
@@ -114,7 +118,7 @@ pub enum Bug {
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 27] = [
+    pub const ALL: [Bug; 28] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -126,6 +130,7 @@ impl Bug {
         Bug::IndeterminateAsUnavailable,
         Bug::ProxyTryAgainOnIndeterminate,
         Bug::RetryWithNewSequence,
+        Bug::PooledSessionRepeatsSequence,
         Bug::DeadNodeStaysUp,
         Bug::TtlLocalClockRead,
         Bug::TornMultiKeyRead,
@@ -158,6 +163,7 @@ impl Bug {
             Bug::IndeterminateAsUnavailable => "indeterminate-as-unavailable",
             Bug::ProxyTryAgainOnIndeterminate => "proxy-tryagain-on-indeterminate",
             Bug::RetryWithNewSequence => "retry-with-new-sequence",
+            Bug::PooledSessionRepeatsSequence => "pooled-session-repeats-sequence",
             Bug::DeadNodeStaysUp => "dead-node-stays-up",
             Bug::TtlLocalClockRead => "ttl-local-clock-read",
             Bug::TornMultiKeyRead => "torn-multi-key-read",

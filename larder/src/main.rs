@@ -234,6 +234,11 @@ struct SimArgs {
     /// proxy runs them together), as a multiplexing client library does.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
     pipelined: u64,
+    /// With --cluster and one process per connection: each client reconnects to its proxy
+    /// after this many requests (0: only after a failure), so closed connections' sessions
+    /// pass to new ones under faults.
+    #[arg(long, default_value_t = 0)]
+    reconnect_every: u64,
     /// Write each seed's HTML report, JSON summary and history.jsonl here, and an index page.
     #[arg(long)]
     report_dir: Option<std::path::PathBuf>,
@@ -317,6 +322,9 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if args.pipelined > 1 {
         command.push_str(&format!(" --pipelined {}", args.pipelined));
     }
+    if args.reconnect_every > 0 {
+        command.push_str(&format!(" --reconnect-every {}", args.reconnect_every));
+    }
     if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
         command.push_str(&format!(" --tick-ms {}", args.tick_ms));
     }
@@ -368,6 +376,7 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     config.faults = !args.no_faults;
     config.swarm = args.swarm;
     config.pipelined = args.pipelined;
+    config.reconnect_every = args.reconnect_every;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
     config.rate = args.rate;
     config.clients = match (args.clients, args.rate) {

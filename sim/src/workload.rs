@@ -117,12 +117,16 @@ impl Executor for Sdk<ClusterClient<SimNet, SimClock>> {
     }
 }
 
-/// A Redis client of one proxy over simulated TCP: one connection, reopened after a failure,
-/// one request at a time.
+/// A Redis client of one proxy over simulated TCP: one connection, reopened after a failure
+/// (and, if asked, every few requests), one request at a time.
 pub struct RespClient {
     proxy: String,
     stream: Option<turmoil::net::TcpStream>,
     buffer: Vec<u8>,
+    /// Requests after which the connection is closed and a new one opened (0: never).
+    reconnect_every: u64,
+    /// Requests sent on the current connection.
+    sent: u64,
 }
 
 impl RespClient {
@@ -131,7 +135,16 @@ impl RespClient {
             proxy: crate::net::host_name(proxy),
             stream: None,
             buffer: Vec::new(),
+            reconnect_every: 0,
+            sent: 0,
         }
+    }
+
+    /// Closes the connection after every `requests` requests (0: only after a failure), as a
+    /// client that connects per request does.
+    pub fn reconnecting_every(mut self, requests: u64) -> Self {
+        self.reconnect_every = requests;
+        self
     }
 
     async fn round_trip(&mut self, request: &[u8]) -> std::io::Result<Frame> {
@@ -147,6 +160,14 @@ impl RespClient {
 
 impl Executor for RespClient {
     async fn execute(&mut self, request: &Request) -> Response {
+        if self.reconnect_every > 0 && self.sent >= self.reconnect_every {
+            // Between requests, so never inside a transaction.
+            self.stream = None;
+        }
+        if self.stream.is_none() {
+            self.sent = 0;
+        }
+        self.sent += 1;
         let commands = request.resp_commands();
         let last = commands.len() - 1;
         for (step, command) in commands.iter().enumerate() {

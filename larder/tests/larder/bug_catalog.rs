@@ -62,6 +62,9 @@ enum Plans {
     /// (`--slow-write-bytes 0`): the slow lane runs one write at a time per node while fast
     /// commands run.
     SwarmSlowWrites,
+    /// Swarm cluster plans with each client reconnecting to its proxy after every second
+    /// request (`--reconnect-every 2`): new connections carry on closed ones' sessions.
+    SwarmReconnecting,
 }
 
 /// One cluster run of `seed` as a child process (`larder::child`, which also tells a crash
@@ -108,6 +111,9 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
         ] {
             words.push(word.to_string());
         }
+    }
+    if plans == Plans::SwarmReconnecting {
+        words.extend(["--reconnect-every".to_string(), "2".to_string()]);
     }
     if plans == Plans::SwarmSlowWrites {
         words.extend(["--slow-write-bytes".to_string(), "0".to_string()]);
@@ -233,4 +239,9 @@ catalog! {
     // a SET acknowledged before it commits is missing from a later read or lost to a leader
     // change. 5/5 (seeds 1..=5), first 1; each passes without the bug.
     slow_write_acked_early: "slow-write-acked-early", 1..=5, SwarmSlowWrites;
+    // Swarm cluster seeds whose clients reconnect after every second request
+    // (`--reconnect-every 2`): a write answered with the previous write's reply is missing
+    // from a later read, or a counter falls short of its acknowledged sum. 10/10 (seeds
+    // 1..=10), first 1; seeds 1..=20 pass without the bug.
+    pooled_session_repeats_sequence: "pooled-session-repeats-sequence", 1..=5, SwarmReconnecting;
 }

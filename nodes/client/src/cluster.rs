@@ -14,6 +14,7 @@ use larder_core::routing::RoutingTable;
 
 use crate::group::{Client, ClientConfig, ClientError};
 use crate::routing::SharedRouting;
+use crate::sessions::SessionPool;
 
 /// Times one command is retried after a newer routing table arrived (each retry follows a
 /// table change, so this bounds a command's time while the center is repairing).
@@ -27,10 +28,40 @@ pub struct ClusterClient<N: Net, C: Clock> {
     config: ClientConfig,
     /// Per group: the client and the routing epoch its replica list came from.
     groups: BTreeMap<GroupId, (u64, Client<N, C>)>,
+    /// Where group clients take their sessions from and leave them when this client is
+    /// dropped (`None`: each opens its own).
+    sessions: Option<SessionPool>,
+}
+
+impl<N: Net, C: Clock> Drop for ClusterClient<N, C> {
+    /// Leaves every group session in the pool, if there is one. A write still on its way is
+    /// safe: the next owner's writes carry higher sequence numbers (see [`crate::sessions`]).
+    fn drop(&mut self) {
+        let Some(pool) = &self.sessions else {
+            return;
+        };
+        let now = self.clock.now();
+        for (group, (_, client)) in &self.groups {
+            if let Some(mut parked) = client.parked() {
+                if self
+                    .config
+                    .bugs
+                    .is_planted(Bug::PooledSessionRepeatsSequence)
+                {
+                    // Planted bug: the next owner's first write repeats the last sequence
+                    // number, and the group answers it with the earlier write's reply
+                    // without applying it.
+                    parked.seq = parked.seq.saturating_sub(1);
+                }
+                pool.park(*group, parked, now);
+            }
+        }
+    }
 }
 
 impl<N: Net, C: Clock> ClusterClient<N, C> {
-    /// Each group's client opens its own session with the group before its first write.
+    /// Each group's client opens its own session with the group before its first write (or,
+    /// with [`ClusterClient::with_session_pool`], carries on one a closed client left).
     pub fn new(net: N, clock: C, routing: SharedRouting, config: ClientConfig) -> Self {
         ClusterClient {
             net,
@@ -38,7 +69,15 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
             routing,
             config,
             groups: BTreeMap::new(),
+            sessions: None,
         }
+    }
+
+    /// Group clients carry on sessions from `pool` instead of opening their own, and leave
+    /// theirs there when this client is dropped (a proxy's connections share one pool).
+    pub fn with_session_pool(mut self, pool: SessionPool) -> Self {
+        self.sessions = Some(pool);
+        self
     }
 
     pub fn routing(&self) -> &SharedRouting {
@@ -65,6 +104,12 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
             // A replaced client of a group carries on the old one's session and sequence.
             if let Some((_, old)) = self.groups.remove(&group) {
                 client.continue_sequence_of(&old);
+            } else if let Some(parked) = self
+                .sessions
+                .as_ref()
+                .and_then(|pool| pool.take(group, self.clock.now()))
+            {
+                client.resume(parked);
             }
             self.groups.insert(group, (table.epoch(), client));
         }

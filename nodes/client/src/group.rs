@@ -7,6 +7,8 @@ use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Clock, Net, NetError, transfer_allowance};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
+
+use crate::sessions::ParkedSession;
 use larder_protocol::{
     CallError, ClientRequest, ClientResponse, Encoded, SESSION_EXPIRED, SessionSeq, call,
 };
@@ -119,6 +121,22 @@ impl<N: Net, C: Clock> Client<N, C> {
         debug_assert_eq!(self.group, old.group);
         self.session = old.session;
         self.seq = old.seq;
+    }
+
+    /// The client's session and the last sequence number it used, to hand to a later client
+    /// of the group ([`crate::SessionPool`]); `None` before the group opened one.
+    pub fn parked(&self) -> Option<ParkedSession> {
+        self.session.map(|session| ParkedSession {
+            session,
+            seq: self.seq,
+        })
+    }
+
+    /// Carries on a session an earlier client of the group used ([`Client::parked`]): the next
+    /// write continues its sequence instead of opening a session of its own.
+    pub fn resume(&mut self, parked: ParkedSession) {
+        self.session = Some(parked.session);
+        self.seq = parked.seq;
     }
 
     /// The replicas this client talks to.

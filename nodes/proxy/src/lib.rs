@@ -41,7 +41,9 @@ use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::{self, Frame, Limits, Protocol, RequestParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use larder_client::{ClientConfig, ClientError, ClusterClient, SharedRouting, single_group};
+use larder_client::{
+    ClientConfig, ClientError, ClusterClient, SessionPool, SharedRouting, single_group,
+};
 
 mod blocking;
 pub mod hot;
@@ -237,6 +239,8 @@ pub struct Proxy<N: Net, C: Clock> {
     hot: hot::HotKeyGuard,
     /// Reads of hot keys being fetched, shared with equal reads arriving meanwhile.
     shared_reads: shared_read::SharedReads,
+    /// Group sessions of closed connections, for the next connections to carry on.
+    sessions: SessionPool,
 }
 
 /// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
@@ -320,6 +324,9 @@ pub struct ProxyStats {
     pub hot_key_refused_writes: u64,
     /// Reads of hot keys answered by an equal read's fetch ([`shared_read`]).
     pub shared_reads: u64,
+    /// Group sessions connections carried on from closed ones instead of opening their own
+    /// (`larder_client::SessionPool`): registrations saved.
+    pub sessions_resumed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -563,6 +570,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                     .is_planted(Bug::HotReadCached)
                     .then_some(shared_read::PLANTED_CACHE_TIME),
             ),
+            sessions: SessionPool::default(),
             net,
             clock,
             config,
@@ -602,6 +610,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             pipeline_run_bytes_peak: get(&c.pipeline_run_bytes_peak),
             hot_key_refused_writes: self.hot.refused(),
             shared_reads: self.shared_reads.shared(),
+            sessions_resumed: self.sessions.resumed(),
         }
     }
 
@@ -796,7 +805,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 self.clock.clone(),
                 self.routing.clone(),
                 self.config.client.clone(),
-            ),
+            )
+            .with_session_pool(self.sessions.clone()),
             quit: false,
             name: None,
             transaction: None,

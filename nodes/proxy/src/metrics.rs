@@ -209,6 +209,11 @@ impl<N: Net + 'static, C: Clock + 'static> Collector for StatsCollector<N, C> {
                 "Reads of hot keys answered by an equal read's fetch instead of their own",
                 stats.shared_reads,
             ),
+            (
+                "sessions_resumed",
+                "Group sessions connections carried on from closed ones instead of opening their own",
+                stats.sessions_resumed,
+            ),
         ];
         encode_counters(&mut encoder, &counters)?;
         Ok(())

@@ -123,6 +123,11 @@ pub struct SimConfig {
     /// connection and every request waiting when it is free goes out in one write, a pipeline
     /// ([`crate::workload::SharedResp`]), so the proxy's pipelines run under faults.
     pub pipelined: u64,
+    /// With proxies and one process per connection: the client closes its connection and
+    /// opens a new one after this many requests (0: only after a failure), as clients that
+    /// connect per request do. The proxy hands the closed connection's group sessions to the
+    /// next ones (`larder_client::SessionPool`), so this runs that hand-over under faults.
+    pub reconnect_every: u64,
     /// Center replicas (ids from [`center_id`]). 0: a static routing table and groups formed
     /// by the harness. More: storage nodes start empty, the center places the groups, and
     /// proxies and the checker fetch routing from it; faults then target roles too.
@@ -202,6 +207,7 @@ impl SimConfig {
             groups: 1,
             proxies: 0,
             pipelined: 1,
+            reconnect_every: 0,
             centers: 0,
             bugs: Bugs::default(),
             unknown_passes: None,

@@ -312,6 +312,8 @@ pub struct ProxyTotals {
     pub hot_key_refused_writes: u64,
     /// Reads of hot keys answered by an equal read's fetch.
     pub shared_reads: u64,
+    /// Group sessions connections carried on from closed ones.
+    pub sessions_resumed: u64,
 }
 
 impl ProxyTotals {
@@ -322,6 +324,7 @@ impl ProxyTotals {
                 let stats = proxy.stats();
                 totals.hot_key_refused_writes += stats.hot_key_refused_writes;
                 totals.shared_reads += stats.shared_reads;
+                totals.sessions_resumed += stats.sessions_resumed;
             }
         }
         totals
@@ -409,6 +412,7 @@ pub(crate) fn register_clients(
         let client_seed = derive_seed(seed, 500 + index as u64);
         let until = config.duration;
         let (groups, proxies, pipelined) = (config.groups, config.proxies, config.pipelined);
+        let reconnect_every = config.reconnect_every;
         let bugs = config.bugs.clone();
         sim.client(host_name(id), async move {
             if proxies > 0 && pipelined > 1 {
@@ -433,7 +437,8 @@ pub(crate) fn register_clients(
                     let _ = other.await;
                 }
             } else if proxies > 0 {
-                let client = RespClient::new(proxy_id(index as u64 % proxies));
+                let client = RespClient::new(proxy_id(index as u64 % proxies))
+                    .reconnecting_every(reconnect_every);
                 run_client(id, client, client_seed, until, workload, history, trace).await;
             } else if groups > 1 {
                 let client = cluster_client(net, routing, &bugs);
