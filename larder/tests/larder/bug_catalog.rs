@@ -241,7 +241,7 @@ catalog! {
     slow_write_acked_early: "slow-write-acked-early", 1..=5, SwarmSlowWrites;
     // Swarm cluster seeds whose clients reconnect after every second request
     // (`--reconnect-every 2`): a write answered with the previous write's reply is missing
-    // from a later read, or a counter falls short of its acknowledged sum. 10/10 (seeds
-    // 1..=10), first 1; seeds 1..=20 pass without the bug.
+    // from a later read, or a counter falls short of its acknowledged sum. 12/12 (seeds
+    // 1..=12), first 1; each passes without the bug.
     pooled_session_repeats_sequence: "pooled-session-repeats-sequence", 1..=5, SwarmReconnecting;
 }

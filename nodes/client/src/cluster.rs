@@ -40,7 +40,6 @@ impl<N: Net, C: Clock> Drop for ClusterClient<N, C> {
         let Some(pool) = &self.sessions else {
             return;
         };
-        let now = self.clock.now();
         for (group, (_, client)) in &self.groups {
             if let Some(mut parked) = client.parked() {
                 if self
@@ -53,7 +52,7 @@ impl<N: Net, C: Clock> Drop for ClusterClient<N, C> {
                     // without applying it.
                     parked.seq = parked.seq.saturating_sub(1);
                 }
-                pool.park(*group, parked, now);
+                pool.park(*group, parked);
             }
         }
     }
@@ -101,15 +100,12 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
                 self.config.clone(),
             );
             client.set_leader_hint(self.routing.leader_hint(group, &table));
+            if let Some(pool) = &self.sessions {
+                client.set_session_pool(pool.clone());
+            }
             // A replaced client of a group carries on the old one's session and sequence.
             if let Some((_, old)) = self.groups.remove(&group) {
                 client.continue_sequence_of(&old);
-            } else if let Some(parked) = self
-                .sessions
-                .as_ref()
-                .and_then(|pool| pool.take(group, self.clock.now()))
-            {
-                client.resume(parked);
             }
             self.groups.insert(group, (table.epoch(), client));
         }

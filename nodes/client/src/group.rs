@@ -8,7 +8,7 @@ use larder_core::env::{Clock, Net, NetError, transfer_allowance};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 
-use crate::sessions::ParkedSession;
+use crate::sessions::{ParkedSession, SessionPool};
 use larder_protocol::{
     CallError, ClientRequest, ClientResponse, Encoded, SESSION_EXPIRED, SessionSeq, call,
 };
@@ -67,6 +67,10 @@ pub struct Client<N: Net, C: Clock> {
     /// The session the group opened for this client (`SessionSeq::REGISTER`), once it has.
     session: Option<u64>,
     seq: u64,
+    /// When the session's last write was sent (the clock's time), for [`Client::parked`].
+    written_at: Duration,
+    /// Where the first write takes a session from before it opens one of its own.
+    pool: Option<SessionPool>,
     /// The routing epoch `replicas` came from (0: none), sent with every request.
     epoch: u64,
 }
@@ -95,6 +99,8 @@ impl<N: Net, C: Clock> Client<N, C> {
             next: 0,
             session: None,
             seq: 0,
+            written_at: Duration::ZERO,
+            pool: None,
             epoch: 0,
         }
     }
@@ -121,22 +127,23 @@ impl<N: Net, C: Clock> Client<N, C> {
         debug_assert_eq!(self.group, old.group);
         self.session = old.session;
         self.seq = old.seq;
+        self.written_at = old.written_at;
     }
 
-    /// The client's session and the last sequence number it used, to hand to a later client
-    /// of the group ([`crate::SessionPool`]); `None` before the group opened one.
+    /// The client's session, the last sequence number it used and when, to hand to a later
+    /// client of the group ([`crate::SessionPool`]); `None` before it had one.
     pub fn parked(&self) -> Option<ParkedSession> {
         self.session.map(|session| ParkedSession {
             session,
             seq: self.seq,
+            written_at: self.written_at,
         })
     }
 
-    /// Carries on a session an earlier client of the group used ([`Client::parked`]): the next
-    /// write continues its sequence instead of opening a session of its own.
-    pub fn resume(&mut self, parked: ParkedSession) {
-        self.session = Some(parked.session);
-        self.seq = parked.seq;
+    /// The client's first write carries on a session from `pool` (one an earlier client of
+    /// the group left, [`Client::parked`]) before it opens one of its own.
+    pub fn set_session_pool(&mut self, pool: SessionPool) {
+        self.pool = Some(pool);
     }
 
     /// The replicas this client talks to.
@@ -173,6 +180,19 @@ impl<N: Net, C: Clock> Client<N, C> {
 
     async fn attempt(&mut self, command: Command) -> Result<Reply, ClientError> {
         let is_write = command.is_write();
+        if is_write
+            && self.session.is_none()
+            && let Some(parked) = self
+                .pool
+                .as_ref()
+                .and_then(|pool| pool.take(self.group, self.clock.now()))
+        {
+            self.session = Some(parked.session);
+            self.seq = parked.seq;
+        }
+        if is_write {
+            self.written_at = self.clock.now();
+        }
         let session = match (is_write, self.session) {
             (false, _) => None,
             (true, Some(session)) => {

@@ -12,16 +12,29 @@ use std::time::Duration;
 use larder_sim::SimConfig;
 
 fn check_seed(seed: u64) {
-    let replay =
-        format!("larder sim --seed {seed} --duration 15s --cluster --swarm --check-determinism");
+    run_swarm_seed(seed, "", |_| {});
+}
+
+/// Swarm cluster seed `seed` with `flags` on `larder sim`'s command line (`adjust` sets them in
+/// the config): its history must be linearizable. Returns the report and the replay command.
+fn run_swarm_seed(
+    seed: u64,
+    flags: &str,
+    adjust: impl FnOnce(&mut SimConfig),
+) -> (larder_sim::RunReport, String) {
+    let replay = format!(
+        "larder sim --seed {seed} --duration 15s --cluster --swarm{flags} --check-determinism"
+    );
     let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
     config.swarm = true;
+    adjust(&mut config);
     let report = larder_sim::check_seed(&config, &replay).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         report.linearizability.is_linearizable(),
         "seed {seed}: {}\nreplay: {replay}",
         report.linearizability
     );
+    (report, replay)
 }
 
 macro_rules! seeds {
@@ -56,18 +69,7 @@ seeds! {
 /// several processes in one entry per group) under the seed's faults, every history
 /// linearizable, each seed run twice with identical trace hashes.
 fn check_pipelined_seed(seed: u64) {
-    let replay = format!(
-        "larder sim --seed {seed} --duration 15s --cluster --swarm --pipelined 3 --check-determinism"
-    );
-    let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
-    config.swarm = true;
-    config.pipelined = 3;
-    let report = larder_sim::check_seed(&config, &replay).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        report.linearizability.is_linearizable(),
-        "seed {seed}: {}\nreplay: {replay}",
-        report.linearizability
-    );
+    run_swarm_seed(seed, " --pipelined 3", |config| config.pipelined = 3);
 }
 
 #[test]
@@ -92,19 +94,9 @@ fn pipelined_09() {
 /// while the seed's faults cut and delay their last writes, every history linearizable, each
 /// seed run twice with identical trace hashes.
 fn check_reconnecting_seed(seed: u64) {
-    let replay = format!(
-        "larder sim --seed {seed} --duration 15s --cluster --swarm --reconnect-every 2 \
-         --check-determinism"
-    );
-    let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
-    config.swarm = true;
-    config.reconnect_every = 2;
-    let report = larder_sim::check_seed(&config, &replay).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        report.linearizability.is_linearizable(),
-        "seed {seed}: {}\nreplay: {replay}",
-        report.linearizability
-    );
+    let (report, replay) = run_swarm_seed(seed, " --reconnect-every 2", |config| {
+        config.reconnect_every = 2;
+    });
     // Proxies that crashed took their counts with them; those left must have handed sessions
     // on, or the run did not test the hand-over.
     assert!(
