@@ -7,11 +7,11 @@ use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Clock, Net, NetError, transfer_allowance};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
-
-use crate::sessions::{ParkedSession, SessionPool};
 use larder_protocol::{
     CallError, ClientRequest, ClientResponse, Encoded, SESSION_EXPIRED, SessionSeq, call,
 };
+
+use crate::sessions::{ParkedSession, SessionPool};
 
 /// Why a command produced no reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
