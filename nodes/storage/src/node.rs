@@ -484,7 +484,7 @@ impl<E: Env> StorageNode<E> {
             .into_iter()
             .filter(|(group, _)| !self.broken.contains(*group))
             .map(|(group, handle)| {
-                let (is_leader, term, initialized, snapshot) = {
+                let (is_leader, term, initialized) = {
                     let metrics = handle.raft.metrics();
                     let metrics = metrics.borrow_watched();
                     self.see_leader(group, metrics.current_leader);
@@ -493,7 +493,6 @@ impl<E: Env> StorageNode<E> {
                         metrics.current_term,
                         metrics.last_log_index.is_some()
                             || metrics.membership_config.log_id().is_some(),
-                        metrics.snapshot.map_or(0, |log_id| log_id.index()),
                     )
                 };
                 // The applied membership is committed, hence never rolled back.
@@ -518,10 +517,7 @@ impl<E: Env> StorageNode<E> {
                     initialized,
                     membership,
                     broken: None,
-                    records_estimate: handle
-                        .state
-                        .snapshot_rows()
-                        .saturating_add(last_applied.saturating_sub(snapshot)),
+                    records_estimate: handle.state.records(),
                 }
             })
             .collect();

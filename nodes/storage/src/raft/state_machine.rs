@@ -59,6 +59,22 @@ pub struct AppliedState {
     pub owned: Option<Ownership>,
     /// The slot migration recording which keys of its slots change here (on the source).
     pub tracking: Option<Tracking>,
+    /// Keys the group holds, as its applies counted them (a write that creates a key adds
+    /// one, one that deletes it takes one away; an install sets it, `FLUSHALL` clears it):
+    /// the figure the center's automatic splits start from (`GroupStatus::records_estimate`).
+    /// It counts an expired key until a command deletes it, as `DBSIZE` does.
+    pub records: u64,
+}
+
+/// [`AppliedState`] as stored before it counted its keys (until stop 35): a data directory of
+/// that version opens, its count taken once by a scan (`DiskStateMachine::open`).
+#[derive(Serialize, Deserialize)]
+struct AppliedStateUncounted {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    clock_ms: u64,
+    owned: Option<Ownership>,
+    tracking: Option<Tracking>,
 }
 
 /// A slot migration's change record on its source group ([`Command::TrackSlots`]): every key of
@@ -207,17 +223,10 @@ pub struct DiskStateMachine<D: Disk> {
     /// read sees the state between two apply batches, never half of one: an `MGET` cannot
     /// see half of an `MSET` (ARCHITECTURE.md, "Multi-key atomicity").
     view: Arc<tokio::sync::RwLock<()>>,
-    /// State rows the last snapshot built or installed here held (0 until the first since
-    /// start): the node's snapshot policy spaces snapshots by it, so building one (a scan of
-    /// the whole range) costs O(1) per write however large the group grows.
-    snapshot_rows: Arc<std::sync::atomic::AtomicU64>,
     /// Snapshots built here and installed here (from a leader: a catch-up too far behind for
-    /// the log) since the replica opened, for the node's metrics.
+    /// the log) since the replica opened, for the node's metrics; until there is one, there is
+    /// no current snapshot (see `get_current_snapshot`).
     snapshot_counts: Arc<SnapshotCounts>,
-    /// The last log id of the snapshot stored on disk; held while one is saved. A build saves
-    /// after releasing the apply lock, so an install may store a newer snapshot meanwhile: the
-    /// stored snapshot must never go back to the older one.
-    stored_through: Arc<futures::lock::Mutex<Option<LogId>>>,
 }
 
 fn group_prefix(group: GroupId) -> [u8; 8] {
@@ -305,6 +314,26 @@ fn applied_key(group: GroupId) -> Vec<u8> {
     let mut key = b"applied/".to_vec();
     key.extend_from_slice(&group.to_be_bytes());
     key
+}
+
+/// Keys of `group`'s state range, counted in pages.
+async fn count_keys<D: Disk>(disk: &D, group: GroupId) -> Result<u64, io::Error> {
+    let end = group_end(group);
+    let mut from = group_prefix(group).to_vec();
+    let mut count = 0u64;
+    loop {
+        let page = disk
+            .scan_keys(Space::State, &from, Some(&end), SCAN_PAGE_ROWS)
+            .await?;
+        count += page.len() as u64;
+        match page.last() {
+            Some(last) if page.len() == SCAN_PAGE_ROWS => {
+                from = last.to_vec();
+                from.push(0);
+            }
+            _ => return Ok(count),
+        }
+    }
 }
 
 /// End (exclusive) of `group`'s state range.
@@ -419,7 +448,23 @@ impl<D: Disk> DiskStateMachine<D> {
         sessions_max: usize,
     ) -> Result<Self, io::Error> {
         let applied: AppliedState = match disk.get(Space::Meta, &applied_key(group)).await? {
-            Some(bytes) => decode(&bytes)?,
+            Some(bytes) => match decode(&bytes) {
+                Ok(applied) => applied,
+                Err(error) => {
+                    let Ok(old) = decode::<AppliedStateUncounted>(&bytes) else {
+                        return Err(error);
+                    };
+                    // Written again with the next apply batch.
+                    AppliedState {
+                        last_applied: old.last_applied,
+                        membership: old.membership,
+                        clock_ms: old.clock_ms,
+                        owned: old.owned,
+                        tracking: old.tracking,
+                        records: count_keys(&disk, group).await?,
+                    }
+                }
+            },
             None => AppliedState::default(),
         };
         let mut sessions = SessionTable::default();
@@ -446,12 +491,9 @@ impl<D: Disk> DiskStateMachine<D> {
             sessions: Arc::new(Mutex::new(sessions)),
             exclusive: Arc::new(futures::lock::Mutex::new(())),
             view: Arc::new(tokio::sync::RwLock::new(())),
-            snapshot_rows: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             snapshot_counts: Arc::default(),
-            stored_through: Arc::new(futures::lock::Mutex::new(None)),
         };
         let stored = machine.stored_snapshot().await?;
-        *machine.stored_through.lock().await = stored.as_ref().and_then(|s| s.meta.last_log_id);
         if let Some(stored) = stored
             && stored.meta.last_log_id > applied.last_applied
         {
@@ -485,21 +527,9 @@ impl<D: Disk> DiskStateMachine<D> {
         Ok(())
     }
 
-    /// Stores a snapshot this replica built, unless a newer one was stored meanwhile.
-    async fn save_snapshot_unless_older(&self, stored: &StoredSnapshot) -> Result<(), io::Error> {
-        let mut through = self.stored_through.lock().await;
-        if *through > stored.meta.last_log_id {
-            return Ok(());
-        }
-        self.disk.save_snapshot(self.group, encode(stored)).await?;
-        *through = stored.meta.last_log_id;
-        Ok(())
-    }
-
-    /// State rows of the last snapshot built or installed since this replica opened.
-    pub fn snapshot_rows(&self) -> u64 {
-        self.snapshot_rows
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// Keys the group holds, as its applies counted them ([`AppliedState::records`]).
+    pub fn records(&self) -> u64 {
+        self.applied().records
     }
 
     /// Snapshots built and installed by this replica since it opened.
@@ -669,7 +699,8 @@ impl<D: Disk> DiskStateMachine<D> {
     /// Stages `written` as the new value of `key` in `pending`: a whole row for strings and
     /// lists; for a collection its header and the element rows that changed from what `loaded`
     /// held, in the same generation while the collection lives on, in a new one (`index`)
-    /// otherwise, the old one left for [`Pending::garbage`].
+    /// otherwise, the old one left for [`Pending::garbage`]. Returns the change in the number
+    /// of keys the group holds (-1, 0 or 1).
     async fn store(
         &self,
         key: &Bytes,
@@ -678,17 +709,21 @@ impl<D: Disk> DiskStateMachine<D> {
         index: u64,
         now_ms: u64,
         pending: &mut Pending,
-    ) -> Result<(), io::Error> {
+    ) -> Result<i64, io::Error> {
         let full_key = state_key(self.group, key);
-        let old = if loaded.keys.contains(key) {
-            loaded.headers.get(key).copied()
+        let (existed, old) = if loaded.keys.contains(key) {
+            (
+                loaded.records.contains_key(key) || loaded.headers.contains_key(key),
+                loaded.headers.get(key).copied(),
+            )
         } else {
             // A key written without being loaded (`Ingest`): what its row holds now.
             match self.disk.get(Space::State, &full_key).await? {
-                Some(bytes) => Row::header(&bytes)?,
-                None => None,
+                Some(bytes) => (true, Row::header(&bytes)?),
+                None => (false, None),
             }
         };
+        let change = i64::from(written.is_some()) - i64::from(existed);
         pending.written.insert(key.clone());
         let kind = written.as_ref().and_then(|record| Kind::of(&record.value));
         let (Some(record), Some(kind)) = (written.as_ref(), kind) else {
@@ -699,7 +734,7 @@ impl<D: Disk> DiskStateMachine<D> {
             if let Some(old) = old {
                 pending.drop_generation(self.group, key, &old);
             }
-            return Ok(());
+            return Ok(change);
         };
         // The collection lives on when the command saw it live and of this kind: it wrote
         // `record` from what it was given.
@@ -715,7 +750,7 @@ impl<D: Disk> DiskStateMachine<D> {
             let header = rows::lay_out(&mut pending.batch, self.group, key, record, index)
                 .expect("a collection");
             pending.batch.put(Space::State, full_key, header.encode());
-            return Ok(());
+            return Ok(change);
         };
         let given = &loaded.records[key].value;
         let prefix = rows::element_prefix(self.group, key, old.generation);
@@ -763,7 +798,7 @@ impl<D: Disk> DiskStateMachine<D> {
             );
         }
         pending.batch.put(Space::State, full_key, header.encode());
-        Ok(())
+        Ok(change)
     }
 
     /// One page of a slot migration's read (see [`SlotRead`]): records of `ranges` in key
@@ -918,9 +953,8 @@ impl<D: Disk> DiskStateMachine<D> {
         data: &[u8],
     ) -> Result<(), io::Error> {
         let body: SnapshotBody = decode(data)?;
-        self.snapshot_rows
-            .store(body.rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let applied = AppliedState {
+            records: body.rows.len() as u64,
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             clock_ms: body.clock_ms,
@@ -988,14 +1022,14 @@ impl<D: Disk> DiskStateMachine<D> {
     }
 }
 
-impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
-    type SnapshotData = SnapshotData;
-
-    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+impl<D: Disk> DiskStateMachine<D> {
+    /// The group's whole state as one snapshot, read now: what a follower too far behind for
+    /// the log is sent ([`RaftStateMachine::get_current_snapshot`]).
+    async fn materialize(&self) -> Result<Option<Snapshot>, io::Error> {
         // The apply lock is held only to fix what the snapshot shows: the applied state, the
-        // sessions and a point-in-time view of the disk. Scanning the range, encoding it and
-        // the synced save run while apply goes on: holding the lock through them stalled a
-        // group of 180k keys for up to 2.4 s per snapshot, and its writes timed out.
+        // sessions and a point-in-time view of the disk. Scanning the range and encoding it
+        // run while apply goes on: holding the lock through them stalled a group of 180k keys
+        // for up to 2.4 s per snapshot, and its writes timed out.
         let (applied, sessions, view) = {
             let _exclusive = self.exclusive.lock().await;
             let sessions: Vec<(u64, SessionEntry)> = self
@@ -1007,6 +1041,10 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
                 .collect();
             (self.applied(), sessions, self.disk.view())
         };
+        if applied.last_applied.is_none() {
+            // Nothing applied, nothing to send (openraft then sends the log).
+            return Ok(None);
+        }
         // Whole records: a collection's elements are read from the same view as its header.
         let mut rows: Vec<(Bytes, Bytes)> = Vec::new();
         for (full_key, row) in scan_view(
@@ -1032,8 +1070,6 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
             dirty.push((key.slice(prefix.len()..), decode_index(&value)?));
         }
         drop(view);
-        self.snapshot_rows
-            .store(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let data = postcard::to_allocvec(&SnapshotBody {
             clock_ms: applied.clock_ms,
             owned: applied.owned.clone(),
@@ -1043,21 +1079,53 @@ impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
             sessions,
         })
         .map_err(|e| invalid(e.to_string()))?;
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership,
+        Ok(Some(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership,
+            },
+            snapshot: std::io::Cursor::new(data),
+        }))
+    }
+}
+
+/// A snapshot here is a promise, not a copy. The state machine keeps its state on the disk,
+/// written with the applied marker in every apply batch, so what openraft needs of a "built"
+/// snapshot (the point up to which it may purge the log) is only that the state up to that
+/// point be durable: building one is a sync, O(1) whatever the group's size. The copy a
+/// lagging follower needs is read from the state when it is sent
+/// ([`DiskStateMachine::materialize`]).
+///
+/// Before, every build scanned, encoded and stored (synced) the whole group every
+/// `snapshot_logs_since_last` entries, on every replica: at 100k keys in one group, a quarter
+/// of the process's CPU under `redis-benchmark -t set`, growing with the group.
+impl<D: Disk> RaftSnapshotBuilder<TypeConfig> for DiskStateMachine<D> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let applied = {
+            // Between two apply batches: the marker and the state it stands for were written
+            // together, before the sync below.
+            let _exclusive = self.exclusive.lock().await;
+            self.applied()
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.save_snapshot_unless_older(&stored).await?;
+        // Every apply batch up to `applied` was written (unsynced) before this sync, so they
+        // are durable when it returns, and the log below them can go. With fjall's one journal
+        // for every space (and the simulator's disk, which keeps an ordered prefix of unsynced
+        // writes), the purge that follows, written after those batches, could not outlive them
+        // anyway; the sync keeps that from resting on the journal's order (a memtable flushed
+        // to a table file on its own is durable out of that order).
+        self.disk.write(WriteBatch::new(), true).await?;
         self.snapshot_counts
             .built
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // openraft keeps only the meta of a built snapshot (its sm worker drops the data).
         Ok(Snapshot {
-            meta,
-            snapshot: std::io::Cursor::new(stored.data),
+            meta: SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership,
+            },
+            snapshot: std::io::Cursor::new(Vec::new()),
         })
     }
 }
@@ -1151,6 +1219,7 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                 // holding reads up.
                 drop(_view);
                 self.delete_group_range(Space::Elements, None).await?;
+                applied.records = 0;
             }
             debug_assert!(
                 entry.log_id.index() > applied.last_applied.as_ref().map_or(0, |id| id.index())
@@ -1227,15 +1296,10 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                                     index.to_be_bytes().to_vec(),
                                 );
                             }
-                            self.store(
-                                &key,
-                                record,
-                                &loaded,
-                                index,
-                                applied.clock_ms,
-                                &mut pending,
-                            )
-                            .await?;
+                            let change = self
+                                .store(&key, record, &loaded, index, applied.clock_ms, &mut pending)
+                                .await?;
+                            applied.records = applied.records.saturating_add_signed(change);
                         }
                         if let Some(session) = request.session {
                             self.remember(
@@ -1282,11 +1346,7 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
         // Checked before it is stored (see `checked_snapshot`).
         checked_snapshot(&stored.data)?;
         // Durable first: if the rewrite below is cut short, `open` redoes it from here.
-        {
-            let mut through = self.stored_through.lock().await;
-            self.disk.save_snapshot(self.group, encode(&stored)).await?;
-            *through = stored.meta.last_log_id;
-        }
+        self.disk.save_snapshot(self.group, encode(&stored)).await?;
         self.rewrite_from_snapshot(&stored.meta, &stored.data)
             .await?;
         self.snapshot_counts
@@ -1295,11 +1355,25 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
         Ok(())
     }
 
+    /// The state as it is now, with the applied position as its meta: at least as new as
+    /// any snapshot built or installed here (the applied position only grows), and consistent
+    /// with its data by construction. Its meta need not be durable: openraft purges the log
+    /// only after a build (which syncs) or an install (stored synced before it is applied).
+    ///
+    /// `None` until a snapshot is built or installed in this process. openraft asks at start
+    /// only for the meta; reading the whole group there would cost a scan of every group at
+    /// every start, and fail a start on a record that is never read (a flipped bit is found
+    /// when it is read, and retires the replica then). A leader sends a snapshot only to a
+    /// follower that needs entries it purged, and it purges only after a build; when it
+    /// starts with a purged log and no current snapshot, openraft builds one first.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.stored_snapshot().await?.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: std::io::Cursor::new(stored.data),
-        }))
+        let counts = &self.snapshot_counts;
+        let taken = counts.built.load(std::sync::atomic::Ordering::Relaxed)
+            + counts.installed.load(std::sync::atomic::Ordering::Relaxed);
+        if taken == 0 {
+            return Ok(None);
+        }
+        self.materialize().await
     }
 }
 
@@ -1571,5 +1645,56 @@ mod snapshot_check_tests {
         for cut in 0..good.len() {
             let _ = check_snapshot(&good[..cut]);
         }
+    }
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    use larder_core::env::FaultPoints;
+    use larder_real::{FjallDisk, FjallOptions};
+
+    use super::*;
+
+    /// A data directory from before the applied state counted its keys opens, and the count
+    /// is taken from the group's rows (not another group's); bytes that are neither version
+    /// are still refused.
+    #[tokio::test]
+    async fn an_applied_state_from_before_keys_were_counted_opens_counted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let mut batch = WriteBatch::new();
+        for key in ["a", "b", "c"] {
+            batch.put(
+                Space::State,
+                state_key(3, key.as_bytes()),
+                Record::string("v").encode(),
+            );
+        }
+        batch.put(
+            Space::State,
+            state_key(4, b"x"),
+            Record::string("v").encode(),
+        );
+        let old = AppliedStateUncounted {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            clock_ms: 5,
+            owned: None,
+            tracking: None,
+        };
+        batch.put(Space::Meta, applied_key(3), encode(&old));
+        batch.put(Space::Meta, applied_key(4), b"\xff\xff".to_vec());
+        disk.write(batch, true).await.expect("write");
+        let machine =
+            DiskStateMachine::open(disk.clone(), 3, Bugs::default(), FaultPoints::none(), 16)
+                .await
+                .expect("opens");
+        assert_eq!(machine.records(), 3);
+        assert_eq!(machine.applied().clock_ms, 5);
+        assert!(
+            DiskStateMachine::open(disk, 4, Bugs::default(), FaultPoints::none(), 16)
+                .await
+                .is_err()
+        );
     }
 }

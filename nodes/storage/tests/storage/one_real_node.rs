@@ -641,6 +641,46 @@ fn snapshots_purge_the_log_and_a_restart_keeps_every_write() {
     );
 }
 
+/// The records estimate the center's automatic splits start from counts keys as they come
+/// and go (new keys, overwrites, deletes, a collection, `FLUSHALL`), and survives a restart:
+/// it is kept with the applied marker, not re-counted by a snapshot.
+#[test]
+fn the_records_estimate_counts_keys_as_they_come_and_go() {
+    let dir = tempfile::tempdir().expect("dir");
+    let node = start_led(dir.path());
+    let records = |node: &Running| {
+        node.node
+            .group_statuses()
+            .into_iter()
+            .find(|s| s.group == GROUP)
+            .expect("the group's status")
+            .records_estimate
+    };
+    for line in ["SET a 1", "SET b 2", "SET a 3", "SADD s x y", "SADD s z"] {
+        node.execute(parse(line));
+    }
+    assert_eq!(records(&node), 3, "a, b and s");
+    for line in ["DEL b nothing", "SREM s x y z", "DEL a"] {
+        node.execute(parse(line));
+    }
+    assert_eq!(records(&node), 0, "every key deleted");
+    for i in 0..10 {
+        node.execute(Command::set(format!("k{i}"), "v"));
+    }
+    assert_eq!(records(&node), 10);
+    node.stop();
+
+    let again = start(dir.path()).expect("restart");
+    again.wait_leader();
+    assert_eq!(records(&again), 10, "after a restart");
+    assert_eq!(
+        again.execute(Command::FlushAll),
+        ClientResponse::Reply(Reply::Ok)
+    );
+    assert_eq!(records(&again), 0, "after FLUSHALL");
+    again.stop();
+}
+
 /// Records of 400 KiB: a page holds two (800 KiB), never three (1.2 MiB, over the 1 MiB a
 /// target ingests: a reader that stopped only once past the limit produced such pages, and
 /// the migration of a group of 100 KiB values retried its refused ingest forever). A record
