@@ -36,6 +36,11 @@ pub enum Bug {
     /// Raft log handling: truncating a conflicting suffix is skipped, so a node keeps entries
     /// a new leader overwrote past its own log's end.
     SkippedTruncate,
+    /// Raft log cache (storage): an append at indexes the node's in-memory log cache already
+    /// holds is taken for a resend of the cached entries, and a truncation leaves the cache
+    /// alone, so after a new leader overwrites a suffix the node still replicates and applies
+    /// the entries it replaced.
+    LogCacheKeepsOverwritten,
     /// Apply/restart: the applied marker is not written with the state changes, so a restart
     /// applies entries again on top of state that already holds them.
     AppliedMarkerLost,
@@ -118,13 +123,14 @@ pub enum Bug {
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 28] = [
+    pub const ALL: [Bug; 29] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
         Bug::IgnoredSyncError,
         Bug::UnsyncedVote,
         Bug::SkippedTruncate,
+        Bug::LogCacheKeepsOverwritten,
         Bug::AppliedMarkerLost,
         Bug::NoSessionDedup,
         Bug::IndeterminateAsUnavailable,
@@ -158,6 +164,7 @@ impl Bug {
             Bug::IgnoredSyncError => "ignored-sync-error",
             Bug::UnsyncedVote => "unsynced-vote",
             Bug::SkippedTruncate => "skipped-truncate",
+            Bug::LogCacheKeepsOverwritten => "log-cache-keeps-overwritten",
             Bug::AppliedMarkerLost => "applied-marker-lost",
             Bug::NoSessionDedup => "no-session-dedup",
             Bug::IndeterminateAsUnavailable => "indeterminate-as-unavailable",

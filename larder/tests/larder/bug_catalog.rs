@@ -188,8 +188,8 @@ catalog! {
     unsynced_vote: "unsynced-vote", 1..=5, Swarm;
     // 50/50 (the recovery audit at the end of the run).
     applied_marker_lost: "applied-marker-lost", 1..=5, Swarm;
-    // One group: 2/50, first 13, with many clients building a long tail on an isolated leader
-    // (cluster: 1/50, seed 43).
+    // One group: 1/50, seed 34, with many clients building a long tail on an isolated leader
+    // (2/50, first 13, before snapshots stopped copying the group at stop 36).
     skipped_truncate: "skipped-truncate", 1..=50, SwarmOneGroup;
     // One group, with delays aimed between the keys of a multi-key read: 12/50, first 1.
     torn_multi_key_read: "torn-multi-key-read", 1..=50, SwarmOneGroup;
@@ -244,4 +244,11 @@ catalog! {
     // from a later read, or a counter falls short of its acknowledged sum. 12/12 (seeds
     // 1..=12), first 1; each passes without the bug.
     pooled_session_repeats_sequence: "pooled-session-repeats-sequence", 1..=5, SwarmReconnecting;
+    // The one search that does not start at 1 (the seeds before it cost CI two minutes):
+    // 1/50 swarm cluster seeds, seed 46, whose group 1 ends with one replica diverged at the
+    // same applied index (one group: 0/50). It needs a leader cut off with an uncommitted
+    // tail in its cache, a new leader overwriting it, and no crash of the old leader until it
+    // applies the overwritten range (a restart empties the cache). `raft::log_store`'s tests
+    // catch it directly.
+    log_cache_keeps_overwritten: "log-cache-keeps-overwritten", 41..=50, Swarm;
 }

@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
@@ -11,6 +12,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use tokio::sync::mpsc;
 
+use super::log_cache::{LOG_CACHE_BYTES_MAX, LOG_CACHE_ENTRIES_MAX, LogCache};
 use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
 
 /// Appends waiting for one flush task's sync at most (the rest wait for the next).
@@ -48,12 +50,20 @@ pub struct DiskLogStore<D: Disk> {
     /// a scan (`Disk::log_purge`). `None` after opening: the first purge scans from index 0,
     /// which also clears what a purge cut short by a crash left below the mark.
     purged_through: Option<u64>,
+    /// The log's newest entries as appended, shared by the store and its readers (the
+    /// replication streams, apply): see [`LogCache`] for why and why it is safe.
+    cache: Arc<Mutex<LogCache<Entry>>>,
 }
 
 impl<D: Disk> DiskLogStore<D> {
     /// Also starts the group's flush task, which ends when the store and its readers are gone.
     pub fn new(disk: D, group: GroupId, bugs: Bugs, points: FaultPoints) -> Self {
         let (unflushed, queue) = mpsc::channel(FLUSHES_QUEUED_MAX);
+        let cache = LogCache::new(
+            LOG_CACHE_ENTRIES_MAX,
+            LOG_CACHE_BYTES_MAX,
+            bugs.is_planted(Bug::LogCacheKeepsOverwritten),
+        );
         tokio::spawn(flush_appends(
             disk.clone(),
             group,
@@ -68,7 +78,19 @@ impl<D: Disk> DiskLogStore<D> {
             points,
             unflushed,
             purged_through: None,
+            cache: Arc::new(Mutex::new(cache)),
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, LogCache<Entry>> {
+        // A panic while it was held may have left it half changed: start it again empty (the
+        // disk answers what it does not).
+        self.cache.lock().unwrap_or_else(|poisoned| {
+            self.cache.clear_poison();
+            let mut cache = poisoned.into_inner();
+            cache.truncate_from(0);
+            cache
+        })
     }
 }
 
@@ -126,6 +148,9 @@ impl<D: Disk> RaftLogReader<TypeConfig> for DiskLogStore<D> {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (from, to) = bounds(&range);
+        if let Some(entries) = self.cache().read(from, to) {
+            return Ok(entries);
+        }
         let rows = self.disk.log_read(self.group, from, to, usize::MAX).await?;
         let mut entries = Vec::with_capacity(rows.len());
         for (expected, (index, payload)) in (from..).zip(rows) {
@@ -203,13 +228,25 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let rows: Vec<(u64, bytes::Bytes)> = entries
-            .into_iter()
-            .map(|entry| (entry.log_id.index(), encode(&entry)))
+            .iter()
+            .map(|entry| (entry.log_id.index(), encode(entry)))
             .collect();
         let indexes = rows.first().zip(rows.last()).map(|(a, b)| (a.0, b.0));
+        let sizes: Vec<usize> = rows.iter().map(|(_, row)| row.len()).collect();
         // Unsynced: the flush task syncs and then reports it (see the type's comment).
-        if let Err(error) = self.disk.log_append(self.group, rows, false).await {
+        let written = self.disk.log_append(self.group, rows, false).await;
+        {
+            let mut cache = self.cache();
+            match (&written, indexes) {
+                (Ok(()), Some((first, _))) => cache.appended(first, entries.into_iter().zip(sizes)),
+                // What a failed write left on the disk is unknown: read it from there.
+                (Err(_), Some((first, _))) => cache.truncate_from(first),
+                (_, None) => {}
+            }
+        }
+        if let Err(error) = written {
             let error = io::Error::from(error);
             callback.io_completed(Err(io::Error::new(error.kind(), error.to_string())));
             return Err(error);
@@ -227,8 +264,14 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        if !self.bugs.is_planted(Bug::SkippedTruncate) {
-            let from = last_log_id.map_or(0, |log_id| log_id.index() + 1);
+        let from = last_log_id.map_or(0, |log_id| log_id.index() + 1);
+        if self.bugs.is_planted(Bug::SkippedTruncate) {
+            // The planted bug lives in the disk's log: read everything from there.
+            self.cache().truncate_from(0);
+        } else {
+            // The cache first: a read between the two finds the disk's entries, as it would
+            // before the truncation, never a cached entry the disk no longer holds.
+            self.cache().truncate_from(from);
             self.disk.log_truncate(self.group, from).await?;
         }
         self.points.hit(FaultPoint::LogTruncated).await;
@@ -237,11 +280,87 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let from = self.purged_through.map(|through| through.saturating_add(1));
+        self.cache().purge_through(log_id.index());
         self.disk
             .log_purge(self.group, from, log_id.index(), encode(&log_id))
             .await?;
         self.purged_through = Some(log_id.index());
         self.points.hit(FaultPoint::LogPurged).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use larder_core::env::FaultPoints;
+    use larder_real::{FjallDisk, FjallOptions};
+    use openraft::entry::RaftEntry;
+    use openraft::vote::RaftLeaderIdExt;
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        let leader =
+            <openraft::alias::LeaderIdOf<TypeConfig> as RaftLeaderIdExt>::new_committed(term, 1);
+        LogId::new(leader, index)
+    }
+
+    fn entries(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes.map(|i| Entry::new_blank(log_id(term, i))).collect()
+    }
+
+    async fn terms(store: &mut DiskLogStore<FjallDisk>, from: u64, to: u64) -> Vec<u64> {
+        store
+            .try_get_log_entries(from..to)
+            .await
+            .expect("read")
+            .iter()
+            .map(|entry| entry.log_id.leader_id.term)
+            .collect()
+    }
+
+    /// A follower holds a tail of term 1 (4..=6) that a new leader of term 2 overwrites from
+    /// index 4: every read after it, from the cache while it holds the range and from the
+    /// disk after a restart, shows the new leader's entries. Returns what was read, before
+    /// and after the restart.
+    async fn overwrite_a_suffix(bugs: Bugs) -> (Vec<u64>, Vec<u64>) {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let mut store = DiskLogStore::new(disk.clone(), 7, bugs, FaultPoints::none());
+        store
+            .append(entries(1, 1..=6), IOFlushed::noop())
+            .await
+            .expect("append");
+        assert_eq!(terms(&mut store, 1, 7).await, vec![1; 6]);
+        store
+            .truncate_after(Some(log_id(1, 3)))
+            .await
+            .expect("truncate");
+        store
+            .append(entries(2, 4..=5), IOFlushed::noop())
+            .await
+            .expect("append");
+        let served = terms(&mut store, 1, 6).await;
+        drop(store);
+        let mut reopened = DiskLogStore::new(disk, 7, Bugs::default(), FaultPoints::none());
+        (served, terms(&mut reopened, 1, 6).await)
+    }
+
+    #[tokio::test]
+    async fn reads_after_a_new_leader_overwrote_a_suffix_show_its_entries() {
+        let (served, after_restart) = overwrite_a_suffix(Bugs::default()).await;
+        assert_eq!(served, vec![1, 1, 1, 2, 2], "from the cache");
+        assert_eq!(after_restart, served, "from the disk");
+    }
+
+    /// The planted bug `log-cache-keeps-overwritten`: the cache serves the overwritten term-1
+    /// entries while the disk holds the new leader's, which the test above tells apart.
+    #[tokio::test]
+    async fn the_planted_bug_serves_the_overwritten_suffix_and_is_caught() {
+        let mut bugs = Bugs::default();
+        bugs.plant(Bug::LogCacheKeepsOverwritten);
+        let (served, after_restart) = overwrite_a_suffix(bugs).await;
+        assert_eq!(served, vec![1, 1, 1, 1, 1], "the overwritten entries");
+        assert_ne!(served, after_restart);
     }
 }

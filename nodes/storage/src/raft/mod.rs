@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod group_commit;
+mod log_cache;
 pub mod log_store;
 pub mod network;
 mod rows;
