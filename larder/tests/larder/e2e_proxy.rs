@@ -621,3 +621,53 @@ fn collections_transactions_and_blocking_pops_through_the_proxy() {
         .expect("unblock");
     assert_eq!(again, 0, "a client no longer blocked");
 }
+
+/// The proxy's `larder_proxy_sessions_resumed_total` from the cluster's metrics registry.
+fn sessions_resumed(running: &Running) -> u64 {
+    let page = running.cluster().scrape.render();
+    let line = page
+        .lines()
+        .find(|line| line.starts_with("larder_proxy_sessions_resumed_total"))
+        .unwrap_or_else(|| panic!("no sessions_resumed counter in:\n{page}"));
+    line.rsplit(' ')
+        .next()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable sample: {line}"))
+}
+
+/// A connection closed after writing leaves its group session to the next one (the proxy's
+/// `SessionPool`), but only a write takes it: connections that only read (here, three in a
+/// row) leave it in the pool, and the next connection that writes carries it on instead of
+/// registering one of its own.
+#[test]
+fn a_connection_that_only_reads_takes_no_pooled_session() {
+    let running = Running::start(1, None);
+    let client = redis::Client::open(running.url()).expect("client");
+    {
+        // Writes (the warm-up's SET and DEL), then closes: its session is parked.
+        let mut writer = running.connection();
+        let _: () = writer.set("k", "v").expect("set");
+    }
+    // The proxy parks the session once it has seen the close.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = sessions_resumed(&running);
+    for _ in 0..3 {
+        let mut reader = client.get_connection().expect("connect");
+        let value: String = reader.get("k").expect("get");
+        assert_eq!(value, "v");
+        // A session taken by this read would have been counted before its answer.
+        assert_eq!(sessions_resumed(&running), before, "a read took a session");
+    }
+    // The next write carries a parked session on. (Should the first writer's session not be
+    // parked yet on a slow machine, the second try takes the one the first try left.)
+    for attempt in 0.. {
+        let mut writer = client.get_connection().expect("connect");
+        let _: () = writer.set("k", "w").expect("set");
+        if sessions_resumed(&running) > before {
+            break;
+        }
+        assert!(attempt < 20, "no write ever carried a parked session on");
+        drop(writer);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
