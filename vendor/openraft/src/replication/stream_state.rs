@@ -1,5 +1,8 @@
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
+
 use display_more::DisplayOptionExt;
 
 use crate::LogIdOptionExt;
@@ -147,38 +150,17 @@ where
 
             if last_log_id > prev {
                 return Some(non_reversed_log_id_range(prev, last_log_id));
-            } else if let Some(deadline) = commit_held_until.clone() {
-                // Larder patch: a commit update is held. New entries end the hold (the loop
-                // sends them, and `next_request()` puts the commit on them); the deadline sends
-                // the update bare. The commit was marked seen when it arrived, so a second
-                // commit moving during the hold is carried by the same request.
-                let data_change = self.event_watcher.replicate_rx.changed();
-                let io_change = self.event_watcher.io_submitted_rx.changed();
-                let cancel = self.replication_context.cancel_rx.changed();
-                let held = C::sleep_until(deadline);
-
-                match C::select4(cancel, data_change, io_change, held).await {
-                    Select4::First(cancel_res) => {
-                        tracing::info!(
-                            "Replication Stream is canceled, res: {:?}, when:(get_log_id_range:commit-hold)",
-                            cancel_res
-                        );
-                        return None;
-                    }
-                    Select4::Second(_) => {
-                        let new_data = self.event_watcher.replicate_rx.borrow_watched().clone();
-                        if Some(new_data.inflight_id) != self.inflight_id {
-                            return None;
-                        }
-                    }
-                    Select4::Third(_) => {}
-                    Select4::Fourth(_) => return Some(non_reversed_log_id_range(prev, last_log_id)),
-                }
             } else {
                 let data_change = self.event_watcher.replicate_rx.changed();
                 let io_change = self.event_watcher.io_submitted_rx.changed();
-                let committed_change = self.event_watcher.committed_rx.changed();
                 let cancel = self.replication_context.cancel_rx.changed();
+                // Larder patch: while a commit update is held, what ends the wait for it is its
+                // deadline, not another commit: the held commit was marked seen when it arrived,
+                // and a commit moving during the hold rides on the same request.
+                let committed_change = match commit_held_until.clone() {
+                    Some(deadline) => Either::Left(C::sleep_until(deadline)),
+                    None => Either::Right(self.event_watcher.committed_rx.changed().map(|_| ())),
+                };
 
                 let selected = C::select4(cancel, data_change, io_change, committed_change).await;
                 match selected {
@@ -203,8 +185,12 @@ where
                         // `next_request()` marks every commit it sends. With no new logs to
                         // piggyback on, an entry-less request is the only way to deliver it.
                         // Larder patch: unless the configuration asks to wait a little for
-                        // entries to carry it (see `Config::commit_hold_ms`).
-                        if let Some(hold) = self.replication_context.config.commit_hold() {
+                        // entries to carry it (see `Config::commit_hold_ms`). New entries end
+                        // the hold (the loop sends them, and `next_request()` puts the commit on
+                        // them); the deadline sends the update bare.
+                        if commit_held_until.is_none()
+                            && let Some(hold) = self.replication_context.config.commit_hold()
+                        {
                             commit_held_until = Some(C::now() + hold);
                             continue;
                         }
