@@ -119,11 +119,15 @@ pub enum Bug {
     /// as it has its place and is handed to Raft, not once it commits ("big writes need not
     /// wait"), so a read after the acknowledgement can miss it, and a leader change loses it.
     SlowWriteAckedEarly,
+    /// Row cache (storage): an apply batch that deletes a key's state row does not tell the
+    /// node's row cache, so the leader keeps serving the deleted record (a `DEL`, a collection
+    /// emptied by its last pop or removal) to reads.
+    RowCacheKeepsDeleted,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 29] = [
+    pub const ALL: [Bug; 30] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -153,6 +157,7 @@ impl Bug {
         Bug::HotKeyRefusalSent,
         Bug::HotReadCached,
         Bug::SlowWriteAckedEarly,
+        Bug::RowCacheKeepsDeleted,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -187,6 +192,7 @@ impl Bug {
             Bug::HotKeyRefusalSent => "hot-key-refusal-sent",
             Bug::HotReadCached => "hot-read-cached",
             Bug::SlowWriteAckedEarly => "slow-write-acked-early",
+            Bug::RowCacheKeepsDeleted => "row-cache-keeps-deleted",
         }
     }
 }

@@ -71,6 +71,14 @@ pub struct NodeConfig {
     /// is served by the leader, so holding it delays no answer. 0: send at once.
     #[serde(default = "default_commit_hold_ms")]
     pub commit_hold_ms: u64,
+    /// Bytes of state rows the node keeps in memory for the reads its leaders serve, shared by
+    /// every group it hosts ([`crate::raft::row_cache::RowCache`]). 0: no cache.
+    #[serde(default = "default_row_cache_bytes")]
+    pub row_cache_bytes: usize,
+}
+
+fn default_row_cache_bytes() -> usize {
+    crate::raft::row_cache::ROW_CACHE_BYTES_DEFAULT
 }
 
 fn default_commit_hold_ms() -> u64 {
@@ -123,6 +131,7 @@ impl NodeConfig {
             snapshot_chunk_bytes: default_snapshot_chunk_bytes(),
             lanes: crate::lanes::LaneConfig::default(),
             commit_hold_ms: default_commit_hold_ms(),
+            row_cache_bytes: default_row_cache_bytes(),
         }
     }
 

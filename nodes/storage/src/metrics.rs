@@ -262,6 +262,16 @@ impl<E: Env> Collector for NodeCollector<E> {
                 "Replicas retired because a record on disk is corrupt",
                 node.broken.all().len() as u64,
             ),
+            (
+                "row_cache_bytes",
+                "Bytes the row cache holds (keys, rows and a fixed overhead per row)",
+                node.row_cache.bytes() as u64,
+            ),
+            (
+                "row_cache_rows",
+                "State rows the row cache holds (absent keys included)",
+                node.row_cache.rows() as u64,
+            ),
         ];
         encode_gauges(&mut encoder, &gauges)?;
         let refused = &node.refused;
@@ -270,6 +280,16 @@ impl<E: Env> Collector for NodeCollector<E> {
                 "raft_appends_served",
                 "openraft appends (entries or heartbeats) served as a follower",
                 node.appends_served(),
+            ),
+            (
+                "row_cache_hits",
+                "Reads of a state row served from the row cache",
+                node.row_cache.hits(),
+            ),
+            (
+                "row_cache_misses",
+                "Reads of a state row the row cache did not hold",
+                node.row_cache.misses(),
             ),
             (
                 "refused_raft",

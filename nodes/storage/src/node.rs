@@ -20,6 +20,7 @@ use crate::config::{NodeConfig, NodeError};
 use crate::raft::group_commit::GroupCommitDisk;
 use crate::raft::log_store::DiskLogStore;
 use crate::raft::network::RaftNet;
+use crate::raft::row_cache::RowCache;
 use crate::raft::runtime::RaftContext;
 use crate::raft::state_machine::{DiskStateMachine, ReadOutcome, wipe_group};
 use crate::raft::{Raft, decode, encode};
@@ -96,6 +97,8 @@ pub struct StorageNode<E: Env> {
     pub(crate) entry_commands: prometheus_client::metrics::histogram::Histogram,
     /// The four lanes client commands run in ([`crate::lanes`]).
     pub(crate) lanes: crate::lanes::Lanes<E::Clock>,
+    /// The state rows its leaders read, shared by every group ([`RowCache`]).
+    pub(crate) row_cache: Arc<RowCache>,
 }
 
 /// A group's leader as this node last saw it.
@@ -168,6 +171,7 @@ pub(crate) async fn open_group<E: Env>(
     env: &E,
     config: &NodeConfig,
     disk: &NodeDisk<E>,
+    row_cache: &Arc<RowCache>,
     group: GroupId,
 ) -> Result<Group<NodeDisk<E>>, NodeError> {
     let raft_config = Arc::new(config.raft_config(group)?);
@@ -179,7 +183,8 @@ pub(crate) async fn open_group<E: Env>(
         config.sessions_max,
     )
     .await
-    .map_err(|source| NodeError::Storage { group, source })?;
+    .map_err(|source| NodeError::Storage { group, source })?
+    .with_row_cache(row_cache.clone());
     let collected = state
         .collect_garbage()
         .await
@@ -242,6 +247,7 @@ impl<E: Env> StorageNode<E> {
                 .collect(),
             None => config.groups.iter().copied().collect(),
         };
+        let row_cache = Arc::new(RowCache::new(config.row_cache_bytes, env.seed()));
         let mut groups = BTreeMap::new();
         let mut newly_broken = Vec::new();
         for group in hosted {
@@ -257,7 +263,7 @@ impl<E: Env> StorageNode<E> {
                 broken.restore(group, String::from_utf8_lossy(&reason).into_owned());
                 continue;
             }
-            match open_group(&env, &config, &disk, group).await {
+            match open_group(&env, &config, &disk, &row_cache, group).await {
                 Ok(opened) => {
                     groups.insert(group, Arc::new(opened));
                 }
@@ -292,6 +298,7 @@ impl<E: Env> StorageNode<E> {
                 prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10),
             ),
             lanes,
+            row_cache,
         });
         // The replicas that failed to open are retired now (their marks made durable).
         if !newly_broken.is_empty() {
@@ -415,10 +422,11 @@ impl<E: Env> StorageNode<E> {
         if self.hosts(group) {
             return Ok(false);
         }
-        wipe_group(&self.disk, group)
+        wipe_group(&self.disk, &self.row_cache, group)
             .await
             .map_err(|source| NodeError::Storage { group, source })?;
-        let opened = open_group(&self.env, &self.config, &self.disk, group).await?;
+        let opened =
+            open_group(&self.env, &self.config, &self.disk, &self.row_cache, group).await?;
         let mut hosted = self.hosted_list();
         hosted.push(group);
         hosted.sort_unstable();
@@ -455,7 +463,7 @@ impl<E: Env> StorageNode<E> {
             let _ = removed.raft.shutdown().await;
         }
         // Wiping deletes the broken mark with the rest.
-        wipe_group(&self.disk, group)
+        wipe_group(&self.disk, &self.row_cache, group)
             .await
             .map_err(|source| NodeError::Storage { group, source })?;
         self.broken.clear(group);

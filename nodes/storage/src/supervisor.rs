@@ -70,7 +70,8 @@ impl<E: Env> StorageNode<E> {
             return Ok(()); // Removed meanwhile.
         };
         let _ = stopped.raft.shutdown().await;
-        let opened = open_group(&self.env, &self.config, &self.disk, group).await?;
+        let opened =
+            open_group(&self.env, &self.config, &self.disk, &self.row_cache, group).await?;
         self.groups
             .write()
             .expect("groups lock")

@@ -3,6 +3,7 @@
 //! - [`log_store::DiskLogStore`]: the Raft log and vote in [`larder_core::env::Disk`].
 //! - [`state_machine::DiskStateMachine`]: applies committed [`Request`]s with
 //!   [`larder_core::kv::execute`] and keeps the KV state in the disk's state space.
+//! - [`row_cache::RowCache`]: the node's memory copy of the state rows its leaders read.
 //! - [`network::RaftNet`]: openraft's network over [`larder_core::env::Net`].
 //! - [`runtime::LarderRuntime`]: tokio tasks, with time and randomness from the node's environment
 //!   (a task-local [`runtime::RaftContext`]).
@@ -12,6 +13,7 @@ pub mod group_commit;
 mod log_cache;
 pub mod log_store;
 pub mod network;
+pub mod row_cache;
 mod rows;
 pub mod runtime;
 mod sessions;

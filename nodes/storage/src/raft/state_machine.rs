@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Disk, DiskView, FaultPoint, FaultPoints, Space, WriteBatch};
+use larder_core::env::{Disk, DiskView, FaultPoint, FaultPoints, Space, WriteBatch, WriteOp};
 use larder_core::kv::elements::{self, Access, Kind, Part, Window};
 use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, Value, execute_elements};
 use larder_core::slots::{Ownership, ranges_contain, slot_of};
@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use larder_protocol::{SlotPage, SlotRead};
 
+use super::row_cache::RowCache;
 use super::rows::{self, Header, Row};
 use super::sessions::SessionTable;
 use super::{
@@ -227,6 +228,8 @@ pub struct DiskStateMachine<D: Disk> {
     /// the log) since the replica opened, for the node's metrics; until there is one, there is
     /// no current snapshot (see `get_current_snapshot`).
     snapshot_counts: Arc<SnapshotCounts>,
+    /// The node's row cache ([`RowCache`]); off (capacity 0) unless the node hands one in.
+    rows: Arc<RowCache>,
 }
 
 fn group_prefix(group: GroupId) -> [u8; 8] {
@@ -350,13 +353,23 @@ fn group_end(group: GroupId) -> Vec<u8> {
 /// leftover purge mark or vote without its log would be an inconsistent Raft state). Unsynced
 /// and paged: a crash may leave part of it, which is why a node wipes a group again before it
 /// re-creates it.
-pub(crate) async fn wipe_group<D: Disk>(disk: &D, group: GroupId) -> Result<(), io::Error> {
+/// The node's row cache forgets the group's rows (before and after the state range goes, so
+/// no read in between leaves one behind).
+pub(crate) async fn wipe_group<D: Disk>(
+    disk: &D,
+    row_cache: &RowCache,
+    group: GroupId,
+) -> Result<(), io::Error> {
     let start = group_prefix(group);
     let end = group_end(group);
     disk.delete_range_paged(Space::Log, &start, &end, None)
         .await?;
-    disk.delete_range_paged(Space::State, &start, &end, None)
-        .await?;
+    row_cache.forget(group, &start, &end);
+    let deleted = disk
+        .delete_range_paged(Space::State, &start, &end, None)
+        .await;
+    row_cache.forget(group, &start, &end);
+    deleted?;
     disk.delete_range_paged(Space::Elements, &start, &end, None)
         .await?;
     disk.delete_range_paged(
@@ -492,6 +505,7 @@ impl<D: Disk> DiskStateMachine<D> {
             exclusive: Arc::new(futures::lock::Mutex::new(())),
             view: Arc::new(tokio::sync::RwLock::new(())),
             snapshot_counts: Arc::default(),
+            rows: Arc::new(RowCache::new(0, 0)),
         };
         let stored = machine.stored_snapshot().await?;
         if let Some(stored) = stored
@@ -509,6 +523,34 @@ impl<D: Disk> DiskStateMachine<D> {
         self.group
     }
 
+    /// Serves this group's state rows from `rows` too ([`RowCache`]): the node's cache, shared
+    /// by its groups. Call before the machine is handed to Raft; until then nothing is cached.
+    pub fn with_row_cache(mut self, rows: Arc<RowCache>) -> Self {
+        self.rows = rows;
+        self
+    }
+
+    /// `key`'s state row, from the row cache when it holds it. A read from disk fills the
+    /// cache only for a client read (`fill`): applies on followers would fill it with rows
+    /// nobody reads there.
+    async fn state_row(&self, key: &[u8], fill: bool) -> Result<Option<Bytes>, io::Error> {
+        let full_key = state_key(self.group, key);
+        if let Some(row) = self.rows.get(&full_key) {
+            return Ok(row);
+        }
+        let ticket = self.rows.ticket(self.group);
+        let row = self.disk.get(Space::State, &full_key).await?;
+        if fill {
+            self.rows.fill(ticket, full_key, row.clone());
+        }
+        Ok(row)
+    }
+
+    /// The row cache learns of a state range rewritten other than row by row.
+    fn forget_state_range(&self, start: &[u8], end: &[u8]) {
+        self.rows.forget(self.group, start, end);
+    }
+
     /// Deletes every row of this group in `space` (its state or its elements), in pages, with
     /// `then` written alongside the last page.
     async fn delete_group_range(
@@ -516,14 +558,19 @@ impl<D: Disk> DiskStateMachine<D> {
         space: Space,
         then: Option<WriteBatch>,
     ) -> Result<(), io::Error> {
-        self.disk
-            .delete_range_paged(
-                space,
-                &group_prefix(self.group),
-                &group_end(self.group),
-                then,
-            )
-            .await?;
+        let (start, end) = (group_prefix(self.group), group_end(self.group));
+        // Forgotten before and after: a read between the pages fills nothing that stays.
+        if space == Space::State {
+            self.forget_state_range(&start, &end);
+        }
+        let deleted = self
+            .disk
+            .delete_range_paged(space, &start, &end, then)
+            .await;
+        if space == Space::State {
+            self.forget_state_range(&start, &end);
+        }
+        deleted?;
         Ok(())
     }
 
@@ -648,11 +695,7 @@ impl<D: Disk> DiskStateMachine<D> {
             if reading && index > 0 {
                 self.points.hit(FaultPoint::ReadBetweenKeys).await;
             }
-            let Some(bytes) = self
-                .disk
-                .get(Space::State, &state_key(self.group, key))
-                .await?
-            else {
+            let Some(bytes) = self.state_row(key, reading).await? else {
                 continue;
             };
             let record = match Row::decode(&bytes)? {
@@ -718,7 +761,7 @@ impl<D: Disk> DiskStateMachine<D> {
             )
         } else {
             // A key written without being loaded (`Ingest`): what its row holds now.
-            match self.disk.get(Space::State, &full_key).await? {
+            match self.state_row(key, false).await? {
                 Some(bytes) => (true, Row::header(&bytes)?),
                 None => (false, None),
             }
@@ -1517,11 +1560,47 @@ impl<D: Disk> DiskStateMachine<D> {
         if !self.bugs.is_planted(Bug::AppliedMarkerLost) {
             batch.put(Space::Meta, applied_key(self.group), encode(applied));
         }
+        // The state rows the batch writes, for the row cache (cheap: `Bytes` handles).
+        let state_rows: Vec<(Bytes, Option<Bytes>)> = if self.rows.enabled() {
+            batch
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    WriteOp::Put {
+                        space: Space::State,
+                        key,
+                        value,
+                    } => Some((key.clone(), Some(value.clone()))),
+                    WriteOp::Delete {
+                        space: Space::State,
+                        key,
+                    } => Some((key.clone(), None)),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         {
-            // The batch and the in-memory marker (the group clock reads use) move together.
+            // The batch, the in-memory marker (the group clock reads use) and the row cache
+            // move together: no read runs between them.
             let _view = self.view.write().await;
-            self.disk.write(batch, false).await?;
+            if let Err(error) = self.disk.write(batch, false).await {
+                // Landed or not, the cache cannot tell: forget the group's rows.
+                let (start, end) = (group_prefix(self.group), group_end(self.group));
+                self.forget_state_range(&start, &end);
+                return Err(error.into());
+            }
             *self.applied.lock().expect("applied lock") = applied.clone();
+            // The planted bug forgets to tell the cache of deletions.
+            let keeps_deleted = self.bugs.is_planted(Bug::RowCacheKeepsDeleted);
+            self.rows.wrote(
+                self.group,
+                state_rows
+                    .iter()
+                    .filter(|(_, row)| row.is_some() || !keeps_deleted)
+                    .map(|(key, row)| (key, row.clone())),
+            );
         }
         self.points.hit(FaultPoint::ApplyWritten).await;
         pending.written.clear();
