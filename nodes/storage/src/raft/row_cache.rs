@@ -120,20 +120,9 @@ impl RowCache {
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock may have left the accounting half done: start empty.
-        self.inner.lock().unwrap_or_else(|poisoned| {
-            self.inner.clear_poison();
-            let mut inner = poisoned.into_inner();
-            let writes = std::mem::take(&mut inner.writes);
-            *inner = Inner {
-                writes: writes
-                    .into_iter()
-                    .map(|(group, n)| (group, n.wrapping_add(1)))
-                    .collect(),
-                ..Inner::new(inner.rows.hasher().clone())
-            };
-            inner
-        })
+        // No code under this lock awaits or calls out; a panic inside it is a bug in this
+        // file, and a cache left half updated must not go on serving.
+        self.inner.lock().expect("row cache lock")
     }
 
     pub fn enabled(&self) -> bool {
@@ -169,7 +158,8 @@ impl RowCache {
     }
 
     /// Caches `row` as `key`'s, read from disk after `ticket` was taken, unless the group
-    /// wrote since (the row may be older than the write) or the row is too large.
+    /// wrote since (the row may be older than the write) or the row is too large. `key` is
+    /// kept as given: pass one of its own allocation, not a slice of a larger buffer.
     pub fn fill(&self, ticket: FillTicket, key: Bytes, row: CachedRow) {
         if !self.enabled()
             || row
@@ -185,7 +175,6 @@ impl RowCache {
         // A copy of its own: a row read from disk may share a larger buffer, which the
         // cache would keep alive unaccounted.
         let row = row.map(|r| Bytes::copy_from_slice(&r));
-        let key = Bytes::copy_from_slice(&key);
         inner.put(key, row);
         inner.evict(self.capacity);
     }
@@ -211,6 +200,8 @@ impl RowCache {
             {
                 inner.remove(key);
             } else {
+                // Copied for the reason `fill` copies: an ingested row may be a slice of the
+                // frame it arrived in.
                 let row = row.map(|r| Bytes::copy_from_slice(&r));
                 inner.put(key.clone(), row);
             }

@@ -348,6 +348,24 @@ fn group_end(group: GroupId) -> Vec<u8> {
     }
 }
 
+/// Deletes every state row of `group`, in pages, with `then` written alongside the last page,
+/// and makes the row cache forget them: before the delete and after it, so a read between the
+/// pages fills nothing that stays. The cache forgets even if the delete failed part way.
+async fn delete_state_range<D: Disk>(
+    disk: &D,
+    row_cache: &RowCache,
+    group: GroupId,
+    then: Option<WriteBatch>,
+) -> Result<(), io::Error> {
+    let (start, end) = (group_prefix(group), group_end(group));
+    row_cache.forget(group, &start, &end);
+    let deleted = disk
+        .delete_range_paged(Space::State, &start, &end, then)
+        .await;
+    row_cache.forget(group, &start, &end);
+    Ok(deleted?)
+}
+
 /// Deletes everything `group` keeps on `disk`: log, state, applied marker, sessions, vote,
 /// purge mark and snapshot, so the group can later be hosted again from an empty replica (a
 /// leftover purge mark or vote without its log would be an inconsistent Raft state). Unsynced
@@ -364,12 +382,7 @@ pub(crate) async fn wipe_group<D: Disk>(
     let end = group_end(group);
     disk.delete_range_paged(Space::Log, &start, &end, None)
         .await?;
-    row_cache.forget(group, &start, &end);
-    let deleted = disk
-        .delete_range_paged(Space::State, &start, &end, None)
-        .await;
-    row_cache.forget(group, &start, &end);
-    deleted?;
+    delete_state_range(disk, row_cache, group, None).await?;
     disk.delete_range_paged(Space::Elements, &start, &end, None)
         .await?;
     disk.delete_range_paged(
@@ -525,7 +538,15 @@ impl<D: Disk> DiskStateMachine<D> {
 
     /// Serves this group's state rows from `rows` too ([`RowCache`]): the node's cache, shared
     /// by its groups. Call before the machine is handed to Raft; until then nothing is cached.
+    /// The group's rows are forgotten first: what the cache held of an earlier incarnation of
+    /// this replica matched what it wrote then, but the replica now starts from what the disk
+    /// holds, and that must not rest on the argument that the two agree.
     pub fn with_row_cache(mut self, rows: Arc<RowCache>) -> Self {
+        rows.forget(
+            self.group,
+            &group_prefix(self.group),
+            &group_end(self.group),
+        );
         self.rows = rows;
         self
     }
@@ -534,7 +555,11 @@ impl<D: Disk> DiskStateMachine<D> {
     /// cache only for a client read (`fill`): applies on followers would fill it with rows
     /// nobody reads there.
     async fn state_row(&self, key: &[u8], fill: bool) -> Result<Option<Bytes>, io::Error> {
-        let full_key = state_key(self.group, key);
+        self.state_row_at(state_key(self.group, key), fill).await
+    }
+
+    /// [`Self::state_row`] for a key already made a state key (`state_key`).
+    async fn state_row_at(&self, full_key: Bytes, fill: bool) -> Result<Option<Bytes>, io::Error> {
         if let Some(row) = self.rows.get(&full_key) {
             return Ok(row);
         }
@@ -546,11 +571,6 @@ impl<D: Disk> DiskStateMachine<D> {
         Ok(row)
     }
 
-    /// The row cache learns of a state range rewritten other than row by row.
-    fn forget_state_range(&self, start: &[u8], end: &[u8]) {
-        self.rows.forget(self.group, start, end);
-    }
-
     /// Deletes every row of this group in `space` (its state or its elements), in pages, with
     /// `then` written alongside the last page.
     async fn delete_group_range(
@@ -558,19 +578,13 @@ impl<D: Disk> DiskStateMachine<D> {
         space: Space,
         then: Option<WriteBatch>,
     ) -> Result<(), io::Error> {
+        if space == Space::State {
+            return delete_state_range(&self.disk, &self.rows, self.group, then).await;
+        }
         let (start, end) = (group_prefix(self.group), group_end(self.group));
-        // Forgotten before and after: a read between the pages fills nothing that stays.
-        if space == Space::State {
-            self.forget_state_range(&start, &end);
-        }
-        let deleted = self
-            .disk
+        self.disk
             .delete_range_paged(space, &start, &end, then)
-            .await;
-        if space == Space::State {
-            self.forget_state_range(&start, &end);
-        }
-        deleted?;
+            .await?;
         Ok(())
     }
 
@@ -761,7 +775,7 @@ impl<D: Disk> DiskStateMachine<D> {
             )
         } else {
             // A key written without being loaded (`Ingest`): what its row holds now.
-            match self.state_row(key, false).await? {
+            match self.state_row_at(full_key.clone(), false).await? {
                 Some(bytes) => (true, Row::header(&bytes)?),
                 None => (false, None),
             }
@@ -1588,7 +1602,7 @@ impl<D: Disk> DiskStateMachine<D> {
             if let Err(error) = self.disk.write(batch, false).await {
                 // Landed or not, the cache cannot tell: forget the group's rows.
                 let (start, end) = (group_prefix(self.group), group_end(self.group));
-                self.forget_state_range(&start, &end);
+                self.rows.forget(self.group, &start, &end);
                 return Err(error.into());
             }
             *self.applied.lock().expect("applied lock") = applied.clone();
