@@ -237,6 +237,19 @@ pub async fn disk_suite<D: Disk>(disk: &D) {
         );
     }
     disk.write(batch, false).await.expect("many keys");
+    // Walked in pages of 1,000: five full pages in key order, then the empty last one.
+    let mut pages = crate::env::KeyPages::new(Space::Meta, b"p/", b"p0", 1000);
+    let mut walked = Vec::new();
+    let mut sizes = Vec::new();
+    while let Some(page) = pages.next(disk).await.expect("page") {
+        sizes.push(page.len());
+        walked.extend(page);
+    }
+    assert_eq!(sizes, [1000, 1000, 1000, 1000, 1000, 0], "key pages");
+    assert!(walked.windows(2).all(|w| w[0] < w[1]) && walked.len() == 5000);
+    let mut empty = crate::env::KeyPages::new(Space::Meta, b"q/", b"q0", 10);
+    assert_eq!(empty.next(disk).await.expect("page"), Some(Vec::new()));
+    assert!(empty.is_done() && empty.next(disk).await.expect("page").is_none());
     let mut then = WriteBatch::new();
     then.put(Space::Meta, b(b"p-done"), b(b"yes"));
     disk.delete_range_paged(Space::Meta, b"p/", b"p0", Some(then))

@@ -257,29 +257,22 @@ pub trait Disk: Clone + Send + Sync + 'static {
             // Bounded pages so a huge range does not build one giant batch in memory.
             const PAGE_MAX: usize = 4096;
             let mut then = then;
-            let mut from = Bytes::copy_from_slice(start);
-            loop {
-                let keys = self.scan_keys(space, &from, Some(end), PAGE_MAX).await?;
-                let full = keys.len() == PAGE_MAX;
+            let mut pages = KeyPages::new(space, start, end, PAGE_MAX);
+            while let Some(keys) = pages.next(self).await? {
                 let mut batch = WriteBatch::new();
-                if let Some(last) = keys.last() {
-                    let mut next = last.to_vec();
-                    next.push(0);
-                    from = Bytes::from(next);
-                }
                 for key in keys {
                     batch.delete(space, key);
                 }
-                if !full && let Some(then) = then.take() {
+                if pages.is_done()
+                    && let Some(then) = then.take()
+                {
                     batch.ops.extend(then.ops);
                 }
                 if !batch.is_empty() {
                     self.write(batch, false).await?;
                 }
-                if !full {
-                    return Ok(());
-                }
             }
+            Ok(())
         }
     }
 
@@ -469,5 +462,54 @@ pub trait Disk: Clone + Send + Sync + 'static {
         group: GroupId,
     ) -> impl Future<Output = Result<Option<Bytes>, DiskError>> + Send {
         async move { self.get(Space::Meta, &meta_key("snapshot", group)).await }
+    }
+}
+
+/// A walk over the keys of one space in `[start, end)`, a page of at most `page` keys at a
+/// time, each page starting just past the last key of the one before: the one way Larder reads
+/// a range too large to hold at once (counting a group's keys, auditing its elements, deleting
+/// a range).
+pub struct KeyPages {
+    space: Space,
+    from: Vec<u8>,
+    end: Vec<u8>,
+    page: usize,
+    done: bool,
+}
+
+impl KeyPages {
+    pub fn new(space: Space, start: &[u8], end: &[u8], page: usize) -> Self {
+        KeyPages {
+            space,
+            from: start.to_vec(),
+            end: end.to_vec(),
+            page: page.max(1),
+            done: false,
+        }
+    }
+
+    /// The next page, `None` once the range is walked. The first call always yields a page
+    /// (empty for an empty range), and a page shorter than the limit is the last one.
+    pub async fn next<D: Disk>(&mut self, disk: &D) -> Result<Option<Vec<Bytes>>, DiskError> {
+        if self.done {
+            return Ok(None);
+        }
+        let keys = disk
+            .scan_keys(self.space, &self.from, Some(&self.end), self.page)
+            .await?;
+        match keys.last() {
+            Some(last) if keys.len() == self.page => {
+                self.from.clear();
+                self.from.extend_from_slice(last);
+                self.from.push(0);
+            }
+            _ => self.done = true,
+        }
+        Ok(Some(keys))
+    }
+
+    /// Whether the page [`KeyPages::next`] returned last was the range's last.
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 }

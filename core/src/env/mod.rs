@@ -16,7 +16,7 @@ mod sealed;
 
 pub use clock::{Clock, Elapsed, timeout};
 pub use disk::{
-    BlockingSyncWriter, Disk, DiskError, DiskView, Space, WriteBatch, WriteOp, log_key,
+    BlockingSyncWriter, Disk, DiskError, DiskView, KeyPages, Space, WriteBatch, WriteOp, log_key,
     log_key_index, vote_key,
 };
 pub use listener::Listener;

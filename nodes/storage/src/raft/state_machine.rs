@@ -18,7 +18,9 @@ use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Disk, DiskView, FaultPoint, FaultPoints, Space, WriteBatch, WriteOp};
+use larder_core::env::{
+    Disk, DiskView, FaultPoint, FaultPoints, KeyPages, Space, WriteBatch, WriteOp,
+};
 use larder_core::kv::elements::{self, Access, Kind, Part, Window};
 use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, Value, execute_elements};
 use larder_core::slots::{Ownership, ranges_contain, slot_of};
@@ -321,22 +323,17 @@ fn applied_key(group: GroupId) -> Vec<u8> {
 
 /// Keys of `group`'s state range, counted in pages.
 async fn count_keys<D: Disk>(disk: &D, group: GroupId) -> Result<u64, io::Error> {
-    let end = group_end(group);
-    let mut from = group_prefix(group).to_vec();
+    let mut pages = KeyPages::new(
+        Space::State,
+        &group_prefix(group),
+        &group_end(group),
+        SCAN_PAGE_ROWS,
+    );
     let mut count = 0u64;
-    loop {
-        let page = disk
-            .scan_keys(Space::State, &from, Some(&end), SCAN_PAGE_ROWS)
-            .await?;
+    while let Some(page) = pages.next(disk).await? {
         count += page.len() as u64;
-        match page.last() {
-            Some(last) if page.len() == SCAN_PAGE_ROWS => {
-                from = last.to_vec();
-                from.push(0);
-            }
-            _ => return Ok(count),
-        }
     }
+    Ok(count)
 }
 
 /// End (exclusive) of `group`'s state range.
@@ -1667,16 +1664,15 @@ impl<D: Disk> DiskStateMachine<D> {
     /// collection's header): what an interrupted deletion left and no garbage record covers.
     /// For audits: reads the group's whole element range.
     pub async fn unreachable_elements(&self) -> Result<u64, io::Error> {
-        let end = group_end(self.group);
-        let mut from = group_prefix(self.group).to_vec();
+        let mut pages = KeyPages::new(
+            Space::Elements,
+            &group_prefix(self.group),
+            &group_end(self.group),
+            SCAN_PAGE_ROWS,
+        );
         let mut unreachable = 0;
         let mut last: Option<(Bytes, u64, bool)> = None;
-        loop {
-            let rows = self
-                .disk
-                .scan_keys(Space::Elements, &from, Some(&end), SCAN_PAGE_ROWS)
-                .await?;
-            let full = rows.len() == SCAN_PAGE_ROWS;
+        while let Some(rows) = pages.next(&self.disk).await? {
             for row in &rows {
                 let (key, generation) = rows::element_owner(row)
                     .ok_or_else(|| invalid("an element row too short for its key"))?;
@@ -1700,13 +1696,8 @@ impl<D: Disk> DiskStateMachine<D> {
                     unreachable += 1;
                 }
             }
-            if !full {
-                return Ok(unreachable);
-            }
-            let last_row = rows.last().expect("a full page has rows");
-            from = last_row.to_vec();
-            from.push(0);
         }
+        Ok(unreachable)
     }
 }
 
