@@ -16,7 +16,7 @@
 //! order or counter position, never by hash order (see [`TopK`]'s index).
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,32 +45,37 @@ pub fn printable_key(key: &[u8], max: usize) -> String {
 /// One counted key of a [`TopK`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Counter {
-    key: Bytes,
+    /// A buffer of its own, reused by the next key that takes the counter over.
+    key: Vec<u8>,
+    /// `key`'s hash in the index.
+    hash: u64,
     count: u64,
     /// How much of `count` may belong to keys this counter held before.
     error: u64,
 }
 
-/// The index from a counted key to its counter. A hash map with fixed keys: nothing iterates
-/// it (every order the summary shows comes from `counters`), so its layout cannot leak into
-/// behaviour, and it holds at most `capacity` keys, so keys chosen to collide cost at worst the
-/// linear scan of `capacity` counters the summary did before it had an index.
-#[allow(clippy::disallowed_types)]
-type Index = std::collections::HashMap<Bytes, usize, BuildHasherDefault<DefaultHasher>>;
+/// The hash of the index: fixed keys. Nothing iterates the index (every order the summary
+/// shows comes from `counters`), so its layout cannot leak into behaviour, and it holds at most
+/// `capacity` keys, so keys chosen to collide cost at worst a scan of `capacity` counters.
+type IndexHasher = BuildHasherDefault<DefaultHasher>;
 
 /// The Space-Saving summary: the heaviest keys of a stream, in `capacity` counters.
 ///
 /// Every request a proxy or node serves is recorded, and with many distinct keys nearly every
-/// record evicts the smallest counter, so finding it is the hot path: a binary min-heap over
-/// the counters ordered by `(count, position)` finds it in O(1) and keeps it in O(log
-/// capacity). A linear scan for it was 15 % of a proxy's and node's CPU under pipelined GETs
-/// of random keys (perf, 128 counters). The order is total, so the heap picks exactly the
-/// counter the scan did.
+/// record evicts the smallest counter, so that is the hot path (a scan of all counters for the
+/// smallest, with a `BTreeMap` index, was 15 % of a proxy's and node's CPU under pipelined
+/// GETs of random keys, perf). Here a binary min-heap over the counters, ordered by `(count,
+/// position)`, finds it in O(1) and keeps it in O(log capacity); the order is total, so it is
+/// exactly the counter the scan chose. The index holds counter positions and compares keys in
+/// the counters, and an evicted counter's key buffer takes the new key: once full, a record
+/// allocates nothing.
 #[derive(Debug, Clone)]
 pub struct TopK {
     capacity: usize,
     counters: Vec<Counter>,
-    index: Index,
+    /// Positions in `counters`, by their key's hash.
+    index: hashbrown::HashTable<usize>,
+    hasher: IndexHasher,
     /// Positions in `counters`, a min-heap by `(count, position)`.
     heap: Vec<usize>,
     /// Where each counter sits in `heap` (`heap[place[at]] == at`).
@@ -85,31 +90,47 @@ impl TopK {
         TopK {
             capacity,
             counters: Vec::with_capacity(capacity),
-            index: Index::default(),
+            index: hashbrown::HashTable::with_capacity(capacity),
+            hasher: IndexHasher::default(),
             heap: Vec::with_capacity(capacity),
             place: Vec::with_capacity(capacity),
             total: 0,
         }
     }
 
+    fn position(&self, hash: u64, key: &[u8]) -> Option<usize> {
+        let counters = &self.counters;
+        self.index
+            .find(hash, |&at| counters[at].key == key)
+            .copied()
+    }
+
+    /// Files counter `at` in the index.
+    fn index_insert(&mut self, at: usize) {
+        let counters = &self.counters;
+        self.index
+            .insert_unique(counters[at].hash, at, |&i| counters[i].hash);
+    }
+
     /// Counts `n` more occurrences of `key`.
     pub fn record(&mut self, key: &[u8], n: u64) {
         self.total = self.total.saturating_add(n);
-        if let Some(&at) = self.index.get(key) {
+        let hash = self.hasher.hash_one(key);
+        if let Some(at) = self.position(hash, key) {
             let counter = &mut self.counters[at];
             counter.count = counter.count.saturating_add(n);
             self.sift_down(self.place[at]);
             return;
         }
-        let key = Bytes::copy_from_slice(key);
         if self.counters.len() < self.capacity {
             let at = self.counters.len();
-            self.index.insert(key.clone(), at);
             self.counters.push(Counter {
-                key,
+                key: key.to_vec(),
+                hash,
                 count: n,
                 error: 0,
             });
+            self.index_insert(at);
             self.heap.push(at);
             self.place.push(at);
             self.sift_up(at);
@@ -117,17 +138,17 @@ impl TopK {
         }
         // The smallest counter (the first of equals, by position: deterministic) changes hands.
         let at = self.heap[0];
-        let smallest = self.counters[at].count;
-        let old = std::mem::replace(
-            &mut self.counters[at],
-            Counter {
-                key: key.clone(),
-                count: smallest.saturating_add(n),
-                error: smallest,
-            },
-        );
-        self.index.remove(&old.key);
-        self.index.insert(key, at);
+        if let Ok(entry) = self.index.find_entry(self.counters[at].hash, |&i| i == at) {
+            entry.remove();
+        }
+        let counter = &mut self.counters[at];
+        let smallest = counter.count;
+        counter.key.clear();
+        counter.key.extend_from_slice(key);
+        counter.hash = hash;
+        counter.count = smallest.saturating_add(n);
+        counter.error = smallest;
+        self.index_insert(at);
         self.sift_down(0);
     }
 
@@ -177,7 +198,7 @@ impl TopK {
     /// were recorded; `None` if the key is not counted (then it occurred at most
     /// [`TopK::floor`] times).
     pub fn estimate(&self, key: &[u8]) -> Option<(u64, u64)> {
-        self.index.get(key).map(|&at| {
+        self.position(self.hasher.hash_one(key), key).map(|at| {
             let c = &self.counters[at];
             (c.count, c.count - c.error)
         })
@@ -204,7 +225,7 @@ impl TopK {
         let mut all: Vec<(Bytes, u64, u64)> = self
             .counters
             .iter()
-            .map(|c| (c.key.clone(), c.count, c.count - c.error))
+            .map(|c| (Bytes::copy_from_slice(&c.key), c.count, c.count - c.error))
             .collect();
         all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
         all
