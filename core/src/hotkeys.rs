@@ -138,9 +138,10 @@ impl TopK {
         }
         // The smallest counter (the first of equals, by position: deterministic) changes hands.
         let at = self.heap[0];
-        if let Ok(entry) = self.index.find_entry(self.counters[at].hash, |&i| i == at) {
-            entry.remove();
-        }
+        self.index
+            .find_entry(self.counters[at].hash, |&i| i == at)
+            .expect("every counter is in the index")
+            .remove();
         let counter = &mut self.counters[at];
         let smallest = counter.count;
         counter.key.clear();

@@ -355,12 +355,17 @@ async fn delete_state_range<D: Disk>(
     then: Option<WriteBatch>,
 ) -> Result<(), io::Error> {
     let (start, end) = (group_prefix(group), group_end(group));
-    row_cache.forget(group, &start, &end);
+    forget_group(row_cache, group);
     let deleted = disk
         .delete_range_paged(Space::State, &start, &end, then)
         .await;
-    row_cache.forget(group, &start, &end);
+    forget_group(row_cache, group);
     Ok(deleted?)
+}
+
+/// The row cache forgets every state row of `group`.
+fn forget_group(row_cache: &RowCache, group: GroupId) {
+    row_cache.forget(group, &group_prefix(group), &group_end(group));
 }
 
 /// Deletes everything `group` keeps on `disk`: log, state, applied marker, sessions, vote,
@@ -539,11 +544,7 @@ impl<D: Disk> DiskStateMachine<D> {
     /// this replica matched what it wrote then, but the replica now starts from what the disk
     /// holds, and that must not rest on the argument that the two agree.
     pub fn with_row_cache(mut self, rows: Arc<RowCache>) -> Self {
-        rows.forget(
-            self.group,
-            &group_prefix(self.group),
-            &group_end(self.group),
-        );
+        forget_group(&rows, self.group);
         self.rows = rows;
         self
     }
@@ -1598,8 +1599,7 @@ impl<D: Disk> DiskStateMachine<D> {
             let _view = self.view.write().await;
             if let Err(error) = self.disk.write(batch, false).await {
                 // Landed or not, the cache cannot tell: forget the group's rows.
-                let (start, end) = (group_prefix(self.group), group_end(self.group));
-                self.rows.forget(self.group, &start, &end);
+                forget_group(&self.rows, self.group);
                 return Err(error.into());
             }
             *self.applied.lock().expect("applied lock") = applied.clone();
