@@ -93,12 +93,36 @@ impl HotKeyGuard {
     /// whose first key took `share_reads_min_per_sec` requests within the window is to be
     /// shared.
     pub(crate) fn admit(&self, now: Duration, command: &Command) -> Result<Admitted, String> {
+        let mut sketch = self.sketch.lock().expect("hot-key lock");
+        self.admit_locked(&mut sketch, now, command)
+    }
+
+    /// [`HotKeyGuard::admit`] for each of a pipeline run's commands in turn, under one lock:
+    /// the run is judged as if its commands came one by one, without one lock (contended
+    /// between connections under pipelined load) per command.
+    pub(crate) fn admit_all<'a>(
+        &self,
+        now: Duration,
+        commands: impl IntoIterator<Item = &'a Command>,
+    ) -> Vec<Result<Admitted, String>> {
+        let mut sketch = self.sketch.lock().expect("hot-key lock");
+        commands
+            .into_iter()
+            .map(|command| self.admit_locked(&mut sketch, now, command))
+            .collect()
+    }
+
+    fn admit_locked(
+        &self,
+        sketch: &mut HotKeys,
+        now: Duration,
+        command: &Command,
+    ) -> Result<Admitted, String> {
         let keys = command.keys();
         if keys.is_empty() {
             return Ok(Admitted::Alone);
         }
         let write = command.is_write();
-        let mut sketch = self.sketch.lock().expect("hot-key lock");
         if let (true, Some(max)) = (write, self.config.writes_per_sec_max) {
             let allowed = max as f64 * self.config.window.as_secs_f64();
             if let Some(key) = keys

@@ -1060,9 +1060,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let mut commands = Vec::with_capacity(run.len());
         let mut sent_anyway = Vec::new();
         let mut share = false;
-        for (args, command) in run {
+        let verdicts = self
+            .hot
+            .admit_all(started, run.iter().map(|(_, command)| command));
+        for ((args, command), verdict) in run.into_iter().zip(verdicts) {
             names.push(lower(&args[0]));
-            match self.hot.admit(started, &command) {
+            match verdict {
                 Ok(admitted) => {
                     share = admitted == hot::Admitted::ShareRead;
                     refusals.push(None);
@@ -1093,21 +1096,19 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             _ => session.client.execute_pipeline(&commands).await,
         };
         let mut results = results.into_iter();
-        names
-            .into_iter()
+        let frames: Vec<Frame> = names
+            .iter()
             .zip(refusals)
-            .map(|(name, refusal)| {
-                let frame = match refusal {
-                    Some(text) => error(text),
-                    None => match results.next() {
-                        Some(result) => self.keyed_reply(&name, session.protocol, result),
-                        None => error("ERR internal: a pipelined command got no result"),
-                    },
-                };
-                self.count(name, started, &frame);
-                frame
+            .map(|(name, refusal)| match refusal {
+                Some(text) => error(text),
+                None => match results.next() {
+                    Some(result) => self.keyed_reply(name, session.protocol, result),
+                    None => error("ERR internal: a pipelined command got no result"),
+                },
             })
-            .collect()
+            .collect();
+        self.count_all(started, names.into_iter().zip(&frames));
+        frames
     }
 
     /// A hot read's answer, from a fetch of an equal read that starts after it arrived
@@ -1196,25 +1197,40 @@ impl<N: Net, C: Clock> Proxy<N, C> {
 
     /// Counts one answered command for `INFO` (`commandstats`), timed from `started`.
     fn count(&self, name: String, started: Duration, frame: &Frame) {
-        bump(&self.counters.total_commands);
+        self.count_all(started, [(name, frame)]);
+    }
+
+    /// Counts answered commands, all timed from `started`, under one lock of the counts
+    /// (a pipeline run's commands: one lock per command was contended between connections).
+    fn count_all<'a>(
+        &self,
+        started: Duration,
+        answered: impl IntoIterator<Item = (String, &'a Frame)>,
+    ) {
         let took = self.clock.now().saturating_sub(started);
-        self.metrics.record(
-            metrics::family(&name),
-            took.as_secs_f64(),
-            matches!(frame, Frame::Error(_)),
-        );
-        let refused = match frame {
-            Frame::Error(text) => Some(
-                text.starts_with("ERR wrong number")
-                    || text.starts_with("ERR syntax")
-                    || text.starts_with("NOAUTH"),
-            ),
-            _ => None,
-        };
-        let unknown =
-            matches!(frame, Frame::Error(text) if text.starts_with("ERR unknown command"));
-        if !unknown {
-            let mut counts = self.command_counts.lock().expect("command counts lock");
+        let mut counts = None;
+        for (name, frame) in answered {
+            bump(&self.counters.total_commands);
+            self.metrics.record(
+                metrics::family(&name),
+                took.as_secs_f64(),
+                matches!(frame, Frame::Error(_)),
+            );
+            let refused = match frame {
+                Frame::Error(text) => Some(
+                    text.starts_with("ERR wrong number")
+                        || text.starts_with("ERR syntax")
+                        || text.starts_with("NOAUTH"),
+                ),
+                _ => None,
+            };
+            let unknown =
+                matches!(frame, Frame::Error(text) if text.starts_with("ERR unknown command"));
+            if unknown {
+                continue;
+            }
+            let counts = counts
+                .get_or_insert_with(|| self.command_counts.lock().expect("command counts lock"));
             // Known names only, and a cap besides: the map is bounded whatever clients send.
             if counts.len() < COMMAND_COUNTS_MAX || counts.contains_key(&name) {
                 let entry = counts.entry(name).or_default();

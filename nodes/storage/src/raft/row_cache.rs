@@ -17,15 +17,17 @@
 //! a fill lands only if that count did not move since the read began ([`FillTicket`]).
 //!
 //! Eviction is CLOCK (second chance) over insertion order, bounded by bytes: a key, its row
-//! and [`ENTRY_OVERHEAD_BYTES`] per entry. The ring is a `VecDeque`, so a seeded simulation
-//! caches and evicts the same rows on every run; the rows are a hash map keyed by the node's
-//! seed (a `BTreeMap`'s comparisons of long shared-prefix keys were a third of the lookup's
-//! cost), whose order nothing observes.
+//! and [`ENTRY_OVERHEAD_BYTES`] per entry. The cache is cut into up to [`SHARDS_MAX`] shards by
+//! the key's hash, each with its own lock, clock and share of the budget: one lock for every
+//! read of every group was contended under pipelined reads. The ring is a `VecDeque` and the
+//! hash is keyed by the node's seed, so a seeded simulation caches and evicts the same rows in
+//! the same shards on every run; a shard's rows are a hash table (a `BTreeMap`'s comparisons
+//! of long shared-prefix keys were a third of the lookup's cost), whose order nothing
+//! observes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use larder_core::GroupId;
@@ -52,6 +54,9 @@ pub struct FillTicket {
 }
 
 struct Slot {
+    key: Bytes,
+    /// `key`'s hash, kept so the table never hashes a key twice (growth, removal).
+    hash: u64,
     row: CachedRow,
     /// Which insertion this is: the queue may still hold the slots of earlier ones.
     id: u64,
@@ -60,9 +65,11 @@ struct Slot {
     cost: usize,
 }
 
-/// SipHash-1-3 keyed from the node's seed: clients choose the keys, so a hash they could
-/// predict would let them pile rows into one probe chain; a seeded simulation's node draws
-/// the same keys on every run.
+/// The hash of the node's seed (see [`RowCache::new`]).
+///
+/// Keyed by the seed: keys are chosen by clients, and a hash they could predict would let
+/// them pile rows into one probe chain; a seeded simulation's node draws the same keys on
+/// every run.
 #[derive(Clone)]
 struct SeededHasher {
     k0: u64,
@@ -77,27 +84,44 @@ impl BuildHasher for SeededHasher {
     }
 }
 
-// Lookups only: nothing iterates the map in an order that reaches behaviour (`forget` removes
-// what a range holds, the same set in any order; eviction follows the queue).
-#[allow(clippy::disallowed_types)]
-type Rows = std::collections::HashMap<Bytes, Slot, SeededHasher>;
+/// The most shards a cache is cut into. Every read of every group a node leads takes one
+/// shard's lock; one lock for the whole cache was contended under pipelined reads (perf,
+/// `lock_contended` under `RowCache::get`), 16 make two readers meeting rare.
+const SHARDS_MAX: usize = 16;
 
-struct Inner {
-    rows: Rows,
-    /// Insertion order, the clock's ring: `(key, slot id)`.
-    queue: VecDeque<(Bytes, u64)>,
+/// A shard is given at least this much of the budget, so a small cache is not cut into
+/// shards too small to hold a row (and a unit test's tiny cache is one shard, whose eviction
+/// order it can state).
+const SHARD_BYTES_MIN: usize = 1 << 20;
+
+/// One part of the cache: its rows, its clock and its counts, under one lock. A key's shard
+/// is picked by its hash; shards never share a row.
+struct Shard {
+    /// Slots by their key's hash. Lookups only: nothing iterates the table in an order that
+    /// reaches behaviour (`forget` removes what a range holds, the same set in any order;
+    /// eviction follows the queue).
+    rows: hashbrown::HashTable<Slot>,
+    /// Insertion order, the clock's ring: `(key hash, slot id)` (ids are unique, so the two
+    /// find the slot without a copy of the key).
+    queue: VecDeque<(u64, u64)>,
     bytes: usize,
     next_id: u64,
-    /// Writes each group told the cache of (the fill guard).
+    /// Writes each group told the cache of (the fill guard). Every shard counts every write
+    /// of a group, so the shard a key lives in can judge a fill of it alone.
     writes: BTreeMap<GroupId, u64>,
+    /// Counted here, under the lock taken anyway, rather than in atomics every reader of every
+    /// shard would write.
+    hits: u64,
+    misses: u64,
 }
 
 /// See the module doc. Shared by every group a node hosts, under one budget.
 pub struct RowCache {
     capacity: usize,
-    inner: Mutex<Inner>,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    /// Each shard's part of `capacity`; the shards together never hold more than `capacity`.
+    shard_capacity: usize,
+    hasher: SeededHasher,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 fn cost(key: &[u8], row: &CachedRow) -> usize {
@@ -111,18 +135,31 @@ impl RowCache {
             k0: larder_core::env::derive_seed(seed, 1),
             k1: larder_core::env::derive_seed(seed, 2),
         };
+        // A power of two, so a shard is a mask of the hash.
+        let shards = (capacity / SHARD_BYTES_MIN)
+            .clamp(1, SHARDS_MAX)
+            .next_power_of_two()
+            .min(SHARDS_MAX);
         RowCache {
             capacity,
-            inner: Mutex::new(Inner::new(hasher)),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            shard_capacity: capacity / shards,
+            hasher,
+            shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
         }
     }
 
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // No code under this lock awaits or calls out; a panic inside it is a bug in this
-        // file, and a cache left half updated must not go on serving.
-        self.inner.lock().expect("row cache lock")
+    /// Which shard holds the key of hash `hash`: its high bits (the table probes with the
+    /// low ones, and hashbrown's tag is the top 7, so these leave both spread).
+    fn shard_index(&self, hash: u64) -> usize {
+        (hash >> 48) as usize & (self.shards.len() - 1)
+    }
+
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        lock(&self.shards[self.shard_index(hash)])
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     pub fn enabled(&self) -> bool {
@@ -134,23 +171,28 @@ impl RowCache {
         if !self.enabled() {
             return None;
         }
-        let found = self.inner().rows.get_mut(key).map(|slot| {
-            slot.referenced = true;
-            slot.row.clone()
-        });
-        let counter = if found.is_some() {
-            &self.hits
+        let hash = self.hash(key);
+        let mut shard = self.shard(hash);
+        let found = shard
+            .rows
+            .find_mut(hash, |slot| slot.key == key)
+            .map(|slot| {
+                slot.referenced = true;
+                slot.row.clone()
+            });
+        if found.is_some() {
+            shard.hits += 1;
         } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            shard.misses += 1;
+        }
         found
     }
 
-    /// Taken before reading `group`'s row from disk, for [`RowCache::fill`].
-    pub fn ticket(&self, group: GroupId) -> FillTicket {
+    /// Taken before reading `group`'s row of `key` from disk, for [`RowCache::fill`].
+    pub fn ticket(&self, group: GroupId, key: &[u8]) -> FillTicket {
         let writes = if self.enabled() {
-            self.inner().writes.get(&group).copied().unwrap_or(0)
+            let shard = self.shard(self.hash(key));
+            shard.writes.get(&group).copied().unwrap_or(0)
         } else {
             0
         };
@@ -168,15 +210,16 @@ impl RowCache {
         {
             return;
         }
-        let mut inner = self.inner();
-        if inner.writes.get(&ticket.group).copied().unwrap_or(0) != ticket.writes {
+        let hash = self.hash(&key);
+        let mut shard = self.shard(hash);
+        if shard.writes.get(&ticket.group).copied().unwrap_or(0) != ticket.writes {
             return;
         }
         // A copy of its own: a row read from disk may share a larger buffer, which the
         // cache would keep alive unaccounted.
         let row = row.map(|r| Bytes::copy_from_slice(&r));
-        inner.put(key, row);
-        inner.evict(self.capacity);
+        shard.put(hash, key, row);
+        shard.evict(self.shard_capacity);
     }
 
     /// An apply batch of `group` landed with these state rows (`None`: deleted): the cached
@@ -189,25 +232,23 @@ impl RowCache {
         if !self.enabled() {
             return;
         }
-        let mut inner = self.inner();
-        for (key, row) in rows {
-            if !inner.rows.contains_key(key.as_ref()) {
-                continue;
-            }
-            if row
-                .as_ref()
-                .is_some_and(|r| r.len() > ROW_CACHE_ROW_BYTES_MAX)
-            {
-                inner.remove(key);
-            } else {
-                // Copied for the reason `fill` copies: an ingested row may be a slice of the
-                // frame it arrived in.
-                let row = row.map(|r| Bytes::copy_from_slice(&r));
-                inner.put(key.clone(), row);
-            }
+        let mut rows: Vec<(u64, &Bytes, CachedRow)> = rows
+            .into_iter()
+            .map(|(key, row)| (self.hash(key), key, row))
+            .collect();
+        // Every shard counts the write (see `Shard::writes`), and takes the rows it holds.
+        for (index, shard) in self.shards.iter().enumerate() {
+            let mut shard = lock(shard);
+            rows.retain_mut(|(hash, key, row)| {
+                if self.shard_index(*hash) != index {
+                    return true;
+                }
+                shard.wrote_row(*hash, key, row.take());
+                false
+            });
+            shard.wrote(group);
+            shard.evict(self.shard_capacity);
         }
-        inner.wrote(group);
-        inner.evict(self.capacity);
     }
 
     /// Forgets every cached row from `start` (inclusive) to `end` (exclusive) of `group`:
@@ -216,47 +257,61 @@ impl RowCache {
         if !self.enabled() {
             return;
         }
-        let mut inner = self.inner();
-        // A walk of every row: rare (a `FLUSHALL`, a snapshot install, a wipe), and the map
-        // has no order to seek in.
-        let mut freed = 0;
-        inner.rows.retain(|key, slot| {
-            let doomed = start <= &key[..] && &key[..] < end;
-            if doomed {
-                freed += slot.cost;
-            }
-            !doomed
-        });
-        inner.bytes -= freed;
-        inner.wrote(group);
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            // A walk of every row: rare (a `FLUSHALL`, a snapshot install, a wipe), and the
+            // table has no order to seek in.
+            let mut freed = 0;
+            shard.rows.retain(|slot| {
+                let doomed = start <= &slot.key[..] && &slot.key[..] < end;
+                if doomed {
+                    freed += slot.cost;
+                }
+                !doomed
+            });
+            shard.bytes -= freed;
+            shard.wrote(group);
+        }
+    }
+
+    fn sum(&self, of: impl Fn(&Shard) -> u64) -> u64 {
+        self.shards.iter().map(|shard| of(&lock(shard))).sum()
     }
 
     pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
+        self.sum(|shard| shard.hits)
     }
 
     pub fn misses(&self) -> u64 {
-        self.misses.load(Ordering::Relaxed)
+        self.sum(|shard| shard.misses)
     }
 
     /// Bytes held, by the cache's own count (see [`ENTRY_OVERHEAD_BYTES`]).
     pub fn bytes(&self) -> usize {
-        self.inner().bytes
+        self.sum(|shard| shard.bytes as u64) as usize
     }
 
     pub fn rows(&self) -> usize {
-        self.inner().rows.len()
+        self.sum(|shard| shard.rows.len() as u64) as usize
     }
 }
 
-impl Inner {
-    fn new(hasher: SeededHasher) -> Self {
-        Inner {
-            rows: Rows::with_hasher(hasher),
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // No code under this lock awaits or calls out; a panic inside it is a bug in this file,
+    // and a cache left half updated must not go on serving.
+    shard.lock().expect("row cache lock")
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            rows: hashbrown::HashTable::new(),
             queue: VecDeque::new(),
             bytes: 0,
             next_id: 0,
             writes: BTreeMap::new(),
+            hits: 0,
+            misses: 0,
         }
     }
 
@@ -265,11 +320,29 @@ impl Inner {
         *writes = writes.wrapping_add(1);
     }
 
+    /// A landed write of `key`: its new row if the shard holds it, too large ones dropped.
+    fn wrote_row(&mut self, hash: u64, key: &Bytes, row: CachedRow) {
+        if self.rows.find(hash, |slot| slot.key == key).is_none() {
+            return;
+        }
+        if row
+            .as_ref()
+            .is_some_and(|r| r.len() > ROW_CACHE_ROW_BYTES_MAX)
+        {
+            self.remove(hash, key);
+        } else {
+            // Copied for the reason `fill` copies: an ingested row may be a slice of the
+            // frame it arrived in.
+            let row = row.map(|r| Bytes::copy_from_slice(&r));
+            self.put(hash, key.clone(), row);
+        }
+    }
+
     /// Inserts or replaces `key`'s slot. A replaced slot keeps its place on the clock and its
     /// reference bit; a new one starts unreferenced, so rows read once (a scan) go first.
-    fn put(&mut self, key: Bytes, row: CachedRow) {
+    fn put(&mut self, hash: u64, key: Bytes, row: CachedRow) {
         let new_cost = cost(&key, &row);
-        if let Some(slot) = self.rows.get_mut(&key) {
+        if let Some(slot) = self.rows.find_mut(hash, |slot| slot.key == key) {
             self.bytes = self.bytes - slot.cost + new_cost;
             slot.cost = new_cost;
             slot.row = row;
@@ -278,42 +351,45 @@ impl Inner {
         let id = self.next_id;
         self.next_id += 1;
         self.bytes += new_cost;
-        self.queue.push_back((key.clone(), id));
-        self.rows.insert(
-            key,
+        self.queue.push_back((hash, id));
+        self.rows.insert_unique(
+            hash,
             Slot {
+                key,
+                hash,
                 row,
                 id,
                 referenced: false,
                 cost: new_cost,
             },
+            |slot| slot.hash,
         );
     }
 
-    fn remove(&mut self, key: &[u8]) {
-        if let Some(slot) = self.rows.remove(key) {
+    fn remove(&mut self, hash: u64, key: &[u8]) {
+        if let Ok(entry) = self.rows.find_entry(hash, |slot| slot.key == key) {
+            let (slot, _) = entry.remove();
             self.bytes -= slot.cost;
         }
     }
 
-    /// Evicts until the cache fits `capacity`: the clock hand passes the oldest slot, giving
+    /// Evicts until the shard fits `capacity`: the clock hand passes the oldest slot, giving
     /// a referenced one a second chance at the back.
     fn evict(&mut self, capacity: usize) {
         while self.bytes > capacity {
-            let Some((key, id)) = self.queue.pop_front() else {
+            let Some((hash, id)) = self.queue.pop_front() else {
                 break;
             };
-            let Some(slot) = self.rows.get_mut(&key) else {
+            let Ok(entry) = self.rows.find_entry(hash, |slot| slot.id == id) else {
+                // Removed or replaced since: the slot of a later insertion is elsewhere.
                 continue;
             };
-            if slot.id != id {
-                continue;
-            }
-            if slot.referenced {
-                slot.referenced = false;
-                self.queue.push_back((key, id));
+            if entry.get().referenced {
+                entry.into_mut().referenced = false;
+                self.queue.push_back((hash, id));
             } else {
-                self.remove(&key);
+                let (slot, _) = entry.remove();
+                self.bytes -= slot.cost;
             }
         }
         // Slots of removed or replaced keys linger in the queue until the hand reaches them;
@@ -321,7 +397,7 @@ impl Inner {
         if self.queue.len() > 2 * self.rows.len() + 64 {
             let rows = &self.rows;
             self.queue
-                .retain(|(key, id)| rows.get(key).is_some_and(|slot| slot.id == *id));
+                .retain(|&(hash, id)| rows.find(hash, |slot| slot.id == id).is_some());
         }
     }
 }
@@ -338,7 +414,7 @@ mod tests {
     fn a_filled_row_is_served_and_a_write_replaces_it() {
         let cache = RowCache::new(1 << 20, 7);
         assert_eq!(cache.get(b"k"), None);
-        let ticket = cache.ticket(1);
+        let ticket = cache.ticket(1, b"k");
         cache.fill(ticket, b("k"), Some(b("v1")));
         assert_eq!(cache.get(b"k"), Some(Some(b("v1"))));
         cache.wrote(1, [(&b("k"), Some(b("v2")))]);
@@ -354,8 +430,8 @@ mod tests {
     #[test]
     fn a_fill_that_raced_a_write_of_its_group_is_dropped() {
         let cache = RowCache::new(1 << 20, 7);
-        let ticket = cache.ticket(1);
-        let other_group = cache.ticket(2);
+        let ticket = cache.ticket(1, b"k");
+        let other_group = cache.ticket(2, b"j");
         cache.wrote(1, [(&b("elsewhere"), None)]);
         cache.fill(ticket, b("k"), Some(b("old")));
         assert_eq!(cache.get(b"k"), None, "the row read may predate the write");
@@ -367,9 +443,9 @@ mod tests {
     fn forget_drops_a_range_and_fills_in_flight() {
         let cache = RowCache::new(1 << 20, 7);
         for key in ["a", "b", "c", "d"] {
-            cache.fill(cache.ticket(1), b(key), Some(b("v")));
+            cache.fill(cache.ticket(1, key.as_bytes()), b(key), Some(b("v")));
         }
-        let ticket = cache.ticket(1);
+        let ticket = cache.ticket(1, b"b");
         cache.forget(1, b"b", b"d");
         assert_eq!(cache.get(b"a"), Some(Some(b("v"))));
         assert_eq!(cache.get(b"b"), None);
@@ -384,14 +460,16 @@ mod tests {
         let entry = cost(b"k000", &Some(b("v")));
         let cache = RowCache::new(entry * 10, 7);
         for i in 0..10 {
-            cache.fill(cache.ticket(1), b(&format!("k{i:03}")), Some(b("v")));
+            let key = format!("k{i:03}");
+            cache.fill(cache.ticket(1, key.as_bytes()), b(&key), Some(b("v")));
         }
         assert_eq!(cache.rows(), 10);
-        cache.fill(cache.ticket(1), b("k010"), Some(b("v")));
+        cache.fill(cache.ticket(1, b"k010"), b("k010"), Some(b("v")));
         assert!(cache.get(b"k000").is_none(), "the oldest, never read");
         assert!(cache.get(b"k001").is_some());
         for i in 11..20 {
-            cache.fill(cache.ticket(1), b(&format!("k{i:03}")), Some(b("v")));
+            let key = format!("k{i:03}");
+            cache.fill(cache.ticket(1, key.as_bytes()), b(&key), Some(b("v")));
             assert!(cache.bytes() <= entry * 10);
         }
         assert!(
@@ -405,13 +483,13 @@ mod tests {
     fn large_rows_and_a_zero_budget_are_not_cached() {
         let cache = RowCache::new(1 << 30, 7);
         let big = Bytes::from(vec![0u8; ROW_CACHE_ROW_BYTES_MAX + 1]);
-        cache.fill(cache.ticket(1), b("big"), Some(big.clone()));
+        cache.fill(cache.ticket(1, b"big"), b("big"), Some(big.clone()));
         assert_eq!(cache.get(b"big"), None);
-        cache.fill(cache.ticket(1), b("k"), Some(b("v")));
+        cache.fill(cache.ticket(1, b"k"), b("k"), Some(b("v")));
         cache.wrote(1, [(&b("k"), Some(big))]);
         assert_eq!(cache.get(b"k"), None, "grew too large: dropped");
         let off = RowCache::new(0, 7);
-        off.fill(off.ticket(1), b("k"), Some(b("v")));
+        off.fill(off.ticket(1, b"k"), b("k"), Some(b("v")));
         assert_eq!(off.get(b"k"), None);
         assert_eq!(off.misses(), 0, "an absent cache counts nothing");
     }
@@ -421,11 +499,47 @@ mod tests {
         let cache = RowCache::new(1 << 30, 7);
         for i in 0..10_000 {
             let key = b(&format!("k{}", i % 7));
-            cache.fill(cache.ticket(1), key.clone(), Some(b("v")));
+            cache.fill(cache.ticket(1, &key), key.clone(), Some(b("v")));
             cache.forget(1, &key, &[&key[..], &[0]].concat());
         }
-        let inner = cache.inner();
-        assert!(inner.queue.len() <= 2 * inner.rows.len() + 65);
-        assert_eq!(inner.bytes, 0);
+        for shard in cache.shards.iter() {
+            let shard = lock(shard);
+            assert!(shard.queue.len() <= 2 * shard.rows.len() + 65);
+            assert_eq!(shard.bytes, 0);
+        }
+    }
+
+    #[test]
+    fn a_large_cache_is_sharded_and_each_shard_keeps_its_share() {
+        let cache = RowCache::new(64 << 20, 7);
+        assert_eq!(cache.shards.len(), SHARDS_MAX);
+        assert_eq!(RowCache::new(1 << 20, 7).shards.len(), 1);
+        assert_eq!(RowCache::new(3 << 20, 7).shards.len(), 4);
+        let keys: Vec<Bytes> = (0..2_000).map(|i| b(&format!("key{i}"))).collect();
+        for key in &keys {
+            cache.fill(cache.ticket(1, key), key.clone(), Some(b("v")));
+        }
+        assert_eq!(cache.rows(), keys.len());
+        let used = cache
+            .shards
+            .iter()
+            .filter(|shard| !lock(shard).rows.is_empty())
+            .count();
+        assert_eq!(used, SHARDS_MAX, "2,000 keys land in every shard");
+        // A write reaches each row in whichever shard holds it.
+        cache.wrote(1, keys.iter().map(|key| (key, Some(b("w")))));
+        assert!(keys.iter().all(|key| cache.get(key) == Some(Some(b("w")))));
+        assert_eq!(cache.hits(), keys.len() as u64);
+        // A small budget per shard: each evicts within its own share.
+        let small = RowCache::new(SHARD_BYTES_MIN * SHARDS_MAX, 7);
+        let row = Some(Bytes::from(vec![0u8; 60 << 10]));
+        for key in &keys {
+            small.fill(small.ticket(1, key), key.clone(), row.clone());
+        }
+        for shard in small.shards.iter() {
+            assert!(lock(shard).bytes <= small.shard_capacity);
+        }
+        assert!(small.bytes() <= SHARD_BYTES_MIN * SHARDS_MAX);
+        assert!(small.rows() < keys.len());
     }
 }

@@ -561,7 +561,7 @@ impl<D: Disk> DiskStateMachine<D> {
         if let Some(row) = self.rows.get(&full_key) {
             return Ok(row);
         }
-        let ticket = self.rows.ticket(self.group);
+        let ticket = self.rows.ticket(self.group, &full_key);
         let row = self.disk.get(Space::State, &full_key).await?;
         if fill {
             self.rows.fill(ticket, full_key, row.clone());
