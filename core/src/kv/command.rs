@@ -1,6 +1,11 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+/// A command's keys: nearly every command names one or two, which this holds without an
+/// allocation (`keys()` runs several times for every command on its way: the proxy's routing
+/// and hot keys, the node's ownership check, hot keys and load).
+pub type Keys<'a> = smallvec::SmallVec<[&'a Bytes; 2]>;
+
 use super::{BlockTimeout, KeyCommand, ListCommand, Reply, SetCommand, StringCommand, ZSetCommand};
 
 /// `SET` condition.
@@ -535,9 +540,9 @@ impl Command {
 
     /// The keys whose filling lets a polled blocking command ([`Command::parse_blocking`])
     /// yield: what a proxy watches (cheaply, by reading) before it polls again.
-    pub fn block_sources(&self) -> Vec<&Bytes> {
+    pub fn block_sources(&self) -> Keys<'_> {
         match self {
-            Command::ListOp(ListCommand::Move { source, .. }) => vec![source],
+            Command::ListOp(ListCommand::Move { source, .. }) => smallvec::smallvec![source],
             other => other.keys(),
         }
     }
@@ -646,7 +651,7 @@ impl Command {
 
     /// Every key the command reads or writes, in argument order (duplicates kept). Empty for
     /// [`Scope::Group`] commands, which name no keys.
-    pub fn keys(&self) -> Vec<&Bytes> {
+    pub fn keys(&self) -> Keys<'_> {
         match self {
             Command::Get { key }
             | Command::Set { key, .. }
@@ -667,7 +672,7 @@ impl Command {
             | Command::HIncrBy { key, .. }
             | Command::Append { key, .. }
             | Command::Persist { key }
-            | Command::Type { key } => vec![key],
+            | Command::Type { key } => smallvec::smallvec![key],
             Command::Del { keys } | Command::Exists { keys } | Command::MGet { keys } => {
                 keys.iter().collect()
             }
@@ -690,7 +695,7 @@ impl Command {
             | Command::OwnSlots { .. }
             | Command::TrackSlots { .. }
             | Command::UntrackSlots { .. }
-            | Command::Ingest { .. } => Vec::new(),
+            | Command::Ingest { .. } => Keys::new(),
         }
     }
 
@@ -1054,8 +1059,8 @@ mod tests {
         }
         assert_eq!(parse("flushdb").name(), "flushall");
         assert_eq!(
-            parse("hdel h a b a").keys(),
-            vec![&b("h")],
+            parse("hdel h a b a").keys().as_slice(),
+            [&b("h")],
             "fields are not keys"
         );
     }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::command::Keys;
 use super::command::parse_i64;
 use super::execute::View;
 use super::{CommandError, Record, Reply, Value, WRONGTYPE};
@@ -409,7 +410,7 @@ impl KeyCommand {
         )
     }
 
-    pub fn keys(&self) -> Vec<&Bytes> {
+    pub fn keys(&self) -> Keys<'_> {
         match self {
             KeyCommand::Expire { key, .. }
             | KeyCommand::ExpireTime { key, .. }
@@ -417,9 +418,9 @@ impl KeyCommand {
             | KeyCommand::RefCount { key }
             | KeyCommand::Encoding { key }
             | KeyCommand::Dump { key }
-            | KeyCommand::Restore { key, .. } => vec![key],
+            | KeyCommand::Restore { key, .. } => smallvec::smallvec![key],
             KeyCommand::Rename { from, to, .. } | KeyCommand::Copy { from, to, .. } => {
-                vec![from, to]
+                smallvec::smallvec![from, to]
             }
             KeyCommand::Touch { keys } => keys.iter().collect(),
             KeyCommand::Sort(sort) => std::iter::once(&sort.key).chain(&sort.store).collect(),

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::command::Keys;
 use super::command::parse_integer;
 use super::execute::View;
 use super::{CommandError, NOT_INTEGER, Record, Reply, Value, WRONGTYPE};
@@ -546,7 +547,7 @@ impl ListCommand {
     }
 
     /// Every key the command reads or writes, in argument order.
-    pub fn keys(&self) -> Vec<&Bytes> {
+    pub fn keys(&self) -> Keys<'_> {
         match self {
             ListCommand::Push { key, .. }
             | ListCommand::Pop { key, .. }
@@ -557,12 +558,12 @@ impl ListCommand {
             | ListCommand::Rem { key, .. }
             | ListCommand::Trim { key, .. }
             | ListCommand::Insert { key, .. }
-            | ListCommand::Pos { key, .. } => vec![key],
+            | ListCommand::Pos { key, .. } => smallvec::smallvec![key],
             ListCommand::Move {
                 source,
                 destination,
                 ..
-            } => vec![source, destination],
+            } => smallvec::smallvec![source, destination],
             ListCommand::PopFirstNonEmpty { keys, .. } => keys.iter().collect(),
         }
     }

@@ -24,6 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::command::Keys;
 use super::command::parse_integer;
 use super::execute::View;
 use super::{CommandError, NOT_INTEGER, Record, Reply, Value, WRONGTYPE, glob_match};
@@ -448,7 +449,7 @@ impl SetCommand {
     }
 
     /// Every key the command reads or writes, in argument order.
-    pub fn keys(&self) -> Vec<&Bytes> {
+    pub fn keys(&self) -> Keys<'_> {
         match self {
             SetCommand::SAdd { key, .. }
             | SetCommand::SRem { key, .. }
@@ -462,12 +463,12 @@ impl SetCommand {
             | SetCommand::HScan { key, .. }
             | SetCommand::HRandField { key, .. }
             | SetCommand::HIncrByFloat { key, .. }
-            | SetCommand::HMSet { key, .. } => vec![key],
+            | SetCommand::HMSet { key, .. } => smallvec::smallvec![key],
             SetCommand::SMove {
                 source,
                 destination,
                 ..
-            } => vec![source, destination],
+            } => smallvec::smallvec![source, destination],
             SetCommand::Combine { keys, .. } | SetCommand::SInterCard { keys, .. } => {
                 keys.iter().collect()
             }

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::command::Keys;
 use super::command::parse_i64;
 use super::execute::View;
 use super::keyspace::{Deadline, parse_deadline};
@@ -547,7 +548,7 @@ impl StringCommand {
         }
     }
 
-    pub fn keys(&self) -> Vec<&Bytes> {
+    pub fn keys(&self) -> Keys<'_> {
         match self {
             StringCommand::Set { key, .. }
             | StringCommand::GetEx { key, .. }
@@ -559,12 +560,12 @@ impl StringCommand {
             | StringCommand::SetBit { key, .. }
             | StringCommand::GetBit { key, .. }
             | StringCommand::BitCount { key, .. }
-            | StringCommand::BitPos { key, .. } => vec![key],
+            | StringCommand::BitPos { key, .. } => smallvec::smallvec![key],
             StringCommand::BitOp { dest, keys, .. } => {
                 std::iter::once(dest).chain(keys.iter()).collect()
             }
             StringCommand::MSetNx { pairs } => pairs.iter().map(|(key, _)| key).collect(),
-            StringCommand::Lcs { a, b, .. } => vec![a, b],
+            StringCommand::Lcs { a, b, .. } => smallvec::smallvec![a, b],
         }
     }
 

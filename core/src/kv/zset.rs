@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::command::Keys;
 use super::execute::View;
 use super::{CommandError, Record, Reply, Value, WRONGTYPE};
 
@@ -1066,7 +1067,7 @@ impl ZSetCommand {
     }
 
     /// Every key the command reads or writes, in argument order.
-    pub fn keys(&self) -> Vec<&Bytes> {
+    pub fn keys(&self) -> Keys<'_> {
         match self {
             ZSetCommand::Add { key, .. }
             | ZSetCommand::IncrBy { key, .. }
@@ -1080,7 +1081,7 @@ impl ZSetCommand {
             | ZSetCommand::RemRange { key, .. }
             | ZSetCommand::Pop { key, .. }
             | ZSetCommand::RandMember { key, .. }
-            | ZSetCommand::Scan { key, .. } => vec![key],
+            | ZSetCommand::Scan { key, .. } => smallvec::smallvec![key],
             ZSetCommand::Range { dest, key, .. } => dest.iter().chain([key]).collect(),
             ZSetCommand::PopFirstNonEmpty { keys, .. } | ZSetCommand::InterCard { keys, .. } => {
                 keys.iter().collect()
@@ -2461,7 +2462,7 @@ mod tests {
         ]);
         let command =
             Command::parse(&[b("zunionstore"), b("d"), b("2"), b("a"), b("b")]).expect("parses");
-        assert_eq!(command.keys(), vec![&b("d"), &b("a"), &b("b")]);
+        assert_eq!(command.keys().as_slice(), [&b("d"), &b("a"), &b("b")]);
     }
 
     #[test]

@@ -215,17 +215,20 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
             self.refresh_routing().await;
         }
         let table = self.routing.current();
-        let keys = command.keys();
-        let Some(first) = keys.first() else {
-            return Err(ClientError::Unavailable {
-                reason: format!("'{}' has no key to route by", command.name()),
-            });
+        let (group, single) = {
+            let keys = command.keys();
+            let Some(first) = keys.first() else {
+                return Err(ClientError::Unavailable {
+                    reason: format!("'{}' has no key to route by", command.name()),
+                });
+            };
+            let group = group_of(&table, first)?;
+            let mut single = true;
+            for key in &keys {
+                single &= group_of(&table, key)? == group;
+            }
+            (group, single)
         };
-        let group = group_of(&table, first)?;
-        let mut single = true;
-        for key in &keys {
-            single &= group_of(&table, key)? == group;
-        }
         if single {
             return self.execute_following_moves(group, command).await;
         }

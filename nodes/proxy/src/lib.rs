@@ -834,12 +834,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         if args.is_empty() {
                             continue;
                         }
-                        if let Some(command) = self.pipelinable(&mut session, &args) {
+                        if let Some((name, command)) = self.pipelinable(&mut session, &args) {
                             // A pipeline: the requests right behind it that may join it run
                             // with it (`run_pipeline`); the first that may not is parsed again
                             // below and runs alone.
                             let mut bytes = used;
-                            let mut run = vec![(args, command)];
+                            let mut run = vec![(name, command)];
                             while run.len() < PIPELINE_RUN_MAX {
                                 let Ok(Some((next, used))) = parser.parse(&input, limits) else {
                                     break;
@@ -847,12 +847,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                                 if bytes + used > PIPELINE_RUN_BYTES_MAX {
                                     break;
                                 }
-                                let Some(command) = self.pipelinable(&mut session, &next) else {
+                                let Some(joining) = self.pipelinable(&mut session, &next) else {
                                     break;
                                 };
                                 input.advance(used);
                                 bytes += used;
-                                run.push((next, command));
+                                run.push(joining);
                             }
                             held.set(input.len() + output.len());
                             // Written out every `OUTPUT_FLUSH_BYTES` as for single commands,
@@ -1009,7 +1009,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// ([`Proxy::run_pipeline`]): a keyed command with every key in one slot group, on an
     /// authenticated connection outside `MULTI`, neither blocking nor waking a blocked client
     /// (those need the proxy's own steps). Anything else runs alone, in its turn.
-    fn pipelinable(&self, session: &mut Session<N, C>, args: &[Bytes]) -> Option<Command> {
+    /// The name is returned as well, lower-cased once for the replies and counts.
+    fn pipelinable(
+        &self,
+        session: &mut Session<N, C>,
+        args: &[Bytes],
+    ) -> Option<(String, Command)> {
         if !session.authenticated || session.transaction.is_some() {
             return None;
         }
@@ -1031,7 +1036,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             return None;
         }
         command.reseed(session.next_seed(self.clock.now()));
-        Some(command)
+        Some((name, command))
     }
 
     /// Answers a run of pipelined commands ([`Proxy::pipelinable`]), in order: one alone as
@@ -1040,7 +1045,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     async fn run_pipeline(
         &self,
         session: &mut Session<N, C>,
-        run: Vec<(Vec<Bytes>, Command)>,
+        run: Vec<(String, Command)>,
         request_bytes: usize,
     ) -> Vec<Frame> {
         let started = self.clock.now();
@@ -1063,8 +1068,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let verdicts = self
             .hot
             .admit_all(started, run.iter().map(|(_, command)| command));
-        for ((args, command), verdict) in run.into_iter().zip(verdicts) {
-            names.push(lower(&args[0]));
+        for ((name, command), verdict) in run.into_iter().zip(verdicts) {
+            names.push(name);
             match verdict {
                 Ok(admitted) => {
                     share = admitted == hot::Admitted::ShareRead;
