@@ -3,14 +3,10 @@
 //! (the seeds' Cellar and CKV keep one in front of their LSM for the same reason).
 //!
 //! What it holds: a row as the state machine last read it or wrote it, keyed by its full
-//! state key (`group ++ key`), or the fact that the key has no row. Client reads fill it
-//! (`DiskStateMachine::read`), and so does every apply batch that lands, with the rows it
-//! wrote (`DiskStateMachine::flush`): write-through, on followers too. An apply reads each key's
-//! row before it writes it (the old record decides the reply, the key count, a collection's
-//! garbage), and without the cache that read was a search of fjall's memtable, which holds
-//! every version of every recently written key: 27 % of the whole cluster's CPU under
-//! pipelined SETs (perf, `larder up --groups 1`), on every replica. A range rewrite
-//! (`FLUSHALL`, a snapshot install, a wipe) forgets the group's rows. Element rows of
+//! state key (`group ++ key`), or the fact that the key has no row. Only client reads fill it
+//! (`DiskStateMachine::read`), so followers, which never serve reads, keep it empty; every
+//! apply batch that lands updates the rows it holds (`DiskStateMachine::flush`), and a range
+//! rewrite (`FLUSHALL`, a snapshot install, a wipe) forgets the group's rows. Element rows of
 //! collections are not cached: a collection's header row is, which is what every command on
 //! it reads first.
 //!
@@ -227,8 +223,7 @@ impl RowCache {
     }
 
     /// An apply batch of `group` landed with these state rows (`None`: deleted): the cached
-    /// rows take their new values, and the others join it (write-through: the next apply of
-    /// the key reads it here, see the module doc).
+    /// ones take their new values. Rows the cache does not hold stay out of it.
     pub fn wrote<'a>(
         &self,
         group: GroupId,
@@ -325,9 +320,11 @@ impl Shard {
         *writes = writes.wrapping_add(1);
     }
 
-    /// A landed write of `key`: its new row, cached or replacing the cached one; too large
-    /// ones dropped.
+    /// A landed write of `key`: its new row if the shard holds it, too large ones dropped.
     fn wrote_row(&mut self, hash: u64, key: &Bytes, row: CachedRow) {
+        if self.rows.find(hash, |slot| slot.key == key).is_none() {
+            return;
+        }
         if row
             .as_ref()
             .is_some_and(|r| r.len() > ROW_CACHE_ROW_BYTES_MAX)
@@ -424,10 +421,10 @@ mod tests {
         assert_eq!(cache.get(b"k"), Some(Some(b("v2"))));
         cache.wrote(1, [(&b("k"), None)]);
         assert_eq!(cache.get(b"k"), Some(None), "cached as deleted");
-        // A write of a row the cache does not hold fills it (write-through).
+        // A write of a row the cache does not hold does not fill it.
         cache.wrote(1, [(&b("other"), Some(b("x")))]);
-        assert_eq!(cache.get(b"other"), Some(Some(b("x"))));
-        assert_eq!((cache.hits(), cache.misses()), (4, 1));
+        assert_eq!(cache.get(b"other"), None);
+        assert_eq!((cache.hits(), cache.misses()), (3, 2));
     }
 
     #[test]
