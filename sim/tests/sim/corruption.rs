@@ -2,11 +2,7 @@
 //! replica is retired (`FaultKind::ReplicaRetired`), and with a center it is replaced, so the
 //! final routing table lists no retired replica. Without a center nothing replaces it, and the
 //! group serves on its two healthy replicas. Seeds chosen from the swarm plans that corrupt a
-//! record which the run then reads from disk; the swarm sweep runs many more. Since the row
-//! cache writes through (`larder_storage::raft::row_cache`), a corrupted state row whose good
-//! copy is cached is served from memory and found only when the row is next read from disk
-//! (evicted, or after a restart); seed 2 of both tests became such a run, and 9 and 13 (of
-//! 1..=40, the first that still retire a replica) replaced them.
+//! record which the run then reads; the swarm sweep runs many more.
 
 use std::time::Duration;
 
@@ -23,7 +19,7 @@ fn retired(report: &larder_sim::RunReport) -> u64 {
 
 #[test]
 fn a_corrupt_replica_is_retired_and_the_center_replaces_it() {
-    let mut config = SimConfig::cluster(9, Duration::from_secs(15), 5, 8, 2);
+    let mut config = SimConfig::cluster(2, Duration::from_secs(15), 5, 8, 2);
     config.swarm = true;
     let report = larder_sim::run(&config).expect("run");
     assert!(report.passed(), "{:?}", report.violations);
@@ -41,9 +37,9 @@ fn a_corrupt_replica_is_retired_and_the_center_replaces_it() {
 
 #[test]
 fn without_a_center_the_group_serves_on_its_healthy_replicas() {
-    let mut config = SimConfig::new(13, Duration::from_secs(15));
+    let mut config = SimConfig::new(2, Duration::from_secs(15));
     config.swarm = true;
-    let replay = "larder sim --seed 13 --duration 15s --swarm --check-determinism";
+    let replay = "larder sim --seed 2 --duration 15s --swarm --check-determinism";
     let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
     assert!(retired(&report) >= 1, "{:?}", report.faults);
     assert_eq!(
