@@ -69,6 +69,15 @@ pub struct NodeConfig {
     /// `vendor/openraft/PATCHES.md`). With one client writing at a time, sending it at once is
     /// a third of the messages of every write; followers need it only to apply, and every read
     /// is served by the leader, so holding it delays no answer. 0: send at once.
+    ///
+    /// The default is one heartbeat interval (100 ms), not the 10 ms it was: with many groups,
+    /// each group writes seldom (64 groups under 2,000 writes/s: one write per group every
+    /// ~30 ms), so a 10 ms hold expired before the next entries came and nearly every commit
+    /// still went out bare, a follower round of its own per write. Held a heartbeat interval,
+    /// it rides the group's next entries; measured under `redis-benchmark -c 50 -P 1 -t set`
+    /// against `larder up` (64 groups, tmpfs): 7 % fewer sends, 10 % fewer context switches
+    /// per write. The cost is a follower's apply lagging the commit by up to that long, which
+    /// no answer waits for (a new leader applies everything committed before it serves).
     #[serde(default = "default_commit_hold_ms")]
     pub commit_hold_ms: u64,
     /// Bytes of state rows the node keeps in memory for the reads its leaders serve, shared by
@@ -82,7 +91,7 @@ fn default_row_cache_bytes() -> usize {
 }
 
 fn default_commit_hold_ms() -> u64 {
-    10
+    100
 }
 
 fn default_append_bytes_max() -> usize {

@@ -29,6 +29,7 @@ use crate::async_runtime::watch::WatchSender;
 use crate::batch::Batch;
 use crate::config::Config;
 use crate::config::RuntimeConfig;
+use crate::core::runtime_stats::record_histogram; // Larder patch (PATCHES.md 2)
 use crate::core::ClientResponderQueue;
 use crate::core::IoBroadcast;
 use crate::core::MetricsChannels;
@@ -1113,7 +1114,7 @@ where
         let mut responders = self.client_responders.drain_upto(last.index());
 
         let entry_count = last.index() + 1 - first.index();
-        self.runtime_stats.apply_batch.record(entry_count);
+        record_histogram(&mut self.runtime_stats.apply_batch, entry_count);
 
         // Record to external metrics recorder
         if let Some(r) = &self.metrics_recorder {
@@ -1413,7 +1414,7 @@ where
     /// It returns the number of processed message.
     /// If the input channel is closed, it returns `Fatal::Stopped`.
     async fn process_raft_msg(&mut self, at_most: u64) -> Result<u64, Fatal<C>> {
-        self.runtime_stats.raft_msg_budget.record(at_most);
+        record_histogram(&mut self.runtime_stats.raft_msg_budget, at_most);
 
         let mut processed = 0u64;
         let mut total = 0u64;
@@ -1448,8 +1449,8 @@ where
 
             if index.saturating_sub(last_log_index) >= run_command_threshold {
                 // After handling all the inputs, batch run all the commands for better performance
-                self.runtime_stats.raft_msg_per_run.record(processed);
-                self.runtime_stats.raft_msg_usage_permille.record(processed * 1000 / at_most);
+                record_histogram(&mut self.runtime_stats.raft_msg_per_run, processed);
+                record_histogram(&mut self.runtime_stats.raft_msg_usage_permille, processed * 1000 / at_most);
                 self.run_engine_commands().await?;
 
                 last_log_index = index;
@@ -1458,8 +1459,8 @@ where
         }
 
         // After handling all the inputs, batch run all the commands for better performance
-        self.runtime_stats.raft_msg_per_run.record(processed);
-        self.runtime_stats.raft_msg_usage_permille.record(processed * 1000 / at_most);
+        record_histogram(&mut self.runtime_stats.raft_msg_per_run, processed);
+        record_histogram(&mut self.runtime_stats.raft_msg_usage_permille, processed * 1000 / at_most);
         self.run_engine_commands().await?;
 
         if total == at_most {
@@ -1474,7 +1475,7 @@ where
     /// It returns the number of processed notifications.
     /// If the input channel is closed, it returns `Fatal::Stopped`.
     async fn process_notification(&mut self, at_most: u64) -> Result<u64, Fatal<C>> {
-        self.runtime_stats.notification_budget.record(at_most);
+        record_histogram(&mut self.runtime_stats.notification_budget, at_most);
 
         let mut processed = 0u64;
 
@@ -1502,7 +1503,7 @@ where
             self.run_engine_commands().await?;
         }
 
-        self.runtime_stats.notification_usage_permille.record(processed * 1000 / at_most);
+        record_histogram(&mut self.runtime_stats.notification_usage_permille, processed * 1000 / at_most);
 
         if processed == at_most {
             tracing::debug!(
@@ -1777,7 +1778,7 @@ where
                         return;
                     }
                 }
-                self.runtime_stats.write_batch.record(payloads.len() as u64);
+                record_histogram(&mut self.runtime_stats.write_batch, payloads.len() as u64);
                 self.write_entries(
                     payloads,
                     responders,
@@ -2393,7 +2394,7 @@ where
         let entry_count = entries.len() as u64;
 
         // Record to internal histogram
-        self.runtime_stats.append_batch.record(entry_count);
+        record_histogram(&mut self.runtime_stats.append_batch, entry_count);
 
         // Record to external metrics recorder
         if let Some(r) = &self.metrics_recorder {

@@ -15,4 +15,5 @@ pub mod log_stage;
 
 pub use self::display_mode::DisplayMode;
 pub use self::runtime_stats::RuntimeStats;
+pub(crate) use self::runtime_stats::record_histogram;
 pub use self::runtime_stats_display::RuntimeStatsDisplay;

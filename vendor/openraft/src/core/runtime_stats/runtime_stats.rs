@@ -16,6 +16,20 @@ use crate::engine::CommandName;
 use crate::type_config::TypeConfigExt;
 use crate::type_config::alias::InstantOf;
 
+/// Records `value` in one of [`RuntimeStats`]' histograms.
+///
+/// Larder patch: the histograms are read only through `RaftMsg::GetRuntimeStats`, which exists
+/// only with the `runtime-stats` feature; without it, recording them is work nobody reads
+/// (measured: 1.7 % of a node's CPU under single writes spread over 64 groups), so it is
+/// skipped. Counters and log stages are untouched.
+#[inline]
+pub(crate) fn record_histogram(histogram: &mut Histogram, value: u64) {
+    #[cfg(feature = "runtime-stats")]
+    histogram.record(value);
+    #[cfg(not(feature = "runtime-stats"))]
+    let _ = (histogram, value);
+}
+
 /// Runtime statistics for Raft operations.
 ///
 /// This is a volatile structure that is not persisted. It accumulates
