@@ -71,7 +71,7 @@ struct Slot {
     cost: usize,
 }
 
-/// The hash of the node's seed (see [`RowCache::new`]).
+/// The cache's hash, keyed by the node's seed (see [`RowCache::new`]).
 ///
 /// Keyed by the seed: keys are chosen by clients, and a hash they could predict would let
 /// them pile rows into one probe chain; a seeded simulation's node draws the same keys on
@@ -141,11 +141,11 @@ impl RowCache {
             k0: larder_core::env::derive_seed(seed, 1),
             k1: larder_core::env::derive_seed(seed, 2),
         };
-        // A power of two, so a shard is a mask of the hash.
+        // A power of two, so a shard is a mask of the hash (`SHARDS_MAX` is one, so rounding
+        // up stays within it).
         let shards = (capacity / SHARD_BYTES_MIN)
             .clamp(1, SHARDS_MAX)
-            .next_power_of_two()
-            .min(SHARDS_MAX);
+            .next_power_of_two();
         RowCache {
             capacity,
             shard_capacity: capacity / shards,
@@ -328,19 +328,26 @@ impl Shard {
 
     /// A landed write of `key`: its new row if the shard holds it, too large ones dropped.
     fn wrote_row(&mut self, hash: u64, key: &Bytes, row: CachedRow) {
-        if self.rows.find(hash, |slot| slot.key == key).is_none() {
+        // One probe: the slot found is replaced in place or removed.
+        let Ok(entry) = self.rows.find_entry(hash, |slot| slot.key == key) else {
             return;
-        }
+        };
         if row
             .as_ref()
             .is_some_and(|r| r.len() > ROW_CACHE_ROW_BYTES_MAX)
         {
-            self.remove(hash, key);
+            let (slot, _) = entry.remove();
+            self.bytes -= slot.cost;
         } else {
             // Copied for the reason `fill` copies: an ingested row may be a slice of the
-            // frame it arrived in.
+            // frame it arrived in. A replaced slot keeps its place on the clock and its
+            // reference bit, as in `put`.
             let row = row.map(|r| Bytes::copy_from_slice(&r));
-            self.put(hash, key.clone(), row);
+            let new_cost = cost(key, &row);
+            let slot = entry.into_mut();
+            self.bytes = self.bytes - slot.cost + new_cost;
+            slot.cost = new_cost;
+            slot.row = row;
         }
     }
 
@@ -370,13 +377,6 @@ impl Shard {
             },
             |slot| slot.hash,
         );
-    }
-
-    fn remove(&mut self, hash: u64, key: &[u8]) {
-        if let Ok(entry) = self.rows.find_entry(hash, |slot| slot.key == key) {
-            let (slot, _) = entry.remove();
-            self.bytes -= slot.cost;
-        }
     }
 
     /// Evicts until the shard fits `capacity`: the clock hand passes the oldest slot, giving
