@@ -66,6 +66,10 @@ struct Slot {
     /// Set, under `answer`'s lock, once the client is served or gone: nobody pops for it again.
     finished: AtomicBool,
     woken: tokio::sync::Notify,
+    /// Set while the client, having popped for itself after a poll, hands what its pop pushed
+    /// (`BLMOVE`) to the clients blocked on the destination ([`HandingOver`]).
+    handing_over: AtomicBool,
+    handed_over: tokio::sync::Notify,
 }
 
 impl Slot {
@@ -75,6 +79,39 @@ impl Slot {
 
     fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
+    }
+
+    /// Returns once the client is not handing over its own pushes (at once if it never did).
+    async fn handed_over(&self) {
+        loop {
+            let notified = self.handed_over.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read, so a clear in between still wakes it.
+            notified.as_mut().enable();
+            if !self.handing_over.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A client handing over its own pop's pushes: set before it releases its lock, so a writer
+/// that waited for that lock sees it, and cleared when the handovers end, or when the client's
+/// task is dropped half-way (a disconnect), so no writer waits forever.
+struct HandingOver<'a>(&'a Slot);
+
+impl<'a> HandingOver<'a> {
+    fn start(slot: &'a Slot) -> Self {
+        slot.handing_over.store(true, Ordering::Release);
+        HandingOver(slot)
+    }
+}
+
+impl Drop for HandingOver<'_> {
+    fn drop(&mut self) {
+        self.0.handing_over.store(false, Ordering::Release);
+        self.0.handed_over.notify_waiters();
     }
 }
 
@@ -98,6 +135,8 @@ impl Waiters {
             answer: tokio::sync::Mutex::new(None),
             finished: AtomicBool::new(false),
             woken: tokio::sync::Notify::new(),
+            handing_over: AtomicBool::new(false),
+            handed_over: tokio::sync::Notify::new(),
         });
         for key in &slot.sources {
             queues
@@ -262,11 +301,16 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                                         .source_turned_other_type(session, slot, &reply)
                                         .await => {}
                             Ok(reply) => {
+                                // A `BLMOVE` pushed: serve who waits on its destination. A
+                                // writer that waited for this lock (its push fed this pop)
+                                // waits for these handovers too before it replies.
+                                let pushed = pushed_keys(slot);
+                                let handing_over =
+                                    (!pushed.is_empty()).then(|| HandingOver::start(slot));
                                 slot.finish();
                                 drop(answer);
-                                // A `BLMOVE` pushed: serve who waits on its destination.
-                                let pushed = pushed_keys(slot);
-                                self.serve_waiters(session, pushed).await;
+                                self.hand_over(session, pushed, false).await;
+                                drop(handing_over);
                                 return Frame::from(&reply);
                             }
                             Err(e) => {
@@ -299,6 +343,19 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// Hands the clients blocked on `written` keys what a write just made available, earliest
     /// first, following the pushes of their own pops; at most [`HANDOVERS_PER_WRITE_MAX`].
     pub(super) async fn serve_waiters(&self, session: &mut Session<N, C>, written: Vec<Bytes>) {
+        self.hand_over(session, written, true).await;
+    }
+
+    /// [`Proxy::serve_waiters`]; with `wait_for_pollers`, a client found served by its own
+    /// poll is waited for until it has handed over its pushes, so the writer's reply follows
+    /// the whole chain even when a poll won the race for its first link. Only a writer waits:
+    /// a client handing over its own pushes never does, so no two of them wait on each other.
+    async fn hand_over(
+        &self,
+        session: &mut Session<N, C>,
+        written: Vec<Bytes>,
+        wait_for_pollers: bool,
+    ) {
         if !self.waiters.any_waiting_on(&written) {
             return;
         }
@@ -311,7 +368,13 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 };
                 let mut answer = slot.answer.lock().await;
                 if slot.is_finished() {
-                    // Served or gone while we waited for its lock: look again.
+                    // Served or gone while we waited for its lock: look again, once what it
+                    // pushed by itself is handed over (its lock released first, so no slot's
+                    // lock is held while we wait).
+                    drop(answer);
+                    if wait_for_pollers {
+                        slot.handed_over().await;
+                    }
                     continue;
                 }
                 handovers += 1;
