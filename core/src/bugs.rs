@@ -123,11 +123,16 @@ pub enum Bug {
     /// node's row cache, so the leader keeps serving the deleted record (a `DEL`, a collection
     /// emptied by its last pop or removal) to reads.
     RowCacheKeepsDeleted,
+    /// Blocking pops (proxy): a write's reply does not wait for a blocked client that served
+    /// itself by its own poll to hand on what its pop pushed, so after an `RPUSH` that feeds a
+    /// chain of `BLMOVE`s the writer's next command can find the element mid-chain (Redis
+    /// serves the whole chain before the writer's next command).
+    BlockedChainReplyEarly,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 30] = [
+    pub const ALL: [Bug; 31] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -158,6 +163,7 @@ impl Bug {
         Bug::HotReadCached,
         Bug::SlowWriteAckedEarly,
         Bug::RowCacheKeepsDeleted,
+        Bug::BlockedChainReplyEarly,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -193,6 +199,7 @@ impl Bug {
             Bug::HotReadCached => "hot-read-cached",
             Bug::SlowWriteAckedEarly => "slow-write-acked-early",
             Bug::RowCacheKeepsDeleted => "row-cache-keeps-deleted",
+            Bug::BlockedChainReplyEarly => "blocked-chain-reply-early",
         }
     }
 }

@@ -120,7 +120,9 @@ mod tests {
         assert!(text.contains("never applied: "));
         assert!(text.contains("pause"));
         assert!(
-            text.contains("never hit: apply_written, log_appended"),
+            text.contains(
+                "never hit: apply_written, hand_over_pop, hand_over_starting, log_appended"
+            ),
             "{text}"
         );
     }

@@ -113,7 +113,19 @@ impl PointTable {
         FaultPoints::hooked(Arc::new(NodeHook {
             node,
             table: self.clone(),
-            disk,
+            disk: Some(disk),
+            trace,
+            truncated: AtomicBool::new(false),
+        }))
+    }
+
+    /// The hook for process `node`, which has no disk (a proxy): its points are counted and
+    /// delayed as armed; nothing is audited, and a crash arming frees no sync.
+    pub fn diskless_hook(&self, node: NodeId, trace: Trace) -> FaultPoints {
+        FaultPoints::hooked(Arc::new(NodeHook {
+            node,
+            table: self.clone(),
+            disk: None,
             trace,
             truncated: AtomicBool::new(false),
         }))
@@ -123,7 +135,8 @@ impl PointTable {
 struct NodeHook {
     node: NodeId,
     table: PointTable,
-    disk: SimDisk,
+    /// The process's disk, audited at the storage points (`None`: a process without one).
+    disk: Option<SimDisk>,
     trace: Trace,
     /// A log was truncated and nothing appended since: the next append is audited.
     truncated: AtomicBool,
@@ -134,12 +147,11 @@ impl NodeHook {
     /// where the log store says it saved one, every vote on the disk must be durable. (While
     /// power is failing a vote write may be stuck unsynced on purpose: not audited then.)
     fn audit_votes(&self) -> Option<String> {
-        if self.disk.is_frozen() {
+        let disk = self.disk.as_ref()?;
+        if disk.is_frozen() {
             return None;
         }
-        let keys = self
-            .disk
-            .undurable_keys(larder_core::env::Space::Meta, VOTE_PREFIX);
+        let keys = disk.undurable_keys(larder_core::env::Space::Meta, VOTE_PREFIX);
         (!keys.is_empty()).then(|| format!("vote records not durable when saved: {keys:?}"))
     }
 
@@ -153,7 +165,10 @@ impl NodeHook {
                 None
             }
             FaultPoint::LogAppended if self.truncated.swap(false, Ordering::Relaxed) => {
-                let rows = self.disk.current_rows(larder_core::env::Space::Log);
+                let rows = self
+                    .disk
+                    .as_ref()?
+                    .current_rows(larder_core::env::Space::Log);
                 let defects = larder_storage::raft::audit::audit_log(rows);
                 (!defects.is_empty()).then(|| {
                     let texts: Vec<String> = defects.iter().map(ToString::to_string).collect();
@@ -173,10 +188,13 @@ impl PointHook for NodeHook {
     /// point they must be durable. (While power is failing a sync may be stuck on purpose: not
     /// audited then.)
     fn log_appended(&self, group: GroupId, first: u64, last: u64) {
-        if self.disk.is_frozen() {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        if disk.is_frozen() {
             return;
         }
-        let keys = self.disk.undurable_keys_between(
+        let keys = disk.undurable_keys_between(
             larder_core::env::Space::Log,
             &log_key(group, first),
             &log_key(group, last),
@@ -226,7 +244,9 @@ impl PointHook for NodeHook {
                     "n{} loses power at {point}, crash in {after:?}",
                     self.node
                 );
-                self.disk.freeze_syncs();
+                if let Some(disk) = &self.disk {
+                    disk.freeze_syncs();
+                }
                 None
             }
             PointAction::Delay(delay) => Some(Box::pin(tokio::time::sleep(delay))),

@@ -631,7 +631,8 @@ pub fn pipelined_burst(seed: u64, bugs: Bugs) -> Result<PipelineOutcome, SimErro
     config.proxies = 1;
     config.bugs = bugs;
     let (mut sim, trace, faults, parts) = start(&config);
-    crate::run::register_proxies(&mut sim, &config, &trace, &faults);
+    let points = crate::points::PointTable::default();
+    crate::run::register_proxies(&mut sim, &config, &trace, &faults, &points);
     let outcome: Arc<Mutex<PipelineOutcome>> = Arc::default();
     let recorded = outcome.clone();
     sim.client(host_name(client_id(1)), async move {
@@ -682,6 +683,129 @@ pub fn pipelined_burst(seed: u64, bugs: Bugs) -> Result<PipelineOutcome, SimErro
     finish(&mut sim)?;
     drop_nodes(&parts);
     let mut outcome = outcome.lock().expect("outcome lock").clone();
+    outcome.trace_hash = trace.hash();
+    Ok(outcome)
+}
+
+/// What a chain of blocked `BLMOVE`s answered after one push fed it ([`blocking_chain`]).
+#[derive(Debug, Clone, Default)]
+pub struct BlockingChainOutcome {
+    /// The push's reply.
+    pub push: Option<Frame>,
+    /// `LRANGE` of the middle list and of the last, read by the pusher right after its reply.
+    pub middle: Option<Frame>,
+    pub last: Option<Frame>,
+    /// The two blocked clients' replies.
+    pub first_link: Option<Frame>,
+    pub second_link: Option<Frame>,
+    /// Passes of each fault point.
+    pub hits: BTreeMap<larder_core::env::FaultPoint, u64>,
+    pub trace_hash: String,
+}
+
+/// One client blocks in `BLMOVE {c}l1 {c}l2`, a second in `BLMOVE {c}l2 {c}l3`, and a third
+/// pushes one element to `{c}l1`, then reads `{c}l2` and `{c}l3`. As in Redis, the push's
+/// reply must follow the whole chain: the element is in `{c}l3`, `{c}l2` is empty.
+///
+/// `aimed` arms two delays at the proxy's blocking points: the writer waits at
+/// `hand_over_starting`, so the first client's own poll takes the element first; that
+/// client then holds the second one at `hand_over_pop` while it hands on its push. The writer
+/// must wait for it (`Bug::BlockedChainReplyEarly` does not).
+pub fn blocking_chain(
+    seed: u64,
+    bugs: Bugs,
+    aimed: bool,
+) -> Result<BlockingChainOutcome, SimError> {
+    use larder_core::env::FaultPoint;
+
+    use crate::points::{PointAction, PointTable};
+
+    let mut config = SimConfig::new(seed, Duration::from_secs(20));
+    config.faults = false;
+    config.groups = 2;
+    config.proxies = 1;
+    config.bugs = bugs;
+    let (mut sim, trace, faults, parts) = start(&config);
+    let points = PointTable::default();
+    if aimed {
+        // Longer than the blocked client's longest wait between polls (50 ms) and its pop.
+        let writer_wait = Duration::from_millis(300);
+        points.arm(
+            FaultPoint::HandOverStarting,
+            None,
+            PointAction::Delay(writer_wait),
+        );
+        points.arm(
+            FaultPoint::HandOverPop,
+            None,
+            PointAction::Delay(Duration::from_secs(1)),
+        );
+    }
+    crate::run::register_proxies(&mut sim, &config, &trace, &faults, &points);
+    let outcome: Arc<Mutex<BlockingChainOutcome>> = Arc::default();
+    let recorded = outcome.clone();
+    sim.client(host_name(client_id(1)), async move {
+        let proxy = host_name(crate::run::proxy_id(0));
+        let connect =
+            || turmoil::net::TcpStream::connect((proxy.clone(), crate::workload::PROXY_PORT));
+        let request = |words: &[&str]| {
+            let command: Vec<bytes::Bytes> = words
+                .iter()
+                .map(|word| bytes::Bytes::copy_from_slice(word.as_bytes()))
+                .collect();
+            let mut bytes = Vec::new();
+            resp::encode_request(&command, &mut bytes);
+            bytes
+        };
+        let mut stream = connect().await?;
+        let mut buffer = Vec::new();
+        // Until the group of the chain's slot has a leader and the proxy a route to it.
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let set = request(&["SET", "{c}ready", "1"]);
+            if larder_proxy::round_trip(&mut stream, &mut buffer, &set).await?
+                == Frame::Simple("OK".into())
+            {
+                break;
+            }
+        }
+        let blocked = |words: Vec<u8>| {
+            let connecting = connect();
+            tokio::spawn(async move {
+                let mut stream = connecting.await?;
+                let mut buffer = Vec::new();
+                larder_proxy::round_trip(&mut stream, &mut buffer, &words).await
+            })
+        };
+        let first = blocked(request(&["BLMOVE", "{c}l1", "{c}l2", "LEFT", "RIGHT", "0"]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = blocked(request(&["BLMOVE", "{c}l2", "{c}l3", "LEFT", "RIGHT", "0"]));
+        // Both blocked, polling at their longest interval.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let push = request(&["RPUSH", "{c}l1", "x"]);
+        let push = larder_proxy::round_trip(&mut stream, &mut buffer, &push).await?;
+        let middle = request(&["LRANGE", "{c}l2", "0", "-1"]);
+        let middle = larder_proxy::round_trip(&mut stream, &mut buffer, &middle).await?;
+        let last = request(&["LRANGE", "{c}l3", "0", "-1"]);
+        let last = larder_proxy::round_trip(&mut stream, &mut buffer, &last).await?;
+        let links = tokio::time::timeout(Duration::from_secs(10), async {
+            (first.await, second.await)
+        })
+        .await;
+        let mut outcome = recorded.lock().expect("outcome lock");
+        outcome.push = Some(push);
+        outcome.middle = Some(middle);
+        outcome.last = Some(last);
+        if let Ok((Ok(first), Ok(second))) = links {
+            outcome.first_link = first.ok();
+            outcome.second_link = second.ok();
+        }
+        Ok(())
+    });
+    finish(&mut sim)?;
+    drop_nodes(&parts);
+    let mut outcome = outcome.lock().expect("outcome lock").clone();
+    outcome.hits = points.hits();
     outcome.trace_hash = trace.hash();
     Ok(outcome)
 }

@@ -45,11 +45,18 @@ pub enum FaultPoint {
     /// Center: a migration's copy of its slots is in the target; the catch-up has not started.
     /// A delay here is where writes and deletes land that only the catch-up carries over.
     MigrationCopied,
+    /// Proxy: a write that clients are blocked on has its reply; the blocked clients are not
+    /// served yet. A delay here lets a blocked client's own poll take the element first.
+    HandOverStarting,
+    /// Proxy: a pop made on a blocked client's behalf (a handover) holds that client; the pop
+    /// is not proposed yet. A delay here holds a `BLMOVE` chain mid-way, with the element in
+    /// the middle list and the next client unable to take it by its own poll.
+    HandOverPop,
 }
 
 impl FaultPoint {
     /// Every point, in a fixed order.
-    pub const ALL: [FaultPoint; 9] = [
+    pub const ALL: [FaultPoint; 11] = [
         FaultPoint::VoteSaved,
         FaultPoint::LogAppended,
         FaultPoint::LogTruncated,
@@ -59,6 +66,8 @@ impl FaultPoint {
         FaultPoint::RoutingWritten,
         FaultPoint::ReadBetweenKeys,
         FaultPoint::MigrationCopied,
+        FaultPoint::HandOverStarting,
+        FaultPoint::HandOverPop,
     ];
 
     /// The storage points on durability paths, which every storage node and center replica
@@ -84,6 +93,8 @@ impl FaultPoint {
             FaultPoint::RoutingWritten => "routing_written",
             FaultPoint::ReadBetweenKeys => "read_between_keys",
             FaultPoint::MigrationCopied => "migration_copied",
+            FaultPoint::HandOverStarting => "hand_over_starting",
+            FaultPoint::HandOverPop => "hand_over_pop",
         }
     }
 }

@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::env::{Clock, Net};
+use larder_core::bugs::Bug;
+use larder_core::env::{Clock, FaultPoint, Net};
 use larder_core::kv::{BlockTimeout, Command, ListCommand, Reply};
 use larder_core::resp::Frame;
 
@@ -36,8 +37,8 @@ use super::{Proxy, Session, client_error, error};
 /// First and longest wait between two polls of a blocked command.
 const BLOCK_POLL_FIRST: Duration = Duration::from_millis(2);
 const BLOCK_POLL_MAX: Duration = Duration::from_millis(50);
-/// Most pops one write hands over (a chain of `BLMOVE`s included): bounds the work a single
-/// write can make its writer wait for.
+/// Most blocked clients one write looks at (each served, or waited for, or found gone; a chain
+/// of `BLMOVE`s included): bounds the work a single write can make its writer wait for.
 const HANDOVERS_PER_WRITE_MAX: usize = 1024;
 
 /// The clients blocked on each key, in arrival order.
@@ -152,13 +153,17 @@ impl Waiters {
         }
     }
 
-    /// The earliest client still waiting on `key`.
-    fn first_on(&self, key: &[u8]) -> Option<Arc<Slot>> {
+    /// The earliest client still waiting on `key`, or, with `handing_over_too`, one served by
+    /// its own poll that is still handing over what its pop pushed, if that comes first.
+    fn first_on(&self, key: &[u8], handing_over_too: bool) -> Option<Arc<Slot>> {
         self.lock()
             .by_key
             .get(key)?
             .iter()
-            .find(|slot| !slot.is_finished())
+            .find(|slot| {
+                !slot.is_finished()
+                    || (handing_over_too && slot.handing_over.load(Ordering::Acquire))
+            })
             .cloned()
     }
 
@@ -343,13 +348,20 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// Hands the clients blocked on `written` keys what a write just made available, earliest
     /// first, following the pushes of their own pops; at most [`HANDOVERS_PER_WRITE_MAX`].
     pub(super) async fn serve_waiters(&self, session: &mut Session<N, C>, written: Vec<Bytes>) {
-        self.hand_over(session, written, true).await;
+        if !self.waiters.any_waiting_on(&written) {
+            return;
+        }
+        self.config.points.hit(FaultPoint::HandOverStarting).await;
+        // Planted: the writer replies without waiting for a poll that served its client first.
+        let wait_for_pollers = !self.config.bugs.is_planted(Bug::BlockedChainReplyEarly);
+        self.hand_over(session, written, wait_for_pollers).await;
     }
 
     /// [`Proxy::serve_waiters`]; with `wait_for_pollers`, a client found served by its own
-    /// poll is waited for until it has handed over its pushes, so the writer's reply follows
-    /// the whole chain even when a poll won the race for its first link. Only a writer waits:
-    /// a client handing over its own pushes never does, so no two of them wait on each other.
+    /// poll is waited for until it has handed over its pushes, and the keys it pushed are
+    /// looked at in turn, so the writer's reply follows the whole chain even when polls won
+    /// the race for some of its links. Only a writer waits: a client handing over its own
+    /// pushes never does, so no two of them wait on each other.
     async fn hand_over(
         &self,
         session: &mut Session<N, C>,
@@ -360,24 +372,29 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             return;
         }
         let mut work: VecDeque<Bytes> = written.into();
-        let mut handovers = 0;
+        // Clients looked at, served or not: bounds the work (and the waits) of one write.
+        let mut visits = 0;
         while let Some(key) = work.pop_front() {
-            while handovers < HANDOVERS_PER_WRITE_MAX {
-                let Some(slot) = self.waiters.first_on(&key) else {
+            while visits < HANDOVERS_PER_WRITE_MAX {
+                let Some(slot) = self.waiters.first_on(&key, wait_for_pollers) else {
                     break;
                 };
+                visits += 1;
                 let mut answer = slot.answer.lock().await;
                 if slot.is_finished() {
-                    // Served or gone while we waited for its lock: look again, once what it
-                    // pushed by itself is handed over (its lock released first, so no slot's
-                    // lock is held while we wait).
+                    // Served or gone (before we looked, or while we waited for its lock): look
+                    // again. A writer first waits until what the client's own pop pushed is
+                    // handed over (its lock released first, so no slot's lock is held while we
+                    // wait), then follows those pushes too: a client further down the chain
+                    // may have been served by its own poll as well, and may still be handing over.
                     drop(answer);
                     if wait_for_pollers {
                         slot.handed_over().await;
+                        work.extend(pushed_keys(&slot));
                     }
                     continue;
                 }
-                handovers += 1;
+                self.config.points.hit(FaultPoint::HandOverPop).await;
                 match session.client.execute(slot.command.clone()).await {
                     // Nothing for it: it stays blocked (and polls, if the pop failed).
                     Ok(Reply::Nil | Reply::NilArray) | Err(_) => break,
@@ -491,10 +508,15 @@ mod tests {
         // First on `y`, so it may poll `y` while `first` holds `x`.
         assert!(waiters.is_first(&second.slot));
         assert!(!waiters.is_first(&third.slot));
-        assert_eq!(waiters.first_on(b"x").map(|s| s.client_id), Some(1));
-        // A served client no longer counts as first, even before it leaves.
+        assert_eq!(waiters.first_on(b"x", false).map(|s| s.client_id), Some(1));
+        // A served client no longer counts as first, even before it leaves; one still handing
+        // over what its own pop pushed is found by a writer that waits for it.
+        let handing_over = HandingOver::start(&first.slot);
         first.slot.finish();
-        assert_eq!(waiters.first_on(b"x").map(|s| s.client_id), Some(2));
+        assert_eq!(waiters.first_on(b"x", false).map(|s| s.client_id), Some(2));
+        assert_eq!(waiters.first_on(b"x", true).map(|s| s.client_id), Some(1));
+        drop(handing_over);
+        assert_eq!(waiters.first_on(b"x", true).map(|s| s.client_id), Some(2));
         drop(first);
         drop(second);
         assert!(waiters.is_first(&third.slot));

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Clock, Listener, MESSAGE_BYTES_MAX, Net, timeout};
+use larder_core::env::{Clock, FaultPoints, Listener, MESSAGE_BYTES_MAX, Net, timeout};
 use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::{self, Frame, Limits, Protocol, RequestParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -188,6 +188,9 @@ pub struct ProxyConfig {
     pub hot_keys: HotKeyConfig,
     /// Bugs planted on purpose ([`larder_core::bugs`]; none without the `planted-bugs` feature).
     pub bugs: Bugs,
+    /// Fault points the simulator hooks (the blocking pops' handovers); none in production,
+    /// where passing one is a no-op.
+    pub points: FaultPoints,
 }
 
 impl Default for ProxyConfig {
@@ -210,6 +213,7 @@ impl Default for ProxyConfig {
             routing_refresh: Duration::from_secs(1),
             hot_keys: HotKeyConfig::default(),
             bugs: Bugs::default(),
+            points: FaultPoints::none(),
         }
     }
 }

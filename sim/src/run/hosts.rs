@@ -331,12 +331,13 @@ impl ProxyTotals {
     }
 }
 
-/// Registers the RESP proxies.
+/// Registers the RESP proxies, each with a hook into the run's fault `points`.
 pub(crate) fn register_proxies(
     sim: &mut turmoil::Sim<'_>,
     config: &SimConfig,
     trace: &Trace,
     net_faults: &NetFaults,
+    points: &PointTable,
 ) -> ProxyTally {
     let seed = config.seed;
     let tally = ProxyTally::default();
@@ -346,6 +347,7 @@ pub(crate) fn register_proxies(
         let sim_config = config.clone();
         let incarnation = Arc::new(AtomicU64::new(0));
         let tally = tally.clone();
+        let points = points.diskless_hook(id, trace.clone());
         sim.host(host_name(id), move || {
             let generation = incarnation.fetch_add(1, Ordering::SeqCst);
             let net = SimNet::new(
@@ -360,6 +362,7 @@ pub(crate) fn register_proxies(
                 ProxyConfig {
                     client: client_config(&sim_config.bugs),
                     bugs: sim_config.bugs.clone(),
+                    points: points.clone(),
                     hot_keys: larder_proxy::HotKeyConfig {
                         writes_per_sec_max: sim_config.hot_key_writes_per_sec_max,
                         share_reads_min_per_sec: sim_config.hot_key_share_reads_min_per_sec,

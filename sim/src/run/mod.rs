@@ -75,7 +75,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
     let mut sim = build_sim(config);
     let points = PointTable::default();
     let mut parts = register_nodes(&mut sim, config, &trace, &net_faults, &points);
-    let proxies = register_proxies(&mut sim, config, &trace, &net_faults);
+    let proxies = register_proxies(&mut sim, config, &trace, &net_faults, &points);
     let client_ids = register_clients(&mut sim, config, &trace, &net_faults, &history);
     let operator_log: Arc<Mutex<OperatorLog>> = Arc::default();
     // The checker audits slot ownership once the operator (if the run has one) has settled.

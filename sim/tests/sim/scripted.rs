@@ -191,3 +191,56 @@ fn an_idle_group_sends_no_heartbeats_yet_writes_at_once_and_replaces_a_lost_lead
         );
     }
 }
+
+#[test]
+fn a_push_into_a_blmove_chain_replies_after_the_whole_chain_even_when_a_poll_wins_a_link() {
+    use larder_core::bugs::{Bug, Bugs};
+    use larder_core::env::FaultPoint;
+    use larder_core::resp::Frame;
+    use larder_sim::scenario::blocking_chain;
+
+    let element = || Frame::Array(Some(vec![Frame::Bulk(Some(Bytes::from_static(b"x")))]));
+    for (seed, aimed) in [(1, false), (1, true), (2, true)] {
+        let outcome = blocking_chain(seed, Bugs::default(), aimed).expect("scenario ran");
+        let context = format!("seed {seed}, aimed {aimed}: {outcome:?}");
+        assert_eq!(outcome.push, Some(Frame::Integer(1)), "{context}");
+        assert_eq!(
+            outcome.middle,
+            Some(Frame::Array(Some(vec![]))),
+            "{context}"
+        );
+        assert_eq!(outcome.last, Some(element()), "{context}");
+        for link in [&outcome.first_link, &outcome.second_link] {
+            assert_eq!(
+                link,
+                &Some(Frame::Bulk(Some(Bytes::from_static(b"x")))),
+                "{context}"
+            );
+        }
+        if aimed {
+            // The delays were passed, so the poll did win the first link.
+            for point in [FaultPoint::HandOverStarting, FaultPoint::HandOverPop] {
+                assert!(
+                    outcome.hits.get(&point).copied().unwrap_or(0) > 0,
+                    "{point} never passed: {context}"
+                );
+            }
+            let again = blocking_chain(seed, Bugs::default(), aimed).expect("scenario ran");
+            assert_eq!(
+                outcome.trace_hash, again.trace_hash,
+                "seed {seed}: scenario is not deterministic"
+            );
+        }
+    }
+    // A writer that replies without waiting for the poll's handover: the pusher finds the
+    // element still in the middle list.
+    let mut bugs = Bugs::default();
+    if bugs.try_plant(Bug::BlockedChainReplyEarly).is_ok() {
+        let outcome = blocking_chain(1, bugs, true).expect("scenario ran");
+        assert_eq!(
+            outcome.middle,
+            Some(element()),
+            "blocked-chain-reply-early went unnoticed: {outcome:?}"
+        );
+    }
+}
