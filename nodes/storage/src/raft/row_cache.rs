@@ -130,6 +130,14 @@ pub struct RowCache {
     shards: Box<[Mutex<Shard>]>,
 }
 
+/// Replaces a cached slot's row in place, keeping the shard's byte count (`bytes`) right: the
+/// slot keeps its place on the clock and its reference bit.
+fn replace_row(bytes: &mut usize, slot: &mut Slot, row: CachedRow, new_cost: usize) {
+    *bytes = *bytes - slot.cost + new_cost;
+    slot.cost = new_cost;
+    slot.row = row;
+}
+
 fn cost(key: &[u8], row: &CachedRow) -> usize {
     key.len() + row.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD_BYTES
 }
@@ -344,10 +352,7 @@ impl Shard {
             // reference bit, as in `put`.
             let row = row.map(|r| Bytes::copy_from_slice(&r));
             let new_cost = cost(key, &row);
-            let slot = entry.into_mut();
-            self.bytes = self.bytes - slot.cost + new_cost;
-            slot.cost = new_cost;
-            slot.row = row;
+            replace_row(&mut self.bytes, entry.into_mut(), row, new_cost);
         }
     }
 
@@ -356,9 +361,7 @@ impl Shard {
     fn put(&mut self, hash: u64, key: Bytes, row: CachedRow) {
         let new_cost = cost(&key, &row);
         if let Some(slot) = self.rows.find_mut(hash, |slot| slot.key == key) {
-            self.bytes = self.bytes - slot.cost + new_cost;
-            slot.cost = new_cost;
-            slot.row = row;
+            replace_row(&mut self.bytes, slot, row, new_cost);
             return;
         }
         let id = self.next_id;
