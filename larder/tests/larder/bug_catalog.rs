@@ -34,10 +34,13 @@ use larder::child::{Outcome, run_child};
 /// fence, which busy simulated keys almost never are. `nodes/storage/tests/storage/one_real_node.rs`
 /// (`slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost`, key 4: deleted
 /// right after the copy) does catch it.
-/// `blocked-chain-reply-early`: no swarm workload sends a blocking command, so no seed can catch
-/// it; the scripted scenario `larder_sim::scenario::blocking_chain`, with delays aimed at the
-/// proxy's `hand_over_starting` and `hand_over_pop` points
-/// (`sim/tests/sim/scripted.rs`, `a_push_into_a_blmove_chain_…`), does, on every run.
+/// `blocked-chain-reply-early`: no swarm workload sends a blocking command, and a history
+/// checker could not catch it if one did: the property it breaks is Redis's serving order (the
+/// pusher's next command finds the whole `BLMOVE` chain served), which is stronger than
+/// linearizability (a history where the second link's pop comes after the pusher's read is
+/// linearizable). The scripted scenario `larder_sim::scenario::blocking_chain`, with delays aimed
+/// at the proxy's `hand_over_starting` and `hand_over_pop` points, checks the order itself
+/// (`sim/tests/sim/scripted.rs`, `a_push_into_a_blmove_chain_…`) and catches it on every run.
 const UNCAUGHT_YET: &[&str] = &["migration-untracked-deletes", "blocked-chain-reply-early"];
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its
