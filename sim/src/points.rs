@@ -110,22 +110,20 @@ impl PointTable {
 
     /// The hook for process `node`, whose disk is `disk`.
     pub fn hook(&self, node: NodeId, disk: SimDisk, trace: Trace) -> FaultPoints {
-        FaultPoints::hooked(Arc::new(NodeHook {
-            node,
-            table: self.clone(),
-            disk: Some(disk),
-            trace,
-            truncated: AtomicBool::new(false),
-        }))
+        self.hook_of(node, Some(disk), trace)
     }
 
     /// The hook for process `node`, which has no disk (a proxy): its points are counted and
-    /// delayed as armed; nothing is audited, and a crash arming frees no sync.
+    /// delayed as armed; nothing is audited, and a crash arming freezes no sync.
     pub fn diskless_hook(&self, node: NodeId, trace: Trace) -> FaultPoints {
+        self.hook_of(node, None, trace)
+    }
+
+    fn hook_of(&self, node: NodeId, disk: Option<SimDisk>, trace: Trace) -> FaultPoints {
         FaultPoints::hooked(Arc::new(NodeHook {
             node,
             table: self.clone(),
-            disk: None,
+            disk,
             trace,
             truncated: AtomicBool::new(false),
         }))

@@ -555,6 +555,17 @@ pub struct PipelineOutcome {
     pub trace_hash: String,
 }
 
+/// A fault-free 20 s cluster of `groups` slot groups behind one proxy, with `bugs` planted: the
+/// set-up of the scenarios that talk RESP to a proxy.
+fn one_proxy_config(seed: u64, groups: u64, bugs: Bugs) -> SimConfig {
+    let mut config = SimConfig::new(seed, Duration::from_secs(20));
+    config.faults = false;
+    config.groups = groups;
+    config.proxies = 1;
+    config.bugs = bugs;
+    config
+}
+
 /// The commands of [`pipelined_burst`] on keys named after `prefix`: strings, counters, lists
 /// and hashes spread over the slot groups, written and read in rounds, with commands the
 /// proxy answers alone in between (`PING`, an `MGET` across groups, `MULTI … EXEC`).
@@ -625,11 +636,7 @@ fn burst_commands(prefix: &str) -> Vec<Vec<bytes::Bytes>> {
 /// proxy runs the pipeline's commands group by group, several to an entry; the answers must
 /// be those of the one-at-a-time run, in order.
 pub fn pipelined_burst(seed: u64, bugs: Bugs) -> Result<PipelineOutcome, SimError> {
-    let mut config = SimConfig::new(seed, Duration::from_secs(20));
-    config.faults = false;
-    config.groups = 4;
-    config.proxies = 1;
-    config.bugs = bugs;
+    let config = one_proxy_config(seed, 4, bugs);
     let (mut sim, trace, faults, parts) = start(&config);
     let points = crate::points::PointTable::default();
     crate::run::register_proxies(&mut sim, &config, &trace, &faults, &points);
@@ -720,11 +727,7 @@ pub fn blocking_chain(
 
     use crate::points::{PointAction, PointTable};
 
-    let mut config = SimConfig::new(seed, Duration::from_secs(20));
-    config.faults = false;
-    config.groups = 2;
-    config.proxies = 1;
-    config.bugs = bugs;
+    let config = one_proxy_config(seed, 2, bugs);
     let (mut sim, trace, faults, parts) = start(&config);
     let points = PointTable::default();
     if aimed {
