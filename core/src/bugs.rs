@@ -128,11 +128,15 @@ pub enum Bug {
     /// chain of `BLMOVE`s the writer's next command can find the element mid-chain (Redis
     /// serves the whole chain before the writer's next command).
     BlockedChainReplyEarly,
+    /// Read rounds (storage): a replica confirms a leader's read round for every group named,
+    /// without checking its saved vote, so a deposed leader that still reaches it serves
+    /// stale reads.
+    ReadConfirmIgnoresVote,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 31] = [
+    pub const ALL: [Bug; 32] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -164,6 +168,7 @@ impl Bug {
         Bug::SlowWriteAckedEarly,
         Bug::RowCacheKeepsDeleted,
         Bug::BlockedChainReplyEarly,
+        Bug::ReadConfirmIgnoresVote,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -200,6 +205,7 @@ impl Bug {
             Bug::SlowWriteAckedEarly => "slow-write-acked-early",
             Bug::RowCacheKeepsDeleted => "row-cache-keeps-deleted",
             Bug::BlockedChainReplyEarly => "blocked-chain-reply-early",
+            Bug::ReadConfirmIgnoresVote => "read-confirm-ignores-vote",
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// Skip the redis-server peer runs.
     #[arg(long)]
     pub no_peer: bool,
+    /// Confirm reads with each group's own openraft read index instead of the nodes' read
+    /// rounds (see `larder up --no-read-rounds`), to compare the two.
+    #[arg(long)]
+    pub no_read_rounds: bool,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -440,6 +444,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             hot_key_share_reads_min_per_sec: larder_proxy::HotKeyConfig::default()
                 .share_reads_min_per_sec,
             hot_slot_requests_per_sec_max: 0,
+            read_rounds: !args.no_read_rounds,
         }))
         .context("starting the local cluster")?;
     let port = cluster.proxy_address.port();

@@ -54,6 +54,9 @@ pub struct LocalConfig {
     pub hot_key_share_reads_min_per_sec: Option<u64>,
     /// The center's `hot_slot_requests_per_sec_max` (0: hot slots stay where they are).
     pub hot_slot_requests_per_sec_max: u64,
+    /// The storage nodes' `NodeConfig::read_rounds` (`false`: every read confirmed by its
+    /// group's own openraft read index).
+    pub read_rounds: bool,
 }
 
 /// Why a local cluster did not start.
@@ -289,6 +292,7 @@ impl LocalCluster {
                 centers: CENTERS.to_vec(),
                 center_heartbeat_ms: center_config.heartbeat_ms,
                 address: address.to_string(),
+                read_rounds: args.read_rounds,
                 ..NodeConfig::new(id, vec![])
             };
             let node = StorageNode::start(env, config)

@@ -50,6 +50,11 @@ pub struct UpArgs {
     /// center into a new group of its own (default 0: off).
     #[arg(long, default_value_t = 0)]
     pub hot_slot_requests_per_sec_max: u64,
+    /// Confirm each linearizable read with its group's own openraft read index (a heartbeat
+    /// round per group) instead of the nodes' read rounds (one exchange per peer for every
+    /// group with reads waiting). Both are linearizable; this is for comparing them.
+    #[arg(long)]
+    pub no_read_rounds: bool,
 }
 
 fn parse_nodes(text: &str) -> Result<usize, String> {
@@ -79,6 +84,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
                 hot_key_share_reads_min_per_sec: (args.hot_key_share_reads_min_per_sec > 0)
                     .then_some(args.hot_key_share_reads_min_per_sec),
                 hot_slot_requests_per_sec_max: args.hot_slot_requests_per_sec_max,
+                read_rounds: !args.no_read_rounds,
             };
             let cluster = LocalCluster::start(&config)
                 .await

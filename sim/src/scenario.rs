@@ -220,6 +220,145 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
     Ok(outcome)
 }
 
+/// What a read at a deposed leader got, the moment its partition healed.
+#[derive(Debug, Clone, Default)]
+pub struct DeposedReadOutcome {
+    pub old_leader: Option<NodeId>,
+    /// A node of the majority side that led while the old leader was cut off.
+    pub new_leader: Option<NodeId>,
+    /// The write of `k` before the partition, through the old leader.
+    pub first_write: Option<Result<Reply, ClientError>>,
+    /// The write of `k` on the majority side, during the partition.
+    pub majority_write: Option<Result<Reply, ClientError>>,
+    /// The read of `k` sent only to the old leader as the partition healed.
+    pub deposed_read: Option<Result<Reply, ClientError>>,
+    pub trace_hash: String,
+}
+
+/// A read at a leader deposed while it was cut off, sent the moment the partition heals: the
+/// old leader still believes it leads (nothing from the new one has reached it yet), so its
+/// read round asks the majority side, whose replicas have voted for the new leader since. They
+/// must say no (`StorageNode::answer_read_confirm`); the read then steps aside to openraft's
+/// read index, which finds the higher term, and is refused. With the planted bug
+/// `read-confirm-ignores-vote` they say yes, and the read answers the value from before the
+/// majority's write, which was acknowledged before the read was sent.
+pub fn deposed_leader_read(seed: u64, bugs: Bugs) -> Result<DeposedReadOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(16));
+    config.faults = false;
+    config.bugs = bugs;
+    let (mut sim, trace, faults, parts) = start(&config);
+    let nodes = config.node_ids();
+    let outcome: Arc<Mutex<DeposedReadOutcome>> = Arc::default();
+    let isolated: Arc<Mutex<Option<NodeId>>> = Arc::default();
+    let partition_at = Duration::from_secs(3);
+    let heal_at = Duration::from_secs(10);
+    let (writer, reader) = (client_id(1), client_id(2));
+    let patient = ClientConfig {
+        request_timeout: Duration::from_millis(1500),
+        attempts_max: 30,
+        backoff: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    {
+        let (net, isolated, outcome, nodes, patient) = (
+            SimNet::new(writer, faults.clone(), derive_seed(seed, 41), trace.clone()),
+            isolated.clone(),
+            outcome.clone(),
+            nodes.clone(),
+            patient.clone(),
+        );
+        sim.client(host_name(writer), async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let mut client = Client::new(
+                net.clone(),
+                SimClock::new(),
+                GROUP,
+                nodes.clone(),
+                patient.clone(),
+            );
+            let first = client.execute(Command::set("k", "before")).await;
+            outcome.lock().expect("outcome lock").first_write = Some(first);
+            tokio::time::sleep(
+                (partition_at + Duration::from_millis(200)).saturating_sub(sim_now()),
+            )
+            .await;
+            let Some(old) = *isolated.lock().expect("isolated lock") else {
+                return Ok(());
+            };
+            let others = nodes.into_iter().filter(|&id| id != old).collect();
+            let mut client = Client::new(net, SimClock::new(), GROUP, others, patient);
+            let result = client.execute(Command::set("k", "after")).await;
+            outcome.lock().expect("outcome lock").majority_write = Some(result);
+            Ok(())
+        });
+    }
+    {
+        let (net, isolated, outcome) = (
+            SimNet::new(reader, faults.clone(), derive_seed(seed, 42), trace.clone()),
+            isolated.clone(),
+            outcome.clone(),
+        );
+        sim.client(host_name(reader), async move {
+            tokio::time::sleep(heal_at).await;
+            let Some(old) = *isolated.lock().expect("isolated lock") else {
+                return Ok(());
+            };
+            // The old leader only, once: what it answers is the point.
+            let once = ClientConfig {
+                request_timeout: Duration::from_millis(1500),
+                attempts_max: 1,
+                ..ClientConfig::default()
+            };
+            let mut client = Client::new(net, SimClock::new(), GROUP, vec![old], once);
+            let result = client.execute(Command::get("k")).await;
+            outcome.lock().expect("outcome lock").deposed_read = Some(result);
+            Ok(())
+        });
+    }
+    step_until(&mut sim, partition_at)?;
+    let mut old = current_leader(&parts);
+    while old.is_none() && sim.elapsed() < partition_at + Duration::from_secs(5) {
+        let next = sim.elapsed() + Duration::from_millis(10);
+        step_until(&mut sim, next)?;
+        old = current_leader(&parts);
+    }
+    *isolated.lock().expect("isolated lock") = old;
+    outcome.lock().expect("outcome lock").old_leader = old;
+    if let Some(old) = old {
+        // Cut off from its peers and the writer; the reader still reaches it.
+        faults.update(|state| {
+            for other in nodes
+                .iter()
+                .copied()
+                .filter(|&id| id != old)
+                .chain([writer])
+            {
+                state.blocked.insert((old, other));
+                state.blocked.insert((other, old));
+            }
+        });
+    }
+    while sim.elapsed() < heal_at {
+        let next = (sim.elapsed() + Duration::from_millis(10)).min(heal_at);
+        step_until(&mut sim, next)?;
+        let new_leader = parts.iter().filter(|p| Some(p.id) != old).find_map(|p| {
+            let slot = p.slot.lock().expect("slot lock");
+            slot.as_ref()
+                .filter(|node| node.is_leader(GROUP))
+                .map(|node| node.id())
+        });
+        if new_leader.is_some() {
+            outcome.lock().expect("outcome lock").new_leader = new_leader;
+        }
+    }
+    faults.update(|state| state.blocked.clear());
+    finish(&mut sim)?;
+    drop_nodes(&parts);
+    let mut outcome = outcome.lock().expect("outcome lock").clone();
+    outcome.trace_hash = trace.hash();
+    Ok(outcome)
+}
+
 fn drop_nodes(parts: &[NodeParts]) {
     for part in parts {
         part.slot.lock().expect("slot lock").take();

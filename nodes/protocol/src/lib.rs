@@ -47,7 +47,9 @@ pub use client::{ClientRequest, ClientResponse, SESSION_EXPIRED, SessionSeq};
 pub use migration::{
     GetMigrations, Migration, MigrationPhase, MoveSlots, SplitGroup, Steer, SteerMigration,
 };
-pub use raft::{BeaconAck, LeaderBeacon, RaftCall, RaftRequest, RaftResponse};
+pub use raft::{
+    BeaconAck, LeaderBeacon, RaftCall, RaftRequest, RaftResponse, ReadConfirm, ReadConfirmAck,
+};
 
 /// The Raft group of the center replicas. Never a slot group: routing tables number slot groups
 /// from 1. Part of the protocol because storage nodes treat it specially (never removed by an
@@ -63,6 +65,8 @@ pub enum Request {
     Admin(AdminRequest),
     /// The groups a node leads, for its peers (see [`LeaderBeacon`]).
     Beacon(LeaderBeacon),
+    /// A leader's read round: are the named groups' votes still its own (see [`ReadConfirm`]).
+    ReadConfirm(ReadConfirm),
 }
 
 /// A request type and the type of its answer. Implemented by every request struct of every

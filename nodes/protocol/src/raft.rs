@@ -71,3 +71,30 @@ impl From<LeaderBeacon> for Request {
         Request::Beacon(beacon)
     }
 }
+
+/// A leader's read round (`larder_storage::read_rounds`): for each group named, "is your
+/// vote still for me in this term?". One message per peer carries every group of the round
+/// that has the peer among its voters, so a node leading many groups confirms the leadership
+/// of all of them with one exchange per peer, instead of one heartbeat round per group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadConfirm {
+    /// `(group, term)`: the sender leads `group` with the leader id `(term, sender)`.
+    pub groups: Vec<(GroupId, u64)>,
+}
+
+/// The answer to a [`ReadConfirm`]: for each group it named, in order, whether this replica's
+/// saved vote is for the sender in that term (so it has voted for no later leader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadConfirmAck {
+    pub held: Vec<bool>,
+}
+
+impl Rpc for ReadConfirm {
+    type Response = ReadConfirmAck;
+}
+
+impl From<ReadConfirm> for Request {
+    fn from(confirm: ReadConfirm) -> Request {
+        Request::ReadConfirm(confirm)
+    }
+}

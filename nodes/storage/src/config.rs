@@ -84,6 +84,16 @@ pub struct NodeConfig {
     /// every group it hosts ([`crate::raft::row_cache::RowCache`]). 0: no cache.
     #[serde(default = "default_row_cache_bytes")]
     pub row_cache_bytes: usize,
+    /// Whether linearizable reads are confirmed by the node's read rounds, one exchange per
+    /// peer for every group with reads waiting ([`crate::read_rounds`]); `false`: by openraft's
+    /// read index, one heartbeat round per group. Both are linearizable under any clock; the
+    /// switch is there to compare them, and to step back if the rounds ever misbehave.
+    #[serde(default = "default_read_rounds")]
+    pub read_rounds: bool,
+}
+
+fn default_read_rounds() -> bool {
+    true
 }
 
 fn default_row_cache_bytes() -> usize {
@@ -141,6 +151,7 @@ impl NodeConfig {
             lanes: crate::lanes::LaneConfig::default(),
             commit_hold_ms: default_commit_hold_ms(),
             row_cache_bytes: default_row_cache_bytes(),
+            read_rounds: default_read_rounds(),
         }
     }
 

@@ -4,8 +4,10 @@
 //! ([`larder_core::env::Env`]): the same code runs on the real environment and in the simulator.
 //!
 //! - [`node`]: [`StorageNode`], hosting (open, add, remove groups) and what it knows of them.
-//! - [`serving`]: client commands (writes through the log, reads after a read-index round),
+//! - [`serving`]: client commands (writes through the log, reads after a read round),
 //!   openraft's RPCs, routing fetches, and the request dispatch ([`NodeHandler`]).
+//! - [`read_rounds`]: confirming the leadership of every group with reads waiting in one
+//!   exchange per peer, for linearizable reads.
 //! - [`admin`]: the center's instructions (host, drop, form, replace a voter, move leadership).
 //! - [`lanes`]: the four lanes (read/write × fast/slow) client commands run in.
 //! - [`broken`]: replicas retired because a record's checksum failed.
@@ -28,6 +30,7 @@ pub mod migration;
 pub mod node;
 pub mod quiet;
 pub mod raft;
+pub mod read_rounds;
 pub mod serving;
 pub mod supervisor;
 

@@ -292,6 +292,21 @@ impl<E: Env> Collector for NodeCollector<E> {
                 node.row_cache.misses(),
             ),
             (
+                "read_rounds",
+                "Read rounds run: one confirmation per peer for every group with reads waiting",
+                node.read_rounds.rounds(),
+            ),
+            (
+                "reads_confirmed_by_round",
+                "Reads whose group's leadership a read round confirmed",
+                node.read_rounds.confirmed(),
+            ),
+            (
+                "reads_stepped_aside",
+                "Reads a read round could not confirm, confirmed by openraft's read index",
+                node.read_rounds.stepped_aside(),
+            ),
+            (
                 "refused_raft",
                 "Raft messages refused: the sender is not the leader it claims",
                 refused.raft.load(Ordering::Relaxed),

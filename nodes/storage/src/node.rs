@@ -18,7 +18,7 @@ use openraft::async_runtime::WatchReceiver;
 use crate::broken::{BrokenReplicas, broken_key, group_of_key};
 use crate::config::{NodeConfig, NodeError};
 use crate::raft::group_commit::GroupCommitDisk;
-use crate::raft::log_store::DiskLogStore;
+use crate::raft::log_store::{DiskLogStore, SavedVotes};
 use crate::raft::network::RaftNet;
 use crate::raft::row_cache::RowCache;
 use crate::raft::runtime::RaftContext;
@@ -99,6 +99,10 @@ pub struct StorageNode<E: Env> {
     pub(crate) lanes: crate::lanes::Lanes<E::Clock>,
     /// The state rows its leaders read, shared by every group ([`RowCache`]).
     pub(crate) row_cache: Arc<RowCache>,
+    /// Each hosted group's vote as its log store saved it, for the read rounds of peers.
+    pub(crate) saved_votes: Arc<SavedVotes>,
+    /// The reads waiting for this node's next read round ([`crate::read_rounds`]).
+    pub(crate) read_rounds: crate::read_rounds::ReadRounds,
 }
 
 /// A group's leader as this node last saw it.
@@ -172,6 +176,7 @@ pub(crate) async fn open_group<E: Env>(
     config: &NodeConfig,
     disk: &NodeDisk<E>,
     row_cache: &Arc<RowCache>,
+    saved_votes: &Arc<SavedVotes>,
     group: GroupId,
 ) -> Result<Group<NodeDisk<E>>, NodeError> {
     let raft_config = Arc::new(config.raft_config(group)?);
@@ -196,7 +201,13 @@ pub(crate) async fn open_group<E: Env>(
             "deleted element ranges a crash left unreachable"
         );
     }
-    let log = DiskLogStore::new(disk.clone(), group, config.bugs.clone(), env.fault_points());
+    let log = DiskLogStore::new(
+        disk.clone(),
+        group,
+        config.bugs.clone(),
+        env.fault_points(),
+        saved_votes.clone(),
+    );
     let net = RaftNet::new(env.net().clone(), group, config.transfer_limits());
     // openraft takes time and randomness from the context its tasks run in: `Raft::new` draws
     // the first election timeout and spawns every Raft task, which inherit the context, so the
@@ -248,6 +259,7 @@ impl<E: Env> StorageNode<E> {
             None => config.groups.iter().copied().collect(),
         };
         let row_cache = Arc::new(RowCache::new(config.row_cache_bytes, env.seed()));
+        let saved_votes = Arc::new(SavedVotes::default());
         let mut groups = BTreeMap::new();
         let mut newly_broken = Vec::new();
         for group in hosted {
@@ -263,7 +275,7 @@ impl<E: Env> StorageNode<E> {
                 broken.restore(group, String::from_utf8_lossy(&reason).into_owned());
                 continue;
             }
-            match open_group(&env, &config, &disk, &row_cache, group).await {
+            match open_group(&env, &config, &disk, &row_cache, &saved_votes, group).await {
                 Ok(opened) => {
                     groups.insert(group, Arc::new(opened));
                 }
@@ -299,6 +311,8 @@ impl<E: Env> StorageNode<E> {
             ),
             lanes,
             row_cache,
+            saved_votes,
+            read_rounds: crate::read_rounds::ReadRounds::default(),
         });
         // The replicas that failed to open are retired now (their marks made durable).
         if !newly_broken.is_empty() {
@@ -310,6 +324,7 @@ impl<E: Env> StorageNode<E> {
         }
         node.spawn_supervisor();
         node.spawn_quiet();
+        node.spawn_read_rounds();
         Ok(node)
     }
 
@@ -425,8 +440,15 @@ impl<E: Env> StorageNode<E> {
         wipe_group(&self.disk, &self.row_cache, group)
             .await
             .map_err(|source| NodeError::Storage { group, source })?;
-        let opened =
-            open_group(&self.env, &self.config, &self.disk, &self.row_cache, group).await?;
+        let opened = open_group(
+            &self.env,
+            &self.config,
+            &self.disk,
+            &self.row_cache,
+            &self.saved_votes,
+            group,
+        )
+        .await?;
         let mut hosted = self.hosted_list();
         hosted.push(group);
         hosted.sort_unstable();
@@ -467,6 +489,8 @@ impl<E: Env> StorageNode<E> {
             .await
             .map_err(|source| NodeError::Storage { group, source })?;
         self.broken.clear(group);
+        // After the Raft stopped: it saves no vote again.
+        self.saved_votes.forget(group);
         tracing::info!(node = self.id(), group, broken, "removed a replica");
         Ok(true)
     }
@@ -694,6 +718,8 @@ impl<E: Env> StorageNode<E> {
     /// Stops every group's Raft and the heartbeat task.
     pub async fn shutdown(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+        // Its reads waiting step aside, and the task ends.
+        self.read_rounds.wake();
         for (_, group) in self.all_groups() {
             let _ = group.raft.shutdown().await;
         }

@@ -13,11 +13,11 @@ use larder_core::{GroupId, NodeId};
 use larder_protocol::{
     BeaconAck, CENTER_GROUP, CenterRequest, CenterResponse, ClientRequest, ClientResponse,
     DrainNode, GetMigrations, GetRouting, GetStatus, Heartbeat, LeaderBeacon, MoveSlots, RaftCall,
-    RaftRequest, RaftResponse, Request, RoutingAnswer, SessionSeq, SplitGroup, SteerMigration,
-    decode_request, respond, undecodable,
+    RaftRequest, RaftResponse, ReadConfirm, Request, RoutingAnswer, SessionSeq, SplitGroup,
+    SteerMigration, decode_request, respond, undecodable,
 };
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
-use openraft::raft::{AppendEntriesRequest, ReadPolicy, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::vote::RaftLeaderId;
 
 use crate::config::NodeError;
@@ -145,11 +145,7 @@ impl<E: Env> StorageNode<E> {
                 if stale_ok {
                     return Ok(());
                 }
-                handle
-                    .raft
-                    .ensure_linearizable(ReadPolicy::ReadIndex)
-                    .await?;
-                Ok::<_, RaftError<TypeConfig, LinearizableReadError<TypeConfig>>>(())
+                self.confirm_read(group, &handle.raft).await
             };
             match timeout(self.env.clock(), limit, Box::pin(read)).await {
                 Ok(Ok(())) => {
@@ -464,6 +460,9 @@ impl<E: Env> StorageNode<E> {
             Request::Beacon(beacon) => {
                 self.hear_beacon(from, &beacon);
                 respond::<LeaderBeacon>(&BeaconAck)
+            }
+            Request::ReadConfirm(confirm) => {
+                respond::<ReadConfirm>(&self.answer_read_confirm(from, &confirm))
             }
         }
     }

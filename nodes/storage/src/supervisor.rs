@@ -70,8 +70,15 @@ impl<E: Env> StorageNode<E> {
             return Ok(()); // Removed meanwhile.
         };
         let _ = stopped.raft.shutdown().await;
-        let opened =
-            open_group(&self.env, &self.config, &self.disk, &self.row_cache, group).await?;
+        let opened = open_group(
+            &self.env,
+            &self.config,
+            &self.disk,
+            &self.row_cache,
+            &self.saved_votes,
+            group,
+        )
+        .await?;
         self.groups
             .write()
             .expect("groups lock")

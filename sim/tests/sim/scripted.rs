@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use larder_core::kv::Reply;
-use larder_sim::scenario::{deposed_leader, replace_voter};
+use larder_sim::scenario::{deposed_leader, deposed_leader_read, replace_voter};
 
 fn check_deposed_leader(seed: u64) -> String {
     let outcome = deposed_leader(seed).expect("scenario ran");
@@ -242,5 +242,63 @@ fn a_push_into_a_blmove_chain_replies_after_the_whole_chain_even_when_a_poll_win
             Some(element()),
             "blocked-chain-reply-early went unnoticed: {outcome:?}"
         );
+    }
+}
+
+/// A read sent to a deposed leader as its partition heals is never answered with the value
+/// from before the majority's acknowledged write: its read round finds the majority's votes
+/// moved on. The planted bug `read-confirm-ignores-vote` (replicas confirm whatever vote they
+/// hold) serves that stale value. Each seed twice, with equal traces.
+#[test]
+fn a_deposed_leader_read_round_is_refused_by_replicas_that_voted_for_its_successor() {
+    let run = |seed: u64, bugs: larder_core::bugs::Bugs| {
+        let outcome = deposed_leader_read(seed, bugs).expect("scenario ran");
+        let old = outcome.old_leader.expect("a leader before the partition");
+        let new = outcome
+            .new_leader
+            .expect("the majority side elected a leader");
+        assert_ne!(old, new);
+        assert_eq!(
+            outcome.first_write.clone().expect("first write ran"),
+            Ok(Reply::Ok)
+        );
+        assert_eq!(
+            outcome.majority_write.clone().expect("majority write ran"),
+            Ok(Reply::Ok),
+            "seed {seed}: the majority side must accept the write before the heal"
+        );
+        (
+            outcome.deposed_read.clone().expect("the read ran"),
+            outcome.trace_hash,
+        )
+    };
+    let stale = Ok(Reply::Bulk(Bytes::from_static(b"before")));
+    for seed in [1, 2] {
+        let (read, hash) = run(seed, larder_core::bugs::Bugs::default());
+        println!("seed {seed}: the deposed leader answered {read:?}");
+        assert_ne!(
+            read, stale,
+            "seed {seed}: a deposed leader served a stale read"
+        );
+        // Refused: the read stepped aside to openraft, which found the higher term.
+        assert!(
+            read.is_err(),
+            "seed {seed}: the deposed leader answered {read:?}"
+        );
+        let (again, hash_again) = run(seed, larder_core::bugs::Bugs::default());
+        assert_eq!(
+            (read, hash),
+            (again, hash_again),
+            "seed {seed}: not deterministic"
+        );
+    }
+    let mut bugs = larder_core::bugs::Bugs::default();
+    if bugs
+        .try_plant(larder_core::bugs::Bug::ReadConfirmIgnoresVote)
+        .is_ok()
+    {
+        let (read, _) = run(1, bugs);
+        println!("with the bug: {read:?}");
+        assert_eq!(read, stale, "the planted bug must be caught");
     }
 }

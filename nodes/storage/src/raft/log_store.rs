@@ -1,13 +1,15 @@
 //! The Raft log of one slot group, stored through [`Disk`].
 
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
 
-use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Disk, FaultPoint, FaultPoints, Space, WriteBatch, vote_key};
+use larder_core::{GroupId, NodeId};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use tokio::sync::mpsc;
@@ -28,6 +30,48 @@ struct Unflushed {
     callback: IOFlushed<TypeConfig>,
 }
 
+/// The vote each group's log store saved last, node-wide: what this replica answers a leader's
+/// read round with (`crate::read_rounds`). A vote is recorded here *before* it is written, and
+/// openraft answers a vote request only once `save_vote` has returned, so a vote this replica
+/// granted is visible here before its candidate can count it: an answer "my vote is still for
+/// you in term t" given at some moment proves this replica had voted for no later leader by
+/// then. Votes only rise (a vote read back from the disk never lowers one being saved).
+#[derive(Debug, Default)]
+pub struct SavedVotes {
+    votes: Mutex<BTreeMap<GroupId, Vote>>,
+}
+
+impl SavedVotes {
+    /// Records `vote` for `group` unless a higher one is recorded.
+    pub fn raise(&self, group: GroupId, vote: &Vote) {
+        let mut votes = self.votes.lock().expect("votes lock");
+        match votes.get(&group) {
+            Some(held) if vote.partial_cmp(held) == Some(Ordering::Less) => {}
+            _ => {
+                votes.insert(group, *vote);
+            }
+        }
+    }
+
+    /// Whether this replica's vote for `group` is for `leader` in `term` (committed or not:
+    /// either way it has voted for no later leader).
+    pub fn holds(&self, group: GroupId, term: u64, leader: NodeId) -> bool {
+        self.votes
+            .lock()
+            .expect("votes lock")
+            .get(&group)
+            .is_some_and(|vote| {
+                let id = vote.leader_id();
+                id.term == term && id.node_id == leader
+            })
+    }
+
+    /// Forgets a group no longer hosted here.
+    pub fn forget(&self, group: GroupId) {
+        self.votes.lock().expect("votes lock").remove(&group);
+    }
+}
+
 /// openraft's log storage for group `group` on `disk`.
 ///
 /// An append is written unsynced, so its entries are readable when `append` returns (openraft
@@ -44,6 +88,8 @@ pub struct DiskLogStore<D: Disk> {
     group: GroupId,
     bugs: Bugs,
     points: FaultPoints,
+    /// Where `save_vote` records the vote before writing it (see [`SavedVotes`]).
+    votes: Arc<SavedVotes>,
     /// To this group's flush task ([`flush_appends`]).
     unflushed: mpsc::Sender<Unflushed>,
     /// The index the last purge in this process reached: the next one starts above it without
@@ -57,7 +103,13 @@ pub struct DiskLogStore<D: Disk> {
 
 impl<D: Disk> DiskLogStore<D> {
     /// Also starts the group's flush task, which ends when the store and its readers are gone.
-    pub fn new(disk: D, group: GroupId, bugs: Bugs, points: FaultPoints) -> Self {
+    pub fn new(
+        disk: D,
+        group: GroupId,
+        bugs: Bugs,
+        points: FaultPoints,
+        votes: Arc<SavedVotes>,
+    ) -> Self {
         let (unflushed, queue) = mpsc::channel(FLUSHES_QUEUED_MAX);
         let cache = LogCache::new(
             LOG_CACHE_ENTRIES_MAX,
@@ -76,6 +128,7 @@ impl<D: Disk> DiskLogStore<D> {
             group,
             bugs,
             points,
+            votes,
             unflushed,
             purged_through: None,
             cache: Arc::new(Mutex::new(cache)),
@@ -172,7 +225,11 @@ impl<D: Disk> RaftLogReader<TypeConfig> for DiskLogStore<D> {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         match self.disk.read_vote(self.group).await? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            Some(bytes) => {
+                let vote: Vote = decode(&bytes)?;
+                self.votes.raise(self.group, &vote);
+                Ok(Some(vote))
+            }
             None => Ok(None),
         }
     }
@@ -208,6 +265,8 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        // Before the write: see `SavedVotes`.
+        self.votes.raise(self.group, vote);
         if self.bugs.is_planted(Bug::UnsyncedVote) {
             // The same record `Disk::save_vote` writes, without its sync.
             let mut batch = WriteBatch::new();
@@ -326,7 +385,8 @@ mod tests {
     async fn overwrite_a_suffix(bugs: Bugs) -> (Vec<u64>, Vec<u64>) {
         let dir = tempfile::tempdir().expect("dir");
         let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
-        let mut store = DiskLogStore::new(disk.clone(), 7, bugs, FaultPoints::none());
+        let mut store =
+            DiskLogStore::new(disk.clone(), 7, bugs, FaultPoints::none(), Arc::default());
         store
             .append(entries(1, 1..=6), IOFlushed::noop())
             .await
@@ -342,7 +402,13 @@ mod tests {
             .expect("append");
         let served = terms(&mut store, 1, 6).await;
         drop(store);
-        let mut reopened = DiskLogStore::new(disk, 7, Bugs::default(), FaultPoints::none());
+        let mut reopened = DiskLogStore::new(
+            disk,
+            7,
+            Bugs::default(),
+            FaultPoints::none(),
+            Arc::default(),
+        );
         (served, terms(&mut reopened, 1, 6).await)
     }
 
@@ -362,5 +428,69 @@ mod tests {
         let (served, after_restart) = overwrite_a_suffix(bugs).await;
         assert_eq!(served, vec![1, 1, 1, 1, 1], "the overwritten entries");
         assert_ne!(served, after_restart);
+    }
+
+    fn vote(term: u64, node: NodeId, committed: bool) -> Vote {
+        let leader = <openraft::alias::LeaderIdOf<TypeConfig> as openraft::vote::RaftLeaderId>::new(
+            term, node,
+        );
+        <Vote as openraft::vote::RaftVote>::from_leader_id(leader, committed)
+    }
+
+    /// What a replica answers a read round: only the vote it saved last, which only rises.
+    #[test]
+    fn saved_votes_answer_for_the_last_vote_and_never_go_back() {
+        let votes = SavedVotes::default();
+        assert!(!votes.holds(3, 1, 1), "no vote saved");
+        votes.raise(3, &vote(2, 1, false));
+        assert!(
+            votes.holds(3, 2, 1),
+            "granted, not yet committed: no later vote either"
+        );
+        votes.raise(3, &vote(2, 1, true));
+        assert!(votes.holds(3, 2, 1));
+        assert!(!votes.holds(3, 2, 2), "another node in the same term");
+        assert!(!votes.holds(3, 1, 1), "an earlier term");
+        assert!(!votes.holds(4, 2, 1), "another group");
+        // A vote for a later leader: the earlier one no longer holds.
+        votes.raise(3, &vote(2, 3, false));
+        assert!(!votes.holds(3, 2, 1));
+        assert!(votes.holds(3, 2, 3));
+        // The disk's older vote, read while a newer one is being saved, does not lower it.
+        votes.raise(3, &vote(2, 1, true));
+        assert!(votes.holds(3, 2, 3));
+        votes.forget(3);
+        assert!(!votes.holds(3, 2, 3));
+    }
+
+    /// `save_vote` records the vote before writing it; reopening reads it back from the disk.
+    #[tokio::test]
+    async fn a_saved_vote_is_recorded_and_read_back_after_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let votes = Arc::new(SavedVotes::default());
+        let mut store = DiskLogStore::new(
+            disk.clone(),
+            7,
+            Bugs::default(),
+            FaultPoints::none(),
+            votes.clone(),
+        );
+        store.save_vote(&vote(5, 2, true)).await.expect("save");
+        assert!(votes.holds(7, 5, 2));
+        drop(store);
+        let restarted = Arc::new(SavedVotes::default());
+        let mut reopened = DiskLogStore::new(
+            disk,
+            7,
+            Bugs::default(),
+            FaultPoints::none(),
+            restarted.clone(),
+        );
+        assert_eq!(
+            reopened.read_vote().await.expect("read"),
+            Some(vote(5, 2, true))
+        );
+        assert!(restarted.holds(7, 5, 2));
     }
 }
