@@ -171,6 +171,7 @@ impl NodeArgs {
             cluster_secret_file: self.cluster_secret_file.clone(),
             metrics_listen: self.metrics_listen,
             lanes: None,
+            read_rounds: None,
         };
         Ok((file, "the command line".to_string()))
     }
@@ -364,6 +365,10 @@ pub struct NodeFile {
     /// rest keep their defaults).
     #[serde(default)]
     pub lanes: Option<larder_storage::lanes::LaneConfig>,
+    /// Whether reads are confirmed by the node's read rounds (default true); `false`: by each
+    /// group's own openraft read index (`NodeConfig::read_rounds`).
+    #[serde(default)]
+    pub read_rounds: Option<bool>,
 }
 
 /// How a node gets its groups.
@@ -869,6 +874,9 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
         };
         if let Some(lanes) = &file.lanes {
             config.lanes = lanes.clone();
+        }
+        if let Some(read_rounds) = file.read_rounds {
+            config.read_rounds = read_rounds;
         }
         let disk_metrics = env.disk.metrics_registry(file.id);
         let node = StorageNode::start(env, config)

@@ -158,7 +158,7 @@ fn caught(bug: &str, seeds: std::ops::RangeInclusive<u64>, plans: Plans) {
     println!("{bug}: first caught by {plans:?} seed {seed} of {range}");
 }
 
-/// Each search starts at seed 1 (one exception, said where it is), so the first catching seed
+/// Each search starts at seed 1 (two exceptions, said where they are), so the first catching seed
 /// stays visible; the range ends at 50, the matrix's range, or a little past the first catch.
 /// The comment gives the matrix row.
 macro_rules! catalog {
@@ -192,8 +192,9 @@ catalog! {
     // 3/50, first 24: the seeds whose plan makes a disk fail (`disk_errors`, whose first sync
     // fails for sure). Since appends sync in the flush task, only syncs fail (a write-back
     // error shows at fsync), and a failed sync fails the simulated disk until the crash, as
-    // fjall's poisoning does.
-    ignored_sync_error: "ignored-sync-error", 1..=50, Swarm;
+    // fjall's poisoning does. The second search that does not start at 1: the 23 seeds before
+    // the first catch cost CI 30 s (stop 44); 20 leaves room for the catch to move earlier.
+    ignored_sync_error: "ignored-sync-error", 20..=50, Swarm;
     // 6/50, first 2.
     no_session_dedup: "no-session-dedup", 1..=50, Swarm;
     // 11/50, first 13.
@@ -264,7 +265,7 @@ catalog! {
     // from a later read, or a counter falls short of its acknowledged sum. 12/12 (seeds
     // 1..=12), first 1; each passes without the bug.
     pooled_session_repeats_sequence: "pooled-session-repeats-sequence", 1..=5, SwarmReconnecting;
-    // The one search that does not start at 1 (the seeds before it cost CI two minutes):
+    // The first search that does not start at 1 (the seeds before it cost CI two minutes):
     // 1/50 swarm cluster seeds, seed 46, whose group 1 ends with one replica diverged at the
     // same applied index (one group: 0/50). It needs a leader cut off with an uncommitted
     // tail in its cache, a new leader overwriting it, and no crash of the old leader until it

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_client::{Client, ClientConfig};
+use larder_client::{Client, ClientConfig, ClientError};
 use larder_core::NodeId;
 use larder_core::kv::{Command, Reply};
 use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
@@ -130,14 +130,18 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
     killed.runtime.shutdown_timeout(Duration::from_secs(5));
 
     client_runtime.block_on(async {
-        // The survivors elect a leader; the client finds it.
-        assert_eq!(
-            client
-                .execute(Command::set("a", "2"))
-                .await
-                .expect("set after failover"),
-            Reply::Ok
-        );
+        // The survivors elect a leader; the client finds it. A request already on its way to
+        // the killed node when its connection closed is answered `Indeterminate` (the client
+        // cannot know whether it arrived: seen once in CI-like load, with the client's
+        // pooled connection not yet seen closed); `SET` is idempotent, so it is sent again.
+        let mut set = client.execute(Command::set("a", "2")).await;
+        for _ in 0..3 {
+            if !matches!(set, Err(ClientError::Indeterminate { .. })) {
+                break;
+            }
+            set = client.execute(Command::set("a", "2")).await;
+        }
+        assert_eq!(set.expect("set after failover"), Reply::Ok);
         assert_eq!(
             client.execute(Command::get("a")).await.expect("get"),
             bulk("2")
