@@ -5,6 +5,7 @@
 //! | service | requests | answered by |
 //! |---|---|---|
 //! | [`raft`] | [`RaftRequest`] (openraft's RPCs as opaque payloads) | storage nodes |
+//! | [`raft`] | [`LeaderBeacon`], [`ReadConfirm`] (node to node, for every group at once) | storage nodes |
 //! | [`client`] | [`ClientRequest`] | storage nodes |
 //! | [`center`] | [`Heartbeat`], [`GetRouting`], [`GetStatus`] | center replicas, observers (and storage nodes, for routing) |
 //! | [`admin`] | [`AddGroup`], [`RemoveGroup`], [`ReplaceVoter`], [`TransferLeadership`] | storage nodes, sent by the center leader |
