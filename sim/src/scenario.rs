@@ -69,6 +69,57 @@ fn finish(sim: &mut turmoil::Sim<'_>) -> Result<(), SimError> {
     })
 }
 
+/// Steps until a leader of [`GROUP`] is seen (at most 5 s past `from`), and returns it.
+fn await_leader(
+    sim: &mut turmoil::Sim<'_>,
+    parts: &[NodeParts],
+    from: Duration,
+) -> Result<Option<NodeId>, SimError> {
+    step_until(sim, from)?;
+    let mut leader = current_leader(parts);
+    while leader.is_none() && sim.elapsed() < from + Duration::from_secs(5) {
+        let next = sim.elapsed() + Duration::from_millis(10);
+        step_until(sim, next)?;
+        leader = current_leader(parts);
+    }
+    Ok(leader)
+}
+
+/// Cuts `node` off from each of `others`, both ways.
+fn cut_off(faults: &NetFaults, node: NodeId, others: impl IntoIterator<Item = NodeId>) {
+    faults.update(|state| {
+        for other in others {
+            state.blocked.insert((node, other));
+            state.blocked.insert((other, node));
+        }
+    });
+}
+
+/// Steps until `until`, and returns the last leader of [`GROUP`] seen among the nodes other
+/// than `old`.
+fn watch_new_leader(
+    sim: &mut turmoil::Sim<'_>,
+    parts: &[NodeParts],
+    old: Option<NodeId>,
+    until: Duration,
+) -> Result<Option<NodeId>, SimError> {
+    let mut seen = None;
+    while sim.elapsed() < until {
+        let next = (sim.elapsed() + Duration::from_millis(10)).min(until);
+        step_until(sim, next)?;
+        let new_leader = parts.iter().filter(|p| Some(p.id) != old).find_map(|p| {
+            let slot = p.slot.lock().expect("slot lock");
+            slot.as_ref()
+                .filter(|node| node.is_leader(GROUP))
+                .map(|node| node.id())
+        });
+        if new_leader.is_some() {
+            seen = new_leader;
+        }
+    }
+    Ok(seen)
+}
+
 /// What happened when the leader was cut off with one client on its side.
 #[derive(Debug, Clone, Default)]
 pub struct DeposedLeaderOutcome {
@@ -173,45 +224,18 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
         });
     }
 
-    step_until(&mut sim, partition_at)?;
     // Wait (bounded) for a stable leader, then cut it off with the minority client.
-    let mut old = current_leader(&parts);
-    while old.is_none() && sim.elapsed() < partition_at + Duration::from_secs(5) {
-        let next = sim.elapsed() + Duration::from_millis(10);
-        step_until(&mut sim, next)?;
-        old = current_leader(&parts);
-    }
+    let old = await_leader(&mut sim, &parts, partition_at)?;
     *isolated.lock().expect("isolated lock") = old;
     outcome.lock().expect("outcome lock").old_leader = old;
     if let Some(old) = old {
-        faults.update(|state| {
-            for other in nodes
-                .iter()
-                .copied()
-                .filter(|&id| id != old)
-                .chain([majority_client, reader])
-            {
-                state.blocked.insert((old, other));
-                state.blocked.insert((other, old));
-            }
-            state.blocked.insert((minority_client, majority_client));
-            state.blocked.insert((majority_client, minority_client));
-        });
+        let others = nodes.iter().copied().filter(|&id| id != old);
+        cut_off(&faults, old, others.chain([majority_client, reader]));
+        cut_off(&faults, minority_client, [majority_client]);
     }
     // During the partition, watch for a leader on the majority side.
-    while sim.elapsed() < heal_at {
-        let next = sim.elapsed() + Duration::from_millis(10);
-        step_until(&mut sim, next)?;
-        let new_leader = parts.iter().filter(|p| Some(p.id) != old).find_map(|p| {
-            let slot = p.slot.lock().expect("slot lock");
-            slot.as_ref()
-                .filter(|node| node.is_leader(GROUP))
-                .map(|node| node.id())
-        });
-        if new_leader.is_some() {
-            outcome.lock().expect("outcome lock").new_leader = new_leader;
-        }
-    }
+    let new_leader = watch_new_leader(&mut sim, &parts, old, heal_at)?;
+    outcome.lock().expect("outcome lock").new_leader = new_leader;
     faults.update(|state| state.blocked.clear());
     finish(&mut sim)?;
     drop_nodes(&parts);
@@ -315,42 +339,16 @@ pub fn deposed_leader_read(seed: u64, bugs: Bugs) -> Result<DeposedReadOutcome, 
             Ok(())
         });
     }
-    step_until(&mut sim, partition_at)?;
-    let mut old = current_leader(&parts);
-    while old.is_none() && sim.elapsed() < partition_at + Duration::from_secs(5) {
-        let next = sim.elapsed() + Duration::from_millis(10);
-        step_until(&mut sim, next)?;
-        old = current_leader(&parts);
-    }
+    let old = await_leader(&mut sim, &parts, partition_at)?;
     *isolated.lock().expect("isolated lock") = old;
     outcome.lock().expect("outcome lock").old_leader = old;
     if let Some(old) = old {
         // Cut off from its peers and the writer; the reader still reaches it.
-        faults.update(|state| {
-            for other in nodes
-                .iter()
-                .copied()
-                .filter(|&id| id != old)
-                .chain([writer])
-            {
-                state.blocked.insert((old, other));
-                state.blocked.insert((other, old));
-            }
-        });
+        let others = nodes.iter().copied().filter(|&id| id != old);
+        cut_off(&faults, old, others.chain([writer]));
     }
-    while sim.elapsed() < heal_at {
-        let next = (sim.elapsed() + Duration::from_millis(10)).min(heal_at);
-        step_until(&mut sim, next)?;
-        let new_leader = parts.iter().filter(|p| Some(p.id) != old).find_map(|p| {
-            let slot = p.slot.lock().expect("slot lock");
-            slot.as_ref()
-                .filter(|node| node.is_leader(GROUP))
-                .map(|node| node.id())
-        });
-        if new_leader.is_some() {
-            outcome.lock().expect("outcome lock").new_leader = new_leader;
-        }
-    }
+    let new_leader = watch_new_leader(&mut sim, &parts, old, heal_at)?;
+    outcome.lock().expect("outcome lock").new_leader = new_leader;
     faults.update(|state| state.blocked.clear());
     finish(&mut sim)?;
     drop_nodes(&parts);

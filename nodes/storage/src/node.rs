@@ -328,6 +328,20 @@ impl<E: Env> StorageNode<E> {
         Ok(node)
     }
 
+    /// Opens `group`'s log and state from this node's disk and starts its Raft, sharing the
+    /// node's row cache and saved votes ([`open_group`]).
+    pub(crate) async fn open_group(&self, group: GroupId) -> Result<Group<NodeDisk<E>>, NodeError> {
+        open_group(
+            &self.env,
+            &self.config,
+            &self.disk,
+            &self.row_cache,
+            &self.saved_votes,
+            group,
+        )
+        .await
+    }
+
     /// Notes `group`'s leader as seen now: a different leader than the last one seen counts a
     /// change. Sampled where the node reads its groups' Raft figures anyway (every heartbeat
     /// and every metrics scrape), so leaders that came and went between two looks are missed;
@@ -440,15 +454,7 @@ impl<E: Env> StorageNode<E> {
         wipe_group(&self.disk, &self.row_cache, group)
             .await
             .map_err(|source| NodeError::Storage { group, source })?;
-        let opened = open_group(
-            &self.env,
-            &self.config,
-            &self.disk,
-            &self.row_cache,
-            &self.saved_votes,
-            group,
-        )
-        .await?;
+        let opened = self.open_group(group).await?;
         let mut hosted = self.hosted_list();
         hosted.push(group);
         hosted.sort_unstable();

@@ -16,7 +16,7 @@ use larder_core::GroupId;
 use larder_core::env::{Clock, Env};
 use openraft::async_runtime::WatchReceiver;
 
-use crate::node::{StorageNode, open_group};
+use crate::node::StorageNode;
 
 /// How often the supervisor looks for stopped groups, at most (less when
 /// `NodeConfig::reopen_backoff_ms` is shorter).
@@ -70,15 +70,7 @@ impl<E: Env> StorageNode<E> {
             return Ok(()); // Removed meanwhile.
         };
         let _ = stopped.raft.shutdown().await;
-        let opened = open_group(
-            &self.env,
-            &self.config,
-            &self.disk,
-            &self.row_cache,
-            &self.saved_votes,
-            group,
-        )
-        .await?;
+        let opened = self.open_group(group).await?;
         self.groups
             .write()
             .expect("groups lock")
