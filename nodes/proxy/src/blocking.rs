@@ -38,8 +38,10 @@ use super::{Proxy, Session, client_error, error};
 const BLOCK_POLL_FIRST: Duration = Duration::from_millis(2);
 const BLOCK_POLL_MAX: Duration = Duration::from_millis(50);
 /// Most blocked clients one write looks at (each served, or waited for, or found gone; a chain
-/// of `BLMOVE`s included): bounds the work a single write can make its writer wait for.
-const HANDOVERS_PER_WRITE_MAX: usize = 1024;
+/// of `BLMOVE`s included): bounds the work a single write can make its writer wait for. The
+/// default of [`crate::ProxyConfig::handovers_per_write_max`]. Clients past it are served by
+/// their own polls.
+pub const HANDOVERS_PER_WRITE_MAX: usize = 1024;
 
 /// The clients blocked on each key, in arrival order.
 #[derive(Default)]
@@ -373,9 +375,10 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         }
         let mut work: VecDeque<Bytes> = written.into();
         // Clients looked at, served or not: bounds the work (and the waits) of one write.
+        let max = self.config.handovers_per_write_max;
         let mut visits = 0;
         while let Some(key) = work.pop_front() {
-            while visits < HANDOVERS_PER_WRITE_MAX {
+            while visits < max {
                 let Some(slot) = self.waiters.first_on(&key, wait_for_pollers) else {
                     break;
                 };
@@ -410,6 +413,16 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         work.extend(pushed_keys(&slot));
                     }
                 }
+            }
+            if visits >= max {
+                // The rest are served by their own polls (each within `BLOCK_POLL_MAX`).
+                let left: Vec<Bytes> = std::iter::once(key).chain(work.drain(..)).collect();
+                if self.waiters.any_waiting_on(&left) {
+                    self.counters
+                        .handovers_cut_short
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                break;
             }
         }
     }

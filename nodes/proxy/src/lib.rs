@@ -46,6 +46,7 @@ use larder_client::{
 };
 
 mod blocking;
+pub use blocking::HANDOVERS_PER_WRITE_MAX;
 pub mod hot;
 pub mod info;
 pub mod metrics;
@@ -191,6 +192,9 @@ pub struct ProxyConfig {
     /// Fault points the simulator hooks (the blocking pops' handovers); none in production,
     /// where passing one is a no-op.
     pub points: FaultPoints,
+    /// Most blocked clients one write hands over to (or waits for) before its reply
+    /// ([`HANDOVERS_PER_WRITE_MAX`] by default); the rest are served by their own polls.
+    pub handovers_per_write_max: usize,
 }
 
 impl Default for ProxyConfig {
@@ -214,6 +218,7 @@ impl Default for ProxyConfig {
             hot_keys: HotKeyConfig::default(),
             bugs: Bugs::default(),
             points: FaultPoints::none(),
+            handovers_per_write_max: HANDOVERS_PER_WRITE_MAX,
         }
     }
 }
@@ -331,6 +336,9 @@ pub struct ProxyStats {
     /// Group sessions connections carried on from closed ones instead of opening their own
     /// (`larder_client::SessionPool`): registrations saved.
     pub sessions_resumed: u64,
+    /// Writes whose handovers stopped at [`ProxyConfig::handovers_per_write_max`] with clients
+    /// still blocked on a written key (served by their own polls instead).
+    pub handovers_cut_short: u64,
 }
 
 #[derive(Debug, Default)]
@@ -358,6 +366,8 @@ struct Counters {
     pipeline_run_commands_peak: AtomicU64,
     /// [`ProxyStats::pipeline_run_bytes_peak`].
     pipeline_run_bytes_peak: AtomicU64,
+    /// [`ProxyStats::handovers_cut_short`].
+    handovers_cut_short: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -615,6 +625,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             hot_key_refused_writes: self.hot.refused(),
             shared_reads: self.shared_reads.shared(),
             sessions_resumed: self.sessions.resumed(),
+            handovers_cut_short: get(&c.handovers_cut_short),
         }
     }
 

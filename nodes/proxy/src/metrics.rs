@@ -195,6 +195,11 @@ impl<N: Net + 'static, C: Clock + 'static> Collector for StatsCollector<N, C> {
             ),
             ("accept_errors", "Failed accepts", stats.accept_errors),
             (
+                "handovers_cut_short",
+                "Writes whose handovers to blocked clients stopped at the per-write limit",
+                stats.handovers_cut_short,
+            ),
+            (
                 "pipeline_runs",
                 "Pipelined commands sent to the groups together (runs of several)",
                 stats.pipeline_runs,

@@ -338,6 +338,67 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, args: &[&str
     read_frames(stream, 1).await.swap_remove(0)
 }
 
+/// The per-write handover bound (`ProxyConfig::handovers_per_write_max`): eight clients blocked
+/// in `BLPOP l`, one `RPUSH` of eight elements, a bound of two. The writer hands over to two
+/// and replies; the proxy counts the write as cut short; the other six are served by their own
+/// polls; every element reaches exactly one client and nothing is left in the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_hands_over_to_at_most_its_bound_and_the_rest_are_served_by_their_polls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let book = AddressBook::new();
+    let node = one_node_cluster(dir.path(), &book).await;
+    let (proxy, mut writer) = settled_pipeline_client(
+        book,
+        ProxyConfig {
+            handovers_per_write_max: 2,
+            ..ProxyConfig::default()
+        },
+    )
+    .await;
+    let blocked_max = 8;
+    let mut blocked = Vec::new();
+    for _ in 0..blocked_max {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let serving = proxy.clone();
+        tokio::spawn(async move { serving.connection(server).await });
+        client
+            .write_all(b"*3\r\n$5\r\nBLPOP\r\n$1\r\nl\r\n$1\r\n0\r\n")
+            .await
+            .expect("write");
+        blocked.push(client);
+    }
+    // Every client blocked (each found the list empty at least once).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let elements: Vec<String> = (0..blocked_max).map(|i| format!("e{i}")).collect();
+    let mut push = vec!["RPUSH", "l"];
+    push.extend(elements.iter().map(String::as_str));
+    assert_eq!(
+        command(&mut writer, &push).await,
+        Frame::Integer(blocked_max as i64)
+    );
+    assert_eq!(proxy.stats().handovers_cut_short, 1, "{:?}", proxy.stats());
+    let mut served = Vec::new();
+    for client in &mut blocked {
+        match read_frames(client, 1).await.swap_remove(0) {
+            Frame::Array(Some(parts)) => match parts.as_slice() {
+                [Frame::Bulk(Some(key)), Frame::Bulk(Some(element))] if key.as_ref() == b"l" => {
+                    served.push(String::from_utf8(element.to_vec()).expect("utf8"));
+                }
+                other => panic!("BLPOP answered {other:?}"),
+            },
+            other => panic!("BLPOP answered {other:?}"),
+        }
+    }
+    served.sort();
+    assert_eq!(served, elements, "each element to exactly one client");
+    assert_eq!(
+        command(&mut writer, &["LLEN", "l"]).await,
+        Frame::Integer(0)
+    );
+    drop(blocked);
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_plain_clients_get_the_same_answers() {
     let pki = pki::Pki::new();
