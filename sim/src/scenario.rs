@@ -69,6 +69,17 @@ fn finish(sim: &mut turmoil::Sim<'_>) -> Result<(), SimError> {
     })
 }
 
+/// A client of the deposed-leader scenarios that keeps retrying (30 attempts, 200 ms apart, each
+/// at most 1.5 s) until a leader answers.
+fn patient() -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_millis(1500),
+        attempts_max: 30,
+        backoff: Duration::from_millis(200),
+        ..ClientConfig::default()
+    }
+}
+
 /// Steps until a leader of [`GROUP`] is seen (at most 5 s past `from`), and returns it.
 fn await_leader(
     sim: &mut turmoil::Sim<'_>,
@@ -154,12 +165,7 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
         attempts_max: 2,
         ..Default::default()
     };
-    let patient = ClientConfig {
-        request_timeout: Duration::from_millis(1500),
-        attempts_max: 30,
-        backoff: Duration::from_millis(200),
-        ..ClientConfig::default()
-    };
+    let patient = patient();
 
     {
         let (net, isolated, outcome, quick) = (
@@ -277,12 +283,7 @@ pub fn deposed_leader_read(seed: u64, bugs: Bugs) -> Result<DeposedReadOutcome, 
     let partition_at = Duration::from_secs(3);
     let heal_at = Duration::from_secs(10);
     let (writer, reader) = (client_id(1), client_id(2));
-    let patient = ClientConfig {
-        request_timeout: Duration::from_millis(1500),
-        attempts_max: 30,
-        backoff: Duration::from_millis(200),
-        ..ClientConfig::default()
-    };
+    let patient = patient();
     {
         let (net, isolated, outcome, nodes, patient) = (
             SimNet::new(writer, faults.clone(), derive_seed(seed, 41), trace.clone()),

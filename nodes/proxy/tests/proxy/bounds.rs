@@ -367,8 +367,16 @@ async fn a_write_hands_over_to_at_most_its_bound_and_the_rest_are_served_by_thei
             .expect("write");
         blocked.push(client);
     }
-    // Every client blocked (each found the list empty at least once).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every client blocked, as `INFO clients` counts them (a client is counted as it joins the
+    // key's queue), before the write.
+    let wanted = format!("blocked_clients:{blocked_max}");
+    for attempt in 0.. {
+        match command(&mut writer, &["INFO", "clients"]).await {
+            Frame::Bulk(Some(text)) if String::from_utf8_lossy(&text).contains(&wanted) => break,
+            other => assert!(attempt < 500, "the clients never all blocked: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let elements: Vec<String> = (0..blocked_max).map(|i| format!("e{i}")).collect();
     let mut push = vec!["RPUSH", "l"];
     push.extend(elements.iter().map(String::as_str));
