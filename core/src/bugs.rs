@@ -132,11 +132,15 @@ pub enum Bug {
     /// without checking its saved vote, so a deposed leader that still reaches it serves
     /// stale reads.
     ReadConfirmIgnoresVote,
+    /// Read rounds (storage): a leader's quick view takes its state machine's applied index
+    /// as the read index without checking that an entry of its own term was applied, so a new
+    /// leader whose apply still lags what its predecessor acknowledged serves stale reads.
+    QuickViewAnyApplied,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 32] = [
+    pub const ALL: [Bug; 33] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -169,6 +173,7 @@ impl Bug {
         Bug::RowCacheKeepsDeleted,
         Bug::BlockedChainReplyEarly,
         Bug::ReadConfirmIgnoresVote,
+        Bug::QuickViewAnyApplied,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -206,6 +211,7 @@ impl Bug {
             Bug::RowCacheKeepsDeleted => "row-cache-keeps-deleted",
             Bug::BlockedChainReplyEarly => "blocked-chain-reply-early",
             Bug::ReadConfirmIgnoresVote => "read-confirm-ignores-vote",
+            Bug::QuickViewAnyApplied => "quick-view-any-applied",
         }
     }
 }

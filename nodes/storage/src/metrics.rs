@@ -297,6 +297,16 @@ impl<E: Env> Collector for NodeCollector<E> {
                 node.read_rounds.rounds(),
             ),
             (
+                "read_round_quick_views",
+                "Group views read rounds took without a message to the group's Raft core",
+                node.read_rounds.quick_views(),
+            ),
+            (
+                "read_round_core_views",
+                "Group views read rounds asked the group's Raft core for",
+                node.read_rounds.core_views(),
+            ),
+            (
                 "reads_confirmed_by_round",
                 "Reads whose group's leadership a read round confirmed",
                 node.read_rounds.confirmed(),

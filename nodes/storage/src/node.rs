@@ -501,6 +501,11 @@ impl<E: Env> StorageNode<E> {
         Ok(true)
     }
 
+    /// The node's read rounds and what they counted.
+    pub fn read_rounds(&self) -> &crate::read_rounds::ReadRounds {
+        &self.read_rounds
+    }
+
     /// True when this node leads `group`.
     pub fn is_leader(&self, group: GroupId) -> bool {
         self.group(group)

@@ -11,16 +11,20 @@
 //!
 //! **How.** A read joins the node's *next* round (never one already running: its view may
 //! predate a write the reader saw acknowledged). A round:
-//! 1. asks each of its groups' Raft cores for a view (`Raft::with_raft_state`): leading, with
-//!    a committed vote `(term, this node)`; the commit index, which must be of that term (once
-//!    the leader's first entry has committed it covers every write acknowledged before); the
-//!    voters, both halves of a joint configuration;
+//! 1. takes a view of each of its groups: leading, with a committed vote `(term, this node)`;
+//!    a read index covering every write acknowledged before; the voters, both halves of a
+//!    joint configuration. Usually from what the node has at hand ([`quick_view`]: its saved
+//!    vote, its state machine's last applied entry, openraft's published metrics), with no
+//!    message to the group's Raft core; otherwise it asks the core (`Raft::with_raft_state`,
+//!    [`leader_view`]), whose commit index must be of the leader's own term (once the leader's
+//!    first entry has committed it covers every write acknowledged before);
 //! 2. sends each peer one [`ReadConfirm`] naming every group of the round it votes in, each
 //!    with its term; the peer answers, per group, whether its saved vote ([`SavedVotes`]) is
 //!    for this node in that term;
 //! 3. confirms a group once, in each of its voter sets, a majority said yes (this node counts
 //!    itself if its own saved vote is still the same, checked after the answers it counts);
-//! 4. the group's reads then wait until that commit index is applied, and read.
+//! 4. the group's reads then wait until that read index is applied (the quick view's is
+//!    applied already), and read.
 //!
 //! **Why it is linearizable, under any clock behaviour.** A replica records a vote in
 //! [`SavedVotes`] before writing it, and openraft grants a vote only once it is written; so a
@@ -29,7 +33,7 @@
 //! needs the votes of a majority of its voters, which shares a voter with the majority that
 //! said yes; so no later leader had been elected when the first counted yes was given, and any
 //! write acknowledged before the reads arrived was committed by this leader or an earlier one:
-//! it is in this leader's log, at or below the commit index of step 1. This is openraft's own
+//! it is in this leader's log, at or below the read index of step 1. This is openraft's own
 //! read index with the heartbeat's acknowledgement replaced by a vote check; no lease, no
 //! clock.
 //!
@@ -51,17 +55,19 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use larder_core::bugs::Bug;
+use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Clock, Disk, Env, timeout};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{Encoded, ReadConfirm, ReadConfirmAck, call};
-use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{Fatal, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
+use openraft::{Membership, ServerState};
 use tokio::sync::{Notify, oneshot};
 
-use crate::node::StorageNode;
+use crate::node::{Group, StorageNode};
+use crate::raft::log_store::SavedVotes;
+use crate::raft::state_machine::DiskStateMachine;
 use crate::raft::{Raft, TypeConfig};
 
 /// Reads that may wait for a node's next round; more use openraft's read index at once.
@@ -88,6 +94,9 @@ pub struct ReadRounds {
     /// Peers not asked until the time given (node clock): their last question went unanswered.
     silent: Mutex<BTreeMap<NodeId, Duration>>,
     rounds: AtomicU64,
+    /// Group views taken without, and with, a message to the group's Raft core.
+    quick_views: AtomicU64,
+    core_views: AtomicU64,
     confirmed: AtomicU64,
     stepped_aside: AtomicU64,
 }
@@ -123,6 +132,16 @@ impl ReadRounds {
     /// Rounds run since the node started.
     pub fn rounds(&self) -> u64 {
         self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Group views rounds took from what the node had at hand ([`quick_view`]).
+    pub fn quick_views(&self) -> u64 {
+        self.quick_views.load(Ordering::Relaxed)
+    }
+
+    /// Group views rounds asked the group's Raft core for ([`leader_view`]).
+    pub fn core_views(&self) -> u64 {
+        self.core_views.load(Ordering::Relaxed)
     }
 
     /// Reads a round confirmed.
@@ -168,6 +187,75 @@ struct LeaderView {
     voters: Vec<BTreeSet<NodeId>>,
 }
 
+/// `group`'s view from what this node already has at hand, without a message to the group's
+/// Raft core, when three signals agree that this node leads it in one term `T`:
+/// - its own saved vote ([`SavedVotes`]) is for itself in `T`: the term the peers are asked
+///   about;
+/// - the last entry its state machine applied was written by the leader `(T, this node)`.
+///   Entries apply in log order and a leader's first entry follows every entry committed
+///   before its term, so everything committed before `T` is applied; and this leader answers
+///   a write only after applying it. The applied index therefore covers every write
+///   acknowledged before the view and serves as the read index, already applied;
+/// - openraft's published metrics show it leading with the committed vote `(T, this node)`:
+///   the voters come from there.
+///
+/// **Why the published voters are safe although they may lag.** openraft publishes its
+/// metrics at the top of each pass of its core's loop, so they trail the core by at most the
+/// pass running. Once the node leads in `T` (as they show) its log only grows, and the
+/// effective membership moves one step at a time: a change appends its joint configuration,
+/// and the uniform one is appended only by a later message, sent after the joint one is
+/// committed, which a later pass handles, after the metrics showed the joint one. So the
+/// voters used are those in effect or the ones just before them, and two configurations one
+/// step apart overlap as joint consensus needs: a majority of each voter set of either
+/// includes a majority of some voter set of the other that any later leader must win too.
+///
+/// Anything else (a new leader whose first entry is not applied yet, a vote moved on, metrics
+/// not yet showing the leadership) asks the core ([`leader_view`]).
+fn quick_view<D: Disk>(
+    saved_votes: &SavedVotes,
+    group: GroupId,
+    handle: &Group<D>,
+    me: NodeId,
+    bugs: &Bugs,
+) -> Option<LeaderView> {
+    let (term, leader) = saved_votes.leader(group)?;
+    if leader != me {
+        return None;
+    }
+    let leads_in_term =
+        |id: &openraft::alias::LeaderIdOf<TypeConfig>| id.term == term && id.node_id == me;
+    let voters = {
+        let metrics = handle.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        if metrics.state != ServerState::Leader
+            || !metrics.vote.is_committed()
+            || !leads_in_term(metrics.vote.leader_id())
+        {
+            return None;
+        }
+        voter_sets(metrics.membership_config.membership())
+    };
+    let applied = handle.state.last_applied()?;
+    // The planted bug skips this check: any applied index passes for the read index.
+    if !leads_in_term(applied.committed_leader_id()) && !bugs.is_planted(Bug::QuickViewAnyApplied) {
+        return None;
+    }
+    Some(LeaderView {
+        term,
+        read_index: applied.index(),
+        voters,
+    })
+}
+
+/// The voter sets of `membership`, each needing a majority (two in a joint configuration).
+fn voter_sets(membership: &Membership<NodeId, openraft::EmptyNode>) -> Vec<BTreeSet<NodeId>> {
+    membership
+        .get_joint_config()
+        .iter()
+        .map(|set| set.iter().copied().collect())
+        .collect()
+}
+
 /// `raft`'s view if this node leads it with a commit index of its own term.
 async fn leader_view<D: Disk>(raft: &Raft<D>, me: NodeId) -> Option<LeaderView> {
     raft.with_raft_state(move |state| {
@@ -185,14 +273,7 @@ async fn leader_view<D: Disk>(raft: &Raft<D>, me: NodeId) -> Option<LeaderView> 
         if *committed.committed_leader_id() != *leader {
             return None;
         }
-        let voters = state
-            .membership_state
-            .effective()
-            .membership()
-            .get_joint_config()
-            .iter()
-            .map(|set| set.iter().copied().collect())
-            .collect();
+        let voters = voter_sets(state.membership_state.effective().membership());
         Some(LeaderView {
             term: leader.term,
             read_index: committed.index(),
@@ -228,6 +309,7 @@ impl<E: Env> StorageNode<E> {
         &self,
         group: GroupId,
         raft: &Raft<D>,
+        state: &DiskStateMachine<D>,
     ) -> Result<(), RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> {
         if !self.config.read_rounds {
             return raft
@@ -243,6 +325,14 @@ impl<E: Env> StorageNode<E> {
         match confirmation {
             Confirmation::Confirmed { read_index } => {
                 self.read_rounds.confirmed.fetch_add(1, Ordering::Relaxed);
+                // The state machine's own record first: openraft's metrics learn of an apply
+                // a pass of its core later.
+                if state
+                    .last_applied()
+                    .is_some_and(|applied| applied.index() >= read_index)
+                {
+                    return Ok(());
+                }
                 let applied = raft
                     .metrics()
                     .borrow_watched()
@@ -301,10 +391,21 @@ impl<E: Env> StorageNode<E> {
         // hold up the other groups: its reads step aside.
         let views = futures::future::join_all(reads.into_iter().map(|(group, reads)| async move {
             let view = match self.group(group) {
-                Ok(handle) => timeout(clock, limit, leader_view(&handle.raft, me))
-                    .await
-                    .ok()
-                    .flatten(),
+                Ok(handle) => {
+                    match quick_view(&self.saved_votes, group, &handle, me, &self.config.bugs) {
+                        Some(view) => {
+                            self.read_rounds.quick_views.fetch_add(1, Ordering::Relaxed);
+                            Some(view)
+                        }
+                        None => {
+                            self.read_rounds.core_views.fetch_add(1, Ordering::Relaxed);
+                            timeout(clock, limit, leader_view(&handle.raft, me))
+                                .await
+                                .ok()
+                                .flatten()
+                        }
+                    }
+                }
                 Err(_) => None,
             };
             (group, view, reads)

@@ -145,7 +145,7 @@ impl<E: Env> StorageNode<E> {
                 if stale_ok {
                     return Ok(());
                 }
-                self.confirm_read(group, &handle.raft).await
+                self.confirm_read(group, &handle.raft, &handle.state).await
             };
             match timeout(self.env.clock(), limit, Box::pin(read)).await {
                 Ok(Ok(())) => {

@@ -66,6 +66,18 @@ impl SavedVotes {
             })
     }
 
+    /// The leader this replica's saved vote for `group` is for: `(term, node)`.
+    pub fn leader(&self, group: GroupId) -> Option<(u64, NodeId)> {
+        self.votes
+            .lock()
+            .expect("votes lock")
+            .get(&group)
+            .map(|vote| {
+                let id = vote.leader_id();
+                (id.term, id.node_id)
+            })
+    }
+
     /// Forgets a group no longer hosted here.
     pub fn forget(&self, group: GroupId) {
         self.votes.lock().expect("votes lock").remove(&group);

@@ -601,6 +601,12 @@ impl<D: Disk> DiskStateMachine<D> {
         self.applied.lock().expect("applied lock").clone()
     }
 
+    /// The last entry applied, without copying the rest of [`AppliedState`]. Its effects are
+    /// readable once it shows here, and no reply to its client was sent before.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.applied.lock().expect("applied lock").last_applied
+    }
+
     /// Executes a read-only command against the applied state at `now = max(wall_ms, group
     /// clock)`, unless a key it touches is expired at `now` but not yet at the group clock:
     /// then answering would show an expiry the log does not hold (a later read on a replica

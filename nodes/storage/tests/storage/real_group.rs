@@ -125,6 +125,17 @@ fn three_real_nodes_replicate_fail_over_and_recover() {
     let leader = (0..3)
         .find(|&i| nodes[i].as_ref().is_some_and(|n| n.node.is_leader(GROUP)))
         .expect("a leader after writes");
+    {
+        // A leader whose own writes are applied confirms reads without asking its Raft core
+        // for a view (`read_rounds::quick_view`).
+        let rounds = nodes[leader].as_ref().expect("leader").node.read_rounds();
+        assert!(
+            rounds.quick_views() >= 2 && rounds.confirmed() >= 2,
+            "quick views {}, confirmed reads {}",
+            rounds.quick_views(),
+            rounds.confirmed()
+        );
+    }
     let killed = nodes[leader].take().expect("leader node");
     drop(killed.node);
     killed.runtime.shutdown_timeout(Duration::from_secs(5));
