@@ -129,9 +129,12 @@ fn hot_reads_are_shared_and_the_history_stays_linearizable() {
         .filter(|op| op.kind == OpKind::Ok && op.key == hot && op.f == Function::Read)
         .count() as u64;
     let shared = report.proxies.shared_reads;
-    // A good part of the hot key's reads took another read's fetch.
+    // A good part of the hot key's reads took another read's fetch: 138 of 1,328 with every
+    // read round asking the Raft cores for their views, 132 of 1,370 since the rounds' quick
+    // views (stop 45: faster reads overlap less). One in twenty leaves room for such shifts;
+    // sharing that stopped working shares none.
     assert!(
-        shared * 10 >= hot_reads_ok && shared <= hot_reads_ok,
+        shared * 20 >= hot_reads_ok && shared <= hot_reads_ok,
         "{shared} reads shared of {hot_reads_ok} hot reads\nreplay: {replay}"
     );
     let others_ok = ops
