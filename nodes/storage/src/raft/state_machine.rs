@@ -625,14 +625,17 @@ impl<D: Disk> DiskStateMachine<D> {
         } else {
             Some(self.view.read().await)
         };
-        let clock_ms = self.applied().clock_ms;
+        // One look under the lock, without copying the rest of the applied state.
+        let (clock_ms, owned) = {
+            let applied = self.applied.lock().expect("applied lock");
+            (applied.clock_ms, applied.owned.clone())
+        };
         let now_ms = wall_ms.max(clock_ms);
         // The planted bug is the old rule: expiry judged by the local clock alone.
         let judge_expiry = !self.bugs.is_planted(Bug::TtlLocalClockRead);
         let expires_unlogged = |record: &Record| {
             judge_expiry && record.is_expired(now_ms) && !record.is_expired(clock_ms)
         };
-        let owned = self.applied().owned;
         if command.scope() == Scope::Group {
             return self
                 .read_group(command, now_ms, owned.as_ref(), &expires_unlogged)
