@@ -6,11 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use larder_core::GroupId;
 use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Net};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
+use larder_core::{GroupId, NodeId};
+
+use larder_protocol::{ClientRequest, ClientResponse, Encoded, ReadBatch, ReadBatchAnswer, call};
 
 use crate::group::{Client, ClientConfig, ClientError};
 use crate::routing::SharedRouting;
@@ -326,13 +328,45 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
             };
             lanes.push((group, epoch, client, indices, command));
         }
-        let outcomes = futures::future::join_all(lanes.into_iter().map(
-            |(group, epoch, mut client, indices, command)| async move {
-                let result = client.execute(command).await;
-                (group, epoch, client, indices, result)
-            },
-        ))
+        // Read-only lanes of groups one node is believed to lead go to it in one message
+        // (`ReadBatch`); the rest, and any read a batch could not serve, go group by group.
+        let mut alone = Vec::with_capacity(lanes.len());
+        let mut by_node: BTreeMap<NodeId, Vec<Lane<N, C>>> = BTreeMap::new();
+        for lane in lanes {
+            match lane.2.leader_hint() {
+                Some(leader) if !lane.4.is_write() => by_node.entry(leader).or_default().push(lane),
+                _ => alone.push(lane),
+            }
+        }
+        let mut batches = Vec::new();
+        for (node, lanes) in by_node {
+            if lanes.len() >= 2 {
+                batches.push((node, lanes));
+            } else {
+                alone.extend(lanes);
+            }
+        }
+        let (net, limit) = (&self.net, self.config.request_timeout);
+        let (mut outcomes, batched) = futures::future::join(
+            futures::future::join_all(alone.into_iter().map(run_lane)),
+            futures::future::join_all(
+                batches
+                    .into_iter()
+                    .map(|(node, lanes)| read_batch(net, node, lanes, limit)),
+            ),
+        )
         .await;
+        let mut unserved = Vec::new();
+        for (lane, answer) in batched.into_iter().flatten() {
+            match answer {
+                Some(reply) => {
+                    let (group, epoch, client, indices, _) = lane;
+                    outcomes.push((group, epoch, client, indices, Ok(reply)));
+                }
+                None => unserved.push(lane),
+            }
+        }
+        outcomes.extend(futures::future::join_all(unserved.into_iter().map(run_lane)).await);
         let mut results: Vec<Option<Result<Reply, ClientError>>> = vec![None; commands.len()];
         for (group, epoch, client, indices, result) in outcomes {
             if let Some(leader) = client.leader_hint() {
@@ -415,4 +449,59 @@ fn group_of(table: &RoutingTable, key: &[u8]) -> Result<GroupId, ClientError> {
                 table.epoch()
             ),
         })
+}
+
+/// One group's share of a pipeline: the group, the routing epoch of its client, the client, the
+/// indexes of its commands in the pipeline, and the command sent (one, or a transaction of them).
+type Lane<N, C> = (GroupId, u64, Client<N, C>, Vec<usize>, Command);
+
+/// What a lane's request came back with.
+type LaneOutcome<N, C> = (
+    GroupId,
+    u64,
+    Client<N, C>,
+    Vec<usize>,
+    Result<Reply, ClientError>,
+);
+
+/// Sends a lane's command through its group's client (retries, leader changes, sessions).
+async fn run_lane<N: Net, C: Clock>(lane: Lane<N, C>) -> LaneOutcome<N, C> {
+    let (group, epoch, mut client, indices, command) = lane;
+    let result = client.execute(command).await;
+    (group, epoch, client, indices, result)
+}
+
+/// Sends read-only `lanes` to `node` in one [`ReadBatch`]. Each lane comes back with its
+/// reply, or with `None` when the batch did not serve it (the node does not lead its group any
+/// more, a failed call, a refused batch): the caller sends those through their own group's
+/// client, which finds the leader; a read done twice changes nothing.
+async fn read_batch<N: Net, C: Clock>(
+    net: &N,
+    node: NodeId,
+    lanes: Vec<Lane<N, C>>,
+    limit: std::time::Duration,
+) -> Vec<(Lane<N, C>, Option<Reply>)> {
+    let request = Encoded::new(ReadBatch {
+        reads: lanes
+            .iter()
+            .map(|(group, _, client, _, command)| ClientRequest {
+                group: *group,
+                command: command.clone(),
+                session: None,
+                epoch: client.epoch(),
+            })
+            .collect(),
+    });
+    let answers = match call(net, node, &request, limit).await {
+        Ok(ReadBatchAnswer { answers }) if answers.len() == lanes.len() => answers,
+        _ => Vec::new(),
+    };
+    let mut answers = answers.into_iter();
+    lanes
+        .into_iter()
+        .map(|lane| match answers.next() {
+            Some(ClientResponse::Reply(reply)) => (lane, Some(reply)),
+            _ => (lane, None),
+        })
+        .collect()
 }

@@ -111,6 +111,16 @@ impl<N: Net, C: Clock> Client<N, C> {
         self.epoch = epoch;
     }
 
+    /// The routing epoch the replica list came from (0: a list given by hand).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The group this client sends to.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
     /// The node the client believes leads the group.
     pub fn leader_hint(&self) -> Option<NodeId> {
         self.leader

@@ -77,3 +77,35 @@ impl From<ClientRequest> for Request {
         Request::Client(request)
     }
 }
+
+/// Most reads one [`ReadBatch`] may carry. A pipeline of the proxy holds at most its run of
+/// commands, each group's share already one read; a batch past the bound is refused whole
+/// (answered with no answers), and the client asks each group on its own.
+pub const READ_BATCH_MAX: usize = 1024;
+
+/// Reads of several slot groups that the sender believes this node leads, in one message:
+/// a proxy running a pipeline over many groups sends each node one batch instead of one
+/// request per group. Each read is served exactly as a [`ClientRequest`] of its own would be
+/// (confirmed by its group's read round, executed in its lane); writes are never batched (a
+/// write carries its own session and retry rules).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadBatch {
+    pub reads: Vec<ClientRequest>,
+}
+
+/// The answer to a [`ReadBatch`]: one [`ClientResponse`] per read, in order; none when the
+/// batch was refused whole (past [`READ_BATCH_MAX`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadBatchAnswer {
+    pub answers: Vec<ClientResponse>,
+}
+
+impl Rpc for ReadBatch {
+    type Response = ReadBatchAnswer;
+}
+
+impl From<ReadBatch> for Request {
+    fn from(batch: ReadBatch) -> Request {
+        Request::ReadBatch(batch)
+    }
+}

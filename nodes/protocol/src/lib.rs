@@ -44,7 +44,10 @@ pub use center::{
     HOT_REPORTED_MAX, Heartbeat, HeartbeatAck, HotReport, Liveness, MembershipStatus, NodeState,
     NodeSummary, RepairSummary, ReplicaSummary, RoutingAnswer, STATUS_REASON_BYTES_MAX,
 };
-pub use client::{ClientRequest, ClientResponse, SESSION_EXPIRED, SessionSeq};
+pub use client::{
+    ClientRequest, ClientResponse, READ_BATCH_MAX, ReadBatch, ReadBatchAnswer, SESSION_EXPIRED,
+    SessionSeq,
+};
 pub use migration::{
     GetMigrations, Migration, MigrationPhase, MoveSlots, SplitGroup, Steer, SteerMigration,
 };
@@ -68,6 +71,8 @@ pub enum Request {
     Beacon(LeaderBeacon),
     /// A leader's read round: are the named groups' votes still its own (see [`ReadConfirm`]).
     ReadConfirm(ReadConfirm),
+    /// Reads of several groups for one node (see [`ReadBatch`]).
+    ReadBatch(ReadBatch),
 }
 
 /// A request type and the type of its answer. Implemented by every request struct of every

@@ -322,6 +322,11 @@ impl<E: Env> Collector for NodeCollector<E> {
                 refused.raft.load(Ordering::Relaxed),
             ),
             (
+                "refused_read_batches",
+                "Read batches refused whole: more reads than READ_BATCH_MAX",
+                refused.read_batches.load(Ordering::Relaxed),
+            ),
+            (
                 "refused_admin",
                 "Admin requests refused: not from one of the node's centers",
                 refused.admin.load(Ordering::Relaxed),

@@ -124,6 +124,8 @@ pub struct Refused {
     pub center_group: AtomicU64,
     /// Heartbeats (to a center) sent by another node than the one they describe.
     pub heartbeats: AtomicU64,
+    /// Read batches past `READ_BATCH_MAX` reads, refused whole.
+    pub read_batches: AtomicU64,
 }
 
 pub(crate) fn raft_error(group: GroupId, error: impl std::fmt::Display) -> NodeError {

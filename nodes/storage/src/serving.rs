@@ -12,9 +12,10 @@ use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
     BeaconAck, CENTER_GROUP, CenterRequest, CenterResponse, ClientRequest, ClientResponse,
-    DrainNode, GetMigrations, GetRouting, GetStatus, Heartbeat, LeaderBeacon, MoveSlots, RaftCall,
-    RaftRequest, RaftResponse, ReadConfirm, Request, RoutingAnswer, SessionSeq, SplitGroup,
-    SteerMigration, decode_request, respond, undecodable,
+    DrainNode, GetMigrations, GetRouting, GetStatus, Heartbeat, LeaderBeacon, MoveSlots,
+    READ_BATCH_MAX, RaftCall, RaftRequest, RaftResponse, ReadBatch, ReadBatchAnswer, ReadConfirm,
+    Request, RoutingAnswer, SessionSeq, SplitGroup, SteerMigration, decode_request, respond,
+    undecodable,
 };
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -356,6 +357,72 @@ impl<E: Env> StorageNode<E> {
         }
     }
 
+    /// How this node answers one client command.
+    async fn client_response(&self, from: NodeId, request: ClientRequest) -> ClientResponse {
+        let ClientRequest {
+            group,
+            command,
+            session,
+            epoch,
+        } = request;
+        if group == CENTER_GROUP {
+            // The center writes its group through its own node, never through a client
+            // request: one would let any process rewrite routing tables and the registry.
+            self.refused.center_group.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(from, "refused a client command for the center's group");
+            return ClientResponse::Reply(Reply::error(
+                "ERR the center's group takes no client commands",
+            ));
+        }
+        if command.is_internal() {
+            // Only a node proposes internal commands; a client cannot move a group clock.
+            return ClientResponse::Reply(Reply::error(format!(
+                "ERR unknown command '{}'",
+                command.name()
+            )));
+        }
+        match self.misrouted(group, &command, epoch) {
+            Some(epoch) => ClientResponse::StaleEpoch { epoch },
+            None => Box::pin(self.execute(group, command, session)).await,
+        }
+    }
+
+    /// Serves every read of `batch` at once, each as a client request of its own would be,
+    /// and answers them in order in one message. A write in a batch is not executed (answered
+    /// `Unavailable`: the client sends it on its own, with its session). An answer too large
+    /// for one message turns every answer into `Unavailable`, and the client asks each group
+    /// on its own, where an oversized reply gets its own error.
+    async fn answer_read_batch(&self, from: NodeId, batch: ReadBatch) -> Bytes {
+        if batch.reads.len() > READ_BATCH_MAX {
+            self.refused.read_batches.fetch_add(1, Ordering::Relaxed);
+            return respond::<ReadBatch>(&ReadBatchAnswer {
+                answers: Vec::new(),
+            });
+        }
+        let count = batch.reads.len();
+        let answers = futures::future::join_all(batch.reads.into_iter().map(|read| async move {
+            if read.command.is_write() || read.session.is_some() {
+                return ClientResponse::Unavailable {
+                    reason: "a read batch carries no writes".to_string(),
+                };
+            }
+            self.client_response(from, read).await
+        }))
+        .await;
+        let answer = respond::<ReadBatch>(&ReadBatchAnswer { answers });
+        if answer.len() <= MESSAGE_BYTES_MAX {
+            return answer;
+        }
+        respond::<ReadBatch>(&ReadBatchAnswer {
+            answers: vec![
+                ClientResponse::Unavailable {
+                    reason: "the batch's answer exceeds the internal message limit".to_string(),
+                };
+                count
+            ],
+        })
+    }
+
     /// Answers one request from `from` (the id its connection proved). Center replicas pass
     /// the requests they do not handle themselves here too.
     pub async fn handle_request(&self, from: NodeId, request: Request) -> Bytes {
@@ -368,33 +435,9 @@ impl<E: Env> StorageNode<E> {
             Request::Raft(request) => {
                 respond::<RaftRequest>(&Box::pin(self.handle_raft(from, request)).await)
             }
-            Request::Client(ClientRequest { group, .. }) if group == CENTER_GROUP => {
-                // The center writes its group through its own node, never through a client
-                // request: one would let any process rewrite routing tables and the registry.
-                self.refused.center_group.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(from, "refused a client command for the center's group");
-                respond::<ClientRequest>(&ClientResponse::Reply(Reply::error(
-                    "ERR the center's group takes no client commands",
-                )))
-            }
-            Request::Client(ClientRequest { command, .. }) if command.is_internal() => {
-                // Only a node proposes internal commands; a client cannot move a group clock.
-                respond::<ClientRequest>(&ClientResponse::Reply(Reply::error(format!(
-                    "ERR unknown command '{}'",
-                    command.name()
-                ))))
-            }
-            Request::Client(ClientRequest {
-                group,
-                command,
-                session,
-                epoch,
-            }) => {
+            Request::Client(request) => {
                 let response =
-                    respond::<ClientRequest>(&match self.misrouted(group, &command, epoch) {
-                        Some(epoch) => ClientResponse::StaleEpoch { epoch },
-                        None => Box::pin(self.execute(group, command, session)).await,
-                    });
+                    respond::<ClientRequest>(&Box::pin(self.client_response(from, request)).await);
                 if response.len() <= MESSAGE_BYTES_MAX {
                     response
                 } else {
@@ -406,6 +449,7 @@ impl<E: Env> StorageNode<E> {
                     ))))
                 }
             }
+            Request::ReadBatch(batch) => Box::pin(self.answer_read_batch(from, batch)).await,
             Request::Center(CenterRequest::Heartbeat(_)) => {
                 respond::<Heartbeat>(&CenterResponse::Unavailable {
                     reason: format!("node {} is not a center replica", self.id()),
