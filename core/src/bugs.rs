@@ -136,11 +136,14 @@ pub enum Bug {
     /// as the read index without checking that an entry of its own term was applied, so a new
     /// leader whose apply still lags what its predecessor acknowledged serves stale reads.
     QuickViewAnyApplied,
+    /// Read batches (client): the answers of a batch of reads sent to one node are matched to
+    /// its reads in reverse order, so a pipeline's read gets another group's value.
+    ReadBatchAnswersReversed,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 33] = [
+    pub const ALL: [Bug; 34] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -174,6 +177,7 @@ impl Bug {
         Bug::BlockedChainReplyEarly,
         Bug::ReadConfirmIgnoresVote,
         Bug::QuickViewAnyApplied,
+        Bug::ReadBatchAnswersReversed,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -212,6 +216,7 @@ impl Bug {
             Bug::BlockedChainReplyEarly => "blocked-chain-reply-early",
             Bug::ReadConfirmIgnoresVote => "read-confirm-ignores-vote",
             Bug::QuickViewAnyApplied => "quick-view-any-applied",
+            Bug::ReadBatchAnswersReversed => "read-batch-answers-reversed",
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use larder_core::bugs::Bug;
+use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Clock, Net};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
@@ -352,7 +352,7 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
             futures::future::join_all(
                 batches
                     .into_iter()
-                    .map(|(node, lanes)| read_batch(net, node, lanes, limit)),
+                    .map(|(node, lanes)| read_batch(net, node, lanes, limit, &self.config.bugs)),
             ),
         )
         .await;
@@ -480,6 +480,7 @@ async fn read_batch<N: Net, C: Clock>(
     node: NodeId,
     lanes: Vec<Lane<N, C>>,
     limit: std::time::Duration,
+    bugs: &Bugs,
 ) -> Vec<(Lane<N, C>, Option<Reply>)> {
     let request = Encoded::new(ReadBatch {
         reads: lanes
@@ -492,10 +493,14 @@ async fn read_batch<N: Net, C: Clock>(
             })
             .collect(),
     });
-    let answers = match call(net, node, &request, limit).await {
+    let mut answers = match call(net, node, &request, limit).await {
         Ok(ReadBatchAnswer { answers }) if answers.len() == lanes.len() => answers,
         _ => Vec::new(),
     };
+    if bugs.is_planted(Bug::ReadBatchAnswersReversed) {
+        // Planted bug: each read takes another read's answer.
+        answers.reverse();
+    }
     let mut answers = answers.into_iter();
     lanes
         .into_iter()

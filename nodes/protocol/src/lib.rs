@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | [`raft`] | [`RaftRequest`] (openraft's RPCs as opaque payloads) | storage nodes |
 //! | [`raft`] | [`LeaderBeacon`], [`ReadConfirm`] (node to node, for every group at once) | storage nodes |
-//! | [`client`] | [`ClientRequest`] | storage nodes |
+//! | [`client`] | [`ClientRequest`], [`ReadBatch`] (several groups' reads for one node) | storage nodes |
 //! | [`center`] | [`Heartbeat`], [`GetRouting`], [`GetStatus`] | center replicas, observers (and storage nodes, for routing) |
 //! | [`admin`] | [`AddGroup`], [`RemoveGroup`], [`ReplaceVoter`], [`TransferLeadership`] | storage nodes, sent by the center leader |
 //!

@@ -35,5 +35,5 @@ pub mod serving;
 pub mod supervisor;
 
 pub use config::{NodeConfig, NodeError};
-pub use node::{NodeDisk, Refused, StorageNode};
+pub use node::{NodeDisk, ReadBatches, Refused, StorageNode};
 pub use serving::NodeHandler;

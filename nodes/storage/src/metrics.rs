@@ -297,6 +297,16 @@ impl<E: Env> Collector for NodeCollector<E> {
                 node.read_rounds.rounds(),
             ),
             (
+                "read_batches",
+                "Read batches served: reads of several groups from one client in one message",
+                node.read_batches.batches.load(Ordering::Relaxed),
+            ),
+            (
+                "batched_reads",
+                "Reads that came in read batches",
+                node.read_batches.reads.load(Ordering::Relaxed),
+            ),
+            (
                 "read_round_quick_views",
                 "Group views read rounds took without a message to the group's Raft core",
                 node.read_rounds.quick_views(),

@@ -83,6 +83,7 @@ pub struct StorageNode<E: Env> {
     pub(crate) broken: Arc<BrokenReplicas>,
     /// Requests refused because of who sent them ([`crate::serving`]).
     pub(crate) refused: Refused,
+    pub(crate) read_batches: ReadBatches,
     /// When each group last heard its leader's beacon and last served a client
     /// ([`crate::quiet`]).
     pub(crate) quiet: crate::quiet::Quiet,
@@ -126,6 +127,13 @@ pub struct Refused {
     pub heartbeats: AtomicU64,
     /// Read batches past `READ_BATCH_MAX` reads, refused whole.
     pub read_batches: AtomicU64,
+}
+
+/// Read batches served (`larder_protocol::ReadBatch`): how many, and the reads they carried.
+#[derive(Debug, Default)]
+pub struct ReadBatches {
+    pub batches: AtomicU64,
+    pub reads: AtomicU64,
 }
 
 pub(crate) fn raft_error(group: GroupId, error: impl std::fmt::Display) -> NodeError {
@@ -304,6 +312,7 @@ impl<E: Env> StorageNode<E> {
             last_stamp_ms: AtomicU64::new(0),
             broken,
             refused: Refused::default(),
+            read_batches: ReadBatches::default(),
             quiet: crate::quiet::Quiet::default(),
             appends_served: AtomicU64::new(0),
             hot,
@@ -501,6 +510,11 @@ impl<E: Env> StorageNode<E> {
         self.saved_votes.forget(group);
         tracing::info!(node = self.id(), group, broken, "removed a replica");
         Ok(true)
+    }
+
+    /// The read batches this node served.
+    pub fn read_batches(&self) -> &ReadBatches {
+        &self.read_batches
     }
 
     /// The node's read rounds and what they counted.

@@ -400,6 +400,10 @@ impl<E: Env> StorageNode<E> {
             });
         }
         let count = batch.reads.len();
+        self.read_batches.batches.fetch_add(1, Ordering::Relaxed);
+        self.read_batches
+            .reads
+            .fetch_add(count as u64, Ordering::Relaxed);
         let answers = futures::future::join_all(batch.reads.into_iter().map(|read| async move {
             if read.command.is_write() || read.session.is_some() {
                 return ClientResponse::Unavailable {

@@ -6,6 +6,8 @@
 //! - slot ownership set through the log: commands for other slots are refused at apply time
 //!   (as a stale epoch), across restarts, and an older ownership never undoes a newer one;
 //! - snapshots purge the log, and a restart after several purges keeps every write;
+//! - a read batch serves each group's read in order, refuses writes, and is refused whole past
+//!   its bound;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -17,7 +19,9 @@ use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Disk, Space, WriteBatch};
 use larder_core::kv::{Command, Reply};
-use larder_protocol::ClientResponse;
+use larder_protocol::{
+    ClientRequest, ClientResponse, READ_BATCH_MAX, ReadBatch, Request, decode_response,
+};
 use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, NodeError, StorageNode};
 use openraft::async_runtime::WatchReceiver;
@@ -865,4 +869,81 @@ fn a_list_is_stored_by_position_and_a_push_or_pop_touches_one_row() {
         element_rows(dir.path()).is_empty(),
         "the recorded range is collected"
     );
+}
+
+/// Sends `reads` to the node as one read batch and decodes its answer.
+fn read_batch(node: &Running, reads: Vec<(u64, Command)>) -> Vec<ClientResponse> {
+    let batch = ReadBatch {
+        reads: reads
+            .into_iter()
+            .map(|(group, command)| ClientRequest {
+                group,
+                command,
+                session: None,
+                epoch: 0,
+            })
+            .collect(),
+    };
+    let bytes = node
+        .runtime
+        .block_on(node.node.handle_request(100, Request::ReadBatch(batch)));
+    decode_response::<ReadBatch>(&bytes)
+        .expect("a read batch's answer")
+        .answers
+}
+
+#[test]
+fn a_read_batch_serves_each_group_in_order_refuses_writes_and_past_its_bound_everything() {
+    let dir = tempfile::tempdir().expect("dir");
+    let node = start_with_both_groups(dir.path());
+    assert_eq!(
+        node.execute_in(GROUP, Command::set("a", "in one")),
+        ClientResponse::Reply(Reply::Ok)
+    );
+    assert_eq!(
+        node.execute_in(OTHER, Command::set("b", "in two")),
+        ClientResponse::Reply(Reply::Ok)
+    );
+    let bulk =
+        |value: &str| ClientResponse::Reply(Reply::Bulk(Bytes::copy_from_slice(value.as_bytes())));
+    // Each read answered from its own group, in the batch's order; a write is not executed.
+    let answers = read_batch(
+        &node,
+        vec![
+            (OTHER, Command::get("b")),
+            (GROUP, Command::get("a")),
+            (GROUP, Command::set("a", "never")),
+            (OTHER, Command::get("a")),
+        ],
+    );
+    assert_eq!(answers.len(), 4);
+    assert_eq!(answers[0], bulk("in two"));
+    assert_eq!(answers[1], bulk("in one"));
+    assert!(
+        matches!(&answers[2], ClientResponse::Unavailable { reason } if reason.contains("no writes")),
+        "{:?}",
+        answers[2]
+    );
+    assert_eq!(answers[3], ClientResponse::Reply(Reply::Nil));
+    assert_eq!(node.execute_in(GROUP, Command::get("a")), bulk("in one"));
+    assert_eq!(
+        node.node
+            .read_batches()
+            .reads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+    // One read past the bound: the batch is refused whole and counted.
+    let too_many = (0..=READ_BATCH_MAX)
+        .map(|_| (GROUP, Command::get("a")))
+        .collect();
+    assert!(read_batch(&node, too_many).is_empty());
+    assert_eq!(
+        node.node
+            .refused()
+            .read_batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    node.stop();
 }
