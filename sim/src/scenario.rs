@@ -595,8 +595,11 @@ pub fn reelection_under_drift(seed: u64, drift_ppm: i64) -> Result<ReelectionOut
 pub struct QuietOutcome {
     pub leader: Option<NodeId>,
     /// openraft appends (heartbeats included) the two followers served over
-    /// [`QUIET_WINDOW`] while nobody used the group.
+    /// [`QUIET_WINDOW`] while nobody wrote to the group (a client read it every 100 ms).
     pub idle_appends: u64,
+    /// The reads answered with the first write's value between the first write and the busy
+    /// window: a group only read from still serves every read (by read rounds) while quiet.
+    pub idle_reads: u64,
     /// The same over a window of the same length while a client wrote every 200 ms.
     pub busy_appends: u64,
     /// The first write after the idle window, and how long it took.
@@ -609,10 +612,10 @@ pub struct QuietOutcome {
 /// The length of [`quiet_group`]'s windows.
 pub const QUIET_WINDOW: Duration = Duration::from_secs(3);
 
-/// A three-node group left idle, then written to, then idle again with its leader cut off
-/// from both followers (`larder_storage::quiet`): an idle group must send no heartbeats, a
-/// write to it must still succeed at once, and its followers must still replace a lost
-/// leader.
+/// A three-node group only read from, then written to, then idle with its leader cut off
+/// from both followers (`larder_storage::quiet`): a group nobody writes to must send no
+/// heartbeats while it serves reads, a write to it must still succeed at once, and its
+/// followers must still replace a lost leader.
 pub fn quiet_group(seed: u64, bugs: Bugs) -> Result<QuietOutcome, SimError> {
     let mut config = SimConfig::new(seed, Duration::from_secs(40));
     config.faults = false;
@@ -627,8 +630,8 @@ pub fn quiet_group(seed: u64, bugs: Bugs) -> Result<QuietOutcome, SimError> {
             .map(|node| node.appends_served())
             .sum()
     };
-    // The client: one write at 2 s, then nothing until 8 s, then one write every 200 ms
-    // until 11 s.
+    // The client: one write at 2 s, then a read every 100 ms until 8 s, then one write every
+    // 200 ms until 11 s.
     let host = client_id(1);
     let net = SimNet::new(host, faults.clone(), derive_seed(seed, 31), trace.clone());
     let recorded = outcome.clone();
@@ -641,7 +644,14 @@ pub fn quiet_group(seed: u64, bugs: Bugs) -> Result<QuietOutcome, SimError> {
         let mut client = Client::new(net, SimClock::new(), GROUP, vec![1, 2, 3], config);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let _ = client.execute(Command::set("k", "1")).await;
-        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(6)).await;
+        let reads_until = tokio::time::Instant::now() + Duration::from_secs(6);
+        while tokio::time::Instant::now() < reads_until {
+            if client.execute(Command::get("k")).await == Ok(Reply::Bulk("1".into())) {
+                recorded.lock().expect("outcome lock").idle_reads += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep_until(reads_until).await;
         let started = tokio::time::Instant::now();
         let reply = client.execute(Command::set("k", "2")).await;
         recorded.lock().expect("outcome lock").write_after_idle = Some((reply, started.elapsed()));

@@ -9,11 +9,12 @@
 //! spent in the RaftCore's notification handling, its runtime statistics and task switches.
 //!
 //! **How** (TiKV's hibernating regions, Cellar's per-node heartbeat):
-//! - A leader turns its group's openraft ticker off while the group is *settled*: no client
-//!   command reached it for an election timeout, and every other member has matched its last
-//!   log entry. With no ticks it sends no heartbeats and checks no timers. A command, a
-//!   follower that lags or comes back, a learner being filled, turns the ticker on again until
-//!   the group settles. Entries and commit-index updates are replicated as always.
+//! - A leader turns its group's openraft ticker off while the group is *settled*: no write
+//!   (nor, with `NodeConfig::read_rounds` off, a read) reached it for an election timeout, and
+//!   every other member has matched its last log entry. Reads confirmed by read rounds
+//!   (`crate::read_rounds`) need no ticks: a group only read from settles. With no ticks it
+//!   sends no heartbeats and checks no timers. A write, a follower that lags or comes back, a
+//!   learner being filled, turns the ticker on again until the group settles. Entries and commit-index updates are replicated as always.
 //! - Every interval, the node sends each peer that shares a group it leads one
 //!   [`LeaderBeacon`]: the groups it leads, with their terms.
 //! - A follower's ticker is off while its group's leader has been heard from (by beacon, naming
