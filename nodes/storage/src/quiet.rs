@@ -10,9 +10,10 @@
 //!
 //! **How** (TiKV's hibernating regions, Cellar's per-node heartbeat):
 //! - A leader turns its group's openraft ticker off while the group is *settled*: no write
-//!   (nor, with `NodeConfig::read_rounds` off, a read) reached it for an election timeout, and
+//!   (nor a read through openraft's read index) reached it for an election timeout, and
 //!   every other member has matched its last log entry. Reads confirmed by read rounds
-//!   (`crate::read_rounds`) need no ticks: a group only read from settles. With no ticks it
+//!   (`crate::read_rounds`) need no ticks: a group only read from settles (a read a round
+//!   could not confirm, which takes openraft's read index, wakes it). With no ticks it
 //!   sends no heartbeats and checks no timers. A write, a follower that lags or comes back, a
 //!   learner being filled, turns the ticker on again until the group settles. Entries and commit-index updates are replicated as always.
 //! - Every interval, the node sends each peer that shares a group it leads one
@@ -263,10 +264,12 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                         continue;
                     }
                     let last = metrics.last_log_index;
-                    // Reads confirm leadership with a heartbeat round of their own; while
-                    // clients use the group, periodic heartbeats stay on so that a round
-                    // lost on the way is followed by another one interval later rather
-                    // than by the read's timeout.
+                    // Reads that take openraft's read index (a read round stepped aside, or
+                    // the rounds off) confirm leadership with a heartbeat round of their own;
+                    // while they use the group, periodic heartbeats stay on so that a round
+                    // lost on the way is followed by another one interval later rather than
+                    // by the read's timeout. Writes keep them on too; reads confirmed by read
+                    // rounds do not (they need no timer).
                     let idle = node
                         .quiet
                         .touched(*group)

@@ -353,6 +353,10 @@ impl<E: Env> StorageNode<E> {
                 self.read_rounds
                     .stepped_aside
                     .fetch_add(1, Ordering::Relaxed);
+                // openraft's read index rides the group's heartbeats: a quiet group wakes, so
+                // that a heartbeat round lost on the way is followed by the next one an interval
+                // later rather than by the read's timeout (`crate::quiet`).
+                self.wake(group, raft, false).await;
                 raft.ensure_linearizable(ReadPolicy::ReadIndex)
                     .await
                     .map(drop)
