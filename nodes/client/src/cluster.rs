@@ -474,11 +474,12 @@ async fn run_lane<N: Net, C: Clock>(lane: Lane<N, C>) -> LaneOutcome<N, C> {
 /// Sends read-only `lanes` to `node` in one [`ReadBatch`]. Each lane comes back with its
 /// reply, or with `None` when the batch did not serve it (the node does not lead its group any
 /// more, a failed call, a refused batch): the caller sends those through their own group's
-/// client, which finds the leader; a read done twice changes nothing.
+/// client, which finds the leader; a read done twice changes nothing. After a failed call
+/// the lanes' clients have forgotten `node` as their leader.
 async fn read_batch<N: Net, C: Clock>(
     net: &N,
     node: NodeId,
-    lanes: Vec<Lane<N, C>>,
+    mut lanes: Vec<Lane<N, C>>,
     limit: std::time::Duration,
     bugs: &Bugs,
 ) -> Vec<(Lane<N, C>, Option<Reply>)> {
@@ -495,7 +496,16 @@ async fn read_batch<N: Net, C: Clock>(
     });
     let mut answers = match call(net, node, &request, limit).await {
         Ok(ReadBatchAnswer { answers }) if answers.len() == lanes.len() => answers,
-        _ => Vec::new(),
+        Ok(_) => Vec::new(),
+        Err(_) => {
+            // The node may be gone or cut off: each group's client looks for its leader
+            // afresh, as after a failed request of its own, rather than waiting on the same
+            // node a second time.
+            for (_, _, client, _, _) in &mut lanes {
+                client.set_leader_hint(None);
+            }
+            Vec::new()
+        }
     };
     if bugs.is_planted(Bug::ReadBatchAnswersReversed) {
         // Planted bug: each read takes another read's answer.
