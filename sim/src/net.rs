@@ -325,4 +325,15 @@ impl larder_core::env::Listener for SimListener {
         let (stream, _) = self.0.accept().await?;
         Ok(stream)
     }
+
+    async fn accept_from(
+        &mut self,
+    ) -> std::io::Result<(TcpStream, Option<larder_core::env::Endpoints>)> {
+        let (stream, peer) = self.0.accept().await?;
+        let endpoints = stream
+            .local_addr()
+            .ok()
+            .map(|local| larder_core::env::Endpoints { peer, local });
+        Ok((stream, endpoints))
+    }
 }

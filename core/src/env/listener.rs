@@ -1,4 +1,15 @@
 use std::future::Future;
+use std::net::SocketAddr;
+
+/// Both ends of an accepted client connection, as `CLIENT LIST` shows them (`addr`, `laddr`)
+/// and `CLUSTER SLOTS` announces the proxy (the address the client reached it at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The client's end.
+    pub peer: SocketAddr,
+    /// The proxy's end.
+    pub local: SocketAddr,
+}
 
 /// Accepts client connections: the proxy's client-facing side, a byte stream rather than the
 /// message-level [`super::Net`] (clients speak RESP, not Larder's protocol).
@@ -12,4 +23,12 @@ use std::future::Future;
 pub trait Listener: Send + 'static {
     type Stream: Unpin + Send + 'static;
     fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+
+    /// [`Listener::accept`] with both ends' addresses, when the listener knows them (the TCP
+    /// ones do); `None` otherwise.
+    fn accept_from(
+        &mut self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, Option<Endpoints>)>> + Send {
+        async move { Ok((self.accept().await?, None)) }
+    }
 }

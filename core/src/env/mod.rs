@@ -19,7 +19,7 @@ pub use disk::{
     BlockingSyncWriter, Disk, DiskError, DiskView, KeyPages, Space, WriteBatch, WriteOp, log_key,
     log_key_index, vote_key,
 };
-pub use listener::Listener;
+pub use listener::{Endpoints, Listener};
 pub use net::{
     Handler, MESSAGE_BYTES_MAX, Net, NetError, TRANSFER_BYTES_PER_SECOND_MIN, transfer_allowance,
 };

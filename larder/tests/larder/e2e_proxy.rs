@@ -340,6 +340,29 @@ fn redis_cli_talks_to_the_proxy() {
     assert_eq!(cli(&["get", "cli-key"]), "cli-value");
     assert_eq!(cli(&["-3", "hset", "h", "f", "v"]), "1");
     assert!(cli(&["info", "server"]).contains("redis_version"));
+    // In cluster mode too: one master holding every slot, where the client connected.
+    assert_eq!(cli(&["-c", "get", "cli-key"]), "cli-value");
+    let slots = cli(&["cluster", "slots"]);
+    assert!(
+        slots.starts_with(&format!("0\n16383\n127.0.0.1\n{port}\n")),
+        "{slots}"
+    );
+    let check = std::process::Command::new("redis-cli")
+        .args(["--cluster", "check", &running.address.to_string()])
+        .output()
+        .expect("redis-cli");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{report}");
+    assert!(report.contains("[OK] All 16384 slots covered."), "{report}");
+    // COMMAND describes the commands: `GET` with its key at position 1.
+    assert_eq!(
+        cli(&["command", "info", "get"]),
+        "get\n2\nreadonly\nfast\n1\n1\n1\n@read\n@string\n@fast"
+    );
+    assert_eq!(
+        cli(&["command", "getkeys", "mset", "a", "1", "b", "2"]),
+        "a\nb"
+    );
 }
 
 #[test]

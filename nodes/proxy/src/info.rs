@@ -128,7 +128,8 @@ pub fn render(sections: &[&str], facts: &Facts) -> String {
             "server" => {
                 line(format!("redis_version:{}", facts.version));
                 line(format!("larder_version:{}", facts.larder_version));
-                line("redis_mode:standalone".into());
+                // The proxy answers `CLUSTER` as a one-node Redis Cluster (`crate::cluster`).
+                line("redis_mode:cluster".into());
                 line(format!("os:{}", std::env::consts::OS));
                 line("arch_bits:64".into());
                 line(format!("process_id:{}", facts.process.pid));
@@ -180,7 +181,7 @@ pub fn render(sections: &[&str], facts: &Facts) -> String {
                 line("used_cpu_user_children:0.000000".into());
             }
             "cluster" => {
-                line("cluster_enabled:0".into());
+                line("cluster_enabled:1".into());
                 line(format!("routing_epoch:{}", facts.routing_epoch));
                 line(format!("slot_groups:{}", facts.slot_groups));
             }

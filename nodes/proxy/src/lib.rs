@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use larder_core::bugs::{Bug, Bugs};
-use larder_core::env::{Clock, FaultPoints, Listener, MESSAGE_BYTES_MAX, Net, timeout};
+use larder_core::env::{Clock, Endpoints, FaultPoints, Listener, MESSAGE_BYTES_MAX, Net, timeout};
 use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::{self, Frame, Limits, Protocol, RequestParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -46,6 +46,10 @@ use larder_client::{
 };
 
 mod blocking;
+mod clients;
+mod cluster;
+mod command_table;
+pub mod commands;
 pub use blocking::HANDOVERS_PER_WRITE_MAX;
 pub mod hot;
 pub mod info;
@@ -250,6 +254,8 @@ pub struct Proxy<N: Net, C: Clock> {
     shared_reads: shared_read::SharedReads,
     /// Group sessions of closed connections, for the next connections to carry on.
     sessions: SessionPool,
+    /// The connections being served (`CLIENT LIST`, `CLIENT KILL`).
+    clients: clients::Clients,
 }
 
 /// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
@@ -451,8 +457,14 @@ struct Session<N: Net, C: Clock> {
     client: ClusterClient<N, C>,
     /// Close after the pending replies are written (`QUIT`, too many failed `AUTH`s).
     quit: bool,
-    /// `CLIENT SETNAME`.
-    name: Option<Bytes>,
+    /// What `CLIENT LIST` shows of this connection (its name included), and its kill switch.
+    state: Arc<clients::ClientState>,
+    /// Where the client reached the proxy (`CLUSTER SLOTS` announces it there).
+    local: Option<std::net::SocketAddr>,
+    /// `CLIENT REPLY`.
+    replies: ReplyMode,
+    /// The command being answered asked for no reply (`CLIENT REPLY OFF` or `SKIP`).
+    silent: bool,
     /// An open `MULTI`.
     transaction: Option<transaction::Transaction>,
     /// `WATCH`ed keys and the versions they had then.
@@ -461,7 +473,31 @@ struct Session<N: Net, C: Clock> {
     seeds: u64,
 }
 
+/// `CLIENT REPLY`: whether the client wants replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    /// None for the next command, then on again.
+    SkipNext,
+}
+
 impl<N: Net, C: Clock> Session<N, C> {
+    /// Whether the reply to the command just answered is sent (`CLIENT REPLY`).
+    fn takes_reply(&mut self) -> bool {
+        if std::mem::take(&mut self.silent) {
+            return false;
+        }
+        match self.replies {
+            ReplyMode::On => true,
+            ReplyMode::Off => false,
+            ReplyMode::SkipNext => {
+                self.replies = ReplyMode::On;
+                false
+            }
+        }
+    }
+
     /// A fresh seed for a command that picks at random ([`Command::reseed`]): a hash of the
     /// connection, a counter and the time, so it differs per request yet replays bit for bit
     /// in the simulator (whose clock and connection ids are seeded).
@@ -476,7 +512,12 @@ impl<N: Net, C: Clock> Session<N, C> {
 }
 
 /// `CLIENT ...`: what a connection may say about itself.
-fn client_subcommand<N: Net, C: Clock>(session: &mut Session<N, C>, args: &[Bytes]) -> Frame {
+fn client_subcommand<N: Net, C: Clock>(
+    session: &mut Session<N, C>,
+    registry: &clients::Clients,
+    args: &[Bytes],
+    now: Duration,
+) -> Frame {
     match (args.get(1).map(|a| lower(a)).as_deref(), args.len()) {
         (Some("setname"), 3) => {
             let name = &args[2];
@@ -486,12 +527,38 @@ fn client_subcommand<N: Net, C: Clock>(session: &mut Session<N, C>, args: &[Byte
                     "ERR Client names cannot contain spaces, newlines or special characters.",
                 );
             }
-            session.name = (!name.is_empty()).then(|| name.clone());
+            session
+                .state
+                .set_name((!name.is_empty()).then(|| name.clone()));
             Frame::Simple("OK".into())
         }
-        (Some("getname"), 2) => Frame::Bulk(session.name.clone()),
+        (Some("getname"), 2) => Frame::Bulk(session.state.name()),
         (Some("id"), 2) => Frame::Integer(session.id as i64),
-        (Some("setinfo" | "no-evict" | "no-touch" | "reply"), 3) => Frame::Simple("OK".into()),
+        (Some("info"), 2) => clients::info(&session.state, now),
+        (Some("list"), _) => clients::list(registry, &args[1..], now),
+        (Some("kill"), n) if n >= 3 => clients::kill(registry, &args[1..], session.id),
+        (Some("reply"), 3) => match lower(&args[2]).as_str() {
+            "on" => {
+                session.replies = ReplyMode::On;
+                Frame::Simple("OK".into())
+            }
+            "off" => {
+                session.replies = ReplyMode::Off;
+                session.silent = true;
+                Frame::Simple("OK".into())
+            }
+            "skip" => {
+                if session.replies == ReplyMode::On {
+                    session.replies = ReplyMode::SkipNext;
+                }
+                session.silent = true;
+                Frame::Simple("OK".into())
+            }
+            _ => error("ERR syntax error"),
+        },
+        // Hints about eviction and idle times: the proxy evicts no clients and keeps no idle
+        // times for LRU, so there is nothing to change.
+        (Some("setinfo" | "no-evict" | "no-touch"), 3) => Frame::Simple("OK".into()),
         _ => error("ERR unknown subcommand or wrong number of arguments for 'client' command"),
     }
 }
@@ -527,7 +594,6 @@ fn script_subcommand(args: &[Bytes]) -> Frame {
         (Some("exists"), n) if n > 2 => {
             Frame::Array(Some(args[2..].iter().map(|_| Frame::Integer(0)).collect()))
         }
-        (Some("load"), 3) => error("ERR Larder does not run scripts"),
         (Some(sub), _) => error(format!(
             "ERR unknown subcommand or wrong number of arguments for 'script|{sub}' command"
         )),
@@ -585,6 +651,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                     .then_some(shared_read::PLANTED_CACHE_TIME),
             ),
             sessions: SessionPool::default(),
+            clients: clients::Clients::default(),
             net,
             clock,
             config,
@@ -659,8 +726,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         L: Listener,
         L::Stream: AsyncRead + AsyncWrite,
     {
-        self.accept_loop(listener, |proxy, stream| async move {
-            proxy.connection(stream).await
+        self.accept_loop(listener, |proxy, stream, endpoints| async move {
+            proxy.connection_from(stream, endpoints).await
         })
         .await
     }
@@ -674,9 +741,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         L: Listener,
         L::Stream: AsyncRead + AsyncWrite,
     {
-        self.accept_loop(listener, move |proxy, stream| {
+        self.accept_loop(listener, move |proxy, stream, endpoints| {
             let tls = tls.clone();
-            async move { proxy.tls_connection(stream, &tls).await }
+            async move { proxy.tls_connection_from(stream, &tls, endpoints).await }
         })
         .await
     }
@@ -689,7 +756,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     ) -> std::io::Result<()>
     where
         L: Listener,
-        F: Fn(Arc<Self>, L::Stream) -> T,
+        F: Fn(Arc<Self>, L::Stream, Option<Endpoints>) -> T,
         T: Future<Output = Result<(), ConnectionError>> + Send + 'static,
     {
         if !self.routing.sources().is_empty() && !self.refreshing.swap(true, Ordering::Relaxed) {
@@ -699,10 +766,10 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let mut last_warning: Option<Duration> = None;
         let mut unreported = 0u64;
         loop {
-            match listener.accept().await {
-                Ok(stream) => {
+            match listener.accept_from().await {
+                Ok((stream, endpoints)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    let connection = serve(self.clone(), stream);
+                    let connection = serve(self.clone(), stream, endpoints);
                     tokio::spawn(async move {
                         if let Err(error) = connection.await {
                             tracing::debug!(%error, "client connection ended");
@@ -739,10 +806,19 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// when `max_clients` are connected.
     pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
+        stream: S,
+    ) -> Result<(), ConnectionError> {
+        self.connection_from(stream, None).await
+    }
+
+    /// [`Proxy::connection`] of a client at `endpoints` (`CLIENT LIST`, `CLUSTER SLOTS`).
+    pub async fn connection_from<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
         mut stream: S,
+        endpoints: Option<Endpoints>,
     ) -> Result<(), ConnectionError> {
         match self.admit() {
-            Some(_slot) => self.serve_client(&mut stream).await,
+            Some(_slot) => self.serve_client(&mut stream, endpoints).await,
             None => {
                 bump(&self.counters.rejected_connections);
                 self.refuse(&mut stream).await;
@@ -764,6 +840,16 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         stream: S,
         tls: &ProxyTls,
     ) -> Result<(), ConnectionError> {
+        self.tls_connection_from(stream, tls, None).await
+    }
+
+    /// [`Proxy::tls_connection`] of a client at `endpoints`.
+    pub async fn tls_connection_from<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        tls: &ProxyTls,
+        endpoints: Option<Endpoints>,
+    ) -> Result<(), ConnectionError> {
         let slot = self.admit();
         if slot.is_none() {
             bump(&self.counters.rejected_connections);
@@ -781,7 +867,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             }
         };
         let result = match slot {
-            Some(_slot) => self.serve_client(&mut stream).await,
+            Some(_slot) => self.serve_client(&mut stream, endpoints).await,
             None => {
                 self.refuse(&mut stream).await;
                 Ok(())
@@ -808,8 +894,11 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     async fn serve_client<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
+        endpoints: Option<Endpoints>,
     ) -> Result<(), ConnectionError> {
         let id = self.counters.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let registered = self.clients.register(id, endpoints, self.clock.now());
+        let state = registered.state.clone();
         let mut session = Session {
             id,
             protocol: Protocol::Resp2,
@@ -823,7 +912,10 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             )
             .with_session_pool(self.sessions.clone()),
             quit: false,
-            name: None,
+            state: state.clone(),
+            local: endpoints.map(|e| e.local),
+            replies: ReplyMode::On,
+            silent: false,
             transaction: None,
             watched: Vec::new(),
             seeds: 0,
@@ -870,9 +962,18 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                                 run.push(joining);
                             }
                             held.set(input.len() + output.len());
+                            let last = run
+                                .last()
+                                .and_then(|(name, _)| commands::lookup(name.as_bytes()))
+                                .map(|info| info.name);
                             // Written out every `OUTPUT_FLUSH_BYTES` as for single commands,
                             // so a client that does not read its replies stalls the run here.
-                            for reply in self.run_pipeline(&mut session, run, bytes).await {
+                            state.ran(last, self.clock.now());
+                            let replies = self.run_pipeline(&mut session, run, bytes).await;
+                            for reply in replies {
+                                if !session.takes_reply() {
+                                    continue;
+                                }
                                 self.push_reply(&reply, session.protocol, &mut output)?;
                                 held.set(input.len() + output.len());
                                 if output.len() >= OUTPUT_FLUSH_BYTES {
@@ -884,6 +985,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         }
                         let blocks =
                             session.transaction.is_none() && Command::is_blocking_name(&args[0]);
+                        // Shown as running from here on, as Redis does (`CLIENT INFO` shows
+                        // itself).
+                        state.ran(
+                            commands::entry_of(&args).map(|info| info.name),
+                            self.clock.now(),
+                        );
                         let reply = if blocks {
                             // Replies to the commands before it go out first: the client may be
                             // waiting for them, as Redis sends them before blocking.
@@ -891,21 +998,32 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                                 self.write_out(stream, &mut output, &mut held, input.len())
                                     .await?;
                             }
-                            match self
+                            state.set_blocked(true);
+                            let reply = self
                                 .dispatch_watching_close(&mut session, args, stream, &mut input)
-                                .await
-                            {
+                                .await;
+                            state.set_blocked(false);
+                            match reply {
                                 Some(reply) => reply,
-                                // The client left while blocked: drop the block, as Redis does.
+                                // The client left while blocked (or was killed): drop the block,
+                                // as Redis does.
                                 None => return Ok(()),
                             }
                         } else {
                             self.dispatch(&mut session, args).await
                         };
-                        self.push_reply(&reply, session.protocol, &mut output)?;
+                        state.set_multi(session.transaction.as_ref().map(|t| t.queued()));
+                        state.set_resp(if session.protocol == Protocol::Resp3 {
+                            3
+                        } else {
+                            2
+                        });
+                        if session.takes_reply() {
+                            self.push_reply(&reply, session.protocol, &mut output)?;
+                        }
                         drop(reply);
                         held.set(input.len() + output.len());
-                        if session.quit {
+                        if session.quit || state.is_killed() {
                             return self.write_out(stream, &mut output, &mut held, 0).await;
                         }
                         if output.len() >= OUTPUT_FLUSH_BYTES {
@@ -954,21 +1072,35 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 // A large request is done: do not keep its buffer for an idle connection.
                 input = BytesMut::with_capacity(16 << 10);
             }
+            state.set_qbuf(input.len());
             let read = stream.read_buf(&mut input);
-            let n = match self.config.idle_timeout {
-                None => read.await?,
+            let read = async {
+                tokio::select! {
+                    // Biased: the same order every time, so simulated runs replay.
+                    biased;
+                    () = state.killed() => None,
+                    read = read => Some(read),
+                }
+            };
+            let read = match self.config.idle_timeout {
+                None => read.await,
                 Some(idle) => match timeout(&self.clock, idle, read).await {
-                    Ok(n) => n?,
+                    Ok(read) => read,
                     Err(_) => {
                         bump(&self.counters.idle_closed);
                         return Ok(());
                     }
                 },
             };
-            if n == 0 {
+            // `CLIENT KILL` took this connection.
+            let Some(read) = read else {
+                return Ok(());
+            };
+            if read? == 0 {
                 return Ok(());
             }
             held.set(input.len());
+            state.set_qbuf(input.len());
         }
     }
 
@@ -983,6 +1115,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         stream: &mut S,
         input: &mut BytesMut,
     ) -> Option<Frame> {
+        let session_state = session.state.clone();
         let dispatch = self.dispatch(session, args);
         tokio::pin!(dispatch);
         loop {
@@ -991,6 +1124,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 // Biased: the same order every time, so simulated runs replay.
                 biased;
                 reply = &mut dispatch => return Some(reply),
+                () = session_state.killed() => return None,
                 read = stream.read_buf(input), if room => match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
@@ -1273,6 +1407,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         if let Some(frame) = self.transaction_command(session, &name, &args).await {
             return frame;
         }
+        if let Some(refusal) = commands::check_container(&args) {
+            return refusal;
+        }
         match name.as_str() {
             "ping" => match args.len() {
                 1 => Frame::Simple("PONG".into()),
@@ -1311,11 +1448,26 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                     self.client_unblock(&args).await
                 }
             }
-            "client" => client_subcommand(session, &args),
+            "client" => client_subcommand(session, &self.clients, &args, self.clock.now()),
             "function" => function_subcommand(&args),
             "script" => script_subcommand(&args),
-            // Clients probe these at connect time; an empty answer means "nothing to report".
-            "command" => Frame::Array(Some(Vec::new())),
+            "command" => commands::answer(&args),
+            "cluster" => {
+                let table = self.routing.current();
+                let announced = cluster::Announced {
+                    at: session.local,
+                    epoch: table.epoch(),
+                    routed: !table.groups().is_empty(),
+                };
+                cluster::answer(&args, &announced)
+            }
+            // Redis Cluster's replica reads and redirections: the proxy serves every slot itself.
+            "readonly" | "readwrite" if args.len() == 1 => {
+                session.state.set_readonly(name == "readonly");
+                Frame::Simple("OK".into())
+            }
+            "asking" if args.len() == 1 => Frame::Simple("OK".into()),
+            "readonly" | "readwrite" | "asking" => arity(&name),
             "config" => self.config_subcommand(&args),
             "time" => {
                 let wall_us = self.clock.wall_ms() * 1000;
@@ -1392,7 +1544,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             (bulk("version"), bulk(REDIS_VERSION)),
             (bulk("proto"), Frame::Integer(proto)),
             (bulk("id"), Frame::Integer(session.id as i64)),
-            (bulk("mode"), bulk("standalone")),
+            (bulk("mode"), bulk("cluster")),
             (bulk("role"), bulk("master")),
             (bulk("modules"), Frame::Array(Some(Vec::new()))),
         ])
@@ -1746,6 +1898,9 @@ fn is_proxy_command(name: &str) -> bool {
             | "hello"
             | "auth"
             | "cluster"
+            | "readonly"
+            | "readwrite"
+            | "asking"
             | "object"
             | "memory"
             | "randomkey"

@@ -36,6 +36,13 @@ enum Queued {
     Other(Vec<Bytes>),
 }
 
+impl Transaction {
+    /// Commands queued so far (`CLIENT LIST`'s `multi`).
+    pub(super) fn queued(&self) -> usize {
+        self.queued.len()
+    }
+}
+
 impl<N: Net, C: Clock> Proxy<N, C> {
     /// Answers the transaction commands, and queues every other command while a transaction is
     /// open. `None`: not a transaction matter, dispatch as usual.

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use larder_core::env::Listener;
+use larder_core::env::{Endpoints, Listener};
 
 /// A tokio TCP listener as the proxy's [`Listener`].
 #[derive(Debug)]
@@ -29,5 +29,15 @@ impl Listener for TokioListener {
         // Request/response traffic: send replies at once.
         let _ = stream.set_nodelay(true);
         Ok(stream)
+    }
+
+    async fn accept_from(&mut self) -> std::io::Result<(tokio::net::TcpStream, Option<Endpoints>)> {
+        let (stream, peer) = self.0.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let endpoints = stream
+            .local_addr()
+            .ok()
+            .map(|local| Endpoints { peer, local });
+        Ok((stream, endpoints))
     }
 }

@@ -113,7 +113,7 @@ async fn server_commands_answer_as_redis_7_0_with_no_scripts_loaded() {
         ),
         (
             "FUNCTION NOPE\r\n",
-            "-ERR unknown subcommand or wrong number of arguments for 'function|nope' command\r\n",
+            "-ERR unknown subcommand 'NOPE'. Try FUNCTION HELP.\r\n",
         ),
     ] {
         assert_eq!(
@@ -645,5 +645,211 @@ async fn a_transaction_queues_at_most_its_bound_then_is_discarded() {
     assert_eq!(
         lines[bound + 2],
         "-EXECABORT Transaction discarded because of previous errors."
+    );
+}
+
+/// Redis 7.0.15's commands that the proxy does not answer: each must say so, and `COMMAND`
+/// must not list it.
+const NOT_ANSWERED: &str = "acl bgrewriteaof bgsave bitfield bitfield_ro debug eval eval_ro \
+    evalsha evalsha_ro failover fcall fcall_ro geoadd geodist geohash geopos georadius \
+    georadius_ro georadiusbymember georadiusbymember_ro geosearch geosearchstore lastsave \
+    latency lolwut migrate module monitor move pfadd pfcount pfdebug pfmerge pfselftest \
+    psubscribe psync publish pubsub punsubscribe replconf replicaof reset restore-asking role \
+    save shutdown slaveof slowlog spublish ssubscribe subscribe sunsubscribe swapdb sync \
+    unsubscribe wait xack xadd xautoclaim xclaim xdel xgroup xinfo xlen xpending xrange xread \
+    xreadgroup xrevrange xsetid xtrim";
+
+fn resp(args: &[String]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    out
+}
+
+/// The reply to `input`: what comes before the reply to an `ECHO` sent after it (or all there
+/// is when the connection closes), without waiting for the stream to go quiet.
+async fn answered(stream: &mut DuplexStream, input: &[u8]) -> String {
+    const MARK: &str = "$11\r\nend-of-test\r\n";
+    stream.write_all(input).await.expect("write");
+    stream
+        .write_all(b"ECHO end-of-test\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+        match read.expect("a reply within 5 s") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+        if reply.ends_with(MARK.as_bytes()) {
+            reply.truncate(reply.len() - MARK.len());
+            break;
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// `args` with arguments added (`x`) or none, so that the arity is wrong where it can be: the
+/// answer is then an arity error rather than the command's work (a real `FLUSHALL`, `QUIT`).
+fn wrong_arity(mut args: Vec<String>, arity: i64) -> Vec<String> {
+    let want = if arity > 0 {
+        arity + 1
+    } else {
+        (-arity - 1).max(args.len() as i64)
+    };
+    while (args.len() as i64) < want {
+        args.push("x".into());
+    }
+    args
+}
+
+#[tokio::test]
+async fn every_command_command_lists_is_answered_and_no_redis_command_it_omits_is() {
+    use larder_proxy::commands::COMMANDS;
+    let proxy = proxy(None);
+    for info in COMMANDS {
+        let mut requests = vec![wrong_arity(vec![info.name.to_string()], info.arity)];
+        for sub in info.subcommands {
+            let (container, name) = sub.name.split_once('|').expect("container|sub");
+            requests.push(wrong_arity(
+                vec![container.to_string(), name.to_string()],
+                sub.arity,
+            ));
+        }
+        for args in requests {
+            let (mut c, _task) = connect(&proxy);
+            let reply = answered(&mut c, &resp(&args)).await;
+            assert!(
+                !reply.is_empty()
+                    && !reply.contains("unknown command")
+                    && !reply.contains("unknown subcommand"),
+                "{args:?}: {reply}"
+            );
+        }
+    }
+    let (mut c, _task) = connect(&proxy);
+    for name in NOT_ANSWERED.split_whitespace() {
+        assert!(
+            COMMANDS.iter().all(|info| info.name != name),
+            "{name} listed"
+        );
+        let reply = answered(&mut c, &resp(&[name.to_string(), "x".into()])).await;
+        assert!(reply.starts_with("-ERR unknown command"), "{name}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn client_reply_off_and_skip_silence_replies_until_on() {
+    let proxy = proxy(None);
+    let (mut c, _task) = connect(&proxy);
+    let reply = exchange(
+        &mut c,
+        b"CLIENT REPLY OFF\r\nPING a\r\nCLIENT REPLY SKIP\r\nPING b\r\nCLIENT REPLY ON\r\n\
+          PING c\r\nCLIENT REPLY SKIP\r\nPING d\r\nPING e\r\nCLIENT REPLY FOO\r\n",
+    )
+    .await;
+    assert_eq!(reply, "+OK\r\n$1\r\nc\r\n$1\r\ne\r\n-ERR syntax error\r\n");
+}
+
+#[tokio::test]
+async fn client_list_info_and_kill_see_every_connection_with_its_addresses() {
+    use larder_core::env::Endpoints;
+    let proxy = proxy(None);
+    let at = |peer: &str| Endpoints {
+        peer: peer.parse().unwrap(),
+        local: "127.0.0.1:6380".parse().unwrap(),
+    };
+    let open = |peer: &str| {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let serving = proxy.clone();
+        let endpoints = Some(at(peer));
+        let task = tokio::spawn(async move { serving.connection_from(server, endpoints).await });
+        (client, task)
+    };
+    let (mut a, _a_task) = open("127.0.0.1:40001");
+    let (mut b, b_task) = open("127.0.0.1:40002");
+    exchange(&mut b, b"CLIENT SETNAME bee\r\nMULTI\r\nPING\r\n").await;
+    let own = exchange(&mut a, b"CLIENT INFO\r\n").await;
+    assert!(
+        own.contains("addr=127.0.0.1:40001 laddr=127.0.0.1:6380 name= ")
+            && own.contains(" flags=N ")
+            && own.contains(" cmd=client|info "),
+        "{own}"
+    );
+    let listed = exchange(&mut a, b"CLIENT LIST\r\n").await;
+    let lines: Vec<&str> = listed.lines().filter(|l| l.starts_with("id=")).collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    let bee = lines
+        .iter()
+        .find(|l| l.contains("name=bee"))
+        .expect("the named client");
+    assert!(
+        bee.contains("addr=127.0.0.1:40002")
+            && bee.contains(" flags=x ")
+            && bee.contains(" multi=1 "),
+        "{bee}"
+    );
+    let id = bee
+        .split(' ')
+        .find_map(|field| field.strip_prefix("id="))
+        .expect("an id");
+    assert_eq!(
+        exchange(&mut a, format!("CLIENT KILL ID {id}\r\n").as_bytes()).await,
+        ":1\r\n"
+    );
+    // The killed connection ends; the killer's goes on.
+    tokio::time::timeout(Duration::from_secs(5), b_task)
+        .await
+        .expect("the killed connection closes")
+        .expect("task")
+        .expect("a clean close");
+    assert_eq!(exchange(&mut a, b"PING\r\n").await, "+PONG\r\n");
+    assert_eq!(
+        exchange(&mut a, b"CLIENT KILL 127.0.0.1:40002\r\n").await,
+        "-ERR No such client\r\n"
+    );
+    let listed = exchange(&mut a, b"CLIENT LIST\r\n").await;
+    assert_eq!(listed.lines().filter(|l| l.starts_with("id=")).count(), 1);
+}
+
+#[tokio::test]
+async fn a_cluster_client_learns_one_master_holding_every_slot_where_it_connected() {
+    use larder_core::env::Endpoints;
+    let proxy = proxy(None);
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let serving = proxy.clone();
+    let endpoints = Some(Endpoints {
+        peer: "10.0.0.7:51000".parse().unwrap(),
+        local: "10.0.0.1:7000".parse().unwrap(),
+    });
+    let _task = tokio::spawn(async move { serving.connection_from(server, endpoints).await });
+    let mut c = client;
+    let slots = exchange(&mut c, b"CLUSTER SLOTS\r\n").await;
+    assert!(
+        slots.starts_with("*1\r\n*3\r\n:0\r\n:16383\r\n*4\r\n$8\r\n10.0.0.1\r\n:7000\r\n$40\r\n"),
+        "{slots}"
+    );
+    let nodes = exchange(&mut c, b"CLUSTER NODES\r\n").await;
+    assert!(
+        nodes.contains(" 10.0.0.1:7000@0 myself,master - 0 0 "),
+        "{nodes}"
+    );
+    assert!(nodes.contains(" connected 0-16383\n"), "{nodes}");
+    assert_eq!(
+        exchange(&mut c, b"CLUSTER KEYSLOT foo\r\n").await,
+        ":12182\r\n"
+    );
+    assert_eq!(exchange(&mut c, b"READONLY\r\n").await, "+OK\r\n");
+    let info = exchange(&mut c, b"CLIENT INFO\r\n").await;
+    assert!(info.contains(" flags=r "), "{info}");
+    assert_eq!(exchange(&mut c, b"READWRITE\r\n").await, "+OK\r\n");
+    let info = exchange(&mut c, b"INFO cluster\r\n").await;
+    assert!(info.contains("cluster_enabled:1"), "{info}");
+    assert_eq!(
+        exchange(&mut c, b"CLUSTER COUNTKEYSINSLOT 1\r\n").await,
+        "-ERR unknown subcommand 'COUNTKEYSINSLOT'. Try CLUSTER HELP.\r\n"
     );
 }
