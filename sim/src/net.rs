@@ -333,7 +333,11 @@ impl larder_core::env::Listener for SimListener {
         let endpoints = stream
             .local_addr()
             .ok()
-            .map(|local| larder_core::env::Endpoints { peer, local });
+            .map(|local| larder_core::env::Endpoints {
+                peer,
+                local,
+                fd: None,
+            });
         Ok((stream, endpoints))
     }
 }

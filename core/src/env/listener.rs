@@ -9,6 +9,9 @@ pub struct Endpoints {
     pub peer: SocketAddr,
     /// The proxy's end.
     pub local: SocketAddr,
+    /// The socket's file descriptor in this process (`CLIENT LIST`'s `fd`), where there is one
+    /// (not in the simulator).
+    pub fd: Option<i64>,
 }
 
 /// Accepts client connections: the proxy's client-facing side, a byte stream rather than the

@@ -44,8 +44,18 @@ pub struct ClientState {
     readonly: AtomicBool,
     /// RESP version (2 or 3).
     resp: AtomicU8,
-    /// Bytes of requests read and not yet answered.
+    /// Its buffers, as last noted ([`ClientState::buffers`]): bytes of requests read and not
+    /// yet answered, the input buffer's capacity and its peak use, replies waiting to be
+    /// written and their buffer's capacity.
     qbuf: AtomicUsize,
+    qbuf_capacity: AtomicUsize,
+    qbuf_peak: AtomicUsize,
+    pending: AtomicUsize,
+    pending_capacity: AtomicUsize,
+    /// Bytes of the running command's arguments (`argv-mem`) and of the commands its `MULTI`
+    /// queued (`multi-mem`).
+    argv_bytes: AtomicUsize,
+    multi_bytes: AtomicUsize,
     killed: AtomicBool,
     kill: Notify,
 }
@@ -64,6 +74,12 @@ impl ClientState {
             readonly: AtomicBool::new(false),
             resp: AtomicU8::new(2),
             qbuf: AtomicUsize::new(0),
+            qbuf_capacity: AtomicUsize::new(0),
+            qbuf_peak: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            pending_capacity: AtomicUsize::new(0),
+            argv_bytes: AtomicUsize::new(0),
+            multi_bytes: AtomicUsize::new(0),
             killed: AtomicBool::new(false),
             kill: Notify::new(),
         }
@@ -103,8 +119,27 @@ impl ClientState {
         self.resp.store(version, Ordering::Relaxed);
     }
 
-    pub fn set_qbuf(&self, bytes: usize) {
-        self.qbuf.store(bytes, Ordering::Relaxed);
+    /// The connection's buffers now: `input` read and not yet answered (in a buffer of
+    /// `input_capacity`), `output` replies waiting to be written (`output_capacity`).
+    pub fn buffers(
+        &self,
+        input: usize,
+        input_capacity: usize,
+        output: usize,
+        output_capacity: usize,
+    ) {
+        self.qbuf.store(input, Ordering::Relaxed);
+        self.qbuf_capacity.store(input_capacity, Ordering::Relaxed);
+        self.qbuf_peak.fetch_max(input, Ordering::Relaxed);
+        self.pending.store(output, Ordering::Relaxed);
+        self.pending_capacity
+            .store(output_capacity, Ordering::Relaxed);
+    }
+
+    /// Bytes of the running command's arguments, and of the commands queued in its `MULTI`.
+    pub fn set_command_bytes(&self, argv: usize, queued: usize) {
+        self.argv_bytes.store(argv, Ordering::Relaxed);
+        self.multi_bytes.store(queued, Ordering::Relaxed);
     }
 
     /// Whether `CLIENT KILL` took it.
@@ -153,18 +188,30 @@ impl ClientState {
             flags.push('N');
         }
         let now_ms = millis(now);
+        let get = |figure: &AtomicUsize| figure.load(Ordering::Relaxed);
+        let (qbuf, capacity) = (get(&self.qbuf), get(&self.qbuf_capacity));
+        let (argv, queued) = (get(&self.argv_bytes), get(&self.multi_bytes));
+        let pending = get(&self.pending);
+        // Redis's output is a fixed buffer (`obl`) and a list of blocks (`oll`, `omem`); the
+        // proxy's is one buffer, shown as the fixed one.
+        let total = capacity + get(&self.pending_capacity) + argv + queued;
         format!(
-            "id={} addr={} laddr={} name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 \
-             multi={} qbuf={} cmd={} user=default redir=-1 resp={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub=0 psub=0 \
+             ssub=0 multi={} qbuf={qbuf} qbuf-free={} argv-mem={argv} multi-mem={queued} \
+             rbs={capacity} rbp={} obl={pending} oll=0 omem=0 tot-mem={total} events={} cmd={} \
+             user=default redir=-1 resp={}",
             self.id,
             address(self.endpoints.map(|e| e.peer)),
             address(self.endpoints.map(|e| e.local)),
+            self.endpoints.and_then(|e| e.fd).unwrap_or(-1),
             name,
             now.saturating_sub(self.created).as_secs(),
             now_ms.saturating_sub(self.last_ms.load(Ordering::Relaxed)) / 1000,
             flags,
             multi,
-            self.qbuf.load(Ordering::Relaxed),
+            capacity.saturating_sub(qbuf),
+            get(&self.qbuf_peak),
+            if pending > 0 { "rw" } else { "r" },
             self.cmd.lock().expect("client cmd lock").unwrap_or("NULL"),
             self.resp.load(Ordering::Relaxed),
         )
@@ -396,6 +443,7 @@ mod tests {
         Some(Endpoints {
             peer: peer.parse().unwrap(),
             local: local.parse().unwrap(),
+            fd: Some(9),
         })
     }
 
@@ -422,22 +470,36 @@ mod tests {
                 .ran(Some("client|list"), now + Duration::from_secs(3));
             two.state.set_multi(Some(2));
             two.state.set_resp(3);
+            two.state.buffers(26, 1024, 7, 100);
+            two.state.buffers(0, 1024, 7, 100);
+            two.state.set_command_bytes(10, 30);
             let listed = lines(list(&clients, &args("LIST"), now + Duration::from_secs(5)));
             assert_eq!(listed.len(), 2);
             assert!(
                 listed[0].starts_with(
-                    "id=1 addr=10.0.0.9:5000 laddr=10.0.0.1:6380 name= age=5 idle=5 flags=N "
+                    "id=1 addr=10.0.0.9:5000 laddr=10.0.0.1:6380 fd=9 name= age=5 idle=5 flags=N "
                 ),
                 "{}",
                 listed[0]
             );
-            assert!(listed[0].ends_with("multi=-1 qbuf=0 cmd=NULL user=default redir=-1 resp=2"));
+            assert!(listed[0].ends_with(
+                "multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 \
+                 omem=0 tot-mem=0 events=r cmd=NULL user=default redir=-1 resp=2"
+            ));
             assert!(
-                listed[1].starts_with("id=2 addr= laddr= name=worker age=5 idle=2 flags=x "),
+                listed[1].starts_with("id=2 addr= laddr= fd=-1 name=worker age=5 idle=2 flags=x "),
                 "{}",
                 listed[1]
             );
             assert!(listed[1].contains(" multi=2 ") && listed[1].contains(" cmd=client|list "));
+            assert!(
+                listed[1].contains(
+                    " qbuf=0 qbuf-free=1024 argv-mem=10 multi-mem=30 rbs=1024 rbp=26 obl=7 oll=0 \
+                     omem=0 tot-mem=1164 events=rw "
+                ),
+                "{}",
+                listed[1]
+            );
             assert!(listed[1].ends_with("resp=3"));
             let only = lines(list(&clients, &args("LIST ID 2"), now));
             assert_eq!(only.len(), 1);

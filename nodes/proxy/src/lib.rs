@@ -937,6 +937,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 match parser.parse(&input, limits) {
                     Ok(Some((args, used))) => {
                         input.advance(used);
+                        // `CLIENT LIST`'s `qbuf` keeps counting the request until it is
+                        // answered, as Redis's does.
                         held.set(input.len() + output.len());
                         if args.is_empty() {
                             continue;
@@ -962,6 +964,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                                 run.push(joining);
                             }
                             held.set(input.len() + output.len());
+                            state.buffers(
+                                input.len(),
+                                input.capacity(),
+                                output.len(),
+                                output.capacity(),
+                            );
                             let last = run
                                 .last()
                                 .and_then(|(name, _)| commands::lookup(name.as_bytes()))
@@ -976,6 +984,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                                 }
                                 self.push_reply(&reply, session.protocol, &mut output)?;
                                 held.set(input.len() + output.len());
+                                state.buffers(
+                                    input.len(),
+                                    input.capacity(),
+                                    output.len(),
+                                    output.capacity(),
+                                );
                                 if output.len() >= OUTPUT_FLUSH_BYTES {
                                     self.write_out(stream, &mut output, &mut held, input.len())
                                         .await?;
@@ -987,6 +1001,10 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                             session.transaction.is_none() && Command::is_blocking_name(&args[0]);
                         // Shown as running from here on, as Redis does (`CLIENT INFO` shows
                         // itself).
+                        state.set_command_bytes(
+                            args.iter().map(Bytes::len).sum(),
+                            session.transaction.as_ref().map_or(0, |t| t.queued_bytes()),
+                        );
                         state.ran(
                             commands::entry_of(&args).map(|info| info.name),
                             self.clock.now(),
@@ -1023,6 +1041,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         }
                         drop(reply);
                         held.set(input.len() + output.len());
+                        state.buffers(
+                            input.len(),
+                            input.capacity(),
+                            output.len(),
+                            output.capacity(),
+                        );
                         if session.quit || state.is_killed() {
                             return self.write_out(stream, &mut output, &mut held, 0).await;
                         }
@@ -1072,7 +1096,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 // A large request is done: do not keep its buffer for an idle connection.
                 input = BytesMut::with_capacity(16 << 10);
             }
-            state.set_qbuf(input.len());
+            state.buffers(
+                input.len(),
+                input.capacity(),
+                output.len(),
+                output.capacity(),
+            );
             let read = stream.read_buf(&mut input);
             let read = async {
                 tokio::select! {
@@ -1100,7 +1129,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 return Ok(());
             }
             held.set(input.len());
-            state.set_qbuf(input.len());
+            state.buffers(
+                input.len(),
+                input.capacity(),
+                output.len(),
+                output.capacity(),
+            );
         }
     }
 

@@ -24,6 +24,8 @@ pub const QUEUED_MAX: usize = 100_000;
 #[derive(Debug, Default)]
 pub(super) struct Transaction {
     queued: Vec<Queued>,
+    /// Bytes of the queued commands' arguments (`CLIENT LIST`'s `multi-mem`).
+    queued_bytes: usize,
     /// A command was refused while queuing: `EXEC` discards the transaction.
     failed: bool,
 }
@@ -40,6 +42,10 @@ impl Transaction {
     /// Commands queued so far (`CLIENT LIST`'s `multi`).
     pub(super) fn queued(&self) -> usize {
         self.queued.len()
+    }
+
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 }
 
@@ -99,6 +105,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         "ERR a transaction holds at most {QUEUED_MAX} commands"
                     )));
                 }
+                transaction.queued_bytes += args.iter().map(Bytes::len).sum::<usize>();
                 match Command::parse(args) {
                     Ok(command) if command.scope() == Scope::Keys && !command.is_internal() => {
                         transaction.queued.push(Queued::Keyed(command));

@@ -34,10 +34,14 @@ impl Listener for TokioListener {
     async fn accept_from(&mut self) -> std::io::Result<(tokio::net::TcpStream, Option<Endpoints>)> {
         let (stream, peer) = self.0.accept().await?;
         let _ = stream.set_nodelay(true);
+        #[cfg(unix)]
+        let fd = Some(i64::from(std::os::fd::AsRawFd::as_raw_fd(&stream)));
+        #[cfg(not(unix))]
+        let fd = None;
         let endpoints = stream
             .local_addr()
             .ok()
-            .map(|local| Endpoints { peer, local });
+            .map(|local| Endpoints { peer, local, fd });
         Ok((stream, endpoints))
     }
 }

@@ -761,6 +761,7 @@ async fn client_list_info_and_kill_see_every_connection_with_its_addresses() {
     let at = |peer: &str| Endpoints {
         peer: peer.parse().unwrap(),
         local: "127.0.0.1:6380".parse().unwrap(),
+        fd: None,
     };
     let open = |peer: &str| {
         let (client, server) = tokio::io::duplex(1 << 16);
@@ -774,7 +775,8 @@ async fn client_list_info_and_kill_see_every_connection_with_its_addresses() {
     exchange(&mut b, b"CLIENT SETNAME bee\r\nMULTI\r\nPING\r\n").await;
     let own = exchange(&mut a, b"CLIENT INFO\r\n").await;
     assert!(
-        own.contains("addr=127.0.0.1:40001 laddr=127.0.0.1:6380 name= ")
+        own.contains("addr=127.0.0.1:40001 laddr=127.0.0.1:6380 fd=-1 name= ")
+            && own.contains(" qbuf=13 ")
             && own.contains(" flags=N ")
             && own.contains(" cmd=client|info "),
         "{own}"
@@ -824,6 +826,7 @@ async fn a_cluster_client_learns_one_master_holding_every_slot_where_it_connecte
     let endpoints = Some(Endpoints {
         peer: "10.0.0.7:51000".parse().unwrap(),
         local: "10.0.0.1:7000".parse().unwrap(),
+        fd: None,
     });
     let _task = tokio::spawn(async move { serving.connection_from(server, endpoints).await });
     let mut c = client;
