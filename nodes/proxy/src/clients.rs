@@ -21,6 +21,8 @@ use larder_core::env::Endpoints;
 use larder_core::resp::Frame;
 use tokio::sync::Notify;
 
+use crate::{error, lower, text};
+
 /// One connection as the registry sees it.
 #[derive(Debug)]
 pub struct ClientState {
@@ -302,23 +304,8 @@ impl Filter {
                 self.none = true;
                 Ok(())
             }
-            other => Err(err(format!("ERR Unknown client type '{other}'"))),
+            other => Err(error(format!("ERR Unknown client type '{other}'"))),
         }
-    }
-}
-
-fn lower(arg: &[u8]) -> String {
-    String::from_utf8_lossy(arg).to_ascii_lowercase()
-}
-
-fn err(text: impl Into<String>) -> Frame {
-    Frame::Error(text.into())
-}
-
-fn text(lines: String) -> Frame {
-    Frame::Verbatim {
-        format: *b"txt",
-        text: Bytes::from(lines),
     }
 }
 
@@ -338,12 +325,12 @@ pub fn list(clients: &Clients, args: &[Bytes], now: Duration) -> Frame {
                 for id in &rest[1..] {
                     match parse_u64(id) {
                         Some(id) if id > 0 => filter.ids.push(id),
-                        _ => return err("ERR Invalid client ID"),
+                        _ => return error("ERR Invalid client ID"),
                     }
                 }
                 rest = &[];
             }
-            _ => return err("ERR syntax error"),
+            _ => return error("ERR syntax error"),
         }
     }
     if filter.none {
@@ -377,11 +364,11 @@ pub fn kill(clients: &Clients, args: &[Bytes], me: u64) -> Frame {
                 state.kill();
                 Frame::Simple("OK".into())
             }
-            None => err("ERR No such client"),
+            None => error("ERR No such client"),
         };
     }
     if rest.is_empty() || rest.len() % 2 != 0 {
-        return err("ERR syntax error");
+        return error("ERR syntax error");
     }
     let mut filter = Filter {
         skip_me: true,
@@ -392,7 +379,7 @@ pub fn kill(clients: &Clients, args: &[Bytes], me: u64) -> Frame {
         match lower(&pair[0]).as_str() {
             "id" => match parse_u64(value) {
                 Some(id) if id > 0 => filter.ids = vec![id],
-                _ => return err("ERR client-id should be greater than 0"),
+                _ => return error("ERR client-id should be greater than 0"),
             },
             "type" => {
                 if let Err(refusal) = filter.client_type(value) {
@@ -402,7 +389,7 @@ pub fn kill(clients: &Clients, args: &[Bytes], me: u64) -> Frame {
             "user" => {
                 // The proxy has one user, `default`, which every connection is.
                 if value.as_ref() != b"default" {
-                    return err(format!(
+                    return error(format!(
                         "ERR No such user '{}'",
                         String::from_utf8_lossy(value)
                     ));
@@ -413,9 +400,9 @@ pub fn kill(clients: &Clients, args: &[Bytes], me: u64) -> Frame {
             "skipme" => match lower(value).as_str() {
                 "yes" => filter.skip_me = true,
                 "no" => filter.skip_me = false,
-                _ => return err("ERR syntax error"),
+                _ => return error("ERR syntax error"),
             },
-            _ => return err("ERR syntax error"),
+            _ => return error("ERR syntax error"),
         }
     }
     let found = clients.matching(&filter, me);
@@ -432,12 +419,7 @@ fn parse_u64(arg: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(line: &str) -> Vec<Bytes> {
-        line.split(' ')
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect()
-    }
+    use crate::split_args as args;
 
     fn at(peer: &str, local: &str) -> Option<Endpoints> {
         Some(Endpoints {

@@ -15,20 +15,7 @@ use bytes::Bytes;
 use larder_core::resp::Frame;
 use larder_core::slots::{SLOTS, slot_of};
 
-fn bulk(text: impl AsRef<[u8]>) -> Frame {
-    Frame::Bulk(Some(Bytes::copy_from_slice(text.as_ref())))
-}
-
-fn error(text: impl Into<String>) -> Frame {
-    Frame::Error(text.into())
-}
-
-fn text(lines: String) -> Frame {
-    Frame::Verbatim {
-        format: *b"txt",
-        text: Bytes::from(lines),
-    }
-}
+use crate::{bulk, error, text};
 
 /// What the answers need to know of the proxy and the connection.
 pub struct Announced {
@@ -156,12 +143,7 @@ pub fn answer(args: &[Bytes], announced: &Announced) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(line: &str) -> Vec<Bytes> {
-        line.split(' ')
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect()
-    }
+    use crate::split_args as args;
 
     fn announced() -> Announced {
         Announced {

@@ -16,6 +16,7 @@ use larder_core::kv::{Command, glob_match};
 use larder_core::resp::Frame;
 
 pub use crate::command_table::COMMANDS;
+use crate::{bulk, error, lower};
 
 /// One command's metadata, the ten fields of a `COMMAND INFO` entry (key specifications are
 /// not published: an empty list).
@@ -46,7 +47,7 @@ impl CommandInfo {
             Frame::Integer(self.last_key),
             Frame::Integer(self.step),
             simple(self.acl_categories),
-            Frame::Set(self.tips.iter().map(|t| bulk(t)).collect()),
+            Frame::Set(self.tips.iter().map(bulk).collect()),
             Frame::Set(Vec::new()),
             Frame::Set(self.subcommands.iter().map(CommandInfo::frame).collect()),
         ]))
@@ -60,18 +61,6 @@ impl CommandInfo {
             args >= -self.arity
         }
     }
-}
-
-fn bulk(text: &str) -> Frame {
-    Frame::Bulk(Some(Bytes::copy_from_slice(text.as_bytes())))
-}
-
-fn lower(arg: &[u8]) -> String {
-    String::from_utf8_lossy(arg).to_ascii_lowercase()
-}
-
-fn error(text: impl Into<String>) -> Frame {
-    Frame::Error(text.into())
 }
 
 /// The entry of a top-level command (any case).
@@ -269,12 +258,7 @@ fn positions(info: &CommandInfo, len: usize) -> impl Iterator<Item = usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(line: &str) -> Vec<Bytes> {
-        line.split(' ')
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect()
-    }
+    use crate::split_args as args;
 
     fn names(frame: Frame) -> Vec<String> {
         match frame {

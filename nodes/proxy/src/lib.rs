@@ -613,6 +613,23 @@ fn lower(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).to_ascii_lowercase()
 }
 
+/// Lines of text as Redis sends them (`CLIENT LIST`, `CLUSTER NODES`): a verbatim string in
+/// RESP3, a bulk string in RESP2.
+fn text(lines: String) -> Frame {
+    Frame::Verbatim {
+        format: *b"txt",
+        text: Bytes::from(lines),
+    }
+}
+
+/// A request's arguments from a line split at spaces (the modules' tests).
+#[cfg(test)]
+fn split_args(line: &str) -> Vec<Bytes> {
+    line.split(' ')
+        .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+        .collect()
+}
+
 fn client_error(error: ClientError, bugs: &Bugs) -> Frame {
     match error {
         // Planted bug: an unknown outcome answered as "nothing happened, retry".
