@@ -1161,6 +1161,17 @@ pub static COMMANDS: &[CommandInfo] = &[
         subcommands: &[],
     },
     CommandInfo {
+        name: "monitor",
+        arity: 1,
+        flags: &["admin", "noscript", "loading", "stale"],
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        acl_categories: &["@admin", "@slow", "@dangerous"],
+        tips: &[],
+        subcommands: &[],
+    },
+    CommandInfo {
         name: "mset",
         arity: -3,
         flags: &["write", "denyoom"],

@@ -63,11 +63,18 @@ impl CommandInfo {
     }
 }
 
-/// The entry of a top-level command (any case).
+/// Longer than any command's name.
+const NAME_BYTES_MAX: usize = 32;
+
+/// The entry of a top-level command (any case). Looked up for every request (`CLIENT LIST`'s
+/// `cmd`), so without an allocation.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandInfo> {
-    let name = lower(name);
+    let mut buffer = [0u8; NAME_BYTES_MAX];
+    let lowered = buffer.get_mut(..name.len())?;
+    lowered.copy_from_slice(name);
+    lowered.make_ascii_lowercase();
     COMMANDS
-        .binary_search_by(|info| info.name.cmp(name.as_str()))
+        .binary_search_by(|info| info.name.as_bytes().cmp(lowered))
         .ok()
         .map(|at| &COMMANDS[at])
 }
@@ -275,6 +282,9 @@ mod tests {
 
     #[test]
     fn the_table_is_sorted_and_its_subcommands_belong_to_their_container() {
+        assert!(COMMANDS.iter().all(|info| info.name.len() < NAME_BYTES_MAX));
+        assert_eq!(lookup(b"HGetAll").map(|info| info.name), Some("hgetall"));
+        assert!(lookup(&[b'a'; 40]).is_none());
         for pair in COMMANDS.windows(2) {
             assert!(
                 pair[0].name < pair[1].name,

@@ -50,7 +50,9 @@ mod clients;
 mod cluster;
 mod command_table;
 pub mod commands;
+mod monitor;
 pub use blocking::HANDOVERS_PER_WRITE_MAX;
+pub use monitor::MONITOR_BACKLOG;
 pub mod hot;
 pub mod info;
 pub mod metrics;
@@ -256,6 +258,8 @@ pub struct Proxy<N: Net, C: Clock> {
     sessions: SessionPool,
     /// The connections being served (`CLIENT LIST`, `CLIENT KILL`).
     clients: clients::Clients,
+    /// The `MONITOR` connections' feed.
+    monitors: monitor::Monitors,
 }
 
 /// Redis 7.0 settings that change no command's answer in Larder, with their defaults: the
@@ -345,6 +349,8 @@ pub struct ProxyStats {
     /// Writes whose handovers stopped at [`ProxyConfig::handovers_per_write_max`] with clients
     /// still blocked on a written key (served by their own polls instead).
     pub handovers_cut_short: u64,
+    /// `MONITOR` connections closed for falling [`MONITOR_BACKLOG`] lines behind.
+    pub monitors_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -374,6 +380,8 @@ struct Counters {
     pipeline_run_bytes_peak: AtomicU64,
     /// [`ProxyStats::handovers_cut_short`].
     handovers_cut_short: AtomicU64,
+    /// [`ProxyStats::monitors_dropped`].
+    monitors_dropped: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -461,6 +469,12 @@ struct Session<N: Net, C: Clock> {
     state: Arc<clients::ClientState>,
     /// Where the client reached the proxy (`CLUSTER SLOTS` announces it there).
     local: Option<std::net::SocketAddr>,
+    /// The client's end (`MONITOR`'s lines show it).
+    peer: Option<std::net::SocketAddr>,
+    /// `MONITOR` asked for: the connection turns into a monitor after its reply.
+    monitoring: bool,
+    /// An `EXEC` runs: the commands it answers one by one are shown with it, not alone.
+    executing: bool,
     /// `CLIENT REPLY`.
     replies: ReplyMode,
     /// The command being answered asked for no reply (`CLIENT REPLY OFF` or `SKIP`).
@@ -669,6 +683,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             ),
             sessions: SessionPool::default(),
             clients: clients::Clients::default(),
+            monitors: monitor::Monitors::default(),
             net,
             clock,
             config,
@@ -710,6 +725,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             shared_reads: self.shared_reads.shared(),
             sessions_resumed: self.sessions.resumed(),
             handovers_cut_short: get(&c.handovers_cut_short),
+            monitors_dropped: get(&c.monitors_dropped),
         }
     }
 
@@ -931,6 +947,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             quit: false,
             state: state.clone(),
             local: endpoints.map(|e| e.local),
+            peer: endpoints.map(|e| e.peer),
+            monitoring: false,
+            executing: false,
             replies: ReplyMode::On,
             silent: false,
             transaction: None,
@@ -1064,6 +1083,16 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                             output.len(),
                             output.capacity(),
                         );
+                        if session.monitoring {
+                            // Subscribed before the `+OK` goes out: the client sees every
+                            // command run after it read it.
+                            let watching = self.monitors.watch();
+                            self.write_out(stream, &mut output, &mut held, input.len())
+                                .await?;
+                            return self
+                                .monitor_loop(stream, &state, watching, &mut input, &mut held)
+                                .await;
+                        }
                         if session.quit || state.is_killed() {
                             return self.write_out(stream, &mut output, &mut held, 0).await;
                         }
@@ -1184,6 +1213,65 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         }
     }
 
+    /// Serves a connection that asked for `MONITOR`: the monitors' lines, until it closes,
+    /// sends `QUIT`, is killed, stops reading, or falls [`MONITOR_BACKLOG`] lines behind
+    /// (counted in [`ProxyStats::monitors_dropped`]). What else it sends is read and ignored,
+    /// as Redis ignores a monitor's commands.
+    async fn monitor_loop<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        state: &clients::ClientState,
+        mut watching: monitor::Watching,
+        input: &mut BytesMut,
+        held: &mut Held<'_>,
+    ) -> Result<(), ConnectionError> {
+        let mut parser = RequestParser::default();
+        let mut output = Vec::new();
+        loop {
+            while let Ok(Some((args, used))) = parser.parse(input, &self.config.limits) {
+                input.advance(used);
+                if args
+                    .first()
+                    .is_some_and(|name| name.eq_ignore_ascii_case(b"quit"))
+                {
+                    output.extend_from_slice(b"+OK\r\n");
+                    return self.write_out(stream, &mut output, held, 0).await;
+                }
+            }
+            if input.len() >= self.config.read_buffer_max {
+                return Ok(());
+            }
+            input.reserve(1024);
+            tokio::select! {
+                // Biased: the same order every time, so simulated runs replay.
+                biased;
+                () = state.killed() => return Ok(()),
+                line = watching.lines.recv() => match line {
+                    Ok(line) => {
+                        output.extend_from_slice(&line);
+                        // What else is waiting goes in the same write.
+                        while output.len() < OUTPUT_FLUSH_BYTES {
+                            let Ok(line) = watching.lines.try_recv() else {
+                                break;
+                            };
+                            output.extend_from_slice(&line);
+                        }
+                        self.write_out(stream, &mut output, held, input.len()).await?;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        bump(&self.counters.monitors_dropped);
+                        return Ok(());
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                read = stream.read_buf(input) => match read {
+                    Ok(0) | Err(_) => return Ok(()),
+                    Ok(_) => held.set(input.len()),
+                },
+            }
+        }
+    }
+
     /// Encodes `reply` after the pending ones; an error when that takes the connection's
     /// pending replies past `output_buffer_max`.
     fn push_reply(
@@ -1215,7 +1303,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         session: &mut Session<N, C>,
         args: &[Bytes],
     ) -> Option<(String, Command)> {
-        if !session.authenticated || session.transaction.is_some() {
+        // While anyone monitors, every command runs alone, to be shown with its arguments.
+        if !session.authenticated || session.transaction.is_some() || self.monitors.active() {
             return None;
         }
         let name = lower(args.first()?);
@@ -1395,9 +1484,68 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     async fn dispatch(&self, session: &mut Session<N, C>, args: Vec<Bytes>) -> Frame {
         let started = self.clock.now();
         let name = lower(&args[0]);
+        let shown = self.monitors.active().then(|| args.clone());
+        // A transaction's commands are shown when `EXEC` runs them, with it.
+        let queuing = session.executing
+            || session.transaction.is_some()
+                && !matches!(
+                    name.as_str(),
+                    "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+                );
+        let executing = match (&name[..], session.transaction.as_mut()) {
+            ("exec", Some(transaction)) => Some(transaction.take_shown()),
+            _ => None,
+        };
+        // Set and cleared by the `EXEC` alone: the commands it answers inside see it set.
+        let exec = executing.is_some();
+        if exec {
+            session.executing = true;
+        }
         let frame = self.answer(session, args).await;
+        if exec {
+            session.executing = false;
+        }
+        if let Some(args) = shown
+            && !queuing
+        {
+            self.show(session, &args, &frame, executing.unwrap_or_default());
+        }
         self.count(name, started, &frame);
         frame
+    }
+
+    /// Feeds the monitors a command that ran (after the commands its `EXEC` ran, when they
+    /// did). What never ran is not shown: an unknown command, a wrong arity, a refusal before
+    /// `AUTH`; nor are administrative commands.
+    fn show(
+        &self,
+        session: &Session<N, C>,
+        args: &[Bytes],
+        reply: &Frame,
+        executed: Vec<Vec<Bytes>>,
+    ) {
+        if let Frame::Error(text) = reply
+            && (text.starts_with("ERR unknown command")
+                || text.starts_with("ERR unknown subcommand")
+                || text.starts_with("ERR wrong number of arguments")
+                || text.starts_with("NOAUTH"))
+        {
+            return;
+        }
+        let admin = |args: &[Bytes]| {
+            commands::entry_of(args).is_some_and(|info| info.flags.contains(&"admin"))
+        };
+        if admin(args) {
+            return;
+        }
+        let wall_us = self.clock.wall_ms() * 1000;
+        // An `EXEC` that ran its commands answers their replies.
+        if matches!(reply, Frame::Array(Some(_))) {
+            for command in executed.iter().filter(|command| !admin(command)) {
+                self.monitors.feed(wall_us, session.peer, command);
+            }
+        }
+        self.monitors.feed(wall_us, session.peer, args);
     }
 
     /// Counts one answered command for `INFO` (`commandstats`), timed from `started`.
@@ -1518,6 +1666,11 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 Frame::Simple("OK".into())
             }
             "asking" if args.len() == 1 => Frame::Simple("OK".into()),
+            "monitor" if args.len() == 1 => {
+                session.monitoring = true;
+                Frame::Simple("OK".into())
+            }
+            "monitor" => arity("monitor"),
             "readonly" | "readwrite" | "asking" => arity(&name),
             "config" => self.config_subcommand(&args),
             "time" => {
@@ -1952,6 +2105,7 @@ fn is_proxy_command(name: &str) -> bool {
             | "readonly"
             | "readwrite"
             | "asking"
+            | "monitor"
             | "object"
             | "memory"
             | "randomkey"

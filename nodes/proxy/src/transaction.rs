@@ -26,6 +26,8 @@ pub(super) struct Transaction {
     queued: Vec<Queued>,
     /// Bytes of the queued commands' arguments (`CLIENT LIST`'s `multi-mem`).
     queued_bytes: usize,
+    /// The queued commands as sent, kept while anyone monitors: `EXEC` shows them.
+    shown: Vec<Vec<Bytes>>,
     /// A command was refused while queuing: `EXEC` discards the transaction.
     failed: bool,
 }
@@ -46,6 +48,11 @@ impl Transaction {
 
     pub(super) fn queued_bytes(&self) -> usize {
         self.queued_bytes
+    }
+
+    /// The queued commands kept for the monitors.
+    pub(super) fn take_shown(&mut self) -> Vec<Vec<Bytes>> {
+        std::mem::take(&mut self.shown)
     }
 }
 
@@ -106,6 +113,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                     )));
                 }
                 transaction.queued_bytes += args.iter().map(Bytes::len).sum::<usize>();
+                if self.monitors.active() {
+                    transaction.shown.push(args.to_vec());
+                }
                 match Command::parse(args) {
                     Ok(command) if command.scope() == Scope::Keys && !command.is_internal() => {
                         transaction.queued.push(Queued::Keyed(command));

@@ -653,7 +653,7 @@ async fn a_transaction_queues_at_most_its_bound_then_is_discarded() {
 const NOT_ANSWERED: &str = "acl bgrewriteaof bgsave bitfield bitfield_ro debug eval eval_ro \
     evalsha evalsha_ro failover fcall fcall_ro geoadd geodist geohash geopos georadius \
     georadius_ro georadiusbymember georadiusbymember_ro geosearch geosearchstore lastsave \
-    latency lolwut migrate module monitor move pfadd pfcount pfdebug pfmerge pfselftest \
+    latency lolwut migrate module move pfadd pfcount pfdebug pfmerge pfselftest \
     psubscribe psync publish pubsub punsubscribe replconf replicaof reset restore-asking role \
     save shutdown slaveof slowlog spublish ssubscribe subscribe sunsubscribe swapdb sync \
     unsubscribe wait xack xadd xautoclaim xclaim xdel xgroup xinfo xlen xpending xrange xread \
@@ -855,4 +855,56 @@ async fn a_cluster_client_learns_one_master_holding_every_slot_where_it_connecte
         exchange(&mut c, b"CLUSTER COUNTKEYSINSLOT 1\r\n").await,
         "-ERR unknown subcommand 'COUNTKEYSINSLOT'. Try CLUSTER HELP.\r\n"
     );
+}
+
+#[tokio::test]
+async fn monitor_shows_what_ran_in_order_with_secrets_redacted_until_quit() {
+    let proxy = proxy(None);
+    let (mut monitor, monitor_task) = connect(&proxy);
+    assert_eq!(exchange(&mut monitor, b"MONITOR\r\n").await, "+OK\r\n");
+    let (mut c, _task) = connect(&proxy);
+    exchange(
+        &mut c,
+        b"PING\r\n*2\r\n$4\r\nECHO\r\n$3\r\na b\r\nNOSUCH x\r\nGET\r\nAUTH secret\r\n\
+          CONFIG GET maxclients\r\nMULTI\r\nPING q\r\nECHO r\r\nEXEC\r\nMULTI\r\n\
+          NOSUCH\r\nEXEC\r\n",
+    )
+    .await;
+    let shown = exchange(&mut monitor, b"").await;
+    // Unknown commands, wrong arities and administrative commands (CONFIG) are not shown;
+    // a transaction's commands come when EXEC runs them, each once, and not when it does not
+    // (this proxy has no cluster: its keyed commands would fail the EXEC).
+    let commands: Vec<&str> = shown
+        .lines()
+        .map(|line| {
+            assert!(line.starts_with('+') && line.contains(" [0 -] "), "{line}");
+            line.split_once(" [0 -] ").expect("a monitor line").1
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "\"PING\"",
+            "\"ECHO\" \"a b\"",
+            "\"AUTH\" \"(redacted)\"",
+            "\"MULTI\"",
+            "\"PING\" \"q\"",
+            "\"ECHO\" \"r\"",
+            "\"EXEC\"",
+            "\"MULTI\"",
+            "\"EXEC\"",
+        ]
+    );
+    // A monitor's own commands are ignored, but for QUIT.
+    assert_eq!(
+        exchange(&mut monitor, b"GET k\r\nQUIT\r\n").await,
+        "+OK\r\n"
+    );
+    tokio::time::timeout(Duration::from_secs(5), monitor_task)
+        .await
+        .expect("the monitor closes")
+        .expect("task")
+        .expect("a clean close");
+    // Nobody monitors: pipelines run again.
+    exchange(&mut c, b"PING\r\n").await;
 }
