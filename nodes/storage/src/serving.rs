@@ -417,18 +417,7 @@ impl<E: Env> StorageNode<E> {
             self.client_response(from, read).await
         }))
         .await;
-        let answer = respond::<ReadBatch>(&ReadBatchAnswer { answers });
-        if answer.len() <= MESSAGE_BYTES_MAX {
-            return answer;
-        }
-        respond::<ReadBatch>(&ReadBatchAnswer {
-            answers: vec![
-                ClientResponse::Unavailable {
-                    reason: "the batch's answer exceeds the internal message limit".to_string(),
-                };
-                count
-            ],
-        })
+        batch_answer(answers, MESSAGE_BYTES_MAX)
     }
 
     /// Answers one request from `from` (the id its connection proved). Center replicas pass
@@ -659,5 +648,53 @@ impl<E: Env> Handler for NodeHandler<E> {
             Ok(request) => self.node.handle_request(from, request).await,
             Err(error) => undecodable(&error),
         }
+    }
+}
+
+/// A read batch's answer as sent: the answers in order, or, when that would pass `limit`
+/// bytes, `Unavailable` for each of them (as many), so the client asks each group on its own.
+fn batch_answer(answers: Vec<ClientResponse>, limit: usize) -> Bytes {
+    let count = answers.len();
+    let answer = respond::<ReadBatch>(&ReadBatchAnswer { answers });
+    if answer.len() <= limit {
+        return answer;
+    }
+    respond::<ReadBatch>(&ReadBatchAnswer {
+        answers: vec![
+            ClientResponse::Unavailable {
+                reason: "the batch's answer exceeds the internal message limit".to_string(),
+            };
+            count
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(bytes: &[u8]) -> Vec<ClientResponse> {
+        larder_protocol::decode_response::<ReadBatch>(bytes)
+            .expect("an answer")
+            .answers
+    }
+
+    #[test]
+    fn a_batch_answer_past_the_limit_turns_every_answer_unavailable() {
+        let answers = vec![
+            ClientResponse::Reply(Reply::Bulk(Bytes::from(vec![b'x'; 4096]))),
+            ClientResponse::Reply(Reply::Int(7)),
+        ];
+        let whole = batch_answer(answers.clone(), MESSAGE_BYTES_MAX);
+        assert_eq!(decoded(&whole), answers);
+        // One byte short of the whole answer: none of it goes, and each read learns to ask
+        // again on its own.
+        let refused = decoded(&batch_answer(answers, whole.len() - 1));
+        assert_eq!(refused.len(), 2);
+        assert!(
+            refused
+                .iter()
+                .all(|answer| matches!(answer, ClientResponse::Unavailable { .. }))
+        );
     }
 }
