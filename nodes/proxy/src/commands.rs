@@ -97,6 +97,11 @@ pub fn entry_of(args: &[Bytes]) -> Option<&'static CommandInfo> {
     Some(found.unwrap_or(info))
 }
 
+/// Subcommands of Redis 7.2 that client libraries send when they connect (redis-py and
+/// go-redis: `CLIENT SETINFO LIB-NAME …`; `CLIENT NO-TOUCH`), answered although Redis 7.0 has
+/// none, with their arities. Not listed by `COMMAND`, whose table is Redis 7.0.15's.
+const NEWER_SUBCOMMANDS: &[(&str, i64)] = &[("client|setinfo", 4), ("client|no-touch", 3)];
+
 /// Redis 7.0's dispatcher checks for a container command (`CLIENT`, `CONFIG`, …): a
 /// subcommand the table lists, with its arity. `None` when `args` may run (or is no container).
 pub fn check_container(args: &[Bytes]) -> Option<Frame> {
@@ -115,6 +120,14 @@ pub fn check_container(args: &[Bytes]) -> Option<Frame> {
     };
     let entry = entry_of(args).expect("a listed command");
     if std::ptr::eq(entry, info) {
+        let full = format!("{}|{}", info.name, lower(sub));
+        if let Some((_, arity)) = NEWER_SUBCOMMANDS.iter().find(|(name, _)| *name == full) {
+            return (args.len() as i64 != *arity).then(|| {
+                error(format!(
+                    "ERR wrong number of arguments for '{full}' command"
+                ))
+            });
+        }
         return Some(error(format!(
             "ERR unknown subcommand '{}'. Try {} HELP.",
             String::from_utf8_lossy(sub),
@@ -403,6 +416,27 @@ mod tests {
         for (line, want) in refused {
             assert_eq!(answer(&args(line)), Frame::Error(want.into()), "{line}");
         }
+    }
+
+    #[test]
+    fn a_newer_clients_connect_time_subcommands_pass_the_container_check() {
+        assert_eq!(
+            check_container(&args("CLIENT SETINFO LIB-NAME redis-py")),
+            None
+        );
+        assert_eq!(check_container(&args("client no-touch on")), None);
+        assert_eq!(
+            check_container(&args("CLIENT SETINFO LIB-NAME")),
+            Some(Frame::Error(
+                "ERR wrong number of arguments for 'client|setinfo' command".into()
+            ))
+        );
+        assert_eq!(
+            check_container(&args("CLIENT NOSUCH")),
+            Some(Frame::Error(
+                "ERR unknown subcommand 'NOSUCH'. Try CLIENT HELP.".into()
+            ))
+        );
     }
 
     #[test]

@@ -570,9 +570,30 @@ fn client_subcommand<N: Net, C: Clock>(
             }
             _ => error("ERR syntax error"),
         },
+        // Redis 7.2's library name and version, which client libraries send at connect time
+        // (the proxy does not show them).
+        (Some("setinfo"), 4) => {
+            let value = &args[3];
+            match lower(&args[2]).as_str() {
+                "lib-name" | "lib-ver" if value.iter().any(|c| !(b'!'..=b'~').contains(c)) => {
+                    error(format!(
+                        "ERR {} cannot contain spaces, newlines or special characters.",
+                        lower(&args[2])
+                    ))
+                }
+                "lib-name" | "lib-ver" => Frame::Simple("OK".into()),
+                _ => error(format!(
+                    "ERR Unrecognized option '{}'",
+                    String::from_utf8_lossy(&args[2])
+                )),
+            }
+        }
         // Hints about eviction and idle times: the proxy evicts no clients and keeps no idle
         // times for LRU, so there is nothing to change.
-        (Some("setinfo" | "no-evict" | "no-touch"), 3) => Frame::Simple("OK".into()),
+        (Some("no-evict" | "no-touch"), 3) => match lower(&args[2]).as_str() {
+            "on" | "off" => Frame::Simple("OK".into()),
+            _ => error("ERR syntax error"),
+        },
         _ => error("ERR unknown subcommand or wrong number of arguments for 'client' command"),
     }
 }

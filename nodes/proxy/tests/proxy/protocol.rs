@@ -755,6 +755,32 @@ async fn client_reply_off_and_skip_silence_replies_until_on() {
 }
 
 #[tokio::test]
+async fn client_libraries_connect_time_setinfo_is_taken() {
+    let proxy = proxy(None);
+    let (mut c, _task) = connect(&proxy);
+    for (input, expected) in [
+        ("CLIENT SETINFO LIB-NAME redis-py\r\n", "+OK\r\n"),
+        ("CLIENT SETINFO lib-ver 5.0.1\r\n", "+OK\r\n"),
+        (
+            "CLIENT SETINFO LIB-COLOUR red\r\n",
+            "-ERR Unrecognized option 'LIB-COLOUR'\r\n",
+        ),
+        (
+            "*4\r\n$6\r\nCLIENT\r\n$7\r\nSETINFO\r\n$8\r\nLIB-NAME\r\n$3\r\na b\r\n",
+            "-ERR lib-name cannot contain spaces, newlines or special characters.\r\n",
+        ),
+        ("CLIENT NO-TOUCH on\r\n", "+OK\r\n"),
+        ("CLIENT NO-EVICT maybe\r\n", "-ERR syntax error\r\n"),
+    ] {
+        assert_eq!(
+            exchange(&mut c, input.as_bytes()).await,
+            expected,
+            "{input}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn client_list_info_and_kill_see_every_connection_with_its_addresses() {
     use larder_core::env::Endpoints;
     let proxy = proxy(None);
