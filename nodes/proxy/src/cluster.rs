@@ -47,27 +47,20 @@ impl Announced {
     }
 }
 
-/// `CLUSTER subcommand ...`.
+/// `CLUSTER subcommand ...`: the subcommands and arities of the command table
+/// ([`crate::commands::check_container`]).
 pub fn answer(args: &[Bytes], announced: &Announced) -> Frame {
-    let Some(sub) = args.get(1) else {
-        return error("ERR wrong number of arguments for 'cluster' command");
-    };
+    if let Some(refusal) = crate::commands::check_container(args) {
+        return refusal;
+    }
+    let sub = &args[1];
     let name = String::from_utf8_lossy(sub).to_ascii_lowercase();
-    let arity = |n: usize| {
-        if args.len() == n {
-            None
-        } else {
-            Some(error(format!(
-                "ERR wrong number of arguments for 'cluster|{name}' command"
-            )))
-        }
-    };
     let last_slot = i64::from(SLOTS - 1);
     match name.as_str() {
-        "keyslot" => arity(3).unwrap_or_else(|| Frame::Integer(i64::from(slot_of(&args[2])))),
-        "myid" => arity(2).unwrap_or_else(|| bulk(announced.node_id())),
-        "links" => arity(2).unwrap_or_else(|| Frame::Array(Some(Vec::new()))),
-        "info" => arity(2).unwrap_or_else(|| {
+        "keyslot" => Frame::Integer(i64::from(slot_of(&args[2]))),
+        "myid" => bulk(announced.node_id()),
+        "links" => Frame::Array(Some(Vec::new())),
+        "info" => {
             let (state, assigned) = if announced.routed {
                 ("ok", SLOTS)
             } else {
@@ -82,8 +75,8 @@ pub fn answer(args: &[Bytes], announced: &Announced) -> Frame {
                  cluster_stats_messages_received:0\r\n\
                  total_cluster_links_buffer_limit_exceeded:0\r\n"
             ))
-        }),
-        "slots" => arity(2).unwrap_or_else(|| {
+        }
+        "slots" => {
             if !announced.routed {
                 return Frame::Array(Some(Vec::new()));
             }
@@ -97,8 +90,8 @@ pub fn answer(args: &[Bytes], announced: &Announced) -> Frame {
                     Frame::Map(Vec::new()),
                 ])),
             ]))]))
-        }),
-        "shards" => arity(2).unwrap_or_else(|| {
+        }
+        "shards" => {
             let slots = if announced.routed {
                 vec![Frame::Integer(0), Frame::Integer(last_slot)]
             } else {
@@ -117,8 +110,8 @@ pub fn answer(args: &[Bytes], announced: &Announced) -> Frame {
                 (bulk("slots"), Frame::Array(Some(slots))),
                 (bulk("nodes"), Frame::Array(Some(vec![node]))),
             ])]))
-        }),
-        "nodes" => arity(2).unwrap_or_else(|| {
+        }
+        "nodes" => {
             let slots = if announced.routed {
                 format!(" 0-{last_slot}")
             } else {
@@ -132,7 +125,7 @@ pub fn answer(args: &[Bytes], announced: &Announced) -> Frame {
                 announced.port(),
                 announced.epoch,
             ))
-        }),
+        }
         _ => error(format!(
             "ERR unknown subcommand '{}'. Try CLUSTER HELP.",
             String::from_utf8_lossy(sub)

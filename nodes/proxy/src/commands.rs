@@ -142,41 +142,32 @@ pub fn check_container(args: &[Bytes]) -> Option<Frame> {
     })
 }
 
-/// `COMMAND [subcommand ...]`.
+/// `COMMAND [subcommand ...]`: the subcommands and arities of the table ([`check_container`]).
 pub fn answer(args: &[Bytes]) -> Frame {
+    if let Some(refusal) = check_container(args) {
+        return refusal;
+    }
     let Some(sub) = args.get(1) else {
         return Frame::Array(Some(COMMANDS.iter().map(CommandInfo::frame).collect()));
     };
-    let sub = lower(sub);
-    let wrong_args = || {
-        error(format!(
-            "ERR wrong number of arguments for 'command|{sub}' command"
-        ))
-    };
-    match sub.as_str() {
-        "count" if args.len() == 2 => Frame::Integer(COMMANDS.len() as i64),
-        "count" => wrong_args(),
-        "info" => {
-            if args.len() == 2 {
-                return Frame::Array(Some(COMMANDS.iter().map(CommandInfo::frame).collect()));
-            }
-            Frame::Array(Some(
-                args[2..]
-                    .iter()
-                    .map(|name| match find(&lower(name)) {
-                        Some(info) => info.frame(),
-                        None => Frame::Null,
-                    })
-                    .collect(),
-            ))
+    match lower(sub).as_str() {
+        "count" => Frame::Integer(COMMANDS.len() as i64),
+        "info" if args.len() == 2 => {
+            Frame::Array(Some(COMMANDS.iter().map(CommandInfo::frame).collect()))
         }
-        "list" => list(&args[2..]),
-        "getkeys" if args.len() >= 4 => getkeys(&args[2..]),
-        "getkeys" => wrong_args(),
-        _ => error(format!(
-            "ERR unknown subcommand '{}'. Try COMMAND HELP.",
-            String::from_utf8_lossy(&args[1])
+        "info" => Frame::Array(Some(
+            args[2..]
+                .iter()
+                .map(|name| match find(&lower(name)) {
+                    Some(info) => info.frame(),
+                    None => Frame::Null,
+                })
+                .collect(),
         )),
+        "list" => list(&args[2..]),
+        "getkeys" => getkeys(&args[2..]),
+        // `check_container` let through only the table's subcommands.
+        _ => error("ERR unknown subcommand. Try COMMAND HELP."),
     }
 }
 

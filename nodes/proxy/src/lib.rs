@@ -657,6 +657,18 @@ fn text(lines: String) -> Frame {
     }
 }
 
+/// Notes a connection's buffers after they changed: the proxy's count of bytes it holds for
+/// clients, and what `CLIENT LIST` shows of this one.
+fn buffered(held: &mut Held<'_>, state: &clients::ClientState, input: &BytesMut, output: &Vec<u8>) {
+    held.set(input.len() + output.len());
+    state.buffers(
+        input.len(),
+        input.capacity(),
+        output.len(),
+        output.capacity(),
+    );
+}
+
 /// A request's arguments from a line split at spaces (the modules' tests).
 #[cfg(test)]
 fn split_args(line: &str) -> Vec<Bytes> {
@@ -1020,13 +1032,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                                 bytes += used;
                                 run.push(joining);
                             }
-                            held.set(input.len() + output.len());
-                            state.buffers(
-                                input.len(),
-                                input.capacity(),
-                                output.len(),
-                                output.capacity(),
-                            );
+                            buffered(&mut held, &state, &input, &output);
                             let last = run
                                 .last()
                                 .and_then(|(name, _)| commands::lookup(name.as_bytes()))
@@ -1040,13 +1046,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                                     continue;
                                 }
                                 self.push_reply(&reply, session.protocol, &mut output)?;
-                                held.set(input.len() + output.len());
-                                state.buffers(
-                                    input.len(),
-                                    input.capacity(),
-                                    output.len(),
-                                    output.capacity(),
-                                );
+                                buffered(&mut held, &state, &input, &output);
                                 if output.len() >= OUTPUT_FLUSH_BYTES {
                                     self.write_out(stream, &mut output, &mut held, input.len())
                                         .await?;
@@ -1097,13 +1097,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                             self.push_reply(&reply, session.protocol, &mut output)?;
                         }
                         drop(reply);
-                        held.set(input.len() + output.len());
-                        state.buffers(
-                            input.len(),
-                            input.capacity(),
-                            output.len(),
-                            output.capacity(),
-                        );
+                        buffered(&mut held, &state, &input, &output);
                         if session.monitoring {
                             // Subscribed before the `+OK` goes out: the client sees every
                             // command run after it read it.
