@@ -213,6 +213,17 @@ pub enum Command {
         commands: Vec<Command>,
         watched: Vec<(Bytes, u64)>,
     },
+    /// One step of `SCAN` in a slot group ([`Scope::Group`]; the proxy keeps the cursor): the
+    /// live keys after `after` (from the group's first key when empty), in key order, matching
+    /// `pattern` and of type `kind` if given, looking at no more than `count` live keys. The
+    /// reply is `[last key looked at, or nil when the group has no more, [matching keys]]`.
+    /// Last of the variants so that the encoding of every older one is unchanged.
+    Scan {
+        after: Bytes,
+        pattern: Bytes,
+        kind: Option<Bytes>,
+        count: u64,
+    },
 }
 
 /// What a command acts on.
@@ -623,6 +634,7 @@ impl Command {
                 | Command::HStrLen { .. }
                 | Command::Type { .. }
                 | Command::Keys { .. }
+                | Command::Scan { .. }
                 | Command::DbSize
                 | Command::Versions { .. }
         )
@@ -644,7 +656,9 @@ impl Command {
     /// Whether the command acts on the keys it names or on a whole slot group.
     pub fn scope(&self) -> Scope {
         match self {
-            Command::Keys { .. } | Command::DbSize | Command::FlushAll => Scope::Group,
+            Command::Keys { .. } | Command::Scan { .. } | Command::DbSize | Command::FlushAll => {
+                Scope::Group
+            }
             _ => Scope::Keys,
         }
     }
@@ -689,6 +703,7 @@ impl Command {
                 .chain(watched.iter().map(|(key, _)| key))
                 .collect(),
             Command::Keys { .. }
+            | Command::Scan { .. }
             | Command::DbSize
             | Command::FlushAll
             | Command::AdvanceClock
@@ -726,6 +741,7 @@ impl Command {
             Command::HIncrBy { .. } => "hincrby",
             Command::Type { .. } => "type",
             Command::Keys { .. } => "keys",
+            Command::Scan { .. } => "scan",
             Command::DbSize => "dbsize",
             Command::FlushAll => "flushall",
             Command::Persist { .. } => "persist",

@@ -378,10 +378,12 @@ fn apply(command: &Command, view: &mut View<'_>) -> Reply {
         Command::HIncrBy { key, field, delta } => {
             hincr_by(view, key, field, *delta).unwrap_or_else(|error| error)
         }
-        Command::Keys { .. } | Command::DbSize | Command::FlushAll => Reply::error(format!(
-            "ERR '{}' acts on a whole slot group and cannot be executed on single keys",
-            command.name()
-        )),
+        Command::Keys { .. } | Command::Scan { .. } | Command::DbSize | Command::FlushAll => {
+            Reply::error(format!(
+                "ERR '{}' acts on a whole slot group and cannot be executed on single keys",
+                command.name()
+            ))
+        }
         Command::Persist { key } => match view.get(key).cloned() {
             Some(mut record) if record.expires_at_ms.is_some() => {
                 record.expires_at_ms = None;

@@ -1,5 +1,5 @@
-//! Group-scope commands ([`Scope::Group`]: `KEYS`, `DBSIZE`, `FLUSHALL`), which act on every
-//! record of a slot group rather than on keys they name.
+//! Group-scope commands ([`Scope::Group`]: `KEYS`, a step of `SCAN`, `DBSIZE`, `FLUSHALL`),
+//! which act on the records of a slot group rather than on keys they name.
 //!
 //! The reads are a fold ([`GroupRead`]) over the group's records in key order, so the storage
 //! node feeds it page by page from its disk scan and never holds the whole group in memory;
@@ -29,10 +29,23 @@ enum ReadKind {
         kind: Option<Bytes>,
         keys: Vec<Reply>,
     },
+    /// A `SCAN` step: like `Keys`, from after `after`, stopping once `count` live keys were
+    /// looked at.
+    Scan {
+        glob: Glob,
+        kind: Option<Bytes>,
+        keys: Vec<Reply>,
+        looked: u64,
+        count: u64,
+    },
     DbSize {
         count: i64,
     },
 }
+
+/// Most keys one `SCAN` step looks at, whatever its `COUNT`: the step's reply stays a bounded
+/// message, and the client's next step goes on from there.
+pub const SCAN_COUNT_MAX: u64 = 100_000;
 
 impl GroupRead {
     /// Starts `KEYS pattern` or `DBSIZE` at `now_ms` (expired records awaiting removal do not
@@ -44,6 +57,18 @@ impl GroupRead {
                 glob: Glob::new(pattern),
                 kind: kind.clone(),
                 keys: Vec::new(),
+            },
+            Command::Scan {
+                pattern,
+                kind,
+                count,
+                ..
+            } => ReadKind::Scan {
+                glob: Glob::new(pattern),
+                kind: kind.clone(),
+                keys: Vec::new(),
+                looked: 0,
+                count: (*count).clamp(1, SCAN_COUNT_MAX),
             },
             Command::DbSize => ReadKind::DbSize { count: 0 },
             other if other.scope() == Scope::Group => {
@@ -74,10 +99,7 @@ impl GroupRead {
         }
         match &mut self.kind {
             ReadKind::Keys { glob, kind, keys } => {
-                let of_kind = kind.as_ref().is_none_or(|kind| {
-                    kind.eq_ignore_ascii_case(record.value.type_name().as_bytes())
-                });
-                if of_kind && glob.matches(key) {
+                if of_kind(kind, record) && glob.matches(key) {
                     if keys.len() >= self.keys_max {
                         return Err(Reply::error(format!(
                             "ERR KEYS would return more than {} keys of one slot group; use SCAN with MATCH",
@@ -87,22 +109,57 @@ impl GroupRead {
                     keys.push(Reply::Bulk(key.clone()));
                 }
             }
+            ReadKind::Scan {
+                glob,
+                kind,
+                keys,
+                looked,
+                count,
+            } => {
+                if of_kind(kind, record) && glob.matches(key) {
+                    keys.push(Reply::Bulk(key.clone()));
+                }
+                *looked += 1;
+                if *looked >= *count {
+                    // The step ends here; the client's next one starts after this key.
+                    return Err(Reply::Array(vec![
+                        Reply::Bulk(key.clone()),
+                        Reply::Array(std::mem::take(keys)),
+                    ]));
+                }
+            }
             ReadKind::DbSize { count } => *count += 1,
         }
         Ok(())
+    }
+
+    /// Where a `SCAN` step starts: after this key (empty: at the group's first key).
+    pub fn scan_after(command: &Command) -> Option<&Bytes> {
+        match command {
+            Command::Scan { after, .. } if !after.is_empty() => Some(after),
+            _ => None,
+        }
     }
 
     /// The reply once every record was fed.
     pub fn finish(self) -> Reply {
         match self.kind {
             ReadKind::Keys { keys, .. } => Reply::Array(keys),
+            ReadKind::Scan { keys, .. } => Reply::Array(vec![Reply::Nil, Reply::Array(keys)]),
             ReadKind::DbSize { count } => Reply::Int(count),
         }
     }
 }
 
+/// Whether `record` is of the type `SCAN … TYPE kind` asks for (any, without one).
+fn of_kind(kind: &Option<Bytes>, record: &Record) -> bool {
+    kind.as_ref()
+        .is_none_or(|kind| kind.eq_ignore_ascii_case(record.value.type_name().as_bytes()))
+}
+
 /// Applies a [`Scope::Group`] command at `now_ms` to every record of a slot group held in
-/// memory, given in key order: `KEYS` and `DBSIZE` through [`GroupRead`] (unbounded), `FLUSHALL`
+/// memory, given in key order: `KEYS`, `SCAN` and `DBSIZE` through [`GroupRead`] (`KEYS`
+/// unbounded), `FLUSHALL`
 /// as `OK` and a delete for every record, expired ones included. Any other command answers an
 /// error and changes nothing.
 pub fn execute_group<'a>(
@@ -119,9 +176,11 @@ pub fn execute_group<'a>(
                 .collect(),
         };
     }
+    let after = GroupRead::scan_after(command);
     let reply = match GroupRead::new(command, now_ms, usize::MAX) {
         Ok(mut read) => records
             .into_iter()
+            .filter(|(key, _)| after.is_none_or(|after| *key > after))
             .try_for_each(|(key, record)| read.feed(key, record))
             .map_or_else(|stop| stop, |()| read.finish()),
         Err(reply) => reply,
@@ -160,6 +219,79 @@ mod tests {
             },
         );
         state
+    }
+
+    /// A whole `SCAN` of `state` in steps of `count`: each step's matching keys, and how the
+    /// iteration ended.
+    fn scan_steps(
+        state: &BTreeMap<Bytes, Record>,
+        pattern: &str,
+        kind: Option<&str>,
+        count: u64,
+    ) -> Vec<Vec<Reply>> {
+        let mut after = Bytes::new();
+        let mut steps = Vec::new();
+        loop {
+            let command = Command::Scan {
+                after: after.clone(),
+                pattern: b(pattern),
+                kind: kind.map(b),
+                count,
+            };
+            let Reply::Array(parts) = execute_group(&command, 100, state).reply else {
+                panic!("a scan step answers an array");
+            };
+            let [next, Reply::Array(keys)] = <[Reply; 2]>::try_from(parts).expect("two parts")
+            else {
+                panic!("the keys are an array");
+            };
+            steps.push(keys);
+            match next {
+                Reply::Nil => return steps,
+                Reply::Bulk(last) => {
+                    assert!(last > after, "every step moves on");
+                    after = last;
+                }
+                other => panic!("unexpected cursor {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_scan_in_steps_sees_every_live_key_once_and_each_step_is_bounded() {
+        let state = state();
+        let keys = |steps: Vec<Vec<Reply>>| steps.into_iter().flatten().collect::<Vec<_>>();
+        let all = vec![
+            Reply::Bulk(b("cart:1")),
+            Reply::Bulk(b("user:1")),
+            Reply::Bulk(b("user:2")),
+        ];
+        // One key a step: three steps of one key, and a last one that finds the end.
+        let steps = scan_steps(&state, "*", None, 1);
+        assert!(steps.iter().all(|step| step.len() <= 1));
+        assert_eq!(keys(steps), all);
+        // A count past the keys: one step, the end at once.
+        assert_eq!(scan_steps(&state, "*", None, 10), vec![all.clone()]);
+        // COUNT 0 looks at one key a step rather than none (no step may stand still).
+        assert_eq!(keys(scan_steps(&state, "*", None, 0)), all);
+        // MATCH and TYPE filter what a step returns, not what it looks at.
+        let steps = scan_steps(&state, "user:*", Some("string"), 2);
+        assert_eq!(steps.len(), 2);
+        assert_eq!(
+            keys(steps),
+            vec![Reply::Bulk(b("user:1")), Reply::Bulk(b("user:2"))]
+        );
+        assert!(keys(scan_steps(&state, "*", Some("zset"), 1)).is_empty());
+        // A huge COUNT is cut to the bound.
+        let mut big = BTreeMap::new();
+        for i in 0..SCAN_COUNT_MAX + 5 {
+            big.insert(b(&format!("k{i:07}")), Record::string("v"));
+        }
+        let steps = scan_steps(&big, "*", None, u64::MAX);
+        assert_eq!(
+            steps.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![SCAN_COUNT_MAX as usize, 5]
+        );
     }
 
     #[test]

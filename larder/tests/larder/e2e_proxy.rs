@@ -219,6 +219,57 @@ fn strings_hashes_and_keyspace_commands_through_the_proxy() {
         cursor = next;
     }
     assert_eq!(hashes, ["user:1"]);
+    // `SCAN … COUNT 1`: each step looks at one key of one group, so no step returns more than
+    // one, and the whole iteration sees every key once.
+    let mut cursor = 0u64;
+    let mut every: Vec<String> = Vec::new();
+    let mut steps = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut c)
+            .expect("scan count");
+        assert!(keys.len() <= 1, "{keys:?}");
+        every.extend(keys);
+        steps += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    every.sort();
+    assert_eq!(every.len(), size as usize, "{every:?}");
+    assert!(steps > size, "{steps} steps for {size} keys");
+    // A step may be repeated (its cursor is not used up); a cursor never handed out is refused.
+    let (first, _): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut c)
+        .expect("scan");
+    let once: (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(first)
+        .query(&mut c)
+        .expect("scan again");
+    let twice: (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(first)
+        .query(&mut c)
+        .expect("scan again");
+    assert_eq!(once.1, twice.1);
+    let invalid = redis::cmd("SCAN")
+        .arg(12345)
+        .query::<Value>(&mut c)
+        .expect_err("unknown cursor");
+    assert!(invalid.to_string().contains("invalid cursor"), "{invalid}");
+    let zero = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(0)
+        .query::<Value>(&mut c)
+        .expect_err("COUNT 0");
+    assert!(zero.to_string().contains("syntax error"), "{zero}");
 
     // Server commands clients use.
     let info: String = redis::cmd("INFO").query(&mut c).expect("info");

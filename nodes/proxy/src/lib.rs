@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Clock, Endpoints, FaultPoints, Listener, MESSAGE_BYTES_MAX, Net, timeout};
 use larder_core::kv::{Command, Reply, Scope};
@@ -51,6 +52,7 @@ mod cluster;
 mod command_table;
 pub mod commands;
 mod monitor;
+pub mod scan;
 pub use blocking::HANDOVERS_PER_WRITE_MAX;
 pub use monitor::MONITOR_BACKLOG;
 pub mod hot;
@@ -248,6 +250,8 @@ pub struct Proxy<N: Net, C: Clock> {
     command_counts: std::sync::Mutex<std::collections::BTreeMap<String, info::CommandCounts>>,
     /// Clients blocked in `BLPOP` and the like, queued per key so the earliest is served first.
     waiters: blocking::Waiters,
+    /// Where each `SCAN` iteration stands ([`scan`]).
+    scan_cursors: scan::ScanCursors,
     /// Commands, errors and latency per command family ([`Proxy::metrics_registry`]).
     metrics: metrics::ProxyMetrics,
     /// Hot keys and the per-key write limit.
@@ -717,6 +721,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             sessions: SessionPool::default(),
             clients: clients::Clients::default(),
             monitors: monitor::Monitors::default(),
+            scan_cursors: scan::ScanCursors::new(clock.wall_ms()),
             net,
             clock,
             config,
@@ -1950,49 +1955,100 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         Frame::Null
     }
 
-    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`: the cursor is the index of the next
-    /// slot group to list; each call returns one group's matching keys.
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`: one step in one slot group, from
+    /// where the cursor stands ([`scan`]), looking at no more than `COUNT` keys; groups in
+    /// the order of their ids, each from its first key.
     async fn scan(&self, session: &mut Session<N, C>, args: &[Bytes]) -> Frame {
         if args.len() < 2 || !args.len().is_multiple_of(2) {
             return arity("scan");
         }
         let Some(cursor) = std::str::from_utf8(&args[1])
             .ok()
-            .and_then(|c| c.parse::<usize>().ok())
+            .and_then(|c| c.parse::<u64>().ok())
         else {
             return error("ERR invalid cursor");
         };
         let mut pattern = Bytes::from_static(b"*");
         let mut kind = None;
+        // Redis's default: about ten keys a step.
+        let mut count = 10;
         for option in args[2..].chunks(2) {
             match lower(&option[0]).as_str() {
                 "match" => pattern = option[1].clone(),
                 "type" => kind = Some(option[1].clone()),
-                "count" => {}
+                "count" => match std::str::from_utf8(&option[1])
+                    .ok()
+                    .and_then(|n| n.parse::<i64>().ok())
+                {
+                    Some(n) if n >= 1 => count = n as u64,
+                    Some(_) => return error("ERR syntax error"),
+                    None => return error("ERR value is not an integer or out of range"),
+                },
                 _ => return error("ERR syntax error"),
             }
         }
-        let groups: Vec<_> = self.routing.current().groups().keys().copied().collect();
-        let Some(&group) = groups.get(cursor) else {
-            return Frame::Array(Some(vec![bulk("0"), Frame::Array(Some(Vec::new()))]));
-        };
-        let next = if cursor + 1 >= groups.len() {
-            0
+        let groups: Vec<GroupId> = self.routing.current().groups().keys().copied().collect();
+        let done = || Frame::Array(Some(vec![bulk("0"), Frame::Array(Some(Vec::new()))]));
+        let first_after = |group: GroupId| groups.iter().copied().find(|g| *g > group);
+        let start = if cursor == 0 {
+            groups.first().map(|&group| scan::Position {
+                group,
+                after: Bytes::new(),
+            })
         } else {
-            cursor + 1
+            let Some(position) = self.scan_cursors.find(cursor) else {
+                return error("ERR invalid cursor");
+            };
+            if groups.contains(&position.group) {
+                Some(position)
+            } else {
+                // The group is gone from the routing table: on with the next one.
+                first_after(position.group).map(|group| scan::Position {
+                    group,
+                    after: Bytes::new(),
+                })
+            }
         };
-        match session
-            .client
-            .execute_in(group, Command::Keys { pattern, kind })
-            .await
-        {
-            Ok(Reply::Array(keys)) => Frame::Array(Some(vec![
-                bulk(next.to_string()),
-                Frame::Array(Some(keys.iter().map(Frame::from).collect())),
-            ])),
-            Ok(other) => Frame::from(&other),
-            Err(e) => client_error(e, &self.config.bugs),
-        }
+        let Some(scan::Position { group, after }) = start else {
+            return done();
+        };
+        let step = Command::Scan {
+            after,
+            pattern,
+            kind,
+            count,
+        };
+        let (last, keys) = match session.client.execute_in(group, step).await {
+            Ok(Reply::Array(parts)) => match <[Reply; 2]>::try_from(parts) {
+                Ok([last, Reply::Array(keys)]) => (last, keys),
+                _ => return error("ERR internal: a SCAN step answered out of shape"),
+            },
+            Ok(other) => return Frame::from(&other),
+            Err(e) => return client_error(e, &self.config.bugs),
+        };
+        let next = match last {
+            Reply::Bulk(last) => Some(scan::Position { group, after: last }),
+            _ => first_after(group).map(|group| scan::Position {
+                group,
+                after: Bytes::new(),
+            }),
+        };
+        let cursor = match next {
+            None => 0,
+            Some(position) => match self.scan_cursors.remember(position) {
+                Some(cursor) => cursor,
+                None => {
+                    return error(format!(
+                        "ERR SCAN stopped at a key longer than a cursor may hold ({} bytes)",
+                        scan::SCAN_CURSOR_BYTES_MAX
+                    ));
+                }
+            },
+        };
+        Frame::Array(Some(vec![
+            bulk(cursor.to_string()),
+            Frame::Array(Some(keys.iter().map(Frame::from).collect())),
+        ]))
     }
 
     async fn data_command(&self, session: &mut Session<N, C>, name: &str, args: &[Bytes]) -> Frame {

@@ -653,7 +653,8 @@ impl<D: Disk> DiskStateMachine<D> {
         ))
     }
 
-    /// `KEYS pattern` and `DBSIZE` over the whole group: a paged scan of its state range folded
+    /// `KEYS pattern`, a `SCAN` step and `DBSIZE` over the group: a paged scan of its state
+    /// range (a `SCAN` step's from after its last key, until it has looked at its count) folded
     /// through [`GroupRead`] (expired records are deleted lazily, so they may still be on disk;
     /// the fold skips them). A record `expires_unlogged` turns the answer into
     /// [`ReadOutcome::AdvanceClock`].
@@ -670,12 +671,23 @@ impl<D: Disk> DiskStateMachine<D> {
         };
         let end = group_end(self.group);
         let mut from = group_prefix(self.group).to_vec();
+        if let Some(after) = GroupRead::scan_after(command) {
+            // The first key past `after`: a `SCAN` step goes on where the last one stopped.
+            from.extend_from_slice(after);
+            from.push(0);
+        }
+        // A `SCAN` step of a few keys reads a page of about that many rows, not a full one.
+        let page = match command {
+            Command::Scan { count, .. } => usize::try_from(*count)
+                .map_or(SCAN_PAGE_ROWS, |count| count.clamp(1, SCAN_PAGE_ROWS)),
+            _ => SCAN_PAGE_ROWS,
+        };
         loop {
             let rows = self
                 .disk
-                .scan(Space::State, &from, Some(&end), SCAN_PAGE_ROWS)
+                .scan(Space::State, &from, Some(&end), page)
                 .await?;
-            let full = rows.len() == SCAN_PAGE_ROWS;
+            let full = rows.len() == page;
             for (full_key, bytes) in &rows {
                 let key = full_key.slice(8..);
                 // Rows of slots that moved away and are not deleted yet are not the group's.

@@ -8,6 +8,7 @@
 //! - snapshots purge the log, and a restart after several purges keeps every write;
 //! - a read batch serves each group's read in order, refuses writes, and is refused whole past
 //!   its bound;
+//! - a `SCAN` step starts after its key and stops at its count, across pages of the walk;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -945,5 +946,50 @@ fn a_read_batch_serves_each_group_in_order_refuses_writes_and_past_its_bound_eve
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+    node.stop();
+}
+
+#[test]
+fn a_scan_step_starts_after_its_key_and_stops_at_its_count_across_pages() {
+    let dir = tempfile::tempdir().expect("dir");
+    let node = start_led(dir.path());
+    // More keys than one page of the node's walk (1,024 rows), in one entry.
+    let keys: Vec<Bytes> = (0..1100).map(|i| Bytes::from(format!("k{i:04}"))).collect();
+    let pairs = keys
+        .iter()
+        .map(|key| (key.clone(), Bytes::from_static(b"v")))
+        .collect();
+    assert_eq!(
+        node.execute(Command::MSet { pairs }),
+        ClientResponse::Reply(Reply::Ok)
+    );
+    let step = |after: &str, count: u64| -> (Reply, Vec<Reply>) {
+        let command = Command::Scan {
+            after: Bytes::copy_from_slice(after.as_bytes()),
+            pattern: Bytes::from_static(b"*"),
+            kind: None,
+            count,
+        };
+        let ClientResponse::Reply(Reply::Array(parts)) = node.execute(command) else {
+            panic!("a scan step answers an array");
+        };
+        let [last, Reply::Array(found)] = <[Reply; 2]>::try_from(parts).expect("two parts") else {
+            panic!("the keys are an array");
+        };
+        (last, found)
+    };
+    let bulk = |key: &Bytes| Reply::Bulk(key.clone());
+    // From the start, past the first page: the step ends at its count.
+    let (last, found) = step("", 1050);
+    assert_eq!(found, keys[..1050].iter().map(bulk).collect::<Vec<_>>());
+    assert_eq!(last, bulk(&keys[1049]));
+    // From after the last key looked at, to the group's end (nil: no more).
+    let (last, found) = step("k1049", 1050);
+    assert_eq!(found, keys[1050..].iter().map(bulk).collect::<Vec<_>>());
+    assert_eq!(last, Reply::Nil);
+    // After a key in the middle, however few.
+    let (last, found) = step("k0500", 3);
+    assert_eq!(found, keys[501..504].iter().map(bulk).collect::<Vec<_>>());
+    assert_eq!(last, bulk(&keys[503]));
     node.stop();
 }
