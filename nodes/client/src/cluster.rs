@@ -326,15 +326,23 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
                     watched: Vec::new(),
                 },
             };
-            lanes.push((group, epoch, client, indices, command));
+            lanes.push(Lane {
+                group,
+                epoch,
+                client,
+                indices,
+                command,
+            });
         }
         // Read-only lanes of groups one node is believed to lead go to it in one message
         // (`ReadBatch`); the rest, and any read a batch could not serve, go group by group.
         let mut alone = Vec::with_capacity(lanes.len());
         let mut by_node: BTreeMap<NodeId, Vec<Lane<N, C>>> = BTreeMap::new();
         for lane in lanes {
-            match lane.2.leader_hint() {
-                Some(leader) if !lane.4.is_write() => by_node.entry(leader).or_default().push(lane),
+            match lane.client.leader_hint() {
+                Some(leader) if !lane.command.is_write() => {
+                    by_node.entry(leader).or_default().push(lane)
+                }
                 _ => alone.push(lane),
             }
         }
@@ -359,16 +367,20 @@ impl<N: Net, C: Clock> ClusterClient<N, C> {
         let mut unserved = Vec::new();
         for (lane, answer) in batched.into_iter().flatten() {
             match answer {
-                Some(reply) => {
-                    let (group, epoch, client, indices, _) = lane;
-                    outcomes.push((group, epoch, client, indices, Ok(reply)));
-                }
+                Some(reply) => outcomes.push(lane.answered(Ok(reply))),
                 None => unserved.push(lane),
             }
         }
         outcomes.extend(futures::future::join_all(unserved.into_iter().map(run_lane)).await);
         let mut results: Vec<Option<Result<Reply, ClientError>>> = vec![None; commands.len()];
-        for (group, epoch, client, indices, result) in outcomes {
+        for LaneOutcome {
+            group,
+            epoch,
+            client,
+            indices,
+            result,
+        } in outcomes
+        {
             if let Some(leader) = client.leader_hint() {
                 self.routing.hint_leader(group, leader);
             }
@@ -451,24 +463,57 @@ fn group_of(table: &RoutingTable, key: &[u8]) -> Result<GroupId, ClientError> {
         })
 }
 
-/// One group's share of a pipeline: the group, the routing epoch of its client, the client, the
-/// indexes of its commands in the pipeline, and the command sent (one, or a transaction of them).
-type Lane<N, C> = (GroupId, u64, Client<N, C>, Vec<usize>, Command);
+/// One group's share of a pipeline.
+struct Lane<N: Net, C: Clock> {
+    group: GroupId,
+    /// The routing epoch of its client.
+    epoch: u64,
+    client: Client<N, C>,
+    /// Where its commands are in the pipeline.
+    indices: Vec<usize>,
+    /// What is sent: one command, or a transaction of them.
+    command: Command,
+}
 
-/// What a lane's request came back with.
-type LaneOutcome<N, C> = (
-    GroupId,
-    u64,
-    Client<N, C>,
-    Vec<usize>,
-    Result<Reply, ClientError>,
-);
+/// What a lane's request came back with: the lane without its command, and the result.
+struct LaneOutcome<N: Net, C: Clock> {
+    group: GroupId,
+    epoch: u64,
+    client: Client<N, C>,
+    indices: Vec<usize>,
+    result: Result<Reply, ClientError>,
+}
+
+impl<N: Net, C: Clock> Lane<N, C> {
+    /// The lane answered `result` (its command went in a read batch).
+    fn answered(self, result: Result<Reply, ClientError>) -> LaneOutcome<N, C> {
+        LaneOutcome {
+            group: self.group,
+            epoch: self.epoch,
+            client: self.client,
+            indices: self.indices,
+            result,
+        }
+    }
+}
 
 /// Sends a lane's command through its group's client (retries, leader changes, sessions).
 async fn run_lane<N: Net, C: Clock>(lane: Lane<N, C>) -> LaneOutcome<N, C> {
-    let (group, epoch, mut client, indices, command) = lane;
+    let Lane {
+        group,
+        epoch,
+        mut client,
+        indices,
+        command,
+    } = lane;
     let result = client.execute(command).await;
-    (group, epoch, client, indices, result)
+    LaneOutcome {
+        group,
+        epoch,
+        client,
+        indices,
+        result,
+    }
 }
 
 /// Sends read-only `lanes` to `node` in one [`ReadBatch`]. Each lane comes back with its
@@ -486,11 +531,11 @@ async fn read_batch<N: Net, C: Clock>(
     let request = Encoded::new(ReadBatch {
         reads: lanes
             .iter()
-            .map(|(group, _, client, _, command)| ClientRequest {
-                group: *group,
-                command: command.clone(),
+            .map(|lane| ClientRequest {
+                group: lane.group,
+                command: lane.command.clone(),
                 session: None,
-                epoch: client.epoch(),
+                epoch: lane.client.epoch(),
             })
             .collect(),
     });
@@ -501,8 +546,8 @@ async fn read_batch<N: Net, C: Clock>(
             // The node may be gone or cut off: each group's client looks for its leader
             // afresh, as after a failed request of its own, rather than waiting on the same
             // node a second time.
-            for (_, _, client, _, _) in &mut lanes {
-                client.set_leader_hint(None);
+            for lane in &mut lanes {
+                lane.client.set_leader_hint(None);
             }
             Vec::new()
         }

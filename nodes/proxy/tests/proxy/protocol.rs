@@ -67,6 +67,23 @@ fn connect(proxy: &Arc<Proxy<TcpNet, TokioClock>>) -> (DuplexStream, Task) {
     connect_with(proxy, 1 << 16)
 }
 
+/// A connection over an in-memory pipe, as from `peer` to the proxy's `local` address.
+fn connect_from(
+    proxy: &Arc<Proxy<TcpNet, TokioClock>>,
+    peer: &str,
+    local: &str,
+) -> (DuplexStream, Task) {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let proxy = proxy.clone();
+    let endpoints = Some(larder_core::env::Endpoints {
+        peer: peer.parse().expect("peer address"),
+        local: local.parse().expect("local address"),
+        fd: None,
+    });
+    let task = tokio::spawn(async move { proxy.connection_from(server, endpoints).await });
+    (client, task)
+}
+
 /// A connection over an in-memory pipe holding at most `capacity` bytes each way.
 fn connect_with(proxy: &Arc<Proxy<TcpNet, TokioClock>>, capacity: usize) -> (DuplexStream, Task) {
     let (client, server) = tokio::io::duplex(capacity);
@@ -782,22 +799,9 @@ async fn client_libraries_connect_time_setinfo_is_taken() {
 
 #[tokio::test]
 async fn client_list_info_and_kill_see_every_connection_with_its_addresses() {
-    use larder_core::env::Endpoints;
     let proxy = proxy(None);
-    let at = |peer: &str| Endpoints {
-        peer: peer.parse().unwrap(),
-        local: "127.0.0.1:6380".parse().unwrap(),
-        fd: None,
-    };
-    let open = |peer: &str| {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let serving = proxy.clone();
-        let endpoints = Some(at(peer));
-        let task = tokio::spawn(async move { serving.connection_from(server, endpoints).await });
-        (client, task)
-    };
-    let (mut a, _a_task) = open("127.0.0.1:40001");
-    let (mut b, b_task) = open("127.0.0.1:40002");
+    let (mut a, _a_task) = connect_from(&proxy, "127.0.0.1:40001", "127.0.0.1:6380");
+    let (mut b, b_task) = connect_from(&proxy, "127.0.0.1:40002", "127.0.0.1:6380");
     exchange(&mut b, b"CLIENT SETNAME bee\r\nMULTI\r\nPING\r\n").await;
     let own = exchange(&mut a, b"CLIENT INFO\r\n").await;
     assert!(
@@ -845,17 +849,8 @@ async fn client_list_info_and_kill_see_every_connection_with_its_addresses() {
 
 #[tokio::test]
 async fn a_cluster_client_learns_one_master_holding_every_slot_where_it_connected() {
-    use larder_core::env::Endpoints;
     let proxy = proxy(None);
-    let (client, server) = tokio::io::duplex(1 << 16);
-    let serving = proxy.clone();
-    let endpoints = Some(Endpoints {
-        peer: "10.0.0.7:51000".parse().unwrap(),
-        local: "10.0.0.1:7000".parse().unwrap(),
-        fd: None,
-    });
-    let _task = tokio::spawn(async move { serving.connection_from(server, endpoints).await });
-    let mut c = client;
+    let (mut c, _task) = connect_from(&proxy, "10.0.0.7:51000", "10.0.0.1:7000");
     let slots = exchange(&mut c, b"CLUSTER SLOTS\r\n").await;
     assert!(
         slots.starts_with("*1\r\n*3\r\n:0\r\n:16383\r\n*4\r\n$8\r\n10.0.0.1\r\n:7000\r\n$40\r\n"),

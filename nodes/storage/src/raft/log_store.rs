@@ -56,14 +56,7 @@ impl SavedVotes {
     /// Whether this replica's vote for `group` is for `leader` in `term` (committed or not:
     /// either way it has voted for no later leader).
     pub fn holds(&self, group: GroupId, term: u64, leader: NodeId) -> bool {
-        self.votes
-            .lock()
-            .expect("votes lock")
-            .get(&group)
-            .is_some_and(|vote| {
-                let id = vote.leader_id();
-                id.term == term && id.node_id == leader
-            })
+        self.leader(group) == Some((term, leader))
     }
 
     /// The leader this replica's saved vote for `group` is for: `(term, node)`.
