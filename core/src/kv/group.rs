@@ -48,8 +48,8 @@ enum ReadKind {
 pub const SCAN_COUNT_MAX: u64 = 100_000;
 
 impl GroupRead {
-    /// Starts `KEYS pattern` or `DBSIZE` at `now_ms` (expired records awaiting removal do not
-    /// count). A `KEYS` reply longer than `keys_max` is refused, as a bound on the reply's
+    /// Starts `KEYS pattern`, a `SCAN` step or `DBSIZE` at `now_ms` (expired records awaiting
+    /// removal do not count). A `KEYS` reply longer than `keys_max` is refused, as a bound on the reply's
     /// memory. Any other command answers its error reply.
     pub fn new(command: &Command, now_ms: u64, keys_max: usize) -> Result<GroupRead, Reply> {
         let kind = match command {
@@ -159,9 +159,8 @@ fn of_kind(kind: &Option<Bytes>, record: &Record) -> bool {
 
 /// Applies a [`Scope::Group`] command at `now_ms` to every record of a slot group held in
 /// memory, given in key order: `KEYS`, `SCAN` and `DBSIZE` through [`GroupRead`] (`KEYS`
-/// unbounded), `FLUSHALL`
-/// as `OK` and a delete for every record, expired ones included. Any other command answers an
-/// error and changes nothing.
+/// unbounded), `FLUSHALL` as `OK` and a delete for every record, expired ones included. Any
+/// other command answers an error and changes nothing.
 pub fn execute_group<'a>(
     command: &Command,
     now_ms: u64,
