@@ -929,3 +929,38 @@ async fn monitor_shows_what_ran_in_order_with_secrets_redacted_until_quit() {
     // Nobody monitors: pipelines run again.
     exchange(&mut c, b"PING\r\n").await;
 }
+
+#[tokio::test]
+async fn a_monitor_that_falls_its_backlog_behind_is_disconnected_and_counted() {
+    let proxy = proxy(None);
+    // A pipe of 256 bytes the test does not read from until the end: however the tasks are
+    // scheduled, the monitor cannot take the lines as fast as the other connection makes
+    // them (its writer waits on the full pipe, or it is not polled before the backlog fills).
+    let (mut monitor, monitor_task) = connect_with(&proxy, 256);
+    monitor.write_all(b"MONITOR\r\n").await.expect("write");
+    let mut ok = [0u8; 5];
+    monitor.read_exact(&mut ok).await.expect("the +OK");
+    assert_eq!(&ok, b"+OK\r\n");
+    let (mut c, _task) = connect(&proxy);
+    let commands = larder_proxy::MONITOR_BACKLOG + 1_000;
+    let replies = exchange(&mut c, "PING\r\n".repeat(commands).as_bytes()).await;
+    assert_eq!(replies.matches("+PONG").count(), commands);
+    // The monitor's next wait for a line (once reading frees its writer, if it is waiting
+    // there) finds it fell too far behind, and its connection ends without the backlog:
+    // fewer lines than commands arrive.
+    let mut shown = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), monitor.read_to_end(&mut shown))
+        .await
+        .expect("the monitor's connection ends")
+        .expect("read");
+    tokio::time::timeout(Duration::from_secs(5), monitor_task)
+        .await
+        .expect("the monitor's task ends")
+        .expect("task")
+        .expect("a clean close");
+    assert_eq!(proxy.stats().monitors_dropped, 1);
+    let lines = String::from_utf8_lossy(&shown).lines().count();
+    assert!(lines < commands, "{lines} lines of {commands} commands");
+    // The proxy goes on serving.
+    assert_eq!(exchange(&mut c, b"PING\r\n").await, "+PONG\r\n");
+}
