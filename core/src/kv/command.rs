@@ -216,7 +216,8 @@ pub enum Command {
     /// One step of `SCAN` in a slot group ([`Scope::Group`]; the proxy keeps the cursor): the
     /// live keys after `after` (from the group's first key when empty), in key order, matching
     /// `pattern` and of type `kind` if given, looking at no more than `count` live keys. The
-    /// reply is `[last key looked at, or nil when the group has no more, [matching keys]]`.
+    /// reply is `[last key looked at, or nil when the group has no more, [matching keys], live
+    /// keys looked at]`.
     /// Last of the variants so that the encoding of every older one is unchanged.
     Scan {
         after: Bytes,

@@ -125,6 +125,7 @@ impl GroupRead {
                     return Err(Reply::Array(vec![
                         Reply::Bulk(key.clone()),
                         Reply::Array(std::mem::take(keys)),
+                        Reply::Int(i64::try_from(*looked).unwrap_or(i64::MAX)),
                     ]));
                 }
             }
@@ -145,7 +146,11 @@ impl GroupRead {
     pub fn finish(self) -> Reply {
         match self.kind {
             ReadKind::Keys { keys, .. } => Reply::Array(keys),
-            ReadKind::Scan { keys, .. } => Reply::Array(vec![Reply::Nil, Reply::Array(keys)]),
+            ReadKind::Scan { keys, looked, .. } => Reply::Array(vec![
+                Reply::Nil,
+                Reply::Array(keys),
+                Reply::Int(i64::try_from(looked).unwrap_or(i64::MAX)),
+            ]),
             ReadKind::DbSize { count } => Reply::Int(count),
         }
     }
@@ -240,10 +245,12 @@ mod tests {
             let Reply::Array(parts) = execute_group(&command, 100, state).reply else {
                 panic!("a scan step answers an array");
             };
-            let [next, Reply::Array(keys)] = <[Reply; 2]>::try_from(parts).expect("two parts")
+            let [next, Reply::Array(keys), Reply::Int(looked)] =
+                <[Reply; 3]>::try_from(parts).expect("three parts")
             else {
-                panic!("the keys are an array");
+                panic!("the keys are an array, the keys looked at a count");
             };
+            assert!(keys.len() as i64 <= looked && looked as u64 <= count.max(1));
             steps.push(keys);
             match next {
                 Reply::Nil => return steps,

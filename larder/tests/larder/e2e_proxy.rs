@@ -242,6 +242,15 @@ fn strings_hashes_and_keyspace_commands_through_the_proxy() {
     every.sort();
     assert_eq!(every.len(), size as usize, "{every:?}");
     assert!(steps > size, "{steps} steps for {size} keys");
+    // A count past the database: every group in one call, which ends the iteration.
+    let (next, mut all): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(1000)
+        .query(&mut c)
+        .expect("scan all");
+    all.sort();
+    assert_eq!((next, all), (0, every.clone()));
     // A step may be repeated (its cursor is not used up); a cursor never handed out is refused.
     let (first, _): (u64, Vec<String>) = redis::cmd("SCAN")
         .arg(0)

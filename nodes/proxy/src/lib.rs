@@ -1955,9 +1955,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         Frame::Null
     }
 
-    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`: one step in one slot group, from
-    /// where the cursor stands ([`scan`]), looking at no more than `COUNT` keys; groups in
-    /// the order of their ids, each from its first key.
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`: steps through the slot groups from
+    /// where the cursor stands ([`scan`]), looking at no more than `COUNT` keys in all;
+    /// groups in the order of their ids, each from its first key.
     async fn scan(&self, session: &mut Session<N, C>, args: &[Bytes]) -> Frame {
         if args.len() < 2 || !args.len().is_multiple_of(2) {
             return arity("scan");
@@ -2009,29 +2009,58 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 })
             }
         };
-        let Some(scan::Position { group, after }) = start else {
+        let Some(scan::Position {
+            mut group,
+            mut after,
+        }) = start
+        else {
             return done();
         };
-        let step = Command::Scan {
-            after,
-            pattern,
-            kind,
-            count,
-        };
-        let (last, keys) = match session.client.execute_in(group, step).await {
-            Ok(Reply::Array(parts)) => match <[Reply; 2]>::try_from(parts) {
-                Ok([last, Reply::Array(keys)]) => (last, keys),
-                _ => return error("ERR internal: a SCAN step answered out of shape"),
-            },
-            Ok(other) => return Frame::from(&other),
-            Err(e) => return client_error(e, &self.config.bugs),
-        };
-        let next = match last {
-            Reply::Bulk(last) => Some(scan::Position { group, after: last }),
-            _ => first_after(group).map(|group| scan::Position {
-                group,
-                after: Bytes::new(),
-            }),
+        // A group that ends before the step has looked at `COUNT` keys hands the rest of the
+        // count to the next group, so a small database answers in one call, as Redis's does.
+        let mut found: Vec<Reply> = Vec::new();
+        let mut budget = count;
+        let next = loop {
+            let step = Command::Scan {
+                after,
+                pattern: pattern.clone(),
+                kind: kind.clone(),
+                count: budget,
+            };
+            let (last, keys, looked) = match session.client.execute_in(group, step).await {
+                Ok(Reply::Array(parts)) => match <[Reply; 3]>::try_from(parts) {
+                    Ok([last, Reply::Array(keys), Reply::Int(looked)]) => (last, keys, looked),
+                    _ => return error("ERR internal: a SCAN step answered out of shape"),
+                },
+                // A later group failing ends the call with what it found; the next call
+                // starts at that group and reports its error.
+                Ok(_) | Err(_) if !found.is_empty() || budget < count => {
+                    break Some(scan::Position {
+                        group,
+                        after: Bytes::new(),
+                    });
+                }
+                Ok(other) => return Frame::from(&other),
+                Err(e) => return client_error(e, &self.config.bugs),
+            };
+            found.extend(keys);
+            if let Reply::Bulk(last) = last {
+                break Some(scan::Position { group, after: last });
+            }
+            budget = budget.saturating_sub(u64::try_from(looked).unwrap_or(0));
+            match first_after(group) {
+                None => break None,
+                Some(next) if budget == 0 => {
+                    break Some(scan::Position {
+                        group: next,
+                        after: Bytes::new(),
+                    });
+                }
+                Some(next) => {
+                    group = next;
+                    after = Bytes::new();
+                }
+            }
         };
         let cursor = match next {
             None => 0,
@@ -2047,7 +2076,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         };
         Frame::Array(Some(vec![
             bulk(cursor.to_string()),
-            Frame::Array(Some(keys.iter().map(Frame::from).collect())),
+            Frame::Array(Some(found.iter().map(Frame::from).collect())),
         ]))
     }
 

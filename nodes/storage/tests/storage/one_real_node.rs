@@ -973,8 +973,10 @@ fn a_scan_step_starts_after_its_key_and_stops_at_its_count_across_pages() {
         let ClientResponse::Reply(Reply::Array(parts)) = node.execute(command) else {
             panic!("a scan step answers an array");
         };
-        let [last, Reply::Array(found)] = <[Reply; 2]>::try_from(parts).expect("two parts") else {
-            panic!("the keys are an array");
+        let [last, Reply::Array(found), Reply::Int(_looked)] =
+            <[Reply; 3]>::try_from(parts).expect("three parts")
+        else {
+            panic!("the keys are an array, the keys looked at a count");
         };
         (last, found)
     };
