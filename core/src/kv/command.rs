@@ -214,17 +214,43 @@ pub enum Command {
         watched: Vec<(Bytes, u64)>,
     },
     /// One step of `SCAN` in a slot group ([`Scope::Group`]; the proxy keeps the cursor): the
-    /// live keys after `after` (from the group's first key when empty), in key order, matching
-    /// `pattern` and of type `kind` if given, looking at no more than `count` live keys. The
-    /// reply is `[last key looked at, or nil when the group has no more, [matching keys], live
-    /// keys looked at]`.
+    /// live keys from `from` on (at it or past it: the empty string starts at the group's
+    /// first key, and [`past`]`(last)` goes on after the last key a step looked at), in key
+    /// order, matching `pattern` and of type `kind` if given, looking at no more than `count`
+    /// live keys. The reply is `[last key looked at, or nil when the group has no more,
+    /// [matching keys], live keys looked at]`.
     /// Last of the variants so that the encoding of every older one is unchanged.
     Scan {
-        after: Bytes,
+        from: Bytes,
         pattern: Bytes,
         kind: Option<Bytes>,
         count: u64,
     },
+    /// One step of `HSCAN`, `SSCAN` or `ZSCAN` (the proxy keeps the cursor): the elements of
+    /// the collection at `key`, which must be of `kind` (`WRONGTYPE` otherwise), from element
+    /// `from` on (at it or past it, as for [`Command::Scan`]), in element order, matching
+    /// `pattern`, looking at no more than `count` elements; all of them when the collection
+    /// holds at most [`super::elements::SMALL_SCAN_LEN`], as Redis answers a small collection
+    /// in one step. The reply is `[last element looked at, or nil when there are no more,
+    /// [each element, followed by a hash field's value or a sorted set member's score]]`.
+    /// After [`Command::Scan`] so that the encoding of every older variant is unchanged.
+    ElementScan {
+        key: Bytes,
+        kind: super::elements::Kind,
+        from: Bytes,
+        pattern: Bytes,
+        count: u64,
+    },
+}
+
+/// The first byte string past `key` in byte order (`key` followed by a zero byte): where a
+/// scan that looked at `key` last goes on. A position is inclusive so that the empty string,
+/// a valid key and element, is not also the mark for "from the start".
+pub fn past(key: &[u8]) -> Bytes {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    Bytes::from(next)
 }
 
 /// What a command acts on.
@@ -636,6 +662,7 @@ impl Command {
                 | Command::Type { .. }
                 | Command::Keys { .. }
                 | Command::Scan { .. }
+                | Command::ElementScan { .. }
                 | Command::DbSize
                 | Command::Versions { .. }
         )
@@ -687,6 +714,7 @@ impl Command {
             | Command::HIncrBy { key, .. }
             | Command::Append { key, .. }
             | Command::Persist { key }
+            | Command::ElementScan { key, .. }
             | Command::Type { key } => smallvec::smallvec![key],
             Command::Del { keys } | Command::Exists { keys } | Command::MGet { keys } => {
                 keys.iter().collect()
@@ -743,6 +771,13 @@ impl Command {
             Command::Type { .. } => "type",
             Command::Keys { .. } => "keys",
             Command::Scan { .. } => "scan",
+            Command::ElementScan { kind, .. } => match kind {
+                super::elements::Kind::Hash => "hscan",
+                super::elements::Kind::Set => "sscan",
+                super::elements::Kind::ZSet => "zscan",
+                // Never built: a list has no scan (the step answers an error).
+                super::elements::Kind::List => "lscan",
+            },
             Command::DbSize => "dbsize",
             Command::FlushAll => "flushall",
             Command::Persist { .. } => "persist",

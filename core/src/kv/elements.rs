@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::list::{End, ListCommand};
 use super::zset::{Score, ZSet};
-use super::{Command, KeyCommand, RecordError, SetCommand, Value, ZSetCommand};
+use super::{Command, KeyCommand, RecordError, Reply, SetCommand, Value, ZSetCommand};
 
 /// A type of value kept element by element. Stored in headers: new kinds go at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,6 +338,90 @@ pub enum Access<'a> {
     /// A window of a list (a key of another type is given no elements: the command answers
     /// `WRONGTYPE`).
     Window(Window),
+    /// A run of a hash's, set's or sorted set's elements in element order: those from `from`
+    /// on (at it or past it), [`scan_rows`]`(len, count)` of them (a list is given an empty
+    /// window). What a step of `HSCAN`, `SSCAN` or `ZSCAN` looks at.
+    Run { from: &'a Bytes, count: u64 },
+}
+
+/// A collection of at most this many elements is scanned in one step, whatever the `COUNT`:
+/// Redis answers a collection small enough for its compact encodings (128 entries by
+/// default) in one step, and clients that once saw that are spared a round trip.
+pub const SMALL_SCAN_LEN: u64 = 128;
+
+/// How many elements a scan step of `count` looks at in a collection of `len`: all of them
+/// (`u64::MAX`) when it is small ([`SMALL_SCAN_LEN`]), else `count` within
+/// `1..=`[`SCAN_COUNT_MAX`](super::SCAN_COUNT_MAX).
+pub fn scan_rows(len: u64, count: u64) -> u64 {
+    if len <= SMALL_SCAN_LEN {
+        u64::MAX
+    } else {
+        count.clamp(1, super::SCAN_COUNT_MAX)
+    }
+}
+
+/// A step of `HSCAN`, `SSCAN` or `ZSCAN` ([`Command::ElementScan`]) on the collection at `key`,
+/// whole or loaded as its [`Access::Run`]: both give the same elements, since the run holds
+/// the first [`scan_rows`] from `from` on, and the true length decides how many that is.
+pub(super) fn element_scan(
+    view: &super::execute::View<'_>,
+    key: &Bytes,
+    kind: Kind,
+    from: &Bytes,
+    pattern: &Bytes,
+    count: u64,
+) -> Reply {
+    let Some(record) = view.get(key) else {
+        return Reply::Array(vec![Reply::Nil, Reply::Array(Vec::new())]);
+    };
+    if kind == Kind::List {
+        return Reply::error("ERR a list has no element scan");
+    }
+    if Kind::of(&record.value) != Some(kind) {
+        return Reply::error(super::WRONGTYPE);
+    }
+    let glob = super::Glob::new(pattern);
+    let take = scan_rows(view.len_of(key), count);
+    let run: Box<dyn Iterator<Item = (&Bytes, Option<Bytes>)>> = match &record.value {
+        Value::Hash(fields) => Box::new(
+            fields
+                .range::<Bytes, _>(from..)
+                .map(|(field, value)| (field, Some(value.clone()))),
+        ),
+        Value::Set(members) => Box::new(
+            members
+                .range::<Bytes, _>(from..)
+                .map(|member| (member, None)),
+        ),
+        Value::ZSet(set) => Box::new(
+            set.by_member()
+                .skip_while(|(member, _)| *member < from)
+                .map(|(member, score)| {
+                    // ZSCAN answers scores as bulk strings in both protocols.
+                    let score = crate::resp::format_double(score.get());
+                    (member, Some(Bytes::from(score)))
+                }),
+        ),
+        Value::List(_) | Value::Str(_) => unreachable!("the kind was checked"),
+    };
+    let mut looked = 0;
+    let mut last = None;
+    let mut items = Vec::new();
+    for (element, extra) in run.take(usize::try_from(take).unwrap_or(usize::MAX)) {
+        looked += 1;
+        last = Some(element);
+        if glob.matches(element) {
+            items.push(Reply::Bulk(element.clone()));
+            items.extend(extra.map(Reply::Bulk));
+        }
+    }
+    // A step that looked at all it could may have left elements: the client goes on past the
+    // last one (and may find none).
+    let next = match last {
+        Some(last) if looked == take => Reply::Bulk(last.clone()),
+        _ => Reply::Nil,
+    };
+    Reply::Array(vec![next, Reply::Array(items)])
 }
 
 impl Access<'_> {
@@ -417,6 +501,15 @@ impl Command {
                 ZSetCommand::Card { key } => headers(vec![key]),
                 _ => None,
             },
+            Command::ElementScan {
+                key, from, count, ..
+            } => Some(vec![(
+                key,
+                Access::Run {
+                    from,
+                    count: *count,
+                },
+            )]),
             Command::KeyOp(command) => match command {
                 KeyCommand::Expire { key, .. }
                 | KeyCommand::ExpireTime { key, .. }
@@ -507,6 +600,105 @@ mod tests {
         }
         let error = from_rows(Kind::ZSet, [(b("m"), b("short"))]).expect_err("bad score");
         assert!(error.to_string().contains("5 bytes"), "{error}");
+    }
+
+    #[test]
+    fn an_element_scan_steps_through_a_large_collection_bounded_and_a_small_one_at_once() {
+        let mut zset = ZSet::default();
+        let mut state = BTreeMap::new();
+        let mut hash = BTreeMap::new();
+        let mut set = BTreeSet::new();
+        for i in 0..300 {
+            let element = b(&format!("e{i:03}"));
+            hash.insert(element.clone(), b(&format!("v{i}")));
+            set.insert(element.clone());
+            zset.insert(element, Score::new(f64::from(i) / 2.0).expect("score"));
+        }
+        // The empty string is an element like any other, first in element order.
+        set.insert(Bytes::new());
+        let record = |value| Record {
+            value,
+            expires_at_ms: None,
+        };
+        state.insert(b("h"), record(Value::Hash(hash)));
+        state.insert(b("s"), record(Value::Set(set)));
+        state.insert(b("z"), record(Value::ZSet(zset)));
+        state.insert(
+            b("small"),
+            record(Value::Set(BTreeSet::from([b("x"), b("y")]))),
+        );
+        let step = |key: &str, kind: Kind, from: &Bytes, pattern: &str, count: u64| {
+            let command = Command::ElementScan {
+                key: b(key),
+                kind,
+                from: from.clone(),
+                pattern: b(pattern),
+                count,
+            };
+            let whole = execute(&command, 1_000, &state).reply;
+            let (loaded, partial) = load_part(&command, &state);
+            let part = execute_elements(&command, 1_000, &loaded, &partial).reply;
+            assert_eq!(
+                whole, part,
+                "the run loaded answers as the whole collection"
+            );
+            let Reply::Array(parts) = whole else {
+                return Err(whole);
+            };
+            let [last, Reply::Array(items)] = <[Reply; 2]>::try_from(parts).expect("two parts")
+            else {
+                panic!("the items are an array");
+            };
+            Ok((last, items))
+        };
+        let walk = |key: &str, kind: Kind, pattern: &str, count: u64, width: usize| {
+            let mut from = Bytes::new();
+            let mut seen = Vec::new();
+            let mut steps = 0;
+            loop {
+                let (last, items) = step(key, kind, &from, pattern, count).expect("a step");
+                assert!(items.len() <= count as usize * width, "a bounded step");
+                seen.extend(items);
+                steps += 1;
+                match last {
+                    Reply::Nil => return (seen, steps),
+                    Reply::Bulk(last) => from = super::super::past(&last),
+                    other => panic!("unexpected last {other:?}"),
+                }
+            }
+        };
+        // Every field once with its value, in steps of at most seven.
+        let (seen, steps) = walk("h", Kind::Hash, "*", 7, 2);
+        assert_eq!(seen.len(), 600);
+        assert_eq!(steps, 300 / 7 + 1);
+        assert_eq!(seen[..2], [Reply::Bulk(b("e000")), Reply::Bulk(b("v0"))]);
+        // Every member once, the empty one included (a step may stop at it).
+        let (seen, _) = walk("s", Kind::Set, "*", 1, 1);
+        assert_eq!(seen.len(), 301);
+        assert_eq!(seen[0], Reply::Bulk(Bytes::new()));
+        // Scores as Redis formats them; MATCH filters what a step returns, not what it looks at.
+        let (seen, steps) = walk("z", Kind::ZSet, "e29?", 50, 2);
+        // Six full steps, and one that finds the end (the sixth cannot know it was last).
+        assert_eq!(steps, 7);
+        assert_eq!(seen.len(), 20);
+        assert_eq!(
+            seen[2..4],
+            [Reply::Bulk(b("e291")), Reply::Bulk(b("145.5"))]
+        );
+        // A small collection in one step whatever the count; a missing key: nothing, done.
+        assert_eq!(
+            step("small", Kind::Set, &Bytes::new(), "*", 1),
+            Ok((Reply::Nil, vec![Reply::Bulk(b("x")), Reply::Bulk(b("y"))]))
+        );
+        assert_eq!(
+            step("nothing", Kind::Hash, &Bytes::new(), "*", 1),
+            Ok((Reply::Nil, vec![]))
+        );
+        // Another type: WRONGTYPE.
+        assert_eq!(
+            step("s", Kind::Hash, &Bytes::new(), "*", 10),
+            Err(Reply::error(super::super::WRONGTYPE))
+        );
     }
 
     #[test]
@@ -616,7 +808,7 @@ mod tests {
         let element = prop::sample::select(vec!["a", "b", "c", "d", "e"]);
         let value = prop::sample::select(vec!["1", "-7", "x", "2.5", ""]);
         (
-            0..46u8,
+            0..47u8,
             key,
             prop::collection::vec((element, value), 1..4),
             0..4u8,
@@ -727,9 +919,39 @@ mod tests {
                     42 => line("LREM", vec![(flag as i64 - 1).to_string(), first]),
                     43 => line("LINSERT", vec!["BEFORE".into(), first, first_value]),
                     44 => line("LTRIM", vec!["1".into(), "-2".into()]),
+                    // A scan step (built by the proxy, so spelled here: see `parse_line`).
+                    45 => line(
+                        "ESCAN",
+                        vec![
+                            if flag == 0 { String::new() } else { first },
+                            ["*", "a*", "[bc]", "*e"][flag as usize].into(),
+                            (flag + 1).to_string(),
+                        ],
+                    ),
                     _ => line("RPUSHX", names),
                 }
             })
+    }
+
+    /// A command line of [`command_line`]: Redis's syntax, or `ESCAN key from pattern count`
+    /// for a step of [`Command::ElementScan`] of the key's kind (named by its first letter).
+    fn parse_line(args: &[Bytes]) -> Option<Command> {
+        if args[0].as_ref() != b"ESCAN" {
+            return Command::parse(args).ok();
+        }
+        let kind = match args[1].as_ref() {
+            b"s" => Kind::Set,
+            b"z" => Kind::ZSet,
+            b"l" => Kind::List,
+            _ => Kind::Hash,
+        };
+        Some(Command::ElementScan {
+            key: args[1].clone(),
+            kind,
+            from: args[2].clone(),
+            pattern: args[3].clone(),
+            count: std::str::from_utf8(&args[4]).ok()?.parse().ok()?,
+        })
     }
 
     /// What a node loads for `command` from the whole state: the named elements only (a
@@ -754,7 +976,17 @@ mod tests {
                     let part = items.range(first as usize..end as usize).cloned().collect();
                     (Value::List(part), first)
                 }
-                (Value::List(_), Access::Named(_)) => (Value::List(VecDeque::new()), 0),
+                (Value::List(_), Access::Named(_) | Access::Run { .. }) => {
+                    (Value::List(VecDeque::new()), 0)
+                }
+                (_, Access::Run { from, count }) => {
+                    let take = scan_rows(len_of(&record.value), *count);
+                    let rows = rows_of(&record.value)
+                        .into_iter()
+                        .filter(|(element, _)| element >= *from)
+                        .take(usize::try_from(take).unwrap_or(usize::MAX));
+                    (from_rows(kind, rows).expect("rows decode"), 0)
+                }
                 _ => {
                     let rows = rows_of(&record.value)
                         .into_iter()
@@ -896,7 +1128,7 @@ mod tests {
             for (step, line) in lines.iter().enumerate() {
                 let now_ms = 1_000 + step as u64 * 7;
                 let args: Vec<Bytes> = line.iter().map(|a| Bytes::from(a.clone())).collect();
-                let Ok(command) = Command::parse(&args) else { continue };
+                let Some(command) = parse_line(&args) else { continue };
                 let expected = execute(&command, now_ms, &whole);
                 let (loaded, partial) = load_part(&command, &parts);
                 let got = execute_elements(&command, now_ms, &loaded, &partial);

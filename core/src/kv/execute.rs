@@ -378,6 +378,13 @@ fn apply(command: &Command, view: &mut View<'_>) -> Reply {
         Command::HIncrBy { key, field, delta } => {
             hincr_by(view, key, field, *delta).unwrap_or_else(|error| error)
         }
+        Command::ElementScan {
+            key,
+            kind,
+            from,
+            pattern,
+            count,
+        } => super::elements::element_scan(view, key, *kind, from, pattern, *count),
         Command::Keys { .. } | Command::Scan { .. } | Command::DbSize | Command::FlushAll => {
             Reply::error(format!(
                 "ERR '{}' acts on a whole slot group and cannot be executed on single keys",

@@ -29,7 +29,7 @@ enum ReadKind {
         kind: Option<Bytes>,
         keys: Vec<Reply>,
     },
-    /// A `SCAN` step: like `Keys`, from after `after`, stopping once `count` live keys were
+    /// A `SCAN` step: like `Keys`, from `from` on, stopping once `count` live keys were
     /// looked at.
     Scan {
         glob: Glob,
@@ -134,10 +134,11 @@ impl GroupRead {
         Ok(())
     }
 
-    /// Where a `SCAN` step starts: after this key (empty: at the group's first key).
-    pub fn scan_after(command: &Command) -> Option<&Bytes> {
+    /// Where a `SCAN` step starts: at this key or the first past it (empty: at the group's
+    /// first key, the same).
+    pub fn scan_from(command: &Command) -> Option<&Bytes> {
         match command {
-            Command::Scan { after, .. } if !after.is_empty() => Some(after),
+            Command::Scan { from, .. } if !from.is_empty() => Some(from),
             _ => None,
         }
     }
@@ -180,11 +181,11 @@ pub fn execute_group<'a>(
                 .collect(),
         };
     }
-    let after = GroupRead::scan_after(command);
+    let from = GroupRead::scan_from(command);
     let reply = match GroupRead::new(command, now_ms, usize::MAX) {
         Ok(mut read) => records
             .into_iter()
-            .filter(|(key, _)| after.is_none_or(|after| *key > after))
+            .filter(|(key, _)| from.is_none_or(|from| *key >= from))
             .try_for_each(|(key, record)| read.feed(key, record))
             .map_or_else(|stop| stop, |()| read.finish()),
         Err(reply) => reply,
@@ -233,11 +234,11 @@ mod tests {
         kind: Option<&str>,
         count: u64,
     ) -> Vec<Vec<Reply>> {
-        let mut after = Bytes::new();
+        let mut from = Bytes::new();
         let mut steps = Vec::new();
         loop {
             let command = Command::Scan {
-                after: after.clone(),
+                from: from.clone(),
                 pattern: b(pattern),
                 kind: kind.map(b),
                 count,
@@ -255,8 +256,8 @@ mod tests {
             match next {
                 Reply::Nil => return steps,
                 Reply::Bulk(last) => {
-                    assert!(last > after, "every step moves on");
-                    after = last;
+                    assert!(last >= from, "every step moves on");
+                    from = crate::kv::past(&last);
                 }
                 other => panic!("unexpected cursor {other:?}"),
             }
@@ -288,6 +289,13 @@ mod tests {
             vec![Reply::Bulk(b("user:1")), Reply::Bulk(b("user:2"))]
         );
         assert!(keys(scan_steps(&state, "*", Some("zset"), 1)).is_empty());
+        // The empty string is a key like any other: a step that stops at it is not taken for
+        // the start again (the position past it is inclusive, `past`).
+        let mut with_empty = state.clone();
+        with_empty.insert(Bytes::new(), Record::string("e"));
+        let mut everything = vec![Reply::Bulk(Bytes::new())];
+        everything.extend(all.iter().cloned());
+        assert_eq!(keys(scan_steps(&with_empty, "*", None, 1)), everything);
         // A huge COUNT is cut to the bound.
         let mut big = BTreeMap::new();
         for i in 0..SCAN_COUNT_MAX + 5 {

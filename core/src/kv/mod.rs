@@ -21,7 +21,7 @@ mod set;
 mod string;
 mod zset;
 
-pub use command::{Command, CommandError, Expiry, Scope, SetCondition};
+pub use command::{Command, CommandError, Expiry, Scope, SetCondition, past};
 pub use execute::{Outcome, execute, execute_elements};
 pub use glob::{Glob, glob_match};
 pub use group::{GroupRead, SCAN_COUNT_MAX, execute_group};

@@ -103,14 +103,18 @@ pub enum SetCommand {
         keys: Vec<Bytes>,
         limit: u64,
     },
-    /// `SSCAN key cursor [MATCH pattern] [COUNT count]`; the options are checked when executed,
-    /// after the key's type, as Redis does.
+    /// `SSCAN key cursor [MATCH pattern] [COUNT count]` with a cursor of positions in a hash
+    /// order, as it was parsed before the proxy kept the cursors and sent steps of
+    /// [`Command::ElementScan`](super::Command::ElementScan): no longer built, kept so that log
+    /// entries holding one (inside a transaction) decode and execute as they did, and the
+    /// variants after it keep their encoding.
     SScan {
         key: Bytes,
         cursor: u64,
         options: Vec<Bytes>,
     },
-    /// `HSCAN key cursor [MATCH pattern] [COUNT count]`.
+    /// `HSCAN key cursor [MATCH pattern] [COUNT count]`, as [`SetCommand::SScan`]: no longer
+    /// built.
     HScan {
         key: Bytes,
         cursor: u64,
@@ -153,8 +157,6 @@ const NAMES: &[&str] = &[
     "sunionstore",
     "sdiffstore",
     "sintercard",
-    "sscan",
-    "hscan",
     "hrandfield",
     "hincrbyfloat",
     "hmset",
@@ -185,32 +187,6 @@ fn bound_picks(count: i64) -> Result<i64, CommandError> {
     } else {
         Ok(count)
     }
-}
-
-/// `strtoul` as Redis's `parseScanCursorOrReply` uses it: optional sign (a negative cursor
-/// wraps), decimal digits, nothing else; the empty text is cursor 0.
-fn parse_cursor(arg: &[u8]) -> Result<u64, CommandError> {
-    let invalid = || message("ERR invalid cursor");
-    if arg.is_empty() {
-        return Ok(0);
-    }
-    let (negative, digits) = match arg[0] {
-        b'-' => (true, &arg[1..]),
-        b'+' => (false, &arg[1..]),
-        _ => (false, arg),
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(invalid());
-    }
-    let value = digits.iter().try_fold(0u64, |acc, digit| {
-        acc.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
-    });
-    let value = value.ok_or_else(invalid)?;
-    Ok(if negative {
-        value.wrapping_neg()
-    } else {
-        value
-    })
 }
 
 impl SetCommand {
@@ -348,24 +324,6 @@ impl SetCommand {
                 SetCommand::SInterCard {
                     keys: keys.to_vec(),
                     limit,
-                }
-            }
-            "sscan" | "hscan" => {
-                arity(rest.len() >= 2)?;
-                let cursor = parse_cursor(&rest[1])?;
-                let options = rest[2..].to_vec();
-                if name == "sscan" {
-                    SetCommand::SScan {
-                        key: key(),
-                        cursor,
-                        options,
-                    }
-                } else {
-                    SetCommand::HScan {
-                        key: key(),
-                        cursor,
-                        options,
-                    }
                 }
             }
             "hrandfield" => {
@@ -1757,8 +1715,6 @@ mod tests {
             ("sunionstore d a", "sunionstore", true, &["d", "a"]),
             ("sdiffstore d a b", "sdiffstore", true, &["d", "a", "b"]),
             ("sintercard 2 a b limit 3", "sintercard", false, &["a", "b"]),
-            ("sscan s 0 match * count 5", "sscan", false, &["s"]),
-            ("hscan h 0", "hscan", false, &["h"]),
             ("hrandfield h 2 withvalues", "hrandfield", false, &["h"]),
             ("hincrbyfloat h f 1.5", "hincrbyfloat", true, &["h"]),
             ("hmset h f v g w", "hmset", true, &["h"]),
@@ -1784,14 +1740,6 @@ mod tests {
             Ok(Command::SetOp(SetCommand::SInterCard {
                 keys: vec![b("a")],
                 limit: 7
-            }))
-        );
-        assert_eq!(
-            parse("sscan s -1"),
-            Ok(Command::SetOp(SetCommand::SScan {
-                key: b("s"),
-                cursor: u64::MAX,
-                options: vec![]
             }))
         );
         let mut command = SetCommand::HRandField {
@@ -1840,10 +1788,6 @@ mod tests {
             ("sintercard 1 s LIMIT", err("ERR syntax error")),
             ("sintercard 1 s LIMIT -1", err("ERR LIMIT can't be negative")),
             ("sintercard 1 s LIMIT a", err("ERR LIMIT can't be negative")),
-            ("sscan s", arity("sscan")),
-            ("sscan s x", err("ERR invalid cursor")),
-            ("sscan s 18446744073709551616", err("ERR invalid cursor")),
-            ("hscan h 1x", err("ERR invalid cursor")),
             ("hrandfield", arity("hrandfield")),
             ("hrandfield h 1 withvalues x", err("ERR syntax error")),
             ("hrandfield h 1 x", err("ERR syntax error")),
@@ -1863,13 +1807,6 @@ mod tests {
             ("hmset h f v g", arity("hmset")),
         ]);
         assert!(db.state.is_empty());
-        // A cursor with a space in front is refused (Redis checks `isspace` first).
-        let spaced = Command::parse(&[b("sscan"), b("s"), b(" 1")]);
-        assert_eq!(
-            spaced,
-            Err(CommandError::Message("ERR invalid cursor".into()))
-        );
-        assert!(Command::parse(&[b("sscan"), b("s"), b("")]).is_ok());
     }
 
     #[test]
@@ -1952,10 +1889,6 @@ mod tests {
             "sdiff s str",
             "sinterstore d s str",
             "sintercard 2 s str",
-            "sscan str 0",
-            "sscan h 0",
-            "hscan str 0",
-            "hscan s 0",
             "hrandfield str",
             "hrandfield str 3",
             "hincrbyfloat str f 1",
@@ -2218,140 +2151,6 @@ mod tests {
             ("sunionstore set1 set1 set2", int(4)),
             ("smembers set1", strs(&["a", "b", "c", "d"])),
         ]);
-    }
-
-    fn scan_all(db: &mut Db, command: &str, key: &str, extra: &str) -> (Vec<Bytes>, usize) {
-        let mut cursor = "0".to_string();
-        let mut found = Vec::new();
-        let mut calls = 0;
-        loop {
-            calls += 1;
-            assert!(calls < 100_000, "the scan ends");
-            let reply = db.run(&format!("{command} {key} {cursor} {extra}"));
-            let Reply::Array(parts) = reply else {
-                panic!("{reply:?}")
-            };
-            let Reply::Bulk(next) = &parts[0] else {
-                panic!("{parts:?}")
-            };
-            found.extend(Db::sorted(&parts[1]));
-            cursor = String::from_utf8(next.to_vec()).expect("ascii");
-            if cursor == "0" {
-                return (found, calls);
-            }
-        }
-    }
-
-    #[test]
-    fn sscan_pages_and_matches() {
-        let mut db = Db::default();
-        db.check(&[
-            ("sscan nokey 0", Reply::Array(vec![bulk("0"), strs(&[])])),
-            // Options are checked after the key, as in Redis.
-            (
-                "sscan nokey 0 count 0",
-                Reply::Array(vec![bulk("0"), strs(&[])]),
-            ),
-            ("sadd mykey foo fab fiz foobar 1 2 3 4", int(8)),
-            ("sscan mykey 0 count 0", err("ERR syntax error")),
-            ("sscan mykey 0 count x", err(crate::kv::NOT_INTEGER)),
-            ("sscan mykey 0 match", err("ERR syntax error")),
-            ("sscan mykey 0 type string", err("ERR syntax error")),
-        ]);
-        let reply = db.run("sscan mykey 0 MATCH foo* COUNT 10000");
-        let Reply::Array(parts) = &reply else {
-            panic!("{reply:?}")
-        };
-        assert_eq!(parts[0], bulk("0"));
-        assert_eq!(Db::sorted(&parts[1]), vec![b("foo"), b("foobar")]);
-        db.run("del set");
-        db.run("sadd set 1 a");
-        let (found, _) = scan_all(&mut db, "sscan", "set", "MATCH *a* COUNT 100");
-        assert_eq!(found, vec![b("a")]);
-
-        let members: Vec<String> = (0..1000).map(|j| format!("ele:{j}")).collect();
-        db.run(&format!("sadd big {}", members.join(" ")));
-        let (found, calls) = scan_all(&mut db, "sscan", "big", "");
-        assert_eq!(found.len(), 1000);
-        assert_eq!(
-            found.iter().collect::<BTreeSet<_>>().len(),
-            1000,
-            "no repeats"
-        );
-        assert!(calls >= 90, "about COUNT (10) per call: {calls} calls");
-        let (found, calls) = scan_all(&mut db, "sscan", "big", "COUNT 300");
-        assert_eq!((found.len(), calls), (1000, 4));
-        let (found, _) = scan_all(&mut db, "sscan", "big", "MATCH ele:1?? COUNT 7");
-        assert_eq!(found.len(), 100);
-        // A cursor past the end ends the scan.
-        assert_eq!(
-            db.run("sscan big 18446744073709551615"),
-            Reply::Array(vec![bulk("0"), strs(&[])])
-        );
-    }
-
-    #[test]
-    fn sscan_returns_every_member_kept_through_removals() {
-        // The suite's issue #4906 test: members removed mid-scan must not hide others.
-        for del_iteration in 0..10 {
-            let mut db = Db::default();
-            let members: Vec<String> = (0..600).map(|j| j.to_string()).collect();
-            db.run(&format!("sadd set x {}", members.join(" ")));
-            let removed: Vec<String> = (100..600).map(|j| j.to_string()).collect();
-            let mut cursor = "0".to_string();
-            let mut found = BTreeSet::new();
-            let mut iteration = 0;
-            loop {
-                let reply = db.run(&format!("sscan set {cursor}"));
-                let Reply::Array(parts) = reply else { panic!() };
-                found.extend(Db::sorted(&parts[1]));
-                let Reply::Bulk(next) = &parts[0] else {
-                    panic!()
-                };
-                cursor = String::from_utf8(next.to_vec()).expect("ascii");
-                iteration += 1;
-                if iteration == del_iteration {
-                    db.run(&format!("srem set {}", removed.join(" ")));
-                }
-                if cursor == "0" {
-                    break;
-                }
-            }
-            for j in 0..100 {
-                assert!(found.contains(&b(&j.to_string())), "missing {j}");
-            }
-        }
-    }
-
-    #[test]
-    fn hscan_pages_field_value_pairs() {
-        let mut db = Db::default();
-        db.check(&[
-            ("hscan nokey 0", Reply::Array(vec![bulk("0"), strs(&[])])),
-            (
-                "hmset mykey foo 1 fab 2 fiz 3 foobar 10 1 a 2 b 3 c 4 d",
-                Reply::Ok,
-            ),
-        ]);
-        // Order within a page is scan order: compare as pairs.
-        let reply = db.run("hscan mykey 0 MATCH foo* COUNT 10000");
-        let Reply::Array(parts) = reply else { panic!() };
-        let Reply::Array(items) = &parts[1] else {
-            panic!()
-        };
-        let mut pairs: Vec<(Reply, Reply)> = items
-            .chunks(2)
-            .map(|pair| (pair[0].clone(), pair[1].clone()))
-            .collect();
-        pairs.sort_by_key(|(field, _)| format!("{field:?}"));
-        assert_eq!(
-            pairs,
-            vec![(bulk("foo"), bulk("1")), (bulk("foobar"), bulk("10"))]
-        );
-        let fields: Vec<String> = (0..500).map(|j| format!("key:{j} {j}")).collect();
-        db.run(&format!("hset big {}", fields.join(" ")));
-        let (found, _) = scan_all(&mut db, "hscan", "big", "COUNT 17");
-        assert_eq!(found.len(), 1000, "fields and values");
     }
 
     #[test]

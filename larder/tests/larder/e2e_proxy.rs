@@ -279,6 +279,133 @@ fn strings_hashes_and_keyspace_commands_through_the_proxy() {
         .query::<Value>(&mut c)
         .expect_err("COUNT 0");
     assert!(zero.to_string().contains("syntax error"), "{zero}");
+    // The empty string is a key: a step that stops at it goes on past it (it was once the
+    // mark for "from the start", and a `COUNT 1` iteration came back to it forever).
+    let _: () = c.set("", "empty").expect("set the empty key");
+    let mut cursor = 0u64;
+    let mut with_empty: Vec<String> = Vec::new();
+    for _ in 0..1000 {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut c)
+            .expect("scan count");
+        with_empty.extend(keys);
+        cursor = next;
+        if next == 0 {
+            break;
+        }
+    }
+    assert_eq!(cursor, 0, "the iteration ends");
+    with_empty.sort();
+    let mut expected = vec![String::new()];
+    expected.extend(every.iter().cloned());
+    assert_eq!(with_empty, expected);
+    let _: i64 = c.del("").expect("del the empty key");
+
+    // HSCAN, SSCAN, ZSCAN step through a collection from past the last element a step looked
+    // at: no step looks at more than COUNT elements, and every element comes once.
+    let fields: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("f{i:03}"), format!("v{i}")))
+        .collect();
+    let _: () = c.hset_multiple("{big}h", &fields).expect("hset");
+    let members: Vec<String> = (0..300).map(|i| format!("m{i:03}")).collect();
+    let _: i64 = c.sadd("{big}s", &members).expect("sadd");
+    let scored: Vec<(i64, String)> = (0..300).map(|i| (i, format!("m{i:03}"))).collect();
+    let _: i64 = c.zadd_multiple("{big}z", &scored).expect("zadd");
+    for (command, key, width) in [
+        ("HSCAN", "{big}h", 2),
+        ("SSCAN", "{big}s", 1),
+        ("ZSCAN", "{big}z", 2),
+    ] {
+        let mut cursor = 0u64;
+        let mut items: Vec<String> = Vec::new();
+        let mut steps = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd(command)
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(7)
+                .query(&mut c)
+                .expect("element scan");
+            assert!(found.len() <= 7 * width, "{command}: {found:?}");
+            items.extend(found);
+            steps += 1;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(items.len(), 300 * width, "{command}");
+        assert!(steps > 300 / 7, "{command}: {steps} steps");
+        let mut elements: Vec<&String> = items.iter().step_by(width).collect();
+        elements.dedup();
+        assert_eq!(elements.len(), 300, "{command}: each element once");
+    }
+    let (next, pairs): (u64, Vec<String>) = redis::cmd("ZSCAN")
+        .arg("{big}z")
+        .arg(0)
+        .arg("MATCH")
+        .arg("m29?")
+        .arg("COUNT")
+        .arg(1000)
+        .query(&mut c)
+        .expect("zscan");
+    assert_eq!(next, 0);
+    assert_eq!(pairs[..2], ["m290".to_string(), "290".to_string()]);
+    // A small collection comes in one step whatever the COUNT, as from Redis.
+    let (next, small): (u64, Vec<String>) = redis::cmd("HSCAN")
+        .arg("user:1")
+        .arg(0)
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut c)
+        .expect("hscan small");
+    assert_eq!((next, small.len()), (0, 4));
+    // A cursor of another key's iteration is refused; a missing key answers an empty scan
+    // whatever its options, as Redis reads them only once it found the key; another type is
+    // WRONGTYPE.
+    let (cursor, _): (u64, Vec<String>) = redis::cmd("SSCAN")
+        .arg("{big}s")
+        .arg(0)
+        .query(&mut c)
+        .expect("sscan");
+    let other = redis::cmd("SSCAN")
+        .arg("{big}t")
+        .arg(cursor)
+        .query::<Value>(&mut c)
+        .expect_err("another key's cursor");
+    assert!(other.to_string().contains("invalid cursor"), "{other}");
+    let (next, none): (u64, Vec<String>) = redis::cmd("HSCAN")
+        .arg("nothing-here")
+        .arg(0)
+        .arg("COUNT")
+        .arg(0)
+        .query(&mut c)
+        .expect("a missing key");
+    assert_eq!((next, none.len()), (0, 0));
+    let wrong = redis::cmd("HSCAN")
+        .arg("{big}s")
+        .arg(0)
+        .arg("COUNT")
+        .arg(0)
+        .query::<Value>(&mut c)
+        .expect_err("a set");
+    assert!(wrong.to_string().contains("WRONGTYPE"), "{wrong}");
+    // Inside MULTI a step is answered in its place at EXEC.
+    let (in_multi,): ((u64, Vec<String>),) = redis::pipe()
+        .atomic()
+        .cmd("SSCAN")
+        .arg("{big}s")
+        .arg(0)
+        .arg("COUNT")
+        .arg(1000)
+        .query(&mut c)
+        .expect("sscan in multi");
+    assert_eq!((in_multi.0, in_multi.1.len()), (0, 300));
+    let _: i64 = c.del(&["{big}h", "{big}s", "{big}z"]).expect("del");
 
     // Server commands clients use.
     let info: String = redis::cmd("INFO").query(&mut c).expect("info");

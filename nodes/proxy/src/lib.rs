@@ -38,6 +38,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::{Clock, Endpoints, FaultPoints, Listener, MESSAGE_BYTES_MAX, Net, timeout};
+use larder_core::kv::elements::Kind;
 use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::{self, Frame, Limits, Protocol, RequestParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -1702,6 +1703,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             }
             "info" => self.info(session, &args[1..]).await,
             "scan" => self.scan(session, &args).await,
+            "hscan" | "sscan" | "zscan" => self.element_scan(session, &name, &args).await,
             "randomkey" if args.len() == 1 => self.random_key(session).await,
             "randomkey" => arity("randomkey"),
             _ => self.data_command(session, &name, &args).await,
@@ -1962,10 +1964,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         if args.len() < 2 || !args.len().is_multiple_of(2) {
             return arity("scan");
         }
-        let Some(cursor) = std::str::from_utf8(&args[1])
-            .ok()
-            .and_then(|c| c.parse::<u64>().ok())
-        else {
+        let Some(cursor) = scan::parse_cursor(&args[1]) else {
             return error("ERR invalid cursor");
         };
         let mut pattern = Bytes::from_static(b"*");
@@ -1991,29 +1990,19 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let done = || Frame::Array(Some(vec![bulk("0"), Frame::Array(Some(Vec::new()))]));
         let first_after = |group: GroupId| groups.iter().copied().find(|g| *g > group);
         let start = if cursor == 0 {
-            groups.first().map(|&group| scan::Position {
-                group,
-                after: Bytes::new(),
-            })
+            groups.first().map(|&group| (group, Bytes::new()))
         } else {
-            let Some(position) = self.scan_cursors.find(cursor) else {
+            let Some(scan::Position::Keys { group, from }) = self.scan_cursors.find(cursor) else {
                 return error("ERR invalid cursor");
             };
-            if groups.contains(&position.group) {
-                Some(position)
+            if groups.contains(&group) {
+                Some((group, from))
             } else {
                 // The group is gone from the routing table: on with the next one.
-                first_after(position.group).map(|group| scan::Position {
-                    group,
-                    after: Bytes::new(),
-                })
+                first_after(group).map(|group| (group, Bytes::new()))
             }
         };
-        let Some(scan::Position {
-            mut group,
-            mut after,
-        }) = start
-        else {
+        let Some((mut group, mut from)) = start else {
             return done();
         };
         // A group that ends before the step has looked at `COUNT` keys hands the rest of the
@@ -2022,7 +2011,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let mut budget = count;
         let next = loop {
             let step = Command::Scan {
-                after,
+                from,
                 pattern: pattern.clone(),
                 kind: kind.clone(),
                 count: budget,
@@ -2035,9 +2024,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 // A later group failing ends the call with what it found; the next call
                 // starts at that group and reports its error.
                 Ok(_) | Err(_) if !found.is_empty() || budget < count => {
-                    break Some(scan::Position {
+                    break Some(scan::Position::Keys {
                         group,
-                        after: Bytes::new(),
+                        from: Bytes::new(),
                     });
                 }
                 Ok(other) => return Frame::from(&other),
@@ -2045,20 +2034,23 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             };
             found.extend(keys);
             if let Reply::Bulk(last) = last {
-                break Some(scan::Position { group, after: last });
+                break Some(scan::Position::Keys {
+                    group,
+                    from: larder_core::kv::past(&last),
+                });
             }
             budget = budget.saturating_sub(u64::try_from(looked).unwrap_or(0));
             match first_after(group) {
                 None => break None,
                 Some(next) if budget == 0 => {
-                    break Some(scan::Position {
+                    break Some(scan::Position::Keys {
                         group: next,
-                        after: Bytes::new(),
+                        from: Bytes::new(),
                     });
                 }
                 Some(next) => {
                     group = next;
-                    after = Bytes::new();
+                    from = Bytes::new();
                 }
             }
         };
@@ -2077,6 +2069,108 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         Frame::Array(Some(vec![
             bulk(cursor.to_string()),
             Frame::Array(Some(found.iter().map(Frame::from).collect())),
+        ]))
+    }
+
+    /// `HSCAN`, `SSCAN` or `ZSCAN key cursor [MATCH pattern] [COUNT n]`: one step of
+    /// [`Command::ElementScan`] from where the cursor stands ([`scan`]), in element order.
+    async fn element_scan(&self, session: &mut Session<N, C>, name: &str, args: &[Bytes]) -> Frame {
+        if args.len() < 3 || args.len().is_multiple_of(2) {
+            return arity(name);
+        }
+        let key = args[1].clone();
+        let Some(cursor) = scan::parse_cursor(&args[2]) else {
+            return error("ERR invalid cursor");
+        };
+        let kind = match name {
+            "hscan" => Kind::Hash,
+            "sscan" => Kind::Set,
+            _ => Kind::ZSet,
+        };
+        let mut pattern = Bytes::from_static(b"*");
+        let mut count = 10;
+        let mut problem = None;
+        for option in args[3..].chunks(2) {
+            match lower(&option[0]).as_str() {
+                "match" => pattern = option[1].clone(),
+                "count" => match std::str::from_utf8(&option[1])
+                    .ok()
+                    .and_then(|n| n.parse::<i64>().ok())
+                {
+                    Some(n) if n >= 1 => count = n as u64,
+                    Some(_) => problem = Some("ERR syntax error"),
+                    None => problem = Some("ERR value is not an integer or out of range"),
+                },
+                _ => problem = Some("ERR syntax error"),
+            }
+            if problem.is_some() {
+                break;
+            }
+        }
+        if let Some(problem) = problem {
+            // Redis looks the key up before it reads the options: a missing key answers an
+            // empty scan and one of another type WRONGTYPE, whatever the options.
+            let probe = Command::ElementScan {
+                key,
+                kind,
+                from: Bytes::new(),
+                pattern: Bytes::from_static(b"*"),
+                count: 1,
+            };
+            return match session.client.execute(probe).await {
+                Ok(Reply::Array(parts)) if parts.get(1) == Some(&Reply::Array(Vec::new())) => {
+                    Frame::Array(Some(vec![bulk("0"), Frame::Array(Some(Vec::new()))]))
+                }
+                Ok(Reply::Error(text)) => error(text),
+                Ok(_) => error(problem),
+                Err(e) => client_error(e, &self.config.bugs),
+            };
+        }
+        let from = if cursor == 0 {
+            Bytes::new()
+        } else {
+            match self.scan_cursors.find(cursor) {
+                Some(scan::Position::Elements { key: of, from }) if of == key => from,
+                _ => return error("ERR invalid cursor"),
+            }
+        };
+        let step = Command::ElementScan {
+            key: key.clone(),
+            kind,
+            from,
+            pattern,
+            count,
+        };
+        let (last, items) = match session.client.execute(step).await {
+            Ok(Reply::Array(parts)) => match <[Reply; 2]>::try_from(parts) {
+                Ok([last, Reply::Array(items)]) => (last, items),
+                _ => return error(format!("ERR internal: a {name} step answered out of shape")),
+            },
+            Ok(other) => return Frame::from(&other),
+            Err(e) => return client_error(e, &self.config.bugs),
+        };
+        let cursor = match last {
+            Reply::Bulk(last) => {
+                let position = scan::Position::Elements {
+                    key,
+                    from: larder_core::kv::past(&last),
+                };
+                match self.scan_cursors.remember(position) {
+                    Some(cursor) => cursor,
+                    None => {
+                        return error(format!(
+                            "ERR {} stopped at a key and element longer than a cursor may hold ({} bytes)",
+                            name.to_uppercase(),
+                            scan::SCAN_CURSOR_BYTES_MAX
+                        ));
+                    }
+                }
+            }
+            _ => 0,
+        };
+        Frame::Array(Some(vec![
+            bulk(cursor.to_string()),
+            Frame::Array(Some(items.iter().map(Frame::from).collect())),
         ]))
     }
 
@@ -2199,6 +2293,9 @@ fn is_proxy_command(name: &str) -> bool {
             | "time"
             | "info"
             | "scan"
+            | "hscan"
+            | "sscan"
+            | "zscan"
             | "hello"
             | "auth"
             | "cluster"

@@ -1,14 +1,18 @@
-//! `SCAN`'s cursors: where each iteration stands, kept by the proxy.
+//! The cursors of `SCAN`, `HSCAN`, `SSCAN` and `ZSCAN`: where each iteration stands, kept by
+//! the proxy.
 //!
-//! A step of `SCAN` reads one slot group from after the last key the previous step looked at
-//! (`Command::Scan`), so where an iteration stands is a group and a key. Redis clients parse
+//! A step of `SCAN` reads one slot group from past the last key the previous step looked at
+//! (`Command::Scan`), so where an iteration stands is a group and a key; a step of `HSCAN`,
+//! `SSCAN` or `ZSCAN` reads one collection from past the last element the previous step looked
+//! at (`Command::ElementScan`), so there it is a key and an element. Redis clients parse
 //! the cursor as a number (redis-py's `int`, go-redis's `uint64`), and a key does not fit in
 //! one, so the proxy hands out numbers and remembers the position behind each: a bounded table
 //! ([`SCAN_CURSORS_MAX`] cursors, [`SCAN_CURSOR_BYTES_MAX`] bytes of keys), oldest forgotten
 //! first, shared by the proxy's connections (a client's pool may continue an iteration on
 //! another connection). Cursors start at a base drawn from the proxy's start, so a cursor of
 //! another proxy or of this one before a restart is almost surely unknown here: `SCAN`
-//! answers `ERR invalid cursor` rather than resuming somewhere else.
+//! answers `ERR invalid cursor` rather than resuming somewhere else (so does a collection's
+//! scan given the cursor of another key's).
 //!
 //! What an iteration guarantees is Redis's: every key present from its start to its end is
 //! returned at least once, while the groups stay where they are (a key that moves between
@@ -29,11 +33,49 @@ pub const SCAN_CURSORS_MAX: usize = 16_384;
 /// Most bytes of keys the remembered cursors hold (a key may be large).
 pub const SCAN_CURSOR_BYTES_MAX: usize = 16 << 20;
 
-/// Where an iteration stands: the next step reads `group` after `after`.
+/// A cursor as Redis's `parseScanCursorOrReply` reads it (`strtoul`): an optional sign (a
+/// negative cursor wraps), decimal digits and nothing else; the empty text is cursor 0.
+/// `None`: `ERR invalid cursor`.
+pub fn parse_cursor(arg: &[u8]) -> Option<u64> {
+    if arg.is_empty() {
+        return Some(0);
+    }
+    let (negative, digits) = match arg[0] {
+        b'-' => (true, &arg[1..]),
+        b'+' => (false, &arg[1..]),
+        _ => (false, arg),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value = digits.iter().try_fold(0u64, |acc, digit| {
+        acc.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    })?;
+    Some(if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    })
+}
+
+/// Where an iteration stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    pub group: GroupId,
-    pub after: Bytes,
+pub enum Position {
+    /// `SCAN`: the next step reads slot group `group` from key `from` on.
+    Keys { group: GroupId, from: Bytes },
+    /// `HSCAN`, `SSCAN`, `ZSCAN`: the next step reads the collection at `key` from element
+    /// `from` on.
+    Elements { key: Bytes, from: Bytes },
+}
+
+impl Position {
+    /// The bytes it holds, counted against [`SCAN_CURSOR_BYTES_MAX`].
+    fn bytes(&self) -> usize {
+        match self {
+            Position::Keys { from, .. } => from.len(),
+            Position::Elements { key, from } => key.len() + from.len(),
+        }
+    }
 }
 
 /// The proxy's cursor table (see the module doc).
@@ -69,23 +111,22 @@ impl ScanCursors {
     /// A new cursor for `position`, forgetting the oldest ones past the bounds. A position
     /// whose key alone passes the byte bound is not remembered: `None`.
     pub fn remember(&self, position: Position) -> Option<u64> {
-        if position.after.len() > SCAN_CURSOR_BYTES_MAX {
+        let bytes = position.bytes();
+        if bytes > SCAN_CURSOR_BYTES_MAX {
             return None;
         }
         let mut table = self.table.lock().expect("scan cursors lock");
-        while table.order.len() >= SCAN_CURSORS_MAX
-            || table.bytes + position.after.len() > SCAN_CURSOR_BYTES_MAX
-        {
+        while table.order.len() >= SCAN_CURSORS_MAX || table.bytes + bytes > SCAN_CURSOR_BYTES_MAX {
             let Some(oldest) = table.order.pop_front() else {
                 break;
             };
             if let Some(forgotten) = table.positions.remove(&oldest) {
-                table.bytes -= forgotten.after.len();
+                table.bytes -= forgotten.bytes();
             }
         }
         let cursor = table.next;
         table.next += 1;
-        table.bytes += position.after.len();
+        table.bytes += bytes;
         table.positions.insert(cursor, position);
         table.order.push_back(cursor);
         Some(cursor)
@@ -117,9 +158,9 @@ mod tests {
     use super::*;
 
     fn at(group: GroupId, key: &str) -> Position {
-        Position {
+        Position::Keys {
             group,
-            after: Bytes::copy_from_slice(key.as_bytes()),
+            from: Bytes::copy_from_slice(key.as_bytes()),
         }
     }
 
@@ -166,5 +207,29 @@ mod tests {
             "one key past the bound"
         );
         assert!(cursors.find(c).is_some(), "and nothing forgotten for it");
+        // A collection's position holds its key and its element.
+        let element = Position::Elements {
+            key: Bytes::from(half.clone()),
+            from: Bytes::from(half),
+        };
+        let d = cursors.remember(element.clone()).expect("fits, alone");
+        assert_eq!(cursors.len(), 1, "the key and the element both count");
+        assert_eq!(cursors.find(d), Some(element));
+    }
+
+    #[test]
+    fn cursors_are_read_as_redis_reads_them() {
+        assert_eq!(parse_cursor(b"0"), Some(0));
+        assert_eq!(parse_cursor(b""), Some(0));
+        assert_eq!(parse_cursor(b"+17"), Some(17));
+        assert_eq!(
+            parse_cursor(b"-1"),
+            Some(u64::MAX),
+            "a negative cursor wraps"
+        );
+        assert_eq!(parse_cursor(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [&b"18446744073709551616"[..], b" 1", b"1x", b"-", b"0x10"] {
+            assert_eq!(parse_cursor(bad), None, "{bad:?}");
+        }
     }
 }

@@ -343,6 +343,42 @@ pub(crate) async fn part_from_disk<D: Disk>(
     assemble(header, rows)
 }
 
+/// The record of a collection with only the run of elements a scan step looks at
+/// ([`elements::Access::Run`]): from element `from` on, [`elements::scan_rows`] of them, read
+/// in pages of at most what is still wanted, so a step costs its count, not the collection.
+pub(crate) async fn run_from_disk<D: Disk>(
+    disk: &D,
+    group: GroupId,
+    key: &[u8],
+    header: &Header,
+    from: &[u8],
+    count: u64,
+) -> Result<Record, io::Error> {
+    let (prefix, end) = element_range(group, key, header.generation);
+    let mut wanted = elements::scan_rows(header.len, count);
+    let mut start = element_key(&prefix, from).to_vec();
+    let mut rows = Vec::new();
+    while wanted > 0 {
+        let page = usize::try_from(wanted).map_or(ELEMENT_PAGE_ROWS, |n| n.min(ELEMENT_PAGE_ROWS));
+        let found = disk.scan(Space::Elements, &start, Some(&end), page).await?;
+        let full = found.len() == page;
+        if let Some((last, _)) = found.last() {
+            start = last.to_vec();
+            start.push(0);
+        }
+        wanted -= found.len() as u64;
+        rows.extend(
+            found
+                .into_iter()
+                .map(|(row_key, value)| (row_key.slice(prefix.len()..), value)),
+        );
+        if !full {
+            break;
+        }
+    }
+    assemble(header, rows)
+}
+
 fn assemble(header: &Header, rows: Vec<(Bytes, Bytes)>) -> Result<Record, io::Error> {
     let value: Value =
         elements::from_rows(header.kind, rows).map_err(|e| invalid(e.to_string()))?;

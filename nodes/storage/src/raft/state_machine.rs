@@ -654,7 +654,7 @@ impl<D: Disk> DiskStateMachine<D> {
     }
 
     /// `KEYS pattern`, a `SCAN` step and `DBSIZE` over the group: a paged scan of its state
-    /// range (a `SCAN` step's from after its last key, until it has looked at its count) folded
+    /// range (a `SCAN` step's from its `from` on, until it has looked at its count) folded
     /// through [`GroupRead`] (expired records are deleted lazily, so they may still be on disk;
     /// the fold skips them). A record `expires_unlogged` turns the answer into
     /// [`ReadOutcome::AdvanceClock`].
@@ -671,10 +671,9 @@ impl<D: Disk> DiskStateMachine<D> {
         };
         let end = group_end(self.group);
         let mut from = group_prefix(self.group).to_vec();
-        if let Some(after) = GroupRead::scan_after(command) {
-            // The first key past `after`: a `SCAN` step goes on where the last one stopped.
-            from.extend_from_slice(after);
-            from.push(0);
+        if let Some(start) = GroupRead::scan_from(command) {
+            // A `SCAN` step goes on where the last one stopped.
+            from.extend_from_slice(start);
         }
         // A `SCAN` step of a few keys reads a page of about that many rows, not a full one.
         let page = match command {
@@ -757,6 +756,12 @@ impl<D: Disk> DiskStateMachine<D> {
                                 &self.disk, self.group, key, &header, elements,
                             );
                             (part.await?, 0)
+                        }
+                        Some(Access::Run { from, count }) if header.kind != Kind::List => {
+                            let run = rows::run_from_disk(
+                                &self.disk, self.group, key, &header, from, *count,
+                            );
+                            (run.await?, 0)
                         }
                         // A list for a command that names elements, or another type for a
                         // list command: the type, expiry and length are all it can use.

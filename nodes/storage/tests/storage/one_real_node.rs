@@ -950,6 +950,66 @@ fn a_read_batch_serves_each_group_in_order_refuses_writes_and_past_its_bound_eve
 }
 
 #[test]
+fn an_element_scan_step_reads_a_run_of_rows_from_its_element_across_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_led(dir.path());
+    // More fields than one page of element rows (4,096), in one entry.
+    let fields: Vec<Bytes> = (0..5000).map(|i| Bytes::from(format!("f{i:04}"))).collect();
+    let pairs = fields
+        .iter()
+        .map(|field| (field.clone(), Bytes::from_static(b"v")))
+        .collect();
+    let key = Bytes::from_static(b"big");
+    assert_eq!(
+        node.execute(Command::HSet {
+            key: key.clone(),
+            pairs
+        }),
+        ClientResponse::Reply(Reply::Int(5000))
+    );
+    let step = |from: Bytes, count: u64| -> (Reply, Vec<Reply>) {
+        let command = Command::ElementScan {
+            key: key.clone(),
+            kind: larder_core::kv::elements::Kind::Hash,
+            from,
+            pattern: Bytes::from_static(b"*"),
+            count,
+        };
+        let ClientResponse::Reply(Reply::Array(parts)) = node.execute(command) else {
+            panic!("a scan step answers an array");
+        };
+        let [last, Reply::Array(items)] = <[Reply; 2]>::try_from(parts).expect("two parts") else {
+            panic!("the items are an array");
+        };
+        (last, items)
+    };
+    let pairs_of = |fields: &[Bytes]| -> Vec<Reply> {
+        fields
+            .iter()
+            .flat_map(|field| {
+                [
+                    Reply::Bulk(field.clone()),
+                    Reply::Bulk(Bytes::from_static(b"v")),
+                ]
+            })
+            .collect()
+    };
+    // From the start, past the first page: the step ends at its count.
+    let (last, items) = step(Bytes::new(), 4100);
+    assert_eq!(items, pairs_of(&fields[..4100]));
+    assert_eq!(last, Reply::Bulk(fields[4099].clone()));
+    // From past the last field looked at, to the end (nil: no more).
+    let (last, items) = step(larder_core::kv::past(&fields[4099]), 4100);
+    assert_eq!(items, pairs_of(&fields[4100..]));
+    assert_eq!(last, Reply::Nil);
+    // From a field in the middle, however few.
+    let (last, items) = step(fields[2500].clone(), 3);
+    assert_eq!(items, pairs_of(&fields[2500..2503]));
+    assert_eq!(last, Reply::Bulk(fields[2502].clone()));
+    node.stop();
+}
+
+#[test]
 fn a_scan_step_starts_after_its_key_and_stops_at_its_count_across_pages() {
     let dir = tempfile::tempdir().expect("dir");
     let node = start_led(dir.path());
@@ -964,8 +1024,13 @@ fn a_scan_step_starts_after_its_key_and_stops_at_its_count_across_pages() {
         ClientResponse::Reply(Reply::Ok)
     );
     let step = |after: &str, count: u64| -> (Reply, Vec<Reply>) {
+        let from = if after.is_empty() {
+            Bytes::new()
+        } else {
+            larder_core::kv::past(after.as_bytes())
+        };
         let command = Command::Scan {
-            after: Bytes::copy_from_slice(after.as_bytes()),
+            from,
             pattern: Bytes::from_static(b"*"),
             kind: None,
             count,
