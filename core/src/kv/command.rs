@@ -241,6 +241,14 @@ pub enum Command {
         pattern: Bytes,
         count: u64,
     },
+    /// `RANDOMKEY` in one slot group ([`Scope::Group`]): the first live key at or past a point
+    /// drawn from `seed` between the group's first and last keys
+    /// ([`random_point`](super::random_point)), or the group's first live key when none lies
+    /// past it; nil when the group holds none. It reads a few rows, not the group.
+    /// Last of the variants so that the encoding of every older one is unchanged.
+    RandomKey {
+        seed: u64,
+    },
 }
 
 /// The first byte string past `key` in byte order (`key` followed by a zero byte): where a
@@ -663,6 +671,7 @@ impl Command {
                 | Command::Keys { .. }
                 | Command::Scan { .. }
                 | Command::ElementScan { .. }
+                | Command::RandomKey { .. }
                 | Command::DbSize
                 | Command::Versions { .. }
         )
@@ -684,9 +693,11 @@ impl Command {
     /// Whether the command acts on the keys it names or on a whole slot group.
     pub fn scope(&self) -> Scope {
         match self {
-            Command::Keys { .. } | Command::Scan { .. } | Command::DbSize | Command::FlushAll => {
-                Scope::Group
-            }
+            Command::Keys { .. }
+            | Command::Scan { .. }
+            | Command::RandomKey { .. }
+            | Command::DbSize
+            | Command::FlushAll => Scope::Group,
             _ => Scope::Keys,
         }
     }
@@ -733,6 +744,7 @@ impl Command {
                 .collect(),
             Command::Keys { .. }
             | Command::Scan { .. }
+            | Command::RandomKey { .. }
             | Command::DbSize
             | Command::FlushAll
             | Command::AdvanceClock
@@ -778,6 +790,7 @@ impl Command {
                 // Never built: a list has no scan (the step answers an error).
                 super::elements::Kind::List => "lscan",
             },
+            Command::RandomKey { .. } => "randomkey",
             Command::DbSize => "dbsize",
             Command::FlushAll => "flushall",
             Command::Persist { .. } => "persist",

@@ -385,12 +385,14 @@ fn apply(command: &Command, view: &mut View<'_>) -> Reply {
             pattern,
             count,
         } => super::elements::element_scan(view, key, *kind, from, pattern, *count),
-        Command::Keys { .. } | Command::Scan { .. } | Command::DbSize | Command::FlushAll => {
-            Reply::error(format!(
-                "ERR '{}' acts on a whole slot group and cannot be executed on single keys",
-                command.name()
-            ))
-        }
+        Command::Keys { .. }
+        | Command::Scan { .. }
+        | Command::RandomKey { .. }
+        | Command::DbSize
+        | Command::FlushAll => Reply::error(format!(
+            "ERR '{}' acts on a whole slot group and cannot be executed on single keys",
+            command.name()
+        )),
         Command::Persist { key } => match view.get(key).cloned() {
             Some(mut record) if record.expires_at_ms.is_some() => {
                 record.expires_at_ms = None;

@@ -41,6 +41,8 @@ enum ReadKind {
     DbSize {
         count: i64,
     },
+    /// `RANDOMKEY` from its point on: the first live key fed is the answer.
+    RandomKey,
 }
 
 /// Most keys one `SCAN` step looks at, whatever its `COUNT`: the step's reply stays a bounded
@@ -71,6 +73,7 @@ impl GroupRead {
                 count: (*count).clamp(1, SCAN_COUNT_MAX),
             },
             Command::DbSize => ReadKind::DbSize { count: 0 },
+            Command::RandomKey { .. } => ReadKind::RandomKey,
             other if other.scope() == Scope::Group => {
                 return Err(Reply::error(format!(
                     "ERR '{}' is not a read of the whole group",
@@ -130,6 +133,7 @@ impl GroupRead {
                 }
             }
             ReadKind::DbSize { count } => *count += 1,
+            ReadKind::RandomKey => return Err(Reply::Bulk(key.clone())),
         }
         Ok(())
     }
@@ -153,8 +157,44 @@ impl GroupRead {
                 Reply::Int(i64::try_from(looked).unwrap_or(i64::MAX)),
             ]),
             ReadKind::DbSize { count } => Reply::Int(count),
+            ReadKind::RandomKey => Reply::Nil,
         }
     }
+}
+
+/// Where `RANDOMKEY` starts looking in a group whose keys run from `first` to `last`: a point
+/// drawn from `seed` between them. Past their common prefix, each of the next eight bytes is
+/// drawn between the two keys' bytes at that place, so keys such as `user:000000` …
+/// `user:999999` (digits at every place) are drawn about evenly, and random binary keys too.
+/// A key is the likelier the larger the gap of unused byte strings before it: not uniform, but
+/// never stuck on one key, and it costs a few rows where listing the group cost all of them.
+/// (Redis's own `RANDOMKEY` is not uniform either: it picks a bucket, then a key of its chain.)
+pub fn random_point(first: &[u8], last: &[u8], seed: u64) -> Bytes {
+    let common = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+    if common == first.len().max(last.len()) {
+        return Bytes::copy_from_slice(first);
+    }
+    let at = |key: &[u8], place: usize| key.get(common + place).copied().unwrap_or(0);
+    let mut point = Vec::with_capacity(common + 8);
+    // A point past `last` would find no key and fall back to the first: drawn again.
+    for attempt in 0..8u64 {
+        let mut bits = xxhash_rust::xxh3::xxh3_64(&[seed, attempt].map(u64::to_le_bytes).concat());
+        point.clear();
+        point.extend_from_slice(&first[..common]);
+        for place in 0..8 {
+            let (a, b) = (at(first, place), at(last, place));
+            let (low, high) = (a.min(b), a.max(b));
+            // The draws of the places as the digits of one number in mixed radix: spans of
+            // at most 256 each, eight of them, use the hash's 64 bits once.
+            let span = u64::from(high - low) + 1;
+            point.push(low + (bits % span) as u8);
+            bits /= span;
+        }
+        if point.as_slice() <= last {
+            return Bytes::from(point);
+        }
+    }
+    Bytes::copy_from_slice(first)
 }
 
 /// Whether `record` is of the type `SCAN … TYPE kind` asks for (any, without one).
@@ -181,15 +221,27 @@ pub fn execute_group<'a>(
                 .collect(),
         };
     }
-    let from = GroupRead::scan_from(command);
-    let reply = match GroupRead::new(command, now_ms, usize::MAX) {
+    let records: Vec<(&Bytes, &Record)> = records.into_iter().collect();
+    let from = match command {
+        Command::RandomKey { seed } => match (records.first(), records.last()) {
+            (Some((first, _)), Some((last, _))) => Some(random_point(first, last, *seed)),
+            _ => None,
+        },
+        _ => GroupRead::scan_from(command).cloned(),
+    };
+    let fold = |from: Option<&Bytes>| match GroupRead::new(command, now_ms, usize::MAX) {
         Ok(mut read) => records
-            .into_iter()
+            .iter()
             .filter(|(key, _)| from.is_none_or(|from| *key >= from))
             .try_for_each(|(key, record)| read.feed(key, record))
             .map_or_else(|stop| stop, |()| read.finish()),
         Err(reply) => reply,
     };
+    let mut reply = fold(from.as_ref());
+    if matches!(command, Command::RandomKey { .. }) && reply == Reply::Nil {
+        // Nothing live past the point: the group's first live key, if any.
+        reply = fold(None);
+    }
     Outcome {
         reply,
         writes: BTreeMap::new(),
@@ -359,6 +411,62 @@ mod tests {
         );
         // A type no key has (or none Redis knows): nothing, as Redis answers.
         assert_eq!(of("zset"), Reply::Array(vec![]));
+    }
+
+    #[test]
+    fn random_points_lie_between_the_first_and_last_keys_and_spread() {
+        assert_eq!(random_point(b"same", b"same", 7), b("same"));
+        let mut state = BTreeMap::new();
+        for i in 0..1000 {
+            state.insert(b(&format!("user:{i:06}")), Record::string("v"));
+        }
+        let mut picked = std::collections::BTreeSet::new();
+        for seed in 0..1000 {
+            let point = random_point(b"user:000000", b"user:000999", seed);
+            assert!(point.as_ref() <= b"user:000999".as_slice(), "{point:?}");
+            let Reply::Bulk(key) = execute_group(&Command::RandomKey { seed }, 100, &state).reply
+            else {
+                panic!("a key");
+            };
+            assert!(state.contains_key(&key));
+            picked.insert(key);
+        }
+        // 1,000 draws over 1,000 keys drawn evenly find about 632 distinct ones.
+        assert!(picked.len() > 550, "{} distinct keys", picked.len());
+    }
+
+    #[test]
+    fn randomkey_answers_a_live_key_or_nil() {
+        let state = state();
+        for seed in 0..50 {
+            let reply = execute_group(&Command::RandomKey { seed }, 100, &state).reply;
+            assert!(
+                [b("cart:1"), b("user:1"), b("user:2")]
+                    .map(Reply::Bulk)
+                    .contains(&reply),
+                "never the expired user:3: {reply:?}"
+            );
+        }
+        // Past every live key, it wraps to the first.
+        let mut late = BTreeMap::new();
+        late.insert(b("a"), Record::string("v"));
+        late.insert(
+            b("z"),
+            Record {
+                value: Value::Str(b("old")),
+                expires_at_ms: Some(50),
+            },
+        );
+        for seed in 0..20 {
+            assert_eq!(
+                execute_group(&Command::RandomKey { seed }, 100, &late).reply,
+                Reply::Bulk(b("a"))
+            );
+        }
+        assert_eq!(
+            execute_group(&Command::RandomKey { seed: 1 }, 100, &BTreeMap::new()).reply,
+            Reply::Nil
+        );
     }
 
     #[test]

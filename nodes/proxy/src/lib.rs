@@ -1932,24 +1932,18 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         Ok(replies)
     }
 
-    /// `RANDOMKEY`: a key of a random group that has any, picked at random; nil when the
-    /// database is empty. Each group lists its keys (`KEYS *`, bounded by the node's reply
-    /// limit), so this costs a group's key count, not Redis's O(1).
+    /// `RANDOMKEY`: a key of a random group that has any, picked at random
+    /// ([`Command::RandomKey`]: a few rows read, whatever the group's size); nil when the
+    /// database is empty. Groups are drawn alike, not by their sizes.
     async fn random_key(&self, session: &mut Session<N, C>) -> Frame {
         let groups: Vec<_> = self.routing.current().groups().keys().copied().collect();
         let seed = session.next_seed(self.clock.now());
         for offset in 0..groups.len() {
             let group = groups[(seed as usize).wrapping_add(offset) % groups.len()];
-            let listing = Command::Keys {
-                pattern: Bytes::from_static(b"*"),
-                kind: None,
-            };
-            match session.client.execute_in(group, listing).await {
-                Ok(Reply::Array(keys)) if keys.is_empty() => {}
-                Ok(Reply::Array(keys)) => {
-                    let pick = (seed >> 16) as usize % keys.len();
-                    return Frame::from(&keys[pick]);
-                }
+            let pick = Command::RandomKey { seed: seed >> 16 };
+            match session.client.execute_in(group, pick).await {
+                // An empty group: on with the next.
+                Ok(Reply::Nil) => {}
                 Ok(other) => return Frame::from(&other),
                 Err(e) => return client_error(e, &self.config.bugs),
             }

@@ -653,8 +653,9 @@ impl<D: Disk> DiskStateMachine<D> {
         ))
     }
 
-    /// `KEYS pattern`, a `SCAN` step and `DBSIZE` over the group: a paged scan of its state
-    /// range (a `SCAN` step's from its `from` on, until it has looked at its count) folded
+    /// `KEYS pattern`, a `SCAN` step, `RANDOMKEY` and `DBSIZE` over the group: a paged scan of
+    /// its state range (a `SCAN` step's from its `from` on, until it has looked at its count;
+    /// `RANDOMKEY`'s from its point to the first live key, then from the start) folded
     /// through [`GroupRead`] (expired records are deleted lazily, so they may still be on disk;
     /// the fold skips them). A record `expires_unlogged` turns the answer into
     /// [`ReadOutcome::AdvanceClock`].
@@ -665,20 +666,55 @@ impl<D: Disk> DiskStateMachine<D> {
         owned: Option<&Ownership>,
         expires_unlogged: &impl Fn(&Record) -> bool,
     ) -> Result<ReadOutcome, io::Error> {
+        let start = group_prefix(self.group).to_vec();
+        let end = group_end(self.group);
+        let mut from = start.clone();
+        if let Some(start) = GroupRead::scan_from(command) {
+            // A `SCAN` step goes on where the last one stopped.
+            from.extend_from_slice(start);
+        }
+        if let Command::RandomKey { seed } = command {
+            // From a point between the group's first and last keys: two row reads.
+            let first = self.disk.scan(Space::State, &start, Some(&end), 1).await?;
+            let last = self.disk.last(Space::State, &start, &end).await?;
+            let (Some((first, _)), Some((last, _))) = (first.first(), last) else {
+                return Ok(ReadOutcome::Reply(Reply::Nil));
+            };
+            let point = larder_core::kv::random_point(&first[8..], &last[8..], *seed);
+            from.extend_from_slice(&point);
+            let found = self
+                .fold_group(command, now_ms, owned, expires_unlogged, from)
+                .await?;
+            if found != ReadOutcome::Reply(Reply::Nil) {
+                return Ok(found);
+            }
+            // Nothing live past the point: the group's first live key, if any.
+            from = start;
+        }
+        self.fold_group(command, now_ms, owned, expires_unlogged, from)
+            .await
+    }
+
+    /// [`DiskStateMachine::read_group`]'s fold of the group's state rows from `from` on.
+    async fn fold_group(
+        &self,
+        command: &Command,
+        now_ms: u64,
+        owned: Option<&Ownership>,
+        expires_unlogged: &impl Fn(&Record) -> bool,
+        mut from: Vec<u8>,
+    ) -> Result<ReadOutcome, io::Error> {
         let mut read = match GroupRead::new(command, now_ms, KEYS_REPLY_MAX) {
             Ok(read) => read,
             Err(reply) => return Ok(ReadOutcome::Reply(reply)),
         };
         let end = group_end(self.group);
-        let mut from = group_prefix(self.group).to_vec();
-        if let Some(start) = GroupRead::scan_from(command) {
-            // A `SCAN` step goes on where the last one stopped.
-            from.extend_from_slice(start);
-        }
-        // A `SCAN` step of a few keys reads a page of about that many rows, not a full one.
+        // A `SCAN` step of a few keys reads a page of about that many rows, not a full one;
+        // `RANDOMKEY` wants one live key.
         let page = match command {
             Command::Scan { count, .. } => usize::try_from(*count)
                 .map_or(SCAN_PAGE_ROWS, |count| count.clamp(1, SCAN_PAGE_ROWS)),
+            Command::RandomKey { .. } => 16,
             _ => SCAN_PAGE_ROWS,
         };
         loop {

@@ -950,6 +950,39 @@ fn a_read_batch_serves_each_group_in_order_refuses_writes_and_past_its_bound_eve
 }
 
 #[test]
+fn randomkey_reads_a_few_rows_from_a_point_and_finds_keys_all_over_the_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_led(dir.path());
+    let pick = |seed: u64| match node.execute(Command::RandomKey { seed }) {
+        ClientResponse::Reply(reply) => reply,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(pick(1), Reply::Nil, "an empty group");
+    let keys: Vec<Bytes> = (0..2000).map(|i| Bytes::from(format!("k{i:05}"))).collect();
+    let pairs = keys
+        .iter()
+        .map(|key| (key.clone(), Bytes::from_static(b"v")))
+        .collect();
+    assert_eq!(
+        node.execute(Command::MSet { pairs }),
+        ClientResponse::Reply(Reply::Ok)
+    );
+    let mut picked = BTreeSet::new();
+    for seed in 0..300 {
+        let Reply::Bulk(key) = pick(seed) else {
+            panic!("a key");
+        };
+        assert!(keys.contains(&key), "{key:?}");
+        picked.insert(key);
+    }
+    // 300 draws over 2,000 keys drawn evenly find about 278 distinct ones, spread over the
+    // whole range (the old answer listed the group; a bad point would find one key).
+    assert!(picked.len() > 250, "{} distinct", picked.len());
+    assert!(picked.first() < Some(&keys[200]) && picked.last() > Some(&keys[1800]));
+    node.stop();
+}
+
+#[test]
 fn an_element_scan_step_reads_a_run_of_rows_from_its_element_across_pages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start_led(dir.path());
