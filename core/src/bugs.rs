@@ -139,11 +139,15 @@ pub enum Bug {
     /// Read batches (client): the answers of a batch of reads sent to one node are matched to
     /// its reads in reverse order, so a pipeline's read gets another group's value.
     ReadBatchAnswersReversed,
+    /// Element scans (storage): a step of `HSCAN`/`SSCAN`/`ZSCAN` loads `COUNT` element rows
+    /// even for a small collection, which the step then answers whole and done: `SSCAN s 0
+    /// COUNT 1` on a set of several members answers one member and cursor 0.
+    ScanRunIgnoresSmall,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 34] = [
+    pub const ALL: [Bug; 35] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -178,6 +182,7 @@ impl Bug {
         Bug::ReadConfirmIgnoresVote,
         Bug::QuickViewAnyApplied,
         Bug::ReadBatchAnswersReversed,
+        Bug::ScanRunIgnoresSmall,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -217,6 +222,7 @@ impl Bug {
             Bug::ReadConfirmIgnoresVote => "read-confirm-ignores-vote",
             Bug::QuickViewAnyApplied => "quick-view-any-applied",
             Bug::ReadBatchAnswersReversed => "read-batch-answers-reversed",
+            Bug::ScanRunIgnoresSmall => "scan-run-ignores-small",
         }
     }
 }

@@ -96,6 +96,22 @@ fn command_of(request: &Request) -> Command {
         Command::parse(args).expect("the driver sends well-formed commands")
     };
     if request.transaction.is_empty() {
+        // `SSCAN key 0 COUNT n` (the driver sends no other cursor) is the step an SDK user
+        // builds: the proxy keeps the cursors, so the parser knows no `SSCAN`.
+        if let [name, key, _cursor, _count, count] = request.args.as_slice()
+            && name.as_ref() == b"SSCAN"
+        {
+            return Command::ElementScan {
+                key: key.clone(),
+                kind: larder_core::kv::elements::Kind::Set,
+                from: bytes::Bytes::new(),
+                pattern: bytes::Bytes::from_static(b"*"),
+                count: std::str::from_utf8(count)
+                    .ok()
+                    .and_then(|count| count.parse().ok())
+                    .expect("the driver sends a numeric count"),
+            };
+        }
         return parse(&request.args);
     }
     // What the proxy builds from MULTI … EXEC without WATCH.

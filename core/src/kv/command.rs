@@ -241,10 +241,10 @@ pub enum Command {
         pattern: Bytes,
         count: u64,
     },
-    /// `RANDOMKEY` in one slot group ([`Scope::Group`]): the first live key at or past a point
-    /// drawn from `seed` between the group's first and last keys
-    /// ([`random_point`](super::random_point)), or the group's first live key when none lies
-    /// past it; nil when the group holds none. It reads a few rows, not the group.
+    /// `RANDOMKEY` in one slot group ([`Scope::Group`]): the first live key at or past the key
+    /// a [`RandomDescent`](super::RandomDescent) from `seed` settles on, or the group's first
+    /// live key when none lies past it; nil when the group holds none. It reads a few dozen
+    /// rows, not the group.
     /// Last of the variants so that the encoding of every older one is unchanged.
     RandomKey {
         seed: u64,

@@ -162,45 +162,115 @@ impl GroupRead {
     }
 }
 
-/// Where `RANDOMKEY` starts looking in a group whose keys run from `first` to `last`: a point
-/// drawn from `seed` between them. Past their common prefix, each of the next eight bytes is
-/// drawn between the two keys' bytes at that place, so keys such as `user:000000` …
-/// `user:999999` (digits at every place) are drawn about evenly, and random binary keys too.
-/// A key is the likelier the larger the gap of unused byte strings before it: not uniform, but
-/// never stuck on one key, and it costs a few rows where listing the group cost all of them.
-/// (Redis's own `RANDOMKEY` is not uniform either: it picks a bucket, then a key of its chain.)
-pub fn random_point(first: &[u8], last: &[u8], seed: u64) -> Bytes {
-    let common = first.iter().zip(last).take_while(|(a, b)| a == b).count();
-    if common == first.len().max(last.len()) {
-        return Bytes::copy_from_slice(first);
+/// Most levels a [`RandomDescent`] goes down before it settles on the first key of the range
+/// it reached.
+const RANDOM_DESCENT_LEVELS_MAX: u32 = 24;
+
+/// How `RANDOMKEY` picks a key of a group without listing it: a walk down the keys' byte trie
+/// from the group's first and last keys. At each level, past the common prefix of the first
+/// and last key under the current prefix, it draws a byte between theirs (or the shorter key
+/// itself, when the first key is the prefix), and goes on under the first key at or past that
+/// byte, from its first to its last key. Every level costs the reader two row reads (the
+/// first key at or past a point, the last key under a prefix), so a pick costs a few dozen
+/// reads whatever the group's size.
+///
+/// Not uniform: a byte after a gap of unused bytes is the likelier, at each level. But keys
+/// that differ in digits (`user:000001` … `user:999999`) are drawn evenly, and an odd key
+/// (`a` beside a million `key:…`) skews only its own level, where the earlier draw between the
+/// first and last keys would send almost every pick to one key. (Redis's own `RANDOMKEY` is not
+/// uniform either: it picks a bucket, then a key of its chain.)
+#[derive(Debug, Clone)]
+pub struct RandomDescent {
+    seed: u64,
+    level: u32,
+}
+
+/// What a [`RandomDescent`] asks for next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Descend {
+    /// The pick is the first key of the current range.
+    Settled,
+    /// Read the first key at or past `point` (call it `k`) and the last key that starts with
+    /// `k`'s first `prefix_len` bytes, and step again with them.
+    Seek { point: Bytes, prefix_len: usize },
+}
+
+impl RandomDescent {
+    pub fn new(seed: u64) -> Self {
+        RandomDescent { seed, level: 0 }
     }
-    let at = |key: &[u8], place: usize| key.get(common + place).copied().unwrap_or(0);
-    let mut point = Vec::with_capacity(common + 8);
-    // A point past `last` would find no key and fall back to the first: drawn again.
-    for attempt in 0..8u64 {
-        let mut bits = xxhash_rust::xxh3::xxh3_64(&[seed, attempt].map(u64::to_le_bytes).concat());
-        point.clear();
+
+    /// The next step from the range of keys `first ..= last` (both present, `first <= last`,
+    /// sharing the prefix the previous step named).
+    pub fn step(&mut self, first: &[u8], last: &[u8]) -> Descend {
+        if first >= last || self.level >= RANDOM_DESCENT_LEVELS_MAX {
+            return Descend::Settled;
+        }
+        let common = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+        // The bytes the keys of the range have after the common prefix run from `low` (none:
+        // `first` is the prefix itself, drawn as one more choice below the bytes) to `high`.
+        let high = u64::from(last[common]);
+        let low = first.get(common).map_or(0, |byte| u64::from(*byte) + 1);
+        let hash = xxhash_rust::xxh3::xxh3_64(
+            &[self.seed, u64::from(self.level)]
+                .map(u64::to_le_bytes)
+                .concat(),
+        );
+        self.level += 1;
+        let drawn = low + hash % (high + 2 - low);
+        if drawn == 0 {
+            return Descend::Settled;
+        }
+        let mut point = Vec::with_capacity(common + 1);
         point.extend_from_slice(&first[..common]);
-        for place in 0..8 {
-            let (a, b) = (at(first, place), at(last, place));
-            let (low, high) = (a.min(b), a.max(b));
-            // The draws of the places as the digits of one number in mixed radix: spans of
-            // at most 256 each, eight of them, use the hash's 64 bits once.
-            let span = u64::from(high - low) + 1;
-            point.push(low + (bits % span) as u8);
-            bits /= span;
-        }
-        if point.as_slice() <= last {
-            return Bytes::from(point);
+        point.push((drawn - 1) as u8);
+        Descend::Seek {
+            point: Bytes::from(point),
+            prefix_len: common + 1,
         }
     }
-    Bytes::copy_from_slice(first)
+}
+
+/// The first key past every key that starts with `prefix` (`None`: no key is, the prefix is
+/// all `0xff`), the exclusive end of the range of keys under it.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    let last = end.last_mut()?;
+    *last += 1;
+    Some(end)
 }
 
 /// Whether `record` is of the type `SCAN … TYPE kind` asks for (any, without one).
 fn of_kind(kind: &Option<Bytes>, record: &Record) -> bool {
     kind.as_ref()
         .is_none_or(|kind| kind.eq_ignore_ascii_case(record.value.type_name().as_bytes()))
+}
+
+/// [`RandomDescent`] over records in memory: the key it settles on (expired or not; `None`
+/// for no records).
+fn random_descent(keys: &std::collections::BTreeSet<&[u8]>, seed: u64) -> Option<Bytes> {
+    use std::ops::Bound;
+    let (mut first, mut last) = (*keys.first()?, *keys.last()?);
+    let mut descent = RandomDescent::new(seed);
+    while let Descend::Seek { point, prefix_len } = descent.step(first, last) {
+        first = keys
+            .range::<[u8], _>((Bound::Included(point.as_ref()), Bound::Unbounded))
+            .next()
+            .expect("a key lies at or before the last");
+        let prefix = &first[..prefix_len];
+        let end = prefix_end(prefix);
+        last = keys
+            .range::<[u8], _>((
+                Bound::Included(prefix),
+                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+            ))
+            .next_back()
+            .expect("the first key is under its own prefix");
+    }
+    Some(Bytes::copy_from_slice(first))
 }
 
 /// Applies a [`Scope::Group`] command at `now_ms` to every record of a slot group held in
@@ -223,10 +293,10 @@ pub fn execute_group<'a>(
     }
     let records: Vec<(&Bytes, &Record)> = records.into_iter().collect();
     let from = match command {
-        Command::RandomKey { seed } => match (records.first(), records.last()) {
-            (Some((first, _)), Some((last, _))) => Some(random_point(first, last, *seed)),
-            _ => None,
-        },
+        Command::RandomKey { seed } => {
+            let keys = records.iter().map(|(key, _)| key.as_ref()).collect();
+            random_descent(&keys, *seed)
+        }
         _ => GroupRead::scan_from(command).cloned(),
     };
     let fold = |from: Option<&Bytes>| match GroupRead::new(command, now_ms, usize::MAX) {
@@ -414,25 +484,34 @@ mod tests {
     }
 
     #[test]
-    fn random_points_lie_between_the_first_and_last_keys_and_spread() {
-        assert_eq!(random_point(b"same", b"same", 7), b("same"));
+    fn randomkey_draws_keys_all_over_the_group_and_an_odd_key_skews_only_its_level() {
         let mut state = BTreeMap::new();
         for i in 0..1000 {
             state.insert(b(&format!("user:{i:06}")), Record::string("v"));
         }
-        let mut picked = std::collections::BTreeSet::new();
-        for seed in 0..1000 {
-            let point = random_point(b"user:000000", b"user:000999", seed);
-            assert!(point.as_ref() <= b"user:000999".as_slice(), "{point:?}");
-            let Reply::Bulk(key) = execute_group(&Command::RandomKey { seed }, 100, &state).reply
-            else {
-                panic!("a key");
-            };
-            assert!(state.contains_key(&key));
-            picked.insert(key);
-        }
+        let picks = |state: &BTreeMap<Bytes, Record>| {
+            let mut picked = BTreeMap::<Bytes, u32>::new();
+            for seed in 0..1000 {
+                let Reply::Bulk(key) =
+                    execute_group(&Command::RandomKey { seed }, 100, state).reply
+                else {
+                    panic!("a key");
+                };
+                assert!(state.contains_key(&key));
+                *picked.entry(key).or_default() += 1;
+            }
+            picked
+        };
         // 1,000 draws over 1,000 keys drawn evenly find about 632 distinct ones.
+        let picked = picks(&state);
         assert!(picked.len() > 550, "{} distinct keys", picked.len());
+        // One key far from the others takes about its level's share, not every pick.
+        state.insert(b("a"), Record::string("v"));
+        state.insert(b("user:"), Record::string("v"));
+        let picked = picks(&state);
+        assert!(picked.len() > 500, "{} distinct keys", picked.len());
+        assert!(picked[&b("a")] < 150, "{picked:?}");
+        assert!(picked.get(&b("user:")).copied().unwrap_or(0) < 150);
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod zset;
 pub use command::{Command, CommandError, Expiry, Scope, SetCondition, past};
 pub use execute::{Outcome, execute, execute_elements};
 pub use glob::{Glob, glob_match};
-pub use group::{GroupRead, SCAN_COUNT_MAX, execute_group, random_point};
+pub use group::{Descend, GroupRead, RandomDescent, SCAN_COUNT_MAX, execute_group, prefix_end};
 pub use keyspace::{Deadline, ExpireCondition, KeyCommand};
 pub use list::{BlockTimeout, End, ListCommand, PopShape};
 pub use record::{Record, RecordError, Value};

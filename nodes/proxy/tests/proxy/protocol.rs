@@ -42,6 +42,17 @@ fn proxy_with(config: ProxyConfig) -> Arc<Proxy<TcpNet, TokioClock>> {
 }
 
 /// Sends `input` and collects the reply bytes until the stream goes quiet or closes.
+/// Sends each request in turn and checks its whole reply.
+async fn answers_all<const N: usize>(stream: &mut DuplexStream, exchanges: [(&str, &str); N]) {
+    for (input, expected) in exchanges {
+        assert_eq!(
+            exchange(stream, input.as_bytes()).await,
+            expected,
+            "{input:?}"
+        );
+    }
+}
+
 async fn exchange(stream: &mut DuplexStream, input: &[u8]) -> String {
     stream.write_all(input).await.expect("write");
     let mut reply = Vec::new();
@@ -96,7 +107,7 @@ fn connect_with(proxy: &Arc<Proxy<TcpNet, TokioClock>>, capacity: usize) -> (Dup
 async fn server_commands_answer_as_redis_7_0_with_no_scripts_loaded() {
     let proxy = proxy(None);
     let (mut c, _task) = connect(&proxy);
-    for (input, expected) in [
+    answers_all(&mut c, [
         ("CLIENT GETNAME\r\n", "$-1\r\n"),
         ("CLIENT SETNAME larder-test\r\n", "+OK\r\n"),
         ("CLIENT GETNAME\r\n", "$11\r\nlarder-test\r\n"),
@@ -132,13 +143,8 @@ async fn server_commands_answer_as_redis_7_0_with_no_scripts_loaded() {
             "FUNCTION NOPE\r\n",
             "-ERR unknown subcommand 'NOPE'. Try FUNCTION HELP.\r\n",
         ),
-    ] {
-        assert_eq!(
-            exchange(&mut c, input.as_bytes()).await,
-            expected,
-            "{input:?}"
-        );
-    }
+    ])
+    .await;
     let hello = exchange(&mut c, b"HELLO 2\r\n").await;
     assert!(hello.contains("$6\r\n7.0.15\r\n"), "{hello}");
 }
@@ -775,26 +781,24 @@ async fn client_reply_off_and_skip_silence_replies_until_on() {
 async fn client_libraries_connect_time_setinfo_is_taken() {
     let proxy = proxy(None);
     let (mut c, _task) = connect(&proxy);
-    for (input, expected) in [
-        ("CLIENT SETINFO LIB-NAME redis-py\r\n", "+OK\r\n"),
-        ("CLIENT SETINFO lib-ver 5.0.1\r\n", "+OK\r\n"),
-        (
-            "CLIENT SETINFO LIB-COLOUR red\r\n",
-            "-ERR Unrecognized option 'LIB-COLOUR'\r\n",
-        ),
-        (
-            "*4\r\n$6\r\nCLIENT\r\n$7\r\nSETINFO\r\n$8\r\nLIB-NAME\r\n$3\r\na b\r\n",
-            "-ERR lib-name cannot contain spaces, newlines or special characters.\r\n",
-        ),
-        ("CLIENT NO-TOUCH on\r\n", "+OK\r\n"),
-        ("CLIENT NO-EVICT maybe\r\n", "-ERR syntax error\r\n"),
-    ] {
-        assert_eq!(
-            exchange(&mut c, input.as_bytes()).await,
-            expected,
-            "{input}"
-        );
-    }
+    answers_all(
+        &mut c,
+        [
+            ("CLIENT SETINFO LIB-NAME redis-py\r\n", "+OK\r\n"),
+            ("CLIENT SETINFO lib-ver 5.0.1\r\n", "+OK\r\n"),
+            (
+                "CLIENT SETINFO LIB-COLOUR red\r\n",
+                "-ERR Unrecognized option 'LIB-COLOUR'\r\n",
+            ),
+            (
+                "*4\r\n$6\r\nCLIENT\r\n$7\r\nSETINFO\r\n$8\r\nLIB-NAME\r\n$3\r\na b\r\n",
+                "-ERR lib-name cannot contain spaces, newlines or special characters.\r\n",
+            ),
+            ("CLIENT NO-TOUCH on\r\n", "+OK\r\n"),
+            ("CLIENT NO-EVICT maybe\r\n", "-ERR syntax error\r\n"),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]

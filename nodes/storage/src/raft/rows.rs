@@ -344,18 +344,20 @@ pub(crate) async fn part_from_disk<D: Disk>(
 }
 
 /// The record of a collection with only the run of elements a scan step looks at
-/// ([`elements::Access::Run`]): from element `from` on, [`elements::scan_rows`] of them, read
-/// in pages of at most what is still wanted, so a step costs its count, not the collection.
+/// ([`elements::Access::Run`]): from element `from` on, [`elements::scan_rows`]`(len, count)`
+/// of them (`len`: the collection's, from its header), read in pages of at most what is still
+/// wanted, so a step costs its count, not the collection.
 pub(crate) async fn run_from_disk<D: Disk>(
     disk: &D,
     group: GroupId,
     key: &[u8],
+    len: u64,
     header: &Header,
     from: &[u8],
     count: u64,
 ) -> Result<Record, io::Error> {
     let (prefix, end) = element_range(group, key, header.generation);
-    let mut wanted = elements::scan_rows(header.len, count);
+    let mut wanted = elements::scan_rows(len, count);
     let mut start = element_key(&prefix, from).to_vec();
     let mut rows = Vec::new();
     while wanted > 0 {

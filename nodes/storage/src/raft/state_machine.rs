@@ -22,7 +22,10 @@ use larder_core::env::{
     Disk, DiskView, FaultPoint, FaultPoints, KeyPages, Space, WriteBatch, WriteOp,
 };
 use larder_core::kv::elements::{self, Access, Kind, Part, Window};
-use larder_core::kv::{Command, GroupRead, Outcome, Record, Reply, Scope, Value, execute_elements};
+use larder_core::kv::{
+    Command, Descend, GroupRead, Outcome, RandomDescent, Record, Reply, Scope, Value,
+    execute_elements,
+};
 use larder_core::slots::{Ownership, ranges_contain, slot_of};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -674,14 +677,31 @@ impl<D: Disk> DiskStateMachine<D> {
             from.extend_from_slice(start);
         }
         if let Command::RandomKey { seed } = command {
-            // From a point between the group's first and last keys: two row reads.
+            // From the key a walk down the group's keys settles on: two row reads a level.
             let first = self.disk.scan(Space::State, &start, Some(&end), 1).await?;
             let last = self.disk.last(Space::State, &start, &end).await?;
-            let (Some((first, _)), Some((last, _))) = (first.first(), last) else {
+            let (Some((first, _)), Some((last, _))) = (first.into_iter().next(), last) else {
                 return Ok(ReadOutcome::Reply(Reply::Nil));
             };
-            let point = larder_core::kv::random_point(&first[8..], &last[8..], *seed);
-            from.extend_from_slice(&point);
+            let (mut first, mut last) = (first, last);
+            let mut descent = RandomDescent::new(*seed);
+            while let Descend::Seek { point, prefix_len } = descent.step(&first[8..], &last[8..]) {
+                let point = [&start[..], &point[..]].concat();
+                let found = self.disk.scan(Space::State, &point, Some(&end), 1).await?;
+                // Past the point lies at least the last key, unless a write removed it since.
+                let Some((at, _)) = found.into_iter().next() else {
+                    break;
+                };
+                let Some(under) = at.get(..8 + prefix_len) else {
+                    break;
+                };
+                let under_end = larder_core::kv::prefix_end(under).unwrap_or_else(|| end.clone());
+                let Some((high, _)) = self.disk.last(Space::State, under, &under_end).await? else {
+                    break;
+                };
+                (first, last) = (at, high);
+            }
+            from.extend_from_slice(&first[8..]);
             let found = self
                 .fold_group(command, now_ms, owned, expires_unlogged, from)
                 .await?;
@@ -794,8 +814,14 @@ impl<D: Disk> DiskStateMachine<D> {
                             (part.await?, 0)
                         }
                         Some(Access::Run { from, count }) if header.kind != Kind::List => {
+                            // The planted bug loads `count` rows whatever the length.
+                            let len = if self.bugs.is_planted(Bug::ScanRunIgnoresSmall) {
+                                u64::MAX
+                            } else {
+                                header.len
+                            };
                             let run = rows::run_from_disk(
-                                &self.disk, self.group, key, &header, from, *count,
+                                &self.disk, self.group, key, len, &header, from, *count,
                             );
                             (run.await?, 0)
                         }

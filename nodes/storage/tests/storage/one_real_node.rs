@@ -959,8 +959,11 @@ fn randomkey_reads_a_few_rows_from_a_point_and_finds_keys_all_over_the_group() {
     };
     assert_eq!(pick(1), Reply::Nil, "an empty group");
     let keys: Vec<Bytes> = (0..2000).map(|i| Bytes::from(format!("k{i:05}"))).collect();
+    // And one odd key far below the others, which must not draw the picks to one key.
+    let odd = Bytes::from_static(b"a");
     let pairs = keys
         .iter()
+        .chain([&odd])
         .map(|key| (key.clone(), Bytes::from_static(b"v")))
         .collect();
     assert_eq!(
@@ -972,7 +975,7 @@ fn randomkey_reads_a_few_rows_from_a_point_and_finds_keys_all_over_the_group() {
         let Reply::Bulk(key) = pick(seed) else {
             panic!("a key");
         };
-        assert!(keys.contains(&key), "{key:?}");
+        assert!(keys.contains(&key) || key == odd, "{key:?}");
         picked.insert(key);
     }
     // 300 draws over 2,000 keys drawn evenly find about 278 distinct ones, spread over the
