@@ -240,6 +240,10 @@ catalog! {
     // the head) on a list of several: 12/50, the same seeds (those that draw the family),
     // first 5.
     list_window_at_head: "list-window-at-head", 1..=50, Swarm;
+    // The collections family's single set reads, half of them one `SSCAN … COUNT 1` step,
+    // which the bug answers with one member and cursor 0: 11/50 (5, 9, 11, 17, 24, 25, 28,
+    // 29, 34, 36, 42), first 5.
+    scan_run_ignores_small: "scan-run-ignores-small", 1..=50, Swarm;
     // Swarm cluster seeds with three processes per proxy connection pipelining (`--pipelined
     // 3`): a process handed another's reply fails its model at once. 6/6 (seeds 1..=6).
     pipeline_reply_order: "pipeline-reply-order", 1..=10, SwarmPipelined;
