@@ -91,6 +91,31 @@ impl Drop for Running {
     }
 }
 
+/// A whole iteration of `command` (`SCAN`, or `HSCAN key` and the like) in steps of `COUNT
+/// count`: every item the steps returned, and how many steps it took. No step returns more
+/// than `count` elements (`width` items each: 2 for a field and its value).
+fn scan_in_steps(
+    c: &mut redis::Connection,
+    command: &[&str],
+    count: usize,
+    width: usize,
+) -> (Vec<String>, usize) {
+    let mut cursor = 0u64;
+    let mut items = Vec::new();
+    for steps in 1..=100_000 {
+        let mut step = redis::cmd(command[0]);
+        step.arg(&command[1..]).arg(cursor).arg("COUNT").arg(count);
+        let (next, found): (u64, Vec<String>) = step.query(c).expect("a scan step");
+        assert!(found.len() <= count * width, "{command:?}: {found:?}");
+        items.extend(found);
+        if next == 0 {
+            return (items, steps);
+        }
+        cursor = next;
+    }
+    panic!("{command:?} did not end in 100,000 steps");
+}
+
 #[test]
 fn strings_hashes_and_keyspace_commands_through_the_proxy() {
     let running = Running::start(8, None);
@@ -221,27 +246,10 @@ fn strings_hashes_and_keyspace_commands_through_the_proxy() {
     assert_eq!(hashes, ["user:1"]);
     // `SCAN … COUNT 1`: each step looks at one key of one group, so no step returns more than
     // one, and the whole iteration sees every key once.
-    let mut cursor = 0u64;
-    let mut every: Vec<String> = Vec::new();
-    let mut steps = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1)
-            .query(&mut c)
-            .expect("scan count");
-        assert!(keys.len() <= 1, "{keys:?}");
-        every.extend(keys);
-        steps += 1;
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let (mut every, steps) = scan_in_steps(&mut c, &["SCAN"], 1, 1);
     every.sort();
     assert_eq!(every.len(), size as usize, "{every:?}");
-    assert!(steps > size, "{steps} steps for {size} keys");
+    assert!(steps as i64 > size, "{steps} steps for {size} keys");
     // A count past the database: every group in one call, which ends the iteration.
     let (next, mut all): (u64, Vec<String>) = redis::cmd("SCAN")
         .arg(0)
@@ -282,22 +290,7 @@ fn strings_hashes_and_keyspace_commands_through_the_proxy() {
     // The empty string is a key: a step that stops at it goes on past it (it was once the
     // mark for "from the start", and a `COUNT 1` iteration came back to it forever).
     let _: () = c.set("", "empty").expect("set the empty key");
-    let mut cursor = 0u64;
-    let mut with_empty: Vec<String> = Vec::new();
-    for _ in 0..1000 {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1)
-            .query(&mut c)
-            .expect("scan count");
-        with_empty.extend(keys);
-        cursor = next;
-        if next == 0 {
-            break;
-        }
-    }
-    assert_eq!(cursor, 0, "the iteration ends");
+    let (mut with_empty, _) = scan_in_steps(&mut c, &["SCAN"], 1, 1);
     with_empty.sort();
     let mut expected = vec![String::new()];
     expected.extend(every.iter().cloned());
@@ -319,25 +312,7 @@ fn strings_hashes_and_keyspace_commands_through_the_proxy() {
         ("SSCAN", "{big}s", 1),
         ("ZSCAN", "{big}z", 2),
     ] {
-        let mut cursor = 0u64;
-        let mut items: Vec<String> = Vec::new();
-        let mut steps = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd(command)
-                .arg(key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(7)
-                .query(&mut c)
-                .expect("element scan");
-            assert!(found.len() <= 7 * width, "{command}: {found:?}");
-            items.extend(found);
-            steps += 1;
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let (items, steps) = scan_in_steps(&mut c, &[command, key], 7, width);
         assert_eq!(items.len(), 300 * width, "{command}");
         assert!(steps > 300 / 7, "{command}: {steps} steps");
         let mut elements: Vec<&String> = items.iter().step_by(width).collect();
