@@ -287,6 +287,13 @@ fn strings_hashes_and_keyspace_commands_through_the_proxy() {
         .query::<Value>(&mut c)
         .expect_err("COUNT 0");
     assert!(zero.to_string().contains("syntax error"), "{zero}");
+    // An option without its value is a syntax error, as from Redis (not an arity error).
+    let dangling = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .query::<Value>(&mut c)
+        .expect_err("COUNT without a value");
+    assert!(dangling.to_string().contains("syntax error"), "{dangling}");
     // The empty string is a key: a step that stops at it goes on past it (it was once the
     // mark for "from the start", and a `COUNT 1` iteration came back to it forever).
     let _: () = c.set("", "empty").expect("set the empty key");

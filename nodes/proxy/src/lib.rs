@@ -1955,31 +1955,20 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// where the cursor stands ([`scan`]), looking at no more than `COUNT` keys in all;
     /// groups in the order of their ids, each from its first key.
     async fn scan(&self, session: &mut Session<N, C>, args: &[Bytes]) -> Frame {
-        if args.len() < 2 || !args.len().is_multiple_of(2) {
+        if args.len() < 2 {
             return arity("scan");
         }
         let Some(cursor) = scan::parse_cursor(&args[1]) else {
             return error("ERR invalid cursor");
         };
-        let mut pattern = Bytes::from_static(b"*");
-        let mut kind = None;
-        // Redis's default: about ten keys a step.
-        let mut count = 10;
-        for option in args[2..].chunks(2) {
-            match lower(&option[0]).as_str() {
-                "match" => pattern = option[1].clone(),
-                "type" => kind = Some(option[1].clone()),
-                "count" => match std::str::from_utf8(&option[1])
-                    .ok()
-                    .and_then(|n| n.parse::<i64>().ok())
-                {
-                    Some(n) if n >= 1 => count = n as u64,
-                    Some(_) => return error("ERR syntax error"),
-                    None => return error("ERR value is not an integer or out of range"),
-                },
-                _ => return error("ERR syntax error"),
-            }
-        }
+        let scan::Options {
+            pattern,
+            kind,
+            count,
+        } = match scan::Options::parse(&args[2..], true) {
+            Ok(options) => options,
+            Err(problem) => return error(problem),
+        };
         let groups: Vec<GroupId> = self.routing.current().groups().keys().copied().collect();
         let done = || Frame::Array(Some(vec![bulk("0"), Frame::Array(Some(Vec::new()))]));
         let first_after = |group: GroupId| groups.iter().copied().find(|g| *g > group);
@@ -2069,7 +2058,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// `HSCAN`, `SSCAN` or `ZSCAN key cursor [MATCH pattern] [COUNT n]`: one step of
     /// [`Command::ElementScan`] from where the cursor stands ([`scan`]), in element order.
     async fn element_scan(&self, session: &mut Session<N, C>, name: &str, args: &[Bytes]) -> Frame {
-        if args.len() < 3 || args.len().is_multiple_of(2) {
+        if args.len() < 3 {
             return arity(name);
         }
         let key = args[1].clone();
@@ -2081,27 +2070,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             "sscan" => Kind::Set,
             _ => Kind::ZSet,
         };
-        let mut pattern = Bytes::from_static(b"*");
-        let mut count = 10;
-        let mut problem = None;
-        for option in args[3..].chunks(2) {
-            match lower(&option[0]).as_str() {
-                "match" => pattern = option[1].clone(),
-                "count" => match std::str::from_utf8(&option[1])
-                    .ok()
-                    .and_then(|n| n.parse::<i64>().ok())
-                {
-                    Some(n) if n >= 1 => count = n as u64,
-                    Some(_) => problem = Some("ERR syntax error"),
-                    None => problem = Some("ERR value is not an integer or out of range"),
-                },
-                _ => problem = Some("ERR syntax error"),
-            }
-            if problem.is_some() {
-                break;
-            }
-        }
-        if let Some(problem) = problem {
+        let options = scan::Options::parse(&args[3..], false);
+        if let Err(problem) = options {
             // Redis looks the key up before it reads the options: a missing key answers an
             // empty scan and one of another type WRONGTYPE, whatever the options.
             let probe = Command::ElementScan {
@@ -2120,6 +2090,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 Err(e) => client_error(e, &self.config.bugs),
             };
         }
+        let scan::Options { pattern, count, .. } = options.expect("checked above");
         let from = if cursor == 0 {
             Bytes::new()
         } else {

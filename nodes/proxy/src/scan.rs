@@ -58,6 +58,49 @@ pub fn parse_cursor(arg: &[u8]) -> Option<u64> {
     })
 }
 
+/// The options of a scan step (`MATCH pattern`, `COUNT n`, and for `SCAN` `TYPE t`), read as
+/// Redis 7.0's `scanGenericCommand` reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub pattern: Bytes,
+    pub kind: Option<Bytes>,
+    /// Elements or keys a step looks at: Redis's default, about ten.
+    pub count: u64,
+}
+
+impl Options {
+    /// The options in `args` (`with_type`: `SCAN`'s, which take `TYPE`); the error text Redis
+    /// answers otherwise. An option without its value is a syntax error, not an arity one.
+    pub fn parse(args: &[Bytes], with_type: bool) -> Result<Options, &'static str> {
+        let mut options = Options {
+            pattern: Bytes::from_static(b"*"),
+            kind: None,
+            count: 10,
+        };
+        for option in args.chunks(2) {
+            let [name, value] = option else {
+                return Err("ERR syntax error");
+            };
+            match name.to_ascii_lowercase().as_slice() {
+                b"match" => options.pattern = value.clone(),
+                b"type" if with_type => options.kind = Some(value.clone()),
+                b"count" => {
+                    match std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|n| n.parse::<i64>().ok())
+                    {
+                        Some(n) if n >= 1 => options.count = n as u64,
+                        Some(_) => return Err("ERR syntax error"),
+                        None => return Err("ERR value is not an integer or out of range"),
+                    }
+                }
+                _ => return Err("ERR syntax error"),
+            }
+        }
+        Ok(options)
+    }
+}
+
 /// Where an iteration stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Position {
@@ -215,6 +258,42 @@ mod tests {
         let d = cursors.remember(element.clone()).expect("fits, alone");
         assert_eq!(cursors.len(), 1, "the key and the element both count");
         assert_eq!(cursors.find(d), Some(element));
+    }
+
+    #[test]
+    fn options_are_read_as_redis_reads_them() {
+        let args = |line: &str| -> Vec<Bytes> {
+            line.split_whitespace()
+                .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+                .collect()
+        };
+        assert_eq!(
+            Options::parse(&args("MATCH a* count 5 TYPE hash"), true),
+            Ok(Options {
+                pattern: Bytes::from_static(b"a*"),
+                kind: Some(Bytes::from_static(b"hash")),
+                count: 5,
+            })
+        );
+        assert_eq!(Options::parse(&[], false).map(|o| o.count), Ok(10));
+        for (line, with_type, problem) in [
+            ("COUNT", true, "ERR syntax error"),
+            ("MATCH a COUNT", false, "ERR syntax error"),
+            ("COUNT 0", true, "ERR syntax error"),
+            (
+                "COUNT x",
+                true,
+                "ERR value is not an integer or out of range",
+            ),
+            ("TYPE hash", false, "ERR syntax error"),
+            ("NOVALUES x", false, "ERR syntax error"),
+        ] {
+            assert_eq!(
+                Options::parse(&args(line), with_type),
+                Err(problem),
+                "{line}"
+            );
+        }
     }
 
     #[test]
