@@ -603,6 +603,18 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_step_looks_at_no_more_than_its_bound() {
+        assert_eq!(scan_rows(SMALL_SCAN_LEN, 1), u64::MAX, "small: whole");
+        assert_eq!(scan_rows(SMALL_SCAN_LEN + 1, 1), 1);
+        assert_eq!(
+            scan_rows(SMALL_SCAN_LEN + 1, 0),
+            1,
+            "a step always moves on"
+        );
+        assert_eq!(scan_rows(u64::MAX, u64::MAX), crate::kv::SCAN_COUNT_MAX);
+    }
+
+    #[test]
     fn an_element_scan_steps_through_a_large_collection_bounded_and_a_small_one_at_once() {
         let mut zset = ZSet::default();
         let mut state = BTreeMap::new();

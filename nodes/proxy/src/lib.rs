@@ -1970,7 +1970,6 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             Err(problem) => return error(problem),
         };
         let groups: Vec<GroupId> = self.routing.current().groups().keys().copied().collect();
-        let done = || Frame::Array(Some(vec![bulk("0"), Frame::Array(Some(Vec::new()))]));
         let first_after = |group: GroupId| groups.iter().copied().find(|g| *g > group);
         let start = if cursor == 0 {
             groups.first().map(|&group| (group, Bytes::new()))
@@ -1986,7 +1985,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             }
         };
         let Some((mut group, mut from)) = start else {
-            return done();
+            return self.scan_reply(None, &[], "SCAN stopped at a key");
         };
         // A group that ends before the step has looked at `COUNT` keys hands the rest of the
         // count to the next group, so a small database answers in one call, as Redis's does.
@@ -2037,13 +2036,20 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 }
             }
         };
+        self.scan_reply(next, &found, "SCAN stopped at a key")
+    }
+
+    /// A scan step's reply: a new cursor for `next` (0 when the iteration is done) and the
+    /// items found. A position too long for the cursor table is refused, `stopped` saying
+    /// where the step stopped.
+    fn scan_reply(&self, next: Option<scan::Position>, items: &[Reply], stopped: &str) -> Frame {
         let cursor = match next {
             None => 0,
             Some(position) => match self.scan_cursors.remember(position) {
                 Some(cursor) => cursor,
                 None => {
                     return error(format!(
-                        "ERR SCAN stopped at a key longer than a cursor may hold ({} bytes)",
+                        "ERR {stopped} longer than a cursor may hold ({} bytes)",
                         scan::SCAN_CURSOR_BYTES_MAX
                     ));
                 }
@@ -2051,7 +2057,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         };
         Frame::Array(Some(vec![
             bulk(cursor.to_string()),
-            Frame::Array(Some(found.iter().map(Frame::from).collect())),
+            Frame::Array(Some(items.iter().map(Frame::from).collect())),
         ]))
     }
 
@@ -2083,7 +2089,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             };
             return match session.client.execute(probe).await {
                 Ok(Reply::Array(parts)) if parts.get(1) == Some(&Reply::Array(Vec::new())) => {
-                    Frame::Array(Some(vec![bulk("0"), Frame::Array(Some(Vec::new()))]))
+                    self.scan_reply(None, &[], name)
                 }
                 Ok(Reply::Error(text)) => error(text),
                 Ok(_) => error(problem),
@@ -2114,29 +2120,15 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             Ok(other) => return Frame::from(&other),
             Err(e) => return client_error(e, &self.config.bugs),
         };
-        let cursor = match last {
-            Reply::Bulk(last) => {
-                let position = scan::Position::Elements {
-                    key,
-                    from: larder_core::kv::past(&last),
-                };
-                match self.scan_cursors.remember(position) {
-                    Some(cursor) => cursor,
-                    None => {
-                        return error(format!(
-                            "ERR {} stopped at a key and element longer than a cursor may hold ({} bytes)",
-                            name.to_uppercase(),
-                            scan::SCAN_CURSOR_BYTES_MAX
-                        ));
-                    }
-                }
-            }
-            _ => 0,
+        let next = match last {
+            Reply::Bulk(last) => Some(scan::Position::Elements {
+                key,
+                from: larder_core::kv::past(&last),
+            }),
+            _ => None,
         };
-        Frame::Array(Some(vec![
-            bulk(cursor.to_string()),
-            Frame::Array(Some(items.iter().map(Frame::from).collect())),
-        ]))
+        let stopped = format!("{} stopped at a key and element", name.to_uppercase());
+        self.scan_reply(next, &items, &stopped)
     }
 
     async fn data_command(&self, session: &mut Session<N, C>, name: &str, args: &[Bytes]) -> Frame {

@@ -680,10 +680,10 @@ impl<D: Disk> DiskStateMachine<D> {
             // From the key a walk down the group's keys settles on: two row reads a level.
             let first = self.disk.scan(Space::State, &start, Some(&end), 1).await?;
             let last = self.disk.last(Space::State, &start, &end).await?;
-            let (Some((first, _)), Some((last, _))) = (first.into_iter().next(), last) else {
+            let (Some((mut first, _)), Some((mut last, _))) = (first.into_iter().next(), last)
+            else {
                 return Ok(ReadOutcome::Reply(Reply::Nil));
             };
-            let (mut first, mut last) = (first, last);
             let mut descent = RandomDescent::new(*seed);
             while let Descend::Seek { point, prefix_len } = descent.step(&first[8..], &last[8..]) {
                 let point = [&start[..], &point[..]].concat();
