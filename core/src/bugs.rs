@@ -143,11 +143,16 @@ pub enum Bug {
     /// even for a small collection, which the step then answers whole and done: `SSCAN s 0
     /// COUNT 1` on a set of several members answers one member and cursor 0.
     ScanRunIgnoresSmall,
+    /// Unchanged writes (storage): a write that would change nothing (`DEL` of a missing key,
+    /// `SREM` of a missing member) is answered from the local state of a node that believes
+    /// it leads, without confirming its leadership, so a deposed leader answers as unchanged
+    /// a write that the new leader's state would have changed.
+    UnchangedWriteUnconfirmed,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 35] = [
+    pub const ALL: [Bug; 36] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -183,6 +188,7 @@ impl Bug {
         Bug::QuickViewAnyApplied,
         Bug::ReadBatchAnswersReversed,
         Bug::ScanRunIgnoresSmall,
+        Bug::UnchangedWriteUnconfirmed,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -223,6 +229,7 @@ impl Bug {
             Bug::QuickViewAnyApplied => "quick-view-any-applied",
             Bug::ReadBatchAnswersReversed => "read-batch-answers-reversed",
             Bug::ScanRunIgnoresSmall => "scan-run-ignores-small",
+            Bug::UnchangedWriteUnconfirmed => "unchanged-write-unconfirmed",
         }
     }
 }

@@ -265,6 +265,17 @@ pub struct DeposedReadOutcome {
     pub trace_hash: String,
 }
 
+/// What a deposed leader is sent in [`deposed_leader_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeposedRequest {
+    /// `GET k`.
+    Read,
+    /// `SET k before`: on the deposed leader's state (`k` is `before` there) a write that
+    /// changes nothing, answered like a read (`larder_storage::unchanged`); on the majority's
+    /// (`k` is `after`) one that does.
+    UnchangedWrite,
+}
+
 /// A read at a leader deposed while it was cut off, sent the moment the partition heals: the
 /// old leader still believes it leads (nothing from the new one has reached it yet), so its
 /// read round asks the majority side, whose replicas have voted for the new leader since. They
@@ -272,7 +283,16 @@ pub struct DeposedReadOutcome {
 /// read index, which finds the higher term, and is refused. With the planted bug
 /// `read-confirm-ignores-vote` they say yes, and the read answers the value from before the
 /// majority's write, which was acknowledged before the read was sent.
-pub fn deposed_leader_read(seed: u64, bugs: Bugs) -> Result<DeposedReadOutcome, SimError> {
+///
+/// [`DeposedRequest::UnchangedWrite`] sends `SET k before` instead, from a session opened
+/// before the partition: it must be refused as the read is (its confirmation is the read's);
+/// with the planted bug `unchanged-write-unconfirmed` the deposed leader answers `OK` from its
+/// own state, and the write acknowledged after the majority's has no effect.
+pub fn deposed_leader_request(
+    seed: u64,
+    bugs: Bugs,
+    request: DeposedRequest,
+) -> Result<DeposedReadOutcome, SimError> {
     let mut config = SimConfig::new(seed, Duration::from_secs(16));
     config.faults = false;
     config.bugs = bugs;
@@ -318,13 +338,24 @@ pub fn deposed_leader_read(seed: u64, bugs: Bugs) -> Result<DeposedReadOutcome, 
         });
     }
     {
-        let (net, isolated, outcome) = (
+        let (net, isolated, outcome, nodes, patient) = (
             SimNet::new(reader, faults.clone(), derive_seed(seed, 42), trace.clone()),
             isolated.clone(),
             outcome.clone(),
+            nodes.clone(),
+            patient.clone(),
         );
         sim.client(host_name(reader), async move {
-            tokio::time::sleep(heal_at).await;
+            let mut opened = Client::new(net.clone(), SimClock::new(), GROUP, nodes, patient);
+            if request == DeposedRequest::UnchangedWrite {
+                // The write's session, opened through the log while it still commits.
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                opened
+                    .execute(Command::set("session", "opened"))
+                    .await
+                    .map_err(|error| format!("opening the session: {error}"))?;
+            }
+            tokio::time::sleep(heal_at.saturating_sub(sim_now())).await;
             let Some(old) = *isolated.lock().expect("isolated lock") else {
                 return Ok(());
             };
@@ -335,7 +366,12 @@ pub fn deposed_leader_read(seed: u64, bugs: Bugs) -> Result<DeposedReadOutcome, 
                 ..ClientConfig::default()
             };
             let mut client = Client::new(net, SimClock::new(), GROUP, vec![old], once);
-            let result = client.execute(Command::get("k")).await;
+            client.continue_sequence_of(&opened);
+            let command = match request {
+                DeposedRequest::Read => Command::get("k"),
+                DeposedRequest::UnchangedWrite => Command::set("k", "before"),
+            };
+            let result = client.execute(command).await;
             outcome.lock().expect("outcome lock").deposed_read = Some(result);
             Ok(())
         });

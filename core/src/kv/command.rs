@@ -690,6 +690,17 @@ impl Command {
         )
     }
 
+    /// Whether a leader may answer this write without a log entry when executing it would
+    /// change nothing (the storage node's unchanged writes): a client's write of the keys it
+    /// names. Not a transaction (its commands are answered together, at its entry), not
+    /// `FLUSHALL` (a whole group) or a command only nodes propose.
+    pub fn may_be_unchanged(&self) -> bool {
+        self.is_write()
+            && self.scope() == Scope::Keys
+            && !self.is_internal()
+            && !matches!(self, Command::Transaction { .. })
+    }
+
     /// Whether the command acts on the keys it names or on a whole slot group.
     pub fn scope(&self) -> Scope {
         match self {

@@ -12,6 +12,7 @@
 //! - [`lanes`]: the four lanes (read/write × fast/slow) client commands run in.
 //! - [`broken`]: replicas retired because a record's checksum failed.
 //! - [`migration`]: a node's steps in moving slots between groups (track, read, ingest, own).
+//! - [`unchanged`]: writes that would change nothing, answered by a confirmed read.
 //! - [`heartbeat`]: heartbeats to the center, which bring routing tables and addresses.
 //! - [`raft`]: one Raft group over the environment (log store, state machine, network,
 //!   runtime, group commit, wire payloads).
@@ -33,6 +34,7 @@ pub mod raft;
 pub mod read_rounds;
 pub mod serving;
 pub mod supervisor;
+pub mod unchanged;
 
 pub use config::{NodeConfig, NodeError};
 pub use node::{NodeDisk, ReadBatches, Refused, StorageNode};

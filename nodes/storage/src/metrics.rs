@@ -327,6 +327,12 @@ impl<E: Env> Collector for NodeCollector<E> {
                 node.read_rounds.stepped_aside(),
             ),
             (
+                "unchanged_writes",
+                "Writes answered without a log entry, after a read's confirmation, because \
+                 executing them would change nothing (`DEL` of a missing key and the like)",
+                node.unchanged.answered(),
+            ),
+            (
                 "refused_raft",
                 "Raft messages refused: the sender is not the leader it claims",
                 refused.raft.load(Ordering::Relaxed),

@@ -104,6 +104,9 @@ pub struct StorageNode<E: Env> {
     pub(crate) saved_votes: Arc<SavedVotes>,
     /// The reads waiting for this node's next read round ([`crate::read_rounds`]).
     pub(crate) read_rounds: crate::read_rounds::ReadRounds,
+    /// The writes this node answered unchanged, or sent to the log, by session
+    /// ([`crate::unchanged`]).
+    pub(crate) unchanged: crate::unchanged::UnchangedWrites,
 }
 
 /// A group's leader as this node last saw it.
@@ -324,6 +327,7 @@ impl<E: Env> StorageNode<E> {
             row_cache,
             saved_votes,
             read_rounds: crate::read_rounds::ReadRounds::default(),
+            unchanged: Default::default(),
         });
         // The replicas that failed to open are retired now (their marks made durable).
         if !newly_broken.is_empty() {
@@ -372,6 +376,12 @@ impl<E: Env> StorageNode<E> {
     /// openraft appends (entries or empty heartbeats) this node served so far, for every group.
     pub fn appends_served(&self) -> u64 {
         self.appends_served.load(Ordering::Relaxed)
+    }
+
+    /// Writes answered without a log entry because they would change nothing
+    /// ([`crate::unchanged`]).
+    pub fn unchanged_writes(&self) -> u64 {
+        self.unchanged.answered()
     }
 
     pub fn id(&self) -> NodeId {

@@ -27,6 +27,7 @@ use crate::node::{Group, NodeDisk, StorageNode};
 use crate::raft::state_machine::ReadOutcome;
 use crate::raft::wire::{self, ChunkAnswer, SnapshotChunk};
 use crate::raft::{Request as LogEntry, Snapshot, TypeConfig};
+use crate::unchanged;
 use larder_core::bugs::Bug;
 
 impl<E: Env> StorageNode<E> {
@@ -79,9 +80,6 @@ impl<E: Env> StorageNode<E> {
         // openraft's timers, so a group that is only read from settles and stops its ticks and
         // heartbeats (measured: 5 % of a GET's CPU at 64 groups was the Raft cores' ticks and
         // heartbeats of groups kept awake by reads).
-        if !write && !self.config.read_rounds {
-            self.wake(group, &handle.raft, false).await;
-        }
         // A session marks a write (the client sets one on writes only), also one whose command
         // reads: opening a session (`SessionSeq::REGISTER`) goes through the log.
         if write {
@@ -99,6 +97,43 @@ impl<E: Env> StorageNode<E> {
             let running = match self.enter_lane(lane, limit).await {
                 Ok(running) => running,
                 Err(refused) => return refused,
+            };
+            // A write that would change nothing is answered by a confirmed read
+            // (`crate::unchanged`). The copy's guard is held until the write is answered.
+            let _serving = match session.filter(|s| !s.is_register()) {
+                Some(session) if command.may_be_unchanged() && self.is_leader(group) => {
+                    match self.unchanged.admit(group, session) {
+                        unchanged::Admission::Answered(reply) => {
+                            running.finish().await;
+                            return self.answer(reply);
+                        }
+                        unchanged::Admission::Busy => {
+                            running.finish().await;
+                            return ClientResponse::Unavailable {
+                                reason: "another copy of this write is being served".into(),
+                            };
+                        }
+                        unchanged::Admission::Log => None,
+                        unchanged::Admission::Serve(serving) => {
+                            let look =
+                                self.unchanged_reply(group, &handle, &command, session, limit);
+                            match Box::pin(look).await {
+                                Ok(Some(reply)) => {
+                                    serving.answered(&reply);
+                                    running.finish().await;
+                                    return self.answer(reply);
+                                }
+                                Ok(None) => serving.logged(),
+                                Err(refused) => {
+                                    running.finish().await;
+                                    return refused;
+                                }
+                            }
+                            Some(serving)
+                        }
+                    }
+                }
+                _ => None,
             };
             let planted_early_ack = lane == Lane::WriteSlow
                 && matches!(command, Command::Set { .. })
@@ -146,42 +181,86 @@ impl<E: Env> StorageNode<E> {
         } else {
             let stale_ok =
                 self.config.bugs.is_planted(Bug::StaleLocalReads) && self.is_leader(group);
-            let read = async {
-                if stale_ok {
-                    return Ok(());
-                }
-                self.confirm_read(group, &handle.raft, &handle.state).await
-            };
-            match timeout(self.env.clock(), limit, Box::pin(read)).await {
-                Ok(Ok(())) => {
-                    // The lane after the read index: the wait for the quorum costs no work,
-                    // and a state read later than its read index is still linearizable.
-                    let lane = self.lanes.classify_read(group, &command);
-                    let running = match self.enter_lane(lane, limit).await {
-                        Ok(running) => running,
-                        Err(refused) => return refused,
-                    };
-                    let response =
-                        Box::pin(self.read_applied_after_index(&handle, &command, limit)).await;
-                    if let ClientResponse::Reply(reply) = &response {
-                        self.lanes.measured(group, &command, reply);
-                    }
-                    running.finish().await;
-                    response
-                }
-                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
-                    ClientResponse::NotLeader {
-                        leader_hint: forward.leader_id,
-                    }
-                }
-                Ok(Err(error)) => ClientResponse::Unavailable {
-                    reason: error.to_string(),
-                },
-                Err(_) => ClientResponse::Unavailable {
-                    reason: "read index not confirmed in time".into(),
-                },
+            if !stale_ok && let Err(refused) = self.confirmed(group, &handle, limit).await {
+                return refused;
             }
+            // The lane after the read index: the wait for the quorum costs no work, and a
+            // state read later than its read index is still linearizable.
+            let lane = self.lanes.classify_read(group, &command);
+            let running = match self.enter_lane(lane, limit).await {
+                Ok(running) => running,
+                Err(refused) => return refused,
+            };
+            let response = Box::pin(self.read_applied_after_index(&handle, &command, limit)).await;
+            if let ClientResponse::Reply(reply) = &response {
+                self.lanes.measured(group, &command, reply);
+            }
+            running.finish().await;
+            response
         }
+    }
+
+    /// Confirms this node's leadership of `group` for a linearizable read and waits until its
+    /// state has applied the read index, within `limit`. A refusal says nothing was done.
+    async fn confirmed(
+        &self,
+        group: GroupId,
+        handle: &Group<NodeDisk<E>>,
+        limit: Duration,
+    ) -> Result<(), ClientResponse> {
+        // A quiet leader wakes for openraft's read index, whose rounds ride the group's
+        // heartbeats (here with `read_rounds` off; `confirm_read` when a round steps aside).
+        // A read round needs none of openraft's timers, so a group that is only read from
+        // settles and stops its ticks and heartbeats (measured: 5 % of a GET's CPU at 64
+        // groups was the Raft cores' ticks and heartbeats of groups kept awake by reads).
+        if !self.config.read_rounds {
+            self.wake(group, &handle.raft, false).await;
+        }
+        let read = self.confirm_read(group, &handle.raft, &handle.state);
+        match timeout(self.env.clock(), limit, Box::pin(read)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
+                Err(ClientResponse::NotLeader {
+                    leader_hint: forward.leader_id,
+                })
+            }
+            Ok(Err(error)) => Err(ClientResponse::Unavailable {
+                reason: error.to_string(),
+            }),
+            Err(_) => Err(ClientResponse::Unavailable {
+                reason: "read index not confirmed in time".into(),
+            }),
+        }
+    }
+
+    /// The reply of a write that would change nothing, answered without a log entry
+    /// (`crate::unchanged`): `None` when it would change something (it goes to the log). A
+    /// first look at the state as it is sends a write that changes something to the log at
+    /// once; only one that looks unchanged pays for a confirmation, after which it is
+    /// executed again on the confirmed state. A refusal says nothing was done.
+    async fn unchanged_reply(
+        &self,
+        group: GroupId,
+        handle: &Group<NodeDisk<E>>,
+        command: &Command,
+        session: SessionSeq,
+        limit: Duration,
+    ) -> Result<Option<Reply>, ClientResponse> {
+        let look = |wall_ms| handle.state.unchanged_reply(command, wall_ms, Some(session));
+        // A failed look leaves the decision to the log, which reads the same rows.
+        let first = look(self.env.clock().wall_ms()).await.ok().flatten();
+        if first.is_none() {
+            return Ok(None);
+        }
+        if self.config.bugs.is_planted(Bug::UnchangedWriteUnconfirmed) {
+            return Ok(first);
+        }
+        self.confirmed(group, handle, limit).await?;
+        look(self.env.clock().wall_ms())
+            .await
+            .map_err(|error| ClientResponse::Unavailable {
+                reason: error.to_string(),
+            })
     }
 
     /// A place in `lane` ([`crate::lanes`]), waiting at most `limit`. A full lane, or one that

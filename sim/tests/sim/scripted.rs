@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use larder_core::kv::Reply;
-use larder_sim::scenario::{deposed_leader, deposed_leader_read, replace_voter};
+use larder_sim::scenario::{DeposedRequest, deposed_leader, deposed_leader_request, replace_voter};
 
 fn check_deposed_leader(seed: u64) -> String {
     let outcome = deposed_leader(seed).expect("scenario ran");
@@ -257,8 +257,9 @@ fn a_push_into_a_blmove_chain_replies_after_the_whole_chain_even_when_a_poll_win
 /// hold) serves that stale value. Each seed twice, with equal traces.
 #[test]
 fn a_deposed_leader_read_round_is_refused_by_replicas_that_voted_for_its_successor() {
+    let request = DeposedRequest::Read;
     let run = |seed: u64, bugs: larder_core::bugs::Bugs| {
-        let outcome = deposed_leader_read(seed, bugs).expect("scenario ran");
+        let outcome = deposed_leader_request(seed, bugs, request).expect("scenario ran");
         let old = outcome.old_leader.expect("a leader before the partition");
         let new = outcome
             .new_leader
@@ -306,5 +307,51 @@ fn a_deposed_leader_read_round_is_refused_by_replicas_that_voted_for_its_success
         let (read, _) = run(1, bugs);
         println!("with the bug: {read:?}");
         assert_eq!(read, stale, "the planted bug must be caught");
+    }
+}
+
+/// A write that changes nothing on a deposed leader's state (`SET k before` where its `k` is
+/// still `before`), sent to it as its partition heals, is refused as a read would be: its
+/// confirmation is a read's. The planted bug `unchanged-write-unconfirmed` answers it `OK`
+/// from the deposed leader's state, after the majority's `SET k after` was acknowledged: a
+/// write acknowledged last that never takes effect. Each seed twice, with equal traces.
+#[test]
+fn a_deposed_leader_answers_no_write_as_unchanged_without_confirming_it_leads() {
+    let run = |seed: u64, bugs: larder_core::bugs::Bugs| {
+        let outcome = deposed_leader_request(seed, bugs, DeposedRequest::UnchangedWrite)
+            .expect("scenario ran");
+        assert_ne!(outcome.old_leader, outcome.new_leader);
+        assert_eq!(outcome.first_write.clone().expect("ran"), Ok(Reply::Ok));
+        assert_eq!(
+            outcome.majority_write.clone().expect("ran"),
+            Ok(Reply::Ok),
+            "seed {seed}: the majority side must accept the write before the heal"
+        );
+        (
+            outcome.deposed_read.clone().expect("the write ran"),
+            outcome.trace_hash,
+        )
+    };
+    for seed in [1, 2] {
+        let (answer, hash) = run(seed, larder_core::bugs::Bugs::default());
+        println!("seed {seed}: the deposed leader answered {answer:?}");
+        assert!(
+            answer.is_err(),
+            "seed {seed}: the deposed leader answered {answer:?}"
+        );
+        assert_eq!(
+            run(seed, larder_core::bugs::Bugs::default()),
+            (answer, hash),
+            "seed {seed}: not deterministic"
+        );
+    }
+    let mut bugs = larder_core::bugs::Bugs::default();
+    if bugs
+        .try_plant(larder_core::bugs::Bug::UnchangedWriteUnconfirmed)
+        .is_ok()
+    {
+        let (answer, _) = run(1, bugs);
+        println!("with the bug: {answer:?}");
+        assert_eq!(answer, Ok(Reply::Ok), "the planted bug must be caught");
     }
 }

@@ -656,6 +656,57 @@ impl<D: Disk> DiskStateMachine<D> {
         ))
     }
 
+    /// The reply of a write that would change nothing (`DEL` of a missing key, `SADD` of a
+    /// member already there, `HSET` of the value a field has): `Some(reply)` when executing
+    /// `command` on the state as applied now writes every record exactly as it is stored.
+    /// `None` when it would change something, and whenever the log must decide: a session
+    /// this group has no record of or has already seen at this sequence (the log answers
+    /// duplicates and expired sessions), a key of a slot the group does not own, a key
+    /// expired at `now = max(wall_ms, group clock)` but not at the group clock.
+    ///
+    /// Read as [`Self::read`] reads, under the view lock, so the session table and the
+    /// records are looked at between the same two apply batches. Linearizable under the same
+    /// condition (leadership confirmed, the read index applied); the node's
+    /// `crate::unchanged` says why it may then answer without a log entry.
+    pub async fn unchanged_reply(
+        &self,
+        command: &Command,
+        wall_ms: u64,
+        session: Option<crate::raft::SessionSeq>,
+    ) -> Result<Option<Reply>, io::Error> {
+        debug_assert!(command.is_write() && command.scope() == Scope::Keys);
+        let _view = self.view.read().await;
+        if let Some(session) = session {
+            let sessions = self.sessions.lock().expect("sessions lock");
+            match sessions.get(session.session) {
+                Some(entry) if entry.seq < session.seq => {}
+                _ => return Ok(None),
+            }
+        }
+        let (clock_ms, owned) = {
+            let applied = self.applied.lock().expect("applied lock");
+            (applied.clock_ms, applied.owned.clone())
+        };
+        if not_owner(owned.as_ref(), command).is_some() {
+            return Ok(None);
+        }
+        let now_ms = wall_ms.max(clock_ms);
+        let loaded = self.load(command, true).await?;
+        if loaded
+            .records
+            .values()
+            .any(|record| record.is_expired(now_ms) && !record.is_expired(clock_ms))
+        {
+            return Ok(None);
+        }
+        let outcome = loaded.execute(command, now_ms, &self.bugs);
+        let unchanged = outcome
+            .writes
+            .iter()
+            .all(|(key, written)| loaded.records.get(key) == written.as_ref());
+        Ok((unchanged && !matches!(outcome.reply, Reply::NotOwner { .. })).then_some(outcome.reply))
+    }
+
     /// `KEYS pattern`, a `SCAN` step, `RANDOMKEY` and `DBSIZE` over the group: a paged scan of
     /// its state range (a `SCAN` step's from its `from` on, until it has looked at its count;
     /// `RANDOMKEY`'s from its point to the first live key, then from the start) folded

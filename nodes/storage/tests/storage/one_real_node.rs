@@ -9,6 +9,7 @@
 //! - a read batch serves each group's read in order, refuses writes, and is refused whole past
 //!   its bound;
 //! - a `SCAN` step starts after its key and stops at its count, across pages of the walk;
+//! - a write that would change nothing takes no log entry, and a copy of it the same answer;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use larder_core::NodeId;
 use larder_core::env::{Disk, Space, WriteBatch};
 use larder_core::kv::{Command, Reply};
 use larder_protocol::{
-    ClientRequest, ClientResponse, READ_BATCH_MAX, ReadBatch, Request, decode_response,
+    ClientRequest, ClientResponse, READ_BATCH_MAX, ReadBatch, Request, SessionSeq, decode_response,
 };
 use larder_real::{AddressBook, FjallDisk, FjallOptions, RealEnv, TcpNet, TokioClock};
 use larder_storage::{NodeConfig, NodeError, StorageNode};
@@ -1094,5 +1095,94 @@ fn a_scan_step_starts_after_its_key_and_stops_at_its_count_across_pages() {
     let (last, found) = step("k0500", 3);
     assert_eq!(found, keys[501..504].iter().map(bulk).collect::<Vec<_>>());
     assert_eq!(last, bulk(&keys[503]));
+    node.stop();
+}
+
+#[test]
+fn a_write_that_would_change_nothing_takes_no_log_entry_and_its_copies_get_its_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_led(dir.path());
+    let execute = |line: &str, session: Option<SessionSeq>| {
+        node.runtime
+            .block_on(node.node.execute(GROUP, parse(line), session))
+    };
+    let raft = node.node.raft(GROUP).expect("group");
+    let last_log = || {
+        raft.metrics()
+            .borrow_watched()
+            .last_log_index
+            .expect("a log")
+    };
+    let ClientResponse::Reply(Reply::Int(id)) = execute("DBSIZE", Some(SessionSeq::REGISTER))
+    else {
+        panic!("a session");
+    };
+    let mut seq = 0;
+    let mut write = |line: &str| {
+        seq += 1;
+        let session = SessionSeq {
+            session: id.unsigned_abs(),
+            seq,
+        };
+        (execute(line, Some(session)), session)
+    };
+    let int = |n| ClientResponse::Reply(Reply::Int(n));
+    assert_eq!(write("SADD s a b").0, int(2));
+    assert_eq!(write("HSET h f v").0, int(1));
+    let before = last_log();
+    // Each of these changes nothing, and is answered as Redis answers it, without an entry.
+    for (line, reply) in [
+        ("SADD s a", int(0)),
+        ("SREM s x", int(0)),
+        ("DEL nokey", int(0)),
+        ("HDEL h nofield", int(0)),
+        ("HSET h f v", int(0)),
+        ("PERSIST s", int(0)),
+    ] {
+        assert_eq!(write(line).0, reply, "{line}");
+    }
+    let (wrong_type, _) = write("LPUSH s x");
+    assert!(
+        matches!(&wrong_type, ClientResponse::Reply(Reply::Error(text)) if text.starts_with("WRONGTYPE")),
+        "{wrong_type:?}"
+    );
+    assert_eq!(last_log(), before, "no entry for a write that changed nothing");
+    assert_eq!(node.node.unchanged_writes(), 7);
+
+    // A later copy of a write answered unchanged gets the same answer, even once the state
+    // changed under it; a copy of a write that went to the log is deduplicated there.
+    let (reply, unchanged) = write("SREM s x");
+    assert_eq!(reply, int(0));
+    // Another client adds the member the copy would remove.
+    assert_eq!(execute("SADD s x", None), int(1));
+    assert_eq!(execute("SREM s x", Some(unchanged)), int(0));
+    assert_eq!(
+        execute("SMEMBERS s", None),
+        ClientResponse::Reply(Reply::Array(
+            ["a", "b", "x"]
+                .iter()
+                .map(|m| Reply::Bulk(Bytes::from_static(m.as_bytes())))
+                .collect()
+        )),
+        "the late copy removed nothing"
+    );
+    // Once the session moved on, a copy of an older write is refused by the log.
+    assert_eq!(write("SADD s y").0, int(1));
+    assert_eq!(
+        execute("SREM s x", Some(unchanged)),
+        ClientResponse::Reply(Reply::error("ERR stale duplicate of an earlier request"))
+    );
+    assert_eq!(execute("SISMEMBER s x", None), int(1));
+    let (reply, logged) = write("HINCRBY h n 5");
+    assert_eq!(reply, int(5));
+    assert_eq!(execute("HINCRBY h n 5", Some(logged)), int(5), "deduplicated");
+    assert_eq!(
+        execute("HGET h n", None),
+        ClientResponse::Reply(Reply::Bulk(Bytes::from_static(b"5")))
+    );
+    let after = last_log();
+    // A write that changes something still goes through the log.
+    assert_eq!(write("DEL h").0, int(1));
+    assert!(last_log() > after);
     node.stop();
 }
