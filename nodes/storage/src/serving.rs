@@ -246,7 +246,11 @@ impl<E: Env> StorageNode<E> {
         session: SessionSeq,
         limit: Duration,
     ) -> Result<Option<Reply>, ClientResponse> {
-        let look = |wall_ms| handle.state.unchanged_reply(command, wall_ms, Some(session));
+        let look = |wall_ms| {
+            handle
+                .state
+                .unchanged_reply(command, wall_ms, Some(session))
+        };
         // A failed look leaves the decision to the log, which reads the same rows.
         let first = look(self.env.clock().wall_ms()).await.ok().flatten();
         if first.is_none() {

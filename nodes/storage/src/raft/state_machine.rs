@@ -704,7 +704,10 @@ impl<D: Disk> DiskStateMachine<D> {
             .writes
             .iter()
             .all(|(key, written)| loaded.records.get(key) == written.as_ref());
-        Ok((unchanged && !matches!(outcome.reply, Reply::NotOwner { .. })).then_some(outcome.reply))
+        Ok(
+            (unchanged && !matches!(outcome.reply, Reply::NotOwner { .. }))
+                .then_some(outcome.reply),
+        )
     }
 
     /// `KEYS pattern`, a `SCAN` step, `RANDOMKEY` and `DBSIZE` over the group: a paged scan of

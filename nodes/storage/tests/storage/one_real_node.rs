@@ -1146,7 +1146,11 @@ fn a_write_that_would_change_nothing_takes_no_log_entry_and_its_copies_get_its_a
         matches!(&wrong_type, ClientResponse::Reply(Reply::Error(text)) if text.starts_with("WRONGTYPE")),
         "{wrong_type:?}"
     );
-    assert_eq!(last_log(), before, "no entry for a write that changed nothing");
+    assert_eq!(
+        last_log(),
+        before,
+        "no entry for a write that changed nothing"
+    );
     assert_eq!(node.node.unchanged_writes(), 7);
 
     // A later copy of a write answered unchanged gets the same answer, even once the state
@@ -1175,7 +1179,11 @@ fn a_write_that_would_change_nothing_takes_no_log_entry_and_its_copies_get_its_a
     assert_eq!(execute("SISMEMBER s x", None), int(1));
     let (reply, logged) = write("HINCRBY h n 5");
     assert_eq!(reply, int(5));
-    assert_eq!(execute("HINCRBY h n 5", Some(logged)), int(5), "deduplicated");
+    assert_eq!(
+        execute("HINCRBY h n 5", Some(logged)),
+        int(5),
+        "deduplicated"
+    );
     assert_eq!(
         execute("HGET h n", None),
         ClientResponse::Reply(Reply::Bulk(Bytes::from_static(b"5")))
