@@ -37,9 +37,10 @@ fn a_corrupt_replica_is_retired_and_the_center_replaces_it() {
 
 #[test]
 fn without_a_center_the_group_serves_on_its_healthy_replicas() {
-    let mut config = SimConfig::new(2, Duration::from_secs(15));
+    // Seed 4 since unchanged writes took no log entries (seed 2's corruption is no longer read).
+    let mut config = SimConfig::new(4, Duration::from_secs(15));
     config.swarm = true;
-    let replay = "larder sim --seed 2 --duration 15s --swarm --check-determinism";
+    let replay = "larder sim --seed 4 --duration 15s --swarm --check-determinism";
     let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
     assert!(retired(&report) >= 1, "{:?}", report.faults);
     assert_eq!(
