@@ -740,15 +740,16 @@ fn the_dashboard_shows_the_cluster_in_a_browser_and_follows_a_node_going_down() 
             if !shows("proxy commands:") || !shows("p99") {
                 return Err(format!("no proxy throughput or latency:\n{page}"));
             }
+            // The center balances leaders onto the fourth node: while a group's leadership is
+            // handed over, it rightly shows none (CI once dumped the page at that moment).
+            if shows(">none</td>") {
+                return Err(format!("a group shows no leader:\n{page}"));
+            }
             Ok(page)
         },
     );
     assert!(page.contains("routing epoch"), "{page}");
     assert_eq!(page.matches("data-group=").count(), 4, "{page}");
-    assert!(
-        !page.contains(">none</td>"),
-        "every group shows a leader:\n{page}"
-    );
     let shot = dir.path().join("dashboard.png");
     let taken = browser_run(
         &browser,

@@ -74,12 +74,8 @@ impl<E: Env> StorageNode<E> {
         }
         let mut limit = Duration::from_millis(self.config.request_timeout_ms);
         let write = command.is_write() || session.is_some();
-        // A quiet leader wakes before a write (`crate::quiet`). A read wakes it only when it
-        // takes openraft's read index (here with `read_rounds` off; `confirm_read` when a round
-        // steps aside), whose rounds ride the group's heartbeats; a read round needs none of
-        // openraft's timers, so a group that is only read from settles and stops its ticks and
-        // heartbeats (measured: 5 % of a GET's CPU at 64 groups was the Raft cores' ticks and
-        // heartbeats of groups kept awake by reads).
+        // A quiet leader wakes before a write (`crate::quiet`); a read only when it takes
+        // openraft's read index (`Self::confirmed`).
         // A session marks a write (the client sets one on writes only), also one whose command
         // reads: opening a session (`SessionSeq::REGISTER`) goes through the log.
         if write {
@@ -208,11 +204,11 @@ impl<E: Env> StorageNode<E> {
         handle: &Group<NodeDisk<E>>,
         limit: Duration,
     ) -> Result<(), ClientResponse> {
-        // A quiet leader wakes for openraft's read index, whose rounds ride the group's
-        // heartbeats (here with `read_rounds` off; `confirm_read` when a round steps aside).
-        // A read round needs none of openraft's timers, so a group that is only read from
-        // settles and stops its ticks and heartbeats (measured: 5 % of a GET's CPU at 64
-        // groups was the Raft cores' ticks and heartbeats of groups kept awake by reads).
+        // A quiet leader (`crate::quiet`) wakes for openraft's read index, whose rounds ride
+        // the group's heartbeats (here with `read_rounds` off; `confirm_read` when a round
+        // steps aside). A read round needs none of openraft's timers, so a group that is only
+        // read from settles and stops its ticks and heartbeats (measured: 5 % of a GET's CPU
+        // at 64 groups was the Raft cores' ticks and heartbeats of groups kept awake by reads).
         if !self.config.read_rounds {
             self.wake(group, &handle.raft, false).await;
         }
