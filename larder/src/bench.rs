@@ -93,6 +93,15 @@ struct ServerRun {
     slow_lane_rps: Option<f64>,
 }
 
+/// Keys a `GET` load draws from (`-r`): the `SET` loads before it wrote many of them.
+const READ_KEYSPACE: u64 = 100_000;
+
+/// Keys a `SET` load draws from, so that nearly every `SET` writes a key it has not written
+/// before. redis-benchmark sends one value for every `SET`, and Larder answers a `SET` of the
+/// value a key already has without a log entry (`larder_storage::unchanged`) where Redis
+/// appends and syncs it: over `READ_KEYSPACE` a repeated key would measure that, not a write.
+const WRITE_KEYSPACE: u64 = 1_000_000_000;
+
 /// One redis-benchmark invocation's arguments beyond host and port.
 #[derive(Debug, Clone)]
 struct Load {
@@ -115,13 +124,19 @@ impl Load {
                 data_size.to_string(),
                 // Keys over a range, not one key: a real keyspace spreads over the slot groups.
                 "-r".into(),
-                "100000".into(),
+                READ_KEYSPACE.to_string(),
             ],
             requests: requests.max(1),
         }
     }
 
+    /// The load running `tests`. A `SET` draws its keys from [`WRITE_KEYSPACE`].
     fn tests(mut self, tests: &str) -> Load {
+        if tests.split(',').any(|test| test == "set")
+            && let Some(at) = self.args.iter().position(|arg| arg == "-r")
+        {
+            self.args[at + 1] = WRITE_KEYSPACE.to_string();
+        }
         self.args.extend(["-t".into(), tests.into()]);
         self
     }
@@ -452,7 +467,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     std::thread::sleep(Duration::from_secs(2));
     if !args.json {
         outln!(
-            "redis-benchmark -t {} -n {} -r 100000; Larder: 3 nodes, {} slot groups, 1 proxy, one process",
+            "redis-benchmark -t {} -n {} -r {READ_KEYSPACE} (SET: -r {WRITE_KEYSPACE}); Larder: 3 nodes, {} slot groups, 1 proxy, one process",
             args.tests,
             args.requests,
             args.groups
@@ -653,7 +668,18 @@ Summary:
         let cpu = cpu_seconds(std::process::id()).expect("/proc/self/stat");
         assert!(cpu > 0.0, "{cpu}");
         assert_eq!(cpu_seconds(u32::MAX), None);
-        assert_eq!(Load::new(1234, 5, 1, 3).tests("set").requests, 1234);
+        let set = Load::new(1234, 5, 1, 3).tests("set");
+        assert_eq!(set.requests, 1234);
+        // Writes draw from the large keyspace (each `SET` a new key), reads from the small one.
+        let keyspace = |load: &Load| {
+            let at = load.args.iter().position(|arg| arg == "-r").expect("-r");
+            load.args[at + 1].clone()
+        };
+        assert_eq!(keyspace(&set), WRITE_KEYSPACE.to_string());
+        assert_eq!(
+            keyspace(&Load::new(1, 1, 1, 3).tests("get")),
+            READ_KEYSPACE.to_string()
+        );
     }
 
     #[test]
