@@ -1,10 +1,11 @@
 //! Unchanged writes: a write that would change nothing is answered by a confirmed read, not
 //! through the log.
 //!
-//! Redis does not append a write that changed nothing to its AOF (`DEL` of a missing key,
-//! `SADD` of a member already there, `HDEL` of a missing field, `HSET` of the value a field
-//! has). Through the log such a write costs a Raft round, a sync on a quorum of replicas and
-//! a log entry, for nothing. The leader instead executes it on its applied state; if that
+//! A write can change nothing: `DEL` of a missing key, `SADD` of a member already there,
+//! `HDEL` of a missing field, `LPOP` of an empty list (which Redis leaves out of its AOF), or
+//! `SET`/`HSET` of the value already stored (which Redis, comparing no values, appends).
+//! Through the log such a write costs a Raft round, a sync on a quorum of replicas and a log
+//! entry, for nothing. The leader instead executes it on its applied state; if that
 //! would write every record as it is stored, the leader confirms its leadership as a read
 //! does (a read round or openraft's read index), executes it again on the state at the read
 //! index and answers that reply. It is linearizable as a read is: the write takes effect
