@@ -164,6 +164,13 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
             proxies.hot_key_refused_writes, proxies.shared_reads
         );
     }
+    if report.unchanged_writes > 0 {
+        let _ = writeln!(
+            out,
+            "unchanged       {} writes answered without a log entry (nodes running at the end)",
+            report.unchanged_writes
+        );
+    }
     if !report.retired_replicas.is_empty() {
         let retired: Vec<String> = report
             .retired_replicas

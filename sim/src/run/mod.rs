@@ -167,6 +167,11 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
             .take(STORAGE_DEFECTS_SHOWN),
     );
     let proxies = hosts::ProxyTotals::of(&proxies);
+    let unchanged_writes = parts
+        .iter()
+        .filter_map(|part| part.slot.lock().expect("slot lock").clone())
+        .map(|node| node.unchanged_writes())
+        .sum();
     // Drop the nodes before the next run reuses this thread's state.
     for part in &parts {
         part.slot.lock().expect("slot lock").take();
@@ -188,6 +193,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         retired_replicas: final_state.retired.clone(),
         migrations: operator_log,
         proxies,
+        unchanged_writes,
         violations,
         linearizability,
         events: trace.events(),

@@ -50,6 +50,9 @@ pub struct RunReport {
     pub migrations: super::OperatorLog,
     /// What the proxies counted ([`super::hosts::ProxyTotals`]).
     pub proxies: super::hosts::ProxyTotals,
+    /// Writes the storage nodes running at the end answered without a log entry because they
+    /// would change nothing (`larder_storage::unchanged`; a node that crashed took its count).
+    pub unchanged_writes: u64,
     /// Broken invariants; empty for a passing run.
     pub violations: Vec<Violation>,
     /// The linearizability checker's verdict on the history: linearizable, not linearizable
