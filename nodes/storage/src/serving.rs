@@ -1,6 +1,6 @@
 //! Serving requests: client commands (writes through the Raft log, reads after a read-index
-//! round), openraft's RPCs, routing fetches, and the dispatch of every [`Request`] a node
-//! answers ([`NodeHandler`]).
+//! round, writes that would change nothing like reads: `crate::unchanged`), openraft's RPCs,
+//! routing fetches, and the dispatch of every [`Request`] a node answers ([`NodeHandler`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
