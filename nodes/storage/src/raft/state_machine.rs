@@ -628,11 +628,7 @@ impl<D: Disk> DiskStateMachine<D> {
         } else {
             Some(self.view.read().await)
         };
-        // One look under the lock, without copying the rest of the applied state.
-        let (clock_ms, owned) = {
-            let applied = self.applied.lock().expect("applied lock");
-            (applied.clock_ms, applied.owned.clone())
-        };
+        let (clock_ms, owned) = self.clock_and_ownership();
         let now_ms = wall_ms.max(clock_ms);
         // The planted bug is the old rule: expiry judged by the local clock alone.
         let judge_expiry = !self.bugs.is_planted(Bug::TtlLocalClockRead);
@@ -654,6 +650,13 @@ impl<D: Disk> DiskStateMachine<D> {
         Ok(ReadOutcome::Reply(
             loaded.execute(command, now_ms, &self.bugs).reply,
         ))
+    }
+
+    /// The group clock and the slots the group owns, in one look under the lock, without
+    /// copying the rest of the applied state.
+    fn clock_and_ownership(&self) -> (u64, Option<Ownership>) {
+        let applied = self.applied.lock().expect("applied lock");
+        (applied.clock_ms, applied.owned.clone())
     }
 
     /// The reply of a write that would change nothing (`DEL` of a missing key, `SADD` of a
@@ -683,10 +686,7 @@ impl<D: Disk> DiskStateMachine<D> {
                 _ => return Ok(None),
             }
         }
-        let (clock_ms, owned) = {
-            let applied = self.applied.lock().expect("applied lock");
-            (applied.clock_ms, applied.owned.clone())
-        };
+        let (clock_ms, owned) = self.clock_and_ownership();
         if not_owner(owned.as_ref(), command).is_some() {
             return Ok(None);
         }
