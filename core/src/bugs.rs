@@ -148,11 +148,16 @@ pub enum Bug {
     /// it leads, without confirming its leadership, so a deposed leader answers as unchanged
     /// a write that the new leader's state would have changed.
     UnchangedWriteUnconfirmed,
+    /// Quiet groups (storage node): a leader turns its group's heartbeats off once every
+    /// follower matched its last entry, ignoring followers that say they have not learned it
+    /// committed, so a follower that lost the one message carrying the commit index stays an
+    /// entry behind for as long as the group is idle.
+    QuietIgnoresLag,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 36] = [
+    pub const ALL: [Bug; 37] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -189,6 +194,7 @@ impl Bug {
         Bug::ReadBatchAnswersReversed,
         Bug::ScanRunIgnoresSmall,
         Bug::UnchangedWriteUnconfirmed,
+        Bug::QuietIgnoresLag,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -230,6 +236,7 @@ impl Bug {
             Bug::ReadBatchAnswersReversed => "read-batch-answers-reversed",
             Bug::ScanRunIgnoresSmall => "scan-run-ignores-small",
             Bug::UnchangedWriteUnconfirmed => "unchanged-write-unconfirmed",
+            Bug::QuietIgnoresLag => "quiet-ignores-lag",
         }
     }
 }

@@ -15,8 +15,10 @@ use larder_core::bugs::Bugs;
 use larder_core::env::derive_seed;
 use larder_core::kv::{Command, Reply};
 use larder_core::resp::{self, Frame};
+use larder_storage::StorageNode;
 
 use crate::clock::SimClock;
+use crate::env::SimEnv;
 use crate::net::{NetFaults, SimNet, host_name};
 use crate::run::{NodeParts, SimConfig, SimError, build_sim, current_leader, register_nodes};
 use crate::trace::{Trace, sim_now};
@@ -726,6 +728,125 @@ pub fn quiet_group(seed: u64, bugs: Bugs) -> Result<QuietOutcome, SimError> {
     }
     drop_nodes(&parts);
     let mut outcome = outcome.lock().expect("outcome lock").clone();
+    outcome.trace_hash = trace.hash();
+    Ok(outcome)
+}
+
+/// What a follower that lost the message carrying its group's commit index learned after
+/// ([`lost_commit`]).
+#[derive(Debug, Clone, Default)]
+pub struct LostCommitOutcome {
+    pub old_leader: Option<NodeId>,
+    /// The node leadership was handed to.
+    pub leader: Option<NodeId>,
+    /// The follower cut off from the new leader while the commit of its first entry went out.
+    pub follower: Option<NodeId>,
+    /// The new leader's first entry (its index).
+    pub first_entry: Option<u64>,
+    /// `(leader, follower)` applied indexes when the link came back.
+    pub applied_at_heal: Option<(u64, u64)>,
+    /// The same 3 s later, nobody having written meanwhile.
+    pub applied_after: Option<(u64, u64)>,
+    /// Whether the new leader still led at the end (the scenario is about a quiet group, not
+    /// an election).
+    pub leader_kept: bool,
+    pub trace_hash: String,
+}
+
+/// How long [`lost_commit`] cuts the follower off from the new leader: past the commit of the
+/// leader's first entry, the 100 ms the commit is held for entries to carry it
+/// (`NodeConfig::commit_hold_ms`) and the one retry of the bare commit after the first send
+/// times out (75 ms each); after that openraft's replication stream restarts and sends nothing
+/// more until new entries or a heartbeat (cluster swarm seed 157: both sends lost). Shorter
+/// than the election timeouts (400 ms), so that the follower does not campaign.
+pub const LOST_COMMIT_CUT: Duration = Duration::from_millis(300);
+
+/// An idle group whose leadership is handed over (as the center does to balance leaders): the
+/// new leader's first entry (the blank entry of its term) reaches both followers, and then one
+/// follower is cut off from the leader for [`LOST_COMMIT_CUT`], so the one message that would
+/// tell it that entry committed is lost. Nobody writes; every follower matches the leader's last
+/// entry, so the group goes quiet (`larder_storage::quiet`). The follower must still learn the
+/// commit once the link is back: it says in its beacon answers that it has not, and the leader
+/// keeps heartbeating until it has. With the planted bug `quiet-ignores-lag` it stays an entry
+/// behind.
+pub fn lost_commit(seed: u64, bugs: Bugs) -> Result<LostCommitOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(10));
+    config.faults = false;
+    config.bugs = bugs;
+    let (mut sim, trace, faults, parts) = start(&config);
+    let mut outcome = LostCommitOutcome::default();
+    // The hand-over awaits openraft, so it runs on a host of its own: `(old leader, target)`,
+    // set by the harness before `hand_over_at`.
+    let hand_over_at = Duration::from_secs(3);
+    type HandOver = Option<(Arc<StorageNode<SimEnv>>, NodeId)>;
+    let hand_over: Arc<Mutex<HandOver>> = Arc::default();
+    {
+        let hand_over = hand_over.clone();
+        sim.client(host_name(client_id(1)), async move {
+            tokio::time::sleep(hand_over_at.saturating_sub(sim_now())).await;
+            let Some((node, to)) = hand_over.lock().expect("hand-over lock").take() else {
+                return Ok(());
+            };
+            let raft = node.raft(GROUP).map_err(|error| error.to_string())?;
+            raft.trigger()
+                .transfer_leader(to)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(())
+        });
+    }
+    let nodes = config.node_ids();
+    let Some(old) = await_leader(&mut sim, &parts, Duration::from_secs(2))? else {
+        drop_nodes(&parts);
+        return Ok(outcome);
+    };
+    outcome.old_leader = Some(old);
+    let mut others = nodes.iter().copied().filter(|&id| id != old);
+    let (Some(leader), Some(follower)) = (others.next(), others.next()) else {
+        drop_nodes(&parts);
+        return Ok(outcome);
+    };
+    let node_of = |id: NodeId| parts.iter().find(|p| p.id == id).and_then(|p| p.node());
+    let (Some(old_node), Some(leader_node), Some(follower_node)) =
+        (node_of(old), node_of(leader), node_of(follower))
+    else {
+        drop_nodes(&parts);
+        return Ok(outcome);
+    };
+    let last_before = old_node.last_log_index(GROUP).unwrap_or(0);
+    *hand_over.lock().expect("hand-over lock") = Some((old_node, leader));
+    step_hosts_until(&mut sim, hand_over_at)?;
+    // Cut the follower off from the new leader as soon as it holds the leader's first entry.
+    let limit = hand_over_at + Duration::from_secs(2);
+    while sim.elapsed() < limit {
+        let next = sim.elapsed() + Duration::from_millis(1);
+        step_hosts_until(&mut sim, next)?;
+        let last = leader_node.last_log_index(GROUP).unwrap_or(0);
+        if leader_node.is_leader(GROUP)
+            && last > last_before
+            && follower_node.last_log_index(GROUP) == Some(last)
+        {
+            outcome.first_entry = Some(last);
+            faults.update(|state| {
+                state.blocked.insert((leader, follower));
+            });
+            break;
+        }
+    }
+    outcome.leader = Some(leader);
+    outcome.follower = Some(follower);
+    if outcome.first_entry.is_some() {
+        let heal = sim.elapsed() + LOST_COMMIT_CUT;
+        step_hosts_until(&mut sim, heal)?;
+        faults.update(|state| state.blocked.clear());
+        let applied = |node: &StorageNode<SimEnv>| node.applied_index(GROUP).unwrap_or(0);
+        outcome.applied_at_heal = Some((applied(&leader_node), applied(&follower_node)));
+        step_hosts_until(&mut sim, heal + Duration::from_secs(3))?;
+        outcome.applied_after = Some((applied(&leader_node), applied(&follower_node)));
+        outcome.leader_kept = leader_node.is_leader(GROUP);
+    }
+    drop((leader_node, follower_node));
+    drop_nodes(&parts);
     outcome.trace_hash = trace.hash();
     Ok(outcome)
 }

@@ -59,11 +59,20 @@ use larder::child::{Outcome, run_child};
 /// `larder_sim::scenario::deposed_leader_request` with `DeposedRequest::UnchangedWrite` sends
 /// exactly that write (`sim/tests/sim/scripted.rs`, `a_deposed_leader_answers_no_write_…`)
 /// and catches it on every run: `OK` instead of a refusal.
+/// `quiet-ignores-lag`: 0/50 swarm cluster seeds, 0/50 one-group swarm seeds. It shows only when
+/// a group goes quiet right after the one message carrying its commit index to a follower was
+/// lost twice (the send and its retry) and nobody writes to the group again before the run
+/// ends: cluster swarm seed 157 before the lag reports existed, with `unchanged-write-unconfirmed`
+/// planted only to move its schedule (a convergence failure, every history linearizable). The
+/// scripted scenario `larder_sim::scenario::lost_commit` loses exactly that message
+/// (`sim/tests/sim/scripted.rs`, `a_follower_that_lost_the_commit_…`) and catches it on every
+/// run: the follower an entry behind 3 s later.
 const UNCAUGHT_YET: &[&str] = &[
     "migration-untracked-deletes",
     "blocked-chain-reply-early",
     "read-confirm-ignores-vote",
     "unchanged-write-unconfirmed",
+    "quiet-ignores-lag",
 ];
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its

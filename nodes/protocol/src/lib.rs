@@ -52,7 +52,8 @@ pub use migration::{
     GetMigrations, Migration, MigrationPhase, MoveSlots, SplitGroup, Steer, SteerMigration,
 };
 pub use raft::{
-    BeaconAck, LeaderBeacon, RaftCall, RaftRequest, RaftResponse, ReadConfirm, ReadConfirmAck,
+    BeaconAck, LeaderBeacon, LedGroup, RaftCall, RaftRequest, RaftResponse, ReadConfirm,
+    ReadConfirmAck,
 };
 
 /// The Raft group of the center replicas. Never a slot group: routing tables number slot groups

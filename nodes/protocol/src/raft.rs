@@ -47,20 +47,37 @@ impl From<RaftRequest> for Request {
     }
 }
 
-/// A node's periodic word to its peers: the slot groups it leads now, each with its term. One
-/// beacon per peer per heartbeat interval stands in for the heartbeats of every settled group
-/// (`larder_storage::quiet`): a follower keeps its election off while its group's leader is
-/// heard from this way, and a node that stops sending (dead, cut off, no longer leading the
-/// group) lets the followers elect as openraft's own timer would.
+/// A node's periodic word to its peers: the slot groups it leads now, each with its term and
+/// commit index. One beacon per peer per heartbeat interval stands in for the heartbeats of
+/// every settled group (`larder_storage::quiet`): a follower keeps its election off while its
+/// group's leader is heard from this way, and a node that stops sending (dead, cut off, no
+/// longer leading the group) lets the followers elect as openraft's own timer would.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderBeacon {
-    /// `(group, term)` for each group the sender leads.
-    pub leading: Vec<(GroupId, u64)>,
+    /// Each group the sender leads.
+    pub leading: Vec<LedGroup>,
 }
 
-/// The answer to a [`LeaderBeacon`]: nothing but its arrival.
+/// One group a [`LeaderBeacon`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BeaconAck;
+pub struct LedGroup {
+    pub group: GroupId,
+    /// The sender leads `group` in this term.
+    pub term: u64,
+    /// The index of the last entry the sender knows committed in `group` (`None`: none yet).
+    /// A follower that knows less says so in its [`BeaconAck`]: the heartbeat that would have
+    /// told it may have been lost just before the group went quiet, and a quiet group sends no
+    /// other.
+    pub committed: Option<u64>,
+}
+
+/// The answer to a [`LeaderBeacon`]: the groups it named whose commit index this replica has
+/// not learned yet. The leader keeps those groups' heartbeats on (each carries the commit
+/// index) until no follower reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeaconAck {
+    pub lagging: Vec<GroupId>,
+}
 
 impl Rpc for LeaderBeacon {
     type Response = BeaconAck;

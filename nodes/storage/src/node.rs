@@ -752,6 +752,13 @@ impl<E: Env> StorageNode<E> {
         Some(state.applied().last_applied.map_or(0, |id| id.index()))
     }
 
+    /// Index of the last entry in `group`'s log here, committed or not (0: none).
+    pub fn last_log_index(&self, group: GroupId) -> Option<u64> {
+        let raft = self.group(group).ok()?.raft.clone();
+        let last = raft.metrics().borrow_watched().last_log_index;
+        Some(last.unwrap_or(0))
+    }
+
     /// Stops every group's Raft and the heartbeat task.
     pub async fn shutdown(&self) {
         self.stopped.store(true, Ordering::SeqCst);

@@ -11,13 +11,21 @@
 //! **How** (TiKV's hibernating regions, Cellar's per-node heartbeat):
 //! - A leader turns its group's openraft ticker off while the group is *settled*: no write
 //!   (nor a read through openraft's read index) reached it for an election timeout, and
-//!   every other member has matched its last log entry. Reads confirmed by read rounds
+//!   every other member has matched its last log entry and none said (below) that it has not
+//!   learned the commit index. Reads confirmed by read rounds
 //!   (`crate::read_rounds`) need no ticks: a group only read from settles (a read a round
 //!   could not confirm, which takes openraft's read index, wakes it). With no ticks it
 //!   sends no heartbeats and checks no timers. A write, a follower that lags or comes back, a
 //!   learner being filled, turns the ticker on again until the group settles. Entries and commit-index updates are replicated as always.
 //! - Every interval, the node sends each peer that shares a group it leads one
-//!   [`LeaderBeacon`]: the groups it leads, with their terms.
+//!   [`LeaderBeacon`]: the groups it leads, with their terms and commit indexes. The peer
+//!   answers which of those groups' commit index it has not learned: matching the last entry
+//!   is not knowing it committed, and the message that would have said so (openraft sends a
+//!   commit that no entries carry once, bare, after `commit_hold_ms`) can be lost just as the
+//!   group settles. Such a group keeps its heartbeats, which carry the commit index, until no
+//!   follower has reported it for two intervals; without this a follower of an idle group
+//!   stayed an entry behind for good (cluster swarm seed 157 with the planted bug
+//!   `unchanged-write-unconfirmed`, which only moved its schedule).
 //! - A follower's ticker is off while its group's leader has been heard from (by beacon, naming
 //!   the group at the follower's term or a later one) within an election timeout drawn from
 //!   `[election_timeout_ms_min, election_timeout_ms_max)`. Past that, it is on, and openraft
@@ -43,7 +51,7 @@ use std::time::Duration;
 use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Env, Rng, SeededRng, derive_seed};
 use larder_core::{GroupId, NodeId};
-use larder_protocol::{Encoded, LeaderBeacon, call};
+use larder_protocol::{BeaconAck, Encoded, LeaderBeacon, LedGroup, call};
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 
@@ -67,6 +75,10 @@ pub struct Quiet {
     handing_over: Mutex<BTreeMap<GroupId, u64>>,
     /// The groups whose openraft ticker this node turned off (absent: on, openraft's default).
     silenced: Mutex<BTreeSet<GroupId>>,
+    /// When a follower last answered this node's beacon saying it has not learned the commit
+    /// index of a group this node leads. Such a group does not settle (its heartbeats, which
+    /// carry the commit index, stay on) until no follower has said so for two intervals.
+    lagging: Mutex<BTreeMap<GroupId, Duration>>,
 }
 
 impl Quiet {
@@ -76,6 +88,23 @@ impl Quiet {
 
     fn hear(&self, group: GroupId, now: Duration) {
         self.heard.lock().expect("heard lock").insert(group, now);
+    }
+
+    /// A follower of `group` said now that it lags the commit index.
+    fn report_lag(&self, group: GroupId, now: Duration) {
+        self.lagging
+            .lock()
+            .expect("lagging lock")
+            .insert(group, now);
+    }
+
+    /// When a follower of `group` last said it lags the commit index.
+    fn lag_reported(&self, group: GroupId) -> Option<Duration> {
+        self.lagging
+            .lock()
+            .expect("lagging lock")
+            .get(&group)
+            .copied()
     }
 
     fn touched(&self, group: GroupId) -> Option<Duration> {
@@ -141,6 +170,10 @@ impl Quiet {
             .lock()
             .expect("silenced lock")
             .retain(|group| hosted.contains(group));
+        self.lagging
+            .lock()
+            .expect("lagging lock")
+            .retain(|group, _| hosted.contains(group));
     }
 
     /// Records `group`'s ticker as off (`silent`) or on; whether that is a change.
@@ -162,27 +195,38 @@ impl<E: Env> StorageNode<E> {
 
     /// Takes a beacon from peer `from` (the id its connection proved): each group it names that
     /// this node hosts, with `from` among the group's voters, at this replica's term or later,
-    /// has heard its leader now.
-    pub(crate) fn hear_beacon(&self, from: NodeId, beacon: &LeaderBeacon) {
+    /// has heard its leader now. Answers which of those groups' commit index this replica has
+    /// not learned.
+    pub(crate) fn hear_beacon(&self, from: NodeId, beacon: &LeaderBeacon) -> BeaconAck {
         let now = self.env.clock().now();
-        for &(group, term) in &beacon.leading {
-            let Ok(handle) = self.group(group) else {
+        let mut lagging = Vec::new();
+        for led in &beacon.leading {
+            let Ok(handle) = self.group(led.group) else {
                 continue;
             };
-            let counts = {
+            let (counts, lags) = {
                 let metrics = handle.raft.metrics();
                 let metrics = metrics.borrow_watched();
-                term >= metrics.current_term
+                let counts = led.term >= metrics.current_term
                     && metrics
                         .membership_config
                         .membership()
                         .voter_ids()
-                        .any(|voter| voter == from)
+                        .any(|voter| voter == from);
+                let known = metrics
+                    .local_committed
+                    .as_ref()
+                    .map(|log_id| log_id.index());
+                (counts, known < led.committed)
             };
             if counts {
-                self.quiet.hear(group, now);
+                self.quiet.hear(led.group, now);
+                if lags {
+                    lagging.push(led.group);
+                }
             }
         }
+        BeaconAck { lagging }
     }
 }
 
@@ -257,7 +301,7 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                 if node.broken.contains(*group) {
                     continue;
                 }
-                let (state, term, settled, members) = {
+                let (state, term, committed, settled, members) = {
                     let metrics = handle.raft.metrics();
                     let metrics = metrics.borrow_watched();
                     if metrics.running_state.is_err() {
@@ -274,7 +318,15 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                         .quiet
                         .touched(*group)
                         .is_none_or(|at| now.saturating_sub(at) >= idle_after);
+                    // A follower that said it has not learned the commit index (the one message
+                    // that would have told it was lost) keeps the heartbeats on until it has.
+                    let lag_heard = !bugs.is_planted(Bug::QuietIgnoresLag)
+                        && node
+                            .quiet
+                            .lag_reported(*group)
+                            .is_some_and(|at| now.saturating_sub(at) < interval * 2);
                     let settled = idle
+                        && !lag_heard
                         && metrics.replication.as_ref().is_some_and(|replication| {
                             replication.values().all(|matched| {
                                 matched.as_ref().map(|log_id| log_id.index()) == last
@@ -285,19 +337,37 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                         .voter_ids()
                         .chain(membership.learner_ids())
                         .collect();
-                    (metrics.state, metrics.current_term, settled, members)
+                    let committed = metrics
+                        .local_committed
+                        .as_ref()
+                        .map(|log_id| log_id.index());
+                    (
+                        metrics.state,
+                        metrics.current_term,
+                        committed,
+                        settled,
+                        members,
+                    )
                 };
                 let config = handle.raft.runtime_config();
                 let tick = if state == ServerState::Leader {
                     patience.remove(group);
                     if !node.quiet.handing_over(*group, term) {
-                        leading.push((*group, term));
+                        leading.push(LedGroup {
+                            group: *group,
+                            term,
+                            committed,
+                        });
                         peers.extend(members.iter().copied().filter(|member| *member != id));
                     }
                     !settled
                 } else {
                     if bugs.is_planted(Bug::QuietClaimsEveryGroup) {
-                        leading.push((*group, term));
+                        leading.push(LedGroup {
+                            group: *group,
+                            term,
+                            committed,
+                        });
                         peers.extend(members.iter().copied().filter(|member| *member != id));
                     }
                     let wait = patience.entry(*group).or_insert_with(&mut draw);
@@ -325,10 +395,17 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
         if !leading.is_empty() {
             let beacon = Encoded::new(LeaderBeacon { leading });
             for peer in peers {
-                let (net, beacon) = (net.clone(), beacon.clone());
+                let (net, beacon, node) = (net.clone(), beacon.clone(), node.clone());
                 // Not awaited: a dead peer's call must not delay the next round for the others.
                 tokio::spawn(async move {
-                    let _ = call(&net, peer, &beacon, interval).await;
+                    let Ok(ack) = call(&net, peer, &beacon, interval).await else {
+                        return;
+                    };
+                    let Some(node) = node.upgrade() else { return };
+                    let now = node.env.clock().now();
+                    for group in ack.lagging {
+                        node.quiet.report_lag(group, now);
+                    }
                 });
             }
         }

@@ -11,11 +11,10 @@ use larder_core::env::{Clock, Env, Handler, MESSAGE_BYTES_MAX, Net, timeout};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    BeaconAck, CENTER_GROUP, CenterRequest, CenterResponse, ClientRequest, ClientResponse,
-    DrainNode, GetMigrations, GetRouting, GetStatus, Heartbeat, LeaderBeacon, MoveSlots,
-    READ_BATCH_MAX, RaftCall, RaftRequest, RaftResponse, ReadBatch, ReadBatchAnswer, ReadConfirm,
-    Request, RoutingAnswer, SessionSeq, SplitGroup, SteerMigration, decode_request, respond,
-    undecodable,
+    CENTER_GROUP, CenterRequest, CenterResponse, ClientRequest, ClientResponse, DrainNode,
+    GetMigrations, GetRouting, GetStatus, Heartbeat, LeaderBeacon, MoveSlots, READ_BATCH_MAX,
+    RaftCall, RaftRequest, RaftResponse, ReadBatch, ReadBatchAnswer, ReadConfirm, Request,
+    RoutingAnswer, SessionSeq, SplitGroup, SteerMigration, decode_request, respond, undecodable,
 };
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -577,10 +576,7 @@ impl<E: Env> StorageNode<E> {
                 )
             }
             Request::Admin(request) => Box::pin(self.handle_admin(request)).await,
-            Request::Beacon(beacon) => {
-                self.hear_beacon(from, &beacon);
-                respond::<LeaderBeacon>(&BeaconAck)
-            }
+            Request::Beacon(beacon) => respond::<LeaderBeacon>(&self.hear_beacon(from, &beacon)),
             Request::ReadConfirm(confirm) => {
                 respond::<ReadConfirm>(&self.answer_read_confirm(from, &confirm))
             }

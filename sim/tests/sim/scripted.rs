@@ -198,6 +198,58 @@ fn a_group_only_read_from_sends_no_heartbeats_yet_writes_at_once_and_replaces_a_
     }
 }
 
+/// A follower that lost the one message telling it that its new leader's first entry
+/// committed, as the group went quiet, still learns it: it says so when it answers the leader's
+/// beacon, and the leader keeps heartbeating until it knows. The planted bug
+/// `quiet-ignores-lag` (the leader settles anyway) leaves it an entry behind for as long as
+/// nobody writes: the convergence failure of cluster swarm seed 157 (with the planted bug
+/// `unchanged-write-unconfirmed`, which only moved its schedule). Each seed twice, with equal
+/// traces.
+#[test]
+fn a_follower_that_lost_the_commit_of_an_idle_group_learns_it_from_the_quiet_leader() {
+    use larder_core::bugs::{Bug, Bugs};
+    use larder_sim::scenario::lost_commit;
+    let checked = |seed: u64, bugs: Bugs| {
+        let outcome = lost_commit(seed, bugs).expect("scenario ran");
+        assert!(
+            outcome.first_entry.is_some(),
+            "seed {seed}: the new leader's first entry never reached the follower: {outcome:?}"
+        );
+        assert!(
+            outcome.leader_kept,
+            "seed {seed}: the new leader lost its office: {outcome:?}"
+        );
+        let (leader, follower) = outcome.applied_at_heal.expect("healed");
+        assert!(
+            follower < leader,
+            "seed {seed}: the follower learned the commit while cut off: {outcome:?}"
+        );
+        outcome
+    };
+    for seed in [1, 2, 3] {
+        let outcome = checked(seed, Bugs::default());
+        let (leader, follower) = outcome.applied_after.expect("ran past the heal");
+        assert_eq!(
+            follower, leader,
+            "seed {seed}: the follower never learned the commit: {outcome:?}"
+        );
+        assert_eq!(
+            checked(seed, Bugs::default()).trace_hash,
+            outcome.trace_hash,
+            "seed {seed}: not deterministic"
+        );
+    }
+    let mut bugs = Bugs::default();
+    if bugs.try_plant(Bug::QuietIgnoresLag).is_ok() {
+        let outcome = checked(1, bugs);
+        let (leader, follower) = outcome.applied_after.expect("ran past the heal");
+        assert!(
+            follower < leader,
+            "quiet-ignores-lag went unnoticed: {outcome:?}"
+        );
+    }
+}
+
 #[test]
 fn a_push_into_a_blmove_chain_replies_after_the_whole_chain_even_when_a_poll_wins_a_link() {
     use larder_core::bugs::{Bug, Bugs};
