@@ -115,9 +115,17 @@ impl NetFaults {
 struct Fate {
     drop_request: bool,
     drop_response: bool,
-    duplicate: bool,
+    /// `Some(lag)`: the request is delivered a second time, `lag` after the first copy.
+    duplicate: Option<Duration>,
     delay: Duration,
 }
+
+/// The longest a duplicate copy of a request lags the first, in milliseconds. A copy that
+/// arrives at once meets the first still being served (a storage node refuses it then:
+/// `larder_storage::unchanged`); one that arrives after the first was answered is what the
+/// session table deduplicates, and what a client's retry through a stale connection or a
+/// retransmitting transport delivers.
+const DUPLICATE_LAG_MS_MAX: u64 = 200;
 
 /// The seed stream of an endpoint's handshake nonces.
 const NONCE_STREAM: u64 = 0x6e6f_6e63;
@@ -174,11 +182,18 @@ impl SimNet {
     fn fate(&self) -> Fate {
         let state = self.faults.state();
         let mut rng = self.rng.lock().expect("net rng lock");
+        let drop_request = rng.chance(state.loss);
+        let drop_response = rng.chance(state.loss);
+        let duplicate = rng.chance(state.duplicate);
+        let delay = Duration::from_millis(rng.range(0, state.delay_ms_max.saturating_add(1)));
+        // Drawn only for a duplicate, so runs without duplication keep their draws.
+        let duplicate =
+            duplicate.then(|| Duration::from_millis(rng.range(0, DUPLICATE_LAG_MS_MAX + 1)));
         Fate {
-            drop_request: rng.chance(state.loss),
-            drop_response: rng.chance(state.loss),
-            duplicate: rng.chance(state.duplicate),
-            delay: Duration::from_millis(rng.range(0, state.delay_ms_max.saturating_add(1))),
+            drop_request,
+            drop_response,
+            duplicate,
+            delay,
         }
     }
 
@@ -261,19 +276,23 @@ impl Net for SimNet {
         if self.wait(outbound, deadline).await.is_err() {
             return Err(timed_out);
         }
-        if fate.duplicate {
+        if let Some(lag) = fate.duplicate {
             crate::trace_event!(
                 self.trace,
                 sim_now(),
                 &self.actor(),
-                "duplicate request to n{to}"
+                "duplicate request to n{to} in {} ms",
+                lag.as_millis()
             );
             let (stream, request) = (self.stream.clone(), request.clone());
-            let left = deadline.saturating_duration_since(Instant::now());
             tokio::spawn(async move {
+                tokio::time::sleep(lag).await;
                 // The duplicate's response is discarded, as a transport retransmission's
                 // would be; only its effect on the receiver matters.
-                let _ = stream.call(to, request, left).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    let _ = stream.call(to, request, left).await;
+                }
             });
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -108,6 +108,12 @@ impl<E: Env> StorageNode<E> {
                                 reason: "another copy of this write is being served".into(),
                             };
                         }
+                        unchanged::Admission::Stale => {
+                            running.finish().await;
+                            return ClientResponse::Unavailable {
+                                reason: "a copy of a write older than its session's last".into(),
+                            };
+                        }
                         unchanged::Admission::Log => None,
                         unchanged::Admission::Serve(serving) => {
                             let look =
