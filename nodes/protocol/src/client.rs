@@ -36,6 +36,10 @@ impl SessionSeq {
 /// have, so the client reports the write's outcome as unknown and opens a new session.
 pub const SESSION_EXPIRED: &str = "LARDERSESSION session expired; open a new one";
 
+/// How a node answers a copy of a session's write older than the session's last: its client
+/// has moved on and nobody waits for the answer; the copy did nothing.
+pub const STALE_DUPLICATE: &str = "ERR stale duplicate of an earlier request";
+
 /// A client's command for one slot group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientRequest {

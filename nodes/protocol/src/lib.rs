@@ -46,7 +46,7 @@ pub use center::{
 };
 pub use client::{
     ClientRequest, ClientResponse, READ_BATCH_MAX, ReadBatch, ReadBatchAnswer, SESSION_EXPIRED,
-    SessionSeq,
+    STALE_DUPLICATE, SessionSeq,
 };
 pub use migration::{
     GetMigrations, Migration, MigrationPhase, MoveSlots, SplitGroup, Steer, SteerMigration,

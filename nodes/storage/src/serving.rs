@@ -110,9 +110,7 @@ impl<E: Env> StorageNode<E> {
                         }
                         unchanged::Admission::Stale => {
                             running.finish().await;
-                            return ClientResponse::Unavailable {
-                                reason: "a copy of a write older than its session's last".into(),
-                            };
+                            return self.answer(Reply::error(larder_protocol::STALE_DUPLICATE));
                         }
                         unchanged::Admission::Log => None,
                         unchanged::Admission::Serve(serving) => {

@@ -1670,7 +1670,7 @@ impl<D: Disk> DiskStateMachine<D> {
             SessionVerdict::Answer(entry.reply.clone())
         } else if session.seq < entry.seq {
             // The client has moved on; nobody waits for this answer.
-            SessionVerdict::Answer(Reply::error("ERR stale duplicate of an earlier request"))
+            SessionVerdict::Answer(Reply::error(larder_protocol::STALE_DUPLICATE))
         } else {
             SessionVerdict::Apply
         }
