@@ -20,9 +20,10 @@
 //! - Every interval, the node sends each peer that shares a group it leads one
 //!   [`LeaderBeacon`]: the groups it leads, with their terms and commit indexes. The peer
 //!   answers which of those groups' commit index it has not learned: matching the last entry
-//!   is not knowing it committed, and the message that would have said so (openraft sends a
-//!   commit that no entries carry once, bare, after `commit_hold_ms`) can be lost just as the
-//!   group settles. Such a group keeps its heartbeats, which carry the commit index, until no
+//!   is not knowing it committed, and the message that would have said so can be lost just as
+//!   the group settles (openraft sends a commit that no entries carry bare, after
+//!   `commit_hold_ms`, once more if that send fails, and then waits for new entries or a
+//!   heartbeat). Such a group keeps its heartbeats, which carry the commit index, until no
 //!   follower has reported it for two intervals; without this a follower of an idle group
 //!   stayed an entry behind for good (cluster swarm seed 157 with the planted bug
 //!   `unchanged-write-unconfirmed`, which only moved its schedule).
