@@ -218,7 +218,11 @@ impl<E: Env> StorageNode<E> {
                     .local_committed
                     .as_ref()
                     .map(|log_id| log_id.index());
-                (counts, known < led.committed)
+                // A stopped replica learns nothing from heartbeats (the supervisor reopens it).
+                (
+                    counts,
+                    metrics.running_state.is_ok() && known < led.committed,
+                )
             };
             if counts {
                 self.quiet.hear(led.group, now);
