@@ -75,7 +75,7 @@ pub fn run_matrix(args: &SimArgs, seeds: &[u64]) -> anyhow::Result<bool> {
         outln!("seed {seed} {outcome:?} WITHOUT A BUG");
     }
     outln!(
-        "{:<32} {:>9} {:>6} {:>5}  catching seeds (* crashed)",
+        "{:<32} {:>9} {:>6} {:>5}  catching seeds (* crashed, ~ never finished)",
         "bug",
         "caught",
         "first",
@@ -93,6 +93,7 @@ pub fn run_matrix(args: &SimArgs, seeds: &[u64]) -> anyhow::Result<bool> {
             .iter()
             .map(|(seed, outcome)| match outcome {
                 Outcome::Crashed => format!("{seed}*"),
+                Outcome::Unfinished(_) => format!("{seed}~"),
                 _ => seed.to_string(),
             })
             .collect();

@@ -14,6 +14,9 @@ pub enum Outcome {
     Failed(Vec<String>),
     /// The process died without a summary (a panic or an abort): an assertion fired.
     Crashed,
+    /// The simulation could not finish (turmoil gave up on it: its clients never completed,
+    /// as when no group can elect a leader), with the error the run printed.
+    Unfinished(String),
 }
 
 impl Outcome {
@@ -35,7 +38,16 @@ pub fn run_child(larder: &Path, words: &[String]) -> anyhow::Result<Outcome> {
     let summary: Option<serde_json::Value> = serde_json::from_str(stdout.trim()).ok();
     let Some(summary) = summary else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        // A command line the child refused is our mistake, not a catch.
+        // A run the simulator could not finish is a catch (`SimError::Turmoil`, reported
+        // with its seed); any other error is a command line the child refused: our mistake.
+        if let Some(line) = stderr
+            .lines()
+            .find(|line| line.starts_with("error: ") && line.contains(": simulation failed at "))
+        {
+            return Ok(Outcome::Unfinished(
+                line.trim_start_matches("error: ").to_string(),
+            ));
+        }
         if stderr.starts_with("error: ") {
             anyhow::bail!("larder {} refused: {stderr}", words.join(" "));
         }

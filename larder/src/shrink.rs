@@ -30,6 +30,7 @@ fn signature(outcome: &Outcome) -> Option<String> {
                 .unwrap_or_else(|| "failed".to_string()),
         ),
         Outcome::Crashed => Some("crashed".to_string()),
+        Outcome::Unfinished(_) => Some("unfinished".to_string()),
     }
 }
 
