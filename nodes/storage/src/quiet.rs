@@ -61,13 +61,38 @@ use crate::node::StorageNode;
 /// The seed stream of a node's election-timeout draws.
 const QUIET_STREAM: u64 = 0x7175_6965;
 
+/// When something last happened to each group, on the node's clock.
+#[derive(Debug, Default)]
+struct GroupTimes(Mutex<BTreeMap<GroupId, Duration>>);
+
+impl GroupTimes {
+    fn at(&self, group: GroupId) -> Option<Duration> {
+        self.0
+            .lock()
+            .expect("group times lock")
+            .get(&group)
+            .copied()
+    }
+
+    fn mark(&self, group: GroupId, now: Duration) {
+        self.0.lock().expect("group times lock").insert(group, now);
+    }
+
+    fn retain(&self, hosted: &BTreeSet<GroupId>) {
+        self.0
+            .lock()
+            .expect("group times lock")
+            .retain(|group, _| hosted.contains(group));
+    }
+}
+
 /// What the serving side tells the quiet loop, per group (times on the node's clock).
 #[derive(Debug, Default)]
 pub struct Quiet {
     /// When the group last heard its leader by beacon.
-    heard: Mutex<BTreeMap<GroupId, Duration>>,
+    heard: GroupTimes,
     /// When the group last served a client command here.
-    touched: Mutex<BTreeMap<GroupId, Duration>>,
+    touched: GroupTimes,
     /// The term in which this node, leading the group, began handing leadership over. openraft
     /// keeps such a leader in office, sending no heartbeats and taking no writes, until a
     /// successor deposes it; if the successor never elects itself (it died, or its log was
@@ -79,43 +104,10 @@ pub struct Quiet {
     /// When a follower last answered this node's beacon saying it has not learned the commit
     /// index of a group this node leads. Such a group does not settle (its heartbeats, which
     /// carry the commit index, stay on) until no follower has said so for two intervals.
-    lagging: Mutex<BTreeMap<GroupId, Duration>>,
+    lagging: GroupTimes,
 }
 
 impl Quiet {
-    fn heard(&self, group: GroupId) -> Option<Duration> {
-        self.heard.lock().expect("heard lock").get(&group).copied()
-    }
-
-    fn hear(&self, group: GroupId, now: Duration) {
-        self.heard.lock().expect("heard lock").insert(group, now);
-    }
-
-    /// A follower of `group` said now that it lags the commit index.
-    fn report_lag(&self, group: GroupId, now: Duration) {
-        self.lagging
-            .lock()
-            .expect("lagging lock")
-            .insert(group, now);
-    }
-
-    /// When a follower of `group` last said it lags the commit index.
-    fn lag_reported(&self, group: GroupId) -> Option<Duration> {
-        self.lagging
-            .lock()
-            .expect("lagging lock")
-            .get(&group)
-            .copied()
-    }
-
-    fn touched(&self, group: GroupId) -> Option<Duration> {
-        self.touched
-            .lock()
-            .expect("touched lock")
-            .get(&group)
-            .copied()
-    }
-
     /// This node, leading `group` in `term`, begins handing leadership over.
     pub(crate) fn hand_over(&self, group: GroupId, term: u64) {
         self.handing_over
@@ -137,14 +129,6 @@ impl Quiet {
         }
     }
 
-    /// A client command reached `group` now.
-    fn touch(&self, group: GroupId, now: Duration) {
-        self.touched
-            .lock()
-            .expect("touched lock")
-            .insert(group, now);
-    }
-
     fn is_silenced(&self, group: GroupId) -> bool {
         self.silenced
             .lock()
@@ -155,14 +139,9 @@ impl Quiet {
     /// Drops what is kept of groups no longer hosted, so the maps stay bounded by the
     /// hosted set.
     fn forget_unhosted(&self, hosted: &BTreeSet<GroupId>) {
-        self.heard
-            .lock()
-            .expect("heard lock")
-            .retain(|group, _| hosted.contains(group));
-        self.touched
-            .lock()
-            .expect("touched lock")
-            .retain(|group, _| hosted.contains(group));
+        self.heard.retain(hosted);
+        self.touched.retain(hosted);
+        self.lagging.retain(hosted);
         self.handing_over
             .lock()
             .expect("handing over lock")
@@ -171,10 +150,6 @@ impl Quiet {
             .lock()
             .expect("silenced lock")
             .retain(|group| hosted.contains(group));
-        self.lagging
-            .lock()
-            .expect("lagging lock")
-            .retain(|group, _| hosted.contains(group));
     }
 
     /// Records `group`'s ticker as off (`silent`) or on; whether that is a change.
@@ -225,7 +200,7 @@ impl<E: Env> StorageNode<E> {
                 )
             };
             if counts {
-                self.quiet.hear(led.group, now);
+                self.quiet.heard.mark(led.group, now);
                 if lags {
                     lagging.push(led.group);
                 }
@@ -252,7 +227,7 @@ impl<E: Env> StorageNode<E> {
         raft: &crate::raft::Raft<D>,
         write: bool,
     ) {
-        self.quiet.touch(group, self.env.clock().now());
+        self.quiet.touched.mark(group, self.env.clock().now());
         let leads = raft.metrics().borrow_watched().state == ServerState::Leader;
         if leads && self.quiet.silence(group, false) {
             raft.runtime_config().tick(true);
@@ -321,14 +296,16 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                     // rounds do not (they need no timer).
                     let idle = node
                         .quiet
-                        .touched(*group)
+                        .touched
+                        .at(*group)
                         .is_none_or(|at| now.saturating_sub(at) >= idle_after);
                     // A follower that said it has not learned the commit index (the one message
                     // that would have told it was lost) keeps the heartbeats on until it has.
                     let lag_heard = !bugs.is_planted(Bug::QuietIgnoresLag)
                         && node
                             .quiet
-                            .lag_reported(*group)
+                            .lagging
+                            .at(*group)
                             .is_some_and(|at| now.saturating_sub(at) < interval * 2);
                     let settled = idle
                         && !lag_heard
@@ -376,7 +353,7 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                         peers.extend(members.iter().copied().filter(|member| *member != id));
                     }
                     let wait = patience.entry(*group).or_insert_with(&mut draw);
-                    let heard = node.quiet.heard(*group).unwrap_or(started).max(started);
+                    let heard = node.quiet.heard.at(*group).unwrap_or(started).max(started);
                     let electing = now.saturating_sub(heard) >= *wait;
                     if !electing && !node.quiet.is_silenced(*group) {
                         // A leader is heard again: the next silence is waited out with a
@@ -409,7 +386,7 @@ async fn quiet_loop<E: Env>(node: Weak<StorageNode<E>>) {
                     let Some(node) = node.upgrade() else { return };
                     let now = node.env.clock().now();
                     for group in ack.lagging {
-                        node.quiet.report_lag(group, now);
+                        node.quiet.lagging.mark(group, now);
                     }
                 });
             }
