@@ -23,7 +23,7 @@ flushall flushdb get getbit getdel getex getrange getset hdel hello hexists hget
 hincrbyfloat hkeys hlen hmget hmset hrandfield hscan hset hsetnx hstrlen hvals incr incrby
 incrbyfloat info keys lcs lindex linsert llen lmove lmpop lpop lpos lpush lpushx lrange lrem
 lset ltrim mget mset msetnx multi persist pexpire pexpireat pexpiretime ping psetex pttl quit
-monitor randomkey readonly readwrite rename renamenx restore rpop rpoplpush rpush rpushx sadd scan
+monitor randomkey readonly readwrite rename renamenx restore restore-asking rpop rpoplpush rpush rpushx sadd scan
 scard sdiff sdiffstore select set setbit setex setnx setrange sinter sintercard sinterstore
 sismember smembers smismember smove sort sort_ro spop srandmember srem sscan strlen substr
 sunion sunionstore time touch ttl type unlink unwatch watch zadd zcard zcount zdiff zdiffstore

@@ -137,7 +137,8 @@ pub enum KeyCommand {
     /// which may live in other slots, so they are refused as Redis Cluster refuses them; `BY`
     /// without `*` (no sorting) and `GET #` (the element itself) remain.
     Sort(Sort),
-    /// `DUMP key`: the value as an opaque payload ([`dump_payload`]), nil when missing.
+    /// `DUMP key`: the value in Redis's payload format ([`super::rdb::dump_payload`]), nil
+    /// when missing.
     Dump { key: Bytes },
     /// `RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f]`. `ttl` is
     /// milliseconds (0: none), absolute with `ABSTTL`; the access-time hints are checked and
@@ -169,50 +170,17 @@ pub fn encoding_name(value: &Value) -> &'static str {
     }
 }
 
-/// The version mark a `DUMP` payload carries before its checksum: payloads are Larder's own
-/// (a record's encoding), not Redis's RDB, so a Redis server refuses them and vice versa.
-const DUMP_VERSION: [u8; 2] = [b'L', 1];
-
-/// `DUMP`'s payload: the value's record encoding, [`DUMP_VERSION`], and an xxh3 checksum of
-/// both, so a corrupted or foreign payload is refused before it is decoded.
-pub fn dump_payload(value: &Value) -> Bytes {
-    let mut out = Record {
-        value: value.clone(),
-        expires_at_ms: None,
-    }
-    .encode()
-    .to_vec();
-    out.extend_from_slice(&DUMP_VERSION);
-    let sum = xxhash_rust::xxh3::xxh3_64(&out);
-    out.extend_from_slice(&sum.to_le_bytes());
-    Bytes::from(out)
-}
-
-/// The value in a `DUMP` payload, or `RESTORE`'s error for it.
+/// The value in a `RESTORE` payload ([`super::rdb`]: Redis's own format), or `RESTORE`'s
+/// error for it.
 fn restore_value(payload: &[u8]) -> Result<Value, Reply> {
-    let wrong = || Reply::error("ERR DUMP payload version or checksum are wrong");
-    let Some(split) = payload.len().checked_sub(8) else {
-        return Err(wrong());
-    };
-    let (body, sum) = payload.split_at(split);
-    if !body.ends_with(&DUMP_VERSION) || xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
-        return Err(wrong());
-    }
-    let record = Record::decode(&body[..body.len() - DUMP_VERSION.len()])
-        .map_err(|_| Reply::error("ERR Bad data format"))?;
-    // A well-formed payload still must hold what a key may hold: no empty collection (an empty
-    // one is no key at all), no string past the limit.
-    let valid = match &record.value {
-        Value::Str(text) => text.len() <= super::STRING_BYTES_MAX,
-        Value::Hash(fields) => !fields.is_empty(),
-        Value::List(items) => !items.is_empty(),
-        Value::Set(members) => !members.is_empty(),
-        Value::ZSet(set) => !set.is_empty(),
-    };
-    if valid {
-        Ok(record.value)
-    } else {
-        Err(Reply::error("ERR Bad data format"))
+    let value =
+        super::rdb::restore_value(payload).map_err(|error| Reply::error(error.to_string()))?;
+    // A well-formed payload still must hold what a key may hold: no string past the limit.
+    match &value {
+        Value::Str(text) if text.len() > super::STRING_BYTES_MAX => {
+            Err(Reply::error("ERR Bad data format"))
+        }
+        _ => Ok(value),
     }
 }
 
@@ -301,7 +269,9 @@ impl KeyCommand {
             "dump" => arity(rest.len() == 1).map(|()| KeyCommand::Dump {
                 key: rest[0].clone(),
             }),
-            "restore" => (|| {
+            // `RESTORE-ASKING` is what a Redis Cluster node's `MIGRATE` sends; the proxy is the
+            // single endpoint, so the asking part means nothing here.
+            "restore" | "restore-asking" => (|| {
                 arity(rest.len() >= 3)?;
                 let ttl_ms = parse_i64(&rest[1])?;
                 let (mut absolute, mut replace, mut idle, mut freq) = (false, false, false, false);
@@ -530,7 +500,7 @@ impl KeyCommand {
                 Reply::Int(keys.iter().filter(|key| view.get(key).is_some()).count() as i64)
             }
             KeyCommand::Dump { key } => view.get(key).map_or(Reply::Nil, |record| {
-                Reply::Bulk(dump_payload(&record.value))
+                Reply::Bulk(super::rdb::dump_payload(&record.value))
             }),
             KeyCommand::Restore {
                 key,
@@ -825,7 +795,7 @@ mod tests {
             err("ERR DUMP payload version or checksum are wrong")
         );
         // A payload with a valid checksum around an empty list is still refused.
-        let empty = super::dump_payload(&Value::List(Default::default()));
+        let empty = crate::kv::rdb::dump_payload(&Value::List(Default::default()));
         assert_eq!(
             run(&[b"RESTORE", b"x", b"0", &empty]).0,
             err("ERR Bad data format")

@@ -864,3 +864,235 @@ fn a_connection_that_only_reads_takes_no_pooled_session() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A redis-server on a free loopback port, without persistence, stopped on drop.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    // A real process on a real port, beside the cluster: no simulation here.
+    #[allow(clippy::disallowed_methods)]
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server; .ci/run does)");
+        let server = RedisServer { child, port };
+        for _ in 0..100 {
+            if let Ok(mut connection) = server.try_connection()
+                && redis::cmd("PING").query::<String>(&mut connection).is_ok()
+            {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn try_connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A key's type and contents as a client reads them, in an order neither server's encoding
+/// decides (members, fields and their values sorted; a sorted set's scores as numbers).
+fn contents(connection: &mut redis::Connection, key: &str) -> (String, Vec<Vec<u8>>) {
+    let kind: String = redis::cmd("TYPE").arg(key).query(connection).expect("TYPE");
+    let query = |connection: &mut redis::Connection, args: &[&str]| -> Vec<Vec<u8>> {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query(connection)
+            .unwrap_or_else(|error| panic!("{args:?}: {error}"))
+    };
+    let mut items = match kind.as_str() {
+        "string" => vec![
+            redis::cmd("GET")
+                .arg(key)
+                .query::<Vec<u8>>(connection)
+                .expect("GET"),
+        ],
+        "list" => return (kind, query(connection, &["LRANGE", key, "0", "-1"])),
+        "set" => query(connection, &["SMEMBERS", key]),
+        "hash" | "zset" => {
+            let flat = if kind == "hash" {
+                query(connection, &["HGETALL", key])
+            } else {
+                query(connection, &["ZRANGE", key, "0", "-1", "WITHSCORES"])
+            };
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = flat
+                .chunks(2)
+                .map(|pair| {
+                    let second = if kind == "zset" {
+                        let score: f64 = String::from_utf8_lossy(&pair[1]).parse().expect("score");
+                        score.to_bits().to_le_bytes().to_vec()
+                    } else {
+                        pair[1].clone()
+                    };
+                    (pair[0].clone(), second)
+                })
+                .collect();
+            pairs.sort();
+            pairs.into_iter().flat_map(|(a, b)| [a, b]).collect()
+        }
+        "none" => Vec::new(),
+        other => panic!("type {other}"),
+    };
+    items.sort();
+    (kind, items)
+}
+
+/// Keys move between a real redis-server (7.0.15 on this machine and in CI) and Larder in
+/// Redis's own payload format, both ways: redis-server's `MIGRATE`, which sends `RESTORE`
+/// with its own `DUMP` payloads (listpacks, intsets, quicklists, LZF-compressed strings), into
+/// the proxy; then each key's `DUMP` from Larder restored on redis-server.
+#[test]
+fn keys_move_between_redis_server_and_larder_with_migrate_dump_and_restore() {
+    let redis = RedisServer::start();
+    let running = Running::start(4, None);
+    let mut source = redis.try_connection().expect("redis-server");
+    let mut larder = running.connection();
+    let run = |connection: &mut redis::Connection, args: &[&str]| {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query::<redis::Value>(connection)
+            .unwrap_or_else(|error| panic!("{args:?}: {error}"))
+    };
+    // Every encoding redis-server 7.0 has for the five types Larder has.
+    let long_text = "larder ".repeat(200);
+    let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    run(&mut source, &["SET", "s:int", "-12345"]);
+    run(&mut source, &["SET", "s:short", "hello"]);
+    run(&mut source, &["SET", "s:compressible", &long_text]);
+    redis::cmd("SET")
+        .arg("s:binary")
+        .arg(&binary)
+        .query::<()>(&mut source)
+        .expect("SET");
+    run(&mut source, &["RPUSH", "l:small", "a", "-1", "300000", "b"]);
+    for chunk in 0..10 {
+        let items: Vec<String> = (0..100)
+            .map(|i| format!("item-{}", chunk * 100 + i))
+            .collect();
+        let mut args = vec!["RPUSH", "l:long"];
+        args.extend(items.iter().map(String::as_str));
+        run(&mut source, &args);
+    }
+    run(
+        &mut source,
+        &["SADD", "set:ints", "1", "-2", "70000", "9000000000"],
+    );
+    run(&mut source, &["SADD", "set:text", "apple", "banana"]);
+    run(
+        &mut source,
+        &[
+            "ZADD", "z:small", "1", "a", "2.5", "b", "-inf", "c", "inf", "d",
+        ],
+    );
+    for i in 0..200 {
+        let score = format!("{}", f64::from(i) / 7.0);
+        let member = format!("m{i}");
+        run(&mut source, &["ZADD", "z:big", &score, &member]);
+        run(&mut source, &["HSET", "h:big", &member, &score]);
+    }
+    run(
+        &mut source,
+        &["HSET", "h:small", "f", "v", "n", "42", "e", ""],
+    );
+    run(&mut source, &["PEXPIRE", "h:small", "600000"]);
+    let keys = [
+        "s:int",
+        "s:short",
+        "s:compressible",
+        "s:binary",
+        "l:small",
+        "l:long",
+        "set:ints",
+        "set:text",
+        "z:small",
+        "z:big",
+        "h:big",
+        "h:small",
+    ];
+    let port = running.address.port().to_string();
+    let mut migrate = vec![
+        "MIGRATE",
+        "127.0.0.1",
+        &port,
+        "",
+        "0",
+        "10000",
+        "COPY",
+        "KEYS",
+    ];
+    migrate.extend(keys);
+    assert_eq!(
+        run(&mut source, &migrate),
+        redis::Value::Okay,
+        "MIGRATE into Larder"
+    );
+    for key in keys {
+        let want = contents(&mut source, key);
+        assert_ne!(want.0, "none", "{key} on redis-server");
+        assert_eq!(
+            contents(&mut larder, key),
+            want,
+            "{key} as Larder restored it"
+        );
+    }
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("h:small")
+        .query(&mut larder)
+        .expect("PTTL");
+    assert!((1..=600_000).contains(&ttl), "the TTL came along: {ttl}");
+
+    // Back: each key's DUMP from Larder, restored on redis-server under another name.
+    for key in keys {
+        let payload: Vec<u8> = redis::cmd("DUMP")
+            .arg(key)
+            .query(&mut larder)
+            .expect("DUMP");
+        let copy = format!("back:{key}");
+        let restored: redis::Value = redis::cmd("RESTORE")
+            .arg(&copy)
+            .arg(0)
+            .arg(&payload)
+            .query(&mut source)
+            .unwrap_or_else(|error| panic!("redis-server refused Larder's DUMP of {key}: {error}"));
+        assert_eq!(restored, redis::Value::Okay);
+        assert_eq!(
+            contents(&mut source, &copy),
+            contents(&mut source, key),
+            "{key} back on redis-server"
+        );
+    }
+
+    // What Larder cannot hold is refused with Redis's answer and changes nothing.
+    run(&mut source, &["XADD", "stream", "*", "f", "v"]);
+    let stream: Vec<u8> = redis::cmd("DUMP")
+        .arg("stream")
+        .query(&mut source)
+        .expect("DUMP");
+    let refused = redis::cmd("RESTORE")
+        .arg("stream")
+        .arg(0)
+        .arg(&stream)
+        .query::<redis::Value>(&mut larder)
+        .expect_err("a stream has no place in Larder");
+    assert!(refused.to_string().contains("Bad data format"), "{refused}");
+    assert_eq!(contents(&mut larder, "stream").0, "none");
+}

@@ -1403,6 +1403,17 @@ pub static COMMANDS: &[CommandInfo] = &[
         subcommands: &[],
     },
     CommandInfo {
+        name: "restore-asking",
+        arity: -4,
+        flags: &["write", "denyoom", "asking"],
+        first_key: 1,
+        last_key: 1,
+        step: 1,
+        acl_categories: &["@keyspace", "@write", "@slow", "@dangerous"],
+        tips: &[],
+        subcommands: &[],
+    },
+    CommandInfo {
         name: "rpop",
         arity: -2,
         flags: &["write", "fast"],

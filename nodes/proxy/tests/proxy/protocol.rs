@@ -677,7 +677,7 @@ const NOT_ANSWERED: &str = "acl bgrewriteaof bgsave bitfield bitfield_ro debug e
     evalsha evalsha_ro failover fcall fcall_ro geoadd geodist geohash geopos georadius \
     georadius_ro georadiusbymember georadiusbymember_ro geosearch geosearchstore lastsave \
     latency lolwut migrate module move pfadd pfcount pfdebug pfmerge pfselftest \
-    psubscribe psync publish pubsub punsubscribe replconf replicaof reset restore-asking role \
+    psubscribe psync publish pubsub punsubscribe replconf replicaof reset role \
     save shutdown slaveof slowlog spublish ssubscribe subscribe sunsubscribe swapdb sync \
     unsubscribe wait xack xadd xautoclaim xclaim xdel xgroup xinfo xlen xpending xrange xread \
     xreadgroup xrevrange xsetid xtrim";
