@@ -9,7 +9,7 @@
 #   spends idle in as long, measured first; for Larder that is the proxy, the center and all
 #   three replicas; two cores can give up to 2 s of it a second).
 # Serial latency is what a client that waits for each reply sees (the hash fuzz test is one).
-# Env: LARDER (binary), GROUPS_N (slot groups, default 64 as `larder up`), N (requests per
+# Env: LARDER (binary), GROUPS_N (slot groups, default `larder up`'s: one per node), N (requests per
 # benchmark, default 10000), SUITE (default ../shared/redis-tests). Needs redis-server,
 # redis-benchmark, redis-cli and tclsh.
 set -euo pipefail
@@ -21,7 +21,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; for p in 6391 6392; do redis-cli -p $
 TCK=$(getconf CLK_TCK)
 
 # Ports of their own, so a `larder up` with the default ports may run beside this one.
-"$L" up --dir "$W/data" --groups "${GROUPS_N:-64}" --listen 127.0.0.1:6390 --center-port 0 \
+"$L" up --dir "$W/data" ${GROUPS_N:+--groups "$GROUPS_N"} --listen 127.0.0.1:6390 --center-port 0 \
   --no-metrics > "$W/up.log" 2>&1 &
 LARDER_PID=$!
 for _ in $(seq 1 300); do grep -q '^try:' "$W/up.log" 2>/dev/null && break; sleep 0.2; done

@@ -44,8 +44,8 @@ pub struct BenchArgs {
     /// Also GETs with slow whole-list reads running beside them, and without.
     #[arg(long)]
     pub slow_lane: bool,
-    /// Slot groups of the Larder cluster.
-    #[arg(long, default_value_t = 64)]
+    /// Slot groups of the Larder cluster (default: one per storage node, as `larder up`).
+    #[arg(long, default_value_t = larder::local::NODES_MIN as u64)]
     pub groups: u64,
     /// Skip the redis-server peer runs.
     #[arg(long)]
@@ -459,6 +459,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             hot_key_share_reads_min_per_sec: larder_proxy::HotKeyConfig::default()
                 .share_reads_min_per_sec,
             hot_slot_requests_per_sec_max: 0,
+            // The bench measures the groups it was asked for, never a split under way.
+            groups_per_node_min: 0,
             read_rounds: !args.no_read_rounds,
         }))
         .context("starting the local cluster")?;

@@ -54,6 +54,9 @@ pub struct LocalConfig {
     pub hot_key_share_reads_min_per_sec: Option<u64>,
     /// The center's `hot_slot_requests_per_sec_max` (0: hot slots stay where they are).
     pub hot_slot_requests_per_sec_max: u64,
+    /// The center's `groups_per_node_min` (0: the groups stay as many as `groups` asks, until
+    /// a split by records).
+    pub groups_per_node_min: u64,
     /// The storage nodes' `NodeConfig::read_rounds` (`false`: every read confirmed by its
     /// group's own openraft read index).
     pub read_rounds: bool,
@@ -248,6 +251,7 @@ impl LocalCluster {
     ) -> Result<(), LocalError> {
         let mut center_config = CenterConfig::new(CENTERS.to_vec(), args.groups);
         center_config.hot_slot_requests_per_sec_max = args.hot_slot_requests_per_sec_max;
+        center_config.groups_per_node_min = args.groups_per_node_min;
         // The first table spreads the groups over every node started, not the first three
         // heard from.
         center_config.bootstrap_nodes_min = args.nodes;

@@ -271,6 +271,17 @@ pub struct CenterFile {
     /// A node is down after this many heartbeat intervals without one (default 5).
     #[serde(default)]
     pub missed_heartbeats_max: Option<u32>,
+    /// Split a group holding more records than this (default 8,000,000; 0: never).
+    #[serde(default)]
+    pub split_records_max: Option<u64>,
+    /// Move a slot whose leader serves more requests a second than this into a group of its
+    /// own (default 0: never).
+    #[serde(default)]
+    pub hot_slot_requests_per_sec_max: Option<u64>,
+    /// Keep at least this many groups per storage node, splitting the largest group as nodes
+    /// join (default 1; 0: never).
+    #[serde(default)]
+    pub groups_per_node_min: Option<u64>,
     /// The file holding the cluster secret (default: from the environment; see the module
     /// doc).
     #[serde(default)]
@@ -316,6 +327,15 @@ impl CenterFile {
         }
         if let Some(max) = self.missed_heartbeats_max {
             config.missed_heartbeats_max = max;
+        }
+        if let Some(max) = self.split_records_max {
+            config.split_records_max = max;
+        }
+        if let Some(max) = self.hot_slot_requests_per_sec_max {
+            config.hot_slot_requests_per_sec_max = max;
+        }
+        if let Some(min) = self.groups_per_node_min {
+            config.groups_per_node_min = min;
         }
         config.validate()?;
         Ok(config)

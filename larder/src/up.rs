@@ -25,10 +25,18 @@ pub struct UpArgs {
     /// ports; `larder admin` then needs `--center`).
     #[arg(long, default_value_t = CENTER_PORT_DEFAULT)]
     pub center_port: u16,
-    /// Number of slot groups the 16384 slots are spread over (when the center writes its first
-    /// routing table; a restart keeps the groups the directory has).
-    #[arg(long, default_value_t = 64)]
-    pub groups: u64,
+    /// Number of slot groups the 16384 slots are spread over when the center writes its first
+    /// routing table (default: one per storage node; a restart keeps the groups the directory
+    /// has). Fewer, busier groups cost less per write: each group's writes are Raft rounds of
+    /// their own. The center adds groups as nodes join (`--groups-per-node-min`) and as groups
+    /// grow past 8,000,000 records.
+    #[arg(long)]
+    pub groups: Option<u64>,
+    /// The center splits the group with the most slots while the cluster has fewer than this
+    /// many groups per storage node, so that a node that joins gets a group to lead (0: never;
+    /// the groups stay as `--groups` made them until one grows past its record limit).
+    #[arg(long, default_value_t = 1)]
+    pub groups_per_node_min: u64,
     /// Require clients to AUTH with this password.
     #[arg(long)]
     pub requirepass: Option<String>,
@@ -77,13 +85,14 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
                 listen: args.listen,
                 center_port: args.center_port,
                 nodes: args.nodes,
-                groups: args.groups,
+                groups: args.groups.unwrap_or(args.nodes as u64),
                 requirepass: args.requirepass.clone(),
                 metrics: (!args.no_metrics).then_some(args.metrics_listen),
                 hot_key_writes_per_sec_max: args.hot_key_writes_per_sec_max,
                 hot_key_share_reads_min_per_sec: (args.hot_key_share_reads_min_per_sec > 0)
                     .then_some(args.hot_key_share_reads_min_per_sec),
                 hot_slot_requests_per_sec_max: args.hot_slot_requests_per_sec_max,
+                groups_per_node_min: args.groups_per_node_min,
                 read_rounds: !args.no_read_rounds,
             };
             let cluster = LocalCluster::start(&config)

@@ -38,6 +38,7 @@ impl Running {
             hot_key_share_reads_min_per_sec: larder_proxy::HotKeyConfig::default()
                 .share_reads_min_per_sec,
             hot_slot_requests_per_sec_max: 0,
+            groups_per_node_min: 0,
             read_rounds: true,
         };
         let cluster = runtime

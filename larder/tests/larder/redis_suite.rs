@@ -372,6 +372,7 @@ fn run_units(minimums: &[(&str, u32)], no_progress: Duration) {
         hot_key_share_reads_min_per_sec: larder_proxy::HotKeyConfig::default()
             .share_reads_min_per_sec,
         hot_slot_requests_per_sec_max: 0,
+        groups_per_node_min: 0,
         read_rounds: true,
     };
     let cluster = runtime

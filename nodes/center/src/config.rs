@@ -65,8 +65,16 @@ pub struct CenterConfig {
     /// deserves a group is the operator's call (`larder admin hotkeys` shows the candidates).
     #[serde(default)]
     pub hot_slot_requests_per_sec_max: u64,
-    /// Automatic splits (by records or by a hot slot) stop once the table holds this many
-    /// groups.
+    /// The table keeps at least this many groups per storage node that may take work (up,
+    /// neither draining nor removed): past it, the group with the most slots is split through
+    /// the migration path (one at a time, while no migration runs), so a node that joins gets a
+    /// group to lead rather than only replicas to follow. 0 turns it off. A cluster starts
+    /// with few groups (each group's write is a Raft round of its own, so fewer, busier groups
+    /// cost less per write: note of stop 51) and grows them with its nodes and its data.
+    #[serde(default = "default_groups_per_node_min")]
+    pub groups_per_node_min: u64,
+    /// Automatic splits (by records, by nodes or by a hot slot) stop once the table holds this
+    /// many groups.
     #[serde(default = "default_split_groups_max")]
     pub split_groups_max: usize,
     /// Bugs planted on purpose ([`larder_core::bugs`]; none without the `planted-bugs`
@@ -77,6 +85,10 @@ pub struct CenterConfig {
 
 fn default_split_records_max() -> u64 {
     8_000_000
+}
+
+fn default_groups_per_node_min() -> u64 {
+    1
 }
 
 fn default_split_groups_max() -> usize {
@@ -108,6 +120,7 @@ impl CenterConfig {
             migration_grace_ms: default_migration_grace_ms(),
             split_records_max: default_split_records_max(),
             split_groups_max: default_split_groups_max(),
+            groups_per_node_min: default_groups_per_node_min(),
             hot_slot_requests_per_sec_max: 0,
             bugs: Bugs::default(),
         }

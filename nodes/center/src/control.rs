@@ -84,6 +84,12 @@ impl<E: Env> Center<E> {
                 self.config.split_groups_max,
             ) {
                 self.spawn_split(term, group, &view, now);
+            } else if let Some(group) = plan::plan_split_for_nodes(
+                &view,
+                self.config.groups_per_node_min,
+                self.config.split_groups_max,
+            ) {
+                self.spawn_split_for_nodes(term, group);
             } else if let Some((group, slot)) = plan::plan_hot_slot(
                 &view,
                 self.config.hot_slot_requests_per_sec_max,
@@ -400,6 +406,35 @@ impl<E: Env> Center<E> {
                     }
                 }
                 records => tracing::debug!(group, ?records, "automatic split: not past it"),
+            }
+            center.soft.lock().expect("soft lock").splitting = false;
+        });
+    }
+
+    /// Splits `group` in the background because the table holds fewer groups than
+    /// `groups_per_node_min` per storage node ([`plan::plan_split_for_nodes`]), unless a split
+    /// is being started already.
+    fn spawn_split_for_nodes(self: &Arc<Self>, term: u64, group: GroupId) {
+        {
+            let mut soft = self.soft.lock().expect("soft lock");
+            if soft.splitting || soft.term != Some(term) {
+                return;
+            }
+            soft.splitting = true;
+        }
+        let center = self.clone();
+        tokio::spawn(async move {
+            match center.split_group(group).await {
+                Ok(migration) => {
+                    bump(&center.counters.splits);
+                    tracing::info!(
+                        group,
+                        to = migration.to,
+                        migration = migration.id,
+                        "automatic split: fewer groups than groups_per_node_min per storage node"
+                    )
+                }
+                Err(error) => tracing::info!(group, %error, "automatic split not started"),
             }
             center.soft.lock().expect("soft lock").splitting = false;
         });

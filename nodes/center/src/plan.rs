@@ -554,6 +554,37 @@ pub fn plan_split(view: &View, records_max: u64, groups_max: usize) -> Option<Gr
         .map(|(group, _)| group)
 }
 
+/// The group to split so that the table holds at least `per_node_min` groups for each
+/// storage node that may take work ([`NodeView::is_candidate`]): a node that joined then gets
+/// a group to lead, not only replicas to follow. The group with the most slots (the lowest id
+/// among equals), if the table is short of that and may still grow past `groups_max`;
+/// `per_node_min` 0: none.
+pub fn plan_split_for_nodes(view: &View, per_node_min: u64, groups_max: usize) -> Option<GroupId> {
+    let table = view.routing.as_ref()?;
+    let nodes = view.nodes.values().filter(|n| n.is_candidate()).count() as u64;
+    let groups = table.groups().len();
+    if per_node_min == 0
+        || groups >= groups_max
+        || groups as u64 >= nodes.saturating_mul(per_node_min)
+    {
+        return None;
+    }
+    table
+        .groups()
+        .keys()
+        .map(|group| {
+            let slots: usize = table
+                .slot_ranges(*group)
+                .iter()
+                .map(|&(a, b)| usize::from(b - a) + 1)
+                .sum();
+            (*group, slots)
+        })
+        .filter(|(_, slots)| *slots >= 2)
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(group, _)| group)
+}
+
 /// The hottest slot some group leader reports at more than `requests_per_sec_max` requests a
 /// second, with its group, if that group owns other slots besides (a slot alone in its group
 /// is as isolated as it gets) and the table may grow past its `groups_max`. A slot two leaders
@@ -1426,6 +1457,33 @@ mod tests {
         // A dead node's report does not count.
         view.nodes.insert(2, down(2));
         assert_eq!(plan_split(&view, 1_000, 100), None);
+    }
+
+    #[test]
+    fn a_table_with_fewer_groups_than_nodes_splits_its_largest_group() {
+        // Four nodes, four groups of 4,096 slots each: one group a node, nothing to do.
+        let mut view = healthy();
+        assert_eq!(plan_split_for_nodes(&view, 1, 100), None);
+        assert_eq!(plan_split_for_nodes(&view, 0, 100), None, "0 turns it off");
+        // Two groups a node wanted: the largest group (all equal: the lowest id) splits.
+        assert_eq!(plan_split_for_nodes(&view, 2, 100), Some(1));
+        assert_eq!(
+            plan_split_for_nodes(&view, 2, 4),
+            None,
+            "the table holds groups_max groups"
+        );
+        // A fifth node joins: one group short; group 2 has become the largest.
+        view.nodes.insert(5, up(5, vec![]));
+        let table = view.routing.as_ref().expect("a table");
+        let (start, _) = table.slot_ranges(1)[0];
+        view.routing = Some(table.move_slots(&[(start, start + 99)], 2).expect("moved"));
+        assert_eq!(plan_split_for_nodes(&view, 1, 100), Some(2));
+        // A node that is down, draining or removed takes no work: it asks for no group.
+        view.nodes.insert(5, down(5));
+        assert_eq!(plan_split_for_nodes(&view, 1, 100), None);
+        view.nodes.insert(5, up(5, vec![]));
+        view.nodes.get_mut(&5).expect("node 5").record = Some(record(5, NodeState::Draining));
+        assert_eq!(plan_split_for_nodes(&view, 1, 100), None);
     }
 
     #[test]

@@ -169,6 +169,11 @@ pub struct SimConfig {
     /// operator watches the migrations the center starts by itself.
     #[serde(default)]
     pub hot_slot_requests_per_sec_max: u64,
+    /// The center's `groups_per_node_min` (0, the default here, unlike a real center's 1:
+    /// the catalogue's seeds were tuned with the groups their plans ask for). With it set,
+    /// the operator watches the migrations the center starts by itself.
+    #[serde(default)]
+    pub groups_per_node_min: u64,
 }
 
 impl SimConfig {
@@ -176,7 +181,9 @@ impl SimConfig {
 
     /// Whether the center may start migrations by itself (by records or by a hot slot).
     pub fn automatic_splits(&self) -> bool {
-        self.split_records_max > 0 || self.hot_slot_requests_per_sec_max > 0
+        self.split_records_max > 0
+            || self.hot_slot_requests_per_sec_max > 0
+            || self.groups_per_node_min > 0
     }
 
     pub fn new(seed: u64, duration: Duration) -> Self {
@@ -217,6 +224,7 @@ impl SimConfig {
             hot_key_writes_per_sec_max: None,
             hot_key_share_reads_min_per_sec: None,
             hot_slot_requests_per_sec_max: 0,
+            groups_per_node_min: 0,
         }
     }
 
@@ -542,6 +550,7 @@ impl SimConfig {
             migration_grace_ms: 1_000,
             split_records_max: self.split_records_max,
             hot_slot_requests_per_sec_max: self.hot_slot_requests_per_sec_max,
+            groups_per_node_min: self.groups_per_node_min,
             split_groups_max: self.groups as usize * 2,
             bugs: self.bugs.clone(),
             ..CenterConfig::new(self.center_ids(), self.groups.max(1))
