@@ -1189,6 +1189,23 @@ mod tests {
             ),
             (8, 200, 4, 4, 3)
         );
+        // The automatic splits' knobs: their defaults, and each set from the file.
+        let splits = |config: &CenterConfig| {
+            (
+                config.split_records_max,
+                config.hot_slot_requests_per_sec_max,
+                config.groups_per_node_min,
+            )
+        };
+        assert_eq!(splits(&config), (8_000_000, 0, 1));
+        let tuned: CenterFile = parse(&format!(
+            "{text}split_records_max = 1000\nhot_slot_requests_per_sec_max = 500\ngroups_per_node_min = 0\n"
+        ))
+        .expect("parse");
+        assert_eq!(
+            splits(&tuned.center_config().expect("valid")),
+            (1000, 500, 0)
+        );
         // An observer runs from the same kind of file, but does not form the group.
         let observer: CenterFile = parse(&text.replace("id = 101\n", "id = 201\n")).expect("parse");
         assert!(
