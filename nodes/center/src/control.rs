@@ -411,10 +411,12 @@ impl<E: Env> Center<E> {
         });
     }
 
-    /// Splits `group` in the background because the table holds fewer groups than
-    /// `groups_per_node_min` per storage node ([`plan::plan_split_for_nodes`]), unless a split
-    /// is being started already.
-    fn spawn_split_for_nodes(self: &Arc<Self>, term: u64, group: GroupId) {
+    /// Runs `work` (an automatic migration: a split or a hot slot's move) in the background,
+    /// unless one is being started already or this center is no longer the leader of `term`.
+    fn spawn_automatic<F>(self: &Arc<Self>, term: u64, work: impl FnOnce(Arc<Self>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         {
             let mut soft = self.soft.lock().expect("soft lock");
             if soft.splitting || soft.term != Some(term) {
@@ -423,7 +425,17 @@ impl<E: Env> Center<E> {
             soft.splitting = true;
         }
         let center = self.clone();
+        let work = work(center.clone());
         tokio::spawn(async move {
+            work.await;
+            center.soft.lock().expect("soft lock").splitting = false;
+        });
+    }
+
+    /// Splits `group` in the background because the table holds fewer groups than
+    /// `groups_per_node_min` per storage node ([`plan::plan_split_for_nodes`]).
+    fn spawn_split_for_nodes(self: &Arc<Self>, term: u64, group: GroupId) {
+        self.spawn_automatic(term, move |center| async move {
             match center.split_group(group).await {
                 Ok(migration) => {
                     bump(&center.counters.splits);
@@ -436,22 +448,13 @@ impl<E: Env> Center<E> {
                 }
                 Err(error) => tracing::info!(group, %error, "automatic split not started"),
             }
-            center.soft.lock().expect("soft lock").splitting = false;
         });
     }
 
     /// Moves the hot `slot` of `group` into a new group of its own in the background
-    /// ([`Center::isolate_slot`]), unless an automatic split is being started already.
+    /// ([`Center::isolate_slot`]).
     fn spawn_isolate(self: &Arc<Self>, term: u64, group: GroupId, slot: u16) {
-        {
-            let mut soft = self.soft.lock().expect("soft lock");
-            if soft.splitting || soft.term != Some(term) {
-                return;
-            }
-            soft.splitting = true;
-        }
-        let center = self.clone();
-        tokio::spawn(async move {
+        self.spawn_automatic(term, move |center| async move {
             match center.isolate_slot(group, slot).await {
                 Ok(migration) => {
                     bump(&center.counters.hot_slot_moves);
@@ -465,7 +468,6 @@ impl<E: Env> Center<E> {
                 }
                 Err(error) => tracing::info!(group, slot, %error, "hot slot not moved"),
             }
-            center.soft.lock().expect("soft lock").splitting = false;
         });
     }
 
