@@ -170,18 +170,49 @@ pub fn encoding_name(value: &Value) -> &'static str {
     }
 }
 
+/// The trailer of the payloads `DUMP` wrote before it spoke Redis's format (stop 51): a
+/// record's encoding, this mark, and an xxh3 of both.
+const LEGACY_DUMP_MARK: [u8; 2] = [b'L', 1];
+
 /// The value in a `RESTORE` payload ([`super::rdb`]: Redis's own format), or `RESTORE`'s
 /// error for it.
 fn restore_value(payload: &[u8]) -> Result<Value, Reply> {
-    let value =
-        super::rdb::restore_value(payload).map_err(|error| Reply::error(error.to_string()))?;
-    // A well-formed payload still must hold what a key may hold: no string past the limit.
-    match &value {
-        Value::Str(text) if text.len() > super::STRING_BYTES_MAX => {
-            Err(Reply::error("ERR Bad data format"))
+    let value = match legacy_restore_value(payload) {
+        Some(value) => value,
+        None => {
+            super::rdb::restore_value(payload).map_err(|error| Reply::error(error.to_string()))?
         }
-        _ => Ok(value),
+    };
+    // A well-formed payload still must hold what a key may hold: no empty collection (an empty
+    // one is no key at all), no string past the limit.
+    let valid = match &value {
+        Value::Str(text) => text.len() <= super::STRING_BYTES_MAX,
+        Value::Hash(fields) => !fields.is_empty(),
+        Value::List(items) => !items.is_empty(),
+        Value::Set(members) => !members.is_empty(),
+        Value::ZSet(set) => !set.is_empty(),
+    };
+    if valid {
+        Ok(value)
+    } else {
+        Err(Reply::error("ERR Bad data format"))
     }
+}
+
+/// The value of a payload in the format `DUMP` wrote before stop 51, if `payload` is one.
+/// Still read because a `RESTORE` of one may sit in a replica's log from before the upgrade:
+/// replayed by the new binary, it must do what it did when it was answered, or the replica
+/// would part from the ones that applied it before. (A Redis payload never ends this way:
+/// its footer's version would be 332, past every RDB version.)
+fn legacy_restore_value(payload: &[u8]) -> Option<Value> {
+    let split = payload.len().checked_sub(8)?;
+    let (body, sum) = payload.split_at(split);
+    if !body.ends_with(&LEGACY_DUMP_MARK) || xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
+        return None;
+    }
+    Record::decode(&body[..body.len() - LEGACY_DUMP_MARK.len()])
+        .ok()
+        .map(|record| record.value)
 }
 
 /// A parsed `SORT`.
@@ -798,6 +829,39 @@ mod tests {
         let empty = crate::kv::rdb::dump_payload(&Value::List(Default::default()));
         assert_eq!(
             run(&[b"RESTORE", b"x", b"0", &empty]).0,
+            err("ERR Bad data format")
+        );
+        // A payload of the format DUMP wrote before stop 51 (a RESTORE of one may be replayed
+        // from a log written before the upgrade) restores as it did then.
+        let legacy = |value: Value| {
+            let mut out = crate::kv::Record {
+                value,
+                expires_at_ms: None,
+            }
+            .encode()
+            .to_vec();
+            out.extend_from_slice(&super::LEGACY_DUMP_MARK);
+            let sum = xxhash_rust::xxh3::xxh3_64(&out);
+            out.extend_from_slice(&sum.to_le_bytes());
+            out
+        };
+        let old = legacy(Value::Str(bytes::Bytes::from_static(b"kept")));
+        let (reply, writes) = run(&[b"RESTORE", b"legacy", b"0", &old]);
+        assert_eq!(reply, Reply::Ok);
+        assert_eq!(
+            writes[&bytes::Bytes::from_static(b"legacy")]
+                .as_ref()
+                .map(|record| record.value.clone()),
+            Some(Value::Str(bytes::Bytes::from_static(b"kept")))
+        );
+        assert_eq!(
+            run(&[
+                b"RESTORE",
+                b"x",
+                b"0",
+                &legacy(Value::Set(Default::default()))
+            ])
+            .0,
             err("ERR Bad data format")
         );
         assert_eq!(
