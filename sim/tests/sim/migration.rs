@@ -201,31 +201,33 @@ fn a_group_past_the_record_threshold_splits_by_itself() {
 /// Groups follow nodes: a cluster of five storage nodes whose first table has three groups
 /// (`groups_per_node_min` 1) gets two more by itself, each split of the group with the most
 /// slots through the migration path while clients run, so every node can lead one; every
-/// check holds and both splits end done.
+/// check holds and both splits end done, with and without faults.
 #[test]
 fn a_cluster_with_fewer_groups_than_nodes_splits_until_each_node_can_lead_one() {
-    let mut config = SimConfig::cluster(11, Duration::from_secs(20), 5, 3, 2);
-    config.faults = false;
-    config.groups_per_node_min = 1;
-    let report = larder_sim::run(&config).expect("run");
-    assert!(
-        report.passed(),
-        "{:?}\n{:?}",
-        report.violations,
-        report.migrations
-    );
-    let log = &report.migrations;
-    assert!(
-        log.started.is_empty(),
-        "the operator asked nothing: {log:?}"
-    );
-    let mut new_groups: Vec<_> = log.last_seen.iter().map(|m| m.to).collect();
-    new_groups.sort();
-    assert_eq!(new_groups, [4, 5], "two splits, two new groups: {log:?}");
-    for migration in &log.last_seen {
+    for (seed, faults) in [(11, false), (12, true)] {
+        let mut config = SimConfig::cluster(seed, Duration::from_secs(20), 5, 3, 2);
+        config.faults = faults;
+        config.groups_per_node_min = 1;
+        let report = larder_sim::run(&config).expect("run");
         assert!(
-            matches!(migration.phase, MigrationPhase::Done { .. }),
-            "{log:?}"
+            report.passed(),
+            "seed {seed}: {:?}\n{:?}",
+            report.violations,
+            report.migrations
         );
+        let log = &report.migrations;
+        assert!(
+            log.started.is_empty(),
+            "the operator asked nothing: {log:?}"
+        );
+        let mut new_groups: Vec<_> = log.last_seen.iter().map(|m| m.to).collect();
+        new_groups.sort();
+        assert_eq!(new_groups, [4, 5], "seed {seed}: two new groups: {log:?}");
+        for migration in &log.last_seen {
+            assert!(
+                matches!(migration.phase, MigrationPhase::Done { .. }),
+                "seed {seed}: {log:?}"
+            );
+        }
     }
 }
