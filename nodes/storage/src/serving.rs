@@ -190,7 +190,8 @@ impl<E: Env> StorageNode<E> {
                 Ok(running) => running,
                 Err(refused) => return refused,
             };
-            let response = Box::pin(self.read_applied_after_index(&handle, &command, limit)).await;
+            let response =
+                Box::pin(self.read_applied_after_index(group, &handle, &command, limit)).await;
             if let ClientResponse::Reply(reply) = &response {
                 self.lanes.measured(group, &command, reply);
             }
@@ -312,6 +313,7 @@ impl<E: Env> StorageNode<E> {
     /// on every replica sees it expired (ARCHITECTURE.md, "Expiry").
     async fn read_applied_after_index(
         &self,
+        group: GroupId,
         handle: &Group<NodeDisk<E>>,
         command: &Command,
         limit: Duration,
@@ -330,7 +332,16 @@ impl<E: Env> StorageNode<E> {
         };
         // A read has no effect whatever becomes of the advance, so every failure here is
         // `Unavailable` (safe to retry); an advance that commits later only moves the clock.
-        match timeout(self.env.clock(), limit, handle.raft.client_write(advance)).await {
+        // The advance is a write: a quiet leader must wake for it as for any (its lease ran
+        // out while the group slept, and openraft refuses a write without one as "not the
+        // leader"). Without this, a key read the first time after it expired in a quiet group
+        // answered `TRYAGAIN` for as long as the group stayed quiet (Redis's `unit/expire`:
+        // "After 2.1 seconds the key should no longer be here").
+        let advance_write = async {
+            self.wake(group, &handle.raft, true).await;
+            handle.raft.client_write(advance).await
+        };
+        match timeout(self.env.clock(), limit, Box::pin(advance_write)).await {
             Ok(Ok(_)) => {}
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                 return ClientResponse::NotLeader {

@@ -398,3 +398,72 @@ fn a_lone_write_reaches_every_follower_without_waiting_for_a_heartbeat() {
     }
     client_runtime.shutdown_timeout(Duration::from_secs(1));
 }
+
+/// A key that expires while its group is quiet (`larder_storage::quiet`: no command for an
+/// election timeout, the leader's ticker off and its lease run out) reads as missing. Its
+/// first read needs the group clock advanced, a write, for which the quiet leader must wake
+/// as for any write; before it did, the read answered "not the leader" for as long as the
+/// group stayed quiet (Redis's `unit/expire` caught it: "After 2.1 seconds the key should no
+/// longer be here").
+#[test]
+fn a_key_that_expired_while_its_group_was_quiet_reads_as_missing() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let book = AddressBook::new();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let nodes: Vec<RunningNode> = (0..3)
+        .map(|i| {
+            let mut config = NodeConfig::new(i as NodeId + 1, vec![GROUP]);
+            // Quiet soon: the group settles an election timeout after its last command.
+            config.heartbeat_ms = 50;
+            config.election_timeout_ms_min = 300;
+            config.election_timeout_ms_max = 450;
+            start_node_with(dirs[i].path(), any, &book, config)
+        })
+        .collect();
+    let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+    nodes[0]
+        .runtime
+        .block_on(nodes[0].node.initialize(GROUP, &voters))
+        .expect("initialize");
+    let client_runtime = tokio::runtime::Runtime::new().expect("client runtime");
+    client_runtime.block_on(async {
+        let mut client = group_client(&book);
+        for attempt in 0.. {
+            match client.execute(Command::set("warm", "1")).await {
+                Ok(_) => break,
+                Err(error) if attempt < 50 => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("no leader: {error}"),
+            }
+        }
+        let set = Command::parse(&[
+            Bytes::from_static(b"SET"),
+            Bytes::from_static(b"k"),
+            Bytes::from_static(b"v"),
+            Bytes::from_static(b"PX"),
+            Bytes::from_static(b"200"),
+        ])
+        .expect("SET PX");
+        assert_eq!(client.execute(set).await.expect("set"), Reply::Ok);
+        // Expired after 200 ms; quiet after an election timeout (at most 450 ms) and a
+        // heartbeat interval or two; past the lease, many times over.
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        assert_eq!(
+            client.execute(Command::get("k")).await.expect("get"),
+            Reply::Nil
+        );
+        // And it stays missing.
+        assert_eq!(
+            client.execute(Command::get("k")).await.expect("get"),
+            Reply::Nil
+        );
+    });
+    for running in nodes {
+        running.runtime.block_on(running.node.shutdown());
+        drop(running.node);
+        running.runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+    client_runtime.shutdown_timeout(Duration::from_secs(1));
+}
