@@ -406,6 +406,8 @@ fn a_lone_write_reaches_every_follower_without_waiting_for_a_heartbeat() {
 /// group stayed quiet (Redis's `unit/expire` caught it: "After 2.1 seconds the key should no
 /// longer be here").
 #[test]
+// Real nodes on real time: the test waits for the key to expire and the group to go quiet.
+#[allow(clippy::disallowed_methods)]
 fn a_key_that_expired_while_its_group_was_quiet_reads_as_missing() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
     let book = AddressBook::new();
