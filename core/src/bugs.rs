@@ -153,11 +153,16 @@ pub enum Bug {
     /// committed, so a follower that lost the one message carrying the commit index stays an
     /// entry behind for as long as the group is idle.
     QuietIgnoresLag,
+    /// Expiry (storage node): the group-clock advance a read of a just-expired key proposes
+    /// does not wake a quiet leader first, so openraft, whose lease ran out while the group
+    /// slept, refuses it as "not the leader" and the read fails for as long as the group
+    /// stays quiet (stop 51's fix, undone).
+    AdvanceSkipsWake,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 37] = [
+    pub const ALL: [Bug; 38] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -195,6 +200,7 @@ impl Bug {
         Bug::ScanRunIgnoresSmall,
         Bug::UnchangedWriteUnconfirmed,
         Bug::QuietIgnoresLag,
+        Bug::AdvanceSkipsWake,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -237,6 +243,7 @@ impl Bug {
             Bug::ScanRunIgnoresSmall => "scan-run-ignores-small",
             Bug::UnchangedWriteUnconfirmed => "unchanged-write-unconfirmed",
             Bug::QuietIgnoresLag => "quiet-ignores-lag",
+            Bug::AdvanceSkipsWake => "advance-skips-wake",
         }
     }
 }

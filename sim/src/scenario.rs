@@ -554,6 +554,59 @@ pub fn forgotten_session(seed: u64) -> Result<ForgottenSessionOutcome, SimError>
     Ok(outcome)
 }
 
+/// What reading a key that expired while its group was quiet answered.
+#[derive(Debug, Clone, Default)]
+pub struct QuietExpiryOutcome {
+    /// The answers to `SET k v PX 200`, then to `GET k` twice once the group has been idle for
+    /// 3 s (quiet: the leader's ticker off, its lease run out).
+    pub steps: Vec<(String, Result<Reply, ClientError>)>,
+    pub trace_hash: String,
+}
+
+/// A fault-free three-node group: one write of a key that expires in 200 ms, then nothing for
+/// 3 s (the group settles: `larder_storage::quiet`), then reads of the key. The key is expired
+/// by the leader's clock but not by the group clock (the last entry's time), so the first read
+/// proposes a group-clock advance, a write a quiet leader must wake for; with the planted bug
+/// `advance-skips-wake` it does not, openraft refuses the advance as "not the leader", and the
+/// reads fail until the client gives up.
+pub fn quiet_expiry(seed: u64, bugs: Bugs) -> Result<QuietExpiryOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(15));
+    config.faults = false;
+    config.bugs = bugs;
+    let (mut sim, trace, faults, parts) = start(&config);
+    let outcome: Arc<Mutex<QuietExpiryOutcome>> = Arc::default();
+    let host = client_id(1);
+    let net = SimNet::new(host, faults.clone(), derive_seed(seed, 31), trace.clone());
+    let recorded = outcome.clone();
+    sim.client(host_name(host), async move {
+        let config = ClientConfig {
+            attempts_max: 10,
+            backoff: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let mut client = Client::new(net, SimClock::new(), GROUP, vec![1, 2, 3], config);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let record = |name: &str, result: Result<Reply, ClientError>| {
+            let mut outcome = recorded.lock().expect("outcome lock");
+            outcome.steps.push((name.to_string(), result));
+        };
+        let set = Command::parse(
+            &[b"SET" as &[u8], b"k", b"v", b"PX", b"200"].map(bytes::Bytes::copy_from_slice),
+        )
+        .map_err(|error| error.to_string())?;
+        record("set k v px 200", client.execute(set).await);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        record("get k", client.execute(Command::get("k")).await);
+        record("get k", client.execute(Command::get("k")).await);
+        Ok(())
+    });
+    finish(&mut sim)?;
+    drop_nodes(&parts);
+    let mut outcome = outcome.lock().expect("outcome lock").clone();
+    outcome.trace_hash = trace.hash();
+    Ok(outcome)
+}
+
 /// Cuts `leader` off from `followers` both ways and steps the hosts until one of them leads
 /// `GROUP` (its id and the simulated time since the cut), or `limit` passes (`None`).
 fn cut_off_until_elected(

@@ -67,12 +67,18 @@ use larder::child::{Outcome, run_child};
 /// scripted scenario `larder_sim::scenario::lost_commit` loses exactly that message
 /// (`sim/tests/sim/scripted.rs`, `a_follower_that_lost_the_commit_…`) and catches it on every
 /// run: the follower an entry behind 3 s later.
+/// `advance-skips-wake`: 0/50 swarm cluster seeds and 0/50 one-group swarm seeds. The failure needs a key that expires while its group
+/// is quiet and is read after, before anything else is written to the group: the swarm
+/// workloads keep every group busy. The scripted scenario `larder_sim::scenario::quiet_expiry`
+/// does exactly that (`sim/tests/sim/scripted.rs`, `a_key_that_expired_while_its_group_was_…`)
+/// and catches it on every run: both reads fail "not the leader".
 const UNCAUGHT_YET: &[&str] = &[
     "migration-untracked-deletes",
     "blocked-chain-reply-early",
     "read-confirm-ignores-vote",
     "unchanged-write-unconfirmed",
     "quiet-ignores-lag",
+    "advance-skips-wake",
 ];
 
 /// Which fault plans a seed draws: the cluster's default plans or swarm plans (each seed its

@@ -338,7 +338,9 @@ impl<E: Env> StorageNode<E> {
         // answered `TRYAGAIN` for as long as the group stayed quiet (Redis's `unit/expire`:
         // "After 2.1 seconds the key should no longer be here").
         let advance_write = async {
-            self.wake(group, &handle.raft, true).await;
+            if !self.config.bugs.is_planted(Bug::AdvanceSkipsWake) {
+                self.wake(group, &handle.raft, true).await;
+            }
             handle.raft.client_write(advance).await
         };
         match timeout(self.env.clock(), limit, Box::pin(advance_write)).await {

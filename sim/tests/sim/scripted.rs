@@ -407,3 +407,46 @@ fn a_deposed_leader_answers_no_write_as_unchanged_without_confirming_it_leads() 
         assert_eq!(answer, Ok(Reply::Ok), "the planted bug must be caught");
     }
 }
+
+/// A key that expires while its group is quiet reads as missing: the first read proposes a
+/// group-clock advance, a write the quiet leader wakes for (stop 51: it did not, and the read
+/// failed as "not the leader" for as long as the group stayed quiet; Redis's `unit/expire`
+/// found it). Seeds 1-3 twice each, with equal traces; the planted bug `advance-skips-wake`
+/// (the advance without the wake) on seed 1 must fail the read.
+#[test]
+fn a_key_that_expired_while_its_group_was_quiet_reads_as_missing() {
+    use larder_core::bugs::{Bug, Bugs};
+    use larder_core::kv::Reply;
+    use larder_sim::scenario::quiet_expiry;
+    let gets = |outcome: &larder_sim::scenario::QuietExpiryOutcome| {
+        assert_eq!(outcome.steps.len(), 3, "{outcome:?}");
+        assert_eq!(outcome.steps[0].1, Ok(Reply::Ok), "{outcome:?}");
+        outcome.steps[1..]
+            .iter()
+            .map(|(_, result)| result.clone())
+            .collect::<Vec<_>>()
+    };
+    for seed in [1, 2, 3] {
+        let outcome = quiet_expiry(seed, Bugs::default()).expect("scenario ran");
+        assert_eq!(
+            gets(&outcome),
+            [Ok(Reply::Nil), Ok(Reply::Nil)],
+            "seed {seed}: {outcome:?}"
+        );
+        assert_eq!(
+            quiet_expiry(seed, Bugs::default())
+                .expect("scenario ran")
+                .trace_hash,
+            outcome.trace_hash,
+            "seed {seed}: not deterministic"
+        );
+    }
+    let mut bugs = Bugs::default();
+    if bugs.try_plant(Bug::AdvanceSkipsWake).is_ok() {
+        let outcome = quiet_expiry(1, bugs).expect("scenario ran");
+        assert!(
+            gets(&outcome).iter().all(Result::is_err),
+            "advance-skips-wake went unnoticed: {outcome:?}"
+        );
+    }
+}
