@@ -41,10 +41,7 @@ impl<E: Env> StorageNode<E> {
         };
         let raft = self.raft(group)?;
         let limit = Duration::from_millis(self.config.request_timeout_ms);
-        let write = async {
-            self.wake(group, &raft, true).await;
-            raft.client_write(entry).await
-        };
+        let write = self.propose(group, &raft, entry);
         match timeout(self.env.clock(), limit, write).await {
             Ok(Ok(response)) => match response.data {
                 Reply::Error(reason) => Err(NodeError::Raft { group, reason }),

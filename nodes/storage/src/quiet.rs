@@ -241,6 +241,27 @@ impl<E: Env> StorageNode<E> {
     }
 }
 
+impl<E: Env> StorageNode<E> {
+    /// Proposes `entry` to `group`'s log once the group is ready for a write ([`Self::wake`]).
+    /// Client commands, migration steps and the group-clock advance all propose through here,
+    /// so none can miss the wake (the advance did once: stop 51).
+    pub(crate) async fn propose<D: larder_core::env::Disk>(
+        &self,
+        group: GroupId,
+        raft: &crate::raft::Raft<D>,
+        entry: crate::raft::Request,
+    ) -> Result<
+        openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+        openraft::error::RaftError<
+            crate::raft::TypeConfig,
+            openraft::error::ClientWriteError<crate::raft::TypeConfig>,
+        >,
+    > {
+        self.wake(group, raft, true).await;
+        raft.client_write(entry).await
+    }
+}
+
 /// Every `heartbeat_ms`: turns each led group's ticker off or on as it settles or not, each
 /// followed group's as its leader is heard or not, and sends the beacons. Ends when the node
 /// stops or is dropped.

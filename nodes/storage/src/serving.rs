@@ -150,10 +150,7 @@ impl<E: Env> StorageNode<E> {
                 });
                 return ClientResponse::Reply(Reply::Ok);
             }
-            let write = async {
-                self.wake(group, &handle.raft, true).await;
-                handle.raft.client_write(request).await
-            };
+            let write = self.propose(group, &handle.raft, request);
             // Boxed here and below: openraft's futures are kilobytes each, and inline they
             // sized `execute`'s own future to 26 KiB, which the transport copies as it boxes
             // and spawns every request (measured: 4 % of a GET's CPU in memcpy).
@@ -334,14 +331,15 @@ impl<E: Env> StorageNode<E> {
         // `Unavailable` (safe to retry); an advance that commits later only moves the clock.
         // The advance is a write: a quiet leader must wake for it as for any (its lease ran
         // out while the group slept, and openraft refuses a write without one as "not the
-        // leader"). Without this, a key read the first time after it expired in a quiet group
-        // answered `TRYAGAIN` for as long as the group stayed quiet (Redis's `unit/expire`:
-        // "After 2.1 seconds the key should no longer be here").
+        // leader"). Without the wake, a key read the first time after it expired in a quiet
+        // group answered `TRYAGAIN` for as long as the group stayed quiet (Redis's
+        // `unit/expire`: "After 2.1 seconds the key should no longer be here").
         let advance_write = async {
-            if !self.config.bugs.is_planted(Bug::AdvanceSkipsWake) {
-                self.wake(group, &handle.raft, true).await;
+            if self.config.bugs.is_planted(Bug::AdvanceSkipsWake) {
+                handle.raft.client_write(advance).await
+            } else {
+                self.propose(group, &handle.raft, advance).await
             }
-            handle.raft.client_write(advance).await
         };
         match timeout(self.env.clock(), limit, Box::pin(advance_write)).await {
             Ok(Ok(_)) => {}

@@ -61,6 +61,39 @@ fn start_node_with(
     RunningNode { runtime, node }
 }
 
+/// Three nodes of the group (ids 1-3) in temporary directories, each with the timers
+/// `(heartbeat_ms, election_timeout_ms_min, election_timeout_ms_max)`; the directories must
+/// outlive the nodes.
+fn start_three_with_timers(
+    timers: (u64, u64, u64),
+) -> (Vec<tempfile::TempDir>, AddressBook, Vec<RunningNode>) {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let book = AddressBook::new();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let nodes = (0..3)
+        .map(|i| {
+            let mut config = NodeConfig::new(i as NodeId + 1, vec![GROUP]);
+            (
+                config.heartbeat_ms,
+                config.election_timeout_ms_min,
+                config.election_timeout_ms_max,
+            ) = timers;
+            start_node_with(dirs[i].path(), any, &book, config)
+        })
+        .collect();
+    (dirs, book, nodes)
+}
+
+/// Shuts every node down as a process would, then the client's runtime.
+fn stop_all(nodes: Vec<RunningNode>, client_runtime: tokio::runtime::Runtime) {
+    for running in nodes {
+        running.runtime.block_on(running.node.shutdown());
+        drop(running.node);
+        running.runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+    client_runtime.shutdown_timeout(Duration::from_secs(1));
+}
+
 /// A client of the group on nodes 1 to 3; must be called inside a runtime.
 fn group_client(book: &AddressBook) -> Client<TcpNet, TokioClock> {
     Client::new(
@@ -335,18 +368,7 @@ fn values_over_the_old_message_limit_replicate_and_reach_a_follower_by_snapshot(
 #[allow(clippy::disallowed_methods)]
 #[test]
 fn a_lone_write_reaches_every_follower_without_waiting_for_a_heartbeat() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
-    let book = AddressBook::new();
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let nodes: Vec<RunningNode> = (0..3)
-        .map(|i| {
-            let mut config = NodeConfig::new(i as NodeId + 1, vec![GROUP]);
-            config.heartbeat_ms = 10_000;
-            config.election_timeout_ms_min = 40_000;
-            config.election_timeout_ms_max = 60_000;
-            start_node_with(dirs[i].path(), any, &book, config)
-        })
-        .collect();
+    let (_dirs, book, nodes) = start_three_with_timers((10_000, 40_000, 60_000));
     let voters: BTreeSet<NodeId> = [1, 2, 3].into();
     nodes[0]
         .runtime
@@ -391,12 +413,7 @@ fn a_lone_write_reaches_every_follower_without_waiting_for_a_heartbeat() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    for running in nodes {
-        running.runtime.block_on(running.node.shutdown());
-        drop(running.node);
-        running.runtime.shutdown_timeout(Duration::from_secs(5));
-    }
-    client_runtime.shutdown_timeout(Duration::from_secs(1));
+    stop_all(nodes, client_runtime);
 }
 
 /// A key that expires while its group is quiet (`larder_storage::quiet`: no command for an
@@ -409,19 +426,8 @@ fn a_lone_write_reaches_every_follower_without_waiting_for_a_heartbeat() {
 // Real nodes on real time: the test waits for the key to expire and the group to go quiet.
 #[allow(clippy::disallowed_methods)]
 fn a_key_that_expired_while_its_group_was_quiet_reads_as_missing() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
-    let book = AddressBook::new();
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let nodes: Vec<RunningNode> = (0..3)
-        .map(|i| {
-            let mut config = NodeConfig::new(i as NodeId + 1, vec![GROUP]);
-            // Quiet soon: the group settles an election timeout after its last command.
-            config.heartbeat_ms = 50;
-            config.election_timeout_ms_min = 300;
-            config.election_timeout_ms_max = 450;
-            start_node_with(dirs[i].path(), any, &book, config)
-        })
-        .collect();
+    // Quiet soon: the group settles an election timeout after its last command.
+    let (_dirs, book, nodes) = start_three_with_timers((50, 300, 450));
     let voters: BTreeSet<NodeId> = [1, 2, 3].into();
     nodes[0]
         .runtime
@@ -462,10 +468,5 @@ fn a_key_that_expired_while_its_group_was_quiet_reads_as_missing() {
             Reply::Nil
         );
     });
-    for running in nodes {
-        running.runtime.block_on(running.node.shutdown());
-        drop(running.node);
-        running.runtime.shutdown_timeout(Duration::from_secs(5));
-    }
-    client_runtime.shutdown_timeout(Duration::from_secs(1));
+    stop_all(nodes, client_runtime);
 }
