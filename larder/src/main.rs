@@ -104,6 +104,9 @@ enum Command {
     /// Check a history for linearizability (history.jsonl, Jepsen `INFO jepsen.util` logs,
     /// Porcupine EDN kv logs).
     Check(CheckArgs),
+    /// Import a Redis RDB file (dump.rdb, BGSAVE's output) into a running cluster through its
+    /// proxy, key by key as RESTORE commands.
+    Import(ImportArgs),
     /// Run a center replica or observer process (TOML config).
     Center(serve::ConfigArgs),
     /// Run a storage node process (TOML config), or join a running cluster with one
@@ -123,6 +126,95 @@ struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The RDB file: redis-server's dump.rdb, BGSAVE's or `redis-cli --rdb`'s output (RDB
+    /// versions 1 to 12, Redis up to 7.4).
+    file: std::path::PathBuf,
+    /// The proxy to import into.
+    #[arg(long, default_value = "127.0.0.1:6380")]
+    to: String,
+    /// The proxy's password (`requirepass`), if it has one.
+    #[arg(long, env = "LARDER_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Overwrite keys the cluster already has (RESTORE ... REPLACE); without it they are kept
+    /// and counted.
+    #[arg(long)]
+    replace: bool,
+    /// The file's database to import (Larder has one keyspace; keys of other databases are
+    /// counted, not imported).
+    #[arg(long, default_value_t = 0)]
+    db: u64,
+    /// Commands sent before their answers are read.
+    #[arg(long, default_value_t = larder::import::BATCH_DEFAULT)]
+    batch: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `larder import`: true if every key is accounted for and none failed.
+fn import(args: ImportArgs) -> anyhow::Result<bool> {
+    // Offline tooling: the user waits in real time.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    #[allow(clippy::disallowed_methods)]
+    let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} read, {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("progress template"),
+    );
+    let config = larder::import::ImportConfig {
+        file: args.file,
+        to: args.to,
+        password: args.password,
+        replace: args.replace,
+        db: args.db,
+        batch: args.batch,
+    };
+    let report = larder::import::import(&config, |report| {
+        bar.set_position(report.bytes_read);
+        bar.set_message(format!("{} keys imported", report.imported));
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        outln!(
+            "{}: RDB version {}{}, {} bytes read in {:.1} s",
+            config.file.display(),
+            report.rdb_version,
+            report
+                .redis_version
+                .as_ref()
+                .map(|v| format!(" (redis {v})"))
+                .unwrap_or_default(),
+            report.bytes_read,
+            started.elapsed().as_secs_f64()
+        );
+        outln!("  imported          {}", report.imported);
+        outln!("  kept (existed)    {}", report.kept);
+        outln!("  expired           {}", report.expired);
+        outln!("  other databases   {}", report.other_db);
+        for (kind, count) in &report.skipped {
+            outln!("  skipped ({kind}) {count}");
+        }
+        outln!("  too large         {}", report.oversized);
+        outln!("  functions skipped {}", report.functions);
+        outln!("  failed            {}", report.failed);
+        for (key, answer) in &report.failures {
+            outln!("    {key}: {answer}");
+        }
+        if let Some(reason) = &report.stopped {
+            outln!("stopped before the file's end: {reason}");
+        }
+    }
+    Ok(report.complete())
 }
 
 /// Writes the binary's output. A reader that closes stdout early (`larder check FILE | head`)
@@ -618,6 +710,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::Jepsen(args) => jepsen::jepsen(args),
         Command::Check(args) => check(args),
+        Command::Import(args) => import(args),
         Command::Center(args) => serve::center(args),
         Command::Node(args) => serve::node(args),
         Command::Proxy(args) => serve::proxy(args),

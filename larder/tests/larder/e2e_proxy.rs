@@ -866,16 +866,23 @@ fn a_connection_that_only_reads_takes_no_pooled_session() {
     }
 }
 
-/// A redis-server on a free loopback port, without persistence, stopped on drop.
+/// A redis-server on a free loopback port, without persistence (its RDB file is written only
+/// when a test asks it to `SAVE`), stopped on drop.
 struct RedisServer {
     child: std::process::Child,
     port: u16,
 }
 
 impl RedisServer {
+    fn start() -> RedisServer {
+        Self::start_in(None)
+    }
+
+    /// One whose `SAVE` writes `dump.rdb` in `dir` (the directory is protected configuration
+    /// in Redis 7: it cannot be set once the server runs).
     // A real process on a real port, beside the cluster: no simulation here.
     #[allow(clippy::disallowed_methods)]
-    fn start() -> RedisServer {
+    fn start_in(dir: Option<&std::path::Path>) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
@@ -883,6 +890,11 @@ impl RedisServer {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(
+                dir.map(|dir| ["--dir".into(), dir.as_os_str().to_owned()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server; .ci/run does)");
@@ -1096,4 +1108,158 @@ fn keys_move_between_redis_server_and_larder_with_migrate_dump_and_restore() {
         .expect_err("a stream has no place in Larder");
     assert!(refused.to_string().contains("Bad data format"), "{refused}");
     assert_eq!(contents(&mut larder, "stream").0, "none");
+}
+
+/// A dataset moves from Redis into Larder as teams move it: redis-server saves its RDB file,
+/// `larder import` reads it and restores every key through the proxy. Every key of the five
+/// types reads the same on both, TTLs come along, what Larder has no type for (a stream) or no
+/// place for (database 1, a function library) is counted and not imported, a key the cluster
+/// already had is kept unless `--replace`, and a second import changes nothing.
+#[test]
+fn a_redis_rdb_file_imports_through_the_proxy() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let redis = RedisServer::start_in(Some(dir.path()));
+    let running = Running::start(4, None);
+    let mut source = redis.try_connection().expect("redis-server");
+    let mut larder = running.connection();
+    let run = |connection: &mut redis::Connection, args: &[&str]| {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query::<redis::Value>(connection)
+            .unwrap_or_else(|error| panic!("{args:?}: {error}"))
+    };
+    let long_text = "larder ".repeat(300);
+    let mut keys: Vec<String> = Vec::new();
+    // Writes `args[0] key args[1..]` on redis-server and notes the key.
+    let put =
+        |connection: &mut redis::Connection, keys: &mut Vec<String>, key: &str, args: &[&str]| {
+            let mut command = vec![args[0], key];
+            command.extend(&args[1..]);
+            run(connection, &command);
+            keys.push(key.to_string());
+        };
+    put(&mut source, &mut keys, "s:int", &["SET", "-12345"]);
+    put(&mut source, &mut keys, "s:text", &["SET", "hello"]);
+    put(
+        &mut source,
+        &mut keys,
+        "s:compressible",
+        &["SET", &long_text],
+    );
+    put(
+        &mut source,
+        &mut keys,
+        "l:small",
+        &["RPUSH", "a", "-1", "300000"],
+    );
+    put(
+        &mut source,
+        &mut keys,
+        "set:ints",
+        &["SADD", "1", "-2", "70000"],
+    );
+    put(
+        &mut source,
+        &mut keys,
+        "set:text",
+        &["SADD", "apple", "banana"],
+    );
+    put(
+        &mut source,
+        &mut keys,
+        "z:small",
+        &["ZADD", "1", "a", "2.5", "b", "-inf", "c"],
+    );
+    put(
+        &mut source,
+        &mut keys,
+        "h:small",
+        &["HSET", "f", "v", "n", "42"],
+    );
+    put(
+        &mut source,
+        &mut keys,
+        "s:ttl",
+        &["SET", "later", "PX", "600000"],
+    );
+    // Large collections (hashtable, skiplist and quicklist encodings) and many small keys,
+    // so batches fill and every group gets some.
+    for i in 0..300 {
+        let (member, score) = (format!("m{i}"), format!("{}", f64::from(i) / 3.0));
+        run(&mut source, &["ZADD", "z:big", &score, &member]);
+        run(&mut source, &["HSET", "h:big", &member, &score]);
+        run(&mut source, &["SADD", "set:big", &member]);
+        run(&mut source, &["RPUSH", "l:big", &member]);
+    }
+    keys.extend(["z:big", "h:big", "set:big", "l:big"].map(String::from));
+    for i in 0..1_000 {
+        put(
+            &mut source,
+            &mut keys,
+            &format!("k:{i}"),
+            &["SET", &format!("value {i}")],
+        );
+    }
+    // What Larder does not import: a stream, a key of database 1, a function library.
+    run(&mut source, &["XADD", "stream", "*", "f", "v"]);
+    run(&mut source, &["SELECT", "1"]);
+    run(&mut source, &["SET", "db1:key", "x"]);
+    run(&mut source, &["SELECT", "0"]);
+    run(
+        &mut source,
+        &[
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=lib\nredis.register_function('f', function() return 1 end)",
+        ],
+    );
+    // A key the cluster already has, with another value.
+    run(&mut larder, &["SET", "s:text", "larder's own"]);
+
+    run(&mut source, &["SAVE"]);
+    let mut config = larder::import::ImportConfig {
+        file: dir.path().join("dump.rdb"),
+        to: running.address.to_string(),
+        password: None,
+        replace: false,
+        db: 0,
+        batch: 100,
+    };
+    let mut batches = 0;
+    let report = larder::import::import(&config, |_| batches += 1).expect("import");
+    assert!(report.complete(), "{report:#?}");
+    assert_eq!(report.rdb_version, 10);
+    assert_eq!(report.redis_version.as_deref(), Some("7.0.15"));
+    assert_eq!(report.imported as usize, keys.len() - 1, "{report:#?}");
+    assert_eq!(report.kept, 1, "s:text was Larder's already");
+    assert_eq!(report.other_db, 1);
+    assert_eq!(report.skipped.get("stream"), Some(&1));
+    assert_eq!(report.functions, 1);
+    assert!(batches > 10, "{batches} batches of at most 100");
+    let value: String = larder.get("s:text").expect("GET");
+    assert_eq!(value, "larder's own", "kept without --replace");
+    for key in keys.iter().filter(|key| *key != "s:text") {
+        let want = contents(&mut source, key);
+        assert_eq!(contents(&mut larder, key), want, "{key} imported");
+    }
+    let ttl: i64 = larder.pttl("s:ttl").expect("PTTL");
+    assert!((1..=600_000).contains(&ttl), "the TTL came along: {ttl}");
+    for absent in ["stream", "db1:key"] {
+        assert_eq!(contents(&mut larder, absent).0, "none", "{absent}");
+    }
+    let size: u64 = redis::cmd("DBSIZE").query(&mut larder).expect("DBSIZE");
+    assert_eq!(size as usize, keys.len());
+
+    // Again: nothing changes without --replace; with it the file's value wins.
+    let again = larder::import::import(&config, |_| {}).expect("import again");
+    assert_eq!((again.imported, again.kept as usize), (0, keys.len()));
+    config.replace = true;
+    let replaced = larder::import::import(&config, |_| {}).expect("import with replace");
+    assert_eq!(replaced.imported as usize, keys.len());
+    assert_eq!(
+        contents(&mut larder, "s:text"),
+        contents(&mut source, "s:text")
+    );
+    let size: u64 = redis::cmd("DBSIZE").query(&mut larder).expect("DBSIZE");
+    assert_eq!(size as usize, keys.len());
 }

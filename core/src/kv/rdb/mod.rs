@@ -27,6 +27,8 @@ use bytes::Bytes;
 
 use super::{STRING_BYTES_MAX, Score, Value, ZSet};
 
+pub mod file;
+
 /// The RDB version [`dump_payload`] stamps: the oldest with every type it writes (`ZSET_2`
 /// arrived in version 8; 9 is Redis 5 and 6), so Redis 4.0 and later all restore it.
 pub const DUMP_RDB_VERSION: u16 = 9;
@@ -36,7 +38,8 @@ pub const DUMP_RDB_VERSION: u16 = 9;
 /// not know.
 pub const RESTORE_RDB_VERSION_MAX: u16 = 12;
 
-const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_REDIS);
+/// A `static`, not a `const`: [`file`] keeps a running digest of a whole file, which borrows it.
+static CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_REDIS);
 
 /// Why a payload was refused. The messages are Redis's own answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -12,15 +12,15 @@ use super::*;
 const FIXTURES: &str = include_str!("fixtures.json");
 
 #[derive(serde::Deserialize)]
-struct Fixture {
-    name: String,
-    payload: String,
+pub(super) struct Fixture {
+    pub(super) name: String,
+    pub(super) payload: String,
     #[serde(rename = "type")]
     kind: String,
     items: Vec<serde_json::Value>,
 }
 
-fn unhex(text: &str) -> Vec<u8> {
+pub(super) fn unhex(text: &str) -> Vec<u8> {
     (0..text.len())
         .step_by(2)
         .map(|at| u8::from_str_radix(&text[at..at + 2], 16).expect("hex"))
@@ -37,7 +37,7 @@ fn pair(value: &serde_json::Value) -> (Bytes, Bytes) {
 }
 
 /// The value redis-server answered, in Larder's model.
-fn expected(fixture: &Fixture) -> Value {
+pub(super) fn expected(fixture: &Fixture) -> Value {
     match fixture.kind.as_str() {
         "string" => Value::Str(item(&fixture.items[0])),
         "list" => Value::List(fixture.items.iter().map(item).collect()),
@@ -58,7 +58,7 @@ fn expected(fixture: &Fixture) -> Value {
     }
 }
 
-fn fixtures() -> Vec<Fixture> {
+pub(super) fn fixtures() -> Vec<Fixture> {
     serde_json::from_str(FIXTURES).expect("fixtures.json")
 }
 

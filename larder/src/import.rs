@@ -1,0 +1,300 @@
+//! `larder import`: a Redis RDB file (`dump.rdb`, `BGSAVE`'s, `redis-cli --rdb`'s) into a
+//! running cluster, through its proxy, as `RESTORE` commands.
+//!
+//! Why through the proxy and not into the groups' disks: every key then takes the path every
+//! write takes (routing by slot, the hot-key limit, the Raft log of its group, a quorum's fsync,
+//! the checks `RESTORE` makes of a payload), so an import is as durable and as checked as any
+//! client's writes, works against a cluster that is serving, and needs nothing but a client's
+//! access (and password). The price is speed: keys go one `RESTORE` each, pipelined in batches
+//! (the proxy runs a batch's commands of one group as one log entry), not as sorted tables
+//! ingested whole.
+//!
+//! The file is read as a stream ([`larder_core::kv::rdb::file`]), so its size is bounded by the
+//! disk, not memory: the importer holds one batch of payloads at a time.
+//!
+//! What each key becomes is counted in the [`ImportReport`]: imported; kept (it existed and
+//! `--replace` was not given: `BUSYKEY`); expired (its TTL had passed: Redis drops such keys
+//! when it loads a file too); in another database than `--db` (Larder has one keyspace); of a
+//! type Larder has not (streams, modules' values); larger than a request may be; failed (any
+//! other answer, with the key and the answer). `TRYAGAIN` (nothing was done: a group between
+//! leaders, a slot moving) is retried. Nothing is dropped without being counted, and the
+//! command exits non-zero if any key failed or the file could not be read to its end.
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use larder_core::kv::rdb::file::{Item, RdbFile};
+use larder_core::resp::{self, Frame};
+use serde::Serialize;
+
+/// Commands written before their answers are read, at most.
+pub const BATCH_DEFAULT: usize = 256;
+
+/// Bytes of commands written before their answers are read, at most (one larger key goes
+/// alone).
+const BATCH_BYTES_MAX: usize = 4 << 20;
+
+/// Times a key answered `TRYAGAIN` is sent again, with a growing pause, before it counts as
+/// failed.
+const RETRIES_MAX: u32 = 20;
+
+/// Failed keys the report lists (all are counted).
+const FAILURES_LISTED: usize = 20;
+
+/// How long one answer may take before the import gives up on the connection.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What to import, and where.
+#[derive(Debug, Clone)]
+pub struct ImportConfig {
+    pub file: PathBuf,
+    /// The proxy, `HOST:PORT`.
+    pub to: String,
+    pub password: Option<String>,
+    /// Overwrite keys that exist (`RESTORE … REPLACE`).
+    pub replace: bool,
+    /// The file's database whose keys are imported.
+    pub db: u64,
+    /// Commands in flight at most.
+    pub batch: usize,
+}
+
+/// What became of the file's keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    pub rdb_version: u16,
+    /// The `redis-ver` the file names, if any.
+    pub redis_version: Option<String>,
+    pub imported: u64,
+    /// Existed already and kept (no `--replace`).
+    pub kept: u64,
+    /// Their TTL had passed before they were sent.
+    pub expired: u64,
+    /// In another database of the file than the one imported.
+    pub other_db: u64,
+    /// Keys of types Larder has not, by type.
+    pub skipped: BTreeMap<String, u64>,
+    /// Objects too large for one request.
+    pub oversized: u64,
+    /// Function libraries (Larder runs no scripts).
+    pub functions: u64,
+    pub failed: u64,
+    /// The first failures: key (as text) and answer.
+    pub failures: Vec<(String, String)>,
+    pub bytes_read: u64,
+    /// Why the file was not read to its end, if it was not.
+    pub stopped: Option<String>,
+}
+
+impl ImportReport {
+    /// Whether every key of the file is accounted for and none failed.
+    pub fn complete(&self) -> bool {
+        self.failed == 0 && self.stopped.is_none()
+    }
+}
+
+/// One `RESTORE` written and not yet answered.
+struct Sent {
+    key: Bytes,
+    command: Vec<u8>,
+    tries: u32,
+}
+
+/// A RESP connection to the proxy.
+struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    fn open(to: &str, password: Option<&str>) -> anyhow::Result<Connection> {
+        let stream = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+        let mut connection = Connection {
+            stream,
+            buffer: Vec::new(),
+        };
+        if let Some(password) = password {
+            let mut out = Vec::new();
+            resp::encode_request(&[&b"AUTH"[..], password.as_bytes()], &mut out);
+            connection.stream.write_all(&out)?;
+            match connection.answer()? {
+                Frame::Simple(_) => {}
+                other => bail!("AUTH refused: {}", describe(&other)),
+            }
+        }
+        Ok(connection)
+    }
+
+    fn answer(&mut self) -> anyhow::Result<Frame> {
+        loop {
+            if let Some((frame, used)) =
+                resp::parse_frame(&self.buffer).context("the proxy's answer")?
+            {
+                self.buffer.drain(..used);
+                return Ok(frame);
+            }
+            let mut chunk = [0u8; 16 << 10];
+            let read = self.stream.read(&mut chunk).context("reading an answer")?;
+            if read == 0 {
+                bail!("the proxy closed the connection");
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+fn describe(frame: &Frame) -> String {
+    match frame {
+        Frame::Error(text) | Frame::Simple(text) => text.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A key as text for the report.
+fn printable(key: &[u8]) -> String {
+    larder_core::hotkeys::printable_key(key, 200)
+}
+
+/// The wall clock decides which keys have expired, as Redis's load does.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn open_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Imports the file; `progress` is called after every batch with the report so far. Errors
+/// only when the import cannot start or the connection fails; what happened to each key,
+/// and a file that could not be read to its end, is in the report.
+pub fn import(
+    config: &ImportConfig,
+    mut progress: impl FnMut(&ImportReport),
+) -> anyhow::Result<ImportReport> {
+    let file = open_file(&config.file)?;
+    let mut rdb = RdbFile::open(BufReader::with_capacity(1 << 20, file))
+        .with_context(|| format!("reading {}", config.file.display()))?;
+    let mut connection = Connection::open(&config.to, config.password.as_deref())?;
+    let mut report = ImportReport {
+        rdb_version: rdb.version(),
+        ..ImportReport::default()
+    };
+    let batch_max = config.batch.max(1);
+    let mut batch: Vec<Sent> = Vec::new();
+    let mut batch_bytes = 0;
+    loop {
+        let item = match rdb.next_item() {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(error) => {
+                report.stopped = Some(error.to_string());
+                break;
+            }
+        };
+        match item {
+            Item::Key(entry) if entry.db != config.db => report.other_db += 1,
+            Item::Key(entry) => {
+                if entry.expires_at_ms.is_some_and(|at| at <= now_ms()) {
+                    report.expired += 1;
+                    continue;
+                }
+                let ttl = entry.expires_at_ms.unwrap_or(0).max(0).to_string();
+                let mut args: Vec<&[u8]> = vec![b"RESTORE", &entry.key, ttl.as_bytes()];
+                args.push(&entry.payload);
+                if config.replace {
+                    args.push(b"REPLACE");
+                }
+                if entry.expires_at_ms.is_some() {
+                    args.push(b"ABSTTL");
+                }
+                let mut command = Vec::with_capacity(entry.payload.len() + entry.key.len() + 64);
+                resp::encode_request(&args, &mut command);
+                batch_bytes += command.len();
+                batch.push(Sent {
+                    key: entry.key,
+                    command,
+                    tries: 0,
+                });
+                if batch.len() >= batch_max || batch_bytes >= BATCH_BYTES_MAX {
+                    send(&mut connection, std::mem::take(&mut batch), &mut report)?;
+                    batch_bytes = 0;
+                    report.bytes_read = rdb.offset();
+                    progress(&report);
+                }
+            }
+            Item::Skipped { db, .. } | Item::Oversized { db, .. } if db != config.db => {
+                report.other_db += 1
+            }
+            Item::Skipped { kind, .. } => *report.skipped.entry(kind.to_string()).or_default() += 1,
+            Item::Oversized { .. } => report.oversized += 1,
+            Item::Function => report.functions += 1,
+        }
+    }
+    send(&mut connection, batch, &mut report)?;
+    report.bytes_read = rdb.offset();
+    report.redis_version = rdb
+        .aux()
+        .get(&b"redis-ver"[..])
+        .map(|version| String::from_utf8_lossy(version).into_owned());
+    progress(&report);
+    Ok(report)
+}
+
+/// Writes a batch, reads its answers, and sends again (after a pause) what answered
+/// `TRYAGAIN`, until every key is imported, kept or failed.
+fn send(
+    connection: &mut Connection,
+    mut batch: Vec<Sent>,
+    report: &mut ImportReport,
+) -> anyhow::Result<()> {
+    while !batch.is_empty() {
+        let mut out = Vec::with_capacity(batch.iter().map(|sent| sent.command.len()).sum());
+        for sent in &batch {
+            out.extend_from_slice(&sent.command);
+        }
+        connection
+            .stream
+            .write_all(&out)
+            .context("sending RESTOREs")?;
+        let mut again = Vec::new();
+        for mut sent in batch {
+            match connection.answer()? {
+                Frame::Simple(_) => report.imported += 1,
+                Frame::Error(text) if text.starts_with("BUSYKEY") => report.kept += 1,
+                Frame::Error(text) if text.starts_with("TRYAGAIN") && sent.tries < RETRIES_MAX => {
+                    sent.tries += 1;
+                    again.push(sent);
+                }
+                other => {
+                    report.failed += 1;
+                    if report.failures.len() < FAILURES_LISTED {
+                        report
+                            .failures
+                            .push((printable(&sent.key), describe(&other)));
+                    }
+                }
+            }
+        }
+        if let Some(tries) = again.iter().map(|sent| sent.tries).max() {
+            // Nothing was done for these: wait for the group's leader or the slot's move.
+            pause(Duration::from_millis(50 * u64::from(tries)));
+        }
+        batch = again;
+    }
+    Ok(())
+}
+
+fn pause(duration: Duration) {
+    std::thread::sleep(duration);
+}
