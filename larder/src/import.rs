@@ -28,12 +28,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use larder_core::kv::rdb::file::{Item, RdbFile};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use larder_core::kv::rdb::file::{Item, KeyEntry, RdbFile};
 use larder_core::resp::{self, Frame};
 use serde::Serialize;
 
 /// Commands written before their answers are read, at most.
 pub const BATCH_DEFAULT: usize = 256;
+
+/// Connections to the proxy, each sending its own batches.
+pub const CONNECTIONS_DEFAULT: usize = 8;
 
 /// Bytes of commands written before their answers are read, at most (one larger key goes
 /// alone).
@@ -60,8 +66,10 @@ pub struct ImportConfig {
     pub replace: bool,
     /// The file's database whose keys are imported.
     pub db: u64,
-    /// Commands in flight at most.
+    /// Commands per batch (written before their answers are read).
     pub batch: usize,
+    /// Connections sending batches at once.
+    pub connections: usize,
 }
 
 /// What became of the file's keys.
@@ -176,8 +184,13 @@ fn open_file(path: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// Imports the file; `progress` is called after every batch with the report so far. Errors
-/// only when the import cannot start or the connection fails; what happened to each key,
-/// and a file that could not be read to its end, is in the report.
+/// only when the import cannot start or a connection fails; what happened to each key, and a
+/// file that could not be read to its end, is in the report.
+///
+/// The file is read on this thread; `connections` threads each send batches over a
+/// connection of their own, so the proxy runs several batches at once (it runs one
+/// connection's pipeline in order). Each key is in one batch and the file holds each key once,
+/// so their order does not matter.
 pub fn import(
     config: &ImportConfig,
     mut progress: impl FnMut(&ImportReport),
@@ -185,63 +198,107 @@ pub fn import(
     let file = open_file(&config.file)?;
     let mut rdb = RdbFile::open(BufReader::with_capacity(1 << 20, file))
         .with_context(|| format!("reading {}", config.file.display()))?;
-    let mut connection = Connection::open(&config.to, config.password.as_deref())?;
+    let connections = (0..config.connections.max(1))
+        .map(|_| Connection::open(&config.to, config.password.as_deref()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut report = ImportReport {
         rdb_version: rdb.version(),
         ..ImportReport::default()
     };
     let batch_max = config.batch.max(1);
-    let mut batch: Vec<Sent> = Vec::new();
-    let mut batch_bytes = 0;
-    loop {
-        let item = match rdb.next_item() {
-            Ok(Some(item)) => item,
-            Ok(None) => break,
-            Err(error) => {
-                report.stopped = Some(error.to_string());
-                break;
-            }
+    let (batches, queue) = std::sync::mpsc::sync_channel::<Vec<Sent>>(connections.len());
+    let queue = Mutex::new(queue);
+    let imported = AtomicU64::new(0);
+    let sent = std::thread::scope(|scope| {
+        let workers: Vec<_> = connections
+            .into_iter()
+            .map(|mut connection| {
+                let (queue, imported) = (&queue, &imported);
+                scope.spawn(move || {
+                    let mut report = ImportReport::default();
+                    loop {
+                        let next = queue.lock().expect("queue lock").recv();
+                        let Ok(batch) = next else {
+                            return (report, None);
+                        };
+                        let before = report.imported;
+                        if let Err(error) = send(&mut connection, batch, &mut report) {
+                            return (report, Some(error));
+                        }
+                        imported.fetch_add(report.imported - before, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mut batch: Vec<Sent> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut dispatch = |batch: Vec<Sent>, report: &mut ImportReport, offset: u64| {
+            // Every worker gone means each met an error: the join below reports them.
+            let _ = batches.send(batch);
+            report.bytes_read = offset;
+            report.imported = imported.load(Ordering::Relaxed);
+            progress(report);
         };
-        match item {
-            Item::Key(entry) if entry.db != config.db => report.other_db += 1,
-            Item::Key(entry) => {
-                if entry.expires_at_ms.is_some_and(|at| at <= now_ms()) {
-                    report.expired += 1;
-                    continue;
+        loop {
+            let item = match rdb.next_item() {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(error) => {
+                    report.stopped = Some(error.to_string());
+                    break;
                 }
-                let ttl = entry.expires_at_ms.unwrap_or(0).max(0).to_string();
-                let mut args: Vec<&[u8]> = vec![b"RESTORE", &entry.key, ttl.as_bytes()];
-                args.push(&entry.payload);
-                if config.replace {
-                    args.push(b"REPLACE");
+            };
+            match item {
+                Item::Key(entry) if entry.db != config.db => report.other_db += 1,
+                Item::Key(entry) => {
+                    if entry.expires_at_ms.is_some_and(|at| at <= now_ms()) {
+                        report.expired += 1;
+                        continue;
+                    }
+                    let command = restore_command(&entry, config.replace);
+                    batch_bytes += command.len();
+                    batch.push(Sent {
+                        key: entry.key,
+                        command,
+                        tries: 0,
+                    });
+                    if batch.len() >= batch_max || batch_bytes >= BATCH_BYTES_MAX {
+                        dispatch(std::mem::take(&mut batch), &mut report, rdb.offset());
+                        batch_bytes = 0;
+                    }
                 }
-                if entry.expires_at_ms.is_some() {
-                    args.push(b"ABSTTL");
+                Item::Skipped { db, .. } | Item::Oversized { db, .. } if db != config.db => {
+                    report.other_db += 1
                 }
-                let mut command = Vec::with_capacity(entry.payload.len() + entry.key.len() + 64);
-                resp::encode_request(&args, &mut command);
-                batch_bytes += command.len();
-                batch.push(Sent {
-                    key: entry.key,
-                    command,
-                    tries: 0,
-                });
-                if batch.len() >= batch_max || batch_bytes >= BATCH_BYTES_MAX {
-                    send(&mut connection, std::mem::take(&mut batch), &mut report)?;
-                    batch_bytes = 0;
-                    report.bytes_read = rdb.offset();
-                    progress(&report);
+                Item::Skipped { kind, .. } => {
+                    *report.skipped.entry(kind.to_string()).or_default() += 1
                 }
+                Item::Oversized { .. } => report.oversized += 1,
+                Item::Function => report.functions += 1,
             }
-            Item::Skipped { db, .. } | Item::Oversized { db, .. } if db != config.db => {
-                report.other_db += 1
-            }
-            Item::Skipped { kind, .. } => *report.skipped.entry(kind.to_string()).or_default() += 1,
-            Item::Oversized { .. } => report.oversized += 1,
-            Item::Function => report.functions += 1,
         }
+        if !batch.is_empty() {
+            dispatch(batch, &mut report, rdb.offset());
+        }
+        drop(batches);
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("an import worker panicked"))
+            .collect::<Vec<_>>()
+    });
+    report.imported = 0;
+    let mut lost = None;
+    for (part, error) in sent {
+        report.imported += part.imported;
+        report.kept += part.kept;
+        report.failed += part.failed;
+        let room = FAILURES_LISTED.saturating_sub(report.failures.len());
+        report.failures.extend(part.failures.into_iter().take(room));
+        lost = lost.or(error);
     }
-    send(&mut connection, batch, &mut report)?;
+    if let Some(error) = lost {
+        return Err(error.context(interrupted(&report)));
+    }
     report.bytes_read = rdb.offset();
     report.redis_version = rdb
         .aux()
@@ -249,6 +306,31 @@ pub fn import(
         .map(|version| String::from_utf8_lossy(version).into_owned());
     progress(&report);
     Ok(report)
+}
+
+/// `RESTORE key ttl payload [REPLACE] [ABSTTL]`, encoded: the TTL as the file's absolute time.
+fn restore_command(entry: &KeyEntry, replace: bool) -> Vec<u8> {
+    let ttl = entry.expires_at_ms.unwrap_or(0).max(0).to_string();
+    let mut args: Vec<&[u8]> = vec![b"RESTORE", &entry.key, ttl.as_bytes(), &entry.payload];
+    if replace {
+        args.push(b"REPLACE");
+    }
+    if entry.expires_at_ms.is_some() {
+        args.push(b"ABSTTL");
+    }
+    let mut command = Vec::with_capacity(entry.payload.len() + entry.key.len() + 64);
+    resp::encode_request(&args, &mut command);
+    command
+}
+
+/// What an import that lost its connection had done: running it again without `--replace`
+/// keeps what is there and goes on.
+fn interrupted(report: &ImportReport) -> String {
+    format!(
+        "the import stopped after {} keys imported, {} kept and {} failed; running it again \
+         keeps the keys imported (without --replace) and imports the rest",
+        report.imported, report.kept, report.failed
+    )
 }
 
 /// Writes a batch, reads its answers, and sends again (after a pause) what answered

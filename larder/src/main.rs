@@ -150,6 +150,9 @@ struct ImportArgs {
     /// Commands sent before their answers are read.
     #[arg(long, default_value_t = larder::import::BATCH_DEFAULT)]
     batch: usize,
+    /// Connections to the proxy sending batches at once.
+    #[arg(long, default_value_t = larder::import::CONNECTIONS_DEFAULT)]
+    connections: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -176,6 +179,7 @@ fn import(args: ImportArgs) -> anyhow::Result<bool> {
         replace: args.replace,
         db: args.db,
         batch: args.batch,
+        connections: args.connections,
     };
     let report = larder::import::import(&config, |report| {
         bar.set_position(report.bytes_read);

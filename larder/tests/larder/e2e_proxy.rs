@@ -1224,6 +1224,7 @@ fn a_redis_rdb_file_imports_through_the_proxy() {
         replace: false,
         db: 0,
         batch: 100,
+        connections: 3,
     };
     let mut batches = 0;
     let report = larder::import::import(&config, |_| batches += 1).expect("import");
