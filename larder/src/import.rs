@@ -380,3 +380,107 @@ fn send(
 fn pause(duration: Duration) {
     std::thread::sleep(duration);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::net::TcpListener;
+
+    use larder_core::resp::{Limits, parse_request};
+
+    use super::*;
+
+    /// A file of string keys, `name` = `name`, as RDB 9 writes them.
+    fn rdb_of(keys: &[&str]) -> Vec<u8> {
+        let mut file = b"REDIS0009\xfe\x00".to_vec();
+        for key in keys {
+            for _ in 0..2 {
+                file.push(key.len() as u8);
+                file.extend_from_slice(key.as_bytes());
+            }
+            file.insert(file.len() - 2 * (key.len() + 1), 0);
+        }
+        file.push(0xff);
+        file.extend_from_slice(&0u64.to_le_bytes());
+        file
+    }
+
+    /// A proxy that answers each `RESTORE` by its key's name: `ok…` OK, `busy…` BUSYKEY,
+    /// `flaky…` TRYAGAIN the first two times and then OK, anything else an error.
+    fn fake_proxy() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+        let address = listener.local_addr().expect("address").to_string();
+        std::thread::spawn(move || {
+            let tries = std::sync::Arc::new(Mutex::new(BTreeMap::<Bytes, u32>::new()));
+            for stream in listener.incoming() {
+                let mut stream = stream.expect("a connection");
+                let tries = tries.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = Vec::new();
+                    loop {
+                        while let Some((args, used)) =
+                            parse_request(&buffer, &Limits::default()).expect("a request")
+                        {
+                            buffer.drain(..used);
+                            let key = args[1].clone();
+                            let answer: &[u8] = if key.starts_with(b"ok") {
+                                b"+OK\r\n"
+                            } else if key.starts_with(b"busy") {
+                                b"-BUSYKEY Target key name already exists.\r\n"
+                            } else if key.starts_with(b"flaky") {
+                                let mut tries = tries.lock().expect("lock");
+                                let count = tries.entry(key).or_default();
+                                *count += 1;
+                                if *count <= 2 {
+                                    b"-TRYAGAIN no leader yet\r\n"
+                                } else {
+                                    b"+OK\r\n"
+                                }
+                            } else {
+                                b"-ERR Bad data format\r\n"
+                            };
+                            stream.write_all(answer).expect("answer");
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    /// Every key's answer is counted where it belongs: TRYAGAIN is sent again until it goes
+    /// through, BUSYKEY is a kept key, any other error a failure listed with its answer, and
+    /// the report is then not complete.
+    #[test]
+    fn each_answer_is_counted_and_tryagain_is_retried() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let file = dir.path().join("dump.rdb");
+        let keys = ["ok1", "busy1", "flaky1", "ok2", "bad1", "flaky2", "ok3"];
+        std::fs::write(&file, rdb_of(&keys)).expect("write the file");
+        let config = ImportConfig {
+            file,
+            to: fake_proxy(),
+            password: None,
+            replace: false,
+            db: 0,
+            batch: 2,
+            connections: 2,
+        };
+        let report = import(&config, |_| {}).expect("import");
+        assert_eq!(
+            (report.imported, report.kept, report.failed),
+            (5, 1, 1),
+            "{report:#?}"
+        );
+        assert_eq!(
+            report.failures,
+            vec![("bad1".to_string(), "ERR Bad data format".to_string())]
+        );
+        assert!(!report.complete());
+    }
+}
