@@ -922,6 +922,14 @@ impl Drop for RedisServer {
     }
 }
 
+/// `args` on `connection`, whose answer must not be an error.
+fn run_command(connection: &mut redis::Connection, args: &[&str]) -> redis::Value {
+    redis::cmd(args[0])
+        .arg(&args[1..])
+        .query::<redis::Value>(connection)
+        .unwrap_or_else(|error| panic!("{args:?}: {error}"))
+}
+
 /// A key's type and contents as a client reads them, in an order neither server's encoding
 /// decides (members, fields and their values sorted; a sorted set's scores as numbers).
 fn contents(connection: &mut redis::Connection, key: &str) -> (String, Vec<Vec<u8>>) {
@@ -979,12 +987,7 @@ fn keys_move_between_redis_server_and_larder_with_migrate_dump_and_restore() {
     let running = Running::start(4, None);
     let mut source = redis.try_connection().expect("redis-server");
     let mut larder = running.connection();
-    let run = |connection: &mut redis::Connection, args: &[&str]| {
-        redis::cmd(args[0])
-            .arg(&args[1..])
-            .query::<redis::Value>(connection)
-            .unwrap_or_else(|error| panic!("{args:?}: {error}"))
-    };
+    let run = run_command;
     // Every encoding redis-server 7.0 has for the five types Larder has.
     let long_text = "larder ".repeat(200);
     let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
@@ -1122,12 +1125,7 @@ fn a_redis_rdb_file_imports_through_the_proxy() {
     let running = Running::start(4, None);
     let mut source = redis.try_connection().expect("redis-server");
     let mut larder = running.connection();
-    let run = |connection: &mut redis::Connection, args: &[&str]| {
-        redis::cmd(args[0])
-            .arg(&args[1..])
-            .query::<redis::Value>(connection)
-            .unwrap_or_else(|error| panic!("{args:?}: {error}"))
-    };
+    let run = run_command;
     let long_text = "larder ".repeat(300);
     let mut keys: Vec<String> = Vec::new();
     // Writes `args[0] key args[1..]` on redis-server and notes the key.
