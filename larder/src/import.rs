@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use larder_core::kv::rdb::file::{Item, KeyEntry, RdbFile};
 use larder_core::resp::{self, Frame};
@@ -209,11 +209,13 @@ pub fn import(
     let (batches, queue) = std::sync::mpsc::sync_channel::<Vec<Sent>>(connections.len());
     let queue = Mutex::new(queue);
     let imported = AtomicU64::new(0);
+    // Set by a worker whose connection failed: the file is read no further.
+    let lost = AtomicBool::new(false);
     let sent = std::thread::scope(|scope| {
         let workers: Vec<_> = connections
             .into_iter()
             .map(|mut connection| {
-                let (queue, imported) = (&queue, &imported);
+                let (queue, imported, lost) = (&queue, &imported, &lost);
                 scope.spawn(move || {
                     let mut report = ImportReport::default();
                     loop {
@@ -223,6 +225,10 @@ pub fn import(
                         };
                         let before = report.imported;
                         if let Err(error) = send(&mut connection, batch, &mut report) {
+                            // Take what is still queued, so the reader never waits on a full
+                            // queue nobody takes from; it stops at its next batch.
+                            lost.store(true, Ordering::Relaxed);
+                            while queue.lock().expect("queue lock").recv().is_ok() {}
                             return (report, Some(error));
                         }
                         imported.fetch_add(report.imported - before, Ordering::Relaxed);
@@ -233,13 +239,14 @@ pub fn import(
         let mut batch: Vec<Sent> = Vec::new();
         let mut batch_bytes = 0;
         let mut dispatch = |batch: Vec<Sent>, report: &mut ImportReport, offset: u64| {
-            // Every worker gone means each met an error: the join below reports them.
+            // The workers outlive the queue's sender, so this only fails if they panicked,
+            // which the join below reports.
             let _ = batches.send(batch);
             report.bytes_read = offset;
             report.imported = imported.load(Ordering::Relaxed);
             progress(report);
         };
-        loop {
+        while !lost.load(Ordering::Relaxed) {
             let item = match rdb.next_item() {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
@@ -277,7 +284,7 @@ pub fn import(
                 Item::Function => report.functions += 1,
             }
         }
-        if !batch.is_empty() {
+        if !batch.is_empty() && !lost.load(Ordering::Relaxed) {
             dispatch(batch, &mut report, rdb.offset());
         }
         drop(batches);
@@ -423,6 +430,11 @@ mod tests {
                         {
                             buffer.drain(..used);
                             let key = args[1].clone();
+                            if key.starts_with(b"close") {
+                                // Late, so the reader has filled the queue by then.
+                                std::thread::sleep(Duration::from_millis(200));
+                                return;
+                            }
                             let answer: &[u8] = if key.starts_with(b"ok") {
                                 b"+OK\r\n"
                             } else if key.starts_with(b"busy") {
@@ -482,5 +494,34 @@ mod tests {
             vec![("bad1".to_string(), "ERR Bad data format".to_string())]
         );
         assert!(!report.complete());
+    }
+
+    /// A connection the proxy closes ends the import with an error saying what was done,
+    /// however many batches were still queued for the other connections: nothing waits
+    /// forever.
+    #[test]
+    fn a_lost_connection_ends_the_import_with_what_was_done() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let file = dir.path().join("dump.rdb");
+        let mut names: Vec<String> = (0..200).map(|i| format!("ok{i}")).collect();
+        // Both connections closed (the second by whichever survived the first), with most of
+        // the file still to read.
+        names.insert(20, "close1".into());
+        names.insert(40, "close2".into());
+        let keys: Vec<&str> = names.iter().map(String::as_str).collect();
+        std::fs::write(&file, rdb_of(&keys)).expect("write the file");
+        let config = ImportConfig {
+            file,
+            to: fake_proxy(),
+            password: None,
+            replace: false,
+            db: 0,
+            batch: 1,
+            connections: 2,
+        };
+        let error = import(&config, |_| {}).expect_err("a connection was lost");
+        let text = format!("{error:#}");
+        assert!(text.contains("the import stopped after"), "{text}");
+        assert!(text.contains("closed the connection"), "{text}");
     }
 }
