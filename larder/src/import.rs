@@ -179,8 +179,14 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn open_file(path: &Path) -> anyhow::Result<std::fs::File> {
-    std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))
+/// The file, or standard input for `-` (`redis-cli --rdb - | larder import -`: a live
+/// server's dataset with no copy on disk).
+fn open_file(path: &Path) -> anyhow::Result<Box<dyn Read>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Box::new(file))
 }
 
 /// Imports the file; `progress` is called after every batch with the report so far. Errors

@@ -131,7 +131,8 @@ struct CheckArgs {
 #[derive(Args)]
 struct ImportArgs {
     /// The RDB file: redis-server's dump.rdb, BGSAVE's or `redis-cli --rdb`'s output (RDB
-    /// versions 1 to 12, Redis up to 7.4).
+    /// versions 1 to 12, Redis up to 7.4); `-` reads it from standard input
+    /// (`redis-cli --rdb - | larder import -`).
     file: std::path::PathBuf,
     /// The proxy to import into.
     #[arg(long, default_value = "127.0.0.1:6380")]
@@ -163,15 +164,20 @@ fn import(args: ImportArgs) -> anyhow::Result<bool> {
     // Offline tooling: the user waits in real time.
     #[allow(clippy::disallowed_methods)]
     let started = std::time::Instant::now();
+    // Standard input has no size to measure progress against: a spinner counts bytes instead.
     #[allow(clippy::disallowed_methods)]
-    let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
+    let size = std::fs::metadata(&args.file).map(|m| m.len()).ok();
+    let (bar, template) = match size {
+        Some(size) if args.file != std::path::Path::new("-") => (
+            indicatif::ProgressBar::new(size),
             "{bar:40} {bytes}/{total_bytes} read, {msg} [{elapsed_precise}, eta {eta}]",
-        )
-        .expect("progress template"),
-    );
+        ),
+        _ => (
+            indicatif::ProgressBar::new_spinner(),
+            "{spinner} {bytes} read, {msg} [{elapsed_precise}]",
+        ),
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("progress template"));
     let config = larder::import::ImportConfig {
         file: args.file,
         to: args.to,

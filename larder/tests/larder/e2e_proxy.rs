@@ -1252,6 +1252,19 @@ fn a_redis_rdb_file_imports_through_the_proxy() {
     // Again: nothing changes without --replace; with it the file's value wins.
     let again = larder::import::import(&config, |_| {}).expect("import again");
     assert_eq!((again.imported, again.kept as usize), (0, keys.len()));
+    // The binary, reading the file from standard input as `redis-cli --rdb - | larder import -`
+    // would give it: every key is there already.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["import", "-", "--to", &running.address.to_string()])
+        .stdin(std::fs::File::open(&config.file).expect("the file"))
+        .output()
+        .expect("larder import runs");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(
+        printed.contains(&format!("kept (existed)    {}", keys.len())),
+        "{printed}"
+    );
     config.replace = true;
     let replaced = larder::import::import(&config, |_| {}).expect("import with replace");
     assert_eq!(replaced.imported as usize, keys.len());
