@@ -1119,6 +1119,9 @@ fn keys_move_between_redis_server_and_larder_with_migrate_dump_and_restore() {
 /// place for (database 1, a function library) is counted and not imported, a key the cluster
 /// already had is kept unless `--replace`, and a second import changes nothing.
 #[test]
+// Real processes and a real file beside the cluster (redis-server, the binary reading the
+// file on its standard input): no simulation here.
+#[allow(clippy::disallowed_methods)]
 fn a_redis_rdb_file_imports_through_the_proxy() {
     let dir = tempfile::tempdir().expect("a directory");
     let redis = RedisServer::start_in(Some(dir.path()));
