@@ -23,7 +23,9 @@
 //! [`super::RESTORE_RDB_VERSION_MAX`]), every length against the end of the file (a forged
 //! count cannot make the reader allocate: it runs out of bytes first), and from RDB 5 on the
 //! CRC-64 of the whole file against the one stored after the end marker (0 means the writer
-//! had checksums off, as Redis's `rdbchecksum no`).
+//! had checksums off, as Redis's `rdbchecksum no`). Nothing after the checksum is read:
+//! `redis-cli --rdb -` writes a diskless sync's 40-byte end-of-transfer mark there, as it cannot
+//! truncate a pipe.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;

@@ -139,6 +139,21 @@ fn files_of_rdb_3_to_10_yield_the_objects_redis_read() {
     assert_eq!(matched, 18, "every object cut from these files");
 }
 
+/// `redis-cli --rdb -` writes a diskless sync's 40-byte end-of-transfer mark after the file
+/// (it truncates a file it wrote, but cannot truncate a pipe): nothing after the checksum is
+/// read, so such a stream imports as the file does.
+#[test]
+fn bytes_after_the_checksum_are_not_read() {
+    let mut streamed = REDIS_7.to_vec();
+    streamed.extend_from_slice(b"c0150d3e78a4623d5d5e72e6aafb30ed11a7a553");
+    let (_, from_stream) = read_all(&streamed).expect("reads");
+    let (_, from_file) = read_all(REDIS_7).expect("reads");
+    assert_eq!(from_stream, from_file);
+    let mut file = RdbFile::open(&streamed[..]).expect("header");
+    while file.next_item().expect("reads").is_some() {}
+    assert_eq!(file.offset(), REDIS_7.len() as u64);
+}
+
 #[test]
 fn what_is_not_an_rdb_file_or_is_too_new_is_refused_at_the_header() {
     assert!(matches!(
