@@ -6,11 +6,12 @@
 //! the checks `RESTORE` makes of a payload), so an import is as durable and as checked as any
 //! client's writes, works against a cluster that is serving, and needs nothing but a client's
 //! access (and password). The price is speed: keys go one `RESTORE` each, pipelined in batches
-//! (the proxy runs a batch's commands of one group as one log entry), not as sorted tables
-//! ingested whole.
+//! over several connections (the proxy runs up to 64 pipelined commands of one group as one
+//! log entry), not as sorted tables ingested whole.
 //!
 //! The file is read as a stream ([`larder_core::kv::rdb::file`]), so its size is bounded by the
-//! disk, not memory: the importer holds one batch of payloads at a time.
+//! disk, not memory: the importer holds a few batches of payloads at a time (one being filled,
+//! one per connection in flight, as many queued).
 //!
 //! What each key becomes is counted in the [`ImportReport`]: imported; kept (it existed and
 //! `--replace` was not given: `BUSYKEY`); expired (its TTL had passed: Redis drops such keys
@@ -24,13 +25,12 @@ use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
 use larder_core::kv::rdb::file::{Item, KeyEntry, RdbFile};
 use larder_core::resp::{self, Frame};
 use serde::Serialize;
