@@ -471,6 +471,19 @@ mod tests {
         address
     }
 
+    /// An import of `file` into [`fake_proxy`], in batches of `batch` over two connections.
+    fn to_fake_proxy(file: PathBuf, batch: usize) -> ImportConfig {
+        ImportConfig {
+            file,
+            to: fake_proxy(),
+            password: None,
+            replace: false,
+            db: 0,
+            batch,
+            connections: 2,
+        }
+    }
+
     /// Every key's answer is counted where it belongs: TRYAGAIN is sent again until it goes
     /// through, BUSYKEY is a kept key, any other error a failure listed with its answer, and
     /// the report is then not complete.
@@ -480,15 +493,7 @@ mod tests {
         let file = dir.path().join("dump.rdb");
         let keys = ["ok1", "busy1", "flaky1", "ok2", "bad1", "flaky2", "ok3"];
         std::fs::write(&file, rdb_of(&keys)).expect("write the file");
-        let config = ImportConfig {
-            file,
-            to: fake_proxy(),
-            password: None,
-            replace: false,
-            db: 0,
-            batch: 2,
-            connections: 2,
-        };
+        let config = to_fake_proxy(file, 2);
         let report = import(&config, |_| {}).expect("import");
         assert_eq!(
             (report.imported, report.kept, report.failed),
@@ -516,15 +521,7 @@ mod tests {
         names.insert(40, "close2".into());
         let keys: Vec<&str> = names.iter().map(String::as_str).collect();
         std::fs::write(&file, rdb_of(&keys)).expect("write the file");
-        let config = ImportConfig {
-            file,
-            to: fake_proxy(),
-            password: None,
-            replace: false,
-            db: 0,
-            batch: 1,
-            connections: 2,
-        };
+        let config = to_fake_proxy(file, 1);
         let error = import(&config, |_| {}).expect_err("a connection was lost");
         let text = format!("{error:#}");
         assert!(text.contains("the import stopped after"), "{text}");

@@ -82,6 +82,21 @@ fn patient() -> ClientConfig {
     }
 }
 
+/// A client of [`GROUP`] on `voters` that tries a command `attempts_max` times, 200 ms apart:
+/// the scenarios' usual client.
+fn retrying_client(
+    net: SimNet,
+    voters: Vec<NodeId>,
+    attempts_max: u32,
+) -> Client<SimNet, SimClock> {
+    let config = ClientConfig {
+        attempts_max,
+        backoff: Duration::from_millis(200),
+        ..Default::default()
+    };
+    Client::new(net, SimClock::new(), GROUP, voters, config)
+}
+
 /// Steps until a leader of [`GROUP`] is seen (at most 5 s past `from`), and returns it.
 fn await_leader(
     sim: &mut turmoil::Sim<'_>,
@@ -434,12 +449,7 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
         let net = SimNet::new(writer, faults.clone(), derive_seed(seed, 21), trace.clone());
         let (outcome, slots) = (outcome.clone(), slots.clone());
         sim.client(host_name(writer), async move {
-            let config = ClientConfig {
-                attempts_max: 30,
-                backoff: Duration::from_millis(200),
-                ..Default::default()
-            };
-            let mut client = Client::new(net, SimClock::new(), GROUP, vec![1, 2, 3, 4], config);
+            let mut client = retrying_client(net, vec![1, 2, 3, 4], 30);
             tokio::time::sleep(Duration::from_secs(2)).await;
             // Enough writes that the log is purged behind a snapshot before node 4 joins.
             for i in 0..200 {
@@ -525,14 +535,7 @@ pub fn forgotten_session(seed: u64) -> Result<ForgottenSessionOutcome, SimError>
     let net = SimNet::new(host, faults.clone(), derive_seed(seed, 31), trace.clone());
     let recorded = outcome.clone();
     sim.client(host_name(host), async move {
-        let client = || {
-            let config = ClientConfig {
-                attempts_max: 30,
-                backoff: Duration::from_millis(200),
-                ..Default::default()
-            };
-            Client::new(net.clone(), SimClock::new(), GROUP, vec![1, 2, 3], config)
-        };
+        let client = || retrying_client(net.clone(), vec![1, 2, 3], 30);
         let (mut a, mut b, mut c) = (client(), client(), client());
         tokio::time::sleep(Duration::from_secs(2)).await;
         let record = |name: &str, result: Result<Reply, ClientError>| {
@@ -579,12 +582,7 @@ pub fn quiet_expiry(seed: u64, bugs: Bugs) -> Result<QuietExpiryOutcome, SimErro
     let net = SimNet::new(host, faults.clone(), derive_seed(seed, 31), trace.clone());
     let recorded = outcome.clone();
     sim.client(host_name(host), async move {
-        let config = ClientConfig {
-            attempts_max: 10,
-            backoff: Duration::from_millis(200),
-            ..Default::default()
-        };
-        let mut client = Client::new(net, SimClock::new(), GROUP, vec![1, 2, 3], config);
+        let mut client = retrying_client(net, vec![1, 2, 3], 10);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let record = |name: &str, result: Result<Reply, ClientError>| {
             let mut outcome = recorded.lock().expect("outcome lock");
@@ -727,12 +725,7 @@ pub fn quiet_group(seed: u64, bugs: Bugs) -> Result<QuietOutcome, SimError> {
     let net = SimNet::new(host, faults.clone(), derive_seed(seed, 31), trace.clone());
     let recorded = outcome.clone();
     sim.client(host_name(host), async move {
-        let config = ClientConfig {
-            attempts_max: 30,
-            backoff: Duration::from_millis(200),
-            ..Default::default()
-        };
-        let mut client = Client::new(net, SimClock::new(), GROUP, vec![1, 2, 3], config);
+        let mut client = retrying_client(net, vec![1, 2, 3], 30);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let _ = client.execute(Command::set("k", "1")).await;
         let reads_until = tokio::time::Instant::now() + Duration::from_secs(6);
