@@ -249,6 +249,9 @@ pub enum Command {
     RandomKey {
         seed: u64,
     },
+    /// A lock command (`kv::lock`): locks with fencing tokens.
+    /// Last of the variants so that the encoding of every older one is unchanged.
+    LockOp(super::lock::LockCommand),
 }
 
 /// The first byte string past `key` in byte order (`key` followed by a zero byte): where a
@@ -536,6 +539,9 @@ impl Command {
                 if let Some(parsed) = KeyCommand::parse(&name, rest) {
                     return parsed.map(Command::KeyOp);
                 }
+                if let Some(parsed) = super::lock::LockCommand::parse(&name, rest) {
+                    return parsed.map(Command::LockOp);
+                }
                 Err(CommandError::Unknown { name })
             }
         }
@@ -648,6 +654,7 @@ impl Command {
             Command::ZSetOp(command) => return command.is_write(),
             Command::StringOp(command) => return command.is_write(),
             Command::KeyOp(command) => return command.is_write(),
+            Command::LockOp(command) => return command.is_write(),
             Command::Transaction { commands, .. } => {
                 return commands.iter().any(Command::is_write);
             }
@@ -747,6 +754,7 @@ impl Command {
             Command::ZSetOp(command) => command.keys(),
             Command::StringOp(command) => command.keys(),
             Command::KeyOp(command) => command.keys(),
+            Command::LockOp(command) => command.keys(),
             Command::Versions { keys } => keys.iter().collect(),
             Command::Transaction { commands, watched } => commands
                 .iter()
@@ -815,6 +823,7 @@ impl Command {
             Command::ZSetOp(command) => command.name(),
             Command::StringOp(command) => command.name(),
             Command::KeyOp(command) => command.name(),
+            Command::LockOp(command) => command.name(),
             Command::Versions { .. } => "watch",
             Command::Transaction { .. } => "exec",
         }

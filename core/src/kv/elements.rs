@@ -47,7 +47,7 @@ impl Kind {
             Value::Set(_) => Some(Kind::Set),
             Value::ZSet(_) => Some(Kind::ZSet),
             Value::List(_) => Some(Kind::List),
-            Value::Str(_) => None,
+            Value::Str(_) | Value::Lock(_) => None,
         }
     }
 
@@ -108,7 +108,7 @@ pub fn rows_of(value: &Value) -> Vec<(Bytes, Bytes)> {
             .zip(items)
             .map(|(sequence, item)| (sequence_name(sequence), item.clone()))
             .collect(),
-        Value::Str(_) => Vec::new(),
+        Value::Str(_) | Value::Lock(_) => Vec::new(),
     }
 }
 
@@ -201,7 +201,7 @@ pub fn len_of(value: &Value) -> u64 {
         Value::Set(members) => members.len() as u64,
         Value::ZSet(set) => set.len() as u64,
         Value::List(items) => items.len() as u64,
-        Value::Str(_) => 0,
+        Value::Str(_) | Value::Lock(_) => 0,
     }
 }
 
@@ -402,7 +402,7 @@ pub(super) fn element_scan(
                     (member, Some(Bytes::from(score)))
                 }),
         ),
-        Value::List(_) | Value::Str(_) => unreachable!("the kind was checked"),
+        Value::List(_) | Value::Str(_) | Value::Lock(_) => unreachable!("the kind was checked"),
     };
     let mut looked = 0;
     let mut last = None;

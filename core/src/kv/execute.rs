@@ -412,6 +412,7 @@ fn apply(command: &Command, view: &mut View<'_>) -> Reply {
         Command::ZSetOp(command) => command.execute(view),
         Command::StringOp(command) => command.execute(view),
         Command::KeyOp(command) => command.execute(view),
+        Command::LockOp(command) => command.execute(view),
         // Its effect, advancing the group clock, is the apply loop's (the entry's stamp).
         Command::AdvanceClock => Reply::Ok,
         // Their effects (ownership, change tracking, raw records) are the apply loop's.
@@ -455,6 +456,10 @@ fn apply(command: &Command, view: &mut View<'_>) -> Reply {
                 .any(|(key, seen)| version(view.get(key)) != *seen)
             {
                 return Reply::NilArray;
+            }
+            // Fences are judged first: one that fails runs none of the commands.
+            if let Some(refusal) = super::lock::failed_fence(commands, view) {
+                return refusal;
             }
             Reply::Array(
                 commands

@@ -163,7 +163,8 @@ pub enum KeyCommand {
 /// (`quicklist`).
 pub fn encoding_name(value: &Value) -> &'static str {
     match value {
-        Value::Str(_) => "raw",
+        // A lock is one record, as a string is.
+        Value::Str(_) | Value::Lock(_) => "raw",
         Value::Hash(_) | Value::Set(_) => "hashtable",
         Value::ZSet(_) => "skiplist",
         Value::List(_) => "quicklist",
@@ -191,6 +192,8 @@ fn restore_value(payload: &[u8]) -> Result<Value, Reply> {
         Value::List(items) => !items.is_empty(),
         Value::Set(members) => !members.is_empty(),
         Value::ZSet(set) => !set.is_empty(),
+        // Redis's format has no lock type: no payload holds one.
+        Value::Lock(_) => false,
     };
     if valid {
         Ok(value)
@@ -530,9 +533,16 @@ impl KeyCommand {
             KeyCommand::Touch { keys } => {
                 Reply::Int(keys.iter().filter(|key| view.get(key).is_some()).count() as i64)
             }
-            KeyCommand::Dump { key } => view.get(key).map_or(Reply::Nil, |record| {
-                Reply::Bulk(super::rdb::dump_payload(&record.value))
-            }),
+            KeyCommand::Dump { key } => match view.get(key) {
+                None => Reply::Nil,
+                // Redis's payload format has no lock type, and a lock restored as anything
+                // else would lose its token counter.
+                Some(Record {
+                    value: Value::Lock(_),
+                    ..
+                }) => Reply::error("ERR a lock cannot be dumped: Redis's format has no lock type"),
+                Some(record) => Reply::Bulk(super::rdb::dump_payload(&record.value)),
+            },
             KeyCommand::Restore {
                 key,
                 ttl_ms,

@@ -16,6 +16,7 @@ mod glob;
 mod group;
 mod keyspace;
 mod list;
+pub mod lock;
 pub mod rdb;
 mod record;
 mod set;

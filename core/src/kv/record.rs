@@ -13,6 +13,8 @@ pub enum Value {
     List(VecDeque<Bytes>),
     Set(BTreeSet<Bytes>),
     ZSet(ZSet),
+    /// A lock with its fencing token (`kv::lock`).
+    Lock(super::lock::Lock),
 }
 
 impl Value {
@@ -24,6 +26,7 @@ impl Value {
             Value::List(_) => "list",
             Value::Set(_) => "set",
             Value::ZSet(_) => "zset",
+            Value::Lock(_) => "lock",
         }
     }
 }
