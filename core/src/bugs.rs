@@ -158,11 +158,15 @@ pub enum Bug {
     /// slept, refuses it as "not the leader" and the read fails for as long as the group
     /// stays quiet (stop 51's fix, undone).
     AdvanceSkipsWake,
+    /// Locks (storage): a transaction's fence checks that its lock is held, not that it is
+    /// held with the caller's token, so a holder that let go of the lock (or was paused past
+    /// its lease) still writes under the next holder's lock.
+    FenceIgnoresToken,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 38] = [
+    pub const ALL: [Bug; 39] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -201,6 +205,7 @@ impl Bug {
         Bug::UnchangedWriteUnconfirmed,
         Bug::QuietIgnoresLag,
         Bug::AdvanceSkipsWake,
+        Bug::FenceIgnoresToken,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -244,6 +249,7 @@ impl Bug {
             Bug::UnchangedWriteUnconfirmed => "unchanged-write-unconfirmed",
             Bug::QuietIgnoresLag => "quiet-ignores-lag",
             Bug::AdvanceSkipsWake => "advance-skips-wake",
+            Bug::FenceIgnoresToken => "fence-ignores-token",
         }
     }
 }

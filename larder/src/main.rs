@@ -316,6 +316,12 @@ struct SimArgs {
     /// A hot key: this percentage of the register operations go to one register.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
     hot_key: Option<u64>,
+    /// Locks with fencing tokens in the workload: this many lock objects, each a lock its
+    /// clients acquire, renew and release with leases of up to a second, and a counter they
+    /// increment in `MULTI`/`LOCK.FENCE`/`EXEC` with the token they hold (checked by the lock
+    /// model). Off in the swarm's own draw, so its seeds replay as they did.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=8))]
+    locks: Option<u64>,
     /// With --cluster: the proxies' per-key write limit (writes per second); refused writes
     /// are failed operations of the history.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -489,6 +495,9 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     .min(larder_sim::run::CLIENTS_MAX);
     if let Some(percent) = args.hot_key {
         config.workload = config.workload.clone().with_hot_key(percent);
+    }
+    if let Some(objects) = args.locks {
+        config.workload = config.workload.clone().with_locks(objects, 10);
     }
     config.hot_key_writes_per_sec_max = args.hot_key_writes_per_sec_max;
     config.hot_key_share_reads_min_per_sec = args.hot_key_share_reads_min_per_sec;

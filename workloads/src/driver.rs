@@ -11,6 +11,7 @@
 //! Operation values are unique per process (`"{process}-{sequence}"`), so a read names the
 //! write it saw, and an appended element shows exactly which appends survived, in what order.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Mutex;
 
@@ -52,6 +53,13 @@ pub fn multi_key(index: u64) -> String {
 /// transaction over them needs.
 pub fn collections_key(index: u64) -> String {
     format!("{{c{index}}}")
+}
+
+/// The history key of lock object `index`: a hash tag, so its lock (`{k0}:lock`) and the
+/// counter its holders increment under a fence (`{k0}:count`) share one slot, which the
+/// fenced transaction needs.
+pub fn lock_key(index: u64) -> String {
+    format!("{{k{index}}}")
 }
 
 /// Members a collections object's set and sorted set draw from: few, so adds and removes of
@@ -97,6 +105,12 @@ pub struct Mix {
     /// three (a register read without collections objects).
     #[serde(default)]
     pub collections: u64,
+    /// An operation on a lock object: an acquisition, a fenced increment of its counter with
+    /// the token held, a release; now and then a holder that lets go goes on with its old
+    /// token once, as a holder paused past its lease would (a register read without lock
+    /// objects).
+    #[serde(default)]
+    pub locks: u64,
 }
 
 impl Mix {
@@ -110,6 +124,7 @@ impl Mix {
             + self.ttl
             + self.multi
             + self.collections
+            + self.locks
     }
 }
 
@@ -157,6 +172,16 @@ pub struct WorkloadConfig {
     /// for it, so seeds without one replay as before.
     #[serde(default)]
     pub hot_share_percent: u64,
+    /// Lock objects ([`lock_key`]); 0 turns lock operations into register reads.
+    #[serde(default)]
+    pub lock_keys: u64,
+    /// Leases are drawn from `[1, lease_ms_max]` ms.
+    #[serde(default = "default_lease_ms_max")]
+    pub lease_ms_max: u64,
+}
+
+fn default_lease_ms_max() -> u64 {
+    1_000
 }
 
 /// Lulls in the traffic: for the last `for_ms` of every `every_ms` of the history's time,
@@ -210,6 +235,7 @@ impl Default for WorkloadConfig {
                 ttl: 0,
                 multi: 0,
                 collections: 0,
+                locks: 0,
             },
             ttl_keys: 0,
             ttl_ms_max: default_ttl_ms_max(),
@@ -218,6 +244,8 @@ impl Default for WorkloadConfig {
             lulls: None,
             collection_keys: 0,
             hot_share_percent: 0,
+            lock_keys: 0,
+            lease_ms_max: default_lease_ms_max(),
         }
     }
 }
@@ -242,6 +270,7 @@ impl WorkloadConfig {
                 ttl: 0,
                 multi: 0,
                 collections: 0,
+                locks: 0,
             },
             ttl_keys: 0,
             ttl_ms_max: default_ttl_ms_max(),
@@ -250,6 +279,8 @@ impl WorkloadConfig {
             lulls: None,
             collection_keys: 0,
             hot_share_percent: 0,
+            lock_keys: 0,
+            lease_ms_max: default_lease_ms_max(),
         }
     }
 
@@ -275,6 +306,9 @@ impl WorkloadConfig {
         for object in 0..self.collection_keys {
             keys.push(multi_sub_key(&collections_key(object), "l"));
         }
+        for object in 0..self.lock_keys {
+            keys.push(multi_sub_key(&lock_key(object), "lock"));
+        }
         keys
     }
 
@@ -289,6 +323,13 @@ impl WorkloadConfig {
     pub fn with_collections(mut self, objects: u64, weight: u64) -> Self {
         self.collection_keys = objects;
         self.mix.collections = weight;
+        self
+    }
+
+    /// Turns lock operations on: `objects` lock objects picked with weight `weight`.
+    pub fn with_locks(mut self, objects: u64, weight: u64) -> Self {
+        self.lock_keys = objects;
+        self.mix.locks = weight;
         self
     }
 
@@ -427,6 +468,7 @@ enum Pick {
     Ttl,
     Multi,
     Collections,
+    Locks,
 }
 
 /// One client process.
@@ -438,6 +480,11 @@ pub struct Driver<E, T> {
     sequence: u64,
     executor: E,
     timer: T,
+    /// The token this client holds of each lock object, as its last answers told it.
+    held: BTreeMap<u64, i64>,
+    /// A token this client let go of and will use once more, as a holder paused past its
+    /// lease would, before it learns it lost the lock.
+    stale: BTreeMap<u64, i64>,
 }
 
 fn args(parts: &[&str]) -> Vec<Bytes> {
@@ -457,6 +504,8 @@ impl<E, T> Driver<E, T> {
             sequence: 0,
             executor,
             timer,
+            held: BTreeMap::new(),
+            stale: BTreeMap::new(),
         }
     }
 
@@ -493,12 +542,14 @@ impl<E, T> Driver<E, T> {
             Pick::Ttl if self.config.ttl_keys > 0 => self.ttl_op(),
             Pick::Multi if self.config.multi_keys > 0 => self.multi_op(),
             Pick::Collections if self.config.collection_keys > 0 => self.collections_op(),
+            Pick::Locks if self.config.lock_keys > 0 => self.lock_op(),
             Pick::Read
             | Pick::Append
             | Pick::ListRead
             | Pick::Ttl
             | Pick::Multi
-            | Pick::Collections => {
+            | Pick::Collections
+            | Pick::Locks => {
                 let register = self.register();
                 Self::read(register_key(register))
             }
@@ -804,6 +855,7 @@ impl<E, T> Driver<E, T> {
             (mix.ttl, Pick::Ttl),
             (mix.multi, Pick::Multi),
             (mix.collections, Pick::Collections),
+            (mix.locks, Pick::Locks),
         ];
         let mut below = 0;
         weights
@@ -813,6 +865,92 @@ impl<E, T> Driver<E, T> {
                 roll < below
             })
             .map_or(Pick::Read, |(_, pick)| pick)
+    }
+
+    /// An operation on a lock object: without a token, an acquisition; with one, mostly fenced
+    /// increments, sometimes a renewal (an acquisition by the holder: the same token while its
+    /// lease runs) or a release. A released token is sometimes kept for one more fenced
+    /// increment, which the fence must refuse.
+    fn lock_op(&mut self) -> Planned {
+        let object = self.rng.below(self.config.lock_keys);
+        let key = lock_key(object);
+        let lock = multi_sub_key(&key, "lock");
+        let holder = format!("p{}", self.process);
+        let lease = 1 + self.rng.below(self.config.lease_ms_max.max(1));
+        let fenced = |token: i64| Planned {
+            f: Function::FencedIncr,
+            request: Request {
+                args: args(&["EXEC"]),
+                write: true,
+                transaction: vec![
+                    args(&["LOCK.FENCE", &lock, &token.to_string()]),
+                    args(&["INCR", &multi_sub_key(&key, "count")]),
+                ],
+            },
+            key: key.clone(),
+            value: Value::Int(token),
+            counter: false,
+        };
+        if let Some(token) = self.stale.remove(&object) {
+            return fenced(token);
+        }
+        let acquire = Planned {
+            f: Function::LockAcquire,
+            request: Request {
+                args: args(&["LOCK.ACQUIRE", &lock, &holder, &lease.to_string()]),
+                write: true,
+                transaction: Vec::new(),
+            },
+            key: key.clone(),
+            value: Value::List(vec![Value::Str(holder.clone()), Value::Int(lease as i64)]),
+            counter: false,
+        };
+        let Some(&token) = self.held.get(&object) else {
+            return acquire;
+        };
+        match self.rng.below(10) {
+            0..=5 => fenced(token),
+            6 => acquire,
+            _ => {
+                self.held.remove(&object);
+                if self.rng.chance(0.3) {
+                    self.stale.insert(object, token);
+                }
+                Planned {
+                    f: Function::LockRelease,
+                    request: Request {
+                        args: args(&["LOCK.RELEASE", &lock, &token.to_string()]),
+                        write: true,
+                        transaction: Vec::new(),
+                    },
+                    key,
+                    value: Value::Int(token),
+                    counter: false,
+                }
+            }
+        }
+    }
+
+    /// What a lock operation's completion tells this client about the token it holds.
+    fn learn_lock(&mut self, f: Function, key: &str, kind: OpKind, output: &Value) {
+        let Some(object) = (0..self.config.lock_keys).find(|&object| lock_key(object) == key)
+        else {
+            return;
+        };
+        match (f, kind, output) {
+            (Function::LockAcquire, OpKind::Ok, Value::Int(token)) => {
+                self.held.insert(object, *token);
+            }
+            // Held by another, or unknown: this client holds no token it knows.
+            (Function::LockAcquire, _, _) => {
+                self.held.remove(&object);
+            }
+            // Refused: the lease ended (or a paused holder's stale token), so it holds nothing.
+            (Function::FencedIncr, OpKind::Ok, Value::Null) => {
+                self.held.remove(&object);
+            }
+            _ => {}
+        }
     }
 
     fn write(&mut self) -> Planned {
@@ -907,6 +1045,27 @@ fn outcome(op: &Planned, response: Response) -> (OpKind, Value, Option<String>) 
             }
             (Function::Add | Function::Append, Frame::Integer(_)) => {
                 (OpKind::Ok, op.value.clone(), None)
+            }
+            (Function::LockAcquire, Frame::Integer(token)) => (OpKind::Ok, Value::Int(token), None),
+            (Function::LockAcquire, Frame::Bulk(None) | Frame::Null) => {
+                (OpKind::Ok, Value::Null, None)
+            }
+            (Function::LockRelease, Frame::Integer(n)) => (OpKind::Ok, Value::Int(n), None),
+            // The fence refused: nothing ran.
+            (Function::FencedIncr, Frame::Error(text)) if text.starts_with("FENCED") => {
+                (OpKind::Ok, Value::Null, None)
+            }
+            (Function::FencedIncr, Frame::Array(Some(items)))
+                if items.len() == 2 && matches!(items[0], Frame::Simple(ref ok) if ok == "OK") =>
+            {
+                match items[1] {
+                    Frame::Integer(count) => (OpKind::Ok, Value::Int(count), None),
+                    ref other => (
+                        OpKind::Info,
+                        op.value.clone(),
+                        Some(format!("unexpected INCR reply {other:?}")),
+                    ),
+                }
             }
             (Function::Txn, Frame::Array(Some(items))) => {
                 let subs = match &op.value {
@@ -1069,6 +1228,9 @@ impl<E: Executor, T: Timer> Driver<E, T> {
         );
         let response = self.executor.execute(&op.request).await;
         let (kind, output, error) = outcome(&op, response);
+        if op.f.is_lock() {
+            self.learn_lock(op.f, &op.key, kind, &output);
+        }
         history.lock().expect("history lock").complete_with_error(
             self.timer.now_ns(),
             self.process,

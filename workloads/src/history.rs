@@ -229,6 +229,19 @@ pub enum Function {
     /// `[[f, ...value], ...]` (`f` one of the collection functions above, by name); an `ok`
     /// completion's value their replies, in order. All of them take effect at one point.
     Txn,
+    /// `LOCK.ACQUIRE lock holder lease-ms` of a lock object: value `[holder, lease_ms]`; an
+    /// `ok` completion's value the token granted (`null`: another holds the lock).
+    #[serde(rename = "lock_acquire")]
+    LockAcquire,
+    /// `LOCK.RELEASE lock token`: value the token; an `ok` completion's value the reply (1:
+    /// released, 0: not held with that token).
+    #[serde(rename = "lock_release")]
+    LockRelease,
+    /// `MULTI`, `LOCK.FENCE lock token`, `INCR` of the lock object's counter, `EXEC`: value
+    /// the token; an `ok` completion's value the counter after the increment (`null`: the
+    /// fence refused, nothing ran).
+    #[serde(rename = "fenced_incr")]
+    FencedIncr,
 }
 
 impl Function {
@@ -244,6 +257,7 @@ impl Function {
                 | Function::MRead
                 | Function::MDel
         ) || self.is_collection()
+            || self.is_lock()
     }
 
     /// Whether it acts on a collections object (lists, sets, sorted sets of one hash tag).
@@ -259,6 +273,14 @@ impl Function {
                 | Function::ZIncrBy
                 | Function::ZScore
                 | Function::Txn
+        )
+    }
+
+    /// Whether it acts on a lock object (a lock and the counter its holders increment).
+    pub fn is_lock(self) -> bool {
+        matches!(
+            self,
+            Function::LockAcquire | Function::LockRelease | Function::FencedIncr
         )
     }
 
@@ -293,6 +315,9 @@ impl fmt::Display for Function {
             Function::ZIncrBy => "zincrby",
             Function::ZScore => "zscore",
             Function::Txn => "txn",
+            Function::LockAcquire => "lock_acquire",
+            Function::LockRelease => "lock_release",
+            Function::FencedIncr => "fenced_incr",
         })
     }
 }

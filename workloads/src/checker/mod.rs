@@ -130,6 +130,7 @@ pub enum Model {
     Ttl,
     Multi,
     Collections,
+    Lock,
 }
 
 /// The model a key was checked with.
@@ -145,6 +146,9 @@ pub enum ModelKind {
     /// Lists, sets and sorted sets of one object (`push`, `pop`, `lrange`, `sadd`, `srem`,
     /// `smembers`, `zincrby`, `zscore`, `txn`).
     Collections,
+    /// A lock with fencing tokens and the counter its holders increment under a fence
+    /// (`lock_acquire`, `lock_release`, `fenced_incr`).
+    Lock,
 }
 
 /// What to check and how to read the history.

@@ -82,6 +82,51 @@ pub(super) enum Step {
         ops: u32,
         checked: bool,
     },
+    /// Lock model: an acquisition by holder id `holder` (an interned value) that answered
+    /// `token` (`None`: nil, another holds it); `definite: false` when it never answered.
+    LockAcquire {
+        holder: u64,
+        token: Option<i64>,
+        definite: bool,
+    },
+    /// Lock model: a release of `token`; `released` is the reply, `None` when indeterminate.
+    LockRelease {
+        token: i64,
+        released: Option<bool>,
+    },
+    /// Lock model: a fenced increment with `token`: `Some(Some(n))` ran and made the counter
+    /// `n`, `Some(None)` was refused by its fence, `None` never answered.
+    FencedIncr {
+        token: i64,
+        answer: Option<Option<i64>>,
+    },
+}
+
+/// Who holds a lock in the lock model, as far as the history tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Holding {
+    Free,
+    /// Held by holder id `.0` with token `.1`.
+    By(u64, i64),
+    /// Held by holder id `.0` after an acquisition that never answered: its token is that
+    /// holder's previous one or a new one, which no answer has shown yet.
+    ByUnknown(u64),
+}
+
+/// A lock object's state: who holds the lock, the largest token any answer showed, and the
+/// counter that only fenced increments change.
+///
+/// Leases end when the group clock says so, and the simulator skews clocks, so the model does
+/// not fix when a lease ends: any moment may be the one. An answer that only an ended lease
+/// explains (a fence refused, a release answered 0, an acquisition granted to another while
+/// the lock was held) is that moment. What the model does fix is what fencing promises: every
+/// token granted anew is larger than every token before it, a fence passes only with the
+/// token of the current holding, and nil answers only while another holds the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct LockState {
+    holding: Holding,
+    last_token: i64,
+    count: i64,
 }
 
 /// The expiry part of a TTL key's state.
@@ -136,6 +181,9 @@ pub(super) struct Interner {
     /// The compiled collection operations, indexed by [`Step::CollRead`] and
     /// [`Step::CollUpdate`] (a `Step` stays `Copy`).
     coll_txns: Vec<CollTxn>,
+    /// Lock states as integers (the lock model's state is an index here).
+    lock_ids: BTreeMap<LockState, u64>,
+    lock_states: Vec<LockState>,
     /// Roughly what the interned values hold on the heap: a list's states are whole strings,
     /// one per distinct prefix explored, so on a long contended list this outgrows the memo
     /// table and must count against the search's memory budget.
@@ -166,7 +214,11 @@ impl Interner {
 
     /// Roughly the heap bytes the interned values hold.
     pub(super) fn bytes(&self) -> usize {
-        self.bytes + self.appended.len() * 64 + self.ttl_states.len() * 96 + self.coll_bytes
+        self.bytes
+            + self.appended.len() * 64
+            + self.ttl_states.len() * 96
+            + self.lock_states.len() * 96
+            + self.coll_bytes
     }
 
     fn coll(&mut self, state: CollState) -> u64 {
@@ -187,6 +239,16 @@ impl Interner {
         let id = self.ttl_states.len() as u64;
         self.ttl_ids.insert(state, id);
         self.ttl_states.push(state);
+        id
+    }
+
+    fn lock(&mut self, state: LockState) -> u64 {
+        if let Some(&id) = self.lock_ids.get(&state) {
+            return id;
+        }
+        let id = self.lock_states.len() as u64;
+        self.lock_ids.insert(state, id);
+        self.lock_states.push(state);
         id
     }
 
@@ -241,6 +303,11 @@ pub(super) fn compile(
         ModelKind::Multi => interner.id(&Value::List(Vec::new())),
         // Every list, set and sorted set empty (Redis deletes empty ones).
         ModelKind::Collections => interner.coll(CollState::default()),
+        ModelKind::Lock => interner.lock(LockState {
+            holding: Holding::Free,
+            last_token: 0,
+            count: 0,
+        }),
     };
     let int = |value: &Value, what: &str, op: &Operation| -> Result<i64, String> {
         match value {
@@ -289,6 +356,7 @@ pub(super) fn compile(
             }
             (ModelKind::Ttl, f) => compile_ttl(f, op, definite, &mut interner)?,
             (ModelKind::Multi, f) => compile_multi(f, op, definite, &mut interner)?,
+            (ModelKind::Lock, f) if f.is_lock() => compile_lock(op, definite, &mut interner)?,
             (ModelKind::Collections, f) if f.is_collection() => {
                 match compile_coll(op, definite, &mut interner)? {
                     Some(step) => step,
@@ -640,6 +708,10 @@ pub(super) fn apply(step: Step, state: u64, interner: &mut Interner) -> Option<u
         Step::MWrite(_) | Step::MRead { .. } | Step::MDel { .. } => {
             apply_multi(step, state, interner)
         }
+        Step::LockAcquire { .. } | Step::LockRelease { .. } | Step::FencedIncr { .. } => {
+            let next = apply_lock(step, interner.lock_states[state as usize], interner)?;
+            Some(interner.lock(next))
+        }
         Step::CollRead(ops) => apply_coll(ops, true, state, interner).map(|_| state),
         Step::CollUpdate { ops, checked } => {
             let next = apply_coll(ops, checked, state, interner)?;
@@ -972,4 +1044,145 @@ fn apply_coll(ops: u32, checked: bool, state: u64, interner: &Interner) -> Optio
         }
     }
     Some(next)
+}
+
+/// A lock object's operation as a step (`definite`: it completed `ok`).
+fn compile_lock(op: &Operation, definite: bool, interner: &mut Interner) -> Result<Step, String> {
+    let token = |value: &Value| -> Result<i64, String> {
+        value
+            .as_int()
+            .ok_or_else(|| format!("lock model: a token of {value} in {op}"))
+    };
+    Ok(match op.f {
+        Function::LockAcquire => {
+            let holder = match &op.value {
+                Value::List(parts) if parts.len() == 2 => interner.id(&parts[0]),
+                other => return Err(format!("lock model: acquire of {other} in {op}")),
+            };
+            Step::LockAcquire {
+                holder,
+                token: match (&op.output, definite) {
+                    (_, false) | (Value::Null, true) => None,
+                    (other, true) => Some(token(other)?),
+                },
+                definite,
+            }
+        }
+        Function::LockRelease => Step::LockRelease {
+            token: token(&op.value)?,
+            released: match (&op.output, definite) {
+                (_, false) => None,
+                (Value::Int(n @ (0 | 1)), true) => Some(*n == 1),
+                (other, true) => {
+                    return Err(format!("lock model: release answered {other} in {op}"));
+                }
+            },
+        },
+        Function::FencedIncr => Step::FencedIncr {
+            token: token(&op.value)?,
+            answer: match (&op.output, definite) {
+                (_, false) => None,
+                (Value::Null, true) => Some(None),
+                (Value::Int(n), true) => Some(Some(*n)),
+                (other, true) => {
+                    return Err(format!(
+                        "lock model: a fenced increment answered {other} in {op}"
+                    ));
+                }
+            },
+        },
+        f => return Err(format!("the lock model has no {f} (operation {op})")),
+    })
+}
+
+/// The lock model's transition ([`LockState`]): `None` when the step cannot happen.
+fn apply_lock(step: Step, state: LockState, _interner: &Interner) -> Option<LockState> {
+    let LockState {
+        holding,
+        last_token,
+        count,
+    } = state;
+    let with = |holding: Holding| LockState { holding, ..state };
+    // A token granted anew: larger than every token shown before.
+    let granted = |holder: u64, token: i64| {
+        (token > last_token).then_some(LockState {
+            holding: Holding::By(holder, token),
+            last_token: token,
+            count,
+        })
+    };
+    match step {
+        Step::LockAcquire {
+            holder,
+            token,
+            definite,
+        } => match (holding, token, definite) {
+            // Never answered: if it took effect, the lock is now the holder's, with a token
+            // no answer has shown (its previous one, extended, or a new one).
+            (_, _, false) => Some(with(Holding::ByUnknown(holder))),
+            // Nil only while another holds it.
+            (Holding::By(other, _) | Holding::ByUnknown(other), None, true) if other != holder => {
+                Some(state)
+            }
+            (_, None, true) => None,
+            // The holder's own acquisition extends its lease and keeps its token, unless the
+            // lease had ended (then it is a new grant).
+            (Holding::By(same, held), Some(token), true) if same == holder && token == held => {
+                Some(state)
+            }
+            // The unknown token may be any: the holder's earlier one or one granted then.
+            (Holding::ByUnknown(same), Some(token), true) if same == holder => Some(LockState {
+                holding: Holding::By(holder, token),
+                last_token: last_token.max(token),
+                count,
+            }),
+            // Free, or another's lease ended: a new grant.
+            (_, Some(token), true) => granted(holder, token),
+        },
+        Step::LockRelease { token, released } => match (holding, released) {
+            (Holding::By(_, held), Some(true)) if held == token => Some(with(Holding::Free)),
+            (Holding::ByUnknown(_), Some(true)) => Some(with(Holding::Free)),
+            (_, Some(true)) => None,
+            // Refused while held with this token: its lease had ended.
+            (Holding::By(_, held), Some(false) | None) if held == token => {
+                Some(with(Holding::Free))
+            }
+            (_, Some(false) | None) => Some(state),
+        },
+        Step::FencedIncr { token, answer } => {
+            let current = match holding {
+                Holding::By(_, held) => held == token,
+                Holding::ByUnknown(_) => true,
+                Holding::Free => false,
+            };
+            match answer {
+                Some(Some(n)) => {
+                    // It ran: the lock was held with this token, and the counter moved by one.
+                    if !current || n != count + 1 {
+                        return None;
+                    }
+                    let holding = match holding {
+                        Holding::ByUnknown(holder) => Holding::By(holder, token),
+                        other => other,
+                    };
+                    Some(LockState {
+                        holding,
+                        last_token: last_token.max(token),
+                        count: n,
+                    })
+                }
+                // Refused while held with this token: its lease had ended.
+                Some(None) => match holding {
+                    Holding::By(_, held) if held == token => Some(with(Holding::Free)),
+                    _ => Some(state),
+                },
+                // Never answered: if it took effect it ran, which needs the current token.
+                None => current.then_some(LockState {
+                    count: count + 1,
+                    ..state
+                }),
+            }
+        }
+        _ => unreachable!("not a lock step: {step:?}"),
+    }
 }

@@ -169,6 +169,8 @@ fn model_kind(model: Model, ops: &[&Operation]) -> ModelKind {
         Model::Ttl => ModelKind::Ttl,
         Model::Multi => ModelKind::Multi,
         Model::Collections => ModelKind::Collections,
+        Model::Lock => ModelKind::Lock,
+        Model::Auto if ops.iter().any(|op| op.f.is_lock()) => ModelKind::Lock,
         Model::Auto if ops.iter().any(|op| op.f.is_collection()) => ModelKind::Collections,
         Model::Auto if ops.iter().any(|op| op.f == Function::Add) => ModelKind::Counter,
         Model::Auto

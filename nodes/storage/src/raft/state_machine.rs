@@ -173,7 +173,36 @@ impl Loaded {
         } else {
             &self.partial
         };
+        if bugs.is_planted(Bug::FenceIgnoresToken) {
+            return execute_elements(
+                &self.fences_any_token(command, now_ms),
+                now_ms,
+                &self.records,
+                lengths,
+            );
+        }
         execute_elements(command, now_ms, &self.records, lengths)
+    }
+
+    /// The planted mistake: each fence of a transaction is given the token its lock is held
+    /// with, so it passes whenever the lock is held by anyone.
+    fn fences_any_token(&self, command: &Command, now_ms: u64) -> Command {
+        use larder_core::kv::lock::LockCommand;
+        let mut command = command.clone();
+        if let Command::Transaction { commands, .. } = &mut command {
+            for inner in commands {
+                if let Command::LockOp(LockCommand::Fence { name, token }) = inner
+                    && let Some(Record {
+                        value: Value::Lock(lock),
+                        ..
+                    }) = self.records.get(name)
+                    && let Some((_, held)) = lock.held_at(now_ms)
+                {
+                    *token = held;
+                }
+            }
+        }
+        command
     }
 }
 
