@@ -1690,6 +1690,78 @@ mod tests {
     }
 
     #[test]
+    fn lock_operations_follow_the_token_the_client_holds() {
+        let mut driver = Driver::new(1, WorkloadConfig::default(), 7, (), ());
+        for _ in 0..500 {
+            assert!(!driver.next_op().f.is_lock());
+        }
+        let config = WorkloadConfig::default().with_locks(1, 1000);
+        let mut driver = Driver::new(3, config, 7, (), ());
+        // Without a token, only acquisitions.
+        for _ in 0..20 {
+            let op = driver.next_op();
+            if !op.f.is_lock() {
+                continue;
+            }
+            assert_eq!(op.f, Function::LockAcquire, "{op:?}");
+            assert_eq!(
+                op.request.args[..3],
+                args(&["LOCK.ACQUIRE", "{k0}:lock", "p3"])[..]
+            );
+        }
+        driver.learn_lock(Function::LockAcquire, "{k0}", OpKind::Ok, &Value::Int(7000));
+        let mut seen = BTreeMap::new();
+        for _ in 0..400 {
+            let op = driver.next_op();
+            *seen.entry(op.f).or_insert(0) += 1;
+            match op.f {
+                Function::FencedIncr => {
+                    assert_eq!(op.request.args, args(&["EXEC"]));
+                    assert_eq!(
+                        op.request.transaction,
+                        vec![
+                            args(&["LOCK.FENCE", "{k0}:lock", "7000"]),
+                            args(&["INCR", "{k0}:count"]),
+                        ]
+                    );
+                }
+                Function::LockRelease => {
+                    assert_eq!(
+                        op.request.args,
+                        args(&["LOCK.RELEASE", "{k0}:lock", "7000"])
+                    );
+                    // Holds nothing now; take the token back for the next round.
+                    assert!(driver.held.is_empty());
+                    driver.stale.clear();
+                    driver.learn_lock(Function::LockAcquire, "{k0}", OpKind::Ok, &Value::Int(7000));
+                }
+                Function::LockAcquire => {}
+                // The mix's other operations, rarely.
+                other => assert!(!other.is_lock()),
+            }
+        }
+        for f in [
+            Function::FencedIncr,
+            Function::LockRelease,
+            Function::LockAcquire,
+        ] {
+            assert!(
+                seen.get(&f).copied().unwrap_or(0) > 0,
+                "no {f} drawn: {seen:?}"
+            );
+        }
+        // A refused fence or a nil acquisition: the token is gone.
+        driver.learn_lock(Function::FencedIncr, "{k0}", OpKind::Ok, &Value::Null);
+        assert!(driver.held.is_empty());
+        // A kept stale token is used once, for a fenced increment.
+        driver.stale.insert(0, 5000);
+        let op = driver.next_op();
+        assert_eq!(op.f, Function::FencedIncr);
+        assert_eq!(op.value, Value::Int(5000));
+        assert!(driver.stale.is_empty());
+    }
+
+    #[test]
     fn a_transaction_is_sent_as_multi_commands_exec() {
         let request = Request {
             args: args(&["EXEC"]),

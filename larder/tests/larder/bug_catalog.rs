@@ -109,6 +109,9 @@ enum Plans {
     /// Swarm cluster plans with each client reconnecting to its proxy after every second
     /// request (`--reconnect-every 2`): new connections carry on closed ones' sessions.
     SwarmReconnecting,
+    /// Swarm cluster plans with one lock object in the workload (`--locks 1`): clients
+    /// acquire, renew and release a lock and increment a counter under its fence.
+    SwarmLocks,
 }
 
 /// One cluster run of `seed` as a child process (`larder::child`, which also tells a crash
@@ -158,6 +161,9 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
     }
     if plans == Plans::SwarmReconnecting {
         words.extend(["--reconnect-every".to_string(), "2".to_string()]);
+    }
+    if plans == Plans::SwarmLocks {
+        words.extend(["--locks".to_string(), "1".to_string()]);
     }
     if plans == Plans::SwarmSlowWrites {
         words.extend(["--slow-write-bytes".to_string(), "0".to_string()]);
@@ -319,4 +325,9 @@ catalog! {
     // 89 before unchanged writes took no log entries); swarm cluster: 0/100. Each passes
     // without the bug.
     quick_view_any_applied: "quick-view-any-applied", 110..=125, SwarmOneGroup;
+    // Swarm cluster seeds with a lock object (`--locks 1`): a client that released its lock
+    // goes on once with its old token, and the fence lets its increment run under the next
+    // holder's lock (the lock model: a fence passed with a token that is not the holding's).
+    // 50/50 (seeds 1..=50), first 1; each passes without the bug.
+    fence_ignores_token: "fence-ignores-token", 1..=5, SwarmLocks;
 }

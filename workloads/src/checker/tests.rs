@@ -148,3 +148,148 @@ fn memory_budget_counts_the_list_states() {
         "{states} states before the budget ran out: {text}"
     );
 }
+
+/// A lock object's history from `(process, f, value, kind, output)` steps, each operation
+/// completing before the next starts.
+fn lock_history(steps: &[(u64, Function, Value, OpKind, Value)]) -> History {
+    let mut h = History::new();
+    for (i, (process, f, value, kind, output)) in steps.iter().enumerate() {
+        let t = 10 * i as u64;
+        h.invoke(t, *process, *f, "{k0}", value.clone());
+        h.complete(t + 1, *process, *kind, output.clone());
+    }
+    h
+}
+
+fn acquire(process: u64, token: Option<i64>) -> (u64, Function, Value, OpKind, Value) {
+    (
+        process,
+        Function::LockAcquire,
+        Value::List(vec![Value::from(format!("p{process}")), Value::Int(100)]),
+        OpKind::Ok,
+        token.map_or(Value::Null, Value::Int),
+    )
+}
+
+fn fenced(process: u64, token: i64, count: Option<i64>) -> (u64, Function, Value, OpKind, Value) {
+    (
+        process,
+        Function::FencedIncr,
+        Value::Int(token),
+        OpKind::Ok,
+        count.map_or(Value::Null, Value::Int),
+    )
+}
+
+fn release(process: u64, token: i64, released: bool) -> (u64, Function, Value, OpKind, Value) {
+    (
+        process,
+        Function::LockRelease,
+        Value::Int(token),
+        OpKind::Ok,
+        Value::Int(i64::from(released)),
+    )
+}
+
+#[test]
+fn the_lock_model_accepts_what_fencing_allows() {
+    let history = lock_history(&[
+        acquire(1, Some(1000)),
+        acquire(2, None),
+        fenced(1, 1000, Some(1)),
+        // A renewal keeps the token.
+        acquire(1, Some(1000)),
+        fenced(1, 1000, Some(2)),
+        release(1, 1000, true),
+        // The released token is refused; the next holder's passes.
+        fenced(1, 1000, None),
+        acquire(2, Some(2000)),
+        fenced(2, 2000, Some(3)),
+        // 2's lease ends: a refusal says so, and 1 takes the lock with a larger token.
+        fenced(2, 2000, None),
+        acquire(1, Some(3000)),
+        release(2, 2000, false),
+        fenced(1, 3000, Some(4)),
+        // 1's lease ends unseen: 2 takes it (a new grant), 1's release answers 0.
+        acquire(2, Some(4000)),
+        release(1, 3000, false),
+        fenced(2, 4000, Some(5)),
+    ]);
+    let report = check(&history);
+    assert!(report.is_linearizable(), "{report:?}");
+    assert_eq!(report.keys[0].model, ModelKind::Lock);
+}
+
+#[test]
+fn the_lock_model_refuses_what_fencing_forbids() {
+    let cases: Vec<(&str, Vec<(u64, Function, Value, OpKind, Value)>)> = vec![
+        (
+            "a stale token's increment ran",
+            vec![
+                acquire(1, Some(1000)),
+                release(1, 1000, true),
+                acquire(2, Some(2000)),
+                fenced(1, 1000, Some(1)),
+            ],
+        ),
+        (
+            "a new grant's token did not grow",
+            vec![
+                acquire(1, Some(2000)),
+                release(1, 2000, true),
+                acquire(2, Some(2000)),
+            ],
+        ),
+        ("nil while the lock was free", vec![acquire(1, None)]),
+        (
+            "nil to the holder itself",
+            vec![acquire(1, Some(1000)), acquire(1, None)],
+        ),
+        (
+            "the counter skipped",
+            vec![acquire(1, Some(1000)), fenced(1, 1000, Some(2))],
+        ),
+        (
+            "a release of a token never granted",
+            vec![acquire(1, Some(1000)), release(1, 999, true)],
+        ),
+    ];
+    for (why, steps) in cases {
+        let report = check(&lock_history(&steps));
+        assert!(!report.is_linearizable(), "{why}: {report:?}");
+    }
+}
+
+#[test]
+fn an_acquisition_that_never_answered_may_have_granted_any_token() {
+    let mut h = History::new();
+    h.invoke(
+        0,
+        1,
+        Function::LockAcquire,
+        "{k0}",
+        Value::List(vec!["p1".into(), 100.into()]),
+    );
+    h.complete(1, 1, OpKind::Info, Value::Null);
+    // Another client is told the lock is held (by 1, whose acquisition took effect).
+    h.invoke(
+        10,
+        2,
+        Function::LockAcquire,
+        "{k0}",
+        Value::List(vec!["p2".into(), 100.into()]),
+    );
+    h.complete(11, 2, OpKind::Ok, Value::Null);
+    // 1 acquires again and learns its token; its increment runs.
+    h.invoke(
+        20,
+        1,
+        Function::LockAcquire,
+        "{k0}",
+        Value::List(vec!["p1".into(), 100.into()]),
+    );
+    h.complete(21, 1, OpKind::Ok, 5000);
+    h.invoke(30, 1, Function::FencedIncr, "{k0}", 5000);
+    h.complete(31, 1, OpKind::Ok, 1);
+    assert!(check(&h).is_linearizable());
+}
