@@ -1051,8 +1051,13 @@ fn outcome(op: &Planned, response: Response) -> (OpKind, Value, Option<String>) 
                 (OpKind::Ok, Value::Null, None)
             }
             (Function::LockRelease, Frame::Integer(n)) => (OpKind::Ok, Value::Int(n), None),
-            // The fence refused: nothing ran.
-            (Function::FencedIncr, Frame::Error(text)) if text.starts_with("FENCED") => {
+            // The fence refused: nothing ran, every command answers `FENCED`.
+            (Function::FencedIncr, Frame::Array(Some(items)))
+                if items.len() == 2
+                    && items.iter().all(
+                        |item| matches!(item, Frame::Error(text) if text.starts_with("FENCED")),
+                    ) =>
+            {
                 (OpKind::Ok, Value::Null, None)
             }
             (Function::FencedIncr, Frame::Array(Some(items)))

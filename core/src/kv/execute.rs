@@ -458,8 +458,8 @@ fn apply(command: &Command, view: &mut View<'_>) -> Reply {
                 return Reply::NilArray;
             }
             // Fences are judged first: one that fails runs none of the commands.
-            if let Some(refusal) = super::lock::failed_fence(commands, view) {
-                return refusal;
+            if let Some(refused) = super::lock::fenced_off(commands, view) {
+                return refused;
             }
             Reply::Array(
                 commands

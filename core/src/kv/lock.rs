@@ -20,6 +20,10 @@
 //! - `LOCK.INFO name`: `[holder, token, lease ms left]` (holder nil and 0 ms left once it is
 //!   free), nil when there is no lock.
 //!
+//! A transaction whose fence fails runs none of its commands, and `EXEC` answers each with a
+//! `FENCED` error (the failing fence its reason), which client libraries report as the
+//! transaction's error.
+//!
 //! Leases are judged by the group clock (the timestamps of the log entries, never going back),
 //! as key expiry is, so every replica agrees when a lease ended. Tokens are
 //! `max(previous + 1, (group clock + 1) · TOKEN_PER_MS)`: they grow with every acquisition of
@@ -284,11 +288,31 @@ fn fence(lock: Option<&Lock>, name: &Bytes, token: u64, now_ms: u64) -> Reply {
     }
 }
 
-/// The first fence of a transaction's `commands` that fails, as its error reply: the
-/// transaction then runs nothing. Judged before any command runs, on the state the
-/// transaction's entry starts from.
-pub(super) fn failed_fence(commands: &[super::Command], view: &View<'_>) -> Option<Reply> {
-    commands.iter().find_map(|command| {
+/// The replies of a transaction whose fence fails, judged before any command runs on the
+/// state the transaction's entry starts from: `None` when every fence passes. Otherwise
+/// nothing runs, and each command answers an error: the first failing fence its own, every
+/// other command that it did not run. An array of errors rather than one error for `EXEC`:
+/// client libraries read an array from `EXEC` (one error there is Redis's `EXECABORT` only,
+/// which some cannot parse) and report the first error in it.
+pub(super) fn fenced_off(commands: &[super::Command], view: &View<'_>) -> Option<Reply> {
+    let (failed, refusal) = failed_fence(commands, view)?;
+    let not_run = format!("{FENCED} not run: a fence of this transaction failed");
+    Some(Reply::Array(
+        (0..commands.len())
+            .map(|index| {
+                if index == failed {
+                    refusal.clone()
+                } else {
+                    Reply::error(not_run.clone())
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// The position and error reply of the first fence of `commands` that fails.
+fn failed_fence(commands: &[super::Command], view: &View<'_>) -> Option<(usize, Reply)> {
+    commands.iter().enumerate().find_map(|(index, command)| {
         let super::Command::LockOp(LockCommand::Fence { name, token }) = command else {
             return None;
         };
@@ -298,10 +322,10 @@ pub(super) fn failed_fence(commands: &[super::Command], view: &View<'_>) -> Opti
                 value: Value::Lock(lock),
                 ..
             }) => Some(lock),
-            Some(_) => return Some(Reply::error(WRONGTYPE)),
+            Some(_) => return Some((index, Reply::error(WRONGTYPE))),
         };
         let reply = fence(lock, name, *token, view.now_ms);
-        reply.is_error().then_some(reply)
+        reply.is_error().then_some((index, reply))
     })
 }
 
@@ -452,11 +476,15 @@ mod tests {
             (token, 1_000, "not held"),
         ] {
             let refused = execute(&transaction(stale), now, &state);
+            let Reply::Array(replies) = &refused.reply else {
+                panic!("{:?}", refused.reply);
+            };
             assert!(
-                matches!(&refused.reply, Reply::Error(text) if text.starts_with("FENCED") && text.contains(why)),
-                "{:?}",
-                refused.reply
+                matches!(&replies[0], Reply::Error(text) if text.starts_with("FENCED") && text.contains(why)),
+                "{replies:?}"
             );
+            let not_run = err("FENCED not run: a fence of this transaction failed");
+            assert_eq!(replies[1..], [not_run.clone(), not_run]);
             assert!(refused.writes.is_empty(), "a refused transaction wrote");
         }
     }

@@ -817,6 +817,117 @@ fn collections_transactions_and_blocking_pops_through_the_proxy() {
 }
 
 /// The proxy's `larder_proxy_sessions_resumed_total` from the cluster's metrics registry.
+/// Locks with fencing tokens through the proxy: a holder paused past its lease (here: asleep)
+/// believes it still holds the lock while another has taken it; its fenced write is refused,
+/// the new holder's runs.
+#[test]
+// A test on real processes: the paused holder sleeps past its lease in real time.
+#[allow(clippy::disallowed_methods)]
+fn a_holder_paused_past_its_lease_is_fenced_off() {
+    let running = Running::start(4, None);
+    let mut a = running.connection();
+    let mut b = running.connection();
+    let acquire = |connection: &mut redis::Connection, holder: &str, lease_ms: u64| {
+        redis::cmd("LOCK.ACQUIRE")
+            .arg("{job}lock")
+            .arg(holder)
+            .arg(lease_ms)
+            .query::<Option<i64>>(connection)
+            .expect("lock.acquire")
+    };
+    // MULTI, LOCK.FENCE, SET, EXEC: the SET's reply, or the text of the refusal (EXEC answers
+    // each command with a `FENCED` error, which the client library reports together).
+    let fenced_set = |connection: &mut redis::Connection, token: i64, value: &str| {
+        redis::pipe()
+            .atomic()
+            .cmd("LOCK.FENCE")
+            .arg("{job}lock")
+            .arg(token)
+            .cmd("SET")
+            .arg("{job}data")
+            .arg(value)
+            .query::<(String, String)>(connection)
+            .map(|(_, set)| set)
+            .map_err(|error| error.to_string())
+    };
+    let ta = acquire(&mut a, "a", 800).expect("a takes the free lock");
+    assert_eq!(
+        acquire(&mut b, "b", 800),
+        None,
+        "b must wait while a holds it"
+    );
+    // A retried acquisition by the holder answers the same token.
+    assert_eq!(acquire(&mut a, "a", 800), Some(ta));
+    assert_eq!(fenced_set(&mut a, ta, "from a"), Ok("OK".to_string()));
+
+    // a is paused past its lease; b takes the lock with a larger token.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let tb = acquire(&mut b, "b", 10_000).expect("b takes the lock once a's lease ended");
+    assert!(tb > ta, "token {tb} after {ta}");
+    // a wakes up and writes as if it still held the lock: refused, nothing written.
+    let text = fenced_set(&mut a, ta, "stale").expect_err("the stale write ran");
+    assert!(
+        text.contains(&format!(
+            "\"FENCED\": lock '{{job}}lock' is held with token {tb}, not {ta}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\"FENCED\": not run"), "{text}");
+    let data: String = a.get("{job}data").expect("get");
+    assert_eq!(data, "from a");
+    assert_eq!(fenced_set(&mut b, tb, "from b"), Ok("OK".to_string()));
+
+    // What a client sees of the lock; a's old token releases nothing, b's does.
+    let info: (Option<String>, i64, i64) = redis::cmd("LOCK.INFO")
+        .arg("{job}lock")
+        .query(&mut a)
+        .expect("lock.info");
+    assert_eq!((info.0.as_deref(), info.1), (Some("b"), tb));
+    assert!(info.2 > 0 && info.2 <= 10_000, "{info:?}");
+    let kind: String = redis::cmd("TYPE")
+        .arg("{job}lock")
+        .query(&mut a)
+        .expect("type");
+    assert_eq!(kind, "lock");
+    let release = |connection: &mut redis::Connection, token: i64| {
+        redis::cmd("LOCK.RELEASE")
+            .arg("{job}lock")
+            .arg(token)
+            .query::<i64>(connection)
+            .expect("lock.release")
+    };
+    assert_eq!(release(&mut a, ta), 0);
+    assert_eq!(release(&mut b, tb), 1);
+    let text = fenced_set(&mut b, tb, "released").expect_err("a released lock fenced");
+    assert!(text.contains("lock '{job}lock' is not held"), "{text}");
+    // Released, its counter kept: the next grant is larger still.
+    let tc = acquire(&mut a, "a", 800).expect("a takes the released lock");
+    assert!(tc > tb, "token {tc} after {tb}");
+
+    // A fence and a write of keys in different slots cannot be one entry.
+    let queued: Vec<String> = [
+        redis::cmd("MULTI"),
+        redis::cmd("LOCK.FENCE").arg("{job}lock").arg(tc).clone(),
+        redis::cmd("SET").arg("elsewhere").arg("x").clone(),
+    ]
+    .iter()
+    .map(|command| command.query(&mut a).expect("queued"))
+    .collect();
+    assert_eq!(queued, ["OK", "QUEUED", "QUEUED"]);
+    let crossed = redis::cmd("EXEC")
+        .query::<Value>(&mut a)
+        .expect_err("a cross-slot fenced transaction ran");
+    assert_eq!(crossed.code(), Some("CROSSSLOT"), "{crossed}");
+    // Bad arguments get Redis-style errors.
+    let bad = redis::cmd("LOCK.ACQUIRE")
+        .arg("{job}lock")
+        .arg("a")
+        .arg(0)
+        .query::<Option<i64>>(&mut a)
+        .expect_err("a zero lease");
+    assert!(bad.to_string().contains("invalid lease"), "{bad}");
+}
+
 fn sessions_resumed(running: &Running) -> u64 {
     let page = running.cluster().scrape.render();
     let line = page
