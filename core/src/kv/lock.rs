@@ -55,6 +55,8 @@ pub const LOCK_RETAIN_MS: u64 = 60_000;
 pub const TOKEN_PER_MS: u64 = 1000;
 /// The error text of a failed fence starts with this code.
 pub const FENCED: &str = "FENCED";
+/// What the other commands of a transaction whose fence failed answer.
+pub const NOT_RUN: &str = "FENCED not run: a fence of this transaction failed";
 
 /// A lock's state: the value of a key of type `lock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,14 +298,13 @@ fn fence(lock: Option<&Lock>, name: &Bytes, token: u64, now_ms: u64) -> Reply {
 /// which some cannot parse) and report the first error in it.
 pub(super) fn fenced_off(commands: &[super::Command], view: &View<'_>) -> Option<Reply> {
     let (failed, refusal) = failed_fence(commands, view)?;
-    let not_run = format!("{FENCED} not run: a fence of this transaction failed");
     Some(Reply::Array(
         (0..commands.len())
             .map(|index| {
                 if index == failed {
                     refusal.clone()
                 } else {
-                    Reply::error(not_run.clone())
+                    Reply::error(NOT_RUN)
                 }
             })
             .collect(),

@@ -873,6 +873,33 @@ fn a_holder_paused_past_its_lease_is_fenced_off() {
         "{text}"
     );
     assert!(text.contains("\"FENCED\": not run"), "{text}");
+    // Nor does a command of the transaction that names no key (answered by the proxy itself):
+    // EXEC's array holds a `FENCED` error for each (read raw: a client library reports only
+    // the first error of the array).
+    let mut raw = std::net::TcpStream::connect(running.address).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let fence = format!("LOCK.FENCE {{job}}lock {ta}");
+    std::io::Write::write_all(
+        &mut raw,
+        format!("MULTI\r\n{fence}\r\nECHO hello\r\nEXEC\r\n").as_bytes(),
+    )
+    .expect("send");
+    let mut replies = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !replies.ends_with(b"transaction failed\r\n") {
+        let read = std::io::Read::read(&mut raw, &mut buffer).expect("a reply to EXEC");
+        assert!(read > 0, "closed: {}", String::from_utf8_lossy(&replies));
+        replies.extend_from_slice(&buffer[..read]);
+    }
+    let replies = String::from_utf8_lossy(&replies);
+    assert_eq!(
+        replies,
+        format!(
+            "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-FENCED lock '{{job}}lock' is held with token \
+             {tb}, not {ta}\r\n-FENCED not run: a fence of this transaction failed\r\n"
+        )
+    );
     let data: String = a.get("{job}data").expect("get");
     assert_eq!(data, "from a");
     assert_eq!(fenced_set(&mut b, tb, "from b"), Ok("OK".to_string()));

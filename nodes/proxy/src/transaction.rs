@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Net};
+use larder_core::kv::lock::{self, LockCommand};
 use larder_core::kv::{Command, Reply, Scope};
 use larder_core::resp::Frame;
 
@@ -168,6 +169,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             }
         }
         let mut keyed_replies = Vec::new().into_iter();
+        // A failing fence (`LOCK.FENCE`) ran none of the keyed commands: the others (group
+        // commands such as `FLUSHALL`, the proxy's own) must not run either.
+        let mut fenced_off = false;
         if self.config.bugs.is_planted(Bug::TornTransaction) && watched.is_empty() {
             // The planted mistake: with no version to check, the commands "need no entry of
             // their own" and go one by one, so others' commands apply between them.
@@ -186,6 +190,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 .filter(|command| command.is_write())
                 .flat_map(|command| command.keys().into_iter().cloned())
                 .collect();
+            let has_fence = keyed
+                .iter()
+                .any(|command| matches!(command, Command::LockOp(LockCommand::Fence { .. })));
             let mut entry = Command::Transaction {
                 commands: keyed,
                 watched,
@@ -193,6 +200,10 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             entry.reseed(session.next_seed(self.clock.now()));
             match session.client.execute(entry).await {
                 Ok(Reply::Array(replies)) => {
+                    fenced_off = has_fence
+                        && replies.iter().all(|reply| {
+                            matches!(reply, Reply::Error(text) if text.starts_with(lock::FENCED))
+                        });
                     keyed_replies = replies.into_iter();
                     self.serve_waiters(session, written).await;
                 }
@@ -207,6 +218,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 Queued::Keyed(_) => keyed_replies
                     .next()
                     .map_or_else(|| error("ERR missing reply"), |reply| Frame::from(&reply)),
+                Queued::Other(_) if fenced_off => error(lock::NOT_RUN),
                 Queued::Other(args) => Box::pin(self.dispatch(session, args)).await,
             });
         }
