@@ -149,9 +149,11 @@ fn memory_budget_counts_the_list_states() {
     );
 }
 
-/// A lock object's history from `(process, f, value, kind, output)` steps, each operation
-/// completing before the next starts.
-fn lock_history(steps: &[(u64, Function, Value, OpKind, Value)]) -> History {
+/// One operation of a lock object's history: process, function, value, outcome, output.
+type LockStep = (u64, Function, Value, OpKind, Value);
+
+/// A lock object's history from its steps, each operation completing before the next starts.
+fn lock_history(steps: &[LockStep]) -> History {
     let mut h = History::new();
     for (i, (process, f, value, kind, output)) in steps.iter().enumerate() {
         let t = 10 * i as u64;
@@ -161,7 +163,7 @@ fn lock_history(steps: &[(u64, Function, Value, OpKind, Value)]) -> History {
     h
 }
 
-fn acquire(process: u64, token: Option<i64>) -> (u64, Function, Value, OpKind, Value) {
+fn acquire(process: u64, token: Option<i64>) -> LockStep {
     (
         process,
         Function::LockAcquire,
@@ -171,7 +173,7 @@ fn acquire(process: u64, token: Option<i64>) -> (u64, Function, Value, OpKind, V
     )
 }
 
-fn fenced(process: u64, token: i64, count: Option<i64>) -> (u64, Function, Value, OpKind, Value) {
+fn fenced(process: u64, token: i64, count: Option<i64>) -> LockStep {
     (
         process,
         Function::FencedIncr,
@@ -181,7 +183,7 @@ fn fenced(process: u64, token: i64, count: Option<i64>) -> (u64, Function, Value
     )
 }
 
-fn release(process: u64, token: i64, released: bool) -> (u64, Function, Value, OpKind, Value) {
+fn release(process: u64, token: i64, released: bool) -> LockStep {
     (
         process,
         Function::LockRelease,
@@ -222,7 +224,7 @@ fn the_lock_model_accepts_what_fencing_allows() {
 
 #[test]
 fn the_lock_model_refuses_what_fencing_forbids() {
-    let cases: Vec<(&str, Vec<(u64, Function, Value, OpKind, Value)>)> = vec![
+    let cases: Vec<(&str, Vec<LockStep>)> = vec![
         (
             "a stale token's increment ran",
             vec![
