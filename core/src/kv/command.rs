@@ -297,6 +297,17 @@ pub enum CommandError {
     Message(String),
 }
 
+/// `Ok` when the arguments fit the command's arity (`ok`), else Redis's arity error for `name`.
+pub(super) fn arity_fits(name: &str, ok: bool) -> Result<(), CommandError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::Arity {
+            name: name.to_string(),
+        })
+    }
+}
+
 pub(super) fn parse_i64(arg: &[u8]) -> Result<i64, CommandError> {
     parse_integer(arg).ok_or(CommandError::NotInteger)
 }
@@ -342,13 +353,7 @@ impl Command {
         };
         let name = String::from_utf8_lossy(name).to_ascii_lowercase();
         let rest = &args[1..];
-        let arity = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(CommandError::Arity { name: name.clone() })
-            }
-        };
+        let arity = |ok: bool| arity_fits(&name, ok);
         match name.as_str() {
             "get" => {
                 arity(rest.len() == 1)?;

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::command::Keys;
 use super::command::parse_i64;
+use super::command::{Keys, arity_fits};
 use super::execute::View;
 use super::{CommandError, Record, Reply, Value, WRONGTYPE};
 
@@ -234,15 +234,7 @@ pub struct Sort {
 
 impl KeyCommand {
     pub(super) fn parse(name: &str, rest: &[Bytes]) -> Option<Result<KeyCommand, CommandError>> {
-        let arity = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(CommandError::Arity {
-                    name: name.to_string(),
-                })
-            }
-        };
+        let arity = |ok: bool| arity_fits(name, ok);
         let parsed = match name {
             "expire" | "pexpire" | "expireat" | "pexpireat" => (|| {
                 arity(rest.len() >= 2)?;

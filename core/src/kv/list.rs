@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::command::Keys;
 use super::command::parse_integer;
+use super::command::{Keys, arity_fits};
 use super::execute::View;
 use super::{CommandError, NOT_INTEGER, Record, Reply, Value, WRONGTYPE};
 
@@ -172,15 +172,7 @@ pub fn parse_blocking(
 }
 
 fn blocking(name: &str, rest: &[Bytes]) -> Result<(ListCommand, BlockTimeout), CommandError> {
-    let arity = |ok: bool| {
-        if ok {
-            Ok(())
-        } else {
-            Err(CommandError::Arity {
-                name: name.to_string(),
-            })
-        }
-    };
+    let arity = |ok: bool| arity_fits(name, ok);
     match name {
         "blpop" | "brpop" => {
             arity(rest.len() >= 2)?;
@@ -408,15 +400,7 @@ impl ListCommand {
     }
 
     fn parse_known(name: &str, rest: &[Bytes]) -> Result<ListCommand, CommandError> {
-        let arity = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(CommandError::Arity {
-                    name: name.to_string(),
-                })
-            }
-        };
+        let arity = |ok: bool| arity_fits(name, ok);
         Ok(match name {
             "lpush" | "rpush" | "lpushx" | "rpushx" => {
                 arity(rest.len() >= 2)?;

@@ -36,7 +36,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::command::{Keys, parse_i64};
+use super::command::{Keys, arity_fits, parse_i64};
 use super::execute::View;
 use super::{CommandError, Record, Reply, Value, WRONGTYPE};
 
@@ -120,15 +120,7 @@ fn parse_token(arg: &Bytes) -> Result<u64, CommandError> {
 
 impl LockCommand {
     pub(super) fn parse(name: &str, rest: &[Bytes]) -> Option<Result<LockCommand, CommandError>> {
-        let arity = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(CommandError::Arity {
-                    name: name.to_string(),
-                })
-            }
-        };
+        let arity = |ok: bool| arity_fits(name, ok);
         let parsed = match name {
             "lock.acquire" => (|| {
                 arity(rest.len() == 3)?;
@@ -529,6 +521,22 @@ mod tests {
         let long = "h".repeat(super::HOLDER_BYTES_MAX + 1);
         let (_, replies) = run_lines(&[(0, &format!("LOCK.ACQUIRE l {long} 10"))]);
         assert_eq!(replies, vec![err("ERR a lock holder is 1 to 1024 bytes")]);
+    }
+
+    #[test]
+    fn a_lease_end_lapses_like_an_expiry() {
+        let (state, _) = run_lines(&[(1_000, "LOCK.ACQUIRE l a 500"), (0, "SET s v PX 2000")]);
+        let lock = &state[&Bytes::from_static(b"l")];
+        // Held until 1,500 by any clock before it.
+        assert!(!lock.lapses_between(1_000, 1_499));
+        assert!(lock.lapses_between(1_000, 1_500));
+        assert!(lock.lapses_between(1_499, 9_000));
+        // Already ended at the group clock: nothing left to lapse (until the key expires).
+        assert!(!lock.lapses_between(1_500, 9_000));
+        assert!(lock.lapses_between(1_500, 1_500 + LOCK_RETAIN_MS));
+        let string = &state[&Bytes::from_static(b"s")];
+        assert!(string.lapses_between(1_999, 2_000));
+        assert!(!string.lapses_between(0, 1_999));
     }
 
     proptest! {

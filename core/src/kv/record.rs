@@ -62,6 +62,20 @@ impl Record {
         self.expires_at_ms.is_some_and(|at| at <= now_ms)
     }
 
+    /// Whether time alone changes what the record reads between the group clock `from_ms` and
+    /// a later `to_ms`: it expires, or the lease of the lock it holds ends, in between. A node
+    /// that would answer at `to_ms` first moves the group clock there through the log, so that
+    /// no later answer, on any replica, judges by an older clock and shows the record as it was
+    /// (ARCHITECTURE.md, "Expiry").
+    pub fn lapses_between(&self, from_ms: u64, to_ms: u64) -> bool {
+        let expires = self.is_expired(to_ms) && !self.is_expired(from_ms);
+        let lease_ends = matches!(
+            &self.value,
+            Value::Lock(lock) if lock.held_at(from_ms).is_some() && lock.held_at(to_ms).is_none()
+        );
+        expires || lease_ends
+    }
+
     pub fn encode(&self) -> Bytes {
         let mut out = vec![RECORD_FORMAT_V1];
         // Serializing plain data into a Vec cannot fail.

@@ -24,8 +24,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::command::Keys;
 use super::command::parse_integer;
+use super::command::{Keys, arity_fits};
 use super::execute::View;
 use super::{CommandError, NOT_INTEGER, Record, Reply, Value, WRONGTYPE, glob_match};
 
@@ -197,15 +197,7 @@ impl SetCommand {
     }
 
     fn parse_known(name: &str, rest: &[Bytes]) -> Result<SetCommand, CommandError> {
-        let arity = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(CommandError::Arity {
-                    name: name.to_string(),
-                })
-            }
-        };
+        let arity = |ok: bool| arity_fits(name, ok);
         let key = || rest[0].clone();
         Ok(match name {
             "sadd" | "srem" | "smismember" => {

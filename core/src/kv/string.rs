@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::command::Keys;
 use super::command::parse_i64;
+use super::command::{Keys, arity_fits};
 use super::execute::View;
 use super::keyspace::{Deadline, parse_deadline};
 use super::set::long_double::LongDouble;
@@ -247,15 +247,7 @@ fn float_error() -> CommandError {
 
 impl StringCommand {
     pub(super) fn parse(name: &str, rest: &[Bytes]) -> Option<Result<StringCommand, CommandError>> {
-        let arity = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(CommandError::Arity {
-                    name: name.to_string(),
-                })
-            }
-        };
+        let arity = |ok: bool| arity_fits(name, ok);
         let parsed = (|| match name {
             "setnx" => {
                 arity(rest.len() == 2)?;

@@ -640,7 +640,8 @@ impl<D: Disk> DiskStateMachine<D> {
     }
 
     /// Executes a read-only command against the applied state at `now = max(wall_ms, group
-    /// clock)`, unless a key it touches is expired at `now` but not yet at the group clock:
+    /// clock)`, unless a key it touches is expired (or its lock's lease ended) at `now` but not
+    /// yet at the group clock ([`Record::lapses_between`]):
     /// then answering would show an expiry the log does not hold (a later read on a replica
     /// whose clock is behind would see the key again), so it answers
     /// [`ReadOutcome::AdvanceClock`] and the node first advances the group clock through the
@@ -661,9 +662,8 @@ impl<D: Disk> DiskStateMachine<D> {
         let now_ms = wall_ms.max(clock_ms);
         // The planted bug is the old rule: expiry judged by the local clock alone.
         let judge_expiry = !self.bugs.is_planted(Bug::TtlLocalClockRead);
-        let expires_unlogged = |record: &Record| {
-            judge_expiry && record.is_expired(now_ms) && !record.is_expired(clock_ms)
-        };
+        let expires_unlogged =
+            |record: &Record| judge_expiry && record.lapses_between(clock_ms, now_ms);
         if command.scope() == Scope::Group {
             return self
                 .read_group(command, now_ms, owned.as_ref(), &expires_unlogged)
@@ -724,7 +724,7 @@ impl<D: Disk> DiskStateMachine<D> {
         if loaded
             .records
             .values()
-            .any(|record| record.is_expired(now_ms) && !record.is_expired(clock_ms))
+            .any(|record| record.lapses_between(clock_ms, now_ms))
         {
             return Ok(None);
         }

@@ -470,3 +470,92 @@ fn a_key_that_expired_while_its_group_was_quiet_reads_as_missing() {
     });
     stop_all(nodes, client_runtime);
 }
+
+/// `LOCK.ACQUIRE lock holder 200`, retried until the group has a leader: the token.
+// Real nodes on real time: the retry waits in real time.
+#[allow(clippy::disallowed_methods)]
+async fn acquire(client: &mut Client<TcpNet, TokioClock>, lock: &str) -> String {
+    let args: Vec<Bytes> = ["LOCK.ACQUIRE", lock, "holder", "200"]
+        .iter()
+        .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+        .collect();
+    for attempt in 0.. {
+        match client.execute(Command::parse(&args).expect("parses")).await {
+            Ok(Reply::Int(token)) => return token.to_string(),
+            Ok(other) => panic!("acquire answered {other:?}"),
+            Err(error) if attempt < 50 => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("no leader: {error}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
+}
+
+/// A lock whose lease ended by the serving node's clock but not yet by the group clock: the
+/// answer that shows it ended (`LOCK.INFO` free, `LOCK.RELEASE` 0) first moves the group clock
+/// through the log, as an expiry does, so no later answer judged by an older clock (a replica
+/// whose clock is behind, after a leader change) shows the lock held again.
+#[test]
+// Real nodes on real time: the test waits for the leases to end.
+#[allow(clippy::disallowed_methods)]
+fn a_lease_seen_ended_is_an_event_in_the_log() {
+    let (_dirs, book, nodes) = start_three_with_timers((50, 300, 450));
+    let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+    nodes[0]
+        .runtime
+        .block_on(nodes[0].node.initialize(GROUP, &voters))
+        .expect("initialize");
+    let applied = |nodes: &[RunningNode]| {
+        nodes
+            .iter()
+            .filter_map(|n| n.node.applied_index(GROUP))
+            .max()
+            .unwrap_or(0)
+    };
+    let command = |words: &[&str]| {
+        let args: Vec<Bytes> = words
+            .iter()
+            .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+            .collect();
+        Command::parse(&args).expect("parses")
+    };
+    let client_runtime = tokio::runtime::Runtime::new().expect("client runtime");
+    client_runtime.block_on(async {
+        let mut client = group_client(&book);
+        acquire(&mut client, "a").await;
+        // The lease ended by every clock; the group clock is still where the grant left it.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let before = applied(&nodes);
+        let info = client
+            .execute(command(&["LOCK.INFO", "a"]))
+            .await
+            .expect("info");
+        let Reply::Array(fields) = info else {
+            panic!("LOCK.INFO answered {info:?}");
+        };
+        assert_eq!((&fields[0], &fields[2]), (&Reply::Nil, &Reply::Int(0)));
+        let after = applied(&nodes);
+        assert!(
+            after > before,
+            "the read showed a lease end the log did not hold ({before} -> {after})"
+        );
+        // A release that finds the lease ended changes nothing, but is not answered as a
+        // read: it goes by the log, which then holds the lease end.
+        let token = acquire(&mut client, "b").await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let before = applied(&nodes);
+        let released = client
+            .execute(command(&["LOCK.RELEASE", "b", &token]))
+            .await
+            .expect("release");
+        assert_eq!(released, Reply::Int(0));
+        let after = applied(&nodes);
+        assert!(
+            after > before,
+            "the release showed a lease end the log did not hold ({before} -> {after})"
+        );
+    });
+    stop_all(nodes, client_runtime);
+}
