@@ -162,11 +162,16 @@ pub enum Bug {
     /// held with the caller's token, so a holder that let go of the lock (or was paused past
     /// its lease) still writes under the next holder's lock.
     FenceIgnoresToken,
+    /// Locks (storage): a read (or a write that would change nothing, answered as a read)
+    /// judges a lock's lease by the serving node's clock without first putting the lease's end
+    /// in the log, as it does for an expiring key, so after a leader change to a node whose
+    /// clock is behind, a lock a client saw free is held again and its fence passes.
+    LeaseEndUnlogged,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 39] = [
+    pub const ALL: [Bug; 40] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -206,6 +211,7 @@ impl Bug {
         Bug::QuietIgnoresLag,
         Bug::AdvanceSkipsWake,
         Bug::FenceIgnoresToken,
+        Bug::LeaseEndUnlogged,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -250,6 +256,7 @@ impl Bug {
             Bug::QuietIgnoresLag => "quiet-ignores-lag",
             Bug::AdvanceSkipsWake => "advance-skips-wake",
             Bug::FenceIgnoresToken => "fence-ignores-token",
+            Bug::LeaseEndUnlogged => "lease-end-unlogged",
         }
     }
 }

@@ -1163,3 +1163,135 @@ pub fn blocking_chain(
     outcome.trace_hash = trace.hash();
     Ok(outcome)
 }
+
+/// What a group answered about a lock whose lease a leader with a fast clock saw end
+/// ([`lease_seen_ended`]).
+#[derive(Debug, Clone, Default)]
+pub struct LeaseSeenEndedOutcome {
+    /// The grant's token.
+    pub token: Option<i64>,
+    /// The leader whose wall clock jumped 20 s ahead, and its `LOCK.INFO` answer.
+    pub fast_leader: Option<NodeId>,
+    pub info: Option<Result<Reply, ClientError>>,
+    /// The leader elected once the fast one was cut off, and its answer to a fence with the
+    /// token, inside the lease by every clock but the fast one.
+    pub new_leader: Option<NodeId>,
+    pub fence_after: Option<Result<Reply, ClientError>>,
+    pub trace_hash: String,
+}
+
+/// A lock granted for 8 s; its group's leader's wall clock jumps 20 s ahead, and a client asks
+/// it `LOCK.INFO`: by that clock the lease has ended, so the lock shows free. The leader is
+/// then cut off from its peers and a follower, whose clock is right, leads; the client fences
+/// with the grant's token. A lease a client saw end must stay ended (ARCHITECTURE.md,
+/// "Expiry"): the fence must fail. It passes when the leader answered by its clock without
+/// putting the lease end in the log (the planted bug `lease-end-unlogged`).
+pub fn lease_seen_ended(seed: u64, bugs: Bugs) -> Result<LeaseSeenEndedOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(12));
+    config.faults = false;
+    config.bugs = bugs;
+    let (mut sim, trace, faults, parts) = start(&config);
+    let nodes = config.node_ids();
+    let outcome: Arc<Mutex<LeaseSeenEndedOutcome>> = Arc::default();
+    let (jump_at, info_at, cut_at) = (
+        Duration::from_millis(2_500),
+        Duration::from_millis(3_000),
+        Duration::from_millis(3_500),
+    );
+    let host = client_id(1);
+    {
+        let (net, outcome, nodes) = (
+            SimNet::new(host, faults.clone(), derive_seed(seed, 51), trace.clone()),
+            outcome.clone(),
+            nodes.clone(),
+        );
+        sim.client(host_name(host), async move {
+            let words = |words: &[&str]| -> Result<Command, String> {
+                let args: Vec<bytes::Bytes> = words
+                    .iter()
+                    .map(|word| bytes::Bytes::copy_from_slice(word.as_bytes()))
+                    .collect();
+                Command::parse(&args).map_err(|error| error.to_string())
+            };
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let mut client = Client::new(
+                net.clone(),
+                SimClock::new(),
+                GROUP,
+                nodes.clone(),
+                patient(),
+            );
+            let Ok(Reply::Int(token)) = client
+                .execute(words(&["LOCK.ACQUIRE", "l", "a", "8000"])?)
+                .await
+            else {
+                return Err("the grant failed".into());
+            };
+            outcome.lock().expect("outcome lock").token = Some(token);
+            tokio::time::sleep(info_at.saturating_sub(sim_now())).await;
+            let Some(fast) = outcome.lock().expect("outcome lock").fast_leader else {
+                return Ok(());
+            };
+            let once = ClientConfig {
+                request_timeout: Duration::from_millis(1500),
+                attempts_max: 1,
+                ..ClientConfig::default()
+            };
+            let mut at_fast = Client::new(net.clone(), SimClock::new(), GROUP, vec![fast], once);
+            let info = at_fast.execute(words(&["LOCK.INFO", "l"])?).await;
+            outcome.lock().expect("outcome lock").info = Some(info);
+            // Until a follower leads, well inside the lease by its clock (it ends at about 10 s).
+            let new = loop {
+                if let Some(new) = outcome.lock().expect("outcome lock").new_leader {
+                    break new;
+                }
+                if sim_now() > Duration::from_secs(8) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let mut at_new = Client::new(net, SimClock::new(), GROUP, vec![new], patient());
+            let fence = at_new
+                .execute(words(&["LOCK.FENCE", "l", &token.to_string()])?)
+                .await;
+            outcome.lock().expect("outcome lock").fence_after = Some(fence);
+            Ok(())
+        });
+    }
+    let fast = await_leader(&mut sim, &parts, jump_at)?;
+    outcome.lock().expect("outcome lock").fast_leader = fast;
+    let Some(fast) = fast else {
+        finish(&mut sim)?;
+        drop_nodes(&parts);
+        return Ok(outcome.lock().expect("outcome lock").clone());
+    };
+    if let Some(part) = parts.iter().find(|part| part.id == fast) {
+        part.clock.jump_wall_ms(20_000);
+    }
+    step_until(&mut sim, cut_at)?;
+    cut_off(
+        &faults,
+        fast,
+        nodes.iter().copied().filter(|&id| id != fast),
+    );
+    while sim.elapsed() < Duration::from_secs(8) {
+        let next = sim.elapsed() + Duration::from_millis(10);
+        if step_until(&mut sim, next)? {
+            break;
+        }
+        let new = parts
+            .iter()
+            .filter(|part| part.id != fast)
+            .find(|part| part.leads(GROUP))
+            .map(|part| part.id);
+        if new.is_some() {
+            outcome.lock().expect("outcome lock").new_leader = new;
+            break;
+        }
+    }
+    finish(&mut sim)?;
+    drop_nodes(&parts);
+    let mut outcome = outcome.lock().expect("outcome lock").clone();
+    outcome.trace_hash = trace.hash();
+    Ok(outcome)
+}

@@ -67,12 +67,19 @@ use larder::child::{Outcome, run_child};
 /// scripted scenario `larder_sim::scenario::lost_commit` loses exactly that message
 /// (`sim/tests/sim/scripted.rs`, `a_follower_that_lost_the_commit_…`) and catches it on every
 /// run: the follower an entry behind 3 s later.
+/// `lease-end-unlogged`: 0/50 swarm cluster seeds with `--locks 1`. The lock workload fences
+/// only inside transactions, which are log entries, and never reads a lock, so no answer is
+/// judged by a node's clock alone. The scripted scenario `larder_sim::scenario::lease_seen_ended`
+/// (a leader whose clock jumped ahead answers `LOCK.INFO`, then a leader change to a node whose
+/// clock is right) catches it on seeds 1-3 (`sim/tests/sim/scripted.rs`,
+/// `a_lease_a_client_saw_end_stays_ended_…`): the grant's token fences again.
 /// `advance-skips-wake`: 0/50 swarm cluster seeds and 0/50 one-group swarm seeds. The failure needs a key that expires while its group
 /// is quiet and is read after, before anything else is written to the group: the swarm
 /// workloads keep every group busy. The scripted scenario `larder_sim::scenario::quiet_expiry`
 /// does exactly that (`sim/tests/sim/scripted.rs`, `a_key_that_expired_while_its_group_was_…`)
 /// and catches it on every run: both reads fail "not the leader".
 const UNCAUGHT_YET: &[&str] = &[
+    "lease-end-unlogged",
     "migration-untracked-deletes",
     "blocked-chain-reply-early",
     "read-confirm-ignores-vote",

@@ -450,3 +450,56 @@ fn a_key_that_expired_while_its_group_was_quiet_reads_as_missing() {
         );
     }
 }
+
+/// A lock a client saw free stays free: its leader, whose wall clock jumped 20 s ahead, answers
+/// `LOCK.INFO` with the lease ended, which puts the lease's end in the log first; after a leader
+/// change to a node whose clock is right, the grant's token no longer fences. Seeds 1-3 twice
+/// each, with equal traces; the planted bug `lease-end-unlogged` (the answer by the fast clock
+/// alone) on seeds 1-3 must let the stale fence pass.
+#[test]
+fn a_lease_a_client_saw_end_stays_ended_after_a_leader_change() {
+    use larder_core::bugs::{Bug, Bugs};
+    use larder_core::kv::Reply;
+    use larder_sim::scenario::{LeaseSeenEndedOutcome, lease_seen_ended};
+    let answers = |outcome: &LeaseSeenEndedOutcome| {
+        let token = outcome.token.expect("granted");
+        let Some(Ok(Reply::Array(info))) = &outcome.info else {
+            panic!("no LOCK.INFO answer: {outcome:?}");
+        };
+        // Free by the fast clock: no holder, the token kept, no time left.
+        assert_eq!(
+            info,
+            &vec![Reply::Nil, Reply::Int(token), Reply::Int(0)],
+            "{outcome:?}"
+        );
+        assert!(outcome.new_leader.is_some(), "{outcome:?}");
+        assert_ne!(outcome.new_leader, outcome.fast_leader, "{outcome:?}");
+        outcome.fence_after.clone().expect("the fence was sent")
+    };
+    for seed in [1, 2, 3] {
+        let outcome = lease_seen_ended(seed, Bugs::default()).expect("scenario ran");
+        let fence = answers(&outcome);
+        assert!(
+            matches!(&fence, Ok(Reply::Error(text)) if text.starts_with("FENCED lock 'l' is not held")),
+            "seed {seed}: {fence:?}"
+        );
+        assert_eq!(
+            lease_seen_ended(seed, Bugs::default())
+                .expect("scenario ran")
+                .trace_hash,
+            outcome.trace_hash,
+            "seed {seed}: not deterministic"
+        );
+    }
+    for seed in [1, 2, 3] {
+        let mut bugs = Bugs::default();
+        if bugs.try_plant(Bug::LeaseEndUnlogged).is_ok() {
+            let outcome = lease_seen_ended(seed, bugs).expect("scenario ran");
+            assert_eq!(
+                answers(&outcome),
+                Ok(Reply::Ok),
+                "seed {seed}: lease-end-unlogged went unnoticed"
+            );
+        }
+    }
+}

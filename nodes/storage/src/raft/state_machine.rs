@@ -224,6 +224,17 @@ impl Pending {
     }
 }
 
+/// Whether `record` reads differently at `now_ms` than at the group clock `clock_ms` by time
+/// alone ([`Record::lapses_between`]); the planted bug `lease-end-unlogged`
+/// (`lease_ends_logged: false`) looks at the key's expiry only, as before locks had leases.
+fn lapses_unlogged(record: &Record, clock_ms: u64, now_ms: u64, lease_ends_logged: bool) -> bool {
+    if lease_ends_logged {
+        record.lapses_between(clock_ms, now_ms)
+    } else {
+        record.is_expired(now_ms) && !record.is_expired(clock_ms)
+    }
+}
+
 /// The keys an entry's command reads or writes: its keys, and the keys an `Ingest` writes.
 fn written_keys(command: &Command) -> Box<dyn Iterator<Item = &Bytes> + '_> {
     match command {
@@ -662,8 +673,10 @@ impl<D: Disk> DiskStateMachine<D> {
         let now_ms = wall_ms.max(clock_ms);
         // The planted bug is the old rule: expiry judged by the local clock alone.
         let judge_expiry = !self.bugs.is_planted(Bug::TtlLocalClockRead);
-        let expires_unlogged =
-            |record: &Record| judge_expiry && record.lapses_between(clock_ms, now_ms);
+        let lease_ends_logged = !self.bugs.is_planted(Bug::LeaseEndUnlogged);
+        let expires_unlogged = |record: &Record| {
+            judge_expiry && lapses_unlogged(record, clock_ms, now_ms, lease_ends_logged)
+        };
         if command.scope() == Scope::Group {
             return self
                 .read_group(command, now_ms, owned.as_ref(), &expires_unlogged)
@@ -721,11 +734,10 @@ impl<D: Disk> DiskStateMachine<D> {
         }
         let now_ms = wall_ms.max(clock_ms);
         let loaded = self.load(command, true).await?;
-        if loaded
-            .records
-            .values()
-            .any(|record| record.lapses_between(clock_ms, now_ms))
-        {
+        if loaded.records.values().any(|record| {
+            let lease_ends_logged = !self.bugs.is_planted(Bug::LeaseEndUnlogged);
+            lapses_unlogged(record, clock_ms, now_ms, lease_ends_logged)
+        }) {
             return Ok(None);
         }
         let outcome = loaded.execute(command, now_ms, &self.bugs);
