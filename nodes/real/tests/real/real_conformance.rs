@@ -85,9 +85,21 @@ async fn tcp_net_reconnects_after_the_server_restarts() {
     // sockets, as a process exit would.
     let serve_on = |runtime: &tokio::runtime::Runtime, book: AddressBook, address: SocketAddr| {
         runtime.block_on(async {
-            let server = TcpNet::bind(1, address, book, larder_real::test_auth(1))
-                .await
-                .expect("bind");
+            // The stopped runtime's listener closes in the background (`shutdown_background`),
+            // so binding its port again may find it still in use for a moment: retried (CI saw
+            // "Address already in use" once).
+            let mut attempts = 0;
+            let server = loop {
+                match TcpNet::bind(1, address, book.clone(), larder_real::test_auth(1)).await {
+                    Ok(server) => break server,
+                    Err(error) if attempts < 40 => {
+                        let _ = error;
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(error) => panic!("bind: {error:?}"),
+                }
+            };
             let address = server.listen_address().expect("address");
             tokio::spawn(async move {
                 server
