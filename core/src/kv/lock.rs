@@ -173,11 +173,16 @@ impl LockCommand {
     }
 
     pub fn keys(&self) -> Keys<'_> {
+        smallvec::smallvec![self.lock_name()]
+    }
+
+    /// The key of the lock the command acts on.
+    fn lock_name(&self) -> &Bytes {
         match self {
             LockCommand::Acquire { name, .. }
             | LockCommand::Release { name, .. }
             | LockCommand::Fence { name, .. }
-            | LockCommand::Info { name } => smallvec::smallvec![name],
+            | LockCommand::Info { name } => name,
         }
     }
 
@@ -192,19 +197,10 @@ impl LockCommand {
 
     pub(super) fn execute(&self, view: &mut View<'_>) -> Reply {
         let now_ms = view.now_ms;
-        let name = match self {
-            LockCommand::Acquire { name, .. }
-            | LockCommand::Release { name, .. }
-            | LockCommand::Fence { name, .. }
-            | LockCommand::Info { name } => name,
-        };
-        let lock = match view.get(name) {
-            None => None,
-            Some(Record {
-                value: Value::Lock(lock),
-                ..
-            }) => Some(lock.clone()),
-            Some(_) => return Reply::error(WRONGTYPE),
+        let name = self.lock_name();
+        let lock = match lock_at(view, name) {
+            Ok(lock) => lock.cloned(),
+            Err(wrong_type) => return wrong_type,
         };
         match self {
             LockCommand::Acquire {
@@ -267,6 +263,18 @@ impl LockCommand {
     }
 }
 
+/// The live lock at `name` (`None`: no key); `WRONGTYPE` when the key holds something else.
+fn lock_at<'a>(view: &'a View<'_>, name: &Bytes) -> Result<Option<&'a Lock>, Reply> {
+    match view.get(name) {
+        None => Ok(None),
+        Some(Record {
+            value: Value::Lock(lock),
+            ..
+        }) => Ok(Some(lock)),
+        Some(_) => Err(Reply::error(WRONGTYPE)),
+    }
+}
+
 /// A fence's answer: `OK` when `lock` is held with `token` at `now_ms`, else the `FENCED` error.
 fn fence(lock: Option<&Lock>, name: &Bytes, token: u64, now_ms: u64) -> Reply {
     match lock.and_then(|lock| lock.held_at(now_ms)) {
@@ -309,13 +317,9 @@ fn failed_fence(commands: &[super::Command], view: &View<'_>) -> Option<(usize, 
         let super::Command::LockOp(LockCommand::Fence { name, token }) = command else {
             return None;
         };
-        let lock = match view.get(name) {
-            None => None,
-            Some(Record {
-                value: Value::Lock(lock),
-                ..
-            }) => Some(lock),
-            Some(_) => return Some((index, Reply::error(WRONGTYPE))),
+        let lock = match lock_at(view, name) {
+            Ok(lock) => lock,
+            Err(wrong_type) => return Some((index, wrong_type)),
         };
         let reply = fence(lock, name, *token, view.now_ms);
         reply.is_error().then_some((index, reply))
