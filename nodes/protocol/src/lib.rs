@@ -9,6 +9,7 @@
 //! | [`client`] | [`ClientRequest`], [`ReadBatch`] (several groups' reads for one node) | storage nodes |
 //! | [`center`] | [`Heartbeat`], [`GetRouting`], [`GetStatus`] | center replicas, observers (and storage nodes, for routing) |
 //! | [`admin`] | [`AddGroup`], [`RemoveGroup`], [`ReplaceVoter`], [`TransferLeadership`] | storage nodes, sent by the center leader |
+//! | [`backup`] | [`BackupRead`] (a group's base and committed entries) | storage nodes, for `larder backup` |
 //!
 //! Client-facing messages carry no openraft types: the client SDK and the proxy do not link
 //! openraft. Raft messages travel as postcard bytes that only the storage node decodes.
@@ -19,6 +20,7 @@
 
 pub mod addresses;
 pub mod admin;
+pub mod backup;
 pub mod center;
 pub mod client;
 pub mod migration;
@@ -37,6 +39,9 @@ pub use admin::{
     AddGroup, AdminRequest, AdminResponse, IngestRecords, ReadSlots, ReadSlotsResponse,
     RemoveGroup, ReplaceVoter, SLOT_PAGE_BYTES_MAX, SLOT_PAGE_ROWS_MAX, SetOwnedSlots, SlotPage,
     SlotRead, TrackSlots, TransferLeadership, UntrackSlots,
+};
+pub use backup::{
+    BACKUP_CHUNK_BYTES, BackupAnswer, BackupPart, BackupRead, BaseChunk, EntriesChunk,
 };
 pub use center::{
     ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, ClusterStatus, DrainNode,
@@ -74,6 +79,8 @@ pub enum Request {
     ReadConfirm(ReadConfirm),
     /// Reads of several groups for one node (see [`ReadBatch`]).
     ReadBatch(ReadBatch),
+    /// A part of a group's backup (see [`backup`]).
+    Backup(BackupRead),
 }
 
 /// A request type and the type of its answer. Implemented by every request struct of every

@@ -90,6 +90,20 @@ pub struct NodeConfig {
     /// switch is there to compare them, and to step back if the rounds ever misbehave.
     #[serde(default = "default_read_rounds")]
     pub read_rounds: bool,
+    /// How long committed log entries stay after a snapshot covers them, by the group clock,
+    /// so that `larder backup` can archive every entry and `larder restore` rebuild any moment
+    /// in between (`crate::raft::log_store::Retention`). Must be longer than the time between
+    /// two backups. 0 (the default): entries go with the snapshot, and a backup holds only its
+    /// bases.
+    #[serde(default)]
+    pub retain_log_ms: u64,
+    /// The most entries a group keeps for [`NodeConfig::retain_log_ms`], however young.
+    #[serde(default = "default_retain_log_entries_max")]
+    pub retain_log_entries_max: u64,
+}
+
+fn default_retain_log_entries_max() -> u64 {
+    1_000_000
 }
 
 fn default_read_rounds() -> bool {
@@ -152,6 +166,16 @@ impl NodeConfig {
             commit_hold_ms: default_commit_hold_ms(),
             row_cache_bytes: default_row_cache_bytes(),
             read_rounds: default_read_rounds(),
+            retain_log_ms: 0,
+            retain_log_entries_max: default_retain_log_entries_max(),
+        }
+    }
+
+    /// What a purge of the Raft log keeps ([`NodeConfig::retain_log_ms`]).
+    pub fn retention(&self) -> crate::raft::log_store::Retention {
+        crate::raft::log_store::Retention {
+            ms: self.retain_log_ms,
+            entries_max: self.retain_log_entries_max,
         }
     }
 

@@ -21,6 +21,7 @@
 //! touches real time, OS randomness, sockets or files: the environment decides.
 
 pub mod admin;
+pub mod backup;
 pub mod broken;
 pub mod config;
 pub mod heartbeat;

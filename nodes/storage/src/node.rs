@@ -96,6 +96,8 @@ pub struct StorageNode<E: Env> {
     /// Commands per log entry this node proposed as a leader (a pipeline's share of a group is
     /// one entry), for the metrics.
     pub(crate) entry_commands: prometheus_client::metrics::histogram::Histogram,
+    /// The base each group's backup is reading, one per group at most ([`crate::backup`]).
+    pub(crate) backup_bases: std::sync::Mutex<BTreeMap<GroupId, crate::backup::HeldBase>>,
     /// The four lanes client commands run in ([`crate::lanes`]).
     pub(crate) lanes: crate::lanes::Lanes<E::Clock>,
     /// The state rows its leaders read, shared by every group ([`RowCache`]).
@@ -220,7 +222,8 @@ pub(crate) async fn open_group<E: Env>(
         config.bugs.clone(),
         env.fault_points(),
         saved_votes.clone(),
-    );
+    )
+    .with_retention(config.retention());
     let net = RaftNet::new(env.net().clone(), group, config.transfer_limits());
     // openraft takes time and randomness from the context its tasks run in: `Raft::new` draws
     // the first election timeout and spawns every Raft task, which inherit the context, so the
@@ -320,6 +323,7 @@ impl<E: Env> StorageNode<E> {
             appends_served: AtomicU64::new(0),
             hot,
             leaders_seen: std::sync::Mutex::default(),
+            backup_bases: std::sync::Mutex::default(),
             entry_commands: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10),
             ),

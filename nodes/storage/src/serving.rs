@@ -11,10 +11,11 @@ use larder_core::env::{Clock, Env, Handler, MESSAGE_BYTES_MAX, Net, timeout};
 use larder_core::kv::{Command, Reply};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    CENTER_GROUP, CenterRequest, CenterResponse, ClientRequest, ClientResponse, DrainNode,
-    GetMigrations, GetRouting, GetStatus, Heartbeat, LeaderBeacon, MoveSlots, READ_BATCH_MAX,
-    RaftCall, RaftRequest, RaftResponse, ReadBatch, ReadBatchAnswer, ReadConfirm, Request,
-    RoutingAnswer, SessionSeq, SplitGroup, SteerMigration, decode_request, respond, undecodable,
+    BackupRead, CENTER_GROUP, CenterRequest, CenterResponse, ClientRequest, ClientResponse,
+    DrainNode, GetMigrations, GetRouting, GetStatus, Heartbeat, LeaderBeacon, MoveSlots,
+    READ_BATCH_MAX, RaftCall, RaftRequest, RaftResponse, ReadBatch, ReadBatchAnswer, ReadConfirm,
+    Request, RoutingAnswer, SessionSeq, SplitGroup, SteerMigration, decode_request, respond,
+    undecodable,
 };
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -540,6 +541,9 @@ impl<E: Env> StorageNode<E> {
                 }
             }
             Request::ReadBatch(batch) => Box::pin(self.answer_read_batch(from, batch)).await,
+            Request::Backup(read) => {
+                respond::<BackupRead>(&Box::pin(self.answer_backup(read)).await)
+            }
             Request::Center(CenterRequest::Heartbeat(_)) => {
                 respond::<Heartbeat>(&CenterResponse::Unavailable {
                     reason: format!("node {} is not a center replica", self.id()),

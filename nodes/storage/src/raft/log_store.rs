@@ -23,6 +23,22 @@ const FLUSH_ROUND_MAX: usize = 256;
 /// Appends written but not yet synced, per group: `append` waits when this many are queued.
 const FLUSHES_QUEUED_MAX: usize = 1024;
 
+/// How long this node keeps committed entries after a snapshot covers them, for backups'
+/// point-in-time restore (`larder backup` reads them, `crate::backup`). Judged by the group
+/// clock, the entries' own stamps, so every replica keeps the same ones whatever its clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep an entry until the newest entry appended is this much later. 0: purge entries as
+    /// soon as a snapshot covers them (openraft's own rule, and the default).
+    pub ms: u64,
+    /// Keep at most this many entries per group below the purge mark, however young: the
+    /// bound on what a busy group keeps for a long window.
+    pub entries_max: u64,
+}
+
+/// Entries read at a time while a purge with [`Retention`] looks for the first one to keep.
+const RETAINED_SCAN_PAGE: usize = 512;
+
 /// An append written to the disk but not synced: openraft's callback, called once it is.
 struct Unflushed {
     /// The first and last index appended (`None`: an empty append).
@@ -104,6 +120,12 @@ pub struct DiskLogStore<D: Disk> {
     /// The log's newest entries as appended, shared by the store and its readers (the
     /// replication streams, apply): see [`LogCache`] for why and why it is safe.
     cache: Arc<Mutex<LogCache<Entry>>>,
+    /// What a purge keeps ([`Retention`]).
+    retention: Retention,
+    /// The greatest stamp of the entries appended in this process: the "now" a purge with
+    /// [`Retention`] judges age by. 0 after opening until the first append, so a purge keeps
+    /// everything young enough by count until then.
+    newest_stamp_ms: u64,
 }
 
 impl<D: Disk> DiskLogStore<D> {
@@ -137,7 +159,64 @@ impl<D: Disk> DiskLogStore<D> {
             unflushed,
             purged_through: None,
             cache: Arc::new(Mutex::new(cache)),
+            retention: Retention::default(),
+            newest_stamp_ms: 0,
         }
+    }
+
+    /// Keeps purged entries as `retention` says instead of deleting them at once.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The last index a purge through `upto` deletes under [`Retention`] (`None`: none), and
+    /// the first index it keeps. Entries go oldest first: one is deleted when more than
+    /// `entries_max` entries up to `upto` would stay, or when its stamp (a blank or membership
+    /// entry has the stamp of the entry before it) is `ms` older than the newest appended.
+    async fn retained_through(&mut self, upto: u64) -> Result<Option<u64>, io::Error> {
+        let first = match self.purged_through {
+            Some(through) => through.saturating_add(1),
+            // After opening: the lowest entry on the disk (one scan per process).
+            None => {
+                let rows = self
+                    .disk
+                    .log_read(self.group, 0, upto.saturating_add(1), 1)
+                    .await?;
+                match rows.first() {
+                    Some((index, _)) => *index,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let by_count = upto.saturating_sub(self.retention.entries_max);
+        let cutoff_ms = self.newest_stamp_ms.saturating_sub(self.retention.ms);
+        let mut through = None;
+        let mut stamp = 0u64;
+        let mut next = first;
+        while next <= upto {
+            let to = upto.saturating_add(1);
+            let rows = self
+                .disk
+                .log_read(self.group, next, to, RETAINED_SCAN_PAGE)
+                .await?;
+            let Some(last) = rows.last().map(|(index, _)| *index) else {
+                break;
+            };
+            for (index, row) in rows {
+                let entry: Entry = decode(&row)?;
+                if let openraft::EntryPayload::Normal(request) = &entry.payload {
+                    stamp = request.now_ms;
+                }
+                let old = self.newest_stamp_ms > 0 && stamp <= cutoff_ms;
+                if index > by_count && !old {
+                    return Ok(through);
+                }
+                through = Some(index);
+            }
+            next = last.saturating_add(1);
+        }
+        Ok(through)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, LogCache<Entry>> {
@@ -298,6 +377,11 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
             .map(|entry| (entry.log_id.index(), encode(entry)))
             .collect();
         let indexes = rows.first().zip(rows.last()).map(|(a, b)| (a.0, b.0));
+        for entry in &entries {
+            if let openraft::EntryPayload::Normal(request) = &entry.payload {
+                self.newest_stamp_ms = self.newest_stamp_ms.max(request.now_ms);
+            }
+        }
         let sizes: Vec<usize> = rows.iter().map(|(_, row)| row.len()).collect();
         // Unsynced: the flush task syncs and then reports it (see the type's comment).
         let written = self.disk.log_append(self.group, rows, false).await;
@@ -343,8 +427,28 @@ impl<D: Disk> RaftLogStorage<TypeConfig> for DiskLogStore<D> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let from = self.purged_through.map(|through| through.saturating_add(1));
         self.cache().purge_through(log_id.index());
+        if self.retention.ms > 0 {
+            // The mark says purged through `log_id` (openraft reads nothing below it again);
+            // the rows below it stay for backups until `retained_through` lets them go.
+            let through = self.retained_through(log_id.index()).await?;
+            let from = match (through, self.purged_through) {
+                (Some(_), Some(before)) => Some(before.saturating_add(1)),
+                (Some(_), None) => None,
+                // Nothing to delete: the mark alone (an empty range of `log_purge`).
+                (None, _) => Some(log_id.index().saturating_add(1)),
+            };
+            let upto = through.unwrap_or(log_id.index());
+            self.disk
+                .log_purge(self.group, from, upto, encode(&log_id))
+                .await?;
+            if through.is_some() {
+                self.purged_through = through;
+            }
+            self.points.hit(FaultPoint::LogPurged).await;
+            return Ok(());
+        }
+        let from = self.purged_through.map(|through| through.saturating_add(1));
         self.disk
             .log_purge(self.group, from, log_id.index(), encode(&log_id))
             .await?;
@@ -433,6 +537,92 @@ mod tests {
         let (served, after_restart) = overwrite_a_suffix(bugs).await;
         assert_eq!(served, vec![1, 1, 1, 1, 1], "the overwritten entries");
         assert_ne!(served, after_restart);
+    }
+
+    fn stamped(index: u64, now_ms: u64) -> Entry {
+        Entry::new_normal(
+            log_id(1, index),
+            super::super::Request {
+                now_ms,
+                command: larder_core::kv::Command::FlushAll,
+                session: None,
+            },
+        )
+    }
+
+    async fn stored_indexes(disk: &FjallDisk) -> Vec<u64> {
+        disk.log_read(7, 0, u64::MAX, usize::MAX)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    /// With [`Retention`], a purge moves the mark (openraft reads nothing below it) but keeps
+    /// the entries younger than the window by the entries' own stamps, at most `entries_max`
+    /// of them; without it, everything up to the mark goes.
+    #[tokio::test]
+    async fn a_purge_keeps_the_entries_of_the_retention_window() {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let mut store = DiskLogStore::new(
+            disk.clone(),
+            7,
+            Bugs::default(),
+            FaultPoints::none(),
+            Arc::default(),
+        )
+        .with_retention(Retention {
+            ms: 1_000,
+            entries_max: 6,
+        });
+        // Entries 1..=10 stamped 100 ms apart from 10,000: entry 10 at 10,900 is the newest.
+        let entries: Vec<Entry> = (1..=10).map(|i| stamped(i, 9_900 + i * 100)).collect();
+        store
+            .append(entries, IOFlushed::noop())
+            .await
+            .expect("append");
+        store.purge(log_id(1, 3)).await.expect("purge");
+        // Nothing is 1 s older than 10,900, and 3 entries are within the count: all kept.
+        assert_eq!(stored_indexes(&disk).await, (1..=10).collect::<Vec<_>>());
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+        // Through 9: at most 6 of 1..=9 stay, so 1..=3 go by count.
+        store.purge(log_id(1, 9)).await.expect("purge");
+        assert_eq!(stored_indexes(&disk).await, (4..=10).collect::<Vec<_>>());
+        // Time passes: entry 11 stamped 11,650 makes everything at or before 10,650 old.
+        store
+            .append(vec![stamped(11, 11_650)], IOFlushed::noop())
+            .await
+            .expect("append");
+        store.purge(log_id(1, 11)).await.expect("purge");
+        assert_eq!(stored_indexes(&disk).await, (8..=11).collect::<Vec<_>>());
+        // A reopened store (no stamp seen yet) keeps by count only, and finds its first row.
+        drop(store);
+        let mut reopened = DiskLogStore::new(
+            disk.clone(),
+            7,
+            Bugs::default(),
+            FaultPoints::none(),
+            Arc::default(),
+        )
+        .with_retention(Retention {
+            ms: 1_000,
+            entries_max: 2,
+        });
+        reopened.purge(log_id(1, 11)).await.expect("purge");
+        assert_eq!(stored_indexes(&disk).await, vec![10, 11]);
+        // Without retention, the purge deletes through the mark.
+        let mut plain = DiskLogStore::new(
+            disk.clone(),
+            7,
+            Bugs::default(),
+            FaultPoints::none(),
+            Arc::default(),
+        );
+        plain.purge(log_id(1, 10)).await.expect("purge");
+        assert_eq!(stored_indexes(&disk).await, vec![11]);
     }
 
     fn vote(term: u64, node: NodeId, committed: bool) -> Vote {

@@ -145,6 +145,16 @@ struct SnapshotBody {
     sessions: Vec<(u64, SessionEntry)>,
 }
 
+/// What a group's state machine holds ([`DiskStateMachine::contents`]).
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub applied: u64,
+    pub clock_ms: u64,
+    /// `None`: the group never had its slots set, and owns them all.
+    pub owned: Option<Ownership>,
+    pub records: Vec<(Bytes, Record)>,
+}
+
 /// A snapshot as stored in [`Space::Meta`].
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -324,6 +334,28 @@ fn meta_end(kind: &str, group: GroupId) -> Vec<u8> {
     }
 }
 
+/// The `Meta` record of the first log index this replica applied as an entry since its last
+/// snapshot install ([`DiskStateMachine::entries_from`]).
+const ENTRIES_FROM: &str = "entries-from";
+
+/// Most bytes of entries one [`DiskStateMachine::backup_entries`] page carries (one larger
+/// entry travels alone).
+pub const BACKUP_PAGE_BYTES_MAX: usize = 1 << 20;
+/// Most entries one page carries.
+const BACKUP_PAGE_ENTRIES_MAX: usize = 4096;
+
+/// One page of a group's committed log entries for a backup ([`DiskStateMachine::backup_entries`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntriesPage {
+    /// The first index this replica can serve: lower ones are purged, or came with a snapshot
+    /// it installed (it never applied them as entries, and its log may hold others there).
+    pub first: u64,
+    /// The replica's last applied index: every entry served is at or below it, so committed.
+    pub applied: u64,
+    /// `(index, encoded entry)` from the asked index on, in order, without gaps.
+    pub entries: Vec<(u64, Bytes)>,
+}
+
 fn dirty_prefix(group: GroupId) -> Vec<u8> {
     meta_prefix("dirty", group)
 }
@@ -450,7 +482,7 @@ pub(crate) async fn wipe_group<D: Disk>(
     batch.delete(Space::Meta, applied_key(group));
     // The Raft metadata keys of `larder_core::env::Disk` (`kind/` ++ group, big-endian).
     // And the broken mark (`crate::broken`): a wiped replica is no longer broken.
-    for kind in ["vote", "purged", "snapshot", "broken"] {
+    for kind in ["vote", "purged", "snapshot", "broken", ENTRIES_FROM] {
         let mut key = kind.as_bytes().to_vec();
         key.push(b'/');
         key.extend_from_slice(&group.to_be_bytes());
@@ -1261,6 +1293,119 @@ impl<D: Disk> DiskStateMachine<D> {
 }
 
 impl<D: Disk> DiskStateMachine<D> {
+    /// The first log index this replica applied as an entry since it last installed a
+    /// snapshot (0: it never installed one). Entries from here to the applied index are the
+    /// committed log as every replica has it.
+    pub async fn entries_from(&self) -> Result<u64, io::Error> {
+        match self
+            .disk
+            .get(Space::Meta, &meta_prefix(ENTRIES_FROM, self.group))
+            .await?
+        {
+            Some(bytes) => decode_index(&bytes),
+            None => Ok(0),
+        }
+    }
+
+    /// Committed entries from index `from` for a backup, at most `bytes_max` bytes (at least
+    /// one entry): none when `from` is below [`EntriesPage::first`] (the caller has a gap) or
+    /// above the applied index.
+    pub async fn backup_entries(
+        &self,
+        from: u64,
+        bytes_max: usize,
+    ) -> Result<EntriesPage, io::Error> {
+        let applied = self.applied().last_applied.map_or(0, |id| id.index());
+        let floor = self.entries_from().await?;
+        let end = applied.saturating_add(1);
+        let lowest = self.disk.log_read(self.group, floor, end, 1).await?;
+        let first = lowest.first().map_or(end, |(index, _)| *index);
+        let mut page = EntriesPage {
+            first,
+            applied,
+            entries: Vec::new(),
+        };
+        if from < first || from > applied {
+            return Ok(page);
+        }
+        let rows = self
+            .disk
+            .log_read(self.group, from, end, BACKUP_PAGE_ENTRIES_MAX)
+            .await?;
+        let mut bytes = 0usize;
+        let mut expected = from;
+        for (index, row) in rows {
+            if index != expected {
+                // A hole below the applied index: only a purge racing this read makes one.
+                break;
+            }
+            if !page.entries.is_empty() && bytes + row.len() > bytes_max {
+                break;
+            }
+            bytes += row.len();
+            page.entries.push((index, row));
+            expected = index.saturating_add(1);
+        }
+        Ok(page)
+    }
+
+    /// The group's whole state now, for a backup: `(applied index, group clock, snapshot)`,
+    /// the snapshot encoded as [`restore_base`] takes it. `None` before anything is applied.
+    pub async fn backup_base(&self) -> Result<Option<(u64, u64, Bytes)>, io::Error> {
+        let Some(snapshot) = self.materialize().await? else {
+            return Ok(None);
+        };
+        let index = snapshot.meta.last_log_id.map_or(0, |id| id.index());
+        let data = snapshot.snapshot.into_inner();
+        let clock_ms = decode::<SnapshotBody>(&data)?.clock_ms;
+        let stored = StoredSnapshot {
+            meta: snapshot.meta,
+            data,
+        };
+        Ok(Some((index, clock_ms, encode(&stored))))
+    }
+
+    /// Makes this (fresh) replica the state of a [`DiskStateMachine::backup_base`]: the first
+    /// step of a restore, which then applies the entries after it.
+    pub async fn restore_base(&mut self, base: &[u8]) -> Result<u64, io::Error> {
+        let stored: StoredSnapshot = decode(base)?;
+        let index = stored.meta.last_log_id.map_or(0, |id| id.index());
+        let meta = stored.meta.clone();
+        self.install_snapshot(&meta, std::io::Cursor::new(stored.data))
+            .await?;
+        Ok(index)
+    }
+
+    /// Applies `entries` (decoded log rows of [`DiskStateMachine::backup_entries`], in index
+    /// order, following what was applied) as the group applied them: the second step of a
+    /// restore.
+    pub async fn restore_entries(&mut self, entries: Vec<super::Entry>) -> Result<(), io::Error> {
+        let stream = futures::stream::iter(entries.into_iter().map(|entry| Ok((entry, None))));
+        self.apply(stream).await
+    }
+
+    /// The group clock, the slots owned and every record, as applied now: what a restore
+    /// writes out. Records are whole (collections with their elements).
+    pub async fn contents(&self) -> Result<Contents, io::Error> {
+        let Some(snapshot) = self.materialize().await? else {
+            return Ok(Contents::default());
+        };
+        let body: SnapshotBody = decode(&snapshot.snapshot.into_inner())?;
+        let mut records = Vec::with_capacity(body.rows.len());
+        for (key, row) in body.rows {
+            records.push((
+                key,
+                Record::decode(&row).map_err(|e| invalid(e.to_string()))?,
+            ));
+        }
+        Ok(Contents {
+            applied: snapshot.meta.last_log_id.map_or(0, |id| id.index()),
+            clock_ms: body.clock_ms,
+            owned: body.owned,
+            records,
+        })
+    }
+
     /// The group's whole state as one snapshot, read now: what a follower too far behind for
     /// the log is sent ([`RaftStateMachine::get_current_snapshot`]).
     async fn materialize(&self) -> Result<Option<Snapshot>, io::Error> {
@@ -1583,6 +1728,21 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
         };
         // Checked before it is stored (see `checked_snapshot`).
         checked_snapshot(&stored.data)?;
+        // The entries before the snapshot were not applied here as entries (the log may hold
+        // others at those indexes, appended by a deposed leader and never committed: openraft
+        // truncates only a log that reaches the snapshot's index): a backup must not get
+        // them from this replica. Made durable by the snapshot's synced save below.
+        let first_applied = stored
+            .meta
+            .last_log_id
+            .map_or(0, |id| id.index().saturating_add(1));
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Space::Meta,
+            meta_prefix(ENTRIES_FROM, self.group),
+            first_applied.to_be_bytes().to_vec(),
+        );
+        self.disk.write(batch, false).await?;
         // Durable first: if the rewrite below is cut short, `open` redoes it from here.
         self.disk.save_snapshot(self.group, encode(&stored)).await?;
         self.rewrite_from_snapshot(&stored.meta, &stored.data)
