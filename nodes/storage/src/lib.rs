@@ -33,6 +33,7 @@ pub mod node;
 pub mod quiet;
 pub mod raft;
 pub mod read_rounds;
+pub mod restore;
 pub mod serving;
 pub mod supervisor;
 pub mod unchanged;

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use super::{STRING_BYTES_MAX, Score, Value, ZSet};
 
 pub mod file;
+pub mod writer;
 
 /// The RDB version [`dump_payload`] stamps: the oldest with every type it writes (`ZSET_2`
 /// arrived in version 8; 9 is Redis 5 and 6), so Redis 4.0 and later all restore it.
