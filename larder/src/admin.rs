@@ -570,7 +570,7 @@ impl std::fmt::Display for CenterAddress {
 }
 
 /// The id this process calls from (a client endpoint: nobody calls it back).
-const ADMIN_ID: NodeId = 1003;
+pub(crate) const ADMIN_ID: NodeId = 1003;
 /// Centers given without an id are booked under ids from here down, which no real node uses.
 const UNNAMED_CENTER_ID: NodeId = NodeId::MAX;
 /// Most centers one command asks (the center group has a handful of voters).

@@ -461,6 +461,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             hot_slot_requests_per_sec_max: 0,
             // The bench measures the groups it was asked for, never a split under way.
             groups_per_node_min: 0,
+            retain_log_ms: 0,
             read_rounds: !args.no_read_rounds,
         }))
         .context("starting the local cluster")?;

@@ -60,6 +60,8 @@ pub struct LocalConfig {
     /// The storage nodes' `NodeConfig::read_rounds` (`false`: every read confirmed by its
     /// group's own openraft read index).
     pub read_rounds: bool,
+    /// The storage nodes' `NodeConfig::retain_log_ms` (0: log entries go with snapshots).
+    pub retain_log_ms: u64,
 }
 
 /// Why a local cluster did not start.
@@ -297,6 +299,7 @@ impl LocalCluster {
                 center_heartbeat_ms: center_config.heartbeat_ms,
                 address: address.to_string(),
                 read_rounds: args.read_rounds,
+                retain_log_ms: args.retain_log_ms,
                 ..NodeConfig::new(id, vec![])
             };
             let node = StorageNode::start(env, config)

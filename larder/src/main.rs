@@ -43,6 +43,7 @@ macro_rules! outln {
 }
 
 mod admin;
+mod backup;
 mod bench;
 mod bug_matrix;
 mod dashboard;
@@ -107,6 +108,12 @@ enum Command {
     /// Import a Redis RDB file (dump.rdb, BGSAVE's output) into a running cluster through its
     /// proxy, key by key as RESTORE commands.
     Import(ImportArgs),
+    /// Back a running cluster up into a directory: each slot group's base and the committed
+    /// log entries since (`--every` to keep archiving), for point-in-time restore.
+    Backup(backup::BackupArgs),
+    /// Rebuild the cluster's data as it was at a moment (`--at`) from a backup directory, as
+    /// an RDB file (`larder import` loads it into a cluster; redis-server loads it too).
+    Restore(backup::RestoreArgs),
     /// Run a center replica or observer process (TOML config).
     Center(serve::ConfigArgs),
     /// Run a storage node process (TOML config), or join a running cluster with one
@@ -730,6 +737,8 @@ fn main() -> ExitCode {
         Command::Jepsen(args) => jepsen::jepsen(args),
         Command::Check(args) => check(args),
         Command::Import(args) => import(args),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
         Command::Center(args) => serve::center(args),
         Command::Node(args) => serve::node(args),
         Command::Proxy(args) => serve::proxy(args),

@@ -172,6 +172,8 @@ impl NodeArgs {
             metrics_listen: self.metrics_listen,
             lanes: None,
             read_rounds: None,
+            retain_log_ms: None,
+            retain_log_entries_max: None,
         };
         Ok((file, "the command line".to_string()))
     }
@@ -389,6 +391,13 @@ pub struct NodeFile {
     /// group's own openraft read index (`NodeConfig::read_rounds`).
     #[serde(default)]
     pub read_rounds: Option<bool>,
+    /// Keep committed log entries this long after snapshots cover them, for `larder backup`
+    /// (`NodeConfig::retain_log_ms`; default 0: none).
+    #[serde(default)]
+    pub retain_log_ms: Option<u64>,
+    /// The most entries a group keeps for `retain_log_ms` (`NodeConfig::retain_log_entries_max`).
+    #[serde(default)]
+    pub retain_log_entries_max: Option<u64>,
 }
 
 /// How a node gets its groups.
@@ -897,6 +906,12 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
         }
         if let Some(read_rounds) = file.read_rounds {
             config.read_rounds = read_rounds;
+        }
+        if let Some(ms) = file.retain_log_ms {
+            config.retain_log_ms = ms;
+        }
+        if let Some(entries) = file.retain_log_entries_max {
+            config.retain_log_entries_max = entries;
         }
         let disk_metrics = env.disk.metrics_registry(file.id);
         let node = StorageNode::start(env, config)

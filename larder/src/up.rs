@@ -63,6 +63,11 @@ pub struct UpArgs {
     /// group with reads waiting). Both are linearizable; this is for comparing them.
     #[arg(long)]
     pub no_read_rounds: bool,
+    /// Keep committed log entries this long after snapshots cover them (by the group clock),
+    /// so that `larder backup` archives every write and `larder restore --at` can rebuild any
+    /// moment since the first backup. Longer than the time between backups (`--every`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retain_log: Option<std::time::Duration>,
 }
 
 fn parse_nodes(text: &str) -> Result<usize, String> {
@@ -94,6 +99,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
                 hot_slot_requests_per_sec_max: args.hot_slot_requests_per_sec_max,
                 groups_per_node_min: args.groups_per_node_min,
                 read_rounds: !args.no_read_rounds,
+                retain_log_ms: args.retain_log.map_or(0, |d| d.as_millis() as u64),
             };
             let cluster = LocalCluster::start(&config)
                 .await

@@ -21,19 +21,19 @@ use larder_core::NodeId;
 use larder_core::slots::SLOTS;
 use larder_protocol::{ClusterStatus, Liveness, NodeState};
 
-const LARDER: &str = env!("CARGO_BIN_EXE_larder");
+pub(crate) const LARDER: &str = env!("CARGO_BIN_EXE_larder");
 const GROUPS: u64 = 8;
 
 /// The processes under test; killed when the test ends, passing or not, with their logs'
 /// tails printed on failure.
-struct Processes {
-    dir: PathBuf,
-    children: Vec<(String, Child)>,
+pub(crate) struct Processes {
+    pub(crate) dir: PathBuf,
+    pub(crate) children: Vec<(String, Child)>,
 }
 
 impl Processes {
     /// Starts `larder <args>` with its stderr (and its stdout, unless piped) in `<name>.log`.
-    fn spawn(&mut self, name: &str, args: &[&str], pipe_stdout: bool) -> &mut Child {
+    pub(crate) fn spawn(&mut self, name: &str, args: &[&str], pipe_stdout: bool) -> &mut Child {
         let log = File::create(self.log(name)).expect("log file");
         let stdout = if pipe_stdout {
             Stdio::piped()
@@ -87,7 +87,11 @@ impl Drop for Processes {
 
 /// Polls `probe` every 200 ms until it yields, failing after `limit` with the last reason it
 /// gave for not yielding.
-fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+pub(crate) fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + limit;
     loop {
         let why = match probe() {
@@ -102,7 +106,7 @@ fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T,
     }
 }
 
-fn admin(args: &[&str]) -> Output {
+pub(crate) fn admin(args: &[&str]) -> Output {
     Command::new(LARDER)
         .env(larder_real::SECRET_VAR, larder_real::TEST_SECRET)
         .arg("admin")
@@ -113,7 +117,7 @@ fn admin(args: &[&str]) -> Output {
 }
 
 /// `larder admin status --json` against `centers`, parsed.
-fn status(centers: &str) -> Result<ClusterStatus, String> {
+pub(crate) fn status(centers: &str) -> Result<ClusterStatus, String> {
     let output = admin(&["status", "--json", "--center", centers, "--timeout", "5s"]);
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
@@ -137,7 +141,7 @@ fn up_nodes(status: &ClusterStatus, expected: &[NodeId]) -> Result<(), String> {
 }
 
 /// Every slot owned by exactly one group, and every group led.
-fn every_slot_led(status: &ClusterStatus) -> Result<(), String> {
+pub(crate) fn every_slot_led(status: &ClusterStatus) -> Result<(), String> {
     let mut owners = vec![0u32; usize::from(SLOTS)];
     for group in &status.groups {
         if group.leader.is_none() {
@@ -176,14 +180,14 @@ fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
 }
 
 /// What `larder up` printed: its centers (as `--center` takes them), proxy and metrics page.
-struct UpAddresses {
-    centers: String,
-    proxy: std::net::SocketAddr,
+pub(crate) struct UpAddresses {
+    pub(crate) centers: String,
+    pub(crate) proxy: std::net::SocketAddr,
     metrics: Option<std::net::SocketAddr>,
 }
 
 /// Reads `larder up`'s stdout through its `try:` line.
-fn up_addresses(up: &mut Child, limit: Duration) -> UpAddresses {
+pub(crate) fn up_addresses(up: &mut Child, limit: Duration) -> UpAddresses {
     let lines = stdout_lines(up);
     let deadline = Instant::now() + limit;
     let (mut centers, mut proxy, mut metrics) = (None, None, None);
@@ -211,7 +215,7 @@ fn up_addresses(up: &mut Child, limit: Duration) -> UpAddresses {
 
 /// Starts `larder up` (as `up`) with four groups on free ports, data under `dir/up`, and
 /// `extra` arguments; returns what it printed.
-fn start_up(processes: &mut Processes, extra: &[&str]) -> UpAddresses {
+pub(crate) fn start_up(processes: &mut Processes, extra: &[&str]) -> UpAddresses {
     let up_dir = processes.dir.join("up");
     let mut args = vec![
         "up",

@@ -39,6 +39,7 @@ impl Running {
                 .share_reads_min_per_sec,
             hot_slot_requests_per_sec_max: 0,
             groups_per_node_min: 0,
+            retain_log_ms: 0,
             read_rounds: true,
         };
         let cluster = runtime

@@ -2,6 +2,7 @@
 //! `sim/tests/sim/main.rs` for why one).
 
 mod admin_grow;
+mod backup_restore;
 mod bug_catalog;
 mod center_processes;
 mod closed_stdout;

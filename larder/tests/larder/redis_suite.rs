@@ -373,6 +373,7 @@ fn run_units(minimums: &[(&str, u32)], no_progress: Duration) {
             .share_reads_min_per_sec,
         hot_slot_requests_per_sec_max: 0,
         groups_per_node_min: 0,
+        retain_log_ms: 0,
         read_rounds: true,
     };
     let cluster = runtime
