@@ -167,11 +167,15 @@ pub enum Bug {
     /// in the log, as it does for an expiring key, so after a leader change to a node whose
     /// clock is behind, a lock a client saw free is held again and its fence passes.
     LeaseEndUnlogged,
+    /// Backups (storage): a replica serves a backup the entries its log holds up to its last,
+    /// not up to its applied index, so an archive may take a deposed leader's uncommitted tail,
+    /// which the group later overwrites, and a restore replays writes that never happened.
+    BackupReadsUnapplied,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 40] = [
+    pub const ALL: [Bug; 41] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -212,6 +216,7 @@ impl Bug {
         Bug::AdvanceSkipsWake,
         Bug::FenceIgnoresToken,
         Bug::LeaseEndUnlogged,
+        Bug::BackupReadsUnapplied,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -257,6 +262,7 @@ impl Bug {
             Bug::AdvanceSkipsWake => "advance-skips-wake",
             Bug::FenceIgnoresToken => "fence-ignores-token",
             Bug::LeaseEndUnlogged => "lease-end-unlogged",
+            Bug::BackupReadsUnapplied => "backup-reads-unapplied",
         }
     }
 }

@@ -329,6 +329,11 @@ struct SimArgs {
     /// model). Off in the swarm's own draw, so its seeds replay as they did.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=8))]
     locks: Option<u64>,
+    /// Back every group up during the run as `larder backup` does (from each replica in turn,
+    /// under the faults), and check at the end that the backup rebuilds each group exactly.
+    /// The nodes keep their log entries for the run (`--retain-log`).
+    #[arg(long)]
+    backup: bool,
     /// With --cluster: the proxies' per-key write limit (writes per second); refused writes
     /// are failed operations of the history.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -461,6 +466,12 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if let Some(bytes) = args.slow_write_bytes {
         command.push_str(&format!(" --slow-write-bytes {bytes}"));
     }
+    if let Some(objects) = args.locks {
+        command.push_str(&format!(" --locks {objects}"));
+    }
+    if args.backup {
+        command.push_str(" --backup");
+    }
     if let Some(bug) = args.bug {
         command.push_str(&format!(" --bug {bug}"));
     }
@@ -505,6 +516,9 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     }
     if let Some(objects) = args.locks {
         config.workload = config.workload.clone().with_locks(objects, 10);
+    }
+    if args.backup {
+        config = config.with_backup();
     }
     config.hot_key_writes_per_sec_max = args.hot_key_writes_per_sec_max;
     config.hot_key_share_reads_min_per_sec = args.hot_key_share_reads_min_per_sec;

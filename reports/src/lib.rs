@@ -191,6 +191,14 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
     let linearizability = report.linearizability.to_string();
     let first_line = linearizability.lines().next().unwrap_or("");
     let _ = writeln!(out, "checker         {first_line}");
+    let backup = &report.backup;
+    if backup.groups_verified > 0 {
+        let _ = writeln!(
+            out,
+            "backup          {} groups rebuilt from {} archived entries and compared ({} new bases after gaps)",
+            backup.groups_verified, backup.entries, backup.rebases
+        );
+    }
     if report.passed() {
         let _ = writeln!(out, "verdict         PASS");
     } else {

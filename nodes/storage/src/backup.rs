@@ -15,8 +15,9 @@ use larder_protocol::{
     BACKUP_CHUNK_BYTES, BackupAnswer, BackupPart, BackupRead, BaseChunk, EntriesChunk,
 };
 
+use crate::config::NodeError;
 use crate::node::StorageNode;
-use crate::raft::state_machine::BACKUP_PAGE_BYTES_MAX;
+use crate::raft::state_machine::{BACKUP_PAGE_BYTES_MAX, Contents};
 
 /// A base being read: `(index, group clock, encoded base)`.
 pub(crate) type HeldBase = Arc<(u64, u64, Bytes)>;
@@ -73,6 +74,26 @@ impl<E: Env> StorageNode<E> {
                 self.base_chunk(group, &base, offset)
             }
         }
+    }
+
+    /// Answers one [`BackupRead`] in-process (the simulator's archiver).
+    pub async fn backup_read(&self, read: BackupRead) -> BackupAnswer {
+        self.answer_backup(read).await
+    }
+
+    /// The groups this node hosts a replica of now.
+    pub fn hosted_group_ids(&self) -> Vec<GroupId> {
+        self.all_groups().into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// `group`'s state as applied here
+    /// ([`crate::raft::state_machine::DiskStateMachine::contents`]).
+    pub async fn group_contents(&self, group: GroupId) -> Result<Contents, NodeError> {
+        let state = self.group(group)?.state.clone();
+        state
+            .contents()
+            .await
+            .map_err(|source| NodeError::Storage { group, source })
     }
 
     fn base_chunk(&self, group: GroupId, base: &HeldBase, offset: u64) -> BackupAnswer {

@@ -50,6 +50,16 @@ pub(crate) struct Final {
     /// Replicas the newest table still lists that their node retired as corrupt (not
     /// replaced by the end: no center, or no node to put the copy on).
     pub(crate) retired: Vec<(GroupId, NodeId)>,
+    /// What the archiver did ([`super::archive`]).
+    pub(crate) backup: super::archive::BackupTally,
+}
+
+/// What ran beside the workload that the checker also judges at the end.
+pub(crate) struct Observers {
+    /// The operator's log, when the run moves slots (ownership is audited once it settles).
+    pub(crate) operator: Option<Arc<Mutex<super::OperatorLog>>>,
+    /// The archiver's backup and the run's seed (for the rebuild's disk), with `--backup`.
+    pub(crate) archive: Option<(Arc<Mutex<super::archive::Archive>>, u64)>,
 }
 
 /// The checker client: after the workload, read every key (measuring how soon after the heal
@@ -62,8 +72,9 @@ pub(crate) async fn check_final(
     workload: WorkloadConfig,
     (heal_at, duration, liveness): (Duration, Duration, Duration),
     final_state: Arc<Mutex<Final>>,
-    operator: Option<Arc<Mutex<super::OperatorLog>>>,
+    observers: Observers,
 ) {
+    let Observers { operator, archive } = observers;
     tokio::time::sleep(heal_at).await;
     let first_success = probe_liveness(&mut client, heal_at + liveness).await;
     tokio::time::sleep(duration.saturating_sub(sim_now()) + Duration::from_millis(500)).await;
@@ -80,6 +91,12 @@ pub(crate) async fn check_final(
     let (replicas, digests, retired) =
         converge(&mut client, &slots, &disks, give_up, &mut problems).await;
     audit_disks(&slots, &disks, &digests, &mut problems).await;
+    let backup = match &archive {
+        Some((archive, seed)) => {
+            super::archive::verify(&slots, &replicas, archive, *seed, &mut problems).await
+        }
+        None => super::archive::BackupTally::default(),
+    };
     // Ownership is audited once every migration has ended (bounded wait; one that never ends
     // fails the run on its own).
     let settled = || {
@@ -101,6 +118,7 @@ pub(crate) async fn check_final(
     state.replicas = replicas;
     state.first_success_ms = first_success;
     state.retired = retired;
+    state.backup = backup;
     state.problems = problems;
 }
 

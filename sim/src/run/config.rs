@@ -174,6 +174,11 @@ pub struct SimConfig {
     /// the operator watches the migrations the center starts by itself.
     #[serde(default)]
     pub groups_per_node_min: u64,
+    /// Back every group up during the run as `larder backup` does, and check at the end that
+    /// the backup rebuilds each group exactly (`run::archive`). The nodes then keep their log
+    /// entries ([`SimConfig::with_backup`]).
+    #[serde(default)]
+    pub backup: bool,
 }
 
 impl SimConfig {
@@ -225,7 +230,16 @@ impl SimConfig {
             hot_key_share_reads_min_per_sec: None,
             hot_slot_requests_per_sec_max: 0,
             groups_per_node_min: 0,
+            backup: false,
         }
+    }
+
+    /// With the archiver on ([`SimConfig::backup`]), and nodes that keep their committed log
+    /// entries for the whole run after snapshots cover them, as `larder up --retain-log` does.
+    pub fn with_backup(mut self) -> Self {
+        self.backup = true;
+        self.node.retain_log_ms = 3_600_000;
+        self
     }
 
     /// The whole cluster: three center replicas, `nodes` storage nodes, `groups` slot groups

@@ -17,7 +17,7 @@ use larder_storage::{NodeConfig, StorageNode};
 use larder_core::env::{Clock, SeededRng, derive_seed};
 use larder_core::{GroupId, NodeId};
 
-use super::checks::{Final, check_final};
+use super::checks::{Final, Observers, check_final};
 use super::config::{SimConfig, proxy_id};
 use crate::clock::SimClock;
 use crate::disk::SimDisk;
@@ -482,7 +482,20 @@ pub(crate) fn register_checker(
         config.shared_routing(),
     );
     let timing = (config.heal_at(), config.duration, config.liveness);
+    let archive = config.backup.then(|| {
+        (
+            Arc::new(Mutex::new(super::archive::Archive::default())),
+            config.seed,
+        )
+    });
     sim.client(host_name(checker_id), async move {
+        if let Some((archive, _)) = &archive {
+            tokio::spawn(super::archive::archive(
+                slots.clone(),
+                archive.clone(),
+                timing.1,
+            ));
+        }
         let client = ClusterClient::new(
             net,
             SimClock::new(),
@@ -502,7 +515,7 @@ pub(crate) fn register_checker(
             workload,
             timing,
             final_state,
-            operator,
+            Observers { operator, archive },
         )
         .await;
         Ok(())

@@ -16,6 +16,7 @@
 //! - `report`: the run's report, the determinism check, the CI seed check.
 //! - `verdict`: the typed findings, [`Violation`] and [`Linearizability`].
 
+mod archive;
 mod checks;
 mod config;
 mod faults;
@@ -36,6 +37,7 @@ use crate::points::PointTable;
 use crate::trace::Trace;
 use crate::workload::SharedHistory;
 
+pub use archive::BackupTally;
 pub use config::{CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SimConfig, center_id, proxy_id};
 pub use hosts::ProxyTotals;
 pub(crate) use hosts::{NodeParts, current_leader, register_nodes, register_proxies};
@@ -191,6 +193,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         trace_hash: trace.hash(),
         trace_events: trace.len(),
         retired_replicas: final_state.retired.clone(),
+        backup: final_state.backup,
         migrations: operator_log,
         proxies,
         unchanged_writes,

@@ -53,6 +53,8 @@ pub struct RunReport {
     /// Writes the storage nodes running at the end answered without a log entry because they
     /// would change nothing (`larder_storage::unchanged`; a node that crashed took its count).
     pub unchanged_writes: u64,
+    /// What the archiver did in a run with [`super::SimConfig::backup`] (zeros otherwise).
+    pub backup: super::archive::BackupTally,
     /// Broken invariants; empty for a passing run.
     pub violations: Vec<Violation>,
     /// The linearizability checker's verdict on the history: linearizable, not linearizable

@@ -105,6 +105,14 @@ pub enum Violation {
         serving: Digest,
         recovered: Digest,
     },
+    /// A group rebuilt from what the run's archiver backed up (`--backup`) differs from what
+    /// its replica holds at the end: the archive holds an entry the group never committed, or
+    /// misses one it did.
+    BackupDiverges {
+        group: GroupId,
+        node: NodeId,
+        detail: String,
+    },
 }
 
 impl Violation {
@@ -202,6 +210,14 @@ impl fmt::Display for Violation {
             } => write!(
                 f,
                 "group {group} on node {node}: reopening its disk gives (applied, digest) {recovered:?}, it serves {serving:?}"
+            ),
+            Violation::BackupDiverges {
+                group,
+                node,
+                detail,
+            } => write!(
+                f,
+                "group {group} rebuilt from the run's backup differs from node {node}'s replica: {detail}"
             ),
         }
     }

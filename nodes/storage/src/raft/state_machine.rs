@@ -1317,7 +1317,12 @@ impl<D: Disk> DiskStateMachine<D> {
     ) -> Result<EntriesPage, io::Error> {
         let applied = self.applied().last_applied.map_or(0, |id| id.index());
         let floor = self.entries_from().await?;
-        let end = applied.saturating_add(1);
+        let mut end = applied.saturating_add(1);
+        if self.bugs.is_planted(Bug::BackupReadsUnapplied)
+            && let Some((last, _)) = self.disk.log_last(self.group).await?
+        {
+            end = end.max(last.saturating_add(1));
+        }
         let lowest = self.disk.log_read(self.group, floor, end, 1).await?;
         let first = lowest.first().map_or(end, |(index, _)| *index);
         let mut page = EntriesPage {
@@ -1325,7 +1330,7 @@ impl<D: Disk> DiskStateMachine<D> {
             applied,
             entries: Vec::new(),
         };
-        if from < first || from > applied {
+        if from < first || from >= end {
             return Ok(page);
         }
         let rows = self
@@ -1743,6 +1748,17 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
             first_applied.to_be_bytes().to_vec(),
         );
         self.disk.write(batch, false).await?;
+        // And the log rows the snapshot covers go now, even those a retention would keep
+        // (`DiskLogStore`'s purge, which follows): no backup may read them, and kept they would
+        // leave the log with a hole below the entries that follow the snapshot.
+        self.disk
+            .delete_range_paged(
+                Space::Log,
+                &larder_core::env::log_key(self.group, 0),
+                &larder_core::env::log_key(self.group, first_applied),
+                None,
+            )
+            .await?;
         // Durable first: if the rewrite below is cut short, `open` redoes it from here.
         self.disk.save_snapshot(self.group, encode(&stored)).await?;
         self.rewrite_from_snapshot(&stored.meta, &stored.data)
