@@ -33,7 +33,7 @@ pub(crate) struct Processes {
 
 impl Processes {
     /// Starts `larder <args>` with its stderr (and its stdout, unless piped) in `<name>.log`.
-    pub(crate) fn spawn(&mut self, name: &str, args: &[&str], pipe_stdout: bool) -> &mut Child {
+    fn spawn(&mut self, name: &str, args: &[&str], pipe_stdout: bool) -> &mut Child {
         let log = File::create(self.log(name)).expect("log file");
         let stdout = if pipe_stdout {
             Stdio::piped()
@@ -187,7 +187,7 @@ pub(crate) struct UpAddresses {
 }
 
 /// Reads `larder up`'s stdout through its `try:` line.
-pub(crate) fn up_addresses(up: &mut Child, limit: Duration) -> UpAddresses {
+fn up_addresses(up: &mut Child, limit: Duration) -> UpAddresses {
     let lines = stdout_lines(up);
     let deadline = Instant::now() + limit;
     let (mut centers, mut proxy, mut metrics) = (None, None, None);
@@ -216,11 +216,20 @@ pub(crate) fn up_addresses(up: &mut Child, limit: Duration) -> UpAddresses {
 /// Starts `larder up` (as `up`) with four groups on free ports, data under `dir/up`, and
 /// `extra` arguments; returns what it printed.
 pub(crate) fn start_up(processes: &mut Processes, extra: &[&str]) -> UpAddresses {
+    start_up_with_groups(processes, "4", extra)
+}
+
+/// [`start_up`] with `groups` slot groups.
+pub(crate) fn start_up_with_groups(
+    processes: &mut Processes,
+    groups: &str,
+    extra: &[&str],
+) -> UpAddresses {
     let up_dir = processes.dir.join("up");
     let mut args = vec![
         "up",
         "--groups",
-        "4",
+        groups,
         "--listen",
         "127.0.0.1:0",
         "--center-port",

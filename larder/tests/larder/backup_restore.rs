@@ -20,7 +20,9 @@ use larder_core::kv::Value;
 use larder_core::kv::rdb::file::{Item, RdbFile};
 use larder_core::kv::rdb::restore_value;
 
-use crate::admin_grow::{LARDER, Processes, admin, every_slot_led, status, up_addresses, wait_for};
+use crate::admin_grow::{
+    LARDER, Processes, admin, every_slot_led, start_up_with_groups, status, wait_for,
+};
 
 /// Keys overwritten between the two backups, by each of [`WRITERS`] clients.
 const KEYS: usize = 1500;
@@ -92,25 +94,11 @@ fn connect(proxy: std::net::SocketAddr) -> redis::Connection {
 /// `larder up` (three groups, one per node, so the center splits nothing on its own), with
 /// `--retain-log 1h` when `retain`; its centers and proxy once every slot is led.
 fn start(processes: &mut Processes, retain: bool) -> crate::admin_grow::UpAddresses {
-    let up_dir = processes.dir.join("up");
-    let mut args = vec![
-        "up",
-        "--groups",
-        "3",
-        "--listen",
-        "127.0.0.1:0",
-        "--center-port",
-        "0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--dir",
-        up_dir.to_str().expect("utf-8 path"),
-    ];
+    let mut extra = vec!["--metrics-listen", "127.0.0.1:0"];
     if retain {
-        args.extend_from_slice(&["--retain-log", "1h"]);
+        extra.extend_from_slice(&["--retain-log", "1h"]);
     }
-    let up = processes.spawn("up", &args, true);
-    let addresses = up_addresses(up, Duration::from_secs(60));
+    let addresses = start_up_with_groups(processes, "3", &extra);
     wait_for("every slot led", Duration::from_secs(30), || {
         every_slot_led(&status(&addresses.centers)?)
     });

@@ -189,7 +189,23 @@ impl<D: Disk> DiskLogStore<D> {
                 }
             }
         };
-        let by_count = upto.saturating_sub(self.retention.entries_max);
+        // Below the first entry applied since the last snapshot install, the log may hold a
+        // deposed leader's entries a backup must not read (`DiskStateMachine::entries_from`),
+        // and keeping them would leave a hole below the entries after the snapshot: they go.
+        let floor = match self
+            .disk
+            .get(
+                Space::Meta,
+                &super::state_machine::entries_from_key(self.group),
+            )
+            .await?
+        {
+            Some(bytes) => super::state_machine::decode_index(&bytes)?,
+            None => 0,
+        };
+        let by_count = upto
+            .saturating_sub(self.retention.entries_max)
+            .max(floor.saturating_sub(1));
         let cutoff_ms = self.newest_stamp_ms.saturating_sub(self.retention.ms);
         let mut through = None;
         let mut stamp = 0u64;
@@ -559,14 +575,9 @@ mod tests {
             .collect()
     }
 
-    /// With [`Retention`], a purge moves the mark (openraft reads nothing below it) but keeps
-    /// the entries younger than the window by the entries' own stamps, at most `entries_max`
-    /// of them; without it, everything up to the mark goes.
-    #[tokio::test]
-    async fn a_purge_keeps_the_entries_of_the_retention_window() {
-        let dir = tempfile::tempdir().expect("dir");
-        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
-        let mut store = DiskLogStore::new(
+    /// Group 7's log on `disk`, keeping 1 s of entries, at most `entries_max`.
+    fn retaining(disk: &FjallDisk, entries_max: u64) -> DiskLogStore<FjallDisk> {
+        DiskLogStore::new(
             disk.clone(),
             7,
             Bugs::default(),
@@ -575,8 +586,18 @@ mod tests {
         )
         .with_retention(Retention {
             ms: 1_000,
-            entries_max: 6,
-        });
+            entries_max,
+        })
+    }
+
+    /// With [`Retention`], a purge moves the mark (openraft reads nothing below it) but keeps
+    /// the entries younger than the window by the entries' own stamps, at most `entries_max`
+    /// of them; without it, everything up to the mark goes.
+    #[tokio::test]
+    async fn a_purge_keeps_the_entries_of_the_retention_window() {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let mut store = retaining(&disk, 6);
         // Entries 1..=10 stamped 100 ms apart from 10,000: entry 10 at 10,900 is the newest.
         let entries: Vec<Entry> = (1..=10).map(|i| stamped(i, 9_900 + i * 100)).collect();
         store
@@ -600,17 +621,7 @@ mod tests {
         assert_eq!(stored_indexes(&disk).await, (8..=11).collect::<Vec<_>>());
         // A reopened store (no stamp seen yet) keeps by count only, and finds its first row.
         drop(store);
-        let mut reopened = DiskLogStore::new(
-            disk.clone(),
-            7,
-            Bugs::default(),
-            FaultPoints::none(),
-            Arc::default(),
-        )
-        .with_retention(Retention {
-            ms: 1_000,
-            entries_max: 2,
-        });
+        let mut reopened = retaining(&disk, 2);
         reopened.purge(log_id(1, 11)).await.expect("purge");
         assert_eq!(stored_indexes(&disk).await, vec![10, 11]);
         // Without retention, the purge deletes through the mark.
@@ -623,6 +634,31 @@ mod tests {
         );
         plain.purge(log_id(1, 10)).await.expect("purge");
         assert_eq!(stored_indexes(&disk).await, vec![11]);
+    }
+
+    /// Below the first entry the replica applied since a snapshot install
+    /// (`DiskStateMachine::entries_from`), the purge keeps nothing, however young: those rows
+    /// may be a deposed leader's, and kept they would leave a hole below the snapshot.
+    #[tokio::test]
+    async fn a_purge_after_a_snapshot_install_keeps_nothing_below_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let mut store = retaining(&disk, 100);
+        let entries: Vec<Entry> = (1..=3).chain(8..=9).map(|i| stamped(i, 10_000)).collect();
+        store
+            .append(entries, IOFlushed::noop())
+            .await
+            .expect("append");
+        // A snapshot through 7 installed: the replica applies entries from 8 on.
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Space::Meta,
+            super::super::state_machine::entries_from_key(7),
+            8u64.to_be_bytes().to_vec(),
+        );
+        disk.write(batch, false).await.expect("write");
+        store.purge(log_id(1, 7)).await.expect("purge");
+        assert_eq!(stored_indexes(&disk).await, vec![8, 9]);
     }
 
     fn vote(term: u64, node: NodeId, committed: bool) -> Vote {

@@ -338,6 +338,12 @@ fn meta_end(kind: &str, group: GroupId) -> Vec<u8> {
 /// snapshot install ([`DiskStateMachine::entries_from`]).
 const ENTRIES_FROM: &str = "entries-from";
 
+/// Where `group`'s [`DiskStateMachine::entries_from`] is kept: the log store's purge deletes
+/// every entry below it, however young (`DiskLogStore`'s retention).
+pub(crate) fn entries_from_key(group: GroupId) -> Vec<u8> {
+    meta_prefix(ENTRIES_FROM, group)
+}
+
 /// Most bytes of entries one [`DiskStateMachine::backup_entries`] page carries (one larger
 /// entry travels alone).
 pub const BACKUP_PAGE_BYTES_MAX: usize = 1 << 20;
@@ -1299,7 +1305,7 @@ impl<D: Disk> DiskStateMachine<D> {
     pub async fn entries_from(&self) -> Result<u64, io::Error> {
         match self
             .disk
-            .get(Space::Meta, &meta_prefix(ENTRIES_FROM, self.group))
+            .get(Space::Meta, &entries_from_key(self.group))
             .await?
         {
             Some(bytes) => decode_index(&bytes),
@@ -1744,21 +1750,10 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
         let mut batch = WriteBatch::new();
         batch.put(
             Space::Meta,
-            meta_prefix(ENTRIES_FROM, self.group),
+            entries_from_key(self.group),
             first_applied.to_be_bytes().to_vec(),
         );
         self.disk.write(batch, false).await?;
-        // And the log rows the snapshot covers go now, even those a retention would keep
-        // (`DiskLogStore`'s purge, which follows): no backup may read them, and kept they would
-        // leave the log with a hole below the entries that follow the snapshot.
-        self.disk
-            .delete_range_paged(
-                Space::Log,
-                &larder_core::env::log_key(self.group, 0),
-                &larder_core::env::log_key(self.group, first_applied),
-                None,
-            )
-            .await?;
         // Durable first: if the rewrite below is cut short, `open` redoes it from here.
         self.disk.save_snapshot(self.group, encode(&stored)).await?;
         self.rewrite_from_snapshot(&stored.meta, &stored.data)
