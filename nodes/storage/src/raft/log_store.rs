@@ -170,10 +170,10 @@ impl<D: Disk> DiskLogStore<D> {
         self
     }
 
-    /// The last index a purge through `upto` deletes under [`Retention`] (`None`: none), and
-    /// the first index it keeps. Entries go oldest first: one is deleted when more than
-    /// `entries_max` entries up to `upto` would stay, or when its stamp (a blank or membership
-    /// entry has the stamp of the entry before it) is `ms` older than the newest appended.
+    /// The last index a purge through `upto` deletes under [`Retention`] (`None`: none).
+    /// Entries go oldest first: one is deleted when more than
+    /// `entries_max` entries up to `upto` would stay, or when its stamp is `ms` older than the
+    /// newest appended (a blank or membership entry, unstamped, with the stamped one after it).
     async fn retained_through(&mut self, upto: u64) -> Result<Option<u64>, io::Error> {
         let first = match self.purged_through {
             Some(through) => through.saturating_add(1),
@@ -208,7 +208,6 @@ impl<D: Disk> DiskLogStore<D> {
             .max(floor.saturating_sub(1));
         let cutoff_ms = self.newest_stamp_ms.saturating_sub(self.retention.ms);
         let mut through = None;
-        let mut stamp = 0u64;
         let mut next = first;
         while next <= upto {
             let to = upto.saturating_add(1);
@@ -221,10 +220,16 @@ impl<D: Disk> DiskLogStore<D> {
             };
             for (index, row) in rows {
                 let entry: Entry = decode(&row)?;
-                if let openraft::EntryPayload::Normal(request) = &entry.payload {
-                    stamp = request.now_ms;
-                }
-                let old = self.newest_stamp_ms > 0 && stamp <= cutoff_ms;
+                let openraft::EntryPayload::Normal(request) = &entry.payload else {
+                    // A blank or membership entry has no stamp: it goes by count, or with the
+                    // next stamped entry (appended after it, so no older), never alone by the
+                    // one before it (it may have come long after that one).
+                    if index <= by_count {
+                        through = Some(index);
+                    }
+                    continue;
+                };
+                let old = self.newest_stamp_ms > 0 && request.now_ms <= cutoff_ms;
                 if index > by_count && !old {
                     return Ok(through);
                 }
@@ -634,6 +639,29 @@ mod tests {
         );
         plain.purge(log_id(1, 10)).await.expect("purge");
         assert_eq!(stored_indexes(&disk).await, vec![11]);
+    }
+
+    /// A blank or membership entry has no stamp: it goes with the stamped entry after it, not
+    /// by the one before it (a leader elected long after that one appends it).
+    #[tokio::test]
+    async fn an_unstamped_entry_goes_with_the_stamped_one_after_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let mut store = retaining(&disk, 100);
+        let entries = vec![
+            Entry::new_blank(log_id(1, 1)),
+            stamped(2, 8_000),
+            Entry::new_blank(log_id(1, 3)),
+            stamped(4, 10_000),
+        ];
+        store
+            .append(entries, IOFlushed::noop())
+            .await
+            .expect("append");
+        // 1 s before 10,000: entry 2 is old, and the blank before it goes with it; the blank
+        // after it waits for entry 4, which is young.
+        store.purge(log_id(1, 4)).await.expect("purge");
+        assert_eq!(stored_indexes(&disk).await, vec![3, 4]);
     }
 
     /// Below the first entry the replica applied since a snapshot install

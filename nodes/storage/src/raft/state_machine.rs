@@ -1361,14 +1361,14 @@ impl<D: Disk> DiskStateMachine<D> {
     }
 
     /// The group's whole state now, for a backup: `(applied index, group clock, snapshot)`,
-    /// the snapshot encoded as [`restore_base`] takes it. `None` before anything is applied.
+    /// the snapshot encoded as [`DiskStateMachine::restore_base`] takes it. `None` before
+    /// anything is applied.
     pub async fn backup_base(&self) -> Result<Option<(u64, u64, Bytes)>, io::Error> {
-        let Some(snapshot) = self.materialize().await? else {
+        let Some((snapshot, clock_ms)) = self.materialize_with_clock().await? else {
             return Ok(None);
         };
         let index = snapshot.meta.last_log_id.map_or(0, |id| id.index());
         let data = snapshot.snapshot.into_inner();
-        let clock_ms = decode::<SnapshotBody>(&data)?.clock_ms;
         let stored = StoredSnapshot {
             meta: snapshot.meta,
             data,
@@ -1420,6 +1420,14 @@ impl<D: Disk> DiskStateMachine<D> {
     /// The group's whole state as one snapshot, read now: what a follower too far behind for
     /// the log is sent ([`RaftStateMachine::get_current_snapshot`]).
     async fn materialize(&self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self
+            .materialize_with_clock()
+            .await?
+            .map(|(snapshot, _)| snapshot))
+    }
+
+    /// [`DiskStateMachine::materialize`], with the group clock the snapshot holds.
+    async fn materialize_with_clock(&self) -> Result<Option<(Snapshot, u64)>, io::Error> {
         // The apply lock is held only to fix what the snapshot shows: the applied state, the
         // sessions and a point-in-time view of the disk. Scanning the range and encoding it
         // run while apply goes on: holding the lock through them stalled a group of 180k keys
@@ -1473,13 +1481,14 @@ impl<D: Disk> DiskStateMachine<D> {
             sessions,
         })
         .map_err(|e| invalid(e.to_string()))?;
-        Ok(Some(Snapshot {
+        let snapshot = Snapshot {
             meta: SnapshotMeta {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership,
             },
             snapshot: std::io::Cursor::new(data),
-        }))
+        };
+        Ok(Some((snapshot, applied.clock_ms)))
     }
 }
 

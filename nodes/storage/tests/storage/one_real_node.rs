@@ -1196,3 +1196,116 @@ fn a_write_that_would_change_nothing_takes_no_log_entry_and_its_copies_get_its_a
     assert!(last_log() > after);
     node.stop();
 }
+
+/// The backup service on one node whose snapshots purge the log every 20 entries. With
+/// `retain_log_ms`, every committed entry from the first is served (in consecutive pages, none
+/// past the applied index), though the purge mark has passed them; without it, asking below
+/// the mark is a gap (`first` above what was asked, no entries). A base travels in 1 MiB chunks
+/// and the node holds one per group: a continuation of a base another replaced restarts, and so
+/// does one after the last chunk (the base is dropped then).
+#[test]
+fn a_backup_reads_the_retained_log_and_one_base_at_a_time() {
+    use larder_protocol::{BACKUP_CHUNK_BYTES, BackupAnswer, BackupPart, BackupRead};
+    const FLOOR: u64 = 20;
+    for retain in [true, false] {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = NodeConfig::new(ID, vec![GROUP]);
+        config.snapshot_logs_since_last = FLOOR;
+        config.snapshot_logs_kept = 0;
+        config.retain_log_ms = if retain { 3_600_000 } else { 0 };
+        let node = start_with(dir.path(), config).expect("start");
+        node.runtime
+            .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
+            .expect("initialize");
+        node.wait_leader();
+        // 16 values of 100 KB: a base of more than one chunk.
+        let big = "v".repeat(100_000);
+        for i in 0..(FLOOR * 6) {
+            let value = if i < 16 { big.clone() } else { i.to_string() };
+            assert_eq!(
+                node.execute(Command::set(format!("k{i}"), value)),
+                ClientResponse::Reply(Reply::Ok)
+            );
+        }
+        let raft = node.node.raft(GROUP).expect("group");
+        let mut purged = 0;
+        for _ in 0..250 {
+            purged = raft
+                .metrics()
+                .borrow_watched()
+                .purged
+                .map_or(0, |log| log.index());
+            if purged > FLOOR * 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(purged > FLOOR * 3, "the log was purged only to {purged}");
+        let read = |part| {
+            node.runtime
+                .block_on(node.node.backup_read(BackupRead { group: GROUP, part }))
+        };
+        let entries = |from| match read(BackupPart::Entries { from }) {
+            BackupAnswer::Entries(chunk) => chunk,
+            other => panic!("{other:?}"),
+        };
+        let first = entries(1);
+        if retain {
+            assert_eq!(first.first, 1, "nothing purged for the backup");
+            let mut next = 1;
+            loop {
+                let chunk = entries(next);
+                if chunk.entries.is_empty() {
+                    break;
+                }
+                for (index, _) in &chunk.entries {
+                    assert_eq!(*index, next, "consecutive");
+                    assert!(*index <= chunk.applied, "none past the applied index");
+                    next += 1;
+                }
+            }
+            assert_eq!(
+                next,
+                first.applied + 1,
+                "every entry through the applied index"
+            );
+        } else {
+            assert!(
+                first.first > purged,
+                "{first:?} below the purge mark at {purged}"
+            );
+            assert!(first.entries.is_empty(), "a gap, not entries");
+        }
+        // A base in chunks; a second base replaces the first.
+        let base = |index, offset| read(BackupPart::Base { index, offset });
+        let BackupAnswer::Base(one) = base(None, 0) else {
+            panic!("no base")
+        };
+        assert_eq!(one.offset, 0);
+        assert_eq!(one.data.len() as u64, BACKUP_CHUNK_BYTES);
+        assert!(one.total > BACKUP_CHUNK_BYTES);
+        assert_eq!(
+            node.execute(Command::set("later", "x")),
+            ClientResponse::Reply(Reply::Ok)
+        );
+        let BackupAnswer::Base(two) = base(None, 0) else {
+            panic!("no base")
+        };
+        assert!(two.index > one.index);
+        assert_eq!(
+            base(Some(one.index), BACKUP_CHUNK_BYTES),
+            BackupAnswer::Restart,
+            "the first base was replaced"
+        );
+        let BackupAnswer::Base(rest) = base(Some(two.index), BACKUP_CHUNK_BYTES) else {
+            panic!("the rest of the second base")
+        };
+        assert_eq!(rest.offset + rest.data.len() as u64, two.total);
+        assert_eq!(
+            base(Some(two.index), BACKUP_CHUNK_BYTES),
+            BackupAnswer::Restart,
+            "dropped after its last chunk"
+        );
+        node.stop();
+    }
+}
