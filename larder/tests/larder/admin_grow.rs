@@ -116,6 +116,18 @@ pub(crate) fn admin(args: &[&str]) -> Output {
         .expect("run larder admin")
 }
 
+/// `larder admin <args>`, which must succeed; its standard output.
+pub(crate) fn admin_succeeds(args: &[&str]) -> String {
+    let output = admin(args);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "larder admin {args:?}: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
 /// `larder admin status --json` against `centers`, parsed.
 pub(crate) fn status(centers: &str) -> Result<ClusterStatus, String> {
     let output = admin(&["status", "--json", "--center", centers, "--timeout", "5s"]);
@@ -362,7 +374,7 @@ fn admin_status_watches_a_local_cluster_grow() {
     );
 
     // Group 1's slots move to group 2 online, and the status shows it.
-    let output = admin(&[
+    let text = admin_succeeds(&[
         "move-slots",
         "0-2047",
         "--to",
@@ -371,12 +383,6 @@ fn admin_status_watches_a_local_cluster_grow() {
         "--center",
         &centers,
     ]);
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     assert!(text.contains("done (routing epoch"), "{text}");
     let moved = status(&centers).expect("status after the move");
     let ranges = |group: u64| {
@@ -392,13 +398,7 @@ fn admin_status_watches_a_local_cluster_grow() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("0-2047"));
 
     // Group 3 splits: a new group (9) joins the table and takes the upper half of its slots.
-    let output = admin(&["split", "3", "--wait", "--center", &centers]);
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = admin_succeeds(&["split", "3", "--wait", "--center", &centers]);
     assert!(
         text.contains("new group 9") && text.contains("done (routing epoch"),
         "{text}"

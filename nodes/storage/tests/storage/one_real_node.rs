@@ -113,6 +113,25 @@ impl Running {
         panic!("the single voter never led group {group}");
     }
 
+    /// Waits (5 s at most) for `GROUP`'s log to be purged past `floor`; returns the mark.
+    fn purged_past(&self, floor: u64) -> u64 {
+        let raft = self.node.raft(GROUP).expect("group");
+        let mut purged = 0;
+        for _ in 0..250 {
+            purged = raft
+                .metrics()
+                .borrow_watched()
+                .purged
+                .map_or(0, |log| log.index());
+            if purged > floor {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(purged > floor, "the log was purged only to {purged}");
+        purged
+    }
+
     fn stop(self) {
         self.runtime.block_on(self.node.shutdown());
         drop(self.node);
@@ -601,20 +620,7 @@ fn snapshots_purge_the_log_and_a_restart_keeps_every_write() {
             ok
         );
     }
-    let raft = node.node.raft(GROUP).expect("group");
-    let mut purged = 0;
-    for _ in 0..250 {
-        purged = raft
-            .metrics()
-            .borrow_watched()
-            .purged
-            .map_or(0, |log| log.index());
-        if purged > FLOOR * 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(purged > FLOOR * 3, "the log was purged only to {purged}");
+    let purged = node.purged_past(FLOOR * 3);
     node.stop();
 
     let again = start_with(dir.path(), config()).expect("restart");
@@ -1227,20 +1233,7 @@ fn a_backup_reads_the_retained_log_and_one_base_at_a_time() {
                 ClientResponse::Reply(Reply::Ok)
             );
         }
-        let raft = node.node.raft(GROUP).expect("group");
-        let mut purged = 0;
-        for _ in 0..250 {
-            purged = raft
-                .metrics()
-                .borrow_watched()
-                .purged
-                .map_or(0, |log| log.index());
-            if purged > FLOOR * 3 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(purged > FLOOR * 3, "the log was purged only to {purged}");
+        let purged = node.purged_past(FLOOR * 3);
         let read = |part| {
             node.runtime
                 .block_on(node.node.backup_read(BackupRead { group: GROUP, part }))
