@@ -336,7 +336,8 @@ async fn ask(net: &TcpNet, node: NodeId, read: BackupRead) -> anyhow::Result<Bac
     }
 }
 
-/// Saves `group`'s new entries and, when due, a base, from replica `node`; describes what.
+/// Saves `group`'s base when one is due and its new entries, from replica `node`, and a base
+/// after a gap; describes what.
 async fn save_group(
     net: &TcpNet,
     node: NodeId,
@@ -347,6 +348,19 @@ async fn save_group(
     std::fs::create_dir_all(gdir).with_context(|| format!("creating {}", gdir.display()))?;
     let listing = Listing::read(gdir)?;
     let mut said = Vec::new();
+    // A base that is due goes first, then the entries since the last saved one: entries
+    // read first and a base after would leave the entries in between unsaved (the base's
+    // index is past them), and no moment among them could be restored.
+    let newest_base = listing.bases.last().map(|(_, clock, _)| *clock);
+    let due = match newest_base {
+        None => true,
+        Some(clock) => now_ms().saturating_sub(clock) >= base_every.as_millis() as u64,
+    };
+    let base = if due {
+        Some(save_base(net, node, group, gdir).await?)
+    } else {
+        None
+    };
     let mut gap = None;
     if let Some(through) = listing.saved_through() {
         let mut from = through + 1;
@@ -393,13 +407,11 @@ async fn save_group(
              back to the last saved entry cannot be restored"
         ));
     }
-    let newest_base = listing.bases.last().map(|(_, clock, _)| *clock);
-    let due = match newest_base {
-        None => true,
-        Some(clock) => now_ms().saturating_sub(clock) >= base_every.as_millis() as u64,
-    };
-    if due || gap.is_some() {
-        said.push(save_base(net, node, group, gdir).await?);
+    match base {
+        Some(line) => said.push(line),
+        // After a gap, the state past it: a base (one taken this round already is).
+        None if gap.is_some() => said.push(save_base(net, node, group, gdir).await?),
+        None => {}
     }
     Ok(said.join("; "))
 }

@@ -206,6 +206,18 @@ fn a_backup_restores_the_moment_asked_and_the_latest() {
     assert!(!out.contains("base at index"), "no base due: {out}");
     assert!(!out.contains("GAP") && !out.contains("NOT SAVED"), "{out}");
     assert_eq!(out.matches(" entries (").count(), 3, "{out}");
+    // A round with a base due saves the base, then the entries since the last saved one (none
+    // here): no index is left between the two.
+    let (out, _) = run(&[
+        "backup",
+        backup_dir,
+        "--center",
+        &centers,
+        "--base-every",
+        "0s",
+    ]);
+    assert_eq!(out.matches("base at index").count(), 3, "{out}");
+    assert_eq!(out.matches("no new entries").count(), 3, "{out}");
 
     // Restored at the moment: exactly the first state.
     let first = dir.path().join("first.rdb");
