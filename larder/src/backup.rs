@@ -34,11 +34,12 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
 use larder_core::kv::Value;
+use larder_core::kv::rdb::checksum64;
 use larder_core::kv::rdb::writer::RdbWriter;
 use larder_core::slots::{Ownership, ranges_contain, slot_of};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
-    BackupAnswer, BackupPart, BackupRead, ClusterStatus, Encoded, GroupSummary, call,
+    BackupAnswer, BackupRead, ClusterStatus, Encoded, GroupSummary, call, read_base, read_entries,
 };
 use larder_real::{AddressBook, FjallDisk, FjallOptions, TcpNet};
 use larder_storage::restore::{Replay, Replayed};
@@ -51,7 +52,6 @@ const ENTRIES_MAGIC: &[u8] = b"LARDER-ENTRIES 1\n";
 const ENTRIES_FILE_BYTES_MAX: usize = 64 << 20;
 /// One backup call's time limit (a base chunk or a page of entries).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-static CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_REDIS);
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -142,7 +142,7 @@ fn sealed(magic: &[u8], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(magic.len() + body.len() + 8);
     out.extend_from_slice(magic);
     out.extend_from_slice(body);
-    let sum = CRC64.checksum(&out);
+    let sum = checksum64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     out
 }
@@ -156,7 +156,7 @@ fn unsealed<'a>(magic: &[u8], bytes: &'a [u8], path: &Path) -> anyhow::Result<&'
         bail!("{}: not a Larder backup file of this kind", path.display());
     }
     let stored = u64::from_le_bytes(bytes[split..].try_into().expect("8 bytes"));
-    if CRC64.checksum(&bytes[..split]) != stored {
+    if checksum64(&bytes[..split]) != stored {
         bail!(
             "{}: checksum mismatch (the file is damaged)",
             path.display()
@@ -330,10 +330,7 @@ fn replicas_to_ask(group: &GroupSummary) -> Vec<NodeId> {
 }
 
 async fn ask(net: &TcpNet, node: NodeId, read: BackupRead) -> anyhow::Result<BackupAnswer> {
-    match call(net, node, &Encoded::new(read), CALL_TIMEOUT).await? {
-        BackupAnswer::Failed { reason } => bail!("{reason}"),
-        answer => Ok(answer),
-    }
+    Ok(call(net, node, &Encoded::new(read), CALL_TIMEOUT).await?)
 }
 
 /// Saves `group`'s base when one is due and its new entries, from replica `node`, and a base
@@ -363,42 +360,20 @@ async fn save_group(
     };
     let mut gap = None;
     if let Some(through) = listing.saved_through() {
-        let mut from = through + 1;
-        let (mut rows, mut bytes, mut saved) = (Vec::new(), 0usize, 0u64);
-        loop {
-            let answer = ask(
-                net,
-                node,
-                BackupRead {
-                    group,
-                    part: BackupPart::Entries { from },
-                },
-            );
-            let BackupAnswer::Entries(chunk) = answer.await? else {
-                bail!("answered entries with something else");
-            };
-            if chunk.entries.is_empty() {
-                if from < chunk.first {
-                    gap = Some((from, chunk.first));
-                }
-                break;
-            }
-            for (index, row) in chunk.entries {
-                bytes += row.len();
-                rows.push((index, row));
-                from = index + 1;
-            }
-            if bytes >= ENTRIES_FILE_BYTES_MAX {
-                saved += save_entries(gdir, &mut rows)?;
-                bytes = 0;
-            }
-        }
-        saved += save_entries(gdir, &mut rows)?;
+        let mut files = EntriesFiles::new(gdir, ENTRIES_FILE_BYTES_MAX);
+        let take = |page| files.take(page);
+        let read = read_entries(|read| ask(net, node, read), group, through + 1, take).await?;
+        let saved = files.finish()?;
         if saved > 0 {
-            said.push(format!("{saved} entries ({}..={})", through + 1, from - 1));
-        } else if gap.is_none() {
+            said.push(format!(
+                "{saved} entries ({}..={})",
+                through + 1,
+                read.next - 1
+            ));
+        } else if read.gap.is_none() {
             said.push("no new entries".to_string());
         }
+        gap = read.gap.map(|first| (read.next, first));
     }
     if let Some((from, first)) = gap {
         said.push(format!(
@@ -416,16 +391,56 @@ async fn save_group(
     Ok(said.join("; "))
 }
 
-/// Writes `rows` (if any) as one entries file and empties it; returns how many.
-fn save_entries(gdir: &Path, rows: &mut Vec<(u64, Bytes)>) -> anyhow::Result<u64> {
-    let (Some((first, _)), Some((last, _))) = (rows.first(), rows.last()) else {
-        return Ok(0);
-    };
-    let path = gdir.join(format!("entries-{first:020}-{last:020}.log"));
-    write_whole(&path, &encode_entries(rows))?;
-    let count = rows.len() as u64;
-    rows.clear();
-    Ok(count)
+/// Pages of entries as they are read, written as entries files of about `bytes_max` each
+/// (a restore holds one file in memory at a time).
+struct EntriesFiles<'a> {
+    gdir: &'a Path,
+    bytes_max: usize,
+    rows: Vec<(u64, Bytes)>,
+    bytes: usize,
+    saved: u64,
+}
+
+impl<'a> EntriesFiles<'a> {
+    fn new(gdir: &'a Path, bytes_max: usize) -> Self {
+        EntriesFiles {
+            gdir,
+            bytes_max,
+            rows: Vec::new(),
+            bytes: 0,
+            saved: 0,
+        }
+    }
+
+    /// Holds `page`; writes what is held as a file once it reaches `bytes_max`.
+    fn take(&mut self, page: Vec<(u64, Bytes)>) -> anyhow::Result<()> {
+        self.bytes += page.iter().map(|(_, row)| row.len()).sum::<usize>();
+        self.rows.extend(page);
+        if self.bytes >= self.bytes_max {
+            self.write()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is held; returns how many entries were saved in all.
+    fn finish(mut self) -> anyhow::Result<u64> {
+        self.write()?;
+        Ok(self.saved)
+    }
+
+    fn write(&mut self) -> anyhow::Result<()> {
+        let (Some((first, _)), Some((last, _))) = (self.rows.first(), self.rows.last()) else {
+            return Ok(());
+        };
+        let path = self
+            .gdir
+            .join(format!("entries-{first:020}-{last:020}.log"));
+        write_whole(&path, &encode_entries(&self.rows))?;
+        self.saved += self.rows.len() as u64;
+        self.rows.clear();
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 async fn save_base(
@@ -434,41 +449,16 @@ async fn save_base(
     group: GroupId,
     gdir: &Path,
 ) -> anyhow::Result<String> {
-    let part = BackupPart::Base {
-        index: None,
-        offset: 0,
+    let Some(base) = read_base(|read| ask(net, node, read), group).await? else {
+        return Ok("nothing applied yet, no base".to_string());
     };
-    let chunk = match ask(net, node, BackupRead { group, part }).await? {
-        BackupAnswer::Base(chunk) => chunk,
-        BackupAnswer::Empty => return Ok("nothing applied yet, no base".to_string()),
-        _ => bail!("answered a base with something else"),
-    };
-    let (index, clock_ms, total) = (chunk.index, chunk.clock_ms, chunk.total);
-    let mut data = Vec::with_capacity(usize::try_from(total)?);
-    data.extend_from_slice(&chunk.data);
-    while (data.len() as u64) < total {
-        let part = BackupPart::Base {
-            index: Some(index),
-            offset: data.len() as u64,
-        };
-        match ask(net, node, BackupRead { group, part }).await? {
-            BackupAnswer::Base(chunk)
-                if chunk.index == index && chunk.offset == data.len() as u64 =>
-            {
-                data.extend_from_slice(&chunk.data);
-            }
-            BackupAnswer::Restart => {
-                bail!("the base was replaced while it was read (another backup?)")
-            }
-            _ => bail!("answered a base chunk with something else"),
-        }
-    }
+    let (index, clock_ms) = (base.index, base.clock_ms);
     let path = gdir.join(format!("base-{index:020}-{clock_ms:020}.base"));
-    write_whole(&path, &encode_base(index, clock_ms, &data))?;
+    write_whole(&path, &encode_base(index, clock_ms, &base.data))?;
     Ok(format!(
         "base at index {index} ({}, {} bytes)",
         format_ms(clock_ms),
-        data.len()
+        base.data.len()
     ))
 }
 
@@ -744,6 +734,30 @@ mod tests {
             !dir.path()
                 .join("base-00000000000000000009-00000001800000000000.tmp")
                 .exists()
+        );
+    }
+
+    #[test]
+    fn entries_files_are_cut_at_their_size_bound() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut files = EntriesFiles::new(dir.path(), 10);
+        let page = |from: u64, n: u64| -> Vec<(u64, Bytes)> {
+            (from..from + n)
+                .map(|i| (i, Bytes::from(vec![b'x'; 4])))
+                .collect()
+        };
+        files.take(page(1, 2)).expect("take"); // 8 bytes: held
+        files.take(page(3, 1)).expect("take"); // 12: a file of 1..=3
+        files.take(page(4, 3)).expect("take"); // 12: a file of 4..=6
+        files.take(page(7, 1)).expect("take"); // held until the end
+        assert_eq!(files.finish().expect("finish"), 7);
+        let listing = Listing::read(dir.path()).expect("list");
+        let spans: Vec<_> = listing.entries.iter().map(|(a, b, _)| (*a, *b)).collect();
+        assert_eq!(spans, vec![(1, 3), (4, 6), (7, 7)]);
+        assert_eq!(
+            EntriesFiles::new(dir.path(), 10).finish().expect("finish"),
+            0,
+            "no file for no entries"
         );
     }
 

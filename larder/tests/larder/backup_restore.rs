@@ -91,18 +91,48 @@ fn connect(proxy: std::net::SocketAddr) -> redis::Connection {
     })
 }
 
+/// A running cluster with the first state written and backed up once.
+struct FirstBackup {
+    // Declared first, so dropped (its processes stopped) before their directory goes.
+    _processes: Processes,
+    dir: tempfile::TempDir,
+    addresses: crate::admin_grow::UpAddresses,
+    redis: redis::Connection,
+    backup_dir: String,
+    /// What the first `larder backup` printed.
+    out: String,
+}
+
 /// `larder up` (three groups, one per node, so the center splits nothing on its own), with
-/// `--retain-log 1h` when `retain`; its centers and proxy once every slot is led.
-fn start(processes: &mut Processes, retain: bool) -> crate::admin_grow::UpAddresses {
+/// `--retain-log 1h` when `retain`, once every slot is led; the first state written; one
+/// `larder backup` into `backup_dir`.
+fn first_backup(retain: bool) -> FirstBackup {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut processes = Processes {
+        dir: dir.path().to_path_buf(),
+        children: Vec::new(),
+    };
     let mut extra = vec!["--metrics-listen", "127.0.0.1:0"];
     if retain {
         extra.extend_from_slice(&["--retain-log", "1h"]);
     }
-    let addresses = start_up_with_groups(processes, "3", &extra);
+    let addresses = start_up_with_groups(&mut processes, "3", &extra);
     wait_for("every slot led", Duration::from_secs(30), || {
         every_slot_led(&status(&addresses.centers)?)
     });
-    addresses
+    let mut redis = connect(addresses.proxy);
+    write_first_state(&mut redis);
+    let backup_dir = dir.path().join("backup");
+    let backup_dir = backup_dir.to_str().expect("utf-8 path").to_string();
+    let (out, _) = run(&["backup", &backup_dir, "--center", &addresses.centers]);
+    FirstBackup {
+        _processes: processes,
+        dir,
+        addresses,
+        redis,
+        backup_dir,
+        out,
+    }
 }
 
 /// The first state: strings, a collection of each type, a key with a TTL, a lock.
@@ -161,19 +191,16 @@ fn a_moment_between() -> u64 {
 
 #[test]
 fn a_backup_restores_the_moment_asked_and_the_latest() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut processes = Processes {
-        dir: dir.path().to_path_buf(),
-        children: Vec::new(),
-    };
-    let addresses = start(&mut processes, true);
+    let first_backup = first_backup(true);
+    let FirstBackup {
+        ref dir,
+        ref addresses,
+        ref backup_dir,
+        ref out,
+        ..
+    } = first_backup;
+    let mut redis = first_backup.redis;
     let centers = addresses.centers.clone();
-    let mut redis = connect(addresses.proxy);
-    write_first_state(&mut redis);
-
-    let backup_dir = dir.path().join("backup");
-    let backup_dir = backup_dir.to_str().expect("utf-8 path");
-    let (out, _) = run(&["backup", backup_dir, "--center", &centers]);
     assert_eq!(out.matches("base at index").count(), 3, "{out}");
     let moment = a_moment_between();
 
@@ -307,18 +334,15 @@ fn a_backup_restores_the_moment_asked_and_the_latest() {
 /// target its archive cannot reach the same way).
 #[test]
 fn a_restore_into_a_gap_is_refused_with_its_reason() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut processes = Processes {
-        dir: dir.path().to_path_buf(),
-        children: Vec::new(),
-    };
-    let addresses = start(&mut processes, false);
+    let first_backup = first_backup(false);
+    let FirstBackup {
+        ref dir,
+        ref addresses,
+        ref backup_dir,
+        ..
+    } = first_backup;
+    let mut redis = first_backup.redis;
     let centers = addresses.centers.clone();
-    let mut redis = connect(addresses.proxy);
-    write_first_state(&mut redis);
-    let backup_dir = dir.path().join("backup");
-    let backup_dir = backup_dir.to_str().expect("utf-8 path");
-    run(&["backup", backup_dir, "--center", &centers]);
     let before = a_moment_between();
     overwrite_concurrently(addresses.proxy);
     // A moment after the purged entries, before the writes that precede the next bases.

@@ -41,7 +41,8 @@ pub use admin::{
     SlotRead, TrackSlots, TransferLeadership, UntrackSlots,
 };
 pub use backup::{
-    BACKUP_CHUNK_BYTES, BackupAnswer, BackupPart, BackupRead, BaseChunk, EntriesChunk,
+    BACKUP_CHUNK_BYTES, BackupAnswer, BackupPart, BackupRead, BackupReadError, Base, BaseChunk,
+    EntriesChunk, EntriesRead, read_base, read_entries,
 };
 pub use center::{
     ADDRESS_BYTES_MAX, ADDRESSES_MAX, CenterRequest, CenterResponse, ClusterStatus, DrainNode,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::{GroupId, NodeId};
-use larder_protocol::{BackupAnswer, BackupPart, BackupRead, CENTER_GROUP};
+use larder_protocol::{BackupAnswer, BackupRead, CENTER_GROUP, read_base, read_entries};
 use larder_storage::StorageNode;
 use larder_storage::restore::Replay;
 
@@ -125,31 +125,24 @@ async fn take_base(
     archive: &Mutex<Archive>,
     rebase: bool,
 ) {
-    let part = BackupPart::Base {
-        index: None,
-        offset: 0,
-    };
-    let BackupAnswer::Base(first) = node.backup_read(BackupRead { group, part }).await else {
+    let Ok(Some(base)) = read_base(|read| ask(node, read), group).await else {
         return;
     };
-    let mut data = first.data.to_vec();
-    while (data.len() as u64) < first.total {
-        let part = BackupPart::Base {
-            index: Some(first.index),
-            offset: data.len() as u64,
-        };
-        match node.backup_read(BackupRead { group, part }).await {
-            BackupAnswer::Base(chunk) => data.extend_from_slice(&chunk.data),
-            _ => return,
-        }
-    }
     let mut archive = archive.lock().expect("archive lock");
     let kept = archive.groups.entry(group).or_default();
-    kept.base = Some((first.index, first.clock_ms, data));
+    kept.base = Some((base.index, base.clock_ms, base.data));
     kept.entries.clear();
     if rebase {
         kept.rebases += 1;
     }
+}
+
+/// One question to a replica in process: it cannot fail to arrive.
+async fn ask(
+    node: &StorageNode<SimEnv>,
+    read: BackupRead,
+) -> Result<BackupAnswer, std::convert::Infallible> {
+    Ok(node.backup_read(read).await)
 }
 
 enum Fetched {
@@ -159,34 +152,25 @@ enum Fetched {
     Gap,
 }
 
-/// Appends `group`'s entries from `from` on, as `node` serves them, to the archive.
+/// Appends `group`'s entries from `from` on, as `node` serves them, to the archive, with
+/// `larder backup`'s own reading ([`read_entries`]).
 async fn fetch(
     node: &StorageNode<SimEnv>,
     group: GroupId,
-    mut from: u64,
+    from: u64,
     archive: &Mutex<Archive>,
 ) -> Fetched {
-    loop {
-        let part = BackupPart::Entries { from };
-        let BackupAnswer::Entries(chunk) = node.backup_read(BackupRead { group, part }).await
-        else {
-            return Fetched::Done;
-        };
-        if chunk.entries.is_empty() {
-            return if from < chunk.first {
-                Fetched::Gap
-            } else {
-                Fetched::Done
-            };
-        }
+    let take = |page: Vec<(u64, Bytes)>| {
         let mut archive = archive.lock().expect("archive lock");
         let kept = archive.groups.entry(group).or_default();
-        // A base taken meanwhile (it cannot be: one task archives) would make these stale.
-        if kept.next() != Some(from) {
-            return Fetched::Done;
-        }
-        from = chunk.entries.last().map_or(from, |(i, _)| i + 1);
-        kept.entries.extend(chunk.entries);
+        // One task archives, so nothing else moves the archive between two pages.
+        debug_assert_eq!(kept.next(), page.first().map(|(index, _)| *index));
+        kept.entries.extend(page);
+        Ok(())
+    };
+    match read_entries(|read| ask(node, read), group, from, take).await {
+        Ok(read) if read.gap.is_some() => Fetched::Gap,
+        _ => Fetched::Done,
     }
 }
 

@@ -42,6 +42,12 @@ pub const RESTORE_RDB_VERSION_MAX: u16 = 12;
 /// A `static`, not a `const`: [`file`] keeps a running digest of a whole file, which borrows it.
 static CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_REDIS);
 
+/// Redis's CRC-64 (Jones, reflected; the checksum of RDB files and `DUMP` payloads) of
+/// `bytes`, for other files that want the same check (`larder backup`'s).
+pub fn checksum64(bytes: &[u8]) -> u64 {
+    CRC64.checksum(bytes)
+}
+
 /// Why a payload was refused. The messages are Redis's own answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {

@@ -348,7 +348,7 @@ pub(crate) fn entries_from_key(group: GroupId) -> Vec<u8> {
 /// entry travels alone).
 pub const BACKUP_PAGE_BYTES_MAX: usize = 1 << 20;
 /// Most entries one page carries.
-const BACKUP_PAGE_ENTRIES_MAX: usize = 4096;
+pub const BACKUP_PAGE_ENTRIES_MAX: usize = 4096;
 
 /// One page of a group's committed log entries for a backup ([`DiskStateMachine::backup_entries`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1212,6 +1212,7 @@ fn a_write_that_would_change_nothing_takes_no_log_entry_and_its_copies_get_its_a
 #[test]
 fn a_backup_reads_the_retained_log_and_one_base_at_a_time() {
     use larder_protocol::{BACKUP_CHUNK_BYTES, BackupAnswer, BackupPart, BackupRead};
+    use larder_storage::raft::state_machine::{BACKUP_PAGE_BYTES_MAX, BACKUP_PAGE_ENTRIES_MAX};
     const FLOOR: u64 = 20;
     for retain in [true, false] {
         let dir = tempfile::tempdir().expect("dir");
@@ -1224,9 +1225,15 @@ fn a_backup_reads_the_retained_log_and_one_base_at_a_time() {
             .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
             .expect("initialize");
         node.wait_leader();
-        // 16 values of 100 KB: a base of more than one chunk.
+        // 16 values of 100 KB: a base of more than one chunk, and pages of entries cut by
+        // bytes; with retention, more entries than a page holds.
         let big = "v".repeat(100_000);
-        for i in 0..(FLOOR * 6) {
+        let writes = if retain {
+            BACKUP_PAGE_ENTRIES_MAX as u64 + 100
+        } else {
+            FLOOR * 6
+        };
+        for i in 0..writes {
             let value = if i < 16 { big.clone() } else { i.to_string() };
             assert_eq!(
                 node.execute(Command::set(format!("k{i}"), value)),
@@ -1246,11 +1253,19 @@ fn a_backup_reads_the_retained_log_and_one_base_at_a_time() {
         if retain {
             assert_eq!(first.first, 1, "nothing purged for the backup");
             let mut next = 1;
+            let mut pages = Vec::new();
             loop {
                 let chunk = entries(next);
                 if chunk.entries.is_empty() {
                     break;
                 }
+                let bytes: usize = chunk.entries.iter().map(|(_, row)| row.len()).sum();
+                assert!(
+                    bytes <= BACKUP_PAGE_BYTES_MAX || chunk.entries.len() == 1,
+                    "a page of {bytes} bytes"
+                );
+                assert!(chunk.entries.len() <= BACKUP_PAGE_ENTRIES_MAX);
+                pages.push(chunk.entries.len());
                 for (index, _) in &chunk.entries {
                     assert_eq!(*index, next, "consecutive");
                     assert!(*index <= chunk.applied, "none past the applied index");
@@ -1262,6 +1277,9 @@ fn a_backup_reads_the_retained_log_and_one_base_at_a_time() {
                 first.applied + 1,
                 "every entry through the applied index"
             );
+            // The 1.6 MB of the first entries take two pages, and the rest is cut by count.
+            assert!(pages[0] < 16, "{pages:?}");
+            assert!(pages.contains(&BACKUP_PAGE_ENTRIES_MAX), "{pages:?}");
         } else {
             assert!(
                 first.first > purged,
