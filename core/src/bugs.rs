@@ -171,11 +171,17 @@ pub enum Bug {
     /// not up to its applied index, so an archive may take a deposed leader's uncommitted tail,
     /// which the group later overwrites, and a restore replays writes that never happened.
     BackupReadsUnapplied,
+    /// Cross-cluster sync (storage): `larder sync` copies every key a source group's entry
+    /// writes, whether or not the group is the slot's newest owner, and does not copy a slot
+    /// whole when a group takes it over; so a group that gave a slot up but whose entries the
+    /// sync reads late overwrites the newer values its successor already copied, and keys the
+    /// old owner deleted after the sync's last read of it stay on the target.
+    SyncIgnoresOwnership,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 41] = [
+    pub const ALL: [Bug; 42] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -217,6 +223,7 @@ impl Bug {
         Bug::FenceIgnoresToken,
         Bug::LeaseEndUnlogged,
         Bug::BackupReadsUnapplied,
+        Bug::SyncIgnoresOwnership,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -263,6 +270,7 @@ impl Bug {
             Bug::FenceIgnoresToken => "fence-ignores-token",
             Bug::LeaseEndUnlogged => "lease-end-unlogged",
             Bug::BackupReadsUnapplied => "backup-reads-unapplied",
+            Bug::SyncIgnoresOwnership => "sync-ignores-ownership",
         }
     }
 }

@@ -334,6 +334,11 @@ struct SimArgs {
     /// The nodes keep their log entries for the run (`--retain-log`).
     #[arg(long)]
     backup: bool,
+    /// Run `larder sync`'s work (one-way cross-cluster sync) on what the --backup archiver
+    /// reads, into a model target cluster, and check at the end that the target holds exactly
+    /// what the source does (implies --backup).
+    #[arg(long)]
+    sync: bool,
     /// With --cluster: the proxies' per-key write limit (writes per second); refused writes
     /// are failed operations of the history.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -469,7 +474,9 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if let Some(objects) = args.locks {
         command.push_str(&format!(" --locks {objects}"));
     }
-    if args.backup {
+    if args.sync {
+        command.push_str(" --sync");
+    } else if args.backup {
         command.push_str(" --backup");
     }
     if let Some(bug) = args.bug {
@@ -517,7 +524,9 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     if let Some(objects) = args.locks {
         config.workload = config.workload.clone().with_locks(objects, 10);
     }
-    if args.backup {
+    if args.sync {
+        config = config.with_sync();
+    } else if args.backup {
         config = config.with_backup();
     }
     config.hot_key_writes_per_sec_max = args.hot_key_writes_per_sec_max;

@@ -199,6 +199,18 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
             backup.groups_verified, backup.entries, backup.rebases
         );
     }
+    if let Some(sync) = &report.sync {
+        let _ = writeln!(
+            out,
+            "sync            {} slots ({} keys) compared with the target; it applied {} entries, wrote {} puts and {} deletes, copied {} slots whole",
+            sync.slots,
+            sync.keys,
+            sync.tally.entries,
+            sync.tally.puts,
+            sync.tally.dels,
+            sync.tally.slot_copies
+        );
+    }
     if report.passed() {
         let _ = writeln!(out, "verdict         PASS");
     } else {

@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod backup;
 pub mod broken;
+pub mod cluster_sync;
 pub mod config;
 pub mod heartbeat;
 pub mod hot;

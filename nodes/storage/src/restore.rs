@@ -9,6 +9,8 @@ use std::io;
 
 use bytes::Bytes;
 use larder_core::GroupId;
+use larder_core::kv::Record;
+use larder_core::slots::Ownership;
 use larder_core::bugs::Bugs;
 use larder_core::env::{Disk, FaultPoints};
 use openraft::EntryPayload;
@@ -136,6 +138,20 @@ impl<D: Disk> Replay<D> {
             .map_err(|source| ReplayError::Storage { group, source })?;
         self.at = at;
         Ok(())
+    }
+
+    /// The record at `key` as rebuilt.
+    pub async fn record(&self, key: &Bytes) -> Result<Option<Record>, ReplayError> {
+        let group = self.group;
+        self.state
+            .record(key)
+            .await
+            .map_err(|source| ReplayError::Storage { group, source })
+    }
+
+    /// The slots the group owns as rebuilt (`None`: never set, so all of them).
+    pub fn ownership(&self) -> Option<Ownership> {
+        self.state.ownership()
     }
 
     /// The group as rebuilt: its clock, the slots it owned, its records.

@@ -16,13 +16,18 @@
 // simulated tokio time.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::{GroupId, NodeId};
-use larder_protocol::{BackupAnswer, BackupRead, CENTER_GROUP, read_base, read_entries};
+use larder_core::bugs::Bugs;
+use larder_core::env::{Rng, SeededRng, derive_seed};
+use larder_core::kv::Record;
+use larder_core::slots::{SLOTS, slot_of};
+use larder_protocol::{BackupAnswer, BackupRead, Base, CENTER_GROUP, read_base, read_entries};
+use larder_storage::cluster_sync::{ClusterSync, SyncOp, SyncTally};
 use larder_storage::StorageNode;
 use larder_storage::restore::Replay;
 
@@ -65,9 +70,129 @@ pub struct BackupTally {
 }
 
 /// Every group's archive, shared by the archiving task and the final check.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Archive {
     groups: BTreeMap<GroupId, GroupArchive>,
+    /// With `--sync`: everything read, for `larder sync`'s work at the end.
+    mirror: Option<Mirror>,
+}
+
+impl Archive {
+    /// An archive that also keeps what it reads for a cross-cluster sync ([`SimConfig::sync`])
+    /// whose replays live on disks of `seed`.
+    ///
+    /// [`SimConfig::sync`]: crate::SimConfig::sync
+    pub(crate) fn new(sync: bool, seed: u64, bugs: Bugs) -> Self {
+        Archive {
+            groups: BTreeMap::new(),
+            mirror: sync.then(|| Mirror {
+                reads: BTreeMap::new(),
+                seed,
+                bugs,
+            }),
+        }
+    }
+
+    fn keep(&mut self, group: GroupId, read: Read) {
+        if let Some(mirror) = &mut self.mirror {
+            let at_ms = sim_now().as_millis() as u64;
+            mirror.reads.entry(group).or_default().push((at_ms, read));
+        }
+    }
+}
+
+/// One read of a group, as the archiver made it.
+enum Read {
+    Base(Base),
+    Entries(Vec<(u64, Bytes)>),
+}
+
+/// What a cross-cluster sync of the run reads: each group's bases and entries in the order
+/// the archiver read them (from replicas in turn, under the run's faults). At the end they are
+/// fed to `larder sync`'s [`ClusterSync`], each group behind by a lag drawn from the seed, as a
+/// sync that reads each group at its own pace would see them (one group an hour behind
+/// another, a slot's old owner read after its new one), writing to a model of the target
+/// cluster: a map of keys to records.
+pub(crate) struct Mirror {
+    /// Each group's reads, with the simulated time (ms) they were made at.
+    reads: BTreeMap<GroupId, Vec<(u64, Read)>>,
+    seed: u64,
+    bugs: Bugs,
+}
+
+/// The seed stream of the order the sync's reads are interleaved in.
+const SYNC_ORDER_STREAM: u64 = 0x5359_4e43;
+
+impl Mirror {
+    /// Feeds every read to a new sync in a seeded interleaving; the target it wrote, and what
+    /// it did, or why it stopped.
+    async fn run(&mut self) -> Result<Synced, String> {
+        let mut sync = ClusterSync::new([], usize::MAX, self.bugs.clone())
+            .map_err(|e| e.to_string())?;
+        let mut target = BTreeMap::new();
+        // Each group read with a lag of its own; reads are taken in the order of the time
+        // they were made plus their group's lag. Half the seeds draw each lag from none, 1 s,
+        // 5 s or an hour (groups interleaved, some far behind); the other half read the
+        // groups one after another in a drawn order (a slot's old owner wholly before or
+        // wholly after its new one).
+        let mut rng = SeededRng::new(derive_seed(self.seed, SYNC_ORDER_STREAM));
+        let groups: Vec<GroupId> = self.reads.keys().copied().collect();
+        let mut lags: BTreeMap<GroupId, u64> = BTreeMap::new();
+        if rng.chance(0.5) {
+            for group in &groups {
+                lags.insert(*group, [0, 1_000, 5_000, 3_600_000][rng.below(4) as usize]);
+            }
+        } else {
+            let mut left = groups.clone();
+            let mut rank = 0;
+            while !left.is_empty() {
+                let group = left.remove(rng.below(left.len() as u64) as usize);
+                lags.insert(group, rank * 3_600_000);
+                rank += 1;
+            }
+        }
+        let mut order = Vec::new();
+        for (group, reads) in std::mem::take(&mut self.reads) {
+            let lag_ms = lags[&group];
+            for (at_ms, read) in reads {
+                order.push((at_ms + lag_ms, group, read));
+            }
+        }
+        // Stable: a group's reads keep their order.
+        order.sort_by_key(|(at_ms, group, _)| (*at_ms, *group));
+        for (_, group, read) in order {
+            let ops = match read {
+                Read::Base(base) => {
+                    let disk = SimDisk::new(self.seed);
+                    sync.base(group, disk, &base.data, base.clock_ms).await
+                }
+                Read::Entries(rows) => sync.entries(group, &rows).await,
+            }
+            .map_err(|e| e.to_string())?;
+            for op in ops {
+                match op {
+                    SyncOp::Put { key, record } => target.insert(key, record),
+                    SyncOp::Del { key } => target.remove(&key),
+                };
+            }
+        }
+        Ok(Synced {
+            ends: sync
+                .groups()
+                .map(|(group, replay)| (group, replay.at().index))
+                .collect(),
+            target,
+            tally: sync.tally(),
+        })
+    }
+}
+
+/// Where a [`Mirror`] run ended.
+struct Synced {
+    /// The last index applied of each group.
+    ends: BTreeMap<GroupId, u64>,
+    target: BTreeMap<Bytes, Record>,
+    tally: SyncTally,
 }
 
 fn running(slots: &[(NodeId, NodeSlot)]) -> Vec<(NodeId, Arc<StorageNode<SimEnv>>)> {
@@ -129,6 +254,7 @@ async fn take_base(
         return;
     };
     let mut archive = archive.lock().expect("archive lock");
+    archive.keep(group, Read::Base(base.clone()));
     let kept = archive.groups.entry(group).or_default();
     kept.base = Some((base.index, base.clock_ms, base.data));
     kept.entries.clear();
@@ -162,6 +288,7 @@ async fn fetch(
 ) -> Fetched {
     let take = |page: Vec<(u64, Bytes)>| {
         let mut archive = archive.lock().expect("archive lock");
+        archive.keep(group, Read::Entries(page.clone()));
         let kept = archive.groups.entry(group).or_default();
         // One task archives, so nothing else moves the archive between two pages.
         debug_assert_eq!(kept.next(), page.first().map(|(index, _)| *index));
@@ -276,4 +403,148 @@ async fn rebuild_and_compare(
         return Err(differs);
     }
     Ok(())
+}
+
+/// What the end-of-run check of the cross-cluster sync compared (`--sync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncCheck {
+    /// Slots whose newest owner the sync had caught up with, compared key by key.
+    pub slots: u64,
+    /// Keys compared in them.
+    pub keys: u64,
+    /// What the sync wrote to its target over the run.
+    pub tally: SyncTally,
+}
+
+/// The end-of-run check of the sync, after [`verify`] caught every group up: for every slot,
+/// the target must hold exactly the live records of the group that owns the slot with the
+/// newest epoch, as its first running replica of `members` holds them now. Slots whose owner
+/// the sync has not caught up with (no replica running, a gap at the end) are not compared.
+pub(crate) async fn verify_sync(
+    slots: &[(NodeId, NodeSlot)],
+    members: &BTreeMap<GroupId, Vec<NodeId>>,
+    archive: &Mutex<Archive>,
+    problems: &mut Vec<Violation>,
+) -> Option<SyncCheck> {
+    let mut mirror = archive.lock().expect("archive lock").mirror.take()?;
+    let synced = match mirror.run().await {
+        Ok(synced) => synced,
+        Err(error) => {
+            problems.push(Violation::SyncDiverges {
+                detail: format!("the sync stopped: {error}"),
+            });
+            return Some(SyncCheck::default());
+        }
+    };
+    let mut check = SyncCheck {
+        tally: synced.tally,
+        ..SyncCheck::default()
+    };
+    let nodes = running(slots);
+    // Each group as a running replica holds it: (epoch, owns, caught up, clock, records).
+    let mut live = BTreeMap::new();
+    for (&group, replicas) in members {
+        let Some((_, node)) = replicas
+            .iter()
+            .find_map(|id| nodes.iter().find(|(n, _)| n == id))
+        else {
+            continue;
+        };
+        let Ok(contents) = node.group_contents(group).await else {
+            continue;
+        };
+        let caught_up = synced.ends.get(&group) == Some(&contents.applied);
+        live.insert(group, (caught_up, contents));
+    }
+    // Who owns each slot: the group owning it explicitly with the newest epoch; else the
+    // groups whose ownership was never set that hold keys in it (the routing table gave it
+    // to one of them when the cluster was made; slot moves set both groups' ownership).
+    let explicit = |slot: u16| {
+        live.iter()
+            .filter_map(|(group, (_, c))| Some((*group, c.owned.as_ref()?)))
+            .filter(|(_, own)| own.owns(slot))
+            .max_by_key(|(_, own)| own.epoch)
+            .map(|(group, _)| group)
+    };
+    let mut unset_holders: BTreeMap<u16, BTreeSet<GroupId>> = BTreeMap::new();
+    for (group, (_, contents)) in &live {
+        if contents.owned.is_none() {
+            for (key, _) in &contents.records {
+                unset_holders.entry(slot_of(key)).or_default().insert(*group);
+            }
+        }
+    }
+    let unset_caught_up = live
+        .values()
+        .all(|(caught_up, c)| *caught_up || c.owned.is_some());
+    let mut owners: Vec<Option<(BTreeSet<GroupId>, u64)>> = vec![None; usize::from(SLOTS)];
+    for slot in 0..SLOTS {
+        let groups: BTreeSet<GroupId> = match explicit(slot) {
+            Some(group) => [group].into(),
+            None => unset_holders.remove(&slot).unwrap_or_default(),
+        };
+        let compared = if groups.is_empty() {
+            unset_caught_up
+        } else {
+            groups.iter().all(|group| live[group].0)
+        };
+        if compared {
+            // Lapsed keys are judged by the owner's clock (any, when none holds keys).
+            let clock_ms = groups
+                .iter()
+                .chain(live.keys())
+                .map(|group| live[group].1.clock_ms)
+                .next()
+                .unwrap_or(0);
+            owners[usize::from(slot)] = Some((groups, clock_ms));
+        }
+    }
+    let mut expected: BTreeMap<u16, BTreeMap<&Bytes, &Record>> = BTreeMap::new();
+    for (slot, owner) in owners.iter().enumerate() {
+        if owner.is_some() {
+            expected.insert(slot as u16, BTreeMap::new());
+        }
+    }
+    for (group, (_, contents)) in &live {
+        for (key, record) in &contents.records {
+            let slot = slot_of(key);
+            if let Some((groups, clock_ms)) = &owners[usize::from(slot)]
+                && groups.contains(group)
+                && !record.is_expired(*clock_ms)
+            {
+                expected.entry(slot).or_default().insert(key, record);
+            }
+        }
+    }
+    let mut held: BTreeMap<u16, BTreeMap<&Bytes, &Record>> = BTreeMap::new();
+    for (key, record) in &synced.target {
+        let slot = slot_of(key);
+        if let Some((_, clock_ms)) = &owners[usize::from(slot)]
+            && !record.is_expired(*clock_ms)
+        {
+            held.entry(slot).or_default().insert(key, record);
+        }
+    }
+    for (slot, want) in &expected {
+        let have = held.remove(slot).unwrap_or_default();
+        check.slots += 1;
+        check.keys += want.len() as u64;
+        if *want != have {
+            let detail = want
+                .iter()
+                .find(|(key, record)| have.get(*key) != Some(*record))
+                .map(|(key, record)| {
+                    format!("slot {slot}: {key:?} is {record:?} at the source, {:?} on the target", have.get(*key))
+                })
+                .or_else(|| {
+                    have.iter()
+                        .find(|(key, _)| !want.contains_key(*key))
+                        .map(|(key, _)| format!("slot {slot}: {key:?} is on the target, not at the source"))
+                })
+                .unwrap_or_default();
+            problems.push(Violation::SyncDiverges { detail });
+            break;
+        }
+    }
+    Some(check)
 }

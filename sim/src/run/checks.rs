@@ -52,6 +52,8 @@ pub(crate) struct Final {
     pub(crate) retired: Vec<(GroupId, NodeId)>,
     /// What the archiver did ([`super::archive`]).
     pub(crate) backup: super::archive::BackupTally,
+    /// What the end-of-run check of the sync compared, with `--sync`.
+    pub(crate) sync: Option<super::archive::SyncCheck>,
 }
 
 /// What ran beside the workload that the checker also judges at the end.
@@ -97,6 +99,12 @@ pub(crate) async fn check_final(
         }
         None => super::archive::BackupTally::default(),
     };
+    let sync = match &archive {
+        Some((archive, _)) => {
+            super::archive::verify_sync(&slots, &replicas, archive, &mut problems).await
+        }
+        None => None,
+    };
     // Ownership is audited once every migration has ended (bounded wait; one that never ends
     // fails the run on its own).
     let settled = || {
@@ -119,6 +127,7 @@ pub(crate) async fn check_final(
     state.first_success_ms = first_success;
     state.retired = retired;
     state.backup = backup;
+    state.sync = sync;
     state.problems = problems;
 }
 

@@ -179,7 +179,15 @@ pub struct SimConfig {
     /// entries ([`SimConfig::with_backup`]).
     #[serde(default)]
     pub backup: bool,
+    /// With the archiver ([`SimConfig::backup`]), run `larder sync`'s work on what it reads
+    /// ([`larder_storage::cluster_sync`]) into a model target cluster, and check at the end
+    /// that the target holds exactly what the source does ([`SimConfig::with_sync`]).
+    #[serde(default)]
+    pub sync: bool,
 }
+
+/// Register keys of a run with [`SimConfig::sync`] at least.
+pub const SYNC_REGISTER_KEYS: u64 = 64;
 
 impl SimConfig {
     pub const TICK_MS_DEFAULT: u64 = 1;
@@ -231,6 +239,7 @@ impl SimConfig {
             hot_slot_requests_per_sec_max: 0,
             groups_per_node_min: 0,
             backup: false,
+            sync: false,
         }
     }
 
@@ -240,6 +249,17 @@ impl SimConfig {
         self.backup = true;
         self.node.retain_log_ms = 3_600_000;
         self
+    }
+
+    /// With a cross-cluster sync beside the archiver ([`SimConfig::sync`]); a whole cluster
+    /// (with a center, so slots move) gets at least [`SYNC_REGISTER_KEYS`] register keys, so
+    /// that a move of a few thousand slots carries some.
+    pub fn with_sync(mut self) -> Self {
+        self.sync = true;
+        if self.centers > 0 {
+            self.workload.register_keys = self.workload.register_keys.max(SYNC_REGISTER_KEYS);
+        }
+        self.with_backup()
     }
 
     /// The whole cluster: three center replicas, `nodes` storage nodes, `groups` slot groups

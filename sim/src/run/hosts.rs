@@ -484,7 +484,11 @@ pub(crate) fn register_checker(
     let timing = (config.heal_at(), config.duration, config.liveness);
     let archive = config.backup.then(|| {
         (
-            Arc::new(Mutex::new(super::archive::Archive::default())),
+            Arc::new(Mutex::new(super::archive::Archive::new(
+                config.sync,
+                config.seed,
+                config.bugs.clone(),
+            ))),
             config.seed,
         )
     });

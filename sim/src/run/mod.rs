@@ -37,7 +37,7 @@ use crate::points::PointTable;
 use crate::trace::Trace;
 use crate::workload::SharedHistory;
 
-pub use archive::BackupTally;
+pub use archive::{BackupTally, SyncCheck};
 pub use config::{CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SimConfig, center_id, proxy_id};
 pub use hosts::ProxyTotals;
 pub(crate) use hosts::{NodeParts, current_leader, register_nodes, register_proxies};
@@ -194,6 +194,7 @@ pub fn run(config: &SimConfig) -> Result<RunReport, SimError> {
         trace_events: trace.len(),
         retired_replicas: final_state.retired.clone(),
         backup: final_state.backup,
+        sync: final_state.sync,
         migrations: operator_log,
         proxies,
         unchanged_writes,

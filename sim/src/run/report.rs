@@ -55,6 +55,9 @@ pub struct RunReport {
     pub unchanged_writes: u64,
     /// What the archiver did in a run with [`super::SimConfig::backup`] (zeros otherwise).
     pub backup: super::archive::BackupTally,
+    /// What the end-of-run check of the cross-cluster sync compared, with
+    /// [`super::SimConfig::sync`].
+    pub sync: Option<super::archive::SyncCheck>,
     /// Broken invariants; empty for a passing run.
     pub violations: Vec<Violation>,
     /// The linearizability checker's verdict on the history: linearizable, not linearizable

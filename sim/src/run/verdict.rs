@@ -113,6 +113,9 @@ pub enum Violation {
         node: NodeId,
         detail: String,
     },
+    /// The target of the run's cross-cluster sync (`--sync`) differs from the source cluster
+    /// at the end, or the sync stopped.
+    SyncDiverges { detail: String },
 }
 
 impl Violation {
@@ -219,6 +222,9 @@ impl fmt::Display for Violation {
                 f,
                 "group {group} rebuilt from the run's backup differs from node {node}'s replica: {detail}"
             ),
+            Violation::SyncDiverges { detail } => {
+                write!(f, "the sync's target differs from the source cluster: {detail}")
+            }
         }
     }
 }

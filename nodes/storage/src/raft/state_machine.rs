@@ -1395,6 +1395,21 @@ impl<D: Disk> DiskStateMachine<D> {
         self.apply(stream).await
     }
 
+    /// The record at `key` as applied now (a collection whole), lapsed or not: what
+    /// `larder sync` copies of a key an entry wrote.
+    pub async fn record(&self, key: &Bytes) -> Result<Option<Record>, io::Error> {
+        // A command that needs whole values (`Command::elements` is `None`).
+        let command = Command::Get { key: key.clone() };
+        debug_assert!(command.elements().is_none());
+        let mut loaded = self.load(&command, false).await?;
+        Ok(loaded.records.remove(key))
+    }
+
+    /// The slots the group owns as applied now (`None`: never set, so all of them).
+    pub fn ownership(&self) -> Option<Ownership> {
+        self.clock_and_ownership().1
+    }
+
     /// The group clock, the slots owned and every record, as applied now: what a restore
     /// writes out. Records are whole (collections with their elements).
     pub async fn contents(&self) -> Result<Contents, io::Error> {

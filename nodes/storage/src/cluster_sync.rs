@@ -1,0 +1,395 @@
+//! Cross-cluster sync, one way (`larder sync`): a target cluster kept equal to a source
+//! cluster, as a standby in another region or as the new home of a cluster being moved.
+//!
+//! As Squirrel's and jimdb's sync services do (SEEDS.md §8), the sync poses as a replica of
+//! each source slot group: it reads the group's backup service ([`larder_protocol::backup`]),
+//! a base and then the committed entries, rebuilds the group with the restore's [`Replay`],
+//! and after each entry copies **the value after the operation** of every key the entry wrote
+//! (so `INCRBY` is copied as the number it made, never applied twice). [`ClusterSync`] turns
+//! the source's history into [`SyncOp`]s for the target; the caller writes them, in order.
+//!
+//! Slots move between source groups, and the sync reads each group at its own pace, so one
+//! group's stream can be far behind another's. Each slot is therefore copied from **one group
+//! at a time**: the one owning it with the newest ownership epoch the sync has seen. When a
+//! group is seen taking a slot over with a newer epoch (or after a gap, when its history was
+//! skipped), the slot is copied whole from it: its keys put, and the keys the target holds
+//! in the slot that it lacks deleted. The new owner's state at that point contains every write
+//! of the old owner (a move copies everything before the cutover), so later entries of the
+//! old owner, read late, are ignored rather than allowed to take the target back in time.
+//!
+//! The sync keeps the set of keys the target holds, by slot (what it put there, begun from
+//! the target's own keys), bounded by `keys_max`. Bidirectional sync (HLC stamps,
+//! last-write-wins, tombstones) is not built: the target must not take client writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use larder_core::bugs::{Bug, Bugs};
+use larder_core::env::Disk;
+use larder_core::kv::{Command, Record};
+use larder_core::slots::{SLOTS, slot_of};
+use larder_core::GroupId;
+use openraft::EntryPayload;
+
+use crate::raft::{Entry, decode};
+use crate::restore::{Replay, ReplayError};
+
+/// One write to the target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncOp {
+    /// Set `key` to `record`, replacing what it held.
+    Put { key: Bytes, record: Record },
+    /// Delete `key`.
+    Del { key: Bytes },
+}
+
+/// Why the sync cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    #[error("group {group}: entries before its base")]
+    NoBase { group: GroupId },
+    #[error("the target would hold more than {max} keys (raise the bound to sync this cluster)")]
+    TooManyKeys { max: usize },
+}
+
+/// What a sync did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncTally {
+    pub puts: u64,
+    pub dels: u64,
+    /// Slots copied whole (a base, a group taking a slot over, a `FLUSHALL`).
+    pub slot_copies: u64,
+    /// Entries applied.
+    pub entries: u64,
+}
+
+/// The group a slot is copied from, with the ownership epoch it was seen owning it at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Followed {
+    group: GroupId,
+    epoch: u64,
+}
+
+/// A source cluster's groups being rebuilt, and what the target holds; see the module docs.
+pub struct ClusterSync<D: Disk> {
+    groups: BTreeMap<GroupId, Replay<D>>,
+    followed: BTreeMap<u16, Followed>,
+    /// The keys the target holds, by slot.
+    present: BTreeMap<u16, BTreeSet<Bytes>>,
+    keys: usize,
+    keys_max: usize,
+    bugs: Bugs,
+    tally: SyncTally,
+}
+
+impl<D: Disk> ClusterSync<D> {
+    /// A sync onto a target holding `target_keys` now, which may come to hold at most
+    /// `keys_max` keys.
+    pub fn new(
+        target_keys: impl IntoIterator<Item = Bytes>,
+        keys_max: usize,
+        bugs: Bugs,
+    ) -> Result<Self, SyncError> {
+        let mut sync = ClusterSync {
+            groups: BTreeMap::new(),
+            followed: BTreeMap::new(),
+            present: BTreeMap::new(),
+            keys: 0,
+            keys_max,
+            bugs,
+            tally: SyncTally::default(),
+        };
+        for key in target_keys {
+            sync.note_present(key)?;
+        }
+        Ok(sync)
+    }
+
+    pub fn tally(&self) -> SyncTally {
+        self.tally
+    }
+
+    /// The index of `group`'s next entry to read, once it has a base.
+    pub fn next(&self, group: GroupId) -> Option<u64> {
+        self.groups.get(&group).map(|replay| replay.at().index + 1)
+    }
+
+    /// The groups with a base, and where each stands.
+    pub fn groups(&self) -> impl Iterator<Item = (GroupId, &Replay<D>)> {
+        self.groups.iter().map(|(group, replay)| (*group, replay))
+    }
+
+    /// Starts (or, after a gap, starts again) `group` from `base` (its state at one applied
+    /// index, with the group clock there) on `disk`, an empty disk of its own; copies whole
+    /// every slot it owns that the sync copies from it or from an older owner.
+    pub async fn base(
+        &mut self,
+        group: GroupId,
+        disk: D,
+        base: &[u8],
+        clock_ms: u64,
+    ) -> Result<Vec<SyncOp>, SyncError> {
+        let replay = Replay::from_base(disk, group, base, clock_ms).await?;
+        self.groups.insert(group, replay);
+        let mut ops = Vec::new();
+        self.claim(group, true, &mut ops).await?;
+        Ok(ops)
+    }
+
+    /// Applies `group`'s committed entries `rows` (`(index, encoded entry)`, consecutive from
+    /// [`ClusterSync::next`]; those already applied are skipped) and returns the writes that
+    /// bring the target up to them.
+    pub async fn entries(
+        &mut self,
+        group: GroupId,
+        rows: &[(u64, Bytes)],
+    ) -> Result<Vec<SyncOp>, SyncError> {
+        let mut ops = Vec::new();
+        for (at, (index, row)) in rows.iter().enumerate() {
+            let replay = self
+                .groups
+                .get_mut(&group)
+                .ok_or(SyncError::NoBase { group })?;
+            if *index <= replay.at().index {
+                continue;
+            }
+            let entry: Entry =
+                decode(row).map_err(|source| ReplayError::Storage { group, source })?;
+            let owned_before = replay.ownership();
+            replay.apply(&rows[at..=at], u64::MAX).await?;
+            self.tally.entries += 1;
+            let EntryPayload::Normal(request) = entry.payload else {
+                continue;
+            };
+            if self.groups[&group].ownership() != owned_before {
+                self.claim(group, false, &mut ops).await?;
+            }
+            match &request.command {
+                Command::FlushAll => {
+                    let slots = self.followed_from(group);
+                    self.copy_slots(group, &slots, &mut ops).await?;
+                }
+                Command::Ingest { records, .. } => {
+                    for (key, _) in records {
+                        self.copy_key(group, key, &mut ops).await?;
+                    }
+                }
+                command => {
+                    let keys: BTreeSet<&Bytes> = command.keys().into_iter().collect();
+                    for key in keys {
+                        self.copy_key(group, key, &mut ops).await?;
+                    }
+                }
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Deletes what the target holds in slots no source group was seen owning: to call once
+    /// every group of the source has its base (a target that held keys before the sync began).
+    pub fn drop_strays(&mut self) -> Vec<SyncOp> {
+        let stray: Vec<Bytes> = self
+            .present
+            .iter()
+            .filter(|(slot, _)| !self.followed.contains_key(slot))
+            .flat_map(|(_, keys)| keys.iter().cloned())
+            .collect();
+        let mut ops = Vec::with_capacity(stray.len());
+        for key in stray {
+            self.note_absent(&key);
+            self.tally.dels += 1;
+            ops.push(SyncOp::Del { key });
+        }
+        ops
+    }
+
+    /// The slots copied from `group`.
+    fn followed_from(&self, group: GroupId) -> BTreeSet<u16> {
+        self.followed
+            .iter()
+            .filter(|(_, followed)| followed.group == group)
+            .map(|(slot, _)| *slot)
+            .collect()
+    }
+
+    /// Copies whole the slots `group` owns now that are copied from no group yet, or from an
+    /// owner of an older epoch, or (`again`: its history was skipped) from `group` itself.
+    ///
+    /// A group whose ownership was never set (slot moves set it on both groups first) owns,
+    /// at epoch 0, the slots the routing table gave it when the cluster was made, and no other
+    /// group writes them; the sync learns them from the group's keys, here and as it writes
+    /// to new ones ([`ClusterSync::copy_key`]).
+    async fn claim(
+        &mut self,
+        group: GroupId,
+        again: bool,
+        ops: &mut Vec<SyncOp>,
+    ) -> Result<(), SyncError> {
+        let replay = &self.groups[&group];
+        let ownership = replay.ownership();
+        let epoch = ownership.as_ref().map_or(0, |own| own.epoch);
+        let ignores = self.bugs.is_planted(Bug::SyncIgnoresOwnership);
+        let candidates: BTreeSet<u16> = match &ownership {
+            Some(own) => (0..SLOTS).filter(|slot| own.owns(*slot)).collect(),
+            None => {
+                let contents = replay.contents().await?;
+                let mut slots: BTreeSet<u16> = contents
+                    .records
+                    .iter()
+                    .map(|(key, _)| slot_of(key))
+                    .collect();
+                if again {
+                    slots.extend(self.followed_from(group));
+                }
+                slots
+            }
+        };
+        let slots: BTreeSet<u16> = candidates
+            .into_iter()
+            .filter(|slot| match self.followed.get(slot) {
+                None => true,
+                // The planted bug never moves a slot to a new owner.
+                Some(_) if ignores => again,
+                Some(followed) => followed.epoch < epoch || (again && followed.group == group),
+            })
+            .collect();
+        for slot in &slots {
+            self.followed.insert(*slot, Followed { group, epoch });
+        }
+        self.copy_slots(group, &slots, ops).await
+    }
+
+    /// Copies `slots` whole from `group`: every record it holds in them put, every other key
+    /// the target holds there deleted.
+    async fn copy_slots(
+        &mut self,
+        group: GroupId,
+        slots: &BTreeSet<u16>,
+        ops: &mut Vec<SyncOp>,
+    ) -> Result<(), SyncError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let contents = self.groups[&group].contents().await?;
+        let mut held: BTreeMap<u16, Vec<(Bytes, Record)>> = BTreeMap::new();
+        for (key, record) in contents.records {
+            let slot = slot_of(&key);
+            if slots.contains(&slot) && !record.is_expired(contents.clock_ms) {
+                held.entry(slot).or_default().push((key, record));
+            }
+        }
+        for slot in slots {
+            let records = held.remove(slot).unwrap_or_default();
+            let keep: BTreeSet<&Bytes> = records.iter().map(|(key, _)| key).collect();
+            let gone: Vec<Bytes> = self
+                .present
+                .get(slot)
+                .map(|present| {
+                    present
+                        .iter()
+                        .filter(|key| !keep.contains(key))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for key in gone {
+                self.note_absent(&key);
+                self.tally.dels += 1;
+                ops.push(SyncOp::Del { key });
+            }
+            for (key, record) in records {
+                self.note_present(key.clone())?;
+                self.tally.puts += 1;
+                ops.push(SyncOp::Put { key, record });
+            }
+            self.tally.slot_copies += 1;
+        }
+        Ok(())
+    }
+
+    /// Copies `key` as `group` holds it now, if the sync copies its slot from `group`.
+    async fn copy_key(
+        &mut self,
+        group: GroupId,
+        key: &Bytes,
+        ops: &mut Vec<SyncOp>,
+    ) -> Result<(), SyncError> {
+        let slot = slot_of(key);
+        let replay = &self.groups[&group];
+        let ownership = replay.ownership();
+        let owns = ownership.as_ref().is_none_or(|own| own.owns(slot));
+        let from_group = match self.followed.get(&slot) {
+            Some(followed) => followed.group == group && owns,
+            // A slot no group was seen owning: its owner writes its first key. Whatever the
+            // target holds there (from before the sync began) is not the source's.
+            None if owns => {
+                let epoch = ownership.as_ref().map_or(0, |own| own.epoch);
+                self.followed.insert(slot, Followed { group, epoch });
+                let stale: Vec<Bytes> = self
+                    .present
+                    .get(&slot)
+                    .map(|present| present.iter().cloned().collect())
+                    .unwrap_or_default();
+                for key in stale {
+                    self.note_absent(&key);
+                    self.tally.dels += 1;
+                    ops.push(SyncOp::Del { key });
+                }
+                true
+            }
+            None => false,
+        };
+        if !from_group && !self.bugs.is_planted(Bug::SyncIgnoresOwnership) {
+            return Ok(());
+        }
+        let replay = &self.groups[&group];
+        let clock_ms = replay.at().clock_ms;
+        match replay.record(key).await? {
+            Some(record) if !record.is_expired(clock_ms) => {
+                self.note_present(key.clone())?;
+                self.tally.puts += 1;
+                ops.push(SyncOp::Put {
+                    key: key.clone(),
+                    record,
+                });
+            }
+            // Deleted, or lapsed (the target would lapse it too, but a clock behind the
+            // source's would show it a while longer).
+            _ => {
+                if self.note_absent(key) {
+                    self.tally.dels += 1;
+                    ops.push(SyncOp::Del { key: key.clone() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn note_present(&mut self, key: Bytes) -> Result<(), SyncError> {
+        if self.present.entry(slot_of(&key)).or_default().insert(key) {
+            self.keys += 1;
+            if self.keys > self.keys_max {
+                return Err(SyncError::TooManyKeys { max: self.keys_max });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the target held `key`.
+    fn note_absent(&mut self, key: &Bytes) -> bool {
+        let slot = slot_of(key);
+        let Some(present) = self.present.get_mut(&slot) else {
+            return false;
+        };
+        let held = present.remove(key);
+        if present.is_empty() {
+            self.present.remove(&slot);
+        }
+        if held {
+            self.keys -= 1;
+        }
+        held
+    }
+}
