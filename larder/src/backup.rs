@@ -315,7 +315,7 @@ async fn round(net: &TcpNet, status: &ClusterStatus, dir: &Path, base_every: Dur
 }
 
 /// The leader first (its applied index is the newest), then the other replicas.
-fn replicas_to_ask(group: &GroupSummary) -> Vec<NodeId> {
+pub(crate) fn replicas_to_ask(group: &GroupSummary) -> Vec<NodeId> {
     let leader = group.leader.map(|l| l.node);
     leader
         .into_iter()
@@ -329,7 +329,11 @@ fn replicas_to_ask(group: &GroupSummary) -> Vec<NodeId> {
         .collect()
 }
 
-async fn ask(net: &TcpNet, node: NodeId, read: BackupRead) -> anyhow::Result<BackupAnswer> {
+pub(crate) async fn ask(
+    net: &TcpNet,
+    node: NodeId,
+    read: BackupRead,
+) -> anyhow::Result<BackupAnswer> {
     Ok(call(net, node, &Encoded::new(read), CALL_TIMEOUT).await?)
 }
 

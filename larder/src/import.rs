@@ -113,14 +113,15 @@ struct Sent {
     tries: u32,
 }
 
-/// A RESP connection to the proxy.
-struct Connection {
-    stream: TcpStream,
+/// A RESP connection to a proxy (blocking; `larder import`'s and `larder sync`'s).
+pub struct Connection {
+    pub stream: TcpStream,
     buffer: Vec<u8>,
 }
 
 impl Connection {
-    fn open(to: &str, password: Option<&str>) -> anyhow::Result<Connection> {
+    /// Connects to `to` and authenticates with `password` if given.
+    pub fn open(to: &str, password: Option<&str>) -> anyhow::Result<Connection> {
         let stream = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
@@ -141,7 +142,8 @@ impl Connection {
         Ok(connection)
     }
 
-    fn answer(&mut self) -> anyhow::Result<Frame> {
+    /// The next answer on the connection.
+    pub fn answer(&mut self) -> anyhow::Result<Frame> {
         loop {
             if let Some((frame, used)) =
                 resp::parse_frame(&self.buffer).context("the proxy's answer")?
@@ -159,7 +161,8 @@ impl Connection {
     }
 }
 
-fn describe(frame: &Frame) -> String {
+/// An answer as text, for a report.
+pub fn describe(frame: &Frame) -> String {
     match frame {
         Frame::Error(text) | Frame::Simple(text) => text.clone(),
         other => format!("{other:?}"),

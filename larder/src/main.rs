@@ -50,6 +50,7 @@ mod dashboard;
 mod jepsen;
 mod serve;
 mod shrink;
+mod sync;
 mod up;
 
 #[derive(Parser)]
@@ -111,6 +112,10 @@ enum Command {
     /// Back a running cluster up into a directory: each slot group's base and the committed
     /// log entries since (`--every` to keep archiving), for point-in-time restore.
     Backup(backup::BackupArgs),
+    /// Keep another cluster (its proxy, `--to`) equal to this one, one way: a standby in
+    /// another region, or the new home of a cluster being moved. Reads every group's committed
+    /// entries and writes the values they made; follows slot moves. One pass, or `--every`.
+    Sync(sync::SyncArgs),
     /// Rebuild the cluster's data as it was at a moment (`--at`) from a backup directory, as
     /// an RDB file (`larder import` loads it into a cluster; redis-server loads it too).
     Restore(backup::RestoreArgs),
@@ -761,6 +766,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Import(args) => import(args),
         Command::Backup(args) => backup::backup(args),
+        Command::Sync(args) => sync::sync(args),
         Command::Restore(args) => backup::restore(args),
         Command::Center(args) => serve::center(args),
         Command::Node(args) => serve::node(args),

@@ -33,7 +33,7 @@ pub(crate) struct Processes {
 
 impl Processes {
     /// Starts `larder <args>` with its stderr (and its stdout, unless piped) in `<name>.log`.
-    fn spawn(&mut self, name: &str, args: &[&str], pipe_stdout: bool) -> &mut Child {
+    pub(crate) fn spawn(&mut self, name: &str, args: &[&str], pipe_stdout: bool) -> &mut Child {
         let log = File::create(self.log(name)).expect("log file");
         let stdout = if pipe_stdout {
             Stdio::piped()

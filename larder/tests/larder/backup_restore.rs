@@ -78,7 +78,7 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn connect(proxy: std::net::SocketAddr) -> redis::Connection {
+pub(crate) fn connect(proxy: std::net::SocketAddr) -> redis::Connection {
     let client = redis::Client::open(format!("redis://{proxy}/")).expect("client");
     wait_for("a write through the proxy", Duration::from_secs(30), || {
         let mut connection = client.get_connection().map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@ mod backup_restore;
 mod bug_catalog;
 mod center_processes;
 mod closed_stdout;
+mod cluster_sync;
 mod e2e_proxy;
 mod e2e_proxy_tls;
 mod redis_suite;

@@ -24,11 +24,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
 use larder_core::env::Disk;
 use larder_core::kv::{Command, Record};
 use larder_core::slots::{SLOTS, slot_of};
-use larder_core::GroupId;
 use openraft::EntryPayload;
 
 use crate::raft::{Entry, decode};

@@ -9,10 +9,10 @@ use std::io;
 
 use bytes::Bytes;
 use larder_core::GroupId;
-use larder_core::kv::Record;
-use larder_core::slots::Ownership;
 use larder_core::bugs::Bugs;
 use larder_core::env::{Disk, FaultPoints};
+use larder_core::kv::Record;
+use larder_core::slots::Ownership;
 use openraft::EntryPayload;
 
 use crate::raft::state_machine::{Contents, DiskStateMachine, SESSIONS_MAX};

@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::{GroupId, NodeId};
 use larder_core::bugs::Bugs;
 use larder_core::env::{Rng, SeededRng, derive_seed};
 use larder_core::kv::Record;
 use larder_core::slots::{SLOTS, slot_of};
+use larder_core::{GroupId, NodeId};
 use larder_protocol::{BackupAnswer, BackupRead, Base, CENTER_GROUP, read_base, read_entries};
-use larder_storage::cluster_sync::{ClusterSync, SyncOp, SyncTally};
 use larder_storage::StorageNode;
+use larder_storage::cluster_sync::{ClusterSync, SyncOp, SyncTally};
 use larder_storage::restore::Replay;
 
 use super::hosts::NodeSlot;
@@ -127,8 +127,8 @@ impl Mirror {
     /// Feeds every read to a new sync in a seeded interleaving; the target it wrote, and what
     /// it did, or why it stopped.
     async fn run(&mut self) -> Result<Synced, String> {
-        let mut sync = ClusterSync::new([], usize::MAX, self.bugs.clone())
-            .map_err(|e| e.to_string())?;
+        let mut sync =
+            ClusterSync::new([], usize::MAX, self.bugs.clone()).map_err(|e| e.to_string())?;
         let mut target = BTreeMap::new();
         // Each group read with a lag of its own; reads are taken in the order of the time
         // they were made plus their group's lag. Half the seeds draw each lag from none, 1 s,
@@ -470,7 +470,10 @@ pub(crate) async fn verify_sync(
     for (group, (_, contents)) in &live {
         if contents.owned.is_none() {
             for (key, _) in &contents.records {
-                unset_holders.entry(slot_of(key)).or_default().insert(*group);
+                unset_holders
+                    .entry(slot_of(key))
+                    .or_default()
+                    .insert(*group);
             }
         }
     }
@@ -534,12 +537,17 @@ pub(crate) async fn verify_sync(
                 .iter()
                 .find(|(key, record)| have.get(*key) != Some(*record))
                 .map(|(key, record)| {
-                    format!("slot {slot}: {key:?} is {record:?} at the source, {:?} on the target", have.get(*key))
+                    format!(
+                        "slot {slot}: {key:?} is {record:?} at the source, {:?} on the target",
+                        have.get(*key)
+                    )
                 })
                 .or_else(|| {
                     have.iter()
                         .find(|(key, _)| !want.contains_key(*key))
-                        .map(|(key, _)| format!("slot {slot}: {key:?} is on the target, not at the source"))
+                        .map(|(key, _)| {
+                            format!("slot {slot}: {key:?} is on the target, not at the source")
+                        })
                 })
                 .unwrap_or_default();
             problems.push(Violation::SyncDiverges { detail });

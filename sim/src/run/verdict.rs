@@ -223,7 +223,10 @@ impl fmt::Display for Violation {
                 "group {group} rebuilt from the run's backup differs from node {node}'s replica: {detail}"
             ),
             Violation::SyncDiverges { detail } => {
-                write!(f, "the sync's target differs from the source cluster: {detail}")
+                write!(
+                    f,
+                    "the sync's target differs from the source cluster: {detail}"
+                )
             }
         }
     }

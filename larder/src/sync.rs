@@ -1,0 +1,368 @@
+//! `larder sync`: one-way cross-cluster sync. A target cluster (its proxy) is kept equal to a
+//! source cluster: a standby in another region, or the new home of a cluster being moved.
+//!
+//! The command reads each source group as `larder backup` does (a base, then the committed
+//! entries since, from the leader or another replica), rebuilds the groups on scratch disks
+//! with `larder_storage::cluster_sync::ClusterSync`, and writes to the target the value after
+//! each operation (`RESTORE … REPLACE ABSTTL`, or `DEL`) through its proxy, so the target
+//! applies them through its own Raft groups like any client write. Which group a slot is
+//! copied from follows the source's slot moves (ARCHITECTURE.md, "Cross-cluster sync").
+//!
+//! The target must take no client writes (nothing stops them: a key written there is
+//! overwritten at the next change of it at the source, and a key only the target has stays
+//! until the sync restarts). Locks are not copied (`RESTORE` has no lock type). A restart
+//! begins again from bases, and deletes from the target what the source does not hold.
+
+// A command-line tool: real time, real threads, real files.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use larder_core::kv::rdb::dump_payload;
+use larder_core::kv::{Record, Value};
+use larder_core::resp::{self, Frame};
+use larder_core::{GroupId, NodeId};
+use larder_protocol::{ClusterStatus, read_base, read_entries};
+use larder_real::{AddressBook, FjallDisk, FjallOptions, TcpNet};
+use larder_storage::cluster_sync::{ClusterSync, SyncOp};
+
+use crate::admin::{ADMIN_ID, CenterArgs, fetch_status};
+use crate::backup::{ask, replicas_to_ask};
+use larder::import::{Connection, describe};
+
+/// Writes to the target sent before their answers are read.
+const PIPELINE_MAX: usize = 512;
+/// `TRYAGAIN`s of one write before the sync stops (with the pauses between, about 10 s).
+const RETRIES_MAX: u32 = 20;
+/// Keys asked per `SCAN` of the target when the sync starts.
+const SCAN_COUNT: &str = "1000";
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub center: CenterArgs,
+    /// The target cluster's proxy, `host:port`.
+    #[arg(long)]
+    pub to: String,
+    /// The target's password (`AUTH`), if it has one.
+    #[arg(long, env = "LARDER_SYNC_TO_PASSWORD", hide_env_values = true)]
+    pub to_password: Option<String>,
+    /// Read the source this often until Ctrl-C (default: one pass, which brings the target
+    /// to the source as it is now).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub every: Option<Duration>,
+    /// Most keys the target may hold: the command keeps the set of keys it holds in memory.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub keys_max: usize,
+    /// Where the source groups are rebuilt (default: a temporary directory, removed at the
+    /// end). Needs about as much room as the source's data.
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+}
+
+/// The target: a RESP connection that takes the sync's writes.
+struct Target {
+    connection: Connection,
+    /// Locks left out (no `RESTORE` payload for them).
+    locks: u64,
+}
+
+impl Target {
+    /// Every key the target holds now, by `SCAN`.
+    fn keys(&mut self) -> anyhow::Result<Vec<Bytes>> {
+        let mut keys = Vec::new();
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let mut out = Vec::new();
+            resp::encode_request(
+                &[&b"SCAN"[..], &cursor, b"COUNT", SCAN_COUNT.as_bytes()],
+                &mut out,
+            );
+            std::io::Write::write_all(&mut self.connection.stream, &out)?;
+            let answer = self.connection.answer()?;
+            let Frame::Array(Some(parts)) = answer else {
+                bail!("SCAN on the target answered {}", describe(&answer));
+            };
+            let [Frame::Bulk(Some(next)), Frame::Array(Some(page))] = parts.as_slice() else {
+                bail!("SCAN on the target answered an unexpected shape");
+            };
+            for key in page {
+                if let Frame::Bulk(Some(key)) = key {
+                    keys.push(key.clone());
+                }
+            }
+            if next.as_ref() == b"0" {
+                return Ok(keys);
+            }
+            cursor = next.clone();
+        }
+    }
+
+    /// Writes `ops` in order, pipelined. A `TRYAGAIN` (the target's group is electing a
+    /// leader or moving the slot) sends that write and every one after it again, in order,
+    /// after a pause: each write sets a key to a value or deletes it, so writing again what
+    /// was already written ends in the same state. Any other refusal stops the sync (the
+    /// target would be left different from the source).
+    fn write(&mut self, ops: Vec<SyncOp>) -> anyhow::Result<()> {
+        let mut start = 0;
+        let mut tries = 0;
+        while start < ops.len() {
+            let chunk = &ops[start..ops.len().min(start + PIPELINE_MAX)];
+            let mut out = Vec::new();
+            // The index in `chunk` of each write sent.
+            let mut sent = Vec::new();
+            for (at, op) in chunk.iter().enumerate() {
+                match op {
+                    SyncOp::Put { record, .. } if matches!(record.value, Value::Lock(_)) => {
+                        if tries == 0 {
+                            self.locks += 1;
+                        }
+                        continue;
+                    }
+                    SyncOp::Put { key, record } => restore_command(key, record, &mut out),
+                    SyncOp::Del { key } => resp::encode_request(&[&b"DEL"[..], key], &mut out),
+                }
+                sent.push(at);
+            }
+            std::io::Write::write_all(&mut self.connection.stream, &out)
+                .context("writing to the target")?;
+            let mut again = None;
+            for at in sent {
+                let answer = self.connection.answer()?;
+                match answer {
+                    Frame::Simple(_) | Frame::Integer(_) => {}
+                    Frame::Error(text) if text.starts_with("TRYAGAIN") && tries < RETRIES_MAX => {
+                        again.get_or_insert(at);
+                    }
+                    other => {
+                        let key = match &chunk[at] {
+                            SyncOp::Put { key, .. } | SyncOp::Del { key } => key,
+                        };
+                        bail!(
+                            "the target refused the write of {}: {}",
+                            larder_core::hotkeys::printable_key(key, 200),
+                            describe(&other)
+                        )
+                    }
+                }
+            }
+            match again {
+                Some(at) => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50 * u64::from(tries)));
+                    start += at;
+                }
+                None => {
+                    tries = 0;
+                    start += chunk.len();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `RESTORE key ttl payload REPLACE [ABSTTL]`: the record's expiry as its absolute time.
+fn restore_command(key: &Bytes, record: &Record, out: &mut Vec<u8>) {
+    let payload = dump_payload(&record.value);
+    let ttl = record.expires_at_ms.unwrap_or(0).to_string();
+    let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), &payload, b"REPLACE"];
+    if record.expires_at_ms.is_some() {
+        args.push(b"ABSTTL");
+    }
+    resp::encode_request(&args, out);
+}
+
+/// `larder sync`: one pass, or passes every `--every` until Ctrl-C. False when a pass could
+/// not read every group.
+pub fn sync(args: SyncArgs) -> anyhow::Result<bool> {
+    let centers = args.center.reach()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let temporary;
+    let scratch = match &args.scratch {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => {
+            temporary = tempfile::tempdir().context("a scratch directory")?;
+            temporary.path().to_path_buf()
+        }
+    };
+    let mut target = Target {
+        connection: Connection::open(&args.to, args.to_password.as_deref())?,
+        locks: 0,
+    };
+    let held = target.keys().context("listing the target's keys")?;
+    println!("target {}: {} keys", args.to, held.len());
+    let mut sync = ClusterSync::new(held, args.keys_max, Default::default())?;
+    let mut first = true;
+    let mut clean = true;
+    loop {
+        match fetch_status(&centers, args.center.timeout) {
+            Ok(status) => {
+                let book = AddressBook::new();
+                for node in &status.nodes {
+                    if let Ok(address) = node.address.parse() {
+                        book.insert(node.id, address);
+                    }
+                }
+                let auth = larder_real::process_auth(centers.key.clone());
+                let net = TcpNet::client(ADMIN_ID, book, auth);
+                let pass = Pass {
+                    net: &net,
+                    status: &status,
+                    scratch: &scratch,
+                };
+                let read_all = runtime.block_on(pass.run(&mut sync, &mut target))?;
+                clean &= read_all;
+                // Keys the target held in slots no source group holds: once every group has
+                // its base, they are known not to be the source's.
+                if first && read_all {
+                    target.write(sync.drop_strays())?;
+                    first = false;
+                }
+                let tally = sync.tally();
+                println!(
+                    "synced: {} entries applied, {} puts, {} deletes, {} slots copied whole{}",
+                    tally.entries,
+                    tally.puts,
+                    tally.dels,
+                    tally.slot_copies,
+                    if target.locks > 0 {
+                        format!(", {} lock writes left out", target.locks)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Err(error) if args.every.is_none() => return Err(error),
+            // A center election or outage: the next pass reads what this one could not.
+            Err(error) => {
+                clean = false;
+                println!("pass skipped: {error:#}");
+            }
+        }
+        let Some(every) = args.every else {
+            return Ok(clean);
+        };
+        let wait = runtime.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => true,
+                _ = tokio::signal::ctrl_c() => false,
+            }
+        });
+        if !wait {
+            return Ok(clean);
+        }
+    }
+}
+
+/// One pass over the source's groups.
+struct Pass<'a> {
+    net: &'a TcpNet,
+    status: &'a ClusterStatus,
+    scratch: &'a std::path::Path,
+}
+
+impl Pass<'_> {
+    /// Brings the target up to every group's committed entries; false when a group could not
+    /// be read from any replica (the next pass tries again).
+    async fn run(
+        &self,
+        sync: &mut ClusterSync<FjallDisk>,
+        target: &mut Target,
+    ) -> anyhow::Result<bool> {
+        let mut read_all = true;
+        for group in &self.status.groups {
+            let mut failures = Vec::new();
+            let mut done = false;
+            for node in replicas_to_ask(group) {
+                match self.group(sync, target, group.group, node).await {
+                    Ok(()) => {
+                        done = true;
+                        break;
+                    }
+                    Err(error) => failures.push(format!("node {node}: {error:#}")),
+                }
+            }
+            if !done {
+                read_all = false;
+                println!("group {}: NOT READ ({})", group.group, failures.join("; "));
+            }
+        }
+        Ok(read_all)
+    }
+
+    /// Reads `group` from `node`: a base when it has none or after a gap, then its entries.
+    async fn group(
+        &self,
+        sync: &mut ClusterSync<FjallDisk>,
+        target: &mut Target,
+        group: GroupId,
+        node: NodeId,
+    ) -> anyhow::Result<()> {
+        let net = self.net;
+        // A base, entries, and after a gap one more base and the entries after it.
+        for _ in 0..2 {
+            let Some(from) = sync.next(group) else {
+                if !self.base(sync, target, group, node).await? {
+                    return Ok(()); // nothing applied yet
+                }
+                continue;
+            };
+            let mut rows = Vec::new();
+            let take = |page: Vec<(u64, Bytes)>| {
+                rows.extend(page);
+                Ok(())
+            };
+            let read = read_entries(|read| ask(net, node, read), group, from, take).await?;
+            target.write(sync.entries(group, &rows).await?)?;
+            if read.gap.is_none() {
+                return Ok(());
+            }
+            // The replica no longer holds what follows: start the group again from a base.
+            println!(
+                "group {group}: entries {}.. are no longer on node {node}; reading a new base",
+                read.next
+            );
+            self.base(sync, target, group, node).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts `group` (again) from a new base read from `node`, on a scratch disk of its own
+    /// (the previous one removed); false when the group has applied nothing yet.
+    async fn base(
+        &self,
+        sync: &mut ClusterSync<FjallDisk>,
+        target: &mut Target,
+        group: GroupId,
+        node: NodeId,
+    ) -> anyhow::Result<bool> {
+        let Some(base) = read_base(|read| ask(self.net, node, read), group).await? else {
+            return Ok(false);
+        };
+        let name = format!("group-{group}-{}", base.index);
+        let dir = self.scratch.join(&name);
+        let disk = FjallDisk::open(&dir, &FjallOptions::default())
+            .map_err(|e| anyhow::anyhow!("a scratch disk: {e}"))?;
+        target.write(sync.base(group, disk, &base.data, base.clock_ms).await?)?;
+        // The replay the base replaced is closed: its directory goes (best effort).
+        let prefix = format!("group-{group}-");
+        for entry in std::fs::read_dir(self.scratch)?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with(&prefix) && file != name {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(true)
+    }
+}
