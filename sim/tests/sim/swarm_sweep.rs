@@ -127,6 +127,24 @@ fn check_lock_seed(seed: u64) {
     });
 }
 
+/// Swarm cluster seeds with a cross-cluster sync (`larder sim --sync`): `larder sync`'s work
+/// run on what the archiver read, each group behind by a seeded lag (a slot's old owner read
+/// after its new one), into a model target compared key by key with the source at the end;
+/// seeds with slot moves (4: 2->6; 7: 5->9 and 8->3); each run twice with identical trace
+/// hashes.
+fn check_sync_seed(seed: u64) {
+    let (report, replay) = run_swarm_seed(seed, " --sync", |config| {
+        *config = config.clone().with_sync();
+    });
+    let sync = report.sync.expect("a sync check");
+    assert!(
+        sync.slots == u64::from(larder_core::slots::SLOTS)
+            && sync.keys >= 20
+            && sync.tally.slot_copies > 1_000,
+        "seed {seed}: the sync checked too little, or no slot moved: {sync:?}\nreplay: {replay}"
+    );
+}
+
 /// Swarm seeds with the run's archiver (`larder sim --backup`): every group backed up during
 /// the run as `larder backup --every` would, from each replica in turn under the faults, then
 /// rebuilt from the backup at the end and compared record for record with a replica; each seed
@@ -150,6 +168,16 @@ fn backup_01() {
 #[test]
 fn backup_02() {
     check_backup_seed(2);
+}
+
+#[test]
+fn sync_04() {
+    check_sync_seed(4);
+}
+
+#[test]
+fn sync_07() {
+    check_sync_seed(7);
 }
 
 #[test]

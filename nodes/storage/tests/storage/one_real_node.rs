@@ -1320,3 +1320,110 @@ fn a_backup_reads_the_retained_log_and_one_base_at_a_time() {
         node.stop();
     }
 }
+
+/// `larder sync`'s core on a real group: a base and the committed entries after it give the
+/// target the values the commands made (an `INCRBY` as the number it made, a `DEL` as a
+/// delete), a key the target held that the source never had goes once every group has its
+/// base, and the keys the target may hold are bounded.
+#[test]
+fn a_cluster_sync_copies_the_values_the_entries_made() {
+    use std::collections::BTreeMap;
+
+    use larder_core::bugs::Bugs;
+    use larder_core::kv::{Record, Value};
+    use larder_protocol::{read_base, read_entries};
+    use larder_storage::cluster_sync::{ClusterSync, SyncError, SyncOp};
+
+    fn write(target: &mut BTreeMap<Bytes, Record>, ops: Vec<SyncOp>) {
+        for op in ops {
+            match op {
+                SyncOp::Put { key, record } => target.insert(key, record),
+                SyncOp::Del { key } => target.remove(&key),
+            };
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("dir");
+    let node = start_led(dir.path());
+    for command in [Command::set("a", "1"), Command::set("gone", "x")] {
+        assert_eq!(node.execute(command), ClientResponse::Reply(Reply::Ok));
+    }
+    let scratch = tempfile::tempdir().expect("dir");
+    let small = tempfile::tempdir().expect("dir");
+    node.runtime.block_on(async {
+        let ask = |read| async { Ok::<_, String>(node.node.backup_read(read).await) };
+        let disk = |dir: &Path| FjallDisk::open(dir, &FjallOptions::default()).expect("disk");
+        let held = [Bytes::from("stray"), Bytes::from("a")];
+        let mut target: BTreeMap<Bytes, Record> = held
+            .iter()
+            .map(|key| (key.clone(), Record::string("old")))
+            .collect();
+        let mut sync = ClusterSync::new(held.clone(), 100, Bugs::default()).expect("sync");
+        let base = read_base(ask, GROUP).await.expect("read").expect("a base");
+        write(
+            &mut target,
+            sync.base(GROUP, disk(scratch.path()), &base.data, base.clock_ms)
+                .await
+                .expect("base"),
+        );
+        write(&mut target, sync.drop_strays());
+        assert_eq!(
+            target.keys().collect::<Vec<_>>(),
+            ["a", "gone"].map(Bytes::from).iter().collect::<Vec<_>>()
+        );
+        assert_eq!(target[&Bytes::from("a")], Record::string("1"));
+
+        for command in [
+            Command::IncrBy {
+                key: "c".into(),
+                delta: 5,
+            },
+            Command::IncrBy {
+                key: "c".into(),
+                delta: 5,
+            },
+            Command::Del {
+                keys: vec!["gone".into()],
+            },
+            Command::set("a", "2"),
+        ] {
+            let answer = node.node.execute(GROUP, command, None).await;
+            assert!(matches!(answer, ClientResponse::Reply(_)), "{answer:?}");
+        }
+        let from = sync.next(GROUP).expect("a base");
+        let mut rows = Vec::new();
+        let take = |page: Vec<(u64, Bytes)>| {
+            rows.extend(page);
+            Ok(())
+        };
+        let read = read_entries(ask, GROUP, from, take).await.expect("entries");
+        assert_eq!(read.gap, None);
+        write(
+            &mut target,
+            sync.entries(GROUP, &rows).await.expect("apply"),
+        );
+        assert_eq!(target.len(), 2, "{target:?}");
+        assert_eq!(target[&Bytes::from("a")], Record::string("2"));
+        assert_eq!(
+            target[&Bytes::from("c")].value,
+            Value::Str(Bytes::from("10")),
+            "the value the increments made, copied once"
+        );
+        assert_eq!(sync.tally().entries, rows.len() as u64);
+
+        // Bounded: a target already over the bound, and a base that would take it over.
+        let over = ClusterSync::<FjallDisk>::new(held.clone(), 1, Bugs::default());
+        assert!(matches!(over, Err(SyncError::TooManyKeys { max: 1 })));
+        let mut sync = ClusterSync::new([], 1, Bugs::default()).expect("sync");
+        let base = read_base(ask, GROUP).await.expect("read").expect("a base");
+        let error = sync
+            .base(GROUP, disk(small.path()), &base.data, base.clock_ms)
+            .await
+            .expect_err("over the bound");
+        assert!(
+            matches!(error, SyncError::TooManyKeys { max: 1 }),
+            "{error}"
+        );
+    });
+    node.stop();
+}
