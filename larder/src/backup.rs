@@ -245,14 +245,29 @@ fn now_ms() -> u64 {
 pub fn backup(args: BackupArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
-    let centers = args.center.reach()?;
+    rounds(&args.center, args.every, |runtime, net, status| {
+        Ok(runtime.block_on(round(net, status, &args.dir, args.base_every)))
+    })
+}
+
+/// Runs `round` once, or every `every` until Ctrl-C (`larder backup`'s and `larder sync`'s
+/// loop), each time with the cluster's status and a network to its nodes. A round that cannot
+/// reach a center is an error without `every`; with it, the round is skipped (the next one
+/// does what it could not: archiving and syncing go on through a center election or outage).
+/// False when a round returned false or was skipped.
+pub(crate) fn rounds(
+    center: &CenterArgs,
+    every: Option<Duration>,
+    mut round: impl FnMut(&tokio::runtime::Runtime, &TcpNet, &ClusterStatus) -> anyhow::Result<bool>,
+) -> anyhow::Result<bool> {
+    let centers = center.reach()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     let mut clean = true;
     loop {
-        match fetch_status(&centers, args.center.timeout) {
+        match fetch_status(&centers, center.timeout) {
             Ok(status) => {
                 let book = AddressBook::new();
                 for node in &status.nodes {
@@ -262,17 +277,15 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<bool> {
                 }
                 let auth = larder_real::process_auth(centers.key.clone());
                 let net = TcpNet::client(ADMIN_ID, book, auth);
-                clean &= runtime.block_on(round(&net, &status, &args.dir, args.base_every));
+                clean &= round(&runtime, &net, &status)?;
             }
-            Err(error) if args.every.is_none() => return Err(error),
-            // Archiving goes on through a center election or an outage: the next round saves
-            // what this one could not, as long as the nodes' retention covers the wait.
+            Err(error) if every.is_none() => return Err(error),
             Err(error) => {
                 clean = false;
                 println!("round skipped: {error:#}");
             }
         }
-        let Some(every) = args.every else {
+        let Some(every) = every else {
             return Ok(clean);
         };
         let wait = runtime.block_on(async {

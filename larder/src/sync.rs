@@ -27,11 +27,11 @@ use larder_core::kv::{Record, Value};
 use larder_core::resp::{self, Frame};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{ClusterStatus, read_base, read_entries};
-use larder_real::{AddressBook, FjallDisk, FjallOptions, TcpNet};
+use larder_real::{FjallDisk, FjallOptions, TcpNet};
 use larder_storage::cluster_sync::{ClusterSync, SyncOp};
 
-use crate::admin::{ADMIN_ID, CenterArgs, fetch_status};
-use crate::backup::{ask, replicas_to_ask};
+use crate::admin::CenterArgs;
+use crate::backup::{ask, replicas_to_ask, rounds};
 use larder::import::{Connection, describe};
 
 /// Writes to the target sent before their answers are read.
@@ -51,7 +51,7 @@ pub struct SyncArgs {
     /// The target's password (`AUTH`), if it has one.
     #[arg(long, env = "LARDER_SYNC_TO_PASSWORD", hide_env_values = true)]
     pub to_password: Option<String>,
-    /// Read the source this often until Ctrl-C (default: one pass, which brings the target
+    /// Read the source this often until Ctrl-C (default: one round, which brings the target
     /// to the source as it is now).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub every: Option<Duration>,
@@ -177,14 +177,9 @@ fn restore_command(key: &Bytes, record: &Record, out: &mut Vec<u8>) {
     resp::encode_request(&args, out);
 }
 
-/// `larder sync`: one pass, or passes every `--every` until Ctrl-C. False when a pass could
+/// `larder sync`: one round, or rounds every `--every` until Ctrl-C. False when a round could
 /// not read every group.
 pub fn sync(args: SyncArgs) -> anyhow::Result<bool> {
-    let centers = args.center.reach()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     let temporary;
     let scratch = match &args.scratch {
         Some(dir) => {
@@ -204,77 +199,42 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<bool> {
     println!("target {}: {} keys", args.to, held.len());
     let mut sync = ClusterSync::new(held, args.keys_max, Default::default())?;
     let mut first = true;
-    let mut clean = true;
-    loop {
-        match fetch_status(&centers, args.center.timeout) {
-            Ok(status) => {
-                let book = AddressBook::new();
-                for node in &status.nodes {
-                    if let Ok(address) = node.address.parse() {
-                        book.insert(node.id, address);
-                    }
-                }
-                let auth = larder_real::process_auth(centers.key.clone());
-                let net = TcpNet::client(ADMIN_ID, book, auth);
-                let pass = Pass {
-                    net: &net,
-                    status: &status,
-                    scratch: &scratch,
-                };
-                let read_all = runtime.block_on(pass.run(&mut sync, &mut target))?;
-                clean &= read_all;
-                // Keys the target held in slots no source group holds: once every group has
-                // its base, they are known not to be the source's.
-                if first && read_all {
-                    target.write(sync.drop_strays())?;
-                    first = false;
-                }
-                let tally = sync.tally();
-                println!(
-                    "synced: {} entries applied, {} puts, {} deletes, {} slots copied whole{}",
-                    tally.entries,
-                    tally.puts,
-                    tally.dels,
-                    tally.slot_copies,
-                    if target.locks > 0 {
-                        format!(", {} lock writes left out", target.locks)
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-            Err(error) if args.every.is_none() => return Err(error),
-            // A center election or outage: the next pass reads what this one could not.
-            Err(error) => {
-                clean = false;
-                println!("pass skipped: {error:#}");
-            }
-        }
-        let Some(every) = args.every else {
-            return Ok(clean);
+    rounds(&args.center, args.every, |runtime, net, status| {
+        let round = Round {
+            net,
+            status,
+            scratch: &scratch,
         };
-        let wait = runtime.block_on(async {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => true,
-                _ = tokio::signal::ctrl_c() => false,
-            }
-        });
-        if !wait {
-            return Ok(clean);
+        let read_all = runtime.block_on(round.run(&mut sync, &mut target))?;
+        // Keys the target held in slots no source group holds: once every group has its
+        // base, they are known not to be the source's.
+        if first && read_all {
+            target.write(sync.drop_strays())?;
+            first = false;
         }
-    }
+        let tally = sync.tally();
+        let locks = match target.locks {
+            0 => String::new(),
+            locks => format!(", {locks} lock writes left out"),
+        };
+        println!(
+            "synced: {} entries applied, {} puts, {} deletes, {} slots copied whole{locks}",
+            tally.entries, tally.puts, tally.dels, tally.slot_copies
+        );
+        Ok(read_all)
+    })
 }
 
-/// One pass over the source's groups.
-struct Pass<'a> {
+/// One round over the source's groups.
+struct Round<'a> {
     net: &'a TcpNet,
     status: &'a ClusterStatus,
     scratch: &'a std::path::Path,
 }
 
-impl Pass<'_> {
+impl Round<'_> {
     /// Brings the target up to every group's committed entries; false when a group could not
-    /// be read from any replica (the next pass tries again).
+    /// be read from any replica (the next round tries again).
     async fn run(
         &self,
         sync: &mut ClusterSync<FjallDisk>,
