@@ -141,48 +141,69 @@ impl<D: Disk> ClusterSync<D> {
     /// Applies `group`'s committed entries `rows` (`(index, encoded entry)`, consecutive from
     /// [`ClusterSync::next`]; those already applied are skipped) and returns the writes that
     /// bring the target up to them.
+    ///
+    /// Entries are applied in runs, and each key a run wrote is copied once, as the run left
+    /// it (the target needs the values, not every step to them). An entry that can change what
+    /// the group owns (`OwnSlots`) or empty it (`FLUSHALL`) is applied on its own, so the
+    /// slots it concerns are copied as they stand right after it.
     pub async fn entries(
         &mut self,
         group: GroupId,
         rows: &[(u64, Bytes)],
     ) -> Result<Vec<SyncOp>, SyncError> {
+        let applied = self
+            .groups
+            .get(&group)
+            .ok_or(SyncError::NoBase { group })?
+            .at()
+            .index;
+        let rows = &rows[rows.partition_point(|(index, _)| *index <= applied)..];
         let mut ops = Vec::new();
-        for (at, (index, row)) in rows.iter().enumerate() {
-            let replay = self
-                .groups
-                .get_mut(&group)
-                .ok_or(SyncError::NoBase { group })?;
-            if *index <= replay.at().index {
-                continue;
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut touched: BTreeSet<Bytes> = BTreeSet::new();
+            let mut alone = None;
+            while end < rows.len() {
+                let entry: Entry = decode(&rows[end].1)
+                    .map_err(|source| ReplayError::Storage { group, source })?;
+                let EntryPayload::Normal(request) = entry.payload else {
+                    end += 1;
+                    continue;
+                };
+                match request.command {
+                    command @ (Command::OwnSlots { .. } | Command::FlushAll) => {
+                        if end == start {
+                            alone = Some(command);
+                            end += 1;
+                        }
+                        break;
+                    }
+                    Command::Ingest { records, .. } => {
+                        touched.extend(records.into_iter().map(|(key, _)| key));
+                    }
+                    command => touched.extend(command.keys().into_iter().cloned()),
+                }
+                end += 1;
             }
-            let entry: Entry =
-                decode(row).map_err(|source| ReplayError::Storage { group, source })?;
+            let replay = self.groups.get_mut(&group).expect("checked above");
             let owned_before = replay.ownership();
-            replay.apply(&rows[at..=at], u64::MAX).await?;
-            self.tally.entries += 1;
-            let EntryPayload::Normal(request) = entry.payload else {
-                continue;
-            };
-            if self.groups[&group].ownership() != owned_before {
-                self.claim(group, false, &mut ops).await?;
-            }
-            match &request.command {
-                Command::FlushAll => {
+            replay.apply(&rows[start..end], u64::MAX).await?;
+            self.tally.entries += (end - start) as u64;
+            match alone {
+                Some(Command::FlushAll) => {
                     let slots = self.followed_from(group);
                     self.copy_slots(group, &slots, &mut ops).await?;
                 }
-                Command::Ingest { records, .. } => {
-                    for (key, _) in records {
-                        self.copy_key(group, key, &mut ops).await?;
-                    }
+                Some(_) if self.groups[&group].ownership() != owned_before => {
+                    self.claim(group, false, &mut ops).await?;
                 }
-                command => {
-                    let keys: BTreeSet<&Bytes> = command.keys().into_iter().collect();
-                    for key in keys {
-                        self.copy_key(group, key, &mut ops).await?;
-                    }
-                }
+                _ => {}
             }
+            for key in &touched {
+                self.copy_key(group, key, &mut ops).await?;
+            }
+            start = end;
         }
         Ok(ops)
     }
