@@ -38,6 +38,8 @@ use larder::import::{Connection, describe};
 const PIPELINE_MAX: usize = 512;
 /// `TRYAGAIN`s of one write before the sync stops (with the pauses between, about 10 s).
 const RETRIES_MAX: u32 = 20;
+/// The pause before the n-th sending again of a refused write is n times this.
+const RETRY_PAUSE_STEP: Duration = Duration::from_millis(50);
 /// Keys asked per `SCAN` of the target when the sync starts.
 const SCAN_COUNT: &str = "1000";
 
@@ -52,7 +54,10 @@ pub struct SyncArgs {
     #[arg(long, env = "LARDER_SYNC_TO_PASSWORD", hide_env_values = true)]
     pub to_password: Option<String>,
     /// Read the source this often until Ctrl-C (default: one round, which brings the target
-    /// to the source as it is now).
+    /// to the source as it is now). The source's nodes should keep their log (`larder up
+    /// --retain-log`, `larder node --retain-log`) longer than the sync may lag behind them:
+    /// a group whose replicas have purged the next entry is read again from a new base, a
+    /// whole copy of it.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub every: Option<Duration>,
     /// Most keys the target may hold: the command keeps the set of keys it holds in memory.
@@ -69,6 +74,8 @@ struct Target {
     connection: Connection,
     /// Locks left out (no `RESTORE` payload for them).
     locks: u64,
+    /// [`RETRY_PAUSE_STEP`], but in tests.
+    retry_pause_step: Duration,
 }
 
 impl Target {
@@ -153,7 +160,7 @@ impl Target {
             match again {
                 Some(at) => {
                     tries += 1;
-                    std::thread::sleep(Duration::from_millis(50 * u64::from(tries)));
+                    std::thread::sleep(self.retry_pause_step * tries);
                     start += at;
                 }
                 None => {
@@ -194,6 +201,7 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<bool> {
     let mut target = Target {
         connection: Connection::open(&args.to, args.to_password.as_deref())?,
         locks: 0,
+        retry_pause_step: RETRY_PAUSE_STEP,
     };
     let held = target.keys().context("listing the target's keys")?;
     println!("target {}: {} keys", args.to, held.len());
@@ -324,5 +332,137 @@ impl Round<'_> {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A scripted target: reads each pipeline the sync sends (what arrives until the sender
+    /// has been `silent`, as the sync is while it waits for the answers), answers each write
+    /// with `answer(key)`, and returns the keys of every pipeline it saw.
+    fn scripted_target(
+        silent: Duration,
+        answer: impl Fn(&[u8]) -> &'static str + Send + 'static,
+    ) -> (String, std::thread::JoinHandle<Vec<Vec<Bytes>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream.set_read_timeout(Some(silent)).expect("timeout");
+            let mut pipelines = Vec::new();
+            let mut buffer = Vec::new();
+            let mut pending: Vec<Bytes> = Vec::new();
+            loop {
+                let mut chunk = [0u8; 16 << 10];
+                match stream.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        if pending.is_empty() {
+                            continue;
+                        }
+                        let mut out = Vec::new();
+                        for key in &pending {
+                            out.extend_from_slice(answer(key).as_bytes());
+                        }
+                        stream.write_all(&out).expect("answer");
+                        pipelines.push(std::mem::take(&mut pending));
+                        continue;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+                while let Some((frame, used)) = resp::parse_frame(&buffer).expect("RESP") {
+                    buffer.drain(..used);
+                    let Frame::Array(Some(parts)) = frame else {
+                        panic!("not a command")
+                    };
+                    let Frame::Bulk(Some(key)) = &parts[1] else {
+                        panic!("no key")
+                    };
+                    pending.push(key.clone());
+                }
+            }
+            pipelines
+        });
+        (address, server)
+    }
+
+    fn connect(address: &str) -> Target {
+        Target {
+            connection: Connection::open(address, None).expect("connect"),
+            locks: 0,
+            retry_pause_step: Duration::from_millis(1),
+        }
+    }
+
+    fn deletes(count: usize) -> Vec<SyncOp> {
+        (0..count)
+            .map(|i| SyncOp::Del {
+                key: Bytes::from(format!("k{i}")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_wait_for_answers_past_the_pipeline_bound() {
+        let (address, server) = scripted_target(Duration::from_millis(300), |_| ":1\r\n");
+        let mut target = connect(&address);
+        target.write(deletes(PIPELINE_MAX + 88)).expect("written");
+        drop(target);
+        let sizes: Vec<usize> = server
+            .join()
+            .expect("server")
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [PIPELINE_MAX, 88]);
+    }
+
+    #[test]
+    fn a_write_refused_with_tryagain_is_sent_again_with_those_after_it_up_to_the_bound() {
+        // k1 is refused twice, then taken: k1 and k2 are sent again twice, in order.
+        let refusals = std::sync::atomic::AtomicU32::new(0);
+        // Short silences: a pipeline seen in two parts changes nothing below.
+        let silent = Duration::from_millis(50);
+        let (address, server) = scripted_target(silent, move |key| {
+            if key == b"k1" && refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                "-TRYAGAIN the group is electing a leader\r\n"
+            } else {
+                ":1\r\n"
+            }
+        });
+        let mut target = connect(&address);
+        target
+            .write(deletes(3))
+            .expect("written after two refusals");
+        drop(target);
+        let sent: Vec<Bytes> = server.join().expect("server").concat();
+        assert_eq!(sent, ["k0", "k1", "k2", "k1", "k2", "k1", "k2"]);
+
+        // Refused for ever: the sync stops after RETRIES_MAX sendings again, naming the key.
+        let (address, server) = scripted_target(silent, |key| {
+            if key == b"k1" {
+                "-TRYAGAIN the slot is moving\r\n"
+            } else {
+                ":1\r\n"
+            }
+        });
+        let mut target = connect(&address);
+        let error = target.write(deletes(3)).expect_err("refused for ever");
+        drop(target);
+        assert!(
+            error
+                .to_string()
+                .contains("refused the write of k1: TRYAGAIN"),
+            "{error}"
+        );
+        let sent: Vec<Bytes> = server.join().expect("server").concat();
+        let k1 = sent.iter().filter(|key| key.as_ref() == b"k1").count();
+        assert_eq!(k1 as u32, 1 + RETRIES_MAX);
     }
 }

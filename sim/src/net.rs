@@ -4,6 +4,16 @@
 //! directed link (full and one-way partitions), drop requests or responses, deliver a request
 //! twice, add a seeded extra delay per request (which reorders concurrent messages), and add a
 //! fixed delay to every message crossing one direction of one link (an asymmetric slow link).
+//!
+//! A duplicate is a fault no production transport makes (`StreamNet` writes a request once,
+//! over TCP, and never re-sends it), kept because it tests what a re-delivered write must not
+//! do (a group's session table). It must not also break what a caller may conclude from an
+//! answer: a client write refused with `NotLeader`, `Unavailable` or `StaleEpoch` was certainly
+//! not applied *by that delivery*, and the client reports the write failed once every replica
+//! refused it. A second copy still in flight can be applied later (it reaches a node that has
+//! become leader meanwhile), so the refusal of a duplicated client write is withheld and the
+//! call times out instead: the caller learns what a caller of a re-sending transport could,
+//! that the outcome is unknown ([`withholds_refusal`]).
 //! A dropped or blocked message looks to the caller like a real network's: the call times out
 //! at its deadline, never earlier. A healthy cluster must tolerate every one of these; the
 //! liveness phase heals them all and requires service to resume.
@@ -28,6 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Handler, Net, NetError, Rng, SeededRng, derive_seed};
+use larder_protocol::{ClientRequest, ClientResponse, Request};
 use larder_transport::{ClusterAuth, ClusterKey, NetStats, StreamNet, Transport};
 use tokio::time::Instant;
 use turmoil::net::{TcpListener, TcpStream};
@@ -222,6 +233,30 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Whether `request` is a client's write (or a session registration): a request whose
+/// refusal the client takes as proof that nothing happened.
+fn is_client_write(request: &[u8]) -> bool {
+    matches!(
+        larder_protocol::decode_request(request),
+        Ok(Request::Client(ClientRequest {
+            session: Some(_),
+            ..
+        }))
+    )
+}
+
+/// Whether the answer to a duplicated client write must reach the caller as a timeout: it is
+/// a refusal (nothing done by this copy), which the other copy may yet contradict. A `Reply`
+/// passes (the write was applied; the copy must be deduplicated), as does `Indeterminate`.
+fn withholds_refusal(response: &[u8]) -> bool {
+    matches!(
+        larder_protocol::decode_response::<ClientRequest>(response),
+        Ok(ClientResponse::NotLeader { .. }
+            | ClientResponse::Unavailable { .. }
+            | ClientResponse::StaleEpoch { .. })
+    )
+}
+
 /// The serving side's trace: every request handed to the node's handler.
 #[derive(Clone)]
 struct TracedHandler<H> {
@@ -295,8 +330,20 @@ impl Net for SimNet {
                 }
             });
         }
+        // Decoded only for a duplicated call, the one case that needs it.
+        let duplicated_write = fate.duplicate.is_some() && is_client_write(&request);
         let left = deadline.saturating_duration_since(Instant::now());
         let response = self.stream.call(to, request, left).await?;
+        if duplicated_write && withholds_refusal(&response) {
+            crate::trace_event!(
+                self.trace,
+                sim_now(),
+                &self.actor(),
+                "withhold refusal of a duplicated write from n{to}"
+            );
+            tokio::time::sleep_until(deadline).await;
+            return Err(timed_out);
+        }
         if fate.drop_response || self.faults.is_blocked(to, self.id) {
             crate::trace_event!(
                 self.trace,
@@ -358,5 +405,51 @@ impl larder_core::env::Listener for SimListener {
                 fd: None,
             });
         Ok((stream, endpoints))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use larder_core::kv::{Command, Reply};
+    use larder_protocol::{SessionSeq, encode};
+
+    use super::*;
+
+    fn request(session: Option<SessionSeq>) -> Bytes {
+        encode(&Request::Client(ClientRequest {
+            group: 1,
+            command: Command::DbSize,
+            session,
+            epoch: 0,
+        }))
+    }
+
+    #[test]
+    fn only_a_client_write_refused_is_withheld() {
+        let write = SessionSeq { session: 7, seq: 3 };
+        assert!(is_client_write(&request(Some(write))));
+        assert!(is_client_write(&request(Some(SessionSeq::REGISTER))));
+        assert!(!is_client_write(&request(None)), "a read");
+        assert!(!is_client_write(b"not a request"));
+
+        let refusals = [
+            ClientResponse::NotLeader { leader_hint: None },
+            ClientResponse::Unavailable {
+                reason: "no quorum".into(),
+            },
+            ClientResponse::StaleEpoch { epoch: 4 },
+        ];
+        for refusal in refusals {
+            assert!(withholds_refusal(&encode(&refusal)), "{refusal:?}");
+        }
+        let answers = [
+            ClientResponse::Reply(Reply::Ok),
+            ClientResponse::Indeterminate {
+                reason: "leader changed".into(),
+            },
+        ];
+        for answer in answers {
+            assert!(!withholds_refusal(&encode(&answer)), "{answer:?}");
+        }
     }
 }

@@ -48,6 +48,13 @@ fn run(args: &[&str]) -> (String, String) {
     (out, err)
 }
 
+/// One `larder backup` round into `backup_dir`, with `--base-every` if given; its stdout.
+fn backup_round(backup_dir: &str, centers: &str, base_every: Option<&str>) -> String {
+    let mut args = vec!["backup", backup_dir, "--center", centers];
+    args.extend(base_every.iter().flat_map(|every| ["--base-every", every]));
+    run(&args).0
+}
+
 /// The keys of an RDB file: value and expiry.
 fn read_rdb(path: &Path) -> BTreeMap<Bytes, (Value, Option<i64>)> {
     let file = std::fs::File::open(path).expect("open rdb");
@@ -124,7 +131,7 @@ fn first_backup(retain: bool) -> FirstBackup {
     write_first_state(&mut redis);
     let backup_dir = dir.path().join("backup");
     let backup_dir = backup_dir.to_str().expect("utf-8 path").to_string();
-    let (out, _) = run(&["backup", &backup_dir, "--center", &addresses.centers]);
+    let out = backup_round(&backup_dir, &addresses.centers, None);
     FirstBackup {
         _processes: processes,
         dir,
@@ -222,27 +229,13 @@ fn a_backup_restores_the_moment_asked_and_the_latest() {
     }
     pipe.query::<()>(&mut redis).expect("second state");
 
-    let (out, _) = run(&[
-        "backup",
-        backup_dir,
-        "--center",
-        &centers,
-        "--base-every",
-        "1h",
-    ]);
+    let out = backup_round(backup_dir, &centers, Some("1h"));
     assert!(!out.contains("base at index"), "no base due: {out}");
     assert!(!out.contains("GAP") && !out.contains("NOT SAVED"), "{out}");
     assert_eq!(out.matches(" entries (").count(), 3, "{out}");
     // A round with a base due saves the base, then the entries since the last saved one (none
     // here): no index is left between the two.
-    let (out, _) = run(&[
-        "backup",
-        backup_dir,
-        "--center",
-        &centers,
-        "--base-every",
-        "0s",
-    ]);
+    let out = backup_round(backup_dir, &centers, Some("0s"));
     assert_eq!(out.matches("base at index").count(), 3, "{out}");
     assert_eq!(out.matches("no new entries").count(), 3, "{out}");
 
@@ -352,7 +345,7 @@ fn a_restore_into_a_gap_is_refused_with_its_reason() {
         pipe.cmd("SET").arg(format!("c:{i}")).arg("later").ignore();
     }
     pipe.query::<()>(&mut redis).expect("later writes");
-    let (out, _) = run(&["backup", backup_dir, "--center", &centers]);
+    let out = backup_round(backup_dir, &centers, None);
     assert_eq!(out.matches("GAP: entries").count(), 3, "{out}");
     assert_eq!(out.matches("base at index").count(), 3, "{out}");
 

@@ -248,7 +248,9 @@ catalog! {
     // fjall's poisoning does. The second search that does not start at 1: the 23 seeds before
     // the first catch cost CI 30 s (stop 44); 20 leaves room for the catch to move earlier.
     ignored_sync_error: "ignored-sync-error", 20..=50, Swarm;
-    // 5/50 (2, 5, 13, 19, 31), first 2, since duplicates lag their first copy (stop 50); with
+    // 4/50 (2, 5, 19, 31), first 2, since a duplicated client write's refusal reaches its
+    // caller as a timeout (stop 56; 5/50 before, with 13); 5/50 since duplicates lag their
+    // first copy (stop 50); with
     // copies delivered together, which the nodes' unchanged-write memory refuses before the
     // log, it had fallen to 1/50 and then 0/50.
     no_session_dedup: "no-session-dedup", 1..=50, Swarm;

@@ -211,19 +211,31 @@ impl<D: Disk> ClusterSync<D> {
     /// Deletes what the target holds in slots no source group was seen owning: to call once
     /// every group of the source has its base (a target that held keys before the sync began).
     pub fn drop_strays(&mut self) -> Vec<SyncOp> {
-        let stray: Vec<Bytes> = self
+        let stray: Vec<u16> = self
             .present
-            .iter()
-            .filter(|(slot, _)| !self.followed.contains_key(slot))
-            .flat_map(|(_, keys)| keys.iter().cloned())
+            .keys()
+            .filter(|slot| !self.followed.contains_key(slot))
+            .copied()
             .collect();
-        let mut ops = Vec::with_capacity(stray.len());
-        for key in stray {
+        let mut ops = Vec::new();
+        for slot in stray {
+            self.delete_held(slot, |_| false, &mut ops);
+        }
+        ops
+    }
+
+    /// Deletes every key the target holds in `slot` but those `keep` names.
+    fn delete_held(&mut self, slot: u16, keep: impl Fn(&Bytes) -> bool, ops: &mut Vec<SyncOp>) {
+        let gone: Vec<Bytes> = self
+            .present
+            .get(&slot)
+            .map(|held| held.iter().filter(|key| !keep(key)).cloned().collect())
+            .unwrap_or_default();
+        for key in gone {
             self.note_absent(&key);
             self.tally.dels += 1;
             ops.push(SyncOp::Del { key });
         }
-        ops
     }
 
     /// The slots copied from `group`.
@@ -304,22 +316,7 @@ impl<D: Disk> ClusterSync<D> {
         for slot in slots {
             let records = held.remove(slot).unwrap_or_default();
             let keep: BTreeSet<&Bytes> = records.iter().map(|(key, _)| key).collect();
-            let gone: Vec<Bytes> = self
-                .present
-                .get(slot)
-                .map(|present| {
-                    present
-                        .iter()
-                        .filter(|key| !keep.contains(key))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            for key in gone {
-                self.note_absent(&key);
-                self.tally.dels += 1;
-                ops.push(SyncOp::Del { key });
-            }
+            self.delete_held(*slot, |key| keep.contains(key), ops);
             for (key, record) in records {
                 self.note_present(key.clone())?;
                 self.tally.puts += 1;
@@ -348,16 +345,7 @@ impl<D: Disk> ClusterSync<D> {
             None if owns => {
                 let epoch = ownership.as_ref().map_or(0, |own| own.epoch);
                 self.followed.insert(slot, Followed { group, epoch });
-                let stale: Vec<Bytes> = self
-                    .present
-                    .get(&slot)
-                    .map(|present| present.iter().cloned().collect())
-                    .unwrap_or_default();
-                for key in stale {
-                    self.note_absent(&key);
-                    self.tally.dels += 1;
-                    ops.push(SyncOp::Del { key });
-                }
+                self.delete_held(slot, |_| false, ops);
                 true
             }
             None => false,

@@ -93,10 +93,11 @@ impl Archive {
         }
     }
 
-    fn keep(&mut self, group: GroupId, read: Read) {
+    /// Keeps a read for the sync, if the run has one (`read` is only made then).
+    fn keep(&mut self, group: GroupId, read: impl FnOnce() -> Read) {
         if let Some(mirror) = &mut self.mirror {
             let at_ms = sim_now().as_millis() as u64;
-            mirror.reads.entry(group).or_default().push((at_ms, read));
+            mirror.reads.entry(group).or_default().push((at_ms, read()));
         }
     }
 }
@@ -254,7 +255,7 @@ async fn take_base(
         return;
     };
     let mut archive = archive.lock().expect("archive lock");
-    archive.keep(group, Read::Base(base.clone()));
+    archive.keep(group, || Read::Base(base.clone()));
     let kept = archive.groups.entry(group).or_default();
     kept.base = Some((base.index, base.clock_ms, base.data));
     kept.entries.clear();
@@ -288,7 +289,7 @@ async fn fetch(
 ) -> Fetched {
     let take = |page: Vec<(u64, Bytes)>| {
         let mut archive = archive.lock().expect("archive lock");
-        archive.keep(group, Read::Entries(page.clone()));
+        archive.keep(group, || Read::Entries(page.clone()));
         let kept = archive.groups.entry(group).or_default();
         // One task archives, so nothing else moves the archive between two pages.
         debug_assert_eq!(kept.next(), page.first().map(|(index, _)| *index));

@@ -251,14 +251,12 @@ impl SimConfig {
         self
     }
 
-    /// With a cross-cluster sync beside the archiver ([`SimConfig::sync`]); a whole cluster
-    /// (with a center, so slots move) gets at least [`SYNC_REGISTER_KEYS`] register keys, so
-    /// that a move of a few thousand slots carries some.
+    /// With a cross-cluster sync beside the archiver ([`SimConfig::sync`]); the run gets at
+    /// least [`SYNC_REGISTER_KEYS`] register keys, so that a move of a few thousand slots
+    /// carries some, and the sync copies more than a handful of keys.
     pub fn with_sync(mut self) -> Self {
         self.sync = true;
-        if self.centers > 0 {
-            self.workload.register_keys = self.workload.register_keys.max(SYNC_REGISTER_KEYS);
-        }
+        self.workload.register_keys = self.workload.register_keys.max(SYNC_REGISTER_KEYS);
         self.with_backup()
     }
 

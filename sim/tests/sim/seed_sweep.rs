@@ -42,3 +42,27 @@ fn a_seed_traces_the_same_after_other_seeds() {
     let after = larder_sim::run(&config(5)).expect("seed 5 again");
     assert_eq!(alone.trace_hash, after.trace_hash);
 }
+
+/// One-group swarm seed 2 with a cross-cluster sync (`--sync`, 64 register keys). Its message
+/// duplication delivered a write to a replica again 46-145 ms after every replica had refused
+/// the first copies (`NotLeader`, `Unavailable`), and the replica, leader by then, applied it,
+/// while the client had reported the write failed. No production transport delivers a request
+/// twice; the simulator now hands the caller of a duplicated write a timeout instead of a
+/// refusal (`larder_sim::net`, "A duplicate"), and the history must be linearizable.
+#[test]
+fn swarm_sync_02() {
+    let replay = "larder sim --seed 2 --duration 15s --swarm --sync --check-determinism";
+    let mut config = SimConfig::new(2, DURATION);
+    config.swarm = true;
+    let config = config.with_sync();
+    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.linearizability.is_linearizable(),
+        "{}\nreplay: {replay}",
+        report.linearizability
+    );
+    assert!(
+        report.sync.is_some_and(|sync| sync.keys >= 60),
+        "replay: {replay}"
+    );
+}
