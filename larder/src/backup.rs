@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -378,7 +379,7 @@ async fn save_group(
     let mut gap = None;
     if let Some(through) = listing.saved_through() {
         let mut files = EntriesFiles::new(gdir, ENTRIES_FILE_BYTES_MAX);
-        let take = |page| files.take(page);
+        let take = |page| files.take(page).map(|()| ControlFlow::Continue(()));
         let read = read_entries(|read| ask(net, node, read), group, through + 1, take).await?;
         let saved = files.finish()?;
         if saved > 0 {

@@ -16,6 +16,7 @@
 // A command-line tool: real time, real threads, real files.
 #![allow(clippy::disallowed_methods)]
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,6 +68,10 @@ pub struct SyncArgs {
     /// end). Needs about as much room as the source's data.
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Most bytes of a group's source entries held in memory at once: a sync far behind
+    /// applies and writes what it read before it reads on, so it never holds its whole lag.
+    #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub entries_held_bytes_max: u64,
 }
 
 /// The target: a RESP connection that takes the sync's writes.
@@ -212,6 +217,7 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<bool> {
             net,
             status,
             scratch: &scratch,
+            entries_held_bytes_max: args.entries_held_bytes_max as usize,
         };
         let read_all = runtime.block_on(round.run(&mut sync, &mut target))?;
         // Keys the target held in slots no source group holds: once every group has its
@@ -238,6 +244,7 @@ struct Round<'a> {
     net: &'a TcpNet,
     status: &'a ClusterStatus,
     scratch: &'a std::path::Path,
+    entries_held_bytes_max: usize,
 }
 
 impl Round<'_> {
@@ -279,21 +286,34 @@ impl Round<'_> {
     ) -> anyhow::Result<()> {
         let net = self.net;
         // A base, entries, and after a gap one more base and the entries after it.
-        for _ in 0..2 {
+        let mut bases = 0;
+        loop {
             let Some(from) = sync.next(group) else {
-                if !self.base(sync, target, group, node).await? {
+                if bases == 2 || !self.base(sync, target, group, node).await? {
                     return Ok(()); // nothing applied yet
                 }
+                bases += 1;
                 continue;
             };
+            // Read up to the bound, apply and write, and read on: a sync far behind holds
+            // one bound's worth of entries at a time, not its whole lag.
             let mut rows = Vec::new();
+            let mut bytes = 0;
             let take = |page: Vec<(u64, Bytes)>| {
+                bytes += page.iter().map(|(_, row)| row.len()).sum::<usize>();
                 rows.extend(page);
-                Ok(())
+                Ok(if bytes >= self.entries_held_bytes_max {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
             };
             let read = read_entries(|read| ask(net, node, read), group, from, take).await?;
             target.write(sync.entries(group, &rows).await?)?;
-            if read.gap.is_none() {
+            if read.stopped {
+                continue;
+            }
+            if read.gap.is_none() || bases == 2 {
                 return Ok(());
             }
             // The replica no longer holds what follows: start the group again from a base.
@@ -302,8 +322,8 @@ impl Round<'_> {
                 read.next
             );
             self.base(sync, target, group, node).await?;
+            bases += 1;
         }
-        Ok(())
     }
 
     /// Starts `group` (again) from a new base read from `node`, on a scratch disk of its own

@@ -1,5 +1,6 @@
 //! One-way cross-cluster sync as an operator runs it: two `larder up` clusters as processes,
-//! `larder sync --every 100ms` from the first (three groups) to the second (two), while the
+//! `larder sync --every 100ms` from the first (three groups) to the second (two), holding one
+//! page of source entries at a time (`--entries-held-bytes-max 1`), while the
 //! first takes concurrent writes of every type, deletes, counters, an expiry, and a move of a
 //! quarter of its slots between groups. Once the writes stop, the second must hold exactly
 //! what the first does (every key's `DUMP` and expiry), and nothing it held before the sync
@@ -144,6 +145,9 @@ fn a_sync_keeps_a_second_cluster_equal_through_writes_and_slot_moves() {
             &proxy,
             "--every",
             "100ms",
+            // Every page of entries read is applied and written before the next is read.
+            "--entries-held-bytes-max",
+            "1",
         ],
         false,
     );

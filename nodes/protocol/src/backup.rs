@@ -5,6 +5,8 @@
 //! so any process holding the cluster key may ask (every message is authenticated by it); a
 //! backup holds every value of the cluster, so the key is what guards it.
 
+use std::ops::ControlFlow;
+
 use bytes::Bytes;
 use larder_core::GroupId;
 use serde::{Deserialize, Serialize};
@@ -116,6 +118,9 @@ pub struct EntriesRead {
     /// `Some(first)`: the replica no longer holds `next`, only entries from `first` on (its
     /// retention was shorter than the time since the last read): a new base is needed.
     pub gap: Option<u64>,
+    /// The taker stopped the reading (its bound on what it holds at once): entries from
+    /// `next` on may be waiting.
+    pub stopped: bool,
 }
 
 /// Reads a new base of `group` whole by `ask` (one [`BackupRead`] to one replica per call):
@@ -183,7 +188,8 @@ where
 }
 
 /// Reads `group`'s committed entries from index `from` on by `ask`, page by page, handing
-/// each page to `take` in order, until the replica's applied index or a gap.
+/// each page to `take` in order, until the replica's applied index, a gap, or `take` answers
+/// [`ControlFlow::Break`] (a taker that holds the pages bounds what it holds this way).
 pub async fn read_entries<E, F, Fut, T>(
     mut ask: F,
     group: GroupId,
@@ -193,7 +199,7 @@ pub async fn read_entries<E, F, Fut, T>(
 where
     F: FnMut(BackupRead) -> Fut,
     Fut: std::future::Future<Output = Result<BackupAnswer, E>>,
-    T: FnMut(Vec<(u64, Bytes)>) -> Result<(), E>,
+    T: FnMut(Vec<(u64, Bytes)>) -> Result<ControlFlow<()>, E>,
 {
     loop {
         let part = BackupPart::Entries { from };
@@ -207,7 +213,11 @@ where
         };
         let Some((last, _)) = chunk.entries.last() else {
             let gap = (from < chunk.first).then_some(chunk.first);
-            return Ok(EntriesRead { next: from, gap });
+            return Ok(EntriesRead {
+                next: from,
+                gap,
+                stopped: false,
+            });
         };
         // Consecutive from the asked index, or the archive would have a hole.
         let consecutive = chunk
@@ -221,8 +231,15 @@ where
             });
         }
         let next = last + 1;
-        take(chunk.entries).map_err(BackupReadError::Ask)?;
+        let flow = take(chunk.entries).map_err(BackupReadError::Ask)?;
         from = next;
+        if flow.is_break() {
+            return Ok(EntriesRead {
+                next,
+                gap: None,
+                stopped: true,
+            });
+        }
     }
 }
 
@@ -317,14 +334,15 @@ mod tests {
         let mut taken = Vec::new();
         let take = |rows: Vec<(u64, Bytes)>| {
             taken.extend(rows.into_iter().map(|(i, _)| i));
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         };
         let read = block_on(read_entries(|read| replica.ask(read), 7, 10, take)).unwrap();
         assert_eq!(
             read,
             EntriesRead {
                 next: 14,
-                gap: None
+                gap: None,
+                stopped: false
             }
         );
         assert_eq!(taken, vec![10, 11, 12, 13]);
@@ -339,29 +357,62 @@ mod tests {
 
         // The replica purged past what was asked: a gap, with where it now starts.
         let mut replica = Scripted::new(vec![page(30, 0..0)]);
-        let read = block_on(read_entries(|r| replica.ask(r), 7, 10, |_| Ok(()))).unwrap();
+        let read = block_on(read_entries(
+            |r| replica.ask(r),
+            7,
+            10,
+            |_| Ok(ControlFlow::Continue(())),
+        ))
+        .unwrap();
         assert_eq!(
             read,
             EntriesRead {
                 next: 10,
-                gap: Some(30)
+                gap: Some(30),
+                stopped: false
             }
         );
 
         // A page that skips an index would leave a hole in the archive.
         let mut replica = Scripted::new(vec![page(1, 11..13)]);
-        let error = block_on(read_entries(|r| replica.ask(r), 7, 10, |_| Ok(()))).unwrap_err();
+        let error = block_on(read_entries(
+            |r| replica.ask(r),
+            7,
+            10,
+            |_| Ok(ControlFlow::Continue(())),
+        ))
+        .unwrap_err();
         assert!(
             matches!(error, BackupReadError::Unexpected { .. }),
             "{error}"
         );
         // The transport's error and the taker's come back as they were.
         let mut replica = Scripted::new(vec![]);
-        let error = block_on(read_entries(|r| replica.ask(r), 7, 10, |_| Ok(()))).unwrap_err();
+        let error = block_on(read_entries(
+            |r| replica.ask(r),
+            7,
+            10,
+            |_| Ok(ControlFlow::Continue(())),
+        ))
+        .unwrap_err();
         assert_eq!(error.to_string(), "hung up");
         let mut replica = Scripted::new(vec![page(1, 10..11)]);
         let full = |_| Err("disk full".to_string());
         let error = block_on(read_entries(|r| replica.ask(r), 7, 10, full)).unwrap_err();
         assert_eq!(error.to_string(), "disk full");
+
+        // A taker that holds what it read stops after a page: where to go on is returned.
+        let mut replica = Scripted::new(vec![page(1, 10..13), page(1, 13..14)]);
+        let enough = |_| Ok(ControlFlow::Break(()));
+        let read = block_on(read_entries(|r| replica.ask(r), 7, 10, enough)).unwrap();
+        assert_eq!(
+            read,
+            EntriesRead {
+                next: 13,
+                gap: None,
+                stopped: true
+            }
+        );
+        assert_eq!(replica.asked.len(), 1, "nothing asked after the stop");
     }
 }

@@ -294,7 +294,7 @@ async fn fetch(
         // One task archives, so nothing else moves the archive between two pages.
         debug_assert_eq!(kept.next(), page.first().map(|(index, _)| *index));
         kept.entries.extend(page);
-        Ok(())
+        Ok(std::ops::ControlFlow::Continue(()))
     };
     match read_entries(|read| ask(node, read), group, from, take).await {
         Ok(read) if read.gap.is_some() => Fetched::Gap,

@@ -1394,7 +1394,7 @@ fn a_cluster_sync_copies_the_values_the_entries_made() {
         let mut rows = Vec::new();
         let take = |page: Vec<(u64, Bytes)>| {
             rows.extend(page);
-            Ok(())
+            Ok(std::ops::ControlFlow::Continue(()))
         };
         let read = read_entries(ask, GROUP, from, take).await.expect("entries");
         assert_eq!(read.gap, None);
