@@ -11,11 +11,14 @@
 //! The target must take no client writes (nothing stops them: a key written there is
 //! overwritten at the next change of it at the source, and a key only the target has stays
 //! until the sync restarts). Locks are not copied (`RESTORE` has no lock type). A restart
-//! begins again from bases, and deletes from the target what the source does not hold.
+//! with the same `--scratch` goes on from the checkpoint saved after the last write to the
+//! target (`Checkpoints`); without one, it begins again from bases. Either way it deletes
+//! from the target what the source does not hold.
 
 // A command-line tool: real time, real threads, real files.
 #![allow(clippy::disallowed_methods)]
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,7 +32,8 @@ use larder_core::resp::{self, Frame};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{ClusterStatus, read_base, read_entries};
 use larder_real::{FjallDisk, FjallOptions, TcpNet};
-use larder_storage::cluster_sync::{ClusterSync, SyncOp};
+use larder_storage::cluster_sync::{ClusterSync, SyncCheckpoint, SyncOp};
+use larder_storage::restore::Replay;
 
 use crate::admin::CenterArgs;
 use crate::backup::{ask, replicas_to_ask, rounds};
@@ -65,7 +69,9 @@ pub struct SyncArgs {
     #[arg(long, default_value_t = 10_000_000)]
     pub keys_max: usize,
     /// Where the source groups are rebuilt (default: a temporary directory, removed at the
-    /// end). Needs about as much room as the source's data.
+    /// end). Needs about as much room as the source's data. A directory given here also keeps
+    /// a checkpoint after every write to the target, and a sync started again with it (and
+    /// the same `--to`) goes on from there instead of copying everything again.
     #[arg(long)]
     pub scratch: Option<PathBuf>,
     /// Most bytes of a group's source entries held in memory at once: a sync far behind
@@ -210,14 +216,35 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<bool> {
     };
     let held = target.keys().context("listing the target's keys")?;
     println!("target {}: {} keys", args.to, held.len());
-    let mut sync = ClusterSync::new(held, args.keys_max, Default::default())?;
+    // A scratch directory of the operator's keeps a checkpoint; a temporary one goes at the end.
+    let mut checkpoints = Checkpoints {
+        file: args.scratch.as_ref().map(|dir| dir.join(CHECKPOINT_FILE)),
+        to: args.to.clone(),
+        dirs: BTreeMap::new(),
+    };
+    let mut sync = match checkpoints.load()? {
+        Some(saved) if saved.to == args.to => {
+            checkpoints.resume(saved, &scratch, held, args.keys_max)?
+        }
+        Some(saved) => {
+            // What another target holds says nothing of this one.
+            println!(
+                "the checkpoint in {} is of a sync to {}: starting from bases",
+                scratch.display(),
+                saved.to
+            );
+            ClusterSync::new(held, args.keys_max, Default::default())?
+        }
+        None => ClusterSync::new(held, args.keys_max, Default::default())?,
+    };
     let mut first = true;
     rounds(&args.center, args.every, |runtime, net, status| {
-        let round = Round {
+        let mut round = Round {
             net,
             status,
             scratch: &scratch,
             entries_held_bytes_max: args.entries_held_bytes_max as usize,
+            checkpoints: &mut checkpoints,
         };
         let read_all = runtime.block_on(round.run(&mut sync, &mut target))?;
         // Keys the target held in slots no source group holds: once every group has its
@@ -239,19 +266,129 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<bool> {
     })
 }
 
+/// The checkpoint's file in a `--scratch` directory.
+const CHECKPOINT_FILE: &str = "checkpoint.json";
+
+/// What a checkpoint file holds: the sync's checkpoint and each group's replay directory.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    /// The target it was made for (`--to`).
+    to: String,
+    sync: SyncCheckpoint,
+    dirs: BTreeMap<GroupId, String>,
+}
+
+/// The sync's checkpoints in a `--scratch` directory (none in a temporary one): saved after
+/// every write to the target, so a restarted sync goes on where the last one stopped, reading
+/// a new base only of a group whose replay is not where the checkpoint says (it was applying
+/// entries when the process stopped).
+struct Checkpoints {
+    file: Option<PathBuf>,
+    to: String,
+    /// Each group's replay directory (a name in the scratch directory).
+    dirs: BTreeMap<GroupId, String>,
+}
+
+impl Checkpoints {
+    fn load(&self) -> anyhow::Result<Option<Saved>> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        match std::fs::read(file) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} (remove it to sync from bases)", file.display())
+            })?)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error).with_context(|| format!("reading {}", file.display())),
+        }
+    }
+
+    /// Opens the replays `saved` names and goes on from it; removes every other replay.
+    fn resume(
+        &mut self,
+        saved: Saved,
+        scratch: &std::path::Path,
+        held: Vec<Bytes>,
+        keys_max: usize,
+    ) -> anyhow::Result<ClusterSync<FjallDisk>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut replays = Vec::new();
+        for (group, name) in &saved.dirs {
+            let dir = scratch.join(name);
+            if !dir.is_dir() {
+                continue;
+            }
+            let disk = FjallDisk::open(&dir, &FjallOptions::default())
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?;
+            if let Some(replay) = runtime.block_on(Replay::open(disk, *group))? {
+                replays.push(replay);
+            }
+        }
+        let (sync, left_out) =
+            ClusterSync::resume(&saved.sync, replays, held, keys_max, Default::default())?;
+        self.dirs = saved.dirs;
+        self.dirs.retain(|group, _| !left_out.contains(group));
+        for entry in std::fs::read_dir(scratch)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("group-") && !self.dirs.values().any(|kept| *kept == name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let resumed: Vec<String> = sync
+            .groups()
+            .map(|(group, replay)| format!("{group} at entry {}", replay.at().index))
+            .collect();
+        println!(
+            "resumed from the checkpoint: groups {}{}",
+            resumed.join(", "),
+            match left_out.is_empty() {
+                true => String::new(),
+                false => format!("; a new base for groups {left_out:?}"),
+            }
+        );
+        Ok(sync)
+    }
+
+    /// Saves where `sync` stands, once `group`'s replay (the one that moved) is durable.
+    async fn save(&self, sync: &ClusterSync<FjallDisk>, group: GroupId) -> anyhow::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        sync.sync_replay(group).await?;
+        let saved = Saved {
+            to: self.to.clone(),
+            sync: sync.checkpoint(),
+            dirs: self.dirs.clone(),
+        };
+        let written = file.with_extension("json.new");
+        let mut out = std::fs::File::create(&written)
+            .with_context(|| format!("creating {}", written.display()))?;
+        std::io::Write::write_all(&mut out, &serde_json::to_vec(&saved)?)?;
+        out.sync_all()?;
+        std::fs::rename(&written, file)?;
+        if let Some(dir) = file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
 /// One round over the source's groups.
 struct Round<'a> {
     net: &'a TcpNet,
     status: &'a ClusterStatus,
     scratch: &'a std::path::Path,
     entries_held_bytes_max: usize,
+    checkpoints: &'a mut Checkpoints,
 }
 
 impl Round<'_> {
     /// Brings the target up to every group's committed entries; false when a group could not
     /// be read from any replica (the next round tries again).
     async fn run(
-        &self,
+        &mut self,
         sync: &mut ClusterSync<FjallDisk>,
         target: &mut Target,
     ) -> anyhow::Result<bool> {
@@ -278,7 +415,7 @@ impl Round<'_> {
 
     /// Reads `group` from `node`: a base when it has none or after a gap, then its entries.
     async fn group(
-        &self,
+        &mut self,
         sync: &mut ClusterSync<FjallDisk>,
         target: &mut Target,
         group: GroupId,
@@ -310,6 +447,7 @@ impl Round<'_> {
             };
             let read = read_entries(|read| ask(net, node, read), group, from, take).await?;
             target.write(sync.entries(group, &rows).await?)?;
+            self.checkpoints.save(sync, group).await?;
             if read.stopped {
                 continue;
             }
@@ -329,7 +467,7 @@ impl Round<'_> {
     /// Starts `group` (again) from a new base read from `node`, on a scratch disk of its own
     /// (the previous one removed); false when the group has applied nothing yet.
     async fn base(
-        &self,
+        &mut self,
         sync: &mut ClusterSync<FjallDisk>,
         target: &mut Target,
         group: GroupId,
@@ -343,6 +481,8 @@ impl Round<'_> {
         let disk = FjallDisk::open(&dir, &FjallOptions::default())
             .map_err(|e| anyhow::anyhow!("a scratch disk: {e}"))?;
         target.write(sync.base(group, disk, &base.data, base.clock_ms).await?)?;
+        self.checkpoints.dirs.insert(group, name.clone());
+        self.checkpoints.save(sync, group).await?;
         // The replay the base replaced is closed: its directory goes (best effort).
         let prefix = format!("group-{group}-");
         for entry in std::fs::read_dir(self.scratch)?.flatten() {

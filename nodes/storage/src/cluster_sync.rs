@@ -65,6 +65,17 @@ pub struct SyncTally {
     pub entries: u64,
 }
 
+/// Where a sync stands, to go on from after a restart ([`ClusterSync::checkpoint`],
+/// [`ClusterSync::resume`]): each group's applied index and which group each slot is copied
+/// from. Valid while every write made up to it is on the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncCheckpoint {
+    /// Each group's last applied index.
+    pub groups: BTreeMap<GroupId, u64>,
+    /// `(slot, group, epoch)`: the slot is copied from `group`, seen owning it at `epoch`.
+    pub followed: Vec<(u16, GroupId, u64)>,
+}
+
 /// The group a slot is copied from, with the ownership epoch it was seen owning it at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Followed {
@@ -105,6 +116,66 @@ impl<D: Disk> ClusterSync<D> {
             sync.note_present(key)?;
         }
         Ok(sync)
+    }
+
+    /// Goes on from `checkpoint` with the groups' replays as an earlier sync left them
+    /// ([`Replay::open`]), onto a target holding `target_keys` now. A replay that stands
+    /// elsewhere than the checkpoint says (it applied entries whose writes may not have
+    /// reached the target, or lost unsynced ones) is left out, as is a group with no replay:
+    /// they are returned, and each needs a new base ([`ClusterSync::base`]), which copies its
+    /// slots whole again. Every other group goes on from its next entry, and the target is
+    /// not copied again.
+    pub fn resume(
+        checkpoint: &SyncCheckpoint,
+        replays: impl IntoIterator<Item = Replay<D>>,
+        target_keys: impl IntoIterator<Item = Bytes>,
+        keys_max: usize,
+        bugs: Bugs,
+    ) -> Result<(Self, Vec<GroupId>), SyncError> {
+        let mut sync = ClusterSync::new(target_keys, keys_max, bugs)?;
+        for replay in replays {
+            let group = replay.group();
+            if checkpoint.groups.get(&group) == Some(&replay.at().index) {
+                sync.groups.insert(group, replay);
+            }
+        }
+        let left_out = checkpoint
+            .groups
+            .keys()
+            .filter(|group| !sync.groups.contains_key(group))
+            .copied()
+            .collect();
+        sync.followed = checkpoint
+            .followed
+            .iter()
+            .map(|&(slot, group, epoch)| (slot, Followed { group, epoch }))
+            .collect();
+        Ok((sync, left_out))
+    }
+
+    /// Where the sync stands now; call once every write it returned is on the target, after
+    /// [`ClusterSync::sync_replay`] of each group that applied entries since the last one.
+    pub fn checkpoint(&self) -> SyncCheckpoint {
+        SyncCheckpoint {
+            groups: self
+                .groups
+                .iter()
+                .map(|(group, replay)| (*group, replay.at().index))
+                .collect(),
+            followed: self
+                .followed
+                .iter()
+                .map(|(slot, followed)| (*slot, followed.group, followed.epoch))
+                .collect(),
+        }
+    }
+
+    /// Makes `group`'s replay durable where it stands.
+    pub async fn sync_replay(&self, group: GroupId) -> Result<(), SyncError> {
+        match self.groups.get(&group) {
+            Some(replay) => Ok(replay.sync().await?),
+            None => Ok(()),
+        }
     }
 
     pub fn tally(&self) -> SyncTally {

@@ -10,7 +10,7 @@ use std::io;
 use bytes::Bytes;
 use larder_core::GroupId;
 use larder_core::bugs::Bugs;
-use larder_core::env::{Disk, FaultPoints};
+use larder_core::env::{Disk, FaultPoints, WriteBatch};
 use larder_core::kv::Record;
 use larder_core::slots::Ownership;
 use openraft::EntryPayload;
@@ -49,6 +49,7 @@ pub struct Replay<D: Disk> {
     group: GroupId,
     state: DiskStateMachine<D>,
     at: Replayed,
+    disk: D,
 }
 
 impl<D: Disk> Replay<D> {
@@ -61,7 +62,7 @@ impl<D: Disk> Replay<D> {
     ) -> Result<Self, ReplayError> {
         let storage = |source| ReplayError::Storage { group, source };
         let mut state = DiskStateMachine::open(
-            disk,
+            disk.clone(),
             group,
             Bugs::default(),
             FaultPoints::none(),
@@ -74,11 +75,56 @@ impl<D: Disk> Replay<D> {
             group,
             state,
             at: Replayed { index, clock_ms },
+            disk,
         })
+    }
+
+    /// The replay an earlier process left on `disk` (`larder sync --scratch`), where its state
+    /// machine last persisted it (after a crash, an earlier point than it reached, if its last
+    /// writes were not synced: [`Replay::sync`]). `None` when the disk holds no base.
+    pub async fn open(disk: D, group: GroupId) -> Result<Option<Self>, ReplayError> {
+        let storage = |source| ReplayError::Storage { group, source };
+        let state = DiskStateMachine::open(
+            disk.clone(),
+            group,
+            Bugs::default(),
+            FaultPoints::none(),
+            SESSIONS_MAX,
+        )
+        .await
+        .map_err(storage)?;
+        let applied = state.applied();
+        let Some(last) = applied.last_applied else {
+            return Ok(None);
+        };
+        Ok(Some(Replay {
+            group,
+            state,
+            at: Replayed {
+                index: last.index(),
+                clock_ms: applied.clock_ms,
+            },
+            disk,
+        }))
+    }
+
+    /// Makes what was applied so far durable.
+    pub async fn sync(&self) -> Result<(), ReplayError> {
+        self.disk
+            .write(WriteBatch::new(), true)
+            .await
+            .map_err(|error| ReplayError::Storage {
+                group: self.group,
+                source: error.into(),
+            })
     }
 
     pub fn at(&self) -> Replayed {
         self.at
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
     }
 
     /// Applies `rows` (`(index, encoded entry)`, in order, from the next index) while the

@@ -1333,6 +1333,7 @@ fn a_cluster_sync_copies_the_values_the_entries_made() {
     use larder_core::kv::{Record, Value};
     use larder_protocol::{read_base, read_entries};
     use larder_storage::cluster_sync::{ClusterSync, SyncError, SyncOp};
+    use larder_storage::restore::Replay;
 
     fn write(target: &mut BTreeMap<Bytes, Record>, ops: Vec<SyncOp>) {
         for op in ops {
@@ -1410,6 +1411,65 @@ fn a_cluster_sync_copies_the_values_the_entries_made() {
             "the value the increments made, copied once"
         );
         assert_eq!(sync.tally().entries, rows.len() as u64);
+
+        // A restart: the replay made durable, the checkpoint taken, the process gone. The
+        // sync resumed from them reads on from its next entry and copies no slot again.
+        sync.sync_replay(GROUP).await.expect("durable");
+        let checkpoint = sync.checkpoint();
+        assert_eq!(checkpoint.groups.len(), 1);
+        let next = sync.next(GROUP);
+        drop(sync);
+        let reopened = |checkpoint, held: Vec<Bytes>| {
+            let dir = scratch.path().to_path_buf();
+            async move {
+                let replay = Replay::open(disk(&dir), GROUP)
+                    .await
+                    .expect("open")
+                    .expect("a replay");
+                ClusterSync::resume(&checkpoint, [replay], held, 100, Bugs::default())
+                    .expect("resume")
+            }
+        };
+        let keys_of = |target: &BTreeMap<Bytes, Record>| target.keys().cloned().collect();
+        let (mut sync, left_out) = reopened(checkpoint.clone(), keys_of(&target)).await;
+        assert!(left_out.is_empty());
+        assert_eq!(sync.next(GROUP), next);
+        for command in [Command::set("a", "4"), Command::set("b", "3")] {
+            let answer = node.node.execute(GROUP, command, None).await;
+            assert!(matches!(answer, ClientResponse::Reply(_)), "{answer:?}");
+        }
+        let mut rows = Vec::new();
+        let take = |page: Vec<(u64, Bytes)>| {
+            rows.extend(page);
+            Ok(std::ops::ControlFlow::Continue(()))
+        };
+        read_entries(ask, GROUP, next.expect("next"), take)
+            .await
+            .expect("entries");
+        let ops = sync.entries(GROUP, &rows).await.expect("apply");
+        assert_eq!(
+            ops,
+            [
+                SyncOp::Put {
+                    key: "a".into(),
+                    record: Record::string("4")
+                },
+                SyncOp::Put {
+                    key: "b".into(),
+                    record: Record::string("3")
+                }
+            ],
+            "only what came after the checkpoint, from the group the slots were followed from"
+        );
+        assert_eq!(sync.tally().slot_copies, 0, "{:?}", sync.tally());
+        write(&mut target, ops);
+        sync.sync_replay(GROUP).await.expect("durable");
+        drop(sync);
+        // A replay that stands past its checkpoint (it applied entries whose writes may not
+        // have reached the target) is left out: that group needs a new base.
+        let (sync, left_out) = reopened(checkpoint, keys_of(&target)).await;
+        assert_eq!(left_out, [GROUP]);
+        assert_eq!(sync.next(GROUP), None);
 
         // Bounded: a target already over the bound, and a base that would take it over.
         let over = ClusterSync::<FjallDisk>::new(held.clone(), 1, Bugs::default());
