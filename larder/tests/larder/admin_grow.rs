@@ -53,12 +53,12 @@ impl Processes {
         &mut self.children.last_mut().expect("just pushed").1
     }
 
-    fn log(&self, name: &str) -> PathBuf {
+    pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
 
     /// SIGKILLs the process started as `name`.
-    fn kill(&mut self, name: &str) {
+    pub(crate) fn kill(&mut self, name: &str) {
         for (_, child) in self.children.iter_mut().filter(|(n, _)| n == name) {
             let _ = child.kill();
             let _ = child.wait();

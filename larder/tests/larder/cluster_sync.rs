@@ -2,9 +2,10 @@
 //! `larder sync --every 100ms` from the first (three groups) to the second (two), holding one
 //! page of source entries at a time (`--entries-held-bytes-max 1`), while the
 //! first takes concurrent writes of every type, deletes, counters, an expiry, and a move of a
-//! quarter of its slots between groups. Once the writes stop, the second must hold exactly
-//! what the first does (every key's `DUMP` and expiry), and nothing it held before the sync
-//! that the first does not.
+//! quarter of its slots between groups. The sync is then killed and started again (it resumes
+//! from the checkpoint in its `--scratch`) after the last changes. Once the writes stop, the
+//! second must hold exactly what the first does (every key's `DUMP` and expiry), and nothing
+//! it held before the sync that the first does not.
 
 // A real-process test: real time, real threads, real files.
 #![allow(clippy::disallowed_methods)]
@@ -135,22 +136,23 @@ fn a_sync_keeps_a_second_cluster_equal_through_writes_and_slot_moves() {
         .expect("target key");
 
     let proxy = target.proxy.to_string();
-    source_processes.spawn(
+    let scratch = dir.path().join("scratch");
+    let scratch = scratch.to_str().expect("utf-8 path");
+    let sync_args = [
         "sync",
-        &[
-            "sync",
-            "--center",
-            &source.centers,
-            "--to",
-            &proxy,
-            "--every",
-            "100ms",
-            // Every page of entries read is applied and written before the next is read.
-            "--entries-held-bytes-max",
-            "1",
-        ],
-        false,
-    );
+        "--center",
+        &source.centers,
+        "--to",
+        &proxy,
+        "--every",
+        "100ms",
+        "--scratch",
+        scratch,
+        // Every page of entries read is applied and written before the next is read.
+        "--entries-held-bytes-max",
+        "1",
+    ];
+    source_processes.spawn("sync", &sync_args, false);
 
     // While it runs: overwrites by several clients, a quarter of the slots moved to another
     // group under them, counters, collection changes, deletes.
@@ -183,6 +185,9 @@ fn a_sync_keeps_a_second_cluster_equal_through_writes_and_slot_moves() {
             &source.centers,
         ]);
     });
+    // The sync killed, the last changes made while it is down, and started again: it goes on
+    // from its checkpoint.
+    source_processes.kill("sync");
     let mut pipe = redis::pipe();
     pipe.cmd("DEL").arg("doomed").ignore();
     pipe.cmd("HDEL").arg("h").arg("f1").ignore();
@@ -190,6 +195,7 @@ fn a_sync_keeps_a_second_cluster_equal_through_writes_and_slot_moves() {
     pipe.cmd("SREM").arg("s").arg("x").arg("y").ignore();
     pipe.cmd("ZINCRBY").arg("z").arg("5").arg("one").ignore();
     pipe.query::<()>(&mut from).expect("last changes");
+    source_processes.spawn("sync-again", &sync_args, false);
 
     let expected = contents(&mut from);
     // The strings, `h`, `l`, `z`, `ttl`, seven counters and `connect`'s `warm` (`s` emptied).
@@ -214,6 +220,16 @@ fn a_sync_keeps_a_second_cluster_equal_through_writes_and_slot_moves() {
             }
         },
     );
+    // The restarted sync resumed, and did not copy the source again: a group whose rebuilt
+    // copy the kill caught mid-entry gets a new base, the others read on.
+    let log = std::fs::read_to_string(source_processes.log("sync-again")).expect("log");
+    assert!(log.contains("resumed from the checkpoint: groups"), "{log}");
+    let puts: usize = log
+        .lines()
+        .find_map(|line| line.strip_prefix("synced: "))
+        .and_then(|line| line.split(", ").nth(1)?.strip_suffix(" puts")?.parse().ok())
+        .expect("a round's tally");
+    assert!(puts < expected.len() / 2, "{puts} keys copied again:\n{log}");
     assert!(!held.contains_key(&b"only-on-target"[..]));
     assert!(!held.contains_key(&b"doomed"[..]));
     let ttl = held.get(&b"ttl"[..]).expect("the key with a TTL");
