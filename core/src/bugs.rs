@@ -177,11 +177,16 @@ pub enum Bug {
     /// sync reads late overwrites the newer values its successor already copied, and keys the
     /// old owner deleted after the sync's last read of it stay on the target.
     SyncIgnoresOwnership,
+    /// Cross-cluster sync (storage): a sync resumed from its checkpoint forgets which group
+    /// each slot was copied from (the checkpoint kept only the groups' positions), so the
+    /// first group to write a key of a slot after the restart claims it: a slot's old owner
+    /// read late takes the target back to values from before the move.
+    SyncResumeForgetsFollowed,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 42] = [
+    pub const ALL: [Bug; 43] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -224,6 +229,7 @@ impl Bug {
         Bug::LeaseEndUnlogged,
         Bug::BackupReadsUnapplied,
         Bug::SyncIgnoresOwnership,
+        Bug::SyncResumeForgetsFollowed,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -271,6 +277,7 @@ impl Bug {
             Bug::LeaseEndUnlogged => "lease-end-unlogged",
             Bug::BackupReadsUnapplied => "backup-reads-unapplied",
             Bug::SyncIgnoresOwnership => "sync-ignores-ownership",
+            Bug::SyncResumeForgetsFollowed => "sync-resume-forgets-followed",
         }
     }
 }

@@ -202,13 +202,14 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
     if let Some(sync) = &report.sync {
         let _ = writeln!(
             out,
-            "sync            {} slots ({} keys) compared with the target; it applied {} entries, wrote {} puts and {} deletes, copied {} slots whole",
+            "sync            {} slots ({} keys) compared with the target; it applied {} entries, wrote {} puts and {} deletes, copied {} slots whole, resumed from its checkpoint {} times",
             sync.slots,
             sync.keys,
             sync.tally.entries,
             sync.tally.puts,
             sync.tally.dels,
-            sync.tally.slot_copies
+            sync.tally.slot_copies,
+            sync.resumed
         );
     }
     if report.passed() {

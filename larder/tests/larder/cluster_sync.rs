@@ -229,7 +229,10 @@ fn a_sync_keeps_a_second_cluster_equal_through_writes_and_slot_moves() {
         .find_map(|line| line.strip_prefix("synced: "))
         .and_then(|line| line.split(", ").nth(1)?.strip_suffix(" puts")?.parse().ok())
         .expect("a round's tally");
-    assert!(puts < expected.len() / 2, "{puts} keys copied again:\n{log}");
+    assert!(
+        puts < expected.len() / 2,
+        "{puts} keys copied again:\n{log}"
+    );
     assert!(!held.contains_key(&b"only-on-target"[..]));
     assert!(!held.contains_key(&b"doomed"[..]));
     let ttl = held.get(&b"ttl"[..]).expect("the key with a TTL");

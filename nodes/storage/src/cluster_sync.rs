@@ -76,6 +76,25 @@ pub struct SyncCheckpoint {
     pub followed: Vec<(u16, GroupId, u64)>,
 }
 
+impl std::ops::Add for SyncTally {
+    type Output = SyncTally;
+
+    fn add(self, other: SyncTally) -> SyncTally {
+        SyncTally {
+            puts: self.puts + other.puts,
+            dels: self.dels + other.dels,
+            slot_copies: self.slot_copies + other.slot_copies,
+            entries: self.entries + other.entries,
+        }
+    }
+}
+
+impl std::ops::AddAssign for SyncTally {
+    fn add_assign(&mut self, other: SyncTally) {
+        *self = *self + other;
+    }
+}
+
 /// The group a slot is copied from, with the ownership epoch it was seen owning it at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Followed {
@@ -145,11 +164,14 @@ impl<D: Disk> ClusterSync<D> {
             .filter(|group| !sync.groups.contains_key(group))
             .copied()
             .collect();
-        sync.followed = checkpoint
-            .followed
-            .iter()
-            .map(|&(slot, group, epoch)| (slot, Followed { group, epoch }))
-            .collect();
+        // The planted bug keeps only the groups' positions.
+        if !sync.bugs.is_planted(Bug::SyncResumeForgetsFollowed) {
+            sync.followed = checkpoint
+                .followed
+                .iter()
+                .map(|&(slot, group, epoch)| (slot, Followed { group, epoch }))
+                .collect();
+        }
         Ok((sync, left_out))
     }
 

@@ -123,6 +123,8 @@ pub(crate) struct Mirror {
 
 /// The seed stream of the order the sync's reads are interleaved in.
 const SYNC_ORDER_STREAM: u64 = 0x5359_4e43;
+/// The seed stream of the power losses at the sync's restarts.
+const SYNC_RESTART_STREAM: u64 = 0x5253_5452;
 
 impl Mirror {
     /// Feeds every read to a new sync in a seeded interleaving; the target it wrote, and what
@@ -161,10 +163,21 @@ impl Mirror {
         }
         // Stable: a group's reads keep their order.
         order.sort_by_key(|(at_ms, group, _)| (*at_ms, *group));
-        for (_, group, read) in order {
+        // `larder sync --scratch` stopped and started again: after up to two drawn reads, the
+        // sync checkpoints, is dropped, and goes on from the checkpoint with its replays
+        // opened from their disks.
+        let mut restarts = BTreeSet::new();
+        for _ in 0..rng.below(3) {
+            restarts.insert(rng.below(order.len().max(1) as u64) as usize);
+        }
+        let mut disks: BTreeMap<GroupId, SimDisk> = BTreeMap::new();
+        let mut resumed = 0;
+        let mut carried = SyncTally::default();
+        for (at, (_, group, read)) in order.into_iter().enumerate() {
             let ops = match read {
                 Read::Base(base) => {
                     let disk = SimDisk::new(self.seed);
+                    disks.insert(group, disk.clone());
                     sync.base(group, disk, &base.data, base.clock_ms).await
                 }
                 Read::Entries(rows) => sync.entries(group, &rows).await,
@@ -176,20 +189,73 @@ impl Mirror {
                     SyncOp::Del { key } => target.remove(&key),
                 };
             }
+            if restarts.contains(&at) {
+                carried += sync.tally();
+                sync = self.restart(sync, &disks, &target).await?;
+                resumed += 1;
+            }
         }
         Ok(Synced {
+            resumed,
             ends: sync
                 .groups()
                 .map(|(group, replay)| (group, replay.at().index))
                 .collect(),
             target,
-            tally: sync.tally(),
+            tally: carried + sync.tally(),
         })
+    }
+}
+
+impl Mirror {
+    /// `sync` stopped where it stands (every write it made is on `target`) and started again
+    /// from its checkpoint, with its replays opened from `disks`.
+    async fn restart(
+        &self,
+        sync: ClusterSync<SimDisk>,
+        disks: &BTreeMap<GroupId, SimDisk>,
+        target: &BTreeMap<Bytes, Record>,
+    ) -> Result<ClusterSync<SimDisk>, String> {
+        let groups: Vec<GroupId> = sync.groups().map(|(group, _)| group).collect();
+        for group in &groups {
+            sync.sync_replay(*group).await.map_err(|e| e.to_string())?;
+        }
+        let checkpoint = sync.checkpoint();
+        drop(sync);
+        // The process gone with the machine: only what was synced is on the disks.
+        let mut rng = SeededRng::new(derive_seed(self.seed, SYNC_RESTART_STREAM));
+        for disk in disks.values() {
+            disk.power_loss(&mut rng);
+        }
+        let mut replays = Vec::new();
+        for group in groups {
+            let replay = Replay::open(disks[&group].clone(), group)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("group {group}: no replay on its disk"))?;
+            replays.push(replay);
+        }
+        let (sync, left_out) = ClusterSync::resume(
+            &checkpoint,
+            replays,
+            target.keys().cloned(),
+            usize::MAX,
+            self.bugs.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        if !left_out.is_empty() {
+            return Err(format!(
+                "groups {left_out:?} not where their checkpoint says"
+            ));
+        }
+        Ok(sync)
     }
 }
 
 /// Where a [`Mirror`] run ended.
 struct Synced {
+    /// Times the sync was stopped and resumed from its checkpoint.
+    resumed: u64,
     /// The last index applied of each group.
     ends: BTreeMap<GroupId, u64>,
     target: BTreeMap<Bytes, Record>,
@@ -415,6 +481,9 @@ pub struct SyncCheck {
     pub keys: u64,
     /// What the sync wrote to its target over the run.
     pub tally: SyncTally,
+    /// Times the sync was stopped (its scratch disks losing what was not synced) and resumed
+    /// from its checkpoint.
+    pub resumed: u64,
 }
 
 /// The end-of-run check of the sync, after [`verify`] caught every group up: for every slot,
@@ -439,6 +508,7 @@ pub(crate) async fn verify_sync(
     };
     let mut check = SyncCheck {
         tally: synced.tally,
+        resumed: synced.resumed,
         ..SyncCheck::default()
     };
     let nodes = running(slots);
