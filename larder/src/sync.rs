@@ -446,8 +446,10 @@ impl Round<'_> {
                 })
             };
             let read = read_entries(|read| ask(net, node, read), group, from, take).await?;
-            target.write(sync.entries(group, &rows).await?)?;
-            self.checkpoints.save(sync, group).await?;
+            if !rows.is_empty() {
+                target.write(sync.entries(group, &rows).await?)?;
+                self.checkpoints.save(sync, group).await?;
+            }
             if read.stopped {
                 continue;
             }

@@ -72,8 +72,9 @@ pub struct SyncTally {
 pub struct SyncCheckpoint {
     /// Each group's last applied index.
     pub groups: BTreeMap<GroupId, u64>,
-    /// `(slot, group, epoch)`: the slot is copied from `group`, seen owning it at `epoch`.
-    pub followed: Vec<(u16, GroupId, u64)>,
+    /// `(first, last, group, epoch)`: the slots `first..=last` are copied from `group`, seen
+    /// owning them at `epoch` (runs of slots, so a checkpoint stays small).
+    pub followed: Vec<(u16, u16, GroupId, u64)>,
 }
 
 impl std::ops::Add for SyncTally {
@@ -169,7 +170,9 @@ impl<D: Disk> ClusterSync<D> {
             sync.followed = checkpoint
                 .followed
                 .iter()
-                .map(|&(slot, group, epoch)| (slot, Followed { group, epoch }))
+                .flat_map(|&(first, last, group, epoch)| {
+                    (first..=last).map(move |slot| (slot, Followed { group, epoch }))
+                })
                 .collect();
         }
         Ok((sync, left_out))
@@ -187,8 +190,17 @@ impl<D: Disk> ClusterSync<D> {
             followed: self
                 .followed
                 .iter()
-                .map(|(slot, followed)| (*slot, followed.group, followed.epoch))
-                .collect(),
+                .fold(Vec::new(), |mut runs, (&slot, f)| {
+                    match runs.last_mut() {
+                        Some((_, last, group, epoch))
+                            if *last + 1 == slot && *group == f.group && *epoch == f.epoch =>
+                        {
+                            *last = slot
+                        }
+                        _ => runs.push((slot, slot, f.group, f.epoch)),
+                    }
+                    runs
+                }),
         }
     }
 
