@@ -212,6 +212,13 @@ impl SimNet {
         host_name(self.id)
     }
 
+    /// A lost message: traces `event`; the caller then waits out the returned sleep to its
+    /// call's `deadline`, as it would over a real network.
+    fn lose(&self, deadline: Instant, event: std::fmt::Arguments<'_>) -> tokio::time::Sleep {
+        crate::trace_event!(self.trace, sim_now(), &self.actor(), "{event}");
+        tokio::time::sleep_until(deadline)
+    }
+
     /// Waits `delay`, or fails at `deadline` if that comes first.
     async fn wait(&self, delay: Duration, deadline: Instant) -> Result<(), ()> {
         if delay.is_zero() {
@@ -298,13 +305,8 @@ impl Net for SimNet {
         };
         let fate = self.fate();
         if fate.drop_request || self.faults.is_blocked(self.id, to) {
-            crate::trace_event!(
-                self.trace,
-                sim_now(),
-                &self.actor(),
-                "drop request to n{to}"
-            );
-            tokio::time::sleep_until(deadline).await;
+            let lost = self.lose(deadline, format_args!("drop request to n{to}"));
+            lost.await;
             return Err(timed_out);
         }
         let outbound = fate.delay + self.faults.slow(self.id, to);
@@ -335,23 +337,16 @@ impl Net for SimNet {
         let left = deadline.saturating_duration_since(Instant::now());
         let response = self.stream.call(to, request, left).await?;
         if duplicated_write && withholds_refusal(&response) {
-            crate::trace_event!(
-                self.trace,
-                sim_now(),
-                &self.actor(),
-                "withhold refusal of a duplicated write from n{to}"
+            let lost = self.lose(
+                deadline,
+                format_args!("withhold refusal of a duplicated write from n{to}"),
             );
-            tokio::time::sleep_until(deadline).await;
+            lost.await;
             return Err(timed_out);
         }
         if fate.drop_response || self.faults.is_blocked(to, self.id) {
-            crate::trace_event!(
-                self.trace,
-                sim_now(),
-                &self.actor(),
-                "drop response from n{to}"
-            );
-            tokio::time::sleep_until(deadline).await;
+            let lost = self.lose(deadline, format_args!("drop response from n{to}"));
+            lost.await;
             return Err(timed_out);
         }
         if self

@@ -52,6 +52,20 @@ pub struct Replay<D: Disk> {
     disk: D,
 }
 
+/// A replay's state machine on `disk`: no planted bugs, no fault points, room for every
+/// session the group may hold.
+async fn open_state<D: Disk>(disk: &D, group: GroupId) -> Result<DiskStateMachine<D>, ReplayError> {
+    DiskStateMachine::open(
+        disk.clone(),
+        group,
+        Bugs::default(),
+        FaultPoints::none(),
+        SESSIONS_MAX,
+    )
+    .await
+    .map_err(|source| ReplayError::Storage { group, source })
+}
+
 impl<D: Disk> Replay<D> {
     /// Starts from `base` (an encoded [`DiskStateMachine::backup_base`]) with its group clock.
     pub async fn from_base(
@@ -60,17 +74,11 @@ impl<D: Disk> Replay<D> {
         base: &[u8],
         clock_ms: u64,
     ) -> Result<Self, ReplayError> {
-        let storage = |source| ReplayError::Storage { group, source };
-        let mut state = DiskStateMachine::open(
-            disk.clone(),
-            group,
-            Bugs::default(),
-            FaultPoints::none(),
-            SESSIONS_MAX,
-        )
-        .await
-        .map_err(storage)?;
-        let index = state.restore_base(base).await.map_err(storage)?;
+        let mut state = open_state(&disk, group).await?;
+        let index = state
+            .restore_base(base)
+            .await
+            .map_err(|source| ReplayError::Storage { group, source })?;
         Ok(Replay {
             group,
             state,
@@ -83,16 +91,7 @@ impl<D: Disk> Replay<D> {
     /// machine last persisted it (after a crash, an earlier point than it reached, if its last
     /// writes were not synced: [`Replay::sync`]). `None` when the disk holds no base.
     pub async fn open(disk: D, group: GroupId) -> Result<Option<Self>, ReplayError> {
-        let storage = |source| ReplayError::Storage { group, source };
-        let state = DiskStateMachine::open(
-            disk.clone(),
-            group,
-            Bugs::default(),
-            FaultPoints::none(),
-            SESSIONS_MAX,
-        )
-        .await
-        .map_err(storage)?;
+        let state = open_state(&disk, group).await?;
         let applied = state.applied();
         let Some(last) = applied.last_applied else {
             return Ok(None);
