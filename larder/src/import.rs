@@ -46,8 +46,11 @@ pub const CONNECTIONS_DEFAULT: usize = 8;
 const BATCH_BYTES_MAX: usize = 4 << 20;
 
 /// Times a key answered `TRYAGAIN` is sent again, with a growing pause, before it counts as
-/// failed.
-const RETRIES_MAX: u32 = 20;
+/// failed (`larder sync`: before the sync stops).
+pub const RETRIES_MAX: u32 = 20;
+
+/// The pause before the n-th sending again of a write answered `TRYAGAIN` is n times this.
+pub const RETRY_PAUSE_STEP: Duration = Duration::from_millis(50);
 
 /// Failed keys the report lists (all are counted).
 const FAILURES_LISTED: usize = 20;
@@ -326,17 +329,36 @@ pub fn import(
 
 /// `RESTORE key ttl payload [REPLACE] [ABSTTL]`, encoded: the TTL as the file's absolute time.
 fn restore_command(entry: &KeyEntry, replace: bool) -> Vec<u8> {
-    let ttl = entry.expires_at_ms.unwrap_or(0).max(0).to_string();
-    let mut args: Vec<&[u8]> = vec![b"RESTORE", &entry.key, ttl.as_bytes(), &entry.payload];
+    let mut command = Vec::with_capacity(entry.payload.len() + entry.key.len() + 64);
+    let expires_at_ms = entry.expires_at_ms.map(|at| at.max(0) as u64);
+    restore_request(
+        &entry.key,
+        expires_at_ms,
+        &entry.payload,
+        replace,
+        &mut command,
+    );
+    command
+}
+
+/// Appends `RESTORE key ttl payload [REPLACE] [ABSTTL]` to `out`: an expiry goes as its
+/// absolute time (Unix ms), none as TTL 0 (`larder import`'s and `larder sync`'s writes).
+pub fn restore_request(
+    key: &[u8],
+    expires_at_ms: Option<u64>,
+    payload: &[u8],
+    replace: bool,
+    out: &mut Vec<u8>,
+) {
+    let ttl = expires_at_ms.unwrap_or(0).to_string();
+    let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), payload];
     if replace {
         args.push(b"REPLACE");
     }
-    if entry.expires_at_ms.is_some() {
+    if expires_at_ms.is_some() {
         args.push(b"ABSTTL");
     }
-    let mut command = Vec::with_capacity(entry.payload.len() + entry.key.len() + 64);
-    resp::encode_request(&args, &mut command);
-    command
+    resp::encode_request(&args, out);
 }
 
 /// What an import that lost its connection had done: running it again without `--replace`
@@ -386,7 +408,7 @@ fn send(
         }
         if let Some(tries) = again.iter().map(|sent| sent.tries).max() {
             // Nothing was done for these: wait for the group's leader or the slot's move.
-            pause(Duration::from_millis(50 * u64::from(tries)));
+            pause(RETRY_PAUSE_STEP * tries);
         }
         batch = again;
     }

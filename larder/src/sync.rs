@@ -26,8 +26,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
+use larder_core::kv::Value;
 use larder_core::kv::rdb::dump_payload;
-use larder_core::kv::{Record, Value};
 use larder_core::resp::{self, Frame};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{ClusterStatus, read_base, read_entries};
@@ -37,14 +37,10 @@ use larder_storage::restore::Replay;
 
 use crate::admin::CenterArgs;
 use crate::backup::{ask, replicas_to_ask, rounds};
-use larder::import::{Connection, describe};
+use larder::import::{Connection, RETRIES_MAX, RETRY_PAUSE_STEP, describe, restore_request};
 
 /// Writes to the target sent before their answers are read.
 const PIPELINE_MAX: usize = 512;
-/// `TRYAGAIN`s of one write before the sync stops (with the pauses between, about 10 s).
-const RETRIES_MAX: u32 = 20;
-/// The pause before the n-th sending again of a refused write is n times this.
-const RETRY_PAUSE_STEP: Duration = Duration::from_millis(50);
 /// Keys asked per `SCAN` of the target when the sync starts.
 const SCAN_COUNT: &str = "1000";
 
@@ -141,7 +137,10 @@ impl Target {
                         }
                         continue;
                     }
-                    SyncOp::Put { key, record } => restore_command(key, record, &mut out),
+                    SyncOp::Put { key, record } => {
+                        let payload = dump_payload(&record.value);
+                        restore_request(key, record.expires_at_ms, &payload, true, &mut out)
+                    }
                     SyncOp::Del { key } => resp::encode_request(&[&b"DEL"[..], key], &mut out),
                 }
                 sent.push(at);
@@ -182,17 +181,6 @@ impl Target {
         }
         Ok(())
     }
-}
-
-/// `RESTORE key ttl payload REPLACE [ABSTTL]`: the record's expiry as its absolute time.
-fn restore_command(key: &Bytes, record: &Record, out: &mut Vec<u8>) {
-    let payload = dump_payload(&record.value);
-    let ttl = record.expires_at_ms.unwrap_or(0).to_string();
-    let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), &payload, b"REPLACE"];
-    if record.expires_at_ms.is_some() {
-        args.push(b"ABSTTL");
-    }
-    resp::encode_request(&args, out);
 }
 
 /// `larder sync`: one round, or rounds every `--every` until Ctrl-C. False when a round could
@@ -266,6 +254,22 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<bool> {
     })
 }
 
+/// Removes the replay directories in `scratch` whose names start with `prefix`, but those
+/// `keep` names (best effort: a directory left behind costs room, not correctness).
+fn remove_replays(
+    scratch: &std::path::Path,
+    prefix: &str,
+    keep: impl Fn(&str) -> bool,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(scratch)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && !keep(&name) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
+}
+
 /// The checkpoint's file in a `--scratch` directory.
 const CHECKPOINT_FILE: &str = "checkpoint.json";
 
@@ -330,12 +334,9 @@ impl Checkpoints {
             ClusterSync::resume(&saved.sync, replays, held, keys_max, Default::default())?;
         self.dirs = saved.dirs;
         self.dirs.retain(|group, _| !left_out.contains(group));
-        for entry in std::fs::read_dir(scratch)?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("group-") && !self.dirs.values().any(|kept| *kept == name) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+        remove_replays(scratch, "group-", |name| {
+            self.dirs.values().any(|kept| kept == name)
+        })?;
         let resumed: Vec<String> = sync
             .groups()
             .map(|(group, replay)| format!("{group} at entry {}", replay.at().index))
@@ -485,14 +486,10 @@ impl Round<'_> {
         target.write(sync.base(group, disk, &base.data, base.clock_ms).await?)?;
         self.checkpoints.dirs.insert(group, name.clone());
         self.checkpoints.save(sync, group).await?;
-        // The replay the base replaced is closed: its directory goes (best effort).
-        let prefix = format!("group-{group}-");
-        for entry in std::fs::read_dir(self.scratch)?.flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if file.starts_with(&prefix) && file != name {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+        // The replay the base replaced is closed: its directory goes.
+        remove_replays(self.scratch, &format!("group-{group}-"), |kept| {
+            kept == name
+        })?;
         Ok(true)
     }
 }
