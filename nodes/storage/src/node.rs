@@ -91,6 +91,8 @@ pub struct StorageNode<E: Env> {
     pub(crate) appends_served: AtomicU64,
     /// The keys of the requests this node served as a group leader ([`crate::hot`]).
     pub(crate) hot: std::sync::Mutex<larder_core::hotkeys::HotKeys>,
+    /// Which of those reads are counted ([`crate::hot::READ_SAMPLE_EVERY`]).
+    pub(crate) hot_reads: larder_core::hotkeys::ReadSampler,
     /// Each group's leader as last seen, and the changes seen ([`StorageNode::leader_changes`]).
     pub(crate) leaders_seen: std::sync::Mutex<BTreeMap<GroupId, LeaderSeen>>,
     /// Commands per log entry this node proposed as a leader (a pipeline's share of a group is
@@ -322,6 +324,7 @@ impl<E: Env> StorageNode<E> {
             quiet: crate::quiet::Quiet::default(),
             appends_served: AtomicU64::new(0),
             hot,
+            hot_reads: larder_core::hotkeys::ReadSampler::new(crate::hot::READ_SAMPLE_EVERY),
             leaders_seen: std::sync::Mutex::default(),
             backup_bases: std::sync::Mutex::default(),
             entry_commands: prometheus_client::metrics::histogram::Histogram::new(
