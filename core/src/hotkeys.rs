@@ -85,7 +85,7 @@ impl ReadSampler {
             return Some(1);
         }
         let seen = self.seen.fetch_add(1, Ordering::Relaxed);
-        (mix(seen) % self.every == 0).then_some(self.every)
+        mix(seen).is_multiple_of(self.every).then_some(self.every)
     }
 }
 
