@@ -147,8 +147,7 @@ impl HotKeyGuard {
             }
         }
         // A read is counted when the sampler picks it, for the reads it stands for.
-        let weight = if write { Some(1) } else { self.reads.next() };
-        if let Some(weight) = weight {
+        if let Some(weight) = self.reads.weight(write) {
             for key in keys.iter() {
                 sketch.record_weighted(now, key, write, weight);
             }

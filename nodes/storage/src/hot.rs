@@ -43,11 +43,7 @@ impl<E: Env> StorageNode<E> {
         }
         let write = command.is_write();
         // A read the sampler passes over takes no lock.
-        let Some(weight) = (if write {
-            Some(1)
-        } else {
-            self.hot_reads.next()
-        }) else {
+        let Some(weight) = self.hot_reads.weight(write) else {
             return;
         };
         let now = self.env.clock().now();
