@@ -115,6 +115,10 @@ pub enum Bug {
     /// reads for 50 ms after it came back (a cache without invalidation), so a read that starts
     /// after a write was acknowledged can answer the value from before it.
     HotReadCached,
+    /// Coalescing (proxy): the answers of a batch of single commands of several connections
+    /// are handed out one place off, so each connection gets the answer of the command queued
+    /// after its own.
+    CoalescedRepliesShifted,
     /// Lanes (storage): a SET in the slow write lane (a large value) is answered `OK` as soon
     /// as it has its place and is handed to Raft, not once it commits ("big writes need not
     /// wait"), so a read after the acknowledgement can miss it, and a leader change loses it.
@@ -186,7 +190,7 @@ pub enum Bug {
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 43] = [
+    pub const ALL: [Bug; 44] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -230,6 +234,7 @@ impl Bug {
         Bug::BackupReadsUnapplied,
         Bug::SyncIgnoresOwnership,
         Bug::SyncResumeForgetsFollowed,
+        Bug::CoalescedRepliesShifted,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -278,6 +283,7 @@ impl Bug {
             Bug::BackupReadsUnapplied => "backup-reads-unapplied",
             Bug::SyncIgnoresOwnership => "sync-ignores-ownership",
             Bug::SyncResumeForgetsFollowed => "sync-resume-forgets-followed",
+            Bug::CoalescedRepliesShifted => "coalesced-replies-shifted",
         }
     }
 }

@@ -593,7 +593,10 @@ async fn rebuild(
     let (index, clock_ms, base) = decode_base(&bytes, base_path)?;
     let disk = FjallDisk::open(scratch, &FjallOptions::default())
         .map_err(|e| anyhow::anyhow!("a scratch disk: {e}"))?;
-    let mut replay = Replay::from_base(disk, group, &base, clock_ms).await?;
+    // The nodes' default bound on sessions (a cluster whose nodes set another replays
+    // differently: ARCHITECTURE.md, "Backups").
+    let sessions_max = larder_storage::raft::state_machine::SESSIONS_MAX;
+    let mut replay = Replay::from_base(disk, group, &base, clock_ms, sessions_max).await?;
     let mut reached = false;
     for (_, last, path) in &listing.entries {
         if *last <= index {

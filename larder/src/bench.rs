@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// rounds (see `larder up --no-read-rounds`), to compare the two.
     #[arg(long)]
     pub no_read_rounds: bool,
+    /// The proxy's batches of single commands in flight (`larder up --coalesce-runners`; 0:
+    /// off), to compare.
+    #[arg(long, default_value_t = larder_proxy::coalesce::RUNNERS)]
+    pub coalesce_runners: usize,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -463,6 +467,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             groups_per_node_min: 0,
             retain_log_ms: 0,
             read_rounds: !args.no_read_rounds,
+            coalesce_runners: args.coalesce_runners,
         }))
         .context("starting the local cluster")?;
     let port = cluster.proxy_address.port();

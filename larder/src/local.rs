@@ -62,6 +62,8 @@ pub struct LocalConfig {
     pub read_rounds: bool,
     /// The storage nodes' `NodeConfig::retain_log_ms` (0: log entries go with snapshots).
     pub retain_log_ms: u64,
+    /// The proxy's `ProxyConfig::coalesce_runners` (0: no coalescing).
+    pub coalesce_runners: usize,
 }
 
 /// Why a local cluster did not start.
@@ -331,6 +333,7 @@ impl LocalCluster {
                     share_reads_min_per_sec: args.hot_key_share_reads_min_per_sec,
                     ..larder_proxy::HotKeyConfig::default()
                 },
+                coalesce_runners: args.coalesce_runners,
                 ..ProxyConfig::default()
             },
             self.routing.clone(),

@@ -552,6 +552,11 @@ pub struct ProxyFile {
     /// default 500.
     #[serde(default)]
     pub hot_key_share_reads_min_per_sec: Option<u64>,
+    /// Batches of single commands of different connections run at once (commands arriving
+    /// while all are busy go together, one request per group); 0 turns coalescing off.
+    /// Default 4.
+    #[serde(default)]
+    pub coalesce_runners: Option<usize>,
 }
 
 impl ProxyFile {
@@ -588,6 +593,9 @@ impl ProxyFile {
         }
         if let Some(min) = self.hot_key_share_reads_min_per_sec {
             config.hot_keys.share_reads_min_per_sec = (min > 0).then_some(min);
+        }
+        if let Some(runners) = self.coalesce_runners {
+            config.coalesce_runners = runners;
         }
         if let Some(secs) = self.timeout {
             config.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs));

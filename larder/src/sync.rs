@@ -326,7 +326,8 @@ impl Checkpoints {
             }
             let disk = FjallDisk::open(&dir, &FjallOptions::default())
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?;
-            if let Some(replay) = runtime.block_on(Replay::open(disk, *group))? {
+            let sessions_max = larder_storage::raft::state_machine::SESSIONS_MAX;
+            if let Some(replay) = runtime.block_on(Replay::open(disk, *group, sessions_max))? {
                 replays.push(replay);
             }
         }

@@ -63,6 +63,11 @@ pub struct UpArgs {
     /// group with reads waiting). Both are linearizable; this is for comparing them.
     #[arg(long)]
     pub no_read_rounds: bool,
+    /// Batches of single commands of different connections the proxy runs at once (commands
+    /// arriving while all are busy go together, one request per group); 0: every command
+    /// alone, as it arrived.
+    #[arg(long, default_value_t = larder_proxy::coalesce::RUNNERS)]
+    pub coalesce_runners: usize,
     /// Keep committed log entries this long after snapshots cover them (by the group clock),
     /// so that `larder backup` archives every write and `larder restore --at` can rebuild any
     /// moment since the first backup. Longer than the time between backups (`--every`).
@@ -100,6 +105,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<bool> {
                 groups_per_node_min: args.groups_per_node_min,
                 read_rounds: !args.no_read_rounds,
                 retain_log_ms: args.retain_log.map_or(0, |d| d.as_millis() as u64),
+                coalesce_runners: args.coalesce_runners,
             };
             let cluster = LocalCluster::start(&config)
                 .await

@@ -164,6 +164,13 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
             proxies.hot_key_refused_writes, proxies.shared_reads
         );
     }
+    if proxies.coalesced_batches > 0 {
+        let _ = writeln!(
+            out,
+            "coalesced       {} single commands of several connections in {} batches (proxies running at the end)",
+            proxies.coalesced_commands, proxies.coalesced_batches
+        );
+    }
     if report.unchanged_writes > 0 {
         let _ = writeln!(
             out,

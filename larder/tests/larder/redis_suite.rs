@@ -374,6 +374,7 @@ fn run_units(minimums: &[(&str, u32)], no_progress: Duration) {
         hot_slot_requests_per_sec_max: 0,
         groups_per_node_min: 0,
         retain_log_ms: 0,
+        coalesce_runners: larder_proxy::coalesce::RUNNERS,
         read_rounds: true,
     };
     let cluster = runtime

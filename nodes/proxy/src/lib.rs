@@ -50,6 +50,7 @@ use larder_client::{
 mod blocking;
 mod clients;
 mod cluster;
+pub mod coalesce;
 mod command_table;
 pub mod commands;
 mod monitor;
@@ -204,6 +205,10 @@ pub struct ProxyConfig {
     /// Most blocked clients one write hands over to (or waits for) before its reply
     /// ([`HANDOVERS_PER_WRITE_MAX`] by default); the rest are served by their own polls.
     pub handovers_per_write_max: usize,
+    /// Batches of single commands of different connections run at once ([`coalesce`]);
+    /// commands arriving while every runner is busy wait and go together. Default
+    /// [`coalesce::RUNNERS`]; 0: off, each command goes alone on its connection's client.
+    pub coalesce_runners: usize,
 }
 
 impl Default for ProxyConfig {
@@ -228,6 +233,7 @@ impl Default for ProxyConfig {
             bugs: Bugs::default(),
             points: FaultPoints::none(),
             handovers_per_write_max: HANDOVERS_PER_WRITE_MAX,
+            coalesce_runners: coalesce::RUNNERS,
         }
     }
 }
@@ -261,6 +267,9 @@ pub struct Proxy<N: Net, C: Clock> {
     shared_reads: shared_read::SharedReads,
     /// Group sessions of closed connections, for the next connections to carry on.
     sessions: SessionPool,
+    /// Single reads and single writes of all connections, run in batches ([`coalesce`]).
+    coalesced_reads: coalesce::Coalescer<N, C>,
+    coalesced_writes: coalesce::Coalescer<N, C>,
     /// The connections being served (`CLIENT LIST`, `CLIENT KILL`).
     clients: clients::Clients,
     /// The `MONITOR` connections' feed.
@@ -351,6 +360,10 @@ pub struct ProxyStats {
     /// Group sessions connections carried on from closed ones instead of opening their own
     /// (`larder_client::SessionPool`): registrations saved.
     pub sessions_resumed: u64,
+    /// Batches of single commands of several connections run together ([`coalesce`]; a
+    /// batch of one is not counted), and the commands they held.
+    pub coalesced_batches: u64,
+    pub coalesced_commands: u64,
     /// Writes whose handovers stopped at [`ProxyConfig::handovers_per_write_max`] with clients
     /// still blocked on a written key (served by their own polls instead).
     pub handovers_cut_short: u64,
@@ -710,7 +723,26 @@ fn error_frame(code: &str, reason: &str) -> Frame {
 
 impl<N: Net, C: Clock> Proxy<N, C> {
     pub fn new(net: N, clock: C, config: ProxyConfig, routing: SharedRouting) -> Arc<Self> {
+        let sessions = SessionPool::default();
+        let runner = || {
+            let (net, clock, routing) = (net.clone(), clock.clone(), routing.clone());
+            let (client, sessions) = (config.client.clone(), sessions.clone());
+            move || {
+                ClusterClient::new(net.clone(), clock.clone(), routing.clone(), client.clone())
+                    .with_session_pool(sessions.clone())
+            }
+        };
         Arc::new(Proxy {
+            coalesced_reads: coalesce::Coalescer::new(
+                runner(),
+                config.coalesce_runners,
+                config.bugs.clone(),
+            ),
+            coalesced_writes: coalesce::Coalescer::new(
+                runner(),
+                config.coalesce_runners,
+                config.bugs.clone(),
+            ),
             started: clock.now(),
             hot: hot::HotKeyGuard::new(config.hot_keys, clock.now()),
             shared_reads: shared_read::SharedReads::new(
@@ -719,7 +751,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                     .is_planted(Bug::HotReadCached)
                     .then_some(shared_read::PLANTED_CACHE_TIME),
             ),
-            sessions: SessionPool::default(),
+            sessions,
             clients: clients::Clients::default(),
             monitors: monitor::Monitors::default(),
             scan_cursors: scan::ScanCursors::new(clock.wall_ms()),
@@ -763,6 +795,8 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             hot_key_refused_writes: self.hot.refused(),
             shared_reads: self.shared_reads.shared(),
             sessions_resumed: self.sessions.resumed(),
+            coalesced_batches: self.coalesced_reads.counts().0 + self.coalesced_writes.counts().0,
+            coalesced_commands: self.coalesced_reads.counts().1 + self.coalesced_writes.counts().1,
             handovers_cut_short: get(&c.handovers_cut_short),
             monitors_dropped: get(&c.monitors_dropped),
         }
@@ -1407,6 +1441,22 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let results = match commands.as_slice() {
             [] => Vec::new(),
             [only] if share && names.len() == 1 => vec![self.shared_read(session, only).await],
+            [only]
+                if self.config.coalesce_runners > 0
+                    && names.len() == 1
+                    && request_bytes <= coalesce::COMMAND_BYTES_MAX =>
+            {
+                let coalescer = if only.is_write() {
+                    &self.coalesced_writes
+                } else {
+                    &self.coalesced_reads
+                };
+                match coalescer.execute(only.clone()).await {
+                    Ok(answer) => vec![answer],
+                    // The queue is full: alone, as without coalescing.
+                    Err(command) => vec![session.client.execute(command).await],
+                }
+            }
             [only] => vec![session.client.execute(only.clone()).await],
             _ => session.client.execute_pipeline(&commands).await,
         };

@@ -215,6 +215,16 @@ impl<N: Net + 'static, C: Clock + 'static> Collector for StatsCollector<N, C> {
                 stats.shared_reads,
             ),
             (
+                "coalesced_batches",
+                "Batches of single commands of several connections sent to the groups together",
+                stats.coalesced_batches,
+            ),
+            (
+                "coalesced_commands",
+                "Single commands of connections sent in batches with other connections' commands",
+                stats.coalesced_commands,
+            ),
+            (
                 "sessions_resumed",
                 "Group sessions connections carried on from closed ones instead of opening their own",
                 stats.sessions_resumed,

@@ -113,6 +113,9 @@ pub struct ClusterSync<D: Disk> {
     keys_max: usize,
     bugs: Bugs,
     tally: SyncTally,
+    /// The source groups' bound on sessions, which every replay keeps
+    /// (`crate::restore`'s `open_state` says why).
+    sessions_max: usize,
 }
 
 impl<D: Disk> ClusterSync<D> {
@@ -131,11 +134,20 @@ impl<D: Disk> ClusterSync<D> {
             keys_max,
             bugs,
             tally: SyncTally::default(),
+            sessions_max: crate::raft::state_machine::SESSIONS_MAX,
         };
         for key in target_keys {
             sync.note_present(key)?;
         }
         Ok(sync)
+    }
+
+    /// The same sync with replays that remember at most `sessions_max` sessions, the bound
+    /// of the source's replicas (default [`crate::raft::state_machine::SESSIONS_MAX`], the
+    /// nodes' default).
+    pub fn with_sessions_max(mut self, sessions_max: usize) -> Self {
+        self.sessions_max = sessions_max;
+        self
     }
 
     /// Goes on from `checkpoint` with the groups' replays as an earlier sync left them
@@ -236,7 +248,7 @@ impl<D: Disk> ClusterSync<D> {
         base: &[u8],
         clock_ms: u64,
     ) -> Result<Vec<SyncOp>, SyncError> {
-        let replay = Replay::from_base(disk, group, base, clock_ms).await?;
+        let replay = Replay::from_base(disk, group, base, clock_ms, self.sessions_max).await?;
         self.groups.insert(group, replay);
         let mut ops = Vec::new();
         self.claim(group, true, &mut ops).await?;

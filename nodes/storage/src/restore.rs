@@ -52,29 +52,39 @@ pub struct Replay<D: Disk> {
     disk: D,
 }
 
-/// A replay's state machine on `disk`: no planted bugs, no fault points, room for every
-/// session the group may hold.
-async fn open_state<D: Disk>(disk: &D, group: GroupId) -> Result<DiskStateMachine<D>, ReplayError> {
+/// A replay's state machine on `disk`: no planted bugs, no fault points, and the group's
+/// replicas' bound on sessions (`NodeConfig::sessions_max`, [`SESSIONS_MAX`] by default). The
+/// bound must be theirs: a write of a session the replicas had forgotten was refused there
+/// (`SESSION_EXPIRED`, not applied), and a replay remembering more sessions would apply it
+/// (swarm seeds 25 and 28 with `--sync`, once the proxies' coalescing sessions pushed the
+/// clients' out of groups that keep only a few).
+async fn open_state<D: Disk>(
+    disk: &D,
+    group: GroupId,
+    sessions_max: usize,
+) -> Result<DiskStateMachine<D>, ReplayError> {
     DiskStateMachine::open(
         disk.clone(),
         group,
         Bugs::default(),
         FaultPoints::none(),
-        SESSIONS_MAX,
+        sessions_max,
     )
     .await
     .map_err(|source| ReplayError::Storage { group, source })
 }
 
 impl<D: Disk> Replay<D> {
-    /// Starts from `base` (an encoded [`DiskStateMachine::backup_base`]) with its group clock.
+    /// Starts from `base` (an encoded [`DiskStateMachine::backup_base`]) with its group clock,
+    /// remembering at most `sessions_max` sessions as the group's replicas do.
     pub async fn from_base(
         disk: D,
         group: GroupId,
         base: &[u8],
         clock_ms: u64,
+        sessions_max: usize,
     ) -> Result<Self, ReplayError> {
-        let mut state = open_state(&disk, group).await?;
+        let mut state = open_state(&disk, group, sessions_max).await?;
         let index = state
             .restore_base(base)
             .await
@@ -90,8 +100,12 @@ impl<D: Disk> Replay<D> {
     /// The replay an earlier process left on `disk` (`larder sync --scratch`), where its state
     /// machine last persisted it (after a crash, an earlier point than it reached, if its last
     /// writes were not synced: [`Replay::sync`]). `None` when the disk holds no base.
-    pub async fn open(disk: D, group: GroupId) -> Result<Option<Self>, ReplayError> {
-        let state = open_state(&disk, group).await?;
+    pub async fn open(
+        disk: D,
+        group: GroupId,
+        sessions_max: usize,
+    ) -> Result<Option<Self>, ReplayError> {
+        let state = open_state(&disk, group, sessions_max).await?;
         let applied = state.applied();
         let Some(last) = applied.last_applied else {
             return Ok(None);

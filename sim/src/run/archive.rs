@@ -82,13 +82,14 @@ impl Archive {
     /// whose replays live on disks of `seed`.
     ///
     /// [`SimConfig::sync`]: crate::SimConfig::sync
-    pub(crate) fn new(sync: bool, seed: u64, bugs: Bugs) -> Self {
+    pub(crate) fn new(sync: bool, seed: u64, bugs: Bugs, sessions_max: usize) -> Self {
         Archive {
             groups: BTreeMap::new(),
             mirror: sync.then(|| Mirror {
                 reads: BTreeMap::new(),
                 seed,
                 bugs,
+                sessions_max,
             }),
         }
     }
@@ -119,6 +120,8 @@ pub(crate) struct Mirror {
     reads: BTreeMap<GroupId, Vec<(u64, Read)>>,
     seed: u64,
     bugs: Bugs,
+    /// The source groups' bound on sessions, which the sync's replays keep.
+    sessions_max: usize,
 }
 
 /// The seed stream of the order the sync's reads are interleaved in.
@@ -130,8 +133,9 @@ impl Mirror {
     /// Feeds every read to a new sync in a seeded interleaving; the target it wrote, and what
     /// it did, or why it stopped.
     async fn run(&mut self) -> Result<Synced, String> {
-        let mut sync =
-            ClusterSync::new([], usize::MAX, self.bugs.clone()).map_err(|e| e.to_string())?;
+        let mut sync = ClusterSync::new([], usize::MAX, self.bugs.clone())
+            .map_err(|e| e.to_string())?
+            .with_sessions_max(self.sessions_max);
         let mut target = BTreeMap::new();
         // Each group read with a lag of its own; reads are taken in the order of the time
         // they were made plus their group's lag. Half the seeds draw each lag from none, 1 s,
@@ -229,7 +233,7 @@ impl Mirror {
         }
         let mut replays = Vec::new();
         for group in groups {
-            let replay = Replay::open(disks[&group].clone(), group)
+            let replay = Replay::open(disks[&group].clone(), group, self.sessions_max)
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("group {group}: no replay on its disk"))?;
@@ -430,7 +434,9 @@ async fn rebuild_and_compare(
     entries: &[(u64, Bytes)],
     seed: u64,
 ) -> Result<(), String> {
-    let mut replay = Replay::from_base(SimDisk::new(seed), group, base, clock_ms)
+    // The replica's own bound on sessions: the replay must forget the sessions it forgot.
+    let sessions_max = node.config().sessions_max;
+    let mut replay = Replay::from_base(SimDisk::new(seed), group, base, clock_ms, sessions_max)
         .await
         .map_err(|e| format!("the base does not install: {e}"))?;
     replay

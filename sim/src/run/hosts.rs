@@ -314,6 +314,10 @@ pub struct ProxyTotals {
     pub shared_reads: u64,
     /// Group sessions connections carried on from closed ones.
     pub sessions_resumed: u64,
+    /// Batches of single commands of several connections, and the commands they held
+    /// (`larder_proxy::coalesce`).
+    pub coalesced_batches: u64,
+    pub coalesced_commands: u64,
 }
 
 impl ProxyTotals {
@@ -325,6 +329,8 @@ impl ProxyTotals {
                 totals.hot_key_refused_writes += stats.hot_key_refused_writes;
                 totals.shared_reads += stats.shared_reads;
                 totals.sessions_resumed += stats.sessions_resumed;
+                totals.coalesced_batches += stats.coalesced_batches;
+                totals.coalesced_commands += stats.coalesced_commands;
             }
         }
         totals
@@ -368,6 +374,11 @@ pub(crate) fn register_proxies(
                         share_reads_min_per_sec: sim_config.hot_key_share_reads_min_per_sec,
                         ..larder_proxy::HotKeyConfig::default()
                     },
+                    // One batch in flight per coalescer, so the few clients of a simulated
+                    // proxy that overlap already go together: the batching, the turn taking
+                    // and the answers' hand-out are checked under faults on every seed (four,
+                    // production's default, would take five clients at one proxy at once).
+                    coalesce_runners: 1,
                     ..ProxyConfig::default()
                 },
                 sim_config.shared_routing(),
@@ -488,6 +499,7 @@ pub(crate) fn register_checker(
                 config.sync,
                 config.seed,
                 config.bugs.clone(),
+                config.sessions_max(),
             ))),
             config.seed,
         )

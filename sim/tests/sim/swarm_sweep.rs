@@ -181,6 +181,24 @@ fn sync_07() {
     check_sync_seed(7);
 }
 
+/// A replay forgets the sessions its group forgot. Seed 25 keeps few sessions per group (a
+/// third of the swarm seeds do), and the proxies' coalescing runners push the clients' out:
+/// their next writes were refused on the replicas (`SESSION_EXPIRED`, nothing applied), while
+/// the sync's replays and the backup's rebuild, which remembered 4,096 sessions, applied them
+/// ("group 6 rebuilt from the run's backup differs from node 1's replica", "the sync's target
+/// differs from the source cluster"). Seed 28 failed the same way.
+#[test]
+fn sync_25_replays_forget_the_sessions_their_group_forgot() {
+    let (report, replay) = run_swarm_seed(25, " --sync", |config| {
+        *config = config.clone().with_sync();
+    });
+    let sync = report.sync.expect("a sync check");
+    assert!(
+        sync.keys >= 20 && report.backup.groups_verified >= 8 && report.ops.info > 0,
+        "the seed no longer refuses forgotten sessions' writes: {sync:?}\nreplay: {replay}"
+    );
+}
+
 #[test]
 fn locks_01() {
     check_lock_seed(1);

@@ -253,6 +253,77 @@ async fn a_long_pipeline_runs_in_bounded_runs_and_answers_in_order() {
     node.shutdown().await;
 }
 
+/// Single commands of many connections at once go to the cluster in batches (`coalesce`),
+/// and each connection gets its own command's answer: 24 connections, each writing its own
+/// key, reading it back and adding to one shared counter, 40 rounds, with one batch in flight
+/// so that they overlap. Every read answers the connection's own last value, every `INCRBY`
+/// answers a sum no other connection was answered, and the counter ends at the sum of all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_commands_of_many_connections_go_in_batches_and_each_gets_its_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let book = AddressBook::new();
+    let node = one_node_cluster(dir.path(), &book).await;
+    let config = ProxyConfig {
+        coalesce_runners: 1,
+        ..ProxyConfig::default()
+    };
+    let (proxy, first) = settled_pipeline_client(book, config).await;
+    const CONNECTIONS: usize = 24;
+    const ROUNDS: usize = 40;
+    let mut clients = vec![first];
+    for _ in 1..CONNECTIONS {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let serving = proxy.clone();
+        tokio::spawn(async move { serving.connection(server).await });
+        clients.push(client);
+    }
+    let runs = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut client)| async move {
+            let mut sums = Vec::new();
+            for round in 0..ROUNDS {
+                let (key, value) = (format!("c{c}"), format!("{c}-{round}"));
+                assert_eq!(
+                    command(&mut client, &["SET", &key, &value]).await,
+                    Frame::Simple("OK".into())
+                );
+                assert_eq!(
+                    command(&mut client, &["GET", &key]).await,
+                    Frame::Bulk(Some(value.into())),
+                    "connection {c} round {round}"
+                );
+                // Each connection adds its own power of two, so every sum says who added.
+                let by = (1u64 << c).to_string();
+                match command(&mut client, &["INCRBY", "counter", &by]).await {
+                    Frame::Integer(sum) => sums.push(sum),
+                    other => panic!("INCRBY answered {other:?}"),
+                }
+            }
+            (client, sums)
+        });
+    let results = futures::future::join_all(runs).await;
+    let mut sums: Vec<i64> = results.iter().flat_map(|(_, sums)| sums.clone()).collect();
+    sums.sort_unstable();
+    let all = sums.len();
+    sums.dedup();
+    assert_eq!(sums.len(), all, "two INCRBYs were answered the same sum");
+    let total = ((1i64 << CONNECTIONS) - 1) * ROUNDS as i64;
+    assert_eq!(sums.last(), Some(&total));
+    let mut first = results.into_iter().next().expect("a connection").0;
+    assert_eq!(
+        command(&mut first, &["GET", "counter"]).await,
+        Frame::Bulk(Some(total.to_string().into()))
+    );
+    let stats = proxy.stats();
+    assert!(
+        stats.coalesced_batches > 0 && stats.coalesced_commands >= 2 * stats.coalesced_batches,
+        "{stats:?}"
+    );
+    drop(first);
+    node.shutdown().await;
+}
+
 /// A pipeline of large writes runs in runs of at most [`PIPELINE_RUN_BYTES_MAX`] request bytes
 /// (so a group's share of a run stays one message and one log entry), not of
 /// [`PIPELINE_RUN_MAX`] commands.

@@ -1422,7 +1422,7 @@ fn a_cluster_sync_copies_the_values_the_entries_made() {
         let reopened = |checkpoint, held: Vec<Bytes>| {
             let dir = scratch.path().to_path_buf();
             async move {
-                let replay = Replay::open(disk(&dir), GROUP)
+                let replay = Replay::open(disk(&dir), GROUP, 4096)
                     .await
                     .expect("open")
                     .expect("a replay");

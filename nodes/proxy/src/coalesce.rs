@@ -1,0 +1,313 @@
+//! Coalescing: the single commands of different connections, sent together as one pipeline.
+//!
+//! A client that waits for each reply (`redis-benchmark -P 1`, most request/response code) sends
+//! the proxy one command at a time, and each went to its group as a request of its own: one
+//! log entry per write (one append on every replica, one session row), one request per read.
+//! Pipelined, the same commands cost a third to a quarter of the CPU each (issue 13: `-c 3 -P
+//! 16` against `-c 50 -P 1`, 80 against 159 µs per SET and 16 against 41 µs per GET). So a
+//! connection's command that runs alone is queued here, and whichever waiting connection
+//! finds a free **runner** (a [`ClusterClient`] of the coalescer's own, at most
+//! `ProxyConfig::coalesce_runners`, [`RUNNERS`] by default) takes up to [`PIPELINE_RUN_MAX`] queued commands and runs them with
+//! [`ClusterClient::execute_pipeline`]: each group's share one request (writes one
+//! `Command::Transaction` entry, reads one read-index round or one `ReadBatch`), the groups
+//! concurrently, every reply handed to the connection that sent its command. Nothing waits
+//! to fill a batch: a command arriving while a runner is free goes at once (alone at low
+//! load, as before); commands arriving while every runner is busy wait for the next free one,
+//! so batches grow with the load.
+//!
+//! Why this is linearizable: each connection has one command here at a time (it waits for
+//! the reply before its next), so commands in one batch are concurrent, and a batch's
+//! effects take place within every one of its commands' intervals. A pipeline answers
+//! exactly as the same commands one at a time would (the scripted simulation
+//! `pipelined_burst`), and the writes of a batch are deduplicated by the runner's own
+//! session like any pipeline's. Reads and writes queue apart, so a read never rides a
+//! write's log entry (a group's share with a write goes through the log whole).
+//!
+//! Bounds: at most [`QUEUED_MAX`] commands wait (one more runs on its connection's own
+//! client, as before); a command of more than [`COMMAND_BYTES_MAX`] is not queued (a batch
+//! holds at most `PIPELINE_RUN_MAX` of them, and a large value runs alone as it would
+//! pipelined).
+//!
+//! A runner whose connection goes away mid-batch (its future dropped) is dropped with the
+//! batch: the other connections of that batch get an indeterminate answer (their command may
+//! have been sent), and a new runner is made for the next batch.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use larder_client::{ClientError, ClusterClient};
+use larder_core::bugs::{Bug, Bugs};
+use larder_core::env::{Clock, Net};
+use larder_core::kv::{Command, Reply};
+use tokio::sync::{Notify, oneshot};
+
+use crate::PIPELINE_RUN_MAX;
+
+/// Most commands waiting for a runner, per coalescer.
+pub const QUEUED_MAX: usize = 4096;
+
+/// Runners (batches in flight) per coalescer by default (`ProxyConfig::coalesce_runners`).
+pub const RUNNERS: usize = 4;
+
+/// Largest command (its RESP request, bytes) that is coalesced.
+pub const COMMAND_BYTES_MAX: usize = 16 << 10;
+
+type Answer = Result<Reply, ClientError>;
+
+/// A command waiting for a runner, and where its answer goes.
+struct Waiting {
+    command: Command,
+    answer: oneshot::Sender<Answer>,
+}
+
+struct State<N: Net, C: Clock> {
+    queue: VecDeque<Waiting>,
+    /// Runners not in use.
+    idle: Vec<ClusterClient<N, C>>,
+    /// Runners that exist (idle or in use).
+    runners: usize,
+}
+
+/// One queue of single commands and its runners (the proxy has one for reads, one for writes).
+pub(crate) struct Coalescer<N: Net, C: Clock> {
+    state: Mutex<State<N, C>>,
+    /// A runner was given back while commands waited.
+    freed: Notify,
+    make: Box<dyn Fn() -> ClusterClient<N, C> + Send + Sync>,
+    runners_max: usize,
+    bugs: Bugs,
+    /// Batches of more than one command run so far, and the commands they held.
+    batches: AtomicU64,
+    commands: AtomicU64,
+}
+
+/// A runner in use: given back when done, or, dropped mid-batch, forgotten (a new one is
+/// made for the next batch).
+struct Runner<'a, N: Net, C: Clock> {
+    client: Option<ClusterClient<N, C>>,
+    owner: &'a Coalescer<N, C>,
+}
+
+impl<N: Net, C: Clock> Drop for Runner<'_, N, C> {
+    fn drop(&mut self) {
+        let mut state = self.owner.state.lock().expect("coalescer lock");
+        match self.client.take() {
+            Some(client) => state.idle.push(client),
+            None => state.runners -= 1,
+        }
+        let waiting = !state.queue.is_empty();
+        drop(state);
+        if waiting {
+            self.owner.freed.notify_one();
+        }
+    }
+}
+
+impl<N: Net, C: Clock> Coalescer<N, C> {
+    pub(crate) fn new(
+        make: impl Fn() -> ClusterClient<N, C> + Send + Sync + 'static,
+        runners_max: usize,
+        bugs: Bugs,
+    ) -> Self {
+        Coalescer {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                idle: Vec::new(),
+                runners: 0,
+            }),
+            freed: Notify::new(),
+            make: Box::new(make),
+            runners_max: runners_max.max(1),
+            bugs,
+            batches: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+        }
+    }
+
+    /// `command`'s answer, run in a batch with other connections' commands; the command back
+    /// if the queue is full (the caller runs it itself).
+    pub(crate) async fn execute(&self, command: Command) -> Result<Answer, Command> {
+        let (answer, mut mine) = oneshot::channel();
+        {
+            let mut state = self.state.lock().expect("coalescer lock");
+            if state.queue.len() >= QUEUED_MAX {
+                return Err(command);
+            }
+            state.queue.push_back(Waiting { command, answer });
+        }
+        let dropped = || ClientError::Indeterminate {
+            reason: "the proxy's batch carrying this command was dropped".into(),
+        };
+        loop {
+            if let Some(mut runner) = self.runner() {
+                loop {
+                    let batch = self.take_batch();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    self.run(&mut runner, batch).await;
+                    if let Ok(answer) = mine.try_recv() {
+                        return Ok(answer);
+                    }
+                }
+                drop(runner);
+            }
+            // Ours is in another runner's batch, or every runner is busy.
+            tokio::select! {
+                // Biased: the same order every time, so simulated runs replay.
+                biased;
+                answer = &mut mine => {
+                    if self.queued() {
+                        // This turn may have been given to us: pass it on.
+                        self.freed.notify_one();
+                    }
+                    return Ok(answer.unwrap_or_else(|_| Err(dropped())));
+                }
+                () = self.freed.notified() => {}
+            }
+        }
+    }
+
+    fn queued(&self) -> bool {
+        !self.state.lock().expect("coalescer lock").queue.is_empty()
+    }
+
+    /// A free runner, or a new one while fewer than `runners_max` exist.
+    fn runner(&self) -> Option<Runner<'_, N, C>> {
+        let mut state = self.state.lock().expect("coalescer lock");
+        let client = match state.idle.pop() {
+            Some(client) => client,
+            None if state.runners < self.runners_max => {
+                state.runners += 1;
+                drop(state);
+                (self.make)()
+            }
+            None => return None,
+        };
+        Some(Runner {
+            client: Some(client),
+            owner: self,
+        })
+    }
+
+    /// The oldest waiting commands, at most [`PIPELINE_RUN_MAX`].
+    fn take_batch(&self) -> Vec<Waiting> {
+        let mut state = self.state.lock().expect("coalescer lock");
+        let n = state.queue.len().min(PIPELINE_RUN_MAX);
+        state.queue.drain(..n).collect()
+    }
+
+    async fn run(&self, runner: &mut Runner<'_, N, C>, batch: Vec<Waiting>) {
+        if batch.len() > 1 {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            self.commands
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        let (commands, answers): (Vec<Command>, Vec<oneshot::Sender<Answer>>) = batch
+            .into_iter()
+            .map(|waiting| (waiting.command, waiting.answer))
+            .unzip();
+        // Taken out while the batch runs: a runner dropped mid-batch is not given back.
+        let mut client = runner.client.take().expect("a runner holds its client");
+        let mut results = match commands.as_slice() {
+            [only] => vec![client.execute(only.clone()).await],
+            _ => client.execute_pipeline(&commands).await,
+        };
+        runner.client = Some(client);
+        if results.len() > 1 && self.bugs.is_planted(Bug::CoalescedRepliesShifted) {
+            // Planted bug: every connection gets the answer of the command queued after its own.
+            results.rotate_left(1);
+        }
+        for (answer, result) in answers.into_iter().zip(results) {
+            // A connection that went away takes no answer.
+            let _ = answer.send(result);
+        }
+    }
+
+    /// Batches of more than one command run so far, and the commands they held.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.commands.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use larder_client::{ClientConfig, SharedRouting};
+    use larder_core::NodeId;
+    use larder_core::env::{Handler, NetError};
+    use larder_core::routing::RoutingTable;
+    use larder_real::TokioClock;
+
+    /// A network whose calls never end: a runner that sends holds its batch for ever.
+    #[derive(Clone)]
+    struct Silent;
+
+    impl Net for Silent {
+        fn local_id(&self) -> NodeId {
+            1000
+        }
+        async fn call(&self, _: NodeId, _: Bytes, _: Duration) -> Result<Bytes, NetError> {
+            std::future::pending().await
+        }
+        async fn serve<H: Handler>(&self, _: H) -> Result<(), NetError> {
+            std::future::pending().await
+        }
+    }
+
+    fn set(key: &str) -> Command {
+        Command::parse(&[
+            Bytes::from_static(b"SET"),
+            Bytes::copy_from_slice(key.as_bytes()),
+            Bytes::from_static(b"v"),
+        ])
+        .expect("SET parses")
+    }
+
+    #[tokio::test]
+    async fn commands_past_the_queue_bound_come_back_to_run_alone() {
+        let routing = SharedRouting::new(RoutingTable::even(1, |_| vec![1]));
+        let coalescer = Coalescer::new(
+            move || {
+                ClusterClient::new(
+                    Silent,
+                    TokioClock::new(),
+                    routing.clone(),
+                    ClientConfig::default(),
+                )
+            },
+            1,
+            Bugs::default(),
+        );
+        // The first takes the only runner and waits on the silent network; the next
+        // QUEUED_MAX wait for it.
+        let mut waiting = Vec::new();
+        for n in 0..=QUEUED_MAX {
+            let mut execute = Box::pin(coalescer.execute(set(&format!("k{n}"))));
+            assert!(futures::poll!(execute.as_mut()).is_pending(), "command {n}");
+            waiting.push(execute);
+        }
+        assert_eq!(
+            coalescer.state.lock().expect("lock").queue.len(),
+            QUEUED_MAX
+        );
+        // One more is handed back at once, untouched.
+        let over = set("over");
+        match coalescer.execute(over.clone()).await {
+            Err(back) => assert_eq!(back, over),
+            Ok(answer) => panic!("a full queue took the command: {answer:?}"),
+        }
+        // The runner's connection goes away mid-batch: the runner is forgotten (not given
+        // back) and the next waiter makes a new one.
+        drop(waiting.remove(0));
+        let state = coalescer.state.lock().expect("lock");
+        assert_eq!((state.runners, state.idle.len()), (0, 0));
+    }
+}
