@@ -15,7 +15,7 @@ use larder_core::kv::Record;
 use larder_core::slots::Ownership;
 use openraft::EntryPayload;
 
-use crate::raft::state_machine::{Contents, DiskStateMachine, SESSIONS_MAX};
+use crate::raft::state_machine::{Contents, DiskStateMachine};
 use crate::raft::{Entry, decode};
 
 /// Where a [`Replay`] stands.
@@ -53,7 +53,7 @@ pub struct Replay<D: Disk> {
 }
 
 /// A replay's state machine on `disk`: no planted bugs, no fault points, and the group's
-/// replicas' bound on sessions (`NodeConfig::sessions_max`, [`SESSIONS_MAX`] by default). The
+/// replicas' bound on sessions (`NodeConfig::sessions_max`, 4,096 by default). The
 /// bound must be theirs: a write of a session the replicas had forgotten was refused there
 /// (`SESSION_EXPIRED`, not applied), and a replay remembering more sessions would apply it
 /// (swarm seeds 25 and 28 with `--sync`, once the proxies' coalescing sessions pushed the
