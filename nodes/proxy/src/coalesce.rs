@@ -246,6 +246,8 @@ mod tests {
     use larder_core::routing::RoutingTable;
     use larder_real::TokioClock;
 
+    use crate::hot::tests::set;
+
     /// A network whose calls never end: a runner that sends holds its batch for ever.
     #[derive(Clone)]
     struct Silent;
@@ -260,15 +262,6 @@ mod tests {
         async fn serve<H: Handler>(&self, _: H) -> Result<(), NetError> {
             std::future::pending().await
         }
-    }
-
-    fn set(key: &str) -> Command {
-        Command::parse(&[
-            Bytes::from_static(b"SET"),
-            Bytes::copy_from_slice(key.as_bytes()),
-            Bytes::from_static(b"v"),
-        ])
-        .expect("SET parses")
     }
 
     #[tokio::test]

@@ -186,11 +186,12 @@ pub(crate) fn quoted(key: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn set(key: &str) -> Command {
+    /// `SET key v`, parsed.
+    pub(crate) fn set(key: &str) -> Command {
         Command::parse(&[
             Bytes::from_static(b"SET"),
             Bytes::copy_from_slice(key.as_bytes()),
