@@ -736,11 +736,13 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             coalesced_reads: coalesce::Coalescer::new(
                 runner(),
                 config.coalesce_runners,
+                clock.clone(),
                 config.bugs.clone(),
             ),
             coalesced_writes: coalesce::Coalescer::new(
                 runner(),
                 config.coalesce_runners,
+                clock.clone(),
                 config.bugs.clone(),
             ),
             started: clock.now(),
@@ -1451,7 +1453,10 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 } else {
                     &self.coalesced_reads
                 };
-                match coalescer.execute(only.clone()).await {
+                // `pipelinable` saw every key in one group; a table changed since only costs
+                // the batch a second request (`execute_pipeline` routes each command again).
+                let group = single_group(&self.routing.current(), only).unwrap_or_default();
+                match coalescer.execute(group, only.clone()).await {
                     Ok(answer) => vec![answer],
                     // The queue is full: alone, as without coalescing.
                     Err(command) => vec![session.client.execute(command).await],

@@ -374,11 +374,9 @@ pub(crate) fn register_proxies(
                         share_reads_min_per_sec: sim_config.hot_key_share_reads_min_per_sec,
                         ..larder_proxy::HotKeyConfig::default()
                     },
-                    // One batch in flight per coalescer, so the few clients of a simulated
-                    // proxy that overlap already go together: the batching, the turn taking
-                    // and the answers' hand-out are checked under faults on every seed (four,
-                    // production's default, would take five clients at one proxy at once).
-                    coalesce_runners: 1,
+                    // Four, production's default, would take five clients at one proxy at
+                    // once before two commands shared a batch.
+                    coalesce_runners: super::config::SIM_COALESCE_RUNNERS,
                     ..ProxyConfig::default()
                 },
                 sim_config.shared_routing(),
