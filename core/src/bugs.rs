@@ -119,6 +119,11 @@ pub enum Bug {
     /// are handed out one place off, so each connection gets the answer of the command queued
     /// after its own.
     CoalescedRepliesShifted,
+    /// Voter replacement (storage): a replace the replica's committed membership shows done
+    /// is answered "done" without confirming leadership, so a leader cut off from its group
+    /// answers from a membership its group has since changed, and the center writes that
+    /// stale membership into the routing table.
+    ReplaceDoneUnconfirmed,
     /// Lanes (storage): a SET in the slow write lane (a large value) is answered `OK` as soon
     /// as it has its place and is handed to Raft, not once it commits ("big writes need not
     /// wait"), so a read after the acknowledgement can miss it, and a leader change loses it.
@@ -190,7 +195,7 @@ pub enum Bug {
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 44] = [
+    pub const ALL: [Bug; 45] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -235,6 +240,7 @@ impl Bug {
         Bug::SyncIgnoresOwnership,
         Bug::SyncResumeForgetsFollowed,
         Bug::CoalescedRepliesShifted,
+        Bug::ReplaceDoneUnconfirmed,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -284,6 +290,7 @@ impl Bug {
             Bug::SyncIgnoresOwnership => "sync-ignores-ownership",
             Bug::SyncResumeForgetsFollowed => "sync-resume-forgets-followed",
             Bug::CoalescedRepliesShifted => "coalesced-replies-shifted",
+            Bug::ReplaceDoneUnconfirmed => "replace-done-unconfirmed",
         }
     }
 }

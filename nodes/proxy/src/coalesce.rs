@@ -7,7 +7,7 @@
 //! 16` against `-c 50 -P 1`, 80 against 159 µs per SET and 16 against 41 µs per GET). So a
 //! connection's command that runs alone is queued here, and whichever waiting connection
 //! finds a free **runner** (a [`ClusterClient`] of the coalescer's own, at most
-//! `ProxyConfig::coalesce_runners`, [`RUNNERS`] by default) takes up to [`PIPELINE_RUN_MAX`] queued commands and runs them with
+//! `ProxyConfig::coalesce_runners` per slot group, [`RUNNERS`] by default) takes up to [`PIPELINE_RUN_MAX`] queued commands and runs them with
 //! [`ClusterClient::execute_pipeline`]: each group's share one request (writes one
 //! `Command::Transaction` entry, reads one read-index round or one `ReadBatch`), the groups
 //! concurrently, every reply handed to the connection that sent its command. Nothing waits
@@ -23,7 +23,7 @@
 //! session like any pipeline's. Reads and writes queue apart, so a read never rides a
 //! write's log entry (a group's share with a write goes through the log whole).
 //!
-//! Bounds: at most [`QUEUED_MAX`] commands wait (one more runs on its connection's own
+//! Bounds: at most [`QUEUED_MAX`] commands wait per slot group (one more runs on its connection's own
 //! client, as before); a command of more than [`COMMAND_BYTES_MAX`] is not queued (a batch
 //! holds at most `PIPELINE_RUN_MAX` of them, and a large value runs alone as it would
 //! pipelined).
@@ -48,10 +48,11 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::PIPELINE_RUN_MAX;
 
-/// Most commands waiting for a runner, per coalescer.
+/// Most commands waiting for a runner, per slot group's queue.
 pub const QUEUED_MAX: usize = 4096;
 
-/// Runners (batches in flight) per coalescer by default (`ProxyConfig::coalesce_runners`).
+/// Runners (batches in flight) per slot group's queue by default
+/// (`ProxyConfig::coalesce_runners`).
 pub const RUNNERS: usize = 4;
 
 /// Largest command (its RESP request, bytes) that is coalesced.
@@ -374,9 +375,11 @@ mod tests {
         // The runner's connection goes away mid-batch: the runner is forgotten (not given
         // back) and the next waiter makes a new one.
         drop(waiting.remove(0));
-        let state = queue.state.lock().expect("lock");
-        assert_eq!((state.runners, state.idle.len()), (0, 0));
-        drop(state);
+        let runners = {
+            let state = queue.state.lock().expect("lock");
+            (state.runners, state.idle.len())
+        };
+        assert_eq!(runners, (0, 0));
         // Another group's queue is its own: not full, and its command takes a runner of its
         // own (and waits on the silent network).
         let mut other = Box::pin(coalescer.execute(2, set("elsewhere")));

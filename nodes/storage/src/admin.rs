@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
+use larder_core::bugs::Bug;
 use larder_core::env::{Env, timeout};
 use larder_core::{GroupId, NodeId};
 use larder_protocol::{
@@ -13,7 +14,8 @@ use larder_protocol::{
     UntrackSlots, respond,
 };
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::ReadPolicy;
 use openraft::{ChangeMembers, EmptyNode, Precondition};
 
 use crate::config::NodeError;
@@ -84,6 +86,28 @@ impl<E: Env> StorageNode<E> {
             other => raft_error(group, other),
         };
         let conflict = |reason: String| NodeError::MembershipConflict { group, reason };
+        // The answers below that need no change ("done already", "neither is a voter") are
+        // judged from this replica's committed membership, which is only the group's if this
+        // node still leads: a leader cut off from its peers keeps believing it leads, and its
+        // membership may be changes behind. Confirm with a quorum first (a read-index round,
+        // which also waits until this replica applied everything committed before it).
+        // Without it, cluster swarm seed 34 had a deposed leader answer "done" to a replace
+        // of 2 by 4 that its group had undone; the center wrote node 4 back into the table,
+        // and node 4's replica, no longer a member, never caught up and was never dropped.
+        if !self.config.bugs.is_planted(Bug::ReplaceDoneUnconfirmed) {
+            self.wake(group, &raft, false).await;
+            raft.ensure_linearizable(ReadPolicy::ReadIndex)
+                .await
+                .map_err(|e| match e {
+                    RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)) => {
+                        NodeError::NotLeader {
+                            group,
+                            leader_hint: forward.leader_id,
+                        }
+                    }
+                    other => raft_error(group, other),
+                })?;
+        }
         // (effective membership, its last voter set, the last committed voter set, joint?)
         let memberships = || {
             let metrics = raft.metrics();
