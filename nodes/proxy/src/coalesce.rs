@@ -52,8 +52,13 @@ use crate::PIPELINE_RUN_MAX;
 pub const QUEUED_MAX: usize = 4096;
 
 /// Runners (batches in flight) per slot group's queue by default
-/// (`ProxyConfig::coalesce_runners`).
-pub const RUNNERS: usize = 4;
+/// (`ProxyConfig::coalesce_runners`). One: while a group's batch is in flight, everything
+/// arriving for it waits and goes in the next batch, which is where the saving is. Measured
+/// (`larder bench --pipeline 1 --clients 50,200 --no-peer --coalesce-runners N`, 3 groups,
+/// stop 58): at 50 clients 1 runner gave SET 18.8k/s and GET 45-52k/s, 2 gave 15.1k and 44k,
+/// 4 gave 13.0k and 39k, none 11.8-12.1k and 42-47k; at 200 clients 1 runner gave SET
+/// 28-30k/s and GET 52-68k/s against 12.6k and 48k with none.
+pub const RUNNERS: usize = 1;
 
 /// Largest command (its RESP request, bytes) that is coalesced.
 pub const COMMAND_BYTES_MAX: usize = 16 << 10;
