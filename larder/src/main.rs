@@ -369,6 +369,10 @@ struct SimArgs {
     /// pass to new ones under faults.
     #[arg(long, default_value_t = 0)]
     reconnect_every: u64,
+    /// With --cluster: batches in flight per slot group's queue of each proxy's coalescers
+    /// (0: coalescing off, every command on its connection's own client).
+    #[arg(long, default_value_t = larder_sim::run::SIM_COALESCE_RUNNERS)]
+    coalesce_runners: usize,
     /// Write each seed's HTML report, JSON summary and history.jsonl here, and an index page.
     #[arg(long)]
     report_dir: Option<std::path::PathBuf>,
@@ -455,6 +459,9 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     if args.reconnect_every > 0 {
         command.push_str(&format!(" --reconnect-every {}", args.reconnect_every));
     }
+    if args.coalesce_runners != larder_sim::run::SIM_COALESCE_RUNNERS {
+        command.push_str(&format!(" --coalesce-runners {}", args.coalesce_runners));
+    }
     if args.tick_ms != SimConfig::TICK_MS_DEFAULT {
         command.push_str(&format!(" --tick-ms {}", args.tick_ms));
     }
@@ -515,6 +522,7 @@ fn sim_config(args: &SimArgs, seed: u64) -> SimConfig {
     config.swarm = args.swarm;
     config.pipelined = args.pipelined;
     config.reconnect_every = args.reconnect_every;
+    config.coalesce_runners = args.coalesce_runners;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
     config.rate = args.rate;
     config.clients = match (args.clients, args.rate) {

@@ -515,6 +515,116 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
     Ok(outcome)
 }
 
+/// What a voter replacement asked of a deposed leader answered ([`deposed_leader_replace`]).
+#[derive(Debug, Clone, Default)]
+pub struct DeposedReplaceOutcome {
+    pub old_leader: Option<NodeId>,
+    /// A node of the majority side that led while the old leader was cut off.
+    pub new_leader: Option<NodeId>,
+    /// The majority's replacement of the old leader by node 4.
+    pub majority_replace: Option<Result<(), String>>,
+    /// The replacement of node 4 by the old leader, asked of the old leader while cut off:
+    /// by its own committed membership (the old leader a voter, 4 not) it is done already.
+    pub deposed_replace: Option<Result<(), String>>,
+    /// Voters of the group at the end, as its leader on the majority side sees them.
+    pub voters: Vec<NodeId>,
+    pub trace_hash: String,
+}
+
+/// The center's question of cluster swarm seed 34, asked on purpose: voters {1, 2, 3} and a
+/// spare node 4; the leader is cut off from everyone, the majority side elects a leader and
+/// replaces the old leader by node 4 (learner first); then the old leader, which still
+/// believes it leads, is asked to replace 4 by itself. Its committed membership says that is
+/// done, and it is not: the group's voters are the majority's. It must not answer "done"
+/// (`StorageNode::replace_voter` confirms its leadership first, and cannot); with the planted
+/// bug `replace-done-unconfirmed` it does, which is how a center wrote a stale membership into
+/// its routing table.
+pub fn deposed_leader_replace(seed: u64, bugs: Bugs) -> Result<DeposedReplaceOutcome, SimError> {
+    let mut config = SimConfig::new(seed, Duration::from_secs(16));
+    config.faults = false;
+    config.bugs = bugs;
+    config.nodes = 4;
+    config.voters = 3;
+    let (mut sim, trace, faults, parts) = start(&config);
+    let outcome: Arc<Mutex<DeposedReplaceOutcome>> = Arc::default();
+    let isolated: Arc<Mutex<Option<NodeId>>> = Arc::default();
+    let slots: Vec<_> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
+    let partition_at = Duration::from_secs(3);
+    let heal_at = Duration::from_secs(11);
+    let asker = client_id(1);
+    {
+        let (isolated, outcome, slots) = (isolated.clone(), outcome.clone(), slots.clone());
+        let node = move |id: NodeId| {
+            slots
+                .iter()
+                .find(|(slot_id, _)| *slot_id == id)
+                .and_then(|(_, slot)| slot.lock().expect("slot lock").clone())
+        };
+        sim.client(host_name(asker), async move {
+            tokio::time::sleep(partition_at + Duration::from_secs(3)).await;
+            let Some(old) = *isolated.lock().expect("isolated lock") else {
+                return Ok(());
+            };
+            let majority_leader = [1, 2, 3]
+                .into_iter()
+                .filter(|&id| id != old)
+                .filter_map(&node)
+                .find(|n| n.is_leader(GROUP));
+            let Some(leader) = majority_leader else {
+                return Ok(());
+            };
+            let replaced = leader
+                .replace_voter(GROUP, old, 4)
+                .await
+                .map_err(|e| e.to_string());
+            outcome.lock().expect("outcome lock").majority_replace = Some(replaced);
+            let Some(deposed) = node(old) else {
+                return Ok(());
+            };
+            // Bounded, as the center's admin call is: a leader that cannot confirm waits.
+            let asked =
+                tokio::time::timeout(Duration::from_secs(2), deposed.replace_voter(GROUP, 4, old))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(larder_storage::NodeError::Raft {
+                            group: GROUP,
+                            reason: "no answer within 2 s".into(),
+                        })
+                    })
+                    .map_err(|e| e.to_string());
+            outcome.lock().expect("outcome lock").deposed_replace = Some(asked);
+            tokio::time::sleep(heal_at.saturating_sub(sim_now()) + Duration::from_secs(2)).await;
+            // Not the old leader's view: removed from the group, it hears from nobody and may
+            // go on believing it leads.
+            let voters = [1, 2, 3, 4]
+                .into_iter()
+                .filter(|&id| id != old)
+                .filter_map(&node)
+                .find(|n| n.is_leader(GROUP))
+                .and_then(|n| n.raft(GROUP).ok())
+                .map(|raft| raft.voter_ids().collect())
+                .unwrap_or_default();
+            outcome.lock().expect("outcome lock").voters = voters;
+            Ok(())
+        });
+    }
+    let old = await_leader(&mut sim, &parts, partition_at)?;
+    *isolated.lock().expect("isolated lock") = old;
+    outcome.lock().expect("outcome lock").old_leader = old;
+    if let Some(old) = old {
+        let others = [1, 2, 3, 4].into_iter().filter(|&id| id != old);
+        cut_off(&faults, old, others.chain([asker]));
+    }
+    let new_leader = watch_new_leader(&mut sim, &parts, old, heal_at)?;
+    outcome.lock().expect("outcome lock").new_leader = new_leader;
+    faults.update(|state| state.blocked.clear());
+    finish(&mut sim)?;
+    drop_nodes(&parts);
+    let mut outcome = outcome.lock().expect("outcome lock").clone();
+    outcome.trace_hash = trace.hash();
+    Ok(outcome)
+}
+
 /// Every step of [`forgotten_session`], in order: what each write or read answered.
 #[derive(Debug, Clone, Default)]
 pub struct ForgottenSessionOutcome {

@@ -40,10 +40,10 @@ const READ_HEAVY_CHANCE: f64 = 0.25;
 /// Clients of a contention seed (at least; more if the run has more), all on one key of each
 /// kind. Sized so the checker ends every CI seed with a verdict: see [`LoadShape`].
 pub const CONTENTION_CLIENTS: u64 = 8;
-/// Batches in flight per coalescer of a simulated proxy (`ProxyConfig::coalesce_runners`;
-/// production's default is 4): one, so the few clients of a simulated proxy that overlap
-/// already share batches, and the batching, the turn taking and the hand-out of answers are
-/// checked under faults on every seed.
+/// Batches in flight per slot group's queue of a simulated proxy's coalescers
+/// (`ProxyConfig::coalesce_runners`, production's default too), unless `--coalesce-runners`
+/// says otherwise: so the batching, the turn taking and the hand-out of answers are checked
+/// under faults on every seed.
 pub const SIM_COALESCE_RUNNERS: usize = 1;
 
 /// Simulated clients are hosts `n100..n198` (`n199` is the checker, `n200..` proxies).
@@ -134,6 +134,9 @@ pub struct SimConfig {
     /// connect per request do. The proxy hands the closed connection's group sessions to the
     /// next ones (`larder_client::SessionPool`), so this runs that hand-over under faults.
     pub reconnect_every: u64,
+    /// Batches in flight per slot group's queue of each proxy's coalescers
+    /// (`ProxyConfig::coalesce_runners`; 0: off). [`SIM_COALESCE_RUNNERS`] by default.
+    pub coalesce_runners: usize,
     /// Center replicas (ids from [`center_id`]). 0: a static routing table and groups formed
     /// by the harness. More: storage nodes start empty, the center places the groups, and
     /// proxies and the checker fetch routing from it; faults then target roles too.
@@ -237,6 +240,7 @@ impl SimConfig {
             proxies: 0,
             pipelined: 1,
             reconnect_every: 0,
+            coalesce_runners: SIM_COALESCE_RUNNERS,
             centers: 0,
             bugs: Bugs::default(),
             unknown_passes: None,
@@ -340,7 +344,7 @@ impl SimConfig {
             // beside the clients' (`larder_proxy::coalesce`): counted among the holders, or
             // they evict each other on every write (swarm seed 16 with `--pipelined 3`: 57
             // batches answered "session expired" and 238 operations indeterminate).
-            let holders = clients + self.proxies * SIM_COALESCE_RUNNERS as u64;
+            let holders = clients + self.proxies * self.coalesce_runners as u64;
             rng.range(clients, clients + 5) as usize + (holders - clients) as usize
         } else {
             self.node.sessions_max

@@ -374,9 +374,7 @@ pub(crate) fn register_proxies(
                         share_reads_min_per_sec: sim_config.hot_key_share_reads_min_per_sec,
                         ..larder_proxy::HotKeyConfig::default()
                     },
-                    // Four, production's default, would take five clients at one proxy at
-                    // once before two commands shared a batch.
-                    coalesce_runners: super::config::SIM_COALESCE_RUNNERS,
+                    coalesce_runners: sim_config.coalesce_runners,
                     ..ProxyConfig::default()
                 },
                 sim_config.shared_routing(),

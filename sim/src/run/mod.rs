@@ -38,7 +38,10 @@ use crate::trace::Trace;
 use crate::workload::SharedHistory;
 
 pub use archive::{BackupTally, SyncCheck};
-pub use config::{CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SimConfig, center_id, proxy_id};
+pub use config::{
+    CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SIM_COALESCE_RUNNERS, SimConfig, center_id,
+    proxy_id,
+};
 pub use hosts::ProxyTotals;
 pub(crate) use hosts::{NodeParts, current_leader, register_nodes, register_proxies};
 pub use operator::{OPERATOR_ID, OperatorLog, PlannedMove, PlannedSteer, SteerAction};

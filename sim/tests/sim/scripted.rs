@@ -2,7 +2,9 @@
 
 use bytes::Bytes;
 use larder_core::kv::Reply;
-use larder_sim::scenario::{DeposedRequest, deposed_leader, deposed_leader_request, replace_voter};
+use larder_sim::scenario::{
+    DeposedRequest, deposed_leader, deposed_leader_replace, deposed_leader_request, replace_voter,
+};
 
 fn check_deposed_leader(seed: u64) -> String {
     let outcome = deposed_leader(seed).expect("scenario ran");
@@ -501,5 +503,59 @@ fn a_lease_a_client_saw_end_stays_ended_after_a_leader_change() {
                 "seed {seed}: lease-end-unlogged went unnoticed"
             );
         }
+    }
+}
+
+/// A deposed leader asked to replace a voter must not answer from its own committed membership
+/// ("4 is not a voter, I am: done") while its group has moved on: cluster swarm seed 34's
+/// center wrote such an answer into its routing table. Without the planted bug
+/// `replace-done-unconfirmed` the deposed leader cannot confirm it leads and answers no; the
+/// majority's replacement stands. Each seed twice, with equal traces.
+#[test]
+fn a_deposed_leader_asked_to_replace_a_voter_does_not_answer_from_its_own_membership() {
+    let run = |seed: u64, bugs: larder_core::bugs::Bugs| {
+        let outcome = deposed_leader_replace(seed, bugs).expect("scenario ran");
+        let old = outcome.old_leader.expect("a leader before the partition");
+        assert_ne!(Some(old), outcome.new_leader, "seed {seed}");
+        assert_eq!(
+            outcome
+                .majority_replace
+                .clone()
+                .expect("the majority's replace ran"),
+            Ok(()),
+            "seed {seed}: the majority side replaces the cut-off leader"
+        );
+        let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&id| id != old).collect();
+        expected.sort_unstable();
+        assert_eq!(outcome.voters, expected, "seed {seed}: the group's voters");
+        (
+            outcome
+                .deposed_replace
+                .clone()
+                .expect("the deposed leader was asked"),
+            outcome.trace_hash,
+        )
+    };
+    for seed in [1, 2] {
+        let (answer, hash) = run(seed, larder_core::bugs::Bugs::default());
+        println!("seed {seed}: the deposed leader answered {answer:?}");
+        assert!(
+            answer.is_err(),
+            "seed {seed}: the deposed leader answered {answer:?}"
+        );
+        assert_eq!(
+            run(seed, larder_core::bugs::Bugs::default()),
+            (answer, hash),
+            "seed {seed}: not deterministic"
+        );
+    }
+    let mut bugs = larder_core::bugs::Bugs::default();
+    if bugs
+        .try_plant(larder_core::bugs::Bug::ReplaceDoneUnconfirmed)
+        .is_ok()
+    {
+        let (answer, _) = run(1, bugs);
+        println!("with the bug: {answer:?}");
+        assert_eq!(answer, Ok(()), "the planted bug must be caught");
     }
 }
