@@ -247,22 +247,21 @@ pub fn deposed_leader(seed: u64) -> Result<DeposedLeaderOutcome, SimError> {
         });
     }
 
-    // Wait (bounded) for a stable leader, then cut it off with the minority client.
-    let old = await_leader(&mut sim, &parts, partition_at)?;
-    *isolated.lock().expect("isolated lock") = old;
-    outcome.lock().expect("outcome lock").old_leader = old;
-    if let Some(old) = old {
-        let others = nodes.iter().copied().filter(|&id| id != old);
-        cut_off(&faults, old, others.chain([majority_client, reader]));
-        cut_off(&faults, minority_client, [majority_client]);
-    }
-    // During the partition, watch for a leader on the majority side.
-    let new_leader = watch_new_leader(&mut sim, &parts, old, heal_at)?;
-    outcome.lock().expect("outcome lock").new_leader = new_leader;
-    faults.update(|state| state.blocked.clear());
-    finish(&mut sim)?;
-    drop_nodes(&parts);
+    // The leader cut off with the minority client.
+    let (old, new_leader) = partition_the_leader(
+        &mut sim,
+        &parts,
+        &faults,
+        &isolated,
+        (partition_at, heal_at),
+        |old| {
+            let others = nodes.iter().copied().filter(|&id| id != old);
+            cut_off(&faults, old, others.chain([majority_client, reader]));
+            cut_off(&faults, minority_client, [majority_client]);
+        },
+    )?;
     let mut outcome = outcome.lock().expect("outcome lock").clone();
+    (outcome.old_leader, outcome.new_leader) = (old, new_leader);
     outcome.trace_hash = trace.hash();
     Ok(outcome)
 }
@@ -393,22 +392,46 @@ pub fn deposed_leader_request(
             Ok(())
         });
     }
-    let old = await_leader(&mut sim, &parts, partition_at)?;
-    *isolated.lock().expect("isolated lock") = old;
-    outcome.lock().expect("outcome lock").old_leader = old;
-    if let Some(old) = old {
-        // Cut off from its peers and the writer; the reader still reaches it.
-        let others = nodes.iter().copied().filter(|&id| id != old);
-        cut_off(&faults, old, others.chain([writer]));
-    }
-    let new_leader = watch_new_leader(&mut sim, &parts, old, heal_at)?;
-    outcome.lock().expect("outcome lock").new_leader = new_leader;
-    faults.update(|state| state.blocked.clear());
-    finish(&mut sim)?;
-    drop_nodes(&parts);
+    let (old, new_leader) = partition_the_leader(
+        &mut sim,
+        &parts,
+        &faults,
+        &isolated,
+        (partition_at, heal_at),
+        |old| {
+            // Cut off from its peers and the writer; the reader still reaches it.
+            let others = nodes.iter().copied().filter(|&id| id != old);
+            cut_off(&faults, old, others.chain([writer]));
+        },
+    )?;
     let mut outcome = outcome.lock().expect("outcome lock").clone();
+    (outcome.old_leader, outcome.new_leader) = (old, new_leader);
     outcome.trace_hash = trace.hash();
     Ok(outcome)
+}
+
+/// The middle and end of a partitioned-leader scenario: waits (bounded) for a stable leader
+/// from `partition_at`, names it in `isolated` (the clients read it there), `cut`s it off,
+/// watches the majority side elect another until `heal_at`, heals, runs the clients to the
+/// end and drops the nodes. Returns (old leader, new leader).
+fn partition_the_leader(
+    sim: &mut turmoil::Sim<'_>,
+    parts: &[NodeParts],
+    faults: &NetFaults,
+    isolated: &Mutex<Option<NodeId>>,
+    (partition_at, heal_at): (Duration, Duration),
+    cut: impl FnOnce(NodeId),
+) -> Result<(Option<NodeId>, Option<NodeId>), SimError> {
+    let old = await_leader(sim, parts, partition_at)?;
+    *isolated.lock().expect("isolated lock") = old;
+    if let Some(old) = old {
+        cut(old);
+    }
+    let new_leader = watch_new_leader(sim, parts, old, heal_at)?;
+    faults.update(|state| state.blocked.clear());
+    finish(sim)?;
+    drop_nodes(parts);
+    Ok((old, new_leader))
 }
 
 fn drop_nodes(parts: &[NodeParts]) {
@@ -608,19 +631,19 @@ pub fn deposed_leader_replace(seed: u64, bugs: Bugs) -> Result<DeposedReplaceOut
             Ok(())
         });
     }
-    let old = await_leader(&mut sim, &parts, partition_at)?;
-    *isolated.lock().expect("isolated lock") = old;
-    outcome.lock().expect("outcome lock").old_leader = old;
-    if let Some(old) = old {
-        let others = [1, 2, 3, 4].into_iter().filter(|&id| id != old);
-        cut_off(&faults, old, others.chain([asker]));
-    }
-    let new_leader = watch_new_leader(&mut sim, &parts, old, heal_at)?;
-    outcome.lock().expect("outcome lock").new_leader = new_leader;
-    faults.update(|state| state.blocked.clear());
-    finish(&mut sim)?;
-    drop_nodes(&parts);
+    let (old, new_leader) = partition_the_leader(
+        &mut sim,
+        &parts,
+        &faults,
+        &isolated,
+        (partition_at, heal_at),
+        |old| {
+            let others = [1, 2, 3, 4].into_iter().filter(|&id| id != old);
+            cut_off(&faults, old, others.chain([asker]));
+        },
+    )?;
     let mut outcome = outcome.lock().expect("outcome lock").clone();
+    (outcome.old_leader, outcome.new_leader) = (old, new_leader);
     outcome.trace_hash = trace.hash();
     Ok(outcome)
 }

@@ -305,6 +305,38 @@ fn a_push_into_a_blmove_chain_replies_after_the_whole_chain_even_when_a_poll_win
     }
 }
 
+/// A deposed leader's answer to one request on seeds 1 and 2 is a refusal (each seed run
+/// twice, with equal answers and traces), and with `bug` planted (when this build can plant
+/// bugs) seed 1's answer is `with_bug`.
+fn refused_by_a_deposed_leader_unless<T, E>(
+    run: impl Fn(u64, larder_core::bugs::Bugs) -> (Result<T, E>, String),
+    bug: larder_core::bugs::Bug,
+    with_bug: Result<T, E>,
+) where
+    T: std::fmt::Debug + PartialEq,
+    E: std::fmt::Debug + PartialEq,
+{
+    for seed in [1, 2] {
+        let (answer, hash) = run(seed, larder_core::bugs::Bugs::default());
+        println!("seed {seed}: the deposed leader answered {answer:?}");
+        assert!(
+            answer.is_err(),
+            "seed {seed}: the deposed leader answered {answer:?}"
+        );
+        assert_eq!(
+            run(seed, larder_core::bugs::Bugs::default()),
+            (answer, hash),
+            "seed {seed}: not deterministic"
+        );
+    }
+    let mut bugs = larder_core::bugs::Bugs::default();
+    if bugs.try_plant(bug).is_ok() {
+        let (answer, _) = run(1, bugs);
+        println!("with the bug: {answer:?}");
+        assert_eq!(answer, with_bug, "the planted bug must be caught");
+    }
+}
+
 /// A read sent to a deposed leader as its partition heals is never answered with the value
 /// from before the majority's acknowledged write: its read round finds the majority's votes
 /// moved on. The planted bug `read-confirm-ignores-vote` (replicas confirm whatever vote they
@@ -333,35 +365,9 @@ fn a_deposed_leader_read_round_is_refused_by_replicas_that_voted_for_its_success
             outcome.trace_hash,
         )
     };
+    // Refused: the read steps aside to openraft, which finds the higher term.
     let stale = Ok(Reply::Bulk(Bytes::from_static(b"before")));
-    for seed in [1, 2] {
-        let (read, hash) = run(seed, larder_core::bugs::Bugs::default());
-        println!("seed {seed}: the deposed leader answered {read:?}");
-        assert_ne!(
-            read, stale,
-            "seed {seed}: a deposed leader served a stale read"
-        );
-        // Refused: the read stepped aside to openraft, which found the higher term.
-        assert!(
-            read.is_err(),
-            "seed {seed}: the deposed leader answered {read:?}"
-        );
-        let (again, hash_again) = run(seed, larder_core::bugs::Bugs::default());
-        assert_eq!(
-            (read, hash),
-            (again, hash_again),
-            "seed {seed}: not deterministic"
-        );
-    }
-    let mut bugs = larder_core::bugs::Bugs::default();
-    if bugs
-        .try_plant(larder_core::bugs::Bug::ReadConfirmIgnoresVote)
-        .is_ok()
-    {
-        let (read, _) = run(1, bugs);
-        println!("with the bug: {read:?}");
-        assert_eq!(read, stale, "the planted bug must be caught");
-    }
+    refused_by_a_deposed_leader_unless(run, larder_core::bugs::Bug::ReadConfirmIgnoresVote, stale);
 }
 
 /// A write that changes nothing on a deposed leader's state (`SET k before` where its `k` is
@@ -386,28 +392,11 @@ fn a_deposed_leader_answers_no_write_as_unchanged_without_confirming_it_leads() 
             outcome.trace_hash,
         )
     };
-    for seed in [1, 2] {
-        let (answer, hash) = run(seed, larder_core::bugs::Bugs::default());
-        println!("seed {seed}: the deposed leader answered {answer:?}");
-        assert!(
-            answer.is_err(),
-            "seed {seed}: the deposed leader answered {answer:?}"
-        );
-        assert_eq!(
-            run(seed, larder_core::bugs::Bugs::default()),
-            (answer, hash),
-            "seed {seed}: not deterministic"
-        );
-    }
-    let mut bugs = larder_core::bugs::Bugs::default();
-    if bugs
-        .try_plant(larder_core::bugs::Bug::UnchangedWriteUnconfirmed)
-        .is_ok()
-    {
-        let (answer, _) = run(1, bugs);
-        println!("with the bug: {answer:?}");
-        assert_eq!(answer, Ok(Reply::Ok), "the planted bug must be caught");
-    }
+    refused_by_a_deposed_leader_unless(
+        run,
+        larder_core::bugs::Bug::UnchangedWriteUnconfirmed,
+        Ok(Reply::Ok),
+    );
 }
 
 /// A key that expires while its group is quiet reads as missing: the first read proposes a
@@ -536,26 +525,5 @@ fn a_deposed_leader_asked_to_replace_a_voter_does_not_answer_from_its_own_member
             outcome.trace_hash,
         )
     };
-    for seed in [1, 2] {
-        let (answer, hash) = run(seed, larder_core::bugs::Bugs::default());
-        println!("seed {seed}: the deposed leader answered {answer:?}");
-        assert!(
-            answer.is_err(),
-            "seed {seed}: the deposed leader answered {answer:?}"
-        );
-        assert_eq!(
-            run(seed, larder_core::bugs::Bugs::default()),
-            (answer, hash),
-            "seed {seed}: not deterministic"
-        );
-    }
-    let mut bugs = larder_core::bugs::Bugs::default();
-    if bugs
-        .try_plant(larder_core::bugs::Bug::ReplaceDoneUnconfirmed)
-        .is_ok()
-    {
-        let (answer, _) = run(1, bugs);
-        println!("with the bug: {answer:?}");
-        assert_eq!(answer, Ok(()), "the planted bug must be caught");
-    }
+    refused_by_a_deposed_leader_unless(run, larder_core::bugs::Bug::ReplaceDoneUnconfirmed, Ok(()));
 }
