@@ -58,9 +58,10 @@ impl<E: Env> StorageNode<E> {
     /// fails with [`NodeError::NotLeader`]).
     ///
     /// Idempotent, because the center retries after a lost answer: judged by the **committed**
-    /// membership (an appended one may still be rolled back), a replace that is done succeeds at
-    /// once, and one cut short in joint consensus (a leader change between the two steps) is
-    /// finished. The voter change is guarded by the membership it was computed from
+    /// membership (an appended one may still be rolled back), read only after a read-index
+    /// round has confirmed this node still leads (a deposed leader's committed membership may be
+    /// changes behind), a replace that is done succeeds at once, and one cut short in joint
+    /// consensus (a leader change between the two steps) is finished. The voter change is guarded by the membership it was computed from
     /// (`Precondition::LastMembershipLogId`), so two concurrent changes cannot combine into one
     /// that drops two voters.
     pub async fn replace_voter(
