@@ -176,12 +176,18 @@ impl<N: Net, C: Clock> Coalescer<N, C> {
     }
 
     /// `command`'s answer, run in a batch with other connections' commands for `group`; the
-    /// command back if that group's queue is full (the caller runs it itself).
+    /// command back (the caller runs it itself) if its request took more than
+    /// [`COMMAND_BYTES_MAX`], if that group's queue is full, or if it waited
+    /// [`QUEUE_WAIT_MAX`] without a batch taking it.
     pub(crate) async fn execute(
         &self,
         group: GroupId,
         command: Command,
+        request_bytes: usize,
     ) -> Result<Answer, Command> {
+        if request_bytes > COMMAND_BYTES_MAX {
+            return Err(command);
+        }
         let queue = self.queue(group);
         let (answer, mut mine) = oneshot::channel();
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
@@ -345,10 +351,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn commands_past_the_queue_bound_come_back_to_run_alone() {
+    /// A coalescer with one runner per group, whose runners send into [`Silent`].
+    fn silent_coalescer() -> Coalescer<Silent, TokioClock> {
         let routing = SharedRouting::new(RoutingTable::even(1, |_| vec![1]));
-        let coalescer = Coalescer::new(
+        Coalescer::new(
             move || {
                 ClusterClient::new(
                     Silent,
@@ -360,12 +366,17 @@ mod tests {
             1,
             TokioClock::new(),
             Bugs::default(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn commands_past_the_queue_bound_come_back_to_run_alone() {
+        let coalescer = silent_coalescer();
         // The first takes the only runner and waits on the silent network; the next
         // QUEUED_MAX wait for it.
         let mut waiting = Vec::new();
         for n in 0..=QUEUED_MAX {
-            let mut execute = Box::pin(coalescer.execute(1, set(&format!("k{n}"))));
+            let mut execute = Box::pin(coalescer.execute(1, set(&format!("k{n}")), 64));
             assert!(futures::poll!(execute.as_mut()).is_pending(), "command {n}");
             waiting.push(execute);
         }
@@ -373,7 +384,7 @@ mod tests {
         assert_eq!(queue.state.lock().expect("lock").queue.len(), QUEUED_MAX);
         // One more is handed back at once, untouched.
         let over = set("over");
-        match coalescer.execute(1, over.clone()).await {
+        match coalescer.execute(1, over.clone(), 64).await {
             Err(back) => assert_eq!(back, over),
             Ok(answer) => panic!("a full queue took the command: {answer:?}"),
         }
@@ -387,8 +398,52 @@ mod tests {
         assert_eq!(runners, (0, 0));
         // Another group's queue is its own: not full, and its command takes a runner of its
         // own (and waits on the silent network).
-        let mut other = Box::pin(coalescer.execute(2, set("elsewhere")));
+        let mut other = Box::pin(coalescer.execute(2, set("elsewhere"), 64));
         assert!(futures::poll!(other.as_mut()).is_pending());
         assert_eq!(coalescer.queue(2).state.lock().expect("lock").runners, 1);
+    }
+
+    #[tokio::test]
+    async fn a_command_past_the_size_bound_is_not_queued() {
+        let coalescer = silent_coalescer();
+        let big = set("big");
+        // Polled once, not awaited: a queued command would wait on the silent network.
+        let mut over = Box::pin(coalescer.execute(1, big.clone(), COMMAND_BYTES_MAX + 1));
+        match futures::poll!(over.as_mut()) {
+            std::task::Poll::Ready(Err(back)) => assert_eq!(back, big),
+            other => panic!("a command past the size bound was coalesced: {other:?}"),
+        }
+        // Handed back before any queue or runner was made for it.
+        assert!(coalescer.groups.lock().expect("lock").is_empty());
+        // One of exactly the bound is queued: it takes the runner and waits on the network.
+        let mut at_bound = Box::pin(coalescer.execute(1, set("k"), COMMAND_BYTES_MAX));
+        assert!(futures::poll!(at_bound.as_mut()).is_pending());
+        assert_eq!(coalescer.queue(1).state.lock().expect("lock").runners, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_queued_past_the_wait_bound_leaves_to_run_alone() {
+        let coalescer = silent_coalescer();
+        // The first takes the only runner and its batch never ends.
+        let mut first = Box::pin(coalescer.execute(1, set("first"), 64));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        let behind = set("behind");
+        let mut waiting = Box::pin(coalescer.execute(1, behind.clone(), 64));
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        let queue = coalescer.queue(1);
+        assert_eq!(queue.state.lock().expect("lock").queue.len(), 1);
+        // Just short of the bound it still waits for the runner.
+        tokio::time::advance(QUEUE_WAIT_MAX - Duration::from_millis(1)).await;
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        assert_eq!(queue.state.lock().expect("lock").queue.len(), 1);
+        // At the bound it leaves the queue and comes back to run alone.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        match futures::poll!(waiting.as_mut()) {
+            std::task::Poll::Ready(Err(back)) => assert_eq!(back, behind),
+            other => panic!("a command waited past QUEUE_WAIT_MAX: {other:?}"),
+        }
+        assert!(queue.state.lock().expect("lock").queue.is_empty());
+        // The batch in flight is untouched.
+        assert!(futures::poll!(first.as_mut()).is_pending());
     }
 }

@@ -473,6 +473,15 @@ pub enum ConnectionError {
     TlsHandshakeTimeout(Duration),
 }
 
+/// A command that may run in a pipeline run ([`Proxy::pipelinable`]).
+struct Pipelined {
+    /// Its name, lower-cased once for the replies and counts.
+    name: String,
+    command: Command,
+    /// The slot group of every key it names, when it was parsed.
+    group: GroupId,
+}
+
 /// Per-connection protocol state.
 struct Session<N: Net, C: Clock> {
     id: u64,
@@ -1054,12 +1063,12 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                         if args.is_empty() {
                             continue;
                         }
-                        if let Some((name, command)) = self.pipelinable(&mut session, &args) {
+                        if let Some(first) = self.pipelinable(&mut session, &args) {
                             // A pipeline: the requests right behind it that may join it run
                             // with it (`run_pipeline`); the first that may not is parsed again
                             // below and runs alone.
                             let mut bytes = used;
-                            let mut run = vec![(name, command)];
+                            let mut run = vec![first];
                             while run.len() < PIPELINE_RUN_MAX {
                                 let Ok(Some((next, used))) = parser.parse(&input, limits) else {
                                     break;
@@ -1077,7 +1086,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                             buffered(&mut held, &state, &input, &output);
                             let last = run
                                 .last()
-                                .and_then(|(name, _)| commands::lookup(name.as_bytes()))
+                                .and_then(|joined| commands::lookup(joined.name.as_bytes()))
                                 .map(|info| info.name);
                             // Written out every `OUTPUT_FLUSH_BYTES` as for single commands,
                             // so a client that does not read its replies stalls the run here.
@@ -1354,12 +1363,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// ([`Proxy::run_pipeline`]): a keyed command with every key in one slot group, on an
     /// authenticated connection outside `MULTI`, neither blocking nor waking a blocked client
     /// (those need the proxy's own steps). Anything else runs alone, in its turn.
-    /// The name is returned as well, lower-cased once for the replies and counts.
-    fn pipelinable(
-        &self,
-        session: &mut Session<N, C>,
-        args: &[Bytes],
-    ) -> Option<(String, Command)> {
+    fn pipelinable(&self, session: &mut Session<N, C>, args: &[Bytes]) -> Option<Pipelined> {
         // While anyone monitors, every command runs alone, to be shown with its arguments.
         if !session.authenticated || session.transaction.is_some() || self.monitors.active() {
             return None;
@@ -1375,14 +1379,19 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             return None;
         }
         let mut command = Command::parse(args).ok()?;
-        if command.scope() != Scope::Keys
-            || single_group(&session.client.routing().current(), &command).is_none()
-            || !self.waiters.woken_by(&command).is_empty()
-        {
+        if command.scope() != Scope::Keys {
+            return None;
+        }
+        let group = single_group(&session.client.routing().current(), &command)?;
+        if !self.waiters.woken_by(&command).is_empty() {
             return None;
         }
         command.reseed(session.next_seed(self.clock.now()));
-        Some((name, command))
+        Some(Pipelined {
+            name,
+            command,
+            group,
+        })
     }
 
     /// Answers a run of pipelined commands ([`Proxy::pipelinable`]), in order: one alone as
@@ -1391,7 +1400,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     async fn run_pipeline(
         &self,
         session: &mut Session<N, C>,
-        run: Vec<(String, Command)>,
+        run: Vec<Pipelined>,
         request_bytes: usize,
     ) -> Vec<Frame> {
         let started = self.clock.now();
@@ -1413,8 +1422,11 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let mut share = false;
         let verdicts = self
             .hot
-            .admit_all(started, run.iter().map(|(_, command)| command));
-        for ((name, command), verdict) in run.into_iter().zip(verdicts) {
+            .admit_all(started, run.iter().map(|joined| &joined.command));
+        // The group of a run of one, for the coalescer.
+        let group = run.first().map(|joined| joined.group).unwrap_or_default();
+        for (joined, verdict) in run.into_iter().zip(verdicts) {
+            let Pipelined { name, command, .. } = joined;
             names.push(name);
             match verdict {
                 Ok(admitted) => {
@@ -1443,22 +1455,17 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let results = match commands.as_slice() {
             [] => Vec::new(),
             [only] if share && names.len() == 1 => vec![self.shared_read(session, only).await],
-            [only]
-                if self.config.coalesce_runners > 0
-                    && names.len() == 1
-                    && request_bytes <= coalesce::COMMAND_BYTES_MAX =>
-            {
+            [only] if self.config.coalesce_runners > 0 && names.len() == 1 => {
                 let coalescer = if only.is_write() {
                     &self.coalesced_writes
                 } else {
                     &self.coalesced_reads
                 };
-                // `pipelinable` saw every key in one group; a table changed since only costs
+                // `pipelinable` saw every key in `group`; a table changed since only costs
                 // the batch a second request (`execute_pipeline` routes each command again).
-                let group = single_group(&self.routing.current(), only).unwrap_or_default();
-                match coalescer.execute(group, only.clone()).await {
+                match coalescer.execute(group, only.clone(), request_bytes).await {
                     Ok(answer) => vec![answer],
-                    // The queue is full: alone, as without coalescing.
+                    // Too large, or the queue is full: alone, as without coalescing.
                     Err(command) => vec![session.client.execute(command).await],
                 }
             }
