@@ -124,6 +124,11 @@ pub enum Bug {
     /// answers from a membership its group has since changed, and the center writes that
     /// stale membership into the routing table.
     ReplaceDoneUnconfirmed,
+    /// Sessions (storage): a replica forgets sessions by its own `sessions_max` (at every
+    /// write past it) instead of by the bound each registration carries, so replicas
+    /// configured with different bounds forget different sessions, and a write of a session
+    /// one forgot is applied by the others.
+    SessionBoundLocal,
     /// Lanes (storage): a SET in the slow write lane (a large value) is answered `OK` as soon
     /// as it has its place and is handed to Raft, not once it commits ("big writes need not
     /// wait"), so a read after the acknowledgement can miss it, and a leader change loses it.
@@ -195,7 +200,7 @@ pub enum Bug {
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 45] = [
+    pub const ALL: [Bug; 46] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -241,6 +246,7 @@ impl Bug {
         Bug::SyncResumeForgetsFollowed,
         Bug::CoalescedRepliesShifted,
         Bug::ReplaceDoneUnconfirmed,
+        Bug::SessionBoundLocal,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -291,6 +297,7 @@ impl Bug {
             Bug::SyncResumeForgetsFollowed => "sync-resume-forgets-followed",
             Bug::CoalescedRepliesShifted => "coalesced-replies-shifted",
             Bug::ReplaceDoneUnconfirmed => "replace-done-unconfirmed",
+            Bug::SessionBoundLocal => "session-bound-local",
         }
     }
 }

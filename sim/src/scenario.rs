@@ -652,17 +652,28 @@ pub fn deposed_leader_replace(seed: u64, bugs: Bugs) -> Result<DeposedReplaceOut
 #[derive(Debug, Clone, Default)]
 pub struct ForgottenSessionOutcome {
     pub steps: Vec<(String, Result<Reply, ClientError>)>,
+    /// Each replica's digest of the group once the steps are done.
+    pub digests: BTreeMap<NodeId, (u64, u64)>,
 }
 
 /// A group that remembers two sessions: client A writes, clients B and C open sessions (A's,
-/// the least recently used, is forgotten), A writes again (the group answers that it forgot
-/// the session, so A reports the write as indeterminate, and nothing is applied), then A
-/// writes once more (it opens a new session: applied) and reads.
-pub fn forgotten_session(seed: u64) -> Result<ForgottenSessionOutcome, SimError> {
+/// the least recently used, is forgotten), A writes another key (the group answers that it
+/// forgot the session, so A reports the write as indeterminate, and nothing is applied), then A
+/// writes once more (it opens a new session: applied) and reads. With `uneven`, node 2 keeps
+/// more sessions than its peers ([`SimConfig::sessions_max_uneven`]): every replica must
+/// still forget A's session, and the replicas end with equal digests.
+pub fn forgotten_session(
+    seed: u64,
+    uneven: bool,
+    bugs: Bugs,
+) -> Result<ForgottenSessionOutcome, SimError> {
     let mut config = SimConfig::new(seed, Duration::from_secs(10));
     config.faults = false;
     config.node.sessions_max = 2;
+    config.sessions_max_uneven = uneven;
+    config.bugs = bugs;
     let (mut sim, trace, faults, parts) = start(&config);
+    let slots: Vec<_> = parts.iter().map(|p| (p.id, p.slot.clone())).collect();
     let outcome: Arc<Mutex<ForgottenSessionOutcome>> = Arc::default();
     let host = client_id(1);
     let net = SimNet::new(host, faults.clone(), derive_seed(seed, 31), trace.clone());
@@ -678,10 +689,23 @@ pub fn forgotten_session(seed: u64) -> Result<ForgottenSessionOutcome, SimError>
         record("a: set k 1", a.execute(Command::set("k", "1")).await);
         record("b: set b 1", b.execute(Command::set("b", "1")).await);
         record("c: set c 1", c.execute(Command::set("c", "1")).await);
-        record("a: set k 2", a.execute(Command::set("k", "2")).await);
-        record("a: get k", a.execute(Command::get("k")).await);
+        // A key nothing writes after: a replica that applied this write keeps it to the end.
+        record("a: set j 2", a.execute(Command::set("j", "2")).await);
+        record("a: get j", a.execute(Command::get("j")).await);
         record("a: set k 3", a.execute(Command::set("k", "3")).await);
         record("a: get k", a.execute(Command::get("k")).await);
+        // Every replica has applied everything by now (no faults, an idle second).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut digests = BTreeMap::new();
+        for (id, slot) in &slots {
+            let node = slot.lock().expect("slot lock").clone();
+            if let Some(node) = node
+                && let Ok(digest) = node.state_digest(GROUP).await
+            {
+                digests.insert(*id, digest);
+            }
+        }
+        recorded.lock().expect("outcome lock").digests = digests;
         Ok(())
     });
     finish(&mut sim)?;

@@ -26,8 +26,30 @@ impl SessionSeq {
     /// with sequence numbers from 1.
     pub const REGISTER: SessionSeq = SessionSeq { session: 0, seq: 0 };
 
+    /// A registration (session 0, which no session has: ids are log indexes, from 1), as the
+    /// client sends it ([`SessionSeq::REGISTER`]) or as the leader logs it
+    /// ([`SessionSeq::register_bounded`]).
     pub fn is_register(&self) -> bool {
-        *self == SessionSeq::REGISTER
+        self.session == 0
+    }
+
+    /// A registration as the leader puts it in the log: its `seq` carries the number of
+    /// sessions the group keeps (the leader's `NodeConfig::sessions_max`), so every replica,
+    /// and every replay of the log, evicts by the same bound whatever its own configuration.
+    /// A bound of 0 is logged as 1 (0 is a registration logged before the bound travelled
+    /// with it: [`SessionSeq::register_bound`]).
+    pub fn register_bounded(sessions_max: usize) -> SessionSeq {
+        SessionSeq {
+            session: 0,
+            seq: (sessions_max as u64).max(1),
+        }
+    }
+
+    /// The bound a logged registration carries; `None` for one that carries none (logged
+    /// before the bound travelled with registrations) and for anything not a registration.
+    pub fn register_bound(&self) -> Option<usize> {
+        (self.is_register() && self.seq > 0)
+            .then(|| usize::try_from(self.seq).unwrap_or(usize::MAX))
     }
 }
 

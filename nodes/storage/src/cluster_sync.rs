@@ -113,8 +113,8 @@ pub struct ClusterSync<D: Disk> {
     keys_max: usize,
     bugs: Bugs,
     tally: SyncTally,
-    /// The source groups' bound on sessions, which every replay keeps
-    /// (`crate::restore`'s `open_state` says why).
+    /// The source groups' bound on sessions for registrations logged before the bound
+    /// travelled with them (`crate::restore`'s `open_state` says why it matters).
     sessions_max: usize,
 }
 
@@ -142,9 +142,10 @@ impl<D: Disk> ClusterSync<D> {
         Ok(sync)
     }
 
-    /// The same sync with replays that remember at most `sessions_max` sessions, the bound
-    /// of the source's replicas (default [`crate::raft::state_machine::SESSIONS_MAX`], the
-    /// nodes' default).
+    /// The same sync with replays that remember at most `sessions_max` sessions where a
+    /// registration carries no bound (logged before bounds travelled with registrations): the
+    /// bound of the source's replicas (default [`crate::raft::state_machine::SESSIONS_MAX`],
+    /// the nodes' default).
     pub fn with_sessions_max(mut self, sessions_max: usize) -> Self {
         self.sessions_max = sessions_max;
         self

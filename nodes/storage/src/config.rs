@@ -42,7 +42,9 @@ pub struct NodeConfig {
     #[serde(default)]
     pub address: String,
     /// Client sessions each group remembers for deduplication (least recently used forgotten
-    /// first; a forgotten session's client opens a new one).
+    /// first; a forgotten session's client opens a new one). A registration this node logs
+    /// as leader carries it, and every replica evicts by the bound of the registration it
+    /// applies, so replicas set differently still forget the same sessions.
     #[serde(default = "default_sessions_max")]
     pub sessions_max: usize,
     /// The supervisor's first wait before reopening a group whose Raft stopped (doubled after

@@ -53,11 +53,14 @@ pub struct Replay<D: Disk> {
 }
 
 /// A replay's state machine on `disk`: no planted bugs, no fault points, and the group's
-/// replicas' bound on sessions (`NodeConfig::sessions_max`, 4,096 by default). The
-/// bound must be theirs: a write of a session the replicas had forgotten was refused there
-/// (`SESSION_EXPIRED`, not applied), and a replay remembering more sessions would apply it
-/// (swarm seeds 25 and 28 with `--sync`, once the proxies' coalescing sessions pushed the
-/// clients' out of groups that keep only a few).
+/// replicas' bound on sessions (`NodeConfig::sessions_max`, 4,096 by default) for
+/// registrations that carry none. The bound must be theirs: a write of a session the replicas
+/// had forgotten was refused there (`SESSION_EXPIRED`, not applied), and a replay remembering
+/// more sessions would apply it (swarm seeds 25 and 28 with `--sync`, once the proxies'
+/// coalescing sessions pushed the clients' out of groups that keep only a few). Since each
+/// registration carries its leader's bound (`SessionSeq::register_bounded`), a replay of a
+/// log written since evicts as its replicas did whatever `sessions_max` it is given; the
+/// parameter still governs logs from before.
 async fn open_state<D: Disk>(
     disk: &D,
     group: GroupId,

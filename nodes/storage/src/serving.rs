@@ -138,6 +138,15 @@ impl<E: Env> StorageNode<E> {
             let planted_early_ack = lane == Lane::WriteSlow
                 && matches!(command, Command::Set { .. })
                 && self.config.bugs.is_planted(Bug::SlowWriteAckedEarly);
+            // A registration carries the group's bound on sessions, this leader's, so that
+            // replicas configured with other bounds still evict the same sessions
+            // ([`SessionSeq::register_bounded`]).
+            let session = match session {
+                Some(register) if register.is_register() => {
+                    Some(SessionSeq::register_bounded(self.config.sessions_max))
+                }
+                other => other,
+            };
             let request = LogEntry {
                 now_ms: self.stamp(),
                 command,

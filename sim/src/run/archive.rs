@@ -434,7 +434,8 @@ async fn rebuild_and_compare(
     entries: &[(u64, Bytes)],
     seed: u64,
 ) -> Result<(), String> {
-    // The replica's own bound on sessions: the replay must forget the sessions it forgot.
+    // The replica's own bound on sessions, for registrations that carry none (the sim's all
+    // carry theirs: the replay forgets what the group forgot whatever this is).
     let sessions_max = node.config().sessions_max;
     let mut replay = Replay::from_base(SimDisk::new(seed), group, base, clock_ms, sessions_max)
         .await

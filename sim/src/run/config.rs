@@ -176,6 +176,10 @@ pub struct SimConfig {
     /// The groups' bound on sessions, in place of the one [`SimConfig::sessions_max`] draws;
     /// `None` (the default) draws it. Tests set it to make sessions evicted.
     pub sessions_max_fixed: Option<usize>,
+    /// Even-numbered nodes keep `clients` more sessions than the rest
+    /// ([`SimConfig::sessions_max_of`]); on by itself in the swarm seeds that keep few.
+    #[serde(default)]
+    pub sessions_max_uneven: bool,
     /// The center's `hot_slot_requests_per_sec_max` (0, the default: off): a slot its group
     /// leader reports hotter than this is moved into a group of its own. With it set, the
     /// operator watches the migrations the center starts by itself.
@@ -250,6 +254,7 @@ impl SimConfig {
             hot_key_writes_per_sec_max: None,
             hot_key_share_reads_min_per_sec: None,
             sessions_max_fixed: None,
+            sessions_max_uneven: false,
             hot_slot_requests_per_sec_max: 0,
             groups_per_node_min: 0,
             backup: false,
@@ -334,8 +339,32 @@ impl SimConfig {
     /// them evict each other on every write: nothing but indeterminate writes, which only
     /// blinds the checker.)
     pub fn sessions_max(&self) -> usize {
+        self.sessions_max_drawn().unwrap_or(self.node.sessions_max)
+    }
+
+    /// Node `id`'s bound on sessions: [`SimConfig::sessions_max`], except that with
+    /// [`SimConfig::sessions_max_uneven`], or where a swarm seed keeps few, even-numbered
+    /// nodes keep `clients` more. Replicas of one group are then configured differently and
+    /// must still forget the same sessions: each registration carries its leader's bound
+    /// (`larder_protocol::SessionSeq::register_bounded`), and a replica that evicted by its
+    /// own would apply writes its peers refuse (planted bug `session-bound-local`).
+    pub fn sessions_max_of(&self, id: NodeId) -> usize {
+        let drawn = self.sessions_max_drawn();
+        let uneven =
+            self.sessions_max_uneven || (drawn.is_some() && self.sessions_max_fixed.is_none());
+        let bound = drawn.unwrap_or(self.node.sessions_max);
+        if uneven && id % 2 == 0 {
+            bound + self.run_clients() as usize
+        } else {
+            bound
+        }
+    }
+
+    /// The bound a test fixed, or the small one a third of the swarm seeds draw; `None`: the
+    /// node setting.
+    fn sessions_max_drawn(&self) -> Option<usize> {
         if let Some(fixed) = self.sessions_max_fixed {
-            return fixed;
+            return Some(fixed);
         }
         let mut rng = SeededRng::new(derive_seed(self.seed, 0x5e55_1045));
         if self.swarm && rng.chance(1.0 / 3.0) {
@@ -345,9 +374,9 @@ impl SimConfig {
             // they evict each other on every write (swarm seed 16 with `--pipelined 3`: 57
             // batches answered "session expired" and 238 operations indeterminate).
             let holders = clients + self.proxies * self.coalesce_runners as u64;
-            rng.range(clients, clients + 5) as usize + (holders - clients) as usize
+            Some(rng.range(clients, clients + 5) as usize + (holders - clients) as usize)
         } else {
-            self.node.sessions_max
+            None
         }
     }
 

@@ -136,7 +136,7 @@ pub(crate) fn register_nodes(
 fn node_role(config: &SimConfig, id: NodeId) -> (NodeConfig, Role) {
     let centers = config.center_ids();
     let mut node_config = config.node.clone();
-    node_config.sessions_max = config.sessions_max();
+    node_config.sessions_max = config.sessions_max_of(id);
     node_config.bugs = config.bugs.clone();
     node_config.id = id;
     if centers.contains(&id) {

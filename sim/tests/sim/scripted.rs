@@ -75,7 +75,7 @@ fn a_forgotten_session_gets_an_unknown_outcome_and_never_a_second_apply() {
     use larder_client::ClientError;
     use larder_sim::scenario::forgotten_session;
 
-    let outcome = forgotten_session(1).expect("scenario ran");
+    let outcome = forgotten_session(1, false, Default::default()).expect("scenario ran");
     let steps: Vec<&str> = outcome
         .steps
         .iter()
@@ -94,7 +94,7 @@ fn a_forgotten_session_gets_an_unknown_outcome_and_never_a_second_apply() {
     }
     assert_eq!(
         result(4),
-        &Ok(Reply::Bulk(Bytes::from_static(b"1"))),
+        &Ok(Reply::Nil),
         "the forgotten session's write was not applied"
     );
     assert_eq!(
@@ -102,6 +102,41 @@ fn a_forgotten_session_gets_an_unknown_outcome_and_never_a_second_apply() {
         &Ok(Reply::Bulk(Bytes::from_static(b"3"))),
         "the client opened a new session and wrote"
     );
+}
+
+/// Replicas configured with different bounds on sessions forget the same ones: the
+/// registrations carry the leader's bound. With `session-bound-local` planted (each replica
+/// evicts by its own bound), node 2, which keeps more, applies the forgotten session's write
+/// its peers refuse, and the replicas diverge.
+#[test]
+fn replicas_with_different_session_bounds_forget_the_same_sessions() {
+    use larder_core::bugs::{Bug, Bugs};
+    use larder_sim::scenario::forgotten_session;
+
+    for seed in [1, 2] {
+        let outcome = forgotten_session(seed, true, Bugs::default()).expect("scenario ran");
+        assert_eq!(outcome.digests.len(), 3, "{:?}", outcome.digests);
+        let distinct: std::collections::BTreeSet<_> = outcome.digests.values().collect();
+        assert_eq!(distinct.len(), 1, "seed {seed}: {:?}", outcome.digests);
+        assert!(
+            matches!(
+                &outcome.steps[3].1,
+                Err(larder_client::ClientError::Indeterminate { .. })
+            ),
+            "seed {seed}: the forgotten session's write: {:?}",
+            outcome.steps[3]
+        );
+        let mut bugs = Bugs::default();
+        if bugs.try_plant(Bug::SessionBoundLocal).is_ok() {
+            let planted = forgotten_session(seed, true, bugs).expect("scenario ran");
+            let distinct: std::collections::BTreeSet<_> = planted.digests.values().collect();
+            assert!(
+                distinct.len() > 1,
+                "seed {seed}: with session-bound-local the replicas must diverge: {:?}",
+                planted.digests
+            );
+        }
+    }
 }
 
 #[test]

@@ -104,9 +104,9 @@ pub struct SessionEntry {
     pub last_ms: u64,
 }
 
-/// Sessions remembered per group by default (`NodeConfig::sessions_max`). A forgotten session's
-/// late delivery is answered `SESSION_EXPIRED` rather than applied, so the bound costs clients
-/// a new session, never a duplicate write.
+/// Sessions remembered per group by default (`NodeConfig::sessions_max`; each registration
+/// carries its leader's). A forgotten session's late delivery is answered `SESSION_EXPIRED`
+/// rather than applied, so the bound costs clients a new session, never a duplicate write.
 pub const SESSIONS_MAX: usize = 4096;
 
 /// What the state machine does with an entry, by its session.
@@ -268,6 +268,8 @@ pub struct DiskStateMachine<D: Disk> {
     group: GroupId,
     bugs: Bugs,
     points: FaultPoints,
+    /// This replica's own bound on sessions, used only for a registration that carries none
+    /// (logged before the bound travelled with registrations, `SessionSeq::register_bounded`).
     sessions_max: usize,
     applied: Arc<Mutex<AppliedState>>,
     sessions: Arc<Mutex<SessionTable>>,
@@ -1662,7 +1664,15 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                             session: id,
                             seq: 0,
                         };
+                        // The bound the registration carries, the same on every replica; this
+                        // replica's own only for one logged before the bound travelled.
+                        let bound = request
+                            .session
+                            .and_then(|register| register.register_bound())
+                            .filter(|_| !self.bugs.is_planted(Bug::SessionBoundLocal))
+                            .unwrap_or(self.sessions_max);
                         self.remember(session, &reply, applied.clock_ms, &mut pending.batch);
+                        self.evict_beyond(bound, &mut pending.batch);
                         reply
                     } else {
                         let refusal = not_owner(applied.owned.as_ref(), &request.command);
@@ -1912,8 +1922,21 @@ impl<D: Disk> DiskStateMachine<D> {
         }
     }
 
-    /// Records a session's latest write (and evicts the least recently used session beyond
-    /// [`SESSIONS_MAX`]), in memory and in `batch`.
+    /// Forgets the least recently used sessions while more than `bound` are remembered, in
+    /// memory and in `batch`. Only a registration grows the table, and it evicts by the bound
+    /// it carries ([`crate::raft::SessionSeq::register_bounded`]): every replica, whatever
+    /// its own `sessions_max`, forgets the same sessions, so a late write of a forgotten
+    /// session is refused everywhere or nowhere.
+    fn evict_beyond(&self, bound: usize, batch: &mut WriteBatch) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        while sessions.len() > bound.max(1)
+            && let Some(oldest) = sessions.evict_oldest()
+        {
+            batch.delete(Space::Meta, session_key(self.group, oldest));
+        }
+    }
+
+    /// Records a session's latest write, in memory and in `batch`.
     fn remember(
         &self,
         session: crate::raft::SessionSeq,
@@ -1933,9 +1956,12 @@ impl<D: Disk> DiskStateMachine<D> {
             encode(&entry),
         );
         sessions.insert(session.session, entry);
-        if sessions.len() > self.sessions_max
+        if self.bugs.is_planted(Bug::SessionBoundLocal)
+            && sessions.len() > self.sessions_max
             && let Some(oldest) = sessions.evict_oldest()
         {
+            // Planted bug: every write evicts by this replica's own bound, as before the bound
+            // travelled with registrations.
             batch.delete(Space::Meta, session_key(self.group, oldest));
         }
     }
@@ -2157,6 +2183,102 @@ mod upgrade_tests {
             DiskStateMachine::open(disk, 4, Bugs::default(), FaultPoints::none(), 16)
                 .await
                 .is_err()
+        );
+    }
+}
+
+#[cfg(test)]
+mod session_bound_tests {
+    use larder_core::env::FaultPoints;
+    use larder_core::kv::Command;
+    use larder_real::{FjallDisk, FjallOptions};
+    use openraft::entry::RaftEntry;
+    use openraft::vote::RaftLeaderIdExt;
+
+    use super::*;
+    use crate::raft::{Entry, Request, SessionSeq};
+
+    fn entry(index: u64, now_ms: u64, command: Command, session: SessionSeq) -> Entry {
+        let leader =
+            <openraft::alias::LeaderIdOf<crate::raft::TypeConfig> as RaftLeaderIdExt>::new_committed(1, 1);
+        Entry::new_normal(
+            openraft::LogId::new(leader, index),
+            Request {
+                now_ms,
+                command,
+                session: Some(session),
+            },
+        )
+    }
+
+    fn set(key: &str) -> Command {
+        let args = ["SET", key, "v"].map(|arg| Bytes::from(arg.to_owned()));
+        Command::parse(&args).expect("a SET")
+    }
+
+    /// The keys a replica with its own bound `sessions_max` holds after one log: three
+    /// sessions registered with a bound of 2 (the third forgets the least recently used, the
+    /// second), then a write of each.
+    async fn replica_keys(sessions_max: usize, bugs: Bugs) -> Vec<Bytes> {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let mut machine = DiskStateMachine::open(disk, 1, bugs, FaultPoints::none(), sessions_max)
+            .await
+            .expect("opens");
+        let register = SessionSeq::register_bounded(2);
+        let write = |session, key| (SessionSeq { session, seq: 1 }, set(key));
+        let log = vec![
+            entry(1, 1, Command::DbSize, register),
+            entry(2, 2, Command::DbSize, register),
+            {
+                let (session, command) = write(1, "one");
+                entry(3, 3, command, session)
+            },
+            entry(4, 4, Command::DbSize, register),
+            {
+                let (session, command) = write(2, "two");
+                entry(5, 5, command, session)
+            },
+            {
+                let (session, command) = write(4, "four");
+                entry(6, 6, command, session)
+            },
+        ];
+        machine.restore_entries(log).await.expect("applies");
+        let mut keys: Vec<Bytes> = machine
+            .contents()
+            .await
+            .expect("contents")
+            .records
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Replicas configured with different bounds forget the same sessions: the registrations'
+    /// bound (2) rules, so session 2's write is refused on both, whatever their own bound.
+    #[tokio::test]
+    async fn replicas_with_different_bounds_forget_the_same_sessions() {
+        let expected = vec![Bytes::from("four"), Bytes::from("one")];
+        assert_eq!(replica_keys(2, Bugs::default()).await, expected);
+        assert_eq!(replica_keys(64, Bugs::default()).await, expected);
+    }
+
+    /// With `session-bound-local` planted, the replica that keeps 64 sessions applies the
+    /// write its peers refuse: the replicas diverge.
+    #[tokio::test]
+    async fn with_the_bound_local_the_replicas_diverge() {
+        let mut bugs = Bugs::default();
+        bugs.plant(Bug::SessionBoundLocal);
+        assert_eq!(
+            replica_keys(2, bugs.clone()).await,
+            vec![Bytes::from("four"), Bytes::from("one")]
+        );
+        assert_eq!(
+            replica_keys(64, bugs).await,
+            vec![Bytes::from("four"), Bytes::from("one"), Bytes::from("two")]
         );
     }
 }
