@@ -353,7 +353,7 @@ impl SimConfig {
         let uneven =
             self.sessions_max_uneven || (drawn.is_some() && self.sessions_max_fixed.is_none());
         let bound = drawn.unwrap_or(self.node.sessions_max);
-        if uneven && id % 2 == 0 {
+        if uneven && id.is_multiple_of(2) {
             bound + self.run_clients() as usize
         } else {
             bound
