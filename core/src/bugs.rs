@@ -129,6 +129,10 @@ pub enum Bug {
     /// configured with different bounds forget different sessions, and a write of a session
     /// one forgot is applied by the others.
     SessionBoundLocal,
+    /// Repairs (center): a table written from a repair answered "done" is trusted for good,
+    /// so when the answer was wrong (a deposed leader's) the table keeps a replica that is no
+    /// member of its group, and the group's leader reporting otherwise is ignored.
+    FinishedRepairTrusted,
     /// Lanes (storage): a SET in the slow write lane (a large value) is answered `OK` as soon
     /// as it has its place and is handed to Raft, not once it commits ("big writes need not
     /// wait"), so a read after the acknowledgement can miss it, and a leader change loses it.
@@ -200,7 +204,7 @@ pub enum Bug {
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 46] = [
+    pub const ALL: [Bug; 47] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -247,6 +251,7 @@ impl Bug {
         Bug::CoalescedRepliesShifted,
         Bug::ReplaceDoneUnconfirmed,
         Bug::SessionBoundLocal,
+        Bug::FinishedRepairTrusted,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -298,6 +303,7 @@ impl Bug {
             Bug::CoalescedRepliesShifted => "coalesced-replies-shifted",
             Bug::ReplaceDoneUnconfirmed => "replace-done-unconfirmed",
             Bug::SessionBoundLocal => "session-bound-local",
+            Bug::FinishedRepairTrusted => "finished-repair-trusted",
         }
     }
 }

@@ -378,8 +378,10 @@ struct SimArgs {
     report_dir: Option<std::path::PathBuf>,
     /// Plant one bug of the catalog (`larder_core::bugs`) in every node, center, proxy and
     /// client; the seeds should now fail. Needs a build with `--features planted-bugs`.
+    /// Repeated, plants each (a bug whose effect another layer repairs is caught with the
+    /// repair's own bug planted beside it).
     #[arg(long, value_parser = parse_bug)]
-    bug: Option<Bug>,
+    bug: Vec<Bug>,
     /// Run every seed with no bug (each must pass) and then with each bug of the catalog, and
     /// print which seeds caught which bug. Needs a build with `--features planted-bugs`.
     #[arg(long, conflicts_with = "bug")]
@@ -491,7 +493,7 @@ fn replay_with_plan(args: &SimArgs, seed: u64, plan: Option<&std::path::Path>) -
     } else if args.backup {
         command.push_str(" --backup");
     }
-    if let Some(bug) = args.bug {
+    for bug in &args.bug {
         command.push_str(&format!(" --bug {bug}"));
     }
     if let Some(plan) = plan {
@@ -600,7 +602,7 @@ fn sim(args: SimArgs) -> anyhow::Result<bool> {
         if plan.is_some() {
             config.plan = plan.clone();
         }
-        if let Some(bug) = args.bug {
+        for &bug in &args.bug {
             config.bugs.try_plant(bug)?;
         }
         if args.print_plan {

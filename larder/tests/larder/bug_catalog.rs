@@ -142,6 +142,14 @@ enum Plans {
     /// what the archiver read, each group behind by a seeded lag, into a model target that
     /// must end equal to the source.
     SwarmSync,
+    /// Swarm cluster plans with `finished-repair-trusted` planted beside the row's bug: the
+    /// center trusts a repair answered "done", so a node's wrong "done" keeps its effect (the
+    /// center's check of its table against the group's leader undoes it otherwise).
+    SwarmRepairTrusted,
+    /// Swarm cluster plans with `replace-done-unconfirmed` planted beside the row's bug: a
+    /// deposed leader answers a voter replacement "done" from its own membership, so the
+    /// center's check of such a table is what keeps the run right.
+    SwarmReplaceUnconfirmed,
 }
 
 /// One cluster run of `seed` as a child process (`larder::child`, which also tells a crash
@@ -214,6 +222,12 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
     }
     if plans == Plans::SwarmSlowWrites {
         words.extend(["--slow-write-bytes".to_string(), "0".to_string()]);
+    }
+    if plans == Plans::SwarmRepairTrusted {
+        words.extend(["--bug", "finished-repair-trusted"].map(String::from));
+    }
+    if plans == Plans::SwarmReplaceUnconfirmed {
+        words.extend(["--bug", "replace-done-unconfirmed"].map(String::from));
     }
     if let Some(bug) = bug {
         words.extend(["--bug".to_string(), bug.to_string()]);
@@ -413,5 +427,13 @@ catalog! {
     // without the bug. Searched from 30: the seeds before the catch would cost CI a minute.
     // The scripted scenario `larder_sim::scenario::deposed_leader_replace` asks a deposed
     // leader exactly that question and catches it on every run (`sim/tests/sim/scripted.rs`).
-    replace_done_unconfirmed: "replace-done-unconfirmed", 30..=40, Swarm;
+    // Since stop 59 the center undoes such a table once the group's leader contradicts it
+    // (`View::adoption_doubted`), so seed 34 catches the bug only with the center's check off
+    // (`finished-repair-trusted` planted beside); it passes with that one alone.
+    replace_done_unconfirmed: "replace-done-unconfirmed", 30..=40, SwarmRepairTrusted;
+    // The center's check of a table written from a finished repair, off: with deposed leaders
+    // answering replacements "done" (`replace-done-unconfirmed` beside), seed 34's table keeps
+    // a replica that is no member of group 4, which never catches up. Passes with
+    // `replace-done-unconfirmed` alone.
+    finished_repair_trusted: "finished-repair-trusted", 30..=40, SwarmReplaceUnconfirmed;
 }

@@ -38,6 +38,8 @@ pub(crate) struct Soft {
     pub(crate) repairs: BTreeMap<GroupId, RepairInFlight>,
     pub(crate) finished: BTreeMap<GroupId, RepairInFlight>,
     pub(crate) adopted_through: BTreeMap<GroupId, u64>,
+    /// When each group's replicas were last written into the table (`Action::Adopt`).
+    pub(crate) adopted_at: BTreeMap<GroupId, Duration>,
     /// Group -> until when its leadership is left alone.
     pub(crate) cooling: BTreeMap<GroupId, Duration>,
     /// (node, group) -> since when the node hosts the group without being a member.

@@ -236,6 +236,24 @@ impl<E: Env> Center<E> {
             .collect();
         soft.cooling.retain(|_, until| *until > now);
         let settled = timeout.saturating_mul(2);
+        // Tables written long enough ago that a group's leader has reported since (see
+        // `View::adoption_doubted`); the groups the table no longer has are forgotten.
+        soft.adopted_at.retain(|group, _| {
+            durable
+                .routing
+                .as_ref()
+                .is_some_and(|t| t.route(*group).is_some())
+        });
+        let adoption_doubted = if self.config.bugs.is_planted(Bug::FinishedRepairTrusted) {
+            // Planted bug: a table written from a finished repair is never doubted.
+            BTreeSet::new()
+        } else {
+            soft.adopted_at
+                .iter()
+                .filter(|(_, at)| now.saturating_sub(**at) >= settled)
+                .map(|(group, _)| *group)
+                .collect()
+        };
         let settled_down = nodes
             .iter()
             .filter(|(id, v)| {
@@ -253,6 +271,7 @@ impl<E: Env> Center<E> {
             repairs: soft.repairs.clone(),
             finished: soft.finished.clone(),
             adopted_through: soft.adopted_through.clone(),
+            adoption_doubted,
             cooling: soft.cooling.keys().copied().collect(),
             stale,
             settled_down,
@@ -296,6 +315,7 @@ impl<E: Env> Center<E> {
                     .map(|m| m.index);
                 let mut soft = self.soft.lock().expect("soft lock");
                 soft.finished.remove(&group);
+                soft.adopted_at.insert(group, now);
                 // No membership known (a never-formed group placed anew): the first one reported
                 // later, even at log index 0, must still be adopted.
                 match through {

@@ -168,6 +168,14 @@ pub struct View {
     /// already updated past them (from a finished repair) and a heartbeat sent before that
     /// must not roll it back.
     pub adopted_through: BTreeMap<GroupId, u64>,
+    /// Groups whose replicas were written into the table long enough ago (two failure
+    /// timeouts) that their leader has reported since. For these, a committed membership the
+    /// leader reports that differs from the table is adopted even at or below
+    /// `adopted_through`: the table came from a repair answered "done" that never committed
+    /// (a deposed leader answered it, cluster swarm seed 34 of stop 58), and a real one
+    /// would show at a higher index by now. Without this the table kept a replica that was
+    /// never a member, which was never dropped nor caught up.
+    pub adoption_doubted: BTreeSet<GroupId>,
     /// Groups whose leadership moved recently; left alone until their leader settles.
     pub cooling: BTreeSet<GroupId>,
     /// (node, group) pairs where the node has hosted the group without being a member (of the
@@ -787,8 +795,20 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
                                     .map(|n| if *n == repair.old { repair.new } else { *n })
                                     .collect::<BTreeSet<NodeId>>()
                     });
+                    // The group's leader reports this very membership, long after the table
+                    // was written (`View::adoption_doubted`).
+                    let leader_contradicts = view.adoption_doubted.contains(&group)
+                        && fact.leader.is_some_and(|leader| {
+                            view.nodes
+                                .get(&leader)
+                                .and_then(|node| node.heard.as_ref())
+                                .and_then(|heard| heard.groups.get(&group))
+                                .and_then(|status| status.membership.as_ref())
+                                == Some(m)
+                        });
                     if (!view.repairs.contains_key(&group) || repair_landed)
-                        && adopted_through.is_none_or(|through| m.index > through)
+                        && (adopted_through.is_none_or(|through| m.index > through)
+                            || leader_contradicts)
                         && !committed.is_empty()
                     {
                         actions.push(Action::Adopt {
@@ -1324,6 +1344,48 @@ mod tests {
                 .any(|a| matches!(a, Action::Adopt { group: 3, .. })),
             "in sync: {actions:?}"
         );
+    }
+
+    /// The table says {3,4,2} for group 3, written from a repair of 1 by 2 that a deposed
+    /// leader answered "done", while the group, led by 3, still reports {3,4,1} at index 10,
+    /// the index the table was written through. Trusted at first (a real repair's membership
+    /// may not be reported yet); once doubted (`View::adoption_doubted`), the leader's report
+    /// is written back.
+    #[test]
+    fn a_table_from_a_repair_its_leader_contradicts_is_undone_once_doubted() {
+        let mut view = healthy();
+        let table = view
+            .routing
+            .as_ref()
+            .unwrap()
+            .with_replicas(3, vec![3, 4, 2])
+            .unwrap();
+        view.routing = Some(table);
+        view.adopted_through.insert(3, 10);
+        let adopts = |view: &View| -> Vec<Action> {
+            plan(view, &config())
+                .into_iter()
+                .filter(|a| matches!(a, Action::Adopt { group: 3, .. }))
+                .collect()
+        };
+        assert_eq!(adopts(&view), vec![], "trusted until doubted");
+        view.adoption_doubted.insert(3);
+        assert_eq!(
+            adopts(&view),
+            vec![Action::Adopt {
+                group: 3,
+                replicas: vec![3, 4, 1]
+            }]
+        );
+        // Only the leader's own report counts: with no live leader, nothing is written back.
+        for node in view.nodes.values_mut() {
+            if let Some(heard) = node.heard.as_mut()
+                && let Some(s) = heard.groups.get_mut(&3)
+            {
+                s.is_leader = false;
+            }
+        }
+        assert_eq!(adopts(&view), vec![]);
     }
 
     #[test]
