@@ -20,7 +20,9 @@ use larder_storage::StorageNode;
 use crate::clock::SimClock;
 use crate::env::SimEnv;
 use crate::net::{NetFaults, SimNet, host_name};
-use crate::run::{NodeParts, SimConfig, SimError, build_sim, current_leader, register_nodes};
+use crate::run::{
+    NodeParts, NodeSlot, SimConfig, SimError, build_sim, current_leader, register_nodes,
+};
 use crate::trace::{Trace, sim_now};
 use crate::workload::{GROUP, client_id};
 
@@ -434,6 +436,20 @@ fn partition_the_leader(
     Ok((old, new_leader))
 }
 
+/// Each running node's digest of [`GROUP`] (applied index, state hash).
+async fn group_digests(slots: &[(NodeId, NodeSlot)]) -> BTreeMap<NodeId, (u64, u64)> {
+    let mut digests = BTreeMap::new();
+    for (id, slot) in slots {
+        let node = slot.lock().expect("slot lock").clone();
+        if let Some(node) = node
+            && let Ok(digest) = node.state_digest(GROUP).await
+        {
+            digests.insert(*id, digest);
+        }
+    }
+    digests
+}
+
 fn drop_nodes(parts: &[NodeParts]) {
     for part in parts {
         part.slot.lock().expect("slot lock").take();
@@ -513,16 +529,7 @@ pub fn replace_voter(seed: u64) -> Result<MembershipOutcome, SimError> {
             }
             outcome.lock().expect("outcome lock").writes_after_crash = acknowledged;
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let mut digests = BTreeMap::new();
-            for (id, slot) in &slots {
-                let node = slot.lock().expect("slot lock").clone();
-                if let Some(node) = node
-                    && let Ok(digest) = node.state_digest(GROUP).await
-                {
-                    digests.insert(*id, digest);
-                }
-            }
-            outcome.lock().expect("outcome lock").digests = digests;
+            outcome.lock().expect("outcome lock").digests = group_digests(&slots).await;
             Ok(())
         });
     }
@@ -696,16 +703,7 @@ pub fn forgotten_session(
         record("a: get k", a.execute(Command::get("k")).await);
         // Every replica has applied everything by now (no faults, an idle second).
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut digests = BTreeMap::new();
-        for (id, slot) in &slots {
-            let node = slot.lock().expect("slot lock").clone();
-            if let Some(node) = node
-                && let Ok(digest) = node.state_digest(GROUP).await
-            {
-                digests.insert(*id, digest);
-            }
-        }
-        recorded.lock().expect("outcome lock").digests = digests;
+        recorded.lock().expect("outcome lock").digests = group_digests(&slots).await;
         Ok(())
     });
     finish(&mut sim)?;

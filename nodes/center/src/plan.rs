@@ -1299,6 +1299,12 @@ mod tests {
         );
     }
 
+    /// `view`'s table with group 3's replicas `replicas` (what the reports say is unchanged).
+    fn group_3_as(view: &mut View, replicas: Vec<NodeId>) {
+        let table = view.routing.as_ref().unwrap().with_replicas(3, replicas);
+        view.routing = Some(table.unwrap());
+    }
+
     #[test]
     fn a_finished_repair_is_written_and_not_rolled_back_by_older_reports() {
         let mut view = healthy();
@@ -1311,15 +1317,9 @@ mod tests {
         }));
 
         // The table now says {3,4,2}; heartbeats still carry membership {3,4,1} at index 10.
-        let table = view
-            .routing
-            .as_ref()
-            .unwrap()
-            .with_replicas(3, vec![3, 4, 2])
-            .unwrap();
         let mut later = healthy();
         later.nodes.insert(1, down(1));
-        later.routing = Some(table);
+        group_3_as(&mut later, vec![3, 4, 2]);
         later.adopted_through.insert(3, 10);
         let actions = plan(&later, &config());
         assert!(
@@ -1354,13 +1354,7 @@ mod tests {
     #[test]
     fn a_table_from_a_repair_its_leader_contradicts_is_undone_once_doubted() {
         let mut view = healthy();
-        let table = view
-            .routing
-            .as_ref()
-            .unwrap()
-            .with_replicas(3, vec![3, 4, 2])
-            .unwrap();
-        view.routing = Some(table);
+        group_3_as(&mut view, vec![3, 4, 2]);
         view.adopted_through.insert(3, 10);
         let adopts = |view: &View| -> Vec<Action> {
             plan(view, &config())

@@ -43,7 +43,7 @@ pub use config::{
     proxy_id,
 };
 pub use hosts::ProxyTotals;
-pub(crate) use hosts::{NodeParts, current_leader, register_nodes, register_proxies};
+pub(crate) use hosts::{NodeParts, NodeSlot, current_leader, register_nodes, register_proxies};
 pub use operator::{OPERATOR_ID, OperatorLog, PlannedMove, PlannedSteer, SteerAction};
 pub use report::{AppliedFault, Load, OpCounts, RunReport, check_determinism, check_seed};
 pub use verdict::{Digest, Linearizability, Violation};
