@@ -135,3 +135,23 @@ impl From<ReadBatch> for Request {
         Request::ReadBatch(batch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SessionSeq;
+
+    /// A registration is any session-0 pair: as the client sends it (no bound) and as the
+    /// leader logs it (its bound, at least 1); a session's own writes are never one.
+    #[test]
+    fn registrations_carry_their_bound_and_nothing_else_is_one() {
+        assert!(SessionSeq::REGISTER.is_register());
+        assert_eq!(SessionSeq::REGISTER.register_bound(), None);
+        let logged = SessionSeq::register_bounded(4096);
+        assert!(logged.is_register());
+        assert_eq!(logged.register_bound(), Some(4096));
+        assert_eq!(SessionSeq::register_bounded(0).register_bound(), Some(1));
+        let write = SessionSeq { session: 7, seq: 3 };
+        assert!(!write.is_register());
+        assert_eq!(write.register_bound(), None);
+    }
+}
