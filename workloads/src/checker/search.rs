@@ -152,9 +152,13 @@ pub(super) fn search(
                 .memory_max
                 .is_some_and(|max| cache.bytes() + interner.bytes() > max)
         {
+            // Which part holds the memory (the memo's configurations, or the states' values:
+            // whole strings for an appended key) says which model to make cheaper.
             return Search::Unknown(format!(
-                "memory budget exhausted after {} states on this key",
-                meter.states - states_before
+                "memory budget exhausted after {} states on this key (memo {} MiB, values {} MiB)",
+                meter.states - states_before,
+                cache.bytes() >> 20,
+                interner.bytes() >> 20
             ));
         }
         if entry == NIL || !is_call[entry as usize] {
