@@ -682,3 +682,131 @@ proptest! {
         prop_assert!(report.is_not_linearizable(), "{}", report);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Appends: the register model keeps an appended string as (the state appended to, the
+// suffix), so a string two orders of appends build, or a write or a read names whole, must
+// still be one state. On small histories of appends, writes and reads of short strings, the
+// checker agrees with a brute-force search over every order.
+
+/// What a read of the appended key returned: nothing, or one of these strings.
+const READ_STRINGS: [&str; 8] = ["", "a", "b", "ab", "ba", "aa", "abab", "aab"];
+
+/// With `append_only`, no writes: the checker then cuts the search by the longest read.
+fn append_history(raws: &[Raw], append_only: bool) -> Vec<Operation> {
+    let mut ops = small_history(raws, false);
+    for (op, r) in ops.iter_mut().zip(raws) {
+        let pick = (r.a * 3 + r.b) as usize;
+        let (f, value, output) = match r.f {
+            0 => (
+                Function::Read,
+                Value::Null,
+                match pick {
+                    0 => Value::Null,
+                    n => Value::Str(READ_STRINGS[n - 1].into()),
+                },
+            ),
+            1 if !append_only => (
+                Function::Write,
+                Value::Str(["a", "ab", ""][r.a as usize].into()),
+                Value::Null,
+            ),
+            // The empty append matters: on a missing key it makes "" (a key), not nothing.
+            _ => (
+                Function::Append,
+                Value::Str(
+                    if r.b == 2 {
+                        ""
+                    } else {
+                        ["a", "b", "ab"][r.a as usize]
+                    }
+                    .into(),
+                ),
+                Value::Null,
+            ),
+        };
+        op.f = f;
+        op.value = value;
+        if op.outcome == Outcome::Ok {
+            op.output = output;
+        }
+        // Appends and writes do not fail in this model: a failed one did not happen.
+        if op.outcome == Outcome::Fail {
+            op.outcome = Outcome::Info;
+        }
+    }
+    ops
+}
+
+fn brute_force_appends(ops: &[Operation]) -> bool {
+    #[derive(Debug)]
+    enum Act {
+        Read(Option<String>),
+        Write(String),
+        Append(String),
+    }
+    let text = |v: &Value| match v {
+        Value::Str(s) => Some(s.clone()),
+        _ => None,
+    };
+    // (call, return or None for never, definite, operation)
+    let items: Vec<(u64, Option<u64>, bool, Act)> = ops
+        .iter()
+        .filter(|op| op.outcome == Outcome::Ok || op.f != Function::Read)
+        .map(|op| {
+            let definite = op.outcome == Outcome::Ok;
+            let act = match op.f {
+                Function::Read => Act::Read(text(&op.output)),
+                Function::Write => Act::Write(text(&op.value).unwrap()),
+                _ => Act::Append(text(&op.value).unwrap()),
+            };
+            (
+                op.invoke_ns,
+                definite.then_some(op.complete_ns).flatten(),
+                definite,
+                act,
+            )
+        })
+        .collect();
+    fn go(items: &[(u64, Option<u64>, bool, Act)], used: u32, state: Option<String>) -> bool {
+        if items
+            .iter()
+            .enumerate()
+            .all(|(i, it)| !it.2 || used & (1 << i) != 0)
+        {
+            return true;
+        }
+        items.iter().enumerate().any(|(x, item)| {
+            let blocked = items.iter().enumerate().any(|(y, other)| {
+                y != x && used & (1 << y) == 0 && other.2 && other.1.is_some_and(|r| r < item.0)
+            });
+            if used & (1 << x) != 0 || blocked {
+                return false;
+            }
+            let next = match &item.3 {
+                Act::Read(seen) => (state == *seen).then(|| state.clone()),
+                Act::Write(v) => Some(Some(v.clone())),
+                Act::Append(s) => Some(Some(state.clone().unwrap_or_default() + s)),
+            };
+            next.is_some_and(|next| go(items, used | (1 << x), next))
+        })
+    }
+    go(&items, 0, None)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn appends_agree_with_brute_force(
+        raws in prop::collection::vec(raw(), 1..9),
+        append_only in any::<bool>(),
+    ) {
+        let ops = append_history(&raws, append_only);
+        let config = CheckConfig::default();
+        let expected = brute_force_appends(&ops);
+        let report = check_operations(&ops, &config, &Budget::unlimited());
+        prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
+        prop_assert_eq!(report.is_not_linearizable(), !expected, "{}", report);
+    }
+}

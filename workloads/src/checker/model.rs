@@ -168,8 +168,15 @@ pub(super) struct COp {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Interner {
     ids: BTreeMap<Value, u64>,
-    values: Vec<Value>,
+    values: Vec<Interned>,
     appended: BTreeMap<(u64, u64), u64>,
+    /// Every whole string by its length and [`TextHash`], so that a string reached by appends
+    /// gets the id of the equal string a read returned or a write or cas named: the search
+    /// compares states by id. (Two orders of appends that build one string, which no operation
+    /// names whole, may keep two ids: the search then explores that state twice, never
+    /// concluding differently, as every step sees only its text or compares it with a whole
+    /// value's id.) The last part tells apart strings whose length and hash collide.
+    by_text: BTreeMap<(usize, TextHash, u32), u64>,
     /// TTL states as integers (the TTL model's state is an index here).
     ttl_ids: BTreeMap<TtlState, u64>,
     ttl_states: Vec<TtlState>,
@@ -184,10 +191,59 @@ pub(super) struct Interner {
     /// Lock states as integers (the lock model's state is an index here).
     lock_ids: BTreeMap<LockState, u64>,
     lock_states: Vec<LockState>,
-    /// Roughly what the interned values hold on the heap: a list's states are whole strings,
-    /// one per distinct prefix explored, so on a long contended list this outgrows the memo
-    /// table and must count against the search's memory budget.
+    /// Roughly what the whole values hold on the heap (appended states are counted per state
+    /// in [`Interner::bytes`]: they hold no text).
     bytes: usize,
+    /// On a key only appended to and read: the longest text a read returned. Such a key's
+    /// text only grows, so every state of a linearization is a prefix of that read's text or
+    /// extends it ([`Interner::fits_bound`]); an append that makes any other text is cut off at once instead of being
+    /// explored through every order of the appends in flight (a 24-client appended key once
+    /// ran the search out of memory after 5.8 million states).
+    append_bound: Option<String>,
+}
+
+/// One interned register value.
+#[derive(Debug, Clone)]
+enum Interned {
+    Whole(Value),
+    /// A string built by an append: the state it was appended to and the appended value. It
+    /// holds no text of its own, so an appended key's state costs the same few dozen bytes
+    /// however long the string grows (as whole strings, a 24-client appended key's states
+    /// once took 968 MiB of a 1 GiB budget); the text is rebuilt by walking the parents only
+    /// to tell two strings with one hash apart.
+    Appended {
+        parent: u64,
+        suffix: u64,
+        len: usize,
+        hash: TextHash,
+    },
+}
+
+/// FNV-1a over a string's bytes (64 bits; equal hashes are confirmed by the texts). It is streamed: the hash of `s` followed by
+/// `t` is the hash of `s` fed on with `t`, so an appended state's hash costs its suffix only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TextHash(u64);
+
+impl TextHash {
+    const EMPTY: TextHash = TextHash(0xcbf2_9ce4_8422_2325);
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    fn feed(self, text: &str) -> TextHash {
+        TextHash(
+            text.bytes()
+                .fold(self.0, |h, b| (h ^ u64::from(b)).wrapping_mul(Self::PRIME)),
+        )
+    }
+}
+
+/// What appending to (or appending) a value means: a missing key is the empty string, a
+/// number its decimal text.
+fn append_text(value: &Value) -> std::borrow::Cow<'_, str> {
+    match value {
+        Value::Null => "".into(),
+        Value::Str(s) => s.as_str().into(),
+        other => other.to_string().into(),
+    }
 }
 
 /// Heap bytes of one interned value, roughly (each is held twice: map key and vector).
@@ -205,17 +261,83 @@ impl Interner {
         if let Some(&id) = self.ids.get(value) {
             return id;
         }
+        // Whole values are interned when the history is compiled, before the search appends:
+        // an appended state equal to a string interned later would keep its own id, and a read
+        // of that string would not match it.
+        assert!(
+            !matches!(value, Value::Str(_)) || self.appended.is_empty(),
+            "a string interned after appends began: {value}"
+        );
         let id = self.values.len() as u64;
         self.bytes += value_bytes(value);
         self.ids.insert(value.clone(), id);
-        self.values.push(value.clone());
+        self.values.push(Interned::Whole(value.clone()));
+        if let Value::Str(text) = value {
+            self.register_text(text.len(), TextHash::EMPTY.feed(text), id);
+        }
         id
+    }
+
+    /// The string state of this length and hash for which `same` holds, if one is interned.
+    fn find_text(
+        &self,
+        len: usize,
+        hash: TextHash,
+        same: impl Fn(&Self, u64) -> bool,
+    ) -> Option<u64> {
+        self.by_text
+            .range((len, hash, 0)..=(len, hash, u32::MAX))
+            .map(|(_, &id)| id)
+            .find(|&id| same(self, id))
+    }
+
+    fn register_text(&mut self, len: usize, hash: TextHash, id: u64) {
+        let taken = self
+            .by_text
+            .range((len, hash, 0)..=(len, hash, u32::MAX))
+            .count();
+        self.by_text.insert((len, hash, taken as u32), id);
+    }
+
+    /// The length and hash of a string state's text (of what appending to `id` extends).
+    fn text_key(&self, id: u64) -> (usize, TextHash) {
+        match &self.values[id as usize] {
+            Interned::Appended { len, hash, .. } => (*len, *hash),
+            Interned::Whole(value) => {
+                let text = append_text(value);
+                (text.len(), TextHash::EMPTY.feed(&text))
+            }
+        }
+    }
+
+    /// The whole text of a string state, rebuilt from its parents.
+    fn text(&self, id: u64) -> String {
+        let mut suffixes = Vec::new();
+        let mut at = id;
+        while let Interned::Appended { parent, suffix, .. } = &self.values[at as usize] {
+            suffixes.push(*suffix);
+            at = *parent;
+        }
+        let Interned::Whole(root) = &self.values[at as usize] else {
+            unreachable!("the walk stops at a whole value")
+        };
+        let mut text = append_text(root).into_owned();
+        for suffix in suffixes.iter().rev() {
+            match &self.values[*suffix as usize] {
+                Interned::Whole(value) => text.push_str(&append_text(value)),
+                Interned::Appended { .. } => text.push_str(&self.text(*suffix)),
+            }
+        }
+        text
     }
 
     /// Roughly the heap bytes the interned values hold.
     pub(super) fn bytes(&self) -> usize {
+        let appended_states = self.values.len() - self.ids.len();
         self.bytes
+            + appended_states * std::mem::size_of::<Interned>()
             + self.appended.len() * 64
+            + self.by_text.len() * 64
             + self.ttl_states.len() * 96
             + self.lock_states.len() * 96
             + self.coll_bytes
@@ -252,27 +374,85 @@ impl Interner {
         id
     }
 
-    fn value(&self, id: u64) -> &Value {
-        &self.values[id as usize]
+    /// A whole value; `None` for a string built by appends (only the register model appends).
+    fn value(&self, id: u64) -> Option<&Value> {
+        match &self.values[id as usize] {
+            Interned::Whole(value) => Some(value),
+            Interned::Appended { .. } => None,
+        }
     }
 
-    fn append(&mut self, state: u64, suffix: u64) -> u64 {
+    /// The state `suffix` appended to `state` makes, `None` when its text cannot be one of
+    /// a linearization's ([`Interner::append_bound`]).
+    fn append(&mut self, state: u64, suffix: u64) -> Option<u64> {
         if let Some(&id) = self.appended.get(&(state, suffix)) {
-            return id;
+            return (id != NO_STATE).then_some(id);
         }
-        let mut text = match &self.values[state as usize] {
-            Value::Null => String::new(),
-            Value::Str(s) => s.clone(),
-            other => other.to_string(),
+        if !self.fits_bound(state, suffix) {
+            self.appended.insert((state, suffix), NO_STATE);
+            return None;
+        }
+        let (len, hash) = self.text_key(state);
+        let (len, hash) = match &self.values[suffix as usize] {
+            Interned::Whole(value) => {
+                let text = append_text(value);
+                (len + text.len(), hash.feed(&text))
+            }
+            Interned::Appended { .. } => {
+                let text = self.text(suffix);
+                (len + text.len(), hash.feed(&text))
+            }
         };
-        match &self.values[suffix as usize] {
-            Value::Str(s) => text.push_str(s),
-            Value::Null => {}
-            other => text.push_str(&other.to_string()),
-        }
-        let id = self.id(&Value::Str(text));
+        // A read, a write or a cas may name this string whole: then it is that value's state.
+        // The texts are compared only when length and hash agree.
+        let found = self.find_text(len, hash, |this, id| {
+            this.text(id) == this.text(state) + &this.text_of_suffix(suffix)
+        });
+        let id = found.unwrap_or_else(|| {
+            self.values.push(Interned::Appended {
+                parent: state,
+                suffix,
+                len,
+                hash,
+            });
+            self.values.len() as u64 - 1
+        });
         self.appended.insert((state, suffix), id);
-        id
+        Some(id)
+    }
+
+    /// Whether `state` with `suffix` appended can be a state of a linearization: a prefix of
+    /// the append bound, or an extension of a state that reached it. (A text that jumps from
+    /// a prefix past the bound skips the state the longest read saw, which is still to come,
+    /// as the text was shorter than what it read.) An appended `state` fitted when it was
+    /// made, so only its suffix is compared.
+    fn fits_bound(&self, state: u64, suffix: u64) -> bool {
+        let Some(bound) = &self.append_bound else {
+            return true;
+        };
+        let bound = bound.as_bytes();
+        let (len, parent_fits) = match &self.values[state as usize] {
+            Interned::Appended { len, .. } => (*len, true),
+            Interned::Whole(value) => {
+                let text = append_text(value);
+                let text = text.as_bytes();
+                (
+                    text.len(),
+                    bound.starts_with(text) || text.starts_with(bound),
+                )
+            }
+        };
+        if !parent_fits || len >= bound.len() {
+            return parent_fits;
+        }
+        bound[len..].starts_with(self.text_of_suffix(suffix).as_bytes())
+    }
+
+    fn text_of_suffix(&self, suffix: u64) -> String {
+        match &self.values[suffix as usize] {
+            Interned::Whole(value) => append_text(value).into_owned(),
+            Interned::Appended { .. } => self.text(suffix),
+        }
     }
 }
 
@@ -384,12 +564,35 @@ pub(super) fn compile(
     }
     if kind == ModelKind::Register {
         drop_unobservable(&mut compiled);
+        interner.append_bound = append_bound(&compiled, &interner);
     }
     Ok(Compiled {
         ops: compiled,
         initial,
         interner,
     })
+}
+
+/// The id of no state: an append cut off by the append bound, remembered as such.
+const NO_STATE: u64 = u64::MAX;
+
+/// The longest text a read of this register returned, when its only updates are appends
+/// and every value read or appended is text (see [`Interner::append_bound`]).
+fn append_bound(ops: &[COp], interner: &Interner) -> Option<String> {
+    let mut longest = String::new();
+    let mut appends = false;
+    for op in ops {
+        match op.step {
+            Step::Append(_) => appends = true,
+            Step::Read(id) => match interner.value(id) {
+                Some(Value::Str(text)) if text.len() > longest.len() => longest = text.clone(),
+                Some(Value::Str(_) | Value::Null) => {}
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+    appends.then_some(longest)
 }
 
 /// Drops indeterminate writes (and indeterminate cas) whose value nothing observes: no read
@@ -628,7 +831,7 @@ fn apply_ttl(step: Step, state: u64, interner: &mut Interner) -> Option<u64> {
 /// The sub-keys of a multi-key state (`[[name, value], ...]`, by name, missing ones left out).
 fn multi_entries(interner: &Interner, state: u64) -> BTreeMap<Value, Value> {
     match interner.value(state) {
-        Value::List(pairs) => pairs
+        Some(Value::List(pairs)) => pairs
             .iter()
             .filter_map(|pair| pair.as_pair())
             .map(|(name, value)| (name.clone(), value.clone()))
@@ -647,7 +850,7 @@ fn multi_state(interner: &mut Interner, entries: BTreeMap<Value, Value>) -> u64 
 
 fn names(interner: &Interner, id: u64) -> Vec<Value> {
     match interner.value(id) {
-        Value::List(names) => names.clone(),
+        Some(Value::List(names)) => names.clone(),
         _ => Vec::new(),
     }
 }
@@ -670,7 +873,7 @@ fn apply_multi(step: Step, state: u64, interner: &mut Interner) -> Option<u64> {
                 .iter()
                 .map(|name| entries.get(name).cloned().unwrap_or_default())
                 .collect();
-            (interner.value(values) == &Value::List(seen)).then_some(state)
+            (interner.value(values) == Some(&Value::List(seen))).then_some(state)
         }
         Step::MDel {
             names: asked,
@@ -697,7 +900,7 @@ pub(super) fn apply(step: Step, state: u64, interner: &mut Interner) -> Option<u
         Step::Cas { from, to } => (state == from).then_some(to),
         Step::CasMaybe { from, to } => Some(if state == from { to } else { state }),
         Step::CasMismatch { from } => (state != from).then_some(state),
-        Step::Append(suffix) => Some(interner.append(state, suffix)),
+        Step::Append(suffix) => interner.append(state, suffix),
         Step::Add(delta) => Some((state as i64).wrapping_add(delta) as u64),
         Step::CounterRead(n) => (state as i64 == n).then_some(state),
         Step::TtlRead(_)
@@ -1184,5 +1387,100 @@ fn apply_lock(step: Step, state: LockState, _interner: &Interner) -> Option<Lock
             }
         }
         _ => unreachable!("not a lock step: {step:?}"),
+    }
+}
+
+#[cfg(test)]
+mod interner_tests {
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::Str(s.into())
+    }
+
+    /// One string, one id: however appends built it, when a read, write or cas names it.
+    #[test]
+    fn a_string_is_one_state_however_it_was_built() {
+        let mut interner = Interner::default();
+        let null = interner.id(&Value::Null);
+        let [a, b, ab, empty, read_aab, seven_text] =
+            ["a", "b", "ab", "", "aab", "7"].map(|s| interner.id(&text(s)));
+        let seven = interner.id(&Value::Int(7));
+        let just_a = interner.append(null, a).unwrap();
+        assert_eq!(just_a, a);
+        let a_then_ab = interner.append(just_a, ab).unwrap();
+        assert_eq!(a_then_ab, read_aab);
+        let aa = interner.append(just_a, a).unwrap();
+        let a_a_b = interner.append(aa, b).unwrap();
+        assert_eq!(a_a_b, read_aab);
+        // A string no operation names has its text, and an id of its own.
+        let just_b = interner.append(null, b).unwrap();
+        let b_b = interner.append(just_b, b).unwrap();
+        assert_eq!(interner.text(b_b), "bb");
+        assert!(interner.value(b_b).is_none());
+        // Appending nothing to a missing key makes the empty string, a key: not `Null`.
+        assert_eq!(interner.append(null, empty).unwrap(), empty);
+        assert_ne!(empty, null);
+        // A number appended to is its decimal text; the number is not that text.
+        let seven_a = interner.append(seven, a).unwrap();
+        assert_eq!(interner.text(seven_a), "7a");
+        assert_ne!(seven_text, seven);
+    }
+
+    #[test]
+    #[should_panic(expected = "interned after appends began")]
+    fn a_string_interned_after_appends_began_is_refused() {
+        let mut interner = Interner::default();
+        let [null, a] = [Value::Null, text("a")].map(|v| interner.id(&v));
+        interner.append(null, a).unwrap();
+        interner.id(&text("aa"));
+    }
+
+    /// An appended state costs the same however long its text: 200 appends of 2 kB each hold
+    /// 400 kB of text, which a whole-string state per prefix would hold 200 times over.
+    #[test]
+    fn appended_states_hold_no_text() {
+        let mut interner = Interner::default();
+        let mut state = interner.id(&Value::Null);
+        let suffixes: Vec<u64> = (0..200)
+            .map(|i| interner.id(&text(&format!("{i}{}", "x".repeat(2_000)))))
+            .collect();
+        let before = interner.bytes();
+        for suffix in suffixes {
+            state = interner.append(state, suffix).unwrap();
+        }
+        let per_state = (interner.bytes() - before) / 200;
+        assert!(per_state < 512, "{per_state} bytes per appended state");
+        assert_eq!(
+            interner.text(state).len(),
+            (0..200)
+                .map(|i: u32| 2_000 + i.to_string().len())
+                .sum::<usize>()
+        );
+    }
+
+    /// On a key only appended to and read, a text that is neither a prefix of the longest
+    /// read nor extends it is no state of any linearization: the append making it is cut off.
+    #[test]
+    fn appends_off_the_longest_read_are_cut_off() {
+        let mut interner = Interner::default();
+        let null = interner.id(&Value::Null);
+        let [a, b, longest, b_c] = ["a,", "b,", "a,b,", "b,c,"].map(|s| interner.id(&text(s)));
+        interner.append_bound = Some("a,b,".into());
+        let just_a = interner.append(null, a).unwrap();
+        assert_eq!(
+            interner.append(null, b),
+            None,
+            "b, first is no prefix of a,b,"
+        );
+        // Jumping from a prefix past the longest read skips the state it saw.
+        assert_eq!(interner.append(just_a, b_c), None);
+        assert_eq!(interner.append(just_a, b), Some(longest));
+        // Past the longest read anything goes: no read is left to constrain it.
+        let past = interner.append(longest, a).unwrap();
+        assert_eq!(interner.text(past), "a,b,a,");
+        assert!(interner.append(past, b).is_some());
+        // A cut-off append is remembered as such.
+        assert_eq!(interner.append(null, b), None);
     }
 }
