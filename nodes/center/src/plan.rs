@@ -338,6 +338,8 @@ pub(crate) struct GroupFacts {
     pub(crate) leader: Option<NodeId>,
     /// The term `leader` claimed it in.
     pub(crate) leader_term: u64,
+    /// The committed membership `leader` itself reported.
+    pub(crate) leader_membership: Option<MembershipStatus>,
     /// The committed membership with the highest log index any replica reported.
     pub(crate) membership: Option<MembershipStatus>,
     /// Some replica has a log or vote: the group was formed.
@@ -365,6 +367,7 @@ pub(crate) fn group_facts(nodes: &BTreeMap<NodeId, NodeView>) -> BTreeMap<GroupI
             {
                 fact.leader = Some(*id);
                 fact.leader_term = status.term;
+                fact.leader_membership = status.membership.clone();
             }
         }
     }
@@ -798,14 +801,7 @@ pub fn plan(view: &View, config: &PlanConfig) -> Vec<Action> {
                     // The group's leader reports this very membership, long after the table
                     // was written (`View::adoption_doubted`).
                     let leader_contradicts = view.adoption_doubted.contains(&group)
-                        && fact.leader.is_some_and(|leader| {
-                            view.nodes
-                                .get(&leader)
-                                .and_then(|node| node.heard.as_ref())
-                                .and_then(|heard| heard.groups.get(&group))
-                                .and_then(|status| status.membership.as_ref())
-                                == Some(m)
-                        });
+                        && fact.leader_membership.as_ref() == Some(m);
                     if (!view.repairs.contains_key(&group) || repair_landed)
                         && (adopted_through.is_none_or(|through| m.index > through)
                             || leader_contradicts)

@@ -339,7 +339,9 @@ impl SimConfig {
     /// them evict each other on every write: nothing but indeterminate writes, which only
     /// blinds the checker.)
     pub fn sessions_max(&self) -> usize {
-        self.sessions_max_drawn().unwrap_or(self.node.sessions_max)
+        self.sessions_max_fixed
+            .or_else(|| self.sessions_max_drawn())
+            .unwrap_or(self.node.sessions_max)
     }
 
     /// Node `id`'s bound on sessions: [`SimConfig::sessions_max`], except that with
@@ -349,23 +351,17 @@ impl SimConfig {
     /// (`larder_protocol::SessionSeq::register_bounded`), and a replica that evicted by its
     /// own would apply writes its peers refuse (planted bug `session-bound-local`).
     pub fn sessions_max_of(&self, id: NodeId) -> usize {
-        let drawn = self.sessions_max_drawn();
-        let uneven =
-            self.sessions_max_uneven || (drawn.is_some() && self.sessions_max_fixed.is_none());
-        let bound = drawn.unwrap_or(self.node.sessions_max);
-        if uneven && id.is_multiple_of(2) {
-            bound + self.run_clients() as usize
+        let drawn = self.sessions_max_fixed.is_none() && self.sessions_max_drawn().is_some();
+        if (self.sessions_max_uneven || drawn) && id.is_multiple_of(2) {
+            self.sessions_max() + self.run_clients() as usize
         } else {
-            bound
+            self.sessions_max()
         }
     }
 
-    /// The bound a test fixed, or the small one a third of the swarm seeds draw; `None`: the
-    /// node setting.
+    /// The small bound a third of the swarm seeds draw; `None`: this seed keeps the node
+    /// setting (or the one a test fixed).
     fn sessions_max_drawn(&self) -> Option<usize> {
-        if let Some(fixed) = self.sessions_max_fixed {
-            return Some(fixed);
-        }
         let mut rng = SeededRng::new(derive_seed(self.seed, 0x5e55_1045));
         if self.swarm && rng.chance(1.0 / 3.0) {
             let clients = self.run_clients().max(1);

@@ -88,6 +88,19 @@ fn pipelined_09() {
     check_pipelined_seed(9);
 }
 
+/// Swarm seeds with 24 clients at 600 operations a simulated second (`larder sim --clients 24
+/// --rate 600`): many appends to one list key in flight at once. Seed 2's history ended
+/// "unknown" (the checker's memory ran out after 826k states, whole strings for the list's
+/// states) until the longest read of an append-only key cut the orders of its appends short
+/// (`larder_workloads` checker, `Interner::append_bound`): now linearizable in a few thousand.
+#[test]
+fn contended_02() {
+    run_swarm_seed(2, " --clients 24 --rate 600", |config| {
+        config.clients = 24;
+        config.rate = Some(600);
+    });
+}
+
 /// Swarm seeds whose clients reconnect to their proxy after every second request
 /// (`larder sim --reconnect-every 2`), as clients that connect per request do: each new
 /// connection carries on the group sessions closed ones left (`larder_client::SessionPool`)
