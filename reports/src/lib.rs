@@ -105,10 +105,10 @@ pub fn summary_text(report: &RunReport, replay: &str) -> String {
         out,
         "load            {} clients{}{}: {:.0} ops/simulated s over the {:.0} s workload{}",
         load.clients,
-        if load.shape.contention {
-            ", contention"
-        } else {
-            ""
+        match (load.shape.contention, load.shape.contention_list) {
+            (true, true) => ", contention with a list",
+            (true, false) => ", contention",
+            _ => "",
         },
         if load.shape.read_heavy {
             ", read-heavy"

@@ -34,6 +34,10 @@ const READER_STREAM: u64 = 0x04ea_de45;
 /// The random stream a swarm seed draws its load shape from ([`LoadShape`]): its own, so a
 /// seed that picks neither shape runs exactly what it ran before the shapes existed.
 const SWARM_LOAD_STREAM: u64 = 0x10ad_5a9e;
+/// The random stream of whether a contention seed's clients share a list.
+const CONTENTION_LIST_STREAM: u64 = 0x11_57a9;
+/// Share of contention seeds whose clients also share a list.
+const CONTENTION_LIST_CHANCE: f64 = 0.5;
 /// Share of swarm seeds that run the contention shape, and the read-heavy shape.
 const CONTENTION_CHANCE: f64 = 0.25;
 const READ_HEAVY_CHANCE: f64 = 0.25;
@@ -71,8 +75,9 @@ pub const SWARM_STEER_CHANCE: f64 = 0.4;
 
 /// The load shape a swarm seed picks (each from [`SWARM_LOAD_STREAM`], independently).
 ///
-/// - `contention`: [`CONTENTION_CLIENTS`] clients on one register and one counter (no lists)
-///   (the TTL and multi-key families keep their own keys). Many writers on one key under
+/// - `contention`: [`CONTENTION_CLIENTS`] clients on one register and one counter, and in
+///   half of these seeds one list (`contention_list`, its own stream, so the other half run
+///   what they always did); the TTL and multi-key families keep their own keys. Many writers on one key under
 ///   crashes leave many writes indeterminate, and every indeterminate write stays open to the
 ///   end of the history, which the linearizability search pays for exponentially: eight
 ///   clients keep the per-key search of 20 s seeds within its budget (measured: README).
@@ -82,6 +87,7 @@ pub const SWARM_STEER_CHANCE: f64 = 0.4;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LoadShape {
     pub contention: bool,
+    pub contention_list: bool,
     pub read_heavy: bool,
 }
 
@@ -386,10 +392,12 @@ impl SimConfig {
         if shape.contention {
             workload.register_keys = 1;
             workload.counter_keys = 1;
-            // No lists: every append's outcome is part of the list's state, so eight clients
-            // appending to one list through faults (many indeterminate appends) give the
-            // checker more orders than it can search (swarm seed 484 ran out of its budget).
-            workload.list_keys = 0;
+            // In half of them, one list all of them append to. Every append's outcome is
+            // part of the list's state, so before the checker cut the appends' orders by the
+            // longest read (`larder_workloads` checker, the append bound, stop 60) contention
+            // seeds had no list: eight clients appending through faults gave it more orders
+            // than it could search (swarm seed 484 ran out of its budget).
+            workload.list_keys = u64::from(shape.contention_list);
         }
         if shape.read_heavy {
             let mix = &mut workload.mix;
@@ -549,9 +557,13 @@ impl SimConfig {
             return LoadShape::default();
         }
         let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_LOAD_STREAM));
+        let contention = rng.chance(CONTENTION_CHANCE);
+        let read_heavy = rng.chance(READ_HEAVY_CHANCE);
+        let mut list_rng = SeededRng::new(derive_seed(self.seed, CONTENTION_LIST_STREAM));
         LoadShape {
-            contention: rng.chance(CONTENTION_CHANCE),
-            read_heavy: rng.chance(READ_HEAVY_CHANCE),
+            contention,
+            contention_list: contention && list_rng.chance(CONTENTION_LIST_CHANCE),
+            read_heavy,
         }
     }
 
@@ -701,6 +713,7 @@ mod tests {
     #[test]
     fn swarm_load_shapes_come_from_their_own_stream() {
         let mut shapes = (0, 0, 0);
+        let mut with_list = 0;
         for seed in 1..=200 {
             let mut config = SimConfig::cluster(seed, Duration::from_secs(15), 5, 8, 2);
             assert_eq!(
@@ -719,8 +732,10 @@ mod tests {
                 shapes.0 += 1;
                 assert_eq!(config.run_clients(), CONTENTION_CLIENTS);
                 assert_eq!((workload.register_keys, workload.counter_keys), (1, 1));
-                assert_eq!(workload.list_keys, 0);
+                assert_eq!(workload.list_keys, u64::from(shape.contention_list));
+                with_list += u32::from(shape.contention_list);
             } else {
+                assert!(!shape.contention_list);
                 assert_eq!(config.run_clients(), config.clients);
                 assert_eq!(workload.register_keys, plain.register_keys);
                 assert_eq!(workload.list_keys, plain.list_keys);
@@ -750,5 +765,10 @@ mod tests {
         assert!((30..70).contains(&shapes.0), "{shapes:?}");
         assert!((30..70).contains(&shapes.1), "{shapes:?}");
         assert!((85..140).contains(&shapes.2), "{shapes:?}");
+        // About half the contention seeds share a list.
+        assert!(
+            (shapes.0 / 4..shapes.0 * 3 / 4).contains(&with_list),
+            "{with_list} of {shapes:?}"
+        );
     }
 }
