@@ -196,9 +196,9 @@ pub(super) struct Interner {
     bytes: usize,
     /// On a key only appended to and read: the longest text a read returned. Such a key's
     /// text only grows, so every state of a linearization is a prefix of that read's text or
-    /// extends it ([`Interner::fits_bound`]); an append that makes any other text is cut off at once instead of being
-    /// explored through every order of the appends in flight (a 24-client appended key once
-    /// ran the search out of memory after 5.8 million states).
+    /// extends it ([`Interner::fits_bound`]); an append that makes any other text is cut off
+    /// at once instead of being explored through every order of the appends in flight (a
+    /// 24-client appended key once ran the search out of memory after 5.8 million states).
     append_bound: Option<String>,
 }
 
@@ -219,8 +219,9 @@ enum Interned {
     },
 }
 
-/// FNV-1a over a string's bytes (64 bits; equal hashes are confirmed by the texts). It is streamed: the hash of `s` followed by
-/// `t` is the hash of `s` fed on with `t`, so an appended state's hash costs its suffix only.
+/// FNV-1a over a string's bytes (64 bits; equal hashes are confirmed by the texts). It is
+/// streamed: the hash of `s` followed by `t` is the hash of `s` fed on with `t`, so an
+/// appended state's hash costs its suffix only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct TextHash(u64);
 
@@ -310,7 +311,8 @@ impl Interner {
         }
     }
 
-    /// The whole text of a string state, rebuilt from its parents.
+    /// The whole text of a string state, rebuilt from its parents (of a whole value, what
+    /// appending to it extends: [`append_text`]).
     fn text(&self, id: u64) -> String {
         let mut suffixes = Vec::new();
         let mut at = id;
@@ -323,10 +325,7 @@ impl Interner {
         };
         let mut text = append_text(root).into_owned();
         for suffix in suffixes.iter().rev() {
-            match &self.values[*suffix as usize] {
-                Interned::Whole(value) => text.push_str(&append_text(value)),
-                Interned::Appended { .. } => text.push_str(&self.text(*suffix)),
-            }
+            text.push_str(&self.text(*suffix));
         }
         text
     }
@@ -392,21 +391,13 @@ impl Interner {
             self.appended.insert((state, suffix), NO_STATE);
             return None;
         }
+        let suffix_text = self.text(suffix);
         let (len, hash) = self.text_key(state);
-        let (len, hash) = match &self.values[suffix as usize] {
-            Interned::Whole(value) => {
-                let text = append_text(value);
-                (len + text.len(), hash.feed(&text))
-            }
-            Interned::Appended { .. } => {
-                let text = self.text(suffix);
-                (len + text.len(), hash.feed(&text))
-            }
-        };
+        let (len, hash) = (len + suffix_text.len(), hash.feed(&suffix_text));
         // A read, a write or a cas may name this string whole: then it is that value's state.
         // The texts are compared only when length and hash agree.
         let found = self.find_text(len, hash, |this, id| {
-            this.text(id) == this.text(state) + &this.text_of_suffix(suffix)
+            this.text(id) == this.text(state) + &suffix_text
         });
         let id = found.unwrap_or_else(|| {
             self.values.push(Interned::Appended {
@@ -445,14 +436,7 @@ impl Interner {
         if !parent_fits || len >= bound.len() {
             return parent_fits;
         }
-        bound[len..].starts_with(self.text_of_suffix(suffix).as_bytes())
-    }
-
-    fn text_of_suffix(&self, suffix: u64) -> String {
-        match &self.values[suffix as usize] {
-            Interned::Whole(value) => append_text(value).into_owned(),
-            Interned::Appended { .. } => self.text(suffix),
-        }
+        bound[len..].starts_with(self.text(suffix).as_bytes())
     }
 }
 
