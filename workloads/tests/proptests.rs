@@ -325,8 +325,7 @@ enum Brute {
 }
 
 fn brute_force(ops: &[Operation], config: &CheckConfig, counter: bool) -> bool {
-    // (call, return or None for never, definite, operation)
-    let mut items: Vec<(u64, Option<u64>, bool, Brute)> = Vec::new();
+    let mut items: Vec<Item<Brute>> = Vec::new();
     for op in ops {
         let definite = match op.outcome {
             Outcome::Ok => true,
@@ -354,45 +353,53 @@ fn brute_force(ops: &[Operation], config: &CheckConfig, counter: bool) -> bool {
     }
 
     // register state: None = null
-    fn go(items: &[(u64, Option<u64>, bool, Brute)], used: u32, state: Option<i64>) -> bool {
-        let all_definite = items
-            .iter()
-            .enumerate()
-            .all(|(i, it)| !it.2 || used & (1 << i) != 0);
-        if all_definite {
-            return true;
-        }
-        for (x, item) in items.iter().enumerate() {
-            if used & (1 << x) != 0 {
-                continue;
+    some_order(
+        &items,
+        0,
+        None,
+        &|b: &Brute, &state: &Option<i64>| match *b {
+            Brute::Read(v) => (state == v).then_some(state),
+            Brute::Write(v) => Some(Some(v)),
+            Brute::Cas(from, to, Outcome::Ok) => (state == Some(from)).then_some(Some(to)),
+            Brute::Cas(from, to, Outcome::Info) => {
+                Some(if state == Some(from) { Some(to) } else { state })
             }
-            // every unused determinate operation that returned before x was called must go first
-            let blocked = items.iter().enumerate().any(|(y, other)| {
-                y != x && used & (1 << y) == 0 && other.2 && other.1.is_some_and(|r| r < item.0)
-            });
-            if blocked {
-                continue;
-            }
-            let next = match item.3 {
-                Brute::Read(v) => (state == v).then_some(state),
-                Brute::Write(v) => Some(Some(v)),
-                Brute::Cas(from, to, Outcome::Ok) => (state == Some(from)).then_some(Some(to)),
-                Brute::Cas(from, to, Outcome::Info) => {
-                    Some(if state == Some(from) { Some(to) } else { state })
-                }
-                Brute::Cas(from, _, Outcome::Fail) => (state != Some(from)).then_some(state),
-                Brute::Add(d) => Some(Some(state.unwrap_or(0) + d)),
-                Brute::CounterRead(n) => (state.unwrap_or(0) == n).then_some(state),
-            };
-            if let Some(next) = next
-                && go(items, used | (1 << x), next)
-            {
-                return true;
-            }
-        }
-        false
+            Brute::Cas(from, _, Outcome::Fail) => (state != Some(from)).then_some(state),
+            Brute::Add(d) => Some(Some(state.unwrap_or(0) + d)),
+            Brute::CounterRead(n) => (state.unwrap_or(0) == n).then_some(state),
+        },
+    )
+}
+
+/// One operation for [`some_order`]: call, return (`None`: never), definite, the operation.
+type Item<A> = (u64, Option<u64>, bool, A);
+
+/// Whether some order of the items not in `used` (a bit set), starting from `state`, applies
+/// every definite one, never one before another definite one that returned before it was
+/// called, each step legal under `step`: the brute-force linearizability search.
+fn some_order<A, S: Clone>(
+    items: &[Item<A>],
+    used: u32,
+    state: S,
+    step: &dyn Fn(&A, &S) -> Option<S>,
+) -> bool {
+    if items
+        .iter()
+        .enumerate()
+        .all(|(i, it)| !it.2 || used & (1 << i) != 0)
+    {
+        return true;
     }
-    go(&items, 0, None)
+    items.iter().enumerate().any(|(x, item)| {
+        // every unused determinate operation that returned before x was called must go first
+        let blocked = items.iter().enumerate().any(|(y, other)| {
+            y != x && used & (1 << y) == 0 && other.2 && other.1.is_some_and(|r| r < item.0)
+        });
+        if used & (1 << x) != 0 || blocked {
+            return false;
+        }
+        step(&item.3, &state).is_some_and(|next| some_order(items, used | (1 << x), next, step))
+    })
 }
 
 proptest! {
@@ -749,8 +756,7 @@ fn brute_force_appends(ops: &[Operation]) -> bool {
         Value::Str(s) => Some(s.clone()),
         _ => None,
     };
-    // (call, return or None for never, definite, operation)
-    let items: Vec<(u64, Option<u64>, bool, Act)> = ops
+    let items: Vec<Item<Act>> = ops
         .iter()
         .filter(|op| op.outcome == Outcome::Ok || op.f != Function::Read)
         .map(|op| {
@@ -768,30 +774,16 @@ fn brute_force_appends(ops: &[Operation]) -> bool {
             )
         })
         .collect();
-    fn go(items: &[(u64, Option<u64>, bool, Act)], used: u32, state: Option<String>) -> bool {
-        if items
-            .iter()
-            .enumerate()
-            .all(|(i, it)| !it.2 || used & (1 << i) != 0)
-        {
-            return true;
-        }
-        items.iter().enumerate().any(|(x, item)| {
-            let blocked = items.iter().enumerate().any(|(y, other)| {
-                y != x && used & (1 << y) == 0 && other.2 && other.1.is_some_and(|r| r < item.0)
-            });
-            if used & (1 << x) != 0 || blocked {
-                return false;
-            }
-            let next = match &item.3 {
-                Act::Read(seen) => (state == *seen).then(|| state.clone()),
-                Act::Write(v) => Some(Some(v.clone())),
-                Act::Append(s) => Some(Some(state.clone().unwrap_or_default() + s)),
-            };
-            next.is_some_and(|next| go(items, used | (1 << x), next))
-        })
-    }
-    go(&items, 0, None)
+    some_order(
+        &items,
+        0,
+        None,
+        &|act: &Act, state: &Option<String>| match act {
+            Act::Read(seen) => (state == seen).then(|| state.clone()),
+            Act::Write(v) => Some(Some(v.clone())),
+            Act::Append(s) => Some(Some(state.clone().unwrap_or_default() + s)),
+        },
+    )
 }
 
 proptest! {

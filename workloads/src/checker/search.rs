@@ -153,7 +153,7 @@ pub(super) fn search(
                 .is_some_and(|max| cache.bytes() + interner.bytes() > max)
         {
             // Which part holds the memory (the memo's configurations, or the states' values:
-            // whole strings for an appended key) says which model to make cheaper.
+            // interned values and model states) says which model to make cheaper.
             return Search::Unknown(format!(
                 "memory budget exhausted after {} states on this key (memo {} MiB, values {} MiB)",
                 meter.states - states_before,
