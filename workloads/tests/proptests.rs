@@ -258,7 +258,13 @@ fn raw() -> impl Strategy<Value = Raw> {
     )
 }
 
-fn small_history(raws: &[Raw], counter: bool) -> Vec<Operation> {
+/// A register's or counter's history. With `unique`, every write and cas writes a value of
+/// its own (as the simulator's workload does), and reads and compares name one of them,
+/// which is where the checker's single-source rule applies.
+fn small_history(raws: &[Raw], counter: bool, unique: bool) -> Vec<Operation> {
+    // With `unique`: the value operation `i` writes, and the one a read or compare names.
+    let own = |i: usize| Value::Int(100 + i as i64);
+    let named = |r: &Raw| Value::Int(100 + ((r.a * 3 + r.b) as usize % raws.len()) as i64);
     raws.iter()
         .enumerate()
         .map(|(i, r)| {
@@ -266,13 +272,17 @@ fn small_history(raws: &[Raw], counter: bool) -> Vec<Operation> {
                 (false, 0) => (
                     Function::Read,
                     Value::Null,
-                    if r.a == 0 {
+                    if r.a == 0 && (!unique || r.b == 0) {
                         Value::Null
+                    } else if unique {
+                        named(r)
                     } else {
                         Value::Int(r.b)
                     },
                 ),
+                (false, 1) if unique => (Function::Write, own(i), Value::Null),
                 (false, 1) => (Function::Write, Value::Int(r.a), Value::Null),
+                (false, _) if unique => (Function::Cas, Value::pair(named(r), own(i)), Value::Null),
                 (false, _) => (
                     Function::Cas,
                     Value::pair(r.a.into(), r.b.into()),
@@ -410,8 +420,9 @@ proptest! {
         raws in prop::collection::vec(raw(), 1..10),
         counter in any::<bool>(),
         mismatch in any::<bool>(),
+        unique in any::<bool>(),
     ) {
-        let ops = small_history(&raws, counter);
+        let ops = small_history(&raws, counter, unique && !counter);
         let config = CheckConfig {
             model: if counter { Model::Counter } else { Model::Register },
             fail_cas_observes_mismatch: mismatch,
@@ -701,7 +712,7 @@ const READ_STRINGS: [&str; 8] = ["", "a", "b", "ab", "ba", "aa", "abab", "aab"];
 
 /// With `append_only`, no writes: the checker then cuts the search by the longest read.
 fn append_history(raws: &[Raw], append_only: bool) -> Vec<Operation> {
-    let mut ops = small_history(raws, false);
+    let mut ops = small_history(raws, false, false);
     for (op, r) in ops.iter_mut().zip(raws) {
         let pick = (r.a * 3 + r.b) as usize;
         let (f, value, output) = match r.f {

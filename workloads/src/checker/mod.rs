@@ -111,6 +111,7 @@ use crate::history::{History, HistoryError, Operation, Value};
 mod memo;
 mod model;
 mod partition;
+mod pins;
 mod prefix;
 mod search;
 

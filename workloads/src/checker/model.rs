@@ -374,7 +374,7 @@ impl Interner {
     }
 
     /// A whole value; `None` for a string built by appends (only the register model appends).
-    fn value(&self, id: u64) -> Option<&Value> {
+    pub(super) fn value(&self, id: u64) -> Option<&Value> {
         match &self.values[id as usize] {
             Interned::Whole(value) => Some(value),
             Interned::Appended { .. } => None,

@@ -10,6 +10,7 @@
 use super::Budget;
 use super::memo::{Cache, Linearized, splitmix};
 use super::model::{COp, Interner, Step, apply};
+use super::pins::Pins;
 
 pub(super) struct Meter<'a> {
     pub(super) budget: &'a Budget,
@@ -101,6 +102,8 @@ pub(super) fn search(
     let mut state = initial;
     let mut remaining = ops.iter().filter(|op| op.definite).count();
     let class: Vec<Class> = ops.iter().map(Class::of).collect();
+    // Facts only one operation can make, and the definite operations still to see them.
+    let mut pins = Pins::new(ops, initial, interner);
     // (call entry, state before it, the pass that chose it)
     let mut stack: Vec<(u32, u64, Class)> = Vec::with_capacity(n);
 
@@ -150,7 +153,7 @@ pub(super) fn search(
             || meter
                 .budget
                 .memory_max
-                .is_some_and(|max| cache.bytes() + interner.bytes() > max)
+                .is_some_and(|max| cache.bytes() + interner.bytes() + pins.bytes() > max)
         {
             // Which part holds the memory (the memo's configurations, or the states' values:
             // interned values and model states) says which model to make cheaper.
@@ -177,6 +180,7 @@ pub(super) fn search(
             let mut dead = false;
             if class[op] == pass
                 && let Some(new_state) = apply(ops[op].step, state, interner)
+                && pins.allows(op, state, new_state, interner)
             {
                 linearized.set(op);
                 let new_hash = hash ^ zobrist[op];
@@ -190,6 +194,7 @@ pub(super) fn search(
                     if ops[op].definite {
                         remaining -= 1;
                     }
+                    pins.linearized(op);
                     entry = next[HEAD as usize];
                     pass = Class::Read;
                     continue;
@@ -221,6 +226,7 @@ pub(super) fn search(
             if ops[op].definite {
                 remaining += 1;
             }
+            pins.unlinearized(op);
             if chosen_in != Class::Read {
                 entry = next[call as usize];
                 pass = chosen_in;
