@@ -270,6 +270,61 @@ fn unique_multi_key_writes_are_not_overwritten_before_their_reads() {
     assert!(report.is_not_linearizable(), "{report}");
 }
 
+/// Values nobody reads are one state to the search: writes in flight whose values no read
+/// returns, before a read that nothing satisfies, are searched through the subsets of them
+/// linearized, not through which of them came last as well (which multiplies the states by
+/// the writes on a register, and by far more on a multi-key object written one sub-key at a
+/// time).
+#[test]
+fn values_nobody_reads_are_one_state() {
+    let unread = |f: Function, write: &dyn Fn(u64) -> Value, read: (Value, Value)| {
+        let mut h = History::new();
+        for p in 0..10 {
+            h.invoke(0, p, f, "k", write(p));
+        }
+        for p in 0..10 {
+            h.complete(10, p, OpKind::Ok, Value::Null);
+        }
+        let reads = if f == Function::Write {
+            Function::Read
+        } else {
+            Function::MRead
+        };
+        h.invoke(20, 100, reads, "k", read.0);
+        h.complete(21, 100, OpKind::Ok, read.1);
+        h
+    };
+    let budget = Budget::unlimited().with_states_max(1_500);
+    let register = unread(
+        Function::Write,
+        &|p| Value::Int(p as i64),
+        (Value::Null, "x".into()),
+    );
+    let report = check_history(&register, &CheckConfig::default(), &budget).unwrap();
+    assert!(report.is_not_linearizable(), "{report}");
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+    let multi = unread(
+        Function::MWrite,
+        &|p| {
+            let name = NAMES[p as usize % 3];
+            Value::List(vec![Value::pair(
+                name.into(),
+                format!("{p}-1").as_str().into(),
+            )])
+        },
+        (
+            Value::List(NAMES.iter().map(|&n| n.into()).collect()),
+            Value::List(vec!["x".into(), Value::Null, Value::Null]),
+        ),
+    );
+    let config = CheckConfig {
+        model: Model::Multi,
+        ..CheckConfig::default()
+    };
+    let report = check_history(&multi, &config, &budget).unwrap();
+    assert!(report.is_not_linearizable(), "{report}");
+}
+
 /// One operation of a lock object's history: process, function, value, outcome, output.
 type LockStep = (u64, Function, Value, OpKind, Value);
 
