@@ -349,11 +349,13 @@ fn unknown_keys_do_not_hide_failures() {
 
 #[test]
 fn budget_exhaustion_is_unknown() {
-    // many concurrent writes and a read of a value none of them wrote: the search must try
-    // every order before giving up
+    // many concurrent writes, each value read while they run (so none is merged as unread
+    // and no two writes are twins), and a read of a value none of them wrote: the search
+    // must try every subset of them before giving up
     let mut h = Ops::new();
     for p in 0..14 {
         h.write(p, "k", p as i64, 0, 100);
+        h.read(50 + p, "k", p as i64, 0, 100);
     }
     h.read(99, "k", 1000, 200, 300);
     let report = check_operations(
@@ -375,6 +377,7 @@ fn deadline_instant_in_the_past() {
     let mut h = Ops::new();
     for p in 0..14 {
         h.write(p, "k", p as i64, 0, 100);
+        h.read(50 + p, "k", p as i64, 0, 100);
     }
     h.read(99, "k", 1000, 200, 300);
     // The instant is made by the test, not by the checker.

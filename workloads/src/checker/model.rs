@@ -14,7 +14,7 @@ use crate::history::{Function, Operation, Outcome, Value};
 
 /// A model transition over an integer state: an interned value id for the register, the
 /// count (as `i64` bits) for the counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Step {
     Read(u64),
     Write(u64),

@@ -7,6 +7,8 @@
 //! and steps against the caller's [`Budget`] so that a search that runs out answers
 //! `Unknown` instead of guessing.
 
+use std::collections::BTreeMap;
+
 use super::Budget;
 use super::memo::{Cache, Linearized, splitmix};
 use super::model::{COp, Interner, Step, apply};
@@ -77,11 +79,13 @@ pub(super) fn search(
     sorted.sort_unstable();
     let size = 2 * n + 1;
     let mut entry_op = vec![0u32; size];
+    let mut entry_time = vec![0u64; size];
     let mut is_call = vec![false; size];
     let mut return_of = vec![0u32; n];
     for (position, &(_, kind, op)) in sorted.iter().enumerate() {
         let entry = position as u32 + 1;
         entry_op[entry as usize] = op;
+        entry_time[entry as usize] = sorted[position].0;
         if kind == 0 {
             is_call[entry as usize] = true;
         } else {
@@ -104,6 +108,34 @@ pub(super) fn search(
     let class: Vec<Class> = ops.iter().map(Class::of).collect();
     // Facts only one operation can make, and the definite operations still to see them.
     let mut pins = Pins::new(ops, initial, interner);
+    // Twins: operations with one step (and one definiteness) differ only in their calls and
+    // returns. Of twins that are candidates together, only the one that returns first is
+    // tried: in a linearization that takes a later-returning twin first, the two can swap
+    // places (the steps are the same, so every state is; the earlier-returning one moved
+    // forward and the later one moved back to where the earlier one was, which its return
+    // allows). Without it, a burst of writes nobody reads (written as one value, see
+    // `model::merge_unobserved`) was searched through every subset of them that came first.
+    // `earlier_twin[op]`: the twin before `op` in return order (then list order), or NIL.
+    let mut earlier_twin = vec![NIL; n];
+    {
+        let mut by_step: BTreeMap<(Step, bool), Vec<u32>> = BTreeMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            by_step
+                .entry((op.step, op.definite))
+                .or_default()
+                .push(i as u32);
+        }
+        for twins in by_step.values_mut() {
+            twins.sort_by_key(|&i| (ops[i as usize].ret, i));
+            for pair in twins.windows(2) {
+                earlier_twin[pair[1] as usize] = pair[0];
+            }
+        }
+    }
+    let mut done = vec![false; n];
+    // The time of the first return entry still in the list (every candidate's call comes
+    // before it), computed when a twin needs it and forgotten when the configuration changes.
+    let mut frontier: Option<u64> = None;
     // (call entry, state before it, the pass that chose it)
     let mut stack: Vec<(u32, u64, Class)> = Vec::with_capacity(n);
 
@@ -179,6 +211,9 @@ pub(super) fn search(
             let op = entry_op[entry as usize] as usize;
             let mut dead = false;
             if class[op] == pass
+                && !waits_for_twin(op, &earlier_twin, &done, ops, &mut frontier, || {
+                    first_return(&next, &is_call, &entry_time)
+                })
                 && let Some(new_state) = apply(ops[op].step, state, interner)
                 && pins.allows(op, state, new_state, interner)
             {
@@ -195,6 +230,8 @@ pub(super) fn search(
                         remaining -= 1;
                     }
                     pins.linearized(op);
+                    done[op] = true;
+                    frontier = None;
                     entry = next[HEAD as usize];
                     pass = Class::Read;
                     continue;
@@ -227,12 +264,58 @@ pub(super) fn search(
                 remaining += 1;
             }
             pins.unlinearized(op);
+            done[op] = false;
+            frontier = None;
             if chosen_in != Class::Read {
                 entry = next[call as usize];
                 pass = chosen_in;
                 break;
             }
         }
+    }
+}
+
+/// Whether `op` must wait for an earlier-returning twin that is a candidate now (see
+/// `earlier_twin` in [`search`]). Twins are walked back in return order while they may
+/// still be unlinearized: every unlinearized operation returns at or after the frontier.
+fn waits_for_twin(
+    op: usize,
+    earlier_twin: &[u32],
+    done: &[bool],
+    ops: &[COp],
+    frontier: &mut Option<u64>,
+    first_return: impl FnOnce() -> u64,
+) -> bool {
+    let mut twin = earlier_twin[op];
+    if twin == NIL {
+        return false;
+    }
+    let frontier = *frontier.get_or_insert_with(first_return);
+    while twin != NIL {
+        let t = &ops[twin as usize];
+        if t.ret < frontier {
+            return false;
+        }
+        // A call at the frontier's time is listed before its return: a candidate too.
+        if !done[twin as usize] && t.call <= frontier {
+            return true;
+        }
+        twin = earlier_twin[twin as usize];
+    }
+    false
+}
+
+/// The time of the first return entry in the list (there is one while any operation is
+/// unlinearized: indeterminate ones return at `u64::MAX`).
+fn first_return(next: &[u32], is_call: &[bool], entry_time: &[u64]) -> u64 {
+    let mut entry = next[HEAD as usize];
+    while entry != NIL && is_call[entry as usize] {
+        entry = next[entry as usize];
+    }
+    if entry == NIL {
+        u64::MAX
+    } else {
+        entry_time[entry as usize]
     }
 }
 
