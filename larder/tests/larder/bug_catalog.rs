@@ -114,11 +114,10 @@ enum Plans {
     SwarmPipelined,
     /// Swarm cluster plans with a hot key (`--hot-key 80`) the proxies limit to 20 writes a
     /// second (`--hot-key-writes-per-sec-max 20`), 24 clients at 600 operations a second.
-    /// Proxies without coalescing (`--coalesce-runners 0`), as the row was tuned.
     SwarmHotKey,
     /// Swarm cluster plans with a hot key (`--hot-key 80`) whose reads the proxies share from
     /// 50 requests a second (`--hot-key-share-reads-min-per-sec 50`), 24 clients at 600
-    /// operations a second. Proxies without coalescing, as above.
+    /// operations a second.
     SwarmHotRead,
     /// Swarm cluster plans with 24 clients at 600 operations a second (`--clients 24 --rate
     /// 600`), so single commands of several connections for one group meet at a proxy and
@@ -182,10 +181,6 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
             "24",
             "--rate",
             "600",
-            // Tuned before the proxies coalesced; coalesced, seed 1's history (24 clients)
-            // runs the checker out of budget without the bug (unknown, which fails).
-            "--coalesce-runners",
-            "0",
         ] {
             words.push(word.to_string());
         }
@@ -200,10 +195,6 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
             "24",
             "--rate",
             "600",
-            // Tuned before the proxies coalesced; coalesced, seed 1's history (24 clients)
-            // runs the checker out of budget without the bug (unknown, which fails).
-            "--coalesce-runners",
-            "0",
         ] {
             words.push(word.to_string());
         }
@@ -354,12 +345,13 @@ catalog! {
     quiet_claims_every_group: "quiet-claims-every-group", 1..=5, Swarm;
     // Swarm cluster seeds with a hot key the proxies limit (`--hot-key 80
     // --hot-key-writes-per-sec-max 20 --clients 24 --rate 600`): a write answered `-HOTKEY`
-    // is read back. 4/4 (seeds 1..=4), first 1.
+    // is read back. 5/5 (seeds 1..=5, the proxies coalescing since stop 61; 4/4 without),
+    // first 1; each passes without the bug.
     hot_key_refusal_sent: "hot-key-refusal-sent", 1..=5, SwarmHotKey;
     // Swarm cluster seeds with a hot key whose reads the proxies share (`--hot-key 80
     // --hot-key-share-reads-min-per-sec 50 --clients 24 --rate 600`): a read that starts
-    // after a write was acknowledged answers the value from before it. 3/3 (seeds 1..=3),
-    // first 1.
+    // after a write was acknowledged answers the value from before it. 5/5 (seeds 1..=5, the
+    // proxies coalescing since stop 61), first 1; each passes without the bug.
     hot_read_cached: "hot-read-cached", 1..=5, SwarmHotRead;
     // Swarm cluster seeds with every write in the nodes' slow lane (`--slow-write-bytes 0`):
     // a SET acknowledged before it commits is missing from a later read or lost to a leader
@@ -415,11 +407,10 @@ catalog! {
     // batch handed the answer of the command queued after its own. With the default eight
     // clients, commands for one group rarely meet at one proxy: 0/50. With 24 clients at 600
     // operations a second: 3/3 (seeds 1..=3, each "NOT linearizable" on 3 to 10 keys).
-    // Each of 1..=20 passes without the bug. Searched from 2: the catching seed is run again
-    // without the bug, and seed 1's checker then takes nearly four minutes (10.9 million
-    // states, register keys). Seed 2 ended unknown without the bug (the budget ran out on a
-    // list key) until the checker's append bound (stop 60); it is judged in 0.03 s now.
-    coalesced_replies_shifted: "coalesced-replies-shifted", 2..=6, SwarmBusy;
+    // Each of 1..=20 passes without the bug. Seed 1 without the bug took the checker nearly
+    // four minutes (10.9 million states on the multi-key object) until its single-source
+    // rule (stop 61): 12,000 states, a tenth of a second.
+    coalesced_replies_shifted: "coalesced-replies-shifted", 1..=6, SwarmBusy;
     // A leader cut off from its group answers a voter replacement from its own committed
     // membership: cluster swarm seed 34 (1/50), where a deposed leader of a new group answered
     // "done" to replacing 2 by 4 after the group had replaced 4 by 2; the center wrote node 4
