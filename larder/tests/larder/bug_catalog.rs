@@ -265,7 +265,8 @@ macro_rules! catalog {
 
 catalog! {
     // One group, half the seeds with a read-only client, which aimed faults cut its leader
-    // off from its peers (but not from clients) for: 3/50, first 9 (cluster: 1/50, seed 8).
+    // off from its peers (but not from clients) for: first 6 (measured at stop 61; this
+    // said 9, from a run before later changes moved it), cluster: 1/50, seed 8.
     stale_local_reads: "stale-local-reads", 1..=50, SwarmOneGroup;
     // One group: the read-only client's leader in a crash loop (`bounce_leader`): 2/50, first 3
     // (cluster: 4/50, first 3).
