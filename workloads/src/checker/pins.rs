@@ -8,7 +8,7 @@
 //! sub-key's value of a multi-key object. A fact has one *source* when the initial state or a
 //! single operation (a write, a cas, a multi-key write, indeterminate ones included) can make
 //! it; only such facts are pinned. The simulator's workloads write unique values (`process-n`),
-//! so on contended keys nearly every value read is pinned: twelve writes in flight whose
+//! so on contended keys nearly every value read is pinned: sixteen writes in flight whose
 //! values are read in some order are then searched along that order alone.
 //!
 //! Sound: a step refused here leads to no linearization (the stranded operation could only
