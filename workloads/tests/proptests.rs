@@ -813,3 +813,149 @@ proptest! {
         prop_assert_eq!(report.is_not_linearizable(), !expected, "{}", report);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The multi-key model against brute force: small histories of writes, deletes and reads of
+// two sub-keys, where the checker's single-source rule, its merge of values nobody reads and
+// its twins (operations with one step) all apply.
+
+/// With `unique`, every write writes a value of its own and reads name one of them; without,
+/// values come from two, so writes are often twins.
+fn multi_small_history(raws: &[Raw], unique: bool) -> Vec<Operation> {
+    let subsets: [&[&str]; 3] = [&["a"], &["b"], &["a", "b"]];
+    let value = |pick: i64, own: usize| -> Value {
+        match (pick, unique) {
+            (0, _) => Value::Null,
+            (p, false) => ["x", "y"][p as usize - 1].into(),
+            (p, true) => format!("w{}", (own + p as usize) % raws.len())
+                .as_str()
+                .into(),
+        }
+    };
+    let names = |which: &[&str]| Value::List(which.iter().map(|&n| n.into()).collect());
+    let mut ops = small_history(raws, false, false);
+    for ((i, op), r) in ops.iter_mut().enumerate().zip(raws) {
+        let subset = subsets[r.a as usize];
+        let (f, input, output) = match r.f {
+            0 => (
+                Function::MRead,
+                names(&["a", "b"]),
+                Value::List(vec![value(r.b, i), value((r.start % 3) as i64, i + 1)]),
+            ),
+            1 | 2 => {
+                let written = if unique {
+                    format!("w{i}").as_str().into()
+                } else {
+                    value(r.b.max(1), i)
+                };
+                let pairs = subset
+                    .iter()
+                    .map(|&n| Value::pair(n.into(), written.clone()))
+                    .collect();
+                (Function::MWrite, Value::List(pairs), Value::Null)
+            }
+            _ => (Function::MDel, names(subset), Value::Int(r.b % 3)),
+        };
+        op.f = f;
+        op.key = "{m}".into();
+        op.value = input;
+        if op.outcome == Outcome::Ok {
+            op.output = output;
+        }
+    }
+    ops
+}
+
+/// A multi-key step for the brute force: read (outputs), write (names, value), delete
+/// (names, count when definite).
+#[derive(Debug, Clone)]
+enum MultiBrute {
+    Read(Vec<Value>),
+    Write(Vec<Value>, Value),
+    Del(Vec<Value>, Option<i64>),
+}
+
+fn brute_force_multi(ops: &[Operation]) -> bool {
+    let list = |v: &Value| match v {
+        Value::List(items) => items.clone(),
+        other => panic!("{other:?}"),
+    };
+    let mut items: Vec<Item<MultiBrute>> = Vec::new();
+    for op in ops {
+        let definite = match op.outcome {
+            Outcome::Ok => true,
+            Outcome::Info => false,
+            Outcome::Fail => continue,
+        };
+        let b = match op.f {
+            Function::MRead if !definite => continue,
+            Function::MRead => MultiBrute::Read(list(&op.output)),
+            Function::MWrite => {
+                let pairs = list(&op.value);
+                let (names, values): (Vec<Value>, Vec<Value>) = pairs
+                    .iter()
+                    .map(|p| {
+                        let (n, v) = p.as_pair().unwrap();
+                        (n.clone(), v.clone())
+                    })
+                    .unzip();
+                MultiBrute::Write(names, values[0].clone())
+            }
+            Function::MDel => MultiBrute::Del(
+                list(&op.value),
+                definite.then(|| op.output.as_int().unwrap()),
+            ),
+            other => panic!("{other:?}"),
+        };
+        let ret = if definite { op.complete_ns } else { None };
+        items.push((op.invoke_ns, ret, definite, b));
+    }
+    // State: the values of a and b (`Value::Null`: absent).
+    let index = |name: &Value| usize::from(*name == Value::from("b"));
+    some_order(
+        &items,
+        0,
+        [Value::Null, Value::Null],
+        &|b: &MultiBrute, state: &[Value; 2]| match b {
+            MultiBrute::Read(seen) => (seen[..] == state[..]).then(|| state.clone()),
+            MultiBrute::Write(names, value) => {
+                let mut next = state.clone();
+                for name in names {
+                    next[index(name)] = value.clone();
+                }
+                Some(next)
+            }
+            MultiBrute::Del(names, count) => {
+                let mut next = state.clone();
+                let mut deleted = 0;
+                for name in names {
+                    if next[index(name)] != Value::Null {
+                        deleted += 1;
+                    }
+                    next[index(name)] = Value::Null;
+                }
+                count.is_none_or(|c| c == deleted).then_some(next)
+            }
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn multi_key_agrees_with_brute_force(
+        raws in prop::collection::vec(raw(), 1..9),
+        unique in any::<bool>(),
+    ) {
+        let ops = multi_small_history(&raws, unique);
+        let config = CheckConfig {
+            model: Model::Multi,
+            ..CheckConfig::default()
+        };
+        let expected = brute_force_multi(&ops);
+        let report = check_operations(&ops, &config, &Budget::unlimited());
+        prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
+        prop_assert_eq!(report.is_not_linearizable(), !expected, "{}", report);
+    }
+}
