@@ -3,7 +3,7 @@
 //! agrees with a brute-force search over all orders.
 
 use larder_workloads::{
-    Budget, CheckConfig, Function, History, Model, Operation, Outcome, Value, Verdict,
+    Budget, CheckConfig, Function, History, Model, Operation, Outcome, Report, Value, Verdict,
     check_history, check_operations,
 };
 use proptest::prelude::{
@@ -412,6 +412,19 @@ fn some_order<A, S: Clone>(
     })
 }
 
+/// Checks `ops` with no budget and fails unless the verdict is `expected`, the brute force's
+/// (linearizable or not; never unknown). The brute-force proptests below end with this.
+fn agrees(
+    ops: &[Operation],
+    config: &CheckConfig,
+    expected: bool,
+) -> Result<Report, TestCaseError> {
+    let report = check_operations(ops, config, &Budget::unlimited());
+    prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
+    prop_assert_eq!(report.is_not_linearizable(), !expected, "{}", report);
+    Ok(report)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10000, ..ProptestConfig::default() })]
 
@@ -428,10 +441,7 @@ proptest! {
             fail_cas_observes_mismatch: mismatch,
             ..CheckConfig::default()
         };
-        let expected = brute_force(&ops, &config, counter);
-        let report = check_operations(&ops, &config, &Budget::unlimited());
-        prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
-        prop_assert_eq!(report.is_not_linearizable(), !expected, "{}", report);
+        let report = agrees(&ops, &config, brute_force(&ops, &config, counter))?;
         if let Verdict::NotLinearizable { ops: window, .. } = &report.verdict {
             prop_assert!(!brute_force(window, &config, counter));
         }
@@ -807,10 +817,7 @@ proptest! {
     ) {
         let ops = append_history(&raws, append_only);
         let config = CheckConfig::default();
-        let expected = brute_force_appends(&ops);
-        let report = check_operations(&ops, &config, &Budget::unlimited());
-        prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
-        prop_assert_eq!(report.is_not_linearizable(), !expected, "{}", report);
+        agrees(&ops, &config, brute_force_appends(&ops))?;
     }
 }
 
@@ -953,9 +960,6 @@ proptest! {
             model: Model::Multi,
             ..CheckConfig::default()
         };
-        let expected = brute_force_multi(&ops);
-        let report = check_operations(&ops, &config, &Budget::unlimited());
-        prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
-        prop_assert_eq!(report.is_not_linearizable(), !expected, "{}", report);
+        agrees(&ops, &config, brute_force_multi(&ops))?;
     }
 }

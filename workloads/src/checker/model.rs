@@ -547,11 +547,15 @@ pub(super) fn compile(
         });
     }
     if kind == ModelKind::Register {
-        drop_unobservable(&mut compiled);
         interner.append_bound = append_bound(&compiled, &interner);
     }
-    if matches!(kind, ModelKind::Register | ModelKind::Multi) {
-        merge_unobserved(&mut compiled, &mut interner);
+    if matches!(kind, ModelKind::Register | ModelKind::Multi)
+        && let Some(observed) = Observed::of(&compiled, &interner)
+    {
+        if !observed.compares_failed {
+            drop_unobservable(&mut compiled, &observed.values);
+        }
+        merge_unobserved(&mut compiled, &mut interner, &observed);
     }
     Ok(Compiled {
         ops: compiled,
@@ -582,6 +586,52 @@ fn append_bound(ops: &[COp], interner: &Interner) -> Option<String> {
     appends.then_some(longest)
 }
 
+/// What the reads and compares of one key observe: the values a register's reads return
+/// and its cas operations compare with, and the (sub-key, value) pairs a multi-key object's
+/// reads return. Built once for [`drop_unobservable`] and [`merge_unobserved`].
+struct Observed {
+    values: BTreeSet<u64>,
+    pairs: BTreeSet<(Value, Value)>,
+    /// A failed compare observes that the value is *not* something, which
+    /// [`drop_unobservable`] cannot honour.
+    compares_failed: bool,
+}
+
+impl Observed {
+    /// `None` when a step builds on the value it finds (an append, a counter's add): every
+    /// value then matters, so neither cut applies.
+    fn of(ops: &[COp], interner: &Interner) -> Option<Observed> {
+        let mut observed = Observed {
+            values: BTreeSet::new(),
+            pairs: BTreeSet::new(),
+            compares_failed: false,
+        };
+        for op in ops {
+            match op.step {
+                Step::Read(v) | Step::Cas { from: v, .. } | Step::CasMaybe { from: v, .. } => {
+                    observed.values.insert(v);
+                }
+                Step::CasMismatch { from } => {
+                    observed.values.insert(from);
+                    observed.compares_failed = true;
+                }
+                Step::MRead { names, values } => {
+                    if let (Some(Value::List(names)), Some(Value::List(values))) =
+                        (interner.value(names), interner.value(values))
+                    {
+                        for (name, value) in names.iter().zip(values) {
+                            observed.pairs.insert((name.clone(), value.clone()));
+                        }
+                    }
+                }
+                Step::Write(_) | Step::MWrite(_) | Step::MDel { .. } => {}
+                _ => return None,
+            }
+        }
+        Some(observed)
+    }
+}
+
 /// What an unobserved value is written as (see [`merge_unobserved`]); used only when no
 /// operation names it.
 const UNOBSERVED: &str = "\u{0}larder-checker: a value no operation observes\u{0}";
@@ -595,34 +645,14 @@ const UNOBSERVED: &str = "\u{0}larder-checker: a value no operation observes\u{0
 /// last. Without it, a burst of writes nobody reads (a stalled group releasing many at once)
 /// was searched through every order of them: a 24-client multi-key object took 985,000
 /// states, nearly all on one such burst. Keys with appends keep their values (an append
-/// builds on the value it finds).
-fn merge_unobserved(ops: &mut [COp], interner: &mut Interner) {
-    let mut observed: BTreeSet<u64> = BTreeSet::new();
-    let mut observed_pairs: BTreeSet<(Value, Value)> = BTreeSet::new();
-    for op in ops.iter() {
-        match op.step {
-            Step::Read(v)
-            | Step::Cas { from: v, .. }
-            | Step::CasMaybe { from: v, .. }
-            | Step::CasMismatch { from: v } => {
-                observed.insert(v);
-            }
-            Step::MRead { names, values } => {
-                if let (Some(Value::List(names)), Some(Value::List(values))) =
-                    (interner.value(names), interner.value(values))
-                {
-                    for (name, value) in names.iter().zip(values) {
-                        observed_pairs.insert((name.clone(), value.clone()));
-                    }
-                }
-            }
-            Step::Write(_) | Step::MWrite(_) | Step::MDel { .. } => {}
-            _ => return,
-        }
-    }
+/// builds on the value it finds; [`Observed::of`] gives none for them).
+fn merge_unobserved(ops: &mut [COp], interner: &mut Interner, observed: &Observed) {
     let marker = Value::Str(UNOBSERVED.into());
-    if observed.iter().any(|&v| interner.value(v) == Some(&marker))
-        || observed_pairs.iter().any(|(_, value)| *value == marker)
+    if observed
+        .values
+        .iter()
+        .any(|&v| interner.value(v) == Some(&marker))
+        || observed.pairs.iter().any(|(_, value)| *value == marker)
     {
         return;
     }
@@ -630,7 +660,7 @@ fn merge_unobserved(ops: &mut [COp], interner: &mut Interner) {
     for op in ops.iter_mut() {
         match &mut op.step {
             Step::Write(v) | Step::Cas { to: v, .. } | Step::CasMaybe { to: v, .. }
-                if !observed.contains(v) =>
+                if !observed.values.contains(v) =>
             {
                 *v = unobserved;
             }
@@ -642,7 +672,7 @@ fn merge_unobserved(ops: &mut [COp], interner: &mut Interner) {
                     .iter()
                     .map(|pair| match pair.as_pair() {
                         Some((name, value))
-                            if !observed_pairs.contains(&(name.clone(), value.clone())) =>
+                            if !observed.pairs.contains(&(name.clone(), value.clone())) =>
                         {
                             Value::pair(name.clone(), marker.clone())
                         }
@@ -657,31 +687,14 @@ fn merge_unobserved(ops: &mut [COp], interner: &mut Interner) {
 }
 
 /// Drops indeterminate writes (and indeterminate cas) whose value nothing observes: no read
-/// returns it and no cas compares with it. Such an operation may as well never have
-/// happened: in a linearization that includes it, the operations up to the next write see
-/// its value, so none of them is a read or a successful cas (they would observe it), and an
-/// indeterminate cas among them did nothing (its `from` differs) and can be dropped with it.
-/// Not applied when the key has appends (they build on the value) or failed compares (they
-/// observe that the value is *not* something).
-fn drop_unobservable(ops: &mut Vec<COp>) {
-    if ops
-        .iter()
-        .any(|op| matches!(op.step, Step::Append(_) | Step::CasMismatch { .. }))
-    {
-        return;
-    }
-    let mut observed = std::collections::BTreeSet::new();
-    for op in ops.iter() {
-        match op.step {
-            Step::Read(v) => {
-                observed.insert(v);
-            }
-            Step::Cas { from, .. } | Step::CasMaybe { from, .. } => {
-                observed.insert(from);
-            }
-            _ => {}
-        }
-    }
+/// returns it and no cas compares with it (`observed`). Such an operation may as well never
+/// have happened: in a linearization that includes it, the operations up to the next write
+/// see its value, so none of them is a read or a successful cas (they would observe it), and
+/// an indeterminate cas among them did nothing (its `from` differs) and can be dropped with
+/// it. Not applied when the key has appends (they build on the value) or failed compares
+/// (they observe that the value is *not* something). `observed` may also hold the `from` of
+/// a cas dropped here; [`merge_unobserved`] then keeps that value apart, which is sound.
+fn drop_unobservable(ops: &mut Vec<COp>, observed: &BTreeSet<u64>) {
     ops.retain(|op| match op.step {
         Step::Write(v) if !op.definite => observed.contains(&v),
         Step::CasMaybe { to, .. } => observed.contains(&to),
