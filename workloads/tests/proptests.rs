@@ -712,6 +712,151 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------
+// The collections model: executions of a sequential store of one list, one set and one
+// sorted set (operations alone and in transactions) are linearizable; a pop answered twice
+// is caught.
+
+/// A sequential store of one collections object (`l`, `s`, `z`).
+#[derive(Default)]
+struct Collections {
+    list: std::collections::VecDeque<String>,
+    set: std::collections::BTreeSet<String>,
+    zset: std::collections::BTreeMap<String, i64>,
+}
+
+impl Collections {
+    /// One operation chosen by `choice` (its own element `fresh` when it pushes): its
+    /// function, value and reply.
+    fn act(
+        &mut self,
+        choice: u8,
+        member: &str,
+        fresh: &str,
+        delta: i64,
+    ) -> (Function, Value, Value) {
+        let side = |left: bool| Value::from(if left { "l" } else { "r" });
+        match choice % 9 {
+            c @ (0 | 1) => {
+                if c == 0 {
+                    self.list.push_front(fresh.into());
+                } else {
+                    self.list.push_back(fresh.into());
+                }
+                let value = Value::List(vec!["l".into(), side(c == 0), fresh.into()]);
+                (Function::Push, value, Value::Int(self.list.len() as i64))
+            }
+            c @ (2 | 3) => {
+                let popped = if c == 2 {
+                    self.list.pop_front()
+                } else {
+                    self.list.pop_back()
+                };
+                let value = Value::List(vec!["l".into(), side(c == 2)]);
+                (
+                    Function::Pop,
+                    value,
+                    popped.map_or(Value::Null, Value::from),
+                )
+            }
+            4 => {
+                let items = self.list.iter().map(|e| Value::from(e.as_str())).collect();
+                (
+                    Function::LRange,
+                    Value::List(vec!["l".into()]),
+                    Value::List(items),
+                )
+            }
+            5 => {
+                let added = self.set.insert(member.into());
+                let value = Value::List(vec!["s".into(), member.into()]);
+                (Function::SAdd, value, Value::Int(added as i64))
+            }
+            6 => {
+                let removed = self.set.remove(member);
+                let value = Value::List(vec!["s".into(), member.into()]);
+                (Function::SRem, value, Value::Int(removed as i64))
+            }
+            7 => {
+                // Members in reverse: the store may list a set in any order.
+                let members = self
+                    .set
+                    .iter()
+                    .rev()
+                    .map(|m| Value::from(m.as_str()))
+                    .collect();
+                (
+                    Function::SMembers,
+                    Value::List(vec!["s".into()]),
+                    Value::List(members),
+                )
+            }
+            _ => {
+                let score = self.zset.entry(member.into()).or_default();
+                *score += delta;
+                let value = Value::List(vec!["z".into(), member.into(), Value::Int(delta)]);
+                (Function::ZIncrBy, value, Value::Int(*score))
+            }
+        }
+    }
+}
+
+fn execute_collections(acts: &[Act]) -> Vec<Operation> {
+    let mut store = Collections::default();
+    let mut ops = Vec::new();
+    for (i, a) in acts.iter().enumerate() {
+        let member = format!("m{}", a.subset % 3);
+        let fresh = format!("e{i}");
+        let delta = a.amount as i64 % 7 - 3;
+        let (f, value, output) = if a.choice >= 11 {
+            // A transaction of two operations (the second pushes an element of its own).
+            let subs = [(a.choice, fresh.clone()), (a.life, format!("e{i}b"))]
+                .into_iter()
+                .map(|(choice, fresh)| {
+                    let (f, value, output) = store.act(choice, &member, &fresh, delta);
+                    let Value::List(args) = value else {
+                        unreachable!("args are a list")
+                    };
+                    let mut sub = vec![Value::from(f.to_string())];
+                    sub.extend(args);
+                    (Value::List(sub), output)
+                })
+                .collect::<Vec<_>>();
+            let (subs, replies): (Vec<Value>, Vec<Value>) = subs.into_iter().unzip();
+            (Function::Txn, Value::List(subs), Value::List(replies))
+        } else {
+            store.act(a.choice, &member, &fresh, delta)
+        };
+        acted(&mut ops, i, a, "{c}", f, value, output);
+    }
+    ops
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn collections_executions_are_linearizable(acts in prop::collection::vec(act(), 1..50)) {
+        let ops = execute_collections(&acts);
+        let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
+        prop_assert!(report.is_linearizable(), "{}", report);
+    }
+
+    #[test]
+    fn an_element_popped_twice_is_caught(acts in prop::collection::vec(act(), 0..40)) {
+        let mut ops = execute_collections(&acts);
+        let args = |items: &[&str]| Value::List(items.iter().map(|&i| Value::from(i)).collect());
+        // A list of its own holding one element cannot give it to a pop from each end.
+        then(&mut ops, "{c}", vec![
+            (Function::Push, args(&["l2", "l", "twice"]), Value::Int(1)),
+            (Function::Pop, args(&["l2", "l"]), "twice".into()),
+            (Function::Pop, args(&["l2", "r"]), "twice".into()),
+        ]);
+        let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
+        prop_assert!(report.is_not_linearizable(), "{}", report);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Appends: the register model keeps an appended string as (the state appended to, the
 // suffix), so a string two orders of appends build, or a write or a read names whole, must
 // still be one state. On small histories of appends, writes and reads of short strings, the

@@ -8,6 +8,7 @@
 //! which shrinks the search before it starts.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use super::{CheckConfig, ModelKind};
 use crate::history::{Function, Operation, Outcome, Value};
@@ -181,10 +182,15 @@ pub(super) struct Interner {
     ttl_ids: BTreeMap<TtlState, u64>,
     ttl_states: Vec<TtlState>,
     /// Collections states as integers (the collections model's state is an index here).
-    coll_ids: BTreeMap<CollState, u64>,
-    coll_states: Vec<CollState>,
-    /// Roughly the heap bytes of `coll_states` (each is held twice: map key and vector).
+    /// Each state is held once, shared by the map's key and the vector.
+    coll_ids: BTreeMap<Arc<CollState>, u64>,
+    coll_states: Vec<Arc<CollState>>,
+    /// Roughly the heap bytes of `coll_states`.
     coll_bytes: usize,
+    /// The names, elements and members of collections as small integers ([`Word`]): a state
+    /// holds these, not strings (a 24-client history's list of 180 elements made each state
+    /// 8 KiB of strings, and a search of 700,000 states ran out of memory on them).
+    coll_words: BTreeMap<String, Word>,
     /// The compiled collection operations, indexed by [`Step::CollRead`] and
     /// [`Step::CollUpdate`] (a `Step` stays `Copy`).
     coll_txns: Vec<CollTxn>,
@@ -347,10 +353,22 @@ impl Interner {
             return id;
         }
         let id = self.coll_states.len() as u64;
-        self.coll_bytes += 2 * state.bytes();
+        self.coll_bytes += state.bytes();
+        let state = Arc::new(state);
         self.coll_ids.insert(state.clone(), id);
         self.coll_states.push(state);
         id
+    }
+
+    /// The [`Word`] of a collection's name, element or member.
+    fn coll_word(&mut self, text: &str) -> Result<Word, String> {
+        if let Some(&word) = self.coll_words.get(text) {
+            return Ok(word);
+        }
+        let word = Word::try_from(self.coll_words.len())
+            .map_err(|_| "too many distinct collection strings".to_string())?;
+        self.coll_words.insert(text.to_string(), word);
+        Ok(word)
     }
 
     fn ttl(&mut self, state: TtlState) -> u64 {
@@ -989,7 +1007,18 @@ pub(super) fn apply(step: Step, state: u64, interner: &mut Interner) -> Option<u
             let next = apply_lock(step, interner.lock_states[state as usize], interner)?;
             Some(interner.lock(next))
         }
-        Step::CollRead(ops) => apply_coll(ops, true, state, interner).map(|_| state),
+        Step::CollRead(ops) => {
+            // Reads change nothing: answered on the state as it is, without a copy.
+            let txn = &interner.coll_txns[ops as usize];
+            let current = &interner.coll_states[state as usize];
+            (txn.ops.len() == txn.replies.len()
+                && txn
+                    .ops
+                    .iter()
+                    .zip(&txn.replies)
+                    .all(|(op, expected)| current.read(op, expected)))
+            .then_some(state)
+        }
         Step::CollUpdate { ops, checked } => {
             let next = apply_coll(ops, checked, state, interner)?;
             Some(interner.coll(next))
@@ -1000,44 +1029,47 @@ pub(super) fn apply(step: Step, state: u64, interner: &mut Interner) -> Option<u
 /// One operation on a collections object: a list, a set or a sorted set, named by its
 /// sub-key (`l`, `s`, `z` in the simulator's workload). Each type has its own namespace of
 /// names; a workload that used one name as two types would see `WRONGTYPE` from the store,
-/// which the model does not know.
+/// which the model does not know. Names, elements and members are [`Word`]s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum CollOp {
     Push {
-        list: String,
+        list: Word,
         left: bool,
-        element: String,
+        element: Word,
     },
     Pop {
-        list: String,
+        list: Word,
         left: bool,
     },
     LRange {
-        list: String,
+        list: Word,
     },
     SAdd {
-        set: String,
-        member: String,
+        set: Word,
+        member: Word,
     },
     SRem {
-        set: String,
-        member: String,
+        set: Word,
+        member: Word,
     },
     SMembers {
-        set: String,
+        set: Word,
     },
     /// Scores are integers: the workload increments by integers, and an integer model can be
     /// ordered and hashed (an `f64` cannot), which the memo table needs.
     ZIncrBy {
-        zset: String,
-        member: String,
+        zset: Word,
+        member: Word,
         delta: i64,
     },
     ZScore {
-        zset: String,
-        member: String,
+        zset: Word,
+        member: Word,
     },
 }
+
+/// A collection's name, element or member, interned ([`Interner::coll_word`]).
+type Word = u32;
 
 impl CollOp {
     fn is_read(&self) -> bool {
@@ -1048,19 +1080,19 @@ impl CollOp {
     }
 
     /// Parses `f` with its value (`[name, args...]`; see [`Function`]).
-    fn parse(f: Function, value: &Value) -> Result<CollOp, String> {
+    fn parse(f: Function, value: &Value, interner: &mut Interner) -> Result<CollOp, String> {
         let items = match value {
             Value::List(items) => items.as_slice(),
             other => return Err(format!("{f} of {other}: not a list")),
         };
-        let text = |i: usize| -> Result<String, String> {
+        let text = |i: usize| -> Result<&str, String> {
             match items.get(i) {
-                Some(Value::Str(s)) => Ok(s.clone()),
+                Some(Value::Str(s)) => Ok(s.as_str()),
                 other => Err(format!("{f} of {value}: argument {i} is {other:?}")),
             }
         };
         let side = |i: usize| -> Result<bool, String> {
-            match text(i)?.as_str() {
+            match text(i)? {
                 "l" => Ok(true),
                 "r" => Ok(false),
                 other => Err(format!("{f} of {value}: side {other:?} is not l or r")),
@@ -1074,53 +1106,86 @@ impl CollOp {
         if items.len() != arity {
             return Err(format!("{f} of {value}: {arity} arguments expected"));
         }
+        let mut word = |i: usize| -> Result<Word, String> { interner.coll_word(text(i)?) };
         Ok(match f {
             Function::Push => CollOp::Push {
-                list: text(0)?,
+                list: word(0)?,
                 left: side(1)?,
-                element: text(2)?,
+                element: word(2)?,
             },
             Function::Pop => CollOp::Pop {
-                list: text(0)?,
+                list: word(0)?,
                 left: side(1)?,
             },
-            Function::LRange => CollOp::LRange { list: text(0)? },
+            Function::LRange => CollOp::LRange { list: word(0)? },
             Function::SAdd => CollOp::SAdd {
-                set: text(0)?,
-                member: text(1)?,
+                set: word(0)?,
+                member: word(1)?,
             },
             Function::SRem => CollOp::SRem {
-                set: text(0)?,
-                member: text(1)?,
+                set: word(0)?,
+                member: word(1)?,
             },
-            Function::SMembers => CollOp::SMembers { set: text(0)? },
+            Function::SMembers => CollOp::SMembers { set: word(0)? },
             Function::ZIncrBy => CollOp::ZIncrBy {
-                zset: text(0)?,
-                member: text(1)?,
+                zset: word(0)?,
+                member: word(1)?,
                 delta: items[2]
                     .as_int()
-                    .ok_or_else(|| format!("{f} of {value}: the delta is not an integer"))?,
+                    .ok_or_else(|| format!("{f} of {value}: delta is not an integer"))?,
             },
             Function::ZScore => CollOp::ZScore {
-                zset: text(0)?,
-                member: text(1)?,
+                zset: word(0)?,
+                member: word(1)?,
             },
             f => return Err(format!("{f} is not a collection operation")),
         })
     }
 
-    /// A reply as the model states it: a set's members sorted (the store may list them in
-    /// any order, and a set is compared as a set).
-    fn normalize(&self, reply: &Value) -> Value {
-        match (self, reply) {
-            (CollOp::SMembers { .. }, Value::List(members)) => {
-                let mut members = members.clone();
-                members.sort();
-                Value::List(members)
-            }
-            _ => reply.clone(),
-        }
+    /// The reply the store gave, as the model states it: strings as [`Word`]s, a set's
+    /// members sorted (the store may list them in any order, and a set is compared as a
+    /// set). A reply of a shape the operation never gives is [`CollReply::Impossible`]: no
+    /// state's reply equals it.
+    fn reply(&self, reply: &Value, interner: &mut Interner) -> CollReply {
+        // A string no operation wrote gets a word of its own, which no state holds.
+        let mut word = |value: &Value| match value {
+            Value::Str(text) => interner.coll_word(text).ok(),
+            _ => None,
+        };
+        let mut words =
+            |values: &[Value]| values.iter().map(&mut word).collect::<Option<Vec<Word>>>();
+        let answer = match (self, reply) {
+            (
+                CollOp::Push { .. }
+                | CollOp::SAdd { .. }
+                | CollOp::SRem { .. }
+                | CollOp::ZIncrBy { .. }
+                | CollOp::ZScore { .. },
+                Value::Int(n),
+            ) => Some(CollReply::Int(*n)),
+            (CollOp::Pop { .. } | CollOp::ZScore { .. }, Value::Null) => Some(CollReply::Nil),
+            (CollOp::Pop { .. }, value) => word(value).map(CollReply::Word),
+            (CollOp::LRange { .. }, Value::List(elements)) => words(elements).map(CollReply::Words),
+            (CollOp::SMembers { .. }, Value::List(members)) => words(members).map(|mut members| {
+                members.sort_unstable();
+                CollReply::Words(members)
+            }),
+            _ => None,
+        };
+        answer.unwrap_or(CollReply::Impossible)
     }
+}
+
+/// A collection operation's reply as the model compares it ([`CollOp::reply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CollReply {
+    Int(i64),
+    Nil,
+    Word(Word),
+    /// A list's elements in order, or a set's members sorted.
+    Words(Vec<Word>),
+    /// Matches no reply of the model.
+    Impossible,
 }
 
 /// Compiled operations of one `txn` (or one operation alone), with their expected replies
@@ -1128,100 +1193,89 @@ impl CollOp {
 #[derive(Debug, Clone)]
 struct CollTxn {
     ops: Vec<CollOp>,
-    replies: Vec<Value>,
+    replies: Vec<CollReply>,
 }
 
 /// A collections object's state: its non-empty lists, sets and sorted sets by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct CollState {
-    lists: BTreeMap<String, VecDeque<String>>,
-    sets: BTreeMap<String, BTreeSet<String>>,
-    zsets: BTreeMap<String, BTreeMap<String, i64>>,
+    lists: BTreeMap<Word, VecDeque<Word>>,
+    sets: BTreeMap<Word, BTreeSet<Word>>,
+    zsets: BTreeMap<Word, BTreeMap<Word, i64>>,
 }
 
 impl CollState {
-    /// Heap bytes, roughly.
+    /// Heap bytes, roughly (a B-tree's entry costs about twice its key and value).
     fn bytes(&self) -> usize {
-        let strings = |n: usize| n * 48;
+        let word = std::mem::size_of::<Word>();
         self.lists
             .values()
-            .map(|l| strings(l.len() + 1))
+            .map(|l| 64 + l.len() * word)
             .sum::<usize>()
             + self
                 .sets
                 .values()
-                .map(|s| strings(s.len() + 1))
+                .map(|s| 64 + s.len() * 2 * word)
                 .sum::<usize>()
             + self
                 .zsets
                 .values()
-                .map(|z| strings(z.len() + 1))
+                .map(|z| 64 + z.len() * 2 * (word + 8))
                 .sum::<usize>()
             + 96
     }
 
-    /// Applies `op` as Redis does and gives its reply.
-    fn apply(&mut self, op: &CollOp) -> Value {
+    /// Applies `op` as Redis does; `false` when `expected` is given and the reply Redis would
+    /// give differs from it.
+    fn apply(&mut self, op: &CollOp, expected: Option<&CollReply>) -> bool {
+        let int = |n: i64| expected.is_none_or(|e| *e == CollReply::Int(n));
         match op {
             CollOp::Push {
                 list,
                 left,
                 element,
             } => {
-                let items = self.lists.entry(list.clone()).or_default();
+                let items = self.lists.entry(*list).or_default();
                 if *left {
-                    items.push_front(element.clone());
+                    items.push_front(*element);
                 } else {
-                    items.push_back(element.clone());
+                    items.push_back(*element);
                 }
-                Value::Int(items.len() as i64)
+                int(items.len() as i64)
             }
             CollOp::Pop { list, left } => {
-                let Some(items) = self.lists.get_mut(list) else {
-                    return Value::Null;
-                };
-                let popped = if *left {
-                    items.pop_front()
-                } else {
-                    items.pop_back()
-                };
-                if items.is_empty() {
-                    self.lists.remove(list);
+                let mut popped = None;
+                if let Some(items) = self.lists.get_mut(list) {
+                    popped = if *left {
+                        items.pop_front()
+                    } else {
+                        items.pop_back()
+                    };
+                    if items.is_empty() {
+                        self.lists.remove(list);
+                    }
                 }
-                popped.map_or(Value::Null, Value::Str)
+                expected.is_none_or(|e| match popped {
+                    Some(element) => *e == CollReply::Word(element),
+                    None => *e == CollReply::Nil,
+                })
             }
-            CollOp::LRange { list } => Value::List(
-                self.lists
-                    .get(list)
-                    .into_iter()
-                    .flatten()
-                    .map(|element| Value::Str(element.clone()))
-                    .collect(),
-            ),
-            CollOp::SAdd { set, member } => Value::Int(
-                self.sets
-                    .entry(set.clone())
-                    .or_default()
-                    .insert(member.clone()) as i64,
-            ),
+            CollOp::LRange { .. } | CollOp::SMembers { .. } | CollOp::ZScore { .. } => {
+                expected.is_none_or(|e| self.read(op, e))
+            }
+            CollOp::SAdd { set, member } => {
+                int(self.sets.entry(*set).or_default().insert(*member) as i64)
+            }
             CollOp::SRem { set, member } => {
                 let Some(members) = self.sets.get_mut(set) else {
-                    return Value::Int(0);
+                    return int(0);
                 };
                 let removed = members.remove(member);
                 if members.is_empty() {
                     self.sets.remove(set);
                 }
-                Value::Int(removed as i64)
+                int(removed as i64)
             }
-            CollOp::SMembers { set } => Value::List(
-                self.sets
-                    .get(set)
-                    .into_iter()
-                    .flatten()
-                    .map(|member| Value::Str(member.clone()))
-                    .collect(),
-            ),
             CollOp::ZIncrBy {
                 zset,
                 member,
@@ -1229,18 +1283,36 @@ impl CollState {
             } => {
                 let score = self
                     .zsets
-                    .entry(zset.clone())
+                    .entry(*zset)
                     .or_default()
-                    .entry(member.clone())
+                    .entry(*member)
                     .or_default();
                 *score = score.wrapping_add(*delta);
-                Value::Int(*score)
+                int(*score)
             }
-            CollOp::ZScore { zset, member } => self
-                .zsets
-                .get(zset)
-                .and_then(|scores| scores.get(member))
-                .map_or(Value::Null, |score| Value::Int(*score)),
+        }
+    }
+
+    /// Whether read `op` answers `expected` on this state (any other operation: `false`).
+    fn read(&self, op: &CollOp, expected: &CollReply) -> bool {
+        match (op, expected) {
+            (CollOp::LRange { list }, CollReply::Words(words)) => {
+                let items = self.lists.get(list);
+                words.len() == items.map_or(0, VecDeque::len)
+                    && items.into_iter().flatten().eq(words.iter())
+            }
+            (CollOp::SMembers { set }, CollReply::Words(words)) => {
+                let members = self.sets.get(set);
+                words.len() == members.map_or(0, BTreeSet::len)
+                    && members.into_iter().flatten().eq(words.iter())
+            }
+            (CollOp::ZScore { zset, member }, expected) => {
+                match self.zsets.get(zset).and_then(|scores| scores.get(member)) {
+                    Some(score) => *expected == CollReply::Int(*score),
+                    None => *expected == CollReply::Nil,
+                }
+            }
+            _ => false,
         }
     }
 }
@@ -1264,7 +1336,7 @@ fn compile_coll(
                         let f = Function::from_name(name)
                             .filter(|f| f.is_collection() && *f != Function::Txn)
                             .ok_or_else(|| format!("no sub-operation {name:?}"))?;
-                        CollOp::parse(f, &Value::List(args.to_vec()))
+                        CollOp::parse(f, &Value::List(args.to_vec()), interner)
                     }
                     _ => Err(format!("sub-operation {sub} has no name")),
                 },
@@ -1273,7 +1345,7 @@ fn compile_coll(
             .collect::<Result<_, _>>()
             .map_err(in_op)?
     } else {
-        vec![CollOp::parse(op.f, &op.value).map_err(in_op)?]
+        vec![CollOp::parse(op.f, &op.value, interner).map_err(in_op)?]
     };
     let read = ops.iter().all(CollOp::is_read);
     if read && !definite {
@@ -1286,14 +1358,14 @@ fn compile_coll(
             Value::List(replies) if replies.len() == ops.len() => ops
                 .iter()
                 .zip(replies)
-                .map(|(sub, reply)| sub.normalize(reply))
+                .map(|(sub, reply)| sub.reply(reply, interner))
                 .collect(),
             other => {
                 return Err(in_op(format!("{other} is not {} replies", ops.len())));
             }
         }
     } else {
-        vec![ops[0].normalize(&op.output)]
+        vec![ops[0].reply(&op.output, interner)]
     };
     let index = u32::try_from(interner.coll_txns.len())
         .map_err(|_| in_op("too many collection operations".into()))?;
@@ -1313,10 +1385,14 @@ fn compile_coll(
 /// from the model's.
 fn apply_coll(ops: u32, checked: bool, state: u64, interner: &Interner) -> Option<CollState> {
     let txn = &interner.coll_txns[ops as usize];
-    let mut next = interner.coll_states[state as usize].clone();
+    let mut next = CollState::clone(&interner.coll_states[state as usize]);
     for (position, op) in txn.ops.iter().enumerate() {
-        let reply = next.apply(op);
-        if checked && txn.replies.get(position) != Some(&reply) {
+        let expected = if checked {
+            Some(txn.replies.get(position)?)
+        } else {
+            None
+        };
+        if !next.apply(op, expected) {
             return None;
         }
     }
