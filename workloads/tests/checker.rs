@@ -762,6 +762,50 @@ fn an_indeterminate_pop_may_have_taken_an_element_or_not() {
     assert_not_linearizable(&h);
 }
 
+/// Pushes nobody heard back from, whose elements no read lists and no pop returns, are one
+/// element to the search (`model::merge_unobserved_elements`): twelve of them in flight
+/// before an impossible pop take a few hundred states, not every subset of them. Elements a
+/// reply names keep theirs: a pop may return one of the unanswered pushes' elements.
+#[test]
+fn pushes_whose_elements_nobody_sees_are_one_element() {
+    let unanswered = |h: &mut Ops| {
+        for p in 0..12 {
+            let side = if p % 2 == 0 { "l" } else { "r" };
+            h.op(
+                p,
+                Function::Push,
+                "{c}",
+                strs(&["l", side, &format!("lost-{p}")]),
+                Value::Null,
+                Outcome::Info,
+                0,
+                None,
+            );
+        }
+    };
+    let mut h = Ops::new();
+    unanswered(&mut h);
+    pop(&mut h, 50, "l", Some("never-pushed"), (100, 110));
+    let report = check_operations(
+        &h.ops,
+        &CheckConfig::default(),
+        &Budget::unlimited().with_states_max(400),
+    );
+    assert!(report.is_not_linearizable(), "{report}");
+    // One of them seen: it took effect, the others may not have.
+    let mut h = Ops::new();
+    unanswered(&mut h);
+    pop(&mut h, 50, "l", Some("lost-4"), (100, 110));
+    pop(&mut h, 51, "l", Some("lost-2"), (120, 130));
+    assert_linearizable(&h);
+    // ... but each only once.
+    let mut h = Ops::new();
+    unanswered(&mut h);
+    let twice = strs(&["lost-4", "lost-2", "lost-4"]);
+    h.answered(50, Function::LRange, "{c}", strs(&["l"]), twice, 100, 110);
+    assert_not_linearizable(&h);
+}
+
 #[test]
 fn a_set_answers_adds_and_removes_and_is_read_as_a_set() {
     let add = |h: &mut Ops, p: u64, member: &str, reply: i64, span: (u64, u64)| {
