@@ -346,8 +346,9 @@ impl<'a> Injector<'a> {
         });
     }
 
-    /// A disk error stops the group's Raft for good (as EIO would end a process): restart the
-    /// node from its disk, as a supervisor would.
+    /// A disk error stops the group's Raft for good (as EIO would end a process), or a start
+    /// failed (the process would exit): restart the node from its disk, as a supervisor
+    /// would.
     fn restart_fatal(
         &mut self,
         sim: &mut turmoil::Sim<'_>,
@@ -362,7 +363,22 @@ impl<'a> Injector<'a> {
                     self.record(now, FaultKind::ReplicaRetired, detail);
                 }
             }
-            let Some(reason) = part.node().and_then(|node| node.fatal()) else {
+            let failed_start = || {
+                let failure = part
+                    .start_failure
+                    .lock()
+                    .expect("start failure lock")
+                    .take();
+                failure.map(|error| format!("start failed: {error}"))
+            };
+            let reason = if part.up && !part.destroyed {
+                part.node()
+                    .and_then(|node| node.fatal())
+                    .or_else(failed_start)
+            } else {
+                None
+            };
+            let Some(reason) = reason else {
                 continue;
             };
             crate::trace_event!(

@@ -3,7 +3,8 @@
 //!
 //! Kept regressions inside this range: seed 2 (a duplicated message re-executed `INCRBY`; fixed
 //! by client sessions in the state machine) and seed 13 (a node restart hit an injected `EIO`
-//! and ended the whole simulation; fixed by the supervisor retrying the start).
+//! and ended the whole simulation; fixed by the supervisor retrying the start, and since stop
+//! 62 by restarting the process, see `swarm_crowd_40`).
 
 use std::time::Duration;
 
@@ -64,5 +65,28 @@ fn swarm_sync_02() {
     assert!(
         report.sync.is_some_and(|sync| sync.keys >= 60),
         "replay: {replay}"
+    );
+}
+
+/// One-group swarm seed 40 with 24 clients at 600 operations a simulated second. Node 1
+/// restarted while its disk failed syncs; its start failed (EIO on a sync, which poisons the
+/// disk until it is opened again) and the simulator's supervisor tried the start again in the
+/// same process every 200 ms, never opening the disk again, for the last eleven seconds of
+/// the run. With the group's third replica retired (a corrupt record), the group could not
+/// commit: no final read succeeded. A failed start now ends the process and the harness
+/// restarts it, as a real supervisor does (`restart_fatal`); the run must pass.
+#[test]
+fn swarm_crowd_40() {
+    let replay =
+        "larder sim --seed 40 --duration 20s --swarm --clients 24 --rate 600 --check-determinism";
+    let mut config = SimConfig::new(40, Duration::from_secs(20));
+    config.swarm = true;
+    config.clients = 24;
+    config.rate = Some(600);
+    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.linearizability.is_linearizable(),
+        "{}\nreplay: {replay}",
+        report.linearizability
     );
 }
