@@ -57,26 +57,25 @@ pub(crate) type StartFailure = Arc<Mutex<Option<String>>>;
 impl NodeParts {
     /// Kills the process: its host is dropped, and its disk keeps only what survives a crash.
     pub(crate) fn crash(&mut self, sim: &mut turmoil::Sim<'_>, rng: &mut SeededRng) {
-        sim.crash(host_name(self.id));
-        self.slot.lock().expect("slot lock").take();
-        self.start_failure
-            .lock()
-            .expect("start failure lock")
-            .take();
+        self.kill(sim);
         self.disk.crash(rng);
-        self.up = false;
     }
 
     /// The machine loses power: the process dies and every write its disk had not synced is
     /// lost.
     pub(crate) fn power_loss(&mut self, sim: &mut turmoil::Sim<'_>, rng: &mut SeededRng) {
+        self.kill(sim);
+        self.disk.power_loss(rng);
+    }
+
+    /// The process is gone: its host dropped, its node unpublished, a failed start forgotten.
+    fn kill(&mut self, sim: &mut turmoil::Sim<'_>) {
         sim.crash(host_name(self.id));
         self.slot.lock().expect("slot lock").take();
         self.start_failure
             .lock()
             .expect("start failure lock")
             .take();
-        self.disk.power_loss(rng);
         self.up = false;
     }
 
@@ -286,11 +285,23 @@ impl NodeProcess {
         *self.start_failure.lock().expect("start failure lock") = Some(error.to_string());
     }
 
+    /// A start succeeded (a retry in the same process, before the harness restarted it): no
+    /// restart is owed.
+    fn started(&self) {
+        self.start_failure
+            .lock()
+            .expect("start failure lock")
+            .take();
+    }
+
     async fn run_center(self, center_config: CenterConfig, forms: bool) -> turmoil::Result {
         let center = loop {
             match Center::start(self.env.clone(), self.config.clone(), center_config.clone()).await
             {
-                Ok(center) => break center,
+                Ok(center) => {
+                    self.started();
+                    break center;
+                }
                 Err(e) => {
                     self.start_failed(&e);
                     self.env.clock.sleep(Self::START_RETRY).await;
@@ -308,7 +319,10 @@ impl NodeProcess {
     async fn run_storage(self, forms: Vec<(GroupId, BTreeSet<NodeId>)>) -> turmoil::Result {
         let node = loop {
             match StorageNode::start(self.env.clone(), self.config.clone()).await {
-                Ok(node) => break node,
+                Ok(node) => {
+                    self.started();
+                    break node;
+                }
                 Err(e) => {
                     self.start_failed(&e);
                     self.env.clock.sleep(Self::START_RETRY).await;
