@@ -422,11 +422,16 @@ catalog! {
     // leader exactly that question and catches it on every run (`sim/tests/sim/scripted.rs`).
     // Since stop 59 the center undoes such a table once the group's leader contradicts it
     // (`View::adoption_doubted`), so seed 34 catches the bug only with the center's check off
-    // (`finished-repair-trusted` planted beside); it passes with that one alone.
+    // (`finished-repair-trusted` planted beside); it passes with that one alone. The pair's
+    // row is kept for the whole path, from the node's wrong "done" to a group that never
+    // converges.
     replace_done_unconfirmed: "replace-done-unconfirmed", 30..=40, SwarmRepairTrusted;
     // The center's check of a table written from a finished repair, off: with deposed leaders
     // answering replacements "done" (`replace-done-unconfirmed` beside), seed 34's table keeps
     // a replica that is no member of group 4, which never catches up. Passes with
-    // `replace-done-unconfirmed` alone.
+    // `replace-done-unconfirmed` alone. The center's unit test
+    // `control::adoption_tests::a_table_from_a_finished_repair_its_leader_contradicts_is_undone_after_two_failure_timeouts`
+    // (`nodes/center/src/control.rs`) catches it alone, on every run: it hands the center the
+    // wrong "done" itself, so no node's bug is needed to make one.
     finished_repair_trusted: "finished-repair-trusted", 30..=40, SwarmReplaceUnconfirmed;
 }

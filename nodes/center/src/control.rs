@@ -21,7 +21,7 @@ use openraft::async_runtime::WatchReceiver;
 
 use crate::Center;
 use crate::center::{Round, Soft};
-use crate::config::CenterError;
+use crate::config::{CenterConfig, CenterError};
 use crate::plan::{self, Action, Liveness, NodeView, RepairInFlight, View};
 use crate::store::{Durable, node_key};
 
@@ -154,128 +154,11 @@ impl<E: Env> Center<E> {
         wait
     }
 
-    /// Builds the planner's input from the durable state and the soft state at `now`, and
-    /// updates the soft bookkeeping that depends on it (stale replicas, cooldowns).
+    /// Builds the planner's input from the durable state and the soft state at `now`
+    /// ([`build_view`]).
     fn view(&self, durable: Durable, now: Duration) -> View {
-        let timeout = self.config.failure_timeout();
         let mut soft = self.soft.lock().expect("soft lock");
-        let ids: BTreeSet<NodeId> = durable
-            .registry
-            .keys()
-            .chain(soft.heard.keys())
-            .copied()
-            .collect();
-        let mut nodes = BTreeMap::new();
-        for id in ids {
-            let record = durable.registry.get(&id).cloned();
-            let heard = soft.heard.get(&id);
-            let mut liveness = plan::liveness(
-                heard.map(|h| h.at),
-                record.as_ref().map(|r| r.state),
-                soft.term_started,
-                now,
-                timeout,
-            );
-            if heard.is_some() && self.config.bugs.is_planted(Bug::DeadNodeStaysUp) {
-                // Planted bug: once heard from, always up.
-                liveness = Liveness::Up;
-            }
-            nodes.insert(
-                id,
-                NodeView {
-                    liveness,
-                    record,
-                    heard: heard.map(|h| h.heard.clone()),
-                },
-            );
-        }
-        // Finished repairs the table already shows need no more writing.
-        if let Some(table) = &durable.routing {
-            soft.finished.retain(|group, done| {
-                table
-                    .route(*group)
-                    .is_some_and(|r| r.replicas.contains(&done.old))
-            });
-        }
-        // Replicas hosted by a non-member: start (or keep) their clocks; members stop them.
-        let memberships = plan::newest_memberships(&nodes);
-        let mut hosted_by_non_members = BTreeSet::new();
-        for (id, node) in &nodes {
-            let Some(heard) = node
-                .heard
-                .as_ref()
-                .filter(|_| node.liveness == Liveness::Up)
-            else {
-                continue;
-            };
-            for group in heard.groups.keys() {
-                let in_table = durable
-                    .routing
-                    .as_ref()
-                    .and_then(|t| t.route(*group))
-                    .is_some_and(|r| r.replicas.contains(id));
-                let in_raft = memberships
-                    .get(group)
-                    .is_some_and(|m| m.voters.contains(id) || m.learners.contains(id));
-                if !in_table && !in_raft && *group != CENTER_GROUP {
-                    hosted_by_non_members.insert((*id, *group));
-                }
-            }
-        }
-        soft.stale_since
-            .retain(|key, _| hosted_by_non_members.contains(key));
-        for key in &hosted_by_non_members {
-            soft.stale_since.entry(*key).or_insert(now);
-        }
-        let stale_after = Duration::from_millis(self.config.stale_replica_ms);
-        let stale = soft
-            .stale_since
-            .iter()
-            .filter(|(_, since)| now.saturating_sub(**since) >= stale_after)
-            .map(|(key, _)| *key)
-            .collect();
-        soft.cooling.retain(|_, until| *until > now);
-        let settled = timeout.saturating_mul(2);
-        // Tables written long enough ago that a group's leader has reported since (see
-        // `View::adoption_doubted`); the groups the table no longer has are forgotten.
-        soft.adopted_at.retain(|group, _| {
-            durable
-                .routing
-                .as_ref()
-                .is_some_and(|t| t.route(*group).is_some())
-        });
-        let adoption_doubted = if self.config.bugs.is_planted(Bug::FinishedRepairTrusted) {
-            // Planted bug: a table written from a finished repair is never doubted.
-            BTreeSet::new()
-        } else {
-            soft.adopted_at
-                .iter()
-                .filter(|(_, at)| now.saturating_sub(**at) >= settled)
-                .map(|(group, _)| *group)
-                .collect()
-        };
-        let settled_down = nodes
-            .iter()
-            .filter(|(id, v)| {
-                v.liveness == Liveness::Down
-                    && match soft.heard.get(id) {
-                        Some(h) => now.saturating_sub(h.at) >= settled,
-                        None => now.saturating_sub(soft.term_started) >= settled,
-                    }
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        View {
-            routing: durable.routing,
-            nodes,
-            repairs: soft.repairs.clone(),
-            finished: soft.finished.clone(),
-            adopted_through: soft.adopted_through.clone(),
-            adoption_doubted,
-            cooling: soft.cooling.keys().copied().collect(),
-            stale,
-            settled_down,
-        }
+        build_view(&self.config, &mut soft, durable, now)
     }
 
     async fn carry_out(
@@ -310,18 +193,8 @@ impl<E: Env> Center<E> {
                     });
                 }
                 *routing = Some(next);
-                let through = plan::newest_memberships(&view.nodes)
-                    .get(&group)
-                    .map(|m| m.index);
                 let mut soft = self.soft.lock().expect("soft lock");
-                soft.finished.remove(&group);
-                soft.adopted_at.insert(group, now);
-                // No membership known (a never-formed group placed anew): the first one reported
-                // later, even at log index 0, must still be adopted.
-                match through {
-                    Some(index) => soft.adopted_through.insert(group, index),
-                    None => soft.adopted_through.remove(&group),
-                };
+                note_adopted(&mut soft, &view.nodes, group, now);
             }
             Action::Recreate { old, new, replicas } => {
                 let Some(current) = routing.as_ref() else {
@@ -639,6 +512,152 @@ impl<E: Env> Center<E> {
     }
 }
 
+/// Builds the planner's input from the durable state and the soft state at `now`, and
+/// updates the soft bookkeeping that depends on it (stale replicas, cooldowns, which tables
+/// written from a finished repair are doubted). Pure but for `soft`: the unit tests below run
+/// the center's rounds through it without a cluster.
+fn build_view(config: &CenterConfig, soft: &mut Soft, durable: Durable, now: Duration) -> View {
+    let timeout = config.failure_timeout();
+    let ids: BTreeSet<NodeId> = durable
+        .registry
+        .keys()
+        .chain(soft.heard.keys())
+        .copied()
+        .collect();
+    let mut nodes = BTreeMap::new();
+    for id in ids {
+        let record = durable.registry.get(&id).cloned();
+        let heard = soft.heard.get(&id);
+        let mut liveness = plan::liveness(
+            heard.map(|h| h.at),
+            record.as_ref().map(|r| r.state),
+            soft.term_started,
+            now,
+            timeout,
+        );
+        if heard.is_some() && config.bugs.is_planted(Bug::DeadNodeStaysUp) {
+            // Planted bug: once heard from, always up.
+            liveness = Liveness::Up;
+        }
+        nodes.insert(
+            id,
+            NodeView {
+                liveness,
+                record,
+                heard: heard.map(|h| h.heard.clone()),
+            },
+        );
+    }
+    // Finished repairs the table already shows need no more writing.
+    if let Some(table) = &durable.routing {
+        soft.finished.retain(|group, done| {
+            table
+                .route(*group)
+                .is_some_and(|r| r.replicas.contains(&done.old))
+        });
+    }
+    // Replicas hosted by a non-member: start (or keep) their clocks; members stop them.
+    let memberships = plan::newest_memberships(&nodes);
+    let mut hosted_by_non_members = BTreeSet::new();
+    for (id, node) in &nodes {
+        let Some(heard) = node
+            .heard
+            .as_ref()
+            .filter(|_| node.liveness == Liveness::Up)
+        else {
+            continue;
+        };
+        for group in heard.groups.keys() {
+            let in_table = durable
+                .routing
+                .as_ref()
+                .and_then(|t| t.route(*group))
+                .is_some_and(|r| r.replicas.contains(id));
+            let in_raft = memberships
+                .get(group)
+                .is_some_and(|m| m.voters.contains(id) || m.learners.contains(id));
+            if !in_table && !in_raft && *group != CENTER_GROUP {
+                hosted_by_non_members.insert((*id, *group));
+            }
+        }
+    }
+    soft.stale_since
+        .retain(|key, _| hosted_by_non_members.contains(key));
+    for key in &hosted_by_non_members {
+        soft.stale_since.entry(*key).or_insert(now);
+    }
+    let stale_after = Duration::from_millis(config.stale_replica_ms);
+    let stale = soft
+        .stale_since
+        .iter()
+        .filter(|(_, since)| now.saturating_sub(**since) >= stale_after)
+        .map(|(key, _)| *key)
+        .collect();
+    soft.cooling.retain(|_, until| *until > now);
+    let settled = timeout.saturating_mul(2);
+    // Tables written long enough ago that a group's leader has reported since (see
+    // `View::adoption_doubted`); the groups the table no longer has are forgotten.
+    soft.adopted_at.retain(|group, _| {
+        durable
+            .routing
+            .as_ref()
+            .is_some_and(|t| t.route(*group).is_some())
+    });
+    let adoption_doubted = if config.bugs.is_planted(Bug::FinishedRepairTrusted) {
+        // Planted bug: a table written from a finished repair is never doubted.
+        BTreeSet::new()
+    } else {
+        soft.adopted_at
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(**at) >= settled)
+            .map(|(group, _)| *group)
+            .collect()
+    };
+    let settled_down = nodes
+        .iter()
+        .filter(|(id, v)| {
+            v.liveness == Liveness::Down
+                && match soft.heard.get(id) {
+                    Some(h) => now.saturating_sub(h.at) >= settled,
+                    None => now.saturating_sub(soft.term_started) >= settled,
+                }
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    View {
+        routing: durable.routing,
+        nodes,
+        repairs: soft.repairs.clone(),
+        finished: soft.finished.clone(),
+        adopted_through: soft.adopted_through.clone(),
+        adoption_doubted,
+        cooling: soft.cooling.keys().copied().collect(),
+        stale,
+        settled_down,
+    }
+}
+
+/// Records in `soft` that the table now holds the replicas `Action::Adopt` wrote for `group`
+/// at `now`: a finished repair is written, the adoption's age starts (`View::adoption_doubted`),
+/// and memberships reported through the newest one `nodes` reported are not adopted again
+/// (`View::adopted_through`).
+fn note_adopted(
+    soft: &mut Soft,
+    nodes: &BTreeMap<NodeId, NodeView>,
+    group: GroupId,
+    now: Duration,
+) {
+    let through = plan::newest_memberships(nodes).get(&group).map(|m| m.index);
+    soft.finished.remove(&group);
+    soft.adopted_at.insert(group, now);
+    // No membership known (a never-formed group placed anew): the first one reported later,
+    // even at log index 0, must still be adopted.
+    match through {
+        Some(index) => soft.adopted_through.insert(group, index),
+        None => soft.adopted_through.remove(&group),
+    };
+}
+
 /// The control loop of one replica: every tick, refresh the local routing copy; on the leader,
 /// run one round. Ends when the center is dropped or its node shut down.
 async fn control_loop<E: Env>(center: Weak<Center<E>>) {
@@ -746,5 +765,131 @@ mod backoff_tests {
             what: "registry write",
             reason: "timed out".into(),
         }));
+    }
+}
+
+/// The center's rounds on a table written from a finished repair, through the code the control
+/// loop runs ([`build_view`], [`plan::plan`], [`note_adopted`]) with heartbeats made up: the
+/// wrong "done" a deposed leader gives (`replace-done-unconfirmed`) is put straight into the
+/// soft state, so the center's own check is tested alone, on every run.
+#[cfg(test)]
+mod adoption_tests {
+    use larder_core::bugs::Bugs;
+    use larder_protocol::{GroupStatus, MembershipStatus, NodeState};
+
+    use super::*;
+    use crate::center::HeardAt;
+    use crate::plan::{Heard, NodeRecord};
+
+    /// Group 1's committed voters, as every member and its leader (node 3) report them.
+    const MEMBERS: [NodeId; 3] = [3, 4, 1];
+    /// The log index of that membership, also the one the table is written through.
+    const MEMBERSHIP_INDEX: u64 = 10;
+
+    /// Node `id`'s heartbeat: the members of group 1 report its membership, node 3 as its
+    /// leader; node 2, the repair's new replica that never joined, reports no group.
+    fn heard(id: NodeId) -> Heard {
+        let mut groups = BTreeMap::new();
+        if MEMBERS.contains(&id) {
+            let status = GroupStatus {
+                group: 1,
+                is_leader: id == 3,
+                term: 2,
+                last_applied: 20,
+                initialized: true,
+                membership: Some(MembershipStatus {
+                    index: MEMBERSHIP_INDEX,
+                    voters: vec![1, 3, 4],
+                    configs: vec![vec![1, 3, 4]],
+                    learners: vec![],
+                }),
+                broken: None,
+                records_estimate: 0,
+            };
+            groups.insert(1, status);
+        }
+        Heard {
+            address: format!("n{id}"),
+            groups,
+            hot: Default::default(),
+        }
+    }
+
+    /// The table's replicas of group 1 each time a round changed them, by the round's time in
+    /// ms: one group on nodes 3, 4, 1; at 1 s a repair of 1 by 2 ends "done" though the group
+    /// never committed it; rounds every heartbeat until 60 s, every node heard each round.
+    fn table_changes(bugs: Bugs) -> Vec<(u64, Vec<NodeId>)> {
+        let config = CenterConfig {
+            bugs,
+            ..CenterConfig::new(vec![101, 102, 103], 1)
+        };
+        let registry: BTreeMap<NodeId, NodeRecord> = (1..=4)
+            .map(|id| {
+                let record = NodeRecord {
+                    id,
+                    address: format!("n{id}"),
+                    state: NodeState::Up,
+                };
+                (id, record)
+            })
+            .collect();
+        let mut table = RoutingTable::even(1, |_| MEMBERS.to_vec());
+        let mut soft = Soft {
+            term: Some(1),
+            ..Soft::default()
+        };
+        let replicas = |table: &RoutingTable| table.route(1).expect("group 1").replicas.clone();
+        let mut changes = Vec::new();
+        let tick = Duration::from_millis(config.heartbeat_ms);
+        let mut now = tick;
+        while now <= Duration::from_secs(60) {
+            for id in 1..=4 {
+                let heard = heard(id);
+                soft.heard.insert(id, HeardAt { at: now, heard });
+            }
+            if now == Duration::from_secs(1) {
+                soft.finished.insert(1, RepairInFlight { old: 1, new: 2 });
+            }
+            let durable = Durable {
+                routing: Some(table.clone()),
+                registry: registry.clone(),
+                migrations: BTreeMap::new(),
+            };
+            let view = build_view(&config, &mut soft, durable, now);
+            let before = replicas(&table);
+            for action in plan::plan(&view, &config.plan_config()) {
+                if let Action::Adopt { group, replicas } = action {
+                    table = table.with_replicas(group, replicas).expect("a valid table");
+                    note_adopted(&mut soft, &view.nodes, group, now);
+                }
+            }
+            if replicas(&table) != before {
+                changes.push((now.as_millis() as u64, replicas(&table)));
+            }
+            now += tick;
+        }
+        changes
+    }
+
+    /// Trusted at first (a real repair's membership may not be reported yet), the table is
+    /// doubted two failure timeouts (5 s) after it was written, and the leader's report of
+    /// {1, 3, 4}, at the very index the table was written through, is written back.
+    #[test]
+    fn a_table_from_a_finished_repair_its_leader_contradicts_is_undone_after_two_failure_timeouts()
+    {
+        assert_eq!(
+            table_changes(Bugs::default()),
+            vec![(1_000, vec![3, 4, 2]), (6_000, vec![3, 4, 1])]
+        );
+    }
+
+    /// The planted bug `finished-repair-trusted`: the table keeps node 2, which is no member of
+    /// group 1, for good; the test above tells it apart.
+    #[test]
+    fn the_planted_bug_keeps_a_table_its_leader_contradicts_and_is_caught() {
+        assert_eq!(
+            table_changes(Bugs::only(Bug::FinishedRepairTrusted)),
+            vec![(1_000, vec![3, 4, 2])]
+        );
     }
 }
