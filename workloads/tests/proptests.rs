@@ -832,10 +832,10 @@ fn execute_collections(acts: &[Act]) -> Vec<Operation> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
-    fn collections_executions_are_linearizable(acts in prop::collection::vec(act(), 1..50)) {
+    fn collections_executions_are_linearizable(acts in prop::collection::vec(act(), 1..150)) {
         let ops = execute_collections(&acts);
         let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
         prop_assert!(report.is_linearizable(), "{}", report);

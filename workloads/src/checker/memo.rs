@@ -178,6 +178,29 @@ impl Cache {
         }
     }
 
+    /// Whether the configuration is there.
+    pub(super) fn contains(&self, hash: u64, state: u64, (lo, key): (u32, &[u64])) -> bool {
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            match self.slots[slot] {
+                0 => return false,
+                entry => {
+                    let e = (entry - 1) as usize;
+                    let (e_lo, offset, len) = self.meta[e];
+                    if self.hashes[e] == hash
+                        && self.states[e] == state
+                        && e_lo == lo
+                        && self.words[offset..offset + len as usize] == *key
+                    {
+                        return true;
+                    }
+                }
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
     fn grow(&mut self) {
         let size = self.slots.len() * 2;
         let mask = size - 1;

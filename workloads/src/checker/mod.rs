@@ -66,7 +66,9 @@
 //!   applies all its operations at one linearization point: no operation, inside or after
 //!   it, sees half of it. Every reply is checked (a push's new length, a pop's element, an
 //!   add's or remove's 0/1, an increment's new score); an indeterminate operation's replies
-//!   are not. One object is one key of the search.
+//!   are not. One object is one key of the search, whose lists, sets and sorted sets (its
+//!   parts) are also searched apart: a configuration one part cannot complete is abandoned
+//!   (`parts`).
 //!
 //! [`Model::Auto`] picks the counter for keys that see an `add`, the ttl model for keys that
 //! see an expiry operation, the multi-key model for keys that see a multi-key operation, the
@@ -101,6 +103,10 @@
 //! - `search`: the Wing–Gong–Lowe search over one key, and the meter that enforces the
 //!   budget.
 //! - `prefix`: the longest linearizable prefix of a failing key.
+//! - `pins`: the single-source rule (a step that leaves a value a definite read still needs
+//!   is refused).
+//! - `parts`: a collections object's parts, each searched alone to tell the whole search
+//!   which configurations are dead.
 
 use std::fmt;
 
@@ -111,6 +117,7 @@ use crate::history::{History, HistoryError, Operation, Value};
 mod memo;
 mod model;
 mod partition;
+mod parts;
 mod pins;
 mod prefix;
 mod search;

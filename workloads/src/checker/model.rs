@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use super::parts::Parts;
 use super::{CheckConfig, ModelKind};
 use crate::history::{Function, Operation, Outcome, Value};
 
@@ -458,11 +459,12 @@ impl Interner {
     }
 }
 
-#[derive(Debug, Clone)]
 pub(super) struct Compiled {
     pub(super) ops: Vec<COp>,
     pub(super) initial: u64,
     pub(super) interner: Interner,
+    /// A collections key's parts, which prune its search ([`super::parts`]).
+    pub(super) parts: Option<Parts>,
 }
 
 pub(super) fn compile(
@@ -578,10 +580,16 @@ pub(super) fn compile(
         }
         merge_unobserved(&mut compiled, &mut interner, &observed);
     }
+    let parts = if kind == ModelKind::Collections {
+        Parts::new(&compiled, coll_parts(&compiled, initial, &interner))
+    } else {
+        None
+    };
     Ok(Compiled {
         ops: compiled,
         initial,
         interner,
+        parts,
     })
 }
 
@@ -1459,6 +1467,145 @@ fn apply_coll(ops: u32, checked: bool, state: u64, interner: &Interner) -> Optio
         }
     }
     Some(next)
+}
+
+/// One part of a collections object: a list, a set or a sorted set, by name. Parts change
+/// and answer independently; only a transaction touching several joins them
+/// ([`super::parts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum CollPart {
+    List(Word),
+    Set(Word),
+    ZSet(Word),
+}
+
+impl CollOp {
+    fn part(&self) -> CollPart {
+        match self {
+            CollOp::Push { list, .. } | CollOp::Pop { list, .. } | CollOp::LRange { list } => {
+                CollPart::List(*list)
+            }
+            CollOp::SAdd { set, .. } | CollOp::SRem { set, .. } | CollOp::SMembers { set } => {
+                CollPart::Set(*set)
+            }
+            CollOp::ZIncrBy { zset, .. } | CollOp::ZScore { zset, .. } => CollPart::ZSet(*zset),
+        }
+    }
+}
+
+impl CollState {
+    /// The state of `part` alone (every other part empty).
+    fn project(&self, part: CollPart) -> CollState {
+        let mut alone = CollState::default();
+        match part {
+            CollPart::List(name) => {
+                if let Some(items) = self.lists.get(&name) {
+                    alone.lists.insert(name, items.clone());
+                }
+            }
+            CollPart::Set(name) => {
+                if let Some(members) = self.sets.get(&name) {
+                    alone.sets.insert(name, members.clone());
+                }
+            }
+            CollPart::ZSet(name) => {
+                if let Some(scores) = self.zsets.get(&name) {
+                    alone.zsets.insert(name, scores.clone());
+                }
+            }
+        }
+        alone
+    }
+}
+
+/// A collections key's operations projected on one of its parts: each operation cut to its
+/// sub-operations on the part (with their replies), those with none left out, and an
+/// indeterminate one that only reads the part left out too (it constrains nothing there).
+/// States are the part's alone, interned in an interner of its own.
+pub(super) struct PartOps {
+    part: CollPart,
+    pub(super) ops: Vec<COp>,
+    /// Per projected operation: its index in the key's compiled operations.
+    pub(super) whole: Vec<usize>,
+    pub(super) interner: Interner,
+    pub(super) initial: u64,
+}
+
+impl PartOps {
+    /// The id, in this part's interner, of the whole object's state `state` seen on the
+    /// part alone.
+    pub(super) fn project(&mut self, whole: &Interner, state: u64) -> u64 {
+        let alone = whole.coll_states[state as usize].project(self.part);
+        self.interner.coll(alone)
+    }
+}
+
+/// The parts of a collections key's operations ([`PartOps`]), when it has two or more
+/// (otherwise none: the one part is the whole).
+pub(super) fn coll_parts(ops: &[COp], initial: u64, interner: &Interner) -> Vec<PartOps> {
+    let mut parts: BTreeMap<CollPart, PartOps> = BTreeMap::new();
+    let mut canonical: BTreeMap<(CollPart, Vec<CollOp>, Vec<CollReply>), u32> = BTreeMap::new();
+    for (index, op) in ops.iter().enumerate() {
+        let txn = match op.step {
+            Step::CollRead(txn) | Step::CollUpdate { ops: txn, .. } => {
+                &interner.coll_txns[txn as usize]
+            }
+            _ => return Vec::new(),
+        };
+        let mut cut: BTreeMap<CollPart, CollTxn> = BTreeMap::new();
+        for (position, sub) in txn.ops.iter().enumerate() {
+            let part = cut.entry(sub.part()).or_insert_with(|| CollTxn {
+                ops: Vec::new(),
+                replies: Vec::new(),
+            });
+            part.ops.push(sub.clone());
+            if let Some(reply) = txn.replies.get(position) {
+                part.replies.push(reply.clone());
+            }
+        }
+        for (part, txn) in cut {
+            let read = txn.ops.iter().all(CollOp::is_read);
+            if read && !op.definite {
+                continue;
+            }
+            let projected = parts.entry(part).or_insert_with(|| {
+                let mut interner = Interner::default();
+                let initial = interner.coll(CollState::default());
+                PartOps {
+                    part,
+                    ops: Vec::new(),
+                    whole: Vec::new(),
+                    interner,
+                    initial,
+                }
+            });
+            let next = projected.interner.coll_txns.len() as u32;
+            let txn_index = *canonical
+                .entry((part, txn.ops.clone(), txn.replies.clone()))
+                .or_insert_with(|| {
+                    projected.interner.coll_txns.push(txn);
+                    next
+                });
+            let step = if read {
+                Step::CollRead(txn_index)
+            } else {
+                Step::CollUpdate {
+                    ops: txn_index,
+                    checked: op.definite,
+                }
+            };
+            projected.ops.push(COp { step, ..*op });
+            projected.whole.push(index);
+        }
+    }
+    if parts.len() < 2 {
+        return Vec::new();
+    }
+    let mut parts: Vec<PartOps> = parts.into_values().collect();
+    for part in &mut parts {
+        part.initial = part.project(interner, initial);
+    }
+    parts
 }
 
 /// A lock object's operation as a step (`definite`: it completed `ok`).

@@ -43,7 +43,7 @@ pub fn check_operations(operations: &[Operation], config: &CheckConfig, budget: 
         .collect();
     let mut verdicts: Vec<Option<KeyVerdict>> = vec![None; keys.len()];
     let mut states = vec![0u64; keys.len()];
-    let mut compiled: Vec<Option<Compiled>> = vec![None; keys.len()];
+    let mut compiled: Vec<Option<Compiled>> = keys.iter().map(|_| None).collect();
     for (i, (_, ops)) in keys.iter().enumerate() {
         match compile(kinds[i], ops, config) {
             Ok(c) => compiled[i] = Some(c),
@@ -72,7 +72,14 @@ pub fn check_operations(operations: &[Operation], config: &CheckConfig, budget: 
             }
             let c = compiled[i].as_mut().expect("compiled");
             let before = meter.states;
-            let outcome = search(&c.ops, c.initial, &mut c.interner, &mut meter, allowance);
+            let outcome = search(
+                &c.ops,
+                c.initial,
+                &mut c.interner,
+                &mut meter,
+                allowance,
+                c.parts.as_mut(),
+            );
             states[i] += meter.states - before;
             verdicts[i] = match outcome {
                 Search::Linearizable(_) => Some(KeyVerdict::Linearizable),

@@ -86,7 +86,7 @@ pub(super) fn longest_prefix(
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         let mut interner = compiled.interner.clone();
-        match search(&cut(mid), compiled.initial, &mut interner, meter, cap) {
+        match search(&cut(mid), compiled.initial, &mut interner, meter, cap, None) {
             Search::Linearizable(order) => {
                 lo = mid;
                 witness = order;

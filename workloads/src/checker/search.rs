@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use super::Budget;
 use super::memo::{Cache, Linearized, splitmix};
 use super::model::{COp, Interner, Step, apply};
+use super::parts::Parts;
 use super::pins::Pins;
 
 pub(super) struct Meter<'a> {
@@ -23,7 +24,7 @@ pub(super) struct Meter<'a> {
 
 impl Meter<'_> {
     /// Counts a search step; true when the budget is exhausted.
-    fn step(&mut self) -> bool {
+    pub(super) fn step(&mut self) -> bool {
         self.steps += 1;
         if self.steps & 0x3ff == 0
             && let Some(expired) = &self.budget.expired
@@ -61,6 +62,7 @@ pub(super) fn search(
     interner: &mut Interner,
     meter: &mut Meter<'_>,
     cap: u64,
+    mut parts: Option<&mut Parts>,
 ) -> Search {
     let n = ops.len();
     if n == 0 {
@@ -164,6 +166,16 @@ pub(super) fn search(
     let mut entry = next[HEAD as usize];
     let mut pass = Class::Read;
     let states_before = meter.states;
+    // A part that cannot be completed from the start (`super::parts`) ends the search.
+    if let Some(parts) = parts.as_deref_mut()
+        && !parts.alive_initially(meter)
+    {
+        return if meter.exhausted {
+            Search::Unknown("budget exhausted on a part of this key".into())
+        } else {
+            Search::NotLinearizable
+        };
+    }
     loop {
         if remaining == 0 {
             let order = stack
@@ -182,10 +194,13 @@ pub(super) fn search(
             return Search::Capped;
         }
         if cache.len() >= (u32::MAX - 1) as usize
-            || meter
-                .budget
-                .memory_max
-                .is_some_and(|max| cache.bytes() + interner.bytes() + pins.bytes() > max)
+            || meter.budget.memory_max.is_some_and(|max| {
+                cache.bytes()
+                    + interner.bytes()
+                    + pins.bytes()
+                    + parts.as_deref().map_or(0, Parts::bytes)
+                    > max
+            })
         {
             // Which part holds the memory (the memo's configurations, or the states' values:
             // interned values and model states) says which model to make cheaper.
@@ -219,8 +234,21 @@ pub(super) fn search(
             {
                 linearized.set(op);
                 let new_hash = hash ^ zobrist[op];
-                if cache.insert(new_hash ^ splitmix(new_state), new_state, linearized.key()) {
+                let fresh =
+                    cache.insert(new_hash ^ splitmix(new_state), new_state, linearized.key());
+                if fresh {
                     meter.states += 1;
+                }
+                // A new configuration whose part cannot be completed is dead, as one explored
+                // before is.
+                if fresh
+                    && parts
+                        .as_deref_mut()
+                        .is_none_or(|parts| parts.allows(op, new_state, interner, meter))
+                {
+                    if let Some(parts) = parts.as_deref_mut() {
+                        parts.linearized(op);
+                    }
                     stack.push((entry, state, pass));
                     state = new_state;
                     hash = new_hash;
@@ -264,6 +292,9 @@ pub(super) fn search(
                 remaining += 1;
             }
             pins.unlinearized(op);
+            if let Some(parts) = parts.as_deref_mut() {
+                parts.unlinearized(op);
+            }
             done[op] = false;
             frontier = None;
             if chosen_in != Class::Read {
@@ -278,7 +309,7 @@ pub(super) fn search(
 /// Whether `op` must wait for an earlier-returning twin that is a candidate now (see
 /// `earlier_twin` in [`search`]). Twins are walked back in return order while they may
 /// still be unlinearized: every unlinearized operation returns at or after the frontier.
-fn waits_for_twin(
+pub(super) fn waits_for_twin(
     op: usize,
     earlier_twin: &[u32],
     done: &[bool],

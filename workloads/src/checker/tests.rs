@@ -502,3 +502,67 @@ fn an_acquisition_that_never_answered_may_have_granted_any_token() {
     h.complete(31, 1, OpKind::Ok, 1);
     assert!(check(&h).is_linearizable());
 }
+
+/// A search stopped by its allowance (`Search::Capped`) runs again with a larger one; a
+/// collections object's parts (`parts::Parts`) mirror what the whole search has linearized,
+/// so each run must start them from nothing. (Found by a 30,000-case run of the collections
+/// proptest: an operation linearized twice on a part, which a release build would have taken
+/// for a dead part.)
+#[test]
+fn a_search_run_again_after_its_allowance_starts_its_parts_afresh() {
+    use super::search::{Meter, Search, search};
+    let list = |items: &[&str]| Value::List(items.iter().map(|&i| Value::from(i)).collect());
+    let mut h = History::new();
+    for p in 0..6 {
+        h.invoke(
+            0,
+            p,
+            Function::Push,
+            "{c}",
+            list(&["l", "r", &format!("e{p}")]),
+        );
+        h.invoke(
+            0,
+            10 + p,
+            Function::SAdd,
+            "{c}",
+            list(&["s", &format!("m{p}")]),
+        );
+    }
+    h.invoke(100, 50, Function::LRange, "{c}", list(&["l"]));
+    h.invoke(100, 51, Function::SMembers, "{c}", list(&["s"]));
+    h.complete(110, 50, OpKind::Ok, list(&["e5", "e4"]));
+    h.complete(110, 51, OpKind::Ok, list(&["m3"]));
+    let ops = h.operations().unwrap();
+    let refs: Vec<&Operation> = ops.iter().collect();
+    let mut c = compile(ModelKind::Collections, &refs, &CheckConfig::default()).unwrap();
+    assert!(c.parts.is_some(), "a list and a set are two parts");
+    let budget = Budget::unlimited();
+    let mut meter = Meter {
+        budget: &budget,
+        states: 0,
+        steps: 0,
+        exhausted: false,
+    };
+    // Allowances from one state up, each run cut short somewhere else, on the same parts.
+    for cap in 1..80 {
+        let run = search(
+            &c.ops,
+            c.initial,
+            &mut c.interner,
+            &mut meter,
+            cap,
+            c.parts.as_mut(),
+        );
+        assert!(matches!(run, Search::Capped | Search::Linearizable(_)));
+    }
+    let again = search(
+        &c.ops,
+        c.initial,
+        &mut c.interner,
+        &mut meter,
+        u64::MAX,
+        c.parts.as_mut(),
+    );
+    assert!(matches!(again, Search::Linearizable(_)));
+}
