@@ -412,8 +412,9 @@ fn some_order<A, S: Clone>(
     })
 }
 
-/// Checks `ops` with no budget and fails unless the verdict is `expected`, the brute force's
-/// (linearizable or not; never unknown). The brute-force proptests below end with this.
+/// Checks `ops` with no budget and fails unless the verdict is `expected` (linearizable or
+/// not; never unknown): the brute force's in the proptests below, or linearizable for an
+/// execution of a sequential store.
 fn agrees(
     ops: &[Operation],
     config: &CheckConfig,
@@ -666,9 +667,7 @@ proptest! {
 
     #[test]
     fn ttl_executions_are_linearizable(acts in prop::collection::vec(act(), 1..60)) {
-        let ops = execute_ttl(&acts);
-        let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
-        prop_assert!(report.is_linearizable(), "{}", report);
+        agrees(&execute_ttl(&acts), &CheckConfig::default(), true)?;
     }
 
     #[test]
@@ -688,9 +687,7 @@ proptest! {
 
     #[test]
     fn multi_key_executions_are_linearizable(acts in prop::collection::vec(act(), 1..60)) {
-        let ops = execute_multi(&acts);
-        let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
-        prop_assert!(report.is_linearizable(), "{}", report);
+        agrees(&execute_multi(&acts), &CheckConfig::default(), true)?;
     }
 
     #[test]
@@ -836,9 +833,7 @@ proptest! {
 
     #[test]
     fn collections_executions_are_linearizable(acts in prop::collection::vec(act(), 1..150)) {
-        let ops = execute_collections(&acts);
-        let report = check_operations(&ops, &CheckConfig::default(), &Budget::unlimited());
-        prop_assert!(report.is_linearizable(), "{}", report);
+        agrees(&execute_collections(&acts), &CheckConfig::default(), true)?;
     }
 
     #[test]

@@ -1280,7 +1280,7 @@ impl CollState {
         let word = std::mem::size_of::<Word>();
         self.lists
             .values()
-            .map(|l| 64 + l.len() * word)
+            .map(|l| 64 + l.capacity() * word)
             .sum::<usize>()
             + self
                 .sets
