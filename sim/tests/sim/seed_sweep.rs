@@ -77,18 +77,7 @@ fn swarm_sync_02() {
 /// restarts it, as a real supervisor does (`restart_fatal`); the run must pass.
 #[test]
 fn swarm_crowd_40() {
-    let replay =
-        "larder sim --seed 40 --duration 20s --swarm --clients 24 --rate 600 --check-determinism";
-    let mut config = SimConfig::new(40, Duration::from_secs(20));
-    config.swarm = true;
-    config.clients = 24;
-    config.rate = Some(600);
-    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        report.linearizability.is_linearizable(),
-        "{}\nreplay: {replay}",
-        report.linearizability
-    );
+    check_crowd(40);
 }
 
 /// One-group swarm seed 34 with 24 clients at 600 operations a simulated second: its
@@ -100,13 +89,20 @@ fn swarm_crowd_40() {
 /// nextest's 300 s limit.
 #[test]
 fn swarm_crowd_34() {
-    let replay =
-        "larder sim --seed 34 --duration 20s --swarm --clients 24 --rate 600 --check-determinism";
-    let mut config = SimConfig::new(34, Duration::from_secs(20));
+    check_crowd(34);
+}
+
+/// One-group swarm seed `seed`, 20 s, 24 clients at 600 operations a simulated second, run
+/// twice with equal traces: every key linearizable.
+fn check_crowd(seed: u64) {
+    let replay = format!(
+        "larder sim --seed {seed} --duration 20s --swarm --clients 24 --rate 600 --check-determinism"
+    );
+    let mut config = SimConfig::new(seed, Duration::from_secs(20));
     config.swarm = true;
     config.clients = 24;
     config.rate = Some(600);
-    let report = larder_sim::check_seed(&config, replay).unwrap_or_else(|e| panic!("{e}"));
+    let report = larder_sim::check_seed(&config, &replay).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         report.linearizability.is_linearizable(),
         "{}\nreplay: {replay}",

@@ -150,41 +150,31 @@ impl Cache {
         if (self.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
-        let mut slot = hash as usize & mask;
-        loop {
-            match self.slots[slot] {
-                0 => {
-                    self.slots[slot] = (self.len() + 1) as u32;
-                    self.hashes.push(hash);
-                    self.states.push(state);
-                    self.meta.push((lo, self.words.len(), key.len() as u32));
-                    self.words.extend_from_slice(key);
-                    return true;
-                }
-                entry => {
-                    let e = (entry - 1) as usize;
-                    let (e_lo, offset, len) = self.meta[e];
-                    if self.hashes[e] == hash
-                        && self.states[e] == state
-                        && e_lo == lo
-                        && self.words[offset..offset + len as usize] == *key
-                    {
-                        return false;
-                    }
-                }
+        match self.probe(hash, state, (lo, key)) {
+            Ok(_) => false,
+            Err(slot) => {
+                self.slots[slot] = (self.len() + 1) as u32;
+                self.hashes.push(hash);
+                self.states.push(state);
+                self.meta.push((lo, self.words.len(), key.len() as u32));
+                self.words.extend_from_slice(key);
+                true
             }
-            slot = (slot + 1) & mask;
         }
     }
 
     /// Whether the configuration is there.
-    pub(super) fn contains(&self, hash: u64, state: u64, (lo, key): (u32, &[u64])) -> bool {
+    pub(super) fn contains(&self, hash: u64, state: u64, key: (u32, &[u64])) -> bool {
+        self.probe(hash, state, key).is_ok()
+    }
+
+    /// The configuration's entry, or the free slot where it would go.
+    fn probe(&self, hash: u64, state: u64, (lo, key): (u32, &[u64])) -> Result<usize, usize> {
         let mask = self.slots.len() - 1;
         let mut slot = hash as usize & mask;
         loop {
             match self.slots[slot] {
-                0 => return false,
+                0 => return Err(slot),
                 entry => {
                     let e = (entry - 1) as usize;
                     let (e_lo, offset, len) = self.meta[e];
@@ -193,7 +183,7 @@ impl Cache {
                         && e_lo == lo
                         && self.words[offset..offset + len as usize] == *key
                     {
-                        return true;
+                        return Ok(e);
                     }
                 }
             }

@@ -166,15 +166,12 @@ pub(super) fn search(
     let mut entry = next[HEAD as usize];
     let mut pass = Class::Read;
     let states_before = meter.states;
-    // A part that cannot be completed from the start (`super::parts`) ends the search.
+    // A part that cannot be completed from the start (`super::parts`) ends the search: a
+    // part answers dead only once it explored everything (one out of budget answers alive).
     if let Some(parts) = parts.as_deref_mut()
         && !parts.alive_initially(meter)
     {
-        return if meter.exhausted {
-            Search::Unknown("budget exhausted on a part of this key".into())
-        } else {
-            Search::NotLinearizable
-        };
+        return Search::NotLinearizable;
     }
     loop {
         if remaining == 0 {
@@ -202,7 +199,7 @@ pub(super) fn search(
                     > max
             })
         {
-            // Which part holds the memory (the memo's configurations, or the states' values:
+            // Which table holds the memory (the memo's configurations, or the states' values:
             // interned values and model states) says which model to make cheaper.
             return Search::Unknown(format!(
                 "memory budget exhausted after {} states on this key (memo {} MiB, values {} MiB)",
