@@ -15,18 +15,25 @@
 //! the part's operations is a subset of the whole's. So a dead part makes the whole dead, and
 //! the whole search explores only configurations whose parts are all alive. Whether a part's
 //! configuration is alive is searched once, by a depth-first search of the part alone with
-//! its own memo ([`Part::explore`]): every configuration it finished exploring without a
+//! its own memo, twins and forced reads as in the whole search ([`Part::explore`]): every configuration it finished exploring without a
 //! completion is dead, every one on the path of a completion is alive; later questions are
 //! answered from those two tables, so a part's search costs at most its own configurations
 //! however often the whole search asks.
 
 use super::memo::{Cache, Linearized, splitmix};
-use super::model::{COp, Interner, PartOps, apply};
+use super::model::{COp, Interner, PartOps, Step, apply};
 use super::search::{Meter, waits_for_twin};
 
 const NIL: u32 = u32::MAX;
 /// A whole state whose projection on a part is not made yet.
 const UNPROJECTED: u64 = u64::MAX;
+
+/// What linearizing one more operation made of a part's configuration ([`Part::step_to`]).
+enum Stepped {
+    Completed,
+    New,
+    Dead,
+}
 
 /// The parts of one collections key and what their searches found so far.
 pub(super) struct Parts {
@@ -257,6 +264,57 @@ impl Part {
         self.alive.insert(self.hash ^ splitmix(state), state, key);
     }
 
+    /// Whether `i` waits for an earlier-returning twin (as in the whole search).
+    fn waits(&self, i: usize, frontier: u64) -> bool {
+        waits_for_twin(
+            i,
+            &self.earlier_twin,
+            &self.done,
+            &self.ops.ops,
+            &mut Some(frontier),
+            || frontier,
+        )
+    }
+
+    /// The first candidate from `place` on that is a read and answers as it did in `state`.
+    fn legal_read(&mut self, state: u64, frontier: u64, mut place: usize) -> Option<usize> {
+        while place < self.by_call.len() {
+            let i = self.by_call[place] as usize;
+            let op = self.ops.ops[i];
+            if op.call > frontier {
+                return None;
+            }
+            place += 1;
+            if matches!(op.step, Step::CollRead(_))
+                && !self.done[i]
+                && !self.waits(i, frontier)
+                && apply(op.step, state, &mut self.ops.interner).is_some()
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Linearizes `i`, making state `after`: completed (every determinate operation done, or
+    /// a configuration known alive: taken back, the path remembered alive by the caller), new
+    /// (left linearized, to be explored) or dead (seen before and not alive: taken back).
+    fn step_to(&mut self, i: usize, after: u64, meter: &mut Meter<'_>) -> Stepped {
+        self.set(i);
+        let hash = self.hash ^ splitmix(after);
+        if self.remaining == 0 || self.alive.contains(hash, after, self.linearized.key()) {
+            self.remember_alive(after);
+            self.clear(i);
+            return Stepped::Completed;
+        }
+        if self.seen.insert(hash, after, self.linearized.key()) {
+            meter.states += 1;
+            return Stepped::New;
+        }
+        self.clear(i);
+        Stepped::Dead
+    }
+
     /// Whether the part's configuration (what is linearized now, in state `state`) can be
     /// completed: every determinate operation left linearized, in an order its calls and
     /// returns allow, with replies the part's model gives. Leaves the configuration as it was.
@@ -273,17 +331,18 @@ impl Part {
         }
         meter.states += 1;
         // (state, first pending return, next place in `by_call` to try, the operation
-        // linearized to get here or NIL)
-        let mut frames: Vec<(u64, u64, usize, u32)> = vec![(
+        // linearized to get here or NIL, whether its reads are still to be looked at)
+        let mut frames: Vec<(u64, u64, usize, u32, bool)> = vec![(
             state,
             self.frontier(),
             Self::first_open(&self.call_done, self.by_call.len()),
             NIL,
+            true,
         )];
         loop {
             if meter.step() {
                 self.spent = true;
-                while let Some((.., chosen)) = frames.pop() {
+                while let Some((.., chosen, _)) = frames.pop() {
                     if chosen != NIL {
                         self.clear(chosen as usize);
                     }
@@ -291,9 +350,26 @@ impl Part {
                 return true;
             }
             let top = frames.len() - 1;
-            let (at_state, frontier, mut place, _) = frames[top];
+            let (at_state, frontier, mut place, _, fresh) = frames[top];
             let mut next: Option<(usize, u64)> = None;
             let mut completed = false;
+            // A read legal now is taken without alternatives, as in the whole search: it
+            // changes nothing and everything that must precede it already does, so if no
+            // completion starts with it, none exists.
+            let forced = if fresh {
+                frames[top].4 = false;
+                self.legal_read(at_state, frontier, place)
+            } else {
+                None
+            };
+            if let Some(read) = forced {
+                place = self.by_call.len();
+                match self.step_to(read, at_state, meter) {
+                    Stepped::Completed => completed = true,
+                    Stepped::New => next = Some((read, at_state)),
+                    Stepped::Dead => {}
+                }
+            }
             while place < self.by_call.len() {
                 let i = self.by_call[place] as usize;
                 let op = self.ops.ops[i];
@@ -302,40 +378,28 @@ impl Part {
                     break;
                 }
                 place += 1;
-                if self.done[i]
-                    || waits_for_twin(
-                        i,
-                        &self.earlier_twin,
-                        &self.done,
-                        &self.ops.ops,
-                        &mut Some(frontier),
-                        || frontier,
-                    )
-                {
+                if self.done[i] || self.waits(i, frontier) {
                     continue;
                 }
                 let Some(after) = apply(op.step, at_state, &mut self.ops.interner) else {
                     continue;
                 };
-                self.set(i);
-                let hash = self.hash ^ splitmix(after);
-                if self.remaining == 0 || self.alive.contains(hash, after, self.linearized.key()) {
-                    self.remember_alive(after);
-                    self.clear(i);
-                    completed = true;
-                    break;
+                match self.step_to(i, after, meter) {
+                    Stepped::Completed => {
+                        completed = true;
+                        break;
+                    }
+                    Stepped::New => {
+                        next = Some((i, after));
+                        break;
+                    }
+                    Stepped::Dead => {}
                 }
-                if self.seen.insert(hash, after, self.linearized.key()) {
-                    meter.states += 1;
-                    next = Some((i, after));
-                    break;
-                }
-                self.clear(i);
             }
             frames[top].2 = place;
             if completed {
                 // Every configuration on the path here is alive.
-                while let Some((at_state, .., chosen)) = frames.pop() {
+                while let Some((at_state, .., chosen, _)) = frames.pop() {
                     self.remember_alive(at_state);
                     if chosen != NIL {
                         self.clear(chosen as usize);
@@ -347,11 +411,11 @@ impl Part {
                 Some((i, after)) => {
                     let frontier = self.frontier();
                     let first = Self::first_open(&self.call_done, self.by_call.len());
-                    frames.push((after, frontier, first, i as u32));
+                    frames.push((after, frontier, first, i as u32, true));
                 }
                 None => {
                     // Explored through without a completion: dead (it stays in `seen`).
-                    let (.., chosen) = frames.pop().expect("a frame");
+                    let (.., chosen, _) = frames.pop().expect("a frame");
                     if chosen != NIL {
                         self.clear(chosen as usize);
                     }
