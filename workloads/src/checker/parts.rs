@@ -22,7 +22,7 @@
 
 use super::memo::{Cache, Linearized, splitmix};
 use super::model::{COp, Interner, PartOps, Step, apply};
-use super::search::{Meter, waits_for_twin};
+use super::search::{Meter, earlier_twins, waits_for_twin};
 
 const NIL: u32 = u32::MAX;
 /// A whole state whose projection on a part is not made yet.
@@ -187,14 +187,7 @@ impl Part {
         };
         let (by_call, call_place) = order(&|op| op.call);
         let (by_ret, ret_place) = order(&|op| op.ret);
-        let mut earlier_twin = vec![NIL; n];
-        let mut last_of_step = std::collections::BTreeMap::new();
-        for &i in &by_ret {
-            let op = &ops.ops[i as usize];
-            if let Some(before) = last_of_step.insert((op.step, op.definite), i) {
-                earlier_twin[i as usize] = before;
-            }
-        }
+        let earlier_twin = earlier_twins(&ops.ops);
         Part {
             linearized: Linearized::new(&ops.ops),
             hash: 0,

@@ -117,23 +117,7 @@ pub(super) fn search(
     // forward and the later one moved back to where the earlier one was, which its return
     // allows). Without it, a burst of writes nobody reads (written as one value, see
     // `model::merge_unobserved`) was searched through every subset of them that came first.
-    // `earlier_twin[op]`: the twin before `op` in return order (then list order), or NIL.
-    let mut earlier_twin = vec![NIL; n];
-    {
-        let mut by_step: BTreeMap<(Step, bool), Vec<u32>> = BTreeMap::new();
-        for (i, op) in ops.iter().enumerate() {
-            by_step
-                .entry((op.step, op.definite))
-                .or_default()
-                .push(i as u32);
-        }
-        for twins in by_step.values_mut() {
-            twins.sort_by_key(|&i| (ops[i as usize].ret, i));
-            for pair in twins.windows(2) {
-                earlier_twin[pair[1] as usize] = pair[0];
-            }
-        }
-    }
+    let earlier_twin = earlier_twins(ops);
     let mut done = vec![false; n];
     // The time of the first return entry still in the list (every candidate's call comes
     // before it), computed when a twin needs it and forgotten when the configuration changes.
@@ -301,6 +285,22 @@ pub(super) fn search(
             }
         }
     }
+}
+
+/// Per operation, the twin before it (same step and definiteness) in return order, then list
+/// order, or NIL (see the twins in [`search`]).
+pub(super) fn earlier_twins(ops: &[COp]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..ops.len() as u32).collect();
+    order.sort_by_key(|&i| (ops[i as usize].ret, i));
+    let mut earlier_twin = vec![NIL; ops.len()];
+    let mut last_of_step: BTreeMap<(Step, bool), u32> = BTreeMap::new();
+    for i in order {
+        let op = &ops[i as usize];
+        if let Some(before) = last_of_step.insert((op.step, op.definite), i) {
+            earlier_twin[i as usize] = before;
+        }
+    }
+    earlier_twin
 }
 
 /// Whether `op` must wait for an earlier-returning twin that is a candidate now (see
