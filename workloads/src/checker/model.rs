@@ -744,7 +744,7 @@ fn merge_unobserved_elements(ops: &mut [COp], interner: &mut Interner) {
     if observed.contains(&marker) {
         return;
     }
-    let mut canonical: BTreeMap<(Vec<CollOp>, Vec<CollReply>), u32> = BTreeMap::new();
+    let mut canonical: BTreeMap<CollTxn, u32> = BTreeMap::new();
     let mut txns: Vec<CollTxn> = Vec::new();
     let mut renumbered: Vec<u32> = Vec::with_capacity(interner.coll_txns.len());
     for mut txn in std::mem::take(&mut interner.coll_txns) {
@@ -755,13 +755,7 @@ fn merge_unobserved_elements(ops: &mut [COp], interner: &mut Interner) {
                 *element = marker;
             }
         }
-        let index = *canonical
-            .entry((txn.ops.clone(), txn.replies.clone()))
-            .or_insert_with(|| {
-                txns.push(txn);
-                (txns.len() - 1) as u32
-            });
-        renumbered.push(index);
+        renumbered.push(share_txn(&mut txns, &mut canonical, txn));
     }
     interner.coll_txns = txns;
     for op in ops {
@@ -772,6 +766,19 @@ fn merge_unobserved_elements(ops: &mut [COp], interner: &mut Interner) {
             _ => {}
         }
     }
+}
+
+/// The index of `txn` in `txns`, where it is pushed unless `shared` (every transaction pushed
+/// through it, with its index) holds an equal one: equal transactions (operations and
+/// replies) share one index, so their operations have equal steps and are searched as twins.
+fn share_txn(txns: &mut Vec<CollTxn>, shared: &mut BTreeMap<CollTxn, u32>, txn: CollTxn) -> u32 {
+    if let Some(&index) = shared.get(&txn) {
+        return index;
+    }
+    let index = txns.len() as u32;
+    shared.insert(txn.clone(), index);
+    txns.push(txn);
+    index
 }
 
 /// Drops indeterminate writes (and indeterminate cas) whose value nothing observes: no read
@@ -1260,7 +1267,7 @@ enum CollReply {
 
 /// Compiled operations of one `txn` (or one operation alone), with their expected replies
 /// (empty when indeterminate).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct CollTxn {
     ops: Vec<CollOp>,
     replies: Vec<CollReply>,
@@ -1544,7 +1551,7 @@ impl PartOps {
 /// (otherwise none: the one part is the whole).
 pub(super) fn coll_parts(ops: &[COp], initial: u64, interner: &Interner) -> Vec<PartOps> {
     let mut parts: BTreeMap<CollPart, PartOps> = BTreeMap::new();
-    let mut canonical: BTreeMap<(CollPart, Vec<CollOp>, Vec<CollReply>), u32> = BTreeMap::new();
+    let mut canonical: BTreeMap<CollPart, BTreeMap<CollTxn, u32>> = BTreeMap::new();
     for (index, op) in ops.iter().enumerate() {
         let txn = match op.step {
             Step::CollRead(txn) | Step::CollUpdate { ops: txn, .. } => {
@@ -1579,13 +1586,11 @@ pub(super) fn coll_parts(ops: &[COp], initial: u64, interner: &Interner) -> Vec<
                     initial,
                 }
             });
-            let next = projected.interner.coll_txns.len() as u32;
-            let txn_index = *canonical
-                .entry((part, txn.ops.clone(), txn.replies.clone()))
-                .or_insert_with(|| {
-                    projected.interner.coll_txns.push(txn);
-                    next
-                });
+            let txn_index = share_txn(
+                &mut projected.interner.coll_txns,
+                canonical.entry(part).or_default(),
+                txn,
+            );
             let step = if read {
                 Step::CollRead(txn_index)
             } else {

@@ -74,10 +74,10 @@ impl Parts {
                 .sum::<usize>()
     }
 
-    /// Whether every part can be completed from the start. Begins a whole search: what an
-    /// earlier one left linearized (one cut short by its allowance returns midway) is taken
-    /// back; what the parts' searches found stays, as it is about the parts alone.
-    pub(super) fn alive_initially(&mut self, meter: &mut Meter<'_>) -> bool {
+    /// Begins a whole search: what an earlier one left linearized (one cut short by its
+    /// allowance returns midway) is taken back; what the parts' searches found stays, as it is
+    /// about the parts alone.
+    pub(super) fn begin(&mut self) {
         for part in &mut self.parts {
             for i in 0..part.done.len() {
                 if part.done[i] {
@@ -85,6 +85,10 @@ impl Parts {
                 }
             }
         }
+    }
+
+    /// Whether every part can be completed from the start.
+    pub(super) fn alive_initially(&mut self, meter: &mut Meter<'_>) -> bool {
         (0..self.parts.len()).all(|p| {
             let initial = self.parts[p].ops.initial;
             self.parts[p].explore(initial, meter)

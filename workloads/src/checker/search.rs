@@ -152,10 +152,11 @@ pub(super) fn search(
     let states_before = meter.states;
     // A part that cannot be completed from the start (`super::parts`) ends the search: a
     // part answers dead only once it explored everything (one out of budget answers alive).
-    if let Some(parts) = parts.as_deref_mut()
-        && !parts.alive_initially(meter)
-    {
-        return Search::NotLinearizable;
+    if let Some(parts) = parts.as_deref_mut() {
+        parts.begin();
+        if !parts.alive_initially(meter) {
+            return Search::NotLinearizable;
+        }
     }
     loop {
         if remaining == 0 {
