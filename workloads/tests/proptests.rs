@@ -711,7 +711,8 @@ proptest! {
 // ---------------------------------------------------------------------------------------
 // The collections model: executions of a sequential store of one list, one set and one
 // sorted set (operations alone and in transactions) are linearizable; a pop answered twice
-// is caught.
+// is caught. The executions' unanswered operations are what the parts' rule for them
+// (`may_go_next`) is tried on.
 
 /// A sequential store of one collections object (`l`, `s`, `z`).
 #[derive(Default)]
@@ -732,7 +733,7 @@ impl Collections {
         delta: i64,
     ) -> (Function, Value, Value) {
         let side = |left: bool| Value::from(if left { "l" } else { "r" });
-        match choice % 9 {
+        match choice % 10 {
             c @ (0 | 1) => {
                 if c == 0 {
                     self.list.push_front(fresh.into());
@@ -786,6 +787,14 @@ impl Collections {
                     Value::List(vec!["s".into()]),
                     Value::List(members),
                 )
+            }
+            9 => {
+                let score = self
+                    .zset
+                    .get(member)
+                    .map_or(Value::Null, |s| Value::Int(*s));
+                let value = Value::List(vec!["z".into(), member.into()]);
+                (Function::ZScore, value, score)
             }
             _ => {
                 let score = self.zset.entry(member.into()).or_default();

@@ -1498,6 +1498,71 @@ impl CollOp {
             CollOp::ZIncrBy { zset, .. } | CollOp::ZScore { zset, .. } => CollPart::ZSet(*zset),
         }
     }
+
+    /// The one member of its collection the operation reads or changes, or `None` when it
+    /// may touch the whole collection (`SMEMBERS`; every list operation, as a push or pop
+    /// moves every index and a push answers the length).
+    fn member(&self) -> Option<Word> {
+        match self {
+            CollOp::SAdd { member, .. }
+            | CollOp::SRem { member, .. }
+            | CollOp::ZIncrBy { member, .. }
+            | CollOp::ZScore { member, .. } => Some(*member),
+            CollOp::Push { .. } | CollOp::Pop { .. } | CollOp::LRange { .. } => None,
+            CollOp::SMembers { .. } => None,
+        }
+    }
+
+    /// Whether `self`, run unchecked (an operation of an indeterminate transaction: its reply
+    /// is never compared), may fail to commute with `other` (its reply compared when
+    /// `checked`): run in either order from some state, they may reach different states or
+    /// `other` may answer differently. `false` only when they surely commute: an unchecked
+    /// read does nothing; they touch different collections or different members; or both
+    /// are unchecked and alike where order does not matter (two increments of one score, two
+    /// adds or two removes of one member).
+    fn may_conflict(&self, other: &CollOp, checked: bool) -> bool {
+        if self.is_read() || (other.is_read() && !checked) || self.part() != other.part() {
+            return false;
+        }
+        if let (Some(a), Some(b)) = (self.member(), other.member())
+            && a != b
+        {
+            return false;
+        }
+        let alike = matches!(
+            (self, other),
+            (CollOp::ZIncrBy { .. }, CollOp::ZIncrBy { .. })
+                | (CollOp::SAdd { .. }, CollOp::SAdd { .. })
+                | (CollOp::SRem { .. }, CollOp::SRem { .. })
+        );
+        checked || !alike
+    }
+}
+
+/// Whether the indeterminate collections update `x` (a [`Step::CollUpdate`], unchecked) may
+/// fail to commute with the operation `z` ([`CollOp::may_conflict`] over every pair of their
+/// sub-operations; if each pair commutes, so do the two transactions). `true` for anything
+/// else (steps of other models, a checked `x`): nothing is known to commute there.
+pub(super) fn coll_may_conflict(x: Step, z: Step, interner: &Interner) -> bool {
+    let Step::CollUpdate {
+        ops: x,
+        checked: false,
+    } = x
+    else {
+        return true;
+    };
+    let (z, checked) = match z {
+        Step::CollRead(z) => (z, true),
+        Step::CollUpdate { ops, checked } => (ops, checked),
+        _ => return true,
+    };
+    let (x, z) = (
+        &interner.coll_txns[x as usize],
+        &interner.coll_txns[z as usize],
+    );
+    x.ops
+        .iter()
+        .any(|a| z.ops.iter().any(|b| a.may_conflict(b, checked)))
 }
 
 impl CollState {

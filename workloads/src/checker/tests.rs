@@ -566,3 +566,76 @@ fn a_search_run_again_after_its_allowance_starts_its_parts_afresh() {
     );
     assert!(matches!(again, Search::Linearizable(_)));
 }
+
+/// The parts' rule for unanswered operations (`parts::Part::may_go_next`) rests on which
+/// pairs surely commute: an unanswered update commutes with what touches another collection
+/// or another member, and with an unanswered update alike on the same member (two
+/// increments); it may not with anything that answers about the same member, nor with a
+/// different update of it, nor with any other operation on the same list.
+#[test]
+fn unanswered_collection_updates_commute_only_where_order_cannot_show() {
+    let z = |member: &str, delta: i64| Value::List(vec!["z".into(), member.into(), delta.into()]);
+    let two = |a: &str, b: &str| Value::List(vec![a.into(), b.into()]);
+    let three = |a: &str, b: &str, c: &str| Value::List(vec![a.into(), b.into(), c.into()]);
+    let mut h = History::new();
+    let ops: Vec<(Function, Value, OpKind, Value)> = vec![
+        (Function::ZIncrBy, z("m", 1), OpKind::Info, Value::Null), // 0
+        (Function::ZIncrBy, z("m", 2), OpKind::Info, Value::Null), // 1
+        (Function::ZIncrBy, z("n", 1), OpKind::Ok, 1.into()),      // 2
+        (Function::ZScore, two("z", "m"), OpKind::Ok, 3.into()),   // 3
+        (Function::ZIncrBy, z("m", 1), OpKind::Ok, 4.into()),      // 4
+        (Function::SAdd, two("s", "a"), OpKind::Info, Value::Null), // 5
+        (Function::SRem, two("s", "a"), OpKind::Info, Value::Null), // 6
+        (Function::SAdd, two("s", "b"), OpKind::Info, Value::Null), // 7
+        (
+            Function::SMembers,
+            Value::List(vec!["s".into()]),
+            OpKind::Ok,
+            two("a", "b"),
+        ), // 8
+        (
+            Function::Push,
+            three("l", "l", "e"),
+            OpKind::Info,
+            Value::Null,
+        ), // 9
+        (Function::Pop, two("l", "r"), OpKind::Info, Value::Null), // 10
+        (Function::Push, three("l", "r", "f"), OpKind::Ok, 1.into()), // 11
+    ];
+    for (p, (f, value, ..)) in ops.iter().enumerate() {
+        h.invoke(1, p as u64, *f, "{c}", value.clone());
+    }
+    for (p, (.., kind, reply)) in ops.iter().enumerate() {
+        h.complete(2, p as u64, *kind, reply.clone());
+    }
+    let operations = h.operations().unwrap();
+    let refs: Vec<&Operation> = operations.iter().collect();
+    let compiled = compile(ModelKind::Collections, &refs, &CheckConfig::default()).unwrap();
+    let step = |op: usize| {
+        compiled
+            .ops
+            .iter()
+            .find(|c| c.op == op)
+            .unwrap_or_else(|| panic!("operation {op} compiled"))
+            .step
+    };
+    let conflict =
+        |x: usize, z: usize| model::coll_may_conflict(step(x), step(z), &compiled.interner);
+    // Increments of one score: alike and unanswered commute; answered, the reply tells.
+    assert!(!conflict(0, 1));
+    assert!(conflict(0, 4));
+    assert!(conflict(0, 3));
+    // Another member, another collection.
+    assert!(!conflict(0, 2));
+    assert!(!conflict(0, 5));
+    assert!(!conflict(5, 7));
+    // An add and a remove of one member; a set read whole.
+    assert!(conflict(5, 6));
+    assert!(conflict(5, 8));
+    assert!(conflict(7, 8));
+    // Every pair on one list.
+    assert!(conflict(9, 10));
+    assert!(conflict(10, 11));
+    // An answered update is known to commute with nothing.
+    assert!(conflict(4, 0));
+}
