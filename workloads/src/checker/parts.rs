@@ -15,7 +15,9 @@
 //! the part's operations is a subset of the whole's. So a dead part makes the whole dead, and
 //! the whole search explores only configurations whose parts are all alive. Whether a part's
 //! configuration is alive is searched once, by a depth-first search of the part alone with
-//! its own memo, twins and forced reads as in the whole search ([`Part::explore`]): every configuration it finished exploring without a
+//! its own memo, twins and forced reads as in the whole search, and unanswered operations
+//! linearized only where they may matter ([`Part::may_go_next`]) ([`Part::explore`]): every
+//! configuration it finished exploring without a
 //! completion is dead, every one on the path of a completion is alive; later questions are
 //! answered from those two tables, so a part's search costs at most its own configurations
 //! however often the whole search asks.
