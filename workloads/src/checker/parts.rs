@@ -30,6 +30,13 @@ const NIL: u32 = u32::MAX;
 /// A whole state whose projection on a part is not made yet.
 const UNPROJECTED: u64 = u64::MAX;
 
+/// The stages of a configuration in a part's search ([`Part::explore`]): its reads still to
+/// be looked at; trying determinate operations; trying indeterminate ones; done.
+const READS: u8 = 0;
+const DETERMINATE: u8 = 1;
+const INDETERMINATE: u8 = 2;
+const DONE: u8 = 3;
+
 /// What linearizing one more operation made of a part's configuration ([`Part::step_to`]).
 enum Stepped {
     Completed,
@@ -384,13 +391,17 @@ impl Part {
         }
         meter.states += 1;
         // (state, first pending return, next place in `by_call` to try, the operation
-        // linearized to get here or NIL, whether its reads are still to be looked at)
-        let mut frames: Vec<(u64, u64, usize, u32, bool)> = vec![(
+        // linearized to get here or NIL, its stage: `READS` and on). Determinate
+        // operations are tried first, as in the whole search: they must all be linearized,
+        // and an indeterminate one can wait for them (the order changes what is found first,
+        // not what is explored; with indeterminate ones tried in call order among the rest,
+        // seed 11's collections object took 1,239,257 states, 255,234 with this order).
+        let mut frames: Vec<(u64, u64, usize, u32, u8)> = vec![(
             state,
             self.frontier(),
             Self::first_open(&self.call_done, self.by_call.len()),
             NIL,
-            true,
+            READS,
         )];
         loop {
             if meter.step() {
@@ -403,61 +414,74 @@ impl Part {
                 return true;
             }
             let top = frames.len() - 1;
-            let (at_state, frontier, mut place, _, fresh) = frames[top];
+            let (at_state, frontier, mut place, _, mut stage) = frames[top];
             let mut next: Option<(usize, u64)> = None;
             let mut completed = false;
             // A read legal now is taken without alternatives, as in the whole search: it
             // changes nothing and everything that must precede it already does, so if no
             // completion starts with it, none exists.
-            let forced = if fresh {
-                frames[top].4 = false;
+            let forced = if stage == READS {
+                stage = DETERMINATE;
                 self.legal_read(at_state, frontier, place)
             } else {
                 None
             };
             if let Some(read) = forced {
                 place = self.by_call.len();
+                stage = DONE;
                 match self.step_to(read, at_state, meter) {
                     Stepped::Completed => completed = true,
                     Stepped::New => next = Some((read, at_state)),
                     Stepped::Dead => {}
                 }
             }
-            while place < self.by_call.len() {
-                let i = self.by_call[place] as usize;
-                let op = self.ops.ops[i];
-                if op.call > frontier {
-                    place = self.by_call.len();
-                    break;
-                }
-                place += 1;
-                if self.done[i]
-                    || self.waits(i, frontier)
-                    || (!op.definite && !self.may_go_next(i, frontier))
-                {
-                    continue;
-                }
-                let Some(after) = apply(op.step, at_state, &mut self.ops.interner) else {
-                    continue;
-                };
-                // An indeterminate operation that changes nothing need not be linearized:
-                // a completion through it is one without it.
-                if !op.definite && after == at_state {
-                    continue;
-                }
-                match self.step_to(i, after, meter) {
-                    Stepped::Completed => {
-                        completed = true;
+            loop {
+                while place < self.by_call.len() {
+                    let i = self.by_call[place] as usize;
+                    let op = self.ops.ops[i];
+                    if op.call > frontier {
+                        place = self.by_call.len();
                         break;
                     }
-                    Stepped::New => {
-                        next = Some((i, after));
-                        break;
+                    place += 1;
+                    if (stage == DETERMINATE) != op.definite {
+                        continue;
                     }
-                    Stepped::Dead => {}
+                    if self.done[i]
+                        || self.waits(i, frontier)
+                        || (!op.definite && !self.may_go_next(i, frontier))
+                    {
+                        continue;
+                    }
+                    let Some(after) = apply(op.step, at_state, &mut self.ops.interner) else {
+                        continue;
+                    };
+                    // An indeterminate operation that changes nothing need not be linearized:
+                    // a completion through it is one without it.
+                    if !op.definite && after == at_state {
+                        continue;
+                    }
+                    match self.step_to(i, after, meter) {
+                        Stepped::Completed => {
+                            completed = true;
+                            break;
+                        }
+                        Stepped::New => {
+                            next = Some((i, after));
+                            break;
+                        }
+                        Stepped::Dead => {}
+                    }
                 }
+                if stage == DETERMINATE && next.is_none() && !completed {
+                    stage = INDETERMINATE;
+                    place = Self::first_open(&self.call_done, self.by_call.len());
+                    continue;
+                }
+                break;
             }
             frames[top].2 = place;
+            frames[top].4 = stage;
             if completed {
                 // Every configuration on the path here is alive.
                 while let Some((at_state, .., chosen, _)) = frames.pop() {
@@ -472,7 +496,7 @@ impl Part {
                 Some((i, after)) => {
                     let frontier = self.frontier();
                     let first = Self::first_open(&self.call_done, self.by_call.len());
-                    frames.push((after, frontier, first, i as u32, true));
+                    frames.push((after, frontier, first, i as u32, READS));
                 }
                 None => {
                     // Explored through without a completion: dead (it stays in `seen`).
