@@ -1114,3 +1114,49 @@ fn unanswered_operations_that_commute_wait_for_one_they_do_not() {
     let report = check_operations(&history(64).ops, &CheckConfig::default(), &budget);
     assert!(report.is_not_linearizable(), "{report}");
 }
+
+/// A part's search tries determinate operations before indeterminate ones, as the whole
+/// search does: an indeterminate one can always wait, and a configuration that can be
+/// completed usually is by the determinate ones alone. Here an answered increment by 0 of a
+/// member stays open across the whole history (so the unanswered increments of that member
+/// may go next anywhere), and none of them happened. Tried in call order, the unanswered
+/// increments (called first) led the search into a subtree where the member's score is never
+/// 0 again, which it had to prove dead place by place and subset by subset (past this budget:
+/// `unknown`) before it tried the answered operations; tried last, they are never needed.
+#[test]
+fn a_part_tries_what_must_happen_before_what_may() {
+    let incr =
+        |member: &str, delta: i64| Value::List(vec!["z".into(), member.into(), Value::Int(delta)]);
+    let mut h = Ops::new();
+    for (p, delta) in [1, 2, 4, 8, 16, 32, 64, 128].into_iter().enumerate() {
+        let p = p as u64;
+        h.op(
+            p,
+            Function::ZIncrBy,
+            "{c}",
+            incr("m0", delta),
+            Value::Null,
+            Outcome::Info,
+            0,
+            None,
+        );
+    }
+    h.answered(9, Function::ZIncrBy, "{c}", incr("m0", 0), 0, 0, 1_000);
+    // A second part, so that the object's parts are searched apart.
+    h.answered(10, Function::SAdd, "{c}", strs(&["s", "a"]), 1, 1, 2);
+    for i in 0..100 {
+        let span = (10 + 2 * i as u64, 11 + 2 * i as u64);
+        h.answered(
+            11,
+            Function::ZIncrBy,
+            "{c}",
+            incr("m1", 1),
+            i + 1,
+            span.0,
+            span.1,
+        );
+    }
+    let budget = Budget::unlimited().with_states_max(2_000);
+    let report = check_operations(&h.ops, &CheckConfig::default(), &budget);
+    assert!(report.is_linearizable(), "{report}");
+}
