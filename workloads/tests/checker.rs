@@ -1072,36 +1072,7 @@ fn a_transaction_is_seen_whole_or_not_at_all() {
 #[test]
 fn unanswered_operations_that_commute_wait_for_one_they_do_not() {
     let history = |score: i64| {
-        let mut h = Ops::new();
-        let incr = |member: &str, delta: i64| {
-            Value::List(vec!["z".into(), member.into(), Value::Int(delta)])
-        };
-        for (p, delta) in [1, 2, 4, 8, 16, 32].into_iter().enumerate() {
-            let p = p as u64;
-            h.op(
-                p,
-                Function::ZIncrBy,
-                "{c}",
-                incr("m0", delta),
-                Value::Null,
-                Outcome::Info,
-                0,
-                None,
-            );
-        }
-        // A second part, so that the object's parts are searched apart.
-        h.answered(10, Function::SAdd, "{c}", strs(&["s", "a"]), 1, 1, 2);
-        for i in 0..120 {
-            h.answered(
-                11,
-                Function::ZIncrBy,
-                "{c}",
-                incr("m1", 1),
-                i + 1,
-                10 + 2 * i as u64,
-                11 + 2 * i as u64,
-            );
-        }
+        let mut h = increments_beside_answered_ones(&[1, 2, 4, 8, 16, 32], 120);
         let read = Value::List(vec!["z".into(), "m0".into()]);
         h.answered(12, Function::ZScore, "{c}", read, score, 1_000, 1_001);
         h
@@ -1115,6 +1086,45 @@ fn unanswered_operations_that_commute_wait_for_one_they_do_not() {
     assert!(report.is_not_linearizable(), "{report}");
 }
 
+/// An increment of `member`'s score by `delta` (a `zincrby` value).
+fn zincr(member: &str, delta: i64) -> Value {
+    Value::List(vec!["z".into(), member.into(), Value::Int(delta)])
+}
+
+/// Unanswered increments of `m0` by `deltas` (processes from 0, called at 0), an answered
+/// add to a set (a second part, so that the object's parts are searched apart), and
+/// `answered` increments of `m1` by 1, one after the other from time 10 (process 11).
+fn increments_beside_answered_ones(deltas: &[i64], answered: i64) -> Ops {
+    let mut h = Ops::new();
+    for (p, delta) in deltas.iter().enumerate() {
+        let (f, value) = (Function::ZIncrBy, zincr("m0", *delta));
+        h.op(
+            p as u64,
+            f,
+            "{c}",
+            value,
+            Value::Null,
+            Outcome::Info,
+            0,
+            None,
+        );
+    }
+    h.answered(10, Function::SAdd, "{c}", strs(&["s", "a"]), 1, 1, 2);
+    for i in 0..answered {
+        let span = (10 + 2 * i as u64, 11 + 2 * i as u64);
+        h.answered(
+            11,
+            Function::ZIncrBy,
+            "{c}",
+            zincr("m1", 1),
+            i + 1,
+            span.0,
+            span.1,
+        );
+    }
+    h
+}
+
 /// A part's search tries determinate operations before indeterminate ones, as the whole
 /// search does: an indeterminate one can always wait, and a configuration that can be
 /// completed usually is by the determinate ones alone. Here an answered increment by 0 of a
@@ -1125,37 +1135,8 @@ fn unanswered_operations_that_commute_wait_for_one_they_do_not() {
 /// `unknown`) before it tried the answered operations; tried last, they are never needed.
 #[test]
 fn a_part_tries_what_must_happen_before_what_may() {
-    let incr =
-        |member: &str, delta: i64| Value::List(vec!["z".into(), member.into(), Value::Int(delta)]);
-    let mut h = Ops::new();
-    for (p, delta) in [1, 2, 4, 8, 16, 32, 64, 128].into_iter().enumerate() {
-        let p = p as u64;
-        h.op(
-            p,
-            Function::ZIncrBy,
-            "{c}",
-            incr("m0", delta),
-            Value::Null,
-            Outcome::Info,
-            0,
-            None,
-        );
-    }
-    h.answered(9, Function::ZIncrBy, "{c}", incr("m0", 0), 0, 0, 1_000);
-    // A second part, so that the object's parts are searched apart.
-    h.answered(10, Function::SAdd, "{c}", strs(&["s", "a"]), 1, 1, 2);
-    for i in 0..100 {
-        let span = (10 + 2 * i as u64, 11 + 2 * i as u64);
-        h.answered(
-            11,
-            Function::ZIncrBy,
-            "{c}",
-            incr("m1", 1),
-            i + 1,
-            span.0,
-            span.1,
-        );
-    }
+    let mut h = increments_beside_answered_ones(&[1, 2, 4, 8, 16, 32, 64, 128], 100);
+    h.answered(9, Function::ZIncrBy, "{c}", zincr("m0", 0), 0, 0, 1_000);
     let budget = Budget::unlimited().with_states_max(2_000);
     let report = check_operations(&h.ops, &CheckConfig::default(), &budget);
     assert!(report.is_linearizable(), "{report}");
