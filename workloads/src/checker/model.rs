@@ -1508,8 +1508,10 @@ impl CollOp {
             | CollOp::SRem { member, .. }
             | CollOp::ZIncrBy { member, .. }
             | CollOp::ZScore { member, .. } => Some(*member),
-            CollOp::Push { .. } | CollOp::Pop { .. } | CollOp::LRange { .. } => None,
-            CollOp::SMembers { .. } => None,
+            CollOp::Push { .. }
+            | CollOp::Pop { .. }
+            | CollOp::LRange { .. }
+            | CollOp::SMembers { .. } => None,
         }
     }
 
