@@ -2,12 +2,15 @@
 # One client, one command at a time: Larder against redis-server side by side (issue 12's hash
 # fuzz target, issue 13's latency), with the CPU each server spends per command.
 #   cargo build --release -p larder && scripts/serial-latency.sh
-# Prints, for `larder up` and for redis-server (no persistence, and appendfsync always):
+# Prints, for `larder up`, for redis-server (no persistence, and appendfsync always) and for the
+# latter behind `larder relay` (a zero-work TCP relay: the cheapest proxy hop there can be, so
+# its row is what any proxy in front of the server costs a serial client on this machine):
 # - the times of Redis's own "Hash fuzzing" tests (../shared/redis-tests, unit/type/hash);
 # - `redis-benchmark -c 1` SET, GET, HSET, HGET: requests/s, p50/p99 ms, and the server's CPU
 #   microseconds per request (user + system time of its process over the run, less what it
 #   spends idle in as long, measured first; for Larder that is the proxy, the center and all
-#   three replicas; two cores can give up to 2 s of it a second).
+#   three replicas, behind the relay redis-server and the relay; two cores can give up to 2 s
+#   of it a second).
 # Serial latency is what a client that waits for each reply sees (the hash fuzz test is one).
 # Env: LARDER (binary), GROUPS_N (slot groups, default `larder up`'s: one per node), N (requests per
 # benchmark, default 10000), SUITE (default ../shared/redis-tests). Needs redis-server,
@@ -30,13 +33,19 @@ redis-server --port 6391 --save "" --appendonly no --dir "$W" --daemonize yes \
   --pidfile "$W/r1.pid" >/dev/null
 redis-server --port 6392 --save "" --appendonly yes --appendfsync always --dir "$W" \
   --appenddirname aof2 --daemonize yes --pidfile "$W/r2.pid" >/dev/null
+"$L" relay --listen 127.0.0.1:6393 --to 127.0.0.1:6392 > "$W/relay.log" 2>&1 &
+RELAY_PID=$!
 sleep 1
 
 # The suite in a scratch copy (it writes under tests/tmp), as run-against does.
 cp -r "$SUITE/runtest" "$SUITE/tests" "$W/" && chmod -R u+w "$W/tests" && mkdir -p "$W/src"
 for b in redis-cli redis-benchmark redis-server; do ln -s "$(command -v $b)" "$W/src/$b"; done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { # PIDS (comma-separated) -> their CPU ticks together
+  local total=0 pid
+  for pid in ${1//,/ }; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+  echo "$total"
+}
 
 hash_fuzz() { # PORT -> "t1 t2" (ms of the two 512-field tests)
   (cd "$W" && tclsh tests/test_helper.tcl --host 127.0.0.1 --port "$1" --singledb \
@@ -64,9 +73,10 @@ bench() { # PORT PID IDLE ARGS... -> "rps p50 p99 cpu_us_per_request_above_idle"
       printf "%s %s %s %.0f", f[2], f[5], f[7], busy * 1e6 / tck / n}'
 }
 
-declare -A PID=([larder]=$LARDER_PID [redis]=$(cat "$W/r1.pid") [redis-always]=$(cat "$W/r2.pid"))
-declare -A PORT=([larder]=6390 [redis]=6391 [redis-always]=6392)
-SERVERS=(larder redis redis-always)
+declare -A PID=([larder]=$LARDER_PID [redis]=$(cat "$W/r1.pid") [redis-always]=$(cat "$W/r2.pid")
+  [always+relay]="$(cat "$W/r2.pid"),$RELAY_PID")
+declare -A PORT=([larder]=6390 [redis]=6391 [redis-always]=6392 [always+relay]=6393)
+SERVERS=(larder redis redis-always always+relay)
 declare -A FUZZ ROW
 declare -A IDLE
 for s in "${SERVERS[@]}"; do

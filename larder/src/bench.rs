@@ -10,6 +10,12 @@
 //! 10,000-element list whole (`LRANGE 0 -1`) over and over: how much a slow command delays
 //! fast ones. Each test of a case runs alone, so it has a CPU figure: microseconds of the
 //! server process's CPU (user + system, every thread) per request.
+//!
+//! A third peer is `redis-server` (`appendfsync always`) behind a zero-work TCP relay in this
+//! process ([`crate::relay`]): the cheapest proxy hop there can be. Its rate over the same
+//! server's without the relay (the table's `floor` column) is what any design with a proxy
+//! between client and server keeps on this machine, parsing and routing aside; Larder's
+//! ratio to it is what its proxy, replication and read confirmation cost beyond that hop.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -20,6 +26,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use larder::local::{LocalCluster, LocalConfig};
 use serde::Serialize;
+
+use crate::relay::Relay;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -50,6 +58,10 @@ pub struct BenchArgs {
     /// Skip the redis-server peer runs.
     #[arg(long)]
     pub no_peer: bool,
+    /// Skip the peer behind a relay (redis-server with `appendfsync always` reached through a
+    /// zero-work TCP relay).
+    #[arg(long)]
+    pub no_relay: bool,
     /// Confirm reads with each group's own openraft read index instead of the nodes' read
     /// rounds (see `larder up --no-read-rounds`), to compare the two.
     #[arg(long)]
@@ -79,9 +91,10 @@ struct Measured {
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
-    /// CPU time the server's process spent per request while this test ran alone (user and
-    /// system, every thread; for Larder the whole cluster: centers, nodes and proxy). None
-    /// where tests ran together (the mix, the slow lane).
+    /// CPU time the server's processes spent per request while this test ran alone (user and
+    /// system, every thread; for Larder the whole cluster: centers, nodes and proxy; behind
+    /// the relay, redis-server and the relay). None where tests ran together (the mix, the
+    /// slow lane).
     cpu_us_per_op: Option<f64>,
 }
 
@@ -89,6 +102,10 @@ struct Measured {
 #[derive(Debug, Default, Serialize)]
 struct ServerRun {
     server: String,
+    /// For the peer behind the relay: the peer it reaches without one, whose rates its
+    /// `floor` column divides by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_of: Option<String>,
     results: Vec<Measured>,
     /// Error lines redis-benchmark printed (refused or failed requests).
     errors: Vec<String>,
@@ -172,21 +189,26 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / USER_HZ)
 }
 
+/// CPU time processes `pids` have used together; None if any is unknown.
+fn cpu_seconds_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+}
+
 /// Runs one redis-benchmark test per invocation (so each has its own CPU figure), measuring
-/// the CPU process `server` spends meanwhile.
+/// the CPU processes `server` spend meanwhile.
 fn run_measured(
     port: u16,
     load: &Load,
     tests: &str,
     case: &str,
-    server: u32,
+    server: &[u32],
     run: &mut ServerRun,
 ) -> anyhow::Result<()> {
     for test in tests.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let before = cpu_seconds(server);
+        let before = cpu_seconds_of(server);
         let found = run.results.len();
         run_benchmark(port, &load.clone().tests(test), case, run)?;
-        let after = cpu_seconds(server);
+        let after = cpu_seconds_of(server);
         if let (Some(before), Some(after)) = (before, after) {
             for result in &mut run.results[found..] {
                 result.cpu_us_per_op = Some((after - before) * 1e6 / load.requests as f64);
@@ -372,8 +394,8 @@ fn last_overall_rps(progress: &str) -> Option<f64> {
     rate.is_finite().then_some(rate)
 }
 
-/// Every case of `args` against the server on `port`, whose process is `pid`.
-fn run_all(server: &str, port: u16, pid: u32, args: &BenchArgs) -> anyhow::Result<ServerRun> {
+/// Every case of `args` against the server on `port`, whose processes are `pids`.
+fn run_all(server: &str, port: u16, pids: &[u32], args: &BenchArgs) -> anyhow::Result<ServerRun> {
     let mut run = ServerRun {
         server: server.to_string(),
         ..ServerRun::default()
@@ -383,7 +405,7 @@ fn run_all(server: &str, port: u16, pid: u32, args: &BenchArgs) -> anyhow::Resul
             for &size in &args.data_size {
                 let case = format!("-c {clients} -P {pipeline} -d {size}");
                 let load = Load::new(args.requests, clients, pipeline, size);
-                run_measured(port, &load, &args.tests, &case, pid, &mut run)?;
+                run_measured(port, &load, &args.tests, &case, pids, &mut run)?;
             }
         }
     }
@@ -482,7 +504,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         );
     }
     // The cluster runs in this process: its CPU is this process's.
-    let larder = run_all("larder", port, std::process::id(), &args);
+    let larder = run_all("larder", port, &[std::process::id()], &args);
     let data = runtime.block_on(cluster.stop());
     drop(runtime);
     drop(data);
@@ -493,7 +515,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         let dir = tempfile::tempdir().context("temporary directory for redis-server")?;
         for (name, durable) in [("redis always", true), ("redis no-persist", false)] {
             let peer = start_redis(dir.path(), durable)?;
-            peers.push(run_all(name, peer.port, peer.child.id(), &args)?);
+            peers.push(run_all(name, peer.port, &[peer.child.id()], &args)?);
+        }
+        if !args.no_relay {
+            peers.push(run_relayed(dir.path(), &args)?);
         }
     }
 
@@ -517,6 +542,30 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(clean)
+}
+
+/// Every case against a fresh `redis-server` with `appendfsync always` behind a relay in this
+/// process (the Larder cluster has stopped, so this process's CPU is the relay's).
+fn run_relayed(dir: &Path, args: &BenchArgs) -> anyhow::Result<ServerRun> {
+    // A directory of its own: in the first peer's, it would load that one's log first.
+    let dir = dir.join("relayed");
+    std::fs::create_dir_all(&dir).context("the relayed redis-server's directory")?;
+    let peer = start_redis(&dir, true)?;
+    // As many workers as Larder's runtime had (one per core), so the hop is not starved.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the relay's runtime")?;
+    let relay = runtime
+        .block_on(Relay::bind(
+            ([127, 0, 0, 1], 0).into(),
+            ([127, 0, 0, 1], peer.port).into(),
+        ))
+        .context("starting the relay")?;
+    let pids = [peer.child.id(), std::process::id()];
+    let mut run = run_all("redis always+relay", relay.address().port(), &pids, args)?;
+    run.relay_of = Some("redis always".to_string());
+    Ok(run)
 }
 
 fn print_table(larder: &ServerRun, peers: &[ServerRun]) {
@@ -550,13 +599,16 @@ fn print_results(larder: &ServerRun, peers: &[ServerRun]) {
             );
             for peer in peers {
                 out!(
-                    " | {:>17} {:>6} {:>8} {:>8} {:>7}",
+                    " | {:>18} {:>6} {:>8} {:>8} {:>7}",
                     peer.server,
                     "ratio",
                     "p50 ms",
                     "p99 ms",
                     "cpu µs"
                 );
+                if peer.relay_of.is_some() {
+                    out!(" {:>6}", "floor");
+                }
             }
             outln!();
         }
@@ -570,23 +622,44 @@ fn print_results(larder: &ServerRun, peers: &[ServerRun]) {
             cpu(result.cpu_us_per_op)
         );
         for peer in peers {
-            match peer
-                .results
-                .iter()
-                .find(|r| r.case == result.case && r.test == result.test)
-            {
+            let theirs = peer.result(result);
+            match theirs {
                 Some(theirs) => out!(
-                    " | {:>17.0} {:>6.2} {:>8.3} {:>8.3} {:>7}",
+                    " | {:>18.0} {:>6.2} {:>8.3} {:>8.3} {:>7}",
                     theirs.rps,
                     result.rps / theirs.rps,
                     theirs.p50_ms,
                     theirs.p99_ms,
                     cpu(theirs.cpu_us_per_op)
                 ),
-                None => out!(" | {:>17} {:>6} {:>8} {:>8} {:>7}", "-", "-", "-", "-", "-"),
+                None => out!(" | {:>18} {:>6} {:>8} {:>8} {:>7}", "-", "-", "-", "-", "-"),
+            }
+            if peer.relay_of.is_some() {
+                match peer.floor(peers, result) {
+                    Some(floor) => out!(" {floor:>6.2}"),
+                    None => out!(" {:>6}", "-"),
+                }
             }
         }
         outln!();
+    }
+}
+
+impl ServerRun {
+    /// This server's result for the case and test of `like`.
+    fn result(&self, like: &Measured) -> Option<&Measured> {
+        self.results
+            .iter()
+            .find(|r| r.case == like.case && r.test == like.test)
+    }
+
+    /// For the peer behind the relay: its rate for the case and test of `like` over the rate
+    /// of the peer it relays to (found among `peers`), the share of a server's rate that a
+    /// proxy hop leaves.
+    fn floor(&self, peers: &[ServerRun], like: &Measured) -> Option<f64> {
+        let direct = self.relay_of.as_ref()?;
+        let direct = peers.iter().find(|peer| &peer.server == direct)?;
+        Some(self.result(like)?.rps / direct.result(like)?.rps)
     }
 }
 
@@ -688,6 +761,49 @@ Summary:
             keyspace(&Load::new(1, 1, 1, 3).tests("get")),
             READ_KEYSPACE.to_string()
         );
+    }
+
+    #[test]
+    fn the_floor_is_the_relayed_rate_over_the_direct_one_of_the_same_case() {
+        let measured = |case: &str, test: &str, rps: f64| Measured {
+            case: case.into(),
+            test: test.into(),
+            rps,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            cpu_us_per_op: None,
+        };
+        let run = |server: &str, relay_of: Option<&str>, results| ServerRun {
+            server: server.into(),
+            relay_of: relay_of.map(Into::into),
+            results,
+            ..ServerRun::default()
+        };
+        let peers = vec![
+            run(
+                "redis always",
+                None,
+                vec![measured("a", "GET", 100.0), measured("b", "GET", 400.0)],
+            ),
+            run("redis no-persist", None, vec![measured("a", "GET", 50.0)]),
+            run(
+                "redis always+relay",
+                Some("redis always"),
+                vec![measured("a", "GET", 60.0), measured("b", "GET", 100.0)],
+            ),
+        ];
+        let relayed = &peers[2];
+        assert_eq!(relayed.floor(&peers, &measured("a", "GET", 1.0)), Some(0.6));
+        assert_eq!(
+            relayed.floor(&peers, &measured("b", "GET", 1.0)),
+            Some(0.25)
+        );
+        // A test the relayed peer did not run, and a peer not behind a relay: no floor.
+        assert_eq!(relayed.floor(&peers, &measured("a", "SET", 1.0)), None);
+        assert_eq!(peers[0].floor(&peers, &measured("a", "GET", 1.0)), None);
+        // Its direct peer missing (run with --no-peer's partner gone): none either.
+        assert_eq!(relayed.floor(&peers[1..], &measured("a", "GET", 1.0)), None);
     }
 
     #[test]

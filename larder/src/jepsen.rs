@@ -21,7 +21,9 @@ use larder_core::resp::{self, Frame};
 use larder_workloads::checker::{Budget, CheckConfig, check_history};
 use larder_workloads::driver::{Driver, Executor, Request, Response, Timer, WorkloadConfig};
 use larder_workloads::history::History;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use crate::relay::Relay;
 
 #[derive(Args, Debug, Clone)]
 pub struct JepsenArgs {
@@ -52,63 +54,15 @@ pub struct JepsenArgs {
 const NODES: [u64; 3] = [1, 2, 3];
 const PROXY: u64 = 1001;
 
+/// `port` on 127.0.0.1.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// A TCP relay that can be cut: while blocked it refuses new connections and has closed the
-/// ones it carried.
-struct Relay {
-    blocked: Arc<AtomicBool>,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Relay {
-    async fn start(listen: u16, target: u16) -> anyhow::Result<Relay> {
-        let listener = TcpListener::bind(("127.0.0.1", listen)).await?;
-        let blocked = Arc::new(AtomicBool::new(false));
-        let (generation, _) = tokio::sync::watch::channel(0u64);
-        let generation = Arc::new(generation);
-        let (b, g) = (blocked.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                if b.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut cut = g.subscribe();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                        return;
-                    };
-                    let _ = inbound.set_nodelay(true);
-                    let _ = outbound.set_nodelay(true);
-                    let (mut a, mut b) = (inbound, outbound);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Ok(Relay {
-            blocked,
-            generation,
-        })
-    }
-
-    fn set_blocked(&self, blocked: bool) {
-        self.blocked.store(blocked, Ordering::SeqCst);
-        if blocked {
-            // Cut the connections it carries, as a partition would.
-            self.generation.send_modify(|g| *g += 1);
-        }
-    }
 }
 
 struct Processes {
@@ -542,7 +496,8 @@ fn with_relays(
     let relays: BTreeMap<(u64, u64), Relay> = runtime.block_on(async {
         let mut relays = BTreeMap::new();
         for (&(from, to), &port) in &relay_ports {
-            relays.insert((from, to), Relay::start(port, ports[&to]).await?);
+            let (listen, target) = (loopback(port), loopback(ports[&to]));
+            relays.insert((from, to), Relay::bind(listen, target).await?);
         }
         anyhow::Ok(relays)
     })?;

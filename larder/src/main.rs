@@ -48,6 +48,7 @@ mod bench;
 mod bug_matrix;
 mod dashboard;
 mod jepsen;
+mod relay;
 mod serve;
 mod shrink;
 mod sync;
@@ -103,6 +104,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// A Jepsen-style run on real processes: kill -9, SIGSTOP, partitions through relays.
     Jepsen(jepsen::JepsenArgs),
+    /// A zero-work TCP relay until Ctrl-C: the cheapest proxy hop there can be, to put in
+    /// front of redis-server when comparing it with Larder's proxy
+    /// (`scripts/serial-latency.sh`; `larder bench` runs one of its own).
+    Relay(RelayArgs),
     /// Check a history for linearizability (history.jsonl, Jepsen `INFO jepsen.util` logs,
     /// Porcupine EDN kv logs).
     Check(CheckArgs),
@@ -126,6 +131,31 @@ enum Command {
     Node(serve::NodeArgs),
     /// Run a RESP proxy process (TOML config).
     Proxy(serve::ConfigArgs),
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// Where to listen.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Where to carry each connection.
+    #[arg(long)]
+    to: std::net::SocketAddr,
+}
+
+/// `larder relay`: relays until Ctrl-C.
+fn relay(args: RelayArgs) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let relay = relay::Relay::bind(args.listen, args.to)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        outln!("relaying {} -> {}", relay.address(), args.to);
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        Ok(true)
+    })
 }
 
 #[derive(Args)]
@@ -773,6 +803,7 @@ fn main() -> ExitCode {
         Command::Admin(args) => admin::admin(args),
         Command::Bench(args) => bench::bench(args),
         Command::Jepsen(args) => jepsen::jepsen(args),
+        Command::Relay(args) => relay(args),
         Command::Check(args) => check(args),
         Command::Import(args) => import(args),
         Command::Backup(args) => backup::backup(args),
