@@ -96,6 +96,11 @@ struct Measured {
     /// the relay, redis-server and the relay). None where tests ran together (the mix, the
     /// slow lane).
     cpu_us_per_op: Option<f64>,
+    /// Context switches of the server's processes' threads per request over the same span
+    /// (voluntary and not): each is a thread that stopped for want of work and was woken, the
+    /// hand-offs that make up much of a serial request's time on a VM. None where
+    /// `cpu_us_per_op` is.
+    switches_per_op: Option<f64>,
 }
 
 /// What one server answered over the whole run.
@@ -194,6 +199,39 @@ fn cpu_seconds_of(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|&pid| cpu_seconds(pid)).sum()
 }
 
+/// Context switches (voluntary and not) of every live thread of process `pid`, from
+/// `/proc/<pid>/task/*/status`; None off Linux or once the process is gone. A thread that
+/// ended took its count with it: tokio's blocking threads come and go, its workers stay.
+fn context_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        total += switches_in_status(&status);
+    }
+    Some(total)
+}
+
+/// The two context-switch counts of a `/proc/…/status` text, summed.
+fn switches_in_status(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.ends_with("ctxt_switches")
+                .then(|| value.trim().parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// [`context_switches`] of processes `pids` together.
+fn context_switches_of(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&pid| context_switches(pid)).sum()
+}
+
 /// Runs one redis-benchmark test per invocation (so each has its own CPU figure), measuring
 /// the CPU processes `server` spend meanwhile.
 fn run_measured(
@@ -206,9 +244,17 @@ fn run_measured(
 ) -> anyhow::Result<()> {
     for test in tests.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let before = cpu_seconds_of(server);
+        let switches_before = context_switches_of(server);
         let found = run.results.len();
         run_benchmark(port, &load.clone().tests(test), case, run)?;
         let after = cpu_seconds_of(server);
+        let switches_after = context_switches_of(server);
+        if let (Some(before), Some(after)) = (switches_before, switches_after) {
+            for result in &mut run.results[found..] {
+                let switches = after.saturating_sub(before) as f64;
+                result.switches_per_op = Some(switches / load.requests as f64);
+            }
+        }
         if let (Some(before), Some(after)) = (before, after) {
             for result in &mut run.results[found..] {
                 result.cpu_us_per_op = Some((after - before) * 1e6 / load.requests as f64);
@@ -257,6 +303,7 @@ fn parse_report(text: &str, case: &str) -> (Vec<Measured>, Vec<String>) {
                 p99_ms: 0.0,
                 p999_ms: 0.0,
                 cpu_us_per_op: None,
+                switches_per_op: None,
             });
             continue;
         }
@@ -589,22 +636,24 @@ fn print_results(larder: &ServerRun, peers: &[ServerRun]) {
             outln!();
             outln!("{}", result.case);
             out!(
-                "  {:<6} {:>10} {:>8} {:>8} {:>8} {:>7}",
+                "  {:<6} {:>10} {:>8} {:>8} {:>8} {:>7} {:>6}",
                 "test",
                 "larder rps",
                 "p50 ms",
                 "p99 ms",
                 "p999 ms",
-                "cpu µs"
+                "cpu µs",
+                "cs/op"
             );
             for peer in peers {
                 out!(
-                    " | {:>18} {:>6} {:>8} {:>8} {:>7}",
+                    " | {:>18} {:>6} {:>8} {:>8} {:>7} {:>6}",
                     peer.server,
                     "ratio",
                     "p50 ms",
                     "p99 ms",
-                    "cpu µs"
+                    "cpu µs",
+                    "cs/op"
                 );
                 if peer.relay_of.is_some() {
                     out!(" {:>6}", "floor");
@@ -613,26 +662,36 @@ fn print_results(larder: &ServerRun, peers: &[ServerRun]) {
             outln!();
         }
         out!(
-            "  {:<6} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>7}",
+            "  {:<6} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>6}",
             result.test,
             result.rps,
             result.p50_ms,
             result.p99_ms,
             result.p999_ms,
-            cpu(result.cpu_us_per_op)
+            cpu(result.cpu_us_per_op),
+            switches(result.switches_per_op)
         );
         for peer in peers {
             let theirs = peer.result(result);
             match theirs {
                 Some(theirs) => out!(
-                    " | {:>18.0} {:>6.2} {:>8.3} {:>8.3} {:>7}",
+                    " | {:>18.0} {:>6.2} {:>8.3} {:>8.3} {:>7} {:>6}",
                     theirs.rps,
                     result.rps / theirs.rps,
                     theirs.p50_ms,
                     theirs.p99_ms,
-                    cpu(theirs.cpu_us_per_op)
+                    cpu(theirs.cpu_us_per_op),
+                    switches(theirs.switches_per_op)
                 ),
-                None => out!(" | {:>18} {:>6} {:>8} {:>8} {:>7}", "-", "-", "-", "-", "-"),
+                None => out!(
+                    " | {:>18} {:>6} {:>8} {:>8} {:>7} {:>6}",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-"
+                ),
             }
             if peer.relay_of.is_some() {
                 match peer.floor(peers, result) {
@@ -666,6 +725,11 @@ impl ServerRun {
 /// A CPU figure for the table: whole microseconds, `-` where none was measured.
 fn cpu(us_per_op: Option<f64>) -> String {
     us_per_op.map_or_else(|| "-".to_string(), |us| format!("{us:.0}"))
+}
+
+/// Context switches per request for the table: tenths, `-` where none were counted.
+fn switches(per_op: Option<f64>) -> String {
+    per_op.map_or_else(|| "-".to_string(), |n| format!("{n:.1}"))
 }
 
 #[cfg(test)]
@@ -749,6 +813,27 @@ Summary:
         let cpu = cpu_seconds(std::process::id()).expect("/proc/self/stat");
         assert!(cpu > 0.0, "{cpu}");
         assert_eq!(cpu_seconds(u32::MAX), None);
+        // A thread that waits to be woken twice switches at least twice; its count is gone
+        // with it, so it is read while it waits a third time.
+        let (wake, woken) = std::sync::mpsc::channel::<()>();
+        let (waited, wait) = std::sync::mpsc::channel::<()>();
+        let waiter = std::thread::spawn(move || {
+            for _ in 0..3 {
+                let _ = woken.recv();
+                let _ = waited.send(());
+            }
+        });
+        let before = context_switches(std::process::id()).expect("/proc/self/task");
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(5));
+            wake.send(()).expect("waiter");
+            wait.recv().expect("waiter");
+        }
+        let after = context_switches(std::process::id()).expect("/proc/self/task");
+        assert!(after >= before + 2, "{before} -> {after}");
+        wake.send(()).expect("waiter");
+        waiter.join().expect("waiter");
+        assert_eq!(context_switches(u32::MAX), None);
         let set = Load::new(1234, 5, 1, 3).tests("set");
         assert_eq!(set.requests, 1234);
         // Writes draw from the large keyspace (each `SET` a new key), reads from the small one.
@@ -773,6 +858,7 @@ Summary:
             p99_ms: 0.0,
             p999_ms: 0.0,
             cpu_us_per_op: None,
+            switches_per_op: None,
         };
         let run = |server: &str, relay_of: Option<&str>, results| ServerRun {
             server: server.into(),
@@ -804,6 +890,14 @@ Summary:
         assert_eq!(peers[0].floor(&peers, &measured("a", "GET", 1.0)), None);
         // Its direct peer missing (run with --no-peer's partner gone): none either.
         assert_eq!(relayed.floor(&peers[1..], &measured("a", "GET", 1.0)), None);
+    }
+
+    #[test]
+    fn both_kinds_of_context_switch_are_counted() {
+        let status = "Name:\tlarder\nThreads:\t9\nvoluntary_ctxt_switches:\t120\n\
+                      nonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(switches_in_status(status), 127);
+        assert_eq!(switches_in_status("Name:\tgone\n"), 0);
     }
 
     #[test]
