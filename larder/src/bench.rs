@@ -560,7 +560,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     let mut peers: Vec<ServerRun> = Vec::new();
     if !args.no_peer {
         let dir = tempfile::tempdir().context("temporary directory for redis-server")?;
-        for (name, durable) in [("redis always", true), ("redis no-persist", false)] {
+        for (name, durable) in [(REDIS_ALWAYS, true), ("redis no-persist", false)] {
             let peer = start_redis(dir.path(), durable)?;
             peers.push(run_all(name, peer.port, &[peer.child.id()], &args)?);
         }
@@ -591,6 +591,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     Ok(clean)
 }
 
+/// The name of the durable peer, which the relayed one fronts.
+const REDIS_ALWAYS: &str = "redis always";
+
 /// Every case against a fresh `redis-server` with `appendfsync always` behind a relay in this
 /// process (the Larder cluster has stopped, so this process's CPU is the relay's).
 fn run_relayed(dir: &Path, args: &BenchArgs) -> anyhow::Result<ServerRun> {
@@ -611,7 +614,7 @@ fn run_relayed(dir: &Path, args: &BenchArgs) -> anyhow::Result<ServerRun> {
         .context("starting the relay")?;
     let pids = [peer.child.id(), std::process::id()];
     let mut run = run_all("redis always+relay", relay.address().port(), &pids, args)?;
-    run.relay_of = Some("redis always".to_string());
+    run.relay_of = Some(REDIS_ALWAYS.to_string());
     Ok(run)
 }
 
