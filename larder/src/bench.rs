@@ -70,6 +70,11 @@ pub struct BenchArgs {
     /// off), to compare.
     #[arg(long, default_value_t = larder_proxy::coalesce::RUNNERS)]
     pub coalesce_runners: usize,
+    /// Run everything this many times, each round on fresh servers (Larder, then each
+    /// peer), and report each figure's median over the rounds: on a small shared machine one
+    /// round's rates move by a quarter from run to run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=99))]
+    pub rounds: u64,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -107,6 +112,8 @@ struct Measured {
 #[derive(Debug, Default, Serialize)]
 struct ServerRun {
     server: String,
+    /// Rounds whose medians these are (`--rounds`).
+    rounds: usize,
     /// For the peer behind the relay: the peer it reaches without one, whose rates its
     /// `floor` column divides by.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -445,6 +452,7 @@ fn last_overall_rps(progress: &str) -> Option<f64> {
 fn run_all(server: &str, port: u16, pids: &[u32], args: &BenchArgs) -> anyhow::Result<ServerRun> {
     let mut run = ServerRun {
         server: server.to_string(),
+        rounds: 1,
         ..ServerRun::default()
     };
     for &clients in &args.clients {
@@ -515,6 +523,56 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     if args.clients.is_empty() || args.pipeline.is_empty() || args.data_size.is_empty() {
         bail!("--clients, --pipeline and --data-size each need at least one value");
     }
+    if !args.json {
+        outln!(
+            "redis-benchmark -t {} -n {} -r {READ_KEYSPACE} (SET: -r {WRITE_KEYSPACE}); Larder: 3 nodes, {} slot groups, 1 proxy, one process{}",
+            args.tests,
+            args.requests,
+            args.groups,
+            match args.rounds {
+                1 => String::new(),
+                n => format!("; medians of {n} rounds"),
+            }
+        );
+    }
+    let mut larder_rounds = Vec::new();
+    let mut peer_rounds: Vec<Vec<ServerRun>> = Vec::new();
+    for _ in 0..args.rounds {
+        larder_rounds.push(run_larder(&args)?);
+        for (at, peer) in run_peers(&args)?.into_iter().enumerate() {
+            match peer_rounds.get_mut(at) {
+                Some(rounds) => rounds.push(peer),
+                None => peer_rounds.push(vec![peer]),
+            }
+        }
+    }
+    let larder = median_run(larder_rounds);
+    let peers: Vec<ServerRun> = peer_rounds.into_iter().map(median_run).collect();
+
+    let clean = larder.errors.is_empty();
+    if args.json {
+        let mut runs = vec![larder];
+        runs.extend(peers);
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&runs).context("encoding the results")?
+        );
+        return Ok(clean);
+    }
+    print_table(&larder, &peers);
+    if clean {
+        outln!("errors: none");
+    } else {
+        outln!("errors from Larder ({}):", larder.errors.len());
+        for line in larder.errors.iter().take(10) {
+            outln!("  {line}");
+        }
+    }
+    Ok(clean)
+}
+
+/// One round of every case on a fresh local cluster in this process.
+fn run_larder(args: &BenchArgs) -> anyhow::Result<ServerRun> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -542,53 +600,74 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     let port = cluster.proxy_address.port();
     // Let every group elect a leader before measuring.
     std::thread::sleep(Duration::from_secs(2));
-    if !args.json {
-        outln!(
-            "redis-benchmark -t {} -n {} -r {READ_KEYSPACE} (SET: -r {WRITE_KEYSPACE}); Larder: 3 nodes, {} slot groups, 1 proxy, one process",
-            args.tests,
-            args.requests,
-            args.groups
-        );
-    }
     // The cluster runs in this process: its CPU is this process's.
-    let larder = run_all("larder", port, &[std::process::id()], &args);
+    let larder = run_all("larder", port, &[std::process::id()], args);
     let data = runtime.block_on(cluster.stop());
     drop(runtime);
     drop(data);
-    let larder = larder?;
+    larder
+}
 
+/// One round of every case on each peer (none with `--no-peer`), each started afresh.
+fn run_peers(args: &BenchArgs) -> anyhow::Result<Vec<ServerRun>> {
     let mut peers: Vec<ServerRun> = Vec::new();
     if !args.no_peer {
         let dir = tempfile::tempdir().context("temporary directory for redis-server")?;
         for (name, durable) in [(REDIS_ALWAYS, true), ("redis no-persist", false)] {
             let peer = start_redis(dir.path(), durable)?;
-            peers.push(run_all(name, peer.port, &[peer.child.id()], &args)?);
+            peers.push(run_all(name, peer.port, &[peer.child.id()], args)?);
         }
         if !args.no_relay {
-            peers.push(run_relayed(dir.path(), &args)?);
+            peers.push(run_relayed(dir.path(), args)?);
         }
     }
+    Ok(peers)
+}
 
-    let clean = larder.errors.is_empty();
-    if args.json {
-        let mut runs = vec![larder];
-        runs.extend(peers);
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&runs).context("encoding the results")?
-        );
-        return Ok(clean);
-    }
-    print_table(&larder, &peers);
-    if clean {
-        outln!("errors: none");
-    } else {
-        outln!("errors from Larder ({}):", larder.errors.len());
-        for line in larder.errors.iter().take(10) {
-            outln!("  {line}");
+/// One server's rounds as one run: each figure of each case and test the median of the
+/// rounds that have it (the mean of the middle two for an even count), in the first round's
+/// order; the errors of every round.
+fn median_run(rounds: Vec<ServerRun>) -> ServerRun {
+    let Some(first) = rounds.first() else {
+        return ServerRun::default();
+    };
+    let median = |mut values: Vec<f64>| -> Option<f64> {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(values[n / 2]),
+            _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
         }
+    };
+    let results = first
+        .results
+        .iter()
+        .map(|like| {
+            let all: Vec<&Measured> = rounds.iter().filter_map(|run| run.result(like)).collect();
+            let of = |field: fn(&Measured) -> Option<f64>| {
+                median(all.iter().filter_map(|m| field(m)).collect())
+            };
+            Measured {
+                case: like.case.clone(),
+                test: like.test.clone(),
+                rps: of(|m| Some(m.rps)).unwrap_or(0.0),
+                p50_ms: of(|m| Some(m.p50_ms)).unwrap_or(0.0),
+                p99_ms: of(|m| Some(m.p99_ms)).unwrap_or(0.0),
+                p999_ms: of(|m| Some(m.p999_ms)).unwrap_or(0.0),
+                cpu_us_per_op: of(|m| m.cpu_us_per_op),
+                switches_per_op: of(|m| m.switches_per_op),
+            }
+        })
+        .collect();
+    ServerRun {
+        server: first.server.clone(),
+        rounds: rounds.len(),
+        relay_of: first.relay_of.clone(),
+        results,
+        errors: rounds.iter().flat_map(|run| run.errors.clone()).collect(),
+        slow_lane_rps: median(rounds.iter().filter_map(|run| run.slow_lane_rps).collect()),
     }
-    Ok(clean)
 }
 
 /// The name of the durable peer, which the relayed one fronts.
@@ -893,6 +972,64 @@ Summary:
         assert_eq!(peers[0].floor(&peers, &measured("a", "GET", 1.0)), None);
         // Its direct peer missing (run with --no-peer's partner gone): none either.
         assert_eq!(relayed.floor(&peers[1..], &measured("a", "GET", 1.0)), None);
+    }
+
+    #[test]
+    fn rounds_are_reported_by_their_medians() {
+        let measured = |test: &str, rps: f64, cpu: Option<f64>| Measured {
+            case: "-c 50".into(),
+            test: test.into(),
+            rps,
+            p50_ms: rps / 1000.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            cpu_us_per_op: cpu,
+            switches_per_op: None,
+        };
+        let round = |results, errors: &[&str], slow: Option<f64>| ServerRun {
+            server: "larder".into(),
+            rounds: 1,
+            relay_of: None,
+            results,
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+            slow_lane_rps: slow,
+        };
+        let rounds = vec![
+            round(
+                vec![
+                    measured("SET", 300.0, Some(9.0)),
+                    measured("GET", 10.0, None),
+                ],
+                &[],
+                Some(5.0),
+            ),
+            round(
+                vec![
+                    measured("SET", 100.0, Some(7.0)),
+                    measured("GET", 40.0, None),
+                ],
+                &["ERR one"],
+                None,
+            ),
+            // A round that missed GET (redis-benchmark printed nothing for it).
+            round(vec![measured("SET", 200.0, Some(8.0))], &[], Some(7.0)),
+        ];
+        let run = median_run(rounds);
+        assert_eq!(run.rounds, 3);
+        assert_eq!(run.server, "larder");
+        let set = &run.results[0];
+        assert_eq!(
+            (set.test.as_str(), set.rps, set.p50_ms),
+            ("SET", 200.0, 0.2)
+        );
+        assert_eq!(set.cpu_us_per_op, Some(8.0));
+        // Two rounds have GET: the mean of the two; no round had its CPU.
+        let get = &run.results[1];
+        assert_eq!((get.test.as_str(), get.rps), ("GET", 25.0));
+        assert_eq!(get.cpu_us_per_op, None);
+        assert_eq!(run.errors, vec!["ERR one".to_string()]);
+        assert_eq!(run.slow_lane_rps, Some(6.0));
+        assert_eq!(median_run(Vec::new()).results.len(), 0);
     }
 
     #[test]
