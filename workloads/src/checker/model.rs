@@ -1606,6 +1606,15 @@ pub(super) struct PartOps {
 }
 
 impl PartOps {
+    /// What kind of collection the part is, for reports.
+    pub(super) fn kind(&self) -> &'static str {
+        match self.part {
+            CollPart::List(_) => "list",
+            CollPart::Set(_) => "set",
+            CollPart::ZSet(_) => "sorted set",
+        }
+    }
+
     /// The id, in this part's interner, of the whole object's state `state` seen on the
     /// part alone.
     pub(super) fn project(&mut self, whole: &Interner, state: u64) -> u64 {

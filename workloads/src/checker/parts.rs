@@ -75,21 +75,24 @@ impl Parts {
 
     /// Heap bytes, roughly: the parts' memo tables and states, and the projections.
     pub(super) fn bytes(&self) -> usize {
-        self.projected.capacity() * 8
-            + self
-                .parts
-                .iter()
-                .map(|part| {
-                    part.seen.bytes()
-                        + part.alive.bytes()
-                        + part.ops.interner.bytes()
-                        + part
-                            .conflicting
-                            .iter()
-                            .map(|c| c.capacity() * 4 + 24)
-                            .sum::<usize>()
-                })
-                .sum::<usize>()
+        self.projected.capacity() * 8 + self.parts.iter().map(Part::bytes).sum::<usize>()
+    }
+
+    /// Each part's share of [`Parts::bytes`] and configurations explored, for a report
+    /// ("list 900 MiB in 1234567 configurations, set 3 MiB in 5000").
+    pub(super) fn usage(&self) -> String {
+        self.parts
+            .iter()
+            .map(|part| {
+                format!(
+                    "{} {} MiB in {} configurations",
+                    part.ops.kind(),
+                    part.bytes() >> 20,
+                    part.seen.len()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Begins a whole search: what an earlier one left linearized (one cut short by its
@@ -105,29 +108,40 @@ impl Parts {
         }
     }
 
-    /// Whether every part can be completed from the start.
-    pub(super) fn alive_initially(&mut self, meter: &mut Meter<'_>) -> bool {
+    /// Whether every part can be completed from the start. `room`: the bytes the parts may
+    /// hold together (the search's memory budget less what the whole search holds), None
+    /// without a budget.
+    pub(super) fn alive_initially(&mut self, meter: &mut Meter<'_>, room: Option<usize>) -> bool {
         (0..self.parts.len()).all(|p| {
             let initial = self.parts[p].ops.initial;
-            self.parts[p].explore(initial, meter)
+            let room = self.room_of(p, room);
+            self.parts[p].explore(initial, meter, room)
         })
     }
 
+    /// What part `p` may hold of the parts' `room`: the room less every other part's bytes.
+    fn room_of(&self, p: usize, room: Option<usize>) -> Option<usize> {
+        room.map(|room| room.saturating_sub(self.bytes() - self.parts[p].bytes()))
+    }
+
     /// Whether linearizing `op` next, making the whole state `state`, leaves every part it
-    /// touches completable. The parts are left as they were.
+    /// touches completable. The parts are left as they were. `room` as for
+    /// [`Parts::alive_initially`].
     pub(super) fn allows(
         &mut self,
         op: usize,
         state: u64,
         interner: &Interner,
         meter: &mut Meter<'_>,
+        room: Option<usize>,
     ) -> bool {
         for k in 0..self.of_op[op].len() {
             let (p, index) = self.of_op[op][k];
             let projected = self.projection(p, state, interner);
+            let room = self.room_of(p, room);
             let part = &mut self.parts[p];
             part.set(index as usize);
-            let alive = part.explore(projected, meter);
+            let alive = part.explore(projected, meter, room);
             part.clear(index as usize);
             if !alive {
                 return false;
@@ -193,8 +207,10 @@ struct Part {
     /// Per indeterminate operation: the places in `by_call` of the other operations it may
     /// not commute with, in order (empty for a determinate one; [`Part::may_go_next`]).
     conflicting: Vec<Vec<u32>>,
-    /// A search of this part ran out of budget midway: its tables no longer tell dead from
-    /// unfinished, so the part prunes nothing more.
+    /// The heap bytes of `conflicting`, which never changes.
+    conflicting_bytes: usize,
+    /// A search of this part ran out of budget (states, time or memory) midway: its tables no
+    /// longer tell dead from unfinished, so the part prunes nothing more.
     spent: bool,
 }
 
@@ -222,6 +238,7 @@ impl Part {
                 })
                 .collect();
         }
+        let conflicting_bytes = conflicting.iter().map(|c| c.capacity() * 4 + 24).sum();
         Part {
             linearized: Linearized::new(&ops.ops),
             hash: 0,
@@ -240,9 +257,16 @@ impl Part {
             seen: Cache::new(),
             alive: Cache::new(),
             conflicting,
+            conflicting_bytes,
             spent: false,
             ops,
         }
+    }
+
+    /// Heap bytes, roughly: its memo tables, its states and its conflict lists (cheap to ask:
+    /// each term is kept).
+    fn bytes(&self) -> usize {
+        self.seen.bytes() + self.alive.bytes() + self.ops.interner.bytes() + self.conflicting_bytes
     }
 
     fn set(&mut self, i: usize) {
@@ -382,7 +406,9 @@ impl Part {
     /// Whether the part's configuration (what is linearized now, in state `state`) can be
     /// completed: every determinate operation left linearized, in an order its calls and
     /// returns allow, with replies the part's model gives. Leaves the configuration as it was.
-    fn explore(&mut self, state: u64, meter: &mut Meter<'_>) -> bool {
+    /// A search that would take the part past `room` bytes (or the meter's budget) stops and
+    /// answers alive, which prunes nothing: the whole search's own memory check then ends it.
+    fn explore(&mut self, state: u64, meter: &mut Meter<'_>, room: Option<usize>) -> bool {
         if self.spent || self.remaining == 0 {
             return true;
         }
@@ -408,7 +434,7 @@ impl Part {
             READS,
         )];
         loop {
-            if meter.step() {
+            if meter.step() || room.is_some_and(|room| self.bytes() > room) {
                 self.spent = true;
                 while let Some((.., chosen, _)) = frames.pop() {
                     if chosen != NIL {

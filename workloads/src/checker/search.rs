@@ -41,6 +41,13 @@ impl Meter<'_> {
     }
 }
 
+/// What a collections object's parts may hold together while their own searches run (between
+/// the whole search's memory checks, so they could otherwise grow past the budget): the
+/// memory budget less `held`, what the rest of the search holds. None without a budget.
+fn parts_room(meter: &Meter<'_>, held: usize) -> Option<usize> {
+    meter.budget.memory_max.map(|max| max.saturating_sub(held))
+}
+
 pub(super) enum Search {
     /// A linearization: positions in the key's operation list, in order.
     Linearizable(Vec<usize>),
@@ -154,7 +161,8 @@ pub(super) fn search(
     // part answers dead only once it explored everything (one out of budget answers alive).
     if let Some(parts) = parts.as_deref_mut() {
         parts.begin();
-        if !parts.alive_initially(meter) {
+        let room = parts_room(meter, cache.bytes() + interner.bytes() + pins.bytes());
+        if !parts.alive_initially(meter, room) {
             return Search::NotLinearizable;
         }
     }
@@ -175,22 +183,26 @@ pub(super) fn search(
         if meter.states - states_before >= cap {
             return Search::Capped;
         }
+        let parts_bytes = || parts.as_deref().map_or(0, Parts::bytes);
         if cache.len() >= (u32::MAX - 1) as usize
             || meter.budget.memory_max.is_some_and(|max| {
-                cache.bytes()
-                    + interner.bytes()
-                    + pins.bytes()
-                    + parts.as_deref().map_or(0, Parts::bytes)
-                    > max
+                cache.bytes() + interner.bytes() + pins.bytes() + parts_bytes() > max
             })
         {
-            // Which table holds the memory (the memo's configurations, or the states' values:
-            // interned values and model states) says which model to make cheaper.
+            // Which table holds the memory (the memo's configurations, the states' values:
+            // interned values and model states, the single-source rule's facts (pins), or the
+            // parts' own searches) says which model or cut to make cheaper.
             return Search::Unknown(format!(
-                "memory budget exhausted after {} states on this key (memo {} MiB, values {} MiB)",
+                "memory budget exhausted after {} states on this key (memo {} MiB, values {} \
+                 MiB, pins {} MiB, parts {} MiB{})",
                 meter.states - states_before,
                 cache.bytes() >> 20,
-                interner.bytes() >> 20
+                interner.bytes() >> 20,
+                pins.bytes() >> 20,
+                parts_bytes() >> 20,
+                parts
+                    .as_deref()
+                    .map_or_else(String::new, |parts| format!(": {}", parts.usage()))
             ));
         }
         if entry == NIL || !is_call[entry as usize] {
@@ -224,9 +236,11 @@ pub(super) fn search(
                 // A new configuration whose part cannot be completed is dead, as one explored
                 // before is.
                 if fresh
-                    && parts
-                        .as_deref_mut()
-                        .is_none_or(|parts| parts.allows(op, new_state, interner, meter))
+                    && parts.as_deref_mut().is_none_or(|parts| {
+                        let held = cache.bytes() + interner.bytes() + pins.bytes();
+                        let room = parts_room(meter, held);
+                        parts.allows(op, new_state, interner, meter, room)
+                    })
                 {
                     if let Some(parts) = parts.as_deref_mut() {
                         parts.linearized(op);
