@@ -165,6 +165,11 @@ struct CheckArgs {
     /// Give up after this long and answer "unknown" (never a false verdict).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     time_limit: Duration,
+    /// Judge with the budget a simulated run's check gets instead (states and memory, no
+    /// time limit), so a history saved by `larder sim --report-dir` gets the verdict its run
+    /// got, `unknown` included.
+    #[arg(long, conflicts_with = "time_limit")]
+    sim_budget: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -296,7 +301,11 @@ fn check(args: CheckArgs) -> anyhow::Result<bool> {
     // Offline tooling: the user waits in real time.
     #[allow(clippy::disallowed_methods)]
     let started = std::time::Instant::now();
-    let budget = larder_workloads::checker::Budget::until(started + args.time_limit);
+    let budget = if args.sim_budget {
+        larder_sim::linearizability_budget()
+    } else {
+        larder_workloads::checker::Budget::until(started + args.time_limit)
+    };
     let report = larder_workloads::check_file_with(&args.path, &budget)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -861,5 +870,30 @@ mod tests {
 
         assert!(Cli::try_parse_from(["larder", "sim", "--clients", "100"]).is_err());
         assert!(Cli::try_parse_from(["larder", "sim", "--rate", "0"]).is_err());
+    }
+
+    #[test]
+    fn check_judges_by_time_or_by_the_simulators_budget_not_both() {
+        let parsed = |words: &[&str]| match Cli::try_parse_from(words).map(|cli| cli.command) {
+            Ok(Command::Check(args)) => Some((args.sim_budget, args.time_limit)),
+            _ => None,
+        };
+        assert_eq!(
+            parsed(&["larder", "check", "h.jsonl"]),
+            Some((false, Duration::from_secs(60)))
+        );
+        assert_eq!(
+            parsed(&["larder", "check", "--sim-budget", "h.jsonl"]),
+            Some((true, Duration::from_secs(60)))
+        );
+        let both = [
+            "larder",
+            "check",
+            "--sim-budget",
+            "--time-limit",
+            "5s",
+            "h.jsonl",
+        ];
+        assert_eq!(parsed(&both), None);
     }
 }

@@ -35,5 +35,5 @@ pub use env::SimEnv;
 pub use net::SimNet;
 pub use run::{
     OPERATOR_ID, OperatorLog, PlannedMove, PlannedSteer, RunReport, SimConfig, SteerAction,
-    check_determinism, check_seed, run,
+    check_determinism, check_seed, linearizability_budget, run,
 };

@@ -601,12 +601,19 @@ fn check_replicas(final_state: &Final, violations: &mut Vec<Violation>) {
     }
 }
 
-/// Every key's history must be linearizable (WGL search per key). The budget counts states,
-/// not seconds, so the verdict is as deterministic as the run.
-fn check_linearizability(operations: &Result<Vec<Operation>, HistoryError>) -> Linearizability {
-    let budget = Budget::unlimited()
+/// The budget a run's linearizability check gets: states and the checker's own memory
+/// estimate, never seconds, so the verdict is as deterministic as the run (`larder check
+/// --sim-budget` judges a saved history with it, and gets the run's verdict).
+pub fn linearizability_budget() -> Budget {
+    Budget::unlimited()
         .with_states_max(LINEARIZABILITY_STATES_MAX)
-        .with_memory_max(LINEARIZABILITY_MEMORY_MAX);
+        .with_memory_max(LINEARIZABILITY_MEMORY_MAX)
+}
+
+/// Every key's history must be linearizable (WGL search per key), within
+/// [`linearizability_budget`].
+fn check_linearizability(operations: &Result<Vec<Operation>, HistoryError>) -> Linearizability {
+    let budget = linearizability_budget();
     match operations {
         Ok(operations) => Linearizability::Checked(check_operations(
             operations,

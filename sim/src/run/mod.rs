@@ -38,6 +38,7 @@ use crate::trace::Trace;
 use crate::workload::SharedHistory;
 
 pub use archive::{BackupTally, SyncCheck};
+pub use checks::linearizability_budget;
 pub use config::{
     CLIENTS_MAX, CONTENTION_CLIENTS, LoadShape, SIM_COALESCE_RUNNERS, SimConfig, center_id,
     proxy_id,
