@@ -200,11 +200,23 @@ pub enum Bug {
     /// first group to write a key of a slot after the restart claims it: a slot's old owner
     /// read late takes the target back to values from before the move.
     SyncResumeForgetsFollowed,
+    /// Storage node: a failed synced write of the node's own records (the hosted groups) is
+    /// answered as an error but not made fatal, so a node whose disk is poisoned stays up,
+    /// refusing every replica the center gives it while heartbeating as healthy.
+    PoisonedNodeStaysUp,
+    /// Slot migration (storage): an `Ingest` page writes its records whoever owns their slots,
+    /// so a copy page applied late (a duplicated message, a retried request) after the
+    /// target owns the slots overwrites what clients wrote there since.
+    IngestIntoOwnedSlots,
+    /// Center registry: a node record planned from a control round's view is written even if
+    /// the record changed since, so a drain recorded while the round ran is overwritten by
+    /// the round's `Up`, and the node gets replicas again and is never removed.
+    RegistryOverwritesDrain,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 47] = [
+    pub const ALL: [Bug; 50] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -252,6 +264,9 @@ impl Bug {
         Bug::ReplaceDoneUnconfirmed,
         Bug::SessionBoundLocal,
         Bug::FinishedRepairTrusted,
+        Bug::PoisonedNodeStaysUp,
+        Bug::IngestIntoOwnedSlots,
+        Bug::RegistryOverwritesDrain,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -304,6 +319,9 @@ impl Bug {
             Bug::ReplaceDoneUnconfirmed => "replace-done-unconfirmed",
             Bug::SessionBoundLocal => "session-bound-local",
             Bug::FinishedRepairTrusted => "finished-repair-trusted",
+            Bug::PoisonedNodeStaysUp => "poisoned-node-stays-up",
+            Bug::IngestIntoOwnedSlots => "ingest-into-owned-slots",
+            Bug::RegistryOverwritesDrain => "registry-overwrites-drain",
         }
     }
 }

@@ -80,7 +80,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
@@ -689,6 +689,7 @@ fn run_relayed(dir: &Path, args: &BenchArgs) -> anyhow::Result<ServerRun> {
         .block_on(Relay::bind(
             ([127, 0, 0, 1], 0).into(),
             ([127, 0, 0, 1], peer.port).into(),
+            Relay::MAX_CONNECTIONS,
         ))
         .context("starting the relay")?;
     let pids = [peer.child.id(), std::process::id()];

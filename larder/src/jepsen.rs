@@ -23,6 +23,7 @@ use larder_workloads::driver::{Driver, Executor, Request, Response, Timer, Workl
 use larder_workloads::history::History;
 use tokio::net::TcpStream;
 
+use crate::bench::free_port;
 use crate::relay::Relay;
 
 #[derive(Args, Debug, Clone)]
@@ -57,12 +58,6 @@ const PROXY: u64 = 1001;
 /// `port` on 127.0.0.1.
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 struct Processes {
@@ -497,7 +492,10 @@ fn with_relays(
         let mut relays = BTreeMap::new();
         for (&(from, to), &port) in &relay_ports {
             let (listen, target) = (loopback(port), loopback(ports[&to]));
-            relays.insert((from, to), Relay::bind(listen, target).await?);
+            relays.insert(
+                (from, to),
+                Relay::bind(listen, target, Relay::MAX_CONNECTIONS).await?,
+            );
         }
         anyhow::Ok(relays)
     })?;

@@ -141,13 +141,16 @@ struct RelayArgs {
     /// Where to carry each connection.
     #[arg(long)]
     to: std::net::SocketAddr,
+    /// How many connections to carry at once; one more is closed at accept.
+    #[arg(long, default_value_t = relay::Relay::MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 /// `larder relay`: relays until Ctrl-C.
 fn relay(args: RelayArgs) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
-        let relay = relay::Relay::bind(args.listen, args.to)
+        let relay = relay::Relay::bind(args.listen, args.to, args.max_connections)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         outln!("relaying {} -> {}", relay.address(), args.to);

@@ -963,10 +963,26 @@ pub fn node(args: NodeArgs) -> anyhow::Result<bool> {
         }
         let _metrics =
             serve_metrics(file.metrics_listen, [node.metrics_registry(), disk_metrics]).await?;
-        stop_signal().await?;
+        // A poisoned disk (a synced write of the node's hosted groups failed) is recovered only
+        // by a new process: exit with an error, so that the service manager restarts it.
+        let poisoned = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(reason) = node.poisoned() {
+                    return reason;
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            result = stop_signal() => result.map(|()| true),
+            reason = poisoned => Err(anyhow::anyhow!(
+                "the node's disk failed a synced write ({reason}); exiting so that a restart \
+                 recovers it"
+            )),
+        };
         larder::stopping::begin();
         node.shutdown().await;
-        Ok(true)
+        outcome
     })
 }
 

@@ -294,6 +294,19 @@ catalog! {
     retry_with_new_sequence: "retry-with-new-sequence", 1..=50, Swarm;
     // 17/50, first 4 (stop 50).
     dead_node_stays_up: "dead-node-stays-up", 1..=50, Swarm;
+    // Only seeds whose plan fails a node's sync while it writes its hosted groups, with
+    // another node destroyed after: 0/50, and 4 of 1000..=1299 (1087, 1108, 1112, 1266: the
+    // seeds this bug's fix made pass), the first 1087 (stop 66). The third search that does not start at 1: the seeds before would cost
+    // CI minutes.
+    poisoned_node_stays_up: "poisoned-node-stays-up", 1085..=1090, Swarm;
+    // Only seeds that move slots while the network duplicates messages, with a client write
+    // to a moved key between the cutover and the late copy: 0/50, 1 of 1000..=1299 (1278,
+    // stop 66). Searched from 1276 for the same reason as the row above.
+    ingest_into_owned_slots: "ingest-into-owned-slots", 1276..=1280, Swarm;
+    // Only seeds that drain a node that is coming back up as a control round runs: 0/50, 1
+    // of 1000..=1299 (1105, stop 66). Searched from 1105 for the same reason as the rows
+    // above.
+    registry_overwrites_drain: "registry-overwrites-drain", 1105..=1107, Swarm;
     // 50/50 (the vote audit at `vote_saved`).
     unsynced_vote: "unsynced-vote", 1..=5, Swarm;
     // 50/50 (the recovery audit at the end of the run).

@@ -102,6 +102,10 @@ pub struct Center<E: Env> {
     pub(crate) cache: RwLock<Cache>,
     /// Serialises cache refreshes (concurrent route requests share one read).
     pub(crate) refreshing: futures::lock::Mutex<()>,
+    /// Serialises writes of node records: the control round's (liveness, removal) and an
+    /// operator's drain, each re-reading the record under it, so neither overwrites the other
+    /// with a state planned from before it ([`Center::drain_node`], `Action::Register`).
+    pub(crate) registry_writes: futures::lock::Mutex<()>,
     pub(crate) address_hook: RwLock<Option<AddressHook>>,
     /// What this replica started while leading, for its metrics.
     pub(crate) counters: Counters,
@@ -138,6 +142,7 @@ impl<E: Env> Center<E> {
             soft: Mutex::new(Soft::default()),
             cache: RwLock::new(Cache::default()),
             refreshing: futures::lock::Mutex::new(()),
+            registry_writes: futures::lock::Mutex::new(()),
             address_hook: RwLock::new(None),
             counters: Counters::default(),
         });

@@ -171,6 +171,23 @@ impl<E: Env> Center<E> {
     ) -> Result<(), CenterError> {
         match action {
             Action::Register(record) => {
+                // Planned from the round's view: if the record changed since (an operator
+                // drained the node meanwhile), writing would undo that change, so it waits for
+                // the next round's plan. (Cluster swarm seed 1105: a node marked draining
+                // while the round that saw it come back up was running was registered `Up`
+                // again, given replicas and a leadership, and its drain never finished.)
+                let _writing = self.registry_writes.lock().await;
+                if !self.config.bugs.is_planted(Bug::RegistryOverwritesDrain) {
+                    let planned_from = view.nodes.get(&record.id).and_then(|n| n.record.as_ref());
+                    let stored = self.load().await?.registry.get(&record.id).cloned();
+                    if stored.as_ref() != planned_from {
+                        tracing::info!(
+                            node = record.id,
+                            "registry record changed since the plan; replanning"
+                        );
+                        return Ok(());
+                    }
+                }
                 tracing::info!(node = record.id, state = ?record.state, "registry");
                 self.execute(Command::set(node_key(record.id), encode(&record)))
                     .await?;

@@ -34,6 +34,7 @@ impl<E: Env> Center<E> {
     /// round on it gets no new replicas, hands its leaderships over and its replicas are
     /// replaced one by one; once no group names it, it is `Removed`.
     pub(crate) async fn drain_node(&self, node: NodeId) -> Result<NodeState, CenterError> {
+        let _writing = self.registry_writes.lock().await;
         let durable = self.load().await?;
         let record = durable
             .registry

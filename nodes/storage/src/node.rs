@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Disk, Env, Sealed, Space, WriteBatch};
 use larder_core::kv::{Command, Reply};
 use larder_core::routing::RoutingTable;
@@ -111,6 +112,10 @@ pub struct StorageNode<E: Env> {
     /// The writes this node answered unchanged, or sent to the log, by session
     /// ([`crate::unchanged`]).
     pub(crate) unchanged: crate::unchanged::UnchangedWrites,
+    /// A synced write of the node's record of the groups it hosts that failed: the disk is
+    /// poisoned (a failed sync loses what was unsynced, and every later write fails, in fjall
+    /// as in `SimDisk`) and only a restart recovers it ([`StorageNode::fatal`]).
+    pub(crate) poisoned: std::sync::Mutex<Option<String>>,
 }
 
 /// A group's leader as this node last saw it.
@@ -335,6 +340,7 @@ impl<E: Env> StorageNode<E> {
             saved_votes,
             read_rounds: crate::read_rounds::ReadRounds::default(),
             unchanged: Default::default(),
+            poisoned: std::sync::Mutex::new(None),
         });
         // The replicas that failed to open are retired now (their marks made durable).
         if !newly_broken.is_empty() {
@@ -467,7 +473,30 @@ impl<E: Env> StorageNode<E> {
         self.disk
             .write(batch, true)
             .await
-            .map_err(|e| NodeError::HostedGroups { source: e.into() })
+            .map_err(|e| self.poison(NodeError::HostedGroups { source: e.into() }))
+    }
+
+    /// Records that a synced write of the node's hosted groups failed, and returns its error.
+    /// No group's Raft sees such a write, so no group stops on it: without this the node
+    /// stayed up with a poisoned disk, refusing every replica the center gave it while
+    /// heartbeating as healthy, so nothing replaced it (cluster swarm seed 1112: node 3's first
+    /// `AddGroup` met an injected EIO, two of its groups then lost their other replica).
+    pub(crate) fn poison(&self, error: NodeError) -> NodeError {
+        if self.config.bugs.is_planted(Bug::PoisonedNodeStaysUp) {
+            return error;
+        }
+        let mut poisoned = self.poisoned.lock().expect("poisoned lock");
+        if poisoned.is_none() {
+            tracing::error!(node = self.id(), %error, "a synced write failed: the disk needs a restart");
+            *poisoned = Some(error.to_string());
+        }
+        error
+    }
+
+    /// The node's own synced write that failed, if one did ([`StorageNode::poison`]): the
+    /// process must restart to recover its disk.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().expect("poisoned lock").clone()
     }
 
     /// Starts hosting `group` with an empty replica, unless it is hosted already (then this is a
@@ -661,9 +690,13 @@ impl<E: Env> StorageNode<E> {
         self.addresses.latest()
     }
 
-    /// The first fatal error of any group's Raft (storage failure), if one stopped. A replica
-    /// stopped by a corrupt record is not fatal to the node: it is retired, not restarted.
+    /// The node's poisoned disk ([`StorageNode::poisoned`]), or the first fatal error of any
+    /// group's Raft (storage failure), if one stopped. A replica stopped by a corrupt record is
+    /// not fatal to the node: it is retired, not restarted.
     pub fn fatal(&self) -> Option<String> {
+        if let Some(poisoned) = self.poisoned() {
+            return Some(poisoned);
+        }
         self.all_groups().into_iter().find_map(|(group, g)| {
             if self.broken.contains(group) {
                 return None;

@@ -62,6 +62,25 @@ seeds! {
     // committed (its leader outside the table) but the center waited out the replace's 12 s
     // deadline before writing the table, so clients could not reach the group after the heal.
     swarm_566 = 566,
+    // A migration planned from a group that never formed, which the center then re-created
+    // under a new id: the rollback's first step (untracking the source) answered "group gone"
+    // for ever, so the migration was still rolling back at the end of the run.
+    swarm_1086 = 1086,
+    // An injected EIO on the sync of a node's hosted-groups record poisoned its disk while no
+    // group was open there: no group stopped, so nothing restarted the node, which refused
+    // every replica it was given while heartbeating as healthy; with another node destroyed,
+    // groups were left with one replica. The node now reports it fatal and restarts.
+    swarm_1087 = 1087,
+    swarm_1112 = 1112,
+    // A catch-up page duplicated by the network and applied on the target after the cutover
+    // put back {c0}'s list as the source had it, losing an acknowledged RPUSH: an `Ingest`
+    // now skips the slots its group owns.
+    swarm_1278 = 1278,
+    // A node the operator drained while a control round that saw it come back up was running:
+    // the round registered it `Up` over `Draining`, gave it replicas and a leadership, and the
+    // drain never finished. The round now writes a record only if it is still what it planned
+    // from.
+    swarm_1105 = 1105,
 }
 
 /// Swarm seeds whose client hosts each run three processes over one shared, pipelining

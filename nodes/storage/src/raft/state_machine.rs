@@ -1875,6 +1875,21 @@ impl<D: Disk> DiskStateMachine<D> {
             Command::Ingest { clock_ms, records } => {
                 let mut writes = BTreeMap::new();
                 for (key, record) in records {
+                    // A group ingests slots it does not own: the target before the cutover
+                    // gives it the moving slots, the source's deletes after the fence took
+                    // them away, the target's on a rollback. A page for a slot it owns is a
+                    // stale copy (a duplicated or retried message applied late) and would put
+                    // back what clients changed since: cluster swarm seed 1278 lost an
+                    // acknowledged RPUSH to a duplicated catch-up page applied after the
+                    // cutover.
+                    if applied
+                        .owned
+                        .as_ref()
+                        .is_some_and(|own| own.owns(slot_of(key)))
+                        && !self.bugs.is_planted(Bug::IngestIntoOwnedSlots)
+                    {
+                        continue;
+                    }
                     let record = match record.as_deref().map(Record::decode).transpose() {
                         Ok(record) => record,
                         // All or nothing: a bad record writes none of the batch.

@@ -591,6 +591,21 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
         .block_on(node.node.ownership_audit(GROUP, 3))
         .expect("audit");
     assert_eq!(strays, vec![Bytes::from(key(0))]);
+    // A copy page applied late on the target, which owns the slot now (a duplicated or
+    // retried message), changes nothing there: it would put back what clients wrote since.
+    let stale = larder_core::kv::Record::string(Bytes::from("v0")).encode();
+    node.runtime
+        .block_on(node.node.ingest(
+            OTHER,
+            0,
+            vec![
+                (Bytes::from(key(3)), Some(stale)),
+                (Bytes::from(key(5)), None),
+            ],
+        ))
+        .expect("a late page is answered");
+    assert_eq!(node.execute_in(OTHER, Command::get(key(3))), bulk("v1"));
+    assert_eq!(node.execute_in(OTHER, Command::get(key(5))), bulk("late"));
     node.stop();
 }
 
