@@ -179,7 +179,7 @@ impl<E: Env> Center<E> {
                 let _writing = self.registry_writes.lock().await;
                 if !self.config.bugs.is_planted(Bug::RegistryOverwritesDrain) {
                     let planned_from = view.nodes.get(&record.id).and_then(|n| n.record.as_ref());
-                    let stored = self.load().await?.registry.get(&record.id).cloned();
+                    let stored = self.read_node_record(record.id).await?;
                     if stored.as_ref() != planned_from {
                         tracing::info!(
                             node = record.id,

@@ -275,6 +275,25 @@ impl<E: Env> Center<E> {
         Ok(self.cached_state())
     }
 
+    /// `node`'s registry record as of now: one linearizable read of its key through the
+    /// center group's Raft, leaving the cache as it is (a full [`Self::load`] would refresh
+    /// what the running control round planned from). A record that does not decode reads as
+    /// none, as the cache skips it.
+    pub(crate) async fn read_node_record(
+        &self,
+        node: NodeId,
+    ) -> Result<Option<NodeRecord>, CenterError> {
+        match self
+            .execute(Command::Get {
+                key: Bytes::from(node_key(node)),
+            })
+            .await?
+        {
+            Reply::Bulk(bytes) => Ok(decode::<NodeRecord>(&bytes).ok()),
+            _ => Ok(None),
+        }
+    }
+
     /// Writes `next` as the table of its epoch unless that epoch exists already (the
     /// compare-and-set of the module docs); returns whether it was written.
     pub(crate) async fn install_routing(&self, next: &RoutingTable) -> Result<bool, CenterError> {

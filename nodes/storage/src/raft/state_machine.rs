@@ -1892,7 +1892,8 @@ impl<D: Disk> DiskStateMachine<D> {
                     }
                     let record = match record.as_deref().map(Record::decode).transpose() {
                         Ok(record) => record,
-                        // All or nothing: a bad record writes none of the batch.
+                        // All or nothing: a bad record (of a slot not owned; the others were
+                        // skipped unread above) writes none of the batch.
                         Err(error) => {
                             return done(
                                 Reply::error(format!("ERR ingest: record of {key:?}: {error}")),

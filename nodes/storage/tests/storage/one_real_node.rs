@@ -591,22 +591,68 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
         .block_on(node.node.ownership_audit(GROUP, 3))
         .expect("audit");
     assert_eq!(strays, vec![Bytes::from(key(0))]);
-    // A copy page applied late on the target, which owns the slot now (a duplicated or
-    // retried message), changes nothing there: it would put back what clients wrote since.
-    let stale = larder_core::kv::Record::string(Bytes::from("v0")).encode();
-    node.runtime
-        .block_on(node.node.ingest(
-            OTHER,
-            0,
-            vec![
-                (Bytes::from(key(3)), Some(stale)),
-                (Bytes::from(key(5)), None),
-            ],
-        ))
-        .expect("a late page is answered");
-    assert_eq!(node.execute_in(OTHER, Command::get(key(3))), bulk("v1"));
-    assert_eq!(node.execute_in(OTHER, Command::get(key(5))), bulk("late"));
     node.stop();
+}
+
+/// A copy page applied late on a group that owns its slot (a migration's duplicated or
+/// retried message delivered after the cutover) changes nothing there: it would put back what
+/// clients wrote since. With the planted bug `ingest-into-owned-slots` (a group ingests
+/// whatever it is sent) the client's value is lost, as cluster swarm seed 1278 lost an
+/// acknowledged `RPUSH`. Swarm seeds meet this only by chance (the bug catalog lists the bug
+/// as uncaught by them); this test meets it on every run, with and without the bug.
+#[test]
+fn a_late_copy_page_changes_nothing_on_a_group_owning_its_slot() {
+    use larder_core::bugs::Bug;
+    use larder_core::kv::Record;
+    use larder_core::slots::{Ownership, slot_of};
+
+    let bulk = |v: &str| ClientResponse::Reply(Reply::Bulk(Bytes::from(v.to_string())));
+    for planted in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = NodeConfig::new(ID, vec![GROUP, OTHER]);
+        if planted {
+            config.bugs.plant(Bug::IngestIntoOwnedSlots);
+        }
+        let node = start_with(dir.path(), config).expect("start");
+        for group in [GROUP, OTHER] {
+            node.runtime
+                .block_on(node.node.initialize(group, &BTreeSet::from([ID])))
+                .expect("initialize");
+            node.wait_leader_of(group);
+        }
+        let slot = slot_of(b"{m}");
+        node.runtime
+            .block_on(node.node.set_owned_slots(
+                OTHER,
+                Ownership::new(11, vec![(slot, slot)]).expect("owned"),
+            ))
+            .expect("the target owns the slot");
+        let ok = ClientResponse::Reply(Reply::Ok);
+        assert_eq!(node.execute_in(OTHER, Command::set("{m}written", "v1")), ok);
+        assert_eq!(node.execute_in(OTHER, Command::set("{m}deleted", "v1")), ok);
+        // The page as the source had it before the cutover: an older value of one key, a
+        // delete of the other.
+        let stale = Record::string(Bytes::from("v0")).encode();
+        node.runtime
+            .block_on(node.node.ingest(
+                OTHER,
+                0,
+                vec![
+                    (Bytes::from("{m}written"), Some(stale)),
+                    (Bytes::from("{m}deleted"), None),
+                ],
+            ))
+            .expect("a late page is answered");
+        let read = |key: &str| node.execute_in(OTHER, Command::get(key));
+        if planted {
+            assert_eq!(read("{m}written"), bulk("v0"), "the bug puts the copy back");
+            assert_eq!(read("{m}deleted"), ClientResponse::Reply(Reply::Nil));
+        } else {
+            assert_eq!(read("{m}written"), bulk("v1"));
+            assert_eq!(read("{m}deleted"), bulk("v1"));
+        }
+        node.stop();
+    }
 }
 
 /// Snapshots (built from a point-in-time view, `Disk::view`) purge the log: the first purge
