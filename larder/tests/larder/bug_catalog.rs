@@ -95,7 +95,22 @@ use larder::child::{Outcome, run_child};
 /// storage test `one_real_node::a_late_copy_page_changes_nothing_on_a_group_owning_its_slot`
 /// (`nodes/storage/tests/storage/one_real_node.rs`) applies exactly that page, with the bug
 /// planted and without, and catches it on every run: the copied value over the client's.
+/// `replace-done-unconfirmed` and `finished-repair-trusted`: a deposed leader answering a
+/// voter replacement "done" from its own membership, and the center trusting such an answer
+/// without checking its table against the group's leader. Since stop 59 the center's check
+/// undoes the first bug's effect, so only the pair shows in a run: cluster swarm seed 34 met
+/// it (a new group's deposed leader answered "done" to replacing 2 by 4 after the group had
+/// replaced 4 by 2; node 4's replica never caught up), until stop 66's registry lock moved
+/// that seed's schedule; with both planted, 0 of cluster swarm seeds 1..=600 fail now. Each
+/// is caught alone on every run: the scripted scenario
+/// `larder_sim::scenario::deposed_leader_replace` asks a deposed leader exactly that question
+/// (`sim/tests/sim/scripted.rs`, `a_deposed_leader_asked_to_replace_a_voter_…`), and the
+/// center's unit test
+/// `control::adoption_tests::a_table_from_a_finished_repair_its_leader_contradicts_is_undone_after_two_failure_timeouts`
+/// (`nodes/center/src/control.rs`) hands the center the wrong "done" itself.
 const UNCAUGHT_YET: &[&str] = &[
+    "replace-done-unconfirmed",
+    "finished-repair-trusted",
     "ingest-into-owned-slots",
     "session-bound-local",
     "lease-end-unlogged",
@@ -150,14 +165,6 @@ enum Plans {
     /// what the archiver read, each group behind by a seeded lag, into a model target that
     /// must end equal to the source.
     SwarmSync,
-    /// Swarm cluster plans with `finished-repair-trusted` planted beside the row's bug: the
-    /// center trusts a repair answered "done", so a node's wrong "done" keeps its effect (the
-    /// center's check of its table against the group's leader undoes it otherwise).
-    SwarmRepairTrusted,
-    /// Swarm cluster plans with `replace-done-unconfirmed` planted beside the row's bug: a
-    /// deposed leader answers a voter replacement "done" from its own membership, so the
-    /// center's check of such a table is what keeps the run right.
-    SwarmReplaceUnconfirmed,
 }
 
 /// One cluster run of `seed` as a child process (`larder::child`, which also tells a crash
@@ -222,12 +229,6 @@ fn run(seed: u64, bug: Option<&str>, plans: Plans) -> Outcome {
     }
     if plans == Plans::SwarmSlowWrites {
         words.extend(["--slow-write-bytes".to_string(), "0".to_string()]);
-    }
-    if plans == Plans::SwarmRepairTrusted {
-        words.extend(["--bug", "finished-repair-trusted"].map(String::from));
-    }
-    if plans == Plans::SwarmReplaceUnconfirmed {
-        words.extend(["--bug", "replace-done-unconfirmed"].map(String::from));
     }
     if let Some(bug) = bug {
         words.extend(["--bug".to_string(), bug.to_string()]);
@@ -430,26 +431,4 @@ catalog! {
     // four minutes (10.9 million states on the multi-key object) until its single-source
     // rule (stop 61): 12,000 states, a tenth of a second.
     coalesced_replies_shifted: "coalesced-replies-shifted", 1..=6, SwarmBusy;
-    // A leader cut off from its group answers a voter replacement from its own committed
-    // membership: cluster swarm seed 34 (1/50), where a deposed leader of a new group answered
-    // "done" to replacing 2 by 4 after the group had replaced 4 by 2; the center wrote node 4
-    // back into the table, and its replica never caught up nor was dropped (replicas that
-    // never converge). Found as a real failure when coalescing moved the seed's timing; passes
-    // without the bug. Searched from 30: the seeds before the catch would cost CI a minute.
-    // The scripted scenario `larder_sim::scenario::deposed_leader_replace` asks a deposed
-    // leader exactly that question and catches it on every run (`sim/tests/sim/scripted.rs`).
-    // Since stop 59 the center undoes such a table once the group's leader contradicts it
-    // (`View::adoption_doubted`), so seed 34 catches the bug only with the center's check off
-    // (`finished-repair-trusted` planted beside); it passes with that one alone. The pair's
-    // row is kept for the whole path, from the node's wrong "done" to a group that never
-    // converges.
-    replace_done_unconfirmed: "replace-done-unconfirmed", 30..=40, SwarmRepairTrusted;
-    // The center's check of a table written from a finished repair, off: with deposed leaders
-    // answering replacements "done" (`replace-done-unconfirmed` beside), seed 34's table keeps
-    // a replica that is no member of group 4, which never catches up. Passes with
-    // `replace-done-unconfirmed` alone. The center's unit test
-    // `control::adoption_tests::a_table_from_a_finished_repair_its_leader_contradicts_is_undone_after_two_failure_timeouts`
-    // (`nodes/center/src/control.rs`) catches it alone, on every run: it hands the center the
-    // wrong "done" itself, so no node's bug is needed to make one.
-    finished_repair_trusted: "finished-repair-trusted", 30..=40, SwarmReplaceUnconfirmed;
 }
