@@ -212,11 +212,21 @@ pub enum Bug {
     /// the record changed since, so a drain recorded while the round ran is overwritten by
     /// the round's `Up`, and the node gets replicas again and is never removed.
     RegistryOverwritesDrain,
+    /// Slot migration (center): a copy redone (the migration resumed in its copying phase by
+    /// a new center leader, or its task restarted) copies the source again over what the
+    /// target holds from the earlier attempt without clearing it first, so a key the source
+    /// deleted between the two attempts stays on the target and comes back at the cutover.
+    CopyRedoneOverStale,
+    /// Center: an operator's steer of a migration (pause, resume, cancel) is taken by a new
+    /// leader before its first control round of the term, which starts the term's soft state
+    /// afresh and drops it: answered, never acted on, so a resume is lost and the migration
+    /// stays paused.
+    SteerBeforeTermStart,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 50] = [
+    pub const ALL: [Bug; 52] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -267,6 +277,8 @@ impl Bug {
         Bug::PoisonedNodeStaysUp,
         Bug::IngestIntoOwnedSlots,
         Bug::RegistryOverwritesDrain,
+        Bug::CopyRedoneOverStale,
+        Bug::SteerBeforeTermStart,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -322,6 +334,8 @@ impl Bug {
             Bug::PoisonedNodeStaysUp => "poisoned-node-stays-up",
             Bug::IngestIntoOwnedSlots => "ingest-into-owned-slots",
             Bug::RegistryOverwritesDrain => "registry-overwrites-drain",
+            Bug::CopyRedoneOverStale => "copy-redone-over-stale",
+            Bug::SteerBeforeTermStart => "steer-before-term-start",
         }
     }
 }

@@ -313,6 +313,14 @@ catalog! {
     // of 1000..=1299 (1105, stop 66). Searched from 1105 for the same reason as the row
     // above.
     registry_overwrites_drain: "registry-overwrites-drain", 1105..=1107, Swarm;
+    // Only seeds whose migration is resumed in its copying phase by a new center leader after
+    // the source deleted a key the first attempt copied: 0/50, 1 of 1300..=1570 (1419, stop
+    // 67). Searched from 1419 for the same reason as the rows above.
+    copy_redone_over_stale: "copy-redone-over-stale", 1419..=1421, Swarm;
+    // Only seeds where an operator steers a migration in the few milliseconds between a new
+    // center leader's election and its first control round: 0/50, 1 of 1300..=1570 (1405,
+    // stop 67). Searched from 1405 likewise.
+    steer_before_term_start: "steer-before-term-start", 1405..=1407, Swarm;
     // 50/50 (the vote audit at `vote_saved`).
     unsynced_vote: "unsynced-vote", 1..=5, Swarm;
     // 50/50 (the recovery audit at the end of the run).

@@ -7,9 +7,9 @@
 //! each asked of the group's leader:
 //! 1. **Planned**: both groups' ownership made explicit at the current epoch (so the target
 //!    refuses the slots until it owns them), the source starts recording changes.
-//! 2. **Copying**: the target ingests a copy of the slots, in pages, then the changes since,
-//!    pass after pass, pacing itself by how long each page took (a slow group gets fewer
-//!    pages per second). Then the **cutover**: at epoch `e` = current + 1 the source owns its
+//! 2. **Copying**: the target drops what an earlier attempt of this phase copied, ingests a
+//!    copy of the slots, in pages, then the changes since, pass after pass, pacing itself by
+//!    how long each page took (a slow group gets fewer pages per second). Then the **cutover**: at epoch `e` = current + 1 the source owns its
 //!    slots without the moving ones (the fence: from that log entry on, nothing of them
 //!    applies there), a last catch-up copies what changed before the fence, the target owns
 //!    its slots and the moving ones, and the table of epoch `e` with the move is written
@@ -37,6 +37,7 @@ use larder_protocol::{
     AdminResponse, Encoded, IngestRecords, Migration, MigrationPhase, ReadSlots, ReadSlotsResponse,
     Rpc, SetOwnedSlots, SlotPage, SlotRead, Steer, TrackSlots, UntrackSlots, call, encode,
 };
+use openraft::async_runtime::WatchReceiver;
 
 use crate::Center;
 use crate::config::CenterError;
@@ -209,8 +210,22 @@ impl<E: Env> Center<E> {
                 migration.phase.name()
             )));
         }
+        let term = {
+            let raft = self.node.raft(larder_protocol::CENTER_GROUP)?;
+            let metrics = raft.metrics();
+            metrics.borrow_watched().current_term
+        };
         {
             let mut soft = self.soft.lock().expect("soft lock");
+            // A wish is kept in the leader's soft state of its term, which its first control
+            // round of the term starts afresh: one taken before that round would be dropped
+            // there, answered but never acted on (cluster swarm seed 1405: a resume taken 7 ms
+            // before the round left its migration paused for good). The operator asks again.
+            if soft.term != Some(term) && !self.config.bugs.is_planted(Bug::SteerBeforeTermStart) {
+                return Err(refuse(
+                    "the center leader is starting its term; ask again in a moment",
+                ));
+            }
             // Cancellable: planned or copying as recorded, and, if this leader runs its task
             // already, the task has not begun the cutover (a task not started yet sees the
             // cancel at its first step).
@@ -719,6 +734,15 @@ impl<E: Env> Center<E> {
         migration: &mut Migration,
     ) -> Result<u64, CenterError> {
         let (from, to) = (migration.from, migration.to);
+        // The target owns none of the slots yet, so what it holds of them is an earlier
+        // attempt's copy (this phase is redone from its start by a new center leader or a
+        // restarted task). The copy below would overwrite the keys the source still has but
+        // leave the ones it deleted since, to come back at the cutover: cluster swarm seed
+        // 1419 saw an emptied set return whole. So that is deleted first (nothing, on a
+        // first attempt).
+        if !self.config.bugs.is_planted(Bug::CopyRedoneOverStale) {
+            self.pass(turn, migration, (to, to), copy, true).await?;
+        }
         let (mut since, _) = self.pass(turn, migration, (from, to), copy, false).await?;
         self.node
             .env()

@@ -79,6 +79,10 @@ pub struct OperatorLog {
     pub settled: bool,
 }
 
+/// How long the operator waits before asking again to resume a migration when no center
+/// leader answered.
+const RESUME_RETRY: Duration = Duration::from_millis(500);
+
 /// Sends `request` to the center leader, following hints (bounded).
 async fn to_center<R: Rpc<Response = CenterResponse<T>>, T>(
     net: &SimNet,
@@ -187,6 +191,15 @@ pub(crate) fn register_operator(
                         format!("{}{paused}", m.phase.name())
                     });
                 tracing::info!(id, ?steer, ?outcome, "operator: migration steered");
+                // A resume that did not reach a center leader (one was being elected) is asked
+                // again, as an operator would, until the run ends: a pause left for good would
+                // hold the migration to the end (cluster swarm seed 1405). Not once the center
+                // says the migration ended; a failed pause or cancel only lets the migration
+                // run on, so those are not asked again.
+                let ended = outcome.as_ref().is_err_and(|why| why.contains("has ended"));
+                if steer == Steer::Resume && outcome.is_err() && !ended && sim_now() < give_up {
+                    due.push((sim_now() + RESUME_RETRY, id, Steer::Resume));
+                }
                 log.lock()
                     .expect("operator log")
                     .steered

@@ -81,6 +81,16 @@ seeds! {
     // drain never finished. The round now writes a record only if it is still what it planned
     // from.
     swarm_1105 = 1105,
+    // A migration's copy redone by a new center leader over the target's copy from the first
+    // attempt: {c0}'s set, emptied at the source between the two, stayed whole on the target
+    // and came back at the cutover (SADD answered 0 for a member removed). The copy now
+    // deletes what the target holds of the slots first.
+    swarm_1419 = 1419,
+    // The operator's resume of a paused migration, taken by a new center leader 7 ms before
+    // its first control round of the term, which started the term's soft state afresh and
+    // dropped it: the migration stayed paused to the end. Such a steer is now refused (ask
+    // again), and the simulated operator asks again until a leader takes it.
+    swarm_1405 = 1405,
 }
 
 /// Swarm seeds whose client hosts each run three processes over one shared, pipelining
