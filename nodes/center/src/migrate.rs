@@ -9,11 +9,12 @@
 //!    refuses the slots until it owns them), the source starts recording changes.
 //! 2. **Copying**: the target drops what an earlier attempt of this phase copied, ingests a
 //!    copy of the slots, in pages, then the changes since, pass after pass, pacing itself by
-//!    how long each page took (a slow group gets fewer pages per second). Then the **cutover**: at epoch `e` = current + 1 the source owns its
-//!    slots without the moving ones (the fence: from that log entry on, nothing of them
-//!    applies there), a last catch-up copies what changed before the fence, the target owns
-//!    its slots and the moving ones, and the table of epoch `e` with the move is written
-//!    (compare-and-set; if another table took `e`, the cutover is redone at the next epoch).
+//!    how long each page took (a slow group gets fewer pages per second). Then the
+//!    **cutover**: at epoch `e` = current + 1 the source owns its slots without the moving
+//!    ones (the fence: from that log entry on, nothing of them applies there), a last
+//!    catch-up copies what changed before the fence, the target owns its slots and the
+//!    moving ones, and the table of epoch `e` with the move is written (compare-and-set; if
+//!    another table took `e`, the cutover is redone at the next epoch).
 //!    Clients the source refuses get a stale epoch and retry once their table has the move:
 //!    the write pause is the cutover's length.
 //! 3. **Cleaning**: after a grace period, the source stops recording and deletes its copy of
