@@ -91,6 +91,9 @@ seeds! {
     // dropped it: the migration stayed paused to the end. Such a steer is now refused (ask
     // again), and the simulated operator asks again until a leader takes it.
     swarm_1405 = 1405,
+    // A pause the center recorded though its answer was lost to a center crash, then a resume
+    // that found no leader: the operator never asked again, and the migration stayed paused.
+    swarm_1588 = 1588,
 }
 
 /// Swarm seeds whose client hosts each run three processes over one shared, pipelining
