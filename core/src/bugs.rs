@@ -222,11 +222,15 @@ pub enum Bug {
     /// afresh and drops it: answered, never acted on, so a resume is lost and the migration
     /// stays paused.
     SteerBeforeTermStart,
+    /// Slot migration (storage): a stamped `Ingest` page applies whatever its stamp, so a
+    /// page delivered late (a deposed center leader's, the original of a page retried after
+    /// a timeout) writes over what a later page or a later attempt of the copy wrote.
+    LatePageApplied,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 52] = [
+    pub const ALL: [Bug; 53] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -279,6 +283,7 @@ impl Bug {
         Bug::RegistryOverwritesDrain,
         Bug::CopyRedoneOverStale,
         Bug::SteerBeforeTermStart,
+        Bug::LatePageApplied,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -336,6 +341,7 @@ impl Bug {
             Bug::RegistryOverwritesDrain => "registry-overwrites-drain",
             Bug::CopyRedoneOverStale => "copy-redone-over-stale",
             Bug::SteerBeforeTermStart => "steer-before-term-start",
+            Bug::LatePageApplied => "late-page-applied",
         }
     }
 }

@@ -124,6 +124,13 @@ pub enum Fault {
         pick: u64,
         bit: u64,
     },
+    /// Targeted (slot migration): each page a center sends into a group (`IngestRecords`) is,
+    /// with probability `rate`, delivered a second time, late: just after the sender's next
+    /// page to the same node is answered, or `lag_ms_max` after the first copy if no page
+    /// follows by then (a deposed center leader's, landing amid a new leader's). A request
+    /// held in a queue past its sender's timeout and the pages after it. Until the heal
+    /// point.
+    LatePages { rate: f64, lag_ms_max: u64 },
 }
 
 impl Fault {
@@ -164,6 +171,7 @@ impl Fault {
             Fault::BounceLeader { .. } => FaultKind::BounceLeader,
             Fault::SlowLink { .. } => FaultKind::SlowLink,
             Fault::CorruptRecord { .. } => FaultKind::CorruptRecord,
+            Fault::LatePages { .. } => FaultKind::LatePages,
         }
     }
 
@@ -226,6 +234,7 @@ pub enum FaultKind {
     BounceLeader,
     SlowLink,
     CorruptRecord,
+    LatePages,
     /// Everything repaired at the heal point (not a planned fault).
     HealAll,
     /// A node restarted by the harness after a disk error stopped its Raft (not planned).
@@ -237,7 +246,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in declaration order (sweeps report which were never applied).
-    pub const ALL: [FaultKind; 37] = [
+    pub const ALL: [FaultKind; 38] = [
         FaultKind::Partition,
         FaultKind::PartitionOneWay,
         FaultKind::IsolateLeader,
@@ -272,6 +281,7 @@ impl FaultKind {
         FaultKind::BounceLeader,
         FaultKind::SlowLink,
         FaultKind::CorruptRecord,
+        FaultKind::LatePages,
         FaultKind::HealAll,
         FaultKind::RestartAfterFatal,
         FaultKind::ReplicaRetired,
@@ -314,6 +324,7 @@ impl FaultKind {
             FaultKind::BounceLeader => "bounce_leader",
             FaultKind::SlowLink => "slow_link",
             FaultKind::CorruptRecord => "corrupt_record",
+            FaultKind::LatePages => "late_pages",
             FaultKind::HealAll => "heal_all",
             FaultKind::RestartAfterFatal => "restart_after_fatal",
             FaultKind::ReplicaRetired => "replica_retired",
@@ -706,6 +717,7 @@ impl FaultPlan {
         if roles.centers.is_empty() {
             return plan;
         }
+
         let mut rng = SeededRng::new(derive_seed(seed, 0xce_47e5));
         let mut events = Vec::new();
         let mut push = |at_ms: u64, fault: Fault| events.push(ScheduledFault { at_ms, fault });

@@ -855,9 +855,7 @@ where
                         format!("not the leader (its hint: {hint})")
                     }
                     // The leader's own refusal (e.g. slots of two groups): no use asking others.
-                    Ok(CenterResponse::Unavailable { reason })
-                        if reason.starts_with("refused:") =>
-                    {
+                    Ok(CenterResponse::Refused { reason }) => {
                         bail!("center {}: {reason}", names[&to])
                     }
                     Ok(CenterResponse::Unavailable { reason }) => reason,

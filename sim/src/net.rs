@@ -38,7 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use larder_core::NodeId;
 use larder_core::env::{Handler, Net, NetError, Rng, SeededRng, derive_seed};
-use larder_protocol::{ClientRequest, ClientResponse, Request};
+use larder_protocol::{AdminRequest, ClientRequest, ClientResponse, Request};
 use larder_transport::{ClusterAuth, ClusterKey, NetStats, StreamNet, Transport};
 use tokio::time::Instant;
 use turmoil::net::{TcpListener, TcpStream};
@@ -91,6 +91,9 @@ pub struct NetFaultState {
     /// Directed links `(from, to)` on which every message (a request from `from`, or a
     /// response `from` sends back) takes this much longer: asymmetric slow links.
     pub slow: BTreeMap<(NodeId, NodeId), u64>,
+    /// Migration pages delivered again, late (`Fault::LatePages`): `(rate, lag_ms_max)`.
+    /// `HealMessages` leaves it; only the heal point ends it.
+    pub late_pages: Option<(f64, u64)>,
 }
 
 /// Handle to the shared fault table.
@@ -129,6 +132,11 @@ struct Fate {
     /// `Some(lag)`: the request is delivered a second time, `lag` after the first copy.
     duplicate: Option<Duration>,
     delay: Duration,
+    /// A migration page (counted only while late pages are on).
+    page: bool,
+    /// A migration page to deliver again after the next one is answered, or this long after
+    /// the first copy if none is by then (`Fault::LatePages`).
+    late: Option<Duration>,
 }
 
 /// The longest a duplicate copy of a request lags the first, in milliseconds. A copy that
@@ -137,6 +145,41 @@ struct Fate {
 /// a group's session table exists for. Copies delivered together only (before stop 50) let
 /// the planted bug `no-session-dedup` pass every cluster swarm seed of 1..=50.
 const DUPLICATE_LAG_MS_MAX: u64 = 200;
+
+/// How long a late copy of a migration page ([`Fate::late`]) waits for its (discarded) answer.
+const LATE_PAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a held migration page looks whether a later one was answered.
+const LATE_PAGE_POLL: Duration = Duration::from_millis(5);
+
+/// The migration pages one endpoint sent, per destination: how many, and the latest one
+/// answered (for [`Fault::LatePages`](larder_faults::Fault::LatePages)).
+#[derive(Debug, Clone, Default)]
+struct Pages(Arc<Mutex<BTreeMap<NodeId, (u64, u64)>>>);
+
+impl Pages {
+    /// Counts a page sent to `to`; its number.
+    fn sent(&self, to: NodeId) -> u64 {
+        let mut pages = self.0.lock().expect("pages lock");
+        let entry = pages.entry(to).or_default();
+        entry.0 += 1;
+        entry.0
+    }
+
+    fn answered(&self, to: NodeId, page: u64) {
+        let mut pages = self.0.lock().expect("pages lock");
+        let entry = pages.entry(to).or_default();
+        entry.1 = entry.1.max(page);
+    }
+
+    /// Whether a page to `to` sent after page `page` was answered.
+    fn answered_after(&self, to: NodeId, page: u64) -> bool {
+        self.0
+            .lock()
+            .expect("pages lock")
+            .get(&to)
+            .is_some_and(|&(_, answered)| answered > page)
+    }
+}
 
 /// The seed stream of an endpoint's handshake nonces.
 const NONCE_STREAM: u64 = 0x6e6f_6e63;
@@ -156,6 +199,7 @@ pub struct SimNet {
     rng: Arc<Mutex<SeededRng>>,
     trace: Trace,
     stream: StreamNet<SimTransport>,
+    pages: Pages,
 }
 
 impl SimNet {
@@ -182,6 +226,7 @@ impl SimNet {
             rng: Arc::new(Mutex::new(SeededRng::new(seed))),
             trace,
             stream: StreamNet::new(id, SimTransport, auth),
+            pages: Pages::default(),
         }
     }
 
@@ -190,7 +235,7 @@ impl SimNet {
         self.stream.stats()
     }
 
-    fn fate(&self) -> Fate {
+    fn fate(&self, request: &[u8]) -> Fate {
         let state = self.faults.state();
         let mut rng = self.rng.lock().expect("net rng lock");
         let drop_request = rng.chance(state.loss);
@@ -200,11 +245,19 @@ impl SimNet {
         // Drawn only for a duplicate, so runs without duplication keep their draws.
         let duplicate =
             duplicate.then(|| Duration::from_millis(rng.range(0, DUPLICATE_LAG_MS_MAX + 1)));
+        // Decoded and drawn only while late pages are on, and for a page only.
+        let page = state.late_pages.is_some() && is_migration_page(request);
+        let late = state
+            .late_pages
+            .filter(|&(rate, _)| page && rng.chance(rate))
+            .map(|(_, lag_ms_max)| Duration::from_millis(lag_ms_max));
         Fate {
             drop_request,
             drop_response,
             duplicate,
             delay,
+            page,
+            late,
         }
     }
 
@@ -238,6 +291,14 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Whether `request` is a page a center sends into a group during a slot migration.
+fn is_migration_page(request: &[u8]) -> bool {
+    matches!(
+        larder_protocol::decode_request(request),
+        Ok(Request::Admin(AdminRequest::IngestRecords(_)))
+    )
 }
 
 /// Whether `request` is a client's write (or a session registration): a request whose
@@ -298,12 +359,77 @@ impl Net for SimNet {
                 limit: MESSAGE_BYTES_MAX,
             });
         }
+        let fate = self.fate(&request);
+        let page = fate.page.then(|| self.pages.sent(to));
+        if let (Some(page), Some(lag)) = (page, fate.late) {
+            self.deliver_late(to, page, lag, request.clone());
+        }
+        let answered = |response: Result<Bytes, NetError>| {
+            if let (Some(page), Ok(_)) = (page, &response) {
+                self.pages.answered(to, page);
+            }
+            response
+        };
+        answered(self.call_once(to, request, timeout, fate).await)
+    }
+
+    async fn serve<H: Handler>(&self, handler: H) -> Result<(), NetError> {
+        let listener = SimTransport
+            .bind(SIM_PORT)
+            .await
+            .map_err(|e| NetError::Listen {
+                reason: e.to_string(),
+            })?;
+        let traced = TracedHandler {
+            handler,
+            trace: self.trace.clone(),
+            actor: self.actor(),
+        };
+        self.stream.serve_on(listener, traced).await
+    }
+}
+
+impl SimNet {
+    /// Delivers migration page number `page` to `to` again once a later page to `to` has
+    /// been answered, or `lag` from now if none has by then. Its answer is discarded: only
+    /// its effect on the receiver matters.
+    fn deliver_late(&self, to: NodeId, page: u64, lag: Duration, request: Bytes) {
+        crate::trace_event!(
+            self.trace,
+            sim_now(),
+            &self.actor(),
+            "late copy of migration page {page} to n{to}, within {} ms",
+            lag.as_millis()
+        );
+        let (stream, pages, trace, actor) = (
+            self.stream.clone(),
+            self.pages.clone(),
+            self.trace.clone(),
+            self.actor(),
+        );
+        tokio::spawn(async move {
+            let until = Instant::now() + lag;
+            while Instant::now() < until && !pages.answered_after(to, page) {
+                tokio::time::sleep(LATE_PAGE_POLL).await;
+            }
+            crate::trace_event!(trace, sim_now(), &actor, "late page {page} to n{to} sent");
+            let _ = stream.call(to, request, LATE_PAGE_TIMEOUT).await;
+        });
+    }
+
+    /// One call with its fate decided: lost, delayed, duplicated, as `fate` says.
+    async fn call_once(
+        &self,
+        to: NodeId,
+        request: Bytes,
+        timeout: Duration,
+        fate: Fate,
+    ) -> Result<Bytes, NetError> {
         let deadline = Instant::now() + timeout;
         let timed_out = NetError::Timeout {
             to,
             timeout_ms: timeout.as_millis() as u64,
         };
-        let fate = self.fate();
         if fate.drop_request || self.faults.is_blocked(self.id, to) {
             let lost = self.lose(deadline, format_args!("drop request to n{to}"));
             lost.await;
@@ -357,21 +483,6 @@ impl Net for SimNet {
             return Err(timed_out);
         }
         Ok(response)
-    }
-
-    async fn serve<H: Handler>(&self, handler: H) -> Result<(), NetError> {
-        let listener = SimTransport
-            .bind(SIM_PORT)
-            .await
-            .map_err(|e| NetError::Listen {
-                reason: e.to_string(),
-            })?;
-        let traced = TracedHandler {
-            handler,
-            trace: self.trace.clone(),
-            actor: self.actor(),
-        };
-        self.stream.serve_on(listener, traced).await
     }
 }
 

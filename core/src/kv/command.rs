@@ -36,6 +36,20 @@ impl Expiry {
     }
 }
 
+/// The order of one migration page ([`Command::Ingest`]) among all the pages a group is sent:
+/// the center leader's Raft term and the count of pages that leader had stamped. Each group
+/// is in at most one migration at a time and that migration's task sends one page at a time,
+/// so a group applies a stamped page only if it is above every stamp it applied: a page
+/// delivered late (a deposed center leader's, the original of a page retried after a
+/// timeout, a network duplicate) cannot undo what a later page or a later attempt wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PageStamp {
+    /// The center leader's term (a new leader's pages are above every page of an old one).
+    pub term: u64,
+    /// The leader's page count in that term, from 1.
+    pub seq: u64,
+}
+
 /// A KV command as replicas execute it. Parsing from Redis arguments is [`Command::parse`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -184,9 +198,13 @@ pub enum Command {
     /// these encoded records as they are (`None`: delete the key), whoever owns their slots,
     /// and advance the group clock to at least `clock_ms` (the source's, so an expiry a client
     /// saw there is never undone here).
+    ///
+    /// A stamped page applies only if its stamp is above every stamp the group applied
+    /// before (see [`PageStamp`]); one that is not changes nothing and answers OK.
     Ingest {
         clock_ms: u64,
         records: Vec<(Bytes, Option<Bytes>)>,
+        stamp: Option<PageStamp>,
     },
     /// A list command (`kv::list`).
     ListOp(ListCommand),

@@ -202,6 +202,10 @@ pub enum CenterError {
     Routing(#[from] RoutingError),
     #[error("refused: {reason}")]
     Refused { reason: String },
+    /// The center leader has not run its first control round of its term yet: a request
+    /// that would be kept in the term's soft state is to be asked again in a moment.
+    #[error("the center leader is starting its term; ask again in a moment")]
+    Starting,
     /// An operator cancelled the migration whose step this was (internal to the migration
     /// task: it rolls the migration back).
     #[error("migration {id} cancelled by an operator")]

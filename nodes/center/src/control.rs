@@ -39,14 +39,17 @@ impl<E: Env> Center<E> {
         tokio::spawn(control_loop(Arc::downgrade(self)));
     }
 
+    /// The center group's current Raft term, as this replica knows it.
+    pub(crate) fn center_term(&self) -> Result<u64, CenterError> {
+        let raft = self.node.raft(CENTER_GROUP)?;
+        let metrics = raft.metrics();
+        Ok(metrics.borrow_watched().current_term)
+    }
+
     /// One round of the control loop on the center leader.
     async fn lead(self: &Arc<Self>) -> Result<(), CenterError> {
         let clock = self.node.env().clock().clone();
-        let term = {
-            let raft = self.node.raft(CENTER_GROUP)?;
-            let metrics = raft.metrics();
-            metrics.borrow_watched().current_term
-        };
+        let term = self.center_term()?;
         {
             let mut soft = self.soft.lock().expect("soft lock");
             if soft.term != Some(term) {

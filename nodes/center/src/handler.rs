@@ -140,6 +140,9 @@ impl<E: Env> Center<E> {
             Err(CenterError::NotLeader { leader_hint }) => CenterResponse::NotLeader {
                 leader_hint: leader_hint.or_else(|| self.node.leader_of(CENTER_GROUP)),
             },
+            Err(error @ CenterError::Refused { .. }) => CenterResponse::Refused {
+                reason: error.to_string(),
+            },
             Err(error) => CenterResponse::Unavailable {
                 reason: error.to_string(),
             },

@@ -31,14 +31,13 @@ use larder_core::GroupId;
 use larder_core::NodeId;
 use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Env};
-use larder_core::kv::{Command, Reply, SetCondition};
+use larder_core::kv::{Command, PageStamp, Reply, SetCondition};
 use larder_core::routing::RoutingTable;
 use larder_core::slots::{Ownership, ranges_contain, ranges_where};
 use larder_protocol::{
     AdminResponse, Encoded, IngestRecords, Migration, MigrationPhase, ReadSlots, ReadSlotsResponse,
     Rpc, SetOwnedSlots, SlotPage, SlotRead, Steer, TrackSlots, UntrackSlots, call, encode,
 };
-use openraft::async_runtime::WatchReceiver;
 
 use crate::Center;
 use crate::config::CenterError;
@@ -211,11 +210,7 @@ impl<E: Env> Center<E> {
                 migration.phase.name()
             )));
         }
-        let term = {
-            let raft = self.node.raft(larder_protocol::CENTER_GROUP)?;
-            let metrics = raft.metrics();
-            metrics.borrow_watched().current_term
-        };
+        let term = self.center_term()?;
         {
             let mut soft = self.soft.lock().expect("soft lock");
             // A wish is kept in the leader's soft state of its term, which its first control
@@ -223,9 +218,7 @@ impl<E: Env> Center<E> {
             // there, answered but never acted on (cluster swarm seed 1405: a resume taken 7 ms
             // before the round left its migration paused for good). The operator asks again.
             if soft.term != Some(term) && !self.config.bugs.is_planted(Bug::SteerBeforeTermStart) {
-                return Err(refuse(
-                    "the center leader is starting its term; ask again in a moment",
-                ));
+                return Err(CenterError::Starting);
             }
             // Cancellable: planned or copying as recorded, and, if this leader runs its task
             // already, the task has not begun the cutover (a task not started yet sees the
@@ -479,6 +472,34 @@ impl<E: Env> Center<E> {
         .await
     }
 
+    /// The next page's stamp: this leader's term, and its count of pages (see
+    /// [`PageStamp`]). Taken once per page, before its first attempt, so a retry of a page
+    /// carries the page's stamp.
+    fn stamp(&self, turn: Turn) -> PageStamp {
+        let seq = self
+            .pages_stamped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        PageStamp {
+            term: turn.term,
+            seq,
+        }
+    }
+
+    /// Raises `group`'s page stamp to a new one with a page of no records: from then on no
+    /// page stamped before (an earlier attempt's or a deposed leader's, delivered late)
+    /// writes there, so a read of the group that follows sees all that earlier pages will
+    /// ever write.
+    async fn raise_stamp(&self, turn: Turn, group: GroupId) -> Result<(), CenterError> {
+        let raise = IngestRecords {
+            group,
+            clock_ms: 0,
+            records: Vec::new(),
+            stamp: Some(self.stamp(turn)),
+        };
+        self.step(turn, group, raise).await
+    }
+
     /// Pages through `read_of(after)` on the source and writes each page into `into` (the
     /// records as read, or deletes of their keys with `delete`); returns the first page's
     /// applied index and the records moved. Obeys operators before each page.
@@ -523,6 +544,7 @@ impl<E: Env> Center<E> {
                     group: into,
                     clock_ms: page.clock_ms,
                     records,
+                    stamp: Some(self.stamp(turn)),
                 };
                 self.step(turn, into, ingest).await?;
             }
@@ -699,7 +721,9 @@ impl<E: Env> Center<E> {
                     }
                     Err(error) => return Err(error),
                 }
-                // What the target ingested of slots it never owned.
+                // What the target ingested of slots it never owned, once no earlier page
+                // can add to it.
+                self.raise_stamp(turn, to).await?;
                 self.pass(turn, migration, (to, to), copy, true).await?;
                 migration.phase = MigrationPhase::RolledBack { reason };
             }
@@ -740,7 +764,9 @@ impl<E: Env> Center<E> {
         // restarted task). The copy below would overwrite the keys the source still has but
         // leave the ones it deleted since, to come back at the cutover: cluster swarm seed
         // 1419 saw an emptied set return whole. So that is deleted first (nothing, on a
-        // first attempt).
+        // first attempt), after the target's stamp is raised: a page of the earlier attempt
+        // still on its way (a deposed leader's) would otherwise land after the clearing.
+        self.raise_stamp(turn, to).await?;
         if !self.config.bugs.is_planted(Bug::CopyRedoneOverStale) {
             self.pass(turn, migration, (to, to), copy, true).await?;
         }

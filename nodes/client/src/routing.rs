@@ -266,7 +266,7 @@ pub async fn fetch_routing_answer<N: Net>(
                 }
             }
             Ok(CenterResponse::NotLeader { .. }) => reasons.push(format!("{source}: not leader")),
-            Ok(CenterResponse::Unavailable { reason }) => {
+            Ok(CenterResponse::Unavailable { reason } | CenterResponse::Refused { reason }) => {
                 reasons.push(format!("{source}: {reason}"))
             }
             Err(error) => reasons.push(format!("{source}: {error}")),

@@ -96,6 +96,9 @@ pub struct IngestRecords {
     pub clock_ms: u64,
     /// Client key -> encoded record, `None` to delete.
     pub records: Vec<(bytes::Bytes, Option<bytes::Bytes>)>,
+    /// The page's order (`None`: applied unconditionally); a page at or below a stamp the
+    /// group applied changes nothing.
+    pub stamp: Option<larder_core::kv::PageStamp>,
 }
 
 /// What a [`ReadSlots`] reads.

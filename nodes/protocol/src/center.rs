@@ -315,8 +315,14 @@ pub enum CenterResponse<T> {
     NotLeader {
         leader_hint: Option<NodeId>,
     },
-    /// This process cannot answer (not a center, no routing table yet).
+    /// This process cannot answer (not a center, no routing table yet, a leader starting its
+    /// term): asking again, or another replica, may do it.
     Unavailable {
+        reason: String,
+    },
+    /// The center leader judged the request and declines it (a migration that has ended,
+    /// slots of two groups): asking again will not change that.
+    Refused {
         reason: String,
     },
 }

@@ -228,8 +228,9 @@ impl<E: Env> StorageNode<E> {
                 group,
                 clock_ms,
                 records,
+                stamp,
             }) => respond::<IngestRecords>(&admin_response(
-                self.ingest(group, clock_ms, records).await,
+                self.ingest(group, clock_ms, records, stamp).await,
             )),
             AdminRequest::ReadSlots(ReadSlots {
                 group,

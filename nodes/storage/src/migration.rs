@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use larder_core::GroupId;
 use larder_core::env::{Env, timeout};
-use larder_core::kv::{Command, Reply};
+use larder_core::kv::{Command, PageStamp, Reply};
 use larder_core::slots::Ownership;
 use larder_protocol::{CENTER_GROUP, SLOT_PAGE_BYTES_MAX, SLOT_PAGE_ROWS_MAX, SlotPage, SlotRead};
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
@@ -91,12 +91,14 @@ impl<E: Env> StorageNode<E> {
     }
 
     /// Writes `records` into `group` as they are ([`Command::Ingest`]); at most
-    /// [`SLOT_PAGE_BYTES_MAX`] bytes, or one record.
+    /// [`SLOT_PAGE_BYTES_MAX`] bytes, or one record. A `stamp` at or below one the group
+    /// applied writes nothing (and is not an error: the page is late, not wrong).
     pub async fn ingest(
         &self,
         group: GroupId,
         clock_ms: u64,
         records: Vec<(Bytes, Option<Bytes>)>,
+        stamp: Option<PageStamp>,
     ) -> Result<(), NodeError> {
         let bytes: usize = records
             .iter()
@@ -110,8 +112,15 @@ impl<E: Env> StorageNode<E> {
                 ),
             });
         }
-        self.propose_internal(group, Command::Ingest { clock_ms, records })
-            .await
+        self.propose_internal(
+            group,
+            Command::Ingest {
+                clock_ms,
+                records,
+                stamp,
+            },
+        )
+        .await
     }
 
     /// One page of `group`'s records in `ranges` (see [`SlotRead`]), after a read-index round

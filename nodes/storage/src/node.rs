@@ -481,7 +481,7 @@ impl<E: Env> StorageNode<E> {
     /// stayed up with a poisoned disk, refusing every replica the center gave it while
     /// heartbeating as healthy, so nothing replaced it (cluster swarm seed 1112: node 3's first
     /// `AddGroup` met an injected EIO, two of its groups then lost their other replica).
-    pub(crate) fn poison(&self, error: NodeError) -> NodeError {
+    fn poison(&self, error: NodeError) -> NodeError {
         if self.config.bugs.is_planted(Bug::PoisonedNodeStaysUp) {
             return error;
         }

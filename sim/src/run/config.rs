@@ -73,6 +73,11 @@ const SWARM_MOVES_STREAM: u64 = 0x30_7e5;
 const SWARM_STEER_STREAM: u64 = 0x30_7e6;
 /// The random stream of the delay aimed between a migration's copy and its catch-up.
 const SWARM_MIGRATION_AIM_STREAM: u64 = 0x30_7e8;
+/// The random stream of the late migration pages of [`SWARM_LATE_PAGES_CHANCE`] of the
+/// swarm seeds that move slots.
+const SWARM_LATE_PAGES_STREAM: u64 = 0x30_7e9;
+/// Share of swarm seeds moving slots whose migration pages are delivered again, late.
+pub const SWARM_LATE_PAGES_CHANCE: f64 = 0.5;
 /// The random stream of the swarm's node drains.
 const SWARM_DRAIN_STREAM: u64 = 0x30_7e7;
 /// Share of swarm cluster seeds whose operator drains a storage node.
@@ -517,6 +522,12 @@ impl SimConfig {
     /// own, so nothing else in the plan changes), a delay of every migration between its copy
     /// and its catch-up: with the few keys of a simulated workload a copy takes milliseconds,
     /// and writes and deletes must land in that window for a lost catch-up to show.
+    ///
+    /// In [`SWARM_LATE_PAGES_CHANCE`] of those seeds (a stream of its own again) the
+    /// migration pages are also delivered a second time, late ([`Fault::LatePages`]): after
+    /// the page that follows them, where a stale copy undoes what that page wrote. A network
+    /// duplicate lags its first copy by at most 200 ms, within the page's own round trip;
+    /// stop 67's sweeps met a late page only once.
     fn aim_at_migrations(&self, plan: &mut FaultPlan) {
         if !self.swarm || self.run_moves().is_empty() {
             return;
@@ -530,6 +541,16 @@ impl SimConfig {
                 delay_ms: rng.range(200, 2_500),
             },
         });
+        let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_LATE_PAGES_STREAM));
+        if rng.chance(SWARM_LATE_PAGES_CHANCE) {
+            plan.events.push(ScheduledFault {
+                at_ms: 0,
+                fault: Fault::LatePages {
+                    rate: [0.25, 0.5, 1.0][rng.below(3) as usize],
+                    lag_ms_max: rng.range(1_000, 6_000),
+                },
+            });
+        }
         plan.events.sort_by_key(|event| event.at_ms);
     }
 

@@ -426,6 +426,7 @@ fn apply_fault(
         | Fault::MessageDuplication { .. }
         | Fault::MessageDelay { .. }
         | Fault::SlowLink { .. }
+        | Fault::LatePages { .. }
         | Fault::HealMessages => {
             apply_network(net, fault);
             true
@@ -554,6 +555,7 @@ fn apply_network(net: &NetFaults, fault: &Fault) {
         Fault::SlowLink { from, to, delay_ms } => {
             state.slow.insert((*from, *to), *delay_ms);
         }
+        Fault::LatePages { rate, lag_ms_max } => state.late_pages = Some((*rate, *lag_ms_max)),
         Fault::HealMessages => {
             state.loss = 0.0;
             state.duplicate = 0.0;

@@ -83,12 +83,38 @@ pub struct OperatorLog {
 /// leader answered.
 const RESUME_RETRY: Duration = Duration::from_millis(500);
 
-/// Sends `request` to the center leader, following hints (bounded).
+/// Why the center did not do what the operator asked.
+#[derive(Debug)]
+enum NotDone {
+    /// The center leader declined it (`CenterResponse::Refused`): asking again is no use.
+    Refused(String),
+    /// No center leader answered, or one could not yet.
+    Unanswered(String),
+}
+
+impl From<NotDone> for String {
+    fn from(not_done: NotDone) -> String {
+        match not_done {
+            NotDone::Refused(reason) | NotDone::Unanswered(reason) => reason,
+        }
+    }
+}
+
+/// [`ask_center`], saying only why not.
 async fn to_center<R: Rpc<Response = CenterResponse<T>>, T>(
     net: &SimNet,
     centers: &[NodeId],
     request: R,
 ) -> Result<T, String> {
+    ask_center(net, centers, request).await.map_err(String::from)
+}
+
+/// Sends `request` to the center leader, following hints (bounded).
+async fn ask_center<R: Rpc<Response = CenterResponse<T>>, T>(
+    net: &SimNet,
+    centers: &[NodeId],
+    request: R,
+) -> Result<T, NotDone> {
     let request = Encoded::new(request);
     let mut reason = "no center answered".to_string();
     let mut target = centers.first().copied();
@@ -100,7 +126,8 @@ async fn to_center<R: Rpc<Response = CenterResponse<T>>, T>(
                 reason = format!("center {to} does not lead");
                 target = leader_hint.filter(|hint| centers.contains(hint) && *hint != to);
             }
-            Ok(CenterResponse::Unavailable { reason: why }) => return Err(why),
+            Ok(CenterResponse::Unavailable { reason: why }) => return Err(NotDone::Unanswered(why)),
+            Ok(CenterResponse::Refused { reason: why }) => return Err(NotDone::Refused(why)),
             Err(error) => {
                 reason = format!("center {to}: {error}");
                 target = None;
@@ -108,7 +135,7 @@ async fn to_center<R: Rpc<Response = CenterResponse<T>>, T>(
             }
         }
     }
-    Err(reason)
+    Err(NotDone::Unanswered(reason))
 }
 
 /// Registers the operator host if the run has a center and moves to make.
@@ -184,26 +211,27 @@ pub(crate) fn register_operator(
             if next_steer == Some(at) {
                 let index = due.iter().position(|d| d.0 == at).expect("a steer due");
                 let (_, id, steer) = due.remove(index);
-                let outcome = to_center(&net, &centers, SteerMigration { id, steer })
+                let outcome = ask_center(&net, &centers, SteerMigration { id, steer })
                     .await
                     .map(|m| {
                         let paused = if m.paused { " (paused)" } else { "" };
                         format!("{}{paused}", m.phase.name())
                     });
                 tracing::info!(id, ?steer, ?outcome, "operator: migration steered");
-                // A resume that did not reach a center leader (one was being elected) is asked
-                // again, as an operator would, until the run ends: a pause left for good would
-                // hold the migration to the end (cluster swarm seed 1405). Not once the center
-                // says the migration ended; a failed pause or cancel only lets the migration
-                // run on, so those are not asked again.
-                let ended = outcome.as_ref().is_err_and(|why| why.contains("has ended"));
-                if steer == Steer::Resume && outcome.is_err() && !ended && sim_now() < give_up {
+                // A resume that did not reach a center leader (one was being elected, or
+                // starting its term) is asked again, as an operator would, until the run ends:
+                // a pause left for good would hold the migration to the end (cluster swarm
+                // seed 1405). Not once the center refuses it (the migration ended); a failed
+                // pause or cancel only lets the migration run on, so those are not asked again.
+                let unanswered = matches!(outcome, Err(NotDone::Unanswered(_)));
+                if steer == Steer::Resume && unanswered && sim_now() < give_up {
                     due.push((sim_now() + RESUME_RETRY, id, Steer::Resume));
                 }
-                log.lock()
-                    .expect("operator log")
-                    .steered
-                    .push((id, format!("{steer:?}"), outcome));
+                log.lock().expect("operator log").steered.push((
+                    id,
+                    format!("{steer:?}"),
+                    outcome.map_err(String::from),
+                ));
                 continue;
             }
             let planned = moves.next().expect("a move due");

@@ -23,7 +23,7 @@ use larder_core::env::{
 };
 use larder_core::kv::elements::{self, Access, Kind, Part, Window};
 use larder_core::kv::{
-    Command, Descend, GroupRead, Outcome, RandomDescent, Record, Reply, Scope, Value,
+    Command, Descend, GroupRead, Outcome, PageStamp, RandomDescent, Record, Reply, Scope, Value,
     execute_elements,
 };
 use larder_core::slots::{Ownership, ranges_contain, slot_of};
@@ -70,6 +70,21 @@ pub struct AppliedState {
     /// the figure the center's automatic splits start from (`GroupStatus::records_estimate`).
     /// It counts an expired key until a command deletes it, as `DBSIZE` does.
     pub records: u64,
+    /// The highest stamp of a migration page applied here ([`PageStamp`]): a stamped
+    /// `Ingest` at or below it is late and writes nothing.
+    pub ingest_stamp: Option<PageStamp>,
+}
+
+/// [`AppliedState`] as stored before migration pages were stamped (until stop 68): a data
+/// directory of that version opens with no stamp applied.
+#[derive(Serialize, Deserialize)]
+struct AppliedStateUnstamped {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    clock_ms: u64,
+    owned: Option<Ownership>,
+    tracking: Option<Tracking>,
+    records: u64,
 }
 
 /// [`AppliedState`] as stored before it counted its keys (until stop 35): a data directory of
@@ -143,6 +158,7 @@ struct SnapshotBody {
     /// User key -> encoded record.
     rows: Vec<(Bytes, Bytes)>,
     sessions: Vec<(u64, SessionEntry)>,
+    ingest_stamp: Option<PageStamp>,
 }
 
 /// What a group's state machine holds ([`DiskStateMachine::contents`]).
@@ -561,18 +577,30 @@ impl<D: Disk> DiskStateMachine<D> {
         let applied: AppliedState = match disk.get(Space::Meta, &applied_key(group)).await? {
             Some(bytes) => match decode(&bytes) {
                 Ok(applied) => applied,
+                // Older versions, each written again in this one with the next apply batch.
                 Err(error) => {
-                    let Ok(old) = decode::<AppliedStateUncounted>(&bytes) else {
+                    if let Ok(old) = decode::<AppliedStateUnstamped>(&bytes) {
+                        AppliedState {
+                            last_applied: old.last_applied,
+                            membership: old.membership,
+                            clock_ms: old.clock_ms,
+                            owned: old.owned,
+                            tracking: old.tracking,
+                            records: old.records,
+                            ingest_stamp: None,
+                        }
+                    } else if let Ok(old) = decode::<AppliedStateUncounted>(&bytes) {
+                        AppliedState {
+                            last_applied: old.last_applied,
+                            membership: old.membership,
+                            clock_ms: old.clock_ms,
+                            owned: old.owned,
+                            tracking: old.tracking,
+                            records: count_keys(&disk, group).await?,
+                            ingest_stamp: None,
+                        }
+                    } else {
                         return Err(error);
-                    };
-                    // Written again with the next apply batch.
-                    AppliedState {
-                        last_applied: old.last_applied,
-                        membership: old.membership,
-                        clock_ms: old.clock_ms,
-                        owned: old.owned,
-                        tracking: old.tracking,
-                        records: count_keys(&disk, group).await?,
                     }
                 }
             },
@@ -1238,6 +1266,7 @@ impl<D: Disk> DiskStateMachine<D> {
             clock_ms: body.clock_ms,
             owned: body.owned,
             tracking: body.tracking,
+            ingest_stamp: body.ingest_stamp,
         };
         // No read may see the range half rewritten.
         let _view = self.view.write().await;
@@ -1496,6 +1525,7 @@ impl<D: Disk> DiskStateMachine<D> {
             dirty,
             rows,
             sessions,
+            ingest_stamp: applied.ingest_stamp,
         })
         .map_err(|e| invalid(e.to_string()))?;
         let snapshot = Snapshot {
@@ -1872,7 +1902,20 @@ impl<D: Disk> DiskStateMachine<D> {
                 }
                 done(Reply::Ok, BTreeMap::new())
             }
-            Command::Ingest { clock_ms, records } => {
+            Command::Ingest {
+                clock_ms,
+                records,
+                stamp,
+            } => {
+                // A page stamped at or below one applied here is late: it was read from the
+                // source before what a later page (or a later attempt of the copy, or its
+                // clearing) wrote here, and would undo it.
+                if let Some(stamp) = stamp
+                    && applied.ingest_stamp.is_some_and(|last| *stamp <= last)
+                    && !self.bugs.is_planted(Bug::LatePageApplied)
+                {
+                    return done(Reply::Ok, BTreeMap::new());
+                }
                 let mut writes = BTreeMap::new();
                 for (key, record) in records {
                     // A group ingests slots it does not own: the target before the cutover
@@ -1904,6 +1947,9 @@ impl<D: Disk> DiskStateMachine<D> {
                     writes.insert(key.clone(), record);
                 }
                 applied.clock_ms = applied.clock_ms.max(*clock_ms);
+                if stamp.is_some() {
+                    applied.ingest_stamp = applied.ingest_stamp.max(*stamp);
+                }
                 done(Reply::Ok, writes)
             }
             _ => None,
@@ -2133,6 +2179,7 @@ mod snapshot_check_tests {
             dirty: Vec::new(),
             rows,
             sessions: Vec::new(),
+            ingest_stamp: None,
         })
     }
 
@@ -2200,6 +2247,44 @@ mod upgrade_tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// A data directory from before migration pages were stamped opens with its count as
+    /// stored (not taken again by a scan) and no stamp; once stamped, the stamp is kept.
+    #[tokio::test]
+    async fn an_applied_state_from_before_pages_were_stamped_opens_unstamped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let mut batch = WriteBatch::new();
+        batch.put(Space::State, state_key(3, b"a"), Record::string("v").encode());
+        let old = AppliedStateUnstamped {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            clock_ms: 5,
+            owned: None,
+            tracking: None,
+            records: 9,
+        };
+        batch.put(Space::Meta, applied_key(3), encode(&old));
+        let stamped = AppliedState {
+            clock_ms: 6,
+            records: 1,
+            ingest_stamp: Some(PageStamp { term: 2, seq: 3 }),
+            ..AppliedState::default()
+        };
+        batch.put(Space::Meta, applied_key(4), encode(&stamped));
+        disk.write(batch, true).await.expect("write");
+        let machine =
+            DiskStateMachine::open(disk.clone(), 3, Bugs::default(), FaultPoints::none(), 16)
+                .await
+                .expect("opens");
+        assert_eq!(machine.records(), 9, "the stored count, not a scan's");
+        assert_eq!(machine.applied().clock_ms, 5);
+        assert_eq!(machine.applied().ingest_stamp, None);
+        let machine = DiskStateMachine::open(disk, 4, Bugs::default(), FaultPoints::none(), 16)
+            .await
+            .expect("opens");
+        assert_eq!(machine.applied(), stamped);
     }
 }
 

@@ -393,7 +393,7 @@ fn move_slots(
             moved += page.records.len();
             if !page.records.is_empty() {
                 node.runtime
-                    .block_on(node.node.ingest(into, page.clock_ms, page.records))
+                    .block_on(node.node.ingest(into, page.clock_ms, page.records, None))
                     .expect("ingest");
             }
             match page.next {
@@ -452,7 +452,7 @@ fn move_slots(
             .map(|(key, _)| (key, None))
             .collect();
         node.runtime
-            .block_on(node.node.ingest(from, page.clock_ms, deletes))
+            .block_on(node.node.ingest(from, page.clock_ms, deletes, None))
             .expect("delete");
     }
 }
@@ -576,14 +576,14 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
     node.runtime
         .block_on(
             node.node
-                .ingest(GROUP, 0, vec![(Bytes::from(key(0)), None)]),
+                .ingest(GROUP, 0, vec![(Bytes::from(key(0)), None)], None),
         )
         .expect("a delete changes nothing");
     let stray = larder_core::kv::Record::string(Bytes::from("left behind")).encode();
     node.runtime
         .block_on(
             node.node
-                .ingest(GROUP, 0, vec![(Bytes::from(key(0)), Some(stray))]),
+                .ingest(GROUP, 0, vec![(Bytes::from(key(0)), Some(stray))], None),
         )
         .expect("ingest a stray");
     let (_, strays) = node
@@ -641,6 +641,7 @@ fn a_late_copy_page_changes_nothing_on_a_group_owning_its_slot() {
                     (Bytes::from("{m}written"), Some(stale)),
                     (Bytes::from("{m}deleted"), None),
                 ],
+                None,
             ))
             .expect("a late page is answered");
         let read = |key: &str| node.execute_in(OTHER, Command::get(key));
@@ -652,6 +653,75 @@ fn a_late_copy_page_changes_nothing_on_a_group_owning_its_slot() {
             assert_eq!(read("{m}deleted"), bulk("v1"));
         }
         node.stop();
+    }
+}
+
+/// A migration page stamped at or below a stamp the group applied (a deposed center leader's
+/// page, or the original of a retried one, delivered after a later page) writes nothing,
+/// and the stamp outlives a restart. With the planted bug `late-page-applied` the late page
+/// puts back a value and a key that later pages changed.
+#[test]
+fn a_page_stamped_below_one_applied_writes_nothing() {
+    use larder_core::bugs::Bug;
+    use larder_core::kv::{PageStamp, Record};
+
+    let bulk = |v: &str| ClientResponse::Reply(Reply::Bulk(Bytes::from(v.to_string())));
+    let nil = ClientResponse::Reply(Reply::Nil);
+    let stamp = |term, seq| Some(PageStamp { term, seq });
+    let record = |v: &str| Some(Record::string(Bytes::from(v.to_string())).encode());
+    for planted in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = || {
+            let mut config = NodeConfig::new(ID, vec![GROUP]);
+            if planted {
+                config.bugs.plant(Bug::LatePageApplied);
+            }
+            config
+        };
+        let node = start_with(dir.path(), config()).expect("start");
+        node.runtime
+            .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
+            .expect("initialize");
+        node.wait_leader();
+        let ingest = |node: &Running, records: Vec<(&str, Option<Bytes>)>, stamp| {
+            let records = records
+                .into_iter()
+                .map(|(key, record)| (Bytes::from(key.to_string()), record))
+                .collect();
+            node.runtime
+                .block_on(node.node.ingest(GROUP, 0, records, stamp))
+                .expect("a page is answered");
+        };
+        // Term 3's pages: a copy of both keys, then a later one (a catch-up: `b` deleted).
+        ingest(&node, vec![("a", record("a1")), ("b", record("b1"))], stamp(3, 7));
+        ingest(&node, vec![("a", record("a2")), ("b", None)], stamp(3, 9));
+        // Late: the original of page 8, a deposed term-2 leader's page.
+        ingest(&node, vec![("a", record("a1")), ("b", record("b1"))], stamp(3, 8));
+        ingest(&node, vec![("b", record("b0"))], stamp(2, 40));
+        let read = |node: &Running, key: &str| node.execute(Command::get(key));
+        if planted {
+            assert_eq!(read(&node, "a"), bulk("a1"), "the bug applies the late page");
+            assert_eq!(read(&node, "b"), bulk("b0"));
+        } else {
+            assert_eq!(read(&node, "a"), bulk("a2"));
+            assert_eq!(read(&node, "b"), nil);
+        }
+        node.stop();
+        if planted {
+            continue;
+        }
+        // The stamp is part of the applied state: after a restart a late page still writes
+        // nothing, and a page of a later term does.
+        let again = start_with(dir.path(), config()).expect("restart");
+        again.wait_leader();
+        ingest(&again, vec![("b", record("b1"))], stamp(3, 9));
+        assert_eq!(read(&again, "b"), nil);
+        ingest(&again, vec![("b", record("b4"))], stamp(4, 1));
+        assert_eq!(read(&again, "b"), bulk("b4"));
+        // An unstamped page applies whatever was stamped (the center stamps every page).
+        ingest(&again, vec![("b", record("b5"))], None);
+        assert_eq!(read(&again, "b"), bulk("b5"));
+        again.stop();
     }
 }
 
