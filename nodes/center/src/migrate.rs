@@ -7,9 +7,11 @@
 //! each asked of the group's leader:
 //! 1. **Planned**: both groups' ownership made explicit at the current epoch (so the target
 //!    refuses the slots until it owns them), the source starts recording changes.
-//! 2. **Copying**: the target drops what an earlier attempt of this phase copied, ingests a
-//!    copy of the slots, in pages, then the changes since, pass after pass, pacing itself by
-//!    how long each page took (a slow group gets fewer pages per second). Then the
+//! 2. **Copying**: the target's page stamp is raised (so no page of an earlier attempt still
+//!    on its way writes there any more; every page is stamped, [`PageStamp`]), the target
+//!    drops what an earlier attempt of this phase copied, ingests a copy of the slots, in
+//!    pages, then the changes since, pass after pass, pacing itself by how long each page
+//!    took (a slow group gets fewer pages per second). Then the
 //!    **cutover**: at epoch `e` = current + 1 the source owns its slots without the moving
 //!    ones (the fence: from that log entry on, nothing of them applies there), a last
 //!    catch-up copies what changed before the fence, the target owns its slots and the

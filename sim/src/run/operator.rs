@@ -106,7 +106,9 @@ async fn to_center<R: Rpc<Response = CenterResponse<T>>, T>(
     centers: &[NodeId],
     request: R,
 ) -> Result<T, String> {
-    ask_center(net, centers, request).await.map_err(String::from)
+    ask_center(net, centers, request)
+        .await
+        .map_err(String::from)
 }
 
 /// Sends `request` to the center leader, following hints (bounded).
@@ -126,7 +128,9 @@ async fn ask_center<R: Rpc<Response = CenterResponse<T>>, T>(
                 reason = format!("center {to} does not lead");
                 target = leader_hint.filter(|hint| centers.contains(hint) && *hint != to);
             }
-            Ok(CenterResponse::Unavailable { reason: why }) => return Err(NotDone::Unanswered(why)),
+            Ok(CenterResponse::Unavailable { reason: why }) => {
+                return Err(NotDone::Unanswered(why));
+            }
             Ok(CenterResponse::Refused { reason: why }) => return Err(NotDone::Refused(why)),
             Err(error) => {
                 reason = format!("center {to}: {error}");

@@ -2256,7 +2256,11 @@ mod upgrade_tests {
         let dir = tempfile::tempdir().expect("dir");
         let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
         let mut batch = WriteBatch::new();
-        batch.put(Space::State, state_key(3, b"a"), Record::string("v").encode());
+        batch.put(
+            Space::State,
+            state_key(3, b"a"),
+            Record::string("v").encode(),
+        );
         let old = AppliedStateUnstamped {
             last_applied: None,
             membership: StoredMembership::default(),

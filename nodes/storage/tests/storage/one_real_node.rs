@@ -693,14 +693,26 @@ fn a_page_stamped_below_one_applied_writes_nothing() {
                 .expect("a page is answered");
         };
         // Term 3's pages: a copy of both keys, then a later one (a catch-up: `b` deleted).
-        ingest(&node, vec![("a", record("a1")), ("b", record("b1"))], stamp(3, 7));
+        ingest(
+            &node,
+            vec![("a", record("a1")), ("b", record("b1"))],
+            stamp(3, 7),
+        );
         ingest(&node, vec![("a", record("a2")), ("b", None)], stamp(3, 9));
         // Late: the original of page 8, a deposed term-2 leader's page.
-        ingest(&node, vec![("a", record("a1")), ("b", record("b1"))], stamp(3, 8));
+        ingest(
+            &node,
+            vec![("a", record("a1")), ("b", record("b1"))],
+            stamp(3, 8),
+        );
         ingest(&node, vec![("b", record("b0"))], stamp(2, 40));
         let read = |node: &Running, key: &str| node.execute(Command::get(key));
         if planted {
-            assert_eq!(read(&node, "a"), bulk("a1"), "the bug applies the late page");
+            assert_eq!(
+                read(&node, "a"),
+                bulk("a1"),
+                "the bug applies the late page"
+            );
             assert_eq!(read(&node, "b"), bulk("b0"));
         } else {
             assert_eq!(read(&node, "a"), bulk("a2"));
