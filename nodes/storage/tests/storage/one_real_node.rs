@@ -57,7 +57,12 @@ fn start_with_both_groups(dir: &Path) -> Running {
 
 /// A node with `GROUP` formed (it the only voter) and led.
 fn start_led(dir: &Path) -> Running {
-    let node = start(dir).expect("start");
+    start_led_with(dir, NodeConfig::new(ID, vec![GROUP, OTHER]))
+}
+
+/// [`start_led`] with `config`.
+fn start_led_with(dir: &Path, config: NodeConfig) -> Running {
+    let node = start_with(dir, config).expect("start");
     node.runtime
         .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
         .expect("initialize");
@@ -176,12 +181,7 @@ fn flip_a_bit(dir: &Path, key: &[u8]) {
 #[test]
 fn a_flipped_bit_is_never_served_and_the_replica_stays_retired_until_dropped() {
     let dir = tempfile::tempdir().expect("dir");
-    let first = start(dir.path()).expect("start");
-    first
-        .runtime
-        .block_on(first.node.initialize(GROUP, &BTreeSet::from([ID])))
-        .expect("initialize");
-    first.wait_leader();
+    let first = start_led(dir.path());
     let value = "a value long enough to flip a bit in the middle of";
     assert_eq!(
         first.execute(Command::set("k", value)),
@@ -678,11 +678,7 @@ fn a_page_stamped_below_one_applied_writes_nothing() {
             }
             config
         };
-        let node = start_with(dir.path(), config()).expect("start");
-        node.runtime
-            .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
-            .expect("initialize");
-        node.wait_leader();
+        let node = start_led_with(dir.path(), config());
         let ingest = |node: &Running, records: Vec<(&str, Option<Bytes>)>, stamp| {
             let records = records
                 .into_iter()
@@ -751,11 +747,7 @@ fn snapshots_purge_the_log_and_a_restart_keeps_every_write() {
         config.snapshot_logs_kept = 0;
         config
     };
-    let node = start_with(dir.path(), config()).expect("start");
-    node.runtime
-        .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
-        .expect("initialize");
-    node.wait_leader();
+    let node = start_led_with(dir.path(), config());
     let ok = ClientResponse::Reply(Reply::Ok);
     for i in 0..(FLOOR * 6) {
         assert_eq!(
@@ -1370,11 +1362,7 @@ fn a_backup_reads_the_retained_log_and_one_base_at_a_time() {
         config.snapshot_logs_since_last = FLOOR;
         config.snapshot_logs_kept = 0;
         config.retain_log_ms = if retain { 3_600_000 } else { 0 };
-        let node = start_with(dir.path(), config).expect("start");
-        node.runtime
-            .block_on(node.node.initialize(GROUP, &BTreeSet::from([ID])))
-            .expect("initialize");
-        node.wait_leader();
+        let node = start_led_with(dir.path(), config);
         // 16 values of 100 KB: a base of more than one chunk, and pages of entries cut by
         // bytes; with retention, more entries than a page holds.
         let big = "v".repeat(100_000);
