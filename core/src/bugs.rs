@@ -222,10 +222,11 @@ pub enum Bug {
     /// afresh and drops it: answered, never acted on, so a resume is lost and the migration
     /// stays paused.
     SteerBeforeTermStart,
-    /// Slot migration (storage): a stamped `Ingest` page applies whatever its stamp, so a
-    /// page delivered late (a deposed center leader's, the original of a page retried after
-    /// a timeout) writes over what a later page or a later attempt of the copy wrote.
-    LatePageApplied,
+    /// Slot migration (storage): a stamped step applies whatever its stamp, so a page
+    /// delivered late (a deposed center leader's, the original of a page retried after a
+    /// timeout) writes over what a later page or a later attempt of the copy wrote, and a
+    /// tracking start delivered after its migration ended holds the slots as moving.
+    LateStepApplied,
 }
 
 impl Bug {
@@ -283,7 +284,7 @@ impl Bug {
         Bug::RegistryOverwritesDrain,
         Bug::CopyRedoneOverStale,
         Bug::SteerBeforeTermStart,
-        Bug::LatePageApplied,
+        Bug::LateStepApplied,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -341,7 +342,7 @@ impl Bug {
             Bug::RegistryOverwritesDrain => "registry-overwrites-drain",
             Bug::CopyRedoneOverStale => "copy-redone-over-stale",
             Bug::SteerBeforeTermStart => "steer-before-term-start",
-            Bug::LatePageApplied => "late-page-applied",
+            Bug::LateStepApplied => "late-step-applied",
         }
     }
 }

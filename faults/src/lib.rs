@@ -124,13 +124,13 @@ pub enum Fault {
         pick: u64,
         bit: u64,
     },
-    /// Targeted (slot migration): each page a center sends into a group (`IngestRecords`) is,
-    /// with probability `rate`, delivered a second time, late: just after the sender's next
-    /// page to the same node is answered, or `lag_ms_max` after the first copy if no page
-    /// follows by then (a deposed center leader's, landing amid a new leader's). A request
-    /// held in a queue past its sender's timeout and the pages after it. Until the heal
-    /// point.
-    LatePages { rate: f64, lag_ms_max: u64 },
+    /// Targeted (slot migration): each step a center asks of a group that changes it (a page
+    /// of records, a tracking start or end, an ownership) is, with probability `rate`,
+    /// delivered a second time, late: just after the sender's next step to the same node is
+    /// answered, or `lag_ms_max` after the first copy if no step follows by then (a deposed
+    /// center leader's, landing amid a new leader's). A request held in a queue past its
+    /// sender's timeout and the steps after it. Until the heal point.
+    LateSteps { rate: f64, lag_ms_max: u64 },
 }
 
 impl Fault {
@@ -171,7 +171,7 @@ impl Fault {
             Fault::BounceLeader { .. } => FaultKind::BounceLeader,
             Fault::SlowLink { .. } => FaultKind::SlowLink,
             Fault::CorruptRecord { .. } => FaultKind::CorruptRecord,
-            Fault::LatePages { .. } => FaultKind::LatePages,
+            Fault::LateSteps { .. } => FaultKind::LateSteps,
         }
     }
 
@@ -234,7 +234,7 @@ pub enum FaultKind {
     BounceLeader,
     SlowLink,
     CorruptRecord,
-    LatePages,
+    LateSteps,
     /// Everything repaired at the heal point (not a planned fault).
     HealAll,
     /// A node restarted by the harness after a disk error stopped its Raft (not planned).
@@ -281,7 +281,7 @@ impl FaultKind {
         FaultKind::BounceLeader,
         FaultKind::SlowLink,
         FaultKind::CorruptRecord,
-        FaultKind::LatePages,
+        FaultKind::LateSteps,
         FaultKind::HealAll,
         FaultKind::RestartAfterFatal,
         FaultKind::ReplicaRetired,
@@ -324,7 +324,7 @@ impl FaultKind {
             FaultKind::BounceLeader => "bounce_leader",
             FaultKind::SlowLink => "slow_link",
             FaultKind::CorruptRecord => "corrupt_record",
-            FaultKind::LatePages => "late_pages",
+            FaultKind::LateSteps => "late_steps",
             FaultKind::HealAll => "heal_all",
             FaultKind::RestartAfterFatal => "restart_after_fatal",
             FaultKind::ReplicaRetired => "replica_retired",

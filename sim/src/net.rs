@@ -91,9 +91,9 @@ pub struct NetFaultState {
     /// Directed links `(from, to)` on which every message (a request from `from`, or a
     /// response `from` sends back) takes this much longer: asymmetric slow links.
     pub slow: BTreeMap<(NodeId, NodeId), u64>,
-    /// Migration pages delivered again, late (`Fault::LatePages`): `(rate, lag_ms_max)`.
+    /// Migration steps delivered again, late (`Fault::LateSteps`): `(rate, lag_ms_max)`.
     /// `HealMessages` leaves it; only the heal point ends it.
-    pub late_pages: Option<(f64, u64)>,
+    pub late_steps: Option<(f64, u64)>,
 }
 
 /// Handle to the shared fault table.
@@ -132,10 +132,10 @@ struct Fate {
     /// `Some(lag)`: the request is delivered a second time, `lag` after the first copy.
     duplicate: Option<Duration>,
     delay: Duration,
-    /// A migration page (counted only while late pages are on).
-    page: bool,
-    /// A migration page to deliver again after the next one is answered, or this long after
-    /// the first copy if none is by then (`Fault::LatePages`).
+    /// A migration step (counted only while late steps are on).
+    step: bool,
+    /// A migration step to deliver again after the next one is answered, or this long after
+    /// the first copy if none is by then (`Fault::LateSteps`).
     late: Option<Duration>,
 }
 
@@ -146,38 +146,38 @@ struct Fate {
 /// the planted bug `no-session-dedup` pass every cluster swarm seed of 1..=50.
 const DUPLICATE_LAG_MS_MAX: u64 = 200;
 
-/// How long a late copy of a migration page ([`Fate::late`]) waits for its (discarded) answer.
-const LATE_PAGE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a held migration page looks whether a later one was answered.
-const LATE_PAGE_POLL: Duration = Duration::from_millis(5);
+/// How long a late copy of a migration step ([`Fate::late`]) waits for its (discarded) answer.
+const LATE_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a held migration step looks whether a later one was answered.
+const LATE_STEP_POLL: Duration = Duration::from_millis(5);
 
-/// The migration pages one endpoint sent, per destination: how many, and the latest one
-/// answered (for [`Fault::LatePages`](larder_faults::Fault::LatePages)).
+/// The migration steps one endpoint sent, per destination: how many, and the latest one
+/// answered (for [`Fault::LateSteps`](larder_faults::Fault::LateSteps)).
 #[derive(Debug, Clone, Default)]
-struct Pages(Arc<Mutex<BTreeMap<NodeId, (u64, u64)>>>);
+struct Steps(Arc<Mutex<BTreeMap<NodeId, (u64, u64)>>>);
 
-impl Pages {
-    /// Counts a page sent to `to`; its number.
+impl Steps {
+    /// Counts a step sent to `to`; its number.
     fn sent(&self, to: NodeId) -> u64 {
-        let mut pages = self.0.lock().expect("pages lock");
-        let entry = pages.entry(to).or_default();
+        let mut steps = self.0.lock().expect("steps lock");
+        let entry = steps.entry(to).or_default();
         entry.0 += 1;
         entry.0
     }
 
-    fn answered(&self, to: NodeId, page: u64) {
-        let mut pages = self.0.lock().expect("pages lock");
-        let entry = pages.entry(to).or_default();
-        entry.1 = entry.1.max(page);
+    fn answered(&self, to: NodeId, step: u64) {
+        let mut steps = self.0.lock().expect("steps lock");
+        let entry = steps.entry(to).or_default();
+        entry.1 = entry.1.max(step);
     }
 
-    /// Whether a page to `to` sent after page `page` was answered.
-    fn answered_after(&self, to: NodeId, page: u64) -> bool {
+    /// Whether a step to `to` sent after step `step` was answered.
+    fn answered_after(&self, to: NodeId, step: u64) -> bool {
         self.0
             .lock()
-            .expect("pages lock")
+            .expect("steps lock")
             .get(&to)
-            .is_some_and(|&(_, answered)| answered > page)
+            .is_some_and(|&(_, answered)| answered > step)
     }
 }
 
@@ -199,7 +199,7 @@ pub struct SimNet {
     rng: Arc<Mutex<SeededRng>>,
     trace: Trace,
     stream: StreamNet<SimTransport>,
-    pages: Pages,
+    steps: Steps,
 }
 
 impl SimNet {
@@ -226,7 +226,7 @@ impl SimNet {
             rng: Arc::new(Mutex::new(SeededRng::new(seed))),
             trace,
             stream: StreamNet::new(id, SimTransport, auth),
-            pages: Pages::default(),
+            steps: Steps::default(),
         }
     }
 
@@ -245,18 +245,18 @@ impl SimNet {
         // Drawn only for a duplicate, so runs without duplication keep their draws.
         let duplicate =
             duplicate.then(|| Duration::from_millis(rng.range(0, DUPLICATE_LAG_MS_MAX + 1)));
-        // Decoded and drawn only while late pages are on, and for a page only.
-        let page = state.late_pages.is_some() && is_migration_page(request);
+        // Decoded and drawn only while late steps are on, and for a step only.
+        let step = state.late_steps.is_some() && is_migration_step(request);
         let late = state
-            .late_pages
-            .filter(|&(rate, _)| page && rng.chance(rate))
+            .late_steps
+            .filter(|&(rate, _)| step && rng.chance(rate))
             .map(|(_, lag_ms_max)| Duration::from_millis(lag_ms_max));
         Fate {
             drop_request,
             drop_response,
             duplicate,
             delay,
-            page,
+            step,
             late,
         }
     }
@@ -293,11 +293,17 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Whether `request` is a page a center sends into a group during a slot migration.
-fn is_migration_page(request: &[u8]) -> bool {
+/// Whether `request` is a step a center asks of a group during a slot migration that changes
+/// it: a page of records, a tracking start or end, an ownership.
+fn is_migration_step(request: &[u8]) -> bool {
     matches!(
         larder_protocol::decode_request(request),
-        Ok(Request::Admin(AdminRequest::IngestRecords(_)))
+        Ok(Request::Admin(
+            AdminRequest::IngestRecords(_)
+                | AdminRequest::TrackSlots(_)
+                | AdminRequest::UntrackSlots(_)
+                | AdminRequest::SetOwnedSlots(_)
+        ))
     )
 }
 
@@ -360,13 +366,13 @@ impl Net for SimNet {
             });
         }
         let fate = self.fate(&request);
-        let page = fate.page.then(|| self.pages.sent(to));
-        if let (Some(page), Some(lag)) = (page, fate.late) {
-            self.deliver_late(to, page, lag, request.clone());
+        let step = fate.step.then(|| self.steps.sent(to));
+        if let (Some(step), Some(lag)) = (step, fate.late) {
+            self.deliver_late(to, step, lag, request.clone());
         }
         let answered = |response: Result<Bytes, NetError>| {
-            if let (Some(page), Ok(_)) = (page, &response) {
-                self.pages.answered(to, page);
+            if let (Some(step), Ok(_)) = (step, &response) {
+                self.steps.answered(to, step);
             }
             response
         };
@@ -390,30 +396,30 @@ impl Net for SimNet {
 }
 
 impl SimNet {
-    /// Delivers migration page number `page` to `to` again once a later page to `to` has
+    /// Delivers migration step number `step` to `to` again once a later step to `to` has
     /// been answered, or `lag` from now if none has by then. Its answer is discarded: only
     /// its effect on the receiver matters.
-    fn deliver_late(&self, to: NodeId, page: u64, lag: Duration, request: Bytes) {
+    fn deliver_late(&self, to: NodeId, step: u64, lag: Duration, request: Bytes) {
         crate::trace_event!(
             self.trace,
             sim_now(),
             &self.actor(),
-            "late copy of migration page {page} to n{to}, within {} ms",
+            "late copy of migration step {step} to n{to}, within {} ms",
             lag.as_millis()
         );
-        let (stream, pages, trace, actor) = (
+        let (stream, steps, trace, actor) = (
             self.stream.clone(),
-            self.pages.clone(),
+            self.steps.clone(),
             self.trace.clone(),
             self.actor(),
         );
         tokio::spawn(async move {
             let until = Instant::now() + lag;
-            while Instant::now() < until && !pages.answered_after(to, page) {
-                tokio::time::sleep(LATE_PAGE_POLL).await;
+            while Instant::now() < until && !steps.answered_after(to, step) {
+                tokio::time::sleep(LATE_STEP_POLL).await;
             }
-            crate::trace_event!(trace, sim_now(), &actor, "late page {page} to n{to} sent");
-            let _ = stream.call(to, request, LATE_PAGE_TIMEOUT).await;
+            crate::trace_event!(trace, sim_now(), &actor, "late step {step} to n{to} sent");
+            let _ = stream.call(to, request, LATE_STEP_TIMEOUT).await;
         });
     }
 

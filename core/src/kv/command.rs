@@ -36,17 +36,18 @@ impl Expiry {
     }
 }
 
-/// The order of one migration page ([`Command::Ingest`]) among all the pages a group is sent:
-/// the center leader's Raft term and the count of pages that leader had stamped. Each group
-/// is in at most one migration at a time and that migration's task sends one page at a time,
-/// so a group applies a stamped page only if it is above every stamp it applied: a page
-/// delivered late (a deposed center leader's, the original of a page retried after a
-/// timeout, a network duplicate) cannot undo what a later page or a later attempt wrote.
+/// The order of one migration step that writes ([`Command::Ingest`], [`Command::TrackSlots`],
+/// [`Command::UntrackSlots`]) among all the steps a group is sent: the center leader's Raft
+/// term and the count of steps that leader had stamped. Each group is in at most one
+/// migration at a time and that migration's task sends one step at a time, so a group applies
+/// a stamped page or tracking start only if it is above every stamp it applied: one delivered
+/// late (a deposed center leader's, the original of a step retried after a timeout, a
+/// network duplicate) cannot undo what a later step or a later attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PageStamp {
-    /// The center leader's term (a new leader's pages are above every page of an old one).
+pub struct StepStamp {
+    /// The center leader's term (a new leader's steps are above every step of an old one).
     pub term: u64,
-    /// The leader's page count in that term, from 1.
+    /// The leader's count of stamped steps, from 1.
     pub seq: u64,
 }
 
@@ -185,14 +186,21 @@ pub enum Command {
     },
     /// Internal (slot migration `migration`, on the source group): from this entry on, record
     /// every key of `ranges` that changes, so the copy can catch up with writes made while it
-    /// runs. Refused (an error reply) while another migration tracks the group.
+    /// runs. Refused (an error reply) while another migration tracks the group. Stamped at or
+    /// below a stamp the group applied, it changes nothing and answers OK: late, it would
+    /// start recording again for a migration that ended, and hold the group's slots as moving
+    /// for good.
     TrackSlots {
         migration: u64,
         ranges: Vec<(u16, u16)>,
+        stamp: Option<StepStamp>,
     },
-    /// Internal: stop recording for `migration` and forget what was recorded.
+    /// Internal: stop recording for `migration` and forget what was recorded. Applied whatever
+    /// its stamp (late, it finds another migration's record or none, and changes nothing),
+    /// and raises the group's stamp to it.
     UntrackSlots {
         migration: u64,
+        stamp: Option<StepStamp>,
     },
     /// Internal (slot migration: the copy into the target group, the source's cleanup): write
     /// these encoded records as they are (`None`: delete the key), whoever owns their slots,
@@ -200,11 +208,11 @@ pub enum Command {
     /// saw there is never undone here).
     ///
     /// A stamped page applies only if its stamp is above every stamp the group applied
-    /// before (see [`PageStamp`]); one that is not changes nothing and answers OK.
+    /// before (see [`StepStamp`]); one that is not changes nothing and answers OK.
     Ingest {
         clock_ms: u64,
         records: Vec<(Bytes, Option<Bytes>)>,
-        stamp: Option<PageStamp>,
+        stamp: Option<StepStamp>,
     },
     /// A list command (`kv::list`).
     ListOp(ListCommand),

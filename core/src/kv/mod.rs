@@ -23,7 +23,7 @@ mod set;
 mod string;
 mod zset;
 
-pub use command::{Command, CommandError, Expiry, PageStamp, Scope, SetCondition, past};
+pub use command::{Command, CommandError, Expiry, Scope, SetCondition, StepStamp, past};
 pub use execute::{Outcome, execute, execute_elements};
 pub use glob::{Glob, glob_match};
 pub use group::{Descend, GroupRead, RandomDescent, SCAN_COUNT_MAX, execute_group, prefix_end};

@@ -109,9 +109,9 @@ pub struct Center<E: Env> {
     pub(crate) address_hook: RwLock<Option<AddressHook>>,
     /// What this replica started while leading, for its metrics.
     pub(crate) counters: Counters,
-    /// Migration pages this replica stamped ([`larder_core::kv::PageStamp::seq`]): counted
+    /// Migration steps this replica stamped ([`larder_core::kv::StepStamp::seq`]): counted
     /// over its whole life, so its stamps rise within any term it leads.
-    pub(crate) pages_stamped: std::sync::atomic::AtomicU64,
+    pub(crate) steps_stamped: std::sync::atomic::AtomicU64,
 }
 
 /// Control actions a center replica started while it led (its metrics' counters).
@@ -148,7 +148,7 @@ impl<E: Env> Center<E> {
             registry_writes: futures::lock::Mutex::new(()),
             address_hook: RwLock::new(None),
             counters: Counters::default(),
-            pages_stamped: std::sync::atomic::AtomicU64::new(0),
+            steps_stamped: std::sync::atomic::AtomicU64::new(0),
         });
         center.spawn_control_loop();
         Ok(center)

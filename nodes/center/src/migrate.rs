@@ -7,11 +7,11 @@
 //! each asked of the group's leader:
 //! 1. **Planned**: both groups' ownership made explicit at the current epoch (so the target
 //!    refuses the slots until it owns them), the source starts recording changes.
-//! 2. **Copying**: the target's page stamp is raised (so no page of an earlier attempt still
-//!    on its way writes there any more; every page is stamped, [`PageStamp`]), the target
-//!    drops what an earlier attempt of this phase copied, ingests a copy of the slots, in
-//!    pages, then the changes since, pass after pass, pacing itself by how long each page
-//!    took (a slow group gets fewer pages per second). Then the
+//! 2. **Copying**: the target's step stamp is raised (so no page of an earlier attempt still
+//!    on its way writes there any more; every page and tracking step is stamped,
+//!    [`StepStamp`]), the target drops what an earlier attempt of this phase copied,
+//!    ingests a copy of the slots, in pages, then the changes since, pass after pass, pacing
+//!    itself by how long each page took (a slow group gets fewer pages per second). Then the
 //!    **cutover**: at epoch `e` = current + 1 the source owns its slots without the moving
 //!    ones (the fence: from that log entry on, nothing of them applies there), a last
 //!    catch-up copies what changed before the fence, the target owns its slots and the
@@ -33,7 +33,7 @@ use larder_core::GroupId;
 use larder_core::NodeId;
 use larder_core::bugs::Bug;
 use larder_core::env::{Clock, Env};
-use larder_core::kv::{Command, PageStamp, Reply, SetCondition};
+use larder_core::kv::{Command, Reply, SetCondition, StepStamp};
 use larder_core::routing::RoutingTable;
 use larder_core::slots::{Ownership, ranges_contain, ranges_where};
 use larder_protocol::{
@@ -474,21 +474,21 @@ impl<E: Env> Center<E> {
         .await
     }
 
-    /// The next page's stamp: this leader's term, and its count of pages (see
-    /// [`PageStamp`]). Taken once per page, before its first attempt, so a retry of a page
-    /// carries the page's stamp.
-    fn stamp(&self, turn: Turn) -> PageStamp {
+    /// The next step's stamp (a page, a tracking start or end): this leader's term, and its
+    /// count of stamped steps (see [`StepStamp`]). Taken once per step, before its first
+    /// attempt, so a retry of a step carries the step's stamp.
+    fn stamp(&self, turn: Turn) -> StepStamp {
         let seq = self
-            .pages_stamped
+            .steps_stamped
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        PageStamp {
+        StepStamp {
             term: turn.term,
             seq,
         }
     }
 
-    /// Raises `group`'s page stamp to a new one with a page of no records: from then on no
+    /// Raises `group`'s step stamp to a new one with a page of no records: from then on no
     /// page stamped before (an earlier attempt's or a deposed leader's, delivered late)
     /// writes there, so a read of the group that follows sees all that earlier pages will
     /// ever write.
@@ -676,6 +676,7 @@ impl<E: Env> Center<E> {
                     group: from,
                     migration: id,
                     ranges: migration.ranges.clone(),
+                    stamp: Some(self.stamp(turn)),
                 };
                 self.step(turn, from, track).await?;
                 migration.phase = MigrationPhase::Copying;
@@ -702,6 +703,7 @@ impl<E: Env> Center<E> {
                 let untrack = UntrackSlots {
                     group: from,
                     migration: id,
+                    stamp: Some(self.stamp(turn)),
                 };
                 self.step(turn, from, untrack).await?;
                 self.pass(turn, migration, (from, from), copy, true).await?;
@@ -711,6 +713,7 @@ impl<E: Env> Center<E> {
                 let untrack = UntrackSlots {
                     group: from,
                     migration: id,
+                    stamp: Some(self.stamp(turn)),
                 };
                 match self.step(turn, from, untrack).await {
                     Ok(()) => {}

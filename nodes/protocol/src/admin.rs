@@ -71,6 +71,8 @@ pub struct TrackSlots {
     pub group: GroupId,
     pub migration: u64,
     pub ranges: Vec<(u16, u16)>,
+    /// The step's order (see [`IngestRecords::stamp`]).
+    pub stamp: Option<larder_core::kv::StepStamp>,
 }
 
 /// To the leader of the source group: the migration is over (done or rolled back); stop
@@ -79,6 +81,8 @@ pub struct TrackSlots {
 pub struct UntrackSlots {
     pub group: GroupId,
     pub migration: u64,
+    /// The step's order (see [`IngestRecords::stamp`]).
+    pub stamp: Option<larder_core::kv::StepStamp>,
 }
 
 /// Most bytes of records one [`IngestRecords`] or one [`SlotPage`] carries (keys and records;
@@ -98,7 +102,7 @@ pub struct IngestRecords {
     pub records: Vec<(bytes::Bytes, Option<bytes::Bytes>)>,
     /// The page's order (`None`: applied unconditionally); a page at or below a stamp the
     /// group applied changes nothing.
-    pub stamp: Option<larder_core::kv::PageStamp>,
+    pub stamp: Option<larder_core::kv::StepStamp>,
 }
 
 /// What a [`ReadSlots`] reads.

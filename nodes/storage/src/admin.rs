@@ -218,12 +218,17 @@ impl<E: Env> StorageNode<E> {
                 group,
                 migration,
                 ranges,
+                stamp,
             }) => respond::<TrackSlots>(&admin_response(
-                self.track_slots(group, migration, ranges).await,
+                self.track_slots(group, migration, ranges, stamp).await,
             )),
-            AdminRequest::UntrackSlots(UntrackSlots { group, migration }) => {
-                respond::<UntrackSlots>(&admin_response(self.untrack_slots(group, migration).await))
-            }
+            AdminRequest::UntrackSlots(UntrackSlots {
+                group,
+                migration,
+                stamp,
+            }) => respond::<UntrackSlots>(&admin_response(
+                self.untrack_slots(group, migration, stamp).await,
+            )),
             AdminRequest::IngestRecords(IngestRecords {
                 group,
                 clock_ms,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use larder_core::GroupId;
 use larder_core::env::{Env, timeout};
-use larder_core::kv::{Command, PageStamp, Reply};
+use larder_core::kv::{Command, Reply, StepStamp};
 use larder_core::slots::Ownership;
 use larder_protocol::{CENTER_GROUP, SLOT_PAGE_BYTES_MAX, SLOT_PAGE_ROWS_MAX, SlotPage, SlotRead};
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
@@ -73,20 +73,31 @@ impl<E: Env> StorageNode<E> {
             .await
     }
 
-    /// Starts recording the keys of `ranges` that change in `group` ([`Command::TrackSlots`]).
+    /// Starts recording the keys of `ranges` that change in `group` ([`Command::TrackSlots`];
+    /// a `stamp` at or below one the group applied changes nothing).
     pub async fn track_slots(
         &self,
         group: GroupId,
         migration: u64,
         ranges: Vec<(u16, u16)>,
+        stamp: Option<StepStamp>,
     ) -> Result<(), NodeError> {
-        self.propose_internal(group, Command::TrackSlots { migration, ranges })
-            .await
+        let track = Command::TrackSlots {
+            migration,
+            ranges,
+            stamp,
+        };
+        self.propose_internal(group, track).await
     }
 
     /// Stops recording for `migration` and deletes the record ([`Command::UntrackSlots`]).
-    pub async fn untrack_slots(&self, group: GroupId, migration: u64) -> Result<(), NodeError> {
-        self.propose_internal(group, Command::UntrackSlots { migration })
+    pub async fn untrack_slots(
+        &self,
+        group: GroupId,
+        migration: u64,
+        stamp: Option<StepStamp>,
+    ) -> Result<(), NodeError> {
+        self.propose_internal(group, Command::UntrackSlots { migration, stamp })
             .await
     }
 
@@ -98,7 +109,7 @@ impl<E: Env> StorageNode<E> {
         group: GroupId,
         clock_ms: u64,
         records: Vec<(Bytes, Option<Bytes>)>,
-        stamp: Option<PageStamp>,
+        stamp: Option<StepStamp>,
     ) -> Result<(), NodeError> {
         let bytes: usize = records
             .iter()

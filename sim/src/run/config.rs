@@ -73,11 +73,11 @@ const SWARM_MOVES_STREAM: u64 = 0x30_7e5;
 const SWARM_STEER_STREAM: u64 = 0x30_7e6;
 /// The random stream of the delay aimed between a migration's copy and its catch-up.
 const SWARM_MIGRATION_AIM_STREAM: u64 = 0x30_7e8;
-/// The random stream of the late migration pages of [`SWARM_LATE_PAGES_CHANCE`] of the
+/// The random stream of the late migration steps of [`SWARM_LATE_STEPS_CHANCE`] of the
 /// swarm seeds that move slots.
-const SWARM_LATE_PAGES_STREAM: u64 = 0x30_7e9;
-/// Share of swarm seeds moving slots whose migration pages are delivered again, late.
-pub const SWARM_LATE_PAGES_CHANCE: f64 = 0.5;
+const SWARM_LATE_STEPS_STREAM: u64 = 0x30_7e9;
+/// Share of swarm seeds moving slots whose migration steps are delivered again, late.
+pub const SWARM_LATE_STEPS_CHANCE: f64 = 0.5;
 /// The random stream of the swarm's node drains.
 const SWARM_DRAIN_STREAM: u64 = 0x30_7e7;
 /// Share of swarm cluster seeds whose operator drains a storage node.
@@ -523,11 +523,11 @@ impl SimConfig {
     /// and its catch-up: with the few keys of a simulated workload a copy takes milliseconds,
     /// and writes and deletes must land in that window for a lost catch-up to show.
     ///
-    /// In [`SWARM_LATE_PAGES_CHANCE`] of those seeds (a stream of its own again) the
-    /// migration pages are also delivered a second time, late ([`Fault::LatePages`]): after
-    /// the page that follows them, where a stale copy undoes what that page wrote. A network
-    /// duplicate lags its first copy by at most 200 ms, within the page's own round trip;
-    /// stop 67's sweeps met a late page only once.
+    /// In [`SWARM_LATE_STEPS_CHANCE`] of those seeds (a stream of its own again) the
+    /// migration's steps (pages, tracking, ownership) are also delivered a second time, late
+    /// ([`Fault::LateSteps`]): after the step that follows them, where a stale page undoes
+    /// what the next one wrote. A network duplicate lags its first copy by at most 200 ms,
+    /// within the step's own round trip; stop 67's sweeps met a late page only once.
     fn aim_at_migrations(&self, plan: &mut FaultPlan) {
         if !self.swarm || self.run_moves().is_empty() {
             return;
@@ -541,11 +541,11 @@ impl SimConfig {
                 delay_ms: rng.range(200, 2_500),
             },
         });
-        let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_LATE_PAGES_STREAM));
-        if rng.chance(SWARM_LATE_PAGES_CHANCE) {
+        let mut rng = SeededRng::new(derive_seed(self.seed, SWARM_LATE_STEPS_STREAM));
+        if rng.chance(SWARM_LATE_STEPS_CHANCE) {
             plan.events.push(ScheduledFault {
                 at_ms: 0,
-                fault: Fault::LatePages {
+                fault: Fault::LateSteps {
                     rate: [0.25, 0.5, 1.0][rng.below(3) as usize],
                     lag_ms_max: rng.range(1_000, 6_000),
                 },

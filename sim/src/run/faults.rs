@@ -426,7 +426,7 @@ fn apply_fault(
         | Fault::MessageDuplication { .. }
         | Fault::MessageDelay { .. }
         | Fault::SlowLink { .. }
-        | Fault::LatePages { .. }
+        | Fault::LateSteps { .. }
         | Fault::HealMessages => {
             apply_network(net, fault);
             true
@@ -555,7 +555,7 @@ fn apply_network(net: &NetFaults, fault: &Fault) {
         Fault::SlowLink { from, to, delay_ms } => {
             state.slow.insert((*from, *to), *delay_ms);
         }
-        Fault::LatePages { rate, lag_ms_max } => state.late_pages = Some((*rate, *lag_ms_max)),
+        Fault::LateSteps { rate, lag_ms_max } => state.late_steps = Some((*rate, *lag_ms_max)),
         Fault::HealMessages => {
             state.loss = 0.0;
             state.duplicate = 0.0;

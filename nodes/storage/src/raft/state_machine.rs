@@ -23,7 +23,7 @@ use larder_core::env::{
 };
 use larder_core::kv::elements::{self, Access, Kind, Part, Window};
 use larder_core::kv::{
-    Command, Descend, GroupRead, Outcome, PageStamp, RandomDescent, Record, Reply, Scope, Value,
+    Command, Descend, GroupRead, Outcome, RandomDescent, Record, Reply, Scope, StepStamp, Value,
     execute_elements,
 };
 use larder_core::slots::{Ownership, ranges_contain, slot_of};
@@ -70,12 +70,12 @@ pub struct AppliedState {
     /// the figure the center's automatic splits start from (`GroupStatus::records_estimate`).
     /// It counts an expired key until a command deletes it, as `DBSIZE` does.
     pub records: u64,
-    /// The highest stamp of a migration page applied here ([`PageStamp`]): a stamped
-    /// `Ingest` at or below it is late and writes nothing.
-    pub ingest_stamp: Option<PageStamp>,
+    /// The highest stamp of a migration step applied here ([`StepStamp`]): a stamped
+    /// `Ingest` or `TrackSlots` at or below it is late and changes nothing.
+    pub step_stamp: Option<StepStamp>,
 }
 
-/// [`AppliedState`] as stored before migration pages were stamped (until stop 68): a data
+/// [`AppliedState`] as stored before migration steps were stamped (until stop 68): a data
 /// directory of that version opens with no stamp applied.
 #[derive(Serialize, Deserialize)]
 struct AppliedStateUnstamped {
@@ -158,7 +158,7 @@ struct SnapshotBody {
     /// User key -> encoded record.
     rows: Vec<(Bytes, Bytes)>,
     sessions: Vec<(u64, SessionEntry)>,
-    ingest_stamp: Option<PageStamp>,
+    step_stamp: Option<StepStamp>,
 }
 
 /// What a group's state machine holds ([`DiskStateMachine::contents`]).
@@ -587,7 +587,7 @@ impl<D: Disk> DiskStateMachine<D> {
                             owned: old.owned,
                             tracking: old.tracking,
                             records: old.records,
-                            ingest_stamp: None,
+                            step_stamp: None,
                         }
                     } else if let Ok(old) = decode::<AppliedStateUncounted>(&bytes) {
                         AppliedState {
@@ -597,7 +597,7 @@ impl<D: Disk> DiskStateMachine<D> {
                             owned: old.owned,
                             tracking: old.tracking,
                             records: count_keys(&disk, group).await?,
-                            ingest_stamp: None,
+                            step_stamp: None,
                         }
                     } else {
                         return Err(error);
@@ -1266,7 +1266,7 @@ impl<D: Disk> DiskStateMachine<D> {
             clock_ms: body.clock_ms,
             owned: body.owned,
             tracking: body.tracking,
-            ingest_stamp: body.ingest_stamp,
+            step_stamp: body.step_stamp,
         };
         // No read may see the range half rewritten.
         let _view = self.view.write().await;
@@ -1525,7 +1525,7 @@ impl<D: Disk> DiskStateMachine<D> {
             dirty,
             rows,
             sessions,
-            ingest_stamp: applied.ingest_stamp,
+            step_stamp: applied.step_stamp,
         })
         .map_err(|e| invalid(e.to_string()))?;
         let snapshot = Snapshot {
@@ -1638,7 +1638,7 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
             // idempotent).
             // Forgetting a migration's dirty markers is paged the same way.
             if let EntryPayload::Normal(request) = &entry.payload
-                && let Command::UntrackSlots { migration } = &request.command
+                && let Command::UntrackSlots { migration, .. } = &request.command
                 && applied
                     .tracking
                     .as_ref()
@@ -1872,7 +1872,20 @@ impl<D: Disk> DiskStateMachine<D> {
                 }
                 done(Reply::Ok, BTreeMap::new())
             }
-            Command::TrackSlots { migration, ranges } => match &applied.tracking {
+            // Late: it would record again for a migration that ended since (its untracking is
+            // stamped above it) and hold the group's slots as moving for good.
+            Command::TrackSlots {
+                stamp: Some(stamp), ..
+            } if applied.step_stamp.is_some_and(|last| *stamp <= last)
+                && !self.bugs.is_planted(Bug::LateStepApplied) =>
+            {
+                done(Reply::Ok, BTreeMap::new())
+            }
+            Command::TrackSlots {
+                migration,
+                ranges,
+                stamp,
+            } => match &applied.tracking {
                 Some(tracking) if tracking.migration != *migration => done(
                     Reply::error(format!(
                         "ERR slots of this group are already moving (migration {})",
@@ -1881,8 +1894,12 @@ impl<D: Disk> DiskStateMachine<D> {
                     BTreeMap::new(),
                 ),
                 // Repeated: the record keeps its start.
-                Some(_) => done(Reply::Ok, BTreeMap::new()),
+                Some(_) => {
+                    applied.step_stamp = applied.step_stamp.max(*stamp);
+                    done(Reply::Ok, BTreeMap::new())
+                }
                 None => {
+                    applied.step_stamp = applied.step_stamp.max(*stamp);
                     applied.tracking = Some(Tracking {
                         migration: *migration,
                         ranges: ranges.clone(),
@@ -1891,7 +1908,8 @@ impl<D: Disk> DiskStateMachine<D> {
                     done(Reply::Ok, BTreeMap::new())
                 }
             },
-            Command::UntrackSlots { migration } => {
+            Command::UntrackSlots { migration, stamp } => {
+                applied.step_stamp = applied.step_stamp.max(*stamp);
                 // The markers were deleted before this entry (see `apply`).
                 if applied
                     .tracking
@@ -1911,8 +1929,8 @@ impl<D: Disk> DiskStateMachine<D> {
                 // source before what a later page (or a later attempt of the copy, or its
                 // clearing) wrote here, and would undo it.
                 if let Some(stamp) = stamp
-                    && applied.ingest_stamp.is_some_and(|last| *stamp <= last)
-                    && !self.bugs.is_planted(Bug::LatePageApplied)
+                    && applied.step_stamp.is_some_and(|last| *stamp <= last)
+                    && !self.bugs.is_planted(Bug::LateStepApplied)
                 {
                     return done(Reply::Ok, BTreeMap::new());
                 }
@@ -1947,9 +1965,7 @@ impl<D: Disk> DiskStateMachine<D> {
                     writes.insert(key.clone(), record);
                 }
                 applied.clock_ms = applied.clock_ms.max(*clock_ms);
-                if stamp.is_some() {
-                    applied.ingest_stamp = applied.ingest_stamp.max(*stamp);
-                }
+                applied.step_stamp = applied.step_stamp.max(*stamp);
                 done(Reply::Ok, writes)
             }
             _ => None,
@@ -2179,7 +2195,7 @@ mod snapshot_check_tests {
             dirty: Vec::new(),
             rows,
             sessions: Vec::new(),
-            ingest_stamp: None,
+            step_stamp: None,
         })
     }
 
@@ -2273,7 +2289,7 @@ mod upgrade_tests {
         let stamped = AppliedState {
             clock_ms: 6,
             records: 1,
-            ingest_stamp: Some(PageStamp { term: 2, seq: 3 }),
+            step_stamp: Some(StepStamp { term: 2, seq: 3 }),
             ..AppliedState::default()
         };
         batch.put(Space::Meta, applied_key(4), encode(&stamped));
@@ -2284,7 +2300,7 @@ mod upgrade_tests {
                 .expect("opens");
         assert_eq!(machine.records(), 9, "the stored count, not a scan's");
         assert_eq!(machine.applied().clock_ms, 5);
-        assert_eq!(machine.applied().ingest_stamp, None);
+        assert_eq!(machine.applied().step_stamp, None);
         let machine = DiskStateMachine::open(disk, 4, Bugs::default(), FaultPoints::none(), 16)
             .await
             .expect("opens");

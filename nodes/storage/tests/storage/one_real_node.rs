@@ -403,7 +403,7 @@ fn move_slots(
         }
     };
     node.runtime
-        .block_on(node.node.track_slots(from, 7, ranges.to_vec()))
+        .block_on(node.node.track_slots(from, 7, ranges.to_vec(), None))
         .expect("track");
     between("tracking");
     let (mut since, copied) = pass(&|after| SlotRead::Copy { after }, to);
@@ -432,7 +432,7 @@ fn move_slots(
         )
         .expect("the target owns");
     node.runtime
-        .block_on(node.node.untrack_slots(from, 7))
+        .block_on(node.node.untrack_slots(from, 7, None))
         .expect("untrack");
     // Clean the source: what it still holds of the slots, deleted in pages.
     loop {
@@ -490,7 +490,7 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
             // Another migration cannot start, and FLUSHALL would escape the record.
             assert!(
                 node.runtime
-                    .block_on(node.node.track_slots(GROUP, 8, vec![(0, 1)]))
+                    .block_on(node.node.track_slots(GROUP, 8, vec![(0, 1)], None))
                     .is_err()
             );
             assert!(matches!(
@@ -658,23 +658,24 @@ fn a_late_copy_page_changes_nothing_on_a_group_owning_its_slot() {
 
 /// A migration page stamped at or below a stamp the group applied (a deposed center leader's
 /// page, or the original of a retried one, delivered after a later page) writes nothing,
-/// and the stamp outlives a restart. With the planted bug `late-page-applied` the late page
-/// puts back a value and a key that later pages changed.
+/// a late tracking start changes nothing either, and the stamp outlives a restart. With the
+/// planted bug `late-step-applied` the late page puts back a value and a key that later
+/// pages changed, and the late tracking start holds the slots as moving.
 #[test]
 fn a_page_stamped_below_one_applied_writes_nothing() {
     use larder_core::bugs::Bug;
-    use larder_core::kv::{PageStamp, Record};
+    use larder_core::kv::{Record, StepStamp};
 
     let bulk = |v: &str| ClientResponse::Reply(Reply::Bulk(Bytes::from(v.to_string())));
     let nil = ClientResponse::Reply(Reply::Nil);
-    let stamp = |term, seq| Some(PageStamp { term, seq });
+    let stamp = |term, seq| Some(StepStamp { term, seq });
     let record = |v: &str| Some(Record::string(Bytes::from(v.to_string())).encode());
     for planted in [false, true] {
         let dir = tempfile::tempdir().expect("dir");
         let config = || {
             let mut config = NodeConfig::new(ID, vec![GROUP]);
             if planted {
-                config.bugs.plant(Bug::LatePageApplied);
+                config.bugs.plant(Bug::LateStepApplied);
             }
             config
         };
@@ -713,6 +714,25 @@ fn a_page_stamped_below_one_applied_writes_nothing() {
         } else {
             assert_eq!(read(&node, "a"), bulk("a2"));
             assert_eq!(read(&node, "b"), nil);
+        }
+        // Tracking is stamped too: migration 9's start delivered again after its end changes
+        // nothing, so migration 10 can start. With the bug the late start records for
+        // migration 9 again, and holds the slots as moving for good.
+        let track = |migration, stamp| {
+            node.runtime
+                .block_on(node.node.track_slots(GROUP, migration, vec![(0, 1)], stamp))
+        };
+        track(9, stamp(3, 10)).expect("migration 9 tracks");
+        node.runtime
+            .block_on(node.node.untrack_slots(GROUP, 9, stamp(3, 12)))
+            .expect("migration 9 ends");
+        track(9, stamp(3, 10)).expect("the late start is answered");
+        if planted {
+            let refused = track(10, stamp(3, 13)).expect_err("the slots still look moving");
+            assert!(refused.to_string().contains("migration 9"), "{refused}");
+        } else {
+            track(10, stamp(3, 13)).expect("migration 10 tracks");
+            track(11, stamp(3, 14)).expect_err("one migration at a time");
         }
         node.stop();
         if planted {
