@@ -93,7 +93,7 @@ use larder::child::{Outcome, run_child};
 /// network, applied on the target after the cutover and after a client's `RPUSH` there. It
 /// needs the duplicate to arrive late and a client write to a moved key in between. Since
 /// stop 68 migration pages are stamped and a late page is refused by its stamp before its
-/// slots are looked at, so the late pages aimed at migrations (`Fault::LateSteps`, which
+/// slots are looked at, so the late steps aimed at migrations (`Fault::LateSteps`, which
 /// catch `late-step-applied`) cannot show this bug alone: 0/160 with them. The
 /// storage test `one_real_node::a_late_copy_page_changes_nothing_on_a_group_owning_its_slot`
 /// (`nodes/storage/tests/storage/one_real_node.rs`) applies exactly that page, with the bug
@@ -324,8 +324,8 @@ catalog! {
     // center leader's election and its first control round: 0/50, 1 of 1300..=1570 (1405,
     // stop 67). Searched from 1405 likewise.
     steer_before_term_start: "steer-before-term-start", 1405..=1407, Swarm;
-    // Half the swarm cluster seeds move slots, and half of those have their migration pages
-    // delivered again after the page that follows (`Fault::LateSteps`): 3/160 (17, 34, 122),
+    // Half the swarm cluster seeds move slots, and half of those have their migration steps
+    // delivered again after the step that follows (`Fault::LateSteps`): 3/160 (17, 21, 24),
     // first 17 (stop 68). Searched from 17 for the same reason as the rows above.
     late_step_applied: "late-step-applied", 17..=20, Swarm;
     // 50/50 (the vote audit at `vote_saved`).
