@@ -370,13 +370,11 @@ impl Net for SimNet {
         if let (Some(step), Some(lag)) = (step, fate.late) {
             self.deliver_late(to, step, lag, request.clone());
         }
-        let answered = |response: Result<Bytes, NetError>| {
-            if let (Some(step), Ok(_)) = (step, &response) {
-                self.steps.answered(to, step);
-            }
-            response
-        };
-        answered(self.call_once(to, request, timeout, fate).await)
+        let response = self.call_once(to, request, timeout, fate).await;
+        if let (Some(step), Ok(_)) = (step, &response) {
+            self.steps.answered(to, step);
+        }
+        response
     }
 
     async fn serve<H: Handler>(&self, handler: H) -> Result<(), NetError> {
