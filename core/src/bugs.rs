@@ -222,16 +222,20 @@ pub enum Bug {
     /// afresh and drops it: answered, never acted on, so a resume is lost and the migration
     /// stays paused.
     SteerBeforeTermStart,
-    /// Slot migration (storage): a stamped step applies whatever its stamp, so a page
+    /// Slot migration (storage): a stamped page applies whatever its stamp, so a page
     /// delivered late (a deposed center leader's, the original of a page retried after a
-    /// timeout) writes over what a later page or a later attempt of the copy wrote, and a
-    /// tracking start delivered after its migration ended holds the slots as moving.
-    LateStepApplied,
+    /// timeout) writes over what a later page or a later attempt of the copy wrote.
+    LatePageApplied,
+    /// Slot migration (storage): a stamped tracking start applies whatever its stamp, so one
+    /// delivered after its migration ended records changes again for a migration that is
+    /// over and holds the source's slots as moving for good (every later migration out of
+    /// that group is refused).
+    LateTrackingApplied,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 53] = [
+    pub const ALL: [Bug; 54] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -284,7 +288,8 @@ impl Bug {
         Bug::RegistryOverwritesDrain,
         Bug::CopyRedoneOverStale,
         Bug::SteerBeforeTermStart,
-        Bug::LateStepApplied,
+        Bug::LatePageApplied,
+        Bug::LateTrackingApplied,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -342,7 +347,8 @@ impl Bug {
             Bug::RegistryOverwritesDrain => "registry-overwrites-drain",
             Bug::CopyRedoneOverStale => "copy-redone-over-stale",
             Bug::SteerBeforeTermStart => "steer-before-term-start",
-            Bug::LateStepApplied => "late-step-applied",
+            Bug::LatePageApplied => "late-page-applied",
+            Bug::LateTrackingApplied => "late-tracking-applied",
         }
     }
 }

@@ -40,5 +40,5 @@ pub mod supervisor;
 pub mod unchanged;
 
 pub use config::{NodeConfig, NodeError};
-pub use node::{NodeDisk, ReadBatches, Refused, StorageNode};
+pub use node::{NodeDisk, OwnershipAudit, ReadBatches, Refused, StorageNode};
 pub use serving::NodeHandler;

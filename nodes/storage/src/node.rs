@@ -141,6 +141,18 @@ pub struct Refused {
     pub read_batches: AtomicU64,
 }
 
+/// What a group has applied of slot migrations ([`StorageNode::ownership_audit`]); the
+/// simulator checks it once every migration of a run has ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnershipAudit {
+    /// The slots it owns (`None`: never set, so every slot).
+    pub owned: Option<larder_core::slots::Ownership>,
+    /// The first few keys it stores of slots it does not own.
+    pub strays: Vec<bytes::Bytes>,
+    /// The migration it records changes for (a migration out of it is under way), if any.
+    pub tracking: Option<u64>,
+}
+
 /// Read batches served (`larder_protocol::ReadBatch`): how many, and the reads they carried.
 #[derive(Debug, Default)]
 pub struct ReadBatches {
@@ -722,17 +734,23 @@ impl<E: Env> StorageNode<E> {
         Ok(digest)
     }
 
-    /// `group`'s applied slot ownership (`None`: never set), and the first few keys it stores
-    /// of slots that ownership leaves out (at most `limit`): for audits of slot migrations.
+    /// What `group` has applied of slot migrations, with the first few keys it stores of
+    /// slots its ownership leaves out (at most `limit`): for audits of slot migrations.
     pub async fn ownership_audit(
         &self,
         group: GroupId,
         limit: usize,
-    ) -> Result<(Option<larder_core::slots::Ownership>, Vec<bytes::Bytes>), NodeError> {
+    ) -> Result<OwnershipAudit, NodeError> {
         let state = self.group(group)?.state.clone();
-        let owned = state.applied().owned;
+        let applied = state.applied();
+        let tracking = applied.tracking.as_ref().map(|t| t.migration);
+        let owned = applied.owned;
         let Some(own) = owned.clone() else {
-            return Ok((None, Vec::new()));
+            return Ok(OwnershipAudit {
+                owned,
+                strays: Vec::new(),
+                tracking,
+            });
         };
         let everything_else = larder_core::slots::ranges_where(|slot| !own.owns(slot));
         let mut strays = Vec::new();
@@ -755,7 +773,11 @@ impl<E: Env> StorageNode<E> {
             }
         }
         strays.truncate(limit);
-        Ok((owned, strays))
+        Ok(OwnershipAudit {
+            owned,
+            strays,
+            tracking,
+        })
     }
 
     /// Executes read-only `command` against `group`'s **applied** state, without a read-index

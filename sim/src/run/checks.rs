@@ -221,7 +221,8 @@ async fn audit_disks(
 /// that): every group that was told its slots owns exactly what the final table gives it (so
 /// no slot is owned by two groups), and stores no key of a slot it does not own (a moved
 /// range is gone from its source, a rolled-back copy from its target). Groups never told keep
-/// `None` and are judged by the table alone.
+/// `None` and are judged by the table alone. And no group still records changes for a
+/// migration (each migration's end untracks its source).
 async fn audit_ownership(
     slots: &[(NodeId, NodeSlot)],
     replicas: &BTreeMap<GroupId, Vec<NodeId>>,
@@ -248,11 +249,28 @@ async fn audit_ownership(
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
-            let Ok((Some(owned), strays)) = leader.ownership_audit(group, 3).await else {
+            let Ok(audit) = leader.ownership_audit(group, 3).await else {
+                break;
+            };
+            // Every migration has ended, and each ends by untracking its source: a record
+            // left means a tracking start applied after its migration's end (a late step),
+            // which holds the group's slots as moving and refuses every later migration.
+            if let Some(migration) = audit.tracking {
+                finding = Some(Violation::OwnershipAtEnd {
+                    group,
+                    node: id,
+                    detail: format!(
+                        "records changes for migration {migration} after every migration ended"
+                    ),
+                });
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            let Some(owned) = audit.owned else {
                 break;
             };
             let expected = table.slot_ranges(group);
-            if owned.ranges == expected && strays.is_empty() {
+            if owned.ranges == expected && audit.strays.is_empty() {
                 break;
             }
             finding = Some(Violation::OwnershipAtEnd {
@@ -264,7 +282,7 @@ async fn audit_ownership(
                     owned.epoch,
                     table.epoch(),
                     expected,
-                    strays
+                    audit.strays
                 ),
             });
             tokio::time::sleep(Duration::from_millis(500)).await;

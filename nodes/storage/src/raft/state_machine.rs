@@ -1874,7 +1874,9 @@ impl<D: Disk> DiskStateMachine<D> {
             }
             // Late: it would record again for a migration that ended since (its untracking is
             // stamped above it) and hold the group's slots as moving for good.
-            Command::TrackSlots { stamp, .. } if self.is_late(applied, *stamp) => {
+            Command::TrackSlots { stamp, .. }
+                if self.is_late(applied, *stamp, Bug::LateTrackingApplied) =>
+            {
                 done(Reply::Ok, BTreeMap::new())
             }
             Command::TrackSlots {
@@ -1924,7 +1926,7 @@ impl<D: Disk> DiskStateMachine<D> {
                 // A page stamped at or below one applied here is late: it was read from the
                 // source before what a later page (or a later attempt of the copy, or its
                 // clearing) wrote here, and would undo it.
-                if self.is_late(applied, *stamp) {
+                if self.is_late(applied, *stamp, Bug::LatePageApplied) {
                     return done(Reply::Ok, BTreeMap::new());
                 }
                 let mut writes = BTreeMap::new();
@@ -1965,13 +1967,14 @@ impl<D: Disk> DiskStateMachine<D> {
         }
     }
 
-    /// What to do with an entry of `session` (see [`SessionVerdict`]).
-    /// Whether a migration step stamped `stamp` is late: at or below a stamp `applied` has.
-    fn is_late(&self, applied: &AppliedState, stamp: Option<StepStamp>) -> bool {
+    /// Whether a migration step stamped `stamp` is late: at or below a stamp `applied` has
+    /// (unless `bug`, the planted bug of that kind of step, is planted).
+    fn is_late(&self, applied: &AppliedState, stamp: Option<StepStamp>, bug: Bug) -> bool {
         stamp.is_some_and(|stamp| applied.step_stamp.is_some_and(|last| stamp <= last))
-            && !self.bugs.is_planted(Bug::LateStepApplied)
+            && !self.bugs.is_planted(bug)
     }
 
+    /// What to do with an entry of `session` (see [`SessionVerdict`]).
     fn session_verdict(&self, session: Option<crate::raft::SessionSeq>) -> SessionVerdict {
         let Some(session) = session else {
             return SessionVerdict::Apply;

@@ -561,16 +561,20 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
     // The audit the simulator runs at the end: each group owns what it should and holds no
     // key of a slot it does not own...
     for (group, expected) in [(GROUP, false), (OTHER, true)] {
-        let (owned, strays) = node
+        let audit = node
             .runtime
             .block_on(node.node.ownership_audit(group, 3))
             .expect("audit");
         assert_eq!(
-            owned.expect("explicit").owns(slot),
+            audit.owned.as_ref().expect("explicit").owns(slot),
             expected,
             "group {group}"
         );
-        assert!(strays.is_empty(), "group {group}: {strays:?}");
+        assert!(audit.strays.is_empty(), "group {group}: {audit:?}");
+        assert_eq!(
+            audit.tracking, None,
+            "group {group}: no migration under way"
+        );
     }
     // ...and it finds a key left behind.
     node.runtime
@@ -586,11 +590,11 @@ fn slots_move_between_groups_with_writes_during_the_copy_and_nothing_lost() {
                 .ingest(GROUP, 0, vec![(Bytes::from(key(0)), Some(stray))], None),
         )
         .expect("ingest a stray");
-    let (_, strays) = node
+    let audit = node
         .runtime
         .block_on(node.node.ownership_audit(GROUP, 3))
         .expect("audit");
-    assert_eq!(strays, vec![Bytes::from(key(0))]);
+    assert_eq!(audit.strays, vec![Bytes::from(key(0))]);
     node.stop();
 }
 
@@ -659,8 +663,9 @@ fn a_late_copy_page_changes_nothing_on_a_group_owning_its_slot() {
 /// A migration page stamped at or below a stamp the group applied (a deposed center leader's
 /// page, or the original of a retried one, delivered after a later page) writes nothing,
 /// a late tracking start changes nothing either, and the stamp outlives a restart. With the
-/// planted bug `late-step-applied` the late page puts back a value and a key that later
-/// pages changed, and the late tracking start holds the slots as moving.
+/// planted bug `late-page-applied` the late page puts back a value and a key that later
+/// pages changed; with `late-tracking-applied` the late tracking start holds the slots as
+/// moving (the simulator's end-of-run audit sees the record left behind).
 #[test]
 fn a_page_stamped_below_one_applied_writes_nothing() {
     use larder_core::bugs::Bug;
@@ -670,12 +675,16 @@ fn a_page_stamped_below_one_applied_writes_nothing() {
     let nil = ClientResponse::Reply(Reply::Nil);
     let stamp = |term, seq| Some(StepStamp { term, seq });
     let record = |v: &str| Some(Record::string(Bytes::from(v.to_string())).encode());
-    for planted in [false, true] {
+    for planted in [
+        None,
+        Some(Bug::LatePageApplied),
+        Some(Bug::LateTrackingApplied),
+    ] {
         let dir = tempfile::tempdir().expect("dir");
         let config = || {
             let mut config = NodeConfig::new(ID, vec![GROUP]);
-            if planted {
-                config.bugs.plant(Bug::LateStepApplied);
+            if let Some(bug) = planted {
+                config.bugs.plant(bug);
             }
             config
         };
@@ -704,7 +713,7 @@ fn a_page_stamped_below_one_applied_writes_nothing() {
         );
         ingest(&node, vec![("b", record("b0"))], stamp(2, 40));
         let read = |node: &Running, key: &str| node.execute(Command::get(key));
-        if planted {
+        if planted == Some(Bug::LatePageApplied) {
             assert_eq!(
                 read(&node, "a"),
                 bulk("a1"),
@@ -727,15 +736,23 @@ fn a_page_stamped_below_one_applied_writes_nothing() {
             .block_on(node.node.untrack_slots(GROUP, 9, stamp(3, 12)))
             .expect("migration 9 ends");
         track(9, stamp(3, 10)).expect("the late start is answered");
-        if planted {
+        let tracking = || {
+            node.runtime
+                .block_on(node.node.ownership_audit(GROUP, 3))
+                .expect("audit")
+                .tracking
+        };
+        if planted == Some(Bug::LateTrackingApplied) {
+            assert_eq!(tracking(), Some(9), "the bug records for migration 9 again");
             let refused = track(10, stamp(3, 13)).expect_err("the slots still look moving");
             assert!(refused.to_string().contains("migration 9"), "{refused}");
         } else {
+            assert_eq!(tracking(), None, "migration 9 ended");
             track(10, stamp(3, 13)).expect("migration 10 tracks");
             track(11, stamp(3, 14)).expect_err("one migration at a time");
         }
         node.stop();
-        if planted {
+        if planted.is_some() {
             continue;
         }
         // The stamp is part of the applied state: after a restart a late page still writes
