@@ -161,6 +161,39 @@ struct SnapshotBody {
     step_stamp: Option<StepStamp>,
 }
 
+/// [`SnapshotBody`] as built before migration steps were stamped (until stop 68): a snapshot
+/// of that version (stored by a node before its upgrade, or sent by a leader not yet
+/// upgraded) installs with no stamp applied, as an applied state of that version opens.
+/// (The other way needs nothing: a node of that version decodes a body of this one and
+/// ignores the trailing stamp, as postcard leaves trailing bytes unread.)
+#[derive(Serialize, Deserialize)]
+struct SnapshotBodyUnstamped {
+    clock_ms: u64,
+    owned: Option<Ownership>,
+    tracking: Option<Tracking>,
+    dirty: Vec<(Bytes, u64)>,
+    rows: Vec<(Bytes, Bytes)>,
+    sessions: Vec<(u64, SessionEntry)>,
+}
+
+impl SnapshotBody {
+    /// Decodes a snapshot's data of this version or the previous one.
+    fn decode(data: &[u8]) -> Result<SnapshotBody, io::Error> {
+        decode(data).or_else(|error| match decode::<SnapshotBodyUnstamped>(data) {
+            Ok(old) => Ok(SnapshotBody {
+                clock_ms: old.clock_ms,
+                owned: old.owned,
+                tracking: old.tracking,
+                dirty: old.dirty,
+                rows: old.rows,
+                sessions: old.sessions,
+                step_stamp: None,
+            }),
+            Err(_) => Err(error),
+        })
+    }
+}
+
 /// What a group's state machine holds ([`DiskStateMachine::contents`]).
 #[derive(Debug, Default)]
 pub struct Contents {
@@ -543,7 +576,7 @@ fn not_owner(owned: Option<&Ownership>, command: &Command) -> Option<Reply> {
 /// on every later open, so the replica could never start again; refused here, it costs the
 /// sender a retry. Returns the decoded body.
 fn checked_snapshot(data: &[u8]) -> Result<SnapshotBody, io::Error> {
-    let body: SnapshotBody = decode(data)?;
+    let body = SnapshotBody::decode(data)?;
     for (key, value) in &body.rows {
         Record::decode(value).map_err(|e| {
             invalid(format!(
@@ -1258,7 +1291,7 @@ impl<D: Disk> DiskStateMachine<D> {
         meta: &SnapshotMeta,
         data: &[u8],
     ) -> Result<(), io::Error> {
-        let body: SnapshotBody = decode(data)?;
+        let body = SnapshotBody::decode(data)?;
         let applied = AppliedState {
             records: body.rows.len() as u64,
             last_applied: meta.last_log_id,
@@ -1447,7 +1480,7 @@ impl<D: Disk> DiskStateMachine<D> {
         let Some(snapshot) = self.materialize().await? else {
             return Ok(Contents::default());
         };
-        let body: SnapshotBody = decode(&snapshot.snapshot.into_inner())?;
+        let body = SnapshotBody::decode(&snapshot.snapshot.into_inner())?;
         let mut records = Vec::with_capacity(body.rows.len());
         for (key, row) in body.rows {
             records.push((
@@ -2307,6 +2340,71 @@ mod upgrade_tests {
             .await
             .expect("opens");
         assert_eq!(machine.applied(), stamped);
+    }
+
+    /// A snapshot built before migration steps were stamped (stored by a node before its
+    /// upgrade, or sent by a leader not yet upgraded) is accepted and installs with no stamp;
+    /// a snapshot of this version keeps its stamp, and bytes of neither are still refused.
+    #[tokio::test]
+    async fn a_snapshot_from_before_steps_were_stamped_installs_unstamped() {
+        let tracking = Tracking {
+            migration: 7,
+            ranges: vec![(0, 9)],
+            since: 2,
+        };
+        let old = encode(&SnapshotBodyUnstamped {
+            clock_ms: 5,
+            owned: None,
+            tracking: Some(tracking.clone()),
+            dirty: vec![(Bytes::from_static(b"a"), 3)],
+            rows: vec![(Bytes::from_static(b"a"), Record::string("v").encode())],
+            sessions: Vec::new(),
+        });
+        check_snapshot(&old).expect("the previous version's snapshot is accepted");
+        assert!(check_snapshot(b"\xff\xff\xff").is_err());
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = FjallDisk::open(dir.path(), &FjallOptions::default()).expect("disk");
+        let mut machine =
+            DiskStateMachine::open(disk.clone(), 3, Bugs::default(), FaultPoints::none(), 16)
+                .await
+                .expect("opens");
+        machine
+            .install_snapshot(&SnapshotMeta::default(), std::io::Cursor::new(old.to_vec()))
+            .await
+            .expect("installs");
+        let applied = machine.applied();
+        assert_eq!(
+            (applied.clock_ms, applied.records, applied.step_stamp),
+            (5, 1, None)
+        );
+        assert_eq!(applied.tracking, Some(tracking.clone()));
+        drop(machine);
+        let machine = DiskStateMachine::open(disk, 3, Bugs::default(), FaultPoints::none(), 16)
+            .await
+            .expect("reopens");
+        assert_eq!(machine.applied().tracking, Some(tracking));
+        let read = machine
+            .read(&larder_core::kv::Command::get("a"), 0)
+            .await
+            .expect("reads");
+        assert!(
+            matches!(&read, ReadOutcome::Reply(Reply::Bulk(v)) if v.as_ref() == b"v"),
+            "{read:?}"
+        );
+        let stamp = Some(StepStamp { term: 4, seq: 2 });
+        let current = encode(&SnapshotBody {
+            clock_ms: 6,
+            owned: None,
+            tracking: None,
+            dirty: Vec::new(),
+            rows: Vec::new(),
+            sessions: Vec::new(),
+            step_stamp: stamp,
+        });
+        assert_eq!(
+            SnapshotBody::decode(&current).expect("decodes").step_stamp,
+            stamp
+        );
     }
 }
 
