@@ -231,11 +231,15 @@ pub enum Bug {
     /// over and holds the source's slots as moving for good (every later migration out of
     /// that group is refused).
     LateTrackingApplied,
+    /// Slot migration (storage): a migration's end (`UntrackSlots`) forgets the tracking
+    /// record but keeps the change markers of every key written while it tracked, so each
+    /// migration out of a group leaves rows behind that nothing reads or deletes.
+    UntrackKeepsMarkers,
 }
 
 impl Bug {
     /// Every bug of the catalog, in a fixed order.
-    pub const ALL: [Bug; 54] = [
+    pub const ALL: [Bug; 55] = [
         Bug::StaleLocalReads,
         Bug::LeaderRestore,
         Bug::UnsyncedLogAppend,
@@ -290,6 +294,7 @@ impl Bug {
         Bug::SteerBeforeTermStart,
         Bug::LatePageApplied,
         Bug::LateTrackingApplied,
+        Bug::UntrackKeepsMarkers,
     ];
 
     /// The switch's name (`larder sim --bug NAME`).
@@ -349,6 +354,7 @@ impl Bug {
             Bug::SteerBeforeTermStart => "steer-before-term-start",
             Bug::LatePageApplied => "late-page-applied",
             Bug::LateTrackingApplied => "late-tracking-applied",
+            Bug::UntrackKeepsMarkers => "untrack-keeps-markers",
         }
     }
 }

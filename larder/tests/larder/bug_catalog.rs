@@ -333,6 +333,9 @@ catalog! {
     // seen only by the end-of-run audit of each group's tracking record (stop 69; until then
     // 21 passed with it). Searched from 21 likewise.
     late_tracking_applied: "late-tracking-applied", 21..=23, Swarm;
+    // 20/50, first 4: every seed whose migration ends after writes to the source while it
+    // tracked, seen by the end-of-run audit of change markers (stop 69).
+    untrack_keeps_markers: "untrack-keeps-markers", 1..=10, Swarm;
     // 50/50 (the vote audit at `vote_saved`).
     unsynced_vote: "unsynced-vote", 1..=5, Swarm;
     // 50/50 (the recovery audit at the end of the run).

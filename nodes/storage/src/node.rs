@@ -151,6 +151,9 @@ pub struct OwnershipAudit {
     pub strays: Vec<bytes::Bytes>,
     /// The migration it records changes for (a migration out of it is under way), if any.
     pub tracking: Option<u64>,
+    /// Its change markers (keys written while a migration tracked it), counted up to the
+    /// audit's limit: none once no migration tracks it.
+    pub change_markers: usize,
 }
 
 /// Read batches served (`larder_protocol::ReadBatch`): how many, and the reads they carried.
@@ -735,7 +738,8 @@ impl<E: Env> StorageNode<E> {
     }
 
     /// What `group` has applied of slot migrations, with the first few keys it stores of
-    /// slots its ownership leaves out (at most `limit`): for audits of slot migrations.
+    /// slots its ownership leaves out and its change markers (each at most `limit`): for
+    /// audits of slot migrations.
     pub async fn ownership_audit(
         &self,
         group: GroupId,
@@ -744,12 +748,17 @@ impl<E: Env> StorageNode<E> {
         let state = self.group(group)?.state.clone();
         let applied = state.applied();
         let tracking = applied.tracking.as_ref().map(|t| t.migration);
+        let change_markers = state
+            .change_markers(limit.max(1))
+            .await
+            .map_err(|source| NodeError::Storage { group, source })?;
         let owned = applied.owned;
         let Some(own) = owned.clone() else {
             return Ok(OwnershipAudit {
                 owned,
                 strays: Vec::new(),
                 tracking,
+                change_markers,
             });
         };
         let everything_else = larder_core::slots::ranges_where(|slot| !own.owns(slot));
@@ -777,6 +786,7 @@ impl<E: Env> StorageNode<E> {
             owned,
             strays,
             tracking,
+            change_markers,
         })
     }
 

@@ -222,7 +222,8 @@ async fn audit_disks(
 /// no slot is owned by two groups), and stores no key of a slot it does not own (a moved
 /// range is gone from its source, a rolled-back copy from its target). Groups never told keep
 /// `None` and are judged by the table alone. And no group still records changes for a
-/// migration (each migration's end untracks its source).
+/// migration or keeps change markers (each migration's end untracks its source and deletes
+/// them).
 async fn audit_ownership(
     slots: &[(NodeId, NodeSlot)],
     replicas: &BTreeMap<GroupId, Vec<NodeId>>,
@@ -261,6 +262,19 @@ async fn audit_ownership(
                     node: id,
                     detail: format!(
                         "records changes for migration {migration} after every migration ended"
+                    ),
+                });
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            // A migration's end deletes its change markers: any left would stay for good.
+            if audit.change_markers > 0 {
+                finding = Some(Violation::OwnershipAtEnd {
+                    group,
+                    node: id,
+                    detail: format!(
+                        "keeps {} change markers (or more) with no migration tracking it",
+                        audit.change_markers
                     ),
                 });
                 tokio::time::sleep(Duration::from_millis(500)).await;

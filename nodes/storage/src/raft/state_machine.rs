@@ -1676,6 +1676,7 @@ impl<D: Disk> RaftStateMachine<TypeConfig> for DiskStateMachine<D> {
                     .tracking
                     .as_ref()
                     .is_some_and(|t| t.migration == *migration)
+                && !self.bugs.is_planted(Bug::UntrackKeepsMarkers)
             {
                 self.flush(&mut pending, &applied).await?;
                 entries_pending = 0;
@@ -2175,6 +2176,21 @@ impl<D: Disk> DiskStateMachine<D> {
             }
             self.disk.write(done, false).await?;
         }
+    }
+
+    /// This group's change markers (the dirty markers of a migration out of it), up to
+    /// `limit`. For audits: none may be left once no migration tracks the group.
+    pub async fn change_markers(&self, limit: usize) -> Result<usize, io::Error> {
+        let markers = self
+            .disk
+            .scan_keys(
+                Space::Meta,
+                &dirty_prefix(self.group),
+                Some(&dirty_end(self.group)),
+                limit,
+            )
+            .await?;
+        Ok(markers.len())
     }
 
     /// Element rows of this group that no live header reaches (`(key, generation)` of no

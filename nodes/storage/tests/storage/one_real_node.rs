@@ -770,6 +770,46 @@ fn a_page_stamped_below_one_applied_writes_nothing() {
     }
 }
 
+/// A migration's end deletes the change markers its tracking wrote (one per key written
+/// meanwhile), so no migration leaves rows behind; the simulator's end-of-run audit counts
+/// them. With the planted bug `untrack-keeps-markers` they stay.
+#[test]
+fn a_migrations_end_deletes_its_change_markers() {
+    use larder_core::bugs::Bug;
+    use larder_core::kv::StepStamp;
+
+    for planted in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = NodeConfig::new(ID, vec![GROUP]);
+        if planted {
+            config.bugs.plant(Bug::UntrackKeepsMarkers);
+        }
+        let node = start_led_with(dir.path(), config);
+        let stamp = |seq| Some(StepStamp { term: 1, seq });
+        let audit = || {
+            node.runtime
+                .block_on(node.node.ownership_audit(GROUP, 10))
+                .expect("audit")
+        };
+        node.runtime
+            .block_on(node.node.track_slots(GROUP, 4, vec![(0, 16383)], stamp(1)))
+            .expect("migration 4 tracks");
+        for key in ["a", "b", "c"] {
+            assert_eq!(
+                node.execute(Command::set(key, "v")),
+                ClientResponse::Reply(Reply::Ok)
+            );
+        }
+        assert_eq!((audit().tracking, audit().change_markers), (Some(4), 3));
+        node.runtime
+            .block_on(node.node.untrack_slots(GROUP, 4, stamp(2)))
+            .expect("migration 4 ends");
+        let expected = if planted { 3 } else { 0 };
+        assert_eq!((audit().tracking, audit().change_markers), (None, expected));
+        node.stop();
+    }
+}
+
 /// Snapshots (built from a point-in-time view, `Disk::view`) purge the log: the first purge
 /// scans from index 0, later ones delete blind from where the last ended. After several
 /// rounds of that and a restart, every write is there and the log holds nothing below the
