@@ -753,32 +753,26 @@ impl<E: Env> StorageNode<E> {
             .await
             .map_err(|source| NodeError::Storage { group, source })?;
         let owned = applied.owned;
-        let Some(own) = owned.clone() else {
-            return Ok(OwnershipAudit {
-                owned,
-                strays: Vec::new(),
-                tracking,
-                change_markers,
-            });
-        };
-        let everything_else = larder_core::slots::ranges_where(|slot| !own.owns(slot));
         let mut strays = Vec::new();
-        let mut after = None;
-        // Bounded: pages of the group's rows until `limit` strays or the end.
-        loop {
-            let page = state
-                .read_slots(
-                    &everything_else,
-                    &larder_protocol::SlotRead::Copy { after },
-                    limit.max(1),
-                    usize::MAX,
-                )
-                .await
-                .map_err(|source| NodeError::Storage { group, source })?;
-            strays.extend(page.records.into_iter().map(|(key, _)| key));
-            match page.next {
-                Some(next) if strays.len() < limit => after = Some(next),
-                _ => break,
+        if let Some(own) = &owned {
+            let everything_else = larder_core::slots::ranges_where(|slot| !own.owns(slot));
+            let mut after = None;
+            // Bounded: pages of the group's rows until `limit` strays or the end.
+            loop {
+                let page = state
+                    .read_slots(
+                        &everything_else,
+                        &larder_protocol::SlotRead::Copy { after },
+                        limit.max(1),
+                        usize::MAX,
+                    )
+                    .await
+                    .map_err(|source| NodeError::Storage { group, source })?;
+                strays.extend(page.records.into_iter().map(|(key, _)| key));
+                match page.next {
+                    Some(next) if strays.len() < limit => after = Some(next),
+                    _ => break,
+                }
             }
         }
         strays.truncate(limit);

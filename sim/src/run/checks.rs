@@ -253,51 +253,38 @@ async fn audit_ownership(
             let Ok(audit) = leader.ownership_audit(group, 3).await else {
                 break;
             };
-            // Every migration has ended, and each ends by untracking its source: a record
-            // left means a tracking start applied after its migration's end (a late step),
-            // which holds the group's slots as moving and refuses every later migration.
-            if let Some(migration) = audit.tracking {
-                finding = Some(Violation::OwnershipAtEnd {
-                    group,
-                    node: id,
-                    detail: format!(
-                        "records changes for migration {migration} after every migration ended"
-                    ),
-                });
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            // A migration's end deletes its change markers: any left would stay for good.
-            if audit.change_markers > 0 {
-                finding = Some(Violation::OwnershipAtEnd {
-                    group,
-                    node: id,
-                    detail: format!(
-                        "keeps {} change markers (or more) with no migration tracking it",
-                        audit.change_markers
-                    ),
-                });
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            let Some(owned) = audit.owned else {
-                break;
-            };
             let expected = table.slot_ranges(group);
-            if owned.ranges == expected && audit.strays.is_empty() {
-                break;
-            }
-            finding = Some(Violation::OwnershipAtEnd {
-                group,
-                node: id,
-                detail: format!(
+            let detail = if let Some(migration) = audit.tracking {
+                // Every migration has ended, and each ends by untracking its source: a record
+                // left means a tracking start applied after its migration's end (a late
+                // step), which holds the group's slots as moving and refuses every later
+                // migration.
+                format!("records changes for migration {migration} after every migration ended")
+            } else if audit.change_markers > 0 {
+                // A migration's end deletes its change markers: any left would stay for good.
+                format!(
+                    "keeps {} change markers (or more) with no migration tracking it",
+                    audit.change_markers
+                )
+            } else if let Some(owned) = audit
+                .owned
+                .filter(|owned| owned.ranges != expected || !audit.strays.is_empty())
+            {
+                format!(
                     "owns {:?} (epoch {}), table epoch {} gives {:?}; keys of other slots: {:?}",
                     owned.ranges,
                     owned.epoch,
                     table.epoch(),
                     expected,
                     audit.strays
-                ),
+                )
+            } else {
+                break;
+            };
+            finding = Some(Violation::OwnershipAtEnd {
+                group,
+                node: id,
+                detail,
             });
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
