@@ -14,6 +14,8 @@
 //! - the **RESP codec** ([`resp`]): RESP2/RESP3 request and reply parsing and encoding, no I/O;
 //! - the **metrics** plumbing ([`metrics`]): each role's Prometheus registry and the scrape that
 //!   renders a process's registries as one page;
+//! - **costly subjects** ([`costly`]): the keys whose last read answered a large reply, which
+//!   a node's lanes and the proxy's coalescer keep apart from fast reads;
 //! - **hot keys** ([`hotkeys`]): a Space-Saving top-k over a sliding window, which the proxy
 //!   and each group leader keep to find hot keys and slots and to limit a key's writes;
 //! - the **planted-bug catalog** ([`bugs`]): switches that break one layer on purpose, compiled
@@ -25,6 +27,7 @@
 
 pub mod bugs;
 pub mod conformance;
+pub mod costly;
 pub mod env;
 pub mod hotkeys;
 pub mod kv;

@@ -37,6 +37,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use larder_core::GroupId;
 use larder_core::bugs::{Bug, Bugs};
+use larder_core::costly::{COSTLY_REPLY_BYTES, COSTLY_SUBJECTS_MAX, CostlySubjects};
 use larder_core::env::{Clock, Endpoints, FaultPoints, Listener, MESSAGE_BYTES_MAX, Net, timeout};
 use larder_core::kv::elements::Kind;
 use larder_core::kv::{Command, Reply, Scope};
@@ -209,6 +210,11 @@ pub struct ProxyConfig {
     /// commands arriving while every runner is busy wait and go together. Default
     /// [`coalesce::RUNNERS`]; 0: off, each command goes alone on its connection's client.
     pub coalesce_runners: usize,
+    /// A read whose key's last read answered at least this much (encoded bytes,
+    /// [`Reply::encoded_len`]) runs alone on its connection's client, never in a coalesced
+    /// batch ([`costly`](larder_core::costly)). Default [`COSTLY_REPLY_BYTES`], the size
+    /// from which the nodes' lanes run a read in the slow lane.
+    pub costly_read_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -234,6 +240,7 @@ impl Default for ProxyConfig {
             points: FaultPoints::none(),
             handovers_per_write_max: HANDOVERS_PER_WRITE_MAX,
             coalesce_runners: coalesce::RUNNERS,
+            costly_read_bytes: COSTLY_REPLY_BYTES,
         }
     }
 }
@@ -270,6 +277,12 @@ pub struct Proxy<N: Net, C: Clock> {
     /// Single reads and single writes of all connections, run in batches ([`coalesce`]).
     coalesced_reads: coalesce::Coalescer<N, C>,
     coalesced_writes: coalesce::Coalescer<N, C>,
+    /// Keys whose last read answered a large reply: their reads stay out of the coalesced
+    /// batches. A batch answers when its slowest command does, and a node's slow lane paces a
+    /// large read (`larder_storage::lanes`): in a batch it held up every read of its group
+    /// queued behind the group's one runner (`larder bench --slow-lane`: GET p99 17 ms in the
+    /// list's group against 2.4 ms in the others).
+    costly_reads: CostlySubjects<Bytes>,
     /// The connections being served (`CLIENT LIST`, `CLIENT KILL`).
     clients: clients::Clients,
     /// The `MONITOR` connections' feed.
@@ -364,6 +377,8 @@ pub struct ProxyStats {
     /// batch of one is not counted), and the commands they held.
     pub coalesced_batches: u64,
     pub coalesced_commands: u64,
+    /// Single reads of a costly key run alone rather than coalesced ([`ProxyConfig::costly_read_bytes`]).
+    pub costly_reads_alone: u64,
     /// Writes whose handovers stopped at [`ProxyConfig::handovers_per_write_max`] with clients
     /// still blocked on a written key (served by their own polls instead).
     pub handovers_cut_short: u64,
@@ -398,6 +413,8 @@ struct Counters {
     pipeline_run_bytes_peak: AtomicU64,
     /// [`ProxyStats::handovers_cut_short`].
     handovers_cut_short: AtomicU64,
+    /// [`ProxyStats::costly_reads_alone`].
+    costly_reads_alone: AtomicU64,
     /// [`ProxyStats::monitors_dropped`].
     monitors_dropped: AtomicU64,
 }
@@ -754,6 +771,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
                 clock.clone(),
                 config.bugs.clone(),
             ),
+            costly_reads: CostlySubjects::new(config.costly_read_bytes, COSTLY_SUBJECTS_MAX),
             started: clock.now(),
             hot: hot::HotKeyGuard::new(config.hot_keys, clock.now()),
             shared_reads: shared_read::SharedReads::new(
@@ -808,6 +826,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             sessions_resumed: self.sessions.resumed(),
             coalesced_batches: self.coalesced_reads.counts().0 + self.coalesced_writes.counts().0,
             coalesced_commands: self.coalesced_reads.counts().1 + self.coalesced_writes.counts().1,
+            costly_reads_alone: get(&c.costly_reads_alone),
             handovers_cut_short: get(&c.handovers_cut_short),
             monitors_dropped: get(&c.monitors_dropped),
         }
@@ -1455,6 +1474,13 @@ impl<N: Net, C: Clock> Proxy<N, C> {
         let results = match commands.as_slice() {
             [] => Vec::new(),
             [only] if share && names.len() == 1 => vec![self.shared_read(session, only).await],
+            // Alone, not in a batch whose other reads would wait for it.
+            [only]
+                if self.config.coalesce_runners > 0 && names.len() == 1 && self.costly_read(only) =>
+            {
+                bump(&self.counters.costly_reads_alone);
+                vec![session.client.execute(only.clone()).await]
+            }
             [only] if self.config.coalesce_runners > 0 && names.len() == 1 => {
                 let coalescer = if only.is_write() {
                     &self.coalesced_writes
@@ -1472,6 +1498,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             [only] => vec![session.client.execute(only.clone()).await],
             _ => session.client.execute_pipeline(&commands).await,
         };
+        if let ([only], [Ok(reply)]) = (commands.as_slice(), results.as_slice()) {
+            self.measure_read(only, reply);
+        }
         let mut results = results.into_iter();
         let frames: Vec<Frame> = names
             .iter()
@@ -1486,6 +1515,26 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             .collect();
         self.count_all(started, names.into_iter().zip(&frames));
         frames
+    }
+
+    /// Whether `command` is a read of a key whose last read answered a large reply
+    /// ([`Proxy::costly_reads`]).
+    fn costly_read(&self, command: &Command) -> bool {
+        !self.costly_reads.is_empty() && !command.is_write() && self.costly_reads.any(command.keys())
+    }
+
+    /// Remembers whether a read of one key answered a large reply ([`Proxy::costly_reads`]).
+    fn measure_read(&self, command: &Command, reply: &Reply) {
+        if command.is_write() {
+            return;
+        }
+        let size = reply.encoded_len();
+        if size < self.config.costly_read_bytes && self.costly_reads.is_empty() {
+            return;
+        }
+        if let [key] = command.keys().as_slice() {
+            self.costly_reads.record((*key).clone(), size);
+        }
     }
 
     /// A hot read's answer, from a fetch of an equal read that starts after it arrived

@@ -225,6 +225,11 @@ impl<N: Net + 'static, C: Clock + 'static> Collector for StatsCollector<N, C> {
                 stats.coalesced_commands,
             ),
             (
+                "costly_reads_alone",
+                "Single reads of keys whose last read answered a large reply, run alone rather than in a coalesced batch",
+                stats.costly_reads_alone,
+            ),
+            (
                 "sessions_resumed",
                 "Group sessions connections carried on from closed ones instead of opening their own",
                 stats.sessions_resumed,

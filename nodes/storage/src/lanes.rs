@@ -30,12 +30,13 @@
 //! Lanes only order and bound when a command runs; they never change what it answers (a read
 //! still runs after its read-index round, a write still goes through the log).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use larder_core::GroupId;
+use larder_core::costly::{COSTLY_REPLY_BYTES, COSTLY_SUBJECTS_MAX, CostlySubjects};
 use larder_core::env::Clock;
 use larder_core::kv::{Command, Reply, Scope};
 use tokio::sync::oneshot;
@@ -106,13 +107,13 @@ pub struct LaneConfig {
 impl Default for LaneConfig {
     fn default() -> Self {
         LaneConfig {
-            slow_read_bytes: 64 << 10,
+            slow_read_bytes: COSTLY_REPLY_BYTES,
             slow_write_bytes: 1 << 20,
             fast_running_max: 1024,
             slow_running_min: 1,
             slow_running_max: 4,
             queued_max: 1024,
-            costly_subjects_max: 1024,
+            costly_subjects_max: COSTLY_SUBJECTS_MAX,
             slow_share_percent: 25,
             slow_pause_max_ms: 100,
             fast_busy_window_ms: 20,
@@ -182,16 +183,16 @@ pub struct Lanes<C: Clock> {
     config: LaneConfig,
     clock: C,
     state: Mutex<State>,
-    costly: Mutex<BTreeMap<Subject, usize>>,
+    costly: CostlySubjects<Subject>,
 }
 
 impl<C: Clock> Lanes<C> {
     pub fn new(config: LaneConfig, clock: C) -> Self {
         Lanes {
+            costly: CostlySubjects::new(config.slow_read_bytes, config.costly_subjects_max),
             config,
             clock,
             state: Mutex::new(State::default()),
-            costly: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -208,14 +209,7 @@ impl<C: Clock> Lanes<C> {
     /// The lane of a read of `command` on `group`: slow when it names a subject whose last
     /// reply was large.
     pub fn classify_read(&self, group: GroupId, command: &Command) -> Lane {
-        let costly = self.costly.lock().expect("lanes lock");
-        if costly.is_empty() {
-            return Lane::ReadFast;
-        }
-        if subjects(group, command)
-            .iter()
-            .any(|subject| costly.contains_key(subject))
-        {
+        if !self.costly.is_empty() && self.costly.any(&subjects(group, command)) {
             Lane::ReadSlow
         } else {
             Lane::ReadFast
@@ -230,22 +224,12 @@ impl<C: Clock> Lanes<C> {
             return;
         }
         let subject = subjects.pop().expect("one subject");
-        let size = postcard::serialize_with_flavor(reply, postcard::ser_flavors::Size::default())
-            .unwrap_or(0);
-        let mut costly = self.costly.lock().expect("lanes lock");
-        if size < self.config.slow_read_bytes {
-            costly.remove(&subject);
-            return;
-        }
-        costly.insert(subject, size);
-        while costly.len() > self.config.costly_subjects_max {
-            costly.pop_first();
-        }
+        self.costly.record(subject, reply.encoded_len());
     }
 
     /// Subjects remembered as costly now.
     pub fn costly_subjects(&self) -> usize {
-        self.costly.lock().expect("lanes lock").len()
+        self.costly.len()
     }
 
     /// Whether fast commands are running or ran within [`LaneConfig::fast_busy_window_ms`]:

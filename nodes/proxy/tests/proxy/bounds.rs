@@ -324,6 +324,62 @@ async fn single_commands_of_many_connections_go_in_batches_and_each_gets_its_ans
     node.shutdown().await;
 }
 
+/// A read of a key whose last read answered a large reply runs alone, not in a coalesced batch
+/// (where the other reads of its group would wait for it), until a read of it answers small
+/// again; other reads stay coalesced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_a_key_that_answered_large_run_alone_until_it_answers_small() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let book = AddressBook::new();
+    let node = one_node_cluster(dir.path(), &book).await;
+    let config = ProxyConfig {
+        coalesce_runners: 1,
+        costly_read_bytes: 1024,
+        ..ProxyConfig::default()
+    };
+    let (proxy, mut client) = settled_pipeline_client(book, config).await;
+    let elements: Vec<String> = (0..100).map(|i| format!("element-{i:04}")).collect();
+    let mut push = vec!["RPUSH", "list"];
+    push.extend(elements.iter().map(String::as_str));
+    assert_eq!(command(&mut client, &push).await, Frame::Integer(100));
+    let whole = || {
+        Frame::Array(Some(
+            elements.iter().map(|e| Frame::Bulk(Some(e.clone().into()))).collect(),
+        ))
+    };
+    // The first read finds out; the next two run alone.
+    for read in 0..3 {
+        assert_eq!(
+            command(&mut client, &["LRANGE", "list", "0", "-1"]).await,
+            whole(),
+            "read {read}"
+        );
+    }
+    assert_eq!(proxy.stats().costly_reads_alone, 2);
+    // A small read of another key is not held back.
+    assert_eq!(command(&mut client, &["GET", "other"]).await, Frame::Bulk(None));
+    assert_eq!(proxy.stats().costly_reads_alone, 2);
+    // Once the list is small, a read of it (alone, as it was costly) makes it cheap again.
+    assert_eq!(
+        command(&mut client, &["LTRIM", "list", "0", "1"]).await,
+        Frame::Simple("OK".into())
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            command(&mut client, &["LRANGE", "list", "0", "-1"]).await,
+            Frame::Array(Some(
+                elements[..2]
+                    .iter()
+                    .map(|e| Frame::Bulk(Some(e.clone().into())))
+                    .collect()
+            ))
+        );
+    }
+    assert_eq!(proxy.stats().costly_reads_alone, 3);
+    drop(client);
+    node.shutdown().await;
+}
+
 /// A pipeline of large writes runs in runs of at most [`PIPELINE_RUN_BYTES_MAX`] request bytes
 /// (so a group's share of a run stays one message and one log entry), not of
 /// [`PIPELINE_RUN_MAX`] commands.
