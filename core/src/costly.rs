@@ -56,7 +56,9 @@ impl<S: Ord> CostlySubjects<S> {
             return false;
         }
         let costly = self.lock();
-        subjects.into_iter().any(|subject| costly.contains_key(subject))
+        subjects
+            .into_iter()
+            .any(|subject| costly.contains_key(subject))
     }
 
     /// Records that a read of `subject` answered `reply_bytes`: remembered when large,
@@ -109,7 +111,10 @@ mod tests {
     use bytes::Bytes;
 
     fn array(elements: usize) -> Reply {
-        Reply::Array(vec![Reply::Bulk(Bytes::from_static(b"0123456789")); elements])
+        Reply::Array(vec![
+            Reply::Bulk(Bytes::from_static(b"0123456789"));
+            elements
+        ])
     }
 
     #[test]

@@ -1476,7 +1476,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             [only] if share && names.len() == 1 => vec![self.shared_read(session, only).await],
             // Alone, not in a batch whose other reads would wait for it.
             [only]
-                if self.config.coalesce_runners > 0 && names.len() == 1 && self.costly_read(only) =>
+                if self.config.coalesce_runners > 0
+                    && names.len() == 1
+                    && self.costly_read(only) =>
             {
                 bump(&self.counters.costly_reads_alone);
                 vec![session.client.execute(only.clone()).await]
@@ -1520,7 +1522,9 @@ impl<N: Net, C: Clock> Proxy<N, C> {
     /// Whether `command` is a read of a key whose last read answered a large reply
     /// ([`Proxy::costly_reads`]).
     fn costly_read(&self, command: &Command) -> bool {
-        !self.costly_reads.is_empty() && !command.is_write() && self.costly_reads.any(command.keys())
+        !self.costly_reads.is_empty()
+            && !command.is_write()
+            && self.costly_reads.any(command.keys())
     }
 
     /// Remembers whether a read of one key answered a large reply ([`Proxy::costly_reads`]).

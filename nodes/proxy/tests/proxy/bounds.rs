@@ -344,7 +344,10 @@ async fn reads_of_a_key_that_answered_large_run_alone_until_it_answers_small() {
     assert_eq!(command(&mut client, &push).await, Frame::Integer(100));
     let whole = || {
         Frame::Array(Some(
-            elements.iter().map(|e| Frame::Bulk(Some(e.clone().into()))).collect(),
+            elements
+                .iter()
+                .map(|e| Frame::Bulk(Some(e.clone().into())))
+                .collect(),
         ))
     };
     // The first read finds out; the next two run alone.
@@ -357,7 +360,10 @@ async fn reads_of_a_key_that_answered_large_run_alone_until_it_answers_small() {
     }
     assert_eq!(proxy.stats().costly_reads_alone, 2);
     // A small read of another key is not held back.
-    assert_eq!(command(&mut client, &["GET", "other"]).await, Frame::Bulk(None));
+    assert_eq!(
+        command(&mut client, &["GET", "other"]).await,
+        Frame::Bulk(None)
+    );
     assert_eq!(proxy.stats().costly_reads_alone, 2);
     // Once the list is small, a read of it (alone, as it was costly) makes it cheap again.
     assert_eq!(
