@@ -8,9 +8,10 @@
 //! batch, where it would hold up every read of its group queued behind it
 //! (`larder_proxy::coalesce`). A read of the subject that answers small again forgets it.
 //!
-//! Bounded: at most `max` subjects; past it, the smallest one (in the subject's order) is
-//! forgotten. Cheap when nothing is costly, which is almost always: lookups and small replies
-//! then read one atomic and take no lock.
+//! Bounded: at most `max` subjects, each of at most [`COSTLY_SUBJECT_BYTES_MAX`] (a longer key is
+//! never remembered: its reads stay where they were); past `max`, the smallest one (in the
+//! subject's order) is forgotten. Cheap when nothing is costly, which is almost always:
+//! lookups and small replies then read one atomic and take no lock.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -25,6 +26,10 @@ pub const COSTLY_REPLY_BYTES: usize = 64 << 10;
 
 /// Subjects remembered by default.
 pub const COSTLY_SUBJECTS_MAX: usize = 1024;
+
+/// The longest subject (a key, bytes) remembered: with [`COSTLY_SUBJECTS_MAX`] the memory
+/// stays within a megabyte whatever keys clients choose.
+pub const COSTLY_SUBJECT_BYTES_MAX: usize = 1024;
 
 /// See the module doc.
 #[derive(Debug)]
@@ -61,9 +66,12 @@ impl<S: Ord> CostlySubjects<S> {
             .any(|subject| costly.contains_key(subject))
     }
 
-    /// Records that a read of `subject` answered `reply_bytes`: remembered when large,
-    /// forgotten when small.
-    pub fn record(&self, subject: S, reply_bytes: usize) {
+    /// Records that a read of `subject` (`subject_bytes` long) answered `reply_bytes`:
+    /// remembered when large, forgotten when small.
+    pub fn record(&self, subject: S, subject_bytes: usize, reply_bytes: usize) {
+        if subject_bytes > COSTLY_SUBJECT_BYTES_MAX {
+            return;
+        }
         let large = reply_bytes >= self.reply_bytes;
         if !large && self.len.load(Ordering::Relaxed) == 0 {
             return;
@@ -122,11 +130,11 @@ mod tests {
         let costly = CostlySubjects::new(1000, 8);
         let (list, other) = ("list".to_string(), "other".to_string());
         assert!(!costly.any([&list]));
-        costly.record(list.clone(), array(200).encoded_len());
+        costly.record(list.clone(), 4, array(200).encoded_len());
         assert!(costly.any([&list]));
         assert!(costly.any([&other, &list]));
         assert!(!costly.any([&other]));
-        costly.record(list.clone(), array(3).encoded_len());
+        costly.record(list.clone(), 4, array(3).encoded_len());
         assert!(!costly.any([&list]));
         assert!(costly.is_empty());
     }
@@ -135,12 +143,15 @@ mod tests {
     fn it_remembers_at_most_max_subjects() {
         let costly = CostlySubjects::new(10, 3);
         for subject in 0..10u32 {
-            costly.record(subject, 100);
+            costly.record(subject, 4, 100);
         }
         assert_eq!(costly.len(), 3);
         // The smallest are forgotten first.
         assert!(!costly.any([&0]));
         assert!(costly.any([&9]));
+        // A subject too long to remember is not.
+        costly.record(100, COSTLY_SUBJECT_BYTES_MAX + 1, 100);
+        assert!(!costly.any([&100]));
     }
 
     #[test]

@@ -1537,7 +1537,7 @@ impl<N: Net, C: Clock> Proxy<N, C> {
             return;
         }
         if let [key] = command.keys().as_slice() {
-            self.costly_reads.record((*key).clone(), size);
+            self.costly_reads.record((*key).clone(), key.len(), size);
         }
     }
 

@@ -224,7 +224,12 @@ impl<C: Clock> Lanes<C> {
             return;
         }
         let subject = subjects.pop().expect("one subject");
-        self.costly.record(subject, reply.encoded_len());
+        let subject_bytes = match &subject {
+            Subject::Key(_, key) => key.len(),
+            Subject::Group(..) => 0,
+        };
+        self.costly
+            .record(subject, subject_bytes, reply.encoded_len());
     }
 
     /// Subjects remembered as costly now.
